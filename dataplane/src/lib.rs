@@ -1,0 +1,21 @@
+//! sluice's userspace dataplane: the gateway (XDP classifier + AF_XDP
+//! tunneler) and the edge that terminates its TLS tunnels.
+//!
+//! Layers, from the wire up:
+//! - [`wire`]: zero-copy views over Ethernet/IP headers and the tunnel's
+//!   framing (versioned wire format). Pure, no I/O.
+//! - [`tunnel`]: the sans-IO tunnel session (framing, hello, keepalives) on
+//!   top of a rustls connection. Takes bytes and time, returns bytes to send
+//!   and packets to deliver.
+//! - [`sys`]: the only module with `unsafe`: AF_XDP sockets (UMEM and rings)
+//!   and the TUN device.
+//! - [`ebpf`]: loads the embedded XDP classifier with aya, fills its maps,
+//!   reads its counters.
+//! - [`gateway`] and [`edge`]: the event loops that drive the above with mio.
+//! - [`config`], [`pki`], [`metrics`]: operator-facing pieces.
+#![deny(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod ebpf;
+pub mod net;
+pub mod sys;

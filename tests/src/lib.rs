@@ -1,0 +1,1 @@
+//! The namespace lab (placeholder: being written).
