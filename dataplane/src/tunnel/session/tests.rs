@@ -1,0 +1,546 @@
+//! Deterministic simulation of two tunnel endpoints: real rustls on both
+//! sides, an in-memory byte pipe that splits reads and writes at seeded
+//! random points (and sometimes refuses with `WouldBlock`), and mocked time.
+use std::{
+    io,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use super::*;
+use crate::{
+    pki,
+    wire::tunnel::{self, CloseCode, FrameType},
+};
+
+/// xorshift64*: small, seeded, good enough to pick chunk sizes.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+/// One direction of a TCP stream, with seeded short reads/writes.
+struct Pipe<'a> {
+    buf: &'a mut Vec<u8>,
+    rng: &'a mut Rng,
+    /// Refuse every write (a peer that never reads).
+    stuck: bool,
+}
+
+impl io::Read for Pipe<'_> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if self.buf.is_empty() || self.rng.below(8) == 0 {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        let n = (1 + self.rng.below(3000))
+            .min(self.buf.len())
+            .min(out.len());
+        out[..n].copy_from_slice(&self.buf[..n]);
+        self.buf.drain(..n);
+        Ok(n)
+    }
+}
+
+impl io::Write for Pipe<'_> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        if self.stuck || self.rng.below(8) == 0 {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        let n = (1 + self.rng.below(5000)).min(data.len());
+        self.buf.extend_from_slice(&data[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+struct Pair {
+    client: Session,
+    server: Session,
+    c2s: Vec<u8>,
+    s2c: Vec<u8>,
+    rng: Rng,
+    now: Instant,
+    /// Packets delivered to each side.
+    at_client: Vec<Vec<u8>>,
+    at_server: Vec<Vec<u8>>,
+    wire_bytes: usize,
+    dir: std::path::PathBuf,
+}
+
+fn configs() -> (
+    std::path::PathBuf,
+    Arc<rustls::ClientConfig>,
+    Arc<rustls::ServerConfig>,
+) {
+    let (dir, f) = pki::tests::lab_pki();
+    let (_, c, k) = &f.gateways[0];
+    let cc = pki::client_config(&f.ca, c, k).unwrap();
+    let sc = pki::server_config(&f.ca, &f.edge.0, &f.edge.1).unwrap();
+    (dir, cc, sc)
+}
+
+fn cfg(name: &str) -> SessionConfig {
+    SessionConfig {
+        name: name.into(),
+        ..SessionConfig::default()
+    }
+}
+
+impl Pair {
+    fn new(seed: u64) -> Self {
+        let (dir, cc, sc) = configs();
+        let now = Instant::now();
+        let name = pki::server_name("edge.sluice.test").unwrap();
+        let c = rustls::ClientConnection::new(cc, name).unwrap();
+        let s = rustls::ServerConnection::new(sc).unwrap();
+        Self {
+            client: Session::new(c.into(), cfg("gw1"), now),
+            server: Session::new(s.into(), cfg("edge"), now),
+            c2s: Vec::new(),
+            s2c: Vec::new(),
+            rng: Rng(seed | 1),
+            now,
+            at_client: Vec::new(),
+            at_server: Vec::new(),
+            wire_bytes: 0,
+            dir,
+        }
+    }
+
+    /// Runs both sides until nothing moves (bounded).
+    fn drive(&mut self) {
+        for _ in 0..10_000 {
+            let mut moved = false;
+            for side in [true, false] {
+                let (sess, out, inp, got) = if side {
+                    (
+                        &mut self.client,
+                        &mut self.c2s,
+                        &mut self.s2c,
+                        &mut self.at_client,
+                    )
+                } else {
+                    (
+                        &mut self.server,
+                        &mut self.s2c,
+                        &mut self.c2s,
+                        &mut self.at_server,
+                    )
+                };
+                let before = out.len();
+                if sess.wants_write() {
+                    let mut p = Pipe {
+                        buf: out,
+                        rng: &mut self.rng,
+                        stuck: false,
+                    };
+                    let _ = sess.handle_write(&mut p, self.now);
+                }
+                self.wire_bytes += out.len() - before;
+                moved |= out.len() != before;
+                if sess.is_closed() {
+                    // A closed endpoint reads nothing more (its socket is gone).
+                    inp.clear();
+                } else if !inp.is_empty() {
+                    let before = inp.len();
+                    let mut p = Pipe {
+                        buf: inp,
+                        rng: &mut self.rng,
+                        stuck: false,
+                    };
+                    let _ = sess.handle_read(&mut p, self.now);
+                    moved |= inp.len() != before;
+                }
+                while let Some(pkt) = sess.poll_packet() {
+                    got.push(pkt.to_vec());
+                    moved = true;
+                }
+            }
+            if !moved
+                && self.c2s.is_empty()
+                && self.s2c.is_empty()
+                && !self.client.wants_write()
+                && !self.server.wants_write()
+            {
+                return;
+            }
+        }
+        panic!("simulation did not settle");
+    }
+}
+
+impl Drop for Pair {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn packet(rng: &mut Rng, i: usize) -> Vec<u8> {
+    let len = 20 + rng.below(1481);
+    (0..len).map(|j| (i * 31 + j) as u8).collect()
+}
+
+#[test]
+fn handshake_and_hello() {
+    let mut p = Pair::new(1);
+    p.drive();
+    assert!(p.client.is_established() && p.server.is_established());
+    assert_eq!(p.client.peer_name(), "edge");
+    assert_eq!(p.server.peer_name(), "gw1");
+    assert_eq!(
+        pki::peer_common_name(p.server.tls()).as_deref(),
+        Some("gw1"),
+        "the edge sees the gateway's certificate"
+    );
+    assert_eq!(
+        p.client.tls().protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_3)
+    );
+}
+
+#[test]
+fn packets_survive_random_chunking_both_ways() {
+    for seed in [2, 3, 4, 5] {
+        let mut p = Pair::new(seed);
+        p.drive();
+        let mut rng = Rng(seed * 7 + 1);
+        let mut sent_c = Vec::new();
+        let mut sent_s = Vec::new();
+        for batch in 0..20 {
+            for i in 0..(1 + rng.below(40)) {
+                let a = packet(&mut rng, batch * 100 + i);
+                p.client.send_packet(&a).unwrap();
+                sent_c.push(a);
+                let b = packet(&mut rng, batch * 100 + i + 50);
+                p.server.send_packet(&b).unwrap();
+                sent_s.push(b);
+            }
+            p.client.flush();
+            p.server.flush();
+            p.drive();
+        }
+        assert_eq!(p.at_server, sent_c, "seed {seed}: client->server");
+        assert_eq!(p.at_client, sent_s, "seed {seed}: server->client");
+    }
+}
+
+#[test]
+fn small_packets_are_coalesced_into_few_records() {
+    let mut p = Pair::new(9);
+    p.drive();
+    let start = p.wire_bytes;
+    let batches_before = p.client.stats().tx_batches;
+    for i in 0..200u8 {
+        p.client.send_packet(&[i; 64]).unwrap();
+    }
+    p.client.flush();
+    p.drive();
+    assert_eq!(p.at_server.len(), 200);
+    let batches = p.client.stats().tx_batches - batches_before;
+    // 200 x (4 + 64) = 13.6 KB fits one coalesced batch (one TLS record).
+    assert_eq!(batches, 1, "one batch for one flush");
+    // One record costs 22 bytes of TLS 1.3 overhead; one record per packet
+    // would cost 200 x 22 = 4.4 KB more than this.
+    let wire = p.wire_bytes - start;
+    assert!(
+        wire < 200 * 68 + 200,
+        "wire bytes {wire}: packets not coalesced"
+    );
+}
+
+#[test]
+fn keepalive_and_idle_timeout() {
+    let mut p = Pair::new(11);
+    p.drive();
+    // Past the keepalive interval both sides send a KEEPALIVE...
+    p.now += Duration::from_secs(11);
+    p.client.handle_timeout(p.now);
+    p.server.handle_timeout(p.now);
+    p.drive();
+    assert_eq!(p.client.stats().keepalives_sent, 1);
+    assert!(p.at_server.is_empty(), "keepalives are not packets");
+    assert!(p.client.is_established() && p.server.is_established());
+    // ...which kept the peers alive: a silent server now times out on the
+    // client side only after idle_timeout without anything received.
+    let deadline = p.client.poll_timeout().unwrap();
+    assert!(deadline > p.now);
+    p.now += Duration::from_secs(31);
+    p.client.handle_timeout(p.now);
+    assert!(p.client.is_closed());
+    assert_eq!(p.client.close_reason(), Some(&CloseReason::Timeout));
+    p.drive();
+    assert!(p.server.is_closed(), "the peer learns of the close");
+    assert!(matches!(
+        p.server.close_reason(),
+        Some(CloseReason::Peer(CloseCode::Timeout, _))
+    ));
+}
+
+#[test]
+fn send_before_established_is_refused() {
+    let p = Pair::new(12);
+    let mut c = p;
+    assert_eq!(
+        c.client.send_packet(&[0x45; 20]),
+        Err(SendError::NotEstablished)
+    );
+    c.drive();
+    assert_eq!(c.client.send_packet(&[0x45; 20]), Ok(()));
+}
+
+#[test]
+fn oversized_packet_is_refused() {
+    let mut p = Pair::new(13);
+    p.drive();
+    assert_eq!(
+        p.client.send_packet(&vec![0; tunnel::MAX_PAYLOAD + 1]),
+        Err(SendError::TooLarge)
+    );
+}
+
+#[test]
+fn backpressure_bounds_memory() {
+    let mut p = Pair::new(14);
+    p.drive();
+    let mut refused = 0;
+    for i in 0..10_000 {
+        match p.client.send_packet(&[i as u8; 1400]) {
+            Ok(()) => {}
+            Err(SendError::Backpressure) => refused += 1,
+            Err(e) => panic!("{e}"),
+        }
+        // The socket never drains.
+        let mut sink = Vec::new();
+        let mut pipe = Pipe {
+            buf: &mut sink,
+            rng: &mut p.rng,
+            stuck: true,
+        };
+        let _ = p.client.handle_write(&mut pipe, p.now);
+    }
+    assert!(
+        refused > 5_000,
+        "only {refused} refused: send buffer unbounded?"
+    );
+    assert!(p.client.tx_plain.capacity() < 200 * 1024);
+}
+
+/// A raw server: TLS without the session, to inject arbitrary frames.
+fn raw_server_pair(seed: u64) -> (Session, rustls::ServerConnection, Rng, std::path::PathBuf) {
+    let (dir, cc, sc) = configs();
+    let name = pki::server_name("edge.sluice.test").unwrap();
+    let c = rustls::ClientConnection::new(cc, name).unwrap();
+    let client = Session::new(c.into(), cfg("gw1"), Instant::now());
+    (
+        client,
+        rustls::ServerConnection::new(sc).unwrap(),
+        Rng(seed),
+        dir,
+    )
+}
+
+/// Shuttles bytes between a session and a raw rustls server until quiet.
+fn shuttle(client: &mut Session, raw: &mut rustls::ServerConnection, rng: &mut Rng) -> Vec<u8> {
+    use io::Read as _;
+    let mut c2s = Vec::new();
+    let mut s2c = Vec::new();
+    let mut plain = Vec::new();
+    let now = Instant::now();
+    for _ in 0..1000 {
+        let _ = client.handle_write(
+            &mut Pipe {
+                buf: &mut c2s,
+                rng,
+                stuck: false,
+            },
+            now,
+        );
+        while !c2s.is_empty() {
+            let _ = raw.read_tls(&mut &c2s[..]).map(|n| c2s.drain(..n));
+            if raw.process_new_packets().is_err() {
+                break;
+            }
+        }
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = raw.reader().read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            plain.extend_from_slice(&buf[..n]);
+        }
+        while raw.wants_write() {
+            raw.write_tls(&mut s2c).unwrap();
+        }
+        while !s2c.is_empty() && !client.is_closed() {
+            let _ = client.handle_read(
+                &mut Pipe {
+                    buf: &mut s2c,
+                    rng,
+                    stuck: false,
+                },
+                now,
+            );
+            while client.poll_packet().is_some() {}
+        }
+        while client.poll_packet().is_some() {}
+        if !client.wants_write() && !raw.wants_write() && c2s.is_empty() {
+            break;
+        }
+    }
+    plain
+}
+
+fn raw_hello(version: u8) -> Vec<u8> {
+    let mut v = Vec::new();
+    tunnel::Hello {
+        version,
+        max_payload: u16::MAX,
+        name: "raw",
+    }
+    .emit_frame(&mut v);
+    v
+}
+
+#[test]
+fn version_mismatch_closes_with_reason() {
+    use io::Write as _;
+    let (mut client, mut raw, mut rng, dir) = raw_server_pair(21);
+    raw.writer().write_all(&raw_hello(2)).unwrap();
+    let seen = shuttle(&mut client, &mut raw, &mut rng);
+    assert!(client.is_closed());
+    assert!(matches!(
+        client.close_reason(),
+        Some(CloseReason::Local(CloseCode::Version, _))
+    ));
+    // The raw server saw our HELLO, then a CLOSE(version).
+    let hello = tunnel::Frame::new_checked(&seen[..]).unwrap();
+    assert_eq!(hello.frame_type(), FrameType::Hello);
+    let close = tunnel::Frame::new_checked(&seen[hello.total_len()..]).unwrap();
+    assert_eq!(close.frame_type(), FrameType::Close);
+    assert_eq!(
+        tunnel::parse_close(close.payload()).unwrap().0,
+        CloseCode::Version
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn unknown_frames_ignorable_or_fatal() {
+    use io::Write as _;
+    let (mut client, mut raw, mut rng, dir) = raw_server_pair(22);
+    let mut frames = raw_hello(1);
+    // Ignorable unknown type 0x70 with a 3-byte payload: skipped.
+    frames.extend_from_slice(&[0x70, tunnel::FLAG_IGNORABLE, 0, 3, 1, 2, 3]);
+    // A packet after it still arrives.
+    frames.extend_from_slice(&[0x02, 0, 0, 2, 0xaa, 0xbb]);
+    raw.writer().write_all(&frames).unwrap();
+    let _ = shuttle(&mut client, &mut raw, &mut rng);
+    assert!(client.is_established());
+    assert_eq!(client.stats().skipped_frames, 1);
+    assert_eq!(client.stats().rx_packets, 1);
+    // A non-ignorable unknown type is a protocol error.
+    raw.writer().write_all(&[0x71, 0, 0, 0]).unwrap();
+    let _ = shuttle(&mut client, &mut raw, &mut rng);
+    assert!(matches!(
+        client.close_reason(),
+        Some(CloseReason::Protocol(_))
+    ));
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn packet_before_hello_is_a_protocol_error() {
+    use io::Write as _;
+    let (mut client, mut raw, mut rng, dir) = raw_server_pair(23);
+    raw.writer().write_all(&[0x02, 0, 0, 1, 0x45]).unwrap();
+    let _ = shuttle(&mut client, &mut raw, &mut rng);
+    assert!(matches!(
+        client.close_reason(),
+        Some(CloseReason::Protocol(_))
+    ));
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn client_from_another_ca_is_refused() {
+    let (dir, _, sc) = configs();
+    let (dir2, other_cc, _) = configs(); // a second, unrelated CA
+    // other_cc trusts CA #2 and presents a CA #2 client cert; the server
+    // trusts CA #1 only. Make the client trust CA #1's edge by building a
+    // config with CA #1 roots and CA #2's client certificate.
+    let f1 = dir.join("ca.pem");
+    let cc = pki::client_config(&f1, &dir2.join("gw1.pem"), &dir2.join("gw1.key")).unwrap();
+    drop(other_cc);
+    let now = Instant::now();
+    let name = pki::server_name("edge.sluice.test").unwrap();
+    let mut client = Session::new(
+        rustls::ClientConnection::new(cc, name).unwrap().into(),
+        cfg("gw"),
+        now,
+    );
+    let mut server = Session::new(
+        rustls::ServerConnection::new(sc).unwrap().into(),
+        cfg("edge"),
+        now,
+    );
+    let mut rng = Rng(5);
+    let (mut c2s, mut s2c) = (Vec::new(), Vec::new());
+    for _ in 0..100 {
+        let _ = client.handle_write(
+            &mut Pipe {
+                buf: &mut c2s,
+                rng: &mut rng,
+                stuck: false,
+            },
+            now,
+        );
+        if !c2s.is_empty() {
+            let _ = server.handle_read(
+                &mut Pipe {
+                    buf: &mut c2s,
+                    rng: &mut rng,
+                    stuck: false,
+                },
+                now,
+            );
+        }
+        let _ = server.handle_write(
+            &mut Pipe {
+                buf: &mut s2c,
+                rng: &mut rng,
+                stuck: false,
+            },
+            now,
+        );
+        if !s2c.is_empty() && !client.is_closed() {
+            let _ = client.handle_read(
+                &mut Pipe {
+                    buf: &mut s2c,
+                    rng: &mut rng,
+                    stuck: false,
+                },
+                now,
+            );
+        }
+        while server.poll_packet().is_some() {}
+    }
+    assert!(!server.is_established());
+    assert!(
+        matches!(server.close_reason(), Some(CloseReason::Tls(_))),
+        "{:?}",
+        server.close_reason()
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+    std::fs::remove_dir_all(dir2).unwrap();
+}

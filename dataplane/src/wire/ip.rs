@@ -1,0 +1,162 @@
+//! The two facts the tunneler needs from an IP packet: its version and its
+//! source/destination addresses. A view, not a parser: the classifier and the
+//! receiving kernel validate the rest.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use super::WireError;
+
+mod field {
+    pub(super) const V4_TOTAL_LEN: core::ops::Range<usize> = 2..4;
+    pub(super) const V4_SRC: core::ops::Range<usize> = 12..16;
+    pub(super) const V4_DST: core::ops::Range<usize> = 16..20;
+    pub(super) const V4_MIN_LEN: usize = 20;
+    pub(super) const V6_PAYLOAD_LEN: core::ops::Range<usize> = 4..6;
+    pub(super) const V6_SRC: core::ops::Range<usize> = 8..24;
+    pub(super) const V6_DST: core::ops::Range<usize> = 24..40;
+    pub(super) const V6_HEADER_LEN: usize = 40;
+}
+
+/// A view over an IPv4 or IPv6 packet.
+///
+/// After [`Packet::new_checked`] succeeds, no accessor panics, and the
+/// buffer is exactly the packet: [`Packet::new_checked`] trims link-layer
+/// padding after the length the IP header declares.
+#[derive(Debug, Clone, Copy)]
+pub struct Packet<'a> {
+    buf: &'a [u8],
+}
+
+impl<'a> Packet<'a> {
+    /// Checks the version nibble, the minimum header length and the declared
+    /// total length, and trims trailing padding.
+    pub fn new_checked(buf: &'a [u8]) -> Result<Self, WireError> {
+        let Some(first) = buf.first() else {
+            return Err(WireError::Truncated { need: 1, have: 0 });
+        };
+        let (min, total) = match first >> 4 {
+            4 => {
+                if buf.len() < field::V4_MIN_LEN {
+                    return Err(WireError::Truncated {
+                        need: field::V4_MIN_LEN,
+                        have: buf.len(),
+                    });
+                }
+                let t = &buf[field::V4_TOTAL_LEN];
+                let ihl = usize::from(first & 0x0f) * 4;
+                (
+                    ihl.max(field::V4_MIN_LEN),
+                    usize::from(u16::from_be_bytes([t[0], t[1]])),
+                )
+            }
+            6 => {
+                if buf.len() < field::V6_HEADER_LEN {
+                    return Err(WireError::Truncated {
+                        need: field::V6_HEADER_LEN,
+                        have: buf.len(),
+                    });
+                }
+                let p = &buf[field::V6_PAYLOAD_LEN];
+                (
+                    field::V6_HEADER_LEN,
+                    field::V6_HEADER_LEN + usize::from(u16::from_be_bytes([p[0], p[1]])),
+                )
+            }
+            _ => return Err(WireError::Malformed("IP version is neither 4 nor 6")),
+        };
+        if total < min {
+            return Err(WireError::Malformed("IP length below header length"));
+        }
+        if total > buf.len() {
+            return Err(WireError::Truncated {
+                need: total,
+                have: buf.len(),
+            });
+        }
+        Ok(Self { buf: &buf[..total] })
+    }
+
+    /// True for IPv6.
+    pub fn is_ipv6(&self) -> bool {
+        self.buf[0] >> 4 == 6
+    }
+
+    /// Source address.
+    pub fn src(&self) -> IpAddr {
+        if self.is_ipv6() {
+            IpAddr::V6(Ipv6Addr::from(arr16(&self.buf[field::V6_SRC])))
+        } else {
+            IpAddr::V4(Ipv4Addr::from(arr4(&self.buf[field::V4_SRC])))
+        }
+    }
+
+    /// Destination address.
+    pub fn dst(&self) -> IpAddr {
+        if self.is_ipv6() {
+            IpAddr::V6(Ipv6Addr::from(arr16(&self.buf[field::V6_DST])))
+        } else {
+            IpAddr::V4(Ipv4Addr::from(arr4(&self.buf[field::V4_DST])))
+        }
+    }
+
+    /// The packet's bytes, padding trimmed.
+    pub fn as_bytes(&self) -> &'a [u8] {
+        self.buf
+    }
+}
+
+fn arr4(b: &[u8]) -> [u8; 4] {
+    b.try_into().unwrap_or_default()
+}
+
+fn arr16(b: &[u8]) -> [u8; 16] {
+    b.try_into().unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An IPv4 UDP packet 192.0.2.10 -> 203.0.113.10, 28 bytes, plus two
+    /// bytes of Ethernet padding.
+    const V4_BYTES: [u8; 30] = [
+        0x45, 0, 0, 28, 0, 0, 0x40, 0, 64, 17, 0, 0, 192, 0, 2, 10, 203, 0, 113, 10, //
+        0x30, 0x39, 0x00, 0x07, 0, 8, 0, 0, //
+        0xee, 0xee,
+    ];
+
+    #[test]
+    fn v4_view_trims_padding() {
+        let p = Packet::new_checked(&V4_BYTES).unwrap();
+        assert_eq!(p.as_bytes().len(), 28);
+        assert_eq!(p.src(), "192.0.2.10".parse::<IpAddr>().unwrap());
+        assert_eq!(p.dst(), "203.0.113.10".parse::<IpAddr>().unwrap());
+        assert!(!p.is_ipv6());
+    }
+
+    #[test]
+    fn v6_view() {
+        let mut b = [0u8; 48];
+        b[0] = 0x60;
+        b[5] = 8;
+        b[8..24].copy_from_slice(&"2001:db8:1::10".parse::<Ipv6Addr>().unwrap().octets());
+        b[24..40].copy_from_slice(&"2001:db8:100::10".parse::<Ipv6Addr>().unwrap().octets());
+        let p = Packet::new_checked(&b).unwrap();
+        assert!(p.is_ipv6());
+        assert_eq!(p.dst(), "2001:db8:100::10".parse::<IpAddr>().unwrap());
+        assert!(Packet::new_checked(&b[..47]).is_err());
+    }
+
+    #[test]
+    fn rejects_garbage() {
+        assert!(Packet::new_checked(&[]).is_err());
+        assert!(Packet::new_checked(&[0x50; 40]).is_err());
+        assert!(Packet::new_checked(&V4_BYTES[..19]).is_err());
+        let mut short_len = V4_BYTES;
+        short_len[3] = 10;
+        assert!(Packet::new_checked(&short_len).is_err());
+        let mut long_len = V4_BYTES;
+        long_len[3] = 200;
+        assert!(Packet::new_checked(&long_len).is_err());
+    }
+}

@@ -1,0 +1,377 @@
+//! The sluice tunnel wire format, version 1.
+//!
+//! A tunnel is a TLS 1.3 stream (mutually authenticated) carrying a sequence
+//! of frames. TLS provides confidentiality, integrity, ordering and replay
+//! protection; the framing only delimits packets and carries control
+//! messages. Many frames are packed into one TLS record: the sender
+//! coalesces a batch of packets before handing it to TLS.
+//!
+//! ```text
+//!  0                   1                   2                   3
+//!  0 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 0 1
+//! +---------------+---------------+-------------------------------+
+//! |     type      |     flags     |     payload length (BE)       |
+//! +---------------+---------------+-------------------------------+
+//! |                payload (length bytes) ...                     |
+//! ```
+//!
+//! Frame types:
+//! - `0x01` **HELLO**: the first frame each side sends. Payload: magic
+//!   `"SLCE"`, version (`u8`, = [`VERSION`]), reserved `u8` (0), maximum
+//!   frame payload the sender accepts (`u16` BE), then the sender's name
+//!   (`u8` length + UTF-8 bytes, may be empty). A peer whose version differs
+//!   answers with CLOSE([`CloseCode::Version`]).
+//! - `0x02` **PACKET**: payload is one IPv4 or IPv6 packet, starting at its
+//!   IP header.
+//! - `0x03` **KEEPALIVE**: empty payload; sent when a side has sent nothing
+//!   for the keepalive interval.
+//! - `0x04` **CLOSE**: code (`u16` BE, [`CloseCode`]) then a UTF-8 reason; the
+//!   sender then closes the TLS stream.
+//!
+//! Flags: bit 7 ([`FLAG_IGNORABLE`]) marks a frame that a receiver which
+//! does not know its type must skip; an unknown type without it is a
+//! protocol error. Other bits are reserved and must be zero on send,
+//! ignored on receipt. This is how later versions add frame types without a
+//! version bump.
+
+use super::WireError;
+
+/// The wire format version this code speaks.
+pub const VERSION: u8 = 1;
+/// HELLO magic.
+pub const MAGIC: [u8; 4] = *b"SLCE";
+/// Frame header length.
+pub const HEADER_LEN: usize = 4;
+/// Largest payload a frame can carry (the length field is 16 bits).
+pub const MAX_PAYLOAD: usize = u16::MAX as usize;
+/// Flag: skip this frame if its type is unknown.
+pub const FLAG_IGNORABLE: u8 = 0x80;
+
+mod field {
+    pub(super) const TYPE: usize = 0;
+    pub(super) const FLAGS: usize = 1;
+    pub(super) const LENGTH: core::ops::Range<usize> = 2..4;
+    pub(super) const PAYLOAD: usize = 4;
+}
+
+/// Frame types.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FrameType {
+    /// Session start, carries the version.
+    Hello,
+    /// One IP packet.
+    Packet,
+    /// Liveness when idle.
+    Keepalive,
+    /// Orderly close with a reason.
+    Close,
+    /// A type this version does not know.
+    Unknown(u8),
+}
+
+impl FrameType {
+    /// The type byte.
+    pub const fn to_u8(self) -> u8 {
+        match self {
+            FrameType::Hello => 1,
+            FrameType::Packet => 2,
+            FrameType::Keepalive => 3,
+            FrameType::Close => 4,
+            FrameType::Unknown(t) => t,
+        }
+    }
+
+    /// From the type byte.
+    pub const fn from_u8(t: u8) -> Self {
+        match t {
+            1 => FrameType::Hello,
+            2 => FrameType::Packet,
+            3 => FrameType::Keepalive,
+            4 => FrameType::Close,
+            t => FrameType::Unknown(t),
+        }
+    }
+}
+
+/// Reasons carried by CLOSE.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloseCode {
+    /// Normal shutdown.
+    Normal,
+    /// Version not supported.
+    Version,
+    /// The peer broke the protocol.
+    Protocol,
+    /// The peer was silent for too long.
+    Timeout,
+    /// Any other code.
+    Other(u16),
+}
+
+impl CloseCode {
+    /// Wire value.
+    pub const fn to_u16(self) -> u16 {
+        match self {
+            CloseCode::Normal => 0,
+            CloseCode::Version => 1,
+            CloseCode::Protocol => 2,
+            CloseCode::Timeout => 3,
+            CloseCode::Other(c) => c,
+        }
+    }
+
+    /// From the wire value.
+    pub const fn from_u16(c: u16) -> Self {
+        match c {
+            0 => CloseCode::Normal,
+            1 => CloseCode::Version,
+            2 => CloseCode::Protocol,
+            3 => CloseCode::Timeout,
+            c => CloseCode::Other(c),
+        }
+    }
+}
+
+/// A view over one frame at the start of a buffer.
+///
+/// After [`Frame::new_checked`] succeeds, no accessor panics: the buffer
+/// holds the header and the whole payload.
+#[derive(Debug, Clone, Copy)]
+pub struct Frame<T: AsRef<[u8]>> {
+    buf: T,
+}
+
+impl<T: AsRef<[u8]>> Frame<T> {
+    /// Wraps `buf`, which must start with a complete frame (it may hold
+    /// more bytes after it: see [`Frame::total_len`]).
+    ///
+    /// Returns [`WireError::Truncated`] when more bytes are needed; that is
+    /// the normal case for a frame split across reads.
+    pub fn new_checked(buf: T) -> Result<Self, WireError> {
+        let b = buf.as_ref();
+        if b.len() < HEADER_LEN {
+            return Err(WireError::Truncated {
+                need: HEADER_LEN,
+                have: b.len(),
+            });
+        }
+        let need = HEADER_LEN + usize::from(u16::from_be_bytes([b[2], b[3]]));
+        if b.len() < need {
+            return Err(WireError::Truncated {
+                need,
+                have: b.len(),
+            });
+        }
+        Ok(Self { buf })
+    }
+
+    /// The frame type.
+    pub fn frame_type(&self) -> FrameType {
+        FrameType::from_u8(self.buf.as_ref()[field::TYPE])
+    }
+
+    /// The flags byte.
+    pub fn flags(&self) -> u8 {
+        self.buf.as_ref()[field::FLAGS]
+    }
+
+    /// Payload length.
+    pub fn payload_len(&self) -> usize {
+        let b = &self.buf.as_ref()[field::LENGTH];
+        usize::from(u16::from_be_bytes([b[0], b[1]]))
+    }
+
+    /// Header plus payload length: where the next frame starts.
+    pub fn total_len(&self) -> usize {
+        HEADER_LEN + self.payload_len()
+    }
+
+    /// The payload.
+    pub fn payload(&self) -> &[u8] {
+        &self.buf.as_ref()[field::PAYLOAD..self.total_len()]
+    }
+}
+
+/// Writes a frame header into `out[..HEADER_LEN]`.
+///
+/// # Panics
+/// If `out` is shorter than [`HEADER_LEN`] or `payload_len` exceeds
+/// [`MAX_PAYLOAD`] (callers check both: they are programming errors).
+pub fn emit_header(out: &mut [u8], ty: FrameType, flags: u8, payload_len: usize) {
+    assert!(payload_len <= MAX_PAYLOAD, "frame payload too large");
+    out[field::TYPE] = ty.to_u8();
+    out[field::FLAGS] = flags;
+    out[field::LENGTH].copy_from_slice(&(payload_len as u16).to_be_bytes());
+}
+
+/// The HELLO payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hello<'a> {
+    /// Protocol version.
+    pub version: u8,
+    /// Largest frame payload the sender accepts.
+    pub max_payload: u16,
+    /// The sender's name (for logs), at most 255 bytes.
+    pub name: &'a str,
+}
+
+impl<'a> Hello<'a> {
+    /// Fixed part: magic, version, reserved, max payload, name length.
+    const FIXED_LEN: usize = 4 + 1 + 1 + 2 + 1;
+
+    /// Parses a HELLO payload.
+    pub fn parse(p: &'a [u8]) -> Result<Self, WireError> {
+        if p.len() < Self::FIXED_LEN {
+            return Err(WireError::Truncated {
+                need: Self::FIXED_LEN,
+                have: p.len(),
+            });
+        }
+        if p[..4] != MAGIC {
+            return Err(WireError::Malformed("HELLO magic"));
+        }
+        let name_len = usize::from(p[8]);
+        let Some(name) = p.get(Self::FIXED_LEN..Self::FIXED_LEN + name_len) else {
+            return Err(WireError::Truncated {
+                need: Self::FIXED_LEN + name_len,
+                have: p.len(),
+            });
+        };
+        let name = core::str::from_utf8(name).map_err(|_| WireError::Malformed("HELLO name"))?;
+        Ok(Self {
+            version: p[4],
+            max_payload: u16::from_be_bytes([p[6], p[7]]),
+            name,
+        })
+    }
+
+    /// Appends the complete HELLO frame (header and payload) to `out`.
+    pub fn emit_frame(&self, out: &mut Vec<u8>) {
+        let name = truncate_utf8(self.name, 255);
+        let len = Self::FIXED_LEN + name.len();
+        let start = out.len();
+        out.resize(start + HEADER_LEN, 0);
+        emit_header(&mut out[start..], FrameType::Hello, 0, len);
+        out.extend_from_slice(&MAGIC);
+        out.push(self.version);
+        out.push(0);
+        out.extend_from_slice(&self.max_payload.to_be_bytes());
+        out.push(name.len() as u8);
+        out.extend_from_slice(name.as_bytes());
+    }
+}
+
+/// Appends a complete CLOSE frame to `out`; the reason is cut to fit.
+pub fn emit_close(out: &mut Vec<u8>, code: CloseCode, reason: &str) {
+    let reason = truncate_utf8(reason, 1024);
+    let start = out.len();
+    out.resize(start + HEADER_LEN, 0);
+    emit_header(&mut out[start..], FrameType::Close, 0, 2 + reason.len());
+    out.extend_from_slice(&code.to_u16().to_be_bytes());
+    out.extend_from_slice(reason.as_bytes());
+}
+
+/// Parses a CLOSE payload: code and reason (invalid UTF-8 is replaced).
+pub fn parse_close(p: &[u8]) -> Result<(CloseCode, String), WireError> {
+    if p.len() < 2 {
+        return Err(WireError::Truncated {
+            need: 2,
+            have: p.len(),
+        });
+    }
+    Ok((
+        CloseCode::from_u16(u16::from_be_bytes([p[0], p[1]])),
+        String::from_utf8_lossy(&p[2..]).into_owned(),
+    ))
+}
+
+fn truncate_utf8(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// HELLO from "gw1": version 1, max payload 65535.
+    const HELLO_BYTES: [u8; 16] = [
+        0x01, 0x00, 0x00, 0x0c, // type HELLO, flags 0, length 12
+        b'S', b'L', b'C', b'E', 0x01, 0x00, 0xff, 0xff, 0x03, b'g', b'w', b'1',
+    ];
+    /// A PACKET frame holding a 4-byte (bogus) payload, then the first byte
+    /// of the next frame.
+    const PACKET_BYTES: [u8; 9] = [0x02, 0x00, 0x00, 0x04, 0x45, 0x00, 0x00, 0x04, 0x03];
+    /// CLOSE(version, "v2").
+    const CLOSE_BYTES: [u8; 8] = [0x04, 0x00, 0x00, 0x04, 0x00, 0x01, b'v', b'2'];
+
+    #[test]
+    fn hello_round_trip() {
+        let f = Frame::new_checked(&HELLO_BYTES[..]).unwrap();
+        assert_eq!(f.frame_type(), FrameType::Hello);
+        let h = Hello::parse(f.payload()).unwrap();
+        assert_eq!(
+            h,
+            Hello {
+                version: 1,
+                max_payload: 65535,
+                name: "gw1"
+            }
+        );
+        let mut out = Vec::new();
+        h.emit_frame(&mut out);
+        assert_eq!(out, HELLO_BYTES);
+    }
+
+    #[test]
+    fn packet_frame_and_trailing_bytes() {
+        let f = Frame::new_checked(&PACKET_BYTES[..]).unwrap();
+        assert_eq!(f.frame_type(), FrameType::Packet);
+        assert_eq!(f.payload(), &[0x45, 0, 0, 4]);
+        assert_eq!(f.total_len(), 8);
+        assert_eq!(
+            Frame::new_checked(&PACKET_BYTES[..7]).unwrap_err(),
+            WireError::Truncated { need: 8, have: 7 }
+        );
+        assert!(Frame::new_checked(&PACKET_BYTES[..3]).is_err());
+    }
+
+    #[test]
+    fn close_round_trip() {
+        let mut out = Vec::new();
+        emit_close(&mut out, CloseCode::Version, "v2");
+        assert_eq!(out, CLOSE_BYTES);
+        let f = Frame::new_checked(&out[..]).unwrap();
+        assert_eq!(
+            parse_close(f.payload()).unwrap(),
+            (CloseCode::Version, "v2".to_string())
+        );
+    }
+
+    #[test]
+    fn bad_hello() {
+        assert!(Hello::parse(&HELLO_BYTES[4..12]).is_err());
+        let mut bad = HELLO_BYTES;
+        bad[4] = b'X';
+        assert!(Hello::parse(&bad[4..]).is_err());
+        let mut long_name = HELLO_BYTES;
+        long_name[12] = 9;
+        assert!(Hello::parse(&long_name[4..]).is_err());
+        let mut not_utf8 = HELLO_BYTES;
+        not_utf8[13] = 0xff;
+        assert!(Hello::parse(&not_utf8[4..]).is_err());
+    }
+
+    #[test]
+    fn unknown_types_keep_their_byte() {
+        assert_eq!(FrameType::from_u8(0x42), FrameType::Unknown(0x42));
+        assert_eq!(FrameType::Unknown(0x42).to_u8(), 0x42);
+        assert_eq!(CloseCode::from_u16(99).to_u16(), 99);
+    }
+}
