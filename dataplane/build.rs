@@ -10,7 +10,10 @@ fn main() -> anyhow::Result<()> {
     let root = manifest.join("../ebpf/classifier");
     let root = root.to_str().context("non-UTF-8 path")?;
     if env::var_os("AYA_BUILD_SKIP").is_none()
-        && Command::new("bpf-linker").arg("--version").output().is_err()
+        && Command::new("bpf-linker")
+            .arg("--version")
+            .output()
+            .is_err()
     {
         bail!(
             "bpf-linker is not installed: run `cargo xtask setup` (or `cargo xtask test`), \

@@ -1,5 +1,851 @@
-//! The embedded XDP classifier (placeholder: being written).
+//! The embedded XDP classifier: loading it, filling its maps, attaching it,
+//! reading its counters and running it on test frames.
+//!
+//! The kernel side lives in `ebpf/classifier`; the map names, key/value
+//! layouts and counter indices both sides agree on are in
+//! [`sluice_common`]. This module is the only user-space code that talks to
+//! the classifier's maps.
+//!
+//! Map updates never leave a window with an empty table: replacing a set of
+//! entries inserts the new ones first and removes the stale ones after.
+//!
+//! This module does not open `AF_XDP` sockets (see [`crate::sys`]) and does
+//! not decide which prefixes are bypassed (the config and the gateway do).
+use std::{collections::HashSet, hash::Hash, net::IpAddr, os::fd::BorrowedFd, process::Command};
+
+use aya::{
+    Ebpf, Pod,
+    maps::{HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, XskMap, lpm_trie::Key},
+    programs::{ProgramError, TestRun as _, TestRunOptions, Xdp, XdpMode, xdp::XdpLinkId},
+};
+use sluice_common::{
+    BypassEntry, CLASSIFIER_PROGRAM, Counter, Ipv4Key, Ipv6Key, MAX_QUEUES, map_names,
+};
+
+use crate::net::Prefix;
 
 /// The classifier's ELF object, built by `build.rs` from `ebpf/classifier`.
 pub static CLASSIFIER_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sluice-classifier"));
+
+/// `XDP_ABORTED`: the program failed; the frame is dropped and traced.
+pub const XDP_ABORTED: u32 = 0;
+/// `XDP_DROP`: the frame is dropped.
+pub const XDP_DROP: u32 = 1;
+/// `XDP_PASS`: the frame goes on to the kernel's network stack.
+pub const XDP_PASS: u32 = 2;
+/// `XDP_TX`: the frame is sent back out of the interface it came in on.
+pub const XDP_TX: u32 = 3;
+/// `XDP_REDIRECT`: the frame goes where `bpf_redirect*` pointed it (for
+/// the classifier: an `AF_XDP` socket).
+pub const XDP_REDIRECT: u32 = 4;
+
+/// The name of an XDP action (`"XDP_PASS"`, ...), or `"XDP_UNKNOWN"`.
+pub fn xdp_action_name(action: u32) -> &'static str {
+    match action {
+        XDP_ABORTED => "XDP_ABORTED",
+        XDP_DROP => "XDP_DROP",
+        XDP_PASS => "XDP_PASS",
+        XDP_TX => "XDP_TX",
+        XDP_REDIRECT => "XDP_REDIRECT",
+        _ => "XDP_UNKNOWN",
+    }
+}
+
+/// How to attach the classifier to an interface (configuration value:
+/// `"auto"`, `"native"` or `"generic"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttachMode {
+    /// Native (driver) mode if the driver supports it, generic otherwise.
+    #[default]
+    Auto,
+    /// Native (driver, `XDP_FLAGS_DRV_MODE`) mode only.
+    Native,
+    /// Generic (skb, `XDP_FLAGS_SKB_MODE`) mode only: works on any
+    /// interface, but after the kernel has allocated an skb.
+    Generic,
+}
+
+/// The mode an attachment actually got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttachedMode {
+    /// Native (driver) mode.
+    Native,
+    /// Generic (skb) mode.
+    Generic,
+}
+
+impl AttachedMode {
+    fn name(self) -> &'static str {
+        match self {
+            AttachedMode::Native => "native",
+            AttachedMode::Generic => "generic",
+        }
+    }
+
+    fn xdp_mode(self) -> XdpMode {
+        match self {
+            AttachedMode::Native => XdpMode::Driver,
+            AttachedMode::Generic => XdpMode::Skb,
+        }
+    }
+}
+
+/// Errors of the classifier loader.
+#[derive(Debug, thiserror::Error)]
+pub enum EbpfError {
+    /// The embedded object is empty: the crate was built with
+    /// `AYA_BUILD_SKIP`, so there is no classifier to load.
+    #[error(
+        "the embedded classifier object is empty (sluice was built with AYA_BUILD_SKIP); \
+         rebuild with the eBPF toolchain (`cargo xtask setup`)"
+    )]
+    NotBuilt,
+    /// aya could not parse the object or create its maps.
+    #[error("loading the classifier object")]
+    Object {
+        /// aya's error.
+        #[source]
+        source: Box<aya::EbpfError>,
+    },
+    /// The object has no program of that name, or it is not an XDP
+    /// program.
+    #[error("the classifier object has no XDP program `{name}`")]
+    MissingProgram {
+        /// The program name looked for.
+        name: &'static str,
+    },
+    /// The kernel refused the program; the source's message carries the
+    /// verifier log.
+    #[error("the kernel refused to load XDP program `{name}`")]
+    Load {
+        /// The program name.
+        name: &'static str,
+        /// aya's error, with the verifier log.
+        #[source]
+        source: Box<ProgramError>,
+    },
+    /// The object has no map of that name.
+    #[error("the classifier object has no map `{name}`")]
+    MissingMap {
+        /// The map name looked for.
+        name: &'static str,
+    },
+    /// A map's type or key/value sizes differ from what user space expects
+    /// (the kernel and user sides are out of sync).
+    #[error("map `{name}` does not have the expected type or layout")]
+    MapLayout {
+        /// The map name.
+        name: &'static str,
+        /// aya's error, naming the mismatch.
+        #[source]
+        source: Box<MapError>,
+    },
+    /// Inserting or removing a map entry failed (e.g. the map is full).
+    #[error("map `{name}`: cannot {action} {item}")]
+    MapUpdate {
+        /// The map name.
+        name: &'static str,
+        /// `"insert"` or `"remove"`.
+        action: &'static str,
+        /// The entry: a prefix, an address or a queue index.
+        item: String,
+        /// aya's error.
+        #[source]
+        source: Box<MapError>,
+    },
+    /// Reading a map failed.
+    #[error("reading map `{name}`")]
+    MapRead {
+        /// The map name.
+        name: &'static str,
+        /// aya's error.
+        #[source]
+        source: Box<MapError>,
+    },
+    /// The RX queue index does not fit the XSK map.
+    #[error("RX queue {queue} is out of range: the classifier serves queues 0..{MAX_QUEUES}")]
+    QueueOutOfRange {
+        /// The queue index asked for.
+        queue: u32,
+    },
+    /// The classifier is already attached (it serves one interface).
+    #[error("the classifier is already attached to `{interface}`")]
+    AlreadyAttached {
+        /// The interface it is attached to.
+        interface: String,
+    },
+    /// Attaching to the interface failed.
+    #[error("attaching the classifier to `{interface}` in {mode} mode")]
+    Attach {
+        /// The interface name.
+        interface: String,
+        /// The mode last tried: `"native"` or `"generic"`.
+        mode: &'static str,
+        /// aya's error.
+        #[source]
+        source: Box<ProgramError>,
+    },
+    /// Detaching from the interface failed.
+    #[error("detaching the classifier from `{interface}`")]
+    Detach {
+        /// The interface name.
+        interface: String,
+        /// aya's error.
+        #[source]
+        source: Box<ProgramError>,
+    },
+    /// `BPF_PROG_TEST_RUN` failed.
+    #[error("BPF_PROG_TEST_RUN of a {len}-byte frame")]
+    TestRun {
+        /// The frame length.
+        len: usize,
+        /// aya's error.
+        #[source]
+        source: Box<ProgramError>,
+    },
+    /// `ip -o addr show` could not be run.
+    #[error("running `ip -o addr show`")]
+    IpCommand {
+        /// The spawn error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `ip -o addr show` exited with an error.
+    #[error("`ip -o addr show` failed ({status}): {stderr}")]
+    IpCommandFailed {
+        /// Its exit status.
+        status: std::process::ExitStatus,
+        /// What it wrote to stderr.
+        stderr: String,
+    },
+}
+
+/// Where the classifier is attached.
+#[derive(Debug)]
+struct Attachment {
+    interface: String,
+    mode: AttachedMode,
+    link: XdpLinkId,
+}
+
+/// The loaded classifier: its program and maps.
+///
+/// Dropping it detaches the program (aya detaches the links it owns) and
+/// frees the maps once no `AF_XDP` socket or link holds them.
+#[derive(Debug)]
+pub struct Classifier {
+    ebpf: Ebpf,
+    attachment: Option<Attachment>,
+}
+
+impl Classifier {
+    /// Loads [`CLASSIFIER_OBJECT`]: creates its maps and loads (verifies)
+    /// the XDP program, without attaching it anywhere.
+    ///
+    /// aya raises `RLIMIT_MEMLOCK` itself on kernels that still charge BPF
+    /// memory to it (before 5.11); newer kernels use memcg accounting.
+    pub fn load() -> Result<Self, EbpfError> {
+        if CLASSIFIER_OBJECT.is_empty() {
+            return Err(EbpfError::NotBuilt);
+        }
+        let mut ebpf = Ebpf::load(CLASSIFIER_OBJECT).map_err(|source| EbpfError::Object {
+            source: source.into(),
+        })?;
+        program_mut(&mut ebpf)?
+            .load()
+            .map_err(|source| EbpfError::Load {
+                name: CLASSIFIER_PROGRAM,
+                source: source.into(),
+            })?;
+        let classifier = Self {
+            ebpf,
+            attachment: None,
+        };
+        classifier.check_maps()?;
+        Ok(classifier)
+    }
+
+    /// Checks that every map exists with the layout user space expects, so
+    /// that a kernel/user mismatch fails at load time.
+    fn check_maps(&self) -> Result<(), EbpfError> {
+        let layout = |name| {
+            move |source: MapError| EbpfError::MapLayout {
+                name,
+                source: Box::new(source),
+            }
+        };
+        LpmTrie::<_, Ipv4Key, BypassEntry>::try_from(self.map(map_names::BYPASS_V4)?)
+            .map_err(layout(map_names::BYPASS_V4))?;
+        LpmTrie::<_, Ipv6Key, BypassEntry>::try_from(self.map(map_names::BYPASS_V6)?)
+            .map_err(layout(map_names::BYPASS_V6))?;
+        HashMap::<_, Ipv4Key, u32>::try_from(self.map(map_names::LOCAL_V4)?)
+            .map_err(layout(map_names::LOCAL_V4))?;
+        HashMap::<_, Ipv6Key, u32>::try_from(self.map(map_names::LOCAL_V6)?)
+            .map_err(layout(map_names::LOCAL_V6))?;
+        XskMap::try_from(self.map(map_names::XSKS)?).map_err(layout(map_names::XSKS))?;
+        let stats = PerCpuArray::<_, u64>::try_from(self.map(map_names::STATS)?)
+            .map_err(layout(map_names::STATS))?;
+        if stats.len() != Counter::COUNT {
+            return Err(EbpfError::MapLayout {
+                name: map_names::STATS,
+                source: Box::new(MapError::OutOfBounds {
+                    index: Counter::COUNT,
+                    max_entries: stats.len(),
+                }),
+            });
+        }
+        Ok(())
+    }
+
+    fn map(&self, name: &'static str) -> Result<&Map, EbpfError> {
+        self.ebpf.map(name).ok_or(EbpfError::MissingMap { name })
+    }
+
+    fn map_mut(&mut self, name: &'static str) -> Result<&mut Map, EbpfError> {
+        self.ebpf
+            .map_mut(name)
+            .ok_or(EbpfError::MissingMap { name })
+    }
+
+    /// Replaces the bypass prefixes that came from the configuration
+    /// ([`BypassEntry::SOURCE_CONFIG`]) with `prefixes`, both families.
+    /// Entries of other sources (DNS, VPN gateways) are left alone.
+    pub fn set_bypass(&mut self, prefixes: &[Prefix]) -> Result<(), EbpfError> {
+        self.replace_bypass(BypassEntry::SOURCE_CONFIG, prefixes)
+    }
+
+    /// Replaces the bypass entries owned by `source` (one of the
+    /// `BypassEntry::SOURCE_*` constants) with `prefixes`: inserts them all,
+    /// then removes the entries of that source that are no longer wanted,
+    /// so that lookups never see a table missing a prefix that stays.
+    ///
+    /// A prefix that another source had inserted becomes `source`'s.
+    pub fn replace_bypass(&mut self, source: u32, prefixes: &[Prefix]) -> Result<(), EbpfError> {
+        let (v4, v6) = split_prefixes(prefixes);
+        let value = BypassEntry {
+            source,
+            reserved: 0,
+        };
+        let name = map_names::BYPASS_V4;
+        let mut trie = LpmTrie::<_, Ipv4Key, BypassEntry>::try_from(self.map_mut(name)?).map_err(
+            |source| EbpfError::MapLayout {
+                name,
+                source: source.into(),
+            },
+        )?;
+        sync_lpm(&mut trie, name, &v4, value)?;
+        let name = map_names::BYPASS_V6;
+        let mut trie = LpmTrie::<_, Ipv6Key, BypassEntry>::try_from(self.map_mut(name)?).map_err(
+            |source| EbpfError::MapLayout {
+                name,
+                source: source.into(),
+            },
+        )?;
+        sync_lpm(&mut trie, name, &v6, value)
+    }
+
+    /// All bypass entries, both families, with their values.
+    pub fn bypass_entries(&self) -> Result<Vec<(Prefix, BypassEntry)>, EbpfError> {
+        let mut out = Vec::new();
+        let name = map_names::BYPASS_V4;
+        let trie =
+            LpmTrie::<_, Ipv4Key, BypassEntry>::try_from(self.map(name)?).map_err(|source| {
+                EbpfError::MapLayout {
+                    name,
+                    source: source.into(),
+                }
+            })?;
+        for item in &trie {
+            let (key, value) = item.map_err(|source| EbpfError::MapRead {
+                name,
+                source: source.into(),
+            })?;
+            out.push((key_to_prefix_v4(key), value));
+        }
+        let name = map_names::BYPASS_V6;
+        let trie =
+            LpmTrie::<_, Ipv6Key, BypassEntry>::try_from(self.map(name)?).map_err(|source| {
+                EbpfError::MapLayout {
+                    name,
+                    source: source.into(),
+                }
+            })?;
+        for item in &trie {
+            let (key, value) = item.map_err(|source| EbpfError::MapRead {
+                name,
+                source: source.into(),
+            })?;
+            out.push((key_to_prefix_v6(key), value));
+        }
+        Ok(out)
+    }
+
+    /// Replaces the gateway's own addresses (both families): traffic to
+    /// them is passed to the kernel. Inserts first, then removes stale
+    /// ones.
+    pub fn set_local_addrs(&mut self, addrs: &[IpAddr]) -> Result<(), EbpfError> {
+        let mut v4 = Vec::new();
+        let mut v6 = Vec::new();
+        for addr in addrs {
+            match addr {
+                IpAddr::V4(a) => v4.push(a.octets()),
+                IpAddr::V6(a) => v6.push(a.octets()),
+            }
+        }
+        let name = map_names::LOCAL_V4;
+        let mut map =
+            HashMap::<_, Ipv4Key, u32>::try_from(self.map_mut(name)?).map_err(|source| {
+                EbpfError::MapLayout {
+                    name,
+                    source: source.into(),
+                }
+            })?;
+        sync_hash(&mut map, name, &v4, |k| {
+            std::net::Ipv4Addr::from(*k).to_string()
+        })?;
+        let name = map_names::LOCAL_V6;
+        let mut map =
+            HashMap::<_, Ipv6Key, u32>::try_from(self.map_mut(name)?).map_err(|source| {
+                EbpfError::MapLayout {
+                    name,
+                    source: source.into(),
+                }
+            })?;
+        sync_hash(&mut map, name, &v6, |k| {
+            std::net::Ipv6Addr::from(*k).to_string()
+        })
+    }
+
+    /// Makes the `AF_XDP` socket `fd` the target for frames tunnelled from RX
+    /// queue `queue` (`XSKS[queue] = fd`). The socket must be bound to
+    /// that queue of the interface the classifier is attached to.
+    pub fn register_socket(&mut self, queue: u32, fd: BorrowedFd<'_>) -> Result<(), EbpfError> {
+        if queue >= MAX_QUEUES {
+            return Err(EbpfError::QueueOutOfRange { queue });
+        }
+        let name = map_names::XSKS;
+        let mut map =
+            XskMap::try_from(self.map_mut(name)?).map_err(|source| EbpfError::MapLayout {
+                name,
+                source: source.into(),
+            })?;
+        map.set(queue, fd, 0)
+            .map_err(|source| EbpfError::MapUpdate {
+                name,
+                action: "insert",
+                item: format!("queue {queue}"),
+                source: source.into(),
+            })
+    }
+
+    /// Removes the socket of RX queue `queue`: its tunnelled frames are
+    /// dropped (and counted as `DropNoSocket`) from now on. Removing an
+    /// empty slot is not an error.
+    pub fn unregister_socket(&mut self, queue: u32) -> Result<(), EbpfError> {
+        if queue >= MAX_QUEUES {
+            return Err(EbpfError::QueueOutOfRange { queue });
+        }
+        let name = map_names::XSKS;
+        let mut map =
+            XskMap::try_from(self.map_mut(name)?).map_err(|source| EbpfError::MapLayout {
+                name,
+                source: source.into(),
+            })?;
+        match map.unset(queue) {
+            Ok(()) => Ok(()),
+            Err(source) if is_not_found(&source) => Ok(()),
+            Err(source) => Err(EbpfError::MapUpdate {
+                name,
+                action: "remove",
+                item: format!("queue {queue}"),
+                source: source.into(),
+            }),
+        }
+    }
+
+    /// Attaches the classifier to `interface` and returns the mode it got.
+    /// With [`AttachMode::Auto`], a refused native attachment is retried in
+    /// generic mode (and logged); an unknown interface is not retried.
+    pub fn attach(&mut self, interface: &str, mode: AttachMode) -> Result<AttachedMode, EbpfError> {
+        if let Some(a) = &self.attachment {
+            return Err(EbpfError::AlreadyAttached {
+                interface: a.interface.clone(),
+            });
+        }
+        let program = program_mut(&mut self.ebpf)?;
+        let attach = |program: &mut Xdp, mode: AttachedMode| {
+            program
+                .attach(interface, mode.xdp_mode())
+                .map_err(|source| EbpfError::Attach {
+                    interface: interface.to_owned(),
+                    mode: mode.name(),
+                    source: source.into(),
+                })
+        };
+        let (mode, link) = match mode {
+            AttachMode::Native => (AttachedMode::Native, attach(program, AttachedMode::Native)?),
+            AttachMode::Generic => (
+                AttachedMode::Generic,
+                attach(program, AttachedMode::Generic)?,
+            ),
+            AttachMode::Auto => match attach(program, AttachedMode::Native) {
+                Ok(link) => (AttachedMode::Native, link),
+                Err(e) if is_unknown_interface(&e) => return Err(e),
+                Err(native) => {
+                    log::warn!(
+                        "{native}: {}; falling back to generic mode",
+                        error_chain(&native)
+                    );
+                    (
+                        AttachedMode::Generic,
+                        attach(program, AttachedMode::Generic)?,
+                    )
+                }
+            },
+        };
+        log::info!("classifier attached to {interface} in {} mode", mode.name());
+        self.attachment = Some(Attachment {
+            interface: interface.to_owned(),
+            mode,
+            link,
+        });
+        Ok(mode)
+    }
+
+    /// The interface and mode the classifier is attached with, if any.
+    pub fn attached(&self) -> Option<(&str, AttachedMode)> {
+        self.attachment
+            .as_ref()
+            .map(|a| (a.interface.as_str(), a.mode))
+    }
+
+    /// Detaches the classifier from its interface (no-op if not attached).
+    /// Dropping the classifier does the same.
+    pub fn detach(&mut self) -> Result<(), EbpfError> {
+        let Some(attachment) = self.attachment.take() else {
+            return Ok(());
+        };
+        program_mut(&mut self.ebpf)?
+            .detach(attachment.link)
+            .map_err(|source| EbpfError::Detach {
+                interface: attachment.interface,
+                source: source.into(),
+            })
+    }
+
+    /// The counters, indexed by [`Counter::index`], summed over CPUs.
+    pub fn counters(&self) -> Result<[u64; Counter::COUNT as usize], EbpfError> {
+        let name = map_names::STATS;
+        let stats = PerCpuArray::<_, u64>::try_from(self.map(name)?).map_err(|source| {
+            EbpfError::MapLayout {
+                name,
+                source: source.into(),
+            }
+        })?;
+        let mut out = [0; Counter::COUNT as usize];
+        for (counter, slot) in Counter::ALL.iter().zip(out.iter_mut()) {
+            let per_cpu = stats
+                .get(&counter.index(), 0)
+                .map_err(|source| EbpfError::MapRead {
+                    name,
+                    source: source.into(),
+                })?;
+            *slot = per_cpu.iter().sum();
+        }
+        Ok(out)
+    }
+
+    /// Runs the classifier once on `frame` with `BPF_PROG_TEST_RUN` and
+    /// returns its XDP action (see [`xdp_action_name`]). The frame arrives
+    /// on RX queue 0; maps and counters are the live ones.
+    ///
+    /// The kernel refuses (`EINVAL`) frames shorter than an Ethernet header
+    /// (14 bytes), which no driver would deliver either.
+    pub fn test_run(&self, frame: &[u8]) -> Result<u32, EbpfError> {
+        let program: &Xdp = self
+            .ebpf
+            .program(CLASSIFIER_PROGRAM)
+            .and_then(|p| p.try_into().ok())
+            .ok_or(EbpfError::MissingProgram {
+                name: CLASSIFIER_PROGRAM,
+            })?;
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            ..TestRunOptions::default()
+        };
+        program
+            .test_run(opts)
+            .map(|r| r.return_value)
+            .map_err(|source| EbpfError::TestRun {
+                len: frame.len(),
+                source: source.into(),
+            })
+    }
+}
+
+fn program_mut(ebpf: &mut Ebpf) -> Result<&mut Xdp, EbpfError> {
+    ebpf.program_mut(CLASSIFIER_PROGRAM)
+        .and_then(|p| p.try_into().ok())
+        .ok_or(EbpfError::MissingProgram {
+            name: CLASSIFIER_PROGRAM,
+        })
+}
+
+/// `error: cause: cause` for a log line.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut out = String::new();
+    let mut source = error.source();
+    while let Some(e) = source {
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&e.to_string());
+        source = e.source();
+    }
+    out
+}
+
+fn is_unknown_interface(error: &EbpfError) -> bool {
+    matches!(error, EbpfError::Attach { source, .. }
+        if matches!(**source, ProgramError::UnknownInterface { .. }))
+}
+
+fn is_not_found(error: &MapError) -> bool {
+    match error {
+        MapError::KeyNotFound => true,
+        MapError::SyscallError(e) => e.io_error.raw_os_error() == Some(libc::ENOENT),
+        _ => false,
+    }
+}
+
+/// LPM keys of the IPv4 and IPv6 prefixes, as `(prefix_len, address)`.
+type SplitPrefixes = (Vec<(u32, Ipv4Key)>, Vec<(u32, Ipv6Key)>);
+
+fn split_prefixes(prefixes: &[Prefix]) -> SplitPrefixes {
+    let mut v4 = Vec::new();
+    let mut v6 = Vec::new();
+    for p in prefixes {
+        match p.addr() {
+            IpAddr::V4(a) => v4.push((u32::from(p.len()), a.octets())),
+            IpAddr::V6(a) => v6.push((u32::from(p.len()), a.octets())),
+        }
+    }
+    (v4, v6)
+}
+
+fn key_to_prefix_v4(key: Key<Ipv4Key>) -> Prefix {
+    Prefix::new(IpAddr::from(key.data()), key.prefix_len() as u8)
+}
+
+fn key_to_prefix_v6(key: Key<Ipv6Key>) -> Prefix {
+    Prefix::new(IpAddr::from(key.data()), key.prefix_len() as u8)
+}
+
+/// Makes the entries of `trie` whose value has `value.source` exactly
+/// `wanted`: inserts every wanted key, then removes the others.
+fn sync_lpm<K>(
+    trie: &mut LpmTrie<&mut MapData, K, BypassEntry>,
+    name: &'static str,
+    wanted: &[(u32, K)],
+    value: BypassEntry,
+) -> Result<(), EbpfError>
+where
+    K: Pod + Eq + Hash,
+    IpAddr: From<K>,
+{
+    let describe = |len: u32, data: K| format!("{}/{len}", IpAddr::from(data));
+    let mut stale = Vec::new();
+    for item in trie.iter() {
+        let (key, entry) = item.map_err(|source| EbpfError::MapRead {
+            name,
+            source: source.into(),
+        })?;
+        if entry.source == value.source {
+            stale.push((key.prefix_len(), key.data()));
+        }
+    }
+    for &(len, data) in wanted {
+        trie.insert(&Key::new(len, data), value, 0)
+            .map_err(|source| EbpfError::MapUpdate {
+                name,
+                action: "insert",
+                item: describe(len, data),
+                source: source.into(),
+            })?;
+    }
+    let keep: HashSet<(u32, K)> = wanted.iter().copied().collect();
+    for (len, data) in stale.into_iter().filter(|k| !keep.contains(k)) {
+        match trie.remove(&Key::new(len, data)) {
+            Ok(()) => {}
+            Err(source) if is_not_found(&source) => {}
+            Err(source) => {
+                return Err(EbpfError::MapUpdate {
+                    name,
+                    action: "remove",
+                    item: describe(len, data),
+                    source: source.into(),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Makes the keys of `map` exactly `wanted` (values 1): inserts every
+/// wanted key, then removes the others.
+fn sync_hash<K: Pod + Eq + Hash>(
+    map: &mut HashMap<&mut MapData, K, u32>,
+    name: &'static str,
+    wanted: &[K],
+    describe: impl Fn(&K) -> String,
+) -> Result<(), EbpfError> {
+    let present = map
+        .keys()
+        .collect::<Result<Vec<K>, _>>()
+        .map_err(|source| EbpfError::MapRead {
+            name,
+            source: source.into(),
+        })?;
+    for key in wanted {
+        map.insert(key, 1, 0)
+            .map_err(|source| EbpfError::MapUpdate {
+                name,
+                action: "insert",
+                item: describe(key),
+                source: source.into(),
+            })?;
+    }
+    let keep: HashSet<&K> = wanted.iter().collect();
+    for key in present.iter().filter(|k| !keep.contains(k)) {
+        match map.remove(key) {
+            Ok(()) => {}
+            Err(source) if is_not_found(&source) => {}
+            Err(source) => {
+                return Err(EbpfError::MapUpdate {
+                    name,
+                    action: "remove",
+                    item: describe(key),
+                    source: source.into(),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The addresses configured on the interfaces of this network namespace
+/// (from `ip -o addr show`), e.g. for [`Classifier::set_local_addrs`].
+pub fn interface_local_addrs() -> Result<Vec<IpAddr>, EbpfError> {
+    let output = Command::new("ip")
+        .args(["-o", "addr", "show"])
+        .output()
+        .map_err(|source| EbpfError::IpCommand { source })?;
+    if !output.status.success() {
+        return Err(EbpfError::IpCommandFailed {
+            status: output.status,
+            stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+        });
+    }
+    Ok(parse_ip_addr_oneline(&String::from_utf8_lossy(
+        &output.stdout,
+    )))
+}
+
+/// The local addresses in `ip -o addr show` output: the word after `inet`
+/// or `inet6`, without its prefix length. Lines that do not parse are
+/// skipped.
+fn parse_ip_addr_oneline(text: &str) -> Vec<IpAddr> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        if words.any(|w| w == "inet" || w == "inet6")
+            && let Some(addr) = words.next()
+        {
+            let addr = addr.split_once('/').map_or(addr, |(a, _)| a);
+            if let Ok(addr) = addr.parse::<IpAddr>()
+                && !out.contains(&addr)
+            {
+                out.push(addr);
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn action_names() {
+        assert_eq!(xdp_action_name(XDP_PASS), "XDP_PASS");
+        assert_eq!(xdp_action_name(XDP_DROP), "XDP_DROP");
+        assert_eq!(xdp_action_name(XDP_REDIRECT), "XDP_REDIRECT");
+        assert_eq!(xdp_action_name(99), "XDP_UNKNOWN");
+    }
+
+    #[test]
+    fn attach_mode_deserializes_lowercase() {
+        #[derive(serde::Deserialize)]
+        struct Cfg {
+            mode: AttachMode,
+        }
+        for (text, mode) in [
+            ("auto", AttachMode::Auto),
+            ("native", AttachMode::Native),
+            ("generic", AttachMode::Generic),
+        ] {
+            let cfg: Cfg = toml::from_str(&format!("mode = \"{text}\"")).unwrap();
+            assert_eq!(cfg.mode, mode);
+        }
+        assert!(toml::from_str::<Cfg>("mode = \"Native\"").is_err());
+        assert_eq!(AttachMode::default(), AttachMode::Auto);
+    }
+
+    #[test]
+    fn prefixes_split_by_family() {
+        let prefixes: Vec<Prefix> = ["203.0.113.0/24", "2001:db8::/32", "198.51.100.7"]
+            .iter()
+            .map(|p| p.parse().unwrap())
+            .collect();
+        let (v4, v6) = split_prefixes(&prefixes);
+        assert_eq!(v4, [(24, [203, 0, 113, 0]), (32, [198, 51, 100, 7])]);
+        assert_eq!(v6.len(), 1);
+        assert_eq!(v6[0].0, 32);
+        assert_eq!(v6[0].1[..4], [0x20, 0x01, 0x0d, 0xb8]);
+        assert_eq!(
+            key_to_prefix_v4(Key::new(24, [203, 0, 113, 0])),
+            prefixes[0]
+        );
+    }
+
+    #[test]
+    fn parses_ip_oneline_output() {
+        const OUTPUT: &str = "\
+1: lo    inet 127.0.0.1/8 scope host lo\\       valid_lft forever preferred_lft forever
+1: lo    inet6 ::1/128 scope host noprefixroute \\       valid_lft forever preferred_lft forever
+2: lan0    inet 192.0.2.1/24 brd 192.0.2.255 scope global lan0\\       valid_lft forever preferred_lft forever
+3: ppp0    inet 198.51.100.1 peer 198.51.100.2/32 scope global ppp0\\       valid_lft forever preferred_lft forever
+2: lan0    inet6 2001:db8::1/64 scope global \\       valid_lft forever preferred_lft forever
+2: lan0    inet6 fe80::1/64 scope link \\       valid_lft forever preferred_lft forever
+garbage line
+";
+        let addrs: Vec<String> = parse_ip_addr_oneline(OUTPUT)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            addrs,
+            [
+                "127.0.0.1",
+                "::1",
+                "192.0.2.1",
+                "198.51.100.1",
+                "2001:db8::1",
+                "fe80::1"
+            ]
+        );
+    }
+}

@@ -16,6 +16,14 @@
 #![deny(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod config;
 pub mod ebpf;
+pub mod edge;
+pub mod gateway;
+pub mod host;
+pub mod metrics;
 pub mod net;
+pub mod pki;
 pub mod sys;
+pub mod tunnel;
+pub mod wire;

@@ -1,2 +1,170 @@
-//! The `sluice` command line (placeholder).
-fn main() {}
+//! The `sluice` command line: `gateway`, `edge`, `check`, `pki init`.
+use std::{
+    path::PathBuf,
+    process::ExitCode,
+    sync::{Arc, atomic::AtomicBool},
+};
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use sluice::{
+    config::{EdgeConfig, GatewayConfig},
+    edge::Edge,
+    gateway::Gateway,
+    metrics, pki,
+};
+
+/// sluice: XDP/AF_XDP forwarding dataplane with a TLS 1.3 tunnel to a
+/// service edge.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the gateway: classify LAN traffic with XDP, tunnel it to the edge.
+    Gateway {
+        /// Configuration file.
+        #[arg(short, long, default_value = "/etc/sluice/sluice.toml")]
+        config: PathBuf,
+    },
+    /// Run the edge: accept gateways' tunnels and forward their traffic.
+    Edge {
+        /// Configuration file.
+        #[arg(short, long, default_value = "/etc/sluice/edge.toml")]
+        config: PathBuf,
+    },
+    /// Validate a configuration file without touching the system.
+    Check {
+        /// Configuration file.
+        #[arg(short, long, default_value = "/etc/sluice/sluice.toml")]
+        config: PathBuf,
+        /// Which role's sections to check.
+        #[arg(long, value_enum, default_value = "gateway")]
+        role: Role,
+    },
+    /// Certificates.
+    Pki {
+        #[command(subcommand)]
+        cmd: PkiCmd,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Role {
+    Gateway,
+    Edge,
+}
+
+#[derive(Subcommand)]
+enum PkiCmd {
+    /// Generate a lab CA, an edge certificate and gateway certificates.
+    Init {
+        /// Output directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Names (DNS or IP) the edge certificate is valid for.
+        #[arg(long = "edge-name", required = true)]
+        edge_names: Vec<String>,
+        /// Gateway names, one client certificate each.
+        #[arg(long = "gateway", required = true)]
+        gateways: Vec<String>,
+    },
+}
+
+fn stop_flag() -> anyhow::Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, stop.clone()).context("installing signal handler")?;
+    }
+    Ok(stop)
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sluice: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.cmd {
+        Cmd::Gateway { config } => {
+            let cfg = GatewayConfig::load(&config)?;
+            let stop = stop_flag()?;
+            let gw = Gateway::start(cfg, stop.clone())?;
+            gw.wait()?;
+            Ok(())
+        }
+        Cmd::Edge { config } => {
+            let cfg = EdgeConfig::load(&config)?;
+            let stop = stop_flag()?;
+            let metrics_addr = cfg.metrics;
+            let mut edge = Edge::new(cfg)?;
+            let _metrics = match metrics_addr {
+                Some(addr) => {
+                    let stats = edge.stats();
+                    Some(
+                        metrics::serve(addr, stop.clone(), move |out| stats.render(out))
+                            .with_context(|| format!("serving metrics on {addr}"))?,
+                    )
+                }
+                None => None,
+            };
+            edge.run(&stop)?;
+            log::info!("edge stopped");
+            Ok(())
+        }
+        Cmd::Check { config, role } => {
+            match role {
+                Role::Gateway => {
+                    let c = GatewayConfig::load(&config)?;
+                    println!(
+                        "{}: ok: gateway `{}`, LAN {}, WAN {}, edge {}, {} bypass prefixes",
+                        config.display(),
+                        c.name,
+                        c.lan,
+                        c.wan,
+                        c.tunnel.edge,
+                        c.bypass.len()
+                    );
+                }
+                Role::Edge => {
+                    let c = EdgeConfig::load(&config)?;
+                    println!(
+                        "{}: ok: edge `{}` on {}, TUN {}, {} client prefixes",
+                        config.display(),
+                        c.name,
+                        c.listen,
+                        c.tun,
+                        c.client_prefixes.len()
+                    );
+                }
+            }
+            Ok(())
+        }
+        Cmd::Pki {
+            cmd:
+                PkiCmd::Init {
+                    dir,
+                    edge_names,
+                    gateways,
+                },
+        } => {
+            let f = pki::generate(&dir, &edge_names, &gateways)?;
+            println!("CA: {}", f.ca.display());
+            println!("edge: {} {}", f.edge.0.display(), f.edge.1.display());
+            for (n, c, k) in f.gateways {
+                println!("gateway {n}: {} {}", c.display(), k.display());
+            }
+            Ok(())
+        }
+    }
+}

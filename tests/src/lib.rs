@@ -1,1 +1,84 @@
-//! The namespace lab (placeholder: being written).
+//! # sluice-lab: the namespace lab of sluice's tests, demo and benchmarks
+//!
+//! A [`Lab`] is a closed world of four network namespaces joined by veth
+//! pairs: a LAN `client`, the sluice gateway `gw`, the sluice `edge`, and
+//! `inet` (servers "on the internet", and the router between `gw` and
+//! `edge`). The address plan is in [`addr`]; counters of what reaches the
+//! servers are in [`counter`].
+//!
+//! What it must not do (`/work/shared/notes/lab-network.md`): touch the host's
+//! own interfaces, routes or sysctls; use anything but documentation address
+//! ranges; connect to the host's uplink; leave namespaces, links or processes
+//! behind. Every name is unique per lab (`sl<pid>x<n>-<host>`), so labs run in
+//! parallel, and [`cleanup_stale`] removes what a crashed run left.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use sluice_lab::{Host, Lab, addr, counter, require_root};
+//!
+//! if !require_root("bypassed_traffic_is_masqueraded") {
+//!     return;
+//! }
+//! let lab = Lab::new();
+//! lab.spawn_peer(Host::Inet, "peer", 8080, 8080);
+//! let who = lab.run_ok(Host::Client, &["curl", "-sS", "--max-time", "5",
+//!     "http://203.0.113.20:8080/whoami"]);
+//! assert_eq!(who.trim(), addr::GW_WAN_V4.to_string());
+//! assert!(lab.nft_counter(counter::GW_TO_BYPASSED_V4) > 0);
+//! assert_eq!(lab.nft_counter(counter::LAN_LEAK_V4), 0);
+//! // Dropping `lab` (also on panic) kills `peer` and deletes the namespaces.
+//! ```
+//!
+//! Processes run in a namespace through `ip netns exec`; they inherit the
+//! caller's environment and working directory.
+#![deny(missing_docs)]
+#![deny(unsafe_code)]
+
+pub mod addr;
+pub mod demo;
+pub mod deploy;
+mod lab;
+mod nft;
+mod peer;
+mod proc;
+#[cfg(test)]
+mod selftest;
+mod sys;
+
+pub use lab::{DEFAULT_TIMEOUT, Host, Lab, ProcId, cleanup_stale};
+pub use nft::counter;
+pub use peer::{UdpProbe, peer_script, python};
+
+use std::io::Write as _;
+
+/// Whether this process runs as root (effective uid 0).
+pub fn is_root() -> bool {
+    sys::is_root()
+}
+
+/// Guard for privileged tests: true when running as root. Otherwise, under
+/// `CI=true` it panics (a green CI must mean the kernel path was exercised);
+/// elsewhere it prints a loud SKIPPED line and returns false, and the test
+/// should return at once.
+///
+/// # Panics
+/// When not root and the environment has `CI=true`.
+pub fn require_root(test: &str) -> bool {
+    if sys::is_root() {
+        return true;
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "{test}: needs root and CI=true: privileged tests must run"
+    );
+    // Straight to the stderr handle, not `eprintln!`: the test harness
+    // captures the macros' output of passing tests, and this must be seen.
+    let _ = writeln!(
+        std::io::stderr(),
+        "\n********************************************************************\n\
+         SKIPPED {test} (needs root: it builds network namespaces).\n\
+         Run as root, e.g. `sudo -E cargo xtask test`.\n\
+         ********************************************************************\n"
+    );
+    false
+}

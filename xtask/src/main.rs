@@ -1,1 +1,149 @@
-fn main() {}
+//! `cargo xtask <command>`: the project's tasks (all need root).
+//!
+//! - `setup`: installs what building and testing need on Debian 12
+//!   (idempotent; quiet when all is there). See [`setup`].
+//! - `test [-- <test args>]`: setup, removal of namespaces left by crashed
+//!   runs, then `cargo test --release --workspace --exclude sluice-ebpf
+//!   -- --test-threads=2 <test args>`.
+//! - `demo`: setup, `cargo build --release -p sluice`, then the lab demo
+//!   (`SLUICE_DEMO_HOLD=1` keeps the lab up until Ctrl-C).
+
+use std::{
+    env,
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+mod setup;
+
+const USAGE: &str = "\
+usage: cargo xtask <command>
+
+commands (run as root):
+  setup                 install the toolchain pieces and tools (idempotent)
+  test [-- ARGS...]     setup, clean stale lab namespaces, run every test in
+                        release mode (ARGS go to the test binaries)
+  demo                  setup, build sluice, run the lab demo
+                        (SLUICE_DEMO_HOLD=1 keeps the lab up until Ctrl-C)";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = env::args().skip(1).collect();
+    let Some(cmd) = args.first() else {
+        eprintln!("{USAGE}");
+        return ExitCode::from(2);
+    };
+    let result = match cmd.as_str() {
+        "setup" => as_root(cmd).and_then(|()| setup::run()),
+        "test" => as_root(cmd).and_then(|()| test(&args[1..])),
+        "demo" => as_root(cmd).and_then(|()| demo()),
+        "help" | "-h" | "--help" => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        other => {
+            eprintln!("xtask: unknown command {other:?}\n\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask {cmd}: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn as_root(cmd: &str) -> Result<()> {
+    if !sluice_lab::is_root() {
+        bail!(
+            "must run as root (it installs packages, mounts bpffs, creates network \
+             namespaces and loads XDP programs); try `sudo -E env \"PATH=$PATH\" cargo xtask {cmd}`"
+        );
+    }
+    Ok(())
+}
+
+/// The workspace root (this crate's parent directory).
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+}
+
+/// `cargo`, through the rustup proxy on PATH, in the workspace root.
+fn cargo() -> Command {
+    let mut cmd = Command::new("cargo");
+    cmd.current_dir(root());
+    cmd
+}
+
+fn test(args: &[String]) -> Result<()> {
+    setup::run()?;
+    let removed = sluice_lab::cleanup_stale();
+    if !removed.is_empty() {
+        println!("test: removed stale lab namespaces: {}", removed.join(" "));
+    }
+    let extra = match args.split_first() {
+        Some((first, rest)) if first == "--" => rest,
+        _ => args,
+    };
+    let mut cmd = cargo();
+    cmd.args([
+        "test",
+        "--release",
+        "--workspace",
+        "--exclude",
+        "sluice-ebpf",
+        "--",
+        "--test-threads=2",
+    ])
+    .args(extra);
+    println!(
+        "test: cargo test --release --workspace --exclude sluice-ebpf -- --test-threads=2 {}",
+        extra.join(" ")
+    );
+    let status = cmd.status().context("cannot run cargo")?;
+    if !status.success() {
+        bail!("tests failed ({status})");
+    }
+    Ok(())
+}
+
+fn demo() -> Result<()> {
+    setup::run()?;
+    println!("demo: cargo build --release -p sluice");
+    let status = cargo()
+        .args(["build", "--release", "-p", "sluice"])
+        .status()
+        .context("cannot run cargo")?;
+    if !status.success() {
+        bail!("building sluice failed ({status})");
+    }
+    let bin = target_dir()?.join("release/sluice");
+    sluice_lab::demo::run(&bin)
+}
+
+/// The workspace's target directory, as cargo sees it (honours
+/// `CARGO_TARGET_DIR` and config).
+fn target_dir() -> Result<PathBuf> {
+    let out = cargo()
+        .args(["metadata", "--format-version", "1", "--no-deps"])
+        .output()
+        .context("cannot run cargo metadata")?;
+    if !out.status.success() {
+        bail!(
+            "cargo metadata failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let meta: serde_json::Value =
+        serde_json::from_slice(&out.stdout).context("cargo metadata: bad JSON")?;
+    let dir = meta
+        .get("target_directory")
+        .and_then(serde_json::Value::as_str)
+        .context("cargo metadata: no target_directory")?;
+    Ok(PathBuf::from(dir))
+}

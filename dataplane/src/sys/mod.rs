@@ -1,11 +1,13 @@
 //! The one room with `unsafe` in the dataplane: kernel interfaces that need
 //! raw syscalls, `mmap` and shared-memory rings.
 //!
-//! - [`xsk`]: AF_XDP sockets: UMEM registration, the fill, completion, RX and
+//! - [`xsk`]: `AF_XDP` sockets: UMEM registration, the fill, completion, RX and
 //!   TX rings, batched and `#[must_use]`.
+//! - [`tun`]: TUN devices for the edge.
 //!
 //! Everything else in the crate is `#![deny(unsafe_code)]` and uses these
 //! safe wrappers.
 #![allow(unsafe_code)]
 
+pub mod tun;
 pub mod xsk;

@@ -1,0 +1,543 @@
+//! The configuration file: one TOML file for a gateway (`[gateway]`,
+//! `[tunnel]`, `[bypass]`) or an edge (`[edge]`).
+//!
+//! Loading is all-or-nothing: the file is parsed and every field validated
+//! before anything is attached or opened, and the first error names the
+//! file, the line and the field (`sluice.toml:12: bypass.prefixes[1]: host
+//! bits are set after /24: did you mean 203.0.113.0/24?`). Unknown fields are
+//! errors, so a typo never silently falls back to a default. Relative paths
+//! are relative to the config file's directory.
+//!
+//! Example (gateway):
+//! ```toml
+//! [gateway]
+//! name = "branch-1"
+//! lan = "lan0"
+//! wan = "wan0"
+//! xdp_mode = "auto"            # auto | native | generic
+//! metrics = "127.0.0.1:9477"   # Prometheus text on GET /metrics
+//!
+//! [tunnel]
+//! edge = "198.51.100.5:4443"
+//! server_name = "edge.sluice.test"
+//! ca = "ca.pem"
+//! cert = "gw1.pem"
+//! key = "gw1.key"
+//!
+//! [bypass]
+//! prefixes = ["203.0.113.20/32", "2001:db8:100::20/128"]
+//! ```
+use std::{
+    net::SocketAddr,
+    ops::Range,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::{ebpf::AttachMode, net::Prefix};
+
+/// A configuration error. `Invalid` names the file, line, column and field.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid: syntax, type or value.
+    #[error("{}:{line}:{column}: {field}: {message}", path.display())]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// Dotted field name, e.g. `bypass.prefixes[2]`.
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl ConfigError {
+    /// The field an `Invalid` error is about.
+    pub fn field(&self) -> Option<&str> {
+        match self {
+            ConfigError::Invalid { field, .. } => Some(field),
+            ConfigError::Read { .. } => None,
+        }
+    }
+
+    /// The line an `Invalid` error is about.
+    pub fn line(&self) -> Option<usize> {
+        match self {
+            ConfigError::Invalid { line, .. } => Some(*line),
+            ConfigError::Read { .. } => None,
+        }
+    }
+}
+
+/// The gateway's configuration.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// The file it came from.
+    pub path: PathBuf,
+    /// Name sent to the edge (defaults to the host name).
+    pub name: String,
+    /// LAN interface: the classifier attaches here.
+    pub lan: String,
+    /// WAN interface: bypassed traffic leaves here (by kernel routing).
+    pub wan: String,
+    /// Classifier attach mode.
+    pub xdp_mode: AttachMode,
+    /// Serve only this many RX queues (default: all of the LAN interface).
+    pub queues: Option<u32>,
+    /// Where to serve Prometheus metrics, if anywhere.
+    pub metrics: Option<SocketAddr>,
+    /// The tunnel to the edge.
+    pub tunnel: TunnelConfig,
+    /// Destinations that bypass the tunnel.
+    pub bypass: Vec<Prefix>,
+}
+
+/// The gateway's tunnel settings.
+#[derive(Debug, Clone)]
+pub struct TunnelConfig {
+    /// The edge's address and port.
+    pub edge: SocketAddr,
+    /// The name the edge's certificate must carry.
+    pub server_name: String,
+    /// CA that signed the edge's certificate.
+    pub ca: PathBuf,
+    /// Our client certificate.
+    pub cert: PathBuf,
+    /// Its key.
+    pub key: PathBuf,
+    /// Keepalive interval.
+    pub keepalive: Duration,
+    /// Dead-peer timeout.
+    pub idle_timeout: Duration,
+}
+
+/// The edge's configuration.
+#[derive(Debug, Clone)]
+pub struct EdgeConfig {
+    /// The file it came from.
+    pub path: PathBuf,
+    /// Name sent to gateways.
+    pub name: String,
+    /// Address to accept tunnels on.
+    pub listen: SocketAddr,
+    /// TUN device name.
+    pub tun: String,
+    /// TUN MTU (largest inner packet).
+    pub tun_mtu: u16,
+    /// Source prefixes gateways may send from; packets from elsewhere are
+    /// dropped (anti-spoofing) and these are routed back into the TUN.
+    pub client_prefixes: Vec<Prefix>,
+    /// Let the edge set up forwarding, routes and source NAT itself.
+    pub manage_network: bool,
+    /// CA that signs gateway certificates.
+    pub ca: PathBuf,
+    /// Edge certificate.
+    pub cert: PathBuf,
+    /// Its key.
+    pub key: PathBuf,
+    /// Where to serve Prometheus metrics, if anywhere.
+    pub metrics: Option<SocketAddr>,
+    /// Keepalive interval.
+    pub keepalive: Duration,
+    /// Dead-peer timeout.
+    pub idle_timeout: Duration,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    gateway: Option<Spanned<RawGateway>>,
+    tunnel: Option<Spanned<RawTunnel>>,
+    bypass: Option<RawBypass>,
+    edge: Option<Spanned<RawEdge>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGateway {
+    name: Option<Spanned<String>>,
+    lan: Spanned<String>,
+    wan: Spanned<String>,
+    #[serde(default)]
+    xdp_mode: AttachMode,
+    queues: Option<Spanned<u32>>,
+    metrics: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTunnel {
+    edge: Spanned<String>,
+    server_name: Spanned<String>,
+    ca: Spanned<PathBuf>,
+    cert: Spanned<PathBuf>,
+    key: Spanned<PathBuf>,
+    keepalive_secs: Option<Spanned<u64>>,
+    idle_timeout_secs: Option<Spanned<u64>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawBypass {
+    #[serde(default)]
+    prefixes: Vec<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEdge {
+    name: Option<Spanned<String>>,
+    listen: Spanned<String>,
+    tun: Option<Spanned<String>>,
+    tun_mtu: Option<Spanned<u16>>,
+    client_prefixes: Spanned<Vec<Spanned<String>>>,
+    manage_network: Option<bool>,
+    ca: Spanned<PathBuf>,
+    cert: Spanned<PathBuf>,
+    key: Spanned<PathBuf>,
+    metrics: Option<Spanned<String>>,
+    keepalive_secs: Option<Spanned<u64>>,
+    idle_timeout_secs: Option<Spanned<u64>>,
+}
+
+/// Source text plus path: turns byte spans into `Invalid` errors.
+struct Doc<'a> {
+    path: &'a Path,
+    src: &'a str,
+}
+
+impl Doc<'_> {
+    fn err(&self, span: Range<usize>, field: &str, message: impl Into<String>) -> ConfigError {
+        let (line, column) = line_col(self.src, span.start);
+        ConfigError::Invalid {
+            path: self.path.to_path_buf(),
+            line,
+            column,
+            field: field.to_string(),
+            message: message.into(),
+        }
+    }
+
+    fn parse<T: for<'de> Deserialize<'de>>(&self) -> Result<T, ConfigError> {
+        toml::from_str(self.src).map_err(|e| {
+            let span = e.span().unwrap_or(0..0);
+            let field = field_at(self.src, span.start, e.message());
+            self.err(span, &field, e.message().trim())
+        })
+    }
+
+    fn file(&self, v: &Spanned<PathBuf>, field: &str) -> Result<PathBuf, ConfigError> {
+        let p = v.get_ref();
+        let full = if p.is_absolute() {
+            p.clone()
+        } else {
+            self.path.parent().unwrap_or(Path::new(".")).join(p)
+        };
+        std::fs::metadata(&full)
+            .map_err(|e| self.err(v.span(), field, format!("{}: {e}", full.display())))?;
+        Ok(full)
+    }
+
+    fn iface(&self, v: &Spanned<String>, field: &str) -> Result<String, ConfigError> {
+        let s = v.get_ref();
+        if s.is_empty() || s.len() > 15 || s.contains(['/', ' ', '\0']) || s == "." || s == ".." {
+            return Err(self.err(
+                v.span(),
+                field,
+                format!(
+                    "`{s}` is not a valid interface name (1 to 15 characters, no `/` or spaces)"
+                ),
+            ));
+        }
+        Ok(s.clone())
+    }
+
+    fn sockaddr(&self, v: &Spanned<String>, field: &str) -> Result<SocketAddr, ConfigError> {
+        v.get_ref().parse().map_err(|_| {
+            self.err(
+                v.span(),
+                field,
+                format!(
+                    "`{}` is not an address:port such as 198.51.100.5:4443 or [2001:db8::5]:4443",
+                    v.get_ref()
+                ),
+            )
+        })
+    }
+
+    fn prefixes(&self, v: &[Spanned<String>], field: &str) -> Result<Vec<Prefix>, ConfigError> {
+        let mut out = Vec::with_capacity(v.len());
+        for (i, p) in v.iter().enumerate() {
+            let parsed: Prefix = p
+                .get_ref()
+                .parse()
+                .map_err(|e| self.err(p.span(), &format!("{field}[{i}]"), format!("{e}")))?;
+            if out.contains(&parsed) {
+                return Err(self.err(
+                    p.span(),
+                    &format!("{field}[{i}]"),
+                    format!("{parsed} is listed twice"),
+                ));
+            }
+            out.push(parsed);
+        }
+        Ok(out)
+    }
+
+    fn timers(
+        &self,
+        keepalive: Option<&Spanned<u64>>,
+        idle: Option<&Spanned<u64>>,
+        section: &str,
+    ) -> Result<(Duration, Duration), ConfigError> {
+        let k = keepalive.map_or(10, |v| *v.get_ref());
+        let t = idle.map_or(30, |v| *v.get_ref());
+        if let Some(v) = keepalive.filter(|_| !(1..=3600).contains(&k)) {
+            return Err(self.err(
+                v.span(),
+                &format!("{section}.keepalive_secs"),
+                "must be 1 to 3600",
+            ));
+        }
+        if t <= k {
+            let span = idle.or(keepalive).map_or(0..0, Spanned::span);
+            return Err(self.err(
+                span,
+                &format!("{section}.idle_timeout_secs"),
+                format!("must be greater than keepalive_secs ({k})"),
+            ));
+        }
+        Ok((Duration::from_secs(k), Duration::from_secs(t)))
+    }
+}
+
+fn default_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "sluice".into())
+}
+
+fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+impl GatewayConfig {
+    /// Reads and validates a gateway configuration file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let src = read(path)?;
+        Self::parse(path, &src)
+    }
+
+    /// Validates `src` as if read from `path` (used by `load` and tests).
+    pub fn parse(path: &Path, src: &str) -> Result<Self, ConfigError> {
+        let d = Doc { path, src };
+        let raw: RawFile = d.parse()?;
+        let Some(gw) = raw.gateway else {
+            return Err(d.err(0..0, "gateway", "missing section [gateway]"));
+        };
+        let Some(tun) = raw.tunnel else {
+            return Err(d.err(0..0, "tunnel", "missing section [tunnel]"));
+        };
+        let (gw_span, gw) = (gw.span(), gw.into_inner());
+        let lan = d.iface(&gw.lan, "gateway.lan")?;
+        let wan = d.iface(&gw.wan, "gateway.wan")?;
+        if lan == wan {
+            return Err(d.err(gw.wan.span(), "gateway.wan", "must differ from gateway.lan"));
+        }
+        if let Some(q) = gw
+            .queues
+            .as_ref()
+            .filter(|q| !(1..=sluice_common::MAX_QUEUES).contains(q.get_ref()))
+        {
+            return Err(d.err(
+                q.span(),
+                "gateway.queues",
+                format!("must be 1 to {}", sluice_common::MAX_QUEUES),
+            ));
+        }
+        let metrics = gw
+            .metrics
+            .as_ref()
+            .map(|m| d.sockaddr(m, "gateway.metrics"))
+            .transpose()?;
+        let name = gw.name.map_or_else(default_name, Spanned::into_inner);
+        let _ = gw_span;
+
+        let tun = tun.into_inner();
+        let edge = d.sockaddr(&tun.edge, "tunnel.edge")?;
+        crate::pki::server_name(tun.server_name.get_ref())
+            .map_err(|e| d.err(tun.server_name.span(), "tunnel.server_name", e.to_string()))?;
+        let (keepalive, idle_timeout) = d.timers(
+            tun.keepalive_secs.as_ref(),
+            tun.idle_timeout_secs.as_ref(),
+            "tunnel",
+        )?;
+        let tunnel = TunnelConfig {
+            edge,
+            server_name: tun.server_name.get_ref().clone(),
+            ca: d.file(&tun.ca, "tunnel.ca")?,
+            cert: d.file(&tun.cert, "tunnel.cert")?,
+            key: d.file(&tun.key, "tunnel.key")?,
+            keepalive,
+            idle_timeout,
+        };
+        let bypass = d.prefixes(&raw.bypass.unwrap_or_default().prefixes, "bypass.prefixes")?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            name,
+            lan,
+            wan,
+            xdp_mode: gw.xdp_mode,
+            queues: gw.queues.map(Spanned::into_inner),
+            metrics,
+            tunnel,
+            bypass,
+        })
+    }
+}
+
+impl EdgeConfig {
+    /// Reads and validates an edge configuration file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let src = read(path)?;
+        Self::parse(path, &src)
+    }
+
+    /// Validates `src` as if read from `path`.
+    pub fn parse(path: &Path, src: &str) -> Result<Self, ConfigError> {
+        let d = Doc { path, src };
+        let raw: RawFile = d.parse()?;
+        let Some(e) = raw.edge else {
+            return Err(d.err(0..0, "edge", "missing section [edge]"));
+        };
+        let e = e.into_inner();
+        let listen = d.sockaddr(&e.listen, "edge.listen")?;
+        let tun = match &e.tun {
+            Some(t) => d.iface(t, "edge.tun")?,
+            None => "sluice0".into(),
+        };
+        let tun_mtu = match &e.tun_mtu {
+            Some(m) if !(1280..=9000).contains(m.get_ref()) => {
+                return Err(d.err(m.span(), "edge.tun_mtu", "must be 1280 to 9000"));
+            }
+            Some(m) => *m.get_ref(),
+            None => 1500,
+        };
+        let client_prefixes = d.prefixes(e.client_prefixes.get_ref(), "edge.client_prefixes")?;
+        if client_prefixes.is_empty() {
+            return Err(d.err(
+                e.client_prefixes.span(),
+                "edge.client_prefixes",
+                "list at least one prefix that gateways' LAN hosts use",
+            ));
+        }
+        if let Some(p) = client_prefixes.iter().find(|p| p.is_default()) {
+            return Err(d.err(
+                e.client_prefixes.span(),
+                "edge.client_prefixes",
+                format!("{p} would accept any source address: list the LAN prefixes"),
+            ));
+        }
+        let (keepalive, idle_timeout) = d.timers(
+            e.keepalive_secs.as_ref(),
+            e.idle_timeout_secs.as_ref(),
+            "edge",
+        )?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            name: e.name.map_or_else(default_name, Spanned::into_inner),
+            listen,
+            tun,
+            tun_mtu,
+            client_prefixes,
+            manage_network: e.manage_network.unwrap_or(true),
+            ca: d.file(&e.ca, "edge.ca")?,
+            cert: d.file(&e.cert, "edge.cert")?,
+            key: d.file(&e.key, "edge.key")?,
+            metrics: e
+                .metrics
+                .as_ref()
+                .map(|m| d.sockaddr(m, "edge.metrics"))
+                .transpose()?,
+            keepalive,
+            idle_timeout,
+        })
+    }
+}
+
+/// 1-based line and column of byte `offset`.
+fn line_col(src: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(src.len());
+    let before = &src[..offset];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rfind('\n').map_or(offset, |nl| offset - nl - 1) + 1;
+    (line, col)
+}
+
+/// The dotted name of the field at `offset`: the nearest `[section]` above
+/// and the key on that line (or the field a "missing field" message names).
+fn field_at(src: &str, offset: usize, message: &str) -> String {
+    let offset = offset.min(src.len());
+    let line_start = src[..offset].rfind('\n').map_or(0, |i| i + 1);
+    let line_end = src[offset..].find('\n').map_or(src.len(), |i| offset + i);
+    let line = &src[line_start..line_end];
+    let named = |pat: &str| {
+        message
+            .split_once(pat)
+            .and_then(|(_, rest)| rest.split('`').next())
+            .map(str::to_string)
+    };
+    let header = |l: &str| {
+        let t = l.trim();
+        t.strip_prefix('[').map(|t| {
+            t.trim_end_matches(']')
+                .trim_matches(['[', ']'])
+                .trim()
+                .to_string()
+        })
+    };
+    if let Some(h) = header(line) {
+        // The error is about a table: a field missing from it, or the table
+        // itself being unknown (or its header being malformed).
+        return match named("missing field `") {
+            Some(k) => format!("{h}.{k}"),
+            None => h,
+        };
+    }
+    let section = src[..line_start].lines().rev().find_map(header);
+    let key = named("unknown field `").or_else(|| {
+        line.split_once('=')
+            .map(|(k, _)| k.trim().to_string())
+            .or_else(|| named("missing field `"))
+    });
+    match (section, key) {
+        (Some(s), Some(k)) => format!("{s}.{k}"),
+        (Some(s), None) => s,
+        (None, Some(k)) => k,
+        (None, None) => "(file)".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

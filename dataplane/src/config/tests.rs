@@ -1,0 +1,357 @@
+use super::*;
+
+/// A directory holding empty ca.pem / gw.pem / gw.key / edge.* files (only
+/// their existence is checked here).
+fn dir() -> PathBuf {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let d = std::env::temp_dir().join(format!(
+        "sluice-cfg-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&d).unwrap();
+    for f in ["ca.pem", "gw.pem", "gw.key", "edge.pem", "edge.key"] {
+        std::fs::write(d.join(f), "").unwrap();
+    }
+    d
+}
+
+const GOOD_GW: &str = r#"
+[gateway]
+name = "branch-1"
+lan = "lan0"
+wan = "wan0"
+xdp_mode = "native"
+metrics = "127.0.0.1:9477"
+
+[tunnel]
+edge = "198.51.100.5:4443"
+server_name = "edge.sluice.test"
+ca = "ca.pem"
+cert = "gw.pem"
+key = "gw.key"
+
+[bypass]
+prefixes = ["203.0.113.20/32", "2001:db8:100::/48"]
+"#;
+
+const GOOD_EDGE: &str = r#"
+[edge]
+listen = "[::]:4443"
+client_prefixes = ["192.0.2.0/24", "2001:db8:1::/64"]
+ca = "ca.pem"
+cert = "edge.pem"
+key = "edge.key"
+"#;
+
+#[test]
+fn good_gateway_config() {
+    let d = dir();
+    let c = GatewayConfig::parse(&d.join("sluice.toml"), GOOD_GW).unwrap();
+    assert_eq!(c.name, "branch-1");
+    assert_eq!(c.lan, "lan0");
+    assert_eq!(c.xdp_mode, AttachMode::Native);
+    assert_eq!(c.bypass.len(), 2);
+    assert_eq!(
+        c.tunnel.ca,
+        d.join("ca.pem"),
+        "relative paths resolve next to the file"
+    );
+    assert_eq!(c.tunnel.keepalive, Duration::from_secs(10));
+    std::fs::remove_dir_all(d).unwrap();
+}
+
+#[test]
+fn good_edge_config() {
+    let d = dir();
+    let c = EdgeConfig::parse(&d.join("edge.toml"), GOOD_EDGE).unwrap();
+    assert_eq!(c.tun, "sluice0");
+    assert_eq!(c.tun_mtu, 1500);
+    assert!(c.manage_network);
+    assert_eq!(c.client_prefixes.len(), 2);
+    std::fs::remove_dir_all(d).unwrap();
+}
+
+/// (what, replace this, with this, expected field, expected line, message
+/// fragment). Each mutation of the good config must be refused, naming the
+/// right field and line.
+const GW_MISTAKES: &[(&str, &str, &str, &str, usize, &str)] = &[
+    (
+        "typo in a key",
+        "lan = ",
+        "lann = ",
+        "gateway.lann",
+        4,
+        "unknown field",
+    ),
+    (
+        "missing lan",
+        "lan = \"lan0\"\n",
+        "",
+        "gateway.lan",
+        2,
+        "missing field",
+    ),
+    (
+        "lan equals wan",
+        "wan = \"wan0\"",
+        "wan = \"lan0\"",
+        "gateway.wan",
+        5,
+        "must differ",
+    ),
+    (
+        "interface name too long",
+        "\"lan0\"",
+        "\"a-very-long-interface\"",
+        "gateway.lan",
+        4,
+        "interface name",
+    ),
+    (
+        "interface name with slash",
+        "\"lan0\"",
+        "\"la/n0\"",
+        "gateway.lan",
+        4,
+        "interface name",
+    ),
+    (
+        "bad xdp mode",
+        "\"native\"",
+        "\"turbo\"",
+        "gateway.xdp_mode",
+        6,
+        "unknown variant",
+    ),
+    (
+        "wrong type",
+        "name = \"branch-1\"",
+        "name = 42",
+        "gateway.name",
+        3,
+        "invalid type",
+    ),
+    (
+        "bad metrics address",
+        "127.0.0.1:9477",
+        "localhost",
+        "gateway.metrics",
+        7,
+        "address:port",
+    ),
+    (
+        "edge without port",
+        "198.51.100.5:4443",
+        "198.51.100.5",
+        "tunnel.edge",
+        10,
+        "address:port",
+    ),
+    (
+        "edge host name",
+        "198.51.100.5:4443",
+        "edge.example:4443",
+        "tunnel.edge",
+        10,
+        "address:port",
+    ),
+    (
+        "bad server name",
+        "edge.sluice.test",
+        "not a name!",
+        "tunnel.server_name",
+        11,
+        "valid DNS name",
+    ),
+    (
+        "missing ca file",
+        "ca = \"ca.pem\"",
+        "ca = \"nope.pem\"",
+        "tunnel.ca",
+        12,
+        "nope.pem",
+    ),
+    (
+        "missing key file",
+        "key = \"gw.key\"",
+        "key = \"gw.nokey\"",
+        "tunnel.key",
+        14,
+        "gw.nokey",
+    ),
+    (
+        "host bits set",
+        "203.0.113.20/32",
+        "203.0.113.20/24",
+        "bypass.prefixes[0]",
+        17,
+        "did you mean 203.0.113.0/24",
+    ),
+    (
+        "prefix too long",
+        "2001:db8:100::/48",
+        "2001:db8:100::/129",
+        "bypass.prefixes[1]",
+        17,
+        "out of range",
+    ),
+    (
+        "not an address",
+        "203.0.113.20/32",
+        "example.com",
+        "bypass.prefixes[0]",
+        17,
+        "not an IPv4 or IPv6",
+    ),
+    (
+        "duplicate prefix",
+        "2001:db8:100::/48",
+        "203.0.113.20/32",
+        "bypass.prefixes[1]",
+        17,
+        "listed twice",
+    ),
+    (
+        "prefixes not a list",
+        "prefixes = [\"203.0.113.20/32\", \"2001:db8:100::/48\"]",
+        "prefixes = \"203.0.113.20/32\"",
+        "bypass.prefixes",
+        17,
+        "invalid type",
+    ),
+    (
+        "keepalive zero",
+        "key = \"gw.key\"",
+        "key = \"gw.key\"\nkeepalive_secs = 0",
+        "tunnel.keepalive_secs",
+        15,
+        "1 to 3600",
+    ),
+    (
+        "timeout below keepalive",
+        "key = \"gw.key\"",
+        "key = \"gw.key\"\nidle_timeout_secs = 5",
+        "tunnel.idle_timeout_secs",
+        15,
+        "greater than keepalive",
+    ),
+    (
+        "negative timer",
+        "key = \"gw.key\"",
+        "key = \"gw.key\"\nidle_timeout_secs = -5",
+        "tunnel.idle_timeout_secs",
+        15,
+        "invalid value",
+    ),
+    (
+        "unknown section",
+        "[bypass]",
+        "[bypasss]",
+        "bypasss",
+        16,
+        "unknown field",
+    ),
+    (
+        "missing tunnel section",
+        "[tunnel]",
+        "[tunnel_]",
+        "tunnel_",
+        9,
+        "unknown field",
+    ),
+    ("syntax error", "[bypass]", "[bypass", "bypass", 16, ""),
+    (
+        "queues out of range",
+        "xdp_mode = \"native\"",
+        "xdp_mode = \"native\"\nqueues = 0",
+        "gateway.queues",
+        7,
+        "must be 1 to",
+    ),
+];
+
+#[test]
+fn gateway_mistakes_are_refused_precisely() {
+    let d = dir();
+    assert!(GW_MISTAKES.len() >= 20);
+    for &(what, from, to, field, line, msg) in GW_MISTAKES {
+        assert!(
+            GOOD_GW.contains(from),
+            "{what}: fixture does not contain {from:?}"
+        );
+        let src = GOOD_GW.replacen(from, to, 1);
+        let err = GatewayConfig::parse(&d.join("sluice.toml"), &src)
+            .expect_err(&format!("{what}: accepted"));
+        let text = err.to_string();
+        assert_eq!(err.field(), Some(field), "{what}: {text}");
+        assert_eq!(err.line(), Some(line), "{what}: {text}");
+        assert!(text.contains(msg), "{what}: {text:?} lacks {msg:?}");
+        assert!(
+            text.starts_with(&format!("{}:{line}:", d.join("sluice.toml").display())),
+            "{what}: {text}"
+        );
+    }
+    std::fs::remove_dir_all(d).unwrap();
+}
+
+#[test]
+fn edge_mistakes_are_refused_precisely() {
+    let d = dir();
+    let cases: &[(&str, &str, &str, &str, usize, &str)] = &[
+        (
+            "no client prefixes",
+            "[\"192.0.2.0/24\", \"2001:db8:1::/64\"]",
+            "[]",
+            "edge.client_prefixes",
+            4,
+            "at least one",
+        ),
+        (
+            "default route as client prefix",
+            "\"192.0.2.0/24\"",
+            "\"0.0.0.0/0\"",
+            "edge.client_prefixes",
+            4,
+            "any source",
+        ),
+        (
+            "bad mtu",
+            "listen = \"[::]:4443\"",
+            "listen = \"[::]:4443\"\ntun_mtu = 100",
+            "edge.tun_mtu",
+            4,
+            "1280 to 9000",
+        ),
+        (
+            "bad listen",
+            "[::]:4443",
+            "4443",
+            "edge.listen",
+            3,
+            "address:port",
+        ),
+        (
+            "missing cert",
+            "cert = \"edge.pem\"",
+            "cert = \"none.pem\"",
+            "edge.cert",
+            6,
+            "none.pem",
+        ),
+    ];
+    for &(what, from, to, field, line, msg) in cases {
+        let src = GOOD_EDGE.replacen(from, to, 1);
+        let err = EdgeConfig::parse(&d.join("edge.toml"), &src).expect_err(what);
+        let text = err.to_string();
+        assert_eq!(err.field(), Some(field), "{what}: {text}");
+        assert_eq!(err.line(), Some(line), "{what}: {text}");
+        assert!(text.contains(msg), "{what}: {text}");
+    }
+    let err = GatewayConfig::parse(&d.join("edge.toml"), GOOD_EDGE).unwrap_err();
+    assert!(
+        err.to_string().contains("missing section [gateway]"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(d).unwrap();
+}

@@ -1,0 +1,571 @@
+//! `sluice edge`: terminates gateways' tunnels and forwards their packets.
+//!
+//! One mio event loop owns the TCP listener, the TUN device and every
+//! tunnel connection. Packets from a tunnel are checked (IP header, source
+//! inside `client_prefixes`) and written to the TUN device; the kernel
+//! forwards them with source NAT to the edge's own address. Replies read
+//! from the TUN device go back into the tunnel that last carried traffic
+//! from their destination address (learned per source address), so several
+//! gateways are served at once. Gateways with overlapping LAN prefixes are
+//! not supported yet: the most recent sender of an address wins.
+//!
+//! With `manage_network` (the default) the edge configures the kernel
+//! itself: TUN up with its MTU, routes for `client_prefixes` into the TUN,
+//! forwarding on, and an nftables table that masquerades those sources;
+//! the table is removed on exit.
+use std::{
+    collections::HashMap,
+    io,
+    net::{IpAddr, SocketAddr},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
+    },
+    time::{Duration, Instant},
+};
+
+use mio::{
+    Events, Interest, Poll, Token,
+    net::{TcpListener, TcpStream},
+    unix::SourceFd,
+};
+
+use crate::{
+    config::EdgeConfig,
+    host,
+    metrics::sample,
+    pki,
+    sys::tun::Tun,
+    tunnel::{SendError, Session, SessionConfig},
+    wire::ip,
+};
+
+const LISTENER: Token = Token(0);
+const TUN: Token = Token(1);
+const FIRST_CONN: usize = 2;
+/// Packets read from the TUN device per loop iteration before other work.
+const TUN_BUDGET: usize = 256;
+
+/// Errors that stop the edge from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum EdgeError {
+    /// TLS material could not be loaded.
+    #[error(transparent)]
+    Pki(#[from] pki::PkiError),
+    /// A host command (ip, nft) failed.
+    #[error(transparent)]
+    Host(#[from] host::HostError),
+    /// A socket, the TUN device or the poller failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn ioerr(what: impl Into<String>) -> impl FnOnce(io::Error) -> EdgeError {
+    let what = what.into();
+    move |source| EdgeError::Io { what, source }
+}
+
+/// The edge's counters, shared with the metrics thread.
+#[derive(Debug, Default)]
+pub struct EdgeStats {
+    /// Tunnels accepted (TCP).
+    pub conns_accepted: AtomicU64,
+    /// Tunnels currently open.
+    pub conns_active: AtomicU64,
+    /// Tunnels closed, for any reason.
+    pub conns_closed: AtomicU64,
+    /// Packets from tunnels written to the TUN device.
+    pub to_kernel_packets: AtomicU64,
+    /// Their bytes.
+    pub to_kernel_bytes: AtomicU64,
+    /// Packets from the TUN device sent into tunnels.
+    pub to_tunnel_packets: AtomicU64,
+    /// Their bytes.
+    pub to_tunnel_bytes: AtomicU64,
+    /// Dropped: source address outside `client_prefixes`.
+    pub drop_spoofed: AtomicU64,
+    /// Dropped: not a valid IP packet.
+    pub drop_malformed: AtomicU64,
+    /// Dropped: no tunnel has carried traffic from the destination.
+    pub drop_no_route: AtomicU64,
+    /// Dropped: the tunnel's send buffer was full.
+    pub drop_backpressure: AtomicU64,
+    /// Dropped: writing to the TUN device failed.
+    pub drop_tun_write: AtomicU64,
+}
+
+impl EdgeStats {
+    /// Renders the counters in Prometheus text format.
+    pub fn render(&self, out: &mut String) {
+        let c = |out: &mut String, name: &str, help: &str, v: &AtomicU64| {
+            sample(out, name, "counter", Some(help), &[], v.load(Relaxed));
+        };
+        c(
+            out,
+            "sluice_edge_conns_accepted_total",
+            "Tunnels accepted.",
+            &self.conns_accepted,
+        );
+        sample(
+            out,
+            "sluice_edge_conns_active",
+            "gauge",
+            Some("Tunnels open."),
+            &[],
+            self.conns_active.load(Relaxed),
+        );
+        c(
+            out,
+            "sluice_edge_conns_closed_total",
+            "Tunnels closed.",
+            &self.conns_closed,
+        );
+        c(
+            out,
+            "sluice_edge_to_kernel_packets_total",
+            "Packets decapsulated to the kernel.",
+            &self.to_kernel_packets,
+        );
+        c(
+            out,
+            "sluice_edge_to_kernel_bytes_total",
+            "Bytes decapsulated to the kernel.",
+            &self.to_kernel_bytes,
+        );
+        c(
+            out,
+            "sluice_edge_to_tunnel_packets_total",
+            "Packets sent into tunnels.",
+            &self.to_tunnel_packets,
+        );
+        c(
+            out,
+            "sluice_edge_to_tunnel_bytes_total",
+            "Bytes sent into tunnels.",
+            &self.to_tunnel_bytes,
+        );
+        let drops = [
+            ("spoofed", &self.drop_spoofed),
+            ("malformed", &self.drop_malformed),
+            ("no_route", &self.drop_no_route),
+            ("backpressure", &self.drop_backpressure),
+            ("tun_write", &self.drop_tun_write),
+        ];
+        for (i, (reason, v)) in drops.iter().enumerate() {
+            let help = (i == 0).then_some("Packets dropped by the edge, by reason.");
+            sample(
+                out,
+                "sluice_edge_drops_total",
+                "counter",
+                help,
+                &[("reason", reason)],
+                v.load(Relaxed),
+            );
+        }
+    }
+}
+
+struct Conn {
+    sock: TcpStream,
+    sess: Session,
+    peer: SocketAddr,
+    /// Inner source addresses learned from this tunnel.
+    addrs: Vec<IpAddr>,
+}
+
+/// Removes the nftables table on drop.
+struct NatGuard {
+    table: String,
+}
+
+impl Drop for NatGuard {
+    fn drop(&mut self) {
+        let _ = host::run(&["nft", "delete", "table", "inet", &self.table], None);
+    }
+}
+
+/// The running edge.
+pub struct Edge {
+    cfg: EdgeConfig,
+    poll: Poll,
+    listener: TcpListener,
+    tun: Tun,
+    tls: Arc<rustls::ServerConfig>,
+    conns: Vec<Option<Conn>>,
+    routes: HashMap<IpAddr, usize>,
+    stats: Arc<EdgeStats>,
+    _nat: Option<NatGuard>,
+}
+
+impl std::fmt::Debug for Edge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Edge")
+            .field("listen", &self.cfg.listen)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Edge {
+    /// Loads TLS material, opens the TUN device, configures the kernel (if
+    /// `manage_network`) and binds the listener.
+    pub fn new(cfg: EdgeConfig) -> Result<Self, EdgeError> {
+        let tls = pki::server_config(&cfg.ca, &cfg.cert, &cfg.key)?;
+        let tun = Tun::open(&cfg.tun).map_err(ioerr(format!("opening TUN device {}", cfg.tun)))?;
+        let nat = if cfg.manage_network {
+            Some(setup_network(&cfg, tun.name())?)
+        } else {
+            None
+        };
+        let poll = Poll::new().map_err(ioerr("creating poller"))?;
+        let mut listener =
+            TcpListener::bind(cfg.listen).map_err(ioerr(format!("listening on {}", cfg.listen)))?;
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)
+            .map_err(ioerr("registering listener"))?;
+        poll.registry()
+            .register(
+                &mut SourceFd(&std::os::fd::AsRawFd::as_raw_fd(&tun)),
+                TUN,
+                Interest::READABLE,
+            )
+            .map_err(ioerr("registering TUN"))?;
+        log::info!(
+            "edge {} listening on {}, TUN {} (mtu {}), clients {:?}",
+            cfg.name,
+            cfg.listen,
+            tun.name(),
+            cfg.tun_mtu,
+            cfg.client_prefixes
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+        );
+        Ok(Self {
+            cfg,
+            poll,
+            listener,
+            tun,
+            tls,
+            conns: Vec::new(),
+            routes: HashMap::new(),
+            stats: Arc::default(),
+            _nat: nat,
+        })
+    }
+
+    /// The counters (for the metrics endpoint).
+    pub fn stats(&self) -> Arc<EdgeStats> {
+        self.stats.clone()
+    }
+
+    /// Runs until `stop` is set.
+    pub fn run(&mut self, stop: &AtomicBool) -> Result<(), EdgeError> {
+        let mut events = Events::with_capacity(256);
+        let mut tun_ready = false;
+        let mut readable: Vec<usize> = Vec::with_capacity(64);
+        let mut buf = vec![0u8; 65536];
+        while !stop.load(Relaxed) {
+            let now = Instant::now();
+            let mut timeout = Duration::from_millis(200);
+            if tun_ready {
+                timeout = Duration::ZERO;
+            }
+            for c in self.conns.iter().flatten() {
+                if let Some(t) = c.sess.poll_timeout() {
+                    timeout = timeout.min(t.saturating_duration_since(now));
+                }
+            }
+            match self.poll.poll(&mut events, Some(timeout)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    return Err(EdgeError::Io {
+                        what: "poll".into(),
+                        source: e,
+                    });
+                }
+            }
+            readable.clear();
+            for ev in &events {
+                match ev.token() {
+                    LISTENER => self.accept(),
+                    TUN => tun_ready = true,
+                    Token(t) => {
+                        if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                            readable.push(t - FIRST_CONN);
+                        }
+                    }
+                }
+            }
+            let now = Instant::now();
+            for &i in &readable {
+                self.read_conn(i, now);
+            }
+            if tun_ready {
+                tun_ready = self.read_tun(&mut buf);
+            }
+            for i in 0..self.conns.len() {
+                let Some(c) = self.conns[i].as_mut() else {
+                    continue;
+                };
+                if c.sess.poll_timeout().is_some_and(|t| t <= now) {
+                    c.sess.handle_timeout(now);
+                }
+                c.sess.flush();
+                if c.sess.wants_write() {
+                    if let Err(e) = c.sess.handle_write(&mut c.sock, now) {
+                        log::info!("tunnel from {}: write: {e}", c.peer);
+                        self.drop_conn(i);
+                        continue;
+                    }
+                }
+                if self.conns[i]
+                    .as_ref()
+                    .is_some_and(|c| c.sess.is_closed() && !c.sess.wants_write())
+                {
+                    self.drop_conn(i);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn accept(&mut self) {
+        loop {
+            match self.listener.accept() {
+                Ok((mut sock, peer)) => {
+                    let _ = sock.set_nodelay(true);
+                    let tls = match rustls::ServerConnection::new(self.tls.clone()) {
+                        Ok(t) => t,
+                        Err(e) => {
+                            log::warn!("tunnel from {peer}: {e}");
+                            continue;
+                        }
+                    };
+                    let slot = self
+                        .conns
+                        .iter()
+                        .position(Option::is_none)
+                        .unwrap_or_else(|| {
+                            self.conns.push(None);
+                            self.conns.len() - 1
+                        });
+                    if let Err(e) = self.poll.registry().register(
+                        &mut sock,
+                        Token(slot + FIRST_CONN),
+                        Interest::READABLE | Interest::WRITABLE,
+                    ) {
+                        log::warn!("tunnel from {peer}: register: {e}");
+                        continue;
+                    }
+                    let sess = Session::new(
+                        tls.into(),
+                        SessionConfig {
+                            name: self.cfg.name.clone(),
+                            keepalive: self.cfg.keepalive,
+                            idle_timeout: self.cfg.idle_timeout,
+                            ..SessionConfig::default()
+                        },
+                        Instant::now(),
+                    );
+                    log::info!("tunnel from {peer}: accepted");
+                    self.conns[slot] = Some(Conn {
+                        sock,
+                        sess,
+                        peer,
+                        addrs: Vec::new(),
+                    });
+                    self.stats.conns_accepted.fetch_add(1, Relaxed);
+                    self.stats.conns_active.fetch_add(1, Relaxed);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    log::warn!("accept: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Reads a tunnel until it would block; delivers its packets to the TUN.
+    fn read_conn(&mut self, i: usize, now: Instant) {
+        let Some(c) = self.conns.get_mut(i).and_then(Option::as_mut) else {
+            return;
+        };
+        let was_established = c.sess.is_established();
+        let (mut ok, mut spoofed, mut malformed, mut tun_err, mut bytes) =
+            (0u64, 0u64, 0u64, 0u64, 0u64);
+        loop {
+            let res = c.sess.handle_read(&mut c.sock, now);
+            while let Some(pkt) = c.sess.poll_packet() {
+                let Ok(p) = ip::Packet::new_checked(pkt) else {
+                    malformed += 1;
+                    continue;
+                };
+                let src = p.src();
+                if !self.cfg.client_prefixes.iter().any(|pre| pre.contains(src)) {
+                    spoofed += 1;
+                    continue;
+                }
+                if self.routes.get(&src) != Some(&i) {
+                    self.routes.insert(src, i);
+                    if !c.addrs.contains(&src) {
+                        c.addrs.push(src);
+                    }
+                }
+                match self.tun.send(p.as_bytes()) {
+                    Ok(_) => {
+                        ok += 1;
+                        bytes += p.as_bytes().len() as u64;
+                    }
+                    Err(_) => tun_err += 1,
+                }
+            }
+            match res {
+                Ok(o) if o.more => {}
+                Ok(_) => break,
+                Err(e) => {
+                    if !c.sess.is_closed() {
+                        log::info!("tunnel from {}: {e}", c.peer);
+                    }
+                    break;
+                }
+            }
+        }
+        if !was_established && c.sess.is_established() {
+            log::info!(
+                "tunnel from {}: established with gateway `{}` (certificate {})",
+                c.peer,
+                c.sess.peer_name(),
+                pki::peer_common_name(c.sess.tls()).unwrap_or_default()
+            );
+        }
+        let s = &self.stats;
+        s.to_kernel_packets.fetch_add(ok, Relaxed);
+        s.to_kernel_bytes.fetch_add(bytes, Relaxed);
+        s.drop_spoofed.fetch_add(spoofed, Relaxed);
+        s.drop_malformed.fetch_add(malformed, Relaxed);
+        s.drop_tun_write.fetch_add(tun_err, Relaxed);
+    }
+
+    /// Drains up to a budget of packets from the TUN device into tunnels.
+    /// Returns true if more may be waiting.
+    fn read_tun(&mut self, buf: &mut [u8]) -> bool {
+        let (mut ok, mut bytes, mut no_route, mut malformed, mut full) =
+            (0u64, 0u64, 0u64, 0u64, 0u64);
+        let mut more = true;
+        for _ in 0..TUN_BUDGET {
+            let n = match self.tun.recv(buf) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    more = false;
+                    break;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    log::warn!("TUN read: {e}");
+                    more = false;
+                    break;
+                }
+            };
+            let Ok(p) = ip::Packet::new_checked(&buf[..n]) else {
+                malformed += 1;
+                continue;
+            };
+            let Some(c) = self
+                .routes
+                .get(&p.dst())
+                .and_then(|&i| self.conns.get_mut(i))
+                .and_then(Option::as_mut)
+            else {
+                no_route += 1;
+                continue;
+            };
+            match c.sess.send_packet(p.as_bytes()) {
+                Ok(()) => {
+                    ok += 1;
+                    bytes += p.as_bytes().len() as u64;
+                }
+                Err(SendError::Backpressure | SendError::NotEstablished | SendError::TooLarge) => {
+                    full += 1
+                }
+            }
+        }
+        let s = &self.stats;
+        s.to_tunnel_packets.fetch_add(ok, Relaxed);
+        s.to_tunnel_bytes.fetch_add(bytes, Relaxed);
+        s.drop_no_route.fetch_add(no_route, Relaxed);
+        s.drop_malformed.fetch_add(malformed, Relaxed);
+        s.drop_backpressure.fetch_add(full, Relaxed);
+        more
+    }
+
+    fn drop_conn(&mut self, i: usize) {
+        if let Some(mut c) = self.conns[i].take() {
+            log::info!(
+                "tunnel from {} (gateway `{}`) closed: {:?}",
+                c.peer,
+                c.sess.peer_name(),
+                c.sess.close_reason()
+            );
+            let _ = self.poll.registry().deregister(&mut c.sock);
+            for a in &c.addrs {
+                if self.routes.get(a) == Some(&i) {
+                    self.routes.remove(a);
+                }
+            }
+            self.stats.conns_active.fetch_sub(1, Relaxed);
+            self.stats.conns_closed.fetch_add(1, Relaxed);
+        }
+    }
+}
+
+/// Configures the kernel for the edge; returns the guard that removes the
+/// NAT table again.
+fn setup_network(cfg: &EdgeConfig, tun: &str) -> Result<NatGuard, EdgeError> {
+    let mtu = cfg.tun_mtu.to_string();
+    host::run(&["ip", "link", "set", "dev", tun, "mtu", &mtu, "up"], None)?;
+    for p in &cfg.client_prefixes {
+        let fam = if p.addr().is_ipv4() { "-4" } else { "-6" };
+        host::run(
+            &["ip", fam, "route", "replace", &p.to_string(), "dev", tun],
+            None,
+        )?;
+    }
+    for (path, what) in [
+        ("/proc/sys/net/ipv4/ip_forward", "IPv4 forwarding"),
+        ("/proc/sys/net/ipv6/conf/all/forwarding", "IPv6 forwarding"),
+    ] {
+        std::fs::write(path, "1").map_err(ioerr(format!("enabling {what} ({path})")))?;
+    }
+    let table = format!("sluice_edge_{tun}");
+    let set = |v4: bool| {
+        cfg.client_prefixes
+            .iter()
+            .filter(|p| p.addr().is_ipv4() == v4)
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut rules = String::new();
+    for (fam, v4) in [("ip", true), ("ip6", false)] {
+        let s = set(v4);
+        if !s.is_empty() {
+            rules.push_str(&format!(
+                "    {fam} saddr {{ {s} }} oifname != \"{tun}\" masquerade\n"
+            ));
+        }
+    }
+    let script = format!(
+        "table inet {table} {{}}\ndelete table inet {table}\n\
+         table inet {table} {{\n  chain postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n{rules}  }}\n}}\n"
+    );
+    host::run(&["nft", "-f", "-"], Some(&script))?;
+    Ok(NatGuard { table })
+}

@@ -1,0 +1,206 @@
+//! `sluice gateway`: the XDP classifier on the LAN interface and one
+//! tunneler worker per RX queue.
+//!
+//! Start-up order matters for fail-closed behaviour: the AF_XDP sockets are
+//! created and registered in the classifier's XSK map before the program is
+//! attached, so from the first frame every packet the classifier marks for
+//! the tunnel reaches a worker (which drops it while its tunnel is down)
+//! and never the kernel's routing. On exit the program is detached first.
+mod neighbor;
+mod stats;
+mod worker;
+
+use std::{
+    fmt::Write as _,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering::Relaxed},
+    },
+    thread::JoinHandle,
+    time::Duration,
+};
+
+use sluice_common::Counter;
+
+use self::worker::{TunnelParams, Worker};
+pub use self::{neighbor::Neighbors, stats::WorkerStats};
+use crate::{
+    config::GatewayConfig,
+    ebpf::{Classifier, EbpfError},
+    host, metrics, pki,
+    sys::xsk::{BindMode, XskConfig, XskError, XskSocket},
+    tunnel::SessionConfig,
+};
+
+/// Errors that stop the gateway from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// TLS material could not be loaded.
+    #[error(transparent)]
+    Pki(#[from] pki::PkiError),
+    /// A host lookup failed (interface missing, ...).
+    #[error(transparent)]
+    Host(#[from] host::HostError),
+    /// Loading, filling or attaching the classifier failed.
+    #[error(transparent)]
+    Ebpf(#[from] EbpfError),
+    /// An AF_XDP socket could not be created.
+    #[error(transparent)]
+    Xsk(#[from] XskError),
+    /// A worker, poller or the metrics listener could not start.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A running gateway.
+pub struct Gateway {
+    classifier: Arc<Mutex<Classifier>>,
+    workers: Vec<JoinHandle<()>>,
+    metrics: Option<JoinHandle<()>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway")
+            .field("workers", &self.workers.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Gateway {
+    /// Validates the environment, loads the classifier, opens one AF_XDP
+    /// socket per queue, attaches, and starts the workers and the metrics
+    /// endpoint. Nothing is attached unless every step before succeeded.
+    pub fn start(cfg: GatewayConfig, stop: Arc<AtomicBool>) -> Result<Self, GatewayError> {
+        let tls = pki::client_config(&cfg.tunnel.ca, &cfg.tunnel.cert, &cfg.tunnel.key)?;
+        let server_name = pki::server_name(&cfg.tunnel.server_name)?;
+        let ifindex = host::ifindex(&cfg.lan)?;
+        host::ifindex(&cfg.wan)?;
+        let lan_mac = host::mac(&cfg.lan)?;
+        let queues = cfg.queues.unwrap_or(host::rx_queues(&cfg.lan)?);
+
+        let mut classifier = Classifier::load()?;
+        classifier.set_local_addrs(&host::local_addrs()?)?;
+        classifier.set_bypass(&cfg.bypass)?;
+
+        let mut sockets = Vec::new();
+        for q in 0..queues {
+            let xsk = XskSocket::new(ifindex, q, &XskConfig::default(), BindMode::Auto)?;
+            classifier.register_socket(q, std::os::fd::AsFd::as_fd(&xsk))?;
+            sockets.push(xsk);
+        }
+        let mode = classifier.attach(&cfg.lan, cfg.xdp_mode)?;
+        log::info!(
+            "gateway `{}`: classifier attached to {} ({mode:?}), {queues} queue(s), {} bypass prefixes, edge {}",
+            cfg.name,
+            cfg.lan,
+            cfg.bypass.len(),
+            cfg.tunnel.edge
+        );
+
+        let params = TunnelParams {
+            edge: cfg.tunnel.edge,
+            server_name,
+            tls,
+            session: SessionConfig {
+                name: cfg.name.clone(),
+                keepalive: cfg.tunnel.keepalive,
+                idle_timeout: cfg.tunnel.idle_timeout,
+                ..SessionConfig::default()
+            },
+        };
+        let classifier = Arc::new(Mutex::new(classifier));
+        let mut stats = Vec::new();
+        let mut workers = Vec::new();
+        for (q, xsk) in (0..queues).zip(sockets) {
+            let st = Arc::new(WorkerStats::default());
+            stats.push(st.clone());
+            let w = Worker::new(q, xsk, lan_mac, params.clone(), st).map_err(|source| {
+                GatewayError::Io {
+                    what: format!("worker for queue {q}"),
+                    source,
+                }
+            })?;
+            let stop = stop.clone();
+            let h = std::thread::Builder::new()
+                .name(format!("sluice-q{q}"))
+                .spawn(move || w.run(&stop))
+                .map_err(|source| GatewayError::Io {
+                    what: "spawning worker".into(),
+                    source,
+                })?;
+            workers.push(h);
+        }
+        let metrics = match cfg.metrics {
+            Some(addr) => {
+                let c = classifier.clone();
+                Some(
+                    metrics::serve(addr, stop.clone(), move |out| render(out, &c, &stats))
+                        .map_err(|source| GatewayError::Io {
+                            what: format!("serving metrics on {addr}"),
+                            source,
+                        })?,
+                )
+            }
+            None => None,
+        };
+        Ok(Self {
+            classifier,
+            workers,
+            metrics,
+            stop,
+        })
+    }
+
+    /// Waits until the stop flag is set (by a signal), then stops the
+    /// workers and detaches the classifier.
+    pub fn wait(mut self) -> Result<(), GatewayError> {
+        while !self.stop.load(Relaxed) && self.workers.iter().all(|w| !w.is_finished()) {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self.stop.store(true, Relaxed);
+        // Detach first: from now on the kernel sees no XDP program. Frames
+        // are no longer redirected to (dying) workers.
+        if let Ok(mut c) = self.classifier.lock() {
+            c.detach()?;
+        }
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+        if let Some(m) = self.metrics.take() {
+            let _ = m.join();
+        }
+        log::info!("gateway stopped");
+        Ok(())
+    }
+}
+
+fn render(out: &mut String, classifier: &Mutex<Classifier>, stats: &[Arc<WorkerStats>]) {
+    if let Ok(c) = classifier.lock() {
+        if let Ok(counts) = c.counters() {
+            let _ = writeln!(
+                out,
+                "# HELP sluice_xdp_packets_total Frames seen by the XDP classifier, by verdict or drop reason.\n\
+                 # TYPE sluice_xdp_packets_total counter"
+            );
+            for ctr in Counter::ALL {
+                metrics::sample(
+                    out,
+                    "sluice_xdp_packets_total",
+                    "counter",
+                    None,
+                    &[("verdict", ctr.name())],
+                    counts[ctr.index() as usize],
+                );
+            }
+        }
+    }
+    WorkerStats::render_all(out, stats);
+}

@@ -1,0 +1,62 @@
+//! Counters of the gateway's workers. Each worker owns one `WorkerStats`
+//! and adds to it once per batch (relaxed atomics on a cache line nobody
+//! else writes), the metrics thread reads them.
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use crate::metrics::sample;
+
+macro_rules! worker_stats {
+    ($( $(#[$doc:meta])* $field:ident : $kind:literal, $metric:literal, $help:literal ;)*) => {
+        /// Counters of one worker (one RX queue).
+        #[derive(Debug, Default)]
+        #[repr(align(128))]
+        pub struct WorkerStats {
+            $( $(#[$doc])* pub $field: AtomicU64, )*
+        }
+
+        impl WorkerStats {
+            /// Renders the counters of all workers, one metric family at a
+            /// time (Prometheus wants families contiguous), labelled with
+            /// the queue index.
+            pub fn render_all(out: &mut String, workers: &[std::sync::Arc<WorkerStats>]) {
+                $(
+                    for (q, w) in workers.iter().enumerate() {
+                        let q = q.to_string();
+                        sample(out, $metric, $kind, (q == "0").then_some($help), &[("queue", &q)], w.$field.load(Relaxed));
+                    }
+                )*
+            }
+        }
+    };
+}
+
+worker_stats! {
+    /// Frames received on the AF_XDP socket.
+    rx_frames: "counter", "sluice_gateway_rx_frames_total", "Frames received from the classifier on the AF_XDP socket.";
+    /// Packets sent into the tunnel.
+    tunnel_tx_packets: "counter", "sluice_gateway_tunnel_tx_packets_total", "Packets sent into the tunnel.";
+    /// Their bytes (IP).
+    tunnel_tx_bytes: "counter", "sluice_gateway_tunnel_tx_bytes_total", "IP bytes sent into the tunnel.";
+    /// Packets received from the tunnel and sent to the LAN.
+    tunnel_rx_packets: "counter", "sluice_gateway_tunnel_rx_packets_total", "Packets from the tunnel transmitted to the LAN.";
+    /// Their bytes (IP).
+    tunnel_rx_bytes: "counter", "sluice_gateway_tunnel_rx_bytes_total", "IP bytes from the tunnel transmitted to the LAN.";
+    /// Dropped because the tunnel is down (fail-closed).
+    drop_tunnel_down: "counter", "sluice_gateway_drop_tunnel_down_total", "Packets to tunnel dropped because the tunnel was down (fail-closed).";
+    /// Dropped because the tunnel's send buffer was full.
+    drop_backpressure: "counter", "sluice_gateway_drop_backpressure_total", "Packets to tunnel dropped because the tunnel send buffer was full.";
+    /// Dropped: not a valid Ethernet/IP frame.
+    drop_malformed: "counter", "sluice_gateway_drop_malformed_total", "Frames or tunnel packets dropped as malformed.";
+    /// Dropped: packet too large for the tunnel.
+    drop_too_large: "counter", "sluice_gateway_drop_too_large_total", "Packets dropped as too large for the tunnel.";
+    /// Dropped: no MAC known for the LAN destination of a reply.
+    drop_no_neighbor: "counter", "sluice_gateway_drop_no_neighbor_total", "Replies dropped because the LAN host's MAC was unknown.";
+    /// Dropped: no free TX frame.
+    drop_tx_full: "counter", "sluice_gateway_drop_tx_full_total", "Replies dropped because the AF_XDP TX ring was full.";
+    /// Tunnel connections established.
+    tunnel_connects: "counter", "sluice_gateway_tunnel_connects_total", "Tunnel sessions established.";
+    /// Tunnel connection attempts that failed or sessions that ended.
+    tunnel_failures: "counter", "sluice_gateway_tunnel_failures_total", "Tunnel connection attempts that failed or sessions that ended.";
+    /// 1 while the tunnel is established.
+    tunnel_up: "gauge", "sluice_gateway_tunnel_up", "1 while this worker's tunnel is established.";
+}

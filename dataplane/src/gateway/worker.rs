@@ -1,0 +1,419 @@
+//! One gateway worker: one LAN RX queue, its AF_XDP socket and its own TLS
+//! tunnel to the edge, driven by one mio loop on one thread. Workers share
+//! nothing on the packet path.
+//!
+//! Per iteration: drain a batch from the RX ring, frame every packet into
+//! the tunnel session (coalesced into few TLS records), flush; read what
+//! the edge sent, give each packet an Ethernet header for its LAN host and
+//! submit them to the TX ring as one batch. While the tunnel is down every
+//! frame the classifier redirected here is dropped and counted: traffic
+//! that must be tunnelled never leaves directly.
+use std::{
+    io,
+    net::SocketAddr,
+    os::fd::AsRawFd as _,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering::Relaxed},
+    },
+    time::{Duration, Instant},
+};
+
+use mio::{Events, Interest, Poll, Token, net::TcpStream, unix::SourceFd};
+use rustls::pki_types::ServerName;
+
+use super::{neighbor::Neighbors, stats::WorkerStats};
+use crate::{
+    sys::xsk::XskSocket,
+    tunnel::{SendError, Session, SessionConfig},
+    wire::{
+        ethernet::{self, Mac},
+        ip,
+    },
+};
+
+const XSK: Token = Token(0);
+const TCP: Token = Token(1);
+/// Frames taken from the RX ring per batch.
+const RX_BATCH: usize = 64;
+/// Frames reserved on the TX ring per batch.
+const TX_BATCH: usize = 64;
+/// Longest wait in poll, so that `stop` is noticed.
+const MAX_WAIT: Duration = Duration::from_millis(100);
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// What a worker needs to reach the edge.
+#[derive(Debug, Clone)]
+pub(super) struct TunnelParams {
+    /// Edge address.
+    pub edge: SocketAddr,
+    /// Name on the edge's certificate.
+    pub server_name: ServerName<'static>,
+    /// TLS configuration (CA, client certificate).
+    pub tls: Arc<rustls::ClientConfig>,
+    /// Session tunables (name, keepalive, timeout).
+    pub session: SessionConfig,
+}
+
+enum Link {
+    /// Not connected; try again at this time.
+    Down { retry_at: Instant },
+    /// TCP connecting or connected; the session does TLS and HELLO.
+    Up { sock: TcpStream, sess: Box<Session> },
+}
+
+/// A worker's state; [`Worker::run`] is its thread's body.
+pub(super) struct Worker {
+    queue: u32,
+    xsk: XskSocket,
+    lan_mac: Mac,
+    params: TunnelParams,
+    stats: Arc<WorkerStats>,
+    neighbors: Neighbors,
+    link: Link,
+    backoff: Duration,
+    poll: Poll,
+    /// Local tallies, published to `stats` once per iteration.
+    tally: Tally,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker")
+            .field("queue", &self.queue)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Default)]
+struct Tally {
+    rx_frames: u64,
+    tx_packets: u64,
+    tx_bytes: u64,
+    rx_packets: u64,
+    rx_bytes: u64,
+    drop_down: u64,
+    drop_backpressure: u64,
+    drop_malformed: u64,
+    drop_too_large: u64,
+    drop_no_neighbor: u64,
+    drop_tx_full: u64,
+}
+
+impl Tally {
+    fn publish(&mut self, s: &WorkerStats) {
+        let add = |a: &std::sync::atomic::AtomicU64, v: &mut u64| {
+            if *v != 0 {
+                a.fetch_add(*v, Relaxed);
+                *v = 0;
+            }
+        };
+        add(&s.rx_frames, &mut self.rx_frames);
+        add(&s.tunnel_tx_packets, &mut self.tx_packets);
+        add(&s.tunnel_tx_bytes, &mut self.tx_bytes);
+        add(&s.tunnel_rx_packets, &mut self.rx_packets);
+        add(&s.tunnel_rx_bytes, &mut self.rx_bytes);
+        add(&s.drop_tunnel_down, &mut self.drop_down);
+        add(&s.drop_backpressure, &mut self.drop_backpressure);
+        add(&s.drop_malformed, &mut self.drop_malformed);
+        add(&s.drop_too_large, &mut self.drop_too_large);
+        add(&s.drop_no_neighbor, &mut self.drop_no_neighbor);
+        add(&s.drop_tx_full, &mut self.drop_tx_full);
+    }
+}
+
+impl Worker {
+    /// A worker for `queue` over `xsk`. Registers the socket with a new
+    /// poller; does not connect yet.
+    pub(super) fn new(
+        queue: u32,
+        xsk: XskSocket,
+        lan_mac: Mac,
+        params: TunnelParams,
+        stats: Arc<WorkerStats>,
+    ) -> io::Result<Self> {
+        let poll = Poll::new()?;
+        poll.registry()
+            .register(&mut SourceFd(&xsk.as_raw_fd()), XSK, Interest::READABLE)?;
+        Ok(Self {
+            queue,
+            xsk,
+            lan_mac,
+            params,
+            stats,
+            neighbors: Neighbors::new(4096),
+            link: Link::Down {
+                retry_at: Instant::now(),
+            },
+            backoff: BACKOFF_MIN,
+            poll,
+            tally: Tally::default(),
+        })
+    }
+
+    /// Runs until `stop` is set; closes the tunnel cleanly on the way out.
+    pub(super) fn run(mut self, stop: &AtomicBool) {
+        let mut events = Events::with_capacity(64);
+        // mio is edge-triggered: after a full batch, more may be waiting
+        // without a new event, so poll without blocking.
+        let mut rx_more = true;
+        let mut tcp_more = false;
+        while !stop.load(Relaxed) {
+            let now = Instant::now();
+            let timeout = if rx_more || tcp_more {
+                Duration::ZERO
+            } else {
+                self.next_wakeup(now)
+            };
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    log::error!("queue {}: poll: {e}", self.queue);
+                    break;
+                }
+            }
+            for ev in &events {
+                match ev.token() {
+                    XSK => rx_more = true,
+                    TCP => tcp_more |= ev.is_readable() || ev.is_read_closed() || ev.is_error(),
+                    _ => {}
+                }
+            }
+            let now = Instant::now();
+            self.maintain_link(now);
+            if rx_more {
+                rx_more = self.lan_to_tunnel();
+            }
+            if tcp_more {
+                tcp_more = self.tunnel_to_lan(now);
+            }
+            self.flush_tunnel(now);
+            self.tally.publish(&self.stats);
+        }
+        if let Link::Up { sock, sess } = &mut self.link {
+            sess.close(crate::wire::tunnel::CloseCode::Normal, "gateway stopping");
+            let _ = sess.handle_write(sock, Instant::now());
+        }
+        self.stats.tunnel_up.store(0, Relaxed);
+    }
+
+    fn next_wakeup(&self, now: Instant) -> Duration {
+        let at = match &self.link {
+            Link::Down { retry_at } => Some(*retry_at),
+            Link::Up { sess, .. } => sess.poll_timeout(),
+        };
+        at.map_or(MAX_WAIT, |t| t.saturating_duration_since(now).min(MAX_WAIT))
+    }
+
+    /// Connects when due, runs session timers, tears down a dead session.
+    fn maintain_link(&mut self, now: Instant) {
+        match &mut self.link {
+            Link::Down { retry_at } if now >= *retry_at => self.connect(now),
+            Link::Down { .. } => {}
+            Link::Up { sess, .. } => {
+                if sess.poll_timeout().is_some_and(|t| t <= now) {
+                    sess.handle_timeout(now);
+                }
+                if sess.is_closed() {
+                    self.link_down(now);
+                }
+            }
+        }
+    }
+
+    fn connect(&mut self, now: Instant) {
+        let p = &self.params;
+        let tls = match rustls::ClientConnection::new(p.tls.clone(), p.server_name.clone()) {
+            Ok(t) => t,
+            Err(e) => {
+                log::error!("queue {}: TLS: {e}", self.queue);
+                return self.schedule_retry(now);
+            }
+        };
+        let mut sock = match TcpStream::connect(p.edge) {
+            Ok(s) => s,
+            Err(e) => {
+                log::warn!("queue {}: connecting to {}: {e}", self.queue, p.edge);
+                return self.schedule_retry(now);
+            }
+        };
+        let _ = sock.set_nodelay(true);
+        if let Err(e) =
+            self.poll
+                .registry()
+                .register(&mut sock, TCP, Interest::READABLE | Interest::WRITABLE)
+        {
+            log::error!("queue {}: register: {e}", self.queue);
+            return self.schedule_retry(now);
+        }
+        let sess = Session::new(tls.into(), p.session.clone(), now);
+        self.link = Link::Up {
+            sock,
+            sess: Box::new(sess),
+        };
+    }
+
+    fn schedule_retry(&mut self, now: Instant) {
+        self.stats.tunnel_failures.fetch_add(1, Relaxed);
+        self.link = Link::Down {
+            retry_at: now + self.backoff,
+        };
+        self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+    }
+
+    fn link_down(&mut self, now: Instant) {
+        if let Link::Up { sock, sess } = &mut self.link {
+            let _ = sess.handle_write(sock, now);
+            let _ = self.poll.registry().deregister(sock);
+            let was_up = self.stats.tunnel_up.swap(0, Relaxed) == 1;
+            let reason = sess.close_reason().cloned();
+            if was_up {
+                log::warn!(
+                    "queue {}: tunnel to {} down: {reason:?}",
+                    self.queue,
+                    self.params.edge
+                );
+            } else {
+                log::warn!(
+                    "queue {}: tunnel to {} failed: {reason:?}",
+                    self.queue,
+                    self.params.edge
+                );
+            }
+        }
+        self.schedule_retry(now);
+    }
+
+    /// Moves one batch from the RX ring into the tunnel. Returns true if the
+    /// batch was full (more may be waiting).
+    fn lan_to_tunnel(&mut self) -> bool {
+        let t = &mut self.tally;
+        let sess = match &mut self.link {
+            Link::Up { sess, .. } if sess.is_established() => Some(sess),
+            _ => None,
+        };
+        let batch = self.xsk.rx(RX_BATCH);
+        let n = batch.len();
+        t.rx_frames += n as u64;
+        let Some(sess) = sess else {
+            // Fail-closed: the tunnel is down, nothing goes anywhere.
+            t.drop_down += n as u64;
+            return n == RX_BATCH;
+        };
+        for frame in &batch {
+            let Ok(eth) = ethernet::Frame::new_checked(frame) else {
+                t.drop_malformed += 1;
+                continue;
+            };
+            let Ok((_, off)) = eth.payload_offset() else {
+                t.drop_malformed += 1;
+                continue;
+            };
+            let Ok(pkt) = ip::Packet::new_checked(&frame[off..]) else {
+                t.drop_malformed += 1;
+                continue;
+            };
+            self.neighbors.learn(pkt.src(), eth.src());
+            match sess.send_packet(pkt.as_bytes()) {
+                Ok(()) => {
+                    t.tx_packets += 1;
+                    t.tx_bytes += pkt.as_bytes().len() as u64;
+                }
+                Err(SendError::NotEstablished) => t.drop_down += 1,
+                Err(SendError::Backpressure) => t.drop_backpressure += 1,
+                Err(SendError::TooLarge) => t.drop_too_large += 1,
+            }
+        }
+        drop(batch);
+        sess.flush();
+        n == RX_BATCH
+    }
+
+    /// Reads from the tunnel and transmits its packets to the LAN. Returns
+    /// true if the read stopped at its budget.
+    fn tunnel_to_lan(&mut self, now: Instant) -> bool {
+        let Link::Up { sock, sess } = &mut self.link else {
+            return false;
+        };
+        let was_established = sess.is_established();
+        let res = sess.handle_read(sock, now);
+        let t = &mut self.tally;
+        self.xsk.complete();
+        let mut tx = self.xsk.tx(TX_BATCH);
+        while let Some(p) = sess.poll_packet() {
+            let Ok(pkt) = ip::Packet::new_checked(p) else {
+                t.drop_malformed += 1;
+                continue;
+            };
+            let Some(dst_mac) = self.neighbors.lookup(pkt.dst()) else {
+                t.drop_no_neighbor += 1;
+                continue;
+            };
+            let bytes = pkt.as_bytes();
+            let len = ethernet::HEADER_LEN + bytes.len();
+            if tx.is_full() {
+                if let Err(e) = tx.commit() {
+                    log::debug!("queue {}: TX wakeup: {e}", self.queue);
+                }
+                self.xsk.complete();
+                tx = self.xsk.tx(TX_BATCH);
+            }
+            let Some(mut frame) = tx.next_frame() else {
+                t.drop_tx_full += 1;
+                continue;
+            };
+            let buf = frame.buf();
+            if buf.len() < len {
+                t.drop_too_large += 1;
+                continue;
+            }
+            let ethertype = if pkt.is_ipv6() {
+                ethernet::ETHERTYPE_IPV6
+            } else {
+                ethernet::ETHERTYPE_IPV4
+            };
+            if let Ok(mut eth) = ethernet::Frame::new_checked(&mut buf[..len]) {
+                eth.emit_header(dst_mac, self.lan_mac, ethertype);
+            }
+            buf[ethernet::HEADER_LEN..len].copy_from_slice(bytes);
+            frame.send(len);
+            t.rx_packets += 1;
+            t.rx_bytes += bytes.len() as u64;
+        }
+        if let Err(e) = tx.commit() {
+            log::debug!("queue {}: TX wakeup: {e}", self.queue);
+        }
+        // HELLO is handled inside poll_packet.
+        if !was_established && sess.is_established() {
+            log::info!(
+                "queue {}: tunnel to {} up (edge `{}`)",
+                self.queue,
+                self.params.edge,
+                sess.peer_name()
+            );
+            self.stats.tunnel_up.store(1, Relaxed);
+            self.stats.tunnel_connects.fetch_add(1, Relaxed);
+            self.backoff = BACKOFF_MIN;
+        }
+        match res {
+            Ok(o) => o.more,
+            Err(_) => false,
+        }
+    }
+
+    /// Writes pending TLS records to the edge.
+    fn flush_tunnel(&mut self, now: Instant) {
+        if let Link::Up { sock, sess } = &mut self.link {
+            sess.flush();
+            if sess.wants_write() {
+                if let Err(e) = sess.handle_write(sock, now) {
+                    log::warn!("queue {}: tunnel write: {e}", self.queue);
+                    sess.close(crate::wire::tunnel::CloseCode::Normal, "write failed");
+                }
+            }
+            if sess.is_closed() {
+                self.link_down(now);
+            }
+        }
+    }
+}

@@ -1,0 +1,161 @@
+//! Facts about the host's interfaces and the few commands sluice runs to
+//! configure the kernel (`ip`, `nft`), with errors that say which command
+//! failed and what it printed. Control plane only: never on the packet
+//! path.
+use std::{
+    net::IpAddr,
+    path::Path,
+    process::{Command, Stdio},
+};
+
+/// A host command or lookup failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    /// A command could not run or exited non-zero.
+    #[error("`{cmd}` failed: {detail}")]
+    Command {
+        /// The command line.
+        cmd: String,
+        /// Its stderr, or why it could not start.
+        detail: String,
+    },
+    /// An interface does not exist or could not be read.
+    #[error("interface {iface}: {detail}")]
+    Interface {
+        /// The interface name.
+        iface: String,
+        /// What went wrong.
+        detail: String,
+    },
+}
+
+/// Runs `argv`, feeding `stdin` if given; fails with its stderr.
+pub fn run(argv: &[&str], stdin: Option<&str>) -> Result<String, HostError> {
+    use std::io::Write as _;
+    let cmd = argv.join(" ");
+    let fail = |detail: String| HostError::Command {
+        cmd: cmd.clone(),
+        detail,
+    };
+    let mut child = Command::new(argv[0])
+        .args(&argv[1..])
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| fail(e.to_string()))?;
+    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        pipe.write_all(input.as_bytes())
+            .map_err(|e| fail(e.to_string()))?;
+    }
+    let out = child.wait_with_output().map_err(|e| fail(e.to_string()))?;
+    if !out.status.success() {
+        return Err(fail(
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The interface's index, or an error naming it if it does not exist.
+pub fn ifindex(iface: &str) -> Result<u32, HostError> {
+    let p = format!("/sys/class/net/{iface}/ifindex");
+    std::fs::read_to_string(&p)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .ok_or_else(|| HostError::Interface {
+            iface: iface.into(),
+            detail: "no such interface".into(),
+        })
+}
+
+/// The interface's MAC address.
+pub fn mac(iface: &str) -> Result<[u8; 6], HostError> {
+    let p = format!("/sys/class/net/{iface}/address");
+    let s = std::fs::read_to_string(&p).map_err(|e| HostError::Interface {
+        iface: iface.into(),
+        detail: e.to_string(),
+    })?;
+    parse_mac(s.trim()).ok_or_else(|| HostError::Interface {
+        iface: iface.into(),
+        detail: format!("unreadable MAC address `{}`", s.trim()),
+    })
+}
+
+fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let mut out = [0u8; 6];
+    let mut parts = s.split(':');
+    for b in &mut out {
+        *b = u8::from_str_radix(parts.next()?, 16).ok()?;
+    }
+    parts.next().is_none().then_some(out)
+}
+
+/// Number of RX queues of the interface (at least 1).
+pub fn rx_queues(iface: &str) -> Result<u32, HostError> {
+    let dir = format!("/sys/class/net/{iface}/queues");
+    let n = std::fs::read_dir(Path::new(&dir))
+        .map_err(|e| HostError::Interface {
+            iface: iface.into(),
+            detail: e.to_string(),
+        })?
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with("rx-"))
+        .count();
+    Ok(u32::try_from(n).unwrap_or(1).max(1))
+}
+
+/// Every address configured on any interface of this network namespace.
+pub fn local_addrs() -> Result<Vec<IpAddr>, HostError> {
+    Ok(parse_ip_addr(&run(&["ip", "-o", "addr", "show"], None)?))
+}
+
+/// Parses `ip -o addr show` lines: `2: lan0    inet 192.0.2.1/24 ...`.
+fn parse_ip_addr(out: &str) -> Vec<IpAddr> {
+    out.lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            w.find(|t| *t == "inet" || *t == "inet6")?;
+            w.next()?.split('/').next()?.parse().ok()
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_ip_addr_output() {
+        let out = "1: lo    inet 127.0.0.1/8 scope host lo\\       valid_lft forever\n\
+                   2: lan0    inet 192.0.2.1/24 scope global lan0\n\
+                   2: lan0    inet6 2001:db8:1::1/64 scope global nodad\n\
+                   3: weird line\n";
+        let v = parse_ip_addr(out);
+        assert_eq!(v.len(), 3);
+        assert_eq!(v[1], "192.0.2.1".parse::<IpAddr>().unwrap());
+        assert_eq!(v[2], "2001:db8:1::1".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn parses_mac() {
+        assert_eq!(
+            parse_mac("02:00:5e:00:53:01"),
+            Some([2, 0, 0x5e, 0, 0x53, 1])
+        );
+        assert_eq!(parse_mac("02:00:5e:00:53"), None);
+        assert_eq!(parse_mac("02:00:5e:00:53:01:02"), None);
+        assert_eq!(parse_mac("zz:00:5e:00:53:01"), None);
+    }
+
+    #[test]
+    fn failing_command_says_what_failed() {
+        let e = run(&["false"], None).unwrap_err();
+        assert!(e.to_string().contains("`false` failed"), "{e}");
+        assert!(run(&["/nonexistent/cmd"], None).is_err());
+    }
+}

@@ -1,0 +1,156 @@
+//! A small Prometheus text endpoint (`GET /metrics`) on a plain TCP
+//! listener, in its own thread, off the packet path.
+//!
+//! Requests are untrusted: the request head is read with a size cap (8 KiB)
+//! and a timeout; anything but `GET /metrics` gets 404 or 405. Rendering
+//! reads counters that the workers update with relaxed atomics, once per
+//! batch.
+use std::{
+    fmt::Write as _,
+    io::{self, Read as _, Write as _},
+    net::{SocketAddr, TcpListener, TcpStream},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::JoinHandle,
+    time::Duration,
+};
+
+/// Appends one sample line, with the `# HELP`/`# TYPE` header when
+/// `help` is given (once per metric family).
+pub fn sample(
+    out: &mut String,
+    name: &str,
+    kind: &str,
+    help: Option<&str>,
+    labels: &[(&str, &str)],
+    value: u64,
+) {
+    if let Some(h) = help {
+        let _ = writeln!(out, "# HELP {name} {h}\n# TYPE {name} {kind}");
+    }
+    out.push_str(name);
+    if !labels.is_empty() {
+        out.push('{');
+        for (i, (k, v)) in labels.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            let _ = write!(
+                out,
+                "{k}=\"{}\"",
+                v.replace('\\', "\\\\").replace('"', "\\\"")
+            );
+        }
+        out.push('}');
+    }
+    let _ = writeln!(out, " {value}");
+}
+
+/// Serves `render` at `GET /metrics` on `addr` until `stop` is set.
+pub fn serve<F>(addr: SocketAddr, stop: Arc<AtomicBool>, render: F) -> io::Result<JoinHandle<()>>
+where
+    F: Fn(&mut String) + Send + 'static,
+{
+    let listener = TcpListener::bind(addr)?;
+    listener.set_nonblocking(true)?;
+    std::thread::Builder::new()
+        .name("sluice-metrics".into())
+        .spawn(move || {
+            let mut body = String::with_capacity(16 * 1024);
+            while !stop.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((s, _)) => {
+                        let _ = answer(s, &mut body, &render);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                    Err(e) => {
+                        log::warn!("metrics: accept: {e}");
+                        std::thread::sleep(Duration::from_millis(200));
+                    }
+                }
+            }
+        })
+}
+
+fn answer<F: Fn(&mut String)>(mut s: TcpStream, body: &mut String, render: &F) -> io::Result<()> {
+    s.set_nonblocking(false)?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    s.set_write_timeout(Some(Duration::from_secs(2)))?;
+    let mut head = [0u8; 8192];
+    let mut n = 0;
+    while n < head.len() && !head[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+        match s.read(&mut head[n..])? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    let line = head[..n].split(|&b| b == b'\r').next().unwrap_or_default();
+    let mut parts = line.split(|&b| b == b' ');
+    let (method, path) = (
+        parts.next().unwrap_or_default(),
+        parts.next().unwrap_or_default(),
+    );
+    let (status, text): (&str, &str) = match (method, path) {
+        (b"GET", b"/metrics") => {
+            body.clear();
+            render(body);
+            ("200 OK", body)
+        }
+        (b"GET", _) => ("404 Not Found", "not found\n"),
+        _ => ("405 Method Not Allowed", "only GET /metrics\n"),
+    };
+    write!(
+        s,
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}",
+        text.len()
+    )?;
+    s.flush()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn get(addr: SocketAddr, req: &str) -> String {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.write_all(req.as_bytes()).unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn serves_metrics_and_refuses_the_rest() {
+        let stop = Arc::new(AtomicBool::new(false));
+        let probe = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = probe.local_addr().unwrap();
+        drop(probe);
+        let h = serve(addr, stop.clone(), |out| {
+            sample(
+                out,
+                "sluice_test_total",
+                "counter",
+                Some("a test"),
+                &[("k", "v\"x")],
+                7,
+            );
+        })
+        .unwrap();
+        let ok = get(addr, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+        assert!(ok.contains("sluice_test_total{k=\"v\\\"x\"} 7"), "{ok}");
+        assert!(get(addr, "GET /other HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 404"));
+        assert!(get(addr, "POST /metrics HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 405"));
+        // Garbage and oversized heads get an answer, not a hang or a panic.
+        assert!(get(addr, "\0\0\0\r\n\r\n").starts_with("HTTP/1.1 405"));
+        let big = "A".repeat(20_000);
+        let mut s = TcpStream::connect(addr).unwrap();
+        let _ = s.write_all(big.as_bytes());
+        stop.store(true, Ordering::Relaxed);
+        h.join().unwrap();
+    }
+}

@@ -1,1 +1,0 @@
-//! AF_XDP sockets (placeholder: being written).

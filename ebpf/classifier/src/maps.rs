@@ -1,0 +1,100 @@
+//! The classifier's maps, shared with user space, and the small helpers
+//! that read and update them.
+//!
+//! The statics' names are the map names user space looks up: they must
+//! stay equal to the constants in [`sluice_common::map_names`] (the `#[map]`
+//! macro takes the static's identifier as the ELF symbol name). The loader
+//! looks every one of them up when it loads the object, so a mismatch fails
+//! at load time, not silently.
+//!
+//! Nothing here parses packets or decides verdicts.
+use aya_ebpf::{
+    bindings::xdp_action,
+    macros::map,
+    maps::{HashMap, LpmTrie, PerCpuArray, XskMap, lpm_trie::Key},
+    programs::XdpContext,
+};
+use sluice_common::{
+    BYPASS_MAX_ENTRIES, BypassEntry, Counter, Ipv4Key, Ipv6Key, LOCAL_MAX_ENTRIES, MAX_QUEUES,
+};
+
+/// IPv4 bypass prefixes ([`sluice_common::map_names::BYPASS_V4`]).
+/// `LpmTrie::with_max_entries` adds `BPF_F_NO_PREALLOC` itself (the kernel
+/// requires it for LPM tries).
+#[map]
+static BYPASS_V4: LpmTrie<Ipv4Key, BypassEntry> = LpmTrie::with_max_entries(BYPASS_MAX_ENTRIES, 0);
+
+/// IPv6 bypass prefixes ([`sluice_common::map_names::BYPASS_V6`]).
+#[map]
+static BYPASS_V6: LpmTrie<Ipv6Key, BypassEntry> = LpmTrie::with_max_entries(BYPASS_MAX_ENTRIES, 0);
+
+/// The gateway's own IPv4 addresses ([`sluice_common::map_names::LOCAL_V4`]).
+#[map]
+static LOCAL_V4: HashMap<Ipv4Key, u32> = HashMap::with_max_entries(LOCAL_MAX_ENTRIES, 0);
+
+/// The gateway's own IPv6 addresses ([`sluice_common::map_names::LOCAL_V6`]).
+#[map]
+static LOCAL_V6: HashMap<Ipv6Key, u32> = HashMap::with_max_entries(LOCAL_MAX_ENTRIES, 0);
+
+/// `AF_XDP` sockets by RX queue ([`sluice_common::map_names::XSKS`]).
+#[map]
+static XSKS: XskMap = XskMap::with_max_entries(MAX_QUEUES, 0);
+
+/// Per-CPU counters indexed by [`Counter`] ([`sluice_common::map_names::STATS`]).
+#[map]
+static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
+
+/// Adds one to `counter` on this CPU.
+#[inline(always)]
+pub(crate) fn count(counter: Counter) {
+    if let Some(slot) = STATS.get_ptr_mut(counter.index()) {
+        // SAFETY: the pointer comes from a successful lookup in a per-CPU
+        // array, so it is valid, aligned and only this CPU writes to it
+        // while this program runs (XDP does not nest on one CPU).
+        unsafe { *slot += 1 };
+    }
+}
+
+/// Whether `dst` is one of the gateway's IPv4 addresses.
+#[inline(always)]
+pub(crate) fn is_local_v4(dst: &Ipv4Key) -> bool {
+    LOCAL_V4.get_ptr(dst).is_some()
+}
+
+/// Whether `dst` is one of the gateway's IPv6 addresses.
+#[inline(always)]
+pub(crate) fn is_local_v6(dst: &Ipv6Key) -> bool {
+    LOCAL_V6.get_ptr(dst).is_some()
+}
+
+/// Whether `dst` falls in an IPv4 bypass prefix (longest-prefix lookup of
+/// the host address).
+#[inline(always)]
+pub(crate) fn is_bypass_v4(dst: &Ipv4Key) -> bool {
+    BYPASS_V4.get(Key::new(32, *dst)).is_some()
+}
+
+/// Whether `dst` falls in an IPv6 bypass prefix.
+#[inline(always)]
+pub(crate) fn is_bypass_v6(dst: &Ipv6Key) -> bool {
+    BYPASS_V6.get(Key::new(128, *dst)).is_some()
+}
+
+/// Redirects the frame to the `AF_XDP` socket serving its RX queue.
+///
+/// `bpf_redirect_map` is called with `XDP_DROP` as its fallback action: if
+/// no socket is registered for the queue the frame is dropped and
+/// [`Counter::DropNoSocket`] is counted, so tunnelled traffic never reaches
+/// the kernel's routing by accident.
+#[inline(always)]
+pub(crate) fn redirect_to_socket(ctx: &XdpContext) -> u32 {
+    // aya compares the helper's return value to XDP_REDIRECT: `Ok` only if
+    // the redirect was set up, `Err(fallback)` otherwise.
+    match XSKS.redirect(ctx.rx_queue_index(), u64::from(xdp_action::XDP_DROP)) {
+        Ok(action) => action,
+        Err(_) => {
+            count(Counter::DropNoSocket);
+            xdp_action::XDP_DROP
+        }
+    }
+}

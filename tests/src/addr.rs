@@ -1,0 +1,92 @@
+//! The lab's address plan and interface names (documentation ranges only).
+//!
+//! ```text
+//!  client                 gw                          inet                         edge
+//!  eth0 ───────────── lan0    wan0 ───────────── gw0      edge0 ───────────── wan0
+//!  192.0.2.10/24      192.0.2.1  198.51.100.1/30  198.51.100.2  198.51.100.6/30  198.51.100.5
+//!  2001:db8:1::10/64  2001:db8:1::1  2001:db8:2::1/64  2001:db8:2::2  2001:db8:3::6/64  2001:db8:3::5
+//!                                                  srv0:  203.0.113.10/32  (tunnelled)
+//!                                                                203.0.113.20/32  (bypassed)
+//!                                                                2001:db8:100::10/128, ::20/128
+//! ```
+//!
+//! - `client` routes everything via the gateway ([`GW_LAN_V4`], [`GW_LAN_V6`]).
+//! - `gw` and `edge` route everything via `inet` and forward (v4 and v6);
+//!   `gw` masquerades LAN traffic leaving `wan0` (nftables table
+//!   `inet sluice_lab_nat`), so bypassed traffic reaches the servers from
+//!   [`GW_WAN_V4`] / [`GW_WAN_V6`].
+//! - `inet` forwards between `gw` and `edge` and has NO route to the LAN
+//!   ([`LAN_V4_NET`], [`LAN_V6_NET`]) nor any default route: traffic that was
+//!   not translated (NAT) gets no answer. A closed world.
+//! - Nothing is connected to the host's own network.
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+/// The LAN, IPv4: `192.0.2.0/24` (with [`LAN_V4_PREFIX_LEN`]).
+pub const LAN_V4_NET: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 0);
+/// Prefix length of [`LAN_V4_NET`].
+pub const LAN_V4_PREFIX_LEN: u8 = 24;
+/// The LAN, IPv6: `2001:db8:1::/64` (with [`LAN_V6_PREFIX_LEN`]).
+pub const LAN_V6_NET: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 0);
+/// Prefix length of [`LAN_V6_NET`].
+pub const LAN_V6_PREFIX_LEN: u8 = 64;
+
+/// `client` `eth0`: `192.0.2.10/24`.
+pub const CLIENT_V4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
+/// `client` `eth0`: `2001:db8:1::10/64`.
+pub const CLIENT_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 0x10);
+
+/// `gw` `lan0`: `192.0.2.1/24`, the client's default gateway.
+pub const GW_LAN_V4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+/// `gw` `lan0`: `2001:db8:1::1/64`, the client's default gateway.
+pub const GW_LAN_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 1);
+/// `gw` `wan0`: `198.51.100.1/30`; bypassed LAN traffic is masqueraded to it.
+pub const GW_WAN_V4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
+/// `gw` `wan0`: `2001:db8:2::1/64`; bypassed LAN traffic is masqueraded to it.
+pub const GW_WAN_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, 1);
+
+/// `inet` `gw0`: `198.51.100.2/30`, the gateway's default route.
+pub const INET_GW_SIDE_V4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
+/// `inet` `gw0`: `2001:db8:2::2/64`, the gateway's default route.
+pub const INET_GW_SIDE_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, 2);
+/// `inet` `edge0`: `198.51.100.6/30`, the edge's default route.
+pub const INET_EDGE_SIDE_V4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 6);
+/// `inet` `edge0`: `2001:db8:3::6/64`, the edge's default route.
+pub const INET_EDGE_SIDE_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 3, 0, 0, 0, 0, 6);
+
+/// `edge` `wan0`: `198.51.100.5/30`, where the gateway reaches the edge.
+pub const EDGE_WAN_V4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 5);
+/// `edge` `wan0`: `2001:db8:3::5/64`, where the gateway reaches the edge.
+pub const EDGE_WAN_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 3, 0, 0, 0, 0, 5);
+
+/// Server address on `inet` `srv0` whose traffic is meant to be TUNNELLED
+/// (reaches the server from the edge): `203.0.113.10/32`.
+pub const TUNNELLED_V4: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
+/// Server address on `inet` `srv0` whose traffic is meant to be BYPASSED
+/// (reaches the server from the gateway's WAN address): `203.0.113.20/32`.
+pub const BYPASSED_V4: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 20);
+/// IPv6 counterpart of [`TUNNELLED_V4`]: `2001:db8:100::10/128`.
+pub const TUNNELLED_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x100, 0, 0, 0, 0, 0x10);
+/// IPv6 counterpart of [`BYPASSED_V4`]: `2001:db8:100::20/128`.
+pub const BYPASSED_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x100, 0, 0, 0, 0, 0x20);
+
+/// Interface names (fixed; unique per namespace, not per lab).
+pub mod ifname {
+    /// `client`'s only interface (peer of `gw` [`GW_LAN`]).
+    pub const CLIENT_ETH: &str = "eth0";
+    /// `gw`'s LAN interface (peer of `client` [`CLIENT_ETH`]).
+    pub const GW_LAN: &str = "lan0";
+    /// `gw`'s WAN interface (peer of `inet` [`INET_GW_SIDE`]).
+    pub const GW_WAN: &str = "wan0";
+    /// `edge`'s WAN interface (peer of `inet` [`INET_EDGE_SIDE`]).
+    pub const EDGE_WAN: &str = "wan0";
+    /// `inet`'s interface towards `gw`.
+    pub const INET_GW_SIDE: &str = "gw0";
+    /// `inet`'s interface towards `edge`.
+    pub const INET_EDGE_SIDE: &str = "edge0";
+    /// `inet`'s interface carrying the server addresses: a `dummy`, or on
+    /// kernels without `CONFIG_DUMMY` one end of a veth pair whose other end
+    /// ([`INET_SERVERS_PEER`]) is unused.
+    pub const INET_SERVERS: &str = "srv0";
+    /// The unused peer of [`INET_SERVERS`] when that is a veth.
+    pub const INET_SERVERS_PEER: &str = "srv0p";
+}

@@ -1,0 +1,245 @@
+//! sluice deployed in a [`Lab`]: certificates, the embedded default
+//! configurations, an edge in `edge` and a gateway in `gw`. Shared by the
+//! end-to-end tests, the demo and the lab benchmark.
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use crate::{Host, Lab, ProcId};
+
+/// The gateway's default configuration (paths relative to the file).
+pub const GATEWAY_TOML: &str = include_str!("../configs/gateway.toml");
+/// The edge's default configuration.
+pub const EDGE_TOML: &str = include_str!("../configs/edge.toml");
+/// Where the gateway serves metrics, inside `gw`.
+pub const GATEWAY_METRICS: &str = "http://127.0.0.1:9477/metrics";
+/// Where the edge serves metrics, inside `edge`.
+pub const EDGE_METRICS: &str = "http://127.0.0.1:9478/metrics";
+/// The edge's tunnel endpoint.
+pub const EDGE_ADDR: &str = "198.51.100.5:4443";
+
+/// sluice running in a lab.
+#[derive(Debug)]
+pub struct Sluice<'a> {
+    lab: &'a Lab,
+    bin: PathBuf,
+    conf: PathBuf,
+    /// The edge process.
+    pub edge: Option<ProcId>,
+    /// The gateway process.
+    pub gateway: Option<ProcId>,
+}
+
+impl<'a> Sluice<'a> {
+    /// Generates the lab PKI and writes the default configurations into
+    /// `lab.dir()/sluice`, with `edit` applied to the gateway's.
+    ///
+    /// # Panics
+    /// If `sluice pki init` fails.
+    pub fn prepare(lab: &'a Lab, bin: &Path, edit: impl FnOnce(&str) -> String) -> Self {
+        let conf = lab.dir().join("sluice");
+        std::fs::create_dir_all(&conf).expect("creating the lab's sluice directory");
+        let dir = conf.to_string_lossy().into_owned();
+        let bin_s = bin.to_string_lossy().into_owned();
+        // Certificate generation touches no network: run it in the lab's
+        // client namespace anyway, so nothing runs in the host namespace.
+        lab.run_ok(
+            Host::Client,
+            &[
+                &bin_s,
+                "pki",
+                "init",
+                "--dir",
+                &dir,
+                "--edge-name",
+                "edge.sluice.test",
+                "--edge-name",
+                "198.51.100.5",
+                "--gateway",
+                "branch-1",
+            ],
+        );
+        std::fs::write(conf.join("gateway.toml"), edit(GATEWAY_TOML))
+            .expect("writing gateway.toml");
+        std::fs::write(conf.join("edge.toml"), EDGE_TOML).expect("writing edge.toml");
+        Self {
+            lab,
+            bin: bin.to_path_buf(),
+            conf,
+            edge: None,
+            gateway: None,
+        }
+    }
+
+    /// [`Sluice::prepare`] with the default configurations, then
+    /// [`Sluice::start_edge`] and [`Sluice::start_gateway`].
+    pub fn start(lab: &'a Lab, bin: &Path) -> Self {
+        let mut s = Self::prepare(lab, bin, str::to_string);
+        s.start_edge();
+        s.start_gateway();
+        s
+    }
+
+    /// The directory holding configs and certificates.
+    pub fn conf_dir(&self) -> &Path {
+        &self.conf
+    }
+
+    /// Starts the edge and waits until it accepts connections.
+    ///
+    /// # Panics
+    /// If it does not listen within 10 s (the message has its log).
+    pub fn start_edge(&mut self) {
+        let cfg = self.conf.join("edge.toml").to_string_lossy().into_owned();
+        let bin = self.bin.to_string_lossy().into_owned();
+        let id = self.lab.spawn_env(
+            Host::Edge,
+            "edge",
+            &[&bin, "edge", "--config", &cfg],
+            &[("RUST_LOG", "info")],
+        );
+        let addr: SocketAddr = EDGE_ADDR.parse().expect("edge address");
+        self.lab
+            .wait_for("the edge to listen", Duration::from_secs(10), || {
+                assert!(
+                    self.lab.is_running(id),
+                    "sluice edge exited:\n{}",
+                    self.lab.log("edge")
+                );
+                self.lab
+                    .run(
+                        Host::Edge,
+                        &["ss", "-Hltn", &format!("sport = :{}", addr.port())],
+                    )
+                    .stdout
+                    .len()
+                    > 0
+            });
+        self.edge = Some(id);
+    }
+
+    /// Stops the edge (SIGTERM).
+    pub fn stop_edge(&mut self) {
+        if let Some(id) = self.edge.take() {
+            self.lab.stop(id);
+        }
+    }
+
+    /// Starts the gateway and waits until its tunnel is up.
+    ///
+    /// # Panics
+    /// If the tunnel is not up within 15 s (the message has the logs).
+    pub fn start_gateway(&mut self) {
+        let cfg = self
+            .conf
+            .join("gateway.toml")
+            .to_string_lossy()
+            .into_owned();
+        let bin = self.bin.to_string_lossy().into_owned();
+        let id = self.lab.spawn_env(
+            Host::Gw,
+            "gateway",
+            &[&bin, "gateway", "--config", &cfg],
+            &[("RUST_LOG", "info")],
+        );
+        self.gateway = Some(id);
+        self.wait_tunnel(true, Duration::from_secs(15));
+    }
+
+    /// Waits until every gateway worker reports its tunnel up (or down).
+    ///
+    /// # Panics
+    /// On timeout, with both logs.
+    pub fn wait_tunnel(&self, up: bool, timeout: Duration) {
+        let what = if up {
+            "the gateway's tunnel to come up"
+        } else {
+            "the gateway's tunnel to go down"
+        };
+        self.lab.wait_for(what, timeout, || {
+            if let Some(id) = self.gateway {
+                assert!(
+                    self.lab.is_running(id),
+                    "sluice gateway exited:\n{}\n--- edge log ---\n{}",
+                    self.lab.log("gateway"),
+                    self.lab.log("edge")
+                );
+            }
+            let m = self.gateway_metrics();
+            let ups: Vec<u64> = samples(&m, "sluice_gateway_tunnel_up")
+                .into_iter()
+                .map(|(_, v)| v)
+                .collect();
+            !ups.is_empty() && ups.iter().all(|&v| v == u64::from(up))
+        });
+    }
+
+    /// The gateway's metrics text (empty if it does not answer).
+    pub fn gateway_metrics(&self) -> String {
+        let out = self.lab.run(
+            Host::Gw,
+            &["curl", "-sS", "--max-time", "2", GATEWAY_METRICS],
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The edge's metrics text (empty if it does not answer).
+    pub fn edge_metrics(&self) -> String {
+        let out = self.lab.run(
+            Host::Edge,
+            &["curl", "-sS", "--max-time", "2", EDGE_METRICS],
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Sum of a gateway metric over all its label sets that contain
+    /// `label` (e.g. `verdict="tunnel"`; empty matches all).
+    pub fn gateway_metric(&self, name: &str, label: &str) -> u64 {
+        sum(&self.gateway_metrics(), name, label)
+    }
+
+    /// Sum of an edge metric, as [`Sluice::gateway_metric`].
+    pub fn edge_metric(&self, name: &str, label: &str) -> u64 {
+        sum(&self.edge_metrics(), name, label)
+    }
+}
+
+/// `(labels, value)` of every sample of metric `name` in Prometheus text.
+pub fn samples(text: &str, name: &str) -> Vec<(String, u64)> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (key, value) = l.rsplit_once(' ')?;
+            let (n, labels) = key
+                .split_once('{')
+                .map_or((key, ""), |(n, r)| (n, r.trim_end_matches('}')));
+            (n == name).then(|| (labels.to_string(), value.parse().unwrap_or(0)))
+        })
+        .collect()
+}
+
+/// Sum of the samples of `name` whose labels contain `label`.
+pub fn sum(text: &str, name: &str, label: &str) -> u64 {
+    samples(text, name)
+        .into_iter()
+        .filter(|(l, _)| l.contains(label))
+        .map(|(_, v)| v)
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_prometheus_text() {
+        let t =
+            "# HELP x y\n# TYPE x counter\nx{verdict=\"tunnel\"} 5\nx{verdict=\"bypass\"} 2\ny 7\n";
+        assert_eq!(sum(t, "x", "verdict=\"tunnel\""), 5);
+        assert_eq!(sum(t, "x", ""), 7);
+        assert_eq!(sum(t, "y", ""), 7);
+        assert_eq!(samples(t, "z"), vec![]);
+    }
+}

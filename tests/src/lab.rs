@@ -1,0 +1,973 @@
+//! [`Lab`]: four namespaces, their links, addresses, routes and rulesets;
+//! the processes run in them; and teardown.
+
+use std::{
+    fmt,
+    fs::{self, OpenOptions},
+    net::{IpAddr, SocketAddr},
+    os::unix::process::ExitStatusExt as _,
+    path::{Path, PathBuf},
+    process::{Child, ExitStatus, Output, Stdio},
+    sync::{
+        Mutex, MutexGuard, PoisonError,
+        atomic::{AtomicU32, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use crate::{
+    addr::{self, ifname},
+    nft,
+    proc::{self, describe},
+    sys,
+};
+
+/// Prefix of every lab namespace name: `sl<pid>x<n>-<host>`.
+const PREFIX: &str = "sl";
+/// Time limit of [`Lab::run`].
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Time limit of each command that builds or tears down the lab.
+const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long [`Lab::stop`] waits after SIGTERM before SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+/// How long drop waits after SIGTERM before SIGKILL.
+const DROP_GRACE: Duration = Duration::from_secs(5);
+
+static NEXT_LAB: AtomicU32 = AtomicU32::new(0);
+
+/// One of the lab's four network namespaces (see [`crate::addr`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Host {
+    /// A LAN host behind the gateway.
+    Client,
+    /// The sluice gateway: LAN on `lan0`, WAN on `wan0`.
+    Gw,
+    /// The sluice edge, reached by the gateway across `inet`.
+    Edge,
+    /// The servers "on the internet", and the router between `gw` and `edge`.
+    Inet,
+}
+
+impl Host {
+    /// All four, in a fixed order.
+    pub const ALL: [Host; 4] = [Host::Client, Host::Gw, Host::Edge, Host::Inet];
+
+    /// Short name, also the suffix of the namespace name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Host::Client => "client",
+            Host::Gw => "gw",
+            Host::Edge => "edge",
+            Host::Inet => "inet",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl fmt::Display for Host {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.name())
+    }
+}
+
+/// A process started by [`Lab::spawn`]; valid for the lab that made it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ProcId(usize);
+
+#[derive(Debug)]
+struct Proc {
+    name: String,
+    host: Host,
+    child: Child,
+    /// Set once reaped; from then on its process group is never signalled.
+    status: Option<ExitStatus>,
+}
+
+impl Proc {
+    /// Reaps it if it has exited; true if it is still running.
+    fn poll(&mut self) -> bool {
+        if self.status.is_some() {
+            return false;
+        }
+        if sys::has_exited(self.child.id()) {
+            // Kill what it left in its group while the zombie still holds
+            // the group id, then reap.
+            sys::signal_group(self.child.id(), sys::SIGKILL);
+            self.status = Some(proc::reap(&mut self.child));
+            return false;
+        }
+        true
+    }
+
+    fn kill(&mut self) -> ExitStatus {
+        if let Some(status) = self.status {
+            return status;
+        }
+        sys::signal_group(self.child.id(), sys::SIGKILL);
+        let status = proc::reap(&mut self.child);
+        self.status = Some(status);
+        status
+    }
+}
+
+/// A closed network of four namespaces (`client`, `gw`, `edge`, `inet`)
+/// joined by veth pairs; see [`crate::addr`] for the plan.
+///
+/// Dropping it (also while unwinding from a panic) kills every process it
+/// spawned (SIGTERM to each process group, SIGKILL to those still there
+/// after 5 s, then SIGKILL to anything else left in its namespaces), deletes
+/// its namespaces (which deletes their links) and removes [`Lab::dir`]
+/// unless `SLUICE_LAB_KEEP=1`. Drop never panics; problems are printed to stderr.
+///
+/// A `Lab` is `Sync`: several threads may run commands in it at once.
+#[derive(Debug)]
+pub struct Lab {
+    names: [String; 4],
+    created: [bool; 4],
+    dir: PathBuf,
+    keep: bool,
+    procs: Mutex<Vec<Proc>>,
+}
+
+impl Lab {
+    /// Builds a new lab with fresh, unique names (`sl<pid>x<n>-<host>`).
+    ///
+    /// # Panics
+    /// If not root, or if a command fails: the message names the command
+    /// and has its stderr. What was made is removed before the panic.
+    pub fn new() -> Lab {
+        assert!(
+            sys::is_root(),
+            "sluice_lab::Lab::new: needs root (guard the test with `sluice_lab::require_root`)"
+        );
+        let pid = std::process::id();
+        let n = NEXT_LAB.fetch_add(1, Ordering::Relaxed);
+        let id = format!("{PREFIX}{pid}x{n}");
+        let dir = std::env::temp_dir().join(format!("sluice-lab-{pid}-{n}"));
+        let mut lab = Lab {
+            names: Host::ALL.map(|h| format!("{id}-{}", h.name())),
+            created: [false; 4],
+            dir,
+            keep: std::env::var("SLUICE_LAB_KEEP").is_ok_and(|v| v == "1"),
+            procs: Mutex::new(Vec::new()),
+        };
+        if let Err(e) = lab.build() {
+            drop(lab);
+            panic!("sluice_lab::Lab::new: {e}");
+        }
+        lab
+    }
+
+    fn build(&mut self) -> Result<(), String> {
+        let _ = fs::remove_dir_all(&self.dir);
+        fs::create_dir_all(&self.dir)
+            .map_err(|e| format!("cannot create {}: {e}", self.dir.display()))?;
+
+        for h in Host::ALL {
+            setup(&["ip", "netns", "add", self.ns(h)])?;
+            self.created[h.index()] = true;
+        }
+        for h in Host::ALL {
+            let mut argv = vec![
+                "ip",
+                "netns",
+                "exec",
+                self.ns(h),
+                "sysctl",
+                "-q",
+                "-w",
+                // Addresses (link-local included) usable at once.
+                "net.ipv6.conf.all.accept_dad=0",
+                "net.ipv6.conf.default.accept_dad=0",
+                // Same behaviour whatever the host's defaults.
+                "net.ipv4.conf.all.rp_filter=0",
+                "net.ipv4.conf.default.rp_filter=0",
+            ];
+            if h != Host::Client {
+                argv.extend(["net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"]);
+            }
+            setup(&argv)?;
+            setup(&["ip", "-n", self.ns(h), "link", "set", "lo", "up"])?;
+        }
+
+        self.links()?;
+        self.addresses()?;
+        self.routes()?;
+        self.load_nft(Host::Gw, "gw-nat.nft", &nft::gw_ruleset())?;
+        self.load_nft(Host::Inet, "inet-counters.nft", &nft::inet_ruleset())?;
+        Ok(())
+    }
+
+    fn links(&self) -> Result<(), String> {
+        use Host::{Client, Edge, Gw, Inet};
+        // Links are made inside their namespaces (`ip -n A link add ... peer
+        // ... netns B`): nothing ever exists in the host namespace.
+        let veths = [
+            (Gw, ifname::GW_LAN, Client, ifname::CLIENT_ETH),
+            (Gw, ifname::GW_WAN, Inet, ifname::INET_GW_SIDE),
+            (Edge, ifname::EDGE_WAN, Inet, ifname::INET_EDGE_SIDE),
+        ];
+        for (a, a_if, b, b_if) in veths {
+            setup(&[
+                "ip",
+                "-n",
+                self.ns(a),
+                "link",
+                "add",
+                a_if,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                b_if,
+                "netns",
+                self.ns(b),
+            ])?;
+        }
+        // The servers' interface: a dummy where the kernel has them
+        // (CONFIG_DUMMY), else one end of a veth pair whose other end
+        // (`srv0p`) stays unused in `inet`. Either way a local, always-up
+        // interface of `inet` only.
+        let inet = self.ns(Inet);
+        let srv = ifname::INET_SERVERS;
+        if setup(&["ip", "-n", inet, "link", "add", srv, "type", "dummy"]).is_err() {
+            let peer = ifname::INET_SERVERS_PEER;
+            setup(&[
+                "ip", "-n", inet, "link", "add", srv, "type", "veth", "peer", "name", peer,
+            ])?;
+            setup(&["ip", "-n", inet, "link", "set", peer, "up"])?;
+        }
+        for (h, dev) in [
+            (Client, ifname::CLIENT_ETH),
+            (Gw, ifname::GW_LAN),
+            (Gw, ifname::GW_WAN),
+            (Edge, ifname::EDGE_WAN),
+            (Inet, ifname::INET_GW_SIDE),
+            (Inet, ifname::INET_EDGE_SIDE),
+            (Inet, ifname::INET_SERVERS),
+        ] {
+            setup(&["ip", "-n", self.ns(h), "link", "set", dev, "up"])?;
+        }
+        // A LAN host's NIC puts complete checksums on the wire. A veth
+        // instead hands its peer CHECKSUM_PARTIAL packets (checksum left to
+        // "hardware" that does not exist), which XDP/AF_XDP then carry as
+        // is: the edge's kernel would rightly reject them. Make the lab's
+        // LAN host behave like a real one.
+        setup(&[
+            "ip",
+            "netns",
+            "exec",
+            self.ns(Client),
+            "ethtool",
+            "-K",
+            ifname::CLIENT_ETH,
+            "tx",
+            "off",
+        ])?;
+        Ok(())
+    }
+
+    fn addresses(&self) -> Result<(), String> {
+        use Host::{Client, Edge, Gw, Inet};
+        let addrs: [(Host, &str, String); 14] = [
+            (
+                Client,
+                ifname::CLIENT_ETH,
+                format!("{}/24", addr::CLIENT_V4),
+            ),
+            (
+                Client,
+                ifname::CLIENT_ETH,
+                format!("{}/64", addr::CLIENT_V6),
+            ),
+            (Gw, ifname::GW_LAN, format!("{}/24", addr::GW_LAN_V4)),
+            (Gw, ifname::GW_LAN, format!("{}/64", addr::GW_LAN_V6)),
+            (Gw, ifname::GW_WAN, format!("{}/30", addr::GW_WAN_V4)),
+            (Gw, ifname::GW_WAN, format!("{}/64", addr::GW_WAN_V6)),
+            (Edge, ifname::EDGE_WAN, format!("{}/30", addr::EDGE_WAN_V4)),
+            (Edge, ifname::EDGE_WAN, format!("{}/64", addr::EDGE_WAN_V6)),
+            (
+                Inet,
+                ifname::INET_GW_SIDE,
+                format!("{}/30", addr::INET_GW_SIDE_V4),
+            ),
+            (
+                Inet,
+                ifname::INET_GW_SIDE,
+                format!("{}/64", addr::INET_GW_SIDE_V6),
+            ),
+            (
+                Inet,
+                ifname::INET_EDGE_SIDE,
+                format!("{}/30", addr::INET_EDGE_SIDE_V4),
+            ),
+            (
+                Inet,
+                ifname::INET_EDGE_SIDE,
+                format!("{}/64", addr::INET_EDGE_SIDE_V6),
+            ),
+            (
+                Inet,
+                ifname::INET_SERVERS,
+                format!("{}/32", addr::TUNNELLED_V4),
+            ),
+            (
+                Inet,
+                ifname::INET_SERVERS,
+                format!("{}/32", addr::BYPASSED_V4),
+            ),
+        ];
+        let server_v6 = [
+            format!("{}/128", addr::TUNNELLED_V6),
+            format!("{}/128", addr::BYPASSED_V6),
+        ];
+        let all_addrs = addrs
+            .iter()
+            .map(|(h, dev, a)| (*h, *dev, a.as_str()))
+            .chain(
+                server_v6
+                    .iter()
+                    .map(|a| (Inet, ifname::INET_SERVERS, a.as_str())),
+            );
+        for (h, dev, a) in all_addrs {
+            let mut argv = vec!["ip", "-n", self.ns(h), "addr", "add", a, "dev", dev];
+            if a.contains(':') {
+                argv.push("nodad");
+            }
+            setup(&argv)?;
+        }
+        Ok(())
+    }
+
+    /// Default routes (`inet` has none: a closed world).
+    fn routes(&self) -> Result<(), String> {
+        use Host::{Client, Edge, Gw};
+        let routes = [
+            (Client, addr::GW_LAN_V4.to_string()),
+            (Client, addr::GW_LAN_V6.to_string()),
+            (Gw, addr::INET_GW_SIDE_V4.to_string()),
+            (Gw, addr::INET_GW_SIDE_V6.to_string()),
+            (Edge, addr::INET_EDGE_SIDE_V4.to_string()),
+            (Edge, addr::INET_EDGE_SIDE_V6.to_string()),
+        ];
+        for (h, via) in &routes {
+            let family = if via.contains(':') { "-6" } else { "-4" };
+            setup(&[
+                "ip",
+                "-n",
+                self.ns(*h),
+                family,
+                "route",
+                "add",
+                "default",
+                "via",
+                via,
+            ])?;
+        }
+        Ok(())
+    }
+
+    fn load_nft(&self, h: Host, file: &str, ruleset: &str) -> Result<(), String> {
+        let path = self.dir.join(file);
+        fs::write(&path, ruleset).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        let path = path.to_string_lossy();
+        setup(&["ip", "netns", "exec", self.ns(h), "nft", "-f", &path])
+    }
+
+    /// The name of `h`'s network namespace (for `ip netns exec`, `ip -n`).
+    pub fn ns(&self, h: Host) -> &str {
+        &self.names[h.index()]
+    }
+
+    /// A directory of this lab's own (configs, certificates, logs):
+    /// `$TMPDIR/sluice-lab-<pid>-<n>`, removed on drop unless
+    /// `SLUICE_LAB_KEEP=1`.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Runs `argv` in `h`'s namespace to completion, with a limit of
+    /// [`DEFAULT_TIMEOUT`]; see [`Lab::run_timeout`].
+    pub fn run(&self, h: Host, argv: &[&str]) -> Output {
+        self.run_timeout(h, argv, DEFAULT_TIMEOUT)
+    }
+
+    /// Runs `argv` in `h`'s namespace to completion (stdin from /dev/null,
+    /// stdout and stderr captured) and returns what it did; a failing exit
+    /// status is NOT a panic (see [`Lab::run_ok`]).
+    ///
+    /// At `timeout` the command's process group is killed; the returned
+    /// status is then "killed by SIGKILL" and stderr ends with a line saying
+    /// so (also printed to stderr). Whatever the command leaves running in its
+    /// process group when it exits is killed: use [`Lab::spawn`] for daemons.
+    ///
+    /// # Panics
+    /// If the command cannot be started at all (e.g. not installed).
+    pub fn run_timeout(&self, h: Host, argv: &[&str], timeout: Duration) -> Output {
+        self.run_env_timeout(h, argv, &[], timeout)
+    }
+
+    /// [`Lab::run_timeout`] with extra environment variables.
+    ///
+    /// # Panics
+    /// If the command cannot be started at all (e.g. not installed).
+    pub fn run_env_timeout(
+        &self,
+        h: Host,
+        argv: &[&str],
+        env: &[(&str, &str)],
+        timeout: Duration,
+    ) -> Output {
+        assert!(!argv.is_empty(), "sluice_lab: empty argv");
+        let full = self.in_ns(h, argv);
+        let mut cmd = proc::command(&full);
+        cmd.envs(env.iter().copied());
+        let captured = proc::capture(cmd, timeout).unwrap_or_else(|e| {
+            panic!(
+                "sluice-lab: cannot run `{}` in {h} ({}): {e}{}",
+                describe(argv),
+                self.ns(h),
+                install_hint(&e)
+            )
+        });
+        let mut output = captured.output;
+        if captured.timed_out {
+            let note = format!(
+                "[sluice-lab] `{}` in {h} ({}) timed out after {timeout:?} and was killed\n",
+                describe(argv),
+                self.ns(h)
+            );
+            eprint!("{note}");
+            output.stderr.extend_from_slice(note.as_bytes());
+        }
+        output
+    }
+
+    /// Runs `argv` in `h`'s namespace like [`Lab::run`] and returns its
+    /// stdout (lossy UTF-8).
+    ///
+    /// # Panics
+    /// If it cannot start, exits unsuccessfully or times out; the message
+    /// has the command, its status, stdout and stderr.
+    pub fn run_ok(&self, h: Host, argv: &[&str]) -> String {
+        let out = self.run(h, argv);
+        assert!(
+            out.status.success(),
+            "sluice-lab: `{}` in {h} ({}) failed: {}\n--- stdout ---\n{}--- stderr ---\n{}",
+            describe(argv),
+            self.ns(h),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `ping -c 1 -W 2` from `h` to `dst`: whether an answer came back.
+    pub fn ping(&self, h: Host, dst: impl Into<IpAddr>) -> bool {
+        let dst = dst.into().to_string();
+        self.run(h, &["ping", "-n", "-q", "-c", "1", "-W", "2", &dst])
+            .status
+            .success()
+    }
+
+    /// Starts a long-running `argv` in `h`'s namespace, its stdout and stderr
+    /// appended to `dir()/<name>.log` (so a restarted process under the same
+    /// name keeps one log). It is killed when the lab is dropped, if not
+    /// [`Lab::stop`]ped before.
+    ///
+    /// # Panics
+    /// If `name` is not a plain file name or the process cannot start.
+    pub fn spawn(&self, h: Host, name: &str, argv: &[&str]) -> ProcId {
+        self.spawn_env(h, name, argv, &[])
+    }
+
+    /// [`Lab::spawn`] with extra environment variables (e.g. `RUST_LOG`).
+    ///
+    /// # Panics
+    /// If `name` is not a plain file name or the process cannot start.
+    pub fn spawn_env(&self, h: Host, name: &str, argv: &[&str], env: &[(&str, &str)]) -> ProcId {
+        assert!(!argv.is_empty(), "sluice_lab: empty argv");
+        assert!(
+            !name.is_empty() && !name.contains('/') && name != "." && name != "..",
+            "sluice_lab: process name {name:?} must be a plain file name"
+        );
+        let path = self.log_path(name);
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .unwrap_or_else(|e| panic!("sluice-lab: cannot open {}: {e}", path.display()));
+        let log_err = log
+            .try_clone()
+            .unwrap_or_else(|e| panic!("sluice-lab: cannot dup {}: {e}", path.display()));
+        let mut cmd = proc::command(&self.in_ns(h, argv));
+        cmd.envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err);
+        let child = proc::start(cmd).unwrap_or_else(|e| {
+            panic!(
+                "sluice-lab: cannot start {name} `{}` in {h} ({}): {e}{}",
+                describe(argv),
+                self.ns(h),
+                install_hint(&e)
+            )
+        });
+        eprintln!(
+            "sluice-lab: {name} (pid {}) in {h}: {}  [log {}]",
+            child.id(),
+            describe(argv),
+            path.display()
+        );
+        let mut procs = self.procs();
+        procs.push(Proc {
+            name: name.to_owned(),
+            host: h,
+            child,
+            status: None,
+        });
+        ProcId(procs.len() - 1)
+    }
+
+    /// Stops a spawned process: SIGTERM to its process group, then SIGKILL
+    /// after 5 s; returns its exit status (at once if it already exited).
+    pub fn stop(&self, id: ProcId) -> ExitStatus {
+        {
+            let mut procs = self.procs();
+            let p = proc_mut(&mut procs, id);
+            if !p.poll() {
+                return p.status.unwrap_or_else(|| ExitStatus::from_raw(0));
+            }
+            sys::signal_group(p.child.id(), sys::SIGTERM);
+        }
+        let deadline = Instant::now() + STOP_GRACE;
+        loop {
+            {
+                let mut procs = self.procs();
+                let p = proc_mut(&mut procs, id);
+                if !p.poll() {
+                    return p.status.unwrap_or_else(|| ExitStatus::from_raw(0));
+                }
+                if Instant::now() >= deadline {
+                    eprintln!(
+                        "sluice-lab: {} did not stop within {STOP_GRACE:?} of SIGTERM: killed",
+                        p.name
+                    );
+                    return p.kill();
+                }
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends signal `sig` (e.g. `libc::SIGHUP`) to a spawned process (its
+    /// main process only); does nothing if it has exited.
+    pub fn signal(&self, id: ProcId, sig: i32) {
+        let mut procs = self.procs();
+        let p = proc_mut(&mut procs, id);
+        if p.poll() {
+            sys::signal_pid(p.child.id(), sig);
+        }
+    }
+
+    /// Whether a spawned process is still running.
+    pub fn is_running(&self, id: ProcId) -> bool {
+        proc_mut(&mut self.procs(), id).poll()
+    }
+
+    /// Waits for a spawned process to exit by itself and returns its status.
+    ///
+    /// # Panics
+    /// If it is still running after `timeout` (it is killed first); the
+    /// message has its log.
+    pub fn wait_exit(&self, id: ProcId, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            {
+                let mut procs = self.procs();
+                let p = proc_mut(&mut procs, id);
+                if !p.poll() {
+                    return p.status.unwrap_or_else(|| ExitStatus::from_raw(0));
+                }
+                if Instant::now() >= deadline {
+                    let name = p.name.clone();
+                    p.kill();
+                    drop(procs);
+                    panic!(
+                        "sluice-lab: {name} still running after {timeout:?}; log:\n{}",
+                        self.log(&name)
+                    );
+                }
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The pid of a spawned process (the program itself: `ip netns exec`
+    /// execs it).
+    pub fn pid(&self, id: ProcId) -> u32 {
+        proc_mut(&mut self.procs(), id).child.id()
+    }
+
+    /// The contents of `dir()/<name>.log` (lossy UTF-8).
+    ///
+    /// # Panics
+    /// If there is no such log (nothing was spawned under that name).
+    pub fn log(&self, name: &str) -> String {
+        let path = self.log_path(name);
+        match fs::read(&path) {
+            Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+            Err(e) => {
+                let known: Vec<String> = self.procs().iter().map(|p| p.name.clone()).collect();
+                panic!(
+                    "sluice-lab: no log {} ({e}); spawned: {known:?}",
+                    path.display()
+                )
+            }
+        }
+    }
+
+    /// The path of `name`'s log (`dir()/<name>.log`).
+    pub fn log_path(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.log"))
+    }
+
+    /// Polls `f` (every 50 ms) until it returns true.
+    ///
+    /// # Panics
+    /// With `what` if `f` has not returned true within `timeout`.
+    pub fn wait_for(&self, what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if f() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "sluice-lab: timed out after {timeout:?} waiting for {what}"
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits until a TCP socket in `h`'s namespace listens on `addr` (its
+    /// port, and its address or a wildcard), checked with `ss -ltn`.
+    ///
+    /// # Panics
+    /// If none does within `timeout`.
+    pub fn wait_tcp(&self, h: Host, addr: SocketAddr, timeout: Duration) {
+        let what = format!("a TCP listener on {addr} in {h} ({})", self.ns(h));
+        self.wait_for(&what, timeout, || self.listening(h, "-Hltn", addr));
+    }
+
+    /// Waits until a UDP socket in `h`'s namespace is bound to `addr` (its
+    /// port, and its address or a wildcard), checked with `ss -lun`.
+    ///
+    /// # Panics
+    /// If none is within `timeout`.
+    pub fn wait_udp(&self, h: Host, addr: SocketAddr, timeout: Duration) {
+        let what = format!("a UDP socket on {addr} in {h} ({})", self.ns(h));
+        self.wait_for(&what, timeout, || self.listening(h, "-Hlun", addr));
+    }
+
+    fn listening(&self, h: Host, flags: &str, want: SocketAddr) -> bool {
+        let out = self.run_timeout(h, &["ss", flags], SETUP_TIMEOUT);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|line| line.split_whitespace().nth(3))
+            .filter_map(parse_ss_local)
+            .any(|(ip, port)| port == want.port() && (ip.is_none() || ip == Some(want.ip())))
+    }
+
+    /// Packets counted so far by the nftables counter `name` in `inet`
+    /// (names in [`crate::counter`]).
+    ///
+    /// # Panics
+    /// If there is no such counter.
+    pub fn nft_counter(&self, name: &str) -> u64 {
+        self.nft_counter_full(name).0
+    }
+
+    /// Bytes counted so far by the nftables counter `name` in `inet`.
+    ///
+    /// # Panics
+    /// If there is no such counter.
+    pub fn nft_counter_bytes(&self, name: &str) -> u64 {
+        self.nft_counter_full(name).1
+    }
+
+    fn nft_counter_full(&self, name: &str) -> (u64, u64) {
+        let text = self.run_ok(
+            Host::Inet,
+            &["nft", "list", "counter", "inet", nft::COUNTER_TABLE, name],
+        );
+        nft::parse_counter(&text)
+            .unwrap_or_else(|| panic!("sluice-lab: cannot parse counter {name}: {text}"))
+    }
+
+    /// Sets every counter in `inet` back to zero.
+    pub fn reset_counters(&self) {
+        self.run_ok(
+            Host::Inet,
+            &[
+                "nft",
+                "reset",
+                "counters",
+                "table",
+                "inet",
+                nft::COUNTER_TABLE,
+            ],
+        );
+    }
+
+    fn in_ns<'a>(&'a self, h: Host, argv: &[&'a str]) -> Vec<&'a str> {
+        let mut full = vec!["ip", "netns", "exec", self.ns(h)];
+        full.extend_from_slice(argv);
+        full
+    }
+
+    fn procs(&self) -> MutexGuard<'_, Vec<Proc>> {
+        self.procs.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Kills all spawned processes: SIGTERM, a grace period, SIGKILL.
+    fn kill_all(&self) {
+        let mut procs = self.procs();
+        let mut any = false;
+        for p in procs.iter_mut() {
+            if p.poll() {
+                sys::signal_group(p.child.id(), sys::SIGTERM);
+                any = true;
+            }
+        }
+        if !any {
+            return;
+        }
+        let deadline = Instant::now() + DROP_GRACE;
+        while Instant::now() < deadline {
+            // Poll every one (reaping the exited), not just up to the first
+            // still running.
+            let mut running = false;
+            for p in procs.iter_mut() {
+                running |= p.poll();
+            }
+            if !running {
+                return;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        for p in procs.iter_mut().filter(|p| p.status.is_none()) {
+            eprintln!(
+                "sluice-lab: {} (in {}) ignored SIGTERM for {DROP_GRACE:?}: killed",
+                p.name, p.host
+            );
+            p.kill();
+        }
+    }
+}
+
+impl Default for Lab {
+    fn default() -> Lab {
+        Lab::new()
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        self.kill_all();
+        for h in Host::ALL {
+            if self.created[h.index()] {
+                delete_ns(self.ns(h));
+            }
+        }
+        if self.keep {
+            eprintln!(
+                "sluice-lab: kept {} (SLUICE_LAB_KEEP=1)",
+                self.dir.display()
+            );
+        } else if let Err(e) = fs::remove_dir_all(&self.dir)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            eprintln!(
+                "sluice-lab: warning: cannot remove {}: {e}",
+                self.dir.display()
+            );
+        }
+    }
+}
+
+fn proc_mut(procs: &mut [Proc], id: ProcId) -> &mut Proc {
+    let n = procs.len();
+    procs
+        .get_mut(id.0)
+        .unwrap_or_else(|| panic!("sluice_lab: {id:?} is not from this lab ({n} processes)"))
+}
+
+/// Runs a host-side lab command (`ip netns add`, `ip -n ...`); the error
+/// names the command and has its stderr.
+fn setup(argv: &[&str]) -> Result<(), String> {
+    let captured = proc::capture(proc::command(argv), SETUP_TIMEOUT)
+        .map_err(|e| format!("cannot run `{}`: {e}{}", describe(argv), install_hint(&e)))?;
+    let out = &captured.output;
+    if captured.timed_out {
+        return Err(format!(
+            "`{}` timed out after {SETUP_TIMEOUT:?}",
+            describe(argv)
+        ));
+    }
+    if !out.status.success() {
+        return Err(format!(
+            "`{}` failed ({}): {}{}",
+            describe(argv),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim_end(),
+            String::from_utf8_lossy(&out.stdout).trim_end()
+        ));
+    }
+    Ok(())
+}
+
+fn install_hint(e: &std::io::Error) -> &'static str {
+    if e.kind() == std::io::ErrorKind::NotFound {
+        " (not installed? `cargo xtask setup` installs the lab's tools)"
+    } else {
+        ""
+    }
+}
+
+/// Kills every process left in namespace `name`, then deletes it. Never
+/// panics; problems are printed.
+fn delete_ns(name: &str) {
+    let pids = |name: &str| -> Vec<u32> {
+        proc::capture(proc::command(&["ip", "netns", "pids", name]), SETUP_TIMEOUT)
+            .map(|c| {
+                String::from_utf8_lossy(&c.output.stdout)
+                    .split_whitespace()
+                    .filter_map(|p| p.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let deadline = Instant::now() + DROP_GRACE;
+    loop {
+        let left = pids(name);
+        if left.is_empty() {
+            break;
+        }
+        if Instant::now() >= deadline {
+            eprintln!("sluice-lab: warning: processes {left:?} still in {name}");
+            break;
+        }
+        for pid in left {
+            sys::signal_pid(pid, sys::SIGKILL);
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    if let Err(e) = setup(&["ip", "netns", "del", name]) {
+        eprintln!("sluice-lab: warning: {e}");
+    }
+}
+
+/// Parses `ss`'s local address column: `0.0.0.0:80`, `*:80`, `[::]:80`,
+/// `[2001:db8::1]:80`, `192.0.2.1%lan0:80`. `None` for the address means a
+/// wildcard.
+fn parse_ss_local(col: &str) -> Option<(Option<IpAddr>, u16)> {
+    let (host, port) = col.rsplit_once(':')?;
+    let port = port.parse().ok()?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let host = host.split_once('%').map_or(host, |(h, _)| h);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host == "*" {
+        return Some((None, port));
+    }
+    let ip: IpAddr = host.parse().ok()?;
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        IpAddr::V4(_) => ip,
+    };
+    Some((if ip.is_unspecified() { None } else { Some(ip) }, port))
+}
+
+/// Deletes lab namespaces left by earlier runs whose process is gone (names
+/// `sl<pid>x<n>-<host>` with no live `<pid>`), killing whatever still runs
+/// in them first. Labs of live processes (parallel test binaries) are left
+/// alone. Returns the names deleted. Never panics.
+pub fn cleanup_stale() -> Vec<String> {
+    let listing = match proc::capture(proc::command(&["ip", "netns", "list"]), SETUP_TIMEOUT) {
+        Ok(c) => String::from_utf8_lossy(&c.output.stdout).into_owned(),
+        Err(e) => {
+            eprintln!("sluice-lab: warning: cannot list namespaces: {e}");
+            return Vec::new();
+        }
+    };
+    let me = std::process::id();
+    let mut removed = Vec::new();
+    for name in listing.lines().filter_map(|l| l.split_whitespace().next()) {
+        if let Some(pid) = owner_pid(name)
+            && pid != me
+            && !sys::pid_alive(pid)
+        {
+            delete_ns(name);
+            removed.push(name.to_owned());
+        }
+    }
+    removed
+}
+
+/// The pid in a lab namespace name `sl<pid>x<n>-<host>`.
+fn owner_pid(name: &str) -> Option<u32> {
+    let rest = name.strip_prefix(PREFIX)?;
+    let (pid, rest) = rest.split_once('x')?;
+    let (n, host) = rest.split_once('-')?;
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if !digits(pid) || !digits(n) || !Host::ALL.iter().any(|h| h.name() == host) {
+        return None;
+    }
+    pid.parse().ok()
+}
+
+// `Lab` is shared by reference across test threads.
+const _: () = {
+    const fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Lab>();
+};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_ss_columns() {
+        let v4 = |s: &str| s.parse::<IpAddr>().ok();
+        assert_eq!(parse_ss_local("0.0.0.0:8080"), Some((None, 8080)));
+        assert_eq!(parse_ss_local("*:53"), Some((None, 53)));
+        assert_eq!(parse_ss_local("[::]:443"), Some((None, 443)));
+        assert_eq!(
+            parse_ss_local("192.0.2.1%lan0:80"),
+            Some((v4("192.0.2.1"), 80))
+        );
+        assert_eq!(
+            parse_ss_local("[2001:db8:1::1]:80"),
+            Some((v4("2001:db8:1::1"), 80))
+        );
+        assert_eq!(
+            parse_ss_local("[::ffff:192.0.2.1]:80"),
+            Some((v4("192.0.2.1"), 80))
+        );
+        assert_eq!(parse_ss_local("garbage"), None);
+    }
+
+    #[test]
+    fn recognises_lab_names() {
+        assert_eq!(owner_pid("sl123x0-gw"), Some(123));
+        assert_eq!(owner_pid("sl123x45-client"), Some(123));
+        assert_eq!(owner_pid("sl123x0-other"), None);
+        assert_eq!(owner_pid("slx0-gw"), None);
+        assert_eq!(owner_pid("foo"), None);
+    }
+}
