@@ -20,6 +20,11 @@ fn main() -> anyhow::Result<()> {
              which installs it and the nightly rust-src component"
         );
     }
+    // aya-build relays the nested cargo's progress lines as build warnings;
+    // keep only real diagnostics.
+    // SAFETY: build scripts are single-threaded at this point; nothing else
+    // reads the environment concurrently.
+    unsafe { env::set_var("CARGO_TERM_QUIET", "true") };
     aya_build::build_ebpf(
         [aya_build::Package {
             name: "sluice-ebpf",

@@ -11,7 +11,7 @@
 //!
 //! This module does not open `AF_XDP` sockets (see [`crate::sys`]) and does
 //! not decide which prefixes are bypassed (the config and the gateway do).
-use std::{collections::HashSet, hash::Hash, net::IpAddr, os::fd::BorrowedFd, process::Command};
+use std::{collections::HashSet, hash::Hash, net::IpAddr, os::fd::BorrowedFd};
 
 use aya::{
     Ebpf, Pod,
@@ -204,21 +204,6 @@ pub enum EbpfError {
         /// aya's error.
         #[source]
         source: Box<ProgramError>,
-    },
-    /// `ip -o addr show` could not be run.
-    #[error("running `ip -o addr show`")]
-    IpCommand {
-        /// The spawn error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// `ip -o addr show` exited with an error.
-    #[error("`ip -o addr show` failed ({status}): {stderr}")]
-    IpCommandFailed {
-        /// Its exit status.
-        status: std::process::ExitStatus,
-        /// What it wrote to stderr.
-        stderr: String,
     },
 }
 
@@ -735,45 +720,6 @@ fn sync_hash<K: Pod + Eq + Hash>(
     Ok(())
 }
 
-/// The addresses configured on the interfaces of this network namespace
-/// (from `ip -o addr show`), e.g. for [`Classifier::set_local_addrs`].
-pub fn interface_local_addrs() -> Result<Vec<IpAddr>, EbpfError> {
-    let output = Command::new("ip")
-        .args(["-o", "addr", "show"])
-        .output()
-        .map_err(|source| EbpfError::IpCommand { source })?;
-    if !output.status.success() {
-        return Err(EbpfError::IpCommandFailed {
-            status: output.status,
-            stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
-        });
-    }
-    Ok(parse_ip_addr_oneline(&String::from_utf8_lossy(
-        &output.stdout,
-    )))
-}
-
-/// The local addresses in `ip -o addr show` output: the word after `inet`
-/// or `inet6`, without its prefix length. Lines that do not parse are
-/// skipped.
-fn parse_ip_addr_oneline(text: &str) -> Vec<IpAddr> {
-    let mut out = Vec::new();
-    for line in text.lines() {
-        let mut words = line.split_whitespace();
-        if words.any(|w| w == "inet" || w == "inet6")
-            && let Some(addr) = words.next()
-        {
-            let addr = addr.split_once('/').map_or(addr, |(a, _)| a);
-            if let Ok(addr) = addr.parse::<IpAddr>()
-                && !out.contains(&addr)
-            {
-                out.push(addr);
-            }
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -818,34 +764,6 @@ mod tests {
         assert_eq!(
             key_to_prefix_v4(Key::new(24, [203, 0, 113, 0])),
             prefixes[0]
-        );
-    }
-
-    #[test]
-    fn parses_ip_oneline_output() {
-        const OUTPUT: &str = "\
-1: lo    inet 127.0.0.1/8 scope host lo\\       valid_lft forever preferred_lft forever
-1: lo    inet6 ::1/128 scope host noprefixroute \\       valid_lft forever preferred_lft forever
-2: lan0    inet 192.0.2.1/24 brd 192.0.2.255 scope global lan0\\       valid_lft forever preferred_lft forever
-3: ppp0    inet 198.51.100.1 peer 198.51.100.2/32 scope global ppp0\\       valid_lft forever preferred_lft forever
-2: lan0    inet6 2001:db8::1/64 scope global \\       valid_lft forever preferred_lft forever
-2: lan0    inet6 fe80::1/64 scope link \\       valid_lft forever preferred_lft forever
-garbage line
-";
-        let addrs: Vec<String> = parse_ip_addr_oneline(OUTPUT)
-            .iter()
-            .map(ToString::to_string)
-            .collect();
-        assert_eq!(
-            addrs,
-            [
-                "127.0.0.1",
-                "::1",
-                "192.0.2.1",
-                "198.51.100.1",
-                "2001:db8::1",
-                "fe80::1"
-            ]
         );
     }
 }

@@ -15,6 +15,7 @@
 //! the table is removed on exit.
 use std::{
     collections::HashMap,
+    fmt::Write as _,
     io,
     net::{IpAddr, SocketAddr},
     sync::{
@@ -318,12 +319,12 @@ impl Edge {
                     c.sess.handle_timeout(now);
                 }
                 c.sess.flush();
-                if c.sess.wants_write() {
-                    if let Err(e) = c.sess.handle_write(&mut c.sock, now) {
-                        log::info!("tunnel from {}: write: {e}", c.peer);
-                        self.drop_conn(i);
-                        continue;
-                    }
+                if c.sess.wants_write()
+                    && let Err(e) = c.sess.handle_write(&mut c.sock, now)
+                {
+                    log::info!("tunnel from {}: write: {e}", c.peer);
+                    self.drop_conn(i);
+                    continue;
                 }
                 if self.conns[i]
                     .as_ref()
@@ -493,7 +494,7 @@ impl Edge {
                     bytes += p.as_bytes().len() as u64;
                 }
                 Err(SendError::Backpressure | SendError::NotEstablished | SendError::TooLarge) => {
-                    full += 1
+                    full += 1;
                 }
             }
         }
@@ -557,9 +558,10 @@ fn setup_network(cfg: &EdgeConfig, tun: &str) -> Result<NatGuard, EdgeError> {
     for (fam, v4) in [("ip", true), ("ip6", false)] {
         let s = set(v4);
         if !s.is_empty() {
-            rules.push_str(&format!(
-                "    {fam} saddr {{ {s} }} oifname != \"{tun}\" masquerade\n"
-            ));
+            let _ = writeln!(
+                rules,
+                "    {fam} saddr {{ {s} }} oifname != \"{tun}\" masquerade"
+            );
         }
     }
     let script = format!(

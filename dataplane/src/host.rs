@@ -115,14 +115,20 @@ pub fn local_addrs() -> Result<Vec<IpAddr>, HostError> {
 }
 
 /// Parses `ip -o addr show` lines: `2: lan0    inet 192.0.2.1/24 ...`.
+/// Point-to-point lines (`inet A peer B/32`) give the local `A`; duplicates
+/// are dropped.
 fn parse_ip_addr(out: &str) -> Vec<IpAddr> {
-    out.lines()
-        .filter_map(|l| {
-            let mut w = l.split_whitespace();
-            w.find(|t| *t == "inet" || *t == "inet6")?;
-            w.next()?.split('/').next()?.parse().ok()
-        })
-        .collect()
+    let mut v: Vec<IpAddr> = Vec::new();
+    for a in out.lines().filter_map(|l| {
+        let mut w = l.split_whitespace();
+        w.find(|t| *t == "inet" || *t == "inet6")?;
+        w.next()?.split('/').next()?.parse().ok()
+    }) {
+        if !v.contains(&a) {
+            v.push(a);
+        }
+    }
+    v
 }
 
 #[cfg(test)]
@@ -139,6 +145,34 @@ mod tests {
         assert_eq!(v.len(), 3);
         assert_eq!(v[1], "192.0.2.1".parse::<IpAddr>().unwrap());
         assert_eq!(v[2], "2001:db8:1::1".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn parses_ip_oneline_output() {
+        const OUTPUT: &str = "\
+1: lo    inet 127.0.0.1/8 scope host lo\\       valid_lft forever preferred_lft forever
+1: lo    inet6 ::1/128 scope host noprefixroute \\       valid_lft forever preferred_lft forever
+2: lan0    inet 192.0.2.1/24 brd 192.0.2.255 scope global lan0\\       valid_lft forever preferred_lft forever
+3: ppp0    inet 198.51.100.1 peer 198.51.100.2/32 scope global ppp0\\       valid_lft forever preferred_lft forever
+2: lan0    inet6 2001:db8::1/64 scope global \\       valid_lft forever preferred_lft forever
+2: lan0    inet6 fe80::1/64 scope link \\       valid_lft forever preferred_lft forever
+garbage line
+";
+        let addrs: Vec<String> = parse_ip_addr(OUTPUT)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            addrs,
+            [
+                "127.0.0.1",
+                "::1",
+                "192.0.2.1",
+                "198.51.100.1",
+                "2001:db8::1",
+                "fe80::1"
+            ]
+        );
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! sluice's userspace dataplane: the gateway (XDP classifier + AF_XDP
+//! sluice's userspace dataplane: the gateway (XDP classifier + `AF_XDP`
 //! tunneler) and the edge that terminates its TLS tunnels.
 //!
 //! Layers, from the wire up:
@@ -7,7 +7,7 @@
 //! - [`tunnel`]: the sans-IO tunnel session (framing, hello, keepalives) on
 //!   top of a rustls connection. Takes bytes and time, returns bytes to send
 //!   and packets to deliver.
-//! - [`sys`]: the only module with `unsafe`: AF_XDP sockets (UMEM and rings)
+//! - [`sys`]: the only module with `unsafe`: `AF_XDP` sockets (UMEM and rings)
 //!   and the TUN device.
 //! - [`ebpf`]: loads the embedded XDP classifier with aya, fills its maps,
 //!   reads its counters.

@@ -14,7 +14,7 @@ use sluice::{
     metrics, pki,
 };
 
-/// sluice: XDP/AF_XDP forwarding dataplane with a TLS 1.3 tunnel to a
+/// sluice: `XDP/AF_XDP` forwarding dataplane with a TLS 1.3 tunnel to a
 /// service edge.
 #[derive(Parser)]
 #[command(version, about)]
@@ -99,7 +99,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Gateway { config } => {
             let cfg = GatewayConfig::load(&config)?;
             let stop = stop_flag()?;
-            let gw = Gateway::start(cfg, stop.clone())?;
+            let gw = Gateway::start(&cfg, stop.clone())?;
             gw.wait()?;
             Ok(())
         }

@@ -66,6 +66,10 @@ impl Prefix {
     }
 
     /// The prefix length in bits.
+    #[allow(
+        clippy::len_without_is_empty,
+        reason = "a prefix length, not a container size"
+    )]
     pub fn len(&self) -> u8 {
         self.len
     }

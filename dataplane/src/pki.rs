@@ -261,7 +261,7 @@ pub fn peer_common_name(conn: &rustls::Connection) -> Option<String> {
     common_name(der.as_ref())
 }
 
-/// Extracts the first CommonName (OID 2.5.4.3) UTF8String/PrintableString
+/// Extracts the first `CommonName` (OID 2.5.4.3) UTF8String/PrintableString
 /// from a DER certificate without a full X.509 parser: a bounded scan for
 /// the OID followed by a short string. Only used for log labels; never for
 /// authorization (rustls has verified the chain).
@@ -277,12 +277,12 @@ fn common_name(der: &[u8]) -> Option<String> {
         .position(|w| w == CN_OID)
     {
         let at = i + pos + CN_OID.len();
-        if let (Some(&tag), Some(&len)) = (der.get(at), der.get(at + 1)) {
-            if matches!(tag, 0x0c | 0x13) && len < 0x80 {
-                if let Some(s) = der.get(at + 2..at + 2 + usize::from(len)) {
-                    found = std::str::from_utf8(s).ok().map(str::to_string);
-                }
-            }
+        if let (Some(&tag), Some(&len)) = (der.get(at), der.get(at + 1))
+            && matches!(tag, 0x0c | 0x13)
+            && len < 0x80
+            && let Some(s) = der.get(at + 2..at + 2 + usize::from(len))
+        {
+            found = std::str::from_utf8(s).ok().map(str::to_string);
         }
         i = at;
     }

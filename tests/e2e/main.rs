@@ -1,5 +1,5 @@
 //! End-to-end tests: sluice's gateway and edge in a four-namespace lab, real
-//! packets through the real kernel (XDP, AF_XDP, TUN, NAT), real peers
+//! packets through the real kernel (XDP, `AF_XDP`, TUN, NAT), real peers
 //! (curl, ping, a Python HTTP/UDP server).
 //!
 //! Each test builds its own lab (unique names, torn down on drop, also on
@@ -29,12 +29,12 @@ fn url(ip: impl Into<std::net::IpAddr>, path: &str) -> String {
 }
 
 fn curl(lab: &Lab, args: &[&str]) -> String {
-    let mut argv = vec!["curl", "-sS", "--fail", "--max-time", "10"];
-    argv.extend_from_slice(args);
-    let out = lab.run(Host::Client, &argv);
+    let mut cmd = vec!["curl", "-sS", "--fail", "--max-time", "10"];
+    cmd.extend_from_slice(args);
+    let out = lab.run(Host::Client, &cmd);
     assert!(
         out.status.success(),
-        "{argv:?} failed: {}\n{}",
+        "{cmd:?} failed: {}\n{}",
         String::from_utf8_lossy(&out.stderr),
         logs(lab)
     );

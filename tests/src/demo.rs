@@ -73,7 +73,9 @@ pub fn run(sluice_bin: &Path) -> anyhow::Result<()> {
     result
 }
 
-/// The demo proper: sluice up, real traffic, counters.
+/// The demo proper: sluice up, real traffic, counters. One linear script,
+/// read top to bottom.
+#[allow(clippy::too_many_lines, reason = "a linear demo script")]
 fn exercise(lab: &Lab, bin: &Path) -> anyhow::Result<()> {
     lab.spawn_peer(Host::Inet, "peer", 8080, 9000);
     lab.spawn(Host::Inet, "iperf3", &["iperf3", "-s", "-p", "5201"]);
@@ -182,15 +184,14 @@ fn exercise(lab: &Lab, bin: &Path) -> anyhow::Result<()> {
             .ok()
             .and_then(|v| v["end"]["sum_received"]["bits_per_second"].as_f64())
             .map(|b| b / 1e9);
-        match gbps {
-            Some(g) => println!("  iperf3 {what}: {g:.2} Gbit/s received"),
-            None => {
-                failed += 1;
-                println!(
-                    "  iperf3 {what}: FAILED: {}",
-                    String::from_utf8_lossy(&result.stderr).trim()
-                );
-            }
+        if let Some(g) = gbps {
+            println!("  iperf3 {what}: {g:.2} Gbit/s received")
+        } else {
+            failed += 1;
+            println!(
+                "  iperf3 {what}: FAILED: {}",
+                String::from_utf8_lossy(&result.stderr).trim()
+            );
         }
     }
 

@@ -108,14 +108,14 @@ impl<'a> Sluice<'a> {
                     "sluice edge exited:\n{}",
                     self.lab.log("edge")
                 );
-                self.lab
+                !self
+                    .lab
                     .run(
                         Host::Edge,
                         &["ss", "-Hltn", &format!("sport = :{}", addr.port())],
                     )
                     .stdout
-                    .len()
-                    > 0
+                    .is_empty()
             });
         self.edge = Some(id);
     }

@@ -1,7 +1,7 @@
 //! `sluice gateway`: the XDP classifier on the LAN interface and one
 //! tunneler worker per RX queue.
 //!
-//! Start-up order matters for fail-closed behaviour: the AF_XDP sockets are
+//! Start-up order matters for fail-closed behaviour: the `AF_XDP` sockets are
 //! created and registered in the classifier's XSK map before the program is
 //! attached, so from the first frame every packet the classifier marks for
 //! the tunnel reaches a worker (which drops it while its tunnel is down)
@@ -44,7 +44,7 @@ pub enum GatewayError {
     /// Loading, filling or attaching the classifier failed.
     #[error(transparent)]
     Ebpf(#[from] EbpfError),
-    /// An AF_XDP socket could not be created.
+    /// An `AF_XDP` socket could not be created.
     #[error(transparent)]
     Xsk(#[from] XskError),
     /// A worker, poller or the metrics listener could not start.
@@ -75,10 +75,10 @@ impl std::fmt::Debug for Gateway {
 }
 
 impl Gateway {
-    /// Validates the environment, loads the classifier, opens one AF_XDP
+    /// Validates the environment, loads the classifier, opens one `AF_XDP`
     /// socket per queue, attaches, and starts the workers and the metrics
     /// endpoint. Nothing is attached unless every step before succeeded.
-    pub fn start(cfg: GatewayConfig, stop: Arc<AtomicBool>) -> Result<Self, GatewayError> {
+    pub fn start(cfg: &GatewayConfig, stop: Arc<AtomicBool>) -> Result<Self, GatewayError> {
         let tls = pki::client_config(&cfg.tunnel.ca, &cfg.tunnel.cert, &cfg.tunnel.key)?;
         let server_name = pki::server_name(&cfg.tunnel.server_name)?;
         let ifindex = host::ifindex(&cfg.lan)?;
@@ -183,23 +183,23 @@ impl Gateway {
 }
 
 fn render(out: &mut String, classifier: &Mutex<Classifier>, stats: &[Arc<WorkerStats>]) {
-    if let Ok(c) = classifier.lock() {
-        if let Ok(counts) = c.counters() {
-            let _ = writeln!(
-                out,
-                "# HELP sluice_xdp_packets_total Frames seen by the XDP classifier, by verdict or drop reason.\n\
+    if let Ok(c) = classifier.lock()
+        && let Ok(counts) = c.counters()
+    {
+        let _ = writeln!(
+            out,
+            "# HELP sluice_xdp_packets_total Frames seen by the XDP classifier, by verdict or drop reason.\n\
                  # TYPE sluice_xdp_packets_total counter"
+        );
+        for ctr in Counter::ALL {
+            metrics::sample(
+                out,
+                "sluice_xdp_packets_total",
+                "counter",
+                None,
+                &[("verdict", ctr.name())],
+                counts[ctr.index() as usize],
             );
-            for ctr in Counter::ALL {
-                metrics::sample(
-                    out,
-                    "sluice_xdp_packets_total",
-                    "counter",
-                    None,
-                    &[("verdict", ctr.name())],
-                    counts[ctr.index() as usize],
-                );
-            }
         }
     }
     WorkerStats::render_all(out, stats);

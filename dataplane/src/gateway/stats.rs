@@ -31,7 +31,7 @@ macro_rules! worker_stats {
 }
 
 worker_stats! {
-    /// Frames received on the AF_XDP socket.
+    /// Frames received on the `AF_XDP` socket.
     rx_frames: "counter", "sluice_gateway_rx_frames_total", "Frames received from the classifier on the AF_XDP socket.";
     /// Packets sent into the tunnel.
     tunnel_tx_packets: "counter", "sluice_gateway_tunnel_tx_packets_total", "Packets sent into the tunnel.";

@@ -1,4 +1,4 @@
-//! One gateway worker: one LAN RX queue, its AF_XDP socket and its own TLS
+//! One gateway worker: one LAN RX queue, its `AF_XDP` socket and its own TLS
 //! tunnel to the edge, driven by one mio loop on one thread. Workers share
 //! nothing on the packet path.
 //!
@@ -166,11 +166,11 @@ impl Worker {
             } else {
                 self.next_wakeup(now)
             };
-            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
-                if e.kind() != io::ErrorKind::Interrupted {
-                    log::error!("queue {}: poll: {e}", self.queue);
-                    break;
-                }
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout))
+                && e.kind() != io::ErrorKind::Interrupted
+            {
+                log::error!("queue {}: poll: {e}", self.queue);
+                break;
             }
             for ev in &events {
                 match ev.token() {
@@ -405,11 +405,11 @@ impl Worker {
     fn flush_tunnel(&mut self, now: Instant) {
         if let Link::Up { sock, sess } = &mut self.link {
             sess.flush();
-            if sess.wants_write() {
-                if let Err(e) = sess.handle_write(sock, now) {
-                    log::warn!("queue {}: tunnel write: {e}", self.queue);
-                    sess.close(crate::wire::tunnel::CloseCode::Normal, "write failed");
-                }
+            if sess.wants_write()
+                && let Err(e) = sess.handle_write(sock, now)
+            {
+                log::warn!("queue {}: tunnel write: {e}", self.queue);
+                sess.close(crate::wire::tunnel::CloseCode::Normal, "write failed");
             }
             if sess.is_closed() {
                 self.link_down(now);

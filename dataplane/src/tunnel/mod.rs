@@ -21,7 +21,7 @@
 //!    [`Session::handle_timeout`] (keepalives, dead-peer detection) and go to
 //!    step 4.
 //! 6. Once [`Session::is_closed`], flush what is left (a CLOSE frame and
-//!    TLS close_notify) and drop it.
+//!    TLS `close_notify`) and drop it.
 //!
 //! Bounded memory: the plaintext staging buffer and rustls's outgoing
 //! buffer are capped; when full, [`Session::send_packet`] returns

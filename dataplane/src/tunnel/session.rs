@@ -44,7 +44,7 @@ pub enum CloseReason {
     Local(CloseCode, String),
     /// The peer sent CLOSE.
     Peer(CloseCode, String),
-    /// The peer closed the stream (TLS close_notify or TCP EOF).
+    /// The peer closed the stream (TLS `close_notify` or TCP EOF).
     Eof,
     /// Nothing received for the idle timeout.
     Timeout,
@@ -487,7 +487,7 @@ impl Session {
         }
     }
 
-    /// Closes the session: queues CLOSE and TLS close_notify. Write them out
+    /// Closes the session: queues CLOSE and TLS `close_notify`. Write them out
     /// with [`Session::handle_write`], then drop the session.
     pub fn close(&mut self, code: CloseCode, reason: &str) {
         if self.state == State::Closed {

@@ -1,5 +1,5 @@
 //! Ethernet II frame view (no VLAN handling: the XDP classifier has already
-//! dealt with tags; AF_XDP frames reaching the tunneler are plain or tagged,
+//! dealt with tags; `AF_XDP` frames reaching the tunneler are plain or tagged,
 //! see [`Frame::payload_offset`]).
 
 use super::WireError;
@@ -15,13 +15,13 @@ mod field {
 
 /// Length of an untagged Ethernet header.
 pub const HEADER_LEN: usize = field::HEADER_LEN;
-/// EtherType of IPv4.
+/// `EtherType` of IPv4.
 pub const ETHERTYPE_IPV4: u16 = 0x0800;
-/// EtherType of IPv6.
+/// `EtherType` of IPv6.
 pub const ETHERTYPE_IPV6: u16 = 0x86dd;
-/// EtherType of an 802.1Q tag.
+/// `EtherType` of an 802.1Q tag.
 pub const ETHERTYPE_VLAN: u16 = 0x8100;
-/// EtherType of an 802.1ad (QinQ) service tag.
+/// `EtherType` of an 802.1ad (`QinQ`) service tag.
 pub const ETHERTYPE_QINQ: u16 = 0x88a8;
 
 /// A MAC address.
@@ -58,7 +58,7 @@ impl<T: AsRef<[u8]>> Frame<T> {
         self.buf.as_ref()[field::SRC].try_into().unwrap_or_default()
     }
 
-    /// The outer EtherType.
+    /// The outer `EtherType`.
     pub fn ethertype(&self) -> u16 {
         let b = &self.buf.as_ref()[field::ETHERTYPE];
         u16::from_be_bytes([b[0], b[1]])

@@ -24,7 +24,7 @@ pub mod map_names {
     pub const LOCAL_V4: &str = "LOCAL_V4";
     /// The gateway's own IPv6 addresses: `HashMap<Ipv6Addr, u32>`.
     pub const LOCAL_V6: &str = "LOCAL_V6";
-    /// AF_XDP sockets by RX queue index: `XskMap`.
+    /// `AF_XDP` sockets by RX queue index: `XskMap`.
     pub const XSKS: &str = "XSKS";
     /// Per-CPU `u64` counters indexed by [`crate::Counter`].
     pub const STATS: &str = "STATS";
@@ -86,7 +86,7 @@ impl BypassEntry {
 /// Every packet the classifier sees increments exactly one verdict counter
 /// (`Pass*`, `Bypass`, `Tunnel` or `Drop*`), so the counters add up to the
 /// number of frames seen. `DropNoSocket` is the exception: it is counted in
-/// addition to `Tunnel` when no AF_XDP socket serves the RX queue (the frame
+/// addition to `Tunnel` when no `AF_XDP` socket serves the RX queue (the frame
 /// is then dropped, never passed to the kernel: fail-closed).
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -95,7 +95,7 @@ pub enum Counter {
     PassNonIp = 0,
     /// ARP: handed to the kernel.
     PassArp = 1,
-    /// ICMPv6 neighbour/router discovery: handed to the kernel.
+    /// `ICMPv6` neighbour/router discovery: handed to the kernel.
     PassNeighbor = 2,
     /// Addressed to one of the gateway's own addresses.
     PassLocal = 3,
@@ -103,7 +103,7 @@ pub enum Counter {
     PassMulticast = 4,
     /// Destination in a bypass prefix: kernel routing sends it direct.
     Bypass = 5,
-    /// Redirected to the tunneler's AF_XDP socket.
+    /// Redirected to the tunneler's `AF_XDP` socket.
     Tunnel = 6,
     /// Frame shorter than the headers it announces.
     DropTruncated = 7,
@@ -115,7 +115,7 @@ pub enum Counter {
     DropExtHeaders = 10,
     /// More VLAN tags than [`MAX_VLAN_TAGS`].
     DropVlanDepth = 11,
-    /// To be tunnelled but no AF_XDP socket serves the RX queue (counted in
+    /// To be tunnelled but no `AF_XDP` socket serves the RX queue (counted in
     /// addition to `Tunnel`).
     DropNoSocket = 12,
 }

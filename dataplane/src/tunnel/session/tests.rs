@@ -218,7 +218,7 @@ fn packets_survive_random_chunking_both_ways() {
         let mut sent_c = Vec::new();
         let mut sent_s = Vec::new();
         for batch in 0..20 {
-            for i in 0..(1 + rng.below(40)) {
+            for i in 0..=rng.below(40) {
                 let a = packet(&mut rng, batch * 100 + i);
                 p.client.send_packet(&a).unwrap();
                 sent_c.push(a);
