@@ -11,12 +11,22 @@
 //!
 //! This module does not open `AF_XDP` sockets (see [`crate::sys`]) and does
 //! not decide which prefixes are bypassed (the config and the gateway do).
-use std::{collections::HashSet, hash::Hash, net::IpAddr, os::fd::BorrowedFd};
+use std::{
+    collections::HashSet,
+    hash::Hash,
+    net::IpAddr,
+    os::fd::BorrowedFd,
+    path::{Path, PathBuf},
+};
 
 use aya::{
     Ebpf, Pod,
     maps::{HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, XskMap, lpm_trie::Key},
-    programs::{ProgramError, TestRun as _, TestRunOptions, Xdp, XdpMode, xdp::XdpLinkId},
+    programs::{
+        ProgramError, TestRun as _, TestRunOptions, Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+        xdp::{XdpLink, XdpLinkId},
+    },
 };
 use sluice_common::{
     BypassEntry, CLASSIFIER_PROGRAM, Counter, Ipv4Key, Ipv6Key, MAX_QUEUES, map_names,
@@ -77,6 +87,15 @@ pub enum AttachedMode {
 }
 
 impl AttachedMode {
+    /// The mode recorded for an adopted link: what was asked for (the
+    /// kernel does not report a link's mode).
+    fn from_request(mode: AttachMode) -> Self {
+        match mode {
+            AttachMode::Generic => AttachedMode::Generic,
+            AttachMode::Auto | AttachMode::Native => AttachedMode::Native,
+        }
+    }
+
     fn name(self) -> &'static str {
         match self {
             AttachedMode::Native => "native",
@@ -205,6 +224,14 @@ pub enum EbpfError {
         #[source]
         source: Box<ProgramError>,
     },
+    /// Pinning, adopting or unpinning the classifier's bpf_link failed.
+    #[error("classifier link pin {path}: {what}")]
+    Pin {
+        /// The pin path.
+        path: PathBuf,
+        /// What failed.
+        what: String,
+    },
 }
 
 /// Where the classifier is attached.
@@ -212,7 +239,19 @@ pub enum EbpfError {
 struct Attachment {
     interface: String,
     mode: AttachedMode,
-    link: XdpLinkId,
+    link: HeldLink,
+}
+
+/// How the attachment is held.
+#[derive(Debug)]
+enum HeldLink {
+    /// Owned by the program: detached when the classifier is dropped.
+    Owned(XdpLinkId),
+    /// A bpf_link pinned in bpffs: it outlives this process, so a crash
+    /// leaves the classifier attached (fail-closed: its XSK map entries
+    /// vanish with the sockets, and tunnelled frames are dropped, not
+    /// routed). Only [`Classifier::detach`] removes the pin.
+    Pinned(FdLink, PathBuf),
 }
 
 /// The loaded classifier: its program and maps.
@@ -494,7 +533,89 @@ impl Classifier {
         self.attachment = Some(Attachment {
             interface: interface.to_owned(),
             mode,
-            link,
+            link: HeldLink::Owned(link),
+        });
+        Ok(mode)
+    }
+
+    /// Like [`Classifier::attach`], but holds the attachment through a
+    /// bpf_link pinned at `pin`, so that it survives this process: if sluice
+    /// dies, the classifier stays attached and, its sockets gone, drops
+    /// what it would have tunnelled instead of letting the kernel route it.
+    ///
+    /// If `pin` already holds a link (a previous run that did not stop
+    /// cleanly), the link is adopted and its program replaced by this one
+    /// atomically (`bpf_link_update`): there is no moment without a
+    /// classifier. [`Classifier::detach`] unpins and detaches.
+    pub fn attach_pinned(
+        &mut self,
+        interface: &str,
+        mode: AttachMode,
+        pin: &Path,
+    ) -> Result<AttachedMode, EbpfError> {
+        let pin_err = |what: &str, e: &dyn std::fmt::Display| EbpfError::Pin {
+            path: pin.to_path_buf(),
+            what: format!("{what}: {e}"),
+        };
+        if self.attachment.is_some() {
+            return self.attach(interface, mode);
+        }
+        let adopted = if pin.exists() {
+            match PinnedLink::from_pin(pin) {
+                Ok(pinned) => {
+                    let fd: FdLink = pinned.into();
+                    let link = XdpLink::try_from(fd).map_err(|e| pin_err("not an XDP link", &e))?;
+                    let program = program_mut(&mut self.ebpf)?;
+                    let id = program
+                        .attach_to_link(link)
+                        .map_err(|e| pin_err("replacing the program of the pinned link", &e))?;
+                    log::info!(
+                        "classifier: adopted the link pinned at {} by an earlier run; program replaced in place",
+                        pin.display()
+                    );
+                    Some((id, AttachedMode::from_request(mode)))
+                }
+                Err(e) => {
+                    log::warn!("classifier: stale pin {}: {e}; removing it", pin.display());
+                    std::fs::remove_file(pin).map_err(|e| pin_err("removing stale pin", &e))?;
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let (id, mode) = match adopted {
+            Some(a) => a,
+            None => {
+                let mode = self.attach(interface, mode)?;
+                let Some(Attachment {
+                    link: HeldLink::Owned(id),
+                    ..
+                }) = self.attachment.take()
+                else {
+                    unreachable!("attach just stored an owned link");
+                };
+                (id, mode)
+            }
+        };
+        let program = program_mut(&mut self.ebpf)?;
+        let link = program
+            .take_link(id)
+            .map_err(|e| pin_err("taking the link", &e))?;
+        let fd =
+            FdLink::try_from(link).map_err(|e| pin_err("not a bpf_link (kernel too old?)", &e))?;
+        if let Some(dir) = pin.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| pin_err("creating the pin directory", &e))?;
+        }
+        let fd: FdLink = if pin.exists() {
+            fd
+        } else {
+            fd.pin(pin).map_err(|e| pin_err("pinning", &e))?.into()
+        };
+        self.attachment = Some(Attachment {
+            interface: interface.to_owned(),
+            mode,
+            link: HeldLink::Pinned(fd, pin.to_path_buf()),
         });
         Ok(mode)
     }
@@ -512,12 +633,26 @@ impl Classifier {
         let Some(attachment) = self.attachment.take() else {
             return Ok(());
         };
-        program_mut(&mut self.ebpf)?
-            .detach(attachment.link)
-            .map_err(|source| EbpfError::Detach {
-                interface: attachment.interface,
-                source: source.into(),
-            })
+        match attachment.link {
+            HeldLink::Owned(link) => {
+                program_mut(&mut self.ebpf)?
+                    .detach(link)
+                    .map_err(|source| EbpfError::Detach {
+                        interface: attachment.interface,
+                        source: source.into(),
+                    })
+            }
+            HeldLink::Pinned(fd, path) => {
+                // Unpin, then close our fd: the last reference goes and the
+                // kernel detaches the program.
+                let res = std::fs::remove_file(&path).map_err(|e| EbpfError::Pin {
+                    path: path.clone(),
+                    what: format!("unpinning: {e}"),
+                });
+                drop(fd);
+                res
+            }
+        }
     }
 
     /// The counters, indexed by [`Counter::index`], summed over CPUs.

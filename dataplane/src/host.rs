@@ -109,6 +109,48 @@ pub fn rx_queues(iface: &str) -> Result<u32, HostError> {
     Ok(u32::try_from(n).unwrap_or(1).max(1))
 }
 
+/// Where bpffs is mounted by default.
+pub const BPFFS: &str = "/sys/fs/bpf";
+
+/// Makes sure a bpffs is mounted at `dir`. Mounts one at [`BPFFS`] if
+/// missing (with a warning: a bpffs mounted only in this process's mount
+/// namespace disappears with it); any other path must already be bpffs.
+pub fn ensure_bpffs(dir: &Path) -> Result<(), HostError> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let want = dir.to_string_lossy();
+    if mounts.lines().any(|l| {
+        let mut w = l.split_whitespace();
+        w.nth(1) == Some(&*want) && w.next() == Some("bpf")
+    }) {
+        return Ok(());
+    }
+    if dir != Path::new(BPFFS) {
+        return Err(HostError::Command {
+            cmd: format!("bpffs at {want}"),
+            detail: "not a bpffs mount (mount -t bpf bpf <dir>)".into(),
+        });
+    }
+    log::warn!(
+        "no bpffs at {want}: mounting one; if this process runs in a private mount namespace \
+         (ip netns exec), pins will not outlive it: set gateway.bpffs to a shared bpffs mount"
+    );
+    run(&["mount", "-t", "bpf", "bpf", BPFFS], None).map(|_| ())
+}
+
+/// The pin path of the classifier's link for `iface` in this network
+/// namespace: `<bpffs>/sluice/<netns inode>-<iface>` (bpffs is shared by
+/// all namespaces, interface names are not).
+pub fn classifier_pin(bpffs: &Path, iface: &str) -> Result<std::path::PathBuf, HostError> {
+    use std::os::unix::fs::MetadataExt as _;
+    let ino = std::fs::metadata("/proc/self/ns/net")
+        .map_err(|e| HostError::Interface {
+            iface: iface.into(),
+            detail: format!("reading /proc/self/ns/net: {e}"),
+        })?
+        .ino();
+    Ok(bpffs.join("sluice").join(format!("{ino}-{iface}")))
+}
+
 /// Every address configured on any interface of this network namespace.
 pub fn local_addrs() -> Result<Vec<IpAddr>, HostError> {
     Ok(parse_ip_addr(&run(&["ip", "-o", "addr", "show"], None)?))

@@ -363,7 +363,7 @@ fn gateway_refuses_an_invalid_config_and_attaches_nothing() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("gateway.toml:21:")
+        err.contains("gateway.toml:24:")
             && err.contains("bypass.prefixes[0]")
             && err.contains("203.0.113.0/24"),
         "{err}"
@@ -373,4 +373,92 @@ fn gateway_refuses_an_invalid_config_and_attaches_nothing() {
         !link.contains("xdp"),
         "an XDP program is attached after a refused config: {link}"
     );
+}
+
+#[test]
+fn gateway_crash_keeps_failing_closed() {
+    if !require_root("gateway_crash_keeps_failing_closed") {
+        return;
+    }
+    use std::os::unix::fs::MetadataExt as _;
+    let lab = Lab::new();
+    let mut s = setup(&lab);
+    assert_eq!(
+        curl(&lab, &[&url(addr::TUNNELLED_V4, "/whoami")]).trim(),
+        "198.51.100.5"
+    );
+    let ino = std::fs::metadata(format!("/run/netns/{}", lab.ns(Host::Gw)))
+        .unwrap()
+        .ino();
+    let pin = format!("{}/sluice/{ino}-lan0", sluice_lab::LAB_BPFFS);
+    assert!(
+        Path::new(&pin).exists(),
+        "the classifier's link is not pinned at {pin}"
+    );
+
+    // The gateway dies without any chance to clean up.
+    let id = s.gateway.take().unwrap();
+    lab.signal(id, libc_sigkill());
+    lab.wait_exit(id, Duration::from_secs(5));
+    let link = lab.run_ok(Host::Gw, &["ip", "link", "show", "lan0"]);
+    assert!(
+        link.contains("xdp"),
+        "the classifier went away with the process: {link}"
+    );
+    for dst in [
+        std::net::IpAddr::from(addr::TUNNELLED_V4),
+        addr::TUNNELLED_V6.into(),
+    ] {
+        let out = lab.run(
+            Host::Client,
+            &["curl", "-sS", "--max-time", "3", &url(dst, "/whoami")],
+        );
+        assert!(
+            !out.status.success(),
+            "{dst} reachable with the gateway dead: {out:?}"
+        );
+    }
+    assert_eq!(
+        lab.nft_counter(counter::GW_TO_TUNNELLED_V4),
+        0,
+        "tunnelled traffic leaked after a crash"
+    );
+    assert_eq!(
+        lab.nft_counter(counter::GW_TO_TUNNELLED_V6),
+        0,
+        "tunnelled traffic leaked after a crash"
+    );
+    // Bypass keeps working: the kernel still routes what the classifier passes.
+    assert_eq!(
+        curl(&lab, &[&url(addr::BYPASSED_V4, "/whoami")]).trim(),
+        "198.51.100.1"
+    );
+
+    // A new gateway adopts the pinned link and traffic flows again.
+    s.start_gateway();
+    assert!(
+        lab.log("gateway").contains("adopted the link pinned"),
+        "{}",
+        logs(&lab)
+    );
+    assert_eq!(
+        curl(&lab, &[&url(addr::TUNNELLED_V4, "/whoami")]).trim(),
+        "198.51.100.5"
+    );
+    // A clean stop unpins and detaches.
+    let id = s.gateway.take().unwrap();
+    lab.stop(id);
+    assert!(
+        !Path::new(&pin).exists(),
+        "pin {pin} left behind by a clean stop"
+    );
+    let link = lab.run_ok(Host::Gw, &["ip", "link", "show", "lan0"]);
+    assert!(
+        !link.contains("xdp"),
+        "classifier still attached after a clean stop: {link}"
+    );
+}
+
+fn libc_sigkill() -> i32 {
+    9
 }

@@ -163,6 +163,7 @@ impl Lab {
     }
 
     fn build(&mut self) -> Result<(), String> {
+        ensure_lab_bpffs()?;
         let _ = fs::remove_dir_all(&self.dir);
         fs::create_dir_all(&self.dir)
             .map_err(|e| format!("cannot create {}: {e}", self.dir.display()))?;
@@ -782,6 +783,7 @@ impl Drop for Lab {
         self.kill_all();
         for h in Host::ALL {
             if self.created[h.index()] {
+                remove_pins(self.ns(h));
                 delete_ns(self.ns(h));
             }
         }
@@ -912,11 +914,52 @@ pub fn cleanup_stale() -> Vec<String> {
             && pid != me
             && !sys::pid_alive(pid)
         {
+            remove_pins(name);
             delete_ns(name);
             removed.push(name.to_owned());
         }
     }
     removed
+}
+
+/// The bpffs the lab's gateways pin their classifier link in
+/// (`gateway.bpffs`). Not `/sys/fs/bpf`: `ip netns exec` remounts `/sys`, so
+/// a pin there would live in a private bpffs that dies with the process.
+/// A mount outside `/sys` is shared with the processes of every lab.
+pub const LAB_BPFFS: &str = "/run/sluice-lab/bpffs";
+/// Where the sluice gateway pins its classifier link:
+/// `<bpffs>/sluice/<netns inode>-<iface>`.
+const PIN_DIR: &str = "/run/sluice-lab/bpffs/sluice";
+
+/// Mounts the lab's bpffs at [`LAB_BPFFS`] unless it is there already.
+fn ensure_lab_bpffs() -> Result<(), String> {
+    let mounts = fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    if mounts
+        .lines()
+        .any(|l| l.split_whitespace().nth(1) == Some(LAB_BPFFS))
+    {
+        return Ok(());
+    }
+    fs::create_dir_all(LAB_BPFFS).map_err(|e| format!("creating {LAB_BPFFS}: {e}"))?;
+    setup(&["mount", "-t", "bpf", "bpf", LAB_BPFFS])
+}
+
+/// Removes the bpffs pins that a sluice gateway in namespace `ns` left (one
+/// killed without a clean stop keeps its classifier pinned on purpose).
+fn remove_pins(ns: &str) {
+    use std::os::unix::fs::MetadataExt as _;
+    let Ok(meta) = fs::metadata(format!("/run/netns/{ns}")) else {
+        return;
+    };
+    let prefix = format!("{}-", meta.ino());
+    let Ok(entries) = fs::read_dir(PIN_DIR) else {
+        return;
+    };
+    for e in entries.flatten() {
+        if e.file_name().to_string_lossy().starts_with(&prefix) {
+            let _ = fs::remove_file(e.path());
+        }
+    }
 }
 
 /// The pid in a lab namespace name `sl<pid>x<n>-<host>`.

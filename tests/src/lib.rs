@@ -45,7 +45,7 @@ mod proc;
 mod selftest;
 mod sys;
 
-pub use lab::{DEFAULT_TIMEOUT, Host, Lab, ProcId, cleanup_stale};
+pub use lab::{DEFAULT_TIMEOUT, Host, LAB_BPFFS, Lab, ProcId, cleanup_stale};
 pub use nft::counter;
 pub use peer::{UdpProbe, peer_script, python};
 

@@ -102,6 +102,10 @@ pub struct GatewayConfig {
     pub queues: Option<u32>,
     /// Where to serve Prometheus metrics, if anywhere.
     pub metrics: Option<SocketAddr>,
+    /// The bpffs mount where the classifier's link is pinned (so that it
+    /// outlives a crash). Under `ip netns exec`, which remounts `/sys`,
+    /// point this at a bpffs mounted outside `/sys`.
+    pub bpffs: PathBuf,
     /// The tunnel to the edge.
     pub tunnel: TunnelConfig,
     /// Destinations that bypass the tunnel.
@@ -178,6 +182,7 @@ struct RawGateway {
     xdp_mode: AttachMode,
     queues: Option<Spanned<u32>>,
     metrics: Option<Spanned<String>>,
+    bpffs: Option<Spanned<PathBuf>>,
 }
 
 #[derive(Deserialize)]
@@ -411,6 +416,13 @@ impl GatewayConfig {
             xdp_mode: gw.xdp_mode,
             queues: gw.queues.map(Spanned::into_inner),
             metrics,
+            bpffs: match gw.bpffs {
+                Some(p) if !p.get_ref().is_absolute() => {
+                    return Err(d.err(p.span(), "gateway.bpffs", "must be an absolute path"));
+                }
+                Some(p) => p.into_inner(),
+                None => PathBuf::from(crate::host::BPFFS),
+            },
             tunnel,
             bypass,
         })

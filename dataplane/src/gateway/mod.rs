@@ -5,7 +5,12 @@
 //! created and registered in the classifier's XSK map before the program is
 //! attached, so from the first frame every packet the classifier marks for
 //! the tunnel reaches a worker (which drops it while its tunnel is down)
-//! and never the kernel's routing. On exit the program is detached first.
+//! and never the kernel's routing. The attachment is a bpf_link pinned in
+//! bpffs: if the process dies, the classifier stays attached, its XSK map
+//! entries disappear with the sockets, and tunnelled frames are dropped
+//! (counted as `drop_no_socket`); a restarted gateway adopts the pinned
+//! link and swaps its program in atomically. On a clean exit the program
+//! is unpinned and detached.
 mod neighbor;
 mod stats;
 mod worker;
@@ -96,7 +101,11 @@ impl Gateway {
             classifier.register_socket(q, std::os::fd::AsFd::as_fd(&xsk))?;
             sockets.push(xsk);
         }
-        let mode = classifier.attach(&cfg.lan, cfg.xdp_mode)?;
+        // Pinned, so that a crash leaves the classifier attached and failing
+        // closed rather than handing tunnelled traffic to kernel routing.
+        host::ensure_bpffs(&cfg.bpffs)?;
+        let pin = host::classifier_pin(&cfg.bpffs, &cfg.lan)?;
+        let mode = classifier.attach_pinned(&cfg.lan, cfg.xdp_mode, &pin)?;
         log::info!(
             "gateway `{}`: classifier attached to {} ({mode:?}), {queues} queue(s), {} bypass prefixes, edge {}",
             cfg.name,
