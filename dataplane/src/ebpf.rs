@@ -224,7 +224,7 @@ pub enum EbpfError {
         #[source]
         source: Box<ProgramError>,
     },
-    /// Pinning, adopting or unpinning the classifier's bpf_link failed.
+    /// Pinning, adopting or unpinning the classifier's `bpf_link` failed.
     #[error("classifier link pin {path}: {what}")]
     Pin {
         /// The pin path.
@@ -247,7 +247,7 @@ struct Attachment {
 enum HeldLink {
     /// Owned by the program: detached when the classifier is dropped.
     Owned(XdpLinkId),
-    /// A bpf_link pinned in bpffs: it outlives this process, so a crash
+    /// A `bpf_link` pinned in bpffs: it outlives this process, so a crash
     /// leaves the classifier attached (fail-closed: its XSK map entries
     /// vanish with the sockets, and tunnelled frames are dropped, not
     /// routed). Only [`Classifier::detach`] removes the pin.
@@ -539,7 +539,7 @@ impl Classifier {
     }
 
     /// Like [`Classifier::attach`], but holds the attachment through a
-    /// bpf_link pinned at `pin`, so that it survives this process: if sluice
+    /// `bpf_link` pinned at `pin`, so that it survives this process: if sluice
     /// dies, the classifier stays attached and, its sockets gone, drops
     /// what it would have tunnelled instead of letting the kernel route it.
     ///
@@ -584,19 +584,18 @@ impl Classifier {
         } else {
             None
         };
-        let (id, mode) = match adopted {
-            Some(a) => a,
-            None => {
-                let mode = self.attach(interface, mode)?;
-                let Some(Attachment {
-                    link: HeldLink::Owned(id),
-                    ..
-                }) = self.attachment.take()
-                else {
-                    unreachable!("attach just stored an owned link");
-                };
-                (id, mode)
-            }
+        let (id, mode) = if let Some(a) = adopted {
+            a
+        } else {
+            let mode = self.attach(interface, mode)?;
+            let Some(Attachment {
+                link: HeldLink::Owned(id),
+                ..
+            }) = self.attachment.take()
+            else {
+                unreachable!("attach just stored an owned link");
+            };
+            (id, mode)
         };
         let program = program_mut(&mut self.ebpf)?;
         let link = program

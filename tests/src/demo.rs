@@ -185,7 +185,7 @@ fn exercise(lab: &Lab, bin: &Path) -> anyhow::Result<()> {
             .and_then(|v| v["end"]["sum_received"]["bits_per_second"].as_f64())
             .map(|b| b / 1e9);
         if let Some(g) = gbps {
-            println!("  iperf3 {what}: {g:.2} Gbit/s received")
+            println!("  iperf3 {what}: {g:.2} Gbit/s received");
         } else {
             failed += 1;
             println!(

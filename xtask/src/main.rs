@@ -25,6 +25,7 @@ commands (run as root):
   setup                 install the toolchain pieces and tools (idempotent)
   test [-- ARGS...]     setup, clean stale lab namespaces, run every test in
                         release mode (ARGS go to the test binaries)
+  fuzz [SECONDS]         run each fuzz target for SECONDS (default 60)
   demo                  setup, build sluice, run the lab demo
                         (SLUICE_DEMO_HOLD=1 keeps the lab up until Ctrl-C)";
 
@@ -38,6 +39,12 @@ fn main() -> ExitCode {
         "setup" => as_root(cmd).and_then(|()| setup::run()),
         "test" => as_root(cmd).and_then(|()| test(&args[1..])),
         "demo" => as_root(cmd).and_then(|()| demo()),
+        "fuzz" => {
+            let secs = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(60);
+            as_root(cmd)
+                .and_then(|()| setup::run())
+                .and_then(|()| fuzz(secs))
+        }
         "help" | "-h" | "--help" => {
             println!("{USAGE}");
             Ok(())
@@ -109,6 +116,46 @@ fn test(args: &[String]) -> Result<()> {
     if !status.success() {
         bail!("tests failed ({status})");
     }
+    fuzz(FUZZ_SMOKE_SECONDS)
+}
+
+/// The fuzz targets in `dataplane/fuzz` (cargo-fuzz).
+const FUZZ_TARGETS: [&str; 3] = ["tunnel_frames", "packet_views", "config"];
+/// How long `test` runs each fuzz target: enough to catch a target that
+/// no longer builds or crashes at once, not a fuzzing campaign.
+const FUZZ_SMOKE_SECONDS: u32 = 20;
+
+/// Runs every fuzz target for `seconds`, starting from the seed corpus in
+/// `dataplane/fuzz/corpus/<target>` (new inputs go to a scratch directory,
+/// so the committed corpus only changes on purpose).
+fn fuzz(seconds: u32) -> Result<()> {
+    let dir = root().join("dataplane/fuzz");
+    for t in FUZZ_TARGETS {
+        let scratch = std::env::temp_dir().join(format!("sluice-fuzz-{t}-{}", std::process::id()));
+        std::fs::create_dir_all(&scratch)?;
+        let seeds = dir.join("corpus").join(t);
+        std::fs::create_dir_all(&seeds)?;
+        println!("fuzz: {t} for {seconds} s");
+        let status = Command::new("cargo")
+            .current_dir(&dir)
+            .args(["+nightly", "fuzz", "run", "--release", t])
+            .arg(&scratch)
+            .arg(&seeds)
+            .args([
+                "--",
+                &format!("-max_total_time={seconds}"),
+                "-print_final_stats=1",
+            ])
+            .status()
+            .context("cannot run cargo fuzz")?;
+        let _ = std::fs::remove_dir_all(&scratch);
+        if !status.success() {
+            bail!(
+                "fuzz target {t} failed ({status}); crash inputs are in dataplane/fuzz/artifacts/{t}"
+            );
+        }
+    }
+    println!("fuzz: {} targets ran clean", FUZZ_TARGETS.len());
     Ok(())
 }
 

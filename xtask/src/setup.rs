@@ -40,7 +40,30 @@ pub(crate) fn run() -> Result<()> {
     packages()?;
     nightly()?;
     bpf_linker()?;
+    cargo_fuzz()?;
     bpffs()?;
+    Ok(())
+}
+
+/// `cargo-fuzz` (crates.io), for the parsers' fuzz targets.
+fn cargo_fuzz() -> Result<()> {
+    let works = Command::new("cargo")
+        .args(["+nightly", "fuzz", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if works {
+        println!("setup: ok cargo-fuzz");
+        return Ok(());
+    }
+    println!("setup: installing cargo-fuzz (about a minute)");
+    let status = Command::new("cargo")
+        .args(["install", "--locked", "cargo-fuzz"])
+        .status()
+        .context("cannot run cargo install")?;
+    if !status.success() {
+        bail!("cargo install cargo-fuzz failed ({status})");
+    }
+    println!("setup: ok cargo-fuzz");
     Ok(())
 }
 

@@ -5,7 +5,7 @@
 //! created and registered in the classifier's XSK map before the program is
 //! attached, so from the first frame every packet the classifier marks for
 //! the tunnel reaches a worker (which drops it while its tunnel is down)
-//! and never the kernel's routing. The attachment is a bpf_link pinned in
+//! and never the kernel's routing. The attachment is a `bpf_link` pinned in
 //! bpffs: if the process dies, the classifier stays attached, its XSK map
 //! entries disappear with the sockets, and tunnelled frames are dropped
 //! (counted as `drop_no_socket`); a restarted gateway adopts the pinned
