@@ -4,12 +4,13 @@
 //!
 //! Each test builds its own lab (unique names, torn down on drop, also on
 //! panic). Under `CI=true` a test that cannot run as root fails.
-use std::{net::SocketAddr, path::Path, time::Duration};
+use std::{net::SocketAddr, os::unix::fs::MetadataExt as _, path::Path, time::Duration};
 
 use sluice_lab::{Host, Lab, addr, counter, deploy::Sluice, require_root};
 
 const HTTP: u16 = 8080;
 const UDP: u16 = 9000;
+const SIGKILL: i32 = 9;
 
 fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_sluice"))
@@ -398,7 +399,7 @@ fn gateway_crash_keeps_failing_closed() {
 
     // The gateway dies without any chance to clean up.
     let id = s.gateway.take().unwrap();
-    lab.signal(id, libc_sigkill());
+    lab.signal(id, SIGKILL);
     lab.wait_exit(id, Duration::from_secs(5));
     let link = lab.run_ok(Host::Gw, &["ip", "link", "show", "lan0"]);
     assert!(
@@ -457,8 +458,4 @@ fn gateway_crash_keeps_failing_closed() {
         !link.contains("xdp"),
         "classifier still attached after a clean stop: {link}"
     );
-}
-
-fn libc_sigkill() -> i32 {
-    9
 }
