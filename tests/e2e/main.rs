@@ -381,7 +381,6 @@ fn gateway_crash_keeps_failing_closed() {
     if !require_root("gateway_crash_keeps_failing_closed") {
         return;
     }
-    use std::os::unix::fs::MetadataExt as _;
     let lab = Lab::new();
     let mut s = setup(&lab);
     assert_eq!(
