@@ -458,3 +458,93 @@ fn gateway_crash_keeps_failing_closed() {
         "classifier still attached after a clean stop: {link}"
     );
 }
+
+#[test]
+fn one_edge_serves_several_gateways_at_once() {
+    if !require_root("one_edge_serves_several_gateways_at_once") {
+        return;
+    }
+    let lab = Lab::new();
+    let mut s = setup(&lab);
+    s.start_second_gateway();
+    let edge = s.edge_metrics();
+    assert_eq!(
+        sluice_lab::deploy::sum(&edge, "sluice_edge_conns_active", ""),
+        2,
+        "{edge}"
+    );
+    // Both branches at the same time: each reply must find its own tunnel.
+    let lab_ref = &lab;
+    let fetch = move |h: Host| {
+        let u = url(addr::TUNNELLED_V4, "/bytes/2000000");
+        lab_ref.run(
+            h,
+            &[
+                "curl",
+                "-sS",
+                "--fail",
+                "--max-time",
+                "20",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{size_download}",
+                &u,
+            ],
+        )
+    };
+    let (a, b) = std::thread::scope(|sc| {
+        let a = sc.spawn(move || fetch(Host::Client));
+        let b = sc.spawn(move || fetch(Host::Client2));
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    for (who, out) in [("client", a), ("client2", b)] {
+        assert!(out.status.success(), "{who}: {out:?}\n{}", logs(&lab));
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "2000000", "{who}");
+    }
+    for (h, v4, v6) in [(Host::Client, true, true), (Host::Client2, true, true)] {
+        if v4 {
+            let seen = lab.run_ok(
+                h,
+                &[
+                    "curl",
+                    "-sS",
+                    "--max-time",
+                    "10",
+                    &url(addr::TUNNELLED_V4, "/whoami"),
+                ],
+            );
+            assert_eq!(seen.trim(), "198.51.100.5", "{h} v4 via the edge");
+        }
+        if v6 {
+            let seen = lab.run_ok(
+                h,
+                &[
+                    "curl",
+                    "-sS",
+                    "--max-time",
+                    "10",
+                    &url(addr::TUNNELLED_V6, "/whoami"),
+                ],
+            );
+            assert_eq!(seen.trim(), "2001:db8:3::5", "{h} v6 via the edge");
+        }
+    }
+    // Each gateway carried its own branch's traffic.
+    for (h, log) in [(Host::Gw, "gateway"), (Host::Gw2, "gateway2")] {
+        let m = s.metrics(h, sluice_lab::deploy::GATEWAY_METRICS);
+        let rx = sluice_lab::deploy::sum(&m, "sluice_gateway_tunnel_rx_bytes_total", "");
+        assert!(
+            rx > 2_000_000,
+            "{log} returned only {rx} bytes\n{}",
+            lab.log(log)
+        );
+    }
+    assert!(
+        lab.log("edge").contains("gateway `branch-2`"),
+        "{}",
+        lab.log("edge")
+    );
+    assert_eq!(lab.nft_counter(counter::LAN_LEAK_V4), 0);
+    assert_eq!(lab.nft_counter(counter::GW_TO_TUNNELLED_V4), 0);
+}

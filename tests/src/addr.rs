@@ -18,6 +18,9 @@
 //! - `inet` forwards between `gw` and `edge` and has NO route to the LAN
 //!   ([`LAN_V4_NET`], [`LAN_V6_NET`]) nor any default route: traffic that was
 //!   not translated (NAT) gets no answer. A closed world.
+//! - A second branch, `client2` (198.18.2.10, 2001:db8:12::10) behind
+//!   `gw2` (LAN .1, WAN 198.51.100.9/30 and 2001:db8:22::1 towards `inet`
+//!   `gw20`), is wired the same way, for tests with several gateways.
 //! - Nothing is connected to the host's own network.
 use std::net::{Ipv4Addr, Ipv6Addr};
 
@@ -69,6 +72,29 @@ pub const TUNNELLED_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x100, 0, 0, 0, 
 /// IPv6 counterpart of [`BYPASSED_V4`]: `2001:db8:100::20/128`.
 pub const BYPASSED_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x100, 0, 0, 0, 0, 0x20);
 
+/// The second branch's LAN (`client2` behind `gw2`), IPv4: `198.18.2.0/24`
+/// (from the benchmarking range that the lab rules reserve for tunnel inner
+/// addresses, which is what a branch LAN is to the edge).
+pub const LAN2_V4_NET: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 0);
+/// The second branch's LAN, IPv6: `2001:db8:12::/64`.
+pub const LAN2_V6_NET: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x12, 0, 0, 0, 0, 0);
+/// `client2` on the second LAN: `198.18.2.10/24`.
+pub const CLIENT2_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 10);
+/// `client2`, IPv6: `2001:db8:12::10/64`.
+pub const CLIENT2_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x12, 0, 0, 0, 0, 0x10);
+/// `gw2` on the second LAN: `198.18.2.1/24`.
+pub const GW2_LAN_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 1);
+/// `gw2` on the second LAN, IPv6: `2001:db8:12::1/64`.
+pub const GW2_LAN_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x12, 0, 0, 0, 0, 1);
+/// `gw2`'s WAN address: `198.51.100.9/30`.
+pub const GW2_WAN_V4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 9);
+/// `gw2`'s WAN address, IPv6: `2001:db8:22::1/64`.
+pub const GW2_WAN_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x22, 0, 0, 0, 0, 1);
+/// `inet`'s address towards `gw2`: `198.51.100.10/30`.
+pub const INET_GW2_SIDE_V4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
+/// `inet`'s address towards `gw2`, IPv6: `2001:db8:22::2/64`.
+pub const INET_GW2_SIDE_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x22, 0, 0, 0, 0, 2);
+
 /// Interface names (fixed; unique per namespace, not per lab).
 pub mod ifname {
     /// `client`'s only interface (peer of `gw` [`GW_LAN`]).
@@ -81,6 +107,8 @@ pub mod ifname {
     pub const EDGE_WAN: &str = "wan0";
     /// `inet`'s interface towards `gw`.
     pub const INET_GW_SIDE: &str = "gw0";
+    /// `inet`'s interface towards `gw2`.
+    pub const INET_GW2_SIDE: &str = "gw20";
     /// `inet`'s interface towards `edge`.
     pub const INET_EDGE_SIDE: &str = "edge0";
     /// `inet`'s interface carrying the server addresses: a `dummy`, or on

@@ -59,6 +59,8 @@ impl<'a> Sluice<'a> {
                 "198.51.100.5",
                 "--gateway",
                 "branch-1",
+                "--gateway",
+                "branch-2",
             ],
         );
         std::fs::write(conf.join("gateway.toml"), edit(GATEWAY_TOML))
@@ -146,6 +148,53 @@ impl<'a> Sluice<'a> {
         );
         self.gateway = Some(id);
         self.wait_tunnel(true, Duration::from_secs(15));
+    }
+
+    /// Starts a second gateway, `branch-2`, in `gw2` (its own certificate,
+    /// the second branch's LAN) against the same edge, and waits until its
+    /// tunnel is up.
+    ///
+    /// # Panics
+    /// If its tunnel is not up within 15 s (the message has its log).
+    pub fn start_second_gateway(&mut self) -> ProcId {
+        let cfg = self.conf.join("gateway2.toml");
+        let text = std::fs::read_to_string(self.conf.join("gateway.toml")).expect("gateway.toml");
+        let text = text
+            .replace("name = \"branch-1\"", "name = \"branch-2\"")
+            .replace("branch-1.pem", "branch-2.pem")
+            .replace("branch-1.key", "branch-2.key");
+        std::fs::write(&cfg, text).expect("writing gateway2.toml");
+        let (cfg, bin) = (
+            cfg.to_string_lossy().into_owned(),
+            self.bin.to_string_lossy().into_owned(),
+        );
+        let id = self.lab.spawn_env(
+            Host::Gw2,
+            "gateway2",
+            &[&bin, "gateway", "--config", &cfg],
+            &[("RUST_LOG", "info")],
+        );
+        self.lab.wait_for(
+            "the second gateway's tunnel to come up",
+            Duration::from_secs(15),
+            || {
+                assert!(
+                    self.lab.is_running(id),
+                    "second gateway exited:\n{}",
+                    self.lab.log("gateway2")
+                );
+                let m = self.metrics(Host::Gw2, GATEWAY_METRICS);
+                let ups = samples(&m, "sluice_gateway_tunnel_up");
+                !ups.is_empty() && ups.iter().all(|(_, v)| *v == 1)
+            },
+        );
+        id
+    }
+
+    /// Metrics text served at `url` inside `h` (empty if nothing answers).
+    pub fn metrics(&self, h: Host, url: &str) -> String {
+        let out = self.lab.run(h, &["curl", "-sS", "--max-time", "2", url]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// Waits until every gateway worker reports its tunnel up (or down).

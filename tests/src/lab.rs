@@ -47,11 +47,22 @@ pub enum Host {
     Edge,
     /// The servers "on the internet", and the router between `gw` and `edge`.
     Inet,
+    /// A LAN host of a second branch (behind `gw2`).
+    Client2,
+    /// A second branch's gateway: LAN on `lan0`, WAN on `wan0` (to `inet`).
+    Gw2,
 }
 
 impl Host {
-    /// All four, in a fixed order.
-    pub const ALL: [Host; 4] = [Host::Client, Host::Gw, Host::Edge, Host::Inet];
+    /// All of them, in a fixed order.
+    pub const ALL: [Host; 6] = [
+        Host::Client,
+        Host::Gw,
+        Host::Edge,
+        Host::Inet,
+        Host::Client2,
+        Host::Gw2,
+    ];
 
     /// Short name, also the suffix of the namespace name.
     pub fn name(self) -> &'static str {
@@ -60,6 +71,8 @@ impl Host {
             Host::Gw => "gw",
             Host::Edge => "edge",
             Host::Inet => "inet",
+            Host::Client2 => "client2",
+            Host::Gw2 => "gw2",
         }
     }
 
@@ -126,8 +139,8 @@ impl Proc {
 /// A `Lab` is `Sync`: several threads may run commands in it at once.
 #[derive(Debug)]
 pub struct Lab {
-    names: [String; 4],
-    created: [bool; 4],
+    names: [String; 6],
+    created: [bool; 6],
     dir: PathBuf,
     keep: bool,
     procs: Mutex<Vec<Proc>>,
@@ -150,7 +163,7 @@ impl Lab {
         let dir = std::env::temp_dir().join(format!("sluice-lab-{pid}-{n}"));
         let mut lab = Lab {
             names: Host::ALL.map(|h| format!("{id}-{}", h.name())),
-            created: [false; 4],
+            created: [false; 6],
             dir,
             keep: std::env::var("SLUICE_LAB_KEEP").is_ok_and(|v| v == "1"),
             procs: Mutex::new(Vec::new()),
@@ -188,7 +201,7 @@ impl Lab {
                 "net.ipv4.conf.all.rp_filter=0",
                 "net.ipv4.conf.default.rp_filter=0",
             ];
-            if h != Host::Client {
+            if h != Host::Client && h != Host::Client2 {
                 argv.extend(["net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"]);
             }
             setup(&argv)?;
@@ -199,17 +212,20 @@ impl Lab {
         self.addresses()?;
         self.routes()?;
         self.load_nft(Host::Gw, "gw-nat.nft", &nft::gw_ruleset())?;
+        self.load_nft(Host::Gw2, "gw2-nat.nft", &nft::gw2_ruleset())?;
         self.load_nft(Host::Inet, "inet-counters.nft", &nft::inet_ruleset())?;
         Ok(())
     }
 
     fn links(&self) -> Result<(), String> {
-        use Host::{Client, Edge, Gw, Inet};
+        use Host::{Client, Client2, Edge, Gw, Gw2, Inet};
         // Links are made inside their namespaces (`ip -n A link add ... peer
         // ... netns B`): nothing ever exists in the host namespace.
         let veths = [
             (Gw, ifname::GW_LAN, Client, ifname::CLIENT_ETH),
             (Gw, ifname::GW_WAN, Inet, ifname::INET_GW_SIDE),
+            (Gw2, ifname::GW_LAN, Client2, ifname::CLIENT_ETH),
+            (Gw2, ifname::GW_WAN, Inet, ifname::INET_GW2_SIDE),
             (Edge, ifname::EDGE_WAN, Inet, ifname::INET_EDGE_SIDE),
         ];
         for (a, a_if, b, b_if) in veths {
@@ -250,6 +266,10 @@ impl Lab {
             (Inet, ifname::INET_GW_SIDE),
             (Inet, ifname::INET_EDGE_SIDE),
             (Inet, ifname::INET_SERVERS),
+            (Client2, ifname::CLIENT_ETH),
+            (Gw2, ifname::GW_LAN),
+            (Gw2, ifname::GW_WAN),
+            (Inet, ifname::INET_GW2_SIDE),
         ] {
             setup(&["ip", "-n", self.ns(h), "link", "set", dev, "up"])?;
         }
@@ -269,12 +289,47 @@ impl Lab {
             "tx",
             "off",
         ])?;
+        setup(&[
+            "ip",
+            "netns",
+            "exec",
+            self.ns(Client2),
+            "ethtool",
+            "-K",
+            ifname::CLIENT_ETH,
+            "tx",
+            "off",
+        ])?;
         Ok(())
     }
 
     fn addresses(&self) -> Result<(), String> {
-        use Host::{Client, Edge, Gw, Inet};
-        let addrs: [(Host, &str, String); 14] = [
+        use Host::{Client, Client2, Edge, Gw, Gw2, Inet};
+        let addrs: [(Host, &str, String); 22] = [
+            (
+                Client2,
+                ifname::CLIENT_ETH,
+                format!("{}/24", addr::CLIENT2_V4),
+            ),
+            (
+                Client2,
+                ifname::CLIENT_ETH,
+                format!("{}/64", addr::CLIENT2_V6),
+            ),
+            (Gw2, ifname::GW_LAN, format!("{}/24", addr::GW2_LAN_V4)),
+            (Gw2, ifname::GW_LAN, format!("{}/64", addr::GW2_LAN_V6)),
+            (Gw2, ifname::GW_WAN, format!("{}/30", addr::GW2_WAN_V4)),
+            (Gw2, ifname::GW_WAN, format!("{}/64", addr::GW2_WAN_V6)),
+            (
+                Inet,
+                ifname::INET_GW2_SIDE,
+                format!("{}/30", addr::INET_GW2_SIDE_V4),
+            ),
+            (
+                Inet,
+                ifname::INET_GW2_SIDE,
+                format!("{}/64", addr::INET_GW2_SIDE_V6),
+            ),
             (
                 Client,
                 ifname::CLIENT_ETH,
@@ -346,8 +401,12 @@ impl Lab {
 
     /// Default routes (`inet` has none: a closed world).
     fn routes(&self) -> Result<(), String> {
-        use Host::{Client, Edge, Gw};
+        use Host::{Client, Client2, Edge, Gw, Gw2};
         let routes = [
+            (Client2, addr::GW2_LAN_V4.to_string()),
+            (Client2, addr::GW2_LAN_V6.to_string()),
+            (Gw2, addr::INET_GW2_SIDE_V4.to_string()),
+            (Gw2, addr::INET_GW2_SIDE_V6.to_string()),
             (Client, addr::GW_LAN_V4.to_string()),
             (Client, addr::GW_LAN_V6.to_string()),
             (Gw, addr::INET_GW_SIDE_V4.to_string()),

@@ -4,7 +4,8 @@ use std::fmt::Write as _;
 
 use crate::addr::{
     BYPASSED_V4, BYPASSED_V6, EDGE_WAN_V4, EDGE_WAN_V6, GW_WAN_V4, GW_WAN_V6, LAN_V4_NET,
-    LAN_V4_PREFIX_LEN, LAN_V6_NET, LAN_V6_PREFIX_LEN, TUNNELLED_V4, TUNNELLED_V6, ifname,
+    LAN_V4_PREFIX_LEN, LAN_V6_NET, LAN_V6_PREFIX_LEN, LAN2_V4_NET, LAN2_V6_NET, TUNNELLED_V4,
+    TUNNELLED_V6, ifname,
 };
 
 /// Table (family `inet`) holding the counters in the `inet` namespace.
@@ -98,11 +99,11 @@ pub(crate) fn inet_ruleset() -> String {
         ),
         (
             LAN_LEAK_V4,
-            format!("ip saddr {LAN_V4_NET}/{LAN_V4_PREFIX_LEN}"),
+            format!("ip saddr {{ {LAN_V4_NET}/{LAN_V4_PREFIX_LEN}, {LAN2_V4_NET}/24 }}"),
         ),
         (
             LAN_LEAK_V6,
-            format!("ip6 saddr {LAN_V6_NET}/{LAN_V6_PREFIX_LEN}"),
+            format!("ip6 saddr {{ {LAN_V6_NET}/{LAN_V6_PREFIX_LEN}, {LAN2_V6_NET}/64 }}"),
         ),
     ];
     debug_assert_eq!(rules.len(), ALL.len());
@@ -169,4 +170,18 @@ mod tests {
             );
         }
     }
+}
+
+/// The `gw2` namespace's masquerade of its LAN's traffic leaving `wan0`.
+pub(crate) fn gw2_ruleset() -> String {
+    let wan = ifname::GW_WAN;
+    format!(
+        "table inet {NAT_TABLE} {{\n\
+         \tchain postrouting {{\n\
+         \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
+         \t\toifname \"{wan}\" ip saddr {LAN2_V4_NET}/24 masquerade\n\
+         \t\toifname \"{wan}\" ip6 saddr {LAN2_V6_NET}/64 masquerade\n\
+         \t}}\n\
+         }}\n"
+    )
 }
