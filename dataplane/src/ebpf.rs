@@ -373,37 +373,32 @@ impl Classifier {
     /// All bypass entries, both families, with their values.
     pub fn bypass_entries(&self) -> Result<Vec<(Prefix, BypassEntry)>, EbpfError> {
         let mut out = Vec::new();
-        let name = map_names::BYPASS_V4;
-        let trie =
-            LpmTrie::<_, Ipv4Key, BypassEntry>::try_from(self.map(name)?).map_err(|source| {
-                EbpfError::MapLayout {
-                    name,
-                    source: source.into(),
-                }
-            })?;
-        for item in &trie {
-            let (key, value) = item.map_err(|source| EbpfError::MapRead {
-                name,
-                source: source.into(),
-            })?;
-            out.push((key_to_prefix_v4(key), value));
-        }
-        let name = map_names::BYPASS_V6;
-        let trie =
-            LpmTrie::<_, Ipv6Key, BypassEntry>::try_from(self.map(name)?).map_err(|source| {
-                EbpfError::MapLayout {
-                    name,
-                    source: source.into(),
-                }
-            })?;
-        for item in &trie {
-            let (key, value) = item.map_err(|source| EbpfError::MapRead {
-                name,
-                source: source.into(),
-            })?;
-            out.push((key_to_prefix_v6(key), value));
-        }
+        self.read_trie::<Ipv4Key>(map_names::BYPASS_V4, key_to_prefix_v4, &mut out)?;
+        self.read_trie::<Ipv6Key>(map_names::BYPASS_V6, key_to_prefix_v6, &mut out)?;
         Ok(out)
+    }
+
+    /// Appends every entry of the bypass trie `name` to `out`.
+    fn read_trie<K: aya::Pod>(
+        &self,
+        name: &'static str,
+        to_prefix: fn(Key<K>) -> Prefix,
+        out: &mut Vec<(Prefix, BypassEntry)>,
+    ) -> Result<(), EbpfError> {
+        let trie = LpmTrie::<_, K, BypassEntry>::try_from(self.map(name)?).map_err(|source| {
+            EbpfError::MapLayout {
+                name,
+                source: source.into(),
+            }
+        })?;
+        for item in &trie {
+            let (key, value) = item.map_err(|source| EbpfError::MapRead {
+                name,
+                source: source.into(),
+            })?;
+            out.push((to_prefix(key), value));
+        }
+        Ok(())
     }
 
     /// Replaces the gateway's own addresses (both families): traffic to
