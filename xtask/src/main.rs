@@ -112,11 +112,70 @@ fn test(args: &[String]) -> Result<()> {
         "test: cargo test --release --workspace --exclude sluice-ebpf -- --test-threads=2 {}",
         extra.join(" ")
     );
-    let status = cmd.status().context("cannot run cargo")?;
+    // Stream the output while tallying the `test result:` lines, so that
+    // the run ends with one plain `N passed, N failed` line for all crates.
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("cannot run cargo")?;
+    let (mut passed, mut failed) = (0u64, 0u64);
+    if let Some(out) = child.stdout.take() {
+        use std::io::BufRead as _;
+        for line in std::io::BufReader::new(out).lines() {
+            let line = line.context("reading cargo test output")?;
+            println!("{line}");
+            if let Some((p, f)) = tally(&line) {
+                passed += p;
+                failed += f;
+            }
+        }
+    }
+    let status = child.wait().context("waiting for cargo test")?;
+    let fuzzed = if status.success() {
+        fuzz(FUZZ_SMOKE_SECONDS)
+    } else {
+        Ok(())
+    };
+    println!("tests: {passed} passed, {failed} failed");
     if !status.success() {
         bail!("tests failed ({status})");
     }
-    fuzz(FUZZ_SMOKE_SECONDS)
+    fuzzed
+}
+
+/// `(passed, failed)` from a libtest summary line
+/// (`test result: ok. 62 passed; 0 failed; 0 ignored; ...`).
+fn tally(line: &str) -> Option<(u64, u64)> {
+    let rest = line.strip_prefix("test result: ")?;
+    let count = |word: &str| {
+        rest.split(';').find_map(|part| {
+            part.trim()
+                .strip_suffix(word)?
+                .rsplit(' ')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+    };
+    Some((count(" passed")?, count(" failed")?))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn tallies_libtest_summaries() {
+        assert_eq!(
+            super::tally(
+                "test result: ok. 62 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.22s"
+            ),
+            Some((62, 0))
+        );
+        assert_eq!(
+            super::tally("test result: FAILED. 5 passed; 1 failed; 0 ignored"),
+            Some((5, 1))
+        );
+        assert_eq!(super::tally("running 3 tests"), None);
+    }
 }
 
 /// The fuzz targets in `dataplane/fuzz` (cargo-fuzz).
