@@ -1,1 +1,145 @@
 //! Benchmarks for sluice (see `benches/`).
+//!
+//! This library holds the setup the benches share: an established
+//! client/server [`SessionPair`] over in-memory byte pipes, and a
+//! [`Feed`] reader that says `WouldBlock` (not EOF) when it runs dry, the way
+//! a non-blocking socket does. Nothing here is measured.
+
+use std::{
+    io,
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use sluice::{
+    pki,
+    tunnel::{Session, SessionConfig},
+};
+
+/// Long enough that no session timer comes due during a bench.
+#[allow(
+    clippy::duration_suboptimal_units,
+    reason = "`Duration::from_hours` needs Rust 1.91; the workspace MSRV is 1.87"
+)]
+const DAY: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// Reads from a byte slice and reports `WouldBlock` once it is empty, like
+/// a non-blocking socket with nothing more to read. (`&[u8]` as a reader
+/// would report EOF instead, which ends a [`Session`].)
+#[derive(Debug)]
+pub struct Feed<'a>(pub &'a [u8]);
+
+impl io::Read for Feed<'_> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if self.0.is_empty() {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        let n = io::Read::read(&mut self.0, out)?;
+        Ok(n)
+    }
+}
+
+/// Lab PKI (CA, edge and one gateway certificate) in a temporary directory,
+/// turned into rustls configurations. Build it once per bench binary: key
+/// generation is slow. The directory is removed on drop.
+#[derive(Debug)]
+pub struct Pki {
+    dir: PathBuf,
+    client: Arc<rustls::ClientConfig>,
+    server: Arc<rustls::ServerConfig>,
+}
+
+impl Pki {
+    /// Generates the material with [`pki::generate`] and loads it.
+    ///
+    /// # Panics
+    /// If generation or loading fails (a bench cannot run without it).
+    pub fn new() -> Self {
+        let dir = std::env::temp_dir().join(format!("sluice-bench-pki-{}", std::process::id()));
+        let files = pki::generate(&dir, &["edge.sluice.test".into()], &["gw1".into()])
+            .expect("generate lab PKI");
+        let (_, cert, key) = &files.gateways[0];
+        let client = pki::client_config(&files.ca, cert, key).expect("client config");
+        let server =
+            pki::server_config(&files.ca, &files.edge.0, &files.edge.1).expect("server config");
+        Self {
+            dir,
+            client,
+            server,
+        }
+    }
+}
+
+impl Default for Pki {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for Pki {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A gateway (client) and edge (server) [`Session`] with the TLS handshake
+/// and the HELLO exchange done and nothing left in flight in either
+/// direction. Keepalive and idle timers are set to a day so that no timer
+/// traffic can interleave with measured batches (the benches never call
+/// `handle_timeout` anyway).
+#[derive(Debug)]
+pub struct SessionPair {
+    /// The gateway side (TLS client).
+    pub client: Session,
+    /// The edge side (TLS server).
+    pub server: Session,
+}
+
+impl SessionPair {
+    /// Builds a fresh pair from `pki` and drives it to established.
+    ///
+    /// # Panics
+    /// If the pair does not establish (a broken build, not a bench result).
+    pub fn established(pki: &Pki) -> Self {
+        let cfg = |name: &str| SessionConfig {
+            name: name.into(),
+            keepalive: DAY,
+            idle_timeout: DAY,
+            ..SessionConfig::default()
+        };
+        let now = Instant::now();
+        let name = pki::server_name("edge.sluice.test").expect("server name");
+        let c = rustls::ClientConnection::new(pki.client.clone(), name).expect("client conn");
+        let s = rustls::ServerConnection::new(pki.server.clone()).expect("server conn");
+        let mut pair = Self {
+            client: Session::new(c.into(), cfg("gw1"), now),
+            server: Session::new(s.into(), cfg("edge"), now),
+        };
+        for _ in 0..64 {
+            let a = pump(&mut pair.client, &mut pair.server, now);
+            let b = pump(&mut pair.server, &mut pair.client, now);
+            if a + b == 0 && pair.client.is_established() && pair.server.is_established() {
+                return pair;
+            }
+        }
+        panic!(
+            "session pair did not establish: client {:?}, server {:?}",
+            pair.client.close_reason(),
+            pair.server.close_reason()
+        );
+    }
+}
+
+/// Moves everything `from` has to write into `to`, and drains `to`'s
+/// packets. Returns the TLS bytes moved.
+fn pump(from: &mut Session, to: &mut Session, now: Instant) -> usize {
+    let mut wire = Vec::new();
+    from.handle_write(&mut wire, now).expect("write to Vec");
+    if !wire.is_empty() {
+        to.handle_read(&mut Feed(&wire), now)
+            .expect("handshake read");
+        while to.poll_packet().is_some() {}
+    }
+    wire.len()
+}

@@ -29,7 +29,7 @@ use aya::{
     },
 };
 use sluice_common::{
-    BypassEntry, CLASSIFIER_PROGRAM, Counter, Ipv4Key, Ipv6Key, MAX_QUEUES, map_names,
+    BypassEntry, CLASSIFIER_PROGRAM, Counter, Ipv4Key, Ipv6Key, MAX_QUEUES, NOOP_PROGRAM, map_names,
 };
 
 use crate::net::Prefix;
@@ -708,6 +708,58 @@ fn program_mut(ebpf: &mut Ebpf) -> Result<&mut Xdp, EbpfError> {
 }
 
 /// `error: cause: cause` for a log line.
+/// The pass-everything XDP program attached to an interface (a benchmark
+/// baseline: what merely having an XDP program costs the kernel path).
+/// Detached when dropped.
+#[derive(Debug)]
+pub struct NoopXdp {
+    _ebpf: Ebpf,
+}
+
+/// Attaches the no-op program to `interface` in `mode` (`Auto` means
+/// native, falling back to generic, as for the classifier).
+pub fn attach_noop(interface: &str, mode: AttachMode) -> Result<NoopXdp, EbpfError> {
+    if CLASSIFIER_OBJECT.is_empty() {
+        return Err(EbpfError::NotBuilt);
+    }
+    let mut ebpf = Ebpf::load(CLASSIFIER_OBJECT).map_err(|source| EbpfError::Object {
+        source: source.into(),
+    })?;
+    let program: &mut Xdp = ebpf
+        .program_mut(NOOP_PROGRAM)
+        .and_then(|p| p.try_into().ok())
+        .ok_or(EbpfError::MissingProgram { name: NOOP_PROGRAM })?;
+    program.load().map_err(|source| EbpfError::Load {
+        name: NOOP_PROGRAM,
+        source: source.into(),
+    })?;
+    let modes: &[AttachedMode] = match mode {
+        AttachMode::Native => &[AttachedMode::Native],
+        AttachMode::Generic => &[AttachedMode::Generic],
+        AttachMode::Auto => &[AttachedMode::Native, AttachedMode::Generic],
+    };
+    let mut last = None;
+    for m in modes {
+        match program.attach(interface, m.xdp_mode()) {
+            Ok(_) => {
+                log::info!(
+                    "no-op XDP program attached to {interface} in {} mode",
+                    m.name()
+                );
+                return Ok(NoopXdp { _ebpf: ebpf });
+            }
+            Err(source) => {
+                last = Some(EbpfError::Attach {
+                    interface: interface.to_owned(),
+                    mode: m.name(),
+                    source: source.into(),
+                });
+            }
+        }
+    }
+    Err(last.unwrap_or(EbpfError::MissingProgram { name: NOOP_PROGRAM }))
+}
+
 fn error_chain(error: &dyn std::error::Error) -> String {
     let mut out = String::new();
     let mut source = error.source();

@@ -21,6 +21,7 @@ pub mod ebpf;
 pub mod edge;
 pub mod gateway;
 pub mod host;
+pub mod lpm;
 pub mod metrics;
 pub mod net;
 pub mod pki;

@@ -46,6 +46,17 @@ enum Cmd {
         #[arg(long, value_enum, default_value = "gateway")]
         role: Role,
     },
+    /// Benchmark baseline: attach a pass-everything XDP program to an
+    /// interface until SIGTERM/SIGINT.
+    #[command(hide = true)]
+    XdpNoop {
+        /// Interface.
+        #[arg(long)]
+        iface: String,
+        /// auto, native or generic.
+        #[arg(long, default_value = "native")]
+        mode: String,
+    },
     /// Certificates.
     Pki {
         #[command(subcommand)]
@@ -147,6 +158,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         c.client_prefixes.len()
                     );
                 }
+            }
+            Ok(())
+        }
+        Cmd::XdpNoop { iface, mode } => {
+            let mode = match mode.as_str() {
+                "auto" => sluice::ebpf::AttachMode::Auto,
+                "native" => sluice::ebpf::AttachMode::Native,
+                "generic" => sluice::ebpf::AttachMode::Generic,
+                other => anyhow::bail!("unknown XDP mode `{other}` (auto, native, generic)"),
+            };
+            let stop = stop_flag()?;
+            let _prog = sluice::ebpf::attach_noop(&iface, mode)?;
+            println!("no-op XDP program attached to {iface}");
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                std::thread::sleep(std::time::Duration::from_millis(100));
             }
             Ok(())
         }

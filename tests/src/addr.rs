@@ -18,8 +18,8 @@
 //! - `inet` forwards between `gw` and `edge` and has NO route to the LAN
 //!   ([`LAN_V4_NET`], [`LAN_V6_NET`]) nor any default route: traffic that was
 //!   not translated (NAT) gets no answer. A closed world.
-//! - A second branch, `client2` (198.18.2.10, 2001:db8:12::10) behind
-//!   `gw2` (LAN .1, WAN 198.51.100.9/30 and 2001:db8:22::1 towards `inet`
+//! - A second branch, `client2` (198.18.2.10, `2001:db8:12::10`) behind
+//!   `gw2` (LAN .1, WAN 198.51.100.9/30 and `2001:db8:22::1` towards `inet`
 //!   `gw20`), is wired the same way, for tests with several gateways.
 //! - Nothing is connected to the host's own network.
 use std::net::{Ipv4Addr, Ipv6Addr};

@@ -148,6 +148,20 @@ pub(crate) fn parse_counter(text: &str) -> Option<(u64, u64)> {
     Some((packets?, bytes?))
 }
 
+/// The `gw2` namespace's masquerade of its LAN's traffic leaving `wan0`.
+pub(crate) fn gw2_ruleset() -> String {
+    let wan = ifname::GW_WAN;
+    format!(
+        "table inet {NAT_TABLE} {{\n\
+         \tchain postrouting {{\n\
+         \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
+         \t\toifname \"{wan}\" ip saddr {LAN2_V4_NET}/24 masquerade\n\
+         \t\toifname \"{wan}\" ip6 saddr {LAN2_V6_NET}/64 masquerade\n\
+         \t}}\n\
+         }}\n"
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -170,18 +184,4 @@ mod tests {
             );
         }
     }
-}
-
-/// The `gw2` namespace's masquerade of its LAN's traffic leaving `wan0`.
-pub(crate) fn gw2_ruleset() -> String {
-    let wan = ifname::GW_WAN;
-    format!(
-        "table inet {NAT_TABLE} {{\n\
-         \tchain postrouting {{\n\
-         \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
-         \t\toifname \"{wan}\" ip saddr {LAN2_V4_NET}/24 masquerade\n\
-         \t\toifname \"{wan}\" ip6 saddr {LAN2_V6_NET}/64 masquerade\n\
-         \t}}\n\
-         }}\n"
-    )
 }

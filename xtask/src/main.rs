@@ -160,24 +160,6 @@ fn tally(line: &str) -> Option<(u64, u64)> {
     Some((count(" passed")?, count(" failed")?))
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn tallies_libtest_summaries() {
-        assert_eq!(
-            super::tally(
-                "test result: ok. 62 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.22s"
-            ),
-            Some((62, 0))
-        );
-        assert_eq!(
-            super::tally("test result: FAILED. 5 passed; 1 failed; 0 ignored"),
-            Some((5, 1))
-        );
-        assert_eq!(super::tally("running 3 tests"), None);
-    }
-}
-
 /// The fuzz targets in `dataplane/fuzz` (cargo-fuzz).
 const FUZZ_TARGETS: [&str; 3] = ["tunnel_frames", "packet_views", "config"];
 /// How long `test` runs each fuzz target: enough to catch a target that
@@ -252,4 +234,22 @@ fn target_dir() -> Result<PathBuf> {
         .and_then(serde_json::Value::as_str)
         .context("cargo metadata: no target_directory")?;
     Ok(PathBuf::from(dir))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn tallies_libtest_summaries() {
+        assert_eq!(
+            super::tally(
+                "test result: ok. 62 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.22s"
+            ),
+            Some((62, 0))
+        );
+        assert_eq!(
+            super::tally("test result: FAILED. 5 passed; 1 failed; 0 ignored"),
+            Some((5, 1))
+        );
+        assert_eq!(super::tally("running 3 tests"), None);
+    }
 }

@@ -116,6 +116,12 @@ enum State {
     Closed,
 }
 
+/// Initial size of the plaintext receive buffer.
+const RX_BUF_INITIAL: usize = 64 * 1024;
+/// Free space below which the receive buffer is compacted or grown before
+/// reading more plaintext (one TLS record's worth).
+const RX_MIN_FREE: usize = 16 * 1024 + 256;
+
 /// Budget of one [`Session::handle_read`] call, in TLS bytes.
 const READ_BUDGET: usize = 1 << 20;
 
@@ -131,9 +137,12 @@ pub struct Session {
     peer_max_payload: usize,
     /// Coalesced plaintext frames not yet handed to TLS.
     tx_plain: Vec<u8>,
-    /// Received plaintext; frames are parsed in place from `rx_start`.
+    /// Received plaintext in `rx_plain[rx_start..rx_end]`; frames are parsed
+    /// in place. The buffer is always fully initialised (zeroed once when it
+    /// grows, never per read).
     rx_plain: Vec<u8>,
     rx_start: usize,
+    rx_end: usize,
     /// The peer ended the stream; close once the buffered frames are read.
     peer_eof: bool,
     last_rx: Instant,
@@ -151,13 +160,14 @@ impl Session {
             tx_plain: Vec::with_capacity(
                 cfg.coalesce_bytes + tunnel::HEADER_LEN + tunnel::MAX_PAYLOAD,
             ),
-            rx_plain: Vec::with_capacity(64 * 1024),
+            rx_plain: vec![0; RX_BUF_INITIAL],
             cfg,
             state: State::Hello,
             close_reason: None,
             peer_name: String::new(),
             peer_max_payload: tunnel::MAX_PAYLOAD,
             rx_start: 0,
+            rx_end: 0,
             peer_eof: false,
             last_rx: now,
             last_tx: now,
@@ -254,34 +264,30 @@ impl Session {
     /// Moves decrypted plaintext from rustls into `rx_plain`.
     fn pull_plaintext(&mut self) -> Result<(), SessionError> {
         use io::Read as _;
-        // Compact once the parsed prefix dominates, so the buffer does not
-        // grow without bound and stays cache-warm.
-        if self.rx_start > 0 && self.rx_start * 2 >= self.rx_plain.len() {
-            self.rx_plain.drain(..self.rx_start);
-            self.rx_start = 0;
-        }
-        let mut reader = self.tls.reader();
         loop {
-            let len = self.rx_plain.len();
-            if self.rx_plain.capacity() - len < 16 * 1024 {
-                self.rx_plain.reserve(64 * 1024);
+            if self.rx_plain.len() - self.rx_end < RX_MIN_FREE {
+                // Compact first (the unparsed tail is at most a partial
+                // frame plus what this call has added), grow only if that
+                // does not free enough; only the new part is zeroed.
+                if self.rx_start > 0 {
+                    self.rx_plain.copy_within(self.rx_start..self.rx_end, 0);
+                    self.rx_end -= self.rx_start;
+                    self.rx_start = 0;
+                }
+                if self.rx_plain.len() - self.rx_end < RX_MIN_FREE {
+                    let grown = self.rx_plain.len() * 2;
+                    self.rx_plain.resize(grown, 0);
+                }
             }
-            let cap = self.rx_plain.capacity();
-            self.rx_plain.resize(cap, 0);
-            match reader.read(&mut self.rx_plain[len..]) {
+            match self.tls.reader().read(&mut self.rx_plain[self.rx_end..]) {
                 Ok(0) => {
                     // close_notify: the peer ended the stream.
-                    self.rx_plain.truncate(len);
                     self.peer_eof = true;
                     return Ok(());
                 }
-                Ok(n) => self.rx_plain.truncate(len + n),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.rx_plain.truncate(len);
-                    return Ok(());
-                }
+                Ok(n) => self.rx_end += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                 Err(e) => {
-                    self.rx_plain.truncate(len);
                     self.set_closed(CloseReason::Eof);
                     return Err(SessionError::Io(e));
                 }
@@ -295,7 +301,7 @@ impl Session {
     /// [`Session::is_closed`]).
     pub fn poll_packet(&mut self) -> Option<&[u8]> {
         loop {
-            let avail = &self.rx_plain[self.rx_start..];
+            let avail = &self.rx_plain[self.rx_start..self.rx_end];
             let frame = match Frame::new_checked(avail) {
                 Ok(f) => f,
                 Err(WireError::Truncated { .. }) => {
@@ -388,9 +394,13 @@ impl Session {
         if packet.len() > self.peer_max_payload {
             return Err(SendError::TooLarge);
         }
-        if self.tx_plain.len() >= self.cfg.coalesce_bytes {
+        // Hand the staged frames to TLS before this one would push the
+        // batch past one record's worth: records stay full-sized instead of
+        // a full one followed by a small tail.
+        let framed = tunnel::HEADER_LEN + packet.len();
+        if !self.tx_plain.is_empty() && self.tx_plain.len() + framed > self.cfg.coalesce_bytes {
             self.flush();
-            if self.tx_plain.len() >= self.cfg.coalesce_bytes {
+            if !self.tx_plain.is_empty() {
                 return Err(SendError::Backpressure);
             }
         }

@@ -61,6 +61,14 @@ mod program {
         }
     }
 
+    /// Passes every frame untouched: the "kernel forwarding with an XDP
+    /// program attached" baseline of the lab benchmark
+    /// ([`sluice_common::NOOP_PROGRAM`]).
+    #[xdp]
+    pub fn noop(_ctx: XdpContext) -> u32 {
+        xdp_action::XDP_PASS
+    }
+
     /// Parses, decides, counts. `Err` carries the drop counter of a
     /// malformed frame; every `Ok` path has counted its verdict already.
     #[inline(always)]

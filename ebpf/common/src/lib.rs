@@ -32,6 +32,9 @@ pub mod map_names {
 
 /// Name of the XDP program in the classifier object.
 pub const CLASSIFIER_PROGRAM: &str = "classify";
+/// Name of the pass-everything XDP program in the same object (a
+/// benchmark baseline: the cost of having any XDP program attached).
+pub const NOOP_PROGRAM: &str = "noop";
 
 /// Capacity of each bypass LPM trie (IPv4 and IPv6 separately).
 pub const BYPASS_MAX_ENTRIES: u32 = 131_072;

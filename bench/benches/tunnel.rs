@@ -1,0 +1,270 @@
+//! Tunnel hot path: encapsulate + encrypt and decrypt + decapsulate a batch
+//! of IP packets through an established [`Session`] pair, against raw AEAD
+//! sealing/opening of the same bytes in TLS records of the same sizes.
+//!
+//! - `tunnel_encrypt/session/<size>`: [`BATCH`] × `Session::send_packet`,
+//!   one `flush`, then `handle_write` into a `Vec<u8>` sink (cleared, not
+//!   freed, between iterations).
+//! - `tunnel_encrypt/raw_seal/<size>`: the floor for the same work: for each
+//!   TLS record the session produced for that batch (same plaintext lengths,
+//!   content-type byte included), copy the plaintext into the sink, append
+//!   the content type, seal in place with the negotiated AEAD (per-record
+//!   nonce, record header as AAD) and append the tag.
+//! - `tunnel_decrypt/session/<size>`: the peer's `handle_read` over one
+//!   batch's TLS bytes, then `poll_packet` until `None`. Each iteration gets
+//!   fresh ciphertext, produced by the sending side in the untimed setup of
+//!   `iter_batched` and consumed in order, so TLS sequence numbers stay
+//!   valid.
+//! - `tunnel_decrypt/raw_open/<size>`: copy each record's ciphertext into a
+//!   scratch buffer and open it in place (records sealed once up front).
+//!
+//! Throughput is the IP packet bytes of a batch in every case, so the
+//! session/raw ratio of throughputs is the ratio of costs.
+use std::{hint::black_box, time::Instant};
+
+use aws_lc_rs::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey};
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use rustls::CipherSuite;
+use sluice::tunnel::Session;
+use sluice_bench::{Feed, Pki, SessionPair};
+
+/// Packets per batch (one `AF_XDP` RX batch).
+const BATCH: usize = 64;
+/// IP packet sizes.
+const SIZES: [usize; 4] = [64, 512, 1400, 9000];
+/// TLS 1.3 record header: application data, legacy version 0x0303.
+const RECORD_HEADER: usize = 5;
+
+/// An IPv4/UDP packet of `len` bytes (header fields valid, payload a
+/// pattern): the session does not parse it, but it looks like traffic.
+fn ip_packet(len: usize) -> Vec<u8> {
+    let mut p: Vec<u8> = (0..len).map(|i| (i * 7) as u8).collect();
+    p[..20].copy_from_slice(&[
+        0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 17, 0, 0, 192, 0, 2, 10, 203, 0, 113, 10,
+    ]);
+    p[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+    p
+}
+
+/// One batch through `client`: encapsulate, encrypt, write to `sink`.
+fn send_batch(client: &mut Session, packet: &[u8], sink: &mut Vec<u8>, now: Instant) {
+    for _ in 0..BATCH {
+        client.send_packet(packet).expect("send_packet");
+    }
+    client.flush();
+    client.handle_write(sink, now).expect("write to Vec");
+}
+
+/// One batch into `server`: decrypt, decapsulate, drain. Returns the packet
+/// bytes delivered.
+fn receive_batch(server: &mut Session, wire: &[u8], now: Instant) -> usize {
+    let mut feed = Feed(wire);
+    let mut got = 0;
+    loop {
+        let more = server
+            .handle_read(&mut feed, now)
+            .expect("handle_read")
+            .more;
+        while let Some(p) = server.poll_packet() {
+            got += black_box(p).len();
+        }
+        if !more {
+            return got;
+        }
+    }
+}
+
+/// The plaintext lengths (content-type byte included) of the TLS records
+/// in `wire`.
+fn record_lengths(wire: &[u8], tag_len: usize) -> Vec<usize> {
+    let mut out = Vec::new();
+    let mut rest = wire;
+    while rest.len() >= RECORD_HEADER {
+        assert_eq!(rest[0], 0x17, "application data record");
+        let len = usize::from(u16::from_be_bytes([rest[3], rest[4]]));
+        out.push(len - tag_len);
+        rest = &rest[RECORD_HEADER + len..];
+    }
+    assert!(rest.is_empty(), "whole records");
+    out
+}
+
+/// The AEAD rustls negotiated, as an aws-lc-rs algorithm.
+fn negotiated_aead(s: &Session) -> &'static aead::Algorithm {
+    let suite = s
+        .tls()
+        .negotiated_cipher_suite()
+        .expect("handshake done")
+        .suite();
+    match suite {
+        CipherSuite::TLS13_AES_256_GCM_SHA384 => &aead::AES_256_GCM,
+        CipherSuite::TLS13_AES_128_GCM_SHA256 => &aead::AES_128_GCM,
+        CipherSuite::TLS13_CHACHA20_POLY1305_SHA256 => &aead::CHACHA20_POLY1305,
+        other => panic!("unexpected suite {other:?}"),
+    }
+}
+
+/// A raw TLS 1.3-style record protector: key, static IV, sequence number.
+struct RawAead {
+    key: LessSafeKey,
+    iv: [u8; 12],
+}
+
+impl RawAead {
+    fn new(alg: &'static aead::Algorithm) -> Self {
+        let key_bytes: Vec<u8> = (0..alg.key_len()).map(|i| i as u8 ^ 0x5a).collect();
+        Self {
+            key: LessSafeKey::new(UnboundKey::new(alg, &key_bytes).expect("key")),
+            iv: [0x3c; 12],
+        }
+    }
+
+    fn nonce(&self, seq: u64) -> Nonce {
+        let mut n = self.iv;
+        for (b, s) in n[4..].iter_mut().zip(seq.to_be_bytes()) {
+            *b ^= s;
+        }
+        Nonce::assume_unique_for_key(n)
+    }
+
+    /// Appends one sealed record of `plain` (+ content type) to `out`.
+    fn seal_record(&self, seq: u64, plain: &[u8], out: &mut Vec<u8>) {
+        let tag_len = self.key.algorithm().tag_len();
+        let len = plain.len() + 1 + tag_len;
+        let header = [0x17, 3, 3, (len >> 8) as u8, len as u8];
+        out.extend_from_slice(&header);
+        let start = out.len();
+        out.extend_from_slice(plain);
+        out.push(0x17);
+        let tag = self
+            .key
+            .seal_in_place_separate_tag(self.nonce(seq), Aad::from(header), &mut out[start..])
+            .expect("seal");
+        out.extend_from_slice(tag.as_ref());
+    }
+}
+
+fn bench_encrypt(c: &mut Criterion, pki: &Pki) {
+    let mut g = c.benchmark_group("tunnel_encrypt");
+    for size in SIZES {
+        let packet = ip_packet(size);
+        let mut pair = SessionPair::established(pki);
+        let alg = negotiated_aead(&pair.client);
+        let now = Instant::now();
+        let mut sink = Vec::with_capacity(2 * BATCH * (size + 64));
+        send_batch(&mut pair.client, &packet, &mut sink, now);
+        let records = record_lengths(&sink, alg.tag_len());
+        eprintln!(
+            "tunnel_encrypt/{size}: {alg:?}, {} records per batch of {BATCH}, {} TLS bytes",
+            records.len(),
+            sink.len()
+        );
+
+        g.throughput(Throughput::Bytes((BATCH * size) as u64));
+        g.bench_function(format!("session/{size}"), |b| {
+            b.iter(|| {
+                sink.clear();
+                send_batch(&mut pair.client, black_box(&packet), &mut sink, now);
+                black_box(sink.len())
+            });
+        });
+
+        let raw = RawAead::new(alg);
+        let total: usize = records.iter().sum();
+        let plain: Vec<u8> = packet.iter().copied().cycle().take(total).collect();
+        let mut seq = 0u64;
+        g.bench_function(format!("raw_seal/{size}"), |b| {
+            b.iter(|| {
+                sink.clear();
+                let mut rest = black_box(&plain[..]);
+                for &len in &records {
+                    let (rec, tail) = rest.split_at(len - 1);
+                    raw.seal_record(seq, rec, &mut sink);
+                    seq += 1;
+                    rest = tail;
+                }
+                black_box(sink.len())
+            });
+        });
+    }
+    g.finish();
+}
+
+fn bench_decrypt(c: &mut Criterion, pki: &Pki) {
+    let mut g = c.benchmark_group("tunnel_decrypt");
+    for size in SIZES {
+        let packet = ip_packet(size);
+        let pair = SessionPair::established(pki);
+        let alg = negotiated_aead(&pair.server);
+        let now = Instant::now();
+        let SessionPair {
+            mut client,
+            mut server,
+        } = pair;
+
+        // Check once that a batch arrives whole.
+        let mut wire = Vec::new();
+        send_batch(&mut client, &packet, &mut wire, now);
+        assert_eq!(receive_batch(&mut server, &wire, now), BATCH * size);
+        let records = record_lengths(&wire, alg.tag_len());
+
+        g.throughput(Throughput::Bytes((BATCH * size) as u64));
+        g.bench_function(format!("session/{size}"), |b| {
+            b.iter_batched(
+                || {
+                    let mut w = Vec::with_capacity(wire.len());
+                    send_batch(&mut client, &packet, &mut w, now);
+                    w
+                },
+                |w| {
+                    black_box(receive_batch(&mut server, &w, now));
+                    w
+                },
+                BatchSize::SmallInput,
+            );
+        });
+
+        // Raw baseline: the same record sizes, sealed once; opening is
+        // stateless, so the same records serve every iteration.
+        let raw = RawAead::new(alg);
+        let total: usize = records.iter().sum();
+        let plain: Vec<u8> = packet.iter().copied().cycle().take(total).collect();
+        let mut sealed = Vec::with_capacity(records.len());
+        let mut rest = &plain[..];
+        for (seq, &len) in records.iter().enumerate() {
+            let (rec, tail) = rest.split_at(len - 1);
+            let mut out = Vec::new();
+            raw.seal_record(seq as u64, rec, &mut out);
+            sealed.push(out);
+            rest = tail;
+        }
+        let mut scratch = Vec::with_capacity(records.iter().max().copied().unwrap_or(0) + 64);
+        g.bench_function(format!("raw_open/{size}"), |b| {
+            b.iter(|| {
+                let mut got = 0;
+                for (seq, rec) in black_box(&sealed).iter().enumerate() {
+                    let header: [u8; RECORD_HEADER] =
+                        rec[..RECORD_HEADER].try_into().expect("header");
+                    scratch.clear();
+                    scratch.extend_from_slice(&rec[RECORD_HEADER..]);
+                    let plain = raw
+                        .key
+                        .open_in_place(raw.nonce(seq as u64), Aad::from(header), &mut scratch)
+                        .expect("open");
+                    got += plain.len() - 1;
+                }
+                black_box(got)
+            });
+        });
+    }
+    g.finish();
+}
+
+fn benches(c: &mut Criterion) {
+    let pki = Pki::new();
+    bench_encrypt(c, &pki);
+    bench_decrypt(c, &pki);
+}
+
+criterion_group!(tunnel, benches);
+criterion_main!(tunnel);

@@ -1,0 +1,435 @@
+//! The lab benchmark: sluice side by side with plain kernel forwarding (no
+//! XDP program, and a no-op XDP program in native and in generic mode) in
+//! one run, in the namespace lab, with the same traffic and the same CPU
+//! pinning for every case.
+//!
+//! Traffic (iperf3, from `client` to a server in `inet`): TCP with one and
+//! with four streams, UDP with 64- and 1400-byte payloads (unlimited rate).
+//! The iperf3 client runs on CPU 0 and the server on CPU 1 (a sender
+//! sharing a core with its receiver starves it); the forwarding daemons and
+//! the kernel's own forwarding run wherever the scheduler puts them, the
+//! same for every case. Each load is bounded in time.
+//!
+//! Output in `--out` (default `bench/out`): `results.md` (table with ratios
+//! to the baselines), `results.json`, `results.svg` (bar chart).
+//!
+//! `--smoke`: one second per case and fewer traffic kinds, for the test
+//! suite (the benchmark never rots); its figures mean nothing.
+// Report arithmetic: byte and jiffy counts far below 2^52, chart geometry.
+#![allow(clippy::cast_precision_loss, clippy::many_single_char_names)]
+
+use std::{
+    fmt::Write as _,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use sluice_lab::{Host, Lab, addr, deploy::Sluice};
+
+/// What to send.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Traffic {
+    Tcp1,
+    Tcp4,
+    Udp64,
+    Udp1400,
+}
+
+impl Traffic {
+    const ALL: [Traffic; 4] = [
+        Traffic::Tcp1,
+        Traffic::Tcp4,
+        Traffic::Udp64,
+        Traffic::Udp1400,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Traffic::Tcp1 => "TCP 1 stream",
+            Traffic::Tcp4 => "TCP 4 streams",
+            Traffic::Udp64 => "UDP 64 B",
+            Traffic::Udp1400 => "UDP 1400 B",
+        }
+    }
+
+    fn iperf_args(self) -> &'static [&'static str] {
+        match self {
+            Traffic::Tcp1 => &[],
+            Traffic::Tcp4 => &["-P", "4"],
+            Traffic::Udp64 => &["-u", "-b", "0", "-l", "64"],
+            Traffic::Udp1400 => &["-u", "-b", "0", "-l", "1400"],
+        }
+    }
+}
+
+/// One measurement.
+#[derive(Clone, Debug)]
+struct Row {
+    case: &'static str,
+    traffic: Traffic,
+    /// Goodput received by the server, Gbit/s.
+    gbps: f64,
+    /// Packets (datagrams or, for TCP, payload bytes / 1448) per second received, millions.
+    mpps: f64,
+    /// CPU seconds (all cores, user+system+irq+softirq) per GB received.
+    cpu_s_per_gb: f64,
+}
+
+struct Args {
+    smoke: bool,
+    seconds: u64,
+    out: PathBuf,
+    sluice: PathBuf,
+}
+
+fn parse_args() -> Result<Args> {
+    let mut a = Args {
+        smoke: false,
+        seconds: 5,
+        out: PathBuf::from("bench/out"),
+        sluice: PathBuf::new(),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--smoke" => a.smoke = true,
+            "--seconds" => a.seconds = it.next().context("--seconds N")?.parse()?,
+            "--out" => a.out = it.next().context("--out DIR")?.into(),
+            "--sluice" => a.sluice = it.next().context("--sluice PATH")?.into(),
+            other => bail!(
+                "unknown argument {other:?}; usage: labbench --sluice PATH [--seconds N] [--out DIR] [--smoke]"
+            ),
+        }
+    }
+    if a.sluice.as_os_str().is_empty() {
+        bail!("--sluice PATH (the sluice binary) is required");
+    }
+    if a.smoke {
+        a.seconds = 1;
+    }
+    Ok(a)
+}
+
+/// Busy jiffies of all CPUs (from the first line of /proc/stat).
+fn cpu_busy() -> Result<u64> {
+    let s = std::fs::read_to_string("/proc/stat")?;
+    let line = s.lines().next().context("empty /proc/stat")?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal
+    Ok(v.iter().take(8).sum::<u64>()
+        - v.get(3).copied().unwrap_or(0)
+        - v.get(4).copied().unwrap_or(0))
+}
+
+/// Runs one iperf3 measurement from the client to `dst`.
+fn measure(lab: &Lab, case: &'static str, dst: &str, t: Traffic, secs: u64) -> Result<Row> {
+    let secs_s = secs.to_string();
+    let port = if dst == addr::TUNNELLED_V4.to_string() {
+        "5202"
+    } else {
+        "5201"
+    };
+    let mut argv = vec![
+        "taskset", "-c", "0", "iperf3", "-c", dst, "-p", port, "-t", &secs_s, "-J",
+    ];
+    argv.extend_from_slice(t.iperf_args());
+    let cpu0 = cpu_busy()?;
+    let t0 = Instant::now();
+    let out = lab.run_timeout(Host::Client, &argv, Duration::from_secs(secs + 20));
+    let wall = t0.elapsed().as_secs_f64();
+    let cpu = (cpu_busy()? - cpu0) as f64 / 100.0;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).with_context(|| {
+        format!(
+            "{case} {}: iperf3 output: {}",
+            t.name(),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })?;
+    if let Some(e) = v.get("error") {
+        bail!("{case} {}: iperf3: {e}", t.name());
+    }
+    let end = &v["end"];
+    let (bytes, packets, dur) = match t {
+        Traffic::Tcp1 | Traffic::Tcp4 => {
+            let r = &end["sum_received"];
+            let bytes = r["bytes"].as_f64().unwrap_or(0.0);
+            (
+                bytes,
+                bytes / 1448.0,
+                r["seconds"].as_f64().unwrap_or(secs as f64),
+            )
+        }
+        Traffic::Udp64 | Traffic::Udp1400 => {
+            let s = &end["sum"];
+            let len = if t == Traffic::Udp64 { 64.0 } else { 1400.0 };
+            let pk =
+                s["packets"].as_f64().unwrap_or(0.0) - s["lost_packets"].as_f64().unwrap_or(0.0);
+            (pk * len, pk, s["seconds"].as_f64().unwrap_or(secs as f64))
+        }
+    };
+    let dur = if dur > 0.0 { dur } else { wall };
+    let gb = bytes / 1e9;
+    Ok(Row {
+        case,
+        traffic: t,
+        gbps: bytes * 8.0 / dur / 1e9,
+        mpps: packets / dur / 1e6,
+        cpu_s_per_gb: if gb > 0.0 { cpu / gb } else { f64::NAN },
+    })
+}
+
+fn run_cases(lab: &Lab, a: &Args, traffic: &[Traffic]) -> Result<Vec<Row>> {
+    let mut rows = Vec::new();
+    let run = |rows: &mut Vec<Row>, case: &'static str, dst: &str| -> Result<()> {
+        for &t in traffic {
+            let r = measure(lab, case, dst, t, a.seconds)?;
+            eprintln!(
+                "labbench: {case:<28} {:<14} {:>7.3} Gbit/s {:>7.3} Mpps {:>6.2} CPU-s/GB",
+                t.name(),
+                r.gbps,
+                r.mpps,
+                r.cpu_s_per_gb
+            );
+            rows.push(r);
+        }
+        Ok(())
+    };
+    let bypassed = addr::BYPASSED_V4.to_string();
+    let tunnelled = addr::TUNNELLED_V4.to_string();
+    let bin = a.sluice.to_string_lossy().into_owned();
+
+    // (c) kernel forwarding, no XDP program.
+    run(&mut rows, "kernel, no XDP", &bypassed)?;
+    // (c) kernel forwarding with a no-op XDP program, native and generic.
+    for (case, mode) in [
+        ("kernel + no-op XDP native", "native"),
+        ("kernel + no-op XDP generic", "generic"),
+    ] {
+        let id = lab.spawn(
+            Host::Gw,
+            "xdp-noop",
+            &[&bin, "xdp-noop", "--iface", "lan0", "--mode", mode],
+        );
+        lab.wait_for("the no-op XDP program", Duration::from_secs(10), || {
+            lab.log("xdp-noop").contains("attached")
+        });
+        run(&mut rows, case, &bypassed)?;
+        lab.stop(id);
+    }
+    // (a), (b) sluice, in each attach mode.
+    for (mode, bypass_case, tunnel_case) in [
+        ("native", "sluice bypass (native)", "sluice tunnel (native)"),
+        (
+            "generic",
+            "sluice bypass (generic)",
+            "sluice tunnel (generic)",
+        ),
+    ] {
+        let mut s = Sluice::prepare(lab, &a.sluice, |c| {
+            c.replace("xdp_mode = \"auto\"", &format!("xdp_mode = \"{mode}\""))
+        });
+        s.start_edge();
+        s.start_gateway();
+        run(&mut rows, bypass_case, &bypassed)?;
+        run(&mut rows, tunnel_case, &tunnelled)?;
+        if let Some(id) = s.gateway.take() {
+            lab.stop(id);
+        }
+        s.stop_edge();
+    }
+    Ok(rows)
+}
+
+fn find<'a>(rows: &'a [Row], case: &str, t: Traffic) -> Option<&'a Row> {
+    rows.iter().find(|r| r.case == case && r.traffic == t)
+}
+
+fn markdown(rows: &[Row], a: &Args) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "Lab benchmark: {} s per case, iperf3 client on CPU 0, server on CPU 1.\n",
+        a.seconds
+    );
+    let _ = writeln!(
+        s,
+        "| case | traffic | Gbit/s | Mpps | CPU-s/GB | vs kernel | vs no-op XDP (same mode) |"
+    );
+    let _ = writeln!(s, "| --- | --- | ---: | ---: | ---: | ---: | ---: |");
+    for r in rows {
+        let kernel = find(rows, "kernel, no XDP", r.traffic).map(|k| r.gbps / k.gbps);
+        let noop_case = if r.case.contains("generic") {
+            "kernel + no-op XDP generic"
+        } else {
+            "kernel + no-op XDP native"
+        };
+        let noop = if r.case.starts_with("kernel") {
+            None
+        } else {
+            find(rows, noop_case, r.traffic).map(|k| r.gbps / k.gbps)
+        };
+        let f = |x: Option<f64>| x.map_or(String::new(), |v| format!("{v:.2}x"));
+        let _ = writeln!(
+            s,
+            "| {} | {} | {:.3} | {:.3} | {:.2} | {} | {} |",
+            r.case,
+            r.traffic.name(),
+            r.gbps,
+            r.mpps,
+            r.cpu_s_per_gb,
+            f(kernel),
+            f(noop)
+        );
+    }
+    s
+}
+
+fn json(rows: &[Row]) -> String {
+    let v: Vec<serde_json::Value> = rows
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "case": r.case, "traffic": r.traffic.name(), "gbps": r.gbps,
+                "mpps": r.mpps, "cpu_s_per_gb": if r.cpu_s_per_gb.is_finite() { Some(r.cpu_s_per_gb) } else { None },
+            })
+        })
+        .collect();
+    serde_json::to_string_pretty(&v).unwrap_or_default()
+}
+
+/// A grouped bar chart (Gbit/s per traffic kind, one bar per case), plain SVG.
+fn svg(rows: &[Row]) -> String {
+    let mut cases: Vec<&str> = Vec::new();
+    for r in rows {
+        if !cases.contains(&r.case) {
+            cases.push(r.case);
+        }
+    }
+    let traffic: Vec<Traffic> = Traffic::ALL
+        .into_iter()
+        .filter(|t| rows.iter().any(|r| r.traffic == *t))
+        .collect();
+    let max = rows
+        .iter()
+        .map(|r| r.gbps)
+        .fold(0.0_f64, f64::max)
+        .max(0.001);
+    let (w, h, left, top, bottom) = (980.0, 420.0, 60.0, 30.0, 60.0);
+    let group_w = (w - left - 220.0) / traffic.len().max(1) as f64;
+    let bar_w = group_w * 0.8 / cases.len().max(1) as f64;
+    let colors = [
+        "#555", "#999", "#bbb", "#1f77b4", "#d62728", "#aec7e8", "#ff9896", "#2ca02c", "#9467bd",
+        "#8c564b",
+    ];
+    let mut s = format!(
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="11">"#
+    );
+    let _ = write!(
+        s,
+        r#"<text x="{left}" y="18" font-size="13">Throughput received (Gbit/s), same lab, same run</text>"#
+    );
+    let plot_h = h - top - bottom;
+    for i in 0..=4 {
+        let v = max * f64::from(i) / 4.0;
+        let y = top + plot_h - plot_h * f64::from(i) / 4.0;
+        let _ = write!(
+            s,
+            r##"<line x1="{left}" x2="{}" y1="{y}" y2="{y}" stroke="#eee"/><text x="{}" y="{}" text-anchor="end">{v:.2}</text>"##,
+            w - 220.0,
+            left - 5.0,
+            y + 4.0
+        );
+    }
+    for (gi, t) in traffic.iter().enumerate() {
+        let gx = left + gi as f64 * group_w + group_w * 0.1;
+        for (ci, c) in cases.iter().enumerate() {
+            if let Some(r) = find(rows, c, *t) {
+                let bh = plot_h * r.gbps / max;
+                let _ = write!(
+                    s,
+                    r#"<rect x="{:.1}" y="{:.1}" width="{:.1}" height="{bh:.1}" fill="{}"/>"#,
+                    gx + ci as f64 * bar_w,
+                    top + plot_h - bh,
+                    bar_w * 0.9,
+                    colors[ci % colors.len()]
+                );
+            }
+        }
+        let _ = write!(
+            s,
+            r#"<text x="{:.1}" y="{}" text-anchor="middle">{}</text>"#,
+            gx + group_w * 0.4,
+            h - bottom + 18.0,
+            t.name()
+        );
+    }
+    for (ci, c) in cases.iter().enumerate() {
+        let y = top + 14.0 * ci as f64;
+        let _ = write!(
+            s,
+            r#"<rect x="{}" y="{y}" width="10" height="10" fill="{}"/><text x="{}" y="{}">{c}</text>"#,
+            w - 210.0,
+            colors[ci % colors.len()],
+            w - 195.0,
+            y + 9.0
+        );
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
+fn main() -> Result<()> {
+    let a = parse_args()?;
+    if !sluice_lab::require_root("labbench") {
+        bail!("labbench needs root");
+    }
+    let traffic: Vec<Traffic> = if a.smoke {
+        vec![Traffic::Tcp1, Traffic::Udp1400]
+    } else {
+        Traffic::ALL.to_vec()
+    };
+    let lab = Lab::new();
+    // One server per destination, bound to it: UDP replies (iperf3's UDP
+    // handshake) must leave from the address the client sent to, or the
+    // gateway's NAT cannot match them.
+    for (name, ip, port) in [
+        ("iperf3-bypassed", addr::BYPASSED_V4, "5201"),
+        ("iperf3-tunnelled", addr::TUNNELLED_V4, "5202"),
+    ] {
+        let ip = ip.to_string();
+        lab.spawn(
+            Host::Inet,
+            name,
+            &["taskset", "-c", "1", "iperf3", "-s", "-B", &ip, "-p", port],
+        );
+        lab.wait_tcp(
+            Host::Inet,
+            format!("{ip}:{port}").parse()?,
+            Duration::from_secs(5),
+        );
+    }
+    let rows = run_cases(&lab, &a, &traffic);
+    drop(lab);
+    let rows = rows?;
+    std::fs::create_dir_all(&a.out)?;
+    let md = markdown(&rows, &a);
+    write(&a.out.join("results.md"), &md)?;
+    write(&a.out.join("results.json"), &json(&rows))?;
+    write(&a.out.join("results.svg"), &svg(&rows))?;
+    println!("{md}");
+    println!(
+        "labbench: {} measurements; results in {}",
+        rows.len(),
+        a.out.display()
+    );
+    Ok(())
+}
+
+fn write(p: &Path, s: &str) -> Result<()> {
+    std::fs::write(p, s).with_context(|| format!("writing {}", p.display()))
+}

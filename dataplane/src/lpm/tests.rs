@@ -1,0 +1,265 @@
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    sync::atomic::{AtomicBool, Ordering},
+};
+
+use super::*;
+
+/// xorshift64*: deterministic, good enough for test tables.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    fn u128(&mut self) -> u128 {
+        (u128::from(self.next()) << 64) | u128::from(self.next())
+    }
+}
+
+fn p(s: &str) -> Prefix {
+    s.parse().unwrap()
+}
+
+/// The reference: a linear scan, longest match, last duplicate wins.
+fn naive(entries: &[(Prefix, u32)], addr: IpAddr) -> Option<u32> {
+    let mut best: Option<(u8, u32)> = None;
+    for &(prefix, value) in entries {
+        if prefix.contains(addr) && best.is_none_or(|(len, _)| prefix.len() >= len) {
+            best = Some((prefix.len(), value));
+        }
+    }
+    best.map(|(_, v)| v)
+}
+
+#[test]
+fn edge_cases_v4() {
+    let entries = [
+        (p("0.0.0.0/0"), 1),
+        (p("10.0.0.0/8"), 2),
+        (p("10.1.2.0/24"), 3),
+        (p("10.1.2.128/25"), 4),
+        (p("10.1.2.200/32"), 5),
+        (p("10.1.3.0/24"), 6),
+        (p("10.1.3.0/24"), 7), // duplicate: the last one wins
+        (p("255.255.255.255/32"), 8),
+    ];
+    let t = Lpm::build(&entries).unwrap();
+    let at = |s: &str| t.lookup(s.parse().unwrap());
+    assert_eq!(at("1.2.3.4"), Some(1));
+    assert_eq!(at("10.200.0.1"), Some(2));
+    assert_eq!(at("10.1.2.0"), Some(3));
+    assert_eq!(at("10.1.2.127"), Some(3));
+    assert_eq!(at("10.1.2.128"), Some(4));
+    assert_eq!(at("10.1.2.199"), Some(4));
+    assert_eq!(at("10.1.2.200"), Some(5));
+    assert_eq!(at("10.1.2.201"), Some(4));
+    assert_eq!(at("10.1.2.255"), Some(4));
+    assert_eq!(at("10.1.1.255"), Some(2));
+    assert_eq!(at("10.1.3.1"), Some(7));
+    assert_eq!(at("255.255.255.255"), Some(8));
+    assert_eq!(at("255.255.255.254"), Some(1));
+    // No IPv6 prefixes: no IPv6 match, and no IPv6 table.
+    assert_eq!(at("::1"), None);
+    assert_eq!(t.v6.memory_bytes(), 0);
+}
+
+#[test]
+fn edge_cases_v6() {
+    let entries = [
+        (p("::/0"), 1),
+        (p("2001:db8::/32"), 2),
+        (p("2001:db8:1::/48"), 3),
+        (p("2001:db8:1::1/128"), 4),
+        (p("2001:db8:1:2::/64"), 5),
+        (p("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff/128"), 6),
+        (p("2001::/16"), 7),
+        (p("2001:db8:1::8/125"), 8),
+    ];
+    let t = Lpm::build(&entries).unwrap();
+    let at = |s: &str| t.lookup(s.parse().unwrap());
+    assert_eq!(at("::"), Some(1));
+    assert_eq!(at("2001:1::1"), Some(7));
+    assert_eq!(at("2001:db8::1"), Some(2));
+    assert_eq!(at("2001:db8:1::"), Some(3));
+    assert_eq!(at("2001:db8:1::1"), Some(4));
+    assert_eq!(at("2001:db8:1::2"), Some(3));
+    assert_eq!(at("2001:db8:1::8"), Some(8));
+    assert_eq!(at("2001:db8:1::f"), Some(8));
+    assert_eq!(at("2001:db8:1::10"), Some(3));
+    assert_eq!(at("2001:db8:1:2:ffff::"), Some(5));
+    assert_eq!(at("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"), Some(6));
+    assert_eq!(at("ffff:ffff:ffff:ffff:ffff:ffff:ffff:fffe"), Some(1));
+    assert_eq!(at("1.2.3.4"), None);
+}
+
+#[test]
+fn empty_and_limits() {
+    let t: Lpm<u32> = Lpm::build(&[]).unwrap();
+    assert_eq!(t.lookup(IpAddr::V4(Ipv4Addr::BROADCAST)), None);
+    assert_eq!(t.lookup(IpAddr::V6(Ipv6Addr::LOCALHOST)), None);
+    assert!(t.memory_bytes() < 64);
+
+    let many: Vec<_> = (0..=MAX_VALUES as u32)
+        .map(|i| (Prefix::new(IpAddr::V4(Ipv4Addr::from(i << 8)), 24), i))
+        .collect();
+    assert_eq!(
+        Lpm::build(&many).unwrap_err(),
+        LpmError::TooManyValues { max: MAX_VALUES }
+    );
+    assert!(Lpm::build(&many[..MAX_VALUES]).is_ok());
+}
+
+/// A random length from `lens` (weights), and a network drawn near one of a
+/// few `bases` so that prefixes nest and overlap.
+fn random_table(rng: &mut Rng, v6: bool, n: usize) -> Vec<(Prefix, u32)> {
+    let bases: Vec<u128> = (0..8).map(|_| rng.u128()).collect();
+    let width: u32 = if v6 { 128 } else { 32 };
+    (0..n)
+        .map(|_| {
+            let len = rng.below(u64::from(width) + 1) as u8;
+            let base = bases[rng.below(bases.len() as u64) as usize];
+            // Keep the top 8+ bits of a base, randomize the rest.
+            let k = 8 + rng.below(u64::from(width) - 8) as u32;
+            let addr = (base >> (128 - width)) ^ (rng.u128() >> (128 - width) >> k);
+            let ip = if v6 {
+                IpAddr::V6(Ipv6Addr::from(addr))
+            } else {
+                IpAddr::V4(Ipv4Addr::from(addr as u32))
+            };
+            (Prefix::new(ip, len), rng.below(50) as u32)
+        })
+        .collect()
+}
+
+/// Addresses inside, at the edges of, and just outside the table's
+/// prefixes, plus some uniformly random ones.
+fn probes(rng: &mut Rng, entries: &[(Prefix, u32)], n: usize) -> Vec<IpAddr> {
+    (0..n)
+        .map(|i| {
+            let (prefix, _) = entries[rng.below(entries.len() as u64) as usize];
+            let width: u32 = if prefix.addr().is_ipv4() { 32 } else { 128 };
+            let host = if u32::from(prefix.len()) == width {
+                0
+            } else {
+                u128::MAX >> (128 - width + u32::from(prefix.len()))
+            };
+            let net = match prefix.addr() {
+                IpAddr::V4(a) => u128::from(u32::from(a)),
+                IpAddr::V6(a) => u128::from(a),
+            };
+            let addr = match i % 5 {
+                0 => net,
+                1 => net | host,
+                2 => (net | host).wrapping_add(1),
+                3 => net.wrapping_sub(1),
+                _ if i % 10 == 4 => rng.u128(),
+                _ => net | (rng.u128() & host),
+            };
+            if width == 32 {
+                IpAddr::V4(Ipv4Addr::from(addr as u32))
+            } else {
+                IpAddr::V6(Ipv6Addr::from(addr))
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn matches_naive_on_random_tables() {
+    for seed in 1..=6u64 {
+        let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        let mut entries = random_table(&mut rng, false, 400);
+        entries.extend(random_table(&mut rng, true, 400));
+        entries.push((p("0.0.0.0/0"), 1000));
+        if seed % 2 == 0 {
+            entries.push((p("::/0"), 1001));
+        }
+        let t = Lpm::build(&entries).unwrap();
+        for addr in probes(&mut rng, &entries, 20_000) {
+            assert_eq!(t.lookup(addr), naive(&entries, addr), "seed {seed}, {addr}");
+        }
+    }
+}
+
+#[test]
+fn readers_never_see_a_torn_table() {
+    // Table `k` maps every probe to `k`; a reader must see one `k` per
+    // snapshot, and `k` never goes back.
+    fn table(k: u32) -> Lpm<u32> {
+        let entries = [
+            (p("0.0.0.0/0"), k),
+            (p("10.0.0.0/8"), k),
+            (p("10.1.2.3/32"), k),
+            (p("::/0"), k),
+            (p("2001:db8::/32"), k),
+        ];
+        Lpm::build(&entries).unwrap()
+    }
+    let swap = Swap::new(table(0));
+    let done = AtomicBool::new(false);
+    let probes: Vec<IpAddr> = ["1.1.1.1", "10.9.9.9", "10.1.2.3", "::1", "2001:db8::5"]
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect();
+    std::thread::scope(|s| {
+        let mut reader = swap.reader();
+        let (done, probes) = (&done, &probes);
+        let r = s.spawn(move || {
+            let (mut last, mut seen) = (0, 0u32);
+            loop {
+                // Read after seeing `done`, so the last store is visible.
+                let finished = done.load(Ordering::Acquire) && seen >= 1000;
+                let t = reader.get();
+                let k = t.lookup(probes[0]).unwrap();
+                for &a in probes {
+                    assert_eq!(t.lookup(a), Some(k));
+                }
+                assert!(k >= last);
+                last = k;
+                seen += 1;
+                if finished {
+                    break;
+                }
+            }
+            last
+        });
+        for k in 1..=20 {
+            swap.store(table(k));
+        }
+        done.store(true, Ordering::Release);
+        assert_eq!(r.join().unwrap(), 20);
+    });
+    assert_eq!(swap.load().lookup(probes[1]), Some(20));
+}
+
+#[test]
+fn batches_match_single_lookups() {
+    let mut rng = Rng(7);
+    let entries = random_table(&mut rng, false, 300);
+    let t = Lpm::build(&entries).unwrap();
+    let addrs = probes(&mut rng, &entries, 1003);
+    assert!(!addrs.len().is_multiple_of(BATCH));
+    let v4: Vec<u32> = addrs
+        .iter()
+        .filter_map(|a| match a {
+            IpAddr::V4(a) => Some(u32::from(*a)),
+            IpAddr::V6(_) => None,
+        })
+        .collect();
+    let mut out = vec![Some(u32::MAX); addrs.len()];
+    t.lookup_v4_batch(&v4, &mut out);
+    for (i, &a) in v4.iter().enumerate() {
+        assert_eq!(out[i], t.lookup_v4(a));
+    }
+    // An empty family answers `None` in batches too.
+    let only_v6 = Lpm::build(&[(p("2001:db8::/32"), 1)]).unwrap();
+    only_v6.lookup_v4_batch(&v4, &mut out);
+    assert!(out[..v4.len()].iter().all(Option::is_none));
+}
