@@ -25,6 +25,7 @@ commands (run as root):
   setup                 install the toolchain pieces and tools (idempotent)
   test [-- ARGS...]     setup, clean stale lab namespaces, run every test in
                         release mode (ARGS go to the test binaries)
+  labbench [-- ARGS]    setup, build, run the lab benchmark (bench/out/results.{md,json,svg})
   fuzz [SECONDS]         run each fuzz target for SECONDS (default 60)
   demo                  setup, build sluice, run the lab demo
                         (SLUICE_DEMO_HOLD=1 keeps the lab up until Ctrl-C)";
@@ -39,6 +40,7 @@ fn main() -> ExitCode {
         "setup" => as_root(cmd).and_then(|()| setup::run()),
         "test" => as_root(cmd).and_then(|()| test(&args[1..])),
         "demo" => as_root(cmd).and_then(|()| demo()),
+        "labbench" => as_root(cmd).and_then(|()| labbench(&args[1..])),
         "fuzz" => {
             let secs = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(60);
             as_root(cmd)
@@ -197,6 +199,35 @@ fn fuzz(seconds: u32) -> Result<()> {
         }
     }
     println!("fuzz: {} targets ran clean", FUZZ_TARGETS.len());
+    Ok(())
+}
+
+/// The lab benchmark: sluice, kernel forwarding baselines, in one run.
+fn labbench(args: &[String]) -> Result<()> {
+    setup::run()?;
+    let extra = match args.split_first() {
+        Some((first, rest)) if first == "--" => rest,
+        _ => args,
+    };
+    println!("labbench: cargo build --release -p sluice -p sluice-bench");
+    let status = cargo()
+        .args(["build", "--release", "-p", "sluice", "-p", "sluice-bench"])
+        .status()
+        .context("cannot run cargo")?;
+    if !status.success() {
+        bail!("build failed ({status})");
+    }
+    let target = target_dir()?.join("release");
+    let status = Command::new(target.join("labbench"))
+        .current_dir(root())
+        .arg("--sluice")
+        .arg(target.join("sluice"))
+        .args(extra)
+        .status()
+        .context("cannot run labbench")?;
+    if !status.success() {
+        bail!("labbench failed ({status})");
+    }
     Ok(())
 }
 

@@ -1,0 +1,40 @@
+//! The lab benchmark in smoke mode (one second per case), so that it never
+//! rots: it must build its lab, run every case, write its three outputs and
+//! leave nothing behind. Its figures mean nothing and are not checked.
+use std::path::PathBuf;
+
+#[test]
+fn lab_benchmark_smoke_run() {
+    if !sluice_lab::require_root("lab_benchmark_smoke_run") {
+        return;
+    }
+    // The sluice binary sits next to this test's directory (target/<profile>).
+    let exe = std::env::current_exe().expect("test executable path");
+    let sluice: PathBuf = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .map(|dir| dir.join("sluice"))
+        .expect("target directory");
+    assert!(
+        sluice.exists(),
+        "{} is missing: build it first (`cargo xtask test` builds the whole workspace)",
+        sluice.display()
+    );
+    let out = std::env::temp_dir().join(format!("sluice-labbench-smoke-{}", std::process::id()));
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_labbench"))
+        .args(["--smoke", "--sluice"])
+        .arg(&sluice)
+        .arg("--out")
+        .arg(&out)
+        .status()
+        .expect("running labbench");
+    assert!(status.success(), "labbench --smoke failed: {status}");
+    for f in ["results.md", "results.json", "results.svg"] {
+        let text = std::fs::read_to_string(out.join(f)).unwrap_or_else(|e| panic!("{f}: {e}"));
+        assert!(
+            text.contains("sluice tunnel (native)"),
+            "{f} lacks the sluice tunnel case"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&out);
+}
