@@ -27,26 +27,10 @@ use sluice::{lpm::Lpm, net::Prefix};
 const BATCH: usize = 4096;
 const SIZES: [(usize, &str); 2] = [(1_000, "1k"), (100_000, "100k")];
 
-/// xorshift64*: deterministic tables without a `rand` dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next() % (hi - lo + 1)
-    }
-    fn u128(&mut self) -> u128 {
-        (u128::from(self.next()) << 64) | u128::from(self.next())
-    }
-}
+use sluice::testutil::XorShift as Rng;
 
 fn v4_len(rng: &mut Rng) -> u8 {
-    let len = match rng.next() % 100 {
+    let len = match rng.next_u64() % 100 {
         0..50 => 24,
         50..75 => rng.range(16, 23),
         75..88 => rng.range(8, 15),
@@ -56,7 +40,7 @@ fn v4_len(rng: &mut Rng) -> u8 {
 }
 
 fn v6_len(rng: &mut Rng) -> u8 {
-    let len = match rng.next() % 100 {
+    let len = match rng.next_u64() % 100 {
         0..40 => 48,
         40..80 => rng.range(32, 64),
         80..90 => 128,
@@ -80,11 +64,11 @@ fn table(rng: &mut Rng, v6: bool, n: usize) -> Vec<(u128, u8, u32)> {
             if v6 {
                 let len = v6_len(rng);
                 let addr = (0x2000u128 << 112) | (rng.u128() >> 3);
-                (addr & mask(128, len), len, (rng.next() % 64) as u32)
+                (addr & mask(128, len), len, (rng.next_u64() % 64) as u32)
             } else {
                 let len = v4_len(rng);
-                let addr = u128::from(rng.next() as u32);
-                (addr & mask(32, len), len, (rng.next() % 64) as u32)
+                let addr = u128::from(rng.next_u64() as u32);
+                (addr & mask(32, len), len, (rng.next_u64() % 64) as u32)
             }
         })
         .collect()
@@ -97,7 +81,7 @@ fn addresses(rng: &mut Rng, width: u32, routes: &[(u128, u8, u32)]) -> Vec<u128>
             if i % 4 == 3 {
                 rng.u128() & all
             } else {
-                let (net, len, _) = routes[(rng.next() % routes.len() as u64) as usize];
+                let (net, len, _) = routes[(rng.next_u64() % routes.len() as u64) as usize];
                 net | (rng.u128() & all & !mask(width, len))
             }
         })
@@ -108,7 +92,7 @@ fn classify_v4(c: &mut Criterion) {
     let mut group = c.benchmark_group("classify_v4");
     group.throughput(Throughput::Elements(BATCH as u64));
     for (n, name) in SIZES {
-        let mut rng = Rng(0x5eed_0004 ^ n as u64);
+        let mut rng = Rng::new(0x5eed_0004 ^ n as u64);
         let routes = table(&mut rng, false, n);
         let addrs: Vec<u32> = addresses(&mut rng, 32, &routes)
             .into_iter()
@@ -171,7 +155,7 @@ fn classify_v6(c: &mut Criterion) {
     let mut group = c.benchmark_group("classify_v6");
     group.throughput(Throughput::Elements(BATCH as u64));
     for (n, name) in SIZES {
-        let mut rng = Rng(0x5eed_0006 ^ n as u64);
+        let mut rng = Rng::new(0x5eed_0006 ^ n as u64);
         let routes = table(&mut rng, true, n);
         let addrs = addresses(&mut rng, 128, &routes);
         let entries: Vec<(Prefix, u32)> = routes

@@ -26,5 +26,6 @@ pub mod metrics;
 pub mod net;
 pub mod pki;
 pub mod sys;
+pub mod testutil;
 pub mod tunnel;
 pub mod wire;

@@ -5,23 +5,7 @@ use std::{
 
 use super::*;
 
-/// xorshift64*: deterministic, good enough for test tables.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn u128(&mut self) -> u128 {
-        (u128::from(self.next()) << 64) | u128::from(self.next())
-    }
-}
+use crate::testutil::XorShift as Rng;
 
 fn p(s: &str) -> Prefix {
     s.parse().unwrap()
@@ -174,7 +158,7 @@ fn probes(rng: &mut Rng, entries: &[(Prefix, u32)], n: usize) -> Vec<IpAddr> {
 #[test]
 fn matches_naive_on_random_tables() {
     for seed in 1..=6u64 {
-        let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        let mut rng = Rng::new(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15));
         let mut entries = random_table(&mut rng, false, 400);
         entries.extend(random_table(&mut rng, true, 400));
         entries.push((p("0.0.0.0/0"), 1000));
@@ -241,7 +225,7 @@ fn readers_never_see_a_torn_table() {
 
 #[test]
 fn batches_match_single_lookups() {
-    let mut rng = Rng(7);
+    let mut rng = Rng::new(7);
     let entries = random_table(&mut rng, false, 300);
     let t = Lpm::build(&entries).unwrap();
     let addrs = probes(&mut rng, &entries, 1003);

@@ -13,20 +13,7 @@ use crate::{
     wire::tunnel::{self, CloseCode, FrameType},
 };
 
-/// xorshift64*: small, seeded, good enough to pick chunk sizes.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
+use crate::testutil::XorShift as Rng;
 
 /// One direction of a TCP stream, with seeded short reads/writes.
 struct Pipe<'a> {
@@ -38,10 +25,10 @@ struct Pipe<'a> {
 
 impl io::Read for Pipe<'_> {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        if self.buf.is_empty() || self.rng.below(8) == 0 {
+        if self.buf.is_empty() || self.rng.below_usize(8) == 0 {
             return Err(io::ErrorKind::WouldBlock.into());
         }
-        let n = (1 + self.rng.below(3000))
+        let n = (1 + self.rng.below_usize(3000))
             .min(self.buf.len())
             .min(out.len());
         out[..n].copy_from_slice(&self.buf[..n]);
@@ -52,10 +39,10 @@ impl io::Read for Pipe<'_> {
 
 impl io::Write for Pipe<'_> {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        if self.stuck || self.rng.below(8) == 0 {
+        if self.stuck || self.rng.below_usize(8) == 0 {
             return Err(io::ErrorKind::WouldBlock.into());
         }
-        let n = (1 + self.rng.below(5000)).min(data.len());
+        let n = (1 + self.rng.below_usize(5000)).min(data.len());
         self.buf.extend_from_slice(&data[..n]);
         Ok(n)
     }
@@ -109,7 +96,7 @@ impl Pair {
             server: Session::new(s.into(), cfg("edge"), now),
             c2s: Vec::new(),
             s2c: Vec::new(),
-            rng: Rng(seed | 1),
+            rng: Rng::new(seed | 1),
             now,
             at_client: Vec::new(),
             at_server: Vec::new(),
@@ -187,7 +174,7 @@ impl Drop for Pair {
 }
 
 fn packet(rng: &mut Rng, i: usize) -> Vec<u8> {
-    let len = 20 + rng.below(1481);
+    let len = 20 + rng.below_usize(1481);
     (0..len).map(|j| (i * 31 + j) as u8).collect()
 }
 
@@ -214,11 +201,11 @@ fn packets_survive_random_chunking_both_ways() {
     for seed in [2, 3, 4, 5] {
         let mut p = Pair::new(seed);
         p.drive();
-        let mut rng = Rng(seed * 7 + 1);
+        let mut rng = Rng::new(seed * 7 + 1);
         let mut sent_c = Vec::new();
         let mut sent_s = Vec::new();
         for batch in 0..20 {
-            for i in 0..=rng.below(40) {
+            for i in 0..=rng.below_usize(40) {
                 let a = packet(&mut rng, batch * 100 + i);
                 p.client.send_packet(&a).unwrap();
                 sent_c.push(a);
@@ -345,7 +332,7 @@ fn raw_server_pair(seed: u64) -> (Session, rustls::ServerConnection, Rng, std::p
     (
         client,
         rustls::ServerConnection::new(sc).unwrap(),
-        Rng(seed),
+        Rng::new(seed),
         dir,
     )
 }
@@ -494,7 +481,7 @@ fn client_from_another_ca_is_refused() {
         cfg("edge"),
         now,
     );
-    let mut rng = Rng(5);
+    let mut rng = Rng::new(5);
     let (mut c2s, mut s2c) = (Vec::new(), Vec::new());
     for _ in 0..100 {
         let _ = client.handle_write(
