@@ -31,6 +31,9 @@ const PACKAGES: &[&str] = &[
     "tcpdump",
     "bpftool",
     "procps",
+    // Lab benchmark baselines.
+    "openvpn",
+    "wireguard-tools",
 ];
 
 const BPFFS: &str = "/sys/fs/bpf";
@@ -41,7 +44,31 @@ pub(crate) fn run() -> Result<()> {
     nightly()?;
     bpf_linker()?;
     cargo_fuzz()?;
+    boringtun()?;
     bpffs()?;
+    Ok(())
+}
+
+/// `boringtun-cli` (crates.io, userspace WireGuard): a lab benchmark
+/// baseline.
+fn boringtun() -> Result<()> {
+    let works = Command::new("boringtun-cli")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if works {
+        println!("setup: ok boringtun-cli");
+        return Ok(());
+    }
+    println!("setup: installing boringtun-cli (about a minute)");
+    let status = Command::new("cargo")
+        .args(["install", "--locked", "boringtun-cli"])
+        .status()
+        .context("cannot run cargo install")?;
+    if !status.success() {
+        bail!("cargo install boringtun-cli failed ({status})");
+    }
+    println!("setup: ok boringtun-cli");
     Ok(())
 }
 

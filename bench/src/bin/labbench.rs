@@ -242,7 +242,261 @@ fn run_cases(lab: &Lab, a: &Args, traffic: &[Traffic]) -> Result<Vec<Row>> {
         }
         s.stop_edge();
     }
+    // (d), (e) userspace tunnels between gw and edge, same traffic to the
+    // tunnelled server. Skipped (with a loud line) where the tool is
+    // missing, except under CI=true.
+    let pki = lab.dir().join("sluice");
+    for (case, tool) in [
+        ("boringtun", Tunnel::Boringtun),
+        ("OpenVPN UDP", Tunnel::OpenVpnUdp),
+        ("OpenVPN TCP", Tunnel::OpenVpnTcp),
+    ] {
+        if !tool.available() {
+            let msg = format!(
+                "labbench: SKIPPED {case}: {} is not installed (cargo xtask setup installs it)",
+                tool.program()
+            );
+            assert!(std::env::var("CI").as_deref() != Ok("true"), "{msg}");
+            eprintln!("{msg}");
+            continue;
+        }
+        let up = tool.start(lab, &pki)?;
+        let res = run(&mut rows, case, &tunnelled);
+        up.stop(lab);
+        res?;
+    }
     Ok(rows)
+}
+
+/// A userspace tunnel baseline: gw and edge joined by it, the client's
+/// traffic to the tunnelled server routed into it on gw, forwarded and
+/// masqueraded by edge.
+#[derive(Clone, Copy)]
+enum Tunnel {
+    Boringtun,
+    OpenVpnUdp,
+    OpenVpnTcp,
+}
+
+/// What `Tunnel::start` brought up.
+struct TunnelUp {
+    procs: Vec<sluice_lab::ProcId>,
+}
+
+const EDGE_NAT: &str = "table inet labbench_nat {\n  chain post {\n    type nat hook postrouting priority srcnat; policy accept;\n    oifname \"wan0\" ip saddr 192.0.2.0/24 masquerade\n  }\n}\n";
+
+impl Tunnel {
+    fn program(self) -> &'static str {
+        match self {
+            Tunnel::Boringtun => "boringtun-cli",
+            Tunnel::OpenVpnUdp | Tunnel::OpenVpnTcp => "openvpn",
+        }
+    }
+
+    fn available(self) -> bool {
+        let which = |p: &str| {
+            std::process::Command::new("sh")
+                .args(["-c", &format!("command -v {p}")])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        };
+        which(self.program()) && (!matches!(self, Tunnel::Boringtun) || which("wg"))
+    }
+
+    #[allow(
+        clippy::too_many_lines,
+        reason = "two tools' command lines, laid out one argument per line by rustfmt"
+    )]
+    fn start(self, lab: &Lab, pki: &Path) -> Result<TunnelUp> {
+        let pid = std::process::id() % 100_000;
+        let (gw_if, edge_if) = match self {
+            Tunnel::Boringtun => (format!("bt{pid}g"), format!("bt{pid}e")),
+            _ => (format!("ov{pid}g"), format!("ov{pid}e")),
+        };
+        let mut procs = Vec::new();
+        match self {
+            Tunnel::Boringtun => {
+                let dir = lab.dir().to_string_lossy().into_owned();
+                let keys = lab.run_ok(
+                    Host::Client,
+                    &["sh", "-c", &format!("cd {dir} && umask 077 && wg genkey > g.key && wg genkey > e.key && wg pubkey < g.key && wg pubkey < e.key")],
+                );
+                let mut k = keys.lines();
+                let (gpub, epub) = (
+                    k.next().context("wg pubkey")?.to_string(),
+                    k.next().context("wg pubkey")?.to_string(),
+                );
+                for (h, ifname) in [(Host::Gw, &gw_if), (Host::Edge, &edge_if)] {
+                    let id = lab.spawn_env(
+                        h,
+                        ifname,
+                        &[
+                            "boringtun-cli",
+                            ifname,
+                            "--foreground",
+                            "--disable-drop-privileges",
+                        ],
+                        &[("WG_LOG_LEVEL", "info")],
+                    );
+                    let sock = format!("/var/run/wireguard/{ifname}.sock");
+                    lab.wait_for(
+                        &format!("boringtun {ifname}"),
+                        Duration::from_secs(10),
+                        || Path::new(&sock).exists(),
+                    );
+                    procs.push(id);
+                }
+                let gkey = format!("{dir}/g.key");
+                let ekey = format!("{dir}/e.key");
+                lab.run_ok(
+                    Host::Gw,
+                    &[
+                        "wg",
+                        "set",
+                        &gw_if,
+                        "private-key",
+                        &gkey,
+                        "listen-port",
+                        "51820",
+                        "peer",
+                        &epub,
+                        "endpoint",
+                        "198.51.100.5:51820",
+                        "allowed-ips",
+                        "203.0.113.10/32",
+                    ],
+                );
+                lab.run_ok(
+                    Host::Edge,
+                    &[
+                        "wg",
+                        "set",
+                        &edge_if,
+                        "private-key",
+                        &ekey,
+                        "listen-port",
+                        "51820",
+                        "peer",
+                        &gpub,
+                        "allowed-ips",
+                        "192.0.2.0/24",
+                    ],
+                );
+                for (h, ifname, a) in [
+                    (Host::Gw, &gw_if, "198.18.0.1/30"),
+                    (Host::Edge, &edge_if, "198.18.0.2/30"),
+                ] {
+                    lab.run_ok(h, &["ip", "addr", "add", a, "dev", ifname]);
+                    lab.run_ok(h, &["ip", "link", "set", ifname, "mtu", "1420", "up"]);
+                }
+            }
+            Tunnel::OpenVpnUdp | Tunnel::OpenVpnTcp => {
+                let tcp = matches!(self, Tunnel::OpenVpnTcp);
+                let f = |n: &str| pki.join(n).to_string_lossy().into_owned();
+                let common = |ifname: &str| -> Vec<String> {
+                    [
+                        "--dev",
+                        ifname,
+                        "--dev-type",
+                        "tun",
+                        "--port",
+                        "1194",
+                        "--verb",
+                        "3",
+                        "--route-noexec",
+                        "--ping",
+                        "5",
+                        "--ca",
+                        &f("ca.pem"),
+                    ]
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect()
+                };
+                let mut edge_args = common(&edge_if);
+                edge_args.extend(
+                    [
+                        "--tls-server",
+                        "--dh",
+                        "none",
+                        "--cert",
+                        &f("edge.pem"),
+                        "--key",
+                        &f("edge.key"),
+                        "--ifconfig",
+                        "198.18.1.2",
+                        "198.18.1.1",
+                        "--proto",
+                        if tcp { "tcp-server" } else { "udp" },
+                    ]
+                    .iter()
+                    .map(ToString::to_string),
+                );
+                let mut gw_args = common(&gw_if);
+                gw_args.extend(
+                    [
+                        "--tls-client",
+                        "--cert",
+                        &f("branch-1.pem"),
+                        "--key",
+                        &f("branch-1.key"),
+                        "--ifconfig",
+                        "198.18.1.1",
+                        "198.18.1.2",
+                        "--remote",
+                        "198.51.100.5",
+                        "--nobind",
+                        "--proto",
+                        if tcp { "tcp-client" } else { "udp" },
+                    ]
+                    .iter()
+                    .map(ToString::to_string),
+                );
+                for (h, name, args) in [
+                    (
+                        Host::Edge,
+                        format!("openvpn-edge-{}", u8::from(tcp)),
+                        edge_args,
+                    ),
+                    (Host::Gw, format!("openvpn-gw-{}", u8::from(tcp)), gw_args),
+                ] {
+                    let mut argv = vec!["openvpn"];
+                    argv.extend(args.iter().map(String::as_str));
+                    procs.push(lab.spawn(h, &name, &argv));
+                }
+                let name = format!("openvpn-gw-{}", u8::from(tcp));
+                lab.wait_for("OpenVPN to connect", Duration::from_secs(20), || {
+                    lab.log(&name).contains("Initialization Sequence Completed")
+                });
+            }
+        }
+        lab.run_ok(
+            Host::Gw,
+            &["ip", "route", "add", "203.0.113.10/32", "dev", &gw_if],
+        );
+        lab.run_ok(
+            Host::Edge,
+            &["ip", "route", "add", "192.0.2.0/24", "dev", &edge_if],
+        );
+        let nat = lab.dir().join("edge-nat.nft");
+        std::fs::write(&nat, EDGE_NAT)?;
+        lab.run_ok(Host::Edge, &["nft", "-f", &nat.to_string_lossy()]);
+        Ok(TunnelUp { procs })
+    }
+}
+
+impl TunnelUp {
+    fn stop(self, lab: &Lab) {
+        for id in self.procs {
+            lab.stop(id);
+        }
+        let _ = lab.run(
+            Host::Edge,
+            &["nft", "delete", "table", "inet", "labbench_nat"],
+        );
+        let _ = lab.run(Host::Gw, &["ip", "route", "del", "203.0.113.10/32"]);
+        let _ = lab.run(Host::Edge, &["ip", "route", "del", "192.0.2.0/24"]);
+    }
 }
 
 fn find<'a>(rows: &'a [Row], case: &str, t: Traffic) -> Option<&'a Row> {
@@ -258,9 +512,9 @@ fn markdown(rows: &[Row], a: &Args) -> String {
     );
     let _ = writeln!(
         s,
-        "| case | traffic | Gbit/s | Mpps | CPU-s/GB | vs kernel | vs no-op XDP (same mode) |"
+        "| case | traffic | Gbit/s | Mpps | CPU-s/GB | vs kernel | vs no-op XDP (same mode) | vs best userspace tunnel |"
     );
-    let _ = writeln!(s, "| --- | --- | ---: | ---: | ---: | ---: | ---: |");
+    let _ = writeln!(s, "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |");
     for r in rows {
         let kernel = find(rows, "kernel, no XDP", r.traffic).map(|k| r.gbps / k.gbps);
         let noop_case = if r.case.contains("generic") {
@@ -273,17 +527,28 @@ fn markdown(rows: &[Row], a: &Args) -> String {
         } else {
             find(rows, noop_case, r.traffic).map(|k| r.gbps / k.gbps)
         };
+        let best_tunnel = ["boringtun", "OpenVPN UDP", "OpenVPN TCP"]
+            .iter()
+            .filter_map(|c| find(rows, c, r.traffic))
+            .map(|b| b.gbps)
+            .fold(None, |m: Option<f64>, g| Some(m.map_or(g, |m| m.max(g))));
+        let vs_tunnel = if r.case.starts_with("sluice tunnel") {
+            best_tunnel.map(|b| r.gbps / b)
+        } else {
+            None
+        };
         let f = |x: Option<f64>| x.map_or(String::new(), |v| format!("{v:.2}x"));
         let _ = writeln!(
             s,
-            "| {} | {} | {:.3} | {:.3} | {:.2} | {} | {} |",
+            "| {} | {} | {:.3} | {:.3} | {:.2} | {} | {} | {} |",
             r.case,
             r.traffic.name(),
             r.gbps,
             r.mpps,
             r.cpu_s_per_gb,
             f(kernel),
-            f(noop)
+            f(noop),
+            f(vs_tunnel)
         );
     }
     s
