@@ -26,27 +26,27 @@ fn naive(entries: &[(Prefix, u32)], addr: IpAddr) -> Option<u32> {
 fn edge_cases_v4() {
     let entries = [
         (p("0.0.0.0/0"), 1),
-        (p("10.0.0.0/8"), 2),
-        (p("10.1.2.0/24"), 3),
-        (p("10.1.2.128/25"), 4),
-        (p("10.1.2.200/32"), 5),
-        (p("10.1.3.0/24"), 6),
-        (p("10.1.3.0/24"), 7), // duplicate: the last one wins
+        (p("198.0.0.0/8"), 2),
+        (p("198.18.2.0/24"), 3),
+        (p("198.18.2.128/25"), 4),
+        (p("198.18.2.200/32"), 5),
+        (p("198.18.3.0/24"), 6),
+        (p("198.18.3.0/24"), 7), // duplicate: the last one wins
         (p("255.255.255.255/32"), 8),
     ];
     let t = Lpm::build(&entries).unwrap();
     let at = |s: &str| t.lookup(s.parse().unwrap());
     assert_eq!(at("1.2.3.4"), Some(1));
-    assert_eq!(at("10.200.0.1"), Some(2));
-    assert_eq!(at("10.1.2.0"), Some(3));
-    assert_eq!(at("10.1.2.127"), Some(3));
-    assert_eq!(at("10.1.2.128"), Some(4));
-    assert_eq!(at("10.1.2.199"), Some(4));
-    assert_eq!(at("10.1.2.200"), Some(5));
-    assert_eq!(at("10.1.2.201"), Some(4));
-    assert_eq!(at("10.1.2.255"), Some(4));
-    assert_eq!(at("10.1.1.255"), Some(2));
-    assert_eq!(at("10.1.3.1"), Some(7));
+    assert_eq!(at("198.200.0.1"), Some(2));
+    assert_eq!(at("198.18.2.0"), Some(3));
+    assert_eq!(at("198.18.2.127"), Some(3));
+    assert_eq!(at("198.18.2.128"), Some(4));
+    assert_eq!(at("198.18.2.199"), Some(4));
+    assert_eq!(at("198.18.2.200"), Some(5));
+    assert_eq!(at("198.18.2.201"), Some(4));
+    assert_eq!(at("198.18.2.255"), Some(4));
+    assert_eq!(at("198.18.1.255"), Some(2));
+    assert_eq!(at("198.18.3.1"), Some(7));
     assert_eq!(at("255.255.255.255"), Some(8));
     assert_eq!(at("255.255.255.254"), Some(1));
     // No IPv6 prefixes: no IPv6 match, and no IPv6 table.
@@ -179,8 +179,8 @@ fn readers_never_see_a_torn_table() {
     fn table(k: u32) -> Lpm<u32> {
         let entries = [
             (p("0.0.0.0/0"), k),
-            (p("10.0.0.0/8"), k),
-            (p("10.1.2.3/32"), k),
+            (p("198.0.0.0/8"), k),
+            (p("198.18.2.3/32"), k),
             (p("::/0"), k),
             (p("2001:db8::/32"), k),
         ];
@@ -188,7 +188,7 @@ fn readers_never_see_a_torn_table() {
     }
     let swap = Swap::new(table(0));
     let done = AtomicBool::new(false);
-    let probes: Vec<IpAddr> = ["1.1.1.1", "10.9.9.9", "10.1.2.3", "::1", "2001:db8::5"]
+    let probes: Vec<IpAddr> = ["1.1.1.1", "198.9.9.9", "198.18.2.3", "::1", "2001:db8::5"]
         .iter()
         .map(|s| s.parse().unwrap())
         .collect();
