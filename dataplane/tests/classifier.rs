@@ -9,7 +9,6 @@
 //!
 //! Addresses are documentation ranges only (see `lab-network.md`).
 use std::{
-    io::Write as _,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     os::fd::AsFd as _,
 };
@@ -769,28 +768,6 @@ fn fixtures() -> Vec<Fixture> {
 // ---------------------------------------------------------------------------
 // Running them.
 
-/// Privileged-test guard: true when root. Otherwise panics under `CI=true`
-/// (a green CI must mean the kernel path ran) or prints a loud skip notice.
-fn require_root(test: &str) -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "{test}: needs root (BPF_PROG_TEST_RUN), and CI=true forbids skipping"
-    );
-    // Straight to the stderr handle: `eprintln!` would be captured by the
-    // test harness and the skip would go unseen.
-    let _ = writeln!(
-        std::io::stderr(),
-        "\n********************************************************************\n\
-         SKIPPED {test} (needs root: it loads the XDP classifier).\n\
-         ********************************************************************"
-    );
-    false
-}
-
 fn prefixes(list: &[&str]) -> Vec<Prefix> {
     list.iter().map(|p| p.parse().unwrap()).collect()
 }
@@ -852,7 +829,7 @@ fn describe(delta: &[u64]) -> String {
 
 #[test]
 fn verdict_fixtures() {
-    if !require_root("verdict_fixtures") {
+    if !sluice_lab::require_root("verdict_fixtures") {
         return;
     }
     let c = lab_classifier();
@@ -932,7 +909,7 @@ fn accepted_fixtures_are_well_formed() {
 /// insists on before the first read) cannot be driven from here.
 #[test]
 fn test_run_refuses_runts() {
-    if !require_root("test_run_refuses_runts") {
+    if !sluice_lab::require_root("test_run_refuses_runts") {
         return;
     }
     let c = lab_classifier();
@@ -948,7 +925,7 @@ fn test_run_refuses_runts() {
 
 #[test]
 fn bypass_replacement_keeps_other_sources() {
-    if !require_root("bypass_replacement_keeps_other_sources") {
+    if !sluice_lab::require_root("bypass_replacement_keeps_other_sources") {
         return;
     }
     let mut c = lab_classifier();
@@ -1002,7 +979,7 @@ fn bypass_replacement_keeps_other_sources() {
 
 #[test]
 fn local_addrs_replacement() {
-    if !require_root("local_addrs_replacement") {
+    if !sluice_lab::require_root("local_addrs_replacement") {
         return;
     }
     let mut c = lab_classifier();
@@ -1033,7 +1010,7 @@ fn local_addrs_replacement() {
 
 #[test]
 fn register_socket_checks_queue_and_socket_type() {
-    if !require_root("register_socket_checks_queue_and_socket_type") {
+    if !sluice_lab::require_root("register_socket_checks_queue_and_socket_type") {
         return;
     }
     let mut c = lab_classifier();
@@ -1060,7 +1037,7 @@ fn register_socket_checks_queue_and_socket_type() {
 /// the thread ends, whatever happens.
 #[test]
 fn attaches_natively_to_veth() {
-    if !require_root("attaches_natively_to_veth") {
+    if !sluice_lab::require_root("attaches_natively_to_veth") {
         return;
     }
     std::thread::spawn(|| {

@@ -12,7 +12,6 @@
 
 use std::{
     collections::HashSet,
-    io::Write as _,
     os::fd::{AsFd as _, AsRawFd as _},
     time::{Duration, Instant},
 };
@@ -27,24 +26,6 @@ const MAC_B: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0b];
 const FRAMES: u32 = 1000;
 /// Whole-test time bound.
 const DEADLINE: Duration = Duration::from_secs(20);
-
-/// Whether we may run: root. Otherwise skip loudly, or fail under CI.
-fn privileged(test: &str) -> bool {
-    // SAFETY: no arguments, no memory.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "{test}: needs root, and CI=true forbids skipping"
-    );
-    // Straight to stderr: `eprintln!` would be captured by the harness.
-    let _ = writeln!(
-        std::io::stderr(),
-        "\n*** {test}: SKIPPED (needs root) ***\n"
-    );
-    false
-}
 
 /// Frame `seq`: `dst`, `src`, our ethertype, `seq` (big endian), then a
 /// pattern; 60 to 1514 bytes long depending on `seq`.
@@ -78,7 +59,7 @@ fn check(f: &[u8], dst: [u8; 6], src: [u8; 6], seen: &mut HashSet<u32>) -> bool 
 
 #[test]
 fn tx_ring_reaches_the_peer() {
-    if !privileged("tx_ring_reaches_the_peer") {
+    if !sluice_lab::require_root("tx_ring_reaches_the_peer") {
         return;
     }
     let ns = lab::Netns::with_veth();
@@ -146,7 +127,7 @@ fn tx_ring_reaches_the_peer() {
 
 #[test]
 fn rx_ring_gets_redirected_frames() {
-    if !privileged("rx_ring_gets_redirected_frames") {
+    if !sluice_lab::require_root("rx_ring_gets_redirected_frames") {
         return;
     }
     let ns = lab::Netns::with_veth();
@@ -206,7 +187,7 @@ fn rx_ring_gets_redirected_frames() {
 
 #[test]
 fn setup_errors_name_the_step() {
-    if !privileged("setup_errors_name_the_step") {
+    if !sluice_lab::require_root("setup_errors_name_the_step") {
         return;
     }
     let ns = lab::Netns::with_veth();

@@ -76,7 +76,7 @@ pub fn require_root(test: &str) -> bool {
     let _ = writeln!(
         std::io::stderr(),
         "\n********************************************************************\n\
-         SKIPPED {test} (needs root: it builds network namespaces).\n\
+         SKIPPED {test} (needs root: namespaces, XDP, AF_XDP or BPF_PROG_TEST_RUN).\n\
          Run as root, e.g. `sudo -E cargo xtask test`.\n\
          ********************************************************************\n"
     );
