@@ -6,7 +6,11 @@
 //! panic). Under `CI=true` a test that cannot run as root fails.
 use std::{net::SocketAddr, os::unix::fs::MetadataExt as _, path::Path, time::Duration};
 
-use sluice_lab::{Host, Lab, addr, counter, deploy::Sluice, require_root};
+use sluice_lab::{
+    Host, Lab, addr, counter,
+    deploy::{Sluice, metrics_text, sum},
+    require_root,
+};
 
 const HTTP: u16 = 8080;
 const UDP: u16 = 9000;
@@ -30,12 +34,17 @@ fn url(ip: impl Into<std::net::IpAddr>, path: &str) -> String {
 }
 
 fn curl(lab: &Lab, args: &[&str]) -> String {
+    curl_in(lab, Host::Client, args)
+}
+
+/// `curl --fail` from `h`; panics with both sluice logs if it fails.
+fn curl_in(lab: &Lab, h: Host, args: &[&str]) -> String {
     let mut cmd = vec!["curl", "-sS", "--fail", "--max-time", "10"];
     cmd.extend_from_slice(args);
-    let out = lab.run(Host::Client, &cmd);
+    let out = lab.run(h, &cmd);
     assert!(
         out.status.success(),
-        "{cmd:?} failed: {}\n{}",
+        "{cmd:?} from {h} failed: {}\n{}",
         String::from_utf8_lossy(&out.stderr),
         logs(lab)
     );
@@ -45,7 +54,7 @@ fn curl(lab: &Lab, args: &[&str]) -> String {
 /// Logs and metrics of both sluice processes, for failure messages.
 fn logs(lab: &Lab) -> String {
     let metrics = |h: Host, url: &str| {
-        String::from_utf8_lossy(&lab.run(h, &["curl", "-sS", "--max-time", "2", url]).stdout)
+        metrics_text(lab, h, url)
             .lines()
             .filter(|l| !l.starts_with('#') && !l.ends_with(" 0"))
             .collect::<Vec<_>>()
@@ -468,72 +477,32 @@ fn one_edge_serves_several_gateways_at_once() {
     let mut s = setup(&lab);
     s.start_second_gateway();
     let edge = s.edge_metrics();
-    assert_eq!(
-        sluice_lab::deploy::sum(&edge, "sluice_edge_conns_active", ""),
-        2,
-        "{edge}"
-    );
+    assert_eq!(sum(&edge, "sluice_edge_conns_active", ""), 2, "{edge}");
     // Both branches at the same time: each reply must find its own tunnel.
-    let lab_ref = &lab;
-    let fetch = move |h: Host| {
-        let u = url(addr::TUNNELLED_V4, "/bytes/2000000");
-        lab_ref.run(
+    let big = url(addr::TUNNELLED_V4, "/bytes/2000000");
+    let fetch = |h: Host| {
+        curl_in(
+            &lab,
             h,
-            &[
-                "curl",
-                "-sS",
-                "--fail",
-                "--max-time",
-                "20",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{size_download}",
-                &u,
-            ],
+            &["-o", "/dev/null", "-w", "%{size_download}", &big],
         )
     };
-    let (a, b) = std::thread::scope(|sc| {
-        let a = sc.spawn(move || fetch(Host::Client));
-        let b = sc.spawn(move || fetch(Host::Client2));
-        (a.join().unwrap(), b.join().unwrap())
+    let (first, second) = std::thread::scope(|sc| {
+        let first = sc.spawn(|| fetch(Host::Client));
+        let second = sc.spawn(|| fetch(Host::Client2));
+        (first.join().unwrap(), second.join().unwrap())
     });
-    for (who, out) in [("client", a), ("client2", b)] {
-        assert!(out.status.success(), "{who}: {out:?}\n{}", logs(&lab));
-        assert_eq!(String::from_utf8_lossy(&out.stdout), "2000000", "{who}");
-    }
-    for (h, v4, v6) in [(Host::Client, true, true), (Host::Client2, true, true)] {
-        if v4 {
-            let seen = lab.run_ok(
-                h,
-                &[
-                    "curl",
-                    "-sS",
-                    "--max-time",
-                    "10",
-                    &url(addr::TUNNELLED_V4, "/whoami"),
-                ],
-            );
-            assert_eq!(seen.trim(), "198.51.100.5", "{h} v4 via the edge");
-        }
-        if v6 {
-            let seen = lab.run_ok(
-                h,
-                &[
-                    "curl",
-                    "-sS",
-                    "--max-time",
-                    "10",
-                    &url(addr::TUNNELLED_V6, "/whoami"),
-                ],
-            );
-            assert_eq!(seen.trim(), "2001:db8:3::5", "{h} v6 via the edge");
-        }
+    assert_eq!((first.as_str(), second.as_str()), ("2000000", "2000000"));
+    for h in [Host::Client, Host::Client2] {
+        let seen = curl_in(&lab, h, &[&url(addr::TUNNELLED_V4, "/whoami")]);
+        assert_eq!(seen.trim(), "198.51.100.5", "{h} v4 via the edge");
+        let seen = curl_in(&lab, h, &[&url(addr::TUNNELLED_V6, "/whoami")]);
+        assert_eq!(seen.trim(), "2001:db8:3::5", "{h} v6 via the edge");
     }
     // Each gateway carried its own branch's traffic.
     for (h, log) in [(Host::Gw, "gateway"), (Host::Gw2, "gateway2")] {
-        let m = s.metrics(h, sluice_lab::deploy::GATEWAY_METRICS);
-        let rx = sluice_lab::deploy::sum(&m, "sluice_gateway_tunnel_rx_bytes_total", "");
+        let m = metrics_text(&lab, h, sluice_lab::deploy::GATEWAY_METRICS);
+        let rx = sum(&m, "sluice_gateway_tunnel_rx_bytes_total", "");
         assert!(
             rx > 2_000_000,
             "{log} returned only {rx} bytes\n{}",

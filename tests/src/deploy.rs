@@ -134,18 +134,7 @@ impl<'a> Sluice<'a> {
     /// # Panics
     /// If the tunnel is not up within 15 s (the message has the logs).
     pub fn start_gateway(&mut self) {
-        let cfg = self
-            .conf
-            .join("gateway.toml")
-            .to_string_lossy()
-            .into_owned();
-        let bin = self.bin.to_string_lossy().into_owned();
-        let id = self.lab.spawn_env(
-            Host::Gw,
-            "gateway",
-            &[&bin, "gateway", "--config", &cfg],
-            &[("RUST_LOG", "info")],
-        );
+        let id = self.spawn_gateway(Host::Gw, "gateway", "gateway.toml");
         self.gateway = Some(id);
         self.wait_tunnel(true, Duration::from_secs(15));
     }
@@ -155,46 +144,35 @@ impl<'a> Sluice<'a> {
     /// tunnel is up.
     ///
     /// # Panics
-    /// If its tunnel is not up within 15 s (the message has its log).
+    /// If its tunnel is not up within 15 s (the message has the logs).
     pub fn start_second_gateway(&mut self) -> ProcId {
-        let cfg = self.conf.join("gateway2.toml");
         let text = std::fs::read_to_string(self.conf.join("gateway.toml")).expect("gateway.toml");
         let text = text
             .replace("name = \"branch-1\"", "name = \"branch-2\"")
             .replace("branch-1.pem", "branch-2.pem")
             .replace("branch-1.key", "branch-2.key");
-        std::fs::write(&cfg, text).expect("writing gateway2.toml");
-        let (cfg, bin) = (
-            cfg.to_string_lossy().into_owned(),
-            self.bin.to_string_lossy().into_owned(),
-        );
-        let id = self.lab.spawn_env(
+        std::fs::write(self.conf.join("gateway2.toml"), text).expect("writing gateway2.toml");
+        let id = self.spawn_gateway(Host::Gw2, "gateway2", "gateway2.toml");
+        self.wait_gateway(
             Host::Gw2,
+            Some(id),
             "gateway2",
-            &[&bin, "gateway", "--config", &cfg],
-            &[("RUST_LOG", "info")],
-        );
-        self.lab.wait_for(
-            "the second gateway's tunnel to come up",
+            true,
             Duration::from_secs(15),
-            || {
-                assert!(
-                    self.lab.is_running(id),
-                    "second gateway exited:\n{}",
-                    self.lab.log("gateway2")
-                );
-                let m = self.metrics(Host::Gw2, GATEWAY_METRICS);
-                let ups = samples(&m, "sluice_gateway_tunnel_up");
-                !ups.is_empty() && ups.iter().all(|(_, v)| *v == 1)
-            },
         );
         id
     }
 
-    /// Metrics text served at `url` inside `h` (empty if nothing answers).
-    pub fn metrics(&self, h: Host, url: &str) -> String {
-        let out = self.lab.run(h, &["curl", "-sS", "--max-time", "2", url]);
-        String::from_utf8_lossy(&out.stdout).into_owned()
+    /// `sluice gateway --config <conf>/<file>` in `h`, logging to `<name>.log`.
+    fn spawn_gateway(&self, h: Host, name: &str, file: &str) -> ProcId {
+        let cfg = self.conf.join(file).to_string_lossy().into_owned();
+        let bin = self.bin.to_string_lossy().into_owned();
+        self.lab.spawn_env(
+            h,
+            name,
+            &[&bin, "gateway", "--config", &cfg],
+            &[("RUST_LOG", "info")],
+        )
     }
 
     /// Waits until every gateway worker reports its tunnel up (or down).
@@ -202,45 +180,41 @@ impl<'a> Sluice<'a> {
     /// # Panics
     /// On timeout, with both logs.
     pub fn wait_tunnel(&self, up: bool, timeout: Duration) {
-        let what = if up {
-            "the gateway's tunnel to come up"
-        } else {
-            "the gateway's tunnel to go down"
-        };
-        self.lab.wait_for(what, timeout, || {
-            if let Some(id) = self.gateway {
+        self.wait_gateway(Host::Gw, self.gateway, "gateway", up, timeout);
+    }
+
+    /// Waits until every worker of the gateway in `h` (process `id`, log
+    /// `log`) reports its tunnel up (or down).
+    fn wait_gateway(&self, h: Host, id: Option<ProcId>, log: &str, up: bool, timeout: Duration) {
+        let what = format!(
+            "the tunnel of {log} to go {}",
+            if up { "up" } else { "down" }
+        );
+        self.lab.wait_for(&what, timeout, || {
+            if let Some(id) = id {
                 assert!(
                     self.lab.is_running(id),
-                    "sluice gateway exited:\n{}\n--- edge log ---\n{}",
-                    self.lab.log("gateway"),
+                    "sluice {log} exited:\n{}\n--- edge log ---\n{}",
+                    self.lab.log(log),
                     self.lab.log("edge")
                 );
             }
-            let m = self.gateway_metrics();
-            let ups: Vec<u64> = samples(&m, "sluice_gateway_tunnel_up")
-                .into_iter()
-                .map(|(_, v)| v)
-                .collect();
-            !ups.is_empty() && ups.iter().all(|&v| v == u64::from(up))
+            let ups = samples(
+                &metrics_text(self.lab, h, GATEWAY_METRICS),
+                "sluice_gateway_tunnel_up",
+            );
+            !ups.is_empty() && ups.iter().all(|&(_, v)| v == u64::from(up))
         });
     }
 
     /// The gateway's metrics text (empty if it does not answer).
     pub fn gateway_metrics(&self) -> String {
-        let out = self.lab.run(
-            Host::Gw,
-            &["curl", "-sS", "--max-time", "2", GATEWAY_METRICS],
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        metrics_text(self.lab, Host::Gw, GATEWAY_METRICS)
     }
 
     /// The edge's metrics text (empty if it does not answer).
     pub fn edge_metrics(&self) -> String {
-        let out = self.lab.run(
-            Host::Edge,
-            &["curl", "-sS", "--max-time", "2", EDGE_METRICS],
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        metrics_text(self.lab, Host::Edge, EDGE_METRICS)
     }
 
     /// Sum of a gateway metric over all its label sets that contain
@@ -253,6 +227,12 @@ impl<'a> Sluice<'a> {
     pub fn edge_metric(&self, name: &str, label: &str) -> u64 {
         sum(&self.edge_metrics(), name, label)
     }
+}
+
+/// The metrics text served at `url` inside `h` (empty if nothing answers).
+pub fn metrics_text(lab: &Lab, h: Host, url: &str) -> String {
+    let out = lab.run(h, &["curl", "-sS", "--max-time", "2", url]);
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// `(labels, value)` of every sample of metric `name` in Prometheus text.
