@@ -338,7 +338,7 @@ impl Worker {
         let was_established = sess.is_established();
         let res = sess.handle_read(sock, now);
         let t = &mut self.tally;
-        self.xsk.complete();
+        // `tx` reaps the completion ring before reserving frames.
         let mut tx = self.xsk.tx(TX_BATCH);
         while let Some(p) = sess.poll_packet() {
             let Ok(pkt) = ip::Packet::new_checked(p) else {
@@ -355,7 +355,6 @@ impl Worker {
                 if let Err(e) = tx.commit() {
                     log::debug!("queue {}: TX wakeup: {e}", self.queue);
                 }
-                self.xsk.complete();
                 tx = self.xsk.tx(TX_BATCH);
             }
             let Some(mut frame) = tx.next_frame() else {

@@ -425,14 +425,15 @@ impl Session {
         if self.tx_plain.is_empty() {
             return;
         }
+        // Counted only when TLS took something: a refused write (buffer
+        // limit) is not a batch.
         match self.tls.writer().write(&self.tx_plain) {
-            Ok(n) if n == self.tx_plain.len() => self.tx_plain.clear(),
+            Ok(0) | Err(_) => {}
             Ok(n) => {
                 self.tx_plain.drain(..n);
+                self.stats.tx_batches += 1;
             }
-            Err(_) => {}
         }
-        self.stats.tx_batches += 1;
     }
 
     /// True while there are TLS bytes to write to the socket.
