@@ -294,12 +294,6 @@ impl Classifier {
     /// Checks that every map exists with the layout user space expects, so
     /// that a kernel/user mismatch fails at load time.
     fn check_maps(&self) -> Result<(), EbpfError> {
-        let layout = |name| {
-            move |source: MapError| EbpfError::MapLayout {
-                name,
-                source: Box::new(source),
-            }
-        };
         LpmTrie::<_, Ipv4Key, BypassEntry>::try_from(self.map(map_names::BYPASS_V4)?)
             .map_err(layout(map_names::BYPASS_V4))?;
         LpmTrie::<_, Ipv6Key, BypassEntry>::try_from(self.map(map_names::BYPASS_V6)?)
@@ -312,13 +306,10 @@ impl Classifier {
         let stats = PerCpuArray::<_, u64>::try_from(self.map(map_names::STATS)?)
             .map_err(layout(map_names::STATS))?;
         if stats.len() != Counter::COUNT {
-            return Err(EbpfError::MapLayout {
-                name: map_names::STATS,
-                source: Box::new(MapError::OutOfBounds {
-                    index: Counter::COUNT,
-                    max_entries: stats.len(),
-                }),
-            });
+            return Err(layout(map_names::STATS)(MapError::OutOfBounds {
+                index: Counter::COUNT,
+                max_entries: stats.len(),
+            }));
         }
         Ok(())
     }
@@ -353,20 +344,12 @@ impl Classifier {
             reserved: 0,
         };
         let name = map_names::BYPASS_V4;
-        let mut trie = LpmTrie::<_, Ipv4Key, BypassEntry>::try_from(self.map_mut(name)?).map_err(
-            |source| EbpfError::MapLayout {
-                name,
-                source: source.into(),
-            },
-        )?;
+        let mut trie = LpmTrie::<_, Ipv4Key, BypassEntry>::try_from(self.map_mut(name)?)
+            .map_err(layout(name))?;
         sync_lpm(&mut trie, name, &v4, value)?;
         let name = map_names::BYPASS_V6;
-        let mut trie = LpmTrie::<_, Ipv6Key, BypassEntry>::try_from(self.map_mut(name)?).map_err(
-            |source| EbpfError::MapLayout {
-                name,
-                source: source.into(),
-            },
-        )?;
+        let mut trie = LpmTrie::<_, Ipv6Key, BypassEntry>::try_from(self.map_mut(name)?)
+            .map_err(layout(name))?;
         sync_lpm(&mut trie, name, &v6, value)
     }
 
@@ -385,12 +368,7 @@ impl Classifier {
         to_prefix: fn(Key<K>) -> Prefix,
         out: &mut Vec<(Prefix, BypassEntry)>,
     ) -> Result<(), EbpfError> {
-        let trie = LpmTrie::<_, K, BypassEntry>::try_from(self.map(name)?).map_err(|source| {
-            EbpfError::MapLayout {
-                name,
-                source: source.into(),
-            }
-        })?;
+        let trie = LpmTrie::<_, K, BypassEntry>::try_from(self.map(name)?).map_err(layout(name))?;
         for item in &trie {
             let (key, value) = item.map_err(|source| EbpfError::MapRead {
                 name,
@@ -415,26 +393,12 @@ impl Classifier {
         }
         let name = map_names::LOCAL_V4;
         let mut map =
-            HashMap::<_, Ipv4Key, u32>::try_from(self.map_mut(name)?).map_err(|source| {
-                EbpfError::MapLayout {
-                    name,
-                    source: source.into(),
-                }
-            })?;
-        sync_hash(&mut map, name, &v4, |k| {
-            std::net::Ipv4Addr::from(*k).to_string()
-        })?;
+            HashMap::<_, Ipv4Key, u32>::try_from(self.map_mut(name)?).map_err(layout(name))?;
+        sync_hash(&mut map, name, &v4)?;
         let name = map_names::LOCAL_V6;
         let mut map =
-            HashMap::<_, Ipv6Key, u32>::try_from(self.map_mut(name)?).map_err(|source| {
-                EbpfError::MapLayout {
-                    name,
-                    source: source.into(),
-                }
-            })?;
-        sync_hash(&mut map, name, &v6, |k| {
-            std::net::Ipv6Addr::from(*k).to_string()
-        })
+            HashMap::<_, Ipv6Key, u32>::try_from(self.map_mut(name)?).map_err(layout(name))?;
+        sync_hash(&mut map, name, &v6)
     }
 
     /// Makes the `AF_XDP` socket `fd` the target for frames tunnelled from RX
@@ -445,11 +409,7 @@ impl Classifier {
             return Err(EbpfError::QueueOutOfRange { queue });
         }
         let name = map_names::XSKS;
-        let mut map =
-            XskMap::try_from(self.map_mut(name)?).map_err(|source| EbpfError::MapLayout {
-                name,
-                source: source.into(),
-            })?;
+        let mut map = XskMap::try_from(self.map_mut(name)?).map_err(layout(name))?;
         map.set(queue, fd, 0)
             .map_err(|source| EbpfError::MapUpdate {
                 name,
@@ -467,11 +427,7 @@ impl Classifier {
             return Err(EbpfError::QueueOutOfRange { queue });
         }
         let name = map_names::XSKS;
-        let mut map =
-            XskMap::try_from(self.map_mut(name)?).map_err(|source| EbpfError::MapLayout {
-                name,
-                source: source.into(),
-            })?;
+        let mut map = XskMap::try_from(self.map_mut(name)?).map_err(layout(name))?;
         match map.unset(queue) {
             Ok(()) => Ok(()),
             Err(source) if is_not_found(&source) => Ok(()),
@@ -652,12 +608,7 @@ impl Classifier {
     /// The counters, indexed by [`Counter::index`], summed over CPUs.
     pub fn counters(&self) -> Result<[u64; Counter::COUNT as usize], EbpfError> {
         let name = map_names::STATS;
-        let stats = PerCpuArray::<_, u64>::try_from(self.map(name)?).map_err(|source| {
-            EbpfError::MapLayout {
-                name,
-                source: source.into(),
-            }
-        })?;
+        let stats = PerCpuArray::<_, u64>::try_from(self.map(name)?).map_err(layout(name))?;
         let mut out = [0; Counter::COUNT as usize];
         for (counter, slot) in Counter::ALL.iter().zip(out.iter_mut()) {
             let per_cpu = stats
@@ -861,12 +812,24 @@ where
 
 /// Makes the keys of `map` exactly `wanted` (values 1): inserts every
 /// wanted key, then removes the others.
-fn sync_hash<K: Pod + Eq + Hash>(
+/// The error for a map whose type or layout is not what this code expects.
+fn layout(name: &'static str) -> impl FnOnce(MapError) -> EbpfError {
+    move |source| EbpfError::MapLayout {
+        name,
+        source: source.into(),
+    }
+}
+
+fn sync_hash<K>(
     map: &mut HashMap<&mut MapData, K, u32>,
     name: &'static str,
     wanted: &[K],
-    describe: impl Fn(&K) -> String,
-) -> Result<(), EbpfError> {
+) -> Result<(), EbpfError>
+where
+    K: Pod + Eq + Hash,
+    IpAddr: From<K>,
+{
+    let describe = |k: &K| IpAddr::from(*k).to_string();
     let present = map
         .keys()
         .collect::<Result<Vec<K>, _>>()
