@@ -154,7 +154,10 @@ mod tests {
         let _ = s.write_all(big.as_bytes());
         drop(s);
         let ok = get(addr, "GET /metrics HTTP/1.1\r\n\r\n");
-        assert!(ok.starts_with("HTTP/1.1 200"), "after an oversized head: {ok}");
+        assert!(
+            ok.starts_with("HTTP/1.1 200"),
+            "after an oversized head: {ok}"
+        );
         stop.store(true, Ordering::Relaxed);
         h.join().unwrap();
     }
