@@ -18,11 +18,14 @@
 //! - `tunnel_decrypt/raw_open/<size>`: copy each record's ciphertext into a
 //!   scratch buffer and open it in place (records sealed once up front).
 //!
+//! - `raw_seal_ring` / `raw_open_ring`: the same with ring's AEAD, to
+//!   choose the provider by measurement (the session uses aws-lc-rs).
+//!
 //! Throughput is the IP packet bytes of a batch in every case, so the
 //! session/raw ratio of throughputs is the ratio of costs.
 use std::{hint::black_box, time::Instant};
 
-use aws_lc_rs::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey};
+use aws_lc_rs::aead;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use rustls::CipherSuite;
 use sluice::tunnel::Session;
@@ -91,11 +94,7 @@ fn record_lengths(wire: &[u8], tag_len: usize) -> Vec<usize> {
 
 /// The AEAD rustls negotiated, as an aws-lc-rs algorithm.
 fn negotiated_aead(s: &Session) -> &'static aead::Algorithm {
-    let suite = s
-        .tls()
-        .negotiated_cipher_suite()
-        .expect("handshake done")
-        .suite();
+    let suite = s.cipher_suite().expect("handshake done").suite();
     match suite {
         CipherSuite::TLS13_AES_256_GCM_SHA384 => &aead::AES_256_GCM,
         CipherSuite::TLS13_AES_128_GCM_SHA256 => &aead::AES_128_GCM,
@@ -104,45 +103,123 @@ fn negotiated_aead(s: &Session) -> &'static aead::Algorithm {
     }
 }
 
+/// The two AEAD implementations compared. Same API shape in both crates.
+#[derive(Clone, Copy, Debug)]
+enum Provider {
+    AwsLc,
+    Ring,
+}
+
+/// A key of either provider (one per bench: size does not matter).
+#[allow(clippy::large_enum_variant, reason = "one value per bench")]
+enum Key {
+    AwsLc(aead::LessSafeKey),
+    Ring(ring::aead::LessSafeKey),
+}
+
 /// A raw TLS 1.3-style record protector: key, static IV, sequence number.
 struct RawAead {
-    key: LessSafeKey,
+    key: Key,
     iv: [u8; 12],
 }
 
 impl RawAead {
-    fn new(alg: &'static aead::Algorithm) -> Self {
+    fn new(alg: &'static aead::Algorithm, provider: Provider) -> Self {
         let key_bytes: Vec<u8> = (0..alg.key_len()).map(|i| i as u8 ^ 0x5a).collect();
+        let key = match provider {
+            Provider::AwsLc => Key::AwsLc(aead::LessSafeKey::new(
+                aead::UnboundKey::new(alg, &key_bytes).expect("key"),
+            )),
+            Provider::Ring => {
+                let ring_alg = if alg == &aead::AES_256_GCM {
+                    &ring::aead::AES_256_GCM
+                } else if alg == &aead::AES_128_GCM {
+                    &ring::aead::AES_128_GCM
+                } else {
+                    &ring::aead::CHACHA20_POLY1305
+                };
+                Key::Ring(ring::aead::LessSafeKey::new(
+                    ring::aead::UnboundKey::new(ring_alg, &key_bytes).expect("key"),
+                ))
+            }
+        };
         Self {
-            key: LessSafeKey::new(UnboundKey::new(alg, &key_bytes).expect("key")),
+            key,
             iv: [0x3c; 12],
         }
     }
 
-    fn nonce(&self, seq: u64) -> Nonce {
+    fn nonce(&self, seq: u64) -> [u8; 12] {
         let mut n = self.iv;
         for (b, s) in n[4..].iter_mut().zip(seq.to_be_bytes()) {
             *b ^= s;
         }
-        Nonce::assume_unique_for_key(n)
+        n
     }
 
     /// Appends one sealed record of `plain` (+ content type) to `out`.
     fn seal_record(&self, seq: u64, plain: &[u8], out: &mut Vec<u8>) {
-        let tag_len = self.key.algorithm().tag_len();
-        let len = plain.len() + 1 + tag_len;
+        let len = plain.len() + 1 + 16;
         let header = [0x17, 3, 3, (len >> 8) as u8, len as u8];
         out.extend_from_slice(&header);
         let start = out.len();
         out.extend_from_slice(plain);
         out.push(0x17);
-        let tag = self
-            .key
-            .seal_in_place_separate_tag(self.nonce(seq), Aad::from(header), &mut out[start..])
-            .expect("seal");
-        out.extend_from_slice(tag.as_ref());
+        let n = self.nonce(seq);
+        match &self.key {
+            Key::AwsLc(k) => {
+                let tag = k
+                    .seal_in_place_separate_tag(
+                        aead::Nonce::assume_unique_for_key(n),
+                        aead::Aad::from(header),
+                        &mut out[start..],
+                    )
+                    .expect("seal");
+                out.extend_from_slice(tag.as_ref());
+            }
+            Key::Ring(k) => {
+                let tag = k
+                    .seal_in_place_separate_tag(
+                        ring::aead::Nonce::assume_unique_for_key(n),
+                        ring::aead::Aad::from(header),
+                        &mut out[start..],
+                    )
+                    .expect("seal");
+                out.extend_from_slice(tag.as_ref());
+            }
+        }
+    }
+
+    /// Opens `body` (ciphertext and tag) in place; returns the plaintext
+    /// length (content type included).
+    fn open(&self, seq: u64, header: [u8; RECORD_HEADER], body: &mut [u8]) -> usize {
+        let n = self.nonce(seq);
+        match &self.key {
+            Key::AwsLc(k) => k
+                .open_in_place(
+                    aead::Nonce::assume_unique_for_key(n),
+                    aead::Aad::from(header),
+                    body,
+                )
+                .expect("open")
+                .len(),
+            Key::Ring(k) => k
+                .open_in_place(
+                    ring::aead::Nonce::assume_unique_for_key(n),
+                    ring::aead::Aad::from(header),
+                    body,
+                )
+                .expect("open")
+                .len(),
+        }
     }
 }
+
+/// Bench names of the raw baselines per provider.
+const PROVIDERS: [(Provider, &str, &str); 2] = [
+    (Provider::AwsLc, "raw_seal", "raw_open"),
+    (Provider::Ring, "raw_seal_ring", "raw_open_ring"),
+];
 
 fn bench_encrypt(c: &mut Criterion, pki: &Pki) {
     let mut g = c.benchmark_group("tunnel_encrypt");
@@ -169,23 +246,25 @@ fn bench_encrypt(c: &mut Criterion, pki: &Pki) {
             });
         });
 
-        let raw = RawAead::new(alg);
         let total: usize = records.iter().sum();
         let plain: Vec<u8> = packet.iter().copied().cycle().take(total).collect();
-        let mut seq = 0u64;
-        g.bench_function(format!("raw_seal/{size}"), |b| {
-            b.iter(|| {
-                sink.clear();
-                let mut rest = black_box(&plain[..]);
-                for &len in &records {
-                    let (rec, tail) = rest.split_at(len - 1);
-                    raw.seal_record(seq, rec, &mut sink);
-                    seq += 1;
-                    rest = tail;
-                }
-                black_box(sink.len())
+        for (provider, seal_name, _) in PROVIDERS {
+            let raw = RawAead::new(alg, provider);
+            let mut seq = 0u64;
+            g.bench_function(format!("{seal_name}/{size}"), |b| {
+                b.iter(|| {
+                    sink.clear();
+                    let mut rest = black_box(&plain[..]);
+                    for &len in &records {
+                        let (rec, tail) = rest.split_at(len - 1);
+                        raw.seal_record(seq, rec, &mut sink);
+                        seq += 1;
+                        rest = tail;
+                    }
+                    black_box(sink.len())
+                });
             });
-        });
+        }
     }
     g.finish();
 }
@@ -224,38 +303,36 @@ fn bench_decrypt(c: &mut Criterion, pki: &Pki) {
             );
         });
 
-        // Raw baseline: the same record sizes, sealed once; opening is
+        // Raw baselines: the same record sizes, sealed once; opening is
         // stateless, so the same records serve every iteration.
-        let raw = RawAead::new(alg);
         let total: usize = records.iter().sum();
         let plain: Vec<u8> = packet.iter().copied().cycle().take(total).collect();
-        let mut sealed = Vec::with_capacity(records.len());
-        let mut rest = &plain[..];
-        for (seq, &len) in records.iter().enumerate() {
-            let (rec, tail) = rest.split_at(len - 1);
-            let mut out = Vec::new();
-            raw.seal_record(seq as u64, rec, &mut out);
-            sealed.push(out);
-            rest = tail;
-        }
-        let mut scratch = Vec::with_capacity(records.iter().max().copied().unwrap_or(0) + 64);
-        g.bench_function(format!("raw_open/{size}"), |b| {
-            b.iter(|| {
-                let mut got = 0;
-                for (seq, rec) in black_box(&sealed).iter().enumerate() {
-                    let header: [u8; RECORD_HEADER] =
-                        rec[..RECORD_HEADER].try_into().expect("header");
-                    scratch.clear();
-                    scratch.extend_from_slice(&rec[RECORD_HEADER..]);
-                    let plain = raw
-                        .key
-                        .open_in_place(raw.nonce(seq as u64), Aad::from(header), &mut scratch)
-                        .expect("open");
-                    got += plain.len() - 1;
-                }
-                black_box(got)
+        for (provider, _, open_name) in PROVIDERS {
+            let raw = RawAead::new(alg, provider);
+            let mut sealed = Vec::with_capacity(records.len());
+            let mut rest = &plain[..];
+            for (seq, &len) in records.iter().enumerate() {
+                let (rec, tail) = rest.split_at(len - 1);
+                let mut out = Vec::new();
+                raw.seal_record(seq as u64, rec, &mut out);
+                sealed.push(out);
+                rest = tail;
+            }
+            let mut scratch = Vec::with_capacity(records.iter().max().copied().unwrap_or(0) + 64);
+            g.bench_function(format!("{open_name}/{size}"), |b| {
+                b.iter(|| {
+                    let mut got = 0;
+                    for (seq, rec) in black_box(&sealed).iter().enumerate() {
+                        let header: [u8; RECORD_HEADER] =
+                            rec[..RECORD_HEADER].try_into().expect("header");
+                        scratch.clear();
+                        scratch.extend_from_slice(&rec[RECORD_HEADER..]);
+                        got += raw.open(seq as u64, header, &mut scratch) - 1;
+                    }
+                    black_box(got)
+                });
             });
-        });
+        }
     }
     g.finish();
 }

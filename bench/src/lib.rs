@@ -110,8 +110,10 @@ impl SessionPair {
         };
         let now = Instant::now();
         let name = pki::server_name("edge.sluice.test").expect("server name");
-        let c = rustls::ClientConnection::new(pki.client.clone(), name).expect("client conn");
-        let s = rustls::ServerConnection::new(pki.server.clone()).expect("server conn");
+        let c = rustls::client::UnbufferedClientConnection::new(pki.client.clone(), name)
+            .expect("client conn");
+        let s = rustls::server::UnbufferedServerConnection::new(pki.server.clone())
+            .expect("server conn");
         let mut pair = Self {
             client: Session::new(c.into(), cfg("gw1"), now),
             server: Session::new(s.into(), cfg("edge"), now),

@@ -14,7 +14,6 @@
 //! forwarding on, and an nftables table that masquerades those sources;
 //! the table is removed on exit.
 use std::{
-    collections::HashMap,
     fmt::Write as _,
     io,
     net::{IpAddr, SocketAddr},
@@ -32,8 +31,10 @@ use mio::{
 };
 
 use crate::{
+    addr_map::{AddrMap, Full},
     config::EdgeConfig,
     host,
+    lpm::{Lpm, LpmError},
     metrics::sample,
     pki,
     sys::tun::Tun,
@@ -46,6 +47,13 @@ const TUN: Token = Token(1);
 const FIRST_CONN: usize = 2;
 /// Packets read from the TUN device per loop iteration before other work.
 const TUN_BUDGET: usize = 256;
+/// Most inner addresses the edge routes replies to (4 MiB of table). An
+/// address learnt from a tunnel stays until that tunnel closes (or another
+/// tunnel sends from it); when the table is full, new addresses are not
+/// learnt: their packets still go to the kernel, each is counted in
+/// `route_table_full`, and replies to them drop as `no_route` until a
+/// tunnel closes and frees room. Learnt routes are never evicted.
+const MAX_ROUTES: usize = 1 << 16;
 
 /// Errors that stop the edge from starting.
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +64,9 @@ pub enum EdgeError {
     /// A host command (ip, nft) failed.
     #[error(transparent)]
     Host(#[from] host::HostError),
+    /// `client_prefixes` do not fit the anti-spoofing table.
+    #[error("edge.client_prefixes: {0}")]
+    ClientPrefixes(#[source] LpmError),
     /// A socket, the TUN device or the poller failed.
     #[error("{what}: {source}")]
     Io {
@@ -99,6 +110,11 @@ pub struct EdgeStats {
     pub drop_backpressure: AtomicU64,
     /// Dropped: writing to the TUN device failed.
     pub drop_tun_write: AtomicU64,
+    /// Inner addresses replies are routed to (a gauge).
+    pub routes: AtomicU64,
+    /// Packets whose source address could not be learnt because the route
+    /// table was full (they are still forwarded; replies to them are not).
+    pub route_table_full: AtomicU64,
 }
 
 impl EdgeStats {
@@ -151,6 +167,20 @@ impl EdgeStats {
             "Bytes sent into tunnels.",
             &self.to_tunnel_bytes,
         );
+        sample(
+            out,
+            "sluice_edge_routes",
+            "gauge",
+            Some("Inner addresses replies are routed to."),
+            &[],
+            self.routes.load(Relaxed),
+        );
+        c(
+            out,
+            "sluice_edge_route_table_full_total",
+            "Packets whose source address was not learnt: route table full.",
+            &self.route_table_full,
+        );
         let drops = [
             ("spoofed", &self.drop_spoofed),
             ("malformed", &self.drop_malformed),
@@ -199,7 +229,11 @@ pub struct Edge {
     tun: Tun,
     tls: Arc<rustls::ServerConfig>,
     conns: Vec<Option<Conn>>,
-    routes: HashMap<IpAddr, usize>,
+    /// `client_prefixes`, for the anti-spoofing check.
+    clients: Lpm<()>,
+    /// Inner address -> index in `conns` of the tunnel that last carried
+    /// traffic from it (see [`MAX_ROUTES`]).
+    routes: AddrMap<usize>,
     stats: Arc<EdgeStats>,
     _nat: Option<NatGuard>,
 }
@@ -217,6 +251,13 @@ impl Edge {
     /// `manage_network`) and binds the listener.
     pub fn new(cfg: EdgeConfig) -> Result<Self, EdgeError> {
         let tls = pki::server_config(&cfg.ca, &cfg.cert, &cfg.key)?;
+        let clients = Lpm::build(
+            &cfg.client_prefixes
+                .iter()
+                .map(|&p| (p, ()))
+                .collect::<Vec<_>>(),
+        )
+        .map_err(EdgeError::ClientPrefixes)?;
         let tun = Tun::open(&cfg.tun).map_err(ioerr(format!("opening TUN device {}", cfg.tun)))?;
         let nat = if cfg.manage_network {
             Some(setup_network(&cfg, tun.name())?)
@@ -254,7 +295,8 @@ impl Edge {
             tun,
             tls,
             conns: Vec::new(),
-            routes: HashMap::new(),
+            clients,
+            routes: AddrMap::new(MAX_ROUTES),
             stats: Arc::default(),
             _nat: nat,
         })
@@ -342,13 +384,14 @@ impl Edge {
             match self.listener.accept() {
                 Ok((mut sock, peer)) => {
                     let _ = sock.set_nodelay(true);
-                    let tls = match rustls::ServerConnection::new(self.tls.clone()) {
-                        Ok(t) => t,
-                        Err(e) => {
-                            log::warn!("tunnel from {peer}: {e}");
-                            continue;
-                        }
-                    };
+                    let tls =
+                        match rustls::server::UnbufferedServerConnection::new(self.tls.clone()) {
+                            Ok(t) => t,
+                            Err(e) => {
+                                log::warn!("tunnel from {peer}: {e}");
+                                continue;
+                            }
+                        };
                     let slot = self
                         .conns
                         .iter()
@@ -400,8 +443,8 @@ impl Edge {
             return;
         };
         let was_established = c.sess.is_established();
-        let (mut ok, mut spoofed, mut malformed, mut tun_err, mut bytes) =
-            (0u64, 0u64, 0u64, 0u64, 0u64);
+        let (mut ok, mut spoofed, mut malformed, mut tun_err, mut bytes, mut route_full) =
+            (0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
         loop {
             let res = c.sess.handle_read(&mut c.sock, now);
             while let Some(pkt) = c.sess.poll_packet() {
@@ -410,15 +453,18 @@ impl Edge {
                     continue;
                 };
                 let src = p.src();
-                if !self.cfg.client_prefixes.iter().any(|pre| pre.contains(src)) {
+                if self.clients.lookup(src).is_none() {
                     spoofed += 1;
                     continue;
                 }
-                if self.routes.get(&src) != Some(&i) {
-                    self.routes.insert(src, i);
-                    if !c.addrs.contains(&src) {
-                        c.addrs.push(src);
+                match self.routes.insert(src, i) {
+                    Ok(Some(prev)) if prev == i => {}
+                    Ok(_) => {
+                        if !c.addrs.contains(&src) {
+                            c.addrs.push(src);
+                        }
                     }
+                    Err(Full { .. }) => route_full += 1,
                 }
                 match self.tun.send(p.as_bytes()) {
                     Ok(_) => {
@@ -444,7 +490,7 @@ impl Edge {
                 "tunnel from {}: established with gateway `{}` (certificate {})",
                 c.peer,
                 c.sess.peer_name(),
-                pki::peer_common_name(c.sess.tls()).unwrap_or_default()
+                pki::peer_common_name(c.sess.peer_certificates()).unwrap_or_default()
             );
         }
         let s = &self.stats;
@@ -453,6 +499,8 @@ impl Edge {
         s.drop_spoofed.fetch_add(spoofed, Relaxed);
         s.drop_malformed.fetch_add(malformed, Relaxed);
         s.drop_tun_write.fetch_add(tun_err, Relaxed);
+        s.route_table_full.fetch_add(route_full, Relaxed);
+        s.routes.store(self.routes.len() as u64, Relaxed);
     }
 
     /// Drains up to a budget of packets from the TUN device into tunnels.
@@ -481,8 +529,8 @@ impl Edge {
             };
             let Some(c) = self
                 .routes
-                .get(&p.dst())
-                .and_then(|&i| self.conns.get_mut(i))
+                .get(p.dst())
+                .and_then(|i| self.conns.get_mut(i))
                 .and_then(Option::as_mut)
             else {
                 no_route += 1;
@@ -516,11 +564,12 @@ impl Edge {
                 c.sess.close_reason()
             );
             let _ = self.poll.registry().deregister(&mut c.sock);
-            for a in &c.addrs {
-                if self.routes.get(a) == Some(&i) {
+            for &a in &c.addrs {
+                if self.routes.get(a) == Some(i) {
                     self.routes.remove(a);
                 }
             }
+            self.stats.routes.store(self.routes.len() as u64, Relaxed);
             self.stats.conns_active.fetch_sub(1, Relaxed);
             self.stats.conns_closed.fetch_add(1, Relaxed);
         }

@@ -16,6 +16,7 @@
 #![deny(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod addr_map;
 pub mod config;
 pub mod ebpf;
 pub mod edge;

@@ -210,7 +210,7 @@ fn load_roots(ca: &Path) -> Result<RootCertStore, PkiError> {
 /// client certificate `cert` with key `key`.
 pub fn client_config(ca: &Path, cert: &Path, key: &Path) -> Result<Arc<ClientConfig>, PkiError> {
     let roots = load_roots(ca)?;
-    let cfg = ClientConfig::builder_with_provider(provider())
+    let mut cfg = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|source| PkiError::Tls {
             path: cert.to_path_buf(),
@@ -222,6 +222,8 @@ pub fn client_config(ca: &Path, cert: &Path, key: &Path) -> Result<Arc<ClientCon
             path: cert.to_path_buf(),
             source,
         })?;
+    // The session protects records itself once the handshake is done.
+    cfg.enable_secret_extraction = true;
     Ok(Arc::new(cfg))
 }
 
@@ -235,7 +237,7 @@ pub fn server_config(ca: &Path, cert: &Path, key: &Path) -> Result<Arc<ServerCon
             path: ca.to_path_buf(),
             what: e.to_string(),
         })?;
-    let cfg = ServerConfig::builder_with_provider(provider())
+    let mut cfg = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|source| PkiError::Tls {
             path: cert.to_path_buf(),
@@ -247,6 +249,9 @@ pub fn server_config(ca: &Path, cert: &Path, key: &Path) -> Result<Arc<ServerCon
             path: cert.to_path_buf(),
             source,
         })?;
+    cfg.enable_secret_extraction = true;
+    // No resumption: a gateway reconnects with a full handshake.
+    cfg.send_tls13_tickets = 0;
     Ok(Arc::new(cfg))
 }
 
@@ -256,8 +261,8 @@ pub fn server_name(name: &str) -> Result<ServerName<'static>, PkiError> {
 }
 
 /// The common name of the first certificate a peer presented, for logs.
-pub fn peer_common_name(conn: &rustls::Connection) -> Option<String> {
-    let der = conn.peer_certificates()?.first()?;
+pub fn peer_common_name(chain: &[rustls_pki_types::CertificateDer<'_>]) -> Option<String> {
+    let der = chain.first()?;
     common_name(der.as_ref())
 }
 

@@ -100,6 +100,9 @@ pub struct GatewayConfig {
     pub xdp_mode: AttachMode,
     /// Serve only this many RX queues (default: all of the LAN interface).
     pub queues: Option<u32>,
+    /// CPUs for the workers: queue `q` runs on `cpus[q % len]`. `None`:
+    /// the CPUs the process may use, in order; empty: no pinning.
+    pub cpus: Option<Vec<usize>>,
     /// Where to serve Prometheus metrics, if anywhere.
     pub metrics: Option<SocketAddr>,
     /// The bpffs mount where the classifier's link is pinned (so that it
@@ -129,6 +132,8 @@ pub struct TunnelConfig {
     pub keepalive: Duration,
     /// Dead-peer timeout.
     pub idle_timeout: Duration,
+    /// How long a partly filled TLS record may wait for more packets.
+    pub coalesce_delay: Duration,
 }
 
 /// The edge's configuration.
@@ -181,6 +186,7 @@ struct RawGateway {
     #[serde(default)]
     xdp_mode: AttachMode,
     queues: Option<Spanned<u32>>,
+    cpus: Option<Spanned<Vec<usize>>>,
     metrics: Option<Spanned<String>>,
     bpffs: Option<Spanned<PathBuf>>,
 }
@@ -195,6 +201,7 @@ struct RawTunnel {
     key: Spanned<PathBuf>,
     keepalive_secs: Option<Spanned<u64>>,
     idle_timeout_secs: Option<Spanned<u64>>,
+    coalesce_delay_us: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -381,6 +388,17 @@ impl GatewayConfig {
                 format!("must be 1 to {}", sluice_common::MAX_QUEUES),
             ));
         }
+        if let Some(c) = gw.cpus.as_ref().filter(|c| {
+            c.get_ref()
+                .iter()
+                .any(|&c| c >= crate::sys::cpu::MAX_CPUS)
+        }) {
+            return Err(d.err(
+                c.span(),
+                "gateway.cpus",
+                format!("CPU numbers must be below {}", crate::sys::cpu::MAX_CPUS),
+            ));
+        }
         let metrics = gw
             .metrics
             .as_ref()
@@ -398,6 +416,17 @@ impl GatewayConfig {
             tun.idle_timeout_secs.as_ref(),
             "tunnel",
         )?;
+        let coalesce_delay = match &tun.coalesce_delay_us {
+            Some(v) if *v.get_ref() > 10_000 => {
+                return Err(d.err(
+                    v.span(),
+                    "tunnel.coalesce_delay_us",
+                    "must be 0 to 10000 (microseconds)",
+                ));
+            }
+            Some(v) => Duration::from_micros(*v.get_ref()),
+            None => Duration::ZERO,
+        };
         let tunnel = TunnelConfig {
             edge,
             server_name: tun.server_name.get_ref().clone(),
@@ -406,6 +435,7 @@ impl GatewayConfig {
             key: d.file(&tun.key, "tunnel.key")?,
             keepalive,
             idle_timeout,
+            coalesce_delay,
         };
         let bypass = d.prefixes(&raw.bypass.unwrap_or_default().prefixes, "bypass.prefixes")?;
         Ok(Self {
@@ -415,6 +445,7 @@ impl GatewayConfig {
             wan,
             xdp_mode: gw.xdp_mode,
             queues: gw.queues.map(Spanned::into_inner),
+            cpus: gw.cpus.map(Spanned::into_inner),
             metrics,
             bpffs: match gw.bpffs {
                 Some(p) if !p.get_ref().is_absolute() => {

@@ -58,6 +58,8 @@ fn good_gateway_config() {
         "relative paths resolve next to the file"
     );
     assert_eq!(c.tunnel.keepalive, Duration::from_secs(10));
+    assert_eq!(c.tunnel.coalesce_delay, Duration::ZERO);
+    assert_eq!(c.cpus, None, "pinned to the allowed CPUs by default");
     std::fs::remove_dir_all(d).unwrap();
 }
 
@@ -268,6 +270,22 @@ const GW_MISTAKES: &[(&str, &str, &str, &str, usize, &str)] = &[
         "gateway.queues",
         7,
         "must be 1 to",
+    ),
+    (
+        "CPU beyond the set size",
+        "xdp_mode = \"native\"",
+        "xdp_mode = \"native\"\ncpus = [0, 5000]",
+        "gateway.cpus",
+        7,
+        "below 1024",
+    ),
+    (
+        "coalescing delay too long",
+        "key = \"gw.key\"",
+        "key = \"gw.key\"\ncoalesce_delay_us = 20000",
+        "tunnel.coalesce_delay_us",
+        15,
+        "0 to 10000",
     ),
 ];
 

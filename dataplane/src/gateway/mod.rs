@@ -122,8 +122,17 @@ impl Gateway {
                 name: cfg.name.clone(),
                 keepalive: cfg.tunnel.keepalive,
                 idle_timeout: cfg.tunnel.idle_timeout,
+                coalesce_delay: cfg.tunnel.coalesce_delay,
                 ..SessionConfig::default()
             },
+        };
+        // One core per worker: its socket, session and cache stay warm.
+        let cpus = match &cfg.cpus {
+            Some(list) => list.clone(),
+            None => crate::sys::cpu::allowed_cpus().map_err(|source| GatewayError::Io {
+                what: "reading the CPU affinity".into(),
+                source,
+            })?,
         };
         let classifier = Arc::new(Mutex::new(classifier));
         let mut stats = Vec::new();
@@ -138,9 +147,18 @@ impl Gateway {
                 }
             })?;
             let stop = stop.clone();
+            let cpu = (!cpus.is_empty()).then(|| cpus[q as usize % cpus.len()]);
             let h = std::thread::Builder::new()
                 .name(format!("sluice-q{q}"))
-                .spawn(move || w.run(&stop))
+                .spawn(move || {
+                    if let Some(cpu) = cpu {
+                        match crate::sys::cpu::pin_current_thread(cpu) {
+                            Ok(()) => log::info!("queue {q}: worker pinned to CPU {cpu}"),
+                            Err(e) => log::warn!("queue {q}: pinning to CPU {cpu}: {e}"),
+                        }
+                    }
+                    w.run(&stop);
+                })
                 .map_err(|source| GatewayError::Io {
                     what: "spawning worker".into(),
                     source,

@@ -27,16 +27,11 @@ pub struct Neighbors {
 }
 
 fn key(ip: IpAddr) -> u128 {
-    match ip {
-        IpAddr::V4(a) => u128::from(a.to_ipv6_mapped()),
-        IpAddr::V6(a) => u128::from(a),
-    }
+    crate::addr_map::key(ip).0
 }
 
 fn slot(k: u128, mask: usize) -> usize {
-    // Fibonacci hashing of the folded key.
-    let folded = (k as u64) ^ ((k >> 64) as u64);
-    (folded.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) as usize & mask
+    (crate::addr_map::hash(k) >> 32) as usize & mask
 }
 
 impl Neighbors {

@@ -223,7 +223,10 @@ impl Worker {
 
     fn connect(&mut self, now: Instant) {
         let p = &self.params;
-        let tls = match rustls::ClientConnection::new(p.tls.clone(), p.server_name.clone()) {
+        let tls = match rustls::client::UnbufferedClientConnection::new(
+            p.tls.clone(),
+            p.server_name.clone(),
+        ) {
             Ok(t) => t,
             Err(e) => {
                 log::error!("queue {}: TLS: {e}", self.queue);
@@ -325,7 +328,6 @@ impl Worker {
             }
         }
         drop(batch);
-        sess.flush();
         n == RX_BATCH
     }
 
@@ -403,7 +405,9 @@ impl Worker {
     /// Writes pending TLS records to the edge.
     fn flush_tunnel(&mut self, now: Instant) {
         if let Link::Up { sock, sess } = &mut self.link {
-            sess.flush();
+            // Seals the batch's record (or keeps it open for the
+            // coalescing delay, which then wakes the loop).
+            sess.flush_due(now);
             if sess.wants_write()
                 && let Err(e) = sess.handle_write(sock, now)
             {

@@ -4,10 +4,12 @@
 //! - [`xsk`]: `AF_XDP` sockets: UMEM registration, the fill, completion, RX and
 //!   TX rings, batched and `#[must_use]`.
 //! - [`tun`]: TUN devices for the edge.
+//! - [`cpu`]: CPU affinity of worker threads.
 //!
 //! Everything else in the crate is `#![deny(unsafe_code)]` and uses these
 //! safe wrappers.
 #![allow(unsafe_code)]
 
+pub mod cpu;
 pub mod tun;
 pub mod xsk;

@@ -27,8 +27,10 @@
 //! buffer are capped; when full, [`Session::send_packet`] returns
 //! [`SendError::Backpressure`] and the caller drops (and counts) the packet.
 
+pub mod record;
 mod session;
 
 pub use session::{
-    CloseReason, ReadOutcome, SendError, Session, SessionConfig, SessionError, SessionStats,
+    CloseReason, Handshake, ReadOutcome, SendError, Session, SessionConfig, SessionError,
+    SessionStats,
 };

@@ -3,6 +3,16 @@ use std::{
     time::{Duration, Instant},
 };
 
+use rustls::{
+    ConnectionTrafficSecrets, SupportedCipherSuite,
+    client::{ClientConnectionData, UnbufferedClientConnection},
+    kernel::KernelConnection,
+    server::{ServerConnectionData, UnbufferedServerConnection},
+    unbuffered::{ConnectionState, EncodeError},
+};
+use rustls_pki_types::CertificateDer;
+
+use super::record::{self, Keys};
 use crate::wire::{
     WireError,
     tunnel::{self, CloseCode, Frame, FrameType, Hello},
@@ -18,11 +28,18 @@ pub struct SessionConfig {
     /// Declare the peer dead after this long without receiving anything
     /// (including the TLS handshake).
     pub idle_timeout: Duration,
-    /// Coalesce frames up to this many plaintext bytes before handing them
-    /// to TLS as one record (a TLS record holds at most 16 KiB).
+    /// Coalesce frames up to this many plaintext bytes into one TLS record
+    /// (a record holds at most 16 KiB; a larger frame spans records).
     pub coalesce_bytes: usize,
+    /// How long a partly filled record may wait for more frames at
+    /// [`Session::flush_due`]. Zero: sealed at the end of every batch.
+    pub coalesce_delay: Duration,
     /// Cap on TLS bytes queued for the socket; beyond it sends are refused.
     pub max_pending_tls: usize,
+    /// Send a TLS key update after this many records under one key (well
+    /// below every suite's confidentiality limit, 2^23 records for
+    /// AES-256-GCM in rustls).
+    pub rekey_after_records: u64,
 }
 
 impl Default for SessionConfig {
@@ -32,7 +49,9 @@ impl Default for SessionConfig {
             keepalive: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(30),
             coalesce_bytes: 16 * 1024 - 256,
+            coalesce_delay: Duration::ZERO,
             max_pending_tls: 4 * 1024 * 1024,
+            rekey_after_records: 1 << 20,
         }
     }
 }
@@ -94,8 +113,8 @@ pub struct SessionStats {
     pub tx_packets: u64,
     /// Bytes of those packets.
     pub tx_bytes: u64,
-    /// Plaintext batches handed to TLS (each is one or a few records).
-    pub tx_batches: u64,
+    /// TLS records sealed (data, key updates and alerts).
+    pub tx_records: u64,
     /// PACKET frames received.
     pub rx_packets: u64,
     /// Bytes of those packets.
@@ -104,11 +123,15 @@ pub struct SessionStats {
     pub keepalives_sent: u64,
     /// Frames of unknown but ignorable type that were skipped.
     pub skipped_frames: u64,
+    /// TLS key updates sent.
+    pub key_updates_tx: u64,
+    /// TLS key updates received.
+    pub key_updates_rx: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
-    /// Waiting for the peer's HELLO (the TLS handshake may still run).
+    /// TLS handshake, then waiting for the peer's HELLO.
     Hello,
     /// Packets flow.
     Established,
@@ -116,33 +139,201 @@ enum State {
     Closed,
 }
 
-/// Initial size of the plaintext receive buffer.
-const RX_BUF_INITIAL: usize = 64 * 1024;
-/// Free space below which the receive buffer is compacted or grown before
-/// reading more plaintext (one TLS record's worth).
-const RX_MIN_FREE: usize = 16 * 1024 + 256;
+/// A TLS connection in its handshake, driven through rustls's unbuffered
+/// API. Build one with `.into()` from either side's connection; its config
+/// must have `enable_secret_extraction` set (see [`crate::pki`]).
+pub enum Handshake {
+    /// The gateway side.
+    Client(UnbufferedClientConnection),
+    /// The edge side.
+    Server(UnbufferedServerConnection),
+}
 
-/// Budget of one [`Session::handle_read`] call, in TLS bytes.
+impl std::fmt::Debug for Handshake {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Client(_) => "Handshake::Client",
+            Self::Server(_) => "Handshake::Server",
+        })
+    }
+}
+
+impl From<UnbufferedClientConnection> for Handshake {
+    fn from(c: UnbufferedClientConnection) -> Self {
+        Self::Client(c)
+    }
+}
+
+impl From<UnbufferedServerConnection> for Handshake {
+    fn from(c: UnbufferedServerConnection) -> Self {
+        Self::Server(c)
+    }
+}
+
+/// rustls's key schedule once the handshake is done.
+enum Kernel {
+    Client(KernelConnection<ClientConnectionData>),
+    Server(KernelConnection<ServerConnectionData>),
+}
+
+impl Kernel {
+    fn update(&mut self, tx: bool) -> Result<(u64, ConnectionTrafficSecrets), rustls::Error> {
+        match (self, tx) {
+            (Self::Client(k), true) => k.update_tx_secret(),
+            (Self::Client(k), false) => k.update_rx_secret(),
+            (Self::Server(k), true) => k.update_tx_secret(),
+            (Self::Server(k), false) => k.update_rx_secret(),
+        }
+    }
+}
+
+/// The TLS side of a session: rustls during the handshake, then our own
+/// record protection with rustls keeping the key schedule.
+enum Tls {
+    Handshake(Box<Handshake>),
+    Traffic {
+        kernel: Box<Kernel>,
+        tx: Keys,
+        rx: Keys,
+    },
+    /// The handshake failed or the record layer broke: nothing more is
+    /// sealed or opened.
+    Dead,
+}
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Handshake(_) => f.write_str("Handshake"),
+            Self::Traffic { tx, rx, .. } => f
+                .debug_struct("Traffic")
+                .field("tx", tx)
+                .field("rx", rx)
+                .finish_non_exhaustive(),
+            Self::Dead => f.write_str("Dead"),
+        }
+    }
+}
+
+/// What one step of the handshake asked for.
+enum Step {
+    /// Call again.
+    Continue,
+    /// Needs more bytes from the peer.
+    Blocked,
+    /// Application data may be sent: the handshake may be complete.
+    Traffic,
+    /// The peer closed the stream.
+    Closed,
+    /// The handshake failed.
+    Failed(rustls::Error),
+}
+
+/// Handles one state of rustls's unbuffered handshake: handshake records
+/// are appended to `out`; application data that arrived with the last
+/// handshake flight goes to `early`.
+fn step<D>(
+    status: Result<ConnectionState<'_, '_, D>, rustls::Error>,
+    out: &mut Vec<u8>,
+    early: &mut Vec<u8>,
+) -> Step {
+    let state = match status {
+        Ok(s) => s,
+        Err(e) => return Step::Failed(e),
+    };
+    match state {
+        ConnectionState::EncodeTlsData(mut enc) => {
+            let start = out.len();
+            let mut room = 4096;
+            loop {
+                out.resize(start + room, 0);
+                match enc.encode(&mut out[start..]) {
+                    Ok(n) => {
+                        out.truncate(start + n);
+                        return Step::Continue;
+                    }
+                    Err(EncodeError::InsufficientSize(s)) => room = s.required_size,
+                    Err(EncodeError::AlreadyEncoded) => {
+                        out.truncate(start);
+                        return Step::Continue;
+                    }
+                }
+            }
+        }
+        // Queued in `out`, which is written in order: as good as sent.
+        ConnectionState::TransmitTlsData(t) => {
+            t.done();
+            Step::Continue
+        }
+        ConnectionState::ReadTraffic(mut r) => {
+            while let Some(rec) = r.next_record() {
+                match rec {
+                    Ok(rec) => early.extend_from_slice(rec.payload),
+                    Err(e) => return Step::Failed(e),
+                }
+            }
+            Step::Continue
+        }
+        ConnectionState::BlockedHandshake => Step::Blocked,
+        ConnectionState::WriteTraffic(_) => Step::Traffic,
+        ConnectionState::PeerClosed | ConnectionState::Closed => Step::Closed,
+        // Early data is not enabled; anything else is new in rustls.
+        _ => Step::Failed(rustls::Error::General("unexpected TLS state".into())),
+    }
+}
+
+/// Initial size of the receive buffer; it holds TLS records as read from
+/// the socket and is decrypted in place.
+const RX_BUF_INITIAL: usize = 256 * 1024;
+/// Free space below which the receive buffer is compacted (or grown)
+/// before reading: one maximal record.
+const RX_MIN_FREE: usize = record::HEADER_LEN + record::MAX_CIPHERTEXT;
+/// The receive buffer never grows beyond this: a frame (at most 64 KiB)
+/// plus records in flight.
+const RX_BUF_MAX: usize = 1024 * 1024;
+
+/// Budget of one [`Session::handle_read`] call, in bytes.
 const READ_BUDGET: usize = 1 << 20;
+
+/// Handshake message types seen after the handshake.
+const HS_NEW_SESSION_TICKET: u8 = 4;
+const HS_KEY_UPDATE: u8 = 24;
 
 /// One tunnel session over one TLS connection. See the [module
 /// docs](super) for the call order.
 #[derive(Debug)]
 pub struct Session {
-    tls: rustls::Connection,
+    tls: Tls,
     cfg: SessionConfig,
     state: State,
     close_reason: Option<CloseReason>,
     peer_name: String,
     peer_max_payload: usize,
-    /// Coalesced plaintext frames not yet handed to TLS.
-    tx_plain: Vec<u8>,
-    /// Received plaintext in `rx_plain[rx_start..rx_end]`; frames are parsed
-    /// in place. The buffer is always fully initialised (zeroed once when it
-    /// grows, never per read).
-    rx_plain: Vec<u8>,
-    rx_start: usize,
+    peer_certs: Vec<CertificateDer<'static>>,
+    suite: Option<SupportedCipherSuite>,
+    /// Outgoing TLS bytes: `tx_buf[tx_sent..tx_sealed]` are sealed records
+    /// not yet written; `tx_buf[tx_sealed..]`, if any, is the open record:
+    /// a header slot and the frames coalesced so far, sealed in place by
+    /// [`Session::flush`].
+    tx_buf: Vec<u8>,
+    tx_sent: usize,
+    tx_sealed: usize,
+    /// When the open record got its first frame, for the coalescing delay.
+    open_since: Option<Instant>,
+    /// The peer asked for a key update: ours goes out before more data.
+    key_update_due: bool,
+    /// Received bytes. `rx_buf[p_start..p_end]`: decrypted frame bytes not
+    /// yet parsed (at most a partial frame carried from the previous
+    /// record); `rx_buf[c_start..rx_end]`: TLS records not yet opened.
+    /// Records are opened in place and frames parsed where they lie.
+    rx_buf: Vec<u8>,
+    p_start: usize,
+    p_end: usize,
+    c_start: usize,
     rx_end: usize,
+    /// Application data that arrived with the peer's last handshake flight
+    /// (rustls decrypted it before handing over the keys).
+    early: Vec<u8>,
     /// The peer ended the stream; close once the buffered frames are read.
     peer_eof: bool,
     last_rx: Instant,
@@ -151,35 +342,36 @@ pub struct Session {
 }
 
 impl Session {
-    /// Starts a session over `tls` (client or server side). Queues HELLO.
-    pub fn new(tls: rustls::Connection, cfg: SessionConfig, now: Instant) -> Self {
-        let mut tls = tls;
-        tls.set_buffer_limit(Some(cfg.max_pending_tls));
+    /// Starts a session over `tls` (client or server side). The HELLO goes
+    /// out as soon as the handshake completes.
+    pub fn new(tls: Handshake, cfg: SessionConfig, now: Instant) -> Self {
         let mut s = Self {
-            tls,
-            tx_plain: Vec::with_capacity(
-                cfg.coalesce_bytes + tunnel::HEADER_LEN + tunnel::MAX_PAYLOAD,
-            ),
-            rx_plain: vec![0; RX_BUF_INITIAL],
+            tls: Tls::Handshake(Box::new(tls)),
+            tx_buf: Vec::with_capacity(64 * 1024),
+            rx_buf: vec![0; RX_BUF_INITIAL],
             cfg,
             state: State::Hello,
             close_reason: None,
             peer_name: String::new(),
             peer_max_payload: tunnel::MAX_PAYLOAD,
-            rx_start: 0,
+            peer_certs: Vec::new(),
+            suite: None,
+            tx_sent: 0,
+            tx_sealed: 0,
+            open_since: None,
+            key_update_due: false,
+            p_start: 0,
+            p_end: 0,
+            c_start: 0,
             rx_end: 0,
+            early: Vec::new(),
             peer_eof: false,
             last_rx: now,
             last_tx: now,
             stats: SessionStats::default(),
         };
-        Hello {
-            version: tunnel::VERSION,
-            max_payload: u16::MAX,
-            name: &s.cfg.name,
-        }
-        .emit_frame(&mut s.tx_plain);
-        s.flush();
+        // The client speaks first.
+        let _ = s.drive_handshake();
         s
     }
 
@@ -203,9 +395,15 @@ impl Session {
         &self.peer_name
     }
 
-    /// The TLS connection (for peer certificates and negotiated suite).
-    pub fn tls(&self) -> &rustls::Connection {
-        &self.tls
+    /// The certificate chain the peer presented (verified by rustls), once
+    /// the handshake is done.
+    pub fn peer_certificates(&self) -> &[CertificateDer<'static>] {
+        &self.peer_certs
+    }
+
+    /// The negotiated cipher suite, once the handshake is done.
+    pub fn cipher_suite(&self) -> Option<SupportedCipherSuite> {
+        self.suite
     }
 
     /// Counters.
@@ -213,9 +411,10 @@ impl Session {
         self.stats
     }
 
-    /// Reads TLS bytes from `rd` until it would block, hits EOF or the read
-    /// budget, decrypts them and buffers the plaintext for
-    /// [`Session::poll_packet`].
+    /// Reads TLS bytes from `rd` until it would block, hits EOF, fills the
+    /// receive buffer or the read budget. During the handshake they go to
+    /// rustls; afterwards they stay in the buffer, and
+    /// [`Session::poll_packet`] opens the records in place.
     ///
     /// On `Err`, the session is closed; write out what
     /// [`Session::wants_write`] still has (a TLS alert) and drop it.
@@ -229,12 +428,19 @@ impl Session {
         }
         let mut total = 0;
         loop {
-            let n = match self.tls.read_tls(rd) {
+            if !self.make_room() {
+                // Full of records not opened yet: poll_packet first.
+                return Ok(ReadOutcome { more: true });
+            }
+            let n = match rd.read(&mut self.rx_buf[self.rx_end..]) {
                 Ok(0) => {
                     // TCP EOF: frames already buffered are still delivered
                     // by poll_packet, which then closes the session.
-                    self.pull_plaintext()?;
                     self.peer_eof = true;
+                    if matches!(self.tls, Tls::Handshake(_)) {
+                        self.set_closed(CloseReason::Eof);
+                        return Err(SessionError::Closed(CloseReason::Eof));
+                    }
                     return Ok(ReadOutcome { more: false });
                 }
                 Ok(n) => n,
@@ -247,93 +453,329 @@ impl Session {
                     return Err(SessionError::Io(e));
                 }
             };
+            self.rx_end += n;
             self.last_rx = now;
             total += n;
-            if let Err(e) = self.tls.process_new_packets() {
-                let r = CloseReason::Tls(e.to_string());
-                self.set_closed(r.clone());
-                return Err(SessionError::Closed(r));
+            if matches!(self.tls, Tls::Handshake(_)) {
+                self.drive_handshake()?;
             }
-            self.pull_plaintext()?;
             if total >= READ_BUDGET {
                 return Ok(ReadOutcome { more: true });
             }
         }
     }
 
-    /// Moves decrypted plaintext from rustls into `rx_plain`.
-    fn pull_plaintext(&mut self) -> Result<(), SessionError> {
-        use io::Read as _;
-        loop {
-            if self.rx_plain.len() - self.rx_end < RX_MIN_FREE {
-                // Compact first (the unparsed tail is at most a partial
-                // frame plus what this call has added), grow only if that
-                // does not free enough; only the new part is zeroed.
-                if self.rx_start > 0 {
-                    self.rx_plain.copy_within(self.rx_start..self.rx_end, 0);
-                    self.rx_end -= self.rx_start;
-                    self.rx_start = 0;
+    /// Makes room for one maximal record after `rx_end`. Returns false
+    /// when the buffer holds records that [`Session::poll_packet`] should
+    /// open first: moving them would copy every byte again.
+    fn make_room(&mut self) -> bool {
+        if self.p_start == self.p_end && self.c_start == self.rx_end {
+            // Everything consumed (the usual case between reads): start
+            // over at the front, for free.
+            self.p_start = 0;
+            self.p_end = 0;
+            self.c_start = 0;
+            self.rx_end = 0;
+        }
+        if self.rx_buf.len() - self.rx_end >= RX_MIN_FREE {
+            return true;
+        }
+        if matches!(self.tls, Tls::Traffic { .. })
+            && record::record_len(&self.rx_buf[self.c_start..self.rx_end])
+                .is_ok_and(|l| l.is_some_and(|l| l <= self.rx_end - self.c_start))
+        {
+            return false;
+        }
+        // Live bytes: at most a partial frame and a partial record. The
+        // gap between them (spent headers and tags) goes too.
+        let plain = self.p_end - self.p_start;
+        self.rx_buf.copy_within(self.p_start..self.p_end, 0);
+        self.rx_buf.copy_within(self.c_start..self.rx_end, plain);
+        self.rx_end = plain + (self.rx_end - self.c_start);
+        self.p_start = 0;
+        self.p_end = plain;
+        self.c_start = plain;
+        if self.rx_buf.len() - self.rx_end < RX_MIN_FREE && self.rx_buf.len() < RX_BUF_MAX {
+            let grown = (self.rx_buf.len() * 2).min(RX_BUF_MAX);
+            self.rx_buf.resize(grown, 0);
+        }
+        self.rx_buf.len() - self.rx_end >= RX_MIN_FREE
+    }
+
+    /// Runs the rustls handshake over the bytes received so far; switches
+    /// to our own record protection when it completes.
+    fn drive_handshake(&mut self) -> Result<(), SessionError> {
+        for _ in 0..1000 {
+            let Some(step) = self.handshake_step() else {
+                return Ok(());
+            };
+            match step {
+                Step::Continue => {}
+                Step::Blocked => return Ok(()),
+                Step::Traffic => {
+                    let handshaking = match &self.tls {
+                        Tls::Handshake(hs) => match &**hs {
+                            Handshake::Client(c) => c.is_handshaking(),
+                            Handshake::Server(c) => c.is_handshaking(),
+                        },
+                        _ => false,
+                    };
+                    if handshaking {
+                        // A server may send before the client's Finished;
+                        // we wait for it.
+                        return Ok(());
+                    }
+                    return self.start_traffic();
                 }
-                if self.rx_plain.len() - self.rx_end < RX_MIN_FREE {
-                    let grown = self.rx_plain.len() * 2;
-                    self.rx_plain.resize(grown, 0);
-                }
-            }
-            match self.tls.reader().read(&mut self.rx_plain[self.rx_end..]) {
-                Ok(0) => {
-                    // close_notify: the peer ended the stream.
+                Step::Closed => {
                     self.peer_eof = true;
-                    return Ok(());
+                    return Err(self.fail(CloseReason::Eof));
                 }
-                Ok(n) => self.rx_end += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-                Err(e) => {
-                    self.set_closed(CloseReason::Eof);
-                    return Err(SessionError::Io(e));
+                Step::Failed(e) => {
+                    // rustls has an alert for the peer: queue it.
+                    for _ in 0..4 {
+                        if !matches!(self.handshake_step(), Some(Step::Continue)) {
+                            break;
+                        }
+                    }
+                    return Err(self.fail(CloseReason::Tls(e.to_string())));
                 }
             }
+        }
+        Err(self.fail(CloseReason::Tls("TLS handshake did not progress".into())))
+    }
+
+    /// One call into rustls's unbuffered handshake; `None` once it is over.
+    fn handshake_step(&mut self) -> Option<Step> {
+        let Tls::Handshake(hs) = &mut self.tls else {
+            return None;
+        };
+        // rustls's deframer remembers positions in the input: always hand
+        // it the unconsumed bytes, from where it asked to discard up to.
+        let input = &mut self.rx_buf[self.c_start..self.rx_end];
+        let (discard, st) = match &mut **hs {
+            Handshake::Client(c) => {
+                let st = c.process_tls_records(input);
+                (
+                    st.discard,
+                    step(st.state, &mut self.tx_buf, &mut self.early),
+                )
+            }
+            Handshake::Server(c) => {
+                let st = c.process_tls_records(input);
+                (
+                    st.discard,
+                    step(st.state, &mut self.tx_buf, &mut self.early),
+                )
+            }
+        };
+        self.c_start += discard;
+        self.tx_sealed = self.tx_buf.len();
+        Some(st)
+    }
+
+    /// The handshake is complete: take the traffic keys from rustls, lay
+    /// out the receive buffer for in-place opening, send HELLO.
+    fn start_traffic(&mut self) -> Result<(), SessionError> {
+        let Tls::Handshake(hs) = std::mem::replace(&mut self.tls, Tls::Dead) else {
+            return Ok(());
+        };
+        let (certs, suite, res) = match *hs {
+            Handshake::Client(c) => (
+                c.peer_certificates().map(<[_]>::to_vec),
+                c.negotiated_cipher_suite(),
+                c.dangerous_into_kernel_connection()
+                    .map(|(s, k)| (s, Kernel::Client(k))),
+            ),
+            Handshake::Server(c) => (
+                c.peer_certificates().map(<[_]>::to_vec),
+                c.negotiated_cipher_suite(),
+                c.dangerous_into_kernel_connection()
+                    .map(|(s, k)| (s, Kernel::Server(k))),
+            ),
+        };
+        let (secrets, kernel) = res.map_err(|e| self.fail(CloseReason::Tls(e.to_string())))?;
+        let keys = Keys::new(secrets.tx.0, &secrets.tx.1)
+            .and_then(|tx| Ok((tx, Keys::new(secrets.rx.0, &secrets.rx.1)?)));
+        let (tx, rx) = keys.map_err(|e| self.fail(CloseReason::Tls(e.to_string())))?;
+        self.tls = Tls::Traffic {
+            kernel: Box::new(kernel),
+            tx,
+            rx,
+        };
+        self.peer_certs = certs.unwrap_or_default();
+        self.suite = suite;
+        // Application data rustls decrypted goes in front of the records
+        // still to open.
+        let early = std::mem::take(&mut self.early);
+        let rest = self.rx_end - self.c_start;
+        if self.rx_buf.len() < early.len() + rest + RX_MIN_FREE {
+            self.rx_buf.resize(early.len() + rest + RX_MIN_FREE, 0);
+        }
+        self.rx_buf
+            .copy_within(self.c_start..self.rx_end, early.len());
+        self.rx_buf[..early.len()].copy_from_slice(&early);
+        self.p_start = 0;
+        self.p_end = early.len();
+        self.c_start = early.len();
+        self.rx_end = early.len() + rest;
+        let mut hello = Vec::new();
+        Hello {
+            version: tunnel::VERSION,
+            max_payload: u16::MAX,
+            name: &self.cfg.name,
+        }
+        .emit_frame(&mut hello);
+        self.append(&hello);
+        self.flush();
+        Ok(())
+    }
+
+    /// Closes the session with `reason`; returns the error to report.
+    fn fail(&mut self, reason: CloseReason) -> SessionError {
+        self.set_closed(reason);
+        SessionError::Closed(self.reason_or(CloseReason::Eof))
+    }
+
+    /// Opens the next whole record in the receive buffer. Returns false
+    /// when none is complete. Application data is moved to follow the
+    /// unparsed plaintext (only that partial frame moves, not the record);
+    /// handshake and alert records are handled here.
+    fn open_record(&mut self) -> Result<bool, CloseReason> {
+        let Tls::Traffic { kernel, rx, .. } = &mut self.tls else {
+            return Ok(false);
+        };
+        let avail = &self.rx_buf[self.c_start..self.rx_end];
+        let len = match record::record_len(avail) {
+            Ok(Some(len)) if len <= avail.len() => len,
+            Ok(_) => return Ok(false),
+            Err(e) => return Err(CloseReason::Tls(e.to_string())),
+        };
+        let rec_start = self.c_start;
+        let (ty, range) = rx
+            .open(&mut self.rx_buf[rec_start..rec_start + len])
+            .map_err(|e| CloseReason::Tls(e.to_string()))?;
+        self.c_start += len;
+        let content = rec_start + range.start..rec_start + range.end;
+        match ty {
+            record::APPLICATION_DATA => {
+                let carried = self.p_end - self.p_start;
+                let new_start = content.start - carried;
+                self.rx_buf.copy_within(self.p_start..self.p_end, new_start);
+                self.p_start = new_start;
+                self.p_end = content.end;
+                Ok(true)
+            }
+            record::ALERT => match self.rx_buf[content] {
+                // close_notify: nothing after it counts.
+                [_, 0] => {
+                    self.peer_eof = true;
+                    self.c_start = self.rx_end;
+                    Ok(true)
+                }
+                [_, desc] => Err(CloseReason::Tls(format!("peer sent TLS alert {desc}"))),
+                _ => Err(CloseReason::Tls("malformed TLS alert".into())),
+            },
+            record::HANDSHAKE => {
+                // Whole messages only: rustls never fragments these.
+                let mut msgs = &self.rx_buf[content];
+                while let [typ, a, b, c, rest @ ..] = msgs {
+                    let n = u32::from_be_bytes([0, *a, *b, *c]) as usize;
+                    let Some((body, rest)) = rest.split_at_checked(n) else {
+                        return Err(CloseReason::Tls("fragmented TLS handshake message".into()));
+                    };
+                    match (*typ, body, &mut **kernel) {
+                        (HS_KEY_UPDATE, [req @ (0 | 1)], k) => {
+                            let (seq, secrets) = k
+                                .update(false)
+                                .map_err(|e| CloseReason::Tls(e.to_string()))?;
+                            *rx = Keys::new(seq, &secrets)
+                                .map_err(|e| CloseReason::Tls(e.to_string()))?;
+                            self.stats.key_updates_rx += 1;
+                            self.key_update_due |= *req == 1;
+                            // A key update must end its record.
+                            if !rest.is_empty() {
+                                return Err(CloseReason::Tls("data after TLS key update".into()));
+                            }
+                        }
+                        (HS_NEW_SESSION_TICKET, _, Kernel::Client(k)) => {
+                            k.handle_new_session_ticket(body)
+                                .map_err(|e| CloseReason::Tls(e.to_string()))?;
+                        }
+                        (t, ..) => {
+                            return Err(CloseReason::Tls(format!(
+                                "unexpected TLS handshake message {t}"
+                            )));
+                        }
+                    }
+                    msgs = rest;
+                }
+                if !msgs.is_empty() {
+                    return Err(CloseReason::Tls("truncated TLS handshake message".into()));
+                }
+                if self.key_update_due {
+                    self.key_update_due = false;
+                    self.flush();
+                    self.send_key_update(false);
+                }
+                Ok(true)
+            }
+            t => Err(CloseReason::Tls(format!("unexpected TLS content type {t}"))),
         }
     }
 
     /// The next received IP packet, borrowed from the session's buffer.
-    /// Control frames are handled on the way; returns `None` when no complete
-    /// PACKET frame is buffered (or the session closed: check
-    /// [`Session::is_closed`]).
+    /// Records are opened and control frames handled on the way; returns
+    /// `None` when no complete PACKET frame is buffered (or the session
+    /// closed: check [`Session::is_closed`]).
     pub fn poll_packet(&mut self) -> Option<&[u8]> {
         loop {
-            let avail = &self.rx_plain[self.rx_start..self.rx_end];
+            if self.state == State::Closed {
+                return None;
+            }
+            let avail = &self.rx_buf[self.p_start..self.p_end];
             let frame = match Frame::new_checked(avail) {
                 Ok(f) => f,
-                Err(WireError::Truncated { .. }) => {
-                    if self.peer_eof {
-                        self.set_closed(CloseReason::Eof);
+                Err(WireError::Truncated { .. }) => match self.open_record() {
+                    Ok(true) => continue,
+                    Ok(false) => {
+                        if self.peer_eof {
+                            self.set_closed(CloseReason::Eof);
+                        }
+                        return None;
                     }
-                    return None;
-                }
+                    Err(reason) => {
+                        // The record layer is broken: nothing more can be
+                        // sealed either.
+                        self.tls = Tls::Dead;
+                        self.set_closed(reason);
+                        return None;
+                    }
+                },
                 Err(WireError::Malformed(m)) => {
                     self.protocol_error(m);
                     return None;
                 }
             };
-            let start = self.rx_start + tunnel::HEADER_LEN;
-            let end = self.rx_start + frame.total_len();
+            let start = self.p_start + tunnel::HEADER_LEN;
+            let end = self.p_start + frame.total_len();
             let ty = frame.frame_type();
             let flags = frame.flags();
-            self.rx_start = end;
+            self.p_start = end;
             match (ty, self.state) {
                 (_, State::Closed) => return None,
                 (FrameType::Packet, State::Established) => {
                     self.stats.rx_packets += 1;
                     self.stats.rx_bytes += (end - start) as u64;
-                    return Some(&self.rx_plain[start..end]);
+                    return Some(&self.rx_buf[start..end]);
                 }
                 (FrameType::Hello, State::Hello) => self.handle_hello(start, end),
                 (FrameType::Keepalive, State::Established) => {}
                 (FrameType::Close, _) => {
-                    let (code, reason) = tunnel::parse_close(&self.rx_plain[start..end])
+                    let (code, reason) = tunnel::parse_close(&self.rx_buf[start..end])
                         .unwrap_or((CloseCode::Protocol, "malformed CLOSE".into()));
+                    self.send_close_notify();
                     self.set_closed(CloseReason::Peer(code, reason));
-                    self.tls.send_close_notify();
                     return None;
                 }
                 (FrameType::Unknown(_), State::Established)
@@ -357,7 +799,7 @@ impl Session {
     }
 
     fn handle_hello(&mut self, start: usize, end: usize) {
-        let (version, max, name) = match Hello::parse(&self.rx_plain[start..end]) {
+        let (version, max, name) = match Hello::parse(&self.rx_buf[start..end]) {
             Ok(h) => (h.version, h.max_payload, h.name.to_string()),
             Err(_) => return self.protocol_error("malformed HELLO"),
         };
@@ -378,15 +820,86 @@ impl Session {
     }
 
     fn protocol_error_owned(&mut self, what: String) {
-        tunnel::emit_close(&mut self.tx_plain, CloseCode::Protocol, &what);
-        self.flush();
-        self.tls.send_close_notify();
+        self.queue_close(CloseCode::Protocol, &what);
         self.set_closed(CloseReason::Protocol(what));
     }
 
-    /// Queues one IP packet. Frames are coalesced into the staging buffer
-    /// and handed to TLS when it reaches the coalescing size or at
-    /// [`Session::flush`].
+    /// Appends bytes to the open record, sealing full records on the way
+    /// (a frame larger than the room left spans records).
+    fn append(&mut self, mut bytes: &[u8]) {
+        if !matches!(self.tls, Tls::Traffic { .. }) {
+            return;
+        }
+        while !bytes.is_empty() {
+            if self.tx_buf.len() == self.tx_sealed {
+                self.tx_buf.extend_from_slice(&[0; record::HEADER_LEN]);
+            }
+            let used = self.tx_buf.len() - self.tx_sealed - record::HEADER_LEN;
+            let room = record::MAX_CONTENT - used;
+            if room == 0 {
+                self.seal(record::APPLICATION_DATA);
+                continue;
+            }
+            let n = room.min(bytes.len());
+            self.tx_buf.extend_from_slice(&bytes[..n]);
+            bytes = &bytes[n..];
+        }
+    }
+
+    /// Content bytes in the open record.
+    fn open_len(&self) -> usize {
+        (self.tx_buf.len() - self.tx_sealed).saturating_sub(record::HEADER_LEN)
+    }
+
+    /// Seals the open record (if it has content) with inner type `ty`.
+    fn seal(&mut self, ty: u8) {
+        let Tls::Traffic { tx, .. } = &mut self.tls else {
+            return;
+        };
+        if self.tx_buf.len() == self.tx_sealed {
+            return;
+        }
+        tx.seal(&mut self.tx_buf, self.tx_sealed, ty);
+        self.tx_sealed = self.tx_buf.len();
+        self.open_since = None;
+        self.stats.tx_records += 1;
+        if tx.seq() >= self.cfg.rekey_after_records {
+            self.send_key_update(false);
+        }
+    }
+
+    /// Sends a TLS 1.3 `KeyUpdate` with the current key, then switches to
+    /// the next one (rustls derives it).
+    fn send_key_update(&mut self, request: bool) {
+        debug_assert_eq!(self.open_len(), 0);
+        let Tls::Traffic { kernel, tx, .. } = &mut self.tls else {
+            return;
+        };
+        let start = self.tx_buf.len();
+        self.tx_buf.extend_from_slice(&[0; record::HEADER_LEN]);
+        self.tx_buf
+            .extend_from_slice(&[HS_KEY_UPDATE, 0, 0, 1, u8::from(request)]);
+        tx.seal(&mut self.tx_buf, start, record::HANDSHAKE);
+        self.tx_sealed = self.tx_buf.len();
+        match kernel
+            .update(true)
+            .map_err(|e| e.to_string())
+            .and_then(|(seq, s)| Keys::new(seq, &s).map_err(|e| e.to_string()))
+        {
+            Ok(k) => {
+                *tx = k;
+                self.stats.key_updates_tx += 1;
+            }
+            Err(e) => {
+                self.tls = Tls::Dead;
+                self.set_closed(CloseReason::Tls(format!("key update: {e}")));
+            }
+        }
+    }
+
+    /// Queues one IP packet. Frames are coalesced into the open record,
+    /// which is sealed when the next frame would push it past the
+    /// coalescing size, or at [`Session::flush`] / [`Session::flush_due`].
     pub fn send_packet(&mut self, packet: &[u8]) -> Result<(), SendError> {
         if self.state != State::Established {
             return Err(SendError::NotEstablished);
@@ -394,102 +907,107 @@ impl Session {
         if packet.len() > self.peer_max_payload {
             return Err(SendError::TooLarge);
         }
-        // Hand the staged frames to TLS before this one would push the
-        // batch past one record's worth: records stay full-sized instead of
-        // a full one followed by a small tail.
-        let framed = tunnel::HEADER_LEN + packet.len();
-        if !self.tx_plain.is_empty() && self.tx_plain.len() + framed > self.cfg.coalesce_bytes {
-            self.flush();
-            if !self.tx_plain.is_empty() {
-                return Err(SendError::Backpressure);
-            }
+        if self.tx_buf.len() - self.tx_sent > self.cfg.max_pending_tls {
+            return Err(SendError::Backpressure);
         }
-        let start = self.tx_plain.len();
-        self.tx_plain.resize(start + tunnel::HEADER_LEN, 0);
-        tunnel::emit_header(
-            &mut self.tx_plain[start..],
-            FrameType::Packet,
-            0,
-            packet.len(),
-        );
-        self.tx_plain.extend_from_slice(packet);
+        let framed = tunnel::HEADER_LEN + packet.len();
+        if self.open_len() > 0 && self.open_len() + framed > self.cfg.coalesce_bytes {
+            self.seal(record::APPLICATION_DATA);
+        }
+        let mut header = [0; tunnel::HEADER_LEN];
+        tunnel::emit_header(&mut header, FrameType::Packet, 0, packet.len());
+        self.append(&header);
+        self.append(packet);
         self.stats.tx_packets += 1;
         self.stats.tx_bytes += packet.len() as u64;
         Ok(())
     }
 
-    /// Hands the staged frames to TLS (one record per up to 16 KiB).
-    /// Whatever TLS's buffer limit refuses stays staged.
+    /// Seals the open record now.
     pub fn flush(&mut self) {
-        use io::Write as _;
-        if self.tx_plain.is_empty() {
+        self.seal(record::APPLICATION_DATA);
+    }
+
+    /// End of a batch: seals the open record if the coalescing delay
+    /// ([`SessionConfig::coalesce_delay`]) has passed since it got its
+    /// first frame (at once with no delay); otherwise
+    /// [`Session::poll_timeout`] includes the deadline.
+    pub fn flush_due(&mut self, now: Instant) {
+        if self.open_len() == 0 {
             return;
         }
-        // Counted only when TLS took something: a refused write (buffer
-        // limit) is not a batch.
-        match self.tls.writer().write(&self.tx_plain) {
-            Ok(0) | Err(_) => {}
-            Ok(n) => {
-                self.tx_plain.drain(..n);
-                self.stats.tx_batches += 1;
-            }
+        let since = *self.open_since.get_or_insert(now);
+        if now >= since + self.cfg.coalesce_delay {
+            self.flush();
         }
     }
 
     /// True while there are TLS bytes to write to the socket.
     pub fn wants_write(&self) -> bool {
-        self.tls.wants_write()
+        self.tx_sealed > self.tx_sent
     }
 
-    /// Writes queued TLS records to `wr` until done or `WouldBlock`.
-    /// Returns the bytes written.
+    /// Writes sealed records to `wr` (as one contiguous buffer: one
+    /// syscall for many records) until done or `WouldBlock`. Returns the
+    /// bytes written.
     pub fn handle_write(&mut self, wr: &mut dyn io::Write, now: Instant) -> io::Result<usize> {
         let mut total = 0;
-        while self.tls.wants_write() {
-            match self.tls.write_tls(wr) {
+        while self.tx_sealed > self.tx_sent {
+            match wr.write(&self.tx_buf[self.tx_sent..self.tx_sealed]) {
                 Ok(0) => break,
                 Ok(n) => {
                     total += n;
+                    self.tx_sent += n;
                     self.last_tx = now;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
-            // Staged frames refused earlier by the buffer limit go now.
-            if !self.tx_plain.is_empty() {
-                self.flush();
-            }
+        }
+        // Reclaim the written front once it outweighs what is left to move
+        // (always when everything is written): the copy is paid for by the
+        // bytes written, and the buffer stays bounded by the pending cap.
+        let rest = self.tx_buf.len() - self.tx_sent;
+        if self.tx_sent > 0 && self.tx_sent >= rest {
+            self.tx_buf.copy_within(self.tx_sent.., 0);
+            self.tx_buf.truncate(rest);
+            self.tx_sealed -= self.tx_sent;
+            self.tx_sent = 0;
         }
         Ok(total)
     }
 
     /// When [`Session::handle_timeout`] must next be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        match self.state {
-            State::Closed => None,
-            State::Hello => Some(self.last_rx + self.cfg.idle_timeout),
+        let timers = match self.state {
+            State::Closed => return None,
+            State::Hello => self.last_rx + self.cfg.idle_timeout,
             State::Established => {
-                Some((self.last_tx + self.cfg.keepalive).min(self.last_rx + self.cfg.idle_timeout))
+                (self.last_tx + self.cfg.keepalive).min(self.last_rx + self.cfg.idle_timeout)
             }
-        }
+        };
+        let flush = self.open_since.map(|t| t + self.cfg.coalesce_delay);
+        Some(flush.map_or(timers, |f| f.min(timers)))
     }
 
-    /// Sends a keepalive when idle; closes the session when the peer has
-    /// been silent for the idle timeout.
+    /// Seals a record whose coalescing delay is up, sends a keepalive when
+    /// idle, closes the session when the peer has been silent for the idle
+    /// timeout.
     pub fn handle_timeout(&mut self, now: Instant) {
         if self.state == State::Closed {
             return;
         }
+        self.flush_due(now);
         if now >= self.last_rx + self.cfg.idle_timeout {
             self.close(CloseCode::Timeout, "peer silent");
             self.close_reason = Some(CloseReason::Timeout);
             return;
         }
         if self.state == State::Established && now >= self.last_tx + self.cfg.keepalive {
-            let start = self.tx_plain.len();
-            self.tx_plain.resize(start + tunnel::HEADER_LEN, 0);
-            tunnel::emit_header(&mut self.tx_plain[start..], FrameType::Keepalive, 0, 0);
+            let mut header = [0; tunnel::HEADER_LEN];
+            tunnel::emit_header(&mut header, FrameType::Keepalive, 0, 0);
+            self.append(&header);
             self.flush();
             self.stats.keepalives_sent += 1;
             // Count it as sent now even before the socket takes it, so a
@@ -504,10 +1022,28 @@ impl Session {
         if self.state == State::Closed {
             return;
         }
-        tunnel::emit_close(&mut self.tx_plain, code, reason);
-        self.flush();
-        self.tls.send_close_notify();
+        self.queue_close(code, reason);
         self.set_closed(CloseReason::Local(code, reason.to_string()));
+    }
+
+    /// Queues a CLOSE frame and `close_notify`.
+    fn queue_close(&mut self, code: CloseCode, reason: &str) {
+        let mut frame = Vec::new();
+        tunnel::emit_close(&mut frame, code, reason);
+        self.append(&frame);
+        self.flush();
+        self.send_close_notify();
+    }
+
+    /// Queues a TLS `close_notify` alert.
+    fn send_close_notify(&mut self) {
+        if self.state == State::Closed {
+            return;
+        }
+        self.flush();
+        // Warning level, close_notify.
+        self.append(&[1, 0]);
+        self.seal(record::ALERT);
     }
 
     fn set_closed(&mut self, reason: CloseReason) {
