@@ -3,10 +3,11 @@
 //! `PrefixMap` on the same prefixes and addresses.
 //!
 //! - `classify_v4/{sluice,sluice_batch,prefix_trie}/{1k,100k}` and
-//!   `classify_v6/{sluice,prefix_trie}/{1k,100k}`: 4096 lookups per
-//!   iteration, `Throughput::Elements`. `sluice` calls `lookup_v4` /
-//!   `lookup_v6` once per address, as `prefix_trie` does; `sluice_batch`
-//!   passes the batch to `lookup_v4_batch`, which overlaps lookups.
+//!   `classify_v6/{sluice,sluice_batch,prefix_trie}/{1k,100k}`: 4096
+//!   lookups per iteration, `Throughput::Elements`. `sluice` calls
+//!   `lookup_v4` / `lookup_v6` once per address, as `prefix_trie` does;
+//!   `sluice_batch` passes the batch to `lookup_v4_batch` /
+//!   `lookup_v6_batch`, which overlap lookups.
 //! - Tables are seeded random prefixes with a realistic length mix (v4:
 //!   mostly /16–/24, some /8–/15 and /25–/32; v6: in `2000::/3`, mostly
 //!   /32–/64 with many /48, some /128). Values come from 64 actions.
@@ -188,6 +189,18 @@ fn classify_v6(c: &mut Criterion) {
                     acc = acc.wrapping_add(ours.lookup_v6(a).unwrap_or(u32::MAX));
                 }
                 acc
+            });
+        });
+        let mut out = vec![None; BATCH];
+        ours.lookup_v6_batch(&addrs, &mut out);
+        for (&a, &o) in addrs.iter().zip(&out) {
+            assert_eq!(o, ours.lookup_v6(a), "{}", Ipv6Addr::from(a));
+        }
+        group.bench_function(format!("sluice_batch/{name}"), |b| {
+            b.iter(|| {
+                ours.lookup_v6_batch(black_box(&addrs), &mut out);
+                out.iter()
+                    .fold(0u32, |acc, v| acc.wrapping_add(v.unwrap_or(u32::MAX)))
             });
         });
         group.bench_function(format!("prefix_trie/{name}"), |b| {

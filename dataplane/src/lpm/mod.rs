@@ -4,7 +4,7 @@
 //! [`Lpm::build`] turns a list of `(Prefix, value)` into an immutable table:
 //! DIR-24-8 for IPv4 (one read for prefixes up to /24, two beyond; 32 MiB
 //! plus 512 B per /24 that holds a longer prefix) and a Poptrie for IPv6
-//! (a 1 MiB direct table on the first 18 bits, then 6 bits per 24-byte
+//! (a 4 MiB direct table on the first 20 bits, then 6 bits per 24-byte
 //! node; see the `v6` module for depths). Each family's tables are allocated
 //! only if it has prefixes. Values are deduplicated into a small array that
 //! the tables index with `u16`s, so at most [`MAX_VALUES`] distinct values.
@@ -12,9 +12,10 @@
 //! Building allocates and takes time (tens to hundreds of milliseconds):
 //! do it off the hot path and publish the result with [`Swap`], which
 //! workers read through a [`Reader`] without locks. Lookups never allocate
-//! or lock; [`Lpm::lookup_v4_batch`] overlaps the memory reads of several
-//! IPv4 lookups, for a ring's worth of packets. This module does no I/O and knows nothing of the config
-//! format: the caller turns the bypass config into prefixes.
+//! or lock; [`Lpm::lookup_v4_batch`] and [`Lpm::lookup_v6_batch`] overlap
+//! the memory reads of several lookups, for a ring's worth of packets. This
+//! module does no I/O and knows nothing of the config format: the caller
+//! turns the bypass config into prefixes.
 mod swap;
 mod v4;
 mod v6;
@@ -30,6 +31,8 @@ pub const MAX_VALUES: usize = 0x7fff;
 
 /// Lookups walked together by the batch functions.
 const BATCH: usize = 8;
+/// IPv6 lookups walked together by [`Lpm::lookup_v6_batch`].
+const BATCH_V6: usize = 16;
 
 /// Why a table could not be built: a capacity limit of the encoding.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -143,6 +146,34 @@ impl<V: Copy> Lpm<V> {
         }
         for (&a, o) in chunks.remainder().iter().zip(outs.into_remainder()) {
             *o = self.lookup_v4(a);
+        }
+    }
+
+    /// Looks up a batch of IPv6 addresses (host order) into `out`, reading
+    /// the direct-table entries of 16 lookups, then their first trie
+    /// nodes, before finishing each walk, so that the first two levels'
+    /// cache misses overlap. Same results as [`Self::lookup_v6`]; against
+    /// a loop of it the gain is inconsistent on the (noisy) bench machine,
+    /// from 0.75x to 1.3x across runs at 1k and 100k prefixes: that loop's
+    /// misses already overlap out of order, and much of its cost is the
+    /// mispredicted branches, which batching does not remove.
+    ///
+    /// # Panics
+    /// If `out` is shorter than `addrs`.
+    pub fn lookup_v6_batch(&self, addrs: &[u128], out: &mut [Option<V>]) {
+        let out = &mut out[..addrs.len()];
+        let mut chunks = addrs.chunks_exact(BATCH_V6);
+        let mut outs = out.chunks_exact_mut(BATCH_V6);
+        for (a, o) in (&mut chunks).zip(&mut outs) {
+            let idx = self
+                .v6
+                .lookup_many::<BATCH_V6>(a.try_into().expect("chunk of BATCH_V6"));
+            for (o, i) in o.iter_mut().zip(idx) {
+                *o = self.values[usize::from(i)];
+            }
+        }
+        for (&a, o) in chunks.remainder().iter().zip(outs.into_remainder()) {
+            *o = self.lookup_v6(a);
         }
     }
 

@@ -247,3 +247,117 @@ fn batches_match_single_lookups() {
     only_v6.lookup_v4_batch(&v4, &mut out);
     assert!(out[..v4.len()].iter().all(Option::is_none));
 }
+
+/// `lookup_v6_batch` of `addrs` equals `lookup_v6` of each, for lengths
+/// that are and are not multiples of `BATCH_V6`.
+fn assert_v6_batch_matches(t: &Lpm<u32>, addrs: &[u128], what: &str) {
+    for n in [0, 1, BATCH_V6 - 1, BATCH_V6, BATCH_V6 + 3, addrs.len()] {
+        let addrs = &addrs[..n.min(addrs.len())];
+        let mut out = vec![Some(u32::MAX); addrs.len() + 2];
+        t.lookup_v6_batch(addrs, &mut out);
+        for (i, &a) in addrs.iter().enumerate() {
+            assert_eq!(out[i], t.lookup_v6(a), "{what}, {}", Ipv6Addr::from(a));
+        }
+        // Past `addrs.len()`, `out` is untouched.
+        assert_eq!(out[addrs.len()..], [Some(u32::MAX); 2]);
+    }
+}
+
+fn v6_only(addrs: &[IpAddr]) -> Vec<u128> {
+    addrs
+        .iter()
+        .filter_map(|a| match a {
+            IpAddr::V4(_) => None,
+            IpAddr::V6(a) => Some(u128::from(*a)),
+        })
+        .collect()
+}
+
+#[test]
+fn v6_batches_match_naive_on_random_tables() {
+    for seed in 1..=6u64 {
+        let mut rng = Rng::new(seed.wrapping_mul(0xd1b5_4a32_d192_ed03));
+        let mut entries = random_table(&mut rng, true, 50 + 300 * seed as usize);
+        if seed % 2 == 1 {
+            entries.push((p("::/0"), 1001));
+        }
+        let t = Lpm::build(&entries).unwrap();
+        let addrs = v6_only(&probes(&mut rng, &entries, 5_003));
+        let mut out = vec![None; addrs.len()];
+        t.lookup_v6_batch(&addrs, &mut out);
+        for (&a, &o) in addrs.iter().zip(&out) {
+            let ip = IpAddr::V6(Ipv6Addr::from(a));
+            assert_eq!(o, naive(&entries, ip), "seed {seed}, {ip}");
+        }
+        assert_v6_batch_matches(&t, &addrs, &format!("seed {seed}"));
+    }
+}
+
+#[test]
+fn v6_edge_cases_single_and_batch() {
+    // Around the direct table's edge (/20, /21), nested and overlapping
+    // prefixes, /0 and /128 at both ends of the space.
+    let entries = [
+        (p("::/0"), 1),
+        (p("2001::/20"), 2),
+        (p("2001:800::/21"), 3),
+        (p("2001:db8::/32"), 4),
+        (p("2001:db8::/127"), 5),
+        (p("2001:db8::1/128"), 6),
+        (p("2001:db8:0:1::/64"), 7),
+        (p("2001:db8::/63"), 8),
+        (p("2001:dbf:ffff:ffff:ffff:ffff:ffff:ffff/128"), 9),
+        (p("::/128"), 10),
+        (p("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff/128"), 11),
+        (p("ffff:f000::/20"), 12),
+        (p("8000::/1"), 13),
+    ];
+    let t = Lpm::build(&entries).unwrap();
+    let mut addrs: Vec<u128> = [
+        "::",
+        "::1",
+        "2001:db0::",
+        "2001:db7:ffff::",
+        "2001:db8::",
+        "2001:db8::1",
+        "2001:db8::2",
+        "2001:db8::3",
+        "2001:db8:0:1::",
+        "2001:db8:0:1:ffff::",
+        "2001:db8:0:0:ffff::",
+        "2001:db8:0:2::",
+        "2001:db8:1::",
+        "2001:7ff:ffff::",
+        "2001:dbf:ffff:ffff:ffff:ffff:ffff:ffff",
+        "2001:dbf:ffff:ffff:ffff:ffff:ffff:fffe",
+        "2001:dc0::",
+        "7fff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+        "8000::",
+        "ffff:f000::",
+        "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+        "ffff:ffff:ffff:ffff:ffff:ffff:ffff:fffe",
+    ]
+    .iter()
+    .map(|s| u128::from(s.parse::<Ipv6Addr>().unwrap()))
+    .collect();
+    for &a in &addrs {
+        let ip = IpAddr::V6(Ipv6Addr::from(a));
+        assert_eq!(t.lookup_v6(a), naive(&entries, ip), "{ip}");
+    }
+    assert_eq!(t.lookup_v6(u128::MAX), Some(11));
+    assert_eq!(t.lookup_v6(0), Some(10));
+    assert_eq!(t.lookup_v6(1), Some(1));
+    addrs.extend(addrs.clone().iter().rev());
+    assert_v6_batch_matches(&t, &addrs, "edge cases");
+
+    // Only prefixes that fit the direct table (no trie nodes), and no IPv6
+    // prefix at all: batches agree with single lookups.
+    let short = [(p("::/0"), 1), (p("2001::/16"), 2), (p("2001::/20"), 3)];
+    let t = Lpm::build(&short).unwrap();
+    assert_v6_batch_matches(&t, &addrs, "short prefixes only");
+    assert_eq!(t.lookup_v6(addrs[4]), Some(3));
+    let t = Lpm::build(&[(p("10.0.0.0/8"), 1)]).unwrap();
+    let mut out = vec![Some(0); addrs.len()];
+    t.lookup_v6_batch(&addrs, &mut out);
+    assert!(out.iter().all(Option::is_none));
+}
