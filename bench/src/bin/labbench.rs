@@ -79,6 +79,8 @@ struct Row {
 struct Args {
     smoke: bool,
     seconds: u64,
+    /// Runs per case and traffic; the row with the median Gbit/s is kept.
+    repeat: usize,
     out: PathBuf,
     sluice: PathBuf,
 }
@@ -87,6 +89,7 @@ fn parse_args() -> Result<Args> {
     let mut a = Args {
         smoke: false,
         seconds: 5,
+        repeat: 3,
         out: PathBuf::from("bench/out"),
         sluice: PathBuf::new(),
     };
@@ -95,10 +98,11 @@ fn parse_args() -> Result<Args> {
         match arg.as_str() {
             "--smoke" => a.smoke = true,
             "--seconds" => a.seconds = it.next().context("--seconds N")?.parse()?,
+            "--repeat" => a.repeat = it.next().context("--repeat N")?.parse::<usize>()?.max(1),
             "--out" => a.out = it.next().context("--out DIR")?.into(),
             "--sluice" => a.sluice = it.next().context("--sluice PATH")?.into(),
             other => bail!(
-                "unknown argument {other:?}; usage: labbench --sluice PATH [--seconds N] [--out DIR] [--smoke]"
+                "unknown argument {other:?}; usage: labbench --sluice PATH [--seconds N] [--repeat N] [--out DIR] [--smoke]"
             ),
         }
     }
@@ -107,6 +111,7 @@ fn parse_args() -> Result<Args> {
     }
     if a.smoke {
         a.seconds = 1;
+        a.repeat = 1;
     }
     Ok(a)
 }
@@ -187,7 +192,12 @@ fn run_cases(lab: &Lab, a: &Args, traffic: &[Traffic]) -> Result<Vec<Row>> {
     let mut rows = Vec::new();
     let run = |rows: &mut Vec<Row>, case: &'static str, dst: &str| -> Result<()> {
         for &t in traffic {
-            let r = measure(lab, case, dst, t, a.seconds)?;
+            // The median of a few runs: one noisy run cannot decide a ratio.
+            let mut runs = (0..a.repeat)
+                .map(|_| measure(lab, case, dst, t, a.seconds))
+                .collect::<Result<Vec<_>>>()?;
+            runs.sort_by(|x, y| x.gbps.total_cmp(&y.gbps));
+            let r = runs.swap_remove(runs.len() / 2);
             eprintln!(
                 "labbench: {case:<28} {:<14} {:>7.3} Gbit/s {:>7.3} Mpps {:>6.2} CPU-s/GB",
                 t.name(),
@@ -507,8 +517,8 @@ fn markdown(rows: &[Row], a: &Args) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "Lab benchmark: {} s per case, iperf3 client on CPU 0, server on CPU 1.\n",
-        a.seconds
+        "Lab benchmark: {} s per run, median of {} run(s) per case and traffic, iperf3 client on CPU 0, server on CPU 1, sluice workers pinned to the first allowed CPU (0).\n",
+        a.seconds, a.repeat
     );
     let _ = writeln!(
         s,

@@ -388,11 +388,11 @@ impl GatewayConfig {
                 format!("must be 1 to {}", sluice_common::MAX_QUEUES),
             ));
         }
-        if let Some(c) = gw.cpus.as_ref().filter(|c| {
-            c.get_ref()
-                .iter()
-                .any(|&c| c >= crate::sys::cpu::MAX_CPUS)
-        }) {
+        if let Some(c) = gw
+            .cpus
+            .as_ref()
+            .filter(|c| c.get_ref().iter().any(|&c| c >= crate::sys::cpu::MAX_CPUS))
+        {
             return Err(d.err(
                 c.span(),
                 "gateway.cpus",

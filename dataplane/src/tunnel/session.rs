@@ -923,6 +923,22 @@ impl Session {
         Ok(())
     }
 
+    /// Fuzzing hook: queues one record of inner content type `ty` holding
+    /// `content` (cut to a record's worth), as a hostile but authenticated
+    /// peer could send. Not part of the API.
+    #[cfg(feature = "fuzzing")]
+    #[doc(hidden)]
+    pub fn fuzz_queue_record(&mut self, ty: u8, content: &[u8]) {
+        self.flush();
+        if !matches!(self.tls, Tls::Traffic { .. }) {
+            return;
+        }
+        self.tx_buf.extend_from_slice(&[0; record::HEADER_LEN]);
+        self.tx_buf
+            .extend_from_slice(&content[..content.len().min(record::MAX_CONTENT)]);
+        self.seal(ty);
+    }
+
     /// Seals the open record now.
     pub fn flush(&mut self) {
         self.seal(record::APPLICATION_DATA);
