@@ -33,6 +33,9 @@ impl Dir24 {
         // lies in. Equal lengths are disjoint, so their order is irrelevant.
         routes.sort_unstable_by_key(|&(addr, len, _)| (len, addr));
         let mut tbl24 = vec![0u16; 1 << 24];
+        // Before the first write: random lookups over 32 MiB miss the TLB
+        // on nearly every read with 4 KiB pages (see `sys::mem`).
+        let _ = crate::sys::mem::advise_huge_pages(&mut tbl24);
         let mut tbl8: Vec<u16> = Vec::new();
         for (addr, len, value) in routes {
             debug_assert!(value != 0 && value & CHUNK == 0);

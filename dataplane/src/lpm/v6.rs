@@ -83,8 +83,11 @@ impl Poptrie {
         if routes.is_empty() {
             return Ok(Self::default());
         }
+        let mut top = vec![0u32; 1 << TOP_BITS];
+        // Before the first write (see `sys::mem`).
+        let _ = crate::sys::mem::advise_huge_pages(&mut top);
         let mut trie = Self {
-            top: vec![0u32; 1 << TOP_BITS].into_boxed_slice(),
+            top: top.into_boxed_slice(),
             nodes: Vec::new(),
             leaves: Vec::new(),
         };

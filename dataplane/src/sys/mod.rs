@@ -5,11 +5,13 @@
 //!   TX rings, batched and `#[must_use]`.
 //! - [`tun`]: TUN devices for the edge.
 //! - [`cpu`]: CPU affinity of worker threads.
+//! - [`mem`]: huge-page advice for large lookup tables.
 //!
 //! Everything else in the crate is `#![deny(unsafe_code)]` and uses these
 //! safe wrappers.
 #![allow(unsafe_code)]
 
 pub mod cpu;
+pub mod mem;
 pub mod tun;
 pub mod xsk;
