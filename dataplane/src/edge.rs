@@ -9,6 +9,12 @@
 //! gateways are served at once. Gateways with overlapping LAN prefixes are
 //! not supported yet: the most recent sender of an address wins.
 //!
+//! With `tun_offload` (the default) the TUN device takes virtio-net
+//! headers and the packets of each batch read from a tunnel go through
+//! [`crate::gro`]: a flow's consecutive TCP segments (and UDP datagrams)
+//! become one GSO packet, so the kernel forwards and translates one packet
+//! where there were dozens. Replies are read one packet at a time.
+//!
 //! With `manage_network` (the default) the edge configures the kernel
 //! itself: TUN up with its MTU, routes for `client_prefixes` into the TUN,
 //! forwarding on, and an nftables table that masquerades those sources;
@@ -33,6 +39,7 @@ use mio::{
 use crate::{
     addr_map::{AddrMap, Full},
     config::EdgeConfig,
+    gro::{Coalescer, VNET_HDR_LEN, VnetHdr},
     host,
     lpm::{Lpm, LpmError},
     metrics::sample,
@@ -110,6 +117,13 @@ pub struct EdgeStats {
     pub drop_backpressure: AtomicU64,
     /// Dropped: writing to the TUN device failed.
     pub drop_tun_write: AtomicU64,
+    /// Writes to the TUN device (one per packet, or per GSO packet).
+    pub tun_writes: AtomicU64,
+    /// Packets that went to the kernel inside GSO packets.
+    pub gro_merged: AtomicU64,
+    /// Dropped: a packet read from the TUN device came with offloads
+    /// that were not asked for (a GSO packet).
+    pub drop_tun_offload: AtomicU64,
     /// Inner addresses replies are routed to (a gauge).
     pub routes: AtomicU64,
     /// Packets whose source address could not be learnt because the route
@@ -167,6 +181,18 @@ impl EdgeStats {
             "Bytes sent into tunnels.",
             &self.to_tunnel_bytes,
         );
+        c(
+            out,
+            "sluice_edge_tun_writes_total",
+            "Writes to the TUN device (a GSO packet is one write).",
+            &self.tun_writes,
+        );
+        c(
+            out,
+            "sluice_edge_gro_merged_packets_total",
+            "Packets written to the TUN device inside GSO packets.",
+            &self.gro_merged,
+        );
         sample(
             out,
             "sluice_edge_routes",
@@ -187,6 +213,7 @@ impl EdgeStats {
             ("no_route", &self.drop_no_route),
             ("backpressure", &self.drop_backpressure),
             ("tun_write", &self.drop_tun_write),
+            ("tun_offload", &self.drop_tun_offload),
         ];
         for (i, (reason, v)) in drops.iter().enumerate() {
             let help = (i == 0).then_some("Packets dropped by the edge, by reason.");
@@ -227,6 +254,8 @@ pub struct Edge {
     poll: Poll,
     listener: TcpListener,
     tun: Tun,
+    /// Present when the TUN device takes virtio-net headers.
+    gro: Option<Box<Coalescer>>,
     tls: Arc<rustls::ServerConfig>,
     conns: Vec<Option<Conn>>,
     /// `client_prefixes`, for the anti-spoofing check.
@@ -258,7 +287,22 @@ impl Edge {
                 .collect::<Vec<_>>(),
         )
         .map_err(EdgeError::ClientPrefixes)?;
-        let tun = Tun::open(&cfg.tun).map_err(ioerr(format!("opening TUN device {}", cfg.tun)))?;
+        let tun = match Tun::open_with(&cfg.tun, cfg.tun_offload) {
+            Err(e) if cfg.tun_offload => {
+                log::warn!(
+                    "TUN device {} with virtio-net headers: {e}; writing one packet at a time",
+                    cfg.tun
+                );
+                Tun::open(&cfg.tun)
+            }
+            r => r,
+        }
+        .map_err(ioerr(format!("opening TUN device {}", cfg.tun)))?;
+        // UDP GSO packets from user space need Linux 6.2; TCP ones work on
+        // every kernel with IFF_VNET_HDR.
+        let gro = tun
+            .has_vnet_hdr()
+            .then(|| Box::new(Coalescer::new(host::kernel_at_least(6, 2))));
         let nat = if cfg.manage_network {
             Some(setup_network(&cfg, tun.name())?)
         } else {
@@ -293,6 +337,7 @@ impl Edge {
             poll,
             listener,
             tun,
+            gro,
             tls,
             conns: Vec::new(),
             clients,
@@ -443,8 +488,14 @@ impl Edge {
             return;
         };
         let was_established = c.sess.is_established();
-        let (mut ok, mut spoofed, mut malformed, mut tun_err, mut bytes, mut route_full) =
-            (0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
+        let (mut ok, mut spoofed, mut malformed, mut bytes, mut route_full) =
+            (0u64, 0u64, 0u64, 0u64, 0u64);
+        let mut writer = TunWriter {
+            tun: &self.tun,
+            writes: 0,
+            merged: 0,
+            dropped: 0,
+        };
         loop {
             let res = c.sess.handle_read(&mut c.sock, now);
             while let Some(pkt) = c.sess.poll_packet() {
@@ -466,12 +517,11 @@ impl Edge {
                     }
                     Err(Full { .. }) => route_full += 1,
                 }
-                match self.tun.send(p.as_bytes()) {
-                    Ok(_) => {
-                        ok += 1;
-                        bytes += p.as_bytes().len() as u64;
-                    }
-                    Err(_) => tun_err += 1,
+                ok += 1;
+                bytes += p.as_bytes().len() as u64;
+                match self.gro.as_deref_mut() {
+                    Some(g) => g.push(p.as_bytes(), &mut |h, b| writer.write(h, b)),
+                    None => writer.write_plain(p.as_bytes()),
                 }
             }
             match res {
@@ -485,6 +535,11 @@ impl Edge {
                 }
             }
         }
+        // End of the batch: nothing is held back across event-loop turns.
+        if let Some(g) = self.gro.as_deref_mut() {
+            g.flush(&mut |h, b| writer.write(h, b));
+        }
+        let ok = ok - writer.dropped;
         if !was_established && c.sess.is_established() {
             log::info!(
                 "tunnel from {}: established with gateway `{}` (certificate {})",
@@ -498,7 +553,9 @@ impl Edge {
         s.to_kernel_bytes.fetch_add(bytes, Relaxed);
         s.drop_spoofed.fetch_add(spoofed, Relaxed);
         s.drop_malformed.fetch_add(malformed, Relaxed);
-        s.drop_tun_write.fetch_add(tun_err, Relaxed);
+        s.drop_tun_write.fetch_add(writer.dropped, Relaxed);
+        s.tun_writes.fetch_add(writer.writes, Relaxed);
+        s.gro_merged.fetch_add(writer.merged, Relaxed);
         s.route_table_full.fetch_add(route_full, Relaxed);
         s.routes.store(self.routes.len() as u64, Relaxed);
     }
@@ -506,9 +563,10 @@ impl Edge {
     /// Drains up to a budget of packets from the TUN device into tunnels.
     /// Returns true if more may be waiting.
     fn read_tun(&mut self, buf: &mut [u8]) -> bool {
-        let (mut ok, mut bytes, mut no_route, mut malformed, mut full) =
-            (0u64, 0u64, 0u64, 0u64, 0u64);
+        let (mut ok, mut bytes, mut no_route, mut malformed, mut full, mut offload) =
+            (0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
         let mut more = true;
+        let vnet = self.tun.has_vnet_hdr();
         for _ in 0..TUN_BUDGET {
             let n = match self.tun.recv(buf) {
                 Ok(n) => n,
@@ -523,7 +581,25 @@ impl Edge {
                     break;
                 }
             };
-            let Ok(p) = ip::Packet::new_checked(&buf[..n]) else {
+            let pkt = if vnet {
+                // No receive offloads were enabled, so the kernel completes
+                // checksums and segments before handing packets over; a
+                // GSO packet here would be a kernel surprise: count it.
+                match buf[..n].split_first_chunk::<VNET_HDR_LEN>() {
+                    Some((h, rest)) if !VnetHdr::from_bytes(h).is_gso() => rest,
+                    Some(_) => {
+                        offload += 1;
+                        continue;
+                    }
+                    None => {
+                        malformed += 1;
+                        continue;
+                    }
+                }
+            } else {
+                &buf[..n]
+            };
+            let Ok(p) = ip::Packet::new_checked(pkt) else {
                 malformed += 1;
                 continue;
             };
@@ -552,6 +628,7 @@ impl Edge {
         s.drop_no_route.fetch_add(no_route, Relaxed);
         s.drop_malformed.fetch_add(malformed, Relaxed);
         s.drop_backpressure.fetch_add(full, Relaxed);
+        s.drop_tun_offload.fetch_add(offload, Relaxed);
         more
     }
 
@@ -572,6 +649,44 @@ impl Edge {
             self.stats.routes.store(self.routes.len() as u64, Relaxed);
             self.stats.conns_active.fetch_sub(1, Relaxed);
             self.stats.conns_closed.fetch_add(1, Relaxed);
+        }
+    }
+}
+
+/// Writes to the TUN device and tallies what happened.
+struct TunWriter<'a> {
+    tun: &'a Tun,
+    writes: u64,
+    /// Packets written inside GSO packets.
+    merged: u64,
+    /// Packets lost to failed writes.
+    dropped: u64,
+}
+
+impl TunWriter<'_> {
+    /// One packet or GSO packet, behind its virtio-net header.
+    fn write(&mut self, hdr: &VnetHdr, pkt: &[u8]) {
+        let segments = if hdr.is_gso() {
+            let payload = pkt.len().saturating_sub(usize::from(hdr.hdr_len));
+            payload.div_ceil(usize::from(hdr.gso_size).max(1)) as u64
+        } else {
+            1
+        };
+        self.writes += 1;
+        if hdr.is_gso() {
+            self.merged += segments;
+        }
+        if let Err(e) = self.tun.send_vnet(&hdr.to_bytes(), pkt) {
+            log::debug!("TUN write: {e}");
+            self.dropped += segments;
+        }
+    }
+
+    /// One packet, on a device without virtio-net headers.
+    fn write_plain(&mut self, pkt: &[u8]) {
+        self.writes += 1;
+        if self.tun.send(pkt).is_err() {
+            self.dropped += 1;
         }
     }
 }

@@ -109,6 +109,24 @@ pub fn rx_queues(iface: &str) -> Result<u32, HostError> {
     Ok(u32::try_from(n).unwrap_or(1).max(1))
 }
 
+/// True if the running kernel's release is at least `major.minor`
+/// (`/proc/sys/kernel/osrelease`; false if it cannot be read).
+pub fn kernel_at_least(major: u32, minor: u32) -> bool {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .ok()
+        .and_then(|r| release_at_least(&r, major, minor))
+        .unwrap_or(false)
+}
+
+fn release_at_least(release: &str, major: u32, minor: u32) -> Option<bool> {
+    let mut it = release
+        .trim()
+        .split(|c: char| !c.is_ascii_digit())
+        .map(str::parse::<u32>);
+    let (a, b) = (it.next()?.ok()?, it.next()?.ok()?);
+    Some((a, b) >= (major, minor))
+}
+
 /// Where bpffs is mounted by default.
 pub const BPFFS: &str = "/sys/fs/bpf";
 
@@ -176,6 +194,16 @@ fn parse_ip_addr(out: &str) -> Vec<IpAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kernel_release_comparison() {
+        let f = release_at_least;
+        assert_eq!(f("6.18.44-fc-v1045\n", 6, 2), Some(true));
+        assert_eq!(f("6.1.0-28-amd64", 6, 2), Some(false));
+        assert_eq!(f("5.19.0", 6, 2), Some(false));
+        assert_eq!(f("7.0", 6, 2), Some(true));
+        assert_eq!(f("garbage", 6, 2), None);
+    }
 
     #[test]
     fn parses_ip_addr_output() {

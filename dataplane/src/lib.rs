@@ -11,6 +11,8 @@
 //!   and the TUN device.
 //! - [`ebpf`]: loads the embedded XDP classifier with aya, fills its maps,
 //!   reads its counters.
+//! - [`gro`]: merges a flow's packets into GSO packets for the edge's TUN
+//!   device (sans-IO).
 //! - [`gateway`] and [`edge`]: the event loops that drive the above with mio.
 //! - [`config`], [`pki`], [`metrics`]: operator-facing pieces.
 #![deny(unsafe_code)]
@@ -21,6 +23,7 @@ pub mod config;
 pub mod ebpf;
 pub mod edge;
 pub mod gateway;
+pub mod gro;
 pub mod host;
 pub mod lpm;
 pub mod metrics;

@@ -30,6 +30,8 @@ pub struct Sluice<'a> {
     pub edge: Option<ProcId>,
     /// The gateway process.
     pub gateway: Option<ProcId>,
+    /// CPUs the gateway and the edge are confined to (`taskset`), if any.
+    pin: Option<(usize, usize)>,
 }
 
 impl<'a> Sluice<'a> {
@@ -72,6 +74,7 @@ impl<'a> Sluice<'a> {
             conf,
             edge: None,
             gateway: None,
+            pin: None,
         }
     }
 
@@ -82,6 +85,34 @@ impl<'a> Sluice<'a> {
         s.start_edge();
         s.start_gateway();
         s
+    }
+
+    /// Rewrites the edge's configuration with `edit` (before
+    /// [`Sluice::start_edge`]).
+    ///
+    /// # Panics
+    /// If the file cannot be read or written.
+    pub fn edit_edge(&self, edit: impl FnOnce(&str) -> String) {
+        let path = self.conf.join("edge.toml");
+        let text = std::fs::read_to_string(&path).expect("reading edge.toml");
+        std::fs::write(&path, edit(&text)).expect("writing edge.toml");
+    }
+
+    /// Confines the gateways started from now on to CPU `gateway` and the
+    /// edge to CPU `edge` (`taskset -c`), as the lab benchmark does with
+    /// every tunnel it compares.
+    pub fn pin(&mut self, gateway: usize, edge: usize) {
+        self.pin = Some((gateway, edge));
+    }
+
+    /// `argv` behind `taskset -c <cpu>` if pinned.
+    fn pinned(cpu: Option<usize>, argv: &[&str]) -> Vec<String> {
+        let mut v: Vec<String> = match cpu {
+            Some(c) => vec!["taskset".into(), "-c".into(), c.to_string()],
+            None => Vec::new(),
+        };
+        v.extend(argv.iter().map(ToString::to_string));
+        v
     }
 
     /// The directory holding configs and certificates.
@@ -96,12 +127,11 @@ impl<'a> Sluice<'a> {
     pub fn start_edge(&mut self) {
         let cfg = self.conf.join("edge.toml").to_string_lossy().into_owned();
         let bin = self.bin.to_string_lossy().into_owned();
-        let id = self.lab.spawn_env(
-            Host::Edge,
-            "edge",
-            &[&bin, "edge", "--config", &cfg],
-            &[("RUST_LOG", "info")],
-        );
+        let argv = Self::pinned(self.pin.map(|p| p.1), &[&bin, "edge", "--config", &cfg]);
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        let id = self
+            .lab
+            .spawn_env(Host::Edge, "edge", &argv, &[("RUST_LOG", "info")]);
         let addr: SocketAddr = EDGE_ADDR.parse().expect("edge address");
         self.lab
             .wait_for("the edge to listen", Duration::from_secs(10), || {
@@ -167,12 +197,9 @@ impl<'a> Sluice<'a> {
     fn spawn_gateway(&self, h: Host, name: &str, file: &str) -> ProcId {
         let cfg = self.conf.join(file).to_string_lossy().into_owned();
         let bin = self.bin.to_string_lossy().into_owned();
-        self.lab.spawn_env(
-            h,
-            name,
-            &[&bin, "gateway", "--config", &cfg],
-            &[("RUST_LOG", "info")],
-        )
+        let argv = Self::pinned(self.pin.map(|p| p.0), &[&bin, "gateway", "--config", &cfg]);
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        self.lab.spawn_env(h, name, &argv, &[("RUST_LOG", "info")])
     }
 
     /// Waits until every gateway worker reports its tunnel up (or down).

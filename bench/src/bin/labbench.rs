@@ -5,13 +5,18 @@
 //!
 //! Traffic (iperf3, from `client` to a server in `inet`): TCP with one and
 //! with four streams, UDP with 64- and 1400-byte payloads (unlimited rate).
-//! The iperf3 client runs on CPU 0 and the server on CPU 1 (a sender
-//! sharing a core with its receiver starves it); the forwarding daemons and
-//! the kernel's own forwarding run wherever the scheduler puts them, the
-//! same for every case. Each load is bounded in time.
+//! CPU pinning, the same for every case: the iperf3 client runs on CPU 0
+//! and the server on CPU 1 (a sender sharing a core with its receiver
+//! starves it); every tunnel's gateway-side process (sluice gateway,
+//! `boringtun`, `OpenVPN` client) on the client's CPU and its edge-side process
+//! on the server's (`--pin GW,EDGE`, or `--pin none`); the kernel's own
+//! forwarding runs where the packets are. Each load is bounded in time; a
+//! measurement that fails (iperf3 errors happen under unlimited UDP floods)
+//! is retried twice before the run fails.
 //!
-//! Output in `--out` (default `bench/out`): `results.md` (table with ratios
-//! to the baselines), `results.json`, `results.svg` (bar chart).
+//! Output in `--out` (default `bench/out`): `results.md` (the machine, and
+//! a table with ratios to each baseline), `results.json`, `results.svg`
+//! (bar chart).
 //!
 //! `--smoke`: one second per case and fewer traffic kinds, for the test
 //! suite (the benchmark never rots); its figures mean nothing.
@@ -83,6 +88,20 @@ struct Args {
     repeat: usize,
     out: PathBuf,
     sluice: PathBuf,
+    /// CPUs of the gateway-side and the edge-side tunnel processes.
+    pin: Option<(usize, usize)>,
+    /// Run only the cases whose names contain one of these.
+    only: Vec<String>,
+    /// Add a native tunnel case with the edge's TUN offload (GRO) off.
+    gro_ab: bool,
+    /// Only these kinds of traffic.
+    traffic: Option<Vec<Traffic>>,
+}
+
+impl Args {
+    fn wants(&self, case: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|o| case.contains(o.as_str()))
+    }
 }
 
 fn parse_args() -> Result<Args> {
@@ -92,6 +111,10 @@ fn parse_args() -> Result<Args> {
         repeat: 3,
         out: PathBuf::from("bench/out"),
         sluice: PathBuf::new(),
+        pin: Some((0, 1)),
+        only: Vec::new(),
+        gro_ab: false,
+        traffic: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -101,8 +124,42 @@ fn parse_args() -> Result<Args> {
             "--repeat" => a.repeat = it.next().context("--repeat N")?.parse::<usize>()?.max(1),
             "--out" => a.out = it.next().context("--out DIR")?.into(),
             "--sluice" => a.sluice = it.next().context("--sluice PATH")?.into(),
+            "--pin" => {
+                let v = it.next().context("--pin GW,EDGE or --pin none")?;
+                a.pin = if v == "none" {
+                    None
+                } else {
+                    let (g, e) = v.split_once(',').context("--pin GW,EDGE")?;
+                    Some((g.parse()?, e.parse()?))
+                };
+            }
+            "--only" => {
+                a.only = it
+                    .next()
+                    .context("--only CASE[,CASE...]")?
+                    .split(',')
+                    .map(str::to_string)
+                    .collect();
+            }
+            "--gro-ab" => a.gro_ab = true,
+            "--traffic" => {
+                let list = it.next().context("--traffic tcp1,tcp4,udp64,udp1400")?;
+                let mut v = Vec::new();
+                for t in list.split(',') {
+                    v.push(match t {
+                        "tcp1" => Traffic::Tcp1,
+                        "tcp4" => Traffic::Tcp4,
+                        "udp64" => Traffic::Udp64,
+                        "udp1400" => Traffic::Udp1400,
+                        other => {
+                            bail!("--traffic: unknown kind {other:?} (tcp1, tcp4, udp64, udp1400)")
+                        }
+                    });
+                }
+                a.traffic = Some(v);
+            }
             other => bail!(
-                "unknown argument {other:?}; usage: labbench --sluice PATH [--seconds N] [--repeat N] [--out DIR] [--smoke]"
+                "unknown argument {other:?}; usage: labbench --sluice PATH [--seconds N] [--repeat N] [--pin GW,EDGE|none] [--only CASE,...] [--traffic KIND,...] [--gro-ab] [--out DIR] [--smoke]"
             ),
         }
     }
@@ -188,38 +245,125 @@ fn measure(lab: &Lab, case: &'static str, dst: &str, t: Traffic, secs: u64) -> R
     })
 }
 
+/// [`measure`], tried up to three times: iperf3's control connection
+/// sometimes dies under an unlimited UDP flood through a slow tunnel.
+fn measure_retrying(
+    lab: &Lab,
+    case: &'static str,
+    dst: &str,
+    t: Traffic,
+    secs: u64,
+) -> Result<Row> {
+    let mut last = None;
+    for attempt in 1..=3 {
+        match measure(lab, case, dst, t, secs) {
+            Ok(r) => return Ok(r),
+            Err(e) => {
+                eprintln!(
+                    "labbench: {case} {} attempt {attempt} failed: {e:#}",
+                    t.name()
+                );
+                last = Some(e);
+                // iperf3's server may still be finishing the last test.
+                std::thread::sleep(Duration::from_secs(2));
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| anyhow::anyhow!("no attempt ran")))
+}
+
+/// `argv` behind `taskset -c <cpu>` when `cpu` is set.
+fn pinned<'a>(cpu: Option<&'a str>, argv: &[&'a str]) -> Vec<&'a str> {
+    let mut v = match cpu {
+        Some(c) => vec!["taskset", "-c", c],
+        None => Vec::new(),
+    };
+    v.extend_from_slice(argv);
+    v
+}
+
+/// Measures every kind of traffic for one case (the median of
+/// `--repeat` runs each) and appends the rows.
+fn run_case(
+    lab: &Lab,
+    a: &Args,
+    traffic: &[Traffic],
+    rows: &mut Vec<Row>,
+    case: &'static str,
+    dst: &str,
+) -> Result<()> {
+    for &t in traffic {
+        // The median of a few runs: one noisy run cannot decide a ratio.
+        let mut runs = (0..a.repeat)
+            .map(|_| measure_retrying(lab, case, dst, t, a.seconds))
+            .collect::<Result<Vec<_>>>()?;
+        runs.sort_by(|x, y| x.gbps.total_cmp(&y.gbps));
+        let r = runs.swap_remove(runs.len() / 2);
+        eprintln!(
+            "labbench: {case:<28} {:<14} {:>7.3} Gbit/s {:>7.3} Mpps {:>6.2} CPU-s/GB",
+            t.name(),
+            r.gbps,
+            r.mpps,
+            r.cpu_s_per_gb
+        );
+        rows.push(r);
+    }
+    Ok(())
+}
+
+/// The userspace tunnel baselines.
+fn run_tunnels(lab: &Lab, a: &Args, traffic: &[Traffic], rows: &mut Vec<Row>) -> Result<()> {
+    let tunnelled = addr::TUNNELLED_V4.to_string();
+    // (d), (e) userspace tunnels between gw and edge, same traffic to the
+    // tunnelled server. Skipped (with a loud line) where the tool is
+    // missing, except under CI=true.
+    let pki = lab.dir().join("sluice");
+    for (case, tool) in [
+        ("boringtun", Tunnel::Boringtun),
+        ("OpenVPN UDP", Tunnel::OpenVpnUdp),
+        ("OpenVPN TCP", Tunnel::OpenVpnTcp),
+    ] {
+        if !a.wants(case) {
+            continue;
+        }
+        if !tool.available() {
+            let msg = format!(
+                "labbench: SKIPPED {case}: {} is not installed (cargo xtask setup installs it)",
+                tool.program()
+            );
+            assert!(std::env::var("CI").as_deref() != Ok("true"), "{msg}");
+            eprintln!("{msg}");
+            continue;
+        }
+        let up = tool.start(lab, &pki, a.pin)?;
+        let res = run_case(lab, a, traffic, rows, case, &tunnelled);
+        up.stop(lab);
+        res?;
+    }
+    Ok(())
+}
+
 fn run_cases(lab: &Lab, a: &Args, traffic: &[Traffic]) -> Result<Vec<Row>> {
     let mut rows = Vec::new();
-    let run = |rows: &mut Vec<Row>, case: &'static str, dst: &str| -> Result<()> {
-        for &t in traffic {
-            // The median of a few runs: one noisy run cannot decide a ratio.
-            let mut runs = (0..a.repeat)
-                .map(|_| measure(lab, case, dst, t, a.seconds))
-                .collect::<Result<Vec<_>>>()?;
-            runs.sort_by(|x, y| x.gbps.total_cmp(&y.gbps));
-            let r = runs.swap_remove(runs.len() / 2);
-            eprintln!(
-                "labbench: {case:<28} {:<14} {:>7.3} Gbit/s {:>7.3} Mpps {:>6.2} CPU-s/GB",
-                t.name(),
-                r.gbps,
-                r.mpps,
-                r.cpu_s_per_gb
-            );
-            rows.push(r);
-        }
-        Ok(())
+    let run = |rows: &mut Vec<Row>, case: &'static str, dst: &str| {
+        run_case(lab, a, traffic, rows, case, dst)
     };
     let bypassed = addr::BYPASSED_V4.to_string();
     let tunnelled = addr::TUNNELLED_V4.to_string();
     let bin = a.sluice.to_string_lossy().into_owned();
 
     // (c) kernel forwarding, no XDP program.
-    run(&mut rows, "kernel, no XDP", &bypassed)?;
+    if a.wants("kernel, no XDP") {
+        run(&mut rows, "kernel, no XDP", &bypassed)?;
+    }
     // (c) kernel forwarding with a no-op XDP program, native and generic.
     for (case, mode) in [
         ("kernel + no-op XDP native", "native"),
         ("kernel + no-op XDP generic", "generic"),
     ] {
+        if !a.wants(case) {
+            continue;
+        }
         let id = lab.spawn(
             Host::Gw,
             "xdp-noop",
@@ -231,50 +375,55 @@ fn run_cases(lab: &Lab, a: &Args, traffic: &[Traffic]) -> Result<Vec<Row>> {
         run(&mut rows, case, &bypassed)?;
         lab.stop(id);
     }
-    // (a), (b) sluice, in each attach mode.
-    for (mode, bypass_case, tunnel_case) in [
-        ("native", "sluice bypass (native)", "sluice tunnel (native)"),
+    // (a), (b) sluice, in each attach mode (and, with --gro-ab, the
+    // native tunnel with the edge's TUN offload off).
+    let mut sluice_cases = vec![
+        (
+            "native",
+            "sluice bypass (native)",
+            "sluice tunnel (native)",
+            true,
+        ),
         (
             "generic",
             "sluice bypass (generic)",
             "sluice tunnel (generic)",
+            true,
         ),
-    ] {
+    ];
+    if a.gro_ab {
+        sluice_cases.push(("native", "", "sluice tunnel (native, edge GRO off)", false));
+    }
+    // The PKI the OpenVPN baselines use too.
+    let _ = Sluice::prepare(lab, &a.sluice, str::to_string);
+    for (mode, bypass_case, tunnel_case, gro) in sluice_cases {
+        let bypass = !bypass_case.is_empty() && a.wants(bypass_case);
+        if !bypass && !a.wants(tunnel_case) {
+            continue;
+        }
         let mut s = Sluice::prepare(lab, &a.sluice, |c| {
             c.replace("xdp_mode = \"auto\"", &format!("xdp_mode = \"{mode}\""))
         });
+        if !gro {
+            s.edit_edge(|c| c.replace("[edge]\n", "[edge]\ntun_offload = false\n"));
+        }
+        if let Some((g, e)) = a.pin {
+            s.pin(g, e);
+        }
         s.start_edge();
         s.start_gateway();
-        run(&mut rows, bypass_case, &bypassed)?;
-        run(&mut rows, tunnel_case, &tunnelled)?;
+        if bypass {
+            run(&mut rows, bypass_case, &bypassed)?;
+        }
+        if a.wants(tunnel_case) {
+            run(&mut rows, tunnel_case, &tunnelled)?;
+        }
         if let Some(id) = s.gateway.take() {
             lab.stop(id);
         }
         s.stop_edge();
     }
-    // (d), (e) userspace tunnels between gw and edge, same traffic to the
-    // tunnelled server. Skipped (with a loud line) where the tool is
-    // missing, except under CI=true.
-    let pki = lab.dir().join("sluice");
-    for (case, tool) in [
-        ("boringtun", Tunnel::Boringtun),
-        ("OpenVPN UDP", Tunnel::OpenVpnUdp),
-        ("OpenVPN TCP", Tunnel::OpenVpnTcp),
-    ] {
-        if !tool.available() {
-            let msg = format!(
-                "labbench: SKIPPED {case}: {} is not installed (cargo xtask setup installs it)",
-                tool.program()
-            );
-            assert!(std::env::var("CI").as_deref() != Ok("true"), "{msg}");
-            eprintln!("{msg}");
-            continue;
-        }
-        let up = tool.start(lab, &pki)?;
-        let res = run(&mut rows, case, &tunnelled);
-        up.stop(lab);
-        res?;
-    }
+    run_tunnels(lab, a, traffic, &mut rows)?;
     Ok(rows)
 }
 
@@ -317,7 +466,15 @@ impl Tunnel {
         clippy::too_many_lines,
         reason = "two tools' command lines, laid out one argument per line by rustfmt"
     )]
-    fn start(self, lab: &Lab, pki: &Path) -> Result<TunnelUp> {
+    fn start(self, lab: &Lab, pki: &Path, pin: Option<(usize, usize)>) -> Result<TunnelUp> {
+        let (gw_cpu, edge_cpu) = match pin {
+            Some((g, e)) => (Some(g.to_string()), Some(e.to_string())),
+            None => (None, None),
+        };
+        let cpu_of = |h: Host| match h {
+            Host::Gw => gw_cpu.as_deref(),
+            _ => edge_cpu.as_deref(),
+        };
         let pid = std::process::id() % 100_000;
         let (gw_if, edge_if) = match self {
             Tunnel::Boringtun => (format!("bt{pid}g"), format!("bt{pid}e")),
@@ -340,12 +497,15 @@ impl Tunnel {
                     let id = lab.spawn_env(
                         h,
                         ifname,
-                        &[
-                            "boringtun-cli",
-                            ifname,
-                            "--foreground",
-                            "--disable-drop-privileges",
-                        ],
+                        &pinned(
+                            cpu_of(h),
+                            &[
+                                "boringtun-cli",
+                                ifname,
+                                "--foreground",
+                                "--disable-drop-privileges",
+                            ],
+                        ),
                         &[("WG_LOG_LEVEL", "info")],
                     );
                     let sock = format!("/var/run/wireguard/{ifname}.sock");
@@ -470,7 +630,7 @@ impl Tunnel {
                     ),
                     (Host::Gw, format!("openvpn-gw-{}", u8::from(tcp)), gw_args),
                 ] {
-                    let mut argv = vec!["openvpn"];
+                    let mut argv = pinned(cpu_of(h), &["openvpn"]);
                     argv.extend(args.iter().map(String::as_str));
                     procs.push(lab.spawn(h, &name, &argv));
                 }
@@ -513,53 +673,117 @@ fn find<'a>(rows: &'a [Row], case: &str, t: Traffic) -> Option<&'a Row> {
     rows.iter().find(|r| r.case == case && r.traffic == t)
 }
 
-fn markdown(rows: &[Row], a: &Args) -> String {
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        "Lab benchmark: {} s per run, median of {} run(s) per case and traffic, iperf3 client on CPU 0, server on CPU 1, sluice workers pinned to the first allowed CPU (0).\n",
-        a.seconds, a.repeat
+/// The userspace tunnel baselines, by case name.
+const TUNNELS: [&str; 3] = ["boringtun", "OpenVPN UDP", "OpenVPN TCP"];
+
+/// A row's ratios to each baseline of the same run: plain kernel
+/// forwarding; kernel forwarding with a no-op XDP program in the row's
+/// attach mode (sluice rows); each userspace tunnel and the best of them
+/// (sluice tunnel rows).
+fn ratios(rows: &[Row], r: &Row) -> Vec<(&'static str, f64)> {
+    let mut out = Vec::new();
+    let mut vs = |name: &'static str, base: Option<f64>| {
+        if let Some(b) = base.filter(|b| *b > 0.0) {
+            out.push((name, r.gbps / b));
+        }
+    };
+    vs(
+        "kernel",
+        find(rows, "kernel, no XDP", r.traffic).map(|k| k.gbps),
     );
-    let _ = writeln!(
-        s,
-        "| case | traffic | Gbit/s | Mpps | CPU-s/GB | vs kernel | vs no-op XDP (same mode) | vs best userspace tunnel |"
-    );
-    let _ = writeln!(s, "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |");
-    for r in rows {
-        let kernel = find(rows, "kernel, no XDP", r.traffic).map(|k| r.gbps / k.gbps);
-        let noop_case = if r.case.contains("generic") {
+    if r.case.starts_with("sluice") {
+        let noop = if r.case.contains("generic") {
             "kernel + no-op XDP generic"
         } else {
             "kernel + no-op XDP native"
         };
-        let noop = if r.case.starts_with("kernel") {
-            None
-        } else {
-            find(rows, noop_case, r.traffic).map(|k| r.gbps / k.gbps)
-        };
-        let best_tunnel = ["boringtun", "OpenVPN UDP", "OpenVPN TCP"]
+        vs("no-op XDP", find(rows, noop, r.traffic).map(|k| k.gbps));
+    }
+    if r.case.starts_with("sluice tunnel") {
+        for t in TUNNELS {
+            vs(t, find(rows, t, r.traffic).map(|k| k.gbps));
+        }
+        let best = TUNNELS
             .iter()
             .filter_map(|c| find(rows, c, r.traffic))
             .map(|b| b.gbps)
             .fold(None, |m: Option<f64>, g| Some(m.map_or(g, |m| m.max(g))));
-        let vs_tunnel = if r.case.starts_with("sluice tunnel") {
-            best_tunnel.map(|b| r.gbps / b)
-        } else {
-            None
-        };
-        let f = |x: Option<f64>| x.map_or(String::new(), |v| format!("{v:.2}x"));
-        let _ = writeln!(
+        vs("best tunnel", best);
+    }
+    out
+}
+
+/// CPU model, CPU count and kernel of this machine, for the report.
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let n = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    format!("{n} x `{cpu}`, Linux {kernel}")
+}
+
+fn markdown(rows: &[Row], a: &Args) -> String {
+    let mut s = String::new();
+    let pin = match a.pin {
+        Some((g, e)) => {
+            format!("gateway-side tunnel processes on CPU {g}, edge-side ones on CPU {e}")
+        }
+        None => "tunnel processes not pinned".into(),
+    };
+    let _ = writeln!(
+        s,
+        "Lab benchmark on {}: {} s per run, median of {} run(s) per case and traffic; iperf3 client on CPU 0, server on CPU 1, {pin}.\n",
+        machine(),
+        a.seconds,
+        a.repeat
+    );
+    let cols = [
+        "kernel",
+        "no-op XDP",
+        "boringtun",
+        "OpenVPN UDP",
+        "OpenVPN TCP",
+        "best tunnel",
+    ];
+    let _ = write!(s, "| case | traffic | Gbit/s | Mpps | CPU-s/GB |");
+    for c in cols {
+        let _ = write!(s, " vs {c} |");
+    }
+    let _ = writeln!(
+        s,
+        "\n| --- | --- | ---: | ---: | ---: |{}",
+        " ---: |".repeat(cols.len())
+    );
+    for r in rows {
+        let rs = ratios(rows, r);
+        let _ = write!(
             s,
-            "| {} | {} | {:.3} | {:.3} | {:.2} | {} | {} | {} |",
+            "| {} | {} | {:.3} | {:.3} | {:.2} |",
             r.case,
             r.traffic.name(),
             r.gbps,
             r.mpps,
-            r.cpu_s_per_gb,
-            f(kernel),
-            f(noop),
-            f(vs_tunnel)
+            r.cpu_s_per_gb
         );
+        for c in cols {
+            match rs.iter().find(|(n, _)| *n == c) {
+                Some((_, v)) => {
+                    let _ = write!(s, " {v:.2}x |");
+                }
+                None => s.push_str("  |"),
+            }
+        }
+        s.push('\n');
     }
     s
 }
@@ -568,9 +792,14 @@ fn json(rows: &[Row]) -> String {
     let v: Vec<serde_json::Value> = rows
         .iter()
         .map(|r| {
+            let ratios: serde_json::Map<String, serde_json::Value> = ratios(rows, r)
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.into()))
+                .collect();
             serde_json::json!({
                 "case": r.case, "traffic": r.traffic.name(), "gbps": r.gbps,
                 "mpps": r.mpps, "cpu_s_per_gb": if r.cpu_s_per_gb.is_finite() { Some(r.cpu_s_per_gb) } else { None },
+                "ratios": ratios,
             })
         })
         .collect();
@@ -663,7 +892,9 @@ fn main() -> Result<()> {
     if !sluice_lab::require_root("labbench") {
         bail!("labbench needs root");
     }
-    let traffic: Vec<Traffic> = if a.smoke {
+    let traffic: Vec<Traffic> = if let Some(t) = &a.traffic {
+        t.clone()
+    } else if a.smoke {
         vec![Traffic::Tcp1, Traffic::Udp1400]
     } else {
         Traffic::ALL.to_vec()

@@ -154,6 +154,9 @@ pub struct EdgeConfig {
     pub client_prefixes: Vec<Prefix>,
     /// Let the edge set up forwarding, routes and source NAT itself.
     pub manage_network: bool,
+    /// Write a flow's consecutive packets to the TUN device as one GSO
+    /// packet (virtio-net headers; see [`crate::gro`]).
+    pub tun_offload: bool,
     /// CA that signs gateway certificates.
     pub ca: PathBuf,
     /// Edge certificate.
@@ -220,6 +223,7 @@ struct RawEdge {
     tun_mtu: Option<Spanned<u16>>,
     client_prefixes: Spanned<Vec<Spanned<String>>>,
     manage_network: Option<bool>,
+    tun_offload: Option<bool>,
     ca: Spanned<PathBuf>,
     cert: Spanned<PathBuf>,
     key: Spanned<PathBuf>,
@@ -515,6 +519,7 @@ impl EdgeConfig {
             tun_mtu,
             client_prefixes,
             manage_network: e.manage_network.unwrap_or(true),
+            tun_offload: e.tun_offload.unwrap_or(true),
             ca: d.file(&e.ca, "edge.ca")?,
             cert: d.file(&e.cert, "edge.cert")?,
             key: d.file(&e.key, "edge.key")?,

@@ -1,11 +1,13 @@
 //! Zero-copy views over wire formats: the headers the hot path needs
-//! ([`ethernet`], [`ip`]) and the tunnel's own framing ([`tunnel`]).
+//! ([`ethernet`], [`ip`]), the tunnel's own framing ([`tunnel`]) and the
+//! Internet [`checksum`].
 //!
 //! Each view wraps a borrowed buffer (`T: AsRef<[u8]>`), checks lengths once in
 //! `new_checked`, and after that no accessor panics. Setters live in the
 //! `AsMut<[u8]>` impl blocks. Nothing here allocates or does I/O; use
 //! `etherparse` where a full parse is needed instead.
 
+pub mod checksum;
 pub mod ethernet;
 pub mod ip;
 pub mod tunnel;
