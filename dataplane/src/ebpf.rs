@@ -62,12 +62,34 @@ pub fn xdp_action_name(action: u32) -> &'static str {
     }
 }
 
+/// Drivers on which `auto` means generic (skb) mode, from the lab
+/// benchmark (`bench/RESULTS.md`): on veth, native XDP gains nothing for
+/// the tunnel (`AF_XDP` is copy mode either way) and costs the bypass path
+/// (each frame goes skb → `xdp_buff` → skb, and NAPI per batch), most for
+/// small packets. Every other driver gets native mode, falling back to
+/// generic if the driver refuses it.
+const GENERIC_BY_DEFAULT: &[&str] = &["veth"];
+
+impl AttachMode {
+    /// What `auto` means for an interface driven by `driver` (see
+    /// [`GENERIC_BY_DEFAULT`]); explicit modes are kept.
+    #[must_use]
+    pub fn for_driver(self, driver: Option<&str>) -> AttachMode {
+        match (self, driver) {
+            (AttachMode::Auto, Some(d)) if GENERIC_BY_DEFAULT.contains(&d) => AttachMode::Generic,
+            (mode, _) => mode,
+        }
+    }
+}
+
 /// How to attach the classifier to an interface (configuration value:
 /// `"auto"`, `"native"` or `"generic"`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AttachMode {
-    /// Native (driver) mode if the driver supports it, generic otherwise.
+    /// Native (driver) mode if the driver supports it, generic otherwise;
+    /// generic on drivers where the lab benchmark found it as fast or
+    /// faster ([`AttachMode::for_driver`]).
     #[default]
     Auto,
     /// Native (driver, `XDP_FLAGS_DRV_MODE`) mode only.
@@ -874,6 +896,16 @@ mod tests {
         assert_eq!(xdp_action_name(XDP_DROP), "XDP_DROP");
         assert_eq!(xdp_action_name(XDP_REDIRECT), "XDP_REDIRECT");
         assert_eq!(xdp_action_name(99), "XDP_UNKNOWN");
+    }
+
+    #[test]
+    fn auto_mode_per_driver() {
+        use AttachMode::{Auto, Generic, Native};
+        assert_eq!(Auto.for_driver(Some("veth")), Generic);
+        assert_eq!(Auto.for_driver(Some("ixgbe")), Auto);
+        assert_eq!(Auto.for_driver(None), Auto);
+        assert_eq!(Native.for_driver(Some("veth")), Native);
+        assert_eq!(Generic.for_driver(Some("mlx5_core")), Generic);
     }
 
     #[test]

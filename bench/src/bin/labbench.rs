@@ -282,8 +282,7 @@ fn pinned<'a>(cpu: Option<&'a str>, argv: &[&'a str]) -> Vec<&'a str> {
     v
 }
 
-/// Measures every kind of traffic for one case (the median of
-/// `--repeat` runs each) and appends the rows.
+/// Measures every kind of traffic for one case once and appends the rows.
 fn run_case(
     lab: &Lab,
     a: &Args,
@@ -293,12 +292,7 @@ fn run_case(
     dst: &str,
 ) -> Result<()> {
     for &t in traffic {
-        // The median of a few runs: one noisy run cannot decide a ratio.
-        let mut runs = (0..a.repeat)
-            .map(|_| measure_retrying(lab, case, dst, t, a.seconds))
-            .collect::<Result<Vec<_>>>()?;
-        runs.sort_by(|x, y| x.gbps.total_cmp(&y.gbps));
-        let r = runs.swap_remove(runs.len() / 2);
+        let r = measure_retrying(lab, case, dst, t, a.seconds)?;
         eprintln!(
             "labbench: {case:<28} {:<14} {:>7.3} Gbit/s {:>7.3} Mpps {:>6.2} CPU-s/GB",
             t.name(),
@@ -343,8 +337,36 @@ fn run_tunnels(lab: &Lab, a: &Args, traffic: &[Traffic], rows: &mut Vec<Row>) ->
     Ok(())
 }
 
+/// Runs every case `--repeat` times, in rounds (all cases once per round,
+/// so that a slow minute of a shared machine hits every case alike rather
+/// than one case's repeats), and keeps each case and traffic's median.
 fn run_cases(lab: &Lab, a: &Args, traffic: &[Traffic]) -> Result<Vec<Row>> {
-    let mut rows = Vec::new();
+    let mut all = Vec::new();
+    for round in 1..=a.repeat {
+        eprintln!("labbench: round {round} of {}", a.repeat);
+        run_round(lab, a, traffic, &mut all)?;
+    }
+    let mut rows: Vec<Row> = Vec::new();
+    for r in &all {
+        if rows
+            .iter()
+            .any(|x| x.case == r.case && x.traffic == r.traffic)
+        {
+            continue;
+        }
+        let mut runs: Vec<Row> = all
+            .iter()
+            .filter(|x| x.case == r.case && x.traffic == r.traffic)
+            .cloned()
+            .collect();
+        runs.sort_by(|x, y| x.gbps.total_cmp(&y.gbps));
+        rows.push(runs.swap_remove(runs.len() / 2));
+    }
+    Ok(rows)
+}
+
+/// One round: every case once.
+fn run_round(lab: &Lab, a: &Args, traffic: &[Traffic], rows: &mut Vec<Row>) -> Result<()> {
     let run = |rows: &mut Vec<Row>, case: &'static str, dst: &str| {
         run_case(lab, a, traffic, rows, case, dst)
     };
@@ -354,7 +376,7 @@ fn run_cases(lab: &Lab, a: &Args, traffic: &[Traffic]) -> Result<Vec<Row>> {
 
     // (c) kernel forwarding, no XDP program.
     if a.wants("kernel, no XDP") {
-        run(&mut rows, "kernel, no XDP", &bypassed)?;
+        run(rows, "kernel, no XDP", &bypassed)?;
     }
     // (c) kernel forwarding with a no-op XDP program, native and generic.
     for (case, mode) in [
@@ -372,7 +394,7 @@ fn run_cases(lab: &Lab, a: &Args, traffic: &[Traffic]) -> Result<Vec<Row>> {
         lab.wait_for("the no-op XDP program", Duration::from_secs(10), || {
             lab.log("xdp-noop").contains("attached")
         });
-        run(&mut rows, case, &bypassed)?;
+        run(rows, case, &bypassed)?;
         lab.stop(id);
     }
     // (a), (b) sluice, in each attach mode (and, with --gro-ab, the
@@ -413,18 +435,18 @@ fn run_cases(lab: &Lab, a: &Args, traffic: &[Traffic]) -> Result<Vec<Row>> {
         s.start_edge();
         s.start_gateway();
         if bypass {
-            run(&mut rows, bypass_case, &bypassed)?;
+            run(rows, bypass_case, &bypassed)?;
         }
         if a.wants(tunnel_case) {
-            run(&mut rows, tunnel_case, &tunnelled)?;
+            run(rows, tunnel_case, &tunnelled)?;
         }
         if let Some(id) = s.gateway.take() {
             lab.stop(id);
         }
         s.stop_edge();
     }
-    run_tunnels(lab, a, traffic, &mut rows)?;
-    Ok(rows)
+    run_tunnels(lab, a, traffic, rows)?;
+    Ok(())
 }
 
 /// A userspace tunnel baseline: gw and edge joined by it, the client's
@@ -742,7 +764,7 @@ fn markdown(rows: &[Row], a: &Args) -> String {
     };
     let _ = writeln!(
         s,
-        "Lab benchmark on {}: {} s per run, median of {} run(s) per case and traffic; iperf3 client on CPU 0, server on CPU 1, {pin}.\n",
+        "Lab benchmark on {}: {} s per run, median of {} rounds (every case once per round); iperf3 client on CPU 0, server on CPU 1, {pin}.\n",
         machine(),
         a.seconds,
         a.repeat

@@ -105,7 +105,7 @@ impl Gateway {
         // closed rather than handing tunnelled traffic to kernel routing.
         host::ensure_bpffs(&cfg.bpffs)?;
         let pin = host::classifier_pin(&cfg.bpffs, &cfg.lan)?;
-        let mode = classifier.attach_pinned(&cfg.lan, cfg.xdp_mode, &pin)?;
+        let mode = classifier.attach_pinned(&cfg.lan, attach_mode(cfg), &pin)?;
         log::info!(
             "gateway `{}`: classifier attached to {} ({mode:?}), {queues} queue(s), {} bypass prefixes, edge {}",
             cfg.name,
@@ -207,6 +207,22 @@ impl Gateway {
         log::info!("gateway stopped");
         Ok(())
     }
+}
+
+/// The configured attach mode, with `auto` resolved for the LAN
+/// interface's driver ([`crate::ebpf::AttachMode::for_driver`]).
+fn attach_mode(cfg: &GatewayConfig) -> crate::ebpf::AttachMode {
+    let driver = crate::sys::ethtool::driver(&cfg.lan)
+        .map_err(|e| log::warn!("{}: driver unknown ({e}); auto means native", cfg.lan))
+        .ok();
+    let mode = cfg.xdp_mode.for_driver(driver.as_deref());
+    log::info!(
+        "{} (driver {}): XDP mode {:?} configured, {mode:?} used",
+        cfg.lan,
+        driver.as_deref().unwrap_or("unknown"),
+        cfg.xdp_mode
+    );
+    mode
 }
 
 fn render(out: &mut String, classifier: &Mutex<Classifier>, stats: &[Arc<WorkerStats>]) {

@@ -6,12 +6,14 @@
 //! - [`tun`]: TUN devices for the edge.
 //! - [`cpu`]: CPU affinity of worker threads.
 //! - [`mem`]: huge-page advice for large lookup tables.
+//! - [`ethtool`]: the driver behind an interface.
 //!
 //! Everything else in the crate is `#![deny(unsafe_code)]` and uses these
 //! safe wrappers.
 #![allow(unsafe_code)]
 
 pub mod cpu;
+pub mod ethtool;
 pub mod mem;
 pub mod tun;
 pub mod xsk;

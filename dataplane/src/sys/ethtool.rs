@@ -1,0 +1,97 @@
+//! The driver behind a network interface (`SIOCETHTOOL`,
+//! `ETHTOOL_GDRVINFO`), which decides the default XDP attach mode.
+use std::{io, os::fd::AsRawFd as _};
+
+const SIOCETHTOOL: libc::c_ulong = 0x8946;
+const ETHTOOL_GDRVINFO: u32 = 0x0000_0003;
+
+/// `struct ethtool_drvinfo` (196 bytes).
+#[repr(C)]
+struct DrvInfo {
+    cmd: u32,
+    driver: [u8; 32],
+    version: [u8; 32],
+    fw_version: [u8; 32],
+    bus_info: [u8; 32],
+    erom_version: [u8; 32],
+    reserved2: [u8; 12],
+    n_priv_flags: u32,
+    n_stats: u32,
+    testinfo_len: u32,
+    eedump_len: u32,
+    regdump_len: u32,
+}
+
+/// `struct ifreq` with the `ifr_data` member of its union.
+#[repr(C)]
+struct IfReqData {
+    name: [u8; libc::IFNAMSIZ],
+    data: *mut DrvInfo,
+    _pad: [u8; 16],
+}
+
+/// The name of the driver of `iface` (`veth`, `virtio_net`, `ixgbe`,
+/// `mlx5_core`, ...), as `ethtool -i` shows it.
+///
+/// # Errors
+/// `InvalidInput` for a bad name, otherwise the kernel's error (`ENODEV`
+/// for an unknown interface, `EOPNOTSUPP` for a device without ethtool).
+pub fn driver(iface: &str) -> io::Result<String> {
+    if iface.is_empty() || iface.len() >= libc::IFNAMSIZ {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "bad interface name",
+        ));
+    }
+    let sock =
+        std::net::UdpSocket::bind("0.0.0.0:0").or_else(|_| std::net::UdpSocket::bind("[::]:0"))?;
+    let mut info = DrvInfo {
+        cmd: ETHTOOL_GDRVINFO,
+        driver: [0; 32],
+        version: [0; 32],
+        fw_version: [0; 32],
+        bus_info: [0; 32],
+        erom_version: [0; 32],
+        reserved2: [0; 12],
+        n_priv_flags: 0,
+        n_stats: 0,
+        testinfo_len: 0,
+        eedump_len: 0,
+        regdump_len: 0,
+    };
+    let mut req = IfReqData {
+        name: [0; libc::IFNAMSIZ],
+        data: &raw mut info,
+        _pad: [0; 16],
+    };
+    req.name[..iface.len()].copy_from_slice(iface.as_bytes());
+    // SAFETY: `sock` is an open socket; SIOCETHTOOL reads the `ifreq` (name
+    // and `ifr_data`) and, for ETHTOOL_GDRVINFO, writes one
+    // `struct ethtool_drvinfo` through `ifr_data`, which points to `info`,
+    // laid out as the kernel's struct; both outlive the call.
+    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), SIOCETHTOOL, &raw mut req) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let end = info.driver.iter().position(|&b| b == 0).unwrap_or(32);
+    Ok(String::from_utf8_lossy(&info.driver[..end]).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn layouts_match_the_kernel() {
+        assert_eq!(size_of::<super::DrvInfo>(), 196);
+        assert_eq!(size_of::<super::IfReqData>(), 40);
+    }
+
+    #[test]
+    fn loopback_and_bad_names() {
+        // `lo` has no ethtool driver info on every kernel; whatever the
+        // answer, it is an answer, not a crash.
+        let _ = super::driver("lo");
+        assert!(super::driver("").is_err());
+        assert!(super::driver("a-name-far-too-long").is_err());
+        assert!(super::driver("sluice-nonexist").is_err());
+    }
+}
