@@ -152,9 +152,14 @@ fn full_mtu_tcp_both_directions_through_the_tunnel() {
             logs(&lab)
         );
         // Upload: 4 MB from the client; the server reports what it got.
+        // Varied bytes, so that a segment merged out of order, twice or
+        // with a wrong offset by the edge's GRO would change the digest.
         let body = lab.dir().join("upload.bin");
-        std::fs::write(&body, vec![0x5a; 4_000_000]).unwrap();
+        let mut rng = sluice::testutil::XorShift::new(0x5eed);
+        let bytes: Vec<u8> = (0..4_000_000).map(|_| rng.next_u64() as u8).collect();
+        std::fs::write(&body, bytes).unwrap();
         let data = format!("@{}", body.display());
+        let merged_before = s.edge_metric("sluice_edge_gro_merged_packets_total", "");
         let got = curl(&lab, &["--data-binary", &data, &url(dst, "/sink")]);
         let mut words = got.split_whitespace();
         assert_eq!(
@@ -170,6 +175,17 @@ fn full_mtu_tcp_both_directions_through_the_tunnel() {
             Some("4000000"),
             "upload to {dst}: {got:?}\n{}",
             logs(&lab)
+        );
+        assert_eq!(
+            words.next(),
+            Some(sluice_lab::sha256_file(&body).as_str()),
+            "upload to {dst} arrived changed"
+        );
+        // The edge merged the upload's segments into GSO packets.
+        let merged = s.edge_metric("sluice_edge_gro_merged_packets_total", "") - merged_before;
+        assert!(
+            merged > 1000,
+            "edge GRO merged only {merged} packets of a 4 MB upload to {dst}"
         );
     }
     // Full-size ICMP with DF: 1500-byte IP packets end to end.

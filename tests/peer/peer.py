@@ -10,7 +10,7 @@ serve --http PORT --udp PORT
       GET  /whoami   -> ``<client-ip>\\n``
       GET  /bytes/N  -> N bytes (N <= 100_000_000), for throughput
       POST /sink     -> reads the body (Content-Length or chunked) and replies
-                        ``<client-ip> <bytes-received>\\n``
+                        ``<client-ip> <bytes-received> <sha256-hex>\\n``
     UDP echo on UDP PORT: every datagram is answered with one of the SAME
     length whose first bytes are ``<client-ip>\\n``, padded with the rest of
     the original payload (truncated if the datagram is shorter than that).
@@ -31,6 +31,7 @@ udp-probe HOST PORT --size S --count N --timeout T
 """
 
 import argparse
+import hashlib
 import http.server
 import json
 import signal
@@ -116,8 +117,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
         log(f"http {ip} GET {self.path} {len(body)}")
 
     def _read_body(self):
-        """Reads and discards the request body; returns its length."""
+        """Reads the request body; returns its length and SHA-256 (hex)."""
         total = 0
+        digest = hashlib.sha256()
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
             while True:
                 size_line = self.rfile.readline(1024)
@@ -133,11 +135,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 while left > 0:
                     data = self.rfile.read(min(left, CHUNK))
                     if not data:
-                        return total
+                        return total, digest.hexdigest()
                     left -= len(data)
                     total += len(data)
+                    digest.update(data)
                 self.rfile.readline(1024)  # CRLF after the chunk
-            return total
+            return total, digest.hexdigest()
         left = int(self.headers.get("Content-Length", "0"))
         while left > 0:
             data = self.rfile.read(min(left, CHUNK))
@@ -145,7 +148,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 break
             left -= len(data)
             total += len(data)
-        return total
+            digest.update(data)
+        return total, digest.hexdigest()
 
     def do_POST(self):
         ip = client_ip(self.client_address)
@@ -155,8 +159,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self._reply(404, body)
             log(f"http {ip} POST {self.path} 0")
             return
-        got = self._read_body()
-        self._reply(200, f"{ip} {got}\n".encode())
+        got, sha = self._read_body()
+        self._reply(200, f"{ip} {got} {sha}\n".encode())
         log(f"http {ip} POST {self.path} {got}")
 
 

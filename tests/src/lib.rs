@@ -82,3 +82,21 @@ pub fn require_root(test: &str) -> bool {
     );
     false
 }
+
+/// SHA-256 of a file, as lowercase hex (`sha256sum`): what the lab's HTTP
+/// peer reports for an upload, to check it arrived unchanged.
+///
+/// # Panics
+/// If `sha256sum` cannot run or fails.
+pub fn sha256_file(path: &std::path::Path) -> String {
+    let out = std::process::Command::new("sha256sum")
+        .arg(path)
+        .output()
+        .expect("running sha256sum");
+    assert!(out.status.success(), "sha256sum {}", path.display());
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}

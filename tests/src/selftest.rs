@@ -211,11 +211,12 @@ fn check_http(lab: &Lab) {
     assert_eq!(size, "3000000");
     let sink_file = lab.dir().join("sink.bin");
     std::fs::write(&sink_file, vec![7u8; 123_456]).unwrap();
+    let sha = crate::sha256_file(&sink_file);
     let sink = curl(
         "http://203.0.113.20:8080/sink",
         &["--data-binary", &format!("@{}", sink_file.display())],
     );
-    assert_eq!(sink, format!("{} 123456\n", addr::GW_WAN_V4));
+    assert_eq!(sink, format!("{} 123456 {sha}\n", addr::GW_WAN_V4));
     let chunked = curl(
         "http://[2001:db8:100::20]:8080/sink",
         &[
@@ -225,7 +226,7 @@ fn check_http(lab: &Lab) {
             &format!("@{}", sink_file.display()),
         ],
     );
-    assert_eq!(chunked, format!("{} 123456\n", addr::GW_WAN_V6));
+    assert_eq!(chunked, format!("{} 123456 {sha}\n", addr::GW_WAN_V6));
 }
 
 /// udp-probe through the NAT, and into the void.
