@@ -18,8 +18,11 @@
 //! - `tunnel_decrypt/raw_open/<size>`: copy each record's ciphertext into a
 //!   scratch buffer and open it in place (records sealed once up front).
 //!
-//! - `raw_seal_ring` / `raw_open_ring`: the same with ring's AEAD, to
-//!   choose the provider by measurement (the session uses aws-lc-rs).
+//! - `session_ring`, `raw_seal_ring` / `raw_open_ring`: the same with
+//!   ring's AEAD (`session` and `raw_*` use aws-lc-rs). The session picks
+//!   the faster library at start-up (`AeadProvider::Auto`); this is the
+//!   measurement behind that choice, and each session is compared with the
+//!   raw AEAD of its own library.
 //!
 //! Throughput is the IP packet bytes of a batch in every case, so the
 //! session/raw ratio of throughputs is the ratio of costs.
@@ -28,7 +31,7 @@ use std::{hint::black_box, time::Instant};
 use aws_lc_rs::aead;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use rustls::CipherSuite;
-use sluice::tunnel::Session;
+use sluice::tunnel::{AeadProvider, Session};
 use sluice_bench::{Feed, Pki, SessionPair};
 
 /// Packets per batch (one `AF_XDP` RX batch).
@@ -215,40 +218,51 @@ impl RawAead {
     }
 }
 
-/// Bench names of the raw baselines per provider.
-const PROVIDERS: [(Provider, &str, &str); 2] = [
-    (Provider::AwsLc, "raw_seal", "raw_open"),
-    (Provider::Ring, "raw_seal_ring", "raw_open_ring"),
+/// Per AEAD library: the session's setting, and the bench names of the
+/// session and of its raw baselines.
+const PROVIDERS: [(Provider, AeadProvider, &str, &str, &str); 2] = [
+    (
+        Provider::AwsLc,
+        AeadProvider::AwsLcRs,
+        "session",
+        "raw_seal",
+        "raw_open",
+    ),
+    (
+        Provider::Ring,
+        AeadProvider::Ring,
+        "session_ring",
+        "raw_seal_ring",
+        "raw_open_ring",
+    ),
 ];
 
 fn bench_encrypt(c: &mut Criterion, pki: &Pki) {
     let mut g = c.benchmark_group("tunnel_encrypt");
     for size in SIZES {
         let packet = ip_packet(size);
-        let mut pair = SessionPair::established(pki);
-        let alg = negotiated_aead(&pair.client);
-        let now = Instant::now();
-        let mut sink = Vec::with_capacity(2 * BATCH * (size + 64));
-        send_batch(&mut pair.client, &packet, &mut sink, now);
-        let records = record_lengths(&sink, alg.tag_len());
-        eprintln!(
-            "tunnel_encrypt/{size}: {alg:?}, {} records per batch of {BATCH}, {} TLS bytes",
-            records.len(),
-            sink.len()
-        );
-
         g.throughput(Throughput::Bytes((BATCH * size) as u64));
-        g.bench_function(format!("session/{size}"), |b| {
-            b.iter(|| {
-                sink.clear();
-                send_batch(&mut pair.client, black_box(&packet), &mut sink, now);
-                black_box(sink.len())
+        for (provider, aead, session_name, seal_name, _) in PROVIDERS {
+            let mut pair = SessionPair::established_with(pki, aead);
+            let alg = negotiated_aead(&pair.client);
+            let now = Instant::now();
+            let mut sink = Vec::with_capacity(2 * BATCH * (size + 64));
+            send_batch(&mut pair.client, &packet, &mut sink, now);
+            let records = record_lengths(&sink, alg.tag_len());
+            eprintln!(
+                "tunnel_encrypt/{session_name}/{size}: {alg:?}, {} records per batch of {BATCH}, {} TLS bytes",
+                records.len(),
+                sink.len()
+            );
+            g.bench_function(format!("{session_name}/{size}"), |b| {
+                b.iter(|| {
+                    sink.clear();
+                    send_batch(&mut pair.client, black_box(&packet), &mut sink, now);
+                    black_box(sink.len())
+                });
             });
-        });
-
-        let total: usize = records.iter().sum();
-        let plain: Vec<u8> = packet.iter().copied().cycle().take(total).collect();
-        for (provider, seal_name, _) in PROVIDERS {
+            let total: usize = records.iter().sum();
+            let plain: Vec<u8> = packet.iter().copied().cycle().take(total).collect();
             let raw = RawAead::new(alg, provider);
             let mut seq = 0u64;
             g.bench_function(format!("{seal_name}/{size}"), |b| {
@@ -273,41 +287,38 @@ fn bench_decrypt(c: &mut Criterion, pki: &Pki) {
     let mut g = c.benchmark_group("tunnel_decrypt");
     for size in SIZES {
         let packet = ip_packet(size);
-        let pair = SessionPair::established(pki);
-        let alg = negotiated_aead(&pair.server);
-        let now = Instant::now();
-        let SessionPair {
-            mut client,
-            mut server,
-        } = pair;
-
-        // Check once that a batch arrives whole.
-        let mut wire = Vec::new();
-        send_batch(&mut client, &packet, &mut wire, now);
-        assert_eq!(receive_batch(&mut server, &wire, now), BATCH * size);
-        let records = record_lengths(&wire, alg.tag_len());
-
         g.throughput(Throughput::Bytes((BATCH * size) as u64));
-        g.bench_function(format!("session/{size}"), |b| {
-            b.iter_batched(
-                || {
-                    let mut w = Vec::with_capacity(wire.len());
-                    send_batch(&mut client, &packet, &mut w, now);
-                    w
-                },
-                |w| {
-                    black_box(receive_batch(&mut server, &w, now));
-                    w
-                },
-                BatchSize::SmallInput,
-            );
-        });
-
-        // Raw baselines: the same record sizes, sealed once; opening is
-        // stateless, so the same records serve every iteration.
-        let total: usize = records.iter().sum();
-        let plain: Vec<u8> = packet.iter().copied().cycle().take(total).collect();
-        for (provider, _, open_name) in PROVIDERS {
+        for (provider, aead, session_name, _, open_name) in PROVIDERS {
+            let pair = SessionPair::established_with(pki, aead);
+            let alg = negotiated_aead(&pair.server);
+            let now = Instant::now();
+            let SessionPair {
+                mut client,
+                mut server,
+            } = pair;
+            // Check once that a batch arrives whole.
+            let mut wire = Vec::new();
+            send_batch(&mut client, &packet, &mut wire, now);
+            assert_eq!(receive_batch(&mut server, &wire, now), BATCH * size);
+            let records = record_lengths(&wire, alg.tag_len());
+            g.bench_function(format!("{session_name}/{size}"), |b| {
+                b.iter_batched(
+                    || {
+                        let mut w = Vec::with_capacity(wire.len());
+                        send_batch(&mut client, &packet, &mut w, now);
+                        w
+                    },
+                    |w| {
+                        black_box(receive_batch(&mut server, &w, now));
+                        w
+                    },
+                    BatchSize::SmallInput,
+                );
+            });
+            // Raw baseline: the same record sizes, sealed once; opening is
+            // stateless, so the same records serve every iteration.
+            let total: usize = records.iter().sum();
+            let plain: Vec<u8> = packet.iter().copied().cycle().take(total).collect();
             let raw = RawAead::new(alg, provider);
             let mut sealed = Vec::with_capacity(records.len());
             let mut rest = &plain[..];

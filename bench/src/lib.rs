@@ -14,7 +14,7 @@ use std::{
 
 use sluice::{
     pki,
-    tunnel::{Session, SessionConfig},
+    tunnel::{AeadProvider, Session, SessionConfig},
 };
 
 /// Long enough that no session timer comes due during a bench.
@@ -102,10 +102,20 @@ impl SessionPair {
     /// # Panics
     /// If the pair does not establish (a broken build, not a bench result).
     pub fn established(pki: &Pki) -> Self {
+        Self::established_with(pki, AeadProvider::Auto)
+    }
+
+    /// [`SessionPair::established`], both ends protecting records with
+    /// `aead`'s library.
+    ///
+    /// # Panics
+    /// If the pair does not establish.
+    pub fn established_with(pki: &Pki, aead: AeadProvider) -> Self {
         let cfg = |name: &str| SessionConfig {
             name: name.into(),
             keepalive: DAY,
             idle_timeout: DAY,
+            aead,
             ..SessionConfig::default()
         };
         let now = Instant::now();

@@ -495,6 +495,7 @@ impl Edge {
             writes: 0,
             merged: 0,
             dropped: 0,
+            gso_refused: false,
         };
         loop {
             let res = c.sess.handle_read(&mut c.sock, now);
@@ -538,6 +539,13 @@ impl Edge {
         // End of the batch: nothing is held back across event-loop turns.
         if let Some(g) = self.gro.as_deref_mut() {
             g.flush(&mut |h, b| writer.write(h, b));
+            if writer.gso_refused {
+                log::warn!(
+                    "TUN {}: the kernel refuses GSO packets; merging switched off",
+                    self.tun.name()
+                );
+                g.disable();
+            }
         }
         let ok = ok - writer.dropped;
         if !was_established && c.sess.is_established() {
@@ -661,6 +669,8 @@ struct TunWriter<'a> {
     merged: u64,
     /// Packets lost to failed writes.
     dropped: u64,
+    /// The kernel refused a GSO packet as invalid.
+    gso_refused: bool,
 }
 
 impl TunWriter<'_> {
@@ -679,6 +689,9 @@ impl TunWriter<'_> {
         if let Err(e) = self.tun.send_vnet(&hdr.to_bytes(), pkt) {
             log::debug!("TUN write: {e}");
             self.dropped += segments;
+            if hdr.is_gso() && e.raw_os_error() == Some(libc::EINVAL) {
+                self.gso_refused = true;
+            }
         }
     }
 

@@ -110,6 +110,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Gateway { config } => {
             let cfg = GatewayConfig::load(&config)?;
             let stop = stop_flag()?;
+            // Measure the record layer's AEAD libraries once, up front
+            // (logged), rather than during the first handshake.
+            sluice::tunnel::AeadProvider::calibrated();
             let gw = Gateway::start(&cfg, stop.clone())?;
             gw.wait()?;
             Ok(())
@@ -118,6 +121,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let cfg = EdgeConfig::load(&config)?;
             let stop = stop_flag()?;
             let metrics_addr = cfg.metrics;
+            sluice::tunnel::AeadProvider::calibrated();
             let mut edge = Edge::new(cfg)?;
             let _metrics = match metrics_addr {
                 Some(addr) => {

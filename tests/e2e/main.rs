@@ -123,6 +123,48 @@ fn http_is_tunnelled_or_bypassed_by_destination_v4_and_v6() {
     assert!(lab.nft_counter(counter::GW_TO_BYPASSED_V4) > 0);
 }
 
+/// Uploads 4 MB of varied bytes to the peer at `dst` through the tunnel
+/// and checks that they arrive unchanged (SHA-256 at the server), from the
+/// edge's address, and merged by the edge's GRO on the way.
+fn upload_checked(lab: &Lab, s: &Sluice<'_>, dst: std::net::IpAddr) {
+    // Upload: 4 MB from the client; the server reports what it got.
+    // Varied bytes, so that a segment merged out of order, twice or
+    // with a wrong offset by the edge's GRO would change the digest.
+    let body = lab.dir().join("upload.bin");
+    let mut rng = sluice::testutil::XorShift::new(0x5eed);
+    let bytes: Vec<u8> = (0..4_000_000).map(|_| rng.next_u64() as u8).collect();
+    std::fs::write(&body, bytes).unwrap();
+    let data = format!("@{}", body.display());
+    let merged_before = s.edge_metric("sluice_edge_gro_merged_packets_total", "");
+    let got = curl(lab, &["--data-binary", &data, &url(dst, "/sink")]);
+    let mut words = got.split_whitespace();
+    assert_eq!(
+        words.next(),
+        Some(if dst.is_ipv4() {
+            "198.51.100.5"
+        } else {
+            "2001:db8:3::5"
+        })
+    );
+    assert_eq!(
+        words.next(),
+        Some("4000000"),
+        "upload to {dst}: {got:?}\n{}",
+        logs(lab)
+    );
+    assert_eq!(
+        words.next(),
+        Some(sluice_lab::sha256_file(&body).as_str()),
+        "upload to {dst} arrived changed"
+    );
+    // The edge merged the upload's segments into GSO packets.
+    let merged = s.edge_metric("sluice_edge_gro_merged_packets_total", "") - merged_before;
+    assert!(
+        merged > 1000,
+        "edge GRO merged only {merged} packets of a 4 MB upload to {dst}"
+    );
+}
+
 #[test]
 fn full_mtu_tcp_both_directions_through_the_tunnel() {
     if !require_root("full_mtu_tcp_both_directions_through_the_tunnel") {
@@ -151,42 +193,7 @@ fn full_mtu_tcp_both_directions_through_the_tunnel() {
             "download from {dst}\n{}",
             logs(&lab)
         );
-        // Upload: 4 MB from the client; the server reports what it got.
-        // Varied bytes, so that a segment merged out of order, twice or
-        // with a wrong offset by the edge's GRO would change the digest.
-        let body = lab.dir().join("upload.bin");
-        let mut rng = sluice::testutil::XorShift::new(0x5eed);
-        let bytes: Vec<u8> = (0..4_000_000).map(|_| rng.next_u64() as u8).collect();
-        std::fs::write(&body, bytes).unwrap();
-        let data = format!("@{}", body.display());
-        let merged_before = s.edge_metric("sluice_edge_gro_merged_packets_total", "");
-        let got = curl(&lab, &["--data-binary", &data, &url(dst, "/sink")]);
-        let mut words = got.split_whitespace();
-        assert_eq!(
-            words.next(),
-            Some(if dst.is_ipv4() {
-                "198.51.100.5"
-            } else {
-                "2001:db8:3::5"
-            })
-        );
-        assert_eq!(
-            words.next(),
-            Some("4000000"),
-            "upload to {dst}: {got:?}\n{}",
-            logs(&lab)
-        );
-        assert_eq!(
-            words.next(),
-            Some(sluice_lab::sha256_file(&body).as_str()),
-            "upload to {dst} arrived changed"
-        );
-        // The edge merged the upload's segments into GSO packets.
-        let merged = s.edge_metric("sluice_edge_gro_merged_packets_total", "") - merged_before;
-        assert!(
-            merged > 1000,
-            "edge GRO merged only {merged} packets of a 4 MB upload to {dst}"
-        );
+        upload_checked(&lab, &s, dst);
     }
     // Full-size ICMP with DF: 1500-byte IP packets end to end.
     let big_v4 = lab.run(

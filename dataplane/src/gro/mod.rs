@@ -215,6 +215,8 @@ pub struct Coalescer {
     bufs: Box<[u8]>,
     tick: u64,
     udp: bool,
+    /// Merging switched off ([`Coalescer::disable`]): everything passes.
+    off: bool,
     stats: GroStats,
 }
 
@@ -236,8 +238,16 @@ impl Coalescer {
             bufs: vec![0; SLOTS * MAX_IP_LEN].into_boxed_slice(),
             tick: 0,
             udp,
+            off: false,
             stats: GroStats::default(),
         }
+    }
+
+    /// Stops merging: from now on every packet is handed out as it comes
+    /// (for a kernel that refuses GSO packets). Packets already held still
+    /// come out of [`Coalescer::flush`].
+    pub fn disable(&mut self) {
+        self.off = true;
     }
 
     /// The counters so far.
@@ -252,6 +262,11 @@ impl Coalescer {
     pub fn push(&mut self, pkt: &[u8], out: &mut dyn FnMut(&VnetHdr, &[u8])) {
         self.stats.packets_in += 1;
         self.tick += 1;
+        if self.off {
+            self.stats.packets_out += 1;
+            out(&VnetHdr::PLAIN, pkt);
+            return;
+        }
         let parsed = self.classify(pkt);
         let key = match parsed {
             Parsed::Other => None,

@@ -394,6 +394,16 @@ fn non_tcp_udp_and_garbage_pass_through() {
 }
 
 #[test]
+fn disabled_passes_everything_as_it_comes() {
+    let pkts = bytes(&tcp_run(40000, 6, 1000));
+    let mut c = Coalescer::new(true);
+    c.disable();
+    let out = assert_lossless(&mut c, &pkts);
+    assert_eq!(out.len(), 6);
+    assert!(out.iter().all(|(h, _)| *h == VnetHdr::PLAIN));
+}
+
+#[test]
 fn vnet_header_round_trips() {
     let h = VnetHdr {
         flags: 1,

@@ -30,6 +30,7 @@
 pub mod record;
 mod session;
 
+pub use record::AeadProvider;
 pub use session::{
     CloseReason, Handshake, ReadOutcome, SendError, Session, SessionConfig, SessionError,
     SessionStats,

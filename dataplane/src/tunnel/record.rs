@@ -12,9 +12,14 @@
 //! per-record nonce `iv XOR seq` and the record header as additional data),
 //! checked against rustls itself in the session tests.
 //!
-//! The AEAD is aws-lc-rs's; the benches compare it with ring (see
-//! `bench/RESULTS.md`).
-use aws_lc_rs::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey};
+//! The AEAD comes from aws-lc-rs or from ring, whichever seals faster on
+//! the machine ([`AeadProvider`]): the tunnel bench shows either ahead by
+//! up to 2x depending on the CPU's AES and carry-less multiply extensions
+//! (on the AVX2 + VAES AMD EPYC of `bench/RESULTS.md`, ring), so the
+//! choice is measured once per process at start-up, like the kernel picks
+//! its RAID6 and checksum routines.
+use std::{sync::OnceLock, time::Instant};
+
 use rustls::ConnectionTrafficSecrets;
 
 /// Record header length: type, legacy version, length.
@@ -53,9 +58,195 @@ pub enum RecordError {
     UnsupportedSuite,
 }
 
+/// Which library seals and opens records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AeadProvider {
+    /// The faster of the two on this machine ([`AeadProvider::calibrated`]).
+    #[default]
+    Auto,
+    /// `aws-lc-rs` (AWS-LC, `BoringSSL`'s assembly).
+    AwsLcRs,
+    /// ring (BoringSSL-derived assembly, with AVX2 + VAES AES-GCM).
+    Ring,
+}
+
+impl AeadProvider {
+    /// `Auto` resolved to a library; the others as they are.
+    #[must_use]
+    pub fn resolve(self) -> AeadProvider {
+        match self {
+            AeadProvider::Auto => Self::calibrated(),
+            p => p,
+        }
+    }
+
+    /// The library name, as logs and `SLUICE_AEAD` spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            AeadProvider::Auto => "auto",
+            AeadProvider::AwsLcRs => "aws-lc-rs",
+            AeadProvider::Ring => "ring",
+        }
+    }
+
+    /// The process-wide choice, made at first use: `SLUICE_AEAD=ring` or
+    /// `=aws-lc-rs` if set, otherwise the library that seals 16 KiB
+    /// AES-256-GCM records faster here (best of a few rounds, about a
+    /// millisecond), logged with both rates.
+    pub fn calibrated() -> AeadProvider {
+        static CHOICE: OnceLock<AeadProvider> = OnceLock::new();
+        *CHOICE.get_or_init(|| match std::env::var("SLUICE_AEAD").as_deref() {
+            Ok("ring") => AeadProvider::Ring,
+            Ok("aws-lc-rs") => AeadProvider::AwsLcRs,
+            other => {
+                if let Ok(v) = other {
+                    log::warn!("SLUICE_AEAD={v:?}: not `ring` or `aws-lc-rs`; measuring");
+                }
+                let aws = seal_rate(AeadProvider::AwsLcRs);
+                let ring = seal_rate(AeadProvider::Ring);
+                let pick = if ring > aws {
+                    AeadProvider::Ring
+                } else {
+                    AeadProvider::AwsLcRs
+                };
+                log::info!(
+                    "tunnel AEAD: {} (AES-256-GCM, 16 KiB records: aws-lc-rs {:.2} GB/s, ring {:.2} GB/s)",
+                    pick.name(),
+                    aws / 1e9,
+                    ring / 1e9
+                );
+                pick
+            }
+        })
+    }
+}
+
+/// Bytes per second `provider` seals 16 KiB records at (best of 5 rounds
+/// of 8 records after a warm-up); 0 if the key cannot be built.
+fn seal_rate(provider: AeadProvider) -> f64 {
+    let secrets = ConnectionTrafficSecrets::Aes256Gcm {
+        key: [0x5a; 32].into(),
+        iv: [0xa5; 12].into(),
+    };
+    let Ok(mut keys) = Keys::with_provider(provider, 0, &secrets) else {
+        return 0.0;
+    };
+    let mut buf = vec![0u8; HEADER_LEN + MAX_CONTENT + 1 + TAG_LEN];
+    let mut best = f64::MAX;
+    for round in 0..6 {
+        let start = Instant::now();
+        for _ in 0..8 {
+            buf.truncate(HEADER_LEN + MAX_CONTENT - 1);
+            keys.seal(&mut buf, 0, APPLICATION_DATA);
+        }
+        if round > 0 {
+            best = best.min(start.elapsed().as_secs_f64());
+        }
+    }
+    f64::from(8 * MAX_CONTENT as u32) / best.max(1e-9)
+}
+
+/// A key of either library. Both have the same API (aws-lc-rs mirrors
+/// ring's); one `match` per record.
+enum Key {
+    AwsLc(aws_lc_rs::aead::LessSafeKey),
+    /// Boxed: ring keeps its key schedule inline (about 0.5 KiB).
+    Ring(Box<ring::aead::LessSafeKey>),
+}
+
+impl Key {
+    fn new(
+        provider: AeadProvider,
+        secrets: &ConnectionTrafficSecrets,
+    ) -> Result<Self, RecordError> {
+        use aws_lc_rs::aead as a;
+        use ring::aead as r;
+        // The suite as an index into both libraries' algorithm lists.
+        let (suite, key) = match secrets {
+            ConnectionTrafficSecrets::Aes128Gcm { key, .. } => (0, key.as_ref()),
+            ConnectionTrafficSecrets::Aes256Gcm { key, .. } => (1, key.as_ref()),
+            ConnectionTrafficSecrets::Chacha20Poly1305 { key, .. } => (2, key.as_ref()),
+            _ => return Err(RecordError::UnsupportedSuite),
+        };
+        Ok(match provider.resolve() {
+            AeadProvider::Ring => {
+                let alg = [&r::AES_128_GCM, &r::AES_256_GCM, &r::CHACHA20_POLY1305][suite];
+                let key =
+                    r::UnboundKey::new(alg, key).map_err(|_| RecordError::UnsupportedSuite)?;
+                Key::Ring(Box::new(r::LessSafeKey::new(key)))
+            }
+            AeadProvider::AwsLcRs | AeadProvider::Auto => {
+                let alg = [&a::AES_128_GCM, &a::AES_256_GCM, &a::CHACHA20_POLY1305][suite];
+                let key =
+                    a::UnboundKey::new(alg, key).map_err(|_| RecordError::UnsupportedSuite)?;
+                Key::AwsLc(a::LessSafeKey::new(key))
+            }
+        })
+    }
+
+    fn provider(&self) -> AeadProvider {
+        match self {
+            Key::AwsLc(_) => AeadProvider::AwsLcRs,
+            Key::Ring(_) => AeadProvider::Ring,
+        }
+    }
+
+    /// Seals `data` in place; returns the tag.
+    fn seal(&self, nonce: [u8; 12], aad: [u8; HEADER_LEN], data: &mut [u8]) -> [u8; TAG_LEN] {
+        let mut out = [0; TAG_LEN];
+        match self {
+            Key::AwsLc(k) => {
+                let tag = k
+                    .seal_in_place_separate_tag(
+                        aws_lc_rs::aead::Nonce::assume_unique_for_key(nonce),
+                        aws_lc_rs::aead::Aad::from(aad),
+                        data,
+                    )
+                    .expect("TLS record content is below the AEAD's limit");
+                out.copy_from_slice(tag.as_ref());
+            }
+            Key::Ring(k) => {
+                let tag = k
+                    .seal_in_place_separate_tag(
+                        ring::aead::Nonce::assume_unique_for_key(nonce),
+                        ring::aead::Aad::from(aad),
+                        data,
+                    )
+                    .expect("TLS record content is below the AEAD's limit");
+                out.copy_from_slice(tag.as_ref());
+            }
+        }
+        out
+    }
+
+    /// Opens `data` (ciphertext and tag) in place; returns the plaintext.
+    fn open<'a>(
+        &self,
+        nonce: [u8; 12],
+        aad: [u8; HEADER_LEN],
+        data: &'a mut [u8],
+    ) -> Result<&'a mut [u8], RecordError> {
+        match self {
+            Key::AwsLc(k) => k.open_in_place(
+                aws_lc_rs::aead::Nonce::assume_unique_for_key(nonce),
+                aws_lc_rs::aead::Aad::from(aad),
+                data,
+            ),
+            Key::Ring(k) => k
+                .open_in_place(
+                    ring::aead::Nonce::assume_unique_for_key(nonce),
+                    ring::aead::Aad::from(aad),
+                    data,
+                )
+                .map_err(|_| aws_lc_rs::error::Unspecified),
+        }
+        .map_err(|_| RecordError::BadRecord)
+    }
+}
+
 /// One direction's traffic key, static IV and sequence number.
 pub struct Keys {
-    key: LessSafeKey,
+    key: Key,
     iv: [u8; 12],
     seq: u64,
 }
@@ -64,36 +255,51 @@ impl std::fmt::Debug for Keys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never print key material.
         f.debug_struct("Keys")
-            .field("alg", self.key.algorithm())
+            .field("provider", &self.key.provider())
             .field("seq", &self.seq)
             .finish_non_exhaustive()
     }
 }
 
 impl Keys {
-    /// Keys from rustls's extracted secrets, starting at `seq`.
+    /// Keys from rustls's extracted secrets, starting at `seq`, with the
+    /// process-wide provider ([`AeadProvider::calibrated`]).
     ///
     /// # Errors
     /// [`RecordError::UnsupportedSuite`] for secrets of an unknown AEAD.
     pub fn new(seq: u64, secrets: &ConnectionTrafficSecrets) -> Result<Self, RecordError> {
-        let (alg, key, iv) = match secrets {
-            ConnectionTrafficSecrets::Aes128Gcm { key, iv } => (&aead::AES_128_GCM, key, iv),
-            ConnectionTrafficSecrets::Aes256Gcm { key, iv } => (&aead::AES_256_GCM, key, iv),
-            ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv } => {
-                (&aead::CHACHA20_POLY1305, key, iv)
-            }
-            _ => return Err(RecordError::UnsupportedSuite),
+        Self::with_provider(AeadProvider::Auto, seq, secrets)
+    }
+
+    /// Keys as [`Keys::new`], from `provider`'s library.
+    ///
+    /// # Errors
+    /// [`RecordError::UnsupportedSuite`] for secrets of an unknown AEAD.
+    pub fn with_provider(
+        provider: AeadProvider,
+        seq: u64,
+        secrets: &ConnectionTrafficSecrets,
+    ) -> Result<Self, RecordError> {
+        let (ConnectionTrafficSecrets::Aes128Gcm { iv, .. }
+        | ConnectionTrafficSecrets::Aes256Gcm { iv, .. }
+        | ConnectionTrafficSecrets::Chacha20Poly1305 { iv, .. }) = secrets
+        else {
+            return Err(RecordError::UnsupportedSuite);
         };
-        let key = UnboundKey::new(alg, key.as_ref()).map_err(|_| RecordError::UnsupportedSuite)?;
         let iv: [u8; 12] = iv
             .as_ref()
             .try_into()
             .map_err(|_| RecordError::UnsupportedSuite)?;
         Ok(Self {
-            key: LessSafeKey::new(key),
+            key: Key::new(provider, secrets)?,
             iv,
             seq,
         })
+    }
+
+    /// The library these keys use.
+    pub fn provider(&self) -> AeadProvider {
+        self.key.provider()
     }
 
     /// Records protected (or opened) with this key so far.
@@ -102,13 +308,13 @@ impl Keys {
     }
 
     /// The nonce for the next record; advances the sequence number.
-    fn next_nonce(&mut self) -> Nonce {
+    fn next_nonce(&mut self) -> [u8; 12] {
         let mut n = self.iv;
         for (b, s) in n[4..].iter_mut().zip(self.seq.to_be_bytes()) {
             *b ^= s;
         }
         self.seq += 1;
-        Nonce::assume_unique_for_key(n)
+        n
     }
 
     /// Protects the record whose header slot starts at `start`: `buf[start
@@ -132,11 +338,8 @@ impl Keys {
         ];
         buf[start..start + HEADER_LEN].copy_from_slice(&header);
         let nonce = self.next_nonce();
-        let tag = self
-            .key
-            .seal_in_place_separate_tag(nonce, Aad::from(header), &mut buf[start + HEADER_LEN..])
-            .expect("TLS record content is below the AEAD's limit");
-        buf.extend_from_slice(tag.as_ref());
+        let tag = self.key.seal(nonce, header, &mut buf[start + HEADER_LEN..]);
+        buf.extend_from_slice(&tag);
     }
 
     /// Opens one whole record (`rec` = header and body, as returned by
@@ -150,10 +353,7 @@ impl Keys {
             .try_into()
             .map_err(|_| RecordError::BadLength(rec.len()))?;
         let nonce = self.next_nonce();
-        let plain = self
-            .key
-            .open_in_place(nonce, Aad::from(header), &mut rec[HEADER_LEN..])
-            .map_err(|_| RecordError::BadRecord)?;
+        let plain = self.key.open(nonce, header, &mut rec[HEADER_LEN..])?;
         // Strip the zero padding; the last non-zero byte is the type.
         let end = plain
             .iter()
@@ -197,6 +397,46 @@ mod tests {
             iv: [9u8; 12].into(),
         };
         Keys::new(seq, &secrets).unwrap()
+    }
+
+    /// The two libraries make the same records, and each opens the
+    /// other's (AES-256-GCM and ChaCha20-Poly1305: rustls builds 128-bit
+    /// keys only inside a handshake).
+    #[test]
+    fn providers_interoperate() {
+        let suites = [
+            ConnectionTrafficSecrets::Aes256Gcm {
+                key: [3u8; 32].into(),
+                iv: [4u8; 12].into(),
+            },
+            ConnectionTrafficSecrets::Chacha20Poly1305 {
+                key: [5u8; 32].into(),
+                iv: [6u8; 12].into(),
+            },
+        ];
+        let (a, r) = (AeadProvider::AwsLcRs, AeadProvider::Ring);
+        for secrets in &suites {
+            for (from, to) in [(a, r), (r, a), (a, a), (r, r)] {
+                let mut tx = Keys::with_provider(from, 7, secrets).unwrap();
+                let mut rx = Keys::with_provider(to, 7, secrets).unwrap();
+                assert_eq!((tx.provider(), rx.provider()), (from, to));
+                let mut buf = vec![0; HEADER_LEN];
+                buf.extend_from_slice(b"same bytes on the wire");
+                tx.seal(&mut buf, 0, APPLICATION_DATA);
+                let mut other = Keys::with_provider(to, 7, secrets).unwrap();
+                let mut copy = vec![0; HEADER_LEN];
+                copy.extend_from_slice(b"same bytes on the wire");
+                other.seal(&mut copy, 0, APPLICATION_DATA);
+                assert_eq!(buf, copy, "{from:?} and {to:?} sealed differently");
+                let (ty, range) = rx.open(&mut buf).unwrap();
+                assert_eq!(
+                    (ty, &buf[range]),
+                    (APPLICATION_DATA, &b"same bytes on the wire"[..])
+                );
+            }
+        }
+        assert_eq!(AeadProvider::Auto.resolve(), AeadProvider::calibrated());
+        assert_ne!(AeadProvider::calibrated(), AeadProvider::Auto);
     }
 
     #[test]

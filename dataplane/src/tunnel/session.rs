@@ -12,7 +12,7 @@ use rustls::{
 };
 use rustls_pki_types::CertificateDer;
 
-use super::record::{self, Keys};
+use super::record::{self, AeadProvider, Keys};
 use crate::wire::{
     WireError,
     tunnel::{self, CloseCode, Frame, FrameType, Hello},
@@ -40,6 +40,8 @@ pub struct SessionConfig {
     /// below every suite's confidentiality limit, 2^23 records for
     /// AES-256-GCM in rustls).
     pub rekey_after_records: u64,
+    /// The library that protects records (default: the faster here).
+    pub aead: AeadProvider,
 }
 
 impl Default for SessionConfig {
@@ -52,6 +54,7 @@ impl Default for SessionConfig {
             coalesce_delay: Duration::ZERO,
             max_pending_tls: 4 * 1024 * 1024,
             rekey_after_records: 1 << 20,
+            aead: AeadProvider::Auto,
         }
     }
 }
@@ -406,6 +409,14 @@ impl Session {
         self.suite
     }
 
+    /// The library protecting records, once traffic keys are in use.
+    pub fn aead_provider(&self) -> Option<AeadProvider> {
+        match &self.tls {
+            Tls::Traffic { tx, .. } => Some(tx.provider()),
+            _ => None,
+        }
+    }
+
     /// Counters.
     pub fn stats(&self) -> SessionStats {
         self.stats
@@ -595,8 +606,9 @@ impl Session {
             ),
         };
         let (secrets, kernel) = res.map_err(|e| self.fail(CloseReason::Tls(e.to_string())))?;
-        let keys = Keys::new(secrets.tx.0, &secrets.tx.1)
-            .and_then(|tx| Ok((tx, Keys::new(secrets.rx.0, &secrets.rx.1)?)));
+        let aead = self.cfg.aead;
+        let keys = Keys::with_provider(aead, secrets.tx.0, &secrets.tx.1)
+            .and_then(|tx| Ok((tx, Keys::with_provider(aead, secrets.rx.0, &secrets.rx.1)?)));
         let (tx, rx) = keys.map_err(|e| self.fail(CloseReason::Tls(e.to_string())))?;
         self.tls = Tls::Traffic {
             kernel: Box::new(kernel),
@@ -689,7 +701,7 @@ impl Session {
                             let (seq, secrets) = k
                                 .update(false)
                                 .map_err(|e| CloseReason::Tls(e.to_string()))?;
-                            *rx = Keys::new(seq, &secrets)
+                            *rx = Keys::with_provider(rx.provider(), seq, &secrets)
                                 .map_err(|e| CloseReason::Tls(e.to_string()))?;
                             self.stats.key_updates_rx += 1;
                             self.key_update_due |= *req == 1;
@@ -884,8 +896,9 @@ impl Session {
         match kernel
             .update(true)
             .map_err(|e| e.to_string())
-            .and_then(|(seq, s)| Keys::new(seq, &s).map_err(|e| e.to_string()))
-        {
+            .and_then(|(seq, s)| {
+                Keys::with_provider(tx.provider(), seq, &s).map_err(|e| e.to_string())
+            }) {
             Ok(k) => {
                 *tx = k;
                 self.stats.key_updates_tx += 1;

@@ -350,14 +350,22 @@ fn frames_larger_than_a_record_span_records() {
     assert_eq!(p.at_server, want);
 }
 
+/// Key updates both ways, with a different AEAD library at each end.
 #[test]
 fn key_updates_both_ways_keep_the_stream_intact() {
-    let rekey = |name: &str| SessionConfig {
+    let rekey = |name: &str, aead| SessionConfig {
         rekey_after_records: 3,
+        aead,
         ..cfg(name)
     };
-    let mut p = Pair::with(16, rekey("gw1"), rekey("edge"));
+    let mut p = Pair::with(
+        16,
+        rekey("gw1", AeadProvider::AwsLcRs),
+        rekey("edge", AeadProvider::Ring),
+    );
     p.drive();
+    assert_eq!(p.client.aead_provider(), Some(AeadProvider::AwsLcRs));
+    assert_eq!(p.server.aead_provider(), Some(AeadProvider::Ring));
     let mut rng = Rng::new(99);
     let (mut sent_c, mut sent_s) = (Vec::new(), Vec::new());
     for batch in 0..30 {
@@ -573,19 +581,28 @@ fn packet_before_hello_is_a_protocol_error() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
-/// Our record layer against rustls's own: data and key updates both ways
-/// (rustls checks our records, nonces and `KeyUpdate` messages; we check its).
+/// Our record layer, with each AEAD library, against rustls's own: data
+/// and key updates both ways (rustls checks our records, nonces and
+/// `KeyUpdate` messages; we check its).
 #[test]
 fn records_and_key_updates_interoperate_with_rustls() {
+    for aead in [AeadProvider::AwsLcRs, AeadProvider::Ring] {
+        records_and_key_updates_with(aead);
+    }
+}
+
+fn records_and_key_updates_with(aead: AeadProvider) {
     use io::Write as _;
     let rekey = SessionConfig {
         rekey_after_records: 2,
+        aead,
         ..cfg("gw1")
     };
     let (mut client, mut raw, mut rng, dir) = raw_server_pair_with(24, rekey);
     raw.writer().write_all(&raw_hello(1)).unwrap();
     let _ = shuttle(&mut client, &mut raw, &mut rng);
     assert!(client.is_established());
+    assert_eq!(client.aead_provider(), Some(aead));
     let mut want = Vec::new();
     for round in 0..6u8 {
         // rustls asks us to update (and updates its own sending key).
