@@ -96,6 +96,8 @@ struct Args {
     gro_ab: bool,
     /// Only these kinds of traffic.
     traffic: Option<Vec<Traffic>>,
+    /// Re-render this `results.json` instead of measuring.
+    from_json: Option<PathBuf>,
 }
 
 impl Args {
@@ -115,6 +117,7 @@ fn parse_args() -> Result<Args> {
         only: Vec::new(),
         gro_ab: false,
         traffic: None,
+        from_json: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -142,6 +145,7 @@ fn parse_args() -> Result<Args> {
                     .collect();
             }
             "--gro-ab" => a.gro_ab = true,
+            "--from-json" => a.from_json = Some(it.next().context("--from-json PATH")?.into()),
             "--traffic" => {
                 let list = it.next().context("--traffic tcp1,tcp4,udp64,udp1400")?;
                 let mut v = Vec::new();
@@ -159,11 +163,11 @@ fn parse_args() -> Result<Args> {
                 a.traffic = Some(v);
             }
             other => bail!(
-                "unknown argument {other:?}; usage: labbench --sluice PATH [--seconds N] [--repeat N] [--pin GW,EDGE|none] [--only CASE,...] [--traffic KIND,...] [--gro-ab] [--out DIR] [--smoke]"
+                "unknown argument {other:?}; usage: labbench --sluice PATH [--seconds N] [--repeat N] [--pin GW,EDGE|none] [--only CASE,...] [--traffic KIND,...] [--gro-ab] [--from-json PATH] [--out DIR] [--smoke]"
             ),
         }
     }
-    if a.sluice.as_os_str().is_empty() {
+    if a.sluice.as_os_str().is_empty() && a.from_json.is_none() {
         bail!("--sluice PATH (the sluice binary) is required");
     }
     if a.smoke {
@@ -188,6 +192,25 @@ fn cpu_busy() -> Result<u64> {
         - v.get(4).copied().unwrap_or(0))
 }
 
+/// Waits until the machine is idle again (under 10 % of all CPUs busy over
+/// 200 ms; at most 15 s): a flood that outran a tunnel leaves it a queue
+/// to drain (TCP-based tunnels hold megabytes), which would otherwise
+/// land on the next measurement.
+fn settle() -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get) as u64;
+    while Instant::now() < deadline {
+        let b0 = cpu_busy()?;
+        std::thread::sleep(Duration::from_millis(200));
+        // USER_HZ is 100: 20 jiffies per CPU in 200 ms.
+        if cpu_busy()? - b0 <= 2 * cpus {
+            return Ok(());
+        }
+    }
+    eprintln!("labbench: the machine did not settle within 15 s; measuring anyway");
+    Ok(())
+}
+
 /// Runs one iperf3 measurement from the client to `dst`.
 fn measure(lab: &Lab, case: &'static str, dst: &str, t: Traffic, secs: u64) -> Result<Row> {
     let secs_s = secs.to_string();
@@ -196,15 +219,34 @@ fn measure(lab: &Lab, case: &'static str, dst: &str, t: Traffic, secs: u64) -> R
     } else {
         "5201"
     };
+    // A fresh one-test server for every measurement, bound to the
+    // destination (UDP replies must leave from the address the client sent
+    // to, or the gateway's NAT cannot match them): an earlier test that
+    // died half-way (a UDP flood can kill iperf3's control connection)
+    // leaves a long-lived server "busy" for minutes.
+    let server = lab.spawn(
+        Host::Inet,
+        &fresh("iperf3-server"),
+        &[
+            "taskset", "-c", "1", "iperf3", "-s", "-1", "-B", dst, "-p", port,
+        ],
+    );
+    lab.wait_tcp(
+        Host::Inet,
+        format!("{dst}:{port}").parse()?,
+        Duration::from_secs(5),
+    );
     let mut argv = vec![
         "taskset", "-c", "0", "iperf3", "-c", dst, "-p", port, "-t", &secs_s, "-J",
     ];
     argv.extend_from_slice(t.iperf_args());
+    settle()?;
     let cpu0 = cpu_busy()?;
     let t0 = Instant::now();
     let out = lab.run_timeout(Host::Client, &argv, Duration::from_secs(secs + 20));
     let wall = t0.elapsed().as_secs_f64();
     let cpu = (cpu_busy()? - cpu0) as f64 / 100.0;
+    lab.stop(server);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).with_context(|| {
         format!(
             "{case} {}: iperf3 output: {}",
@@ -270,6 +312,14 @@ fn measure_retrying(
         }
     }
     Err(last.unwrap_or_else(|| anyhow::anyhow!("no attempt ran")))
+}
+
+/// A process (and log) name not used before in this run: logs are
+/// appended to, so a wait for a line must not find the previous round's.
+fn fresh(name: &str) -> String {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{name}-{n}")
 }
 
 /// `argv` behind `taskset -c <cpu>` when `cpu` is set.
@@ -386,13 +436,14 @@ fn run_round(lab: &Lab, a: &Args, traffic: &[Traffic], rows: &mut Vec<Row>) -> R
         if !a.wants(case) {
             continue;
         }
+        let log = fresh("xdp-noop");
         let id = lab.spawn(
             Host::Gw,
-            "xdp-noop",
+            &log,
             &[&bin, "xdp-noop", "--iface", "lan0", "--mode", mode],
         );
         lab.wait_for("the no-op XDP program", Duration::from_secs(10), || {
-            lab.log("xdp-noop").contains("attached")
+            lab.log(&log).contains("attached")
         });
         run(rows, case, &bypassed)?;
         lab.stop(id);
@@ -516,9 +567,12 @@ impl Tunnel {
                     k.next().context("wg pubkey")?.to_string(),
                 );
                 for (h, ifname) in [(Host::Gw, &gw_if), (Host::Edge, &edge_if)] {
+                    // A socket left by the previous round's instance.
+                    let sock = format!("/var/run/wireguard/{ifname}.sock");
+                    let _ = std::fs::remove_file(&sock);
                     let id = lab.spawn_env(
                         h,
-                        ifname,
+                        &fresh(ifname),
                         &pinned(
                             cpu_of(h),
                             &[
@@ -530,7 +584,6 @@ impl Tunnel {
                         ),
                         &[("WG_LOG_LEVEL", "info")],
                     );
-                    let sock = format!("/var/run/wireguard/{ifname}.sock");
                     lab.wait_for(
                         &format!("boringtun {ifname}"),
                         Duration::from_secs(10),
@@ -644,21 +697,22 @@ impl Tunnel {
                     .iter()
                     .map(ToString::to_string),
                 );
+                let gw_log = fresh(&format!("openvpn-gw-{}", u8::from(tcp)));
                 for (h, name, args) in [
                     (
                         Host::Edge,
-                        format!("openvpn-edge-{}", u8::from(tcp)),
+                        fresh(&format!("openvpn-edge-{}", u8::from(tcp))),
                         edge_args,
                     ),
-                    (Host::Gw, format!("openvpn-gw-{}", u8::from(tcp)), gw_args),
+                    (Host::Gw, gw_log.clone(), gw_args),
                 ] {
                     let mut argv = pinned(cpu_of(h), &["openvpn"]);
                     argv.extend(args.iter().map(String::as_str));
                     procs.push(lab.spawn(h, &name, &argv));
                 }
-                let name = format!("openvpn-gw-{}", u8::from(tcp));
                 lab.wait_for("OpenVPN to connect", Duration::from_secs(20), || {
-                    lab.log(&name).contains("Initialization Sequence Completed")
+                    lab.log(&gw_log)
+                        .contains("Initialization Sequence Completed")
                 });
             }
         }
@@ -845,12 +899,12 @@ fn svg(rows: &[Row]) -> String {
         .map(|r| r.gbps)
         .fold(0.0_f64, f64::max)
         .max(0.001);
-    let (w, h, left, top, bottom) = (980.0, 420.0, 60.0, 30.0, 60.0);
-    let group_w = (w - left - 220.0) / traffic.len().max(1) as f64;
+    let (w, h, left, top, bottom) = (1040.0, 420.0, 60.0, 30.0, 60.0);
+    let group_w = (w - left - 250.0) / traffic.len().max(1) as f64;
     let bar_w = group_w * 0.8 / cases.len().max(1) as f64;
     let colors = [
         "#555", "#999", "#bbb", "#1f77b4", "#d62728", "#aec7e8", "#ff9896", "#2ca02c", "#9467bd",
-        "#8c564b",
+        "#8c564b", "#e377c2", "#bcbd22", "#17becf",
     ];
     let mut s = format!(
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="11">"#
@@ -866,7 +920,7 @@ fn svg(rows: &[Row]) -> String {
         let _ = write!(
             s,
             r##"<line x1="{left}" x2="{}" y1="{y}" y2="{y}" stroke="#eee"/><text x="{}" y="{}" text-anchor="end">{v:.2}</text>"##,
-            w - 220.0,
+            w - 250.0,
             left - 5.0,
             y + 4.0
         );
@@ -899,9 +953,9 @@ fn svg(rows: &[Row]) -> String {
         let _ = write!(
             s,
             r#"<rect x="{}" y="{y}" width="10" height="10" fill="{}"/><text x="{}" y="{}">{c}</text>"#,
-            w - 210.0,
+            w - 240.0,
             colors[ci % colors.len()],
-            w - 195.0,
+            w - 225.0,
             y + 9.0
         );
     }
@@ -909,8 +963,57 @@ fn svg(rows: &[Row]) -> String {
     s
 }
 
+/// Rows from a `results.json` this tool wrote (for `--from-json`).
+fn rows_from_json(path: &Path) -> Result<Vec<Row>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let v: Vec<serde_json::Value> = serde_json::from_str(&text).context("results.json")?;
+    v.iter()
+        .map(|r| {
+            let name = r["traffic"].as_str().context("traffic")?;
+            let traffic = Traffic::ALL
+                .into_iter()
+                .find(|t| t.name() == name)
+                .with_context(|| format!("unknown traffic {name:?}"))?;
+            let case: &'static str = Box::leak(
+                r["case"]
+                    .as_str()
+                    .context("case")?
+                    .to_string()
+                    .into_boxed_str(),
+            );
+            Ok(Row {
+                case,
+                traffic,
+                gbps: r["gbps"].as_f64().context("gbps")?,
+                mpps: r["mpps"].as_f64().context("mpps")?,
+                cpu_s_per_gb: r["cpu_s_per_gb"].as_f64().unwrap_or(f64::NAN),
+            })
+        })
+        .collect()
+}
+
+fn report(rows: &[Row], a: &Args) -> Result<()> {
+    std::fs::create_dir_all(&a.out)?;
+    let md = markdown(rows, a);
+    write(&a.out.join("results.md"), &md)?;
+    write(&a.out.join("results.json"), &json(rows))?;
+    write(&a.out.join("results.svg"), &svg(rows))?;
+    println!("{md}");
+    println!(
+        "labbench: {} measurements; results in {}",
+        rows.len(),
+        a.out.display()
+    );
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let a = parse_args()?;
+    if let Some(path) = &a.from_json {
+        // Re-render a finished run (same machine): no lab, no root.
+        return report(&rows_from_json(path)?, &a);
+    }
     if !sluice_lab::require_root("labbench") {
         bail!("labbench needs root");
     }
@@ -922,40 +1025,9 @@ fn main() -> Result<()> {
         Traffic::ALL.to_vec()
     };
     let lab = Lab::new();
-    // One server per destination, bound to it: UDP replies (iperf3's UDP
-    // handshake) must leave from the address the client sent to, or the
-    // gateway's NAT cannot match them.
-    for (name, ip, port) in [
-        ("iperf3-bypassed", addr::BYPASSED_V4, "5201"),
-        ("iperf3-tunnelled", addr::TUNNELLED_V4, "5202"),
-    ] {
-        let ip = ip.to_string();
-        lab.spawn(
-            Host::Inet,
-            name,
-            &["taskset", "-c", "1", "iperf3", "-s", "-B", &ip, "-p", port],
-        );
-        lab.wait_tcp(
-            Host::Inet,
-            format!("{ip}:{port}").parse()?,
-            Duration::from_secs(5),
-        );
-    }
     let rows = run_cases(&lab, &a, &traffic);
     drop(lab);
-    let rows = rows?;
-    std::fs::create_dir_all(&a.out)?;
-    let md = markdown(&rows, &a);
-    write(&a.out.join("results.md"), &md)?;
-    write(&a.out.join("results.json"), &json(&rows))?;
-    write(&a.out.join("results.svg"), &svg(&rows))?;
-    println!("{md}");
-    println!(
-        "labbench: {} measurements; results in {}",
-        rows.len(),
-        a.out.display()
-    );
-    Ok(())
+    report(&rows?, &a)
 }
 
 fn write(p: &Path, s: &str) -> Result<()> {
