@@ -375,6 +375,90 @@ impl Classifier {
         sync_lpm(&mut trie, name, &v6, value)
     }
 
+    /// Adds `addr` as a host prefix (/32 or /128) owned by `source`, unless
+    /// that exact prefix is already there (of any source: a configured
+    /// host entry is never taken over). Returns whether it was added.
+    pub fn add_host_bypass(&mut self, source: u32, addr: IpAddr) -> Result<bool, EbpfError> {
+        let value = BypassEntry {
+            source,
+            reserved: 0,
+        };
+        let res = match addr {
+            IpAddr::V4(a) => {
+                let name = map_names::BYPASS_V4;
+                let mut trie = LpmTrie::<_, Ipv4Key, BypassEntry>::try_from(self.map_mut(name)?)
+                    .map_err(layout(name))?;
+                (
+                    name,
+                    trie.insert(&Key::new(32, a.octets()), value, BPF_NOEXIST),
+                )
+            }
+            IpAddr::V6(a) => {
+                let name = map_names::BYPASS_V6;
+                let mut trie = LpmTrie::<_, Ipv6Key, BypassEntry>::try_from(self.map_mut(name)?)
+                    .map_err(layout(name))?;
+                (
+                    name,
+                    trie.insert(&Key::new(128, a.octets()), value, BPF_NOEXIST),
+                )
+            }
+        };
+        match res {
+            (_, Ok(())) => Ok(true),
+            (_, Err(MapError::SyscallError(e)))
+                if e.io_error.raw_os_error() == Some(libc::EEXIST) =>
+            {
+                Ok(false)
+            }
+            (name, Err(source)) => Err(EbpfError::MapUpdate {
+                name,
+                action: "insert",
+                item: addr.to_string(),
+                source: source.into(),
+            }),
+        }
+    }
+
+    /// Removes the host prefix of `addr` if `source` owns it (sources other
+    /// than the configuration only ever add host prefixes, so the longest
+    /// match for the address being theirs means it is that entry). Returns
+    /// whether it was removed.
+    pub fn remove_host_bypass(&mut self, source: u32, addr: IpAddr) -> Result<bool, EbpfError> {
+        let (name, res) = match addr {
+            IpAddr::V4(a) => {
+                let name = map_names::BYPASS_V4;
+                let mut trie = LpmTrie::<_, Ipv4Key, BypassEntry>::try_from(self.map_mut(name)?)
+                    .map_err(layout(name))?;
+                let key = Key::new(32, a.octets());
+                match trie.get(&key, 0) {
+                    Ok(e) if e.source == source => (name, trie.remove(&key).map(|()| true)),
+                    Ok(_) => (name, Ok(false)),
+                    Err(e) if is_not_found(&e) => (name, Ok(false)),
+                    Err(e) => (name, Err(e)),
+                }
+            }
+            IpAddr::V6(a) => {
+                let name = map_names::BYPASS_V6;
+                let mut trie = LpmTrie::<_, Ipv6Key, BypassEntry>::try_from(self.map_mut(name)?)
+                    .map_err(layout(name))?;
+                let key = Key::new(128, a.octets());
+                match trie.get(&key, 0) {
+                    Ok(e) if e.source == source => (name, trie.remove(&key).map(|()| true)),
+                    Ok(_) => (name, Ok(false)),
+                    Err(e) if is_not_found(&e) => (name, Ok(false)),
+                    Err(e) => (name, Err(e)),
+                }
+            }
+        };
+        res.or_else(|e| if is_not_found(&e) { Ok(false) } else { Err(e) })
+            .map_err(|source| EbpfError::MapUpdate {
+                name,
+                action: "remove",
+                item: addr.to_string(),
+                source: source.into(),
+            })
+    }
+
     /// All bypass entries, both families, with their values.
     pub fn bypass_entries(&self) -> Result<Vec<(Prefix, BypassEntry)>, EbpfError> {
         let mut out = Vec::new();
@@ -750,6 +834,9 @@ fn is_unknown_interface(error: &EbpfError) -> bool {
     matches!(error, EbpfError::Attach { source, .. }
         if matches!(**source, ProgramError::UnknownInterface { .. }))
 }
+
+/// `BPF_NOEXIST`: an update that fails with `EEXIST` if the key is there.
+const BPF_NOEXIST: u64 = 1;
 
 fn is_not_found(error: &MapError) -> bool {
     match error {

@@ -14,12 +14,16 @@
 //! - [`gro`]: merges a flow's packets into GSO packets for the edge's TUN
 //!   device (sans-IO).
 //! - [`gateway`] and [`edge`]: the event loops that drive the above with mio.
+//! - [`dns`]: domain bypass (DNS answers observed, answered addresses
+//!   installed for their TTL), sans-IO; [`pac`]: the PAC file for LAN
+//!   clients, from the same lists.
 //! - [`config`], [`pki`], [`metrics`]: operator-facing pieces.
 #![deny(unsafe_code)]
 #![deny(missing_docs)]
 
 pub mod addr_map;
 pub mod config;
+pub mod dns;
 pub mod ebpf;
 pub mod edge;
 pub mod gateway;
@@ -28,6 +32,7 @@ pub mod host;
 pub mod lpm;
 pub mod metrics;
 pub mod net;
+pub mod pac;
 pub mod pki;
 pub mod sys;
 pub mod testutil;

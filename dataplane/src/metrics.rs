@@ -1,8 +1,9 @@
 //! A small Prometheus text endpoint (`GET /metrics`) on a plain TCP
-//! listener, in its own thread, off the packet path.
+//! listener, in its own thread, off the packet path; the same minimal
+//! HTTP server ([`serve_http`]) serves the PAC file.
 //!
 //! Requests are untrusted: the request head is read with a size cap (8 KiB)
-//! and a timeout; anything but `GET /metrics` gets 404 or 405. Rendering
+//! and a timeout; anything but `GET` of a known path gets 404 or 405. Rendering
 //! reads counters that the workers update with relaxed atomics, once per
 //! batch.
 use std::{
@@ -53,22 +54,44 @@ pub fn serve<F>(addr: SocketAddr, stop: Arc<AtomicBool>, render: F) -> io::Resul
 where
     F: Fn(&mut String) + Send + 'static,
 {
+    serve_http(addr, stop, "sluice-metrics", move |path, body| {
+        (path == b"/metrics").then(|| {
+            render(body);
+            "text/plain; version=0.0.4"
+        })
+    })
+}
+
+/// A minimal HTTP/1.1 `GET` server on `addr`, in its own thread, until
+/// `stop` is set: `handler(path, body)` fills `body` and returns its
+/// content type, or `None` for 404. One request per connection; the head
+/// is read with a size cap (8 KiB) and 2 s timeouts.
+pub fn serve_http<F>(
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    thread: &str,
+    handler: F,
+) -> io::Result<JoinHandle<()>>
+where
+    F: Fn(&[u8], &mut String) -> Option<&'static str> + Send + 'static,
+{
     let listener = TcpListener::bind(addr)?;
     listener.set_nonblocking(true)?;
+    let name = thread.to_string();
     std::thread::Builder::new()
-        .name("sluice-metrics".into())
+        .name(name.clone())
         .spawn(move || {
             let mut body = String::with_capacity(16 * 1024);
             while !stop.load(Ordering::Relaxed) {
                 match listener.accept() {
                     Ok((s, _)) => {
-                        let _ = answer(s, &mut body, &render);
+                        let _ = answer(s, &mut body, &handler);
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                         std::thread::sleep(Duration::from_millis(50));
                     }
                     Err(e) => {
-                        log::warn!("metrics: accept: {e}");
+                        log::warn!("{name}: accept: {e}");
                         std::thread::sleep(Duration::from_millis(200));
                     }
                 }
@@ -76,7 +99,10 @@ where
         })
 }
 
-fn answer<F: Fn(&mut String)>(mut s: TcpStream, body: &mut String, render: &F) -> io::Result<()> {
+fn answer<F>(mut s: TcpStream, body: &mut String, handler: &F) -> io::Result<()>
+where
+    F: Fn(&[u8], &mut String) -> Option<&'static str>,
+{
     s.set_nonblocking(false)?;
     s.set_read_timeout(Some(Duration::from_secs(2)))?;
     s.set_write_timeout(Some(Duration::from_secs(2)))?;
@@ -94,18 +120,18 @@ fn answer<F: Fn(&mut String)>(mut s: TcpStream, body: &mut String, render: &F) -
         parts.next().unwrap_or_default(),
         parts.next().unwrap_or_default(),
     );
-    let (status, text): (&str, &str) = match (method, path) {
-        (b"GET", b"/metrics") => {
-            body.clear();
-            render(body);
-            ("200 OK", body)
+    body.clear();
+    let (status, ctype, text): (&str, &str, &str) = if method == b"GET" {
+        match handler(path, body) {
+            Some(ctype) => ("200 OK", ctype, body),
+            None => ("404 Not Found", "text/plain", "not found\n"),
         }
-        (b"GET", _) => ("404 Not Found", "not found\n"),
-        _ => ("405 Method Not Allowed", "only GET /metrics\n"),
+    } else {
+        ("405 Method Not Allowed", "text/plain", "only GET\n")
     };
     write!(
         s,
-        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}",
+        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}",
         text.len()
     )?;
     s.flush()

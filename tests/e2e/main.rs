@@ -540,3 +540,210 @@ fn one_edge_serves_several_gateways_at_once() {
     assert_eq!(lab.nft_counter(counter::LAN_LEAK_V4), 0);
     assert_eq!(lab.nft_counter(counter::GW_TO_TUNNELLED_V4), 0);
 }
+
+/// A real DNS server on the internet side (dnsmasq), reached through the
+/// tunnel.
+const RESOLVER: &str = "203.0.113.53";
+/// A hostile one (`peer.py dns-forger`).
+const FORGER: &str = "203.0.113.54";
+
+/// `dig` from the client: the A records of `name` from the DNS server at
+/// `server` (one try, 3 s), one per line.
+fn dig(lab: &Lab, server: &str, name: &str, tcp: bool) -> String {
+    let at = format!("@{server}");
+    let transport = if tcp { "+tcp" } else { "+notcp" };
+    let out = lab.run(
+        Host::Client,
+        &[
+            "dig", "+short", "+tries=1", "+time=3", transport, &at, name, "A",
+        ],
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Starts dnsmasq on [`RESOLVER`] (`www.bypass.example` is the tunnelled
+/// server, TTL 2 s) and the forger on [`FORGER`] in `inet`; returns the
+/// forger.
+fn start_dns_servers(lab: &Lab) -> sluice_lab::ProcId {
+    // Both DNS servers sit on the internet side, reached through the tunnel.
+    for a in [RESOLVER, FORGER] {
+        lab.run_ok(
+            Host::Inet,
+            &["ip", "addr", "add", &format!("{a}/32"), "dev", "srv0"],
+        );
+    }
+    // A real DNS server: www.bypass.example is the "tunnelled" server's
+    // address, with a TTL of 2 s.
+    let host_record = format!("--host-record=www.bypass.example,{}", addr::TUNNELLED_V4);
+    let pid_file = format!("--pid-file={}", lab.dir().join("dnsmasq.pid").display());
+    lab.spawn(
+        Host::Inet,
+        "dnsmasq",
+        &[
+            "dnsmasq",
+            "--keep-in-foreground",
+            "--log-facility=-",
+            "--log-queries",
+            "--conf-file=/dev/null",
+            "--no-resolv",
+            "--no-hosts",
+            "--bind-interfaces",
+            &format!("--listen-address={RESOLVER}"),
+            "--user=root",
+            &pid_file,
+            &host_record,
+            "--local-ttl=2",
+        ],
+    );
+    lab.wait_tcp(
+        Host::Inet,
+        SocketAddr::new(RESOLVER.parse().unwrap(), 53),
+        Duration::from_secs(10),
+    );
+    let script = sluice_lab::peer_script();
+    let forger = lab.spawn(
+        Host::Inet,
+        "forger",
+        &[
+            sluice_lab::python(),
+            "-u",
+            &script.to_string_lossy(),
+            "dns-forger",
+            FORGER,
+            "--answer",
+            &addr::TUNNELLED_V4.to_string(),
+        ],
+    );
+    lab.wait_for("the DNS forger", Duration::from_secs(10), || {
+        lab.log("forger").contains("listening dns")
+    });
+    forger
+}
+
+#[test]
+fn domain_bypass_follows_dns_answers_for_their_ttl_and_ignores_forgeries() {
+    if !require_root("domain_bypass_follows_dns_answers_for_their_ttl_and_ignores_forgeries") {
+        return;
+    }
+    let lab = Lab::new();
+    lab.spawn_peer(Host::Inet, "peer", HTTP, UDP);
+    let forger = start_dns_servers(&lab);
+    let mut s = Sluice::prepare(&lab, bin(), |c| {
+        c.replace(
+            "[bypass]\n",
+            "[bypass]\ndomains = [\"*.bypass.example\"]\ndns_ttl_floor_secs = 1\ndns_ttl_cap_secs = 60\n",
+        )
+    });
+    s.start_edge();
+    s.start_gateway();
+    let whoami = || {
+        curl(&lab, &[&url(addr::TUNNELLED_V4, "/whoami")])
+            .trim()
+            .to_string()
+    };
+    let edge = addr::EDGE_WAN_V4.to_string();
+    let direct = addr::GW_WAN_V4.to_string();
+    assert_eq!(
+        whoami(),
+        edge,
+        "before any answer: tunnelled\n{}",
+        logs(&lab)
+    );
+
+    // Forged and failed answers install nothing.
+    let _ = dig(&lab, FORGER, "www.bypass.example", false);
+    lab.wait_for("the forgeries", Duration::from_secs(5), || {
+        lab.log("forger").contains("forged www.bypass.example")
+    });
+    assert_eq!(whoami(), edge, "after forged answers\n{}", logs(&lab));
+    let m = s.gateway_metrics();
+    for outcome in [
+        "unsolicited",
+        "malformed",
+        "question_mismatch",
+        "error_code",
+    ] {
+        assert!(
+            sum(
+                &m,
+                "sluice_dns_messages_total",
+                &format!("outcome=\"{outcome}\"")
+            ) >= 1,
+            "no {outcome} counted\n{m}"
+        );
+    }
+    assert_eq!(sum(&m, "sluice_dns_bypass_installed_total", ""), 0, "{m}");
+    lab.stop(forger);
+
+    // The real answer: the address goes direct from the next connection,
+    // for the answer's TTL (2 s), then through the tunnel again.
+    let answer = dig(&lab, RESOLVER, "www.bypass.example", false);
+    assert_eq!(
+        answer.trim(),
+        addr::TUNNELLED_V4.to_string(),
+        "dig: {answer:?}"
+    );
+    assert_eq!(whoami(), direct, "after the answer: direct\n{}", logs(&lab));
+    assert_eq!(s.gateway_metric("sluice_dns_bypass_entries", ""), 1);
+    assert!(lab.log("gateway").contains(&format!(
+        "domain bypass: {} (www.bypass.example) for 2 s",
+        addr::TUNNELLED_V4
+    )));
+    lab.wait_for(
+        "the answer's TTL to run out",
+        Duration::from_secs(10),
+        || s.gateway_metric("sluice_dns_bypass_expired_total", "") == 1,
+    );
+    assert_eq!(
+        whoami(),
+        edge,
+        "after the TTL: tunnelled again\n{}",
+        logs(&lab)
+    );
+    // The same over TCP.
+    let answer = dig(&lab, RESOLVER, "www.bypass.example", true);
+    assert_eq!(
+        answer.trim(),
+        addr::TUNNELLED_V4.to_string(),
+        "dig +tcp: {answer:?}"
+    );
+    assert_eq!(
+        whoami(),
+        direct,
+        "after the TCP answer: direct\n{}",
+        logs(&lab)
+    );
+    assert_eq!(s.gateway_metric("sluice_dns_bypass_installed_total", ""), 2);
+    // A name outside the list installs nothing.
+    let _ = dig(&lab, RESOLVER, "bypass.example", false);
+    assert_eq!(s.gateway_metric("sluice_dns_bypass_installed_total", ""), 2);
+}
+
+#[test]
+fn vpn_gateway_addresses_bypass() {
+    if !require_root("vpn_gateway_addresses_bypass") {
+        return;
+    }
+    let lab = Lab::new();
+    lab.spawn_peer(Host::Inet, "peer", HTTP, UDP);
+    // The "tunnelled" server plays a branch VPN client's gateway (say
+    // IPsec over UDP): listed, it is reached directly.
+    let mut s = Sluice::prepare(&lab, bin(), |c| {
+        c.replace(
+            "[bypass]\n",
+            &format!("[bypass]\nvpn_gateways = [\"{}\"]\n", addr::TUNNELLED_V4),
+        )
+    });
+    s.start_edge();
+    s.start_gateway();
+    let dst = SocketAddr::new(addr::TUNNELLED_V4.into(), UDP);
+    let p = lab.udp_probe(Host::Client, dst, 64, 20, Duration::from_secs(2));
+    assert!(p.received > 0, "{p:?}\n{}", logs(&lab));
+    assert_eq!(p.seen_as, [addr::GW_WAN_V4.to_string()], "{}", logs(&lab));
+    // Its IPv6 neighbour, not listed, still goes through the tunnel.
+    assert_eq!(
+        curl(&lab, &[&url(addr::TUNNELLED_V6, "/whoami")]).trim(),
+        addr::EDGE_WAN_V6.to_string()
+    );
+    assert!(lab.log("gateway").contains("1 VPN gateways"));
+}

@@ -28,6 +28,16 @@ udp-probe HOST PORT --size S --count N --timeout T
     lists, in order of first appearance, the addresses the server reported.
     Exits 0 even when M < N: the caller decides. Use S >= 40 so that an IPv6
     address fits in the reply.
+
+dns-forger ADDR --answer IP
+    A hostile DNS server on UDP ADDR:53. To every query it sends, in order:
+    an answer with the wrong transaction ID, a malformed message (a bare
+    header cut short), an answer with the right ID for a different
+    question, an unsolicited answer from the right ID but source port 5353
+    (another socket), and last the right ID and question with rcode
+    NXDOMAIN; every one of them carries an A record for the queried name
+    with address IP. A domain bypass must install none of them.
+    stdout: ``listening dns ADDR`` once bound, ``forged <qname> <n>`` per query.
 """
 
 import argparse
@@ -294,6 +304,55 @@ def udp_probe(args):
     return 0
 
 
+def dns_name(name):
+    out = b""
+    for label in name.strip(".").split("."):
+        out += bytes([len(label)]) + label.encode()
+    return out + b"\0"
+
+
+def dns_forger(args):
+    import struct
+
+    ip = socket.inet_aton(args.answer)
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind((args.addr, 53))
+    other = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    other.bind((args.addr, 5353))
+    print(f"listening dns {args.addr}", flush=True)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    while True:
+        q, peer = s.recvfrom(4096)
+        if len(q) < 12:
+            continue
+        qid = struct.unpack(">H", q[:2])[0]
+        # The question: name labels, then type and class.
+        i = 12
+        labels = []
+        while i < len(q) and q[i] != 0:
+            n = q[i]
+            labels.append(q[i + 1 : i + 1 + n].decode(errors="replace"))
+            i += 1 + n
+        question = q[12 : i + 5]
+        qname = ".".join(labels)
+
+        def answer(ident, rcode, quest):
+            hdr = struct.pack(">HHHHHH", ident, 0x8180 | rcode, 1, 1, 0, 0)
+            rr = b"\xc0\x0c" + struct.pack(">HHIH", 1, 1, 60, 4) + ip
+            return hdr + quest + rr
+
+        sent = [
+            (s, answer(qid ^ 0x5A5A, 0, question)),
+            (s, q[:7]),
+            (s, answer(qid, 0, dns_name("evil." + qname) + b"\x00\x01\x00\x01")),
+            (other, answer(qid, 0, question)),
+            (s, answer(qid, 3, question)),
+        ]
+        for sock, msg in sent:
+            sock.sendto(msg, peer)
+        print(f"forged {qname} {len(sent)}", flush=True)
+
+
 def main():
     parser = argparse.ArgumentParser(description="sluice lab peer programs")
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -306,9 +365,14 @@ def main():
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--count", type=int, default=1)
     p.add_argument("--timeout", type=float, default=2.0)
+    p = sub.add_parser("dns-forger", help="a DNS server that answers with forgeries only")
+    p.add_argument("addr")
+    p.add_argument("--answer", required=True)
     args = parser.parse_args()
     if args.cmd == "serve":
         return serve(args)
+    if args.cmd == "dns-forger":
+        return dns_forger(args)
     return udp_probe(args)
 
 

@@ -163,12 +163,13 @@ fn tally(line: &str) -> Option<(u64, u64)> {
 }
 
 /// The fuzz targets in `dataplane/fuzz` (cargo-fuzz).
-const FUZZ_TARGETS: [&str; 5] = [
+const FUZZ_TARGETS: [&str; 6] = [
     "tunnel_frames",
     "tunnel_records",
     "packet_views",
     "config",
     "gro",
+    "dns",
 ];
 /// How long `test` runs each fuzz target: enough to catch a target that
 /// no longer builds or crashes at once, not a fuzzing campaign.

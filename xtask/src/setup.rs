@@ -34,6 +34,12 @@ const PACKAGES: &[&str] = &[
     // Lab benchmark baselines.
     "openvpn",
     "wireguard-tools",
+    // A real PAC engine (the PAC file test evaluates sluice's PAC with it).
+    "libpacparser1",
+    // A real DNS server and client for the domain bypass tests (the -base
+    // package is the binary alone: no system service is started).
+    "dnsmasq-base",
+    "bind9-dnsutils",
 ];
 
 const BPFFS: &str = "/sys/fs/bpf";

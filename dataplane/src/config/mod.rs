@@ -113,6 +113,35 @@ pub struct GatewayConfig {
     pub tunnel: TunnelConfig,
     /// Destinations that bypass the tunnel.
     pub bypass: Vec<Prefix>,
+    /// Other VPN gateways (a branch's own VPN clients keep reaching them
+    /// directly, whatever else the policy says).
+    pub vpn_gateways: Vec<Prefix>,
+    /// Domains whose answered addresses bypass the tunnel, and the bounds
+    /// of that table.
+    pub domains: DomainBypass,
+    /// The PAC file for LAN clients, if served.
+    pub pac: Option<PacConfig>,
+}
+
+/// `[bypass]`'s domain settings.
+#[derive(Debug, Clone)]
+pub struct DomainBypass {
+    /// Exact names and `*.suffix` wildcards.
+    pub patterns: Vec<crate::dns::Pattern>,
+    /// TTL floor and cap, pending-query bounds.
+    pub limits: crate::dns::Limits,
+    /// Most addresses installed at once (the closest to expiry is evicted
+    /// beyond it, counted and logged).
+    pub max_entries: usize,
+}
+
+/// `[pac]`: where to serve the PAC file and the proxy it names.
+#[derive(Debug, Clone)]
+pub struct PacConfig {
+    /// Listening address (LAN side), `GET /proxy.pac` and `/wpad.dat`.
+    pub listen: SocketAddr,
+    /// The proxy for everything not bypassed.
+    pub proxy: crate::pac::ProxySpec,
 }
 
 /// The gateway's tunnel settings.
@@ -177,6 +206,7 @@ struct RawFile {
     gateway: Option<Spanned<RawGateway>>,
     tunnel: Option<Spanned<RawTunnel>>,
     bypass: Option<RawBypass>,
+    pac: Option<Spanned<RawPac>>,
     edge: Option<Spanned<RawEdge>>,
 }
 
@@ -212,6 +242,20 @@ struct RawTunnel {
 struct RawBypass {
     #[serde(default)]
     prefixes: Vec<Spanned<String>>,
+    #[serde(default)]
+    domains: Vec<Spanned<String>>,
+    #[serde(default)]
+    vpn_gateways: Vec<Spanned<String>>,
+    dns_ttl_floor_secs: Option<Spanned<u64>>,
+    dns_ttl_cap_secs: Option<Spanned<u64>>,
+    dns_max_entries: Option<Spanned<u64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPac {
+    listen: Spanned<String>,
+    proxy: Spanned<String>,
 }
 
 #[derive(Deserialize)]
@@ -314,6 +358,85 @@ impl Doc<'_> {
             out.push(parsed);
         }
         Ok(out)
+    }
+
+    /// `bypass.vpn_gateways`, none of them also in `bypass.prefixes`.
+    fn vpn_gateways(&self, raw: &RawBypass, bypass: &[Prefix]) -> Result<Vec<Prefix>, ConfigError> {
+        let list = self.prefixes(&raw.vpn_gateways, "bypass.vpn_gateways")?;
+        for (i, (p, r)) in list.iter().zip(&raw.vpn_gateways).enumerate() {
+            if bypass.contains(p) {
+                return Err(self.err(
+                    r.span(),
+                    &format!("bypass.vpn_gateways[{i}]"),
+                    format!("{p} is in bypass.prefixes too: list it once"),
+                ));
+            }
+        }
+        Ok(list)
+    }
+
+    fn pac(&self, p: &RawPac) -> Result<PacConfig, ConfigError> {
+        Ok(PacConfig {
+            listen: self.sockaddr(&p.listen, "pac.listen")?,
+            proxy: p
+                .proxy
+                .get_ref()
+                .parse()
+                .map_err(|e| self.err(p.proxy.span(), "pac.proxy", format!("{e}")))?,
+        })
+    }
+
+    fn domains(&self, raw: &RawBypass) -> Result<DomainBypass, ConfigError> {
+        let mut patterns = Vec::with_capacity(raw.domains.len());
+        for (i, p) in raw.domains.iter().enumerate() {
+            let field = format!("bypass.domains[{i}]");
+            let parsed = crate::dns::Pattern::parse(p.get_ref())
+                .map_err(|e| self.err(p.span(), &field, format!("{e}")))?;
+            if patterns.contains(&parsed) {
+                return Err(self.err(p.span(), &field, format!("{parsed} is listed twice")));
+            }
+            patterns.push(parsed);
+        }
+        let secs = |v: Option<&Spanned<u64>>, default: u64, field: &str| match v {
+            Some(v) if !(1..=86_400).contains(v.get_ref()) => {
+                Err(self.err(v.span(), field, "must be 1 to 86400 (seconds)"))
+            }
+            Some(v) => Ok(*v.get_ref()),
+            None => Ok(default),
+        };
+        let floor = secs(
+            raw.dns_ttl_floor_secs.as_ref(),
+            30,
+            "bypass.dns_ttl_floor_secs",
+        )?;
+        let cap = secs(
+            raw.dns_ttl_cap_secs.as_ref(),
+            3600,
+            "bypass.dns_ttl_cap_secs",
+        )?;
+        if let Some(v) = raw.dns_ttl_cap_secs.as_ref().filter(|_| cap < floor) {
+            return Err(self.err(
+                v.span(),
+                "bypass.dns_ttl_cap_secs",
+                format!("must not be below dns_ttl_floor_secs ({floor})"),
+            ));
+        }
+        let max_entries = match &raw.dns_max_entries {
+            Some(v) if !(1..=1_000_000).contains(v.get_ref()) => {
+                return Err(self.err(v.span(), "bypass.dns_max_entries", "must be 1 to 1000000"));
+            }
+            Some(v) => *v.get_ref() as usize,
+            None => 65_536,
+        };
+        Ok(DomainBypass {
+            patterns,
+            limits: crate::dns::Limits {
+                ttl_floor: Duration::from_secs(floor),
+                ttl_cap: Duration::from_secs(cap),
+                ..crate::dns::Limits::default()
+            },
+            max_entries,
+        })
     }
 
     fn timers(
@@ -441,7 +564,11 @@ impl GatewayConfig {
             idle_timeout,
             coalesce_delay,
         };
-        let bypass = d.prefixes(&raw.bypass.unwrap_or_default().prefixes, "bypass.prefixes")?;
+        let raw_bypass = raw.bypass.unwrap_or_default();
+        let bypass = d.prefixes(&raw_bypass.prefixes, "bypass.prefixes")?;
+        let vpn_gateways = d.vpn_gateways(&raw_bypass, &bypass)?;
+        let domains = d.domains(&raw_bypass)?;
+        let pac = raw.pac.map(|p| d.pac(p.get_ref())).transpose()?;
         Ok(Self {
             path: path.to_path_buf(),
             name,
@@ -460,6 +587,9 @@ impl GatewayConfig {
             },
             tunnel,
             bypass,
+            vpn_gateways,
+            domains,
+            pac,
         })
     }
 }

@@ -33,6 +33,12 @@ key = "gw.key"
 
 [bypass]
 prefixes = ["203.0.113.20/32", "2001:db8:100::/48"]
+domains = ["bypass.example", "*.cdn.example"]
+vpn_gateways = ["198.51.100.77/32"]
+
+[pac]
+listen = "192.0.2.1:8080"
+proxy = "proxy.example:3128"
 "#;
 
 const GOOD_EDGE: &str = r#"
@@ -52,6 +58,20 @@ fn good_gateway_config() {
     assert_eq!(c.lan, "lan0");
     assert_eq!(c.xdp_mode, AttachMode::Native);
     assert_eq!(c.bypass.len(), 2);
+    assert_eq!(
+        c.domains
+            .patterns
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
+        ["bypass.example", "*.cdn.example"]
+    );
+    assert_eq!(c.domains.limits.ttl_floor, Duration::from_secs(30));
+    assert_eq!(c.domains.max_entries, 65_536);
+    assert_eq!(c.vpn_gateways, ["198.51.100.77/32".parse().unwrap()]);
+    let pac = c.pac.as_ref().unwrap();
+    assert_eq!(pac.listen, "192.0.2.1:8080".parse().unwrap());
+    assert_eq!(pac.proxy.to_string(), "proxy.example:3128");
     assert_eq!(
         c.tunnel.ca,
         d.join("ca.pem"),
@@ -278,6 +298,78 @@ const GW_MISTAKES: &[(&str, &str, &str, &str, usize, &str)] = &[
         "gateway.cpus",
         7,
         "below 1024",
+    ),
+    (
+        "wildcard inside a name",
+        "\"*.cdn.example\"",
+        "\"cdn.*.example\"",
+        "bypass.domains[1]",
+        18,
+        "only allowed as the whole first label",
+    ),
+    (
+        "domain with a space",
+        "\"bypass.example\"",
+        "\"bypass example\"",
+        "bypass.domains[0]",
+        18,
+        "not allowed in a domain name",
+    ),
+    (
+        "duplicate domain",
+        "\"*.cdn.example\"",
+        "\"Bypass.Example.\"",
+        "bypass.domains[1]",
+        18,
+        "listed twice",
+    ),
+    (
+        "TTL cap below floor",
+        "domains = [",
+        "dns_ttl_floor_secs = 60\ndns_ttl_cap_secs = 30\ndomains = [",
+        "bypass.dns_ttl_cap_secs",
+        19,
+        "not be below dns_ttl_floor_secs (60)",
+    ),
+    (
+        "DNS table bound zero",
+        "domains = [",
+        "dns_max_entries = 0\ndomains = [",
+        "bypass.dns_max_entries",
+        18,
+        "1 to 1000000",
+    ),
+    (
+        "PAC proxy without port",
+        "proxy = \"proxy.example:3128\"",
+        "proxy = \"proxy.example\"",
+        "pac.proxy",
+        23,
+        "expected host:port",
+    ),
+    (
+        "PAC listen not an address",
+        "listen = \"192.0.2.1:8080\"",
+        "listen = \"lan0:8080\"",
+        "pac.listen",
+        22,
+        "",
+    ),
+    (
+        "VPN gateway also a bypass prefix",
+        "\"198.51.100.77/32\"",
+        "\"203.0.113.20/32\"",
+        "bypass.vpn_gateways[0]",
+        19,
+        "in bypass.prefixes too",
+    ),
+    (
+        "VPN gateway not an address",
+        "\"198.51.100.77/32\"",
+        "\"vpn.example\"",
+        "bypass.vpn_gateways[0]",
+        19,
+        "not an IPv4 or IPv6",
     ),
     (
         "coalescing delay too long",

@@ -11,6 +11,7 @@
 //! (counted as `drop_no_socket`); a restarted gateway adopts the pinned
 //! link and swaps its program in atomically. On a clean exit the program
 //! is unpinned and detached.
+mod domains;
 mod neighbor;
 mod stats;
 mod worker;
@@ -27,7 +28,10 @@ use std::{
 
 use sluice_common::Counter;
 
-use self::worker::{TunnelParams, Worker};
+use self::{
+    domains::DomainBypass,
+    worker::{TunnelParams, Worker},
+};
 pub use self::{neighbor::Neighbors, stats::WorkerStats};
 use crate::{
     config::GatewayConfig,
@@ -68,6 +72,8 @@ pub struct Gateway {
     classifier: Arc<Mutex<Classifier>>,
     workers: Vec<JoinHandle<()>>,
     metrics: Option<JoinHandle<()>>,
+    pac: Option<JoinHandle<()>>,
+    domains: Option<Arc<DomainBypass>>,
     stop: Arc<AtomicBool>,
 }
 
@@ -94,6 +100,10 @@ impl Gateway {
         let mut classifier = Classifier::load()?;
         classifier.set_local_addrs(&host::local_addrs()?)?;
         classifier.set_bypass(&cfg.bypass)?;
+        classifier.replace_bypass(
+            sluice_common::BypassEntry::SOURCE_VPN_GATEWAY,
+            &cfg.vpn_gateways,
+        )?;
 
         let mut sockets = Vec::new();
         for q in 0..queues {
@@ -107,10 +117,12 @@ impl Gateway {
         let pin = host::classifier_pin(&cfg.bpffs, &cfg.lan)?;
         let mode = classifier.attach_pinned(&cfg.lan, attach_mode(cfg), &pin)?;
         log::info!(
-            "gateway `{}`: classifier attached to {} ({mode:?}), {queues} queue(s), {} bypass prefixes, edge {}",
+            "gateway `{}`: classifier attached to {} ({mode:?}), {queues} queue(s), {} bypass prefixes, {} VPN gateways, {} bypass domains, edge {}",
             cfg.name,
             cfg.lan,
             cfg.bypass.len(),
+            cfg.vpn_gateways.len(),
+            cfg.domains.patterns.len(),
             cfg.tunnel.edge
         );
 
@@ -135,17 +147,18 @@ impl Gateway {
             })?,
         };
         let classifier = Arc::new(Mutex::new(classifier));
+        let domains = DomainBypass::new(&cfg.domains, classifier.clone());
         let mut stats = Vec::new();
         let mut workers = Vec::new();
         for (q, xsk) in (0..queues).zip(sockets) {
             let st = Arc::new(WorkerStats::default());
             stats.push(st.clone());
-            let w = Worker::new(q, xsk, lan_mac, params.clone(), st).map_err(|source| {
-                GatewayError::Io {
+            let w = Worker::new(q, xsk, lan_mac, params.clone(), st, domains.clone()).map_err(
+                |source| GatewayError::Io {
                     what: format!("worker for queue {q}"),
                     source,
-                }
-            })?;
+                },
+            )?;
             let stop = stop.clone();
             let cpu = (!cpus.is_empty()).then(|| cpus[q as usize % cpus.len()]);
             let h = std::thread::Builder::new()
@@ -165,23 +178,14 @@ impl Gateway {
                 })?;
             workers.push(h);
         }
-        let metrics = match cfg.metrics {
-            Some(addr) => {
-                let c = classifier.clone();
-                Some(
-                    metrics::serve(addr, stop.clone(), move |out| render(out, &c, &stats))
-                        .map_err(|source| GatewayError::Io {
-                            what: format!("serving metrics on {addr}"),
-                            source,
-                        })?,
-                )
-            }
-            None => None,
-        };
+        let metrics = start_metrics(cfg, &stop, &classifier, stats, domains.clone())?;
+        let pac = start_pac(cfg, &stop)?;
         Ok(Self {
             classifier,
             workers,
             metrics,
+            pac,
+            domains,
             stop,
         })
     }
@@ -191,6 +195,9 @@ impl Gateway {
     pub fn wait(mut self) -> Result<(), GatewayError> {
         while !self.stop.load(Relaxed) && self.workers.iter().all(|w| !w.is_finished()) {
             std::thread::sleep(Duration::from_millis(100));
+            if let Some(d) = &self.domains {
+                d.expire(std::time::Instant::now());
+            }
         }
         self.stop.store(true, Relaxed);
         // Detach first: from now on the kernel sees no XDP program. Frames
@@ -204,9 +211,66 @@ impl Gateway {
         if let Some(m) = self.metrics.take() {
             let _ = m.join();
         }
+        if let Some(p) = self.pac.take() {
+            let _ = p.join();
+        }
         log::info!("gateway stopped");
         Ok(())
     }
+}
+
+/// Serves the metrics, if configured.
+fn start_metrics(
+    cfg: &GatewayConfig,
+    stop: &Arc<AtomicBool>,
+    classifier: &Arc<Mutex<Classifier>>,
+    stats: Vec<Arc<WorkerStats>>,
+    domains: Option<Arc<DomainBypass>>,
+) -> Result<Option<JoinHandle<()>>, GatewayError> {
+    let Some(addr) = cfg.metrics else {
+        return Ok(None);
+    };
+    let c = classifier.clone();
+    metrics::serve(addr, stop.clone(), move |out| {
+        render(out, &c, &stats);
+        if let Some(d) = &domains {
+            d.render(out);
+        }
+    })
+    .map(Some)
+    .map_err(|source| GatewayError::Io {
+        what: format!("serving metrics on {addr}"),
+        source,
+    })
+}
+
+/// Serves the PAC file, if configured: the configured domains, bypass
+/// prefixes and VPN gateways go `DIRECT`.
+fn start_pac(
+    cfg: &GatewayConfig,
+    stop: &Arc<AtomicBool>,
+) -> Result<Option<JoinHandle<()>>, GatewayError> {
+    let Some(p) = &cfg.pac else {
+        return Ok(None);
+    };
+    let direct: Vec<_> = cfg
+        .bypass
+        .iter()
+        .chain(&cfg.vpn_gateways)
+        .copied()
+        .collect();
+    let text = crate::pac::render(&cfg.domains.patterns, &direct, &p.proxy);
+    log::info!(
+        "serving the PAC file on http://{}/proxy.pac (proxy {})",
+        p.listen,
+        p.proxy
+    );
+    crate::pac::serve(p.listen, stop.clone(), text)
+        .map(Some)
+        .map_err(|source| GatewayError::Io {
+            what: format!("serving the PAC file on {}", p.listen),
+            source,
+        })
 }
 
 /// The configured attach mode, with `auto` resolved for the LAN

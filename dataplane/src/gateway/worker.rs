@@ -22,7 +22,7 @@ use std::{
 use mio::{Events, Interest, Poll, Token, net::TcpStream, unix::SourceFd};
 use rustls::pki_types::ServerName;
 
-use super::{neighbor::Neighbors, stats::WorkerStats};
+use super::{domains::DomainBypass, neighbor::Neighbors, stats::WorkerStats};
 use crate::{
     sys::xsk::XskSocket,
     tunnel::{SendError, Session, SessionConfig},
@@ -70,6 +70,8 @@ pub(super) struct Worker {
     lan_mac: Mac,
     params: TunnelParams,
     stats: Arc<WorkerStats>,
+    /// The domain bypass, fed the DNS packets this worker carries.
+    domains: Option<Arc<DomainBypass>>,
     neighbors: Neighbors,
     link: Link,
     backoff: Duration,
@@ -132,6 +134,7 @@ impl Worker {
         lan_mac: Mac,
         params: TunnelParams,
         stats: Arc<WorkerStats>,
+        domains: Option<Arc<DomainBypass>>,
     ) -> io::Result<Self> {
         let poll = Poll::new()?;
         poll.registry()
@@ -142,6 +145,7 @@ impl Worker {
             lan_mac,
             params,
             stats,
+            domains,
             neighbors: Neighbors::new(4096),
             link: Link::Down {
                 retry_at: Instant::now(),
@@ -317,6 +321,9 @@ impl Worker {
                 continue;
             };
             self.neighbors.learn(pkt.src(), eth.src());
+            if let Some(d) = &self.domains {
+                d.on_lan_packet(&pkt);
+            }
             match sess.send_packet(pkt.as_bytes()) {
                 Ok(()) => {
                     t.tx_packets += 1;
@@ -351,6 +358,10 @@ impl Worker {
                 t.drop_no_neighbor += 1;
                 continue;
             };
+            // A DNS answer's addresses are installed before it goes out.
+            if let Some(d) = &self.domains {
+                d.on_tunnel_packet(&pkt);
+            }
             let bytes = pkt.as_bytes();
             let len = ethernet::HEADER_LEN + bytes.len();
             if tx.is_full() {

@@ -15,6 +15,32 @@ mod field {
     pub(super) const V6_SRC: core::ops::Range<usize> = 8..24;
     pub(super) const V6_DST: core::ops::Range<usize> = 24..40;
     pub(super) const V6_HEADER_LEN: usize = 40;
+    pub(super) const V4_FRAG: core::ops::Range<usize> = 6..8;
+    /// More-fragments flag and fragment offset: either set means a fragment.
+    pub(super) const V4_MF_AND_OFFSET: u16 = 0x3fff;
+    pub(super) const V4_PROTO: usize = 9;
+    pub(super) const V6_NEXT_HEADER: usize = 6;
+    pub(super) const UDP_HEADER_LEN: usize = 8;
+}
+
+/// IP protocol number of UDP.
+pub const PROTO_UDP: u8 = 17;
+/// IP protocol number of TCP.
+pub const PROTO_TCP: u8 = 6;
+
+/// The parts of a TCP segment [`Packet::tcp`] returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TcpSegment<'a> {
+    /// Source port.
+    pub src_port: u16,
+    /// Destination port.
+    pub dst_port: u16,
+    /// Sequence number.
+    pub seq: u32,
+    /// The flags byte (FIN 0x01, SYN 0x02, RST 0x04, ...).
+    pub flags: u8,
+    /// Payload.
+    pub payload: &'a [u8],
 }
 
 /// A view over an IPv4 or IPv6 packet.
@@ -103,6 +129,56 @@ impl<'a> Packet<'a> {
     pub fn as_bytes(&self) -> &'a [u8] {
         self.buf
     }
+
+    /// The segment, if this is TCP directly after the IP header (no IPv6
+    /// extension headers), not a fragment, with a data offset within the
+    /// packet.
+    pub fn tcp(&self) -> Option<TcpSegment<'a>> {
+        let off = self.transport_offset(PROTO_TCP)?;
+        let t = self.buf.get(off..)?;
+        let h = t.get(..20)?;
+        let data = usize::from(h[12] >> 4) * 4;
+        if data < 20 {
+            return None;
+        }
+        Some(TcpSegment {
+            src_port: u16::from_be_bytes([h[0], h[1]]),
+            dst_port: u16::from_be_bytes([h[2], h[3]]),
+            seq: u32::from_be_bytes([h[4], h[5], h[6], h[7]]),
+            flags: h[13],
+            payload: t.get(data..)?,
+        })
+    }
+
+    /// Where the transport header starts, if it is `proto` directly after
+    /// the IP header and the packet is not a fragment.
+    fn transport_offset(&self, proto: u8) -> Option<usize> {
+        if self.is_ipv6() {
+            (self.buf[field::V6_NEXT_HEADER] == proto).then_some(field::V6_HEADER_LEN)
+        } else {
+            let f = &self.buf[field::V4_FRAG];
+            let fragment = u16::from_be_bytes([f[0], f[1]]) & field::V4_MF_AND_OFFSET != 0;
+            (self.buf[field::V4_PROTO] == proto && !fragment)
+                .then(|| usize::from(self.buf[0] & 0x0f) * 4)
+        }
+    }
+
+    /// Source port, destination port and payload, if this is a whole UDP
+    /// datagram: UDP directly after the IP header (no IPv6 extension
+    /// headers), not a fragment, its length field within the packet.
+    /// A few byte loads: cheap enough to ask of every packet.
+    pub fn udp(&self) -> Option<(u16, u16, &'a [u8])> {
+        let off = self.transport_offset(PROTO_UDP)?;
+        let udp = self.buf.get(off..)?;
+        let h = udp.get(..field::UDP_HEADER_LEN)?;
+        let len = usize::from(u16::from_be_bytes([h[4], h[5]]));
+        let payload = udp.get(field::UDP_HEADER_LEN..len)?;
+        Some((
+            u16::from_be_bytes([h[0], h[1]]),
+            u16::from_be_bytes([h[2], h[3]]),
+            payload,
+        ))
+    }
 }
 
 fn arr4(b: &[u8]) -> [u8; 4] {
@@ -158,5 +234,67 @@ mod tests {
         let mut long_len = V4_BYTES;
         long_len[3] = 200;
         assert!(Packet::new_checked(&long_len).is_err());
+    }
+
+    #[test]
+    fn udp_view() {
+        let p = Packet::new_checked(&V4_BYTES).unwrap();
+        assert_eq!(p.udp(), Some((12345, 7, &[][..])));
+        // A fragment (MF set, then an offset) is not a whole datagram.
+        let mut frag = V4_BYTES;
+        frag[6] = 0x20;
+        assert_eq!(Packet::new_checked(&frag).unwrap().udp(), None);
+        frag[6] = 0;
+        frag[7] = 1;
+        assert_eq!(Packet::new_checked(&frag).unwrap().udp(), None);
+        // TCP, and a UDP length past the packet.
+        let mut tcp = V4_BYTES;
+        tcp[9] = 6;
+        assert_eq!(Packet::new_checked(&tcp).unwrap().udp(), None);
+        let mut long = V4_BYTES;
+        long[25] = 9;
+        assert_eq!(Packet::new_checked(&long).unwrap().udp(), None);
+        // IPv6 with a 4-byte payload.
+        let mut b = [0u8; 52];
+        b[0] = 0x60;
+        b[5] = 12;
+        b[6] = PROTO_UDP;
+        b[40..48].copy_from_slice(&[0, 53, 0x9c, 0x40, 0, 12, 0, 0]);
+        b[48..].copy_from_slice(b"abcd");
+        assert_eq!(
+            Packet::new_checked(&b).unwrap().udp(),
+            Some((53, 40000, &b"abcd"[..]))
+        );
+        b[6] = 0; // hop-by-hop options first: not looked into
+        assert_eq!(Packet::new_checked(&b).unwrap().udp(), None);
+    }
+
+    #[test]
+    fn tcp_view() {
+        // IPv4 + TCP (data offset 5) + 3 bytes, SYN|ACK.
+        let mut b = [0u8; 43];
+        b[0] = 0x45;
+        b[3] = 43;
+        b[9] = PROTO_TCP;
+        b[20..40].copy_from_slice(&[
+            0, 53, 0x9c, 0x40, 0, 0, 1, 0, 0, 0, 0, 0, 0x50, 0x12, 0, 0, 0, 0, 0, 0,
+        ]);
+        b[40..].copy_from_slice(b"abc");
+        let s = Packet::new_checked(&b).unwrap().tcp().unwrap();
+        assert_eq!(
+            s,
+            TcpSegment {
+                src_port: 53,
+                dst_port: 40000,
+                seq: 256,
+                flags: 0x12,
+                payload: b"abc"
+            }
+        );
+        assert_eq!(Packet::new_checked(&b).unwrap().udp(), None);
+        b[32] = 0x40; // data offset 4: invalid
+        assert_eq!(Packet::new_checked(&b).unwrap().tcp(), None);
+        b[32] = 0xf0; // 60 bytes: past the packet
+        assert_eq!(Packet::new_checked(&b).unwrap().tcp(), None);
     }
 }

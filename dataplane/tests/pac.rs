@@ -1,0 +1,133 @@
+//! sluice's PAC file, served over HTTP and evaluated by a real PAC engine
+//! (pacparser, Debian's `libpacparser1`, with Microsoft's IPv6 extensions
+//! on), for hosts inside and outside the bypass lists.
+//!
+//! The engine runs in a fresh network namespace with only loopback
+//! (`unshare -n`): names the script resolves fail at once instead of
+//! reaching a real resolver. Needs root for that, and the library: without
+//! them the test skips loudly, or fails under `CI=true`.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{SocketAddr, TcpListener, TcpStream},
+    process::Command,
+    sync::{Arc, atomic::AtomicBool},
+    time::Duration,
+};
+
+use sluice::{dns::Pattern, net::Prefix, pac};
+
+const EVAL: &str = r#"
+import ctypes, sys
+lib = ctypes.CDLL("libpacparser.so.1")
+lib.pacparser_find_proxy.restype = ctypes.c_char_p
+lib.pacparser_enable_microsoft_extensions()
+assert lib.pacparser_init()
+assert lib.pacparser_parse_pac_string(sys.stdin.read().encode()), "the PAC file does not parse"
+for host in sys.argv[1:]:
+    r = lib.pacparser_find_proxy(("http://%s/" % host).encode(), host.encode())
+    print(host, r.decode() if r else "ERROR")
+lib.pacparser_cleanup()
+"#;
+
+fn have_pacparser() -> bool {
+    Command::new("python3")
+        .args(["-c", "import ctypes; ctypes.CDLL('libpacparser.so.1')"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+fn get(addr: SocketAddr, path: &str) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: wpad\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+#[test]
+fn pac_file_answers_direct_for_bypass_lists_and_proxy_otherwise() {
+    if !sluice_lab::require_root("pac_file") {
+        return;
+    }
+    if !have_pacparser() {
+        let msg = "pac_file: libpacparser1 is missing (cargo xtask setup installs it)";
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "{msg}");
+        eprintln!("SKIPPED {msg}");
+        return;
+    }
+    let domains = ["bypass.example", "*.cdn.example"].map(|p| Pattern::parse(p).unwrap());
+    let prefixes = ["203.0.113.0/24", "198.51.100.7/32", "2001:db8:100::/48"]
+        .map(|p| p.parse::<Prefix>().unwrap());
+    let text = pac::render(&domains, &prefixes, &"proxy.example:3128".parse().unwrap());
+
+    // Served over HTTP, at both paths, with the PAC content type.
+    let addr = {
+        let probe = TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap()
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let http = pac::serve(addr, stop.clone(), text.clone()).unwrap();
+    let mut served = String::new();
+    for path in ["/proxy.pac", "/wpad.dat"] {
+        let r = get(addr, path);
+        assert!(r.starts_with("HTTP/1.1 200 OK"), "{path}: {r}");
+        assert!(
+            r.contains("Content-Type: application/x-ns-proxy-autoconfig"),
+            "{r}"
+        );
+        served = r.split_once("\r\n\r\n").unwrap().1.to_string();
+        assert_eq!(served, text);
+    }
+    assert!(get(addr, "/other").starts_with("HTTP/1.1 404"));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    http.join().unwrap();
+
+    let cases = [
+        ("bypass.example", "DIRECT"),
+        ("BYPASS.example", "DIRECT"),
+        ("www.bypass.example", "PROXY proxy.example:3128"),
+        ("a.cdn.example", "DIRECT"),
+        ("x.y.cdn.example", "DIRECT"),
+        ("cdn.example", "PROXY proxy.example:3128"),
+        ("evilcdn.example", "PROXY proxy.example:3128"),
+        ("203.0.113.9", "DIRECT"),
+        ("198.51.100.7", "DIRECT"),
+        ("198.51.100.8", "PROXY proxy.example:3128"),
+        ("2001:db8:100::9", "DIRECT"),
+        ("2001:db8:200::9", "PROXY proxy.example:3128"),
+        // Does not resolve (no network in the namespace): the proxy.
+        ("tunnelled.example", "PROXY proxy.example:3128"),
+    ];
+    let mut child = Command::new("unshare")
+        .args(["-n", "python3", "-c", EVAL])
+        .args(cases.iter().map(|(h, _)| *h))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("unshare -n python3");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(served.as_bytes())
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        assert!(std::time::Instant::now() < deadline, "the PAC engine hung");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "pacparser: {}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got: Vec<&str> = stdout.lines().collect();
+    assert_eq!(got.len(), cases.len(), "{stdout}");
+    for ((host, want), line) in cases.iter().zip(got) {
+        assert_eq!(line, format!("{host} {want}"), "PAC answer for {host}");
+    }
+}
