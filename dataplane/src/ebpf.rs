@@ -383,40 +383,20 @@ impl Classifier {
             source,
             reserved: 0,
         };
-        let res = match addr {
-            IpAddr::V4(a) => {
-                let name = map_names::BYPASS_V4;
-                let mut trie = LpmTrie::<_, Ipv4Key, BypassEntry>::try_from(self.map_mut(name)?)
-                    .map_err(layout(name))?;
-                (
-                    name,
-                    trie.insert(&Key::new(32, a.octets()), value, BPF_NOEXIST),
-                )
-            }
-            IpAddr::V6(a) => {
-                let name = map_names::BYPASS_V6;
-                let mut trie = LpmTrie::<_, Ipv6Key, BypassEntry>::try_from(self.map_mut(name)?)
-                    .map_err(layout(name))?;
-                (
-                    name,
-                    trie.insert(&Key::new(128, a.octets()), value, BPF_NOEXIST),
-                )
-            }
+        let (name, res) = match addr {
+            IpAddr::V4(a) => self.with_trie(map_names::BYPASS_V4, |t| {
+                host_insert(t, Key::new(32, a.octets()), value)
+            })?,
+            IpAddr::V6(a) => self.with_trie(map_names::BYPASS_V6, |t| {
+                host_insert(t, Key::new(128, a.octets()), value)
+            })?,
         };
-        match res {
-            (_, Ok(())) => Ok(true),
-            (_, Err(MapError::SyscallError(e)))
-                if e.io_error.raw_os_error() == Some(libc::EEXIST) =>
-            {
-                Ok(false)
-            }
-            (name, Err(source)) => Err(EbpfError::MapUpdate {
-                name,
-                action: "insert",
-                item: addr.to_string(),
-                source: source.into(),
-            }),
-        }
+        res.map_err(|source| EbpfError::MapUpdate {
+            name,
+            action: "insert",
+            item: addr.to_string(),
+            source: source.into(),
+        })
     }
 
     /// Removes the host prefix of `addr` if `source` owns it (sources other
@@ -425,38 +405,30 @@ impl Classifier {
     /// whether it was removed.
     pub fn remove_host_bypass(&mut self, source: u32, addr: IpAddr) -> Result<bool, EbpfError> {
         let (name, res) = match addr {
-            IpAddr::V4(a) => {
-                let name = map_names::BYPASS_V4;
-                let mut trie = LpmTrie::<_, Ipv4Key, BypassEntry>::try_from(self.map_mut(name)?)
-                    .map_err(layout(name))?;
-                let key = Key::new(32, a.octets());
-                match trie.get(&key, 0) {
-                    Ok(e) if e.source == source => (name, trie.remove(&key).map(|()| true)),
-                    Ok(_) => (name, Ok(false)),
-                    Err(e) if is_not_found(&e) => (name, Ok(false)),
-                    Err(e) => (name, Err(e)),
-                }
-            }
-            IpAddr::V6(a) => {
-                let name = map_names::BYPASS_V6;
-                let mut trie = LpmTrie::<_, Ipv6Key, BypassEntry>::try_from(self.map_mut(name)?)
-                    .map_err(layout(name))?;
-                let key = Key::new(128, a.octets());
-                match trie.get(&key, 0) {
-                    Ok(e) if e.source == source => (name, trie.remove(&key).map(|()| true)),
-                    Ok(_) => (name, Ok(false)),
-                    Err(e) if is_not_found(&e) => (name, Ok(false)),
-                    Err(e) => (name, Err(e)),
-                }
-            }
+            IpAddr::V4(a) => self.with_trie(map_names::BYPASS_V4, |t| {
+                host_remove(t, Key::new(32, a.octets()), source)
+            })?,
+            IpAddr::V6(a) => self.with_trie(map_names::BYPASS_V6, |t| {
+                host_remove(t, Key::new(128, a.octets()), source)
+            })?,
         };
-        res.or_else(|e| if is_not_found(&e) { Ok(false) } else { Err(e) })
-            .map_err(|source| EbpfError::MapUpdate {
-                name,
-                action: "remove",
-                item: addr.to_string(),
-                source: source.into(),
-            })
+        res.map_err(|source| EbpfError::MapUpdate {
+            name,
+            action: "remove",
+            item: addr.to_string(),
+            source: source.into(),
+        })
+    }
+
+    /// Runs `f` on the bypass trie `name`; returns the name with the result.
+    fn with_trie<K: Pod, T>(
+        &mut self,
+        name: &'static str,
+        f: impl FnOnce(&mut LpmTrie<&mut MapData, K, BypassEntry>) -> T,
+    ) -> Result<(&'static str, T), EbpfError> {
+        let mut trie =
+            LpmTrie::<_, K, BypassEntry>::try_from(self.map_mut(name)?).map_err(layout(name))?;
+        Ok((name, f(&mut trie)))
     }
 
     /// All bypass entries, both families, with their values.
@@ -837,6 +809,40 @@ fn is_unknown_interface(error: &EbpfError) -> bool {
 
 /// `BPF_NOEXIST`: an update that fails with `EEXIST` if the key is there.
 const BPF_NOEXIST: u64 = 1;
+
+/// Inserts `key` unless that exact key is there; whether it inserted.
+fn host_insert<K: Pod>(
+    trie: &mut LpmTrie<&mut MapData, K, BypassEntry>,
+    key: Key<K>,
+    value: BypassEntry,
+) -> Result<bool, MapError> {
+    match trie.insert(&key, value, BPF_NOEXIST) {
+        Ok(()) => Ok(true),
+        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EEXIST) => {
+            Ok(false)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Removes the host `key` if its entry (the longest match for a host key
+/// is the key itself when present) belongs to `source`.
+fn host_remove<K: Pod>(
+    trie: &mut LpmTrie<&mut MapData, K, BypassEntry>,
+    key: Key<K>,
+    source: u32,
+) -> Result<bool, MapError> {
+    match trie.get(&key, 0) {
+        Ok(e) if e.source == source => match trie.remove(&key) {
+            Ok(()) => Ok(true),
+            Err(e) if is_not_found(&e) => Ok(false),
+            Err(e) => Err(e),
+        },
+        Ok(_) => Ok(false),
+        Err(e) if is_not_found(&e) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
 
 fn is_not_found(error: &MapError) -> bool {
     match error {

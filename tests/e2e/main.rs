@@ -562,7 +562,7 @@ fn dig(lab: &Lab, server: &str, name: &str, tcp: bool) -> String {
 }
 
 /// Starts dnsmasq on [`RESOLVER`] (`www.bypass.example` is the tunnelled
-/// server, TTL 2 s) and the forger on [`FORGER`] in `inet`; returns the
+/// server, TTL 5 s) and the forger on [`FORGER`] in `inet`; returns the
 /// forger.
 fn start_dns_servers(lab: &Lab) -> sluice_lab::ProcId {
     // Both DNS servers sit on the internet side, reached through the tunnel.
@@ -573,7 +573,7 @@ fn start_dns_servers(lab: &Lab) -> sluice_lab::ProcId {
         );
     }
     // A real DNS server: www.bypass.example is the "tunnelled" server's
-    // address, with a TTL of 2 s.
+    // address, with a TTL of 5 s.
     let host_record = format!("--host-record=www.bypass.example,{}", addr::TUNNELLED_V4);
     let pid_file = format!("--pid-file={}", lab.dir().join("dnsmasq.pid").display());
     lab.spawn(
@@ -592,7 +592,7 @@ fn start_dns_servers(lab: &Lab) -> sluice_lab::ProcId {
             "--user=root",
             &pid_file,
             &host_record,
-            "--local-ttl=2",
+            "--local-ttl=5",
         ],
     );
     lab.wait_tcp(
@@ -676,7 +676,7 @@ fn domain_bypass_follows_dns_answers_for_their_ttl_and_ignores_forgeries() {
     lab.stop(forger);
 
     // The real answer: the address goes direct from the next connection,
-    // for the answer's TTL (2 s), then through the tunnel again.
+    // for the answer's TTL (5 s), then through the tunnel again.
     let answer = dig(&lab, RESOLVER, "www.bypass.example", false);
     assert_eq!(
         answer.trim(),
@@ -686,12 +686,12 @@ fn domain_bypass_follows_dns_answers_for_their_ttl_and_ignores_forgeries() {
     assert_eq!(whoami(), direct, "after the answer: direct\n{}", logs(&lab));
     assert_eq!(s.gateway_metric("sluice_dns_bypass_entries", ""), 1);
     assert!(lab.log("gateway").contains(&format!(
-        "domain bypass: {} (www.bypass.example) for 2 s",
+        "domain bypass: {} (www.bypass.example) for 5 s",
         addr::TUNNELLED_V4
     )));
     lab.wait_for(
         "the answer's TTL to run out",
-        Duration::from_secs(10),
+        Duration::from_secs(20),
         || s.gateway_metric("sluice_dns_bypass_expired_total", "") == 1,
     );
     assert_eq!(
