@@ -541,65 +541,14 @@ fn one_edge_serves_several_gateways_at_once() {
     assert_eq!(lab.nft_counter(counter::GW_TO_TUNNELLED_V4), 0);
 }
 
-/// A real DNS server on the internet side (dnsmasq), reached through the
-/// tunnel.
-const RESOLVER: &str = "203.0.113.53";
-/// A hostile one (`peer.py dns-forger`).
-const FORGER: &str = "203.0.113.54";
-
-/// `dig` from the client: the A records of `name` from the DNS server at
-/// `server` (one try, 3 s), one per line.
-fn dig(lab: &Lab, server: &str, name: &str, tcp: bool) -> String {
-    let at = format!("@{server}");
-    let transport = if tcp { "+tcp" } else { "+notcp" };
-    let out = lab.run(
-        Host::Client,
-        &[
-            "dig", "+short", "+tries=1", "+time=3", transport, &at, name, "A",
-        ],
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+/// The client's `dig` at `server`.
+fn dig(lab: &Lab, server: std::net::Ipv4Addr, name: &str, tcp: bool) -> String {
+    lab.dig(Host::Client, server.into(), name, tcp)
 }
 
-/// Starts dnsmasq on [`RESOLVER`] (`www.bypass.example` is the tunnelled
-/// server, TTL 5 s) and the forger on [`FORGER`] in `inet`; returns the
-/// forger.
+/// Starts dnsmasq (TTL 5 s) and the forger in `inet`; returns the forger.
 fn start_dns_servers(lab: &Lab) -> sluice_lab::ProcId {
-    // Both DNS servers sit on the internet side, reached through the tunnel.
-    for a in [RESOLVER, FORGER] {
-        lab.run_ok(
-            Host::Inet,
-            &["ip", "addr", "add", &format!("{a}/32"), "dev", "srv0"],
-        );
-    }
-    // A real DNS server: www.bypass.example is the "tunnelled" server's
-    // address, with a TTL of 5 s.
-    let host_record = format!("--host-record=www.bypass.example,{}", addr::TUNNELLED_V4);
-    let pid_file = format!("--pid-file={}", lab.dir().join("dnsmasq.pid").display());
-    lab.spawn(
-        Host::Inet,
-        "dnsmasq",
-        &[
-            "dnsmasq",
-            "--keep-in-foreground",
-            "--log-facility=-",
-            "--log-queries",
-            "--conf-file=/dev/null",
-            "--no-resolv",
-            "--no-hosts",
-            "--bind-interfaces",
-            &format!("--listen-address={RESOLVER}"),
-            "--user=root",
-            &pid_file,
-            &host_record,
-            "--local-ttl=5",
-        ],
-    );
-    lab.wait_tcp(
-        Host::Inet,
-        SocketAddr::new(RESOLVER.parse().unwrap(), 53),
-        Duration::from_secs(10),
-    );
+    lab.spawn_dns("dnsmasq", 5);
     let script = sluice_lab::peer_script();
     let forger = lab.spawn(
         Host::Inet,
@@ -609,7 +558,7 @@ fn start_dns_servers(lab: &Lab) -> sluice_lab::ProcId {
             "-u",
             &script.to_string_lossy(),
             "dns-forger",
-            FORGER,
+            &addr::DNS_FORGER_V4.to_string(),
             "--answer",
             &addr::TUNNELLED_V4.to_string(),
         ],
@@ -631,7 +580,7 @@ fn domain_bypass_follows_dns_answers_for_their_ttl_and_ignores_forgeries() {
     let mut s = Sluice::prepare(&lab, bin(), |c| {
         c.replace(
             "[bypass]\n",
-            "[bypass]\ndomains = [\"*.bypass.example\"]\ndns_ttl_floor_secs = 1\ndns_ttl_cap_secs = 60\n",
+            "[bypass]\ndns_ttl_floor_secs = 1\ndns_ttl_cap_secs = 60\n",
         )
     });
     s.start_edge();
@@ -651,7 +600,7 @@ fn domain_bypass_follows_dns_answers_for_their_ttl_and_ignores_forgeries() {
     );
 
     // Forged and failed answers install nothing.
-    let _ = dig(&lab, FORGER, "www.bypass.example", false);
+    let _ = dig(&lab, addr::DNS_FORGER_V4, "www.bypass.example", false);
     lab.wait_for("the forgeries", Duration::from_secs(5), || {
         lab.log("forger").contains("forged www.bypass.example")
     });
@@ -677,7 +626,7 @@ fn domain_bypass_follows_dns_answers_for_their_ttl_and_ignores_forgeries() {
 
     // The real answer: the address goes direct from the next connection,
     // for the answer's TTL (5 s), then through the tunnel again.
-    let answer = dig(&lab, RESOLVER, "www.bypass.example", false);
+    let answer = dig(&lab, addr::DNS_V4, "www.bypass.example", false);
     assert_eq!(
         answer.trim(),
         addr::TUNNELLED_V4.to_string(),
@@ -701,7 +650,7 @@ fn domain_bypass_follows_dns_answers_for_their_ttl_and_ignores_forgeries() {
         logs(&lab)
     );
     // The same over TCP.
-    let answer = dig(&lab, RESOLVER, "www.bypass.example", true);
+    let answer = dig(&lab, addr::DNS_V4, "www.bypass.example", true);
     assert_eq!(
         answer.trim(),
         addr::TUNNELLED_V4.to_string(),
@@ -715,7 +664,7 @@ fn domain_bypass_follows_dns_answers_for_their_ttl_and_ignores_forgeries() {
     );
     assert_eq!(s.gateway_metric("sluice_dns_bypass_installed_total", ""), 2);
     // A name outside the list installs nothing.
-    let _ = dig(&lab, RESOLVER, "bypass.example", false);
+    let _ = dig(&lab, addr::DNS_V4, "bypass.example", false);
     assert_eq!(s.gateway_metric("sluice_dns_bypass_installed_total", ""), 2);
 }
 

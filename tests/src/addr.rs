@@ -7,6 +7,9 @@
 //!  2001:db8:1::10/64  2001:db8:1::1  2001:db8:2::1/64  2001:db8:2::2  2001:db8:3::6/64  2001:db8:3::5
 //!                                                  srv0:  203.0.113.10/32  (tunnelled)
 //!                                                                203.0.113.20/32  (bypassed)
+//!                                                                203.0.113.30/32  (bypassed by DNS)
+//!                                                                203.0.113.53/32  (DNS server)
+//!                                                                203.0.113.54/32  (forging DNS)
 //!                                                                2001:db8:100::10/128, ::20/128
 //! ```
 //!
@@ -67,6 +70,16 @@ pub const TUNNELLED_V4: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
 /// Server address on `inet` `srv0` whose traffic is meant to be BYPASSED
 /// (reaches the server from the gateway's WAN address): `203.0.113.20/32`.
 pub const BYPASSED_V4: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 20);
+/// Server address on `inet` `srv0` that is tunnelled until a DNS answer for
+/// a bypassed domain names it (`app.bypass.example` in the lab's DNS
+/// server, [`DNS_V4`]): `203.0.113.30/32`.
+pub const BY_DOMAIN_V4: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 30);
+/// A real DNS server (dnsmasq, when a test or the demo starts it) on
+/// `inet` `srv0`, reached through the tunnel: `203.0.113.53/32`.
+pub const DNS_V4: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 53);
+/// A hostile DNS server (`peer.py dns-forger`) on `inet` `srv0`:
+/// `203.0.113.54/32`.
+pub const DNS_FORGER_V4: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 54);
 /// IPv6 counterpart of [`TUNNELLED_V4`]: `2001:db8:100::10/128`.
 pub const TUNNELLED_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x100, 0, 0, 0, 0, 0x10);
 /// IPv6 counterpart of [`BYPASSED_V4`]: `2001:db8:100::20/128`.

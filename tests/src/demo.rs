@@ -137,6 +137,46 @@ fn exercise(lab: &Lab, bin: &Path) -> anyhow::Result<()> {
         );
     }
 
+    println!("\ndemo: domain bypass (config: domains = [\"*.bypass.example\"]; dnsmasq in inet)");
+    lab.spawn_dns("dnsmasq", 30);
+    let by_domain = format!("http://{}:8080/whoami", addr::BY_DOMAIN_V4);
+    let whoami = || {
+        let out = lab.run(
+            Host::Client,
+            &["curl", "-sS", "--max-time", "5", &by_domain],
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let steps: [(&str, Option<&str>, String); 2] = [
+        ("before any DNS answer", None, addr::EDGE_WAN_V4.to_string()),
+        (
+            "after `dig app.bypass.example`",
+            Some("app.bypass.example"),
+            addr::GW_WAN_V4.to_string(),
+        ),
+    ];
+    for (when, name, expect) in &steps {
+        check_stop()?;
+        if let Some(n) = name {
+            let answer = lab.dig(Host::Client, addr::DNS_V4.into(), n, false);
+            println!("  dig @{} {n}: {}", addr::DNS_V4, answer.trim());
+        }
+        let seen = whoami();
+        let ok = seen == *expect;
+        failed += usize::from(!ok);
+        println!(
+            "  GET {by_domain:<40} {when}: server saw {seen:<16} {}",
+            if ok { "ok" } else { "UNEXPECTED" }
+        );
+    }
+    for line in lab
+        .log("gateway")
+        .lines()
+        .filter(|l| l.contains("domain bypass"))
+    {
+        println!("  | {line}");
+    }
+
     println!("\ndemo: ping from the client");
     for (dst, what, _) in &cases {
         check_stop()?;

@@ -305,7 +305,7 @@ impl Lab {
 
     fn addresses(&self) -> Result<(), String> {
         use Host::{Client, Client2, Edge, Gw, Gw2, Inet};
-        let addrs: [(Host, &str, String); 22] = [
+        let addrs: [(Host, &str, String); 20] = [
             (
                 Client2,
                 ifname::CLIENT_ETH,
@@ -366,18 +366,14 @@ impl Lab {
                 ifname::INET_EDGE_SIDE,
                 format!("{}/64", addr::INET_EDGE_SIDE_V6),
             ),
-            (
-                Inet,
-                ifname::INET_SERVERS,
-                format!("{}/32", addr::TUNNELLED_V4),
-            ),
-            (
-                Inet,
-                ifname::INET_SERVERS,
-                format!("{}/32", addr::BYPASSED_V4),
-            ),
         ];
-        let server_v6 = [
+        // The servers' addresses, all on `srv0` in `inet`.
+        let servers = [
+            format!("{}/32", addr::TUNNELLED_V4),
+            format!("{}/32", addr::BYPASSED_V4),
+            format!("{}/32", addr::BY_DOMAIN_V4),
+            format!("{}/32", addr::DNS_V4),
+            format!("{}/32", addr::DNS_FORGER_V4),
             format!("{}/128", addr::TUNNELLED_V6),
             format!("{}/128", addr::BYPASSED_V6),
         ];
@@ -385,7 +381,7 @@ impl Lab {
             .iter()
             .map(|(h, dev, a)| (*h, *dev, a.as_str()))
             .chain(
-                server_v6
+                servers
                     .iter()
                     .map(|a| (Inet, ifname::INET_SERVERS, a.as_str())),
             );

@@ -47,7 +47,7 @@ mod sys;
 
 pub use lab::{DEFAULT_TIMEOUT, Host, LAB_BPFFS, Lab, ProcId, cleanup_stale};
 pub use nft::counter;
-pub use peer::{UdpProbe, peer_script, python};
+pub use peer::{DNS_RECORDS, UdpProbe, peer_script, python};
 
 use std::io::Write as _;
 

@@ -36,7 +36,70 @@ pub struct UdpProbe {
     pub seen_as: Vec<String>,
 }
 
+/// The names the lab's DNS server answers ([`Lab::spawn_dns`]), each with
+/// its address: `www.bypass.example` the tunnelled server, so a test can
+/// watch it switch, and `app.bypass.example` [`crate::addr::BY_DOMAIN_V4`].
+pub const DNS_RECORDS: [(&str, std::net::Ipv4Addr); 2] = [
+    ("www.bypass.example", crate::addr::TUNNELLED_V4),
+    ("app.bypass.example", crate::addr::BY_DOMAIN_V4),
+];
+
 impl Lab {
+    /// Starts dnsmasq in `inet` on [`crate::addr::DNS_V4`] (UDP and TCP
+    /// port 53; log `dir()/<name>.log`) answering [`DNS_RECORDS`] with a
+    /// TTL of `ttl_secs`, and waits until it listens.
+    ///
+    /// # Panics
+    /// If it does not come up within 10 s.
+    pub fn spawn_dns(&self, name: &str, ttl_secs: u32) -> ProcId {
+        let pid_file = format!(
+            "--pid-file={}",
+            self.dir().join(format!("{name}.pid")).display()
+        );
+        let listen = format!("--listen-address={}", crate::addr::DNS_V4);
+        let ttl = format!("--local-ttl={ttl_secs}");
+        let records: Vec<String> = DNS_RECORDS
+            .iter()
+            .map(|(n, a)| format!("--host-record={n},{a}"))
+            .collect();
+        let mut argv = vec![
+            "dnsmasq",
+            "--keep-in-foreground",
+            "--log-facility=-",
+            "--log-queries",
+            "--conf-file=/dev/null",
+            "--no-resolv",
+            "--no-hosts",
+            "--bind-interfaces",
+            "--user=root",
+            &listen,
+            &pid_file,
+            &ttl,
+        ];
+        argv.extend(records.iter().map(String::as_str));
+        let id = self.spawn(Host::Inet, name, &argv);
+        self.wait_tcp(
+            Host::Inet,
+            SocketAddr::new(crate::addr::DNS_V4.into(), 53),
+            Duration::from_secs(10),
+        );
+        id
+    }
+
+    /// `dig` from `h`: the A records of `name` at the DNS server `server`
+    /// (one try, 3 s; over TCP if `tcp`), one per line.
+    pub fn dig(&self, h: Host, server: std::net::IpAddr, name: &str, tcp: bool) -> String {
+        let at = format!("@{server}");
+        let transport = if tcp { "+tcp" } else { "+notcp" };
+        let out = self.run(
+            h,
+            &[
+                "dig", "+short", "+tries=1", "+time=3", transport, &at, name, "A",
+            ],
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// Starts `peer.py serve --http <http_port> --udp <udp_port>` in `h`
     /// (log `dir()/<name>.log`) and waits until both sockets are bound.
     ///
