@@ -634,6 +634,15 @@ fn domain_bypass_follows_dns_answers_for_their_ttl_and_ignores_forgeries() {
     );
     assert_eq!(whoami(), direct, "after the answer: direct\n{}", logs(&lab));
     assert_eq!(s.gateway_metric("sluice_dns_bypass_entries", ""), 1);
+    let listing = metrics_text(
+        &lab,
+        Host::Gw,
+        &sluice_lab::deploy::GATEWAY_METRICS.replace("/metrics", "/bypass/dns"),
+    );
+    assert!(
+        listing.starts_with(&format!("{} www.bypass.example ", addr::TUNNELLED_V4)),
+        "GET /bypass/dns: {listing:?}"
+    );
     assert!(lab.log("gateway").contains(&format!(
         "domain bypass: {} (www.bypass.example) for 5 s",
         addr::TUNNELLED_V4

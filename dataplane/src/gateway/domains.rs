@@ -9,6 +9,7 @@
 //! here; data packets never do.
 
 use std::{
+    fmt::Write as _,
     net::{IpAddr, SocketAddr},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
@@ -238,6 +239,21 @@ impl DomainBypass {
                 Ok(false) => {}
                 Err(e) => log::warn!("domain bypass: cannot remove {a}: {e}"),
             }
+        }
+    }
+
+    /// The installed addresses, one per line: address, domain, seconds
+    /// left; soonest to expire first.
+    pub(crate) fn list(&self, out: &mut String) {
+        let Ok(s) = self.state.lock() else {
+            return;
+        };
+        let now = Instant::now();
+        let mut rows: Vec<_> = s.table.iter().collect();
+        rows.sort_by_key(|&(addr, _, expires)| (expires, addr));
+        for (addr, domain, expires) in rows {
+            let left = expires.saturating_duration_since(now).as_secs();
+            let _ = writeln!(out, "{addr} {domain} {left}s");
         }
     }
 

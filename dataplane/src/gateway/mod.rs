@@ -219,7 +219,8 @@ impl Gateway {
     }
 }
 
-/// Serves the metrics, if configured.
+/// Serves the metrics (`GET /metrics`) and the addresses the domain bypass
+/// installed (`GET /bypass/dns`), if configured.
 fn start_metrics(
     cfg: &GatewayConfig,
     stop: &Arc<AtomicBool>,
@@ -231,12 +232,27 @@ fn start_metrics(
         return Ok(None);
     };
     let c = classifier.clone();
-    metrics::serve(addr, stop.clone(), move |out| {
-        render(out, &c, &stats);
-        if let Some(d) = &domains {
-            d.render(out);
-        }
-    })
+    metrics::serve_http(
+        addr,
+        stop.clone(),
+        "sluice-metrics",
+        move |path, out| match path {
+            b"/metrics" => {
+                render(out, &c, &stats);
+                if let Some(d) = &domains {
+                    d.render(out);
+                }
+                Some("text/plain; version=0.0.4")
+            }
+            b"/bypass/dns" => {
+                if let Some(d) = &domains {
+                    d.list(out);
+                }
+                Some("text/plain")
+            }
+            _ => None,
+        },
+    )
     .map(Some)
     .map_err(|source| GatewayError::Io {
         what: format!("serving metrics on {addr}"),
