@@ -16,7 +16,8 @@
 //! - [`gateway`] and [`edge`]: the event loops that drive the above with mio.
 //! - [`dns`]: domain bypass (DNS answers observed, answered addresses
 //!   installed for their TTL), sans-IO; [`pac`]: the PAC file for LAN
-//!   clients, from the same lists.
+//!   clients, from the same lists; [`process`]: the process patterns of
+//!   process-based bypass.
 //! - [`config`], [`pki`], [`metrics`]: operator-facing pieces.
 #![deny(unsafe_code)]
 #![deny(missing_docs)]
@@ -34,6 +35,7 @@ pub mod metrics;
 pub mod net;
 pub mod pac;
 pub mod pki;
+pub mod process;
 pub mod sys;
 pub mod testutil;
 pub mod tunnel;
