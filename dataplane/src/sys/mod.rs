@@ -7,6 +7,8 @@
 //! - [`cpu`]: CPU affinity of worker threads.
 //! - [`mem`]: huge-page advice for large lookup tables.
 //! - [`ethtool`]: the driver behind an interface.
+//! - [`sock_diag`]: the process behind a connection, the `/proc` way (the
+//!   baseline process attribution is measured against).
 //!
 //! Everything else in the crate is `#![deny(unsafe_code)]` and uses these
 //! safe wrappers.
@@ -15,5 +17,6 @@
 pub mod cpu;
 pub mod ethtool;
 pub mod mem;
+pub mod sock_diag;
 pub mod tun;
 pub mod xsk;
