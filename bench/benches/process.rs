@@ -1,0 +1,65 @@
+//! Attributing a new connection to its process the way most tools do it
+//! (the baseline sluice's eBPF socket attribution is to be measured
+//! against): a netlink `SOCK_DIAG_BY_FAMILY` lookup of the socket's inode,
+//! then a walk of every process's `/proc/<pid>/fd`, with `n` sockets open
+//! in this process (`n/2` loopback TCP connections, both ends), for the
+//! newest connection (the highest descriptor, found last).
+//!
+//! - `process/sock_diag_proc_walk/<n>`: per attribution.
+//! - `process/sock_diag_only/<n>`: the netlink lookup alone.
+use std::{
+    hint::black_box,
+    net::{TcpListener, TcpStream},
+};
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use sluice::sys::sock_diag::{Proto, process_of_inode, socket_inode};
+
+/// Raises the open-file limit to its hard maximum (10,000 sockets need
+/// more than the usual 1024).
+fn raise_nofile() {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain syscalls on a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut r) == 0 {
+            r.rlim_cur = r.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &raw const r);
+        }
+    }
+}
+
+fn attribution(crit: &mut Criterion) {
+    raise_nofile();
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let server = listener.local_addr().expect("addr");
+    let mut open: Vec<(TcpStream, TcpStream)> = Vec::new();
+    let mut g = crit.benchmark_group("process");
+    g.throughput(Throughput::Elements(1));
+    for n in [1_000usize, 10_000] {
+        while open.len() * 2 < n {
+            let c = TcpStream::connect(server).expect("connect (raise ulimit -n?)");
+            let (a, _) = listener.accept().expect("accept");
+            open.push((c, a));
+        }
+        let newest = &open[open.len() - 1].0;
+        let local = newest.local_addr().expect("addr");
+        g.bench_with_input(BenchmarkId::new("sock_diag_only", n), &n, |b, _| {
+            b.iter(|| black_box(socket_inode(Proto::Tcp, local, server).expect("diag")));
+        });
+        g.bench_with_input(BenchmarkId::new("sock_diag_proc_walk", n), &n, |b, _| {
+            b.iter(|| {
+                let inode = socket_inode(Proto::Tcp, local, server)
+                    .expect("diag")
+                    .expect("known");
+                black_box(process_of_inode(inode).expect("found"))
+            });
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, attribution);
+criterion_main!(benches);
