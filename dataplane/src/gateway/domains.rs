@@ -124,8 +124,8 @@ impl DomainBypass {
     /// or a segment of a TCP connection from port 53)? The addresses it
     /// completes are in the kernel table when this returns.
     pub(crate) fn on_tunnel_packet(&self, pkt: &ip::Packet<'_>) {
-        let now = Instant::now();
         if let Some((DNS_PORT, dport, msg)) = pkt.udp() {
+            let now = Instant::now();
             let ends = Endpoints {
                 client: SocketAddr::new(pkt.dst(), dport),
                 server: SocketAddr::new(pkt.src(), DNS_PORT),
@@ -142,6 +142,7 @@ impl DomainBypass {
             }
             self.install(s, now);
         } else if let Some(t) = pkt.tcp().filter(|t| t.src_port == DNS_PORT) {
+            let now = Instant::now();
             let ends = Endpoints {
                 client: SocketAddr::new(pkt.dst(), t.dst_port),
                 server: SocketAddr::new(pkt.src(), DNS_PORT),
