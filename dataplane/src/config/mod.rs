@@ -133,6 +133,8 @@ pub struct DomainBypass {
     /// Most addresses installed at once (the closest to expiry is evicted
     /// beyond it, counted and logged).
     pub max_entries: usize,
+    /// Only answers from these DNS servers install anything (empty: any).
+    pub servers: Vec<std::net::IpAddr>,
 }
 
 /// `[pac]`: where to serve the PAC file and the proxy it names.
@@ -246,6 +248,8 @@ struct RawBypass {
     domains: Vec<Spanned<String>>,
     #[serde(default)]
     vpn_gateways: Vec<Spanned<String>>,
+    #[serde(default)]
+    dns_servers: Vec<Spanned<String>>,
     dns_ttl_floor_secs: Option<Spanned<u64>>,
     dns_ttl_cap_secs: Option<Spanned<u64>>,
     dns_max_entries: Option<Spanned<u64>>,
@@ -428,7 +432,19 @@ impl Doc<'_> {
             Some(v) => *v.get_ref() as usize,
             None => 65_536,
         };
+        let mut servers = Vec::with_capacity(raw.dns_servers.len());
+        for (i, v) in raw.dns_servers.iter().enumerate() {
+            let ip: std::net::IpAddr = v.get_ref().trim().parse().map_err(|_| {
+                self.err(
+                    v.span(),
+                    &format!("bypass.dns_servers[{i}]"),
+                    format!("{:?} is not an IPv4 or IPv6 address", v.get_ref()),
+                )
+            })?;
+            servers.push(ip);
+        }
         Ok(DomainBypass {
+            servers,
             patterns,
             limits: crate::dns::Limits {
                 ttl_floor: Duration::from_secs(floor),

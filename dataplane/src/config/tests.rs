@@ -332,6 +332,14 @@ const GW_MISTAKES: &[(&str, &str, &str, &str, usize, &str)] = &[
         "not be below dns_ttl_floor_secs (60)",
     ),
     (
+        "DNS server not an address",
+        "domains = [",
+        "dns_servers = [\"resolver.example\"]\ndomains = [",
+        "bypass.dns_servers[0]",
+        18,
+        "not an IPv4 or IPv6 address",
+    ),
+    (
         "DNS table bound zero",
         "domains = [",
         "dns_max_entries = 0\ndomains = [",

@@ -101,6 +101,9 @@ pub enum Drop {
     /// standard query: nothing to track.
     #[error("not a query for a listed domain")]
     NotListed,
+    /// A query for a listed name to a server not in the trusted list.
+    #[error("query to a DNS server that is not trusted")]
+    UntrustedServer,
     /// A response no tracked query waits for: wrong ID, wrong endpoints,
     /// already answered, or never asked.
     #[error("unsolicited answer (no matching query)")]
@@ -143,6 +146,8 @@ pub struct Stats {
     pub pending_overflow: u64,
     /// Pending queries that timed out.
     pub timeouts: u64,
+    /// Queries for listed names to servers outside the trusted list.
+    pub untrusted_server: u64,
 }
 
 /// An address to install: `addr` bypasses for `ttl` because of `domain`.
@@ -176,6 +181,8 @@ pub const MAX_CHAIN: usize = 16;
 #[derive(Debug)]
 pub struct Observer {
     domains: DomainSet,
+    /// Only answers from these servers count (all servers when empty).
+    trusted: Vec<IpAddr>,
     limits: Limits,
     pending: HashMap<Key, Pending>,
     /// Insertion order with deadlines, for timeouts and the cap.
@@ -188,11 +195,23 @@ impl Observer {
     pub fn new(domains: DomainSet, limits: Limits) -> Self {
         Self {
             domains,
+            trusted: Vec::new(),
             limits,
             pending: HashMap::new(),
             order: VecDeque::new(),
             stats: Stats::default(),
         }
+    }
+
+    /// Trusts answers only from these DNS servers (an empty list: from
+    /// any server the queries go to). Without a list, anyone who can make
+    /// a LAN client resolve a listed name through a server they control
+    /// (a wildcard like `*.example.com` makes that easy) chooses which
+    /// addresses bypass; with one, only the operator's resolvers do.
+    #[must_use]
+    pub fn with_trusted_servers(mut self, servers: Vec<IpAddr>) -> Self {
+        self.trusted = servers;
+        self
     }
 
     /// The counters.
@@ -232,6 +251,10 @@ impl Observer {
             || !self.domains.matches(&normalize(&q.name().to_ascii()))
         {
             return Err(Drop::NotListed);
+        }
+        if !self.trusted.is_empty() && !self.trusted.contains(&ends.server.ip()) {
+            self.stats.untrusted_server += 1;
+            return Err(Drop::UntrustedServer);
         }
         let key = Key { ends, id: m.id() };
         if self.pending.len() >= self.limits.max_pending && !self.pending.contains_key(&key) {

@@ -479,3 +479,28 @@ fn table_refreshes_expires_and_evicts_the_soonest() {
     }
     assert!(t.heap.len() <= 2 * t.len() + 65);
 }
+
+#[test]
+fn only_trusted_servers_count_when_listed() {
+    let now = Instant::now();
+    let mut o = observer().with_trusted_servers(vec!["198.51.100.53".parse().unwrap()]);
+    let q = query(9, "bypass.example.", RecordType::A);
+    assert_eq!(
+        o.handle_query(now, ends(), &q.to_vec().unwrap()),
+        Err(Drop::UntrustedServer)
+    );
+    let mut out = Vec::new();
+    let r = answer(&q, vec![a("bypass.example.", 60, [198, 51, 100, 1])]);
+    assert_eq!(
+        o.handle_response(now, ends(), &r, &mut out),
+        Err(Drop::Unsolicited)
+    );
+    let trusted = Endpoints {
+        server: "198.51.100.53:53".parse().unwrap(),
+        ..ends()
+    };
+    o.handle_query(now, trusted, &q.to_vec().unwrap()).unwrap();
+    o.handle_response(now, trusted, &r, &mut out).unwrap();
+    assert_eq!(out.len(), 1);
+    assert_eq!(o.stats().untrusted_server, 1);
+}

@@ -71,7 +71,8 @@ impl DomainBypass {
         if cfg.patterns.is_empty() {
             return None;
         }
-        let observer = Observer::new(DomainSet::new(cfg.patterns.iter().cloned()), cfg.limits);
+        let observer = Observer::new(DomainSet::new(cfg.patterns.iter().cloned()), cfg.limits)
+            .with_trusted_servers(cfg.servers.clone());
         Some(Arc::new(Self {
             state: Mutex::new(State {
                 observer,
@@ -276,6 +277,7 @@ impl DomainBypass {
             ("truncated", st.truncated),
             ("query_timeout", st.timeouts),
             ("pending_overflow", st.pending_overflow),
+            ("untrusted_server", st.untrusted_server),
         ]
         .into_iter()
         .enumerate()
