@@ -13,7 +13,7 @@
 //!   per insert.
 use std::{
     hint::black_box,
-    net::{IpAddr, Ipv4Addr},
+    net::{IpAddr, Ipv6Addr},
     time::{Duration, Instant},
 };
 
@@ -90,7 +90,8 @@ fn observe(crit: &mut Criterion) {
         let mut next = |t: &mut BypassTable| {
             i = i.wrapping_add(1);
             let a = Answer {
-                addr: IpAddr::V4(Ipv4Addr::from(0x0a00_0000 | (i & 0x00ff_ffff))),
+                // 2001:db8::/96, a documentation range.
+                addr: IpAddr::V6(Ipv6Addr::from(0x2001_0db8_u128 << 96 | u128::from(i))),
                 ttl: Duration::from_secs(30 + u64::from(i % 600)),
                 domain: "www.cdn.example".into(),
             };

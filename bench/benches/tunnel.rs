@@ -106,13 +106,6 @@ fn negotiated_aead(s: &Session) -> &'static aead::Algorithm {
     }
 }
 
-/// The two AEAD implementations compared. Same API shape in both crates.
-#[derive(Clone, Copy, Debug)]
-enum Provider {
-    AwsLc,
-    Ring,
-}
-
 /// A key of either provider (one per bench: size does not matter).
 #[allow(clippy::large_enum_variant, reason = "one value per bench")]
 enum Key {
@@ -127,13 +120,14 @@ struct RawAead {
 }
 
 impl RawAead {
-    fn new(alg: &'static aead::Algorithm, provider: Provider) -> Self {
+    /// A raw protector from `provider`'s library (`Auto` is aws-lc-rs).
+    fn new(alg: &'static aead::Algorithm, provider: AeadProvider) -> Self {
         let key_bytes: Vec<u8> = (0..alg.key_len()).map(|i| i as u8 ^ 0x5a).collect();
         let key = match provider {
-            Provider::AwsLc => Key::AwsLc(aead::LessSafeKey::new(
+            AeadProvider::AwsLcRs | AeadProvider::Auto => Key::AwsLc(aead::LessSafeKey::new(
                 aead::UnboundKey::new(alg, &key_bytes).expect("key"),
             )),
-            Provider::Ring => {
+            AeadProvider::Ring => {
                 let ring_alg = if alg == &aead::AES_256_GCM {
                     &ring::aead::AES_256_GCM
                 } else if alg == &aead::AES_128_GCM {
@@ -220,16 +214,9 @@ impl RawAead {
 
 /// Per AEAD library: the session's setting, and the bench names of the
 /// session and of its raw baselines.
-const PROVIDERS: [(Provider, AeadProvider, &str, &str, &str); 2] = [
+const PROVIDERS: [(AeadProvider, &str, &str, &str); 2] = [
+    (AeadProvider::AwsLcRs, "session", "raw_seal", "raw_open"),
     (
-        Provider::AwsLc,
-        AeadProvider::AwsLcRs,
-        "session",
-        "raw_seal",
-        "raw_open",
-    ),
-    (
-        Provider::Ring,
         AeadProvider::Ring,
         "session_ring",
         "raw_seal_ring",
@@ -242,7 +229,7 @@ fn bench_encrypt(c: &mut Criterion, pki: &Pki) {
     for size in SIZES {
         let packet = ip_packet(size);
         g.throughput(Throughput::Bytes((BATCH * size) as u64));
-        for (provider, aead, session_name, seal_name, _) in PROVIDERS {
+        for (aead, session_name, seal_name, _) in PROVIDERS {
             let mut pair = SessionPair::established_with(pki, aead);
             let alg = negotiated_aead(&pair.client);
             let now = Instant::now();
@@ -263,7 +250,7 @@ fn bench_encrypt(c: &mut Criterion, pki: &Pki) {
             });
             let total: usize = records.iter().sum();
             let plain: Vec<u8> = packet.iter().copied().cycle().take(total).collect();
-            let raw = RawAead::new(alg, provider);
+            let raw = RawAead::new(alg, aead);
             let mut seq = 0u64;
             g.bench_function(format!("{seal_name}/{size}"), |b| {
                 b.iter(|| {
@@ -288,7 +275,7 @@ fn bench_decrypt(c: &mut Criterion, pki: &Pki) {
     for size in SIZES {
         let packet = ip_packet(size);
         g.throughput(Throughput::Bytes((BATCH * size) as u64));
-        for (provider, aead, session_name, _, open_name) in PROVIDERS {
+        for (aead, session_name, _, open_name) in PROVIDERS {
             let pair = SessionPair::established_with(pki, aead);
             let alg = negotiated_aead(&pair.server);
             let now = Instant::now();
@@ -319,7 +306,7 @@ fn bench_decrypt(c: &mut Criterion, pki: &Pki) {
             // stateless, so the same records serve every iteration.
             let total: usize = records.iter().sum();
             let plain: Vec<u8> = packet.iter().copied().cycle().take(total).collect();
-            let raw = RawAead::new(alg, provider);
+            let raw = RawAead::new(alg, aead);
             let mut sealed = Vec::with_capacity(records.len());
             let mut rest = &plain[..];
             for (seq, &len) in records.iter().enumerate() {

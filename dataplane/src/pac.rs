@@ -77,62 +77,52 @@ pub fn render(domains: &[Pattern], prefixes: &[Prefix], proxy: &ProxySpec) -> St
            if (host.charAt(0) == \"[\") host = host.substring(1, host.length - 1);\n  \
            if (host.charAt(host.length - 1) == \".\") host = host.substring(0, host.length - 1);\n",
     );
-    let exact: Vec<&str> = domains
-        .iter()
-        .filter_map(|p| match p {
-            Pattern::Exact(n) => Some(n.as_str()),
-            Pattern::Below(_) => None,
-        })
-        .collect();
-    let below: Vec<&str> = domains
-        .iter()
-        .filter_map(|p| match p {
-            Pattern::Below(n) => Some(n.as_str()),
-            Pattern::Exact(_) => None,
-        })
-        .collect();
-    if !exact.is_empty() {
-        s.push_str("  var exact = {");
-        for (i, n) in exact.iter().enumerate() {
-            let _ = write!(s, "{}\"{n}\": 1", if i > 0 { ", " } else { "" });
+    let mut exact = Vec::new();
+    let mut below = Vec::new();
+    for d in domains {
+        match d {
+            Pattern::Exact(n) => exact.push(format!("\"{n}\": 1")),
+            Pattern::Below(n) => below.push(format!("\".{n}\"")),
         }
-        s.push_str("};\n  if (exact.hasOwnProperty(host)) return \"DIRECT\";\n");
     }
-    if !below.is_empty() {
-        s.push_str("  var below = [");
-        for (i, n) in below.iter().enumerate() {
-            let _ = write!(s, "{}\".{n}\"", if i > 0 { ", " } else { "" });
-        }
-        s.push_str(
-            "];\n  for (var i = 0; i < below.length; i++)\n    \
-               if (dnsDomainIs(host, below[i])) return \"DIRECT\";\n",
+    if !exact.is_empty() {
+        let _ = write!(
+            s,
+            "  var exact = {{{}}};\n  if (exact.hasOwnProperty(host)) return \"DIRECT\";\n",
+            exact.join(", ")
         );
     }
-    let v4: Vec<&Prefix> = prefixes.iter().filter(|p| p.addr().is_ipv4()).collect();
-    let v6: Vec<&Prefix> = prefixes.iter().filter(|p| p.addr().is_ipv6()).collect();
-    if !v4.is_empty() || !v6.is_empty() {
-        s.push_str("  var v4 = [");
-        for (i, p) in v4.iter().enumerate() {
-            let mask = if p.len() == 0 {
-                0
-            } else {
-                u32::MAX << (32 - u32::from(p.len()))
-            };
-            let _ = write!(
-                s,
-                "{}[\"{}\", \"{}\"]",
-                if i > 0 { ", " } else { "" },
-                p.addr(),
-                IpAddr::from(mask.to_be_bytes())
-            );
+    if !below.is_empty() {
+        let _ = write!(
+            s,
+            "  var below = [{}];\n  for (var i = 0; i < below.length; i++)\n    \
+               if (dnsDomainIs(host, below[i])) return \"DIRECT\";\n",
+            below.join(", ")
+        );
+    }
+    let mut v4 = Vec::new();
+    let mut v6 = Vec::new();
+    for p in prefixes {
+        match p.addr() {
+            IpAddr::V4(a) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(p.len())).unwrap_or(0);
+                v4.push(format!(
+                    "[\"{a}\", \"{}\"]",
+                    IpAddr::from(mask.to_be_bytes())
+                ));
+            }
+            IpAddr::V6(_) => v6.push(format!("\"{p}\"")),
         }
-        s.push_str("];\n  var v6 = [");
-        for (i, p) in v6.iter().enumerate() {
-            let _ = write!(s, "{}\"{p}\"", if i > 0 { ", " } else { "" });
-        }
+    }
+    if !prefixes.is_empty() {
+        let _ = write!(
+            s,
+            "  var v4 = [{}];\n  var v6 = [{}];\n",
+            v4.join(", "),
+            v6.join(", ")
+        );
         s.push_str(
-            "];\n  \
-             var ips = [];\n  \
+            "  var ips = [];\n  \
              if (/^[0-9.]+$/.test(host) || host.indexOf(\":\") >= 0) ips = [host];\n  \
              else if (typeof dnsResolveEx == \"function\") { var r = dnsResolveEx(host); if (r) ips = r.split(\";\"); }\n  \
              else { var r4 = dnsResolve(host); if (r4) ips = [r4]; }\n  \

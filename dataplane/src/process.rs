@@ -131,43 +131,38 @@ fn parse_digest(hex: &str) -> Result<[u8; 32], PatternError> {
     Ok(out)
 }
 
-/// Path segments against pattern segments (`**` = any number of
-/// segments). Iterative, with one backtrack point per `**`, so hostile
-/// patterns or paths cost O(pattern x path).
+/// Path segments against pattern segments: `**` matches any number of
+/// segments, `*` within a segment any run of characters.
 fn match_segments(pat: &[String], path: &[&str]) -> bool {
-    let (mut p, mut s) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while s < path.len() {
-        if p < pat.len() && pat[p] == "**" {
-            star = Some((p, s));
-            p += 1;
-        } else if p < pat.len() && match_segment(pat[p].as_bytes(), path[s].as_bytes()) {
-            p += 1;
-            s += 1;
-        } else if let Some((sp, ss)) = star {
-            // Let the last `**` swallow one more segment.
-            p = sp + 1;
-            s = ss + 1;
-            star = Some((sp, ss + 1));
-        } else {
-            return false;
-        }
-    }
-    pat[p..].iter().all(|x| x == "**")
+    glob(
+        pat,
+        path,
+        |p| p == "**",
+        |p, seg| glob(p.as_bytes(), seg.as_bytes(), |c| *c == b'*', |c, x| c == x),
+    )
 }
 
-/// One segment against a pattern with `*` (any run of characters).
-fn match_segment(pat: &[u8], s: &[u8]) -> bool {
+/// `pat` against `s`: elements for which `is_star` holds match any run of
+/// `s` (empty included), the others one element each when `one` holds.
+/// Greedy, with one backtrack point (the last star), so hostile patterns
+/// or inputs cost O(pattern x input), never exponential.
+fn glob<P, S>(
+    pat: &[P],
+    s: &[S],
+    is_star: impl Fn(&P) -> bool,
+    one: impl Fn(&P, &S) -> bool,
+) -> bool {
     let (mut p, mut i) = (0, 0);
     let mut star: Option<(usize, usize)> = None;
     while i < s.len() {
-        if p < pat.len() && pat[p] == b'*' {
+        if p < pat.len() && is_star(&pat[p]) {
             star = Some((p, i));
             p += 1;
-        } else if p < pat.len() && pat[p] == s[i] {
+        } else if p < pat.len() && one(&pat[p], &s[i]) {
             p += 1;
             i += 1;
         } else if let Some((sp, si)) = star {
+            // Let the last star swallow one more element.
             p = sp + 1;
             i = si + 1;
             star = Some((sp, si + 1));
@@ -175,7 +170,7 @@ fn match_segment(pat: &[u8], s: &[u8]) -> bool {
             return false;
         }
     }
-    pat[p..].iter().all(|&c| c == b'*')
+    pat[p..].iter().all(is_star)
 }
 
 /// A list of patterns.

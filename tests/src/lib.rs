@@ -64,20 +64,34 @@ pub fn is_root() -> bool {
 /// # Panics
 /// When not root and the environment has `CI=true`.
 pub fn require_root(test: &str) -> bool {
-    if sys::is_root() {
+    require(
+        test,
+        sys::is_root(),
+        "root (namespaces, XDP, AF_XDP or BPF_PROG_TEST_RUN); run as root, e.g. `sudo -E cargo xtask test`",
+    )
+}
+
+/// Guard for a test that needs something the machine may lack (`need`
+/// says what, and how to get it): `available` passes; otherwise it panics
+/// under `CI=true` and elsewhere prints a loud SKIPPED line and returns
+/// false.
+///
+/// # Panics
+/// When `available` is false and the environment has `CI=true`.
+pub fn require(test: &str, available: bool, need: &str) -> bool {
+    if available {
         return true;
     }
     assert!(
         std::env::var("CI").as_deref() != Ok("true"),
-        "{test}: needs root and CI=true: privileged tests must run"
+        "{test}: needs {need}; under CI=true a test that cannot run fails"
     );
     // Straight to the stderr handle, not `eprintln!`: the test harness
     // captures the macros' output of passing tests, and this must be seen.
     let _ = writeln!(
         std::io::stderr(),
         "\n********************************************************************\n\
-         SKIPPED {test} (needs root: namespaces, XDP, AF_XDP or BPF_PROG_TEST_RUN).\n\
-         Run as root, e.g. `sudo -E cargo xtask test`.\n\
+         SKIPPED {test}: needs {need}.\n\
          ********************************************************************\n"
     );
     false

@@ -38,10 +38,13 @@ pub struct UdpProbe {
 
 /// The names the lab's DNS server answers ([`Lab::spawn_dns`]), each with
 /// its address: `www.bypass.example` the tunnelled server, so a test can
-/// watch it switch, and `app.bypass.example` [`crate::addr::BY_DOMAIN_V4`].
-pub const DNS_RECORDS: [(&str, std::net::Ipv4Addr); 2] = [
+/// watch it switch; `app.bypass.example` [`crate::addr::BY_DOMAIN_V4`]; and
+/// the apex `bypass.example` the same, which `*.bypass.example` must not
+/// match.
+pub const DNS_RECORDS: [(&str, std::net::Ipv4Addr); 3] = [
     ("www.bypass.example", crate::addr::TUNNELLED_V4),
     ("app.bypass.example", crate::addr::BY_DOMAIN_V4),
+    ("bypass.example", crate::addr::BY_DOMAIN_V4),
 ];
 
 impl Lab {

@@ -96,7 +96,9 @@ struct Args {
     gro_ab: bool,
     /// Only these kinds of traffic.
     traffic: Option<Vec<Traffic>>,
-    /// Re-render this `results.json` instead of measuring.
+    /// Re-render this `results.json` instead of measuring. The table's
+    /// header line (seconds, rounds, pinning) comes from this command line,
+    /// not from the file: pass the original run's flags again.
     from_json: Option<PathBuf>,
 }
 
@@ -214,11 +216,7 @@ fn settle() -> Result<()> {
 /// Runs one iperf3 measurement from the client to `dst`.
 fn measure(lab: &Lab, case: &'static str, dst: &str, t: Traffic, secs: u64) -> Result<Row> {
     let secs_s = secs.to_string();
-    let port = if dst == addr::TUNNELLED_V4.to_string() {
-        "5202"
-    } else {
-        "5201"
-    };
+    let port = "5201";
     // A fresh one-test server for every measurement, bound to the
     // destination (UDP replies must leave from the address the client sent
     // to, or the gateway's NAT cannot match them): an earlier test that
@@ -240,13 +238,18 @@ fn measure(lab: &Lab, case: &'static str, dst: &str, t: Traffic, secs: u64) -> R
         "taskset", "-c", "0", "iperf3", "-c", dst, "-p", port, "-t", &secs_s, "-J",
     ];
     argv.extend_from_slice(t.iperf_args());
-    settle()?;
-    let cpu0 = cpu_busy()?;
-    let t0 = Instant::now();
-    let out = lab.run_timeout(Host::Client, &argv, Duration::from_secs(secs + 20));
-    let wall = t0.elapsed().as_secs_f64();
-    let cpu = (cpu_busy()? - cpu0) as f64 / 100.0;
+    // The server goes whatever happens (a retry starts its own).
+    let run = || -> Result<_> {
+        settle()?;
+        let cpu0 = cpu_busy()?;
+        let t0 = Instant::now();
+        let out = lab.run_timeout(Host::Client, &argv, Duration::from_secs(secs + 20));
+        let wall = t0.elapsed().as_secs_f64();
+        Ok((out, wall, (cpu_busy()? - cpu0) as f64 / 100.0))
+    };
+    let res = run();
     lab.stop(server);
+    let (out, wall, cpu) = res?;
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).with_context(|| {
         format!(
             "{case} {}: iperf3 output: {}",
@@ -306,8 +309,6 @@ fn measure_retrying(
                     t.name()
                 );
                 last = Some(e);
-                // iperf3's server may still be finishing the last test.
-                std::thread::sleep(Duration::from_secs(2));
             }
         }
     }
@@ -370,13 +371,8 @@ fn run_tunnels(lab: &Lab, a: &Args, traffic: &[Traffic], rows: &mut Vec<Row>) ->
         if !a.wants(case) {
             continue;
         }
-        if !tool.available() {
-            let msg = format!(
-                "labbench: SKIPPED {case}: {} is not installed (cargo xtask setup installs it)",
-                tool.program()
-            );
-            assert!(std::env::var("CI").as_deref() != Ok("true"), "{msg}");
-            eprintln!("{msg}");
+        let need = format!("{} (cargo xtask setup installs it)", tool.program());
+        if !sluice_lab::require(&format!("labbench {case}"), tool.available(), &need) {
             continue;
         }
         let up = tool.start(lab, &pki, a.pin)?;

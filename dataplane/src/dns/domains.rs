@@ -126,29 +126,6 @@ impl DomainSet {
         }
         false
     }
-
-    /// The patterns, exact names first, each group sorted (for the PAC
-    /// file and listings).
-    pub fn patterns(&self) -> Vec<Pattern> {
-        let mut e: Vec<_> = self.exact.iter().cloned().map(Pattern::Exact).collect();
-        let mut b: Vec<_> = self.below.iter().cloned().map(Pattern::Below).collect();
-        e.sort();
-        b.sort();
-        e.extend(b);
-        e
-    }
-}
-
-impl PartialOrd for Pattern {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for Pattern {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.to_string().cmp(&other.to_string())
-    }
 }
 
 /// A DNS name as [`DomainSet::matches`] wants it: ASCII lowercase, without

@@ -219,11 +219,6 @@ impl Observer {
         self.stats
     }
 
-    /// The configured domains.
-    pub fn domains(&self) -> &DomainSet {
-        &self.domains
-    }
-
     /// Queries awaiting an answer.
     pub fn pending(&self) -> usize {
         self.pending.len()
@@ -324,7 +319,7 @@ impl Observer {
         // Follow the CNAME chain from the question's name; each link's
         // TTL bounds what is reachable through it.
         let mut chain: Vec<(&Name, u32)> = vec![(&p.name, u32::MAX)];
-        for _ in 0..MAX_CHAIN {
+        loop {
             let (cur, ttl) = chain[chain.len() - 1];
             let next = m.answers().iter().find_map(|r| match r.data() {
                 RData::CNAME(c) if r.dns_class() == DNSClass::IN && r.name() == cur => {
@@ -333,12 +328,16 @@ impl Observer {
                 _ => None,
             });
             match next {
-                Some(n) if !chain.iter().any(|(x, _)| *x == n.0) => chain.push(n),
+                Some(n) if !chain.iter().any(|(x, _)| *x == n.0) => {
+                    if chain.len() > MAX_CHAIN {
+                        // MAX_CHAIN hops followed and the chain goes on.
+                        self.stats.long_chain += 1;
+                        break;
+                    }
+                    chain.push(n);
+                }
                 _ => break,
             }
-        }
-        if chain.len() > MAX_CHAIN {
-            self.stats.long_chain += 1;
         }
         for r in m.answers() {
             if r.dns_class() != DNSClass::IN {

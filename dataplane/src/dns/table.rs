@@ -131,17 +131,6 @@ impl BypassTable {
         }
     }
 
-    /// When the next entry expires, for the caller's timer.
-    pub fn next_expiry(&mut self) -> Option<Instant> {
-        while let Some(&Reverse((t, a))) = self.heap.peek() {
-            if self.entries.get(&a).is_some_and(|e| e.expires == t) {
-                return Some(t);
-            }
-            self.heap.pop();
-        }
-        None
-    }
-
     /// Every entry: address, domain, expiry (for listings).
     pub fn iter(&self) -> impl Iterator<Item = (IpAddr, &str, Instant)> {
         self.entries

@@ -144,13 +144,6 @@ fn domain_set_matches_exact_and_below() {
     assert!(!s.matches("example"));
     assert!(!s.matches(""));
     assert_eq!(normalize("WWW.Cdn.Example."), "www.cdn.example");
-    assert_eq!(
-        s.patterns()
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>(),
-        ["bypass.example", "*.cdn.example"]
-    );
 }
 
 #[test]
@@ -449,7 +442,6 @@ fn table_refreshes_expires_and_evicts_the_soonest() {
         t.get(ip4("198.51.100.1")).unwrap().1,
         t0 + Duration::from_secs(60)
     );
-    assert_eq!(t.next_expiry(), Some(t0 + Duration::from_secs(30)));
     // Full: the one closest to expiry goes.
     assert_eq!(
         t.insert(t0, &ans("198.51.100.3", 90)),

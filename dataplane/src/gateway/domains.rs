@@ -33,13 +33,44 @@ const DNS_PORT: u16 = 53;
 /// DNS-over-TCP streams followed at once (each direction counts).
 const MAX_TCP_STREAMS: usize = 1024;
 
-fn segment<'a>(t: &ip::TcpSegment<'a>) -> Segment<'a> {
-    Segment {
+/// A DNS packet's content: one UDP message, or a segment of a TCP stream.
+enum Dns<'a> {
+    Udp(&'a [u8]),
+    Tcp(Segment<'a>),
+}
+
+/// `pkt` as DNS traffic, if it is (UDP or TCP with the server's port 53 on
+/// the right side): its endpoints as the query saw them (`to_server`: the
+/// packet goes from client to server) and its content. A few byte loads
+/// for any other packet.
+fn dns_packet<'a>(pkt: &ip::Packet<'a>, to_server: bool) -> Option<(Endpoints, Dns<'a>)> {
+    // The ports first: addresses are read only for DNS packets.
+    let ends = |sport: u16, dport: u16, transport| {
+        if (if to_server { dport } else { sport }) != DNS_PORT {
+            return None;
+        }
+        let (src, dst) = (
+            SocketAddr::new(pkt.src(), sport),
+            SocketAddr::new(pkt.dst(), dport),
+        );
+        let (client, server) = if to_server { (src, dst) } else { (dst, src) };
+        Some(Endpoints {
+            client,
+            server,
+            transport,
+        })
+    };
+    if let Some((sport, dport, msg)) = pkt.udp() {
+        return Some((ends(sport, dport, Transport::Udp)?, Dns::Udp(msg)));
+    }
+    let t = pkt.tcp()?;
+    let seg = Segment {
         seq: t.seq,
         syn: t.flags & 0x02 != 0,
         end: t.flags & 0x05 != 0,
         payload: t.payload,
-    }
+    };
+    Some((ends(t.src_port, t.dst_port, Transport::Tcp)?, Dns::Tcp(seg)))
 }
 
 /// Shared by the workers and the main loop.
@@ -92,29 +123,24 @@ impl DomainBypass {
     /// A packet from the LAN on its way into the tunnel: a DNS query (UDP,
     /// or a segment of a TCP connection to port 53)?
     pub(crate) fn on_lan_packet(&self, pkt: &ip::Packet<'_>) {
-        if let Some((sport, DNS_PORT, msg)) = pkt.udp() {
-            let ends = Endpoints {
-                client: SocketAddr::new(pkt.src(), sport),
-                server: SocketAddr::new(pkt.dst(), DNS_PORT),
-                transport: Transport::Udp,
-            };
-            if let Ok(mut s) = self.state.lock() {
-                let _ = s.observer.handle_query(Instant::now(), ends, msg);
+        let Some((ends, dns)) = dns_packet(pkt, true) else {
+            return;
+        };
+        let now = Instant::now();
+        let Ok(mut guard) = self.state.lock() else {
+            return;
+        };
+        let State { tcp, observer, .. } = &mut *guard;
+        match dns {
+            Dns::Udp(msg) => {
+                let _ = observer.handle_query(now, ends, msg);
             }
-        } else if let Some(t) = pkt.tcp().filter(|t| t.dst_port == DNS_PORT) {
-            let ends = Endpoints {
-                client: SocketAddr::new(pkt.src(), t.src_port),
-                server: SocketAddr::new(pkt.dst(), DNS_PORT),
-                transport: Transport::Tcp,
-            };
-            let key = StreamKey {
-                from: ends.client,
-                to: ends.server,
-            };
-            let now = Instant::now();
-            if let Ok(mut guard) = self.state.lock() {
-                let State { tcp, observer, .. } = &mut *guard;
-                tcp.push(key, segment(&t), |m| {
+            Dns::Tcp(seg) => {
+                let key = StreamKey {
+                    from: ends.client,
+                    to: ends.server,
+                };
+                tcp.push(key, seg, |m| {
                     let _ = observer.handle_query(now, ends, m);
                 });
             }
@@ -125,53 +151,38 @@ impl DomainBypass {
     /// or a segment of a TCP connection from port 53)? The addresses it
     /// completes are in the kernel table when this returns.
     pub(crate) fn on_tunnel_packet(&self, pkt: &ip::Packet<'_>) {
-        if let Some((DNS_PORT, dport, msg)) = pkt.udp() {
-            let now = Instant::now();
-            let ends = Endpoints {
-                client: SocketAddr::new(pkt.dst(), dport),
-                server: SocketAddr::new(pkt.src(), DNS_PORT),
-                transport: Transport::Udp,
-            };
-            let Ok(mut guard) = self.state.lock() else {
-                return;
-            };
-            let s = &mut *guard;
-            s.answers.clear();
-            if let Err(why) = s.observer.handle_response(now, ends, msg, &mut s.answers) {
+        let Some((ends, dns)) = dns_packet(pkt, false) else {
+            return;
+        };
+        let now = Instant::now();
+        let Ok(mut guard) = self.state.lock() else {
+            return;
+        };
+        let s = &mut *guard;
+        s.answers.clear();
+        let State {
+            tcp,
+            observer,
+            answers,
+            ..
+        } = s;
+        let mut answer = |m: &[u8]| {
+            if let Err(why) = observer.handle_response(now, ends, m, answers) {
                 log::debug!("DNS answer {} -> {}: {why}", ends.server, ends.client);
-                return;
             }
+        };
+        match dns {
+            Dns::Udp(msg) => answer(msg),
+            Dns::Tcp(seg) => {
+                let key = StreamKey {
+                    from: ends.server,
+                    to: ends.client,
+                };
+                tcp.push(key, seg, answer);
+            }
+        }
+        if !s.answers.is_empty() {
             self.install(s, now);
-        } else if let Some(t) = pkt.tcp().filter(|t| t.src_port == DNS_PORT) {
-            let now = Instant::now();
-            let ends = Endpoints {
-                client: SocketAddr::new(pkt.dst(), t.dst_port),
-                server: SocketAddr::new(pkt.src(), DNS_PORT),
-                transport: Transport::Tcp,
-            };
-            let key = StreamKey {
-                from: ends.server,
-                to: ends.client,
-            };
-            let Ok(mut guard) = self.state.lock() else {
-                return;
-            };
-            let s = &mut *guard;
-            s.answers.clear();
-            let State {
-                tcp,
-                observer,
-                answers,
-                ..
-            } = s;
-            tcp.push(key, segment(&t), |m| {
-                if let Err(why) = observer.handle_response(now, ends, m, answers) {
-                    log::debug!("DNS answer {} -> {} (TCP): {why}", ends.server, ends.client);
-                }
-            });
-            if !s.answers.is_empty() {
-                self.install(s, now);
-            }
         }
     }
 
@@ -332,6 +343,12 @@ impl DomainBypass {
             "sluice_dns_bypass_expired_total",
             "addresses removed at the end of their TTL",
             s.table.expirations(),
+        );
+        counter(
+            out,
+            "sluice_dns_tcp_streams_evicted_total",
+            "DNS-over-TCP streams no longer followed because too many were open",
+            s.tcp.evicted(),
         );
         gauge(
             out,

@@ -356,7 +356,7 @@ fn v6_edge_cases_single_and_batch() {
     let t = Lpm::build(&short).unwrap();
     assert_v6_batch_matches(&t, &addrs, "short prefixes only");
     assert_eq!(t.lookup_v6(addrs[4]), Some(3));
-    let t = Lpm::build(&[(p("10.0.0.0/8"), 1)]).unwrap();
+    let t = Lpm::build(&[(p("198.51.100.0/24"), 1)]).unwrap();
     let mut out = vec![Some(0); addrs.len()];
     t.lookup_v6_batch(&addrs, &mut out);
     assert!(out.iter().all(Option::is_none));

@@ -387,6 +387,9 @@ fn key_updates_both_ways_keep_the_stream_intact() {
     assert!(c.key_updates_tx >= 5, "{c:?}");
     assert_eq!(c.key_updates_tx, s.key_updates_rx);
     assert_eq!(s.key_updates_tx, c.key_updates_rx);
+    // The rekeyed keys stay with each side's library.
+    assert_eq!(p.client.aead_provider(), Some(AeadProvider::AwsLcRs));
+    assert_eq!(p.server.aead_provider(), Some(AeadProvider::Ring));
 }
 
 #[test]
