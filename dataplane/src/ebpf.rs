@@ -21,15 +21,19 @@ use std::{
 
 use aya::{
     Ebpf, Pod,
-    maps::{HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, XskMap, lpm_trie::Key},
+    maps::{
+        Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, XskMap, lpm_trie::Key,
+    },
     programs::{
-        ProgramError, TestRun as _, TestRunOptions, Xdp, XdpMode,
+        CgroupAttachMode, CgroupSock, CgroupSockAddr, ProgramError, TestRun as _, TestRunOptions,
+        TracePoint, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
         xdp::{XdpLink, XdpLinkId},
     },
 };
 use sluice_common::{
-    BypassEntry, CLASSIFIER_PROGRAM, Counter, Ipv4Key, Ipv6Key, MAX_QUEUES, NOOP_PROGRAM, map_names,
+    BypassEntry, CLASSIFIER_PROGRAM, Counter, FlowEntry, Ipv4Key, Ipv6Key, MAX_QUEUES,
+    NOOP_PROGRAM, ProcessEntry, SockConfig, SockCounter, map_names, sock_programs,
 };
 
 use crate::net::Prefix;
@@ -245,6 +249,14 @@ pub enum EbpfError {
         /// aya's error.
         #[source]
         source: Box<ProgramError>,
+    },
+    /// Loading or attaching an endpoint-mode socket hook failed.
+    #[error("endpoint socket hook `{name}`: {what}")]
+    SockHook {
+        /// The program.
+        name: &'static str,
+        /// What failed, with the kernel's answer.
+        what: String,
     },
     /// Pinning, adopting or unpinning the classifier's `bpf_link` failed.
     #[error("classifier link pin {path}: {what}")]
@@ -728,6 +740,175 @@ impl Classifier {
     }
 }
 
+impl Classifier {
+    /// Loads the endpoint-mode socket hooks of this object, attaches them
+    /// to `cgroup` (every process below it) and to the scheduler's fork
+    /// and exit tracepoints, and turns them on with `cfg`. Returns the maps
+    /// user space keeps writing (bypassed processes) and reading (flows,
+    /// counters). The hooks share this classifier's bypass tries, and stay
+    /// attached until the classifier is dropped or [`SockHooks::disable`]
+    /// is called.
+    pub fn attach_sock_hooks(
+        &mut self,
+        cgroup: &Path,
+        cfg: SockConfig,
+    ) -> Result<SockHooks, EbpfError> {
+        let hook_err = |name: &'static str| {
+            move |e: ProgramError| EbpfError::SockHook {
+                name,
+                what: format!("{e}: {}", error_chain(&e)),
+            }
+        };
+        let dir = std::fs::File::open(cgroup).map_err(|e| EbpfError::SockHook {
+            name: sock_programs::SOCK_CREATE,
+            what: format!("opening cgroup {}: {e}", cgroup.display()),
+        })?;
+        // `Single` means flags 0: on kernels with bpf_link (5.7+) aya
+        // attaches through a link, which is always one of many and refuses
+        // BPF_F_ALLOW_MULTI (EINVAL).
+        // The settings first, disabled until every hook is in place.
+        let disabled = SockConfig { enabled: 0, ..cfg };
+        self.set_sock_config(disabled)?;
+        for name in [sock_programs::SOCK_CREATE, sock_programs::SOCK_RELEASE] {
+            let p: &mut CgroupSock = self
+                .ebpf
+                .program_mut(name)
+                .and_then(|p| p.try_into().ok())
+                .ok_or(EbpfError::MissingProgram { name })?;
+            p.load().map_err(hook_err(name))?;
+            p.attach(&dir, CgroupAttachMode::Single)
+                .map_err(|e| EbpfError::SockHook {
+                    name,
+                    what: format!("attaching to {}: {e}: {}", cgroup.display(), error_chain(&e)),
+                })?;
+        }
+        for name in [sock_programs::CONNECT4, sock_programs::CONNECT6] {
+            let p: &mut CgroupSockAddr = self
+                .ebpf
+                .program_mut(name)
+                .and_then(|p| p.try_into().ok())
+                .ok_or(EbpfError::MissingProgram { name })?;
+            p.load().map_err(hook_err(name))?;
+            p.attach(&dir, CgroupAttachMode::Single)
+                .map_err(hook_err(name))?;
+        }
+        for (name, tp) in [
+            (sock_programs::PROCESS_FORK, "sched_process_fork"),
+            (sock_programs::PROCESS_EXIT, "sched_process_exit"),
+        ] {
+            let p: &mut TracePoint = self
+                .ebpf
+                .program_mut(name)
+                .and_then(|p| p.try_into().ok())
+                .ok_or(EbpfError::MissingProgram { name })?;
+            p.load().map_err(hook_err(name))?;
+            p.attach("sched", tp).map_err(hook_err(name))?;
+        }
+        let take = |ebpf: &mut Ebpf, name: &'static str| {
+            ebpf.take_map(name).ok_or(EbpfError::MissingMap { name })
+        };
+        let processes = HashMap::try_from(take(&mut self.ebpf, map_names::PROCESSES)?)
+            .map_err(layout(map_names::PROCESSES))?;
+        let flows = HashMap::try_from(take(&mut self.ebpf, map_names::FLOWS)?)
+            .map_err(layout(map_names::FLOWS))?;
+        let stats = PerCpuArray::try_from(take(&mut self.ebpf, map_names::SOCK_STATS)?)
+            .map_err(layout(map_names::SOCK_STATS))?;
+        self.set_sock_config(cfg)?;
+        Ok(SockHooks {
+            processes,
+            flows,
+            stats,
+        })
+    }
+
+    /// Writes the socket hooks' settings.
+    pub fn set_sock_config(&mut self, cfg: SockConfig) -> Result<(), EbpfError> {
+        let name = map_names::SOCK_CONFIG;
+        let mut a = Array::<_, SockConfig>::try_from(self.map_mut(name)?).map_err(layout(name))?;
+        a.set(0, cfg, 0).map_err(|source| EbpfError::MapUpdate {
+            name,
+            action: "insert",
+            item: "the settings".into(),
+            source: source.into(),
+        })
+    }
+}
+
+/// The maps of the endpoint-mode socket hooks that user space keeps using
+/// after [`Classifier::attach_sock_hooks`].
+pub struct SockHooks {
+    processes: HashMap<MapData, u32, ProcessEntry>,
+    flows: HashMap<MapData, u64, FlowEntry>,
+    stats: PerCpuArray<MapData, u64>,
+}
+
+impl std::fmt::Debug for SockHooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SockHooks").finish_non_exhaustive()
+    }
+}
+
+impl SockHooks {
+    /// Sockets that process `tgid` creates from now on bypass the tunnel
+    /// (`reason`: why). Its children inherit the entry.
+    pub fn set_process(&mut self, tgid: u32, reason: sluice_common::FlowVerdict) -> Result<(), EbpfError> {
+        let entry = ProcessEntry {
+            reason: reason as u32,
+            reserved: 0,
+        };
+        self.processes
+            .insert(tgid, entry, 0)
+            .map_err(|source| EbpfError::MapUpdate {
+                name: map_names::PROCESSES,
+                action: "insert",
+                item: format!("process {tgid}"),
+                source: source.into(),
+            })
+    }
+
+    /// Sockets that process `tgid` creates from now on are tunnelled.
+    /// Returns whether it had an entry.
+    pub fn clear_process(&mut self, tgid: u32) -> Result<bool, EbpfError> {
+        match self.processes.remove(&tgid) {
+            Ok(()) => Ok(true),
+            Err(e) if is_not_found(&e) => Ok(false),
+            Err(source) => Err(EbpfError::MapUpdate {
+                name: map_names::PROCESSES,
+                action: "remove",
+                item: format!("process {tgid}"),
+                source: source.into(),
+            }),
+        }
+    }
+
+    /// The process ids that have an entry, and why.
+    pub fn processes(&self) -> Vec<(u32, u32)> {
+        self.processes
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(k, v)| (k, v.reason))
+            .collect()
+    }
+
+    /// The flows the connect hooks recorded (still-open sockets, at most
+    /// [`sluice_common::FLOWS_MAX_ENTRIES`], least recent dropped first),
+    /// by socket cookie.
+    pub fn flows(&self) -> Vec<(u64, FlowEntry)> {
+        self.flows.iter().filter_map(Result::ok).collect()
+    }
+
+    /// The hooks' counters, indexed by [`SockCounter`], summed over CPUs.
+    pub fn counters(&self) -> [u64; SockCounter::COUNT as usize] {
+        let mut out = [0; SockCounter::COUNT as usize];
+        for (c, slot) in SockCounter::ALL.iter().zip(out.iter_mut()) {
+            if let Ok(v) = self.stats.get(&(*c as u32), 0) {
+                *slot = v.iter().sum();
+            }
+        }
+        out
+    }
+}
+
 fn program_mut(ebpf: &mut Ebpf) -> Result<&mut Xdp, EbpfError> {
     ebpf.program_mut(CLASSIFIER_PROGRAM)
         .and_then(|p| p.try_into().ok())
@@ -736,7 +917,6 @@ fn program_mut(ebpf: &mut Ebpf) -> Result<&mut Xdp, EbpfError> {
         })
 }
 
-/// `error: cause: cause` for a log line.
 /// The pass-everything XDP program attached to an interface (a benchmark
 /// baseline: what merely having an XDP program costs the kernel path).
 /// Detached when dropped.
@@ -789,7 +969,8 @@ pub fn attach_noop(interface: &str, mode: AttachMode) -> Result<NoopXdp, EbpfErr
     Err(last.unwrap_or(EbpfError::MissingProgram { name: NOOP_PROGRAM }))
 }
 
-fn error_chain(error: &dyn std::error::Error) -> String {
+/// `error: cause: cause`, for a log line.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
     let mut out = String::new();
     let mut source = error.source();
     while let Some(e) = source {

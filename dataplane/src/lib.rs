@@ -18,6 +18,8 @@
 //!   installed for their TTL), sans-IO; [`pac`]: the PAC file for LAN
 //!   clients, from the same lists; [`process`]: the process patterns of
 //!   process-based bypass.
+//! - [`endpoint`]: endpoint mode (the host's own traffic, process-based
+//!   bypass through socket hooks and exec events, the flow table).
 //! - [`config`], [`pki`], [`metrics`]: operator-facing pieces.
 #![deny(unsafe_code)]
 #![deny(missing_docs)]
@@ -27,6 +29,7 @@ pub mod config;
 pub mod dns;
 pub mod ebpf;
 pub mod edge;
+pub mod endpoint;
 pub mod gateway;
 pub mod gro;
 pub mod host;

@@ -37,6 +37,13 @@ enum Cmd {
         #[arg(short, long, default_value = "/etc/sluice/edge.toml")]
         config: PathBuf,
     },
+    /// Print this host's connections with their process and verdict
+    /// (endpoint mode), from the gateway's metrics address.
+    Flows {
+        /// Configuration file (for the metrics address).
+        #[arg(short, long, default_value = "/etc/sluice/sluice.toml")]
+        config: PathBuf,
+    },
     /// Validate a configuration file without touching the system.
     Check {
         /// Configuration file.
@@ -94,6 +101,24 @@ fn stop_flag() -> anyhow::Result<Arc<AtomicBool>> {
     Ok(stop)
 }
 
+/// A plain HTTP/1.0 GET of `path` on `addr`; the body.
+fn http_get(addr: std::net::SocketAddr, path: &str) -> anyhow::Result<String> {
+    use std::io::{Read as _, Write as _};
+    let timeout = std::time::Duration::from_secs(5);
+    let mut s = std::net::TcpStream::connect_timeout(&addr, timeout)
+        .with_context(|| format!("connecting to the gateway at {addr}"))?;
+    s.set_read_timeout(Some(timeout))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut buf = Vec::new();
+    s.take(16 << 20).read_to_end(&mut buf)?;
+    let text = String::from_utf8_lossy(&buf);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .context("malformed HTTP answer")?;
+    anyhow::ensure!(head.starts_with("HTTP/1.") && head.contains(" 200 "), "{}", head.lines().next().unwrap_or(""));
+    Ok(body.to_string())
+}
+
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     match run(Cli::parse()) {
@@ -135,6 +160,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             edge.run(&stop)?;
             log::info!("edge stopped");
+            Ok(())
+        }
+        Cmd::Flows { config } => {
+            let cfg = GatewayConfig::load(&config)?;
+            let addr = cfg
+                .metrics
+                .context("gateway.metrics is not set: the flow table is served there")?;
+            print!("{}", http_get(addr, "/flows")?);
             Ok(())
         }
         Cmd::Check { config, role } => {

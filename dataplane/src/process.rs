@@ -14,7 +14,7 @@
 //! files except in [`sha256_file`]. The eBPF side never sees patterns; it
 //! gets per-executable verdicts computed here.
 
-use std::{io::Read as _, path::Path};
+use std::path::Path;
 
 /// Why a pattern was refused.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -185,6 +185,16 @@ impl ProcessSet {
         Self { patterns }
     }
 
+    /// True if there is no pattern.
+    pub fn is_empty(&self) -> bool {
+        self.patterns.is_empty()
+    }
+
+    /// The patterns.
+    pub fn patterns(&self) -> &[ProcessPattern] {
+        &self.patterns
+    }
+
     /// True if any pattern needs the executable's digest.
     pub fn needs_digest(&self) -> bool {
         self.patterns
@@ -200,7 +210,11 @@ impl ProcessSet {
 
 /// The SHA-256 of a file's content (read in 64 KiB chunks).
 pub fn sha256_file(path: &Path) -> std::io::Result<[u8; 32]> {
-    let mut f = std::fs::File::open(path)?;
+    sha256_read(std::fs::File::open(path)?)
+}
+
+/// The SHA-256 of everything `f` yields.
+pub fn sha256_read(mut f: impl std::io::Read) -> std::io::Result<[u8; 32]> {
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
     let mut buf = vec![0u8; 64 * 1024];
     loop {

@@ -6,6 +6,8 @@
 //! panic). Under `CI=true` a test that cannot run as root fails.
 use std::{net::SocketAddr, os::unix::fs::MetadataExt as _, path::Path, time::Duration};
 
+mod endpoint;
+
 use sluice_lab::{
     Host, Lab, addr, counter,
     deploy::{Sluice, metrics_text, sum},

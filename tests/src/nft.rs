@@ -42,8 +42,13 @@ pub mod counter {
     pub const LAN_LEAK_V4: &str = "lan_leak_v4";
     /// Anything arriving with a LAN source `2001:db8:1::/64`: must stay 0.
     pub const LAN_LEAK_V6: &str = "lan_leak_v6";
+    /// TCP SYNs (without ACK) from `198.51.100.1` to `203.0.113.10`: a
+    /// connection's first packet leaving the gateway directly.
+    pub const GW_SYN_TO_TUNNELLED_V4: &str = "gw_syn_to_tunnelled_v4";
+    /// TCP SYNs from the edge `198.51.100.5` to `203.0.113.10`.
+    pub const EDGE_SYN_TO_TUNNELLED_V4: &str = "edge_syn_to_tunnelled_v4";
     /// Every counter above.
-    pub const ALL: [&str; 10] = [
+    pub const ALL: [&str; 12] = [
         GW_TO_TUNNELLED_V4,
         GW_TO_BYPASSED_V4,
         EDGE_TO_TUNNELLED_V4,
@@ -54,15 +59,17 @@ pub mod counter {
         EDGE_TO_BYPASSED_V6,
         LAN_LEAK_V4,
         LAN_LEAK_V6,
+        GW_SYN_TO_TUNNELLED_V4,
+        EDGE_SYN_TO_TUNNELLED_V4,
     ];
 }
 
 /// The `inet` namespace's counters (see [`counter`]).
 pub(crate) fn inet_ruleset() -> String {
     use counter::{
-        ALL, EDGE_TO_BYPASSED_V4, EDGE_TO_BYPASSED_V6, EDGE_TO_TUNNELLED_V4, EDGE_TO_TUNNELLED_V6,
-        GW_TO_BYPASSED_V4, GW_TO_BYPASSED_V6, GW_TO_TUNNELLED_V4, GW_TO_TUNNELLED_V6, LAN_LEAK_V4,
-        LAN_LEAK_V6,
+        ALL, EDGE_SYN_TO_TUNNELLED_V4, EDGE_TO_BYPASSED_V4, EDGE_TO_BYPASSED_V6,
+        EDGE_TO_TUNNELLED_V4, EDGE_TO_TUNNELLED_V6, GW_SYN_TO_TUNNELLED_V4, GW_TO_BYPASSED_V4,
+        GW_TO_BYPASSED_V6, GW_TO_TUNNELLED_V4, GW_TO_TUNNELLED_V6, LAN_LEAK_V4, LAN_LEAK_V6,
     };
     let rules = [
         (
@@ -104,6 +111,14 @@ pub(crate) fn inet_ruleset() -> String {
         (
             LAN_LEAK_V6,
             format!("ip6 saddr {{ {LAN_V6_NET}/{LAN_V6_PREFIX_LEN}, {LAN2_V6_NET}/64 }}"),
+        ),
+        (
+            GW_SYN_TO_TUNNELLED_V4,
+            format!("ip saddr {GW_WAN_V4} ip daddr {TUNNELLED_V4} tcp flags & (syn | ack) == syn"),
+        ),
+        (
+            EDGE_SYN_TO_TUNNELLED_V4,
+            format!("ip saddr {EDGE_WAN_V4} ip daddr {TUNNELLED_V4} tcp flags & (syn | ack) == syn"),
         ),
     ];
     debug_assert_eq!(rules.len(), ALL.len());

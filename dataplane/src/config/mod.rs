@@ -121,6 +121,35 @@ pub struct GatewayConfig {
     pub domains: DomainBypass,
     /// The PAC file for LAN clients, if served.
     pub pac: Option<PacConfig>,
+    /// Processes whose sockets bypass the tunnel (endpoint mode).
+    pub processes: Vec<crate::process::ProcessPattern>,
+    /// Endpoint mode: tunnel this host's own traffic too.
+    pub endpoint: Option<EndpointConfig>,
+}
+
+/// `[endpoint]`: this host's own traffic goes through the tunnel too.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointConfig {
+    /// The host side of the veth pair the host's tunnelled traffic is
+    /// routed into; sluice's side is this name plus `x`.
+    pub interface: String,
+    /// The host's inner IPv4 address (its source address in the tunnel;
+    /// must be inside the edge's `client_prefixes`).
+    pub address: std::net::Ipv4Addr,
+    /// The inner IPv6 address; without one, IPv6 traffic that is not
+    /// bypassed is refused (unreachable), never sent direct.
+    pub address6: Option<std::net::Ipv6Addr>,
+    /// The firewall mark of sockets that bypass the tunnel.
+    pub mark: u32,
+    /// The routing table of tunnelled traffic.
+    pub table: u32,
+    /// Priority of the first of the three policy rules.
+    pub rule_priority: u32,
+    /// The cgroup (v2) whose processes the socket hooks see; `None`: the
+    /// root of the cgroup2 mount.
+    pub cgroup: Option<PathBuf>,
+    /// MTU of the veth pair.
+    pub mtu: u16,
 }
 
 /// `[bypass]`'s domain settings.
@@ -209,7 +238,21 @@ struct RawFile {
     tunnel: Option<Spanned<RawTunnel>>,
     bypass: Option<RawBypass>,
     pac: Option<Spanned<RawPac>>,
+    endpoint: Option<Spanned<RawEndpoint>>,
     edge: Option<Spanned<RawEdge>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEndpoint {
+    interface: Option<Spanned<String>>,
+    address: Spanned<String>,
+    address6: Option<Spanned<String>>,
+    mark: Option<Spanned<u32>>,
+    table: Option<Spanned<u32>>,
+    rule_priority: Option<Spanned<u32>>,
+    cgroup: Option<Spanned<PathBuf>>,
+    mtu: Option<Spanned<u16>>,
 }
 
 #[derive(Deserialize)]
@@ -250,6 +293,8 @@ struct RawBypass {
     vpn_gateways: Vec<Spanned<String>>,
     #[serde(default)]
     dns_servers: Vec<Spanned<String>>,
+    #[serde(default)]
+    processes: Vec<Spanned<String>>,
     dns_ttl_floor_secs: Option<Spanned<u64>>,
     dns_ttl_cap_secs: Option<Spanned<u64>>,
     dns_max_entries: Option<Spanned<u64>>,
@@ -377,6 +422,118 @@ impl Doc<'_> {
             }
         }
         Ok(list)
+    }
+
+    /// `bypass.processes`.
+    fn processes(
+        &self,
+        raw: &RawBypass,
+    ) -> Result<Vec<crate::process::ProcessPattern>, ConfigError> {
+        raw.processes
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                crate::process::ProcessPattern::parse(v.get_ref()).map_err(|e| {
+                    self.err(v.span(), &format!("bypass.processes[{i}]"), e.to_string())
+                })
+            })
+            .collect()
+    }
+
+    fn endpoint(&self, e: &RawEndpoint, lan: &str, wan: &str) -> Result<EndpointConfig, ConfigError> {
+        let interface = match &e.interface {
+            Some(i) => {
+                let name = self.iface(i, "endpoint.interface")?;
+                if name.len() > 14 {
+                    return Err(self.err(
+                        i.span(),
+                        "endpoint.interface",
+                        "at most 14 characters (sluice's side of the pair adds an `x`)",
+                    ));
+                }
+                if name == lan || name == wan {
+                    return Err(self.err(
+                        i.span(),
+                        "endpoint.interface",
+                        "must differ from gateway.lan and gateway.wan (sluice creates it)",
+                    ));
+                }
+                name
+            }
+            None => "sluice-ep".to_string(),
+        };
+        let address: std::net::Ipv4Addr = e.address.get_ref().parse().map_err(|_| {
+            self.err(e.address.span(), "endpoint.address", "expected an IPv4 address")
+        })?;
+        if address.is_unspecified() || address.is_multicast() || address.is_broadcast() || address.is_loopback() {
+            return Err(self.err(e.address.span(), "endpoint.address", "must be a unicast address"));
+        }
+        let address6 = e
+            .address6
+            .as_ref()
+            .map(|a| {
+                a.get_ref()
+                    .parse::<std::net::Ipv6Addr>()
+                    .ok()
+                    .filter(|v| !v.is_unspecified() && !v.is_multicast() && !v.is_loopback())
+                    .ok_or_else(|| {
+                        self.err(a.span(), "endpoint.address6", "expected a unicast IPv6 address")
+                    })
+            })
+            .transpose()?;
+        let mark = match &e.mark {
+            Some(m) if *m.get_ref() == 0 => {
+                return Err(self.err(m.span(), "endpoint.mark", "must not be 0"));
+            }
+            Some(m) => *m.get_ref(),
+            None => 0x5c1,
+        };
+        let table = match &e.table {
+            Some(t) if matches!(*t.get_ref(), 0 | 253..=255) => {
+                return Err(self.err(
+                    t.span(),
+                    "endpoint.table",
+                    "0, 253 (default), 254 (main) and 255 (local) are the kernel's",
+                ));
+            }
+            Some(t) => *t.get_ref(),
+            None => 0x5c1,
+        };
+        let rule_priority = match &e.rule_priority {
+            Some(p) if !(1..=32000).contains(p.get_ref()) => {
+                return Err(self.err(
+                    p.span(),
+                    "endpoint.rule_priority",
+                    "must be 1 to 32000 (ahead of the main table's rule, 32766)",
+                ));
+            }
+            Some(p) => *p.get_ref(),
+            None => 1000,
+        };
+        let mtu = match &e.mtu {
+            Some(m) if !(1280..=9000).contains(m.get_ref()) => {
+                return Err(self.err(m.span(), "endpoint.mtu", "must be 1280 to 9000"));
+            }
+            Some(m) => *m.get_ref(),
+            None => 1400,
+        };
+        let cgroup = match &e.cgroup {
+            Some(c) if !c.get_ref().is_absolute() => {
+                return Err(self.err(c.span(), "endpoint.cgroup", "must be an absolute path"));
+            }
+            Some(c) => Some(c.get_ref().clone()),
+            None => None,
+        };
+        Ok(EndpointConfig {
+            interface,
+            address,
+            address6,
+            mark,
+            table,
+            rule_priority,
+            cgroup,
+            mtu,
+        })
     }
 
     fn pac(&self, p: &RawPac) -> Result<PacConfig, ConfigError> {
@@ -585,6 +742,21 @@ impl GatewayConfig {
         let vpn_gateways = d.vpn_gateways(&raw_bypass, &bypass)?;
         let domains = d.domains(&raw_bypass)?;
         let pac = raw.pac.map(|p| d.pac(p.get_ref())).transpose()?;
+        let processes = d.processes(&raw_bypass)?;
+        let endpoint = raw
+            .endpoint
+            .as_ref()
+            .map(|e| d.endpoint(e.get_ref(), &lan, &wan))
+            .transpose()?;
+        if endpoint.is_none()
+            && let Some(p) = raw_bypass.processes.first()
+        {
+            return Err(d.err(
+                p.span(),
+                "bypass.processes",
+                "process bypass applies to this host's own sockets: it needs an [endpoint] section",
+            ));
+        }
         Ok(Self {
             path: path.to_path_buf(),
             name,
@@ -606,6 +778,8 @@ impl GatewayConfig {
             vpn_gateways,
             domains,
             pac,
+            processes,
+            endpoint,
         })
     }
 }

@@ -74,6 +74,7 @@ pub struct Gateway {
     metrics: Option<JoinHandle<()>>,
     pac: Option<JoinHandle<()>>,
     domains: Option<Arc<DomainBypass>>,
+    endpoint: Option<crate::endpoint::Endpoint>,
     stop: Arc<AtomicBool>,
 }
 
@@ -178,7 +179,17 @@ impl Gateway {
                 })?;
             workers.push(h);
         }
-        let metrics = start_metrics(cfg, &stop, &classifier, stats, domains.clone())?;
+        let endpoint = match &cfg.endpoint {
+            Some(ep) => {
+                let (e, w) = start_endpoint(cfg, ep, &classifier, &params, domains.clone(), &stop, queues)?;
+                stats.push(w.1);
+                workers.push(w.0);
+                Some(e)
+            }
+            None => None,
+        };
+        let procs = endpoint.as_ref().map(crate::endpoint::Endpoint::processes);
+        let metrics = start_metrics(cfg, &stop, &classifier, stats, domains.clone(), procs)?;
         let pac = start_pac(cfg, &stop)?;
         Ok(Self {
             classifier,
@@ -186,6 +197,7 @@ impl Gateway {
             metrics,
             pac,
             domains,
+            endpoint,
             stop,
         })
     }
@@ -208,6 +220,11 @@ impl Gateway {
         for w in self.workers.drain(..) {
             let _ = w.join();
         }
+        // Routing last: until it goes, the host's tunnelled packets reach
+        // a socket nobody serves and are dropped, never sent direct.
+        if let Some(e) = self.endpoint.take() {
+            e.stop();
+        }
         if let Some(m) = self.metrics.take() {
             let _ = m.join();
         }
@@ -227,6 +244,7 @@ fn start_metrics(
     classifier: &Arc<Mutex<Classifier>>,
     stats: Vec<Arc<WorkerStats>>,
     domains: Option<Arc<DomainBypass>>,
+    procs: Option<Arc<crate::endpoint::ProcessBypass>>,
 ) -> Result<Option<JoinHandle<()>>, GatewayError> {
     let Some(addr) = cfg.metrics else {
         return Ok(None);
@@ -242,7 +260,17 @@ fn start_metrics(
                 if let Some(d) = &domains {
                     d.render(out);
                 }
+                if let Some(p) = &procs {
+                    p.render(out);
+                }
                 Some("text/plain; version=0.0.4")
+            }
+            b"/flows" => {
+                match &procs {
+                    Some(p) => p.flows(out),
+                    None => out.push_str("endpoint mode is off: no flows of this host\n"),
+                }
+                Some("text/plain")
             }
             b"/bypass/dns" => {
                 if let Some(d) = &domains {
@@ -258,6 +286,65 @@ fn start_metrics(
         what: format!("serving metrics on {addr}"),
         source,
     })
+}
+
+/// Starts endpoint mode: routing, socket hooks, exec watcher, and one
+/// worker on sluice's side of the veth pair (its "queue" number follows
+/// the LAN's, for metrics).
+fn start_endpoint(
+    cfg: &GatewayConfig,
+    ep: &crate::config::EndpointConfig,
+    classifier: &Arc<Mutex<Classifier>>,
+    params: &TunnelParams,
+    domains: Option<Arc<DomainBypass>>,
+    stop: &Arc<AtomicBool>,
+    queue: u32,
+) -> Result<(crate::endpoint::Endpoint, (JoinHandle<()>, Arc<WorkerStats>)), GatewayError> {
+    let io = |what: String| move |source: std::io::Error| GatewayError::Io { what, source };
+    let reload = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, reload.clone())
+        .map_err(io("installing the SIGHUP handler".into()))?;
+    let mut endpoint = crate::endpoint::Endpoint::start(cfg, ep, classifier.clone(), reload)
+        .map_err(|e| GatewayError::Io {
+            what: "starting endpoint mode".into(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+    let peer = endpoint.peer();
+    let started = (|| {
+        let ifindex = host::ifindex(&peer)?;
+        let mac = host::mac(&peer)?;
+        let xsk = XskSocket::new(ifindex, 0, &XskConfig::default(), BindMode::Auto)?;
+        endpoint
+            .classifier()
+            .register_socket(0, std::os::fd::AsFd::as_fd(&xsk))?;
+        endpoint.attach().map_err(|e| GatewayError::Io {
+            what: "endpoint mode".into(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        let st = Arc::new(WorkerStats::default());
+        let w = Worker::new(queue, xsk, mac, params.clone(), st.clone(), domains)
+            .map_err(io(format!("endpoint worker on {peer}")))?;
+        let stop = stop.clone();
+        let h = std::thread::Builder::new()
+            .name("sluice-endpoint".into())
+            .spawn(move || w.run(&stop))
+            .map_err(io("spawning the endpoint worker".into()))?;
+        Ok::<_, GatewayError>((h, st))
+    })();
+    match started {
+        Ok(w) => {
+            log::info!(
+                "endpoint mode: this host's traffic enters the tunnel through {} ({peer}), inner address {}",
+                ep.interface,
+                ep.address
+            );
+            Ok((endpoint, w))
+        }
+        Err(e) => {
+            endpoint.stop();
+            Err(e)
+        }
+    }
 }
 
 /// Serves the PAC file, if configured: the configured domains, bypass

@@ -26,7 +26,7 @@ struct DrvInfo {
 #[repr(C)]
 struct IfReqData {
     name: [u8; libc::IFNAMSIZ],
-    data: *mut DrvInfo,
+    data: *mut libc::c_void,
     _pad: [u8; 16],
 }
 
@@ -61,7 +61,7 @@ pub fn driver(iface: &str) -> io::Result<String> {
     };
     let mut req = IfReqData {
         name: [0; libc::IFNAMSIZ],
-        data: &raw mut info,
+        data: (&raw mut info).cast(),
         _pad: [0; 16],
     };
     req.name[..iface.len()].copy_from_slice(iface.as_bytes());
@@ -75,6 +75,51 @@ pub fn driver(iface: &str) -> io::Result<String> {
     }
     let end = info.driver.iter().position(|&b| b == 0).unwrap_or(32);
     Ok(String::from_utf8_lossy(&info.driver[..end]).into_owned())
+}
+
+/// `ETHTOOL_STXCSUM`: transmit checksum offload on or off.
+const ETHTOOL_STXCSUM: u32 = 0x0000_0017;
+
+/// `struct ethtool_value`.
+#[repr(C)]
+struct Value {
+    cmd: u32,
+    data: u32,
+}
+
+/// Turns transmit checksum offload of `iface` on or off (`ethtool -K
+/// <iface> tx on|off`; segmentation offloads that depend on it follow).
+///
+/// Endpoint mode needs it off on the host side of its veth pair: a packet
+/// the host hands to a veth with a partial checksum (offloaded) keeps it
+/// partial through generic XDP and `AF_XDP`, and would cross the tunnel
+/// with a checksum the receiver rejects.
+pub fn set_tx_checksum(iface: &str, on: bool) -> io::Result<()> {
+    if iface.is_empty() || iface.len() >= libc::IFNAMSIZ {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "bad interface name",
+        ));
+    }
+    let sock =
+        std::net::UdpSocket::bind("0.0.0.0:0").or_else(|_| std::net::UdpSocket::bind("[::]:0"))?;
+    let mut v = Value {
+        cmd: ETHTOOL_STXCSUM,
+        data: u32::from(on),
+    };
+    let mut req = IfReqData {
+        name: [0; libc::IFNAMSIZ],
+        data: (&raw mut v).cast(),
+        _pad: [0; 16],
+    };
+    req.name[..iface.len()].copy_from_slice(iface.as_bytes());
+    // SAFETY: SIOCETHTOOL reads the ifreq and the `ethtool_value` it
+    // points to; both are live locals of the kernel's layout.
+    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), SIOCETHTOOL, &raw mut req) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -7,6 +7,8 @@
 //! - [`cpu`]: CPU affinity of worker threads.
 //! - [`mem`]: huge-page advice for large lookup tables.
 //! - [`ethtool`]: the driver behind an interface.
+//! - [`fanotify`]: exec permission events (endpoint mode's process
+//!   verdicts), the network namespace's cookie, tracefs.
 //! - [`sock_diag`]: the process behind a connection, the `/proc` way (the
 //!   baseline process attribution is measured against).
 //!
@@ -16,6 +18,7 @@
 
 pub mod cpu;
 pub mod ethtool;
+pub mod fanotify;
 pub mod mem;
 pub mod sock_diag;
 pub mod tun;

@@ -26,6 +26,8 @@ mod maps;
 #[cfg(target_arch = "bpf")]
 mod parse;
 #[cfg(target_arch = "bpf")]
+mod sock;
+#[cfg(target_arch = "bpf")]
 mod verdict;
 
 /// Host builds of this crate (e.g. `cargo check --workspace`) get an empty
@@ -35,11 +37,15 @@ fn main() {}
 
 #[cfg(target_arch = "bpf")]
 mod program {
-    use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+    use aya_ebpf::{
+        bindings::xdp_action,
+        macros::{cgroup_sock, cgroup_sock_addr, tracepoint, xdp},
+        programs::{SockAddrContext, SockContext, TracePointContext, XdpContext},
+    };
     use sluice_common::Counter;
 
     use crate::{
-        maps, parse,
+        maps, parse, sock,
         verdict::{self, Verdict},
     };
 
@@ -67,6 +73,43 @@ mod program {
     #[xdp]
     pub fn noop(_ctx: XdpContext) -> u32 {
         xdp_action::XDP_PASS
+    }
+
+    /// Endpoint mode: marks the sockets of bypassed processes
+    /// ([`sluice_common::sock_programs::SOCK_CREATE`]).
+    #[cgroup_sock(sock_create)]
+    pub fn sock_create(ctx: SockContext) -> i32 {
+        sock::sock_create(&ctx)
+    }
+
+    /// Endpoint mode: forgets a released socket's flow.
+    #[cgroup_sock(sock_release)]
+    pub fn sock_release(ctx: SockContext) -> i32 {
+        sock::sock_release(&ctx)
+    }
+
+    /// Endpoint mode: IPv4 destination bypass and flow table.
+    #[cgroup_sock_addr(connect4)]
+    pub fn connect4(ctx: SockAddrContext) -> i32 {
+        sock::connect(&ctx, false)
+    }
+
+    /// Endpoint mode: IPv6 destination bypass and flow table.
+    #[cgroup_sock_addr(connect6)]
+    pub fn connect6(ctx: SockAddrContext) -> i32 {
+        sock::connect(&ctx, true)
+    }
+
+    /// Endpoint mode: a child inherits its parent's bypass.
+    #[tracepoint]
+    pub fn process_fork(ctx: TracePointContext) -> u32 {
+        sock::process_fork(&ctx)
+    }
+
+    /// Endpoint mode: an exiting task's bypass entry goes.
+    #[tracepoint]
+    pub fn process_exit(ctx: TracePointContext) -> u32 {
+        sock::process_exit(&ctx)
     }
 
     /// Parses, decides, counts. `Err` carries the drop counter of a

@@ -11,11 +11,12 @@
 use aya_ebpf::{
     bindings::xdp_action,
     macros::map,
-    maps::{HashMap, LpmTrie, PerCpuArray, XskMap, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, XskMap, lpm_trie::Key},
     programs::XdpContext,
 };
 use sluice_common::{
-    BYPASS_MAX_ENTRIES, BypassEntry, Counter, Ipv4Key, Ipv6Key, LOCAL_MAX_ENTRIES, MAX_QUEUES,
+    BYPASS_MAX_ENTRIES, BypassEntry, Counter, FLOWS_MAX_ENTRIES, FlowEntry, Ipv4Key, Ipv6Key,
+    LOCAL_MAX_ENTRIES, MAX_QUEUES, PROCESSES_MAX_ENTRIES, ProcessEntry, SockConfig, SockCounter,
 };
 
 /// IPv4 bypass prefixes ([`sluice_common::map_names::BYPASS_V4`]).
@@ -43,6 +44,49 @@ static XSKS: XskMap = XskMap::with_max_entries(MAX_QUEUES, 0);
 /// Per-CPU counters indexed by [`Counter`] ([`sluice_common::map_names::STATS`]).
 #[map]
 static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
+
+/// Bypassed processes by thread group id
+/// ([`sluice_common::map_names::PROCESSES`]). A plain hash map, not LRU: an
+/// entry must never vanish while its process runs.
+#[map]
+pub(crate) static PROCESSES: HashMap<u32, ProcessEntry> =
+    HashMap::with_max_entries(PROCESSES_MAX_ENTRIES, 0);
+
+/// The socket hooks' settings ([`sluice_common::map_names::SOCK_CONFIG`]).
+#[map]
+pub(crate) static SOCK_CONFIG: Array<SockConfig> = Array::with_max_entries(1, 0);
+
+/// Connections by socket cookie ([`sluice_common::map_names::FLOWS`]).
+#[map]
+pub(crate) static FLOWS: LruHashMap<u64, FlowEntry> =
+    LruHashMap::with_max_entries(FLOWS_MAX_ENTRIES, 0);
+
+/// Counters of the socket hooks ([`sluice_common::map_names::SOCK_STATS`]).
+#[map]
+static SOCK_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(SockCounter::COUNT, 0);
+
+/// Adds one to the socket-hook `counter` on this CPU.
+#[inline(always)]
+pub(crate) fn count_sock(counter: SockCounter) {
+    if let Some(slot) = SOCK_STATS.get_ptr_mut(counter as u32) {
+        // SAFETY: as in `count`; socket hooks run with preemption (and
+        // migration) disabled for the program's duration, so no other
+        // program on this CPU writes the slot meanwhile.
+        unsafe { *slot += 1 };
+    }
+}
+
+/// The bypass entry of an IPv4 destination, if any.
+#[inline(always)]
+pub(crate) fn bypass_v4(dst: &Ipv4Key) -> Option<&BypassEntry> {
+    BYPASS_V4.get(Key::new(32, *dst))
+}
+
+/// The bypass entry of an IPv6 destination, if any.
+#[inline(always)]
+pub(crate) fn bypass_v6(dst: &Ipv6Key) -> Option<&BypassEntry> {
+    BYPASS_V6.get(Key::new(128, *dst))
+}
 
 /// Adds one to `counter` on this CPU.
 #[inline(always)]

@@ -28,6 +28,34 @@ pub mod map_names {
     pub const XSKS: &str = "XSKS";
     /// Per-CPU `u64` counters indexed by [`crate::Counter`].
     pub const STATS: &str = "STATS";
+    /// Processes whose sockets bypass the tunnel (endpoint mode):
+    /// `HashMap<u32 tgid, ProcessEntry>`.
+    pub const PROCESSES: &str = "PROCESSES";
+    /// The socket hooks' settings, one entry: `Array<SockConfig>`.
+    pub const SOCK_CONFIG: &str = "SOCK_CONFIG";
+    /// Connections seen by the connect hooks, by socket cookie:
+    /// `LruHashMap<u64, FlowEntry>`.
+    pub const FLOWS: &str = "FLOWS";
+    /// Per-CPU `u64` counters of the socket hooks, indexed by
+    /// [`crate::SockCounter`].
+    pub const SOCK_STATS: &str = "SOCK_STATS";
+}
+
+/// Names of the endpoint-mode programs in the classifier object.
+pub mod sock_programs {
+    /// `cgroup/sock_create`: marks the sockets of bypassed processes.
+    pub const SOCK_CREATE: &str = "sock_create";
+    /// `cgroup/sock_release`: forgets a socket's flow entry.
+    pub const SOCK_RELEASE: &str = "sock_release";
+    /// `cgroup/connect4`: destination bypass and the flow table, IPv4.
+    pub const CONNECT4: &str = "connect4";
+    /// `cgroup/connect6`: the same for IPv6.
+    pub const CONNECT6: &str = "connect6";
+    /// Tracepoint `sched/sched_process_fork`: a child inherits its
+    /// parent's entry in [`super::map_names::PROCESSES`].
+    pub const PROCESS_FORK: &str = "process_fork";
+    /// Tracepoint `sched/sched_process_exit`: a task's entry goes.
+    pub const PROCESS_EXIT: &str = "process_exit";
 }
 
 /// Name of the XDP program in the classifier object.
@@ -47,6 +75,15 @@ pub const MAX_QUEUES: u32 = 64;
 pub const MAX_VLAN_TAGS: usize = 2;
 /// How many IPv6 extension headers the classifier walks before giving up.
 pub const MAX_IPV6_EXT_HEADERS: usize = 8;
+
+/// Capacity of [`map_names::PROCESSES`].
+pub const PROCESSES_MAX_ENTRIES: u32 = 65_536;
+/// Capacity of [`map_names::FLOWS`] (least recently used entries go first).
+pub const FLOWS_MAX_ENTRIES: u32 = 16_384;
+/// Offsets of `child_pid` in `sched_process_fork`'s record that the fork
+/// hook can read (the verifier wants a constant offset into the context):
+/// 20 since the comm fields became `__data_loc` strings, 44 before.
+pub const FORK_CHILD_PID_OFFSETS: [u32; 2] = [20, 44];
 
 /// Key data of the IPv4 LPM trie: the address in network byte order. The
 /// kernel's `bpf_lpm_trie_key` prefix length precedes it (aya's
@@ -80,6 +117,165 @@ impl BypassEntry {
         Self {
             source: Self::SOURCE_CONFIG,
             reserved: 0,
+        }
+    }
+}
+
+/// Settings of the socket hooks (endpoint mode), the single entry of
+/// [`map_names::SOCK_CONFIG`]. While `enabled` is 0 every hook does nothing.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SockConfig {
+    /// Only sockets of this network namespace are looked at (the cookie of
+    /// the namespace sluice runs in: its host's own traffic).
+    pub netns_cookie: u64,
+    /// The firewall mark that routes a socket's packets outside the
+    /// tunnel (the endpoint's policy rules look it up in the main table).
+    pub mark: u32,
+    /// 1 when the hooks act, 0 otherwise.
+    pub enabled: u32,
+    /// Where `child_pid` is in `sched_process_fork`'s record, one of
+    /// [`FORK_CHILD_PID_OFFSETS`] (read from the tracepoint's format).
+    pub fork_child_pid_offset: u32,
+    /// Reserved, zero.
+    pub reserved: u32,
+}
+
+/// Value of a [`map_names::PROCESSES`] entry: why the process bypasses.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ProcessEntry {
+    /// [`FlowVerdict::BypassProcess`] or [`FlowVerdict::BypassSelf`], as
+    /// `u32`.
+    pub reason: u32,
+    /// Reserved, zero.
+    pub reserved: u32,
+}
+
+/// What the connect hook decided for a connection, stored in
+/// [`FlowEntry::verdict`].
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FlowVerdict {
+    /// Through the tunnel.
+    Tunnel = 0,
+    /// Direct: the process is listed.
+    BypassProcess = 1,
+    /// Direct: sluice's own socket (its tunnel to the edge).
+    BypassSelf = 2,
+    /// Direct: the destination is in a configured bypass prefix.
+    BypassPrefix = 3,
+    /// Direct: the destination was answered for a bypassed domain.
+    BypassDomain = 4,
+    /// Direct: the destination is another VPN gateway.
+    BypassVpnGateway = 5,
+}
+
+impl FlowVerdict {
+    /// The verdict stored as `v`, if it is one.
+    pub const fn from_u32(v: u32) -> Option<Self> {
+        Some(match v {
+            0 => Self::Tunnel,
+            1 => Self::BypassProcess,
+            2 => Self::BypassSelf,
+            3 => Self::BypassPrefix,
+            4 => Self::BypassDomain,
+            5 => Self::BypassVpnGateway,
+            _ => return None,
+        })
+    }
+
+    /// The verdict for a destination found in the bypass trie with entry
+    /// source `source` (`BypassEntry::SOURCE_*`).
+    pub const fn for_source(source: u32) -> Self {
+        match source {
+            BypassEntry::SOURCE_DNS => Self::BypassDomain,
+            BypassEntry::SOURCE_VPN_GATEWAY => Self::BypassVpnGateway,
+            _ => Self::BypassPrefix,
+        }
+    }
+
+    /// Short name for tables and logs.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Tunnel => "tunnel",
+            Self::BypassProcess => "bypass:process",
+            Self::BypassSelf => "bypass:sluice",
+            Self::BypassPrefix => "bypass:prefix",
+            Self::BypassDomain => "bypass:domain",
+            Self::BypassVpnGateway => "bypass:vpn-gateway",
+        }
+    }
+}
+
+/// One connection in [`map_names::FLOWS`], written by the connect hooks.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FlowEntry {
+    /// Destination address, network byte order (IPv4 in the first four
+    /// bytes).
+    pub dst: [u8; 16],
+    /// The connecting process (thread group id).
+    pub tgid: u32,
+    /// Its user id.
+    pub uid: u32,
+    /// A [`FlowVerdict`] as `u32`.
+    pub verdict: u32,
+    /// Destination port, host byte order.
+    pub dport: u16,
+    /// 4 or 6.
+    pub family: u8,
+    /// IP protocol (6 TCP, 17 UDP, ...).
+    pub protocol: u8,
+    /// The task's command name at connect time (NUL-padded).
+    pub comm: [u8; 16],
+}
+
+/// Indices into [`map_names::SOCK_STATS`].
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SockCounter {
+    /// A socket of a listed process was created (and marked).
+    SocketMarked = 0,
+    /// A connect went direct because of its process.
+    ConnectBypassProcess = 1,
+    /// A connect went direct because of its destination.
+    ConnectBypassDestination = 2,
+    /// A connect went through the tunnel.
+    ConnectTunnel = 3,
+    /// A child inherited its parent's bypass.
+    ForkInherited = 4,
+    /// A child could not inherit (the process map is full): its sockets
+    /// are tunnelled, the safe direction.
+    ForkMapFull = 5,
+    /// Setting a socket's mark failed (the connection is tunnelled).
+    MarkFailed = 6,
+}
+
+impl SockCounter {
+    /// Number of counters.
+    pub const COUNT: u32 = 7;
+    /// All of them, in index order.
+    pub const ALL: [SockCounter; Self::COUNT as usize] = [
+        SockCounter::SocketMarked,
+        SockCounter::ConnectBypassProcess,
+        SockCounter::ConnectBypassDestination,
+        SockCounter::ConnectTunnel,
+        SockCounter::ForkInherited,
+        SockCounter::ForkMapFull,
+        SockCounter::MarkFailed,
+    ];
+
+    /// Stable metric label.
+    pub const fn name(self) -> &'static str {
+        match self {
+            SockCounter::SocketMarked => "socket_marked",
+            SockCounter::ConnectBypassProcess => "connect_bypass_process",
+            SockCounter::ConnectBypassDestination => "connect_bypass_destination",
+            SockCounter::ConnectTunnel => "connect_tunnel",
+            SockCounter::ForkInherited => "fork_inherited",
+            SockCounter::ForkMapFull => "fork_map_full",
+            SockCounter::MarkFailed => "mark_failed",
         }
     }
 }
@@ -174,6 +370,13 @@ mod pod {
     // SAFETY: `BypassEntry` is `#[repr(C)]`, made of two `u32`s, has no
     // padding and every bit pattern is a valid value.
     unsafe impl aya::Pod for super::BypassEntry {}
+    // SAFETY: `#[repr(C)]`, `u64` then four `u32`s: no padding, any bits valid.
+    unsafe impl aya::Pod for super::SockConfig {}
+    // SAFETY: `#[repr(C)]`, two `u32`s.
+    unsafe impl aya::Pod for super::ProcessEntry {}
+    // SAFETY: `#[repr(C)]`, 16 + 4 + 4 + 4 + 2 + 1 + 1 + 16 = 48 bytes,
+    // every field aligned at its natural offset, no padding; any bits valid.
+    unsafe impl aya::Pod for super::FlowEntry {}
 }
 
 #[cfg(test)]
@@ -188,6 +391,23 @@ mod tests {
                 assert_ne!(c.name(), d.name());
             }
         }
+    }
+
+    #[test]
+    fn shared_structs_have_no_padding() {
+        assert_eq!(core::mem::size_of::<SockConfig>(), 24);
+        assert_eq!(core::mem::size_of::<ProcessEntry>(), 8);
+        assert_eq!(core::mem::size_of::<FlowEntry>(), 48);
+    }
+
+    #[test]
+    fn flow_verdicts_round_trip() {
+        for v in 0..8 {
+            if let Some(f) = FlowVerdict::from_u32(v) {
+                assert_eq!(f as u32, v);
+            }
+        }
+        assert_eq!(FlowVerdict::for_source(BypassEntry::SOURCE_DNS), FlowVerdict::BypassDomain);
     }
 
     #[test]

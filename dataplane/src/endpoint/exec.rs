@@ -1,0 +1,370 @@
+//! Which process an `execve` makes, and whether it is listed.
+//!
+//! The kernel reports, per `execve`, every file it opens to execute: the
+//! program, then its ELF loader (`PT_INTERP`), or a script, then its
+//! interpreter (and that one's loader). The process is what
+//! `/proc/<pid>/exe` will name: the program for ELF files, the interpreter
+//! for scripts. [`ExecTracker`] turns the sequence of files into one
+//! verdict per `execve`: a listed program, or a listed script or
+//! interpreter, makes the process bypass; the loader never counts.
+//!
+//! [`FileFacts`] are what is read from the file (path, kind, loader, and
+//! whether it matches), cached by file identity so that a busy host pays
+//! the reading (and hashing, for digest patterns) once per executable.
+use std::{
+    collections::HashMap,
+    fs::File,
+    os::unix::fs::{FileExt as _, MetadataExt as _},
+    time::{Duration, Instant},
+};
+
+use crate::process::ProcessSet;
+
+/// How long a program's loader (or a script's interpreter) may follow it.
+const FOLLOW_WINDOW: Duration = Duration::from_secs(2);
+/// Bound of the per-process and per-file state.
+const MAX_ENTRIES: usize = 4096;
+/// Longest `PT_INTERP` read.
+const MAX_INTERP: usize = 4096;
+/// Most program headers walked.
+const MAX_PHDRS: usize = 128;
+
+/// What kind of executable a file is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// `#!`: its interpreter follows.
+    Script,
+    /// A program (ELF or anything else the kernel runs); `interp` is its
+    /// ELF loader's resolved path, if it has one.
+    Program {
+        /// `PT_INTERP`, symlinks resolved.
+        interp: Option<String>,
+    },
+}
+
+/// What sluice knows about an executable file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileFacts {
+    /// Absolute path, as the kernel resolved it.
+    pub path: String,
+    /// Script or program.
+    pub kind: Kind,
+    /// The pattern it matches, if any.
+    pub matched: Option<String>,
+}
+
+#[derive(Debug)]
+struct Pending {
+    /// The loader the last program of this process named.
+    expect: Option<String>,
+    /// Whether the script(s) just executed matched.
+    script_match: Option<bool>,
+    at: Instant,
+}
+
+/// Per-process state across the files of one `execve`.
+#[derive(Debug, Default)]
+pub struct ExecTracker {
+    pending: HashMap<u32, Pending>,
+}
+
+impl ExecTracker {
+    /// Process `pid` is executing the file described by `facts`. Returns
+    /// the process's new verdict (true: bypass), or `None` to leave it as
+    /// it is (the file is the loader of the program just decided).
+    pub fn on_exec(&mut self, pid: u32, facts: &FileFacts, now: Instant) -> Option<bool> {
+        let prev = self
+            .pending
+            .remove(&pid)
+            .filter(|p| now.saturating_duration_since(p.at) < FOLLOW_WINDOW);
+        if let Some(p) = &prev
+            && p.expect.as_deref() == Some(facts.path.as_str())
+        {
+            return None;
+        }
+        let inherited = prev.and_then(|p| p.script_match).unwrap_or(false);
+        let verdict = facts.matched.is_some() || inherited;
+        let next = match &facts.kind {
+            Kind::Script => Some(Pending {
+                expect: None,
+                script_match: Some(verdict),
+                at: now,
+            }),
+            Kind::Program { interp: Some(i) } => Some(Pending {
+                expect: Some(i.clone()),
+                script_match: None,
+                at: now,
+            }),
+            Kind::Program { interp: None } => None,
+        };
+        if let Some(n) = next {
+            if self.pending.len() >= MAX_ENTRIES {
+                self.pending
+                    .retain(|_, p| now.saturating_duration_since(p.at) < FOLLOW_WINDOW);
+                if self.pending.len() >= MAX_ENTRIES {
+                    self.pending.clear();
+                }
+            }
+            self.pending.insert(pid, n);
+        }
+        Some(verdict)
+    }
+}
+
+/// File identity for the cache: a file rewritten in place gets new facts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct FileId {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: i64,
+    mtime_ns: i64,
+    ctime: i64,
+    ctime_ns: i64,
+}
+
+/// [`FileFacts`] by file identity, for one [`ProcessSet`].
+#[derive(Debug, Default)]
+pub struct FactsCache {
+    map: HashMap<FileId, FileFacts>,
+}
+
+impl FactsCache {
+    /// Forgets everything (the process list changed).
+    pub fn clear(&mut self) {
+        self.map.clear();
+    }
+
+    /// The facts of `file`, found at `path`, against `set`.
+    pub fn facts(&mut self, file: &File, path: &str, set: &ProcessSet) -> std::io::Result<FileFacts> {
+        let m = file.metadata()?;
+        let id = FileId {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.size(),
+            mtime: m.mtime(),
+            mtime_ns: m.mtime_nsec(),
+            ctime: m.ctime(),
+            ctime_ns: m.ctime_nsec(),
+        };
+        if let Some(f) = self.map.get(&id)
+            && f.path == path
+        {
+            return Ok(f.clone());
+        }
+        let facts = read_facts(file, path, set)?;
+        if self.map.len() >= MAX_ENTRIES {
+            self.map.clear();
+        }
+        self.map.insert(id, facts.clone());
+        Ok(facts)
+    }
+}
+
+/// Reads what [`FileFacts`] holds from `file`.
+fn read_facts(file: &File, path: &str, set: &ProcessSet) -> std::io::Result<FileFacts> {
+    let mut head = [0u8; 64];
+    let n = read_full_at(file, &mut head, 0)?;
+    let head = &head[..n];
+    let kind = if head.starts_with(b"#!") {
+        Kind::Script
+    } else {
+        Kind::Program {
+            interp: elf_interp(file, head)
+                .map(|i| {
+                    std::fs::canonicalize(&i)
+                        .map(|p| p.to_string_lossy().into_owned())
+                        .unwrap_or(i)
+                }),
+        }
+    };
+    let digest = if set.needs_digest() {
+        Some(crate::process::sha256_read(file)?)
+    } else {
+        None
+    };
+    let matched = set.matching(path, digest.as_ref()).map(ToString::to_string);
+    Ok(FileFacts {
+        path: path.to_string(),
+        kind,
+        matched,
+    })
+}
+
+fn read_full_at(file: &File, buf: &mut [u8], mut off: u64) -> std::io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match file.read_at(&mut buf[done..], off) {
+            Ok(0) => break,
+            Ok(n) => {
+                done += n;
+                off += n as u64;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
+}
+
+/// The `PT_INTERP` of an ELF file whose first bytes are `head`, if any.
+/// Bounded: at most [`MAX_PHDRS`] headers, [`MAX_INTERP`] bytes; anything
+/// malformed is "no loader".
+fn elf_interp(file: &File, head: &[u8]) -> Option<String> {
+    let at = |b: &[u8], off: usize, len: usize| -> Option<u64> {
+        let s = b.get(off..off + len)?;
+        let le = head.get(5) == Some(&1);
+        let mut v = 0u64;
+        for i in 0..len {
+            let byte = if le { s[len - 1 - i] } else { s[i] };
+            v = (v << 8) | u64::from(byte);
+        }
+        Some(v)
+    };
+    if head.len() < 52 || &head[..4] != b"\x7fELF" {
+        return None;
+    }
+    let wide = match head[4] {
+        1 => false,
+        2 => true,
+        _ => return None,
+    };
+    let (phoff, phentsize, phnum) = if wide {
+        (at(head, 0x20, 8)?, at(head, 0x36, 2)?, at(head, 0x38, 2)?)
+    } else {
+        (at(head, 0x1c, 4)?, at(head, 0x2a, 2)?, at(head, 0x2c, 2)?)
+    };
+    let (phentsize, phnum) = (phentsize as usize, (phnum as usize).min(MAX_PHDRS));
+    if phentsize < if wide { 56 } else { 32 } || phentsize > 256 {
+        return None;
+    }
+    let mut ph = vec![0u8; phentsize];
+    for i in 0..phnum {
+        let off = phoff.checked_add((i * phentsize) as u64)?;
+        if read_full_at(file, &mut ph, off).ok()? != phentsize {
+            return None;
+        }
+        if at(&ph, 0, 4)? != 3 {
+            continue;
+        }
+        let (p_off, p_len) = if wide {
+            (at(&ph, 8, 8)?, at(&ph, 32, 8)?)
+        } else {
+            (at(&ph, 4, 4)?, at(&ph, 16, 4)?)
+        };
+        let len = usize::try_from(p_len).ok()?.min(MAX_INTERP);
+        let mut s = vec![0u8; len];
+        let n = read_full_at(file, &mut s, p_off).ok()?;
+        s.truncate(n);
+        let end = s.iter().position(|&b| b == 0).unwrap_or(s.len());
+        s.truncate(end);
+        return String::from_utf8(s).ok().filter(|s| s.starts_with('/'));
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::process::ProcessPattern;
+
+    fn facts(path: &str, kind: Kind, matched: bool) -> FileFacts {
+        FileFacts {
+            path: path.into(),
+            kind,
+            matched: matched.then(|| "x".into()),
+        }
+    }
+
+    const LD: &str = "/usr/lib/ld.so";
+
+    #[test]
+    fn a_program_decides_and_its_loader_does_not() {
+        let mut t = ExecTracker::default();
+        let now = Instant::now();
+        let prog = facts("/usr/bin/fetch", Kind::Program { interp: Some(LD.into()) }, true);
+        let ld = facts(LD, Kind::Program { interp: None }, false);
+        assert_eq!(t.on_exec(7, &prog, now), Some(true));
+        assert_eq!(t.on_exec(7, &ld, now), None);
+        // The next execve of that process is decided afresh.
+        let other = facts("/usr/bin/other", Kind::Program { interp: Some(LD.into()) }, false);
+        assert_eq!(t.on_exec(7, &other, now), Some(false));
+        assert_eq!(t.on_exec(7, &ld, now), None);
+        // A static program has no loader.
+        let st = facts("/bin/static", Kind::Program { interp: None }, true);
+        assert_eq!(t.on_exec(7, &st, now), Some(true));
+    }
+
+    #[test]
+    fn a_listed_script_or_interpreter_makes_the_process_bypass() {
+        let mut t = ExecTracker::default();
+        let now = Instant::now();
+        let script = facts("/opt/run.sh", Kind::Script, true);
+        let sh = facts("/usr/bin/dash", Kind::Program { interp: Some(LD.into()) }, false);
+        let ld = facts(LD, Kind::Program { interp: None }, false);
+        assert_eq!(t.on_exec(9, &script, now), Some(true));
+        assert_eq!(t.on_exec(9, &sh, now), Some(true));
+        assert_eq!(t.on_exec(9, &ld, now), None);
+        // Unlisted script, listed interpreter.
+        let script = facts("/opt/other.sh", Kind::Script, false);
+        let sh = facts("/usr/bin/dash", Kind::Program { interp: Some(LD.into()) }, true);
+        assert_eq!(t.on_exec(9, &script, now), Some(false));
+        assert_eq!(t.on_exec(9, &sh, now), Some(true));
+    }
+
+    #[test]
+    fn stale_expectations_expire() {
+        let mut t = ExecTracker::default();
+        let now = Instant::now();
+        let prog = facts("/usr/bin/a", Kind::Program { interp: Some(LD.into()) }, true);
+        assert_eq!(t.on_exec(3, &prog, now), Some(true));
+        // The loader executed directly much later is a program of its own.
+        let ld = facts(LD, Kind::Program { interp: None }, false);
+        assert_eq!(t.on_exec(3, &ld, now + Duration::from_secs(5)), Some(false));
+    }
+
+    #[test]
+    fn reads_a_real_elf_loader_and_matches_by_name() {
+        let exe = std::fs::read_link("/proc/self/exe").unwrap();
+        let path = exe.to_string_lossy().into_owned();
+        let name = path.rsplit('/').next().unwrap().to_string();
+        let set = ProcessSet::new(vec![ProcessPattern::parse(&name).unwrap()]);
+        let f = File::open(&exe).unwrap();
+        let mut cache = FactsCache::default();
+        let facts = cache.facts(&f, &path, &set).unwrap();
+        assert_eq!(facts.matched.as_deref(), Some(name.as_str()));
+        // Test binaries are dynamically linked on Debian.
+        let Kind::Program { interp: Some(ld) } = &facts.kind else {
+            panic!("no loader found in {path}: {facts:?}");
+        };
+        assert!(ld.starts_with('/'), "{ld}");
+        let sh = File::open("/bin/sh").unwrap();
+        let s = cache.facts(&sh, "/bin/sh", &set).unwrap();
+        assert_eq!(s.matched, None);
+    }
+
+    #[test]
+    fn malformed_elf_headers_name_no_loader() {
+        let dir = std::env::temp_dir().join(format!("sluice-elf-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("bad");
+        let mut head = vec![0u8; 64];
+        head[..4].copy_from_slice(b"\x7fELF");
+        head[4] = 2;
+        head[5] = 1;
+        // phoff far beyond the file, phentsize 56, phnum 0xffff.
+        head[0x20..0x28].copy_from_slice(&u64::MAX.to_le_bytes());
+        head[0x36..0x38].copy_from_slice(&56u16.to_le_bytes());
+        head[0x38..0x3a].copy_from_slice(&0xffffu16.to_le_bytes());
+        std::fs::write(&p, &head).unwrap();
+        let f = File::open(&p).unwrap();
+        assert_eq!(elf_interp(&f, &head), None);
+        std::fs::write(&p, b"#!/bin/sh\n").unwrap();
+        let f = File::open(&p).unwrap();
+        let facts = FactsCache::default()
+            .facts(&f, p.to_str().unwrap(), &ProcessSet::default())
+            .unwrap();
+        assert_eq!(facts.kind, Kind::Script);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,608 @@
+//! Endpoint mode: the host's own traffic (sluice's host, a gateway
+//! included) goes through the tunnel under the same policy as LAN traffic,
+//! and listed processes bypass it.
+//!
+//! How packets get here: policy routing sends the host's tunnelled traffic
+//! into a veth pair ([`net`]); sluice's side carries its own instance of
+//! the XDP classifier and one `AF_XDP` socket, served by an ordinary
+//! gateway worker, so the host's packets take the same zero-copy batched
+//! path as a LAN's. Replies come back through the same worker and reach
+//! the sockets that sent them (the host side holds the inner address).
+//!
+//! What bypasses is decided per socket, in the kernel, before its first
+//! packet (`ebpf/classifier/src/sock.rs`): a socket of a listed process, a
+//! connection to a bypassed destination, and sluice's own sockets get a
+//! firewall mark that routes them through the main table. Which processes
+//! are listed is decided here: at start and on reload by a `/proc` scan,
+//! and for every `execve` while the kernel holds it (fanotify permission
+//! events), so a listed program has its entry before it runs. Nothing
+//! walks `/proc` per connection.
+pub mod exec;
+pub mod net;
+
+use std::{
+    collections::HashSet,
+    fmt::Write as _,
+    fs::File,
+    path::{Path, PathBuf},
+    sync::{
+        Arc, Mutex, RwLock,
+        atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
+    },
+    thread::JoinHandle,
+    time::Instant,
+};
+
+use sluice_common::{FlowVerdict, SockConfig, SockCounter};
+
+use self::exec::{ExecTracker, FactsCache};
+use crate::{
+    config::{EndpointConfig, GatewayConfig},
+    ebpf::{Classifier, SockHooks},
+    process::ProcessSet,
+    sys::fanotify::{self, ExecWatch},
+};
+
+/// Filesystems no executable comes from.
+const PSEUDO_FS: &[&str] = &[
+    "proc",
+    "sysfs",
+    "cgroup",
+    "cgroup2",
+    "bpf",
+    "debugfs",
+    "tracefs",
+    "devpts",
+    "mqueue",
+    "securityfs",
+    "pstore",
+    "configfs",
+    "fusectl",
+    "hugetlbfs",
+    "autofs",
+    "binfmt_misc",
+    "nsfs",
+    "efivarfs",
+    "rpc_pipefs",
+    "selinuxfs",
+    "devtmpfs",
+];
+
+/// Where sluice mounts cgroup2 if its mount namespace shows none (as under
+/// `ip netns exec`, which remounts `/sys`).
+const OWN_CGROUP2: &str = "/run/sluice/cgroup2";
+
+/// Process-based bypass: the list, the kernel's process map, and what the
+/// exec watcher has seen.
+pub struct ProcessBypass {
+    set: RwLock<Arc<ProcessSet>>,
+    hooks: Mutex<SockHooks>,
+    config_path: PathBuf,
+    reload: Arc<AtomicBool>,
+    self_pid: u32,
+    exec_events: AtomicU64,
+    exec_bypassed: AtomicU64,
+    exec_errors: AtomicU64,
+    reloads: AtomicU64,
+    reload_errors: AtomicU64,
+}
+
+impl std::fmt::Debug for ProcessBypass {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProcessBypass").finish_non_exhaustive()
+    }
+}
+
+/// A running endpoint: routing, hooks, exec watcher and its own classifier
+/// instance on sluice's side of the veth pair.
+pub struct Endpoint {
+    cfg: EndpointConfig,
+    main: Arc<Mutex<Classifier>>,
+    xdp: Classifier,
+    procs: Arc<ProcessBypass>,
+    watcher: Option<JoinHandle<()>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("interface", &self.cfg.interface)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Errors starting endpoint mode.
+#[derive(Debug, thiserror::Error)]
+#[error("endpoint mode: {0}")]
+pub struct EndpointError(String);
+
+fn fail(what: &str, e: impl std::fmt::Display) -> EndpointError {
+    EndpointError(format!("{what}: {e}"))
+}
+
+impl Endpoint {
+    /// Builds the routing and the veth pair, attaches the socket hooks to
+    /// `main` (the classifier whose bypass tries they read), lists the
+    /// running processes, starts the exec watcher, and loads the
+    /// classifier instance for sluice's side of the pair (not attached:
+    /// the gateway registers its socket, then calls
+    /// [`Endpoint::attach`]). `reload` is raised (SIGHUP) to re-read the
+    /// process list from the configuration file.
+    pub fn start(
+        gw: &GatewayConfig,
+        cfg: &EndpointConfig,
+        main: Arc<Mutex<Classifier>>,
+        reload: Arc<AtomicBool>,
+    ) -> Result<Self, EndpointError> {
+        let mut direct: Vec<_> = gw.bypass.iter().chain(&gw.vpn_gateways).copied().collect();
+        direct.push(net::host_prefix(gw.tunnel.edge.ip()));
+        net::setup(cfg, &direct).map_err(|e| fail("routing", e))?;
+        match Self::start_hooks(gw, cfg, main.clone(), reload) {
+            Ok(ep) => Ok(ep),
+            Err(e) => {
+                net::teardown(cfg);
+                Err(e)
+            }
+        }
+    }
+
+    fn start_hooks(
+        gw: &GatewayConfig,
+        cfg: &EndpointConfig,
+        main: Arc<Mutex<Classifier>>,
+        reload: Arc<AtomicBool>,
+    ) -> Result<Self, EndpointError> {
+        let tracefs = fanotify::ensure_tracefs().map_err(|e| fail("mounting tracefs", e))?;
+        let fork_offset = fork_child_pid_offset(&tracefs)?;
+        let cgroup = match &cfg.cgroup {
+            Some(c) => c.clone(),
+            None => cgroup2_root()?,
+        };
+        let sock_cfg = SockConfig {
+            netns_cookie: fanotify::netns_cookie().map_err(|e| fail("SO_NETNS_COOKIE", e))?,
+            mark: cfg.mark,
+            enabled: 1,
+            fork_child_pid_offset: fork_offset,
+            reserved: 0,
+        };
+        let mut hooks = main
+            .lock()
+            .map_err(|_| EndpointError("classifier lock poisoned".into()))?
+            .attach_sock_hooks(&cgroup, sock_cfg)
+            .map_err(|e| fail("socket hooks", format!("{e}: {}", crate::ebpf::error_chain(&e))))?;
+        let self_pid = std::process::id();
+        hooks
+            .set_process(self_pid, FlowVerdict::BypassSelf)
+            .map_err(|e| fail("marking sluice's own sockets", e))?;
+        log::info!(
+            "endpoint: socket hooks on cgroup {} (mark {:#x}, table {}), {} listed process pattern(s)",
+            cgroup.display(),
+            cfg.mark,
+            cfg.table,
+            gw.processes.len()
+        );
+        let procs = Arc::new(ProcessBypass {
+            set: RwLock::new(Arc::new(ProcessSet::new(gw.processes.clone()))),
+            hooks: Mutex::new(hooks),
+            config_path: gw.path.clone(),
+            reload,
+            self_pid,
+            exec_events: AtomicU64::new(0),
+            exec_bypassed: AtomicU64::new(0),
+            exec_errors: AtomicU64::new(0),
+            reloads: AtomicU64::new(0),
+            reload_errors: AtomicU64::new(0),
+        });
+        // Watch first, then scan: a process that execs during the scan is
+        // seen by the watcher.
+        let watch = ExecWatch::new().map_err(|e| fail("fanotify", e))?;
+        for fs in executable_filesystems() {
+            if let Err(e) = watch.watch_filesystem(&fs) {
+                log::warn!("endpoint: not watching execs on {}: {e}", fs.display());
+            }
+        }
+        let mut cache = FactsCache::default();
+        procs.rescan(&mut cache);
+        let stop = Arc::new(AtomicBool::new(false));
+        let watcher = {
+            let procs = procs.clone();
+            let stop = stop.clone();
+            std::thread::Builder::new()
+                .name("sluice-exec".into())
+                .spawn(move || procs.watch(&watch, cache, &stop))
+                .map_err(|e| fail("spawning the exec watcher", e))?
+        };
+        let mut xdp = Classifier::load().map_err(|e| fail("classifier", e))?;
+        xdp.set_local_addrs(&crate::host::local_addrs().map_err(|e| fail("addresses", e))?)
+            .map_err(|e| fail("classifier", e))?;
+        Ok(Self {
+            cfg: cfg.clone(),
+            main,
+            xdp,
+            procs,
+            watcher: Some(watcher),
+            stop,
+        })
+    }
+
+    /// sluice's side of the veth pair (where the worker's socket binds).
+    pub fn peer(&self) -> String {
+        net::peer_name(&self.cfg)
+    }
+
+    /// The classifier instance of sluice's side (to register the socket).
+    pub fn classifier(&mut self) -> &mut Classifier {
+        &mut self.xdp
+    }
+
+    /// Attaches sluice's side's classifier: from now on the host's
+    /// tunnelled packets reach the worker.
+    pub fn attach(&mut self) -> Result<(), EndpointError> {
+        let peer = self.peer();
+        self.xdp
+            .attach(&peer, crate::ebpf::AttachMode::Auto.for_driver(Some("veth")))
+            .map_err(|e| {
+                fail("attaching the classifier", format!("{e}: {}", crate::ebpf::error_chain(&e)))
+            })?;
+        Ok(())
+    }
+
+    /// The process bypass (for metrics and the flow table).
+    pub fn processes(&self) -> Arc<ProcessBypass> {
+        self.procs.clone()
+    }
+
+    /// Stops the watcher, turns the hooks off, detaches, removes the
+    /// routing and the veth pair.
+    pub fn stop(mut self) {
+        self.stop.store(true, Relaxed);
+        if let Some(w) = self.watcher.take() {
+            let _ = w.join();
+        }
+        if let Ok(mut m) = self.main.lock() {
+            let _ = m.set_sock_config(SockConfig::default());
+        }
+        let _ = self.xdp.detach();
+        net::teardown(&self.cfg);
+        log::info!("endpoint: stopped, routing removed");
+    }
+}
+
+impl ProcessBypass {
+    /// The exec watcher's loop: answers every exec after writing the
+    /// process's verdict; reloads the list when asked.
+    fn watch(&self, watch: &ExecWatch, mut cache: FactsCache, stop: &AtomicBool) {
+        let mut tracker = ExecTracker::default();
+        let mut buf = vec![0u8; 64 * 1024];
+        while !stop.load(Relaxed) {
+            if self.reload.swap(false, Relaxed) {
+                self.reload_list(&mut cache);
+            }
+            let events = match watch.read(&mut buf, 100) {
+                Ok(e) => e,
+                Err(e) => {
+                    log::error!("endpoint: reading exec events: {e}");
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                    continue;
+                }
+            };
+            let set = self.set.read().map(|s| s.clone()).unwrap_or_default();
+            let now = Instant::now();
+            for ev in events {
+                self.exec_events.fetch_add(1, Relaxed);
+                if ev.pid == self.self_pid {
+                    continue;
+                }
+                let facts = ev
+                    .path()
+                    .map(|p| p.to_string_lossy().into_owned())
+                    .and_then(|p| cache.facts(&ev.file, &p, &set));
+                let facts = match facts {
+                    Ok(f) => f,
+                    Err(e) => {
+                        self.exec_errors.fetch_add(1, Relaxed);
+                        log::debug!("endpoint: exec by {}: {e}", ev.pid);
+                        continue;
+                    }
+                };
+                if let Some(bypass) = tracker.on_exec(ev.pid, &facts, now) {
+                    self.apply(ev.pid, bypass, &facts.path, facts.matched.as_deref());
+                }
+                // `ev` is answered (allowed) here, after the verdict is in
+                // the kernel's map.
+            }
+        }
+    }
+
+    fn apply(&self, pid: u32, bypass: bool, path: &str, pattern: Option<&str>) {
+        let Ok(mut hooks) = self.hooks.lock() else {
+            return;
+        };
+        if bypass {
+            self.exec_bypassed.fetch_add(1, Relaxed);
+            match hooks.set_process(pid, FlowVerdict::BypassProcess) {
+                Ok(()) => log::info!(
+                    "endpoint: process {pid} ({path}) bypasses the tunnel (matches `{}`)",
+                    pattern.unwrap_or("its script")
+                ),
+                Err(e) => log::error!("endpoint: process {pid} ({path}): {e}"),
+            }
+        } else if let Err(e) = hooks.clear_process(pid) {
+            log::error!("endpoint: process {pid} ({path}): {e}");
+        }
+    }
+
+    /// Re-reads `[bypass] processes` from the configuration file; a file
+    /// that does not load leaves the running list in place.
+    fn reload_list(&self, cache: &mut FactsCache) {
+        match GatewayConfig::load(&self.config_path) {
+            Ok(cfg) => {
+                if let Ok(mut s) = self.set.write() {
+                    *s = Arc::new(ProcessSet::new(cfg.processes.clone()));
+                }
+                cache.clear();
+                let n = self.rescan(cache);
+                self.reloads.fetch_add(1, Relaxed);
+                log::info!(
+                    "endpoint: process list reloaded ({} pattern(s)); {n} running process(es) bypass",
+                    cfg.processes.len()
+                );
+            }
+            Err(e) => {
+                self.reload_errors.fetch_add(1, Relaxed);
+                log::error!("endpoint: reload refused, the running list stays: {e}");
+            }
+        }
+    }
+
+    /// Matches every running process against the list and makes the
+    /// kernel's map agree. Returns how many bypass.
+    fn rescan(&self, cache: &mut FactsCache) -> usize {
+        let set = self.set.read().map(|s| s.clone()).unwrap_or_default();
+        let matches = |pid: u32, cache: &mut FactsCache| -> bool {
+            let exe = format!("/proc/{pid}/exe");
+            let Ok(path) = std::fs::read_link(&exe) else {
+                return false;
+            };
+            let path = path.to_string_lossy();
+            let path = path.strip_suffix(" (deleted)").unwrap_or(&path);
+            let Ok(f) = File::open(&exe) else {
+                return false;
+            };
+            cache
+                .facts(&f, path, &set)
+                .is_ok_and(|f| f.matched.is_some())
+        };
+        let mut keep = HashSet::new();
+        if !set.is_empty()
+            && let Ok(dir) = std::fs::read_dir("/proc")
+        {
+            for e in dir.flatten() {
+                let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                    continue;
+                };
+                if pid != self.self_pid && matches(pid, cache) {
+                    keep.insert(pid);
+                }
+            }
+        }
+        let Ok(mut hooks) = self.hooks.lock() else {
+            return 0;
+        };
+        for &pid in &keep {
+            if let Err(e) = hooks.set_process(pid, FlowVerdict::BypassProcess) {
+                log::error!("endpoint: process {pid}: {e}");
+            }
+        }
+        for (pid, reason) in hooks.processes() {
+            if reason == FlowVerdict::BypassSelf as u32 || keep.contains(&pid) {
+                continue;
+            }
+            // An entry made since the scan read /proc (a fork) or a
+            // thread's: keep it only if it still matches.
+            if set.is_empty() || !matches(pid, cache) {
+                let _ = hooks.clear_process(pid);
+            }
+        }
+        keep.len()
+    }
+
+    /// Prometheus samples.
+    pub fn render(&self, out: &mut String) {
+        let Ok(hooks) = self.hooks.lock() else {
+            return;
+        };
+        let counts = hooks.counters();
+        for c in SockCounter::ALL {
+            crate::metrics::sample(
+                out,
+                "sluice_endpoint_socket_events_total",
+                "counter",
+                (c as usize == 0).then_some("Socket hook decisions (endpoint mode), by event."),
+                &[("event", c.name())],
+                counts[c as usize],
+            );
+        }
+        let n = hooks.processes().len() as u64;
+        drop(hooks);
+        for (name, help, v) in [
+            (
+                "sluice_endpoint_processes",
+                "Processes (and threads) whose sockets bypass, sluice included.",
+                n,
+            ),
+            (
+                "sluice_endpoint_exec_events_total",
+                "execve file opens seen (fanotify permission events).",
+                self.exec_events.load(Relaxed),
+            ),
+            (
+                "sluice_endpoint_exec_bypassed_total",
+                "execve decisions that made the process bypass.",
+                self.exec_bypassed.load(Relaxed),
+            ),
+            (
+                "sluice_endpoint_exec_errors_total",
+                "execve events whose file could not be read (process tunnelled).",
+                self.exec_errors.load(Relaxed),
+            ),
+            (
+                "sluice_endpoint_reloads_total",
+                "Process list reloads applied.",
+                self.reloads.load(Relaxed),
+            ),
+            (
+                "sluice_endpoint_reload_errors_total",
+                "Process list reloads refused (invalid file).",
+                self.reload_errors.load(Relaxed),
+            ),
+        ] {
+            let kind = if name.ends_with("_total") { "counter" } else { "gauge" };
+            crate::metrics::sample(out, name, kind, Some(help), &[], v);
+        }
+    }
+
+    /// The flow table, one connection per line.
+    pub fn flows(&self, out: &mut String) {
+        let Ok(hooks) = self.hooks.lock() else {
+            return;
+        };
+        let mut flows = hooks.flows();
+        drop(hooks);
+        flows.sort_by_key(|(_, f)| (f.tgid, f.dport));
+        let _ = writeln!(
+            out,
+            "{:<7} {:<6} {:<5} {:<40} {:<18} {:<16} EXECUTABLE",
+            "PID", "UID", "PROTO", "DESTINATION", "VERDICT", "COMMAND"
+        );
+        for (_, f) in flows {
+            let dst = if f.family == 6 {
+                std::net::IpAddr::from(f.dst)
+            } else {
+                let mut a = [0u8; 4];
+                a.copy_from_slice(&f.dst[..4]);
+                std::net::IpAddr::from(a)
+            };
+            let dst = std::net::SocketAddr::new(dst, f.dport);
+            let proto = match f.protocol {
+                6 => "tcp".to_string(),
+                17 => "udp".to_string(),
+                p => p.to_string(),
+            };
+            let verdict = FlowVerdict::from_u32(f.verdict).map_or("?", FlowVerdict::name);
+            let end = f.comm.iter().position(|&b| b == 0).unwrap_or(f.comm.len());
+            let comm = String::from_utf8_lossy(&f.comm[..end]);
+            let exe = std::fs::read_link(format!("/proc/{}/exe", f.tgid))
+                .map_or_else(|_| "-".to_string(), |p| p.to_string_lossy().into_owned());
+            let _ = writeln!(
+                out,
+                "{:<7} {:<6} {:<5} {:<40} {:<18} {:<16} {exe}",
+                f.tgid,
+                f.uid,
+                proto,
+                dst.to_string(),
+                verdict,
+                comm
+            );
+        }
+    }
+}
+
+/// Where `child_pid` is in `sched_process_fork`'s record, from its format
+/// file; must be one the fork hook knows.
+fn fork_child_pid_offset(tracefs: &Path) -> Result<u32, EndpointError> {
+    let p = tracefs.join("events/sched/sched_process_fork/format");
+    let text = std::fs::read_to_string(&p).map_err(|e| fail(&p.display().to_string(), e))?;
+    let off = text
+        .lines()
+        .find(|l| l.contains(" child_pid;"))
+        .and_then(|l| l.split("offset:").nth(1))
+        .and_then(|s| s.split(';').next())
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        .ok_or_else(|| EndpointError(format!("{}: no child_pid field", p.display())))?;
+    if !sluice_common::FORK_CHILD_PID_OFFSETS.contains(&off) {
+        return Err(EndpointError(format!(
+            "{}: child_pid at offset {off}, the fork hook knows {:?}",
+            p.display(),
+            sluice_common::FORK_CHILD_PID_OFFSETS
+        )));
+    }
+    Ok(off)
+}
+
+/// The mountinfo lines as (mount point, filesystem type, device).
+fn mounts() -> Vec<(PathBuf, String, String)> {
+    let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return Vec::new();
+    };
+    text.lines()
+        .filter_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            let f: Vec<&str> = left.split(' ').collect();
+            let fstype = right.split(' ').next()?;
+            let point = unescape(f.get(4)?);
+            Some((PathBuf::from(point), fstype.to_string(), (*f.get(2)?).to_string()))
+        })
+        .collect()
+}
+
+/// mountinfo escapes space, tab, newline and backslash as octal.
+fn unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8)
+        {
+            out.push(v);
+            i += 4;
+            continue;
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// One mount point per filesystem executables may come from.
+fn executable_filesystems() -> Vec<PathBuf> {
+    let mut seen = HashSet::new();
+    mounts()
+        .into_iter()
+        .filter(|(_, t, _)| !PSEUDO_FS.contains(&t.as_str()))
+        .filter(|(_, _, dev)| seen.insert(dev.clone()))
+        .map(|(p, _, _)| p)
+        .collect()
+}
+
+/// The root of the cgroup2 hierarchy: a visible mount, or one sluice
+/// makes at [`OWN_CGROUP2`].
+fn cgroup2_root() -> Result<PathBuf, EndpointError> {
+    if let Some((p, _, _)) = mounts().into_iter().find(|(_, t, _)| t == "cgroup2") {
+        return Ok(p);
+    }
+    std::fs::create_dir_all(OWN_CGROUP2).map_err(|e| fail(OWN_CGROUP2, e))?;
+    crate::host::run(&["mount", "-t", "cgroup2", "none", OWN_CGROUP2], None)
+        .map_err(|e| fail("mounting cgroup2", e))?;
+    Ok(PathBuf::from(OWN_CGROUP2))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_escapes_are_undone() {
+        assert_eq!(unescape("/mnt/a\\040b"), "/mnt/a b");
+        assert_eq!(unescape("/plain"), "/plain");
+        assert_eq!(unescape("/trail\\04"), "/trail\\04");
+    }
+
+    #[test]
+    fn this_host_has_somewhere_to_run_programs_from() {
+        assert!(!executable_filesystems().is_empty());
+    }
+}

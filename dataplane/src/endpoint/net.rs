@@ -1,0 +1,200 @@
+//! Endpoint mode's routing: a veth pair the host's tunnelled traffic is
+//! routed into (sluice's side carries the XDP classifier and an `AF_XDP`
+//! socket, exactly like a LAN interface), and three policy rules:
+//!
+//! 1. `fwmark <mark> lookup main`: sockets the hooks marked (listed
+//!    processes, bypassed destinations, sluice's own tunnel) go direct;
+//! 2. `lookup main suppress_prefixlength 0`: whatever the main table
+//!    routes more specifically than its default route (the host's own
+//!    subnets) stays local;
+//! 3. `iif lo lookup <table>`: the rest of this host's own traffic goes
+//!    into the veth, i.e. the tunnel (forwarded LAN traffic never does:
+//!    the XDP classifier already decided it).
+//!    Configured bypass prefixes, VPN gateways and the edge are `throw`
+//!    routes in that table (back to the main table), so they bypass for
+//!    every kind of socket, connected or not. Without an inner IPv6
+//!    address IPv6 is `unreachable` there: refused, never sent direct.
+//!
+//! Built with `ip -batch` (iproute2) and removed the same way; leftovers
+//! of a run that did not stop cleanly are removed first.
+use std::net::IpAddr;
+
+use crate::{config::EndpointConfig, net::Prefix};
+
+/// The IPv4 next hop of the tunnel route: link-local, never on the wire
+/// (its neighbour entry is static: sluice's side of the pair).
+const NEXT_HOP_V4: &str = "169.254.83.1";
+/// The IPv6 next hop, likewise.
+const NEXT_HOP_V6: &str = "fe80::83:1";
+
+/// sluice's side of the pair for `cfg`.
+pub fn peer_name(cfg: &EndpointConfig) -> String {
+    format!("{}x", cfg.interface)
+}
+
+/// Runs `cmds` with `ip -batch`, each line in the family its `-4 ` or
+/// `-6 ` prefix names (batch lines cannot carry options themselves): all
+/// unprefixed lines first, then IPv4, then IPv6.
+fn ip_batch(cmds: &[String], ignore_errors: bool) -> Result<(), String> {
+    for fam in ["", "-4", "-6"] {
+        let lines: Vec<&str> = cmds
+            .iter()
+            .filter_map(|c| match fam {
+                "" => (!c.starts_with("-4 ") && !c.starts_with("-6 ")).then_some(c.as_str()),
+                f => c.strip_prefix(f).map(str::trim_start),
+            })
+            .collect();
+        if lines.is_empty() {
+            continue;
+        }
+        let script = lines.join("\n") + "\n";
+        let mut argv = vec!["ip"];
+        if !fam.is_empty() {
+            argv.push(fam);
+        }
+        if ignore_errors {
+            argv.push("-force");
+        }
+        argv.extend(["-batch", "-"]);
+        match crate::host::run(&argv, Some(&script)) {
+            Ok(_) => {}
+            Err(_) if ignore_errors => {}
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    Ok(())
+}
+
+/// The commands that remove what [`setup`] made (errors ignored).
+fn teardown_cmds(cfg: &EndpointConfig) -> Vec<String> {
+    let (p, t) = (cfg.rule_priority, cfg.table);
+    let mut v = Vec::new();
+    for fam in ["-4", "-6"] {
+        for pref in [p, p + 1, p + 2] {
+            v.push(format!("{fam} rule del pref {pref}"));
+        }
+        v.push(format!("{fam} route flush table {t}"));
+    }
+    v.push(format!("link del {}", cfg.interface));
+    v
+}
+
+/// Removes the endpoint's routing and its veth pair.
+pub fn teardown(cfg: &EndpointConfig) {
+    // `ip -force` keeps going past missing entries; there is nothing to
+    // report if something was already gone.
+    let _ = ip_batch(&teardown_cmds(cfg), true);
+}
+
+/// Builds the veth pair, the routes and the rules. `direct` are the
+/// prefixes that bypass whatever the socket (configured prefixes, VPN
+/// gateways, the edge).
+pub fn setup(cfg: &EndpointConfig, direct: &[Prefix]) -> Result<(), String> {
+    teardown(cfg);
+    let host = &cfg.interface;
+    let peer = peer_name(cfg);
+    let (p, t, mark) = (cfg.rule_priority, cfg.table, cfg.mark);
+    let mut v = vec![
+        format!("link add {host} mtu {} type veth peer name {peer} mtu {}", cfg.mtu, cfg.mtu),
+        format!("link set {peer} up"),
+        format!("link set {host} up"),
+        format!("-4 addr add {}/32 dev {host}", cfg.address),
+        format!("-4 route add default via {NEXT_HOP_V4} dev {host} onlink table {t}"),
+    ];
+    match cfg.address6 {
+        Some(a) => {
+            v.push(format!("-6 addr add {a}/128 dev {host} nodad"));
+            v.push(format!("-6 route add default via {NEXT_HOP_V6} dev {host} table {t}"));
+        }
+        None => v.push(format!("-6 route add unreachable default table {t}")),
+    }
+    for d in direct {
+        let fam = if d.addr().is_ipv4() { "-4" } else { "-6" };
+        v.push(format!("{fam} route add throw {d} table {t}"));
+    }
+    for fam in ["-4", "-6"] {
+        v.push(format!("{fam} rule add pref {p} fwmark {mark:#x} lookup main"));
+        v.push(format!(
+            "{fam} rule add pref {} lookup main suppress_prefixlength 0",
+            p + 1
+        ));
+        // `iif lo`: only this host's own packets; forwarded LAN traffic
+        // the XDP classifier passed (bypassed) keeps the main table.
+        v.push(format!("{fam} rule add pref {} iif lo lookup {t}", p + 2));
+    }
+    if let Err(e) = ip_batch(&v, false) {
+        teardown(cfg);
+        return Err(e);
+    }
+    // The static neighbour entries need sluice's side's MAC.
+    let m = crate::host::mac(&peer).map_err(|e| e.to_string())?;
+    let mac = format!(
+        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+        m[0], m[1], m[2], m[3], m[4], m[5]
+    );
+    let mut n = vec![format!(
+        "-4 neigh replace {NEXT_HOP_V4} lladdr {mac} dev {host} nud permanent"
+    )];
+    if cfg.address6.is_some() {
+        n.push(format!(
+            "-6 neigh replace {NEXT_HOP_V6} lladdr {mac} dev {host} nud permanent"
+        ));
+    }
+    if let Err(e) = ip_batch(&n, false) {
+        teardown(cfg);
+        return Err(e);
+    }
+    // The host's packets must leave with complete checksums: a partial
+    // (offloaded) one stays partial through generic XDP and AF_XDP.
+    if let Err(e) = crate::sys::ethtool::set_tx_checksum(host, false) {
+        teardown(cfg);
+        return Err(format!("turning off transmit checksum offload on {host}: {e}"));
+    }
+    // Replies arrive on the host side from arbitrary sources: loose
+    // reverse-path filtering there. IPv6 router advertisements and
+    // autoconfiguration have no business on either side.
+    let sysctl = |path: String, v: &str| {
+        if let Err(e) = std::fs::write(&path, v) {
+            log::warn!("endpoint: {path}: {e}");
+        }
+    };
+    sysctl(format!("/proc/sys/net/ipv4/conf/{host}/rp_filter"), "2");
+    for i in [host.as_str(), peer.as_str()] {
+        sysctl(format!("/proc/sys/net/ipv6/conf/{i}/accept_ra"), "0");
+        sysctl(format!("/proc/sys/net/ipv6/conf/{i}/autoconf"), "0");
+    }
+    Ok(())
+}
+
+/// The host prefix of `a`.
+pub fn host_prefix(a: IpAddr) -> Prefix {
+    let len = if a.is_ipv4() { 32 } else { 128 };
+    Prefix::new(a, len)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn teardown_covers_every_rule_and_both_tables() {
+        let cfg = EndpointConfig {
+            interface: "ep0".into(),
+            address: "198.18.3.1".parse().unwrap(),
+            address6: None,
+            mark: 0x5c1,
+            table: 1473,
+            rule_priority: 1000,
+            cgroup: None,
+            mtu: 1400,
+        };
+        let cmds = teardown_cmds(&cfg);
+        for pref in [1000, 1001, 1002] {
+            assert!(cmds.contains(&format!("-4 rule del pref {pref}")));
+            assert!(cmds.contains(&format!("-6 rule del pref {pref}")));
+        }
+        assert!(cmds.contains(&"-6 route flush table 1473".to_string()));
+        assert_eq!(cmds.last().unwrap(), "link del ep0");
+        assert_eq!(peer_name(&cfg), "ep0x");
+    }
+}

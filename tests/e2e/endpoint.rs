@@ -1,0 +1,203 @@
+//! Endpoint mode on the gateway host itself: its own traffic is tunnelled,
+//! listed processes bypass from their first SYN, the list reloads without
+//! restarting anything, the flow table names processes and verdicts, and
+//! the host's own DNS lookups drive the domain bypass.
+use std::{path::Path, time::Duration};
+
+use super::{HTTP, bin, curl, logs, url};
+use sluice_lab::{Host, Lab, addr, counter, deploy::Sluice, require_root};
+
+/// The gateway host's inner address (inside the edge's client prefixes).
+const ENDPOINT_V4: &str = "198.18.3.1";
+const SIGHUP: i32 = 1;
+
+/// Copies `src` to `dst` (making its directory), executable.
+fn install(src: &str, dst: &Path) {
+    std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
+    std::fs::copy(src, dst).unwrap_or_else(|e| panic!("copying {src} to {}: {e}", dst.display()));
+}
+
+fn which(cmd: &str) -> String {
+    let out = std::process::Command::new("sh")
+        .args(["-c", &format!("command -v {cmd}")])
+        .output()
+        .unwrap();
+    let p = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(!p.is_empty(), "{cmd} is not installed");
+    std::fs::canonicalize(&p).unwrap().to_string_lossy().into_owned()
+}
+
+/// The `processes` line for `[bypass]`.
+fn processes_line(list: &[String]) -> String {
+    let quoted: Vec<String> = list.iter().map(|p| format!("{p:?}")).collect();
+    format!("processes = [{}]\n", quoted.join(", "))
+}
+
+fn endpoint_config(text: &str, processes: &[String]) -> String {
+    let text = text.replace("[bypass]\n", &format!("[bypass]\n{}", processes_line(processes)));
+    format!("{text}\n[endpoint]\naddress = \"{ENDPOINT_V4}\"\n")
+}
+
+/// What the server saw for one `curl`-like run from the gateway host, and
+/// which way its SYN went.
+fn fetch(lab: &Lab, exe: &Path) -> (String, u64, u64) {
+    lab.reset_counters();
+    let out = lab.run(
+        Host::Gw,
+        &[
+            &exe.to_string_lossy(),
+            "-sS",
+            "--fail",
+            "--max-time",
+            "10",
+            &url(addr::TUNNELLED_V4, "/whoami"),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{} failed: {}\n{}",
+        exe.display(),
+        String::from_utf8_lossy(&out.stderr),
+        logs(lab)
+    );
+    (
+        String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        lab.nft_counter(counter::GW_SYN_TO_TUNNELLED_V4),
+        lab.nft_counter(counter::EDGE_SYN_TO_TUNNELLED_V4),
+    )
+}
+
+#[test]
+fn endpoint_mode_tunnels_the_host_and_listed_processes_bypass_from_their_first_syn() {
+    if !require_root(
+        "endpoint_mode_tunnels_the_host_and_listed_processes_bypass_from_their_first_syn",
+    ) {
+        return;
+    }
+    let lab = Lab::new();
+    lab.spawn_peer(Host::Inet, "peer", HTTP, super::UDP);
+    lab.spawn_dns("dnsmasq", 10);
+    // Three copies of curl and two of bash, under different names and
+    // paths: one listed by name, one by a path pattern, the rest not.
+    let apps = lab.dir().join("apps");
+    let (curl_bin, bash_bin) = (which("curl"), which("bash"));
+    let by_name = apps.join("bin/fetch-byname");
+    let by_path = apps.join("opt/vendor/app/fetch-bypath");
+    let plain = apps.join("bin/fetch-plain");
+    let holder = apps.join("bin/holder");
+    let keeper = apps.join("bin/keeper");
+    for p in [&by_name, &by_path, &plain] {
+        install(&curl_bin, p);
+    }
+    install(&bash_bin, &holder);
+    install(&bash_bin, &keeper);
+    let mut listed = vec![
+        "fetch-byname".to_string(),
+        format!("{}/opt/**/fetch-bypath", apps.display()),
+    ];
+    let mut s = Sluice::prepare(&lab, bin(), |t| endpoint_config(t, &listed));
+    s.edit_edge(|t| t.replace("client_prefixes = [", "client_prefixes = [\"198.18.3.0/24\", "));
+    s.start_edge();
+    s.start_gateway();
+    let edge = addr::EDGE_WAN_V4.to_string();
+    let direct = addr::GW_WAN_V4.to_string();
+
+    // The host's own traffic: tunnelled, replies back to the socket.
+    let (seen, gw_syn, edge_syn) = fetch(&lab, &plain);
+    assert_eq!(seen, edge, "unlisted program: tunnelled\n{}", logs(&lab));
+    assert_eq!((gw_syn, edge_syn), (0, 1), "unlisted: its SYN via the edge");
+    assert_eq!(lab.nft_counter(counter::GW_TO_TUNNELLED_V4), 0);
+    // Listed by name and by path: direct from the first SYN, none of it
+    // through the edge.
+    for (exe, what) in [(&by_name, "by name"), (&by_path, "by path")] {
+        let (seen, gw_syn, edge_syn) = fetch(&lab, exe);
+        assert_eq!(seen, direct, "listed {what}: direct\n{}", logs(&lab));
+        assert_eq!(
+            (gw_syn, edge_syn),
+            (1, 0),
+            "listed {what}: its one SYN left directly"
+        );
+        assert_eq!(lab.nft_counter(counter::EDGE_TO_TUNNELLED_V4), 0);
+    }
+    // The LAN is served as before.
+    assert_eq!(curl(&lab, &[&url(addr::TUNNELLED_V4, "/whoami")]).trim(), edge);
+    assert_eq!(curl(&lab, &[&url(addr::BYPASSED_V4, "/whoami")]).trim(), direct);
+
+    // The flow table: an open connection of an unlisted program.
+    let target = format!("{}:{HTTP}", addr::TUNNELLED_V4);
+    let script = format!(
+        "exec 3<>/dev/tcp/{}/{HTTP}; read -t 30 -u 3 line",
+        addr::TUNNELLED_V4
+    );
+    let keep = lab.spawn(Host::Gw, "keeper", &[&keeper.to_string_lossy(), "-c", &script]);
+    let conf = s.conf_dir().join("gateway.toml");
+    let flows = || {
+        lab.run_ok(
+            Host::Gw,
+            &[&bin().to_string_lossy(), "flows", "--config", &conf.to_string_lossy()],
+        )
+    };
+    lab.wait_for("the keeper's flow", Duration::from_secs(10), || {
+        flows()
+            .lines()
+            .any(|l| l.contains("keeper") && l.contains(&target) && l.contains(" tunnel "))
+    });
+    lab.stop(keep);
+
+    // A running, unlisted program connecting in a loop; listing it (file
+    // rewritten, SIGHUP) turns its next connections direct, without
+    // restarting it.
+    let answers = lab.dir().join("holder.out");
+    let script = format!(
+        "for i in $(seq 1 120); do exec 3<>/dev/tcp/{}/{HTTP} || exit 1; \
+         printf 'GET /whoami HTTP/1.0\\r\\n\\r\\n' >&3; tail -n1 <&3 >> {}; exec 3<&-; sleep 0.25; done",
+        addr::TUNNELLED_V4,
+        answers.display()
+    );
+    let looping = lab.spawn(Host::Gw, "holder", &[&holder.to_string_lossy(), "-c", &script]);
+    let last = || {
+        std::fs::read_to_string(&answers)
+            .unwrap_or_default()
+            .lines()
+            .last()
+            .unwrap_or("")
+            .to_string()
+    };
+    lab.wait_for("the holder's first answers", Duration::from_secs(10), || last() == edge);
+    listed.push("holder".into());
+    let text = std::fs::read_to_string(&conf).unwrap();
+    let old = text.lines().find(|l| l.starts_with("processes = ")).unwrap().to_string();
+    std::fs::write(&conf, text.replace(&old, processes_line(&listed).trim_end())).unwrap();
+    lab.signal(s.gateway.unwrap(), SIGHUP);
+    lab.wait_for("the running holder to go direct", Duration::from_secs(15), || {
+        last() == direct
+    });
+    assert!(lab.is_running(looping), "the holder was not restarted");
+    assert_eq!(s.gateway_metric("sluice_endpoint_reloads_total", ""), 1);
+    lab.stop(looping);
+
+    // The host's own DNS lookups feed the domain bypass: after the answer
+    // names the tunnelled server, the host's next connection to it (from
+    // an unlisted program) goes direct.
+    let answer = lab.dig(Host::Gw, addr::DNS_V4.into(), "www.bypass.example", false);
+    assert_eq!(answer.trim(), addr::TUNNELLED_V4.to_string(), "dig: {answer:?}");
+    let (seen, gw_syn, edge_syn) = fetch(&lab, &plain);
+    assert_eq!(seen, direct, "after the host's own lookup: direct\n{}", logs(&lab));
+    assert_eq!((gw_syn, edge_syn), (1, 0));
+    let m = s.gateway_metrics();
+    assert!(
+        sluice_lab::deploy::sum(&m, "sluice_endpoint_socket_events_total", "event=\"connect_bypass_process\"") >= 2,
+        "{m}"
+    );
+    assert!(
+        sluice_lab::deploy::sum(&m, "sluice_endpoint_socket_events_total", "event=\"connect_bypass_destination\"") >= 1,
+        "{m}"
+    );
+
+    // Stopping removes the routing: the host reaches the server directly.
+    lab.stop(s.gateway.take().unwrap());
+    let rules = lab.run_ok(Host::Gw, &["ip", "rule", "show"]);
+    assert!(!rules.contains("lookup 1473"), "rules left behind:\n{rules}");
+    let links = lab.run_ok(Host::Gw, &["ip", "-o", "link", "show"]);
+    assert!(!links.contains("sluice-ep"), "veth left behind:\n{links}");
+}
