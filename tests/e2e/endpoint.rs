@@ -5,10 +5,12 @@
 use std::{path::Path, time::Duration};
 
 use super::{HTTP, bin, curl, logs, url};
-use sluice_lab::{Host, Lab, addr, counter, deploy::Sluice, require_root};
+use sluice_lab::{
+    Host, Lab, addr, counter,
+    deploy::{Sluice, edge_with_endpoint, processes_line, with_endpoint},
+    require_root,
+};
 
-/// The gateway host's inner address (inside the edge's client prefixes).
-const ENDPOINT_V4: &str = "198.18.3.1";
 const SIGHUP: i32 = 1;
 
 /// Copies `src` to `dst` (making its directory), executable.
@@ -25,17 +27,6 @@ fn which(cmd: &str) -> String {
     let p = String::from_utf8_lossy(&out.stdout).trim().to_string();
     assert!(!p.is_empty(), "{cmd} is not installed");
     std::fs::canonicalize(&p).unwrap().to_string_lossy().into_owned()
-}
-
-/// The `processes` line for `[bypass]`.
-fn processes_line(list: &[String]) -> String {
-    let quoted: Vec<String> = list.iter().map(|p| format!("{p:?}")).collect();
-    format!("processes = [{}]\n", quoted.join(", "))
-}
-
-fn endpoint_config(text: &str, processes: &[String]) -> String {
-    let text = text.replace("[bypass]\n", &format!("[bypass]\n{}", processes_line(processes)));
-    format!("{text}\n[endpoint]\naddress = \"{ENDPOINT_V4}\"\n")
 }
 
 /// What the server saw for one `curl`-like run from the gateway host, and
@@ -95,8 +86,8 @@ fn endpoint_mode_tunnels_the_host_and_listed_processes_bypass_from_their_first_s
         "fetch-byname".to_string(),
         format!("{}/opt/**/fetch-bypath", apps.display()),
     ];
-    let mut s = Sluice::prepare(&lab, bin(), |t| endpoint_config(t, &listed));
-    s.edit_edge(|t| t.replace("client_prefixes = [", "client_prefixes = [\"198.18.3.0/24\", "));
+    let mut s = Sluice::prepare(&lab, bin(), |t| with_endpoint(t, &listed));
+    s.edit_edge(edge_with_endpoint);
     s.start_edge();
     s.start_gateway();
     let edge = addr::EDGE_WAN_V4.to_string();

@@ -87,7 +87,14 @@ fn exercise(lab: &Lab, bin: &Path) -> anyhow::Result<()> {
     println!(
         "\ndemo: starting sluice edge (ns edge) and gateway (ns gw) with the embedded default config"
     );
-    let s = Sluice::start(lab, bin);
+    // The embedded default configuration, plus endpoint mode on the
+    // gateway host with one process listed (shown further down).
+    let apps = lab.dir().join("apps");
+    let listed = vec!["fetch-byname".to_string()];
+    let mut s = Sluice::prepare(lab, bin, |t| crate::deploy::with_endpoint(t, &listed));
+    s.edit_edge(crate::deploy::edge_with_endpoint);
+    s.start_edge();
+    s.start_gateway();
     for line in lab.log("gateway").lines().chain(lab.log("edge").lines()) {
         println!("  | {line}");
     }
@@ -135,6 +142,41 @@ fn exercise(lab: &Lab, bin: &Path) -> anyhow::Result<()> {
             "  GET {url:<40} {what}: server saw {seen:<16} ({via}) {}",
             if ok { "ok" } else { "UNEXPECTED" }
         );
+    }
+
+    println!(
+        "\ndemo: process bypass (endpoint mode on the gateway host; config: processes = [\"fetch-byname\"])"
+    );
+    let curl_bin = std::fs::canonicalize("/usr/bin/curl")?;
+    for name in ["fetch-byname", "fetch-plain"] {
+        check_stop()?;
+        let exe = apps.join("bin").join(name);
+        std::fs::create_dir_all(exe.parent().expect("has a parent"))?;
+        std::fs::copy(&curl_bin, &exe)?;
+        let url = format!("http://{}:8080/whoami", addr::BY_DOMAIN_V4);
+        let out = lab.run(
+            Host::Gw,
+            &[&exe.to_string_lossy(), "-sS", "--max-time", "5", &url],
+        );
+        let seen = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let (expect, what) = if name == "fetch-byname" {
+            (addr::GW_WAN_V4.to_string(), "listed:   direct")
+        } else {
+            (addr::EDGE_WAN_V4.to_string(), "unlisted: tunnelled")
+        };
+        let ok = seen == expect;
+        failed += usize::from(!ok);
+        println!(
+            "  {name} (a copy of curl) on the gateway host, GET {url}: {what}, server saw {seen:<16} {}",
+            if ok { "ok" } else { "UNEXPECTED" }
+        );
+    }
+    for line in lab
+        .log("gateway")
+        .lines()
+        .filter(|l| l.contains("bypasses the tunnel") || l.contains("endpoint mode:"))
+    {
+        println!("  | {line}");
     }
 
     println!("\ndemo: domain bypass (config: domains = [\"*.bypass.example\"]; dnsmasq in inet)");

@@ -20,6 +20,29 @@ pub const EDGE_METRICS: &str = "http://127.0.0.1:9478/metrics";
 /// The edge's tunnel endpoint.
 pub const EDGE_ADDR: &str = "198.51.100.5:4443";
 
+/// The gateway host's inner address in endpoint mode (inside the edge's
+/// client prefixes once [`edge_with_endpoint`] is applied).
+pub const ENDPOINT_V4: &str = "198.18.3.1";
+
+/// The `processes = [...]` line of `[bypass]`.
+pub fn processes_line(list: &[String]) -> String {
+    let quoted: Vec<String> = list.iter().map(|p| format!("{p:?}")).collect();
+    format!("processes = [{}]\n", quoted.join(", "))
+}
+
+/// A gateway configuration with endpoint mode on (the gateway host's own
+/// traffic is tunnelled) and `processes` listed for process bypass.
+pub fn with_endpoint(gateway_toml: &str, processes: &[String]) -> String {
+    let text = gateway_toml.replace("[bypass]\n", &format!("[bypass]\n{}", processes_line(processes)));
+    format!("{text}\n[endpoint]\naddress = \"{ENDPOINT_V4}\"\n")
+}
+
+/// The edge configuration with the endpoint's inner prefix among its
+/// client prefixes.
+pub fn edge_with_endpoint(edge_toml: &str) -> String {
+    edge_toml.replace("client_prefixes = [", "client_prefixes = [\"198.18.3.0/24\", ")
+}
+
 /// sluice running in a lab.
 #[derive(Debug)]
 pub struct Sluice<'a> {

@@ -153,19 +153,7 @@ impl Endpoint {
         main: Arc<Mutex<Classifier>>,
         reload: Arc<AtomicBool>,
     ) -> Result<Self, EndpointError> {
-        let tracefs = fanotify::ensure_tracefs().map_err(|e| fail("mounting tracefs", e))?;
-        let fork_offset = fork_child_pid_offset(&tracefs)?;
-        let cgroup = match &cfg.cgroup {
-            Some(c) => c.clone(),
-            None => cgroup2_root()?,
-        };
-        let sock_cfg = SockConfig {
-            netns_cookie: fanotify::netns_cookie().map_err(|e| fail("SO_NETNS_COOKIE", e))?,
-            mark: cfg.mark,
-            enabled: 1,
-            fork_child_pid_offset: fork_offset,
-            reserved: 0,
-        };
+        let (cgroup, sock_cfg) = hook_settings(cfg.mark, cfg.cgroup.as_deref())?;
         let mut hooks = main
             .lock()
             .map_err(|_| EndpointError("classifier lock poisoned".into()))?
@@ -507,6 +495,30 @@ impl ProcessBypass {
             );
         }
     }
+}
+
+/// What [`Classifier::attach_sock_hooks`] needs for this host: the cgroup
+/// (`cgroup`, or the root of the cgroup2 hierarchy) and the settings for
+/// sockets of the calling thread's network namespace, marked `mark`.
+/// Mounts tracefs (and cgroup2) if they are not visible.
+pub fn hook_settings(
+    mark: u32,
+    cgroup: Option<&Path>,
+) -> Result<(PathBuf, SockConfig), EndpointError> {
+    let tracefs = fanotify::ensure_tracefs().map_err(|e| fail("mounting tracefs", e))?;
+    let fork_offset = fork_child_pid_offset(&tracefs)?;
+    let cgroup = match cgroup {
+        Some(c) => c.to_path_buf(),
+        None => cgroup2_root()?,
+    };
+    let cfg = SockConfig {
+        netns_cookie: fanotify::netns_cookie().map_err(|e| fail("SO_NETNS_COOKIE", e))?,
+        mark,
+        enabled: 1,
+        fork_child_pid_offset: fork_offset,
+        reserved: 0,
+    };
+    Ok((cgroup, cfg))
 }
 
 /// Where `child_pid` is in `sched_process_fork`'s record, from its format
