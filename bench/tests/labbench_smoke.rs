@@ -36,5 +36,18 @@ fn lab_benchmark_smoke_run() {
             "{f} lacks the sluice tunnel case"
         );
     }
+    let md = std::fs::read_to_string(out.join("results.md")).expect("results.md");
+    assert!(md.contains("## Endpoint mode"), "no endpoint section:\n{md}");
+    let endpoint = std::fs::read_to_string(out.join("endpoint.json")).expect("endpoint.json");
+    assert_eq!(
+        endpoint.lines().filter(|l| l.contains("\"sockets\"")).count(),
+        2,
+        "attribution at 1,000 and 10,000 sockets:\n{endpoint}"
+    );
+    assert_eq!(
+        endpoint.lines().filter(|l| l.contains("\"case\"")).count(),
+        4,
+        "ingress, two paths, two sizes:\n{endpoint}"
+    );
     let _ = std::fs::remove_dir_all(&out);
 }

@@ -28,7 +28,7 @@ use sluice::{
 
 /// Connections per timed block, blocks per variant.
 const BLOCK: usize = 500;
-const BLOCKS: usize = 10;
+const BLOCKS: usize = 20;
 /// New connections attributed the usual way, per socket count.
 const WALKS: usize = 20;
 
@@ -104,12 +104,19 @@ fn main() -> Result<()> {
             drop(hooks);
             drop(classifier);
         }
+        // Each hooked block against the plain block just before it: the
+        // median difference, and the 10th and 90th percentiles as spread.
+        let mut diffs: Vec<f64> = hooked.iter().zip(&plain).map(|(h, p)| h - p).collect();
+        diffs.sort_by(f64::total_cmp);
+        let pct = |q: f64| diffs[((diffs.len() - 1) as f64 * q).round() as usize];
         let (p, h) = (median(plain), median(hooked));
         println!(
-            "{{\"sockets\":{n},\"sock_diag_us\":{:.2},\"sock_diag_proc_walk_us\":{:.1},\"connect_plain_us\":{p:.2},\"connect_hooked_us\":{h:.2},\"hook_cost_us\":{:.2},\"hook_connects_seen\":{}}}",
+            "{{\"sockets\":{n},\"sock_diag_us\":{:.2},\"sock_diag_proc_walk_us\":{:.1},\"connect_plain_us\":{p:.2},\"connect_hooked_us\":{h:.2},\"hook_cost_us\":{:.2},\"hook_cost_p10_us\":{:.2},\"hook_cost_p90_us\":{:.2},\"hook_connects_seen\":{}}}",
             median(diag),
             median(walk),
-            h - p,
+            pct(0.5),
+            pct(0.1),
+            pct(0.9),
             seen
         );
     }

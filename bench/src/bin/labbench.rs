@@ -1056,8 +1056,96 @@ fn main() -> Result<()> {
     };
     let lab = Lab::new();
     let rows = run_cases(&lab, &a, &traffic);
+    let endpoint = if a.wants("endpoint") {
+        endpoint_measurements(&lab, &a)
+    } else {
+        Ok(String::new())
+    };
     drop(lab);
-    report(&rows?, &a)
+    report(&rows?, &a)?;
+    let endpoint = endpoint?;
+    if !endpoint.is_empty() {
+        let md = a.out.join("results.md");
+        let mut text = std::fs::read_to_string(&md)?;
+        text.push_str(&endpoint);
+        write(&md, &text)?;
+        println!("{endpoint}");
+    }
+    Ok(())
+}
+
+/// Endpoint mode's two measurements, in the same run: process attribution
+/// (the `attribution` binary, in the lab's `gw` namespace) and the ingress
+/// path (the `ingress` binary, in a namespace of its own). Their JSON lines
+/// go to `endpoint.json`; the returned markdown is appended to
+/// `results.md`.
+fn endpoint_measurements(lab: &Lab, a: &Args) -> Result<String> {
+    let dir = std::env::current_exe()?
+        .parent()
+        .context("no binary directory")?
+        .to_path_buf();
+    let attribution = dir.join("attribution").to_string_lossy().into_owned();
+    let ingress = dir.join("ingress").to_string_lossy().into_owned();
+    println!("labbench: process attribution (1,000 and 10,000 sockets)");
+    let out = lab.run_timeout(Host::Gw, &[&attribution], Duration::from_secs(300));
+    if !out.status.success() {
+        bail!("attribution: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let attr = String::from_utf8_lossy(&out.stdout).into_owned();
+    println!("labbench: endpoint ingress, TUN against veth + AF_XDP");
+    let secs = if a.smoke { "1" } else { "3" };
+    let out = std::process::Command::new(&ingress)
+        .args(["--seconds", secs])
+        .output()?;
+    if !out.status.success() {
+        bail!("ingress: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let ingr = String::from_utf8_lossy(&out.stdout).into_owned();
+    std::fs::create_dir_all(&a.out)?;
+    write(&a.out.join("endpoint.json"), &format!("{attr}{ingr}"))?;
+    let mut md = String::from(
+        "\n## Endpoint mode\n\nAttributing a new connection to its process (µs per connection; sluice: \
+         a loopback connect + accept + close with the socket hooks attached minus without, \
+         median of paired blocks, 10th-90th percentile in brackets):\n\n\
+         | open sockets | sock_diag + /proc walk | sock_diag alone | sluice socket hooks | plain connect |\n\
+         | ---: | ---: | ---: | ---: | ---: |\n",
+    );
+    for l in attr.lines() {
+        let v: serde_json::Value = serde_json::from_str(l)?;
+        let f = |k: &str| v[k].as_f64().unwrap_or(f64::NAN);
+        let _ = writeln!(
+            md,
+            "| {} | {:.0} | {:.1} | {:.2} [{:.2}, {:.2}] | {:.1} |",
+            v["sockets"],
+            f("sock_diag_proc_walk_us"),
+            f("sock_diag_us"),
+            f("hook_cost_us"),
+            f("hook_cost_p10_us"),
+            f("hook_cost_p90_us"),
+            f("connect_plain_us"),
+        );
+    }
+    md.push_str(
+        "\nTaking the host's packets in (UDP blast from one CPU, reader on the other; \
+         CPU µs per packet, sender's kernel path included):\n\n\
+         | path | size | received Mpps | sender µs/pkt | reader µs/pkt | total µs/pkt |\n\
+         | --- | ---: | ---: | ---: | ---: | ---: |\n",
+    );
+    for l in ingr.lines() {
+        let v: serde_json::Value = serde_json::from_str(l)?;
+        let f = |k: &str| v[k].as_f64().unwrap_or(f64::NAN);
+        let _ = writeln!(
+            md,
+            "| {} | {} | {:.3} | {:.2} | {:.2} | {:.2} |",
+            v["case"].as_str().unwrap_or("?"),
+            v["size"],
+            f("received_mpps"),
+            f("sender_cpu_us_per_pkt"),
+            f("reader_cpu_us_per_pkt"),
+            f("total_cpu_us_per_pkt"),
+        );
+    }
+    Ok(md)
 }
 
 fn write(p: &Path, s: &str) -> Result<()> {
