@@ -163,13 +163,14 @@ fn tally(line: &str) -> Option<(u64, u64)> {
 }
 
 /// The fuzz targets in `dataplane/fuzz` (cargo-fuzz).
-const FUZZ_TARGETS: [&str; 6] = [
+const FUZZ_TARGETS: [&str; 7] = [
     "tunnel_frames",
     "tunnel_records",
     "packet_views",
     "config",
     "gro",
     "dns",
+    "elf",
 ];
 /// How long `test` runs each fuzz target: enough to catch a target that
 /// no longer builds or crashes at once, not a fuzzing campaign.

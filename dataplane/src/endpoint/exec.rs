@@ -14,7 +14,7 @@
 use std::{
     collections::HashMap,
     fs::File,
-    os::unix::fs::{FileExt as _, MetadataExt as _},
+    os::unix::fs::{FileExt, MetadataExt as _},
     time::{Duration, Instant},
 };
 
@@ -191,7 +191,30 @@ fn read_facts(file: &File, path: &str, set: &ProcessSet) -> std::io::Result<File
     })
 }
 
-fn read_full_at(file: &File, buf: &mut [u8], mut off: u64) -> std::io::Result<usize> {
+/// Positioned reads: a file, or bytes in memory (tests, fuzzing).
+pub trait ReadAt {
+    /// Reads at `off` into `buf`; 0 at the end.
+    fn read_at(&self, buf: &mut [u8], off: u64) -> std::io::Result<usize>;
+}
+
+impl ReadAt for File {
+    fn read_at(&self, buf: &mut [u8], off: u64) -> std::io::Result<usize> {
+        FileExt::read_at(self, buf, off)
+    }
+}
+
+impl ReadAt for [u8] {
+    fn read_at(&self, buf: &mut [u8], off: u64) -> std::io::Result<usize> {
+        let Some(rest) = usize::try_from(off).ok().and_then(|o| self.get(o..)) else {
+            return Ok(0);
+        };
+        let n = rest.len().min(buf.len());
+        buf[..n].copy_from_slice(&rest[..n]);
+        Ok(n)
+    }
+}
+
+fn read_full_at(file: &(impl ReadAt + ?Sized), buf: &mut [u8], mut off: u64) -> std::io::Result<usize> {
     let mut done = 0;
     while done < buf.len() {
         match file.read_at(&mut buf[done..], off) {
@@ -209,8 +232,8 @@ fn read_full_at(file: &File, buf: &mut [u8], mut off: u64) -> std::io::Result<us
 
 /// The `PT_INTERP` of an ELF file whose first bytes are `head`, if any.
 /// Bounded: at most [`MAX_PHDRS`] headers, [`MAX_INTERP`] bytes; anything
-/// malformed is "no loader".
-fn elf_interp(file: &File, head: &[u8]) -> Option<String> {
+/// malformed is "no loader". The file is untrusted (any user's program).
+pub fn elf_interp(file: &(impl ReadAt + ?Sized), head: &[u8]) -> Option<String> {
     let at = |b: &[u8], off: usize, len: usize| -> Option<u64> {
         let s = b.get(off..off + len)?;
         let le = head.get(5) == Some(&1);
@@ -341,6 +364,16 @@ mod tests {
         let sh = File::open("/bin/sh").unwrap();
         let s = cache.facts(&sh, "/bin/sh", &set).unwrap();
         assert_eq!(s.matched, None);
+    }
+
+    #[test]
+    fn the_fuzz_seeds_name_their_loader() {
+        for f in ["interp64", "interp32"] {
+            let p = format!("{}/fuzz/corpus/elf/{f}", env!("CARGO_MANIFEST_DIR"));
+            let data = std::fs::read(&p).unwrap();
+            let interp = elf_interp(data.as_slice(), &data[..data.len().min(64)]);
+            assert_eq!(interp.as_deref(), Some("/lib64/ld-linux-x86-64.so.2"), "{f}");
+        }
     }
 
     #[test]
