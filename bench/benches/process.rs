@@ -7,6 +7,15 @@
 //!
 //! - `process/sock_diag_proc_walk/<n>`: per attribution.
 //! - `process/sock_diag_only/<n>`: the netlink lookup alone.
+//!
+//! sluice attributes in the kernel when the socket is made (its cost per
+//! connection is measured by the lab benchmark, which can attach the
+//! hooks); what it does in user space happens once per `execve`:
+//! - `process/exec_verdict/cached`: the exec watcher's decision for a
+//!   program it has seen (file identity lookup, pattern match, per-process
+//!   state), 20 patterns configured;
+//! - `process/exec_verdict/first_sight`: the same for a program never seen
+//!   (reads its header and `PT_INTERP`, matches).
 use std::{
     hint::black_box,
     net::{TcpListener, TcpStream},
@@ -61,5 +70,40 @@ fn attribution(crit: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, attribution);
+fn exec_verdict(crit: &mut Criterion) {
+    use sluice::{
+        endpoint::exec::{ExecTracker, FactsCache},
+        process::{ProcessPattern, ProcessSet},
+    };
+    let mut patterns: Vec<ProcessPattern> = (0..18)
+        .map(|i| ProcessPattern::parse(&format!("agent-{i}")).expect("pattern"))
+        .collect();
+    patterns.push(ProcessPattern::parse("/opt/**/bin/updater*").expect("pattern"));
+    patterns.push(ProcessPattern::parse("/usr/lib/**/helper").expect("pattern"));
+    let set = ProcessSet::new(patterns);
+    let exe = std::fs::read_link("/proc/self/exe").expect("exe");
+    let path = exe.to_string_lossy().into_owned();
+    let file = std::fs::File::open(&exe).expect("open");
+    let mut g = crit.benchmark_group("process");
+    g.throughput(Throughput::Elements(1));
+    let mut cache = FactsCache::default();
+    let mut tracker = ExecTracker::default();
+    let now = std::time::Instant::now();
+    g.bench_function("exec_verdict/cached", |b| {
+        b.iter(|| {
+            let f = cache.facts(&file, &path, &set).expect("facts");
+            black_box(tracker.on_exec(4242, &f, now))
+        });
+    });
+    g.bench_function("exec_verdict/first_sight", |b| {
+        b.iter(|| {
+            cache.clear();
+            let f = cache.facts(&file, &path, &set).expect("facts");
+            black_box(tracker.on_exec(4242, &f, now))
+        });
+    });
+    g.finish();
+}
+
+criterion_group!(benches, attribution, exec_verdict);
 criterion_main!(benches);

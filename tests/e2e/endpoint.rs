@@ -12,6 +12,7 @@ use sluice_lab::{
 };
 
 const SIGHUP: i32 = 1;
+const SIGKILL: i32 = 9;
 
 /// Copies `src` to `dst` (making its directory), executable.
 fn install(src: &str, dst: &Path) {
@@ -59,12 +60,26 @@ fn fetch(lab: &Lab, exe: &Path) -> (String, u64, u64) {
 }
 
 #[test]
-fn endpoint_mode_tunnels_the_host_and_listed_processes_bypass_from_their_first_syn() {
-    if !require_root(
-        "endpoint_mode_tunnels_the_host_and_listed_processes_bypass_from_their_first_syn",
+fn endpoint_mode_tun_tunnels_the_host_and_listed_processes_bypass_from_their_first_syn() {
+    if require_root(
+        "endpoint_mode_tun_tunnels_the_host_and_listed_processes_bypass_from_their_first_syn",
     ) {
-        return;
+        endpoint_mode("tun");
     }
+}
+
+#[test]
+fn endpoint_mode_veth_tunnels_the_host_and_listed_processes_bypass_from_their_first_syn() {
+    if require_root(
+        "endpoint_mode_veth_tunnels_the_host_and_listed_processes_bypass_from_their_first_syn",
+    ) {
+        endpoint_mode("veth");
+    }
+}
+
+/// The whole scenario over one endpoint path (`tun` or `veth`).
+#[allow(clippy::too_many_lines, reason = "one linear scenario")]
+fn endpoint_mode(path: &str) {
     let lab = Lab::new();
     lab.spawn_peer(Host::Inet, "peer", HTTP, super::UDP);
     lab.spawn_dns("dnsmasq", 10);
@@ -86,7 +101,9 @@ fn endpoint_mode_tunnels_the_host_and_listed_processes_bypass_from_their_first_s
         "fetch-byname".to_string(),
         format!("{}/opt/**/fetch-bypath", apps.display()),
     ];
-    let mut s = Sluice::prepare(&lab, bin(), |t| with_endpoint(t, &listed));
+    let mut s = Sluice::prepare(&lab, bin(), |t| {
+        with_endpoint(t, &listed).replace("[endpoint]\n", &format!("[endpoint]\npath = \"{path}\"\n"))
+    });
     s.edit_edge(edge_with_endpoint);
     s.start_edge();
     s.start_gateway();
@@ -185,10 +202,46 @@ fn endpoint_mode_tunnels_the_host_and_listed_processes_bypass_from_their_first_s
         "{m}"
     );
 
+    // Fail closed: with the edge down, and with sluice killed, the host's
+    // tunnelled traffic goes nowhere, never direct.
+    let refused = |when: &str| {
+        lab.reset_counters();
+        let out = lab.run(
+            Host::Gw,
+            &[
+                &plain.to_string_lossy(),
+                "-sS",
+                "--max-time",
+                "3",
+                &url(addr::TUNNELLED_V4, "/whoami"),
+            ],
+        );
+        assert!(!out.status.success(), "{when}: the host reached the tunnelled server");
+        assert_eq!(lab.nft_counter(counter::GW_TO_TUNNELLED_V4), 0, "{when}: sent direct");
+    };
+    // (The DNS entry above made the tunnelled server direct; let it expire.)
+    lab.wait_for("the DNS entry to expire", Duration::from_secs(30), || {
+        s.gateway_metric("sluice_dns_bypass_expired_total", "") >= 1
+    });
+    s.stop_edge();
+    s.wait_tunnel(false, Duration::from_secs(20));
+    refused("edge down");
+    let gw = s.gateway.take().unwrap();
+    lab.signal(gw, SIGKILL);
+    lab.wait_exit(gw, Duration::from_secs(10));
+    refused("sluice killed");
+    // A new run cleans up after the dead one and carries traffic again.
+    s.start_edge();
+    s.start_gateway();
+    let (seen, _, _) = fetch(&lab, &plain);
+    assert_eq!(seen, edge, "after the restart: tunnelled\n{}", logs(&lab));
+
     // Stopping removes the routing: the host reaches the server directly.
     lab.stop(s.gateway.take().unwrap());
     let rules = lab.run_ok(Host::Gw, &["ip", "rule", "show"]);
     assert!(!rules.contains("lookup 1473"), "rules left behind:\n{rules}");
     let links = lab.run_ok(Host::Gw, &["ip", "-o", "link", "show"]);
-    assert!(!links.contains("sluice-ep"), "veth left behind:\n{links}");
+    assert!(!links.contains("sluice-ep"), "endpoint device left behind:\n{links}");
+    let (seen, gw_syn, _) = fetch(&lab, &plain);
+    assert_eq!((seen.as_str(), gw_syn), (direct.as_str(), 1), "after a clean stop: direct");
 }

@@ -215,6 +215,18 @@ fn settle() -> Result<()> {
 
 /// Runs one iperf3 measurement from the client to `dst`.
 fn measure(lab: &Lab, case: &'static str, dst: &str, t: Traffic, secs: u64) -> Result<Row> {
+    measure_from(lab, Host::Client, case, dst, t, secs)
+}
+
+/// [`measure`] with the iperf3 client in `from`.
+fn measure_from(
+    lab: &Lab,
+    from: Host,
+    case: &'static str,
+    dst: &str,
+    t: Traffic,
+    secs: u64,
+) -> Result<Row> {
     let secs_s = secs.to_string();
     let port = "5201";
     // A fresh one-test server for every measurement, bound to the
@@ -243,7 +255,7 @@ fn measure(lab: &Lab, case: &'static str, dst: &str, t: Traffic, secs: u64) -> R
         settle()?;
         let cpu0 = cpu_busy()?;
         let t0 = Instant::now();
-        let out = lab.run_timeout(Host::Client, &argv, Duration::from_secs(secs + 20));
+        let out = lab.run_timeout(from, &argv, Duration::from_secs(secs + 20));
         let wall = t0.elapsed().as_secs_f64();
         Ok((out, wall, (cpu_busy()? - cpu0) as f64 / 100.0))
     };
@@ -1103,6 +1115,7 @@ fn endpoint_measurements(lab: &Lab, a: &Args) -> Result<String> {
     let ingr = String::from_utf8_lossy(&out.stdout).into_owned();
     std::fs::create_dir_all(&a.out)?;
     write(&a.out.join("endpoint.json"), &format!("{attr}{ingr}"))?;
+    let through = endpoint_throughput(lab, a)?;
     let mut md = String::from(
         "\n## Endpoint mode\n\nAttributing a new connection to its process (µs per connection; sluice: \
          a loopback connect + accept + close with the socket hooks attached minus without, \
@@ -1145,7 +1158,81 @@ fn endpoint_measurements(lab: &Lab, a: &Args) -> Result<String> {
             f("total_cpu_us_per_pkt"),
         );
     }
+    md.push_str(
+        "\nThe gateway host's own traffic through the tunnel (iperf3 from `gw` to the \
+         tunnelled server, same pinning as above), both endpoint paths, against the \
+         host sending direct:\n\n\
+         | path | traffic | Gbit/s | Mpps | CPU-s/GB | vs direct |\n\
+         | --- | --- | ---: | ---: | ---: | ---: |\n",
+    );
+    for r in &through {
+        let direct = through
+            .iter()
+            .find(|d| d.case == "host direct (no tunnel)" && d.traffic == r.traffic)
+            .map_or(f64::NAN, |d| r.gbps / d.gbps);
+        let _ = writeln!(
+            md,
+            "| {} | {} | {:.3} | {:.3} | {:.2} | {:.2}x |",
+            r.case,
+            r.traffic.name(),
+            r.gbps,
+            r.mpps,
+            r.cpu_s_per_gb,
+            direct
+        );
+    }
     Ok(md)
+}
+
+/// iperf3 from the gateway host itself: direct (no sluice), then through
+/// endpoint mode's TUN path, then its veth path.
+fn endpoint_throughput(lab: &Lab, a: &Args) -> Result<Vec<Row>> {
+    let dst = addr::TUNNELLED_V4.to_string();
+    let traffic = [Traffic::Tcp1, Traffic::Udp1400];
+    let secs = a.seconds;
+    let mut rows = Vec::new();
+    for &t in &traffic {
+        rows.push(measure_from(lab, Host::Gw, "host direct (no tunnel)", &dst, t, secs)?);
+    }
+    for (path, case) in [("tun", "sluice endpoint (tun)"), ("veth", "sluice endpoint (veth)")] {
+        let mut s = Sluice::prepare(lab, &a.sluice, |c| {
+            sluice_lab::deploy::with_endpoint(c, &[])
+                .replace("[endpoint]\n", &format!("[endpoint]\npath = \"{path}\"\n"))
+        });
+        s.edit_edge(sluice_lab::deploy::edge_with_endpoint);
+        if let Some((g, e)) = a.pin {
+            s.pin(g, e);
+        }
+        s.start_edge();
+        s.start_gateway();
+        for &t in &traffic {
+            let r = measure_from(lab, Host::Gw, case, &dst, t, secs);
+            match r {
+                Ok(r) => {
+                    eprintln!(
+                        "labbench: {case:<28} {:<14} {:>7.3} Gbit/s {:>7.3} Mpps {:>6.2} CPU-s/GB",
+                        t.name(),
+                        r.gbps,
+                        r.mpps,
+                        r.cpu_s_per_gb
+                    );
+                    rows.push(r);
+                }
+                Err(e) => {
+                    if let Some(id) = s.gateway.take() {
+                        lab.stop(id);
+                    }
+                    s.stop_edge();
+                    return Err(e);
+                }
+            }
+        }
+        if let Some(id) = s.gateway.take() {
+            lab.stop(id);
+        }
+        s.stop_edge();
+    }
+    Ok(rows)
 }
 
 fn write(p: &Path, s: &str) -> Result<()> {

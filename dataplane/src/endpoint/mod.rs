@@ -3,11 +3,13 @@
 //! and listed processes bypass it.
 //!
 //! How packets get here: policy routing sends the host's tunnelled traffic
-//! into a veth pair ([`net`]); sluice's side carries its own instance of
-//! the XDP classifier and one `AF_XDP` socket, served by an ordinary
-//! gateway worker, so the host's packets take the same zero-copy batched
-//! path as a LAN's. Replies come back through the same worker and reach
-//! the sockets that sent them (the host side holds the inner address).
+//! into a TUN device ([`net`]), read and written by a gateway worker
+//! (the default, `path = "tun"`), or into a veth pair whose far side
+//! carries its own instance of the XDP classifier and one `AF_XDP` socket
+//! (`path = "veth"`, the LAN's path). The lab benchmark measures both
+//! (CPU per packet taken in): TUN costs less here, so it is the default.
+//! Replies come back through the same worker and reach the sockets that
+//! sent them (the device holds the inner address).
 //!
 //! What bypasses is decided per socket, in the kernel, before its first
 //! packet (`ebpf/classifier/src/sock.rs`): a socket of a listed process, a
@@ -98,7 +100,10 @@ impl std::fmt::Debug for ProcessBypass {
 pub struct Endpoint {
     cfg: EndpointConfig,
     main: Arc<Mutex<Classifier>>,
-    xdp: Classifier,
+    /// The veth path's classifier instance.
+    xdp: Option<Classifier>,
+    /// The TUN path's device, until the worker takes it.
+    tun: Option<crate::sys::tun::Tun>,
     procs: Arc<ProcessBypass>,
     watcher: Option<JoinHandle<()>>,
     stop: Arc<AtomicBool>,
@@ -137,9 +142,20 @@ impl Endpoint {
     ) -> Result<Self, EndpointError> {
         let mut direct: Vec<_> = gw.bypass.iter().chain(&gw.vpn_gateways).copied().collect();
         direct.push(net::host_prefix(gw.tunnel.edge.ip()));
+        net::clean_leftovers(cfg);
+        let tun = match cfg.path {
+            crate::config::EndpointPath::Tun => Some(
+                crate::sys::tun::Tun::open(&cfg.interface)
+                    .map_err(|e| fail(&format!("opening TUN device {}", cfg.interface), e))?,
+            ),
+            crate::config::EndpointPath::Veth => None,
+        };
         net::setup(cfg, &direct).map_err(|e| fail("routing", e))?;
         match Self::start_hooks(gw, cfg, main.clone(), reload) {
-            Ok(ep) => Ok(ep),
+            Ok(mut ep) => {
+                ep.tun = tun;
+                Ok(ep)
+            }
             Err(e) => {
                 net::teardown(cfg);
                 Err(e)
@@ -201,13 +217,19 @@ impl Endpoint {
                 .spawn(move || procs.watch(&watch, cache, &stop))
                 .map_err(|e| fail("spawning the exec watcher", e))?
         };
-        let mut xdp = Classifier::load().map_err(|e| fail("classifier", e))?;
-        xdp.set_local_addrs(&crate::host::local_addrs().map_err(|e| fail("addresses", e))?)
-            .map_err(|e| fail("classifier", e))?;
+        let xdp = if cfg.path == crate::config::EndpointPath::Veth {
+            let mut xdp = Classifier::load().map_err(|e| fail("classifier", e))?;
+            xdp.set_local_addrs(&crate::host::local_addrs().map_err(|e| fail("addresses", e))?)
+                .map_err(|e| fail("classifier", e))?;
+            Some(xdp)
+        } else {
+            None
+        };
         Ok(Self {
             cfg: cfg.clone(),
             main,
             xdp,
+            tun: None,
             procs,
             watcher: Some(watcher),
             stop,
@@ -219,17 +241,25 @@ impl Endpoint {
         net::peer_name(&self.cfg)
     }
 
-    /// The classifier instance of sluice's side (to register the socket).
-    pub fn classifier(&mut self) -> &mut Classifier {
-        &mut self.xdp
+    /// The TUN device (TUN path), once: for the worker.
+    pub fn take_tun(&mut self) -> Option<crate::sys::tun::Tun> {
+        self.tun.take()
     }
 
-    /// Attaches sluice's side's classifier: from now on the host's
-    /// tunnelled packets reach the worker.
+    /// The classifier instance of sluice's side (veth path), to register
+    /// the socket.
+    pub fn classifier(&mut self) -> Option<&mut Classifier> {
+        self.xdp.as_mut()
+    }
+
+    /// Attaches sluice's side's classifier (veth path): from now on the
+    /// host's tunnelled packets reach the worker.
     pub fn attach(&mut self) -> Result<(), EndpointError> {
         let peer = self.peer();
-        self.xdp
-            .attach(&peer, crate::ebpf::AttachMode::Auto.for_driver(Some("veth")))
+        let Some(xdp) = self.xdp.as_mut() else {
+            return Ok(());
+        };
+        xdp.attach(&peer, crate::ebpf::AttachMode::Auto.for_driver(Some("veth")))
             .map_err(|e| {
                 fail("attaching the classifier", format!("{e}: {}", crate::ebpf::error_chain(&e)))
             })?;
@@ -251,7 +281,10 @@ impl Endpoint {
         if let Ok(mut m) = self.main.lock() {
             let _ = m.set_sock_config(SockConfig::default());
         }
-        let _ = self.xdp.detach();
+        if let Some(x) = self.xdp.as_mut() {
+            let _ = x.detach();
+        }
+        drop(self.tun.take());
         net::teardown(&self.cfg);
         log::info!("endpoint: stopped, routing removed");
     }

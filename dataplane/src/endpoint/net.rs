@@ -19,7 +19,10 @@
 //! of a run that did not stop cleanly are removed first.
 use std::net::IpAddr;
 
-use crate::{config::EndpointConfig, net::Prefix};
+use crate::{
+    config::{EndpointConfig, EndpointPath},
+    net::Prefix,
+};
 
 /// The IPv4 next hop of the tunnel route: link-local, never on the wire
 /// (its neighbour entry is static: sluice's side of the pair).
@@ -86,25 +89,50 @@ pub fn teardown(cfg: &EndpointConfig) {
     let _ = ip_batch(&teardown_cmds(cfg), true);
 }
 
-/// Builds the veth pair, the routes and the rules. `direct` are the
-/// prefixes that bypass whatever the socket (configured prefixes, VPN
+/// Removes what a run that did not stop cleanly left (before opening the
+/// TUN device, which would otherwise attach to a leftover).
+pub fn clean_leftovers(cfg: &EndpointConfig) {
+    teardown(cfg);
+}
+
+/// Builds the routes and the rules, and for the veth path the pair (the
+/// TUN device is already open: its descriptor is sluice's). `direct` are
+/// the prefixes that bypass whatever the socket (configured prefixes, VPN
 /// gateways, the edge).
 pub fn setup(cfg: &EndpointConfig, direct: &[Prefix]) -> Result<(), String> {
-    teardown(cfg);
     let host = &cfg.interface;
     let peer = peer_name(cfg);
     let (p, t, mark) = (cfg.rule_priority, cfg.table, cfg.mark);
-    let mut v = vec![
-        format!("link add {host} mtu {} type veth peer name {peer} mtu {}", cfg.mtu, cfg.mtu),
-        format!("link set {peer} up"),
-        format!("link set {host} up"),
-        format!("-4 addr add {}/32 dev {host}", cfg.address),
-        format!("-4 route add default via {NEXT_HOP_V4} dev {host} onlink table {t}"),
-    ];
+    let veth = cfg.path == EndpointPath::Veth;
+    let mut v = Vec::new();
+    if veth {
+        v.push(format!(
+            "link add {host} mtu {} type veth peer name {peer} mtu {}",
+            cfg.mtu, cfg.mtu
+        ));
+        v.push(format!("link set {peer} up"));
+    } else {
+        v.push(format!("link set {host} mtu {}", cfg.mtu));
+    }
+    v.push(format!("link set {host} up"));
+    v.push(format!("-4 addr add {}/32 dev {host}", cfg.address));
+    v.push(if veth {
+        format!("-4 route add default via {NEXT_HOP_V4} dev {host} onlink table {t}")
+    } else {
+        format!("-4 route add default dev {host} table {t}")
+    });
+    // If the device goes (sluice died), the table still refuses: the
+    // host's tunnelled traffic never falls through to the main table.
+    v.push(format!("-4 route add unreachable default metric 4294967295 table {t}"));
     match cfg.address6 {
         Some(a) => {
             v.push(format!("-6 addr add {a}/128 dev {host} nodad"));
-            v.push(format!("-6 route add default via {NEXT_HOP_V6} dev {host} table {t}"));
+            v.push(if veth {
+                format!("-6 route add default via {NEXT_HOP_V6} dev {host} table {t}")
+            } else {
+                format!("-6 route add default dev {host} table {t}")
+            });
+            v.push(format!("-6 route add unreachable default metric 4294967295 table {t}"));
         }
         None => v.push(format!("-6 route add unreachable default table {t}")),
     }
@@ -126,6 +154,34 @@ pub fn setup(cfg: &EndpointConfig, direct: &[Prefix]) -> Result<(), String> {
         teardown(cfg);
         return Err(e);
     }
+    if veth && let Err(e) = veth_extras(cfg) {
+        teardown(cfg);
+        return Err(e);
+    }
+    // Replies arrive on the host side from arbitrary sources: loose
+    // reverse-path filtering there. IPv6 router advertisements and
+    // autoconfiguration have no business on it.
+    let sysctl = |path: String, v: &str| {
+        if let Err(e) = std::fs::write(&path, v) {
+            log::warn!("endpoint: {path}: {e}");
+        }
+    };
+    sysctl(format!("/proc/sys/net/ipv4/conf/{host}/rp_filter"), "2");
+    let mut ifs = vec![host.clone()];
+    if veth {
+        ifs.push(peer);
+    }
+    for i in ifs {
+        sysctl(format!("/proc/sys/net/ipv6/conf/{i}/accept_ra"), "0");
+        sysctl(format!("/proc/sys/net/ipv6/conf/{i}/autoconf"), "0");
+    }
+    Ok(())
+}
+
+/// The veth path's static neighbours and checksum setting.
+fn veth_extras(cfg: &EndpointConfig) -> Result<(), String> {
+    let host = &cfg.interface;
+    let peer = peer_name(cfg);
     // The static neighbour entries need sluice's side's MAC.
     let m = crate::host::mac(&peer).map_err(|e| e.to_string())?;
     let mac = format!(
@@ -140,30 +196,11 @@ pub fn setup(cfg: &EndpointConfig, direct: &[Prefix]) -> Result<(), String> {
             "-6 neigh replace {NEXT_HOP_V6} lladdr {mac} dev {host} nud permanent"
         ));
     }
-    if let Err(e) = ip_batch(&n, false) {
-        teardown(cfg);
-        return Err(e);
-    }
+    ip_batch(&n, false)?;
     // The host's packets must leave with complete checksums: a partial
     // (offloaded) one stays partial through generic XDP and AF_XDP.
-    if let Err(e) = crate::sys::ethtool::set_tx_checksum(host, false) {
-        teardown(cfg);
-        return Err(format!("turning off transmit checksum offload on {host}: {e}"));
-    }
-    // Replies arrive on the host side from arbitrary sources: loose
-    // reverse-path filtering there. IPv6 router advertisements and
-    // autoconfiguration have no business on either side.
-    let sysctl = |path: String, v: &str| {
-        if let Err(e) = std::fs::write(&path, v) {
-            log::warn!("endpoint: {path}: {e}");
-        }
-    };
-    sysctl(format!("/proc/sys/net/ipv4/conf/{host}/rp_filter"), "2");
-    for i in [host.as_str(), peer.as_str()] {
-        sysctl(format!("/proc/sys/net/ipv6/conf/{i}/accept_ra"), "0");
-        sysctl(format!("/proc/sys/net/ipv6/conf/{i}/autoconf"), "0");
-    }
-    Ok(())
+    crate::sys::ethtool::set_tx_checksum(host, false)
+        .map_err(|e| format!("turning off transmit checksum offload on {host}: {e}"))
 }
 
 /// The host prefix of `a`.
@@ -187,6 +224,7 @@ mod tests {
             rule_priority: 1000,
             cgroup: None,
             mtu: 1400,
+            path: EndpointPath::Tun,
         };
         let cmds = teardown_cmds(&cfg);
         for pref in [1000, 1001, 1002] {

@@ -30,7 +30,7 @@ use sluice_common::Counter;
 
 use self::{
     domains::DomainBypass,
-    worker::{TunnelParams, Worker},
+    worker::{Port, TunnelParams, Worker},
 };
 pub use self::{neighbor::Neighbors, stats::WorkerStats};
 use crate::{
@@ -154,7 +154,7 @@ impl Gateway {
         for (q, xsk) in (0..queues).zip(sockets) {
             let st = Arc::new(WorkerStats::default());
             stats.push(st.clone());
-            let w = Worker::new(q, xsk, lan_mac, params.clone(), st, domains.clone()).map_err(
+            let w = Worker::new(q, Port::xsk(xsk, lan_mac), params.clone(), st, domains.clone()).map_err(
                 |source| GatewayError::Io {
                     what: format!("worker for queue {q}"),
                     source,
@@ -309,20 +309,28 @@ fn start_endpoint(
             what: "starting endpoint mode".into(),
             source: std::io::Error::other(e.to_string()),
         })?;
-    let peer = endpoint.peer();
+    let peer = match ep.path {
+        crate::config::EndpointPath::Tun => ep.interface.clone(),
+        crate::config::EndpointPath::Veth => endpoint.peer(),
+    };
     let started = (|| {
-        let ifindex = host::ifindex(&peer)?;
-        let mac = host::mac(&peer)?;
-        let xsk = XskSocket::new(ifindex, 0, &XskConfig::default(), BindMode::Auto)?;
-        endpoint
-            .classifier()
-            .register_socket(0, std::os::fd::AsFd::as_fd(&xsk))?;
-        endpoint.attach().map_err(|e| GatewayError::Io {
-            what: "endpoint mode".into(),
-            source: std::io::Error::other(e.to_string()),
-        })?;
+        let port = if let Some(tun) = endpoint.take_tun() {
+            Port::tun(tun)
+        } else {
+            let ifindex = host::ifindex(&peer)?;
+            let mac = host::mac(&peer)?;
+            let xsk = XskSocket::new(ifindex, 0, &XskConfig::default(), BindMode::Auto)?;
+            if let Some(c) = endpoint.classifier() {
+                c.register_socket(0, std::os::fd::AsFd::as_fd(&xsk))?;
+            }
+            endpoint.attach().map_err(|e| GatewayError::Io {
+                what: "endpoint mode".into(),
+                source: std::io::Error::other(e.to_string()),
+            })?;
+            Port::xsk(xsk, mac)
+        };
         let st = Arc::new(WorkerStats::default());
-        let w = Worker::new(queue, xsk, mac, params.clone(), st.clone(), domains)
+        let w = Worker::new(queue, port, params.clone(), st.clone(), domains)
             .map_err(io(format!("endpoint worker on {peer}")))?;
         let stop = stop.clone();
         let h = std::thread::Builder::new()
@@ -334,8 +342,9 @@ fn start_endpoint(
     match started {
         Ok(w) => {
             log::info!(
-                "endpoint mode: this host's traffic enters the tunnel through {} ({peer}), inner address {}",
+                "endpoint mode: this host's traffic enters the tunnel through {} ({:?} path, worker on {peer}), inner address {}",
                 ep.interface,
+                ep.path,
                 ep.address
             );
             Ok((endpoint, w))

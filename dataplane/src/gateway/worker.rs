@@ -1,6 +1,7 @@
 //! One gateway worker: one LAN RX queue, its `AF_XDP` socket and its own TLS
 //! tunnel to the edge, driven by one mio loop on one thread. Workers share
-//! nothing on the packet path.
+//! nothing on the packet path. The endpoint-mode worker is the same loop
+//! over a TUN device instead of an `AF_XDP` socket ([`Port`]).
 //!
 //! Per iteration: drain a batch from the RX ring, frame every packet into
 //! the tunnel session (coalesced into few TLS records), flush; read what
@@ -24,7 +25,7 @@ use rustls::pki_types::ServerName;
 
 use super::{domains::DomainBypass, neighbor::Neighbors, stats::WorkerStats};
 use crate::{
-    sys::xsk::XskSocket,
+    sys::{tun::Tun, xsk::XskSocket},
     tunnel::{SendError, Session, SessionConfig},
     wire::{
         ethernet::{self, Mac},
@@ -63,16 +64,62 @@ enum Link {
     Up { sock: TcpStream, sess: Box<Session> },
 }
 
+/// Where a worker's packets come from and go to.
+pub(super) enum Port {
+    /// An `AF_XDP` socket on an Ethernet interface (the LAN): frames in
+    /// batches from the RX ring; replies get the LAN host's MAC, learnt
+    /// from its frames.
+    Xsk {
+        /// The socket.
+        xsk: XskSocket,
+        /// The interface's MAC (source of replies).
+        mac: Mac,
+        /// LAN hosts' MACs.
+        neighbors: Neighbors,
+    },
+    /// A TUN device (endpoint mode): IP packets, one `read`/`write` each.
+    Tun {
+        /// The device.
+        tun: Tun,
+        /// Read buffer.
+        buf: Box<[u8]>,
+    },
+}
+
+impl Port {
+    /// An `AF_XDP` port.
+    pub(super) fn xsk(xsk: XskSocket, mac: Mac) -> Self {
+        Self::Xsk {
+            xsk,
+            mac,
+            neighbors: Neighbors::new(4096),
+        }
+    }
+
+    /// A TUN port.
+    pub(super) fn tun(tun: Tun) -> Self {
+        Self::Tun {
+            tun,
+            buf: vec![0; 65_536].into_boxed_slice(),
+        }
+    }
+
+    fn raw_fd(&self) -> std::os::fd::RawFd {
+        match self {
+            Self::Xsk { xsk, .. } => xsk.as_raw_fd(),
+            Self::Tun { tun, .. } => tun.as_raw_fd(),
+        }
+    }
+}
+
 /// A worker's state; [`Worker::run`] is its thread's body.
 pub(super) struct Worker {
     queue: u32,
-    xsk: XskSocket,
-    lan_mac: Mac,
+    port: Port,
     params: TunnelParams,
     stats: Arc<WorkerStats>,
     /// The domain bypass, fed the DNS packets this worker carries.
     domains: Option<Arc<DomainBypass>>,
-    neighbors: Neighbors,
     link: Link,
     backoff: Duration,
     poll: Poll,
@@ -130,23 +177,20 @@ impl Worker {
     /// poller; does not connect yet.
     pub(super) fn new(
         queue: u32,
-        xsk: XskSocket,
-        lan_mac: Mac,
+        port: Port,
         params: TunnelParams,
         stats: Arc<WorkerStats>,
         domains: Option<Arc<DomainBypass>>,
     ) -> io::Result<Self> {
         let poll = Poll::new()?;
         poll.registry()
-            .register(&mut SourceFd(&xsk.as_raw_fd()), XSK, Interest::READABLE)?;
+            .register(&mut SourceFd(&port.raw_fd()), XSK, Interest::READABLE)?;
         Ok(Self {
             queue,
-            xsk,
-            lan_mac,
+            port,
             params,
             stats,
             domains,
-            neighbors: Neighbors::new(4096),
             link: Link::Down {
                 retry_at: Instant::now(),
             },
@@ -291,38 +335,23 @@ impl Worker {
         self.schedule_retry(now);
     }
 
-    /// Moves one batch from the RX ring into the tunnel. Returns true if the
+    /// Moves one batch from the port into the tunnel. Returns true if the
     /// batch was full (more may be waiting).
     fn lan_to_tunnel(&mut self) -> bool {
         let t = &mut self.tally;
-        let sess = match &mut self.link {
+        let mut sess = match &mut self.link {
             Link::Up { sess, .. } if sess.is_established() => Some(sess),
             _ => None,
         };
-        let batch = self.xsk.rx(RX_BATCH);
-        let n = batch.len();
-        t.rx_frames += n as u64;
-        let Some(sess) = sess else {
-            // Fail-closed: the tunnel is down, nothing goes anywhere.
-            t.drop_down += n as u64;
-            return n == RX_BATCH;
-        };
-        for frame in &batch {
-            let Ok(eth) = ethernet::Frame::new_checked(frame) else {
-                t.drop_malformed += 1;
-                continue;
+        let domains = self.domains.as_deref();
+        let mut send = |pkt: &ip::Packet<'_>, t: &mut Tally| {
+            let Some(sess) = sess.as_mut() else {
+                // Fail-closed: the tunnel is down, nothing goes anywhere.
+                t.drop_down += 1;
+                return;
             };
-            let Ok((_, off)) = eth.payload_offset() else {
-                t.drop_malformed += 1;
-                continue;
-            };
-            let Ok(pkt) = ip::Packet::new_checked(&frame[off..]) else {
-                t.drop_malformed += 1;
-                continue;
-            };
-            self.neighbors.learn(pkt.src(), eth.src());
-            if let Some(d) = &self.domains {
-                d.on_lan_packet(&pkt);
+            if let Some(d) = domains {
+                d.on_lan_packet(pkt);
             }
             match sess.send_packet(pkt.as_bytes()) {
                 Ok(()) => {
@@ -333,9 +362,49 @@ impl Worker {
                 Err(SendError::Backpressure) => t.drop_backpressure += 1,
                 Err(SendError::TooLarge) => t.drop_too_large += 1,
             }
+        };
+        match &mut self.port {
+            Port::Xsk { xsk, neighbors, .. } => {
+                let batch = xsk.rx(RX_BATCH);
+                let n = batch.len();
+                t.rx_frames += n as u64;
+                for frame in &batch {
+                    let Ok(eth) = ethernet::Frame::new_checked(frame) else {
+                        t.drop_malformed += 1;
+                        continue;
+                    };
+                    let Ok((_, off)) = eth.payload_offset() else {
+                        t.drop_malformed += 1;
+                        continue;
+                    };
+                    let Ok(pkt) = ip::Packet::new_checked(&frame[off..]) else {
+                        t.drop_malformed += 1;
+                        continue;
+                    };
+                    neighbors.learn(pkt.src(), eth.src());
+                    send(&pkt, t);
+                }
+                drop(batch);
+                n == RX_BATCH
+            }
+            Port::Tun { tun, buf } => {
+                let mut n = 0;
+                while n < RX_BATCH {
+                    let len = match tun.recv(buf) {
+                        Ok(len) => len,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        Err(_) => break,
+                    };
+                    n += 1;
+                    t.rx_frames += 1;
+                    match ip::Packet::new_checked(&buf[..len]) {
+                        Ok(pkt) => send(&pkt, t),
+                        Err(_) => t.drop_malformed += 1,
+                    }
+                }
+                n == RX_BATCH
+            }
         }
-        drop(batch);
-        n == RX_BATCH
     }
 
     /// Reads from the tunnel and transmits its packets to the LAN. Returns
@@ -347,53 +416,81 @@ impl Worker {
         let was_established = sess.is_established();
         let res = sess.handle_read(sock, now);
         let t = &mut self.tally;
-        // `tx` reaps the completion ring before reserving frames.
-        let mut tx = self.xsk.tx(TX_BATCH);
-        while let Some(p) = sess.poll_packet() {
-            let Ok(pkt) = ip::Packet::new_checked(p) else {
-                t.drop_malformed += 1;
-                continue;
-            };
-            let Some(dst_mac) = self.neighbors.lookup(pkt.dst()) else {
-                t.drop_no_neighbor += 1;
-                continue;
-            };
-            // A DNS answer's addresses are installed before it goes out.
-            if let Some(d) = &self.domains {
-                d.on_tunnel_packet(&pkt);
-            }
-            let bytes = pkt.as_bytes();
-            let len = ethernet::HEADER_LEN + bytes.len();
-            if tx.is_full() {
+        let domains = self.domains.as_deref();
+        match &mut self.port {
+            Port::Xsk {
+                xsk,
+                mac,
+                neighbors,
+            } => {
+                // `tx` reaps the completion ring before reserving frames.
+                let mut tx = xsk.tx(TX_BATCH);
+                while let Some(p) = sess.poll_packet() {
+                    let Ok(pkt) = ip::Packet::new_checked(p) else {
+                        t.drop_malformed += 1;
+                        continue;
+                    };
+                    let Some(dst_mac) = neighbors.lookup(pkt.dst()) else {
+                        t.drop_no_neighbor += 1;
+                        continue;
+                    };
+                    // A DNS answer's addresses are installed before it goes out.
+                    if let Some(d) = domains {
+                        d.on_tunnel_packet(&pkt);
+                    }
+                    let bytes = pkt.as_bytes();
+                    let len = ethernet::HEADER_LEN + bytes.len();
+                    if tx.is_full() {
+                        if let Err(e) = tx.commit() {
+                            log::debug!("queue {}: TX wakeup: {e}", self.queue);
+                        }
+                        tx = xsk.tx(TX_BATCH);
+                    }
+                    let Some(mut frame) = tx.next_frame() else {
+                        t.drop_tx_full += 1;
+                        continue;
+                    };
+                    let buf = frame.buf();
+                    if buf.len() < len {
+                        t.drop_too_large += 1;
+                        continue;
+                    }
+                    let ethertype = if pkt.is_ipv6() {
+                        ethernet::ETHERTYPE_IPV6
+                    } else {
+                        ethernet::ETHERTYPE_IPV4
+                    };
+                    if let Ok(mut eth) = ethernet::Frame::new_checked(&mut buf[..len]) {
+                        eth.emit_header(dst_mac, *mac, ethertype);
+                    }
+                    buf[ethernet::HEADER_LEN..len].copy_from_slice(bytes);
+                    frame.send(len);
+                    t.rx_packets += 1;
+                    t.rx_bytes += bytes.len() as u64;
+                }
                 if let Err(e) = tx.commit() {
                     log::debug!("queue {}: TX wakeup: {e}", self.queue);
                 }
-                tx = self.xsk.tx(TX_BATCH);
             }
-            let Some(mut frame) = tx.next_frame() else {
-                t.drop_tx_full += 1;
-                continue;
-            };
-            let buf = frame.buf();
-            if buf.len() < len {
-                t.drop_too_large += 1;
-                continue;
+            Port::Tun { tun, .. } => {
+                while let Some(p) = sess.poll_packet() {
+                    let Ok(pkt) = ip::Packet::new_checked(p) else {
+                        t.drop_malformed += 1;
+                        continue;
+                    };
+                    if let Some(d) = domains {
+                        d.on_tunnel_packet(&pkt);
+                    }
+                    match tun.send(pkt.as_bytes()) {
+                        Ok(_) => {
+                            t.rx_packets += 1;
+                            t.rx_bytes += pkt.as_bytes().len() as u64;
+                        }
+                        // The kernel's queue is full: dropped, counted.
+                        Err(_) => t.drop_tx_full += 1,
+                    }
+                }
             }
-            let ethertype = if pkt.is_ipv6() {
-                ethernet::ETHERTYPE_IPV6
-            } else {
-                ethernet::ETHERTYPE_IPV4
-            };
-            if let Ok(mut eth) = ethernet::Frame::new_checked(&mut buf[..len]) {
-                eth.emit_header(dst_mac, self.lan_mac, ethertype);
-            }
-            buf[ethernet::HEADER_LEN..len].copy_from_slice(bytes);
-            frame.send(len);
-            t.rx_packets += 1;
-            t.rx_bytes += bytes.len() as u64;
-        }
-        if let Err(e) = tx.commit() {
-            log::debug!("queue {}: TX wakeup: {e}", self.queue);
         }
         // HELLO is handled inside poll_packet.
         if !was_established && sess.is_established() {
