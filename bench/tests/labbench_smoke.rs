@@ -37,10 +37,16 @@ fn lab_benchmark_smoke_run() {
         );
     }
     let md = std::fs::read_to_string(out.join("results.md")).expect("results.md");
-    assert!(md.contains("## Endpoint mode"), "no endpoint section:\n{md}");
+    assert!(
+        md.contains("## Endpoint mode"),
+        "no endpoint section:\n{md}"
+    );
     let endpoint = std::fs::read_to_string(out.join("endpoint.json")).expect("endpoint.json");
     assert_eq!(
-        endpoint.lines().filter(|l| l.contains("\"sockets\"")).count(),
+        endpoint
+            .lines()
+            .filter(|l| l.contains("\"sockets\""))
+            .count(),
         2,
         "attribution at 1,000 and 10,000 sockets:\n{endpoint}"
     );

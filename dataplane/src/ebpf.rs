@@ -21,9 +21,7 @@ use std::{
 
 use aya::{
     Ebpf, Pod,
-    maps::{
-        Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, XskMap, lpm_trie::Key,
-    },
+    maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, XskMap, lpm_trie::Key},
     programs::{
         CgroupAttachMode, CgroupSock, CgroupSockAddr, ProgramError, TestRun as _, TestRunOptions,
         TracePoint, Xdp, XdpMode,
@@ -779,7 +777,11 @@ impl Classifier {
             p.attach(&dir, CgroupAttachMode::Single)
                 .map_err(|e| EbpfError::SockHook {
                     name,
-                    what: format!("attaching to {}: {e}: {}", cgroup.display(), error_chain(&e)),
+                    what: format!(
+                        "attaching to {}: {e}: {}",
+                        cgroup.display(),
+                        error_chain(&e)
+                    ),
                 })?;
         }
         for name in [sock_programs::CONNECT4, sock_programs::CONNECT6] {
@@ -851,7 +853,11 @@ impl std::fmt::Debug for SockHooks {
 impl SockHooks {
     /// Sockets that process `tgid` creates from now on bypass the tunnel
     /// (`reason`: why). Its children inherit the entry.
-    pub fn set_process(&mut self, tgid: u32, reason: sluice_common::FlowVerdict) -> Result<(), EbpfError> {
+    pub fn set_process(
+        &mut self,
+        tgid: u32,
+        reason: sluice_common::FlowVerdict,
+    ) -> Result<(), EbpfError> {
         let entry = ProcessEntry {
             reason: reason as u32,
             reserved: 0,

@@ -115,7 +115,11 @@ fn http_get(addr: std::net::SocketAddr, path: &str) -> anyhow::Result<String> {
     let (head, body) = text
         .split_once("\r\n\r\n")
         .context("malformed HTTP answer")?;
-    anyhow::ensure!(head.starts_with("HTTP/1.") && head.contains(" 200 "), "{}", head.lines().next().unwrap_or(""));
+    anyhow::ensure!(
+        head.starts_with("HTTP/1.") && head.contains(" 200 "),
+        "{}",
+        head.lines().next().unwrap_or("")
+    );
     Ok(body.to_string())
 }
 

@@ -27,7 +27,10 @@ fn which(cmd: &str) -> String {
         .unwrap();
     let p = String::from_utf8_lossy(&out.stdout).trim().to_string();
     assert!(!p.is_empty(), "{cmd} is not installed");
-    std::fs::canonicalize(&p).unwrap().to_string_lossy().into_owned()
+    std::fs::canonicalize(&p)
+        .unwrap()
+        .to_string_lossy()
+        .into_owned()
 }
 
 /// What the server saw for one `curl`-like run from the gateway host, and
@@ -102,7 +105,8 @@ fn endpoint_mode(path: &str) {
         format!("{}/opt/**/fetch-bypath", apps.display()),
     ];
     let mut s = Sluice::prepare(&lab, bin(), |t| {
-        with_endpoint(t, &listed).replace("[endpoint]\n", &format!("[endpoint]\npath = \"{path}\"\n"))
+        with_endpoint(t, &listed)
+            .replace("[endpoint]\n", &format!("[endpoint]\npath = \"{path}\"\n"))
     });
     s.edit_edge(edge_with_endpoint);
     s.start_edge();
@@ -128,8 +132,14 @@ fn endpoint_mode(path: &str) {
         assert_eq!(lab.nft_counter(counter::EDGE_TO_TUNNELLED_V4), 0);
     }
     // The LAN is served as before.
-    assert_eq!(curl(&lab, &[&url(addr::TUNNELLED_V4, "/whoami")]).trim(), edge);
-    assert_eq!(curl(&lab, &[&url(addr::BYPASSED_V4, "/whoami")]).trim(), direct);
+    assert_eq!(
+        curl(&lab, &[&url(addr::TUNNELLED_V4, "/whoami")]).trim(),
+        edge
+    );
+    assert_eq!(
+        curl(&lab, &[&url(addr::BYPASSED_V4, "/whoami")]).trim(),
+        direct
+    );
 
     // The flow table: an open connection of an unlisted program.
     let target = format!("{}:{HTTP}", addr::TUNNELLED_V4);
@@ -137,12 +147,21 @@ fn endpoint_mode(path: &str) {
         "exec 3<>/dev/tcp/{}/{HTTP}; read -t 30 -u 3 line",
         addr::TUNNELLED_V4
     );
-    let keep = lab.spawn(Host::Gw, "keeper", &[&keeper.to_string_lossy(), "-c", &script]);
+    let keep = lab.spawn(
+        Host::Gw,
+        "keeper",
+        &[&keeper.to_string_lossy(), "-c", &script],
+    );
     let conf = s.conf_dir().join("gateway.toml");
     let flows = || {
         lab.run_ok(
             Host::Gw,
-            &[&bin().to_string_lossy(), "flows", "--config", &conf.to_string_lossy()],
+            &[
+                &bin().to_string_lossy(),
+                "flows",
+                "--config",
+                &conf.to_string_lossy(),
+            ],
         )
     };
     lab.wait_for("the keeper's flow", Duration::from_secs(10), || {
@@ -162,7 +181,11 @@ fn endpoint_mode(path: &str) {
         addr::TUNNELLED_V4,
         answers.display()
     );
-    let looping = lab.spawn(Host::Gw, "holder", &[&holder.to_string_lossy(), "-c", &script]);
+    let looping = lab.spawn(
+        Host::Gw,
+        "holder",
+        &[&holder.to_string_lossy(), "-c", &script],
+    );
     let last = || {
         std::fs::read_to_string(&answers)
             .unwrap_or_default()
@@ -171,15 +194,29 @@ fn endpoint_mode(path: &str) {
             .unwrap_or("")
             .to_string()
     };
-    lab.wait_for("the holder's first answers", Duration::from_secs(10), || last() == edge);
+    lab.wait_for(
+        "the holder's first answers",
+        Duration::from_secs(10),
+        || last() == edge,
+    );
     listed.push("holder".into());
     let text = std::fs::read_to_string(&conf).unwrap();
-    let old = text.lines().find(|l| l.starts_with("processes = ")).unwrap().to_string();
-    std::fs::write(&conf, text.replace(&old, processes_line(&listed).trim_end())).unwrap();
+    let old = text
+        .lines()
+        .find(|l| l.starts_with("processes = "))
+        .unwrap()
+        .to_string();
+    std::fs::write(
+        &conf,
+        text.replace(&old, processes_line(&listed).trim_end()),
+    )
+    .unwrap();
     lab.signal(s.gateway.unwrap(), SIGHUP);
-    lab.wait_for("the running holder to go direct", Duration::from_secs(15), || {
-        last() == direct
-    });
+    lab.wait_for(
+        "the running holder to go direct",
+        Duration::from_secs(15),
+        || last() == direct,
+    );
     assert!(lab.is_running(looping), "the holder was not restarted");
     assert_eq!(s.gateway_metric("sluice_endpoint_reloads_total", ""), 1);
     lab.stop(looping);
@@ -188,17 +225,34 @@ fn endpoint_mode(path: &str) {
     // names the tunnelled server, the host's next connection to it (from
     // an unlisted program) goes direct.
     let answer = lab.dig(Host::Gw, addr::DNS_V4.into(), "www.bypass.example", false);
-    assert_eq!(answer.trim(), addr::TUNNELLED_V4.to_string(), "dig: {answer:?}");
+    assert_eq!(
+        answer.trim(),
+        addr::TUNNELLED_V4.to_string(),
+        "dig: {answer:?}"
+    );
     let (seen, gw_syn, edge_syn) = fetch(&lab, &plain);
-    assert_eq!(seen, direct, "after the host's own lookup: direct\n{}", logs(&lab));
+    assert_eq!(
+        seen,
+        direct,
+        "after the host's own lookup: direct\n{}",
+        logs(&lab)
+    );
     assert_eq!((gw_syn, edge_syn), (1, 0));
     let m = s.gateway_metrics();
     assert!(
-        sluice_lab::deploy::sum(&m, "sluice_endpoint_socket_events_total", "event=\"connect_bypass_process\"") >= 2,
+        sluice_lab::deploy::sum(
+            &m,
+            "sluice_endpoint_socket_events_total",
+            "event=\"connect_bypass_process\""
+        ) >= 2,
         "{m}"
     );
     assert!(
-        sluice_lab::deploy::sum(&m, "sluice_endpoint_socket_events_total", "event=\"connect_bypass_destination\"") >= 1,
+        sluice_lab::deploy::sum(
+            &m,
+            "sluice_endpoint_socket_events_total",
+            "event=\"connect_bypass_destination\""
+        ) >= 1,
         "{m}"
     );
 
@@ -216,8 +270,15 @@ fn endpoint_mode(path: &str) {
                 &url(addr::TUNNELLED_V4, "/whoami"),
             ],
         );
-        assert!(!out.status.success(), "{when}: the host reached the tunnelled server");
-        assert_eq!(lab.nft_counter(counter::GW_TO_TUNNELLED_V4), 0, "{when}: sent direct");
+        assert!(
+            !out.status.success(),
+            "{when}: the host reached the tunnelled server"
+        );
+        assert_eq!(
+            lab.nft_counter(counter::GW_TO_TUNNELLED_V4),
+            0,
+            "{when}: sent direct"
+        );
     };
     // (The DNS entry above made the tunnelled server direct; let it expire.)
     lab.wait_for("the DNS entry to expire", Duration::from_secs(30), || {
@@ -239,9 +300,19 @@ fn endpoint_mode(path: &str) {
     // Stopping removes the routing: the host reaches the server directly.
     lab.stop(s.gateway.take().unwrap());
     let rules = lab.run_ok(Host::Gw, &["ip", "rule", "show"]);
-    assert!(!rules.contains("lookup 1473"), "rules left behind:\n{rules}");
+    assert!(
+        !rules.contains("lookup 1473"),
+        "rules left behind:\n{rules}"
+    );
     let links = lab.run_ok(Host::Gw, &["ip", "-o", "link", "show"]);
-    assert!(!links.contains("sluice-ep"), "endpoint device left behind:\n{links}");
+    assert!(
+        !links.contains("sluice-ep"),
+        "endpoint device left behind:\n{links}"
+    );
     let (seen, gw_syn, _) = fetch(&lab, &plain);
-    assert_eq!((seen.as_str(), gw_syn), (direct.as_str(), 1), "after a clean stop: direct");
+    assert_eq!(
+        (seen.as_str(), gw_syn),
+        (direct.as_str(), 1),
+        "after a clean stop: direct"
+    );
 }

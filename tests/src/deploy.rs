@@ -33,14 +33,20 @@ pub fn processes_line(list: &[String]) -> String {
 /// A gateway configuration with endpoint mode on (the gateway host's own
 /// traffic is tunnelled) and `processes` listed for process bypass.
 pub fn with_endpoint(gateway_toml: &str, processes: &[String]) -> String {
-    let text = gateway_toml.replace("[bypass]\n", &format!("[bypass]\n{}", processes_line(processes)));
+    let text = gateway_toml.replace(
+        "[bypass]\n",
+        &format!("[bypass]\n{}", processes_line(processes)),
+    );
     format!("{text}\n[endpoint]\naddress = \"{ENDPOINT_V4}\"\n")
 }
 
 /// The edge configuration with the endpoint's inner prefix among its
 /// client prefixes.
 pub fn edge_with_endpoint(edge_toml: &str) -> String {
-    edge_toml.replace("client_prefixes = [", "client_prefixes = [\"198.18.3.0/24\", ")
+    edge_toml.replace(
+        "client_prefixes = [",
+        "client_prefixes = [\"198.18.3.0/24\", ",
+    )
 }
 
 /// sluice running in a lab.

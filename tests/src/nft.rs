@@ -118,7 +118,9 @@ pub(crate) fn inet_ruleset() -> String {
         ),
         (
             EDGE_SYN_TO_TUNNELLED_V4,
-            format!("ip saddr {EDGE_WAN_V4} ip daddr {TUNNELLED_V4} tcp flags & (syn | ack) == syn"),
+            format!(
+                "ip saddr {EDGE_WAN_V4} ip daddr {TUNNELLED_V4} tcp flags & (syn | ack) == syn"
+            ),
         ),
     ];
     debug_assert_eq!(rules.len(), ALL.len());

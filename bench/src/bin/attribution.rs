@@ -14,6 +14,13 @@
 //!   without, measured in alternating blocks of the same run.
 //!
 //! Prints one JSON object per socket count on stdout.
+#![allow(
+    clippy::cast_precision_loss,
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    reason = "report arithmetic on small counts and percentile indices"
+)]
+
 use std::{
     net::{TcpListener, TcpStream},
     time::Instant,

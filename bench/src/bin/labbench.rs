@@ -1099,7 +1099,7 @@ fn endpoint_measurements(lab: &Lab, a: &Args) -> Result<String> {
     let attribution = dir.join("attribution").to_string_lossy().into_owned();
     let ingress = dir.join("ingress").to_string_lossy().into_owned();
     println!("labbench: process attribution (1,000 and 10,000 sockets)");
-    let out = lab.run_timeout(Host::Gw, &[&attribution], Duration::from_secs(300));
+    let out = lab.run_timeout(Host::Gw, &[&attribution], Duration::from_mins(5));
     if !out.status.success() {
         bail!("attribution: {}", String::from_utf8_lossy(&out.stderr));
     }
@@ -1192,9 +1192,19 @@ fn endpoint_throughput(lab: &Lab, a: &Args) -> Result<Vec<Row>> {
     let secs = a.seconds;
     let mut rows = Vec::new();
     for &t in &traffic {
-        rows.push(measure_from(lab, Host::Gw, "host direct (no tunnel)", &dst, t, secs)?);
+        rows.push(measure_from(
+            lab,
+            Host::Gw,
+            "host direct (no tunnel)",
+            &dst,
+            t,
+            secs,
+        )?);
     }
-    for (path, case) in [("tun", "sluice endpoint (tun)"), ("veth", "sluice endpoint (veth)")] {
+    for (path, case) in [
+        ("tun", "sluice endpoint (tun)"),
+        ("veth", "sluice endpoint (veth)"),
+    ] {
         let mut s = Sluice::prepare(lab, &a.sluice, |c| {
             sluice_lab::deploy::with_endpoint(c, &[])
                 .replace("[endpoint]\n", &format!("[endpoint]\npath = \"{path}\"\n"))

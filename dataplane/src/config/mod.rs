@@ -438,6 +438,41 @@ impl Doc<'_> {
         Ok(list)
     }
 
+    /// `gateway.bpffs`: absolute, default [`crate::host::BPFFS`].
+    fn bpffs(&self, v: Option<Spanned<PathBuf>>) -> Result<PathBuf, ConfigError> {
+        match v {
+            Some(p) if !p.get_ref().is_absolute() => {
+                Err(self.err(p.span(), "gateway.bpffs", "must be an absolute path"))
+            }
+            Some(p) => Ok(p.into_inner()),
+            None => Ok(PathBuf::from(crate::host::BPFFS)),
+        }
+    }
+
+    /// `[endpoint]` and `bypass.processes` (which needs `[endpoint]`).
+    fn endpoint_and_processes(
+        &self,
+        endpoint: Option<&Spanned<RawEndpoint>>,
+        bypass: &RawBypass,
+        lan: &str,
+        wan: &str,
+    ) -> Result<(Vec<crate::process::ProcessPattern>, Option<EndpointConfig>), ConfigError> {
+        let processes = self.processes(bypass)?;
+        let endpoint = endpoint
+            .map(|e| self.endpoint(e.get_ref(), lan, wan))
+            .transpose()?;
+        if endpoint.is_none()
+            && let Some(p) = bypass.processes.first()
+        {
+            return Err(self.err(
+                p.span(),
+                "bypass.processes",
+                "process bypass applies to this host's own sockets: it needs an [endpoint] section",
+            ));
+        }
+        Ok((processes, endpoint))
+    }
+
     /// `bypass.processes`.
     fn processes(
         &self,
@@ -454,7 +489,13 @@ impl Doc<'_> {
             .collect()
     }
 
-    fn endpoint(&self, e: &RawEndpoint, lan: &str, wan: &str) -> Result<EndpointConfig, ConfigError> {
+    #[allow(clippy::too_many_lines, reason = "one flat list of field checks")]
+    fn endpoint(
+        &self,
+        e: &RawEndpoint,
+        lan: &str,
+        wan: &str,
+    ) -> Result<EndpointConfig, ConfigError> {
         let interface = match &e.interface {
             Some(i) => {
                 let name = self.iface(i, "endpoint.interface")?;
@@ -477,10 +518,22 @@ impl Doc<'_> {
             None => "sluice-ep".to_string(),
         };
         let address: std::net::Ipv4Addr = e.address.get_ref().parse().map_err(|_| {
-            self.err(e.address.span(), "endpoint.address", "expected an IPv4 address")
+            self.err(
+                e.address.span(),
+                "endpoint.address",
+                "expected an IPv4 address",
+            )
         })?;
-        if address.is_unspecified() || address.is_multicast() || address.is_broadcast() || address.is_loopback() {
-            return Err(self.err(e.address.span(), "endpoint.address", "must be a unicast address"));
+        if address.is_unspecified()
+            || address.is_multicast()
+            || address.is_broadcast()
+            || address.is_loopback()
+        {
+            return Err(self.err(
+                e.address.span(),
+                "endpoint.address",
+                "must be a unicast address",
+            ));
         }
         let address6 = e
             .address6
@@ -491,7 +544,11 @@ impl Doc<'_> {
                     .ok()
                     .filter(|v| !v.is_unspecified() && !v.is_multicast() && !v.is_loopback())
                     .ok_or_else(|| {
-                        self.err(a.span(), "endpoint.address6", "expected a unicast IPv6 address")
+                        self.err(
+                            a.span(),
+                            "endpoint.address6",
+                            "expected a unicast IPv6 address",
+                        )
                     })
             })
             .transpose()?;
@@ -693,7 +750,7 @@ impl GatewayConfig {
         let Some(tun) = raw.tunnel else {
             return Err(d.err(0..0, "tunnel", "missing section [tunnel]"));
         };
-        let (gw_span, gw) = (gw.span(), gw.into_inner());
+        let gw = gw.into_inner();
         let lan = d.iface(&gw.lan, "gateway.lan")?;
         let wan = d.iface(&gw.wan, "gateway.wan")?;
         if lan == wan {
@@ -727,7 +784,6 @@ impl GatewayConfig {
             .map(|m| d.sockaddr(m, "gateway.metrics"))
             .transpose()?;
         let name = gw.name.map_or_else(default_name, Spanned::into_inner);
-        let _ = gw_span;
 
         let tun = tun.into_inner();
         let edge = d.sockaddr(&tun.edge, "tunnel.edge")?;
@@ -764,21 +820,8 @@ impl GatewayConfig {
         let vpn_gateways = d.vpn_gateways(&raw_bypass, &bypass)?;
         let domains = d.domains(&raw_bypass)?;
         let pac = raw.pac.map(|p| d.pac(p.get_ref())).transpose()?;
-        let processes = d.processes(&raw_bypass)?;
-        let endpoint = raw
-            .endpoint
-            .as_ref()
-            .map(|e| d.endpoint(e.get_ref(), &lan, &wan))
-            .transpose()?;
-        if endpoint.is_none()
-            && let Some(p) = raw_bypass.processes.first()
-        {
-            return Err(d.err(
-                p.span(),
-                "bypass.processes",
-                "process bypass applies to this host's own sockets: it needs an [endpoint] section",
-            ));
-        }
+        let (processes, endpoint) =
+            d.endpoint_and_processes(raw.endpoint.as_ref(), &raw_bypass, &lan, &wan)?;
         Ok(Self {
             path: path.to_path_buf(),
             name,
@@ -788,13 +831,7 @@ impl GatewayConfig {
             queues: gw.queues.map(Spanned::into_inner),
             cpus: gw.cpus.map(Spanned::into_inner),
             metrics,
-            bpffs: match gw.bpffs {
-                Some(p) if !p.get_ref().is_absolute() => {
-                    return Err(d.err(p.span(), "gateway.bpffs", "must be an absolute path"));
-                }
-                Some(p) => p.into_inner(),
-                None => PathBuf::from(crate::host::BPFFS),
-            },
+            bpffs: d.bpffs(gw.bpffs)?,
             tunnel,
             bypass,
             vpn_gateways,

@@ -389,6 +389,79 @@ const GW_MISTAKES: &[(&str, &str, &str, &str, usize, &str)] = &[
     ),
 ];
 
+/// `GOOD_GW` plus endpoint mode and a process list.
+fn with_endpoint(extra: &str) -> String {
+    GOOD_GW.replace(
+        "[pac]",
+        &format!("processes = [\"curl\", \"/opt/**/agent\"]\n\n[endpoint]\naddress = \"198.18.3.1\"\n{extra}\n[pac]"),
+    )
+}
+
+#[test]
+fn endpoint_and_processes_parse_with_defaults() {
+    let d = dir();
+    let c = GatewayConfig::parse(&d.join("sluice.toml"), &with_endpoint("")).unwrap();
+    let e = c.endpoint.expect("endpoint");
+    assert_eq!(e.interface, "sluice-ep");
+    assert_eq!(
+        (e.mark, e.table, e.rule_priority, e.mtu),
+        (0x5c1, 0x5c1, 1000, 1500)
+    );
+    assert_eq!(e.path, EndpointPath::Tun);
+    assert_eq!(c.processes.len(), 2);
+    let c =
+        GatewayConfig::parse(&d.join("sluice.toml"), &with_endpoint("path = \"veth\"\n")).unwrap();
+    assert_eq!(c.endpoint.unwrap().path, EndpointPath::Veth);
+    std::fs::remove_dir_all(d).unwrap();
+}
+
+#[test]
+fn endpoint_mistakes_are_refused_precisely() {
+    let d = dir();
+    let cases: &[(&str, &str, &str)] = &[
+        ("mark = 0\n", "endpoint.mark", "must not be 0"),
+        ("table = 254\n", "endpoint.table", "kernel's"),
+        (
+            "rule_priority = 40000\n",
+            "endpoint.rule_priority",
+            "1 to 32000",
+        ),
+        ("mtu = 576\n", "endpoint.mtu", "1280 to 9000"),
+        ("path = \"tap\"\n", "endpoint.path", "\"tun\" or \"veth\""),
+        (
+            "interface = \"wan0\"\n",
+            "endpoint.interface",
+            "must differ",
+        ),
+        (
+            "interface = \"fifteen-chars-x\"\n",
+            "endpoint.interface",
+            "at most 14",
+        ),
+        ("cgroup = \"relative/dir\"\n", "endpoint.cgroup", "absolute"),
+        ("address6 = \"ff02::1\"\n", "endpoint.address6", "unicast"),
+    ];
+    for &(extra, field, msg) in cases {
+        let err = GatewayConfig::parse(&d.join("sluice.toml"), &with_endpoint(extra))
+            .expect_err(&format!("{extra}: accepted"));
+        assert_eq!(err.field(), Some(field), "{extra}: {err}");
+        assert!(err.to_string().contains(msg), "{extra}: {err}");
+    }
+    let bad_address = with_endpoint("").replace("\"198.18.3.1\"", "\"224.0.0.1\"");
+    let err = GatewayConfig::parse(&d.join("sluice.toml"), &bad_address).unwrap_err();
+    assert_eq!(err.field(), Some("endpoint.address"), "{err}");
+    // A process list without endpoint mode would do nothing: refused.
+    let no_endpoint = GOOD_GW.replace("[pac]", "processes = [\"curl\"]\n\n[pac]");
+    let err = GatewayConfig::parse(&d.join("sluice.toml"), &no_endpoint).unwrap_err();
+    assert_eq!(err.field(), Some("bypass.processes"), "{err}");
+    assert!(err.to_string().contains("[endpoint]"), "{err}");
+    // A bad pattern names its index.
+    let bad = with_endpoint("").replace("\"/opt/**/agent\"", "\"opt/agent\"");
+    let err = GatewayConfig::parse(&d.join("sluice.toml"), &bad).unwrap_err();
+    assert_eq!(err.field(), Some("bypass.processes[1]"), "{err}");
+    std::fs::remove_dir_all(d).unwrap();
+}
+
 #[test]
 fn gateway_mistakes_are_refused_precisely() {
     let d = dir();

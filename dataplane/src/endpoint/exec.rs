@@ -136,7 +136,12 @@ impl FactsCache {
     }
 
     /// The facts of `file`, found at `path`, against `set`.
-    pub fn facts(&mut self, file: &File, path: &str, set: &ProcessSet) -> std::io::Result<FileFacts> {
+    pub fn facts(
+        &mut self,
+        file: &File,
+        path: &str,
+        set: &ProcessSet,
+    ) -> std::io::Result<FileFacts> {
         let m = file.metadata()?;
         let id = FileId {
             dev: m.dev(),
@@ -170,12 +175,11 @@ fn read_facts(file: &File, path: &str, set: &ProcessSet) -> std::io::Result<File
         Kind::Script
     } else {
         Kind::Program {
-            interp: elf_interp(file, head)
-                .map(|i| {
-                    std::fs::canonicalize(&i)
-                        .map(|p| p.to_string_lossy().into_owned())
-                        .unwrap_or(i)
-                }),
+            interp: elf_interp(file, head).map(|i| {
+                std::fs::canonicalize(&i)
+                    .map(|p| p.to_string_lossy().into_owned())
+                    .unwrap_or(i)
+            }),
         }
     };
     let digest = if set.needs_digest() {
@@ -214,7 +218,11 @@ impl ReadAt for [u8] {
     }
 }
 
-fn read_full_at(file: &(impl ReadAt + ?Sized), buf: &mut [u8], mut off: u64) -> std::io::Result<usize> {
+fn read_full_at(
+    file: &(impl ReadAt + ?Sized),
+    buf: &mut [u8],
+    mut off: u64,
+) -> std::io::Result<usize> {
     let mut done = 0;
     while done < buf.len() {
         match file.read_at(&mut buf[done..], off) {
@@ -270,14 +278,14 @@ pub fn elf_interp(file: &(impl ReadAt + ?Sized), head: &[u8]) -> Option<String> 
         if at(&ph, 0, 4)? != 3 {
             continue;
         }
-        let (p_off, p_len) = if wide {
+        let (seg_offset, seg_len) = if wide {
             (at(&ph, 8, 8)?, at(&ph, 32, 8)?)
         } else {
             (at(&ph, 4, 4)?, at(&ph, 16, 4)?)
         };
-        let len = usize::try_from(p_len).ok()?.min(MAX_INTERP);
+        let len = usize::try_from(seg_len).ok()?.min(MAX_INTERP);
         let mut s = vec![0u8; len];
-        let n = read_full_at(file, &mut s, p_off).ok()?;
+        let n = read_full_at(file, &mut s, seg_offset).ok()?;
         s.truncate(n);
         let end = s.iter().position(|&b| b == 0).unwrap_or(s.len());
         s.truncate(end);
@@ -305,12 +313,24 @@ mod tests {
     fn a_program_decides_and_its_loader_does_not() {
         let mut t = ExecTracker::default();
         let now = Instant::now();
-        let prog = facts("/usr/bin/fetch", Kind::Program { interp: Some(LD.into()) }, true);
+        let prog = facts(
+            "/usr/bin/fetch",
+            Kind::Program {
+                interp: Some(LD.into()),
+            },
+            true,
+        );
         let ld = facts(LD, Kind::Program { interp: None }, false);
         assert_eq!(t.on_exec(7, &prog, now), Some(true));
         assert_eq!(t.on_exec(7, &ld, now), None);
         // The next execve of that process is decided afresh.
-        let other = facts("/usr/bin/other", Kind::Program { interp: Some(LD.into()) }, false);
+        let other = facts(
+            "/usr/bin/other",
+            Kind::Program {
+                interp: Some(LD.into()),
+            },
+            false,
+        );
         assert_eq!(t.on_exec(7, &other, now), Some(false));
         assert_eq!(t.on_exec(7, &ld, now), None);
         // A static program has no loader.
@@ -323,14 +343,26 @@ mod tests {
         let mut t = ExecTracker::default();
         let now = Instant::now();
         let script = facts("/opt/run.sh", Kind::Script, true);
-        let sh = facts("/usr/bin/dash", Kind::Program { interp: Some(LD.into()) }, false);
+        let sh = facts(
+            "/usr/bin/dash",
+            Kind::Program {
+                interp: Some(LD.into()),
+            },
+            false,
+        );
         let ld = facts(LD, Kind::Program { interp: None }, false);
         assert_eq!(t.on_exec(9, &script, now), Some(true));
         assert_eq!(t.on_exec(9, &sh, now), Some(true));
         assert_eq!(t.on_exec(9, &ld, now), None);
         // Unlisted script, listed interpreter.
         let script = facts("/opt/other.sh", Kind::Script, false);
-        let sh = facts("/usr/bin/dash", Kind::Program { interp: Some(LD.into()) }, true);
+        let sh = facts(
+            "/usr/bin/dash",
+            Kind::Program {
+                interp: Some(LD.into()),
+            },
+            true,
+        );
         assert_eq!(t.on_exec(9, &script, now), Some(false));
         assert_eq!(t.on_exec(9, &sh, now), Some(true));
     }
@@ -339,7 +371,13 @@ mod tests {
     fn stale_expectations_expire() {
         let mut t = ExecTracker::default();
         let now = Instant::now();
-        let prog = facts("/usr/bin/a", Kind::Program { interp: Some(LD.into()) }, true);
+        let prog = facts(
+            "/usr/bin/a",
+            Kind::Program {
+                interp: Some(LD.into()),
+            },
+            true,
+        );
         assert_eq!(t.on_exec(3, &prog, now), Some(true));
         // The loader executed directly much later is a program of its own.
         let ld = facts(LD, Kind::Program { interp: None }, false);
@@ -372,7 +410,11 @@ mod tests {
             let p = format!("{}/fuzz/corpus/elf/{f}", env!("CARGO_MANIFEST_DIR"));
             let data = std::fs::read(&p).unwrap();
             let interp = elf_interp(data.as_slice(), &data[..data.len().min(64)]);
-            assert_eq!(interp.as_deref(), Some("/lib64/ld-linux-x86-64.so.2"), "{f}");
+            assert_eq!(
+                interp.as_deref(),
+                Some("/lib64/ld-linux-x86-64.so.2"),
+                "{f}"
+            );
         }
     }
 

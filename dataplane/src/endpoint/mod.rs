@@ -137,7 +137,7 @@ impl Endpoint {
     pub fn start(
         gw: &GatewayConfig,
         cfg: &EndpointConfig,
-        main: Arc<Mutex<Classifier>>,
+        main: &Arc<Mutex<Classifier>>,
         reload: Arc<AtomicBool>,
     ) -> Result<Self, EndpointError> {
         let mut direct: Vec<_> = gw.bypass.iter().chain(&gw.vpn_gateways).copied().collect();
@@ -174,7 +174,12 @@ impl Endpoint {
             .lock()
             .map_err(|_| EndpointError("classifier lock poisoned".into()))?
             .attach_sock_hooks(&cgroup, sock_cfg)
-            .map_err(|e| fail("socket hooks", format!("{e}: {}", crate::ebpf::error_chain(&e))))?;
+            .map_err(|e| {
+                fail(
+                    "socket hooks",
+                    format!("{e}: {}", crate::ebpf::error_chain(&e)),
+                )
+            })?;
         let self_pid = std::process::id();
         hooks
             .set_process(self_pid, FlowVerdict::BypassSelf)
@@ -259,10 +264,16 @@ impl Endpoint {
         let Some(xdp) = self.xdp.as_mut() else {
             return Ok(());
         };
-        xdp.attach(&peer, crate::ebpf::AttachMode::Auto.for_driver(Some("veth")))
-            .map_err(|e| {
-                fail("attaching the classifier", format!("{e}: {}", crate::ebpf::error_chain(&e)))
-            })?;
+        xdp.attach(
+            &peer,
+            crate::ebpf::AttachMode::Auto.for_driver(Some("veth")),
+        )
+        .map_err(|e| {
+            fail(
+                "attaching the classifier",
+                format!("{e}: {}", crate::ebpf::error_chain(&e)),
+            )
+        })?;
         Ok(())
     }
 
@@ -479,7 +490,11 @@ impl ProcessBypass {
                 self.reload_errors.load(Relaxed),
             ),
         ] {
-            let kind = if name.ends_with("_total") { "counter" } else { "gauge" };
+            let kind = if name.ends_with("_total") {
+                "counter"
+            } else {
+                "gauge"
+            };
             crate::metrics::sample(out, name, kind, Some(help), &[], v);
         }
     }
@@ -587,7 +602,11 @@ fn mounts() -> Vec<(PathBuf, String, String)> {
             let f: Vec<&str> = left.split(' ').collect();
             let fstype = right.split(' ').next()?;
             let point = unescape(f.get(4)?);
-            Some((PathBuf::from(point), fstype.to_string(), (*f.get(2)?).to_string()))
+            Some((
+                PathBuf::from(point),
+                fstype.to_string(),
+                (*f.get(2)?).to_string(),
+            ))
         })
         .collect()
 }

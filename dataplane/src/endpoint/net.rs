@@ -123,7 +123,9 @@ pub fn setup(cfg: &EndpointConfig, direct: &[Prefix]) -> Result<(), String> {
     });
     // If the device goes (sluice died), the table still refuses: the
     // host's tunnelled traffic never falls through to the main table.
-    v.push(format!("-4 route add unreachable default metric 4294967295 table {t}"));
+    v.push(format!(
+        "-4 route add unreachable default metric 4294967295 table {t}"
+    ));
     match cfg.address6 {
         Some(a) => {
             v.push(format!("-6 addr add {a}/128 dev {host} nodad"));
@@ -132,7 +134,9 @@ pub fn setup(cfg: &EndpointConfig, direct: &[Prefix]) -> Result<(), String> {
             } else {
                 format!("-6 route add default dev {host} table {t}")
             });
-            v.push(format!("-6 route add unreachable default metric 4294967295 table {t}"));
+            v.push(format!(
+                "-6 route add unreachable default metric 4294967295 table {t}"
+            ));
         }
         None => v.push(format!("-6 route add unreachable default table {t}")),
     }
@@ -141,7 +145,9 @@ pub fn setup(cfg: &EndpointConfig, direct: &[Prefix]) -> Result<(), String> {
         v.push(format!("{fam} route add throw {d} table {t}"));
     }
     for fam in ["-4", "-6"] {
-        v.push(format!("{fam} rule add pref {p} fwmark {mark:#x} lookup main"));
+        v.push(format!(
+            "{fam} rule add pref {p} fwmark {mark:#x} lookup main"
+        ));
         v.push(format!(
             "{fam} rule add pref {} lookup main suppress_prefixlength 0",
             p + 1

@@ -90,6 +90,10 @@ impl Gateway {
     /// Validates the environment, loads the classifier, opens one `AF_XDP`
     /// socket per queue, attaches, and starts the workers and the metrics
     /// endpoint. Nothing is attached unless every step before succeeded.
+    #[allow(
+        clippy::too_many_lines,
+        reason = "the start-up order, read top to bottom, is the fail-closed argument"
+    )]
     pub fn start(cfg: &GatewayConfig, stop: Arc<AtomicBool>) -> Result<Self, GatewayError> {
         let tls = pki::client_config(&cfg.tunnel.ca, &cfg.tunnel.cert, &cfg.tunnel.key)?;
         let server_name = pki::server_name(&cfg.tunnel.server_name)?;
@@ -154,12 +158,17 @@ impl Gateway {
         for (q, xsk) in (0..queues).zip(sockets) {
             let st = Arc::new(WorkerStats::default());
             stats.push(st.clone());
-            let w = Worker::new(q, Port::xsk(xsk, lan_mac), params.clone(), st, domains.clone()).map_err(
-                |source| GatewayError::Io {
-                    what: format!("worker for queue {q}"),
-                    source,
-                },
-            )?;
+            let w = Worker::new(
+                q,
+                Port::xsk(xsk, lan_mac),
+                params.clone(),
+                st,
+                domains.clone(),
+            )
+            .map_err(|source| GatewayError::Io {
+                what: format!("worker for queue {q}"),
+                source,
+            })?;
             let stop = stop.clone();
             let cpu = (!cpus.is_empty()).then(|| cpus[q as usize % cpus.len()]);
             let h = std::thread::Builder::new()
@@ -181,7 +190,15 @@ impl Gateway {
         }
         let endpoint = match &cfg.endpoint {
             Some(ep) => {
-                let (e, w) = start_endpoint(cfg, ep, &classifier, &params, domains.clone(), &stop, queues)?;
+                let (e, w) = start_endpoint(
+                    cfg,
+                    ep,
+                    &classifier,
+                    &params,
+                    domains.clone(),
+                    &stop,
+                    queues,
+                )?;
                 stats.push(w.1);
                 workers.push(w.0);
                 Some(e)
@@ -288,6 +305,9 @@ fn start_metrics(
     })
 }
 
+/// The endpoint worker's thread and counters.
+type EndpointWorker = (JoinHandle<()>, Arc<WorkerStats>);
+
 /// Starts endpoint mode: routing, socket hooks, exec watcher, and one
 /// worker on sluice's side of the veth pair (its "queue" number follows
 /// the LAN's, for metrics).
@@ -299,15 +319,17 @@ fn start_endpoint(
     domains: Option<Arc<DomainBypass>>,
     stop: &Arc<AtomicBool>,
     queue: u32,
-) -> Result<(crate::endpoint::Endpoint, (JoinHandle<()>, Arc<WorkerStats>)), GatewayError> {
+) -> Result<(crate::endpoint::Endpoint, EndpointWorker), GatewayError> {
     let io = |what: String| move |source: std::io::Error| GatewayError::Io { what, source };
     let reload = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGHUP, reload.clone())
         .map_err(io("installing the SIGHUP handler".into()))?;
-    let mut endpoint = crate::endpoint::Endpoint::start(cfg, ep, classifier.clone(), reload)
-        .map_err(|e| GatewayError::Io {
-            what: "starting endpoint mode".into(),
-            source: std::io::Error::other(e.to_string()),
+    let mut endpoint =
+        crate::endpoint::Endpoint::start(cfg, ep, classifier, reload).map_err(|e| {
+            GatewayError::Io {
+                what: "starting endpoint mode".into(),
+                source: std::io::Error::other(e.to_string()),
+            }
         })?;
     let peer = match ep.path {
         crate::config::EndpointPath::Tun => ep.interface.clone(),

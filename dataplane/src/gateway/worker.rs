@@ -65,6 +65,10 @@ enum Link {
 }
 
 /// Where a worker's packets come from and go to.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one per worker, made once, never moved on the packet path"
+)]
 pub(super) enum Port {
     /// An `AF_XDP` socket on an Ethernet interface (the LAN): frames in
     /// batches from the RX ring; replies get the LAN host's MAC, learnt

@@ -146,10 +146,11 @@ impl ExecWatch {
         let mut out = Vec::new();
         let mut rest = &buf[..n as usize];
         while rest.len() >= META_LEN {
-            let event_len = u32::from_ne_bytes(rest[0..4].try_into().expect("4 bytes")) as usize;
+            let word = |i: usize| [rest[i], rest[i + 1], rest[i + 2], rest[i + 3]];
+            let event_len = u32::from_ne_bytes(word(0)) as usize;
             let vers = rest[4];
-            let fd = i32::from_ne_bytes(rest[16..20].try_into().expect("4 bytes"));
-            let pid = i32::from_ne_bytes(rest[20..24].try_into().expect("4 bytes"));
+            let fd = i32::from_ne_bytes(word(16));
+            let pid = i32::from_ne_bytes(word(20));
             if event_len < META_LEN || event_len > rest.len() || vers != FANOTIFY_METADATA_VERSION {
                 log::error!("fanotify: malformed event (len {event_len}, version {vers})");
                 break;
@@ -202,14 +203,14 @@ pub fn netns_cookie() -> io::Result<u64> {
 pub fn ensure_tracefs() -> io::Result<PathBuf> {
     const TRACEFS_MAGIC: i64 = 0x7472_6163;
     let path = PathBuf::from("/sys/kernel/tracing");
-    let c = std::ffi::CString::new("/sys/kernel/tracing").expect("no NUL");
+    let c = c"/sys/kernel/tracing";
     // SAFETY: `st` is a live local; `c` a valid C string.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
     let rc = unsafe { libc::statfs(c.as_ptr(), &raw mut st) };
     if rc == 0 && st.f_type as i64 == TRACEFS_MAGIC {
         return Ok(path);
     }
-    let fstype = std::ffi::CString::new("tracefs").expect("no NUL");
+    let fstype = c"tracefs";
     // SAFETY: valid C strings, null data.
     let rc = unsafe {
         libc::mount(

@@ -149,15 +149,7 @@ pub(crate) fn connect(ctx: &SockAddrContext, v6: bool) -> i32 {
     };
     // SAFETY: `raw` is the context; SO_MARK takes a 4-byte int, `mark`
     // lives across the call.
-    let rc = unsafe {
-        bpf_setsockopt(
-            raw.cast(),
-            SOL_SOCKET,
-            SO_MARK,
-            (&raw mut mark).cast(),
-            4,
-        )
-    };
+    let rc = unsafe { bpf_setsockopt(raw.cast(), SOL_SOCKET, SO_MARK, (&raw mut mark).cast(), 4) };
     if rc != 0 {
         maps::count_sock(SockCounter::MarkFailed);
         if verdict != FlowVerdict::Tunnel {

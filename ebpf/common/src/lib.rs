@@ -407,7 +407,10 @@ mod tests {
                 assert_eq!(f as u32, v);
             }
         }
-        assert_eq!(FlowVerdict::for_source(BypassEntry::SOURCE_DNS), FlowVerdict::BypassDomain);
+        assert_eq!(
+            FlowVerdict::for_source(BypassEntry::SOURCE_DNS),
+            FlowVerdict::BypassDomain
+        );
     }
 
     #[test]
