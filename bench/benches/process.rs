@@ -24,24 +24,8 @@ use std::{
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use sluice::sys::sock_diag::{Proto, process_of_inode, socket_inode};
 
-/// Raises the open-file limit to its hard maximum (10,000 sockets need
-/// more than the usual 1024).
-fn raise_nofile() {
-    let mut r = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: plain syscalls on a local struct.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut r) == 0 {
-            r.rlim_cur = r.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &raw const r);
-        }
-    }
-}
-
 fn attribution(crit: &mut Criterion) {
-    raise_nofile();
+    sluice_bench::raise_nofile();
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let server = listener.local_addr().expect("addr");
     let mut open: Vec<(TcpStream, TcpStream)> = Vec::new();

@@ -155,3 +155,19 @@ fn pump(from: &mut Session, to: &mut Session, now: Instant) -> usize {
     }
     wire.len()
 }
+
+/// Raises the open-file limit to its hard maximum (capped at 2^20):
+/// 10,000 sockets need more than the usual 1024.
+pub fn raise_nofile() {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain syscalls on a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut r) == 0 {
+            r.rlim_cur = r.rlim_max.min(1 << 20);
+            libc::setrlimit(libc::RLIMIT_NOFILE, &raw const r);
+        }
+    }
+}

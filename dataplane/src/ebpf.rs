@@ -767,33 +767,31 @@ impl Classifier {
         // The settings first, disabled until every hook is in place.
         let disabled = SockConfig { enabled: 0, ..cfg };
         self.set_sock_config(disabled)?;
-        for name in [sock_programs::SOCK_CREATE, sock_programs::SOCK_RELEASE] {
-            let p: &mut CgroupSock = self
-                .ebpf
-                .program_mut(name)
-                .and_then(|p| p.try_into().ok())
-                .ok_or(EbpfError::MissingProgram { name })?;
-            p.load().map_err(hook_err(name))?;
-            p.attach(&dir, CgroupAttachMode::Single)
-                .map_err(|e| EbpfError::SockHook {
-                    name,
-                    what: format!(
-                        "attaching to {}: {e}: {}",
-                        cgroup.display(),
-                        error_chain(&e)
-                    ),
-                })?;
+        // The two cgroup program types share no trait for load/attach.
+        macro_rules! cgroup_hook {
+            ($ty:ty, $name:expr) => {{
+                let name = $name;
+                let p: &mut $ty = self
+                    .ebpf
+                    .program_mut(name)
+                    .and_then(|p| p.try_into().ok())
+                    .ok_or(EbpfError::MissingProgram { name })?;
+                p.load().map_err(hook_err(name))?;
+                p.attach(&dir, CgroupAttachMode::Single)
+                    .map_err(|e| EbpfError::SockHook {
+                        name,
+                        what: format!(
+                            "attaching to {}: {e}: {}",
+                            cgroup.display(),
+                            error_chain(&e)
+                        ),
+                    })?;
+            }};
         }
-        for name in [sock_programs::CONNECT4, sock_programs::CONNECT6] {
-            let p: &mut CgroupSockAddr = self
-                .ebpf
-                .program_mut(name)
-                .and_then(|p| p.try_into().ok())
-                .ok_or(EbpfError::MissingProgram { name })?;
-            p.load().map_err(hook_err(name))?;
-            p.attach(&dir, CgroupAttachMode::Single)
-                .map_err(hook_err(name))?;
-        }
+        cgroup_hook!(CgroupSock, sock_programs::SOCK_CREATE);
+        cgroup_hook!(CgroupSock, sock_programs::SOCK_RELEASE);
+        cgroup_hook!(CgroupSockAddr, sock_programs::CONNECT4);
+        cgroup_hook!(CgroupSockAddr, sock_programs::CONNECT6);
         for (name, tp) in [
             (sock_programs::PROCESS_FORK, "sched_process_fork"),
             (sock_programs::PROCESS_EXIT, "sched_process_exit"),

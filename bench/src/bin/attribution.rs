@@ -39,20 +39,6 @@ const BLOCKS: usize = 20;
 /// New connections attributed the usual way, per socket count.
 const WALKS: usize = 20;
 
-fn raise_nofile() {
-    let mut r = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: plain syscalls on a local struct.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut r) == 0 {
-            r.rlim_cur = r.rlim_max.min(1 << 20);
-            libc::setrlimit(libc::RLIMIT_NOFILE, &raw const r);
-        }
-    }
-}
-
 /// Microseconds per connect + accept + close, over one block.
 fn connect_block(listener: &TcpListener) -> Result<f64> {
     let addr = listener.local_addr()?;
@@ -72,7 +58,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() -> Result<()> {
-    raise_nofile();
+    sluice_bench::raise_nofile();
     let listener = TcpListener::bind("127.0.0.1:0").context("binding on loopback")?;
     let server = listener.local_addr()?;
     let (cgroup, cfg) = hook_settings(0x5c1, None).context("hook settings")?;

@@ -356,16 +356,22 @@ fn run_case(
 ) -> Result<()> {
     for &t in traffic {
         let r = measure_retrying(lab, case, dst, t, a.seconds)?;
-        eprintln!(
-            "labbench: {case:<28} {:<14} {:>7.3} Gbit/s {:>7.3} Mpps {:>6.2} CPU-s/GB",
-            t.name(),
-            r.gbps,
-            r.mpps,
-            r.cpu_s_per_gb
-        );
+        log_row(&r);
         rows.push(r);
     }
     Ok(())
+}
+
+/// One measurement, as a progress line.
+fn log_row(r: &Row) {
+    eprintln!(
+        "labbench: {:<28} {:<14} {:>7.3} Gbit/s {:>7.3} Mpps {:>6.2} CPU-s/GB",
+        r.case,
+        r.traffic.name(),
+        r.gbps,
+        r.mpps,
+        r.cpu_s_per_gb
+    );
 }
 
 /// The userspace tunnel baselines.
@@ -1099,7 +1105,12 @@ fn endpoint_measurements(lab: &Lab, a: &Args) -> Result<String> {
     let attribution = dir.join("attribution").to_string_lossy().into_owned();
     let ingress = dir.join("ingress").to_string_lossy().into_owned();
     println!("labbench: process attribution (1,000 and 10,000 sockets)");
-    let out = lab.run_timeout(Host::Gw, &[&attribution], Duration::from_mins(5));
+    #[allow(
+        clippy::duration_suboptimal_units,
+        reason = "`Duration::from_mins` needs Rust 1.91; the workspace MSRV is 1.87"
+    )]
+    let limit = Duration::from_secs(5 * 60);
+    let out = lab.run_timeout(Host::Gw, &[&attribution], limit);
     if !out.status.success() {
         bail!("attribution: {}", String::from_utf8_lossy(&out.stderr));
     }
@@ -1219,13 +1230,7 @@ fn endpoint_throughput(lab: &Lab, a: &Args) -> Result<Vec<Row>> {
             let r = measure_from(lab, Host::Gw, case, &dst, t, secs);
             match r {
                 Ok(r) => {
-                    eprintln!(
-                        "labbench: {case:<28} {:<14} {:>7.3} Gbit/s {:>7.3} Mpps {:>6.2} CPU-s/GB",
-                        t.name(),
-                        r.gbps,
-                        r.mpps,
-                        r.cpu_s_per_gb
-                    );
+                    log_row(&r);
                     rows.push(r);
                 }
                 Err(e) => {

@@ -37,14 +37,6 @@ struct IfReqData {
 /// `InvalidInput` for a bad name, otherwise the kernel's error (`ENODEV`
 /// for an unknown interface, `EOPNOTSUPP` for a device without ethtool).
 pub fn driver(iface: &str) -> io::Result<String> {
-    if iface.is_empty() || iface.len() >= libc::IFNAMSIZ {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "bad interface name",
-        ));
-    }
-    let sock =
-        std::net::UdpSocket::bind("0.0.0.0:0").or_else(|_| std::net::UdpSocket::bind("[::]:0"))?;
     let mut info = DrvInfo {
         cmd: ETHTOOL_GDRVINFO,
         driver: [0; 32],
@@ -59,20 +51,9 @@ pub fn driver(iface: &str) -> io::Result<String> {
         eedump_len: 0,
         regdump_len: 0,
     };
-    let mut req = IfReqData {
-        name: [0; libc::IFNAMSIZ],
-        data: (&raw mut info).cast(),
-        _pad: [0; 16],
-    };
-    req.name[..iface.len()].copy_from_slice(iface.as_bytes());
-    // SAFETY: `sock` is an open socket; SIOCETHTOOL reads the `ifreq` (name
-    // and `ifr_data`) and, for ETHTOOL_GDRVINFO, writes one
-    // `struct ethtool_drvinfo` through `ifr_data`, which points to `info`,
-    // laid out as the kernel's struct; both outlive the call.
-    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), SIOCETHTOOL, &raw mut req) };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    // SIOCETHTOOL writes one `struct ethtool_drvinfo` through the pointer:
+    // `info` is laid out as the kernel's struct.
+    ethtool_ioctl(iface, (&raw mut info).cast())?;
     let end = info.driver.iter().position(|&b| b == 0).unwrap_or(32);
     Ok(String::from_utf8_lossy(&info.driver[..end]).into_owned())
 }
@@ -95,6 +76,17 @@ struct Value {
 /// partial through generic XDP and `AF_XDP`, and would cross the tunnel
 /// with a checksum the receiver rejects.
 pub fn set_tx_checksum(iface: &str, on: bool) -> io::Result<()> {
+    let mut v = Value {
+        cmd: ETHTOOL_STXCSUM,
+        data: u32::from(on),
+    };
+    // The kernel reads one `struct ethtool_value` through the pointer.
+    ethtool_ioctl(iface, (&raw mut v).cast())
+}
+
+/// `SIOCETHTOOL` on `iface` with `data` as `ifr_data`: `data` must point to
+/// the command's struct (its first field the command), live for the call.
+fn ethtool_ioctl(iface: &str, data: *mut libc::c_void) -> io::Result<()> {
     if iface.is_empty() || iface.len() >= libc::IFNAMSIZ {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -103,18 +95,16 @@ pub fn set_tx_checksum(iface: &str, on: bool) -> io::Result<()> {
     }
     let sock =
         std::net::UdpSocket::bind("0.0.0.0:0").or_else(|_| std::net::UdpSocket::bind("[::]:0"))?;
-    let mut v = Value {
-        cmd: ETHTOOL_STXCSUM,
-        data: u32::from(on),
-    };
     let mut req = IfReqData {
         name: [0; libc::IFNAMSIZ],
-        data: (&raw mut v).cast(),
+        data,
         _pad: [0; 16],
     };
     req.name[..iface.len()].copy_from_slice(iface.as_bytes());
-    // SAFETY: SIOCETHTOOL reads the ifreq and the `ethtool_value` it
-    // points to; both are live locals of the kernel's layout.
+    // SAFETY: `sock` is an open socket; SIOCETHTOOL reads the `ifreq` (name
+    // and `ifr_data`) and reads or writes the command's struct through
+    // `ifr_data`, which the callers point at a live local of the kernel's
+    // layout.
     let rc = unsafe { libc::ioctl(sock.as_raw_fd(), SIOCETHTOOL, &raw mut req) };
     if rc < 0 {
         return Err(io::Error::last_os_error());
