@@ -744,8 +744,8 @@ impl Classifier {
     /// and exit tracepoints, and turns them on with `cfg`. Returns the maps
     /// user space keeps writing (bypassed processes) and reading (flows,
     /// counters). The hooks share this classifier's bypass tries, and stay
-    /// attached until the classifier is dropped or [`SockHooks::disable`]
-    /// is called.
+    /// attached until the classifier is dropped; they do nothing while
+    /// [`Classifier::set_sock_config`] has them disabled.
     pub fn attach_sock_hooks(
         &mut self,
         cgroup: &Path,
@@ -792,9 +792,12 @@ impl Classifier {
         cgroup_hook!(CgroupSock, sock_programs::SOCK_RELEASE);
         cgroup_hook!(CgroupSockAddr, sock_programs::CONNECT4);
         cgroup_hook!(CgroupSockAddr, sock_programs::CONNECT6);
+        cgroup_hook!(CgroupSockAddr, sock_programs::SENDMSG4);
+        cgroup_hook!(CgroupSockAddr, sock_programs::SENDMSG6);
         for (name, tp) in [
             (sock_programs::PROCESS_FORK, "sched_process_fork"),
             (sock_programs::PROCESS_EXIT, "sched_process_exit"),
+            (sock_programs::PROCESS_EXEC, "sched_process_exec"),
         ] {
             let p: &mut TracePoint = self
                 .ebpf
@@ -813,9 +816,12 @@ impl Classifier {
             .map_err(layout(map_names::FLOWS))?;
         let stats = PerCpuArray::try_from(take(&mut self.ebpf, map_names::SOCK_STATS)?)
             .map_err(layout(map_names::SOCK_STATS))?;
+        let pending = HashMap::try_from(take(&mut self.ebpf, map_names::PENDING)?)
+            .map_err(layout(map_names::PENDING))?;
         self.set_sock_config(cfg)?;
         Ok(SockHooks {
             processes,
+            pending,
             flows,
             stats,
         })
@@ -838,6 +844,7 @@ impl Classifier {
 /// after [`Classifier::attach_sock_hooks`].
 pub struct SockHooks {
     processes: HashMap<MapData, u32, ProcessEntry>,
+    pending: HashMap<MapData, u32, sluice_common::ExecGrant>,
     flows: HashMap<MapData, u64, FlowEntry>,
     stats: PerCpuArray<MapData, u64>,
 }
@@ -864,6 +871,25 @@ impl SockHooks {
             .insert(tgid, entry, 0)
             .map_err(|source| EbpfError::MapUpdate {
                 name: map_names::PROCESSES,
+                action: "insert",
+                item: format!("process {tgid}"),
+                source: source.into(),
+            })
+    }
+
+    /// The verdict for the `execve` process `tgid` is in: applied by the
+    /// kernel when (and only if) that exec succeeds, within
+    /// [`sluice_common::GRANT_WINDOW_NS`].
+    pub fn grant(&mut self, tgid: u32, bypass: bool) -> Result<(), EbpfError> {
+        let g = sluice_common::ExecGrant {
+            bypass: u32::from(bypass),
+            reserved: 0,
+            written_ns: crate::sys::fanotify::monotonic_ns(),
+        };
+        self.pending
+            .insert(tgid, g, 0)
+            .map_err(|source| EbpfError::MapUpdate {
+                name: map_names::PENDING,
                 action: "insert",
                 item: format!("process {tgid}"),
                 source: source.into(),

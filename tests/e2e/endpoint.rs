@@ -131,6 +131,43 @@ fn endpoint_mode(path: &str) {
         );
         assert_eq!(lab.nft_counter(counter::EDGE_TO_TUNNELLED_V4), 0);
     }
+    // An exec of a listed program that fails after the kernel opened the
+    // file (an argument longer than the kernel takes: E2BIG) leaves the
+    // caller, which keeps running its own code, tunnelled.
+    let script = format!(
+        "import os, urllib.request\nprint(os.getpid())\ntry:\n    os.execv({:?}, ['x' * 200000])\nexcept OSError:\n    pass\nprint(urllib.request.urlopen({:?}, timeout=10).read().decode().strip())\n",
+        by_path.to_string_lossy(),
+        url(addr::TUNNELLED_V4, "/whoami")
+    );
+    let said = lab.run_ok(Host::Gw, &[sluice_lab::python(), "-c", &script]);
+    let (pid, seen) = said.trim().split_once('\n').expect("two lines");
+    assert_eq!(
+        seen.trim(),
+        edge,
+        "a failed exec of a listed program\n{}",
+        logs(&lab)
+    );
+    // sluice did grant that exec (the kernel held it); the kernel did not
+    // apply the grant (the exec failed).
+    let granted = format!("process {} ({}) bypasses", pid.trim(), by_path.display());
+    assert!(
+        lab.log("gateway").contains(&granted),
+        "no grant logged: {granted}"
+    );
+
+    // A UDP socket connected to a bypassed server carries the bypass mark;
+    // sending from it to a tunnelled server is refused, not sent direct.
+    lab.reset_counters();
+    let script = format!(
+        "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ns.connect(({:?}, 9000))\ns.send(b'direct')\ntry:\n    s.sendto(b'leak', ({:?}, 9000))\n    print('sent')\nexcept PermissionError:\n    print('refused')\n",
+        addr::BYPASSED_V4.to_string(),
+        addr::TUNNELLED_V4.to_string()
+    );
+    let said = lab.run_ok(Host::Gw, &[sluice_lab::python(), "-c", &script]);
+    assert_eq!(said.trim(), "refused", "{}", logs(&lab));
+    assert_eq!(lab.nft_counter(counter::GW_TO_TUNNELLED_V4), 0);
+    assert!(lab.nft_counter(counter::GW_TO_BYPASSED_V4) >= 1);
+
     // The LAN is served as before.
     assert_eq!(
         curl(&lab, &[&url(addr::TUNNELLED_V4, "/whoami")]).trim(),

@@ -379,7 +379,13 @@ impl Doc<'_> {
 
     fn iface(&self, v: &Spanned<String>, field: &str) -> Result<String, ConfigError> {
         let s = v.get_ref();
-        if s.is_empty() || s.len() > 15 || s.contains(['/', ' ', '\0']) || s == "." || s == ".." {
+        if s.is_empty()
+            || s.len() > 15
+            || s.contains(['/', '\0'])
+            || s.chars().any(|c| c.is_whitespace() || c.is_control())
+            || s == "."
+            || s == ".."
+        {
             return Err(self.err(
                 v.span(),
                 field,
@@ -499,6 +505,16 @@ impl Doc<'_> {
         let interface = match &e.interface {
             Some(i) => {
                 let name = self.iface(i, "endpoint.interface")?;
+                if !name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+                {
+                    return Err(self.err(
+                        i.span(),
+                        "endpoint.interface",
+                        "letters, digits, '.', '_' and '-' only (sluice creates it)",
+                    ));
+                }
                 if name.len() > 14 {
                     return Err(self.err(
                         i.span(),

@@ -20,8 +20,9 @@ use std::{
 
 use crate::process::ProcessSet;
 
-/// How long a program's loader (or a script's interpreter) may follow it.
-const FOLLOW_WINDOW: Duration = Duration::from_secs(2);
+/// How long a program's loader (or a script's interpreter) may follow it
+/// (microseconds in practice; as long as the kernel's grant window).
+const FOLLOW_WINDOW: Duration = Duration::from_millis(100);
 /// Bound of the per-process and per-file state.
 const MAX_ENTRIES: usize = 4096;
 /// Longest `PT_INTERP` read.
@@ -37,7 +38,7 @@ pub enum Kind {
     /// A program (ELF or anything else the kernel runs); `interp` is its
     /// ELF loader's resolved path, if it has one.
     Program {
-        /// `PT_INTERP`, symlinks resolved.
+        /// `PT_INTERP`, as the program names it.
         interp: Option<String>,
     },
 }
@@ -77,8 +78,14 @@ impl ExecTracker {
             .pending
             .remove(&pid)
             .filter(|p| now.saturating_duration_since(p.at) < FOLLOW_WINDOW);
+        // The loader is recognised by its file name: `PT_INTERP` names it
+        // through symlinks (`/lib64/ld-linux-x86-64.so.2`) and the kernel
+        // reports the resolved path. Resolving it here would mean following
+        // a path any program names, on any filesystem, while every exec
+        // on the host waits.
         if let Some(p) = &prev
-            && p.expect.as_deref() == Some(facts.path.as_str())
+            && let Some(e) = &p.expect
+            && file_name(e) == file_name(&facts.path)
         {
             return None;
         }
@@ -109,6 +116,10 @@ impl ExecTracker {
         }
         Some(verdict)
     }
+}
+
+fn file_name(p: &str) -> &str {
+    p.rsplit('/').next().unwrap_or(p)
 }
 
 /// File identity for the cache: a file rewritten in place gets new facts.
@@ -175,11 +186,7 @@ fn read_facts(file: &File, path: &str, set: &ProcessSet) -> std::io::Result<File
         Kind::Script
     } else {
         Kind::Program {
-            interp: elf_interp(file, head).map(|i| {
-                std::fs::canonicalize(&i)
-                    .map(|p| p.to_string_lossy().into_owned())
-                    .unwrap_or(i)
-            }),
+            interp: elf_interp(file, head),
         }
     };
     let digest = if set.needs_digest() {
@@ -310,6 +317,26 @@ mod tests {
     const LD: &str = "/usr/lib/ld.so";
 
     #[test]
+    fn the_loader_is_known_by_its_file_name() {
+        let mut t = ExecTracker::default();
+        let now = Instant::now();
+        let prog = facts(
+            "/bin/a",
+            Kind::Program {
+                interp: Some("/lib64/ld-linux-x86-64.so.2".into()),
+            },
+            true,
+        );
+        let ld = facts(
+            "/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2",
+            Kind::Program { interp: None },
+            false,
+        );
+        assert_eq!(t.on_exec(5, &prog, now), Some(true));
+        assert_eq!(t.on_exec(5, &ld, now), None);
+    }
+
+    #[test]
     fn a_program_decides_and_its_loader_does_not() {
         let mut t = ExecTracker::default();
         let now = Instant::now();
@@ -381,7 +408,7 @@ mod tests {
         assert_eq!(t.on_exec(3, &prog, now), Some(true));
         // The loader executed directly much later is a program of its own.
         let ld = facts(LD, Kind::Program { interp: None }, false);
-        assert_eq!(t.on_exec(3, &ld, now + Duration::from_secs(5)), Some(false));
+        assert_eq!(t.on_exec(3, &ld, now + Duration::from_secs(1)), Some(false));
     }
 
     #[test]

@@ -140,27 +140,35 @@ impl Endpoint {
         main: &Arc<Mutex<Classifier>>,
         reload: Arc<AtomicBool>,
     ) -> Result<Self, EndpointError> {
+        // Process ids in the kernel's maps are the initial namespace's.
+        if !fanotify::in_initial_pid_namespace().map_err(|e| fail("/proc/self/ns/pid", e))? {
+            return Err(EndpointError(
+                "sluice must run in the initial PID namespace (the socket hooks key processes by the kernel's ids)".into(),
+            ));
+        }
+        net::check_interface(cfg).map_err(|e| fail("endpoint.interface", e))?;
         let mut direct: Vec<_> = gw.bypass.iter().chain(&gw.vpn_gateways).copied().collect();
         direct.push(net::host_prefix(gw.tunnel.edge.ip()));
         net::clean_leftovers(cfg);
-        let tun = match cfg.path {
-            crate::config::EndpointPath::Tun => Some(
-                crate::sys::tun::Tun::open(&cfg.interface)
-                    .map_err(|e| fail(&format!("opening TUN device {}", cfg.interface), e))?,
-            ),
-            crate::config::EndpointPath::Veth => None,
-        };
-        net::setup(cfg, &direct).map_err(|e| fail("routing", e))?;
-        match Self::start_hooks(gw, cfg, main.clone(), reload) {
-            Ok(mut ep) => {
-                ep.tun = tun;
-                Ok(ep)
-            }
-            Err(e) => {
-                net::teardown(cfg);
-                Err(e)
-            }
+        let started = (|| {
+            let tun = match cfg.path {
+                crate::config::EndpointPath::Tun => Some(
+                    crate::sys::tun::Tun::open(&cfg.interface)
+                        .map_err(|e| fail(&format!("opening TUN device {}", cfg.interface), e))?,
+                ),
+                crate::config::EndpointPath::Veth => None,
+            };
+            net::setup(cfg, &direct).map_err(|e| fail("routing", e))?;
+            let mut ep = Self::start_hooks(gw, cfg, main.clone(), reload)?;
+            ep.tun = tun;
+            Ok(ep)
+        })();
+        if started.is_err() {
+            // Whatever ran before (a crashed run's routing) kept the host's
+            // traffic from going direct; a failed start keeps it so.
+            net::fail_closed(cfg);
         }
+        started
     }
 
     fn start_hooks(
@@ -277,14 +285,21 @@ impl Endpoint {
         Ok(())
     }
 
+    /// False once the exec watcher has stopped on its own (the gateway
+    /// then stops: process bypass can no longer be decided).
+    pub fn healthy(&self) -> bool {
+        self.watcher.as_ref().is_some_and(|w| !w.is_finished())
+    }
+
     /// The process bypass (for metrics and the flow table).
     pub fn processes(&self) -> Arc<ProcessBypass> {
         self.procs.clone()
     }
 
-    /// Stops the watcher, turns the hooks off, detaches, removes the
-    /// routing and the veth pair.
-    pub fn stop(mut self) {
+    /// Stops the watcher, turns the hooks off and detaches. A `clean` stop
+    /// (asked for) removes the routing and the device; otherwise (sluice
+    /// ends on an error) the host is left failing closed.
+    pub fn stop(mut self, clean: bool) {
         self.stop.store(true, Relaxed);
         if let Some(w) = self.watcher.take() {
             let _ = w.join();
@@ -296,8 +311,12 @@ impl Endpoint {
             let _ = x.detach();
         }
         drop(self.tun.take());
-        net::teardown(&self.cfg);
-        log::info!("endpoint: stopped, routing removed");
+        if clean {
+            net::teardown(&self.cfg);
+            log::info!("endpoint: stopped, routing removed");
+        } else {
+            net::fail_closed(&self.cfg);
+        }
     }
 }
 
@@ -314,9 +333,11 @@ impl ProcessBypass {
             let events = match watch.read(&mut buf, 100) {
                 Ok(e) => e,
                 Err(e) => {
-                    log::error!("endpoint: reading exec events: {e}");
-                    std::thread::sleep(std::time::Duration::from_millis(100));
-                    continue;
+                    // Returning closes the group (every held exec goes
+                    // on; execs from now on are tunnelled by the kernel,
+                    // which sees no verdicts) and stops the gateway.
+                    log::error!("endpoint: reading exec events: {e}; the exec watcher stops");
+                    return;
                 }
             };
             let set = self.set.read().map(|s| s.clone()).unwrap_or_default();
@@ -333,8 +354,10 @@ impl ProcessBypass {
                 let facts = match facts {
                     Ok(f) => f,
                     Err(e) => {
+                        // Unreadable: tunnelled.
                         self.exec_errors.fetch_add(1, Relaxed);
                         log::debug!("endpoint: exec by {}: {e}", ev.pid);
+                        self.apply(ev.pid, false, "?", None);
                         continue;
                     }
                 };
@@ -342,26 +365,29 @@ impl ProcessBypass {
                     self.apply(ev.pid, bypass, &facts.path, facts.matched.as_deref());
                 }
                 // `ev` is answered (allowed) here, after the verdict is in
-                // the kernel's map.
+                // the kernel's pending map; the kernel applies it when the
+                // exec succeeds.
             }
         }
     }
 
+    /// Writes the verdict for process `pid`'s exec in flight. A verdict
+    /// that cannot be written is no verdict: the kernel tunnels.
     fn apply(&self, pid: u32, bypass: bool, path: &str, pattern: Option<&str>) {
-        let Ok(mut hooks) = self.hooks.lock() else {
-            return;
-        };
+        let mut hooks = self
+            .hooks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if bypass {
             self.exec_bypassed.fetch_add(1, Relaxed);
-            match hooks.set_process(pid, FlowVerdict::BypassProcess) {
-                Ok(()) => log::info!(
-                    "endpoint: process {pid} ({path}) bypasses the tunnel (matches `{}`)",
-                    pattern.unwrap_or("its script")
-                ),
-                Err(e) => log::error!("endpoint: process {pid} ({path}): {e}"),
-            }
-        } else if let Err(e) = hooks.clear_process(pid) {
-            log::error!("endpoint: process {pid} ({path}): {e}");
+        }
+        match hooks.grant(pid, bypass) {
+            Ok(()) if bypass => log::info!(
+                "endpoint: process {pid} ({path}) bypasses the tunnel (matches `{}`)",
+                pattern.unwrap_or("its script")
+            ),
+            Ok(()) => {}
+            Err(e) => log::error!("endpoint: process {pid} ({path}): {e}"),
         }
     }
 
@@ -394,6 +420,11 @@ impl ProcessBypass {
         let set = self.set.read().map(|s| s.clone()).unwrap_or_default();
         let matches = |pid: u32, cache: &mut FactsCache| -> bool {
             let exe = format!("/proc/{pid}/exe");
+            // The start time pins the process: an id reused between the
+            // read and the insert is caught below.
+            if start_time(pid).is_none() {
+                return false;
+            }
             let Ok(path) = std::fs::read_link(&exe) else {
                 return false;
             };
@@ -406,7 +437,7 @@ impl ProcessBypass {
                 .facts(&f, path, &set)
                 .is_ok_and(|f| f.matched.is_some())
         };
-        let mut keep = HashSet::new();
+        let mut keep = std::collections::HashMap::new();
         if !set.is_empty()
             && let Ok(dir) = std::fs::read_dir("/proc")
         {
@@ -414,21 +445,27 @@ impl ProcessBypass {
                 let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
                     continue;
                 };
+                let started = start_time(pid);
                 if pid != self.self_pid && matches(pid, cache) {
-                    keep.insert(pid);
+                    keep.insert(pid, started);
                 }
             }
         }
         let Ok(mut hooks) = self.hooks.lock() else {
             return 0;
         };
-        for &pid in &keep {
+        for (&pid, &started) in &keep {
             if let Err(e) = hooks.set_process(pid, FlowVerdict::BypassProcess) {
                 log::error!("endpoint: process {pid}: {e}");
             }
+            // Exited meanwhile (its exit hook ran before the insert) or
+            // its id reused: the entry must not outlive it.
+            if start_time(pid) != started {
+                let _ = hooks.clear_process(pid);
+            }
         }
         for (pid, reason) in hooks.processes() {
-            if reason == FlowVerdict::BypassSelf as u32 || keep.contains(&pid) {
+            if reason == FlowVerdict::BypassSelf as u32 || keep.contains_key(&pid) {
                 continue;
             }
             // An entry made since the scan read /proc (a fork) or a
@@ -476,7 +513,7 @@ impl ProcessBypass {
             ),
             (
                 "sluice_endpoint_exec_errors_total",
-                "execve events whose file could not be read (process tunnelled).",
+                "execve events whose file could not be read (the process is tunnelled).",
                 self.exec_errors.load(Relaxed),
             ),
             (
@@ -555,6 +592,7 @@ pub fn hook_settings(
 ) -> Result<(PathBuf, SockConfig), EndpointError> {
     let tracefs = fanotify::ensure_tracefs().map_err(|e| fail("mounting tracefs", e))?;
     let fork_offset = fork_child_pid_offset(&tracefs)?;
+    check_exec_format(&tracefs)?;
     let cgroup = match cgroup {
         Some(c) => c.to_path_buf(),
         None => cgroup2_root()?,
@@ -567,6 +605,16 @@ pub fn hook_settings(
         reserved: 0,
     };
     Ok((cgroup, cfg))
+}
+
+/// The start time of process `pid` (`/proc/<pid>/stat` field 22), if it
+/// exists.
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold anything up to the last `)`.
+    let end = stat.iter().rposition(|&b| b == b')')?;
+    let rest = std::str::from_utf8(stat.get(end + 2..)?).ok()?;
+    rest.split(' ').nth(19)?.parse().ok()
 }
 
 /// Where `child_pid` is in `sched_process_fork`'s record, from its format
@@ -591,11 +639,32 @@ fn fork_child_pid_offset(tracefs: &Path) -> Result<u32, EndpointError> {
     Ok(off)
 }
 
+/// Checks that `old_pid` is where the exec hook reads it.
+fn check_exec_format(tracefs: &Path) -> Result<(), EndpointError> {
+    let p = tracefs.join("events/sched/sched_process_exec/format");
+    let text = std::fs::read_to_string(&p).map_err(|e| fail(&p.display().to_string(), e))?;
+    let want = format!("offset:{};", sluice_common::EXEC_OLD_PID_OFFSET);
+    if text
+        .lines()
+        .any(|l| l.contains(" old_pid;") && l.contains(&want))
+    {
+        Ok(())
+    } else {
+        Err(EndpointError(format!(
+            "{}: old_pid is not at offset {}",
+            p.display(),
+            sluice_common::EXEC_OLD_PID_OFFSET
+        )))
+    }
+}
+
 /// The mountinfo lines as (mount point, filesystem type, device).
 fn mounts() -> Vec<(PathBuf, String, String)> {
-    let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else {
+    let Ok(bytes) = std::fs::read("/proc/self/mountinfo") else {
         return Vec::new();
     };
+    // Mount points need not be UTF-8: one such line must not hide the rest.
+    let text = String::from_utf8_lossy(&bytes);
     text.lines()
         .filter_map(|l| {
             let (left, right) = l.split_once(" - ")?;

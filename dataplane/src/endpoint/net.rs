@@ -1,19 +1,23 @@
-//! Endpoint mode's routing: a veth pair the host's tunnelled traffic is
-//! routed into (sluice's side carries the XDP classifier and an `AF_XDP`
-//! socket, exactly like a LAN interface), and three policy rules:
+//! Endpoint mode's routing: the device the host's tunnelled traffic is
+//! routed into (a TUN device sluice holds open, or a veth pair whose far
+//! side carries the XDP classifier and an `AF_XDP` socket, exactly like a
+//! LAN interface), and the policy rules:
 //!
 //! 1. `fwmark <mark> lookup main`: sockets the hooks marked (listed
 //!    processes, bypassed destinations, sluice's own tunnel) go direct;
 //! 2. `lookup main suppress_prefixlength 0`: whatever the main table
 //!    routes more specifically than its default route (the host's own
-//!    subnets) stays local;
+//!    subnets, and any static or other-VPN route there) stays outside;
 //! 3. `iif lo lookup <table>`: the rest of this host's own traffic goes
-//!    into the veth, i.e. the tunnel (forwarded LAN traffic never does:
-//!    the XDP classifier already decided it).
-//!    Configured bypass prefixes, VPN gateways and the edge are `throw`
-//!    routes in that table (back to the main table), so they bypass for
-//!    every kind of socket, connected or not. Without an inner IPv6
-//!    address IPv6 is `unreachable` there: refused, never sent direct.
+//!    into the device, i.e. the tunnel (forwarded LAN traffic never does:
+//!    the XDP classifier already decided it). Configured bypass prefixes,
+//!    VPN gateways and the edge are `throw` routes in that table (back to
+//!    the main table), so they bypass for every kind of socket, connected
+//!    or not. Below the device's default route an `unreachable` default
+//!    refuses everything once the device is gone (sluice died). Without an
+//!    inner IPv6 address IPv6 is `unreachable` there outright.
+//! 4. (veth path) `iif <sluice's side> blackhole`: frames that reach
+//!    sluice's side without its XDP program are dropped, never forwarded.
 //!
 //! Built with `ip -batch` (iproute2) and removed the same way; leftovers
 //! of a run that did not stop cleanly are removed first.
@@ -68,21 +72,51 @@ fn ip_batch(cmds: &[String], ignore_errors: bool) -> Result<(), String> {
     Ok(())
 }
 
+/// The policy rules (what follows `rule add` / `rule del`: deleting with
+/// every selector removes only sluice's own rules), both families.
+fn rules(cfg: &EndpointConfig) -> Vec<String> {
+    let (p, t, mark) = (cfg.rule_priority, cfg.table, cfg.mark);
+    let mut v = vec![
+        format!("pref {p} fwmark {mark:#x} lookup main"),
+        format!("pref {} lookup main suppress_prefixlength 0", p + 1),
+        // `iif lo`: only this host's own packets; forwarded LAN traffic
+        // the XDP classifier passed (bypassed) keeps the main table.
+        format!("pref {} iif lo lookup {t}", p + 2),
+    ];
+    if cfg.path == EndpointPath::Veth {
+        // Packets reaching sluice's side without its XDP program (sluice
+        // gone) are dropped, never forwarded.
+        v.push(format!("pref {} iif {} blackhole", p + 3, peer_name(cfg)));
+    }
+    ["-4", "-6"]
+        .iter()
+        .flat_map(|fam| v.iter().map(move |r| format!("{fam} {r}")))
+        .collect()
+}
+
+/// `rule <verb>` for each of [`rules`].
+fn rule_cmds(cfg: &EndpointConfig, verb: &str, keep: impl Fn(&str) -> bool) -> Vec<String> {
+    rules(cfg)
+        .into_iter()
+        .filter(|r| keep(r))
+        .map(|r| {
+            let (fam, rest) = r.split_at(3);
+            format!("{fam}rule {verb} {rest}")
+        })
+        .collect()
+}
+
 /// The commands that remove what [`setup`] made (errors ignored).
 fn teardown_cmds(cfg: &EndpointConfig) -> Vec<String> {
-    let (p, t) = (cfg.rule_priority, cfg.table);
-    let mut v = Vec::new();
+    let mut v = rule_cmds(cfg, "del", |_| true);
     for fam in ["-4", "-6"] {
-        for pref in [p, p + 1, p + 2] {
-            v.push(format!("{fam} rule del pref {pref}"));
-        }
-        v.push(format!("{fam} route flush table {t}"));
+        v.push(format!("{fam} route flush table {}", cfg.table));
     }
     v.push(format!("link del {}", cfg.interface));
     v
 }
 
-/// Removes the endpoint's routing and its veth pair.
+/// Removes the endpoint's routing and its device: a deliberate stop.
 pub fn teardown(cfg: &EndpointConfig) {
     // `ip -force` keeps going past missing entries; there is nothing to
     // report if something was already gone.
@@ -90,9 +124,48 @@ pub fn teardown(cfg: &EndpointConfig) {
 }
 
 /// Removes what a run that did not stop cleanly left (before opening the
-/// TUN device, which would otherwise attach to a leftover).
+/// TUN device, which would otherwise attach to a leftover); the device is
+/// one [`check_interface`] approved.
 pub fn clean_leftovers(cfg: &EndpointConfig) {
     teardown(cfg);
+}
+
+/// Leaves the host failing closed: its own traffic (but for the main
+/// table's more specific routes) is refused, never sent direct. For a
+/// start that failed and a run that ends on an error.
+pub fn fail_closed(cfg: &EndpointConfig) {
+    let t = cfg.table;
+    let mut v = rule_cmds(cfg, "del", |_| true);
+    v.extend(rule_cmds(cfg, "add", |r| !r.contains("fwmark")));
+    for fam in ["-4", "-6"] {
+        v.push(format!(
+            "{fam} route replace unreachable default metric 4294967295 table {t}"
+        ));
+    }
+    if let Err(e) = ip_batch(&v, true) {
+        log::error!("endpoint: failing closed: {e}");
+    }
+    log::warn!(
+        "endpoint: failing closed: this host's tunnelled traffic is refused until sluice runs again (or the rules at priority {} to {} are deleted)",
+        cfg.rule_priority,
+        cfg.rule_priority + 3
+    );
+}
+
+/// The endpoint's device name must be free, or a TUN or veth device (a
+/// crashed run's): sluice deletes and recreates it.
+pub fn check_interface(cfg: &EndpointConfig) -> Result<(), String> {
+    let name = &cfg.interface;
+    if !std::path::Path::new(&format!("/sys/class/net/{name}")).exists() {
+        return Ok(());
+    }
+    match crate::sys::ethtool::driver(name) {
+        Ok(d) if d == "tun" || d == "veth" => Ok(()),
+        Ok(d) => Err(format!(
+            "{name} exists (driver {d}): name a device sluice may create and delete"
+        )),
+        Err(e) => Err(format!("{name} exists and its driver is unknown: {e}")),
+    }
 }
 
 /// Builds the routes and the rules, and for the veth path the pair (the
@@ -102,7 +175,7 @@ pub fn clean_leftovers(cfg: &EndpointConfig) {
 pub fn setup(cfg: &EndpointConfig, direct: &[Prefix]) -> Result<(), String> {
     let host = &cfg.interface;
     let peer = peer_name(cfg);
-    let (p, t, mark) = (cfg.rule_priority, cfg.table, cfg.mark);
+    let t = cfg.table;
     let veth = cfg.path == EndpointPath::Veth;
     let mut v = Vec::new();
     if veth {
@@ -144,25 +217,15 @@ pub fn setup(cfg: &EndpointConfig, direct: &[Prefix]) -> Result<(), String> {
         let fam = if d.addr().is_ipv4() { "-4" } else { "-6" };
         v.push(format!("{fam} route add throw {d} table {t}"));
     }
-    for fam in ["-4", "-6"] {
-        v.push(format!(
-            "{fam} rule add pref {p} fwmark {mark:#x} lookup main"
-        ));
-        v.push(format!(
-            "{fam} rule add pref {} lookup main suppress_prefixlength 0",
-            p + 1
-        ));
-        // `iif lo`: only this host's own packets; forwarded LAN traffic
-        // the XDP classifier passed (bypassed) keeps the main table.
-        v.push(format!("{fam} rule add pref {} iif lo lookup {t}", p + 2));
-    }
-    if let Err(e) = ip_batch(&v, false) {
-        teardown(cfg);
-        return Err(e);
-    }
-    if veth && let Err(e) = veth_extras(cfg) {
-        teardown(cfg);
-        return Err(e);
+    v.extend(rules(cfg).into_iter().map(|r| {
+        let (fam, rest) = r.split_at(3);
+        format!("{fam}rule add {rest}")
+    }));
+    // On failure the caller fails closed (it knows whether a leftover's
+    // rules were holding the host's traffic).
+    ip_batch(&v, false)?;
+    if veth {
+        veth_extras(cfg)?;
     }
     // Replies arrive on the host side from arbitrary sources: loose
     // reverse-path filtering there. IPv6 router advertisements and
@@ -233,10 +296,22 @@ mod tests {
             path: EndpointPath::Tun,
         };
         let cmds = teardown_cmds(&cfg);
-        for pref in [1000, 1001, 1002] {
-            assert!(cmds.contains(&format!("-4 rule del pref {pref}")));
-            assert!(cmds.contains(&format!("-6 rule del pref {pref}")));
+        for fam in ["-4", "-6"] {
+            assert!(cmds.contains(&format!(
+                "{fam} rule del pref 1000 fwmark 0x5c1 lookup main"
+            )));
+            assert!(cmds.contains(&format!(
+                "{fam} rule del pref 1001 lookup main suppress_prefixlength 0"
+            )));
+            assert!(cmds.contains(&format!("{fam} rule del pref 1002 iif lo lookup 1473")));
         }
+        let veth = EndpointConfig {
+            path: EndpointPath::Veth,
+            ..cfg.clone()
+        };
+        assert!(
+            teardown_cmds(&veth).contains(&"-4 rule del pref 1003 iif ep0x blackhole".to_string())
+        );
         assert!(cmds.contains(&"-6 route flush table 1473".to_string()));
         assert_eq!(cmds.last().unwrap(), "link del ep0");
         assert_eq!(peer_name(&cfg), "ep0x");

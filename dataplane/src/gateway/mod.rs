@@ -222,7 +222,20 @@ impl Gateway {
     /// Waits until the stop flag is set (by a signal), then stops the
     /// workers and detaches the classifier.
     pub fn wait(mut self) -> Result<(), GatewayError> {
-        while !self.stop.load(Relaxed) && self.workers.iter().all(|w| !w.is_finished()) {
+        let mut failed = false;
+        while !self.stop.load(Relaxed) {
+            if self.workers.iter().any(JoinHandle::is_finished) {
+                log::error!("a worker stopped; stopping");
+                failed = true;
+                break;
+            }
+            if let Some(e) = &self.endpoint
+                && !e.healthy()
+            {
+                log::error!("endpoint mode: the exec watcher stopped; stopping");
+                failed = true;
+                break;
+            }
             std::thread::sleep(Duration::from_millis(100));
             if let Some(d) = &self.domains {
                 d.expire(std::time::Instant::now());
@@ -240,7 +253,7 @@ impl Gateway {
         // Routing last: until it goes, the host's tunnelled packets reach
         // a socket nobody serves and are dropped, never sent direct.
         if let Some(e) = self.endpoint.take() {
-            e.stop();
+            e.stop(!failed);
         }
         if let Some(m) = self.metrics.take() {
             let _ = m.join();
@@ -372,7 +385,7 @@ fn start_endpoint(
             Ok((endpoint, w))
         }
         Err(e) => {
-            endpoint.stop();
+            endpoint.stop(false);
             Err(e)
         }
     }

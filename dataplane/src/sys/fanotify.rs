@@ -17,6 +17,9 @@ use std::{
 
 const FAN_CLOEXEC: libc::c_uint = 0x1;
 const FAN_NONBLOCK: libc::c_uint = 0x2;
+/// No queue limit: an overflowing queue would let execs through unseen
+/// (their processes are then tunnelled, but needlessly).
+const FAN_UNLIMITED_QUEUE: libc::c_uint = 0x10;
 const FAN_ALLOW: u32 = 0x01;
 const FAN_MARK_ADD: libc::c_uint = 0x1;
 /// `struct fanotify_event_metadata`: 24 bytes in version 3.
@@ -77,7 +80,7 @@ impl ExecWatch {
         // SAFETY: plain syscall; the result is checked and owned below.
         let fd = unsafe {
             libc::fanotify_init(
-                libc::FAN_CLASS_CONTENT | FAN_CLOEXEC | FAN_NONBLOCK,
+                libc::FAN_CLASS_CONTENT | FAN_CLOEXEC | FAN_NONBLOCK | FAN_UNLIMITED_QUEUE,
                 (libc::O_RDONLY | libc::O_LARGEFILE | libc::O_CLOEXEC) as libc::c_uint,
             )
         };
@@ -152,8 +155,13 @@ impl ExecWatch {
             let fd = i32::from_ne_bytes(word(16));
             let pid = i32::from_ne_bytes(word(20));
             if event_len < META_LEN || event_len > rest.len() || vers != FANOTIFY_METADATA_VERSION {
-                log::error!("fanotify: malformed event (len {event_len}, version {vers})");
-                break;
+                // The rest of the buffer cannot be parsed, so its events
+                // cannot be answered: the caller must close the group
+                // (which answers every pending event).
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("malformed fanotify event (length {event_len}, version {vers})"),
+                ));
             }
             rest = &rest[event_len..];
             if fd < 0 {
@@ -172,6 +180,26 @@ impl ExecWatch {
         }
         Ok(out)
     }
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds: the clock of `bpf_ktime_get_ns`.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: fills a live local; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
+    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
+}
+
+/// Whether this process runs in the initial PID namespace (process ids as
+/// the kernel's hooks see them).
+pub fn in_initial_pid_namespace() -> io::Result<bool> {
+    /// `PROC_PID_INIT_INO`.
+    const INIT_PID_NS_INO: u64 = 0xEFFF_FFFC;
+    use std::os::unix::fs::MetadataExt as _;
+    Ok(std::fs::metadata("/proc/self/ns/pid")?.ino() == INIT_PID_NS_INO)
 }
 
 /// The cookie of the calling thread's network namespace

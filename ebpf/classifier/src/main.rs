@@ -100,6 +100,24 @@ mod program {
         sock::connect(&ctx, true)
     }
 
+    /// Endpoint mode: unconnected IPv4 sends of marked sockets.
+    #[cgroup_sock_addr(sendmsg4)]
+    pub fn sendmsg4(ctx: SockAddrContext) -> i32 {
+        sock::sendmsg(&ctx, false)
+    }
+
+    /// Endpoint mode: unconnected IPv6 sends of marked sockets.
+    #[cgroup_sock_addr(sendmsg6)]
+    pub fn sendmsg6(ctx: SockAddrContext) -> i32 {
+        sock::sendmsg(&ctx, true)
+    }
+
+    /// Endpoint mode: a successful exec applies its verdict.
+    #[tracepoint]
+    pub fn process_exec(ctx: TracePointContext) -> u32 {
+        sock::process_exec(&ctx)
+    }
+
     /// Endpoint mode: a child inherits its parent's bypass.
     #[tracepoint]
     pub fn process_fork(ctx: TracePointContext) -> u32 {

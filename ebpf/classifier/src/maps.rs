@@ -15,8 +15,9 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use sluice_common::{
-    BYPASS_MAX_ENTRIES, BypassEntry, Counter, FLOWS_MAX_ENTRIES, FlowEntry, Ipv4Key, Ipv6Key,
-    LOCAL_MAX_ENTRIES, MAX_QUEUES, PROCESSES_MAX_ENTRIES, ProcessEntry, SockConfig, SockCounter,
+    BYPASS_MAX_ENTRIES, BypassEntry, Counter, ExecGrant, FLOWS_MAX_ENTRIES, FlowEntry, Ipv4Key,
+    Ipv6Key, LOCAL_MAX_ENTRIES, MAX_QUEUES, PENDING_MAX_ENTRIES, PROCESSES_MAX_ENTRIES,
+    ProcessEntry, SockConfig, SockCounter,
 };
 
 /// IPv4 bypass prefixes ([`sluice_common::map_names::BYPASS_V4`]).
@@ -51,6 +52,11 @@ static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0
 #[map]
 pub(crate) static PROCESSES: HashMap<u32, ProcessEntry> =
     HashMap::with_max_entries(PROCESSES_MAX_ENTRIES, 0);
+
+/// Exec verdicts in flight ([`sluice_common::map_names::PENDING`]).
+#[map]
+pub(crate) static PENDING: HashMap<u32, ExecGrant> =
+    HashMap::with_max_entries(PENDING_MAX_ENTRIES, 0);
 
 /// The socket hooks' settings ([`sluice_common::map_names::SOCK_CONFIG`]).
 #[map]

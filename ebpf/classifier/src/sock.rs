@@ -10,28 +10,39 @@
 //!   answered for bypassed domains) gets the mark before the kernel routes
 //!   it (the hook runs ahead of the route lookup); every connection is
 //!   recorded in [`maps::FLOWS`] with its process and verdict.
+//! - `cgroup/sendmsg4`, `cgroup/sendmsg6`: an unconnected send from a
+//!   marked socket (connected to a bypassed destination before, or made by
+//!   a listed process and handed on) to a destination that must be
+//!   tunnelled, by a process that is not listed, is refused (`EPERM`):
+//!   the mark would otherwise route it direct. Unconnected sends are never
+//!   marked by destination (the kernel reads the socket's mark for a
+//!   datagram before this hook runs); they follow the process mark and the
+//!   routing table (configured prefixes are also `throw` routes).
 //! - `cgroup/sock_release`: the socket's flow entry goes.
 //! - tracepoints `sched_process_fork` / `sched_process_exit`: a child starts
 //!   with its parent's entry (before it runs), an exiting task's entry goes.
-//!   Entries for new executables are written by user space while the
-//!   kernel holds the `execve` (a fanotify permission event), so no window
-//!   exists where a listed program runs without its entry.
+//! - tracepoint `sched_process_exec`: a successful `execve` applies the
+//!   verdict user space wrote for it while the kernel held the exec (a
+//!   fanotify permission event), if it is fresh; without one (an exec
+//!   sluice did not see) the process is tunnelled. A verdict for an exec
+//!   that then failed is never applied to the program that keeps running.
 //!
-//! Unconnected sends (`sendto` on a UDP socket) are not marked by
-//! destination: the kernel reads the socket's mark for a datagram before
-//! the sendmsg hook runs, so a mark set there would apply to the next
-//! datagram, whatever its destination. They follow the process mark and
-//! the routing table (configured prefixes are also `throw` routes).
-//!
-//! Every hook allows the operation (returns 1): they steer, never refuse.
+//! The hooks steer; they refuse only where steering is impossible (a mark
+//! that cannot be set or cleared, a send that the mark would leak).
 use aya_ebpf::{
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
-        generated::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_setsockopt},
+        generated::{
+            bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_getsockopt, bpf_ktime_get_ns,
+            bpf_setsockopt,
+        },
     },
     programs::{SockAddrContext, SockContext, TracePointContext},
 };
-use sluice_common::{FlowEntry, FlowVerdict, ProcessEntry, SockConfig, SockCounter};
+use sluice_common::{
+    BypassEntry, EXEC_OLD_PID_OFFSET, FlowEntry, FlowVerdict, GRANT_WINDOW_NS, ProcessEntry,
+    SockConfig, SockCounter,
+};
 
 use crate::maps;
 
@@ -41,6 +52,8 @@ const SOL_SOCKET: i32 = 1;
 const SO_MARK: i32 = 36;
 /// The hooks' "allow" return value.
 const ALLOW: i32 = 1;
+/// The hooks' "refuse" return value (the syscall fails with `EPERM`).
+const REFUSE: i32 = 0;
 
 /// The settings, if the hooks are on and the socket is in sluice's
 /// network namespace.
@@ -120,16 +133,7 @@ pub(crate) fn connect(ctx: &SockAddrContext, v6: bool) -> i32 {
         maps::count_sock(SockCounter::ConnectBypassProcess);
         FlowVerdict::from_u32(reason).unwrap_or(FlowVerdict::BypassProcess)
     } else {
-        let entry = if v6 {
-            let mut k = [0u8; 16];
-            k.copy_from_slice(&flow.dst);
-            maps::bypass_v6(&k).copied()
-        } else {
-            let mut k = [0u8; 4];
-            k.copy_from_slice(&flow.dst[..4]);
-            maps::bypass_v4(&k).copied()
-        };
-        match entry {
+        match destination_bypass(&flow.dst, v6) {
             Some(e) => {
                 maps::count_sock(SockCounter::ConnectBypassDestination);
                 FlowVerdict::for_source(e.source)
@@ -151,15 +155,12 @@ pub(crate) fn connect(ctx: &SockAddrContext, v6: bool) -> i32 {
     // lives across the call.
     let rc = unsafe { bpf_setsockopt(raw.cast(), SOL_SOCKET, SO_MARK, (&raw mut mark).cast(), 4) };
     if rc != 0 {
+        // Neither set nor cleared: where the connection would go is not
+        // known, so it does not happen.
         maps::count_sock(SockCounter::MarkFailed);
-        if verdict != FlowVerdict::Tunnel {
-            // The mark did not stick: the connection goes through the
-            // tunnel, and the table says so.
-            flow.verdict = FlowVerdict::Tunnel as u32;
-        }
-    } else {
-        flow.verdict = verdict as u32;
+        return REFUSE;
     }
+    flow.verdict = verdict as u32;
     if let Ok(comm) = bpf_get_current_comm() {
         flow.comm = comm;
     }
@@ -167,6 +168,100 @@ pub(crate) fn connect(ctx: &SockAddrContext, v6: bool) -> i32 {
     let cookie = unsafe { bpf_get_socket_cookie(raw.cast()) };
     let _ = maps::FLOWS.insert(&cookie, &flow, 0);
     ALLOW
+}
+
+/// The bypass-trie entry of a destination (network byte order, IPv4 in
+/// the first four bytes unless `v6`; an IPv4-mapped IPv6 address is looked
+/// up as IPv4, as the kernel will send it).
+#[inline(always)]
+fn destination_bypass(dst: &[u8; 16], v6: bool) -> Option<BypassEntry> {
+    let mapped = v6 && dst[..10] == [0; 10] && dst[10] == 0xff && dst[11] == 0xff;
+    if v6 && !mapped {
+        maps::bypass_v6(dst).copied()
+    } else {
+        let o = if mapped { 12 } else { 0 };
+        let k = [dst[o], dst[o + 1], dst[o + 2], dst[o + 3]];
+        maps::bypass_v4(&k).copied()
+    }
+}
+
+/// `cgroup/sendmsg4` and `cgroup/sendmsg6` (unconnected sends only).
+pub(crate) fn sendmsg(ctx: &SockAddrContext, v6: bool) -> i32 {
+    let raw = ctx.sock_addr;
+    let Some(cfg) = config(raw.cast()) else {
+        return ALLOW;
+    };
+    let mut mark: u32 = 0;
+    // SAFETY: `raw` is the context; `mark` is a live 4-byte local.
+    let rc = unsafe { bpf_getsockopt(raw.cast(), SOL_SOCKET, SO_MARK, (&raw mut mark).cast(), 4) };
+    if rc != 0 {
+        maps::count_sock(SockCounter::SendRefused);
+        return REFUSE;
+    }
+    if mark != cfg.mark || maps::PROCESSES.get_ptr(current_tgid()).is_some() {
+        return ALLOW;
+    }
+    let mut dst = [0u8; 16];
+    // SAFETY: `raw` is the context; 4-byte loads at constant offsets.
+    unsafe {
+        if v6 {
+            for i in 0..4 {
+                let w = (*raw).user_ip6[i].to_ne_bytes();
+                dst[i * 4..i * 4 + 4].copy_from_slice(&w);
+            }
+        } else {
+            dst[..4].copy_from_slice(&(*raw).user_ip4.to_ne_bytes());
+        }
+    }
+    if destination_bypass(&dst, v6).is_some() {
+        ALLOW
+    } else {
+        maps::count_sock(SockCounter::SendRefused);
+        REFUSE
+    }
+}
+
+/// Tracepoint `sched/sched_process_exec`: `current` runs the new program.
+/// Applies the verdict written for this exec if it is fresh; otherwise
+/// (none, or one left by an exec that failed) the process is tunnelled.
+pub(crate) fn process_exec(ctx: &TracePointContext) -> u32 {
+    let Some(cfg) = maps::SOCK_CONFIG.get(0) else {
+        return 0;
+    };
+    if cfg.enabled == 0 {
+        return 0;
+    }
+    let tgid = current_tgid();
+    // A non-leader thread that execs takes the group's id: its old id's
+    // entry (made when it was cloned) goes.
+    // SAFETY: the offset is inside the record (checked at start).
+    if let Ok(old) = unsafe { ctx.read_at::<i32>(EXEC_OLD_PID_OFFSET as usize) }
+        && old as u32 != tgid
+    {
+        let _ = maps::PROCESSES.remove(&(old as u32));
+    }
+    let grant = maps::PENDING.get_ptr(tgid).map(|g| {
+        // SAFETY: a pointer from a successful lookup.
+        unsafe { *g }
+    });
+    let _ = maps::PENDING.remove(&tgid);
+    // SAFETY: no arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let fresh = grant.filter(|g| g.bypass == 1 && now.wrapping_sub(g.written_ns) < GRANT_WINDOW_NS);
+    if fresh.is_some() {
+        let entry = ProcessEntry {
+            reason: FlowVerdict::BypassProcess as u32,
+            reserved: 0,
+        };
+        if maps::PROCESSES.insert(&tgid, &entry, 0).is_ok() {
+            maps::count_sock(SockCounter::ExecBypass);
+            return 0;
+        }
+        maps::count_sock(SockCounter::ForkMapFull);
+    }
+    let _ = maps::PROCESSES.remove(&tgid);
+    maps::count_sock(SockCounter::ExecTunnel);
+    0
 }
 
 /// Tracepoint `sched/sched_process_fork`: `current` is the parent.
@@ -209,5 +304,7 @@ pub(crate) fn process_fork(ctx: &TracePointContext) -> u32 {
 pub(crate) fn process_exit(_ctx: &TracePointContext) -> u32 {
     let tid = bpf_get_current_pid_tgid() as u32;
     let _ = maps::PROCESSES.remove(&tid);
+    // A verdict for an exec that failed goes with its process.
+    let _ = maps::PENDING.remove(&tid);
     0
 }

@@ -39,6 +39,10 @@ pub mod map_names {
     /// Per-CPU `u64` counters of the socket hooks, indexed by
     /// [`crate::SockCounter`].
     pub const SOCK_STATS: &str = "SOCK_STATS";
+    /// Verdicts for `execve`s in flight, by thread group id, applied by
+    /// the exec tracepoint only if the exec succeeds:
+    /// `HashMap<u32, ExecGrant>`.
+    pub const PENDING: &str = "PENDING";
 }
 
 /// Names of the endpoint-mode programs in the classifier object.
@@ -51,6 +55,14 @@ pub mod sock_programs {
     pub const CONNECT4: &str = "connect4";
     /// `cgroup/connect6`: the same for IPv6.
     pub const CONNECT6: &str = "connect6";
+    /// `cgroup/sendmsg4`: refuses unconnected sends of a marked socket
+    /// to a destination that must be tunnelled.
+    pub const SENDMSG4: &str = "sendmsg4";
+    /// `cgroup/sendmsg6`: the same for IPv6.
+    pub const SENDMSG6: &str = "sendmsg6";
+    /// Tracepoint `sched/sched_process_exec`: a successful `execve`
+    /// applies its pending verdict (none: the process is tunnelled).
+    pub const PROCESS_EXEC: &str = "process_exec";
     /// Tracepoint `sched/sched_process_fork`: a child inherits its
     /// parent's entry in [`super::map_names::PROCESSES`].
     pub const PROCESS_FORK: &str = "process_fork";
@@ -84,6 +96,15 @@ pub const FLOWS_MAX_ENTRIES: u32 = 16_384;
 /// hook can read (the verifier wants a constant offset into the context):
 /// 20 since the comm fields became `__data_loc` strings, 44 before.
 pub const FORK_CHILD_PID_OFFSETS: [u32; 2] = [20, 44];
+/// Offset of `old_pid` in `sched_process_exec`'s record (after the
+/// `__data_loc` file name and `pid`), checked against the format at start.
+pub const EXEC_OLD_PID_OFFSET: u32 = 16;
+/// How long a pending exec verdict stays valid: the exec it was written
+/// for completes within microseconds of sluice's answer; an older one
+/// belongs to an exec that failed.
+pub const GRANT_WINDOW_NS: u64 = 100_000_000;
+/// Capacity of [`map_names::PENDING`].
+pub const PENDING_MAX_ENTRIES: u32 = 8_192;
 
 /// Key data of the IPv4 LPM trie: the address in network byte order. The
 /// kernel's `bpf_lpm_trie_key` prefix length precedes it (aya's
@@ -150,6 +171,19 @@ pub struct ProcessEntry {
     pub reason: u32,
     /// Reserved, zero.
     pub reserved: u32,
+}
+
+/// A verdict for an `execve` in flight ([`map_names::PENDING`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ExecGrant {
+    /// 1: the new program bypasses; 0: it is tunnelled.
+    pub bypass: u32,
+    /// Reserved, zero.
+    pub reserved: u32,
+    /// `CLOCK_MONOTONIC` when written, nanoseconds (`bpf_ktime_get_ns`'s
+    /// clock).
+    pub written_ns: u64,
 }
 
 /// What the connect hook decided for a connection, stored in
@@ -248,13 +282,21 @@ pub enum SockCounter {
     /// A child could not inherit (the process map is full): its sockets
     /// are tunnelled, the safe direction.
     ForkMapFull = 5,
-    /// Setting a socket's mark failed (the connection is tunnelled).
+    /// Setting a socket's mark failed: the connect was refused.
     MarkFailed = 6,
+    /// A successful exec applied a bypass verdict.
+    ExecBypass = 7,
+    /// A successful exec left its process tunnelled (no verdict, a stale
+    /// one, or "tunnel").
+    ExecTunnel = 8,
+    /// An unconnected send of a marked socket to a destination that must
+    /// be tunnelled was refused.
+    SendRefused = 9,
 }
 
 impl SockCounter {
     /// Number of counters.
-    pub const COUNT: u32 = 7;
+    pub const COUNT: u32 = 10;
     /// All of them, in index order.
     pub const ALL: [SockCounter; Self::COUNT as usize] = [
         SockCounter::SocketMarked,
@@ -264,6 +306,9 @@ impl SockCounter {
         SockCounter::ForkInherited,
         SockCounter::ForkMapFull,
         SockCounter::MarkFailed,
+        SockCounter::ExecBypass,
+        SockCounter::ExecTunnel,
+        SockCounter::SendRefused,
     ];
 
     /// Stable metric label.
@@ -276,6 +321,9 @@ impl SockCounter {
             SockCounter::ForkInherited => "fork_inherited",
             SockCounter::ForkMapFull => "fork_map_full",
             SockCounter::MarkFailed => "mark_failed",
+            SockCounter::ExecBypass => "exec_bypass",
+            SockCounter::ExecTunnel => "exec_tunnel",
+            SockCounter::SendRefused => "send_refused",
         }
     }
 }
@@ -374,6 +422,8 @@ mod pod {
     unsafe impl aya::Pod for super::SockConfig {}
     // SAFETY: `#[repr(C)]`, two `u32`s.
     unsafe impl aya::Pod for super::ProcessEntry {}
+    // SAFETY: `#[repr(C)]`, two `u32`s then a `u64`: 16 bytes, no padding.
+    unsafe impl aya::Pod for super::ExecGrant {}
     // SAFETY: `#[repr(C)]`, 16 + 4 + 4 + 4 + 2 + 1 + 1 + 16 = 48 bytes,
     // every field aligned at its natural offset, no padding; any bits valid.
     unsafe impl aya::Pod for super::FlowEntry {}
@@ -397,6 +447,7 @@ mod tests {
     fn shared_structs_have_no_padding() {
         assert_eq!(core::mem::size_of::<SockConfig>(), 24);
         assert_eq!(core::mem::size_of::<ProcessEntry>(), 8);
+        assert_eq!(core::mem::size_of::<ExecGrant>(), 16);
         assert_eq!(core::mem::size_of::<FlowEntry>(), 48);
     }
 
