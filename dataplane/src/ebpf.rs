@@ -821,7 +821,7 @@ impl Classifier {
         self.set_sock_config(cfg)?;
         Ok(SockHooks {
             processes,
-            pending,
+            grants: Some(ExecGrants { pending }),
             flows,
             stats,
         })
@@ -844,9 +844,41 @@ impl Classifier {
 /// after [`Classifier::attach_sock_hooks`].
 pub struct SockHooks {
     processes: HashMap<MapData, u32, ProcessEntry>,
-    pending: HashMap<MapData, u32, sluice_common::ExecGrant>,
+    grants: Option<ExecGrants>,
     flows: HashMap<MapData, u64, FlowEntry>,
     stats: PerCpuArray<MapData, u64>,
+}
+
+/// The verdicts for `execve`s in flight (the exec watcher's map).
+pub struct ExecGrants {
+    pending: HashMap<MapData, u32, sluice_common::ExecGrant>,
+}
+
+impl std::fmt::Debug for ExecGrants {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExecGrants").finish_non_exhaustive()
+    }
+}
+
+impl ExecGrants {
+    /// The verdict for the `execve` process `tgid` is in: applied by the
+    /// kernel when (and only if) that exec succeeds, within
+    /// [`sluice_common::GRANT_WINDOW_NS`].
+    pub fn grant(&mut self, tgid: u32, bypass: bool) -> Result<(), EbpfError> {
+        let g = sluice_common::ExecGrant {
+            bypass: u32::from(bypass),
+            reserved: 0,
+            written_ns: crate::sys::fanotify::monotonic_ns(),
+        };
+        self.pending
+            .insert(tgid, g, 0)
+            .map_err(|source| EbpfError::MapUpdate {
+                name: map_names::PENDING,
+                action: "insert",
+                item: format!("process {tgid}"),
+                source: source.into(),
+            })
+    }
 }
 
 impl std::fmt::Debug for SockHooks {
@@ -877,23 +909,10 @@ impl SockHooks {
             })
     }
 
-    /// The verdict for the `execve` process `tgid` is in: applied by the
-    /// kernel when (and only if) that exec succeeds, within
-    /// [`sluice_common::GRANT_WINDOW_NS`].
-    pub fn grant(&mut self, tgid: u32, bypass: bool) -> Result<(), EbpfError> {
-        let g = sluice_common::ExecGrant {
-            bypass: u32::from(bypass),
-            reserved: 0,
-            written_ns: crate::sys::fanotify::monotonic_ns(),
-        };
-        self.pending
-            .insert(tgid, g, 0)
-            .map_err(|source| EbpfError::MapUpdate {
-                name: map_names::PENDING,
-                action: "insert",
-                item: format!("process {tgid}"),
-                source: source.into(),
-            })
+    /// The exec-verdict map, once: the exec watcher keeps it apart, so
+    /// that it never waits on what reads or rescans the process map.
+    pub fn take_grants(&mut self) -> Option<ExecGrants> {
+        self.grants.take()
     }
 
     /// Sockets that process `tgid` creates from now on are tunnelled.

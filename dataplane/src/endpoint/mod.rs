@@ -79,6 +79,8 @@ const OWN_CGROUP2: &str = "/run/sluice/cgroup2";
 pub struct ProcessBypass {
     set: RwLock<Arc<ProcessSet>>,
     hooks: Mutex<SockHooks>,
+    /// The exec watcher's own map (never waits on `hooks`).
+    grants: Mutex<crate::ebpf::ExecGrants>,
     config_path: PathBuf,
     reload: Arc<AtomicBool>,
     self_pid: u32,
@@ -189,6 +191,9 @@ impl Endpoint {
                 )
             })?;
         let self_pid = std::process::id();
+        let grants = hooks
+            .take_grants()
+            .ok_or_else(|| EndpointError("the exec-verdict map was taken".into()))?;
         hooks
             .set_process(self_pid, FlowVerdict::BypassSelf)
             .map_err(|e| fail("marking sluice's own sockets", e))?;
@@ -201,6 +206,7 @@ impl Endpoint {
         );
         let procs = Arc::new(ProcessBypass {
             set: RwLock::new(Arc::new(ProcessSet::new(gw.processes.clone()))),
+            grants: Mutex::new(grants),
             hooks: Mutex::new(hooks),
             config_path: gw.path.clone(),
             reload,
@@ -374,14 +380,14 @@ impl ProcessBypass {
     /// Writes the verdict for process `pid`'s exec in flight. A verdict
     /// that cannot be written is no verdict: the kernel tunnels.
     fn apply(&self, pid: u32, bypass: bool, path: &str, pattern: Option<&str>) {
-        let mut hooks = self
-            .hooks
+        let mut grants = self
+            .grants
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if bypass {
             self.exec_bypassed.fetch_add(1, Relaxed);
         }
-        match hooks.grant(pid, bypass) {
+        match grants.grant(pid, bypass) {
             Ok(()) if bypass => log::info!(
                 "endpoint: process {pid} ({path}) bypasses the tunnel (matches `{}`)",
                 pattern.unwrap_or("its script")
