@@ -86,8 +86,10 @@ fn endpoint_mode(path: &str) {
     let lab = Lab::new();
     lab.spawn_peer(Host::Inet, "peer", HTTP, super::UDP);
     lab.spawn_dns("dnsmasq", 10);
-    // Three copies of curl and two of bash, under different names and
-    // paths: one listed by name, one by a path pattern, the rest not.
+    // Four copies of curl and two of bash, under different names and
+    // paths: one listed by name, one by a path pattern, one by its digest
+    // (bytes appended, which the ELF loader ignores, make it unique), the
+    // rest not.
     let apps = lab.dir().join("apps");
     let (curl_bin, bash_bin) = (which("curl"), which("bash"));
     let by_name = apps.join("bin/fetch-byname");
@@ -100,9 +102,21 @@ fn endpoint_mode(path: &str) {
     }
     install(&bash_bin, &holder);
     install(&bash_bin, &keeper);
+    let by_digest = apps.join("bin/fetch-bydigest");
+    let mut bytes = std::fs::read(&curl_bin).unwrap();
+    bytes.extend_from_slice(format!("\nsluice lab {}\n", lab.dir().display()).as_bytes());
+    std::fs::write(&by_digest, &bytes).unwrap();
+    std::fs::set_permissions(&by_digest, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .unwrap();
+    let digest: String = sluice::process::sha256_file(&by_digest)
+        .unwrap()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     let mut listed = vec![
         "fetch-byname".to_string(),
         format!("{}/opt/**/fetch-bypath", apps.display()),
+        format!("sha256:{digest}"),
     ];
     let mut s = Sluice::prepare(&lab, bin(), |t| {
         with_endpoint(t, &listed)
@@ -121,7 +135,11 @@ fn endpoint_mode(path: &str) {
     assert_eq!(lab.nft_counter(counter::GW_TO_TUNNELLED_V4), 0);
     // Listed by name and by path: direct from the first SYN, none of it
     // through the edge.
-    for (exe, what) in [(&by_name, "by name"), (&by_path, "by path")] {
+    for (exe, what) in [
+        (&by_name, "by name"),
+        (&by_path, "by path"),
+        (&by_digest, "by digest"),
+    ] {
         let (seen, gw_syn, edge_syn) = fetch(&lab, exe);
         assert_eq!(seen, direct, "listed {what}: direct\n{}", logs(&lab));
         assert_eq!(
