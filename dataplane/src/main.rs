@@ -182,7 +182,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         "{}: ok: gateway `{}`, LAN {}, WAN {}, edge {}, {} bypass prefixes",
                         config.display(),
                         c.name,
-                        c.lan,
+                        c.lan.as_deref().unwrap_or("none (endpoint mode only)"),
                         c.wan,
                         c.tunnel.edge,
                         c.bypass.len()

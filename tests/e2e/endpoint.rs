@@ -67,7 +67,7 @@ fn endpoint_mode_tun_tunnels_the_host_and_listed_processes_bypass_from_their_fir
     if require_root(
         "endpoint_mode_tun_tunnels_the_host_and_listed_processes_bypass_from_their_first_syn",
     ) {
-        endpoint_mode("tun");
+        endpoint_mode("tun", true);
     }
 }
 
@@ -76,13 +76,21 @@ fn endpoint_mode_veth_tunnels_the_host_and_listed_processes_bypass_from_their_fi
     if require_root(
         "endpoint_mode_veth_tunnels_the_host_and_listed_processes_bypass_from_their_first_syn",
     ) {
-        endpoint_mode("veth");
+        endpoint_mode("veth", true);
     }
 }
 
-/// The whole scenario over one endpoint path (`tun` or `veth`).
+#[test]
+fn endpoint_mode_without_a_lan_tunnels_the_host_and_listed_processes_bypass() {
+    if require_root("endpoint_mode_without_a_lan_tunnels_the_host_and_listed_processes_bypass") {
+        endpoint_mode("tun", false);
+    }
+}
+
+/// The whole scenario over one endpoint path (`tun` or `veth`), on the
+/// gateway host (`lan`) or on a host without a LAN (no `gateway.lan`).
 #[allow(clippy::too_many_lines, reason = "one linear scenario")]
-fn endpoint_mode(path: &str) {
+fn endpoint_mode(path: &str, lan: bool) {
     let lab = Lab::new();
     lab.spawn_peer(Host::Inet, "peer", HTTP, super::UDP);
     lab.spawn_dns("dnsmasq", 10);
@@ -106,8 +114,11 @@ fn endpoint_mode(path: &str) {
     let mut bytes = std::fs::read(&curl_bin).unwrap();
     bytes.extend_from_slice(format!("\nsluice lab {}\n", lab.dir().display()).as_bytes());
     std::fs::write(&by_digest, &bytes).unwrap();
-    std::fs::set_permissions(&by_digest, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-        .unwrap();
+    std::fs::set_permissions(
+        &by_digest,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
     let digest: String = sluice::process::sha256_file(&by_digest)
         .unwrap()
         .iter()
@@ -119,8 +130,13 @@ fn endpoint_mode(path: &str) {
         format!("sha256:{digest}"),
     ];
     let mut s = Sluice::prepare(&lab, bin(), |t| {
-        with_endpoint(t, &listed)
-            .replace("[endpoint]\n", &format!("[endpoint]\npath = \"{path}\"\n"))
+        let t = with_endpoint(t, &listed)
+            .replace("[endpoint]\n", &format!("[endpoint]\npath = \"{path}\"\n"));
+        if lan {
+            t
+        } else {
+            t.replace("lan = \"lan0\"\n", "")
+        }
     });
     s.edit_edge(edge_with_endpoint);
     s.start_edge();
@@ -186,15 +202,19 @@ fn endpoint_mode(path: &str) {
     assert_eq!(lab.nft_counter(counter::GW_TO_TUNNELLED_V4), 0);
     assert!(lab.nft_counter(counter::GW_TO_BYPASSED_V4) >= 1);
 
-    // The LAN is served as before.
-    assert_eq!(
-        curl(&lab, &[&url(addr::TUNNELLED_V4, "/whoami")]).trim(),
-        edge
-    );
-    assert_eq!(
-        curl(&lab, &[&url(addr::BYPASSED_V4, "/whoami")]).trim(),
-        direct
-    );
+    // The LAN is served as before (or there is none).
+    if lan {
+        assert_eq!(
+            curl(&lab, &[&url(addr::TUNNELLED_V4, "/whoami")]).trim(),
+            edge
+        );
+        assert_eq!(
+            curl(&lab, &[&url(addr::BYPASSED_V4, "/whoami")]).trim(),
+            direct
+        );
+    } else {
+        assert!(!lab.log("gateway").contains("classifier attached to lan0"));
+    }
 
     // The flow table: an open connection of an unlisted program.
     let target = format!("{}:{HTTP}", addr::TUNNELLED_V4);

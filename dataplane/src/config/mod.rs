@@ -92,8 +92,9 @@ pub struct GatewayConfig {
     pub path: PathBuf,
     /// Name sent to the edge (defaults to the host name).
     pub name: String,
-    /// LAN interface: the classifier attaches here.
-    pub lan: String,
+    /// LAN interface: the classifier attaches here. `None`: a host with
+    /// endpoint mode only (its own traffic, no LAN).
+    pub lan: Option<String>,
     /// WAN interface: bypassed traffic leaves here (by kernel routing).
     pub wan: String,
     /// Classifier attach mode.
@@ -273,7 +274,7 @@ struct RawEndpoint {
 #[serde(deny_unknown_fields)]
 struct RawGateway {
     name: Option<Spanned<String>>,
-    lan: Spanned<String>,
+    lan: Option<Spanned<String>>,
     wan: Spanned<String>,
     #[serde(default)]
     xdp_mode: AttachMode,
@@ -460,7 +461,7 @@ impl Doc<'_> {
         &self,
         endpoint: Option<&Spanned<RawEndpoint>>,
         bypass: &RawBypass,
-        lan: &str,
+        lan: Option<&str>,
         wan: &str,
     ) -> Result<(Vec<crate::process::ProcessPattern>, Option<EndpointConfig>), ConfigError> {
         let processes = self.processes(bypass)?;
@@ -499,7 +500,7 @@ impl Doc<'_> {
     fn endpoint(
         &self,
         e: &RawEndpoint,
-        lan: &str,
+        lan: Option<&str>,
         wan: &str,
     ) -> Result<EndpointConfig, ConfigError> {
         let interface = match &e.interface {
@@ -522,7 +523,7 @@ impl Doc<'_> {
                         "at most 14 characters (sluice's side of the pair adds an `x`)",
                     ));
                 }
-                if name == lan || name == wan {
+                if Some(name.as_str()) == lan || name == wan {
                     return Err(self.err(
                         i.span(),
                         "endpoint.interface",
@@ -766,10 +767,14 @@ impl GatewayConfig {
         let Some(tun) = raw.tunnel else {
             return Err(d.err(0..0, "tunnel", "missing section [tunnel]"));
         };
-        let gw = gw.into_inner();
-        let lan = d.iface(&gw.lan, "gateway.lan")?;
+        let (gw_span, gw) = (gw.span(), gw.into_inner());
+        let lan = gw
+            .lan
+            .as_ref()
+            .map(|l| d.iface(l, "gateway.lan"))
+            .transpose()?;
         let wan = d.iface(&gw.wan, "gateway.wan")?;
-        if lan == wan {
+        if lan.as_deref() == Some(wan.as_str()) {
             return Err(d.err(gw.wan.span(), "gateway.wan", "must differ from gateway.lan"));
         }
         if let Some(q) = gw
@@ -837,7 +842,14 @@ impl GatewayConfig {
         let domains = d.domains(&raw_bypass)?;
         let pac = raw.pac.map(|p| d.pac(p.get_ref())).transpose()?;
         let (processes, endpoint) =
-            d.endpoint_and_processes(raw.endpoint.as_ref(), &raw_bypass, &lan, &wan)?;
+            d.endpoint_and_processes(raw.endpoint.as_ref(), &raw_bypass, lan.as_deref(), &wan)?;
+        if lan.is_none() && endpoint.is_none() {
+            return Err(d.err(
+                gw_span,
+                "gateway.lan",
+                "missing field `lan`: name the LAN interface, or add an [endpoint] section for a host without a LAN",
+            ));
+        }
         Ok(Self {
             path: path.to_path_buf(),
             name,

@@ -55,7 +55,7 @@ fn good_gateway_config() {
     let d = dir();
     let c = GatewayConfig::parse(&d.join("sluice.toml"), GOOD_GW).unwrap();
     assert_eq!(c.name, "branch-1");
-    assert_eq!(c.lan, "lan0");
+    assert_eq!(c.lan.as_deref(), Some("lan0"));
     assert_eq!(c.xdp_mode, AttachMode::Native);
     assert_eq!(c.bypass.len(), 2);
     assert_eq!(
@@ -450,6 +450,10 @@ fn endpoint_mistakes_are_refused_precisely() {
     let bad_address = with_endpoint("").replace("\"198.18.3.1\"", "\"224.0.0.1\"");
     let err = GatewayConfig::parse(&d.join("sluice.toml"), &bad_address).unwrap_err();
     assert_eq!(err.field(), Some("endpoint.address"), "{err}");
+    // A host without a LAN: endpoint mode only.
+    let no_lan = with_endpoint("").replace("lan = \"lan0\"\n", "");
+    let c = GatewayConfig::parse(&d.join("sluice.toml"), &no_lan).unwrap();
+    assert_eq!(c.lan, None);
     // A process list without endpoint mode would do nothing: refused.
     let no_endpoint = GOOD_GW.replace("[pac]", "processes = [\"curl\"]\n\n[pac]");
     let err = GatewayConfig::parse(&d.join("sluice.toml"), &no_endpoint).unwrap_err();

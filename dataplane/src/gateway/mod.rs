@@ -97,10 +97,7 @@ impl Gateway {
     pub fn start(cfg: &GatewayConfig, stop: Arc<AtomicBool>) -> Result<Self, GatewayError> {
         let tls = pki::client_config(&cfg.tunnel.ca, &cfg.tunnel.cert, &cfg.tunnel.key)?;
         let server_name = pki::server_name(&cfg.tunnel.server_name)?;
-        let ifindex = host::ifindex(&cfg.lan)?;
         host::ifindex(&cfg.wan)?;
-        let lan_mac = host::mac(&cfg.lan)?;
-        let queues = cfg.queues.unwrap_or(host::rx_queues(&cfg.lan)?);
 
         let mut classifier = Classifier::load()?;
         classifier.set_local_addrs(&host::local_addrs()?)?;
@@ -110,26 +107,13 @@ impl Gateway {
             &cfg.vpn_gateways,
         )?;
 
-        let mut sockets = Vec::new();
-        for q in 0..queues {
-            let xsk = XskSocket::new(ifindex, q, &XskConfig::default(), BindMode::Auto)?;
-            classifier.register_socket(q, std::os::fd::AsFd::as_fd(&xsk))?;
-            sockets.push(xsk);
-        }
-        // Pinned, so that a crash leaves the classifier attached and failing
-        // closed rather than handing tunnelled traffic to kernel routing.
-        host::ensure_bpffs(&cfg.bpffs)?;
-        let pin = host::classifier_pin(&cfg.bpffs, &cfg.lan)?;
-        let mode = classifier.attach_pinned(&cfg.lan, attach_mode(cfg), &pin)?;
-        log::info!(
-            "gateway `{}`: classifier attached to {} ({mode:?}), {queues} queue(s), {} bypass prefixes, {} VPN gateways, {} bypass domains, edge {}",
-            cfg.name,
-            cfg.lan,
-            cfg.bypass.len(),
-            cfg.vpn_gateways.len(),
-            cfg.domains.patterns.len(),
-            cfg.tunnel.edge
-        );
+        // No LAN (a host with endpoint mode only): no sockets, nothing
+        // attached; the classifier's tries still serve the socket hooks.
+        let (sockets, lan_mac) = match &cfg.lan {
+            Some(lan) => attach_lan(cfg, lan, &mut classifier)?,
+            None => (Vec::new(), [0; 6]),
+        };
+        let queues = u32::try_from(sockets.len()).unwrap_or(u32::MAX);
 
         let params = TunnelParams {
             edge: cfg.tunnel.edge,
@@ -420,16 +404,48 @@ fn start_pac(
         })
 }
 
+/// Opens one `AF_XDP` socket per RX queue of the LAN interface, registers
+/// them, then attaches the classifier there (pinned, so that a crash leaves
+/// it attached and failing closed rather than handing tunnelled traffic to
+/// kernel routing). Returns the sockets and the interface's MAC.
+fn attach_lan(
+    cfg: &GatewayConfig,
+    lan: &str,
+    classifier: &mut Classifier,
+) -> Result<(Vec<XskSocket>, crate::wire::ethernet::Mac), GatewayError> {
+    let ifindex = host::ifindex(lan)?;
+    let lan_mac = host::mac(lan)?;
+    let queues = cfg.queues.unwrap_or(host::rx_queues(lan)?);
+    let mut sockets = Vec::new();
+    for q in 0..queues {
+        let xsk = XskSocket::new(ifindex, q, &XskConfig::default(), BindMode::Auto)?;
+        classifier.register_socket(q, std::os::fd::AsFd::as_fd(&xsk))?;
+        sockets.push(xsk);
+    }
+    host::ensure_bpffs(&cfg.bpffs)?;
+    let pin = host::classifier_pin(&cfg.bpffs, lan)?;
+    let mode = classifier.attach_pinned(lan, attach_mode(cfg, lan), &pin)?;
+    log::info!(
+        "gateway `{}`: classifier attached to {lan} ({mode:?}), {queues} queue(s), {} bypass prefixes, {} VPN gateways, {} bypass domains, edge {}",
+        cfg.name,
+        cfg.bypass.len(),
+        cfg.vpn_gateways.len(),
+        cfg.domains.patterns.len(),
+        cfg.tunnel.edge
+    );
+    Ok((sockets, lan_mac))
+}
+
 /// The configured attach mode, with `auto` resolved for the LAN
 /// interface's driver ([`crate::ebpf::AttachMode::for_driver`]).
-fn attach_mode(cfg: &GatewayConfig) -> crate::ebpf::AttachMode {
-    let driver = crate::sys::ethtool::driver(&cfg.lan)
-        .map_err(|e| log::warn!("{}: driver unknown ({e}); auto means native", cfg.lan))
+fn attach_mode(cfg: &GatewayConfig, lan: &str) -> crate::ebpf::AttachMode {
+    let driver = crate::sys::ethtool::driver(lan)
+        .map_err(|e| log::warn!("{lan}: driver unknown ({e}); auto means native"))
         .ok();
     let mode = cfg.xdp_mode.for_driver(driver.as_deref());
     log::info!(
         "{} (driver {}): XDP mode {:?} configured, {mode:?} used",
-        cfg.lan,
+        lan,
         driver.as_deref().unwrap_or("unknown"),
         cfg.xdp_mode
     );
