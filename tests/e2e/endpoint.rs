@@ -119,11 +119,14 @@ fn endpoint_mode(path: &str, lan: bool) {
         std::os::unix::fs::PermissionsExt::from_mode(0o755),
     )
     .unwrap();
-    let digest: String = sluice::process::sha256_file(&by_digest)
+    let digest = sluice::process::sha256_file(&by_digest)
         .unwrap()
         .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+        .fold(String::new(), |mut s, b| {
+            use std::fmt::Write as _;
+            let _ = write!(s, "{b:02x}");
+            s
+        });
     let mut listed = vec![
         "fetch-byname".to_string(),
         format!("{}/opt/**/fetch-bypath", apps.display()),

@@ -456,13 +456,42 @@ impl Doc<'_> {
         }
     }
 
-    /// `[endpoint]` and `bypass.processes` (which needs `[endpoint]`).
+    /// `gateway.queues` and `gateway.cpus`.
+    fn worker_limits(&self, gw: &RawGateway) -> Result<(), ConfigError> {
+        if let Some(q) = gw
+            .queues
+            .as_ref()
+            .filter(|q| !(1..=sluice_common::MAX_QUEUES).contains(q.get_ref()))
+        {
+            return Err(self.err(
+                q.span(),
+                "gateway.queues",
+                format!("must be 1 to {}", sluice_common::MAX_QUEUES),
+            ));
+        }
+        if let Some(c) = gw
+            .cpus
+            .as_ref()
+            .filter(|c| c.get_ref().iter().any(|&c| c >= crate::sys::cpu::MAX_CPUS))
+        {
+            return Err(self.err(
+                c.span(),
+                "gateway.cpus",
+                format!("CPU numbers must be below {}", crate::sys::cpu::MAX_CPUS),
+            ));
+        }
+        Ok(())
+    }
+
+    /// `[endpoint]` and `bypass.processes` (which needs `[endpoint]`); a
+    /// gateway needs a LAN or `[endpoint]` (`gateway` is its span).
     fn endpoint_and_processes(
         &self,
         endpoint: Option<&Spanned<RawEndpoint>>,
         bypass: &RawBypass,
         lan: Option<&str>,
         wan: &str,
+        gateway: Range<usize>,
     ) -> Result<(Vec<crate::process::ProcessPattern>, Option<EndpointConfig>), ConfigError> {
         let processes = self.processes(bypass)?;
         let endpoint = endpoint
@@ -475,6 +504,13 @@ impl Doc<'_> {
                 p.span(),
                 "bypass.processes",
                 "process bypass applies to this host's own sockets: it needs an [endpoint] section",
+            ));
+        }
+        if lan.is_none() && endpoint.is_none() {
+            return Err(self.err(
+                gateway,
+                "gateway.lan",
+                "missing field `lan`: name the LAN interface, or add an [endpoint] section for a host without a LAN",
             ));
         }
         Ok((processes, endpoint))
@@ -777,28 +813,7 @@ impl GatewayConfig {
         if lan.as_deref() == Some(wan.as_str()) {
             return Err(d.err(gw.wan.span(), "gateway.wan", "must differ from gateway.lan"));
         }
-        if let Some(q) = gw
-            .queues
-            .as_ref()
-            .filter(|q| !(1..=sluice_common::MAX_QUEUES).contains(q.get_ref()))
-        {
-            return Err(d.err(
-                q.span(),
-                "gateway.queues",
-                format!("must be 1 to {}", sluice_common::MAX_QUEUES),
-            ));
-        }
-        if let Some(c) = gw
-            .cpus
-            .as_ref()
-            .filter(|c| c.get_ref().iter().any(|&c| c >= crate::sys::cpu::MAX_CPUS))
-        {
-            return Err(d.err(
-                c.span(),
-                "gateway.cpus",
-                format!("CPU numbers must be below {}", crate::sys::cpu::MAX_CPUS),
-            ));
-        }
+        d.worker_limits(&gw)?;
         let metrics = gw
             .metrics
             .as_ref()
@@ -841,15 +856,13 @@ impl GatewayConfig {
         let vpn_gateways = d.vpn_gateways(&raw_bypass, &bypass)?;
         let domains = d.domains(&raw_bypass)?;
         let pac = raw.pac.map(|p| d.pac(p.get_ref())).transpose()?;
-        let (processes, endpoint) =
-            d.endpoint_and_processes(raw.endpoint.as_ref(), &raw_bypass, lan.as_deref(), &wan)?;
-        if lan.is_none() && endpoint.is_none() {
-            return Err(d.err(
-                gw_span,
-                "gateway.lan",
-                "missing field `lan`: name the LAN interface, or add an [endpoint] section for a host without a LAN",
-            ));
-        }
+        let (processes, endpoint) = d.endpoint_and_processes(
+            raw.endpoint.as_ref(),
+            &raw_bypass,
+            lan.as_deref(),
+            &wan,
+            gw_span,
+        )?;
         Ok(Self {
             path: path.to_path_buf(),
             name,
