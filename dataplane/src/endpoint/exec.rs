@@ -60,6 +60,8 @@ struct Pending {
     expect: Option<String>,
     /// Whether the script(s) just executed matched.
     script_match: Option<bool>,
+    /// The verdict of the program that named `expect`.
+    verdict: bool,
     at: Instant,
 }
 
@@ -71,9 +73,10 @@ pub struct ExecTracker {
 
 impl ExecTracker {
     /// Process `pid` is executing the file described by `facts`. Returns
-    /// the process's new verdict (true: bypass), or `None` to leave it as
-    /// it is (the file is the loader of the program just decided).
-    pub fn on_exec(&mut self, pid: u32, facts: &FileFacts, now: Instant) -> Option<bool> {
+    /// the process's new verdict (true: bypass). For the loader of the
+    /// program just decided it is that program's verdict again (so that
+    /// the grant is rewritten with a fresh time).
+    pub fn on_exec(&mut self, pid: u32, facts: &FileFacts, now: Instant) -> bool {
         let prev = self
             .pending
             .remove(&pid)
@@ -87,7 +90,7 @@ impl ExecTracker {
             && let Some(e) = &p.expect
             && file_name(e) == file_name(&facts.path)
         {
-            return None;
+            return p.verdict;
         }
         let inherited = prev.and_then(|p| p.script_match).unwrap_or(false);
         let verdict = facts.matched.is_some() || inherited;
@@ -95,11 +98,13 @@ impl ExecTracker {
             Kind::Script => Some(Pending {
                 expect: None,
                 script_match: Some(verdict),
+                verdict,
                 at: now,
             }),
             Kind::Program { interp: Some(i) } => Some(Pending {
                 expect: Some(i.clone()),
                 script_match: None,
+                verdict,
                 at: now,
             }),
             Kind::Program { interp: None } => None,
@@ -114,7 +119,7 @@ impl ExecTracker {
             }
             self.pending.insert(pid, n);
         }
-        Some(verdict)
+        verdict
     }
 }
 
@@ -332,8 +337,8 @@ mod tests {
             Kind::Program { interp: None },
             false,
         );
-        assert_eq!(t.on_exec(5, &prog, now), Some(true));
-        assert_eq!(t.on_exec(5, &ld, now), None);
+        assert!(t.on_exec(5, &prog, now));
+        assert!(t.on_exec(5, &ld, now));
     }
 
     #[test]
@@ -348,8 +353,8 @@ mod tests {
             true,
         );
         let ld = facts(LD, Kind::Program { interp: None }, false);
-        assert_eq!(t.on_exec(7, &prog, now), Some(true));
-        assert_eq!(t.on_exec(7, &ld, now), None);
+        assert!(t.on_exec(7, &prog, now));
+        assert!(t.on_exec(7, &ld, now));
         // The next execve of that process is decided afresh.
         let other = facts(
             "/usr/bin/other",
@@ -358,11 +363,11 @@ mod tests {
             },
             false,
         );
-        assert_eq!(t.on_exec(7, &other, now), Some(false));
-        assert_eq!(t.on_exec(7, &ld, now), None);
+        assert!(!t.on_exec(7, &other, now));
+        assert!(!t.on_exec(7, &ld, now));
         // A static program has no loader.
         let st = facts("/bin/static", Kind::Program { interp: None }, true);
-        assert_eq!(t.on_exec(7, &st, now), Some(true));
+        assert!(t.on_exec(7, &st, now));
     }
 
     #[test]
@@ -378,9 +383,9 @@ mod tests {
             false,
         );
         let ld = facts(LD, Kind::Program { interp: None }, false);
-        assert_eq!(t.on_exec(9, &script, now), Some(true));
-        assert_eq!(t.on_exec(9, &sh, now), Some(true));
-        assert_eq!(t.on_exec(9, &ld, now), None);
+        assert!(t.on_exec(9, &script, now));
+        assert!(t.on_exec(9, &sh, now));
+        assert!(t.on_exec(9, &ld, now));
         // Unlisted script, listed interpreter.
         let script = facts("/opt/other.sh", Kind::Script, false);
         let sh = facts(
@@ -390,8 +395,8 @@ mod tests {
             },
             true,
         );
-        assert_eq!(t.on_exec(9, &script, now), Some(false));
-        assert_eq!(t.on_exec(9, &sh, now), Some(true));
+        assert!(!t.on_exec(9, &script, now));
+        assert!(t.on_exec(9, &sh, now));
     }
 
     #[test]
@@ -405,10 +410,10 @@ mod tests {
             },
             true,
         );
-        assert_eq!(t.on_exec(3, &prog, now), Some(true));
+        assert!(t.on_exec(3, &prog, now));
         // The loader executed directly much later is a program of its own.
         let ld = facts(LD, Kind::Program { interp: None }, false);
-        assert_eq!(t.on_exec(3, &ld, now + Duration::from_secs(1)), Some(false));
+        assert!(!t.on_exec(3, &ld, now + Duration::from_secs(1)));
     }
 
     #[test]

@@ -331,7 +331,10 @@ impl ProcessBypass {
     /// process's verdict; reloads the list when asked.
     fn watch(&self, watch: &ExecWatch, mut cache: FactsCache, stop: &AtomicBool) {
         let mut tracker = ExecTracker::default();
-        let mut buf = vec![0u8; 64 * 1024];
+        // At most 256 events (24 bytes each) per read: each holds an open
+        // descriptor, and a descriptor the kernel cannot create denies
+        // that exec.
+        let mut buf = vec![0u8; 256 * 24];
         while !stop.load(Relaxed) {
             if self.reload.swap(false, Relaxed) {
                 self.reload_list(&mut cache);
@@ -367,9 +370,8 @@ impl ProcessBypass {
                         continue;
                     }
                 };
-                if let Some(bypass) = tracker.on_exec(ev.pid, &facts, now) {
-                    self.apply(ev.pid, bypass, &facts.path, facts.matched.as_deref());
-                }
+                let bypass = tracker.on_exec(ev.pid, &facts, now);
+                self.apply(ev.pid, bypass, &facts.path, facts.matched.as_deref());
                 // `ev` is answered (allowed) here, after the verdict is in
                 // the kernel's pending map; the kernel applies it when the
                 // exec succeeds.

@@ -190,8 +190,23 @@ impl Gateway {
             None => None,
         };
         let procs = endpoint.as_ref().map(crate::endpoint::Endpoint::processes);
-        let metrics = start_metrics(cfg, &stop, &classifier, stats, domains.clone(), procs)?;
-        let pac = start_pac(cfg, &stop)?;
+        let served = start_metrics(cfg, &stop, &classifier, stats, domains.clone(), procs)
+            .and_then(|m| Ok((m, start_pac(cfg, &stop)?)));
+        let (metrics, pac) = match served {
+            Ok(v) => v,
+            Err(e) => {
+                // Started but cannot serve: stop everything, the host's
+                // routing failing closed.
+                stop.store(true, Relaxed);
+                for w in workers {
+                    let _ = w.join();
+                }
+                if let Some(ep) = endpoint {
+                    ep.stop(false);
+                }
+                return Err(e);
+            }
+        };
         Ok(Self {
             classifier,
             workers,

@@ -76,7 +76,21 @@ impl Drop for ExecEvent<'_> {
 
 impl ExecWatch {
     /// A new group (`FAN_CLASS_CONTENT`: permission events), non-blocking.
+    /// Raises the open-file limit to its hard maximum first: every event
+    /// read holds a descriptor, and one the kernel cannot create denies
+    /// that exec.
     pub fn new() -> io::Result<Self> {
+        let mut r = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: plain syscalls on a local struct.
+        unsafe {
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut r) == 0 && r.rlim_cur < r.rlim_max {
+                r.rlim_cur = r.rlim_max;
+                libc::setrlimit(libc::RLIMIT_NOFILE, &raw const r);
+            }
+        }
         // SAFETY: plain syscall; the result is checked and owned below.
         let fd = unsafe {
             libc::fanotify_init(
