@@ -149,10 +149,9 @@ fn veth_case(secs: u64, size: usize) -> Result<Measured> {
         "link add ingv0 type veth peer name ingv0x\nlink set ingv0 up\nlink set ingv0x up\naddr add 198.18.97.1/24 dev ingv0\n",
     )?;
     sluice::sys::ethtool::set_tx_checksum("ingv0", false)?;
-    let m = host::mac("ingv0x")?;
+    let mac = sluice::wire::ethernet::mac_to_string(&host::mac("ingv0x")?);
     sh(&format!(
-        "neigh replace 169.254.1.1 lladdr {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x} dev ingv0 nud permanent\nroute replace 198.18.99.0/24 via 169.254.1.1 dev ingv0 onlink\n",
-        m[0], m[1], m[2], m[3], m[4], m[5]
+        "neigh replace 169.254.1.1 lladdr {mac} dev ingv0 nud permanent\nroute replace 198.18.99.0/24 via 169.254.1.1 dev ingv0 onlink\n"
     ))?;
     let mut c = Classifier::load()?;
     c.set_local_addrs(&host::local_addrs()?)?;

@@ -252,11 +252,8 @@ fn veth_extras(cfg: &EndpointConfig) -> Result<(), String> {
     let host = &cfg.interface;
     let peer = peer_name(cfg);
     // The static neighbour entries need sluice's side's MAC.
-    let m = crate::host::mac(&peer).map_err(|e| e.to_string())?;
-    let mac = format!(
-        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-        m[0], m[1], m[2], m[3], m[4], m[5]
-    );
+    let mac =
+        crate::wire::ethernet::mac_to_string(&crate::host::mac(&peer).map_err(|e| e.to_string())?);
     let mut n = vec![format!(
         "-4 neigh replace {NEXT_HOP_V4} lladdr {mac} dev {host} nud permanent"
     )];

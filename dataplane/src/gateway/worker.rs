@@ -343,17 +343,14 @@ impl Worker {
     /// batch was full (more may be waiting).
     fn lan_to_tunnel(&mut self) -> bool {
         let t = &mut self.tally;
-        let mut sess = match &mut self.link {
-            Link::Up { sess, .. } if sess.is_established() => Some(sess),
-            _ => None,
+        let Link::Up { sess, .. } = &mut self.link else {
+            return Self::drop_batch(&mut self.port, t);
         };
+        if !sess.is_established() {
+            return Self::drop_batch(&mut self.port, t);
+        }
         let domains = self.domains.as_deref();
         let mut send = |pkt: &ip::Packet<'_>, t: &mut Tally| {
-            let Some(sess) = sess.as_mut() else {
-                // Fail-closed: the tunnel is down, nothing goes anywhere.
-                t.drop_down += 1;
-                return;
-            };
             if let Some(d) = domains {
                 d.on_lan_packet(pkt);
             }
@@ -394,10 +391,8 @@ impl Worker {
             Port::Tun { tun, buf } => {
                 let mut n = 0;
                 while n < RX_BATCH {
-                    let len = match tun.recv(buf) {
-                        Ok(len) => len,
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                        Err(_) => break,
+                    let Some(len) = Self::tun_read(tun, buf) else {
+                        break;
                     };
                     n += 1;
                     t.rx_frames += 1;
@@ -407,6 +402,35 @@ impl Worker {
                     }
                 }
                 n == RX_BATCH
+            }
+        }
+    }
+
+    /// Fail-closed: the tunnel is down, one batch is taken from the port
+    /// and dropped unparsed. Returns true if the batch was full.
+    fn drop_batch(port: &mut Port, t: &mut Tally) -> bool {
+        let n = match port {
+            Port::Xsk { xsk, .. } => xsk.rx(RX_BATCH).len(),
+            Port::Tun { tun, buf } => {
+                let mut n = 0;
+                while n < RX_BATCH && Self::tun_read(tun, buf).is_some() {
+                    n += 1;
+                }
+                n
+            }
+        };
+        t.rx_frames += n as u64;
+        t.drop_down += n as u64;
+        n == RX_BATCH
+    }
+
+    /// One packet from the TUN device into `buf`; `None` when none waits.
+    fn tun_read(tun: &Tun, buf: &mut [u8]) -> Option<usize> {
+        loop {
+            match tun.recv(buf) {
+                Ok(len) => return Some(len),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return None,
             }
         }
     }

@@ -27,6 +27,14 @@ pub const ETHERTYPE_QINQ: u16 = 0x88a8;
 /// A MAC address.
 pub type Mac = [u8; 6];
 
+/// `aa:bb:cc:dd:ee:ff`, as iproute2 takes it.
+pub fn mac_to_string(m: &Mac) -> String {
+    format!(
+        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+        m[0], m[1], m[2], m[3], m[4], m[5]
+    )
+}
+
 /// A view over an Ethernet II frame.
 ///
 /// After [`Frame::new_checked`] succeeds, no accessor panics.
