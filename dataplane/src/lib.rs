@@ -38,6 +38,7 @@ pub mod metrics;
 pub mod net;
 pub mod pac;
 pub mod pki;
+pub mod policy;
 pub mod process;
 pub mod sys;
 pub mod testutil;

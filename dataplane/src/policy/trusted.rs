@@ -1,0 +1,1 @@
+//! Trusted-network detection (placeholder, filled in by the next commit).
