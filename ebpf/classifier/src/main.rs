@@ -140,11 +140,48 @@ mod program {
                 maps::count(counter);
                 xdp_action::XDP_PASS
             }
-            Verdict::Tunnel => {
-                maps::count(Counter::Tunnel);
+            Verdict::Tunnel {
+                action,
+                generation,
+                counter,
+            } => {
+                if !put_meta(ctx, action, generation) {
+                    maps::count(Counter::DropNoMeta);
+                    return Ok(xdp_action::XDP_DROP);
+                }
+                maps::count(counter);
                 maps::redirect_to_socket(ctx)
             }
         })
+    }
+
+    /// Puts `[META_MAGIC, action, generation]` in the metadata area in
+    /// front of the frame, where the worker reads it from the UMEM frame.
+    /// False if the driver has no room for it.
+    #[inline(always)]
+    fn put_meta(ctx: &XdpContext, action: u8, generation: u32) -> bool {
+        use sluice_common::{META_LEN, META_MAGIC};
+        // SAFETY: the helper only moves `data_meta`; the context stays
+        // valid and every later access is bounds-checked again.
+        let rc = unsafe { aya_ebpf::helpers::bpf_xdp_adjust_meta(ctx.ctx, -(META_LEN as i32)) };
+        if rc != 0 {
+            return false;
+        }
+        let meta = ctx.metadata();
+        if meta + META_LEN > ctx.data() {
+            return false;
+        }
+        let g = (generation as u16).to_le_bytes();
+        // SAFETY: the four bytes lie between `data_meta` and `data`, as
+        // just checked; byte writes need no alignment.
+        unsafe {
+            let p = meta as *mut u8;
+            *p = META_MAGIC;
+            *p.add(1) = action;
+            *p.add(2) = g[0];
+            *p.add(3) = g[1];
+        }
+        true
     }
 
     #[panic_handler]

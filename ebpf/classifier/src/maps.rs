@@ -15,9 +15,10 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use sluice_common::{
-    BYPASS_MAX_ENTRIES, BypassEntry, Counter, ExecGrant, FLOWS_MAX_ENTRIES, FlowEntry, Ipv4Key,
-    Ipv6Key, LOCAL_MAX_ENTRIES, MAX_QUEUES, PENDING_MAX_ENTRIES, PROCESSES_MAX_ENTRIES,
-    ProcessEntry, SockConfig, SockCounter,
+    BYPASS_MAX_ENTRIES, BypassEntry, Counter, DestEntry, DnsEntry, ExecGrant, FLOWS_MAX_ENTRIES,
+    FlowEntry, Ipv4Key, Ipv6Key, LOCAL_MAX_ENTRIES, MAX_QUEUES, PENDING_MAX_ENTRIES,
+    POLICY_DNS_MAX_ENTRIES, POLICY_DST_MAX_ENTRIES, POLICY_SRC_MAX_ENTRIES, PROCESSES_MAX_ENTRIES,
+    PolicyKeyV4, PolicyKeyV6, PolicyState, ProcessEntry, ProfileEntry, SockConfig, SockCounter,
 };
 
 /// IPv4 bypass prefixes ([`sluice_common::map_names::BYPASS_V4`]).
@@ -70,6 +71,87 @@ pub(crate) static FLOWS: LruHashMap<u64, FlowEntry> =
 /// Counters of the socket hooks ([`sluice_common::map_names::SOCK_STATS`]).
 #[map]
 static SOCK_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(SockCounter::COUNT, 0);
+
+/// The live policy slot and runtime state
+/// ([`sluice_common::map_names::POLICY_STATE`]).
+#[map]
+static POLICY_STATE: Array<PolicyState> = Array::with_max_entries(1, 0);
+
+/// Source prefix → profile ([`sluice_common::map_names::POLICY_SRC_V4`]).
+#[map]
+static POLICY_SRC_V4: LpmTrie<PolicyKeyV4, ProfileEntry> =
+    LpmTrie::with_max_entries(POLICY_SRC_MAX_ENTRIES, 0);
+
+/// Source prefix → profile, IPv6.
+#[map]
+static POLICY_SRC_V6: LpmTrie<PolicyKeyV6, ProfileEntry> =
+    LpmTrie::with_max_entries(POLICY_SRC_MAX_ENTRIES, 0);
+
+/// (profile, destination prefix) → resolved entry
+/// ([`sluice_common::map_names::POLICY_DST_V4`]).
+#[map]
+static POLICY_DST_V4: LpmTrie<PolicyKeyV4, DestEntry> =
+    LpmTrie::with_max_entries(POLICY_DST_MAX_ENTRIES, 0);
+
+/// (profile, destination prefix) → resolved entry, IPv6.
+#[map]
+static POLICY_DST_V6: LpmTrie<PolicyKeyV6, DestEntry> =
+    LpmTrie::with_max_entries(POLICY_DST_MAX_ENTRIES, 0);
+
+/// Addresses answered for policy domains
+/// ([`sluice_common::map_names::POLICY_DNS`]).
+#[map]
+static POLICY_DNS: HashMap<[u8; 16], DnsEntry> =
+    HashMap::with_max_entries(POLICY_DNS_MAX_ENTRIES, 0);
+
+/// A copy of the policy state (read once per frame).
+#[inline(always)]
+pub(crate) fn policy_state() -> Option<PolicyState> {
+    POLICY_STATE.get(0).copied()
+}
+
+/// The profile of an IPv4 source under `slot`.
+#[inline(always)]
+pub(crate) fn profile_v4(slot: u32, src: &Ipv4Key) -> Option<ProfileEntry> {
+    let mut k = [0u8; 8];
+    k[..4].copy_from_slice(&slot.to_be_bytes());
+    k[4..].copy_from_slice(src);
+    POLICY_SRC_V4.get(Key::new(64, k)).copied()
+}
+
+/// The profile of an IPv6 source under `slot`.
+#[inline(always)]
+pub(crate) fn profile_v6(slot: u32, src: &Ipv6Key) -> Option<ProfileEntry> {
+    let mut k = [0u8; 20];
+    k[..4].copy_from_slice(&slot.to_be_bytes());
+    k[4..].copy_from_slice(src);
+    POLICY_SRC_V6.get(Key::new(160, k)).copied()
+}
+
+/// The destination entry of an IPv4 address for profile id `profile`.
+#[inline(always)]
+pub(crate) fn dest_v4(profile: u32, dst: &Ipv4Key) -> Option<&'static DestEntry> {
+    let mut k = [0u8; 8];
+    k[..4].copy_from_slice(&profile.to_be_bytes());
+    k[4..].copy_from_slice(dst);
+    POLICY_DST_V4.get(Key::new(64, k))
+}
+
+/// The destination entry of an IPv6 address for profile id `profile`.
+#[inline(always)]
+pub(crate) fn dest_v6(profile: u32, dst: &Ipv6Key) -> Option<&'static DestEntry> {
+    let mut k = [0u8; 20];
+    k[..4].copy_from_slice(&profile.to_be_bytes());
+    k[4..].copy_from_slice(dst);
+    POLICY_DST_V6.get(Key::new(160, k))
+}
+
+/// The policy-domain entry of an address (IPv4 in the first four bytes).
+#[inline(always)]
+pub(crate) fn dns_entry(addr: &[u8; 16]) -> Option<DnsEntry> {
+    // SAFETY: a hash-map lookup; the value is copied out at once.
+    unsafe { POLICY_DNS.get(addr).copied() }
+}
 
 /// Adds one to the socket-hook `counter` on this CPU.
 #[inline(always)]

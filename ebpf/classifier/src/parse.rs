@@ -142,6 +142,17 @@ pub(crate) struct Frame {
     /// ICMPv6 router or neighbour discovery, types 133..=137 (false
     /// unless [`Kind::Ipv6`]).
     pub(crate) neighbor_discovery: bool,
+    /// IPv4 source (zero unless [`Kind::Ipv4`]).
+    pub(crate) src_v4: Ipv4Key,
+    /// IPv6 source (zero unless [`Kind::Ipv6`]).
+    pub(crate) src_v6: Ipv6Key,
+    /// Transport protocol (0 if none).
+    pub(crate) proto: u8,
+    /// Source port, host order (0: none, or not in this packet).
+    pub(crate) sport: u16,
+    /// Destination port, host order (0: none, or not in this packet: a
+    /// non-first fragment or a transport header cut short).
+    pub(crate) dport: u16,
 }
 
 impl Frame {
@@ -153,7 +164,37 @@ impl Frame {
             dst_v4: [0; 4],
             dst_v6: [0; 16],
             neighbor_discovery: false,
+            src_v4: [0; 4],
+            src_v6: [0; 16],
+            proto: 0,
+            sport: 0,
+            dport: 0,
         }
+    }
+}
+
+/// TCP, UDP and SCTP start with the two ports.
+#[inline(always)]
+pub(crate) fn has_ports(proto: u8) -> bool {
+    proto == 6 || proto == 17 || proto == 132
+}
+
+/// The two ports at `offset`, if the transport protocol has them and they
+/// lie within both the frame and the packet (`packet_end`).
+#[inline(always)]
+fn ports(ctx: &XdpContext, proto: u8, offset: usize, packet_end: usize) -> (u16, u16) {
+    if !has_ports(proto) || offset + 4 > packet_end {
+        return (0, 0);
+    }
+    match ptr_at::<[u8; 4]>(ctx, offset) {
+        // SAFETY: bounds-checked by `ptr_at`, alignment 1.
+        Ok(p) => unsafe {
+            (
+                u16::from_be_bytes([(*p)[0], (*p)[1]]),
+                u16::from_be_bytes([(*p)[2], (*p)[3]]),
+            )
+        },
+        Err(_) => (0, 0),
     }
 }
 
@@ -227,17 +268,20 @@ pub(crate) fn parse(ctx: &XdpContext) -> Result<Frame, Counter> {
 
 /// Checks the IPv4 header at `offset`: version 4, IHL at least 5 and
 /// entirely in the frame, total length covering the header and within the
-/// frame. Fragments need no special case: the verdict only looks at the
-/// destination, which every fragment carries.
+/// frame. A non-first fragment has no ports (the verdict then errs toward
+/// the tunnel, see [`crate::verdict`]).
 #[inline(always)]
 fn parse_ipv4(ctx: &XdpContext, offset: usize, l2_multicast: bool) -> Result<Frame, Counter> {
     let ip: *const Ipv4Hdr = ptr_at(ctx, offset)?;
     // SAFETY: bounds-checked by `ptr_at`, alignment 1.
-    let (version_ihl, total_len, dst) = unsafe {
+    let (version_ihl, total_len, dst, src, proto, frag) = unsafe {
         (
             (*ip).version_ihl,
             usize::from(u16::from_be_bytes((*ip).total_len)),
             (*ip).dst,
+            (*ip).src,
+            (*ip).proto,
+            u16::from_be_bytes((*ip).frag),
         )
     };
     if version_ihl >> 4 != 4 {
@@ -255,12 +299,22 @@ fn parse_ipv4(ctx: &XdpContext, offset: usize, l2_multicast: bool) -> Result<Fra
     if !fits(ctx, offset, total_len) {
         return Err(Counter::DropBadIpv4);
     }
+    let (sport, dport) = if frag & 0x1fff == 0 {
+        ports(ctx, proto, offset + header_len, offset + total_len)
+    } else {
+        (0, 0)
+    };
     Ok(Frame {
         kind: Kind::Ipv4,
         l2_multicast,
         dst_v4: dst,
         dst_v6: [0; 16],
         neighbor_discovery: false,
+        src_v4: src,
+        src_v6: [0; 16],
+        proto,
+        sport,
+        dport,
     })
 }
 
@@ -271,12 +325,13 @@ fn parse_ipv4(ctx: &XdpContext, offset: usize, l2_multicast: bool) -> Result<Fra
 fn parse_ipv6(ctx: &XdpContext, offset: usize, l2_multicast: bool) -> Result<Frame, Counter> {
     let ip: *const Ipv6Hdr = ptr_at(ctx, offset)?;
     // SAFETY: bounds-checked by `ptr_at`, alignment 1.
-    let (version, payload_len, next_header, dst) = unsafe {
+    let (version, payload_len, next_header, dst, src) = unsafe {
         (
             (*ip).version_class_flow[0] >> 4,
             usize::from(u16::from_be_bytes((*ip).payload_len)),
             (*ip).next_header,
             (*ip).dst,
+            (*ip).src,
         )
     };
     if version != 6 {
@@ -290,11 +345,13 @@ fn parse_ipv6(ctx: &XdpContext, offset: usize, l2_multicast: bool) -> Result<Fra
     // parse: the chain must end within the payload.
     let packet_end = payload + payload_len;
 
+    let mut l4 = (0, 0, 0);
     let neighbor_discovery = match transport(ctx, payload, packet_end, next_header)? {
         Transport::Header {
             proto: IPPROTO_ICMPV6,
             offset,
         } => {
+            l4.0 = IPPROTO_ICMPV6;
             // Frame bound first, packet bound second: in the other order
             // LLVM derives the first from the second and the payload
             // check above, and drops it, which the verifier cannot follow.
@@ -306,7 +363,16 @@ fn parse_ipv6(ctx: &XdpContext, offset: usize, l2_multicast: bool) -> Result<Fra
             let kind = unsafe { (*icmp).kind };
             (ICMPV6_ND_FIRST..=ICMPV6_ND_LAST).contains(&kind)
         }
-        Transport::Header { .. } | Transport::None => false,
+        Transport::Header { proto, offset } => {
+            let (sport, dport) = ports(ctx, proto, offset, packet_end);
+            l4 = (proto, sport, dport);
+            false
+        }
+        Transport::Fragment(proto) => {
+            l4.0 = proto;
+            false
+        }
+        Transport::None => false,
     };
     Ok(Frame {
         kind: Kind::Ipv6,
@@ -314,14 +380,20 @@ fn parse_ipv6(ctx: &XdpContext, offset: usize, l2_multicast: bool) -> Result<Fra
         dst_v4: [0; 4],
         dst_v6: dst,
         neighbor_discovery,
+        src_v4: [0; 4],
+        src_v6: src,
+        proto: l4.0,
+        sport: l4.1,
+        dport: l4.2,
     })
 }
 
 /// Where the IPv6 chain leads.
 enum Transport {
-    /// No transport header in this packet: a non-first fragment, or
-    /// "no next header" (59).
+    /// "No next header" (59).
     None,
+    /// A non-first fragment of a packet of this protocol: no header here.
+    Fragment(u8),
     /// The transport protocol `proto` starts at `offset`.
     Header { proto: u8, offset: usize },
 }
@@ -361,7 +433,7 @@ fn transport(
             if offset_flags >> 3 != 0 {
                 // A non-first fragment: what follows is the middle of the
                 // original payload, not a header.
-                return Ok(Transport::None);
+                return Ok(Transport::Fragment(next));
             }
             next_header = next;
             FRAG_HDR_LEN

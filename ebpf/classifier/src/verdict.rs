@@ -9,12 +9,17 @@
 //!    link-local (169.254/16), IPv6 multicast (ff00::/8) or link-local
 //!    (fe80::/10) destination → pass ([`Counter::PassMulticast`]).
 //! 4. One of the gateway's own addresses → pass ([`Counter::PassLocal`]).
-//! 5. In a bypass prefix → pass ([`Counter::Bypass`]): kernel routing sends
-//!    it out of the WAN.
-//! 6. Anything else → tunnel.
+//! 5. The policy (once one is installed): the source's profile, then the
+//!    destination's entry in that profile, both from the live slot read
+//!    once per frame (never a mix of two policies). See [`policy`].
+//!    Before any policy is installed: in a bypass prefix → pass
+//!    ([`Counter::Bypass`]), anything else → tunnel.
 //!
 //! No packet access here: only the parsed summary and map lookups.
-use sluice_common::{Counter, Ipv4Key, Ipv6Key};
+use sluice_common::{
+    ACTION_DIRECT, ACTION_TUNNEL, Counter, DestEntry, Ipv4Key, Ipv6Key, PROFILE_FAIL_OPEN,
+    PolicyState, ProfileEntry,
+};
 
 use crate::{
     maps,
@@ -25,9 +30,25 @@ use crate::{
 pub(crate) enum Verdict {
     /// Hand it to the kernel (`XDP_PASS`), counting this verdict counter.
     Pass(Counter),
-    /// Send it to the `AF_XDP` socket of its RX queue.
-    Tunnel,
+    /// Send it to the `AF_XDP` socket of its RX queue, with this verdict
+    /// ([`sluice_common::ACTION_TUNNEL`] + tunnel) and policy generation
+    /// in front of it; count `counter`.
+    Tunnel {
+        /// The verdict.
+        action: u8,
+        /// The policy generation.
+        generation: u32,
+        /// `Tunnel` or `TunnelPrivate`.
+        counter: Counter,
+    },
 }
+
+/// The verdict before any policy is installed.
+const TUNNEL_INTERNET: Verdict = Verdict::Tunnel {
+    action: ACTION_TUNNEL,
+    generation: 0,
+    counter: Counter::Tunnel,
+};
 
 /// Applies the rules above.
 #[inline(always)]
@@ -41,10 +62,8 @@ pub(crate) fn decide(frame: &Frame) -> Verdict {
                 Verdict::Pass(Counter::PassMulticast)
             } else if maps::is_local_v4(dst) {
                 Verdict::Pass(Counter::PassLocal)
-            } else if maps::is_bypass_v4(dst) {
-                Verdict::Pass(Counter::Bypass)
             } else {
-                Verdict::Tunnel
+                policy_v4(frame)
             }
         }
         Kind::Ipv6 => {
@@ -55,10 +74,8 @@ pub(crate) fn decide(frame: &Frame) -> Verdict {
                 Verdict::Pass(Counter::PassMulticast)
             } else if maps::is_local_v6(dst) {
                 Verdict::Pass(Counter::PassLocal)
-            } else if maps::is_bypass_v6(dst) {
-                Verdict::Pass(Counter::Bypass)
             } else {
-                Verdict::Tunnel
+                policy_v6(frame)
             }
         }
     }
@@ -75,4 +92,135 @@ fn is_special_v4(dst: &Ipv4Key) -> bool {
 #[inline(always)]
 fn is_special_v6(dst: &Ipv6Key) -> bool {
     dst[0] == 0xff || (dst[0] == 0xfe && dst[1] & 0xc0 == 0x80)
+}
+
+/// The policy for an IPv4 frame.
+#[inline(always)]
+fn policy_v4(frame: &Frame) -> Verdict {
+    let Some(state) = maps::policy_state().filter(|s| s.installed != 0) else {
+        return if maps::is_bypass_v4(&frame.dst_v4) {
+            Verdict::Pass(Counter::Bypass)
+        } else {
+            TUNNEL_INTERNET
+        };
+    };
+    let Some(profile) = maps::profile_v4(state.slot, &frame.src_v4) else {
+        return tunnel(&state, ACTION_TUNNEL, None);
+    };
+    let Some(dest) = maps::dest_v4(profile.profile, &frame.dst_v4) else {
+        return tunnel(&state, ACTION_TUNNEL, Some(&profile));
+    };
+    let mut addr = [0u8; 16];
+    addr[..4].copy_from_slice(&frame.dst_v4);
+    let action = policy_action(&state, &profile, dest, &addr, frame);
+    tunnel(&state, action, Some(&profile))
+}
+
+/// The policy for an IPv6 frame.
+#[inline(always)]
+fn policy_v6(frame: &Frame) -> Verdict {
+    let Some(state) = maps::policy_state().filter(|s| s.installed != 0) else {
+        return if maps::is_bypass_v6(&frame.dst_v6) {
+            Verdict::Pass(Counter::Bypass)
+        } else {
+            TUNNEL_INTERNET
+        };
+    };
+    let Some(profile) = maps::profile_v6(state.slot, &frame.src_v6) else {
+        return tunnel(&state, ACTION_TUNNEL, None);
+    };
+    let Some(dest) = maps::dest_v6(profile.profile, &frame.dst_v6) else {
+        return tunnel(&state, ACTION_TUNNEL, Some(&profile));
+    };
+    let action = policy_action(&state, &profile, dest, &frame.dst_v6, frame);
+    tunnel(&state, action, Some(&profile))
+}
+
+/// The policy's verdict (`ACTION_*`) from a destination entry, in the
+/// order of `sluice::policy`: a priority entry (VPN gateway, private
+/// segment); a private-access domain; a source-port bypass; a bypassed
+/// domain; the first matching port rule; the entry's own verdict. A frame
+/// whose ports are unknown (a non-first fragment) takes the first port
+/// rule of its protocol that tunnels, if any: it errs toward the tunnel.
+#[inline(always)]
+fn policy_action(
+    state: &PolicyState,
+    profile: &ProfileEntry,
+    dest: &DestEntry,
+    addr: &[u8; 16],
+    frame: &Frame,
+) -> u8 {
+    if dest.priority != 0 {
+        return dest.action;
+    }
+    let slot = (state.slot & 1) as usize;
+    let bit = 1u64 << (profile.profile & 63);
+    let dns = maps::dns_entry(addr);
+    if let Some(d) = &dns
+        && d.private[slot] & bit != 0
+    {
+        return d.private_action[slot];
+    }
+    if frame.sport != 0 {
+        for p in profile.source_ports {
+            if p == frame.sport {
+                return ACTION_DIRECT;
+            }
+        }
+    }
+    if let Some(d) = &dns
+        && d.bypass[slot] & bit != 0
+    {
+        return ACTION_DIRECT;
+    }
+    let unknown_ports = frame.dport == 0 && crate::parse::has_ports(frame.proto);
+    let n = dest.nports as usize;
+    for (i, r) in dest.ports.iter().enumerate() {
+        if i >= n {
+            break;
+        }
+        let proto_ok = r.proto == 0 || r.proto == frame.proto;
+        if unknown_ports {
+            if proto_ok && r.action != ACTION_DIRECT {
+                return r.action;
+            }
+        } else if proto_ok && r.port == frame.dport {
+            return r.action;
+        }
+    }
+    dest.action
+}
+
+/// Turns a policy verdict into the frame's fate under the runtime state:
+/// direct passes; internet traffic goes direct when the network state says
+/// so; a tunnel that is down passes traffic of a fail-open profile, or of
+/// one inside its captive-portal grace; everything else is redirected.
+#[inline(always)]
+fn tunnel(state: &PolicyState, action: u8, profile: Option<&ProfileEntry>) -> Verdict {
+    if action == ACTION_DIRECT {
+        return Verdict::Pass(Counter::Bypass);
+    }
+    let t = (action - ACTION_TUNNEL) as usize & 7;
+    if t == 0 && state.internet_direct != 0 {
+        return Verdict::Pass(Counter::DirectNetwork);
+    }
+    let down = state.down_since_ns[t];
+    if down != 0
+        && let Some(p) = profile
+    {
+        // SAFETY: a helper without arguments or side effects.
+        let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
+        if p.flags & PROFILE_FAIL_OPEN != 0 || now.wrapping_sub(down) < p.grace_ns {
+            return Verdict::Pass(Counter::DirectFailOpen);
+        }
+    }
+    Verdict::Tunnel {
+        action,
+        generation: state.generation,
+        counter: if t == 0 {
+            Counter::Tunnel
+        } else {
+            Counter::TunnelPrivate
+        },
+    }
 }

@@ -43,6 +43,22 @@ pub mod map_names {
     /// the exec tracepoint only if the exec succeeds:
     /// `HashMap<u32, ExecGrant>`.
     pub const PENDING: &str = "PENDING";
+    /// The live policy slot and the runtime state the verdicts depend on,
+    /// one entry: `Array<PolicyState>`.
+    pub const POLICY_STATE: &str = "POLICY_STATE";
+    /// Source prefix → app profile, both slots:
+    /// `LpmTrie<PolicyKeyV4, ProfileEntry>` (key: slot, then address).
+    pub const POLICY_SRC_V4: &str = "POLICY_SRC_V4";
+    /// The same for IPv6: `LpmTrie<PolicyKeyV6, ProfileEntry>`.
+    pub const POLICY_SRC_V6: &str = "POLICY_SRC_V6";
+    /// Destination prefix → resolved entry, per profile of both slots:
+    /// `LpmTrie<PolicyKeyV4, DestEntry>` (key: profile id, then address).
+    pub const POLICY_DST_V4: &str = "POLICY_DST_V4";
+    /// The same for IPv6: `LpmTrie<PolicyKeyV6, DestEntry>`.
+    pub const POLICY_DST_V6: &str = "POLICY_DST_V6";
+    /// Addresses answered for policy domains: `HashMap<[u8; 16], DnsEntry>`
+    /// (IPv4 in the first four bytes, the rest zero).
+    pub const POLICY_DNS: &str = "POLICY_DNS";
 }
 
 /// Names of the endpoint-mode programs in the classifier object.
@@ -105,6 +121,123 @@ pub const EXEC_OLD_PID_OFFSET: u32 = 16;
 pub const GRANT_WINDOW_NS: u64 = 100_000_000;
 /// Capacity of [`map_names::PENDING`].
 pub const PENDING_MAX_ENTRIES: u32 = 8_192;
+
+/// Capacity of each policy destination trie (both slots, all profiles).
+pub const POLICY_DST_MAX_ENTRIES: u32 = 262_144;
+/// Capacity of each policy source trie (both slots).
+pub const POLICY_SRC_MAX_ENTRIES: u32 = 65_536;
+/// Capacity of [`map_names::POLICY_DNS`].
+pub const POLICY_DNS_MAX_ENTRIES: u32 = 131_072;
+/// Port-specific entries one destination entry holds.
+pub const POLICY_PORT_RULES: usize = 8;
+/// Source-port bypasses one profile holds.
+pub const POLICY_SOURCE_PORTS: usize = 8;
+/// App profiles per slot (the domain masks are `u64`).
+pub const POLICY_MAX_PROFILES: u32 = 64;
+/// Tunnels: the internet tenant and up to seven private-access tenants.
+pub const POLICY_MAX_TENANTS: u32 = 8;
+/// A verdict: direct (kernel routing, out of the WAN).
+pub const ACTION_DIRECT: u8 = 0;
+/// A verdict: tunnel `t` is `ACTION_TUNNEL + t` (0: the internet tenant).
+pub const ACTION_TUNNEL: u8 = 1;
+/// [`ProfileEntry::flags`]: the profile fails open.
+pub const PROFILE_FAIL_OPEN: u32 = 1;
+/// First byte of the 4-byte metadata the classifier puts in front of a
+/// frame it redirects: `[META_MAGIC, action, generation (u16, LE)]`.
+pub const META_MAGIC: u8 = 0xa5;
+/// Length of that metadata.
+pub const META_LEN: usize = 4;
+
+/// Key data of the policy tries, IPv4: a 32-bit big-endian tag (the slot
+/// for sources, the profile id for destinations) then the address; the
+/// prefix length counts the tag's 32 bits.
+pub type PolicyKeyV4 = [u8; 8];
+/// The same for IPv6.
+pub type PolicyKeyV6 = [u8; 20];
+
+/// The id of profile `index` in policy slot `slot` (the destination
+/// tries' tag).
+pub const fn profile_id(slot: u32, index: u32) -> u32 {
+    (slot << 16) | index
+}
+
+/// The live slot and runtime state ([`map_names::POLICY_STATE`]). The
+/// classifier reads it once per frame, then uses only that slot's entries:
+/// a frame is never classified by a mix of two policies.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct PolicyState {
+    /// 0 or 1: the slot whose entries are live.
+    pub slot: u32,
+    /// The policy generation (reported, and stamped in the metadata).
+    pub generation: u32,
+    /// 1: the forwarding profile sends internet traffic direct in the
+    /// current network state.
+    pub internet_direct: u32,
+    /// 1 once a policy is installed; until then everything is tunnelled.
+    pub installed: u32,
+    /// Per tunnel: `CLOCK_MONOTONIC` ns since it has been down, 0 while up.
+    pub down_since_ns: [u64; POLICY_MAX_TENANTS as usize],
+}
+
+/// A source node's value: the profile and its runtime settings.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ProfileEntry {
+    /// [`profile_id`] of the profile.
+    pub profile: u32,
+    /// [`PROFILE_FAIL_OPEN`].
+    pub flags: u32,
+    /// Captive-portal grace in ns (fail-closed profiles).
+    pub grace_ns: u64,
+    /// Source-port bypasses, host order, 0 for unused slots.
+    pub source_ports: [u16; POLICY_SOURCE_PORTS],
+}
+
+/// A port-specific entry of a [`DestEntry`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct PortRule {
+    /// Destination port, host order (never 0 in a used slot).
+    pub port: u16,
+    /// Protocol, 0 for any.
+    pub proto: u8,
+    /// The verdict.
+    pub action: u8,
+}
+
+/// A destination node's value: its verdict, resolved at compile time.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct DestEntry {
+    /// The verdict when no port rule matches.
+    pub action: u8,
+    /// 1: a VPN gateway or private segment; `action` applies whatever the
+    /// ports.
+    pub priority: u8,
+    /// Used slots of `ports`, best first.
+    pub nports: u8,
+    /// Reserved, zero.
+    pub reserved: u8,
+    /// Port-specific entries, best first.
+    pub ports: [PortRule; POLICY_PORT_RULES],
+}
+
+/// An address answered for a policy domain ([`map_names::POLICY_DNS`]),
+/// per slot: which profiles bypass it, which may reach it through the
+/// private-access tenant, and that tenant's verdict.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct DnsEntry {
+    /// Bit `i`: profile `i` of the slot bypasses the address.
+    pub bypass: [u64; 2],
+    /// Bit `i`: profile `i` of the slot tunnels it to `private_action`.
+    pub private: [u64; 2],
+    /// The private tenant's verdict, per slot.
+    pub private_action: [u8; 2],
+    /// Reserved, zero.
+    pub reserved: [u8; 6],
+}
 
 /// Key data of the IPv4 LPM trie: the address in network byte order. The
 /// kernel's `bpf_lpm_trie_key` prefix length precedes it (aya's
@@ -365,11 +498,23 @@ pub enum Counter {
     /// To be tunnelled but no `AF_XDP` socket serves the RX queue (counted in
     /// addition to `Tunnel`).
     DropNoSocket = 12,
+    /// Redirected to the `AF_XDP` socket for a private-access tenant's
+    /// tunnel.
+    TunnelPrivate = 13,
+    /// Internet traffic sent direct: the forwarding profile's action for
+    /// the current network state.
+    DirectNetwork = 14,
+    /// Tunnelled traffic sent direct: its tunnel is down and the profile
+    /// fails open or is inside its captive-portal grace.
+    DirectFailOpen = 15,
+    /// To be tunnelled, but the verdict could not be put in front of the
+    /// frame (no room for metadata): dropped.
+    DropNoMeta = 16,
 }
 
 impl Counter {
     /// Number of counters (the statistics array's length).
-    pub const COUNT: u32 = 13;
+    pub const COUNT: u32 = 17;
 
     /// All counters, in index order.
     pub const ALL: [Counter; Self::COUNT as usize] = [
@@ -386,6 +531,10 @@ impl Counter {
         Counter::DropExtHeaders,
         Counter::DropVlanDepth,
         Counter::DropNoSocket,
+        Counter::TunnelPrivate,
+        Counter::DirectNetwork,
+        Counter::DirectFailOpen,
+        Counter::DropNoMeta,
     ];
 
     /// Stable metric name (`snake_case`), used in metrics and logs.
@@ -404,6 +553,10 @@ impl Counter {
             Counter::DropExtHeaders => "drop_ext_headers",
             Counter::DropVlanDepth => "drop_vlan_depth",
             Counter::DropNoSocket => "drop_no_socket",
+            Counter::TunnelPrivate => "tunnel_private",
+            Counter::DirectNetwork => "direct_network",
+            Counter::DirectFailOpen => "direct_fail_open",
+            Counter::DropNoMeta => "drop_no_meta",
         }
     }
 
@@ -427,6 +580,16 @@ mod pod {
     // SAFETY: `#[repr(C)]`, 16 + 4 + 4 + 4 + 2 + 1 + 1 + 16 = 48 bytes,
     // every field aligned at its natural offset, no padding; any bits valid.
     unsafe impl aya::Pod for super::FlowEntry {}
+    // SAFETY: `#[repr(C)]`, four `u32`s then eight `u64`s: 80 bytes, no
+    // padding.
+    unsafe impl aya::Pod for super::PolicyState {}
+    // SAFETY: `#[repr(C)]`, two `u32`s, a `u64`, eight `u16`s: 32 bytes.
+    unsafe impl aya::Pod for super::ProfileEntry {}
+    // SAFETY: `#[repr(C)]`, four `u8`s then eight 4-byte rules of `u16`,
+    // `u8`, `u8`: 36 bytes, alignment 2, no padding.
+    unsafe impl aya::Pod for super::DestEntry {}
+    // SAFETY: `#[repr(C)]`, four `u64`s then eight `u8`s: 40 bytes.
+    unsafe impl aya::Pod for super::DnsEntry {}
 }
 
 #[cfg(test)]
@@ -449,6 +612,10 @@ mod tests {
         assert_eq!(core::mem::size_of::<ProcessEntry>(), 8);
         assert_eq!(core::mem::size_of::<ExecGrant>(), 16);
         assert_eq!(core::mem::size_of::<FlowEntry>(), 48);
+        assert_eq!(core::mem::size_of::<PolicyState>(), 80);
+        assert_eq!(core::mem::size_of::<ProfileEntry>(), 32);
+        assert_eq!(core::mem::size_of::<DestEntry>(), 36);
+        assert_eq!(core::mem::size_of::<DnsEntry>(), 40);
     }
 
     #[test]

@@ -1,0 +1,340 @@
+//! The policy compiled into the classifier's lookup tables.
+//!
+//! Two longest-prefix tables per address family:
+//! - sources: prefix → app profile. The nodes are the identities'
+//!   prefixes, the rules' subnets and the default route; each node holds
+//!   the profile of the first rule that matches any address whose longest
+//!   node it is (the identity is the longest identity prefix containing
+//!   the node, and the subnets containing an address are exactly the
+//!   subnet nodes containing its longest node).
+//! - destinations, per profile: prefix → [`DestEntry`]. The nodes are every
+//!   prefix the profile names; each holds the verdict already resolved for
+//!   addresses whose longest node it is: a VPN gateway or private segment
+//!   covering it (a "priority" verdict, ahead of everything), else the
+//!   best plain entry covering it, preceded by the port-specific entries
+//!   that outrank that plain entry, best first. The packet path takes the
+//!   first port entry that matches, else the plain verdict: one LPM lookup
+//!   and at most [`MAX_PORT_RULES`] comparisons.
+//!
+//! [`Tables::lookup`] runs the same algorithm the classifier runs, in user
+//! space: the endpoint worker uses it, and the tests check it against the
+//! reference evaluator ([`super::eval`]).
+use std::{
+    collections::{HashMap, HashSet},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    time::Duration,
+};
+
+use sluice_common::{DestEntry, PortRule};
+
+use super::{
+    Entry, FailMode, INTERNET, MAX_PORT_RULES, MAX_PROFILES, Policy, Proto, Verdict, eval,
+};
+use crate::net::Prefix;
+
+/// Why a policy does not compile (the configuration reports these with
+/// the profile's place in the file).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CompileError {
+    /// More profiles than the classifier holds.
+    #[error("{0} profiles: at most {MAX_PROFILES}")]
+    TooManyProfiles(usize),
+    /// More port-specific entries cover one prefix than the classifier's
+    /// per-prefix list holds.
+    #[error(
+        "profile `{profile}`: {count} port-specific entries apply to addresses in {prefix} (at most {MAX_PORT_RULES}): merge some, or give them longer prefixes"
+    )]
+    TooManyPortRules {
+        /// The profile.
+        profile: String,
+        /// The prefix.
+        prefix: Prefix,
+        /// How many.
+        count: usize,
+    },
+}
+
+/// One profile's compiled tables.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ProfileTables {
+    /// Destination nodes and their resolved entries.
+    pub nodes: Vec<(Prefix, DestEntry)>,
+    /// Source-port bypasses.
+    pub source_ports: Vec<u16>,
+    /// Fails open.
+    pub fail_open: bool,
+    /// Captive-portal grace.
+    pub grace: Duration,
+}
+
+/// The compiled policy.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Tables {
+    /// Source nodes and their profile.
+    pub sources: Vec<(Prefix, u16)>,
+    /// Per profile.
+    pub profiles: Vec<ProfileTables>,
+    /// The profile of this host's own flows.
+    pub local_profile: usize,
+    /// The local profile's destinations that go direct whatever the port
+    /// (the socket hooks' bypass trie; a prefix with any tunnelled port
+    /// is left out, so the hooks err toward the tunnel).
+    pub local_direct: Vec<Prefix>,
+}
+
+/// A ranked entry during compilation.
+#[derive(Clone, Copy)]
+struct Ranked {
+    entry: Entry,
+    rank: (u8, u8, bool),
+    action: u8,
+}
+
+impl Tables {
+    /// Compiles `policy`.
+    pub fn compile(policy: &Policy) -> Result<Self, CompileError> {
+        if policy.profiles.len() > MAX_PROFILES {
+            return Err(CompileError::TooManyProfiles(policy.profiles.len()));
+        }
+        let profiles = (0..policy.profiles.len())
+            .map(|i| compile_profile(policy, i))
+            .collect::<Result<Vec<_>, _>>()?;
+        let local_profile = policy.local_profile();
+        let local_direct = profiles[local_profile]
+            .nodes
+            .iter()
+            .filter(|(_, e)| {
+                e.action == sluice_common::ACTION_DIRECT
+                    && e.ports[..usize::from(e.nports)]
+                        .iter()
+                        .all(|r| r.action == sluice_common::ACTION_DIRECT)
+            })
+            .map(|(p, _)| *p)
+            .collect();
+        Ok(Self {
+            sources: compile_sources(policy),
+            profiles,
+            local_profile,
+            local_direct,
+        })
+    }
+
+    /// The profile of source `src` (the source table's longest match).
+    pub fn profile_of(&self, src: IpAddr) -> usize {
+        longest(self.sources.iter().map(|(p, v)| (p, v)), src).map_or(0, |v| usize::from(*v))
+    }
+
+    /// The verdict for a flow, as the classifier computes it (without
+    /// domain and process bypass, which other tables carry).
+    pub fn lookup(
+        &self,
+        src: IpAddr,
+        dst: IpAddr,
+        sport: u16,
+        dport: u16,
+        proto: Proto,
+    ) -> Verdict {
+        self.lookup_profile(self.profile_of(src), dst, sport, dport, proto)
+    }
+
+    /// [`Tables::lookup`] for a known profile.
+    pub fn lookup_profile(
+        &self,
+        profile: usize,
+        dst: IpAddr,
+        sport: u16,
+        dport: u16,
+        proto: Proto,
+    ) -> Verdict {
+        let p = &self.profiles[profile];
+        let Some(e) = longest(p.nodes.iter().map(|(p, v)| (p, v)), dst) else {
+            return Verdict::Direct;
+        };
+        Verdict::from_action(resolve(e, &p.source_ports, sport, dport, proto.0))
+    }
+
+    /// Total destination nodes (all profiles).
+    pub fn dest_nodes(&self) -> usize {
+        self.profiles.iter().map(|p| p.nodes.len()).sum()
+    }
+}
+
+/// The classifier's algorithm for one destination entry (domains aside):
+/// a priority verdict; else a source-port bypass; else the first matching
+/// port rule; else the plain verdict. Unknown ports (`dport` 0 for a
+/// protocol with ports: a non-first fragment) take the first port rule of
+/// the protocol that tunnels: the lookup errs toward the tunnel.
+pub fn resolve(e: &DestEntry, source_ports: &[u16], sport: u16, dport: u16, proto: u8) -> u8 {
+    if e.priority != 0 {
+        return e.action;
+    }
+    if sport != 0 && source_ports.contains(&sport) {
+        return sluice_common::ACTION_DIRECT;
+    }
+    let unknown = dport == 0 && matches!(proto, 6 | 17 | 132);
+    e.ports[..usize::from(e.nports)]
+        .iter()
+        .find(|r| {
+            (r.proto == 0 || r.proto == proto)
+                && if unknown {
+                    r.action != sluice_common::ACTION_DIRECT
+                } else {
+                    r.port == dport
+                }
+        })
+        .map_or(e.action, |r| r.action)
+}
+
+fn longest<'a, V>(nodes: impl Iterator<Item = (&'a Prefix, &'a V)>, ip: IpAddr) -> Option<&'a V> {
+    nodes
+        .filter(|(p, _)| p.contains(ip))
+        .max_by_key(|(p, _)| p.len())
+        .map(|(_, v)| v)
+}
+
+fn defaults() -> [Prefix; 2] {
+    [
+        Prefix::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0),
+        Prefix::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0),
+    ]
+}
+
+/// The prefixes containing `p` (itself included), shortest first.
+fn ancestors(p: Prefix) -> impl Iterator<Item = Prefix> {
+    (0..=p.len()).map(move |l| Prefix::new(p.addr(), l))
+}
+
+fn compile_sources(policy: &Policy) -> Vec<(Prefix, u16)> {
+    let identities: HashMap<Prefix, usize> = policy
+        .identities
+        .iter()
+        .enumerate()
+        .map(|(i, id)| (id.source, i))
+        .collect();
+    let mut nodes: Vec<Prefix> = defaults().to_vec();
+    nodes.extend(policy.identities.iter().map(|i| i.source));
+    nodes.extend(policy.rules.iter().filter_map(|r| match r.matches {
+        super::Match::Subnet(p) => Some(p),
+        _ => None,
+    }));
+    let mut seen = HashSet::new();
+    nodes.retain(|p| seen.insert(*p));
+    nodes
+        .into_iter()
+        .map(|node| {
+            let identity = ancestors(node)
+                .filter_map(|a| identities.get(&a))
+                .last()
+                .map(|&i| &policy.identities[i]);
+            let rule = policy.rules.iter().position(|r| match &r.matches {
+                super::Match::Subnet(s) => s.len() <= node.len() && s.contains(node.addr()),
+                m => eval::rule_matches(m, identity, node.addr()),
+            });
+            let profile = rule.map_or(policy.default_profile, |r| policy.rules[r].profile);
+            (node, u16::try_from(profile).unwrap_or(u16::MAX))
+        })
+        .collect()
+}
+
+fn compile_profile(policy: &Policy, index: usize) -> Result<ProfileTables, CompileError> {
+    let p = &policy.profiles[index];
+    let include_action = if p.tunnel {
+        Verdict::Tunnel(INTERNET)
+    } else {
+        Verdict::Direct
+    }
+    .action();
+    let ranked = |e: &Entry, include: bool, action: u8| Ranked {
+        entry: *e,
+        rank: (e.prefix.len(), e.fields(), include),
+        action,
+    };
+    let mut plain: HashMap<Prefix, Ranked> = HashMap::new();
+    let mut ported: HashMap<Prefix, Vec<Ranked>> = HashMap::new();
+    let entries = p
+        .include
+        .iter()
+        .map(|e| ranked(e, true, include_action))
+        .chain(
+            p.exclude
+                .iter()
+                .map(|e| ranked(e, false, sluice_common::ACTION_DIRECT)),
+        );
+    for r in entries {
+        if r.entry.port.is_none() {
+            let slot = plain.entry(r.entry.prefix).or_insert(r);
+            if r.rank > slot.rank {
+                *slot = r;
+            }
+        } else {
+            ported.entry(r.entry.prefix).or_default().push(r);
+        }
+    }
+    // Priority prefixes: VPN gateways (direct), then the active tenant's
+    // segments (its tunnel).
+    let mut priority: HashMap<Prefix, u8> = HashMap::new();
+    if let Some(t) = policy
+        .active_tenant
+        .filter(|t| p.private_tenants.contains(t))
+    {
+        let action = Verdict::Tunnel(u8::try_from(t + 1).unwrap_or(u8::MAX)).action();
+        for s in &policy.tenants[t].segments {
+            priority.insert(*s, action);
+        }
+    }
+    let vpn: HashSet<Prefix> = p.vpn_gateways.iter().copied().collect();
+
+    let mut nodes: Vec<Prefix> = defaults().to_vec();
+    nodes.extend(plain.keys().chain(ported.keys()).chain(priority.keys()));
+    nodes.extend(vpn.iter());
+    let mut seen = HashSet::new();
+    nodes.retain(|n| seen.insert(*n));
+    nodes.sort();
+
+    let mut out = Vec::with_capacity(nodes.len());
+    for node in nodes {
+        let mut e = DestEntry::default();
+        if ancestors(node).any(|a| vpn.contains(&a)) {
+            e.priority = 1;
+            e.action = sluice_common::ACTION_DIRECT;
+        } else if let Some(a) = ancestors(node).filter_map(|a| priority.get(&a)).last() {
+            e.priority = 1;
+            e.action = *a;
+        } else {
+            let best = ancestors(node).filter_map(|a| plain.get(&a)).last();
+            e.action = best.map_or(sluice_common::ACTION_DIRECT, |b| b.action);
+            let floor = best.map(|b| b.rank);
+            let mut rules: Vec<Ranked> = ancestors(node)
+                .filter_map(|a| ported.get(&a))
+                .flatten()
+                .filter(|r| floor.is_none_or(|f| r.rank > f))
+                .copied()
+                .collect();
+            rules.sort_by(|a, b| b.rank.cmp(&a.rank));
+            let mut keys = HashSet::new();
+            rules.retain(|r| keys.insert((r.entry.port, r.entry.proto)));
+            if rules.len() > MAX_PORT_RULES {
+                return Err(CompileError::TooManyPortRules {
+                    profile: p.name.clone(),
+                    prefix: node,
+                    count: rules.len(),
+                });
+            }
+            for (slot, r) in e.ports.iter_mut().zip(&rules) {
+                *slot = PortRule {
+                    port: r.entry.port.unwrap_or(0),
+                    proto: r.entry.proto.map_or(0, |x| x.0),
+                    action: r.action,
+                };
+            }
+            e.nports = u8::try_from(rules.len()).unwrap_or(u8::MAX);
+        }
+        out.push((node, e));
+    }
+    Ok(ProfileTables {
+        nodes: out,
+        source_ports: p.source_ports.clone(),
+        fail_open: p.fail == FailMode::Open,
+        grace: p.captive_portal_grace,
+    })
+}
