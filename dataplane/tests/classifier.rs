@@ -1094,3 +1094,331 @@ fn attaches_natively_to_veth() {
     .join()
     .expect("attach test thread");
 }
+
+// ---------------------------------------------------------------------------
+// The compiled policy in the kernel: verdicts, metadata, the two slots and
+// the runtime state.
+
+mod policy {
+    use std::time::Duration;
+
+    use sluice::policy::{
+        FailMode, Identity, Match, Policy, Profile, Proto, Rule, Tenant, Verdict, compile::Tables,
+    };
+    use sluice_common::{ACTION_TUNNEL, Counter, DnsEntry, META_MAGIC};
+
+    use super::*;
+
+    const ALICE: [u8; 4] = [192, 0, 2, 10];
+    const BOB: [u8; 4] = [192, 0, 2, 20];
+    const WEB: [u8; 4] = [198, 51, 100, 7];
+    const CORP_APP: [u8; 4] = [198, 51, 100, 130];
+
+    fn tunnel_cfg() -> sluice::config::TunnelConfig {
+        sluice::config::TunnelConfig {
+            edge: "198.51.100.9:4443".parse().unwrap(),
+            server_name: "corp.test".into(),
+            ca: "ca.pem".into(),
+            cert: "c.pem".into(),
+            key: "k.pem".into(),
+            keepalive: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(30),
+            coalesce_delay: Duration::ZERO,
+        }
+    }
+
+    fn identity(addr: &str, group: &str) -> Identity {
+        Identity {
+            source: addr.parse().unwrap(),
+            user: group.to_string(),
+            groups: vec![group.to_string()],
+            device: None,
+        }
+    }
+
+    /// alice (engineering): 198.51.100.0/24 excluded but its TCP 443
+    /// included; bob (sales): corp's private apps; everyone else: defaults.
+    fn lab_policy() -> Policy {
+        let mut eng = Profile::with_defaults("engineering", 1);
+        eng.exclude.push("198.51.100.0/24".parse().unwrap());
+        eng.include.push("198.51.100.0/24:443:tcp".parse().unwrap());
+        eng.private_tenants.clear();
+        let mut sales = Profile::with_defaults("sales", 1);
+        sales.fail = FailMode::Open;
+        let mut default = Profile::with_defaults("default", 1);
+        default.captive_portal_grace = Duration::from_secs(3600);
+        Policy {
+            identities: vec![
+                identity("192.0.2.10", "engineering"),
+                identity("192.0.2.20", "sales"),
+            ],
+            local: identity("198.18.3.1", "local"),
+            profiles: vec![eng, sales, default],
+            rules: vec![
+                Rule {
+                    matches: Match::Group("engineering".into()),
+                    profile: 0,
+                },
+                Rule {
+                    matches: Match::Group("sales".into()),
+                    profile: 1,
+                },
+            ],
+            default_profile: 2,
+            tenants: vec![Tenant {
+                name: "corp".into(),
+                tunnel: tunnel_cfg(),
+                segments: vec!["198.51.100.128/25".parse().unwrap()],
+                domains: vec![],
+            }],
+            active_tenant: Some(0),
+            forwarding: sluice::policy::Forwarding::default(),
+        }
+    }
+
+    fn from(src: [u8; 4], frame: Vec<u8>) -> Vec<u8> {
+        patched(frame, L3 + 12, &src)
+    }
+
+    fn install(c: &mut Classifier, p: &Policy) -> (Tables, u32) {
+        let t = Tables::compile(p).unwrap();
+        let prepared = c
+            .prepare_policy(&t)
+            .unwrap_or_else(|e| panic!("prepare: {}", chain(&e)));
+        let generation = c.commit_policy(prepared).unwrap();
+        (t, generation)
+    }
+
+    /// Runs `frame`; returns the action, the counters that moved and the
+    /// verdict the metadata carries (if any).
+    fn run_meta(c: &Classifier, frame: &[u8]) -> (u32, String, Option<(u8, u16)>) {
+        let before = c.counters().unwrap();
+        let (action, meta) = c
+            .test_run_meta(frame)
+            .unwrap_or_else(|e| panic!("test run: {}", chain(&e)));
+        let after = c.counters().unwrap();
+        let delta: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+        let meta = meta.map(|m| {
+            assert_eq!(m[0], META_MAGIC, "metadata magic");
+            (m[1], u16::from_le_bytes([m[2], m[3]]))
+        });
+        (action, describe(&delta), meta)
+    }
+
+    #[test]
+    fn verdicts_follow_the_sources_profile_and_carry_the_tunnel() {
+        let mut c = lab_classifier();
+        let (t, generation) = install(&mut c, &lab_policy());
+        let tcp443 = tcp();
+        let dns = udp(b"q");
+        let cases: Vec<(&str, Vec<u8>, &str, Option<u8>)> = vec![
+            (
+                "alice web 443/tcp: include entry",
+                from(ALICE, eth_v4(WEB, TCP, &tcp443)),
+                "[tunnel+1, drop_no_socket+1]",
+                Some(ACTION_TUNNEL),
+            ),
+            (
+                "alice web 53/udp: excluded prefix",
+                from(ALICE, eth_v4(WEB, UDP, &dns)),
+                "[bypass+1]",
+                None,
+            ),
+            (
+                "bob web: internet tunnel",
+                from(BOB, eth_v4(WEB, UDP, &dns)),
+                "[tunnel+1, drop_no_socket+1]",
+                Some(ACTION_TUNNEL),
+            ),
+            (
+                "bob corp app: corp's tunnel",
+                from(BOB, eth_v4(CORP_APP, TCP, &tcp443)),
+                "[drop_no_socket+1, tunnel_private+1]",
+                Some(ACTION_TUNNEL + 1),
+            ),
+            (
+                "alice corp app: engineering does not allow corp",
+                from(ALICE, eth_v4(CORP_APP, UDP, &dns)),
+                "[bypass+1]",
+                None,
+            ),
+            (
+                "stranger to a private range: default exclusion",
+                from([192, 0, 2, 99], eth_v4([10, 1, 2, 3], TCP, &tcp443)),
+                "[bypass+1]",
+                None,
+            ),
+            (
+                "alice non-first TCP fragment: ports unknown, errs toward the tunnel",
+                from(
+                    ALICE,
+                    eth(
+                        GW_MAC,
+                        &[],
+                        ETH_P_IPV4,
+                        &ipv4_frag(WEB, TCP, 8, false, &[0; 16]),
+                    ),
+                ),
+                "[tunnel+1, drop_no_socket+1]",
+                Some(ACTION_TUNNEL),
+            ),
+            (
+                "IPv6 stranger to unique-local: default exclusion",
+                eth_v6(v6([0xfd00, 0, 0, 0, 0, 0, 0, 1]), TCP, &tcp443),
+                "[bypass+1]",
+                None,
+            ),
+            (
+                "IPv6 stranger to the internet",
+                eth_v6(TUNNEL_V6, TCP, &tcp443),
+                "[tunnel+1, drop_no_socket+1]",
+                Some(ACTION_TUNNEL),
+            ),
+        ];
+        for (name, frame, counters, tunnel) in cases {
+            let (action, moved, meta) = run_meta(&c, &frame);
+            assert_eq!(moved, counters, "{name}");
+            assert_eq!(
+                action,
+                if tunnel.is_some() { XDP_DROP } else { XDP_PASS },
+                "{name}: {}",
+                xdp_action_name(action)
+            );
+            assert_eq!(
+                meta,
+                tunnel.map(|a| (a, generation as u16)),
+                "{name}: metadata"
+            );
+        }
+        // The kernel agrees with the user-space lookup on a well-formed flow.
+        let v = t.lookup(
+            IpAddr::from(BOB),
+            IpAddr::from(CORP_APP),
+            50000,
+            443,
+            Proto::TCP,
+        );
+        assert_eq!(v, Verdict::Tunnel(1));
+    }
+
+    /// Two policies that give bob the same verdict by different paths: in
+    /// A, bob's profile is index 0, which tunnels the web server; in B his
+    /// profile is index 1, which tunnels it, while index 0 sends it direct.
+    /// A frame classified with B's source table and A's destination table
+    /// (or the reverse) would go direct.
+    fn swapped(flip: bool) -> Policy {
+        let mut p = lab_policy();
+        let mut direct = Profile::with_defaults("direct-web", 1);
+        direct.exclude.push("198.51.100.0/24".parse().unwrap());
+        let tunnel = Profile::with_defaults("tunnel-web", 1);
+        p.profiles = if flip {
+            vec![direct, tunnel.clone(), tunnel]
+        } else {
+            vec![tunnel, direct.clone(), direct]
+        };
+        p.rules = vec![Rule {
+            matches: Match::Group("sales".into()),
+            profile: usize::from(flip),
+        }];
+        p.default_profile = 2;
+        p
+    }
+
+    #[test]
+    fn a_prepared_policy_is_invisible_until_its_commit() {
+        let mut c = lab_classifier();
+        let web = from(BOB, eth_v4(WEB, UDP, &udp(b"q")));
+        let stranger = from([192, 0, 2, 99], eth_v4(WEB, UDP, &udp(b"q")));
+        install(&mut c, &swapped(false));
+        for round in 0..6 {
+            let next = swapped(round % 2 == 0);
+            let t = Tables::compile(&next).unwrap();
+            let prepared = c.prepare_policy(&t).unwrap();
+            // Written but not live: the old policy still decides.
+            let (_, moved, _) = run_meta(&c, &stranger);
+            let old_default = if round % 2 == 0 {
+                "[bypass+1]"
+            } else {
+                "[tunnel+1, drop_no_socket+1]"
+            };
+            assert_eq!(moved, old_default, "round {round}: before commit");
+            assert_eq!(run_meta(&c, &web).1, "[tunnel+1, drop_no_socket+1]");
+            let g = c.commit_policy(prepared).unwrap();
+            let (_, moved, meta) = run_meta(&c, &web);
+            assert_eq!(moved, "[tunnel+1, drop_no_socket+1]", "round {round}");
+            assert_eq!(meta, Some((ACTION_TUNNEL, g as u16)));
+            let new_default = if round % 2 == 0 {
+                "[tunnel+1, drop_no_socket+1]"
+            } else {
+                "[bypass+1]"
+            };
+            assert_eq!(
+                run_meta(&c, &stranger).1,
+                new_default,
+                "round {round}: after"
+            );
+        }
+    }
+
+    #[test]
+    fn runtime_state_network_direct_fail_open_and_grace() {
+        let mut c = lab_classifier();
+        install(&mut c, &lab_policy());
+        let bob_web = from(BOB, eth_v4(WEB, UDP, &udp(b"q")));
+        let bob_corp = from(BOB, eth_v4(CORP_APP, UDP, &udp(b"q")));
+        let alice_web = from(ALICE, eth_v4(WEB, TCP, &tcp()));
+        let stranger = from([192, 0, 2, 99], eth_v4(WEB, UDP, &udp(b"q")));
+        // On a trusted network whose action is direct: internet traffic
+        // goes direct, private access keeps its tunnel.
+        c.set_internet_direct(true).unwrap();
+        assert_eq!(run_meta(&c, &bob_web).1, "[direct_network+1]");
+        assert_eq!(
+            run_meta(&c, &bob_corp).1,
+            "[drop_no_socket+1, tunnel_private+1]"
+        );
+        c.set_internet_direct(false).unwrap();
+        // The internet tunnel is down: bob's profile fails open, alice's
+        // fails closed (redirected, the worker drops), the default profile
+        // is inside its captive-portal grace.
+        let now = sluice::sys::fanotify::monotonic_ns();
+        c.set_tunnel_down(0, Some(now)).unwrap();
+        assert_eq!(run_meta(&c, &bob_web).1, "[direct_fail_open+1]");
+        assert_eq!(run_meta(&c, &alice_web).1, "[tunnel+1, drop_no_socket+1]");
+        assert_eq!(run_meta(&c, &stranger).1, "[direct_fail_open+1]");
+        // Down for longer than the grace: the default profile drops.
+        c.set_tunnel_down(0, Some(now.saturating_sub(3_601_000_000_000).max(1)))
+            .unwrap();
+        assert_eq!(run_meta(&c, &stranger).1, "[tunnel+1, drop_no_socket+1]");
+        c.set_tunnel_down(0, None).unwrap();
+        assert_eq!(run_meta(&c, &bob_web).1, "[tunnel+1, drop_no_socket+1]");
+    }
+
+    #[test]
+    fn domain_entries_apply_per_profile_and_slot() {
+        let mut c = lab_classifier();
+        install(&mut c, &lab_policy());
+        let slot = (c.policy_state().slot & 1) as usize;
+        let mut e = DnsEntry::default();
+        // Bob's profile (index 1) bypasses the answered address.
+        e.bypass[slot] = 1 << 1;
+        c.set_policy_dns(IpAddr::from(WEB), e).unwrap();
+        assert_eq!(
+            run_meta(&c, &from(BOB, eth_v4(WEB, UDP, &udp(b"q")))).1,
+            "[bypass+1]"
+        );
+        assert_eq!(
+            run_meta(&c, &from([192, 0, 2, 99], eth_v4(WEB, UDP, &udp(b"q")))).1,
+            "[tunnel+1, drop_no_socket+1]"
+        );
+        // The other slot's half is not looked at.
+        let mut e = DnsEntry::default();
+        e.bypass[1 - slot] = u64::MAX;
+        c.set_policy_dns(IpAddr::from(WEB), e).unwrap();
+        assert_eq!(
+            run_meta(&c, &from(BOB, eth_v4(WEB, UDP, &udp(b"q")))).1,
+            "[tunnel+1, drop_no_socket+1]"
+        );
+        c.remove_policy_dns(IpAddr::from(WEB)).unwrap();
+        let _ = Counter::Tunnel;
+    }
+}

@@ -183,18 +183,23 @@ pub(crate) fn has_ports(proto: u8) -> bool {
 /// lie within both the frame and the packet (`packet_end`).
 #[inline(always)]
 fn ports(ctx: &XdpContext, proto: u8, offset: usize, packet_end: usize) -> (u16, u16) {
-    if !has_ports(proto) || offset + 4 > packet_end {
+    if !has_ports(proto) {
         return (0, 0);
     }
-    match ptr_at::<[u8; 4]>(ctx, offset) {
-        // SAFETY: bounds-checked by `ptr_at`, alignment 1.
-        Ok(p) => unsafe {
-            (
-                u16::from_be_bytes([(*p)[0], (*p)[1]]),
-                u16::from_be_bytes([(*p)[2], (*p)[3]]),
-            )
-        },
-        Err(_) => (0, 0),
+    // Frame bound first, packet bound second (see `parse_ipv6`: in the
+    // other order LLVM drops the frame bound, which the verifier needs).
+    let Ok(p) = ptr_at::<[u8; 4]>(ctx, offset) else {
+        return (0, 0);
+    };
+    if offset + 4 > packet_end {
+        return (0, 0);
+    }
+    // SAFETY: bounds-checked by `ptr_at`, alignment 1.
+    unsafe {
+        (
+            u16::from_be_bytes([(*p)[0], (*p)[1]]),
+            u16::from_be_bytes([(*p)[2], (*p)[3]]),
+        )
     }
 }
 

@@ -153,13 +153,17 @@ fn policy_action(
     if dest.priority != 0 {
         return dest.action;
     }
-    let slot = (state.slot & 1) as usize;
     let bit = 1u64 << (profile.profile & 63);
-    let dns = maps::dns_entry(addr);
-    if let Some(d) = &dns
-        && d.private[slot] & bit != 0
-    {
-        return d.private_action[slot];
+    // This slot's half of the domain entry. Constant indices only: the
+    // verifier refuses the pointer arithmetic LLVM emits for a variable
+    // index into a stack copy.
+    let (bypass, private, private_action) = match maps::dns_entry(addr) {
+        Some(d) if state.slot & 1 == 0 => (d.bypass[0], d.private[0], d.private_action[0]),
+        Some(d) => (d.bypass[1], d.private[1], d.private_action[1]),
+        None => (0, 0, 0),
+    };
+    if private & bit != 0 {
+        return private_action;
     }
     if frame.sport != 0 {
         for p in profile.source_ports {
@@ -168,9 +172,7 @@ fn policy_action(
             }
         }
     }
-    if let Some(d) = &dns
-        && d.bypass[slot] & bit != 0
-    {
+    if bypass & bit != 0 {
         return ACTION_DIRECT;
     }
     let unknown_ports = frame.dport == 0 && crate::parse::has_ports(frame.proto);
@@ -204,7 +206,12 @@ fn tunnel(state: &PolicyState, action: u8, profile: Option<&ProfileEntry>) -> Ve
     if t == 0 && state.internet_direct != 0 {
         return Verdict::Pass(Counter::DirectNetwork);
     }
-    let down = state.down_since_ns[t];
+    let mut down = 0;
+    for (i, d) in state.down_since_ns.iter().enumerate() {
+        if i == t {
+            down = *d;
+        }
+    }
     if down != 0
         && let Some(p) = profile
     {

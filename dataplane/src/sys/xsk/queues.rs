@@ -398,6 +398,24 @@ impl RxBatch<'_> {
         Some(unsafe { self.q.umem.bytes(desc.addr, desc.len) })
     }
 
+    /// The 4 bytes of XDP metadata in front of the `i`-th frame (what the
+    /// classifier wrote with `bpf_xdp_adjust_meta`:
+    /// [`sluice_common::META_LEN`] bytes). Frames only reach this socket
+    /// through the classifier, which writes them for every frame it
+    /// redirects.
+    pub fn meta(&self, i: usize) -> Option<[u8; sluice_common::META_LEN]> {
+        let i = u32::try_from(i).ok().filter(|&i| i < self.len)?;
+        let desc = self.q.rx.read(i);
+        let len = sluice_common::META_LEN as u64;
+        // The kernel puts received data at least `XDP_PACKET_HEADROOM`
+        // into the frame, so the metadata lies within the same frame.
+        let addr = desc.addr.checked_sub(len)?;
+        // SAFETY: as in `get`: the frame is ours until the batch is
+        // released, and the bytes before its data are part of it.
+        let b = unsafe { self.q.umem.bytes(addr, len as u32) };
+        b.try_into().ok()
+    }
+
     /// The frames, in order of arrival.
     pub fn iter(&self) -> RxIter<'_> {
         RxIter {

@@ -36,6 +36,9 @@ use sluice_common::{
 
 use crate::net::Prefix;
 
+mod policy;
+pub use policy::{Prepared, SLOT_QUIET, dns_key};
+
 /// The classifier's ELF object, built by `build.rs` from `ebpf/classifier`.
 pub static CLASSIFIER_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sluice-classifier"));
@@ -294,6 +297,7 @@ enum HeldLink {
 pub struct Classifier {
     ebpf: Ebpf,
     attachment: Option<Attachment>,
+    slots: policy::Slots,
 }
 
 impl Classifier {
@@ -318,6 +322,7 @@ impl Classifier {
         let classifier = Self {
             ebpf,
             attachment: None,
+            slots: policy::Slots::default(),
         };
         classifier.check_maps()?;
         Ok(classifier)
@@ -717,6 +722,15 @@ impl Classifier {
     /// The kernel refuses (`EINVAL`) frames shorter than an Ethernet header
     /// (14 bytes), which no driver would deliver either.
     pub fn test_run(&self, frame: &[u8]) -> Result<u32, EbpfError> {
+        self.test_run_meta(frame).map(|(action, _)| action)
+    }
+
+    /// [`Classifier::test_run`], also returning the metadata the program
+    /// put in front of the frame (`None` if it put none).
+    pub fn test_run_meta(
+        &self,
+        frame: &[u8],
+    ) -> Result<(u32, Option<[u8; sluice_common::META_LEN]>), EbpfError> {
         let program: &Xdp = self
             .ebpf
             .program(CLASSIFIER_PROGRAM)
@@ -724,17 +738,24 @@ impl Classifier {
             .ok_or(EbpfError::MissingProgram {
                 name: CLASSIFIER_PROGRAM,
             })?;
+        // The kernel copies out from the metadata on.
+        let mut out = vec![0; frame.len() + 64];
         let opts = TestRunOptions {
             data_in: Some(frame),
+            data_out: Some(&mut out),
             ..TestRunOptions::default()
         };
-        program
+        let r = program
             .test_run(opts)
-            .map(|r| r.return_value)
             .map_err(|source| EbpfError::TestRun {
                 len: frame.len(),
                 source: source.into(),
-            })
+            })?;
+        let meta_len = (r.data_size_out as usize).saturating_sub(frame.len());
+        let meta = (meta_len == sluice_common::META_LEN)
+            .then(|| out[..sluice_common::META_LEN].try_into().ok())
+            .flatten();
+        Ok((r.return_value, meta))
     }
 }
 

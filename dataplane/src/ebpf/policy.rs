@@ -1,0 +1,326 @@
+//! The compiled policy in the classifier's maps, and the atomic swap.
+//!
+//! Every policy entry is keyed by a slot (0 or 1): the source tries by the
+//! slot itself, the destination tries by [`sluice_common::profile_id`],
+//! which includes it, and the domain entries hold one half per slot. The
+//! classifier reads [`PolicyState`] once per frame and then looks only at
+//! the live slot's entries. A new policy is therefore written into the
+//! other slot while the live one keeps serving ([`Classifier::prepare_policy`]),
+//! and made live by one update of the state's `slot` word
+//! ([`Classifier::commit_policy`]): no frame is classified by a mix of two
+//! policies, and none waits. The slot that was live keeps its entries until
+//! the next prepare, which first waits [`SLOT_QUIET`] after the last commit
+//! so that frames still being classified with it are done.
+use std::{
+    net::IpAddr,
+    time::{Duration, Instant},
+};
+
+use aya::maps::{Array, HashMap, LpmTrie, lpm_trie::Key};
+use sluice_common::{
+    DestEntry, DnsEntry, POLICY_MAX_TENANTS, PROFILE_FAIL_OPEN, PolicyKeyV4, PolicyKeyV6,
+    PolicyState, ProfileEntry, map_names, profile_id,
+};
+
+use super::{Classifier, EbpfError, is_not_found, layout};
+use crate::{net::Prefix, policy::compile::Tables};
+
+/// How long after a commit the slot that was live may be rewritten: a frame
+/// is classified in microseconds, so every frame that read the old slot
+/// number is long done.
+pub const SLOT_QUIET: Duration = Duration::from_millis(5);
+
+/// Which keys a slot holds (so that the next prepare of that slot can
+/// remove exactly those).
+#[derive(Default)]
+pub(super) struct SlotKeys {
+    src_v4: Vec<Key<PolicyKeyV4>>,
+    src_v6: Vec<Key<PolicyKeyV6>>,
+    dst_v4: Vec<Key<PolicyKeyV4>>,
+    dst_v6: Vec<Key<PolicyKeyV6>>,
+}
+
+impl std::fmt::Debug for SlotKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SlotKeys")
+            .field("sources", &(self.src_v4.len() + self.src_v6.len()))
+            .field("destinations", &(self.dst_v4.len() + self.dst_v6.len()))
+            .finish()
+    }
+}
+
+/// The policy slots' bookkeeping, kept by the [`Classifier`].
+#[derive(Debug, Default)]
+pub(super) struct Slots {
+    keys: [SlotKeys; 2],
+    /// The state as last written.
+    state: PolicyState,
+    last_commit: Option<Instant>,
+}
+
+/// A policy written into the slot that is not live, ready to commit.
+#[derive(Debug)]
+#[must_use = "a prepared policy takes effect only when committed"]
+pub struct Prepared {
+    /// The slot it was written into.
+    pub slot: u32,
+    /// Source entries written.
+    pub sources: usize,
+    /// Destination entries written.
+    pub destinations: usize,
+    /// How long writing took.
+    pub took: Duration,
+}
+
+fn key_v4(tag: u32, p: &Prefix) -> Option<Key<PolicyKeyV4>> {
+    let IpAddr::V4(a) = p.addr() else {
+        return None;
+    };
+    let mut k = [0u8; 8];
+    k[..4].copy_from_slice(&tag.to_be_bytes());
+    k[4..].copy_from_slice(&a.octets());
+    Some(Key::new(32 + u32::from(p.len()), k))
+}
+
+fn key_v6(tag: u32, p: &Prefix) -> Option<Key<PolicyKeyV6>> {
+    let IpAddr::V6(a) = p.addr() else {
+        return None;
+    };
+    let mut k = [0u8; 20];
+    k[..4].copy_from_slice(&tag.to_be_bytes());
+    k[4..].copy_from_slice(&a.octets());
+    Some(Key::new(32 + u32::from(p.len()), k))
+}
+
+/// A [`DnsEntry`] key: IPv4 in the first four bytes.
+pub fn dns_key(addr: IpAddr) -> [u8; 16] {
+    match addr {
+        IpAddr::V4(a) => {
+            let mut k = [0u8; 16];
+            k[..4].copy_from_slice(&a.octets());
+            k
+        }
+        IpAddr::V6(a) => a.octets(),
+    }
+}
+
+fn saturating_ns(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+impl Classifier {
+    /// The slot that is not live (the one a new policy goes into).
+    pub fn next_policy_slot(&self) -> u32 {
+        let s = &self.slots.state;
+        if s.installed == 0 {
+            0
+        } else {
+            1 - (s.slot & 1)
+        }
+    }
+
+    /// The policy state as last written (live slot, generation, runtime).
+    pub fn policy_state(&self) -> PolicyState {
+        self.slots.state
+    }
+
+    /// Writes `tables` into the slot that is not live. Nothing changes for
+    /// traffic until [`Classifier::commit_policy`].
+    pub fn prepare_policy(&mut self, tables: &Tables) -> Result<Prepared, EbpfError> {
+        if let Some(t) = self.slots.last_commit {
+            let quiet = t.elapsed();
+            if quiet < SLOT_QUIET {
+                std::thread::sleep(SLOT_QUIET - quiet);
+            }
+        }
+        let started = Instant::now();
+        let slot = self.next_policy_slot();
+        self.clear_slot(slot)?;
+        let mut keys = SlotKeys::default();
+        let src_entry = |profile: u16| {
+            let p = &tables.profiles[usize::from(profile)];
+            let mut e = ProfileEntry {
+                profile: profile_id(slot, u32::from(profile)),
+                flags: if p.fail_open { PROFILE_FAIL_OPEN } else { 0 },
+                grace_ns: saturating_ns(p.grace),
+                source_ports: [0; sluice_common::POLICY_SOURCE_PORTS],
+            };
+            for (s, port) in e.source_ports.iter_mut().zip(&p.source_ports) {
+                *s = *port;
+            }
+            e
+        };
+        {
+            let name = map_names::POLICY_SRC_V4;
+            let mut t = LpmTrie::<_, PolicyKeyV4, ProfileEntry>::try_from(self.map_mut(name)?)
+                .map_err(layout(name))?;
+            for (p, profile) in &tables.sources {
+                if let Some(k) = key_v4(slot, p) {
+                    insert(&mut t, name, &k, src_entry(*profile), p)?;
+                    keys.src_v4.push(k);
+                }
+            }
+        }
+        {
+            let name = map_names::POLICY_SRC_V6;
+            let mut t = LpmTrie::<_, PolicyKeyV6, ProfileEntry>::try_from(self.map_mut(name)?)
+                .map_err(layout(name))?;
+            for (p, profile) in &tables.sources {
+                if let Some(k) = key_v6(slot, p) {
+                    insert(&mut t, name, &k, src_entry(*profile), p)?;
+                    keys.src_v6.push(k);
+                }
+            }
+        }
+        for (i, prof) in tables.profiles.iter().enumerate() {
+            let tag = profile_id(slot, u32::try_from(i).unwrap_or(u32::MAX));
+            {
+                let name = map_names::POLICY_DST_V4;
+                let mut t = LpmTrie::<_, PolicyKeyV4, DestEntry>::try_from(self.map_mut(name)?)
+                    .map_err(layout(name))?;
+                for (p, e) in &prof.nodes {
+                    if let Some(k) = key_v4(tag, p) {
+                        insert(&mut t, name, &k, *e, p)?;
+                        keys.dst_v4.push(k);
+                    }
+                }
+            }
+            let name = map_names::POLICY_DST_V6;
+            let mut t = LpmTrie::<_, PolicyKeyV6, DestEntry>::try_from(self.map_mut(name)?)
+                .map_err(layout(name))?;
+            for (p, e) in &prof.nodes {
+                if let Some(k) = key_v6(tag, p) {
+                    insert(&mut t, name, &k, *e, p)?;
+                    keys.dst_v6.push(k);
+                }
+            }
+        }
+        let prepared = Prepared {
+            slot,
+            sources: keys.src_v4.len() + keys.src_v6.len(),
+            destinations: keys.dst_v4.len() + keys.dst_v6.len(),
+            took: started.elapsed(),
+        };
+        self.slots.keys[slot as usize] = keys;
+        Ok(prepared)
+    }
+
+    /// Makes the prepared slot live: one update of the state's `slot`
+    /// word. Returns the new generation.
+    pub fn commit_policy(&mut self, prepared: Prepared) -> Result<u32, EbpfError> {
+        let mut s = self.slots.state;
+        s.slot = prepared.slot;
+        s.installed = 1;
+        s.generation = s.generation.wrapping_add(1);
+        self.write_state(s)?;
+        self.slots.last_commit = Some(Instant::now());
+        Ok(s.generation)
+    }
+
+    /// Sets whether the forwarding profile sends internet traffic direct.
+    pub fn set_internet_direct(&mut self, direct: bool) -> Result<(), EbpfError> {
+        let mut s = self.slots.state;
+        s.internet_direct = u32::from(direct);
+        self.write_state(s)
+    }
+
+    /// Marks tunnel `tenant` down since `since_ns` (`CLOCK_MONOTONIC`), or
+    /// up (`None`).
+    pub fn set_tunnel_down(&mut self, tenant: u8, since_ns: Option<u64>) -> Result<(), EbpfError> {
+        let mut s = self.slots.state;
+        let i = usize::from(tenant) % POLICY_MAX_TENANTS as usize;
+        s.down_since_ns[i] = since_ns.map_or(0, |t| t.max(1));
+        self.write_state(s)
+    }
+
+    fn write_state(&mut self, s: PolicyState) -> Result<(), EbpfError> {
+        let name = map_names::POLICY_STATE;
+        let mut a = Array::<_, PolicyState>::try_from(self.map_mut(name)?).map_err(layout(name))?;
+        a.set(0, s, 0).map_err(|source| EbpfError::MapUpdate {
+            name,
+            action: "insert",
+            item: format!("slot {} generation {}", s.slot, s.generation),
+            source: source.into(),
+        })?;
+        self.slots.state = s;
+        Ok(())
+    }
+
+    /// Writes (or replaces) the domain entry of `addr`.
+    pub fn set_policy_dns(&mut self, addr: IpAddr, e: DnsEntry) -> Result<(), EbpfError> {
+        let name = map_names::POLICY_DNS;
+        let mut m = HashMap::<_, [u8; 16], DnsEntry>::try_from(self.map_mut(name)?)
+            .map_err(layout(name))?;
+        m.insert(dns_key(addr), e, 0)
+            .map_err(|source| EbpfError::MapUpdate {
+                name,
+                action: "insert",
+                item: addr.to_string(),
+                source: source.into(),
+            })
+    }
+
+    /// Removes the domain entry of `addr`, if there.
+    pub fn remove_policy_dns(&mut self, addr: IpAddr) -> Result<(), EbpfError> {
+        let name = map_names::POLICY_DNS;
+        let mut m = HashMap::<_, [u8; 16], DnsEntry>::try_from(self.map_mut(name)?)
+            .map_err(layout(name))?;
+        match m.remove(&dns_key(addr)) {
+            Ok(()) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
+            Err(source) => Err(EbpfError::MapUpdate {
+                name,
+                action: "remove",
+                item: addr.to_string(),
+                source: source.into(),
+            }),
+        }
+    }
+
+    /// Removes every entry of `slot` (it is not live).
+    fn clear_slot(&mut self, slot: u32) -> Result<(), EbpfError> {
+        let keys = std::mem::take(&mut self.slots.keys[slot as usize]);
+        remove_all::<PolicyKeyV4, ProfileEntry>(self, map_names::POLICY_SRC_V4, &keys.src_v4)?;
+        remove_all::<PolicyKeyV6, ProfileEntry>(self, map_names::POLICY_SRC_V6, &keys.src_v6)?;
+        remove_all::<PolicyKeyV4, DestEntry>(self, map_names::POLICY_DST_V4, &keys.dst_v4)?;
+        remove_all::<PolicyKeyV6, DestEntry>(self, map_names::POLICY_DST_V6, &keys.dst_v6)
+    }
+}
+
+fn insert<K: aya::Pod, V: aya::Pod>(
+    t: &mut LpmTrie<&mut aya::maps::MapData, K, V>,
+    name: &'static str,
+    k: &Key<K>,
+    v: V,
+    p: &Prefix,
+) -> Result<(), EbpfError> {
+    t.insert(k, v, 0).map_err(|source| EbpfError::MapUpdate {
+        name,
+        action: "insert",
+        item: p.to_string(),
+        source: source.into(),
+    })
+}
+
+fn remove_all<K: aya::Pod, V: aya::Pod>(
+    c: &mut Classifier,
+    name: &'static str,
+    keys: &[Key<K>],
+) -> Result<(), EbpfError> {
+    let mut t = LpmTrie::<_, K, V>::try_from(c.map_mut(name)?).map_err(layout(name))?;
+    for k in keys {
+        match t.remove(k) {
+            Ok(()) => {}
+            Err(e) if is_not_found(&e) => {}
+            Err(source) => {
+                return Err(EbpfError::MapUpdate {
+                    name,
+                    action: "remove",
+                    item: format!("a /{} entry", k.prefix_len()),
+                    source: source.into(),
+                });
+            }
+        }
+    }
+    Ok(())
+}
