@@ -39,6 +39,9 @@ use toml::Spanned;
 
 use crate::{ebpf::AttachMode, net::Prefix};
 
+mod policy;
+pub use policy::DetectionSources;
+
 /// A configuration error. `Invalid` names the file, line, column and field.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -126,6 +129,12 @@ pub struct GatewayConfig {
     pub processes: Vec<crate::process::ProcessPattern>,
     /// Endpoint mode: tunnel this host's own traffic too.
     pub endpoint: Option<EndpointConfig>,
+    /// The policy: identities, rules, app profiles, tenants, forwarding
+    /// profile (without `[[profile]]` sections, one profile made of the
+    /// `[bypass]` lists above).
+    pub policy: crate::policy::Policy,
+    /// Where trusted-network detection looks.
+    pub detection: DetectionSources,
 }
 
 /// `[endpoint]`: this host's own traffic goes through the tunnel too.
@@ -254,6 +263,16 @@ struct RawFile {
     pac: Option<Spanned<RawPac>>,
     endpoint: Option<Spanned<RawEndpoint>>,
     edge: Option<Spanned<RawEdge>>,
+    policy: Option<Spanned<policy::RawPolicy>>,
+    #[serde(default)]
+    identity: Vec<Spanned<policy::RawIdentity>>,
+    #[serde(default)]
+    rule: Vec<Spanned<policy::RawRule>>,
+    #[serde(default)]
+    profile: Vec<Spanned<policy::RawProfile>>,
+    #[serde(default)]
+    tenant: Vec<Spanned<policy::RawTenant>>,
+    forwarding: Option<Spanned<policy::RawForwarding>>,
 }
 
 #[derive(Deserialize)]
@@ -863,6 +882,33 @@ impl GatewayConfig {
             &wan,
             gw_span,
         )?;
+        let sections = policy::Sections {
+            policy: raw.policy,
+            identity: raw.identity,
+            rule: raw.rule,
+            profile: raw.profile,
+            tenant: raw.tenant,
+            forwarding: raw.forwarding,
+        };
+        let (policy, detection) = d.policy(
+            &sections,
+            &raw_bypass,
+            &tunnel,
+            endpoint.as_ref().map(|e| e.address),
+        )?;
+        if endpoint.is_none()
+            && let Some((i, p)) = sections
+                .profile
+                .iter()
+                .enumerate()
+                .find(|(_, p)| !p.get_ref().processes_is_empty())
+        {
+            return Err(d.err(
+                p.span(),
+                &format!("profile[{i}].processes"),
+                "process bypass applies to this host's own sockets: it needs an [endpoint] section",
+            ));
+        }
         Ok(Self {
             path: path.to_path_buf(),
             name,
@@ -880,6 +926,8 @@ impl GatewayConfig {
             pac,
             processes,
             endpoint,
+            policy,
+            detection,
         })
     }
 }

@@ -550,3 +550,405 @@ fn edge_mistakes_are_refused_precisely() {
     );
     std::fs::remove_dir_all(d).unwrap();
 }
+
+/// A gateway file with the whole policy model.
+const POLICY_GW: &str = r#"
+[gateway]
+lan = "lan0"
+wan = "wan0"
+
+[tunnel]
+edge = "198.51.100.5:4443"
+server_name = "edge.sluice.test"
+ca = "ca.pem"
+cert = "gw.pem"
+key = "gw.key"
+
+[policy]
+default_profile = "default"
+private_tenant = "corp"
+local_groups = ["ops"]
+
+[[identity]]
+source = "192.0.2.10"
+user = "alice"
+groups = ["engineering"]
+device = "alice-laptop"
+
+[[identity]]
+source = "192.0.2.64/28"
+user = "kiosks"
+
+[[rule]]
+group = "engineering"
+profile = "engineering"
+
+[[rule]]
+subnet = "192.0.2.64/26"
+profile = "kiosk"
+
+[[profile]]
+name = "engineering"
+exclude = ["203.0.113.0/24"]
+include = ["203.0.113.0/24:443:tcp", "[2001:db8:5::/48]:8443"]
+source_ports = [5060]
+domains = ["*.cdn.example"]
+vpn_gateways = ["198.51.100.77/32"]
+private_tenants = ["corp", "partner"]
+fail = "open"
+
+[[profile]]
+name = "kiosk"
+tunnel = false
+private_tenants = []
+captive_portal_grace_secs = 300
+
+[[profile]]
+name = "default"
+
+[[tenant]]
+name = "corp"
+edge = "198.51.100.7:4443"
+server_name = "corp-edge.test"
+ca = "ca.pem"
+cert = "gw.pem"
+key = "gw.key"
+segments = ["198.51.100.128/25"]
+domains = ["*.corp.example"]
+
+[[tenant]]
+name = "partner"
+edge = "198.51.100.8:4443"
+server_name = "partner-edge.test"
+ca = "ca.pem"
+cert = "gw.pem"
+key = "gw.key"
+segments = ["2001:db8:77::/48"]
+
+[forwarding]
+match = "any"
+networks = ["192.0.2.0/24"]
+dns_servers = ["192.0.2.53"]
+on_trusted = "direct"
+interval_secs = 30
+"#;
+
+#[test]
+fn policy_sections_parse() {
+    use crate::policy::{FailMode, Match, NetAction, trusted::Combine};
+    let d = dir();
+    let c = GatewayConfig::parse(&d.join("sluice.toml"), POLICY_GW).unwrap();
+    let p = &c.policy;
+    assert_eq!(p.profiles.len(), 3);
+    assert_eq!(p.profiles[p.default_profile].name, "default");
+    assert_eq!(p.identities[0].user, "alice");
+    assert_eq!(
+        p.rules[1].matches,
+        Match::Subnet("192.0.2.64/26".parse().unwrap())
+    );
+    let eng = &p.profiles[0];
+    assert_eq!(eng.fail, FailMode::Open);
+    assert_eq!(eng.source_ports, [5060]);
+    assert_eq!(eng.private_tenants, [0, 1]);
+    // The default exclusions plus the listed one.
+    assert_eq!(
+        eng.exclude.len(),
+        crate::policy::DEFAULT_EXCLUSIONS.len() + 1
+    );
+    let kiosk = &p.profiles[1];
+    assert!(!kiosk.tunnel && kiosk.private_tenants.is_empty());
+    assert_eq!(kiosk.captive_portal_grace, Duration::from_secs(300));
+    assert_eq!(
+        p.tenants[1].tunnel.edge,
+        "198.51.100.8:4443".parse().unwrap()
+    );
+    assert_eq!(p.tenants[0].tunnel.keepalive, Duration::from_secs(10));
+    assert_eq!(p.active_tenant, Some(0));
+    assert_eq!(p.local.groups, ["ops"]);
+    assert_eq!(p.forwarding.on_trusted, NetAction::Direct);
+    assert_eq!(p.forwarding.off_trusted, NetAction::Tunnel);
+    assert_eq!(p.forwarding.criteria.combine, Combine::Any);
+    assert_eq!(p.forwarding.interval, Duration::from_secs(30));
+    // Without profiles: one profile from [bypass].
+    let legacy = GatewayConfig::parse(&d.join("sluice.toml"), GOOD_GW).unwrap();
+    let lp = &legacy.policy.profiles;
+    assert_eq!(lp.len(), 1);
+    assert!(
+        lp[0]
+            .exclude
+            .iter()
+            .any(|e| e.to_string() == "203.0.113.20/32")
+    );
+    assert_eq!(lp[0].vpn_gateways, legacy.vpn_gateways);
+    assert_eq!(lp[0].domains.len(), 2);
+    std::fs::remove_dir_all(d).unwrap();
+}
+
+/// (what, replace this, with this, expected field, message fragment).
+/// The error must name the field and the line the replacement is on (or,
+/// for a removal, the line where the text was).
+const POLICY_MISTAKES: &[(&str, &str, &str, &str, &str)] = &[
+    (
+        "unknown profile field",
+        "fail = \"open\"",
+        "fial = \"open\"",
+        "profile.fial",
+        "unknown field",
+    ),
+    (
+        "bad fail mode",
+        "fail = \"open\"",
+        "fail = \"sometimes\"",
+        "profile[0].fail",
+        "\"closed\" or \"open\"",
+    ),
+    (
+        "rule names no profile",
+        "profile = \"kiosk\"",
+        "profile = \"kiosks\"",
+        "rule[1].profile",
+        "no [[profile]] named `kiosks`",
+    ),
+    (
+        "rule with two matches",
+        "subnet = \"192.0.2.64/26\"",
+        "subnet = \"192.0.2.64/26\"\ngroup = \"x\"",
+        "rule[1]",
+        "exactly one of",
+    ),
+    (
+        "rule subnet host bits",
+        "\"192.0.2.64/26\"",
+        "\"192.0.2.65/26\"",
+        "rule[1].subnet",
+        "did you mean 192.0.2.64/26",
+    ),
+    (
+        "entry with port 0",
+        "\"203.0.113.0/24:443:tcp\"",
+        "\"203.0.113.0/24:0:tcp\"",
+        "profile[0].include[0]",
+        "not a port",
+    ),
+    (
+        "entry with unknown protocol",
+        "\"203.0.113.0/24:443:tcp\"",
+        "\"203.0.113.0/24:443:tcpp\"",
+        "profile[0].include[0]",
+        "not a protocol",
+    ),
+    (
+        "IPv6 entry with port, unbracketed bracket",
+        "\"[2001:db8:5::/48]:8443\"",
+        "\"[2001:db8:5::/48:8443\"",
+        "profile[0].include[1]",
+        "missing `]`",
+    ),
+    (
+        "entry both included and excluded",
+        "exclude = [\"203.0.113.0/24\"]",
+        "exclude = [\"203.0.113.0/24:443:tcp\"]",
+        "profile[0].exclude[0]",
+        "also included",
+    ),
+    (
+        "entry listed twice",
+        "include = [\"203.0.113.0/24:443:tcp\"",
+        "include = [\"203.0.113.0/24:443:tcp\", \"203.0.113.0/24:443:tcp\"",
+        "profile[0].include[1]",
+        "listed twice",
+    ),
+    (
+        "source port out of range",
+        "source_ports = [5060]",
+        "source_ports = [70000]",
+        "profile[0].source_ports[0]",
+        "not a port",
+    ),
+    (
+        "too many source ports",
+        "source_ports = [5060]",
+        "source_ports = [1, 2, 3, 4, 5, 6, 7, 8, 9]",
+        "profile[0].source_ports",
+        "at most 8",
+    ),
+    (
+        "duplicate profile name",
+        "name = \"kiosk\"",
+        "name = \"engineering\"",
+        "profile[1].name",
+        "defined twice",
+    ),
+    (
+        "profile name with a space",
+        "name = \"kiosk\"",
+        "name = \"kiosk one\"",
+        "profile[1].name",
+        "letters, digits",
+    ),
+    (
+        "grace on a fail-open profile",
+        "fail = \"open\"",
+        "fail = \"open\"\ncaptive_portal_grace_secs = 60",
+        "profile[0].captive_portal_grace_secs",
+        "fail = \"closed\"",
+    ),
+    (
+        "grace too long",
+        "captive_portal_grace_secs = 300",
+        "captive_portal_grace_secs = 7200",
+        "profile[1].captive_portal_grace_secs",
+        "0 to 3600",
+    ),
+    (
+        "profile allows an unknown tenant",
+        "private_tenants = [\"corp\", \"partner\"]",
+        "private_tenants = [\"corp\", \"parnter\"]",
+        "profile[0].private_tenants[1]",
+        "no [[tenant]] named `parnter`",
+    ),
+    (
+        "unknown switched-on tenant",
+        "private_tenant = \"corp\"",
+        "private_tenant = \"crop\"",
+        "policy.private_tenant",
+        "tenants: corp, partner",
+    ),
+    (
+        "unknown default profile",
+        "default_profile = \"default\"",
+        "default_profile = \"standard\"",
+        "policy.default_profile",
+        "no [[profile]] named `standard`",
+    ),
+    (
+        "identity listed twice",
+        "source = \"192.0.2.64/28\"",
+        "source = \"192.0.2.10\"",
+        "identity[1].source",
+        "already has an identity",
+    ),
+    (
+        "identity source not an address",
+        "source = \"192.0.2.10\"",
+        "source = \"alice.example\"",
+        "identity[0].source",
+        "not an IPv4 or IPv6 address",
+    ),
+    (
+        "tenant named internet",
+        "name = \"partner\"",
+        "name = \"internet\"",
+        "tenant[1].name",
+        "is taken",
+    ),
+    (
+        "tenant without applications",
+        "segments = [\"2001:db8:77::/48\"]",
+        "segments = []",
+        "tenant[1].segments",
+        "needs segments or domains",
+    ),
+    (
+        "tenant segment is the default route",
+        "segments = [\"198.51.100.128/25\"]",
+        "segments = [\"0.0.0.0/0\"]",
+        "tenant[0].segments[0]",
+        "would send everything",
+    ),
+    (
+        "tenant edge without port",
+        "edge = \"198.51.100.8:4443\"",
+        "edge = \"198.51.100.8\"",
+        "tenant[1].edge",
+        "address:port",
+    ),
+    (
+        "tenant CA missing",
+        "ca = \"ca.pem\"\ncert = \"gw.pem\"\nkey = \"gw.key\"\nsegments = [\"2001",
+        "ca = \"nope.pem\"\ncert = \"gw.pem\"\nkey = \"gw.key\"\nsegments = [\"2001",
+        "tenant[1].ca",
+        "nope.pem",
+    ),
+    (
+        "bad forwarding match",
+        "match = \"any\"",
+        "match = \"some\"",
+        "forwarding.match",
+        "\"all\" or \"any\"",
+    ),
+    (
+        "bad forwarding action",
+        "on_trusted = \"direct\"",
+        "on_trusted = \"bypass\"",
+        "forwarding.on_trusted",
+        "\"tunnel\" or \"direct\"",
+    ),
+    (
+        "direct on trusted without criteria",
+        "networks = [\"192.0.2.0/24\"]\ndns_servers = [\"192.0.2.53\"]\n",
+        "",
+        "forwarding.on_trusted",
+        "no trusted-network criteria",
+    ),
+    (
+        "resolve hostname without address",
+        "interval_secs = 30",
+        "interval_secs = 30\nresolve_hostname = \"probe.corp.example\"",
+        "forwarding.resolve_hostname",
+        "go together",
+    ),
+    (
+        "interval too short",
+        "interval_secs = 30",
+        "interval_secs = 1",
+        "forwarding.interval_secs",
+        "5 to 86400",
+    ),
+    (
+        "DNS server not an address",
+        "dns_servers = [\"192.0.2.53\"]",
+        "dns_servers = [\"dns.corp\"]",
+        "forwarding.dns_servers[0]",
+        "not an IPv4 or IPv6",
+    ),
+    (
+        "bypass lists with profiles",
+        "[policy]",
+        "[bypass]\nprefixes = [\"203.0.113.9/32\"]\n\n[policy]",
+        "bypass.prefixes",
+        "belong in the profiles",
+    ),
+    (
+        "processes without endpoint",
+        "fail = \"open\"",
+        "fail = \"open\"\nprocesses = [\"curl\"]",
+        "profile[0].processes",
+        "[endpoint]",
+    ),
+];
+
+#[test]
+fn policy_mistakes_are_refused_precisely() {
+    let d = dir();
+    assert!(POLICY_MISTAKES.len() >= 20);
+    let path = d.join("sluice.toml");
+    for &(what, from, to, field, msg) in POLICY_MISTAKES {
+        let at = POLICY_GW
+            .find(from)
+            .unwrap_or_else(|| panic!("{what}: fixture does not contain {from:?}"));
+        let src = POLICY_GW.replacen(from, to, 1);
+        let err = GatewayConfig::parse(&path, &src).expect_err(&format!("{what}: accepted"));
+        let text = err.to_string();
+        assert_eq!(err.field(), Some(field), "{what}: {text}");
+        assert!(text.contains(msg), "{what}: {text:?} lacks {msg:?}");
+        // The line of the change, or within the section it is in.
+        let line = POLICY_GW[..at].matches('\n').count() + 1;
+        let got = err.line().unwrap();
+        assert!(
+            got <= line + to.matches('\n').count() && got + 12 >= line,
+            "{what}: line {got}, the change is on line {line}: {text}"
+        );
+    }
+    std::fs::remove_dir_all(d).unwrap();
+}

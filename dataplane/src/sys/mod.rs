@@ -11,6 +11,8 @@
 //!   verdicts), the network namespace's cookie, tracefs.
 //! - [`sock_diag`]: the process behind a connection, the `/proc` way (the
 //!   baseline process attribution is measured against).
+//! - [`rtnl`]: link, address and route change notifications (rtnetlink),
+//!   which trigger trusted-network re-evaluation.
 //!
 //! Everything else in the crate is `#![deny(unsafe_code)]` and uses these
 //! safe wrappers.
@@ -20,6 +22,7 @@ pub mod cpu;
 pub mod ethtool;
 pub mod fanotify;
 pub mod mem;
+pub mod rtnl;
 pub mod sock_diag;
 pub mod tun;
 pub mod xsk;
