@@ -69,6 +69,80 @@ enum Cmd {
         #[command(subcommand)]
         cmd: PkiCmd,
     },
+    /// The policy: explain a flow, reload, switch the private-access
+    /// tenant, show the running state.
+    Policy {
+        #[command(subcommand)]
+        cmd: PolicyCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCmd {
+    /// Print the identity, rule, profile, verdict and reason for a flow.
+    /// Offline (from the file) unless `--live` asks the running gateway.
+    Explain {
+        /// Configuration file.
+        #[arg(short, long, default_value = "/etc/sluice/sluice.toml")]
+        config: PathBuf,
+        /// Source address (a LAN client, or this host with `--local`).
+        #[arg(long)]
+        src: std::net::IpAddr,
+        /// Destination address.
+        #[arg(long)]
+        dst: std::net::IpAddr,
+        /// Source port.
+        #[arg(long, default_value_t = 40000)]
+        sport: u16,
+        /// Destination port (0 for protocols without ports).
+        #[arg(long, default_value_t = 443)]
+        dport: u16,
+        /// Protocol: tcp, udp, icmp, icmpv6, sctp or a number.
+        #[arg(long, default_value = "tcp")]
+        proto: String,
+        /// The executable behind the flow (this host's flows).
+        #[arg(long)]
+        process: Option<String>,
+        /// The name the destination was resolved from.
+        #[arg(long)]
+        domain: Option<String>,
+        /// A flow of this host itself (the local identity).
+        #[arg(long)]
+        local: bool,
+        /// Offline: the network state (on-trusted, off-trusted, vpn-trusted).
+        #[arg(long, default_value = "off-trusted")]
+        network: String,
+        /// Offline: the private-access tenant switched on.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Offline: a tunnel that is down, `NAME` or `NAME:SECONDS`.
+        #[arg(long)]
+        down: Vec<String>,
+        /// Ask the running gateway (its metrics address), with its live
+        /// tenant, network state and tunnels.
+        #[arg(long)]
+        live: bool,
+    },
+    /// Validate the file, then have the running gateway swap it in.
+    Reload {
+        /// Configuration file.
+        #[arg(short, long, default_value = "/etc/sluice/sluice.toml")]
+        config: PathBuf,
+    },
+    /// Switch a private-access tenant on (the others off).
+    Tenant {
+        /// Configuration file (for the metrics address).
+        #[arg(short, long, default_value = "/etc/sluice/sluice.toml")]
+        config: PathBuf,
+        /// The tenant's name.
+        name: String,
+    },
+    /// The running gateway's policy state.
+    Status {
+        /// Configuration file (for the metrics address).
+        #[arg(short, long, default_value = "/etc/sluice/sluice.toml")]
+        config: PathBuf,
+    },
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -103,12 +177,25 @@ fn stop_flag() -> anyhow::Result<Arc<AtomicBool>> {
 
 /// A plain HTTP/1.0 GET of `path` on `addr`; the body.
 fn http_get(addr: std::net::SocketAddr, path: &str) -> anyhow::Result<String> {
+    http(addr, "GET", path)
+}
+
+/// The gateway's metrics address, from its configuration file.
+fn metrics_addr(config: &std::path::Path) -> anyhow::Result<std::net::SocketAddr> {
+    GatewayConfig::load(config)?
+        .metrics
+        .context("gateway.metrics is not set: the running gateway answers there")
+}
+
+/// A plain HTTP/1.0 request without a body; the answer's body, or an
+/// error carrying it if the status is not 200.
+fn http(addr: std::net::SocketAddr, method: &str, path: &str) -> anyhow::Result<String> {
     use std::io::{Read as _, Write as _};
     let timeout = std::time::Duration::from_secs(5);
     let mut s = std::net::TcpStream::connect_timeout(&addr, timeout)
         .with_context(|| format!("connecting to the gateway at {addr}"))?;
     s.set_read_timeout(Some(timeout))?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    write!(s, "{method} {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
     let mut buf = Vec::new();
     s.take(16 << 20).read_to_end(&mut buf)?;
     let text = String::from_utf8_lossy(&buf);
@@ -117,8 +204,9 @@ fn http_get(addr: std::net::SocketAddr, path: &str) -> anyhow::Result<String> {
         .context("malformed HTTP answer")?;
     anyhow::ensure!(
         head.starts_with("HTTP/1.") && head.contains(" 200 "),
-        "{}",
-        head.lines().next().unwrap_or("")
+        "{}: {}",
+        head.lines().next().unwrap_or(""),
+        body.trim()
     );
     Ok(body.to_string())
 }
@@ -217,6 +305,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Cmd::Policy { cmd } => policy_cmd(cmd),
         Cmd::Pki {
             cmd:
                 PkiCmd::Init {
@@ -231,6 +320,112 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             for (n, c, k) in f.gateways {
                 println!("gateway {n}: {} {}", c.display(), k.display());
             }
+            Ok(())
+        }
+    }
+}
+
+fn policy_cmd(cmd: PolicyCmd) -> anyhow::Result<()> {
+    use sluice::policy::{eval, trusted::NetworkState};
+    match cmd {
+        PolicyCmd::Explain {
+            config,
+            src,
+            dst,
+            sport,
+            dport,
+            proto,
+            process,
+            domain,
+            local,
+            network,
+            tenant,
+            down,
+            live,
+        } => {
+            let proto: sluice::policy::Proto =
+                proto.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+            if live {
+                let mut q = format!(
+                    "src={src}&dst={dst}&sport={sport}&dport={dport}&proto={}",
+                    proto.0
+                );
+                if let Some(p) = &process {
+                    q.push_str(&format!("&process={p}"));
+                }
+                if let Some(d) = &domain {
+                    q.push_str(&format!("&domain={d}"));
+                }
+                if local {
+                    q.push_str("&local=1");
+                }
+                print!(
+                    "{}",
+                    http_get(metrics_addr(&config)?, &format!("/policy/explain?{q}"))?
+                );
+                return Ok(());
+            }
+            let cfg = GatewayConfig::load(&config)?;
+            let mut policy = cfg.policy;
+            if let Some(t) = &tenant {
+                policy.switch_tenant(t).map_err(|e| anyhow::anyhow!(e))?;
+            }
+            let network = NetworkState::ALL
+                .into_iter()
+                .find(|s| s.as_str() == network)
+                .with_context(|| {
+                    format!("--network {network}: expected on-trusted, off-trusted or vpn-trusted")
+                })?;
+            let mut rt = eval::Runtime {
+                network,
+                down: Vec::new(),
+            };
+            for d in &down {
+                let (name, secs) = d.split_once(':').unwrap_or((d, "0"));
+                let t = (0..=policy.tenants.len())
+                    .filter_map(|t| u8::try_from(t).ok())
+                    .find(|&t| policy.tenant_name(t) == name)
+                    .with_context(|| format!("--down {d}: no tunnel `{name}`"))?;
+                let secs: u64 = secs
+                    .parse()
+                    .with_context(|| format!("--down {d}: seconds"))?;
+                rt.down.push((t, std::time::Duration::from_secs(secs)));
+            }
+            let flow = eval::Flow {
+                src,
+                dst,
+                sport,
+                dport,
+                proto,
+                process,
+                domain,
+                local,
+            };
+            print!("{}", eval::explain(&policy, &flow, &rt));
+            Ok(())
+        }
+        PolicyCmd::Reload { config } => {
+            // Refused here first, with the file's line and field.
+            GatewayConfig::load(&config)?;
+            print!(
+                "{}",
+                http(metrics_addr(&config)?, "POST", "/policy/reload")?
+            );
+            Ok(())
+        }
+        PolicyCmd::Tenant { config, name } => {
+            print!(
+                "{}",
+                http(
+                    metrics_addr(&config)?,
+                    "POST",
+                    &format!("/policy/tenant?name={name}")
+                )?
+            );
+            Ok(())
+        }
+        PolicyCmd::Status { config } => {
+            print!("{}", http_get(metrics_addr(&config)?, "/policy")?);
             Ok(())
         }
     }

@@ -75,6 +75,27 @@ pub fn serve_http<F>(
 where
     F: Fn(&[u8], &mut String) -> Option<&'static str> + Send + 'static,
 {
+    serve_requests(addr, stop, thread, move |method, path, body| {
+        if method != b"GET" {
+            body.push_str("only GET\n");
+            return Some((405, "text/plain"));
+        }
+        handler(path, body).map(|ctype| (200, ctype))
+    })
+}
+
+/// [`serve_http`] for any method: `handler(method, path, body)` returns
+/// the status and content type, or `None` for 404. Requests have no body:
+/// the path (with its query string) says everything.
+pub fn serve_requests<F>(
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    thread: &str,
+    handler: F,
+) -> io::Result<JoinHandle<()>>
+where
+    F: Fn(&[u8], &[u8], &mut String) -> Option<(u16, &'static str)> + Send + 'static,
+{
     let listener = TcpListener::bind(addr)?;
     listener.set_nonblocking(true)?;
     let name = thread.to_string();
@@ -101,7 +122,7 @@ where
 
 fn answer<F>(mut s: TcpStream, body: &mut String, handler: &F) -> io::Result<()>
 where
-    F: Fn(&[u8], &mut String) -> Option<&'static str>,
+    F: Fn(&[u8], &[u8], &mut String) -> Option<(u16, &'static str)>,
 {
     s.set_nonblocking(false)?;
     s.set_read_timeout(Some(Duration::from_secs(2)))?;
@@ -121,18 +142,23 @@ where
         parts.next().unwrap_or_default(),
     );
     body.clear();
-    let (status, ctype, text): (&str, &str, &str) = if method == b"GET" {
-        match handler(path, body) {
-            Some(ctype) => ("200 OK", ctype, body),
-            None => ("404 Not Found", "text/plain", "not found\n"),
-        }
-    } else {
-        ("405 Method Not Allowed", "text/plain", "only GET\n")
+    let (status, ctype) = handler(method, path, body).unwrap_or_else(|| {
+        body.clear();
+        body.push_str("not found\n");
+        (404, "text/plain")
+    });
+    let reason = match status {
+        200 => "OK",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        409 => "Conflict",
+        _ => "Error",
     };
     write!(
         s,
-        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}",
-        text.len()
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
     )?;
     s.flush()
 }

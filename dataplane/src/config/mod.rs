@@ -932,6 +932,22 @@ impl GatewayConfig {
     }
 }
 
+impl GatewayConfig {
+    /// The processes of this host's own profile (endpoint mode).
+    pub fn local_processes(&self) -> Vec<crate::process::ProcessPattern> {
+        let p = &self.policy;
+        p.profiles[p.local_profile()].processes.clone()
+    }
+
+    /// This host's routes for tunnelled traffic
+    /// ([`crate::policy::compile::Tables::local_routes`]).
+    pub fn local_routes(&self) -> Vec<(Prefix, bool)> {
+        crate::policy::compile::Tables::compile(&self.policy)
+            .map(|t| t.local_routes)
+            .unwrap_or_default()
+    }
+}
+
 impl EdgeConfig {
     /// Reads and validates an edge configuration file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {

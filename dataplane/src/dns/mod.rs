@@ -214,6 +214,12 @@ impl Observer {
         self
     }
 
+    /// Watches `domains` from now on (a policy reload); queries in flight
+    /// for names no longer listed are still matched against their answer.
+    pub fn set_domains(&mut self, domains: DomainSet) {
+        self.domains = domains;
+    }
+
     /// The counters.
     pub fn stats(&self) -> Stats {
         self.stats

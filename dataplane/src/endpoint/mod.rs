@@ -41,6 +41,7 @@ use self::exec::{ExecTracker, FactsCache};
 use crate::{
     config::{EndpointConfig, GatewayConfig},
     ebpf::{Classifier, SockHooks},
+    net::Prefix,
     process::ProcessSet,
     sys::fanotify::{self, ExecWatch},
 };
@@ -107,8 +108,44 @@ pub struct Endpoint {
     /// The TUN path's device, until the worker takes it.
     tun: Option<crate::sys::tun::Tun>,
     procs: Arc<ProcessBypass>,
+    routing: Arc<Routing>,
     watcher: Option<JoinHandle<()>>,
     stop: Arc<AtomicBool>,
+}
+
+/// The tunnel table's routes, kept in step with the policy.
+#[derive(Debug)]
+pub struct Routing {
+    cfg: EndpointConfig,
+    /// Always thrown: the edge (its tunnel must not enter itself).
+    edge: Prefix,
+    current: Mutex<Vec<(Prefix, bool)>>,
+}
+
+impl Routing {
+    /// Moves the table to `local` (the policy's routes for this host) plus
+    /// the edge; logs and keeps going on failure.
+    pub fn update(&self, local: &[(Prefix, bool)]) {
+        let mut new = local.to_vec();
+        new.push((self.edge, true));
+        let Ok(mut cur) = self.current.lock() else {
+            return;
+        };
+        if *cur == new {
+            return;
+        }
+        match net::update_routes(&self.cfg, &cur, &new) {
+            Ok(()) => {
+                log::info!(
+                    "endpoint: {} route(s) in table {}",
+                    new.len(),
+                    self.cfg.table
+                );
+                *cur = new;
+            }
+            Err(e) => log::error!("endpoint: updating routes: {e}"),
+        }
+    }
 }
 
 impl std::fmt::Debug for Endpoint {
@@ -149,8 +186,9 @@ impl Endpoint {
             ));
         }
         net::check_interface(cfg).map_err(|e| fail("endpoint.interface", e))?;
-        let mut direct: Vec<_> = gw.bypass.iter().chain(&gw.vpn_gateways).copied().collect();
-        direct.push(net::host_prefix(gw.tunnel.edge.ip()));
+        let edge = net::host_prefix(gw.tunnel.edge.ip());
+        let mut routes = gw.local_routes();
+        routes.push((edge, true));
         net::clean_leftovers(cfg);
         let started = (|| {
             let tun = match cfg.path {
@@ -160,9 +198,14 @@ impl Endpoint {
                 ),
                 crate::config::EndpointPath::Veth => None,
             };
-            net::setup(cfg, &direct).map_err(|e| fail("routing", e))?;
+            net::setup(cfg, &routes).map_err(|e| fail("routing", e))?;
             let mut ep = Self::start_hooks(gw, cfg, main.clone(), reload)?;
             ep.tun = tun;
+            ep.routing = Arc::new(Routing {
+                cfg: cfg.clone(),
+                edge,
+                current: Mutex::new(routes.clone()),
+            });
             Ok(ep)
         })();
         if started.is_err() {
@@ -202,10 +245,10 @@ impl Endpoint {
             cgroup.display(),
             cfg.mark,
             cfg.table,
-            gw.processes.len()
+            gw.local_processes().len()
         );
         let procs = Arc::new(ProcessBypass {
-            set: RwLock::new(Arc::new(ProcessSet::new(gw.processes.clone()))),
+            set: RwLock::new(Arc::new(ProcessSet::new(gw.local_processes()))),
             grants: Mutex::new(grants),
             hooks: Mutex::new(hooks),
             config_path: gw.path.clone(),
@@ -250,9 +293,19 @@ impl Endpoint {
             xdp,
             tun: None,
             procs,
+            routing: Arc::new(Routing {
+                cfg: cfg.clone(),
+                edge: net::host_prefix(gw.tunnel.edge.ip()),
+                current: Mutex::new(Vec::new()),
+            }),
             watcher: Some(watcher),
             stop,
         })
+    }
+
+    /// The routing handle (policy swaps update it).
+    pub fn routing(&self) -> Arc<Routing> {
+        self.routing.clone()
     }
 
     /// sluice's side of the veth pair (where the worker's socket binds).
@@ -405,14 +458,14 @@ impl ProcessBypass {
         match GatewayConfig::load(&self.config_path) {
             Ok(cfg) => {
                 if let Ok(mut s) = self.set.write() {
-                    *s = Arc::new(ProcessSet::new(cfg.processes.clone()));
+                    *s = Arc::new(ProcessSet::new(cfg.local_processes()));
                 }
                 cache.clear();
                 let n = self.rescan(cache);
                 self.reloads.fetch_add(1, Relaxed);
                 log::info!(
                     "endpoint: process list reloaded ({} pattern(s)); {n} running process(es) bypass",
-                    cfg.processes.len()
+                    cfg.local_processes().len()
                 );
             }
             Err(e) => {

@@ -172,7 +172,7 @@ pub fn check_interface(cfg: &EndpointConfig) -> Result<(), String> {
 /// TUN device is already open: its descriptor is sluice's). `direct` are
 /// the prefixes that bypass whatever the socket (configured prefixes, VPN
 /// gateways, the edge).
-pub fn setup(cfg: &EndpointConfig, direct: &[Prefix]) -> Result<(), String> {
+pub fn setup(cfg: &EndpointConfig, routes: &[(Prefix, bool)]) -> Result<(), String> {
     let host = &cfg.interface;
     let peer = peer_name(cfg);
     let t = cfg.table;
@@ -213,10 +213,7 @@ pub fn setup(cfg: &EndpointConfig, direct: &[Prefix]) -> Result<(), String> {
         }
         None => v.push(format!("-6 route add unreachable default table {t}")),
     }
-    for d in direct {
-        let fam = if d.addr().is_ipv4() { "-4" } else { "-6" };
-        v.push(format!("{fam} route add throw {d} table {t}"));
-    }
+    v.extend(route_cmds(cfg, "add", routes));
     v.extend(rules(cfg).into_iter().map(|r| {
         let (fam, rest) = r.split_at(3);
         format!("{fam}rule add {rest}")
@@ -245,6 +242,55 @@ pub fn setup(cfg: &EndpointConfig, direct: &[Prefix]) -> Result<(), String> {
         sysctl(format!("/proc/sys/net/ipv6/conf/{i}/autoconf"), "0");
     }
     Ok(())
+}
+
+/// `ip` commands for `routes` in the tunnel table: direct ones `throw`
+/// (back to the main table), the others into the device.
+fn route_cmds(cfg: &EndpointConfig, verb: &str, routes: &[(Prefix, bool)]) -> Vec<String> {
+    let (host, t) = (&cfg.interface, cfg.table);
+    let veth = cfg.path == EndpointPath::Veth;
+    routes
+        .iter()
+        .filter(|(p, direct)| *direct || p.addr().is_ipv4() || cfg.address6.is_some())
+        .map(|(p, direct)| {
+            let v4 = p.addr().is_ipv4();
+            let fam = if v4 { "-4" } else { "-6" };
+            if *direct {
+                format!("{fam} route {verb} throw {p} table {t}")
+            } else if !veth {
+                format!("{fam} route {verb} {p} dev {host} table {t}")
+            } else if v4 {
+                format!("{fam} route {verb} {p} via {NEXT_HOP_V4} dev {host} onlink table {t}")
+            } else {
+                format!("{fam} route {verb} {p} via {NEXT_HOP_V6} dev {host} table {t}")
+            }
+        })
+        .collect()
+}
+
+/// Moves the tunnel table from `old` to `new` routes: every new route is
+/// put in place first (`replace`: a prefix changing sides flips in one
+/// step), then the routes no longer wanted go.
+pub fn update_routes(
+    cfg: &EndpointConfig,
+    old: &[(Prefix, bool)],
+    new: &[(Prefix, bool)],
+) -> Result<(), String> {
+    let mut v = route_cmds(cfg, "replace", new);
+    let stale: Vec<(Prefix, bool)> = old
+        .iter()
+        .filter(|(p, _)| !new.iter().any(|(q, _)| q == p))
+        .copied()
+        .collect();
+    ip_batch(&v, false)?;
+    v = stale
+        .iter()
+        .map(|(p, _)| {
+            let fam = if p.addr().is_ipv4() { "-4" } else { "-6" };
+            format!("{fam} route del {p} table {}", cfg.table)
+        })
+        .collect();
+    ip_batch(&v, true)
 }
 
 /// The veth path's static neighbours and checksum setting.

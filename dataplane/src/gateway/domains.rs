@@ -5,6 +5,13 @@
 //! client's first packet to them is already bypassed. Expired addresses
 //! leave the table (the gateway's main loop calls [`DomainBypass::expire`]).
 //!
+//! Each address gets one classifier domain entry holding, per policy
+//! slot, which app profiles bypass it and which reach it through the
+//! switched-on private-access tenant ([`DomainMatcher`]); this host's own
+//! flows (the socket hooks) get a bypass-trie entry when its profile
+//! bypasses the name. A policy swap rewrites the idle slot's half of every
+//! entry before the slot goes live ([`DomainBypass::swap`]).
+//!
 //! Only DNS packets (UDP port 53, a few byte loads to tell) take the lock
 //! here; data packets never do.
 
@@ -15,7 +22,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use sluice_common::BypassEntry;
+use sluice_common::{BypassEntry, DnsEntry};
 
 use crate::{
     config::DomainBypass as Config,
@@ -23,8 +30,9 @@ use crate::{
         Answer, BypassTable, DomainSet, Endpoints, Insert, Observer, Stats, Transport,
         tcp::{Segment, StreamKey, TcpStreams},
     },
-    ebpf::Classifier,
+    ebpf::{Classifier, EbpfError, Prepared},
     metrics::sample,
+    policy::compile::DomainMatcher,
     wire::ip,
 };
 
@@ -88,8 +96,13 @@ struct State {
     table: BypassTable,
     answers: Vec<Answer>,
     gone: Vec<IpAddr>,
-    /// Addresses this table put into the kernel map (others were already
-    /// there, from the configuration).
+    /// Per policy slot: the matcher its entries were computed with.
+    matchers: [Option<Arc<DomainMatcher>>; 2],
+    /// The live slot.
+    live: usize,
+    /// Addresses in this host's bypass trie (its profile bypasses them).
+    local: std::collections::HashSet<IpAddr>,
+    /// Answers installed into the classifier's domain entries.
     installed: u64,
     install_errors: u64,
     last_overflow_log: Option<Instant>,
@@ -98,30 +111,72 @@ struct State {
 
 impl DomainBypass {
     /// `None` when no domain is configured.
-    pub(crate) fn new(cfg: &Config, classifier: Arc<Mutex<Classifier>>) -> Option<Arc<Self>> {
-        if cfg.patterns.is_empty() {
-            return None;
-        }
-        let observer = Observer::new(DomainSet::new(cfg.patterns.iter().cloned()), cfg.limits)
+    /// The domain table with `cfg`'s limits; it watches nothing until the
+    /// first [`DomainBypass::swap`] gives it the policy's domains.
+    pub(crate) fn new(cfg: &Config, classifier: Arc<Mutex<Classifier>>) -> Arc<Self> {
+        let observer = Observer::new(DomainSet::default(), cfg.limits)
             .with_trusted_servers(cfg.servers.clone());
-        Some(Arc::new(Self {
+        Arc::new(Self {
             state: Mutex::new(State {
                 observer,
                 tcp: TcpStreams::new(MAX_TCP_STREAMS),
                 table: BypassTable::new(cfg.max_entries),
                 answers: Vec::new(),
                 gone: Vec::new(),
+                matchers: [None, None],
+                live: 0,
+                local: std::collections::HashSet::new(),
                 installed: 0,
                 install_errors: 0,
                 last_overflow_log: None,
                 overflow_since_log: 0,
             }),
             classifier,
-        }))
+        })
     }
 
-    /// A packet from the LAN on its way into the tunnel: a DNS query (UDP,
-    /// or a segment of a TCP connection to port 53)?
+    /// A policy swap, with the domain lock and then the classifier lock
+    /// held (the order [`DomainBypass::install`] takes them in): `prepare`
+    /// writes the policy into the idle slot; then every address's entry
+    /// gets that slot's half from `matcher`; then `commit` makes the slot
+    /// live; then this host's bypass-trie entries follow the new matcher
+    /// and the observer watches `patterns`.
+    pub(crate) fn swap<T>(
+        &self,
+        matcher: Arc<DomainMatcher>,
+        patterns: &[crate::dns::Pattern],
+        prepare: impl FnOnce(&mut Classifier) -> Result<Prepared, EbpfError>,
+        commit: impl FnOnce(&mut Classifier, Prepared) -> Result<T, EbpfError>,
+    ) -> Result<T, EbpfError> {
+        let Ok(mut guard) = self.state.lock() else {
+            return Err(EbpfError::MissingMap {
+                name: "domain bypass state (poisoned lock)",
+            });
+        };
+        let s = &mut *guard;
+        let Ok(mut c) = self.classifier.lock() else {
+            return Err(EbpfError::MissingMap {
+                name: "classifier (poisoned lock)",
+            });
+        };
+        let prepared = prepare(&mut c)?;
+        let slot = (prepared.slot & 1) as usize;
+        s.matchers[slot] = Some(matcher.clone());
+        let rows: Vec<(IpAddr, String)> =
+            s.table.iter().map(|(a, d, _)| (a, d.to_string())).collect();
+        for (addr, name) in &rows {
+            c.set_policy_dns(*addr, entry(&s.matchers, name))?;
+        }
+        let out = commit(&mut c, prepared)?;
+        s.live = slot;
+        for (addr, name) in &rows {
+            sync_local(s, &mut c, *addr, matcher.local_bypass(name));
+        }
+        s.observer
+            .set_domains(DomainSet::new(patterns.iter().cloned()));
+        Ok(out)
+    }
+
     pub(crate) fn on_lan_packet(&self, pkt: &ip::Packet<'_>) {
         let Some((ends, dns)) = dns_packet(pkt, true) else {
             return;
@@ -191,12 +246,14 @@ impl DomainBypass {
         let Ok(mut c) = self.classifier.lock() else {
             return;
         };
-        for a in &s.answers {
+        let answers = std::mem::take(&mut s.answers);
+        for a in &answers {
             match s.table.insert(now, a) {
                 Insert::Refreshed => continue,
                 Insert::New => {}
                 Insert::Evicted(victim) => {
-                    let _ = c.remove_host_bypass(BypassEntry::SOURCE_DNS, victim);
+                    let _ = c.remove_policy_dns(victim);
+                    sync_local(s, &mut c, victim, false);
                     s.overflow_since_log += 1;
                     if s.last_overflow_log
                         .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(10))
@@ -212,26 +269,32 @@ impl DomainBypass {
                     }
                 }
             }
-            match c.add_host_bypass(BypassEntry::SOURCE_DNS, a.addr) {
-                Ok(true) => {
+            let e = entry(&s.matchers, &a.domain);
+            match c.set_policy_dns(a.addr, e) {
+                Ok(()) => {
                     s.installed += 1;
                     log::info!(
-                        "domain bypass: {} ({}) for {} s",
+                        "domain bypass: {} ({}) for {} s (profiles bypassing {:#x}, reaching it privately {:#x})",
                         a.addr,
                         a.domain,
-                        a.ttl.as_secs()
+                        a.ttl.as_secs(),
+                        e.bypass[s.live],
+                        e.private[s.live]
                     );
                 }
-                Ok(false) => {}
                 Err(e) => {
                     s.install_errors += 1;
                     log::warn!("domain bypass: cannot install {}: {e}", a.addr);
                 }
             }
+            let local = s.matchers[s.live]
+                .as_ref()
+                .is_some_and(|m| m.local_bypass(&a.domain));
+            sync_local(s, &mut c, a.addr, local);
         }
+        s.answers = answers;
     }
 
-    /// Removes expired addresses from the tables.
     pub(crate) fn expire(&self, now: Instant) {
         let Ok(mut guard) = self.state.lock() else {
             return;
@@ -246,13 +309,15 @@ impl DomainBypass {
         let Ok(mut c) = self.classifier.lock() else {
             return;
         };
-        for a in &s.gone {
-            match c.remove_host_bypass(BypassEntry::SOURCE_DNS, *a) {
-                Ok(true) => log::info!("domain bypass: {a} expired"),
-                Ok(false) => {}
+        let gone = std::mem::take(&mut s.gone);
+        for a in &gone {
+            match c.remove_policy_dns(*a) {
+                Ok(()) => log::info!("domain bypass: {a} expired"),
                 Err(e) => log::warn!("domain bypass: cannot remove {a}: {e}"),
             }
+            sync_local(s, &mut c, *a, false);
         }
+        s.gone = gone;
     }
 
     /// The installed addresses, one per line: address, domain, seconds
@@ -356,5 +421,31 @@ impl DomainBypass {
             "addresses bypassed because of DNS answers",
             s.table.len() as u64,
         );
+    }
+}
+
+/// The domain entry of a name under both slots' matchers.
+fn entry(matchers: &[Option<Arc<DomainMatcher>>; 2], name: &str) -> DnsEntry {
+    let mut e = DnsEntry::default();
+    for (slot, m) in matchers.iter().enumerate() {
+        if let Some(m) = m {
+            let (bypass, private, action) = m.masks(name);
+            e.bypass[slot] = bypass;
+            e.private[slot] = private;
+            e.private_action[slot] = action;
+        }
+    }
+    e
+}
+
+/// Puts `addr` in this host's bypass trie or takes it out.
+fn sync_local(s: &mut State, c: &mut Classifier, addr: IpAddr, bypass: bool) {
+    if bypass && s.local.insert(addr) {
+        if let Err(e) = c.add_host_bypass(BypassEntry::SOURCE_DNS, addr) {
+            s.install_errors += 1;
+            log::warn!("domain bypass (this host): cannot install {addr}: {e}");
+        }
+    } else if !bypass && s.local.remove(&addr) {
+        let _ = c.remove_host_bypass(BypassEntry::SOURCE_DNS, addr);
     }
 }

@@ -13,6 +13,7 @@
 //! is unpinned and detached.
 mod domains;
 mod neighbor;
+mod policy;
 mod stats;
 mod worker;
 
@@ -30,7 +31,9 @@ use sluice_common::Counter;
 
 use self::{
     domains::DomainBypass,
-    worker::{Port, TunnelParams, Worker},
+    policy::PolicyControl,
+    stats::TenantStats,
+    worker::{Port, Route, TunnelParams, Worker},
 };
 pub use self::{neighbor::Neighbors, stats::WorkerStats};
 use crate::{
@@ -56,6 +59,9 @@ pub enum GatewayError {
     /// An `AF_XDP` socket could not be created.
     #[error(transparent)]
     Xsk(#[from] XskError),
+    /// The policy could not be installed.
+    #[error("installing the policy: {0}")]
+    Policy(String),
     /// A worker, poller or the metrics listener could not start.
     #[error("{what}: {source}")]
     Io {
@@ -73,7 +79,11 @@ pub struct Gateway {
     workers: Vec<JoinHandle<()>>,
     metrics: Option<JoinHandle<()>>,
     pac: Option<JoinHandle<()>>,
-    domains: Option<Arc<DomainBypass>>,
+    domains: Arc<DomainBypass>,
+    control: Arc<PolicyControl>,
+    tenant_stats: Vec<Arc<TenantStats>>,
+    detector: Option<crate::policy::trusted::Detector>,
+    reload: Arc<AtomicBool>,
     endpoint: Option<crate::endpoint::Endpoint>,
     stop: Arc<AtomicBool>,
 }
@@ -95,64 +105,61 @@ impl Gateway {
         reason = "the start-up order, read top to bottom, is the fail-closed argument"
     )]
     pub fn start(cfg: &GatewayConfig, stop: Arc<AtomicBool>) -> Result<Self, GatewayError> {
-        let tls = pki::client_config(&cfg.tunnel.ca, &cfg.tunnel.cert, &cfg.tunnel.key)?;
-        let server_name = pki::server_name(&cfg.tunnel.server_name)?;
+        let tunnels = tunnel_params(cfg)?;
         host::ifindex(&cfg.wan)?;
+        let io = |what: &str| {
+            let what = what.to_string();
+            move |source| GatewayError::Io { what, source }
+        };
+        let reload = Arc::new(AtomicBool::new(false));
+        signal_hook::flag::register(signal_hook::consts::SIGHUP, reload.clone())
+            .map_err(io("installing the SIGHUP handler"))?;
 
         let mut classifier = Classifier::load()?;
         classifier.set_local_addrs(&host::local_addrs()?)?;
-        classifier.set_bypass(&cfg.bypass)?;
-        classifier.replace_bypass(
-            sluice_common::BypassEntry::SOURCE_VPN_GATEWAY,
-            &cfg.vpn_gateways,
-        )?;
+        let classifier = Arc::new(Mutex::new(classifier));
+        // The policy goes in before anything is attached: the first frame
+        // is classified by it.
+        let control =
+            PolicyControl::start(cfg, classifier.clone()).map_err(GatewayError::Policy)?;
+        let detector = start_detector(cfg, &control, &stop)?;
+        let domains = control.domains();
 
         // No LAN (a host with endpoint mode only): no sockets, nothing
         // attached; the classifier's tries still serve the socket hooks.
         let (sockets, lan_mac) = match &cfg.lan {
-            Some(lan) => attach_lan(cfg, lan, &mut classifier)?,
+            Some(lan) => {
+                let mut c = classifier
+                    .lock()
+                    .map_err(|_| GatewayError::Policy("classifier lock poisoned".into()))?;
+                attach_lan(cfg, lan, &mut c)?
+            }
             None => (Vec::new(), [0; 6]),
         };
         let queues = u32::try_from(sockets.len()).unwrap_or(u32::MAX);
 
-        let params = TunnelParams {
-            edge: cfg.tunnel.edge,
-            server_name,
-            tls,
-            session: SessionConfig {
-                name: cfg.name.clone(),
-                keepalive: cfg.tunnel.keepalive,
-                idle_timeout: cfg.tunnel.idle_timeout,
-                coalesce_delay: cfg.tunnel.coalesce_delay,
-                ..SessionConfig::default()
-            },
-        };
         // One core per worker: its socket, session and cache stay warm.
         let cpus = match &cfg.cpus {
             Some(list) => list.clone(),
-            None => crate::sys::cpu::allowed_cpus().map_err(|source| GatewayError::Io {
-                what: "reading the CPU affinity".into(),
-                source,
-            })?,
+            None => crate::sys::cpu::allowed_cpus().map_err(io("reading the CPU affinity"))?,
         };
-        let classifier = Arc::new(Mutex::new(classifier));
-        let domains = DomainBypass::new(&cfg.domains, classifier.clone());
         let mut stats = Vec::new();
+        let mut tenant_stats = Vec::new();
         let mut workers = Vec::new();
         for (q, xsk) in (0..queues).zip(sockets) {
             let st = Arc::new(WorkerStats::default());
+            let ts = Arc::new(TenantStats::default());
             stats.push(st.clone());
+            tenant_stats.push(ts.clone());
             let w = Worker::new(
                 q,
                 Port::xsk(xsk, lan_mac),
-                params.clone(),
-                st,
-                domains.clone(),
+                tunnels.clone(),
+                Route::Meta,
+                (st, ts),
+                Some(domains.clone()),
             )
-            .map_err(|source| GatewayError::Io {
-                what: format!("worker for queue {q}"),
-                source,
-            })?;
+            .map_err(io(&format!("worker for queue {q}")))?;
             let stop = stop.clone();
             let cpu = (!cpus.is_empty()).then(|| cpus[q as usize % cpus.len()]);
             let h = std::thread::Builder::new()
@@ -166,32 +173,32 @@ impl Gateway {
                     }
                     w.run(&stop);
                 })
-                .map_err(|source| GatewayError::Io {
-                    what: "spawning worker".into(),
-                    source,
-                })?;
+                .map_err(io("spawning worker"))?;
             workers.push(h);
         }
         let endpoint = match &cfg.endpoint {
             Some(ep) => {
-                let (e, w) = start_endpoint(
-                    cfg,
-                    ep,
-                    &classifier,
-                    &params,
-                    domains.clone(),
-                    &stop,
-                    queues,
-                )?;
+                let (e, w) =
+                    start_endpoint(cfg, ep, &classifier, &tunnels, &control, &stop, queues)?;
                 stats.push(w.1);
+                tenant_stats.push(w.2);
                 workers.push(w.0);
+                control.set_routing(e.routing());
                 Some(e)
             }
             None => None,
         };
         let procs = endpoint.as_ref().map(crate::endpoint::Endpoint::processes);
-        let served = start_metrics(cfg, &stop, &classifier, stats, domains.clone(), procs)
-            .and_then(|m| Ok((m, start_pac(cfg, &stop)?)));
+        let names: Vec<String> = policy::tunnels(cfg).into_iter().map(|(n, _)| n).collect();
+        let served = start_metrics(
+            cfg,
+            &stop,
+            &classifier,
+            (stats, tenant_stats.clone(), names),
+            control.clone(),
+            procs,
+        )
+        .and_then(|m| Ok((m, start_pac(cfg, &stop)?)));
         let (metrics, pac) = match served {
             Ok(v) => v,
             Err(e) => {
@@ -213,6 +220,10 @@ impl Gateway {
             metrics,
             pac,
             domains,
+            control,
+            tenant_stats,
+            detector,
+            reload,
             endpoint,
             stop,
         })
@@ -236,10 +247,17 @@ impl Gateway {
                 break;
             }
             std::thread::sleep(Duration::from_millis(100));
-            if let Some(d) = &self.domains {
-                d.expire(std::time::Instant::now());
+            self.domains.expire(std::time::Instant::now());
+            self.control.tunnels_up(&tunnels_up(&self.tenant_stats));
+            if self.reload.swap(false, Relaxed) {
+                log::info!("SIGHUP: reloading the policy");
+                let _ = self.control.reload();
+                if let Some(d) = &self.detector {
+                    d.recheck();
+                }
             }
         }
+        drop(self.detector.take());
         self.stop.store(true, Relaxed);
         // Detach first: from now on the kernel sees no XDP program. Frames
         // are no longer redirected to (dying) workers.
@@ -265,49 +283,184 @@ impl Gateway {
     }
 }
 
-/// Serves the metrics (`GET /metrics`) and the addresses the domain bypass
-/// installed (`GET /bypass/dns`), if configured.
+/// The workers' counters, per-tunnel counters and the tunnels' names.
+type AllStats = (Vec<Arc<WorkerStats>>, Vec<Arc<TenantStats>>, Vec<String>);
+
+/// Which tunnels are up on at least one worker.
+fn tunnels_up(stats: &[Arc<TenantStats>]) -> Vec<bool> {
+    (0..stats::TENANTS)
+        .map(|t| stats.iter().any(|s| s.up[t].load(Relaxed) == 1))
+        .collect()
+}
+
+/// One TLS client configuration per tunnel (internet first, then each
+/// private-access tenant).
+fn tunnel_params(cfg: &GatewayConfig) -> Result<Vec<TunnelParams>, GatewayError> {
+    policy::tunnels(cfg)
+        .into_iter()
+        .map(|(_, t)| {
+            Ok(TunnelParams {
+                edge: t.edge,
+                server_name: pki::server_name(&t.server_name)?,
+                tls: pki::client_config(&t.ca, &t.cert, &t.key)?,
+                session: SessionConfig {
+                    name: cfg.name.clone(),
+                    keepalive: t.keepalive,
+                    idle_timeout: t.idle_timeout,
+                    coalesce_delay: t.coalesce_delay,
+                    ..SessionConfig::default()
+                },
+            })
+        })
+        .collect()
+}
+
+/// Trusted-network detection, if the forwarding profile has criteria: the
+/// first evaluation sets the network state before anything is attached.
+fn start_detector(
+    cfg: &GatewayConfig,
+    control: &Arc<PolicyControl>,
+    stop: &Arc<AtomicBool>,
+) -> Result<Option<crate::policy::trusted::Detector>, GatewayError> {
+    let f = &cfg.policy.forwarding;
+    if f.criteria.is_empty() {
+        return Ok(None);
+    }
+    let mut sources = crate::policy::trusted::Sources::default();
+    let d = &cfg.detection;
+    if let Some(r) = &d.resolv_conf {
+        sources.resolv_conf.clone_from(r);
+    }
+    if let Some(l) = &d.dhcp_leases {
+        sources.dhcp_leases.clone_from(l);
+    }
+    if let Some(v) = &d.vpn_interfaces {
+        sources.vpn_interfaces.clone_from(v);
+    }
+    if let Some(ep) = &cfg.endpoint {
+        sources.ignore_interfaces.push(ep.interface.clone());
+        sources.ignore_interfaces.push(format!("{}x", ep.interface));
+    }
+    sources.egress_probe = Some(cfg.tunnel.edge);
+    let c = control.clone();
+    crate::policy::trusted::Detector::start(
+        f.criteria.clone(),
+        sources,
+        f.interval,
+        stop.clone(),
+        move |state| c.set_network(state),
+    )
+    .map(Some)
+    .map_err(|source| GatewayError::Io {
+        what: "starting trusted-network detection".into(),
+        source,
+    })
+}
+
+/// Serves the metrics (`GET /metrics`), the addresses the domain table
+/// holds (`GET /bypass/dns`), this host's flows (`GET /flows`) and the
+/// policy (`GET /policy`, `GET /policy/explain?...`, `POST
+/// /policy/reload`, `POST /policy/tenant?name=...`), if configured.
 fn start_metrics(
     cfg: &GatewayConfig,
     stop: &Arc<AtomicBool>,
     classifier: &Arc<Mutex<Classifier>>,
-    stats: Vec<Arc<WorkerStats>>,
-    domains: Option<Arc<DomainBypass>>,
+    stats: AllStats,
+    control: Arc<PolicyControl>,
     procs: Option<Arc<crate::endpoint::ProcessBypass>>,
 ) -> Result<Option<JoinHandle<()>>, GatewayError> {
     let Some(addr) = cfg.metrics else {
         return Ok(None);
     };
     let c = classifier.clone();
-    metrics::serve_http(
+    let domains = control.domains();
+    let (stats, tenant_stats, names) = stats;
+    let text = "text/plain";
+    metrics::serve_requests(
         addr,
         stop.clone(),
         "sluice-metrics",
-        move |path, out| match path {
-            b"/metrics" => {
-                render(out, &c, &stats);
-                if let Some(d) = &domains {
-                    d.render(out);
+        move |method, target, out| {
+            let (path, query) = match target.iter().position(|&b| b == b'?') {
+                Some(i) => (
+                    &target[..i],
+                    std::str::from_utf8(&target[i + 1..]).unwrap_or(""),
+                ),
+                None => (target, ""),
+            };
+            let result = |r: Result<String, String>, out: &mut String| match r {
+                Ok(t) => {
+                    out.push_str(&t);
+                    Some((200, text))
                 }
-                if let Some(p) = &procs {
-                    p.render(out);
+                Err(e) => {
+                    out.push_str(&e);
+                    out.push('\n');
+                    Some((409, text))
                 }
-                Some("text/plain; version=0.0.4")
+            };
+            match (method, path) {
+                (b"GET", b"/metrics") => {
+                    render(out, &c, &stats);
+                    TenantStats::render_all(out, &tenant_stats, &names);
+                    control.render(out);
+                    domains.render(out);
+                    if let Some(p) = &procs {
+                        p.render(out);
+                    }
+                    Some((200, "text/plain; version=0.0.4"))
+                }
+                (b"GET", b"/flows") => {
+                    match &procs {
+                        Some(p) => p.flows(out),
+                        None => out.push_str("endpoint mode is off: no flows of this host\n"),
+                    }
+                    Some((200, text))
+                }
+                (b"GET", b"/bypass/dns") => {
+                    domains.list(out);
+                    Some((200, text))
+                }
+                (b"GET", b"/policy") => {
+                    control.status(out);
+                    Some((200, text))
+                }
+                (b"GET", b"/policy/explain") => match control.explain(query) {
+                    Ok(t) => {
+                        out.push_str(&t);
+                        Some((200, text))
+                    }
+                    Err(e) => {
+                        out.push_str(&e);
+                        out.push('\n');
+                        Some((400, text))
+                    }
+                },
+                (b"POST", b"/policy/reload") => result(
+                    control
+                        .reload()
+                        .map(|r| format!("generation {} in force ({:?})\n", r.generation, r.total)),
+                    out,
+                ),
+                (b"POST", b"/policy/tenant") => {
+                    let name = query.strip_prefix("name=").unwrap_or("");
+                    result(
+                        control.switch_tenant(name).map(|r| {
+                            format!(
+                                "tenant {name} switched on: generation {} ({:?})\n",
+                                r.generation, r.total
+                            )
+                        }),
+                        out,
+                    )
+                }
+                (_, b"/metrics" | b"/flows" | b"/bypass/dns" | b"/policy" | b"/policy/explain")
+                | (_, b"/policy/reload" | b"/policy/tenant") => {
+                    out.push_str("method not allowed\n");
+                    Some((405, text))
+                }
+                _ => None,
             }
-            b"/flows" => {
-                match &procs {
-                    Some(p) => p.flows(out),
-                    None => out.push_str("endpoint mode is off: no flows of this host\n"),
-                }
-                Some("text/plain")
-            }
-            b"/bypass/dns" => {
-                if let Some(d) = &domains {
-                    d.list(out);
-                }
-                Some("text/plain")
-            }
-            _ => None,
         },
     )
     .map(Some)
@@ -318,7 +471,7 @@ fn start_metrics(
 }
 
 /// The endpoint worker's thread and counters.
-type EndpointWorker = (JoinHandle<()>, Arc<WorkerStats>);
+type EndpointWorker = (JoinHandle<()>, Arc<WorkerStats>, Arc<TenantStats>);
 
 /// Starts endpoint mode: routing, socket hooks, exec watcher, and one
 /// worker on sluice's side of the veth pair (its "queue" number follows
@@ -327,8 +480,8 @@ fn start_endpoint(
     cfg: &GatewayConfig,
     ep: &crate::config::EndpointConfig,
     classifier: &Arc<Mutex<Classifier>>,
-    params: &TunnelParams,
-    domains: Option<Arc<DomainBypass>>,
+    tunnels: &[TunnelParams],
+    control: &Arc<PolicyControl>,
     stop: &Arc<AtomicBool>,
     queue: u32,
 ) -> Result<(crate::endpoint::Endpoint, EndpointWorker), GatewayError> {
@@ -364,14 +517,25 @@ fn start_endpoint(
             Port::xsk(xsk, mac)
         };
         let st = Arc::new(WorkerStats::default());
-        let w = Worker::new(queue, port, params.clone(), st.clone(), domains)
-            .map_err(io(format!("endpoint worker on {peer}")))?;
+        let ts = Arc::new(TenantStats::default());
+        // This host's packets: the tunnel comes from this host's profile
+        // (the veth path's classifier has no policy of its own).
+        let route = Route::Lookup(control.published());
+        let w = Worker::new(
+            queue,
+            port,
+            tunnels.to_vec(),
+            route,
+            (st.clone(), ts.clone()),
+            Some(control.domains()),
+        )
+        .map_err(io(format!("endpoint worker on {peer}")))?;
         let stop = stop.clone();
         let h = std::thread::Builder::new()
             .name("sluice-endpoint".into())
             .spawn(move || w.run(&stop))
             .map_err(io("spawning the endpoint worker".into()))?;
-        Ok::<_, GatewayError>((h, st))
+        Ok::<_, GatewayError>((h, st, ts))
     })();
     match started {
         Ok(w) => {

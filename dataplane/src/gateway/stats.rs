@@ -58,5 +58,72 @@ worker_stats! {
     /// Tunnel connection attempts that failed or sessions that ended.
     tunnel_failures: "counter", "sluice_gateway_tunnel_failures_total", "Tunnel connection attempts that failed or sessions that ended.";
     /// 1 while the tunnel is established.
-    tunnel_up: "gauge", "sluice_gateway_tunnel_up", "1 while this worker's tunnel is established.";
+    tunnel_up: "gauge", "sluice_gateway_tunnel_up", "1 while this worker's internet tunnel is established.";
+    /// Dropped: no valid verdict in front of the frame, or a tunnel this
+    /// worker does not have.
+    drop_no_verdict: "counter", "sluice_gateway_drop_no_verdict_total", "Frames dropped because the classifier's verdict was missing or named an unknown tunnel.";
+}
+
+/// One worker's per-tunnel counters, indexed by tenant
+/// ([`crate::policy::TenantId`]: 0 the internet tenant).
+#[derive(Debug, Default)]
+pub(crate) struct TenantStats {
+    /// Packets sent into each tunnel.
+    pub(crate) tx_packets: [AtomicU64; TENANTS],
+    /// Packets received from each tunnel.
+    pub(crate) rx_packets: [AtomicU64; TENANTS],
+    /// 1 while each tunnel is established.
+    pub(crate) up: [AtomicU64; TENANTS],
+}
+
+/// Tunnels a worker can hold.
+pub(crate) const TENANTS: usize = sluice_common::POLICY_MAX_TENANTS as usize;
+
+impl TenantStats {
+    /// Renders every worker's per-tunnel counters, labelled with the
+    /// queue and the tenant's name (`names[t]`).
+    pub(crate) fn render_all(
+        out: &mut String,
+        workers: &[std::sync::Arc<TenantStats>],
+        names: &[String],
+    ) {
+        type Field = fn(&TenantStats) -> &[AtomicU64; TENANTS];
+        let families: [(&str, &str, &str, Field); 3] = [
+            (
+                "sluice_tenant_tx_packets_total",
+                "counter",
+                "Packets sent into each tenant's tunnel.",
+                |s| &s.tx_packets,
+            ),
+            (
+                "sluice_tenant_rx_packets_total",
+                "counter",
+                "Packets received from each tenant's tunnel.",
+                |s| &s.rx_packets,
+            ),
+            (
+                "sluice_tenant_tunnel_up",
+                "gauge",
+                "1 while this worker's tunnel to the tenant is established.",
+                |s| &s.up,
+            ),
+        ];
+        for (metric, kind, help, field) in families {
+            let mut first = true;
+            for (q, w) in workers.iter().enumerate() {
+                let q = q.to_string();
+                for (t, name) in names.iter().enumerate().take(TENANTS) {
+                    sample(
+                        out,
+                        metric,
+                        kind,
+                        first.then_some(help),
+                        &[("queue", &q), ("tenant", name)],
+                        field(w)[t].load(Relaxed),
+                    );
+                    first = false;
+                }
+            }
+        }
+    }
 }

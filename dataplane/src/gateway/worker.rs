@@ -3,12 +3,21 @@
 //! nothing on the packet path. The endpoint-mode worker is the same loop
 //! over a TUN device instead of an `AF_XDP` socket ([`Port`]).
 //!
+//! A worker holds one TLS tunnel per tenant: the internet tenant's and one
+//! per private-access tenant. The classifier puts its verdict (which
+//! tunnel) in front of every frame it redirects ([`sluice_common::META_LEN`]
+//! bytes of XDP metadata), so the worker never looks a policy up for LAN
+//! traffic and never disagrees with the classifier; the endpoint worker,
+//! whose packets come from a TUN device, looks the tunnel up in the
+//! published compiled policy ([`super::policy::Published`]), refreshed
+//! once per batch when its generation changes.
+//!
 //! Per iteration: drain a batch from the RX ring, frame every packet into
-//! the tunnel session (coalesced into few TLS records), flush; read what
-//! the edge sent, give each packet an Ethernet header for its LAN host and
-//! submit them to the TX ring as one batch. While the tunnel is down every
-//! frame the classifier redirected here is dropped and counted: traffic
-//! that must be tunnelled never leaves directly.
+//! its tunnel's session (coalesced into few TLS records), flush; read what
+//! the edges sent, give each packet an Ethernet header for its LAN host and
+//! submit them to the TX ring as one batch. While a tunnel is down every
+//! frame for it is dropped and counted: traffic that must be tunnelled
+//! never leaves directly.
 use std::{
     io,
     net::SocketAddr,
@@ -23,7 +32,12 @@ use std::{
 use mio::{Events, Interest, Poll, Token, net::TcpStream, unix::SourceFd};
 use rustls::pki_types::ServerName;
 
-use super::{domains::DomainBypass, neighbor::Neighbors, stats::WorkerStats};
+use super::{
+    domains::DomainBypass,
+    neighbor::Neighbors,
+    policy::{Active, Published},
+    stats::{TENANTS, TenantStats, WorkerStats},
+};
 use crate::{
     sys::{tun::Tun, xsk::XskSocket},
     tunnel::{SendError, Session, SessionConfig},
@@ -34,7 +48,8 @@ use crate::{
 };
 
 const XSK: Token = Token(0);
-const TCP: Token = Token(1);
+/// Tunnel `t`'s socket is `Token(FIRST_TUNNEL + t)`.
+const FIRST_TUNNEL: usize = 1;
 /// Frames taken from the RX ring per batch.
 const RX_BATCH: usize = 64;
 /// Frames reserved on the TX ring per batch.
@@ -116,16 +131,34 @@ impl Port {
     }
 }
 
+/// One tunnel of a worker.
+struct Tunnel {
+    params: TunnelParams,
+    link: Link,
+    backoff: Duration,
+}
+
+/// How a worker learns which tunnel a packet takes.
+pub(super) enum Route {
+    /// From the classifier's metadata in front of the frame (`AF_XDP`).
+    Meta,
+    /// From the published policy: this host's own packets (TUN).
+    Lookup(Arc<Published>),
+}
+
 /// A worker's state; [`Worker::run`] is its thread's body.
 pub(super) struct Worker {
     queue: u32,
     port: Port,
-    params: TunnelParams,
+    /// Index: the tenant ([`crate::policy::TenantId`]).
+    tunnels: Vec<Tunnel>,
+    route: Route,
+    /// The policy the TUN path last looked up in, and its generation.
+    cached: Option<(u64, Arc<Active>)>,
     stats: Arc<WorkerStats>,
+    tenant_stats: Arc<TenantStats>,
     /// The domain bypass, fed the DNS packets this worker carries.
     domains: Option<Arc<DomainBypass>>,
-    link: Link,
-    backoff: Duration,
     poll: Poll,
     /// Local tallies, published to `stats` once per iteration.
     tally: Tally,
@@ -135,6 +168,7 @@ impl std::fmt::Debug for Worker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Worker")
             .field("queue", &self.queue)
+            .field("tunnels", &self.tunnels.len())
             .finish_non_exhaustive()
     }
 }
@@ -152,10 +186,13 @@ struct Tally {
     drop_too_large: u64,
     drop_no_neighbor: u64,
     drop_tx_full: u64,
+    drop_no_verdict: u64,
+    tenant_tx: [u64; TENANTS],
+    tenant_rx: [u64; TENANTS],
 }
 
 impl Tally {
-    fn publish(&mut self, s: &WorkerStats) {
+    fn publish(&mut self, s: &WorkerStats, ts: &TenantStats) {
         let add = |a: &std::sync::atomic::AtomicU64, v: &mut u64| {
             if *v != 0 {
                 a.fetch_add(*v, Relaxed);
@@ -173,47 +210,63 @@ impl Tally {
         add(&s.drop_too_large, &mut self.drop_too_large);
         add(&s.drop_no_neighbor, &mut self.drop_no_neighbor);
         add(&s.drop_tx_full, &mut self.drop_tx_full);
+        add(&s.drop_no_verdict, &mut self.drop_no_verdict);
+        for t in 0..TENANTS {
+            add(&ts.tx_packets[t], &mut self.tenant_tx[t]);
+            add(&ts.rx_packets[t], &mut self.tenant_rx[t]);
+        }
     }
 }
 
 impl Worker {
-    /// A worker for `queue` over `xsk`. Registers the socket with a new
-    /// poller; does not connect yet.
+    /// A worker for `queue` over `port`, with one tunnel per entry of
+    /// `tunnels` (index: tenant). Registers the port with a new poller;
+    /// does not connect yet.
     pub(super) fn new(
         queue: u32,
         port: Port,
-        params: TunnelParams,
-        stats: Arc<WorkerStats>,
+        tunnels: Vec<TunnelParams>,
+        route: Route,
+        stats: (Arc<WorkerStats>, Arc<TenantStats>),
         domains: Option<Arc<DomainBypass>>,
     ) -> io::Result<Self> {
         let poll = Poll::new()?;
         poll.registry()
             .register(&mut SourceFd(&port.raw_fd()), XSK, Interest::READABLE)?;
+        let now = Instant::now();
         Ok(Self {
             queue,
             port,
-            params,
-            stats,
+            tunnels: tunnels
+                .into_iter()
+                .take(TENANTS)
+                .map(|params| Tunnel {
+                    params,
+                    link: Link::Down { retry_at: now },
+                    backoff: BACKOFF_MIN,
+                })
+                .collect(),
+            route,
+            cached: None,
+            stats: stats.0,
+            tenant_stats: stats.1,
             domains,
-            link: Link::Down {
-                retry_at: Instant::now(),
-            },
-            backoff: BACKOFF_MIN,
             poll,
             tally: Tally::default(),
         })
     }
 
-    /// Runs until `stop` is set; closes the tunnel cleanly on the way out.
+    /// Runs until `stop` is set; closes the tunnels cleanly on the way out.
     pub(super) fn run(mut self, stop: &AtomicBool) {
         let mut events = Events::with_capacity(64);
         // mio is edge-triggered: after a full batch, more may be waiting
         // without a new event, so poll without blocking.
         let mut rx_more = true;
-        let mut tcp_more = false;
+        // Bit `t`: tunnel `t` may have more to read.
+        let mut tcp_more: u32 = 0;
         while !stop.load(Relaxed) {
             let now = Instant::now();
-            let timeout = if rx_more || tcp_more {
+            let timeout = if rx_more || tcp_more != 0 {
                 Duration::ZERO
             } else {
                 self.next_wakeup(now)
@@ -227,130 +280,167 @@ impl Worker {
             for ev in &events {
                 match ev.token() {
                     XSK => rx_more = true,
-                    TCP => tcp_more |= ev.is_readable() || ev.is_read_closed() || ev.is_error(),
+                    Token(n) if n >= FIRST_TUNNEL && n - FIRST_TUNNEL < TENANTS => {
+                        if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                            tcp_more |= 1 << (n - FIRST_TUNNEL);
+                        }
+                    }
                     _ => {}
                 }
             }
             let now = Instant::now();
-            self.maintain_link(now);
+            for t in 0..self.tunnels.len() {
+                self.maintain_link(t, now);
+            }
             if rx_more {
                 rx_more = self.lan_to_tunnel();
             }
-            if tcp_more {
-                tcp_more = self.tunnel_to_lan(now);
+            for t in 0..self.tunnels.len() {
+                if tcp_more & (1 << t) != 0 && !self.tunnel_to_lan(t, now) {
+                    tcp_more &= !(1 << t);
+                }
             }
-            self.flush_tunnel(now);
-            self.tally.publish(&self.stats);
+            for t in 0..self.tunnels.len() {
+                self.flush_tunnel(t, now);
+            }
+            self.tally.publish(&self.stats, &self.tenant_stats);
         }
-        if let Link::Up { sock, sess } = &mut self.link {
-            sess.close(crate::wire::tunnel::CloseCode::Normal, "gateway stopping");
-            let _ = sess.handle_write(sock, Instant::now());
+        for tun in &mut self.tunnels {
+            if let Link::Up { sock, sess } = &mut tun.link {
+                sess.close(crate::wire::tunnel::CloseCode::Normal, "gateway stopping");
+                let _ = sess.handle_write(sock, Instant::now());
+            }
         }
         self.stats.tunnel_up.store(0, Relaxed);
+        for up in &self.tenant_stats.up {
+            up.store(0, Relaxed);
+        }
     }
 
     fn next_wakeup(&self, now: Instant) -> Duration {
-        let at = match &self.link {
-            Link::Down { retry_at } => Some(*retry_at),
-            Link::Up { sess, .. } => sess.poll_timeout(),
-        };
-        at.map_or(MAX_WAIT, |t| t.saturating_duration_since(now).min(MAX_WAIT))
+        self.tunnels
+            .iter()
+            .filter_map(|t| match &t.link {
+                Link::Down { retry_at } => Some(*retry_at),
+                Link::Up { sess, .. } => sess.poll_timeout(),
+            })
+            .min()
+            .map_or(MAX_WAIT, |t| t.saturating_duration_since(now).min(MAX_WAIT))
     }
 
-    /// Connects when due, runs session timers, tears down a dead session.
-    fn maintain_link(&mut self, now: Instant) {
-        match &mut self.link {
-            Link::Down { retry_at } if now >= *retry_at => self.connect(now),
+    /// Connects tunnel `t` when due, runs its session timers, tears down a
+    /// dead session.
+    fn maintain_link(&mut self, t: usize, now: Instant) {
+        match &mut self.tunnels[t].link {
+            Link::Down { retry_at } if now >= *retry_at => self.connect(t, now),
             Link::Down { .. } => {}
             Link::Up { sess, .. } => {
-                if sess.poll_timeout().is_some_and(|t| t <= now) {
+                if sess.poll_timeout().is_some_and(|x| x <= now) {
                     sess.handle_timeout(now);
                 }
                 if sess.is_closed() {
-                    self.link_down(now);
+                    self.link_down(t, now);
                 }
             }
         }
     }
 
-    fn connect(&mut self, now: Instant) {
-        let p = &self.params;
+    fn connect(&mut self, t: usize, now: Instant) {
+        let p = &self.tunnels[t].params;
         let tls = match rustls::client::UnbufferedClientConnection::new(
             p.tls.clone(),
             p.server_name.clone(),
         ) {
-            Ok(t) => t,
+            Ok(x) => x,
             Err(e) => {
                 log::error!("queue {}: TLS: {e}", self.queue);
-                return self.schedule_retry(now);
+                return self.schedule_retry(t, now);
             }
         };
         let mut sock = match TcpStream::connect(p.edge) {
             Ok(s) => s,
             Err(e) => {
                 log::warn!("queue {}: connecting to {}: {e}", self.queue, p.edge);
-                return self.schedule_retry(now);
+                return self.schedule_retry(t, now);
             }
         };
         let _ = sock.set_nodelay(true);
-        if let Err(e) =
-            self.poll
-                .registry()
-                .register(&mut sock, TCP, Interest::READABLE | Interest::WRITABLE)
-        {
+        if let Err(e) = self.poll.registry().register(
+            &mut sock,
+            Token(FIRST_TUNNEL + t),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
             log::error!("queue {}: register: {e}", self.queue);
-            return self.schedule_retry(now);
+            return self.schedule_retry(t, now);
         }
         let sess = Session::new(tls.into(), p.session.clone(), now);
-        self.link = Link::Up {
+        self.tunnels[t].link = Link::Up {
             sock,
             sess: Box::new(sess),
         };
     }
 
-    fn schedule_retry(&mut self, now: Instant) {
+    fn schedule_retry(&mut self, t: usize, now: Instant) {
         self.stats.tunnel_failures.fetch_add(1, Relaxed);
-        self.link = Link::Down {
-            retry_at: now + self.backoff,
+        let tun = &mut self.tunnels[t];
+        tun.link = Link::Down {
+            retry_at: now + tun.backoff,
         };
-        self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+        tun.backoff = (tun.backoff * 2).min(BACKOFF_MAX);
     }
 
-    fn link_down(&mut self, now: Instant) {
-        if let Link::Up { sock, sess } = &mut self.link {
+    fn link_down(&mut self, t: usize, now: Instant) {
+        let tun = &mut self.tunnels[t];
+        if let Link::Up { sock, sess } = &mut tun.link {
             let _ = sess.handle_write(sock, now);
             let _ = self.poll.registry().deregister(sock);
-            let was_up = self.stats.tunnel_up.swap(0, Relaxed) == 1;
-            let reason = sess.close_reason().cloned();
-            if was_up {
-                log::warn!(
-                    "queue {}: tunnel to {} down: {reason:?}",
-                    self.queue,
-                    self.params.edge
-                );
-            } else {
-                log::warn!(
-                    "queue {}: tunnel to {} failed: {reason:?}",
-                    self.queue,
-                    self.params.edge
-                );
+            let was_up = self.tenant_stats.up[t].swap(0, Relaxed) == 1;
+            if t == 0 {
+                self.stats.tunnel_up.store(0, Relaxed);
             }
+            let reason = sess.close_reason().cloned();
+            let what = if was_up { "down" } else { "failed" };
+            log::warn!(
+                "queue {}: tunnel {t} to {} {what}: {reason:?}",
+                self.queue,
+                tun.params.edge
+            );
         }
-        self.schedule_retry(now);
+        self.schedule_retry(t, now);
     }
 
-    /// Moves one batch from the port into the tunnel. Returns true if the
+    /// The tunnel of this host's own packet `pkt` (TUN path): the policy's
+    /// verdict for this host's profile; the internet tunnel if the policy
+    /// says direct (the kernel routed the packet here: it is not sent
+    /// direct from here).
+    fn lookup_tunnel(active: &Active, pkt: &ip::Packet<'_>) -> usize {
+        let (proto, sport, dport) = pkt.flow();
+        let t = &active.tables;
+        match t.lookup_profile(
+            t.local_profile,
+            pkt.dst(),
+            sport,
+            dport,
+            crate::policy::Proto(proto),
+        ) {
+            crate::policy::Verdict::Tunnel(x) => usize::from(x),
+            crate::policy::Verdict::Direct => 0,
+        }
+    }
+
+    /// Moves one batch from the port into the tunnels. Returns true if the
     /// batch was full (more may be waiting).
     fn lan_to_tunnel(&mut self) -> bool {
         let t = &mut self.tally;
-        let Link::Up { sess, .. } = &mut self.link else {
-            return Self::drop_batch(&mut self.port, t);
-        };
-        if !sess.is_established() {
-            return Self::drop_batch(&mut self.port, t);
-        }
+        let ntun = self.tunnels.len();
+        let tunnels = &mut self.tunnels;
         let domains = self.domains.as_deref();
-        let mut send = |pkt: &ip::Packet<'_>, t: &mut Tally| {
+        // Into tunnel `i`: dropped unparsed while it is down.
+        let mut send = |i: usize, pkt: &ip::Packet<'_>, t: &mut Tally| {
+            let Some(Link::Up { sess, .. }) = tunnels.get_mut(i).map(|x| &mut x.link) else {
+                t.drop_down += 1;
+                return;
+            };
             if let Some(d) = domains {
                 d.on_lan_packet(pkt);
             }
@@ -358,6 +448,7 @@ impl Worker {
                 Ok(()) => {
                     t.tx_packets += 1;
                     t.tx_bytes += pkt.as_bytes().len() as u64;
+                    t.tenant_tx[i] += 1;
                 }
                 Err(SendError::NotEstablished) => t.drop_down += 1,
                 Err(SendError::Backpressure) => t.drop_backpressure += 1,
@@ -366,10 +457,29 @@ impl Worker {
         };
         match &mut self.port {
             Port::Xsk { xsk, neighbors, .. } => {
+                let active = match &self.route {
+                    Route::Meta => None,
+                    Route::Lookup(p) => Some(p.refresh(&mut self.cached)),
+                };
                 let batch = xsk.rx(RX_BATCH);
                 let n = batch.len();
                 t.rx_frames += n as u64;
-                for frame in &batch {
+                for i in 0..n {
+                    let meta = if active.is_some() {
+                        Some(usize::MAX)
+                    } else {
+                        batch
+                            .meta(i)
+                            .filter(|m| m[0] == sluice_common::META_MAGIC)
+                            .and_then(|m| m[1].checked_sub(sluice_common::ACTION_TUNNEL))
+                            .map(usize::from)
+                            .filter(|&x| x < ntun)
+                    };
+                    let Some(meta) = meta else {
+                        t.drop_no_verdict += 1;
+                        continue;
+                    };
+                    let Some(frame) = batch.get(i) else { break };
                     let Ok(eth) = ethernet::Frame::new_checked(frame) else {
                         t.drop_malformed += 1;
                         continue;
@@ -383,12 +493,20 @@ impl Worker {
                         continue;
                     };
                     neighbors.learn(pkt.src(), eth.src());
-                    send(&pkt, t);
+                    let tunnel = match &active {
+                        Some(a) => Self::lookup_tunnel(a, &pkt),
+                        None => meta,
+                    };
+                    send(tunnel, &pkt, t);
                 }
                 drop(batch);
                 n == RX_BATCH
             }
             Port::Tun { tun, buf } => {
+                let Route::Lookup(published) = &self.route else {
+                    return false;
+                };
+                let active = published.refresh(&mut self.cached);
                 let mut n = 0;
                 while n < RX_BATCH {
                     let Some(len) = Self::tun_read(tun, buf) else {
@@ -397,31 +515,13 @@ impl Worker {
                     n += 1;
                     t.rx_frames += 1;
                     match ip::Packet::new_checked(&buf[..len]) {
-                        Ok(pkt) => send(&pkt, t),
+                        Ok(pkt) => send(Self::lookup_tunnel(&active, &pkt), &pkt, t),
                         Err(_) => t.drop_malformed += 1,
                     }
                 }
                 n == RX_BATCH
             }
         }
-    }
-
-    /// Fail-closed: the tunnel is down, one batch is taken from the port
-    /// and dropped unparsed. Returns true if the batch was full.
-    fn drop_batch(port: &mut Port, t: &mut Tally) -> bool {
-        let n = match port {
-            Port::Xsk { xsk, .. } => xsk.rx(RX_BATCH).len(),
-            Port::Tun { tun, buf } => {
-                let mut n = 0;
-                while n < RX_BATCH && Self::tun_read(tun, buf).is_some() {
-                    n += 1;
-                }
-                n
-            }
-        };
-        t.rx_frames += n as u64;
-        t.drop_down += n as u64;
-        n == RX_BATCH
     }
 
     /// One packet from the TUN device into `buf`; `None` when none waits.
@@ -435,10 +535,11 @@ impl Worker {
         }
     }
 
-    /// Reads from the tunnel and transmits its packets to the LAN. Returns
+    /// Reads from tunnel `i` and transmits its packets to the LAN. Returns
     /// true if the read stopped at its budget.
-    fn tunnel_to_lan(&mut self, now: Instant) -> bool {
-        let Link::Up { sock, sess } = &mut self.link else {
+    fn tunnel_to_lan(&mut self, i: usize, now: Instant) -> bool {
+        let edge = self.tunnels[i].params.edge;
+        let Link::Up { sock, sess } = &mut self.tunnels[i].link else {
             return false;
         };
         let was_established = sess.is_established();
@@ -495,6 +596,7 @@ impl Worker {
                     frame.send(len);
                     t.rx_packets += 1;
                     t.rx_bytes += bytes.len() as u64;
+                    t.tenant_rx[i] += 1;
                 }
                 if let Err(e) = tx.commit() {
                     log::debug!("queue {}: TX wakeup: {e}", self.queue);
@@ -513,6 +615,7 @@ impl Worker {
                         Ok(_) => {
                             t.rx_packets += 1;
                             t.rx_bytes += pkt.as_bytes().len() as u64;
+                            t.tenant_rx[i] += 1;
                         }
                         // The kernel's queue is full: dropped, counted.
                         Err(_) => t.drop_tx_full += 1,
@@ -523,14 +626,16 @@ impl Worker {
         // HELLO is handled inside poll_packet.
         if !was_established && sess.is_established() {
             log::info!(
-                "queue {}: tunnel to {} up (edge `{}`)",
+                "queue {}: tunnel {i} to {edge} up (edge `{}`)",
                 self.queue,
-                self.params.edge,
                 sess.peer_name()
             );
-            self.stats.tunnel_up.store(1, Relaxed);
+            if i == 0 {
+                self.stats.tunnel_up.store(1, Relaxed);
+            }
+            self.tenant_stats.up[i].store(1, Relaxed);
             self.stats.tunnel_connects.fetch_add(1, Relaxed);
-            self.backoff = BACKOFF_MIN;
+            self.tunnels[i].backoff = BACKOFF_MIN;
         }
         match res {
             Ok(o) => o.more,
@@ -538,9 +643,9 @@ impl Worker {
         }
     }
 
-    /// Writes pending TLS records to the edge.
-    fn flush_tunnel(&mut self, now: Instant) {
-        if let Link::Up { sock, sess } = &mut self.link {
+    /// Writes tunnel `i`'s pending TLS records to its edge.
+    fn flush_tunnel(&mut self, i: usize, now: Instant) {
+        if let Link::Up { sock, sess } = &mut self.tunnels[i].link {
             // Seals the batch's record (or keeps it open for the
             // coalescing delay, which then wakes the loop).
             sess.flush_due(now);
@@ -551,7 +656,7 @@ impl Worker {
                 sess.close(crate::wire::tunnel::CloseCode::Normal, "write failed");
             }
             if sess.is_closed() {
-                self.link_down(now);
+                self.link_down(i, now);
             }
         }
     }

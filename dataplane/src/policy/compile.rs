@@ -80,6 +80,12 @@ pub struct Tables {
     /// (the socket hooks' bypass trie; a prefix with any tunnelled port
     /// is left out, so the hooks err toward the tunnel).
     pub local_direct: Vec<Prefix>,
+    /// Every destination node of the local profile but the default
+    /// routes, and whether it goes direct (as in `local_direct`): this
+    /// host's routing table for tunnelled traffic throws the direct ones
+    /// back to the main table and routes the others into the tunnel (a
+    /// tunnelled prefix inside a direct one needs its own route).
+    pub local_routes: Vec<(Prefix, bool)>,
 }
 
 /// A ranked entry during compilation.
@@ -100,15 +106,21 @@ impl Tables {
             .map(|i| compile_profile(policy, i))
             .collect::<Result<Vec<_>, _>>()?;
         let local_profile = policy.local_profile();
-        let local_direct = profiles[local_profile]
+        let local_routes: Vec<(Prefix, bool)> = profiles[local_profile]
             .nodes
             .iter()
-            .filter(|(_, e)| {
-                e.action == sluice_common::ACTION_DIRECT
+            .filter(|(p, _)| !p.is_default())
+            .map(|(p, e)| {
+                let direct = e.action == sluice_common::ACTION_DIRECT
                     && e.ports[..usize::from(e.nports)]
                         .iter()
-                        .all(|r| r.action == sluice_common::ACTION_DIRECT)
+                        .all(|r| r.action == sluice_common::ACTION_DIRECT);
+                (*p, direct)
             })
+            .collect();
+        let local_direct = local_routes
+            .iter()
+            .filter(|(_, d)| *d)
             .map(|(p, _)| *p)
             .collect();
         Ok(Self {
@@ -116,6 +128,7 @@ impl Tables {
             profiles,
             local_profile,
             local_direct,
+            local_routes,
         })
     }
 
@@ -337,4 +350,82 @@ fn compile_profile(policy: &Policy, index: usize) -> Result<ProfileTables, Compi
         fail_open: p.fail == FailMode::Open,
         grace: p.captive_portal_grace,
     })
+}
+
+/// Which profiles bypass a domain, and which reach it through the
+/// switched-on private-access tenant: the values of the classifier's
+/// domain entries for one policy slot.
+#[derive(Clone, Debug)]
+pub struct DomainMatcher {
+    profiles: Vec<crate::dns::DomainSet>,
+    private: Option<(crate::dns::DomainSet, u64, u8)>,
+    local: usize,
+}
+
+impl DomainMatcher {
+    /// The matcher of `policy`.
+    pub fn new(policy: &Policy) -> Self {
+        let profiles = policy
+            .profiles
+            .iter()
+            .map(|p| crate::dns::DomainSet::new(p.domains.iter().cloned()))
+            .collect();
+        let private = policy.active_tenant.map(|t| {
+            let allowed = policy
+                .profiles
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| p.private_tenants.contains(&t))
+                .fold(0u64, |m, (i, _)| m | (1 << (i & 63)));
+            (
+                crate::dns::DomainSet::new(policy.tenants[t].domains.iter().cloned()),
+                allowed,
+                Verdict::Tunnel(u8::try_from(t + 1).unwrap_or(u8::MAX)).action(),
+            )
+        });
+        Self {
+            profiles,
+            private,
+            local: policy.local_profile(),
+        }
+    }
+
+    /// For a normalized name: the profiles that bypass it, the profiles
+    /// that reach it through the private tenant, and that tenant's verdict.
+    pub fn masks(&self, name: &str) -> (u64, u64, u8) {
+        let bypass = self
+            .profiles
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| d.matches(name))
+            .fold(0u64, |m, (i, _)| m | (1 << (i & 63)));
+        match &self.private {
+            Some((d, allowed, action)) if d.matches(name) => (bypass, *allowed, *action),
+            _ => (bypass, 0, 0),
+        }
+    }
+
+    /// Whether this host's own flows bypass `name` (and it is not a
+    /// private application of theirs).
+    pub fn local_bypass(&self, name: &str) -> bool {
+        let (bypass, private, _) = self.masks(name);
+        bypass & (1 << (self.local & 63)) != 0 && private & (1 << (self.local & 63)) == 0
+    }
+}
+
+/// Every domain pattern of `policy` (profiles and tenants): what the DNS
+/// observer watches.
+pub fn domain_patterns(policy: &Policy) -> Vec<crate::dns::Pattern> {
+    let mut out: Vec<crate::dns::Pattern> = Vec::new();
+    for p in policy
+        .profiles
+        .iter()
+        .flat_map(|p| &p.domains)
+        .chain(policy.tenants.iter().flat_map(|t| &t.domains))
+    {
+        if !out.contains(p) {
+            out.push(p.clone());
+        }
+    }
+    out
 }

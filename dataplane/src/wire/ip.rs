@@ -150,6 +150,31 @@ impl<'a> Packet<'a> {
         })
     }
 
+    /// The transport protocol (IPv4's protocol field, IPv6's next header)
+    /// and, for TCP, UDP and SCTP directly after the IP header and not in
+    /// a non-first fragment, the source and destination ports (else 0).
+    pub fn flow(&self) -> (u8, u16, u16) {
+        let proto = if self.is_ipv6() {
+            self.buf[field::V6_NEXT_HEADER]
+        } else {
+            self.buf[field::V4_PROTO]
+        };
+        let ports = match proto {
+            PROTO_TCP | PROTO_UDP | 132 => self
+                .transport_offset(proto)
+                .and_then(|off| self.buf.get(off..off + 4))
+                .map(|h| {
+                    (
+                        u16::from_be_bytes([h[0], h[1]]),
+                        u16::from_be_bytes([h[2], h[3]]),
+                    )
+                }),
+            _ => None,
+        };
+        let (sport, dport) = ports.unwrap_or((0, 0));
+        (proto, sport, dport)
+    }
+
     /// Where the transport header starts, if it is `proto` directly after
     /// the IP header and the packet is not a fragment.
     fn transport_offset(&self, proto: u8) -> Option<usize> {

@@ -1,0 +1,560 @@
+//! The running gateway's policy: compiled, written into the classifier's
+//! idle slot and swapped in ([`PolicyControl::apply`]); reloaded from the
+//! file (SIGHUP, `sluice policy reload`), switched to another private-access
+//! tenant (`sluice policy tenant`); told the network state (trusted-network
+//! detection) and which tunnels are down; explained (`sluice policy
+//! explain --live`).
+//!
+//! A swap never blocks the packet path: the classifier keeps using the
+//! live slot while the new policy is written into the other, then one map
+//! update flips the slot. The userspace copy the endpoint worker looks
+//! tunnels up in ([`Published`]) is replaced right after, and the worker
+//! picks it up at its next batch (one atomic load per batch).
+//!
+//! A reload that would change a tunnel (the internet tenant's or a private
+//! tenant's edge or credentials, or the list of tenants) is refused: the
+//! workers' connections are made at start, so that takes a restart.
+use std::{
+    fmt::Write as _,
+    net::IpAddr,
+    path::PathBuf,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant, SystemTime},
+};
+
+use super::domains::DomainBypass;
+use crate::{
+    config::{GatewayConfig, TunnelConfig},
+    ebpf::Classifier,
+    metrics::sample,
+    policy::{
+        Policy, Proto,
+        compile::{DomainMatcher, Tables, domain_patterns},
+        eval::{self, Flow, Runtime},
+        trusted::NetworkState,
+    },
+};
+
+/// The policy in force, as the workers see it.
+#[derive(Debug)]
+pub(crate) struct Active {
+    /// The policy.
+    pub policy: Arc<Policy>,
+    /// Its compiled tables.
+    pub tables: Tables,
+    /// The classifier's generation it was installed as.
+    pub generation: u32,
+}
+
+/// The latest [`Active`], for workers: a generation number read once per
+/// batch, the lock taken only when it changed.
+#[derive(Debug)]
+pub(crate) struct Published {
+    generation: AtomicU64,
+    current: Mutex<Arc<Active>>,
+}
+
+impl Published {
+    /// The current policy, from `cache` unless a newer one was published.
+    pub(crate) fn refresh(&self, cache: &mut Option<(u64, Arc<Active>)>) -> Arc<Active> {
+        let g = self.generation.load(Ordering::Acquire);
+        if let Some((cg, a)) = cache
+            && *cg == g
+        {
+            return a.clone();
+        }
+        let a = match self.current.lock() {
+            Ok(c) => c.clone(),
+            Err(p) => p.into_inner().clone(),
+        };
+        *cache = Some((g, a.clone()));
+        a
+    }
+
+    fn publish(&self, a: Arc<Active>) {
+        match self.current.lock() {
+            Ok(mut c) => *c = a,
+            Err(p) => *p.into_inner() = a,
+        }
+        self.generation.fetch_add(1, Ordering::Release);
+    }
+
+    fn get(&self) -> Arc<Active> {
+        self.refresh(&mut None)
+    }
+}
+
+/// What one swap did and how long it took.
+#[derive(Clone, Debug)]
+pub(crate) struct SwapReport {
+    /// The new generation.
+    pub generation: u32,
+    /// Why (start, reload, tenant switch).
+    pub why: String,
+    /// Compile, prepare and commit.
+    pub total: Duration,
+    /// Writing the idle slot.
+    pub prepare: Duration,
+    /// The flip itself (one map update).
+    pub commit: Duration,
+    /// Source and destination entries written.
+    pub entries: usize,
+}
+
+#[derive(Debug)]
+struct Inner {
+    swaps: u64,
+    failures: u64,
+    last: Option<SwapReport>,
+    last_error: Option<String>,
+    network: Option<(NetworkState, SystemTime)>,
+    /// Per tunnel: since when it has been down (`None`: up).
+    down: Vec<Option<Instant>>,
+    /// A tenant was switched at run time (kept across reloads).
+    switched: bool,
+}
+
+/// The gateway's policy control.
+#[derive(Debug)]
+pub(crate) struct PolicyControl {
+    classifier: Arc<Mutex<Classifier>>,
+    domains: Arc<DomainBypass>,
+    published: Arc<Published>,
+    inner: Mutex<Inner>,
+    path: PathBuf,
+    tunnels: Vec<TunnelConfig>,
+    /// Endpoint mode's routing, kept in step with every swap.
+    routing: Mutex<Option<Arc<crate::endpoint::Routing>>>,
+}
+
+/// The tunnels of a configuration: the internet tenant's, then each
+/// private tenant's (their order is the tunnels' numbering).
+pub(crate) fn tunnels(cfg: &GatewayConfig) -> Vec<(String, TunnelConfig)> {
+    std::iter::once(("internet".to_string(), cfg.tunnel.clone()))
+        .chain(
+            cfg.policy
+                .tenants
+                .iter()
+                .map(|t| (t.name.clone(), t.tunnel.clone())),
+        )
+        .collect()
+}
+
+fn same_tunnel(a: &TunnelConfig, b: &TunnelConfig) -> bool {
+    a.edge == b.edge
+        && a.server_name == b.server_name
+        && a.ca == b.ca
+        && a.cert == b.cert
+        && a.key == b.key
+}
+
+impl PolicyControl {
+    /// Installs `cfg`'s policy (the classifier's first generation) and
+    /// returns the control, its domain table and what workers read.
+    pub(crate) fn start(
+        cfg: &GatewayConfig,
+        classifier: Arc<Mutex<Classifier>>,
+    ) -> Result<Arc<Self>, String> {
+        let domains = DomainBypass::new(&cfg.domains, classifier.clone());
+        let tables = Tables::compile(&cfg.policy).map_err(|e| e.to_string())?;
+        let published = Arc::new(Published {
+            generation: AtomicU64::new(0),
+            current: Mutex::new(Arc::new(Active {
+                policy: Arc::new(cfg.policy.clone()),
+                tables,
+                generation: 0,
+            })),
+        });
+        let n = tunnels(cfg).len();
+        let control = Arc::new(Self {
+            classifier,
+            domains,
+            published,
+            inner: Mutex::new(Inner {
+                swaps: 0,
+                failures: 0,
+                last: None,
+                last_error: None,
+                network: None,
+                down: vec![None; n],
+                switched: false,
+            }),
+            path: cfg.path.clone(),
+            tunnels: tunnels(cfg).into_iter().map(|(_, t)| t).collect(),
+            routing: Mutex::new(None),
+        });
+        control.apply(cfg.policy.clone(), "start")?;
+        Ok(control)
+    }
+
+    /// From now on, every swap moves endpoint mode's routes too.
+    pub(crate) fn set_routing(&self, r: Arc<crate::endpoint::Routing>) {
+        if let Ok(mut g) = self.routing.lock() {
+            *g = Some(r);
+        }
+    }
+
+    /// The domain table (fed by the workers).
+    pub(crate) fn domains(&self) -> Arc<DomainBypass> {
+        self.domains.clone()
+    }
+
+    /// What the endpoint worker reads.
+    pub(crate) fn published(&self) -> Arc<Published> {
+        self.published.clone()
+    }
+
+    /// The policy in force.
+    pub(crate) fn policy(&self) -> Arc<Policy> {
+        self.published.get().policy.clone()
+    }
+
+    fn inner(&self) -> std::sync::MutexGuard<'_, Inner> {
+        match self.inner.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    /// Compiles `policy`, writes it into the idle slot, swaps it in and
+    /// publishes it. On error nothing changed: the old policy runs on.
+    pub(crate) fn apply(&self, policy: Policy, why: &str) -> Result<SwapReport, String> {
+        let started = Instant::now();
+        let result = self.swap(policy, why, started);
+        let mut inner = self.inner();
+        match &result {
+            Ok(r) => {
+                inner.swaps += 1;
+                inner.last = Some(r.clone());
+                inner.last_error = None;
+                log::info!(
+                    "policy generation {} ({why}): {} entries prepared in {:?}, swapped in {:?}, {:?} in all",
+                    r.generation,
+                    r.entries,
+                    r.prepare,
+                    r.commit,
+                    r.total
+                );
+            }
+            Err(e) => {
+                inner.failures += 1;
+                inner.last_error = Some(e.clone());
+                log::error!("policy ({why}) refused, the previous one keeps running: {e}");
+            }
+        }
+        result
+    }
+
+    fn swap(&self, policy: Policy, why: &str, started: Instant) -> Result<SwapReport, String> {
+        let tables = Tables::compile(&policy).map_err(|e| e.to_string())?;
+        let matcher = Arc::new(DomainMatcher::new(&policy));
+        let patterns = domain_patterns(&policy);
+        let ((entries, prepare), generation, commit) = self
+            .domains
+            .swap(
+                matcher,
+                &patterns,
+                |c| c.prepare_policy(&tables),
+                |c, p| {
+                    let info = (p.sources + p.destinations, p.took);
+                    let t = Instant::now();
+                    let g = c.commit_policy(p)?;
+                    Ok((info, g, t.elapsed()))
+                },
+            )
+            .map_err(|e| crate::ebpf::error_chain(&e))?;
+        // This host's own flows: the socket hooks' bypass trie.
+        let local = &policy.profiles[tables.local_profile];
+        let direct: Vec<_> = tables
+            .local_direct
+            .iter()
+            .filter(|p| !local.vpn_gateways.contains(p))
+            .copied()
+            .collect();
+        if let Ok(mut c) = self.classifier.lock() {
+            c.set_bypass(&direct)
+                .and_then(|()| {
+                    c.replace_bypass(
+                        sluice_common::BypassEntry::SOURCE_VPN_GATEWAY,
+                        &local.vpn_gateways,
+                    )
+                })
+                .map_err(|e| crate::ebpf::error_chain(&e))?;
+        }
+        if let Some(r) = self.routing.lock().ok().and_then(|g| g.clone()) {
+            r.update(&tables.local_routes);
+        }
+        self.published.publish(Arc::new(Active {
+            policy: Arc::new(policy),
+            tables,
+            generation,
+        }));
+        Ok(SwapReport {
+            generation,
+            why: why.to_string(),
+            total: started.elapsed(),
+            prepare,
+            commit,
+            entries,
+        })
+    }
+
+    /// Reads the file again and swaps its policy in, unless it is invalid
+    /// or changes a tunnel. A tenant switched at run time stays on if the
+    /// new policy still has it.
+    pub(crate) fn reload(&self) -> Result<SwapReport, String> {
+        let result = self.reloaded_policy();
+        match result {
+            Ok(p) => self.apply(p, "reload"),
+            Err(e) => {
+                let mut inner = self.inner();
+                inner.failures += 1;
+                inner.last_error = Some(e.clone());
+                log::error!("policy reload refused, the previous policy keeps running: {e}");
+                Err(e)
+            }
+        }
+    }
+
+    fn reloaded_policy(&self) -> Result<Policy, String> {
+        let cfg = GatewayConfig::load(&self.path).map_err(|e| e.to_string())?;
+        let new = tunnels(&cfg);
+        let same = new.len() == self.tunnels.len()
+            && new
+                .iter()
+                .zip(&self.tunnels)
+                .all(|((_, a), b)| same_tunnel(a, b));
+        if !same {
+            return Err(format!(
+                "{}: the tunnels changed (tenants: {}): a tunnel's edge or credentials take a restart",
+                self.path.display(),
+                new.iter()
+                    .map(|(n, _)| n.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        let mut policy = cfg.policy;
+        let running = self.policy();
+        if self.inner().switched
+            && let Some(name) = running
+                .active_tenant
+                .map(|t| running.tenants[t].name.clone())
+        {
+            let _ = policy.switch_tenant(&name);
+        }
+        Ok(policy)
+    }
+
+    /// Switches private-access tenant `name` on (the others off).
+    pub(crate) fn switch_tenant(&self, name: &str) -> Result<SwapReport, String> {
+        let mut policy = (*self.policy()).clone();
+        policy.switch_tenant(name)?;
+        let r = self.apply(policy, &format!("tenant {name} switched on"))?;
+        self.inner().switched = true;
+        Ok(r)
+    }
+
+    /// The network state changed: internet traffic goes direct or not.
+    pub(crate) fn set_network(&self, state: NetworkState) {
+        let direct = self.policy().forwarding.action(state) == crate::policy::NetAction::Direct;
+        if let Ok(mut c) = self.classifier.lock()
+            && let Err(e) = c.set_internet_direct(direct)
+        {
+            log::error!("network {state}: {}", crate::ebpf::error_chain(&e));
+        }
+        log::info!(
+            "network {state}: internet traffic goes {}",
+            if direct { "direct" } else { "by the policy" }
+        );
+        self.inner().network = Some((state, SystemTime::now()));
+    }
+
+    /// Which tunnels are up on at least one worker (index: tenant);
+    /// tunnels that went down or came back are told to the classifier.
+    pub(crate) fn tunnels_up(&self, up: &[bool]) {
+        let mut inner = self.inner();
+        for (t, &is_up) in up.iter().enumerate().take(inner.down.len()) {
+            let was_down = inner.down[t].is_some();
+            if was_down == !is_up {
+                continue;
+            }
+            let since = (!is_up).then(crate::sys::fanotify::monotonic_ns);
+            let Ok(tenant) = u8::try_from(t) else {
+                continue;
+            };
+            if let Ok(mut c) = self.classifier.lock()
+                && let Err(e) = c.set_tunnel_down(tenant, since)
+            {
+                log::error!("tunnel {t}: {}", crate::ebpf::error_chain(&e));
+                continue;
+            }
+            inner.down[t] = (!is_up).then(Instant::now);
+        }
+    }
+
+    /// The runtime state `explain` uses.
+    fn runtime(&self) -> Runtime {
+        let inner = self.inner();
+        Runtime {
+            network: inner.network.map_or(NetworkState::OffTrusted, |(s, _)| s),
+            down: inner
+                .down
+                .iter()
+                .enumerate()
+                .filter_map(|(t, d)| Some((u8::try_from(t).ok()?, (*d)?.elapsed())))
+                .collect(),
+        }
+    }
+
+    /// `GET /policy/explain?src=..&dst=..&dport=..[&sport=..][&proto=..]
+    /// [&process=..][&domain=..][&local=1]`.
+    pub(crate) fn explain(&self, query: &str) -> Result<String, String> {
+        let flow = parse_flow(query)?;
+        let policy = self.policy();
+        Ok(eval::explain(&policy, &flow, &self.runtime()).to_string())
+    }
+
+    /// `GET /policy`: generation, tenant, network, tunnels, last swap.
+    pub(crate) fn status(&self, out: &mut String) {
+        let active = self.published.get();
+        let p = &active.policy;
+        let inner = self.inner();
+        let _ = writeln!(
+            out,
+            "generation: {}\nprofiles: {}\nprivate-access tenant on: {}",
+            active.generation,
+            p.profiles
+                .iter()
+                .map(|x| x.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            p.active_tenant
+                .map_or("none", |t| p.tenants[t].name.as_str())
+        );
+        match inner.network {
+            Some((s, _)) => {
+                let _ = writeln!(
+                    out,
+                    "network: {s} (internet traffic: {:?})",
+                    p.forwarding.action(s)
+                );
+            }
+            None => {
+                let _ = writeln!(out, "network: not evaluated (no trusted-network criteria)");
+            }
+        }
+        for (t, d) in inner.down.iter().enumerate() {
+            let name = u8::try_from(t).map_or("?", |t| p.tenant_name(t));
+            let _ = match d {
+                Some(since) => writeln!(out, "tunnel {name}: down for {:?}", since.elapsed()),
+                None => writeln!(out, "tunnel {name}: up"),
+            };
+        }
+        if let Some(r) = &inner.last {
+            let _ = writeln!(
+                out,
+                "last swap: generation {} ({}), {} entries, prepared in {:?}, flipped in {:?}, {:?} in all",
+                r.generation, r.why, r.entries, r.prepare, r.commit, r.total
+            );
+        }
+        if let Some(e) = &inner.last_error {
+            let _ = writeln!(out, "last refused change: {e}");
+        }
+    }
+
+    /// Prometheus text.
+    pub(crate) fn render(&self, out: &mut String) {
+        let active = self.published.get();
+        let inner = self.inner();
+        let p = &active.policy;
+        sample(
+            out,
+            "sluice_policy_generation",
+            "gauge",
+            Some("The classifier's policy generation in force."),
+            &[],
+            u64::from(active.generation),
+        );
+        sample(
+            out,
+            "sluice_policy_swaps_total",
+            "counter",
+            Some("Policies swapped in (start, reloads, tenant switches)."),
+            &[],
+            inner.swaps,
+        );
+        sample(
+            out,
+            "sluice_policy_refused_total",
+            "counter",
+            Some("Reloads and switches refused (the previous policy kept running)."),
+            &[],
+            inner.failures,
+        );
+        if let Some(r) = &inner.last {
+            sample(
+                out,
+                "sluice_policy_last_swap_microseconds",
+                "gauge",
+                Some("The last swap: compile, write the idle slot, flip."),
+                &[],
+                u64::try_from(r.total.as_micros()).unwrap_or(u64::MAX),
+            );
+        }
+        for (i, t) in p.tenants.iter().enumerate() {
+            sample(
+                out,
+                "sluice_private_tenant_on",
+                "gauge",
+                (i == 0).then_some("1 for the private-access tenant switched on."),
+                &[("tenant", &t.name)],
+                u64::from(p.active_tenant == Some(i)),
+            );
+        }
+    }
+}
+
+/// A flow from `src=..&dst=..&...` (percent-decoding not needed: addresses,
+/// numbers, names and paths without spaces).
+fn parse_flow(query: &str) -> Result<Flow, String> {
+    let mut f = Flow {
+        src: IpAddr::from([0u8, 0, 0, 0]),
+        dst: IpAddr::from([0u8, 0, 0, 0]),
+        sport: 0,
+        dport: 0,
+        proto: Proto::TCP,
+        process: None,
+        domain: None,
+        local: false,
+    };
+    let (mut src, mut dst) = (false, false);
+    for kv in query.split('&').filter(|s| !s.is_empty()) {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        let bad = |what: &str| format!("{k}={v}: not {what}");
+        match k {
+            "src" => {
+                f.src = v.parse().map_err(|_| bad("an address"))?;
+                src = true;
+            }
+            "dst" => {
+                f.dst = v.parse().map_err(|_| bad("an address"))?;
+                dst = true;
+            }
+            "sport" => f.sport = v.parse().map_err(|_| bad("a port"))?,
+            "dport" => f.dport = v.parse().map_err(|_| bad("a port"))?,
+            "proto" => f.proto = v.parse()?,
+            "process" => f.process = Some(v.to_string()),
+            "domain" => f.domain = Some(v.to_string()),
+            "local" => f.local = v == "1" || v == "true",
+            _ => return Err(format!("unknown parameter `{k}`")),
+        }
+    }
+    if !(src && dst) {
+        return Err("src and dst are required".into());
+    }
+    Ok(f)
+}
