@@ -98,22 +98,37 @@ where
 {
     let listener = TcpListener::bind(addr)?;
     listener.set_nonblocking(true)?;
+    let mut listener = mio::net::TcpListener::from_std(listener);
+    let mut poll = mio::Poll::new()?;
+    poll.registry()
+        .register(&mut listener, mio::Token(0), mio::Interest::READABLE)?;
     let name = thread.to_string();
     std::thread::Builder::new()
         .name(name.clone())
         .spawn(move || {
             let mut body = String::with_capacity(16 * 1024);
+            let mut events = mio::Events::with_capacity(4);
+            // Woken by a connection at once; by the timeout to notice `stop`.
             while !stop.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((s, _)) => {
-                        let _ = answer(s, &mut body, &handler);
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        std::thread::sleep(Duration::from_millis(50));
-                    }
-                    Err(e) => {
-                        log::warn!("{name}: accept: {e}");
-                        std::thread::sleep(Duration::from_millis(200));
+                if let Err(e) = poll.poll(&mut events, Some(Duration::from_millis(100)))
+                    && e.kind() != io::ErrorKind::Interrupted
+                {
+                    log::warn!("{name}: poll: {e}");
+                    std::thread::sleep(Duration::from_millis(200));
+                    continue;
+                }
+                loop {
+                    match listener.accept() {
+                        Ok((s, _)) => {
+                            let s = TcpStream::from(std::os::fd::OwnedFd::from(s));
+                            let _ = answer(s, &mut body, &handler);
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(e) => {
+                            log::warn!("{name}: accept: {e}");
+                            std::thread::sleep(Duration::from_millis(200));
+                            break;
+                        }
                     }
                 }
             }

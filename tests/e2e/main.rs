@@ -7,6 +7,7 @@
 use std::{net::SocketAddr, os::unix::fs::MetadataExt as _, path::Path, time::Duration};
 
 mod endpoint;
+mod policy;
 
 use sluice_lab::{
     Host, Lab, addr, counter,

@@ -82,7 +82,7 @@ pub struct Gateway {
     domains: Arc<DomainBypass>,
     control: Arc<PolicyControl>,
     tenant_stats: Vec<Arc<TenantStats>>,
-    detector: Option<crate::policy::trusted::Detector>,
+    detector: Option<Arc<crate::policy::trusted::Detector>>,
     reload: Arc<AtomicBool>,
     endpoint: Option<crate::endpoint::Endpoint>,
     stop: Arc<AtomicBool>,
@@ -122,7 +122,10 @@ impl Gateway {
         // is classified by it.
         let control =
             PolicyControl::start(cfg, classifier.clone()).map_err(GatewayError::Policy)?;
-        let detector = start_detector(cfg, &control, &stop)?;
+        let detector = start_detector(cfg, &control, &stop)?.map(Arc::new);
+        if let Some(d) = &detector {
+            control.set_detector(d.clone());
+        }
         let domains = control.domains();
 
         // No LAN (a host with endpoint mode only): no sockets, nothing

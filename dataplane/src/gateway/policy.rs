@@ -128,6 +128,8 @@ pub(crate) struct PolicyControl {
     tunnels: Vec<TunnelConfig>,
     /// Endpoint mode's routing, kept in step with every swap.
     routing: Mutex<Option<Arc<crate::endpoint::Routing>>>,
+    /// Trusted-network detection, for the status and metrics.
+    detector: Mutex<Option<Arc<crate::policy::trusted::Detector>>>,
 }
 
 /// The tunnels of a configuration: the internet tenant's, then each
@@ -185,6 +187,7 @@ impl PolicyControl {
             path: cfg.path.clone(),
             tunnels: tunnels(cfg).into_iter().map(|(_, t)| t).collect(),
             routing: Mutex::new(None),
+            detector: Mutex::new(None),
         });
         control.apply(cfg.policy.clone(), "start")?;
         Ok(control)
@@ -195,6 +198,17 @@ impl PolicyControl {
         if let Ok(mut g) = self.routing.lock() {
             *g = Some(r);
         }
+    }
+
+    /// Trusted-network detection's status goes into `status` and `render`.
+    pub(crate) fn set_detector(&self, d: Arc<crate::policy::trusted::Detector>) {
+        if let Ok(mut g) = self.detector.lock() {
+            *g = Some(d);
+        }
+    }
+
+    fn detector(&self) -> Option<Arc<crate::policy::trusted::Detector>> {
+        self.detector.lock().ok().and_then(|g| g.clone())
     }
 
     /// The domain table (fed by the workers).
@@ -435,15 +449,19 @@ impl PolicyControl {
             p.active_tenant
                 .map_or("none", |t| p.tenants[t].name.as_str())
         );
-        match inner.network {
-            Some((s, _)) => {
+        match (self.detector(), inner.network) {
+            (Some(d), Some((state, _))) => {
+                d.describe(out);
                 let _ = writeln!(
                     out,
-                    "network: {s} (internet traffic: {:?})",
-                    p.forwarding.action(s)
+                    "internet traffic: {}",
+                    match p.forwarding.action(state) {
+                        crate::policy::NetAction::Direct => "direct (forwarding profile)",
+                        crate::policy::NetAction::Tunnel => "by the app profiles",
+                    }
                 );
             }
-            None => {
+            _ => {
                 let _ = writeln!(out, "network: not evaluated (no trusted-network criteria)");
             }
         }
@@ -504,6 +522,9 @@ impl PolicyControl {
                 &[],
                 u64::try_from(r.total.as_micros()).unwrap_or(u64::MAX),
             );
+        }
+        if let Some(d) = self.detector() {
+            d.render(out);
         }
         for (i, t) in p.tenants.iter().enumerate() {
             sample(
