@@ -115,6 +115,9 @@ pub(super) struct RawProfile {
     captive_portal_grace_secs: Option<Spanned<u64>>,
 }
 
+/// Looks a name up in a section: its index, or a precise error.
+type IndexOf<'a> = &'a dyn Fn(&Spanned<String>, &str) -> Result<usize, ConfigError>;
+
 impl RawProfile {
     pub(super) fn processes_is_empty(&self) -> bool {
         self.processes.is_empty()
@@ -543,7 +546,7 @@ impl Doc<'_> {
         &self,
         r: &Spanned<RawRule>,
         i: usize,
-        profile_index: &dyn Fn(&Spanned<String>, &str) -> Result<usize, ConfigError>,
+        profile_index: IndexOf<'_>,
     ) -> Result<Rule, ConfigError> {
         let raw = r.get_ref();
         let matches = match (&raw.group, &raw.subnet, &raw.device) {
@@ -603,12 +606,16 @@ impl Doc<'_> {
         Ok(())
     }
 
-    #[allow(clippy::too_many_lines, reason = "one flat list of field checks")]
+    #[allow(
+        clippy::too_many_lines,
+        clippy::many_single_char_names,
+        reason = "one flat list of field checks"
+    )]
     fn profile(
         &self,
         r: &RawProfile,
         i: usize,
-        tenant_index: &dyn Fn(&Spanned<String>, &str) -> Result<usize, ConfigError>,
+        tenant_index: IndexOf<'_>,
         tenants: usize,
     ) -> Result<Profile, ConfigError> {
         let f = |x| at("profile", i, x);

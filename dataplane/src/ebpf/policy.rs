@@ -128,9 +128,9 @@ impl Classifier {
     /// traffic until [`Classifier::commit_policy`].
     pub fn prepare_policy(&mut self, tables: &Tables) -> Result<Prepared, EbpfError> {
         if let Some(t) = self.slots.last_commit {
-            let quiet = t.elapsed();
-            if quiet < SLOT_QUIET {
-                std::thread::sleep(SLOT_QUIET - quiet);
+            let wait = SLOT_QUIET.saturating_sub(t.elapsed());
+            if !wait.is_zero() {
+                std::thread::sleep(wait);
             }
         }
         let started = Instant::now();

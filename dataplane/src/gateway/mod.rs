@@ -457,8 +457,11 @@ fn start_metrics(
                         out,
                     )
                 }
-                (_, b"/metrics" | b"/flows" | b"/bypass/dns" | b"/policy" | b"/policy/explain")
-                | (_, b"/policy/reload" | b"/policy/tenant") => {
+                (
+                    _,
+                    b"/metrics" | b"/flows" | b"/bypass/dns" | b"/policy" | b"/policy/explain"
+                    | b"/policy/reload" | b"/policy/tenant",
+                ) => {
                     out.push_str("method not allowed\n");
                     Some((405, text))
                 }

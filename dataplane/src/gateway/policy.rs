@@ -393,7 +393,7 @@ impl PolicyControl {
         let mut inner = self.inner();
         for (t, &is_up) in up.iter().enumerate().take(inner.down.len()) {
             let was_down = inner.down[t].is_some();
-            if was_down == !is_up {
+            if was_down != is_up {
                 continue;
             }
             let since = (!is_up).then(crate::sys::fanotify::monotonic_ns);

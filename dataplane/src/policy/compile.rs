@@ -323,7 +323,7 @@ fn compile_profile(policy: &Policy, index: usize) -> Result<ProfileTables, Compi
                 .filter(|r| floor.is_none_or(|f| r.rank > f))
                 .copied()
                 .collect();
-            rules.sort_by(|a, b| b.rank.cmp(&a.rank));
+            rules.sort_by_key(|r| std::cmp::Reverse(r.rank));
             let mut keys = HashSet::new();
             rules.retain(|r| keys.insert((r.entry.port, r.entry.proto)));
             if rules.len() > MAX_PORT_RULES {

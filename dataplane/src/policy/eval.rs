@@ -412,12 +412,10 @@ impl fmt::Display for Explanation<'_> {
                 if *include { "include" } else { "exclude" },
                 entry.prefix.len(),
                 entry.fields(),
-                if !include {
-                    ""
-                } else if profile.tunnel {
-                    ""
-                } else {
+                if *include && !profile.tunnel {
                     "; the profile's tunnel is off"
+                } else {
+                    ""
                 }
             ),
             Step::NotIncluded => "no inclusion covers the destination".to_string(),

@@ -297,6 +297,9 @@ pub struct Profile {
 impl Profile {
     /// A profile with the defaults: tunnel on, include everything, the
     /// default exclusions, fail closed, all `tenants` allowed.
+    ///
+    /// # Panics
+    /// Never: the default entries are constants that parse.
     pub fn with_defaults(name: &str, tenants: usize) -> Self {
         Self {
             name: name.to_string(),
@@ -318,6 +321,9 @@ impl Profile {
 }
 
 /// [`DEFAULT_EXCLUSIONS`] as entries.
+///
+/// # Panics
+/// Never: the default exclusions are constants that parse.
 pub fn default_exclusions() -> Vec<Entry> {
     DEFAULT_EXCLUSIONS
         .iter()
