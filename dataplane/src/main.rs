@@ -267,13 +267,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 Role::Gateway => {
                     let c = GatewayConfig::load(&config)?;
                     println!(
-                        "{}: ok: gateway `{}`, LAN {}, WAN {}, edge {}, {} bypass prefixes",
+                        "{}: ok: gateway `{}`, LAN {}, WAN {}, edge {}; policy: profiles {}, rules {}, identities {}, private-access tenants {}",
                         config.display(),
                         c.name,
                         c.lan.as_deref().unwrap_or("none (endpoint mode only)"),
                         c.wan,
                         c.tunnel.edge,
-                        c.bypass.len()
+                        c.policy.profiles.len(),
+                        c.policy.rules.len(),
+                        c.policy.identities.len(),
+                        c.policy.tenants.len(),
                     );
                 }
                 Role::Edge => {
