@@ -41,6 +41,16 @@ fn lab_benchmark_smoke_run() {
         md.contains("## Endpoint mode"),
         "no endpoint section:\n{md}"
     );
+    assert!(
+        md.contains("## Policy swaps under load"),
+        "no policy section:\n{md}"
+    );
+    let policy = std::fs::read_to_string(out.join("policy.json")).expect("policy.json");
+    assert_eq!(
+        policy.lines().count(),
+        6,
+        "two rates, three loads:\n{policy}"
+    );
     let endpoint = std::fs::read_to_string(out.join("endpoint.json")).expect("endpoint.json");
     assert_eq!(
         endpoint

@@ -10,6 +10,7 @@ use std::{net::IpAddr, time::Duration};
 use sluice_lab::{
     Host, Lab, addr, counter,
     deploy::{GATEWAY_METRICS, GATEWAY_TOML, Sluice, metrics_text, sum},
+    reload::{self, with_policy},
     require_root,
 };
 
@@ -17,16 +18,6 @@ use super::{HTTP, UDP, bin, curl_in, logs, url};
 
 /// A second LAN client: another address on the client namespace.
 const BOB_V4: &str = "192.0.2.11";
-
-/// The gateway's default file with its `[bypass]` lists replaced by
-/// `policy` (with profiles, the lists belong in them).
-fn with_policy(gateway_toml: &str, policy: &str) -> String {
-    let head = gateway_toml
-        .split("[bypass]")
-        .next()
-        .expect("the default file has a [bypass] section");
-    format!("{head}{policy}")
-}
 
 /// What the server at `dst` saw as our address, from client address `src`.
 fn whoami(lab: &Lab, src: &str, dst: impl Into<IpAddr>) -> String {
@@ -424,231 +415,66 @@ fn trusted_network_detection_flips_the_action() {
     );
 }
 
-/// Two policies that tunnel alice's stream by different paths (her
-/// profile is index 0 in A, index 1 in B; the other index sends the
-/// stream's destination direct): a frame classified by a mix of the two
-/// would leave the gateway directly, and the nftables counter on `inet`
-/// would see it.
-fn mix_pair(flip: bool) -> String {
-    let tunnel = "[[profile]]\nname = \"tunnel\"\n";
-    let direct = "[[profile]]\nname = \"direct\"\nexclude = [\"203.0.113.10/32\"]\n";
-    let (first, second) = if flip {
-        (direct, tunnel)
-    } else {
-        (tunnel, direct)
-    };
-    format!(
-        "[policy]\ndefault_profile = \"direct\"\n\n[[identity]]\nsource = \"192.0.2.10\"\nuser = \"alice\"\ngroups = [\"g\"]\n\n[[rule]]\ngroup = \"g\"\nprofile = \"tunnel\"\n\n{first}\n{second}"
-    )
-}
-
-/// UDP datagrams dropped for want of receive-buffer room in `inet`.
-fn udp_rcvbuf_errors(lab: &Lab) -> u64 {
-    let snmp = lab.run_ok(Host::Inet, &["cat", "/proc/net/snmp"]);
-    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
-    let (Some(names), Some(values)) = (udp.next(), udp.next()) else {
-        panic!("no Udp lines in /proc/net/snmp:\n{snmp}");
-    };
-    names
-        .split_whitespace()
-        .zip(values.split_whitespace())
-        .find(|(n, _)| *n == "RcvbufErrors")
-        .and_then(|(_, v)| v.parse().ok())
-        .unwrap_or_else(|| panic!("no RcvbufErrors in:\n{names}\n{values}"))
-}
-
-/// Parses a `Duration`'s `Debug` text (`850µs`, `1.2ms`, `3s`).
-fn debug_duration(s: &str) -> Option<Duration> {
-    let s = s.trim();
-    let (num, unit) = s.split_at(s.find(|c: char| c.is_alphabetic() || c == 'µ')?);
-    let v: f64 = num.parse().ok()?;
-    let secs = match unit {
-        "ns" => v / 1e9,
-        "µs" => v / 1e6,
-        "ms" => v / 1e3,
-        "s" => v,
-        _ => return None,
-    };
-    Some(Duration::from_secs_f64(secs))
-}
-
 #[test]
 fn a_stream_survives_hundreds_of_swaps_without_loss_or_mix() {
     if !require_root("a_stream_survives_hundreds_of_swaps_without_loss_or_mix") {
         return;
     }
     let lab = Lab::new();
-    let mut s = Sluice::prepare(&lab, bin(), |t| with_policy(t, &mix_pair(false)));
+    let mut s = Sluice::prepare(&lab, bin(), reload::initial);
     s.start_edge();
     s.start_gateway();
-    let base = GATEWAY_TOML;
-    let server = lab.spawn(
-        Host::Inet,
-        "iperf3",
-        // Bound to the server address: replies to the UDP stream must come
-        // from the address the stream went to (the edge's NAT matches on it).
-        &[
-            "iperf3",
-            "-s",
-            "-1",
-            "-p",
-            "5201",
-            "-B",
-            "203.0.113.10",
-            "-J",
-        ],
-    );
-    lab.wait_tcp(
-        Host::Inet,
-        "203.0.113.10:5201".parse().unwrap(),
-        Duration::from_secs(10),
-    );
-    let before = |name: &str, label: &str| gw_metric(&lab, name, label);
-    let xdp_tunnel0 = before("sluice_xdp_packets_total", "verdict=\"tunnel\"");
-    let edge0 = s.edge_metric("sluice_edge_to_kernel_packets_total", "");
-    let rcvbuf0 = udp_rcvbuf_errors(&lab);
-    let tx0 = before("sluice_gateway_tunnel_tx_packets_total", "");
     // A bounded stream: 100 000 datagrams of 1200 bytes at 200 Mbit/s
-    // (about 5 s), while the policy flips between A and B.
-    let client = lab.spawn(
-        Host::Client,
-        "iperf3-client",
-        &[
-            "iperf3",
-            "-c",
-            "203.0.113.10",
-            "-p",
-            "5201",
-            "-u",
-            "-b",
-            "200M",
-            "-l",
-            "1200",
-            "-k",
-            "100000",
-            "-J",
-        ],
-    );
-    // Swap A and B for as long as the stream runs (until the client is a
-    // zombie): a shell loop in the gateway's namespace, one `curl` per
-    // swap.
-    let conf = s.conf_dir().to_path_buf();
-    std::fs::write(conf.join("a.toml"), with_policy(base, &mix_pair(false))).unwrap();
-    std::fs::write(conf.join("b.toml"), with_policy(base, &mix_pair(true))).unwrap();
-    let script = format!(
-        "cd {dir} && while grep -qv ') Z' /proc/{pid}/stat 2>/dev/null; do \
-           for p in b a; do cp $p.toml gateway.toml && \
-             curl -sS --fail --max-time 5 -X POST http://127.0.0.1:9477/policy/reload >> swaps.log || exit 1; \
-           done; done",
-        dir = conf.display(),
-        pid = lab.pid(client)
-    );
-    let out = lab.run_timeout(Host::Gw, &["sh", "-c", &script], Duration::from_secs(60));
-    let log = std::fs::read_to_string(conf.join("swaps.log")).unwrap_or_default();
-    assert!(
-        out.status.success(),
-        "swap loop: {}\n{log}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let mut totals: Vec<Duration> = log
-        .lines()
-        .filter_map(|l| {
-            l.split_once('(')?
-                .1
-                .split_once(')')
-                .and_then(|(d, _)| debug_duration(d))
-        })
-        .collect();
-    let swaps = u32::try_from(totals.len()).unwrap_or(u32::MAX);
-    let status = lab.wait_exit(client, Duration::from_secs(30));
-    assert!(
-        status.success(),
-        "iperf3 client: {}",
-        lab.log("iperf3-client")
-    );
-    // The server writes its report when the test ends (one test, `-1`).
-    lab.wait_exit(server, Duration::from_secs(10));
-    let report: serde_json::Value = serde_json::from_str(&lab.log("iperf3"))
-        .unwrap_or_else(|e| panic!("iperf3 server JSON: {e}\n{}", lab.log("iperf3")));
-    let end = &report["end"];
-    let sum_ = if end["sum"]["packets"].is_u64() {
-        &end["sum"]
-    } else {
-        &end["sum_received"]
+    // (about 5 s), while the policy flips between the two.
+    let stream = reload::Stream {
+        rate: "200M".into(),
+        datagrams: 100_000,
+        len: 1200,
+        load: reload::Load::Swap,
+        tag: "swaps".into(),
     };
-    assert!(
-        sum_["packets"].is_u64(),
-        "iperf3 server JSON without packet counts: {}\n--- server ---\n{}\n--- client ---\n{}",
-        serde_json::to_string(end).unwrap_or_default(),
-        lab.log("iperf3"),
-        lab.log("iperf3-client")
-    );
-    let (lost, packets) = (
-        sum_["lost_packets"].as_u64().unwrap_or(u64::MAX),
-        sum_["packets"].as_u64().unwrap_or(0),
-    );
-    totals.sort();
-    let pct = |p: usize| totals[(totals.len() - 1) * p / 100];
+    let o = reload::run(&lab, &s, &stream).unwrap_or_else(|e| panic!("{e:#}\n{}", logs(&lab)));
     println!(
-        "{swaps} swaps during the stream; swap (compile + write idle slot + flip) p50 {:?}, p99 {:?}, max {:?}; iperf3 server: {packets} datagrams counted, {lost} lost",
-        pct(50),
-        pct(99),
-        totals.last().unwrap()
+        "{} swaps during the stream; swap (compile + write idle slot + flip) p50 {:?}, p99 {:?}, max {:?}; iperf3 server: {} datagrams counted, {} lost",
+        o.swaps,
+        o.swap_percentile(50),
+        o.swap_percentile(99),
+        o.swap_percentile(100),
+        o.datagrams,
+        o.lost
     );
-    let edge_in = s.edge_metric("sluice_edge_to_kernel_packets_total", "") - edge0;
-    let rcvbuf = udp_rcvbuf_errors(&lab) - rcvbuf0;
-    let xdp_tunnel = before("sluice_xdp_packets_total", "verdict=\"tunnel\"") - xdp_tunnel0;
-    let tx = before("sluice_gateway_tunnel_tx_packets_total", "") - tx0;
     println!(
-        "frames tunnelled by the classifier {xdp_tunnel}, sent into the tunnel {tx}, delivered by the edge {edge_in}; datagrams the server's socket had no room for {rcvbuf}"
+        "frames tunnelled by the classifier {}, sent into the tunnel {}, delivered by the edge {}; datagrams the server's socket had no room for {}",
+        o.tunnelled, o.into_tunnel, o.out_of_edge, o.rcvbuf_errors
     );
-    assert!(swaps >= 100, "only {swaps} swaps during the stream");
+    assert!(o.swaps >= 100, "only {} swaps during the stream", o.swaps);
     // Misclassified: a mix would have sent the stream direct.
-    assert_eq!(
-        lab.nft_counter(counter::GW_TO_TUNNELLED_V4),
-        0,
-        "mixed verdicts"
-    );
+    assert_eq!(o.direct, 0, "mixed verdicts");
+    assert_eq!(lab.nft_counter(counter::LAN_LEAK_V4), 0);
     // Lost: every frame the classifier tunnelled went into the tunnel and
     // out of the edge (the stream and its control connection: nothing
     // else is tunnelled meanwhile). What iperf3 counts as lost beyond that
     // is the receiving socket's overflow on this 2-core machine (the swap
     // loop competes for the CPU), not the swaps: it is all accounted for
     // by the kernel's receive-buffer errors.
-    assert!(xdp_tunnel >= 100_000, "{xdp_tunnel} frames tunnelled");
-    assert_eq!(tx, xdp_tunnel, "frames tunnelled vs sent into the tunnel");
+    assert!(o.tunnelled >= 100_000, "{} frames tunnelled", o.tunnelled);
     assert_eq!(
-        edge_in, xdp_tunnel,
+        o.into_tunnel, o.tunnelled,
+        "frames tunnelled vs sent into the tunnel"
+    );
+    assert_eq!(
+        o.out_of_edge, o.tunnelled,
         "frames tunnelled vs delivered by the edge"
     );
     assert!(
-        lost <= rcvbuf,
-        "{lost} datagrams lost, {rcvbuf} receive-buffer errors\n{}",
+        o.lost <= o.rcvbuf_errors,
+        "{} datagrams lost, {} receive-buffer errors\n{}",
+        o.lost,
+        o.rcvbuf_errors,
         logs(&lab)
     );
-    for drop in [
-        "sluice_gateway_drop_tunnel_down_total",
-        "sluice_gateway_drop_backpressure_total",
-        "sluice_gateway_drop_no_verdict_total",
-        "sluice_gateway_drop_malformed_total",
-    ] {
-        assert_eq!(before(drop, ""), 0, "{drop}");
+    for ((name, label), n) in reload::DROPS.iter().zip(&o.drops) {
+        assert_eq!(*n, 0, "{name}{{{label}}}");
     }
-    for verdict in [
-        "drop_no_meta",
-        "drop_no_socket",
-        "bypass",
-        "direct_network",
-        "direct_fail_open",
-    ] {
-        assert_eq!(
-            before(
-                "sluice_xdp_packets_total",
-                &format!("verdict=\"{verdict}\"")
-            ),
-            0,
-            "{verdict}"
-        );
-    }
-    assert_eq!(before("sluice_policy_generation", ""), u64::from(swaps) + 1);
+    assert_eq!(o.generations, o.swaps);
 }

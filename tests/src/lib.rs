@@ -41,6 +41,7 @@ mod lab;
 mod nft;
 mod peer;
 mod proc;
+pub mod reload;
 #[cfg(test)]
 mod selftest;
 mod sys;

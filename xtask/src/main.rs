@@ -163,7 +163,7 @@ fn tally(line: &str) -> Option<(u64, u64)> {
 }
 
 /// The fuzz targets in `dataplane/fuzz` (cargo-fuzz).
-const FUZZ_TARGETS: [&str; 7] = [
+const FUZZ_TARGETS: [&str; 8] = [
     "tunnel_frames",
     "tunnel_records",
     "packet_views",
@@ -171,6 +171,7 @@ const FUZZ_TARGETS: [&str; 7] = [
     "gro",
     "dns",
     "elf",
+    "policy",
 ];
 /// How long `test` runs each fuzz target: enough to catch a target that
 /// no longer builds or crashes at once, not a fuzzing campaign.

@@ -1079,17 +1079,161 @@ fn main() -> Result<()> {
     } else {
         Ok(String::new())
     };
+    let policy = if a.wants("policy") {
+        policy_measurements(&lab, &a)
+    } else {
+        Ok(String::new())
+    };
     drop(lab);
     report(&rows?, &a)?;
-    let endpoint = endpoint?;
-    if !endpoint.is_empty() {
-        let md = a.out.join("results.md");
-        let mut text = std::fs::read_to_string(&md)?;
-        text.push_str(&endpoint);
-        write(&md, &text)?;
-        println!("{endpoint}");
+    for section in [endpoint?, policy?] {
+        if !section.is_empty() {
+            let md = a.out.join("results.md");
+            let mut text = std::fs::read_to_string(&md)?;
+            text.push_str(&section);
+            write(&md, &text)?;
+            println!("{section}");
+        }
     }
     Ok(())
+}
+
+/// Policy swaps under load: the same bounded UDP stream through the
+/// tunnel with and without the policy swapped back and forth for as long
+/// as it runs (`sluice_lab::reload`), at 200 Mbit/s and as fast as the
+/// client sends, alternating within each round. One JSON line per stream
+/// goes to `policy.json`; the returned markdown is appended to
+/// `results.md`.
+fn policy_measurements(lab: &Lab, a: &Args) -> Result<String> {
+    use sluice_lab::reload::{self, DROPS, Load, Outcome, Stream};
+    let mut s = Sluice::prepare(lab, &a.sluice, reload::initial);
+    if let Some((g, e)) = a.pin {
+        s.pin(g, e);
+    }
+    s.start_edge();
+    s.start_gateway();
+    let rates: [(&str, u64); 2] = if a.smoke {
+        [("200M", 20_000), ("0", 20_000)]
+    } else {
+        [("200M", 100_000), ("0", 300_000)]
+    };
+    let loads = [Load::Idle, Load::Poll, Load::Swap];
+    let mut runs: Vec<(String, Load, Outcome)> = Vec::new();
+    let mut json = String::new();
+    for round in 0..a.repeat {
+        for (rate, datagrams) in rates {
+            for load in loads {
+                settle()?;
+                let stream = Stream {
+                    rate: rate.into(),
+                    datagrams,
+                    len: 1200,
+                    load,
+                    tag: format!("r{round}-{rate}-{load:?}"),
+                };
+                let o = reload::run(lab, &s, &stream)?;
+                let ms = |d: Option<Duration>| d.map_or(f64::NAN, |d| d.as_secs_f64() * 1e3);
+                let _ = writeln!(
+                    json,
+                    "{}",
+                    serde_json::json!({
+                        "round": round, "rate": rate, "load": load.name(), "swaps": o.swaps,
+                        "swap_p50_ms": ms(o.swap_percentile(50)),
+                        "swap_p99_ms": ms(o.swap_percentile(99)),
+                        "swap_max_ms": ms(o.swap_percentile(100)),
+                        "datagrams": o.datagrams, "lost": o.lost,
+                        "rcvbuf_errors": o.rcvbuf_errors, "gbps": o.gbps,
+                        "tunnelled": o.tunnelled, "into_tunnel": o.into_tunnel,
+                        "out_of_edge": o.out_of_edge, "misclassified": o.direct,
+                        "drops": DROPS.iter().zip(&o.drops)
+                            .map(|((n, l), v)| (format!("{n}{{{l}}}"), *v))
+                            .collect::<std::collections::BTreeMap<_, _>>(),
+                    })
+                );
+                println!(
+                    "labbench: policy {rate} beside the stream: {}: {} swaps, {:.3} Gbit/s, {} datagrams, {} lost ({} socket overflow), {} lost in sluice, {} misclassified",
+                    load.name(),
+                    o.swaps,
+                    o.gbps,
+                    o.datagrams,
+                    o.lost,
+                    o.rcvbuf_errors,
+                    o.lost_in_sluice(),
+                    o.direct
+                );
+                runs.push((rate.to_string(), load, o));
+            }
+        }
+    }
+    if let Some(id) = s.gateway.take() {
+        lab.stop(id);
+    }
+    s.stop_edge();
+    std::fs::create_dir_all(&a.out)?;
+    write(&a.out.join("policy.json"), &json)?;
+    let mut md = String::from(
+        "\n## Policy swaps under load\n\nA bounded UDP stream (1200-byte datagrams) from the LAN \
+         client through the tunnel, beside three loads in the gateway's namespace, in turn \
+         in each round: none; a shell loop that copies a file and asks the gateway for its \
+         policy state (`GET /policy`), back to back (the control: on two CPUs the loop's \
+         processes compete with the gateway); the same loop swapping the policy instead \
+         (`POST /policy/reload` after copying the other of two policies that tunnel the \
+         stream by different profiles: a packet classified by a mix would go direct). \
+         Medians over the rounds for rates, sums for counts. Swap time: request to flip \
+         (compile, write the idle slot, flip). Lost in sluice: frames the classifier \
+         steered to the tunnel that the edge did not deliver; counted drops: sluice's drop \
+         counters (the AF_XDP socket's kernel counters, tunnel down, backpressure, no \
+         verdict, ...), which should account for all of it. Misclassified: packets that \
+         reached the tunnelled server directly from the gateway.\n\n\
+         | rate | beside the stream | swaps per stream | swap p50 ms | swap p99 ms | swap max ms | Gbit/s | datagrams | iperf3 lost | of which socket overflow | lost in sluice | counted drops | misclassified |\n\
+         | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+    );
+    for (rate, _) in rates {
+        for load in loads {
+            let sel: Vec<&Outcome> = runs
+                .iter()
+                .filter(|(r, l, _)| r == rate && *l == load)
+                .map(|(_, _, o)| o)
+                .collect();
+            let med = |f: &dyn Fn(&Outcome) -> f64| {
+                let mut v: Vec<f64> = sel.iter().map(|o| f(o)).collect();
+                v.sort_by(f64::total_cmp);
+                v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+            };
+            let total = |f: &dyn Fn(&Outcome) -> u64| sel.iter().map(|o| f(o)).sum::<u64>();
+            let mut times: Vec<Duration> = sel
+                .iter()
+                .flat_map(|o| o.swap_times.iter().copied())
+                .collect();
+            times.sort();
+            let all = Outcome {
+                swap_times: times,
+                ..Outcome::default()
+            };
+            let ms = |p| {
+                all.swap_percentile(p)
+                    .map_or("-".to_string(), |d| format!("{:.3}", d.as_secs_f64() * 1e3))
+            };
+            let _ = writeln!(
+                md,
+                "| {} | {} | {:.0} | {} | {} | {} | {:.3} | {} | {} | {} | {} | {} | {} |",
+                if rate == "0" { "full" } else { "200 Mbit/s" },
+                load.name(),
+                med(&|o| o.swaps as f64),
+                ms(50),
+                ms(99),
+                ms(100),
+                med(&|o| o.gbps),
+                total(&|o| o.datagrams),
+                total(&|o| o.lost),
+                total(&|o| o.rcvbuf_errors),
+                total(&Outcome::lost_in_sluice),
+                total(&|o| o.drops.iter().sum()),
+                total(&|o| o.direct),
+            );
+        }
+    }
+    Ok(md)
 }
 
 /// Endpoint mode's two measurements, in the same run: process attribution

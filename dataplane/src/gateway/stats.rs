@@ -62,6 +62,13 @@ worker_stats! {
     /// Dropped: no valid verdict in front of the frame, or a tunnel this
     /// worker does not have.
     drop_no_verdict: "counter", "sluice_gateway_drop_no_verdict_total", "Frames dropped because the classifier's verdict was missing or named an unknown tunnel.";
+    /// The kernel's count of frames the `AF_XDP` socket dropped (read
+    /// every second).
+    xsk_rx_dropped: "counter", "sluice_gateway_xsk_rx_dropped_total", "Frames the kernel dropped at this worker's AF_XDP socket (XDP_STATISTICS rx_dropped), read every second.";
+    /// Frames dropped because the RX ring was full (the worker fell behind).
+    xsk_rx_ring_full: "counter", "sluice_gateway_xsk_rx_ring_full_total", "Frames the kernel dropped because this worker's AF_XDP RX ring was full (rx_ring_full), read every second.";
+    /// Times the kernel found the fill ring empty.
+    xsk_fill_ring_empty: "counter", "sluice_gateway_xsk_fill_ring_empty_total", "Times the kernel found this worker's AF_XDP fill ring empty (rx_fill_ring_empty_descs), read every second.";
 }
 
 /// One worker's per-tunnel counters, indexed by tenant

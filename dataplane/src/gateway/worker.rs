@@ -56,6 +56,9 @@ const RX_BATCH: usize = 64;
 const TX_BATCH: usize = 64;
 /// Longest wait in poll, so that `stop` is noticed.
 const MAX_WAIT: Duration = Duration::from_millis(100);
+/// How often a worker reads its `AF_XDP` socket's kernel counters (one
+/// `getsockopt`).
+const XSK_STATS_EVERY: Duration = Duration::from_secs(1);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
@@ -162,6 +165,8 @@ pub(super) struct Worker {
     poll: Poll,
     /// Local tallies, published to `stats` once per iteration.
     tally: Tally,
+    /// When the `AF_XDP` socket's kernel counters are read next.
+    next_xsk_stats: Instant,
 }
 
 impl std::fmt::Debug for Worker {
@@ -253,6 +258,7 @@ impl Worker {
             domains,
             poll,
             tally: Tally::default(),
+            next_xsk_stats: Instant::now(),
         })
     }
 
@@ -304,6 +310,10 @@ impl Worker {
                 self.flush_tunnel(t, now);
             }
             self.tally.publish(&self.stats, &self.tenant_stats);
+            if now >= self.next_xsk_stats {
+                self.next_xsk_stats = now + XSK_STATS_EVERY;
+                self.read_xsk_stats();
+            }
         }
         for tun in &mut self.tunnels {
             if let Link::Up { sock, sess } = &mut tun.link {
@@ -314,6 +324,25 @@ impl Worker {
         self.stats.tunnel_up.store(0, Relaxed);
         for up in &self.tenant_stats.up {
             up.store(0, Relaxed);
+        }
+    }
+
+    /// Copies the kernel's counters of the `AF_XDP` socket (frames it
+    /// dropped before this worker saw them: RX ring full, fill ring empty)
+    /// into the worker's metrics.
+    fn read_xsk_stats(&self) {
+        let Port::Xsk { xsk, .. } = &self.port else {
+            return;
+        };
+        match xsk.statistics() {
+            Ok(k) => {
+                self.stats.xsk_rx_dropped.store(k.rx_dropped, Relaxed);
+                self.stats.xsk_rx_ring_full.store(k.rx_ring_full, Relaxed);
+                self.stats
+                    .xsk_fill_ring_empty
+                    .store(k.rx_fill_ring_empty_descs, Relaxed);
+            }
+            Err(e) => log::debug!("queue {}: XDP_STATISTICS: {e}", self.queue),
         }
     }
 

@@ -54,11 +54,63 @@ pub enum CompileError {
     },
 }
 
+/// A longest-prefix index over a list of prefixes (the value: the
+/// position in the list), so that a userspace lookup is a trie walk, not a
+/// scan of the list. Derived from the list: it compares equal to any other
+/// index.
+#[derive(Clone, Default)]
+pub struct PrefixIndex {
+    v4: prefix_trie::PrefixMap<(u32, u8), u32>,
+    v6: prefix_trie::PrefixMap<(u128, u8), u32>,
+}
+
+impl PrefixIndex {
+    /// Indexes `prefixes` (for a prefix listed twice, the last).
+    pub fn build<'a>(prefixes: impl Iterator<Item = &'a Prefix>) -> Self {
+        let mut ix = Self::default();
+        for (i, p) in prefixes.enumerate() {
+            let i = u32::try_from(i).unwrap_or(u32::MAX);
+            match p.addr() {
+                IpAddr::V4(a) => {
+                    ix.v4.insert((u32::from(a), p.len()), i);
+                }
+                IpAddr::V6(a) => {
+                    ix.v6.insert((u128::from(a), p.len()), i);
+                }
+            }
+        }
+        ix
+    }
+
+    /// The position of the longest prefix containing `ip`.
+    pub fn longest(&self, ip: IpAddr) -> Option<usize> {
+        let i = match ip {
+            IpAddr::V4(a) => self.v4.get_lpm(&(u32::from(a), 32)).map(|(_, i)| *i),
+            IpAddr::V6(a) => self.v6.get_lpm(&(u128::from(a), 128)).map(|(_, i)| *i),
+        }?;
+        usize::try_from(i).ok()
+    }
+}
+
+impl std::fmt::Debug for PrefixIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PrefixIndex { .. }")
+    }
+}
+
+impl PartialEq for PrefixIndex {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
 /// One profile's compiled tables.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ProfileTables {
     /// Destination nodes and their resolved entries.
     pub nodes: Vec<(Prefix, DestEntry)>,
+    /// `nodes` indexed by prefix.
+    pub index: PrefixIndex,
     /// Source-port bypasses.
     pub source_ports: Vec<u16>,
     /// Fails open.
@@ -72,6 +124,8 @@ pub struct ProfileTables {
 pub struct Tables {
     /// Source nodes and their profile.
     pub sources: Vec<(Prefix, u16)>,
+    /// `sources` indexed by prefix.
+    pub source_index: PrefixIndex,
     /// Per profile.
     pub profiles: Vec<ProfileTables>,
     /// The profile of this host's own flows.
@@ -123,8 +177,10 @@ impl Tables {
             .filter(|(_, d)| *d)
             .map(|(p, _)| *p)
             .collect();
+        let sources = compile_sources(policy);
         Ok(Self {
-            sources: compile_sources(policy),
+            source_index: PrefixIndex::build(sources.iter().map(|(p, _)| p)),
+            sources,
             profiles,
             local_profile,
             local_direct,
@@ -134,7 +190,9 @@ impl Tables {
 
     /// The profile of source `src` (the source table's longest match).
     pub fn profile_of(&self, src: IpAddr) -> usize {
-        longest(self.sources.iter().map(|(p, v)| (p, v)), src).map_or(0, |v| usize::from(*v))
+        self.source_index
+            .longest(src)
+            .map_or(0, |i| usize::from(self.sources[i].1))
     }
 
     /// The verdict for a flow, as the classifier computes it (without
@@ -160,9 +218,10 @@ impl Tables {
         proto: Proto,
     ) -> Verdict {
         let p = &self.profiles[profile];
-        let Some(e) = longest(p.nodes.iter().map(|(p, v)| (p, v)), dst) else {
+        let Some(i) = p.index.longest(dst) else {
             return Verdict::Direct;
         };
+        let e = &p.nodes[i].1;
         Verdict::from_action(resolve(e, &p.source_ports, sport, dport, proto.0))
     }
 
@@ -196,13 +255,6 @@ pub fn resolve(e: &DestEntry, source_ports: &[u16], sport: u16, dport: u16, prot
                 }
         })
         .map_or(e.action, |r| r.action)
-}
-
-fn longest<'a, V>(nodes: impl Iterator<Item = (&'a Prefix, &'a V)>, ip: IpAddr) -> Option<&'a V> {
-    nodes
-        .filter(|(p, _)| p.contains(ip))
-        .max_by_key(|(p, _)| p.len())
-        .map(|(_, v)| v)
 }
 
 fn defaults() -> [Prefix; 2] {
@@ -345,6 +397,7 @@ fn compile_profile(policy: &Policy, index: usize) -> Result<ProfileTables, Compi
         out.push((node, e));
     }
     Ok(ProfileTables {
+        index: PrefixIndex::build(out.iter().map(|(p, _)| p)),
         nodes: out,
         source_ports: p.source_ports.clone(),
         fail_open: p.fail == FailMode::Open,
