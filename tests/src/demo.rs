@@ -145,6 +145,39 @@ fn exercise(lab: &Lab, bin: &Path) -> anyhow::Result<()> {
     }
 
     println!(
+        "\ndemo: why (sluice policy explain --live: the running gateway's policy, for a flow from the client)"
+    );
+    let conf = s.conf_dir().join("gateway.toml");
+    let conf = conf.to_string_lossy();
+    let bin_s = bin.to_string_lossy();
+    let client = addr::CLIENT_V4.to_string();
+    for (dst, expect) in [
+        (addr::TUNNELLED_V4, "outcome:  tunnel (internet)"),
+        (addr::BYPASSED_V4, "outcome:  direct"),
+    ] {
+        check_stop()?;
+        let dst = dst.to_string();
+        let argv = [
+            &*bin_s, "policy", "explain", "--config", &conf, "--live", "--src", &client, "--dst",
+            &dst, "--dport", "8080",
+        ];
+        let out = lab.run(Host::Gw, &argv);
+        let text = String::from_utf8_lossy(&out.stdout);
+        let ok = out.status.success() && text.lines().any(|l| l.starts_with(expect));
+        failed += usize::from(!ok);
+        println!(
+            "  $ sluice policy explain --live --src {client} --dst {dst} --dport 8080{}",
+            if ok { "" } else { "   UNEXPECTED" }
+        );
+        for line in text
+            .lines()
+            .chain(String::from_utf8_lossy(&out.stderr).lines())
+        {
+            println!("  | {line}");
+        }
+    }
+
+    println!(
         "\ndemo: process bypass (endpoint mode on the gateway host; config: processes = [\"fetch-byname\"])"
     );
     let curl_bin = std::fs::canonicalize("/usr/bin/curl")?;
