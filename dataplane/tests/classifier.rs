@@ -1185,7 +1185,7 @@ mod policy {
         let prepared = c
             .prepare_policy(&t)
             .unwrap_or_else(|e| panic!("prepare: {}", chain(&e)));
-        let generation = c.commit_policy(prepared).unwrap();
+        let generation = c.commit_policy(prepared, false).unwrap();
         (t, generation)
     }
 
@@ -1343,7 +1343,7 @@ mod policy {
             };
             assert_eq!(moved, old_default, "round {round}: before commit");
             assert_eq!(run_meta(&c, &web).1, "[tunnel+1, drop_no_socket+1]");
-            let g = c.commit_policy(prepared).unwrap();
+            let g = c.commit_policy(prepared, false).unwrap();
             let (_, moved, meta) = run_meta(&c, &web);
             assert_eq!(moved, "[tunnel+1, drop_no_socket+1]", "round {round}");
             assert_eq!(meta, Some((ACTION_TUNNEL, g as u16)));

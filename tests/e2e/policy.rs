@@ -401,6 +401,54 @@ fn trusted_network_detection_flips_the_action() {
             .contains("sluice_network_state{state=\"on-trusted\"} 1")
     );
     assert!(lab.log("gateway").contains("network on-trusted"));
+    // The actions reload with the policy and take effect at once, in the
+    // state the network is in: on the trusted network, `on_trusted =
+    // "tunnel"` tunnels again (nothing leaves direct), and back.
+    let file = s.conf_dir().join("gateway.toml");
+    let original = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(
+        &file,
+        original.replace("on_trusted = \"direct\"", "on_trusted = \"tunnel\""),
+    )
+    .unwrap();
+    sluice(&lab, Host::Gw, &["policy", "reload", "--config", &cfg]);
+    assert!(
+        status().contains("internet traffic: by the app profiles"),
+        "{}",
+        status()
+    );
+    let direct_before = lab.nft_counter(counter::GW_TO_TUNNELLED_V4);
+    assert_eq!(
+        whoami(&lab, &client, addr::TUNNELLED_V4),
+        addr::EDGE_WAN_V4.to_string(),
+        "on_trusted = tunnel after a reload, on the trusted network"
+    );
+    assert_eq!(lab.nft_counter(counter::GW_TO_TUNNELLED_V4), direct_before);
+    std::fs::write(&file, &original).unwrap();
+    sluice(&lab, Host::Gw, &["policy", "reload", "--config", &cfg]);
+    assert_eq!(
+        whoami(&lab, &client, addr::TUNNELLED_V4),
+        addr::GW_WAN_V4.to_string()
+    );
+    // The criteria are read by a detector started with the gateway: a
+    // reload that changes them is refused, and the running policy stays.
+    std::fs::write(
+        &file,
+        original.replace("198.51.100.200/29", "198.51.100.208/29"),
+    )
+    .unwrap();
+    let b = bin().to_string_lossy().into_owned();
+    let out = lab.run(Host::Gw, &[&b, "policy", "reload", "--config", &cfg]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("detection takes a restart"),
+        "{err}"
+    );
+    std::fs::write(&file, &original).unwrap();
+    assert_eq!(
+        whoami(&lab, &client, addr::TUNNELLED_V4),
+        addr::GW_WAN_V4.to_string()
+    );
     // And back.
     lab.run_ok(
         Host::Gw,

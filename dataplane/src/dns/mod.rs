@@ -63,7 +63,7 @@ pub struct Endpoints {
 }
 
 /// Limits and TTL bounds.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
     /// Shortest time an answered address stays (a TTL of 0 or 5 s would
     /// otherwise expire before the client's connection starts).

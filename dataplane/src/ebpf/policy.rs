@@ -205,11 +205,17 @@ impl Classifier {
         Ok(prepared)
     }
 
-    /// Makes the prepared slot live: one update of the state's `slot`
-    /// word. Returns the new generation.
-    pub fn commit_policy(&mut self, prepared: Prepared) -> Result<u32, EbpfError> {
+    /// Makes the prepared slot live, with the forwarding profile's
+    /// internet-direct flag for the new policy, in one update of the state.
+    /// Returns the new generation.
+    pub fn commit_policy(
+        &mut self,
+        prepared: Prepared,
+        internet_direct: bool,
+    ) -> Result<u32, EbpfError> {
         let mut s = self.slots.state;
         s.slot = prepared.slot;
+        s.internet_direct = u32::from(internet_direct);
         s.installed = 1;
         s.generation = s.generation.wrapping_add(1);
         self.write_state(s)?;

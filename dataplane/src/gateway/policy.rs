@@ -130,6 +130,13 @@ pub(crate) struct PolicyControl {
     routing: Mutex<Option<Arc<crate::endpoint::Routing>>>,
     /// Trusted-network detection, for the status and metrics.
     detector: Mutex<Option<Arc<crate::policy::trusted::Detector>>>,
+    /// Where detection looks and the domain bypass's settings: fixed at
+    /// start (a reload that changes them is refused).
+    fixed: (crate::config::DetectionSources, DnsSettings),
+    /// Serialises swaps and network-state changes, so that the
+    /// internet-direct flag always follows the policy in force and the
+    /// latest network state.
+    serial: Mutex<()>,
 }
 
 /// The tunnels of a configuration: the internet tenant's, then each
@@ -143,6 +150,13 @@ pub(crate) fn tunnels(cfg: &GatewayConfig) -> Vec<(String, TunnelConfig)> {
                 .map(|t| (t.name.clone(), t.tunnel.clone())),
         )
         .collect()
+}
+
+/// `[bypass]`'s DNS settings other than the names (which are policy).
+type DnsSettings = (crate::dns::Limits, usize, Vec<std::net::IpAddr>);
+
+fn dns_settings(d: &crate::config::DomainBypass) -> DnsSettings {
+    (d.limits, d.max_entries, d.servers.clone())
 }
 
 fn same_tunnel(a: &TunnelConfig, b: &TunnelConfig) -> bool {
@@ -188,6 +202,8 @@ impl PolicyControl {
             tunnels: tunnels(cfg).into_iter().map(|(_, t)| t).collect(),
             routing: Mutex::new(None),
             detector: Mutex::new(None),
+            fixed: (cfg.detection.clone(), dns_settings(&cfg.domains)),
+            serial: Mutex::new(()),
         });
         control.apply(cfg.policy.clone(), "start")?;
         Ok(control)
@@ -236,6 +252,10 @@ impl PolicyControl {
     /// Compiles `policy`, writes it into the idle slot, swaps it in and
     /// publishes it. On error nothing changed: the old policy runs on.
     pub(crate) fn apply(&self, policy: Policy, why: &str) -> Result<SwapReport, String> {
+        let _serial = self
+            .serial
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let started = Instant::now();
         let result = self.swap(policy, why, started);
         let mut inner = self.inner();
@@ -264,6 +284,14 @@ impl PolicyControl {
 
     fn swap(&self, policy: Policy, why: &str, started: Instant) -> Result<SwapReport, String> {
         let tables = Tables::compile(&policy).map_err(|e| e.to_string())?;
+        // The forwarding profile's action for the current network state
+        // (off-trusted until detection says otherwise, and always without
+        // criteria), under the new policy: it flips with the tables.
+        let state = self
+            .inner()
+            .network
+            .map_or(NetworkState::OffTrusted, |(s, _)| s);
+        let internet_direct = policy.forwarding.action(state) == crate::policy::NetAction::Direct;
         let matcher = Arc::new(DomainMatcher::new(&policy));
         let patterns = domain_patterns(&policy);
         let ((entries, prepare), generation, commit) = self
@@ -275,7 +303,7 @@ impl PolicyControl {
                 |c, p| {
                     let info = (p.sources + p.destinations, p.took);
                     let t = Instant::now();
-                    let g = c.commit_policy(p)?;
+                    let g = c.commit_policy(p, internet_direct)?;
                     Ok((info, g, t.elapsed()))
                 },
             )
@@ -351,8 +379,25 @@ impl PolicyControl {
                     .join(", ")
             ));
         }
-        let mut policy = cfg.policy;
         let running = self.policy();
+        let (detection, domains) = &self.fixed;
+        let f = &cfg.policy.forwarding;
+        if f.criteria != running.forwarding.criteria
+            || f.interval != running.forwarding.interval
+            || cfg.detection != *detection
+        {
+            return Err(format!(
+                "{}: the trusted-network criteria or where they are read changed: detection takes a restart (the actions on_trusted, off_trusted and vpn_trusted reload)",
+                self.path.display()
+            ));
+        }
+        if dns_settings(&cfg.domains) != *domains {
+            return Err(format!(
+                "{}: [bypass]'s DNS settings (dns_servers, TTL bounds, table size) changed: they take a restart",
+                self.path.display()
+            ));
+        }
+        let mut policy = cfg.policy;
         if self.inner().switched
             && let Some(name) = running
                 .active_tenant
@@ -374,6 +419,10 @@ impl PolicyControl {
 
     /// The network state changed: internet traffic goes direct or not.
     pub(crate) fn set_network(&self, state: NetworkState) {
+        let _serial = self
+            .serial
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let direct = self.policy().forwarding.action(state) == crate::policy::NetAction::Direct;
         if let Ok(mut c) = self.classifier.lock()
             && let Err(e) = c.set_internet_direct(direct)
@@ -462,7 +511,14 @@ impl PolicyControl {
                 );
             }
             _ => {
-                let _ = writeln!(out, "network: not evaluated (no trusted-network criteria)");
+                let _ = writeln!(
+                    out,
+                    "network: not evaluated (no trusted-network criteria: off-trusted)\ninternet traffic: {}",
+                    match p.forwarding.off_trusted {
+                        crate::policy::NetAction::Direct => "direct (forwarding profile)",
+                        crate::policy::NetAction::Tunnel => "by the app profiles",
+                    }
+                );
             }
         }
         for (t, d) in inner.down.iter().enumerate() {
