@@ -422,6 +422,15 @@ impl Doc<'_> {
                             .map_or(0..0, Spanned::span),
                         "profile".to_string(),
                     ),
+                    policy::compile::CompileError::TooLarge { what, .. } => (
+                        0..0,
+                        if *what == "source" {
+                            "identity"
+                        } else {
+                            "profile"
+                        }
+                        .to_string(),
+                    ),
                 };
                 return Err(self.err(span, &field, e.to_string()));
             }

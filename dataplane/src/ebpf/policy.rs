@@ -137,63 +137,13 @@ impl Classifier {
         let slot = self.next_policy_slot();
         self.clear_slot(slot)?;
         let mut keys = SlotKeys::default();
-        let src_entry = |profile: u16| {
-            let p = &tables.profiles[usize::from(profile)];
-            let mut e = ProfileEntry {
-                profile: profile_id(slot, u32::from(profile)),
-                flags: if p.fail_open { PROFILE_FAIL_OPEN } else { 0 },
-                grace_ns: saturating_ns(p.grace),
-                source_ports: [0; sluice_common::POLICY_SOURCE_PORTS],
-            };
-            for (s, port) in e.source_ports.iter_mut().zip(&p.source_ports) {
-                *s = *port;
-            }
-            e
-        };
-        {
-            let name = map_names::POLICY_SRC_V4;
-            let mut t = LpmTrie::<_, PolicyKeyV4, ProfileEntry>::try_from(self.map_mut(name)?)
-                .map_err(layout(name))?;
-            for (p, profile) in &tables.sources {
-                if let Some(k) = key_v4(slot, p) {
-                    insert(&mut t, name, &k, src_entry(*profile), p)?;
-                    keys.src_v4.push(k);
-                }
-            }
-        }
-        {
-            let name = map_names::POLICY_SRC_V6;
-            let mut t = LpmTrie::<_, PolicyKeyV6, ProfileEntry>::try_from(self.map_mut(name)?)
-                .map_err(layout(name))?;
-            for (p, profile) in &tables.sources {
-                if let Some(k) = key_v6(slot, p) {
-                    insert(&mut t, name, &k, src_entry(*profile), p)?;
-                    keys.src_v6.push(k);
-                }
-            }
-        }
-        for (i, prof) in tables.profiles.iter().enumerate() {
-            let tag = profile_id(slot, u32::try_from(i).unwrap_or(u32::MAX));
-            {
-                let name = map_names::POLICY_DST_V4;
-                let mut t = LpmTrie::<_, PolicyKeyV4, DestEntry>::try_from(self.map_mut(name)?)
-                    .map_err(layout(name))?;
-                for (p, e) in &prof.nodes {
-                    if let Some(k) = key_v4(tag, p) {
-                        insert(&mut t, name, &k, *e, p)?;
-                        keys.dst_v4.push(k);
-                    }
-                }
-            }
-            let name = map_names::POLICY_DST_V6;
-            let mut t = LpmTrie::<_, PolicyKeyV6, DestEntry>::try_from(self.map_mut(name)?)
-                .map_err(layout(name))?;
-            for (p, e) in &prof.nodes {
-                if let Some(k) = key_v6(tag, p) {
-                    insert(&mut t, name, &k, *e, p)?;
-                    keys.dst_v6.push(k);
-                }
-            }
+        // Every key written is recorded in the slot's list even if a later
+        // write fails: the next prepare of this slot clears them, so no
+        // entry of a failed prepare goes live with the next policy.
+        let written = self.write_slot(slot, tables, &mut keys);
+        if let Err(e) = written {
+            self.slots.keys[slot as usize] = keys;
+            return Err(e);
         }
         let prepared = Prepared {
             slot,
@@ -284,12 +234,104 @@ impl Classifier {
     }
 
     /// Removes every entry of `slot` (it is not live).
+    /// Writes `tables` into `slot`, recording each key in `keys`.
+    fn write_slot(
+        &mut self,
+        slot: u32,
+        tables: &Tables,
+        keys: &mut SlotKeys,
+    ) -> Result<(), EbpfError> {
+        let src_entry = |profile: u16| {
+            let p = &tables.profiles[usize::from(profile)];
+            let mut e = ProfileEntry {
+                profile: profile_id(slot, u32::from(profile)),
+                flags: if p.fail_open { PROFILE_FAIL_OPEN } else { 0 },
+                grace_ns: saturating_ns(p.grace),
+                source_ports: [0; sluice_common::POLICY_SOURCE_PORTS],
+            };
+            for (s, port) in e.source_ports.iter_mut().zip(&p.source_ports) {
+                *s = *port;
+            }
+            e
+        };
+        {
+            let name = map_names::POLICY_SRC_V4;
+            let mut t = LpmTrie::<_, PolicyKeyV4, ProfileEntry>::try_from(self.map_mut(name)?)
+                .map_err(layout(name))?;
+            for (p, profile) in &tables.sources {
+                if let Some(k) = key_v4(slot, p) {
+                    insert(&mut t, name, &k, src_entry(*profile), p)?;
+                    keys.src_v4.push(k);
+                }
+            }
+        }
+        {
+            let name = map_names::POLICY_SRC_V6;
+            let mut t = LpmTrie::<_, PolicyKeyV6, ProfileEntry>::try_from(self.map_mut(name)?)
+                .map_err(layout(name))?;
+            for (p, profile) in &tables.sources {
+                if let Some(k) = key_v6(slot, p) {
+                    insert(&mut t, name, &k, src_entry(*profile), p)?;
+                    keys.src_v6.push(k);
+                }
+            }
+        }
+        for (i, prof) in tables.profiles.iter().enumerate() {
+            let tag = profile_id(slot, u32::try_from(i).unwrap_or(u32::MAX));
+            {
+                let name = map_names::POLICY_DST_V4;
+                let mut t = LpmTrie::<_, PolicyKeyV4, DestEntry>::try_from(self.map_mut(name)?)
+                    .map_err(layout(name))?;
+                for (p, e) in &prof.nodes {
+                    if let Some(k) = key_v4(tag, p) {
+                        insert(&mut t, name, &k, *e, p)?;
+                        keys.dst_v4.push(k);
+                    }
+                }
+            }
+            let name = map_names::POLICY_DST_V6;
+            let mut t = LpmTrie::<_, PolicyKeyV6, DestEntry>::try_from(self.map_mut(name)?)
+                .map_err(layout(name))?;
+            for (p, e) in &prof.nodes {
+                if let Some(k) = key_v6(tag, p) {
+                    insert(&mut t, name, &k, *e, p)?;
+                    keys.dst_v6.push(k);
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn clear_slot(&mut self, slot: u32) -> Result<(), EbpfError> {
         let keys = std::mem::take(&mut self.slots.keys[slot as usize]);
-        remove_all::<PolicyKeyV4, ProfileEntry>(self, map_names::POLICY_SRC_V4, &keys.src_v4)?;
-        remove_all::<PolicyKeyV6, ProfileEntry>(self, map_names::POLICY_SRC_V6, &keys.src_v6)?;
-        remove_all::<PolicyKeyV4, DestEntry>(self, map_names::POLICY_DST_V4, &keys.dst_v4)?;
-        remove_all::<PolicyKeyV6, DestEntry>(self, map_names::POLICY_DST_V6, &keys.dst_v6)
+        let removed =
+            remove_all::<PolicyKeyV4, ProfileEntry>(self, map_names::POLICY_SRC_V4, &keys.src_v4)
+                .and_then(|()| {
+                    remove_all::<PolicyKeyV6, ProfileEntry>(
+                        self,
+                        map_names::POLICY_SRC_V6,
+                        &keys.src_v6,
+                    )
+                })
+                .and_then(|()| {
+                    remove_all::<PolicyKeyV4, DestEntry>(
+                        self,
+                        map_names::POLICY_DST_V4,
+                        &keys.dst_v4,
+                    )
+                })
+                .and_then(|()| {
+                    remove_all::<PolicyKeyV6, DestEntry>(
+                        self,
+                        map_names::POLICY_DST_V6,
+                        &keys.dst_v6,
+                    )
+                });
+        if removed.is_err() {
+            // Keys already removed are skipped next time (not found).
+            self.slots.keys[slot as usize] = keys;
+        }
+        removed
     }
 }
 

@@ -102,6 +102,8 @@ pub(crate) struct SwapReport {
     pub commit: Duration,
     /// Source and destination entries written.
     pub entries: usize,
+    /// In force, but something beside the classifier's tables failed.
+    pub degraded: Option<String>,
 }
 
 #[derive(Debug)]
@@ -263,7 +265,10 @@ impl PolicyControl {
             Ok(r) => {
                 inner.swaps += 1;
                 inner.last = Some(r.clone());
-                inner.last_error = None;
+                inner.last_error.clone_from(&r.degraded);
+                if let Some(e) = &r.degraded {
+                    log::error!("{e}");
+                }
                 log::info!(
                     "policy generation {} ({why}): {} entries prepared in {:?}, swapped in {:?}, {:?} in all",
                     r.generation,
@@ -316,16 +321,29 @@ impl PolicyControl {
             .filter(|p| !local.vpn_gateways.contains(p))
             .copied()
             .collect();
-        if let Ok(mut c) = self.classifier.lock() {
-            c.set_bypass(&direct)
-                .and_then(|()| {
-                    c.replace_bypass(
-                        sluice_common::BypassEntry::SOURCE_VPN_GATEWAY,
-                        &local.vpn_gateways,
-                    )
-                })
-                .map_err(|e| crate::ebpf::error_chain(&e))?;
-        }
+        // The classifier runs the new policy from here on: whatever fails
+        // below, it is published (explain, status, the endpoint worker and
+        // the next switch must see what the kernel runs), and the failure
+        // is reported as a degraded state.
+        let hooks = self
+            .classifier
+            .lock()
+            .map_err(|_| "the classifier's lock is poisoned".to_string())
+            .and_then(|mut c| {
+                c.set_bypass(&direct)
+                    .and_then(|()| {
+                        c.replace_bypass(
+                            sluice_common::BypassEntry::SOURCE_VPN_GATEWAY,
+                            &local.vpn_gateways,
+                        )
+                    })
+                    .map_err(|e| crate::ebpf::error_chain(&e))
+            });
+        let degraded = hooks.err().map(|e| {
+            format!(
+                "policy generation {generation} is in force, but this host's socket-hook table was not updated: {e}"
+            )
+        });
         if let Some(r) = self.routing.lock().ok().and_then(|g| g.clone()) {
             r.update(&tables.local_routes);
         }
@@ -341,6 +359,7 @@ impl PolicyControl {
             prepare,
             commit,
             entries,
+            degraded,
         })
     }
 

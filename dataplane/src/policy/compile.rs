@@ -39,6 +39,19 @@ pub enum CompileError {
     /// More profiles than the classifier holds.
     #[error("{0} profiles: at most {MAX_PROFILES}")]
     TooManyProfiles(usize),
+    /// More entries than one slot of the classifier's maps holds (each
+    /// map holds two policies: the live one and the next).
+    #[error(
+        "the policy needs {count} {what} entries in the classifier; one policy may use at most {max}"
+    )]
+    TooLarge {
+        /// Source or destination.
+        what: &'static str,
+        /// Entries needed (per address family, the larger).
+        count: usize,
+        /// Half the map.
+        max: usize,
+    },
     /// More port-specific entries cover one prefix than the classifier's
     /// per-prefix list holds.
     #[error(
@@ -172,12 +185,48 @@ impl Tables {
                 (*p, direct)
             })
             .collect();
+        // The socket hooks look up the longest direct prefix only: a
+        // tunnelled node inside a direct one must be cut out of it, or the
+        // hooks would find the enclosing direct prefix and mark the socket.
+        let holes: Vec<Prefix> = local_routes
+            .iter()
+            .filter(|(_, d)| !*d)
+            .map(|(p, _)| *p)
+            .collect();
         let local_direct = local_routes
             .iter()
             .filter(|(_, d)| *d)
-            .map(|(p, _)| *p)
+            .flat_map(|(p, _)| subtract(*p, &holes))
             .collect();
         let sources = compile_sources(policy);
+        let per_family = |prefixes: &mut dyn Iterator<Item = &Prefix>| {
+            let (mut v4, mut v6) = (0, 0);
+            for p in prefixes {
+                if p.addr().is_ipv4() {
+                    v4 += 1;
+                } else {
+                    v6 += 1;
+                }
+            }
+            usize::max(v4, v6)
+        };
+        for (what, count, max) in [
+            (
+                "source",
+                per_family(&mut sources.iter().map(|(p, _)| p)),
+                sluice_common::POLICY_SRC_MAX_ENTRIES,
+            ),
+            (
+                "destination",
+                per_family(&mut profiles.iter().flat_map(|t| t.nodes.iter().map(|(p, _)| p))),
+                sluice_common::POLICY_DST_MAX_ENTRIES,
+            ),
+        ] {
+            let max = max as usize / 2;
+            if count > max {
+                return Err(CompileError::TooLarge { what, count, max });
+            }
+        }
         Ok(Self {
             source_index: PrefixIndex::build(sources.iter().map(|(p, _)| p)),
             sources,
@@ -255,6 +304,36 @@ pub fn resolve(e: &DestEntry, source_ports: &[u16], sport: u16, dport: u16, prot
                 }
         })
         .map_or(e.action, |r| r.action)
+}
+
+/// `p` without the addresses of `holes`, as the fewest prefixes that
+/// halve `p` down to each hole.
+fn subtract(p: Prefix, holes: &[Prefix]) -> Vec<Prefix> {
+    let inside: Vec<Prefix> = holes
+        .iter()
+        .filter(|h| h.len() >= p.len() && p.contains(h.addr()))
+        .copied()
+        .collect();
+    if inside.is_empty() {
+        return vec![p];
+    }
+    if inside.iter().any(|h| h.len() == p.len()) {
+        return Vec::new();
+    }
+    let len = p.len() + 1;
+    let low = Prefix::new(p.addr(), len);
+    let high = Prefix::new(flip_bit(p.addr(), p.len()), len);
+    let mut out = subtract(low, &inside);
+    out.extend(subtract(high, &inside));
+    out
+}
+
+/// `a` with bit `i` (from the most significant) set.
+fn flip_bit(a: IpAddr, i: u8) -> IpAddr {
+    match a {
+        IpAddr::V4(v) => IpAddr::V4(Ipv4Addr::from(u32::from(v) | (1 << (31 - u32::from(i))))),
+        IpAddr::V6(v) => IpAddr::V6(Ipv6Addr::from(u128::from(v) | (1 << (127 - u32::from(i))))),
+    }
 }
 
 fn defaults() -> [Prefix; 2] {

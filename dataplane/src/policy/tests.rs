@@ -500,3 +500,46 @@ fn local_direct_leaves_out_prefixes_with_tunnelled_ports() {
     assert!(!t.local_direct.contains(&pfx("198.51.100.0/24")));
     assert!(!t.local_direct.contains(&pfx("0.0.0.0/0")));
 }
+
+#[test]
+fn local_direct_cuts_out_tunnelled_prefixes_nested_in_direct_ones() {
+    // The default exclusion 10/8 is direct; a private segment inside it
+    // and an inclusion inside an exclusion are tunnelled: the socket
+    // hooks' table must not cover them.
+    let mut p = policy();
+    let local = p.local_profile();
+    p.profiles[local].exclude.push(e("198.18.0.0/15"));
+    p.profiles[local].include.push(e("198.18.7.0/24"));
+    p.tenants[0].segments.push(pfx("10.1.0.0/16"));
+    p.active_tenant = Some(0);
+    p.profiles[local].private_tenants = vec![0];
+    let t = Tables::compile(&p).unwrap();
+    let covers = |a: &str| t.local_direct.iter().any(|d| d.contains(ip(a)));
+    for (addr, direct) in [
+        ("10.1.2.3", false),
+        ("10.2.0.1", true),
+        ("10.0.255.1", true),
+        ("10.255.0.1", true),
+        ("198.18.7.9", false),
+        ("198.18.6.9", true),
+        ("198.19.0.1", true),
+    ] {
+        assert_eq!(covers(addr), direct, "{addr}");
+        let f = Flow {
+            local: true,
+            ..flow("192.0.2.1", addr, 443, Proto::TCP)
+        };
+        let sel = eval::selection(&p, &f);
+        assert_eq!(
+            eval::decide(&p, sel.profile, &f).verdict == Verdict::Direct,
+            direct,
+            "{addr} by the reference"
+        );
+    }
+    // Disjoint pieces, no more than the holes need.
+    for (i, a) in t.local_direct.iter().enumerate() {
+        for b in &t.local_direct[i + 1..] {
+            assert!(!a.contains(b.addr()) && !b.contains(a.addr()), "{a} {b}");
+        }
+    }
+}
