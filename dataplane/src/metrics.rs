@@ -140,11 +140,18 @@ where
     F: Fn(&[u8], &[u8], &mut String) -> Option<(u16, &'static str)>,
 {
     s.set_nonblocking(false)?;
-    s.set_read_timeout(Some(Duration::from_secs(2)))?;
     s.set_write_timeout(Some(Duration::from_secs(2)))?;
+    // The whole request head within 2 s (a client dribbling bytes does
+    // not hold the server past it).
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
     let mut head = [0u8; 8192];
     let mut n = 0;
     while n < head.len() && !head[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        s.set_read_timeout(Some(left))?;
         match s.read(&mut head[n..])? {
             0 => break,
             k => n += k,
@@ -157,14 +164,28 @@ where
         parts.next().unwrap_or_default(),
     );
     body.clear();
-    let (status, ctype) = handler(method, path, body).unwrap_or_else(|| {
-        body.clear();
-        body.push_str("not found\n");
-        (404, "text/plain")
-    });
+    // A browser adds `Origin` to every cross-site POST (also `no-cors`):
+    // state-changing requests from web pages are refused, so a page the
+    // gateway host or a LAN client opens cannot reload the policy or
+    // switch the tenant. The CLI and curl send none.
+    let from_page = head[..n]
+        .split(|&b| b == b'\n')
+        .skip(1)
+        .any(|l| l.len() > 7 && l[..7].eq_ignore_ascii_case(b"origin:"));
+    let (status, ctype) = if method != b"GET" && from_page {
+        body.push_str("requests from web pages (with an Origin header) are refused\n");
+        (403, "text/plain")
+    } else {
+        handler(method, path, body).unwrap_or_else(|| {
+            body.clear();
+            body.push_str("not found\n");
+            (404, "text/plain")
+        })
+    };
     let reason = match status {
         200 => "OK",
         400 => "Bad Request",
+        403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
         409 => "Conflict",
@@ -212,6 +233,12 @@ mod tests {
         assert!(ok.contains("sluice_test_total{k=\"v\\\"x\"} 7"), "{ok}");
         assert!(get(addr, "GET /other HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 404"));
         assert!(get(addr, "POST /metrics HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 405"));
+        // A state-changing request from a web page (a browser adds Origin).
+        let page = get(
+            addr,
+            "POST /policy/reload HTTP/1.1\r\nHost: 127.0.0.1\r\norigin: http://evil.example\r\n\r\n",
+        );
+        assert!(page.starts_with("HTTP/1.1 403"), "{page}");
         // Garbage gets an answer; an oversized head (more than the 8 KiB
         // read cap, no end of head) does not stop the endpoint: the next
         // request is served.
