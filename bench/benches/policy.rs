@@ -130,16 +130,9 @@ fn flows(p: &Policy) -> Vec<Flow> {
             } else {
                 IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 0x10))
             };
-            Flow {
-                src,
-                dst,
-                sport: 40_000,
-                dport: PORTS[(r.next_u64() % 6) as usize],
-                proto: [Proto::TCP, Proto::UDP][(r.next_u64() % 2) as usize],
-                process: None,
-                domain: None,
-                local: false,
-            }
+            let dport = PORTS[(r.next_u64() % 6) as usize];
+            let proto = [Proto::TCP, Proto::UDP][(r.next_u64() % 2) as usize];
+            Flow::new(src, dst, 40_000, dport, proto)
         })
         .collect()
 }

@@ -34,7 +34,7 @@ impl Bytes<'_> {
 fn addr(b: &mut Bytes<'_>, v6: bool) -> IpAddr {
     let low = b.u8();
     if v6 {
-        let base = b.pick(&[0x2001_0db8_u32, 0xfd00_0000, 0x2001_0db9]);
+        let base = b.pick(&[0x2001_0db8_u32, 0x2001_0db9, 0x2001_0dba]);
         let mid = u16::from(b.u8() & 3);
         IpAddr::V6(Ipv6Addr::new(
             (base >> 16) as u16,
@@ -47,7 +47,7 @@ fn addr(b: &mut Bytes<'_>, v6: bool) -> IpAddr {
             u16::from(low),
         ))
     } else {
-        let [a, b2, c] = b.pick(&[[203, 0, 113], [198, 51, 100], [10, 0, 0], [192, 0, 2]]);
+        let [a, b2, c] = b.pick(&[[203, 0, 113], [198, 51, 100], [198, 18, 0], [192, 0, 2]]);
         IpAddr::V4(Ipv4Addr::new(a, b2, c, low))
     }
 }
@@ -137,16 +137,7 @@ fuzz_target!(|data: &[u8]| {
         } else {
             src
         };
-        let flow = Flow {
-            src,
-            dst,
-            sport,
-            dport,
-            proto,
-            process: None,
-            domain: None,
-            local: false,
-        };
+        let flow = Flow::new(src, dst, sport, dport, proto);
         assert_eq!(
             tables.lookup(src, dst, sport, dport, proto),
             eval::decide(&policy, 0, &flow).verdict,

@@ -254,50 +254,17 @@ impl Classifier {
             }
             e
         };
-        {
-            let name = map_names::POLICY_SRC_V4;
-            let mut t = LpmTrie::<_, PolicyKeyV4, ProfileEntry>::try_from(self.map_mut(name)?)
-                .map_err(layout(name))?;
-            for (p, profile) in &tables.sources {
-                if let Some(k) = key_v4(slot, p) {
-                    insert(&mut t, name, &k, src_entry(*profile), p)?;
-                    keys.src_v4.push(k);
-                }
-            }
-        }
-        {
-            let name = map_names::POLICY_SRC_V6;
-            let mut t = LpmTrie::<_, PolicyKeyV6, ProfileEntry>::try_from(self.map_mut(name)?)
-                .map_err(layout(name))?;
-            for (p, profile) in &tables.sources {
-                if let Some(k) = key_v6(slot, p) {
-                    insert(&mut t, name, &k, src_entry(*profile), p)?;
-                    keys.src_v6.push(k);
-                }
-            }
-        }
+        let sources = || tables.sources.iter().map(|(p, v)| (p, src_entry(*v)));
+        let src_v4 = sources().map(|(p, e)| (key_v4(slot, p), e, p));
+        fill(self, map_names::POLICY_SRC_V4, src_v4, &mut keys.src_v4)?;
+        let src_v6 = sources().map(|(p, e)| (key_v6(slot, p), e, p));
+        fill(self, map_names::POLICY_SRC_V6, src_v6, &mut keys.src_v6)?;
         for (i, prof) in tables.profiles.iter().enumerate() {
             let tag = profile_id(slot, u32::try_from(i).unwrap_or(u32::MAX));
-            {
-                let name = map_names::POLICY_DST_V4;
-                let mut t = LpmTrie::<_, PolicyKeyV4, DestEntry>::try_from(self.map_mut(name)?)
-                    .map_err(layout(name))?;
-                for (p, e) in &prof.nodes {
-                    if let Some(k) = key_v4(tag, p) {
-                        insert(&mut t, name, &k, *e, p)?;
-                        keys.dst_v4.push(k);
-                    }
-                }
-            }
-            let name = map_names::POLICY_DST_V6;
-            let mut t = LpmTrie::<_, PolicyKeyV6, DestEntry>::try_from(self.map_mut(name)?)
-                .map_err(layout(name))?;
-            for (p, e) in &prof.nodes {
-                if let Some(k) = key_v6(tag, p) {
-                    insert(&mut t, name, &k, *e, p)?;
-                    keys.dst_v6.push(k);
-                }
-            }
+            let dst_v4 = prof.nodes.iter().map(|(p, e)| (key_v4(tag, p), *e, p));
+            fill(self, map_names::POLICY_DST_V4, dst_v4, &mut keys.dst_v4)?;
+            let dst_v6 = prof.nodes.iter().map(|(p, e)| (key_v6(tag, p), *e, p));
+            fill(self, map_names::POLICY_DST_V6, dst_v6, &mut keys.dst_v6)?;
         }
         Ok(())
     }
@@ -333,6 +300,24 @@ impl Classifier {
         }
         removed
     }
+}
+
+/// Inserts the entries of one family that have a key (the others are of
+/// the other family) into trie `name`, recording each key as it goes.
+fn fill<'a, K: aya::Pod, V: aya::Pod>(
+    c: &mut Classifier,
+    name: &'static str,
+    items: impl Iterator<Item = (Option<Key<K>>, V, &'a Prefix)>,
+    keys: &mut Vec<Key<K>>,
+) -> Result<(), EbpfError> {
+    let mut t = LpmTrie::<_, K, V>::try_from(c.map_mut(name)?).map_err(layout(name))?;
+    for (k, v, p) in items {
+        if let Some(k) = k {
+            insert(&mut t, name, &k, v, p)?;
+            keys.push(k);
+        }
+    }
+    Ok(())
 }
 
 fn insert<K: aya::Pod, V: aya::Pod>(

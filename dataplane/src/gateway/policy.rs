@@ -617,16 +617,8 @@ impl PolicyControl {
 /// A flow from `src=..&dst=..&...` (percent-decoding not needed: addresses,
 /// numbers, names and paths without spaces).
 fn parse_flow(query: &str) -> Result<Flow, String> {
-    let mut f = Flow {
-        src: IpAddr::from([0u8, 0, 0, 0]),
-        dst: IpAddr::from([0u8, 0, 0, 0]),
-        sport: 0,
-        dport: 0,
-        proto: Proto::TCP,
-        process: None,
-        domain: None,
-        local: false,
-    };
+    let unset = IpAddr::from([0u8, 0, 0, 0]);
+    let mut f = Flow::new(unset, unset, 0, 0, Proto::TCP);
     let (mut src, mut dst) = (false, false);
     for kv in query.split('&').filter(|s| !s.is_empty()) {
         let (k, v) = kv.split_once('=').unwrap_or((kv, ""));

@@ -33,6 +33,23 @@ pub struct Flow {
     pub local: bool,
 }
 
+impl Flow {
+    /// A LAN client's flow, known by its addresses, ports and protocol
+    /// only (no process, no domain).
+    pub fn new(src: IpAddr, dst: IpAddr, sport: u16, dport: u16, proto: Proto) -> Self {
+        Self {
+            src,
+            dst,
+            sport,
+            dport,
+            proto,
+            process: None,
+            domain: None,
+            local: false,
+        }
+    }
+}
+
 /// Who the flow belongs to and which profile applies.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Selection {

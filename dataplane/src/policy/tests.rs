@@ -127,16 +127,7 @@ fn policy() -> Policy {
 }
 
 fn flow(src: &str, dst: &str, dport: u16, proto: Proto) -> Flow {
-    Flow {
-        src: ip(src),
-        dst: ip(dst),
-        sport: 40000,
-        dport,
-        proto,
-        process: None,
-        domain: None,
-        local: false,
-    }
+    Flow::new(ip(src), ip(dst), 40000, dport, proto)
 }
 
 #[test]
@@ -431,16 +422,7 @@ fn compiled_tables_agree_with_the_reference_evaluator() {
             } else {
                 0
             };
-            let f = Flow {
-                src,
-                dst,
-                sport,
-                dport,
-                proto,
-                process: None,
-                domain: None,
-                local: false,
-            };
+            let f = Flow::new(src, dst, sport, dport, proto);
             let sel = eval::selection(&p, &f);
             assert_eq!(t.profile_of(src), sel.profile, "profile of {src}");
             assert_eq!(
@@ -503,23 +485,25 @@ fn local_direct_leaves_out_prefixes_with_tunnelled_ports() {
 
 #[test]
 fn local_direct_cuts_out_tunnelled_prefixes_nested_in_direct_ones() {
-    // The default exclusion 10/8 is direct; a private segment inside it
-    // and an inclusion inside an exclusion are tunnelled: the socket
-    // hooks' table must not cover them.
+    // An excluded (direct) range with a private segment inside it, and an
+    // inclusion inside an exclusion: the socket hooks' table must not
+    // cover the tunnelled parts.
     let mut p = policy();
     let local = p.local_profile();
     p.profiles[local].exclude.push(e("198.18.0.0/15"));
     p.profiles[local].include.push(e("198.18.7.0/24"));
-    p.tenants[0].segments.push(pfx("10.1.0.0/16"));
+    p.profiles[local].exclude.push(e("198.51.100.0/24"));
+    p.tenants[0].segments.push(pfx("198.51.100.64/26"));
     p.active_tenant = Some(0);
     p.profiles[local].private_tenants = vec![0];
     let t = Tables::compile(&p).unwrap();
     let covers = |a: &str| t.local_direct.iter().any(|d| d.contains(ip(a)));
     for (addr, direct) in [
-        ("10.1.2.3", false),
-        ("10.2.0.1", true),
-        ("10.0.255.1", true),
-        ("10.255.0.1", true),
+        ("198.51.100.70", false),
+        ("198.51.100.10", true),
+        ("198.51.100.130", false), // the fixture's segment 198.51.100.128/25
+        ("198.51.100.254", false),
+        ("198.51.100.63", true),
         ("198.18.7.9", false),
         ("198.18.6.9", true),
         ("198.19.0.1", true),
