@@ -578,7 +578,7 @@ fn forgeries_install_nothing(lab: &Lab, s: &Sluice<'_>) {
         "www.bypass.example",
         false,
     );
-    lab.wait_for("the forgeries", Duration::from_secs(5), || {
+    lab.wait_for("the forgeries", Duration::from_secs(15), || {
         lab.log("forger").contains("forged www.bypass.example")
     });
     let seen = curl(lab, &[&url(addr::TUNNELLED_V4, "/whoami")]);

@@ -180,7 +180,7 @@ fn groups_choose_profiles_and_a_reload_swaps_them() {
     lab.signal(s.gateway.expect("gateway"), libc::SIGHUP);
     lab.wait_for(
         "the gateway to refuse the reload",
-        Duration::from_secs(5),
+        Duration::from_secs(15),
         || gw_metric(&lab, "sluice_policy_refused_total", "") == 1,
     );
     assert_eq!(gw_metric(&lab, "sluice_policy_generation", ""), 2);
@@ -375,7 +375,7 @@ fn trusted_network_detection_flips_the_action() {
         Host::Gw,
         &["ip", "addr", "add", "198.51.100.201/32", "dev", "lo"],
     );
-    lab.wait_for("on-trusted", Duration::from_secs(5), || {
+    lab.wait_for("on-trusted", Duration::from_secs(15), || {
         status().contains("network: on-trusted")
     });
     let direct0 = gw_metric(
@@ -454,7 +454,7 @@ fn trusted_network_detection_flips_the_action() {
         Host::Gw,
         &["ip", "addr", "del", "198.51.100.201/32", "dev", "lo"],
     );
-    lab.wait_for("off-trusted", Duration::from_secs(5), || {
+    lab.wait_for("off-trusted", Duration::from_secs(15), || {
         status().contains("network: off-trusted")
     });
     assert_eq!(
