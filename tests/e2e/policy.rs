@@ -444,6 +444,18 @@ fn trusted_network_detection_flips_the_action() {
         !out.status.success() && err.contains("detection takes a restart"),
         "{err}"
     );
+    // So is a change to [gateway] (here the sockets' receive frames).
+    std::fs::write(
+        &file,
+        original.replacen("[gateway]\n", "[gateway]\nrx_frames = 4096\n", 1),
+    )
+    .unwrap();
+    let out = lab.run(Host::Gw, &[&b, "policy", "reload", "--config", &cfg]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("[gateway] changed"),
+        "{err}"
+    );
     std::fs::write(&file, &original).unwrap();
     assert_eq!(
         whoami(&lab, &client, addr::TUNNELLED_V4),

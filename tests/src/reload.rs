@@ -12,7 +12,7 @@ use anyhow::{Context, Result, bail, ensure};
 
 use crate::{
     Host, Lab, counter,
-    deploy::{GATEWAY_METRICS, GATEWAY_TOML, Sluice, metrics_text, sum},
+    deploy::{GATEWAY_METRICS, Sluice, metrics_text, sum},
 };
 
 /// The gateway's default file with its `[bypass]` lists replaced by
@@ -257,11 +257,15 @@ pub fn run(lab: &Lab, s: &Sluice<'_>, stream: &Stream) -> Result<Outcome> {
         // Loop for as long as the stream runs (until the client is a
         // zombie): a shell loop in the gateway's namespace, one `curl` per
         // round, ending on the first policy.
-        std::fs::write(conf.join("a.toml"), initial(GATEWAY_TOML))?;
-        std::fs::write(
-            conf.join("b.toml"),
-            with_policy(GATEWAY_TOML, &mix_pair(true)),
-        )?;
+        // The running file's own head ([gateway], [tunnel]: a reload
+        // refuses tunnel changes), each policy of the pair after it.
+        let running = std::fs::read_to_string(conf.join("gateway.toml"))?;
+        let head = running
+            .split("[policy]")
+            .next()
+            .context("the gateway's file")?;
+        std::fs::write(conf.join("a.toml"), format!("{head}{}", mix_pair(false)))?;
+        std::fs::write(conf.join("b.toml"), format!("{head}{}", mix_pair(true)))?;
         let (copy, request) = if stream.load == Load::Swap {
             (
                 "gateway.toml",

@@ -96,6 +96,9 @@ struct Args {
     gro_ab: bool,
     /// Only these kinds of traffic.
     traffic: Option<Vec<Traffic>>,
+    /// The policy section's gateway: `gateway.rx_frames` (default: the
+    /// file's default).
+    rx_frames: Option<u32>,
     /// Re-render this `results.json` instead of measuring. The table's
     /// header line (seconds, rounds, pinning) comes from this command line,
     /// not from the file: pass the original run's flags again.
@@ -119,6 +122,7 @@ fn parse_args() -> Result<Args> {
         only: Vec::new(),
         gro_ab: false,
         traffic: None,
+        rx_frames: None,
         from_json: None,
     };
     let mut it = std::env::args().skip(1);
@@ -147,6 +151,7 @@ fn parse_args() -> Result<Args> {
                     .collect();
             }
             "--gro-ab" => a.gro_ab = true,
+            "--rx-frames" => a.rx_frames = Some(it.next().context("--rx-frames N")?.parse()?),
             "--from-json" => a.from_json = Some(it.next().context("--from-json PATH")?.into()),
             "--traffic" => {
                 let list = it.next().context("--traffic tcp1,tcp4,udp64,udp1400")?;
@@ -165,7 +170,7 @@ fn parse_args() -> Result<Args> {
                 a.traffic = Some(v);
             }
             other => bail!(
-                "unknown argument {other:?}; usage: labbench --sluice PATH [--seconds N] [--repeat N] [--pin GW,EDGE|none] [--only CASE,...] [--traffic KIND,...] [--gro-ab] [--from-json PATH] [--out DIR] [--smoke]"
+                "unknown argument {other:?}; usage: labbench --sluice PATH [--seconds N] [--repeat N] [--pin GW,EDGE|none] [--only CASE,...] [--traffic KIND,...] [--gro-ab] [--rx-frames N] [--from-json PATH] [--out DIR] [--smoke]"
             ),
         }
     }
@@ -1106,7 +1111,13 @@ fn main() -> Result<()> {
 /// `results.md`.
 fn policy_measurements(lab: &Lab, a: &Args) -> Result<String> {
     use sluice_lab::reload::{self, DROPS, Load, Outcome, Stream};
-    let mut s = Sluice::prepare(lab, &a.sluice, reload::initial);
+    let mut s = Sluice::prepare(lab, &a.sluice, |t| {
+        let t = reload::initial(t);
+        match a.rx_frames {
+            Some(n) => t.replacen("[gateway]\n", &format!("[gateway]\nrx_frames = {n}\n"), 1),
+            None => t,
+        }
+    });
     if let Some((g, e)) = a.pin {
         s.pin(g, e);
     }
@@ -1138,6 +1149,7 @@ fn policy_measurements(lab: &Lab, a: &Args) -> Result<String> {
                     "{}",
                     serde_json::json!({
                         "round": round, "rate": rate, "load": load.name(), "swaps": o.swaps,
+                        "rx_frames": a.rx_frames.unwrap_or(sluice::config::DEFAULT_RX_FRAMES),
                         "swap_p50_ms": ms(o.swap_percentile(50)),
                         "swap_p99_ms": ms(o.swap_percentile(99)),
                         "swap_max_ms": ms(o.swap_percentile(100)),
@@ -1184,8 +1196,15 @@ fn policy_measurements(lab: &Lab, a: &Args) -> Result<String> {
          steered to the tunnel that the edge did not deliver; counted drops: sluice's drop \
          counters (the AF_XDP socket's kernel counters, tunnel down, backpressure, no \
          verdict, ...), which should account for all of it. Misclassified: packets that \
-         reached the tunnelled server directly from the gateway.\n\n\
-         | rate | beside the stream | swaps per stream | swap p50 ms | swap p99 ms | swap max ms | Gbit/s | datagrams | iperf3 lost | of which socket overflow | lost in sluice | counted drops | misclassified |\n\
+         reached the tunnelled server directly from the gateway.\n\n",
+    );
+    let _ = writeln!(
+        md,
+        "Gateway: `rx_frames = {}` (frames each AF_XDP socket keeps posted for receiving).\n",
+        a.rx_frames.unwrap_or(sluice::config::DEFAULT_RX_FRAMES)
+    );
+    md.push_str(
+        "| rate | beside the stream | swaps per stream | swap p50 ms | swap p99 ms | swap max ms | Gbit/s | datagrams | iperf3 lost | of which socket overflow | lost in sluice | counted drops | misclassified |\n\
          | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
     );
     for (rate, _) in rates {

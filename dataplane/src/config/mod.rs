@@ -42,6 +42,13 @@ use crate::{ebpf::AttachMode, net::Prefix};
 mod policy;
 pub use policy::DetectionSources;
 
+/// `gateway.rx_frames` when the file has none.
+pub const DEFAULT_RX_FRAMES: u32 = 2048;
+/// The least `gateway.rx_frames`.
+pub const MIN_RX_FRAMES: u32 = 512;
+/// The most `gateway.rx_frames` (a 128 MiB socket).
+pub const MAX_RX_FRAMES: u32 = 16384;
+
 /// A configuration error. `Invalid` names the file, line, column and field.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -104,6 +111,11 @@ pub struct GatewayConfig {
     pub xdp_mode: AttachMode,
     /// Serve only this many RX queues (default: all of the LAN interface).
     pub queues: Option<u32>,
+    /// Frames each LAN queue's `AF_XDP` socket keeps posted for receiving
+    /// (a power of two, 512 to 16384; default 2048): how long a worker may
+    /// be kept off its CPU before the kernel drops frames for want of one.
+    /// The socket's memory is twice this many 4 KiB frames.
+    pub rx_frames: u32,
     /// CPUs for the workers: queue `q` runs on `cpus[q % len]`. `None`:
     /// the CPUs the process may use, in order; empty: no pinning.
     pub cpus: Option<Vec<usize>>,
@@ -298,6 +310,7 @@ struct RawGateway {
     #[serde(default)]
     xdp_mode: AttachMode,
     queues: Option<Spanned<u32>>,
+    rx_frames: Option<Spanned<u32>>,
     cpus: Option<Spanned<Vec<usize>>>,
     metrics: Option<Spanned<String>>,
     bpffs: Option<Spanned<PathBuf>>,
@@ -475,8 +488,18 @@ impl Doc<'_> {
         }
     }
 
-    /// `gateway.queues` and `gateway.cpus`.
+    /// `gateway.queues`, `gateway.rx_frames` and `gateway.cpus`.
     fn worker_limits(&self, gw: &RawGateway) -> Result<(), ConfigError> {
+        if let Some(f) = gw.rx_frames.as_ref().filter(|f| {
+            let f = *f.get_ref();
+            !(f.is_power_of_two() && (MIN_RX_FRAMES..=MAX_RX_FRAMES).contains(&f))
+        }) {
+            return Err(self.err(
+                f.span(),
+                "gateway.rx_frames",
+                format!("must be a power of two from {MIN_RX_FRAMES} to {MAX_RX_FRAMES}"),
+            ));
+        }
         if let Some(q) = gw
             .queues
             .as_ref()
@@ -916,6 +939,9 @@ impl GatewayConfig {
             wan,
             xdp_mode: gw.xdp_mode,
             queues: gw.queues.map(Spanned::into_inner),
+            rx_frames: gw
+                .rx_frames
+                .map_or(DEFAULT_RX_FRAMES, Spanned::into_inner),
             cpus: gw.cpus.map(Spanned::into_inner),
             metrics,
             bpffs: d.bpffs(gw.bpffs)?,

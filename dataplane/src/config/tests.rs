@@ -67,6 +67,7 @@ fn good_gateway_config() {
         ["bypass.example", "*.cdn.example"]
     );
     assert_eq!(c.domains.limits.ttl_floor, Duration::from_secs(30));
+    assert_eq!(c.rx_frames, 2048);
     assert_eq!(c.domains.max_entries, 65_536);
     assert_eq!(c.vpn_gateways, ["198.51.100.77/32".parse().unwrap()]);
     let pac = c.pac.as_ref().unwrap();
@@ -292,6 +293,22 @@ const GW_MISTAKES: &[(&str, &str, &str, &str, usize, &str)] = &[
         "must be 1 to",
     ),
     (
+        "RX frames not a power of two",
+        "xdp_mode = \"native\"",
+        "xdp_mode = \"native\"\nrx_frames = 3000",
+        "gateway.rx_frames",
+        7,
+        "must be a power of two from 512 to 16384",
+    ),
+    (
+        "RX frames too many",
+        "xdp_mode = \"native\"",
+        "xdp_mode = \"native\"\nrx_frames = 32768",
+        "gateway.rx_frames",
+        7,
+        "must be a power of two from 512 to 16384",
+    ),
+    (
         "CPU beyond the set size",
         "xdp_mode = \"native\"",
         "xdp_mode = \"native\"\ncpus = [0, 5000]",
@@ -487,6 +504,19 @@ fn gateway_mistakes_are_refused_precisely() {
             "{what}: {text}"
         );
     }
+    std::fs::remove_dir_all(d).unwrap();
+}
+
+#[test]
+fn rx_frames_is_taken_from_the_file() {
+    let d = dir();
+    let src = GOOD_GW.replacen(
+        "xdp_mode = \"native\"",
+        "xdp_mode = \"native\"\nrx_frames = 8192",
+        1,
+    );
+    let c = GatewayConfig::parse(&d.join("sluice.toml"), &src).unwrap();
+    assert_eq!(c.rx_frames, 8192);
     std::fs::remove_dir_all(d).unwrap();
 }
 

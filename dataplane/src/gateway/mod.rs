@@ -593,6 +593,18 @@ fn start_pac(
 /// them, then attaches the classifier there (pinned, so that a crash leaves
 /// it attached and failing closed rather than handing tunnelled traffic to
 /// kernel routing). Returns the sockets and the interface's MAC.
+/// A LAN queue's socket: `rx_frames` posted for receiving, as many for
+/// sending, rings to match.
+fn lan_xsk_config(cfg: &GatewayConfig) -> XskConfig {
+    let d = XskConfig::default();
+    XskConfig {
+        frame_count: cfg.rx_frames * 2,
+        fill_size: cfg.rx_frames,
+        rx_size: cfg.rx_frames,
+        ..d
+    }
+}
+
 fn attach_lan(
     cfg: &GatewayConfig,
     lan: &str,
@@ -603,7 +615,7 @@ fn attach_lan(
     let queues = cfg.queues.unwrap_or(host::rx_queues(lan)?);
     let mut sockets = Vec::new();
     for q in 0..queues {
-        let xsk = XskSocket::new(ifindex, q, &XskConfig::default(), BindMode::Auto)?;
+        let xsk = XskSocket::new(ifindex, q, &lan_xsk_config(cfg), BindMode::Auto)?;
         classifier.register_socket(q, std::os::fd::AsFd::as_fd(&xsk))?;
         sockets.push(xsk);
     }

@@ -132,9 +132,9 @@ pub(crate) struct PolicyControl {
     routing: Mutex<Option<Arc<crate::endpoint::Routing>>>,
     /// Trusted-network detection, for the status and metrics.
     detector: Mutex<Option<Arc<crate::policy::trusted::Detector>>>,
-    /// Where detection looks and the domain bypass's settings: fixed at
-    /// start (a reload that changes them is refused).
-    fixed: (crate::config::DetectionSources, DnsSettings),
+    /// Where detection looks, the domain bypass's settings and
+    /// `[gateway]`: fixed at start (a reload that changes them is refused).
+    fixed: (crate::config::DetectionSources, DnsSettings, GatewaySettings),
     /// Serialises swaps and network-state changes, so that the
     /// internet-direct flag always follows the policy in force and the
     /// latest network state.
@@ -159,6 +159,33 @@ type DnsSettings = (crate::dns::Limits, usize, Vec<std::net::IpAddr>);
 
 fn dns_settings(d: &crate::config::DomainBypass) -> DnsSettings {
     (d.limits, d.max_entries, d.servers.clone())
+}
+
+/// `[gateway]`: interfaces, queues, sockets, CPUs, metrics address, bpffs.
+type GatewaySettings = (
+    String,
+    Option<String>,
+    String,
+    crate::ebpf::AttachMode,
+    Option<u32>,
+    u32,
+    Option<Vec<usize>>,
+    Option<std::net::SocketAddr>,
+    PathBuf,
+);
+
+fn gateway_settings(c: &GatewayConfig) -> GatewaySettings {
+    (
+        c.name.clone(),
+        c.lan.clone(),
+        c.wan.clone(),
+        c.xdp_mode,
+        c.queues,
+        c.rx_frames,
+        c.cpus.clone(),
+        c.metrics,
+        c.bpffs.clone(),
+    )
 }
 
 fn same_tunnel(a: &TunnelConfig, b: &TunnelConfig) -> bool {
@@ -204,7 +231,11 @@ impl PolicyControl {
             tunnels: tunnels(cfg).into_iter().map(|(_, t)| t).collect(),
             routing: Mutex::new(None),
             detector: Mutex::new(None),
-            fixed: (cfg.detection.clone(), dns_settings(&cfg.domains)),
+            fixed: (
+                cfg.detection.clone(),
+                dns_settings(&cfg.domains),
+                gateway_settings(cfg),
+            ),
             serial: Mutex::new(()),
         });
         control.apply(cfg.policy.clone(), "start")?;
@@ -399,7 +430,13 @@ impl PolicyControl {
             ));
         }
         let running = self.policy();
-        let (detection, domains) = &self.fixed;
+        let (detection, domains, gateway) = &self.fixed;
+        if gateway_settings(&cfg) != *gateway {
+            return Err(format!(
+                "{}: [gateway] changed (name, interfaces, xdp_mode, queues, rx_frames, cpus, metrics or bpffs): it takes a restart",
+                self.path.display()
+            ));
+        }
         let f = &cfg.policy.forwarding;
         if f.criteria != running.forwarding.criteria
             || f.interval != running.forwarding.interval
