@@ -939,9 +939,7 @@ impl GatewayConfig {
             wan,
             xdp_mode: gw.xdp_mode,
             queues: gw.queues.map(Spanned::into_inner),
-            rx_frames: gw
-                .rx_frames
-                .map_or(DEFAULT_RX_FRAMES, Spanned::into_inner),
+            rx_frames: gw.rx_frames.map_or(DEFAULT_RX_FRAMES, Spanned::into_inner),
             cpus: gw.cpus.map(Spanned::into_inner),
             metrics,
             bpffs: d.bpffs(gw.bpffs)?,

@@ -134,7 +134,11 @@ pub(crate) struct PolicyControl {
     detector: Mutex<Option<Arc<crate::policy::trusted::Detector>>>,
     /// Where detection looks, the domain bypass's settings and
     /// `[gateway]`: fixed at start (a reload that changes them is refused).
-    fixed: (crate::config::DetectionSources, DnsSettings, GatewaySettings),
+    fixed: (
+        crate::config::DetectionSources,
+        DnsSettings,
+        GatewaySettings,
+    ),
     /// Serialises swaps and network-state changes, so that the
     /// internet-direct flag always follows the policy in force and the
     /// latest network state.
