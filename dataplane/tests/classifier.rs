@@ -1397,11 +1397,13 @@ mod policy {
     fn domain_entries_apply_per_profile_and_slot() {
         let mut c = lab_classifier();
         install(&mut c, &lab_policy());
-        let slot = (c.policy_state().slot & 1) as usize;
-        let mut e = DnsEntry::default();
+        let slot = c.policy_state().slot & 1;
         // Bob's profile (index 1) bypasses the answered address.
-        e.bypass[slot] = 1 << 1;
-        c.set_policy_dns(IpAddr::from(WEB), e).unwrap();
+        let bob = DnsEntry {
+            bypass: 1 << 1,
+            ..DnsEntry::default()
+        };
+        c.set_policy_dns(slot, IpAddr::from(WEB), bob).unwrap();
         assert_eq!(
             run_meta(&c, &from(BOB, eth_v4(WEB, UDP, &udp(b"q")))).1,
             "[bypass+1]"
@@ -1410,15 +1412,42 @@ mod policy {
             run_meta(&c, &from([192, 0, 2, 99], eth_v4(WEB, UDP, &udp(b"q")))).1,
             "[tunnel+1, drop_no_socket+1]"
         );
-        // The other slot's half is not looked at.
-        let mut e = DnsEntry::default();
-        e.bypass[1 - slot] = u64::MAX;
-        c.set_policy_dns(IpAddr::from(WEB), e).unwrap();
+        // The idle slot's entry is not looked at: everyone bypassing there
+        // changes nothing...
+        let all = DnsEntry {
+            bypass: u64::MAX,
+            ..DnsEntry::default()
+        };
+        c.set_policy_dns(1 - slot, IpAddr::from(WEB), all).unwrap();
+        assert_eq!(
+            run_meta(&c, &from([192, 0, 2, 99], eth_v4(WEB, UDP, &udp(b"q")))).1,
+            "[tunnel+1, drop_no_socket+1]"
+        );
+        assert_eq!(
+            run_meta(&c, &from(BOB, eth_v4(WEB, UDP, &udp(b"q")))).1,
+            "[bypass+1]"
+        );
+        // ...and a live entry without Bob's bit bypasses nothing, whatever
+        // the idle slot holds.
+        c.set_policy_dns(slot, IpAddr::from(WEB), DnsEntry::default())
+            .unwrap();
         assert_eq!(
             run_meta(&c, &from(BOB, eth_v4(WEB, UDP, &udp(b"q")))).1,
             "[tunnel+1, drop_no_socket+1]"
         );
+        // A swap makes the other slot live, and its entry with it.
+        install(&mut c, &lab_policy());
+        assert_eq!(c.policy_state().slot & 1, 1 - slot);
+        assert_eq!(
+            run_meta(&c, &from([192, 0, 2, 99], eth_v4(WEB, UDP, &udp(b"q")))).1,
+            "[bypass+1]"
+        );
+        // Removal takes both slots' entries.
         c.remove_policy_dns(IpAddr::from(WEB)).unwrap();
+        assert_eq!(
+            run_meta(&c, &from(BOB, eth_v4(WEB, UDP, &udp(b"q")))).1,
+            "[tunnel+1, drop_no_socket+1]"
+        );
         let _ = Counter::Tunnel;
     }
 }

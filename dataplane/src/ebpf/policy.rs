@@ -18,7 +18,7 @@ use std::{
 
 use aya::maps::{Array, HashMap, LpmTrie, lpm_trie::Key};
 use sluice_common::{
-    DestEntry, DnsEntry, POLICY_MAX_TENANTS, PROFILE_FAIL_OPEN, PolicyKeyV4, PolicyKeyV6,
+    DestEntry, DnsEntry, DnsKey, POLICY_MAX_TENANTS, PROFILE_FAIL_OPEN, PolicyKeyV4, PolicyKeyV6,
     PolicyState, ProfileEntry, map_names, profile_id,
 };
 
@@ -92,16 +92,18 @@ fn key_v6(tag: u32, p: &Prefix) -> Option<Key<PolicyKeyV6>> {
     Some(Key::new(32 + u32::from(p.len()), k))
 }
 
-/// A [`DnsEntry`] key: IPv4 in the first four bytes.
-pub fn dns_key(addr: IpAddr) -> [u8; 16] {
-    match addr {
+/// The [`DnsKey`] of `addr` under `slot`: IPv4 in the first four bytes of
+/// the address part.
+pub fn dns_key(slot: u32, addr: IpAddr) -> DnsKey {
+    let a = match addr {
         IpAddr::V4(a) => {
             let mut k = [0u8; 16];
             k[..4].copy_from_slice(&a.octets());
             k
         }
         IpAddr::V6(a) => a.octets(),
-    }
+    };
+    sluice_common::dns_key(slot, &a)
 }
 
 fn saturating_ns(d: Duration) -> u64 {
@@ -202,35 +204,47 @@ impl Classifier {
         Ok(())
     }
 
-    /// Writes (or replaces) the domain entry of `addr`.
-    pub fn set_policy_dns(&mut self, addr: IpAddr, e: DnsEntry) -> Result<(), EbpfError> {
+    /// Writes (or replaces) the domain entry of `addr` under `slot`. Only
+    /// the idle slot's entries are ever replaced (a swap's prepare); the
+    /// live slot's are only added and removed.
+    pub fn set_policy_dns(
+        &mut self,
+        slot: u32,
+        addr: IpAddr,
+        e: DnsEntry,
+    ) -> Result<(), EbpfError> {
         let name = map_names::POLICY_DNS;
-        let mut m = HashMap::<_, [u8; 16], DnsEntry>::try_from(self.map_mut(name)?)
-            .map_err(layout(name))?;
-        m.insert(dns_key(addr), e, 0)
+        let mut m =
+            HashMap::<_, DnsKey, DnsEntry>::try_from(self.map_mut(name)?).map_err(layout(name))?;
+        m.insert(dns_key(slot & 1, addr), e, 0)
             .map_err(|source| EbpfError::MapUpdate {
                 name,
                 action: "insert",
-                item: addr.to_string(),
+                item: format!("{addr} (slot {})", slot & 1),
                 source: source.into(),
             })
     }
 
-    /// Removes the domain entry of `addr`, if there.
+    /// Removes the domain entries of `addr` under both slots, if there.
     pub fn remove_policy_dns(&mut self, addr: IpAddr) -> Result<(), EbpfError> {
         let name = map_names::POLICY_DNS;
-        let mut m = HashMap::<_, [u8; 16], DnsEntry>::try_from(self.map_mut(name)?)
-            .map_err(layout(name))?;
-        match m.remove(&dns_key(addr)) {
-            Ok(()) => Ok(()),
-            Err(e) if is_not_found(&e) => Ok(()),
-            Err(source) => Err(EbpfError::MapUpdate {
-                name,
-                action: "remove",
-                item: addr.to_string(),
-                source: source.into(),
-            }),
+        let mut m =
+            HashMap::<_, DnsKey, DnsEntry>::try_from(self.map_mut(name)?).map_err(layout(name))?;
+        for slot in 0..2 {
+            match m.remove(&dns_key(slot, addr)) {
+                Ok(()) => {}
+                Err(e) if is_not_found(&e) => {}
+                Err(source) => {
+                    return Err(EbpfError::MapUpdate {
+                        name,
+                        action: "remove",
+                        item: addr.to_string(),
+                        source: source.into(),
+                    });
+                }
+            }
         }
+        Ok(())
     }
 
     /// Removes every entry of `slot` (it is not live).

@@ -137,8 +137,9 @@ impl DomainBypass {
 
     /// A policy swap, with the domain lock and then the classifier lock
     /// held (the order [`DomainBypass::install`] takes them in): `prepare`
-    /// writes the policy into the idle slot; then every address's entry
-    /// gets that slot's half from `matcher`; then `commit` makes the slot
+    /// writes the policy into the idle slot; then every address gets its
+    /// entry under that slot from `matcher` (keys of their own: no live
+    /// entry is replaced); then `commit` makes the slot
     /// live; then this host's bypass-trie entries follow the new matcher
     /// and the observer watches `patterns`.
     pub(crate) fn swap<T>(
@@ -165,7 +166,7 @@ impl DomainBypass {
         let rows: Vec<(IpAddr, String)> =
             s.table.iter().map(|(a, d, _)| (a, d.to_string())).collect();
         for (addr, name) in &rows {
-            c.set_policy_dns(*addr, entry(&s.matchers, name))?;
+            c.set_policy_dns(prepared.slot, *addr, entry(Some(&matcher), name))?;
         }
         let out = commit(&mut c, prepared)?;
         s.live = slot;
@@ -269,8 +270,10 @@ impl DomainBypass {
                     }
                 }
             }
-            let e = entry(&s.matchers, &a.domain);
-            match c.set_policy_dns(a.addr, e) {
+            // The live slot's entry only: the idle slot gets every
+            // address's entry at the next swap's prepare.
+            let e = entry(s.matchers[s.live].as_deref(), &a.domain);
+            match c.set_policy_dns(s.live as u32, a.addr, e) {
                 Ok(()) => {
                     s.installed += 1;
                     log::info!(
@@ -278,8 +281,8 @@ impl DomainBypass {
                         a.addr,
                         a.domain,
                         a.ttl.as_secs(),
-                        e.bypass[s.live],
-                        e.private[s.live]
+                        e.bypass,
+                        e.private
                     );
                 }
                 Err(e) => {
@@ -424,16 +427,14 @@ impl DomainBypass {
     }
 }
 
-/// The domain entry of a name under both slots' matchers.
-fn entry(matchers: &[Option<Arc<DomainMatcher>>; 2], name: &str) -> DnsEntry {
+/// The domain entry of a name under one slot's matcher (none: no bits).
+fn entry(matcher: Option<&DomainMatcher>, name: &str) -> DnsEntry {
     let mut e = DnsEntry::default();
-    for (slot, m) in matchers.iter().enumerate() {
-        if let Some(m) = m {
-            let (bypass, private, action) = m.masks(name);
-            e.bypass[slot] = bypass;
-            e.private[slot] = private;
-            e.private_action[slot] = action;
-        }
+    if let Some(m) = matcher {
+        let (bypass, private, action) = m.masks(name);
+        e.bypass = bypass;
+        e.private = private;
+        e.private_action = action;
     }
     e
 }

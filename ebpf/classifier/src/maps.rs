@@ -9,16 +9,17 @@
 //!
 //! Nothing here parses packets or decides verdicts.
 use aya_ebpf::{
-    bindings::xdp_action,
+    bindings::{BPF_F_NO_PREALLOC, xdp_action},
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, XskMap, lpm_trie::Key},
     programs::XdpContext,
 };
 use sluice_common::{
-    BYPASS_MAX_ENTRIES, BypassEntry, Counter, DestEntry, DnsEntry, ExecGrant, FLOWS_MAX_ENTRIES,
-    FlowEntry, Ipv4Key, Ipv6Key, LOCAL_MAX_ENTRIES, MAX_QUEUES, PENDING_MAX_ENTRIES,
-    POLICY_DNS_MAX_ENTRIES, POLICY_DST_MAX_ENTRIES, POLICY_SRC_MAX_ENTRIES, PROCESSES_MAX_ENTRIES,
-    PolicyKeyV4, PolicyKeyV6, PolicyState, ProcessEntry, ProfileEntry, SockConfig, SockCounter,
+    BYPASS_MAX_ENTRIES, BypassEntry, Counter, DestEntry, DnsEntry, DnsKey, ExecGrant,
+    FLOWS_MAX_ENTRIES, FlowEntry, Ipv4Key, Ipv6Key, LOCAL_MAX_ENTRIES, MAX_QUEUES,
+    PENDING_MAX_ENTRIES, POLICY_DNS_MAX_ENTRIES, POLICY_DST_MAX_ENTRIES, POLICY_SRC_MAX_ENTRIES,
+    PROCESSES_MAX_ENTRIES, PolicyKeyV4, PolicyKeyV6, PolicyState, ProcessEntry, ProfileEntry,
+    SockConfig, SockCounter,
 };
 
 /// IPv4 bypass prefixes ([`sluice_common::map_names::BYPASS_V4`]).
@@ -98,11 +99,12 @@ static POLICY_DST_V4: LpmTrie<PolicyKeyV4, DestEntry> =
 static POLICY_DST_V6: LpmTrie<PolicyKeyV6, DestEntry> =
     LpmTrie::with_max_entries(POLICY_DST_MAX_ENTRIES, 0);
 
-/// Addresses answered for policy domains
-/// ([`sluice_common::map_names::POLICY_DNS`]).
+/// Addresses answered for policy domains, per slot
+/// ([`sluice_common::map_names::POLICY_DNS`]). Not preallocated: both
+/// slots' capacity is reserved, a fraction is used.
 #[map]
-static POLICY_DNS: HashMap<[u8; 16], DnsEntry> =
-    HashMap::with_max_entries(POLICY_DNS_MAX_ENTRIES, 0);
+static POLICY_DNS: HashMap<DnsKey, DnsEntry> =
+    HashMap::with_max_entries(POLICY_DNS_MAX_ENTRIES, BPF_F_NO_PREALLOC);
 
 /// A copy of the policy state (read once per frame).
 #[inline(always)]
@@ -146,11 +148,13 @@ pub(crate) fn dest_v6(profile: u32, dst: &Ipv6Key) -> Option<&'static DestEntry>
     POLICY_DST_V6.get(Key::new(160, k))
 }
 
-/// The policy-domain entry of an address (IPv4 in the first four bytes).
+/// The policy-domain entry of an address (IPv4 in the first four bytes)
+/// under `slot`.
 #[inline(always)]
-pub(crate) fn dns_entry(addr: &[u8; 16]) -> Option<DnsEntry> {
+pub(crate) fn dns_entry(slot: u32, addr: &[u8; 16]) -> Option<DnsEntry> {
+    let k = sluice_common::dns_key(slot, addr);
     // SAFETY: a hash-map lookup; the value is copied out at once.
-    unsafe { POLICY_DNS.get(addr).copied() }
+    unsafe { POLICY_DNS.get(&k).copied() }
 }
 
 /// Adds one to the socket-hook `counter` on this CPU.

@@ -154,12 +154,9 @@ fn policy_action(
         return dest.action;
     }
     let bit = 1u64 << (profile.profile & 63);
-    // This slot's half of the domain entry. Constant indices only: the
-    // verifier refuses the pointer arithmetic LLVM emits for a variable
-    // index into a stack copy.
-    let (bypass, private, private_action) = match maps::dns_entry(addr) {
-        Some(d) if state.slot & 1 == 0 => (d.bypass[0], d.private[0], d.private_action[0]),
-        Some(d) => (d.bypass[1], d.private[1], d.private_action[1]),
+    // This slot's domain entry.
+    let (bypass, private, private_action) = match maps::dns_entry(state.slot & 1, addr) {
+        Some(d) => (d.bypass, d.private, d.private_action),
         None => (0, 0, 0),
     };
     if private & bit != 0 {

@@ -56,8 +56,8 @@ pub mod map_names {
     pub const POLICY_DST_V4: &str = "POLICY_DST_V4";
     /// The same for IPv6: `LpmTrie<PolicyKeyV6, DestEntry>`.
     pub const POLICY_DST_V6: &str = "POLICY_DST_V6";
-    /// Addresses answered for policy domains: `HashMap<[u8; 16], DnsEntry>`
-    /// (IPv4 in the first four bytes, the rest zero).
+    /// Addresses answered for policy domains, per slot:
+    /// `HashMap<DnsKey, DnsEntry>`.
     pub const POLICY_DNS: &str = "POLICY_DNS";
 }
 
@@ -126,8 +126,9 @@ pub const PENDING_MAX_ENTRIES: u32 = 8_192;
 pub const POLICY_DST_MAX_ENTRIES: u32 = 262_144;
 /// Capacity of each policy source trie (both slots).
 pub const POLICY_SRC_MAX_ENTRIES: u32 = 65_536;
-/// Capacity of [`map_names::POLICY_DNS`].
-pub const POLICY_DNS_MAX_ENTRIES: u32 = 131_072;
+/// Capacity of [`map_names::POLICY_DNS`]: both slots' entries (allocated
+/// as used).
+pub const POLICY_DNS_MAX_ENTRIES: u32 = 262_144;
 /// Port-specific entries one destination entry holds.
 pub const POLICY_PORT_RULES: usize = 8;
 /// Source-port bypasses one profile holds.
@@ -223,20 +224,42 @@ pub struct DestEntry {
     pub ports: [PortRule; POLICY_PORT_RULES],
 }
 
-/// An address answered for a policy domain ([`map_names::POLICY_DNS`]),
-/// per slot: which profiles bypass it, which may reach it through the
-/// private-access tenant, and that tenant's verdict.
+/// An address answered for a policy domain, under one slot
+/// ([`map_names::POLICY_DNS`], keyed by [`DnsKey`]): which profiles of
+/// that slot bypass it, which may reach it through the private-access
+/// tenant, and that tenant's verdict.
+///
+/// One entry per slot, not one holding both: a swap writes the idle
+/// slot's entries as keys of their own, so it never replaces an element
+/// that a packet under the live slot may be reading (a hash map recycles a
+/// replaced element at once, and a reader holding it would see another
+/// address's bits).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct DnsEntry {
     /// Bit `i`: profile `i` of the slot bypasses the address.
-    pub bypass: [u64; 2],
+    pub bypass: u64,
     /// Bit `i`: profile `i` of the slot tunnels it to `private_action`.
-    pub private: [u64; 2],
-    /// The private tenant's verdict, per slot.
-    pub private_action: [u8; 2],
+    pub private: u64,
+    /// The private tenant's verdict.
+    pub private_action: u8,
     /// Reserved, zero.
-    pub reserved: [u8; 6],
+    pub reserved: [u8; 7],
+}
+
+/// Key of [`map_names::POLICY_DNS`]: the slot (big-endian `u32`), then
+/// the address (IPv4 in the first four bytes, the rest zero).
+pub type DnsKey = [u8; 20];
+
+/// The [`DnsKey`] of `addr` (16 bytes, IPv4 in the first four) under
+/// `slot`.
+#[inline(always)]
+#[must_use]
+pub fn dns_key(slot: u32, addr: &[u8; 16]) -> DnsKey {
+    let mut k = [0u8; 20];
+    k[..4].copy_from_slice(&slot.to_be_bytes());
+    k[4..].copy_from_slice(addr);
+    k
 }
 
 /// Key data of the IPv4 LPM trie: the address in network byte order. The
@@ -588,7 +611,7 @@ mod pod {
     // SAFETY: `#[repr(C)]`, four `u8`s then eight 4-byte rules of `u16`,
     // `u8`, `u8`: 36 bytes, alignment 2, no padding.
     unsafe impl aya::Pod for super::DestEntry {}
-    // SAFETY: `#[repr(C)]`, four `u64`s then eight `u8`s: 40 bytes.
+    // SAFETY: `#[repr(C)]`, two `u64`s then eight `u8`s: 24 bytes.
     unsafe impl aya::Pod for super::DnsEntry {}
 }
 
@@ -615,7 +638,7 @@ mod tests {
         assert_eq!(core::mem::size_of::<PolicyState>(), 80);
         assert_eq!(core::mem::size_of::<ProfileEntry>(), 32);
         assert_eq!(core::mem::size_of::<DestEntry>(), 36);
-        assert_eq!(core::mem::size_of::<DnsEntry>(), 40);
+        assert_eq!(core::mem::size_of::<DnsEntry>(), 24);
     }
 
     #[test]
