@@ -3,7 +3,8 @@
 //! private-access tenant moves traffic from one tenant's edge to the
 //! other's; trusted-network detection flips the action when its criteria
 //! change; a full stream survives hundreds of policy swaps with zero loss
-//! and zero misclassified packets; `sluice policy explain`, `reload` and
+//! and zero misclassified packets; an address answered for a domain
+//! follows each swap's profiles; `sluice policy explain`, `reload` and
 //! `tenant` from the command line.
 use std::{net::IpAddr, time::Duration};
 
@@ -187,6 +188,90 @@ fn groups_choose_profiles_and_a_reload_swaps_them() {
     assert_eq!(whoami(&lab, &alice, addr::TUNNELLED_V4), direct, "kept");
     assert!(lab.log("gateway").contains("profile[1].fail"));
     // Nothing reached the internet with a LAN source.
+    assert_eq!(lab.nft_counter(counter::LAN_LEAK_V4), 0);
+}
+
+/// Alice in engineering, Bob in sales; `*.bypass.example` bypasses for
+/// the profile named `with_domain` only.
+fn domain_policy(with_domain: &str) -> String {
+    let profile = |name: &str| {
+        if name == with_domain {
+            format!("[[profile]]\nname = \"{name}\"\ndomains = [\"*.bypass.example\"]\n\n")
+        } else {
+            format!("[[profile]]\nname = \"{name}\"\n\n")
+        }
+    };
+    format!(
+        "{}{}{}{}",
+        groups("engineering", "sales")
+            .split("# engineering:")
+            .next()
+            .unwrap_or_default(),
+        profile("engineering"),
+        profile("sales"),
+        profile("default")
+    )
+}
+
+#[test]
+fn domain_entries_follow_policy_swaps() {
+    if !require_root("domain_entries_follow_policy_swaps") {
+        return;
+    }
+    let lab = Lab::new();
+    lab.spawn_peer(Host::Inet, "peer", HTTP, UDP);
+    // A TTL far longer than the test: the entry stays in the table while
+    // the policy changes around it.
+    lab.spawn_dns("dnsmasq", 600);
+    lab.run_ok(
+        Host::Client,
+        &["ip", "addr", "add", &format!("{BOB_V4}/24"), "dev", "eth0"],
+    );
+    let mut s = Sluice::prepare(&lab, bin(), |t| with_policy(t, &domain_policy("sales")));
+    s.start_edge();
+    s.start_gateway();
+    let edge = addr::EDGE_WAN_V4.to_string();
+    let direct = addr::GW_WAN_V4.to_string();
+    let alice = addr::CLIENT_V4.to_string();
+    let seen = |who: &str| whoami(&lab, who, addr::TUNNELLED_V4);
+    assert_eq!(seen(BOB_V4), edge, "before the answer\n{}", logs(&lab));
+    let answer = lab.dig(
+        Host::Client,
+        addr::DNS_V4.into(),
+        "www.bypass.example",
+        false,
+    );
+    assert_eq!(answer.trim(), addr::TUNNELLED_V4.to_string(), "{answer:?}");
+    assert_eq!(gw_metric(&lab, "sluice_dns_bypass_entries", ""), 1);
+    assert_eq!(seen(BOB_V4), direct, "sales bypasses the answered address");
+    assert_eq!(seen(&alice), edge, "engineering does not");
+    // The domain moves to engineering: a swap writes the address's entry
+    // under the new slot with the new profile's bit, and only that.
+    let file = s.conf_dir().join("gateway.toml");
+    let cfg = file.to_string_lossy().into_owned();
+    let text = std::fs::read_to_string(&file).unwrap();
+    let head = text.split("[[identity]]").next().unwrap().to_string();
+    for (round, (with_domain, bypassing, tunnelled)) in [
+        ("engineering", &alice, BOB_V4),
+        ("sales", &BOB_V4.to_string(), alice.as_str()),
+        ("engineering", &alice, BOB_V4),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        std::fs::write(&file, format!("{head}{}", domain_policy(with_domain))).unwrap();
+        let out = sluice(&lab, Host::Gw, &["policy", "reload", "--config", &cfg]);
+        assert!(out.contains("in force"), "{out}");
+        assert_eq!(
+            seen(bypassing),
+            direct,
+            "swap {round}: {with_domain} bypasses\n{}",
+            logs(&lab)
+        );
+        assert_eq!(seen(tunnelled), edge, "swap {round}: the other does not");
+    }
+    assert_eq!(gw_metric(&lab, "sluice_dns_bypass_entries", ""), 1);
+    assert_eq!(gw_metric(&lab, "sluice_policy_generation", ""), 4);
     assert_eq!(lab.nft_counter(counter::LAN_LEAK_V4), 0);
 }
 
