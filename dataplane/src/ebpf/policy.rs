@@ -126,14 +126,21 @@ impl Classifier {
         self.slots.state
     }
 
+    /// How long [`Classifier::prepare_policy`] would wait now for the
+    /// previous slot to go quiet (so that a caller can wait without
+    /// holding a lock).
+    pub fn slot_quiet_left(&self) -> Duration {
+        self.slots
+            .last_commit
+            .map_or(Duration::ZERO, |t| SLOT_QUIET.saturating_sub(t.elapsed()))
+    }
+
     /// Writes `tables` into the slot that is not live. Nothing changes for
     /// traffic until [`Classifier::commit_policy`].
     pub fn prepare_policy(&mut self, tables: &Tables) -> Result<Prepared, EbpfError> {
-        if let Some(t) = self.slots.last_commit {
-            let wait = SLOT_QUIET.saturating_sub(t.elapsed());
-            if !wait.is_zero() {
-                std::thread::sleep(wait);
-            }
+        let wait = self.slot_quiet_left();
+        if !wait.is_zero() {
+            std::thread::sleep(wait);
         }
         let started = Instant::now();
         let slot = self.next_policy_slot();

@@ -135,13 +135,17 @@ impl DomainBypass {
         })
     }
 
-    /// A policy swap, with the domain lock and then the classifier lock
-    /// held (the order [`DomainBypass::install`] takes them in): `prepare`
-    /// writes the policy into the idle slot; then every address gets its
-    /// entry under that slot from `matcher` (keys of their own: no live
-    /// entry is replaced); then `commit` makes the slot
-    /// live; then this host's bypass-trie entries follow the new matcher
-    /// and the observer watches `patterns`.
+    /// A policy swap. `prepare` writes the policy into the idle slot with
+    /// the classifier lock alone (after the previous slot's quiet time,
+    /// waited with no lock held), so DNS packets meanwhile are observed
+    /// without waiting for it. Then, with the domain lock and then the
+    /// classifier lock held (the order [`DomainBypass::install`] takes
+    /// them in), every address in the table gets its entry under the idle
+    /// slot from `matcher` (keys of their own: no live entry is replaced),
+    /// `commit` makes the slot live, this host's bypass-trie entries
+    /// follow the new matcher and the observer watches `patterns`.
+    /// Swaps are serialised by the caller, and nothing else writes the
+    /// idle slot, so the two steps need not hold the locks between them.
     pub(crate) fn swap<T>(
         &self,
         matcher: Arc<DomainMatcher>,
@@ -149,18 +153,23 @@ impl DomainBypass {
         prepare: impl FnOnce(&mut Classifier) -> Result<Prepared, EbpfError>,
         commit: impl FnOnce(&mut Classifier, Prepared) -> Result<T, EbpfError>,
     ) -> Result<T, EbpfError> {
+        let classifier = || {
+            self.classifier.lock().map_err(|_| EbpfError::MissingMap {
+                name: "classifier (poisoned lock)",
+            })
+        };
+        let quiet = classifier()?.slot_quiet_left();
+        if !quiet.is_zero() {
+            std::thread::sleep(quiet);
+        }
+        let prepared = prepare(&mut *classifier()?)?;
         let Ok(mut guard) = self.state.lock() else {
             return Err(EbpfError::MissingMap {
                 name: "domain bypass state (poisoned lock)",
             });
         };
         let s = &mut *guard;
-        let Ok(mut c) = self.classifier.lock() else {
-            return Err(EbpfError::MissingMap {
-                name: "classifier (poisoned lock)",
-            });
-        };
-        let prepared = prepare(&mut c)?;
+        let mut c = classifier()?;
         let slot = (prepared.slot & 1) as usize;
         s.matchers[slot] = Some(matcher.clone());
         let rows: Vec<(IpAddr, String)> =
