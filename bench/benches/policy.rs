@@ -23,7 +23,7 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use sluice::{
     net::Prefix,
     policy::{
-        Entry, Forwarding, Identity, Match, Policy, Profile, Proto, Rule,
+        Entry, Match, Policy, Profile, Proto, Rule,
         compile::Tables,
         eval::{self, Flow},
     },
@@ -78,21 +78,7 @@ fn policy(entries: usize) -> Policy {
             profile: usize::from(i % 4),
         })
         .collect();
-    Policy {
-        identities: Vec::new(),
-        local: Identity {
-            source: Prefix::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0),
-            user: "local".into(),
-            groups: Vec::new(),
-            device: None,
-        },
-        profiles,
-        rules,
-        default_profile: 0,
-        tenants: Vec::new(),
-        active_tenant: None,
-        forwarding: Forwarding::default(),
-    }
+    Policy::new(profiles, rules)
 }
 
 fn flows(p: &Policy) -> Vec<Flow> {

@@ -10,7 +10,7 @@ use std::{net::IpAddr, time::Duration};
 
 use sluice_lab::{
     Host, Lab, addr, counter,
-    deploy::{GATEWAY_METRICS, GATEWAY_TOML, Sluice, metrics_text, sum},
+    deploy::{GATEWAY_METRICS, GATEWAY_TOML, Sluice, metrics_text, with_rx_frames},
     reload::{self, with_policy},
     require_root,
 };
@@ -46,11 +46,22 @@ fn sluice(lab: &Lab, h: Host, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn gw_metric(lab: &Lab, name: &str, label: &str) -> u64 {
-    sum(&metrics_text(lab, Host::Gw, GATEWAY_METRICS), name, label)
+use sluice_lab::deploy::gateway_metric as gw_metric;
+
+/// A lab with the peer servers in `inet` and Bob's address on the client.
+fn lab_with_bob() -> Lab {
+    let lab = Lab::new();
+    lab.spawn_peer(Host::Inet, "peer", HTTP, UDP);
+    lab.run_ok(
+        Host::Client,
+        &["ip", "addr", "add", &format!("{BOB_V4}/24"), "dev", "eth0"],
+    );
+    lab
 }
 
-const GROUPS: &str = r#"
+/// Alice and Bob (groups `ALICE_GROUP`, `BOB_GROUP`) and the rules that
+/// give the groups engineering and sales their profiles.
+const IDENTITIES: &str = r#"
 [[identity]]
 source = "192.0.2.10"
 user = "alice"
@@ -69,7 +80,10 @@ profile = "engineering"
 [[rule]]
 group = "sales"
 profile = "sales"
+"#;
 
+/// The group test's profiles.
+const PROFILES: &str = r#"
 # engineering: everything through the tunnel (the defaults).
 [[profile]]
 name = "engineering"
@@ -83,10 +97,15 @@ exclude = ["203.0.113.10/32", "2001:db8:100::10/128"]
 name = "default"
 "#;
 
-fn groups(alice: &str, bob: &str) -> String {
-    GROUPS
+/// [`IDENTITIES`] with Alice's and Bob's groups.
+fn identities(alice: &str, bob: &str) -> String {
+    IDENTITIES
         .replace("ALICE_GROUP", alice)
         .replace("BOB_GROUP", bob)
+}
+
+fn groups(alice: &str, bob: &str) -> String {
+    format!("{}{PROFILES}", identities(alice, bob))
 }
 
 #[test]
@@ -94,12 +113,7 @@ fn groups_choose_profiles_and_a_reload_swaps_them() {
     if !require_root("groups_choose_profiles_and_a_reload_swaps_them") {
         return;
     }
-    let lab = Lab::new();
-    lab.spawn_peer(Host::Inet, "peer", HTTP, UDP);
-    lab.run_ok(
-        Host::Client,
-        &["ip", "addr", "add", &format!("{BOB_V4}/24"), "dev", "eth0"],
-    );
+    let lab = lab_with_bob();
     let mut s = Sluice::prepare(&lab, bin(), |t| {
         with_policy(t, &groups("engineering", "sales"))
     });
@@ -203,10 +217,7 @@ fn domain_policy(with_domain: &str) -> String {
     };
     format!(
         "{}{}{}{}",
-        groups("engineering", "sales")
-            .split("# engineering:")
-            .next()
-            .unwrap_or_default(),
+        identities("engineering", "sales"),
         profile("engineering"),
         profile("sales"),
         profile("default")
@@ -218,15 +229,10 @@ fn domain_entries_follow_policy_swaps() {
     if !require_root("domain_entries_follow_policy_swaps") {
         return;
     }
-    let lab = Lab::new();
-    lab.spawn_peer(Host::Inet, "peer", HTTP, UDP);
+    let lab = lab_with_bob();
     // A TTL far longer than the test: the entry stays in the table while
     // the policy changes around it.
     lab.spawn_dns("dnsmasq", 600);
-    lab.run_ok(
-        Host::Client,
-        &["ip", "addr", "add", &format!("{BOB_V4}/24"), "dev", "eth0"],
-    );
     let mut s = Sluice::prepare(&lab, bin(), |t| with_policy(t, &domain_policy("sales")));
     s.start_edge();
     s.start_gateway();
@@ -530,11 +536,7 @@ fn trusted_network_detection_flips_the_action() {
         "{err}"
     );
     // So is a change to [gateway] (here the sockets' receive frames).
-    std::fs::write(
-        &file,
-        original.replacen("[gateway]\n", "[gateway]\nrx_frames = 4096\n", 1),
-    )
-    .unwrap();
+    std::fs::write(&file, with_rx_frames(&original, 4096)).unwrap();
     let out = lab.run(Host::Gw, &[&b, "policy", "reload", "--config", &cfg]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -570,9 +572,7 @@ fn a_stream_survives_hundreds_of_swaps_without_loss_or_mix() {
     // shares two CPUs with the other lab tests, and what it checks is
     // that the swaps lose nothing, not how long the worker may be kept
     // off its CPU (bench/RESULTS.md measures both ring sizes).
-    let mut s = Sluice::prepare(&lab, bin(), |t| {
-        reload::initial(t).replacen("[gateway]\n", "[gateway]\nrx_frames = 8192\n", 1)
-    });
+    let mut s = Sluice::prepare(&lab, bin(), |t| with_rx_frames(&reload::initial(t), 8192));
     s.start_edge();
     s.start_gateway();
     // A bounded stream: 100 000 datagrams of 1200 bytes at 200 Mbit/s
@@ -624,8 +624,11 @@ fn a_stream_survives_hundreds_of_swaps_without_loss_or_mix() {
         o.rcvbuf_errors,
         logs(&lab)
     );
+    // Zero over the stream, and since the gateway started.
     for ((name, label), n) in reload::DROPS.iter().zip(&o.drops) {
         assert_eq!(*n, 0, "{name}{{{label}}}");
+        assert_eq!(gw_metric(&lab, name, label), 0, "{name}{{{label}}}");
     }
     assert_eq!(o.generations, o.swaps);
+    assert_eq!(gw_metric(&lab, "sluice_policy_generation", ""), o.swaps + 1);
 }

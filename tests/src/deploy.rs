@@ -40,6 +40,11 @@ pub fn with_endpoint(gateway_toml: &str, processes: &[String]) -> String {
     format!("{text}\n[endpoint]\naddress = \"{ENDPOINT_V4}\"\n")
 }
 
+/// The gateway's file with `gateway.rx_frames = n`.
+pub fn with_rx_frames(gateway_toml: &str, n: u32) -> String {
+    gateway_toml.replacen("[gateway]\n", &format!("[gateway]\nrx_frames = {n}\n"), 1)
+}
+
 /// The edge configuration with the endpoint's inner prefix among its
 /// client prefixes.
 pub fn edge_with_endpoint(edge_toml: &str) -> String {
@@ -289,6 +294,12 @@ impl<'a> Sluice<'a> {
 pub fn metrics_text(lab: &Lab, h: Host, url: &str) -> String {
     let out = lab.run(h, &["curl", "-sS", "--max-time", "2", url]);
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Sum of the gateway's metric `name` over the label sets containing
+/// `label`, read from the lab's gateway namespace.
+pub fn gateway_metric(lab: &Lab, name: &str, label: &str) -> u64 {
+    sum(&metrics_text(lab, Host::Gw, GATEWAY_METRICS), name, label)
 }
 
 /// `(labels, value)` of every sample of metric `name` in Prometheus text.

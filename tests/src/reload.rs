@@ -11,8 +11,8 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail, ensure};
 
 use crate::{
-    Host, Lab, counter,
-    deploy::{GATEWAY_METRICS, Sluice, metrics_text, sum},
+    Host, Lab, addr, counter,
+    deploy::{Sluice, gateway_metric},
 };
 
 /// The gateway's default file with its `[bypass]` lists replaced by
@@ -153,10 +153,6 @@ impl Outcome {
     }
 }
 
-fn gw_metric(lab: &Lab, name: &str, label: &str) -> u64 {
-    sum(&metrics_text(lab, Host::Gw, GATEWAY_METRICS), name, label)
-}
-
 /// UDP datagrams dropped for want of receive-buffer room in `inet`.
 fn udp_rcvbuf_errors(lab: &Lab) -> Result<u64> {
     let snmp = lab.run_ok(Host::Inet, &["cat", "/proc/net/snmp"]);
@@ -197,28 +193,20 @@ pub fn debug_duration(s: &str) -> Option<Duration> {
 /// When iperf3 or the loop beside it fails, or a report cannot be read.
 pub fn run(lab: &Lab, s: &Sluice<'_>, stream: &Stream) -> Result<Outcome> {
     let tag = &stream.tag;
+    let server_addr = addr::TUNNELLED_V4.to_string();
     let server = lab.spawn(
         Host::Inet,
         &format!("iperf3-server-{tag}"),
         // Bound to the server address: replies to the UDP stream must come
         // from the address the stream went to (the edge's NAT matches on it).
-        &[
-            "iperf3",
-            "-s",
-            "-1",
-            "-p",
-            "5201",
-            "-B",
-            "203.0.113.10",
-            "-J",
-        ],
+        &["iperf3", "-s", "-1", "-p", "5201", "-B", &server_addr, "-J"],
     );
     lab.wait_tcp(
         Host::Inet,
-        "203.0.113.10:5201".parse()?,
+        (addr::TUNNELLED_V4, 5201).into(),
         Duration::from_secs(10),
     );
-    let metric = |name: &str, label: &str| gw_metric(lab, name, label);
+    let metric = |name: &str, label: &str| gateway_metric(lab, name, label);
     let tunnelled0 = metric("sluice_xdp_packets_total", "verdict=\"tunnel\"");
     let into0 = metric("sluice_gateway_tunnel_tx_packets_total", "");
     let generation0 = metric("sluice_policy_generation", "");
@@ -233,7 +221,7 @@ pub fn run(lab: &Lab, s: &Sluice<'_>, stream: &Stream) -> Result<Outcome> {
         &[
             "iperf3",
             "-c",
-            "203.0.113.10",
+            &server_addr,
             "-p",
             "5201",
             "-u",

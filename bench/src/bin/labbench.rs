@@ -1114,7 +1114,7 @@ fn policy_measurements(lab: &Lab, a: &Args) -> Result<String> {
     let mut s = Sluice::prepare(lab, &a.sluice, |t| {
         let t = reload::initial(t);
         match a.rx_frames {
-            Some(n) => t.replacen("[gateway]\n", &format!("[gateway]\nrx_frames = {n}\n"), 1),
+            Some(n) => sluice_lab::deploy::with_rx_frames(&t, n),
             None => t,
         }
     });

@@ -9,7 +9,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use libfuzzer_sys::fuzz_target;
 use sluice::policy::{
-    Entry, Forwarding, Identity, Policy, Profile, Proto,
+    Entry, Policy, Profile, Proto,
     compile::Tables,
     eval::{self, Flow},
 };
@@ -103,21 +103,7 @@ fuzz_target!(|data: &[u8]| {
         let len = if v6 { 120 } else { 30 };
         profile.vpn_gateways.push(sluice::net::Prefix::new(a, len));
     }
-    let policy = Policy {
-        identities: Vec::new(),
-        local: Identity {
-            source: sluice::net::Prefix::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0),
-            user: "local".into(),
-            groups: Vec::new(),
-            device: None,
-        },
-        profiles: vec![profile],
-        rules: Vec::new(),
-        default_profile: 0,
-        tenants: Vec::new(),
-        active_tenant: None,
-        forwarding: Forwarding::default(),
-    };
+    let policy = Policy::new(vec![profile], Vec::new());
     // A profile the kernel tables cannot hold is refused, not mangled.
     let Ok(tables) = Tables::compile(&policy) else {
         return;

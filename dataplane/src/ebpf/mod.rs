@@ -521,16 +521,7 @@ impl Classifier {
         }
         let name = map_names::XSKS;
         let mut map = XskMap::try_from(self.map_mut(name)?).map_err(layout(name))?;
-        match map.unset(queue) {
-            Ok(()) => Ok(()),
-            Err(source) if is_not_found(&source) => Ok(()),
-            Err(source) => Err(EbpfError::MapUpdate {
-                name,
-                action: "remove",
-                item: format!("queue {queue}"),
-                source: source.into(),
-            }),
-        }
+        removed(name, || format!("queue {queue}"), map.unset(queue))
     }
 
     /// Attaches the classifier to `interface` and returns the mode it got.
@@ -1095,6 +1086,25 @@ fn host_remove<K: Pod>(
     }
 }
 
+/// A removal's result from map `name`: a key that was not there is not an
+/// error.
+fn removed(
+    name: &'static str,
+    item: impl FnOnce() -> String,
+    result: Result<(), MapError>,
+) -> Result<(), EbpfError> {
+    match result {
+        Ok(()) => Ok(()),
+        Err(e) if is_not_found(&e) => Ok(()),
+        Err(source) => Err(EbpfError::MapUpdate {
+            name,
+            action: "remove",
+            item: item(),
+            source: source.into(),
+        }),
+    }
+}
+
 fn is_not_found(error: &MapError) -> bool {
     match error {
         MapError::KeyNotFound => true,
@@ -1160,18 +1170,11 @@ where
     }
     let keep: HashSet<(u32, K)> = wanted.iter().copied().collect();
     for (len, data) in stale.into_iter().filter(|k| !keep.contains(k)) {
-        match trie.remove(&Key::new(len, data)) {
-            Ok(()) => {}
-            Err(source) if is_not_found(&source) => {}
-            Err(source) => {
-                return Err(EbpfError::MapUpdate {
-                    name,
-                    action: "remove",
-                    item: describe(len, data),
-                    source: source.into(),
-                });
-            }
-        }
+        removed(
+            name,
+            || describe(len, data),
+            trie.remove(&Key::new(len, data)),
+        )?;
     }
     Ok(())
 }
@@ -1214,18 +1217,7 @@ where
     }
     let keep: HashSet<&K> = wanted.iter().collect();
     for key in present.iter().filter(|k| !keep.contains(k)) {
-        match map.remove(key) {
-            Ok(()) => {}
-            Err(source) if is_not_found(&source) => {}
-            Err(source) => {
-                return Err(EbpfError::MapUpdate {
-                    name,
-                    action: "remove",
-                    item: describe(key),
-                    source: source.into(),
-                });
-            }
-        }
+        removed(name, || describe(key), map.remove(key))?;
     }
     Ok(())
 }

@@ -22,7 +22,7 @@ use sluice_common::{
     PolicyState, ProfileEntry, map_names, profile_id,
 };
 
-use super::{Classifier, EbpfError, is_not_found, layout};
+use super::{Classifier, EbpfError, layout, removed};
 use crate::{net::Prefix, policy::compile::Tables};
 
 /// How long after a commit the slot that was live may be rewritten: a frame
@@ -238,23 +238,11 @@ impl Classifier {
         let mut m =
             HashMap::<_, DnsKey, DnsEntry>::try_from(self.map_mut(name)?).map_err(layout(name))?;
         for slot in 0..2 {
-            match m.remove(&dns_key(slot, addr)) {
-                Ok(()) => {}
-                Err(e) if is_not_found(&e) => {}
-                Err(source) => {
-                    return Err(EbpfError::MapUpdate {
-                        name,
-                        action: "remove",
-                        item: addr.to_string(),
-                        source: source.into(),
-                    });
-                }
-            }
+            removed(name, || addr.to_string(), m.remove(&dns_key(slot, addr)))?;
         }
         Ok(())
     }
 
-    /// Removes every entry of `slot` (it is not live).
     /// Writes `tables` into `slot`, recording each key in `keys`.
     fn write_slot(
         &mut self,
@@ -290,31 +278,16 @@ impl Classifier {
         Ok(())
     }
 
+    /// Removes every entry of `slot` (it is not live).
     fn clear_slot(&mut self, slot: u32) -> Result<(), EbpfError> {
         let keys = std::mem::take(&mut self.slots.keys[slot as usize]);
-        let removed =
-            remove_all::<PolicyKeyV4, ProfileEntry>(self, map_names::POLICY_SRC_V4, &keys.src_v4)
-                .and_then(|()| {
-                    remove_all::<PolicyKeyV6, ProfileEntry>(
-                        self,
-                        map_names::POLICY_SRC_V6,
-                        &keys.src_v6,
-                    )
-                })
-                .and_then(|()| {
-                    remove_all::<PolicyKeyV4, DestEntry>(
-                        self,
-                        map_names::POLICY_DST_V4,
-                        &keys.dst_v4,
-                    )
-                })
-                .and_then(|()| {
-                    remove_all::<PolicyKeyV6, DestEntry>(
-                        self,
-                        map_names::POLICY_DST_V6,
-                        &keys.dst_v6,
-                    )
-                });
+        let mut remove = || {
+            remove_all::<PolicyKeyV4, ProfileEntry>(self, map_names::POLICY_SRC_V4, &keys.src_v4)?;
+            remove_all::<PolicyKeyV6, ProfileEntry>(self, map_names::POLICY_SRC_V6, &keys.src_v6)?;
+            remove_all::<PolicyKeyV4, DestEntry>(self, map_names::POLICY_DST_V4, &keys.dst_v4)?;
+            remove_all::<PolicyKeyV6, DestEntry>(self, map_names::POLICY_DST_V6, &keys.dst_v6)
+        };
+        let removed = remove();
         if removed.is_err() {
             // Keys already removed are skipped next time (not found).
             self.slots.keys[slot as usize] = keys;
@@ -363,18 +336,7 @@ fn remove_all<K: aya::Pod, V: aya::Pod>(
 ) -> Result<(), EbpfError> {
     let mut t = LpmTrie::<_, K, V>::try_from(c.map_mut(name)?).map_err(layout(name))?;
     for k in keys {
-        match t.remove(k) {
-            Ok(()) => {}
-            Err(e) if is_not_found(&e) => {}
-            Err(source) => {
-                return Err(EbpfError::MapUpdate {
-                    name,
-                    action: "remove",
-                    item: format!("a /{} entry", k.prefix_len()),
-                    source: source.into(),
-                });
-            }
-        }
+        removed(name, || format!("a /{} entry", k.prefix_len()), t.remove(k))?;
     }
     Ok(())
 }

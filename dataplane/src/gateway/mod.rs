@@ -589,10 +589,6 @@ fn start_pac(
         })
 }
 
-/// Opens one `AF_XDP` socket per RX queue of the LAN interface, registers
-/// them, then attaches the classifier there (pinned, so that a crash leaves
-/// it attached and failing closed rather than handing tunnelled traffic to
-/// kernel routing). Returns the sockets and the interface's MAC.
 /// A LAN queue's socket: `rx_frames` posted for receiving, as many for
 /// sending, rings to match.
 fn lan_xsk_config(cfg: &GatewayConfig) -> XskConfig {
@@ -605,6 +601,10 @@ fn lan_xsk_config(cfg: &GatewayConfig) -> XskConfig {
     }
 }
 
+/// Opens one `AF_XDP` socket per RX queue of the LAN interface, registers
+/// them, then attaches the classifier there (pinned, so that a crash leaves
+/// it attached and failing closed rather than handing tunnelled traffic to
+/// kernel routing). Returns the sockets and the interface's MAC.
 fn attach_lan(
     cfg: &GatewayConfig,
     lan: &str,

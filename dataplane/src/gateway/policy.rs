@@ -132,13 +132,10 @@ pub(crate) struct PolicyControl {
     routing: Mutex<Option<Arc<crate::endpoint::Routing>>>,
     /// Trusted-network detection, for the status and metrics.
     detector: Mutex<Option<Arc<crate::policy::trusted::Detector>>>,
-    /// Where detection looks, the domain bypass's settings and
-    /// `[gateway]`: fixed at start (a reload that changes them is refused).
-    fixed: (
-        crate::config::DetectionSources,
-        DnsSettings,
-        GatewaySettings,
-    ),
+    /// The configuration the gateway started with: where detection
+    /// looks, the domain bypass's settings and `[gateway]` are read once,
+    /// so a reload that changes them is refused.
+    start: GatewayConfig,
     /// Serialises swaps and network-state changes, so that the
     /// internet-direct flag always follows the policy in force and the
     /// latest network state.
@@ -158,38 +155,39 @@ pub(crate) fn tunnels(cfg: &GatewayConfig) -> Vec<(String, TunnelConfig)> {
         .collect()
 }
 
-/// `[bypass]`'s DNS settings other than the names (which are policy).
-type DnsSettings = (crate::dns::Limits, usize, Vec<std::net::IpAddr>);
-
-fn dns_settings(d: &crate::config::DomainBypass) -> DnsSettings {
-    (d.limits, d.max_entries, d.servers.clone())
-}
-
-/// `[gateway]`: interfaces, queues, sockets, CPUs, metrics address, bpffs.
-type GatewaySettings = (
-    String,
-    Option<String>,
-    String,
-    crate::ebpf::AttachMode,
-    Option<u32>,
-    u32,
-    Option<Vec<usize>>,
-    Option<std::net::SocketAddr>,
-    PathBuf,
-);
-
-fn gateway_settings(c: &GatewayConfig) -> GatewaySettings {
-    (
-        c.name.clone(),
-        c.lan.clone(),
-        c.wan.clone(),
-        c.xdp_mode,
-        c.queues,
-        c.rx_frames,
-        c.cpus.clone(),
-        c.metrics,
-        c.bpffs.clone(),
-    )
+/// What a reload cannot change, `new` against `old` (the configuration
+/// the gateway started with): `None`,
+/// or what changed and why it takes a restart.
+fn needs_restart(old: &GatewayConfig, new: &GatewayConfig) -> Option<&'static str> {
+    let gateway = old.name != new.name
+        || old.lan != new.lan
+        || old.wan != new.wan
+        || old.xdp_mode != new.xdp_mode
+        || old.queues != new.queues
+        || old.rx_frames != new.rx_frames
+        || old.cpus != new.cpus
+        || old.metrics != new.metrics
+        || old.bpffs != new.bpffs;
+    let (a, b) = (&old.policy.forwarding, &new.policy.forwarding);
+    let detection =
+        a.criteria != b.criteria || a.interval != b.interval || old.detection != new.detection;
+    let (a, b) = (&old.domains, &new.domains);
+    let dns = a.limits != b.limits || a.max_entries != b.max_entries || a.servers != b.servers;
+    if gateway {
+        Some(
+            "[gateway] changed (name, interfaces, xdp_mode, queues, rx_frames, cpus, metrics or bpffs): it takes a restart",
+        )
+    } else if detection {
+        Some(
+            "the trusted-network criteria or where they are read changed: detection takes a restart (the actions on_trusted, off_trusted and vpn_trusted reload)",
+        )
+    } else if dns {
+        Some(
+            "[bypass]'s DNS settings (dns_servers, TTL bounds, table size) changed: they take a restart",
+        )
+    } else {
+        None
+    }
 }
 
 fn same_tunnel(a: &TunnelConfig, b: &TunnelConfig) -> bool {
@@ -235,11 +233,7 @@ impl PolicyControl {
             tunnels: tunnels(cfg).into_iter().map(|(_, t)| t).collect(),
             routing: Mutex::new(None),
             detector: Mutex::new(None),
-            fixed: (
-                cfg.detection.clone(),
-                dns_settings(&cfg.domains),
-                gateway_settings(cfg),
-            ),
+            start: cfg.clone(),
             serial: Mutex::new(()),
         });
         control.apply(cfg.policy.clone(), "start")?;
@@ -434,28 +428,8 @@ impl PolicyControl {
             ));
         }
         let running = self.policy();
-        let (detection, domains, gateway) = &self.fixed;
-        if gateway_settings(&cfg) != *gateway {
-            return Err(format!(
-                "{}: [gateway] changed (name, interfaces, xdp_mode, queues, rx_frames, cpus, metrics or bpffs): it takes a restart",
-                self.path.display()
-            ));
-        }
-        let f = &cfg.policy.forwarding;
-        if f.criteria != running.forwarding.criteria
-            || f.interval != running.forwarding.interval
-            || cfg.detection != *detection
-        {
-            return Err(format!(
-                "{}: the trusted-network criteria or where they are read changed: detection takes a restart (the actions on_trusted, off_trusted and vpn_trusted reload)",
-                self.path.display()
-            ));
-        }
-        if dns_settings(&cfg.domains) != *domains {
-            return Err(format!(
-                "{}: [bypass]'s DNS settings (dns_servers, TTL bounds, table size) changed: they take a restart",
-                self.path.display()
-            ));
+        if let Some(why) = needs_restart(&self.start, &cfg) {
+            return Err(format!("{}: {why}", self.path.display()));
         }
         let mut policy = cfg.policy;
         if self.inner().switched

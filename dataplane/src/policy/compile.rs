@@ -322,14 +322,14 @@ fn subtract(p: Prefix, holes: &[Prefix]) -> Vec<Prefix> {
     }
     let len = p.len() + 1;
     let low = Prefix::new(p.addr(), len);
-    let high = Prefix::new(flip_bit(p.addr(), p.len()), len);
+    let high = Prefix::new(with_bit(p.addr(), p.len()), len);
     let mut out = subtract(low, &inside);
     out.extend(subtract(high, &inside));
     out
 }
 
 /// `a` with bit `i` (from the most significant) set.
-fn flip_bit(a: IpAddr, i: u8) -> IpAddr {
+fn with_bit(a: IpAddr, i: u8) -> IpAddr {
     match a {
         IpAddr::V4(v) => IpAddr::V4(Ipv4Addr::from(u32::from(v) | (1 << (31 - u32::from(i))))),
         IpAddr::V6(v) => IpAddr::V6(Ipv6Addr::from(u128::from(v) | (1 << (127 - u32::from(i))))),

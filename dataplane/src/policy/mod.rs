@@ -450,6 +450,28 @@ impl Verdict {
 }
 
 impl Policy {
+    /// A policy of `profiles` and `rules` alone (benches, fuzzing): no
+    /// identities and no tenants, the first profile the default, the
+    /// default forwarding profile, and the local identity a config without
+    /// `[policy]` gets (`local` at 127.0.0.1, no groups).
+    pub fn new(profiles: Vec<Profile>, rules: Vec<Rule>) -> Self {
+        Self {
+            identities: Vec::new(),
+            local: Identity {
+                source: Prefix::new(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 32),
+                user: "local".into(),
+                groups: Vec::new(),
+                device: None,
+            },
+            profiles,
+            rules,
+            default_profile: 0,
+            tenants: Vec::new(),
+            active_tenant: None,
+            forwarding: Forwarding::default(),
+        }
+    }
+
     /// The name of tunnel `t`.
     pub fn tenant_name(&self, t: TenantId) -> &str {
         match t {

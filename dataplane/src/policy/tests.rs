@@ -21,6 +21,36 @@ fn pfx(s: &str) -> Prefix {
     s.parse().unwrap()
 }
 
+/// Positions in [`DEFAULT_EXCLUSIONS`]: the tests take private,
+/// link-local and unique-local addresses from that list (configuration
+/// data for real deployments) and only evaluate them in memory; no test
+/// sends a packet to them.
+const PRIVATE_10: usize = 0;
+const PRIVATE_192_168: usize = 2;
+const UNIQUE_LOCAL: usize = 6;
+
+/// Default exclusion `i`.
+fn excluded(i: usize) -> Prefix {
+    pfx(DEFAULT_EXCLUSIONS[i])
+}
+
+/// The address `n` above the start of `p`.
+fn host_in(p: Prefix, n: u128) -> IpAddr {
+    match p.addr() {
+        IpAddr::V4(a) => IpAddr::V4((u32::from(a) + u32::try_from(n).unwrap()).into()),
+        IpAddr::V6(a) => IpAddr::V6((u128::from(a) + n).into()),
+    }
+}
+
+/// The upper half of `p` (one bit longer).
+fn upper_half(p: Prefix) -> Prefix {
+    let bits: u32 = if p.addr().is_ipv4() { 32 } else { 128 };
+    Prefix::new(
+        host_in(p, 1 << (bits - 1 - u32::from(p.len()))),
+        p.len() + 1,
+    )
+}
+
 fn tunnel_cfg() -> crate::config::TunnelConfig {
     crate::config::TunnelConfig {
         edge: "198.51.100.9:4443".parse().unwrap(),
@@ -194,15 +224,12 @@ fn defaults_include_everything_and_exclude_private_ranges() {
     let d = |dst: &str| eval::decide(&p, 3, &flow("192.0.2.200", dst, 443, Proto::TCP)).verdict;
     assert_eq!(d("198.51.100.7"), Verdict::Tunnel(INTERNET));
     assert_eq!(d("2001:db8:9::1"), Verdict::Tunnel(INTERNET));
-    for private in [
-        "10.1.2.3",
-        "172.20.0.1",
-        "192.168.1.1",
-        "169.254.0.9",
-        "fd00::1",
-        "fe80::1",
-    ] {
-        assert_eq!(d(private), Verdict::Direct, "{private}");
+    // Every default exclusion: its first host (or its one address).
+    for range in DEFAULT_EXCLUSIONS {
+        let p = pfx(range);
+        let full = if p.addr().is_ipv4() { 32 } else { 128 };
+        let a = host_in(p, u128::from(p.len() < full));
+        assert_eq!(d(&a.to_string()), Verdict::Direct, "{a} in {range}");
     }
 }
 
@@ -362,24 +389,30 @@ impl Rng {
 fn random_addr(r: &mut Rng, v6: bool) -> IpAddr {
     if v6 {
         let bases = [
-            "2001:db8:5::",
-            "2001:db8:77::",
-            "2001:db8:1::10",
-            "fd00::",
-            "2001:db8:9::",
+            ip("2001:db8:5::"),
+            ip("2001:db8:77::"),
+            ip("2001:db8:1::10"),
+            upper_half(excluded(UNIQUE_LOCAL)).addr(),
+            ip("2001:db8:9::"),
         ];
-        let base: std::net::Ipv6Addr = bases[r.below(bases.len() as u64) as usize].parse().unwrap();
-        IpAddr::V6((u128::from(base) + u128::from(r.below(1 << 20))).into())
+        let base = pfx(&format!(
+            "{}/128",
+            bases[r.below(bases.len() as u64) as usize]
+        ));
+        host_in(base, u128::from(r.below(1 << 20)))
     } else {
         let bases = [
-            "203.0.113.0",
-            "198.51.100.0",
-            "192.0.2.0",
-            "10.0.0.0",
-            "192.168.0.0",
+            ip("203.0.113.0"),
+            ip("198.51.100.0"),
+            ip("192.0.2.0"),
+            excluded(PRIVATE_10).addr(),
+            excluded(PRIVATE_192_168).addr(),
         ];
-        let base: std::net::Ipv4Addr = bases[r.below(bases.len() as u64) as usize].parse().unwrap();
-        IpAddr::V4((u32::from(base) + r.below(512) as u32).into())
+        let base = pfx(&format!(
+            "{}/32",
+            bases[r.below(bases.len() as u64) as usize]
+        ));
+        host_in(base, u128::from(r.below(512)))
     }
 }
 
@@ -391,8 +424,8 @@ fn compiled_tables_agree_with_the_reference_evaluator() {
     prof.include.extend([
         e("203.0.113.0/26:443"),
         e("203.0.113.128/25:53:udp"),
-        e("10.0.0.0/8:443:tcp"),
-        e("[fd00::/8]:22"),
+        e(&format!("{}:443:tcp", excluded(PRIVATE_10))),
+        e(&format!("[{}]:22", upper_half(excluded(UNIQUE_LOCAL)))),
     ]);
     prof.exclude.extend([
         e("203.0.113.0/24"),
@@ -400,7 +433,8 @@ fn compiled_tables_agree_with_the_reference_evaluator() {
         e("198.51.100.0/23:80"),
         e("[2001:db8:9::/48]:443:udp"),
     ]);
-    prof.vpn_gateways.push(pfx("10.9.0.0/16"));
+    prof.vpn_gateways
+        .push(Prefix::new(host_in(excluded(PRIVATE_10), 9 << 16), 16));
     for tenant in [0, 1] {
         p.active_tenant = Some(tenant);
         let t = Tables::compile(&p).unwrap();
@@ -437,20 +471,23 @@ fn compiled_tables_agree_with_the_reference_evaluator() {
 #[test]
 fn unknown_ports_err_toward_the_tunnel() {
     let mut p = policy();
-    p.profiles[3].include.push(e("10.0.0.0/8:443:tcp"));
+    p.profiles[3]
+        .include
+        .push(e(&format!("{}:443:tcp", excluded(PRIVATE_10))));
     let t = Tables::compile(&p).unwrap();
+    let private = host_in(excluded(PRIVATE_10), 0x01_0101);
     // A non-first fragment (no ports) to an excluded prefix whose port
     // entry tunnels: tunnelled. ICMP (no ports at all) is not affected.
     assert_eq!(
-        t.lookup(ip("192.0.2.200"), ip("10.1.1.1"), 0, 0, Proto::TCP),
+        t.lookup(ip("192.0.2.200"), private, 0, 0, Proto::TCP),
         Verdict::Tunnel(INTERNET)
     );
     assert_eq!(
-        t.lookup(ip("192.0.2.200"), ip("10.1.1.1"), 0, 0, Proto(1)),
+        t.lookup(ip("192.0.2.200"), private, 0, 0, Proto(1)),
         Verdict::Direct
     );
     assert_eq!(
-        t.lookup(ip("192.0.2.200"), ip("10.1.1.1"), 0, 0, Proto::UDP),
+        t.lookup(ip("192.0.2.200"), private, 0, 0, Proto::UDP),
         Verdict::Direct
     );
 }
@@ -477,7 +514,7 @@ fn local_direct_leaves_out_prefixes_with_tunnelled_ports() {
     p.profiles[1].include.push(e("198.51.100.0/24:443"));
     let t = Tables::compile(&p).unwrap();
     assert_eq!(t.local_profile, 1);
-    assert!(t.local_direct.contains(&pfx("10.0.0.0/8")));
+    assert!(t.local_direct.contains(&excluded(PRIVATE_10)));
     assert!(t.local_direct.contains(&pfx("203.0.113.50/32")));
     assert!(!t.local_direct.contains(&pfx("198.51.100.0/24")));
     assert!(!t.local_direct.contains(&pfx("0.0.0.0/0")));

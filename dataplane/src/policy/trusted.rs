@@ -1254,9 +1254,9 @@ search Corp.Example. example.net
     const ROUTES_V4: &str = "\
 default via 192.0.2.1 dev eth0 proto dhcp src 192.0.2.7 metric 600 \n\
 default via 198.51.100.1 dev wlan0 proto dhcp src 198.51.100.7 metric 100 \n\
-0.0.0.0/1 via 10.8.0.1 dev tun0 \n\
-10.8.0.0/24 dev tun0 proto kernel scope link src 10.8.0.2 \n\
-128.0.0.0/1 via 10.8.0.1 dev tun0 metric 5 \n\
+0.0.0.0/1 via 198.18.8.1 dev tun0 \n\
+198.18.8.0/24 dev tun0 proto kernel scope link src 198.18.8.2 \n\
+128.0.0.0/1 via 198.18.8.1 dev tun0 metric 5 \n\
 default table 100 metric 50 \\\tnexthop via 192.0.2.1 dev eth0 weight 1 \\\tnexthop via inet6 fe80::1 dev eth1 weight 2 \n\
 unreachable default table 200 \n\
 default dev wg0 table 51820 scope link \n\
@@ -1290,8 +1290,8 @@ multicast ff00::/8 dev eth0 table local proto kernel metric 256 pref medium
             [
                 route(Default, Some("192.0.2.1"), "eth0", 600, None),
                 route(Default, Some("198.51.100.1"), "wlan0", 100, None),
-                route(LowHalf, Some("10.8.0.1"), "tun0", 0, None),
-                route(HighHalf, Some("10.8.0.1"), "tun0", 5, None),
+                route(LowHalf, Some("198.18.8.1"), "tun0", 0, None),
+                route(HighHalf, Some("198.18.8.1"), "tun0", 5, None),
                 route(Default, Some("192.0.2.1"), "eth0", 50, Some("100")),
                 route(Default, Some("fe80::1"), "eth1", 50, Some("100")),
                 route(Default, None, "wg0", 0, Some("51820")),
