@@ -1138,6 +1138,11 @@ mod policy {
 
     /// alice (engineering): 198.51.100.0/24 excluded but its TCP 443
     /// included; bob (sales): corp's private apps; everyone else: defaults.
+    /// The default profile's captive-portal grace. Short, so that "down
+    /// for longer than the grace" is a time after boot on any machine
+    /// (the monotonic clock starts near 0 at boot).
+    const GRACE: Duration = Duration::from_secs(2);
+
     fn lab_policy() -> Policy {
         let mut eng = Profile::with_defaults("engineering", 1);
         eng.exclude.push("198.51.100.0/24".parse().unwrap());
@@ -1146,7 +1151,7 @@ mod policy {
         let mut sales = Profile::with_defaults("sales", 1);
         sales.fail = FailMode::Open;
         let mut default = Profile::with_defaults("default", 1);
-        default.captive_portal_grace = Duration::from_secs(3600);
+        default.captive_portal_grace = GRACE;
         Policy {
             identities: vec![
                 identity("192.0.2.10", "engineering"),
@@ -1385,9 +1390,15 @@ mod policy {
         assert_eq!(run_meta(&c, &bob_web).1, "[direct_fail_open+1]");
         assert_eq!(run_meta(&c, &alice_web).1, "[tunnel+1, drop_no_socket+1]");
         assert_eq!(run_meta(&c, &stranger).1, "[direct_fail_open+1]");
-        // Down for longer than the grace: the default profile drops.
-        c.set_tunnel_down(0, Some(now.saturating_sub(3_601_000_000_000).max(1)))
-            .unwrap();
+        // Down for longer than the grace: the default profile drops. On a
+        // machine booted less than that long ago, wait until the clock
+        // has passed it (never a saturated, meaningless time).
+        let past_grace = (GRACE + Duration::from_secs(1)).as_nanos() as u64;
+        while sluice::sys::fanotify::monotonic_ns() <= past_grace {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let since = sluice::sys::fanotify::monotonic_ns() - past_grace;
+        c.set_tunnel_down(0, Some(since)).unwrap();
         assert_eq!(run_meta(&c, &stranger).1, "[tunnel+1, drop_no_socket+1]");
         c.set_tunnel_down(0, None).unwrap();
         assert_eq!(run_meta(&c, &bob_web).1, "[tunnel+1, drop_no_socket+1]");

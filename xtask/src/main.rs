@@ -3,8 +3,10 @@
 //! - `setup`: installs what building and testing need on Debian 12
 //!   (idempotent; quiet when all is there). See [`setup`].
 //! - `test [-- <test args>]`: setup, removal of namespaces left by crashed
-//!   runs, then `cargo test --release --workspace --exclude sluice-ebpf
-//!   -- --test-threads=2 <test args>`.
+//!   runs, then `cargo test --release --no-fail-fast --workspace --exclude
+//!   sluice-ebpf -- --test-threads=2 <test args>` and the fuzz smoke run;
+//!   every group runs even after a failure, and the failures are listed
+//!   together at the end.
 //! - `demo`: setup, `cargo build --release -p sluice`, then the lab demo
 //!   (`SLUICE_DEMO_HOLD=1` keeps the lab up until Ctrl-C).
 
@@ -99,10 +101,73 @@ fn test(args: &[String]) -> Result<()> {
         Some((first, rest)) if first == "--" => rest,
         _ => args,
     };
+    // Every group runs, whatever the one before it did; the failures are
+    // listed together at the end.
+    let mut report = Report::default();
+    cargo_tests(extra, &mut report)?;
+    report.fuzz = fuzz_all(FUZZ_SMOKE_SECONDS);
+    report.print();
+    if report.failed() {
+        bail!("some tests failed (listed above)");
+    }
+    Ok(())
+}
+
+/// What a `test` run found, group by group.
+#[derive(Default)]
+struct Report {
+    passed: u64,
+    failed: u64,
+    /// Tests that failed (`test NAME ... FAILED`).
+    failed_tests: Vec<String>,
+    /// Test targets that failed as a whole (cargo's `-p X --test Y` lines:
+    /// a failed test, a crash or a build failure).
+    failed_targets: Vec<String>,
+    /// Fuzz targets that failed, with why.
+    fuzz: Vec<String>,
+    /// `cargo test` did not succeed.
+    cargo_failed: Option<String>,
+}
+
+impl Report {
+    fn failed(&self) -> bool {
+        self.failed > 0
+            || self.cargo_failed.is_some()
+            || !self.failed_targets.is_empty()
+            || !self.fuzz.is_empty()
+    }
+
+    fn print(&self) {
+        println!("\n==== test summary ====");
+        println!("tests: {} passed, {} failed", self.passed, self.failed);
+        for t in &self.failed_tests {
+            println!("FAILED test: {t}");
+        }
+        for t in &self.failed_targets {
+            println!("FAILED target: {t}");
+        }
+        if let Some(s) = &self.cargo_failed {
+            println!("FAILED cargo test: {s}");
+        }
+        for f in &self.fuzz {
+            println!("FAILED fuzz: {f}");
+        }
+        if !self.failed() {
+            println!("all groups passed");
+        }
+    }
+}
+
+/// `cargo test` over the workspace with `--no-fail-fast` (every test
+/// binary runs even after one fails), streaming its output while noting
+/// the results and failures in `report`.
+fn cargo_tests(extra: &[String], report: &mut Report) -> Result<()> {
+    use std::io::BufRead as _;
     let mut cmd = cargo();
     cmd.args([
         "test",
         "--release",
+        "--no-fail-fast",
         "--workspace",
         "--exclude",
         "sluice-ebpf",
@@ -111,38 +176,65 @@ fn test(args: &[String]) -> Result<()> {
     ])
     .args(extra);
     println!(
-        "test: cargo test --release --workspace --exclude sluice-ebpf -- --test-threads=2 {}",
+        "test: cargo test --release --no-fail-fast --workspace --exclude sluice-ebpf -- --test-threads=2 {}",
         extra.join(" ")
     );
-    // Stream the output while tallying the `test result:` lines, so that
-    // the run ends with one plain `N passed, N failed` line for all crates.
     let mut child = cmd
         .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .context("cannot run cargo")?;
-    let (mut passed, mut failed) = (0u64, 0u64);
+    // cargo names the failed targets on stderr; keep them, pass it all on.
+    let stderr = child.stderr.take().context("cargo's stderr")?;
+    let errs = std::thread::spawn(move || {
+        let mut targets = Vec::new();
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            eprintln!("{line}");
+            if let Some(t) = failed_target(&line) {
+                targets.push(t);
+            }
+        }
+        targets
+    });
     if let Some(out) = child.stdout.take() {
-        use std::io::BufRead as _;
         for line in std::io::BufReader::new(out).lines() {
             let line = line.context("reading cargo test output")?;
             println!("{line}");
             if let Some((p, f)) = tally(&line) {
-                passed += p;
-                failed += f;
+                report.passed += p;
+                report.failed += f;
+            }
+            if let Some(name) = line
+                .strip_prefix("test ")
+                .and_then(|l| l.strip_suffix(" ... FAILED"))
+            {
+                report.failed_tests.push(name.to_string());
             }
         }
     }
     let status = child.wait().context("waiting for cargo test")?;
-    let fuzzed = if status.success() {
-        fuzz(FUZZ_SMOKE_SECONDS)
-    } else {
-        Ok(())
-    };
-    println!("tests: {passed} passed, {failed} failed");
+    let mut targets = errs.join().unwrap_or_default();
+    targets.dedup();
+    report.failed_targets = targets;
     if !status.success() {
-        bail!("tests failed ({status})");
+        report.cargo_failed = Some(status.to_string());
     }
-    fuzzed
+    Ok(())
+}
+
+/// The target of one of cargo's failure lines: `error: test failed, to
+/// rerun pass `-p sluice --test lab`` or, after `--no-fail-fast`, the
+/// indented `` `-p sluice --test lab` `` list.
+fn failed_target(line: &str) -> Option<String> {
+    let t = line.trim();
+    let quoted = t
+        .strip_prefix("error: test failed, to rerun pass `")
+        .or_else(|| t.strip_prefix('`'))?;
+    let name = quoted.strip_suffix('`')?;
+    name.starts_with("-p ").then(|| name.to_string())
 }
 
 /// `(passed, failed)` from a libtest summary line
@@ -177,16 +269,32 @@ const FUZZ_TARGETS: [&str; 8] = [
 /// no longer builds or crashes at once, not a fuzzing campaign.
 const FUZZ_SMOKE_SECONDS: u32 = 20;
 
+/// Runs every fuzz target for `seconds`; fails if any failed.
+fn fuzz(seconds: u32) -> Result<()> {
+    let failed = fuzz_all(seconds);
+    if !failed.is_empty() {
+        bail!("fuzz targets failed: {}", failed.join("; "));
+    }
+    println!("fuzz: {} targets ran clean", FUZZ_TARGETS.len());
+    Ok(())
+}
+
 /// Runs every fuzz target for `seconds`, starting from the seed corpus in
 /// `dataplane/fuzz/corpus/<target>` (new inputs go to a scratch directory,
-/// so the committed corpus only changes on purpose).
-fn fuzz(seconds: u32) -> Result<()> {
+/// so the committed corpus only changes on purpose). Every target runs
+/// even after one fails; returns the failures.
+fn fuzz_all(seconds: u32) -> Vec<String> {
     let dir = root().join("dataplane/fuzz");
+    let mut failed = Vec::new();
     for t in FUZZ_TARGETS {
         let scratch = std::env::temp_dir().join(format!("sluice-fuzz-{t}-{}", std::process::id()));
-        std::fs::create_dir_all(&scratch)?;
         let seeds = dir.join("corpus").join(t);
-        std::fs::create_dir_all(&seeds)?;
+        if let Err(e) =
+            std::fs::create_dir_all(&scratch).and_then(|()| std::fs::create_dir_all(&seeds))
+        {
+            failed.push(format!("{t}: corpus directories: {e}"));
+            continue;
+        }
         println!("fuzz: {t} for {seconds} s");
         let status = Command::new("cargo")
             .current_dir(&dir)
@@ -198,17 +306,20 @@ fn fuzz(seconds: u32) -> Result<()> {
                 &format!("-max_total_time={seconds}"),
                 "-print_final_stats=1",
             ])
-            .status()
-            .context("cannot run cargo fuzz")?;
+            .status();
         let _ = std::fs::remove_dir_all(&scratch);
-        if !status.success() {
-            bail!(
-                "fuzz target {t} failed ({status}); crash inputs are in dataplane/fuzz/artifacts/{t}"
-            );
+        match status {
+            Ok(s) if s.success() => {}
+            Ok(s) => failed.push(format!(
+                "{t} ({s}); crash inputs are in dataplane/fuzz/artifacts/{t}"
+            )),
+            Err(e) => failed.push(format!("{t}: cannot run cargo fuzz: {e}")),
         }
     }
-    println!("fuzz: {} targets ran clean", FUZZ_TARGETS.len());
-    Ok(())
+    if failed.is_empty() {
+        println!("fuzz: {} targets ran clean", FUZZ_TARGETS.len());
+    }
+    failed
 }
 
 /// The lab benchmark: sluice, kernel forwarding baselines, in one run.
@@ -291,5 +402,19 @@ mod tests {
             Some((5, 1))
         );
         assert_eq!(super::tally("running 3 tests"), None);
+    }
+
+    #[test]
+    fn finds_cargos_failed_targets() {
+        assert_eq!(
+            super::failed_target("error: test failed, to rerun pass `-p sluice --test lab`"),
+            Some("-p sluice --test lab".into())
+        );
+        assert_eq!(
+            super::failed_target("    `-p sluice --lib`"),
+            Some("-p sluice --lib".into())
+        );
+        assert_eq!(super::failed_target("`not a target`"), None);
+        assert_eq!(super::failed_target("   Compiling sluice"), None);
     }
 }
