@@ -404,17 +404,30 @@ fn gateways_are_isolated_at_the_edge() {
         ));
     }
 
-    // The edge counted each refusal.
+    // The edge counted each refusal: in user space the packets to another
+    // branch and to reserved destinations (they never reach the kernel;
+    // the nftables rules `tun_to_tun` and `tun_to_reserved` are the
+    // backstop), in its nftables table those to the edge host and into a
+    // tunnel unasked.
     let counters: Vec<(&str, Option<u64>)> = [
-        "tun_to_tun",
-        "tun_to_host",
-        "tun_to_reserved",
-        "into_tun_new",
+        (
+            "drops to_gateway",
+            Some(s.edge_metric("sluice_edge_drops_total", "reason=\"to_gateway\"")),
+        ),
+        (
+            "drops reserved",
+            Some(s.edge_metric("sluice_edge_drops_total", "reason=\"reserved\"")),
+        ),
+        ("nft tun_to_host", edge_counter(&lab, "tun_to_host")),
+        ("nft into_tun_new", edge_counter(&lab, "into_tun_new")),
     ]
     .into_iter()
-    .map(|n| (n, edge_counter(&lab, n)))
     .collect();
-    eprintln!("edge filter counters: {counters:?}");
+    eprintln!(
+        "edge counters: {counters:?}; nft backstops tun_to_tun {:?} tun_to_reserved {:?}",
+        edge_counter(&lab, "tun_to_tun"),
+        edge_counter(&lab, "tun_to_reserved")
+    );
     for (name, n) in &counters {
         if !n.is_some_and(|n| n > 0) {
             broken.push(format!("edge counter {name}: {n:?}"));

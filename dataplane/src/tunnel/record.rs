@@ -74,9 +74,7 @@ impl RecordError {
             RecordError::UnexpectedType(_) | RecordError::NoContentType => {
                 alert::UNEXPECTED_MESSAGE
             }
-            RecordError::UnsupportedSuite | RecordError::SequenceExhausted => {
-                alert::INTERNAL_ERROR
-            }
+            RecordError::UnsupportedSuite | RecordError::SequenceExhausted => alert::INTERNAL_ERROR,
         }
     }
 }

@@ -503,14 +503,16 @@ impl Session {
                 if self.is_handshaking() {
                     // rustls still wants more of a handshake message than
                     // the buffer may hold before authentication.
-                    return Err(self.fail(CloseReason::Tls(
-                        "TLS handshake message too large".into(),
-                    )));
+                    return Err(
+                        self.fail(CloseReason::Tls("TLS handshake message too large".into()))
+                    );
                 }
                 // Full of records not opened yet: poll_packet first.
                 return Ok(ReadOutcome { more: true });
             }
-            let n = match rd.read(&mut self.rx_buf[self.rx_end..]) {
+            // No read goes much past the budget (at least one byte).
+            let room = (self.rx_buf.len() - self.rx_end).min(budget.saturating_sub(total).max(1));
+            let n = match rd.read(&mut self.rx_buf[self.rx_end..self.rx_end + room]) {
                 Ok(0) => {
                     // TCP EOF: frames already buffered are still delivered
                     // by poll_packet, which then closes the session.
@@ -580,9 +582,7 @@ impl Session {
         self.p_end = plain;
         self.c_start = plain;
         if self.rx_buf.len() - self.rx_end < min_free && self.rx_buf.len() < max {
-            let grown = (self.rx_buf.len() * 2)
-                .max(self.rx_end + min_free)
-                .min(max);
+            let grown = (self.rx_buf.len() * 2).max(self.rx_end + min_free).min(max);
             self.rx_buf.resize(grown, 0);
         }
         self.rx_buf.len() - self.rx_end >= min_free
@@ -767,7 +767,10 @@ impl Session {
                     Ok(true)
                 }
                 // The peer has closed: no alert goes back.
-                [_, desc] => Err((None, CloseReason::Tls(format!("peer sent TLS alert {desc}")))),
+                [_, desc] => Err((
+                    None,
+                    CloseReason::Tls(format!("peer sent TLS alert {desc}")),
+                )),
                 _ => Err(fatal(DECODE_ERROR, "malformed TLS alert".into())),
             },
             record::HANDSHAKE => {

@@ -780,7 +780,11 @@ fn handshake_deadline_is_not_reset_by_each_byte() {
 #[test]
 fn buffers_are_allocated_after_authentication() {
     let (mut server, dir) = lone_server(cfg("edge"));
-    assert_eq!(server.buffered_capacity(), 0, "nothing before a byte arrives");
+    assert_eq!(
+        server.buffered_capacity(),
+        0,
+        "nothing before a byte arrives"
+    );
     let hello = client_hello_bytes();
     let _ = server.handle_read(&mut Feed(&hello[..hello.len() / 2]), Instant::now());
     assert!(!server.is_closed());
@@ -802,7 +806,10 @@ fn buffers_are_allocated_after_authentication() {
             break;
         }
     }
-    assert!(server2.is_closed(), "{fed} bytes of one handshake message held");
+    assert!(
+        server2.is_closed(),
+        "{fed} bytes of one handshake message held"
+    );
     assert!(server2.buffered_capacity() <= HS_RX_MAX + 64 * 1024);
     let mut p = Pair::new(40);
     p.drive();
