@@ -57,13 +57,13 @@ impl HostileGateway {
             &conf.join(format!("{cert}.key")),
         )
         .expect("client TLS config");
-        let name = pki::server_name("edge.sluice.test").expect("server name");
-        let conn = rustls::client::UnbufferedClientConnection::new(tls, name).expect("client");
+        let server = pki::server_name("edge.sluice.test").expect("server name");
+        let client = rustls::client::UnbufferedClientConnection::new(tls, server).expect("client");
         let addr: SocketAddr = EDGE_ADDR.parse().unwrap();
         let sock = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
         sock.set_nonblocking(true).unwrap();
         let sess = Session::new(
-            conn.into(),
+            client.into(),
             SessionConfig {
                 name: "hostile".into(),
                 ..SessionConfig::default()
@@ -199,6 +199,10 @@ fn edge_counter(lab: &Lab, name: &str) -> Option<u64> {
 }
 
 #[test]
+#[allow(
+    clippy::too_many_lines,
+    reason = "one lab, four scenarios in order; every violation listed at the end"
+)]
 fn gateways_are_isolated_at_the_edge() {
     if !require_root("gateways_are_isolated_at_the_edge") {
         return;
@@ -462,7 +466,7 @@ fn start_edge_with_nofile(lab: &Lab, s: &mut Sluice<'_>, n: u32) {
     s.edge = Some(id);
 }
 
-/// A ClientHello as a gateway sends it (with `branch-1`'s configuration).
+/// A `ClientHello` as a gateway sends it (with `branch-1`'s configuration).
 fn client_hello(conf: &Path) -> Vec<u8> {
     let tls = pki::client_config(
         &conf.join("ca.pem"),

@@ -48,11 +48,7 @@ pub fn with_rx_frames(gateway_toml: &str, n: u32) -> String {
 /// The edge configuration with the endpoint's inner prefix among the
 /// prefixes of `branch-1` (the gateway in endpoint mode).
 pub fn edge_with_endpoint(edge_toml: &str) -> String {
-    edge_toml.replacen(
-        "prefixes = [",
-        "prefixes = [\"198.18.3.0/24\", ",
-        1,
-    )
+    edge_toml.replacen("prefixes = [", "prefixes = [\"198.18.3.0/24\", ", 1)
 }
 
 /// sluice running in a lab.

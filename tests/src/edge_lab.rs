@@ -147,7 +147,12 @@ impl Pings {
         if self.sent == 0 {
             return 100.0;
         }
-        100.0 * (self.sent.saturating_sub(self.received)) as f64 / self.sent as f64
+        #[allow(clippy::cast_precision_loss, reason = "counts of pings")]
+        let (lost, sent) = (
+            self.sent.saturating_sub(self.received) as f64,
+            self.sent as f64,
+        );
+        100.0 * lost / sent
     }
 
     /// The `p`th percentile RTT in ms (`NaN` without replies).
@@ -234,7 +239,11 @@ pub fn spawn_iperf_server(lab: &Lab, addr: IpAddr, port: u16) -> crate::ProcId {
 
 /// An iperf3 TCP stream from `h` to `dst:port` for `secs` seconds: the
 /// receiver's Mbit/s, or `None` (with iperf3's output) if it failed.
-pub fn iperf_tcp(lab: &Lab, h: Host, dst: IpAddr, port: u16, secs: u32) -> Result<f64, String> {
+///
+/// # Errors
+/// iperf3's output when it reports no figure.
+pub fn iperf_tcp(lab: &Lab, from: Host, dst: IpAddr, port: u16, secs: u32) -> Result<f64, String> {
+    let h = from;
     let (d, p, t) = (dst.to_string(), port.to_string(), secs.to_string());
     let out = lab.run_timeout(
         h,
@@ -253,8 +262,10 @@ pub fn iperf_tcp(lab: &Lab, h: Host, dst: IpAddr, port: u16, secs: u32) -> Resul
         Duration::from_secs(u64::from(secs) + 20),
     );
     let text = String::from_utf8_lossy(&out.stdout);
-    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("{e}: {text}"))?;
-    v.pointer("/end/sum_received/bits_per_second")
+    let report: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| format!("{e}: {text}"))?;
+    report
+        .pointer("/end/sum_received/bits_per_second")
         .and_then(serde_json::Value::as_f64)
         .map(|b| b / 1e6)
         .ok_or_else(|| format!("iperf3 failed: {text}"))
@@ -303,14 +314,14 @@ pub struct Flood {
     /// Source addresses, taken in turn ([`add_flood_sources`]).
     pub sources: Vec<IpAddr>,
     /// Slow connections held open at once: each sends one more byte of a
-    /// ClientHello every [`Flood::trickle`], never completing it.
+    /// `ClientHello` every [`Flood::trickle`], never completing it.
     pub slow: usize,
     /// How often each slow connection sends its next byte.
     pub trickle: Duration,
-    /// Threads sending complete ClientHellos on fresh connections, back to
+    /// Threads sending complete `ClientHello`s on fresh connections, back to
     /// back (each waits up to 20 ms for the edge's answer, then closes).
     pub hello_threads: usize,
-    /// A ClientHello record as a TLS client sends it.
+    /// A `ClientHello` record as a TLS client sends it.
     pub client_hello: Vec<u8>,
     /// How long the flood lasts.
     pub duration: Duration,
@@ -329,15 +340,18 @@ pub struct FloodReport {
     pub longest_held_secs: f64,
     /// Connection attempts that failed or timed out (200 ms).
     pub connect_failures: u64,
-    /// Complete ClientHellos sent.
+    /// Complete `ClientHello`s sent.
     pub hellos: u64,
-    /// ClientHellos the edge answered (any bytes back within 20 ms).
+    /// `ClientHello`s the edge answered (any bytes back within 20 ms).
     pub hellos_answered: u64,
 }
 
 impl Flood {
     /// Runs the flood from `inet` until [`Flood::duration`] has passed; all
     /// its sockets are closed when this returns.
+    ///
+    /// # Panics
+    /// If a thread cannot enter `inet`.
     pub fn run(&self, lab: &Lab) -> FloodReport {
         let deadline = Instant::now() + self.duration;
         let failures = AtomicU64::new(0);
@@ -421,20 +435,16 @@ impl Flood {
                     if round.elapsed() > self.trickle / 3 {
                         continue;
                     }
-                    match self.connect(self.sources[i % self.sources.len()]) {
-                        Ok(sock) => {
-                            report.slow_opened += 1;
-                            *slot = Some(Slow {
-                                sock,
-                                sent: 0,
-                                since: Instant::now(),
-                            });
-                        }
-                        Err(_) => {
-                            failures.fetch_add(1, Relaxed);
-                            continue;
-                        }
-                    }
+                    let Ok(sock) = self.connect(self.sources[i % self.sources.len()]) else {
+                        failures.fetch_add(1, Relaxed);
+                        continue;
+                    };
+                    report.slow_opened += 1;
+                    *slot = Some(Slow {
+                        sock,
+                        sent: 0,
+                        since: Instant::now(),
+                    });
                 }
                 let Some(c) = slot.as_mut() else { continue };
                 let mut b = [0u8; 256];

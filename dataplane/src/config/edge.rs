@@ -102,6 +102,9 @@ pub(super) struct RawLimits {
     pub(super) max_tunnels: Option<Spanned<u32>>,
 }
 
+/// A prefix and where it is written (`0..0` for the built-in ones).
+pub(super) type SpannedPrefix = (Prefix, std::ops::Range<usize>);
+
 /// Most gateways one edge serves (the prefix table's value limit).
 pub(super) const MAX_GATEWAYS: usize = 30_000;
 /// Most reply routes of all gateways together (64 bytes of table each).
@@ -134,7 +137,7 @@ impl Doc<'_> {
     pub(super) fn edge_gateways(
         &self,
         raw: &[Spanned<RawEdgeGateway>],
-        reserved: &[(Prefix, std::ops::Range<usize>)],
+        reserved: &[SpannedPrefix],
     ) -> Result<Vec<EdgeGateway>, ConfigError> {
         if raw.is_empty() {
             return Err(self.err(
@@ -244,7 +247,7 @@ impl Doc<'_> {
         &self,
         gateways: &[EdgeGateway],
         owned: &[(Prefix, usize, std::ops::Range<usize>)],
-        reserved: &[(Prefix, std::ops::Range<usize>)],
+        reserved: &[SpannedPrefix],
     ) -> Result<(), ConfigError> {
         /// Who holds a prefix: a gateway's index or the reserved list.
         const RESERVED: usize = usize::MAX;
@@ -302,12 +305,12 @@ impl Doc<'_> {
     pub(super) fn edge_reserved(
         &self,
         management: Option<&Spanned<Vec<Spanned<String>>>>,
-    ) -> Result<(Vec<Prefix>, Vec<(Prefix, std::ops::Range<usize>)>), ConfigError> {
+    ) -> Result<(Vec<Prefix>, Vec<SpannedPrefix>), ConfigError> {
         let mgmt = match management {
             Some(m) => self.prefixes(m.get_ref(), "edge.management")?,
             None => Vec::new(),
         };
-        let mut all: Vec<(Prefix, std::ops::Range<usize>)> = mgmt
+        let mut all: Vec<SpannedPrefix> = mgmt
             .iter()
             .zip(
                 management
@@ -325,7 +328,7 @@ impl Doc<'_> {
         }
         for r in RESERVED_DESTINATIONS {
             let p: Prefix = r.parse().expect("built-in prefix");
-            if !mgmt.iter().any(|m| *m == p) {
+            if !mgmt.contains(&p) {
                 all.push((p, 0..0));
             }
         }

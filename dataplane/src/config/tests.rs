@@ -598,6 +598,7 @@ fn rx_frames_is_taken_from_the_file() {
 }
 
 #[test]
+#[allow(clippy::too_many_lines, reason = "a table of cases")]
 fn edge_mistakes_are_refused_precisely() {
     let d = dir();
     let cases: &[(&str, &str, &str, &str, usize, &str)] = &[

@@ -1,7 +1,7 @@
 //! Caps on connections that have not authenticated yet, sans I/O.
 //!
 //! Before its handshake is over a connection is anyone's: it costs a
-//! descriptor, a rustls state and a few KiB, and a ClientHello costs a key
+//! descriptor, a rustls state and a few KiB, and a `ClientHello` costs a key
 //! exchange and a signature. So at most `max_handshakes` are in their
 //! handshake at once, and at most `max_handshakes_per_prefix` from one
 //! source prefix (a /24 or a /64 by default: one attacker's addresses).

@@ -121,7 +121,11 @@ pub fn spki_sha256(der: &CertificateDer<'_>) -> Result<String, IdentityError> {
         .map_err(|e| IdentityError::BadCertificate(e.to_string()))?;
     let spki = cert.subject_public_key_info();
     let hash = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, spki.as_ref());
-    Ok(hash.as_ref().iter().map(|b| format!("{b:02x}")).collect())
+    Ok(hash.as_ref().iter().fold(String::new(), |mut s, b| {
+        use std::fmt::Write as _;
+        let _ = write!(s, "{b:02x}");
+        s
+    }))
 }
 
 #[cfg(test)]

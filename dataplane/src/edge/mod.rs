@@ -81,7 +81,7 @@ const TUN_BUDGET: usize = 256;
 /// Bytes read from one connection per loop turn: a busy tunnel gets this
 /// much, then every other ready connection gets its turn.
 const READ_BUDGET: usize = 128 * 1024;
-/// Connections whose handshake is served per loop turn (a ClientHello
+/// Connections whose handshake is served per loop turn (a `ClientHello`
 /// costs a key exchange and a signature): handshakes cannot starve data.
 const HANDSHAKES_PER_TURN: usize = 8;
 /// Connections accepted per loop turn.

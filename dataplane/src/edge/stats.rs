@@ -114,200 +114,193 @@ impl EdgeStats {
     }
 
     /// Renders the counters in Prometheus text format.
+    #[allow(clippy::too_many_lines, reason = "the list of metrics, one row each")]
     pub fn render(&self, out: &mut String) {
-        let c = |out: &mut String, name: &str, help: &str, v: &AtomicU64| {
-            sample(out, name, "counter", Some(help), &[], v.load(Relaxed));
-        };
-        let g = |out: &mut String, name: &str, help: &str, v: &AtomicU64| {
-            sample(out, name, "gauge", Some(help), &[], v.load(Relaxed));
-        };
-        let labelled = |out: &mut String,
-                        name: &str,
-                        kind: &str,
-                        help: &str,
-                        label: &str,
-                        rows: &[(&str, &AtomicU64)]| {
+        /// Name, help, label name, rows (label value, counter).
+        type Labelled<'a> = (&'a str, &'a str, &'a str, &'a [(&'a str, &'a AtomicU64)]);
+        type Field = fn(&GatewayStats) -> &AtomicU64;
+        const C: &str = "counter";
+        const G: &str = "gauge";
+        let plain: [(&str, &str, &str, &AtomicU64); 17] = [
+            (
+                "sluice_edge_conns_accepted_total",
+                C,
+                "Connections accepted.",
+                &self.conns_accepted,
+            ),
+            (
+                "sluice_edge_conns_active",
+                G,
+                "Connections open (handshakes and tunnels).",
+                &self.conns_active,
+            ),
+            (
+                "sluice_edge_conns_closed_total",
+                C,
+                "Connections closed.",
+                &self.conns_closed,
+            ),
+            (
+                "sluice_edge_tunnels",
+                G,
+                "Authenticated tunnels open.",
+                &self.tunnels,
+            ),
+            (
+                "sluice_edge_handshakes_active",
+                G,
+                "Connections in their handshake.",
+                &self.handshakes_active,
+            ),
+            (
+                "sluice_edge_handshakes_timed_out_total",
+                C,
+                "Handshakes not over by edge.handshake_timeout_secs.",
+                &self.handshakes_timed_out,
+            ),
+            (
+                "sluice_edge_handshakes_failed_total",
+                C,
+                "Handshakes that failed.",
+                &self.handshakes_failed,
+            ),
+            (
+                "sluice_edge_conns_stalled_total",
+                C,
+                "Tunnels closed because the peer stopped reading.",
+                &self.conns_stalled,
+            ),
+            (
+                "sluice_edge_logs_suppressed_total",
+                C,
+                "Log lines suppressed by rate limiting.",
+                &self.logs_suppressed,
+            ),
+            (
+                "sluice_edge_to_kernel_packets_total",
+                C,
+                "Packets decapsulated to the kernel.",
+                &self.to_kernel_packets,
+            ),
+            (
+                "sluice_edge_to_kernel_bytes_total",
+                C,
+                "Bytes decapsulated to the kernel.",
+                &self.to_kernel_bytes,
+            ),
+            (
+                "sluice_edge_to_tunnel_packets_total",
+                C,
+                "Packets sent into tunnels.",
+                &self.to_tunnel_packets,
+            ),
+            (
+                "sluice_edge_to_tunnel_bytes_total",
+                C,
+                "Bytes sent into tunnels.",
+                &self.to_tunnel_bytes,
+            ),
+            (
+                "sluice_edge_tun_writes_total",
+                C,
+                "Writes to the TUN device (a GSO packet is one write).",
+                &self.tun_writes,
+            ),
+            (
+                "sluice_edge_gro_merged_packets_total",
+                C,
+                "Packets written to the TUN device inside GSO packets.",
+                &self.gro_merged,
+            ),
+            (
+                "sluice_edge_routes",
+                G,
+                "Inner addresses replies are routed to.",
+                &self.routes,
+            ),
+            (
+                "sluice_edge_route_quota_total",
+                C,
+                "Packets whose source address was not learnt: the gateway's max_routes reached.",
+                &self.route_quota,
+            ),
+        ];
+        for (name, kind, help, v) in plain {
+            sample(out, name, kind, Some(help), &[], v.load(Relaxed));
+        }
+        let labelled: [Labelled<'_>; 4] = [
+            (
+                "sluice_edge_handshakes_refused_total",
+                "Connections refused or closed before their handshake, by cap.",
+                "reason",
+                &[
+                    ("prefix_cap", &self.refused_prefix_cap),
+                    ("global_cap", &self.refused_global_cap),
+                    ("evicted", &self.handshakes_evicted),
+                ],
+            ),
+            (
+                "sluice_edge_tunnels_refused_total",
+                "Authenticated peers refused, by reason.",
+                "reason",
+                &[
+                    ("unknown_gateway", &self.refused_unknown_gateway),
+                    ("tunnel_cap", &self.refused_tunnel_cap),
+                ],
+            ),
+            (
+                "sluice_edge_accept_errors_total",
+                "Failed accepts, by kind.",
+                "kind",
+                &[
+                    ("no_descriptor", &self.accept_no_fd),
+                    ("other", &self.accept_errors),
+                ],
+            ),
+            (
+                "sluice_edge_drops_total",
+                "Packets dropped by the edge, by reason.",
+                "reason",
+                &[
+                    ("spoofed", &self.drop_spoofed),
+                    ("to_gateway", &self.drop_to_gateway),
+                    ("reserved", &self.drop_reserved),
+                    ("malformed", &self.drop_malformed),
+                    ("no_route", &self.drop_no_route),
+                    ("backpressure", &self.drop_backpressure),
+                    ("tun_write", &self.drop_tun_write),
+                    ("tun_offload", &self.drop_tun_offload),
+                ],
+            ),
+        ];
+        for (name, help, label, rows) in labelled {
             for (i, (l, v)) in rows.iter().enumerate() {
                 let help = (i == 0).then_some(help);
-                sample(out, name, kind, help, &[(label, l)], v.load(Relaxed));
+                sample(out, name, C, help, &[(label, l)], v.load(Relaxed));
             }
-        };
-        c(
-            out,
-            "sluice_edge_conns_accepted_total",
-            "Connections accepted.",
-            &self.conns_accepted,
-        );
-        g(
-            out,
-            "sluice_edge_conns_active",
-            "Connections open (handshakes and tunnels).",
-            &self.conns_active,
-        );
-        c(
-            out,
-            "sluice_edge_conns_closed_total",
-            "Connections closed.",
-            &self.conns_closed,
-        );
-        g(
-            out,
-            "sluice_edge_tunnels",
-            "Authenticated tunnels open.",
-            &self.tunnels,
-        );
-        g(
-            out,
-            "sluice_edge_handshakes_active",
-            "Connections in their handshake.",
-            &self.handshakes_active,
-        );
-        labelled(
-            out,
-            "sluice_edge_handshakes_refused_total",
-            "counter",
-            "Connections refused or closed before their handshake, by cap.",
-            "reason",
-            &[
-                ("prefix_cap", &self.refused_prefix_cap),
-                ("global_cap", &self.refused_global_cap),
-                ("evicted", &self.handshakes_evicted),
-            ],
-        );
-        c(
-            out,
-            "sluice_edge_handshakes_timed_out_total",
-            "Handshakes not over by edge.handshake_timeout_secs.",
-            &self.handshakes_timed_out,
-        );
-        c(
-            out,
-            "sluice_edge_handshakes_failed_total",
-            "Handshakes that failed.",
-            &self.handshakes_failed,
-        );
-        labelled(
-            out,
-            "sluice_edge_tunnels_refused_total",
-            "counter",
-            "Authenticated peers refused, by reason.",
-            "reason",
-            &[
-                ("unknown_gateway", &self.refused_unknown_gateway),
-                ("tunnel_cap", &self.refused_tunnel_cap),
-            ],
-        );
-        c(
-            out,
-            "sluice_edge_conns_stalled_total",
-            "Tunnels closed because the peer stopped reading.",
-            &self.conns_stalled,
-        );
-        labelled(
-            out,
-            "sluice_edge_accept_errors_total",
-            "counter",
-            "Failed accepts, by kind.",
-            "kind",
-            &[
-                ("no_descriptor", &self.accept_no_fd),
-                ("other", &self.accept_errors),
-            ],
-        );
-        c(
-            out,
-            "sluice_edge_logs_suppressed_total",
-            "Log lines suppressed by rate limiting.",
-            &self.logs_suppressed,
-        );
-        c(
-            out,
-            "sluice_edge_to_kernel_packets_total",
-            "Packets decapsulated to the kernel.",
-            &self.to_kernel_packets,
-        );
-        c(
-            out,
-            "sluice_edge_to_kernel_bytes_total",
-            "Bytes decapsulated to the kernel.",
-            &self.to_kernel_bytes,
-        );
-        c(
-            out,
-            "sluice_edge_to_tunnel_packets_total",
-            "Packets sent into tunnels.",
-            &self.to_tunnel_packets,
-        );
-        c(
-            out,
-            "sluice_edge_to_tunnel_bytes_total",
-            "Bytes sent into tunnels.",
-            &self.to_tunnel_bytes,
-        );
-        c(
-            out,
-            "sluice_edge_tun_writes_total",
-            "Writes to the TUN device (a GSO packet is one write).",
-            &self.tun_writes,
-        );
-        c(
-            out,
-            "sluice_edge_gro_merged_packets_total",
-            "Packets written to the TUN device inside GSO packets.",
-            &self.gro_merged,
-        );
-        g(
-            out,
-            "sluice_edge_routes",
-            "Inner addresses replies are routed to.",
-            &self.routes,
-        );
-        c(
-            out,
-            "sluice_edge_route_quota_total",
-            "Packets whose source address was not learnt: the gateway's max_routes reached.",
-            &self.route_quota,
-        );
-        labelled(
-            out,
-            "sluice_edge_drops_total",
-            "counter",
-            "Packets dropped by the edge, by reason.",
-            "reason",
-            &[
-                ("spoofed", &self.drop_spoofed),
-                ("to_gateway", &self.drop_to_gateway),
-                ("reserved", &self.drop_reserved),
-                ("malformed", &self.drop_malformed),
-                ("no_route", &self.drop_no_route),
-                ("backpressure", &self.drop_backpressure),
-                ("tun_write", &self.drop_tun_write),
-                ("tun_offload", &self.drop_tun_offload),
-            ],
-        );
-        type Field = fn(&GatewayStats) -> &AtomicU64;
+        }
         let per: [(&str, &str, &str, Field); 4] = [
             (
                 "sluice_edge_gateway_tunnels",
-                "gauge",
+                G,
                 "Authenticated tunnels, by gateway.",
                 |s| &s.tunnels,
             ),
             (
                 "sluice_edge_gateway_routes",
-                "gauge",
+                G,
                 "Reply routes, by gateway.",
                 |s| &s.routes,
             ),
             (
                 "sluice_edge_gateway_spoofed_total",
-                "counter",
+                C,
                 "Packets dropped as spoofed, by gateway.",
                 |s| &s.spoofed,
             ),
             (
                 "sluice_edge_gateway_packets_total",
-                "counter",
+                C,
                 "Packets from tunnels delivered, by gateway.",
                 |s| &s.packets,
             ),
@@ -324,6 +317,29 @@ impl EdgeStats {
                     field(s).load(Relaxed),
                 );
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_every_counter_and_gateway() {
+        let s = EdgeStats::new(["branch-1".to_string(), "branch-2".to_string()]);
+        s.drop_spoofed.store(7, Relaxed);
+        s.gateways[1].spoofed.store(7, Relaxed);
+        let mut out = String::new();
+        s.render(&mut out);
+        for line in [
+            "sluice_edge_drops_total{reason=\"spoofed\"} 7",
+            "sluice_edge_gateway_spoofed_total{gateway=\"branch-2\"} 7",
+            "sluice_edge_gateway_tunnels{gateway=\"branch-1\"} 0",
+            "sluice_edge_handshakes_refused_total{reason=\"evicted\"} 0",
+            "# TYPE sluice_edge_tunnels gauge",
+        ] {
+            assert!(out.lines().any(|l| l == line), "no `{line}` in:\n{out}");
         }
     }
 }

@@ -120,7 +120,7 @@ fn pump(core: &mut Core, p: &mut Peer, now: Instant, delivered: &mut Vec<Vec<u8>
         let _ = p.sess.handle_write(&mut p.c2s, now);
         let sent = p.c2s.0.len();
         while core.read(p.id, &mut p.c2s, now, 1 << 20, &mut |pkt| {
-            delivered.push(pkt.to_vec())
+            delivered.push(pkt.to_vec());
         }) {}
         while let Some(id) = core.poll_dirty() {
             assert_eq!(id, p.id, "only this peer has bytes");

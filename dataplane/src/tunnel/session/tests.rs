@@ -729,7 +729,7 @@ fn lone_server(cfg: SessionConfig) -> (Session, std::path::PathBuf) {
     (Session::new(s.into(), cfg, Instant::now()), dir)
 }
 
-/// The first bytes of a real ClientHello, as a slow client sends them.
+/// The first bytes of a real `ClientHello`, as a slow client sends them.
 fn client_hello_bytes() -> Vec<u8> {
     let (dir, cc, _) = configs();
     let mut c =
@@ -741,7 +741,7 @@ fn client_hello_bytes() -> Vec<u8> {
 }
 
 /// The handshake deadline is absolute: a client that sends one byte of its
-/// ClientHello every second (each byte would reset an idle timer) is cut
+/// `ClientHello` every second (each byte would reset an idle timer) is cut
 /// off at `handshake_timeout`, and the session says why.
 #[test]
 fn handshake_deadline_is_not_reset_by_each_byte() {
@@ -775,7 +775,7 @@ fn handshake_deadline_is_not_reset_by_each_byte() {
 
 /// Nothing of the traffic buffers (256 KiB to receive, 64 KiB to send) is
 /// allocated before the peer is authenticated: a connection that sent part
-/// of a ClientHello, or garbage, holds a few KiB. Once established the
+/// of a `ClientHello`, or garbage, holds a few KiB. Once established the
 /// buffers are there.
 #[test]
 fn buffers_are_allocated_after_authentication() {
