@@ -446,19 +446,25 @@ fn gateways_are_isolated_at_the_edge() {
 }
 
 /// Starts the edge under `prlimit --nofile=<n>:<n>` (the descriptor limit a
-/// service gets by default is 1,024).
+/// service gets by default is 1,024), without `CAP_SYS_RESOURCE` (so the
+/// edge cannot raise it past the hard limit: it must fit its caps in it).
 fn start_edge_with_nofile(lab: &Lab, s: &mut Sluice<'_>, n: u32) {
-    let cfg = s
-        .conf_dir()
-        .join("edge.toml")
-        .to_string_lossy()
-        .into_owned();
+    let cfg = s.conf_dir().join("edge.toml").to_string_lossy().into_owned();
     let b = bin().to_string_lossy().into_owned();
     let lim = format!("--nofile={n}:{n}");
     let id = lab.spawn_env(
         Host::Edge,
         "edge",
-        &["prlimit", &lim, &b, "edge", "--config", &cfg],
+        &[
+            "setpriv",
+            "--bounding-set=-sys_resource",
+            "prlimit",
+            &lim,
+            &b,
+            "edge",
+            "--config",
+            &cfg,
+        ],
         &[("RUST_LOG", "info")],
     );
     let addr: SocketAddr = EDGE_ADDR.parse().unwrap();
@@ -609,6 +615,12 @@ fn edge_survives_unauthenticated_floods() {
         rss_peak - rss0 < 64.0,
         "edge memory grew by {:.0} MiB under the flood",
         rss_peak - rss0
+    );
+    assert!(fds_peak < 1024, "{fds_peak} descriptors open");
+    let log = lab.log("edge");
+    assert!(
+        log.contains("descriptor limit 1024"),
+        "the edge did not fit its caps to its descriptor limit:\n{log}"
     );
     // After the flood: the gateway is (still or again) up and streams.
     s.wait_tunnel(true, Duration::from_secs(30));

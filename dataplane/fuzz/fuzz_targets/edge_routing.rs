@@ -149,7 +149,7 @@ fuzz_target!(|data: &[u8]| {
     let mut rest = data;
     while let [op, tail @ ..] = rest {
         rest = tail;
-        let mut send = |r: &mut Router, t: TunnelRef, pkt: &[u8], seen: &mut Vec<IpAddr>| {
+        let send = |r: &mut Router, t: TunnelRef, pkt: &[u8], seen: &mut Vec<IpAddr>| {
             let got = r.inbound(t, pkt);
             let Ok(view) = ip::Packet::new_checked(pkt) else {
                 assert_eq!(got, Err(Refused::Malformed));
