@@ -105,7 +105,10 @@ fn addr(sel: u8, x: [u8; 4]) -> IpAddr {
             IpAddr::V6(_) => unreachable!(),
         });
         let off = if sel & 0x80 != 0 { bits } else { bits & 0x1ff };
-        IpAddr::V4(Ipv4Addr::from(base.wrapping_add(off).wrapping_sub(u32::from(sel & 0x40 != 0))))
+        IpAddr::V4(Ipv4Addr::from(
+            base.wrapping_add(off)
+                .wrapping_sub(u32::from(sel & 0x40 != 0)),
+        ))
     } else {
         let base = u128::from(match p(V6[(i / 2) % V6.len()]).addr() {
             IpAddr::V6(a) => a,
@@ -116,7 +119,10 @@ fn addr(sel: u8, x: [u8; 4]) -> IpAddr {
         } else {
             u128::from(bits)
         };
-        IpAddr::V6(Ipv6Addr::from(base.wrapping_add(off).wrapping_sub(u128::from(sel & 0x40 != 0))))
+        IpAddr::V6(Ipv6Addr::from(
+            base.wrapping_add(off)
+                .wrapping_sub(u128::from(sel & 0x40 != 0)),
+        ))
     }
 }
 
@@ -141,7 +147,9 @@ fn packet(src: IpAddr, dst: IpAddr) -> Vec<u8> {
 
 fuzz_target!(|data: &[u8]| {
     let (model, router) = setup();
-    let mut r = router.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut r = router
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     r.clear_routes();
     let mut open: Vec<TunnelRef> = Vec::new();
     let mut next_gen = 1u32;
@@ -195,7 +203,9 @@ fuzz_target!(|data: &[u8]| {
                 r.tunnel_closed();
             }
             2 if !open.is_empty() => {
-                let [t, s, d, a, b, c, e, tail @ ..] = rest else { break };
+                let [t, s, d, a, b, c, e, tail @ ..] = rest else {
+                    break;
+                };
                 rest = tail;
                 let tun = open[usize::from(*t) % open.len()];
                 let pkt = packet(addr(*s, [*a, *b, *c, *e]), addr(*d, [*e, *c, *b, *a]));
@@ -210,11 +220,17 @@ fuzz_target!(|data: &[u8]| {
                 send(&mut r, tun, pkt, &mut seen);
             }
             4 => {
-                let [d, a, b, c, e, tail @ ..] = rest else { break };
+                let [d, a, b, c, e, tail @ ..] = rest else {
+                    break;
+                };
                 rest = tail;
                 let dst = addr(*d, [*a, *b, *c, *e]);
                 if let Some(t) = r.outbound(dst) {
-                    assert_eq!(model.owner(dst), Some(t.gateway), "reply to {dst} into {t:?}");
+                    assert_eq!(
+                        model.owner(dst),
+                        Some(t.gateway),
+                        "reply to {dst} into {t:?}"
+                    );
                 }
             }
             _ => {
