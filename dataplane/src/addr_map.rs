@@ -2,11 +2,14 @@
 //!
 //! Open addressing with linear probing over a power-of-two array of slots,
 //! allocated once: inserting, looking up and removing never allocate. The
-//! home slot is a multiplicative (Fibonacci) hash of the address as a
-//! `u128` (IPv4 mapped, the scheme of the gateway's neighbor cache), so a
-//! lookup is one multiply and usually one slot compare. The family is kept
-//! beside the key, so `192.0.2.1` and `::ffff:192.0.2.1` are distinct keys
-//! (as they are in a `HashMap<IpAddr, _>`), and `::` is a key like any other.
+//! home slot is a keyed hash (SipHash-1-3, the standard library's
+//! `RandomState`, with a key drawn at random per table) of the address as a
+//! `u128` (IPv4 mapped) and its family: the addresses come from the
+//! network, and with an unkeyed hash anyone who chooses source addresses
+//! (a gateway owns a whole /64) could make them all collide and turn every
+//! lookup into a scan of the table. The family is kept beside the key, so
+//! `192.0.2.1` and `::ffff:192.0.2.1` are distinct keys (as they are in a
+//! `HashMap<IpAddr, _>`), and `::` is a key like any other.
 //!
 //! Unlike the neighbor cache, entries are never evicted: the table holds up
 //! to [`AddrMap::capacity`] addresses (at most half its slots, to keep the
@@ -15,7 +18,10 @@
 //! what a refused address means (the edge counts it). Removal shifts later
 //! entries of the probe run back (no tombstones), so a table that churns
 //! does not degrade.
-use std::net::IpAddr;
+use std::{
+    hash::{BuildHasher, RandomState},
+    net::IpAddr,
+};
 
 /// [`AddrMap::insert`] of a new address into a table holding
 /// [`AddrMap::capacity`] addresses.
@@ -24,6 +30,17 @@ use std::net::IpAddr;
 pub struct Full {
     /// The table's capacity.
     pub capacity: usize,
+}
+
+/// What one [`AddrMap::sweep`] call did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sweep {
+    /// Where the next call goes on from.
+    pub cursor: usize,
+    /// Slots moved past.
+    pub passed: usize,
+    /// Entries removed.
+    pub removed: usize,
 }
 
 /// What a slot holds: nothing, or an address of one family.
@@ -50,6 +67,8 @@ pub(crate) fn key(ip: IpAddr) -> (u128, u8) {
 }
 
 /// Fibonacci hashing of the folded key: the top bits are the mixed ones.
+/// Unkeyed (and easy to collide on purpose): for tables whose keys an
+/// attacker does not choose; [`AddrMap`] uses a keyed hash.
 #[inline]
 pub(crate) fn hash(k: u128) -> u64 {
     let folded = (k as u64) ^ ((k >> 64) as u64);
@@ -60,6 +79,8 @@ pub(crate) fn hash(k: u128) -> u64 {
 #[derive(Debug)]
 pub struct AddrMap<V> {
     slots: Box<[Slot<V>]>,
+    /// The hash's random key.
+    hasher: RandomState,
     mask: usize,
     /// `64 - log2(slots.len())`: the hash's top bits index the slots.
     shift: u32,
@@ -75,6 +96,7 @@ impl<V: Copy + Default> AddrMap<V> {
         let n = (capacity * 2).next_power_of_two();
         Self {
             slots: vec![Slot::default(); n].into_boxed_slice(),
+            hasher: RandomState::new(),
             mask: n - 1,
             shift: 64 - n.trailing_zeros(),
             len: 0,
@@ -97,17 +119,18 @@ impl<V: Copy + Default> AddrMap<V> {
         self.capacity
     }
 
-    /// The home slot of a key.
+    /// The home slot of a key (the family is part of it: `192.0.2.1`
+    /// and `::ffff:192.0.2.1` need not collide).
     #[inline]
-    fn home(&self, k: u128) -> usize {
-        (hash(k) >> self.shift) as usize
+    fn home(&self, k: u128, family: u8) -> usize {
+        (self.hasher.hash_one((k, family)) >> self.shift) as usize
     }
 
     /// The slot holding `(k, family)`, or `Err` with the empty slot that
     /// ends its probe run.
     #[inline]
     fn find(&self, k: u128, family: u8) -> Result<usize, usize> {
-        let mut i = self.home(k);
+        let mut i = self.home(k, family);
         loop {
             let s = &self.slots[i];
             if s.family == EMPTY {
@@ -125,6 +148,14 @@ impl<V: Copy + Default> AddrMap<V> {
     pub fn get(&self, ip: IpAddr) -> Option<V> {
         let (k, family) = key(ip);
         self.find(k, family).ok().map(|i| self.slots[i].val)
+    }
+
+    /// The value of `ip`, to change in place, if held.
+    #[inline]
+    pub fn get_mut(&mut self, ip: IpAddr) -> Option<&mut V> {
+        let (k, family) = key(ip);
+        let i = self.find(k, family).ok()?;
+        Some(&mut self.slots[i].val)
     }
 
     /// Maps `ip` to `val`, returning the value it replaced. Replacing never
@@ -153,7 +184,49 @@ impl<V: Copy + Default> AddrMap<V> {
     /// Removes `ip`, returning its value if it was held.
     pub fn remove(&mut self, ip: IpAddr) -> Option<V> {
         let (k, family) = key(ip);
-        let mut hole = self.find(k, family).ok()?;
+        let hole = self.find(k, family).ok()?;
+        Some(self.remove_at(hole))
+    }
+
+    /// Looks at up to `budget` slots from `cursor` (a slot index,
+    /// wrapping), removing the entries `keep` refuses. Returns the cursor to
+    /// go on from, how many slots it moved past (a removal can pull a later
+    /// entry into the slot, which is then looked at again: [`Self::slots`]
+    /// of them is a whole round) and how many entries it removed. Sweeping
+    /// in slices bounds the work of each call.
+    pub fn sweep(
+        &mut self,
+        cursor: usize,
+        budget: usize,
+        mut keep: impl FnMut(&V) -> bool,
+    ) -> Sweep {
+        let mut i = cursor & self.mask;
+        let (mut passed, mut removed) = (0, 0);
+        for _ in 0..budget {
+            let s = &self.slots[i];
+            if s.family != EMPTY && !keep(&s.val) {
+                // A later entry may move into `i`: look at it again.
+                self.remove_at(i);
+                removed += 1;
+                continue;
+            }
+            i = (i + 1) & self.mask;
+            passed += 1;
+        }
+        Sweep {
+            cursor: i,
+            passed,
+            removed,
+        }
+    }
+
+    /// Slots in the table (twice the capacity, rounded to a power of two).
+    pub fn slots(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Removes the entry in slot `hole`, returning its value.
+    fn remove_at(&mut self, mut hole: usize) -> V {
         let val = self.slots[hole].val;
         // Backward-shift deletion: move each later entry of the run whose
         // home is not inside (hole, j] into the hole, so that every entry
@@ -165,7 +238,7 @@ impl<V: Copy + Default> AddrMap<V> {
             if s.family == EMPTY {
                 break;
             }
-            let from_home = j.wrapping_sub(self.home(s.key)) & self.mask;
+            let from_home = j.wrapping_sub(self.home(s.key, s.family)) & self.mask;
             if from_home >= (j.wrapping_sub(hole) & self.mask) {
                 self.slots[hole] = s;
                 hole = j;
@@ -173,7 +246,20 @@ impl<V: Copy + Default> AddrMap<V> {
         }
         self.slots[hole] = Slot::default();
         self.len -= 1;
-        Some(val)
+        val
+    }
+
+    /// The longest distance of an entry from its home slot (how many
+    /// slots the slowest lookup reads, minus one).
+    #[cfg(test)]
+    fn longest_probe(&self) -> usize {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.family != EMPTY)
+            .map(|(j, s)| j.wrapping_sub(self.home(s.key, s.family)) & self.mask)
+            .max()
+            .unwrap_or(0)
     }
 }
 
@@ -287,5 +373,54 @@ mod tests {
         for i in 0..400 {
             assert_eq!(m.get(v4(i)), reference.get(&v4(i)).copied());
         }
+    }
+
+    /// Addresses chosen to collide under an unkeyed hash (the same folded
+    /// 64 bits, so the same Fibonacci hash: what a gateway owning a /64 can
+    /// send from) spread over the table: lookups stay short. With the
+    /// unkeyed hash every one of them lands in one probe run of 4,000.
+    #[test]
+    fn chosen_addresses_do_not_collide() {
+        let mut m = AddrMap::<u32>::new(8192);
+        let base: u128 = 0x2001_0db8_0000_0001 << 64;
+        for i in 0..4000u128 {
+            // hi ^ lo stays the same: lo = i, hi = base_hi ^ i.
+            let ip = IpAddr::from(std::net::Ipv6Addr::from(base ^ (i << 64) | i));
+            assert_eq!(
+                hash(key(ip).0),
+                hash(key(IpAddr::from(std::net::Ipv6Addr::from(base))).0)
+            );
+            m.insert(ip, i as u32).unwrap();
+        }
+        assert!(
+            m.longest_probe() < 64,
+            "longest probe {} slots",
+            m.longest_probe()
+        );
+    }
+
+    /// Sweeping in slices removes exactly the refused entries, however the
+    /// removals shift the probe runs.
+    #[test]
+    fn sweep_removes_refused_entries() {
+        let mut m = AddrMap::<u32>::new(512);
+        for i in 0..512 {
+            m.insert(v4(i), i).unwrap();
+        }
+        let (mut cursor, mut passed, mut removed) = (0, 0, 0);
+        // One round of the table, in slices of 37 slots.
+        while passed < m.slots() {
+            let s = m.sweep(cursor, 37, |v| v % 3 != 0);
+            cursor = s.cursor;
+            passed += s.passed;
+            removed += s.removed;
+        }
+        assert_eq!(removed, (0..512).filter(|i| i % 3 == 0).count());
+        for i in 0..512 {
+            assert_eq!(m.get(v4(i)), (i % 3 != 0).then_some(i), "{i}");
+        }
+        assert_eq!(m.len(), 512 - removed);
+        *m.get_mut(v4(1)).unwrap() = 77;
+        assert_eq!(m.get(v4(1)), Some(77));
     }
 }

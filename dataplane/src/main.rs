@@ -282,12 +282,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 Role::Edge => {
                     let c = EdgeConfig::load(&config)?;
                     println!(
-                        "{}: ok: edge `{}` on {}, TUN {}, {} client prefixes",
+                        "{}: ok: edge `{}` on {}, TUN {}, gateways {}",
                         config.display(),
                         c.name,
                         c.listen,
                         c.tun,
-                        c.client_prefixes.len()
+                        c.gateways
+                            .iter()
+                            .map(|g| format!("{} ({} prefixes)", g.name, g.prefixes.len()))
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     );
                 }
             }

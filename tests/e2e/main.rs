@@ -6,6 +6,7 @@
 //! panic). Under `CI=true` a test that cannot run as root fails.
 use std::{net::SocketAddr, os::unix::fs::MetadataExt as _, path::Path, time::Duration};
 
+mod edge;
 mod endpoint;
 mod policy;
 

@@ -324,8 +324,8 @@ fn switching_the_private_tenant_moves_traffic_to_its_edge() {
     let partner = edge_toml
         .replace("name = \"edge-1\"", "name = \"edge-partner\"")
         .replace(
-            "client_prefixes = [\"192.0.2.0/24\", \"2001:db8:1::/64\", \"198.18.2.0/24\", \"2001:db8:12::/64\"]",
-            "client_prefixes = [\"192.0.2.0/24\", \"2001:db8:1::/64\"]",
+            "[[edge.gateway]]\nname = \"branch-2\"\nprefixes = [\"198.18.2.0/24\", \"2001:db8:12::/64\"]\n",
+            "",
         );
     std::fs::write(conf.join("edge-partner.toml"), partner).unwrap();
     let b = bin().to_string_lossy().into_owned();

@@ -20,8 +20,8 @@ pub const EDGE_METRICS: &str = "http://127.0.0.1:9478/metrics";
 /// The edge's tunnel endpoint.
 pub const EDGE_ADDR: &str = "198.51.100.5:4443";
 
-/// The gateway host's inner address in endpoint mode (inside the edge's
-/// client prefixes once [`edge_with_endpoint`] is applied).
+/// The gateway host's inner address in endpoint mode (inside `branch-1`'s
+/// prefixes at the edge once [`edge_with_endpoint`] is applied).
 pub const ENDPOINT_V4: &str = "198.18.3.1";
 
 /// The `processes = [...]` line of `[bypass]`.
@@ -45,13 +45,10 @@ pub fn with_rx_frames(gateway_toml: &str, n: u32) -> String {
     gateway_toml.replacen("[gateway]\n", &format!("[gateway]\nrx_frames = {n}\n"), 1)
 }
 
-/// The edge configuration with the endpoint's inner prefix among its
-/// client prefixes.
+/// The edge configuration with the endpoint's inner prefix among the
+/// prefixes of `branch-1` (the gateway in endpoint mode).
 pub fn edge_with_endpoint(edge_toml: &str) -> String {
-    edge_toml.replace(
-        "client_prefixes = [",
-        "client_prefixes = [\"198.18.3.0/24\", ",
-    )
+    edge_toml.replacen("prefixes = [", "prefixes = [\"198.18.3.0/24\", ", 1)
 }
 
 /// sluice running in a lab.

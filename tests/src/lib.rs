@@ -37,7 +37,9 @@
 pub mod addr;
 pub mod demo;
 pub mod deploy;
+pub mod edge_lab;
 mod lab;
+mod netns;
 mod nft;
 mod peer;
 mod proc;

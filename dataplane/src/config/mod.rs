@@ -39,7 +39,9 @@ use toml::Spanned;
 
 use crate::{ebpf::AttachMode, net::Prefix};
 
+mod edge;
 mod policy;
+pub use edge::{EdgeGateway, EdgeLimits, RESERVED_DESTINATIONS};
 pub use policy::DetectionSources;
 
 /// `gateway.rx_frames` when the file has none.
@@ -156,7 +158,7 @@ pub struct EndpointConfig {
     /// routed into; sluice's side is this name plus `x`.
     pub interface: String,
     /// The host's inner IPv4 address (its source address in the tunnel;
-    /// must be inside the edge's `client_prefixes`).
+    /// must be inside the prefixes the edge gives this gateway).
     pub address: std::net::Ipv4Addr,
     /// The inner IPv6 address; without one, IPv6 traffic that is not
     /// bypassed is refused (unreachable), never sent direct.
@@ -244,9 +246,19 @@ pub struct EdgeConfig {
     pub tun: String,
     /// TUN MTU (largest inner packet).
     pub tun_mtu: u16,
-    /// Source prefixes gateways may send from; packets from elsewhere are
-    /// dropped (anti-spoofing) and these are routed back into the TUN.
-    pub client_prefixes: Vec<Prefix>,
+    /// The gateways it serves, each with the source prefixes only its
+    /// tunnels may send from (routed back into the TUN); packets from
+    /// elsewhere are dropped (anti-spoofing).
+    pub gateways: Vec<EdgeGateway>,
+    /// Prefixes of the operator's own networks (management, other
+    /// services) that packets from tunnels never reach, beside
+    /// [`RESERVED_DESTINATIONS`].
+    pub management: Vec<Prefix>,
+    /// Every destination packets from tunnels never reach:
+    /// [`EdgeConfig::management`] and [`RESERVED_DESTINATIONS`].
+    pub reserved: Vec<Prefix>,
+    /// Caps against floods and greedy gateways.
+    pub limits: EdgeLimits,
     /// Let the edge set up forwarding, routes and source NAT itself.
     pub manage_network: bool,
     /// Write a flow's consecutive packets to the TUN device as one GSO
@@ -361,7 +373,17 @@ struct RawEdge {
     listen: Spanned<String>,
     tun: Option<Spanned<String>>,
     tun_mtu: Option<Spanned<u16>>,
-    client_prefixes: Spanned<Vec<Spanned<String>>>,
+    /// Refused with a migration hint (see `config::edge`).
+    client_prefixes: Option<Spanned<Vec<Spanned<String>>>>,
+    #[serde(default)]
+    gateway: Vec<Spanned<edge::RawEdgeGateway>>,
+    management: Option<Spanned<Vec<Spanned<String>>>>,
+    handshake_timeout_secs: Option<Spanned<u64>>,
+    max_handshakes: Option<Spanned<u32>>,
+    max_handshakes_per_prefix: Option<Spanned<u32>>,
+    handshake_prefix_len_v4: Option<Spanned<u8>>,
+    handshake_prefix_len_v6: Option<Spanned<u8>>,
+    max_tunnels: Option<Spanned<u32>>,
     manage_network: Option<bool>,
     tun_offload: Option<bool>,
     ca: Spanned<PathBuf>,
@@ -999,21 +1021,19 @@ impl EdgeConfig {
             Some(m) => *m.get_ref(),
             None => 1500,
         };
-        let client_prefixes = d.prefixes(e.client_prefixes.get_ref(), "edge.client_prefixes")?;
-        if client_prefixes.is_empty() {
-            return Err(d.err(
-                e.client_prefixes.span(),
-                "edge.client_prefixes",
-                "list at least one prefix that gateways' LAN hosts use",
-            ));
+        if let Some(c) = &e.client_prefixes {
+            return Err(d.client_prefixes_removed(c));
         }
-        if let Some(p) = client_prefixes.iter().find(|p| p.is_default()) {
-            return Err(d.err(
-                e.client_prefixes.span(),
-                "edge.client_prefixes",
-                format!("{p} would accept any source address: list the LAN prefixes"),
-            ));
-        }
+        let (management, reserved) = d.edge_reserved(e.management.as_ref())?;
+        let gateways = d.edge_gateways(&e.gateway, &reserved)?;
+        let limits = d.edge_limits(&edge::RawLimits {
+            handshake_timeout_secs: e.handshake_timeout_secs.clone(),
+            max_handshakes: e.max_handshakes.clone(),
+            max_handshakes_per_prefix: e.max_handshakes_per_prefix.clone(),
+            handshake_prefix_len_v4: e.handshake_prefix_len_v4.clone(),
+            handshake_prefix_len_v6: e.handshake_prefix_len_v6.clone(),
+            max_tunnels: e.max_tunnels.clone(),
+        })?;
         let (keepalive, idle_timeout) = d.timers(
             e.keepalive_secs.as_ref(),
             e.idle_timeout_secs.as_ref(),
@@ -1025,7 +1045,10 @@ impl EdgeConfig {
             listen,
             tun,
             tun_mtu,
-            client_prefixes,
+            gateways,
+            management,
+            reserved: reserved.into_iter().map(|(p, _)| p).collect(),
+            limits,
             manage_network: e.manage_network.unwrap_or(true),
             tun_offload: e.tun_offload.unwrap_or(true),
             ca: d.file(&e.ca, "edge.ca")?,

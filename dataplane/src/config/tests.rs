@@ -44,10 +44,21 @@ proxy = "proxy.example:3128"
 const GOOD_EDGE: &str = r#"
 [edge]
 listen = "[::]:4443"
-client_prefixes = ["192.0.2.0/24", "2001:db8:1::/64"]
 ca = "ca.pem"
 cert = "edge.pem"
 key = "edge.key"
+management = ["198.51.100.0/24"]
+
+[[edge.gateway]]
+name = "branch-1"
+prefixes = ["192.0.2.0/24", "2001:db8:1::/64"]
+
+[[edge.gateway]]
+name = "Branch-2"
+prefixes = ["198.18.2.0/24", "2001:db8:12::/64"]
+spki_sha256 = "00112233445566778899AABBCCDDEEFF00112233445566778899aabbccddeeff"
+max_tunnels = 4
+max_routes = 256
 "#;
 
 #[test]
@@ -91,7 +102,73 @@ fn good_edge_config() {
     assert_eq!(c.tun, "sluice0");
     assert_eq!(c.tun_mtu, 1500);
     assert!(c.manage_network);
-    assert_eq!(c.client_prefixes.len(), 2);
+    assert_eq!(c.gateways.len(), 2);
+    let (a, b) = (&c.gateways[0], &c.gateways[1]);
+    assert_eq!((a.name.as_str(), a.prefixes.len()), ("branch-1", 2));
+    assert_eq!(
+        (a.max_tunnels, a.max_routes, a.spki_sha256),
+        (64, 4096, None)
+    );
+    assert_eq!(
+        b.name, "branch-2",
+        "names are case-insensitive, kept lowercase"
+    );
+    assert_eq!((b.max_tunnels, b.max_routes), (4, 256));
+    assert_eq!(b.spki_sha256.unwrap()[..4], [0x00, 0x11, 0x22, 0x33]);
+    assert_eq!(c.management, ["198.51.100.0/24".parse().unwrap()]);
+    assert_eq!(c.reserved.len(), 1 + RESERVED_DESTINATIONS.len());
+    assert_eq!(c.limits, EdgeLimits::default());
+    assert_eq!(c.limits.handshake_timeout, Duration::from_secs(10));
+    std::fs::remove_dir_all(d).unwrap();
+}
+
+#[test]
+fn edge_without_gateways_is_refused() {
+    let d = dir();
+    let head = GOOD_EDGE.split("[[edge.gateway]]").next().unwrap();
+    let err = EdgeConfig::parse(&d.join("edge.toml"), head).unwrap_err();
+    assert_eq!(err.field(), Some("edge.gateway"), "{err}");
+    assert!(err.to_string().contains("no [[edge.gateway]]"), "{err}");
+    std::fs::remove_dir_all(d).unwrap();
+}
+
+/// The old shared `client_prefixes` is refused with the tables that
+/// replace it.
+#[test]
+fn edge_client_prefixes_is_refused_with_a_migration() {
+    let d = dir();
+    let src = "[edge]\nlisten = \"[::]:4443\"\nclient_prefixes = [\"192.0.2.0/24\", \"2001:db8:1::/64\"]\nca = \"ca.pem\"\ncert = \"edge.pem\"\nkey = \"edge.key\"\n";
+    let err = EdgeConfig::parse(&d.join("edge.toml"), src).unwrap_err();
+    let text = err.to_string();
+    assert_eq!(err.field(), Some("edge.client_prefixes"), "{text}");
+    assert_eq!(err.line(), Some(3), "{text}");
+    assert!(
+        text.contains("[[edge.gateway]]")
+            && text.contains("prefixes = [\"192.0.2.0/24\", \"2001:db8:1::/64\"]"),
+        "{text}"
+    );
+    std::fs::remove_dir_all(d).unwrap();
+}
+
+#[test]
+fn edge_limits_are_read_and_bounded() {
+    let d = dir();
+    let src = GOOD_EDGE.replace(
+        "management = ",
+        "handshake_timeout_secs = 5\nmax_handshakes = 100\nmax_handshakes_per_prefix = 10\nhandshake_prefix_len_v4 = 20\nhandshake_prefix_len_v6 = 48\nmax_tunnels = 500\nmanagement = ",
+    );
+    let c = EdgeConfig::parse(&d.join("edge.toml"), &src).unwrap();
+    assert_eq!(
+        c.limits,
+        EdgeLimits {
+            handshake_timeout: Duration::from_secs(5),
+            max_handshakes: 100,
+            max_handshakes_per_prefix: 10,
+            handshake_prefix_v4: 20,
+            handshake_prefix_v6: 48,
+            max_tunnels: 500,
+        }
+    );
     std::fs::remove_dir_all(d).unwrap();
 }
 
@@ -521,24 +598,121 @@ fn rx_frames_is_taken_from_the_file() {
 }
 
 #[test]
+#[allow(clippy::too_many_lines, reason = "a table of cases")]
 fn edge_mistakes_are_refused_precisely() {
     let d = dir();
     let cases: &[(&str, &str, &str, &str, usize, &str)] = &[
         (
-            "no client prefixes",
+            "gateway without prefixes",
             "[\"192.0.2.0/24\", \"2001:db8:1::/64\"]",
             "[]",
-            "edge.client_prefixes",
-            4,
+            "edge.gateway[0].prefixes",
+            11,
             "at least one",
         ),
         (
-            "default route as client prefix",
+            "default route as a gateway prefix",
             "\"192.0.2.0/24\"",
             "\"0.0.0.0/0\"",
-            "edge.client_prefixes",
-            4,
+            "edge.gateway[0].prefixes",
+            11,
             "any source",
+        ),
+        (
+            "two gateways' prefixes overlap",
+            "\"198.18.2.0/24\"",
+            "\"192.0.2.128/25\"",
+            "edge.gateway[1].prefixes",
+            15,
+            "overlaps 192.0.2.0/24 of gateway `branch-1`",
+        ),
+        (
+            "a gateway owns a metadata address",
+            "\"2001:db8:12::/64\"",
+            "\"169.254.0.0/16\"",
+            "edge.gateway[1].prefixes",
+            15,
+            "link-local, metadata",
+        ),
+        (
+            "a gateway's prefix inside management",
+            "\"198.18.2.0/24\"",
+            "\"198.51.100.64/26\"",
+            "edge.gateway[1].prefixes",
+            15,
+            "overlaps",
+        ),
+        (
+            "the same name twice",
+            "name = \"Branch-2\"",
+            "name = \"BRANCH-1\"",
+            "edge.gateway[1].name",
+            14,
+            "also edge.gateway[0]",
+        ),
+        (
+            "a name that is no DNS name",
+            "name = \"branch-1\"",
+            "name = \"branch 1\"",
+            "edge.gateway[0].name",
+            10,
+            "not a DNS name",
+        ),
+        (
+            "a wildcard name",
+            "name = \"branch-1\"",
+            "name = \"*.example\"",
+            "edge.gateway[0].name",
+            10,
+            "not a DNS name",
+        ),
+        (
+            "a short key hash",
+            "spki_sha256 = \"0011",
+            "spki_sha256 = \"11",
+            "edge.gateway[1].spki_sha256",
+            16,
+            "64 hexadecimal digits",
+        ),
+        (
+            "too few routes",
+            "max_routes = 256",
+            "max_routes = 1",
+            "edge.gateway[1].max_routes",
+            18,
+            "16 to 1048576",
+        ),
+        (
+            "an unknown gateway field",
+            "max_tunnels = 4",
+            "max_tunnel = 4",
+            "edge.gateway.max_tunnel",
+            17,
+            "unknown field",
+        ),
+        (
+            "handshake deadline out of range",
+            "management = ",
+            "handshake_timeout_secs = 0\nmanagement = ",
+            "edge.handshake_timeout_secs",
+            7,
+            "1 to 120",
+        ),
+        (
+            "per-prefix cap above the global one",
+            "management = ",
+            "max_handshakes = 10\nmax_handshakes_per_prefix = 11\nmanagement = ",
+            "edge.max_handshakes_per_prefix",
+            8,
+            "1 to 10",
+        ),
+        (
+            "management is everything",
+            "management = [\"198.51.100.0/24\"]",
+            "management = [\"::/0\"]",
+            "edge.management",
+            7,
+            "cut tunnels off",
         ),
         (
             "bad mtu",
@@ -561,7 +735,7 @@ fn edge_mistakes_are_refused_precisely() {
             "cert = \"edge.pem\"",
             "cert = \"none.pem\"",
             "edge.cert",
-            6,
+            5,
             "none.pem",
         ),
     ];

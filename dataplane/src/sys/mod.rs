@@ -13,6 +13,7 @@
 //!   baseline process attribution is measured against).
 //! - [`rtnl`]: link, address and route change notifications (rtnetlink),
 //!   which trigger trusted-network re-evaluation.
+//! - [`rlimit`]: the descriptor limit (the edge raises it at start).
 //!
 //! Everything else in the crate is `#![deny(unsafe_code)]` and uses these
 //! safe wrappers.
@@ -22,6 +23,7 @@ pub mod cpu;
 pub mod ethtool;
 pub mod fanotify;
 pub mod mem;
+pub mod rlimit;
 pub mod rtnl;
 pub mod sock_diag;
 pub mod tun;

@@ -33,5 +33,5 @@ mod session;
 pub use record::AeadProvider;
 pub use session::{
     CloseReason, Handshake, ReadOutcome, SendError, Session, SessionConfig, SessionError,
-    SessionStats,
+    SessionStats, printable,
 };

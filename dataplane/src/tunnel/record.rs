@@ -56,6 +56,47 @@ pub enum RecordError {
     /// The negotiated suite's secrets are of an unknown kind.
     #[error("unsupported TLS cipher suite for record protection")]
     UnsupportedSuite,
+    /// The sequence number would wrap (RFC 8446 §5.3: rekey or close
+    /// first); the record is refused and the nonce never reused.
+    #[error("TLS record sequence number exhausted")]
+    SequenceExhausted,
+}
+
+impl RecordError {
+    /// The TLS alert description a receiver sends for this error (RFC 8446
+    /// §6.2): `bad_record_mac` for a record that does not authenticate,
+    /// `record_overflow` for one too long, `unexpected_message` for a
+    /// record no peer should send, `internal_error` otherwise.
+    pub fn alert(self) -> u8 {
+        match self {
+            RecordError::BadRecord => alert::BAD_RECORD_MAC,
+            RecordError::BadLength(_) => alert::RECORD_OVERFLOW,
+            RecordError::UnexpectedType(_) | RecordError::NoContentType => {
+                alert::UNEXPECTED_MESSAGE
+            }
+            RecordError::UnsupportedSuite | RecordError::SequenceExhausted => alert::INTERNAL_ERROR,
+        }
+    }
+}
+
+/// TLS alert descriptions (RFC 8446 §6) the record layer sends.
+pub mod alert {
+    /// `close_notify` (sent at warning level).
+    pub const CLOSE_NOTIFY: u8 = 0;
+    /// `unexpected_message`.
+    pub const UNEXPECTED_MESSAGE: u8 = 10;
+    /// `bad_record_mac`.
+    pub const BAD_RECORD_MAC: u8 = 20;
+    /// `record_overflow`.
+    pub const RECORD_OVERFLOW: u8 = 22;
+    /// `decode_error`.
+    pub const DECODE_ERROR: u8 = 50;
+    /// `internal_error`.
+    pub const INTERNAL_ERROR: u8 = 80;
+    /// Alert level of every alert but `close_notify`.
+    pub const FATAL: u8 = 2;
+    /// Alert level of `close_notify`.
+    pub const WARNING: u8 = 1;
 }
 
 /// Which library seals and opens records.
@@ -137,7 +178,9 @@ fn seal_rate(provider: AeadProvider) -> f64 {
         let start = Instant::now();
         for _ in 0..8 {
             buf.truncate(HEADER_LEN + MAX_CONTENT - 1);
-            keys.seal(&mut buf, 0, APPLICATION_DATA);
+            if keys.seal(&mut buf, 0, APPLICATION_DATA).is_err() {
+                return 0.0;
+            }
         }
         if round > 0 {
             best = best.min(start.elapsed().as_secs_f64());
@@ -301,14 +344,20 @@ impl Keys {
         self.seq
     }
 
-    /// The nonce for the next record; advances the sequence number.
-    fn next_nonce(&mut self) -> [u8; 12] {
+    /// The nonce for the next record; advances the sequence number. The
+    /// last value, `u64::MAX`, is never used: the number never wraps, so a
+    /// nonce is never used twice under one key.
+    fn next_nonce(&mut self) -> Result<[u8; 12], RecordError> {
+        let next = self
+            .seq
+            .checked_add(1)
+            .ok_or(RecordError::SequenceExhausted)?;
         let mut n = self.iv;
         for (b, s) in n[4..].iter_mut().zip(self.seq.to_be_bytes()) {
             *b ^= s;
         }
-        self.seq += 1;
-        n
+        self.seq = next;
+        Ok(n)
     }
 
     /// Protects the record whose header slot starts at `start`: `buf[start
@@ -316,11 +365,21 @@ impl Keys {
     /// `buf` (at most [`MAX_CONTENT`] bytes). Appends the inner content
     /// type and the tag, writes the header, encrypts in place.
     ///
+    /// # Errors
+    /// [`RecordError::SequenceExhausted`] once the sequence number is used
+    /// up (`buf` is then unchanged): rekey or close.
+    ///
     /// # Panics
     /// Never for a record's worth of content: the AEAD refuses only inputs
     /// of gigabytes.
-    pub fn seal(&mut self, buf: &mut Vec<u8>, start: usize, content_type: u8) {
+    pub fn seal(
+        &mut self,
+        buf: &mut Vec<u8>,
+        start: usize,
+        content_type: u8,
+    ) -> Result<(), RecordError> {
         debug_assert!(buf.len() - start - HEADER_LEN <= MAX_CONTENT);
+        let nonce = self.next_nonce()?;
         buf.push(content_type);
         let len = buf.len() - start - HEADER_LEN + TAG_LEN;
         let header = [
@@ -331,9 +390,9 @@ impl Keys {
             len as u8,
         ];
         buf[start..start + HEADER_LEN].copy_from_slice(&header);
-        let nonce = self.next_nonce();
         let tag = self.key.seal(nonce, header, &mut buf[start + HEADER_LEN..]);
         buf.extend_from_slice(&tag);
+        Ok(())
     }
 
     /// Opens one whole record (`rec` = header and body, as returned by
@@ -346,7 +405,7 @@ impl Keys {
         let header: [u8; HEADER_LEN] = rec[..HEADER_LEN]
             .try_into()
             .map_err(|_| RecordError::BadLength(rec.len()))?;
-        let nonce = self.next_nonce();
+        let nonce = self.next_nonce()?;
         let plain = self.key.open(nonce, header, &mut rec[HEADER_LEN..])?;
         // Strip the zero padding; the last non-zero byte is the type.
         let end = plain
@@ -416,11 +475,11 @@ mod tests {
                 assert_eq!((tx.provider(), rx.provider()), (from, to));
                 let mut buf = vec![0; HEADER_LEN];
                 buf.extend_from_slice(b"same bytes on the wire");
-                tx.seal(&mut buf, 0, APPLICATION_DATA);
+                tx.seal(&mut buf, 0, APPLICATION_DATA).unwrap();
                 let mut other = Keys::with_provider(to, 7, secrets).unwrap();
                 let mut copy = vec![0; HEADER_LEN];
                 copy.extend_from_slice(b"same bytes on the wire");
-                other.seal(&mut copy, 0, APPLICATION_DATA);
+                other.seal(&mut copy, 0, APPLICATION_DATA).unwrap();
                 assert_eq!(buf, copy, "{from:?} and {to:?} sealed differently");
                 let (ty, range) = rx.open(&mut buf).unwrap();
                 assert_eq!(
@@ -437,7 +496,7 @@ mod tests {
         let mut buf = vec![0xee; 3]; // bytes before the record stay
         buf.extend_from_slice(&[0; HEADER_LEN]);
         buf.extend_from_slice(b"hello");
-        tx.seal(&mut buf, 3, APPLICATION_DATA);
+        tx.seal(&mut buf, 3, APPLICATION_DATA).unwrap();
         assert_eq!(&buf[..3], &[0xee; 3]);
         let len = record_len(&buf[3..]).unwrap().unwrap();
         assert_eq!(len, buf.len() - 3);
@@ -454,7 +513,7 @@ mod tests {
         let mut tx = keys(0);
         let mut buf = vec![0; HEADER_LEN];
         buf.extend_from_slice(&[1, 2, 3]);
-        tx.seal(&mut buf, 0, APPLICATION_DATA);
+        tx.seal(&mut buf, 0, APPLICATION_DATA).unwrap();
         for i in 0..buf.len() {
             let mut b = buf.clone();
             b[i] ^= 0x01;
@@ -474,5 +533,40 @@ mod tests {
             record_len(&[23, 3, 3, 0, 3]),
             Err(RecordError::BadLength(3))
         );
+    }
+
+    /// The sequence number never wraps: the last record under a key is
+    /// sealed (and opened) at `u64::MAX - 1`, the next is refused on both
+    /// sides without touching the buffer (a wrapped number would reuse a
+    /// nonce).
+    #[test]
+    fn sequence_number_never_wraps() {
+        let (mut tx, mut rx) = (keys(u64::MAX - 1), keys(u64::MAX - 1));
+        let mut buf = vec![0; HEADER_LEN];
+        buf.extend_from_slice(b"last");
+        tx.seal(&mut buf, 0, APPLICATION_DATA).unwrap();
+        let (ty, r) = rx.open(&mut buf).unwrap();
+        assert_eq!((ty, &buf[r]), (APPLICATION_DATA, &b"last"[..]));
+        assert_eq!((tx.seq(), rx.seq()), (u64::MAX, u64::MAX));
+        let mut next = vec![0; HEADER_LEN];
+        next.extend_from_slice(b"one more");
+        let before = next.clone();
+        assert_eq!(
+            tx.seal(&mut next, 0, APPLICATION_DATA),
+            Err(RecordError::SequenceExhausted)
+        );
+        assert_eq!(next, before, "a refused record leaves the buffer alone");
+        let mut rec = buf.clone();
+        assert_eq!(rx.open(&mut rec), Err(RecordError::SequenceExhausted));
+        assert_eq!(tx.seq(), u64::MAX, "still exhausted");
+    }
+
+    #[test]
+    fn errors_map_to_alerts() {
+        assert_eq!(RecordError::BadRecord.alert(), 20);
+        assert_eq!(RecordError::BadLength(20_000).alert(), 22);
+        assert_eq!(RecordError::UnexpectedType(20).alert(), 10);
+        assert_eq!(RecordError::NoContentType.alert(), 10);
+        assert_eq!(RecordError::SequenceExhausted.alert(), 80);
     }
 }

@@ -28,6 +28,14 @@ pub struct SessionConfig {
     /// Declare the peer dead after this long without receiving anything
     /// (including the TLS handshake).
     pub idle_timeout: Duration,
+    /// The TLS handshake and the HELLO exchange must be over this long
+    /// after [`Session::new`], however the peer paces its bytes (an
+    /// absolute deadline: receiving does not extend it).
+    pub handshake_timeout: Duration,
+    /// Close the session when bytes have waited this long for the socket
+    /// without any of them being written: a peer that stopped reading
+    /// (nothing more, not even a CLOSE, can reach it).
+    pub write_timeout: Duration,
     /// Coalesce frames up to this many plaintext bytes into one TLS record
     /// (a record holds at most 16 KiB; a larger frame spans records).
     pub coalesce_bytes: usize,
@@ -50,6 +58,8 @@ impl Default for SessionConfig {
             name: String::new(),
             keepalive: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(30),
+            handshake_timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(30),
             coalesce_bytes: 16 * 1024 - 256,
             coalesce_delay: Duration::ZERO,
             max_pending_tls: 4 * 1024 * 1024,
@@ -70,6 +80,11 @@ pub enum CloseReason {
     Eof,
     /// Nothing received for the idle timeout.
     Timeout,
+    /// The handshake (TLS and HELLO) was not over by its deadline.
+    HandshakeTimeout,
+    /// The peer stopped reading: queued bytes made no progress for the
+    /// write timeout. What was queued is discarded.
+    Stalled,
     /// TLS failed (bad certificate, bad record, ...).
     Tls(String),
     /// The peer broke the framing protocol.
@@ -285,9 +300,20 @@ fn step<D>(
     }
 }
 
-/// Initial size of the receive buffer; it holds TLS records as read from
-/// the socket and is decrypted in place.
+/// Size of the receive buffer once the handshake is done; it holds TLS
+/// records as read from the socket and is decrypted in place.
 const RX_BUF_INITIAL: usize = 256 * 1024;
+/// Before the handshake is done (nothing is authenticated yet) the receive
+/// buffer starts empty and grows by at least this much when it needs room:
+/// a connection that sent a few bytes holds a few KiB, not
+/// [`RX_BUF_INITIAL`].
+const HS_RX_CHUNK: usize = 4 * 1024;
+/// Cap on the receive buffer before the handshake is done: the largest
+/// handshake message rustls accepts (64 KiB) with its record headers. A
+/// peer that needs more fails the handshake.
+const HS_RX_MAX: usize = 96 * 1024;
+/// Longest peer name kept from a HELLO (in characters, after escaping).
+const PEER_NAME_MAX: usize = 64;
 /// Free space below which the receive buffer is compacted (or grown)
 /// before reading: one maximal record.
 const RX_MIN_FREE: usize = record::HEADER_LEN + record::MAX_CIPHERTEXT;
@@ -339,6 +365,10 @@ pub struct Session {
     early: Vec<u8>,
     /// The peer ended the stream; close once the buffered frames are read.
     peer_eof: bool,
+    /// When the session began: the handshake deadline counts from here.
+    started: Instant,
+    /// Since when queued bytes have waited for the socket without progress.
+    write_stalled_since: Option<Instant>,
     last_rx: Instant,
     last_tx: Instant,
     stats: SessionStats,
@@ -350,8 +380,10 @@ impl Session {
     pub fn new(tls: Handshake, cfg: SessionConfig, now: Instant) -> Self {
         let mut s = Self {
             tls: Tls::Handshake(Box::new(tls)),
-            tx_buf: Vec::with_capacity(64 * 1024),
-            rx_buf: vec![0; RX_BUF_INITIAL],
+            // Nothing is allocated for traffic before the peer is
+            // authenticated (see `start_traffic`).
+            tx_buf: Vec::new(),
+            rx_buf: Vec::new(),
             cfg,
             state: State::Hello,
             close_reason: None,
@@ -369,6 +401,8 @@ impl Session {
             rx_end: 0,
             early: Vec::new(),
             peer_eof: false,
+            started: now,
+            write_stalled_since: None,
             last_rx: now,
             last_tx: now,
             stats: SessionStats::default(),
@@ -393,9 +427,23 @@ impl Session {
         self.close_reason.as_ref()
     }
 
-    /// The name the peer gave in its HELLO.
+    /// The name the peer gave in its HELLO, safe to log: control and
+    /// bidirectional-formatting characters are escaped (`\u{1b}`), and it is
+    /// cut to 64 characters.
     pub fn peer_name(&self) -> &str {
         &self.peer_name
+    }
+
+    /// True while the TLS handshake runs (the peer is not authenticated
+    /// yet); false once traffic keys are in use or the session failed.
+    pub fn is_handshaking(&self) -> bool {
+        matches!(self.tls, Tls::Handshake(_))
+    }
+
+    /// Bytes of buffer the session holds (receive and send buffers'
+    /// capacity): a few KiB until the handshake is done.
+    pub fn buffered_capacity(&self) -> usize {
+        self.rx_buf.capacity() + self.tx_buf.capacity() + self.early.capacity()
     }
 
     /// The certificate chain the peer presented (verified by rustls), once
@@ -434,16 +482,37 @@ impl Session {
         rd: &mut dyn io::Read,
         now: Instant,
     ) -> Result<ReadOutcome, SessionError> {
+        self.handle_read_budget(rd, now, READ_BUDGET)
+    }
+
+    /// [`Session::handle_read`] that stops after about `budget` bytes
+    /// (at least one read): a driver serving many sessions gives each its
+    /// share of a loop turn.
+    pub fn handle_read_budget(
+        &mut self,
+        rd: &mut dyn io::Read,
+        now: Instant,
+        budget: usize,
+    ) -> Result<ReadOutcome, SessionError> {
         if self.state == State::Closed || self.peer_eof {
             return Err(SessionError::Closed(self.reason_or(CloseReason::Eof)));
         }
         let mut total = 0;
         loop {
             if !self.make_room() {
+                if self.is_handshaking() {
+                    // rustls still wants more of a handshake message than
+                    // the buffer may hold before authentication.
+                    return Err(
+                        self.fail(CloseReason::Tls("TLS handshake message too large".into()))
+                    );
+                }
                 // Full of records not opened yet: poll_packet first.
                 return Ok(ReadOutcome { more: true });
             }
-            let n = match rd.read(&mut self.rx_buf[self.rx_end..]) {
+            // No read goes much past the budget (at least one byte).
+            let room = (self.rx_buf.len() - self.rx_end).min(budget.saturating_sub(total).max(1));
+            let n = match rd.read(&mut self.rx_buf[self.rx_end..self.rx_end + room]) {
                 Ok(0) => {
                     // TCP EOF: frames already buffered are still delivered
                     // by poll_packet, which then closes the session.
@@ -470,7 +539,7 @@ impl Session {
             if matches!(self.tls, Tls::Handshake(_)) {
                 self.drive_handshake()?;
             }
-            if total >= READ_BUDGET {
+            if total >= budget {
                 return Ok(ReadOutcome { more: true });
             }
         }
@@ -488,7 +557,13 @@ impl Session {
             self.c_start = 0;
             self.rx_end = 0;
         }
-        if self.rx_buf.len() - self.rx_end >= RX_MIN_FREE {
+        let handshaking = self.is_handshaking();
+        let (min_free, max) = if handshaking {
+            (HS_RX_CHUNK, HS_RX_MAX)
+        } else {
+            (RX_MIN_FREE, RX_BUF_MAX)
+        };
+        if self.rx_buf.len() - self.rx_end >= min_free {
             return true;
         }
         if matches!(self.tls, Tls::Traffic { .. })
@@ -506,11 +581,11 @@ impl Session {
         self.p_start = 0;
         self.p_end = plain;
         self.c_start = plain;
-        if self.rx_buf.len() - self.rx_end < RX_MIN_FREE && self.rx_buf.len() < RX_BUF_MAX {
-            let grown = (self.rx_buf.len() * 2).min(RX_BUF_MAX);
+        if self.rx_buf.len() - self.rx_end < min_free && self.rx_buf.len() < max {
+            let grown = (self.rx_buf.len() * 2).max(self.rx_end + min_free).min(max);
             self.rx_buf.resize(grown, 0);
         }
-        self.rx_buf.len() - self.rx_end >= RX_MIN_FREE
+        self.rx_buf.len() - self.rx_end >= min_free
     }
 
     /// Runs the rustls handshake over the bytes received so far; switches
@@ -619,11 +694,14 @@ impl Session {
         self.suite = suite;
         // Application data rustls decrypted goes in front of the records
         // still to open.
+        // The peer is authenticated: the traffic buffers are allocated now.
         let early = std::mem::take(&mut self.early);
         let rest = self.rx_end - self.c_start;
-        if self.rx_buf.len() < early.len() + rest + RX_MIN_FREE {
-            self.rx_buf.resize(early.len() + rest + RX_MIN_FREE, 0);
+        let want = RX_BUF_INITIAL.max(early.len() + rest + RX_MIN_FREE);
+        if self.rx_buf.len() < want {
+            self.rx_buf.resize(want, 0);
         }
+        self.tx_buf.reserve(64 * 1024);
         self.rx_buf
             .copy_within(self.c_start..self.rx_end, early.len());
         self.rx_buf[..early.len()].copy_from_slice(&early);
@@ -652,8 +730,11 @@ impl Session {
     /// Opens the next whole record in the receive buffer. Returns false
     /// when none is complete. Application data is moved to follow the
     /// unparsed plaintext (only that partial frame moves, not the record);
-    /// handshake and alert records are handled here.
-    fn open_record(&mut self) -> Result<bool, CloseReason> {
+    /// handshake and alert records are handled here. On error: the alert
+    /// to send the peer (none when it sent one) and why.
+    fn open_record(&mut self) -> Result<bool, (Option<u8>, CloseReason)> {
+        use record::alert::{DECODE_ERROR, INTERNAL_ERROR, UNEXPECTED_MESSAGE};
+        let fatal = |alert: u8, what: String| (Some(alert), CloseReason::Tls(what));
         let Tls::Traffic { kernel, rx, .. } = &mut self.tls else {
             return Ok(false);
         };
@@ -661,12 +742,12 @@ impl Session {
         let len = match record::record_len(avail) {
             Ok(Some(len)) if len <= avail.len() => len,
             Ok(_) => return Ok(false),
-            Err(e) => return Err(CloseReason::Tls(e.to_string())),
+            Err(e) => return Err(fatal(e.alert(), e.to_string())),
         };
         let rec_start = self.c_start;
         let (ty, range) = rx
             .open(&mut self.rx_buf[rec_start..rec_start + len])
-            .map_err(|e| CloseReason::Tls(e.to_string()))?;
+            .map_err(|e| fatal(e.alert(), e.to_string()))?;
         self.c_start += len;
         let content = rec_start + range.start..rec_start + range.end;
         match ty {
@@ -685,8 +766,12 @@ impl Session {
                     self.c_start = self.rx_end;
                     Ok(true)
                 }
-                [_, desc] => Err(CloseReason::Tls(format!("peer sent TLS alert {desc}"))),
-                _ => Err(CloseReason::Tls("malformed TLS alert".into())),
+                // The peer has closed: no alert goes back.
+                [_, desc] => Err((
+                    None,
+                    CloseReason::Tls(format!("peer sent TLS alert {desc}")),
+                )),
+                _ => Err(fatal(DECODE_ERROR, "malformed TLS alert".into())),
             },
             record::HANDSHAKE => {
                 // Whole messages only: rustls never fragments these.
@@ -694,36 +779,46 @@ impl Session {
                 while let [typ, a, b, c, rest @ ..] = msgs {
                     let n = u32::from_be_bytes([0, *a, *b, *c]) as usize;
                     let Some((body, rest)) = rest.split_at_checked(n) else {
-                        return Err(CloseReason::Tls("fragmented TLS handshake message".into()));
+                        return Err(fatal(
+                            UNEXPECTED_MESSAGE,
+                            "fragmented TLS handshake message".into(),
+                        ));
                     };
                     match (*typ, body, &mut **kernel) {
                         (HS_KEY_UPDATE, [req @ (0 | 1)], k) => {
                             let (seq, secrets) = k
                                 .update(false)
-                                .map_err(|e| CloseReason::Tls(e.to_string()))?;
+                                .map_err(|e| fatal(INTERNAL_ERROR, e.to_string()))?;
                             *rx = Keys::with_provider(rx.provider(), seq, &secrets)
-                                .map_err(|e| CloseReason::Tls(e.to_string()))?;
+                                .map_err(|e| fatal(INTERNAL_ERROR, e.to_string()))?;
                             self.stats.key_updates_rx += 1;
                             self.key_update_due |= *req == 1;
                             // A key update must end its record.
                             if !rest.is_empty() {
-                                return Err(CloseReason::Tls("data after TLS key update".into()));
+                                return Err(fatal(
+                                    UNEXPECTED_MESSAGE,
+                                    "data after TLS key update".into(),
+                                ));
                             }
                         }
                         (HS_NEW_SESSION_TICKET, _, Kernel::Client(k)) => {
                             k.handle_new_session_ticket(body)
-                                .map_err(|e| CloseReason::Tls(e.to_string()))?;
+                                .map_err(|e| fatal(DECODE_ERROR, e.to_string()))?;
                         }
                         (t, ..) => {
-                            return Err(CloseReason::Tls(format!(
-                                "unexpected TLS handshake message {t}"
-                            )));
+                            return Err(fatal(
+                                UNEXPECTED_MESSAGE,
+                                format!("unexpected TLS handshake message {t}"),
+                            ));
                         }
                     }
                     msgs = rest;
                 }
                 if !msgs.is_empty() {
-                    return Err(CloseReason::Tls("truncated TLS handshake message".into()));
+                    return Err(fatal(
+                        DECODE_ERROR,
+                        "truncated TLS handshake message".into(),
+                    ));
                 }
                 if self.key_update_due {
                     self.key_update_due = false;
@@ -732,7 +827,10 @@ impl Session {
                 }
                 Ok(true)
             }
-            t => Err(CloseReason::Tls(format!("unexpected TLS content type {t}"))),
+            t => Err(fatal(
+                UNEXPECTED_MESSAGE,
+                format!("unexpected TLS content type {t}"),
+            )),
         }
     }
 
@@ -756,9 +854,13 @@ impl Session {
                         }
                         return None;
                     }
-                    Err(reason) => {
-                        // The record layer is broken: nothing more can be
-                        // sealed either.
+                    Err((alert, reason)) => {
+                        // The record layer is broken: tell the peer why
+                        // (RFC 8446 §5.2, §6.2), then nothing more is
+                        // sealed or opened.
+                        if let Some(a) = alert {
+                            self.send_fatal_alert(a);
+                        }
                         self.tls = Tls::Dead;
                         self.set_closed(reason);
                         return None;
@@ -812,7 +914,7 @@ impl Session {
 
     fn handle_hello(&mut self, start: usize, end: usize) {
         let (version, max, name) = match Hello::parse(&self.rx_buf[start..end]) {
-            Ok(h) => (h.version, h.max_payload, h.name.to_string()),
+            Ok(h) => (h.version, h.max_payload, printable(h.name, PEER_NAME_MAX)),
             Err(_) => return self.protocol_error("malformed HELLO"),
         };
         if version != tunnel::VERSION {
@@ -871,7 +973,14 @@ impl Session {
         if self.tx_buf.len() == self.tx_sealed {
             return;
         }
-        tx.seal(&mut self.tx_buf, self.tx_sealed, ty);
+        if let Err(e) = tx.seal(&mut self.tx_buf, self.tx_sealed, ty) {
+            // Only a used-up sequence number, which the key updates keep
+            // far away: nothing more can be sent under this key.
+            self.tx_buf.truncate(self.tx_sealed);
+            self.tls = Tls::Dead;
+            self.set_closed(CloseReason::Tls(e.to_string()));
+            return;
+        }
         self.tx_sealed = self.tx_buf.len();
         self.open_since = None;
         self.stats.tx_records += 1;
@@ -891,7 +1000,12 @@ impl Session {
         self.tx_buf.extend_from_slice(&[0; record::HEADER_LEN]);
         self.tx_buf
             .extend_from_slice(&[HS_KEY_UPDATE, 0, 0, 1, u8::from(request)]);
-        tx.seal(&mut self.tx_buf, start, record::HANDSHAKE);
+        if let Err(e) = tx.seal(&mut self.tx_buf, start, record::HANDSHAKE) {
+            self.tx_buf.truncate(start);
+            self.tls = Tls::Dead;
+            self.set_closed(CloseReason::Tls(format!("key update: {e}")));
+            return;
+        }
         self.tx_sealed = self.tx_buf.len();
         match kernel
             .update(true)
@@ -994,6 +1108,14 @@ impl Session {
                 Err(e) => return Err(e),
             }
         }
+        // The write timeout runs while bytes wait without any progress.
+        self.write_stalled_since = if self.tx_sealed == self.tx_sent {
+            None
+        } else if total > 0 {
+            Some(now)
+        } else {
+            Some(self.write_stalled_since.unwrap_or(now))
+        };
         // Reclaim the written front once it outweighs what is left to move
         // (always when everything is written): the copy is paid for by the
         // bytes written, and the buffer stays bounded by the pending cap.
@@ -1009,13 +1131,17 @@ impl Session {
 
     /// When [`Session::handle_timeout`] must next be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let timers = match self.state {
+        let mut timers = match self.state {
             State::Closed => return None,
-            State::Hello => self.last_rx + self.cfg.idle_timeout,
+            State::Hello => (self.last_rx + self.cfg.idle_timeout)
+                .min(self.started + self.cfg.handshake_timeout),
             State::Established => {
                 (self.last_tx + self.cfg.keepalive).min(self.last_rx + self.cfg.idle_timeout)
             }
         };
+        if let Some(t) = self.write_stalled_since {
+            timers = timers.min(t + self.cfg.write_timeout);
+        }
         let flush = self.open_since.map(|t| t + self.cfg.coalesce_delay);
         Some(flush.map_or(timers, |f| f.min(timers)))
     }
@@ -1025,6 +1151,26 @@ impl Session {
     /// timeout.
     pub fn handle_timeout(&mut self, now: Instant) {
         if self.state == State::Closed {
+            return;
+        }
+        if self
+            .write_stalled_since
+            .is_some_and(|t| self.wants_write() && now >= t + self.cfg.write_timeout)
+        {
+            // Nothing more reaches a peer that does not read, not even a
+            // CLOSE: drop what waits, so the driver can let go at once.
+            self.tx_buf.clear();
+            self.tx_sent = 0;
+            self.tx_sealed = 0;
+            self.open_since = None;
+            self.write_stalled_since = None;
+            self.tls = Tls::Dead;
+            self.set_closed(CloseReason::Stalled);
+            return;
+        }
+        if self.state == State::Hello && now >= self.started + self.cfg.handshake_timeout {
+            self.close(CloseCode::Timeout, "handshake not done in time");
+            self.close_reason = Some(CloseReason::HandshakeTimeout);
             return;
         }
         self.flush_due(now);
@@ -1064,14 +1210,24 @@ impl Session {
         self.send_close_notify();
     }
 
+    /// Queues a fatal TLS alert with description `desc` (the record layer
+    /// failed; the caller then marks the TLS side dead).
+    fn send_fatal_alert(&mut self, desc: u8) {
+        if self.state == State::Closed {
+            return;
+        }
+        self.flush();
+        self.append(&[record::alert::FATAL, desc]);
+        self.seal(record::ALERT);
+    }
+
     /// Queues a TLS `close_notify` alert.
     fn send_close_notify(&mut self) {
         if self.state == State::Closed {
             return;
         }
         self.flush();
-        // Warning level, close_notify.
-        self.append(&[1, 0]);
+        self.append(&[record::alert::WARNING, record::alert::CLOSE_NOTIFY]);
         self.seal(record::ALERT);
     }
 
@@ -1083,6 +1239,30 @@ impl Session {
     fn reason_or(&self, r: CloseReason) -> CloseReason {
         self.close_reason.clone().unwrap_or(r)
     }
+}
+
+/// `s` made safe to log: control characters (which could forge log lines
+/// or drive a terminal) and the invisible bidirectional-formatting ones
+/// escaped as `\u{..}`, at most `max` characters (then `…`).
+pub fn printable(s: &str, max: usize) -> String {
+    let mut out = String::with_capacity(s.len().min(max));
+    let mut n = 0;
+    for c in s.chars() {
+        let escaped = c.is_control()
+            || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+        let piece = if escaped {
+            c.escape_unicode().to_string()
+        } else {
+            c.to_string()
+        };
+        n += piece.chars().count();
+        if n > max {
+            out.push('…');
+            break;
+        }
+        out.push_str(&piece);
+    }
+    out
 }
 
 #[cfg(test)]

@@ -708,3 +708,201 @@ fn client_from_another_ca_is_refused() {
     std::fs::remove_dir_all(dir).unwrap();
     std::fs::remove_dir_all(dir2).unwrap();
 }
+
+/// A reader that says `WouldBlock` once empty, like a non-blocking socket
+/// (a plain slice says end of stream).
+struct Feed<'a>(&'a [u8]);
+
+impl io::Read for Feed<'_> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if self.0.is_empty() {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        io::Read::read(&mut self.0, out)
+    }
+}
+
+/// A server session (the edge's side) before any client speaks.
+fn lone_server(cfg: SessionConfig) -> (Session, std::path::PathBuf) {
+    let (dir, _, sc) = configs();
+    let s = rustls::server::UnbufferedServerConnection::new(sc).unwrap();
+    (Session::new(s.into(), cfg, Instant::now()), dir)
+}
+
+/// The first bytes of a real `ClientHello`, as a slow client sends them.
+fn client_hello_bytes() -> Vec<u8> {
+    let (dir, cc, _) = configs();
+    let mut c =
+        rustls::ClientConnection::new(cc, pki::server_name("edge.sluice.test").unwrap()).unwrap();
+    let mut out = Vec::new();
+    c.write_tls(&mut out).unwrap();
+    std::fs::remove_dir_all(dir).unwrap();
+    out
+}
+
+/// The handshake deadline is absolute: a client that sends one byte of its
+/// `ClientHello` every second (each byte would reset an idle timer) is cut
+/// off at `handshake_timeout`, and the session says why.
+#[test]
+fn handshake_deadline_is_not_reset_by_each_byte() {
+    let (mut server, dir) = lone_server(SessionConfig {
+        handshake_timeout: Duration::from_secs(10),
+        idle_timeout: Duration::from_secs(30),
+        ..cfg("edge")
+    });
+    let hello = client_hello_bytes();
+    let start = Instant::now();
+    let mut closed_at = None;
+    for (i, b) in hello.iter().take(60).enumerate() {
+        let now = start + Duration::from_secs(i as u64);
+        if server.poll_timeout().is_some_and(|t| t <= now) {
+            server.handle_timeout(now);
+        }
+        if server.is_closed() {
+            closed_at = Some(i);
+            break;
+        }
+        let _ = server.handle_read(&mut Feed(&[*b]), now);
+        assert!(
+            server.poll_timeout().unwrap() <= start + Duration::from_secs(10),
+            "byte {i} pushed the deadline"
+        );
+    }
+    assert_eq!(closed_at, Some(10), "closed at the deadline");
+    assert_eq!(server.close_reason(), Some(&CloseReason::HandshakeTimeout));
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// Nothing of the traffic buffers (256 KiB to receive, 64 KiB to send) is
+/// allocated before the peer is authenticated: a connection that sent part
+/// of a `ClientHello`, or garbage, holds a few KiB. Once established the
+/// buffers are there.
+#[test]
+fn buffers_are_allocated_after_authentication() {
+    let (mut server, dir) = lone_server(cfg("edge"));
+    assert_eq!(
+        server.buffered_capacity(),
+        0,
+        "nothing before a byte arrives"
+    );
+    let hello = client_hello_bytes();
+    let _ = server.handle_read(&mut Feed(&hello[..hello.len() / 2]), Instant::now());
+    assert!(!server.is_closed());
+    assert!(
+        server.buffered_capacity() <= 8 * 1024,
+        "{} bytes held for half a ClientHello",
+        server.buffered_capacity()
+    );
+    // Records of one endless handshake message (longer than rustls takes):
+    // refused, and never more than the pre-authentication cap held.
+    let (mut server2, dir2) = lone_server(cfg("edge"));
+    let mut msg = vec![22, 3, 3, 0x40, 0x00, 1, 0xff, 0xff, 0xff];
+    msg.resize(5 + 0x4000, 0);
+    let mut fed = 0;
+    for _ in 0..16 {
+        let _ = server2.handle_read(&mut Feed(&msg), Instant::now());
+        fed += msg.len();
+        if server2.is_closed() {
+            break;
+        }
+    }
+    assert!(
+        server2.is_closed(),
+        "{fed} bytes of one handshake message held"
+    );
+    assert!(server2.buffered_capacity() <= HS_RX_MAX + 64 * 1024);
+    let mut p = Pair::new(40);
+    p.drive();
+    assert!(p.server.buffered_capacity() >= RX_BUF_INITIAL);
+    std::fs::remove_dir_all(dir).unwrap();
+    std::fs::remove_dir_all(dir2).unwrap();
+}
+
+/// A record that fails authentication gets the peer a fatal
+/// `bad_record_mac` alert before the session closes (RFC 8446 §5.2).
+#[test]
+fn bad_record_sends_the_fatal_alert() {
+    let mut p = Pair::new(41);
+    p.drive();
+    p.client.send_packet(&[0x45; 100]).unwrap();
+    p.client.flush();
+    let mut wire = Vec::new();
+    p.client.handle_write(&mut wire, p.now).unwrap();
+    wire[30] ^= 0x80;
+    let _ = p.server.handle_read(&mut &wire[..], p.now);
+    assert!(p.server.poll_packet().is_none());
+    assert!(p.server.is_closed());
+    assert!(p.server.wants_write(), "an alert is queued");
+    let mut back = Vec::new();
+    p.server.handle_write(&mut back, p.now).unwrap();
+    let _ = p.client.handle_read(&mut &back[..], p.now);
+    while p.client.poll_packet().is_some() {}
+    assert_eq!(
+        p.client.close_reason(),
+        Some(&CloseReason::Tls("peer sent TLS alert 20".into()))
+    );
+}
+
+/// A peer that stops reading is let go after the write timeout: what was
+/// queued for it is dropped, so the driver can close the socket at once.
+#[test]
+fn peer_that_stops_reading_is_reaped() {
+    let mut p = Pair::with(
+        42,
+        cfg("gw1"),
+        SessionConfig {
+            write_timeout: Duration::from_secs(5),
+            ..cfg("edge")
+        },
+    );
+    p.drive();
+    for i in 0..50u8 {
+        p.server.send_packet(&[i; 1400]).unwrap();
+    }
+    p.server.flush();
+    let mut sink = Vec::new();
+    let mut stuck = Pipe {
+        buf: &mut sink,
+        rng: &mut p.rng,
+        stuck: true,
+    };
+    let _ = p.server.handle_write(&mut stuck, p.now);
+    assert!(p.server.wants_write());
+    let deadline = p.server.poll_timeout().unwrap();
+    assert!(deadline <= p.now + Duration::from_secs(5));
+    // Receiving keeps the idle timer fresh but not the write timeout.
+    p.now += Duration::from_secs(3);
+    p.server.handle_timeout(p.now);
+    assert!(!p.server.is_closed());
+    p.now += Duration::from_secs(3);
+    p.server.handle_timeout(p.now);
+    assert_eq!(p.server.close_reason(), Some(&CloseReason::Stalled));
+    assert!(!p.server.wants_write(), "nothing left to write");
+}
+
+/// Control characters in a peer's HELLO name cannot forge log lines or
+/// drive a terminal: they are escaped, and the name is cut to 64
+/// characters.
+#[test]
+fn hello_name_is_escaped_for_logs() {
+    use io::Write as _;
+    let (mut client, mut raw, mut rng, dir) = raw_server_pair(43);
+    let mut v = Vec::new();
+    tunnel::Hello {
+        version: tunnel::VERSION,
+        max_payload: u16::MAX,
+        name: "edge\n[INFO] forged line\u{1b}[31m\u{202e}",
+    }
+    .emit_frame(&mut v);
+    raw.writer().write_all(&v).unwrap();
+    let _ = shuttle(&mut client, &mut raw, &mut rng);
+    assert!(client.is_established());
+    assert_eq!(
+        client.peer_name(),
+        "edge\\u{a}[INFO] forged line\\u{1b}[31m\\u{202e}"
+    );
+    assert!(!client.peer_name().chars().any(char::is_control));
+    assert_eq!(printable(&"x".repeat(100), 64).chars().count(), 65);
+    assert_eq!(printable("branch-1", 64), "branch-1");
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -1,0 +1,159 @@
+//! The edge before authentication, server side: connections from anywhere
+//! sending anything (garbage, pieces of a real ClientHello, in any
+//! chunking), while time passes. Nothing may panic; handshakes stay within
+//! their caps; what the sessions hold stays bounded (a few KiB each, never
+//! more than the pre-authentication cap); every connection goes by its
+//! deadline; no packet is ever delivered before authentication.
+//!
+//! Input: ops, each `op(u8)` then its arguments:
+//! - `0 a(u8)`: accept a connection from source address number `a`
+//!   (sixteen IPv4 /24s and sixteen IPv6 /64s, several hosts each);
+//! - `1 c(u8) len(u16 LE) bytes[len]`: connection `c` (mod live ones)
+//!   sends these bytes;
+//! - `2 c(u8) n(u16 LE)`: connection `c` sends the first `n` bytes of a
+//!   real ClientHello (then the fuzzer's bytes go after it);
+//! - `3 t(u8)`: `t * 100 ms` pass, timers run;
+//! - anything else: the edge writes what it has, closes what is done.
+#![no_main]
+use std::{
+    io,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    sync::{Arc, OnceLock},
+    time::{Duration, Instant},
+};
+
+use libfuzzer_sys::fuzz_target;
+use sluice::{
+    config::EdgeConfig,
+    edge::{Accepted, Core},
+    pki,
+};
+
+struct Setup {
+    cfg: EdgeConfig,
+    tls: Arc<rustls::ServerConfig>,
+    hello: Vec<u8>,
+}
+
+fn setup() -> &'static Setup {
+    static S: OnceLock<Setup> = OnceLock::new();
+    S.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("sluice-fuzz-edge-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let f = pki::generate(&dir, &["edge.sluice.test".into()], &["branch-1".into()])
+            .expect("lab PKI");
+        let toml = "[edge]\nlisten = \"[::]:4443\"\nca = \"ca.pem\"\ncert = \"edge.pem\"\nkey = \"edge.key\"\n\
+                    manage_network = false\nmax_handshakes = 24\nmax_handshakes_per_prefix = 4\n\
+                    handshake_timeout_secs = 3\n\n[[edge.gateway]]\nname = \"branch-1\"\nprefixes = [\"192.0.2.0/24\"]\nmax_routes = 16\n";
+        let cfg = EdgeConfig::parse(&dir.join("edge.toml"), toml).expect("config");
+        let tls = pki::server_config(&f.ca, &f.edge.0, &f.edge.1).expect("server config");
+        let (_, cert, key) = &f.gateways[0];
+        let client = pki::client_config(&f.ca, cert, key).expect("client config");
+        let mut c = rustls::ClientConnection::new(client, pki::server_name("edge.sluice.test").unwrap())
+            .expect("client");
+        let mut hello = Vec::new();
+        c.write_tls(&mut hello).expect("ClientHello");
+        let _ = std::fs::remove_dir_all(&dir);
+        Setup { cfg, tls, hello }
+    })
+}
+
+/// Bytes a connection sent, read by the edge like a non-blocking socket.
+struct Feed<'a>(&'a [u8]);
+
+impl io::Read for Feed<'_> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if self.0.is_empty() {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        io::Read::read(&mut self.0, out)
+    }
+}
+
+fn source(a: u8) -> SocketAddr {
+    let net = u16::from(a & 0x0f);
+    let host = u16::from(a >> 4) + 1;
+    let ip = if a & 0x80 == 0 {
+        IpAddr::V4(Ipv4Addr::new(203, 0, (net + 100) as u8, host as u8))
+    } else {
+        IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0x66, net, 0, 0, 0, host))
+    };
+    SocketAddr::new(ip, 40_000 + u16::from(a))
+}
+
+/// Per handshake at most: the receive cap (96 KiB), the server's flight
+/// and rustls's own state.
+const PER_CONN: usize = 96 * 1024 + 64 * 1024;
+
+fuzz_target!(|data: &[u8]| {
+    let s = setup();
+    let start = Instant::now();
+    let mut now = start;
+    let mut core = Core::new(&s.cfg, s.cfg.limits, s.tls.clone(), start).expect("core");
+    // Connections not closed yet, with when they came.
+    let mut live: Vec<(u32, Instant)> = Vec::new();
+    let mut sink = Vec::new();
+    let mut rest = data;
+    let deliver = &mut |_: &[u8]| panic!("a packet before authentication");
+    while let [op, tail @ ..] = rest {
+        rest = tail;
+        match op {
+            0 => {
+                let [a, tail @ ..] = rest else { break };
+                rest = tail;
+                if let Accepted::Conn(id) = core.accept(source(*a), now) {
+                    live.push((id, now));
+                }
+            }
+            1 | 2 if !live.is_empty() => {
+                let [c, lo, hi, tail @ ..] = rest else { break };
+                let n = usize::from(u16::from_le_bytes([*lo, *hi]));
+                let id = live[usize::from(*c) % live.len()].0;
+                let bytes = if *op == 1 {
+                    let n = n.min(tail.len());
+                    let (b, t) = tail.split_at(n);
+                    rest = t;
+                    b
+                } else {
+                    rest = tail;
+                    &s.hello[..n.min(s.hello.len())]
+                };
+                for chunk in bytes.chunks(usize::from(*c % 7) * 97 + 1) {
+                    let _ = core.read(id, &mut Feed(chunk), now, 1 << 16, deliver);
+                }
+            }
+            3 => {
+                let [t, tail @ ..] = rest else { break };
+                rest = tail;
+                now += Duration::from_millis(100 * u64::from(*t));
+                let t1 = now;
+                core.handle_timeout(now);
+                // Long enough after for the closed to have lingered out.
+                now += Duration::from_millis(2100);
+                core.handle_timeout(now);
+                while let Some(id) = core.poll_closed() {
+                    live.retain(|(l, _)| *l != id);
+                }
+                let timeout = core.limits().handshake_timeout;
+                assert!(
+                    live.iter().all(|(_, born)| *born + timeout > t1),
+                    "a connection outlived its handshake deadline"
+                );
+            }
+            _ => {
+                while let Some(id) = core.poll_dirty() {
+                    sink.clear();
+                    core.write(id, &mut sink, now);
+                }
+            }
+        }
+        while let Some(id) = core.poll_closed() {
+            live.retain(|(l, _)| *l != id);
+        }
+        let limits = core.limits();
+        assert!(core.handshakes() <= limits.max_handshakes);
+        assert_eq!(core.tunnels(), 0, "nobody authenticates without a key");
+        assert!(core.buffered_capacity() <= live.len() * PER_CONN);
+        assert!(core.slots() <= limits.max_handshakes as usize + 1);
+    }
+});

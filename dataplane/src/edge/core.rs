@@ -1,0 +1,708 @@
+//! The edge's protocol core, sans I/O: connections from accept to close,
+//! their sessions, who they are, where their packets may go.
+//!
+//! The driver ([`super::Edge`]) owns the sockets, the TUN device and the
+//! poller; the core owns everything else and is fed bytes, packets and the
+//! time:
+//! 1. [`Core::accept`] for each accepted connection: a slot, or a refusal
+//!    (caps on connections still in their handshake: [`super::admission`]).
+//! 2. [`Core::read`] when a connection is readable, with its socket as the
+//!    reader and a byte budget: the handshake, then the identity check (the
+//!    certificate must name a configured gateway, within its tunnel caps),
+//!    then every packet through [`Router::inbound`] to `deliver`. Returns
+//!    whether bytes may be left (edge-triggered sockets: call again).
+//! 3. [`Core::tun_packet`] for each packet read from the TUN device: into
+//!    the tunnel its destination's route names.
+//! 4. [`Core::poll_dirty`] / [`Core::write`]: connections with bytes to
+//!    send, and sending them.
+//! 5. [`Core::handle_timeout`] at [`Core::poll_timeout`]: session timers
+//!    (keepalives, dead peers, the absolute handshake deadline, peers that
+//!    stopped reading), connections done closing, the route sweep.
+//! 6. [`Core::poll_closed`] after each of the above: slots whose socket
+//!    the driver closes now.
+//!
+//! Bounded: at most `max_handshakes` connections before authentication
+//! (a few KiB each: sessions allocate their buffers once authenticated),
+//! `max_tunnels` after; every connection is in a slot of a table that
+//! only grows to their sum.
+use std::{
+    io,
+    net::SocketAddr,
+    sync::{Arc, atomic::Ordering::Relaxed},
+    time::{Duration, Instant},
+};
+
+use super::{
+    admission::{Admission, Admit, PrefixKey},
+    identity::Identities,
+    printable,
+    ratelog::{RateLog, suppressed_note},
+    router::{GatewayId, Learnt, Refused, Router, TunnelRef},
+    stats::EdgeStats,
+};
+use crate::{
+    config::{EdgeConfig, EdgeLimits},
+    lpm::LpmError,
+    tunnel::{CloseReason, SendError, Session, SessionConfig},
+    wire::{ip, tunnel::CloseCode},
+};
+
+/// CLOSE code the edge sends a peer it refuses after its handshake
+/// (unknown gateway, too many tunnels).
+pub const CLOSE_REFUSED: CloseCode = CloseCode::Other(0x10);
+/// How often timers are looked at.
+const TICK: Duration = Duration::from_millis(100);
+/// How long a closed connection may take to write its last bytes (CLOSE,
+/// alerts) before its socket is closed anyway.
+const LINGER: Duration = Duration::from_secs(2);
+/// Route-table slots swept per tick while routes of gone tunnels remain.
+const SWEEP_SLOTS: usize = 16 * 1024;
+
+/// A connection's slot (the driver's token for its socket).
+pub type ConnId = u32;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Before authentication: counted by the admission caps.
+    Handshake(PrefixKey),
+    /// An authenticated gateway's tunnel.
+    Tunnel(GatewayId),
+    /// Closed or refused: writing its last bytes.
+    Closing,
+}
+
+#[derive(Debug)]
+struct Conn {
+    sess: Session,
+    peer: SocketAddr,
+    generation: u32,
+    phase: Phase,
+    /// Since when it is [`Phase::Closing`].
+    closing_since: Option<Instant>,
+    /// Queued in `dirty`.
+    dirty: bool,
+}
+
+/// Rate-limited log kinds.
+#[derive(Debug)]
+struct Logs {
+    refused: RateLog,
+    handshake: RateLog,
+    tunnel: RateLog,
+}
+
+/// The edge's state. See the [module docs](self) for the call order.
+#[derive(Debug)]
+pub struct Core {
+    tls: Arc<rustls::ServerConfig>,
+    session: SessionConfig,
+    limits: EdgeLimits,
+    ids: Identities,
+    max_tunnels_per_gateway: Vec<u32>,
+    tunnels_per_gateway: Vec<u32>,
+    tunnels: u32,
+    router: Router,
+    admission: Admission,
+    conns: Vec<Option<Conn>>,
+    free: Vec<ConnId>,
+    closed: Vec<ConnId>,
+    dirty: Vec<ConnId>,
+    next_generation: u32,
+    next_tick: Instant,
+    stats: Arc<EdgeStats>,
+    logs: Logs,
+}
+
+/// The outcome of [`Core::accept`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accepted {
+    /// A slot for the connection: register its socket under it.
+    Conn(ConnId),
+    /// Refused (counted): close its socket at once.
+    Refused,
+}
+
+impl Core {
+    /// A core for `cfg` with `limits` (the configuration's, possibly
+    /// lowered to fit the descriptor limit), accepting TLS with `tls`.
+    ///
+    /// # Errors
+    /// The prefix table's capacity limits.
+    pub fn new(
+        cfg: &EdgeConfig,
+        limits: EdgeLimits,
+        tls: Arc<rustls::ServerConfig>,
+        now: Instant,
+    ) -> Result<Self, LpmError> {
+        let stats = EdgeStats::new(cfg.gateways.iter().map(|g| g.name.clone()));
+        let window = Duration::from_secs(10);
+        Ok(Self {
+            tls,
+            session: SessionConfig {
+                name: cfg.name.clone(),
+                keepalive: cfg.keepalive,
+                idle_timeout: cfg.idle_timeout,
+                handshake_timeout: limits.handshake_timeout,
+                write_timeout: cfg.idle_timeout,
+                ..SessionConfig::default()
+            },
+            limits,
+            ids: Identities::new(&cfg.gateways),
+            max_tunnels_per_gateway: cfg.gateways.iter().map(|g| g.max_tunnels).collect(),
+            tunnels_per_gateway: vec![0; cfg.gateways.len()],
+            tunnels: 0,
+            router: Router::new(&cfg.gateways, &cfg.reserved)?,
+            admission: Admission::new(&limits),
+            conns: Vec::new(),
+            free: Vec::new(),
+            closed: Vec::new(),
+            dirty: Vec::new(),
+            next_generation: 1,
+            next_tick: now + TICK,
+            stats: Arc::new(stats),
+            logs: Logs {
+                refused: RateLog::new(10, window),
+                handshake: RateLog::new(10, window),
+                tunnel: RateLog::new(50, window),
+            },
+        })
+    }
+
+    /// The counters (for the metrics endpoint).
+    pub fn stats(&self) -> Arc<EdgeStats> {
+        self.stats.clone()
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> &EdgeLimits {
+        &self.limits
+    }
+
+    /// Connections in their handshake.
+    pub fn handshakes(&self) -> u32 {
+        self.admission.count()
+    }
+
+    /// Authenticated tunnels.
+    pub fn tunnels(&self) -> u32 {
+        self.tunnels
+    }
+
+    /// Slots in the connection table (live or free).
+    pub fn slots(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Buffer bytes the sessions hold (for tests and the fuzz targets).
+    pub fn buffered_capacity(&self) -> usize {
+        self.conns
+            .iter()
+            .flatten()
+            .map(|c| c.sess.buffered_capacity())
+            .sum()
+    }
+
+    /// The router (for tests and the fuzz targets).
+    pub fn router(&self) -> &Router {
+        &self.router
+    }
+
+    fn conn(&self, id: ConnId) -> Option<&Conn> {
+        self.conns.get(id as usize).and_then(Option::as_ref)
+    }
+
+    fn conn_mut(&mut self, id: ConnId) -> Option<&mut Conn> {
+        self.conns.get_mut(id as usize).and_then(Option::as_mut)
+    }
+
+    /// Whether `id` is before authentication (the driver bounds the
+    /// handshake work of each loop turn with it).
+    pub fn is_handshaking(&self, id: ConnId) -> bool {
+        self.conn(id)
+            .is_some_and(|c| matches!(c.phase, Phase::Handshake(_)))
+    }
+
+    /// A TCP connection from `peer` was accepted.
+    pub fn accept(&mut self, peer: SocketAddr, now: Instant) -> Accepted {
+        self.stats.conns_accepted.fetch_add(1, Relaxed);
+        let key = self.admission.key(peer.ip());
+        let conns = &self.conns;
+        let pending = |s: u32, g: u32| {
+            conns
+                .get(s as usize)
+                .and_then(Option::as_ref)
+                .is_some_and(|c| c.generation == g && matches!(c.phase, Phase::Handshake(_)))
+        };
+        match self.admission.admit(key, pending) {
+            Admit::Yes => {}
+            Admit::Evicting(slot, _) => {
+                self.stats.handshakes_evicted.fetch_add(1, Relaxed);
+                self.finish(slot, now);
+            }
+            refusal @ (Admit::PrefixCap | Admit::GlobalCap) => {
+                let prefix = refusal == Admit::PrefixCap;
+                if prefix {
+                    self.stats.refused_prefix_cap.fetch_add(1, Relaxed);
+                } else {
+                    self.stats.refused_global_cap.fetch_add(1, Relaxed);
+                }
+                if let Some(n) = self.logs.refused.allow(now) {
+                    log::warn!(
+                        "connection from {peer} refused: {} handshakes under way{}",
+                        if prefix {
+                            "too many of its source prefix's"
+                        } else {
+                            "too many"
+                        },
+                        suppressed_note(n)
+                    );
+                } else {
+                    self.stats.logs_suppressed.fetch_add(1, Relaxed);
+                }
+                self.stats.conns_closed.fetch_add(1, Relaxed);
+                return Accepted::Refused;
+            }
+        }
+        let tls = match rustls::server::UnbufferedServerConnection::new(self.tls.clone()) {
+            Ok(t) => t,
+            Err(e) => {
+                log::warn!("connection from {peer}: {e}");
+                self.stats.conns_closed.fetch_add(1, Relaxed);
+                return Accepted::Refused;
+            }
+        };
+        let generation = self.next_generation;
+        self.next_generation = self.next_generation.wrapping_add(1).max(1);
+        let id = self.free.pop().unwrap_or_else(|| {
+            self.conns.push(None);
+            (self.conns.len() - 1) as ConnId
+        });
+        self.conns[id as usize] = Some(Conn {
+            sess: Session::new(tls.into(), self.session.clone(), now),
+            peer,
+            generation,
+            phase: Phase::Handshake(key),
+            closing_since: None,
+            dirty: false,
+        });
+        let conns = &self.conns;
+        self.admission.begin(id, generation, key, |s: u32, g: u32| {
+            conns
+                .get(s as usize)
+                .and_then(Option::as_ref)
+                .is_some_and(|c| c.generation == g && matches!(c.phase, Phase::Handshake(_)))
+        });
+        self.stats.conns_active.fetch_add(1, Relaxed);
+        self.stats
+            .handshakes_active
+            .store(u64::from(self.admission.count()), Relaxed);
+        Accepted::Conn(id)
+    }
+
+    /// Reads connection `id` from `rd` (its socket), at most about
+    /// `budget` bytes; packets that may enter the kernel go to `deliver`.
+    /// Returns true if more may be waiting (read again next turn).
+    pub fn read(
+        &mut self,
+        id: ConnId,
+        rd: &mut dyn io::Read,
+        now: Instant,
+        budget: usize,
+        deliver: &mut dyn FnMut(&[u8]),
+    ) -> bool {
+        let Some(c) = self.conn_mut(id) else {
+            return false;
+        };
+        if c.phase == Phase::Closing {
+            return false;
+        }
+        let res = c.sess.handle_read_budget(rd, now, budget);
+        let more = match &res {
+            Ok(o) => o.more,
+            Err(_) => false,
+        };
+        if matches!(c.phase, Phase::Handshake(_)) && !c.sess.is_handshaking() && !c.sess.is_closed()
+        {
+            self.authenticate(id, now);
+        }
+        let Some(c) = self.conns.get_mut(id as usize).and_then(Option::as_mut) else {
+            return false;
+        };
+        if let Phase::Tunnel(gw) = c.phase {
+            let t = TunnelRef {
+                slot: id,
+                generation: c.generation,
+                gateway: gw,
+            };
+            let (mut ok, mut bytes) = (0u64, 0u64);
+            let mut refused = [0u64; 4];
+            let mut quota = 0u64;
+            while let Some(pkt) = c.sess.poll_packet() {
+                match self.router.inbound(t, pkt) {
+                    Ok(learnt) => {
+                        if learnt == Learnt::OverQuota {
+                            quota += 1;
+                        }
+                        ok += 1;
+                        bytes += pkt.len() as u64;
+                        deliver(pkt);
+                    }
+                    Err(r) => refused[r as usize] += 1,
+                }
+            }
+            let s = &self.stats;
+            s.to_kernel_bytes.fetch_add(bytes, Relaxed);
+            s.drop_malformed
+                .fetch_add(refused[Refused::Malformed as usize], Relaxed);
+            s.drop_spoofed
+                .fetch_add(refused[Refused::Spoofed as usize], Relaxed);
+            s.drop_to_gateway
+                .fetch_add(refused[Refused::ToGateway as usize], Relaxed);
+            s.drop_reserved
+                .fetch_add(refused[Refused::Reserved as usize], Relaxed);
+            s.route_quota.fetch_add(quota, Relaxed);
+            s.routes.store(self.router.routes() as u64, Relaxed);
+            if let Some(g) = s.gateways.get(usize::from(gw)) {
+                g.spoofed
+                    .fetch_add(refused[Refused::Spoofed as usize], Relaxed);
+                g.packets.fetch_add(ok, Relaxed);
+                g.routes
+                    .store(u64::from(self.router.gateway_routes(gw)), Relaxed);
+            }
+            // The packets' count goes up once written: the driver adds it
+            // (a write may fail).
+        } else {
+            // No packets before authentication (the session holds them
+            // back until HELLO, which comes after): nothing to drain but
+            // control frames.
+            while c.sess.poll_packet().is_some() {}
+        }
+        if let Err(e) = &res
+            && let Some(c) = self.conn(id)
+            && !c.sess.is_closed()
+        {
+            log::debug!("connection from {}: {e}", c.peer);
+        }
+        self.after_io(id, now);
+        more
+    }
+
+    /// The TLS handshake of `id` is done: bind it to a gateway, within
+    /// the tunnel caps, or refuse it.
+    fn authenticate(&mut self, id: ConnId, now: Instant) {
+        let Some(c) = self.conns.get_mut(id as usize).and_then(Option::as_mut) else {
+            return;
+        };
+        let Phase::Handshake(key) = c.phase else {
+            return;
+        };
+        self.admission.end(key);
+        let verdict = match self.ids.identify(c.sess.peer_certificates()) {
+            Err(e) => Err(("unknown_gateway", e.to_string())),
+            Ok(g) => {
+                let gi = usize::from(g);
+                if self.tunnels >= self.limits.max_tunnels {
+                    Err((
+                        "tunnel_cap",
+                        format!(
+                            "gateway `{}`: the edge holds edge.max_tunnels tunnels",
+                            self.ids.name(g)
+                        ),
+                    ))
+                } else if self.tunnels_per_gateway[gi] >= self.max_tunnels_per_gateway[gi] {
+                    Err((
+                        "tunnel_cap",
+                        format!(
+                            "gateway `{}` holds its max_tunnels ({})",
+                            self.ids.name(g),
+                            self.max_tunnels_per_gateway[gi]
+                        ),
+                    ))
+                } else {
+                    Ok(g)
+                }
+            }
+        };
+        match verdict {
+            Ok(g) => {
+                c.phase = Phase::Tunnel(g);
+                self.tunnels += 1;
+                self.tunnels_per_gateway[usize::from(g)] += 1;
+                self.stats.tunnels.store(u64::from(self.tunnels), Relaxed);
+                if let Some(s) = self.stats.gateways.get(usize::from(g)) {
+                    s.tunnels.fetch_add(1, Relaxed);
+                }
+                if let Some(n) = self.logs.tunnel.allow(now) {
+                    log::info!(
+                        "tunnel from {}: gateway `{}` authenticated{}",
+                        c.peer,
+                        self.ids.name(g),
+                        suppressed_note(n)
+                    );
+                } else {
+                    self.stats.logs_suppressed.fetch_add(1, Relaxed);
+                }
+            }
+            Err((kind, why)) => {
+                if kind == "unknown_gateway" {
+                    self.stats.refused_unknown_gateway.fetch_add(1, Relaxed);
+                } else {
+                    self.stats.refused_tunnel_cap.fetch_add(1, Relaxed);
+                }
+                c.sess.close(CLOSE_REFUSED, "refused by the edge");
+                c.phase = Phase::Closing;
+                c.closing_since = Some(now);
+                if let Some(n) = self.logs.refused.allow(now) {
+                    log::warn!(
+                        "tunnel from {} refused: {why}{}",
+                        c.peer,
+                        suppressed_note(n)
+                    );
+                } else {
+                    self.stats.logs_suppressed.fetch_add(1, Relaxed);
+                }
+            }
+        }
+        self.stats
+            .handshakes_active
+            .store(u64::from(self.admission.count()), Relaxed);
+    }
+
+    /// After reading, writing or a timer: queue the connection for writing
+    /// if it has bytes, finish it if it is closed and done.
+    fn after_io(&mut self, id: ConnId, now: Instant) {
+        let Some(c) = self.conns.get_mut(id as usize).and_then(Option::as_mut) else {
+            return;
+        };
+        if c.sess.is_closed() && c.phase != Phase::Closing {
+            self.closing(id, now);
+        }
+        let Some(c) = self.conns.get_mut(id as usize).and_then(Option::as_mut) else {
+            return;
+        };
+        if c.phase == Phase::Closing && !c.sess.wants_write() {
+            self.finish(id, now);
+            return;
+        }
+        if c.sess.wants_write() && !c.dirty {
+            c.dirty = true;
+            self.dirty.push(id);
+        }
+    }
+
+    /// Connection `id`'s session has closed: stop counting it as a
+    /// handshake or a tunnel; it writes its last bytes, then goes.
+    fn closing(&mut self, id: ConnId, now: Instant) {
+        let Some(c) = self.conns.get_mut(id as usize).and_then(Option::as_mut) else {
+            return;
+        };
+        let phase = std::mem::replace(&mut c.phase, Phase::Closing);
+        c.closing_since = Some(now);
+        let reason = c.sess.close_reason().cloned();
+        match phase {
+            Phase::Handshake(key) => {
+                self.admission.end(key);
+                if reason == Some(CloseReason::HandshakeTimeout) {
+                    self.stats.handshakes_timed_out.fetch_add(1, Relaxed);
+                } else {
+                    self.stats.handshakes_failed.fetch_add(1, Relaxed);
+                }
+                if let Some(n) = self.logs.handshake.allow(now) {
+                    log::info!(
+                        "connection from {}: handshake ended: {}{}",
+                        c.peer,
+                        reason.map_or_else(|| "closed".into(), |r| describe(&r)),
+                        suppressed_note(n)
+                    );
+                } else {
+                    self.stats.logs_suppressed.fetch_add(1, Relaxed);
+                }
+                self.stats
+                    .handshakes_active
+                    .store(u64::from(self.admission.count()), Relaxed);
+            }
+            Phase::Tunnel(g) => {
+                self.tunnels -= 1;
+                self.tunnels_per_gateway[usize::from(g)] -= 1;
+                self.stats.tunnels.store(u64::from(self.tunnels), Relaxed);
+                if let Some(s) = self.stats.gateways.get(usize::from(g)) {
+                    s.tunnels.fetch_sub(1, Relaxed);
+                }
+                self.router.tunnel_closed();
+                if reason == Some(CloseReason::Stalled) {
+                    self.stats.conns_stalled.fetch_add(1, Relaxed);
+                }
+                if let Some(n) = self.logs.tunnel.allow(now) {
+                    log::info!(
+                        "tunnel from {} (gateway `{}`, says `{}`) closed: {}{}",
+                        c.peer,
+                        self.ids.name(g),
+                        c.sess.peer_name(),
+                        reason.map_or_else(|| "closed".into(), |r| describe(&r)),
+                        suppressed_note(n)
+                    );
+                } else {
+                    self.stats.logs_suppressed.fetch_add(1, Relaxed);
+                }
+            }
+            Phase::Closing => {}
+        }
+    }
+
+    /// Connection `id` is gone: its slot goes to [`Core::poll_closed`].
+    fn finish(&mut self, id: ConnId, now: Instant) {
+        if self.conn(id).is_some_and(|c| c.phase != Phase::Closing) {
+            self.closing(id, now);
+        }
+        if let Some(slot) = self.conns.get_mut(id as usize)
+            && slot.take().is_some()
+        {
+            self.closed.push(id);
+            self.stats.conns_active.fetch_sub(1, Relaxed);
+            self.stats.conns_closed.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// A packet read from the TUN device: into the tunnel of its
+    /// destination's route.
+    ///
+    /// # Errors
+    /// Why it was dropped (counted by the caller).
+    pub fn tun_packet(&mut self, pkt: &[u8]) -> Result<(), TunDrop> {
+        let p = ip::Packet::new_checked(pkt).map_err(|_| TunDrop::Malformed)?;
+        let t = self.router.outbound(p.dst()).ok_or(TunDrop::NoRoute)?;
+        let c = self
+            .conns
+            .get_mut(t.slot as usize)
+            .and_then(Option::as_mut)
+            .filter(|c| c.generation == t.generation && c.phase == Phase::Tunnel(t.gateway))
+            .ok_or(TunDrop::NoRoute)?;
+        match c.sess.send_packet(p.as_bytes()) {
+            Ok(()) => {
+                if !c.dirty {
+                    c.dirty = true;
+                    self.dirty.push(t.slot);
+                }
+                Ok(())
+            }
+            Err(SendError::Backpressure | SendError::NotEstablished | SendError::TooLarge) => {
+                Err(TunDrop::Backpressure)
+            }
+        }
+    }
+
+    /// The next connection with bytes to send (its open record sealed).
+    pub fn poll_dirty(&mut self) -> Option<ConnId> {
+        while let Some(id) = self.dirty.pop() {
+            if let Some(c) = self.conn_mut(id) {
+                c.dirty = false;
+                c.sess.flush();
+                return Some(id);
+            }
+        }
+        None
+    }
+
+    /// Writes connection `id`'s bytes to `wr` (its socket) until done or
+    /// the socket is full.
+    pub fn write(&mut self, id: ConnId, wr: &mut dyn io::Write, now: Instant) {
+        let Some(c) = self.conn_mut(id) else {
+            return;
+        };
+        if !c.sess.wants_write() {
+            return;
+        }
+        if let Err(e) = c.sess.handle_write(wr, now) {
+            log::debug!("connection from {}: write: {e}", c.peer);
+            self.finish(id, now);
+            return;
+        }
+        // Not `after_io`: the socket is full; a writable event calls again.
+        if c.phase == Phase::Closing && !c.sess.wants_write() {
+            self.finish(id, now);
+        }
+    }
+
+    /// When [`Core::handle_timeout`] is next due.
+    pub fn poll_timeout(&self) -> Instant {
+        self.next_tick
+    }
+
+    /// Session timers, connections done lingering, the route sweep.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if now < self.next_tick {
+            return;
+        }
+        self.next_tick = now + TICK;
+        for id in 0..self.conns.len() as ConnId {
+            let Some(c) = self.conn_mut(id) else {
+                continue;
+            };
+            if c.phase == Phase::Closing {
+                if c.closing_since.is_some_and(|t| now >= t + LINGER) {
+                    self.finish(id, now);
+                }
+                continue;
+            }
+            if c.sess.poll_timeout().is_some_and(|t| t <= now) {
+                c.sess.handle_timeout(now);
+                self.after_io(id, now);
+            }
+        }
+        if self.router.sweep_due() {
+            let conns = &self.conns;
+            let removed = self.router.sweep(SWEEP_SLOTS, |t| {
+                conns
+                    .get(t.slot as usize)
+                    .and_then(Option::as_ref)
+                    .is_some_and(|c| {
+                        c.generation == t.generation && c.phase == Phase::Tunnel(t.gateway)
+                    })
+            });
+            if removed > 0 {
+                self.stats
+                    .routes
+                    .store(self.router.routes() as u64, Relaxed);
+                for (i, s) in self.stats.gateways.iter().enumerate() {
+                    let g = GatewayId::try_from(i).unwrap_or(GatewayId::MAX);
+                    s.routes
+                        .store(u64::from(self.router.gateway_routes(g)), Relaxed);
+                }
+            }
+        }
+    }
+
+    /// A slot whose connection is gone: close its socket now.
+    pub fn poll_closed(&mut self) -> Option<ConnId> {
+        let id = self.closed.pop()?;
+        self.free.push(id);
+        Some(id)
+    }
+
+    /// Closes every connection (stop): CLOSE frames queued; what the
+    /// sockets take is written by the driver, then all go.
+    pub fn close_all(&mut self, now: Instant) {
+        for id in 0..self.conns.len() as ConnId {
+            if let Some(c) = self.conn_mut(id) {
+                c.sess.close(CloseCode::Normal, "edge stopping");
+                self.after_io(id, now);
+            }
+        }
+    }
+}
+
+/// Why a packet from the TUN device was not sent into a tunnel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TunDrop {
+    /// Not an IP packet.
+    Malformed,
+    /// No live tunnel carried traffic from its destination.
+    NoRoute,
+    /// The tunnel's send buffer is full (or it cannot take it).
+    Backpressure,
+}
+
+/// A close reason for logs (escaped: the peer's words are in it).
+fn describe(r: &CloseReason) -> String {
+    printable(&format!("{r:?}"))
+}
