@@ -7,7 +7,10 @@
 use std::{net::SocketAddr, os::unix::fs::MetadataExt as _, path::Path, time::Duration};
 
 mod endpoint;
+mod fragments;
+mod neighbors;
 mod policy;
+mod vlan;
 
 use sluice_lab::{
     Host, Lab, addr, counter,

@@ -37,6 +37,7 @@
 pub mod addr;
 pub mod demo;
 pub mod deploy;
+pub mod l2;
 mod lab;
 mod nft;
 mod peer;

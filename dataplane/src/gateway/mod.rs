@@ -619,6 +619,12 @@ fn attach_lan(
         classifier.register_socket(q, std::os::fd::AsFd::as_fd(&xsk))?;
         sockets.push(xsk);
     }
+    // Before the classifier is attached: no frame is untagged without its
+    // way back.
+    if cfg.lan_vlans == crate::ebpf::VlanMode::Untag {
+        classifier.attach_vlan_egress(lan)?;
+    }
+    classifier.set_vlan_mode(cfg.lan_vlans)?;
     host::ensure_bpffs(&cfg.bpffs)?;
     let pin = host::classifier_pin(&cfg.bpffs, lan)?;
     let mode = classifier.attach_pinned(lan, attach_mode(cfg, lan), &pin)?;
