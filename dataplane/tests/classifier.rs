@@ -1967,6 +1967,16 @@ mod vlan {
             assert_eq!(out, plain, "{name}: the tag is gone, nothing else changed");
             assert_eq!(describe(&delta), counters, "{name}");
         }
+        // The host's VLAN was noted; an untagged ARP from it (the host
+        // moved off its VLAN) forgets it.
+        assert_eq!(
+            c.vlan_hosts().unwrap(),
+            [(HOST_MAC, 4094)],
+            "the last VLAN seen"
+        );
+        let (action, _, _) = c.test_run_out(&untagged(ETH_P_ARP, &arp)).unwrap();
+        assert_eq!(action, XDP_PASS);
+        assert_eq!(c.vlan_hosts().unwrap(), []);
         // Tunnelled frames keep their tag (the worker learns it); two tags
         // are left for the kernel's VLAN devices.
         let f = tagged(10, ETH_P_IPV4, &tunnel);
@@ -1976,4 +1986,59 @@ mod vlan {
         let (action, _, out) = c.test_run_out(&qinq).unwrap();
         assert_eq!((action, out.as_slice()), (XDP_PASS, qinq.as_slice()));
     }
+}
+
+// ---------------------------------------------------------------------------
+// The classifier's header walk agrees with its user-space statement
+// (`sluice::wire::summary`): the fixtures, and mutations of them. The
+// fuzz target `classifier_diff` does the same with coverage guidance.
+
+#[test]
+fn parse_probe_agrees_with_the_user_space_views() {
+    if !sluice_lab::require_root("parse_probe_agrees_with_the_user_space_views") {
+        return;
+    }
+    let probe = sluice::ebpf::ParseProbe::load()
+        .unwrap_or_else(|e| panic!("loading the parse probe: {}", chain(&e)));
+    let mut rng = sluice::testutil::XorShift::new(0x5eed_f00d);
+    let mut frames: Vec<Vec<u8>> = fixtures().into_iter().map(|f| f.frame).collect();
+    let base = frames.clone();
+    for _ in 0..3000 {
+        let mut f = base[(rng.next_u64() % base.len() as u64) as usize].clone();
+        for _ in 0..1 + rng.next_u64() % 3 {
+            match rng.next_u64() % 3 {
+                0 => {
+                    let i = (rng.next_u64() % f.len() as u64) as usize;
+                    f[i] = rng.next_u64() as u8;
+                }
+                1 => {
+                    let len = 14 + (rng.next_u64() % (f.len() as u64 - 13)) as usize;
+                    f.truncate(len);
+                }
+                _ => f.extend((0..rng.next_u64() % 16).map(|_| rng.next_u64() as u8)),
+            }
+        }
+        frames.push(f);
+    }
+    let mut differ = Vec::new();
+    for f in &frames {
+        let got = probe.run(f).unwrap();
+        let mut want = sluice::wire::summary::summary(f);
+        want.runs = got.runs;
+        if got != want {
+            differ.push(format!("{f:02x?}\n  kernel: {got:?}\n  user:   {want:?}"));
+        }
+    }
+    assert!(
+        differ.is_empty(),
+        "{} of {} frames parsed differently, e.g.:\n{}",
+        differ.len(),
+        frames.len(),
+        differ
+            .iter()
+            .take(3)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
 }

@@ -103,6 +103,24 @@ impl Classifier {
         Ok(())
     }
 
+    /// Untag mode: the LAN hosts' VLAN ids the classifier has noted, by
+    /// MAC address.
+    pub fn vlan_hosts(&self) -> Result<Vec<([u8; 6], u16)>, EbpfError> {
+        let name = map_names::VLAN_HOSTS;
+        let m = aya::maps::HashMap::<_, sluice_common::MacKey, u32>::try_from(
+            self.ebpf.map(name).ok_or(EbpfError::MissingMap { name })?,
+        )
+        .map_err(layout(name))?;
+        Ok(m.iter()
+            .filter_map(Result::ok)
+            .map(|(k, tci)| {
+                let mut mac = [0u8; 6];
+                mac.copy_from_slice(&k[..6]);
+                (mac, (tci & 0x0fff) as u16)
+            })
+            .collect())
+    }
+
     /// The XDP classifier program's kernel id (for tools and tests that
     /// open it by id).
     pub fn program_id(&self) -> Option<u32> {

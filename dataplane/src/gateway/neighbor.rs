@@ -108,21 +108,20 @@ impl Neighbors {
     pub fn new(capacity: usize, source: Source) -> Self {
         let n = capacity.next_power_of_two().max(16);
         let mut links = Vec::with_capacity(MAX_LINKS);
+        let kernel = matches!(source, Source::Kernel(_));
         if let Source::Kernel(lan) = source {
             links.push((lan, 0));
         }
+        // Each mode's tables only (the others stay one slot, never used).
+        let (k, f) = if kernel { (n, 1) } else { (1, n) };
         Self {
             source,
-            kernel: AddrMap::new(if matches!(source, Source::Kernel(_)) {
-                capacity
-            } else {
-                8
-            }),
+            kernel: AddrMap::new(if kernel { capacity } else { 8 }),
             links,
-            learnt: vec![Learnt::default(); n].into_boxed_slice(),
-            framed: vec![Framed::default(); n].into_boxed_slice(),
+            learnt: vec![Learnt::default(); k].into_boxed_slice(),
+            framed: vec![Framed::default(); f].into_boxed_slice(),
             mask: n - 1,
-            asked: vec![(0, None); n].into_boxed_slice(),
+            asked: vec![(0, None); k].into_boxed_slice(),
             pending: [None; MAX_PENDING],
             full: 0,
         }

@@ -183,6 +183,11 @@ mod program {
                         return Ok(xdp_action::XDP_DROP);
                     }
                     maps::count(Counter::PassUntagged);
+                } else if frame.vlan_tags == 0
+                    && (counter == Counter::PassArp || counter == Counter::PassNeighbor)
+                    && maps::setting(setting::VLAN_MODE) == VLAN_MODE_UNTAG
+                {
+                    vlan::forget(ctx, &frame);
                 }
                 maps::count(counter);
                 xdp_action::XDP_PASS

@@ -87,6 +87,35 @@ pub(crate) fn untag(ctx: &XdpContext, frame: &Frame) -> bool {
     unsafe { aya_ebpf::helpers::bpf_xdp_adjust_head(ctx.ctx, 4) == 0 }
 }
 
+/// An untagged ARP or neighbour-discovery frame passed in untag mode: the
+/// host is (now) on the untagged LAN, so its VLAN entries go (a host that
+/// moved would otherwise keep getting the kernel's frames tagged). Only
+/// for these rare frames: hosts announce themselves with them.
+#[inline(always)]
+pub(crate) fn forget(ctx: &XdpContext, frame: &Frame) {
+    let data = ctx.data();
+    if data + 12 > ctx.data_end() {
+        return;
+    }
+    let p = data as *const u8;
+    let mut mac: MacKey = [0; 8];
+    // SAFETY: bytes 6..12 lie within the 12 just checked.
+    unsafe {
+        for i in 0..6 {
+            mac[i] = *p.add(6 + i);
+        }
+    }
+    let _ = VLAN_HOSTS.remove(&mac);
+    let addr = match frame.kind {
+        Kind::Arp if frame.src_v4 != [0; 4] => Some(mapped(&frame.src_v4)),
+        Kind::Ipv6 if frame.src_v6 != [0; 16] => Some(frame.src_v6),
+        _ => None,
+    };
+    if let Some(a) = addr {
+        let _ = VLAN_ADDRS.remove(&a);
+    }
+}
+
 /// The VLAN TCI the kernel's frame needs, if it goes to a host that lives
 /// on a VLAN.
 #[inline(always)]
