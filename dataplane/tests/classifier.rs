@@ -2005,7 +2005,7 @@ fn parse_probe_agrees_with_the_user_space_views() {
     let base = frames.clone();
     for _ in 0..3000 {
         let mut f = base[(rng.next_u64() % base.len() as u64) as usize].clone();
-        for _ in 0..1 + rng.next_u64() % 3 {
+        for _ in 0..=rng.next_u64() % 3 {
             match rng.next_u64() % 3 {
                 0 => {
                     let i = (rng.next_u64() % f.len() as u64) as usize;

@@ -116,3 +116,41 @@ fn a_spoofed_lan_frame_does_not_redirect_replies() {
     assert!(echoed >= 2 * 150, "the server echoed {echoed} datagrams");
     assert!(s.gateway_metric("sluice_gateway_tunnel_rx_packets_total", "") >= 300);
 }
+
+/// A reply for a host the kernel's table no longer holds is dropped and
+/// counted, and the kernel is asked to resolve the host: the next
+/// replies reach it.
+#[test]
+fn a_forgotten_neighbour_is_resolved_again() {
+    if !require_root("a_forgotten_neighbour_is_resolved_again") {
+        return;
+    }
+    let lab = Lab::new();
+    lab.spawn_peer(Host::Inet, "peer", super::HTTP, UDP);
+    let s = Sluice::start(&lab, bin());
+    let dst = SocketAddr::new(addr::TUNNELLED_V4.into(), UDP);
+    let probe = |n| lab.udp_probe(Host::Client, dst, 64, n, Duration::from_secs(2));
+    assert_eq!(probe(3).received, 3, "{}", logs(&lab));
+    // The gateway's kernel forgets every LAN host.
+    lab.run_ok(Host::Gw, &["ip", "neigh", "flush", "dev", "lan0"]);
+    lab.run_ok(Host::Gw, &["ip", "-6", "neigh", "flush", "dev", "lan0"]);
+    let asked = || s.gateway_metric("sluice_gateway_neighbor_resolutions_total", "");
+    let dropped = || s.gateway_metric("sluice_gateway_drop_no_neighbor_total", "");
+    // The first reply finds no neighbour: dropped, and the kernel asked.
+    let _ = probe(1);
+    lab.wait_for("a resolution request", Duration::from_secs(10), || {
+        asked() >= 1
+    });
+    assert!(dropped() >= 1, "{}", logs(&lab));
+    // The kernel resolved the client: the replies flow again.
+    lab.wait_for(
+        "the client in the gateway's neighbour table",
+        Duration::from_secs(10),
+        || {
+            lab.run_ok(Host::Gw, &["ip", "neigh", "show", "dev", "lan0"])
+                .contains(&addr::CLIENT_V4.to_string())
+        },
+    );
+    let p = probe(5);
+    assert_eq!(p.received, 5, "after the resolution\n{}", logs(&lab));
+}

@@ -381,12 +381,12 @@ impl Classifier {
         HashMap::<_, Ipv6Key, u32>::try_from(self.map(map_names::LOCAL_V6)?)
             .map_err(layout(map_names::LOCAL_V6))?;
         XskMap::try_from(self.map(map_names::XSKS)?).map_err(layout(map_names::XSKS))?;
-        let state = Array::<_, u64>::try_from(self.map(map_names::POLICY_STATE)?)
+        let policy_state = Array::<_, u64>::try_from(self.map(map_names::POLICY_STATE)?)
             .map_err(layout(map_names::POLICY_STATE))?;
-        if state.len() != POLICY_STATE_ENTRIES {
+        if policy_state.len() != POLICY_STATE_ENTRIES {
             return Err(layout(map_names::POLICY_STATE)(MapError::OutOfBounds {
                 index: POLICY_STATE_ENTRIES,
-                max_entries: state.len(),
+                max_entries: policy_state.len(),
             }));
         }
         Array::<_, u64>::try_from(self.map(map_names::SETTINGS)?)
@@ -842,7 +842,7 @@ impl Classifier {
             self.map(name)?,
         )
         .map_err(layout(name))?;
-        Ok(m.keys().filter(Result::is_ok).count())
+        Ok(m.keys().flatten().count())
     }
 }
 

@@ -178,7 +178,7 @@ impl Classifier {
         s.internet_direct = u32::from(internet_direct);
         s.installed = 1;
         s.generation = s.generation.wrapping_add(1);
-        self.write_state(s)?;
+        self.write_state(s);
         self.slots.last_commit = Some(Instant::now());
         Ok(s.generation)
     }
@@ -187,7 +187,8 @@ impl Classifier {
     pub fn set_internet_direct(&mut self, direct: bool) -> Result<(), EbpfError> {
         let mut s = self.slots.state;
         s.internet_direct = u32::from(direct);
-        self.write_state(s)
+        self.write_state(s);
+        Ok(())
     }
 
     /// Marks tunnel `tenant` down since `since_ns` (`CLOCK_MONOTONIC`), or
@@ -198,19 +199,16 @@ impl Classifier {
         let mut s = self.slots.state;
         let i = u32::from(tenant) % POLICY_MAX_TENANTS;
         let slot = (state_index::DOWN_SINCE + i) as usize;
-        match since_ns {
-            Some(t) => {
-                self.state_words.store(slot, t.max(1));
-                s.down |= 1 << i;
-                self.write_state(s)
-            }
-            None => {
-                s.down &= !(1 << i);
-                self.write_state(s)?;
-                self.state_words.store(slot, 0);
-                Ok(())
-            }
+        if let Some(t) = since_ns {
+            self.state_words.store(slot, t.max(1));
+            s.down |= 1 << i;
+            self.write_state(s);
+        } else {
+            s.down &= !(1 << i);
+            self.write_state(s);
+            self.state_words.store(slot, 0);
         }
+        Ok(())
     }
 
     /// Since when tunnel `tenant` has been down as the classifier sees it
@@ -231,11 +229,10 @@ impl Classifier {
     }
 
     /// Stores the state word: one atomic store, seen whole by every frame.
-    fn write_state(&mut self, s: PolicyState) -> Result<(), EbpfError> {
+    fn write_state(&mut self, s: PolicyState) {
         self.state_words
             .store(state_index::WORD as usize, s.to_word());
         self.slots.state = s;
-        Ok(())
     }
 
     /// Writes (or replaces) the domain entry of `addr` under `slot`. Only

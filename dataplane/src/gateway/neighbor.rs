@@ -97,9 +97,9 @@ fn slot(k: u128, mask: usize) -> usize {
     (crate::addr_map::hash(k) >> 32) as usize & mask
 }
 
-fn mac_slot(m: &Mac, mask: usize) -> usize {
+fn mac_slot(m: Mac, mask: usize) -> usize {
     let mut k = [0u8; 16];
-    k[..6].copy_from_slice(m);
+    k[..6].copy_from_slice(&m);
     slot(u128::from_be_bytes(k), mask)
 }
 
@@ -225,7 +225,7 @@ impl Neighbors {
                     .get(ip)
                     .is_some_and(|k| k.mac == mac && k.vlan == 0)
                 {
-                    let e = &mut self.learnt[mac_slot(&mac, self.mask)];
+                    let e = &mut self.learnt[mac_slot(mac, self.mask)];
                     if !e.used || e.mac != mac || e.tags != tags {
                         *e = Learnt {
                             mac,
@@ -251,7 +251,7 @@ impl Neighbors {
             Source::Kernel(_) => match self.kernel.get(ip) {
                 Some(k) if k.vlan != 0 => Some((k.mac, Tags::dot1q(k.vlan))),
                 Some(k) => {
-                    let e = &self.learnt[mac_slot(&k.mac, self.mask)];
+                    let e = &self.learnt[mac_slot(k.mac, self.mask)];
                     let tags = if e.used && e.mac == k.mac {
                         e.tags
                     } else {

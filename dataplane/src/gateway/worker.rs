@@ -754,27 +754,35 @@ impl Worker {
             }
         }
         self.send_resolutions();
-        let Link::Up { sess, .. } = &mut self.tunnels[i].link else {
-            return false;
-        };
-        // HELLO is handled inside poll_packet.
-        if !was_established && sess.is_established() {
-            log::info!(
-                "queue {}: tunnel {i} to {edge} up (edge `{}`)",
-                self.queue,
-                sess.peer_name()
-            );
-            if i == 0 {
-                self.stats.tunnel_up.store(1, Relaxed);
-            }
-            self.tenant_stats.up[i].store(1, Relaxed);
-            self.stats.tunnel_connects.fetch_add(1, Relaxed);
-            self.tunnels[i].backoff = BACKOFF_MIN;
+        if !was_established {
+            self.note_established(i, edge);
         }
         match res {
             Ok(o) => o.more,
             Err(_) => false,
         }
+    }
+
+    /// Tunnel `i`'s session became established in this read (HELLO is
+    /// handled inside `poll_packet`): logged and counted.
+    fn note_established(&mut self, i: usize, edge: SocketAddr) {
+        let Link::Up { sess, .. } = &self.tunnels[i].link else {
+            return;
+        };
+        if !sess.is_established() {
+            return;
+        }
+        log::info!(
+            "queue {}: tunnel {i} to {edge} up (edge `{}`)",
+            self.queue,
+            sess.peer_name()
+        );
+        if i == 0 {
+            self.stats.tunnel_up.store(1, Relaxed);
+        }
+        self.tenant_stats.up[i].store(1, Relaxed);
+        self.stats.tunnel_connects.fetch_add(1, Relaxed);
+        self.tunnels[i].backoff = BACKOFF_MIN;
     }
 
     /// Writes tunnel `i`'s pending TLS records to its edge.

@@ -383,11 +383,7 @@ pub fn parse_messages(mut b: &[u8], f: &mut impl FnMut(NeighEvent)) {
             NLMSG_DONE => f(NeighEvent::Done),
             // A dump refused (or an error for a resolution request, which
             // is not waited for): the dump is over either way.
-            NLMSG_ERROR => {
-                if u32_at(body, 0).is_some_and(|e| e != 0) {
-                    f(NeighEvent::Done);
-                }
-            }
+            NLMSG_ERROR if u32_at(body, 0).is_some_and(|e| e != 0) => f(NeighEvent::Done),
             RTM_NEWNEIGH | RTM_DELNEIGH => {
                 if let Some(e) = parse_neigh(body, kind == RTM_DELNEIGH) {
                     f(e);
@@ -496,7 +492,7 @@ mod tests {
             out.extend_from_slice(&((4 + p.len()) as u16).to_ne_bytes());
             out.extend_from_slice(&t.to_ne_bytes());
             out.extend_from_slice(p);
-            while out.len() % 4 != 0 {
+            while !out.len().is_multiple_of(4) {
                 out.push(0);
             }
         };
@@ -577,7 +573,7 @@ mod tests {
             let mut out = ((4 + p.len()) as u16).to_ne_bytes().to_vec();
             out.extend_from_slice(&t.to_ne_bytes());
             out.extend_from_slice(p);
-            while out.len() % 4 != 0 {
+            while !out.len().is_multiple_of(4) {
                 out.push(0);
             }
             out

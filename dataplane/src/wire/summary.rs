@@ -25,7 +25,7 @@
 //!   (`drop_bad_ipv6`); up to [`sluice_common::MAX_IPV6_EXT_HEADERS`]
 //!   extension headers within the payload (cut: truncated; hop-by-hop not
 //!   first, or one too many: `drop_ext_headers`); a fragment header with an
-//!   offset ends the walk (a later fragment); ICMPv6 needs its 4 first
+//!   offset ends the walk (a later fragment); `ICMPv6` needs its 4 first
 //!   bytes (truncated) and is neighbour discovery for types 133 to 137.
 use sluice_common::{
     Counter, FRAG_FIRST, FRAG_LATER, FRAG_NONE, MAX_IPV6_EXT_HEADERS, MAX_VLAN_TAGS, ParseSummary,

@@ -252,7 +252,7 @@ impl PolicyState {
     const GENERATION_SHIFT: u32 = 32;
 
     /// The state a word holds.
-    #[inline(always)]
+    #[inline]
     #[must_use]
     pub const fn from_word(w: u64) -> Self {
         Self {
@@ -265,7 +265,7 @@ impl PolicyState {
     }
 
     /// The word of this state.
-    #[inline(always)]
+    #[inline]
     #[must_use]
     pub const fn to_word(&self) -> u64 {
         (self.slot as u64 & Self::SLOT)
@@ -284,7 +284,7 @@ impl PolicyState {
     }
 
     /// Whether tunnel `t` is down.
-    #[inline(always)]
+    #[inline]
     #[must_use]
     pub const fn is_down(&self, t: usize) -> bool {
         t < 8 && self.down & (1 << t) != 0
@@ -384,7 +384,7 @@ pub struct ParseSummary {
     pub kind: u8,
     /// The destination MAC is a group address.
     pub l2_multicast: u8,
-    /// ICMPv6 router or neighbour discovery.
+    /// `ICMPv6` router or neighbour discovery.
     pub neighbor_discovery: u8,
     /// Transport protocol (0 if none).
     pub proto: u8,
