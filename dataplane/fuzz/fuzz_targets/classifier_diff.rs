@@ -21,19 +21,18 @@ struct Kernel {
     classifier: Classifier,
 }
 
+fn fail(e: &dyn std::error::Error) -> ! {
+    panic!(
+        "classifier_diff needs root and the embedded classifier (BPF_PROG_TEST_RUN): {e}: {}",
+        sluice::ebpf::error_chain(e)
+    )
+}
+
 fn kernel() -> &'static Kernel {
     static K: OnceLock<Kernel> = OnceLock::new();
-    K.get_or_init(|| {
-        let err = |e: &dyn std::error::Error| {
-            panic!(
-                "classifier_diff needs root and the embedded classifier (BPF_PROG_TEST_RUN): {e}: {}",
-                sluice::ebpf::error_chain(e)
-            )
-        };
-        Kernel {
-            probe: ParseProbe::load().unwrap_or_else(|e| err(&e)),
-            classifier: Classifier::load().unwrap_or_else(|e| err(&e)),
-        }
+    K.get_or_init(|| Kernel {
+        probe: ParseProbe::load().unwrap_or_else(|e| fail(&e)),
+        classifier: Classifier::load().unwrap_or_else(|e| fail(&e)),
     })
 }
 
