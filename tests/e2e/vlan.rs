@@ -8,7 +8,7 @@
 //! host's link sees every frame from the gateway to the host tagged.
 use sluice_lab::{Host, Lab, addr, deploy::Sluice, l2::Capture, require_root};
 
-use super::{HTTP, UDP, bin, curl, logs, url};
+use super::{HTTP, SIGKILL, UDP, bin, curl, logs, url};
 
 const VID: u16 = 10;
 
@@ -106,4 +106,42 @@ fn a_host_on_a_vlan_gets_tagged_replies_tunnelled_and_bypassed() {
         logs(&lab)
     );
     assert!(s.gateway_metric("sluice_gateway_tunnel_rx_packets_total", "") > 0);
+
+    // A crash leaves both links pinned: the classifier keeps untagging and
+    // the egress program keeps tagging, so bypassed replies still reach
+    // the host tagged (and none leaves untagged for the native VLAN).
+    let gw = s.gateway.take().expect("gateway");
+    lab.signal(gw, SIGKILL);
+    lab.wait_exit(gw, std::time::Duration::from_secs(10));
+    let capture = Capture::start(&lab, Host::Client, "after-crash", "eth0", "");
+    let seen = curl(&lab, &[&url(addr::BYPASSED_V4, "/whoami")]);
+    assert_eq!(
+        seen.trim(),
+        addr::GW_WAN_V4.to_string(),
+        "bypassed after a crash"
+    );
+    let frames = capture.stop(&lab);
+    let untagged = frames
+        .iter()
+        .filter(|l| l.contains(&format!("{gw_mac} > {client_mac},")) && !l.contains("802.1Q"))
+        .count();
+    assert_eq!(
+        untagged,
+        0,
+        "untagged frames to the host after the crash:\n{}",
+        frames.join("\n")
+    );
+    // A restart adopts the pinned egress link and serves the tunnel again.
+    s.start_gateway();
+    assert!(
+        lab.log("gateway").contains("adopted the VLAN egress link"),
+        "{}",
+        logs(&lab)
+    );
+    let seen = curl(&lab, &[&url(addr::TUNNELLED_V4, "/whoami")]);
+    assert_eq!(
+        seen.trim(),
+        addr::EDGE_WAN_V4.to_string(),
+        "tunnelled after the restart"
+    );
 }

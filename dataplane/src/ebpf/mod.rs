@@ -716,9 +716,21 @@ impl Classifier {
             .map(|a| (a.interface.as_str(), a.mode))
     }
 
-    /// Detaches the classifier from its interface (no-op if not attached).
-    /// Dropping the classifier does the same.
+    /// Detaches the classifier from its interface (no-op if not attached),
+    /// and untag mode's egress program (unpinned). Dropping the classifier
+    /// does the same, except for pinned links.
     pub fn detach(&mut self) -> Result<(), EbpfError> {
+        // The classifier first: once it stops untagging, the egress
+        // program has nothing left to tag.
+        let xdp = self.detach_xdp();
+        let egress = self
+            .vlan_egress
+            .as_mut()
+            .map_or(Ok(()), vlan::Egress::detach);
+        xdp.and(egress)
+    }
+
+    fn detach_xdp(&mut self) -> Result<(), EbpfError> {
         let Some(attachment) = self.attachment.take() else {
             return Ok(());
         };

@@ -11,7 +11,8 @@ use aya::{
     maps::Array,
     programs::{
         SchedClassifier, TcAttachType,
-        tc::{self, SchedClassifierLinkId},
+        links::{FdLink, PinnedLink},
+        tc::{self, SchedClassifierLink},
     },
 };
 use sluice_common::{
@@ -42,17 +43,31 @@ pub enum VlanMode {
     Untag,
 }
 
-/// Untag mode's attached egress program (detached when the classifier
-/// is dropped).
+/// Untag mode's attached egress program: a `bpf_link` (TCX) pinned in
+/// bpffs beside the classifier's, so that a crash leaves both attached
+/// (the classifier keeps untagging, the egress program keeps tagging the
+/// kernel's frames: no host's frames reach another VLAN). Without a pin
+/// (no path given, or a kernel before TCX) it lives as long as the
+/// classifier.
 #[derive(Debug)]
 pub(super) struct Egress {
-    #[allow(dead_code, reason = "kept for the attachment's lifetime and logs")]
-    interface: String,
-    #[allow(
-        dead_code,
-        reason = "the attachment lives as long as the program owns it"
-    )]
-    link: SchedClassifierLinkId,
+    /// The link while held by this process, and its pin.
+    pub(super) link: Option<(FdLink, Option<PathBuf>)>,
+}
+
+impl Egress {
+    /// Unpins and drops the link: the program detaches.
+    pub(super) fn detach(&mut self) -> Result<(), EbpfError> {
+        if let Some((fd, Some(path))) = self.link.take() {
+            let res = std::fs::remove_file(&path).map_err(|e| EbpfError::Pin {
+                path: path.clone(),
+                what: format!("unpinning: {e}"),
+            });
+            drop(fd);
+            return res;
+        }
+        Ok(())
+    }
 }
 
 impl Classifier {
@@ -69,10 +84,16 @@ impl Classifier {
     }
 
     /// Attaches untag mode's egress program to `interface` (the LAN):
-    /// the kernel's frames to hosts on a VLAN leave tagged. Detached when
-    /// the classifier is dropped (then those frames leave untagged, which
-    /// a host on its VLAN does not receive: nothing leaks).
-    pub fn attach_vlan_egress(&mut self, interface: &str) -> Result<(), EbpfError> {
+    /// the kernel's frames to hosts on a VLAN leave tagged. With `pin`, the
+    /// link is pinned there (adopted if an earlier run left it: the
+    /// program is replaced in place, never detached), so that it outlives
+    /// a crash like the classifier's own link; [`Classifier::detach`]
+    /// unpins it.
+    pub fn attach_vlan_egress(
+        &mut self,
+        interface: &str,
+        pin: Option<&Path>,
+    ) -> Result<(), EbpfError> {
         if self.vlan_egress.is_some() {
             return Ok(());
         }
@@ -80,9 +101,6 @@ impl Classifier {
             interface: interface.to_owned(),
             what,
         };
-        // With TCX (Linux 6.6+) no qdisc is needed; before, the program
-        // hangs off clsact, which may already be there.
-        let _ = tc::qdisc_add_clsact(interface);
         let p: &mut SchedClassifier = self
             .ebpf
             .program_mut(VLAN_EGRESS_PROGRAM)
@@ -92,14 +110,66 @@ impl Classifier {
             })?;
         p.load()
             .map_err(|e| err(format!("loading: {e}: {}", error_chain(&e))))?;
+        let adopted = match pin.filter(|p| p.exists()) {
+            Some(path) => match PinnedLink::from_pin(path) {
+                Ok(old) => {
+                    let link = SchedClassifierLink::try_from(FdLink::from(old))
+                        .map_err(|e| err(format!("the pinned link is not a TCX link: {e}")))?;
+                    let id = p
+                        .attach_to_link(link)
+                        .map_err(|e| err(format!("replacing the pinned link's program: {e}")))?;
+                    log::info!(
+                        "untag mode: adopted the VLAN egress link pinned at {} by an earlier run",
+                        path.display()
+                    );
+                    Some(id)
+                }
+                Err(e) => {
+                    log::warn!("untag mode: stale pin {}: {e}; removing it", path.display());
+                    std::fs::remove_file(path)
+                        .map_err(|e| err(format!("removing stale pin {}: {e}", path.display())))?;
+                    None
+                }
+            },
+            None => None,
+        };
+        let id = match adopted {
+            Some(id) => id,
+            None => {
+                // With TCX (Linux 6.6+) no qdisc is needed; before, the
+                // program hangs off clsact, which may already be there.
+                let _ = tc::qdisc_add_clsact(interface);
+                p.attach(interface, TcAttachType::Egress)
+                    .map_err(|e| err(format!("attaching: {e}: {}", error_chain(&e))))?
+            }
+        };
         let link = p
-            .attach(interface, TcAttachType::Egress)
-            .map_err(|e| err(format!("attaching: {e}: {}", error_chain(&e))))?;
+            .take_link(id)
+            .map_err(|e| err(format!("taking the link: {e}")))?;
+        let held = match (FdLink::try_from(link), pin) {
+            (Ok(fd), Some(path)) if path.exists() => Some((fd, Some(path.to_path_buf()))),
+            (Ok(fd), Some(path)) => {
+                if let Some(dir) = path.parent() {
+                    std::fs::create_dir_all(dir)
+                        .map_err(|e| err(format!("creating {}: {e}", dir.display())))?;
+                }
+                let pinned = fd
+                    .pin(path)
+                    .map_err(|e| err(format!("pinning at {}: {e}", path.display())))?;
+                Some((pinned.into(), Some(path.to_path_buf())))
+            }
+            (Ok(fd), None) => Some((fd, None)),
+            (Err(e), _) => {
+                // A netlink attachment (kernel before TCX): it stays until
+                // detached by name or the interface goes; not pinnable.
+                log::warn!(
+                    "untag mode: the VLAN egress program on {interface} is not a bpf_link ({e}); it is not pinned"
+                );
+                None
+            }
+        };
         log::info!("untag mode: VLAN egress program attached to {interface}");
-        self.vlan_egress = Some(Egress {
-            interface: interface.to_owned(),
-            link,
-        });
+        self.vlan_egress = Some(Egress { link: held });
         Ok(())
     }
 

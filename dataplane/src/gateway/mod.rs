@@ -621,12 +621,14 @@ fn attach_lan(
     }
     // Before the classifier is attached: no frame is untagged without its
     // way back.
-    if cfg.lan_vlans == crate::ebpf::VlanMode::Untag {
-        classifier.attach_vlan_egress(lan)?;
-    }
-    classifier.set_vlan_mode(cfg.lan_vlans)?;
     host::ensure_bpffs(&cfg.bpffs)?;
     let pin = host::classifier_pin(&cfg.bpffs, lan)?;
+    if cfg.lan_vlans == crate::ebpf::VlanMode::Untag {
+        let mut egress = pin.clone().into_os_string();
+        egress.push("-vlan-egress");
+        classifier.attach_vlan_egress(lan, Some(std::path::Path::new(&egress)))?;
+    }
+    classifier.set_vlan_mode(cfg.lan_vlans)?;
     let mode = classifier.attach_pinned(lan, attach_mode(cfg, lan), &pin)?;
     log::info!(
         "gateway `{}`: classifier attached to {lan} ({mode:?}), {queues} queue(s), {} bypass prefixes, {} VPN gateways, {} bypass domains, edge {}",

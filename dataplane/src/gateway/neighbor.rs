@@ -26,7 +26,11 @@
 //! from netlink events between batches.
 use std::{net::IpAddr, time::Instant};
 
-use crate::{addr_map::AddrMap, sys::neigh::NUD_USABLE, sys::neigh::NeighEvent, wire::ethernet};
+use crate::{
+    addr_map::AddrMap,
+    sys::neigh::{NUD_USABLE, NeighEvent, NextHop},
+    wire::ethernet,
+};
 use ethernet::{Mac, Tags};
 
 /// Where a cache takes MAC addresses from.
@@ -64,8 +68,24 @@ struct Framed {
     tags: Tags,
 }
 
+/// The next hop towards an address, as cached (direct-mapped).
+#[derive(Clone, Copy, Debug, Default)]
+struct Hop {
+    /// The address as a 128-bit value (IPv4 mapped); `family` 0: empty.
+    key: u128,
+    family: u8,
+    /// Reached through the LAN (or one of its VLAN devices).
+    lan: bool,
+    /// Through this router (`None`: on-link).
+    via: Option<IpAddr>,
+}
+
 /// Addresses waiting for a resolution request, per batch.
 const MAX_PENDING: usize = 16;
+/// Resolution requests and route queries each, per second, at most (a
+/// flood of frames from made-up addresses cannot turn into a flood of
+/// ARP requests or system calls).
+const PER_SECOND: u32 = 256;
 /// How often one address may be asked about.
 const ASK_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 /// VLAN devices on the LAN interface the cache follows.
@@ -85,6 +105,10 @@ pub struct Neighbors {
     /// When each address was last asked about (direct-mapped).
     asked: Box<[(u128, Option<Instant>)]>,
     pending: [Option<IpAddr>; MAX_PENDING],
+    /// Next hops towards addresses the kernel has no entry for.
+    hops: Box<[Hop]>,
+    /// `(second started, resolution requests, route queries)`.
+    budget: (Option<Instant>, u32, u32),
     /// Kernel entries not cached because the table was full.
     full: u64,
 }
@@ -123,6 +147,8 @@ impl Neighbors {
             mask: n - 1,
             asked: vec![(0, None); k].into_boxed_slice(),
             pending: [None; MAX_PENDING],
+            hops: vec![Hop::default(); k].into_boxed_slice(),
+            budget: (None, 0, 0),
             full: 0,
         }
     }
@@ -193,6 +219,7 @@ impl Neighbors {
                     }
                 }
             }
+            NeighEvent::Route => self.hops.fill(Hop::default()),
             NeighEvent::Done | NeighEvent::Overrun => {}
         }
     }
@@ -203,84 +230,194 @@ impl Neighbors {
             self.kernel = AddrMap::new(self.kernel.capacity());
             self.links.clear();
             self.links.push((lan, 0));
+            self.hops.fill(Hop::default());
         }
     }
 
     /// A frame from the LAN came from `ip` at `mac` with `tags`: learn the
-    /// tags if the kernel has this MAC for this address (or, on the
-    /// endpoint's veth, the MAC itself).
+    /// tags if the kernel has this MAC for this address or for its next
+    /// hop (on the endpoint's veth: learn the MAC itself); if the kernel
+    /// has no entry for it yet, ask it to resolve one, so that the reply
+    /// finds it. `route` answers next-hop questions (a system call: only
+    /// for addresses not seen before).
     #[inline]
-    pub fn observe(&mut self, ip: IpAddr, mac: Mac, tags: Tags) {
-        match self.source {
-            Source::Frames => {
-                let k = key(ip);
-                let e = &mut self.framed[slot(k, self.mask)];
-                if e.key != k || e.mac != mac || e.tags != tags {
-                    *e = Framed { key: k, mac, tags };
-                }
+    pub fn observe(
+        &mut self,
+        ip: IpAddr,
+        mac: Mac,
+        tags: Tags,
+        now: Instant,
+        route: &mut impl FnMut(IpAddr) -> Option<NextHop>,
+    ) {
+        if self.source == Source::Frames {
+            let k = key(ip);
+            let e = &mut self.framed[slot(k, self.mask)];
+            if e.key != k || e.mac != mac || e.tags != tags {
+                *e = Framed { key: k, mac, tags };
             }
-            Source::Kernel(_) => {
-                if self
-                    .kernel
-                    .get(ip)
-                    .is_some_and(|k| k.mac == mac && k.vlan == 0)
-                {
-                    let e = &mut self.learnt[mac_slot(mac, self.mask)];
-                    if !e.used || e.mac != mac || e.tags != tags {
-                        *e = Learnt {
-                            mac,
-                            used: true,
-                            tags,
-                        };
-                    }
+            return;
+        }
+        let known = match self.kernel.get(ip) {
+            Some(k) => Some(k),
+            None => match self.next_hop(ip, now, route) {
+                Some(Hop {
+                    lan: true,
+                    via: None,
+                    ..
+                }) => {
+                    self.ask(ip, now);
+                    None
                 }
+                Some(Hop {
+                    lan: true,
+                    via: Some(g),
+                    ..
+                }) => {
+                    let k = self.kernel.get(g);
+                    if k.is_none() {
+                        self.ask(g, now);
+                    }
+                    k
+                }
+                _ => None,
+            },
+        };
+        if let Some(k) = known
+            && k.mac == mac
+            && k.vlan == 0
+        {
+            let e = &mut self.learnt[mac_slot(mac, self.mask)];
+            if !e.used || e.mac != mac || e.tags != tags {
+                *e = Learnt {
+                    mac,
+                    used: true,
+                    tags,
+                };
             }
         }
     }
 
-    /// The MAC and VLAN tags of `ip`, if known. A miss on the LAN queues a
-    /// resolution request (see [`Neighbors::take_resolutions`]).
+    /// The MAC and VLAN tags a reply to `ip` goes to, if known: the
+    /// kernel's entry for `ip`, or for the router the kernel reaches it
+    /// through. A miss on the LAN queues a resolution request (see
+    /// [`Neighbors::take_resolutions`]).
     #[inline]
-    pub fn lookup(&mut self, ip: IpAddr, now: Instant) -> Option<(Mac, Tags)> {
-        match self.source {
-            Source::Frames => {
-                let k = key(ip);
-                let e = &self.framed[slot(k, self.mask)];
-                (e.key == k && k != 0).then_some((e.mac, e.tags))
+    pub fn lookup(
+        &mut self,
+        ip: IpAddr,
+        now: Instant,
+        route: &mut impl FnMut(IpAddr) -> Option<NextHop>,
+    ) -> Option<(Mac, Tags)> {
+        if self.source == Source::Frames {
+            let k = key(ip);
+            let e = &self.framed[slot(k, self.mask)];
+            return (e.key == k && k != 0).then_some((e.mac, e.tags));
+        }
+        if let Some(k) = self.kernel.get(ip) {
+            return Some(self.with_tags(k));
+        }
+        match self.next_hop(ip, now, route)? {
+            Hop {
+                lan: true,
+                via: None,
+                ..
+            } => {
+                self.ask(ip, now);
+                None
             }
-            Source::Kernel(_) => match self.kernel.get(ip) {
-                Some(k) if k.vlan != 0 => Some((k.mac, Tags::dot1q(k.vlan))),
-                Some(k) => {
-                    let e = &self.learnt[mac_slot(k.mac, self.mask)];
-                    let tags = if e.used && e.mac == k.mac {
-                        e.tags
-                    } else {
-                        Tags::NONE
-                    };
-                    Some((k.mac, tags))
-                }
+            Hop {
+                lan: true,
+                via: Some(g),
+                ..
+            } => match self.kernel.get(g) {
+                Some(k) => Some(self.with_tags(k)),
                 None => {
-                    self.ask(ip, now);
+                    self.ask(g, now);
                     None
                 }
             },
+            Hop { lan: false, .. } => None,
         }
+    }
+
+    /// A kernel entry's MAC with its VLAN tags: the VLAN device's, or the
+    /// ones learnt from the host's frames.
+    fn with_tags(&self, k: Kernel) -> (Mac, Tags) {
+        if k.vlan != 0 {
+            return (k.mac, Tags::dot1q(k.vlan));
+        }
+        let e = &self.learnt[mac_slot(k.mac, self.mask)];
+        let tags = if e.used && e.mac == k.mac {
+            e.tags
+        } else {
+            Tags::NONE
+        };
+        (k.mac, tags)
+    }
+
+    /// The next hop towards `ip`: cached, or asked of `route` (within
+    /// the budget) and cached.
+    fn next_hop(
+        &mut self,
+        ip: IpAddr,
+        now: Instant,
+        route: &mut impl FnMut(IpAddr) -> Option<NextHop>,
+    ) -> Option<Hop> {
+        let (k, family) = crate::addr_map::key(ip);
+        let i = slot(k, self.mask);
+        let h = self.hops[i];
+        if h.family == family && h.key == k {
+            return Some(h);
+        }
+        if !self.spend(now, false) {
+            return None;
+        }
+        let hop = route(ip)?;
+        let h = Hop {
+            key: k,
+            family,
+            lan: self.link_vlan(hop.oif).is_some(),
+            via: hop.gateway,
+        };
+        self.hops[i] = h;
+        Some(h)
+    }
+
+    /// Takes one resolution request (`false`) or route query (`true`)
+    /// from this second's budget.
+    fn spend(&mut self, now: Instant, ask: bool) -> bool {
+        let (start, asks, routes) = &mut self.budget;
+        if start.is_none_or(|s| now.saturating_duration_since(s) >= ASK_EVERY) {
+            *start = Some(now);
+            *asks = 0;
+            *routes = 0;
+        }
+        let used = if ask { asks } else { routes };
+        if *used >= PER_SECOND {
+            return false;
+        }
+        *used += 1;
+        true
     }
 
     /// Queues a resolution request for `ip` unless it was asked about in
     /// the last second or the queue is full.
     fn ask(&mut self, ip: IpAddr, now: Instant) {
         let k = key(ip);
-        let a = &mut self.asked[slot(k, self.mask)];
-        if a.0 == k
-            && a.1
-                .is_some_and(|t| now.saturating_duration_since(t) < ASK_EVERY)
-        {
+        let i = slot(k, self.mask);
+        let (asked, at) = self.asked[i];
+        if asked == k && at.is_some_and(|t| now.saturating_duration_since(t) < ASK_EVERY) {
+            return;
+        }
+        if self.pending.iter().all(Option::is_some) {
+            return;
+        }
+        self.asked[i] = (k, Some(now));
+        if !self.spend(now, true) {
             return;
         }
         if let Some(free) = self.pending.iter_mut().find(|p| p.is_none()) {
             *free = Some(ip);
-            *a = (k, Some(now));
         }
     }
 
@@ -302,6 +439,7 @@ mod tests {
 
     const LAN: u32 = 3;
     const A: [u8; 6] = [2, 0, 0, 0, 0, 10];
+    const ROUTER: [u8; 6] = [2, 0, 0, 0, 0, 0xfe];
     const EVIL: [u8; 6] = [2, 0, 0, 0, 0, 0x66];
 
     fn neigh(addr: &str, mac: Option<Mac>, state: u16, gone: bool) -> NeighEvent {
@@ -314,35 +452,111 @@ mod tests {
         }
     }
 
+    /// Routes: 198.18.50.0/24 via 192.0.2.254 on the LAN; 203.0.113.0/24
+    /// elsewhere (interface 1); the rest on-link on the LAN.
+    fn route(ip: IpAddr) -> Option<NextHop> {
+        let s = ip.to_string();
+        Some(if s.starts_with("198.18.50.") {
+            NextHop {
+                oif: LAN,
+                gateway: Some("192.0.2.254".parse().unwrap()),
+            }
+        } else if s.starts_with("203.0.113.") {
+            NextHop {
+                oif: 1,
+                gateway: None,
+            }
+        } else {
+            NextHop {
+                oif: LAN,
+                gateway: None,
+            }
+        })
+    }
+
     #[test]
     fn frames_never_teach_a_mac_on_the_lan() {
         let now = Instant::now();
         let mut n = Neighbors::new(64, Source::Kernel(LAN));
         let a: IpAddr = "192.0.2.10".parse().unwrap();
-        // A spoofed frame claims the address: nothing learnt, a miss asks
-        // the kernel (once a second).
-        n.observe(a, EVIL, Tags::NONE);
-        assert_eq!(n.lookup(a, now), None);
-        assert_eq!(n.lookup(a, now), None);
+        // A spoofed frame claims the address: nothing learnt; the kernel
+        // is asked to resolve it (once a second), and so is a miss.
+        n.observe(a, EVIL, Tags::NONE, now, &mut route);
         assert_eq!(n.take_resolutions().collect::<Vec<_>>(), [a]);
-        assert_eq!(n.take_resolutions().count(), 0);
+        assert_eq!(n.lookup(a, now, &mut route), None);
+        assert_eq!(n.take_resolutions().count(), 0, "asked a moment ago");
         // The kernel's answer is what counts; more spoofed frames change
         // nothing.
         n.apply(neigh("192.0.2.10", Some(A), 0x02, false));
-        n.observe(a, EVIL, Tags::dot1q(20));
-        assert_eq!(n.lookup(a, now), Some((A, Tags::NONE)));
+        n.observe(a, EVIL, Tags::dot1q(20), now, &mut route);
+        assert_eq!(n.lookup(a, now, &mut route), Some((A, Tags::NONE)));
         // The real host's frames teach its VLAN.
-        n.observe(a, A, Tags::dot1q(10));
-        assert_eq!(n.lookup(a, now), Some((A, Tags::dot1q(10))));
+        n.observe(a, A, Tags::dot1q(10), now, &mut route);
+        assert_eq!(n.lookup(a, now, &mut route), Some((A, Tags::dot1q(10))));
         // Stale is still usable; failed or gone is not.
         n.apply(neigh("192.0.2.10", Some(A), 0x04, false));
-        assert!(n.lookup(a, now).is_some());
+        assert!(n.lookup(a, now, &mut route).is_some());
         n.apply(neigh("192.0.2.10", None, 0x20, false));
-        assert_eq!(n.lookup(a, now), None);
+        assert_eq!(n.lookup(a, now, &mut route), None);
         n.apply(neigh("192.0.2.10", Some(A), 0x02, false));
         n.apply(neigh("192.0.2.10", Some(A), 0x02, true));
-        assert_eq!(n.lookup(a, now + ASK_EVERY), None);
+        assert_eq!(n.lookup(a, now + ASK_EVERY, &mut route), None);
         assert_eq!(n.take_resolutions().count(), 1);
+    }
+
+    #[test]
+    fn hosts_behind_a_router_get_the_routers_mac() {
+        let now = Instant::now();
+        let mut n = Neighbors::new(64, Source::Kernel(LAN));
+        let host: IpAddr = "198.18.50.7".parse().unwrap();
+        let router: IpAddr = "192.0.2.254".parse().unwrap();
+        let queries = std::cell::Cell::new(0);
+        let mut counted = |ip| {
+            queries.set(queries.get() + 1);
+            route(ip)
+        };
+        // The router is not known yet: it is what gets resolved.
+        n.observe(host, ROUTER, Tags::dot1q(30), now, &mut counted);
+        assert_eq!(n.take_resolutions().collect::<Vec<_>>(), [router]);
+        n.apply(neigh("192.0.2.254", Some(ROUTER), 0x02, false));
+        n.observe(host, ROUTER, Tags::dot1q(30), now, &mut counted);
+        assert_eq!(
+            n.lookup(host, now, &mut counted),
+            Some((ROUTER, Tags::dot1q(30)))
+        );
+        assert_eq!(queries.get(), 1, "one route query, then the cache");
+        // A route change empties the cache.
+        n.apply(NeighEvent::Route);
+        assert!(n.lookup(host, now, &mut counted).is_some());
+        assert_eq!(queries.get(), 2);
+        // Routed elsewhere than the LAN: nothing, and nothing asked.
+        assert_eq!(
+            n.lookup("203.0.113.5".parse().unwrap(), now, &mut route),
+            None
+        );
+        assert_eq!(n.take_resolutions().count(), 0);
+    }
+
+    #[test]
+    fn made_up_addresses_are_asked_about_within_a_budget() {
+        let now = Instant::now();
+        let mut n = Neighbors::new(1 << 12, Source::Kernel(LAN));
+        let mut asked = 0;
+        for i in 0..2000u32 {
+            let ip = IpAddr::from([192, 0, (i >> 8) as u8 | 0x80, i as u8]);
+            n.observe(ip, EVIL, Tags::NONE, now, &mut route);
+            asked += n.take_resolutions().count();
+        }
+        assert_eq!(asked, PER_SECOND as usize, "at most the budget per second");
+        let later = now + ASK_EVERY;
+        n.observe(
+            "192.0.2.77".parse().unwrap(),
+            EVIL,
+            Tags::NONE,
+            later,
+            &mut route,
+        );
+        assert_eq!(n.take_resolutions().count(), 1, "a new second");
     }
 
     #[test]
@@ -371,11 +585,20 @@ mod tests {
         };
         n.apply(on(9, "198.18.10.5"));
         n.apply(on(11, "198.18.30.5"));
+        let mut on_vlan = |_| {
+            Some(NextHop {
+                oif: 11,
+                gateway: None,
+            })
+        };
         assert_eq!(
-            n.lookup("198.18.10.5".parse().unwrap(), now),
+            n.lookup("198.18.10.5".parse().unwrap(), now, &mut on_vlan),
             Some((A, Tags::dot1q(10)))
         );
-        assert_eq!(n.lookup("198.18.30.5".parse().unwrap(), now), None);
+        assert_eq!(
+            n.lookup("198.18.30.5".parse().unwrap(), now, &mut on_vlan),
+            None
+        );
     }
 
     #[test]
@@ -384,11 +607,14 @@ mod tests {
         let mut n = Neighbors::new(64, Source::Frames);
         let a: IpAddr = "198.18.3.1".parse().unwrap();
         let b: IpAddr = "2001:db8:1::10".parse().unwrap();
-        n.observe(a, A, Tags::NONE);
-        n.observe(b, [2, 0, 0, 0, 0, 11], Tags::NONE);
-        assert_eq!(n.lookup(a, now), Some((A, Tags::NONE)));
-        assert_eq!(n.lookup(b, now), Some(([2, 0, 0, 0, 0, 11], Tags::NONE)));
-        assert_eq!(n.lookup("::".parse().unwrap(), now), None);
+        n.observe(a, A, Tags::NONE, now, &mut route);
+        n.observe(b, [2, 0, 0, 0, 0, 11], Tags::NONE, now, &mut route);
+        assert_eq!(n.lookup(a, now, &mut route), Some((A, Tags::NONE)));
+        assert_eq!(
+            n.lookup(b, now, &mut route),
+            Some(([2, 0, 0, 0, 0, 11], Tags::NONE))
+        );
+        assert_eq!(n.lookup("::".parse().unwrap(), now, &mut route), None);
         assert_eq!(n.take_resolutions().count(), 0);
     }
 }

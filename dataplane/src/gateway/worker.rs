@@ -42,7 +42,7 @@ use super::{
 };
 use crate::{
     sys::{
-        neigh::{NeighEvent, NeighSocket},
+        neigh::{NeighEvent, NeighSocket, NextHop, RouteQuery},
         tun::Tun,
         xsk::XskSocket,
     },
@@ -187,6 +187,8 @@ pub(super) struct Worker {
     /// The kernel's neighbour table (LAN ports), and whether it has news.
     neigh: Option<NeighSocket>,
     neigh_ready: bool,
+    /// Next-hop questions for LAN hosts behind a router (LAN ports).
+    routes: Option<RouteQuery>,
 }
 
 impl std::fmt::Debug for Worker {
@@ -261,6 +263,10 @@ impl Worker {
         poll.registry()
             .register(&mut SourceFd(&port.raw_fd()), XSK, Interest::READABLE)?;
         let mut port = port;
+        let routes = match (&port, &route) {
+            (Port::Xsk { .. }, Route::Meta) => Some(RouteQuery::new()?),
+            _ => None,
+        };
         let neigh = match (&mut port, &route) {
             (Port::Xsk { xsk, neighbors, .. }, Route::Meta) => {
                 let mut n = Neighbors::new(NEIGHBORS, Source::Kernel(xsk.ifindex()));
@@ -299,7 +305,20 @@ impl Worker {
             next_xsk_stats: Instant::now(),
             neigh,
             neigh_ready: true,
+            routes,
         })
+    }
+
+    /// The next hop towards `ip`, from the kernel (a route query).
+    fn next_hop(routes: &mut Option<RouteQuery>, ip: std::net::IpAddr) -> Option<NextHop> {
+        let r = routes.as_mut()?;
+        match r.next_hop(ip) {
+            Ok(hop) => hop,
+            Err(e) => {
+                log::debug!("route query for {ip}: {e}");
+                None
+            }
+        }
     }
 
     /// Applies the kernel's neighbour changes that arrived (LAN ports),
@@ -556,6 +575,17 @@ impl Worker {
     /// batch was full (more may be waiting).
     fn lan_to_tunnel(&mut self) -> bool {
         self.sync_neighbors();
+        let more = self.lan_batch();
+        // Hosts the kernel did not know yet are resolved now, before their
+        // replies come back.
+        self.send_resolutions();
+        more
+    }
+
+    /// [`Worker::lan_to_tunnel`]'s batch.
+    fn lan_batch(&mut self) -> bool {
+        let now = Instant::now();
+        let routes = &mut self.routes;
         let t = &mut self.tally;
         let ntun = self.tunnels.len();
         let tunnels = &mut self.tunnels;
@@ -620,7 +650,9 @@ impl Worker {
                     // Only the VLAN, and only from the MAC the kernel has
                     // for this address (LAN); the MAC itself on the
                     // endpoint's veth.
-                    neighbors.observe(pkt.src(), eth.src(), tags);
+                    neighbors.observe(pkt.src(), eth.src(), tags, now, &mut |ip| {
+                        Self::next_hop(routes, ip)
+                    });
                     let tunnel = match &active {
                         Some(a) => Self::lookup_tunnel(a, &pkt),
                         None => meta,
@@ -675,6 +707,7 @@ impl Worker {
         let res = sess.handle_read(sock, now);
         let t = &mut self.tally;
         let domains = self.domains.as_deref();
+        let routes = &mut self.routes;
         match &mut self.port {
             Port::Xsk {
                 xsk,
@@ -688,7 +721,8 @@ impl Worker {
                         t.drop_malformed += 1;
                         continue;
                     };
-                    let Some((dst_mac, tags)) = neighbors.lookup(pkt.dst(), now) else {
+                    let hop = &mut |ip| Self::next_hop(routes, ip);
+                    let Some((dst_mac, tags)) = neighbors.lookup(pkt.dst(), now, hop) else {
                         t.drop_no_neighbor += 1;
                         continue;
                     };

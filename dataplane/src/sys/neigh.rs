@@ -1,8 +1,10 @@
 //! The kernel's neighbour table (ARP and ND) over rtnetlink: a socket
-//! subscribed to neighbour and link changes, dumps of both tables, and
-//! resolution requests (`RTM_NEWNEIGH` with `NTF_USE`: the kernel resolves
-//! the address as if a packet were waiting for it, and reports the
-//! outcome as a change).
+//! subscribed to neighbour, link and route changes, dumps of the link and
+//! neighbour tables, and resolution requests (`RTM_NEWNEIGH` with
+//! `NTF_USE`: the kernel resolves the address as if a packet were waiting
+//! for it, and reports the outcome as a change); and [`RouteQuery`], which
+//! asks the kernel for the next hop towards an address (`ip route get`),
+//! for LAN hosts behind a router.
 //!
 //! The gateway's workers keep their LAN hosts' MAC addresses from here
 //! rather than from the frames the hosts send: a frame's source address
@@ -19,8 +21,11 @@ use std::{
 
 use crate::wire::ethernet::Mac;
 
-/// `RTNLGRP_LINK` and `RTNLGRP_NEIGH` as legacy group bits.
-const GROUPS: u32 = (libc::RTMGRP_LINK | libc::RTMGRP_NEIGH) as u32;
+/// `RTNLGRP_LINK`, `RTNLGRP_NEIGH` and the IPv4 and IPv6 route groups as
+/// legacy group bits.
+const GROUPS: u32 =
+    (libc::RTMGRP_LINK | libc::RTMGRP_NEIGH | libc::RTMGRP_IPV4_ROUTE | libc::RTMGRP_IPV6_ROUTE)
+        as u32;
 
 const NLMSG_HDR_LEN: usize = 16;
 const NDMSG_LEN: usize = 12;
@@ -33,6 +38,13 @@ const RTM_GETLINK: u16 = 18;
 const RTM_NEWNEIGH: u16 = 28;
 const RTM_DELNEIGH: u16 = 29;
 const RTM_GETNEIGH: u16 = 30;
+const RTM_NEWROUTE: u16 = 24;
+const RTM_DELROUTE: u16 = 25;
+const RTM_GETROUTE: u16 = 26;
+const RTMSG_LEN: usize = 12;
+const RTA_DST: u16 = 1;
+const RTA_OIF: u16 = 4;
+const RTA_GATEWAY: u16 = 5;
 const NDA_DST: u16 = 1;
 const NDA_LLADDR: u16 = 2;
 const IFLA_LINK: u16 = 5;
@@ -75,6 +87,8 @@ pub enum NeighEvent {
         /// `RTM_DELLINK`.
         gone: bool,
     },
+    /// A route was added, changed or removed (next hops may have moved).
+    Route,
     /// The end of a dump.
     Done,
     /// Messages were lost (the socket overran): dump again.
@@ -254,6 +268,38 @@ impl NeighSocket {
         Ok(any)
     }
 
+    /// One datagram into the buffer (non-blocking), from the kernel only:
+    /// its length, or `None` if none waits.
+    fn recv_raw(&mut self) -> io::Result<Option<usize>> {
+        loop {
+            let mut from = sockaddr_nl();
+            let mut from_len = size_of::<libc::sockaddr_nl>() as libc::socklen_t;
+            // SAFETY: as in `recv`.
+            let n = unsafe {
+                libc::recvfrom(
+                    self.fd.as_raw_fd(),
+                    self.buf.as_mut_ptr().cast(),
+                    self.buf.len(),
+                    libc::MSG_DONTWAIT,
+                    (&raw mut from).cast(),
+                    &raw mut from_len,
+                )
+            };
+            if n >= 0 {
+                if from.nl_pid != 0 {
+                    continue;
+                }
+                return Ok(Some(usize::try_from(n).unwrap_or(0).min(self.buf.len())));
+            }
+            let e = io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::EINTR | libc::ENOBUFS) => {}
+                _ if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+                _ => return Err(e),
+            }
+        }
+    }
+
     /// Waits up to `timeout` for the socket to be readable.
     pub fn wait(&self, timeout: Duration) -> io::Result<bool> {
         let mut pfd = libc::pollfd {
@@ -301,6 +347,155 @@ impl NeighSocket {
         }
         Ok(())
     }
+}
+
+/// Where the kernel sends packets for an address: the interface and, for
+/// a destination behind a router, the router's address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NextHop {
+    /// The output interface's index.
+    pub oif: u32,
+    /// The gateway, if not on-link.
+    pub gateway: Option<IpAddr>,
+}
+
+/// Asks the kernel for routes (`RTM_GETROUTE` for one address, answered
+/// at once): a socket of its own, joined to no group, so that only the
+/// answers arrive on it.
+#[derive(Debug)]
+pub struct RouteQuery {
+    sock: NeighSocket,
+}
+
+/// How long a route answer may take (the kernel answers within the
+/// request's own system call; this only bounds a broken kernel).
+const ROUTE_ANSWER: Duration = Duration::from_millis(50);
+
+impl RouteQuery {
+    /// Opens the socket.
+    pub fn new() -> io::Result<Self> {
+        // SAFETY: plain syscall with constant arguments; checked below.
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                libc::NETLINK_ROUTE,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: just returned by the kernel, owned by nothing else.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(Self {
+            sock: NeighSocket {
+                fd,
+                buf: vec![0; 8 * 1024].into_boxed_slice(),
+                seq: 0,
+            },
+        })
+    }
+
+    /// The next hop towards `dst` (`None`: no route, or unreachable).
+    /// Two system calls: for the first packet towards an address only.
+    pub fn next_hop(&mut self, dst: IpAddr) -> io::Result<Option<NextHop>> {
+        // Answers to earlier, timed-out questions would be taken for this
+        // one's: drop them.
+        self.sock.recv(4, &mut |_| {})?;
+        let seq = self.sock.next_seq();
+        let mut m = [0u8; NLMSG_HDR_LEN + RTMSG_LEN + 4 + 16];
+        let len = route_request(&mut m, seq, dst);
+        self.sock.send(&m[..len])?;
+        let deadline = Instant::now() + ROUTE_ANSWER;
+        loop {
+            let mut answer = None;
+            let n = self.sock.recv_raw()?;
+            if let Some(n) = n {
+                answer = parse_route_answer(&self.sock.buf[..n], seq);
+            }
+            if let Some(a) = answer {
+                return Ok(a);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "no answer to a route query",
+                ));
+            }
+            if n.is_none() {
+                self.sock.wait(left)?;
+            }
+        }
+    }
+}
+
+/// Writes an `RTM_GETROUTE` for `dst` into `m` (at least 48 bytes);
+/// returns its length.
+fn route_request(m: &mut [u8], seq: u32, dst: IpAddr) -> usize {
+    let (family, bytes, alen) = match dst {
+        IpAddr::V4(a) => {
+            let mut b = [0u8; 16];
+            b[..4].copy_from_slice(&a.octets());
+            (libc::AF_INET as u8, b, 4)
+        }
+        IpAddr::V6(a) => (libc::AF_INET6 as u8, a.octets(), 16),
+    };
+    let len = NLMSG_HDR_LEN + RTMSG_LEN + 4 + alen;
+    header(&mut m[..len], RTM_GETROUTE, libc::NLM_F_REQUEST, seq);
+    let rt = &mut m[NLMSG_HDR_LEN..NLMSG_HDR_LEN + RTMSG_LEN];
+    rt.fill(0);
+    rt[0] = family;
+    rt[1] = (alen * 8) as u8;
+    let at = NLMSG_HDR_LEN + RTMSG_LEN;
+    m[at..at + 2].copy_from_slice(&((4 + alen) as u16).to_ne_bytes());
+    m[at + 2..at + 4].copy_from_slice(&RTA_DST.to_ne_bytes());
+    m[at + 4..at + 4 + alen].copy_from_slice(&bytes[..alen]);
+    len
+}
+
+/// The answer to route query `seq` in one datagram: `Some(Some(hop))`,
+/// `Some(None)` for an error (no route), `None` if it is not there.
+fn parse_route_answer(mut b: &[u8], seq: u32) -> Option<Option<NextHop>> {
+    while b.len() >= NLMSG_HDR_LEN {
+        let len = usize::try_from(u32_at(b, 0)?).ok()?;
+        let kind = u16_at(b, 4)?;
+        if len < NLMSG_HDR_LEN || len > b.len() {
+            return None;
+        }
+        let body = &b[NLMSG_HDR_LEN..len];
+        if u32_at(b, 8) == Some(seq) {
+            match kind {
+                NLMSG_ERROR => return Some(None),
+                RTM_NEWROUTE => {
+                    let family = i32::from(*body.first()?);
+                    let mut oif = None;
+                    let mut gateway = None;
+                    for (t, p) in attrs(body.get(RTMSG_LEN..)?) {
+                        match t {
+                            RTA_OIF => oif = u32_at(p, 0),
+                            RTA_GATEWAY => {
+                                gateway = match (family, p.len()) {
+                                    (libc::AF_INET, 4) => <[u8; 4]>::try_from(p)
+                                        .ok()
+                                        .map(|a| IpAddr::V4(Ipv4Addr::from(a))),
+                                    (libc::AF_INET6, 16) => <[u8; 16]>::try_from(p)
+                                        .ok()
+                                        .map(|a| IpAddr::V6(Ipv6Addr::from(a))),
+                                    _ => None,
+                                };
+                            }
+                            _ => {}
+                        }
+                    }
+                    return Some(oif.map(|oif| NextHop { oif, gateway }));
+                }
+                _ => {}
+            }
+        }
+        b = b.get(len.next_multiple_of(4)..).unwrap_or(&[]);
+    }
+    None
 }
 
 fn header(m: &mut [u8], kind: u16, flags: libc::c_int, seq: u32) {
@@ -394,6 +589,7 @@ pub fn parse_messages(mut b: &[u8], f: &mut impl FnMut(NeighEvent)) {
                     f(e);
                 }
             }
+            RTM_NEWROUTE | RTM_DELROUTE => f(NeighEvent::Route),
             _ => {}
         }
         b = b.get(len.next_multiple_of(4)..).unwrap_or(&[]);
@@ -596,6 +792,47 @@ mod tests {
                 gone: false
             }]
         );
+    }
+
+    #[test]
+    fn parses_a_route_answer() {
+        let mut m = [0u8; 48];
+        let n = route_request(&mut m, 5, "203.0.113.9".parse().unwrap());
+        assert_eq!(n, NLMSG_HDR_LEN + RTMSG_LEN + 8);
+        assert_eq!(
+            (m[NLMSG_HDR_LEN], m[NLMSG_HDR_LEN + 1]),
+            (libc::AF_INET as u8, 32)
+        );
+        // RTM_NEWROUTE seq 5: oif 3, gateway 192.0.2.254.
+        let attr = |t: u16, p: &[u8]| {
+            let mut out = ((4 + p.len()) as u16).to_ne_bytes().to_vec();
+            out.extend_from_slice(&t.to_ne_bytes());
+            out.extend_from_slice(p);
+            out
+        };
+        let mut body = vec![libc::AF_INET as u8, 32, 0, 0, 254, 0, 0, 1, 0, 0, 0, 0];
+        body.extend(attr(RTA_OIF, &3u32.to_ne_bytes()));
+        body.extend(attr(RTA_GATEWAY, &[192, 0, 2, 254]));
+        let mut msg = vec![0u8; NLMSG_HDR_LEN];
+        msg.extend_from_slice(&body);
+        let len = msg.len();
+        header(&mut msg[..len], RTM_NEWROUTE, 0, 5);
+        assert_eq!(
+            parse_route_answer(&msg, 5),
+            Some(Some(NextHop {
+                oif: 3,
+                gateway: Some("192.0.2.254".parse().unwrap())
+            }))
+        );
+        assert_eq!(parse_route_answer(&msg, 6), None, "another question's");
+        let mut err = vec![0u8; NLMSG_HDR_LEN + 4];
+        err[NLMSG_HDR_LEN..].copy_from_slice(&(-101i32).to_ne_bytes());
+        header(&mut err, NLMSG_ERROR, 0, 5);
+        assert_eq!(parse_route_answer(&err, 5), Some(None));
+        for cut in 0..msg.len() {
+            let _ = parse_route_answer(&msg[..cut], 5);
+        }
+        assert_eq!(collect(&msg), [NeighEvent::Route]);
     }
 
     #[test]
