@@ -18,6 +18,10 @@ fn untag(gateway_toml: &str) -> String {
 }
 
 #[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one scenario: tagged paths, a crash, a restart"
+)]
 fn a_host_on_a_vlan_gets_tagged_replies_tunnelled_and_bypassed() {
     if !require_root("a_host_on_a_vlan_gets_tagged_replies_tunnelled_and_bypassed") {
         return;

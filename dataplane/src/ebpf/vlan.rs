@@ -133,15 +133,14 @@ impl Classifier {
             },
             None => None,
         };
-        let id = match adopted {
-            Some(id) => id,
-            None => {
-                // With TCX (Linux 6.6+) no qdisc is needed; before, the
-                // program hangs off clsact, which may already be there.
-                let _ = tc::qdisc_add_clsact(interface);
-                p.attach(interface, TcAttachType::Egress)
-                    .map_err(|e| err(format!("attaching: {e}: {}", error_chain(&e))))?
-            }
+        let id = if let Some(id) = adopted {
+            id
+        } else {
+            // With TCX (Linux 6.6+) no qdisc is needed; before, the
+            // program hangs off clsact, which may already be there.
+            let _ = tc::qdisc_add_clsact(interface);
+            p.attach(interface, TcAttachType::Egress)
+                .map_err(|e| err(format!("attaching: {e}: {}", error_chain(&e))))?
         };
         let link = p
             .take_link(id)

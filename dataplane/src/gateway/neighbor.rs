@@ -329,13 +329,14 @@ impl Neighbors {
                 lan: true,
                 via: Some(g),
                 ..
-            } => match self.kernel.get(g) {
-                Some(k) => Some(self.with_tags(k)),
-                None => {
+            } => {
+                if let Some(k) = self.kernel.get(g) {
+                    Some(self.with_tags(k))
+                } else {
                     self.ask(g, now);
                     None
                 }
-            },
+            }
             Hop { lan: false, .. } => None,
         }
     }
@@ -454,6 +455,10 @@ mod tests {
 
     /// Routes: 198.18.50.0/24 via 192.0.2.254 on the LAN; 203.0.113.0/24
     /// elsewhere (interface 1); the rest on-link on the LAN.
+    #[allow(
+        clippy::unnecessary_wraps,
+        reason = "the route callback's signature (no route is `None`)"
+    )]
     fn route(ip: IpAddr) -> Option<NextHop> {
         let s = ip.to_string();
         Some(if s.starts_with("198.18.50.") {

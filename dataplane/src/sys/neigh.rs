@@ -413,8 +413,10 @@ impl RouteQuery {
             if let Some(n) = n {
                 answer = parse_route_answer(&self.sock.buf[..n], seq);
             }
-            if let Some(a) = answer {
-                return Ok(a);
+            match answer {
+                Some(RouteAnswer::Hop(hop)) => return Ok(hop),
+                Some(RouteAnswer::NoRoute) => return Ok(None),
+                None => {}
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -454,9 +456,17 @@ fn route_request(m: &mut [u8], seq: u32, dst: IpAddr) -> usize {
     len
 }
 
-/// The answer to route query `seq` in one datagram: `Some(Some(hop))`,
-/// `Some(None)` for an error (no route), `None` if it is not there.
-fn parse_route_answer(mut b: &[u8], seq: u32) -> Option<Option<NextHop>> {
+/// The kernel's answer to a route query.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RouteAnswer {
+    /// The route's next hop (`None`: a route without an output interface).
+    Hop(Option<NextHop>),
+    /// An error: no route, unreachable.
+    NoRoute,
+}
+
+/// The answer to route query `seq` in one datagram, if it is there.
+fn parse_route_answer(mut b: &[u8], seq: u32) -> Option<RouteAnswer> {
     while b.len() >= NLMSG_HDR_LEN {
         let len = usize::try_from(u32_at(b, 0)?).ok()?;
         let kind = u16_at(b, 4)?;
@@ -466,7 +476,7 @@ fn parse_route_answer(mut b: &[u8], seq: u32) -> Option<Option<NextHop>> {
         let body = &b[NLMSG_HDR_LEN..len];
         if u32_at(b, 8) == Some(seq) {
             match kind {
-                NLMSG_ERROR => return Some(None),
+                NLMSG_ERROR => return Some(RouteAnswer::NoRoute),
                 RTM_NEWROUTE => {
                     let family = i32::from(*body.first()?);
                     let mut oif = None;
@@ -488,7 +498,7 @@ fn parse_route_answer(mut b: &[u8], seq: u32) -> Option<Option<NextHop>> {
                             _ => {}
                         }
                     }
-                    return Some(oif.map(|oif| NextHop { oif, gateway }));
+                    return Some(RouteAnswer::Hop(oif.map(|oif| NextHop { oif, gateway })));
                 }
                 _ => {}
             }
@@ -819,16 +829,16 @@ mod tests {
         header(&mut msg[..len], RTM_NEWROUTE, 0, 5);
         assert_eq!(
             parse_route_answer(&msg, 5),
-            Some(Some(NextHop {
+            Some(RouteAnswer::Hop(Some(NextHop {
                 oif: 3,
                 gateway: Some("192.0.2.254".parse().unwrap())
-            }))
+            })))
         );
         assert_eq!(parse_route_answer(&msg, 6), None, "another question's");
         let mut err = vec![0u8; NLMSG_HDR_LEN + 4];
         err[NLMSG_HDR_LEN..].copy_from_slice(&(-101i32).to_ne_bytes());
         header(&mut err, NLMSG_ERROR, 0, 5);
-        assert_eq!(parse_route_answer(&err, 5), Some(None));
+        assert_eq!(parse_route_answer(&err, 5), Some(RouteAnswer::NoRoute));
         for cut in 0..msg.len() {
             let _ = parse_route_answer(&msg[..cut], 5);
         }
