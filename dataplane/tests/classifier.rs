@@ -873,11 +873,7 @@ fn verdict_fixtures() {
 #[test]
 fn fixtures_count_one_verdict_each() {
     for f in fixtures() {
-        let verdicts = f
-            .counters
-            .iter()
-            .filter(|&&c| c != Counter::DropNoSocket)
-            .count();
+        let verdicts = f.counters.iter().filter(|c| c.is_verdict()).count();
         assert_eq!(verdicts, 1, "{}", f.name);
         if f.counters.contains(&Counter::DropNoSocket) {
             assert!(f.counters.contains(&Counter::Tunnel), "{}", f.name);
@@ -894,7 +890,7 @@ fn accepted_fixtures_are_well_formed() {
         let dropped_as_malformed = f
             .counters
             .iter()
-            .any(|c| c.name().starts_with("drop_") && *c != Counter::DropNoSocket);
+            .any(|c| c.name().starts_with("drop_") && c.is_verdict());
         if dropped_as_malformed {
             continue;
         }
@@ -1099,6 +1095,9 @@ fn attaches_natively_to_veth() {
 // The compiled policy in the kernel: verdicts, metadata, the two slots and
 // the runtime state.
 
+/// The policy fixtures, for the modules below.
+use policy as policy_fixture;
+
 mod policy {
     use std::time::Duration;
 
@@ -1143,7 +1142,7 @@ mod policy {
     /// (the monotonic clock starts near 0 at boot).
     const GRACE: Duration = Duration::from_secs(2);
 
-    fn lab_policy() -> Policy {
+    pub(super) fn lab_policy() -> Policy {
         let mut eng = Profile::with_defaults("engineering", 1);
         eng.exclude.push("198.51.100.0/24".parse().unwrap());
         eng.include.push("198.51.100.0/24:443:tcp".parse().unwrap());
@@ -1264,7 +1263,7 @@ mod policy {
                         &ipv4_frag(WEB, TCP, 8, false, &[0; 16]),
                     ),
                 ),
-                "[tunnel+1, drop_no_socket+1]",
+                "[tunnel+1, drop_no_socket+1, frag_unknown+1]",
                 Some(ACTION_TUNNEL),
             ),
             (
@@ -1461,4 +1460,585 @@ mod policy {
         );
         let _ = Counter::Tunnel;
     }
+}
+
+// ---------------------------------------------------------------------------
+// Fragments follow their first fragment (with a policy installed: the
+// verdicts that depend on ports).
+
+mod fragments {
+    use std::time::Duration;
+
+    use sluice::policy::{Policy, compile::Tables};
+    use sluice_common::{ACTION_TUNNEL, Counter, META_MAGIC};
+
+    use super::*;
+
+    /// A LAN host of the default profile.
+    const STRANGER: [u8; 4] = [192, 0, 2, 99];
+    /// Tunnelled by default, UDP 9000 direct (a port rule).
+    const WEB: [u8; 4] = [198, 51, 100, 7];
+    /// Direct by default, UDP 9001 tunnelled (a port rule).
+    const MIRROR: [u8; 4] = [203, 0, 113, 9];
+    const WEB_V6: [u8; 16] = v6([0x2001, 0xdb8, 2, 0, 0, 0, 0, 7]);
+    const MIRROR_V6: [u8; 16] = v6([0x2001, 0xdb8, 0xb, 0, 0, 0, 0, 9]);
+
+    fn policy() -> Policy {
+        let mut p = super::policy_fixture::lab_policy();
+        let default = &mut p.profiles[2];
+        for e in [
+            "198.51.100.7/32:9000:udp",
+            "[2001:db8:2::7/128]:9000:udp",
+            "203.0.113.0/24",
+            "2001:db8:b::/48",
+        ] {
+            default.exclude.push(e.parse().unwrap());
+        }
+        for e in ["203.0.113.9/32:9001:udp", "[2001:db8:b::9/128]:9001:udp"] {
+            default.include.push(e.parse().unwrap());
+        }
+        p
+    }
+
+    fn classifier() -> (Classifier, u32) {
+        let mut c = lab_classifier();
+        let t = Tables::compile(&policy()).unwrap();
+        let prepared = c.prepare_policy(&t).unwrap();
+        let g = c.commit_policy(prepared, false).unwrap();
+        (c, g)
+    }
+
+    fn udp_to(dport: u16, payload: &[u8]) -> Vec<u8> {
+        let mut h = vec![0xc3, 0x50];
+        h.extend_from_slice(&dport.to_be_bytes());
+        h.extend_from_slice(&(8 + payload.len() as u16).to_be_bytes());
+        h.extend_from_slice(&[0, 0]);
+        h.extend_from_slice(payload);
+        h
+    }
+
+    /// An IPv4 fragment from the stranger with identification `id`.
+    fn v4(dst: [u8; 4], id: u16, offset: u16, more: bool, payload: &[u8]) -> Vec<u8> {
+        let ip = ipv4_frag(dst, UDP, offset, more, payload);
+        let f = eth(GW_MAC, &[], ETH_P_IPV4, &ip);
+        let f = patched(f, L3 + 12, &STRANGER);
+        patched(f, L3 + 4, &id.to_be_bytes())
+    }
+
+    /// An IPv6 fragment (fragment header, identification `id`).
+    fn v6_frag(dst: [u8; 16], id: u32, offset: u16, more: bool, payload: &[u8]) -> Vec<u8> {
+        let f = eth_v6_chain(dst, &[Ext::Fragment(offset, more)], UDP, payload);
+        // The fragment header's identification: after the fixed header
+        // and its first four bytes.
+        patched(f, L3 + 40 + 4, &id.to_be_bytes())
+    }
+
+    /// Runs `frame`; the action, the counters that moved and the tunnel
+    /// verdict in the metadata.
+    fn run(c: &Classifier, frame: &[u8]) -> (&'static str, String, Option<(u8, u16)>) {
+        let before = c.counters().unwrap();
+        let (action, meta) = c.test_run_meta(frame).unwrap();
+        let after = c.counters().unwrap();
+        let delta: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+        let meta = meta.map(|m| {
+            assert_eq!(m[0], META_MAGIC);
+            (m[1], u16::from_le_bytes([m[2], m[3]]))
+        });
+        (xdp_action_name(action), describe(&delta), meta)
+    }
+
+    #[test]
+    fn later_fragments_follow_their_first_fragment() {
+        if !sluice_lab::require_root("later_fragments_follow_their_first_fragment") {
+            return;
+        }
+        let (c, g) = classifier();
+        let g = g as u16;
+        let tunnelled = Some((ACTION_TUNNEL, g));
+        let body = [0xab; 64];
+        // (name, first fragment, a later fragment, the first's verdict).
+        let cases: Vec<(&str, Vec<u8>, Vec<u8>, &str)> = vec![
+            (
+                "v4 to a port sent direct by a port rule",
+                v4(WEB, 0x1001, 0, true, &udp_to(9000, &body)),
+                v4(WEB, 0x1001, 9, false, &body),
+                "[bypass+1]",
+            ),
+            (
+                "v4 to a tunnelled port of the same destination",
+                v4(WEB, 0x1002, 0, true, &udp_to(53, &body)),
+                v4(WEB, 0x1002, 9, false, &body),
+                "[tunnel+1, drop_no_socket+1]",
+            ),
+            (
+                "v4 to a port tunnelled by a port rule on a direct destination",
+                v4(MIRROR, 0x1003, 0, true, &udp_to(9001, &body)),
+                v4(MIRROR, 0x1003, 9, false, &body),
+                "[tunnel+1, drop_no_socket+1]",
+            ),
+            (
+                "v6 to a port sent direct by a port rule",
+                v6_frag(WEB_V6, 0x2001, 0, true, &udp_to(9000, &body)),
+                v6_frag(WEB_V6, 0x2001, 9, false, &body),
+                "[bypass+1]",
+            ),
+            (
+                "v6 to a tunnelled port",
+                v6_frag(WEB_V6, 0x2002, 0, true, &udp_to(53, &body)),
+                v6_frag(WEB_V6, 0x2002, 9, true, &body),
+                "[tunnel+1, drop_no_socket+1]",
+            ),
+            (
+                "v6 to a port tunnelled by a port rule on a direct destination",
+                v6_frag(MIRROR_V6, 0x2003, 0, true, &udp_to(9001, &body)),
+                v6_frag(MIRROR_V6, 0x2003, 9, false, &body),
+                "[tunnel+1, drop_no_socket+1]",
+            ),
+        ];
+        let mut failures = Vec::new();
+        for (name, first, later, verdict) in cases {
+            let (_, moved, meta) = run(&c, &first);
+            let want_meta = verdict.contains("tunnel").then_some(tunnelled).flatten();
+            if moved != verdict || meta != want_meta {
+                failures.push(format!(
+                    "{name}: first fragment {moved} {meta:?}, want {verdict}"
+                ));
+                continue;
+            }
+            // Every later fragment (two of them, and the last) takes the
+            // first's verdict, metadata included.
+            for _ in 0..2 {
+                let (_, moved, meta) = run(&c, &later);
+                let want = verdict.replace(']', ", frag_followed+1]");
+                let want = sorted(&want);
+                if sorted(&moved) != want || meta != want_meta {
+                    failures.push(format!(
+                        "{name}: later fragment {moved} {meta:?}, want {want} {want_meta:?}"
+                    ));
+                }
+            }
+        }
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+        assert!(c.fragments_tracked().unwrap() >= 6);
+    }
+
+    /// `[a+1, b+1]` with its items in name order.
+    fn sorted(s: &str) -> String {
+        let mut v: Vec<&str> = s
+            .trim_matches(|c| c == '[' || c == ']')
+            .split(", ")
+            .filter(|x| !x.is_empty())
+            .collect();
+        v.sort_unstable();
+        format!("[{}]", v.join(", "))
+    }
+
+    #[test]
+    fn a_later_fragment_without_its_first_errs_toward_the_tunnel() {
+        if !sluice_lab::require_root("a_later_fragment_without_its_first_errs_toward_the_tunnel") {
+            return;
+        }
+        let (c, _) = classifier();
+        let body = [0xcd; 32];
+        // No first fragment seen: classified without ports. Tunnelled by
+        // default with a direct port rule: tunnel. Direct by default with
+        // a tunnelling UDP port rule: tunnel. A destination whose every
+        // verdict for the protocol is direct: direct.
+        for (name, frame, want) in [
+            (
+                "v4 web",
+                v4(WEB, 0x3001, 9, false, &body),
+                "[frag_unknown+1, tunnel+1, drop_no_socket+1]",
+            ),
+            (
+                "v4 mirror (UDP port rule tunnels)",
+                v4(MIRROR, 0x3002, 9, false, &body),
+                "[frag_unknown+1, tunnel+1, drop_no_socket+1]",
+            ),
+            (
+                "v6 web",
+                v6_frag(WEB_V6, 0x3003, 9, false, &body),
+                "[frag_unknown+1, tunnel+1, drop_no_socket+1]",
+            ),
+            (
+                "v4 to the rest of the excluded /24",
+                v4([203, 0, 113, 10], 0x3004, 9, false, &body),
+                "[bypass+1, frag_unknown+1]",
+            ),
+        ] {
+            let (_, moved, _) = run(&c, &frame);
+            assert_eq!(sorted(&moved), sorted(want), "{name}");
+        }
+        // A later fragment of another datagram (another identification,
+        // source or protocol) does not take a first fragment's verdict.
+        let first = v4(WEB, 0x3005, 0, true, &udp_to(9000, &body));
+        assert_eq!(run(&c, &first).1, "[bypass+1]");
+        let other_id = v4(WEB, 0x3006, 9, false, &body);
+        assert!(run(&c, &other_id).1.contains("frag_unknown+1"));
+        let other_src = patched(v4(WEB, 0x3005, 9, false, &body), L3 + 12, &[192, 0, 2, 98]);
+        assert!(run(&c, &other_src).1.contains("frag_unknown+1"));
+    }
+
+    #[test]
+    fn a_first_fragment_is_followed_only_within_the_timeout() {
+        if !sluice_lab::require_root("a_first_fragment_is_followed_only_within_the_timeout") {
+            return;
+        }
+        let (mut c, _) = classifier();
+        c.set_fragment_timeout(Duration::from_millis(300)).unwrap();
+        let body = [0xef; 32];
+        let first = v4(WEB, 0x4001, 0, true, &udp_to(9000, &body));
+        let later = v4(WEB, 0x4001, 9, false, &body);
+        assert_eq!(run(&c, &first).1, "[bypass+1]");
+        assert_eq!(sorted(&run(&c, &later).1), "[bypass+1, frag_followed+1]");
+        std::thread::sleep(Duration::from_millis(600));
+        assert_eq!(
+            sorted(&run(&c, &later).1),
+            sorted("[frag_unknown+1, tunnel+1, drop_no_socket+1]"),
+            "older than the timeout: the rule for an unknown first fragment"
+        );
+        // A new first fragment under the same identification starts over.
+        assert_eq!(run(&c, &first).1, "[bypass+1]");
+        assert!(run(&c, &later).1.contains("frag_followed+1"));
+        let _ = Counter::FragFollowed;
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The policy state is one word, stored atomically and read once.
+
+mod state_word {
+    use std::{
+        sync::atomic::{AtomicBool, Ordering},
+        time::{Duration, Instant},
+    };
+
+    use sluice::{
+        ebpf::Prepared,
+        policy::{Profile, compile::Tables},
+    };
+    use sluice_common::Counter;
+
+    use super::*;
+
+    /// Runs the program `repeat` times on `frame` through
+    /// `BPF_PROG_TEST_RUN`, from a file descriptor of its own (opened by
+    /// id: the test needs no lock on the `Classifier` the writer holds).
+    fn test_run_repeat(prog_fd: i32, frame: &[u8], repeat: u32) {
+        #[repr(C)]
+        #[derive(Default)]
+        struct TestAttr {
+            prog_fd: u32,
+            retval: u32,
+            data_size_in: u32,
+            data_size_out: u32,
+            data_in: u64,
+            data_out: u64,
+            repeat: u32,
+            duration: u32,
+            ctx_size_in: u32,
+            ctx_size_out: u32,
+            ctx_in: u64,
+            ctx_out: u64,
+            flags: u32,
+            cpu: u32,
+            batch_size: u32,
+            pad: u32,
+        }
+        const BPF_PROG_TEST_RUN: libc::c_long = 10;
+        let mut attr = TestAttr {
+            prog_fd: prog_fd as u32,
+            data_size_in: frame.len() as u32,
+            data_in: frame.as_ptr() as u64,
+            repeat,
+            ..TestAttr::default()
+        };
+        // SAFETY: `attr` is a valid `bpf_attr` prefix for the command, its
+        // pointers valid for the call.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_PROG_TEST_RUN,
+                &raw mut attr,
+                size_of::<TestAttr>(),
+            )
+        };
+        assert_eq!(
+            rc,
+            0,
+            "BPF_PROG_TEST_RUN: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+
+    fn prog_fd_by_id(id: u32) -> i32 {
+        #[repr(C)]
+        struct GetFd {
+            id: u32,
+            next_id: u32,
+            open_flags: u32,
+        }
+        const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
+        let mut attr = GetFd {
+            id,
+            next_id: 0,
+            open_flags: 0,
+        };
+        // SAFETY: as above.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_PROG_GET_FD_BY_ID,
+                &raw mut attr,
+                size_of::<GetFd>(),
+            )
+        };
+        assert!(
+            fd >= 0,
+            "BPF_PROG_GET_FD_BY_ID: {}",
+            std::io::Error::last_os_error()
+        );
+        fd as i32
+    }
+
+    /// Slot A tunnels the web server, slot B sends it direct. State A is
+    /// (slot A, internet by the policy), state B (slot B, internet
+    /// direct). Every frame must see one of them: the web frame is then
+    /// tunnelled (A) or bypassed (B, by the policy, before the network
+    /// action). A frame that saw slot A with B's internet-direct flag is
+    /// passed as `direct_network`: a state that was never written.
+    #[test]
+    fn a_swap_is_never_seen_half_done() {
+        if !sluice_lab::require_root("a_swap_is_never_seen_half_done") {
+            return;
+        }
+        let mut c = lab_classifier();
+        let mut a = super::policy_fixture::lab_policy();
+        a.rules.clear();
+        let mut b = a.clone();
+        let mut direct = Profile::with_defaults("default", 1);
+        direct.exclude.push("198.51.100.0/24".parse().unwrap());
+        b.profiles[2] = direct;
+        for p in [&a, &b] {
+            let t = Tables::compile(p).unwrap();
+            let prepared = c.prepare_policy(&t).unwrap();
+            c.commit_policy(prepared, false).unwrap();
+        }
+        let (slot_a, slot_b) = (0, 1);
+        let web = patched(
+            eth_v4([198, 51, 100, 7], UDP, &udp(b"q")),
+            L3 + 12,
+            &[192, 0, 2, 99],
+        );
+        let fd = prog_fd_by_id(c.program_id().expect("program id"));
+        let before = c.counters().unwrap();
+        let stop = AtomicBool::new(false);
+        let flips = std::thread::scope(|s| {
+            let reader = s.spawn(|| {
+                let mut runs = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    test_run_repeat(fd, &web, 20_000);
+                    runs += 20_000;
+                }
+                runs
+            });
+            let started = Instant::now();
+            let mut flips = 0u64;
+            while started.elapsed() < Duration::from_secs(3) {
+                for _ in 0..1000 {
+                    let p = |slot| Prepared {
+                        slot,
+                        sources: 0,
+                        destinations: 0,
+                        took: Duration::ZERO,
+                    };
+                    c.commit_policy(p(slot_a), false).unwrap();
+                    c.commit_policy(p(slot_b), true).unwrap();
+                    flips += 2;
+                }
+            }
+            stop.store(true, Ordering::Relaxed);
+            let runs = reader.join().unwrap();
+            (flips, runs)
+        });
+        // SAFETY: closing the descriptor opened above.
+        unsafe { libc::close(fd) };
+        let after = c.counters().unwrap();
+        let moved = |x: Counter| after[x.index() as usize] - before[x.index() as usize];
+        // A repeated test run does not reset the frame: after a tunnel
+        // verdict's metadata, the next runs in the same call find no room
+        // for more and count `drop_no_meta`; both are state A.
+        let (tunnel, bypass, torn) = (
+            moved(Counter::Tunnel) + moved(Counter::DropNoMeta),
+            moved(Counter::Bypass),
+            moved(Counter::DirectNetwork),
+        );
+        eprintln!(
+            "{} state writes, {} frames: {tunnel} tunnelled (A), {bypass} bypassed (B), {torn} half-swapped",
+            flips.0, flips.1
+        );
+        assert!(tunnel > 0 && bypass > 0, "both states seen");
+        assert_eq!(
+            torn, 0,
+            "frames classified by a state that was never written"
+        );
+    }
+
+    #[test]
+    fn the_kernel_reads_what_was_stored() {
+        if !sluice_lab::require_root("the_kernel_reads_what_was_stored") {
+            return;
+        }
+        let mut c = lab_classifier();
+        assert_eq!(c.live_policy_state().installed, 0);
+        let t = Tables::compile(&super::policy_fixture::lab_policy()).unwrap();
+        let prepared = c.prepare_policy(&t).unwrap();
+        let g = c.commit_policy(prepared, true).unwrap();
+        let s = c.live_policy_state();
+        assert_eq!((s.installed, s.internet_direct, s.generation), (1, 1, g));
+        assert_eq!(s, c.policy_state());
+        c.set_tunnel_down(3, Some(1234)).unwrap();
+        assert_eq!(c.tunnel_down_since(3), Some(1234));
+        assert_eq!(c.live_policy_state().down, 1 << 3);
+        c.set_tunnel_down(3, None).unwrap();
+        assert_eq!(c.tunnel_down_since(3), None);
+        assert_eq!(c.live_policy_state().down, 0);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// VLAN tags of frames passed to the kernel: kept (kernel mode) or removed
+// (untag mode).
+
+mod vlan {
+    use sluice::ebpf::VlanMode;
+
+    use super::*;
+
+    fn tagged(vid: u16, ether_type: u16, payload: &[u8]) -> Vec<u8> {
+        let mut f = eth(GW_MAC, &[ETH_P_8021Q], ether_type, payload);
+        f[14..16].copy_from_slice(&vid.to_be_bytes());
+        f
+    }
+
+    fn untagged(ether_type: u16, payload: &[u8]) -> Vec<u8> {
+        eth(GW_MAC, &[], ether_type, payload)
+    }
+
+    #[test]
+    fn untag_mode_removes_the_tag_of_passed_frames_only() {
+        if !sluice_lab::require_root("untag_mode_removes_the_tag_of_passed_frames_only") {
+            return;
+        }
+        let mut c = lab_classifier();
+        let bypass = ipv4(BYPASS_V4, UDP, &udp(b"x"));
+        let arp = arp_request();
+        let tunnel = ipv4(TUNNEL_V4, TCP, &tcp());
+        // Kernel mode (the default): the frame reaches the kernel as it came.
+        let f = tagged(10, ETH_P_IPV4, &bypass);
+        let (action, _, out) = c.test_run_out(&f).unwrap();
+        assert_eq!((action, out.as_slice()), (XDP_PASS, f.as_slice()));
+        c.set_vlan_mode(VlanMode::Untag).unwrap();
+        for (name, frame, plain, counters) in [
+            (
+                "bypassed IPv4",
+                tagged(10, ETH_P_IPV4, &bypass),
+                untagged(ETH_P_IPV4, &bypass),
+                "[bypass+1, pass_untagged+1]",
+            ),
+            (
+                "ARP",
+                tagged(10, ETH_P_ARP, &arp),
+                untagged(ETH_P_ARP, &arp),
+                "[pass_arp+1, pass_untagged+1]",
+            ),
+            (
+                "to the gateway, IPv6",
+                tagged(4094, ETH_P_IPV6, &ipv6(GW_V6, TCP, &tcp())),
+                untagged(ETH_P_IPV6, &ipv6(GW_V6, TCP, &tcp())),
+                "[pass_local+1, pass_untagged+1]",
+            ),
+        ] {
+            let before = c.counters().unwrap();
+            let (action, _, out) = c.test_run_out(&frame).unwrap();
+            let after = c.counters().unwrap();
+            let delta: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+            assert_eq!(action, XDP_PASS, "{name}");
+            assert_eq!(out, plain, "{name}: the tag is gone, nothing else changed");
+            assert_eq!(describe(&delta), counters, "{name}");
+        }
+        // The host's VLAN was noted; an untagged ARP from it (the host
+        // moved off its VLAN) forgets it.
+        assert_eq!(
+            c.vlan_hosts().unwrap(),
+            [(HOST_MAC, 4094)],
+            "the last VLAN seen"
+        );
+        let (action, _, _) = c.test_run_out(&untagged(ETH_P_ARP, &arp)).unwrap();
+        assert_eq!(action, XDP_PASS);
+        assert_eq!(c.vlan_hosts().unwrap(), []);
+        // Tunnelled frames keep their tag (the worker learns it); two tags
+        // are left for the kernel's VLAN devices.
+        let f = tagged(10, ETH_P_IPV4, &tunnel);
+        let (action, _, out) = c.test_run_out(&f).unwrap();
+        assert_eq!((action, out.as_slice()), (XDP_DROP, f.as_slice()));
+        let qinq = eth(GW_MAC, &[ETH_P_8021AD, ETH_P_8021Q], ETH_P_IPV4, &bypass);
+        let (action, _, out) = c.test_run_out(&qinq).unwrap();
+        assert_eq!((action, out.as_slice()), (XDP_PASS, qinq.as_slice()));
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The classifier's header walk agrees with its user-space statement
+// (`sluice::wire::summary`): the fixtures, and mutations of them. The
+// fuzz target `classifier_diff` does the same with coverage guidance.
+
+#[test]
+fn parse_probe_agrees_with_the_user_space_views() {
+    if !sluice_lab::require_root("parse_probe_agrees_with_the_user_space_views") {
+        return;
+    }
+    let probe = sluice::ebpf::ParseProbe::load()
+        .unwrap_or_else(|e| panic!("loading the parse probe: {}", chain(&e)));
+    let mut rng = sluice::testutil::XorShift::new(0x5eed_f00d);
+    let mut frames: Vec<Vec<u8>> = fixtures().into_iter().map(|f| f.frame).collect();
+    let base = frames.clone();
+    for _ in 0..3000 {
+        let mut f = base[(rng.next_u64() % base.len() as u64) as usize].clone();
+        for _ in 0..=rng.next_u64() % 3 {
+            match rng.next_u64() % 3 {
+                0 => {
+                    let i = (rng.next_u64() % f.len() as u64) as usize;
+                    f[i] = rng.next_u64() as u8;
+                }
+                1 => {
+                    let len = 14 + (rng.next_u64() % (f.len() as u64 - 13)) as usize;
+                    f.truncate(len);
+                }
+                _ => f.extend((0..rng.next_u64() % 16).map(|_| rng.next_u64() as u8)),
+            }
+        }
+        frames.push(f);
+    }
+    let mut differ = Vec::new();
+    for f in &frames {
+        let got = probe.run(f).unwrap();
+        let mut want = sluice::wire::summary::summary(f);
+        want.runs = got.runs;
+        if got != want {
+            differ.push(format!("{f:02x?}\n  kernel: {got:?}\n  user:   {want:?}"));
+        }
+    }
+    assert!(
+        differ.is_empty(),
+        "{} of {} frames parsed differently, e.g.:\n{}",
+        differ.len(),
+        frames.len(),
+        differ
+            .iter()
+            .take(3)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
 }

@@ -8,7 +8,10 @@ use std::{net::SocketAddr, os::unix::fs::MetadataExt as _, path::Path, time::Dur
 
 mod edge;
 mod endpoint;
+mod fragments;
+mod neighbors;
 mod policy;
+mod vlan;
 
 use sluice_lab::{
     Host, Lab, addr, counter,

@@ -38,6 +38,7 @@ pub mod addr;
 pub mod demo;
 pub mod deploy;
 pub mod edge_lab;
+pub mod l2;
 mod lab;
 mod netns;
 mod nft;

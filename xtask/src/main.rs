@@ -255,7 +255,7 @@ fn tally(line: &str) -> Option<(u64, u64)> {
 }
 
 /// The fuzz targets in `dataplane/fuzz` (cargo-fuzz).
-const FUZZ_TARGETS: [&str; 10] = [
+const FUZZ_TARGETS: [&str; 11] = [
     "tunnel_frames",
     "tunnel_records",
     "packet_views",
@@ -266,6 +266,8 @@ const FUZZ_TARGETS: [&str; 10] = [
     "policy",
     "edge_handshake",
     "edge_routing",
+    // Needs root: BPF_PROG_TEST_RUN (xtask runs as root).
+    "classifier_diff",
 ];
 /// How long `test` runs each fuzz target: enough to catch a target that
 /// no longer builds or crashes at once, not a fuzzing campaign.

@@ -15,6 +15,7 @@
 //! lan = "lan0"
 //! wan = "wan0"
 //! xdp_mode = "auto"            # auto | native | generic
+//! lan_vlans = "kernel"         # kernel | untag: tags of frames passed to the kernel
 //! metrics = "127.0.0.1:9477"   # Prometheus text on GET /metrics
 //!
 //! [tunnel]
@@ -111,6 +112,9 @@ pub struct GatewayConfig {
     pub wan: String,
     /// Classifier attach mode.
     pub xdp_mode: AttachMode,
+    /// What the classifier does with the VLAN tag of a LAN frame it passes
+    /// to the kernel ([`crate::ebpf::VlanMode`]).
+    pub lan_vlans: crate::ebpf::VlanMode,
     /// Serve only this many RX queues (default: all of the LAN interface).
     pub queues: Option<u32>,
     /// Frames each LAN queue's `AF_XDP` socket keeps posted for receiving
@@ -321,6 +325,8 @@ struct RawGateway {
     wan: Spanned<String>,
     #[serde(default)]
     xdp_mode: AttachMode,
+    #[serde(default)]
+    lan_vlans: crate::ebpf::VlanMode,
     queues: Option<Spanned<u32>>,
     rx_frames: Option<Spanned<u32>>,
     cpus: Option<Spanned<Vec<usize>>>,
@@ -960,6 +966,7 @@ impl GatewayConfig {
             lan,
             wan,
             xdp_mode: gw.xdp_mode,
+            lan_vlans: gw.lan_vlans,
             queues: gw.queues.map(Spanned::into_inner),
             rx_frames: gw.rx_frames.map_or(DEFAULT_RX_FRAMES, Spanned::into_inner),
             cpus: gw.cpus.map(Spanned::into_inner),

@@ -15,6 +15,7 @@ use std::{
     collections::HashSet,
     hash::Hash,
     net::IpAddr,
+    os::fd::AsFd as _,
     os::fd::BorrowedFd,
     path::{Path, PathBuf},
 };
@@ -31,13 +32,18 @@ use aya::{
 };
 use sluice_common::{
     BypassEntry, CLASSIFIER_PROGRAM, Counter, FlowEntry, Ipv4Key, Ipv6Key, MAX_QUEUES,
-    NOOP_PROGRAM, ProcessEntry, SockConfig, SockCounter, map_names, sock_programs,
+    NOOP_PROGRAM, POLICY_STATE_ENTRIES, ProcessEntry, SockConfig, SockCounter, map_names,
+    sock_programs,
 };
 
-use crate::net::Prefix;
+use crate::{net::Prefix, sys::bpf_mmap::MappedWords};
 
 mod policy;
+mod probe;
+mod vlan;
 pub use policy::{Prepared, SLOT_QUIET, dns_key};
+pub use probe::ParseProbe;
+pub use vlan::{LabVlanPins, VlanMode, pin_lab_vlan_host};
 
 /// The classifier's ELF object, built by `build.rs` from `ebpf/classifier`.
 pub static CLASSIFIER_OBJECT: &[u8] =
@@ -259,6 +265,23 @@ pub enum EbpfError {
         /// What failed, with the kernel's answer.
         what: String,
     },
+    /// Mapping the policy state map into the process failed.
+    #[error("mapping map `{name}` into memory")]
+    Mmap {
+        /// The map name.
+        name: &'static str,
+        /// The kernel's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Loading or attaching the untag mode's egress program failed.
+    #[error("VLAN egress program on `{interface}`: {what}")]
+    VlanEgress {
+        /// The interface.
+        interface: String,
+        /// What failed, with the kernel's answer.
+        what: String,
+    },
     /// Pinning, adopting or unpinning the classifier's `bpf_link` failed.
     #[error("classifier link pin {path}: {what}")]
     Pin {
@@ -298,6 +321,11 @@ pub struct Classifier {
     ebpf: Ebpf,
     attachment: Option<Attachment>,
     slots: policy::Slots,
+    /// [`map_names::POLICY_STATE`], mapped: the state word and the
+    /// tunnels' down times, each stored with one atomic store.
+    state_words: MappedWords,
+    /// Untag mode's egress program, once attached.
+    vlan_egress: Option<vlan::Egress>,
 }
 
 impl Classifier {
@@ -319,10 +347,23 @@ impl Classifier {
                 name: CLASSIFIER_PROGRAM,
                 source: source.into(),
             })?;
+        let name = map_names::POLICY_STATE;
+        let state_words = match ebpf.map(name) {
+            Some(Map::Array(data)) => {
+                MappedWords::new(data.fd().as_fd(), POLICY_STATE_ENTRIES as usize)
+                    .map_err(|source| EbpfError::Mmap { name, source })?
+            }
+            Some(_) => {
+                return Err(layout(name)(MapError::InvalidMapType { map_type: 0 }));
+            }
+            None => return Err(EbpfError::MissingMap { name }),
+        };
         let classifier = Self {
             ebpf,
             attachment: None,
             slots: policy::Slots::default(),
+            state_words,
+            vlan_egress: None,
         };
         classifier.check_maps()?;
         Ok(classifier)
@@ -340,6 +381,20 @@ impl Classifier {
         HashMap::<_, Ipv6Key, u32>::try_from(self.map(map_names::LOCAL_V6)?)
             .map_err(layout(map_names::LOCAL_V6))?;
         XskMap::try_from(self.map(map_names::XSKS)?).map_err(layout(map_names::XSKS))?;
+        let policy_state = Array::<_, u64>::try_from(self.map(map_names::POLICY_STATE)?)
+            .map_err(layout(map_names::POLICY_STATE))?;
+        if policy_state.len() != POLICY_STATE_ENTRIES {
+            return Err(layout(map_names::POLICY_STATE)(MapError::OutOfBounds {
+                index: POLICY_STATE_ENTRIES,
+                max_entries: policy_state.len(),
+            }));
+        }
+        Array::<_, u64>::try_from(self.map(map_names::SETTINGS)?)
+            .map_err(layout(map_names::SETTINGS))?;
+        HashMap::<_, sluice_common::FragKey, sluice_common::FragEntry>::try_from(
+            self.map(map_names::FRAGS)?,
+        )
+        .map_err(layout(map_names::FRAGS))?;
         let stats = PerCpuArray::<_, u64>::try_from(self.map(map_names::STATS)?)
             .map_err(layout(map_names::STATS))?;
         if stats.len() != Counter::COUNT {
@@ -661,9 +716,21 @@ impl Classifier {
             .map(|a| (a.interface.as_str(), a.mode))
     }
 
-    /// Detaches the classifier from its interface (no-op if not attached).
-    /// Dropping the classifier does the same.
+    /// Detaches the classifier from its interface (no-op if not attached),
+    /// and untag mode's egress program (unpinned). Dropping the classifier
+    /// does the same, except for pinned links.
     pub fn detach(&mut self) -> Result<(), EbpfError> {
+        // The classifier first: once it stops untagging, the egress
+        // program has nothing left to tag.
+        let xdp = self.detach_xdp();
+        let egress = self
+            .vlan_egress
+            .as_mut()
+            .map_or(Ok(()), vlan::Egress::detach);
+        xdp.and(egress)
+    }
+
+    fn detach_xdp(&mut self) -> Result<(), EbpfError> {
         let Some(attachment) = self.attachment.take() else {
             return Ok(());
         };
@@ -722,6 +789,12 @@ impl Classifier {
         &self,
         frame: &[u8],
     ) -> Result<(u32, Option<[u8; sluice_common::META_LEN]>), EbpfError> {
+        self.test_run_out(frame).map(|(a, m, _)| (a, m))
+    }
+
+    /// [`Classifier::test_run_meta`], also returning the frame as the
+    /// program left it (after any tag it removed).
+    pub fn test_run_out(&self, frame: &[u8]) -> Result<TestRunOutput, EbpfError> {
         let program: &Xdp = self
             .ebpf
             .program(CLASSIFIER_PROGRAM)
@@ -742,13 +815,53 @@ impl Classifier {
                 len: frame.len(),
                 source: source.into(),
             })?;
-        let meta_len = (r.data_size_out as usize).saturating_sub(frame.len());
-        let meta = (meta_len == sluice_common::META_LEN)
+        // The kernel copies out from the metadata on: what is not the
+        // frame's own length (it shrinks by a removed tag) is metadata.
+        let size = (r.data_size_out as usize).min(out.len());
+        let meta_len = size.saturating_sub(frame.len());
+        let meta: Option<[u8; sluice_common::META_LEN]> = (meta_len == sluice_common::META_LEN)
             .then(|| out[..sluice_common::META_LEN].try_into().ok())
             .flatten();
-        Ok((r.return_value, meta))
+        let start = if meta.is_some() { meta_len } else { 0 };
+        Ok((r.return_value, meta, out[start..size].to_vec()))
+    }
+
+    /// Sets how long a first fragment's verdict is followed by the later
+    /// fragments of its datagram (default
+    /// [`sluice_common::FRAG_TIMEOUT_NS`]).
+    pub fn set_fragment_timeout(&mut self, timeout: std::time::Duration) -> Result<(), EbpfError> {
+        let ns = u64::try_from(timeout.as_nanos()).unwrap_or(u64::MAX).max(1);
+        self.set_setting(sluice_common::setting::FRAG_TIMEOUT_NS, ns)
+    }
+
+    fn set_setting(&mut self, index: u32, value: u64) -> Result<(), EbpfError> {
+        let name = map_names::SETTINGS;
+        let mut a = Array::<_, u64>::try_from(self.map_mut(name)?).map_err(layout(name))?;
+        a.set(index, value, 0)
+            .map_err(|source| EbpfError::MapUpdate {
+                name,
+                action: "insert",
+                item: format!("setting {index}"),
+                source: source.into(),
+            })
+    }
+
+    /// Fragmented datagrams the classifier tracks now (first fragments
+    /// seen and not yet evicted).
+    pub fn fragments_tracked(&self) -> Result<usize, EbpfError> {
+        let name = map_names::FRAGS;
+        let m = HashMap::<_, sluice_common::FragKey, sluice_common::FragEntry>::try_from(
+            self.map(name)?,
+        )
+        .map_err(layout(name))?;
+        Ok(m.keys().flatten().count())
     }
 }
+
+/// What [`Classifier::test_run_out`] returns: the XDP action, the
+/// metadata in front of the frame (if any) and the frame as the program
+/// left it.
+pub type TestRunOutput = (u32, Option<[u8; sluice_common::META_LEN]>, Vec<u8>);
 
 impl Classifier {
     /// Loads the endpoint-mode socket hooks of this object, attaches them

@@ -6,9 +6,10 @@
 //! classifier reads [`PolicyState`] once per frame and then looks only at
 //! the live slot's entries. A new policy is therefore written into the
 //! other slot while the live one keeps serving ([`Classifier::prepare_policy`]),
-//! and made live by one update of the state's `slot` word
-//! ([`Classifier::commit_policy`]): no frame is classified by a mix of two
-//! policies, and none waits. The slot that was live keeps its entries until
+//! and made live by one atomic store of the state word
+//! ([`Classifier::commit_policy`], through the memory-mapped
+//! [`sluice_common::map_names::POLICY_STATE`]): no frame is classified by a
+//! mix of two policies or sees half of a state change, and none waits. The slot that was live keeps its entries until
 //! the next prepare, which first waits [`SLOT_QUIET`] after the last commit
 //! so that frames still being classified with it are done.
 use std::{
@@ -16,10 +17,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aya::maps::{Array, HashMap, LpmTrie, lpm_trie::Key};
+use aya::maps::{HashMap, LpmTrie, lpm_trie::Key};
 use sluice_common::{
     DestEntry, DnsEntry, DnsKey, POLICY_MAX_TENANTS, PROFILE_FAIL_OPEN, PolicyKeyV4, PolicyKeyV6,
-    PolicyState, ProfileEntry, map_names, profile_id,
+    PolicyState, ProfileEntry, map_names, profile_id, state_index,
 };
 
 use super::{Classifier, EbpfError, layout, removed};
@@ -177,7 +178,7 @@ impl Classifier {
         s.internet_direct = u32::from(internet_direct);
         s.installed = 1;
         s.generation = s.generation.wrapping_add(1);
-        self.write_state(s)?;
+        self.write_state(s);
         self.slots.last_commit = Some(Instant::now());
         Ok(s.generation)
     }
@@ -186,29 +187,52 @@ impl Classifier {
     pub fn set_internet_direct(&mut self, direct: bool) -> Result<(), EbpfError> {
         let mut s = self.slots.state;
         s.internet_direct = u32::from(direct);
-        self.write_state(s)
+        self.write_state(s);
+        Ok(())
     }
 
     /// Marks tunnel `tenant` down since `since_ns` (`CLOCK_MONOTONIC`), or
-    /// up (`None`).
+    /// up (`None`). Down: the time is stored before the state word's down
+    /// bit; up: the bit is cleared first (a frame that sees the bit never
+    /// sees a later time than the outage's: the grace only ever shortens).
     pub fn set_tunnel_down(&mut self, tenant: u8, since_ns: Option<u64>) -> Result<(), EbpfError> {
         let mut s = self.slots.state;
-        let i = usize::from(tenant) % POLICY_MAX_TENANTS as usize;
-        s.down_since_ns[i] = since_ns.map_or(0, |t| t.max(1));
-        self.write_state(s)
+        let i = u32::from(tenant) % POLICY_MAX_TENANTS;
+        let slot = (state_index::DOWN_SINCE + i) as usize;
+        if let Some(t) = since_ns {
+            self.state_words.store(slot, t.max(1));
+            s.down |= 1 << i;
+            self.write_state(s);
+        } else {
+            s.down &= !(1 << i);
+            self.write_state(s);
+            self.state_words.store(slot, 0);
+        }
+        Ok(())
     }
 
-    fn write_state(&mut self, s: PolicyState) -> Result<(), EbpfError> {
-        let name = map_names::POLICY_STATE;
-        let mut a = Array::<_, PolicyState>::try_from(self.map_mut(name)?).map_err(layout(name))?;
-        a.set(0, s, 0).map_err(|source| EbpfError::MapUpdate {
-            name,
-            action: "insert",
-            item: format!("slot {} generation {}", s.slot, s.generation),
-            source: source.into(),
-        })?;
+    /// Since when tunnel `tenant` has been down as the classifier sees it
+    /// (`CLOCK_MONOTONIC` ns), `None` while up.
+    pub fn tunnel_down_since(&self, tenant: u8) -> Option<u64> {
+        let i = u32::from(tenant) % POLICY_MAX_TENANTS;
+        PolicyState::from_word(self.state_words.load(state_index::WORD as usize))
+            .is_down(i as usize)
+            .then(|| {
+                self.state_words
+                    .load((state_index::DOWN_SINCE + i) as usize)
+            })
+    }
+
+    /// The state word as the classifier reads it now.
+    pub fn live_policy_state(&self) -> PolicyState {
+        PolicyState::from_word(self.state_words.load(state_index::WORD as usize))
+    }
+
+    /// Stores the state word: one atomic store, seen whole by every frame.
+    fn write_state(&mut self, s: PolicyState) {
+        self.state_words
+            .store(state_index::WORD as usize, s.to_word());
         self.slots.state = s;
-        Ok(())
     }
 
     /// Writes (or replaces) the domain entry of `addr` under `slot`. Only

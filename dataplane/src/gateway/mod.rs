@@ -619,8 +619,16 @@ fn attach_lan(
         classifier.register_socket(q, std::os::fd::AsFd::as_fd(&xsk))?;
         sockets.push(xsk);
     }
+    // Before the classifier is attached: no frame is untagged without its
+    // way back.
     host::ensure_bpffs(&cfg.bpffs)?;
     let pin = host::classifier_pin(&cfg.bpffs, lan)?;
+    if cfg.lan_vlans == crate::ebpf::VlanMode::Untag {
+        let mut egress = pin.clone().into_os_string();
+        egress.push("-vlan-egress");
+        classifier.attach_vlan_egress(lan, Some(std::path::Path::new(&egress)))?;
+    }
+    classifier.set_vlan_mode(cfg.lan_vlans)?;
     let mode = classifier.attach_pinned(lan, attach_mode(cfg, lan), &pin)?;
     log::info!(
         "gateway `{}`: classifier attached to {lan} ({mode:?}), {queues} queue(s), {} bypass prefixes, {} VPN gateways, {} bypass domains, edge {}",

@@ -38,6 +38,45 @@ use crate::{
     },
 };
 
+/// How long a tunnel must stay up before a new outage gets a new
+/// captive-portal grace. A tunnel that drops again sooner (a flapping
+/// tunnel, or one a hostile network lets up now and then) keeps counting
+/// the grace from the first drop of the series: the grace cannot be
+/// restarted forever.
+pub(crate) const GRACE_REARM_AFTER_UP: Duration = Duration::from_secs(300);
+
+/// A tunnel's outages, for the captive-portal grace.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Outages {
+    /// What the grace counts from (`CLOCK_MONOTONIC` ns): the start of
+    /// the current outage series.
+    pub grace_from: Option<u64>,
+    /// When the tunnel last came up (`None` while down, or never up).
+    pub up_since: Option<u64>,
+}
+
+impl Outages {
+    /// The tunnel went down at `now`: returns what the grace counts from.
+    /// A new series (a new grace) starts only if the tunnel had been up
+    /// for at least [`GRACE_REARM_AFTER_UP`] (or never went down before).
+    pub(crate) fn down(&mut self, now: u64) -> u64 {
+        let rearm = u64::try_from(GRACE_REARM_AFTER_UP.as_nanos()).unwrap_or(u64::MAX);
+        let from = match (self.grace_from, self.up_since) {
+            (Some(from), Some(up)) if now.saturating_sub(up) < rearm => from,
+            (Some(from), None) => from,
+            _ => now,
+        };
+        self.grace_from = Some(from);
+        self.up_since = None;
+        from
+    }
+
+    /// The tunnel came up at `now`.
+    pub(crate) fn up(&mut self, now: u64) {
+        self.up_since = Some(now);
+    }
+}
+
 /// The policy in force, as the workers see it.
 #[derive(Debug)]
 pub(crate) struct Active {
@@ -115,6 +154,8 @@ struct Inner {
     network: Option<(NetworkState, SystemTime)>,
     /// Per tunnel: since when it has been down (`None`: up).
     down: Vec<Option<Instant>>,
+    /// Per tunnel: its outages, for the grace.
+    outages: Vec<Outages>,
     /// A tenant was switched at run time (kept across reloads).
     switched: bool,
 }
@@ -163,6 +204,7 @@ fn needs_restart(old: &GatewayConfig, new: &GatewayConfig) -> Option<&'static st
         || old.lan != new.lan
         || old.wan != new.wan
         || old.xdp_mode != new.xdp_mode
+        || old.lan_vlans != new.lan_vlans
         || old.queues != new.queues
         || old.rx_frames != new.rx_frames
         || old.cpus != new.cpus
@@ -175,7 +217,7 @@ fn needs_restart(old: &GatewayConfig, new: &GatewayConfig) -> Option<&'static st
     let dns = a.limits != b.limits || a.max_entries != b.max_entries || a.servers != b.servers;
     if gateway {
         Some(
-            "[gateway] changed (name, interfaces, xdp_mode, queues, rx_frames, cpus, metrics or bpffs): it takes a restart",
+            "[gateway] changed (name, interfaces, xdp_mode, lan_vlans, queues, rx_frames, cpus, metrics or bpffs): it takes a restart",
         )
     } else if detection {
         Some(
@@ -227,6 +269,7 @@ impl PolicyControl {
                 last_error: None,
                 network: None,
                 down: vec![None; n],
+                outages: vec![Outages::default(); n],
                 switched: false,
             }),
             path: cfg.path.clone(),
@@ -472,6 +515,9 @@ impl PolicyControl {
 
     /// Which tunnels are up on at least one worker (index: tenant);
     /// tunnels that went down or came back are told to the classifier.
+    /// A tunnel that goes down gets its captive-portal grace counted from
+    /// the start of its outage series ([`Outages::down`]): a new grace
+    /// only after [`GRACE_REARM_AFTER_UP`] up.
     pub(crate) fn tunnels_up(&self, up: &[bool]) {
         let mut inner = self.inner();
         for (t, &is_up) in up.iter().enumerate().take(inner.down.len()) {
@@ -479,9 +525,16 @@ impl PolicyControl {
             if was_down != is_up {
                 continue;
             }
-            let since = (!is_up).then(crate::sys::fanotify::monotonic_ns);
             let Ok(tenant) = u8::try_from(t) else {
                 continue;
+            };
+            let now = crate::sys::fanotify::monotonic_ns();
+            let mut outages = inner.outages[t];
+            let since = if is_up {
+                outages.up(now);
+                None
+            } else {
+                Some(outages.down(now))
             };
             if let Ok(mut c) = self.classifier.lock()
                 && let Err(e) = c.set_tunnel_down(tenant, since)
@@ -489,20 +542,39 @@ impl PolicyControl {
                 log::error!("tunnel {t}: {}", crate::ebpf::error_chain(&e));
                 continue;
             }
+            if let Some(from) = since
+                && from != now
+            {
+                log::warn!(
+                    "tunnel {t} down again {:?} after its outage began: its captive-portal grace is not restarted (it was up less than {GRACE_REARM_AFTER_UP:?})",
+                    Duration::from_nanos(now.saturating_sub(from))
+                );
+            }
+            inner.outages[t] = outages;
             inner.down[t] = (!is_up).then(Instant::now);
         }
     }
 
-    /// The runtime state `explain` uses.
+    /// The runtime state `explain` uses: how long each tunnel that is
+    /// down has been so for the grace (since its outage series began).
     fn runtime(&self) -> Runtime {
         let inner = self.inner();
+        let now = crate::sys::fanotify::monotonic_ns();
         Runtime {
             network: inner.network.map_or(NetworkState::OffTrusted, |(s, _)| s),
             down: inner
                 .down
                 .iter()
+                .zip(&inner.outages)
                 .enumerate()
-                .filter_map(|(t, d)| Some((u8::try_from(t).ok()?, (*d)?.elapsed())))
+                .filter_map(|(t, (d, o))| {
+                    d.as_ref()?;
+                    let from = o.grace_from?;
+                    Some((
+                        u8::try_from(t).ok()?,
+                        Duration::from_nanos(now.saturating_sub(from)),
+                    ))
+                })
                 .collect(),
         }
     }
@@ -555,11 +627,20 @@ impl PolicyControl {
                 );
             }
         }
-        for (t, d) in inner.down.iter().enumerate() {
+        let now = crate::sys::fanotify::monotonic_ns();
+        for (t, (d, o)) in inner.down.iter().zip(&inner.outages).enumerate() {
             let name = u8::try_from(t).map_or("?", |t| p.tenant_name(t));
-            let _ = match d {
-                Some(since) => writeln!(out, "tunnel {name}: down for {:?}", since.elapsed()),
-                None => writeln!(out, "tunnel {name}: up"),
+            let _ = match (d, o.grace_from) {
+                (Some(since), Some(from)) => writeln!(
+                    out,
+                    "tunnel {name}: down for {:?} (captive-portal grace counted from {:?} ago)",
+                    since.elapsed(),
+                    Duration::from_nanos(now.saturating_sub(from))
+                ),
+                (Some(since), None) => {
+                    writeln!(out, "tunnel {name}: down for {:?}", since.elapsed())
+                }
+                (None, _) => writeln!(out, "tunnel {name}: up"),
             };
         }
         if let Some(r) = &inner.last {
@@ -660,4 +741,46 @@ fn parse_flow(query: &str) -> Result<Flow, String> {
         return Err("src and dst are required".into());
     }
     Ok(f)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: u64 = 1_000_000_000;
+
+    #[test]
+    fn a_flapping_tunnel_does_not_restart_its_grace() {
+        let rearm = GRACE_REARM_AFTER_UP.as_secs() * S;
+        let mut o = Outages::default();
+        // First outage at 100 s: the grace counts from there.
+        assert_eq!(o.down(100 * S), 100 * S);
+        // Up at 130 s, down again at 160 s, 250 s, ...: every drop within
+        // the re-arm time of coming up keeps the first drop's time.
+        let mut t = 130 * S;
+        for _ in 0..20 {
+            o.up(t);
+            t += 30 * S;
+            assert_eq!(o.down(t), 100 * S, "drop at {} s", t / S);
+            t += 60 * S;
+        }
+        // A repeated "down" while down changes nothing.
+        assert_eq!(o.down(t), 100 * S);
+        // Up for the whole re-arm time: the next outage is a new one.
+        o.up(t);
+        let later = t + rearm;
+        assert_eq!(o.down(later), later);
+        // One nanosecond short of it is not enough.
+        o.up(later + S);
+        assert_eq!(o.down(later + S + rearm - 1), later);
+    }
+
+    #[test]
+    fn the_first_outage_starts_a_grace() {
+        let mut o = Outages::default();
+        assert_eq!(o.down(5), 5);
+        let mut never_down = Outages::default();
+        never_down.up(7);
+        assert_eq!(never_down.down(9), 9);
+    }
 }

@@ -51,6 +51,9 @@ worker_stats! {
     drop_too_large: "counter", "sluice_gateway_drop_too_large_total", "Packets dropped as too large for the tunnel.";
     /// Dropped: no MAC known for the LAN destination of a reply.
     drop_no_neighbor: "counter", "sluice_gateway_drop_no_neighbor_total", "Replies dropped because the LAN host's MAC was unknown.";
+    /// Requests to the kernel to resolve a LAN address a reply had no
+    /// neighbour for.
+    neighbor_resolutions: "counter", "sluice_gateway_neighbor_resolutions_total", "Requests to the kernel to resolve a LAN host's address that a reply found no neighbour entry for (at most one a second per address).";
     /// Dropped: no free TX frame.
     drop_tx_full: "counter", "sluice_gateway_drop_tx_full_total", "Replies dropped because the AF_XDP TX ring was full.";
     /// Tunnel connections established.

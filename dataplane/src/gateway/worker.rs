@@ -14,8 +14,10 @@
 //!
 //! Per iteration: drain a batch from the RX ring, frame every packet into
 //! its tunnel's session (coalesced into few TLS records), flush; read what
-//! the edges sent, give each packet an Ethernet header for its LAN host and
-//! submit them to the TX ring as one batch. While a tunnel is down every
+//! the edges sent, give each packet an Ethernet header for its LAN host
+//! (the MAC from the kernel's neighbour table, the VLAN tags the host's
+//! frames came with: [`super::neighbor`]) and submit them to the TX ring as
+//! one batch. While a tunnel is down every
 //! frame for it is dropped and counted: traffic that must be tunnelled
 //! never leaves directly.
 use std::{
@@ -34,12 +36,16 @@ use rustls::pki_types::ServerName;
 
 use super::{
     domains::DomainBypass,
-    neighbor::Neighbors,
+    neighbor::{Neighbors, Source},
     policy::{Active, Published},
     stats::{TENANTS, TenantStats, WorkerStats},
 };
 use crate::{
-    sys::{tun::Tun, xsk::XskSocket},
+    sys::{
+        neigh::{NeighEvent, NeighSocket, NextHop, RouteQuery},
+        tun::Tun,
+        xsk::XskSocket,
+    },
     tunnel::{SendError, Session, SessionConfig},
     wire::{
         ethernet::{self, Mac},
@@ -50,6 +56,12 @@ use crate::{
 const XSK: Token = Token(0);
 /// Tunnel `t`'s socket is `Token(FIRST_TUNNEL + t)`.
 const FIRST_TUNNEL: usize = 1;
+/// The neighbour-table socket (after the tunnels' tokens).
+const NEIGH: Token = Token(64);
+/// How long the start-up dump of the kernel's tables may take.
+const NEIGH_DUMP_TIMEOUT: Duration = Duration::from_secs(5);
+/// Netlink reads per batch (each holds many messages).
+const NEIGH_READS: usize = 16;
 /// Frames taken from the RX ring per batch.
 const RX_BATCH: usize = 64;
 /// Frames reserved on the TX ring per batch.
@@ -89,8 +101,9 @@ enum Link {
 )]
 pub(super) enum Port {
     /// An `AF_XDP` socket on an Ethernet interface (the LAN): frames in
-    /// batches from the RX ring; replies get the LAN host's MAC, learnt
-    /// from its frames.
+    /// batches from the RX ring; replies get the LAN host's MAC from the
+    /// kernel's neighbour table and its VLAN tags (on the endpoint's veth:
+    /// the MAC learnt from the frames).
     Xsk {
         /// The socket.
         xsk: XskSocket,
@@ -109,12 +122,13 @@ pub(super) enum Port {
 }
 
 impl Port {
-    /// An `AF_XDP` port.
+    /// An `AF_XDP` port. [`Worker::new`] makes a LAN port's neighbour
+    /// cache follow the kernel's table.
     pub(super) fn xsk(xsk: XskSocket, mac: Mac) -> Self {
         Self::Xsk {
             xsk,
             mac,
-            neighbors: Neighbors::new(4096),
+            neighbors: Neighbors::new(NEIGHBORS, Source::Frames),
         }
     }
 
@@ -140,6 +154,9 @@ struct Tunnel {
     link: Link,
     backoff: Duration,
 }
+
+/// LAN hosts a worker's neighbour cache holds.
+const NEIGHBORS: usize = 16_384;
 
 /// How a worker learns which tunnel a packet takes.
 pub(super) enum Route {
@@ -167,6 +184,11 @@ pub(super) struct Worker {
     tally: Tally,
     /// When the `AF_XDP` socket's kernel counters are read next.
     next_xsk_stats: Instant,
+    /// The kernel's neighbour table (LAN ports), and whether it has news.
+    neigh: Option<NeighSocket>,
+    neigh_ready: bool,
+    /// Next-hop questions for LAN hosts behind a router (LAN ports).
+    routes: Option<RouteQuery>,
 }
 
 impl std::fmt::Debug for Worker {
@@ -192,6 +214,7 @@ struct Tally {
     drop_no_neighbor: u64,
     drop_tx_full: u64,
     drop_no_verdict: u64,
+    neighbor_resolutions: u64,
     tenant_tx: [u64; TENANTS],
     tenant_rx: [u64; TENANTS],
 }
@@ -216,6 +239,7 @@ impl Tally {
         add(&s.drop_no_neighbor, &mut self.drop_no_neighbor);
         add(&s.drop_tx_full, &mut self.drop_tx_full);
         add(&s.drop_no_verdict, &mut self.drop_no_verdict);
+        add(&s.neighbor_resolutions, &mut self.neighbor_resolutions);
         for t in 0..TENANTS {
             add(&ts.tx_packets[t], &mut self.tenant_tx[t]);
             add(&ts.rx_packets[t], &mut self.tenant_rx[t]);
@@ -238,6 +262,26 @@ impl Worker {
         let poll = Poll::new()?;
         poll.registry()
             .register(&mut SourceFd(&port.raw_fd()), XSK, Interest::READABLE)?;
+        let mut port = port;
+        let routes = match (&port, &route) {
+            (Port::Xsk { .. }, Route::Meta) => Some(RouteQuery::new()?),
+            _ => None,
+        };
+        let neigh = match (&mut port, &route) {
+            (Port::Xsk { xsk, neighbors, .. }, Route::Meta) => {
+                let mut n = Neighbors::new(NEIGHBORS, Source::Kernel(xsk.ifindex()));
+                let mut sock = NeighSocket::new()?;
+                sock.dump(NEIGH_DUMP_TIMEOUT, &mut |e| n.apply(e))?;
+                poll.registry().register(
+                    &mut SourceFd(&sock.as_raw_fd()),
+                    NEIGH,
+                    Interest::READABLE,
+                )?;
+                *neighbors = n;
+                Some(sock)
+            }
+            _ => None,
+        };
         let now = Instant::now();
         Ok(Self {
             queue,
@@ -259,7 +303,76 @@ impl Worker {
             poll,
             tally: Tally::default(),
             next_xsk_stats: Instant::now(),
+            neigh,
+            neigh_ready: true,
+            routes,
         })
+    }
+
+    /// The next hop towards `ip`, from the kernel (a route query).
+    fn next_hop(routes: &mut Option<RouteQuery>, ip: std::net::IpAddr) -> Option<NextHop> {
+        let r = routes.as_mut()?;
+        match r.next_hop(ip) {
+            Ok(hop) => hop,
+            Err(e) => {
+                log::debug!("route query for {ip}: {e}");
+                None
+            }
+        }
+    }
+
+    /// Applies the kernel's neighbour changes that arrived (LAN ports),
+    /// between batches; after an overrun, dumps the tables again.
+    fn sync_neighbors(&mut self) {
+        let (Some(sock), Port::Xsk { neighbors, .. }) = (&mut self.neigh, &mut self.port) else {
+            return;
+        };
+        if !self.neigh_ready {
+            return;
+        }
+        let mut overrun = false;
+        match sock.recv(NEIGH_READS, &mut |e| {
+            if e == NeighEvent::Overrun {
+                overrun = true;
+            }
+            neighbors.apply(e);
+        }) {
+            // Read until empty: wait for the next readiness event.
+            Ok(false) => self.neigh_ready = false,
+            Ok(true) => {}
+            Err(e) => {
+                log::warn!("queue {}: neighbour table: {e}", self.queue);
+                self.neigh_ready = false;
+            }
+        }
+        if overrun {
+            log::warn!(
+                "queue {}: neighbour table changes were lost; reading the table again",
+                self.queue
+            );
+            neighbors.clear_kernel();
+            if let Err(e) = sock.dump(NEIGH_DUMP_TIMEOUT, &mut |e| neighbors.apply(e)) {
+                log::warn!("queue {}: neighbour table dump: {e}", self.queue);
+            }
+            self.neigh_ready = true;
+        }
+    }
+
+    /// Asks the kernel to resolve the LAN addresses replies found no
+    /// neighbour for (at most once a second each).
+    fn send_resolutions(&mut self) {
+        let (Some(sock), Port::Xsk { neighbors, .. }) = (&mut self.neigh, &mut self.port) else {
+            return;
+        };
+        let Source::Kernel(lan) = neighbors.source() else {
+            return;
+        };
+        for ip in neighbors.take_resolutions() {
+            self.tally.neighbor_resolutions += 1;
+            if let Err(e) = sock.resolve(lan, ip) {
+                log::debug!("queue {}: resolving {ip}: {e}", self.queue);
+            }
+        }
     }
 
     /// Runs until `stop` is set; closes the tunnels cleanly on the way out.
@@ -286,6 +399,7 @@ impl Worker {
             for ev in &events {
                 match ev.token() {
                     XSK => rx_more = true,
+                    NEIGH => self.neigh_ready = true,
                     Token(n) if n >= FIRST_TUNNEL && n - FIRST_TUNNEL < TENANTS => {
                         if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
                             tcp_more |= 1 << (n - FIRST_TUNNEL);
@@ -460,6 +574,18 @@ impl Worker {
     /// Moves one batch from the port into the tunnels. Returns true if the
     /// batch was full (more may be waiting).
     fn lan_to_tunnel(&mut self) -> bool {
+        self.sync_neighbors();
+        let more = self.lan_batch();
+        // Hosts the kernel did not know yet are resolved now, before their
+        // replies come back.
+        self.send_resolutions();
+        more
+    }
+
+    /// [`Worker::lan_to_tunnel`]'s batch.
+    fn lan_batch(&mut self) -> bool {
+        let now = Instant::now();
+        let routes = &mut self.routes;
         let t = &mut self.tally;
         let ntun = self.tunnels.len();
         let tunnels = &mut self.tunnels;
@@ -513,7 +639,7 @@ impl Worker {
                         t.drop_malformed += 1;
                         continue;
                     };
-                    let Ok((_, off)) = eth.payload_offset() else {
+                    let Ok((tags, _, off)) = eth.tags() else {
                         t.drop_malformed += 1;
                         continue;
                     };
@@ -521,7 +647,12 @@ impl Worker {
                         t.drop_malformed += 1;
                         continue;
                     };
-                    neighbors.learn(pkt.src(), eth.src());
+                    // Only the VLAN, and only from the MAC the kernel has
+                    // for this address (LAN); the MAC itself on the
+                    // endpoint's veth.
+                    neighbors.observe(pkt.src(), eth.src(), tags, now, &mut |ip| {
+                        Self::next_hop(routes, ip)
+                    });
                     let tunnel = match &active {
                         Some(a) => Self::lookup_tunnel(a, &pkt),
                         None => meta,
@@ -567,6 +698,7 @@ impl Worker {
     /// Reads from tunnel `i` and transmits its packets to the LAN. Returns
     /// true if the read stopped at its budget.
     fn tunnel_to_lan(&mut self, i: usize, now: Instant) -> bool {
+        self.sync_neighbors();
         let edge = self.tunnels[i].params.edge;
         let Link::Up { sock, sess } = &mut self.tunnels[i].link else {
             return false;
@@ -575,6 +707,7 @@ impl Worker {
         let res = sess.handle_read(sock, now);
         let t = &mut self.tally;
         let domains = self.domains.as_deref();
+        let routes = &mut self.routes;
         match &mut self.port {
             Port::Xsk {
                 xsk,
@@ -588,7 +721,8 @@ impl Worker {
                         t.drop_malformed += 1;
                         continue;
                     };
-                    let Some(dst_mac) = neighbors.lookup(pkt.dst()) else {
+                    let hop = &mut |ip| Self::next_hop(routes, ip);
+                    let Some((dst_mac, tags)) = neighbors.lookup(pkt.dst(), now, hop) else {
                         t.drop_no_neighbor += 1;
                         continue;
                     };
@@ -597,7 +731,8 @@ impl Worker {
                         d.on_tunnel_packet(&pkt);
                     }
                     let bytes = pkt.as_bytes();
-                    let len = ethernet::HEADER_LEN + bytes.len();
+                    let header = tags.header_len();
+                    let len = header + bytes.len();
                     if tx.is_full() {
                         if let Err(e) = tx.commit() {
                             log::debug!("queue {}: TX wakeup: {e}", self.queue);
@@ -619,9 +754,9 @@ impl Worker {
                         ethernet::ETHERTYPE_IPV4
                     };
                     if let Ok(mut eth) = ethernet::Frame::new_checked(&mut buf[..len]) {
-                        eth.emit_header(dst_mac, *mac, ethertype);
+                        let _ = eth.emit_tagged_header(dst_mac, *mac, tags, ethertype);
                     }
-                    buf[ethernet::HEADER_LEN..len].copy_from_slice(bytes);
+                    buf[header..len].copy_from_slice(bytes);
                     frame.send(len);
                     t.rx_packets += 1;
                     t.rx_bytes += bytes.len() as u64;
@@ -652,24 +787,36 @@ impl Worker {
                 }
             }
         }
-        // HELLO is handled inside poll_packet.
-        if !was_established && sess.is_established() {
-            log::info!(
-                "queue {}: tunnel {i} to {edge} up (edge `{}`)",
-                self.queue,
-                sess.peer_name()
-            );
-            if i == 0 {
-                self.stats.tunnel_up.store(1, Relaxed);
-            }
-            self.tenant_stats.up[i].store(1, Relaxed);
-            self.stats.tunnel_connects.fetch_add(1, Relaxed);
-            self.tunnels[i].backoff = BACKOFF_MIN;
+        self.send_resolutions();
+        if !was_established {
+            self.note_established(i, edge);
         }
         match res {
             Ok(o) => o.more,
             Err(_) => false,
         }
+    }
+
+    /// Tunnel `i`'s session became established in this read (HELLO is
+    /// handled inside `poll_packet`): logged and counted.
+    fn note_established(&mut self, i: usize, edge: SocketAddr) {
+        let Link::Up { sess, .. } = &self.tunnels[i].link else {
+            return;
+        };
+        if !sess.is_established() {
+            return;
+        }
+        log::info!(
+            "queue {}: tunnel {i} to {edge} up (edge `{}`)",
+            self.queue,
+            sess.peer_name()
+        );
+        if i == 0 {
+            self.stats.tunnel_up.store(1, Relaxed);
+        }
+        self.tenant_stats.up[i].store(1, Relaxed);
+        self.stats.tunnel_connects.fetch_add(1, Relaxed);
+        self.tunnels[i].backoff = BACKOFF_MIN;
     }
 
     /// Writes tunnel `i`'s pending TLS records to its edge.

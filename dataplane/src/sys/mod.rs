@@ -14,16 +14,22 @@
 //! - [`rtnl`]: link, address and route change notifications (rtnetlink),
 //!   which trigger trusted-network re-evaluation.
 //! - [`rlimit`]: the descriptor limit (the edge raises it at start).
+//! - [`neigh`]: the kernel's neighbour (ARP/ND) table over rtnetlink,
+//!   which the gateway's workers take LAN hosts' MACs from.
+//! - [`bpf_mmap`]: a BPF array map's words mapped into the process (the
+//!   classifier's policy state word, stored atomically).
 //!
 //! Everything else in the crate is `#![deny(unsafe_code)]` and uses these
 //! safe wrappers.
 #![allow(unsafe_code)]
 
+pub mod bpf_mmap;
 pub mod cpu;
 pub mod ethtool;
 pub mod fanotify;
 pub mod mem;
 pub mod rlimit;
+pub mod neigh;
 pub mod rtnl;
 pub mod sock_diag;
 pub mod tun;

@@ -1,6 +1,7 @@
-//! Ethernet II frame view (no VLAN handling: the XDP classifier has already
-//! dealt with tags; `AF_XDP` frames reaching the tunneler are plain or tagged,
-//! see [`Frame::payload_offset`]).
+//! Ethernet II frame view, with up to two VLAN tags (802.1Q, 802.1ad):
+//! `AF_XDP` frames reaching the tunneler are plain or tagged (see
+//! [`Frame::tags`]), and replies to a host on a VLAN leave tagged
+//! ([`Frame::emit_tagged_header`]).
 
 use super::WireError;
 
@@ -33,6 +34,58 @@ pub fn mac_to_string(m: &Mac) -> String {
         "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
         m[0], m[1], m[2], m[3], m[4], m[5]
     )
+}
+
+/// The VLAN tags of a frame, outer first (at most two, as the
+/// classifier walks).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Tags {
+    n: u8,
+    tpid: [u16; 2],
+    tci: [u16; 2],
+}
+
+impl Tags {
+    /// No tag.
+    pub const NONE: Tags = Tags {
+        n: 0,
+        tpid: [0; 2],
+        tci: [0; 2],
+    };
+
+    /// One 802.1Q tag of VLAN `vid` (priority 0).
+    pub const fn dot1q(vid: u16) -> Tags {
+        Tags {
+            n: 1,
+            tpid: [ETHERTYPE_VLAN, 0],
+            tci: [vid & 0x0fff, 0],
+        }
+    }
+
+    /// How many tags.
+    pub const fn len(&self) -> usize {
+        self.n as usize
+    }
+
+    /// No tags.
+    pub const fn is_empty(&self) -> bool {
+        self.n == 0
+    }
+
+    /// `(TPID, TCI)` of tag `i` (0 the outer).
+    pub fn get(&self, i: usize) -> Option<(u16, u16)> {
+        (i < self.len()).then(|| (self.tpid[i], self.tci[i]))
+    }
+
+    /// The outer tag's VLAN id.
+    pub fn vid(&self) -> Option<u16> {
+        self.get(0).map(|(_, tci)| tci & 0x0fff)
+    }
+
+    /// The length of an Ethernet header with these tags.
+    pub const fn header_len(&self) -> usize {
+        field::HEADER_LEN + field::VLAN_TAG_LEN * self.n as usize
+    }
 }
 
 /// A view over an Ethernet II frame.
@@ -75,10 +128,17 @@ impl<T: AsRef<[u8]>> Frame<T> {
     /// Skips up to two VLAN tags and returns `(inner ethertype, offset of
     /// the payload)`.
     pub fn payload_offset(&self) -> Result<(u16, usize), WireError> {
+        self.tags().map(|(_, ethertype, off)| (ethertype, off))
+    }
+
+    /// The VLAN tags (up to two), the inner ethertype and the payload's
+    /// offset.
+    pub fn tags(&self) -> Result<(Tags, u16, usize), WireError> {
         let b = self.buf.as_ref();
         let mut ethertype = self.ethertype();
         let mut off = field::HEADER_LEN;
-        for _ in 0..2 {
+        let mut tags = Tags::NONE;
+        for i in 0..2 {
             if ethertype != ETHERTYPE_VLAN && ethertype != ETHERTYPE_QINQ {
                 break;
             }
@@ -89,13 +149,16 @@ impl<T: AsRef<[u8]>> Frame<T> {
                     have: b.len(),
                 });
             }
+            tags.tpid[i] = ethertype;
+            tags.tci[i] = u16::from_be_bytes([b[off], b[off + 1]]);
+            tags.n += 1;
             ethertype = u16::from_be_bytes([b[off + 2], b[off + 3]]);
             off = need;
         }
         if ethertype == ETHERTYPE_VLAN || ethertype == ETHERTYPE_QINQ {
             return Err(WireError::Malformed("more than two VLAN tags"));
         }
-        Ok((ethertype, off))
+        Ok((tags, ethertype, off))
     }
 
     /// The whole buffer.
@@ -111,6 +174,36 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Frame<T> {
         b[field::DST].copy_from_slice(&dst);
         b[field::SRC].copy_from_slice(&src);
         b[field::ETHERTYPE].copy_from_slice(&ethertype.to_be_bytes());
+    }
+
+    /// Writes a header with `tags` (outer first) in front of `ethertype`;
+    /// returns its length ([`Tags::header_len`]). The buffer must hold at
+    /// least that many bytes.
+    pub fn emit_tagged_header(
+        &mut self,
+        dst: Mac,
+        src: Mac,
+        tags: Tags,
+        ethertype: u16,
+    ) -> Result<usize, WireError> {
+        let b = self.buf.as_mut();
+        let len = tags.header_len();
+        if b.len() < len {
+            return Err(WireError::Truncated {
+                need: len,
+                have: b.len(),
+            });
+        }
+        b[field::DST].copy_from_slice(&dst);
+        b[field::SRC].copy_from_slice(&src);
+        let mut off = 12;
+        for i in 0..tags.len() {
+            b[off..off + 2].copy_from_slice(&tags.tpid[i].to_be_bytes());
+            b[off + 2..off + 4].copy_from_slice(&tags.tci[i].to_be_bytes());
+            off += field::VLAN_TAG_LEN;
+        }
+        b[off..off + 2].copy_from_slice(&ethertype.to_be_bytes());
+        Ok(len)
     }
 }
 
@@ -148,6 +241,57 @@ mod tests {
         triple[20..22].copy_from_slice(&[0x81, 0x00]);
         let f = Frame::new_checked(&triple[..]).unwrap();
         assert!(matches!(f.payload_offset(), Err(WireError::Malformed(_))));
+    }
+
+    #[test]
+    fn reads_and_writes_tags() {
+        let f = Frame::new_checked(&TAGGED_BYTES[..]).unwrap();
+        let (tags, ethertype, off) = f.tags().unwrap();
+        assert_eq!(
+            (tags, ethertype, off),
+            (Tags::dot1q(10), ETHERTYPE_IPV4, 18)
+        );
+        assert_eq!(tags.vid(), Some(10));
+        // Written back: the same bytes.
+        let mut buf = [0u8; 18];
+        let n = Frame::new_checked(&mut buf[..])
+            .unwrap()
+            .emit_tagged_header([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2], tags, ETHERTYPE_IPV4)
+            .unwrap();
+        assert_eq!((n, &buf[..]), (18, &TAGGED_BYTES[..18]));
+        // Two tags round-trip; untagged is the plain header.
+        let mut qinq = [0u8; 30];
+        qinq[12..14].copy_from_slice(&[0x88, 0xa8]);
+        qinq[14..16].copy_from_slice(&[0x00, 0x64]);
+        qinq[16..18].copy_from_slice(&[0x81, 0x00]);
+        qinq[18..20].copy_from_slice(&[0x20, 0x0a]);
+        qinq[20..22].copy_from_slice(&[0x86, 0xdd]);
+        let (t2, e2, o2) = Frame::new_checked(&qinq[..]).unwrap().tags().unwrap();
+        assert_eq!(
+            (t2.len(), e2, o2, t2.get(1)),
+            (2, ETHERTYPE_IPV6, 22, Some((0x8100, 0x200a)))
+        );
+        let mut out = [0u8; 22];
+        Frame::new_checked(&mut out[..])
+            .unwrap()
+            .emit_tagged_header([0; 6], [0; 6], t2, ETHERTYPE_IPV6)
+            .unwrap();
+        assert_eq!(&out[12..22], &qinq[12..22]);
+        let mut plain = [0u8; 14];
+        assert_eq!(
+            Frame::new_checked(&mut plain[..])
+                .unwrap()
+                .emit_tagged_header([1; 6], [2; 6], Tags::NONE, ETHERTYPE_IPV4),
+            Ok(14)
+        );
+        assert_eq!(&plain[12..], &[0x08, 0x00]);
+        let mut short = [0u8; 16];
+        assert!(
+            Frame::new_checked(&mut short[..])
+                .unwrap()
+                .emit_tagged_header([1; 6], [2; 6], Tags::dot1q(5), ETHERTYPE_IPV4)
+                .is_err()
+        );
     }
 
     #[test]

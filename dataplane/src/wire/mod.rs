@@ -1,6 +1,7 @@
 //! Zero-copy views over wire formats: the headers the hot path needs
 //! ([`ethernet`], [`ip`]), the tunnel's own framing ([`tunnel`]) and the
-//! Internet [`checksum`].
+//! Internet [`checksum`]; [`summary`] states the XDP classifier's header
+//! walk in user space (the differential fuzz target's reference).
 //!
 //! Each view wraps a borrowed buffer (`T: AsRef<[u8]>`), checks lengths once in
 //! `new_checked`, and after that no accessor panics. Setters live in the
@@ -10,6 +11,7 @@
 pub mod checksum;
 pub mod ethernet;
 pub mod ip;
+pub mod summary;
 pub mod tunnel;
 
 /// A buffer was shorter than the header it must hold, or a length field

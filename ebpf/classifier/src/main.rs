@@ -13,7 +13,11 @@
 //!   its extension headers) into a small [`parse::Frame`] summary;
 //! - [`verdict`]: the ordered policy that turns a summary into a verdict,
 //!   with the map lookups it needs;
-//! - [`maps`]: the maps shared with user space and the counter helper.
+//! - [`maps`]: the maps shared with user space and the counter helper;
+//! - [`vlan`]: untag mode (tags removed before the kernel, put back on
+//!   its frames by a tc egress program);
+//! - [`probe`]: the header walk alone, for the differential fuzz target;
+//! - [`lab`]: programs for the namespace lab only (a host on a VLAN).
 //!
 //! This program must not allocate, loop without a constant bound, or keep
 //! state beyond its maps. Every packet increments exactly one verdict
@@ -22,13 +26,19 @@
 #![cfg_attr(target_arch = "bpf", no_main)]
 
 #[cfg(target_arch = "bpf")]
+mod lab;
+#[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]
 mod parse;
 #[cfg(target_arch = "bpf")]
+mod probe;
+#[cfg(target_arch = "bpf")]
 mod sock;
 #[cfg(target_arch = "bpf")]
 mod verdict;
+#[cfg(target_arch = "bpf")]
+mod vlan;
 
 /// Host builds of this crate (e.g. `cargo check --workspace`) get an empty
 /// binary: the program only means something for `bpfel-unknown-none`.
@@ -39,14 +49,15 @@ fn main() {}
 mod program {
     use aya_ebpf::{
         bindings::xdp_action,
-        macros::{cgroup_sock, cgroup_sock_addr, tracepoint, xdp},
-        programs::{SockAddrContext, SockContext, TracePointContext, XdpContext},
+        macros::{cgroup_sock, cgroup_sock_addr, classifier, tracepoint, xdp},
+        programs::{SockAddrContext, SockContext, TcContext, TracePointContext, XdpContext},
     };
-    use sluice_common::Counter;
+    use sluice_common::{Counter, VLAN_MODE_UNTAG, setting};
 
     use crate::{
-        maps, parse, sock,
+        lab, maps, parse, probe, sock,
         verdict::{self, Verdict},
+        vlan,
     };
 
     /// The kernel only lets GPL-compatible programs call GPL-only helpers;
@@ -73,6 +84,34 @@ mod program {
     #[xdp]
     pub fn noop(_ctx: XdpContext) -> u32 {
         xdp_action::XDP_PASS
+    }
+
+    /// Untag mode: tags the kernel's frames to LAN hosts on a VLAN
+    /// ([`sluice_common::VLAN_EGRESS_PROGRAM`], tc egress of the LAN).
+    #[classifier]
+    pub fn vlan_egress(ctx: TcContext) -> i32 {
+        vlan::egress(&ctx)
+    }
+
+    /// The header walk alone, for the differential fuzz target
+    /// ([`sluice_common::PARSE_PROBE_PROGRAM`]).
+    #[xdp]
+    pub fn parse_probe(ctx: XdpContext) -> u32 {
+        probe::run(&ctx);
+        xdp_action::XDP_PASS
+    }
+
+    /// Lab only: tags a lab host's frames ([`sluice_common::LAB_VLAN_PUSH_PROGRAM`]).
+    #[classifier]
+    pub fn lab_vlan_push(ctx: TcContext) -> i32 {
+        lab::push(&ctx)
+    }
+
+    /// Lab only: untags a lab host's VLAN, drops the rest
+    /// ([`sluice_common::LAB_VLAN_POP_PROGRAM`]).
+    #[classifier]
+    pub fn lab_vlan_pop(ctx: TcContext) -> i32 {
+        lab::pop(&ctx)
     }
 
     /// Endpoint mode: marks the sockets of bypassed processes
@@ -137,6 +176,19 @@ mod program {
         let frame = parse::parse(ctx)?;
         Ok(match verdict::decide(&frame) {
             Verdict::Pass(counter) => {
+                if vlan::wants_untag(&frame) && maps::setting(setting::VLAN_MODE) == VLAN_MODE_UNTAG
+                {
+                    if !vlan::untag(ctx, &frame) {
+                        maps::count(Counter::DropUntag);
+                        return Ok(xdp_action::XDP_DROP);
+                    }
+                    maps::count(Counter::PassUntagged);
+                } else if frame.vlan_tags == 0
+                    && (counter == Counter::PassArp || counter == Counter::PassNeighbor)
+                    && maps::setting(setting::VLAN_MODE) == VLAN_MODE_UNTAG
+                {
+                    vlan::forget(ctx, &frame);
+                }
                 maps::count(counter);
                 xdp_action::XDP_PASS
             }

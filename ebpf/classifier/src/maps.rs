@@ -9,17 +9,18 @@
 //!
 //! Nothing here parses packets or decides verdicts.
 use aya_ebpf::{
-    bindings::{BPF_F_NO_PREALLOC, xdp_action},
+    bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, xdp_action},
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, XskMap, lpm_trie::Key},
     programs::XdpContext,
 };
 use sluice_common::{
     BYPASS_MAX_ENTRIES, BypassEntry, Counter, DestEntry, DnsEntry, DnsKey, ExecGrant,
-    FLOWS_MAX_ENTRIES, FlowEntry, Ipv4Key, Ipv6Key, LOCAL_MAX_ENTRIES, MAX_QUEUES,
-    PENDING_MAX_ENTRIES, POLICY_DNS_MAX_ENTRIES, POLICY_DST_MAX_ENTRIES, POLICY_SRC_MAX_ENTRIES,
-    PROCESSES_MAX_ENTRIES, PolicyKeyV4, PolicyKeyV6, PolicyState, ProcessEntry, ProfileEntry,
-    SockConfig, SockCounter,
+    FLOWS_MAX_ENTRIES, FRAG_TIMEOUT_NS, FRAGS_MAX_ENTRIES, FlowEntry, FragEntry, FragKey, Ipv4Key,
+    Ipv6Key, LOCAL_MAX_ENTRIES, MAX_QUEUES, MacKey, PENDING_MAX_ENTRIES, POLICY_DNS_MAX_ENTRIES,
+    POLICY_DST_MAX_ENTRIES, POLICY_MAX_TENANTS, POLICY_SRC_MAX_ENTRIES, POLICY_STATE_ENTRIES,
+    PROCESSES_MAX_ENTRIES, ParseSummary, PolicyKeyV4, PolicyKeyV6, PolicyState, ProcessEntry,
+    ProfileEntry, SockConfig, SockCounter, VLAN_MAX_ENTRIES, setting, state_index,
 };
 
 /// IPv4 bypass prefixes ([`sluice_common::map_names::BYPASS_V4`]).
@@ -74,9 +75,38 @@ pub(crate) static FLOWS: LruHashMap<u64, FlowEntry> =
 static SOCK_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(SockCounter::COUNT, 0);
 
 /// The live policy slot and runtime state
-/// ([`sluice_common::map_names::POLICY_STATE`]).
+/// ([`sluice_common::map_names::POLICY_STATE`]): the state word, then one
+/// down time per tunnel. Memory-mapped by user space, which stores each
+/// word with one atomic store.
 #[map]
-static POLICY_STATE: Array<PolicyState> = Array::with_max_entries(1, 0);
+static POLICY_STATE: Array<u64> = Array::with_max_entries(POLICY_STATE_ENTRIES, BPF_F_MMAPABLE);
+
+/// The classifier's settings ([`sluice_common::map_names::SETTINGS`]).
+#[map]
+static SETTINGS: Array<u64> = Array::with_max_entries(setting::COUNT, 0);
+
+/// Fragmented datagrams in flight ([`sluice_common::map_names::FRAGS`]).
+#[map]
+static FRAGS: LruHashMap<FragKey, FragEntry> = LruHashMap::with_max_entries(FRAGS_MAX_ENTRIES, 0);
+
+/// Untag mode: hosts' VLAN by MAC ([`sluice_common::map_names::VLAN_HOSTS`]).
+#[map]
+pub(crate) static VLAN_HOSTS: LruHashMap<MacKey, u32> =
+    LruHashMap::with_max_entries(VLAN_MAX_ENTRIES, 0);
+
+/// Untag mode: hosts' VLAN by address
+/// ([`sluice_common::map_names::VLAN_ADDRS`]).
+#[map]
+pub(crate) static VLAN_ADDRS: LruHashMap<[u8; 16], u32> =
+    LruHashMap::with_max_entries(VLAN_MAX_ENTRIES, 0);
+
+/// The parse probe's output ([`sluice_common::map_names::PARSE_PROBE`]).
+#[map]
+pub(crate) static PARSE_PROBE: Array<ParseSummary> = Array::with_max_entries(1, 0);
+
+/// The lab VLAN host's VLAN ([`sluice_common::map_names::LAB_VLAN`]).
+#[map]
+pub(crate) static LAB_VLAN: Array<u32> = Array::with_max_entries(1, 0);
 
 /// Source prefix → profile ([`sluice_common::map_names::POLICY_SRC_V4`]).
 #[map]
@@ -106,10 +136,61 @@ static POLICY_DST_V6: LpmTrie<PolicyKeyV6, DestEntry> =
 static POLICY_DNS: HashMap<DnsKey, DnsEntry> =
     HashMap::with_max_entries(POLICY_DNS_MAX_ENTRIES, BPF_F_NO_PREALLOC);
 
-/// A copy of the policy state (read once per frame).
+/// The policy state: its word loaded once, with one 8-byte load (user
+/// space stores it atomically, so the slot, flags and generation seen
+/// belong together).
 #[inline(always)]
-pub(crate) fn policy_state() -> Option<PolicyState> {
-    POLICY_STATE.get(0).copied()
+pub(crate) fn policy_state() -> PolicyState {
+    let w = match POLICY_STATE.get_ptr(state_index::WORD) {
+        // SAFETY: a valid, aligned pointer into the array map's value; a
+        // volatile read is one load of the whole word, never re-read.
+        Some(p) => unsafe { core::ptr::read_volatile(p) },
+        None => 0,
+    };
+    PolicyState::from_word(w)
+}
+
+/// Since when tunnel `t` has been down (0 if unknown: the caller reads it
+/// only when the state word says the tunnel is down).
+#[inline(always)]
+pub(crate) fn down_since(t: usize) -> u64 {
+    let i = state_index::DOWN_SINCE + (t as u32 & (POLICY_MAX_TENANTS - 1));
+    match POLICY_STATE.get_ptr(i) {
+        // SAFETY: as in `policy_state`.
+        Some(p) => unsafe { core::ptr::read_volatile(p) },
+        None => 0,
+    }
+}
+
+/// A setting ([`sluice_common::setting`]), 0 if unset.
+#[inline(always)]
+pub(crate) fn setting(index: u32) -> u64 {
+    SETTINGS.get(index).copied().unwrap_or(0)
+}
+
+/// How long a first fragment's verdict is followed.
+#[inline(always)]
+pub(crate) fn frag_timeout_ns() -> u64 {
+    match setting(setting::FRAG_TIMEOUT_NS) {
+        0 => FRAG_TIMEOUT_NS,
+        t => t,
+    }
+}
+
+/// The first fragment's verdict for `key`, if recorded.
+#[inline(always)]
+pub(crate) fn frag_entry(key: &FragKey) -> Option<FragEntry> {
+    // SAFETY: a hash-map lookup; the value is copied out at once.
+    unsafe { FRAGS.get(key).copied() }
+}
+
+/// Records a first fragment's verdict (replacing any older datagram's
+/// under the same key).
+#[inline(always)]
+pub(crate) fn set_frag_entry(key: &FragKey, entry: &FragEntry) {
+    // A full LRU map evicts its oldest entry; an error leaves the later
+    // fragments to the rule for an unknown first fragment.
+    let _ = FRAGS.insert(key, entry, 0);
 }
 
 /// The profile of an IPv4 source under `slot`.

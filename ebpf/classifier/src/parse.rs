@@ -15,13 +15,16 @@
 use core::mem;
 
 use aya_ebpf::programs::XdpContext;
-use sluice_common::{Counter, Ipv4Key, Ipv6Key, MAX_IPV6_EXT_HEADERS, MAX_VLAN_TAGS};
+use sluice_common::{
+    Counter, FRAG_FIRST, FRAG_LATER, FRAG_NONE, Ipv4Key, Ipv6Key, MAX_IPV6_EXT_HEADERS,
+    MAX_VLAN_TAGS,
+};
 
 const ETH_P_IPV4: u16 = 0x0800;
 const ETH_P_ARP: u16 = 0x0806;
 const ETH_P_IPV6: u16 = 0x86dd;
 /// IEEE 802.1Q customer tag.
-const ETH_P_8021Q: u16 = 0x8100;
+pub(crate) const ETH_P_8021Q: u16 = 0x8100;
 /// IEEE 802.1ad service tag (outer tag of QinQ).
 const ETH_P_8021AD: u16 = 0x88a8;
 
@@ -97,6 +100,18 @@ struct FragHdr {
     id: [u8; 4],
 }
 
+/// An Ethernet/IPv4 ARP message up to the sender's addresses.
+#[repr(C)]
+struct ArpHdr {
+    htype: [u8; 2],
+    ptype: [u8; 2],
+    hlen: u8,
+    plen: u8,
+    op: [u8; 2],
+    sha: [u8; 6],
+    spa: [u8; 4],
+}
+
 /// The start of an ICMPv6 message.
 #[repr(C)]
 struct Icmp6Hdr {
@@ -153,11 +168,29 @@ pub(crate) struct Frame {
     /// Destination port, host order (0: none, or not in this packet: a
     /// non-first fragment or a transport header cut short).
     pub(crate) dport: u16,
+    /// [`FRAG_NONE`], [`FRAG_FIRST`] or [`FRAG_LATER`].
+    pub(crate) frag: u8,
+    /// The fragment identification (0 unless a fragment).
+    pub(crate) frag_id: u32,
+    /// VLAN tags in front of the payload (0 to [`MAX_VLAN_TAGS`]).
+    pub(crate) vlan_tags: u8,
+    /// The outer tag is an 802.1Q (customer) tag.
+    pub(crate) vlan_8021q: bool,
+    /// The outer tag's TCI (0 without tags).
+    pub(crate) vlan_tci: u16,
+}
+
+/// The VLAN tags a frame had: how many, the outer TPID, the outer TCI.
+#[derive(Clone, Copy)]
+pub(crate) struct Tags {
+    count: u8,
+    outer_8021q: bool,
+    outer_tci: u16,
 }
 
 impl Frame {
     #[inline(always)]
-    fn other(kind: Kind, l2_multicast: bool) -> Self {
+    fn other(kind: Kind, l2_multicast: bool, tags: Tags) -> Self {
         Self {
             kind,
             l2_multicast,
@@ -169,6 +202,11 @@ impl Frame {
             proto: 0,
             sport: 0,
             dport: 0,
+            frag: FRAG_NONE,
+            frag_id: 0,
+            vlan_tags: tags.count,
+            vlan_8021q: tags.outer_8021q,
+            vlan_tci: tags.outer_tci,
         }
     }
 }
@@ -250,25 +288,54 @@ pub(crate) fn parse(ctx: &XdpContext) -> Result<Frame, Counter> {
     let l2_multicast = dst_mac0 & 1 != 0;
 
     let mut offset = ETH_HDR_LEN;
-    for _ in 0..MAX_VLAN_TAGS {
+    let mut tags = Tags {
+        count: 0,
+        outer_8021q: ether_type == ETH_P_8021Q,
+        outer_tci: 0,
+    };
+    for i in 0..MAX_VLAN_TAGS {
         if !is_vlan(ether_type) {
             break;
         }
         let tag: *const VlanHdr = ptr_at(ctx, offset)?;
         // SAFETY: bounds-checked by `ptr_at`, alignment 1.
-        ether_type = u16::from_be_bytes(unsafe { (*tag).ether_type });
+        let (tci, next) = unsafe { ((*tag).tci, (*tag).ether_type) };
+        if i == 0 {
+            tags.outer_tci = u16::from_be_bytes(tci);
+        }
+        ether_type = u16::from_be_bytes(next);
         offset += VLAN_HDR_LEN;
+        tags.count += 1;
     }
     if is_vlan(ether_type) {
         return Err(Counter::DropVlanDepth);
     }
+    if tags.count == 0 {
+        tags.outer_8021q = false;
+    }
 
     match ether_type {
-        ETH_P_ARP => Ok(Frame::other(Kind::Arp, l2_multicast)),
-        ETH_P_IPV4 => parse_ipv4(ctx, offset, l2_multicast),
-        ETH_P_IPV6 => parse_ipv6(ctx, offset, l2_multicast),
-        _ => Ok(Frame::other(Kind::NonIp, l2_multicast)),
+        ETH_P_ARP => Ok(parse_arp(ctx, offset, l2_multicast, tags)),
+        ETH_P_IPV4 => parse_ipv4(ctx, offset, l2_multicast, tags),
+        ETH_P_IPV6 => parse_ipv6(ctx, offset, l2_multicast, tags),
+        _ => Ok(Frame::other(Kind::NonIp, l2_multicast, tags)),
     }
+}
+
+/// ARP: passed whatever it holds; an Ethernet/IPv4 message's sender
+/// address is noted (untag mode learns the host's VLAN from it).
+#[inline(always)]
+fn parse_arp(ctx: &XdpContext, offset: usize, l2_multicast: bool, tags: Tags) -> Frame {
+    let mut f = Frame::other(Kind::Arp, l2_multicast, tags);
+    if let Ok(arp) = ptr_at::<ArpHdr>(ctx, offset) {
+        // SAFETY: bounds-checked by `ptr_at`, alignment 1.
+        let (ptype, hlen, plen, spa) =
+            unsafe { ((*arp).ptype, (*arp).hlen, (*arp).plen, (*arp).spa) };
+        if u16::from_be_bytes(ptype) == ETH_P_IPV4 && hlen == 6 && plen == 4 {
+            f.src_v4 = spa;
+        }
+    }
+    f
 }
 
 /// Checks the IPv4 header at `offset`: version 4, IHL at least 5 and
@@ -276,10 +343,15 @@ pub(crate) fn parse(ctx: &XdpContext) -> Result<Frame, Counter> {
 /// frame. A non-first fragment has no ports (the verdict then errs toward
 /// the tunnel, see [`crate::verdict`]).
 #[inline(always)]
-fn parse_ipv4(ctx: &XdpContext, offset: usize, l2_multicast: bool) -> Result<Frame, Counter> {
+fn parse_ipv4(
+    ctx: &XdpContext,
+    offset: usize,
+    l2_multicast: bool,
+    tags: Tags,
+) -> Result<Frame, Counter> {
     let ip: *const Ipv4Hdr = ptr_at(ctx, offset)?;
     // SAFETY: bounds-checked by `ptr_at`, alignment 1.
-    let (version_ihl, total_len, dst, src, proto, frag) = unsafe {
+    let (version_ihl, total_len, dst, src, proto, frag, id) = unsafe {
         (
             (*ip).version_ihl,
             usize::from(u16::from_be_bytes((*ip).total_len)),
@@ -287,6 +359,7 @@ fn parse_ipv4(ctx: &XdpContext, offset: usize, l2_multicast: bool) -> Result<Fra
             (*ip).src,
             (*ip).proto,
             u16::from_be_bytes((*ip).frag),
+            u16::from_be_bytes((*ip).id),
         )
     };
     if version_ihl >> 4 != 4 {
@@ -304,10 +377,19 @@ fn parse_ipv4(ctx: &XdpContext, offset: usize, l2_multicast: bool) -> Result<Fra
     if !fits(ctx, offset, total_len) {
         return Err(Counter::DropBadIpv4);
     }
-    let (sport, dport) = if frag & 0x1fff == 0 {
-        ports(ctx, proto, offset + header_len, offset + total_len)
+    // Offset (13 bits) and the more-fragments flag (0x2000).
+    let (frag_kind, (sport, dport)) = if frag & 0x1fff != 0 {
+        (FRAG_LATER, (0, 0))
     } else {
-        (0, 0)
+        let ports = ports(ctx, proto, offset + header_len, offset + total_len);
+        (
+            if frag & 0x2000 != 0 {
+                FRAG_FIRST
+            } else {
+                FRAG_NONE
+            },
+            ports,
+        )
     };
     Ok(Frame {
         kind: Kind::Ipv4,
@@ -320,6 +402,15 @@ fn parse_ipv4(ctx: &XdpContext, offset: usize, l2_multicast: bool) -> Result<Fra
         proto,
         sport,
         dport,
+        frag: frag_kind,
+        frag_id: if frag_kind == FRAG_NONE {
+            0
+        } else {
+            u32::from(id)
+        },
+        vlan_tags: tags.count,
+        vlan_8021q: tags.outer_8021q,
+        vlan_tci: tags.outer_tci,
     })
 }
 
@@ -327,7 +418,12 @@ fn parse_ipv4(ctx: &XdpContext, offset: usize, l2_multicast: bool) -> Result<Fra
 /// and walks its extension headers to find out whether it is neighbour
 /// discovery.
 #[inline(always)]
-fn parse_ipv6(ctx: &XdpContext, offset: usize, l2_multicast: bool) -> Result<Frame, Counter> {
+fn parse_ipv6(
+    ctx: &XdpContext,
+    offset: usize,
+    l2_multicast: bool,
+    tags: Tags,
+) -> Result<Frame, Counter> {
     let ip: *const Ipv6Hdr = ptr_at(ctx, offset)?;
     // SAFETY: bounds-checked by `ptr_at`, alignment 1.
     let (version, payload_len, next_header, dst, src) = unsafe {
@@ -351,7 +447,8 @@ fn parse_ipv6(ctx: &XdpContext, offset: usize, l2_multicast: bool) -> Result<Fra
     let packet_end = payload + payload_len;
 
     let mut l4 = (0, 0, 0);
-    let neighbor_discovery = match transport(ctx, payload, packet_end, next_header)? {
+    let (transport, frag) = transport(ctx, payload, packet_end, next_header)?;
+    let neighbor_discovery = match transport {
         Transport::Header {
             proto: IPPROTO_ICMPV6,
             offset,
@@ -390,7 +487,20 @@ fn parse_ipv6(ctx: &XdpContext, offset: usize, l2_multicast: bool) -> Result<Fra
         proto: l4.0,
         sport: l4.1,
         dport: l4.2,
+        frag: frag.kind,
+        frag_id: frag.id,
+        vlan_tags: tags.count,
+        vlan_8021q: tags.outer_8021q,
+        vlan_tci: tags.outer_tci,
     })
+}
+
+/// The fragment header met on the way, if any.
+#[derive(Clone, Copy)]
+struct Frag {
+    /// [`FRAG_NONE`], [`FRAG_FIRST`] or [`FRAG_LATER`].
+    kind: u8,
+    id: u32,
 }
 
 /// Where the IPv6 chain leads.
@@ -406,6 +516,10 @@ enum Transport {
 /// Walks at most [`MAX_IPV6_EXT_HEADERS`] extension headers starting at
 /// `offset` (the first one is `next_header`), within `packet_end`.
 ///
+/// Also returns the fragment header it met: a first fragment's chain goes
+/// on (its transport header follows), a later fragment's ends there; an
+/// atomic fragment (offset 0, no more) is no fragment.
+///
 /// Errors: a header cut by the end of the frame or packet is
 /// `DropTruncated`; a hop-by-hop header other than first (RFC 8200 4.1) or
 /// a chain longer than the limit is `DropExtHeaders`.
@@ -415,7 +529,11 @@ fn transport(
     mut offset: usize,
     packet_end: usize,
     mut next_header: u8,
-) -> Result<Transport, Counter> {
+) -> Result<(Transport, Frag), Counter> {
+    let mut frag = Frag {
+        kind: FRAG_NONE,
+        id: 0,
+    };
     for i in 0..MAX_IPV6_EXT_HEADERS {
         if !is_ext_header(next_header) {
             break;
@@ -424,12 +542,13 @@ fn transport(
             return Err(Counter::DropExtHeaders);
         }
         let header_len = if next_header == IPPROTO_FRAGMENT {
-            let frag: *const FragHdr = ptr_at(ctx, offset)?;
+            let frag_hdr: *const FragHdr = ptr_at(ctx, offset)?;
             // SAFETY: bounds-checked by `ptr_at`, alignment 1.
-            let (next, offset_flags) = unsafe {
+            let (next, offset_flags, id) = unsafe {
                 (
-                    (*frag).next_header,
-                    u16::from_be_bytes((*frag).offset_flags),
+                    (*frag_hdr).next_header,
+                    u16::from_be_bytes((*frag_hdr).offset_flags),
+                    u32::from_be_bytes((*frag_hdr).id),
                 )
             };
             if offset + FRAG_HDR_LEN > packet_end {
@@ -438,7 +557,17 @@ fn transport(
             if offset_flags >> 3 != 0 {
                 // A non-first fragment: what follows is the middle of the
                 // original payload, not a header.
-                return Ok(Transport::Fragment(next));
+                frag = Frag {
+                    kind: FRAG_LATER,
+                    id,
+                };
+                return Ok((Transport::Fragment(next), frag));
+            }
+            if offset_flags & 1 != 0 {
+                frag = Frag {
+                    kind: FRAG_FIRST,
+                    id,
+                };
             }
             next_header = next;
             FRAG_HDR_LEN
@@ -466,10 +595,13 @@ fn transport(
         return Err(Counter::DropExtHeaders);
     }
     if next_header == IPPROTO_NONE {
-        return Ok(Transport::None);
+        return Ok((Transport::None, frag));
     }
-    Ok(Transport::Header {
-        proto: next_header,
-        offset,
-    })
+    Ok((
+        Transport::Header {
+            proto: next_header,
+            offset,
+        },
+        frag,
+    ))
 }

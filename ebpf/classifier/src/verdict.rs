@@ -15,10 +15,23 @@
 //!    Before any policy is installed: in a bypass prefix → pass
 //!    ([`Counter::Bypass`]), anything else → tunnel.
 //!
+//! Fragments follow their first fragment. The policy's verdict may depend
+//! on ports, which only the first fragment of a datagram carries: the
+//! first fragment's verdict (pass, or tunnel with its metadata) is
+//! recorded under (source, destination, identification, protocol) in an
+//! LRU map, and a later fragment found there within the timeout takes it
+//! ([`Counter::FragFollowed`]). A later fragment whose first fragment is
+//! unknown (not seen, evicted, or older than the timeout) is classified
+//! without ports ([`Counter::FragUnknown`]): it goes direct only if its
+//! destination's own verdict and every port rule of its protocol are
+//! direct; any port rule that tunnels sends it to that tunnel. Nothing
+//! that a port rule tunnels can leave directly that way.
+//!
 //! No packet access here: only the parsed summary and map lookups.
 use sluice_common::{
-    ACTION_DIRECT, ACTION_TUNNEL, Counter, DestEntry, Ipv4Key, Ipv6Key, PROFILE_FAIL_OPEN,
-    PolicyState, ProfileEntry,
+    ACTION_DIRECT, ACTION_TUNNEL, Counter, DestEntry, FRAG_FIRST, FRAG_LATER, FRAG_PASS,
+    FRAG_TUNNEL, FragEntry, FragKey, Ipv4Key, Ipv6Key, PROFILE_FAIL_OPEN, PolicyState,
+    ProfileEntry,
 };
 
 use crate::{
@@ -94,46 +107,172 @@ fn is_special_v6(dst: &Ipv6Key) -> bool {
     dst[0] == 0xff || (dst[0] == 0xfe && dst[1] & 0xc0 == 0x80)
 }
 
-/// The policy for an IPv4 frame.
+/// The policy for an IPv4 frame, fragments following their first.
 #[inline(always)]
 fn policy_v4(frame: &Frame) -> Verdict {
-    let Some(state) = maps::policy_state().filter(|s| s.installed != 0) else {
+    let state = maps::policy_state();
+    if state.installed == 0 {
         return if maps::is_bypass_v4(&frame.dst_v4) {
             Verdict::Pass(Counter::Bypass)
         } else {
             TUNNEL_INTERNET
         };
-    };
+    }
+    if frame.frag == FRAG_LATER
+        && let Some(v) = followed(frame)
+    {
+        return v;
+    }
+    let v = policy_v4_ports(frame, &state);
+    if frame.frag == FRAG_FIRST {
+        record(frame, &v);
+    }
+    v
+}
+
+#[inline(always)]
+fn policy_v4_ports(frame: &Frame, state: &PolicyState) -> Verdict {
     let Some(profile) = maps::profile_v4(state.slot, &frame.src_v4) else {
-        return tunnel(&state, ACTION_TUNNEL, None);
+        return tunnel(state, ACTION_TUNNEL, None);
     };
     let Some(dest) = maps::dest_v4(profile.profile, &frame.dst_v4) else {
-        return tunnel(&state, ACTION_TUNNEL, Some(&profile));
+        return tunnel(state, ACTION_TUNNEL, Some(&profile));
     };
     let mut addr = [0u8; 16];
     addr[..4].copy_from_slice(&frame.dst_v4);
-    let action = policy_action(&state, &profile, dest, &addr, frame);
-    tunnel(&state, action, Some(&profile))
+    let action = policy_action(state, &profile, dest, &addr, frame);
+    tunnel(state, action, Some(&profile))
 }
 
-/// The policy for an IPv6 frame.
+/// The policy for an IPv6 frame, fragments following their first.
 #[inline(always)]
 fn policy_v6(frame: &Frame) -> Verdict {
-    let Some(state) = maps::policy_state().filter(|s| s.installed != 0) else {
+    let state = maps::policy_state();
+    if state.installed == 0 {
         return if maps::is_bypass_v6(&frame.dst_v6) {
             Verdict::Pass(Counter::Bypass)
         } else {
             TUNNEL_INTERNET
         };
-    };
+    }
+    if frame.frag == FRAG_LATER
+        && let Some(v) = followed(frame)
+    {
+        return v;
+    }
+    let v = policy_v6_ports(frame, &state);
+    if frame.frag == FRAG_FIRST {
+        record(frame, &v);
+    }
+    v
+}
+
+#[inline(always)]
+fn policy_v6_ports(frame: &Frame, state: &PolicyState) -> Verdict {
     let Some(profile) = maps::profile_v6(state.slot, &frame.src_v6) else {
-        return tunnel(&state, ACTION_TUNNEL, None);
+        return tunnel(state, ACTION_TUNNEL, None);
     };
     let Some(dest) = maps::dest_v6(profile.profile, &frame.dst_v6) else {
-        return tunnel(&state, ACTION_TUNNEL, Some(&profile));
+        return tunnel(state, ACTION_TUNNEL, Some(&profile));
     };
-    let action = policy_action(&state, &profile, dest, &frame.dst_v6, frame);
-    tunnel(&state, action, Some(&profile))
+    let action = policy_action(state, &profile, dest, &frame.dst_v6, frame);
+    tunnel(state, action, Some(&profile))
+}
+
+/// The fragment table's key of a fragment: (source, destination,
+/// identification, protocol) for IPv4 (RFC 791), (source, destination,
+/// identification) for IPv6 (RFC 8200).
+#[inline(always)]
+fn frag_key(frame: &Frame) -> FragKey {
+    let mut k = FragKey {
+        id: frame.frag_id,
+        ..FragKey::default()
+    };
+    if frame.kind == Kind::Ipv4 {
+        k.src[..4].copy_from_slice(&frame.src_v4);
+        k.dst[..4].copy_from_slice(&frame.dst_v4);
+        k.proto = frame.proto;
+        k.family = 4;
+    } else {
+        k.src = frame.src_v6;
+        k.dst = frame.dst_v6;
+        k.family = 6;
+    }
+    k
+}
+
+/// Records a first fragment's verdict for the fragments after it.
+#[inline(always)]
+fn record(frame: &Frame, v: &Verdict) {
+    // SAFETY: a helper without arguments or side effects.
+    let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
+    let e = match v {
+        Verdict::Pass(c) => FragEntry {
+            seen_ns: now,
+            kind: FRAG_PASS,
+            counter: c.index() as u8,
+            ..FragEntry::default()
+        },
+        Verdict::Tunnel {
+            action,
+            generation,
+            counter,
+        } => FragEntry {
+            seen_ns: now,
+            generation: *generation,
+            kind: FRAG_TUNNEL,
+            action: *action,
+            counter: counter.index() as u8,
+            reserved: 0,
+        },
+    };
+    maps::set_frag_entry(&frag_key(frame), &e);
+}
+
+/// A later fragment's verdict: its first fragment's, if that is known and
+/// recent ([`Counter::FragFollowed`]); `None` otherwise, counted as
+/// [`Counter::FragUnknown`] (the caller then classifies it without ports).
+#[inline(always)]
+fn followed(frame: &Frame) -> Option<Verdict> {
+    let found = maps::frag_entry(&frag_key(frame)).and_then(|e| {
+        // SAFETY: a helper without arguments or side effects.
+        let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
+        if now.wrapping_sub(e.seen_ns) > maps::frag_timeout_ns() {
+            return None;
+        }
+        match e.kind {
+            FRAG_PASS => Some(Verdict::Pass(pass_counter(e.counter))),
+            FRAG_TUNNEL => Some(Verdict::Tunnel {
+                action: e.action,
+                generation: e.generation,
+                counter: if e.counter == Counter::TunnelPrivate.index() as u8 {
+                    Counter::TunnelPrivate
+                } else {
+                    Counter::Tunnel
+                },
+            }),
+            _ => None,
+        }
+    });
+    maps::count(if found.is_some() {
+        Counter::FragFollowed
+    } else {
+        Counter::FragUnknown
+    });
+    found
+}
+
+/// The pass counter a recorded verdict names (the policy passes with one
+/// of these three).
+#[inline(always)]
+fn pass_counter(index: u8) -> Counter {
+    if index == Counter::DirectNetwork.index() as u8 {
+        Counter::DirectNetwork
+    } else if index == Counter::DirectFailOpen.index() as u8 {
+        Counter::DirectFailOpen
+    } else {
+        Counter::Bypass
+    }
 }
 
 /// The policy's verdict (`ACTION_*`) from a destination entry, in the
@@ -199,22 +338,22 @@ fn tunnel(state: &PolicyState, action: u8, profile: Option<&ProfileEntry>) -> Ve
     if action == ACTION_DIRECT {
         return Verdict::Pass(Counter::Bypass);
     }
-    let t = (action - ACTION_TUNNEL) as usize & 7;
+    let t = (action.wrapping_sub(ACTION_TUNNEL)) as usize & 7;
     if t == 0 && state.internet_direct != 0 {
         return Verdict::Pass(Counter::DirectNetwork);
     }
-    let mut down = 0;
-    for (i, d) in state.down_since_ns.iter().enumerate() {
-        if i == t {
-            down = *d;
-        }
-    }
-    if down != 0
+    if state.is_down(t)
         && let Some(p) = profile
     {
+        if p.flags & PROFILE_FAIL_OPEN != 0 {
+            return Verdict::Pass(Counter::DirectFailOpen);
+        }
+        // Read after the word: a time older than the outage the word
+        // reports (or 0) only shortens the grace.
+        let down = maps::down_since(t);
         // SAFETY: a helper without arguments or side effects.
         let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
-        if p.flags & PROFILE_FAIL_OPEN != 0 || now.wrapping_sub(down) < p.grace_ns {
+        if down != 0 && now.wrapping_sub(down) < p.grace_ns {
             return Verdict::Pass(Counter::DirectFailOpen);
         }
     }

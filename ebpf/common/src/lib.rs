@@ -43,9 +43,28 @@ pub mod map_names {
     /// the exec tracepoint only if the exec succeeds:
     /// `HashMap<u32, ExecGrant>`.
     pub const PENDING: &str = "PENDING";
-    /// The live policy slot and the runtime state the verdicts depend on,
-    /// one entry: `Array<PolicyState>`.
+    /// The live policy slot and the runtime state the verdicts depend on:
+    /// `Array<u64>`, memory-mapped by user space (`BPF_F_MMAPABLE`), one
+    /// state word ([`crate::PolicyState`]) then one word per tunnel
+    /// ([`crate::state_index`]).
     pub const POLICY_STATE: &str = "POLICY_STATE";
+    /// The classifier's settings: `Array<u64>` indexed by
+    /// [`crate::setting`].
+    pub const SETTINGS: &str = "SETTINGS";
+    /// Fragmented datagrams in flight and their first fragment's verdict:
+    /// `LruHashMap<FragKey, FragEntry>`.
+    pub const FRAGS: &str = "FRAGS";
+    /// Untag mode: LAN hosts' VLAN by MAC address, learnt from the frames
+    /// the classifier untags: `LruHashMap<MacKey, u32>` (the TCI).
+    pub const VLAN_HOSTS: &str = "VLAN_HOSTS";
+    /// Untag mode: LAN hosts' VLAN by IP address (IPv4 mapped):
+    /// `LruHashMap<[u8; 16], u32>` (the TCI).
+    pub const VLAN_ADDRS: &str = "VLAN_ADDRS";
+    /// The parse probe's last summary (differential fuzzing):
+    /// `Array<ParseSummary>`, one entry.
+    pub const PARSE_PROBE: &str = "PARSE_PROBE";
+    /// The lab VLAN host's VLAN id (lab programs only): `Array<u32>`.
+    pub const LAB_VLAN: &str = "LAB_VLAN";
     /// Source prefix → app profile, both slots:
     /// `LpmTrie<PolicyKeyV4, ProfileEntry>` (key: slot, then address).
     pub const POLICY_SRC_V4: &str = "POLICY_SRC_V4";
@@ -88,6 +107,20 @@ pub mod sock_programs {
 
 /// Name of the XDP program in the classifier object.
 pub const CLASSIFIER_PROGRAM: &str = "classify";
+/// Name of the tc egress program that tags the kernel's frames to LAN
+/// hosts on a VLAN again (untag mode, [`VLAN_MODE_UNTAG`]).
+pub const VLAN_EGRESS_PROGRAM: &str = "vlan_egress";
+/// Name of the XDP program that runs the classifier's header walk only
+/// and stores its summary in [`map_names::PARSE_PROBE`] (the differential
+/// fuzz target; never attached).
+pub const PARSE_PROBE_PROGRAM: &str = "parse_probe";
+/// Lab only: a tc egress program that tags every frame with the VLAN in
+/// [`map_names::LAB_VLAN`] (a LAN host that lives on a VLAN, on a kernel
+/// without 802.1Q devices).
+pub const LAB_VLAN_PUSH_PROGRAM: &str = "lab_vlan_push";
+/// Lab only: the matching tc ingress program: frames tagged with that
+/// VLAN are untagged and accepted, every other frame is dropped.
+pub const LAB_VLAN_POP_PROGRAM: &str = "lab_vlan_pop";
 /// Name of the pass-everything XDP program in the same object (a
 /// benchmark baseline: the cost of having any XDP program attached).
 pub const NOOP_PROGRAM: &str = "noop";
@@ -103,6 +136,15 @@ pub const MAX_QUEUES: u32 = 64;
 pub const MAX_VLAN_TAGS: usize = 2;
 /// How many IPv6 extension headers the classifier walks before giving up.
 pub const MAX_IPV6_EXT_HEADERS: usize = 8;
+
+/// Capacity of [`map_names::FRAGS`]: fragmented datagrams tracked at
+/// once (least recently used first out).
+pub const FRAGS_MAX_ENTRIES: u32 = 16_384;
+/// How long a first fragment's verdict is followed by default (Linux's
+/// own IPv4 reassembly timeout, `ipfrag_time`).
+pub const FRAG_TIMEOUT_NS: u64 = 30_000_000_000;
+/// Capacity of [`map_names::VLAN_HOSTS`] and [`map_names::VLAN_ADDRS`].
+pub const VLAN_MAX_ENTRIES: u32 = 16_384;
 
 /// Capacity of [`map_names::PROCESSES`].
 pub const PROCESSES_MAX_ENTRIES: u32 = 65_536;
@@ -162,10 +204,31 @@ pub const fn profile_id(slot: u32, index: u32) -> u32 {
     (slot << 16) | index
 }
 
-/// The live slot and runtime state ([`map_names::POLICY_STATE`]). The
-/// classifier reads it once per frame, then uses only that slot's entries:
-/// a frame is never classified by a mix of two policies.
-#[repr(C)]
+/// Indices into [`map_names::POLICY_STATE`].
+pub mod state_index {
+    /// The state word ([`crate::PolicyState::to_word`]).
+    pub const WORD: u32 = 0;
+    /// Tunnel `t` has been down since `CLOCK_MONOTONIC` ns at index
+    /// `DOWN_SINCE + t` (meaningful only while its down bit is set).
+    pub const DOWN_SINCE: u32 = 1;
+}
+
+/// Entries of [`map_names::POLICY_STATE`].
+pub const POLICY_STATE_ENTRIES: u32 = 1 + POLICY_MAX_TENANTS;
+
+/// The live slot and runtime state, as one 64-bit word
+/// ([`map_names::POLICY_STATE`] index [`state_index::WORD`]). The
+/// classifier loads the word once per frame (one 8-byte load) and then
+/// uses only that slot's entries; user space stores it with one atomic
+/// store through a shared mapping: a frame never sees half of a change
+/// (the slot of one policy with the flags of another).
+///
+/// Layout: bit 0 the slot, bit 1 installed, bit 2 internet direct, bits
+/// 8..16 the tunnels that are down (bit `8 + t`), bits 32..64 the
+/// generation. A tunnel's down time lives in its own word: user space
+/// writes it before setting the down bit, and a reader that sees the bit
+/// with an older (or zero) time sees a longer outage, so a torn read only
+/// ever shortens the captive-portal grace (fails closed).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct PolicyState {
     /// 0 or 1: the slot whose entries are live.
@@ -177,8 +240,166 @@ pub struct PolicyState {
     pub internet_direct: u32,
     /// 1 once a policy is installed; until then everything is tunnelled.
     pub installed: u32,
-    /// Per tunnel: `CLOCK_MONOTONIC` ns since it has been down, 0 while up.
-    pub down_since_ns: [u64; POLICY_MAX_TENANTS as usize],
+    /// Bit `t`: tunnel `t` is down.
+    pub down: u32,
+}
+
+impl PolicyState {
+    const SLOT: u64 = 1;
+    const INSTALLED: u64 = 1 << 1;
+    const INTERNET_DIRECT: u64 = 1 << 2;
+    const DOWN_SHIFT: u32 = 8;
+    const GENERATION_SHIFT: u32 = 32;
+
+    /// The state a word holds.
+    #[inline]
+    #[must_use]
+    pub const fn from_word(w: u64) -> Self {
+        Self {
+            slot: (w & Self::SLOT) as u32,
+            generation: (w >> Self::GENERATION_SHIFT) as u32,
+            internet_direct: ((w & Self::INTERNET_DIRECT) != 0) as u32,
+            installed: ((w & Self::INSTALLED) != 0) as u32,
+            down: ((w >> Self::DOWN_SHIFT) & 0xff) as u32,
+        }
+    }
+
+    /// The word of this state.
+    #[inline]
+    #[must_use]
+    pub const fn to_word(&self) -> u64 {
+        (self.slot as u64 & Self::SLOT)
+            | if self.installed != 0 {
+                Self::INSTALLED
+            } else {
+                0
+            }
+            | if self.internet_direct != 0 {
+                Self::INTERNET_DIRECT
+            } else {
+                0
+            }
+            | ((self.down as u64 & 0xff) << Self::DOWN_SHIFT)
+            | ((self.generation as u64) << Self::GENERATION_SHIFT)
+    }
+
+    /// Whether tunnel `t` is down.
+    #[inline]
+    #[must_use]
+    pub const fn is_down(&self, t: usize) -> bool {
+        t < 8 && self.down & (1 << t) != 0
+    }
+}
+
+/// Indices into [`map_names::SETTINGS`].
+pub mod setting {
+    /// How long a first fragment's verdict is followed, ns (0: the
+    /// default, [`crate::FRAG_TIMEOUT_NS`]).
+    pub const FRAG_TIMEOUT_NS: u32 = 0;
+    /// What the classifier does with the VLAN tag of a frame it passes to
+    /// the kernel: [`crate::VLAN_MODE_KERNEL`] or [`crate::VLAN_MODE_UNTAG`].
+    pub const VLAN_MODE: u32 = 1;
+    /// Number of settings.
+    pub const COUNT: u32 = 2;
+}
+
+/// VLAN mode (default): tagged frames the classifier passes reach the
+/// kernel with their tag, which routes them only through a VLAN device
+/// (802.1Q) for that VLAN on the LAN interface.
+pub const VLAN_MODE_KERNEL: u64 = 0;
+/// VLAN mode for kernels without VLAN devices: the classifier removes the
+/// single 802.1Q tag of every frame it passes to the kernel and records the
+/// host's VLAN ([`map_names::VLAN_HOSTS`], [`map_names::VLAN_ADDRS`]); the
+/// egress program ([`VLAN_EGRESS_PROGRAM`]) tags the kernel's frames to
+/// those hosts again.
+pub const VLAN_MODE_UNTAG: u64 = 1;
+
+/// Key of [`map_names::FRAGS`]: a fragmented datagram (RFC 791 / RFC
+/// 8200: source, destination, identification, protocol).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FragKey {
+    /// Source address (IPv4 in the first four bytes).
+    pub src: [u8; 16],
+    /// Destination address (IPv4 in the first four bytes).
+    pub dst: [u8; 16],
+    /// Identification (IPv4: 16 bits; IPv6: the fragment header's 32).
+    pub id: u32,
+    /// The upper-layer protocol.
+    pub proto: u8,
+    /// 4 or 6.
+    pub family: u8,
+    /// Reserved, zero.
+    pub reserved: [u8; 2],
+}
+
+/// [`FragEntry::kind`]: the first fragment was passed to the kernel.
+pub const FRAG_PASS: u8 = 1;
+/// [`FragEntry::kind`]: the first fragment was redirected to a tunnel.
+pub const FRAG_TUNNEL: u8 = 2;
+
+/// Value of [`map_names::FRAGS`]: the first fragment's verdict.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FragEntry {
+    /// When the first fragment was classified (`CLOCK_MONOTONIC` ns).
+    pub seen_ns: u64,
+    /// The policy generation stamped in the metadata (tunnel).
+    pub generation: u32,
+    /// [`FRAG_PASS`] or [`FRAG_TUNNEL`].
+    pub kind: u8,
+    /// The verdict ([`ACTION_TUNNEL`] + tunnel) when tunnelled.
+    pub action: u8,
+    /// The verdict counter ([`Counter::index`]) the first fragment moved.
+    pub counter: u8,
+    /// Reserved, zero.
+    pub reserved: u8,
+}
+
+/// Key of [`map_names::VLAN_HOSTS`]: a MAC address, then two zero bytes.
+pub type MacKey = [u8; 8];
+
+/// [`ParseSummary::frag`]: not a fragment (or an atomic fragment).
+pub const FRAG_NONE: u8 = 0;
+/// [`ParseSummary::frag`]: the first fragment (offset 0, more to come).
+pub const FRAG_FIRST: u8 = 1;
+/// [`ParseSummary::frag`]: a fragment after the first.
+pub const FRAG_LATER: u8 = 2;
+
+/// What the classifier's header walk made of a frame, as the parse probe
+/// ([`PARSE_PROBE_PROGRAM`]) stores it: the differential fuzz target
+/// compares it with the user-space views.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ParseSummary {
+    /// Incremented by every run (so that a stale entry is told apart).
+    pub runs: u32,
+    /// 0: parsed; otherwise the drop counter's index plus one.
+    pub error: u32,
+    /// Source address (IPv4 in the first four bytes; ARP: the sender).
+    pub src: [u8; 16],
+    /// Destination address (IPv4 in the first four bytes).
+    pub dst: [u8; 16],
+    /// 1 ARP, 2 other non-IP, 4 IPv4, 6 IPv6.
+    pub kind: u8,
+    /// The destination MAC is a group address.
+    pub l2_multicast: u8,
+    /// `ICMPv6` router or neighbour discovery.
+    pub neighbor_discovery: u8,
+    /// Transport protocol (0 if none).
+    pub proto: u8,
+    /// Source port, host order (0: none or unknown).
+    pub sport: u16,
+    /// Destination port, host order (0: none or unknown).
+    pub dport: u16,
+    /// [`FRAG_NONE`], [`FRAG_FIRST`] or [`FRAG_LATER`].
+    pub frag: u8,
+    /// VLAN tags walked (0 to [`MAX_VLAN_TAGS`]).
+    pub vlan_tags: u8,
+    /// The outer tag's TCI (0 without tags).
+    pub vlan_tci: u16,
+    /// The fragment identification (0 unless a fragment).
+    pub frag_id: u32,
 }
 
 /// A source node's value: the profile and its runtime settings.
@@ -488,9 +709,12 @@ impl SockCounter {
 ///
 /// Every packet the classifier sees increments exactly one verdict counter
 /// (`Pass*`, `Bypass`, `Tunnel` or `Drop*`), so the counters add up to the
-/// number of frames seen. `DropNoSocket` is the exception: it is counted in
-/// addition to `Tunnel` when no `AF_XDP` socket serves the RX queue (the frame
-/// is then dropped, never passed to the kernel: fail-closed).
+/// number of frames seen. The exceptions ([`Counter::is_verdict`] false)
+/// are counted in addition: `DropNoSocket` with `Tunnel` when no `AF_XDP`
+/// socket serves the RX queue (the frame is then dropped, never passed to
+/// the kernel: fail-closed), `FragFollowed` / `FragUnknown` with a later
+/// fragment's verdict, `PassUntagged` with a pass whose tag was removed;
+/// `EgressTagged` is the egress program's, not the classifier's.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Counter {
@@ -533,11 +757,27 @@ pub enum Counter {
     /// To be tunnelled, but the verdict could not be put in front of the
     /// frame (no room for metadata): dropped.
     DropNoMeta = 16,
+    /// A fragment after the first took its first fragment's verdict
+    /// (counted in addition to that verdict).
+    FragFollowed = 17,
+    /// A fragment after the first whose first fragment is unknown (not
+    /// seen, or longer ago than the timeout): classified without ports,
+    /// erring toward the tunnel (counted in addition to the verdict).
+    FragUnknown = 18,
+    /// Untag mode: the frame's VLAN tag was removed before it was passed
+    /// to the kernel (counted in addition to the verdict).
+    PassUntagged = 19,
+    /// Untag mode: the tag of a frame to pass could not be removed:
+    /// dropped.
+    DropUntag = 20,
+    /// Untag mode: the egress program tagged a frame of the kernel's for
+    /// a LAN host on a VLAN (not an XDP verdict).
+    EgressTagged = 21,
 }
 
 impl Counter {
     /// Number of counters (the statistics array's length).
-    pub const COUNT: u32 = 17;
+    pub const COUNT: u32 = 22;
 
     /// All counters, in index order.
     pub const ALL: [Counter; Self::COUNT as usize] = [
@@ -558,6 +798,11 @@ impl Counter {
         Counter::DirectNetwork,
         Counter::DirectFailOpen,
         Counter::DropNoMeta,
+        Counter::FragFollowed,
+        Counter::FragUnknown,
+        Counter::PassUntagged,
+        Counter::DropUntag,
+        Counter::EgressTagged,
     ];
 
     /// Stable metric name (`snake_case`), used in metrics and logs.
@@ -580,12 +825,30 @@ impl Counter {
             Counter::DirectNetwork => "direct_network",
             Counter::DirectFailOpen => "direct_fail_open",
             Counter::DropNoMeta => "drop_no_meta",
+            Counter::FragFollowed => "frag_followed",
+            Counter::FragUnknown => "frag_unknown",
+            Counter::PassUntagged => "pass_untagged",
+            Counter::DropUntag => "drop_untag",
+            Counter::EgressTagged => "egress_tagged",
         }
     }
 
     /// The index in the statistics array.
     pub const fn index(self) -> u32 {
         self as u32
+    }
+
+    /// Whether this counter is one frame's verdict (exactly one per frame
+    /// the classifier sees), not one counted in addition to it.
+    pub const fn is_verdict(self) -> bool {
+        !matches!(
+            self,
+            Counter::DropNoSocket
+                | Counter::FragFollowed
+                | Counter::FragUnknown
+                | Counter::PassUntagged
+                | Counter::EgressTagged
+        )
     }
 }
 
@@ -603,9 +866,14 @@ mod pod {
     // SAFETY: `#[repr(C)]`, 16 + 4 + 4 + 4 + 2 + 1 + 1 + 16 = 48 bytes,
     // every field aligned at its natural offset, no padding; any bits valid.
     unsafe impl aya::Pod for super::FlowEntry {}
-    // SAFETY: `#[repr(C)]`, four `u32`s then eight `u64`s: 80 bytes, no
-    // padding.
-    unsafe impl aya::Pod for super::PolicyState {}
+    // SAFETY: `#[repr(C)]`, 16 + 16 + 4 + 1 + 1 + 2 = 40 bytes, no
+    // padding; any bits valid.
+    unsafe impl aya::Pod for super::FragKey {}
+    // SAFETY: `#[repr(C)]`, a `u64`, a `u32`, four `u8`s: 16 bytes.
+    unsafe impl aya::Pod for super::FragEntry {}
+    // SAFETY: `#[repr(C)]`, 4 + 4 + 16 + 16 + 4 + 2 + 2 + 1 + 1 + 2 + 4
+    // = 56 bytes, every field at its natural alignment, no padding.
+    unsafe impl aya::Pod for super::ParseSummary {}
     // SAFETY: `#[repr(C)]`, two `u32`s, a `u64`, eight `u16`s: 32 bytes.
     unsafe impl aya::Pod for super::ProfileEntry {}
     // SAFETY: `#[repr(C)]`, four `u8`s then eight 4-byte rules of `u16`,
@@ -635,10 +903,38 @@ mod tests {
         assert_eq!(core::mem::size_of::<ProcessEntry>(), 8);
         assert_eq!(core::mem::size_of::<ExecGrant>(), 16);
         assert_eq!(core::mem::size_of::<FlowEntry>(), 48);
-        assert_eq!(core::mem::size_of::<PolicyState>(), 80);
+        assert_eq!(core::mem::size_of::<FragKey>(), 40);
+        assert_eq!(core::mem::size_of::<FragEntry>(), 16);
+        assert_eq!(core::mem::size_of::<ParseSummary>(), 56);
         assert_eq!(core::mem::size_of::<ProfileEntry>(), 32);
         assert_eq!(core::mem::size_of::<DestEntry>(), 36);
         assert_eq!(core::mem::size_of::<DnsEntry>(), 24);
+    }
+
+    #[test]
+    fn state_words_round_trip() {
+        let s = PolicyState {
+            slot: 1,
+            generation: 0xdead_beef,
+            internet_direct: 1,
+            installed: 1,
+            down: 0b1000_0001,
+        };
+        assert_eq!(PolicyState::from_word(s.to_word()), s);
+        assert!(s.is_down(0) && s.is_down(7) && !s.is_down(1) && !s.is_down(8));
+        assert_eq!(PolicyState::default().to_word(), 0);
+        let other = PolicyState {
+            generation: 7,
+            ..PolicyState::default()
+        };
+        assert_eq!(PolicyState::from_word(other.to_word()), other);
+    }
+
+    #[test]
+    fn only_verdict_counters_are_verdicts() {
+        let extra = Counter::ALL.iter().filter(|c| !c.is_verdict()).count();
+        assert_eq!(extra, 5);
+        assert!(Counter::Tunnel.is_verdict() && Counter::DropUntag.is_verdict());
     }
 
     #[test]
