@@ -159,8 +159,8 @@ fn a_forgotten_neighbour_is_resolved_again() {
 
 /// A LAN host behind a router on the LAN: its replies go to the router's
 /// MAC, the next hop the kernel's routes give (the client namespace plays
-/// the router for an address of the second branch's range, which the
-/// edge accepts, with a route on the gateway through it).
+/// the router for a routed range, 198.18.4.0/24, that the edge counts as
+/// this branch's, with a route on the gateway through it).
 #[test]
 fn a_host_behind_a_lan_router_gets_its_replies() {
     if !require_root("a_host_behind_a_lan_router_gets_its_replies") {
@@ -168,7 +168,7 @@ fn a_host_behind_a_lan_router_gets_its_replies() {
     }
     let lab = Lab::new();
     lab.spawn_peer(Host::Inet, "peer", super::HTTP, UDP);
-    let routed = "198.18.2.77";
+    let routed = "198.18.4.77";
     lab.run_ok(
         Host::Client,
         &["ip", "addr", "add", &format!("{routed}/32"), "dev", "eth0"],
@@ -179,12 +179,15 @@ fn a_host_behind_a_lan_router_gets_its_replies() {
             "ip",
             "route",
             "add",
-            "198.18.2.0/24",
+            "198.18.4.0/24",
             "via",
             &addr::CLIENT_V4.to_string(),
         ],
     );
-    let s = Sluice::start(&lab, bin());
+    let mut s = Sluice::prepare(&lab, bin(), str::to_string);
+    s.edit_edge(|e| e.replacen("prefixes = [", "prefixes = [\"198.18.4.0/24\", ", 1));
+    s.start_edge();
+    s.start_gateway();
     // The client resolves the gateway with its own address (so that the
     // gateway's kernel has no entry for the routed one).
     let url = super::url(addr::TUNNELLED_V4, "/whoami");
