@@ -279,7 +279,7 @@ impl Edge {
     /// Loads TLS material, opens the TUN device, configures the kernel (if
     /// `manage_network`) and binds the listener.
     pub fn new(cfg: EdgeConfig) -> Result<Self, EdgeError> {
-        let tls = pki::server_config(&cfg.ca, &cfg.cert, &cfg.key)?;
+        let tls = pki::server_config_with_crl(&cfg.ca, &cfg.cert, &cfg.key, cfg.crl.as_deref())?;
         let clients = Lpm::build(
             &cfg.client_prefixes
                 .iter()

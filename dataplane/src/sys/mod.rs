@@ -13,6 +13,8 @@
 //!   baseline process attribution is measured against).
 //! - [`rtnl`]: link, address and route change notifications (rtnetlink),
 //!   which trigger trusted-network re-evaluation.
+//! - [`peer`]: a Unix socket peer's credentials and a group's id (the
+//!   admin socket's authorisation).
 //!
 //! Everything else in the crate is `#![deny(unsafe_code)]` and uses these
 //! safe wrappers.
@@ -22,6 +24,7 @@ pub mod cpu;
 pub mod ethtool;
 pub mod fanotify;
 pub mod mem;
+pub mod peer;
 pub mod rtnl;
 pub mod sock_diag;
 pub mod tun;
