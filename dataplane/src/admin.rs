@@ -138,7 +138,9 @@ fn parse_hash(hex: &str) -> Option<[u8; 32]> {
 fn plain(key: &str, v: &str) -> Result<(), RouteError> {
     if v.is_empty()
         || v.len() > 1024
-        || !v.bytes().all(|b| b.is_ascii_graphic() && !b"&=%?#+".contains(&b))
+        || !v
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !b"&=%?#+".contains(&b))
     {
         return Err(RouteError::Bad(format!(
             "{key}: 1 to 1024 printable characters without spaces, &, =, %, ?, # or +"
@@ -179,7 +181,13 @@ impl Request {
     /// # Errors
     /// Unknown paths, wrong methods, bad queries.
     pub fn from_http(method: &str, path: &str, query: &str) -> Result<Self, RouteError> {
-        let want = |m: &str, r: Request| if method == m { Ok(r) } else { Err(RouteError::Method) };
+        let want = |m: &str, r: Request| {
+            if method == m {
+                Ok(r)
+            } else {
+                Err(RouteError::Method)
+            }
+        };
         match path {
             "/policy" => want("GET", Request::Status),
             "/policy/reload" => want("POST", Request::Reload),
@@ -332,12 +340,11 @@ pub fn call(socket: &Path, req: &Request, timeout: Duration) -> Result<Response,
         path: socket.to_path_buf(),
         source,
     };
-    let mut s = std::os::unix::net::UnixStream::connect(socket).map_err(|source| {
-        ClientError::Connect {
+    let mut s =
+        std::os::unix::net::UnixStream::connect(socket).map_err(|source| ClientError::Connect {
             path: socket.to_path_buf(),
             source,
-        }
-    })?;
+        })?;
     s.set_read_timeout(Some(timeout)).map_err(io)?;
     s.set_write_timeout(Some(timeout)).map_err(io)?;
     write!(
@@ -446,7 +453,10 @@ mod tests {
     fn token_hashes() {
         use std::os::unix::fs::PermissionsExt as _;
         let h = crate::http::sha256(b"t");
-        let hex: String = h.iter().map(|b| format!("{b:02x}")).collect();
+        let hex: String = h.iter().fold(String::new(), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        });
         assert_eq!(parse_hash(&hex), Some(h));
         assert_eq!(parse_hash(&hex[1..]), None);
         assert_eq!(parse_hash(&"zz".repeat(32)), None);

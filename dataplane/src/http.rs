@@ -538,13 +538,14 @@ impl Server {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
         }
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            if !dir.exists() {
-                std::fs::DirBuilder::new()
-                    .recursive(true)
-                    .mode(0o755)
-                    .create(dir)?;
-            }
+        if let Some(dir) = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty() && !d.exists())
+        {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(dir)?;
         }
         let l = mio::net::UnixListener::bind(path)?;
         // Whoever connects between bind and chmod is still checked by its
@@ -553,7 +554,11 @@ impl Server {
         if let Some(g) = gid {
             std::os::unix::fs::chown(path, None, Some(g))?;
         }
-        self.add(Listener::Unix(l, path.to_path_buf()), access, Hosts::default())
+        self.add(
+            Listener::Unix(l, path.to_path_buf()),
+            access,
+            Hosts::default(),
+        )
     }
 
     /// Runs the server on a thread of its own until `stop` is set.
@@ -608,9 +613,7 @@ impl Server {
             if accept {
                 accept_again = None;
                 for li in 0..self.listeners.len() {
-                    if let Err(e) =
-                        self.accept(li, &mut conns, &mut per_source, &mut open)
-                    {
+                    if let Err(e) = self.accept(li, &mut conns, &mut per_source, &mut open) {
                         // Out of descriptors or memory: keep serving the
                         // open connections, try again shortly.
                         accept_again = Some(Instant::now() + Duration::from_millis(100));
@@ -681,22 +684,19 @@ impl Server {
                 continue;
             }
             let peer_ok = match (&self.listeners[li].access, &stream) {
-                (Access::Peer { gid }, Stream::Unix(s)) => {
-                    crate::sys::peer::peer_cred(s).is_ok_and(|c| {
-                        c.uid == 0
-                            || gid.is_some_and(|g| c.gid == g || c.groups.contains(&g))
-                    })
-                }
+                (Access::Peer { gid }, Stream::Unix(s)) => crate::sys::peer::peer_cred(s)
+                    .is_ok_and(|c| {
+                        c.uid == 0 || gid.is_some_and(|g| c.gid == g || c.groups.contains(&g))
+                    }),
                 // A peer check on anything but a Unix socket: nobody passes.
                 (Access::Peer { .. }, Stream::Tcp(_)) => false,
                 _ => true,
             };
-            let slot = match conns.iter().position(Option::is_none) {
-                Some(i) => i,
-                None => {
-                    conns.push(None);
-                    conns.len() - 1
-                }
+            let slot = if let Some(i) = conns.iter().position(Option::is_none) {
+                i
+            } else {
+                conns.push(None);
+                conns.len() - 1
             };
             self.poll.registry().register(
                 stream.source(),
@@ -725,6 +725,9 @@ impl Server {
     fn progress(&mut self, c: &mut Conn, body: &mut String) -> bool {
         if c.out.is_empty() {
             let mut chunk = [0u8; 2048];
+            // The peer may send its request and close its side at once
+            // (`printf ... | nc`): answer what came before the end.
+            let mut eof = false;
             loop {
                 let room = self.limits.head_bytes.saturating_sub(c.buf.len());
                 if room == 0 {
@@ -732,7 +735,10 @@ impl Server {
                 }
                 let want = room.min(chunk.len());
                 match c.stream.read(&mut chunk[..want]) {
-                    Ok(0) => return true,
+                    Ok(0) => {
+                        eof = true;
+                        break;
+                    }
                     Ok(n) => c.buf.extend_from_slice(&chunk[..n]),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -742,7 +748,7 @@ impl Server {
             let bound = &self.listeners[c.listener];
             body.clear();
             let reply = match parse(&c.buf, self.limits.head_bytes) {
-                Ok(None) => return false,
+                Ok(None) => return eof,
                 Ok(Some(req)) => authorise(bound, c.peer_ok, &req, body)
                     .unwrap_or_else(|| (self.handler)(&req, body)),
                 Err(ParseError::TooLarge) => {

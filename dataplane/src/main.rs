@@ -505,7 +505,10 @@ fn pki_cmd(cmd: PkiCmd) -> anyhow::Result<()> {
                 );
                 certs.push(dir.join(format!("{g}.pem")));
             }
-            anyhow::ensure!(!certs.is_empty(), "name what to revoke: --gateway NAME or --cert FILE");
+            anyhow::ensure!(
+                !certs.is_empty(),
+                "name what to revoke: --gateway NAME or --cert FILE"
+            );
             let ca_dir = ca_dir.unwrap_or_else(|| dir.join("ca"));
             let crl = crl.unwrap_or_else(|| dir.join("crl.pem"));
             let r = pki::revoke(&ca_dir, &crl, &certs)?;

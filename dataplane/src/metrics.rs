@@ -56,8 +56,10 @@ pub fn server<F>(addr: SocketAddr, hosts: &[String], render: F) -> io::Result<Se
 where
     F: Fn(&mut String) + Send + 'static,
 {
-    let mut s = Server::new("sluice-metrics", Limits::default(), move |req, body| {
-        match (req.method, req.path) {
+    let mut s = Server::new(
+        "sluice-metrics",
+        Limits::default(),
+        move |req, body| match (req.method, req.path) {
             ("GET", "/metrics") => {
                 render(body);
                 Reply {
@@ -73,8 +75,8 @@ where
                 body.push_str("not found: this listener serves GET /metrics only\n");
                 Reply::text(404)
             }
-        }
-    })?;
+        },
+    )?;
     s.listen_tcp(addr, Access::Open, Hosts::local(hosts))?;
     Ok(s)
 }
@@ -112,20 +114,27 @@ mod tests {
     #[test]
     fn serves_metrics_and_nothing_else() {
         let stop = Arc::new(AtomicBool::new(false));
-        let s = server("127.0.0.1:0".parse().unwrap(), &["prom.example".into()], |out| {
-            sample(
-                out,
-                "sluice_test_total",
-                "counter",
-                Some("a test"),
-                &[("k", "v\"x")],
-                7,
-            );
-        })
+        let s = server(
+            "127.0.0.1:0".parse().unwrap(),
+            &["prom.example".into()],
+            |out| {
+                sample(
+                    out,
+                    "sluice_test_total",
+                    "counter",
+                    Some("a test"),
+                    &[("k", "v\"x")],
+                    7,
+                );
+            },
+        )
         .unwrap();
         let addr = s.local_addrs()[0];
         let h = s.spawn(stop.clone()).unwrap();
-        let ok = get(addr, "GET /metrics HTTP/1.1\r\nHost: prom.example:9477\r\n\r\n");
+        let ok = get(
+            addr,
+            "GET /metrics HTTP/1.1\r\nHost: prom.example:9477\r\n\r\n",
+        );
         assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
         assert!(ok.contains("sluice_test_total{k=\"v\\\"x\"} 7"), "{ok}");
         assert!(get(addr, "GET /other HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 404"));
@@ -140,7 +149,10 @@ mod tests {
         ] {
             assert!(get(addr, req).starts_with("HTTP/1.1 404"), "{req}");
         }
-        let r = get(addr, "GET /metrics HTTP/1.1\r\nHost: rebind.evil.example\r\n\r\n");
+        let r = get(
+            addr,
+            "GET /metrics HTTP/1.1\r\nHost: rebind.evil.example\r\n\r\n",
+        );
         assert!(r.starts_with("HTTP/1.1 421"), "{r}");
         stop.store(true, Ordering::Relaxed);
         h.join().unwrap();

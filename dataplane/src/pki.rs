@@ -20,7 +20,9 @@
 use std::{
     fs,
     io::Write as _,
-    os::unix::fs::{DirBuilderExt as _, MetadataExt as _, OpenOptionsExt as _, PermissionsExt as _},
+    os::unix::fs::{
+        DirBuilderExt as _, MetadataExt as _, OpenOptionsExt as _, PermissionsExt as _,
+    },
     path::{Path, PathBuf},
     sync::Arc,
 };
@@ -153,6 +155,10 @@ pub fn generate(
 /// safe (not symlinks, owned by this user or root, not writable by group
 /// or others, no world-writable ancestor without the sticky bit) and no
 /// target file exists.
+#[allow(
+    clippy::too_many_lines,
+    reason = "checks, then generation, then writes, in the order that keeps a failure harmless"
+)]
 pub fn generate_in(
     dir: &Path,
     ca_dir: &Path,
@@ -186,9 +192,22 @@ pub fn generate_in(
     let edge = (dir.join("edge.pem"), dir.join("edge.key"));
     let gw_paths: Vec<(String, PathBuf, PathBuf)> = gateways
         .iter()
-        .map(|g| (g.clone(), dir.join(format!("{g}.pem")), dir.join(format!("{g}.key"))))
+        .map(|g| {
+            (
+                g.clone(),
+                dir.join(format!("{g}.pem")),
+                dir.join(format!("{g}.key")),
+            )
+        })
         .collect();
-    let mut targets = vec![&ca_path, &crl_path, &ca_key_path, &ca_copy, &edge.0, &edge.1];
+    let mut targets = vec![
+        &ca_path,
+        &crl_path,
+        &ca_key_path,
+        &ca_copy,
+        &edge.0,
+        &edge.1,
+    ];
     targets.extend(gw_paths.iter().flat_map(|(_, c, k)| [c, k]));
     for t in &targets {
         match fs::symlink_metadata(t) {
@@ -281,7 +300,11 @@ fn sign_crl(
         what: "the revocation list".into(),
         source,
     };
-    params.signed_by(issuer).map_err(generr)?.pem().map_err(generr)
+    params
+        .signed_by(issuer)
+        .map_err(generr)?
+        .pem()
+        .map_err(generr)
 }
 
 /// What [`revoke`] did.
@@ -303,14 +326,13 @@ pub struct Revoked {
 pub fn revoke(ca_dir: &Path, crl: &Path, certs: &[PathBuf]) -> Result<Revoked, PkiError> {
     let ca_pem_path = ca_dir.join("ca.pem");
     let ca_key_path = ca_dir.join("ca.key");
-    let ca_pem = read_file(&ca_pem_path)?;
-    let ca_der = load_certs_from(&ca_pem_path, &ca_pem)?.remove(0);
-    let (_, ca_x509) = x509_parser::parse_x509_certificate(ca_der.as_ref()).map_err(|e| {
-        PkiError::Pem {
+    let ca_text = read_file(&ca_pem_path)?;
+    let ca_cert = load_certs_from(&ca_pem_path, &ca_text)?.remove(0);
+    let (_, ca_x509) =
+        x509_parser::parse_x509_certificate(ca_cert.as_ref()).map_err(|e| PkiError::Pem {
             path: ca_pem_path.clone(),
             what: format!("not an X.509 certificate: {e}"),
-        }
-    })?;
+        })?;
     let key_pem = String::from_utf8(read_file(&ca_key_path)?).map_err(|_| PkiError::Pem {
         path: ca_key_path.clone(),
         what: "not PEM".into(),
@@ -319,12 +341,11 @@ pub fn revoke(ca_dir: &Path, crl: &Path, certs: &[PathBuf]) -> Result<Revoked, P
         path: ca_key_path.clone(),
         what: format!("not a key rcgen can sign with: {e}"),
     })?;
-    let issuer = rcgen::Issuer::from_ca_cert_der(&ca_der, key).map_err(|source| {
-        PkiError::Generate {
+    let issuer =
+        rcgen::Issuer::from_ca_cert_der(&ca_cert, key).map_err(|source| PkiError::Generate {
             what: format!("an issuer from {}", ca_pem_path.display()),
             source,
-        }
-    })?;
+        })?;
     let now = time::OffsetDateTime::now_utc();
     let mut revoked: Vec<rcgen::RevokedCertParams> = Vec::new();
     let mut number = 0u64;
@@ -332,10 +353,11 @@ pub fn revoke(ca_dir: &Path, crl: &Path, certs: &[PathBuf]) -> Result<Revoked, P
         let text = read_file(crl)?;
         let list = load_crls_from(crl, &text)?;
         for der in list {
-            let (_, parsed) = x509_parser::parse_x509_crl(der.as_ref()).map_err(|e| PkiError::Pem {
-                path: crl.to_path_buf(),
-                what: format!("not a revocation list: {e}"),
-            })?;
+            let (_, parsed) =
+                x509_parser::parse_x509_crl(der.as_ref()).map_err(|e| PkiError::Pem {
+                    path: crl.to_path_buf(),
+                    what: format!("not a revocation list: {e}"),
+                })?;
             if parsed.issuer().as_raw() != ca_x509.subject().as_raw()
                 || parsed.verify_signature(ca_x509.public_key()).is_err()
             {
@@ -360,18 +382,16 @@ pub fn revoke(ca_dir: &Path, crl: &Path, certs: &[PathBuf]) -> Result<Revoked, P
             }
         }
     }
-    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
     let mut added = Vec::new();
     for c in certs {
         let text = read_file(c)?;
         for der in load_certs_from(c, &text)? {
-            let (_, x) = x509_parser::parse_x509_certificate(der.as_ref()).map_err(|e| {
-                PkiError::Pem {
+            let (_, x) =
+                x509_parser::parse_x509_certificate(der.as_ref()).map_err(|e| PkiError::Pem {
                     path: c.clone(),
                     what: format!("not an X.509 certificate: {e}"),
-                }
-            })?;
-            if !issued_by(&der, &ca_der) {
+                })?;
+            if !issued_by(&der, &ca_cert) {
                 return Err(PkiError::Pem {
                     path: c.clone(),
                     what: format!("not issued by the CA in {}", ca_pem_path.display()),
@@ -390,7 +410,10 @@ pub fn revoke(ca_dir: &Path, crl: &Path, certs: &[PathBuf]) -> Result<Revoked, P
         }
     }
     let number = number + 1;
-    let serials = revoked.iter().map(|r| hex(r.serial_number.as_ref())).collect();
+    let serials = revoked
+        .iter()
+        .map(|r| hex(r.serial_number.as_ref()))
+        .collect();
     let pem = sign_crl(&issuer, number, revoked)?;
     replace_file(crl, pem.as_bytes(), 0o644)?;
     Ok(Revoked {
@@ -409,7 +432,6 @@ pub fn admin_token(out: &Path) -> Result<(PathBuf, PathBuf), PkiError> {
     ring::rand::SystemRandom::new()
         .fill(&mut raw)
         .map_err(|_| unsafe_path(out, "no random numbers from the system"))?;
-    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
     let token = hex(&raw);
     let hash = hex(&crate::http::sha256(token.as_bytes()));
     let hash_path = PathBuf::from(format!("{}.sha256", out.display()));
@@ -421,6 +443,16 @@ pub fn admin_token(out: &Path) -> Result<(PathBuf, PathBuf), PkiError> {
     write_new(out, format!("{token}\n").as_bytes(), 0o600)?;
     write_new(&hash_path, format!("{hash}\n").as_bytes(), 0o600)?;
     Ok((out.to_path_buf(), hash_path))
+}
+
+/// Lowercase hex of `b`.
+fn hex(b: &[u8]) -> String {
+    use std::fmt::Write as _;
+    b.iter()
+        .fold(String::with_capacity(b.len() * 2), |mut s, x| {
+            let _ = write!(s, "{x:02x}");
+            s
+        })
 }
 
 /// A `--gateway` name: it becomes `<name>.pem` and `<name>.key` in
@@ -964,7 +996,11 @@ pub(crate) mod tests {
             chmod(&dir, m);
             let err = init(&dir, "gw1").expect_err(&format!("a {m:o} directory was used"));
             assert!(err.to_string().contains("writable"), "{err}");
-            assert_eq!(fs::read_dir(&dir).unwrap().count(), 0, "{m:o}: files written");
+            assert_eq!(
+                fs::read_dir(&dir).unwrap().count(),
+                0,
+                "{m:o}: files written"
+            );
             fs::remove_dir_all(dir).unwrap();
         }
     }
@@ -1029,7 +1065,10 @@ pub(crate) mod tests {
             assert_eq!(mode(k), 0o600, "{}", k.display());
         }
         assert_eq!(mode(&dir.join("ca")), 0o700);
-        assert!(!dir.join("ca.key").exists(), "the CA key beside the deployed keys");
+        assert!(
+            !dir.join("ca.key").exists(),
+            "the CA key beside the deployed keys"
+        );
         let before = fs::read(gw_key).unwrap();
         assert!(init(&dir, "gw1").is_err(), "existing keys were replaced");
         assert_eq!(fs::read(gw_key).unwrap(), before);
@@ -1086,8 +1125,12 @@ pub(crate) mod tests {
         )
         .unwrap();
         let client = |gw: &str| {
-            client_config(&f.ca, &dir.join(format!("{gw}.pem")), &dir.join(format!("{gw}.key")))
-                .unwrap()
+            client_config(
+                &f.ca,
+                &dir.join(format!("{gw}.pem")),
+                &dir.join(format!("{gw}.key")),
+            )
+            .unwrap()
         };
         let edge = || server_config_with_crl(&f.ca, &f.edge.0, &f.edge.1, Some(&f.crl)).unwrap();
         // The empty list from `pki init`: both connect.
@@ -1123,7 +1166,7 @@ pub(crate) mod tests {
         .unwrap();
         let edge_plain = server_config(&f.ca, &f.edge.0, &f.edge.1).unwrap();
         handshake(gw.clone(), edge_plain.clone()).unwrap();
-        revoke(&dir.join("ca"), &f.crl, &[f.edge.0.clone()]).unwrap();
+        revoke(&dir.join("ca"), &f.crl, std::slice::from_ref(&f.edge.0)).unwrap();
         let gw = client_config_with_crl(
             &f.ca,
             &dir.join("gw1.pem"),
@@ -1142,7 +1185,7 @@ pub(crate) mod tests {
         let (_, other, _) = &f2.gateways[0];
         let err = revoke(&dir1.join("ca"), &f1.crl, std::slice::from_ref(other)).unwrap_err();
         assert!(err.to_string().contains("not issued by"), "{err}");
-        let err = revoke(&dir1.join("ca"), &f2.crl, &[f1.edge.0.clone()]).unwrap_err();
+        let err = revoke(&dir1.join("ca"), &f2.crl, std::slice::from_ref(&f1.edge.0)).unwrap_err();
         assert!(err.to_string().contains("another CA"), "{err}");
         fs::remove_dir_all(dir1).unwrap();
         fs::remove_dir_all(dir2).unwrap();

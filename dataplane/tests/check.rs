@@ -41,8 +41,7 @@ impl Fixture {
             .output()
             .unwrap();
         assert!(out.status.success(), "pki init: {}", text(&out));
-        std::fs::set_permissions(dir.join("pki"), std::fs::Permissions::from_mode(0o755))
-            .unwrap();
+        std::fs::set_permissions(dir.join("pki"), std::fs::Permissions::from_mode(0o755)).unwrap();
         let f = Self { dir };
         f.gateway("", "gw1.pem", "gw1.key");
         f
@@ -135,8 +134,11 @@ fn a_key_that_is_a_directory() {
 #[test]
 fn a_key_full_of_garbage() {
     let f = Fixture::new("garbage");
-    std::fs::write(f.path("pki/garbage.key"), [0xde_u8, 0xad, 0xbe, 0xef, b'\n'].repeat(50))
-        .unwrap();
+    std::fs::write(
+        f.path("pki/garbage.key"),
+        [0xde_u8, 0xad, 0xbe, 0xef, b'\n'].repeat(50),
+    )
+    .unwrap();
     f.gateway("", "gw1.pem", "garbage.key");
     refused(
         &f.check(&[]),
@@ -220,13 +222,7 @@ fn a_key_the_checking_user_cannot_read() {
         0o600
     );
     let o = Command::new("setpriv")
-        .args([
-            "--reuid",
-            "65534",
-            "--regid",
-            "65534",
-            "--clear-groups",
-        ])
+        .args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
         .arg(bin())
         .args(["check", "--config"])
         .arg(f.path("gateway.toml"))

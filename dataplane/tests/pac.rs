@@ -146,7 +146,13 @@ fn slow_clients_do_not_stall_the_pac_server() {
         probe.local_addr().unwrap()
     };
     let stop = Arc::new(AtomicBool::new(false));
-    let http = pac::serve(addr, stop.clone(), "function FindProxyForURL() {}\n".into(), &[]).unwrap();
+    let http = pac::serve(
+        addr,
+        stop.clone(),
+        "function FindProxyForURL() {}\n".into(),
+        &[],
+    )
+    .unwrap();
     let mut slow: Vec<TcpStream> = (0..10)
         .map(|_| {
             let mut s = TcpStream::connect(addr).unwrap();

@@ -6,11 +6,15 @@
 //!
 //! "Another local user" is `nobody` (uid 65534) through `setpriv`; the
 //! policy generation (a metric) shows whether a request took effect.
+//!
+//! Also here: a gateway whose certificate the CA revoked (`sluice pki
+//! revoke`, the edge's `crl`) is refused by the edge while another
+//! connects.
 use std::time::{Duration, Instant};
 
 use sluice_lab::{
     Host, Lab,
-    deploy::{Sluice, gateway_metric},
+    deploy::{GATEWAY_METRICS, Sluice, gateway_metric, metrics_text, sum},
     require_root,
 };
 
@@ -42,7 +46,10 @@ const ADMIN_ROUTES: [(&str, &str); 6] = [
     ("POST", "/policy/tenant?name=corp"),
     ("GET", "/flows"),
     ("GET", "/policy"),
-    ("GET", "/policy/explain?src=192.0.2.10&dst=203.0.113.10&dport=443"),
+    (
+        "GET",
+        "/policy/explain?src=192.0.2.10&dst=203.0.113.10&dport=443",
+    ),
     ("GET", "/bypass/dns"),
 ];
 
@@ -58,8 +65,32 @@ fn metrics_listener_serves_metrics_only_and_checks_the_host() {
     for (method, path) in ADMIN_ROUTES {
         let url = format!("http://127.0.0.1:9477{path}");
         for argv in [
-            as_nobody(&["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "10", "-X", method, &url]),
-            vec!["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "10", "-X", method, &url],
+            as_nobody(&[
+                "curl",
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--max-time",
+                "10",
+                "-X",
+                method,
+                &url,
+            ]),
+            vec![
+                "curl",
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--max-time",
+                "10",
+                "-X",
+                method,
+                &url,
+            ],
         ] {
             let code = status(&lab, &argv);
             assert_eq!(
@@ -68,21 +99,41 @@ fn metrics_listener_serves_metrics_only_and_checks_the_host() {
             );
         }
     }
-    assert_eq!(generation(), 1, "a request on the metrics listener changed the policy");
+    assert_eq!(
+        generation(),
+        1,
+        "a request on the metrics listener changed the policy"
+    );
     // DNS rebinding: a page whose own name now points at the gateway
     // sends that name.
     let code = status(
         &lab,
         &[
-            "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "10", "-H",
-            "Host: rebind.evil.example", "http://127.0.0.1:9477/metrics",
+            "curl",
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "10",
+            "-H",
+            "Host: rebind.evil.example",
+            "http://127.0.0.1:9477/metrics",
         ],
     );
     assert_eq!(code, "421", "a foreign Host header was served");
     let code = status(
         &lab,
         &[
-            "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "10",
+            "curl",
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "10",
             "http://localhost:9477/metrics",
         ],
     );
@@ -90,6 +141,10 @@ fn metrics_listener_serves_metrics_only_and_checks_the_host() {
 }
 
 #[test]
+#[allow(
+    clippy::too_many_lines,
+    reason = "one story: nobody refused each way, then root served"
+)]
 fn admin_socket_serves_root_and_refuses_other_users() {
     if !require_root("admin_socket_serves_root_and_refuses_other_users") {
         return;
@@ -98,8 +153,16 @@ fn admin_socket_serves_root_and_refuses_other_users() {
     let s = setup(&lab);
     let generation = || gateway_metric(&lab, "sluice_policy_generation", "");
     let b = bin().to_string_lossy().into_owned();
-    let cfg = s.conf_dir().join("gateway.toml").to_string_lossy().into_owned();
-    let sock = s.conf_dir().join("admin.sock").to_string_lossy().into_owned();
+    let cfg = s
+        .conf_dir()
+        .join("gateway.toml")
+        .to_string_lossy()
+        .into_owned();
+    let sock = s
+        .conf_dir()
+        .join("admin.sock")
+        .to_string_lossy()
+        .into_owned();
 
     // nobody, through the CLI: refused at the socket (mode 0600).
     for args in [
@@ -155,11 +218,7 @@ fn admin_socket_serves_root_and_refuses_other_users() {
     }
     // ... and when the socket's mode lets it (a mistake), its credentials
     // are refused.
-    std::fs::set_permissions(
-        &sock,
-        std::os::unix::fs::PermissionsExt::from_mode(0o666),
-    )
-    .unwrap();
+    std::fs::set_permissions(&sock, std::os::unix::fs::PermissionsExt::from_mode(0o666)).unwrap();
     for (method, path) in ADMIN_ROUTES {
         let argv = curl_unix(method, path);
         let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
@@ -181,12 +240,22 @@ fn admin_socket_serves_root_and_refuses_other_users() {
     let out = root(&["flows", "--config", &cfg]);
     assert!(out.contains("endpoint mode is off"), "{out}");
     let out = root(&[
-        "policy", "explain", "--config", &cfg, "--live", "--src", "192.0.2.10", "--dst",
+        "policy",
+        "explain",
+        "--config",
+        &cfg,
+        "--live",
+        "--src",
+        "192.0.2.10",
+        "--dst",
         "203.0.113.20",
     ]);
     assert!(out.contains("outcome:"), "{out}");
     // A refused switch is an error of the CLI, with the gateway's reason.
-    let out = lab.run(Host::Gw, &[&b, "policy", "tenant", "--config", &cfg, "corp"]);
+    let out = lab.run(
+        Host::Gw,
+        &[&b, "policy", "tenant", "--config", &cfg, "corp"],
+    );
     assert!(!out.status.success());
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("corp"),
@@ -208,8 +277,16 @@ fn slow_clients_stall_neither_metrics_nor_the_admin_socket() {
     let lab = Lab::new();
     let s = setup(&lab);
     let b = bin().to_string_lossy().into_owned();
-    let cfg = s.conf_dir().join("gateway.toml").to_string_lossy().into_owned();
-    let sock = s.conf_dir().join("admin.sock").to_string_lossy().into_owned();
+    let cfg = s
+        .conf_dir()
+        .join("gateway.toml")
+        .to_string_lossy()
+        .into_owned();
+    let sock = s
+        .conf_dir()
+        .join("admin.sock")
+        .to_string_lossy()
+        .into_owned();
     let script = format!(
         "import socket, time\n\
          conns = []\n\
@@ -236,7 +313,13 @@ fn slow_clients_stall_neither_metrics_nor_the_admin_socket() {
         let out = lab.run(
             Host::Gw,
             &[
-                "curl", "-sS", "--fail", "--max-time", "15", "-o", "/dev/null",
+                "curl",
+                "-sS",
+                "--fail",
+                "--max-time",
+                "15",
+                "-o",
+                "/dev/null",
                 "http://127.0.0.1:9477/metrics",
             ],
         );
@@ -262,4 +345,88 @@ fn slow_clients_stall_neither_metrics_nor_the_admin_socket() {
         "the gateway stopped:\n{}",
         logs(&lab)
     );
+}
+
+/// A stolen gateway is cut off without a new CA: `sluice pki revoke`
+/// lists branch-2's certificate, the edge loads the list (`crl`), and
+/// branch-2's tunnel never comes up (the edge refuses it at the
+/// handshake) while branch-1's does.
+#[test]
+fn a_revoked_gateway_is_refused_by_the_edge() {
+    if !require_root("a_revoked_gateway_is_refused_by_the_edge") {
+        return;
+    }
+    let lab = Lab::new();
+    let mut s = Sluice::prepare(&lab, bin(), str::to_string);
+    let b = bin().to_string_lossy().into_owned();
+    let conf = s.conf_dir().to_path_buf();
+    let dir = conf.to_string_lossy().into_owned();
+    let out = lab.run_ok(
+        Host::Client,
+        &[&b, "pki", "revoke", "--dir", &dir, "--gateway", "branch-2"],
+    );
+    assert!(out.contains("1 added"), "{out}");
+    s.edit_edge(|t| {
+        t.replacen(
+            "key = \"edge.key\"\n",
+            "key = \"edge.key\"\ncrl = \"crl.pem\"\n",
+            1,
+        )
+    });
+    s.start_edge();
+    s.start_gateway();
+    // branch-2, as Sluice::start_second_gateway writes it, in gw2.
+    let text = std::fs::read_to_string(conf.join("gateway.toml")).unwrap();
+    let text = text
+        .replace("name = \"branch-1\"", "name = \"branch-2\"")
+        .replace("branch-1.pem", "branch-2.pem")
+        .replace("branch-1.key", "branch-2.key")
+        .replace(
+            "admin_socket = \"admin.sock\"",
+            "admin_socket = \"admin2.sock\"",
+        );
+    std::fs::write(conf.join("gateway2.toml"), text).unwrap();
+    let cfg2 = conf.join("gateway2.toml").to_string_lossy().into_owned();
+    let gw2 = lab.spawn_env(
+        Host::Gw2,
+        "gateway2",
+        &[&b, "gateway", "--config", &cfg2],
+        &[("RUST_LOG", "info")],
+    );
+    let failures = || {
+        sum(
+            &metrics_text(&lab, Host::Gw2, GATEWAY_METRICS),
+            "sluice_gateway_tunnel_failures_total",
+            "",
+        )
+    };
+    lab.wait_for(
+        "branch-2's handshakes to fail",
+        Duration::from_secs(30),
+        || {
+            assert!(
+                lab.is_running(gw2),
+                "gateway2 exited:\n{}",
+                lab.log("gateway2")
+            );
+            failures() >= 2
+        },
+    );
+    let text = metrics_text(&lab, Host::Gw2, GATEWAY_METRICS);
+    assert_eq!(
+        sum(&text, "sluice_gateway_tunnel_up", ""),
+        0,
+        "branch-2's tunnel is up\n{}\n--- edge ---\n{}",
+        lab.log("gateway2"),
+        lab.log("edge")
+    );
+    // The edge's alert: 44, certificate_revoked (RFC 8446).
+    assert!(
+        lab.log("gateway2").contains("TLS alert 44"),
+        "gateway2 log:\n{}",
+        lab.log("gateway2")
+    );
+    // branch-1 was not touched.
+    assert_eq!(gateway_metric(&lab, "sluice_gateway_tunnel_up", ""), 1);
+    lab.stop(gw2);
 }

@@ -264,7 +264,10 @@ pub fn run(lab: &Lab, s: &Sluice<'_>, stream: &Stream) -> Result<Outcome> {
                 "--unix-socket admin.sock -X POST http://localhost/policy/reload",
             )
         } else {
-            ("poll.toml", "--unix-socket admin.sock http://localhost/policy")
+            (
+                "poll.toml",
+                "--unix-socket admin.sock http://localhost/policy",
+            )
         };
         let script = format!(
             "cd {dir} && while grep -qv ') Z' /proc/{pid}/stat 2>/dev/null; do \

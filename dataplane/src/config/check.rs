@@ -174,21 +174,19 @@ fn tls(
         }
     };
     match pki::load_key(key) {
-        Ok(k) => {
-            match certs.as_ref().map(|c| pki::key_matches(c, k)) {
-                Some(Ok(false)) => out.error(
-                    &f("key"),
-                    Some(key),
-                    format!(
-                        "does not match the certificate {} ({}): it is another certificate's key",
-                        cert.display(),
-                        f("cert")
-                    ),
+        Ok(k) => match certs.as_ref().map(|c| pki::key_matches(c, k)) {
+            Some(Ok(false)) => out.error(
+                &f("key"),
+                Some(key),
+                format!(
+                    "does not match the certificate {} ({}): it is another certificate's key",
+                    cert.display(),
+                    f("cert")
                 ),
-                Some(Err(e)) => out.error(&f("key"), Some(key), e),
-                Some(Ok(true)) | None => {}
-            }
-        }
+            ),
+            Some(Err(e)) => out.error(&f("key"), Some(key), e),
+            Some(Ok(true)) | None => {}
+        },
         Err(e) => out.pki(&f("key"), key, &e),
     }
     if let Some(crl) = crl {
@@ -245,7 +243,11 @@ pub fn missing_interfaces(cfg: &GatewayConfig) -> Vec<(&'static str, String)> {
 pub fn gateway(cfg: &GatewayConfig, offline: bool) -> Vec<Finding> {
     let mut out = Findings::default();
     let now = now();
-    let host = if offline { Level::Warning } else { Level::Error };
+    let host = if offline {
+        Level::Warning
+    } else {
+        Level::Error
+    };
     for (field, iface) in missing_interfaces(cfg) {
         out.push(
             host,
@@ -313,13 +315,37 @@ mod tests {
         assert!(out.0.is_empty(), "{:?}", out.0);
         let mut out = Findings::default();
         tls(&mut out, "tunnel", (&f.ca, c, &f.edge.1, None), now());
-        assert_eq!(level(&out.0, "tunnel.key"), Some(Level::Error), "{:?}", out.0);
-        assert!(out.0[0].to_string().contains("does not match"), "{}", out.0[0]);
+        assert_eq!(
+            level(&out.0, "tunnel.key"),
+            Some(Level::Error),
+            "{:?}",
+            out.0
+        );
+        assert!(
+            out.0[0].to_string().contains("does not match"),
+            "{}",
+            out.0[0]
+        );
         // Ten years on, everything has expired.
         let mut out = Findings::default();
-        tls(&mut out, "tunnel", (&f.ca, c, k, None), now() + 40 * 365 * 86_400);
-        assert_eq!(level(&out.0, "tunnel.cert"), Some(Level::Error), "{:?}", out.0);
-        assert_eq!(level(&out.0, "tunnel.ca"), Some(Level::Error), "{:?}", out.0);
+        tls(
+            &mut out,
+            "tunnel",
+            (&f.ca, c, k, None),
+            now() + 40 * 365 * 86_400,
+        );
+        assert_eq!(
+            level(&out.0, "tunnel.cert"),
+            Some(Level::Error),
+            "{:?}",
+            out.0
+        );
+        assert_eq!(
+            level(&out.0, "tunnel.ca"),
+            Some(Level::Error),
+            "{:?}",
+            out.0
+        );
         std::fs::remove_dir_all(dir).unwrap();
     }
 

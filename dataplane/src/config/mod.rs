@@ -532,7 +532,10 @@ impl Doc<'_> {
                     return Err(self.err(
                         s.span(),
                         "gateway.admin_socket",
-                        format!("{}: longer than a Unix socket path can be (107 bytes)", p.display()),
+                        format!(
+                            "{}: longer than a Unix socket path can be (107 bytes)",
+                            p.display()
+                        ),
                     ));
                 }
                 Some(p)
@@ -1042,7 +1045,11 @@ impl GatewayConfig {
             ca: d.file(&tun.ca, "tunnel.ca")?,
             cert: d.file(&tun.cert, "tunnel.cert")?,
             key: d.file(&tun.key, "tunnel.key")?,
-            crl: tun.crl.as_ref().map(|c| d.file(c, "tunnel.crl")).transpose()?,
+            crl: tun
+                .crl
+                .as_ref()
+                .map(|c| d.file(c, "tunnel.crl"))
+                .transpose()?,
             keepalive,
             idle_timeout,
             coalesce_delay,

@@ -92,7 +92,11 @@ fn supervise(servers: Vec<Server>, stop: &AtomicBool) {
                 }
             }
         }
-        while !ended.load(Relaxed) && !handles.iter().any(|h| h.is_finished()) {
+        while !ended.load(Relaxed)
+            && !handles
+                .iter()
+                .any(std::thread::ScopedJoinHandle::is_finished)
+        {
             std::thread::sleep(Duration::from_millis(100));
         }
         if !stop.load(Relaxed) {
@@ -132,7 +136,7 @@ fn admin_server(
             // Admin callers are few; a reload may take a while.
             max_conns: 64,
             max_per_source: 16,
-            deadline: Duration::from_secs(60),
+            deadline: Duration::from_mins(1),
             ..Limits::default()
         },
         move |req, out| {
@@ -221,7 +225,11 @@ fn handle(
             }),
             out,
         ),
-        Request::Explain(e) => match e.query().map_err(|e| e.to_string()).and_then(|q| control.explain(&q)) {
+        Request::Explain(e) => match e
+            .query()
+            .map_err(|e| e.to_string())
+            .and_then(|q| control.explain(&q))
+        {
             Ok(t) => {
                 out.push_str(&t);
                 Reply::text(200)

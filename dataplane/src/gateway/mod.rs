@@ -117,7 +117,10 @@ impl Gateway {
     )]
     pub fn start(cfg: &GatewayConfig, stop: Arc<AtomicBool>) -> Result<Self, GatewayError> {
         let tunnels = tunnel_params(cfg)?;
-        if let Some((field, iface)) = crate::config::check::missing_interfaces(cfg).into_iter().next() {
+        if let Some((field, iface)) = crate::config::check::missing_interfaces(cfg)
+            .into_iter()
+            .next()
+        {
             return Err(GatewayError::NoInterface {
                 path: cfg.path.clone(),
                 field,

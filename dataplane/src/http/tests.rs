@@ -148,7 +148,10 @@ fn answers_and_refuses() {
     // DNS rebinding: the page's own name.
     let r = ask(addr, "GET /x HTTP/1.1\r\nHost: evil.example\r\n\r\n");
     assert!(r.starts_with("HTTP/1.1 421"), "{r}");
-    let r = ask(addr, "POST /x HTTP/1.1\r\nOrigin: http://evil.example\r\n\r\n");
+    let r = ask(
+        addr,
+        "POST /x HTTP/1.1\r\nOrigin: http://evil.example\r\n\r\n",
+    );
     assert!(r.starts_with("HTTP/1.1 403"), "{r}");
     let r = ask(addr, "POST /x HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello");
     assert!(r.starts_with("HTTP/1.1 413"), "{r}");
@@ -157,6 +160,20 @@ fn answers_and_refuses() {
     let r = ask(addr, &"A".repeat(20_000));
     assert!(r.is_empty() || r.starts_with("HTTP/1.1 431"), "{r}");
     assert!(ask(addr, "GET /x HTTP/1.0\r\n\r\n").starts_with("HTTP/1.1 200"));
+    // A request followed at once by the end of the client's side.
+    let mut c = TcpStream::connect(addr).unwrap();
+    c.write_all(b"GET /x HTTP/1.1\r\n\r\n").unwrap();
+    c.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut out = String::new();
+    c.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    // Half a request and the end: closed without an answer.
+    let mut c = TcpStream::connect(addr).unwrap();
+    c.write_all(b"GET /x HT").unwrap();
+    c.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut out = String::new();
+    c.read_to_string(&mut out).unwrap();
+    assert!(out.is_empty(), "{out}");
     stop.store(true, Ordering::Relaxed);
     h.join().unwrap();
 }
@@ -165,12 +182,24 @@ fn answers_and_refuses() {
 fn bearer_tokens() {
     let (addr, stop, h) = server(Limits::default(), Some("s3cret"));
     let r = ask(addr, "GET /x HTTP/1.1\r\n\r\n");
-    assert!(r.starts_with("HTTP/1.1 401") && r.contains("WWW-Authenticate: Bearer"), "{r}");
-    let r = ask(addr, "GET /x HTTP/1.1\r\nAuthorization: Bearer s3cre\r\n\r\n");
+    assert!(
+        r.starts_with("HTTP/1.1 401") && r.contains("WWW-Authenticate: Bearer"),
+        "{r}"
+    );
+    let r = ask(
+        addr,
+        "GET /x HTTP/1.1\r\nAuthorization: Bearer s3cre\r\n\r\n",
+    );
     assert!(r.starts_with("HTTP/1.1 401"), "{r}");
-    let r = ask(addr, "GET /x HTTP/1.1\r\nAuthorization: Basic s3cret\r\n\r\n");
+    let r = ask(
+        addr,
+        "GET /x HTTP/1.1\r\nAuthorization: Basic s3cret\r\n\r\n",
+    );
     assert!(r.starts_with("HTTP/1.1 401"), "{r}");
-    let r = ask(addr, "GET /x HTTP/1.1\r\nAuthorization: Bearer s3cret\r\n\r\n");
+    let r = ask(
+        addr,
+        "GET /x HTTP/1.1\r\nAuthorization: Bearer s3cret\r\n\r\n",
+    );
     assert!(r.starts_with("HTTP/1.1 200"), "{r}");
     // The host check comes first: a rebinding page with the token (it
     // cannot have it, but even so) is refused.
@@ -245,12 +274,15 @@ fn connection_caps() {
     .unwrap();
     // Dual-stack where the host has IPv6: 127.0.0.1 and ::1 are two
     // sources.
-    let (addr, v6) = match s.listen_tcp("[::]:0".parse().unwrap(), Access::Open, Hosts::default())
-    {
+    let (addr, v6) = match s.listen_tcp("[::]:0".parse().unwrap(), Access::Open, Hosts::default()) {
         Ok(a) => (SocketAddr::from(([127, 0, 0, 1], a.port())), Some(a.port())),
         Err(_) => (
-            s.listen_tcp("127.0.0.1:0".parse().unwrap(), Access::Open, Hosts::default())
-                .unwrap(),
+            s.listen_tcp(
+                "127.0.0.1:0".parse().unwrap(),
+                Access::Open,
+                Hosts::default(),
+            )
+            .unwrap(),
             None,
         ),
     };
@@ -278,7 +310,13 @@ fn connection_caps() {
             .map(|_| TcpStream::connect(("::1", port)).unwrap())
             .collect();
         std::thread::sleep(Duration::from_millis(200));
-        assert!(ask(SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port)), "GET /x HTTP/1.1\r\n\r\n").is_empty());
+        assert!(
+            ask(
+                SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port)),
+                "GET /x HTTP/1.1\r\n\r\n"
+            )
+            .is_empty()
+        );
         drop(more);
     }
     drop(idle);
@@ -339,8 +377,10 @@ fn unix_socket_peers() {
         assert!(r.starts_with("HTTP/1.1 403"), "{r}");
     }
     // A second server on the same path is refused while this one runs.
-    let mut again = Server::new("sluice-test-unix2", Limits::default(), |_, _| Reply::text(200))
-        .unwrap();
+    let mut again = Server::new("sluice-test-unix2", Limits::default(), |_, _| {
+        Reply::text(200)
+    })
+    .unwrap();
     let err = again
         .listen_unix(&path, 0o600, None, Access::Peer { gid: None })
         .unwrap_err();
@@ -368,7 +408,8 @@ fn unix_peer_credentials_of_other_users() {
         })
         .unwrap();
         // 0666: only the credentials check stands in the way.
-        s.listen_unix(&path, 0o666, None, Access::Peer { gid }).unwrap();
+        s.listen_unix(&path, 0o666, None, Access::Peer { gid })
+            .unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let h = s.spawn(stop.clone()).unwrap();
         let script = format!(
