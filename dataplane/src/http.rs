@@ -31,7 +31,7 @@ use std::{
     collections::HashMap,
     io::{self, Read as _, Write as _},
     net::{IpAddr, SocketAddr},
-    os::unix::fs::{DirBuilderExt as _, PermissionsExt as _},
+    os::unix::fs::{DirBuilderExt as _, MetadataExt as _, PermissionsExt as _},
     path::{Path, PathBuf},
     sync::{
         Arc,
@@ -340,7 +340,8 @@ pub type Handler = Box<dyn FnMut(&Request<'_>, &mut String) -> Reply + Send>;
 
 enum Listener {
     Tcp(mio::net::TcpListener),
-    Unix(mio::net::UnixListener, PathBuf),
+    /// The socket, its path, and the file's (device, inode) at bind.
+    Unix(mio::net::UnixListener, PathBuf, (u64, u64)),
 }
 
 struct Bound {
@@ -473,7 +474,7 @@ impl Server {
         let token = Token(self.listeners.len());
         let source: &mut dyn mio::event::Source = match &mut listener {
             Listener::Tcp(l) => l,
-            Listener::Unix(l, _) => l,
+            Listener::Unix(l, ..) => l,
         };
         self.poll
             .registry()
@@ -554,8 +555,9 @@ impl Server {
         if let Some(g) = gid {
             std::os::unix::fs::chown(path, None, Some(g))?;
         }
+        let m = std::fs::symlink_metadata(path)?;
         self.add(
-            Listener::Unix(l, path.to_path_buf()),
+            Listener::Unix(l, path.to_path_buf(), (m.dev(), m.ino())),
             access,
             Hosts::default(),
         )
@@ -641,8 +643,12 @@ impl Server {
                 }
             }
         }
+        // Our socket files only: a gateway started meanwhile may have
+        // replaced one with its own.
         for b in &self.listeners {
-            if let Listener::Unix(_, p) = &b.listener {
+            if let Listener::Unix(_, p, id) = &b.listener
+                && std::fs::symlink_metadata(p).is_ok_and(|m| (m.dev(), m.ino()) == *id)
+            {
                 let _ = std::fs::remove_file(p);
             }
         }
@@ -659,7 +665,7 @@ impl Server {
         loop {
             let accepted = match &self.listeners[li].listener {
                 Listener::Tcp(l) => l.accept().map(|(s, a)| (Stream::Tcp(s), Some(a.ip()))),
-                Listener::Unix(l, _) => l.accept().map(|(s, _)| (Stream::Unix(s), None)),
+                Listener::Unix(l, ..) => l.accept().map(|(s, _)| (Stream::Unix(s), None)),
             };
             let (mut stream, source) = match accepted {
                 Ok(v) => v,

@@ -388,6 +388,21 @@ fn unix_socket_peers() {
     stop.store(true, Ordering::Relaxed);
     h.join().unwrap();
     assert!(!path.exists(), "the socket file is removed on stop");
+    // A server whose path another process took over (a restart) leaves
+    // the newcomer's file alone when it stops.
+    let mut s = Server::new("sluice-test-unix3", Limits::default(), |_, _| {
+        Reply::text(200)
+    })
+    .unwrap();
+    s.listen_unix(&path, 0o600, None, Access::Peer { gid: None })
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let h = s.spawn(stop.clone()).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    std::fs::write(&path, "the newcomer's").unwrap();
+    stop.store(true, Ordering::Relaxed);
+    h.join().unwrap();
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), "the newcomer's");
     std::fs::remove_dir_all(dir).unwrap();
 }
 
