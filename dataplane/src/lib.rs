@@ -20,11 +20,14 @@
 //!   process-based bypass.
 //! - [`endpoint`]: endpoint mode (the host's own traffic, process-based
 //!   bypass through socket hooks and exec events, the flow table).
-//! - [`config`], [`pki`], [`metrics`]: operator-facing pieces.
+//! - [`config`], [`pki`], [`metrics`], [`admin`] (the admin API's
+//!   requests, shared by the gateway and the CLI), [`http`] (the one HTTP
+//!   server behind metrics, admin and PAC): operator-facing pieces.
 #![deny(unsafe_code)]
 #![deny(missing_docs)]
 
 pub mod addr_map;
+pub mod admin;
 pub mod config;
 pub mod dns;
 pub mod ebpf;
@@ -33,6 +36,7 @@ pub mod endpoint;
 pub mod gateway;
 pub mod gro;
 pub mod host;
+pub mod http;
 pub mod lpm;
 pub mod metrics;
 pub mod net;

@@ -1,4 +1,5 @@
-//! The `sluice` command line: `gateway`, `edge`, `check`, `pki init`.
+//! The `sluice` command line: `gateway`, `edge`, `check`, `pki`, and the
+//! running gateway's admin API (`policy`, `flows`) over its admin socket.
 use std::{
     path::PathBuf,
     process::ExitCode,
@@ -38,13 +39,15 @@ enum Cmd {
         config: PathBuf,
     },
     /// Print this host's connections with their process and verdict
-    /// (endpoint mode), from the gateway's metrics address.
+    /// (endpoint mode), from the running gateway's admin socket.
     Flows {
-        /// Configuration file (for the metrics address).
+        /// Configuration file (for the admin socket).
         #[arg(short, long, default_value = "/etc/sluice/sluice.toml")]
         config: PathBuf,
     },
-    /// Validate a configuration file without touching the system.
+    /// Check a configuration as start would (certificates, keys,
+    /// revocation lists, interfaces, admin group and token), without
+    /// changing anything.
     Check {
         /// Configuration file.
         #[arg(short, long, default_value = "/etc/sluice/sluice.toml")]
@@ -52,6 +55,10 @@ enum Cmd {
         /// Which role's sections to check.
         #[arg(long, value_enum, default_value = "gateway")]
         role: Role,
+        /// The file is for another machine: missing interfaces and groups
+        /// are warnings, not errors.
+        #[arg(long)]
+        offline: bool,
     },
     /// Benchmark baseline: attach a pass-everything XDP program to an
     /// interface until SIGTERM/SIGINT.
@@ -118,7 +125,7 @@ enum PolicyCmd {
         /// Offline: a tunnel that is down, `NAME` or `NAME:SECONDS`.
         #[arg(long)]
         down: Vec<String>,
-        /// Ask the running gateway (its metrics address), with its live
+        /// Ask the running gateway (its admin socket), with its live
         /// tenant, network state and tunnels.
         #[arg(long)]
         live: bool,
@@ -131,7 +138,7 @@ enum PolicyCmd {
     },
     /// Switch a private-access tenant on (the others off).
     Tenant {
-        /// Configuration file (for the metrics address).
+        /// Configuration file (for the admin socket).
         #[arg(short, long, default_value = "/etc/sluice/sluice.toml")]
         config: PathBuf,
         /// The tenant's name.
@@ -139,7 +146,14 @@ enum PolicyCmd {
     },
     /// The running gateway's policy state.
     Status {
-        /// Configuration file (for the metrics address).
+        /// Configuration file (for the admin socket).
+        #[arg(short, long, default_value = "/etc/sluice/sluice.toml")]
+        config: PathBuf,
+    },
+    /// The addresses the running gateway's domain bypass holds (address,
+    /// name, seconds left).
+    Domains {
+        /// Configuration file (for the admin socket).
         #[arg(short, long, default_value = "/etc/sluice/sluice.toml")]
         config: PathBuf,
     },
@@ -153,17 +167,53 @@ enum Role {
 
 #[derive(Subcommand)]
 enum PkiCmd {
-    /// Generate a lab CA, an edge certificate and gateway certificates.
+    /// Generate a CA, an edge certificate, gateway certificates and an
+    /// empty revocation list. The CA's key goes to `--ca-dir` (default
+    /// `DIR/ca`, mode 0700), apart from the files that get deployed.
     Init {
-        /// Output directory.
+        /// Output directory (created 0755; refused if others can write it
+        /// or it is a symlink).
         #[arg(long)]
         dir: PathBuf,
+        /// Where the CA's key (and a copy of its certificate) go; keep it
+        /// off the gateways and the edge.
+        #[arg(long)]
+        ca_dir: Option<PathBuf>,
         /// Names (DNS or IP) the edge certificate is valid for.
         #[arg(long = "edge-name", required = true)]
         edge_names: Vec<String>,
-        /// Gateway names, one client certificate each.
+        /// Gateway names, one client certificate each (`NAME.pem`,
+        /// `NAME.key` in `--dir`).
         #[arg(long = "gateway", required = true)]
         gateways: Vec<String>,
+    },
+    /// Revoke certificates: add them to the CA's revocation list (`crl`
+    /// in `[edge]` and `[tunnel]`), signed with the CA's key. Restart the
+    /// edge (or gateway) to apply it.
+    Revoke {
+        /// The directory `pki init` wrote.
+        #[arg(long)]
+        dir: PathBuf,
+        /// The CA's directory (default `DIR/ca`).
+        #[arg(long)]
+        ca_dir: Option<PathBuf>,
+        /// The revocation list to extend (default `DIR/crl.pem`).
+        #[arg(long)]
+        crl: Option<PathBuf>,
+        /// A gateway by name (`DIR/NAME.pem`).
+        #[arg(long = "gateway")]
+        gateways: Vec<String>,
+        /// A certificate file.
+        #[arg(long = "cert")]
+        certs: Vec<PathBuf>,
+    },
+    /// A bearer token for the admin API's TCP listener: the token to
+    /// `OUT` and its SHA-256 to `OUT.sha256` (`gateway.admin_token`), both
+    /// 0600.
+    AdminToken {
+        /// Where the token goes.
+        #[arg(long)]
+        out: PathBuf,
     },
 }
 
@@ -175,40 +225,27 @@ fn stop_flag() -> anyhow::Result<Arc<AtomicBool>> {
     Ok(stop)
 }
 
-/// A plain HTTP/1.0 GET of `path` on `addr`; the body.
-fn http_get(addr: std::net::SocketAddr, path: &str) -> anyhow::Result<String> {
-    http(addr, "GET", path)
-}
-
-/// The gateway's metrics address, from its configuration file.
-fn metrics_addr(config: &std::path::Path) -> anyhow::Result<std::net::SocketAddr> {
-    GatewayConfig::load(config)?
-        .metrics
-        .context("gateway.metrics is not set: the running gateway answers there")
-}
-
-/// A plain HTTP/1.0 request without a body; the answer's body, or an
-/// error carrying it if the status is not 200.
-fn http(addr: std::net::SocketAddr, method: &str, path: &str) -> anyhow::Result<String> {
-    use std::io::{Read as _, Write as _};
-    let timeout = std::time::Duration::from_secs(5);
-    let mut s = std::net::TcpStream::connect_timeout(&addr, timeout)
-        .with_context(|| format!("connecting to the gateway at {addr}"))?;
-    s.set_read_timeout(Some(timeout))?;
-    write!(s, "{method} {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
-    let mut buf = Vec::new();
-    s.take(16 << 20).read_to_end(&mut buf)?;
-    let text = String::from_utf8_lossy(&buf);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .context("malformed HTTP answer")?;
+/// Sends `req` to the running gateway's admin socket (from the
+/// configuration at `config`); the answer's text, or an error with the
+/// gateway's reason.
+fn admin(config: &std::path::Path, req: &sluice::admin::Request) -> anyhow::Result<String> {
+    let cfg = GatewayConfig::load(config)?;
+    let socket = cfg.admin.socket.with_context(|| {
+        format!(
+            "{}: gateway.admin_socket is off: the CLI reaches the running gateway there",
+            config.display()
+        )
+    })?;
+    // A reload of a large policy takes a while; the server closes at 60 s.
+    let r = sluice::admin::call(&socket, req, std::time::Duration::from_secs(90))?;
     anyhow::ensure!(
-        head.starts_with("HTTP/1.") && head.contains(" 200 "),
-        "{}: {}",
-        head.lines().next().unwrap_or(""),
-        body.trim()
+        r.status == 200,
+        "the gateway answered {} {}: {}",
+        r.status,
+        sluice::http::reason(r.status),
+        r.body.trim()
     );
-    Ok(body.to_string())
+    Ok(r.body)
 }
 
 fn main() -> ExitCode {
@@ -255,48 +292,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Flows { config } => {
-            let cfg = GatewayConfig::load(&config)?;
-            let addr = cfg
-                .metrics
-                .context("gateway.metrics is not set: the flow table is served there")?;
-            print!("{}", http_get(addr, "/flows")?);
+            print!("{}", admin(&config, &sluice::admin::Request::Flows)?);
             Ok(())
         }
-        Cmd::Check { config, role } => {
-            match role {
-                Role::Gateway => {
-                    let c = GatewayConfig::load(&config)?;
-                    println!(
-                        "{}: ok: gateway `{}`, LAN {}, WAN {}, edge {}; policy: profiles {}, rules {}, identities {}, private-access tenants {}",
-                        config.display(),
-                        c.name,
-                        c.lan.as_deref().unwrap_or("none (endpoint mode only)"),
-                        c.wan,
-                        c.tunnel.edge,
-                        c.policy.profiles.len(),
-                        c.policy.rules.len(),
-                        c.policy.identities.len(),
-                        c.policy.tenants.len(),
-                    );
-                }
-                Role::Edge => {
-                    let c = EdgeConfig::load(&config)?;
-                    println!(
-                        "{}: ok: edge `{}` on {}, TUN {}, gateways {}",
-                        config.display(),
-                        c.name,
-                        c.listen,
-                        c.tun,
-                        c.gateways
-                            .iter()
-                            .map(|g| format!("{} ({} prefixes)", g.name, g.prefixes.len()))
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    );
-                }
-            }
-            Ok(())
-        }
+        Cmd::Check {
+            config,
+            role,
+            offline,
+        } => check(&config, role, offline),
         Cmd::XdpNoop { iface, mode } => {
             let mode = match mode.as_str() {
                 "auto" => sluice::ebpf::AttachMode::Auto,
@@ -313,22 +316,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Policy { cmd } => policy_cmd(cmd),
-        Cmd::Pki {
-            cmd:
-                PkiCmd::Init {
-                    dir,
-                    edge_names,
-                    gateways,
-                },
-        } => {
-            let f = pki::generate(&dir, &edge_names, &gateways)?;
-            println!("CA: {}", f.ca.display());
-            println!("edge: {} {}", f.edge.0.display(), f.edge.1.display());
-            for (n, c, k) in f.gateways {
-                println!("gateway {n}: {} {}", c.display(), k.display());
-            }
-            Ok(())
-        }
+        Cmd::Pki { cmd } => pki_cmd(cmd),
     }
 }
 
@@ -353,23 +341,17 @@ fn policy_cmd(cmd: PolicyCmd) -> anyhow::Result<()> {
             let proto: sluice::policy::Proto =
                 proto.parse().map_err(|e: String| anyhow::anyhow!(e))?;
             if live {
-                let mut q = format!(
-                    "src={src}&dst={dst}&sport={sport}&dport={dport}&proto={}",
-                    proto.0
-                );
-                if let Some(p) = &process {
-                    q.push_str(&format!("&process={p}"));
-                }
-                if let Some(d) = &domain {
-                    q.push_str(&format!("&domain={d}"));
-                }
-                if local {
-                    q.push_str("&local=1");
-                }
-                print!(
-                    "{}",
-                    http_get(metrics_addr(&config)?, &format!("/policy/explain?{q}"))?
-                );
+                let req = sluice::admin::Request::Explain(sluice::admin::Explain {
+                    src,
+                    dst,
+                    sport,
+                    dport,
+                    proto: proto.0,
+                    process,
+                    domain,
+                    local,
+                });
+                print!("{}", admin(&config, &req)?);
                 return Ok(());
             }
             let cfg = GatewayConfig::load(&config)?;
@@ -411,28 +393,149 @@ fn policy_cmd(cmd: PolicyCmd) -> anyhow::Result<()> {
             print!("{}", eval::explain(&policy, &flow, &rt));
             Ok(())
         }
+        // `admin` loads the file first: an invalid one is refused here,
+        // with its line and field, before the gateway is asked.
         PolicyCmd::Reload { config } => {
-            // Refused here first, with the file's line and field.
-            GatewayConfig::load(&config)?;
-            print!(
-                "{}",
-                http(metrics_addr(&config)?, "POST", "/policy/reload")?
-            );
+            print!("{}", admin(&config, &sluice::admin::Request::Reload)?);
             Ok(())
         }
         PolicyCmd::Tenant { config, name } => {
             print!(
                 "{}",
-                http(
-                    metrics_addr(&config)?,
-                    "POST",
-                    &format!("/policy/tenant?name={name}")
-                )?
+                admin(&config, &sluice::admin::Request::Tenant { name })?
             );
             Ok(())
         }
         PolicyCmd::Status { config } => {
-            print!("{}", http_get(metrics_addr(&config)?, "/policy")?);
+            print!("{}", admin(&config, &sluice::admin::Request::Status)?);
+            Ok(())
+        }
+        PolicyCmd::Domains { config } => {
+            print!("{}", admin(&config, &sluice::admin::Request::Domains)?);
+            Ok(())
+        }
+    }
+}
+
+/// `sluice check`: the file, then what start would load and look up.
+fn check(config: &std::path::Path, role: Role, offline: bool) -> anyhow::Result<()> {
+    use sluice::config::check::{self, Level};
+    let (summary, findings) = match role {
+        Role::Gateway => {
+            let c = GatewayConfig::load(config)?;
+            let summary = format!(
+                "{}: ok: gateway `{}`, LAN {}, WAN {}, edge {}; policy: profiles {}, rules {}, identities {}, private-access tenants {}",
+                config.display(),
+                c.name,
+                c.lan.as_deref().unwrap_or("none (endpoint mode only)"),
+                c.wan,
+                c.tunnel.edge,
+                c.policy.profiles.len(),
+                c.policy.rules.len(),
+                c.policy.identities.len(),
+                c.policy.tenants.len(),
+            );
+            (summary, check::gateway(&c, offline))
+        }
+        Role::Edge => {
+            let c = EdgeConfig::load(config)?;
+            let summary = format!(
+                "{}: ok: edge `{}` on {}, TUN {}, gateways {}",
+                config.display(),
+                c.name,
+                c.listen,
+                c.tun,
+                c.gateways
+                    .iter()
+                    .map(|g| format!("{} ({} prefixes)", g.name, g.prefixes.len()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            (summary, check::edge(&c))
+        }
+    };
+    let mut errors = 0;
+    for f in &findings {
+        match f.level {
+            Level::Error => {
+                errors += 1;
+                eprintln!("sluice: error: {}: {f}", config.display());
+            }
+            Level::Warning => eprintln!("sluice: warning: {}: {f}", config.display()),
+        }
+    }
+    anyhow::ensure!(
+        errors == 0,
+        "{}: {errors} error(s): start would fail or the tunnel would not come up",
+        config.display()
+    );
+    println!("{summary}");
+    Ok(())
+}
+
+fn pki_cmd(cmd: PkiCmd) -> anyhow::Result<()> {
+    match cmd {
+        PkiCmd::Init {
+            dir,
+            ca_dir,
+            edge_names,
+            gateways,
+        } => {
+            let ca_dir = ca_dir.unwrap_or_else(|| dir.join("ca"));
+            let f = pki::generate_in(&dir, &ca_dir, &edge_names, &gateways)?;
+            println!("CA: {} (deploy it)", f.ca.display());
+            println!(
+                "CA key: {} (keep it off the gateways and the edge: it signs certificates and revocation lists)",
+                f.ca_key.display()
+            );
+            println!("revocation list: {} (empty)", f.crl.display());
+            println!("edge: {} {}", f.edge.0.display(), f.edge.1.display());
+            for (n, c, k) in f.gateways {
+                println!("gateway {n}: {} {}", c.display(), k.display());
+            }
+            Ok(())
+        }
+        PkiCmd::Revoke {
+            dir,
+            ca_dir,
+            crl,
+            gateways,
+            mut certs,
+        } => {
+            for g in &gateways {
+                anyhow::ensure!(
+                    !g.is_empty() && !g.contains(['/', '\0']) && g != ".." && g != ".",
+                    "--gateway {g:?}: not a gateway name"
+                );
+                certs.push(dir.join(format!("{g}.pem")));
+            }
+            anyhow::ensure!(
+                !certs.is_empty(),
+                "name what to revoke: --gateway NAME or --cert FILE"
+            );
+            let ca_dir = ca_dir.unwrap_or_else(|| dir.join("ca"));
+            let crl = crl.unwrap_or_else(|| dir.join("crl.pem"));
+            let r = pki::revoke(&ca_dir, &crl, &certs)?;
+            println!(
+                "{}: revocation list number {}, {} certificate(s) revoked ({} added: {}); restart the edge (and gateways that load it) to apply it",
+                crl.display(),
+                r.number,
+                r.serials.len(),
+                r.added.len(),
+                r.added.join(", ")
+            );
+            Ok(())
+        }
+        PkiCmd::AdminToken { out } => {
+            let (token, hash) = pki::admin_token(&out)?;
+            println!(
+                "token: {} (give it to the admin API's clients: Authorization: Bearer <token>)",
+                token.display()
+            );
+            println!(
+                "hash: {} (point gateway.admin_token at it, with gateway.admin_listen)",
+                hash.display()
+            );
             Ok(())
         }
     }

@@ -1120,6 +1120,7 @@ mod policy {
             ca: "ca.pem".into(),
             cert: "c.pem".into(),
             key: "k.pem".into(),
+            crl: None,
             keepalive: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(30),
             coalesce_delay: Duration::ZERO,

@@ -68,7 +68,7 @@ fn pac_file_answers_direct_for_bypass_lists_and_proxy_otherwise() {
         probe.local_addr().unwrap()
     };
     let stop = Arc::new(AtomicBool::new(false));
-    let http = pac::serve(addr, stop.clone(), text.clone()).unwrap();
+    let http = pac::serve(addr, stop.clone(), text.clone(), &[]).unwrap();
     for path in ["/proxy.pac", "/wpad.dat"] {
         let r = get(addr, path);
         assert!(r.starts_with("HTTP/1.1 200 OK"), "{path}: {r}");
@@ -133,4 +133,68 @@ fn pac_file_answers_direct_for_bypass_lists_and_proxy_otherwise() {
     for ((host, want), line) in cases.iter().zip(got) {
         assert_eq!(line, format!("{host} {want}"), "PAC answer for {host}");
     }
+}
+
+/// The PAC server faces the LAN: clients that dribble their request one
+/// byte a second hold their own connections, never the server; another
+/// client's request is answered at once (the old server read one request
+/// at a time, each for up to 2 s).
+#[test]
+fn slow_clients_do_not_stall_the_pac_server() {
+    let addr = {
+        let probe = TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap()
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let http = pac::serve(
+        addr,
+        stop.clone(),
+        "function FindProxyForURL() {}\n".into(),
+        &[],
+    )
+    .unwrap();
+    let mut slow: Vec<TcpStream> = (0..10)
+        .map(|_| {
+            let mut s = TcpStream::connect(addr).unwrap();
+            s.write_all(b"G").unwrap();
+            s
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    for round in 0..4 {
+        let t = std::time::Instant::now();
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        write!(s, "GET /proxy.pac HTTP/1.1\r\nHost: wpad\r\n\r\n").unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        let took = t.elapsed();
+        assert!(out.starts_with("HTTP/1.1 200"), "round {round}: {out:?}");
+        // Generous: the slow clients hold seconds each.
+        assert!(
+            took < Duration::from_secs(1),
+            "round {round}: answered after {took:?} behind 10 slow clients"
+        );
+        // The slow clients send their next byte.
+        for c in &mut slow {
+            let _ = c.write_all(b"E");
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    // A wrong Host (a page that rebound its name) is refused; WPAD's
+    // name and addresses are served.
+    let r = get_host(addr, "/proxy.pac", "rebind.evil.example");
+    assert!(r.starts_with("HTTP/1.1 421"), "{r}");
+    assert!(get_host(addr, "/wpad.dat", "127.0.0.1").starts_with("HTTP/1.1 200"));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    http.join().unwrap();
+}
+
+fn get_host(addr: SocketAddr, path: &str, host: &str) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n").unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
 }

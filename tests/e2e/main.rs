@@ -7,6 +7,7 @@
 use std::{net::SocketAddr, os::unix::fs::MetadataExt as _, path::Path, time::Duration};
 
 mod edge;
+mod admin;
 mod endpoint;
 mod fragments;
 mod neighbors;
@@ -661,14 +662,20 @@ fn domain_bypass_follows_dns_answers_for_their_ttl_and_ignores_forgeries() {
     };
     answer_goes_direct(false);
     assert_eq!(s.gateway_metric("sluice_dns_bypass_entries", ""), 1);
-    let listing = metrics_text(
-        &lab,
+    let conf = s.conf_dir().join("gateway.toml");
+    let listing = lab.run_ok(
         Host::Gw,
-        &sluice_lab::deploy::GATEWAY_METRICS.replace("/metrics", "/bypass/dns"),
+        &[
+            &bin().to_string_lossy(),
+            "policy",
+            "domains",
+            "--config",
+            &conf.to_string_lossy(),
+        ],
     );
     assert!(
         listing.starts_with(&format!("{} www.bypass.example ", addr::TUNNELLED_V4)),
-        "GET /bypass/dns: {listing:?}"
+        "sluice policy domains: {listing:?}"
     );
     assert!(lab.log("gateway").contains(&format!(
         "domain bypass: {} (www.bypass.example) for 10 s",

@@ -632,3 +632,136 @@ fn a_stream_survives_hundreds_of_swaps_without_loss_or_mix() {
     assert_eq!(o.generations, o.swaps);
     assert_eq!(gw_metric(&lab, "sluice_policy_generation", ""), o.swaps + 1);
 }
+
+/// The figures of item 10: a gateway whose `[bypass]` lists 120,000
+/// prefixes, checked (`sluice check`), started (to its tunnel up) and
+/// reloaded (the gateway's reload on its admin socket, and the CLI's
+/// `policy reload`, which validates the file first). Figures, not
+/// assertions: the bounds are functional (each finishes within minutes).
+/// With `SLUICE_BASELINE_BIN=<an older sluice>` the same is measured for
+/// it first, in the same run (its reload through the metrics listener,
+/// where it served it).
+#[test]
+fn a_bypass_list_of_120k_prefixes_checks_starts_and_reloads() {
+    use std::fmt::Write as _;
+    if !require_root("a_bypass_list_of_120k_prefixes_checks_starts_and_reloads") {
+        return;
+    }
+    let mut rows = Vec::new();
+    if let Ok(base) = std::env::var("SLUICE_BASELINE_BIN") {
+        rows.push(("baseline", measure_120k(std::path::Path::new(&base), true)));
+    }
+    rows.push(("this build", measure_120k(bin(), false)));
+    let mut table = String::from(
+        "120,000 bypass prefixes | check | start (to tunnel up) | reload (gateway) | reload (CLI)\n",
+    );
+    let show = |d: &Option<Duration>| d.map_or("-".into(), |d| format!("{d:.2?}"));
+    for (name, [check, start, reload, cli]) in &rows {
+        let _ = writeln!(
+            table,
+            "{name} | {} | {} | {} | {}",
+            show(check),
+            show(start),
+            show(reload),
+            show(cli)
+        );
+    }
+    // Straight to stderr: the figures are the point of the test.
+    let _ = std::io::Write::write_all(&mut std::io::stderr(), table.as_bytes());
+}
+
+/// check, start, reload (gateway), reload (CLI, this build only).
+fn measure_120k(b: &std::path::Path, baseline: bool) -> [Option<Duration>; 4] {
+    use std::time::Instant;
+    let lab = Lab::new();
+    let list: Vec<String> = (0..120_000u32)
+        .map(|i| format!("\"{}/32\"", std::net::Ipv4Addr::from(0xc612_0400 + i)))
+        .collect();
+    let mut s = Sluice::prepare(&lab, b, |t| {
+        let t = t.replacen(
+            "prefixes = [\"203.0.113.20/32\", \"2001:db8:100::20/128\"]",
+            &format!(
+                "prefixes = [\"203.0.113.20/32\", \"2001:db8:100::20/128\", {}]",
+                list.join(", ")
+            ),
+            1,
+        );
+        if baseline {
+            // Not a field it knows.
+            t.replacen("admin_socket = \"admin.sock\"\n", "", 1)
+        } else {
+            t
+        }
+    });
+    let bs = b.to_string_lossy().into_owned();
+    let cfg = s
+        .conf_dir()
+        .join("gateway.toml")
+        .to_string_lossy()
+        .into_owned();
+    let limit = Duration::from_mins(5);
+    let timed = |argv: &[&str]| {
+        let t = Instant::now();
+        let out = lab.run_timeout(Host::Gw, argv, limit);
+        let took = t.elapsed();
+        assert!(
+            out.status.success(),
+            "{argv:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (took, String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let (check, _) = timed(&[&bs, "check", "--config", &cfg]);
+    s.start_edge();
+    let t = Instant::now();
+    let id = lab.spawn_env(
+        Host::Gw,
+        "gateway",
+        &[&bs, "gateway", "--config", &cfg],
+        &[("RUST_LOG", "info")],
+    );
+    s.gateway = Some(id);
+    s.wait_tunnel(true, limit);
+    let start = t.elapsed();
+    let sock = s
+        .conf_dir()
+        .join("admin.sock")
+        .to_string_lossy()
+        .into_owned();
+    let reload_url = "http://127.0.0.1:9477/policy/reload";
+    let curl: Vec<&str> = if baseline {
+        vec![
+            "curl",
+            "-sS",
+            "--fail",
+            "--max-time",
+            "300",
+            "-X",
+            "POST",
+            reload_url,
+        ]
+    } else {
+        vec![
+            "curl",
+            "-sS",
+            "--fail",
+            "--max-time",
+            "300",
+            "--unix-socket",
+            &sock,
+            "-X",
+            "POST",
+            "http://localhost/policy/reload",
+        ]
+    };
+    let (reload, out) = timed(&curl);
+    assert!(out.contains("generation 2 in force"), "{out}");
+    let cli = (!baseline).then(|| {
+        let (took, out) = timed(&[&bs, "policy", "reload", "--config", &cfg]);
+        assert!(out.contains("generation 3 in force"), "{out}");
+        took
+    });
+    assert_eq!(lab.nft_counter(counter::LAN_LEAK_V4), 0);
+    [Some(check), Some(start), Some(reload), cli]
+}

@@ -211,7 +211,11 @@ impl<'a> Sluice<'a> {
         let text = text
             .replace("name = \"branch-1\"", "name = \"branch-2\"")
             .replace("branch-1.pem", "branch-2.pem")
-            .replace("branch-1.key", "branch-2.key");
+            .replace("branch-1.key", "branch-2.key")
+            .replace(
+                "admin_socket = \"admin.sock\"",
+                "admin_socket = \"admin2.sock\"",
+            );
         std::fs::write(self.conf.join("gateway2.toml"), text).expect("writing gateway2.toml");
         let id = self.spawn_gateway(Host::Gw2, "gateway2", "gateway2.toml");
         self.wait_gateway(

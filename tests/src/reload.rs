@@ -71,12 +71,13 @@ pub enum Load {
     /// Nothing.
     Idle,
     /// The swap loop's work without the swap: copy a file and ask the
-    /// gateway for its policy state (`GET /policy`), back to back. The
+    /// gateway for its policy state (`GET /policy` on the admin socket),
+    /// back to back. The
     /// control for [`Load::Swap`] on a machine where the loop's processes
     /// compete with the gateway for the CPU.
     Poll,
-    /// Copy the other policy over the file and `POST /policy/reload`,
-    /// back to back.
+    /// Copy the other policy over the file and `POST /policy/reload` on
+    /// the admin socket, back to back.
     Swap,
 }
 
@@ -186,7 +187,8 @@ pub fn debug_duration(s: &str) -> Option<Duration> {
 /// Runs `stream` from the client to the tunnelled server through the
 /// gateway and edge of `s` (started with [`initial`]), with
 /// `stream.load` beside it ([`Load::Swap`]: the two policies of
-/// [`mix_pair`] swapped through `POST /policy/reload` while it runs). The
+/// [`mix_pair`] swapped through `POST /policy/reload` on the admin
+/// socket while it runs). The
 /// gateway is left on the first policy.
 ///
 /// # Errors
@@ -254,13 +256,18 @@ pub fn run(lab: &Lab, s: &Sluice<'_>, stream: &Stream) -> Result<Outcome> {
             .context("the gateway's file")?;
         std::fs::write(conf.join("a.toml"), format!("{head}{}", mix_pair(false)))?;
         std::fs::write(conf.join("b.toml"), format!("{head}{}", mix_pair(true)))?;
+        // Straight to the admin socket (what `sluice policy reload` sends,
+        // without the CLI's own validation of the file each round).
         let (copy, request) = if stream.load == Load::Swap {
             (
                 "gateway.toml",
-                "-X POST http://127.0.0.1:9477/policy/reload",
+                "--unix-socket admin.sock -X POST http://localhost/policy/reload",
             )
         } else {
-            ("poll.toml", "http://127.0.0.1:9477/policy")
+            (
+                "poll.toml",
+                "--unix-socket admin.sock http://localhost/policy",
+            )
         };
         let script = format!(
             "cd {dir} && while grep -qv ') Z' /proc/{pid}/stat 2>/dev/null; do \

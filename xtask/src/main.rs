@@ -6,7 +6,9 @@
 //!   runs, then `cargo test --release --no-fail-fast --workspace --exclude
 //!   sluice-ebpf -- --test-threads=2 <test args>` and the fuzz smoke run;
 //!   every group runs even after a failure, and the failures are listed
-//!   together at the end.
+//!   together at the end; then `cargo deny` ([`deny`]).
+//! - `deny`: `cargo deny` alone: advisories (against the `RustSec` database
+//!   vendored in `deny/advisory-db`, no network), licences, bans, sources.
 //! - `demo`: setup, `cargo build --release -p sluice`, then the lab demo
 //!   (`SLUICE_DEMO_HOLD=1` keeps the lab up until Ctrl-C).
 
@@ -29,6 +31,8 @@ commands (run as root):
                         release mode (ARGS go to the test binaries)
   labbench [-- ARGS]    setup, build, run the lab benchmark (bench/out/results.{md,json,svg})
   fuzz [SECONDS]         run each fuzz target for SECONDS (default 60)
+  deny                  cargo deny: advisories (vendored database, offline),
+                        licences, bans, sources
   demo                  setup, build sluice, run the lab demo
                         (SLUICE_DEMO_HOLD=1 keeps the lab up until Ctrl-C)";
 
@@ -42,6 +46,14 @@ fn main() -> ExitCode {
         "setup" => as_root(cmd).and_then(|()| setup::run()),
         "test" => as_root(cmd).and_then(|()| test(&args[1..])),
         "demo" => as_root(cmd).and_then(|()| demo()),
+        "deny" => as_root(cmd).and_then(|()| setup::run()).and_then(|()| {
+            let failed = deny();
+            if failed.is_empty() {
+                Ok(())
+            } else {
+                bail!("cargo deny: {}", failed.join("; "))
+            }
+        }),
         "labbench" => as_root(cmd).and_then(|()| labbench(&args[1..])),
         "fuzz" => {
             let secs = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(60);
@@ -105,6 +117,7 @@ fn test(args: &[String]) -> Result<()> {
     // listed together at the end.
     let mut report = Report::default();
     cargo_tests(extra, &mut report)?;
+    report.deny = deny();
     report.fuzz = fuzz_all(FUZZ_SMOKE_SECONDS);
     report.print();
     if report.failed() {
@@ -125,6 +138,8 @@ struct Report {
     failed_targets: Vec<String>,
     /// Fuzz targets that failed, with why.
     fuzz: Vec<String>,
+    /// `cargo deny` checks that failed, with why.
+    deny: Vec<String>,
     /// `cargo test` did not succeed.
     cargo_failed: Option<String>,
 }
@@ -135,6 +150,7 @@ impl Report {
             || self.cargo_failed.is_some()
             || !self.failed_targets.is_empty()
             || !self.fuzz.is_empty()
+            || !self.deny.is_empty()
     }
 
     fn print(&self) {
@@ -151,6 +167,9 @@ impl Report {
         }
         for f in &self.fuzz {
             println!("FAILED fuzz: {f}");
+        }
+        for d in &self.deny {
+            println!("FAILED deny: {d}");
         }
         if !self.failed() {
             println!("all groups passed");
@@ -255,7 +274,7 @@ fn tally(line: &str) -> Option<(u64, u64)> {
 }
 
 /// The fuzz targets in `dataplane/fuzz` (cargo-fuzz).
-const FUZZ_TARGETS: [&str; 11] = [
+const FUZZ_TARGETS: [&str; 13] = [
     "tunnel_frames",
     "tunnel_records",
     "packet_views",
@@ -268,6 +287,8 @@ const FUZZ_TARGETS: [&str; 11] = [
     "edge_routing",
     // Needs root: BPF_PROG_TEST_RUN (xtask runs as root).
     "classifier_diff",
+    "http_request",
+    "trusted_facts",
 ];
 /// How long `test` runs each fuzz target: enough to catch a target that
 /// no longer builds or crashes at once, not a fuzzing campaign.
@@ -324,6 +345,97 @@ fn fuzz_all(seconds: u32) -> Vec<String> {
         println!("fuzz: {} targets ran clean", FUZZ_TARGETS.len());
     }
     failed
+}
+
+/// Where cargo-deny looks for the database of `db-urls` under `db-path`
+/// (`target/advisory-dbs` in `deny.toml`): `<last path segment>-<xxh64 of
+/// the URL>`, as cargo-deny names it for the default `RustSec` URL.
+const ADVISORY_DB_DIR: &str = "advisory-db-3157b0e258782691";
+
+/// `cargo deny check` with no network: advisories against the `RustSec`
+/// database vendored in `deny/advisory-db` (GitHub, where it lives, is
+/// not reachable from these machines; the snapshot's date is printed, and
+/// a warning when it is more than 90 days old), licences, bans and sources
+/// by `deny.toml`. Returns the failures.
+fn deny() -> Vec<String> {
+    let mut failed = Vec::new();
+    match advisory_db() {
+        Ok(note) => println!("deny: {note}"),
+        Err(e) => failed.push(format!("preparing the vendored advisory database: {e:#}")),
+    }
+    println!("deny: cargo deny --offline check advisories licenses bans sources");
+    let status = cargo()
+        .args([
+            "deny",
+            "--offline",
+            "check",
+            "--show-stats",
+            "advisories",
+            "licenses",
+            "bans",
+            "sources",
+        ])
+        .status();
+    match status {
+        Ok(s) if s.success() => {}
+        Ok(s) => failed.push(format!("cargo deny check ({s}): see its diagnostics above")),
+        Err(e) => failed.push(format!("cannot run cargo deny: {e}")),
+    }
+    failed
+}
+
+/// Lays the vendored database out where cargo-deny opens it offline
+/// (`target/advisory-dbs/<dir>/crates`, with the `.git/FETCH_HEAD` whose
+/// time cargo-deny reads as the last update: the snapshot's date). Returns
+/// a line about the snapshot.
+fn advisory_db() -> Result<String> {
+    let src = root().join("deny/advisory-db");
+    let snapshot =
+        std::fs::read_to_string(src.join("SNAPSHOT")).context("deny/advisory-db/SNAPSHOT")?;
+    let field = |k: &str| {
+        snapshot
+            .lines()
+            .find_map(|l| l.strip_prefix(k)?.strip_prefix(' '))
+            .map(str::trim)
+            .with_context(|| format!("deny/advisory-db/SNAPSHOT has no `{k}` line"))
+    };
+    let (commit, date) = (field("commit")?, field("date")?);
+    let unix: u64 = field("unix")?.parse().context("SNAPSHOT unix")?;
+    let dst = target_dir()?.join("advisory-dbs").join(ADVISORY_DB_DIR);
+    let _ = std::fs::remove_dir_all(&dst);
+    copy_dir(&src.join("crates"), &dst.join("crates"))?;
+    std::fs::create_dir_all(dst.join(".git"))?;
+    let fetch_head = std::fs::File::create(dst.join(".git/FETCH_HEAD"))?;
+    let when = std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix);
+    fetch_head.set_modified(when)?;
+    let age = std::time::SystemTime::now()
+        .duration_since(when)
+        .map_or(0, |d| d.as_secs() / 86_400);
+    let mut note = format!(
+        "advisories against the vendored RustSec database, commit {} of {date} ({age} days old)",
+        commit.get(..12).unwrap_or(commit)
+    );
+    if age > 90 {
+        note.push_str(
+            "
+deny: WARNING: the advisory database is more than 90 days old: refresh deny/advisory-db (README, \"Dependencies\")",
+        );
+    }
+    Ok(note)
+}
+
+fn copy_dir(from: &Path, to: &Path) -> Result<()> {
+    std::fs::create_dir_all(to)?;
+    for e in std::fs::read_dir(from).with_context(|| from.display().to_string())? {
+        let e = e?;
+        let (s, d) = (e.path(), to.join(e.file_name()));
+        if e.file_type()?.is_dir() {
+            copy_dir(&s, &d)?;
+        } else {
+            std::fs::copy(&s, &d).with_context(|| s.display().to_string())?;
+        }
+    }
+    Ok(())
 }
 
 /// The lab benchmark: sluice, kernel forwarding baselines, in one run.

@@ -7,7 +7,8 @@
 //! 2. the nightly toolchain with `rust-src` (for `-Z build-std=core`);
 //! 3. `bpf-linker`, built against the nightly toolchain's own libLLVM
 //!    (Debian's LLVM is too old);
-//! 4. bpffs mounted at `/sys/fs/bpf`.
+//! 4. `cargo-fuzz` and `cargo-deny` (crates.io);
+//! 5. bpffs mounted at `/sys/fs/bpf`.
 
 use std::{
     env, fs,
@@ -50,6 +51,7 @@ pub(crate) fn run() -> Result<()> {
     nightly()?;
     bpf_linker()?;
     cargo_fuzz()?;
+    cargo_deny()?;
     boringtun()?;
     bpffs()?;
     Ok(())
@@ -97,6 +99,44 @@ fn cargo_fuzz() -> Result<()> {
         bail!("cargo install cargo-fuzz failed ({status})");
     }
     println!("setup: ok cargo-fuzz");
+    Ok(())
+}
+
+/// The cargo-deny release `cargo xtask deny` runs (pinned: its checks and
+/// advisory format change between releases).
+const CARGO_DENY_VERSION: &str = "0.20.2";
+
+/// `cargo-deny` (crates.io), for the advisories, licences, bans and
+/// sources checks.
+fn cargo_deny() -> Result<()> {
+    let version = Command::new("cargo")
+        .args(["deny", "--version"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+    if version
+        .as_deref()
+        .is_some_and(|v| v.split_whitespace().nth(1) == Some(CARGO_DENY_VERSION))
+    {
+        println!("setup: ok cargo-deny {CARGO_DENY_VERSION}");
+        return Ok(());
+    }
+    println!("setup: installing cargo-deny {CARGO_DENY_VERSION} (a few minutes)");
+    let status = Command::new("cargo")
+        .args([
+            "install",
+            "--locked",
+            "cargo-deny",
+            "--version",
+            CARGO_DENY_VERSION,
+        ])
+        .status()
+        .context("cannot run cargo install")?;
+    if !status.success() {
+        bail!("cargo install cargo-deny failed ({status})");
+    }
+    println!("setup: ok cargo-deny {CARGO_DENY_VERSION}");
     Ok(())
 }
 

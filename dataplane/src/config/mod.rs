@@ -29,6 +29,7 @@
 //! prefixes = ["203.0.113.20/32", "2001:db8:100::20/128"]
 //! ```
 use std::{
+    collections::HashSet,
     net::SocketAddr,
     ops::Range,
     path::{Path, PathBuf},
@@ -41,6 +42,7 @@ use toml::Spanned;
 use crate::{ebpf::AttachMode, net::Prefix};
 
 mod edge;
+pub mod check;
 mod policy;
 pub use edge::{EdgeGateway, EdgeLimits, RESERVED_DESTINATIONS};
 pub use policy::DetectionSources;
@@ -125,8 +127,11 @@ pub struct GatewayConfig {
     /// CPUs for the workers: queue `q` runs on `cpus[q % len]`. `None`:
     /// the CPUs the process may use, in order; empty: no pinning.
     pub cpus: Option<Vec<usize>>,
-    /// Where to serve Prometheus metrics, if anywhere.
+    /// Where to serve Prometheus metrics (`GET /metrics` only), if
+    /// anywhere.
     pub metrics: Option<SocketAddr>,
+    /// The admin API's listeners and who may use them.
+    pub admin: AdminConfig,
     /// The bpffs mount where the classifier's link is pinned (so that it
     /// outlives a crash). Under `ip netns exec`, which remounts `/sys`,
     /// point this at a bpffs mounted outside `/sys`.
@@ -153,6 +158,27 @@ pub struct GatewayConfig {
     pub policy: crate::policy::Policy,
     /// Where trusted-network detection looks.
     pub detection: DetectionSources,
+}
+
+/// The admin API (`[gateway]` `admin_*` fields; see [`crate::admin`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AdminConfig {
+    /// The Unix socket (`admin_socket`, default
+    /// [`crate::admin::DEFAULT_SOCKET`]; `""`: none).
+    pub socket: Option<PathBuf>,
+    /// A group whose members may use the socket besides root
+    /// (`admin_group`; the socket is then 0660 and that group's).
+    pub group: Option<String>,
+    /// A TCP listener for the admin API (`admin_listen`), with a bearer
+    /// token.
+    pub listen: Option<SocketAddr>,
+    /// The file holding the token's SHA-256 in hex (`admin_token`, mode
+    /// 0600).
+    pub token: Option<PathBuf>,
+    /// Names the TCP listeners (metrics, admin) answer to besides IP
+    /// literals, `localhost` and the host name (`http_hosts`): the `Host`
+    /// allow-list against DNS rebinding.
+    pub http_hosts: Vec<String>,
 }
 
 /// `[endpoint]`: this host's own traffic goes through the tunnel too.
@@ -212,6 +238,9 @@ pub struct DomainBypass {
 pub struct PacConfig {
     /// Listening address (LAN side), `GET /proxy.pac` and `/wpad.dat`.
     pub listen: SocketAddr,
+    /// Names the server answers to besides IP literals and `wpad`
+    /// (`Host` allow-list).
+    pub hosts: Vec<String>,
     /// The proxy for everything not bypassed.
     pub proxy: crate::pac::ProxySpec,
 }
@@ -229,6 +258,9 @@ pub struct TunnelConfig {
     pub cert: PathBuf,
     /// Its key.
     pub key: PathBuf,
+    /// Certificates revoked by the CA (`crl`, PEM): an edge certificate
+    /// listed there is refused.
+    pub crl: Option<PathBuf>,
     /// Keepalive interval.
     pub keepalive: Duration,
     /// Dead-peer timeout.
@@ -274,6 +306,9 @@ pub struct EdgeConfig {
     pub cert: PathBuf,
     /// Its key.
     pub key: PathBuf,
+    /// Gateway certificates revoked by the CA (`crl`, PEM): they are
+    /// refused at the handshake. Read at start.
+    pub crl: Option<PathBuf>,
     /// Where to serve Prometheus metrics, if anywhere.
     pub metrics: Option<SocketAddr>,
     /// Keepalive interval.
@@ -332,6 +367,12 @@ struct RawGateway {
     cpus: Option<Spanned<Vec<usize>>>,
     metrics: Option<Spanned<String>>,
     bpffs: Option<Spanned<PathBuf>>,
+    admin_socket: Option<Spanned<String>>,
+    admin_group: Option<Spanned<String>>,
+    admin_listen: Option<Spanned<String>>,
+    admin_token: Option<Spanned<PathBuf>>,
+    #[serde(default)]
+    http_hosts: Vec<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -342,6 +383,7 @@ struct RawTunnel {
     ca: Spanned<PathBuf>,
     cert: Spanned<PathBuf>,
     key: Spanned<PathBuf>,
+    crl: Option<Spanned<PathBuf>>,
     keepalive_secs: Option<Spanned<u64>>,
     idle_timeout_secs: Option<Spanned<u64>>,
     coalesce_delay_us: Option<Spanned<u64>>,
@@ -370,6 +412,8 @@ struct RawBypass {
 struct RawPac {
     listen: Spanned<String>,
     proxy: Spanned<String>,
+    #[serde(default)]
+    hosts: Vec<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -395,6 +439,7 @@ struct RawEdge {
     ca: Spanned<PathBuf>,
     cert: Spanned<PathBuf>,
     key: Spanned<PathBuf>,
+    crl: Option<Spanned<PathBuf>>,
     metrics: Option<Spanned<String>>,
     keepalive_secs: Option<Spanned<u64>>,
     idle_timeout_secs: Option<Spanned<u64>>,
@@ -427,12 +472,7 @@ impl Doc<'_> {
     }
 
     fn file(&self, v: &Spanned<PathBuf>, field: &str) -> Result<PathBuf, ConfigError> {
-        let p = v.get_ref();
-        let full = if p.is_absolute() {
-            p.clone()
-        } else {
-            self.path.parent().unwrap_or(Path::new(".")).join(p)
-        };
+        let full = self.relative(v.get_ref());
         std::fs::metadata(&full)
             .map_err(|e| self.err(v.span(), field, format!("{}: {e}", full.display())))?;
         Ok(full)
@@ -473,12 +513,15 @@ impl Doc<'_> {
 
     fn prefixes(&self, v: &[Spanned<String>], field: &str) -> Result<Vec<Prefix>, ConfigError> {
         let mut out = Vec::with_capacity(v.len());
+        // Duplicates by hash set: linear (`Vec::contains` made a list of
+        // 120,000 prefixes take seconds to load).
+        let mut seen = HashSet::with_capacity(v.len());
         for (i, p) in v.iter().enumerate() {
             let parsed: Prefix = p
                 .get_ref()
                 .parse()
                 .map_err(|e| self.err(p.span(), &format!("{field}[{i}]"), format!("{e}")))?;
-            if out.contains(&parsed) {
+            if !seen.insert(parsed) {
                 return Err(self.err(
                     p.span(),
                     &format!("{field}[{i}]"),
@@ -493,6 +536,7 @@ impl Doc<'_> {
     /// `bypass.vpn_gateways`, none of them also in `bypass.prefixes`.
     fn vpn_gateways(&self, raw: &RawBypass, bypass: &[Prefix]) -> Result<Vec<Prefix>, ConfigError> {
         let list = self.prefixes(&raw.vpn_gateways, "bypass.vpn_gateways")?;
+        let bypass: HashSet<&Prefix> = bypass.iter().collect();
         for (i, (p, r)) in list.iter().zip(&raw.vpn_gateways).enumerate() {
             if bypass.contains(p) {
                 return Err(self.err(
@@ -503,6 +547,115 @@ impl Doc<'_> {
             }
         }
         Ok(list)
+    }
+
+    /// `gateway.admin_*` and `gateway.http_hosts`.
+    fn admin(&self, gw: &RawGateway) -> Result<AdminConfig, ConfigError> {
+        let socket = match &gw.admin_socket {
+            Some(s) if s.get_ref().is_empty() => None,
+            Some(s) => {
+                let p = self.relative(Path::new(s.get_ref()));
+                // sockaddr_un's path: 108 bytes with the NUL.
+                if p.as_os_str().len() > 107 || s.get_ref().contains('\0') {
+                    return Err(self.err(
+                        s.span(),
+                        "gateway.admin_socket",
+                        format!(
+                            "{}: longer than a Unix socket path can be (107 bytes)",
+                            p.display()
+                        ),
+                    ));
+                }
+                Some(p)
+            }
+            None => Some(PathBuf::from(crate::admin::DEFAULT_SOCKET)),
+        };
+        let group = match &gw.admin_group {
+            Some(g) => {
+                let n = g.get_ref();
+                if n.is_empty()
+                    || n.len() > 32
+                    || n.starts_with('-')
+                    || !n
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+                {
+                    return Err(self.err(
+                        g.span(),
+                        "gateway.admin_group",
+                        format!("`{n}` is not a group name"),
+                    ));
+                }
+                Some(n.clone())
+            }
+            None => None,
+        };
+        let listen = gw
+            .admin_listen
+            .as_ref()
+            .map(|l| self.sockaddr(l, "gateway.admin_listen"))
+            .transpose()?;
+        let token = gw
+            .admin_token
+            .as_ref()
+            .map(|t| self.file(t, "gateway.admin_token"))
+            .transpose()?;
+        match (&gw.admin_listen, &gw.admin_token) {
+            (Some(l), None) => {
+                return Err(self.err(
+                    l.span(),
+                    "gateway.admin_token",
+                    "admin_listen needs admin_token: the file with the token's SHA-256 (sluice pki admin-token)",
+                ));
+            }
+            (None, Some(t)) => {
+                return Err(self.err(
+                    t.span(),
+                    "gateway.admin_listen",
+                    "admin_token is only used with admin_listen",
+                ));
+            }
+            _ => {}
+        }
+        Ok(AdminConfig {
+            socket,
+            group,
+            listen,
+            token,
+            http_hosts: self.host_names(&gw.http_hosts, "gateway.http_hosts")?,
+        })
+    }
+
+    /// DNS names for a `Host` allow-list.
+    fn host_names(&self, v: &[Spanned<String>], field: &str) -> Result<Vec<String>, ConfigError> {
+        v.iter()
+            .enumerate()
+            .map(|(i, h)| {
+                let s = h.get_ref().trim_end_matches('.');
+                if s.is_empty()
+                    || s.len() > 253
+                    || !s
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+                {
+                    return Err(self.err(
+                        h.span(),
+                        &format!("{field}[{i}]"),
+                        format!("`{}` is not a DNS name", h.get_ref()),
+                    ));
+                }
+                Ok(s.to_ascii_lowercase())
+            })
+            .collect()
+    }
+
+    /// `p` relative to the configuration file's directory.
+    fn relative(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.path.parent().unwrap_or(Path::new(".")).join(p)
+        }
     }
 
     /// `gateway.bpffs`: absolute, default [`crate::host::BPFFS`].
@@ -741,6 +894,7 @@ impl Doc<'_> {
     fn pac(&self, p: &RawPac) -> Result<PacConfig, ConfigError> {
         Ok(PacConfig {
             listen: self.sockaddr(&p.listen, "pac.listen")?,
+            hosts: self.host_names(&p.hosts, "pac.hosts")?,
             proxy: p
                 .proxy
                 .get_ref()
@@ -751,11 +905,12 @@ impl Doc<'_> {
 
     fn domains(&self, raw: &RawBypass) -> Result<DomainBypass, ConfigError> {
         let mut patterns = Vec::with_capacity(raw.domains.len());
+        let mut seen = HashSet::with_capacity(raw.domains.len());
         for (i, p) in raw.domains.iter().enumerate() {
             let field = format!("bypass.domains[{i}]");
             let parsed = crate::dns::Pattern::parse(p.get_ref())
                 .map_err(|e| self.err(p.span(), &field, format!("{e}")))?;
-            if patterns.contains(&parsed) {
+            if !seen.insert(parsed.clone()) {
                 return Err(self.err(p.span(), &field, format!("{parsed} is listed twice")));
             }
             patterns.push(parsed);
@@ -889,6 +1044,7 @@ impl GatewayConfig {
             .as_ref()
             .map(|m| d.sockaddr(m, "gateway.metrics"))
             .transpose()?;
+        let admin = d.admin(&gw)?;
         let name = gw.name.map_or_else(default_name, Spanned::into_inner);
 
         let tun = tun.into_inner();
@@ -917,6 +1073,11 @@ impl GatewayConfig {
             ca: d.file(&tun.ca, "tunnel.ca")?,
             cert: d.file(&tun.cert, "tunnel.cert")?,
             key: d.file(&tun.key, "tunnel.key")?,
+            crl: tun
+                .crl
+                .as_ref()
+                .map(|c| d.file(c, "tunnel.crl"))
+                .transpose()?,
             keepalive,
             idle_timeout,
             coalesce_delay,
@@ -971,6 +1132,7 @@ impl GatewayConfig {
             rx_frames: gw.rx_frames.map_or(DEFAULT_RX_FRAMES, Spanned::into_inner),
             cpus: gw.cpus.map(Spanned::into_inner),
             metrics,
+            admin,
             bpffs: d.bpffs(gw.bpffs)?,
             tunnel,
             bypass,
@@ -1061,6 +1223,7 @@ impl EdgeConfig {
             ca: d.file(&e.ca, "edge.ca")?,
             cert: d.file(&e.cert, "edge.cert")?,
             key: d.file(&e.key, "edge.key")?,
+            crl: e.crl.as_ref().map(|c| d.file(c, "edge.crl")).transpose()?,
             metrics: e
                 .metrics
                 .as_ref()

@@ -50,7 +50,7 @@
 //! networks = ["192.0.2.0/24"]
 //! on_trusted = "direct"
 //! ```
-use std::{net::IpAddr, path::PathBuf, time::Duration};
+use std::{collections::HashSet, net::IpAddr, path::PathBuf, time::Duration};
 
 use serde::Deserialize;
 use toml::Spanned;
@@ -133,6 +133,7 @@ pub(super) struct RawTenant {
     ca: Spanned<PathBuf>,
     cert: Spanned<PathBuf>,
     key: Spanned<PathBuf>,
+    crl: Option<Spanned<PathBuf>>,
     #[serde(default)]
     segments: Vec<Spanned<String>>,
     #[serde(default)]
@@ -215,10 +216,11 @@ impl Doc<'_> {
 
     fn entries(&self, v: &[Spanned<String>], field: &str) -> Result<Vec<Entry>, ConfigError> {
         let mut out: Vec<Entry> = Vec::with_capacity(v.len());
+        let mut seen = HashSet::with_capacity(v.len());
         for (i, e) in v.iter().enumerate() {
             let f = format!("{field}[{i}]");
             let parsed: Entry = e.get_ref().parse().map_err(|m| self.err(e.span(), &f, m))?;
-            if out.contains(&parsed) {
+            if !seen.insert(parsed) {
                 return Err(self.err(e.span(), &f, format!("{parsed} is listed twice")));
             }
             out.push(parsed);
@@ -247,11 +249,12 @@ impl Doc<'_> {
         field: &str,
     ) -> Result<Vec<crate::dns::Pattern>, ConfigError> {
         let mut out = Vec::with_capacity(v.len());
+        let mut seen = HashSet::with_capacity(v.len());
         for (i, p) in v.iter().enumerate() {
             let f = format!("{field}[{i}]");
             let parsed = crate::dns::Pattern::parse(p.get_ref())
                 .map_err(|e| self.err(p.span(), &f, e.to_string()))?;
-            if out.contains(&parsed) {
+            if !seen.insert(parsed.clone()) {
                 return Err(self.err(p.span(), &f, format!("{parsed} is listed twice")));
             }
             out.push(parsed);
@@ -505,6 +508,11 @@ impl Doc<'_> {
                     ca: self.file(&t.ca, &at("tenant", i, "ca"))?,
                     cert: self.file(&t.cert, &at("tenant", i, "cert"))?,
                     key: self.file(&t.key, &at("tenant", i, "key"))?,
+                    crl: t
+                        .crl
+                        .as_ref()
+                        .map(|c| self.file(c, &at("tenant", i, "crl")))
+                        .transpose()?,
                     ..tunnel.clone()
                 },
                 segments,
@@ -634,8 +642,9 @@ impl Doc<'_> {
             p.include = self.entries(inc, &f("include"))?;
         }
         let exclude = self.entries(&r.exclude, &f("exclude"))?;
+        let included: HashSet<&Entry> = p.include.iter().collect();
         for (j, e) in exclude.iter().enumerate() {
-            if p.include.contains(e) {
+            if included.contains(e) {
                 return Err(self.err(
                     r.exclude[j].span(),
                     &format!("profile[{i}].exclude[{j}]"),
@@ -645,7 +654,8 @@ impl Doc<'_> {
         }
         p.exclude = if r.default_exclusions.unwrap_or(true) {
             let mut all = policy::default_exclusions();
-            all.retain(|d| !exclude.contains(d) && !p.include.contains(d));
+            let excluded: HashSet<&Entry> = exclude.iter().collect();
+            all.retain(|d| !excluded.contains(d) && !included.contains(d));
             all.extend(exclude);
             all
         } else {

@@ -1156,3 +1156,132 @@ fn policy_mistakes_are_refused_precisely() {
     }
     std::fs::remove_dir_all(d).unwrap();
 }
+
+/// Duplicates are found wherever they are in long lists, naming the second
+/// occurrence (by hash set: a list of 120,000 loads in linear time).
+#[test]
+fn duplicates_are_found_in_long_lists() {
+    let d = dir();
+    let n = 50_000u32;
+    let list = |extra: &str| {
+        let mut v: Vec<String> = (0..n)
+            .map(|i| format!("\"{}/32\"", std::net::Ipv4Addr::from(0xc612_0000 + i)))
+            .collect();
+        v.push(extra.to_string());
+        v.join(", ")
+    };
+    let with = |field: &str, value: &str| {
+        GOOD_GW.replacen(
+            "prefixes = [\"203.0.113.20/32\", \"2001:db8:100::/48\"]",
+            &format!("{field} = [{value}]"),
+            1,
+        )
+    };
+    // No duplicate: loads.
+    let c = GatewayConfig::parse(
+        &d.join("sluice.toml"),
+        &with("prefixes", &list("\"203.0.113.20/32\"")),
+    )
+    .unwrap();
+    assert_eq!(c.bypass.len(), n as usize + 1);
+    // The first element again, at the end.
+    let err = GatewayConfig::parse(
+        &d.join("sluice.toml"),
+        &with("prefixes", &list("\"198.18.0.0/32\"")),
+    )
+    .unwrap_err();
+    assert_eq!(
+        err.field(),
+        Some(format!("bypass.prefixes[{n}]").as_str()),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("198.18.0.0/32 is listed twice"),
+        "{err}"
+    );
+    // A VPN gateway that is also a bypass prefix.
+    let src = GOOD_GW.replacen(
+        "vpn_gateways = [\"198.51.100.77/32\"]",
+        "vpn_gateways = [\"198.51.100.77/32\", \"203.0.113.20/32\"]",
+        1,
+    );
+    let err = GatewayConfig::parse(&d.join("sluice.toml"), &src).unwrap_err();
+    assert_eq!(err.field(), Some("bypass.vpn_gateways[1]"), "{err}");
+    // Domains.
+    let src = GOOD_GW.replacen(
+        "domains = [\"bypass.example\", \"*.cdn.example\"]",
+        "domains = [\"bypass.example\", \"*.cdn.example\", \"BYPASS.example\"]",
+        1,
+    );
+    let err = GatewayConfig::parse(&d.join("sluice.toml"), &src).unwrap_err();
+    assert_eq!(err.field(), Some("bypass.domains[2]"), "{err}");
+    // A profile's entries and domains, and an entry both included and
+    // excluded.
+    let profile = |body: &str| {
+        GOOD_GW.replacen(
+            "[bypass]\nprefixes = [\"203.0.113.20/32\", \"2001:db8:100::/48\"]\ndomains = [\"bypass.example\", \"*.cdn.example\"]\nvpn_gateways = [\"198.51.100.77/32\"]\n",
+            &format!("[[profile]]\nname = \"p\"\n{body}\n"),
+            1,
+        )
+    };
+    for (body, field) in [
+        (
+            "exclude = [\"203.0.113.0/24\", \"198.51.100.0/24:443:tcp\", \"203.0.113.0/24\"]",
+            "profile[0].exclude[2]",
+        ),
+        (
+            "domains = [\"a.example\", \"*.b.example\", \"a.example\"]",
+            "profile[0].domains[2]",
+        ),
+        (
+            "include = [\"203.0.113.0/24\"]\nexclude = [\"198.51.100.0/24\", \"203.0.113.0/24\"]",
+            "profile[0].exclude[1]",
+        ),
+    ] {
+        let err = GatewayConfig::parse(&d.join("sluice.toml"), &profile(body)).unwrap_err();
+        assert_eq!(err.field(), Some(field), "{body}: {err}");
+    }
+    std::fs::remove_dir_all(d).unwrap();
+}
+
+#[test]
+fn admin_fields() {
+    let d = dir();
+    let parse = |extra: &str| {
+        GatewayConfig::parse(
+            &d.join("sluice.toml"),
+            &GOOD_GW.replacen("[gateway]\n", &format!("[gateway]\n{extra}"), 1),
+        )
+    };
+    let c = parse("").unwrap();
+    assert_eq!(
+        c.admin.socket.as_deref(),
+        Some(Path::new(crate::admin::DEFAULT_SOCKET))
+    );
+    let c = parse("admin_socket = \"run/admin.sock\"\nadmin_group = \"sluice-admin\"\nhttp_hosts = [\"GW1.example.\"]\n").unwrap();
+    assert_eq!(c.admin.socket, Some(d.join("run/admin.sock")));
+    assert_eq!(c.admin.group.as_deref(), Some("sluice-admin"));
+    assert_eq!(c.admin.http_hosts, ["gw1.example"]);
+    assert_eq!(parse("admin_socket = \"\"\n").unwrap().admin.socket, None);
+    std::fs::write(d.join("t.sha256"), "").unwrap();
+    let c = parse("admin_listen = \"127.0.0.1:9479\"\nadmin_token = \"t.sha256\"\n").unwrap();
+    assert_eq!(c.admin.token, Some(d.join("t.sha256")));
+    for (extra, field) in [
+        ("admin_listen = \"127.0.0.1:9479\"\n", "gateway.admin_token"),
+        ("admin_token = \"t.sha256\"\n", "gateway.admin_listen"),
+        (
+            "admin_token = \"missing\"\nadmin_listen = \"127.0.0.1:1\"\n",
+            "gateway.admin_token",
+        ),
+        ("admin_group = \"-x\"\n", "gateway.admin_group"),
+        ("http_hosts = [\"a b\"]\n", "gateway.http_hosts[0]"),
+        (
+            &format!("admin_socket = \"/{}\"\n", "x".repeat(120)),
+            "gateway.admin_socket",
+        ),
+    ] {
+        let err = parse(extra).expect_err(extra);
+        assert_eq!(err.field(), Some(field), "{extra}: {err}");
+    }
+    std::fs::remove_dir_all(d).unwrap();
+}

@@ -193,7 +193,7 @@ impl Edge {
                 limits.max_tunnels
             );
         }
-        let tls = pki::server_config(&cfg.ca, &cfg.cert, &cfg.key)?;
+        let tls = pki::server_config_with_crl(&cfg.ca, &cfg.cert, &cfg.key, cfg.crl.as_deref())?;
         let core = Core::new(&cfg, limits, tls, Instant::now()).map_err(EdgeError::Prefixes)?;
         let tun = match Tun::open_with(&cfg.tun, cfg.tun_offload) {
             Err(e) if cfg.tun_offload => {

@@ -11,6 +11,7 @@
 //! (counted as `drop_no_socket`); a restarted gateway adopts the pinned
 //! link and swaps its program in atomically. On a clean exit the program
 //! is unpinned and detached.
+mod admin;
 mod domains;
 mod neighbor;
 mod policy;
@@ -53,6 +54,16 @@ pub enum GatewayError {
     /// A host lookup failed (interface missing, ...).
     #[error(transparent)]
     Host(#[from] host::HostError),
+    /// An interface the configuration names does not exist.
+    #[error("{}: {field}: interface `{iface}` does not exist", path.display())]
+    NoInterface {
+        /// The configuration file.
+        path: std::path::PathBuf,
+        /// The field (`gateway.lan`, `gateway.wan`).
+        field: &'static str,
+        /// The interface.
+        iface: String,
+    },
     /// Loading, filling or attaching the classifier failed.
     #[error(transparent)]
     Ebpf(#[from] EbpfError),
@@ -106,7 +117,16 @@ impl Gateway {
     )]
     pub fn start(cfg: &GatewayConfig, stop: Arc<AtomicBool>) -> Result<Self, GatewayError> {
         let tunnels = tunnel_params(cfg)?;
-        host::ifindex(&cfg.wan)?;
+        if let Some((field, iface)) = crate::config::check::missing_interfaces(cfg)
+            .into_iter()
+            .next()
+        {
+            return Err(GatewayError::NoInterface {
+                path: cfg.path.clone(),
+                field,
+                iface,
+            });
+        }
         let io = |what: &str| {
             let what = what.to_string();
             move |source| GatewayError::Io { what, source }
@@ -305,7 +325,7 @@ fn tunnel_params(cfg: &GatewayConfig) -> Result<Vec<TunnelParams>, GatewayError>
             Ok(TunnelParams {
                 edge: t.edge,
                 server_name: pki::server_name(&t.server_name)?,
-                tls: pki::client_config(&t.ca, &t.cert, &t.key)?,
+                tls: pki::client_config_with_crl(&t.ca, &t.cert, &t.key, t.crl.as_deref())?,
                 session: SessionConfig {
                     name: cfg.name.clone(),
                     keepalive: t.keepalive,
@@ -360,10 +380,9 @@ fn start_detector(
     })
 }
 
-/// Serves the metrics (`GET /metrics`), the addresses the domain table
-/// holds (`GET /bypass/dns`), this host's flows (`GET /flows`) and the
-/// policy (`GET /policy`, `GET /policy/explain?...`, `POST
-/// /policy/reload`, `POST /policy/tenant?name=...`), if configured.
+/// Serves the metrics (`GET /metrics` only) and the admin API (policy
+/// status, reload, tenant switch, explain, flows, the domain table) on
+/// the admin socket, if configured ([`admin`]).
 fn start_metrics(
     cfg: &GatewayConfig,
     stop: &Arc<AtomicBool>,
@@ -372,108 +391,7 @@ fn start_metrics(
     control: Arc<PolicyControl>,
     procs: Option<Arc<crate::endpoint::ProcessBypass>>,
 ) -> Result<Option<JoinHandle<()>>, GatewayError> {
-    let Some(addr) = cfg.metrics else {
-        return Ok(None);
-    };
-    let c = classifier.clone();
-    let domains = control.domains();
-    let (stats, tenant_stats, names) = stats;
-    let text = "text/plain";
-    metrics::serve_requests(
-        addr,
-        stop.clone(),
-        "sluice-metrics",
-        move |method, target, out| {
-            let (path, query) = match target.iter().position(|&b| b == b'?') {
-                Some(i) => (
-                    &target[..i],
-                    std::str::from_utf8(&target[i + 1..]).unwrap_or(""),
-                ),
-                None => (target, ""),
-            };
-            let result = |r: Result<String, String>, out: &mut String| match r {
-                Ok(t) => {
-                    out.push_str(&t);
-                    Some((200, text))
-                }
-                Err(e) => {
-                    out.push_str(&e);
-                    out.push('\n');
-                    Some((409, text))
-                }
-            };
-            match (method, path) {
-                (b"GET", b"/metrics") => {
-                    render(out, &c, &stats);
-                    TenantStats::render_all(out, &tenant_stats, &names);
-                    control.render(out);
-                    domains.render(out);
-                    if let Some(p) = &procs {
-                        p.render(out);
-                    }
-                    Some((200, "text/plain; version=0.0.4"))
-                }
-                (b"GET", b"/flows") => {
-                    match &procs {
-                        Some(p) => p.flows(out),
-                        None => out.push_str("endpoint mode is off: no flows of this host\n"),
-                    }
-                    Some((200, text))
-                }
-                (b"GET", b"/bypass/dns") => {
-                    domains.list(out);
-                    Some((200, text))
-                }
-                (b"GET", b"/policy") => {
-                    control.status(out);
-                    Some((200, text))
-                }
-                (b"GET", b"/policy/explain") => match control.explain(query) {
-                    Ok(t) => {
-                        out.push_str(&t);
-                        Some((200, text))
-                    }
-                    Err(e) => {
-                        out.push_str(&e);
-                        out.push('\n');
-                        Some((400, text))
-                    }
-                },
-                (b"POST", b"/policy/reload") => result(
-                    control
-                        .reload()
-                        .map(|r| format!("generation {} in force ({:?})\n", r.generation, r.total)),
-                    out,
-                ),
-                (b"POST", b"/policy/tenant") => {
-                    let name = query.strip_prefix("name=").unwrap_or("");
-                    result(
-                        control.switch_tenant(name).map(|r| {
-                            format!(
-                                "tenant {name} switched on: generation {} ({:?})\n",
-                                r.generation, r.total
-                            )
-                        }),
-                        out,
-                    )
-                }
-                (
-                    _,
-                    b"/metrics" | b"/flows" | b"/bypass/dns" | b"/policy" | b"/policy/explain"
-                    | b"/policy/reload" | b"/policy/tenant",
-                ) => {
-                    out.push_str("method not allowed\n");
-                    Some((405, text))
-                }
-                _ => None,
-            }
-        },
-    )
-    .map(Some)
-    .map_err(|source| GatewayError::Io {
-        what: format!("serving metrics on {addr}"),
-        source,
-    })
+    admin::start(cfg, stop, classifier, stats, control, procs)
 }
 
 /// The endpoint worker's thread and counters.
@@ -581,7 +499,7 @@ fn start_pac(
         p.listen,
         p.proxy
     );
-    crate::pac::serve(p.listen, stop.clone(), text)
+    crate::pac::serve(p.listen, stop.clone(), text, &p.hosts)
         .map(Some)
         .map_err(|source| GatewayError::Io {
             what: format!("serving the PAC file on {}", p.listen),

@@ -209,6 +209,7 @@ fn needs_restart(old: &GatewayConfig, new: &GatewayConfig) -> Option<&'static st
         || old.rx_frames != new.rx_frames
         || old.cpus != new.cpus
         || old.metrics != new.metrics
+        || old.admin != new.admin
         || old.bpffs != new.bpffs;
     let (a, b) = (&old.policy.forwarding, &new.policy.forwarding);
     let detection =
@@ -217,7 +218,7 @@ fn needs_restart(old: &GatewayConfig, new: &GatewayConfig) -> Option<&'static st
     let dns = a.limits != b.limits || a.max_entries != b.max_entries || a.servers != b.servers;
     if gateway {
         Some(
-            "[gateway] changed (name, interfaces, xdp_mode, lan_vlans, queues, rx_frames, cpus, metrics or bpffs): it takes a restart",
+            "[gateway] changed (name, interfaces, xdp_mode, lan_vlans, queues, rx_frames, cpus, metrics, admin_* or bpffs): it takes a restart",
         )
     } else if detection {
         Some(
@@ -238,6 +239,7 @@ fn same_tunnel(a: &TunnelConfig, b: &TunnelConfig) -> bool {
         && a.ca == b.ca
         && a.cert == b.cert
         && a.key == b.key
+        && a.crl == b.crl
 }
 
 impl PolicyControl {

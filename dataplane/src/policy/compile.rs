@@ -549,13 +549,14 @@ impl DomainMatcher {
 /// observer watches.
 pub fn domain_patterns(policy: &Policy) -> Vec<crate::dns::Pattern> {
     let mut out: Vec<crate::dns::Pattern> = Vec::new();
+    let mut seen = HashSet::new();
     for p in policy
         .profiles
         .iter()
         .flat_map(|p| &p.domains)
         .chain(policy.tenants.iter().flat_map(|t| &t.domains))
     {
-        if !out.contains(p) {
+        if seen.insert(p) {
             out.push(p.clone());
         }
     }

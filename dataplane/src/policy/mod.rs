@@ -34,6 +34,7 @@
 //! No I/O here except in [`trusted`].
 pub mod compile;
 pub mod eval;
+pub mod facts;
 pub mod trusted;
 
 use std::{fmt, net::IpAddr, str::FromStr, time::Duration};

@@ -58,6 +58,7 @@ fn tunnel_cfg() -> crate::config::TunnelConfig {
         ca: "ca.pem".into(),
         cert: "c.pem".into(),
         key: "k.pem".into(),
+        crl: None,
         keepalive: Duration::from_secs(10),
         idle_timeout: Duration::from_secs(30),
         coalesce_delay: Duration::ZERO,

@@ -29,6 +29,7 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
+use super::facts::{Dst, Route, parse_bootp, parse_default_routes, parse_lease, parse_resolv_conf};
 use crate::{host, metrics, net::Prefix, sys::rtnl::RouteMonitor};
 
 /// How the configured criteria combine.
@@ -389,102 +390,6 @@ fn resolvers(s: &Sources) -> (Vec<IpAddr>, Vec<String>) {
     (servers, search)
 }
 
-/// Parses resolv.conf(5): `nameserver` lines (an IPv6 zone `%eth0` is
-/// dropped) and the search list (`search` or `domain`, the last one wins).
-/// Lines starting with `#` or `;` are comments.
-pub(crate) fn parse_resolv_conf(text: &str) -> (Vec<IpAddr>, Vec<String>) {
-    let (mut servers, mut search) = (Vec::new(), Vec::new());
-    for line in text.lines() {
-        let mut w = line.split_whitespace();
-        match w.next() {
-            Some("nameserver") => servers.extend(
-                w.next()
-                    .and_then(|a| a.split('%').next()?.parse::<IpAddr>().ok()),
-            ),
-            Some("search" | "domain") => search = w.map(String::from).collect(),
-            _ => {}
-        }
-    }
-    (servers, search)
-}
-
-/// The destination of a default route: the whole space, or one of the two
-/// halves (`0.0.0.0/1` and `128.0.0.0/1`, `::/1` and `8000::/1`) that
-/// full-tunnel VPNs install to override it without replacing it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Dst {
-    Default,
-    LowHalf,
-    HighHalf,
-}
-
-/// One next hop of a default route, from `ip -o route show`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Route {
-    pub(crate) dst: Dst,
-    /// The gateway; `None` for a device route.
-    pub(crate) via: Option<IpAddr>,
-    pub(crate) dev: String,
-    pub(crate) metric: u32,
-    /// The routing table; `None` is the main table.
-    pub(crate) table: Option<String>,
-}
-
-/// Parses `ip -o route show [table all]` output into default and
-/// half-default routes, one per next hop (multipath routes give several);
-/// every other route, and routes that are not unicast (`unreachable
-/// default`, ...), are skipped.
-pub(crate) fn parse_default_routes(ip_o_output: &str) -> Vec<Route> {
-    let mut out = Vec::new();
-    for line in ip_o_output.lines() {
-        // `-o` joins a multipath route's lines with `\`.
-        let mut w = line
-            .split_whitespace()
-            .map(|t| t.trim_end_matches('\\'))
-            .filter(|t| !t.is_empty());
-        let dst = match w.next() {
-            Some("default") => Dst::Default,
-            Some(p) => match p.parse::<Prefix>() {
-                Ok(p) if p.len() == 0 => Dst::Default,
-                Ok(p) if p.len() == 1 && p.addr().is_unspecified() => Dst::LowHalf,
-                Ok(p) if p.len() == 1 => Dst::HighHalf,
-                _ => continue,
-            },
-            None => continue,
-        };
-        let (mut metric, mut table) = (0, None);
-        // A multipath route lists `nexthop via .. dev ..` groups.
-        let mut hops: Vec<(Option<IpAddr>, Option<String>)> = vec![(None, None)];
-        while let Some(t) = w.next() {
-            let hop = hops.last_mut().expect("never empty");
-            match t {
-                "nexthop" => hops.push((None, None)),
-                "via" => {
-                    let mut v = w.next();
-                    if matches!(v, Some("inet" | "inet6")) {
-                        v = w.next();
-                    }
-                    hop.0 = v.and_then(|v| v.parse().ok());
-                }
-                "dev" => hop.1 = w.next().map(String::from),
-                "metric" => metric = w.next().and_then(|m| m.parse().ok()).unwrap_or(0),
-                "table" => table = w.next().filter(|t| *t != "main").map(String::from),
-                _ => {}
-            }
-        }
-        out.extend(hops.into_iter().filter_map(|(via, dev)| {
-            Some(Route {
-                dst,
-                via,
-                dev: dev?,
-                metric,
-                table: table.clone(),
-            })
-        }));
-    }
-    out
-}
-
 /// The routes of `table` to `dst` with the lowest metric (the ones the
 /// kernel uses; several for multipath).
 fn preferred<'a>(
@@ -540,14 +445,6 @@ fn is_tunnel(dev: &str) -> bool {
             .is_ok_and(|u| u.lines().any(|l| l == "DEVTYPE=wireguard"))
 }
 
-/// A DHCP lease: the server that granted it and, if the file says, the
-/// address it granted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Lease {
-    pub(crate) server: IpAddr,
-    pub(crate) address: Option<IpAddr>,
-}
-
 /// Servers of the leases in `paths` (files, or directories of lease files)
 /// whose address is still one of `local` (old lease files of other
 /// networks stay on disk).
@@ -583,102 +480,6 @@ fn dhcp_servers(paths: &[PathBuf], local: &[IpAddr]) -> Vec<IpAddr> {
         }
     }
     out
-}
-
-/// Parses a text lease file: ISC dhclient's (also `NetworkManager`'s
-/// `dhclient-*.lease`), where the last `lease { }` block per interface is
-/// the current one (`option dhcp-server-identifier`, `fixed-address`), or
-/// systemd-networkd's and `NetworkManager`'s internal client's `KEY=VALUE`
-/// (`SERVER_ADDRESS`, `ADDRESS`).
-pub(crate) fn parse_lease(text: &str) -> Vec<Lease> {
-    let value = |key: &str| {
-        text.lines().find_map(|l| {
-            l.trim()
-                .strip_prefix(key)?
-                .strip_prefix('=')?
-                .trim()
-                .parse::<IpAddr>()
-                .ok()
-        })
-    };
-    if let Some(server) = value("SERVER_ADDRESS") {
-        return vec![Lease {
-            server,
-            address: value("ADDRESS"),
-        }];
-    }
-    // (interface, server, address) of each dhclient lease block.
-    let mut blocks: Vec<(Option<&str>, Option<IpAddr>, Option<IpAddr>)> = Vec::new();
-    let mut current = None;
-    for line in text.lines().map(str::trim) {
-        if line == "lease {" {
-            current = Some((None, None, None));
-            continue;
-        }
-        let Some(b) = current.as_mut() else {
-            continue;
-        };
-        if line == "}" {
-            let b = current.take().expect("in a block");
-            blocks.retain(|old| old.0 != b.0);
-            blocks.push(b);
-            continue;
-        }
-        let line = line.trim_end_matches(';');
-        let arg = |key: &str| line.strip_prefix(key).map(|v| v.trim().trim_matches('"'));
-        if let Some(i) = arg("interface ") {
-            b.0 = Some(i);
-        } else if let Some(a) = arg("fixed-address ") {
-            b.2 = a.parse().ok();
-        } else if let Some(a) = arg("option dhcp-server-identifier ") {
-            b.1 = a.parse().ok();
-        }
-    }
-    blocks
-        .into_iter()
-        .filter_map(|(_, server, address)| {
-            Some(Lease {
-                server: server?,
-                address,
-            })
-        })
-        .collect()
-}
-
-/// Parses a lease stored as the raw DHCP message (dhcpcd's
-/// `/var/lib/dhcpcd/*.lease`): `yiaddr` and option 54, the server
-/// identifier. `None` if the bytes are not a BOOTP message with the DHCP
-/// magic cookie or carry no server identifier.
-pub(crate) fn parse_bootp(b: &[u8]) -> Option<Lease> {
-    const YIADDR: usize = 16;
-    const COOKIE: usize = 236;
-    const OPTIONS: usize = 240;
-    const SERVER_ID: u8 = 54;
-    let addr = |at: usize| -> Option<IpAddr> {
-        let o: [u8; 4] = b.get(at..at + 4)?.try_into().ok()?;
-        Some(IpAddr::V4(Ipv4Addr::from(o)))
-    };
-    if b.get(COOKIE..OPTIONS)? != [99, 130, 83, 99] {
-        return None;
-    }
-    let mut at = OPTIONS;
-    while let Some(&code) = b.get(at) {
-        match code {
-            0 => at += 1,
-            255 => break,
-            _ => {
-                let len = usize::from(*b.get(at + 1)?);
-                if code == SERVER_ID && len == 4 {
-                    return Some(Lease {
-                        server: addr(at + 2)?,
-                        address: addr(YIADDR).filter(|a| !a.is_unspecified()),
-                    });
-                }
-                at += 2 + len;
-            }
-        }
-    }
-    None
 }
 
 /// Resolver threads still running: a hung resolver leaves its thread
@@ -964,6 +765,7 @@ fn utc(t: SystemTime) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::facts::Lease;
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()

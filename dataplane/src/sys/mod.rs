@@ -18,6 +18,8 @@
 //!   which the gateway's workers take LAN hosts' MACs from.
 //! - [`bpf_mmap`]: a BPF array map's words mapped into the process (the
 //!   classifier's policy state word, stored atomically).
+//! - [`peer`]: a Unix socket peer's credentials and a group's id (the
+//!   admin socket's authorisation).
 //!
 //! Everything else in the crate is `#![deny(unsafe_code)]` and uses these
 //! safe wrappers.
@@ -30,6 +32,7 @@ pub mod fanotify;
 pub mod mem;
 pub mod rlimit;
 pub mod neigh;
+pub mod peer;
 pub mod rtnl;
 pub mod sock_diag;
 pub mod tun;

@@ -1,0 +1,471 @@
+use std::{
+    io::{Read as _, Write as _},
+    net::TcpStream,
+    os::unix::net::UnixStream,
+};
+
+use super::*;
+
+const GET: &[u8] = b"GET /metrics?x=1 HTTP/1.1\r\nHost: 127.0.0.1:9477\r\nUser-Agent: t\r\n\r\n";
+
+#[test]
+fn parses_request_heads() {
+    let r = parse(GET, 8192).unwrap().unwrap();
+    assert_eq!(
+        r,
+        Request {
+            method: "GET",
+            path: "/metrics",
+            query: "x=1",
+            host: Some("127.0.0.1:9477"),
+            authorization: None,
+            origin: false,
+            has_body: false,
+        }
+    );
+    // Every prefix of a head is incomplete, never an error.
+    for n in 0..GET.len() {
+        assert_eq!(parse(&GET[..n], 8192), Ok(None), "{n}");
+    }
+    // Bytes after the head (a body) are not read.
+    let post = b"POST /policy/reload HTTP/1.0\r\nauthorization: Bearer abc\r\nOrigin: http://x\r\nContent-Length: 3\r\n\r\nabc";
+    let r = parse(post, 8192).unwrap().unwrap();
+    assert_eq!(r.authorization, Some("Bearer abc"));
+    assert!(r.origin && r.has_body);
+    assert!(
+        parse(b"GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", 64)
+            .unwrap()
+            .unwrap()
+            .has_body
+    );
+}
+
+#[test]
+fn refuses_malformed_heads() {
+    for bad in [
+        &b"\0\0\0\r\n\r\n"[..],
+        b"GET /\r\n\r\n",
+        b"GET / HTTP/2\r\n\r\n",
+        b"get / HTTP/1.1\r\n\r\n",
+        b"GET x HTTP/1.1\r\n\r\n",
+        b"GET /a b HTTP/1.1\r\n\r\n",
+        b"GET / HTTP/1.1\r\nNoColon\r\n\r\n",
+        b"GET / HTTP/1.1\r\nBad Name: x\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+        b"GET / HTTP/1.1\r\nX: a\x01b\r\n\r\n",
+        b"GET / HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
+        b"GET /\xff HTTP/1.1\r\n\r\n",
+    ] {
+        assert!(
+            matches!(parse(bad, 8192), Err(ParseError::Malformed(_))),
+            "{:?}",
+            String::from_utf8_lossy(bad)
+        );
+    }
+    let many = format!("GET / HTTP/1.1\r\n{}\r\n", "X: y\r\n".repeat(65));
+    assert!(parse(many.as_bytes(), 8192).is_err());
+    // The cap: no end of head within it.
+    assert_eq!(parse(&[b'A'; 100], 100), Err(ParseError::TooLarge));
+    assert_eq!(parse(&[b'A'; 99], 100), Ok(None));
+    // An end of head beyond the cap is not looked for.
+    let mut long = vec![b'A'; 100];
+    long.extend_from_slice(b"\r\n\r\n");
+    assert_eq!(parse(&long, 100), Err(ParseError::TooLarge));
+}
+
+#[test]
+fn host_allow_list() {
+    let h = Hosts::new(["gw1.example", "Metrics.Example."]);
+    for ok in [
+        None,
+        Some("127.0.0.1"),
+        Some("198.51.100.7:9477"),
+        Some("[::1]"),
+        Some("[2001:db8::1]:80"),
+        Some("gw1.example"),
+        Some("GW1.example:9477"),
+        Some("metrics.example."),
+    ] {
+        assert!(h.allows(ok), "{ok:?}");
+    }
+    for bad in [
+        "evil.example",
+        "gw1.example.evil.example",
+        "localhost",
+        "127.0.0.1:x",
+        "[::1",
+        "[::1]x",
+        "[zz]",
+        "",
+        "gw1.example:123456",
+    ] {
+        assert!(!h.allows(Some(bad)), "{bad:?}");
+    }
+    assert!(Hosts::local(["x"]).allows(Some("localhost:9477")));
+}
+
+fn ask(addr: SocketAddr, req: &str) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(req.as_bytes()).unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+/// A server on loopback with `limits`, answering `GET /x` with "x";
+/// `token`: its listener wants that bearer token.
+fn server(limits: Limits, token: Option<&str>) -> (SocketAddr, Arc<AtomicBool>, JoinHandle<()>) {
+    let mut s = Server::new("sluice-test-http", limits, |req, body| {
+        if req.path == "/x" {
+            body.push_str("x\n");
+            Reply::text(200)
+        } else {
+            Reply::text(404)
+        }
+    })
+    .unwrap();
+    let access = token.map_or(Access::Open, |t| Access::Token(sha256(t.as_bytes())));
+    let addr = s
+        .listen_tcp(
+            "127.0.0.1:0".parse().unwrap(),
+            access,
+            Hosts::new(["gw.example"]),
+        )
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let h = s.spawn(stop.clone()).unwrap();
+    (addr, stop, h)
+}
+
+#[test]
+fn answers_and_refuses() {
+    let (addr, stop, h) = server(Limits::default(), None);
+    let ok = ask(addr, "GET /x HTTP/1.1\r\nHost: gw.example\r\n\r\n");
+    assert!(ok.starts_with("HTTP/1.1 200 OK\r\n"), "{ok}");
+    assert!(ok.ends_with("\r\n\r\nx\n"), "{ok}");
+    assert!(ask(addr, "GET /y HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 404"));
+    // DNS rebinding: the page's own name.
+    let r = ask(addr, "GET /x HTTP/1.1\r\nHost: evil.example\r\n\r\n");
+    assert!(r.starts_with("HTTP/1.1 421"), "{r}");
+    let r = ask(
+        addr,
+        "POST /x HTTP/1.1\r\nOrigin: http://evil.example\r\n\r\n",
+    );
+    assert!(r.starts_with("HTTP/1.1 403"), "{r}");
+    let r = ask(addr, "POST /x HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello");
+    assert!(r.starts_with("HTTP/1.1 413"), "{r}");
+    assert!(ask(addr, "\0\0\0\r\n\r\n").starts_with("HTTP/1.1 400"));
+    // More than the head cap without an end: 431, and the server goes on.
+    let r = ask(addr, &"A".repeat(20_000));
+    assert!(r.is_empty() || r.starts_with("HTTP/1.1 431"), "{r}");
+    assert!(ask(addr, "GET /x HTTP/1.0\r\n\r\n").starts_with("HTTP/1.1 200"));
+    // A request followed at once by the end of the client's side.
+    let mut c = TcpStream::connect(addr).unwrap();
+    c.write_all(b"GET /x HTTP/1.1\r\n\r\n").unwrap();
+    c.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut out = String::new();
+    c.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    // Half a request and the end: closed without an answer.
+    let mut c = TcpStream::connect(addr).unwrap();
+    c.write_all(b"GET /x HT").unwrap();
+    c.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut out = String::new();
+    c.read_to_string(&mut out).unwrap();
+    assert!(out.is_empty(), "{out}");
+    stop.store(true, Ordering::Relaxed);
+    h.join().unwrap();
+}
+
+#[test]
+fn bearer_tokens() {
+    let (addr, stop, h) = server(Limits::default(), Some("s3cret"));
+    let r = ask(addr, "GET /x HTTP/1.1\r\n\r\n");
+    assert!(
+        r.starts_with("HTTP/1.1 401") && r.contains("WWW-Authenticate: Bearer"),
+        "{r}"
+    );
+    let r = ask(
+        addr,
+        "GET /x HTTP/1.1\r\nAuthorization: Bearer s3cre\r\n\r\n",
+    );
+    assert!(r.starts_with("HTTP/1.1 401"), "{r}");
+    let r = ask(
+        addr,
+        "GET /x HTTP/1.1\r\nAuthorization: Basic s3cret\r\n\r\n",
+    );
+    assert!(r.starts_with("HTTP/1.1 401"), "{r}");
+    let r = ask(
+        addr,
+        "GET /x HTTP/1.1\r\nAuthorization: Bearer s3cret\r\n\r\n",
+    );
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    // The host check comes first: a rebinding page with the token (it
+    // cannot have it, but even so) is refused.
+    let r = ask(
+        addr,
+        "GET /x HTTP/1.1\r\nHost: evil.example\r\nAuthorization: Bearer s3cret\r\n\r\n",
+    );
+    assert!(r.starts_with("HTTP/1.1 421"), "{r}");
+    stop.store(true, Ordering::Relaxed);
+    h.join().unwrap();
+}
+
+/// Clients that send one byte a second (slowloris) hold their own
+/// connections only: another client's request is answered at once, and
+/// the slow ones are closed at the deadline.
+#[test]
+fn slow_clients_do_not_stall_others() {
+    let limits = Limits {
+        deadline: Duration::from_secs(3),
+        ..Limits::default()
+    };
+    let (addr, stop, h) = server(limits, None);
+    let slow: Vec<TcpStream> = (0..20)
+        .map(|_| {
+            let mut s = TcpStream::connect(addr).unwrap();
+            s.write_all(b"G").unwrap();
+            s
+        })
+        .collect();
+    let dribble = std::thread::spawn(move || {
+        let mut slow = slow;
+        for _ in 0..6 {
+            std::thread::sleep(Duration::from_secs(1));
+            for s in &mut slow {
+                let _ = s.write_all(b"E");
+            }
+        }
+        slow
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    for _ in 0..5 {
+        let t = Instant::now();
+        let r = ask(addr, "GET /x HTTP/1.1\r\n\r\n");
+        assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+        // Generous: the point is not waiting for the slow ones (seconds).
+        assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let mut slow = dribble.join().unwrap();
+    // Past the 3 s deadline the slow connections were closed.
+    for s in &mut slow {
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut b = [0u8; 16];
+        assert!(matches!(s.read(&mut b), Ok(0) | Err(_)), "still open");
+    }
+    stop.store(true, Ordering::Relaxed);
+    h.join().unwrap();
+}
+
+#[test]
+fn connection_caps() {
+    let limits = Limits {
+        max_conns: 6,
+        max_per_source: 4,
+        deadline: Duration::from_secs(10),
+        ..Limits::default()
+    };
+    let mut s = Server::new("sluice-test-caps", limits, |_, body| {
+        body.push_str("x\n");
+        Reply::text(200)
+    })
+    .unwrap();
+    // Dual-stack where the host has IPv6: 127.0.0.1 and ::1 are two
+    // sources.
+    let (addr, v6) = match s.listen_tcp("[::]:0".parse().unwrap(), Access::Open, Hosts::default()) {
+        Ok(a) => (SocketAddr::from(([127, 0, 0, 1], a.port())), Some(a.port())),
+        Err(_) => (
+            s.listen_tcp(
+                "127.0.0.1:0".parse().unwrap(),
+                Access::Open,
+                Hosts::default(),
+            )
+            .unwrap(),
+            None,
+        ),
+    };
+    let stats = s.stats();
+    let stop = Arc::new(AtomicBool::new(false));
+    let h = s.spawn(stop.clone()).unwrap();
+    // Four idle connections from 127.0.0.1: the fifth from there is closed
+    // at once, one from ::1 is served.
+    let idle: Vec<TcpStream> = (0..4).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let r = ask(addr, "GET /x HTTP/1.1\r\n\r\n");
+    assert!(r.is_empty(), "{r}");
+    assert!(stats.refused_cap.load(Ordering::Relaxed) >= 1);
+    if let Some(port) = v6
+        && TcpStream::connect(("::1", port)).is_ok()
+    {
+        let r = ask(
+            SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port)),
+            "GET /x HTTP/1.1\r\n\r\n",
+        );
+        assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+        // Two more from ::1 fill the server's six: then nobody else, not
+        // even ::1 (two of its four).
+        let more: Vec<TcpStream> = (0..2)
+            .map(|_| TcpStream::connect(("::1", port)).unwrap())
+            .collect();
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(
+            ask(
+                SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port)),
+                "GET /x HTTP/1.1\r\n\r\n"
+            )
+            .is_empty()
+        );
+        drop(more);
+    }
+    drop(idle);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(ask(addr, "GET /x HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 200"));
+    stop.store(true, Ordering::Relaxed);
+    h.join().unwrap();
+}
+
+fn unix_ask(path: &Path, req: &str) -> std::io::Result<String> {
+    let mut s = UnixStream::connect(path)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.write_all(req.as_bytes())?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out)
+}
+
+fn temp_dir(tag: &str) -> PathBuf {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let d = std::env::temp_dir().join(format!(
+        "sluice-http-{tag}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[test]
+fn unix_socket_peers() {
+    let dir = temp_dir("unix");
+    let path = dir.join("admin.sock");
+    // Something that is not a socket is never replaced.
+    std::fs::write(&path, "x").unwrap();
+    let mut s = Server::new("sluice-test-unix", Limits::default(), |_, body| {
+        body.push_str("ok\n");
+        Reply::text(200)
+    })
+    .unwrap();
+    let err = s
+        .listen_unix(&path, 0o600, None, Access::Peer { gid: None })
+        .unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::AlreadyExists);
+    std::fs::remove_file(&path).unwrap();
+    s.listen_unix(&path, 0o600, None, Access::Peer { gid: None })
+        .unwrap();
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let stop = Arc::new(AtomicBool::new(false));
+    let h = s.spawn(stop.clone()).unwrap();
+    // This process (root in CI, or the owner) is allowed; the Host header
+    // is not checked on a socket.
+    let r = unix_ask(&path, "GET / HTTP/1.1\r\nHost: evil.example\r\n\r\n").unwrap();
+    if sluice_lab::is_root() {
+        assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    } else {
+        assert!(r.starts_with("HTTP/1.1 403"), "{r}");
+    }
+    // A second server on the same path is refused while this one runs.
+    let mut again = Server::new("sluice-test-unix2", Limits::default(), |_, _| {
+        Reply::text(200)
+    })
+    .unwrap();
+    let err = again
+        .listen_unix(&path, 0o600, None, Access::Peer { gid: None })
+        .unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
+    stop.store(true, Ordering::Relaxed);
+    h.join().unwrap();
+    assert!(!path.exists(), "the socket file is removed on stop");
+    // A server whose path another process took over (a restart) leaves
+    // the newcomer's file alone when it stops.
+    let mut s = Server::new("sluice-test-unix3", Limits::default(), |_, _| {
+        Reply::text(200)
+    })
+    .unwrap();
+    s.listen_unix(&path, 0o600, None, Access::Peer { gid: None })
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let h = s.spawn(stop.clone()).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    std::fs::write(&path, "the newcomer's").unwrap();
+    stop.store(true, Ordering::Relaxed);
+    h.join().unwrap();
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), "the newcomer's");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// Another user is refused by its credentials even where the socket's
+/// mode would let it connect; a member of the configured group is served.
+#[test]
+fn unix_peer_credentials_of_other_users() {
+    if !sluice_lab::require_root("unix_peer_credentials_of_other_users") {
+        return;
+    }
+    let dir = temp_dir("peer");
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let run = |gid: Option<u32>| {
+        let path = dir.join(format!("admin-{}.sock", gid.unwrap_or(0)));
+        let mut s = Server::new("sluice-test-peer", Limits::default(), |_, body| {
+            body.push_str("ok\n");
+            Reply::text(200)
+        })
+        .unwrap();
+        // 0666: only the credentials check stands in the way.
+        s.listen_unix(&path, 0o666, None, Access::Peer { gid })
+            .unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let h = s.spawn(stop.clone()).unwrap();
+        let script = format!(
+            "import socket; s = socket.socket(socket.AF_UNIX); s.connect({:?}); \
+             s.sendall(b'GET / HTTP/1.1\\r\\n\\r\\n'); print(s.recv(100).decode().split(chr(13))[0])",
+            path.display().to_string()
+        );
+        let out = std::process::Command::new("setpriv")
+            .current_dir("/")
+            .args([
+                "--reuid",
+                "65534",
+                "--regid",
+                "65534",
+                "--clear-groups",
+                // Debian's, not a per-user shim on root's PATH.
+                "/usr/bin/python3",
+                "-c",
+                &script,
+            ])
+            .output()
+            .unwrap();
+        stop.store(true, Ordering::Relaxed);
+        h.join().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(run(None), "HTTP/1.1 403 Forbidden");
+    assert_eq!(run(Some(12_345)), "HTTP/1.1 403 Forbidden");
+    assert_eq!(run(Some(65_534)), "HTTP/1.1 200 OK");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn tokens_compare_by_hash() {
+    let a = sha256(b"x");
+    assert!(ct_eq(&a, &sha256(b"x")));
+    assert!(!ct_eq(&a, &sha256(b"y")));
+    assert_eq!(format!("{:?}", Access::Token(a)), "Token(..)");
+}
