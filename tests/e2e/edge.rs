@@ -534,7 +534,7 @@ fn edge_survives_unauthenticated_floods() {
     if !require_root("edge_survives_unauthenticated_floods") {
         return;
     }
-    let lab = Lab::new();
+    let lab = Lab::new_exclusive();
     let sources = add_flood_sources(&lab, 16);
     lab.spawn_peer(Host::Inet, "peer", HTTP, UDP);
     spawn_iperf_server(&lab, v4(addr::TUNNELLED_V4), IPERF_PORT);
@@ -662,7 +662,7 @@ fn one_gateway_cannot_starve_another() {
     if !require_root("one_gateway_cannot_starve_another") {
         return;
     }
-    let lab = Lab::new();
+    let lab = Lab::new_exclusive();
     lab.spawn_peer(Host::Inet, "peer", HTTP, UDP);
     spawn_iperf_server(&lab, v4(addr::TUNNELLED_V4), IPERF_PORT);
     let mut s = Sluice::start(&lab, bin());

@@ -6,8 +6,8 @@
 //! panic). Under `CI=true` a test that cannot run as root fails.
 use std::{net::SocketAddr, os::unix::fs::MetadataExt as _, path::Path, time::Duration};
 
-mod edge;
 mod admin;
+mod edge;
 mod endpoint;
 mod fragments;
 mod neighbors;
@@ -403,8 +403,14 @@ fn gateway_refuses_an_invalid_config_and_attaches_nothing() {
     );
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
+    // The line of the edited prefix, wherever the default file puts it.
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let line = 1 + text
+        .lines()
+        .position(|l| l.contains("203.0.113.20/24"))
+        .expect("the edited prefix is in the file");
     assert!(
-        err.contains("gateway.toml:24:")
+        err.contains(&format!("gateway.toml:{line}:"))
             && err.contains("bypass.prefixes[0]")
             && err.contains("203.0.113.0/24"),
         "{err}"

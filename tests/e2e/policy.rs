@@ -567,7 +567,7 @@ fn a_stream_survives_hundreds_of_swaps_without_loss_or_mix() {
     if !require_root("a_stream_survives_hundreds_of_swaps_without_loss_or_mix") {
         return;
     }
-    let lab = Lab::new();
+    let lab = Lab::new_exclusive();
     // 8192 receive frames per queue (400 ms of this stream): the test
     // shares two CPUs with the other lab tests, and what it checks is
     // that the swaps lose nothing, not how long the worker may be kept
@@ -673,7 +673,7 @@ fn a_bypass_list_of_120k_prefixes_checks_starts_and_reloads() {
 /// check, start, reload (gateway), reload (CLI, this build only).
 fn measure_120k(b: &std::path::Path, baseline: bool) -> [Option<Duration>; 4] {
     use std::time::Instant;
-    let lab = Lab::new();
+    let lab = Lab::new_exclusive();
     let list: Vec<String> = (0..120_000u32)
         .map(|i| format!("\"{}/32\"", std::net::Ipv4Addr::from(0xc612_0400 + i)))
         .collect();

@@ -144,6 +144,8 @@ pub struct Lab {
     dir: PathBuf,
     keep: bool,
     procs: Mutex<Vec<Proc>>,
+    /// Released after the lab is torn down (fields drop after `drop`).
+    _turn: crate::turn::Turn,
 }
 
 impl Lab {
@@ -153,6 +155,21 @@ impl Lab {
     /// If not root, or if a command fails: the message names the command
     /// and has its stderr. What was made is removed before the panic.
     pub fn new() -> Lab {
+        Self::with_turn(crate::turn::Turn::shared())
+    }
+
+    /// [`Lab::new`] for a test that measures: it waits until no other lab
+    /// exists in this process, and no lab is built beside it until it is
+    /// dropped (see [`crate::turn`]), so that the figures it compares
+    /// are not taken while another test loads the CPUs.
+    ///
+    /// # Panics
+    /// As [`Lab::new`].
+    pub fn new_exclusive() -> Lab {
+        Self::with_turn(crate::turn::Turn::exclusive())
+    }
+
+    fn with_turn(turn: crate::turn::Turn) -> Lab {
         assert!(
             sys::is_root(),
             "sluice_lab::Lab::new: needs root (guard the test with `sluice_lab::require_root`)"
@@ -167,6 +184,7 @@ impl Lab {
             dir,
             keep: std::env::var("SLUICE_LAB_KEEP").is_ok_and(|v| v == "1"),
             procs: Mutex::new(Vec::new()),
+            _turn: turn,
         };
         if let Err(e) = lab.build() {
             drop(lab);

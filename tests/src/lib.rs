@@ -48,6 +48,7 @@ pub mod reload;
 #[cfg(test)]
 mod selftest;
 mod sys;
+pub mod turn;
 
 pub use lab::{DEFAULT_TIMEOUT, Host, LAB_BPFFS, Lab, ProcId, cleanup_stale};
 pub use nft::counter;

@@ -41,8 +41,8 @@ use toml::Spanned;
 
 use crate::{ebpf::AttachMode, net::Prefix};
 
-mod edge;
 pub mod check;
+mod edge;
 mod policy;
 pub use edge::{EdgeGateway, EdgeLimits, RESERVED_DESTINATIONS};
 pub use policy::DetectionSources;
