@@ -286,8 +286,9 @@ fn an_edge_key_that_is_a_directory() {
     let cfg = f.path("edge.toml");
     std::fs::write(
         &cfg,
-        "[edge]\nlisten = \"[::]:4443\"\nclient_prefixes = [\"192.0.2.0/24\"]\n\
-         ca = \"pki/ca.pem\"\ncert = \"pki/edge.pem\"\nkey = \"pki/dir.key\"\n",
+        "[edge]\nlisten = \"[::]:4443\"\n\
+         ca = \"pki/ca.pem\"\ncert = \"pki/edge.pem\"\nkey = \"pki/dir.key\"\n\
+         [[edge.gateway]]\nname = \"branch-1\"\nprefixes = [\"192.0.2.0/24\"]\n",
     )
     .unwrap();
     let o = Command::new(bin())
