@@ -325,7 +325,7 @@ const RX_BUF_MAX: usize = 1024 * 1024;
 const READ_BUDGET: usize = 1 << 20;
 
 /// Key updates a peer may send without application data between them
-/// (rustls's and BoringSSL's limit): each costs key derivations, and a
+/// (rustls's and `BoringSSL`'s limit): each costs key derivations, and a
 /// peer has no use for more.
 const MAX_KEY_UPDATES_WITHOUT_DATA: u32 = 32;
 
@@ -800,15 +800,7 @@ impl Session {
                     };
                     match (*typ, body, &mut **kernel) {
                         (HS_KEY_UPDATE, [req @ (0 | 1)], k) => {
-                            if self.key_updates_since_data >= MAX_KEY_UPDATES_WITHOUT_DATA {
-                                return Err(fatal(
-                                    UNEXPECTED_MESSAGE,
-                                    format!(
-                                        "more than {MAX_KEY_UPDATES_WITHOUT_DATA} TLS key updates without application data"
-                                    ),
-                                ));
-                            }
-                            self.key_updates_since_data += 1;
+                            count_key_update(&mut self.key_updates_since_data)?;
                             let (seq, secrets) = k
                                 .update(false)
                                 .map_err(|e| fatal(INTERNAL_ERROR, e.to_string()))?;
@@ -1268,6 +1260,22 @@ impl Session {
     fn reason_or(&self, r: CloseReason) -> CloseReason {
         self.close_reason.clone().unwrap_or(r)
     }
+}
+
+/// Counts a key update received since the last application data record;
+/// refuses (`unexpected_message`) one more than
+/// [`MAX_KEY_UPDATES_WITHOUT_DATA`].
+fn count_key_update(since_data: &mut u32) -> Result<(), (Option<u8>, CloseReason)> {
+    if *since_data >= MAX_KEY_UPDATES_WITHOUT_DATA {
+        return Err((
+            Some(record::alert::UNEXPECTED_MESSAGE),
+            CloseReason::Tls(format!(
+                "more than {MAX_KEY_UPDATES_WITHOUT_DATA} TLS key updates without application data"
+            )),
+        ));
+    }
+    *since_data += 1;
+    Ok(())
 }
 
 /// `s` made safe to log: control characters (which could forge log lines

@@ -934,7 +934,7 @@ fn feed(s: &mut Session, wire: &[u8], now: Instant) {
 
 /// A peer that asks for key updates again and again while we send
 /// nothing gets one answer (RFC 8446 §4.6.3: "an implementation which
-/// receives multiple KeyUpdates while it is silent [responds] with a
+/// receives multiple `KeyUpdate`s while it is silent [responds] with a
 /// single update"), not one per request: a peer that never reads would
 /// otherwise make each 27-byte request queue a 27-byte answer, without
 /// bound. Once we have sent data, the next request gets its answer.
@@ -968,7 +968,7 @@ fn key_update_requests_get_one_answer_while_silent() {
 }
 
 /// More than 32 key updates without application data between them close
-/// the session with `unexpected_message` (rustls's and BoringSSL's limit):
+/// the session with `unexpected_message` (rustls's and `BoringSSL`'s limit):
 /// each costs key derivations, and a peer has no need for more.
 #[test]
 fn key_update_flood_closes_the_session() {
