@@ -983,3 +983,115 @@ fn edge_starts_with_nested_prefixes_and_management() {
     );
 }
 
+/// How long the gateway takes to report its tunnel up again, at most
+/// `within`.
+fn time_to_reconnect(s: &Sluice<'_>, within: Duration) -> Result<Duration, String> {
+    let t = Instant::now();
+    loop {
+        let ups = sluice_lab::deploy::samples(&s.gateway_metrics(), "sluice_gateway_tunnel_up");
+        if !ups.is_empty() && ups.iter().all(|&(_, v)| v == 1) {
+            return Ok(t.elapsed());
+        }
+        if t.elapsed() > within {
+            return Err(format!("the gateway did not reconnect within {within:?}"));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The operator's view of an edge that dies or restarts: killed, it
+/// leaves its nftables table (the filter stays) and the next start
+/// replaces it in one transaction; stopped, it says goodbye and exits 0;
+/// either way the gateway is back promptly and traffic flows. An edge
+/// whose TUN device is deleted under it cannot forward anything: it must
+/// exit non-zero (so its service manager restarts it), not run on with
+/// its tunnels up and every reply lost.
+#[test]
+fn edge_restarts_cleanly_and_exits_nonzero_on_a_lost_tun() {
+    if !require_root("edge_restarts_cleanly_and_exits_nonzero_on_a_lost_tun") {
+        return;
+    }
+    let lab = Lab::new();
+    lab.spawn_peer(Host::Inet, "peer", HTTP, UDP);
+    let mut s = Sluice::start(&lab, bin());
+    let url = super::url(v4(addr::TUNNELLED_V4), "/whoami");
+    let mut broken = Vec::new();
+    let table_present = || {
+        lab.run(Host::Edge, &["nft", "list", "table", "inet", EDGE_TABLE])
+            .status
+            .success()
+    };
+    // 1. Killed (SIGKILL): the table stays; a new edge replaces it.
+    let id = s.edge.take().expect("edge");
+    lab.signal(id, libc::SIGKILL);
+    let _ = lab.wait_exit(id, Duration::from_secs(5));
+    if !table_present() {
+        broken.push("the nftables table went with a killed edge".to_string());
+    }
+    s.start_edge();
+    let killed = time_to_reconnect(&s, Duration::from_secs(30));
+    let handles = lab.run_ok(
+        Host::Edge,
+        &["nft", "-a", "list", "chain", "inet", EDGE_TABLE, "forward"],
+    );
+    if handles.matches("drop").count() < 4 {
+        broken.push(format!(
+            "the restarted edge's forward chain is not whole:\n{handles}"
+        ));
+    }
+    curl_in(&lab, Host::Client, &[&url]);
+    // 2. Stopped (SIGTERM): exit 0, the table goes (the TUN device went
+    // with the process: nothing can be forwarded), the gateway is back
+    // as soon as the edge is.
+    let id = s.edge.take().expect("edge");
+    let status = lab.stop(id);
+    if !status.success() {
+        broken.push(format!("a stopped edge exited with {status}"));
+    }
+    s.start_edge();
+    let stopped = time_to_reconnect(&s, Duration::from_secs(30));
+    curl_in(&lab, Host::Client, &[&url]);
+    eprintln!(
+        "gateway back after the edge was killed: {killed:?}; after it was stopped: {stopped:?}"
+    );
+    for (what, r) in [("killed", &killed), ("stopped", &stopped)] {
+        match r {
+            Ok(d) if *d <= Duration::from_secs(15) => {}
+            other => broken.push(format!("after the edge was {what}: {other:?}")),
+        }
+    }
+    // 3. The TUN device is deleted under the running edge.
+    let id = s.edge.expect("edge");
+    lab.run_ok(Host::Edge, &["ip", "link", "del", "sluice0"]);
+    let t = Instant::now();
+    while lab.is_running(id) && t.elapsed() < Duration::from_secs(10) {
+        // Traffic makes the loss show (a reply would need the TUN).
+        let _ = lab.run_timeout(
+            Host::Client,
+            &["curl", "-s", "-m", "1", &url],
+            Duration::from_secs(3),
+        );
+    }
+    if lab.is_running(id) {
+        broken.push(format!(
+            "the edge ran on for {:?} after its TUN device was deleted",
+            t.elapsed()
+        ));
+        lab.stop(id);
+    } else {
+        let status = lab.wait_exit(id, Duration::from_secs(1));
+        eprintln!(
+            "edge without its TUN device: exited after {:?} with {status}",
+            t.elapsed()
+        );
+        if status.success() {
+            broken.push("the edge exited 0 after losing its TUN device".to_string());
+        }
+    }
+    assert!(
+        broken.is_empty(),
+        "the edge did not die or restart cleanly:\n- {}\n{}",
+        broken.join("\n- "),
+        logs(&lab)
+    );
+}

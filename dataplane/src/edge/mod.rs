@@ -35,6 +35,11 @@
 //!
 //! With `manage_network` (the default) the edge configures the kernel
 //! itself ([`netfilter`]); the table is removed on exit.
+//!
+//! A fatal error stops [`Edge::run`] with an error (the process exits
+//! non-zero): the poller failing, or the TUN device failing to read (it
+//! was deleted): an edge that can no longer forward must not keep its
+//! tunnels up.
 pub mod admission;
 mod core;
 pub mod identity;
@@ -333,7 +338,7 @@ impl Edge {
             }
             self.read_ready(now);
             if tun_ready {
-                tun_ready = self.read_tun(&mut buf);
+                tun_ready = self.read_tun(&mut buf)?;
             }
             if now >= self.core.poll_timeout() {
                 self.core.handle_timeout(now);
@@ -513,7 +518,14 @@ impl Edge {
 
     /// Drains up to a budget of packets from the TUN device into tunnels.
     /// Returns true if more may be waiting.
-    fn read_tun(&mut self, buf: &mut [u8]) -> bool {
+    ///
+    /// # Errors
+    /// A read error other than "no packet now" or an interruption: the
+    /// device is gone (deleted: `EBADFD`) or broken, and no reply can
+    /// reach a tunnel any more. Running on would keep every tunnel up
+    /// while nothing is forwarded; the edge stops (non-zero) instead, so
+    /// its service manager restarts it and gateways see it go.
+    fn read_tun(&mut self, buf: &mut [u8]) -> Result<bool, EdgeError> {
         let (mut ok, mut bytes, mut no_route, mut malformed, mut full, mut offload) =
             (0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
         let mut more = true;
@@ -527,9 +539,11 @@ impl Edge {
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    log::warn!("TUN read: {e}");
-                    more = false;
-                    break;
+                    self.count_tun_reads(ok, bytes, no_route, malformed, full, offload);
+                    return Err(EdgeError::Io {
+                        what: format!("reading TUN device {}", self.tun.name()),
+                        source: e,
+                    });
                 }
             };
             let pkt = if vnet {
@@ -560,6 +574,20 @@ impl Edge {
                 Err(TunDrop::Backpressure) => full += 1,
             }
         }
+        self.count_tun_reads(ok, bytes, no_route, malformed, full, offload);
+        Ok(more)
+    }
+
+    /// Adds one [`Edge::read_tun`] batch's tallies to the counters.
+    fn count_tun_reads(
+        &self,
+        ok: u64,
+        bytes: u64,
+        no_route: u64,
+        malformed: u64,
+        full: u64,
+        offload: u64,
+    ) {
         let s = self.core.stats();
         s.to_tunnel_packets.fetch_add(ok, Relaxed);
         s.to_tunnel_bytes.fetch_add(bytes, Relaxed);
@@ -567,7 +595,6 @@ impl Edge {
         s.drop_malformed.fetch_add(malformed, Relaxed);
         s.drop_backpressure.fetch_add(full, Relaxed);
         s.drop_tun_offload.fetch_add(offload, Relaxed);
-        more
     }
 
     /// Writes every connection with bytes to send.
