@@ -1095,3 +1095,71 @@ fn edge_restarts_cleanly_and_exits_nonzero_on_a_lost_tun() {
         logs(&lab)
     );
 }
+
+/// A gateway's share of the edge does not grow with its tunnel count: a
+/// compromised branch that opens 16 tunnels (its `max_tunnels` allows 64)
+/// and writes into all of them as fast as they take it leaves another
+/// branch's TCP stream a part of its unloaded throughput. With a read
+/// budget per connection each tunnel was served as much as a whole other
+/// gateway: 14 of 1,076 Mbit/s were left (one hostile tunnel left 522 of
+/// 1,610); with the budget shared by a gateway's tunnels, 220 to 416 of
+/// 1,651 to 1,812. The bound (a twentieth) is generous for a shared
+/// machine and still four times what was left before.
+#[test]
+fn many_tunnels_of_one_gateway_do_not_starve_another() {
+    const TUNNELS: usize = 16;
+    if !require_root("many_tunnels_of_one_gateway_do_not_starve_another") {
+        return;
+    }
+    let lab = Lab::new();
+    lab.spawn_peer(Host::Inet, "peer", HTTP, UDP);
+    spawn_iperf_server(&lab, v4(addr::TUNNELLED_V4), IPERF_PORT);
+    let mut s = Sluice::start(&lab, bin());
+    s.start_second_gateway();
+    let tunnelled = v4(addr::TUNNELLED_V4);
+    let base = iperf_tcp(&lab, Host::Client2, tunnelled, IPERF_PORT, 5)
+        .unwrap_or_else(|e| panic!("unloaded stream: {e}\n{}", logs(&lab)));
+    let conf = s.conf_dir().to_path_buf();
+    let (blasted, loaded) = std::thread::scope(|sc| {
+        let f = sc.spawn(|| {
+            in_netns(&lab, Host::Gw, || {
+                let mut gs: Vec<HostileGateway> = (0..TUNNELS)
+                    .map(|_| HostileGateway::connect(&conf, "branch-1"))
+                    .collect();
+                let pkt = udp(
+                    v4(Ipv4Addr::new(192, 0, 2, 77)),
+                    tunnelled,
+                    PROBE_PORT,
+                    1200,
+                );
+                let end = Instant::now() + Duration::from_secs(14);
+                let mut sent = 0u64;
+                while Instant::now() < end {
+                    for g in &mut gs {
+                        for _ in 0..64 {
+                            if g.sess.send_packet(&pkt).is_err() {
+                                break;
+                            }
+                            sent += 1;
+                        }
+                        g.pump(&mut |_| {});
+                    }
+                }
+                sent
+            })
+        });
+        std::thread::sleep(Duration::from_secs(3));
+        let loaded = iperf_tcp(&lab, Host::Client2, tunnelled, IPERF_PORT, 5);
+        (f.join().unwrap(), loaded)
+    });
+    let loaded = loaded.unwrap_or_else(|e| panic!("no stream under load: {e}\n{}", logs(&lab)));
+    let forwarded = s.edge_metric("sluice_edge_gateway_packets_total", "gateway=\"branch-1\"");
+    eprintln!(
+        "second branch's TCP stream: unloaded {base:.0} Mbit/s, while the first branch blasts {TUNNELS} tunnels ({blasted} packets written, {forwarded} forwarded) {loaded:.0} Mbit/s"
+    );
+    assert!(
+        loaded >= base / 20.0,
+        "{TUNNELS} tunnels of one gateway starved another: {loaded:.0} Mbit/s of {base:.0} unloaded\n{}",
+        logs(&lab)
+    );
+}

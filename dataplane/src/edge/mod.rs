@@ -65,6 +65,7 @@ use mio::{
     unix::SourceFd,
 };
 
+use self::router::GatewayId;
 pub use self::{
     core::{Accepted, CLOSE_REFUSED, ConnId, Core, TunDrop},
     stats::{EdgeStats, GatewayStats},
@@ -83,9 +84,14 @@ const TUN: Token = Token(1);
 const FIRST_CONN: usize = 2;
 /// Packets read from the TUN device per loop turn before other work.
 const TUN_BUDGET: usize = 256;
-/// Bytes read from one connection per loop turn: a busy tunnel gets this
-/// much, then every other ready connection gets its turn.
+/// Bytes read per loop turn from one gateway's tunnels together (shared
+/// by those ready, each at least [`MIN_READ`]), or from one connection
+/// before authentication: a busy gateway gets this much, then every other
+/// gets its turn, however many tunnels it opens.
 const READ_BUDGET: usize = 128 * 1024;
+/// The least a ready tunnel is read per turn (a gateway with many ready
+/// tunnels gets at most `max_tunnels` times this).
+const MIN_READ: usize = 4 * 1024;
 /// Connections whose handshake is served per loop turn (a `ClientHello`
 /// costs a key exchange and a signature): handshakes cannot starve data.
 const HANDSHAKES_PER_TURN: usize = 8;
@@ -168,6 +174,10 @@ pub struct Edge {
     /// Connections with bytes to read (edge-triggered: they stay until a
     /// read stops short of its budget).
     ready: VecDeque<ConnId>,
+    /// Per gateway, its tunnels in `ready` this turn (zero between turns).
+    ready_tunnels: Vec<u32>,
+    /// The gateways counted in `ready_tunnels` this turn.
+    ready_gateways: Vec<GatewayId>,
     /// A descriptor kept in reserve: released to accept (and shed) one
     /// connection when `accept` says the process has none left.
     spare: Option<File>,
@@ -261,6 +271,7 @@ impl Edge {
             limits.max_handshakes_per_prefix,
             limits.max_tunnels,
         );
+        let gateways = cfg.gateways.len();
         Ok(Self {
             cfg,
             poll,
@@ -270,6 +281,8 @@ impl Edge {
             core,
             socks: Vec::new(),
             ready: VecDeque::new(),
+            ready_tunnels: vec![0; gateways],
+            ready_gateways: Vec::new(),
             spare,
             _table: table,
         })
@@ -452,12 +465,22 @@ impl Edge {
         self.spare = File::open("/dev/null").ok();
     }
 
-    /// Reads the connections that are ready, each up to its budget, and
-    /// at most [`HANDSHAKES_PER_TURN`] handshakes; the rest wait for the
-    /// next turn.
+    /// Reads the connections that are ready, each gateway's tunnels
+    /// together up to [`READ_BUDGET`], and at most
+    /// [`HANDSHAKES_PER_TURN`] handshakes; the rest wait for the next turn.
     fn read_ready(&mut self, now: Instant) {
         let mut handshakes = HANDSHAKES_PER_TURN;
         let stats = self.core.stats();
+        for &id in &self.ready {
+            if let Some(g) = self.core.gateway_of(id)
+                && let Some(n) = self.ready_tunnels.get_mut(usize::from(g))
+            {
+                if *n == 0 {
+                    self.ready_gateways.push(g);
+                }
+                *n += 1;
+            }
+        }
         for _ in 0..self.ready.len() {
             let Some(id) = self.ready.pop_front() else {
                 break;
@@ -472,6 +495,14 @@ impl Edge {
                 }
                 handshakes -= 1;
             }
+            let budget = match self
+                .core
+                .gateway_of(id)
+                .and_then(|g| self.ready_tunnels.get(usize::from(g)))
+            {
+                Some(&n) if n > 1 => (READ_BUDGET / n as usize).max(MIN_READ),
+                _ => READ_BUDGET,
+            };
             let mut writer = TunWriter {
                 tun: &self.tun,
                 writes: 0,
@@ -483,7 +514,7 @@ impl Edge {
             let gro = &mut self.gro;
             let more = self
                 .core
-                .read(id, &mut sock.stream, now, READ_BUDGET, &mut |pkt| {
+                .read(id, &mut sock.stream, now, budget, &mut |pkt| {
                     delivered += 1;
                     match gro.as_deref_mut() {
                         Some(g) => g.push(pkt, &mut |h, b| writer.write(h, b)),
@@ -513,6 +544,9 @@ impl Edge {
                     self.ready.push_back(id);
                 }
             }
+        }
+        for g in self.ready_gateways.drain(..) {
+            self.ready_tunnels[usize::from(g)] = 0;
         }
     }
 
