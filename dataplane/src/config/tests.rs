@@ -746,6 +746,14 @@ fn edge_mistakes_are_refused_precisely() {
             "address:port",
         ),
         (
+            "a TUN name nftables cannot take",
+            "listen = \"[::]:4443\"",
+            "listen = \"[::]:4443\"\ntun = \"tun\\\"0\"",
+            "edge.tun",
+            4,
+            "letters, digits",
+        ),
+        (
             "missing cert",
             "cert = \"edge.pem\"",
             "cert = \"none.pem\"",
