@@ -125,7 +125,8 @@ impl Doc<'_> {
             "edge.client_prefixes",
             format!(
                 "no longer accepted: one list for every gateway let any gateway send from, and take the replies of, another's LAN. \
-                 Give each gateway (named as on its certificate) its own prefixes instead:\n\
+                 Give each gateway its own prefixes instead, named as a DNS name in its certificate's subject alternative names \
+                 (`openssl x509 -in <gateway>.pem -noout -ext subjectAltName`), one table per gateway:\n\
                  [[edge.gateway]]\nname = \"branch-1\"\nprefixes = [{list}]"
             ),
         )
