@@ -3,8 +3,11 @@
 //! with addresses at and around every prefix boundary, replies are looked
 //! up, gone tunnels' routes are swept. Checked against a plain model of
 //! the configuration (`Prefix::contains` over the lists, no table):
-//! - a packet passes if and only if its source is its gateway's and its
-//!   destination belongs to no gateway and is not reserved;
+//! - a packet passes if and only if its source is its gateway's, its
+//!   destination (and the IPv4 address an IPv6 destination carries:
+//!   mapped, compatible, NAT64, 6to4, Teredo) belongs to no gateway and is
+//!   not reserved, and, if it is an ICMP or ICMPv6 error, it is whole and
+//!   the packet it quotes went to that gateway;
 //! - a reply route only ever names a tunnel of the address's owner, and
 //!   after a passed packet it names that packet's tunnel;
 //! - no gateway holds more routes than its quota;
@@ -92,6 +95,124 @@ impl Model {
     fn reserved(&self, ip: IpAddr) -> bool {
         self.reserved.iter().any(|p| p.contains(ip))
     }
+
+    /// Why a packet from gateway `g`'s tunnel is refused, if it is.
+    fn verdict(&self, g: u16, pkt: &[u8], src: IpAddr, dst: IpAddr) -> Result<(), Refused> {
+        if self.owner(src) != Some(g) {
+            return Err(Refused::Spoofed);
+        }
+        let carried = match dst {
+            IpAddr::V6(a) => carried_v4(a).map(IpAddr::V4),
+            IpAddr::V4(_) => None,
+        };
+        for d in [Some(dst), carried].into_iter().flatten() {
+            if self.owner(d).is_some() {
+                return Err(Refused::ToGateway);
+            }
+            if self.reserved(d) {
+                return Err(Refused::Reserved);
+            }
+        }
+        match quoted_dst(pkt) {
+            Quote::NotAnError => Ok(()),
+            Quote::Unreadable => Err(Refused::Malformed),
+            Quote::To(q) if self.owner(q) == Some(g) => Ok(()),
+            Quote::To(_) => Err(Refused::Spoofed),
+        }
+    }
+}
+
+/// The IPv4 address in an IPv6 one, for the forms a translator or relay
+/// acts on.
+fn carried_v4(a: Ipv6Addr) -> Option<Ipv4Addr> {
+    let o = a.octets();
+    let within = |s: &str| p(s).contains(IpAddr::V6(a));
+    if within("::ffff:0:0/96") || within("::/96") || within("64:ff9b::/96") {
+        Some(Ipv4Addr::new(o[12], o[13], o[14], o[15]))
+    } else if within("2002::/16") {
+        Some(Ipv4Addr::new(o[2], o[3], o[4], o[5]))
+    } else if within("2001::/32") {
+        Some(Ipv4Addr::new(!o[12], !o[13], !o[14], !o[15]))
+    } else {
+        None
+    }
+}
+
+enum Quote {
+    NotAnError,
+    Unreadable,
+    To(IpAddr),
+}
+
+/// What an ICMP(v6) error in `pkt` (trimmed to its IP length) quotes.
+fn quoted_dst(pkt: &[u8]) -> Quote {
+    let at = |i: usize| pkt.get(i).copied();
+    let (body, fragmented) = if pkt[0] >> 4 == 4 {
+        let frag = u16::from_be_bytes([pkt[6], pkt[7]]);
+        if pkt[9] != 1 || frag & 0x1fff != 0 {
+            return Quote::NotAnError;
+        }
+        let start = (usize::from(pkt[0] & 15) * 4).max(20);
+        match at(start) {
+            None => return Quote::Unreadable,
+            Some(3 | 4 | 5 | 11 | 12) => (start, frag & 0x2000 != 0),
+            Some(_) => return Quote::NotAnError,
+        }
+    } else {
+        let mut next = pkt[6];
+        let mut pos = 40;
+        let mut fragmented = false;
+        while next != 58 {
+            let (Some(n), Some(l)) = (at(pos), at(pos + 1)) else {
+                return if [0, 43, 44, 51, 60].contains(&next) {
+                    Quote::Unreadable
+                } else {
+                    Quote::NotAnError
+                };
+            };
+            let len = match next {
+                0 | 43 | 60 => (usize::from(l) + 1) * 8,
+                51 => (usize::from(l) + 2) * 4,
+                44 => {
+                    let (Some(a), Some(b)) = (at(pos + 2), at(pos + 3)) else {
+                        return Quote::Unreadable;
+                    };
+                    if pos + 8 > pkt.len() {
+                        return Quote::Unreadable;
+                    }
+                    if (u16::from(a) << 8 | u16::from(b)) >> 3 != 0 {
+                        return Quote::NotAnError;
+                    }
+                    fragmented = true;
+                    8
+                }
+                _ => return Quote::NotAnError,
+            };
+            if next != 44 && pos + 8 > pkt.len() {
+                return Quote::Unreadable;
+            }
+            next = n;
+            pos += len;
+        }
+        match at(pos) {
+            None => return Quote::Unreadable,
+            Some(t) if t < 128 => (pos, fragmented),
+            Some(_) => return Quote::NotAnError,
+        }
+    };
+    if fragmented {
+        return Quote::Unreadable;
+    }
+    let q = pkt.get(body + 8..).unwrap_or(&[]);
+    match (pkt[0] >> 4, q.first().map(|b| b >> 4), q.len()) {
+        (4, Some(4), 20..) => Quote::To(IpAddr::V4(Ipv4Addr::new(q[16], q[17], q[18], q[19]))),
+        (6, Some(6), 40..) => {
+            let mut d = [0u8; 16];
+            d.copy_from_slice(&q[24..40]);
+            Quote::To(IpAddr::V6(Ipv6Addr::from(d)))
+        }
+        _ => Quote::Unreadable,
+    }
 }
 
 /// An address near prefix number `sel` (or anywhere): the prefix's
@@ -164,15 +285,7 @@ fuzz_target!(|data: &[u8]| {
                 return;
             };
             let (src, dst) = (view.src(), view.dst());
-            let expect = if model.owner(src) != Some(t.gateway) {
-                Err(Refused::Spoofed)
-            } else if model.owner(dst).is_some() {
-                Err(Refused::ToGateway)
-            } else if model.reserved(dst) {
-                Err(Refused::Reserved)
-            } else {
-                Ok(())
-            };
+            let expect = model.verdict(t.gateway, view.as_bytes(), src, dst);
             assert_eq!(got.map(|_| ()), expect, "{src} -> {dst} from {t:?}");
             if let Ok(l) = got {
                 if l != Learnt::OverQuota {

@@ -125,7 +125,8 @@ impl Doc<'_> {
             "edge.client_prefixes",
             format!(
                 "no longer accepted: one list for every gateway let any gateway send from, and take the replies of, another's LAN. \
-                 Give each gateway (named as on its certificate) its own prefixes instead:\n\
+                 Give each gateway its own prefixes instead, named as a DNS name in its certificate's subject alternative names \
+                 (`openssl x509 -in <gateway>.pem -noout -ext subjectAltName`), one table per gateway:\n\
                  [[edge.gateway]]\nname = \"branch-1\"\nprefixes = [{list}]"
             ),
         )
@@ -160,9 +161,7 @@ impl Doc<'_> {
         for (i, g) in raw.iter().enumerate() {
             let g = g.get_ref();
             let field = |f: &str| format!("edge.gateway[{i}].{f}");
-            let name = g.name.get_ref().trim().to_ascii_lowercase();
-            if rustls_pki_types::DnsName::try_from(name.as_str()).is_err() || name.starts_with('*')
-            {
+            let Some(name) = gateway_name(g.name.get_ref()) else {
                 return Err(self.err(
                     g.name.span(),
                     &field("name"),
@@ -171,7 +170,7 @@ impl Doc<'_> {
                         g.name.get_ref()
                     ),
                 ));
-            }
+            };
             if let Some(j) = names.insert(name.clone(), i) {
                 return Err(self.err(
                     g.name.span(),
@@ -405,6 +404,16 @@ impl Doc<'_> {
             Some(s) => Err(self.err(s.span(), field, format!("must be {min} to {max}"))),
         }
     }
+}
+
+/// A gateway's name as webpki compares it with a certificate's:
+/// lowercase, and `branch-1.` (fully qualified) is the `branch-1`
+/// certificates carry; `None` if it is no DNS name (or a wildcard).
+fn gateway_name(raw: &str) -> Option<String> {
+    let lower = raw.trim().to_ascii_lowercase();
+    let name = lower.strip_suffix('.').unwrap_or(&lower);
+    (rustls_pki_types::DnsName::try_from(name).is_ok() && !name.ends_with('.'))
+        .then(|| name.to_string())
 }
 
 /// 32 bytes from 64 hex digits (`:` separators allowed).

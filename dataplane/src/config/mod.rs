@@ -1180,6 +1180,21 @@ impl EdgeConfig {
         let e = e.into_inner();
         let listen = d.sockaddr(&e.listen, "edge.listen")?;
         let tun = match &e.tun {
+            // The nftables table and rules name the device: only what an
+            // nftables identifier and string take, or the edge would fail
+            // at start with nft's syntax error instead of this one.
+            Some(t)
+                if !t
+                    .get_ref()
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c)) =>
+            {
+                return Err(d.err(
+                    t.span(),
+                    "edge.tun",
+                    "use letters, digits, '_', '-' and '.' (the edge's nftables rules name the device)",
+                ));
+            }
             Some(t) => d.iface(t, "edge.tun")?,
             None => "sluice0".into(),
         };

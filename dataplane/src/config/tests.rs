@@ -122,6 +122,21 @@ fn good_edge_config() {
     std::fs::remove_dir_all(d).unwrap();
 }
 
+/// A name written as a fully qualified one (`branch-1.`) is the name
+/// certificates carry (`branch-1`): webpki compares them so, and the
+/// edge's lookup by name must too, or that gateway could never connect.
+#[test]
+fn edge_gateway_names_drop_a_trailing_dot() {
+    let d = dir();
+    let src = GOOD_EDGE.replacen("name = \"branch-1\"", "name = \"Branch-1.\"", 1);
+    let c = EdgeConfig::parse(&d.join("edge.toml"), &src).unwrap();
+    assert_eq!(c.gateways[0].name, "branch-1");
+    let src = GOOD_EDGE.replacen("name = \"branch-1\"", "name = \"branch-2.\"", 1);
+    let err = EdgeConfig::parse(&d.join("edge.toml"), &src).unwrap_err();
+    assert!(err.to_string().contains("also edge.gateway[0]"), "{err}");
+    std::fs::remove_dir_all(d).unwrap();
+}
+
 #[test]
 fn edge_without_gateways_is_refused() {
     let d = dir();
@@ -729,6 +744,14 @@ fn edge_mistakes_are_refused_precisely() {
             "edge.listen",
             3,
             "address:port",
+        ),
+        (
+            "a TUN name nftables cannot take",
+            "listen = \"[::]:4443\"",
+            "listen = \"[::]:4443\"\ntun = \"tun\\\"0\"",
+            "edge.tun",
+            4,
+            "letters, digits",
         ),
         (
             "missing cert",

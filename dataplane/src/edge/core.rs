@@ -222,6 +222,15 @@ impl Core {
             .is_some_and(|c| matches!(c.phase, Phase::Handshake(_)))
     }
 
+    /// The gateway connection `id` is a tunnel of, once authenticated
+    /// (the driver shares each gateway's read budget among its tunnels).
+    pub fn gateway_of(&self, id: ConnId) -> Option<GatewayId> {
+        match self.conn(id)?.phase {
+            Phase::Tunnel(g) => Some(g),
+            _ => None,
+        }
+    }
+
     /// A TCP connection from `peer` was accepted.
     pub fn accept(&mut self, peer: SocketAddr, now: Instant) -> Accepted {
         self.stats.conns_accepted.fetch_add(1, Relaxed);

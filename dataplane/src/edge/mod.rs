@@ -35,6 +35,11 @@
 //!
 //! With `manage_network` (the default) the edge configures the kernel
 //! itself ([`netfilter`]); the table is removed on exit.
+//!
+//! A fatal error stops [`Edge::run`] with an error (the process exits
+//! non-zero): the poller failing, or the TUN device failing to read (it
+//! was deleted): an edge that can no longer forward must not keep its
+//! tunnels up.
 pub mod admission;
 mod core;
 pub mod identity;
@@ -60,6 +65,7 @@ use mio::{
     unix::SourceFd,
 };
 
+use self::router::GatewayId;
 pub use self::{
     core::{Accepted, CLOSE_REFUSED, ConnId, Core, TunDrop},
     stats::{EdgeStats, GatewayStats},
@@ -78,9 +84,14 @@ const TUN: Token = Token(1);
 const FIRST_CONN: usize = 2;
 /// Packets read from the TUN device per loop turn before other work.
 const TUN_BUDGET: usize = 256;
-/// Bytes read from one connection per loop turn: a busy tunnel gets this
-/// much, then every other ready connection gets its turn.
+/// Bytes read per loop turn from one gateway's tunnels together (shared
+/// by those ready, each at least [`MIN_READ`]), or from one connection
+/// before authentication: a busy gateway gets this much, then every other
+/// gets its turn, however many tunnels it opens.
 const READ_BUDGET: usize = 128 * 1024;
+/// The least a ready tunnel is read per turn (a gateway with many ready
+/// tunnels gets at most `max_tunnels` times this).
+const MIN_READ: usize = 4 * 1024;
 /// Connections whose handshake is served per loop turn (a `ClientHello`
 /// costs a key exchange and a signature): handshakes cannot starve data.
 const HANDSHAKES_PER_TURN: usize = 8;
@@ -163,6 +174,10 @@ pub struct Edge {
     /// Connections with bytes to read (edge-triggered: they stay until a
     /// read stops short of its budget).
     ready: VecDeque<ConnId>,
+    /// Per gateway, its tunnels in `ready` this turn (zero between turns).
+    ready_tunnels: Vec<u32>,
+    /// The gateways counted in `ready_tunnels` this turn.
+    ready_gateways: Vec<GatewayId>,
     /// A descriptor kept in reserve: released to accept (and shed) one
     /// connection when `accept` says the process has none left.
     spare: Option<File>,
@@ -256,6 +271,7 @@ impl Edge {
             limits.max_handshakes_per_prefix,
             limits.max_tunnels,
         );
+        let gateways = cfg.gateways.len();
         Ok(Self {
             cfg,
             poll,
@@ -265,6 +281,8 @@ impl Edge {
             core,
             socks: Vec::new(),
             ready: VecDeque::new(),
+            ready_tunnels: vec![0; gateways],
+            ready_gateways: Vec::new(),
             spare,
             _table: table,
         })
@@ -333,7 +351,7 @@ impl Edge {
             }
             self.read_ready(now);
             if tun_ready {
-                tun_ready = self.read_tun(&mut buf);
+                tun_ready = self.read_tun(&mut buf)?;
             }
             if now >= self.core.poll_timeout() {
                 self.core.handle_timeout(now);
@@ -447,12 +465,22 @@ impl Edge {
         self.spare = File::open("/dev/null").ok();
     }
 
-    /// Reads the connections that are ready, each up to its budget, and
-    /// at most [`HANDSHAKES_PER_TURN`] handshakes; the rest wait for the
-    /// next turn.
+    /// Reads the connections that are ready, each gateway's tunnels
+    /// together up to [`READ_BUDGET`], and at most
+    /// [`HANDSHAKES_PER_TURN`] handshakes; the rest wait for the next turn.
     fn read_ready(&mut self, now: Instant) {
         let mut handshakes = HANDSHAKES_PER_TURN;
         let stats = self.core.stats();
+        for &id in &self.ready {
+            if let Some(g) = self.core.gateway_of(id)
+                && let Some(n) = self.ready_tunnels.get_mut(usize::from(g))
+            {
+                if *n == 0 {
+                    self.ready_gateways.push(g);
+                }
+                *n += 1;
+            }
+        }
         for _ in 0..self.ready.len() {
             let Some(id) = self.ready.pop_front() else {
                 break;
@@ -467,6 +495,14 @@ impl Edge {
                 }
                 handshakes -= 1;
             }
+            let budget = match self
+                .core
+                .gateway_of(id)
+                .and_then(|g| self.ready_tunnels.get(usize::from(g)))
+            {
+                Some(&n) if n > 1 => (READ_BUDGET / n as usize).max(MIN_READ),
+                _ => READ_BUDGET,
+            };
             let mut writer = TunWriter {
                 tun: &self.tun,
                 writes: 0,
@@ -478,7 +514,7 @@ impl Edge {
             let gro = &mut self.gro;
             let more = self
                 .core
-                .read(id, &mut sock.stream, now, READ_BUDGET, &mut |pkt| {
+                .read(id, &mut sock.stream, now, budget, &mut |pkt| {
                     delivered += 1;
                     match gro.as_deref_mut() {
                         Some(g) => g.push(pkt, &mut |h, b| writer.write(h, b)),
@@ -509,11 +545,21 @@ impl Edge {
                 }
             }
         }
+        for g in self.ready_gateways.drain(..) {
+            self.ready_tunnels[usize::from(g)] = 0;
+        }
     }
 
     /// Drains up to a budget of packets from the TUN device into tunnels.
     /// Returns true if more may be waiting.
-    fn read_tun(&mut self, buf: &mut [u8]) -> bool {
+    ///
+    /// # Errors
+    /// A read error other than "no packet now" or an interruption: the
+    /// device is gone (deleted: `EBADFD`) or broken, and no reply can
+    /// reach a tunnel any more. Running on would keep every tunnel up
+    /// while nothing is forwarded; the edge stops (non-zero) instead, so
+    /// its service manager restarts it and gateways see it go.
+    fn read_tun(&mut self, buf: &mut [u8]) -> Result<bool, EdgeError> {
         let (mut ok, mut bytes, mut no_route, mut malformed, mut full, mut offload) =
             (0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
         let mut more = true;
@@ -527,9 +573,11 @@ impl Edge {
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    log::warn!("TUN read: {e}");
-                    more = false;
-                    break;
+                    self.count_tun_reads(ok, bytes, no_route, malformed, full, offload);
+                    return Err(EdgeError::Io {
+                        what: format!("reading TUN device {}", self.tun.name()),
+                        source: e,
+                    });
                 }
             };
             let pkt = if vnet {
@@ -560,6 +608,20 @@ impl Edge {
                 Err(TunDrop::Backpressure) => full += 1,
             }
         }
+        self.count_tun_reads(ok, bytes, no_route, malformed, full, offload);
+        Ok(more)
+    }
+
+    /// Adds one [`Edge::read_tun`] batch's tallies to the counters.
+    fn count_tun_reads(
+        &self,
+        ok: u64,
+        bytes: u64,
+        no_route: u64,
+        malformed: u64,
+        full: u64,
+        offload: u64,
+    ) {
         let s = self.core.stats();
         s.to_tunnel_packets.fetch_add(ok, Relaxed);
         s.to_tunnel_bytes.fetch_add(bytes, Relaxed);
@@ -567,7 +629,6 @@ impl Edge {
         s.drop_malformed.fetch_add(malformed, Relaxed);
         s.drop_backpressure.fetch_add(full, Relaxed);
         s.drop_tun_offload.fetch_add(offload, Relaxed);
-        more
     }
 
     /// Writes every connection with bytes to send.

@@ -2,30 +2,39 @@
 //! MTU, routes for every gateway's prefixes into it, forwarding on, and
 //! one nftables table (`inet sluice_edge_<tun>`, removed on exit) that
 //! - masquerades the gateways' sources leaving by another interface;
-//! - filters what comes out of the TUN device: nothing forwarded back into
-//!   it (one branch never reaches another through the edge), nothing to a
-//!   reserved destination (link-local, cloud metadata, `edge.management`),
-//!   and nothing to the edge host itself but replies (`ct state
-//!   established,related`);
+//! - filters what comes out of the TUN device: nothing conntrack calls
+//!   invalid (an ICMP error about no connection, a reset of none: the
+//!   kernel would forward them without source NAT, with the branch's LAN
+//!   address), nothing forwarded back into it (one branch never reaches
+//!   another through the edge), nothing to a reserved destination
+//!   (link-local, cloud metadata, `edge.management`, and the IPv6 forms
+//!   that carry those IPv4 addresses: see
+//!   [`super::router::v4_embeddings`]), and nothing to the edge host itself
+//!   but replies (`ct state established,related`);
 //! - lets into the TUN device only what belongs to a connection a tunnel
 //!   began (`ct state established,related`): nobody reaches a branch's LAN
 //!   by routing it via the edge.
 //!
 //! Each refusal has a named counter (`nft list counter inet
 //! sluice_edge_<tun> <name>`): `tun_to_tun`, `tun_to_host`,
-//! `tun_to_reserved`, `into_tun_new`. The edge checks the first two kinds
-//! in user space as well (they cost one table lookup), so they hold even
-//! without `manage_network`.
+//! `tun_to_reserved`, `tun_invalid`, `into_tun_new`. The edge checks
+//! `tun_to_tun` and `tun_to_reserved` in user space as well (they cost a
+//! table lookup or two), so they hold even without `manage_network`;
+//! `tun_to_host` and `tun_invalid` only the kernel knows.
+//!
+//! The sets merge overlapping prefixes (`auto-merge`): a gateway's own
+//! prefixes may nest, and `edge.management` may repeat a built-in one.
 use std::fmt::Write as _;
 
 use super::{EdgeError, ioerr};
 use crate::{config::EdgeConfig, host, net::Prefix};
 
 /// The nftables counters of the edge's table.
-pub const COUNTERS: [&str; 4] = [
+pub const COUNTERS: [&str; 5] = [
     "tun_to_tun",
     "tun_to_host",
     "tun_to_reserved",
+    "tun_invalid",
     "into_tun_new",
 ];
 
@@ -65,13 +74,17 @@ pub fn ruleset(tun: &str, clients: &[Prefix], reserved: &[Prefix]) -> String {
     for c in COUNTERS {
         let _ = writeln!(s, "  counter {c} {{ }}");
     }
+    let reserved: Vec<Prefix> = reserved
+        .iter()
+        .flat_map(|p| std::iter::once(*p).chain(super::router::v4_embeddings(*p)))
+        .collect();
     for (name, ty, list, v4) in [
         ("clients4", "ipv4_addr", clients, true),
         ("clients6", "ipv6_addr", clients, false),
-        ("reserved4", "ipv4_addr", reserved, true),
-        ("reserved6", "ipv6_addr", reserved, false),
+        ("reserved4", "ipv4_addr", &reserved[..], true),
+        ("reserved6", "ipv6_addr", &reserved[..], false),
     ] {
-        let _ = write!(s, "  set {name} {{ type {ty}; flags interval; ");
+        let _ = write!(s, "  set {name} {{ type {ty}; flags interval; auto-merge; ");
         if let Some(e) = elements(list, v4) {
             let _ = write!(s, "elements = {{ {e} }}; ");
         }
@@ -83,6 +96,7 @@ pub fn ruleset(tun: &str, clients: &[Prefix], reserved: &[Prefix]) -> String {
          \x20   iifname \"{tun}\" ct state established,related accept\n\
          \x20   iifname \"{tun}\" counter name \"tun_to_host\" drop\n  }}\n\
          \x20 chain forward {{\n    type filter hook forward priority filter; policy accept;\n\
+         \x20   iifname \"{tun}\" ct state invalid counter name \"tun_invalid\" drop\n\
          \x20   iifname \"{tun}\" oifname \"{tun}\" counter name \"tun_to_tun\" drop\n\
          \x20   iifname \"{tun}\" ip daddr @reserved4 counter name \"tun_to_reserved\" drop\n\
          \x20   iifname \"{tun}\" ip6 daddr @reserved6 counter name \"tun_to_reserved\" drop\n\
@@ -142,8 +156,8 @@ mod tests {
         );
         for line in [
             "table inet sluice_edge_sluice0 {",
-            "set clients4 { type ipv4_addr; flags interval; elements = { 192.0.2.0/24 }; }",
-            "set reserved6 { type ipv6_addr; flags interval; elements = { fd00:ec2::254/128 }; }",
+            "set clients4 { type ipv4_addr; flags interval; auto-merge; elements = { 192.0.2.0/24 }; }",
+            "iifname \"sluice0\" ct state invalid counter name \"tun_invalid\" drop",
             "iifname \"sluice0\" oifname \"sluice0\" counter name \"tun_to_tun\" drop",
             "iifname \"sluice0\" ct state established,related accept",
             "iifname \"sluice0\" counter name \"tun_to_host\" drop",
@@ -157,10 +171,18 @@ mod tests {
         for c in COUNTERS {
             assert!(r.contains(&format!("counter {c} {{ }}")), "{c}");
         }
+        // Reserved IPv4 prefixes in their IPv6 forms too (compatible,
+        // mapped, NAT64, 6to4).
+        assert!(
+            r.contains(
+                "set reserved6 { type ipv6_addr; flags interval; auto-merge; elements = { ::a9fe:0/112, ::ffff:169.254.0.0/112, 64:ff9b::a9fe:0/112, 2002:a9fe::/32, fd00:ec2::254/128 }; }"
+            ),
+            "{r}"
+        );
         // A family without prefixes gets an empty set, not a syntax error.
         let r = ruleset("t0", &[p("192.0.2.0/24")], &[]);
         assert!(
-            r.contains("set clients6 { type ipv6_addr; flags interval; }"),
+            r.contains("set clients6 { type ipv6_addr; flags interval; auto-merge; }"),
             "{r}"
         );
     }

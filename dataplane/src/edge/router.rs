@@ -18,7 +18,7 @@
 //! lookups see the generation differ at once, and a sweep in bounded
 //! slices ([`Router::sweep`]) gives the entries and the quota back. Every
 //! operation is a table lookup or two: no allocation, no scan per packet.
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::{
     addr_map::AddrMap,
@@ -141,10 +141,22 @@ impl Router {
     /// Why it may not ([`Refused`]); nothing is learnt then.
     pub fn inbound(&mut self, t: TunnelRef, pkt: &[u8]) -> Result<Learnt, Refused> {
         let p = ip::Packet::new_checked(pkt).map_err(|_| Refused::Malformed)?;
-        self.inbound_addrs(t, p.src(), p.dst())
+        let src = p.src();
+        self.check_addrs(t, src, p.dst())?;
+        // conntrack makes an ICMP error `related` to the connection of
+        // the packet it quotes, whoever sends it: only errors about
+        // packets that went to this gateway's own addresses pass.
+        match icmp_error_quote(p.as_bytes()) {
+            Ok(None) => {}
+            Ok(Some(quoted)) if self.table.lookup(quoted) == Some(Owner::Gateway(t.gateway)) => {}
+            Ok(Some(_)) => return Err(Refused::Spoofed),
+            Err(Unreadable) => return Err(Refused::Malformed),
+        }
+        Ok(self.learn(t, src))
     }
 
-    /// [`Router::inbound`] for a packet already parsed.
+    /// [`Router::inbound`] with the addresses alone (for tests and
+    /// benchmarks: the ICMP check needs the packet).
     ///
     /// # Errors
     /// Why it may not enter ([`Refused`]).
@@ -155,15 +167,29 @@ impl Router {
         src: IpAddr,
         dst: IpAddr,
     ) -> Result<Learnt, Refused> {
+        self.check_addrs(t, src, dst)?;
+        Ok(self.learn(t, src))
+    }
+
+    /// The source must be `t`'s gateway's, the destination nobody's (nor,
+    /// for an IPv6 address that carries an IPv4 one, that IPv4 address).
+    #[inline]
+    fn check_addrs(&self, t: TunnelRef, src: IpAddr, dst: IpAddr) -> Result<(), Refused> {
         if self.table.lookup(src) != Some(Owner::Gateway(t.gateway)) {
             return Err(Refused::Spoofed);
         }
-        match self.table.lookup(dst) {
-            Some(Owner::Gateway(_)) => return Err(Refused::ToGateway),
-            Some(Owner::Reserved) => return Err(Refused::Reserved),
-            None => {}
+        let embedded = match dst {
+            IpAddr::V6(a) => embedded_v4(a).map(IpAddr::V4),
+            IpAddr::V4(_) => None,
+        };
+        for d in std::iter::once(dst).chain(embedded) {
+            match self.table.lookup(d) {
+                Some(Owner::Gateway(_)) => return Err(Refused::ToGateway),
+                Some(Owner::Reserved) => return Err(Refused::Reserved),
+                None => {}
+            }
         }
-        Ok(self.learn(t, src))
+        Ok(())
     }
 
     /// Points `src`'s reply route at `t` (`src` belongs to `t`'s gateway).
@@ -268,6 +294,133 @@ impl Router {
         }
         self.cursor = 0;
         self.sweep_left = 0;
+    }
+}
+
+/// The IPv4 address an IPv6 destination reaches through a translator or
+/// relay of the edge's network, if it is of a form that carries one:
+/// IPv4-mapped (`::ffff:0:0/96`) and -compatible (`::/96`), NAT64's
+/// well-known prefix (`64:ff9b::/96`, RFC 6052), 6to4 (`2002::/16`) and
+/// Teredo (`2001::/32`, the client's address inverted in the last 32
+/// bits). Network-specific NAT64 prefixes are the operator's to list in
+/// `edge.management` (see [`v4_embeddings`]).
+pub fn embedded_v4(a: Ipv6Addr) -> Option<Ipv4Addr> {
+    let bits = u128::from(a);
+    // Truncations are the point: each form keeps the IPv4 address in
+    // fixed bits.
+    #[allow(clippy::cast_possible_truncation)]
+    let low = Ipv4Addr::from(bits as u32);
+    match a.segments() {
+        [0, 0, 0, 0, 0, 0 | 0xffff, ..] | [0x64, 0xff9b, 0, 0, 0, 0, ..] => Some(low),
+        [0x2002, ..] =>
+        {
+            #[allow(clippy::cast_possible_truncation)]
+            Some(Ipv4Addr::from((bits >> 80) as u32))
+        }
+        [0x2001, 0, ..] => Some(Ipv4Addr::from(!(bits as u32))),
+        _ => None,
+    }
+}
+
+/// The IPv6 prefixes whose addresses [`embedded_v4`] maps into the IPv4
+/// prefix `p` (none for an IPv6 prefix; Teredo's inverted form is no
+/// prefix): the nftables filter refuses these beside `p` itself.
+pub fn v4_embeddings(p: Prefix) -> Vec<Prefix> {
+    let IpAddr::V4(a) = p.addr() else {
+        return Vec::new();
+    };
+    let v4 = u128::from(u32::from(a));
+    [
+        (0u128, 96u8),
+        (0xffff << 32, 96),
+        (0x0064_ff9b << 96, 96),
+        (v4 << 80 | 0x2002 << 112, 16),
+    ]
+    .into_iter()
+    .map(|(base, at)| {
+        let addr = if at == 16 { base } else { base | v4 };
+        Prefix::new(IpAddr::V6(Ipv6Addr::from(addr)), at + p.len())
+    })
+    .collect()
+}
+
+/// An ICMP or `ICMPv6` error that cannot be judged: its quote is cut short,
+/// or it is fragmented (another fragment could complete the quote).
+struct Unreadable;
+
+/// The destination of the packet an ICMP or `ICMPv6` error quotes (`pkt`
+/// checked by [`ip::Packet::new_checked`]); `None` for any other packet,
+/// including non-first fragments (the kernel completes those only with
+/// their first fragment, which is judged). IPv6 extension headers are
+/// skipped as the kernel's conntrack skips them.
+fn icmp_error_quote(pkt: &[u8]) -> Result<Option<IpAddr>, Unreadable> {
+    const MF: u16 = 0x2000;
+    const V4_OFFSET: u16 = 0x1fff;
+    let v6 = pkt[0] >> 4 == 6;
+    let (icmp, fragmented) = if v6 {
+        let (mut next, mut off, mut fragmented) = (pkt[6], 40usize, false);
+        loop {
+            let h = pkt.get(off..off + 8);
+            match next {
+                // Hop-by-hop, routing, destination options.
+                0 | 43 | 60 => {
+                    let h = h.ok_or(Unreadable)?;
+                    next = h[0];
+                    off += (usize::from(h[1]) + 1) * 8;
+                }
+                // Fragment: only the first holds the upper-layer header.
+                44 => {
+                    let h = h.ok_or(Unreadable)?;
+                    if u16::from_be_bytes([h[2], h[3]]) & 0xfff8 != 0 {
+                        return Ok(None);
+                    }
+                    (next, fragmented) = (h[0], true);
+                    off += 8;
+                }
+                // Authentication header: length in 4-byte units.
+                51 => {
+                    let h = h.ok_or(Unreadable)?;
+                    next = h[0];
+                    off += (usize::from(h[1]) + 2) * 4;
+                }
+                58 => break,
+                _ => return Ok(None),
+            }
+        }
+        let ty = *pkt.get(off).ok_or(Unreadable)?;
+        // ICMPv6 errors are types 0 to 127.
+        if ty >= 128 {
+            return Ok(None);
+        }
+        (off, fragmented)
+    } else {
+        let ihl = usize::from(pkt[0] & 0x0f) * 4;
+        let frag = u16::from_be_bytes([pkt[6], pkt[7]]);
+        if pkt[9] != 1 || frag & V4_OFFSET != 0 {
+            return Ok(None);
+        }
+        let ty = *pkt.get(ihl.max(20)).ok_or(Unreadable)?;
+        // Destination unreachable, source quench, redirect, time
+        // exceeded, parameter problem.
+        if !matches!(ty, 3 | 4 | 5 | 11 | 12) {
+            return Ok(None);
+        }
+        (ihl.max(20), frag & MF != 0)
+    };
+    if fragmented {
+        return Err(Unreadable);
+    }
+    let quote = pkt.get(icmp + 8..).ok_or(Unreadable)?;
+    match (v6, quote.first().map(|b| b >> 4)) {
+        (false, Some(4)) if quote.len() >= 20 => {
+            let d: [u8; 4] = quote[16..20].try_into().map_err(|_| Unreadable)?;
+            Ok(Some(IpAddr::V4(Ipv4Addr::from(d))))
+        }
+        (true, Some(6)) if quote.len() >= 40 => {
+            let d: [u8; 16] = quote[24..40].try_into().map_err(|_| Unreadable)?;
+            Ok(Some(IpAddr::V6(Ipv6Addr::from(d))))
+        }
+        _ => Err(Unreadable),
     }
 }
 
@@ -400,6 +553,131 @@ mod tests {
             );
         }
         assert_eq!(r.gateway_routes(0), 64);
+    }
+
+    /// An IPv4 packet `src -> dst` of protocol `proto` around `payload`,
+    /// with the fragment field `frag` (flags and offset).
+    fn v4(proto: u8, src: [u8; 4], dst: [u8; 4], frag: u16, payload: &[u8]) -> Vec<u8> {
+        let total = u16::try_from(20 + payload.len()).unwrap();
+        let mut p = vec![0x45, 0];
+        p.extend_from_slice(&total.to_be_bytes());
+        p.extend_from_slice(&[0, 1]);
+        p.extend_from_slice(&frag.to_be_bytes());
+        p.extend_from_slice(&[64, proto, 0, 0]);
+        p.extend_from_slice(&src);
+        p.extend_from_slice(&dst);
+        p.extend_from_slice(payload);
+        p
+    }
+
+    /// An IPv6 packet `src -> dst` whose first header is `next`.
+    fn v6(next: u8, src: &str, dst: &str, payload: &[u8]) -> Vec<u8> {
+        let (s, d): (std::net::Ipv6Addr, std::net::Ipv6Addr) =
+            (src.parse().unwrap(), dst.parse().unwrap());
+        let mut p = vec![0x60, 0, 0, 0];
+        p.extend_from_slice(&u16::try_from(payload.len()).unwrap().to_be_bytes());
+        p.extend_from_slice(&[next, 64]);
+        p.extend_from_slice(&s.octets());
+        p.extend_from_slice(&d.octets());
+        p.extend_from_slice(payload);
+        p
+    }
+
+    /// An ICMP (or `ICMPv6`) message of type `ty` quoting `inner`.
+    fn icmp(ty: u8, inner: &[u8]) -> Vec<u8> {
+        let mut m = vec![ty, 3, 0, 0, 0, 0, 0x05, 0xdc];
+        m.extend_from_slice(inner);
+        m
+    }
+
+    /// ICMP errors quote the packet they are about, and conntrack makes an
+    /// error `related` to the connection of the quoted packet, whoever
+    /// sends it: from a tunnel, only errors about packets that went to
+    /// that gateway's own addresses pass. Otherwise one branch (any LAN
+    /// host behind it) could send port-unreachable or packet-too-big
+    /// errors into another branch's connections through the edge.
+    #[test]
+    fn icmp_errors_quote_only_the_gateways_own_packets() {
+        let mut r = router();
+        let (me, server) = ([192, 0, 2, 10], [203, 0, 113, 10]);
+        let udp = |src, dst| v4(17, src, dst, 0, &[0, 53, 0x13, 0x88, 0, 8, 0, 0]);
+        // About a packet to branch 2's client: refused, nothing learnt.
+        let theirs = v4(1, me, server, 0, &icmp(3, &udp(server, [198, 18, 2, 10])));
+        assert_eq!(r.inbound(T1, &theirs), Err(Refused::Spoofed));
+        assert_eq!(r.routes(), 0);
+        // About a packet to its own client: fine (and so is an echo).
+        let mine = v4(1, me, server, 0, &icmp(3, &udp(server, me)));
+        assert_eq!(r.inbound(T1, &mine), Ok(Learnt::New));
+        let echo = v4(1, me, server, 0, &[8, 0, 0, 0, 0, 1, 0, 1]);
+        assert_eq!(r.inbound(T1, &echo), Ok(Learnt::Known));
+        for ty in [4, 5, 11, 12] {
+            let e = v4(1, me, server, 0, &icmp(ty, &udp(server, [198, 18, 2, 10])));
+            assert_eq!(r.inbound(T1, &e), Err(Refused::Spoofed), "type {ty}");
+        }
+        // An error too short to say what it is about, or fragmented (its
+        // quote could be completed by another fragment): refused.
+        let cut = v4(1, me, server, 0, &icmp(3, &udp(server, me)[..12]));
+        assert_eq!(r.inbound(T1, &cut), Err(Refused::Malformed));
+        let frag = v4(1, me, server, 0x2000, &icmp(3, &udp(server, me)));
+        assert_eq!(r.inbound(T1, &frag), Err(Refused::Malformed));
+        // IPv6: packet too big (2) about branch 2's client, directly and
+        // behind a destination-options header; and one about its own.
+        let (me6, server6) = ("2001:db8:1::10", "2001:db8:100::10");
+        let udp6 = |dst: &str| v6(17, server6, dst, &[0, 53, 0x13, 0x88, 0, 8, 0, 0]);
+        let theirs6 = v6(58, me6, server6, &icmp(2, &udp6("2001:db8:12::10")));
+        assert_eq!(r.inbound(T1, &theirs6), Err(Refused::Spoofed));
+        let mut opts = vec![58, 0, 1, 4, 0, 0, 0, 0];
+        opts.extend_from_slice(&icmp(1, &udp6("2001:db8:12::10")));
+        assert_eq!(
+            r.inbound(T1, &v6(60, me6, server6, &opts)),
+            Err(Refused::Spoofed)
+        );
+        let mine6 = v6(58, me6, server6, &icmp(2, &udp6(me6)));
+        assert_eq!(r.inbound(T1, &mine6), Ok(Learnt::New));
+        let mut frag6 = vec![58, 0, 0, 1, 0, 0, 0, 7];
+        frag6.extend_from_slice(&icmp(2, &udp6(me6)));
+        assert_eq!(
+            r.inbound(T1, &v6(44, me6, server6, &frag6)),
+            Err(Refused::Malformed)
+        );
+        let echo6 = v6(58, me6, server6, &[128, 0, 0, 0, 0, 1, 0, 1]);
+        assert_eq!(r.inbound(T1, &echo6), Ok(Learnt::Known));
+    }
+
+    /// IPv6 destinations that carry an IPv4 address (NAT64's well-known
+    /// prefix, 6to4, Teredo, IPv4-mapped and -compatible) reach that IPv4
+    /// address through a translator or relay of the edge's network: they
+    /// are refused as that address would be.
+    #[test]
+    fn v6_destinations_that_embed_v4_are_judged_by_it() {
+        let mut r = router();
+        let me = ip("2001:db8:12::10");
+        for (dst, why) in [
+            ("64:ff9b::a9fe:a9fe", Refused::Reserved),
+            ("64:ff9b::169.254.169.254", Refused::Reserved),
+            ("::ffff:169.254.169.254", Refused::Reserved),
+            ("::169.254.169.254", Refused::Reserved),
+            ("2002:a9fe:a9fe::1", Refused::Reserved),
+            ("2002:c633:6405:1::1", Refused::Reserved), // 198.51.100.5, management
+            // Teredo: the client's address is the last 32 bits, inverted.
+            ("2001:0:cb00:7101:0:fbbd:5601:5601", Refused::Reserved),
+            ("64:ff9b::192.0.2.10", Refused::ToGateway),
+            ("2002:c000:20a::1", Refused::ToGateway),
+        ] {
+            assert_eq!(r.inbound_addrs(T2, me, ip(dst)), Err(why), "{dst}");
+        }
+        assert_eq!(r.routes(), 0);
+        for dst in [
+            "64:ff9b::203.0.113.10",
+            "2002:cb00:710a::1",
+            "2001:db8:100::10",
+        ] {
+            assert_eq!(
+                r.inbound_addrs(T2, me, ip(dst)).map(|_| ()),
+                Ok(()),
+                "{dst}"
+            );
+        }
     }
 
     /// A gone tunnel's routes stop at once (generation) and are swept

@@ -324,6 +324,11 @@ const RX_BUF_MAX: usize = 1024 * 1024;
 /// Budget of one [`Session::handle_read`] call, in bytes.
 const READ_BUDGET: usize = 1 << 20;
 
+/// Key updates a peer may send without application data between them
+/// (rustls's and `BoringSSL`'s limit): each costs key derivations, and a
+/// peer has no use for more.
+const MAX_KEY_UPDATES_WITHOUT_DATA: u32 = 32;
+
 /// Handshake message types seen after the handshake.
 const HS_NEW_SESSION_TICKET: u8 = 4;
 const HS_KEY_UPDATE: u8 = 24;
@@ -351,6 +356,12 @@ pub struct Session {
     open_since: Option<Instant>,
     /// The peer asked for a key update: ours goes out before more data.
     key_update_due: bool,
+    /// The last record we sealed is a key update answering a request: a
+    /// further request before we send anything else needs no other answer
+    /// (RFC 8446 §4.6.3), so requests cannot make us queue bytes.
+    key_update_answered: bool,
+    /// Key updates received since the last application data record.
+    key_updates_since_data: u32,
     /// Received bytes. `rx_buf[p_start..p_end]`: decrypted frame bytes not
     /// yet parsed (at most a partial frame carried from the previous
     /// record); `rx_buf[c_start..rx_end]`: TLS records not yet opened.
@@ -395,6 +406,8 @@ impl Session {
             tx_sealed: 0,
             open_since: None,
             key_update_due: false,
+            key_update_answered: false,
+            key_updates_since_data: 0,
             p_start: 0,
             p_end: 0,
             c_start: 0,
@@ -752,6 +765,7 @@ impl Session {
         let content = rec_start + range.start..rec_start + range.end;
         match ty {
             record::APPLICATION_DATA => {
+                self.key_updates_since_data = 0;
                 let carried = self.p_end - self.p_start;
                 let new_start = content.start - carried;
                 self.rx_buf.copy_within(self.p_start..self.p_end, new_start);
@@ -786,6 +800,7 @@ impl Session {
                     };
                     match (*typ, body, &mut **kernel) {
                         (HS_KEY_UPDATE, [req @ (0 | 1)], k) => {
+                            count_key_update(&mut self.key_updates_since_data)?;
                             let (seq, secrets) = k
                                 .update(false)
                                 .map_err(|e| fatal(INTERNAL_ERROR, e.to_string()))?;
@@ -820,10 +835,15 @@ impl Session {
                         "truncated TLS handshake message".into(),
                     ));
                 }
-                if self.key_update_due {
-                    self.key_update_due = false;
+                if std::mem::take(&mut self.key_update_due) {
                     self.flush();
-                    self.send_key_update(false);
+                    // One answer to any number of requests while we are
+                    // silent: a peer that never reads cannot make us
+                    // queue a key update per request.
+                    if !self.key_update_answered {
+                        self.send_key_update(false);
+                        self.key_update_answered = true;
+                    }
                 }
                 Ok(true)
             }
@@ -983,6 +1003,7 @@ impl Session {
         }
         self.tx_sealed = self.tx_buf.len();
         self.open_since = None;
+        self.key_update_answered = false;
         self.stats.tx_records += 1;
         if tx.seq() >= self.cfg.rekey_after_records {
             self.send_key_update(false);
@@ -1239,6 +1260,22 @@ impl Session {
     fn reason_or(&self, r: CloseReason) -> CloseReason {
         self.close_reason.clone().unwrap_or(r)
     }
+}
+
+/// Counts a key update received since the last application data record;
+/// refuses (`unexpected_message`) one more than
+/// [`MAX_KEY_UPDATES_WITHOUT_DATA`].
+fn count_key_update(since_data: &mut u32) -> Result<(), (Option<u8>, CloseReason)> {
+    if *since_data >= MAX_KEY_UPDATES_WITHOUT_DATA {
+        return Err((
+            Some(record::alert::UNEXPECTED_MESSAGE),
+            CloseReason::Tls(format!(
+                "more than {MAX_KEY_UPDATES_WITHOUT_DATA} TLS key updates without application data"
+            )),
+        ));
+    }
+    *since_data += 1;
+    Ok(())
 }
 
 /// `s` made safe to log: control characters (which could forge log lines

@@ -906,3 +906,96 @@ fn hello_name_is_escaped_for_logs() {
     assert_eq!(printable("branch-1", 64), "branch-1");
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// Records of `n` key update requests from a raw rustls peer.
+fn key_update_requests(raw: &mut rustls::ServerConnection, n: usize) -> Vec<u8> {
+    let mut wire = Vec::new();
+    for _ in 0..n {
+        raw.refresh_traffic_keys().unwrap();
+    }
+    while raw.wants_write() {
+        raw.write_tls(&mut wire).unwrap();
+    }
+    wire
+}
+
+/// Gives `s` all of `wire` (as a socket would, in reads), opening what it
+/// can.
+fn feed(s: &mut Session, wire: &[u8], now: Instant) {
+    let mut f = Feed(wire);
+    while !s.is_closed() {
+        let more = s.handle_read(&mut f, now).is_ok_and(|o| o.more);
+        while s.poll_packet().is_some() {}
+        if !more && f.0.is_empty() {
+            break;
+        }
+    }
+}
+
+/// A peer that asks for key updates again and again while we send
+/// nothing gets one answer (RFC 8446 §4.6.3: "an implementation which
+/// receives multiple `KeyUpdate`s while it is silent [responds] with a
+/// single update"), not one per request: a peer that never reads would
+/// otherwise make each 27-byte request queue a 27-byte answer, without
+/// bound. Once we have sent data, the next request gets its answer.
+#[test]
+fn key_update_requests_get_one_answer_while_silent() {
+    use io::Write as _;
+    let (mut client, mut raw, mut rng, dir) = raw_server_pair(44);
+    raw.writer().write_all(&raw_hello(1)).unwrap();
+    let _ = shuttle(&mut client, &mut raw, &mut rng);
+    assert!(client.is_established());
+    let now = Instant::now();
+    let wire = key_update_requests(&mut raw, 20);
+    feed(&mut client, &wire, now);
+    assert!(!client.is_closed(), "{:?}", client.close_reason());
+    let mut out = Vec::new();
+    client.handle_write(&mut out, now).unwrap();
+    let s = client.stats();
+    assert_eq!(
+        (s.key_updates_rx, s.key_updates_tx),
+        (20, 1),
+        "{} bytes queued for the peer",
+        out.len()
+    );
+    // Data, then a request: answered again.
+    client.send_packet(&[0x45, 1, 2]).unwrap();
+    client.flush();
+    let wire = key_update_requests(&mut raw, 1);
+    feed(&mut client, &wire, now);
+    assert_eq!(client.stats().key_updates_tx, 2);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// More than 32 key updates without application data between them close
+/// the session with `unexpected_message` (rustls's and `BoringSSL`'s limit):
+/// each costs key derivations, and a peer has no need for more.
+#[test]
+fn key_update_flood_closes_the_session() {
+    use io::Write as _;
+    let (mut client, mut raw, mut rng, dir) = raw_server_pair(45);
+    raw.writer().write_all(&raw_hello(1)).unwrap();
+    let _ = shuttle(&mut client, &mut raw, &mut rng);
+    assert!(client.is_established());
+    let now = Instant::now();
+    // 32, a data record, 32 more: fine.
+    let mut wire = key_update_requests(&mut raw, 32);
+    raw.writer().write_all(&[0x03, 0, 0, 0]).unwrap(); // a KEEPALIVE frame
+    while raw.wants_write() {
+        raw.write_tls(&mut wire).unwrap();
+    }
+    wire.extend(key_update_requests(&mut raw, 32));
+    feed(&mut client, &wire, now);
+    assert!(!client.is_closed(), "{:?}", client.close_reason());
+    // One more without data: closed, and the peer is told why.
+    let wire = key_update_requests(&mut raw, 1);
+    feed(&mut client, &wire, now);
+    assert_eq!(
+        client.close_reason(),
+        Some(&CloseReason::Tls(
+            "more than 32 TLS key updates without application data".into()
+        ))
+    );
+    assert_eq!(client.stats().key_updates_rx, 64);
+    std::fs::remove_dir_all(dir).unwrap();
+}
