@@ -379,8 +379,14 @@ fn endpoint_mode(path: &str, lan: bool) {
     let (seen, _, _) = fetch(&lab, &plain);
     assert_eq!(seen, edge, "after the restart: tunnelled\n{}", logs(&lab));
 
-    // Stopping removes the routing: the host reaches the server directly.
-    lab.stop(s.gateway.take().unwrap());
+    // Stopping keeps the host failing closed; only the operator's
+    // `sluice gateway detach` removes the routing, and then the host
+    // reaches the server directly.
+    let status = lab.stop(s.gateway.take().unwrap());
+    assert!(status.success(), "stop: {status}");
+    refused("sluice stopped");
+    let out = s.gateway_command(&["detach"]);
+    assert!(out.status.success(), "detach: {out:?}");
     let rules = lab.run_ok(Host::Gw, &["ip", "rule", "show"]);
     assert!(
         !rules.contains("lookup 1473"),
@@ -395,6 +401,6 @@ fn endpoint_mode(path: &str, lan: bool) {
     assert_eq!(
         (seen.as_str(), gw_syn),
         (direct.as_str(), 1),
-        "after a clean stop: direct"
+        "after detach: direct"
     );
 }

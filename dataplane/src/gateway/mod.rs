@@ -12,6 +12,7 @@
 //! link and swaps its program in atomically. On a clean exit the program
 //! is unpinned and detached.
 mod domains;
+pub(crate) mod fault;
 mod neighbor;
 mod policy;
 mod stats;
