@@ -255,7 +255,13 @@ fn stop_and_restart_with_traffic_never_leak_and_only_detach_restores_plain_routi
     lab.reset_counters();
     let out = lab.run(
         Host::Client,
-        &["curl", "-sS", "--max-time", "3", &url(addr::TUNNELLED_V4, "/whoami")],
+        &[
+            "curl",
+            "-sS",
+            "--max-time",
+            "3",
+            &url(addr::TUNNELLED_V4, "/whoami"),
+        ],
     );
     assert!(!out.status.success(), "reachable while stopped: {out:?}");
     assert_no_leak(&lab, "stopped, not detached");
@@ -319,7 +325,10 @@ fn the_classifier_follows_the_gateway_addresses() {
     // the client's ping is answered by the gateway's kernel, counted as
     // `pass_local`, not tunnelled.
     let new = "192.0.2.77";
-    lab.run_ok(Host::Gw, &["ip", "addr", "add", "192.0.2.77/24", "dev", "lan0"]);
+    lab.run_ok(
+        Host::Gw,
+        &["ip", "addr", "add", "192.0.2.77/24", "dev", "lan0"],
+    );
     std::thread::sleep(Duration::from_secs(1));
     let before = s.gateway_metric("sluice_xdp_packets_total", "verdict=\"pass_local\"");
     assert!(

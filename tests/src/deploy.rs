@@ -257,7 +257,11 @@ impl<'a> Sluice<'a> {
     /// Runs `sluice gateway <args> --config <conf>/gateway.toml` in `gw`
     /// to completion (e.g. `detach`), at most 30 s.
     pub fn gateway_command(&self, args: &[&str]) -> std::process::Output {
-        let cfg = self.conf.join("gateway.toml").to_string_lossy().into_owned();
+        let cfg = self
+            .conf
+            .join("gateway.toml")
+            .to_string_lossy()
+            .into_owned();
         let bin = self.bin.to_string_lossy().into_owned();
         let mut argv = vec![bin.as_str(), "gateway"];
         argv.extend_from_slice(args);

@@ -21,6 +21,7 @@
 pub mod cpu;
 pub mod ethtool;
 pub mod fanotify;
+pub mod lock;
 pub mod mem;
 pub mod rtnl;
 pub mod sock_diag;
