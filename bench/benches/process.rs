@@ -56,7 +56,7 @@ fn attribution(crit: &mut Criterion) {
 
 fn exec_verdict(crit: &mut Criterion) {
     use sluice::{
-        endpoint::exec::{ExecTracker, FactsCache},
+        endpoint::exec::{ExecTracker, FactsCache, MountDevs},
         process::{ProcessPattern, ProcessSet},
     };
     let mut patterns: Vec<ProcessPattern> = (0..18)
@@ -72,18 +72,22 @@ fn exec_verdict(crit: &mut Criterion) {
     g.throughput(Throughput::Elements(1));
     let mut cache = FactsCache::default();
     let mut tracker = ExecTracker::default();
+    // The exec watcher also names the file the verdict is for (one statx).
+    let mut mounts = MountDevs::default();
     let now = std::time::Instant::now();
     g.bench_function("exec_verdict/cached", |b| {
         b.iter(|| {
             let f = cache.facts(&file, &path, &set).expect("facts");
-            black_box(tracker.on_exec(4242, &f, now))
+            let key = mounts.file_key(&file).expect("file key");
+            black_box(tracker.on_exec(4242, &f, key, now))
         });
     });
     g.bench_function("exec_verdict/first_sight", |b| {
         b.iter(|| {
             cache.clear();
             let f = cache.facts(&file, &path, &set).expect("facts");
-            black_box(tracker.on_exec(4242, &f, now))
+            let key = mounts.file_key(&file).expect("file key");
+            black_box(tracker.on_exec(4242, &f, key, now))
         });
     });
     g.finish();

@@ -37,7 +37,10 @@ pub fn run(argv: &[&str], stdin: Option<&str>) -> Result<String, HostError> {
         cmd: cmd.clone(),
         detail,
     };
-    let mut child = Command::new(argv[0])
+    let mut cmd = Command::new(argv[0]);
+    // Killed if this thread ends before it does (see `sys::spawn`).
+    crate::sys::spawn::die_with_parent(&mut cmd);
+    let mut child = cmd
         .args(&argv[1..])
         .stdin(if stdin.is_some() {
             Stdio::piped()

@@ -257,28 +257,27 @@ fn abort_on_panic() {
     }));
 }
 
+/// `sluice gateway` and `sluice gateway detach`.
+fn gateway(config: &std::path::Path, detach: bool) -> anyhow::Result<()> {
+    let cfg = GatewayConfig::load(config)?;
+    if detach {
+        for line in sluice::gateway::detach(&cfg)? {
+            println!("{line}");
+        }
+        return Ok(());
+    }
+    let stop = stop_flag()?;
+    // Measure the record layer's AEAD libraries once, up front (logged),
+    // rather than during the first handshake.
+    sluice::tunnel::AeadProvider::calibrated();
+    let gw = Gateway::start(&cfg, stop)?;
+    gw.wait()?;
+    Ok(())
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
-        Cmd::Gateway {
-            config,
-            cmd: Some(GatewayCmd::Detach),
-        } => {
-            let cfg = GatewayConfig::load(&config)?;
-            for line in sluice::gateway::detach(&cfg)? {
-                println!("{line}");
-            }
-            Ok(())
-        }
-        Cmd::Gateway { config, cmd: None } => {
-            let cfg = GatewayConfig::load(&config)?;
-            let stop = stop_flag()?;
-            // Measure the record layer's AEAD libraries once, up front
-            // (logged), rather than during the first handshake.
-            sluice::tunnel::AeadProvider::calibrated();
-            let gw = Gateway::start(&cfg, stop.clone())?;
-            gw.wait()?;
-            Ok(())
-        }
+        Cmd::Gateway { config, cmd } => gateway(&config, matches!(cmd, Some(GatewayCmd::Detach))),
         Cmd::Edge { config } => {
             let cfg = EdgeConfig::load(&config)?;
             let stop = stop_flag()?;

@@ -383,7 +383,7 @@ fn endpoint_mode(path: &str, lan: bool) {
     // `sluice gateway detach` removes the routing, and then the host
     // reaches the server directly.
     let status = lab.stop(s.gateway.take().unwrap());
-    assert!(status.success(), "stop: {status}");
+    assert!(status.success(), "stop: {status}\n{}", logs(&lab));
     refused("sluice stopped");
     let out = s.gateway_command(&["detach"]);
     assert!(out.status.success(), "detach: {out:?}");
@@ -418,9 +418,8 @@ fn endpoint_lab<'a>(lab: &'a Lab, listed: &[String]) -> Sluice<'a> {
 
 #[test]
 fn endpoint_a_failed_exec_of_a_listed_program_grants_nothing_to_an_unseen_exec() {
-    if !require_root(
-        "endpoint_a_failed_exec_of_a_listed_program_grants_nothing_to_an_unseen_exec",
-    ) {
+    if !require_root("endpoint_a_failed_exec_of_a_listed_program_grants_nothing_to_an_unseen_exec")
+    {
         return;
     }
     let lab = Lab::new();
@@ -505,7 +504,9 @@ fn endpoint_hooks_outlive_a_crash_so_no_marked_socket_goes_direct() {
         go = go.to_string_lossy(),
     );
     let prog = lab.spawn(Host::Gw, "marked", &[sluice_lab::python(), "-c", &script]);
-    lab.wait_for("the marked socket", Duration::from_secs(10), || ready.exists());
+    lab.wait_for("the marked socket", Duration::from_secs(10), || {
+        ready.exists()
+    });
     let gw = s.gateway.take().expect("gateway");
     lab.signal(gw, SIGKILL);
     lab.wait_exit(gw, Duration::from_secs(10));
@@ -530,13 +531,82 @@ fn endpoint_hooks_outlive_a_crash_so_no_marked_socket_goes_direct() {
             &std::fs::metadata(format!("/run/netns/{}", lab.ns(Host::Gw))).unwrap()
         )
     ))
-    .map(Iterator::count)
-    .unwrap_or(0);
+    .map_or(0, Iterator::count);
     assert_eq!(pins, 9, "pinned hook links after the restart");
     let status = lab.stop(s.gateway.take().expect("gateway"));
-    assert!(status.success(), "stop: {status}");
+    assert!(status.success(), "stop: {status}\n{}", logs(&lab));
     let out = s.gateway_command(&["detach"]);
     assert!(out.status.success(), "detach: {out:?}");
     let rules = lab.run_ok(Host::Gw, &["ip", "rule", "show"]);
-    assert!(!rules.contains("lookup 1473"), "rules left by detach:\n{rules}");
+    assert!(
+        !rules.contains("lookup 1473"),
+        "rules left by detach:\n{rules}"
+    );
+}
+
+/// Endpoint mode with `SLUICE_FAULT=<action>:sluice-exec` pulled: the
+/// gateway must stop by itself, exit 70, leave the host failing closed,
+/// and leave the host's execs running (a watcher that no longer answers
+/// holds every exec on the host until its fanotify group goes).
+fn exec_watcher_fault(action: &str) {
+    let lab = Lab::new();
+    lab.spawn_peer(Host::Inet, "peer", HTTP, super::UDP);
+    let mut s = Sluice::prepare(&lab, bin(), |t| with_endpoint(t, &[]));
+    s.edit_edge(edge_with_endpoint);
+    s.start_edge();
+    let trigger = lab.dir().join("fault-now");
+    let fault = format!("{action}:sluice-exec");
+    let trigger_s = trigger.to_string_lossy().into_owned();
+    s.start_gateway_env(&[
+        ("SLUICE_FAULT", &fault),
+        ("SLUICE_FAULT_TRIGGER", &trigger_s),
+    ]);
+    std::fs::write(&trigger, b"now").unwrap();
+    let gw = s.gateway.take().expect("gateway");
+    let t0 = std::time::Instant::now();
+    let status = lab.wait_exit(gw, Duration::from_secs(20));
+    eprintln!(
+        "endpoint: exec watcher {action}: the gateway exited ({status}) {:?} after the trigger",
+        t0.elapsed()
+    );
+    assert_eq!(
+        status.code(),
+        Some(70),
+        "exec watcher {action}: exit status {status}\n{}",
+        logs(&lab)
+    );
+    // Execs run again (a bounded command: the lab's default timeout).
+    lab.run_ok(Host::Gw, &["true"]);
+    // The host's own traffic to a tunnelled server is refused, not direct.
+    lab.reset_counters();
+    let out = lab.run(
+        Host::Gw,
+        &[
+            "curl",
+            "-sS",
+            "--max-time",
+            "3",
+            &url(addr::TUNNELLED_V4, "/whoami"),
+        ],
+    );
+    assert!(
+        !out.status.success(),
+        "exec watcher {action}: the host reached the tunnelled server"
+    );
+    assert_eq!(lab.nft_counter(counter::GW_TO_TUNNELLED_V4), 0);
+}
+
+#[test]
+fn endpoint_an_exec_watcher_that_fails_stops_the_gateway_nonzero_failing_closed() {
+    if require_root("endpoint_an_exec_watcher_that_fails_stops_the_gateway_nonzero_failing_closed")
+    {
+        exec_watcher_fault("exit");
+    }
+}
+
+#[test]
+fn endpoint_an_exec_watcher_that_hangs_stops_the_gateway_and_execs_resume() {
+    if require_root("endpoint_an_exec_watcher_that_hangs_stops_the_gateway_and_execs_resume") {
+        exec_watcher_fault("hang");
+    }
 }

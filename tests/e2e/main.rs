@@ -484,7 +484,7 @@ fn gateway_crash_keeps_failing_closed() {
     // A clean stop keeps the pin: the classifier still fails closed.
     let id = s.gateway.take().unwrap();
     let status = lab.stop(id);
-    assert!(status.success(), "stop: {status}");
+    assert!(status.success(), "stop: {status}\n{}", logs(&lab));
     assert!(
         Path::new(&pin).exists(),
         "pin {pin} removed by a stop: must-tunnel traffic would go direct"

@@ -263,11 +263,30 @@ impl<'a> Sluice<'a> {
             .to_string_lossy()
             .into_owned();
         let bin = self.bin.to_string_lossy().into_owned();
-        let mut argv = vec![bin.as_str(), "gateway"];
-        argv.extend_from_slice(args);
-        argv.extend(["--config", &cfg]);
+        let mut cmd = vec![bin.as_str(), "gateway"];
+        cmd.extend_from_slice(args);
+        cmd.extend(["--config", &cfg]);
         self.lab
-            .run_timeout(Host::Gw, &argv, Duration::from_secs(30))
+            .run_timeout(Host::Gw, &cmd, Duration::from_secs(30))
+    }
+
+    /// Stops the gateway (SIGTERM), then removes what a stop keeps on
+    /// purpose (`sluice gateway detach`: the pinned classifier, endpoint
+    /// routing), so that what runs next in the lab sees the kernel's plain
+    /// forwarding (the lab benchmark's baselines).
+    ///
+    /// # Panics
+    /// If `detach` fails.
+    pub fn stop_gateway_and_detach(&mut self) {
+        if let Some(id) = self.gateway.take() {
+            self.lab.stop(id);
+        }
+        let out = self.gateway_command(&["detach"]);
+        assert!(
+            out.status.success(),
+            "sluice gateway detach: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// Where the gateway in `gw` pins its classifier's link on `lan0`

@@ -31,7 +31,7 @@ const MAX_DEPTH: usize = 8;
 struct Type {
     kind: u32,
     name_off: u32,
-    size_or_type: u32,
+    size_or_ref: u32,
     members: Vec<(u32, u32, u32)>,
 }
 
@@ -93,7 +93,7 @@ impl Btf {
         while at < tsec.len() {
             let name_off = u32_at(tsec, at)?;
             let info = u32_at(tsec, at + 4)?;
-            let size_or_type = u32_at(tsec, at + 8)?;
+            let size_or_ref = u32_at(tsec, at + 8)?;
             at += 12;
             let vlen = (info & 0xffff) as usize;
             let kind = (info >> 24) & 0x1f;
@@ -129,7 +129,7 @@ impl Btf {
             types.push(Type {
                 kind,
                 name_off,
-                size_or_type,
+                size_or_ref,
                 members,
             });
         }
@@ -167,7 +167,7 @@ impl Btf {
             let t = self.get(id)?;
             match t.kind {
                 KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG => {
-                    id = t.size_or_type;
+                    id = t.size_or_ref;
                 }
                 _ => return Some(t),
             }
@@ -239,37 +239,38 @@ mod tests {
     /// int d; }; }; }` with `d` at byte 8.
     fn sample() -> Vec<u8> {
         let strings = b"\0s\0a\0b\0c\0d\0int\0".to_vec();
-        let (s, a, b, c, d, int) = (1u32, 3u32, 5u32, 7u32, 9u32, 11u32);
-        let mut t = Vec::new();
-        let word = |t: &mut Vec<u8>, v: u32| t.extend_from_slice(&v.to_le_bytes());
+        let (name_s, name_a, name_b, name_c, name_d, name_int) =
+            (1u32, 3u32, 5u32, 7u32, 9u32, 11u32);
+        let mut types = Vec::new();
+        let word = |out: &mut Vec<u8>, v: u32| out.extend_from_slice(&v.to_le_bytes());
         // 1: int (INT, size 4, encoding word).
-        for v in [int, 1 << 24, 4, 32] {
-            word(&mut t, v);
+        for v in [name_int, 1 << 24, 4, 32] {
+            word(&mut types, v);
         }
         // 2: anonymous struct { c @0, d @32 bits }.
-        for v in [0, (KIND_STRUCT << 24) | 2, 8, c, 1, 0, d, 1, 32] {
-            word(&mut t, v);
+        for v in [0, (KIND_STRUCT << 24) | 2, 8, name_c, 1, 0, name_d, 1, 32] {
+            word(&mut types, v);
         }
         // 3: anonymous union { b, struct 2 }.
-        for v in [0, (KIND_UNION << 24) | 2, 8, b, 1, 0, 0, 2, 0] {
-            word(&mut t, v);
+        for v in [0, (KIND_UNION << 24) | 2, 8, name_b, 1, 0, 0, 2, 0] {
+            word(&mut types, v);
         }
         // 4: struct s { a @0, union 3 @32 bits }.
-        for v in [s, (KIND_STRUCT << 24) | 2, 12, a, 1, 0, 0, 3, 32] {
-            word(&mut t, v);
+        for v in [name_s, (KIND_STRUCT << 24) | 2, 12, name_a, 1, 0, 0, 3, 32] {
+            word(&mut types, v);
         }
         let mut out = Vec::new();
         out.extend_from_slice(&[0x9f, 0xeb, 1, 0]);
         for v in [
             24u32,
             0,
-            t.len() as u32,
-            t.len() as u32,
+            types.len() as u32,
+            types.len() as u32,
             strings.len() as u32,
         ] {
             out.extend_from_slice(&v.to_le_bytes());
         }
-        out.extend_from_slice(&t);
+        out.extend_from_slice(&types);
         out.extend_from_slice(&strings);
         out
     }

@@ -156,18 +156,19 @@ pub struct MountDevs {
 impl MountDevs {
     /// The [`FileKey`] of `file`: its inode number, and its superblock's
     /// device from the mount table through the mount it was opened on
-    /// (`/proc/self/fdinfo`). `stat`'s device is not always the
-    /// superblock's (btrfs subvolumes, overlayfs report others); it is the
-    /// fallback when the mount is not in this process's table (another
-    /// mount namespace's), and then a mismatch means no bypass.
+    /// (one `statx`; the table is re-read only for a mount not seen
+    /// before). `stat`'s device is not always the superblock's (btrfs
+    /// subvolumes, overlayfs report others); it is the fallback when the
+    /// mount is not in this process's table (another mount namespace's),
+    /// and then a mismatch means no bypass.
     pub fn file_key(&mut self, file: &File) -> std::io::Result<FileKey> {
-        use std::os::fd::AsRawFd as _;
-        let m = file.metadata()?;
-        let fdinfo = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", file.as_raw_fd()))?;
-        let dev = fdinfo_mnt_id(&fdinfo)
-            .and_then(|id| self.dev_of(id))
-            .unwrap_or_else(|| kernel_dev(m.dev()));
-        Ok((dev, m.ino()))
+        let id = crate::sys::file_id::file_id(file)?;
+        let dev = id
+            .mnt_id
+            .and_then(|m| u32::try_from(m).ok())
+            .and_then(|m| self.dev_of(m))
+            .unwrap_or_else(|| mkdev(id.dev.0, id.dev.1));
+        Ok((dev, id.ino))
     }
 
     fn dev_of(&mut self, mnt_id: u32) -> Option<u32> {
@@ -187,13 +188,6 @@ impl MountDevs {
     }
 }
 
-/// `mnt_id:` of a `/proc/<pid>/fdinfo/<fd>` text.
-fn fdinfo_mnt_id(text: &str) -> Option<u32> {
-    text.lines()
-        .find_map(|l| l.strip_prefix("mnt_id:"))
-        .and_then(|v| v.trim().parse().ok())
-}
-
 /// Mount id to `MKDEV(major, minor)` from mountinfo lines (`36 35 98:0
 /// /mnt1 /mnt2 ...`: id, parent, major:minor).
 fn parse_mount_devs(text: &str) -> HashMap<u32, u32> {
@@ -211,13 +205,6 @@ fn parse_mount_devs(text: &str) -> HashMap<u32, u32> {
 /// 20-bit minor).
 fn mkdev(major: u32, minor: u32) -> u32 {
     (major << 20) | (minor & 0xf_ffff)
-}
-
-/// `stat`'s `st_dev` (glibc's encoding) as the kernel numbers it.
-fn kernel_dev(st_dev: u64) -> u32 {
-    let major = ((st_dev >> 8) & 0xfff) | ((st_dev >> 32) & !0xfff);
-    let minor = (st_dev & 0xff) | ((st_dev >> 12) & !0xff);
-    mkdev(major as u32, minor as u32)
 }
 
 fn file_name(p: &str) -> &str {
@@ -449,23 +436,11 @@ mod tests {
 
     #[test]
     fn device_numbers_as_the_kernel_counts_them() {
-        // 259:3 (nvme) in glibc's encoding, and in the kernel's.
-        assert_eq!(kernel_dev(0x0000_0000_0001_0303), (259 << 20) | 3);
-        assert_eq!(kernel_dev(0x803), (8 << 20) | 3);
-        // Minor above 255: glibc puts its high bits at 20.
-        assert_eq!(
-            kernel_dev((0x12 << 20) | (8 << 8) | 0x34),
-            (8 << 20) | 0x1234
-        );
         let devs = parse_mount_devs(
             "22 1 0:21 / /sys rw - sysfs sysfs rw\n29 1 259:2 / / rw - ext4 /dev/nvme0n1p2 rw\nbad\n",
         );
         assert_eq!(devs.get(&29), Some(&((259 << 20) | 2)));
         assert_eq!(devs.get(&22), Some(&21));
-        assert_eq!(
-            fdinfo_mnt_id("pos:\t0\nflags:\t0100000\nmnt_id:\t29\nino:\t5\n"),
-            Some(29)
-        );
         // This process's own executable: found through its mount.
         let f = File::open("/proc/self/exe").unwrap();
         let (dev, ino) = MountDevs::default().file_key(&f).unwrap();

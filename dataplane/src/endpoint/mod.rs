@@ -369,11 +369,6 @@ impl Endpoint {
         self.watcher.take()
     }
 
-    /// Asks the exec watcher to return (within 100 ms).
-    pub fn signal_stop(&self) {
-        self.stop.store(true, Relaxed);
-    }
-
     /// The process bypass (for metrics and the flow table).
     pub fn processes(&self) -> Arc<ProcessBypass> {
         self.procs.clone()
@@ -382,10 +377,10 @@ impl Endpoint {
     /// Stops: the host is left failing closed (its tunnelled traffic is
     /// refused, never sent direct), whatever the reason for the stop. Only
     /// the operator's `sluice gateway detach` ([`detach`]) removes the
-    /// routing. The exec watcher is not waited for (the gateway's
-    /// supervisor does that, with a deadline).
+    /// routing. The exec watcher is told to return last (the commands
+    /// that fail closed are execs it answers); it is not waited for (the
+    /// gateway's supervisor does that, with a deadline).
     pub fn stop(mut self) {
-        self.stop.store(true, Relaxed);
         // Refusing first: from here on nothing of the host's goes direct
         // by the mark, whatever the hooks still do.
         net::fail_closed(&self.cfg);
@@ -404,6 +399,7 @@ impl Endpoint {
             let _ = x.detach();
         }
         drop(self.tun.take());
+        self.stop.store(true, Relaxed);
     }
 }
 

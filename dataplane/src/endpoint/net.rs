@@ -143,8 +143,8 @@ pub fn clean_leftovers(cfg: &EndpointConfig) {
     let _ = ip_batch(&v, true);
 }
 
-/// `route del` commands for the routes of `ip <fam> route show table
-/// <table>` output, but the `unreachable default` ones.
+/// `route del` commands for the routes in the output of
+/// `ip <fam> route show table <table>`, but the `unreachable default` ones.
 fn stale_route_cmds(fam: &str, out: &str, table: u32) -> Vec<String> {
     out.lines()
         .map(str::trim)

@@ -114,7 +114,7 @@ pub(crate) fn inject(fault: &mut Option<Fault>) -> bool {
         Some(Action::Hang) => {
             log::error!("fault injection: {} hangs", f.thread);
             loop {
-                std::thread::sleep(std::time::Duration::from_secs(3600));
+                std::thread::sleep(std::time::Duration::MAX);
             }
         }
         Some(Action::Panic) => panic!("fault injection: {} panics", f.thread),

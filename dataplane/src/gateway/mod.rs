@@ -62,6 +62,8 @@ use crate::{
 /// How long the main loop may go without a turn (a policy reload runs in
 /// it and may take seconds with very large prefix lists).
 const MAIN_STUCK_AFTER: Duration = Duration::from_secs(30);
+/// The exec watcher's thread: a stop waits for it last.
+const EXEC_WATCHER: &str = "sluice-exec";
 /// How long trusted-network detection may go without a turn (one
 /// evaluation waits at most for one name to resolve).
 const DETECTOR_STUCK_AFTER: Duration = Duration::from_secs(10);
@@ -159,17 +161,14 @@ impl Drop for Undo {
             return;
         }
         self.stop.store(true, Relaxed);
-        if let Some(e) = &self.endpoint {
-            e.signal_stop();
-        }
-        let left = self
-            .registry
-            .wait_finished(Instant::now() + supervise::JOIN_DEADLINE);
-        if !left.is_empty() {
-            log::error!("start failed: threads still running: {}", left.join(", "));
-        }
+        let deadline = Instant::now() + supervise::JOIN_DEADLINE;
+        self.registry.wait_finished(deadline, &[EXEC_WATCHER]);
         if let Some(e) = self.endpoint.take() {
             e.stop();
+        }
+        let left = self.registry.wait_finished(deadline, &[]);
+        if !left.is_empty() {
+            log::error!("start failed: threads still running: {}", left.join(", "));
         }
     }
 }
@@ -330,7 +329,7 @@ impl Gateway {
             tenant_stats.push(w.1);
             control.set_routing(e.routing());
             if let Some((h, beat)) = e.take_watcher() {
-                registry.thread("sluice-exec", h, Some(beat));
+                registry.thread(EXEC_WATCHER, h, Some(beat));
             }
             undo.endpoint = Some(e);
         }
@@ -424,15 +423,31 @@ impl Gateway {
         self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
         self.main_done
             .store(true, std::sync::atomic::Ordering::SeqCst);
-        if let Some(e) = &self.endpoint {
-            e.signal_stop();
+        log::info!("stopping: waiting for the threads to return");
+        // The exec watcher last: until sluice's own last command has run
+        // (`ip`, to fail closed), execs need its answers.
+        let deadline = Instant::now() + supervise::JOIN_DEADLINE;
+        self.registry.wait_finished(deadline, &[EXEC_WATCHER]);
+        // Routing fails closed whether or not every thread returned; but
+        // with the exec watcher stuck, every exec on the host (those of
+        // `ip` included) waits for it until this process ends: end it now,
+        // leaving what a crash leaves (the rules refusing, the hooks
+        // pinned).
+        if self.registry.is_stuck(EXEC_WATCHER) {
+            log::error!(
+                "the exec watcher is stuck: exiting without running commands (execs wait for it); endpoint routing stays as a crash leaves it, failing closed"
+            );
+            self.watchdog.stopped();
+            let f = self.watchdog.recorded().unwrap_or_default();
+            std::mem::forget(self);
+            return Err(GatewayError::Fault(f));
         }
-        let left = self
-            .registry
-            .wait_finished(Instant::now() + supervise::JOIN_DEADLINE);
-        // Routing fails closed whether or not every thread returned.
         if let Some(e) = self.endpoint.take() {
             e.stop();
+        }
+        let left = self.registry.wait_finished(deadline, &[]);
+        if !left.is_empty() {
+            log::error!("stopping: threads still running: {}", left.join(", "));
         }
         if let Some(pin) = &self.pin {
             log::info!(

@@ -75,6 +75,8 @@ type Progress = Box<dyn Fn() -> u64 + Send + Sync>;
 
 struct Watched {
     name: String,
+    /// Found stuck: a stop does not wait for it.
+    stuck: bool,
     finished: Finished,
     /// The progress count, how long it may stand still, its last value and
     /// when it last changed.
@@ -125,6 +127,7 @@ impl Registry {
         });
         self.lock().push(Watched {
             name: name.to_string(),
+            stuck: false,
             finished: Box::new(finished),
             progress,
         });
@@ -143,6 +146,7 @@ impl Registry {
                     *last = v;
                     *since = now;
                 } else if now.saturating_duration_since(*since) >= *limit {
+                    w.stuck = true;
                     return Some(format!(
                         "thread {} made no progress for {:?} (stuck)",
                         w.name,
@@ -154,7 +158,8 @@ impl Registry {
         None
     }
 
-    /// The names of the threads that have not finished.
+    /// The names of the threads that have not finished (those found
+    /// stuck included).
     pub(crate) fn running(&self) -> Vec<String> {
         self.lock()
             .iter()
@@ -163,20 +168,31 @@ impl Registry {
             .collect()
     }
 
+    /// Whether the thread `name` was found stuck.
+    pub(crate) fn is_stuck(&self, name: &str) -> bool {
+        self.lock().iter().any(|w| w.stuck && w.name == name)
+    }
+
+    /// Whether every thread has finished, but those found stuck (no use
+    /// waiting for them) and those named in `skip`.
+    fn all_returned(&self, skip: &[&str]) -> bool {
+        self.lock()
+            .iter()
+            .all(|w| w.stuck || skip.contains(&w.name.as_str()) || (w.finished)())
+    }
+
     fn names(&self) -> Vec<String> {
         self.lock().iter().map(|w| w.name.clone()).collect()
     }
 
-    /// Waits until every thread has finished or `deadline` passes; the
-    /// names of those still running.
-    pub(crate) fn wait_finished(&self, deadline: Instant) -> Vec<String> {
-        loop {
-            let left = self.running();
-            if left.is_empty() || Instant::now() >= deadline {
-                return left;
-            }
+    /// Waits until every thread has finished (but those found stuck and
+    /// those named in `skip`) or `deadline` passes; the names of those
+    /// still running.
+    pub(crate) fn wait_finished(&self, deadline: Instant, skip: &[&str]) -> Vec<String> {
+        while !self.all_returned(skip) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
         }
+        self.running()
     }
 }
 
@@ -347,10 +363,14 @@ mod tests {
         let f = r.check(later).expect("the silent thread is stuck");
         assert!(f.contains("silent") && f.contains("stuck"), "{f}");
         stop.store(true, Relaxed);
-        assert!(
-            r.wait_finished(Instant::now() + Duration::from_secs(5))
-                .is_empty()
-        );
+        // The stuck one is not waited for; both return here anyway.
+        let left = r.wait_finished(Instant::now() + Duration::from_secs(5), &[]);
+        assert!(left.iter().all(|n| n == "silent"), "{left:?}");
+        let t0 = Instant::now();
+        while !r.running().is_empty() {
+            assert!(t0.elapsed() < Duration::from_secs(5));
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     #[test]

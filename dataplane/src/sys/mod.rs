@@ -21,9 +21,11 @@
 pub mod cpu;
 pub mod ethtool;
 pub mod fanotify;
+pub mod file_id;
 pub mod lock;
 pub mod mem;
 pub mod rtnl;
 pub mod sock_diag;
+pub mod spawn;
 pub mod tun;
 pub mod xsk;
