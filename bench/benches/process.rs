@@ -56,7 +56,7 @@ fn attribution(crit: &mut Criterion) {
 
 fn exec_verdict(crit: &mut Criterion) {
     use sluice::{
-        endpoint::exec::{ExecTracker, FactsCache},
+        endpoint::exec::{ExecTracker, FactsCache, MountDevs},
         process::{ProcessPattern, ProcessSet},
     };
     let mut patterns: Vec<ProcessPattern> = (0..18)
@@ -73,18 +73,26 @@ fn exec_verdict(crit: &mut Criterion) {
     let mut cache = FactsCache::default();
     let mut tracker = ExecTracker::default();
     let now = std::time::Instant::now();
+    let key = (1, 2);
     g.bench_function("exec_verdict/cached", |b| {
         b.iter(|| {
             let f = cache.facts(&file, &path, &set).expect("facts");
-            black_box(tracker.on_exec(4242, &f, now))
+            black_box(tracker.on_exec(4242, &f, key, now))
         });
     });
     g.bench_function("exec_verdict/first_sight", |b| {
         b.iter(|| {
             cache.clear();
             let f = cache.facts(&file, &path, &set).expect("facts");
-            black_box(tracker.on_exec(4242, &f, now))
+            black_box(tracker.on_exec(4242, &f, key, now))
         });
+    });
+    // What the watcher adds per exec to name the file the verdict is for
+    // (one statx; the mount table is read once): compare with
+    // exec_verdict/cached.
+    let mut mounts = MountDevs::default();
+    g.bench_function("exec_verdict/file_key", |b| {
+        b.iter(|| black_box(mounts.file_key(&file).expect("file key")));
     });
     g.finish();
 }

@@ -37,7 +37,10 @@ pub fn run(argv: &[&str], stdin: Option<&str>) -> Result<String, HostError> {
         cmd: cmd.clone(),
         detail,
     };
-    let mut child = Command::new(argv[0])
+    let mut cmd = Command::new(argv[0]);
+    // Killed if this thread ends before it does (see `sys::spawn`).
+    crate::sys::spawn::die_with_parent(&mut cmd);
+    let mut child = cmd
         .args(&argv[1..])
         .stdin(if stdin.is_some() {
             Stdio::piped()
@@ -159,14 +162,44 @@ pub fn ensure_bpffs(dir: &Path) -> Result<(), HostError> {
 /// namespace: `<bpffs>/sluice/<netns inode>-<iface>` (bpffs is shared by
 /// all namespaces, interface names are not).
 pub fn classifier_pin(bpffs: &Path, iface: &str) -> Result<std::path::PathBuf, HostError> {
+    Ok(bpffs
+        .join("sluice")
+        .join(format!("{}-{iface}", netns_ino(iface)?)))
+}
+
+/// The directory of endpoint mode's pinned socket-hook links in this
+/// network namespace: `<bpffs>/sluice/<netns inode>-endpoint`.
+pub fn endpoint_pin_dir(bpffs: &Path) -> Result<std::path::PathBuf, HostError> {
+    Ok(bpffs
+        .join("sluice")
+        .join(format!("{}-endpoint", netns_ino("endpoint")?)))
+}
+
+/// The inode of this process's network namespace (`what`: for the error).
+fn netns_ino(what: &str) -> Result<u64, HostError> {
     use std::os::unix::fs::MetadataExt as _;
-    let ino = std::fs::metadata("/proc/self/ns/net")
+    Ok(std::fs::metadata("/proc/self/ns/net")
         .map_err(|e| HostError::Interface {
-            iface: iface.into(),
+            iface: what.into(),
             detail: format!("reading /proc/self/ns/net: {e}"),
         })?
-        .ino();
-    Ok(bpffs.join("sluice").join(format!("{ino}-{iface}")))
+        .ino())
+}
+
+/// Where the lock of one gateway instance lives (its LAN interface, or
+/// `endpoint` without a LAN, in this network namespace):
+/// `/run/sluice/<netns inode>-<name>.lock`.
+pub fn instance_lock(name: &str) -> Result<std::path::PathBuf, HostError> {
+    Ok(Path::new(RUN_DIR).join(format!("{}-{name}.lock", netns_ino(name)?)))
+}
+
+/// sluice's runtime directory (instance locks).
+pub const RUN_DIR: &str = "/run/sluice";
+
+/// Whether an XDP program is attached to `iface` (`ip link show`).
+pub fn xdp_attached(iface: &str) -> Result<bool, HostError> {
+    let out = run(&["ip", "-d", "link", "show", "dev", iface], None)?;
+    Ok(out.contains(" xdp") || out.contains("prog/xdp"))
 }
 
 /// Every address configured on any interface of this network namespace.

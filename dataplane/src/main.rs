@@ -27,10 +27,17 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run the gateway: classify LAN traffic with XDP, tunnel it to the edge.
+    ///
+    /// A stop (SIGTERM, SIGINT) leaves the classifier attached and pinned,
+    /// dropping what it would tunnel, until a gateway runs again: `sluice
+    /// gateway detach` removes it. Exit status 0 after a stop on a signal,
+    /// 70 after a stop on a fault (a thread died or hung), 1 on an error.
     Gateway {
         /// Configuration file.
-        #[arg(short, long, default_value = "/etc/sluice/sluice.toml")]
+        #[arg(short, long, default_value = "/etc/sluice/sluice.toml", global = true)]
         config: PathBuf,
+        #[command(subcommand)]
+        cmd: Option<GatewayCmd>,
     },
     /// Run the edge: accept gateways' tunnels and forward their traffic.
     Edge {
@@ -82,6 +89,15 @@ enum Cmd {
         #[command(subcommand)]
         cmd: PolicyCmd,
     },
+}
+
+#[derive(Subcommand)]
+enum GatewayCmd {
+    /// Remove what a stopped gateway leaves on purpose: the classifier's
+    /// pinned link and XDP program on the LAN interface, endpoint mode's
+    /// failing-closed routing. From then on the kernel routes everything
+    /// plainly, must-tunnel traffic included. Refused while a gateway runs.
+    Detach,
 }
 
 #[derive(Subcommand)]
@@ -250,27 +266,55 @@ fn admin(config: &std::path::Path, req: &sluice::admin::Request) -> anyhow::Resu
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    abort_on_panic();
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("sluice: error: {e:#}");
-            ExitCode::FAILURE
+            match e.downcast_ref::<sluice::gateway::GatewayError>() {
+                Some(sluice::gateway::GatewayError::Fault(_)) => {
+                    ExitCode::from(sluice::gateway::EXIT_FAULT)
+                }
+                _ => ExitCode::FAILURE,
+            }
         }
     }
 }
 
+/// A panic in any thread ends the process at once, after the usual
+/// message. The release profile compiles with `panic = "abort"` already;
+/// this holds whatever the build (cargo compiles the binary the lab tests
+/// run with unwinding), so that no thread can unwind, return, and leave
+/// the process half alive.
+fn abort_on_panic() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        std::process::abort();
+    }));
+}
+
+/// `sluice gateway` and `sluice gateway detach`.
+fn gateway(config: &std::path::Path, detach: bool) -> anyhow::Result<()> {
+    let cfg = GatewayConfig::load(config)?;
+    if detach {
+        for line in sluice::gateway::detach(&cfg)? {
+            println!("{line}");
+        }
+        return Ok(());
+    }
+    let stop = stop_flag()?;
+    // Measure the record layer's AEAD libraries once, up front (logged),
+    // rather than during the first handshake.
+    sluice::tunnel::AeadProvider::calibrated();
+    let gw = Gateway::start(&cfg, stop)?;
+    gw.wait()?;
+    Ok(())
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
-        Cmd::Gateway { config } => {
-            let cfg = GatewayConfig::load(&config)?;
-            let stop = stop_flag()?;
-            // Measure the record layer's AEAD libraries once, up front
-            // (logged), rather than during the first handshake.
-            sluice::tunnel::AeadProvider::calibrated();
-            let gw = Gateway::start(&cfg, stop.clone())?;
-            gw.wait()?;
-            Ok(())
-        }
+        Cmd::Gateway { config, cmd } => gateway(&config, matches!(cmd, Some(GatewayCmd::Detach))),
         Cmd::Edge { config } => {
             let cfg = EdgeConfig::load(&config)?;
             let stop = stop_flag()?;

@@ -379,8 +379,14 @@ fn endpoint_mode(path: &str, lan: bool) {
     let (seen, _, _) = fetch(&lab, &plain);
     assert_eq!(seen, edge, "after the restart: tunnelled\n{}", logs(&lab));
 
-    // Stopping removes the routing: the host reaches the server directly.
-    lab.stop(s.gateway.take().unwrap());
+    // Stopping keeps the host failing closed; only the operator's
+    // `sluice gateway detach` removes the routing, and then the host
+    // reaches the server directly.
+    let status = lab.stop(s.gateway.take().unwrap());
+    assert!(status.success(), "stop: {status}\n{}", logs(&lab));
+    refused("sluice stopped");
+    let out = s.gateway_command(&["detach"]);
+    assert!(out.status.success(), "detach: {out:?}");
     let rules = lab.run_ok(Host::Gw, &["ip", "rule", "show"]);
     assert!(
         !rules.contains("lookup 1473"),
@@ -395,6 +401,212 @@ fn endpoint_mode(path: &str, lan: bool) {
     assert_eq!(
         (seen.as_str(), gw_syn),
         (direct.as_str(), 1),
-        "after a clean stop: direct"
+        "after detach: direct"
     );
+}
+
+/// A lab with endpoint mode on (TUN path), `listed` bypassing, the edge
+/// and the gateway running.
+fn endpoint_lab<'a>(lab: &'a Lab, listed: &[String]) -> Sluice<'a> {
+    lab.spawn_peer(Host::Inet, "peer", HTTP, super::UDP);
+    let mut s = Sluice::prepare(lab, bin(), |t| with_endpoint(t, listed));
+    s.edit_edge(edge_with_endpoint);
+    s.start_edge();
+    s.start_gateway();
+    s
+}
+
+#[test]
+fn endpoint_a_failed_exec_of_a_listed_program_grants_nothing_to_an_unseen_exec() {
+    if !require_root("endpoint_a_failed_exec_of_a_listed_program_grants_nothing_to_an_unseen_exec")
+    {
+        return;
+    }
+    let lab = Lab::new();
+    let curl_bin = which("curl");
+    let listed = lab.dir().join("apps/bin/fetch-listed");
+    install(&curl_bin, &listed);
+    let s = endpoint_lab(&lab, &[listed.to_string_lossy().into_owned()]);
+    let (edge, direct) = (addr::EDGE_WAN_V4.to_string(), addr::GW_WAN_V4.to_string());
+    let (seen, _, _) = fetch(&lab, &listed);
+    assert_eq!(seen, direct, "the listed program bypasses\n{}", logs(&lab));
+    // The process execs the listed program, which fails after the kernel
+    // opened it (an argument longer than the kernel takes: E2BIG): sluice
+    // granted that exec. Milliseconds later the same process executes a
+    // file sluice never sees (a copy of curl in a memfd, `fexecve`): it
+    // must not inherit the grant.
+    let script = format!(
+        "import os\n\
+         try:\n    os.execv({listed:?}, ['x' * 200000])\nexcept OSError:\n    pass\n\
+         fd = os.memfd_create('unseen', 0)\n\
+         data = memoryview(open({curl_bin:?}, 'rb').read())\n\
+         while data:\n    data = data[os.write(fd, data):]\n\
+         os.execve(fd, ['curl', '-sS', '--fail', '--max-time', '10', {url:?}], dict(os.environ))\n",
+        listed = listed.to_string_lossy(),
+        url = url(addr::TUNNELLED_V4, "/whoami"),
+    );
+    lab.reset_counters();
+    let out = lab.run(Host::Gw, &[sluice_lab::python(), "-c", &script]);
+    assert!(
+        out.status.success(),
+        "the unseen program failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        logs(&lab)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        edge,
+        "an exec sluice did not see inherited a failed exec's bypass\n{}",
+        logs(&lab)
+    );
+    assert_eq!(lab.nft_counter(counter::GW_SYN_TO_TUNNELLED_V4), 0);
+    assert_eq!(lab.nft_counter(counter::GW_TO_TUNNELLED_V4), 0);
+    let granted = format!("({}) bypasses", listed.display());
+    assert!(
+        lab.log("gateway").contains(&granted),
+        "sluice never granted the failed exec: the test did not test\n{}",
+        logs(&lab)
+    );
+    drop(s);
+}
+
+#[test]
+fn endpoint_hooks_outlive_a_crash_so_no_marked_socket_goes_direct() {
+    if !require_root("endpoint_hooks_outlive_a_crash_so_no_marked_socket_goes_direct") {
+        return;
+    }
+    let lab = Lab::new();
+    let mut s = endpoint_lab(&lab, &[]);
+    let (ready, go) = (lab.dir().join("ready"), lab.dir().join("go"));
+    // A UDP socket connected to a bypassed server carries the bypass mark;
+    // after sluice dies, the program connects it to a tunnelled server
+    // and sends (connected, and unconnected to that server).
+    let script = format!(
+        "import os, socket, time\n\
+         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+         s.connect(({bypassed:?}, {udp}))\n\
+         s.send(b'x')\n\
+         open({ready:?}, 'w').close()\n\
+         while not os.path.exists({go:?}):\n    time.sleep(0.05)\n\
+         sent = 0\n\
+         for i in range(20):\n\
+         \x20   for f in (lambda: s.connect(({tunnelled:?}, {udp})), lambda: s.send(b'y'), lambda: s.sendto(b'z', ({tunnelled:?}, {udp}))):\n\
+         \x20       try:\n\
+         \x20           f(); sent += 1\n\
+         \x20       except OSError:\n\
+         \x20           pass\n\
+         \x20   time.sleep(0.05)\n\
+         print('calls that succeeded:', sent)\n",
+        bypassed = addr::BYPASSED_V4.to_string(),
+        tunnelled = addr::TUNNELLED_V4.to_string(),
+        udp = super::UDP,
+        ready = ready.to_string_lossy(),
+        go = go.to_string_lossy(),
+    );
+    let prog = lab.spawn(Host::Gw, "marked", &[sluice_lab::python(), "-c", &script]);
+    lab.wait_for("the marked socket", Duration::from_secs(10), || {
+        ready.exists()
+    });
+    let gw = s.gateway.take().expect("gateway");
+    lab.signal(gw, SIGKILL);
+    lab.wait_exit(gw, Duration::from_secs(10));
+    lab.reset_counters();
+    std::fs::write(&go, b"go").unwrap();
+    lab.wait_exit(prog, Duration::from_secs(20));
+    assert_eq!(
+        lab.nft_counter(counter::GW_TO_TUNNELLED_V4),
+        0,
+        "a socket marked before the crash sent to a tunnelled server directly\n{}\n{}",
+        lab.log("marked"),
+        logs(&lab)
+    );
+    // A restart replaces the dead run's pinned hooks; a stop unpins them
+    // (the routing fails closed without the mark rule) and keeps refusing;
+    // detach removes the routing.
+    s.start_gateway();
+    let pins = std::fs::read_dir(format!(
+        "{}/sluice/{}-endpoint",
+        sluice_lab::LAB_BPFFS,
+        std::os::unix::fs::MetadataExt::ino(
+            &std::fs::metadata(format!("/run/netns/{}", lab.ns(Host::Gw))).unwrap()
+        )
+    ))
+    .map_or(0, Iterator::count);
+    assert_eq!(pins, 9, "pinned hook links after the restart");
+    let status = lab.stop(s.gateway.take().expect("gateway"));
+    assert!(status.success(), "stop: {status}\n{}", logs(&lab));
+    let out = s.gateway_command(&["detach"]);
+    assert!(out.status.success(), "detach: {out:?}");
+    let rules = lab.run_ok(Host::Gw, &["ip", "rule", "show"]);
+    assert!(
+        !rules.contains("lookup 1473"),
+        "rules left by detach:\n{rules}"
+    );
+}
+
+/// Endpoint mode with `SLUICE_FAULT=<action>:sluice-exec` pulled: the
+/// gateway must stop by itself, exit 70, leave the host failing closed,
+/// and leave the host's execs running (a watcher that no longer answers
+/// holds every exec on the host until its fanotify group goes).
+fn exec_watcher_fault(action: &str) {
+    let lab = Lab::new();
+    lab.spawn_peer(Host::Inet, "peer", HTTP, super::UDP);
+    let mut s = Sluice::prepare(&lab, bin(), |t| with_endpoint(t, &[]));
+    s.edit_edge(edge_with_endpoint);
+    s.start_edge();
+    let trigger = lab.dir().join("fault-now");
+    let fault = format!("{action}:sluice-exec");
+    let trigger_s = trigger.to_string_lossy().into_owned();
+    s.start_gateway_env(&[
+        ("SLUICE_FAULT", &fault),
+        ("SLUICE_FAULT_TRIGGER", &trigger_s),
+    ]);
+    std::fs::write(&trigger, b"now").unwrap();
+    let gw = s.gateway.take().expect("gateway");
+    let t0 = std::time::Instant::now();
+    let status = lab.wait_exit(gw, Duration::from_secs(20));
+    eprintln!(
+        "endpoint: exec watcher {action}: the gateway exited ({status}) {:?} after the trigger",
+        t0.elapsed()
+    );
+    assert_eq!(
+        status.code(),
+        Some(70),
+        "exec watcher {action}: exit status {status}\n{}",
+        logs(&lab)
+    );
+    // Execs run again (a bounded command: the lab's default timeout).
+    lab.run_ok(Host::Gw, &["true"]);
+    // The host's own traffic to a tunnelled server is refused, not direct.
+    lab.reset_counters();
+    let out = lab.run(
+        Host::Gw,
+        &[
+            "curl",
+            "-sS",
+            "--max-time",
+            "3",
+            &url(addr::TUNNELLED_V4, "/whoami"),
+        ],
+    );
+    assert!(
+        !out.status.success(),
+        "exec watcher {action}: the host reached the tunnelled server"
+    );
+    assert_eq!(lab.nft_counter(counter::GW_TO_TUNNELLED_V4), 0);
+}
+
+#[test]
+fn endpoint_an_exec_watcher_that_fails_stops_the_gateway_nonzero_failing_closed() {
+    if require_root("endpoint_an_exec_watcher_that_fails_stops_the_gateway_nonzero_failing_closed")
+    {
+        exec_watcher_fault("exit");
+    }
+}
+
+#[test]
+fn endpoint_an_exec_watcher_that_hangs_stops_the_gateway_and_execs_resume() {
+    if require_root("endpoint_an_exec_watcher_that_hangs_stops_the_gateway_and_execs_resume") {
+        exec_watcher_fault("hang");
+    }
 }

@@ -9,6 +9,7 @@ use std::{net::SocketAddr, os::unix::fs::MetadataExt as _, path::Path, time::Dur
 mod admin;
 mod edge;
 mod endpoint;
+mod faults;
 mod fragments;
 mod neighbors;
 mod policy;
@@ -491,17 +492,27 @@ fn gateway_crash_keeps_failing_closed() {
         curl(&lab, &[&url(addr::TUNNELLED_V4, "/whoami")]).trim(),
         "198.51.100.5"
     );
-    // A clean stop unpins and detaches.
+    // A clean stop keeps the pin: the classifier still fails closed.
     let id = s.gateway.take().unwrap();
-    lab.stop(id);
+    let status = lab.stop(id);
+    assert!(status.success(), "stop: {status}\n{}", logs(&lab));
     assert!(
-        !Path::new(&pin).exists(),
-        "pin {pin} left behind by a clean stop"
+        Path::new(&pin).exists(),
+        "pin {pin} removed by a stop: must-tunnel traffic would go direct"
     );
     let link = lab.run_ok(Host::Gw, &["ip", "link", "show", "lan0"]);
     assert!(
+        link.contains("xdp"),
+        "classifier detached by a stop: {link}"
+    );
+    // Only the operator's command removes it.
+    let out = s.gateway_command(&["detach"]);
+    assert!(out.status.success(), "detach: {out:?}");
+    assert!(!Path::new(&pin).exists(), "pin {pin} left by detach");
+    let link = lab.run_ok(Host::Gw, &["ip", "link", "show", "lan0"]);
+    assert!(
         !link.contains("xdp"),
-        "classifier still attached after a clean stop: {link}"
+        "classifier still attached after detach: {link}"
     );
 }
 

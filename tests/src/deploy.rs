@@ -230,11 +230,83 @@ impl<'a> Sluice<'a> {
 
     /// `sluice gateway --config <conf>/<file>` in `h`, logging to `<name>.log`.
     fn spawn_gateway(&self, h: Host, name: &str, file: &str) -> ProcId {
+        self.spawn_gateway_env(h, name, file, &[])
+    }
+
+    /// [`Sluice::spawn_gateway`] with `env` added to the environment.
+    fn spawn_gateway_env(&self, h: Host, name: &str, file: &str, env: &[(&str, &str)]) -> ProcId {
         let cfg = self.conf.join(file).to_string_lossy().into_owned();
         let bin = self.bin.to_string_lossy().into_owned();
         let argv = Self::pinned(self.pin.map(|p| p.0), &[&bin, "gateway", "--config", &cfg]);
         let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-        self.lab.spawn_env(h, name, &argv, &[("RUST_LOG", "info")])
+        let mut all = vec![("RUST_LOG", "info")];
+        all.extend_from_slice(env);
+        self.lab.spawn_env(h, name, &argv, &all)
+    }
+
+    /// [`Sluice::start_gateway`] with `env` added to the gateway's
+    /// environment (e.g. the test-only `SLUICE_FAULT`).
+    ///
+    /// # Panics
+    /// If the tunnel is not up within 15 s (the message has the logs).
+    pub fn start_gateway_env(&mut self, env: &[(&str, &str)]) {
+        let id = self.spawn_gateway_env(Host::Gw, "gateway", "gateway.toml", env);
+        self.gateway = Some(id);
+        self.wait_tunnel(true, Duration::from_secs(15));
+    }
+
+    /// Runs `sluice gateway <args> --config <conf>/gateway.toml` in `gw`
+    /// to completion (e.g. `detach`), at most 30 s.
+    pub fn gateway_command(&self, args: &[&str]) -> std::process::Output {
+        let cfg = self
+            .conf
+            .join("gateway.toml")
+            .to_string_lossy()
+            .into_owned();
+        let bin = self.bin.to_string_lossy().into_owned();
+        let mut cmd = vec![bin.as_str(), "gateway"];
+        cmd.extend_from_slice(args);
+        cmd.extend(["--config", &cfg]);
+        self.lab
+            .run_timeout(Host::Gw, &cmd, Duration::from_secs(30))
+    }
+
+    /// Stops the gateway (SIGTERM), then removes what a stop keeps on
+    /// purpose (`sluice gateway detach`: the pinned classifier, endpoint
+    /// routing), so that what runs next in the lab sees the kernel's plain
+    /// forwarding (the lab benchmark's baselines).
+    ///
+    /// # Panics
+    /// If `detach` fails.
+    pub fn stop_gateway_and_detach(&mut self) {
+        if let Some(id) = self.gateway.take() {
+            self.lab.stop(id);
+        }
+        let out = self.gateway_command(&["detach"]);
+        assert!(
+            out.status.success(),
+            "sluice gateway detach: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Where the gateway in `gw` pins its classifier's link on `lan0`
+    /// (`<bpffs>/sluice/<netns inode>-lan0`).
+    ///
+    /// # Panics
+    /// If the namespace cannot be read.
+    pub fn classifier_pin(&self) -> PathBuf {
+        use std::os::unix::fs::MetadataExt as _;
+        let ino = std::fs::metadata(format!("/run/netns/{}", self.lab.ns(Host::Gw)))
+            .expect("the gw namespace")
+            .ino();
+        PathBuf::from(format!("{}/sluice/{ino}-lan0", crate::LAB_BPFFS))
+    }
+
+    /// Whether an XDP program is attached to `lan0` in `gw`.
+    pub fn xdp_on_lan(&self) -> bool {
+        let link = self.lab.run_ok(Host::Gw, &["ip", "link", "show", "lan0"]);
+        link.contains("xdp")
     }
 
     /// Waits until every gateway worker reports its tunnel up (or down).

@@ -1017,20 +1017,37 @@ fn ensure_lab_bpffs() -> Result<(), String> {
     setup(&["mount", "-t", "bpf", "bpf", LAB_BPFFS])
 }
 
-/// Removes the bpffs pins that a sluice gateway in namespace `ns` left (one
-/// killed without a clean stop keeps its classifier pinned on purpose).
+/// Where sluice keeps its instance locks (`/run/sluice/<netns inode>-<name>.lock`).
+const LOCK_DIR: &str = "/run/sluice";
+
+/// Removes the bpffs pins and instance locks that sluice in namespace `ns`
+/// left: a gateway keeps its classifier pinned on purpose after a stop or
+/// a crash (endpoint mode also its socket hooks, in a directory), until
+/// `sluice gateway detach`. The pins go before the namespace: a pinned
+/// cgroup hook would otherwise outlive the lab.
 fn remove_pins(ns: &str) {
     use std::os::unix::fs::MetadataExt as _;
     let Ok(meta) = fs::metadata(format!("/run/netns/{ns}")) else {
         return;
     };
     let prefix = format!("{}-", meta.ino());
-    let Ok(entries) = fs::read_dir(PIN_DIR) else {
-        return;
-    };
-    for e in entries.flatten() {
-        if e.file_name().to_string_lossy().starts_with(&prefix) {
-            let _ = fs::remove_file(e.path());
+    for dir in [PIN_DIR, LOCK_DIR] {
+        let Ok(entries) = fs::read_dir(dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            if !e.file_name().to_string_lossy().starts_with(&prefix) {
+                continue;
+            }
+            let p = e.path();
+            let res = if e.file_type().is_ok_and(|t| t.is_dir()) {
+                fs::remove_dir_all(&p)
+            } else {
+                fs::remove_file(&p)
+            };
+            if let Err(err) = res {
+                eprintln!("sluice-lab: warning: cannot remove {}: {err}", p.display());
+            }
         }
     }
 }

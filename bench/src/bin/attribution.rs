@@ -91,7 +91,7 @@ fn main() -> Result<()> {
         for _ in 0..BLOCKS {
             plain.push(connect_block(&listener)?);
             let mut classifier = Classifier::load().context("loading the classifier")?;
-            let hooks = classifier.attach_sock_hooks(&cgroup, cfg)?;
+            let hooks = classifier.attach_sock_hooks(&cgroup, cfg, None)?;
             hooked.push(connect_block(&listener)?);
             seen += hooks.counters()[sluice_common::SockCounter::ConnectTunnel as usize];
             drop(hooks);

@@ -510,9 +510,9 @@ fn run_round(lab: &Lab, a: &Args, traffic: &[Traffic], rows: &mut Vec<Row>) -> R
         if a.wants(tunnel_case) {
             run(rows, tunnel_case, &tunnelled)?;
         }
-        if let Some(id) = s.gateway.take() {
-            lab.stop(id);
-        }
+        // A stop keeps the classifier attached (failing closed): the
+        // next case and the baselines need the kernel's plain forwarding.
+        s.stop_gateway_and_detach();
         s.stop_edge();
     }
     run_tunnels(lab, a, traffic, rows)?;
@@ -1177,9 +1177,7 @@ fn policy_measurements(lab: &Lab, a: &Args) -> Result<String> {
             }
         }
     }
-    if let Some(id) = s.gateway.take() {
-        lab.stop(id);
-    }
+    s.stop_gateway_and_detach();
     s.stop_edge();
     std::fs::create_dir_all(&a.out)?;
     write(&a.out.join("policy.json"), &json)?;
@@ -1397,17 +1395,14 @@ fn endpoint_throughput(lab: &Lab, a: &Args) -> Result<Vec<Row>> {
                     rows.push(r);
                 }
                 Err(e) => {
-                    if let Some(id) = s.gateway.take() {
-                        lab.stop(id);
-                    }
+                    s.stop_gateway_and_detach();
                     s.stop_edge();
                     return Err(e);
                 }
             }
         }
-        if let Some(id) = s.gateway.take() {
-            lab.stop(id);
-        }
+        // A stop keeps the host's routing failing closed: detach.
+        s.stop_gateway_and_detach();
         s.stop_edge();
     }
     Ok(rows)

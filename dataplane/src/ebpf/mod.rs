@@ -868,13 +868,22 @@ impl Classifier {
     /// to `cgroup` (every process below it) and to the scheduler's fork
     /// and exit tracepoints, and turns them on with `cfg`. Returns the maps
     /// user space keeps writing (bypassed processes) and reading (flows,
-    /// counters). The hooks share this classifier's bypass tries, and stay
-    /// attached until the classifier is dropped; they do nothing while
-    /// [`Classifier::set_sock_config`] has them disabled.
+    /// counters). The hooks share this classifier's bypass tries; they do
+    /// nothing while [`Classifier::set_sock_config`] has them disabled.
+    ///
+    /// With `pins`, every hook's `bpf_link` is pinned in that directory
+    /// (one file per program), so that the hooks outlive this process: a
+    /// crash leaves them steering (no socket marked for bypass keeps its
+    /// mark where policy says tunnel). Pins an earlier run left there are
+    /// replaced once every new hook is attached and on (there is no
+    /// moment without hooks); removing the directory detaches them.
+    /// Without `pins`, the hooks stay attached until [`SockHooks`] is
+    /// dropped.
     pub fn attach_sock_hooks(
         &mut self,
         cgroup: &Path,
         cfg: SockConfig,
+        pins: Option<&Path>,
     ) -> Result<SockHooks, EbpfError> {
         let hook_err = |name: &'static str| {
             move |e: ProgramError| EbpfError::SockHook {
@@ -892,6 +901,13 @@ impl Classifier {
         // The settings first, disabled until every hook is in place.
         let disabled = SockConfig { enabled: 0, ..cfg };
         self.set_sock_config(disabled)?;
+        let mut links: Vec<(&'static str, FdLink)> = Vec::new();
+        let link_err = |name: &'static str| {
+            move |e: &dyn std::fmt::Display| EbpfError::SockHook {
+                name,
+                what: format!("taking its link: {e}"),
+            }
+        };
         // The two cgroup program types share no trait for load/attach.
         macro_rules! cgroup_hook {
             ($ty:ty, $name:expr) => {{
@@ -902,15 +918,21 @@ impl Classifier {
                     .and_then(|p| p.try_into().ok())
                     .ok_or(EbpfError::MissingProgram { name })?;
                 p.load().map_err(hook_err(name))?;
-                p.attach(&dir, CgroupAttachMode::Single)
-                    .map_err(|e| EbpfError::SockHook {
-                        name,
-                        what: format!(
-                            "attaching to {}: {e}: {}",
-                            cgroup.display(),
-                            error_chain(&e)
-                        ),
-                    })?;
+                let id =
+                    p.attach(&dir, CgroupAttachMode::Single)
+                        .map_err(|e| EbpfError::SockHook {
+                            name,
+                            what: format!(
+                                "attaching to {}: {e}: {}",
+                                cgroup.display(),
+                                error_chain(&e)
+                            ),
+                        })?;
+                let link = p.take_link(id).map_err(|e| link_err(name)(&e))?;
+                links.push((
+                    name,
+                    FdLink::try_from(link).map_err(|e| link_err(name)(&e))?,
+                ));
             }};
         }
         cgroup_hook!(CgroupSock, sock_programs::SOCK_CREATE);
@@ -930,7 +952,12 @@ impl Classifier {
                 .and_then(|p| p.try_into().ok())
                 .ok_or(EbpfError::MissingProgram { name })?;
             p.load().map_err(hook_err(name))?;
-            p.attach("sched", tp).map_err(hook_err(name))?;
+            let id = p.attach("sched", tp).map_err(hook_err(name))?;
+            let link = p.take_link(id).map_err(|e| link_err(name)(&e))?;
+            links.push((
+                name,
+                FdLink::try_from(link).map_err(|e| link_err(name)(&e))?,
+            ));
         }
         let take = |ebpf: &mut Ebpf, name: &'static str| {
             ebpf.take_map(name).ok_or(EbpfError::MissingMap { name })
@@ -944,11 +971,34 @@ impl Classifier {
         let pending = HashMap::try_from(take(&mut self.ebpf, map_names::PENDING)?)
             .map_err(layout(map_names::PENDING))?;
         self.set_sock_config(cfg)?;
+        let held = match pins {
+            Some(dir) => {
+                pin_hooks(dir, links)?;
+                Vec::new()
+            }
+            None => links.into_iter().map(|(_, l)| l).collect(),
+        };
         Ok(SockHooks {
             processes,
             grants: Some(ExecGrants { pending }),
             flows,
             stats,
+            _links: held,
+        })
+    }
+
+    /// Writes where the exec tracepoint finds the executed file's identity
+    /// (from the kernel's BTF): until this is written, no exec verdict
+    /// applies.
+    pub fn set_exec_file(&mut self, o: sluice_common::ExecFileOffsets) -> Result<(), EbpfError> {
+        let name = sluice_common::EXEC_FILE_MAP;
+        let mut a = Array::<_, sluice_common::ExecFileOffsets>::try_from(self.map_mut(name)?)
+            .map_err(layout(name))?;
+        a.set(0, o, 0).map_err(|source| EbpfError::MapUpdate {
+            name,
+            action: "insert",
+            item: "the exec file offsets".into(),
+            source: source.into(),
         })
     }
 
@@ -965,6 +1015,35 @@ impl Classifier {
     }
 }
 
+/// Pins the socket hooks' `links` in `dir` (made if missing), one file per
+/// program, replacing an earlier run's pins (whose links then go, and
+/// their programs with them); other files there are removed too.
+fn pin_hooks(dir: &Path, links: Vec<(&'static str, FdLink)>) -> Result<(), EbpfError> {
+    let err = |what: String| EbpfError::Pin {
+        path: dir.to_path_buf(),
+        what,
+    };
+    std::fs::create_dir_all(dir).map_err(|e| err(format!("creating the directory: {e}")))?;
+    let names: Vec<&str> = links.iter().map(|(n, _)| *n).collect();
+    for (name, link) in links {
+        let path = dir.join(name);
+        if path.exists() {
+            std::fs::remove_file(&path)
+                .map_err(|e| err(format!("removing the earlier run's {name}: {e}")))?;
+        }
+        link.pin(&path)
+            .map_err(|e| err(format!("pinning {name}: {e}")))?;
+    }
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if !names.iter().any(|n| e.file_name() == *n) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The maps of the endpoint-mode socket hooks that user space keeps using
 /// after [`Classifier::attach_sock_hooks`].
 pub struct SockHooks {
@@ -972,6 +1051,8 @@ pub struct SockHooks {
     grants: Option<ExecGrants>,
     flows: HashMap<MapData, u64, FlowEntry>,
     stats: PerCpuArray<MapData, u64>,
+    /// The hooks' links when they are not pinned (dropping detaches).
+    _links: Vec<FdLink>,
 }
 
 /// The verdicts for `execve`s in flight (the exec watcher's map).
@@ -986,14 +1067,17 @@ impl std::fmt::Debug for ExecGrants {
 }
 
 impl ExecGrants {
-    /// The verdict for the `execve` process `tgid` is in: applied by the
-    /// kernel when (and only if) that exec succeeds, within
-    /// [`sluice_common::GRANT_WINDOW_NS`].
-    pub fn grant(&mut self, tgid: u32, bypass: bool) -> Result<(), EbpfError> {
+    /// The verdict for the `execve` process `tgid` is in, for the file
+    /// `(dev, ino)` (`dev` as the kernel numbers it): applied by the kernel
+    /// when (and only if) that exec succeeds, within
+    /// [`sluice_common::GRANT_WINDOW_NS`], and the process then runs that
+    /// very file.
+    pub fn grant(&mut self, tgid: u32, bypass: bool, dev: u32, ino: u64) -> Result<(), EbpfError> {
         let g = sluice_common::ExecGrant {
             bypass: u32::from(bypass),
-            reserved: 0,
+            dev,
             written_ns: crate::sys::fanotify::monotonic_ns(),
+            ino,
         };
         self.pending
             .insert(tgid, g, 0)

@@ -11,6 +11,11 @@
 //! [`FileFacts`] are what is read from the file (path, kind, loader, and
 //! whether it matches), cached by file identity so that a busy host pays
 //! the reading (and hashing, for digest patterns) once per executable.
+//!
+//! A verdict names the file the process will run ([`FileKey`]: the device
+//! as the kernel numbers it, and the inode): the program for an ELF file
+//! (not its loader), the interpreter for a script. The kernel applies it
+//! only to a process that then runs that very file.
 use std::{
     collections::HashMap,
     fs::File,
@@ -54,6 +59,10 @@ pub struct FileFacts {
     pub matched: Option<String>,
 }
 
+/// A file as the exec tracepoint sees it: its superblock's device
+/// (`MKDEV`: `major << 20 | minor`) and its inode number.
+pub type FileKey = (u32, u64);
+
 #[derive(Debug)]
 struct Pending {
     /// The loader the last program of this process named.
@@ -62,6 +71,8 @@ struct Pending {
     script_match: Option<bool>,
     /// The verdict of the program that named `expect`.
     verdict: bool,
+    /// The file that program is (what the process will run).
+    exe: FileKey,
     at: Instant,
 }
 
@@ -72,11 +83,19 @@ pub struct ExecTracker {
 }
 
 impl ExecTracker {
-    /// Process `pid` is executing the file described by `facts`. Returns
-    /// the process's new verdict (true: bypass). For the loader of the
-    /// program just decided it is that program's verdict again (so that
-    /// the grant is rewritten with a fresh time).
-    pub fn on_exec(&mut self, pid: u32, facts: &FileFacts, now: Instant) -> bool {
+    /// Process `pid` is executing the file described by `facts`, `key`.
+    /// Returns the process's new verdict (true: bypass) and the file it
+    /// is for. For the loader of the program just decided it is that
+    /// program's verdict and file again (so that the grant is rewritten
+    /// with a fresh time, still naming the program: the process runs the
+    /// program, not its loader).
+    pub fn on_exec(
+        &mut self,
+        pid: u32,
+        facts: &FileFacts,
+        key: FileKey,
+        now: Instant,
+    ) -> (bool, FileKey) {
         let prev = self
             .pending
             .remove(&pid)
@@ -90,7 +109,7 @@ impl ExecTracker {
             && let Some(e) = &p.expect
             && file_name(e) == file_name(&facts.path)
         {
-            return p.verdict;
+            return (p.verdict, p.exe);
         }
         let inherited = prev.and_then(|p| p.script_match).unwrap_or(false);
         let verdict = facts.matched.is_some() || inherited;
@@ -99,12 +118,14 @@ impl ExecTracker {
                 expect: None,
                 script_match: Some(verdict),
                 verdict,
+                exe: key,
                 at: now,
             }),
             Kind::Program { interp: Some(i) } => Some(Pending {
                 expect: Some(i.clone()),
                 script_match: None,
                 verdict,
+                exe: key,
                 at: now,
             }),
             Kind::Program { interp: None } => None,
@@ -119,8 +140,71 @@ impl ExecTracker {
             }
             self.pending.insert(pid, n);
         }
-        verdict
+        (verdict, key)
     }
+}
+
+/// Mount id to device (as the kernel numbers it), from
+/// `/proc/self/mountinfo`, re-read when an unknown mount shows up (at most
+/// once a second).
+#[derive(Debug, Default)]
+pub struct MountDevs {
+    devs: HashMap<u32, u32>,
+    read_at: Option<Instant>,
+}
+
+impl MountDevs {
+    /// The [`FileKey`] of `file`: its inode number, and its superblock's
+    /// device from the mount table through the mount it was opened on
+    /// (one `statx`; the table is re-read only for a mount not seen
+    /// before). `stat`'s device is not always the superblock's (btrfs
+    /// subvolumes, overlayfs report others); it is the fallback when the
+    /// mount is not in this process's table (another mount namespace's),
+    /// and then a mismatch means no bypass.
+    pub fn file_key(&mut self, file: &File) -> std::io::Result<FileKey> {
+        let id = crate::sys::file_id::file_id(file)?;
+        let dev = id
+            .mnt_id
+            .and_then(|m| u32::try_from(m).ok())
+            .and_then(|m| self.dev_of(m))
+            .unwrap_or_else(|| mkdev(id.dev.0, id.dev.1));
+        Ok((dev, id.ino))
+    }
+
+    fn dev_of(&mut self, mnt_id: u32) -> Option<u32> {
+        if let Some(&d) = self.devs.get(&mnt_id) {
+            return Some(d);
+        }
+        let now = Instant::now();
+        if self
+            .read_at
+            .is_some_and(|t| now.saturating_duration_since(t) < Duration::from_secs(1))
+        {
+            return None;
+        }
+        self.read_at = Some(now);
+        self.devs = parse_mount_devs(&std::fs::read_to_string("/proc/self/mountinfo").ok()?);
+        self.devs.get(&mnt_id).copied()
+    }
+}
+
+/// Mount id to `MKDEV(major, minor)` from mountinfo lines (`36 35 98:0
+/// /mnt1 /mnt2 ...`: id, parent, major:minor).
+fn parse_mount_devs(text: &str) -> HashMap<u32, u32> {
+    text.lines()
+        .filter_map(|l| {
+            let mut w = l.split(' ');
+            let id = w.next()?.parse().ok()?;
+            let (ma, mi) = w.nth(1)?.split_once(':')?;
+            Some((id, mkdev(ma.parse().ok()?, mi.parse().ok()?)))
+        })
+        .collect()
+}
+
+/// The kernel's internal device number (`MKDEV`: 12-bit major above a
+/// 20-bit minor).
+fn mkdev(major: u32, minor: u32) -> u32 {
+    (major << 20) | (minor & 0xf_ffff)
 }
 
 fn file_name(p: &str) -> &str {
@@ -320,6 +404,49 @@ mod tests {
     }
 
     const LD: &str = "/usr/lib/ld.so";
+    const K: FileKey = (1, 2);
+
+    #[test]
+    fn the_loaders_verdict_names_the_program_and_a_scripts_the_interpreter() {
+        let mut t = ExecTracker::default();
+        let now = Instant::now();
+        let prog = facts(
+            "/usr/bin/fetch",
+            Kind::Program {
+                interp: Some(LD.into()),
+            },
+            true,
+        );
+        let ld = facts(LD, Kind::Program { interp: None }, false);
+        assert_eq!(t.on_exec(7, &prog, (8, 100), now), (true, (8, 100)));
+        // The loader's own file is not what the process runs.
+        assert_eq!(t.on_exec(7, &ld, (8, 5), now), (true, (8, 100)));
+        let script = facts("/opt/run.sh", Kind::Script, true);
+        let sh = facts(
+            "/usr/bin/dash",
+            Kind::Program {
+                interp: Some(LD.into()),
+            },
+            false,
+        );
+        assert_eq!(t.on_exec(9, &script, (8, 200), now), (true, (8, 200)));
+        assert_eq!(t.on_exec(9, &sh, (8, 300), now), (true, (8, 300)));
+        assert_eq!(t.on_exec(9, &ld, (8, 5), now), (true, (8, 300)));
+    }
+
+    #[test]
+    fn device_numbers_as_the_kernel_counts_them() {
+        let devs = parse_mount_devs(
+            "22 1 0:21 / /sys rw - sysfs sysfs rw\n29 1 259:2 / / rw - ext4 /dev/nvme0n1p2 rw\nbad\n",
+        );
+        assert_eq!(devs.get(&29), Some(&((259 << 20) | 2)));
+        assert_eq!(devs.get(&22), Some(&21));
+        // This process's own executable: found through its mount.
+        let f = File::open("/proc/self/exe").unwrap();
+        let (dev, ino) = MountDevs::default().file_key(&f).unwrap();
+        assert_eq!(ino, f.metadata().unwrap().ino());
+        assert_ne!(dev, 0);
+    }
 
     #[test]
     fn the_loader_is_known_by_its_file_name() {
@@ -337,8 +464,8 @@ mod tests {
             Kind::Program { interp: None },
             false,
         );
-        assert!(t.on_exec(5, &prog, now));
-        assert!(t.on_exec(5, &ld, now));
+        assert!(t.on_exec(5, &prog, K, now).0);
+        assert!(t.on_exec(5, &ld, K, now).0);
     }
 
     #[test]
@@ -353,8 +480,8 @@ mod tests {
             true,
         );
         let ld = facts(LD, Kind::Program { interp: None }, false);
-        assert!(t.on_exec(7, &prog, now));
-        assert!(t.on_exec(7, &ld, now));
+        assert!(t.on_exec(7, &prog, K, now).0);
+        assert!(t.on_exec(7, &ld, K, now).0);
         // The next execve of that process is decided afresh.
         let other = facts(
             "/usr/bin/other",
@@ -363,11 +490,11 @@ mod tests {
             },
             false,
         );
-        assert!(!t.on_exec(7, &other, now));
-        assert!(!t.on_exec(7, &ld, now));
+        assert!(!t.on_exec(7, &other, K, now).0);
+        assert!(!t.on_exec(7, &ld, K, now).0);
         // A static program has no loader.
         let st = facts("/bin/static", Kind::Program { interp: None }, true);
-        assert!(t.on_exec(7, &st, now));
+        assert!(t.on_exec(7, &st, K, now).0);
     }
 
     #[test]
@@ -383,9 +510,9 @@ mod tests {
             false,
         );
         let ld = facts(LD, Kind::Program { interp: None }, false);
-        assert!(t.on_exec(9, &script, now));
-        assert!(t.on_exec(9, &sh, now));
-        assert!(t.on_exec(9, &ld, now));
+        assert!(t.on_exec(9, &script, K, now).0);
+        assert!(t.on_exec(9, &sh, K, now).0);
+        assert!(t.on_exec(9, &ld, K, now).0);
         // Unlisted script, listed interpreter.
         let script = facts("/opt/other.sh", Kind::Script, false);
         let sh = facts(
@@ -395,8 +522,8 @@ mod tests {
             },
             true,
         );
-        assert!(!t.on_exec(9, &script, now));
-        assert!(t.on_exec(9, &sh, now));
+        assert!(!t.on_exec(9, &script, K, now).0);
+        assert!(t.on_exec(9, &sh, K, now).0);
     }
 
     #[test]
@@ -410,10 +537,10 @@ mod tests {
             },
             true,
         );
-        assert!(t.on_exec(3, &prog, now));
+        assert!(t.on_exec(3, &prog, K, now).0);
         // The loader executed directly much later is a program of its own.
         let ld = facts(LD, Kind::Program { interp: None }, false);
-        assert!(!t.on_exec(3, &ld, now + Duration::from_secs(1)));
+        assert!(!t.on_exec(3, &ld, K, now + Duration::from_secs(1)).0);
     }
 
     #[test]

@@ -19,6 +19,7 @@
 //! and for every `execve` while the kernel holds it (fanotify permission
 //! events), so a listed program has its entry before it runs. Nothing
 //! walks `/proc` per connection.
+pub mod btf;
 pub mod exec;
 pub mod net;
 
@@ -37,10 +38,11 @@ use std::{
 
 use sluice_common::{FlowVerdict, SockConfig, SockCounter};
 
-use self::exec::{ExecTracker, FactsCache};
+use self::exec::{ExecTracker, FactsCache, MountDevs};
 use crate::{
     config::{EndpointConfig, GatewayConfig},
     ebpf::{Classifier, SockHooks},
+    gateway::{fault, supervise::Heartbeat},
     net::Prefix,
     process::ProcessSet,
     sys::fanotify::{self, ExecWatch},
@@ -109,8 +111,11 @@ pub struct Endpoint {
     tun: Option<crate::sys::tun::Tun>,
     procs: Arc<ProcessBypass>,
     routing: Arc<Routing>,
-    watcher: Option<JoinHandle<()>>,
+    /// The exec watcher, until the gateway's supervisor takes it.
+    watcher: Option<(JoinHandle<()>, Heartbeat)>,
     stop: Arc<AtomicBool>,
+    /// Where the socket hooks' links are pinned.
+    pins: PathBuf,
 }
 
 /// The tunnel table's routes, kept in step with the policy.
@@ -223,16 +228,25 @@ impl Endpoint {
         reload: Arc<AtomicBool>,
     ) -> Result<Self, EndpointError> {
         let (cgroup, sock_cfg) = hook_settings(cfg.mark, cfg.cgroup.as_deref())?;
-        let mut hooks = main
-            .lock()
-            .map_err(|_| EndpointError("classifier lock poisoned".into()))?
-            .attach_sock_hooks(&cgroup, sock_cfg)
-            .map_err(|e| {
-                fail(
-                    "socket hooks",
-                    format!("{e}: {}", crate::ebpf::error_chain(&e)),
-                )
-            })?;
+        // Exec verdicts are tied to the executed file: the tracepoint needs
+        // to know where its identity is in this kernel.
+        let offsets = btf::exec_file_offsets().map_err(|e| fail("exec verdicts", e))?;
+        crate::host::ensure_bpffs(&gw.bpffs).map_err(|e| fail("bpffs", e))?;
+        let pins = crate::host::endpoint_pin_dir(&gw.bpffs).map_err(|e| fail("bpffs", e))?;
+        let mut hooks = {
+            let mut c = main
+                .lock()
+                .map_err(|_| EndpointError("classifier lock poisoned".into()))?;
+            c.set_exec_file(offsets)
+                .map_err(|e| fail("exec verdicts", e))?;
+            c.attach_sock_hooks(&cgroup, sock_cfg, Some(&pins))
+                .map_err(|e| {
+                    fail(
+                        "socket hooks",
+                        format!("{e}: {}", crate::ebpf::error_chain(&e)),
+                    )
+                })?
+        };
         let self_pid = std::process::id();
         let grants = hooks
             .take_grants()
@@ -241,10 +255,11 @@ impl Endpoint {
             .set_process(self_pid, FlowVerdict::BypassSelf)
             .map_err(|e| fail("marking sluice's own sockets", e))?;
         log::info!(
-            "endpoint: socket hooks on cgroup {} (mark {:#x}, table {}), {} listed process pattern(s)",
+            "endpoint: socket hooks on cgroup {} (mark {:#x}, table {}), pinned in {}, {} listed process pattern(s)",
             cgroup.display(),
             cfg.mark,
             cfg.table,
+            pins.display(),
             gw.local_processes().len()
         );
         let procs = Arc::new(ProcessBypass {
@@ -269,14 +284,16 @@ impl Endpoint {
             }
         }
         let mut cache = FactsCache::default();
-        procs.rescan(&mut cache);
+        let beat = Heartbeat::new();
+        procs.rescan(&mut cache, &beat);
         let stop = Arc::new(AtomicBool::new(false));
         let watcher = {
             let procs = procs.clone();
             let stop = stop.clone();
+            let b = beat.clone();
             std::thread::Builder::new()
                 .name("sluice-exec".into())
-                .spawn(move || procs.watch(&watch, cache, &stop))
+                .spawn(move || procs.watch(&watch, cache, &stop, &b))
                 .map_err(|e| fail("spawning the exec watcher", e))?
         };
         let xdp = if cfg.path == crate::config::EndpointPath::Veth {
@@ -298,8 +315,9 @@ impl Endpoint {
                 edge: net::host_prefix(gw.tunnel.edge.ip()),
                 current: Mutex::new(Vec::new()),
             }),
-            watcher: Some(watcher),
+            watcher: Some((watcher, beat)),
             stop,
+            pins,
         })
     }
 
@@ -344,10 +362,11 @@ impl Endpoint {
         Ok(())
     }
 
-    /// False once the exec watcher has stopped on its own (the gateway
-    /// then stops: process bypass can no longer be decided).
-    pub fn healthy(&self) -> bool {
-        self.watcher.as_ref().is_some_and(|w| !w.is_finished())
+    /// The exec watcher's thread and heartbeat, once: the gateway
+    /// supervises it (if it stops or hangs, process bypass can no longer
+    /// be decided, and the gateway stops, failing closed).
+    pub(crate) fn take_watcher(&mut self) -> Option<(JoinHandle<()>, Heartbeat)> {
+        self.watcher.take()
     }
 
     /// The process bypass (for metrics and the flow table).
@@ -355,42 +374,54 @@ impl Endpoint {
         self.procs.clone()
     }
 
-    /// Stops the watcher, turns the hooks off and detaches. A `clean` stop
-    /// (asked for) removes the routing and the device; otherwise (sluice
-    /// ends on an error) the host is left failing closed.
-    pub fn stop(mut self, clean: bool) {
-        self.stop.store(true, Relaxed);
-        if let Some(w) = self.watcher.take() {
-            let _ = w.join();
-        }
+    /// Stops: the host is left failing closed (its tunnelled traffic is
+    /// refused, never sent direct), whatever the reason for the stop. Only
+    /// the operator's `sluice gateway detach` ([`detach`]) removes the
+    /// routing. The exec watcher is told to return last (the commands
+    /// that fail closed are execs it answers); it is not waited for (the
+    /// gateway's supervisor does that, with a deadline).
+    pub fn stop(mut self) {
+        // Refusing first: from here on nothing of the host's goes direct
+        // by the mark, whatever the hooks still do.
+        net::fail_closed(&self.cfg);
         if let Ok(mut m) = self.main.lock() {
             let _ = m.set_sock_config(SockConfig::default());
+        }
+        // With the mark rule gone the hooks steer nothing: unpinned, they
+        // go with this process.
+        if let Err(e) = std::fs::remove_dir_all(&self.pins) {
+            log::warn!(
+                "endpoint: unpinning the socket hooks ({}): {e}",
+                self.pins.display()
+            );
         }
         if let Some(x) = self.xdp.as_mut() {
             let _ = x.detach();
         }
         drop(self.tun.take());
-        if clean {
-            net::teardown(&self.cfg);
-            log::info!("endpoint: stopped, routing removed");
-        } else {
-            net::fail_closed(&self.cfg);
-        }
+        self.stop.store(true, Relaxed);
     }
 }
 
 impl ProcessBypass {
     /// The exec watcher's loop: answers every exec after writing the
-    /// process's verdict; reloads the list when asked.
-    fn watch(&self, watch: &ExecWatch, mut cache: FactsCache, stop: &AtomicBool) {
+    /// process's verdict; reloads the list when asked. Bumps `beat` once
+    /// per turn (the read waits at most 100 ms) and per process rescanned.
+    fn watch(&self, watch: &ExecWatch, mut cache: FactsCache, stop: &AtomicBool, beat: &Heartbeat) {
+        let mut fault = fault::Fault::for_thread(std::thread::current().name().unwrap_or_default());
         let mut tracker = ExecTracker::default();
+        let mut mounts = MountDevs::default();
         // At most 256 events (24 bytes each) per read: each holds an open
         // descriptor, and a descriptor the kernel cannot create denies
         // that exec.
         let mut buf = vec![0u8; 256 * 24];
         while !stop.load(Relaxed) {
+            beat.beat();
+            if fault::inject(&mut fault) {
+                return;
+            }
             if self.reload.swap(false, Relaxed) {
-                self.reload_list(&mut cache);
+                self.reload_list(&mut cache, beat);
             }
             let events = match watch.read(&mut buf, 100) {
                 Ok(e) => e,
@@ -413,18 +444,19 @@ impl ProcessBypass {
                     .path()
                     .map(|p| p.to_string_lossy().into_owned())
                     .and_then(|p| cache.facts(&ev.file, &p, &set));
-                let facts = match facts {
+                let key = facts.and_then(|f| Ok((f, mounts.file_key(&ev.file)?)));
+                let (facts, key) = match key {
                     Ok(f) => f,
                     Err(e) => {
                         // Unreadable: tunnelled.
                         self.exec_errors.fetch_add(1, Relaxed);
                         log::debug!("endpoint: exec by {}: {e}", ev.pid);
-                        self.apply(ev.pid, false, "?", None);
+                        self.apply(ev.pid, false, "?", None, (0, 0));
                         continue;
                     }
                 };
-                let bypass = tracker.on_exec(ev.pid, &facts, now);
-                self.apply(ev.pid, bypass, &facts.path, facts.matched.as_deref());
+                let (bypass, exe) = tracker.on_exec(ev.pid, &facts, key, now);
+                self.apply(ev.pid, bypass, &facts.path, facts.matched.as_deref(), exe);
                 // `ev` is answered (allowed) here, after the verdict is in
                 // the kernel's pending map; the kernel applies it when the
                 // exec succeeds.
@@ -432,9 +464,10 @@ impl ProcessBypass {
         }
     }
 
-    /// Writes the verdict for process `pid`'s exec in flight. A verdict
-    /// that cannot be written is no verdict: the kernel tunnels.
-    fn apply(&self, pid: u32, bypass: bool, path: &str, pattern: Option<&str>) {
+    /// Writes the verdict for process `pid`'s exec in flight, for the file
+    /// `exe` (device as the kernel numbers it, inode) the process will run.
+    /// A verdict that cannot be written is no verdict: the kernel tunnels.
+    fn apply(&self, pid: u32, bypass: bool, path: &str, pattern: Option<&str>, exe: exec::FileKey) {
         let mut grants = self
             .grants
             .lock()
@@ -442,7 +475,7 @@ impl ProcessBypass {
         if bypass {
             self.exec_bypassed.fetch_add(1, Relaxed);
         }
-        match grants.grant(pid, bypass) {
+        match grants.grant(pid, bypass, exe.0, exe.1) {
             Ok(()) if bypass => log::info!(
                 "endpoint: process {pid} ({path}) bypasses the tunnel (matches `{}`)",
                 pattern.unwrap_or("its script")
@@ -454,14 +487,14 @@ impl ProcessBypass {
 
     /// Re-reads `[bypass] processes` from the configuration file; a file
     /// that does not load leaves the running list in place.
-    fn reload_list(&self, cache: &mut FactsCache) {
+    fn reload_list(&self, cache: &mut FactsCache, beat: &Heartbeat) {
         match GatewayConfig::load(&self.config_path) {
             Ok(cfg) => {
                 if let Ok(mut s) = self.set.write() {
                     *s = Arc::new(ProcessSet::new(cfg.local_processes()));
                 }
                 cache.clear();
-                let n = self.rescan(cache);
+                let n = self.rescan(cache, beat);
                 self.reloads.fetch_add(1, Relaxed);
                 log::info!(
                     "endpoint: process list reloaded ({} pattern(s)); {n} running process(es) bypass",
@@ -477,7 +510,7 @@ impl ProcessBypass {
 
     /// Matches every running process against the list and makes the
     /// kernel's map agree. Returns how many bypass.
-    fn rescan(&self, cache: &mut FactsCache) -> usize {
+    fn rescan(&self, cache: &mut FactsCache, beat: &Heartbeat) -> usize {
         let set = self.set.read().map(|s| s.clone()).unwrap_or_default();
         let matches = |pid: u32, cache: &mut FactsCache| -> bool {
             let exe = format!("/proc/{pid}/exe");
@@ -503,6 +536,7 @@ impl ProcessBypass {
             && let Ok(dir) = std::fs::read_dir("/proc")
         {
             for e in dir.flatten() {
+                beat.beat();
                 let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
                     continue;
                 };
@@ -641,6 +675,31 @@ impl ProcessBypass {
             );
         }
     }
+}
+
+/// `sluice gateway detach` for endpoint mode: removes the routing a
+/// stopped gateway left failing closed (rules, table, device), so that
+/// the host's traffic takes the main table again. The caller holds the
+/// instance lock (no gateway runs). Returns what was done, one line each.
+pub fn detach(gw: &GatewayConfig, cfg: &EndpointConfig) -> Result<Vec<String>, EndpointError> {
+    let mut done = Vec::new();
+    let pins = crate::host::endpoint_pin_dir(&gw.bpffs).map_err(|e| fail("bpffs", e))?;
+    if pins.exists() {
+        std::fs::remove_dir_all(&pins).map_err(|e| fail(&pins.display().to_string(), e))?;
+        done.push(format!(
+            "removed the socket hooks pinned in {}",
+            pins.display()
+        ));
+    }
+    net::teardown(cfg);
+    done.push(format!(
+        "removed endpoint routing (rules at priority {} to {}, table {}, device {})",
+        cfg.rule_priority,
+        cfg.rule_priority + 3,
+        cfg.table,
+        cfg.interface
+    ));
+    Ok(done)
 }
 
 /// What [`Classifier::attach_sock_hooks`] needs for this host: the cgroup

@@ -123,33 +123,82 @@ pub fn teardown(cfg: &EndpointConfig) {
     let _ = ip_batch(&teardown_cmds(cfg), true);
 }
 
-/// Removes what a run that did not stop cleanly left (before opening the
-/// TUN device, which would otherwise attach to a leftover); the device is
-/// one [`check_interface`] approved.
+/// Before a start: makes sure the host fails closed (what an earlier run
+/// left keeps refusing, or refusing starts now), then removes that run's
+/// device and routes but for the table's `unreachable` defaults, so that
+/// at no moment of a restart does the host's tunnelled traffic go direct
+/// (the TUN device is opened after this, so it does not attach to a
+/// leftover; the device is one [`check_interface`] approved).
 pub fn clean_leftovers(cfg: &EndpointConfig) {
-    teardown(cfg);
+    fail_closed(cfg);
+    let mut v = Vec::new();
+    for fam in ["-4", "-6"] {
+        let table = cfg.table.to_string();
+        let Ok(out) = crate::host::run(&["ip", fam, "route", "show", "table", &table], None) else {
+            continue;
+        };
+        v.extend(stale_route_cmds(fam, &out, cfg.table));
+    }
+    v.push(format!("link del {}", cfg.interface));
+    let _ = ip_batch(&v, true);
+}
+
+/// `route del` commands for the routes in the output of
+/// `ip <fam> route show table <table>`, but the `unreachable default` ones.
+fn stale_route_cmds(fam: &str, out: &str, table: u32) -> Vec<String> {
+    out.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("unreachable default"))
+        .map(|l| format!("{fam} route del {l} table {table}"))
+        .collect()
 }
 
 /// Leaves the host failing closed: its own traffic (but for the main
-/// table's more specific routes) is refused, never sent direct. For a
-/// start that failed and a run that ends on an error.
+/// table's more specific routes and the table's `throw` routes of
+/// configured bypass prefixes) is refused, never sent direct. For every
+/// stop, a start that failed, and before a start. The refusing rules and
+/// routes go in first (existing ones stay: no moment without them), then
+/// the mark rule goes (a socket marked by hooks that may outlive this
+/// run must not go direct).
 pub fn fail_closed(cfg: &EndpointConfig) {
     let t = cfg.table;
-    let mut v = rule_cmds(cfg, "del", |_| true);
-    v.extend(rule_cmds(cfg, "add", |r| !r.contains("fwmark")));
+    let mut v = Vec::new();
     for fam in ["-4", "-6"] {
         v.push(format!(
             "{fam} route replace unreachable default metric 4294967295 table {t}"
         ));
     }
-    if let Err(e) = ip_batch(&v, true) {
-        log::error!("endpoint: failing closed: {e}");
+    // `ip -force`: the rules already there (EEXIST) are what is wanted.
+    v.extend(rule_cmds(cfg, "add", |r| !r.contains("fwmark")));
+    let _ = ip_batch(&v, true);
+    let _ = ip_batch(&rule_cmds(cfg, "del", |r| r.contains("fwmark")), true);
+    match missing_rules(cfg, |r| !r.contains("fwmark")) {
+        Ok(m) if m.is_empty() => {}
+        Ok(m) => log::error!("endpoint: failing closed: rules missing: {}", m.join("; ")),
+        Err(e) => log::error!("endpoint: failing closed: {e}"),
     }
     log::warn!(
-        "endpoint: failing closed: this host's tunnelled traffic is refused until sluice runs again (or the rules at priority {} to {} are deleted)",
+        "endpoint: failing closed: this host's tunnelled traffic is refused until sluice runs again (`sluice gateway detach` removes the rules at priority {} to {})",
         cfg.rule_priority,
         cfg.rule_priority + 3
     );
+}
+
+/// The rules of [`rules`] (those `keep` selects) that `ip rule show` does
+/// not list, by their priority.
+fn missing_rules(cfg: &EndpointConfig, keep: impl Fn(&str) -> bool) -> Result<Vec<String>, String> {
+    let mut missing = Vec::new();
+    for fam in ["-4", "-6"] {
+        let out =
+            crate::host::run(&["ip", fam, "rule", "show"], None).map_err(|e| e.to_string())?;
+        for r in rules(cfg).iter().filter(|r| r.starts_with(fam) && keep(r)) {
+            let pref = r.split_whitespace().nth(2).unwrap_or_default();
+            if !out.lines().any(|l| l.starts_with(&format!("{pref}:"))) {
+                missing.push(r.clone());
+            }
+        }
+    }
+    Ok(missing)
 }
 
 /// The endpoint's device name must be free, or a TUN or veth device (a
@@ -189,38 +238,44 @@ pub fn setup(cfg: &EndpointConfig, routes: &[(Prefix, bool)]) -> Result<(), Stri
     }
     v.push(format!("link set {host} up"));
     v.push(format!("-4 addr add {}/32 dev {host}", cfg.address));
+    // `replace` throughout: the refusing routes of an earlier run (or of
+    // [`clean_leftovers`]) are there already.
     v.push(if veth {
-        format!("-4 route add default via {NEXT_HOP_V4} dev {host} onlink table {t}")
+        format!("-4 route replace default via {NEXT_HOP_V4} dev {host} onlink table {t}")
     } else {
-        format!("-4 route add default dev {host} table {t}")
+        format!("-4 route replace default dev {host} table {t}")
     });
     // If the device goes (sluice died), the table still refuses: the
     // host's tunnelled traffic never falls through to the main table.
     v.push(format!(
-        "-4 route add unreachable default metric 4294967295 table {t}"
+        "-4 route replace unreachable default metric 4294967295 table {t}"
     ));
     match cfg.address6 {
         Some(a) => {
             v.push(format!("-6 addr add {a}/128 dev {host} nodad"));
             v.push(if veth {
-                format!("-6 route add default via {NEXT_HOP_V6} dev {host} table {t}")
+                format!("-6 route replace default via {NEXT_HOP_V6} dev {host} table {t}")
             } else {
-                format!("-6 route add default dev {host} table {t}")
+                format!("-6 route replace default dev {host} table {t}")
             });
             v.push(format!(
-                "-6 route add unreachable default metric 4294967295 table {t}"
+                "-6 route replace unreachable default metric 4294967295 table {t}"
             ));
         }
-        None => v.push(format!("-6 route add unreachable default table {t}")),
+        None => v.push(format!("-6 route replace unreachable default table {t}")),
     }
-    v.extend(route_cmds(cfg, "add", routes));
-    v.extend(rules(cfg).into_iter().map(|r| {
-        let (fam, rest) = r.split_at(3);
-        format!("{fam}rule add {rest}")
-    }));
+    v.extend(route_cmds(cfg, "replace", routes));
     // On failure the caller fails closed (it knows whether a leftover's
     // rules were holding the host's traffic).
     ip_batch(&v, false)?;
+    // The rules an earlier run left stay (deleting and re-adding them
+    // would open a moment without them): `ip -force` adds the missing
+    // ones, then every one must be listed.
+    let _ = ip_batch(&rule_cmds(cfg, "add", |_| true), true);
+    let missing = missing_rules(cfg, |_| true)?;
+    if !missing.is_empty() {
+        return Err(format!("rules not added: {}", missing.join("; ")));
+    }
     if veth {
         veth_extras(cfg)?;
     }
@@ -358,5 +413,19 @@ mod tests {
         assert!(cmds.contains(&"-6 route flush table 1473".to_string()));
         assert_eq!(cmds.last().unwrap(), "link del ep0");
         assert_eq!(peer_name(&cfg), "ep0x");
+    }
+
+    #[test]
+    fn a_restart_keeps_the_refusing_routes_and_drops_the_rest() {
+        let out = "default dev sluice-ep scope link \n\
+                   unreachable default metric 4294967295 \n\
+                   throw 203.0.113.20 \n";
+        assert_eq!(
+            stale_route_cmds("-4", out, 1473),
+            [
+                "-4 route del default dev sluice-ep scope link table 1473",
+                "-4 route del throw 203.0.113.20 table 1473",
+            ]
+        );
     }
 }

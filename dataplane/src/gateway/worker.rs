@@ -376,7 +376,13 @@ impl Worker {
     }
 
     /// Runs until `stop` is set; closes the tunnels cleanly on the way out.
-    pub(super) fn run(mut self, stop: &AtomicBool) {
+    /// Bumps `beat` once per loop turn (at least every [`MAX_WAIT`] when
+    /// idle): the watchdog takes a silent worker for a stuck one. Returns
+    /// early on an error it cannot carry on from (the supervisor then
+    /// stops the gateway, failing closed).
+    pub(super) fn run(mut self, stop: &AtomicBool, beat: &super::supervise::Heartbeat) {
+        let mut fault =
+            super::fault::Fault::for_thread(std::thread::current().name().unwrap_or_default());
         let mut events = Events::with_capacity(64);
         // mio is edge-triggered: after a full batch, more may be waiting
         // without a new event, so poll without blocking.
@@ -384,6 +390,10 @@ impl Worker {
         // Bit `t`: tunnel `t` may have more to read.
         let mut tcp_more: u32 = 0;
         while !stop.load(Relaxed) {
+            beat.beat();
+            if super::fault::inject(&mut fault) {
+                break;
+            }
             let now = Instant::now();
             let timeout = if rx_more || tcp_more != 0 {
                 Duration::ZERO

@@ -22,7 +22,7 @@ use std::{
     path::{Path, PathBuf},
     sync::{
         Arc, Mutex, PoisonError,
-        atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed},
         mpsc,
     },
     thread::JoinHandle,
@@ -553,6 +553,8 @@ struct Shared {
     status: Mutex<Status>,
     recheck: AtomicBool,
     stop: AtomicBool,
+    /// Turns of the thread's loop (the gateway's watchdog checks it moves).
+    turns: AtomicU64,
 }
 
 impl Shared {
@@ -624,6 +626,7 @@ impl Detector {
             }),
             recheck: AtomicBool::new(false),
             stop: AtomicBool::new(false),
+            turns: AtomicU64::new(0),
         });
         let s = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
@@ -634,6 +637,7 @@ impl Detector {
                 let mut burst: Option<(Instant, Instant)> = None;
                 let mut failing = false;
                 while !stop.load(Relaxed) && !s.stop.load(Relaxed) {
+                    s.turns.fetch_add(1, Relaxed);
                     match monitor.wait(TICK) {
                         Ok(changed) => {
                             failing = false;
@@ -673,6 +677,18 @@ impl Detector {
     /// The latest evaluation.
     pub fn status(&self) -> Status {
         self.shared.status().clone()
+    }
+
+    /// Whether the detector's thread has ended (by a stop, or on its own).
+    pub fn is_finished(&self) -> bool {
+        self.thread.as_ref().is_none_or(JoinHandle::is_finished)
+    }
+
+    /// Turns of the thread's loop so far: at least ten a second while it
+    /// waits, one per evaluation (which waits at most for one name to
+    /// resolve, 2 s by default).
+    pub fn turns(&self) -> u64 {
+        self.shared.turns.load(Relaxed)
     }
 
     /// Asks for an evaluation now (within 100 ms).

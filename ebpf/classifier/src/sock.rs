@@ -23,25 +23,31 @@
 //!   with its parent's entry (before it runs), an exiting task's entry goes.
 //! - tracepoint `sched_process_exec`: a successful `execve` applies the
 //!   verdict user space wrote for it while the kernel held the exec (a
-//!   fanotify permission event), if it is fresh; without one (an exec
-//!   sluice did not see) the process is tunnelled. A verdict for an exec
-//!   that then failed is never applied to the program that keeps running.
+//!   fanotify permission event), if it is fresh and names the file the
+//!   process now runs (device and inode of `current->mm->exe_file`, found
+//!   through [`EXEC_FILE`]'s offsets); without one (an exec sluice did not
+//!   see) the process is tunnelled. A verdict for an exec that then failed
+//!   is never applied to the program that keeps running, nor to another
+//!   file the process executes next (a `memfd` sluice never sees).
 //!
 //! The hooks steer; they refuse only where steering is impossible (a mark
 //! that cannot be set or cleared, a send that the mark would leak).
 use aya_ebpf::{
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
+        bpf_probe_read_kernel,
         generated::{
-            bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_getsockopt, bpf_ktime_get_ns,
-            bpf_setsockopt,
+            bpf_get_current_task, bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_getsockopt,
+            bpf_ktime_get_ns, bpf_setsockopt,
         },
     },
+    macros::map,
+    maps::Array,
     programs::{SockAddrContext, SockContext, TracePointContext},
 };
 use sluice_common::{
-    BypassEntry, EXEC_OLD_PID_OFFSET, FlowEntry, FlowVerdict, GRANT_WINDOW_NS, ProcessEntry,
-    SockConfig, SockCounter,
+    BypassEntry, EXEC_OLD_PID_OFFSET, ExecFileOffsets, ExecGrant, FlowEntry, FlowVerdict,
+    GRANT_WINDOW_NS, ProcessEntry, SockConfig, SockCounter,
 };
 
 use crate::maps;
@@ -54,6 +60,49 @@ const SO_MARK: i32 = 36;
 const ALLOW: i32 = 1;
 /// The hooks' "refuse" return value (the syscall fails with `EPERM`).
 const REFUSE: i32 = 0;
+
+/// Where the executed file's identity is in this kernel
+/// ([`sluice_common::EXEC_FILE_MAP`], written by user space from the
+/// kernel's BTF before the hooks are enabled).
+#[map]
+static EXEC_FILE: Array<ExecFileOffsets> = Array::with_max_entries(1, 0);
+
+/// Reads a `T` at `base + off` in kernel memory.
+#[inline(always)]
+fn kread<T>(base: u64, off: u32) -> Option<T> {
+    let at = base.checked_add(u64::from(off))?;
+    // SAFETY: `bpf_probe_read_kernel` copies through the kernel's fault
+    // handling: a bad address is an error, never a fault.
+    unsafe { bpf_probe_read_kernel(at as *const T) }.ok()
+}
+
+/// The device (`MKDEV` of its superblock's `s_dev`) and inode number of
+/// the file `current` now runs: `current->mm->exe_file->f_inode`.
+#[inline(always)]
+fn exe_file_id() -> Option<(u32, u64)> {
+    let o = EXEC_FILE.get(0)?;
+    if o.enabled == 0 {
+        return None;
+    }
+    // SAFETY: no arguments; returns the current task's address.
+    let task = unsafe { bpf_get_current_task() };
+    let mm: u64 = kread(task, o.task_mm)?;
+    let file: u64 = kread(mm, o.mm_exe_file)?;
+    let inode: u64 = kread(file, o.file_inode)?;
+    let ino: u64 = kread(inode, o.inode_ino)?;
+    let sb: u64 = kread(inode, o.inode_sb)?;
+    let dev: u32 = kread(sb, o.sb_dev)?;
+    (mm != 0 && file != 0 && inode != 0 && sb != 0).then_some((dev, ino))
+}
+
+/// Whether `grant` is a fresh bypass verdict for the file `current` now
+/// runs.
+#[inline(always)]
+fn grant_applies(g: &ExecGrant, now: u64) -> bool {
+    g.bypass == 1
+        && now.wrapping_sub(g.written_ns) < GRANT_WINDOW_NS
+        && exe_file_id() == Some((g.dev, g.ino))
+}
 
 /// The settings, if the hooks are on and the socket is in sluice's
 /// network namespace.
@@ -222,8 +271,9 @@ pub(crate) fn sendmsg(ctx: &SockAddrContext, v6: bool) -> i32 {
 }
 
 /// Tracepoint `sched/sched_process_exec`: `current` runs the new program.
-/// Applies the verdict written for this exec if it is fresh; otherwise
-/// (none, or one left by an exec that failed) the process is tunnelled.
+/// Applies the verdict written for this exec if it is fresh and for this
+/// file; otherwise (none, one left by an exec that failed, or one for
+/// another file) the process is tunnelled.
 pub(crate) fn process_exec(ctx: &TracePointContext) -> u32 {
     let Some(cfg) = maps::SOCK_CONFIG.get(0) else {
         return 0;
@@ -247,8 +297,7 @@ pub(crate) fn process_exec(ctx: &TracePointContext) -> u32 {
     let _ = maps::PENDING.remove(&tgid);
     // SAFETY: no arguments.
     let now = unsafe { bpf_ktime_get_ns() };
-    let fresh = grant.filter(|g| g.bypass == 1 && now.wrapping_sub(g.written_ns) < GRANT_WINDOW_NS);
-    if fresh.is_some() {
+    if grant.is_some_and(|g| grant_applies(&g, now)) {
         let entry = ProcessEntry {
             reason: FlowVerdict::BypassProcess as u32,
             reserved: 0,

@@ -556,11 +556,16 @@ pub struct ProcessEntry {
 pub struct ExecGrant {
     /// 1: the new program bypasses; 0: it is tunnelled.
     pub bypass: u32,
-    /// Reserved, zero.
-    pub reserved: u32,
+    /// The device of the file the verdict is for, as the kernel numbers
+    /// it (`MKDEV(major, minor)` of its superblock's `s_dev`: `major << 20
+    /// | minor`). The exec tracepoint applies the verdict only to a process
+    /// whose executable is that file ([`ExecFileOffsets`]).
+    pub dev: u32,
     /// `CLOCK_MONOTONIC` when written, nanoseconds (`bpf_ktime_get_ns`'s
     /// clock).
     pub written_ns: u64,
+    /// The inode number of that file.
+    pub ino: u64,
 }
 
 /// What the connect hook decided for a connection, stored in
@@ -861,7 +866,8 @@ mod pod {
     unsafe impl aya::Pod for super::SockConfig {}
     // SAFETY: `#[repr(C)]`, two `u32`s.
     unsafe impl aya::Pod for super::ProcessEntry {}
-    // SAFETY: `#[repr(C)]`, two `u32`s then a `u64`: 16 bytes, no padding.
+    // SAFETY: `#[repr(C)]`, two `u32`s then two `u64`s: 24 bytes, no
+    // padding.
     unsafe impl aya::Pod for super::ExecGrant {}
     // SAFETY: `#[repr(C)]`, 16 + 4 + 4 + 4 + 2 + 1 + 1 + 16 = 48 bytes,
     // every field aligned at its natural offset, no padding; any bits valid.
@@ -901,7 +907,8 @@ mod tests {
     fn shared_structs_have_no_padding() {
         assert_eq!(core::mem::size_of::<SockConfig>(), 24);
         assert_eq!(core::mem::size_of::<ProcessEntry>(), 8);
-        assert_eq!(core::mem::size_of::<ExecGrant>(), 16);
+        assert_eq!(core::mem::size_of::<ExecGrant>(), 24);
+        assert_eq!(core::mem::size_of::<ExecFileOffsets>(), 32);
         assert_eq!(core::mem::size_of::<FlowEntry>(), 48);
         assert_eq!(core::mem::size_of::<FragKey>(), 40);
         assert_eq!(core::mem::size_of::<FragEntry>(), 16);
@@ -955,3 +962,43 @@ mod tests {
         assert_eq!(core::mem::size_of::<BypassEntry>(), 8);
     }
 }
+
+// ---------------------------------------------------------------------------
+// Endpoint mode: the identity of an executed file (issue 14).
+// ---------------------------------------------------------------------------
+
+/// Where the exec tracepoint finds the identity of the file a process now
+/// runs, in the running kernel's layout (byte offsets read from its BTF by
+/// user space; the programs are built without CO-RE relocations): it
+/// follows `current->mm->exe_file->f_inode` to `i_ino` and
+/// `i_sb->s_dev`. An exec verdict ([`ExecGrant`]) is applied only if they
+/// are the verdict's `ino` and `dev`: a verdict for a file whose exec
+/// failed cannot reach another file the same process then executes.
+/// All zero (never written): no verdict applies, every exec is tunnelled.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ExecFileOffsets {
+    /// `task_struct.mm`.
+    pub task_mm: u32,
+    /// `mm_struct.exe_file`.
+    pub mm_exe_file: u32,
+    /// `file.f_inode`.
+    pub file_inode: u32,
+    /// `inode.i_ino`.
+    pub inode_ino: u32,
+    /// `inode.i_sb`.
+    pub inode_sb: u32,
+    /// `super_block.s_dev`.
+    pub sb_dev: u32,
+    /// 1 once written.
+    pub enabled: u32,
+    /// Reserved, zero.
+    pub reserved: u32,
+}
+
+/// The map of [`ExecFileOffsets`], one entry: `Array<ExecFileOffsets>`.
+pub const EXEC_FILE_MAP: &str = "EXEC_FILE";
+
+// SAFETY: `#[repr(C)]`, eight `u32`s: 32 bytes, no padding, any bits valid.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for ExecFileOffsets {}
