@@ -212,7 +212,11 @@ fn cargo_tests(extra: &[String], report: &mut Report) -> Result<()> {
             .map_while(Result::ok)
         {
             eprintln!("{line}");
-            if let Some(t) = failed_target(&line) {
+            // Each is named twice (at its failure, and in the list at
+            // the end): keep the first.
+            if let Some(t) = failed_target(&line)
+                && !targets.contains(&t)
+            {
                 targets.push(t);
             }
         }
@@ -235,9 +239,7 @@ fn cargo_tests(extra: &[String], report: &mut Report) -> Result<()> {
         }
     }
     let status = child.wait().context("waiting for cargo test")?;
-    let mut targets = errs.join().unwrap_or_default();
-    targets.dedup();
-    report.failed_targets = targets;
+    report.failed_targets = errs.join().unwrap_or_default();
     if !status.success() {
         report.cargo_failed = Some(status.to_string());
     }
