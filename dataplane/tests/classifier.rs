@@ -427,24 +427,61 @@ fn fixtures() -> Vec<Fixture> {
             ),
             &[PassNeighbor],
         ),
+        // Neighbour unreachability detection of the gateway: unicast to
+        // its own address, or to its link-local one.
         pass(
+            "nd_neighbor_solicitation_unicast_to_the_gateway",
+            eth_v6(GW_V6, ICMPV6, &icmpv6(135)),
+            &[PassNeighbor],
+        ),
+        pass(
+            "nd_neighbor_advertisement_to_link_local",
+            eth_v6(v6([0xfe80, 0, 0, 0, 0, 0, 0, 1]), ICMPV6, &icmpv6(136)),
+            &[PassNeighbor],
+        ),
+        // Review finding (issue 14): neighbour discovery addressed to a
+        // remote unicast destination is no neighbour discovery the
+        // kernel needs; passed, the kernel forwards it out of the WAN
+        // directly (any payload, to any address). It takes the policy.
+        tunnel(
             "nd_neighbor_solicitation_unicast_to_tunnel_dest",
             eth_v6(TUNNEL_V6, ICMPV6, &icmpv6(135)),
-            &[PassNeighbor],
+        ),
+        pass(
+            "nd_neighbor_solicitation_unicast_to_bypass_dest",
+            eth_v6(BYPASS_V6, ICMPV6, &icmpv6(135)),
+            &[Bypass],
+        ),
+        tunnel(
+            "nd_first_fragment_to_tunnel_dest",
+            eth_v6_chain(TUNNEL_V6, &[Fragment(0, true)], ICMPV6, &icmpv6(135)),
         ),
         pass(
             "nd_router_solicitation_133",
             eth_v6(v6([0xff02, 0, 0, 0, 0, 0, 0, 2]), ICMPV6, &icmpv6(133)),
             &[PassNeighbor],
         ),
-        pass(
-            "nd_redirect_137",
+        tunnel(
+            "nd_redirect_137_to_tunnel_dest",
             eth_v6(TUNNEL_V6, ICMPV6, &icmpv6(137)),
+        ),
+        pass(
+            "nd_redirect_137_to_the_gateway",
+            eth_v6(GW_V6, ICMPV6, &icmpv6(137)),
             &[PassNeighbor],
+        ),
+        tunnel(
+            "nd_behind_hop_by_hop_to_tunnel_dest",
+            eth_v6_chain(TUNNEL_V6, &[HopByHop], ICMPV6, &icmpv6(136)),
         ),
         pass(
             "nd_behind_hop_by_hop",
-            eth_v6_chain(TUNNEL_V6, &[HopByHop], ICMPV6, &icmpv6(136)),
+            eth_v6_chain(
+                v6([0xff02, 0, 0, 0, 0, 0, 0, 1]),
+                &[HopByHop],
+                ICMPV6,
+                &icmpv6(136),
+            ),
             &[PassNeighbor],
         ),
         // --- extension header chains
@@ -463,8 +500,12 @@ fn fixtures() -> Vec<Fixture> {
         ),
         pass(
             "nd_behind_auth_header",
-            eth_v6_chain(TUNNEL_V6, &[Auth], ICMPV6, &icmpv6(135)),
+            eth_v6_chain(GW_V6, &[Auth], ICMPV6, &icmpv6(135)),
             &[PassNeighbor],
+        ),
+        tunnel(
+            "nd_behind_auth_header_to_tunnel_dest",
+            eth_v6_chain(TUNNEL_V6, &[Auth], ICMPV6, &icmpv6(135)),
         ),
         tunnel(
             "ipv6_max_ext_headers",
