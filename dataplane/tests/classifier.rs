@@ -1721,6 +1721,52 @@ mod fragments {
         assert!(run(&c, &other_src).1.contains("frag_unknown+1"));
     }
 
+    /// Review finding (issue 14, fragments): an IPv6 later fragment's own
+    /// fragment header names a "next header" that the receiver ignores
+    /// (RFC 8200 4.5: only the first fragment's counts), so it says
+    /// nothing about the datagram's protocol. Without its first fragment
+    /// it must be classified as if it could be any protocol on any port:
+    /// a later fragment of a UDP 9001 datagram (tunnelled by a port rule
+    /// on a destination that is otherwise direct) that names ICMPv6,
+    /// destination options, AH or TCP in its fragment header must not
+    /// leave directly.
+    #[test]
+    fn a_v6_later_fragment_is_not_trusted_for_its_protocol() {
+        if !sluice_lab::require_root("a_v6_later_fragment_is_not_trusted_for_its_protocol") {
+            return;
+        }
+        let (c, _) = classifier();
+        let body = [0x5a; 32];
+        let tunnelled = sorted("[frag_unknown+1, tunnel+1, drop_no_socket+1]");
+        let mut failures = Vec::new();
+        for (name, next) in [
+            ("udp (the datagram's own)", UDP),
+            ("icmpv6", ICMPV6),
+            ("destination options", 60),
+            ("authentication header", 51),
+            ("tcp", TCP),
+            ("no next header", NO_NEXT_HEADER),
+        ] {
+            let f = eth_v6_chain(MIRROR_V6, &[Ext::Fragment(9, false)], next, &body);
+            let f = patched(f, L3 + 40 + 4, &0x5001u32.to_be_bytes());
+            let (_, moved, _) = run(&c, &f);
+            if sorted(&moved) != tunnelled {
+                failures.push(format!(
+                    "later fragment naming {name} ({next}): {moved}, want {tunnelled}"
+                ));
+            }
+        }
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+        // IPv4 keys its datagrams by protocol (RFC 791): a later fragment
+        // of another protocol belongs to another datagram, and one
+        // without ports on a destination direct for it goes direct.
+        let icmp = patched(v4(MIRROR, 0x5002, 9, false, &body), L3 + 9, &[1]);
+        assert_eq!(
+            sorted(&run(&c, &icmp).1),
+            sorted("[bypass+1, frag_unknown+1]")
+        );
+    }
+
     #[test]
     fn a_first_fragment_is_followed_only_within_the_timeout() {
         if !sluice_lab::require_root("a_first_fragment_is_followed_only_within_the_timeout") {

@@ -27,8 +27,10 @@
 //! unknown (not seen, evicted, or older than the timeout) is classified
 //! without ports ([`Counter::FragUnknown`]): it goes direct only if its
 //! destination's own verdict and every port rule of its protocol are
-//! direct; any port rule that tunnels sends it to that tunnel. Nothing
-//! that a port rule tunnels can leave directly that way.
+//! direct; any port rule that tunnels sends it to that tunnel. An IPv6
+//! later fragment's protocol is unknown too (its fragment header's next
+//! header is not the datagram's): every port rule counts. Nothing that a
+//! port rule tunnels can leave directly that way.
 //!
 //! No packet access here: only the parsed summary and map lookups.
 use sluice_common::{
@@ -335,7 +337,7 @@ fn policy_action(
         if i >= n {
             break;
         }
-        let proto_ok = r.proto == 0 || r.proto == frame.proto;
+        let proto_ok = unknown_proto || r.proto == 0 || r.proto == frame.proto;
         if unknown_ports {
             if proto_ok && r.action != ACTION_DIRECT {
                 return r.action;
