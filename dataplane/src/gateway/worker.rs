@@ -413,10 +413,12 @@ impl Worker {
                 match ev.token() {
                     XSK => rx_more = true,
                     NEIGH => self.neigh_ready = true,
-                    Token(n) if n >= FIRST_TUNNEL && n - FIRST_TUNNEL < TENANTS => {
-                        if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
-                            tcp_more |= 1 << (n - FIRST_TUNNEL);
-                        }
+                    Token(n)
+                        if n >= FIRST_TUNNEL
+                            && n - FIRST_TUNNEL < TENANTS
+                            && (ev.is_readable() || ev.is_read_closed() || ev.is_error()) =>
+                    {
+                        tcp_more |= 1 << (n - FIRST_TUNNEL);
                     }
                     _ => {}
                 }
