@@ -68,8 +68,9 @@ pub(crate) fn key(ip: IpAddr) -> (u128, u8) {
 
 /// Fibonacci hashing of the folded key: the top bits are the mixed ones.
 /// Unkeyed (and easy to collide on purpose): for tables whose keys an
-/// attacker does not choose; [`AddrMap`] uses a keyed hash.
-#[inline]
+/// attacker does not choose; [`AddrMap`] uses a keyed hash. Only the
+/// tests use it now (they show what collided on it).
+#[cfg(test)]
 pub(crate) fn hash(k: u128) -> u64 {
     let folded = (k as u64) ^ ((k >> 64) as u64);
     folded.wrapping_mul(0x9e37_79b9_7f4a_7c15)

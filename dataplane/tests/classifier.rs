@@ -427,24 +427,61 @@ fn fixtures() -> Vec<Fixture> {
             ),
             &[PassNeighbor],
         ),
+        // Neighbour unreachability detection of the gateway: unicast to
+        // its own address, or to its link-local one.
         pass(
+            "nd_neighbor_solicitation_unicast_to_the_gateway",
+            eth_v6(GW_V6, ICMPV6, &icmpv6(135)),
+            &[PassNeighbor],
+        ),
+        pass(
+            "nd_neighbor_advertisement_to_link_local",
+            eth_v6(v6([0xfe80, 0, 0, 0, 0, 0, 0, 1]), ICMPV6, &icmpv6(136)),
+            &[PassNeighbor],
+        ),
+        // Review finding (issue 14): neighbour discovery addressed to a
+        // remote unicast destination is no neighbour discovery the
+        // kernel needs; passed, the kernel forwards it out of the WAN
+        // directly (any payload, to any address). It takes the policy.
+        tunnel(
             "nd_neighbor_solicitation_unicast_to_tunnel_dest",
             eth_v6(TUNNEL_V6, ICMPV6, &icmpv6(135)),
-            &[PassNeighbor],
+        ),
+        pass(
+            "nd_neighbor_solicitation_unicast_to_bypass_dest",
+            eth_v6(BYPASS_V6, ICMPV6, &icmpv6(135)),
+            &[Bypass],
+        ),
+        tunnel(
+            "nd_first_fragment_to_tunnel_dest",
+            eth_v6_chain(TUNNEL_V6, &[Fragment(0, true)], ICMPV6, &icmpv6(135)),
         ),
         pass(
             "nd_router_solicitation_133",
             eth_v6(v6([0xff02, 0, 0, 0, 0, 0, 0, 2]), ICMPV6, &icmpv6(133)),
             &[PassNeighbor],
         ),
-        pass(
-            "nd_redirect_137",
+        tunnel(
+            "nd_redirect_137_to_tunnel_dest",
             eth_v6(TUNNEL_V6, ICMPV6, &icmpv6(137)),
+        ),
+        pass(
+            "nd_redirect_137_to_the_gateway",
+            eth_v6(GW_V6, ICMPV6, &icmpv6(137)),
             &[PassNeighbor],
+        ),
+        tunnel(
+            "nd_behind_hop_by_hop_to_tunnel_dest",
+            eth_v6_chain(TUNNEL_V6, &[HopByHop], ICMPV6, &icmpv6(136)),
         ),
         pass(
             "nd_behind_hop_by_hop",
-            eth_v6_chain(TUNNEL_V6, &[HopByHop], ICMPV6, &icmpv6(136)),
+            eth_v6_chain(
+                v6([0xff02, 0, 0, 0, 0, 0, 0, 1]),
+                &[HopByHop],
+                ICMPV6,
+                &icmpv6(136),
+            ),
             &[PassNeighbor],
         ),
         // --- extension header chains
@@ -463,8 +500,12 @@ fn fixtures() -> Vec<Fixture> {
         ),
         pass(
             "nd_behind_auth_header",
-            eth_v6_chain(TUNNEL_V6, &[Auth], ICMPV6, &icmpv6(135)),
+            eth_v6_chain(GW_V6, &[Auth], ICMPV6, &icmpv6(135)),
             &[PassNeighbor],
+        ),
+        tunnel(
+            "nd_behind_auth_header_to_tunnel_dest",
+            eth_v6_chain(TUNNEL_V6, &[Auth], ICMPV6, &icmpv6(135)),
         ),
         tunnel(
             "ipv6_max_ext_headers",
@@ -1678,6 +1719,52 @@ mod fragments {
         assert!(run(&c, &other_id).1.contains("frag_unknown+1"));
         let other_src = patched(v4(WEB, 0x3005, 9, false, &body), L3 + 12, &[192, 0, 2, 98]);
         assert!(run(&c, &other_src).1.contains("frag_unknown+1"));
+    }
+
+    /// Review finding (issue 14, fragments): an IPv6 later fragment's own
+    /// fragment header names a "next header" that the receiver ignores
+    /// (RFC 8200 4.5: only the first fragment's counts), so it says
+    /// nothing about the datagram's protocol. Without its first fragment
+    /// it must be classified as if it could be any protocol on any port:
+    /// a later fragment of a UDP 9001 datagram (tunnelled by a port rule
+    /// on a destination that is otherwise direct) that names ICMPv6,
+    /// destination options, AH or TCP in its fragment header must not
+    /// leave directly.
+    #[test]
+    fn a_v6_later_fragment_is_not_trusted_for_its_protocol() {
+        if !sluice_lab::require_root("a_v6_later_fragment_is_not_trusted_for_its_protocol") {
+            return;
+        }
+        let (c, _) = classifier();
+        let body = [0x5a; 32];
+        let tunnelled = sorted("[frag_unknown+1, tunnel+1, drop_no_socket+1]");
+        let mut failures = Vec::new();
+        for (name, next) in [
+            ("udp (the datagram's own)", UDP),
+            ("icmpv6", ICMPV6),
+            ("destination options", 60),
+            ("authentication header", 51),
+            ("tcp", TCP),
+            ("no next header", NO_NEXT_HEADER),
+        ] {
+            let f = eth_v6_chain(MIRROR_V6, &[Ext::Fragment(9, false)], next, &body);
+            let f = patched(f, L3 + 40 + 4, &0x5001u32.to_be_bytes());
+            let (_, moved, _) = run(&c, &f);
+            if sorted(&moved) != tunnelled {
+                failures.push(format!(
+                    "later fragment naming {name} ({next}): {moved}, want {tunnelled}"
+                ));
+            }
+        }
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+        // IPv4 keys its datagrams by protocol (RFC 791): a later fragment
+        // of another protocol belongs to another datagram, and one
+        // without ports on a destination direct for it goes direct.
+        let icmp = patched(v4(MIRROR, 0x5002, 9, false, &body), L3 + 9, &[1]);
+        assert_eq!(
+            sorted(&run(&c, &icmp).1),
+            sorted("[bypass+1, frag_unknown+1]")
+        );
     }
 
     #[test]

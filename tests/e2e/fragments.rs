@@ -10,7 +10,9 @@ use std::{
     time::Duration,
 };
 
-use sluice_lab::{Host, Lab, addr, counter, deploy::Sluice, reload::with_policy, require_root};
+use sluice_lab::{
+    Host, Lab, addr, counter, deploy::Sluice, l2::Capture, reload::with_policy, require_root,
+};
 
 use super::{bin, logs};
 
@@ -149,4 +151,68 @@ fn fragmented_datagrams_follow_their_first_fragment() {
     );
     assert_eq!(lab.nft_counter(counter::LAN_LEAK_V4), 0);
     assert_eq!(lab.nft_counter(counter::LAN_LEAK_V6), 0);
+}
+
+/// Sends `count` ICMPv6 messages of type `kind` (neighbour discovery's
+/// 133 to 137, with a 20-byte body) from the client to `dst` through a
+/// raw socket (routed to the gateway like any packet to `dst`).
+const ICMPV6_SENDER: &str = r#"
+import socket, sys, time
+dst, kind, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, 255)
+body = bytes([kind, 0, 0, 0, 0, 0, 0, 0]) + socket.inet_pton(socket.AF_INET6, dst) + b"leak"
+for _ in range(count):
+    s.sendto(body, (dst, 0))
+    time.sleep(0.01)
+print("sent", count)
+"#;
+
+/// Review finding (issue 14): ICMPv6 messages typed as neighbour
+/// discovery (133 to 137) passed to the kernel whatever their destination,
+/// and the kernel forwards one addressed to a remote unicast destination
+/// out of the WAN like any packet: a LAN host could send anything, to any
+/// address, past the tunnel. Only neighbour discovery for the gateway
+/// (its addresses, link-local, multicast) passes now; the rest takes the
+/// policy. A capture on the gateway's WAN interface sees none of them
+/// leave directly (conntrack does not track these types, so they are
+/// not masqueraded and the `inet` counters cannot tell the two paths
+/// apart: the capture looks at the gateway's own wire).
+#[test]
+fn neighbour_discovery_to_a_remote_address_does_not_leave_directly() {
+    if !require_root("neighbour_discovery_to_a_remote_address_does_not_leave_directly") {
+        return;
+    }
+    let lab = Lab::new();
+    lab.spawn_peer(Host::Inet, "peer", super::HTTP, super::UDP);
+    let s = Sluice::start(&lab, bin());
+    let dst = addr::TUNNELLED_V6.to_string();
+    let capture = Capture::start(
+        &lab,
+        Host::Gw,
+        "gw-wan-icmp6",
+        "wan0",
+        &format!("icmp6 and dst host {dst}"),
+    );
+    for kind in ["135", "136", "137"] {
+        lab.run_ok(
+            Host::Client,
+            &[sluice_lab::python(), "-c", ICMPV6_SENDER, &dst, kind, "20"],
+        );
+    }
+    let direct = capture.stop(&lab);
+    let passed = s.gateway_metric("sluice_xdp_packets_total", "verdict=\"pass_neighbor\"");
+    assert!(
+        direct.is_empty(),
+        "{} ICMPv6 messages typed as neighbour discovery to {dst} left the gateway's WAN \
+         directly (pass_neighbor {passed}), e.g.:\n{}\n{}",
+        direct.len(),
+        direct
+            .iter()
+            .take(5)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n"),
+        logs(&lab)
+    );
 }

@@ -149,3 +149,67 @@ fn a_host_on_a_vlan_gets_tagged_replies_tunnelled_and_bypassed() {
         "tunnelled after the restart"
     );
 }
+
+/// Review finding (issue 14): with `lan_vlans = "kernel"` (the default)
+/// the kernel only takes a VLAN's frames through a VLAN device, so a host
+/// whose neighbour entry is on the LAN interface itself is untagged; yet
+/// the worker took the tags of any frame whose source MAC and address
+/// matched that entry, and tagged the host's tunnel replies with them.
+/// Frames tagged with VLAN 20 that claim the client's MAC and address
+/// (here sent from the client's own link, as a host on VLAN 20 that
+/// copied them would) moved the client's replies to VLAN 20: the client
+/// lost them, and a listener on VLAN 20 would have had them. In kernel
+/// mode frames teach no VLAN now: the entry's device does.
+#[test]
+fn frames_from_another_vlan_do_not_move_a_hosts_replies() {
+    if !require_root("frames_from_another_vlan_do_not_move_a_hosts_replies") {
+        return;
+    }
+    let lab = Lab::new();
+    lab.spawn_peer(Host::Inet, "peer", HTTP, UDP);
+    let s = Sluice::start(&lab, bin());
+    let gw_mac = lab.mac_of(Host::Gw, "lan0");
+    let client_mac = lab.mac_of(Host::Client, "eth0");
+    let dst = std::net::SocketAddr::new(addr::TUNNELLED_V4.into(), UDP);
+    let probe = |n| lab.udp_probe(Host::Client, dst, 64, n, std::time::Duration::from_secs(3));
+    assert_eq!(probe(5).received, 5, "{}", logs(&lab));
+    let capture = Capture::start(&lab, Host::Client, "client-tags", "eth0", "");
+    let spoof = sluice_lab::l2::RawUdp {
+        iface: "eth0",
+        src_mac: &client_mac,
+        dst_mac: &gw_mac,
+        src: addr::CLIENT_V4.into(),
+        dst: addr::TUNNELLED_V4.into(),
+        sport: 40_000,
+        dport: UDP,
+        count: 150,
+        gap_ms: 10,
+    };
+    let p = std::thread::scope(|sc| {
+        let other_vlan = sc.spawn(|| lab.send_raw_udp_tagged(Host::Client, &spoof, 20));
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let p = probe(30);
+        other_vlan.join().expect("tagged sender");
+        p
+    });
+    let frames = capture.stop(&lab);
+    let tagged: Vec<&String> = frames
+        .iter()
+        .filter(|l| l.contains(&format!("{gw_mac} > {client_mac},")) && l.contains("802.1Q"))
+        .collect();
+    assert!(
+        p.received == 30 && tagged.is_empty(),
+        "{} of 30 replies reached the client while frames of VLAN 20 claimed its MAC and \
+         address; {} frames to it left tagged, e.g.:\n{}\n{}",
+        p.received,
+        tagged.len(),
+        tagged
+            .iter()
+            .take(5)
+            .map(|s| s.as_str())
+            .collect::<Vec<_>>()
+            .join("\n"),
+        logs(&lab)
+    );
+    assert!(s.gateway_metric("sluice_gateway_tunnel_rx_packets_total", "") >= 30);
+}

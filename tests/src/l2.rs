@@ -45,6 +45,7 @@ import socket, struct, sys, ipaddress
 import time
 iface, smac, dmac, src, dst, sport, dport, count, gap = sys.argv[1:10]
 sport, dport, count, gap = int(sport), int(dport), int(count), int(gap)
+vid = int(sys.argv[10]) if len(sys.argv) > 10 else -1
 src, dst = ipaddress.ip_address(src), ipaddress.ip_address(dst)
 payload = b"spoofed by the lab\n" + b"." * 40
 def csum(b):
@@ -65,7 +66,8 @@ else:
     ip = struct.pack("!IHBB16s16s", 0x60000000, len(udp), 17, 64, src.packed, dst.packed) + udp
     ethertype = 0x86dd
 mac = lambda m: bytes.fromhex(m.replace(":", ""))
-frame = mac(dmac) + mac(smac) + struct.pack("!H", ethertype) + ip
+tag = struct.pack("!HH", 0x8100, vid) if vid >= 0 else b""
+frame = mac(dmac) + mac(smac) + tag + struct.pack("!H", ethertype) + ip
 s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
 s.bind((iface, 0))
 for _ in range(count):
@@ -82,6 +84,20 @@ impl Lab {
     /// # Panics
     /// If the sender fails.
     pub fn send_raw_udp(&self, h: Host, f: &RawUdp<'_>) {
+        self.send_raw(h, f, None);
+    }
+
+    /// [`Lab::send_raw_udp`] with an 802.1Q tag of VLAN `vid` (TCI: PCP
+    /// 0, the VLAN id) in front of the IP header.
+    ///
+    /// # Panics
+    /// If the sender fails.
+    pub fn send_raw_udp_tagged(&self, h: Host, f: &RawUdp<'_>, vid: u16) {
+        self.send_raw(h, f, Some(vid));
+    }
+
+    fn send_raw(&self, h: Host, f: &RawUdp<'_>, vid: Option<u16>) {
+        let vid = vid.map(|v| (v & 0x0fff).to_string());
         let (src, dst) = (f.src.to_string(), f.dst.to_string());
         let (sport, dport, count) = (
             f.sport.to_string(),
@@ -89,23 +105,24 @@ impl Lab {
             f.count.to_string(),
         );
         let gap = f.gap_ms.to_string();
-        self.run_ok(
-            h,
-            &[
-                python(),
-                "-c",
-                RAW_SENDER,
-                f.iface,
-                f.src_mac,
-                f.dst_mac,
-                &src,
-                &dst,
-                &sport,
-                &dport,
-                &count,
-                &gap,
-            ],
-        );
+        let mut argv = vec![
+            python(),
+            "-c",
+            RAW_SENDER,
+            f.iface,
+            f.src_mac,
+            f.dst_mac,
+            &src,
+            &dst,
+            &sport,
+            &dport,
+            &count,
+            &gap,
+        ];
+        if let Some(v) = &vid {
+            argv.push(v);
+        }
+        self.run_ok(h, &argv);
     }
 
     /// The MAC address of `iface` in `h` (`aa:bb:cc:dd:ee:ff`).

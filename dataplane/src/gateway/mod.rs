@@ -313,7 +313,7 @@ impl Gateway {
             tenant_stats.push(ts.clone());
             let w = Worker::new(
                 q,
-                Port::xsk(xsk, lan_mac),
+                Port::lan(xsk, lan_mac, cfg.lan_vlans),
                 tunnels.clone(),
                 Route::Meta,
                 (st, ts),

@@ -41,6 +41,7 @@ use super::{
     stats::{TENANTS, TenantStats, WorkerStats},
 };
 use crate::{
+    ebpf::VlanMode,
     sys::{
         neigh::{NeighEvent, NeighSocket, NextHop, RouteQuery},
         tun::Tun,
@@ -111,6 +112,9 @@ pub(super) enum Port {
         mac: Mac,
         /// LAN hosts' MACs.
         neighbors: Neighbors,
+        /// Where the VLAN of a LAN host on the interface itself comes
+        /// from (the gateway's `lan_vlans`, see [`super::neighbor`]).
+        vlans: VlanMode,
     },
     /// A TUN device (endpoint mode): IP packets, one `read`/`write` each.
     Tun {
@@ -122,13 +126,22 @@ pub(super) enum Port {
 }
 
 impl Port {
-    /// An `AF_XDP` port. [`Worker::new`] makes a LAN port's neighbour
-    /// cache follow the kernel's table.
+    /// An `AF_XDP` port (the endpoint's veth: MACs from the frames).
+    /// [`Worker::new`] makes a LAN port's neighbour cache follow the
+    /// kernel's table.
     pub(super) fn xsk(xsk: XskSocket, mac: Mac) -> Self {
+        Self::lan(xsk, mac, VlanMode::Kernel)
+    }
+
+    /// The LAN's `AF_XDP` port, with the gateway's `lan_vlans`: in kernel
+    /// mode frames teach no VLAN (a host on the LAN interface itself is
+    /// untagged), in untag mode they teach their host's tags.
+    pub(super) fn lan(xsk: XskSocket, mac: Mac, vlans: VlanMode) -> Self {
         Self::Xsk {
             xsk,
             mac,
             neighbors: Neighbors::new(NEIGHBORS, Source::Frames),
+            vlans,
         }
     }
 
@@ -410,10 +423,12 @@ impl Worker {
                 match ev.token() {
                     XSK => rx_more = true,
                     NEIGH => self.neigh_ready = true,
-                    Token(n) if n >= FIRST_TUNNEL && n - FIRST_TUNNEL < TENANTS => {
-                        if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
-                            tcp_more |= 1 << (n - FIRST_TUNNEL);
-                        }
+                    Token(n)
+                        if n >= FIRST_TUNNEL
+                            && n - FIRST_TUNNEL < TENANTS
+                            && (ev.is_readable() || ev.is_read_closed() || ev.is_error()) =>
+                    {
+                        tcp_more |= 1 << (n - FIRST_TUNNEL);
                     }
                     _ => {}
                 }
@@ -621,7 +636,13 @@ impl Worker {
             }
         };
         match &mut self.port {
-            Port::Xsk { xsk, neighbors, .. } => {
+            Port::Xsk {
+                xsk,
+                neighbors,
+                vlans,
+                ..
+            } => {
+                let vlans = *vlans;
                 let active = match &self.route {
                     Route::Meta => None,
                     Route::Lookup(p) => Some(p.refresh(&mut self.cached)),
@@ -660,7 +681,7 @@ impl Worker {
                     // Only the VLAN, and only from the MAC the kernel has
                     // for this address (LAN); the MAC itself on the
                     // endpoint's veth.
-                    neighbors.observe(pkt.src(), eth.src(), tags, now, &mut |ip| {
+                    neighbors.observe(pkt.src(), eth.src(), tags, vlans, now, &mut |ip| {
                         Self::next_hop(routes, ip)
                     });
                     let tunnel = match &active {
@@ -723,7 +744,9 @@ impl Worker {
                 xsk,
                 mac,
                 neighbors,
+                vlans,
             } => {
+                let vlans = *vlans;
                 // `tx` reaps the completion ring before reserving frames.
                 let mut tx = xsk.tx(TX_BATCH);
                 while let Some(p) = sess.poll_packet() {
@@ -732,7 +755,7 @@ impl Worker {
                         continue;
                     };
                     let hop = &mut |ip| Self::next_hop(routes, ip);
-                    let Some((dst_mac, tags)) = neighbors.lookup(pkt.dst(), now, hop) else {
+                    let Some((dst_mac, tags)) = neighbors.lookup(pkt.dst(), vlans, now, hop) else {
                         t.drop_no_neighbor += 1;
                         continue;
                     };

@@ -3,12 +3,15 @@
 //!
 //! 1. ARP → pass ([`Counter::PassArp`]); other non-IP → pass
 //!    ([`Counter::PassNonIp`]).
-//! 2. ICMPv6 router/neighbour discovery → pass ([`Counter::PassNeighbor`]),
-//!    ahead of rule 3 since ND is mostly multicast.
-//! 3. Group MAC destination, IPv4 multicast (224/4), limited broadcast,
+//! 2. Group MAC destination, IPv4 multicast (224/4), limited broadcast,
 //!    link-local (169.254/16), IPv6 multicast (ff00::/8) or link-local
-//!    (fe80::/10) destination → pass ([`Counter::PassMulticast`]).
-//! 4. One of the gateway's own addresses → pass ([`Counter::PassLocal`]).
+//!    (fe80::/10) destination → pass ([`Counter::PassMulticast`]; ICMPv6
+//!    router/neighbour discovery: [`Counter::PassNeighbor`]).
+//! 3. One of the gateway's own addresses → pass ([`Counter::PassLocal`];
+//!    neighbour discovery: [`Counter::PassNeighbor`]).
+//! 4. Neighbour discovery to any other address is not for this link: it
+//!    takes the policy below like any packet (passed, the kernel would
+//!    forward it out of the WAN).
 //! 5. The policy (once one is installed): the source's profile, then the
 //!    destination's entry in that profile, both from the live slot read
 //!    once per frame (never a mix of two policies). See [`policy`].
@@ -24,8 +27,10 @@
 //! unknown (not seen, evicted, or older than the timeout) is classified
 //! without ports ([`Counter::FragUnknown`]): it goes direct only if its
 //! destination's own verdict and every port rule of its protocol are
-//! direct; any port rule that tunnels sends it to that tunnel. Nothing
-//! that a port rule tunnels can leave directly that way.
+//! direct; any port rule that tunnels sends it to that tunnel. An IPv6
+//! later fragment's protocol is unknown too (its fragment header's next
+//! header is not the datagram's): every port rule counts. Nothing that a
+//! port rule tunnels can leave directly that way.
 //!
 //! No packet access here: only the parsed summary and map lookups.
 use sluice_common::{
@@ -81,12 +86,23 @@ pub(crate) fn decide(frame: &Frame) -> Verdict {
         }
         Kind::Ipv6 => {
             let dst = &frame.dst_v6;
-            if frame.neighbor_discovery {
-                Verdict::Pass(Counter::PassNeighbor)
-            } else if frame.l2_multicast || is_special_v6(dst) {
-                Verdict::Pass(Counter::PassMulticast)
+            // Neighbour discovery is for this link: to a group MAC, a
+            // multicast or link-local address, or the gateway. Addressed
+            // to a remote unicast address it is no ND the kernel needs,
+            // and passed, the kernel would forward it out of the WAN: it
+            // takes the policy like any packet.
+            if frame.l2_multicast || is_special_v6(dst) {
+                Verdict::Pass(if frame.neighbor_discovery {
+                    Counter::PassNeighbor
+                } else {
+                    Counter::PassMulticast
+                })
             } else if maps::is_local_v6(dst) {
-                Verdict::Pass(Counter::PassLocal)
+                Verdict::Pass(if frame.neighbor_discovery {
+                    Counter::PassNeighbor
+                } else {
+                    Counter::PassLocal
+                })
             } else {
                 policy_v6(frame)
             }
@@ -311,13 +327,17 @@ fn policy_action(
     if bypass & bit != 0 {
         return ACTION_DIRECT;
     }
-    let unknown_ports = frame.dport == 0 && crate::parse::has_ports(frame.proto);
+    // An IPv6 later fragment's own "next header" is not the datagram's
+    // protocol (RFC 8200 4.5: the receiver takes the first fragment's,
+    // and an extension header may come first): any protocol, any port.
+    let unknown_proto = frame.kind == Kind::Ipv6 && frame.frag == FRAG_LATER;
+    let unknown_ports = unknown_proto || (frame.dport == 0 && crate::parse::has_ports(frame.proto));
     let n = dest.nports as usize;
     for (i, r) in dest.ports.iter().enumerate() {
         if i >= n {
             break;
         }
-        let proto_ok = r.proto == 0 || r.proto == frame.proto;
+        let proto_ok = unknown_proto || r.proto == 0 || r.proto == frame.proto;
         if unknown_ports {
             if proto_ok && r.action != ACTION_DIRECT {
                 return r.action;
