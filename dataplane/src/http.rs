@@ -505,13 +505,16 @@ impl Server {
     }
 
     /// Listens on the Unix socket `path`, mode `mode`, group `gid` (owner
-    /// root). A stale socket file there (nothing listening) is replaced;
-    /// a live one, or anything that is not a socket, is an error. The file
-    /// is removed when the server stops.
+    /// root). The socket's directory (created 0755 if missing) must be one
+    /// only root (or this user) can change ([`crate::pki::untrusted_dir`]):
+    /// the file is chmod'ed and chown'ed by path after bind, and the CLI
+    /// trusts whoever serves that path. A stale socket file there (nothing
+    /// listening) is replaced; a live one, or anything that is not a
+    /// socket, is an error. The file is removed when the server stops.
     ///
     /// # Errors
-    /// Bind, chmod, chown errors; `AddrInUse` if another process serves
-    /// the path.
+    /// Bind, chmod, chown errors; `PermissionDenied` for a directory others
+    /// could change; `AddrInUse` if another process serves the path.
     pub fn listen_unix(
         &mut self,
         path: &Path,
@@ -520,6 +523,26 @@ impl Server {
         access: Access,
     ) -> io::Result<()> {
         use std::os::unix::fs::FileTypeExt as _;
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        if !dir.exists() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(dir)?;
+        }
+        if let Some((p, why)) = crate::pki::untrusted_dir(dir) {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!(
+                    "{}: not a place for the admin socket: {}: {why}",
+                    path.display(),
+                    p.display()
+                ),
+            ));
+        }
         match std::fs::symlink_metadata(path) {
             Ok(m) if m.file_type().is_socket() => {
                 if std::os::unix::net::UnixStream::connect(path).is_ok() {
@@ -539,18 +562,10 @@ impl Server {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
         }
-        if let Some(dir) = path
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty() && !d.exists())
-        {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o755)
-                .create(dir)?;
-        }
         let l = mio::net::UnixListener::bind(path)?;
         // Whoever connects between bind and chmod is still checked by its
-        // credentials ([`Access::Peer`]).
+        // credentials ([`Access::Peer`]); nobody else can swap the path
+        // in between (the directory is checked above).
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
         if let Some(g) = gid {
             std::os::unix::fs::chown(path, None, Some(g))?;

@@ -503,7 +503,7 @@ fn edge_name(name: &str) -> Result<(), PkiError> {
 }
 
 /// This process's effective user id, from `/proc/self/status`.
-fn euid() -> Option<u32> {
+pub(crate) fn euid() -> Option<u32> {
     let s = fs::read_to_string("/proc/self/status").ok()?;
     s.lines()
         .find_map(|l| l.strip_prefix("Uid:"))?
@@ -514,11 +514,29 @@ fn euid() -> Option<u32> {
 }
 
 /// `dir` exists (created with `mode` if not, parents 0755) as a real
-/// directory, owned by this user or root, not writable by group or
-/// others, under no world-writable ancestor without the sticky bit.
+/// directory that only this user and root can change ([`untrusted_dir`]).
 fn safe_dir(dir: &Path, mode: u32) -> Result<(), PkiError> {
     match fs::symlink_metadata(dir) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // Nothing is created below a directory someone else could
+            // change.
+            if let Some(existing) = dir.ancestors().skip(1).find(|a| {
+                let a = if a.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    a
+                };
+                a.exists()
+            }) {
+                let existing = if existing.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    existing
+                };
+                if let Some((path, why)) = untrusted_path(existing, false) {
+                    return Err(PkiError::Unsafe { path, why });
+                }
+            }
             if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
                 fs::DirBuilder::new()
                     .recursive(true)
@@ -551,37 +569,95 @@ fn safe_dir(dir: &Path, mode: u32) -> Result<(), PkiError> {
     if m.file_type().is_symlink() {
         return Err(unsafe_path(dir, "is a symlink: give the real directory"));
     }
-    if !m.is_dir() {
-        return Err(unsafe_path(dir, "is not a directory"));
+    match untrusted_dir(dir) {
+        Some((path, why)) => Err(PkiError::Unsafe { path, why }),
+        None => Ok(()),
     }
-    if m.uid() != 0 && Some(m.uid()) != euid() {
-        return Err(unsafe_path(
-            dir,
-            format!("owned by uid {}, neither root nor this user", m.uid()),
-        ));
-    }
-    if m.mode() & 0o022 != 0 {
-        return Err(unsafe_path(
-            dir,
+}
+
+/// Why `dir` is not a directory that only this user and root can change
+/// (`None` when it is): the first thing on its way that someone else
+/// could use to swap what a path under it leads to, and why. Checked:
+/// every symlink on the path as given is owned by root or this user (its
+/// owner could point it elsewhere); the directory it resolves to is owned
+/// by root or this user and not writable by group or others; each of its
+/// ancestors is owned by root or this user, and is not writable by group
+/// or others unless it has the sticky bit (`/tmp`: others cannot rename
+/// what they do not own).
+///
+/// Keys (`pki init`) and the admin socket (which root chmods and chowns
+/// by path after bind) are only put in such directories: `O_NOFOLLOW`
+/// protects a path's last component only.
+pub(crate) fn untrusted_dir(dir: &Path) -> Option<(PathBuf, String)> {
+    untrusted_path(dir, true)
+}
+
+/// [`untrusted_dir`]; with `strict` false, `dir` itself is held to its
+/// ancestors' rule (sticky is enough): where a directory is about to be
+/// created.
+fn untrusted_path(dir: &Path, strict: bool) -> Option<(PathBuf, String)> {
+    let me = euid();
+    let trusted = |uid: u32| uid == 0 || Some(uid) == me;
+    let not_trusted = |path: &Path, uid: u32, what: &str| {
+        Some((
+            path.to_path_buf(),
             format!(
-                "mode {:o}: writable by group or others, who could replace the keys (chmod go-w)",
+                "{what} uid {uid}, neither root nor this user: they could swap what is below it (use a directory root owns)"
+            ),
+        ))
+    };
+    let abs = if dir.is_absolute() {
+        dir.to_path_buf()
+    } else {
+        std::env::current_dir().ok()?.join(dir)
+    };
+    for a in abs.ancestors() {
+        if let Ok(m) = fs::symlink_metadata(a)
+            && m.file_type().is_symlink()
+            && !trusted(m.uid())
+        {
+            return not_trusted(a, m.uid(), "a symlink owned by");
+        }
+    }
+    let full = match fs::canonicalize(dir) {
+        Ok(f) => f,
+        Err(e) => return Some((dir.to_path_buf(), e.to_string())),
+    };
+    let m = match fs::metadata(&full) {
+        Ok(m) => m,
+        Err(e) => return Some((full, e.to_string())),
+    };
+    if !m.is_dir() {
+        return Some((full, "is not a directory".into()));
+    }
+    if !trusted(m.uid()) {
+        return not_trusted(&full, m.uid(), "owned by");
+    }
+    if m.mode() & 0o022 != 0 && (strict || m.mode() & 0o1000 == 0) {
+        return Some((
+            full,
+            format!(
+                "mode {:o}: writable by group or others, who could replace what is in it (chmod go-w)",
                 m.mode() & 0o7777
             ),
         ));
     }
-    let full = fs::canonicalize(dir).map_err(|e| unsafe_path(dir, e.to_string()))?;
     for a in full.ancestors().skip(1) {
-        if let Ok(am) = fs::metadata(a)
-            && am.mode() & 0o002 != 0
-            && am.mode() & 0o1000 == 0
-        {
-            return Err(unsafe_path(
-                a,
-                "writable by everyone without the sticky bit: others could swap the directory",
+        let Ok(am) = fs::metadata(a) else { continue };
+        if !trusted(am.uid()) {
+            return not_trusted(a, am.uid(), "an ancestor owned by");
+        }
+        if am.mode() & 0o022 != 0 && am.mode() & 0o1000 == 0 {
+            return Some((
+                a.to_path_buf(),
+                format!(
+                    "mode {:o}: writable by group or others without the sticky bit, who could swap what is below it",
+                    am.mode() & 0o7777
+                ),
             ));
         }
     }
-    Ok(())
+    None
 }
 
 /// Creates `path` (never an existing file, never through a symlink) with
@@ -1050,6 +1126,54 @@ pub(crate) mod tests {
             "edge name ../evil accepted"
         );
         assert!(!parent.join("evil.key").exists() && !parent.join("evil.pem").exists());
+        fs::remove_dir_all(parent).unwrap();
+    }
+
+    /// Review finding: only `--dir` itself was checked for its owner;
+    /// below a directory another user owns (or a symlink they own, or a
+    /// group-writable ancestor), that user can rename `--dir` between the
+    /// checks and the writes and have root's keys and CA written where
+    /// they choose (`O_NOFOLLOW` protects the last component only).
+    #[test]
+    fn refuses_a_directory_another_user_could_swap() {
+        if !sluice_lab::require_root("refuses_a_directory_another_user_could_swap") {
+            return;
+        }
+        let parent = fresh("foreign");
+        fs::create_dir(&parent).unwrap();
+        chmod(&parent, 0o755);
+        std::os::unix::fs::chown(&parent, Some(65_534), Some(65_534)).unwrap();
+        let err = init(&parent.join("pki"), "gw1")
+            .expect_err("a --dir below a directory uid 65534 owns was used");
+        assert!(err.to_string().contains("uid 65534"), "{err}");
+        assert_eq!(fs::read_dir(&parent).unwrap().count(), 0, "created");
+        fs::remove_dir_all(parent).unwrap();
+
+        let base = fresh("viaforeignlink");
+        fs::create_dir(&base).unwrap();
+        chmod(&base, 0o755);
+        let real = base.join("real");
+        fs::create_dir(&real).unwrap();
+        chmod(&real, 0o755);
+        let link = base.join("link");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        std::os::unix::fs::lchown(&link, Some(65_534), Some(65_534)).unwrap();
+        let err = init(&link.join("pki"), "gw1")
+            .expect_err("a --dir through a symlink uid 65534 owns was used");
+        assert!(err.to_string().contains("uid 65534"), "{err}");
+        assert_eq!(fs::read_dir(&real).unwrap().count(), 0, "created");
+        fs::remove_dir_all(base).unwrap();
+    }
+
+    #[test]
+    fn refuses_a_directory_below_a_group_writable_one() {
+        let parent = fresh("groupw");
+        fs::create_dir(&parent).unwrap();
+        chmod(&parent, 0o775);
+        let err = init(&parent.join("pki"), "gw1")
+            .expect_err("a --dir below a group-writable directory was used");
+        assert!(err.to_string().contains("writable"), "{err}");
+        assert_eq!(fs::read_dir(&parent).unwrap().count(), 0, "created");
         fs::remove_dir_all(parent).unwrap();
     }
 

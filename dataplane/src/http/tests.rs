@@ -469,3 +469,55 @@ fn tokens_compare_by_hash() {
     assert!(!ct_eq(&a, &sha256(b"y")));
     assert_eq!(format!("{:?}", Access::Token(a)), "Token(..)");
 }
+
+/// Review finding: the listener's socket file is chmod'ed and chown'ed
+/// by path after bind; in a directory others can write, a local user
+/// could swap it for a symlink in between (root then chmods and chowns
+/// the file it points to) or replace it later (the CLI then talks to an
+/// impostor). Such a directory is refused, and nothing is created there.
+#[test]
+fn refuses_a_socket_directory_others_can_write() {
+    for m in [0o777, 0o770, 0o1777, 0o1770] {
+        let dir = temp_dir("sockdir");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(m)).unwrap();
+        let path = dir.join("admin.sock");
+        let mut s = Server::new("sluice-test-sockdir", Limits::default(), |_, _| {
+            Reply::text(200)
+        })
+        .unwrap();
+        let r = s.listen_unix(&path, 0o600, None, Access::Peer { gid: None });
+        assert!(
+            r.as_ref()
+                .is_err_and(|e| e.to_string().contains("writable")),
+            "an admin socket in a {m:o} directory: {r:?}"
+        );
+        assert!(
+            std::fs::symlink_metadata(&path).is_err(),
+            "{m:o}: a socket was bound"
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
+
+/// The same for a directory another user owns (it can rename the socket
+/// whatever the mode).
+#[test]
+fn refuses_a_socket_directory_another_user_owns() {
+    if !sluice_lab::require_root("refuses_a_socket_directory_another_user_owns") {
+        return;
+    }
+    let dir = temp_dir("sockowner");
+    std::os::unix::fs::chown(&dir, Some(65_534), Some(65_534)).unwrap();
+    let path = dir.join("admin.sock");
+    let mut s = Server::new("sluice-test-sockowner", Limits::default(), |_, _| {
+        Reply::text(200)
+    })
+    .unwrap();
+    let r = s.listen_unix(&path, 0o600, None, Access::Peer { gid: None });
+    assert!(
+        r.as_ref()
+            .is_err_and(|e| e.to_string().contains("owned by")),
+        "an admin socket in a directory uid 65534 owns: {r:?}"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
