@@ -778,15 +778,47 @@ pub fn load_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static
     load_crls_from(path, &read_file(path)?)
 }
 
-fn load_roots(ca: &Path) -> Result<RootCertStore, PkiError> {
+fn load_roots(ca: &Path, certs: &[CertificateDer<'static>]) -> Result<RootCertStore, PkiError> {
     let mut roots = RootCertStore::empty();
-    for c in load_certs(ca)? {
-        roots.add(c).map_err(|source| PkiError::Tls {
+    for c in certs {
+        roots.add(c.clone()).map_err(|source| PkiError::Tls {
             path: ca.to_path_buf(),
             source,
         })?;
     }
     Ok(roots)
+}
+
+/// The revocation lists in `crl`, each one issued by a certificate of the
+/// CA file `ca` (`cas`, its certificates): issuer name and signature by
+/// its key. rustls builds its verifier from any well-formed list, and
+/// only finds at the handshake that the list is not the CA's (every
+/// `pki init` CA has the same name): then every peer's status is
+/// unknown, and every peer is refused.
+fn load_crls_of(
+    crl: &Path,
+    ca: &Path,
+    cas: &[CertificateDer<'_>],
+) -> Result<Vec<CertificateRevocationListDer<'static>>, PkiError> {
+    let lists = load_crls(crl)?;
+    for l in &lists {
+        let why = |what: String| PkiError::Verifier {
+            path: crl.to_path_buf(),
+            what,
+        };
+        let signed = cas
+            .iter()
+            .map(|a| crl_issued_by(l, a))
+            .collect::<Result<Vec<bool>, String>>()
+            .map_err(why)?;
+        if !signed.contains(&true) {
+            return Err(why(format!(
+                "revocation list not signed by the CA in {} (another CA's list, even one of the same name, would get every peer refused at the handshake)",
+                ca.display()
+            )));
+        }
+    }
+    Ok(lists)
 }
 
 /// Whether `key` is the private key of `certs`' first certificate.
@@ -871,14 +903,16 @@ pub fn client_config(ca: &Path, cert: &Path, key: &Path) -> Result<Arc<ClientCon
     client_config_with_crl(ca, cert, key, None)
 }
 
-/// [`client_config`], refusing edge certificates that `crl` lists.
+/// [`client_config`], refusing edge certificates that `crl` lists. A
+/// list `ca` did not sign fails the load ([`load_crls_of`]).
 pub fn client_config_with_crl(
     ca: &Path,
     cert: &Path,
     key: &Path,
     crl: Option<&Path>,
 ) -> Result<Arc<ClientConfig>, PkiError> {
-    let roots = Arc::new(load_roots(ca)?);
+    let cas = load_certs(ca)?;
+    let roots = Arc::new(load_roots(ca, &cas)?);
     let builder = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|source| PkiError::Tls {
@@ -888,7 +922,7 @@ pub fn client_config_with_crl(
     let builder = match crl {
         Some(crl) => {
             let verifier = WebPkiServerVerifier::builder_with_provider(roots, provider())
-                .with_crls(load_crls(crl)?)
+                .with_crls(load_crls_of(crl, ca, &cas)?)
                 .only_check_end_entity_revocation()
                 .build()
                 .map_err(|e| PkiError::Verifier {
@@ -916,20 +950,21 @@ pub fn server_config(ca: &Path, cert: &Path, key: &Path) -> Result<Arc<ServerCon
     server_config_with_crl(ca, cert, key, None)
 }
 
-/// [`server_config`], refusing gateway certificates that `crl` lists (a
-/// list from another issuer than `ca` makes every gateway's status
-/// unknown, and every gateway refused: `sluice check` says so first).
+/// [`server_config`], refusing gateway certificates that `crl` lists.
+/// A list `ca` did not sign fails the load ([`load_crls_of`]): it would
+/// make every gateway's status unknown, and every gateway refused.
 pub fn server_config_with_crl(
     ca: &Path,
     cert: &Path,
     key: &Path,
     crl: Option<&Path>,
 ) -> Result<Arc<ServerConfig>, PkiError> {
-    let roots = load_roots(ca)?;
+    let cas = load_certs(ca)?;
+    let roots = load_roots(ca, &cas)?;
     let mut builder = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider());
     if let Some(crl) = crl {
         builder = builder
-            .with_crls(load_crls(crl)?)
+            .with_crls(load_crls_of(crl, ca, &cas)?)
             .only_check_end_entity_revocation();
     }
     let verifier = builder.build().map_err(|e| PkiError::Verifier {
@@ -1300,6 +1335,42 @@ pub(crate) mod tests {
         .unwrap();
         assert!(revoked(&handshake(gw, edge_plain).unwrap_err()));
         fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// Review finding: a revocation list the configured CA did not sign
+    /// (another `pki init`'s: every such CA has the same name) was
+    /// accepted at start; every peer was then refused at the handshake
+    /// (an outage of every branch, visible only as handshake failures).
+    /// The load fails instead, naming the list.
+    #[test]
+    fn a_revocation_list_the_ca_did_not_sign_fails_the_load() {
+        let (dir1, f1) = lab_pki();
+        let (dir2, f2) = lab_pki();
+        let (_, c, k) = &f1.gateways[0];
+        // What it did before: loaded, and refused every gateway.
+        if let Ok(edge) = server_config_with_crl(&f1.ca, &f1.edge.0, &f1.edge.1, Some(&f2.crl)) {
+            let e = handshake(client_config(&f1.ca, c, k).unwrap(), edge)
+                .expect_err("a gateway passed a list of another CA");
+            panic!(
+                "the edge loaded another CA's revocation list, and refused every gateway: {e:?}"
+            );
+        }
+        let e = server_config_with_crl(&f1.ca, &f1.edge.0, &f1.edge.1, Some(&f2.crl))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(&f2.crl.display().to_string()) && e.contains("not signed by"),
+            "{e}"
+        );
+        let e = client_config_with_crl(&f1.ca, c, k, Some(&f2.crl))
+            .expect_err("the gateway loaded another CA's revocation list")
+            .to_string();
+        assert!(e.contains("not signed by"), "{e}");
+        // Its own CA's list loads.
+        server_config_with_crl(&f1.ca, &f1.edge.0, &f1.edge.1, Some(&f1.crl)).unwrap();
+        client_config_with_crl(&f1.ca, c, k, Some(&f1.crl)).unwrap();
+        fs::remove_dir_all(dir1).unwrap();
+        fs::remove_dir_all(dir2).unwrap();
     }
 
     #[test]
