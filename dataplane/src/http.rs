@@ -37,7 +37,7 @@ use std::{
     collections::HashMap,
     io::{self, Read as _, Write as _},
     net::{IpAddr, SocketAddr},
-    os::unix::fs::{DirBuilderExt as _, MetadataExt as _, PermissionsExt as _},
+    os::unix::fs::{MetadataExt as _, PermissionsExt as _},
     path::{Path, PathBuf},
     sync::{
         Arc,
@@ -535,7 +535,8 @@ impl Server {
     }
 
     /// Listens on the Unix socket `path`, mode `mode`, group `gid` (owner
-    /// root). The socket's directory (created 0755 if missing) must be one
+    /// root). The socket's directory (created 0755 if missing, each missing
+    /// directory only inside one checked first) must be one
     /// only root (or this user) can change ([`crate::pki::untrusted_dir`]):
     /// the file is chmod'ed and chown'ed by path after bind, and the CLI
     /// trusts whoever serves that path. A stale socket file there (nothing
@@ -557,21 +558,25 @@ impl Server {
             Some(d) if !d.as_os_str().is_empty() => d,
             _ => Path::new("."),
         };
-        if !dir.exists() {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o755)
-                .create(dir)?;
-        }
-        if let Some((p, why)) = crate::pki::untrusted_dir(dir) {
-            return Err(io::Error::new(
+        let refused = |p: &Path, why: &str| {
+            io::Error::new(
                 io::ErrorKind::PermissionDenied,
                 format!(
                     "{}: not a place for the admin socket: {}: {why}",
                     path.display(),
                     p.display()
                 ),
-            ));
+            )
+        };
+        // Each missing directory only inside one checked first.
+        match crate::pki::create_dir_checked(dir, 0o755) {
+            Ok(()) => {}
+            Err(crate::pki::PkiError::Unsafe { path: p, why }) => return Err(refused(&p, &why)),
+            Err(crate::pki::PkiError::Write { source, .. }) => return Err(source),
+            Err(e) => return Err(io::Error::other(e.to_string())),
+        }
+        if let Some((p, why)) = crate::pki::untrusted_dir(dir) {
+            return Err(refused(&p, &why));
         }
         match std::fs::symlink_metadata(path) {
             Ok(m) if m.file_type().is_socket() => {

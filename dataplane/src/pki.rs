@@ -517,51 +517,7 @@ pub(crate) fn euid() -> Option<u32> {
 /// directory that only this user and root can change ([`untrusted_dir`]).
 fn safe_dir(dir: &Path, mode: u32) -> Result<(), PkiError> {
     match fs::symlink_metadata(dir) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            // Nothing is created below a directory someone else could
-            // change.
-            if let Some(existing) = dir.ancestors().skip(1).find(|a| {
-                let a = if a.as_os_str().is_empty() {
-                    Path::new(".")
-                } else {
-                    a
-                };
-                a.exists()
-            }) {
-                let existing = if existing.as_os_str().is_empty() {
-                    Path::new(".")
-                } else {
-                    existing
-                };
-                if let Some((path, why)) = untrusted_path(existing, false) {
-                    return Err(PkiError::Unsafe { path, why });
-                }
-            }
-            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-                fs::DirBuilder::new()
-                    .recursive(true)
-                    .mode(0o755)
-                    .create(parent)
-                    .map_err(|source| PkiError::Write {
-                        path: parent.to_path_buf(),
-                        source,
-                    })?;
-            }
-            fs::DirBuilder::new()
-                .mode(mode)
-                .create(dir)
-                .map_err(|source| PkiError::Write {
-                    path: dir.to_path_buf(),
-                    source,
-                })?;
-            // Exactly `mode`, whatever the umask.
-            fs::set_permissions(dir, fs::Permissions::from_mode(mode)).map_err(|source| {
-                PkiError::Write {
-                    path: dir.to_path_buf(),
-                    source,
-                }
-            })?;
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => create_dir_checked(dir, mode)?,
         Err(e) => return Err(unsafe_path(dir, e.to_string())),
         Ok(_) => {}
     }
@@ -573,6 +529,64 @@ fn safe_dir(dir: &Path, mode: u32) -> Result<(), PkiError> {
         Some((path, why)) => Err(PkiError::Unsafe { path, why }),
         None => Ok(()),
     }
+}
+
+/// Creates what is missing of `dir` (`mode` for `dir`, whatever the
+/// umask; 0755 above it), one directory at a time, each one only inside
+/// a directory checked just before ([`untrusted_path`], not strict: a
+/// sticky directory such as `/tmp` is enough to create in): nothing is
+/// ever created below a directory someone else could change, not even
+/// if one appears between the first check and the last `mkdir`. A
+/// directory someone else made in between is left as it is, for the
+/// caller's check of `dir` (or the next parent's) to judge.
+///
+/// # Errors
+/// [`PkiError::Unsafe`] naming the directory that is not safe to create
+/// in; [`PkiError::Write`] if a `mkdir` fails.
+pub(crate) fn create_dir_checked(dir: &Path, mode: u32) -> Result<(), PkiError> {
+    let here = |p: &Path| {
+        if p.as_os_str().is_empty() {
+            Path::new(".").to_path_buf()
+        } else {
+            p.to_path_buf()
+        }
+    };
+    // The missing ones, from `dir` up (a dangling symlink is not missing:
+    // `mkdir` refuses it).
+    let missing: Vec<&Path> = dir
+        .ancestors()
+        .filter(|a| !a.as_os_str().is_empty())
+        .take_while(|a| {
+            matches!(fs::symlink_metadata(a), Err(e) if e.kind() == std::io::ErrorKind::NotFound)
+        })
+        .collect();
+    for a in missing.into_iter().rev() {
+        let parent = here(a.parent().unwrap_or(Path::new("")));
+        if let Some((path, why)) = untrusted_path(&parent, false) {
+            return Err(PkiError::Unsafe { path, why });
+        }
+        let m = if a == dir { mode } else { 0o755 };
+        match fs::DirBuilder::new().mode(m).create(a) {
+            Ok(()) if a == dir => {
+                // Exactly `mode`, whatever the umask.
+                fs::set_permissions(a, fs::Permissions::from_mode(mode)).map_err(|source| {
+                    PkiError::Write {
+                        path: a.to_path_buf(),
+                        source,
+                    }
+                })?;
+            }
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(source) => {
+                return Err(PkiError::Write {
+                    path: a.to_path_buf(),
+                    source,
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Why `dir` is not a directory that only this user and root can change

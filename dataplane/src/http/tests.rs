@@ -665,6 +665,37 @@ fn refuses_a_socket_directory_another_user_owns() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
+/// Review finding: the admin socket's missing directories were created
+/// (`mkdir -p`) before anything was checked, so a directory appeared in
+/// a directory others can change before the refusal. Each directory is
+/// checked before anything is created in it.
+#[test]
+fn creates_no_socket_directory_where_others_could_change_it() {
+    let dir = temp_dir("sockmkdir");
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let path = dir.join("run/sluice/admin.sock");
+    let mut s = Server::new("sluice-test-sockmkdir", Limits::default(), |_, _| {
+        Reply::text(200)
+    })
+    .unwrap();
+    let r = s.listen_unix(&path, 0o600, None, Access::Peer { gid: None });
+    let made: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(
+        made.is_empty(),
+        "created in a 777 directory before the refusal ({r:?}): {made:?}"
+    );
+    assert!(
+        r.as_ref()
+            .is_err_and(|e| e.kind() == io::ErrorKind::PermissionDenied
+                && e.to_string().contains("writable")),
+        "an admin socket below a 777 directory: {r:?}"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
 /// Review finding: sources were counted address by address, so one
 /// IPv6 host (a /64 of its own: privacy addresses, or any it picks) got
 /// 32 connections per address. A /64 is one source; a v4-mapped address
