@@ -743,15 +743,12 @@ impl Server {
                 // Full: a source with fewer connections than the one that
                 // holds the most takes that one's oldest; otherwise closed
                 // at once.
-                match source.and_then(|_| t.victim(li, from_source)) {
-                    Some(i) => {
-                        self.stats.evicted.fetch_add(1, Ordering::Relaxed);
-                        t.close(i, &self.poll);
-                    }
-                    None => {
-                        self.stats.refused_cap.fetch_add(1, Ordering::Relaxed);
-                        continue;
-                    }
+                if let Some(i) = source.and_then(|_| t.victim(li, from_source)) {
+                    self.stats.evicted.fetch_add(1, Ordering::Relaxed);
+                    t.close(i, &self.poll);
+                } else {
+                    self.stats.refused_cap.fetch_add(1, Ordering::Relaxed);
+                    continue;
                 }
             }
             let peer_ok = match (&self.listeners[li].access, &stream) {
