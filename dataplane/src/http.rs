@@ -5,13 +5,19 @@
 //! server is built so that no client can hold it:
 //! - one thread, one `mio` poll, every socket non-blocking: a client that
 //!   sends one byte a second holds one connection slot, never the thread;
-//! - an absolute deadline per connection, for the whole exchange (request
-//!   head in, answer out: [`Limits::deadline`]); past it the connection is
+//! - absolute deadlines per connection: one for the request head
+//!   ([`Limits::head_deadline`]: what a client that is not yet authorised
+//!   can hold a slot for), one for the whole exchange (request head in,
+//!   answer out: [`Limits::deadline`]); past them the connection is
 //!   closed, whatever it was doing;
-//! - caps on concurrent connections, in all and per source address
-//!   ([`Limits::max_conns`], [`Limits::max_per_source`]): connections
-//!   beyond them are accepted and closed at once, so the kernel's accept
-//!   queue never fills with them;
+//! - caps on concurrent connections, per listener (clients of one cannot
+//!   take another's slots: the admin API's TCP listener cannot lock root
+//!   out of its Unix socket) and per source ([`Limits::max_conns`],
+//!   [`Limits::max_per_source`]; an IPv6 source is its /64, which one
+//!   host can fill with addresses); a full listener makes room for a new
+//!   source by closing the oldest connection of the source that holds the
+//!   most, and otherwise accepts and closes at once, so the kernel's
+//!   accept queue never fills;
 //! - a request head of at most [`Limits::head_bytes`] and no request
 //!   bodies (the routes say everything in their path and query);
 //! - accept errors back off (`EMFILE`) instead of stopping the listener.
@@ -31,7 +37,7 @@ use std::{
     collections::HashMap,
     io::{self, Read as _, Write as _},
     net::{IpAddr, SocketAddr},
-    os::unix::fs::{DirBuilderExt as _, MetadataExt as _, PermissionsExt as _},
+    os::unix::fs::{MetadataExt as _, PermissionsExt as _},
     path::{Path, PathBuf},
     sync::{
         Arc,
@@ -46,12 +52,17 @@ use mio::{Events, Interest, Poll, Token};
 /// Bounds that keep one client (or many) from holding a server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
-    /// Connections open at once, over all listeners of the server.
+    /// Connections open at once on one listener.
     pub max_conns: usize,
-    /// Connections open at once from one source address (TCP).
+    /// Connections open at once on one listener from one source (TCP: an
+    /// IPv4 address, an IPv6 /64).
     pub max_per_source: usize,
     /// The largest request head (request line and headers).
     pub head_bytes: usize,
+    /// From accept to the end of the request head (at most
+    /// [`Limits::deadline`]): what a client holds a slot for before it is
+    /// authorised.
+    pub head_deadline: Duration,
     /// From accept to the last byte of the answer.
     pub deadline: Duration,
 }
@@ -62,8 +73,22 @@ impl Default for Limits {
             max_conns: 256,
             max_per_source: 32,
             head_bytes: 8192,
+            head_deadline: Duration::from_secs(5),
             deadline: Duration::from_secs(5),
         }
+    }
+}
+
+/// The source a TCP connection is counted under: its IPv4 address (also
+/// when it arrives v4-mapped on a dual-stack listener) or its IPv6
+/// address's /64 (one host holds a whole /64: counted address by address,
+/// it could take every slot).
+pub fn source_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6(std::net::Ipv6Addr::from(
+            u128::from(v6) & !u128::from(u64::MAX),
+        )),
+        v4 @ IpAddr::V4(_) => v4,
     }
 }
 
@@ -381,12 +406,15 @@ impl Stream {
 struct Conn {
     stream: Stream,
     listener: usize,
+    /// Its [`source_key`] (TCP).
     source: Option<IpAddr>,
     /// The Unix peer passed [`Access::Peer`] (checked at accept).
     peer_ok: bool,
     buf: Vec<u8>,
     out: Vec<u8>,
     written: usize,
+    accepted: Instant,
+    /// The head's deadline until the head is in, then the answer's.
     deadline: Instant,
 }
 
@@ -395,6 +423,8 @@ struct Conn {
 pub struct Stats {
     /// Connections closed at accept for the caps.
     pub refused_cap: std::sync::atomic::AtomicU64,
+    /// Connections closed to make room for a new source.
+    pub evicted: std::sync::atomic::AtomicU64,
     /// Connections closed at their deadline.
     pub timed_out: std::sync::atomic::AtomicU64,
     /// Requests answered (any status).
@@ -505,13 +535,17 @@ impl Server {
     }
 
     /// Listens on the Unix socket `path`, mode `mode`, group `gid` (owner
-    /// root). A stale socket file there (nothing listening) is replaced;
-    /// a live one, or anything that is not a socket, is an error. The file
-    /// is removed when the server stops.
+    /// root). The socket's directory (created 0755 if missing, each missing
+    /// directory only inside one checked first) must be one
+    /// only root (or this user) can change ([`crate::pki::untrusted_dir`]):
+    /// the file is chmod'ed and chown'ed by path after bind, and the CLI
+    /// trusts whoever serves that path. A stale socket file there (nothing
+    /// listening) is replaced; a live one, or anything that is not a
+    /// socket, is an error. The file is removed when the server stops.
     ///
     /// # Errors
-    /// Bind, chmod, chown errors; `AddrInUse` if another process serves
-    /// the path.
+    /// Bind, chmod, chown errors; `PermissionDenied` for a directory others
+    /// could change; `AddrInUse` if another process serves the path.
     pub fn listen_unix(
         &mut self,
         path: &Path,
@@ -520,6 +554,30 @@ impl Server {
         access: Access,
     ) -> io::Result<()> {
         use std::os::unix::fs::FileTypeExt as _;
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        let refused = |p: &Path, why: &str| {
+            io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!(
+                    "{}: not a place for the admin socket: {}: {why}",
+                    path.display(),
+                    p.display()
+                ),
+            )
+        };
+        // Each missing directory only inside one checked first.
+        match crate::pki::create_dir_checked(dir, 0o755) {
+            Ok(()) => {}
+            Err(crate::pki::PkiError::Unsafe { path: p, why }) => return Err(refused(&p, &why)),
+            Err(crate::pki::PkiError::Write { source, .. }) => return Err(source),
+            Err(e) => return Err(io::Error::other(e.to_string())),
+        }
+        if let Some((p, why)) = crate::pki::untrusted_dir(dir) {
+            return Err(refused(&p, &why));
+        }
         match std::fs::symlink_metadata(path) {
             Ok(m) if m.file_type().is_socket() => {
                 if std::os::unix::net::UnixStream::connect(path).is_ok() {
@@ -539,18 +597,10 @@ impl Server {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
         }
-        if let Some(dir) = path
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty() && !d.exists())
-        {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o755)
-                .create(dir)?;
-        }
         let l = mio::net::UnixListener::bind(path)?;
         // Whoever connects between bind and chmod is still checked by its
-        // credentials ([`Access::Peer`]).
+        // credentials ([`Access::Peer`]); nobody else can swap the path
+        // in between (the directory is checked above).
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
         if let Some(g) = gid {
             std::os::unix::fs::chown(path, None, Some(g))?;
@@ -577,16 +627,19 @@ impl Server {
     /// Serves until `stop()` says so (checked at least every 100 ms).
     pub fn run(mut self, stop: &dyn Fn() -> bool) {
         let mut events = Events::with_capacity(64);
-        let mut conns: Vec<Option<Conn>> = Vec::new();
-        let mut per_source: HashMap<IpAddr, usize> = HashMap::new();
-        let mut open = 0usize;
+        let mut t = Table {
+            conns: Vec::new(),
+            per_source: HashMap::new(),
+            open: vec![0; self.listeners.len()],
+        };
         let mut body = String::new();
         // Accepting is retried from here after an error (EMFILE, ...).
         let mut accept_again: Option<Instant> = None;
         let mut logged_at: Option<Instant> = None;
         while !stop() {
             let now = Instant::now();
-            let next = conns
+            let next = t
+                .conns
                 .iter()
                 .flatten()
                 .map(|c| c.deadline)
@@ -615,7 +668,7 @@ impl Server {
             if accept {
                 accept_again = None;
                 for li in 0..self.listeners.len() {
-                    if let Err(e) = self.accept(li, &mut conns, &mut per_source, &mut open) {
+                    if let Err(e) = self.accept(li, &mut t) {
                         // Out of descriptors or memory: keep serving the
                         // open connections, try again shortly.
                         accept_again = Some(Instant::now() + Duration::from_millis(100));
@@ -627,19 +680,19 @@ impl Server {
                 }
             }
             for i in ready {
-                let done = match conns.get_mut(i).and_then(Option::as_mut) {
+                let done = match t.conns.get_mut(i).and_then(Option::as_mut) {
                     Some(c) => self.progress(c, &mut body),
                     None => false,
                 };
                 if done {
-                    close(&mut conns, i, &self.poll, &mut per_source, &mut open);
+                    t.close(i, &self.poll);
                 }
             }
             let now = Instant::now();
-            for i in 0..conns.len() {
-                if conns[i].as_ref().is_some_and(|c| c.deadline <= now) {
+            for i in 0..t.conns.len() {
+                if t.conns[i].as_ref().is_some_and(|c| c.deadline <= now) {
                     self.stats.timed_out.fetch_add(1, Ordering::Relaxed);
-                    close(&mut conns, i, &self.poll, &mut per_source, &mut open);
+                    t.close(i, &self.poll);
                 }
             }
         }
@@ -655,16 +708,12 @@ impl Server {
     }
 
     /// Accepts what listener `li` has waiting.
-    fn accept(
-        &mut self,
-        li: usize,
-        conns: &mut Vec<Option<Conn>>,
-        per_source: &mut HashMap<IpAddr, usize>,
-        open: &mut usize,
-    ) -> io::Result<()> {
+    fn accept(&mut self, li: usize, t: &mut Table) -> io::Result<()> {
         loop {
             let accepted = match &self.listeners[li].listener {
-                Listener::Tcp(l) => l.accept().map(|(s, a)| (Stream::Tcp(s), Some(a.ip()))),
+                Listener::Tcp(l) => l
+                    .accept()
+                    .map(|(s, a)| (Stream::Tcp(s), Some(source_key(a.ip())))),
                 Listener::Unix(l, ..) => l.accept().map(|(s, _)| (Stream::Unix(s), None)),
             };
             let (mut stream, source) = match accepted {
@@ -683,11 +732,24 @@ impl Server {
                 }
                 Err(e) => return Err(e),
             };
-            let from_source = source.map_or(0, |ip| per_source.get(&ip).copied().unwrap_or(0));
-            if *open >= self.limits.max_conns || from_source >= self.limits.max_per_source {
+            let from_source =
+                source.map_or(0, |ip| t.per_source.get(&(li, ip)).copied().unwrap_or(0));
+            if from_source >= self.limits.max_per_source {
                 // Dropped: closed at once.
                 self.stats.refused_cap.fetch_add(1, Ordering::Relaxed);
                 continue;
+            }
+            if t.open[li] >= self.limits.max_conns {
+                // Full: a source with fewer connections than the one that
+                // holds the most takes that one's oldest; otherwise closed
+                // at once.
+                if let Some(i) = source.and_then(|_| t.victim(li, from_source)) {
+                    self.stats.evicted.fetch_add(1, Ordering::Relaxed);
+                    t.close(i, &self.poll);
+                } else {
+                    self.stats.refused_cap.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
             }
             let peer_ok = match (&self.listeners[li].access, &stream) {
                 (Access::Peer { gid }, Stream::Unix(s)) => crate::sys::peer::peer_cred(s)
@@ -698,11 +760,11 @@ impl Server {
                 (Access::Peer { .. }, Stream::Tcp(_)) => false,
                 _ => true,
             };
-            let slot = if let Some(i) = conns.iter().position(Option::is_none) {
+            let slot = if let Some(i) = t.conns.iter().position(Option::is_none) {
                 i
             } else {
-                conns.push(None);
-                conns.len() - 1
+                t.conns.push(None);
+                t.conns.len() - 1
             };
             self.poll.registry().register(
                 stream.source(),
@@ -710,10 +772,11 @@ impl Server {
                 Interest::READABLE | Interest::WRITABLE,
             )?;
             if let Some(ip) = source {
-                *per_source.entry(ip).or_default() += 1;
+                *t.per_source.entry((li, ip)).or_default() += 1;
             }
-            *open += 1;
-            conns[slot] = Some(Conn {
+            t.open[li] += 1;
+            let now = Instant::now();
+            t.conns[slot] = Some(Conn {
                 stream,
                 listener: li,
                 source,
@@ -721,7 +784,8 @@ impl Server {
                 buf: Vec::new(),
                 out: Vec::new(),
                 written: 0,
-                deadline: Instant::now() + self.limits.deadline,
+                accepted: now,
+                deadline: now + self.limits.head_deadline.min(self.limits.deadline),
             });
         }
     }
@@ -768,6 +832,9 @@ impl Server {
                 }
             };
             self.stats.answered.fetch_add(1, Ordering::Relaxed);
+            // The head is in: the rest of the exchange has the answer's
+            // deadline.
+            c.deadline = c.accepted + self.limits.deadline;
             let mut out = format!(
                 "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\nCache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\n",
                 reply.status,
@@ -829,24 +896,47 @@ fn authorise(b: &Bound, peer_ok: bool, req: &Request<'_>, body: &mut String) -> 
     None
 }
 
-fn close(
-    conns: &mut [Option<Conn>],
-    i: usize,
-    poll: &Poll,
-    per_source: &mut HashMap<IpAddr, usize>,
-    open: &mut usize,
-) {
-    if let Some(mut c) = conns.get_mut(i).and_then(Option::take) {
-        let _ = poll.registry().deregister(c.stream.source());
-        if let Some(ip) = c.source
-            && let Some(n) = per_source.get_mut(&ip)
-        {
-            *n -= 1;
-            if *n == 0 {
-                per_source.remove(&ip);
+/// A server's open connections and their counts.
+struct Table {
+    conns: Vec<Option<Conn>>,
+    /// Open connections per listener and source.
+    per_source: HashMap<(usize, IpAddr), usize>,
+    /// Open connections per listener.
+    open: Vec<usize>,
+}
+
+impl Table {
+    fn close(&mut self, i: usize, poll: &Poll) {
+        if let Some(mut c) = self.conns.get_mut(i).and_then(Option::take) {
+            let _ = poll.registry().deregister(c.stream.source());
+            if let Some(ip) = c.source
+                && let Some(n) = self.per_source.get_mut(&(c.listener, ip))
+            {
+                *n -= 1;
+                if *n == 0 {
+                    self.per_source.remove(&(c.listener, ip));
+                }
             }
+            self.open[c.listener] -= 1;
         }
-        *open -= 1;
+    }
+
+    /// On listener `li`, the oldest connection of the source that holds
+    /// the most, if it holds at least two more than `has` (a newcomer's
+    /// count): taking it moves towards an even share and never back.
+    fn victim(&self, li: usize, has: usize) -> Option<usize> {
+        let (&(_, ip), _) = self
+            .per_source
+            .iter()
+            .filter(|((l, _), n)| *l == li && **n > has + 1)
+            .max_by_key(|(_, n)| **n)?;
+        self.conns
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| Some((i, c.as_ref()?)))
+            .filter(|(_, c)| c.listener == li && c.source == Some(ip))
+            .min_by_key(|(_, c)| c.accepted)
+            .map(|(i, _)| i)
     }
 }
 

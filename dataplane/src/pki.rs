@@ -503,7 +503,7 @@ fn edge_name(name: &str) -> Result<(), PkiError> {
 }
 
 /// This process's effective user id, from `/proc/self/status`.
-fn euid() -> Option<u32> {
+pub(crate) fn euid() -> Option<u32> {
     let s = fs::read_to_string("/proc/self/status").ok()?;
     s.lines()
         .find_map(|l| l.strip_prefix("Uid:"))?
@@ -514,36 +514,10 @@ fn euid() -> Option<u32> {
 }
 
 /// `dir` exists (created with `mode` if not, parents 0755) as a real
-/// directory, owned by this user or root, not writable by group or
-/// others, under no world-writable ancestor without the sticky bit.
+/// directory that only this user and root can change ([`untrusted_dir`]).
 fn safe_dir(dir: &Path, mode: u32) -> Result<(), PkiError> {
     match fs::symlink_metadata(dir) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-                fs::DirBuilder::new()
-                    .recursive(true)
-                    .mode(0o755)
-                    .create(parent)
-                    .map_err(|source| PkiError::Write {
-                        path: parent.to_path_buf(),
-                        source,
-                    })?;
-            }
-            fs::DirBuilder::new()
-                .mode(mode)
-                .create(dir)
-                .map_err(|source| PkiError::Write {
-                    path: dir.to_path_buf(),
-                    source,
-                })?;
-            // Exactly `mode`, whatever the umask.
-            fs::set_permissions(dir, fs::Permissions::from_mode(mode)).map_err(|source| {
-                PkiError::Write {
-                    path: dir.to_path_buf(),
-                    source,
-                }
-            })?;
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => create_dir_checked(dir, mode)?,
         Err(e) => return Err(unsafe_path(dir, e.to_string())),
         Ok(_) => {}
     }
@@ -551,37 +525,153 @@ fn safe_dir(dir: &Path, mode: u32) -> Result<(), PkiError> {
     if m.file_type().is_symlink() {
         return Err(unsafe_path(dir, "is a symlink: give the real directory"));
     }
-    if !m.is_dir() {
-        return Err(unsafe_path(dir, "is not a directory"));
+    match untrusted_dir(dir) {
+        Some((path, why)) => Err(PkiError::Unsafe { path, why }),
+        None => Ok(()),
     }
-    if m.uid() != 0 && Some(m.uid()) != euid() {
-        return Err(unsafe_path(
-            dir,
-            format!("owned by uid {}, neither root nor this user", m.uid()),
-        ));
+}
+
+/// Creates what is missing of `dir` (`mode` for `dir`, whatever the
+/// umask; 0755 above it), one directory at a time, each one only inside
+/// a directory checked just before ([`untrusted_path`], not strict: a
+/// sticky directory such as `/tmp` is enough to create in): nothing is
+/// ever created below a directory someone else could change, not even
+/// if one appears between the first check and the last `mkdir`. A
+/// directory someone else made in between is left as it is, for the
+/// caller's check of `dir` (or the next parent's) to judge.
+///
+/// # Errors
+/// [`PkiError::Unsafe`] naming the directory that is not safe to create
+/// in; [`PkiError::Write`] if a `mkdir` fails.
+pub(crate) fn create_dir_checked(dir: &Path, mode: u32) -> Result<(), PkiError> {
+    let here = |p: &Path| {
+        if p.as_os_str().is_empty() {
+            Path::new(".").to_path_buf()
+        } else {
+            p.to_path_buf()
+        }
+    };
+    // The missing ones, from `dir` up (a dangling symlink is not missing:
+    // `mkdir` refuses it).
+    let missing: Vec<&Path> = dir
+        .ancestors()
+        .filter(|a| !a.as_os_str().is_empty())
+        .take_while(|a| {
+            matches!(fs::symlink_metadata(a), Err(e) if e.kind() == std::io::ErrorKind::NotFound)
+        })
+        .collect();
+    for a in missing.into_iter().rev() {
+        let parent = here(a.parent().unwrap_or(Path::new("")));
+        if let Some((path, why)) = untrusted_path(&parent, false) {
+            return Err(PkiError::Unsafe { path, why });
+        }
+        let m = if a == dir { mode } else { 0o755 };
+        match fs::DirBuilder::new().mode(m).create(a) {
+            Ok(()) if a == dir => {
+                // Exactly `mode`, whatever the umask.
+                fs::set_permissions(a, fs::Permissions::from_mode(mode)).map_err(|source| {
+                    PkiError::Write {
+                        path: a.to_path_buf(),
+                        source,
+                    }
+                })?;
+            }
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(source) => {
+                return Err(PkiError::Write {
+                    path: a.to_path_buf(),
+                    source,
+                });
+            }
+        }
     }
-    if m.mode() & 0o022 != 0 {
-        return Err(unsafe_path(
-            dir,
+    Ok(())
+}
+
+/// Why `dir` is not a directory that only this user and root can change
+/// (`None` when it is): the first thing on its way that someone else
+/// could use to swap what a path under it leads to, and why. Checked:
+/// every symlink on the path as given is owned by root or this user (its
+/// owner could point it elsewhere); the directory it resolves to is owned
+/// by root or this user and not writable by group or others; each of its
+/// ancestors is owned by root or this user, and is not writable by group
+/// or others unless it has the sticky bit (`/tmp`: others cannot rename
+/// what they do not own).
+///
+/// Keys (`pki init`) and the admin socket (which root chmods and chowns
+/// by path after bind) are only put in such directories: `O_NOFOLLOW`
+/// protects a path's last component only.
+pub(crate) fn untrusted_dir(dir: &Path) -> Option<(PathBuf, String)> {
+    untrusted_path(dir, true)
+}
+
+/// [`untrusted_dir`]; with `strict` false, `dir` itself is held to its
+/// ancestors' rule (sticky is enough): where a directory is about to be
+/// created.
+fn untrusted_path(dir: &Path, strict: bool) -> Option<(PathBuf, String)> {
+    let me = euid();
+    let trusted = |uid: u32| uid == 0 || Some(uid) == me;
+    let not_trusted = |path: &Path, uid: u32, what: &str| {
+        Some((
+            path.to_path_buf(),
             format!(
-                "mode {:o}: writable by group or others, who could replace the keys (chmod go-w)",
+                "{what} uid {uid}, neither root nor this user: they could swap what is below it (use a directory root owns)"
+            ),
+        ))
+    };
+    let abs = if dir.is_absolute() {
+        dir.to_path_buf()
+    } else {
+        std::env::current_dir().ok()?.join(dir)
+    };
+    for a in abs.ancestors() {
+        if let Ok(m) = fs::symlink_metadata(a)
+            && m.file_type().is_symlink()
+            && !trusted(m.uid())
+        {
+            return not_trusted(a, m.uid(), "a symlink owned by");
+        }
+    }
+    let full = match fs::canonicalize(dir) {
+        Ok(f) => f,
+        Err(e) => return Some((dir.to_path_buf(), e.to_string())),
+    };
+    let m = match fs::metadata(&full) {
+        Ok(m) => m,
+        Err(e) => return Some((full, e.to_string())),
+    };
+    if !m.is_dir() {
+        return Some((full, "is not a directory".into()));
+    }
+    if !trusted(m.uid()) {
+        return not_trusted(&full, m.uid(), "owned by");
+    }
+    if m.mode() & 0o022 != 0 && (strict || m.mode() & 0o1000 == 0) {
+        return Some((
+            full,
+            format!(
+                "mode {:o}: writable by group or others, who could replace what is in it (chmod go-w)",
                 m.mode() & 0o7777
             ),
         ));
     }
-    let full = fs::canonicalize(dir).map_err(|e| unsafe_path(dir, e.to_string()))?;
     for a in full.ancestors().skip(1) {
-        if let Ok(am) = fs::metadata(a)
-            && am.mode() & 0o002 != 0
-            && am.mode() & 0o1000 == 0
-        {
-            return Err(unsafe_path(
-                a,
-                "writable by everyone without the sticky bit: others could swap the directory",
+        let Ok(am) = fs::metadata(a) else { continue };
+        if !trusted(am.uid()) {
+            return not_trusted(a, am.uid(), "an ancestor owned by");
+        }
+        if am.mode() & 0o022 != 0 && am.mode() & 0o1000 == 0 {
+            return Some((
+                a.to_path_buf(),
+                format!(
+                    "mode {:o}: writable by group or others without the sticky bit, who could swap what is below it",
+                    am.mode() & 0o7777
+                ),
             ));
         }
     }
-    Ok(())
+    None
 }
 
 /// Creates `path` (never an existing file, never through a symlink) with
@@ -702,15 +792,47 @@ pub fn load_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static
     load_crls_from(path, &read_file(path)?)
 }
 
-fn load_roots(ca: &Path) -> Result<RootCertStore, PkiError> {
+fn load_roots(ca: &Path, certs: &[CertificateDer<'static>]) -> Result<RootCertStore, PkiError> {
     let mut roots = RootCertStore::empty();
-    for c in load_certs(ca)? {
-        roots.add(c).map_err(|source| PkiError::Tls {
+    for c in certs {
+        roots.add(c.clone()).map_err(|source| PkiError::Tls {
             path: ca.to_path_buf(),
             source,
         })?;
     }
     Ok(roots)
+}
+
+/// The revocation lists in `crl`, each one issued by a certificate of the
+/// CA file `ca` (`cas`, its certificates): issuer name and signature by
+/// its key. rustls builds its verifier from any well-formed list, and
+/// only finds at the handshake that the list is not the CA's (every
+/// `pki init` CA has the same name): then every peer's status is
+/// unknown, and every peer is refused.
+fn load_crls_of(
+    crl: &Path,
+    ca: &Path,
+    cas: &[CertificateDer<'_>],
+) -> Result<Vec<CertificateRevocationListDer<'static>>, PkiError> {
+    let lists = load_crls(crl)?;
+    for l in &lists {
+        let why = |what: String| PkiError::Verifier {
+            path: crl.to_path_buf(),
+            what,
+        };
+        let signed = cas
+            .iter()
+            .map(|a| crl_issued_by(l, a))
+            .collect::<Result<Vec<bool>, String>>()
+            .map_err(why)?;
+        if !signed.contains(&true) {
+            return Err(why(format!(
+                "revocation list not signed by the CA in {} (another CA's list, even one of the same name, would get every peer refused at the handshake)",
+                ca.display()
+            )));
+        }
+    }
+    Ok(lists)
 }
 
 /// Whether `key` is the private key of `certs`' first certificate.
@@ -795,14 +917,16 @@ pub fn client_config(ca: &Path, cert: &Path, key: &Path) -> Result<Arc<ClientCon
     client_config_with_crl(ca, cert, key, None)
 }
 
-/// [`client_config`], refusing edge certificates that `crl` lists.
+/// [`client_config`], refusing edge certificates that `crl` lists. A
+/// list `ca` did not sign fails the load ([`load_crls_of`]).
 pub fn client_config_with_crl(
     ca: &Path,
     cert: &Path,
     key: &Path,
     crl: Option<&Path>,
 ) -> Result<Arc<ClientConfig>, PkiError> {
-    let roots = Arc::new(load_roots(ca)?);
+    let cas = load_certs(ca)?;
+    let roots = Arc::new(load_roots(ca, &cas)?);
     let builder = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|source| PkiError::Tls {
@@ -812,7 +936,7 @@ pub fn client_config_with_crl(
     let builder = match crl {
         Some(crl) => {
             let verifier = WebPkiServerVerifier::builder_with_provider(roots, provider())
-                .with_crls(load_crls(crl)?)
+                .with_crls(load_crls_of(crl, ca, &cas)?)
                 .only_check_end_entity_revocation()
                 .build()
                 .map_err(|e| PkiError::Verifier {
@@ -840,20 +964,21 @@ pub fn server_config(ca: &Path, cert: &Path, key: &Path) -> Result<Arc<ServerCon
     server_config_with_crl(ca, cert, key, None)
 }
 
-/// [`server_config`], refusing gateway certificates that `crl` lists (a
-/// list from another issuer than `ca` makes every gateway's status
-/// unknown, and every gateway refused: `sluice check` says so first).
+/// [`server_config`], refusing gateway certificates that `crl` lists.
+/// A list `ca` did not sign fails the load ([`load_crls_of`]): it would
+/// make every gateway's status unknown, and every gateway refused.
 pub fn server_config_with_crl(
     ca: &Path,
     cert: &Path,
     key: &Path,
     crl: Option<&Path>,
 ) -> Result<Arc<ServerConfig>, PkiError> {
-    let roots = load_roots(ca)?;
+    let cas = load_certs(ca)?;
+    let roots = load_roots(ca, &cas)?;
     let mut builder = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider());
     if let Some(crl) = crl {
         builder = builder
-            .with_crls(load_crls(crl)?)
+            .with_crls(load_crls_of(crl, ca, &cas)?)
             .only_check_end_entity_revocation();
     }
     let verifier = builder.build().map_err(|e| PkiError::Verifier {
@@ -1053,6 +1178,54 @@ pub(crate) mod tests {
         fs::remove_dir_all(parent).unwrap();
     }
 
+    /// Review finding: only `--dir` itself was checked for its owner;
+    /// below a directory another user owns (or a symlink they own, or a
+    /// group-writable ancestor), that user can rename `--dir` between the
+    /// checks and the writes and have root's keys and CA written where
+    /// they choose (`O_NOFOLLOW` protects the last component only).
+    #[test]
+    fn refuses_a_directory_another_user_could_swap() {
+        if !sluice_lab::require_root("refuses_a_directory_another_user_could_swap") {
+            return;
+        }
+        let parent = fresh("foreign");
+        fs::create_dir(&parent).unwrap();
+        chmod(&parent, 0o755);
+        std::os::unix::fs::chown(&parent, Some(65_534), Some(65_534)).unwrap();
+        let err = init(&parent.join("pki"), "gw1")
+            .expect_err("a --dir below a directory uid 65534 owns was used");
+        assert!(err.to_string().contains("uid 65534"), "{err}");
+        assert_eq!(fs::read_dir(&parent).unwrap().count(), 0, "created");
+        fs::remove_dir_all(parent).unwrap();
+
+        let base = fresh("viaforeignlink");
+        fs::create_dir(&base).unwrap();
+        chmod(&base, 0o755);
+        let real = base.join("real");
+        fs::create_dir(&real).unwrap();
+        chmod(&real, 0o755);
+        let link = base.join("link");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        std::os::unix::fs::lchown(&link, Some(65_534), Some(65_534)).unwrap();
+        let err = init(&link.join("pki"), "gw1")
+            .expect_err("a --dir through a symlink uid 65534 owns was used");
+        assert!(err.to_string().contains("uid 65534"), "{err}");
+        assert_eq!(fs::read_dir(&real).unwrap().count(), 0, "created");
+        fs::remove_dir_all(base).unwrap();
+    }
+
+    #[test]
+    fn refuses_a_directory_below_a_group_writable_one() {
+        let parent = fresh("groupw");
+        fs::create_dir(&parent).unwrap();
+        chmod(&parent, 0o775);
+        let err = init(&parent.join("pki"), "gw1")
+            .expect_err("a --dir below a group-writable directory was used");
+        assert!(err.to_string().contains("writable"), "{err}");
+        assert_eq!(fs::read_dir(&parent).unwrap().count(), 0, "created");
+        fs::remove_dir_all(parent).unwrap();
+    }
+
     /// Keys are 0600 and never replace an existing file; the CA's key is
     /// in a 0700 directory of its own, not beside the keys that get
     /// deployed.
@@ -1176,6 +1349,42 @@ pub(crate) mod tests {
         .unwrap();
         assert!(revoked(&handshake(gw, edge_plain).unwrap_err()));
         fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// Review finding: a revocation list the configured CA did not sign
+    /// (another `pki init`'s: every such CA has the same name) was
+    /// accepted at start; every peer was then refused at the handshake
+    /// (an outage of every branch, visible only as handshake failures).
+    /// The load fails instead, naming the list.
+    #[test]
+    fn a_revocation_list_the_ca_did_not_sign_fails_the_load() {
+        let (dir1, f1) = lab_pki();
+        let (dir2, f2) = lab_pki();
+        let (_, c, k) = &f1.gateways[0];
+        // What it did before: loaded, and refused every gateway.
+        if let Ok(edge) = server_config_with_crl(&f1.ca, &f1.edge.0, &f1.edge.1, Some(&f2.crl)) {
+            let e = handshake(client_config(&f1.ca, c, k).unwrap(), edge)
+                .expect_err("a gateway passed a list of another CA");
+            panic!(
+                "the edge loaded another CA's revocation list, and refused every gateway: {e:?}"
+            );
+        }
+        let e = server_config_with_crl(&f1.ca, &f1.edge.0, &f1.edge.1, Some(&f2.crl))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(&f2.crl.display().to_string()) && e.contains("not signed by"),
+            "{e}"
+        );
+        let e = client_config_with_crl(&f1.ca, c, k, Some(&f2.crl))
+            .expect_err("the gateway loaded another CA's revocation list")
+            .to_string();
+        assert!(e.contains("not signed by"), "{e}");
+        // Its own CA's list loads.
+        server_config_with_crl(&f1.ca, &f1.edge.0, &f1.edge.1, Some(&f1.crl)).unwrap();
+        client_config_with_crl(&f1.ca, c, k, Some(&f1.crl)).unwrap();
+        fs::remove_dir_all(dir1).unwrap();
+        fs::remove_dir_all(dir2).unwrap();
     }
 
     #[test]

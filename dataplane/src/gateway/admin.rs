@@ -133,7 +133,10 @@ fn admin_server(
     let mut server = Server::new(
         "sluice-admin",
         Limits {
-            // Admin callers are few; a reload may take a while.
+            // Admin callers are few (caps per listener: TCP clients cannot
+            // take the socket's slots); a reload may take a while, but a
+            // request head still comes within the default 5 s, before
+            // anything is authorised.
             max_conns: 64,
             max_per_source: 16,
             deadline: Duration::from_mins(1),

@@ -304,12 +304,18 @@ fn connection_caps() {
             "GET /x HTTP/1.1\r\n\r\n",
         );
         assert!(r.starts_with("HTTP/1.1 200"), "{r}");
-        // Two more from ::1 fill the server's six: then nobody else, not
-        // even ::1 (two of its four).
-        let more: Vec<TcpStream> = (0..2)
-            .map(|_| TcpStream::connect(("::1", port)).unwrap())
+        // Two more from ::1 fill the server's six; a third takes one of
+        // 127.0.0.1's four (it holds the most); then three and three is
+        // an even share: nobody else gets in, from either.
+        let more: Vec<TcpStream> = (0..3)
+            .map(|_| {
+                let c = TcpStream::connect(("::1", port)).unwrap();
+                std::thread::sleep(Duration::from_millis(100));
+                c
+            })
             .collect();
         std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(stats.evicted.load(Ordering::Relaxed), 1);
         assert!(
             ask(
                 SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port)),
@@ -317,6 +323,7 @@ fn connection_caps() {
             )
             .is_empty()
         );
+        assert!(ask(addr, "GET /x HTTP/1.1\r\n\r\n").is_empty());
         drop(more);
     }
     drop(idle);
@@ -468,4 +475,238 @@ fn tokens_compare_by_hash() {
     assert!(ct_eq(&a, &sha256(b"x")));
     assert!(!ct_eq(&a, &sha256(b"y")));
     assert_eq!(format!("{:?}", Access::Token(a)), "Token(..)");
+}
+
+/// Review finding: the admin server's TCP listener (bearer token) and
+/// root's Unix socket shared one connection cap, so unauthenticated
+/// network clients that connect and send nothing filled it and root's
+/// `sluice policy reload` was closed at accept. Each listener has its own
+/// cap: a full TCP listener leaves the socket served.
+#[test]
+fn unauthenticated_tcp_clients_cannot_lock_out_the_unix_socket() {
+    let dir = temp_dir("shared-cap");
+    let path = dir.join("admin.sock");
+    let mut s = Server::new(
+        "sluice-test-sharedcap",
+        Limits {
+            max_conns: 4,
+            max_per_source: 4,
+            deadline: Duration::from_secs(60),
+            ..Limits::default()
+        },
+        |_, body| {
+            body.push_str("ok\n");
+            Reply::text(200)
+        },
+    )
+    .unwrap();
+    let addr = s
+        .listen_tcp(
+            "127.0.0.1:0".parse().unwrap(),
+            Access::Token(sha256(b"s3cret")),
+            Hosts::default(),
+        )
+        .unwrap();
+    s.listen_unix(&path, 0o600, None, Access::Peer { gid: None })
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let h = s.spawn(stop.clone()).unwrap();
+    // Four connections without a token (nor a byte) fill the TCP side.
+    let idle: Vec<TcpStream> = (0..4).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let r = unix_ask(&path, "GET / HTTP/1.1\r\n\r\n").unwrap_or_else(|e| e.to_string());
+    // 200 as root, 403 otherwise: answered either way, not closed.
+    assert!(
+        r.starts_with("HTTP/1.1 200") || r.starts_with("HTTP/1.1 403"),
+        "the admin socket was not answered while unauthenticated TCP clients held the server: {r:?}"
+    );
+    drop(idle);
+    stop.store(true, Ordering::Relaxed);
+    h.join().unwrap();
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// Review finding: the admin API's 60 s deadline (a reload may take
+/// that long) also bounded the wait for the request head, so a client
+/// that sent nothing held a slot for a minute before any authorisation.
+/// The head has a deadline of its own ([`Limits::default`]'s 5 s).
+#[test]
+fn a_request_head_has_a_deadline_of_its_own() {
+    let (addr, stop, h) = server(
+        Limits {
+            deadline: Duration::from_secs(60),
+            ..Limits::default()
+        },
+        Some("s3cret"),
+    );
+    let mut idle = TcpStream::connect(addr).unwrap();
+    idle.write_all(b"GET /x HT").unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let t = Instant::now();
+    let mut b = [0u8; 64];
+    let r = idle.read(&mut b);
+    let took = t.elapsed();
+    assert!(
+        matches!(r, Ok(0))
+            || r.as_ref().is_err_and(|e| {
+                !matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                )
+            }),
+        "a connection without a complete head was still open after {took:?}: {r:?}"
+    );
+    // Generous: the point is seconds, not the minute of the answer's
+    // deadline.
+    assert!(took < Duration::from_secs(15), "closed after {took:?}");
+    stop.store(true, Ordering::Relaxed);
+    h.join().unwrap();
+}
+
+/// Review finding: a full server turned every new connection away, so a
+/// LAN host with a few addresses (8 x 32 fill the PAC server's 256)
+/// kept it full and other clients got nothing. A new source now takes the
+/// oldest connection of the source that holds the most.
+#[test]
+fn a_full_server_makes_room_for_a_new_source() {
+    let limits = Limits {
+        max_conns: 4,
+        max_per_source: 4,
+        deadline: Duration::from_secs(30),
+        ..Limits::default()
+    };
+    let mut s = Server::new("sluice-test-fair", limits, |_, body| {
+        body.push_str("x\n");
+        Reply::text(200)
+    })
+    .unwrap();
+    // Dual stack: 127.0.0.1 (as ::ffff:127.0.0.1) and ::1 are two sources.
+    let port = s
+        .listen_tcp("[::]:0".parse().unwrap(), Access::Open, Hosts::default())
+        .expect("a dual-stack listener (IPv6 loopback)")
+        .port();
+    let stop = Arc::new(AtomicBool::new(false));
+    let h = s.spawn(stop.clone()).unwrap();
+    let v4 = SocketAddr::from(([127, 0, 0, 1], port));
+    let v6 = SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port));
+    let hog: Vec<TcpStream> = (0..4).map(|_| TcpStream::connect(v4).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let r = ask(v6, "GET /x HTTP/1.1\r\n\r\n");
+    assert!(
+        r.starts_with("HTTP/1.1 200"),
+        "a new source was turned away by a server one source filled: {r:?}"
+    );
+    // One of the hog's connections made the room.
+    let closed = hog
+        .iter()
+        .filter(|c| {
+            c.set_read_timeout(Some(Duration::from_millis(300)))
+                .unwrap();
+            let mut r: &TcpStream = c;
+            matches!(r.read(&mut [0u8; 8]), Ok(0))
+        })
+        .count();
+    assert_eq!(closed, 1, "connections of the hog closed");
+    drop(hog);
+    stop.store(true, Ordering::Relaxed);
+    h.join().unwrap();
+}
+
+/// Review finding: the listener's socket file is chmod'ed and chown'ed
+/// by path after bind; in a directory others can write, a local user
+/// could swap it for a symlink in between (root then chmods and chowns
+/// the file it points to) or replace it later (the CLI then talks to an
+/// impostor). Such a directory is refused, and nothing is created there.
+#[test]
+fn refuses_a_socket_directory_others_can_write() {
+    for m in [0o777, 0o770, 0o1777, 0o1770] {
+        let dir = temp_dir("sockdir");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(m)).unwrap();
+        let path = dir.join("admin.sock");
+        let mut s = Server::new("sluice-test-sockdir", Limits::default(), |_, _| {
+            Reply::text(200)
+        })
+        .unwrap();
+        let r = s.listen_unix(&path, 0o600, None, Access::Peer { gid: None });
+        assert!(
+            r.as_ref()
+                .is_err_and(|e| e.to_string().contains("writable")),
+            "an admin socket in a {m:o} directory: {r:?}"
+        );
+        assert!(
+            std::fs::symlink_metadata(&path).is_err(),
+            "{m:o}: a socket was bound"
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
+
+/// The same for a directory another user owns (it can rename the socket
+/// whatever the mode).
+#[test]
+fn refuses_a_socket_directory_another_user_owns() {
+    if !sluice_lab::require_root("refuses_a_socket_directory_another_user_owns") {
+        return;
+    }
+    let dir = temp_dir("sockowner");
+    std::os::unix::fs::chown(&dir, Some(65_534), Some(65_534)).unwrap();
+    let path = dir.join("admin.sock");
+    let mut s = Server::new("sluice-test-sockowner", Limits::default(), |_, _| {
+        Reply::text(200)
+    })
+    .unwrap();
+    let r = s.listen_unix(&path, 0o600, None, Access::Peer { gid: None });
+    assert!(
+        r.as_ref()
+            .is_err_and(|e| e.to_string().contains("owned by")),
+        "an admin socket in a directory uid 65534 owns: {r:?}"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// Review finding: the admin socket's missing directories were created
+/// (`mkdir -p`) before anything was checked, so a directory appeared in
+/// a directory others can change before the refusal. Each directory is
+/// checked before anything is created in it.
+#[test]
+fn creates_no_socket_directory_where_others_could_change_it() {
+    let dir = temp_dir("sockmkdir");
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let path = dir.join("run/sluice/admin.sock");
+    let mut s = Server::new("sluice-test-sockmkdir", Limits::default(), |_, _| {
+        Reply::text(200)
+    })
+    .unwrap();
+    let r = s.listen_unix(&path, 0o600, None, Access::Peer { gid: None });
+    let made: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(
+        made.is_empty(),
+        "created in a 777 directory before the refusal ({r:?}): {made:?}"
+    );
+    assert!(
+        r.as_ref()
+            .is_err_and(|e| e.kind() == io::ErrorKind::PermissionDenied
+                && e.to_string().contains("writable")),
+        "an admin socket below a 777 directory: {r:?}"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// Review finding: sources were counted address by address, so one
+/// IPv6 host (a /64 of its own: privacy addresses, or any it picks) got
+/// 32 connections per address. A /64 is one source; a v4-mapped address
+/// on a dual-stack listener is its IPv4 address.
+#[test]
+fn ipv6_sources_are_counted_by_their_64() {
+    let k = |s: &str| source_key(s.parse().unwrap());
+    assert_eq!(k("2001:db8:1:2::1"), k("2001:db8:1:2:ffff:ffff:ffff:ffff"));
+    assert_eq!(k("2001:db8:1:2:abcd::9"), k("2001:db8:1:2::"));
+    assert_ne!(k("2001:db8:1:2::1"), k("2001:db8:1:3::1"));
+    assert_eq!(k("::ffff:192.0.2.7"), k("192.0.2.7"));
+    assert_ne!(k("::ffff:192.0.2.7"), k("::ffff:192.0.2.8"));
+    assert_ne!(k("192.0.2.7"), k("192.0.2.8"));
 }
