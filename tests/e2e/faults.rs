@@ -348,3 +348,115 @@ fn the_classifier_follows_the_gateway_addresses() {
         logs(&lab)
     );
 }
+
+/// The lab's gateway configuration with its `[bypass]` lists moved into a
+/// default profile that also has `setting`.
+fn default_profile(c: &str, setting: &str) -> String {
+    let head = c.split("[bypass]").next().expect("the lab's gateway.toml");
+    format!(
+        "{head}[[profile]]\nname = \"default\"\n\
+         exclude = [\"203.0.113.20/32\", \"2001:db8:100::20/128\"]\n\
+         domains = [\"*.bypass.example\"]\n{setting}\n"
+    )
+}
+
+/// Review finding (issue 14): the stop and fault paths told the pinned
+/// classifier that the tunnel went down (a worker that stops zeroes its
+/// gauges, and the main loop passed that on), so a profile with
+/// `fail = "open"` sent must-tunnel traffic direct for as long as no
+/// gateway ran. A stop is no tunnel outage now: with a fail-open default
+/// profile, a worker fault and a SIGTERM stop, each with traffic flowing,
+/// leak nothing, and each restart adopts the pin.
+#[test]
+fn a_fail_open_profile_does_not_go_direct_while_no_gateway_runs() {
+    if !require_root("a_fail_open_profile_does_not_go_direct_while_no_gateway_runs") {
+        return;
+    }
+    let lab = Lab::new();
+    lab.spawn_peer(Host::Inet, "peer", HTTP, UDP);
+    let mut s = Sluice::prepare(&lab, bin(), |c| default_profile(c, "fail = \"open\""));
+    s.start_edge();
+    let trigger = lab.dir().join("fault-now");
+    let trigger_s = trigger.to_string_lossy().into_owned();
+    s.start_gateway_env(&[
+        ("SLUICE_FAULT", "exit:sluice-q0"),
+        ("SLUICE_FAULT_TRIGGER", &trigger_s),
+    ]);
+    // The main loop tells the classifier within 100 ms of the tunnel.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        curl(&lab, &[&url(addr::TUNNELLED_V4, "/whoami")]).trim(),
+        addr::EDGE_WAN_V4.to_string()
+    );
+    // A worker fault, traffic going on for 5 s after the exit.
+    lab.reset_counters();
+    let secs = 8;
+    let pings = traffic(&lab, secs);
+    std::thread::sleep(Duration::from_secs(1));
+    std::fs::write(&trigger, b"now").expect("writing the trigger");
+    let status = lab.wait_exit(s.gateway.take().expect("gateway"), Duration::from_secs(15));
+    assert_eq!(status.code(), Some(EXIT_FAULT), "{}", logs(&lab));
+    wait_traffic(&lab, pings, secs);
+    assert_no_leak(&lab, "fail-open profile, after a worker fault");
+    std::fs::remove_file(&trigger).expect("removing the trigger");
+    restart_adopts(&lab, &mut s);
+    // A stop, 3 s without a gateway, a restart.
+    lab.reset_counters();
+    let pings = traffic(&lab, secs);
+    std::thread::sleep(Duration::from_secs(1));
+    let status = lab.stop(s.gateway.take().expect("gateway"));
+    assert!(status.success(), "a stop on SIGTERM: {status}");
+    std::thread::sleep(Duration::from_secs(3));
+    restart_adopts(&lab, &mut s);
+    wait_traffic(&lab, pings, secs);
+    assert_no_leak(&lab, "fail-open profile, across a stop and a restart");
+}
+
+/// Review finding (issue 14): a restarted gateway started its tunnels'
+/// outage series afresh, so every restart during an outage (a crash loop
+/// while the edge is unreachable) granted a new captive-portal grace, and
+/// must-tunnel traffic went direct again. The series is kept beside the
+/// instance lock now: with a 2 s grace, the edge gone, the grace used
+/// up, a restart sends nothing direct.
+#[test]
+fn a_restart_during_an_outage_grants_no_new_grace() {
+    if !require_root("a_restart_during_an_outage_grants_no_new_grace") {
+        return;
+    }
+    let lab = Lab::new();
+    lab.spawn_peer(Host::Inet, "peer", HTTP, UDP);
+    let mut s = Sluice::prepare(&lab, bin(), |c| {
+        default_profile(c, "captive_portal_grace_secs = 2")
+    });
+    s.start_edge();
+    s.start_gateway();
+    // The edge goes: the grace sends traffic direct for 2 s (the profile
+    // works), then fails closed.
+    lab.reset_counters();
+    let pings = traffic(&lab, 6);
+    std::thread::sleep(Duration::from_millis(500));
+    s.stop_edge();
+    wait_traffic(&lab, pings, 6);
+    assert!(
+        lab.nft_counter(counter::GW_TO_TUNNELLED_V4) > 0,
+        "the grace sent nothing direct: the test's profile does not apply\n{}",
+        logs(&lab)
+    );
+    lab.reset_counters();
+    let pings = traffic(&lab, 2);
+    wait_traffic(&lab, pings, 2);
+    assert_no_leak(&lab, "after the grace");
+    // A restart with the edge still gone: no new grace.
+    let status = lab.stop(s.gateway.take().expect("gateway"));
+    assert!(status.success(), "a stop on SIGTERM: {status}");
+    lab.reset_counters();
+    let pings = traffic(&lab, 6);
+    s.start_gateway_without_edge();
+    wait_traffic(&lab, pings, 6);
+    assert_no_leak(&lab, "a restart during the outage, after its grace");
+    assert!(
+        lab.log("gateway").contains("tunnel outages taken up"),
+        "{}",
+        logs(&lab)
+    );
+}

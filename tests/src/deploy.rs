@@ -205,6 +205,17 @@ impl<'a> Sluice<'a> {
         self.wait_tunnel(true, Duration::from_secs(15));
     }
 
+    /// Starts the gateway and waits until it reports its tunnel down (its
+    /// edge is not running).
+    ///
+    /// # Panics
+    /// If it does not report so within 15 s (the message has the logs).
+    pub fn start_gateway_without_edge(&mut self) {
+        let id = self.spawn_gateway(Host::Gw, "gateway", "gateway.toml");
+        self.gateway = Some(id);
+        self.wait_tunnel(false, Duration::from_secs(15));
+    }
+
     /// Starts a second gateway, `branch-2`, in `gw2` (its own certificate,
     /// the second branch's LAN) against the same edge, and waits until its
     /// tunnel is up.

@@ -24,8 +24,11 @@ use super::{CLASSIFIER_OBJECT, Classifier, EbpfError, error_chain, layout};
 
 /// What the classifier does with the 802.1Q tag of a frame it passes to
 /// the kernel (configuration value `"kernel"` or `"untag"`). Frames it
-/// tunnels keep their tags in every mode: the worker learns the host's
-/// VLAN from them and tags the replies.
+/// tunnels keep their tags in every mode. The worker tags the replies
+/// with the host's VLAN: in kernel mode the VLAN of the device the
+/// kernel's neighbour entry is on (frames teach none); in untag mode the
+/// tags of the host's frames, learnt only from the MAC the kernel has for
+/// its address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum VlanMode {

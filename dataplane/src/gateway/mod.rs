@@ -146,7 +146,7 @@ pub struct Gateway {
     endpoint: Option<crate::endpoint::Endpoint>,
     stop: Arc<AtomicBool>,
     /// Held for the life of the process.
-    _lock: Lock,
+    _lock: (Lock, Option<Lock>),
 }
 
 impl std::fmt::Debug for Gateway {
@@ -184,9 +184,25 @@ impl Drop for Undo {
     }
 }
 
-/// The instance lock of `cfg` (its LAN interface, or `endpoint`).
-fn instance_lock(cfg: &GatewayConfig) -> Result<Lock, GatewayError> {
-    let path = host::instance_lock(cfg.lan.as_deref().unwrap_or("endpoint"))?;
+/// The instance locks of `cfg`: its LAN interface's (`lan-<name>`), or
+/// `endpoint` without a LAN; with a LAN and endpoint mode, `endpoint` too
+/// (one network namespace has one endpoint mode: its routing, TUN device
+/// and pinned hooks). Review finding: a gateway of another LAN, or a
+/// `detach` of an endpoint-only configuration, took another lock and tore
+/// down a running gateway's endpoint routing and hooks.
+fn instance_lock(cfg: &GatewayConfig) -> Result<(Lock, Option<Lock>), GatewayError> {
+    let lan = cfg.lan.as_deref().map(|l| format!("lan-{l}"));
+    let main = take_lock(lan.as_deref().unwrap_or("endpoint"))?;
+    let endpoint = match (&lan, &cfg.endpoint) {
+        (Some(_), Some(_)) => Some(take_lock("endpoint")?),
+        _ => None,
+    };
+    Ok((main, endpoint))
+}
+
+/// Takes the instance lock `name`, without waiting.
+fn take_lock(name: &str) -> Result<Lock, GatewayError> {
+    let path = host::instance_lock(name)?;
     match Lock::try_acquire(&path) {
         Ok(Some(l)) => Ok(l),
         Ok(None) => Err(GatewayError::Running { lock: path }),
@@ -255,6 +271,7 @@ impl Gateway {
         // is classified by it.
         let control =
             PolicyControl::start(cfg, classifier.clone()).map_err(GatewayError::Policy)?;
+        control.keep_outages_in(lock.0.path().with_extension("outages"));
         let detector = start_detector(cfg, &control, &stop)?.map(Arc::new);
         if let Some(d) = &detector {
             control.set_detector(d.clone());
@@ -425,6 +442,11 @@ impl Gateway {
         while !self.stop.load(Relaxed) {
             self.main_beat.beat();
             std::thread::sleep(Duration::from_millis(100));
+            // A stop (or a fault) raised while asleep: nothing more goes
+            // into the classifier's state.
+            if self.stop.load(std::sync::atomic::Ordering::SeqCst) {
+                break;
+            }
             let now = Instant::now();
             if let Some(f) = self.watchdog.check(&mut watchdog_seen, now) {
                 self.watchdog.fault(f);
@@ -595,6 +617,15 @@ pub fn detach(cfg: &GatewayConfig) -> Result<Vec<String>, GatewayError> {
             })?;
             done.push(format!("removed the classifier's pin {}", pin.display()));
         }
+        // Untag mode's egress program (review finding: it kept tagging
+        // the LAN's frames after a detach).
+        let egress = vlan_egress_pin(&pin);
+        if egress.exists() {
+            std::fs::remove_file(&egress).map_err(|e| {
+                GatewayError::Detach(format!("removing the pin {}: {e}", egress.display()))
+            })?;
+            done.push(format!("removed the VLAN egress pin {}", egress.display()));
+        }
         // The link had no other holder (no gateway runs): it goes, and the
         // program with it, once the kernel's deferred release has run
         // (a workqueue item after the last reference: milliseconds).
@@ -617,13 +648,31 @@ pub fn detach(cfg: &GatewayConfig) -> Result<Vec<String>, GatewayError> {
     Ok(done)
 }
 
+/// Where untag mode's egress link is pinned, beside the classifier's.
+fn vlan_egress_pin(pin: &std::path::Path) -> PathBuf {
+    let mut egress = pin.to_path_buf().into_os_string();
+    egress.push("-vlan-egress");
+    PathBuf::from(egress)
+}
+
 /// The workers' counters, per-tunnel counters and the tunnels' names.
 type AllStats = (Vec<Arc<WorkerStats>>, Vec<Arc<TenantStats>>, Vec<String>);
 
-/// Which tunnels are up on at least one worker.
-fn tunnels_up(stats: &[Arc<TenantStats>]) -> Vec<bool> {
+/// Which tunnels are up on at least one worker (`Some(true)`), lost on
+/// all that tried (`Some(false)`), or not known yet (`None`: no attempt
+/// has ended since the start).
+fn tunnels_up(stats: &[Arc<TenantStats>]) -> Vec<Option<bool>> {
     (0..stats::TENANTS)
-        .map(|t| stats.iter().any(|s| s.up[t].load(Relaxed) == 1))
+        .map(|t| {
+            let links = || stats.iter().map(|s| s.link[t].load(Relaxed));
+            if links().any(|l| l == stats::LINK_UP) {
+                Some(true)
+            } else if links().any(|l| l == stats::LINK_LOST) {
+                Some(false)
+            } else {
+                None
+            }
+        })
         .collect()
 }
 
@@ -859,10 +908,17 @@ fn attach_lan(
     // way back.
     host::ensure_bpffs(&cfg.bpffs)?;
     let pin = host::classifier_pin(&cfg.bpffs, lan)?;
+    let egress = vlan_egress_pin(&pin);
     if cfg.lan_vlans == crate::ebpf::VlanMode::Untag {
-        let mut egress = pin.clone().into_os_string();
-        egress.push("-vlan-egress");
-        classifier.attach_vlan_egress(lan, Some(std::path::Path::new(&egress)))?;
+        classifier.attach_vlan_egress(lan, Some(&egress))?;
+    } else if egress.exists() {
+        // An earlier run in untag mode: its egress program would go on
+        // tagging the kernel's frames.
+        std::fs::remove_file(&egress).map_err(|e| GatewayError::Io {
+            what: format!("removing the untag mode's egress pin {}", egress.display()),
+            source: e,
+        })?;
+        log::info!("removed the untag mode's egress pin {}", egress.display());
     }
     classifier.set_vlan_mode(cfg.lan_vlans)?;
     let mode = classifier.attach_pinned(lan, attach_mode(cfg, lan), &pin)?;

@@ -181,6 +181,49 @@ pub(crate) struct PolicyControl {
     /// internet-direct flag always follows the policy in force and the
     /// latest network state.
     serial: Mutex<()>,
+    /// Where the tunnels' outage series are kept across restarts (beside
+    /// the instance lock in `/run`), if anywhere.
+    outages_file: Mutex<Option<PathBuf>>,
+}
+
+/// The outage series of every tunnel as a restart finds them: the boot
+/// they belong to (`CLOCK_MONOTONIC` is per boot), then one line per
+/// tunnel, `grace_from up_since` in nanoseconds (`-`: none).
+fn outages_text(boot: &str, outages: &[Outages]) -> String {
+    let mut s = format!("{boot}\n");
+    let n = |v: Option<u64>| v.map_or_else(|| "-".to_string(), |v| v.to_string());
+    for o in outages {
+        s.push_str(&format!("{} {}\n", n(o.grace_from), n(o.up_since)));
+    }
+    s
+}
+
+/// [`outages_text`] read back: `None` unless it is of boot `boot`; lines
+/// that do not parse are tunnels without a series.
+fn parse_outages(text: &str, boot: &str, n: usize) -> Option<Vec<Outages>> {
+    let mut lines = text.lines();
+    if lines.next()?.trim() != boot || boot.is_empty() {
+        return None;
+    }
+    let v = |s: Option<&str>| s.and_then(|s| s.parse::<u64>().ok());
+    Some(
+        (0..n)
+            .map(|_| {
+                let mut f = lines.next().unwrap_or("").split_whitespace();
+                Outages {
+                    grace_from: v(f.next()),
+                    up_since: v(f.next()),
+                }
+            })
+            .collect(),
+    )
+}
+
+/// This boot's id (`/proc/sys/kernel/random/boot_id`), empty if unknown.
+fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
 }
 
 /// The tunnels of a configuration: the internet tenant's, then each
@@ -280,9 +323,58 @@ impl PolicyControl {
             detector: Mutex::new(None),
             start: cfg.clone(),
             serial: Mutex::new(()),
+            outages_file: Mutex::new(None),
         });
         control.apply(cfg.policy.clone(), "start")?;
         Ok(control)
+    }
+
+    /// Keeps the tunnels' outage series in `path` from now on, and takes
+    /// up the series an earlier gateway of this boot left there: a
+    /// restart (a crash loop, a service restart during a captive-portal
+    /// outage) continues its grace instead of starting a new one.
+    pub(crate) fn keep_outages_in(&self, path: PathBuf) {
+        let boot = boot_id();
+        let mut inner = self.inner();
+        let n = inner.outages.len();
+        if let Some(o) = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|t| parse_outages(&t, &boot, n))
+        {
+            log::info!("tunnel outages taken up from {}", path.display());
+            inner.outages = o;
+        }
+        drop(inner);
+        if let Ok(mut f) = self.outages_file.lock() {
+            *f = Some(path);
+        }
+    }
+
+    /// Writes the outage series (a temporary file renamed over the last).
+    fn save_outages(&self, outages: &[Outages]) {
+        let Ok(f) = self.outages_file.lock() else {
+            return;
+        };
+        let Some(path) = f.as_ref() else {
+            return;
+        };
+        let tmp = path.with_extension("outages.tmp");
+        let text = outages_text(&boot_id(), outages);
+        let r = {
+            use std::{io::Write as _, os::unix::fs::OpenOptionsExt as _};
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&tmp)
+                .and_then(|mut file| file.write_all(text.as_bytes()))
+                .and_then(|()| std::fs::rename(&tmp, path))
+        };
+        if let Err(e) = r {
+            log::warn!("keeping the tunnels' outages in {}: {e}", path.display());
+        }
     }
 
     /// From now on, every swap moves endpoint mode's routes too.
@@ -520,9 +612,14 @@ impl PolicyControl {
     /// A tunnel that goes down gets its captive-portal grace counted from
     /// the start of its outage series ([`Outages::down`]): a new grace
     /// only after [`GRACE_REARM_AFTER_UP`] up.
-    pub(crate) fn tunnels_up(&self, up: &[bool]) {
+    pub(crate) fn tunnels_up(&self, up: &[Option<bool>]) {
         let mut inner = self.inner();
-        for (t, &is_up) in up.iter().enumerate().take(inner.down.len()) {
+        let mut changed = false;
+        for (t, is_up) in up.iter().enumerate().take(inner.down.len()) {
+            // Not known yet (connecting since the start): as it was.
+            let Some(is_up) = *is_up else {
+                continue;
+            };
             let was_down = inner.down[t].is_some();
             if was_down != is_up {
                 continue;
@@ -554,6 +651,12 @@ impl PolicyControl {
             }
             inner.outages[t] = outages;
             inner.down[t] = (!is_up).then(Instant::now);
+            changed = true;
+        }
+        if changed {
+            let o = inner.outages.clone();
+            drop(inner);
+            self.save_outages(&o);
         }
     }
 
@@ -784,5 +887,31 @@ mod tests {
         let mut never_down = Outages::default();
         never_down.up(7);
         assert_eq!(never_down.down(9), 9);
+    }
+
+    /// Review finding: a restarted gateway started every tunnel's outages
+    /// afresh, so each restart of a crash loop (or a service restart
+    /// during a captive-portal outage) granted a new grace. The series is
+    /// kept beside the instance lock and taken up by the next gateway of
+    /// the same boot.
+    #[test]
+    fn a_restart_continues_the_outage_series() {
+        let mut o = vec![Outages::default(); 3];
+        assert_eq!(o[0].down(100 * S), 100 * S);
+        o[1].up(50 * S);
+        let text = outages_text("boot-a", &o);
+        let mut back = parse_outages(&text, "boot-a", 3).expect("same boot");
+        assert_eq!(back, o);
+        // The next gateway's tunnel is down at first: still the old series.
+        assert_eq!(back[0].down(400 * S), 100 * S);
+        // Another boot's (or no boot id): nothing taken up.
+        assert!(parse_outages(&text, "boot-b", 3).is_none());
+        assert!(parse_outages(&outages_text("", &o), "", 3).is_none());
+        // More tunnels now than then: the new ones have no series; garbage
+        // is no series either, never a panic.
+        let more = parse_outages(&text, "boot-a", 5).unwrap();
+        assert_eq!(more[4], Outages::default());
+        let junk = parse_outages("boot-a\nx y z\n\u{0}", "boot-a", 2).unwrap();
+        assert_eq!(junk, vec![Outages::default(); 2]);
     }
 }

@@ -82,9 +82,26 @@ pub(crate) struct TenantStats {
     pub(crate) tx_packets: [AtomicU64; TENANTS],
     /// Packets received from each tunnel.
     pub(crate) rx_packets: [AtomicU64; TENANTS],
-    /// 1 while each tunnel is established.
+    /// 1 while each tunnel is established (the metrics' gauge: 0 once
+    /// the worker stops, or after a fault).
     pub(crate) up: [AtomicU64; TENANTS],
+    /// What the classifier's tunnel-down state follows ([`LINK_UNKNOWN`],
+    /// [`LINK_UP`], [`LINK_LOST`]): up once each tunnel was established,
+    /// lost once it was lost or an attempt failed, unknown until the
+    /// first attempt ends (a restarted gateway does not call its tunnel
+    /// down while it connects). Unlike `up`, a worker that stops (a stop,
+    /// a fault) leaves it as it was, so that no stop path tells the pinned
+    /// classifier a tunnel went down (which would start a fail-open
+    /// profile's direct path, or a grace, while no gateway runs).
+    pub(crate) link: [AtomicU64; TENANTS],
 }
+
+/// [`TenantStats::link`]: no attempt has ended yet.
+pub(crate) const LINK_UNKNOWN: u64 = 0;
+/// [`TenantStats::link`]: established.
+pub(crate) const LINK_UP: u64 = 1;
+/// [`TenantStats::link`]: lost, or an attempt failed.
+pub(crate) const LINK_LOST: u64 = 2;
 
 /// Tunnels a worker can hold.
 pub(crate) const TENANTS: usize = sluice_common::POLICY_MAX_TENANTS as usize;

@@ -209,15 +209,20 @@ struct Shared {
 impl Shared {
     fn record(&self, fault: String) {
         let mut f = self.fault.lock().unwrap_or_else(PoisonError::into_inner);
-        if f.is_none() {
+        let first = f.is_none();
+        if first {
+            *f = Some(fault.clone());
+        }
+        drop(f);
+        // The stop before the log line: a log that blocks (a wedged
+        // journal) must not keep the gateway from stopping.
+        (self.on_fault)();
+        self.stop.store(true, SeqCst);
+        if first {
             log::error!(
                 "{fault}: stopping on a fault (the classifier stays attached and pinned: tunnelled traffic is dropped until a gateway runs again)"
             );
-            *f = Some(fault);
         }
-        drop(f);
-        (self.on_fault)();
-        self.stop.store(true, SeqCst);
     }
 }
 

@@ -460,6 +460,8 @@ impl Worker {
                 let _ = sess.handle_write(sock, Instant::now());
             }
         }
+        // The gauges only: `link`, which the classifier's tunnel state
+        // follows, stays as it was (a stop is no tunnel outage).
         self.stats.tunnel_up.store(0, Relaxed);
         for up in &self.tenant_stats.up {
             up.store(0, Relaxed);
@@ -550,6 +552,7 @@ impl Worker {
 
     fn schedule_retry(&mut self, t: usize, now: Instant) {
         self.stats.tunnel_failures.fetch_add(1, Relaxed);
+        self.tenant_stats.link[t].store(super::stats::LINK_LOST, Relaxed);
         let tun = &mut self.tunnels[t];
         tun.link = Link::Down {
             retry_at: now + tun.backoff,
@@ -848,6 +851,7 @@ impl Worker {
             self.stats.tunnel_up.store(1, Relaxed);
         }
         self.tenant_stats.up[i].store(1, Relaxed);
+        self.tenant_stats.link[i].store(super::stats::LINK_UP, Relaxed);
         self.stats.tunnel_connects.fetch_add(1, Relaxed);
         self.tunnels[i].backoff = BACKOFF_MIN;
     }
