@@ -449,7 +449,7 @@ impl Gateway {
             }
             let now = Instant::now();
             if let Some(f) = self.watchdog.check(&mut watchdog_seen, now) {
-                self.watchdog.fault(f);
+                self.watchdog.fault(&f);
                 break;
             }
             self.domains.expire(now);
@@ -664,13 +664,18 @@ type AllStats = (Vec<Arc<WorkerStats>>, Vec<Arc<TenantStats>>, Vec<String>);
 fn tunnels_up(stats: &[Arc<TenantStats>]) -> Vec<Option<bool>> {
     (0..stats::TENANTS)
         .map(|t| {
-            let links = || stats.iter().map(|s| s.link[t].load(Relaxed));
-            if links().any(|l| l == stats::LINK_UP) {
-                Some(true)
-            } else if links().any(|l| l == stats::LINK_LOST) {
-                Some(false)
-            } else {
-                None
+            let best = stats.iter().map(|s| s.link[t].load(Relaxed)).fold(
+                stats::LINK_UNKNOWN,
+                |best, l| match (best, l) {
+                    (stats::LINK_UP, _) | (_, stats::LINK_UP) => stats::LINK_UP,
+                    (stats::LINK_LOST, _) | (_, stats::LINK_LOST) => stats::LINK_LOST,
+                    _ => stats::LINK_UNKNOWN,
+                },
+            );
+            match best {
+                stats::LINK_UP => Some(true),
+                stats::LINK_LOST => Some(false),
+                _ => None,
             }
         })
         .collect()

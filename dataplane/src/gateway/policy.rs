@@ -193,7 +193,7 @@ fn outages_text(boot: &str, outages: &[Outages]) -> String {
     let mut s = format!("{boot}\n");
     let n = |v: Option<u64>| v.map_or_else(|| "-".to_string(), |v| v.to_string());
     for o in outages {
-        s.push_str(&format!("{} {}\n", n(o.grace_from), n(o.up_since)));
+        let _ = writeln!(s, "{} {}", n(o.grace_from), n(o.up_since));
     }
     s
 }

@@ -207,11 +207,11 @@ struct Shared {
 }
 
 impl Shared {
-    fn record(&self, fault: String) {
+    fn record(&self, fault: &str) {
         let mut f = self.fault.lock().unwrap_or_else(PoisonError::into_inner);
         let first = f.is_none();
         if first {
-            *f = Some(fault.clone());
+            *f = Some(fault.to_string());
         }
         drop(f);
         // The stop before the log line: a log that blocks (a wedged
@@ -269,7 +269,7 @@ impl Watchdog {
                         if let Some(f) = s.registry.check(now)
                             && !s.stop.load(SeqCst)
                         {
-                            s.record(f);
+                            s.record(&f);
                         }
                         continue;
                     }
@@ -289,7 +289,7 @@ impl Watchdog {
     }
 
     /// Records a fault the main loop found (the watchdog itself gone).
-    pub(crate) fn fault(&self, what: String) {
+    pub(crate) fn fault(&self, what: &str) {
         self.shared.record(what);
     }
 
