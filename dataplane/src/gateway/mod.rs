@@ -271,7 +271,12 @@ impl Gateway {
         // is classified by it.
         let control =
             PolicyControl::start(cfg, classifier.clone()).map_err(GatewayError::Policy)?;
-        control.keep_outages_in(lock.0.path().with_extension("outages"));
+        if let Some(lan) = &cfg.lan {
+            control.keep_outages_in(
+                lock.0.path().with_extension("outages"),
+                host::classifier_pin(&cfg.bpffs, lan)?,
+            );
+        }
         let detector = start_detector(cfg, &control, &stop)?.map(Arc::new);
         if let Some(d) = &detector {
             control.set_detector(d.clone());

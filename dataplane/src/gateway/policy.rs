@@ -182,8 +182,9 @@ pub(crate) struct PolicyControl {
     /// latest network state.
     serial: Mutex<()>,
     /// Where the tunnels' outage series are kept across restarts (beside
-    /// the instance lock in `/run`), if anywhere.
-    outages_file: Mutex<Option<PathBuf>>,
+    /// the instance lock in `/run`), and the classifier's pin they belong
+    /// to, if anywhere.
+    outages_file: Mutex<Option<(PathBuf, PathBuf)>>,
 }
 
 /// The outage series of every tunnel as a restart finds them: the boot
@@ -219,11 +220,19 @@ fn parse_outages(text: &str, boot: &str, n: usize) -> Option<Vec<Outages>> {
     )
 }
 
-/// This boot's id (`/proc/sys/kernel/random/boot_id`), empty if unknown.
-fn boot_id() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+/// What an outages file belongs to: this boot (its id) and the
+/// classifier's pin as it is now (its bpffs inode: a new pin, after a
+/// detach or in a namespace whose inode was reused, is another); empty
+/// if either is unknown (nothing is then taken up).
+fn outages_owner(pin: &std::path::Path) -> String {
+    use std::os::unix::fs::MetadataExt as _;
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
         .map(|s| s.trim().to_string())
-        .unwrap_or_default()
+        .unwrap_or_default();
+    match std::fs::symlink_metadata(pin) {
+        Ok(m) if !boot.is_empty() => format!("{boot}/{}", m.ino()),
+        _ => String::new(),
+    }
 }
 
 /// The tunnels of a configuration: the internet tenant's, then each
@@ -330,11 +339,12 @@ impl PolicyControl {
     }
 
     /// Keeps the tunnels' outage series in `path` from now on, and takes
-    /// up the series an earlier gateway of this boot left there: a
-    /// restart (a crash loop, a service restart during a captive-portal
-    /// outage) continues its grace instead of starting a new one.
-    pub(crate) fn keep_outages_in(&self, path: PathBuf) {
-        let boot = boot_id();
+    /// up the series an earlier gateway left there for the classifier
+    /// pinned at `pin` (this boot, the same pin): a restart (a crash
+    /// loop, a service restart during a captive-portal outage) continues
+    /// its grace instead of starting a new one.
+    pub(crate) fn keep_outages_in(&self, path: PathBuf, pin: PathBuf) {
+        let boot = outages_owner(&pin);
         let mut inner = self.inner();
         let n = inner.outages.len();
         if let Some(o) = std::fs::read_to_string(&path)
@@ -346,7 +356,7 @@ impl PolicyControl {
         }
         drop(inner);
         if let Ok(mut f) = self.outages_file.lock() {
-            *f = Some(path);
+            *f = Some((path, pin));
         }
     }
 
@@ -355,11 +365,11 @@ impl PolicyControl {
         let Ok(f) = self.outages_file.lock() else {
             return;
         };
-        let Some(path) = f.as_ref() else {
+        let Some((path, pin)) = f.as_ref() else {
             return;
         };
         let tmp = path.with_extension("outages.tmp");
-        let text = outages_text(&boot_id(), outages);
+        let text = outages_text(&outages_owner(pin), outages);
         let r = {
             use std::{io::Write as _, os::unix::fs::OpenOptionsExt as _};
             std::fs::OpenOptions::new()
