@@ -26,25 +26,21 @@
 #![deny(unsafe_code)]
 #![deny(missing_docs)]
 
-pub mod addr_map;
+pub use sluice_core::{addr_map, dns, gro, net, testutil, wire};
+
 pub mod admin;
 pub mod config;
-pub mod dns;
 pub mod ebpf;
 pub mod edge;
 pub mod endpoint;
 pub mod gateway;
-pub mod gro;
 pub mod host;
 pub mod http;
 pub mod lpm;
 pub mod metrics;
-pub mod net;
 pub mod pac;
 pub mod pki;
 pub mod policy;
 pub mod process;
 pub mod sys;
-pub mod testutil;
 pub mod tunnel;
-pub mod wire;

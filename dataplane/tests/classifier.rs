@@ -1145,7 +1145,7 @@ mod policy {
     use sluice::policy::{
         FailMode, Identity, Match, Policy, Profile, Proto, Rule, Tenant, Verdict, compile::Tables,
     };
-    use sluice_common::{ACTION_TUNNEL, Counter, DnsEntry, META_MAGIC};
+    use sluice_common::{ACTION_TUNNEL, Counter, DnsEntry};
 
     use super::*;
 
@@ -1245,8 +1245,8 @@ mod policy {
         let after = c.counters().unwrap();
         let delta: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
         let meta = meta.map(|m| {
-            assert_eq!(m[0], META_MAGIC, "metadata magic");
-            (m[1], u16::from_le_bytes([m[2], m[3]]))
+            let m = sluice_common::XdpMeta::decode(m).expect("metadata magic");
+            (m.action, m.generation())
         });
         (action, describe(&delta), meta)
     }
@@ -1512,7 +1512,7 @@ mod fragments {
     use std::time::Duration;
 
     use sluice::policy::{Policy, compile::Tables};
-    use sluice_common::{ACTION_TUNNEL, Counter, META_MAGIC};
+    use sluice_common::{ACTION_TUNNEL, Counter};
 
     use super::*;
 
@@ -1583,8 +1583,8 @@ mod fragments {
         let after = c.counters().unwrap();
         let delta: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
         let meta = meta.map(|m| {
-            assert_eq!(m[0], META_MAGIC);
-            (m[1], u16::from_le_bytes([m[2], m[3]]))
+            let m = sluice_common::XdpMeta::decode(m).expect("metadata magic");
+            (m.action, m.generation())
         });
         (xdp_action_name(action), describe(&delta), meta)
     }

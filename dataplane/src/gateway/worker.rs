@@ -659,8 +659,8 @@ impl Worker {
                     } else {
                         batch
                             .meta(i)
-                            .filter(|m| m[0] == sluice_common::META_MAGIC)
-                            .and_then(|m| m[1].checked_sub(sluice_common::ACTION_TUNNEL))
+                            .and_then(sluice_common::XdpMeta::decode)
+                            .and_then(sluice_common::XdpMeta::tunnel)
                             .map(usize::from)
                             .filter(|&x| x < ntun)
                     };

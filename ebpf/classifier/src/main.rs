@@ -212,7 +212,7 @@ mod program {
     /// False if the driver has no room for it.
     #[inline(always)]
     fn put_meta(ctx: &XdpContext, action: u8, generation: u32) -> bool {
-        use sluice_common::{META_LEN, META_MAGIC};
+        use sluice_common::META_LEN;
         // SAFETY: the helper only moves `data_meta`; the context stays
         // valid and every later access is bounds-checked again.
         let rc = unsafe { aya_ebpf::helpers::bpf_xdp_adjust_meta(ctx.ctx, -(META_LEN as i32)) };
@@ -223,15 +223,15 @@ mod program {
         if meta + META_LEN > ctx.data() {
             return false;
         }
-        let g = (generation as u16).to_le_bytes();
+        let b = sluice_common::XdpMeta::new(action, generation).encode();
         // SAFETY: the four bytes lie between `data_meta` and `data`, as
         // just checked; byte writes need no alignment.
         unsafe {
             let p = meta as *mut u8;
-            *p = META_MAGIC;
-            *p.add(1) = action;
-            *p.add(2) = g[0];
-            *p.add(3) = g[1];
+            *p = b[0];
+            *p.add(1) = b[1];
+            *p.add(2) = b[2];
+            *p.add(3) = b[3];
         }
         true
     }

@@ -191,6 +191,77 @@ pub const META_MAGIC: u8 = 0xa5;
 /// Length of that metadata.
 pub const META_LEN: usize = 4;
 
+/// The metadata the classifier puts in front of a frame it redirects to
+/// an `AF_XDP` socket, and the worker reads back: one definition of the
+/// contract for both sides ([`XdpMeta::encode`] in the classifier,
+/// [`XdpMeta::decode`] in the worker and the tests).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct XdpMeta {
+    /// [`META_MAGIC`]: the metadata is ours (a driver may leave other
+    /// bytes there).
+    pub magic: u8,
+    /// The verdict: [`ACTION_TUNNEL`] + the tunnel.
+    pub action: u8,
+    /// The low 16 bits of the policy generation that decided it,
+    /// little-endian.
+    pub generation: [u8; 2],
+}
+
+const _: () = assert!(core::mem::size_of::<XdpMeta>() == META_LEN);
+const _: () = assert!(core::mem::align_of::<XdpMeta>() == 1);
+
+impl XdpMeta {
+    /// The metadata of verdict `action` decided by policy `generation`.
+    #[inline]
+    pub const fn new(action: u8, generation: u32) -> Self {
+        let g = (generation as u16).to_le_bytes();
+        Self {
+            magic: META_MAGIC,
+            action,
+            generation: g,
+        }
+    }
+
+    /// Its bytes, in the order they lie in front of the frame.
+    #[inline]
+    pub const fn encode(self) -> [u8; META_LEN] {
+        [
+            self.magic,
+            self.action,
+            self.generation[0],
+            self.generation[1],
+        ]
+    }
+
+    /// Reads it back from the bytes in front of a frame: `None` unless
+    /// they carry [`META_MAGIC`].
+    #[inline]
+    pub const fn decode(b: [u8; META_LEN]) -> Option<Self> {
+        if b[0] != META_MAGIC {
+            return None;
+        }
+        Some(Self {
+            magic: b[0],
+            action: b[1],
+            generation: [b[2], b[3]],
+        })
+    }
+
+    /// The tunnel of the verdict (0: the internet tenant), `None` for a
+    /// verdict that is no tunnel.
+    #[inline]
+    pub const fn tunnel(self) -> Option<u8> {
+        self.action.checked_sub(ACTION_TUNNEL)
+    }
+
+    /// The generation's low 16 bits.
+    #[inline]
+    pub const fn generation(self) -> u16 {
+        u16::from_le_bytes(self.generation)
+    }
+}
+
 /// Key data of the policy tries, IPv4: a 32-bit big-endian tag (the slot
 /// for sources, the profile id for destinations) then the address; the
 /// prefix length counts the tag's 32 bits.
@@ -856,6 +927,22 @@ impl Counter {
         )
     }
 }
+
+// The kernel/user layouts, checked when this crate compiles (for the BPF
+// target and the host alike), not only by its tests: a field added on one
+// side breaks the build.
+const _: () = assert!(core::mem::size_of::<SockConfig>() == 24);
+const _: () = assert!(core::mem::size_of::<ProcessEntry>() == 8);
+const _: () = assert!(core::mem::size_of::<ExecGrant>() == 24);
+const _: () = assert!(core::mem::size_of::<ExecFileOffsets>() == 32);
+const _: () = assert!(core::mem::size_of::<FlowEntry>() == 48);
+const _: () = assert!(core::mem::size_of::<FragKey>() == 40);
+const _: () = assert!(core::mem::size_of::<FragEntry>() == 16);
+const _: () = assert!(core::mem::size_of::<ParseSummary>() == 56);
+const _: () = assert!(core::mem::size_of::<ProfileEntry>() == 32);
+const _: () = assert!(core::mem::size_of::<DestEntry>() == 36);
+const _: () = assert!(core::mem::size_of::<DnsEntry>() == 24);
+const _: () = assert!(core::mem::size_of::<BypassEntry>() == 8);
 
 #[cfg(feature = "user")]
 mod pod {

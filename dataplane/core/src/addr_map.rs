@@ -59,7 +59,7 @@ struct Slot<V> {
 
 /// The 128-bit key and family tag of `ip`.
 #[inline]
-pub(crate) fn key(ip: IpAddr) -> (u128, u8) {
+pub fn key(ip: IpAddr) -> (u128, u8) {
     match ip {
         IpAddr::V4(a) => (u128::from(a.to_ipv6_mapped()), V4),
         IpAddr::V6(a) => (u128::from(a), V6),
@@ -70,8 +70,8 @@ pub(crate) fn key(ip: IpAddr) -> (u128, u8) {
 /// Unkeyed (and easy to collide on purpose): for tables whose keys an
 /// attacker does not choose; [`AddrMap`] uses a keyed hash. Only the
 /// tests use it now (they show what collided on it).
-#[cfg(test)]
-pub(crate) fn hash(k: u128) -> u64 {
+#[doc(hidden)]
+pub fn hash(k: u128) -> u64 {
     let folded = (k as u64) ^ ((k >> 64) as u64);
     folded.wrapping_mul(0x9e37_79b9_7f4a_7c15)
 }

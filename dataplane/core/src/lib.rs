@@ -1,0 +1,27 @@
+//! sluice's core: the parts of the dataplane that are pure computation over
+//! bytes, addresses and times handed in by the caller.
+//!
+//! - [`wire`]: zero-copy views over Ethernet and IP headers and the
+//!   tunnel's framing (versioned wire format), checksums.
+//! - [`net`]: IP prefixes with strict parsing.
+//! - [`addr_map`]: fixed-capacity address-keyed maps for the packet path.
+//! - [`gro`]: merges a flow's packets into GSO packets for the edge's TUN
+//!   device.
+//! - [`dns`]: domain bypass's DNS observation (answers parsed, answered
+//!   addresses kept for their TTL).
+//!
+//! What this crate must not do, by construction: `unsafe` (forbidden
+//! below), system calls, files, sockets, threads, or reading a clock
+//! (every time is a parameter). It depends on no `libc`, `mio` or eBPF
+//! crate, so it builds with the stable toolchain alone and its users (the
+//! gateway, the edge, the fuzz targets) share one tested implementation.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod addr_map;
+pub mod dns;
+pub mod gro;
+pub mod net;
+#[doc(hidden)]
+pub mod testutil;
+pub mod wire;
