@@ -104,7 +104,7 @@ fn classify_v4(c: &mut Criterion) {
             .map(|&(a, len, v)| (Prefix::new(IpAddr::V4(Ipv4Addr::from(a as u32)), len), v))
             .collect();
         let start = Instant::now();
-        let ours = Lpm::build(&entries).expect("table fits");
+        let ours = Lpm::build_with(&entries, &sluice::sys::mem::HugePages).expect("table fits");
         eprintln!(
             "classify_v4/{name}: build {:?}, {} MiB",
             start.elapsed(),
@@ -164,7 +164,7 @@ fn classify_v6(c: &mut Criterion) {
             .map(|&(a, len, v)| (Prefix::new(IpAddr::V6(Ipv6Addr::from(a)), len), v))
             .collect();
         let start = Instant::now();
-        let ours = Lpm::build(&entries).expect("table fits");
+        let ours = Lpm::build_with(&entries, &sluice::sys::mem::HugePages).expect("table fits");
         eprintln!(
             "classify_v6/{name}: build {:?}, {} KiB",
             start.elapsed(),

@@ -26,7 +26,7 @@
 #![deny(unsafe_code)]
 #![deny(missing_docs)]
 
-pub use sluice_core::{addr_map, dns, gro, net, testutil, wire};
+pub use sluice_core::{addr_map, dns, gro, lpm, net, testutil, wire};
 
 pub mod admin;
 pub mod config;
@@ -36,7 +36,6 @@ pub mod endpoint;
 pub mod gateway;
 pub mod host;
 pub mod http;
-pub mod lpm;
 pub mod metrics;
 pub mod pac;
 pub mod pki;

@@ -7,6 +7,8 @@
 //! - [`addr_map`]: fixed-capacity address-keyed maps for the packet path.
 //! - [`gro`]: merges a flow's packets into GSO packets for the edge's TUN
 //!   device.
+//! - [`lpm`]: longest-prefix-match tables (DIR-24-8, Poptrie) and their
+//!   lock-free swap.
 //! - [`dns`]: domain bypass's DNS observation (answers parsed, answered
 //!   addresses kept for their TTL).
 //!
@@ -21,6 +23,7 @@
 pub mod addr_map;
 pub mod dns;
 pub mod gro;
+pub mod lpm;
 pub mod net;
 #[doc(hidden)]
 pub mod testutil;

@@ -112,7 +112,7 @@ impl Router {
         }
         let capacity: usize = gateways.iter().map(|g| g.max_routes as usize).sum();
         Ok(Self {
-            table: Lpm::build(&entries)?,
+            table: Lpm::build_with(&entries, &crate::sys::mem::HugePages)?,
             quotas: gateways
                 .iter()
                 .map(|g| Quota {

@@ -44,3 +44,18 @@ pub fn advise_huge_pages<T>(buf: &mut [T]) -> io::Result<()> {
         Err(io::Error::last_os_error())
     }
 }
+
+/// The [`crate::lpm::Advise`] of the system: transparent huge pages for
+/// the big tables ([`advise_huge_pages`], errors ignored: the table works
+/// the same, only slower).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct HugePages;
+
+impl crate::lpm::Advise for HugePages {
+    fn advise_u16(&self, table: &mut [u16]) {
+        let _ = advise_huge_pages(table);
+    }
+    fn advise_u32(&self, table: &mut [u32]) {
+        let _ = advise_huge_pages(table);
+    }
+}

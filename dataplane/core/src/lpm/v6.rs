@@ -79,13 +79,16 @@ fn slot(addr: u128, off: u32) -> u32 {
 
 impl Poptrie {
     /// Builds from `(network, len, value index)`, at most one per prefix.
-    pub(super) fn build(mut routes: Vec<Route>) -> Result<Self, LpmError> {
+    pub(super) fn build(
+        mut routes: Vec<Route>,
+        advise: &impl super::Advise,
+    ) -> Result<Self, LpmError> {
         if routes.is_empty() {
             return Ok(Self::default());
         }
         let mut top = vec![0u32; 1 << TOP_BITS];
-        // Before the first write (see `sys::mem`).
-        let _ = crate::sys::mem::advise_huge_pages(&mut top);
+        // Before the first write (see [`super::Advise`]).
+        advise.advise_u32(&mut top);
         let mut trie = Self {
             top: top.into_boxed_slice(),
             nodes: Vec::new(),

@@ -63,11 +63,40 @@ pub struct Lpm<V> {
     v6: v6::Poptrie,
 }
 
+/// How the big tables' memory is advised before their first write: the
+/// caller's system side (`sluice::sys::mem` asks for transparent huge
+/// pages: random lookups over 32 MiB miss the TLB on nearly every read
+/// with 4 KiB pages). The core itself makes no system call.
+pub trait Advise {
+    /// Called on the DIR-24-8 table.
+    fn advise_u16(&self, table: &mut [u16]);
+    /// Called on the Poptrie's top table.
+    fn advise_u32(&self, table: &mut [u32]);
+}
+
+/// [`Advise`] that does nothing (tests, fuzzing, benches of the lookup
+/// alone).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoAdvice;
+
+impl Advise for NoAdvice {
+    fn advise_u16(&self, _: &mut [u16]) {}
+    fn advise_u32(&self, _: &mut [u32]) {}
+}
+
 impl<V: Copy + Eq + Hash> Lpm<V> {
-    /// Builds a table; for a prefix listed twice the last entry wins.
+    /// Builds a table without memory advice ([`Lpm::build_with`]).
     ///
     /// Fails only on the capacity limits in [`LpmError`].
     pub fn build(entries: &[(Prefix, V)]) -> Result<Self, LpmError> {
+        Self::build_with(entries, &NoAdvice)
+    }
+
+    /// Builds a table; for a prefix listed twice the last entry wins.
+    /// `advise` sees the big tables before they are written.
+    ///
+    /// Fails only on the capacity limits in [`LpmError`].
+    pub fn build_with(entries: &[(Prefix, V)], advise: &impl Advise) -> Result<Self, LpmError> {
         let mut unique: HashMap<Prefix, V> = HashMap::with_capacity(entries.len());
         for &(prefix, value) in entries {
             unique.insert(prefix, value);
@@ -97,8 +126,8 @@ impl<V: Copy + Eq + Hash> Lpm<V> {
         }
         Ok(Self {
             values,
-            v4: v4::Dir24::build(r4)?,
-            v6: v6::Poptrie::build(r6)?,
+            v4: v4::Dir24::build(r4, advise)?,
+            v6: v6::Poptrie::build(r6, advise)?,
         })
     }
 }

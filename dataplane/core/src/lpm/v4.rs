@@ -25,7 +25,10 @@ pub(super) struct Dir24 {
 
 impl Dir24 {
     /// Builds from `(network, len, value index)`, at most one per prefix.
-    pub(super) fn build(mut routes: Vec<(u32, u8, u16)>) -> Result<Self, LpmError> {
+    pub(super) fn build(
+        mut routes: Vec<(u32, u8, u16)>,
+        advise: &impl super::Advise,
+    ) -> Result<Self, LpmError> {
         if routes.is_empty() {
             return Ok(Self::default());
         }
@@ -34,8 +37,8 @@ impl Dir24 {
         routes.sort_unstable_by_key(|&(addr, len, _)| (len, addr));
         let mut tbl24 = vec![0u16; 1 << 24];
         // Before the first write: random lookups over 32 MiB miss the TLB
-        // on nearly every read with 4 KiB pages (see `sys::mem`).
-        let _ = crate::sys::mem::advise_huge_pages(&mut tbl24);
+        // on nearly every read with 4 KiB pages (see [`super::Advise`]).
+        advise.advise_u16(&mut tbl24);
         let mut tbl8: Vec<u16> = Vec::new();
         for (addr, len, value) in routes {
             debug_assert!(value != 0 && value & CHUNK == 0);
