@@ -8,7 +8,7 @@
 use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
-use sluice::dns::{
+use sluice_core::dns::{
     DomainSet, Endpoints, Limits, Observer, Pattern, Transport,
     tcp::{Segment, StreamKey, TcpStreams},
 };

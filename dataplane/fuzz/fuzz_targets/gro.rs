@@ -4,7 +4,7 @@
 //! panic.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use sluice::{
+use sluice_core::{
     gro::{Coalescer, segment},
     wire::ip,
 };
@@ -24,7 +24,7 @@ fuzz_target!(|data: &[u8]| {
     let udp = data.last().is_some_and(|b| b & 1 == 1);
     let mut c = Coalescer::new(udp);
     let mut back: Vec<Vec<u8>> = Vec::new();
-    let mut emit = |h: &sluice::gro::VnetHdr, b: &[u8]| back.extend(segment(h, b));
+    let mut emit = |h: &sluice_core::gro::VnetHdr, b: &[u8]| back.extend(segment(h, b));
     for p in &pkts {
         c.push(p, &mut emit);
     }

@@ -2,7 +2,7 @@
 //! edge as the gateway's return path sees it.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use sluice::wire::{ethernet, ip};
+use sluice_core::wire::{ethernet, ip};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(eth) = ethernet::Frame::new_checked(data) {

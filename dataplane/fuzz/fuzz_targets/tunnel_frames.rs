@@ -3,7 +3,7 @@
 //! read out of bounds.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use sluice::wire::tunnel::{self, Frame, FrameType, Hello};
+use sluice_core::wire::tunnel::{self, Frame, FrameType, Hello};
 
 fuzz_target!(|data: &[u8]| {
     let mut rest = data;
@@ -22,7 +22,7 @@ fuzz_target!(|data: &[u8]| {
                 let _ = tunnel::parse_close(p);
             }
             FrameType::Packet => {
-                let _ = sluice::wire::ip::Packet::new_checked(p);
+                let _ = sluice_core::wire::ip::Packet::new_checked(p);
             }
             FrameType::Keepalive | FrameType::Unknown(_) => {}
         }
