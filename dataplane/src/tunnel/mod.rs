@@ -15,8 +15,9 @@
 //!    [`Session::flush`] once per batch: frames of one batch are coalesced
 //!    into as few TLS records as possible.
 //! 4. While [`Session::wants_write`]: [`Session::handle_write`] with the
-//!    socket as the writer (it stops at `WouldBlock`; rustls writes records
-//!    with vectored I/O).
+//!    socket as the writer (it stops at `WouldBlock`; the record layer
+//!    seals records into one contiguous buffer, written with plain `write`
+//!    calls).
 //! 5. Arm a timer for [`Session::poll_timeout`]; when it fires, call
 //!    [`Session::handle_timeout`] (keepalives, dead-peer detection) and go to
 //!    step 4.
