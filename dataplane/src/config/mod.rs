@@ -245,29 +245,9 @@ pub struct PacConfig {
     pub proxy: crate::pac::ProxySpec,
 }
 
-/// The gateway's tunnel settings.
-#[derive(Debug, Clone)]
-pub struct TunnelConfig {
-    /// The edge's address and port.
-    pub edge: SocketAddr,
-    /// The name the edge's certificate must carry.
-    pub server_name: String,
-    /// CA that signed the edge's certificate.
-    pub ca: PathBuf,
-    /// Our client certificate.
-    pub cert: PathBuf,
-    /// Its key.
-    pub key: PathBuf,
-    /// Certificates revoked by the CA (`crl`, PEM): an edge certificate
-    /// listed there is refused.
-    pub crl: Option<PathBuf>,
-    /// Keepalive interval.
-    pub keepalive: Duration,
-    /// Dead-peer timeout.
-    pub idle_timeout: Duration,
-    /// How long a partly filled TLS record may wait for more packets.
-    pub coalesce_delay: Duration,
-}
+/// The gateway's tunnel settings (defined with the policy, whose tenants
+/// hold them: the policy does not depend on the configuration).
+pub use crate::policy::TunnelConfig;
 
 /// The edge's configuration.
 #[derive(Debug, Clone)]

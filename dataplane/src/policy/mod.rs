@@ -37,7 +37,13 @@ pub mod eval;
 pub mod facts;
 pub mod trusted;
 
-use std::{fmt, net::IpAddr, str::FromStr, time::Duration};
+use std::{
+    fmt,
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    str::FromStr,
+    time::Duration,
+};
 
 use crate::{dns::Pattern, net::Prefix, process::ProcessPattern};
 
@@ -338,7 +344,7 @@ pub struct Tenant {
     /// Its name.
     pub name: String,
     /// Its edge and credentials.
-    pub tunnel: crate::config::TunnelConfig,
+    pub tunnel: TunnelConfig,
     /// Prefixes of its private applications.
     pub segments: Vec<Prefix>,
     /// Domains of its private applications (answered addresses join the
@@ -513,3 +519,28 @@ impl Policy {
 
 #[cfg(test)]
 mod tests;
+
+/// A tunnel's settings: the edge, its name and the credentials (what
+/// `[tunnel]` and each `[[tenant]]` say; `config` parses them).
+#[derive(Debug, Clone)]
+pub struct TunnelConfig {
+    /// The edge's address and port.
+    pub edge: SocketAddr,
+    /// The name the edge's certificate must carry.
+    pub server_name: String,
+    /// CA that signed the edge's certificate.
+    pub ca: PathBuf,
+    /// Our client certificate.
+    pub cert: PathBuf,
+    /// Its key.
+    pub key: PathBuf,
+    /// Certificates revoked by the CA (`crl`, PEM): an edge certificate
+    /// listed there is refused.
+    pub crl: Option<PathBuf>,
+    /// Keepalive interval.
+    pub keepalive: Duration,
+    /// Dead-peer timeout.
+    pub idle_timeout: Duration,
+    /// How long a partly filled TLS record may wait for more packets.
+    pub coalesce_delay: Duration,
+}

@@ -51,8 +51,8 @@ fn upper_half(p: Prefix) -> Prefix {
     )
 }
 
-fn tunnel_cfg() -> crate::config::TunnelConfig {
-    crate::config::TunnelConfig {
+fn tunnel_cfg() -> super::TunnelConfig {
+    super::TunnelConfig {
         edge: "198.51.100.9:4443".parse().unwrap(),
         server_name: "partner.test".into(),
         ca: "ca.pem".into(),
