@@ -381,7 +381,8 @@ impl Gateway {
             .map(crate::endpoint::Endpoint::processes);
         let names: Vec<String> = policy::tunnels(cfg).into_iter().map(|(n, _)| n).collect();
         let gauges = (stats.clone(), tenant_stats.clone());
-        if let Some(h) = start_metrics(
+        // The metrics listener and the admin API, on one supervised thread.
+        if let Some(h) = admin::start(
             cfg,
             &stop,
             &classifier,
@@ -748,20 +749,6 @@ fn start_detector(
         what: "starting trusted-network detection".into(),
         source,
     })
-}
-
-/// Serves the metrics (`GET /metrics` only) and the admin API (policy
-/// status, reload, tenant switch, explain, flows, the domain table) on
-/// the admin socket, if configured ([`admin`]).
-fn start_metrics(
-    cfg: &GatewayConfig,
-    stop: &Arc<AtomicBool>,
-    classifier: &Arc<Mutex<Classifier>>,
-    stats: AllStats,
-    control: Arc<PolicyControl>,
-    procs: Option<Arc<crate::endpoint::ProcessBypass>>,
-) -> Result<Option<JoinHandle<()>>, GatewayError> {
-    admin::start(cfg, stop, classifier, stats, control, procs)
 }
 
 /// The endpoint worker's counters (its thread is in the registry).
