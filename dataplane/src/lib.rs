@@ -26,7 +26,7 @@
 #![deny(unsafe_code)]
 #![deny(missing_docs)]
 
-pub use sluice_core::{addr_map, dns, gro, lpm, net, testutil, wire};
+pub use sluice_core::{addr_map, dns, gro, lpm, net, policy, process, testutil, wire};
 
 pub mod admin;
 pub mod config;
@@ -39,7 +39,5 @@ pub mod http;
 pub mod metrics;
 pub mod pac;
 pub mod pki;
-pub mod policy;
-pub mod process;
 pub mod sys;
 pub mod tunnel;

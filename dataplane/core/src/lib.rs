@@ -25,6 +25,8 @@ pub mod dns;
 pub mod gro;
 pub mod lpm;
 pub mod net;
+pub mod policy;
+pub mod process;
 #[doc(hidden)]
 pub mod testutil;
 pub mod wire;

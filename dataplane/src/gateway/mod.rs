@@ -24,6 +24,7 @@ mod neighbor;
 mod policy;
 mod stats;
 pub(crate) mod supervise;
+pub mod trusted;
 mod worker;
 
 use std::{
@@ -141,7 +142,7 @@ pub struct Gateway {
     domains: Arc<DomainBypass>,
     control: Arc<PolicyControl>,
     tenant_stats: Vec<Arc<TenantStats>>,
-    detector: Option<Arc<crate::policy::trusted::Detector>>,
+    detector: Option<Arc<trusted::Detector>>,
     reload: Arc<AtomicBool>,
     endpoint: Option<crate::endpoint::Endpoint>,
     stop: Arc<AtomicBool>,
@@ -715,12 +716,12 @@ fn start_detector(
     cfg: &GatewayConfig,
     control: &Arc<PolicyControl>,
     stop: &Arc<AtomicBool>,
-) -> Result<Option<crate::policy::trusted::Detector>, GatewayError> {
+) -> Result<Option<trusted::Detector>, GatewayError> {
     let f = &cfg.policy.forwarding;
     if f.criteria.is_empty() {
         return Ok(None);
     }
-    let mut sources = crate::policy::trusted::Sources::default();
+    let mut sources = trusted::Sources::default();
     let d = &cfg.detection;
     if let Some(r) = &d.resolv_conf {
         sources.resolv_conf.clone_from(r);
@@ -737,7 +738,7 @@ fn start_detector(
     }
     sources.egress_probe = Some(cfg.tunnel.edge);
     let c = control.clone();
-    crate::policy::trusted::Detector::start(
+    trusted::Detector::start(
         f.criteria.clone(),
         sources,
         f.interval,

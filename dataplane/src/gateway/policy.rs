@@ -172,7 +172,7 @@ pub(crate) struct PolicyControl {
     /// Endpoint mode's routing, kept in step with every swap.
     routing: Mutex<Option<Arc<crate::endpoint::Routing>>>,
     /// Trusted-network detection, for the status and metrics.
-    detector: Mutex<Option<Arc<crate::policy::trusted::Detector>>>,
+    detector: Mutex<Option<Arc<super::trusted::Detector>>>,
     /// The configuration the gateway started with: where detection
     /// looks, the domain bypass's settings and `[gateway]` are read once,
     /// so a reload that changes them is refused.
@@ -395,13 +395,13 @@ impl PolicyControl {
     }
 
     /// Trusted-network detection's status goes into `status` and `render`.
-    pub(crate) fn set_detector(&self, d: Arc<crate::policy::trusted::Detector>) {
+    pub(crate) fn set_detector(&self, d: Arc<super::trusted::Detector>) {
         if let Ok(mut g) = self.detector.lock() {
             *g = Some(d);
         }
     }
 
-    fn detector(&self) -> Option<Arc<crate::policy::trusted::Detector>> {
+    fn detector(&self) -> Option<Arc<super::trusted::Detector>> {
         self.detector.lock().ok().and_then(|g| g.clone())
     }
 

@@ -11,10 +11,8 @@
 //!
 //! Matching is pure (the caller supplies the executable's path, and its
 //! digest if any digest pattern is configured): this module reads no
-//! files except in [`sha256_file`]. The eBPF side never sees patterns; it
+//! files; [`sha256_read`] digests what the caller's reader yields. The eBPF side never sees patterns; it
 //! gets per-executable verdicts computed here.
-
-use std::path::Path;
 
 /// Why a pattern was refused.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -208,11 +206,6 @@ impl ProcessSet {
     }
 }
 
-/// The SHA-256 of a file's content (read in 64 KiB chunks).
-pub fn sha256_file(path: &Path) -> std::io::Result<[u8; 32]> {
-    sha256_read(std::fs::File::open(path)?)
-}
-
 /// The SHA-256 of everything `f` yields.
 pub fn sha256_read(mut f: impl std::io::Read) -> std::io::Result<[u8; 32]> {
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
@@ -314,11 +307,7 @@ mod tests {
 
     #[test]
     fn digests_match_file_content() {
-        let dir = std::env::temp_dir().join(format!("sluice-proc-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let f = dir.join("tool");
-        std::fs::write(&f, b"").unwrap();
-        let d = sha256_file(&f).unwrap();
+        let d = sha256_read(&b""[..]).unwrap();
         let empty = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
         let set = ProcessSet::new(vec![p("wget"), p(&format!("sha256:{empty}"))]);
         assert!(set.needs_digest());
@@ -329,11 +318,9 @@ mod tests {
         );
         assert!(set.matching("/tmp/renamed-tool", None).is_none());
         assert!(set.matching("/usr/bin/wget", None).is_some());
-        std::fs::write(&f, b"x").unwrap();
         assert!(
-            set.matching("/tmp/tool", Some(&sha256_file(&f).unwrap()))
+            set.matching("/tmp/tool", Some(&sha256_read(&b"x"[..]).unwrap()))
                 .is_none()
         );
-        std::fs::remove_dir_all(dir).unwrap();
     }
 }
