@@ -1,5 +1,5 @@
 //! Bypass classifier: longest-prefix match of a batch of addresses, ours
-//! (`sluice::lpm::Lpm`, DIR-24-8 / Poptrie) against `prefix-trie`'s
+//! (`sluice_core::lpm::Lpm`, DIR-24-8 / Poptrie) against `prefix-trie`'s
 //! `PrefixMap` on the same prefixes and addresses.
 //!
 //! - `classify_v4/{sluice,sluice_batch,prefix_trie}/{1k,100k}` and
@@ -23,12 +23,13 @@ use std::{
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use prefix_trie::PrefixMap;
-use sluice::{lpm::Lpm, net::Prefix};
+use sluice_core::lpm::Lpm;
+use sluice_core::net::Prefix;
 
 const BATCH: usize = 4096;
 const SIZES: [(usize, &str); 2] = [(1_000, "1k"), (100_000, "100k")];
 
-use sluice::testutil::XorShift as Rng;
+use sluice_core::testutil::XorShift as Rng;
 
 fn v4_len(rng: &mut Rng) -> u8 {
     let len = match rng.next_u64() % 100 {
@@ -104,7 +105,7 @@ fn classify_v4(c: &mut Criterion) {
             .map(|&(a, len, v)| (Prefix::new(IpAddr::V4(Ipv4Addr::from(a as u32)), len), v))
             .collect();
         let start = Instant::now();
-        let ours = Lpm::build_with(&entries, &sluice::sys::mem::HugePages).expect("table fits");
+        let ours = Lpm::build_with(&entries, &sluice_sys::mem::HugePages).expect("table fits");
         eprintln!(
             "classify_v4/{name}: build {:?}, {} MiB",
             start.elapsed(),
@@ -164,7 +165,7 @@ fn classify_v6(c: &mut Criterion) {
             .map(|&(a, len, v)| (Prefix::new(IpAddr::V6(Ipv6Addr::from(a)), len), v))
             .collect();
         let start = Instant::now();
-        let ours = Lpm::build_with(&entries, &sluice::sys::mem::HugePages).expect("table fits");
+        let ours = Lpm::build_with(&entries, &sluice_sys::mem::HugePages).expect("table fits");
         eprintln!(
             "classify_v6/{name}: build {:?}, {} KiB",
             start.elapsed(),

@@ -25,7 +25,7 @@ use hickory_proto::{
         rdata::{A, CNAME},
     },
 };
-use sluice::dns::{
+use sluice_core::dns::{
     Answer, BypassTable, DomainSet, Endpoints, Limits, Observer, Pattern, Transport,
 };
 

@@ -1,4 +1,4 @@
-//! The edge's receive coalescing ([`sluice::gro::Coalescer`]): a batch of
+//! The edge's receive coalescing ([`sluice_core::gro::Coalescer`]): a batch of
 //! one flow's TCP segments merged into GSO packets, against the floor of
 //! the same work (copying the payloads into one buffer).
 //!
@@ -17,7 +17,7 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use etherparse::{
     IpHeaders, IpNumber, Ipv4Extensions, Ipv4Header, PacketBuilder, TcpOptionElement,
 };
-use sluice::gro::Coalescer;
+use sluice_core::gro::Coalescer;
 
 /// Segments per batch (about what one read of the tunnel delivers).
 const BATCH: usize = 64;

@@ -20,15 +20,13 @@ use std::{
 };
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use sluice::{
-    net::Prefix,
-    policy::{
-        Entry, Match, Policy, Profile, Proto, Rule,
-        compile::Tables,
-        eval::{self, Flow},
-    },
-    testutil::XorShift as Rng,
+use sluice_core::net::Prefix;
+use sluice_core::policy::{
+    Entry, Match, Policy, Profile, Proto, Rule,
+    compile::Tables,
+    eval::{self, Flow},
 };
+use sluice_core::testutil::XorShift as Rng;
 
 const FLOWS: usize = 4096;
 const PORTS: [u16; 6] = [22, 53, 80, 443, 5060, 8443];

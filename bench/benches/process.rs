@@ -22,7 +22,7 @@ use std::{
 };
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use sluice::sys::sock_diag::{Proto, process_of_inode, socket_inode};
+use sluice_sys::sock_diag::{Proto, process_of_inode, socket_inode};
 
 fn attribution(crit: &mut Criterion) {
     sluice_bench::raise_nofile();
@@ -55,10 +55,8 @@ fn attribution(crit: &mut Criterion) {
 }
 
 fn exec_verdict(crit: &mut Criterion) {
-    use sluice::{
-        endpoint::exec::{ExecTracker, FactsCache, MountDevs},
-        process::{ProcessPattern, ProcessSet},
-    };
+    use sluice_core::process::{ProcessPattern, ProcessSet};
+    use sluice_gateway::endpoint::exec::{ExecTracker, FactsCache, MountDevs};
     let mut patterns: Vec<ProcessPattern> = (0..18)
         .map(|i| ProcessPattern::parse(&format!("agent-{i}")).expect("pattern"))
         .collect();

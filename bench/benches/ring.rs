@@ -21,7 +21,7 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 // The bench only uses part of the ring API; the file's own lints apply in
 // the dataplane.
 #[allow(dead_code)]
-#[path = "../../dataplane/src/sys/xsk/ring.rs"]
+#[path = "../../dataplane/sys/src/xsk/ring.rs"]
 mod ring;
 
 use ring::{RawRing, RingCons, RingProd};

@@ -31,8 +31,8 @@ use std::{hint::black_box, time::Instant};
 use aws_lc_rs::aead;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use rustls::CipherSuite;
-use sluice::tunnel::{AeadProvider, Session};
 use sluice_bench::{Feed, Pki, SessionPair};
+use sluice_runtime::tunnel::{AeadProvider, Session};
 
 /// Packets per batch (one `AF_XDP` RX batch).
 const BATCH: usize = 64;

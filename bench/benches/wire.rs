@@ -17,7 +17,7 @@ use std::{hint::black_box, net::IpAddr};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use etherparse::{NetSlice, PacketBuilder, SlicedPacket, VlanId};
-use sluice::wire::{ethernet, ip};
+use sluice_core::wire::{ethernet, ip};
 
 /// Frames per batch (one `AF_XDP` RX batch).
 const BATCH: usize = 64;

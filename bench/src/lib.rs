@@ -12,10 +12,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use sluice::{
-    pki,
-    tunnel::{AeadProvider, Session, SessionConfig},
-};
+use sluice_runtime::pki;
+use sluice_runtime::tunnel::{AeadProvider, Session, SessionConfig};
 
 /// Long enough that no session timer comes due during a bench.
 #[allow(

@@ -10,10 +10,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use sluice::{
-    pki,
-    tunnel::{Session, SessionConfig},
-};
 use sluice_lab::{
     Host, Lab, addr,
     deploy::{EDGE_ADDR, Sluice},
@@ -23,6 +19,8 @@ use sluice_lab::{
     },
     require_root,
 };
+use sluice_runtime::pki;
+use sluice_runtime::tunnel::{Session, SessionConfig};
 
 use super::{HTTP, UDP, bin, curl_in, logs};
 

@@ -119,7 +119,7 @@ fn endpoint_mode(path: &str, lan: bool) {
         std::os::unix::fs::PermissionsExt::from_mode(0o755),
     )
     .unwrap();
-    let digest = sluice::process::sha256_read(std::fs::File::open(&by_digest).unwrap())
+    let digest = sluice_core::process::sha256_read(std::fs::File::open(&by_digest).unwrap())
         .unwrap()
         .iter()
         .fold(String::new(), |mut s, b| {

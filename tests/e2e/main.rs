@@ -140,7 +140,7 @@ fn upload_checked(lab: &Lab, s: &Sluice<'_>, dst: std::net::IpAddr) {
     // Varied bytes, so that a segment merged out of order, twice or
     // with a wrong offset by the edge's GRO would change the digest.
     let body = lab.dir().join("upload.bin");
-    let mut rng = sluice::testutil::XorShift::new(0x5eed);
+    let mut rng = sluice_core::testutil::XorShift::new(0x5eed);
     let bytes: Vec<u8> = (0..4_000_000).map(|_| rng.next_u64() as u8).collect();
     std::fs::write(&body, bytes).unwrap();
     let data = format!("@{}", body.display());

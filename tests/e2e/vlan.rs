@@ -29,8 +29,12 @@ fn a_host_on_a_vlan_gets_tagged_replies_tunnelled_and_bypassed() {
     let lab = Lab::new();
     lab.spawn_peer(Host::Inet, "peer", HTTP, UDP);
     let dir = lab.bpffs_dir();
-    let pins = sluice::ebpf::pin_lab_vlan_host(VID, &dir)
-        .unwrap_or_else(|e| panic!("lab VLAN programs: {e}: {}", sluice::ebpf::error_chain(&e)));
+    let pins = sluice_gateway::ebpf::pin_lab_vlan_host(VID, &dir).unwrap_or_else(|e| {
+        panic!(
+            "lab VLAN programs: {e}: {}",
+            sluice_gateway::ebpf::error_chain(&e)
+        )
+    });
     lab.vlan_host(Host::Client, "eth0", &pins.push, &pins.pop);
     let _ = std::fs::remove_dir(&dir);
     let mut s = Sluice::prepare(&lab, bin(), untag);

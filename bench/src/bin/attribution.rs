@@ -27,11 +27,9 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use sluice::{
-    ebpf::Classifier,
-    endpoint::hook_settings,
-    sys::sock_diag::{Proto, process_of_inode, socket_inode},
-};
+use sluice_gateway::ebpf::Classifier;
+use sluice_gateway::endpoint::hook_settings;
+use sluice_sys::sock_diag::{Proto, process_of_inode, socket_inode};
 
 /// Connections per timed block, blocks per variant.
 const BLOCK: usize = 500;

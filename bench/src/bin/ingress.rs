@@ -26,14 +26,12 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
-use sluice::{
-    ebpf::{AttachMode, Classifier},
-    host,
-    sys::{
-        cpu::pin_current_thread,
-        tun::Tun,
-        xsk::{BindMode, XskConfig, XskSocket},
-    },
+use sluice_gateway::ebpf::{AttachMode, Classifier};
+use sluice_runtime::host;
+use sluice_sys::{
+    cpu::pin_current_thread,
+    tun::Tun,
+    xsk::{BindMode, XskConfig, XskSocket},
 };
 
 const DST: &str = "198.18.99.2:9";
@@ -148,8 +146,8 @@ fn veth_case(secs: u64, size: usize) -> Result<Measured> {
     sh(
         "link add ingv0 type veth peer name ingv0x\nlink set ingv0 up\nlink set ingv0x up\naddr add 198.18.97.1/24 dev ingv0\n",
     )?;
-    sluice::sys::ethtool::set_tx_checksum("ingv0", false)?;
-    let mac = sluice::wire::ethernet::mac_to_string(&host::mac("ingv0x")?);
+    sluice_sys::ethtool::set_tx_checksum("ingv0", false)?;
+    let mac = sluice_core::wire::ethernet::mac_to_string(&host::mac("ingv0x")?);
     sh(&format!(
         "neigh replace 169.254.1.1 lladdr {mac} dev ingv0 nud permanent\nroute replace 198.18.99.0/24 via 169.254.1.1 dev ingv0 onlink\n"
     ))?;

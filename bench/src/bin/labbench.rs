@@ -1149,7 +1149,7 @@ fn policy_measurements(lab: &Lab, a: &Args) -> Result<String> {
                     "{}",
                     serde_json::json!({
                         "round": round, "rate": rate, "load": load.name(), "swaps": o.swaps,
-                        "rx_frames": a.rx_frames.unwrap_or(sluice::config::DEFAULT_RX_FRAMES),
+                        "rx_frames": a.rx_frames.unwrap_or(sluice_config::DEFAULT_RX_FRAMES),
                         "swap_p50_ms": ms(o.swap_percentile(50)),
                         "swap_p99_ms": ms(o.swap_percentile(99)),
                         "swap_max_ms": ms(o.swap_percentile(100)),
@@ -1199,7 +1199,7 @@ fn policy_measurements(lab: &Lab, a: &Args) -> Result<String> {
     let _ = writeln!(
         md,
         "Gateway: `rx_frames = {}` (frames each AF_XDP socket keeps posted for receiving).\n",
-        a.rx_frames.unwrap_or(sluice::config::DEFAULT_RX_FRAMES)
+        a.rx_frames.unwrap_or(sluice_config::DEFAULT_RX_FRAMES)
     );
     md.push_str(
         "| rate | beside the stream | swaps per stream | swap p50 ms | swap p99 ms | swap max ms | Gbit/s | datagrams | iperf3 lost | of which socket overflow | lost in sluice | counted drops | misclassified |\n\

@@ -10,7 +10,10 @@
 //! - [`lpm`]: longest-prefix-match tables (DIR-24-8, Poptrie) and their
 //!   lock-free swap.
 //! - [`dns`]: domain bypass's DNS observation (answers parsed, answered
-//!   addresses kept for their TTL).
+//!   addresses kept for their TTL); [`pac`]: the PAC file from the same
+//!   lists.
+//! - [`policy`]: the policy model, its evaluator and compiler, and
+//!   trusted-network evaluation; [`process`]: process patterns.
 //!
 //! What this crate must not do, by construction: `unsafe` (forbidden
 //! below), system calls, files, sockets, threads, or reading a clock
@@ -25,6 +28,7 @@ pub mod dns;
 pub mod gro;
 pub mod lpm;
 pub mod net;
+pub mod pac;
 pub mod policy;
 pub mod process;
 #[doc(hidden)]

@@ -2,7 +2,7 @@
 //! frame runs through the real classifier in the kernel
 //! (`BPF_PROG_TEST_RUN`: its parse probe, and the classifier itself) and
 //! through the user-space statement of the same rules
-//! (`sluice::wire::summary`); the kind, addresses, protocol, ports,
+//! (`sluice_core::wire::summary`); the kind, addresses, protocol, ports,
 //! fragment, VLAN tags and drop reason must agree, and so must the
 //! classifier's verdict class (the drop counter it moves for a malformed
 //! frame, a pass for ARP and other non-IP).
@@ -13,8 +13,8 @@
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use sluice::ebpf::{Classifier, ParseProbe, XDP_DROP, XDP_PASS};
-use sluice::wire::summary::summary;
+use sluice_gateway::ebpf::{Classifier, ParseProbe, XDP_DROP, XDP_PASS};
+use sluice_core::wire::summary::summary;
 
 struct Kernel {
     probe: ParseProbe,
@@ -24,7 +24,7 @@ struct Kernel {
 fn fail(e: &dyn std::error::Error) -> ! {
     panic!(
         "classifier_diff needs root and the embedded classifier (BPF_PROG_TEST_RUN): {e}: {}",
-        sluice::ebpf::error_chain(e)
+        sluice_gateway::ebpf::error_chain(e)
     )
 }
 

@@ -6,10 +6,8 @@
 use std::path::Path;
 
 use libfuzzer_sys::fuzz_target;
-use sluice::{
-    config::{EdgeConfig, GatewayConfig},
-    process::ProcessPattern,
-};
+use sluice_config::{EdgeConfig, GatewayConfig};
+use sluice_core::process::ProcessPattern;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else { return };

@@ -23,11 +23,9 @@ use std::{
 };
 
 use libfuzzer_sys::fuzz_target;
-use sluice::{
-    config::EdgeConfig,
-    edge::{Accepted, Core},
-    pki,
-};
+use sluice_config::EdgeConfig;
+use sluice_edge::{Accepted, Core};
+use sluice_runtime::pki;
 
 struct Setup {
     cfg: EdgeConfig,

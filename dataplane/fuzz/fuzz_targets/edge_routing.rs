@@ -28,12 +28,10 @@ use std::{
 };
 
 use libfuzzer_sys::fuzz_target;
-use sluice::{
-    config::EdgeGateway,
-    edge::router::{Learnt, Refused, Router, TunnelRef},
-    net::Prefix,
-    wire::ip,
-};
+use sluice_config::EdgeGateway;
+use sluice_edge::router::{Learnt, Refused, Router, TunnelRef};
+use sluice_core::net::Prefix;
+use sluice_core::wire::ip;
 
 const V4: [&str; 6] = [
     "192.0.2.0/25",
@@ -74,7 +72,7 @@ fn setup() -> &'static (Model, Mutex<Router>) {
             gw("b", &["192.0.2.128/26", "2001:db8:12::/48"], 32),
             gw("c", &["198.18.2.0/24"], 16),
         ];
-        let reserved: Vec<Prefix> = sluice::config::RESERVED_DESTINATIONS
+        let reserved: Vec<Prefix> = sluice_config::RESERVED_DESTINATIONS
             .iter()
             .chain(&["198.51.100.0/24"])
             .map(|s| p(s))

@@ -3,7 +3,7 @@
 //! or read unboundedly; a loader found is an absolute path from the file.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use sluice::endpoint::exec::elf_interp;
+use sluice_gateway::endpoint::exec::elf_interp;
 
 fuzz_target!(|data: &[u8]| {
     let head = &data[..data.len().min(64)];

@@ -6,10 +6,8 @@
 //! never panic either.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use sluice::{
-    admin::{self, Request},
-    http::{self, Hosts},
-};
+use sluice_gateway::admin::{self, Request};
+use sluice_runtime::http::{self, Hosts};
 
 fuzz_target!(|data: &[u8]| {
     let max = 8192;

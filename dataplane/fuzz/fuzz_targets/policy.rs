@@ -8,7 +8,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use libfuzzer_sys::fuzz_target;
-use sluice::policy::{
+use sluice_core::policy::{
     Entry, Policy, Profile, Proto,
     compile::Tables,
     eval::{self, Flow},
@@ -61,7 +61,7 @@ fn entry(b: &mut Bytes<'_>) -> Option<Entry> {
     let v6 = b.u8() & 1 == 1;
     let a = addr(b, v6);
     let len = if v6 { b.u8() % 129 } else { b.u8() % 33 };
-    let prefix = sluice::net::Prefix::new(a, len);
+    let prefix = sluice_core::net::Prefix::new(a, len);
     let text = match (b.u8() % 3, v6) {
         (0, _) => prefix.to_string(),
         (1, false) => format!("{prefix}:{}", b.pick(&PORTS)),
@@ -101,7 +101,7 @@ fuzz_target!(|data: &[u8]| {
         let v6 = b.u8() & 1 == 1;
         let a = addr(&mut b, v6);
         let len = if v6 { 120 } else { 30 };
-        profile.vpn_gateways.push(sluice::net::Prefix::new(a, len));
+        profile.vpn_gateways.push(sluice_core::net::Prefix::new(a, len));
     }
     let policy = Policy::new(vec![profile], Vec::new());
     // A profile the kernel tables cannot hold is refused, not mangled.

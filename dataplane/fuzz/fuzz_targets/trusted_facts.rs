@@ -4,7 +4,7 @@
 //! never a panic, in time linear in the input.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use sluice::policy::facts;
+use sluice_core::policy::facts;
 
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);

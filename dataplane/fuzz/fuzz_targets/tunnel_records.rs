@@ -16,10 +16,8 @@ use std::{
 };
 
 use libfuzzer_sys::fuzz_target;
-use sluice::{
-    pki,
-    tunnel::{Session, SessionConfig},
-};
+use sluice_runtime::pki;
+use sluice_runtime::tunnel::{Session, SessionConfig};
 
 struct Configs {
     client: Arc<rustls::ClientConfig>,

@@ -1,0 +1,29 @@
+//! What sluice's gateway and edge share at run time, above the system
+//! interfaces of `sluice-sys` and the pure logic of `sluice-core`:
+//!
+//! - [`tunnel`]: the tunnel session (framing, hello, keepalives on top of
+//!   rustls) and its record layer;
+//! - [`pki`]: the small CA (`sluice pki`), and the loaders that turn PEM
+//!   files into rustls configurations;
+//! - [`http`]: the one HTTP/1.1 server behind metrics, the admin API and
+//!   the PAC file (deadlines, caps, `Host` allow-list);
+//! - [`metrics`]: Prometheus text rendering and its listener;
+//! - [`host`]: facts about the host's interfaces and the few commands sluice
+//!   runs to configure the kernel (`ip`, `nft`).
+//!
+//! What it must not do: `unsafe` (denied; the kernel interfaces it needs
+//! are `sluice-sys`'s safe wrappers), eBPF (the edge builds on it with the
+//! stable toolchain alone), or policy decisions (those are in core).
+#![deny(unsafe_code)]
+#![deny(missing_docs)]
+
+#[cfg(test)]
+use sluice_core::testutil;
+use sluice_core::wire;
+use sluice_sys as sys;
+
+pub mod host;
+pub mod http;
+pub mod metrics;
+pub mod pki;
+pub mod tunnel;
