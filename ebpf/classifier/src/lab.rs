@@ -6,17 +6,31 @@
 //! the host hears only what reaches it tagged.
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT},
+    macros::classifier,
     programs::TcContext,
 };
 
 use crate::{maps::LAB_VLAN, parse::ETH_P_8021Q};
+
+/// Lab only: tags a lab host's frames ([`sluice_common::LAB_VLAN_PUSH_PROGRAM`]).
+#[classifier]
+pub fn lab_vlan_push(ctx: TcContext) -> i32 {
+    push(&ctx)
+}
+
+/// Lab only: untags a lab host's VLAN, drops the rest
+/// ([`sluice_common::LAB_VLAN_POP_PROGRAM`]).
+#[classifier]
+pub fn lab_vlan_pop(ctx: TcContext) -> i32 {
+    pop(&ctx)
+}
 
 fn vid() -> u32 {
     LAB_VLAN.get(0).copied().unwrap_or(0) & 0x0fff
 }
 
 /// Egress: tag.
-pub(crate) fn push(ctx: &TcContext) -> i32 {
+fn push(ctx: &TcContext) -> i32 {
     let vid = vid();
     if vid == 0 {
         return TC_ACT_SHOT as i32;
@@ -33,7 +47,7 @@ pub(crate) fn push(ctx: &TcContext) -> i32 {
 }
 
 /// Ingress: untag this VLAN's frames, drop the rest.
-pub(crate) fn pop(ctx: &TcContext) -> i32 {
+fn pop(ctx: &TcContext) -> i32 {
     let vid = vid();
     // SAFETY: the context's `__sk_buff` is valid for the program's run
     // (the kernel has moved a received tag into it by now).

@@ -2,15 +2,24 @@
 //! classifier's own header walk ([`crate::parse`]), its summary stored in
 //! [`sluice_common::map_names::PARSE_PROBE`] for the differential fuzz
 //! target to compare with the user-space views. Never attached.
+use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+
 use crate::{
     maps::PARSE_PROBE,
     parse::{self, Kind},
 };
-use aya_ebpf::programs::XdpContext;
+
+/// The header walk alone, for the differential fuzz target
+/// ([`sluice_common::PARSE_PROBE_PROGRAM`]).
+#[xdp]
+pub fn parse_probe(ctx: XdpContext) -> u32 {
+    run(&ctx);
+    xdp_action::XDP_PASS
+}
 
 /// Parses `ctx`'s frame and stores the summary.
 #[inline(always)]
-pub(crate) fn run(ctx: &XdpContext) {
+fn run(ctx: &XdpContext) {
     let Some(out) = PARSE_PROBE.get_ptr_mut(0) else {
         return;
     };

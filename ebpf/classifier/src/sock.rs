@@ -19,38 +19,65 @@
 //!   datagram before this hook runs); they follow the process mark and the
 //!   routing table (configured prefixes are also `throw` routes).
 //! - `cgroup/sock_release`: the socket's flow entry goes.
-//! - tracepoints `sched_process_fork` / `sched_process_exit`: a child starts
-//!   with its parent's entry (before it runs), an exiting task's entry goes.
-//! - tracepoint `sched_process_exec`: a successful `execve` applies the
-//!   verdict user space wrote for it while the kernel held the exec (a
-//!   fanotify permission event), if it is fresh and names the file the
-//!   process now runs (device and inode of `current->mm->exe_file`, found
-//!   through [`EXEC_FILE`]'s offsets); without one (an exec sluice did not
-//!   see) the process is tunnelled. A verdict for an exec that then failed
-//!   is never applied to the program that keeps running, nor to another
-//!   file the process executes next (a `memfd` sluice never sees).
+//!
+//! Which processes are listed is kept by the process tracepoints
+//! ([`crate::process`]).
 //!
 //! The hooks steer; they refuse only where steering is impossible (a mark
 //! that cannot be set or cleared, a send that the mark would leak).
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
-        bpf_probe_read_kernel,
-        generated::{
-            bpf_get_current_task, bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_getsockopt,
-            bpf_ktime_get_ns, bpf_setsockopt,
-        },
+        bpf_get_current_comm, bpf_get_current_uid_gid,
+        generated::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_getsockopt, bpf_setsockopt},
     },
-    macros::map,
-    maps::Array,
-    programs::{SockAddrContext, SockContext, TracePointContext},
+    macros::{cgroup_sock, cgroup_sock_addr},
+    programs::{SockAddrContext, SockContext},
 };
-use sluice_common::{
-    BypassEntry, EXEC_OLD_PID_OFFSET, ExecFileOffsets, ExecGrant, FlowEntry, FlowVerdict,
-    GRANT_WINDOW_NS, ProcessEntry, SockConfig, SockCounter,
-};
+use sluice_common::{BypassEntry, FlowEntry, FlowVerdict, SockConfig, SockCounter};
 
-use crate::maps;
+use crate::{maps, process::current_tgid};
+
+/// Endpoint mode: marks the sockets of bypassed processes
+/// ([`sluice_common::sock_programs::SOCK_CREATE`]).
+#[cgroup_sock(sock_create)]
+pub fn sock_create(ctx: SockContext) -> i32 {
+    create(&ctx)
+}
+
+/// Endpoint mode: forgets a released socket's flow
+/// ([`sluice_common::sock_programs::SOCK_RELEASE`]).
+#[cgroup_sock(sock_release)]
+pub fn sock_release(ctx: SockContext) -> i32 {
+    release(&ctx)
+}
+
+/// Endpoint mode: IPv4 destination bypass and flow table
+/// ([`sluice_common::sock_programs::CONNECT4`]).
+#[cgroup_sock_addr(connect4)]
+pub fn connect4(ctx: SockAddrContext) -> i32 {
+    connect(&ctx, false)
+}
+
+/// Endpoint mode: IPv6 destination bypass and flow table
+/// ([`sluice_common::sock_programs::CONNECT6`]).
+#[cgroup_sock_addr(connect6)]
+pub fn connect6(ctx: SockAddrContext) -> i32 {
+    connect(&ctx, true)
+}
+
+/// Endpoint mode: unconnected IPv4 sends of marked sockets
+/// ([`sluice_common::sock_programs::SENDMSG4`]).
+#[cgroup_sock_addr(sendmsg4)]
+pub fn sendmsg4(ctx: SockAddrContext) -> i32 {
+    sendmsg(&ctx, false)
+}
+
+/// Endpoint mode: unconnected IPv6 sends of marked sockets
+/// ([`sluice_common::sock_programs::SENDMSG6`]).
+#[cgroup_sock_addr(sendmsg6)]
+pub fn sendmsg6(ctx: SockAddrContext) -> i32 {
+    sendmsg(&ctx, true)
+}
 
 const AF_INET: u32 = 2;
 const AF_INET6: u32 = 10;
@@ -60,49 +87,6 @@ const SO_MARK: i32 = 36;
 const ALLOW: i32 = 1;
 /// The hooks' "refuse" return value (the syscall fails with `EPERM`).
 const REFUSE: i32 = 0;
-
-/// Where the executed file's identity is in this kernel
-/// ([`sluice_common::EXEC_FILE_MAP`], written by user space from the
-/// kernel's BTF before the hooks are enabled).
-#[map]
-static EXEC_FILE: Array<ExecFileOffsets> = Array::with_max_entries(1, 0);
-
-/// Reads a `T` at `base + off` in kernel memory.
-#[inline(always)]
-fn kread<T>(base: u64, off: u32) -> Option<T> {
-    let at = base.checked_add(u64::from(off))?;
-    // SAFETY: `bpf_probe_read_kernel` copies through the kernel's fault
-    // handling: a bad address is an error, never a fault.
-    unsafe { bpf_probe_read_kernel(at as *const T) }.ok()
-}
-
-/// The device (`MKDEV` of its superblock's `s_dev`) and inode number of
-/// the file `current` now runs: `current->mm->exe_file->f_inode`.
-#[inline(always)]
-fn exe_file_id() -> Option<(u32, u64)> {
-    let o = EXEC_FILE.get(0)?;
-    if o.enabled == 0 {
-        return None;
-    }
-    // SAFETY: no arguments; returns the current task's address.
-    let task = unsafe { bpf_get_current_task() };
-    let mm: u64 = kread(task, o.task_mm)?;
-    let file: u64 = kread(mm, o.mm_exe_file)?;
-    let inode: u64 = kread(file, o.file_inode)?;
-    let ino: u64 = kread(inode, o.inode_ino)?;
-    let sb: u64 = kread(inode, o.inode_sb)?;
-    let dev: u32 = kread(sb, o.sb_dev)?;
-    (mm != 0 && file != 0 && inode != 0 && sb != 0).then_some((dev, ino))
-}
-
-/// Whether `grant` is a fresh bypass verdict for the file `current` now
-/// runs.
-#[inline(always)]
-fn grant_applies(g: &ExecGrant, now: u64) -> bool {
-    g.bypass == 1
-        && now.wrapping_sub(g.written_ns) < GRANT_WINDOW_NS
-        && exe_file_id() == Some((g.dev, g.ino))
-}
 
 /// The settings, if the hooks are on and the socket is in sluice's
 /// network namespace.
@@ -117,13 +101,8 @@ fn config(ctx: *mut core::ffi::c_void) -> Option<SockConfig> {
     (netns == cfg.netns_cookie).then_some(cfg)
 }
 
-#[inline(always)]
-fn current_tgid() -> u32 {
-    (bpf_get_current_pid_tgid() >> 32) as u32
-}
-
 /// `cgroup/sock_create`.
-pub(crate) fn sock_create(ctx: &SockContext) -> i32 {
+fn create(ctx: &SockContext) -> i32 {
     let Some(cfg) = config(ctx.sock.cast()) else {
         return ALLOW;
     };
@@ -142,7 +121,7 @@ pub(crate) fn sock_create(ctx: &SockContext) -> i32 {
 }
 
 /// `cgroup/sock_release`.
-pub(crate) fn sock_release(ctx: &SockContext) -> i32 {
+fn release(ctx: &SockContext) -> i32 {
     // SAFETY: the helper takes the program's context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.sock.cast()) };
     let _ = maps::FLOWS.remove(&cookie);
@@ -150,7 +129,7 @@ pub(crate) fn sock_release(ctx: &SockContext) -> i32 {
 }
 
 /// `cgroup/connect4` and `cgroup/connect6`.
-pub(crate) fn connect(ctx: &SockAddrContext, v6: bool) -> i32 {
+fn connect(ctx: &SockAddrContext, v6: bool) -> i32 {
     let raw = ctx.sock_addr;
     let Some(cfg) = config(raw.cast()) else {
         return ALLOW;
@@ -235,7 +214,7 @@ fn destination_bypass(dst: &[u8; 16], v6: bool) -> Option<BypassEntry> {
 }
 
 /// `cgroup/sendmsg4` and `cgroup/sendmsg6` (unconnected sends only).
-pub(crate) fn sendmsg(ctx: &SockAddrContext, v6: bool) -> i32 {
+fn sendmsg(ctx: &SockAddrContext, v6: bool) -> i32 {
     let raw = ctx.sock_addr;
     let Some(cfg) = config(raw.cast()) else {
         return ALLOW;
@@ -268,92 +247,4 @@ pub(crate) fn sendmsg(ctx: &SockAddrContext, v6: bool) -> i32 {
         maps::count_sock(SockCounter::SendRefused);
         REFUSE
     }
-}
-
-/// Tracepoint `sched/sched_process_exec`: `current` runs the new program.
-/// Applies the verdict written for this exec if it is fresh and for this
-/// file; otherwise (none, one left by an exec that failed, or one for
-/// another file) the process is tunnelled.
-pub(crate) fn process_exec(ctx: &TracePointContext) -> u32 {
-    let Some(cfg) = maps::SOCK_CONFIG.get(0) else {
-        return 0;
-    };
-    if cfg.enabled == 0 {
-        return 0;
-    }
-    let tgid = current_tgid();
-    // A non-leader thread that execs takes the group's id: its old id's
-    // entry (made when it was cloned) goes.
-    // SAFETY: the offset is inside the record (checked at start).
-    if let Ok(old) = unsafe { ctx.read_at::<i32>(EXEC_OLD_PID_OFFSET as usize) }
-        && old as u32 != tgid
-    {
-        let _ = maps::PROCESSES.remove(&(old as u32));
-    }
-    let grant = maps::PENDING.get_ptr(tgid).map(|g| {
-        // SAFETY: a pointer from a successful lookup.
-        unsafe { *g }
-    });
-    let _ = maps::PENDING.remove(&tgid);
-    // SAFETY: no arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
-    if grant.is_some_and(|g| grant_applies(&g, now)) {
-        let entry = ProcessEntry {
-            reason: FlowVerdict::BypassProcess as u32,
-            reserved: 0,
-        };
-        if maps::PROCESSES.insert(&tgid, &entry, 0).is_ok() {
-            maps::count_sock(SockCounter::ExecBypass);
-            return 0;
-        }
-        maps::count_sock(SockCounter::ForkMapFull);
-    }
-    let _ = maps::PROCESSES.remove(&tgid);
-    maps::count_sock(SockCounter::ExecTunnel);
-    0
-}
-
-/// Tracepoint `sched/sched_process_fork`: `current` is the parent.
-pub(crate) fn process_fork(ctx: &TracePointContext) -> u32 {
-    let Some(cfg) = maps::SOCK_CONFIG.get(0) else {
-        return 0;
-    };
-    if cfg.enabled == 0 {
-        return 0;
-    }
-    let Some(parent) = maps::PROCESSES.get_ptr(current_tgid()) else {
-        return 0;
-    };
-    // SAFETY: a pointer from a successful lookup.
-    let entry: ProcessEntry = unsafe { *parent };
-    // The verifier wants constant offsets into the context: one branch per
-    // known record layout (user space checked the offset at start).
-    // SAFETY: both offsets are inside the record for their layout.
-    let child: Result<i32, i32> = unsafe {
-        match cfg.fork_child_pid_offset {
-            20 => ctx.read_at::<i32>(20),
-            44 => ctx.read_at::<i32>(44),
-            _ => return 0,
-        }
-    };
-    let Ok(child) = child else {
-        return 0;
-    };
-    if maps::PROCESSES.insert(&(child as u32), &entry, 0).is_ok() {
-        maps::count_sock(SockCounter::ForkInherited);
-    } else {
-        maps::count_sock(SockCounter::ForkMapFull);
-    }
-    0
-}
-
-/// Tracepoint `sched/sched_process_exit`: `current` is the exiting task.
-/// Its thread id is the key a fork gave it (the thread group's for a
-/// process's main thread).
-pub(crate) fn process_exit(_ctx: &TracePointContext) -> u32 {
-    let tid = bpf_get_current_pid_tgid() as u32;
-    let _ = maps::PROCESSES.remove(&tid);
-    // A verdict for an exec that failed goes with its process.
-    let _ = maps::PENDING.remove(&tid);
-    0
 }

@@ -2,7 +2,7 @@
 //! kernel has no VLAN devices: the classifier removes the single 802.1Q
 //! tag of a frame it passes to the kernel ([`untag`]), after noting the
 //! host's VLAN by MAC and by address; the tc egress program
-//! ([`egress`]) tags the kernel's frames to those hosts again (unicast by
+//! ([`vlan_egress`]) tags the kernel's frames to those hosts again (unicast by
 //! destination MAC; ARP requests and neighbour solicitations by the
 //! address they ask for). Frames the workers send (`AF_XDP`) never pass
 //! here: the worker tags them itself.
@@ -12,6 +12,7 @@
 //! for it).
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT},
+    macros::classifier,
     programs::{TcContext, XdpContext},
 };
 use sluice_common::{Counter, MacKey};
@@ -152,9 +153,16 @@ fn egress_tci(ctx: &TcContext) -> Option<u32> {
     unsafe { VLAN_ADDRS.get(&target).copied() }
 }
 
+/// Untag mode: tags the kernel's frames to LAN hosts on a VLAN
+/// ([`sluice_common::VLAN_EGRESS_PROGRAM`], tc egress of the LAN).
+#[classifier]
+pub fn vlan_egress(ctx: TcContext) -> i32 {
+    egress(&ctx)
+}
+
 /// The egress program: tags the kernel's frames to hosts on a VLAN.
 #[inline(always)]
-pub(crate) fn egress(ctx: &TcContext) -> i32 {
+fn egress(ctx: &TcContext) -> i32 {
     // SAFETY: the context's `__sk_buff` is valid for the program's run.
     if unsafe { (*ctx.skb.skb).vlan_present } != 0 {
         return TC_ACT_OK as i32;
