@@ -1,4 +1,4 @@
-//! Builds the XDP classifier (`ebpf/classifier`) for `bpfel-unknown-none` with
+//! Builds the XDP classifier (`ebpf/programs`) for `bpfel-unknown-none` with
 //! aya-build, so that `src/ebpf/mod.rs` can embed it. Needs the nightly toolchain
 //! with `rust-src` and `bpf-linker`: `cargo xtask setup` installs both.
 use std::{env, path::PathBuf, process::Command};
@@ -7,7 +7,7 @@ use anyhow::{Context as _, bail};
 
 fn main() -> anyhow::Result<()> {
     let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?);
-    let root = manifest.join("../../ebpf/classifier");
+    let root = manifest.join("../../ebpf/programs");
     let root = root.to_str().context("non-UTF-8 path")?;
     if env::var_os("AYA_BUILD_SKIP").is_none()
         && Command::new("bpf-linker")

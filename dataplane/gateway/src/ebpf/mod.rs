@@ -1,7 +1,7 @@
 //! The embedded XDP classifier: loading it, filling its maps, attaching it,
 //! reading its counters and running it on test frames.
 //!
-//! The kernel side lives in `ebpf/classifier`; the map names, key/value
+//! The kernel side lives in `ebpf/programs`; the map names, key/value
 //! layouts and counter indices both sides agree on are in
 //! [`sluice_common`]. This module is the only user-space code that talks to
 //! the classifier's maps.
@@ -46,7 +46,7 @@ pub use probe::ParseProbe;
 pub use sluice_config::{AttachMode, VlanMode};
 pub use vlan::{LabVlanPins, pin_lab_vlan_host};
 
-/// The classifier's ELF object, built by `build.rs` from `ebpf/classifier`.
+/// The classifier's ELF object, built by `build.rs` from `ebpf/programs`.
 pub static CLASSIFIER_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sluice-classifier"));
 

@@ -12,7 +12,7 @@
 //! sent them (the device holds the inner address).
 //!
 //! What bypasses is decided per socket, in the kernel, before its first
-//! packet (`ebpf/classifier/src/sock.rs`): a socket of a listed process, a
+//! packet (`ebpf/programs/src/sock.rs`): a socket of a listed process, a
 //! connection to a bypassed destination, and sluice's own sockets get a
 //! firewall mark that routes them through the main table. Which processes
 //! are listed is decided here: at start and on reload by a `/proc` scan,
