@@ -22,6 +22,14 @@ pub const PROTO_TCP: u8 = 6;
 /// IP protocol number of SCTP.
 pub const PROTO_SCTP: u8 = 132;
 
+/// The version nibble of the IP packet in `buf` (any value; `None` for
+/// an empty buffer): which of [`ipv4::Packet`] and [`ipv6::Packet`] to
+/// try.
+#[inline]
+pub fn version(buf: &[u8]) -> Option<u8> {
+    buf.first().map(|b| b >> 4)
+}
+
 /// The parts of a TCP segment [`Packet::tcp`] returns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TcpSegment<'a> {
@@ -58,10 +66,10 @@ impl<'a> Packet<'a> {
     /// trailing padding.
     #[inline]
     pub fn new_checked(buf: &'a [u8]) -> Result<Self, WireError> {
-        let Some(first) = buf.first() else {
+        let Some(version) = version(buf) else {
             return Err(WireError::Truncated { need: 1, have: 0 });
         };
-        match first >> 4 {
+        match version {
             4 => Ok(Self {
                 buf: ipv4::Packet::new_checked(buf)?.packet(),
                 v6: false,

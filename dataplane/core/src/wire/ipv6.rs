@@ -214,8 +214,8 @@ impl<T: AsRef<[u8]>> AsRef<[u8]> for Packet<T> {
 mod tests {
     use super::*;
 
-    /// A DNS query for example.org, 2001:db8:1::10 port 5353 ->
-    /// 2001:db8:100::10 port 53, as a capture shows it: traffic class 0x28,
+    /// A DNS query for example.org, `2001:db8:1::10` port 5353 ->
+    /// `2001:db8:100::10` port 53, as a capture shows it: traffic class 0x28,
     /// flow label 0x12345, hop limit 64; UDP checksum 0x0fb2.
     const PACKET_BYTES: [u8; 77] = [
         0x62, 0x81, 0x23, 0x45, 0x00, 0x25, 0x11, 0x40, // version .. hop limit

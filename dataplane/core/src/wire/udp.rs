@@ -179,7 +179,7 @@ impl<T: AsRef<[u8]>> AsRef<[u8]> for Packet<T> {
 mod tests {
     use super::*;
 
-    /// 2001:db8:1::10 and 2001:db8:100::10, the addresses of
+    /// `2001:db8:1::10` and `2001:db8:100::10`, the addresses of
     /// [`DATAGRAM_BYTES`]'s IPv6 packet.
     const SRC: [u8; 16] = [
         0x20, 0x01, 0x0d, 0xb8, 0x00, 0x01, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
