@@ -13,10 +13,19 @@
 //! A batch is [`BATCH`] frames cycling through four kinds (IPv4/UDP,
 //! IPv4/TCP, IPv6/UDP, 802.1Q-tagged IPv4/UDP); `<sizes>` is one frame size
 //! for all, or `mixed` (64 to 1514 bytes). Throughput is in frames.
+//!
+//! - `ip_packet/sluice/<sizes>`: the per-packet questions the gateway asks
+//!   of an IP packet beyond its addresses, on the same frames' IP packets:
+//!   `ip::Packet::new_checked`, `flow()` (protocol and ports: the TUN
+//!   path's policy lookup), `udp()` (domain bypass looks for DNS in every
+//!   packet) and `tcp()`. These read through the IPv4, IPv6, TCP and UDP
+//!   views.
+//! - `ip_packet/etherparse/<sizes>`: `SlicedPacket::from_ip` on the same
+//!   packets, then the protocol, ports and payload length.
 use std::{hint::black_box, net::IpAddr};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use etherparse::{NetSlice, PacketBuilder, SlicedPacket, VlanId};
+use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TransportSlice, VlanId};
 use sluice_core::wire::{ethernet, ip};
 
 /// Frames per batch (one `AF_XDP` RX batch).
@@ -144,5 +153,91 @@ fn frame_parse(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(wire, frame_parse);
+/// What the gateway asks of an IP packet: protocol, ports, and the UDP
+/// or TCP payload's length.
+#[inline]
+fn ask_sluice(p: &[u8]) -> Option<(u8, u16, u16, usize)> {
+    let packet = ip::Packet::new_checked(p).ok()?;
+    let (proto, sport, dport) = packet.flow();
+    let len = match packet.udp() {
+        Some((_, _, payload)) => payload.len(),
+        None => packet.tcp().map_or(0, |s| s.payload.len()),
+    };
+    Some((proto, sport, dport, len))
+}
+
+/// The etherparse equivalent.
+#[inline]
+fn ask_etherparse(p: &[u8]) -> Option<(u8, u16, u16, usize)> {
+    let sliced = SlicedPacket::from_ip(p).ok()?;
+    let proto = match sliced.net? {
+        NetSlice::Ipv4(s) => s.header().protocol().0,
+        NetSlice::Ipv6(s) => s.header().next_header().0,
+        NetSlice::Arp(_) => return None,
+    };
+    Some(match sliced.transport? {
+        TransportSlice::Udp(u) => (
+            proto,
+            u.source_port(),
+            u.destination_port(),
+            u.payload().len(),
+        ),
+        TransportSlice::Tcp(t) => (
+            proto,
+            t.source_port(),
+            t.destination_port(),
+            t.payload().len(),
+        ),
+        _ => return None,
+    })
+}
+
+fn ip_packet(c: &mut Criterion) {
+    const MIXED: [usize; 7] = [64, 128, 256, 512, 1024, 1280, 1514];
+    let mut g = c.benchmark_group("ip_packet");
+    g.throughput(Throughput::Elements(BATCH as u64));
+    // The IP packets of the frames (Ethernet and tags stripped).
+    let ip_of = |f: Vec<u8>| {
+        let frame = ethernet::Frame::new_checked(&f[..]).unwrap();
+        let (_, off) = frame.payload_offset().unwrap();
+        f[off..].to_vec()
+    };
+    let batches: [(&str, Vec<Vec<u8>>); 3] = [
+        ("64", (0..BATCH).map(|i| ip_of(frame(i % 4, 64))).collect()),
+        (
+            "1514",
+            (0..BATCH).map(|i| ip_of(frame(i % 4, 1514))).collect(),
+        ),
+        (
+            "mixed",
+            (0..BATCH)
+                .map(|i| ip_of(frame(i % 4, MIXED[i % MIXED.len()])))
+                .collect(),
+        ),
+    ];
+    for (name, pkts) in &batches {
+        for p in pkts {
+            let ours = ask_sluice(p);
+            assert!(ours.is_some(), "sluice reads a {}-byte packet", p.len());
+            assert_eq!(ours, ask_etherparse(p));
+        }
+        g.bench_function(format!("sluice/{name}"), |b| {
+            b.iter(|| {
+                for p in black_box(pkts) {
+                    black_box(ask_sluice(p));
+                }
+            });
+        });
+        g.bench_function(format!("etherparse/{name}"), |b| {
+            b.iter(|| {
+                for p in black_box(pkts) {
+                    black_box(ask_etherparse(p));
+                }
+            });
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(wire, frame_parse, ip_packet);
 criterion_main!(wire);

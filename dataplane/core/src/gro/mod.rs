@@ -14,8 +14,8 @@
 //! gives back exactly the packets that went in (addresses, ports, IP IDs,
 //! TTL, TOS, TCP sequence and acknowledgement numbers, window, options,
 //! flags, payloads, checksums); the tests check this against a model of
-//! that segmentation ([`segment`]). Packets are merged only when this
-//! holds:
+//! that segmentation (`segment`, built for tests and fuzzing). Packets are
+//! merged only when this holds:
 //!
 //! - IPv4 without options, not a fragment; IPv6 without extension headers;
 //! - TCP with only ACK (and PSH on the last segment), no urgent pointer,
@@ -38,7 +38,17 @@
 //! [`Coalescer::flush`] ends the batch; both hand what is ready to write
 //! to a callback as a virtio-net header and the packet. Nothing is
 //! allocated after [`Coalescer::new`].
-use crate::wire::checksum;
+//!
+//! Every header is read and written through the checked views of
+//! [`crate::wire`] ([`ipv4`], [`ipv6`], [`tcp`], [`udp`]): a packet's
+//! parse runs their `new_checked`/`check_len` once, and later steps re-wrap
+//! what it accepted (the packet, or the slot's copy of its first packet's
+//! headers) with `new_unchecked`.
+use crate::wire::{
+    checksum,
+    ip::{self, PROTO_TCP, PROTO_UDP},
+    ipv4, ipv6, tcp, udp,
+};
 
 /// Length of `struct virtio_net_hdr` (the TUN default `vnet_hdr_sz`).
 pub const VNET_HDR_LEN: usize = 10;
@@ -60,10 +70,19 @@ const GSO_TCPV4: u8 = 1;
 const GSO_TCPV6: u8 = 4;
 const GSO_UDP_L4: u8 = 5;
 
-const PROTO_TCP: u8 = 6;
-const PROTO_UDP: u8 = 17;
-const TCP_ACK: u8 = 0x10;
-const TCP_PSH: u8 = 0x08;
+const TCP_ACK: u8 = tcp::FLAG_ACK;
+const TCP_PSH: u8 = tcp::FLAG_PSH;
+
+/// The fields of `struct virtio_net_hdr` (little-endian).
+mod field {
+    use core::ops::Range;
+    pub(super) const FLAGS: usize = 0;
+    pub(super) const GSO_TYPE: usize = 1;
+    pub(super) const HDR_LEN: Range<usize> = 2..4;
+    pub(super) const GSO_SIZE: Range<usize> = 4..6;
+    pub(super) const CSUM_START: Range<usize> = 6..8;
+    pub(super) const CSUM_OFFSET: Range<usize> = 8..10;
+}
 
 /// A `struct virtio_net_hdr` (little-endian fields, as TUN uses them on
 /// little-endian hosts and with `TUNSETVNETLE`).
@@ -98,25 +117,25 @@ impl VnetHdr {
     /// The wire form.
     pub fn to_bytes(self) -> [u8; VNET_HDR_LEN] {
         let mut b = [0; VNET_HDR_LEN];
-        b[0] = self.flags;
-        b[1] = self.gso_type;
-        b[2..4].copy_from_slice(&self.hdr_len.to_le_bytes());
-        b[4..6].copy_from_slice(&self.gso_size.to_le_bytes());
-        b[6..8].copy_from_slice(&self.csum_start.to_le_bytes());
-        b[8..10].copy_from_slice(&self.csum_offset.to_le_bytes());
+        b[field::FLAGS] = self.flags;
+        b[field::GSO_TYPE] = self.gso_type;
+        b[field::HDR_LEN].copy_from_slice(&self.hdr_len.to_le_bytes());
+        b[field::GSO_SIZE].copy_from_slice(&self.gso_size.to_le_bytes());
+        b[field::CSUM_START].copy_from_slice(&self.csum_start.to_le_bytes());
+        b[field::CSUM_OFFSET].copy_from_slice(&self.csum_offset.to_le_bytes());
         b
     }
 
     /// Parses the wire form.
     pub fn from_bytes(b: &[u8; VNET_HDR_LEN]) -> Self {
-        let u = |i: usize| u16::from_le_bytes([b[i], b[i + 1]]);
+        let u = |r: core::ops::Range<usize>| u16::from_le_bytes([b[r.start], b[r.start + 1]]);
         Self {
-            flags: b[0],
-            gso_type: b[1],
-            hdr_len: u(2),
-            gso_size: u(4),
-            csum_start: u(6),
-            csum_offset: u(8),
+            flags: b[field::FLAGS],
+            gso_type: b[field::GSO_TYPE],
+            hdr_len: u(field::HDR_LEN),
+            gso_size: u(field::GSO_SIZE),
+            csum_start: u(field::CSUM_START),
+            csum_offset: u(field::CSUM_OFFSET),
         }
     }
 
@@ -343,12 +362,13 @@ impl Coalescer {
         i
     }
 
+    /// Slot `i` starts with `pkt` ([`parse`] accepted it as `info`).
     fn start(&mut self, i: usize, pkt: &[u8], info: Info) {
         self.buf(i)[..pkt.len()].copy_from_slice(pkt);
         let id = if info.key.v6 {
             0
         } else {
-            u16::from_be_bytes([pkt[4], pkt[5]])
+            ipv4::Packet::new_unchecked(pkt).ident()
         };
         self.slots[i] = Slot {
             used: pkt.len(),
@@ -362,8 +382,11 @@ impl Coalescer {
         };
     }
 
+    /// `pkt` ([`parse`] accepted it as `info`) continues slot `i`'s run.
     fn can_append(&self, i: usize, pkt: &[u8], info: &Info) -> bool {
         let s = &self.slots[i];
+        // The headers of the slot's first packet (its IP length fields are
+        // stale until the flush: only the other fields are read).
         let first = &self.bufs[i * MAX_IP_LEN..i * MAX_IP_LEN + s.info.hdr_len];
         if s.closed
             || s.segs >= MAX_SEGMENTS
@@ -375,14 +398,25 @@ impl Coalescer {
             return false;
         }
         let ip_same = if info.key.v6 {
-            // Version, traffic class, flow label; hop limit.
-            pkt[0..4] == first[0..4] && pkt[7] == first[7]
+            // Traffic class, flow label; hop limit (the version is 6).
+            let (a, b) = (
+                ipv6::Packet::new_unchecked(pkt),
+                ipv6::Packet::new_unchecked(first),
+            );
+            a.traffic_class() == b.traffic_class()
+                && a.flow_label() == b.flow_label()
+                && a.hop_limit() == b.hop_limit()
         } else {
-            // TOS; flags and fragment offset (DF only, checked); TTL; ID.
-            pkt[1] == first[1]
-                && pkt[6..8] == first[6..8]
-                && pkt[8] == first[8]
-                && u16::from_be_bytes([pkt[4], pkt[5]]) == s.next_id
+            // TOS; flags (DF and the reserved bit; MF and the fragment
+            // offset are clear); TTL; ID.
+            let (a, b) = (
+                ipv4::Packet::new_unchecked(pkt),
+                ipv4::Packet::new_unchecked(first),
+            );
+            a.tos() == b.tos()
+                && a.flags() == b.flags()
+                && a.ttl() == b.ttl()
+                && a.ident() == s.next_id
         };
         if !ip_same {
             return false;
@@ -390,13 +424,19 @@ impl Coalescer {
         if info.key.proto == PROTO_UDP {
             return true;
         }
-        let l4 = info.ip_len;
-        // Sequence; ack, data offset, window and urgent pointer; options.
-        // Flags: both carry ACK, and only the new one may carry PSH.
+        // Sequence; ack, data offset (the reserved bits are clear), window
+        // and urgent pointer (zero); options. Flags: both carry ACK, and
+        // only the new one may carry PSH.
+        let (a, b) = (
+            tcp::Packet::new_unchecked(&pkt[info.ip_len..]),
+            tcp::Packet::new_unchecked(&first[info.ip_len..]),
+        );
         info.seq == s.next_seq
-            && pkt[l4 + 8..l4 + 13] == first[l4 + 8..l4 + 13]
-            && pkt[l4 + 14..l4 + 16] == first[l4 + 14..l4 + 16]
-            && pkt[l4 + 18..info.hdr_len] == first[l4 + 18..info.hdr_len]
+            && a.ack_number() == b.ack_number()
+            && a.header_len() == b.header_len()
+            && a.window_len() == b.window_len()
+            && a.urgent_at() == b.urgent_at()
+            && a.options() == b.options()
     }
 
     fn append(&mut self, i: usize, pkt: &[u8], info: &Info) {
@@ -415,8 +455,9 @@ impl Coalescer {
         }
         if info.flags & TCP_PSH != 0 {
             s.closed = true;
-            let flags_at = s.info.ip_len + 13;
-            self.buf(i)[flags_at] |= TCP_PSH;
+            let (l4, end) = (s.info.ip_len, s.info.hdr_len);
+            let mut first = tcp::Packet::new_unchecked(&mut self.buf(i)[l4..end]);
+            first.set_flags(first.flags() | TCP_PSH);
         }
     }
 
@@ -435,32 +476,39 @@ impl Coalescer {
         self.stats.merged_segments += s.segs as u64;
         let info = s.info;
         let l4_len = s.used - info.ip_len;
-        let (src, dst) = if info.key.v6 {
-            buf[4..6].copy_from_slice(&(l4_len as u16).to_be_bytes());
-            (8..24, 24..40)
+        let pseudo = if info.key.v6 {
+            let mut ip = ipv6::Packet::new_unchecked(&mut *buf);
+            ip.set_payload_len(l4_len as u16);
+            checksum::pseudo_header(
+                &ip.src_octets(),
+                &ip.dst_octets(),
+                info.key.proto,
+                l4_len as u32,
+            )
         } else {
-            buf[2..4].copy_from_slice(&(s.used as u16).to_be_bytes());
-            buf[10..12].fill(0);
-            let c = checksum::ipv4_header(&buf[..info.ip_len]);
-            buf[10..12].copy_from_slice(&c.to_be_bytes());
-            (12..16, 16..20)
-        };
-        let csum_offset = if info.key.proto == PROTO_TCP {
-            16
-        } else {
-            buf[info.ip_len + 4..info.ip_len + 6].copy_from_slice(&(l4_len as u16).to_be_bytes());
-            6
+            let mut ip = ipv4::Packet::new_unchecked(&mut *buf);
+            ip.set_total_len(s.used as u16);
+            ip.fill_checksum();
+            checksum::pseudo_header(
+                &ip.src_addr().octets(),
+                &ip.dst_addr().octets(),
+                info.key.proto,
+                l4_len as u32,
+            )
         };
         // The checksum field holds the folded pseudo-header sum, not
         // complemented: the kernel completes it over each segment.
-        let pseudo = checksum::fold(checksum::pseudo_header(
-            &buf[src],
-            &buf[dst],
-            info.key.proto,
-            l4_len as u32,
-        ));
-        let at = info.ip_len + csum_offset;
-        buf[at..at + 2].copy_from_slice(&pseudo.to_be_bytes());
+        let pseudo = checksum::fold(pseudo);
+        let l4 = &mut buf[info.ip_len..];
+        let csum_offset = if info.key.proto == PROTO_TCP {
+            tcp::Packet::new_unchecked(l4).set_checksum(pseudo);
+            tcp::CHECKSUM_OFFSET
+        } else {
+            let mut u = udp::Packet::new_unchecked(l4);
+            u.set_length(l4_len as u16);
+            u.set_checksum(pseudo);
+            udp::CHECKSUM_OFFSET
+        };
         let hdr = VnetHdr {
             flags: F_NEEDS_CSUM,
             gso_type: match (info.key.proto, info.key.v6) {
@@ -489,80 +537,93 @@ enum Parsed {
     Mergeable(Info),
 }
 
-/// Reads what merging needs; every access is bounds-checked.
+/// Reads what merging needs, through the views' checks (every access is
+/// bounds-checked).
 fn parse(pkt: &[u8]) -> Parsed {
-    let Some(&first) = pkt.first() else {
-        return Parsed::Other;
-    };
-    let (v6, ip_len, proto, plain_ip) = match first >> 4 {
-        4 if pkt.len() >= 20 => {
-            let ihl = usize::from(first & 0x0f) * 4;
-            let total = usize::from(u16::from_be_bytes([pkt[2], pkt[3]]));
-            // DF may be set; MF and the fragment offset must be clear.
-            let frag = u16::from_be_bytes([pkt[6], pkt[7]]) & 0x3fff;
-            if ihl < 20 || total != pkt.len() || frag != 0 {
+    let mut addrs = [0; 32];
+    // The IP header: the packet is exactly its declared length, and for
+    // IPv4 not a fragment (DF may be set).
+    let (v6, ip_len, proto, plain_ip, l4) = match ip::version(pkt) {
+        Some(4) => {
+            let Ok(ip) = ipv4::Packet::new_checked(pkt) else {
+                return Parsed::Other;
+            };
+            if usize::from(ip.total_len()) != pkt.len() || ip.is_fragment() {
                 return Parsed::Other;
             }
-            (false, ihl, pkt[9], ihl == 20)
+            addrs[..4].copy_from_slice(&ip.src_addr().octets());
+            addrs[4..8].copy_from_slice(&ip.dst_addr().octets());
+            let ip_len = ip.header_len();
+            (
+                false,
+                ip_len,
+                ip.protocol(),
+                ip_len == ipv4::HEADER_LEN,
+                ip.payload(),
+            )
         }
-        6 if pkt.len() >= 40 => {
-            let payload = usize::from(u16::from_be_bytes([pkt[4], pkt[5]]));
-            if 40 + payload != pkt.len() {
+        Some(6) => {
+            let Ok(ip) = ipv6::Packet::new_checked(pkt) else {
+                return Parsed::Other;
+            };
+            if ip.total_len() != pkt.len() {
                 return Parsed::Other;
             }
-            (true, 40, pkt[6], true)
+            addrs[..16].copy_from_slice(&ip.src_octets());
+            addrs[16..].copy_from_slice(&ip.dst_octets());
+            (true, ipv6::HEADER_LEN, ip.next_header(), true, ip.payload())
         }
         _ => return Parsed::Other,
     };
-    let l4_min = match proto {
-        PROTO_TCP => 20,
-        PROTO_UDP => 8,
+    // The flow is known from the fixed transport header alone: a packet
+    // whose header is malformed beyond it is still passed on after its
+    // flow's held packet. Below, the views read only fields of that fixed
+    // header until `check_len` has looked at the rest.
+    let fixed = match proto {
+        PROTO_TCP => tcp::HEADER_LEN,
+        PROTO_UDP => udp::HEADER_LEN,
         _ => return Parsed::Other,
     };
-    if pkt.len() < ip_len + l4_min {
+    if l4.len() < fixed {
         return Parsed::Other;
     }
-    let mut key = Key {
+    let (src_port, dst_port) = if proto == PROTO_TCP {
+        let t = tcp::Packet::new_unchecked(l4);
+        (t.src_port(), t.dst_port())
+    } else {
+        let u = udp::Packet::new_unchecked(l4);
+        (u.src_port(), u.dst_port())
+    };
+    let (sp, dp) = (src_port.to_be_bytes(), dst_port.to_be_bytes());
+    let key = Key {
         v6,
         proto,
-        addrs: [0; 32],
-        ports: [0; 4],
+        addrs,
+        ports: [sp[0], sp[1], dp[0], dp[1]],
     };
-    if v6 {
-        key.addrs.copy_from_slice(&pkt[8..40]);
-    } else {
-        key.addrs[..8].copy_from_slice(&pkt[12..20]);
-    }
-    key.ports.copy_from_slice(&pkt[ip_len..ip_len + 4]);
     if !plain_ip {
         return Parsed::Flow(key);
     }
-    let l4 = &pkt[ip_len..];
     let (hdr_len, seq, flags) = if proto == PROTO_TCP {
-        let doff = usize::from(l4[12] >> 4) * 4;
-        let flags = l4[13];
-        let urgent = u16::from_be_bytes([l4[18], l4[19]]);
-        // Only ACK, or ACK and PSH; reserved bits clear.
-        if doff < 20
-            || l4.len() < doff
-            || l4[12] & 0x0f != 0
-            || flags & !TCP_PSH != TCP_ACK
-            || urgent != 0
+        let t = tcp::Packet::new_unchecked(l4);
+        // A data offset within the segment; only ACK, or ACK and PSH;
+        // reserved bits clear; no urgent pointer.
+        if t.check_len().is_err()
+            || t.reserved() != 0
+            || t.flags() & !TCP_PSH != TCP_ACK
+            || t.urgent_at() != 0
         {
             return Parsed::Flow(key);
         }
-        (
-            ip_len + doff,
-            u32::from_be_bytes([l4[4], l4[5], l4[6], l4[7]]),
-            flags,
-        )
+        (ip_len + t.header_len(), t.seq_number(), t.flags())
     } else {
-        let len = usize::from(u16::from_be_bytes([l4[4], l4[5]]));
-        let csum = u16::from_be_bytes([l4[6], l4[7]]);
-        if len != l4.len() || csum == 0 {
+        let u = udp::Packet::new_unchecked(l4);
+        // The length field is the datagram's (so `check_len` holds), and
+        // a checksum was computed.
+        if usize::from(u.length()) != l4.len() || u.checksum() == 0 {
             return Parsed::Flow(key);
         }
-        (ip_len + 8, 0, 0)
+        (ip_len + udp::HEADER_LEN, 0, 0)
     };
     let payload = pkt.len() - hdr_len;
     if payload == 0 {
@@ -578,19 +639,31 @@ fn parse(pkt: &[u8]) -> Parsed {
     })
 }
 
-/// The IPv4 header checksum and the TCP/UDP checksum verify.
+/// The IPv4 header checksum and the TCP/UDP checksum verify (`pkt` as
+/// [`parse`] accepted it into `info`).
 fn checksums_valid(pkt: &[u8], info: &Info) -> bool {
-    let (src, dst) = if info.key.v6 {
-        (&pkt[8..24], &pkt[24..40])
+    let l4 = &pkt[info.ip_len..];
+    let len = l4.len() as u32;
+    let pseudo = if info.key.v6 {
+        let ip = ipv6::Packet::new_unchecked(pkt);
+        checksum::pseudo_header(&ip.src_octets(), &ip.dst_octets(), info.key.proto, len)
     } else {
-        if checksum::fold(checksum::add(0, &pkt[..info.ip_len])) != 0xffff {
+        let ip = ipv4::Packet::new_unchecked(pkt);
+        if !ip.verify_checksum() {
             return false;
         }
-        (&pkt[12..16], &pkt[16..20])
+        checksum::pseudo_header(
+            &ip.src_addr().octets(),
+            &ip.dst_addr().octets(),
+            info.key.proto,
+            len,
+        )
     };
-    let l4 = &pkt[info.ip_len..];
-    let sum = checksum::pseudo_header(src, dst, info.key.proto, l4.len() as u32);
-    checksum::fold(checksum::add(sum, l4)) == 0xffff
+    if info.key.proto == PROTO_TCP {
+        tcp::Packet::new_unchecked(l4).verify_checksum(pseudo)
+    } else {
+        udp::Packet::new_unchecked(l4).verify_checksum(pseudo)
+    }
 }
 
 /// What the kernel's GSO makes of a packet written with `hdr`: the
@@ -607,55 +680,64 @@ pub fn segment(hdr: &VnetHdr, pkt: &[u8]) -> Vec<Vec<u8>> {
     if !hdr.is_gso() {
         return vec![pkt.to_vec()];
     }
-    let v6 = pkt[0] >> 4 == 6;
+    let v6 = ip::version(pkt) == Some(6);
     let ip_len = usize::from(hdr.csum_start);
     let hdr_len = usize::from(hdr.hdr_len);
     let tcp = hdr.gso_type != GSO_UDP_L4;
+    // The kernel completes the transport checksum where the transport's
+    // header has it: the header must say so.
+    let csum_offset = if tcp {
+        tcp::CHECKSUM_OFFSET
+    } else {
+        udp::CHECKSUM_OFFSET
+    };
+    assert_eq!(usize::from(hdr.csum_offset), csum_offset, "csum_offset");
+    let proto = if tcp { PROTO_TCP } else { PROTO_UDP };
     let payload = &pkt[hdr_len..];
     let chunks: Vec<&[u8]> = payload.chunks(usize::from(hdr.gso_size)).collect();
     let n = chunks.len();
     let mut out = Vec::with_capacity(n);
-    let id = u16::from_be_bytes([pkt[4], pkt[5]]);
-    let mut seq = u32::from_be_bytes([
-        pkt[ip_len + 4],
-        pkt[ip_len + 5],
-        pkt[ip_len + 6],
-        pkt[ip_len + 7],
-    ]);
+    let id = ipv4::Packet::new_unchecked(pkt).ident();
+    let mut seq = if tcp {
+        tcp::Packet::new_unchecked(&pkt[ip_len..hdr_len]).seq_number()
+    } else {
+        0
+    };
     for (k, chunk) in chunks.into_iter().enumerate() {
         let mut s = pkt[..hdr_len].to_vec();
         s.extend_from_slice(chunk);
         let total = s.len();
         let l4_len = total - ip_len;
-        let (src, dst) = if v6 {
-            s[4..6].copy_from_slice(&(l4_len as u16).to_be_bytes());
-            (8..24, 24..40)
+        let pseudo = if v6 {
+            let mut ip = ipv6::Packet::new_unchecked(&mut s[..]);
+            ip.set_payload_len(l4_len as u16);
+            checksum::pseudo_header(&ip.src_octets(), &ip.dst_octets(), proto, l4_len as u32)
         } else {
-            s[2..4].copy_from_slice(&(total as u16).to_be_bytes());
-            s[4..6].copy_from_slice(&id.wrapping_add(k as u16).to_be_bytes());
-            s[10..12].fill(0);
-            let c = checksum::ipv4_header(&s[..ip_len]);
-            s[10..12].copy_from_slice(&c.to_be_bytes());
-            (12..16, 16..20)
+            let mut ip = ipv4::Packet::new_unchecked(&mut s[..]);
+            ip.set_total_len(total as u16);
+            ip.set_ident(id.wrapping_add(k as u16));
+            ip.fill_checksum();
+            checksum::pseudo_header(
+                &ip.src_addr().octets(),
+                &ip.dst_addr().octets(),
+                proto,
+                l4_len as u32,
+            )
         };
-        let csum_at = ip_len + usize::from(hdr.csum_offset);
+        let l4 = &mut s[ip_len..];
         if tcp {
-            s[ip_len + 4..ip_len + 8].copy_from_slice(&seq.to_be_bytes());
+            let mut t = tcp::Packet::new_unchecked(l4);
+            t.set_seq_number(seq);
             seq = seq.wrapping_add(chunk.len() as u32);
             if k + 1 < n {
-                s[ip_len + 13] &= !TCP_PSH;
+                t.set_flags(t.flags() & !TCP_PSH);
             }
+            t.fill_checksum(pseudo);
         } else {
-            s[ip_len + 4..ip_len + 6].copy_from_slice(&(l4_len as u16).to_be_bytes());
+            let mut u = udp::Packet::new_unchecked(l4);
+            u.set_length(l4_len as u16);
+            u.fill_checksum(pseudo);
         }
-        s[csum_at..csum_at + 2].fill(0);
-        let proto = if tcp { PROTO_TCP } else { PROTO_UDP };
-        let sum = checksum::pseudo_header(&s[src], &s[dst], proto, l4_len as u32);
-        let mut c = !checksum::fold(checksum::add(sum, &s[ip_len..]));
-        if !tcp && c == 0 {
-            c = 0xffff;
-        }
-        s[csum_at..csum_at + 2].copy_from_slice(&c.to_be_bytes());
         out.push(s);
     }
     out

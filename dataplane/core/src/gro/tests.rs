@@ -340,7 +340,8 @@ fn bad_checksums_pass_unchanged_and_are_counted() {
     assert_eq!(c.stats().bad_checksum, 1);
     // A bad IPv4 header checksum too.
     let mut pkts = bytes(&tcp_run(40000, 2, 1000));
-    pkts[1][10] ^= 1;
+    let mut ip = ipv4::Packet::new_unchecked(&mut pkts[1][..]);
+    ip.set_checksum(ip.checksum() ^ 0x0100);
     assert_eq!(assert_lossless(&mut Coalescer::new(true), &pkts).len(), 2);
 }
 
@@ -371,7 +372,7 @@ fn more_flows_than_slots_evict_the_oldest() {
 #[test]
 fn non_tcp_udp_and_garbage_pass_through() {
     let mut icmp = P::udp(1, 1, 50, 0).bytes();
-    icmp[9] = 1;
+    ipv4::Packet::new_unchecked(&mut icmp[..]).set_protocol(1);
     let pkts = vec![
         icmp,
         vec![0x45],
@@ -414,7 +415,9 @@ fn vnet_header_round_trips() {
         csum_offset: 16,
     };
     assert_eq!(VnetHdr::from_bytes(&h.to_bytes()), h);
-    assert_eq!(h.to_bytes()[4..6], 1388u16.to_le_bytes());
+    // Little-endian fields in order: flags, GSO type, header length, GSO
+    // size (1388 = 0x056c), checksum start and offset.
+    assert_eq!(h.to_bytes(), [1, 4, 72, 0, 0x6c, 0x05, 40, 0, 16, 0]);
 }
 
 /// Random mixes of flows, sizes and header changes: always lossless.

@@ -1,32 +1,34 @@
-//! The two facts the tunneler needs from an IP packet: its version and its
-//! source/destination addresses. A view, not a parser: the classifier and the
-//! receiving kernel validate the rest.
+//! The facts the tunneler needs from an IP packet of either version: its
+//! version, its source/destination addresses, its transport protocol and
+//! ports. A view, not a parser: the classifier and the receiving kernel
+//! validate the rest. Built on [`super::ipv4`], [`super::ipv6`],
+//! [`super::tcp`] and [`super::udp`].
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 
-use super::WireError;
+use super::{WireError, be, ipv4, ipv6, tcp, udp};
 
 mod field {
-    pub(super) const V4_TOTAL_LEN: core::ops::Range<usize> = 2..4;
-    pub(super) const V4_SRC: core::ops::Range<usize> = 12..16;
-    pub(super) const V4_DST: core::ops::Range<usize> = 16..20;
-    pub(super) const V4_MIN_LEN: usize = 20;
-    pub(super) const V6_PAYLOAD_LEN: core::ops::Range<usize> = 4..6;
-    pub(super) const V6_SRC: core::ops::Range<usize> = 8..24;
-    pub(super) const V6_DST: core::ops::Range<usize> = 24..40;
-    pub(super) const V6_HEADER_LEN: usize = 40;
-    pub(super) const V4_FRAG: core::ops::Range<usize> = 6..8;
-    /// More-fragments flag and fragment offset: either set means a fragment.
-    pub(super) const V4_MF_AND_OFFSET: u16 = 0x3fff;
-    pub(super) const V4_PROTO: usize = 9;
-    pub(super) const V6_NEXT_HEADER: usize = 6;
-    pub(super) const UDP_HEADER_LEN: usize = 8;
+    use core::ops::Range;
+    /// The ports every transport with ports (TCP, UDP, SCTP) starts with.
+    pub(super) const SRC_PORT: Range<usize> = 0..2;
+    pub(super) const DST_PORT: Range<usize> = 2..4;
 }
 
 /// IP protocol number of UDP.
 pub const PROTO_UDP: u8 = 17;
 /// IP protocol number of TCP.
 pub const PROTO_TCP: u8 = 6;
+/// IP protocol number of SCTP.
+pub const PROTO_SCTP: u8 = 132;
+
+/// The version nibble of the IP packet in `buf` (any value; `None` for
+/// an empty buffer): which of [`ipv4::Packet`] and [`ipv6::Packet`] to
+/// try.
+#[inline]
+pub fn version(buf: &[u8]) -> Option<u8> {
+    buf.first().map(|b| b >> 4)
+}
 
 /// The parts of a TCP segment [`Packet::tcp`] returns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,123 +52,117 @@ pub struct TcpSegment<'a> {
 /// padding after the length the IP header declares.
 #[derive(Debug, Clone, Copy)]
 pub struct Packet<'a> {
+    /// The packet, padding trimmed, accepted by [`ipv4::Packet::check_len`]
+    /// or [`ipv6::Packet::check_len`] (as `v6` says).
     buf: &'a [u8],
+    v6: bool,
 }
 
 impl<'a> Packet<'a> {
-    /// Checks the version nibble, the minimum header length and the declared
-    /// total length, and trims trailing padding.
+    /// Checks the version nibble, then the version's header
+    /// ([`ipv4::Packet::check_len`]: IHL at least 5 and within the
+    /// buffer, total length between the header and the buffer's end;
+    /// [`ipv6::Packet::check_len`]: payload within the buffer), and trims
+    /// trailing padding.
+    #[inline]
     pub fn new_checked(buf: &'a [u8]) -> Result<Self, WireError> {
-        let Some(first) = buf.first() else {
+        let Some(version) = version(buf) else {
             return Err(WireError::Truncated { need: 1, have: 0 });
         };
-        let (min, total) = match first >> 4 {
-            4 => {
-                if buf.len() < field::V4_MIN_LEN {
-                    return Err(WireError::Truncated {
-                        need: field::V4_MIN_LEN,
-                        have: buf.len(),
-                    });
-                }
-                let t = &buf[field::V4_TOTAL_LEN];
-                let ihl = usize::from(first & 0x0f) * 4;
-                (
-                    ihl.max(field::V4_MIN_LEN),
-                    usize::from(u16::from_be_bytes([t[0], t[1]])),
-                )
-            }
-            6 => {
-                if buf.len() < field::V6_HEADER_LEN {
-                    return Err(WireError::Truncated {
-                        need: field::V6_HEADER_LEN,
-                        have: buf.len(),
-                    });
-                }
-                let p = &buf[field::V6_PAYLOAD_LEN];
-                (
-                    field::V6_HEADER_LEN,
-                    field::V6_HEADER_LEN + usize::from(u16::from_be_bytes([p[0], p[1]])),
-                )
-            }
-            _ => return Err(WireError::Malformed("IP version is neither 4 nor 6")),
-        };
-        if total < min {
-            return Err(WireError::Malformed("IP length below header length"));
+        match version {
+            4 => Ok(Self {
+                buf: ipv4::Packet::new_checked(buf)?.packet(),
+                v6: false,
+            }),
+            6 => Ok(Self {
+                buf: ipv6::Packet::new_checked(buf)?.packet(),
+                v6: true,
+            }),
+            _ => Err(WireError::Malformed("IP version is neither 4 nor 6")),
         }
-        if total > buf.len() {
-            return Err(WireError::Truncated {
-                need: total,
-                have: buf.len(),
-            });
-        }
-        Ok(Self { buf: &buf[..total] })
     }
 
     /// True for IPv6.
+    #[inline]
     pub fn is_ipv6(&self) -> bool {
-        self.buf[0] >> 4 == 6
+        self.v6
+    }
+
+    /// The IPv4 view, for an IPv4 packet.
+    #[inline]
+    pub fn ipv4(&self) -> Option<ipv4::Packet<&'a [u8]>> {
+        (!self.v6).then_some(ipv4::Packet::new_unchecked(self.buf))
+    }
+
+    /// The IPv6 view, for an IPv6 packet.
+    #[inline]
+    pub fn ipv6(&self) -> Option<ipv6::Packet<&'a [u8]>> {
+        self.v6.then_some(ipv6::Packet::new_unchecked(self.buf))
     }
 
     /// Source address.
+    #[inline]
     pub fn src(&self) -> IpAddr {
-        if self.is_ipv6() {
-            IpAddr::V6(Ipv6Addr::from(arr16(&self.buf[field::V6_SRC])))
+        if self.v6 {
+            IpAddr::V6(ipv6::Packet::new_unchecked(self.buf).src_addr())
         } else {
-            IpAddr::V4(Ipv4Addr::from(arr4(&self.buf[field::V4_SRC])))
+            IpAddr::V4(ipv4::Packet::new_unchecked(self.buf).src_addr())
         }
     }
 
     /// Destination address.
+    #[inline]
     pub fn dst(&self) -> IpAddr {
-        if self.is_ipv6() {
-            IpAddr::V6(Ipv6Addr::from(arr16(&self.buf[field::V6_DST])))
+        if self.v6 {
+            IpAddr::V6(ipv6::Packet::new_unchecked(self.buf).dst_addr())
         } else {
-            IpAddr::V4(Ipv4Addr::from(arr4(&self.buf[field::V4_DST])))
+            IpAddr::V4(ipv4::Packet::new_unchecked(self.buf).dst_addr())
         }
     }
 
     /// The packet's bytes, padding trimmed.
+    #[inline]
     pub fn as_bytes(&self) -> &'a [u8] {
         self.buf
+    }
+
+    /// The transport protocol: IPv4's protocol field, IPv6's next header.
+    #[inline]
+    fn protocol(&self) -> u8 {
+        if self.v6 {
+            ipv6::Packet::new_unchecked(self.buf).next_header()
+        } else {
+            ipv4::Packet::new_unchecked(self.buf).protocol()
+        }
     }
 
     /// The segment, if this is TCP directly after the IP header (no IPv6
     /// extension headers), not a fragment, with a data offset within the
     /// packet.
     pub fn tcp(&self) -> Option<TcpSegment<'a>> {
-        let off = self.transport_offset(PROTO_TCP)?;
-        let t = self.buf.get(off..)?;
-        let h = t.get(..20)?;
-        let data = usize::from(h[12] >> 4) * 4;
-        if data < 20 {
-            return None;
-        }
+        let t = tcp::Packet::new_checked(self.transport(PROTO_TCP)?).ok()?;
         Some(TcpSegment {
-            src_port: u16::from_be_bytes([h[0], h[1]]),
-            dst_port: u16::from_be_bytes([h[2], h[3]]),
-            seq: u32::from_be_bytes([h[4], h[5], h[6], h[7]]),
-            flags: h[13],
-            payload: t.get(data..)?,
+            src_port: t.src_port(),
+            dst_port: t.dst_port(),
+            seq: t.seq_number(),
+            flags: t.flags(),
+            payload: t.payload(),
         })
     }
 
     /// The transport protocol (IPv4's protocol field, IPv6's next header)
     /// and, for TCP, UDP and SCTP directly after the IP header and not in
-    /// a non-first fragment, the source and destination ports (else 0).
+    /// a fragment, the source and destination ports (else 0).
     pub fn flow(&self) -> (u8, u16, u16) {
-        let proto = if self.is_ipv6() {
-            self.buf[field::V6_NEXT_HEADER]
-        } else {
-            self.buf[field::V4_PROTO]
-        };
+        let proto = self.protocol();
         let ports = match proto {
-            PROTO_TCP | PROTO_UDP | 132 => self
-                .transport_offset(proto)
-                .and_then(|off| self.buf.get(off..off + 4))
+            PROTO_TCP | PROTO_UDP | PROTO_SCTP => self
+                .transport(proto)
+                .filter(|h| h.len() >= field::DST_PORT.end)
                 .map(|h| {
                     (
-                        u16::from_be_bytes([h[0], h[1]]),
-                        u16::from_be_bytes([h[2], h[3]]),
+                        be::u16_at(h, field::SRC_PORT),
+                        be::u16_at(h, field::DST_PORT),
                     )
                 }),
             _ => None,
@@ -175,16 +171,16 @@ impl<'a> Packet<'a> {
         (proto, sport, dport)
     }
 
-    /// Where the transport header starts, if it is `proto` directly after
-    /// the IP header and the packet is not a fragment.
-    fn transport_offset(&self, proto: u8) -> Option<usize> {
-        if self.is_ipv6() {
-            (self.buf[field::V6_NEXT_HEADER] == proto).then_some(field::V6_HEADER_LEN)
+    /// The IP payload, if it is `proto` directly after the IP header and
+    /// the packet is not a fragment.
+    #[inline]
+    fn transport(&self, proto: u8) -> Option<&'a [u8]> {
+        if self.v6 {
+            let p = ipv6::Packet::new_unchecked(self.buf);
+            (p.next_header() == proto).then(|| p.payload())
         } else {
-            let f = &self.buf[field::V4_FRAG];
-            let fragment = u16::from_be_bytes([f[0], f[1]]) & field::V4_MF_AND_OFFSET != 0;
-            (self.buf[field::V4_PROTO] == proto && !fragment)
-                .then(|| usize::from(self.buf[0] & 0x0f) * 4)
+            let p = ipv4::Packet::new_unchecked(self.buf);
+            (p.protocol() == proto && !p.is_fragment()).then(|| p.payload())
         }
     }
 
@@ -192,30 +188,17 @@ impl<'a> Packet<'a> {
     /// datagram: UDP directly after the IP header (no IPv6 extension
     /// headers), not a fragment, its length field within the packet.
     /// A few byte loads: cheap enough to ask of every packet.
+    #[inline]
     pub fn udp(&self) -> Option<(u16, u16, &'a [u8])> {
-        let off = self.transport_offset(PROTO_UDP)?;
-        let udp = self.buf.get(off..)?;
-        let h = udp.get(..field::UDP_HEADER_LEN)?;
-        let len = usize::from(u16::from_be_bytes([h[4], h[5]]));
-        let payload = udp.get(field::UDP_HEADER_LEN..len)?;
-        Some((
-            u16::from_be_bytes([h[0], h[1]]),
-            u16::from_be_bytes([h[2], h[3]]),
-            payload,
-        ))
+        let u = udp::Packet::new_checked(self.transport(PROTO_UDP)?).ok()?;
+        Some((u.src_port(), u.dst_port(), u.payload()))
     }
-}
-
-fn arr4(b: &[u8]) -> [u8; 4] {
-    b.try_into().unwrap_or_default()
-}
-
-fn arr16(b: &[u8]) -> [u8; 16] {
-    b.try_into().unwrap_or_default()
 }
 
 #[cfg(test)]
 mod tests {
+    use std::net::Ipv6Addr;
+
     use super::*;
 
     /// An IPv4 UDP packet 192.0.2.10 -> 203.0.113.10, 28 bytes, plus two
@@ -259,6 +242,23 @@ mod tests {
         let mut long_len = V4_BYTES;
         long_len[3] = 200;
         assert!(Packet::new_checked(&long_len).is_err());
+        // IHL below 5 (RFC 791's minimum; the classifier drops these on
+        // the LAN side, Linux's ip_rcv everywhere): refused, where the
+        // view before the ipv4 module took IHL 0 to 4 for 5.
+        for ihl in 0..5 {
+            let mut b = V4_BYTES;
+            b[0] = 0x40 | ihl;
+            assert!(Packet::new_checked(&b).is_err(), "IHL {ihl}");
+        }
+    }
+
+    #[test]
+    fn version_views() {
+        let p = Packet::new_checked(&V4_BYTES).unwrap();
+        assert!(p.ipv6().is_none());
+        let v4 = p.ipv4().unwrap();
+        assert_eq!((v4.total_len(), v4.protocol()), (28, PROTO_UDP));
+        assert_eq!(p.flow(), (PROTO_UDP, 12345, 7));
     }
 
     #[test]
