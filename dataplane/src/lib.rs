@@ -13,6 +13,9 @@
 //!   reads its counters.
 //! - [`gro`]: merges a flow's packets into GSO packets for the edge's TUN
 //!   device (sans-IO).
+//! - [`driver`]: the tunnel session's I/O: one socket and one session, the
+//!   read rule, the flush policy, a gateway tunnel's reconnection; the
+//!   AEAD choice made once per process.
 //! - [`gateway`] and [`edge`]: the event loops that drive the above with mio.
 //! - [`dns`]: domain bypass (DNS answers observed, answered addresses
 //!   installed for their TTL), sans-IO; [`pac`]: the PAC file for LAN
@@ -26,10 +29,11 @@
 #![deny(unsafe_code)]
 #![deny(missing_docs)]
 
-pub use sluice_core::{addr_map, dns, gro, lpm, net, testutil, wire};
+pub use sluice_core::{addr_map, dns, gro, lpm, net, testutil, tunnel, wire};
 
 pub mod admin;
 pub mod config;
+pub mod driver;
 pub mod ebpf;
 pub mod edge;
 pub mod endpoint;
@@ -42,4 +46,3 @@ pub mod pki;
 pub mod policy;
 pub mod process;
 pub mod sys;
-pub mod tunnel;

@@ -306,7 +306,7 @@ fn gateway(config: &std::path::Path, detach: bool) -> anyhow::Result<()> {
     let stop = stop_flag()?;
     // Measure the record layer's AEAD libraries once, up front (logged),
     // rather than during the first handshake.
-    sluice::tunnel::AeadProvider::calibrated();
+    sluice::driver::aead();
     let gw = Gateway::start(&cfg, stop)?;
     gw.wait()?;
     Ok(())
@@ -319,7 +319,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let cfg = EdgeConfig::load(&config)?;
             let stop = stop_flag()?;
             let metrics_addr = cfg.metrics;
-            sluice::tunnel::AeadProvider::calibrated();
+            sluice::driver::aead();
             let mut edge = Edge::new(cfg)?;
             let _metrics = match metrics_addr {
                 Some(addr) => {

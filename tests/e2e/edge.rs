@@ -11,7 +11,7 @@ use std::{
 };
 
 use sluice::{
-    pki,
+    driver, pki,
     tunnel::{Session, SessionConfig},
 };
 use sluice_lab::{
@@ -87,10 +87,9 @@ impl HostileGateway {
     /// Writes what is queued, reads what arrived; `seen` gets each packet.
     fn pump(&mut self, seen: &mut dyn FnMut(&[u8])) {
         let now = Instant::now();
-        self.sess.flush();
-        let _ = self.sess.handle_write(&mut self.sock, now);
+        let _ = driver::flush(&mut self.sess, &mut self.sock, now);
         loop {
-            let r = self.sess.handle_read(&mut self.sock, now);
+            let r = driver::receive(&mut self.sess, &mut self.sock, now, driver::READ_BUDGET);
             while let Some(p) = self.sess.poll_packet() {
                 seen(p);
             }
@@ -102,7 +101,7 @@ impl HostileGateway {
         if self.sess.poll_timeout().is_some_and(|t| t <= now) {
             self.sess.handle_timeout(now);
         }
-        let _ = self.sess.handle_write(&mut self.sock, now);
+        let _ = driver::transmit(&mut self.sess, &mut self.sock, now);
     }
 
     fn send(&mut self, pkt: &[u8]) {

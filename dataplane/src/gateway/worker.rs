@@ -457,7 +457,7 @@ impl Worker {
         for tun in &mut self.tunnels {
             if let Link::Up { sock, sess } = &mut tun.link {
                 sess.close(crate::wire::tunnel::CloseCode::Normal, "gateway stopping");
-                let _ = sess.handle_write(sock, Instant::now());
+                let _ = crate::driver::transmit(sess, sock, Instant::now());
             }
         }
         // The gauges only: `link`, which the classifier's tunnel state
@@ -563,7 +563,7 @@ impl Worker {
     fn link_down(&mut self, t: usize, now: Instant) {
         let tun = &mut self.tunnels[t];
         if let Link::Up { sock, sess } = &mut tun.link {
-            let _ = sess.handle_write(sock, now);
+            let _ = crate::driver::transmit(sess, sock, now);
             let _ = self.poll.registry().deregister(sock);
             let was_up = self.tenant_stats.up[t].swap(0, Relaxed) == 1;
             if t == 0 {
@@ -738,7 +738,7 @@ impl Worker {
             return false;
         };
         let was_established = sess.is_established();
-        let res = sess.handle_read(sock, now);
+        let res = crate::driver::receive(sess, sock, now, crate::driver::READ_BUDGET);
         let t = &mut self.tally;
         let domains = self.domains.as_deref();
         let routes = &mut self.routes;
@@ -860,13 +860,9 @@ impl Worker {
     fn flush_tunnel(&mut self, i: usize, now: Instant) {
         if let Link::Up { sock, sess } = &mut self.tunnels[i].link {
             // Seals the batch's record (or keeps it open for the
-            // coalescing delay, which then wakes the loop).
-            sess.flush_due(now);
-            if sess.wants_write()
-                && let Err(e) = sess.handle_write(sock, now)
-            {
+            // coalescing delay, which then wakes the loop), writes.
+            if let Err(e) = crate::driver::flush(sess, sock, now) {
                 log::warn!("queue {}: tunnel write: {e}", self.queue);
-                sess.close(crate::wire::tunnel::CloseCode::Normal, "write failed");
             }
             if sess.is_closed() {
                 self.link_down(i, now);
