@@ -3,24 +3,29 @@
 //! sealing/opening of the same bytes in TLS records of the same sizes.
 //!
 //! - `tunnel_encrypt/session/<size>`: [`BATCH`] × `Session::send_packet`,
-//!   one `flush`, then `handle_write` into a `Vec<u8>` sink (cleared, not
-//!   freed, between iterations).
+//!   one `flush`, then `poll_transmit` / `transmitted` into a `Vec<u8>`
+//!   sink (cleared, not freed, between iterations).
 //! - `tunnel_encrypt/raw_seal/<size>`: the floor for the same work: for each
 //!   TLS record the session produced for that batch (same plaintext lengths,
 //!   content-type byte included), copy the plaintext into the sink, append
 //!   the content type, seal in place with the negotiated AEAD (per-record
 //!   nonce, record header as AAD) and append the tag.
-//! - `tunnel_decrypt/session/<size>`: the peer's `handle_read` over one
-//!   batch's TLS bytes, then `poll_packet` until `None`. Each iteration gets
-//!   fresh ciphertext, produced by the sending side in the untimed setup of
-//!   `iter_batched` and consumed in order, so TLS sequence numbers stay
-//!   valid.
+//! - `tunnel_decrypt/session/<size>`: the peer reads one batch's TLS bytes
+//!   the way the driver reads a socket (`driver::receive`: straight into
+//!   the session's receive buffer, `handle_received_in_place`), then
+//!   `poll_packet` until `None`. Each iteration gets fresh ciphertext,
+//!   produced by the sending side in the untimed setup of `iter_batched`
+//!   and consumed in order, so TLS sequence numbers stay valid.
+//! - `tunnel_decrypt/session_copied/<size>`: the same through the copying
+//!   input, as a caller without access to the buffer would do it: each
+//!   read goes to a 64 KiB scratch buffer, then `handle_received` (one
+//!   copy more per byte than the zero-copy path).
 //! - `tunnel_decrypt/raw_open/<size>`: copy each record's ciphertext into a
 //!   scratch buffer and open it in place (records sealed once up front).
 //!
 //! - `session_ring`, `raw_seal_ring` / `raw_open_ring`: the same with
-//!   ring's AEAD (`session` and `raw_*` use aws-lc-rs). The session picks
-//!   the faster library at start-up (`AeadProvider::Auto`); this is the
+//!   ring's AEAD (`session` and `raw_*` use aws-lc-rs). The dataplane
+//!   picks the faster library at start-up (`driver::aead`); this is the
 //!   measurement behind that choice, and each session is compared with the
 //!   raw AEAD of its own library.
 //!
@@ -32,7 +37,8 @@ use aws_lc_rs::aead;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use rustls::CipherSuite;
 use sluice_bench::{Feed, Pki, SessionPair};
-use sluice_runtime::tunnel::{AeadProvider, Session};
+use sluice_core::tunnel::{AeadProvider, Session};
+use sluice_runtime::driver;
 
 /// Packets per batch (one `AF_XDP` RX batch).
 const BATCH: usize = 64;
@@ -58,7 +64,11 @@ fn send_batch(client: &mut Session, packet: &[u8], sink: &mut Vec<u8>, now: Inst
         client.send_packet(packet).expect("send_packet");
     }
     client.flush();
-    client.handle_write(sink, now).expect("write to Vec");
+    while let Some(bytes) = client.poll_transmit(now) {
+        sink.extend_from_slice(bytes);
+        let n = bytes.len();
+        client.transmitted(n, now);
+    }
 }
 
 /// One batch into `server`: decrypt, decapsulate, drain. Returns the packet
@@ -67,9 +77,8 @@ fn receive_batch(server: &mut Session, wire: &[u8], now: Instant) -> usize {
     let mut feed = Feed(wire);
     let mut got = 0;
     loop {
-        let more = server
-            .handle_read(&mut feed, now)
-            .expect("handle_read")
+        let more = driver::receive(server, &mut feed, now, driver::READ_BUDGET)
+            .expect("receive")
             .more;
         while let Some(p) = server.poll_packet() {
             got += black_box(p).len();
@@ -78,6 +87,29 @@ fn receive_batch(server: &mut Session, wire: &[u8], now: Instant) -> usize {
             return got;
         }
     }
+}
+
+/// [`receive_batch`] through the copying input: each read into `scratch`,
+/// then `handle_received`.
+fn receive_batch_copied(
+    server: &mut Session,
+    wire: &[u8],
+    scratch: &mut [u8],
+    now: Instant,
+) -> usize {
+    let mut feed = Feed(wire);
+    let mut got = 0;
+    while let Ok(n) = std::io::Read::read(&mut feed, scratch) {
+        let mut rest = &scratch[..n];
+        while !rest.is_empty() {
+            let taken = server.handle_received(rest, now).expect("handle_received");
+            rest = &rest[taken..];
+            while let Some(p) = server.poll_packet() {
+                got += black_box(p).len();
+            }
+        }
+    }
+    got
 }
 
 /// The plaintext lengths (content-type byte included) of the TLS records
@@ -120,11 +152,11 @@ struct RawAead {
 }
 
 impl RawAead {
-    /// A raw protector from `provider`'s library (`Auto` is aws-lc-rs).
+    /// A raw protector from `provider`'s library.
     fn new(alg: &'static aead::Algorithm, provider: AeadProvider) -> Self {
         let key_bytes: Vec<u8> = (0..alg.key_len()).map(|i| i as u8 ^ 0x5a).collect();
         let key = match provider {
-            AeadProvider::AwsLcRs | AeadProvider::Auto => Key::AwsLc(aead::LessSafeKey::new(
+            AeadProvider::AwsLcRs => Key::AwsLc(aead::LessSafeKey::new(
                 aead::UnboundKey::new(alg, &key_bytes).expect("key"),
             )),
             AeadProvider::Ring => {
@@ -288,6 +320,23 @@ fn bench_decrypt(c: &mut Criterion, pki: &Pki) {
             send_batch(&mut client, &packet, &mut wire, now);
             assert_eq!(receive_batch(&mut server, &wire, now), BATCH * size);
             let records = record_lengths(&wire, alg.tag_len());
+            if aead == AeadProvider::AwsLcRs {
+                let mut scratch = vec![0u8; 64 * 1024];
+                g.bench_function(format!("session_copied/{size}"), |b| {
+                    b.iter_batched(
+                        || {
+                            let mut w = Vec::with_capacity(wire.len());
+                            send_batch(&mut client, &packet, &mut w, now);
+                            w
+                        },
+                        |w| {
+                            black_box(receive_batch_copied(&mut server, &w, &mut scratch, now));
+                            w
+                        },
+                        BatchSize::SmallInput,
+                    );
+                });
+            }
             g.bench_function(format!("{session_name}/{size}"), |b| {
                 b.iter_batched(
                     || {

@@ -12,8 +12,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use sluice_runtime::pki;
-use sluice_runtime::tunnel::{AeadProvider, Session, SessionConfig};
+use sluice_core::tunnel::{AeadProvider, Session, SessionConfig};
+use sluice_runtime::{driver, pki};
 
 /// Long enough that no session timer comes due during a bench.
 #[allow(
@@ -95,12 +95,13 @@ pub struct SessionPair {
 }
 
 impl SessionPair {
-    /// Builds a fresh pair from `pki` and drives it to established.
+    /// Builds a fresh pair from `pki` and drives it to established, with
+    /// the AEAD library the dataplane would pick here ([`driver::aead`]).
     ///
     /// # Panics
     /// If the pair does not establish (a broken build, not a bench result).
     pub fn established(pki: &Pki) -> Self {
-        Self::established_with(pki, AeadProvider::Auto)
+        Self::established_with(pki, driver::aead())
     }
 
     /// [`SessionPair::established`], both ends protecting records with
@@ -145,10 +146,9 @@ impl SessionPair {
 /// packets. Returns the TLS bytes moved.
 fn pump(from: &mut Session, to: &mut Session, now: Instant) -> usize {
     let mut wire = Vec::new();
-    from.handle_write(&mut wire, now).expect("write to Vec");
+    driver::transmit(from, &mut wire, now).expect("write to Vec");
     if !wire.is_empty() {
-        to.handle_read(&mut Feed(&wire), now)
-            .expect("handshake read");
+        driver::receive(to, &mut Feed(&wire), now, driver::READ_BUDGET).expect("handshake read");
         while to.poll_packet().is_some() {}
     }
     wire.len()

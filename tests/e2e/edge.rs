@@ -10,6 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use sluice_core::tunnel::{Session, SessionConfig};
 use sluice_lab::{
     Host, Lab, addr,
     deploy::{EDGE_ADDR, Sluice},
@@ -19,8 +20,7 @@ use sluice_lab::{
     },
     require_root,
 };
-use sluice_runtime::pki;
-use sluice_runtime::tunnel::{Session, SessionConfig};
+use sluice_runtime::{driver, pki};
 
 use super::{HTTP, UDP, bin, curl_in, logs};
 
@@ -85,10 +85,9 @@ impl HostileGateway {
     /// Writes what is queued, reads what arrived; `seen` gets each packet.
     fn pump(&mut self, seen: &mut dyn FnMut(&[u8])) {
         let now = Instant::now();
-        self.sess.flush();
-        let _ = self.sess.handle_write(&mut self.sock, now);
+        let _ = driver::flush(&mut self.sess, &mut self.sock, now);
         loop {
-            let r = self.sess.handle_read(&mut self.sock, now);
+            let r = driver::receive(&mut self.sess, &mut self.sock, now, driver::READ_BUDGET);
             while let Some(p) = self.sess.poll_packet() {
                 seen(p);
             }
@@ -100,7 +99,7 @@ impl HostileGateway {
         if self.sess.poll_timeout().is_some_and(|t| t <= now) {
             self.sess.handle_timeout(now);
         }
-        let _ = self.sess.handle_write(&mut self.sock, now);
+        let _ = driver::transmit(&mut self.sess, &mut self.sock, now);
     }
 
     fn send(&mut self, pkt: &[u8]) {

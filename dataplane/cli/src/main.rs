@@ -304,7 +304,7 @@ fn gateway(config: &std::path::Path, detach: bool) -> anyhow::Result<()> {
     let stop = stop_flag()?;
     // Measure the record layer's AEAD libraries once, up front (logged),
     // rather than during the first handshake.
-    sluice_runtime::tunnel::AeadProvider::calibrated();
+    sluice_runtime::driver::aead();
     let gw = Gateway::start(&cfg, stop)?;
     gw.wait()?;
     Ok(())
@@ -317,7 +317,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let cfg = EdgeConfig::load(&config)?;
             let stop = stop_flag()?;
             let metrics_addr = cfg.metrics;
-            sluice_runtime::tunnel::AeadProvider::calibrated();
+            sluice_runtime::driver::aead();
             let mut edge = Edge::new(cfg)?;
             let _metrics = match metrics_addr {
                 Some(addr) => {

@@ -3,6 +3,10 @@
 //!
 //! - [`wire`]: zero-copy views over Ethernet and IP headers and the
 //!   tunnel's framing (versioned wire format), checksums.
+//! - [`tunnel`]: the tunnel session, sans I/O: TLS 1.3 (rustls) and the
+//!   record layer, HELLO, keepalives, coalescing; bytes and times in,
+//!   bytes, packets, events and deadlines out (its call order is
+//!   documented there).
 //! - [`net`]: IP prefixes with strict parsing.
 //! - [`addr_map`]: fixed-capacity address-keyed maps for the packet path.
 //! - [`gro`]: merges a flow's packets into GSO packets for the edge's TUN
@@ -33,4 +37,5 @@ pub mod policy;
 pub mod process;
 #[doc(hidden)]
 pub mod testutil;
+pub mod tunnel;
 pub mod wire;

@@ -13,8 +13,9 @@
 //!    whether bytes may be left (edge-triggered sockets: call again).
 //! 3. [`Core::tun_packet`] for each packet read from the TUN device: into
 //!    the tunnel its destination's route names.
-//! 4. [`Core::poll_dirty`] / [`Core::write`]: connections with bytes to
-//!    send, and sending them.
+//! 4. [`Core::poll_dirty`] / [`Core::write`]: connections with frames or
+//!    bytes to send, and sending them (the driver's flush policy,
+//!    [`crate::driver::flush`]).
 //! 5. [`Core::handle_timeout`] at [`Core::poll_timeout`]: session timers
 //!    (keepalives, dead peers, the absolute handshake deadline, peers that
 //!    stopped reading), connections done closing, the route sweep.
@@ -43,7 +44,7 @@ use super::{
 use crate::{
     config::{EdgeConfig, EdgeLimits},
     lpm::LpmError,
-    tunnel::{CloseReason, SendError, Session, SessionConfig},
+    tunnel::{CloseReason, Event, SendError, Session, SessionConfig},
     wire::{ip, tunnel::CloseCode},
 };
 
@@ -144,6 +145,7 @@ impl Core {
                 idle_timeout: cfg.idle_timeout,
                 handshake_timeout: limits.handshake_timeout,
                 write_timeout: cfg.idle_timeout,
+                aead: crate::driver::aead(),
                 ..SessionConfig::default()
             },
             limits,
@@ -325,13 +327,18 @@ impl Core {
         if c.phase == Phase::Closing {
             return false;
         }
-        let res = c.sess.handle_read_budget(rd, now, budget);
+        let res = crate::driver::receive(&mut c.sess, rd, now, budget);
         let more = match &res {
             Ok(o) => o.more,
             Err(_) => false,
         };
-        if matches!(c.phase, Phase::Handshake(_)) && !c.sess.is_handshaking() && !c.sess.is_closed()
-        {
+        // The TLS handshake completes while receiving; the session's close
+        // is read from it (`after_io`), its HELLO from `poll_packet`.
+        let mut authenticated = false;
+        while let Some(ev) = c.sess.poll_event() {
+            authenticated |= matches!(ev, Event::Authenticated { .. });
+        }
+        if authenticated && matches!(c.phase, Phase::Handshake(_)) && !c.sess.is_closed() {
             self.authenticate(id, now);
         }
         let Some(c) = self.conns.get_mut(id as usize).and_then(Option::as_mut) else {
@@ -600,28 +607,26 @@ impl Core {
         }
     }
 
-    /// The next connection with bytes to send (its open record sealed).
+    /// The next connection with frames or bytes to send: [`Core::write`]
+    /// it.
     pub fn poll_dirty(&mut self) -> Option<ConnId> {
         while let Some(id) = self.dirty.pop() {
             if let Some(c) = self.conn_mut(id) {
                 c.dirty = false;
-                c.sess.flush();
                 return Some(id);
             }
         }
         None
     }
 
-    /// Writes connection `id`'s bytes to `wr` (its socket) until done or
-    /// the socket is full.
+    /// End of a batch for connection `id`, or its socket (`wr`) became
+    /// writable: the driver's flush policy (the open record sealed, then
+    /// written until done or the socket is full).
     pub fn write(&mut self, id: ConnId, wr: &mut dyn io::Write, now: Instant) {
         let Some(c) = self.conn_mut(id) else {
             return;
         };
-        if !c.sess.wants_write() {
-            return;
-        }
-        if let Err(e) = c.sess.handle_write(wr, now) {
+        if let Err(e) = crate::driver::flush(&mut c.sess, wr, now) {
             log::debug!("connection from {}: write: {e}", c.peer);
             self.finish(id, now);
             return;

@@ -78,8 +78,8 @@ pub use self::{
     stats::{EdgeStats, GatewayStats},
 };
 use sluice_config as config;
-use sluice_core::{addr_map, gro, lpm, net, wire};
-use sluice_runtime::{host, metrics, pki, tunnel};
+use sluice_core::{addr_map, gro, lpm, net, tunnel, wire};
+use sluice_runtime::{driver, host, metrics, pki};
 use sluice_sys as sys;
 
 use crate::{

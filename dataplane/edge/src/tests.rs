@@ -116,8 +116,7 @@ struct Peer {
 /// go to `delivered`.
 fn pump(core: &mut Core, p: &mut Peer, now: Instant, delivered: &mut Vec<Vec<u8>>) {
     for _ in 0..100 {
-        p.sess.flush();
-        let _ = p.sess.handle_write(&mut p.c2s, now);
+        let _ = crate::driver::flush(&mut p.sess, &mut p.c2s, now);
         let sent = p.c2s.0.len();
         while core.read(p.id, &mut p.c2s, now, 1 << 20, &mut |pkt| {
             delivered.push(pkt.to_vec());
@@ -128,7 +127,7 @@ fn pump(core: &mut Core, p: &mut Peer, now: Instant, delivered: &mut Vec<Vec<u8>
         }
         let back = p.s2c.0.len();
         if !p.s2c.0.is_empty() {
-            let _ = p.sess.handle_read(&mut p.s2c, now);
+            let _ = crate::driver::receive(&mut p.sess, &mut p.s2c, now, 1 << 20);
             while let Some(pkt) = p.sess.poll_packet() {
                 p.got.push(pkt.to_vec());
             }
@@ -267,7 +266,7 @@ fn handshakes_are_capped_and_bounded_in_time_and_memory() {
     let hello = {
         let mut c = lab.client("branch-1", start);
         let mut w = Wire::default();
-        c.handle_write(&mut w, start).unwrap();
+        crate::driver::transmit(&mut c, &mut w, start).unwrap();
         w.0
     };
     let mut ids = Vec::new();
@@ -347,8 +346,7 @@ fn reads_stop_at_their_budget() {
     for _ in 0..2000 {
         g.sess.send_packet(&pkt).unwrap();
     }
-    g.sess.flush();
-    g.sess.handle_write(&mut g.c2s, now).unwrap();
+    crate::driver::flush(&mut g.sess, &mut g.c2s, now).unwrap();
     let total = g.c2s.0.len();
     let mut n = 0;
     let more = core.read(g.id, &mut g.c2s, now, 16 * 1024, &mut |_| n += 1);

@@ -10,14 +10,12 @@
 //! of one record sealed by the peer.
 #![no_main]
 use std::{
-    io,
     sync::{Arc, OnceLock},
     time::Instant,
 };
 
 use libfuzzer_sys::fuzz_target;
-use sluice_runtime::pki;
-use sluice_runtime::tunnel::{Session, SessionConfig};
+use sluice_core::tunnel::{Session, SessionConfig, lab_pki};
 
 struct Configs {
     client: Arc<rustls::ClientConfig>,
@@ -27,46 +25,44 @@ struct Configs {
 fn configs() -> &'static Configs {
     static C: OnceLock<Configs> = OnceLock::new();
     C.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("sluice-fuzz-pki-{}", std::process::id()));
-        let f = pki::generate(&dir, &["edge.sluice.test".into()], &["gw1".into()])
-            .expect("lab PKI");
-        let (_, cert, key) = &f.gateways[0];
-        let c = Configs {
-            client: pki::client_config(&f.ca, cert, key).expect("client config"),
-            server: pki::server_config(&f.ca, &f.edge.0, &f.edge.1).expect("server config"),
-        };
-        let _ = std::fs::remove_dir_all(dir);
-        c
+        let pki = lab_pki::LabPki::new(&["gw1"]);
+        Configs {
+            client: pki.client_config(0),
+            server: pki.server_config(),
+        }
     })
 }
 
-/// A reader that says `WouldBlock` when empty, like a non-blocking socket.
-struct Feed<'a>(&'a [u8]);
-
-impl io::Read for Feed<'_> {
-    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        if self.0.is_empty() {
-            return Err(io::ErrorKind::WouldBlock.into());
-        }
-        io::Read::read(&mut self.0, out)
+/// Everything `from` has to send, appended to `wire`.
+fn transmit(from: &mut Session, wire: &mut Vec<u8>, now: Instant) {
+    while let Some(bytes) = from.poll_transmit(now) {
+        wire.extend_from_slice(bytes);
+        let n = bytes.len();
+        from.transmitted(n, now);
     }
 }
 
 /// Everything `from` has to send, into `to`; then drains `to`.
 fn pump(from: &mut Session, to: &mut Session, now: Instant) {
     let mut wire = Vec::new();
-    let _ = from.handle_write(&mut wire, now);
+    transmit(from, &mut wire, now);
     deliver(to, &wire, now);
 }
 
+/// `wire` into `to` as received bytes, draining its packets and events
+/// whenever its buffer is full.
 fn deliver(to: &mut Session, wire: &[u8], now: Instant) {
-    let mut feed = Feed(wire);
+    let mut rest = wire;
     for _ in 0..1000 {
-        let res = to.handle_read(&mut feed, now);
+        let res = to.handle_received(rest, now);
         while to.poll_packet().is_some() {}
+        while to.poll_event().is_some() {}
         match res {
-            Ok(o) if o.more => {}
+            Ok(n) if n > 0 => rest = &rest[n..],
             _ => break,
+        }
+        if rest.is_empty() {
+            break;
         }
     }
 }
@@ -74,7 +70,7 @@ fn deliver(to: &mut Session, wire: &[u8], now: Instant) {
 fuzz_target!(|data: &[u8]| {
     let c = configs();
     let now = Instant::now();
-    let name = pki::server_name("edge.sluice.test").expect("name");
+    let name = lab_pki::server_name();
     let cfg = |n: &str| SessionConfig {
         name: n.into(),
         ..SessionConfig::default()
@@ -105,14 +101,14 @@ fuzz_target!(|data: &[u8]| {
         let n = usize::from(u16::from_le_bytes([*a, *b])).min(tail.len());
         let (bytes, tail) = tail.split_at(n);
         if *op == 0xff {
-            let _ = server.handle_write(&mut wire, now);
+            transmit(&mut server, &mut wire, now);
             wire.extend_from_slice(bytes);
         } else {
             server.fuzz_queue_record(*op, bytes);
         }
         rest = tail;
     }
-    let _ = server.handle_write(&mut wire, now);
+    transmit(&mut server, &mut wire, now);
     deliver(&mut client, &wire, now);
     if client.is_closed() {
         assert!(client.close_reason().is_some());

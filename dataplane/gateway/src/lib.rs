@@ -22,8 +22,8 @@
 #![deny(missing_docs)]
 
 use sluice_config as config;
-use sluice_core::{addr_map, dns, net, policy, process, wire};
-use sluice_runtime::{host, http, metrics, pki, tunnel};
+use sluice_core::{addr_map, dns, net, policy, process, tunnel, wire};
+use sluice_runtime::{driver, host, http, metrics, pki};
 use sluice_sys as sys;
 
 pub mod admin;

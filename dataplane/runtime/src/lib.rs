@@ -1,8 +1,11 @@
 //! What sluice's gateway and edge share at run time, above the system
 //! interfaces of `sluice-sys` and the pure logic of `sluice-core`:
 //!
-//! - [`tunnel`]: the tunnel session (framing, hello, keepalives on top of
-//!   rustls) and its record layer;
+//! - [`driver`]: the tunnel session's I/O (the session itself is
+//!   `sluice_core::tunnel`, sans-IO): one socket and one session, the read
+//!   rule, the one flush policy, a gateway tunnel's reconnection with
+//!   backoff, the AEAD measurement; the gateway's workers and the edge both
+//!   use it;
 //! - [`pki`]: the small CA (`sluice pki`), and the loaders that turn PEM
 //!   files into rustls configurations;
 //! - [`http`]: the one HTTP/1.1 server behind metrics, the admin API and
@@ -17,13 +20,11 @@
 #![deny(unsafe_code)]
 #![deny(missing_docs)]
 
-#[cfg(test)]
-use sluice_core::testutil;
-use sluice_core::wire;
+use sluice_core::{tunnel, wire};
 use sluice_sys as sys;
 
+pub mod driver;
 pub mod host;
 pub mod http;
 pub mod metrics;
 pub mod pki;
-pub mod tunnel;

@@ -700,6 +700,7 @@ fn tunnel_params(cfg: &GatewayConfig) -> Result<Vec<TunnelParams>, GatewayError>
                     keepalive: t.keepalive,
                     idle_timeout: t.idle_timeout,
                     coalesce_delay: t.coalesce_delay,
+                    aead: crate::driver::aead(),
                     ..SessionConfig::default()
                 },
             })

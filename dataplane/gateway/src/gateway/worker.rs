@@ -22,7 +22,6 @@
 //! never leaves directly.
 use std::{
     io,
-    net::SocketAddr,
     os::fd::AsRawFd as _,
     sync::{
         Arc,
@@ -31,8 +30,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use mio::{Events, Interest, Poll, Token, net::TcpStream, unix::SourceFd};
-use rustls::pki_types::ServerName;
+use mio::{Events, Interest, Poll, Token, unix::SourceFd};
 
 use super::{
     domains::DomainBypass,
@@ -41,13 +39,14 @@ use super::{
     stats::{TENANTS, TenantStats, WorkerStats},
 };
 use crate::{
+    driver::{Link, LinkEvent, LinkParams},
     ebpf::VlanMode,
     sys::{
         neigh::{NeighEvent, NeighSocket, NextHop, RouteQuery},
         tun::Tun,
         xsk::XskSocket,
     },
-    tunnel::{SendError, Session, SessionConfig},
+    tunnel::SendError,
     wire::{
         ethernet::{self, Mac},
         ip,
@@ -72,28 +71,10 @@ const MAX_WAIT: Duration = Duration::from_millis(100);
 /// How often a worker reads its `AF_XDP` socket's kernel counters (one
 /// `getsockopt`).
 const XSK_STATS_EVERY: Duration = Duration::from_secs(1);
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
-/// What a worker needs to reach the edge.
-#[derive(Debug, Clone)]
-pub(super) struct TunnelParams {
-    /// Edge address.
-    pub edge: SocketAddr,
-    /// Name on the edge's certificate.
-    pub server_name: ServerName<'static>,
-    /// TLS configuration (CA, client certificate).
-    pub tls: Arc<rustls::ClientConfig>,
-    /// Session tunables (name, keepalive, timeout).
-    pub session: SessionConfig,
-}
-
-enum Link {
-    /// Not connected; try again at this time.
-    Down { retry_at: Instant },
-    /// TCP connecting or connected; the session does TLS and HELLO.
-    Up { sock: TcpStream, sess: Box<Session> },
-}
+/// What a worker needs to reach the edge (one per tunnel): the driver's
+/// [`Link`] connects, reconnects with backoff and flushes.
+pub(super) type TunnelParams = LinkParams;
 
 /// Where a worker's packets come from and go to.
 #[allow(
@@ -161,13 +142,6 @@ impl Port {
     }
 }
 
-/// One tunnel of a worker.
-struct Tunnel {
-    params: TunnelParams,
-    link: Link,
-    backoff: Duration,
-}
-
 /// LAN hosts a worker's neighbour cache holds.
 const NEIGHBORS: usize = 16_384;
 
@@ -184,7 +158,7 @@ pub(super) struct Worker {
     queue: u32,
     port: Port,
     /// Index: the tenant ([`crate::policy::TenantId`]).
-    tunnels: Vec<Tunnel>,
+    tunnels: Vec<Link>,
     route: Route,
     /// The policy the TUN path last looked up in, and its generation.
     cached: Option<(u64, Arc<Active>)>,
@@ -302,11 +276,8 @@ impl Worker {
             tunnels: tunnels
                 .into_iter()
                 .take(TENANTS)
-                .map(|params| Tunnel {
-                    params,
-                    link: Link::Down { retry_at: now },
-                    backoff: BACKOFF_MIN,
-                })
+                .enumerate()
+                .map(|(t, params)| Link::new(params, Token(FIRST_TUNNEL + t), now))
                 .collect(),
             route,
             cached: None,
@@ -454,11 +425,12 @@ impl Worker {
                 self.read_xsk_stats();
             }
         }
-        for tun in &mut self.tunnels {
-            if let Link::Up { sock, sess } = &mut tun.link {
-                sess.close(crate::wire::tunnel::CloseCode::Normal, "gateway stopping");
-                let _ = sess.handle_write(sock, Instant::now());
-            }
+        for link in &mut self.tunnels {
+            link.close(
+                crate::wire::tunnel::CloseCode::Normal,
+                "gateway stopping",
+                Instant::now(),
+            );
         }
         // The gauges only: `link`, which the classifier's tunnel state
         // follows, stays as it was (a stop is no tunnel outage).
@@ -490,10 +462,7 @@ impl Worker {
     fn next_wakeup(&self, now: Instant) -> Duration {
         self.tunnels
             .iter()
-            .filter_map(|t| match &t.link {
-                Link::Down { retry_at } => Some(*retry_at),
-                Link::Up { sess, .. } => sess.poll_timeout(),
-            })
+            .filter_map(Link::poll_timeout)
             .min()
             .map_or(MAX_WAIT, |t| t.saturating_duration_since(now).min(MAX_WAIT))
     }
@@ -501,83 +470,56 @@ impl Worker {
     /// Connects tunnel `t` when due, runs its session timers, tears down a
     /// dead session.
     fn maintain_link(&mut self, t: usize, now: Instant) {
-        match &mut self.tunnels[t].link {
-            Link::Down { retry_at } if now >= *retry_at => self.connect(t, now),
-            Link::Down { .. } => {}
-            Link::Up { sess, .. } => {
-                if sess.poll_timeout().is_some_and(|x| x <= now) {
-                    sess.handle_timeout(now);
+        self.tunnels[t].handle_timeout(self.poll.registry(), now);
+        self.link_events(t, now);
+    }
+
+    /// What happened to tunnel `t`'s link: logged and counted.
+    fn link_events(&mut self, t: usize, now: Instant) {
+        while let Some(ev) = self.tunnels[t].poll_event(self.poll.registry(), now) {
+            let edge = self.tunnels[t].params().edge;
+            match ev {
+                LinkEvent::Up { peer } => {
+                    log::info!(
+                        "queue {}: tunnel {t} to {edge} up (edge `{}`)",
+                        self.queue,
+                        peer.name
+                    );
+                    if t == 0 {
+                        self.stats.tunnel_up.store(1, Relaxed);
+                    }
+                    self.tenant_stats.up[t].store(1, Relaxed);
+                    self.tenant_stats.link[t].store(super::stats::LINK_UP, Relaxed);
+                    self.stats.tunnel_connects.fetch_add(1, Relaxed);
                 }
-                if sess.is_closed() {
-                    self.link_down(t, now);
+                LinkEvent::ConnectFailed { step, error } => {
+                    if step == "connect" {
+                        log::warn!("queue {}: connecting to {edge}: {error}", self.queue);
+                    } else {
+                        log::error!("queue {}: {step}: {error}", self.queue);
+                    }
+                    self.link_lost(t);
+                }
+                LinkEvent::Down { reason } => {
+                    let was_up = self.tenant_stats.up[t].swap(0, Relaxed) == 1;
+                    if t == 0 {
+                        self.stats.tunnel_up.store(0, Relaxed);
+                    }
+                    let what = if was_up { "down" } else { "failed" };
+                    log::warn!(
+                        "queue {}: tunnel {t} to {edge} {what}: {reason:?}",
+                        self.queue
+                    );
+                    self.link_lost(t);
                 }
             }
         }
     }
 
-    fn connect(&mut self, t: usize, now: Instant) {
-        let p = &self.tunnels[t].params;
-        let tls = match rustls::client::UnbufferedClientConnection::new(
-            p.tls.clone(),
-            p.server_name.clone(),
-        ) {
-            Ok(x) => x,
-            Err(e) => {
-                log::error!("queue {}: TLS: {e}", self.queue);
-                return self.schedule_retry(t, now);
-            }
-        };
-        let mut sock = match TcpStream::connect(p.edge) {
-            Ok(s) => s,
-            Err(e) => {
-                log::warn!("queue {}: connecting to {}: {e}", self.queue, p.edge);
-                return self.schedule_retry(t, now);
-            }
-        };
-        let _ = sock.set_nodelay(true);
-        if let Err(e) = self.poll.registry().register(
-            &mut sock,
-            Token(FIRST_TUNNEL + t),
-            Interest::READABLE | Interest::WRITABLE,
-        ) {
-            log::error!("queue {}: register: {e}", self.queue);
-            return self.schedule_retry(t, now);
-        }
-        let sess = Session::new(tls.into(), p.session.clone(), now);
-        self.tunnels[t].link = Link::Up {
-            sock,
-            sess: Box::new(sess),
-        };
-    }
-
-    fn schedule_retry(&mut self, t: usize, now: Instant) {
+    /// Tunnel `t` is down (or did not come up): counted; its link retries.
+    fn link_lost(&self, t: usize) {
         self.stats.tunnel_failures.fetch_add(1, Relaxed);
         self.tenant_stats.link[t].store(super::stats::LINK_LOST, Relaxed);
-        let tun = &mut self.tunnels[t];
-        tun.link = Link::Down {
-            retry_at: now + tun.backoff,
-        };
-        tun.backoff = (tun.backoff * 2).min(BACKOFF_MAX);
-    }
-
-    fn link_down(&mut self, t: usize, now: Instant) {
-        let tun = &mut self.tunnels[t];
-        if let Link::Up { sock, sess } = &mut tun.link {
-            let _ = sess.handle_write(sock, now);
-            let _ = self.poll.registry().deregister(sock);
-            let was_up = self.tenant_stats.up[t].swap(0, Relaxed) == 1;
-            if t == 0 {
-                self.stats.tunnel_up.store(0, Relaxed);
-            }
-            let reason = sess.close_reason().cloned();
-            let what = if was_up { "down" } else { "failed" };
-            log::warn!(
-                "queue {}: tunnel {t} to {} {what}: {reason:?}",
-                self.queue,
-                tun.params.edge
-            );
-        }
-        self.schedule_retry(t, now);
     }
 
     /// The tunnel of this host's own packet `pkt` (TUN path): the policy's
@@ -620,7 +562,7 @@ impl Worker {
         let domains = self.domains.as_deref();
         // Into tunnel `i`: dropped unparsed while it is down.
         let mut send = |i: usize, pkt: &ip::Packet<'_>, t: &mut Tally| {
-            let Some(Link::Up { sess, .. }) = tunnels.get_mut(i).map(|x| &mut x.link) else {
+            let Some(sess) = tunnels.get_mut(i).and_then(Link::session_mut) else {
                 t.drop_down += 1;
                 return;
             };
@@ -733,12 +675,10 @@ impl Worker {
     /// true if the read stopped at its budget.
     fn tunnel_to_lan(&mut self, i: usize, now: Instant) -> bool {
         self.sync_neighbors();
-        let edge = self.tunnels[i].params.edge;
-        let Link::Up { sock, sess } = &mut self.tunnels[i].link else {
+        let more = self.tunnels[i].receive(now);
+        let Some(sess) = self.tunnels[i].session_mut() else {
             return false;
         };
-        let was_established = sess.is_established();
-        let res = sess.handle_read(sock, now);
         let t = &mut self.tally;
         let domains = self.domains.as_deref();
         let routes = &mut self.routes;
@@ -824,53 +764,18 @@ impl Worker {
             }
         }
         self.send_resolutions();
-        if !was_established {
-            self.note_established(i, edge);
-        }
-        match res {
-            Ok(o) => o.more,
-            Err(_) => false,
-        }
+        // The edge's HELLO (the tunnel is up) or CLOSE came with the read.
+        self.link_events(i, now);
+        more
     }
 
-    /// Tunnel `i`'s session became established in this read (HELLO is
-    /// handled inside `poll_packet`): logged and counted.
-    fn note_established(&mut self, i: usize, edge: SocketAddr) {
-        let Link::Up { sess, .. } = &self.tunnels[i].link else {
-            return;
-        };
-        if !sess.is_established() {
-            return;
-        }
-        log::info!(
-            "queue {}: tunnel {i} to {edge} up (edge `{}`)",
-            self.queue,
-            sess.peer_name()
-        );
-        if i == 0 {
-            self.stats.tunnel_up.store(1, Relaxed);
-        }
-        self.tenant_stats.up[i].store(1, Relaxed);
-        self.tenant_stats.link[i].store(super::stats::LINK_UP, Relaxed);
-        self.stats.tunnel_connects.fetch_add(1, Relaxed);
-        self.tunnels[i].backoff = BACKOFF_MIN;
-    }
-
-    /// Writes tunnel `i`'s pending TLS records to its edge.
+    /// End of a batch for tunnel `i`: the driver's flush policy (seal the
+    /// batch's record, or keep it for the coalescing delay, which then
+    /// wakes the loop; write what the socket takes).
     fn flush_tunnel(&mut self, i: usize, now: Instant) {
-        if let Link::Up { sock, sess } = &mut self.tunnels[i].link {
-            // Seals the batch's record (or keeps it open for the
-            // coalescing delay, which then wakes the loop).
-            sess.flush_due(now);
-            if sess.wants_write()
-                && let Err(e) = sess.handle_write(sock, now)
-            {
-                log::warn!("queue {}: tunnel write: {e}", self.queue);
-                sess.close(crate::wire::tunnel::CloseCode::Normal, "write failed");
-            }
-            if sess.is_closed() {
-                self.link_down(i, now);
-            }
+        if let Err(e) = self.tunnels[i].flush(now) {
+            log::warn!("queue {}: tunnel write: {e}", self.queue);
         }
+        self.link_events(i, now);
     }
 }

@@ -12,13 +12,14 @@
 //! per-record nonce `iv XOR seq` and the record header as additional data),
 //! checked against rustls itself in the session tests.
 //!
-//! The AEAD comes from aws-lc-rs or from ring, whichever seals faster on
-//! the machine ([`AeadProvider`]): the tunnel bench shows either ahead by
-//! up to 2x depending on the CPU's AES and carry-less multiply extensions
-//! (on the AVX2 + VAES AMD EPYC of `bench/RESULTS.md`, ring), so the
-//! choice is measured once per process at start-up, like the kernel picks
-//! its RAID6 and checksum routines.
-use std::{sync::OnceLock, time::Instant};
+//! The AEAD comes from aws-lc-rs or from ring ([`AeadProvider`]), as the
+//! caller says: the tunnel bench shows either ahead by up to 2x depending
+//! on the CPU's AES and carry-less multiply extensions (on the AVX2 + VAES
+//! AMD EPYC of `bench/RESULTS.md`, ring), so the dataplane measures the
+//! two once per process at start-up (its driver does, like the kernel
+//! picks its RAID6 and checksum routines) and passes the faster in
+//! [`super::SessionConfig::aead`]. Nothing here reads a clock or the
+//! environment.
 
 use rustls::ConnectionTrafficSecrets;
 
@@ -99,94 +100,26 @@ pub mod alert {
     pub const WARNING: u8 = 1;
 }
 
-/// Which library seals and opens records.
+/// Which library seals and opens records. Both make the same records
+/// (checked in the tests); they differ in speed, by CPU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum AeadProvider {
-    /// The faster of the two on this machine ([`AeadProvider::calibrated`]).
+    /// `aws-lc-rs` (AWS-LC, `BoringSSL`'s assembly): the default where
+    /// the caller has not measured.
     #[default]
-    Auto,
-    /// `aws-lc-rs` (AWS-LC, `BoringSSL`'s assembly).
     AwsLcRs,
     /// ring (BoringSSL-derived assembly, with AVX2 + VAES AES-GCM).
     Ring,
 }
 
 impl AeadProvider {
-    /// `Auto` resolved to a library; the others as they are.
-    #[must_use]
-    pub fn resolve(self) -> AeadProvider {
-        match self {
-            AeadProvider::Auto => Self::calibrated(),
-            p => p,
-        }
-    }
-
     /// The library name, as logs and `SLUICE_AEAD` spell it.
     pub fn name(self) -> &'static str {
         match self {
-            AeadProvider::Auto => "auto",
             AeadProvider::AwsLcRs => "aws-lc-rs",
             AeadProvider::Ring => "ring",
         }
     }
-
-    /// The process-wide choice, made at first use: `SLUICE_AEAD=ring` or
-    /// `=aws-lc-rs` if set, otherwise the library that seals 16 KiB
-    /// AES-256-GCM records faster here (best of a few rounds, about a
-    /// millisecond), logged with both rates.
-    pub fn calibrated() -> AeadProvider {
-        static CHOICE: OnceLock<AeadProvider> = OnceLock::new();
-        *CHOICE.get_or_init(|| match std::env::var("SLUICE_AEAD").as_deref() {
-            Ok("ring") => AeadProvider::Ring,
-            Ok("aws-lc-rs") => AeadProvider::AwsLcRs,
-            other => {
-                if let Ok(v) = other {
-                    log::warn!("SLUICE_AEAD={v:?}: not `ring` or `aws-lc-rs`; measuring");
-                }
-                let aws = seal_rate(AeadProvider::AwsLcRs);
-                let ring = seal_rate(AeadProvider::Ring);
-                let pick = if ring > aws {
-                    AeadProvider::Ring
-                } else {
-                    AeadProvider::AwsLcRs
-                };
-                log::info!(
-                    "tunnel AEAD: {} (AES-256-GCM, 16 KiB records: aws-lc-rs {:.2} GB/s, ring {:.2} GB/s)",
-                    pick.name(),
-                    aws / 1e9,
-                    ring / 1e9
-                );
-                pick
-            }
-        })
-    }
-}
-
-/// Bytes per second `provider` seals 16 KiB records at (best of 5 rounds
-/// of 8 records after a warm-up); 0 if the key cannot be built.
-fn seal_rate(provider: AeadProvider) -> f64 {
-    let secrets = ConnectionTrafficSecrets::Aes256Gcm {
-        key: [0x5a; 32].into(),
-        iv: [0xa5; 12].into(),
-    };
-    let Ok(mut keys) = Keys::with_provider(provider, 0, &secrets) else {
-        return 0.0;
-    };
-    let mut buf = vec![0u8; HEADER_LEN + MAX_CONTENT + 1 + TAG_LEN];
-    let mut best = f64::MAX;
-    for round in 0..6 {
-        let start = Instant::now();
-        for _ in 0..8 {
-            buf.truncate(HEADER_LEN + MAX_CONTENT - 1);
-            if keys.seal(&mut buf, 0, APPLICATION_DATA).is_err() {
-                return 0.0;
-            }
-        }
-        if round > 0 {
-            best = best.min(start.elapsed().as_secs_f64());
-        }
-    }
-    f64::from(8 * MAX_CONTENT as u32) / best.max(1e-9)
 }
 
 /// A key of either library. Both have the same API (aws-lc-rs mirrors
@@ -203,14 +136,14 @@ impl Key {
     fn new(provider: AeadProvider, suite: usize, key: &[u8]) -> Result<Self, RecordError> {
         use aws_lc_rs::aead as a;
         use ring::aead as r;
-        Ok(match provider.resolve() {
+        Ok(match provider {
             AeadProvider::Ring => {
                 let alg = [&r::AES_128_GCM, &r::AES_256_GCM, &r::CHACHA20_POLY1305][suite];
                 let key =
                     r::UnboundKey::new(alg, key).map_err(|_| RecordError::UnsupportedSuite)?;
                 Key::Ring(Box::new(r::LessSafeKey::new(key)))
             }
-            AeadProvider::AwsLcRs | AeadProvider::Auto => {
+            AeadProvider::AwsLcRs => {
                 let alg = [&a::AES_128_GCM, &a::AES_256_GCM, &a::CHACHA20_POLY1305][suite];
                 let key =
                     a::UnboundKey::new(alg, key).map_err(|_| RecordError::UnsupportedSuite)?;
@@ -299,16 +232,8 @@ impl std::fmt::Debug for Keys {
 }
 
 impl Keys {
-    /// Keys from rustls's extracted secrets, starting at `seq`, with the
-    /// process-wide provider ([`AeadProvider::calibrated`]).
-    ///
-    /// # Errors
-    /// [`RecordError::UnsupportedSuite`] for secrets of an unknown AEAD.
-    pub fn new(seq: u64, secrets: &ConnectionTrafficSecrets) -> Result<Self, RecordError> {
-        Self::with_provider(AeadProvider::Auto, seq, secrets)
-    }
-
-    /// Keys as [`Keys::new`], from `provider`'s library.
+    /// Keys from rustls's extracted secrets, starting at `seq`, from
+    /// `provider`'s library.
     ///
     /// # Errors
     /// [`RecordError::UnsupportedSuite`] for secrets of an unknown AEAD.
@@ -449,7 +374,7 @@ mod tests {
             key: [7u8; 32].into(),
             iv: [9u8; 12].into(),
         };
-        Keys::new(seq, &secrets).unwrap()
+        Keys::with_provider(AeadProvider::AwsLcRs, seq, &secrets).unwrap()
     }
 
     /// The two libraries make the same records, and each opens the

@@ -1,16 +1,13 @@
-use std::{
-    io,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use rustls::{
     ConnectionTrafficSecrets, SupportedCipherSuite,
     client::{ClientConnectionData, UnbufferedClientConnection},
     kernel::KernelConnection,
+    pki_types::CertificateDer,
     server::{ServerConnectionData, UnbufferedServerConnection},
     unbuffered::{ConnectionState, EncodeError},
 };
-use rustls_pki_types::CertificateDer;
 
 use super::record::{self, AeadProvider, Keys};
 use crate::wire::{
@@ -48,7 +45,9 @@ pub struct SessionConfig {
     /// below every suite's confidentiality limit, 2^23 records for
     /// AES-256-GCM in rustls).
     pub rekey_after_records: u64,
-    /// The library that protects records (default: the faster here).
+    /// The library that protects records, chosen by the caller (the
+    /// dataplane measures both once at start-up and passes the faster;
+    /// the default is aws-lc-rs).
     pub aead: AeadProvider,
 }
 
@@ -64,7 +63,7 @@ impl Default for SessionConfig {
             coalesce_delay: Duration::ZERO,
             max_pending_tls: 4 * 1024 * 1024,
             rekey_after_records: 1 << 20,
-            aead: AeadProvider::Auto,
+            aead: AeadProvider::AwsLcRs,
         }
     }
 }
@@ -91,17 +90,56 @@ pub enum CloseReason {
     Protocol(String),
 }
 
-/// Errors surfaced by [`Session::handle_read`]. The session is closed
-/// afterwards; any alert or CLOSE frame it queued should still be written.
-#[derive(Debug, thiserror::Error)]
+/// Errors of the receive path ([`Session::receive_buffer`],
+/// [`Session::handle_received`]). The session is closed afterwards; any
+/// alert or CLOSE frame it queued should still be transmitted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SessionError {
-    /// The socket failed.
-    #[error("tunnel socket: {0}")]
-    Io(#[from] io::Error),
     /// The session is closed, with this reason.
     #[error("tunnel closed: {0:?}")]
     Closed(CloseReason),
 }
+
+/// Who the peer is. Its certificate chain was verified by rustls against
+/// the configured CA; the name is what it said in its HELLO, escaped for
+/// logs ([`printable`], at most 64 characters): a label, not an identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    /// The name from the peer's HELLO, safe to log.
+    pub name: String,
+    /// The certificate chain the peer presented (its own first).
+    pub certificates: Vec<CertificateDer<'static>>,
+}
+
+/// What happened to a session ([`Session::poll_event`]). Each kind comes
+/// at most once, in this order; `Closed` may come without the others.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// The TLS handshake is done: the peer holds the key of this
+    /// certificate chain, which rustls verified. Its HELLO is not read yet
+    /// (no packet flows before it): the edge admits the peer on this.
+    Authenticated {
+        /// The chain the peer presented (its own certificate first).
+        certificates: Vec<CertificateDer<'static>>,
+    },
+    /// Both HELLOs are exchanged: packets flow both ways.
+    Established {
+        /// Who the peer is.
+        peer: Peer,
+    },
+    /// The session ended. What [`Session::poll_transmit`] still has (a
+    /// CLOSE frame, TLS alerts) is worth writing; nothing more is received.
+    Closed {
+        /// Why.
+        reason: CloseReason,
+    },
+}
+
+/// Pending [`Event`]s, one bit each (at most one of each kind per session:
+/// no queue to bound).
+const EV_AUTHENTICATED: u8 = 1;
+const EV_ESTABLISHED: u8 = 2;
+const EV_CLOSED: u8 = 4;
 
 /// Why a packet was not queued. Cheap, `Copy`: per-packet path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -115,13 +153,6 @@ pub enum SendError {
     /// The packet is larger than a frame (or the peer) allows.
     #[error("packet too large for the tunnel")]
     TooLarge,
-}
-
-/// What [`Session::handle_read`] saw.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ReadOutcome {
-    /// The read stopped at its budget: call again (edge-triggered sockets).
-    pub more: bool,
 }
 
 /// Counters of one session.
@@ -159,7 +190,8 @@ enum State {
 
 /// A TLS connection in its handshake, driven through rustls's unbuffered
 /// API. Build one with `.into()` from either side's connection; its config
-/// must have `enable_secret_extraction` set (see [`crate::pki`]).
+/// must have `enable_secret_extraction` set: the session takes the traffic
+/// keys from rustls once the handshake is done ([`super::record`]).
 pub enum Handshake {
     /// The gateway side.
     Client(UnbufferedClientConnection),
@@ -321,9 +353,6 @@ const RX_MIN_FREE: usize = record::HEADER_LEN + record::MAX_CIPHERTEXT;
 /// plus records in flight.
 const RX_BUF_MAX: usize = 1024 * 1024;
 
-/// Budget of one [`Session::handle_read`] call, in bytes.
-const READ_BUDGET: usize = 1 << 20;
-
 /// Key updates a peer may send without application data between them
 /// (rustls's and `BoringSSL`'s limit): each costs key derivations, and a
 /// peer has no use for more.
@@ -382,6 +411,8 @@ pub struct Session {
     write_stalled_since: Option<Instant>,
     last_rx: Instant,
     last_tx: Instant,
+    /// [`Event`]s not yet polled (`EV_*` bits).
+    events: u8,
     stats: SessionStats,
 }
 
@@ -418,6 +449,7 @@ impl Session {
             write_stalled_since: None,
             last_rx: now,
             last_tx: now,
+            events: 0,
             stats: SessionStats::default(),
         };
         // The client speaks first.
@@ -483,79 +515,126 @@ impl Session {
         self.stats
     }
 
-    /// Reads TLS bytes from `rd` until it would block, hits EOF, fills the
-    /// receive buffer or the read budget. During the handshake they go to
-    /// rustls; afterwards they stay in the buffer, and
+    /// The free part of the receive buffer: read the socket straight into
+    /// it (no copy), then say how much with
+    /// [`Session::handle_received_in_place`]. During the handshake the
+    /// bytes go to rustls; afterwards they stay where they are, and
     /// [`Session::poll_packet`] opens the records in place.
     ///
-    /// On `Err`, the session is closed; write out what
-    /// [`Session::wants_write`] still has (a TLS alert) and drop it.
-    pub fn handle_read(
-        &mut self,
-        rd: &mut dyn io::Read,
-        now: Instant,
-    ) -> Result<ReadOutcome, SessionError> {
-        self.handle_read_budget(rd, now, READ_BUDGET)
-    }
-
-    /// [`Session::handle_read`] that stops after about `budget` bytes
-    /// (at least one read): a driver serving many sessions gives each its
-    /// share of a loop turn.
-    pub fn handle_read_budget(
-        &mut self,
-        rd: &mut dyn io::Read,
-        now: Instant,
-        budget: usize,
-    ) -> Result<ReadOutcome, SessionError> {
+    /// Empty when the buffer is full of records not opened yet: drain
+    /// [`Session::poll_packet`] first, then ask again.
+    ///
+    /// # Errors
+    /// The session is closed or the peer ended the stream (nothing more
+    /// is taken); or the peer's handshake message does not fit the
+    /// pre-authentication cap (the session is closed now).
+    pub fn receive_buffer(&mut self) -> Result<&mut [u8], SessionError> {
         if self.state == State::Closed || self.peer_eof {
             return Err(SessionError::Closed(self.reason_or(CloseReason::Eof)));
         }
-        let mut total = 0;
-        loop {
-            if !self.make_room() {
-                if self.is_handshaking() {
-                    // rustls still wants more of a handshake message than
-                    // the buffer may hold before authentication.
-                    return Err(
-                        self.fail(CloseReason::Tls("TLS handshake message too large".into()))
-                    );
-                }
-                // Full of records not opened yet: poll_packet first.
-                return Ok(ReadOutcome { more: true });
+        if !self.make_room() {
+            if self.is_handshaking() {
+                // rustls still wants more of a handshake message than the
+                // buffer may hold before authentication.
+                return Err(self.fail(CloseReason::Tls("TLS handshake message too large".into())));
             }
-            // No read goes much past the budget (at least one byte).
-            let room = (self.rx_buf.len() - self.rx_end).min(budget.saturating_sub(total).max(1));
-            let n = match rd.read(&mut self.rx_buf[self.rx_end..self.rx_end + room]) {
-                Ok(0) => {
-                    // TCP EOF: frames already buffered are still delivered
-                    // by poll_packet, which then closes the session.
-                    self.peer_eof = true;
-                    if matches!(self.tls, Tls::Handshake(_)) {
-                        self.set_closed(CloseReason::Eof);
-                        return Err(SessionError::Closed(CloseReason::Eof));
-                    }
-                    return Ok(ReadOutcome { more: false });
-                }
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    return Ok(ReadOutcome { more: false });
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    self.set_closed(CloseReason::Eof);
-                    return Err(SessionError::Io(e));
-                }
-            };
-            self.rx_end += n;
-            self.last_rx = now;
-            total += n;
-            if matches!(self.tls, Tls::Handshake(_)) {
-                self.drive_handshake()?;
-            }
-            if total >= budget {
-                return Ok(ReadOutcome { more: true });
-            }
+            // Full of records not opened yet: poll_packet first.
+            return Ok(&mut []);
         }
+        let end = self.rx_end;
+        Ok(&mut self.rx_buf[end..])
+    }
+
+    /// `n` bytes were read into [`Session::receive_buffer`] at `now`
+    /// (`n` is capped at its length). During the handshake, rustls runs
+    /// over them (and may queue its next flight for
+    /// [`Session::poll_transmit`]).
+    ///
+    /// # Errors
+    /// As [`Session::receive_buffer`]; and the handshake failed (an
+    /// alert may be queued for the peer: transmit it).
+    pub fn handle_received_in_place(&mut self, n: usize, now: Instant) -> Result<(), SessionError> {
+        if self.state == State::Closed || self.peer_eof {
+            return Err(SessionError::Closed(self.reason_or(CloseReason::Eof)));
+        }
+        let n = n.min(self.rx_buf.len() - self.rx_end);
+        if n == 0 {
+            return Ok(());
+        }
+        self.rx_end += n;
+        self.last_rx = now;
+        if matches!(self.tls, Tls::Handshake(_)) {
+            self.drive_handshake()?;
+        }
+        Ok(())
+    }
+
+    /// Bytes received from the peer at `now`, copied into the receive
+    /// buffer ([`Session::receive_buffer`] and
+    /// [`Session::handle_received_in_place`] avoid the copy). Returns how
+    /// many were taken: fewer than given when the buffer is full of
+    /// records not opened yet; drain [`Session::poll_packet`], then hand
+    /// in the rest.
+    ///
+    /// # Errors
+    /// As [`Session::handle_received_in_place`].
+    pub fn handle_received(&mut self, bytes: &[u8], now: Instant) -> Result<usize, SessionError> {
+        let mut taken = 0;
+        while taken < bytes.len() {
+            let buf = self.receive_buffer()?;
+            let n = buf.len().min(bytes.len() - taken);
+            if n == 0 {
+                break;
+            }
+            buf[..n].copy_from_slice(&bytes[taken..taken + n]);
+            self.handle_received_in_place(n, now)?;
+            taken += n;
+        }
+        Ok(taken)
+    }
+
+    /// The peer ended the stream (TCP EOF), or the socket failed: nothing
+    /// more will arrive. Frames already received are still delivered by
+    /// [`Session::poll_packet`], which then closes the session
+    /// ([`CloseReason::Eof`]); during the handshake it closes at once.
+    pub fn handle_eof(&mut self) {
+        if self.state == State::Closed {
+            return;
+        }
+        self.peer_eof = true;
+        if matches!(self.tls, Tls::Handshake(_)) {
+            self.set_closed(CloseReason::Eof);
+        }
+    }
+
+    /// The next thing that happened to the session, once each: the peer
+    /// authenticated, the session established, the session closed. Call
+    /// after every `handle_*` call and after draining
+    /// [`Session::poll_packet`] (the peer's HELLO and CLOSE are read
+    /// there).
+    pub fn poll_event(&mut self) -> Option<Event> {
+        let ev = if self.events & EV_AUTHENTICATED != 0 {
+            self.events &= !EV_AUTHENTICATED;
+            Event::Authenticated {
+                certificates: self.peer_certs.clone(),
+            }
+        } else if self.events & EV_ESTABLISHED != 0 {
+            self.events &= !EV_ESTABLISHED;
+            Event::Established {
+                peer: Peer {
+                    name: self.peer_name.clone(),
+                    certificates: self.peer_certs.clone(),
+                },
+            }
+        } else if self.events & EV_CLOSED != 0 {
+            self.events &= !EV_CLOSED;
+            Event::Closed {
+                reason: self.reason_or(CloseReason::Eof),
+            }
+        } else {
+            return None;
+        };
+        Some(ev)
     }
 
     /// Makes room for one maximal record after `rx_end`. Returns false
@@ -705,6 +784,7 @@ impl Session {
         };
         self.peer_certs = certs.unwrap_or_default();
         self.suite = suite;
+        self.events |= EV_AUTHENTICATED;
         // Application data rustls decrypted goes in front of the records
         // still to open.
         // The peer is authenticated: the traffic buffers are allocated now.
@@ -947,6 +1027,7 @@ impl Session {
         self.peer_name = name;
         self.peer_max_payload = usize::from(max);
         self.state = State::Established;
+        self.events |= EV_ESTABLISHED;
     }
 
     fn protocol_error(&mut self, what: &str) {
@@ -1111,28 +1192,33 @@ impl Session {
         self.tx_sealed > self.tx_sent
     }
 
-    /// Writes sealed records to `wr` (as one contiguous buffer: one
-    /// syscall for many records) until done or `WouldBlock`. Returns the
-    /// bytes written.
-    pub fn handle_write(&mut self, wr: &mut dyn io::Write, now: Instant) -> io::Result<usize> {
-        let mut total = 0;
-        while self.tx_sealed > self.tx_sent {
-            match wr.write(&self.tx_buf[self.tx_sent..self.tx_sealed]) {
-                Ok(0) => break,
-                Ok(n) => {
-                    total += n;
-                    self.tx_sent += n;
-                    self.last_tx = now;
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
+    /// The sealed records not yet transmitted, as one contiguous slice
+    /// (one `write` for many records), or `None` when there are none.
+    /// Write what the socket takes, then report it with
+    /// [`Session::transmitted`]; what it does not take stays here. From
+    /// `now` on, the bytes count as waiting for the socket (the write
+    /// timeout, [`SessionConfig::write_timeout`]).
+    pub fn poll_transmit(&mut self, now: Instant) -> Option<&[u8]> {
+        if self.tx_sealed == self.tx_sent {
+            return None;
+        }
+        self.write_stalled_since.get_or_insert(now);
+        Some(&self.tx_buf[self.tx_sent..self.tx_sealed])
+    }
+
+    /// The first `n` bytes [`Session::poll_transmit`] gave were written at
+    /// `now` (`n` is capped at their length; zero: the socket took
+    /// nothing).
+    pub fn transmitted(&mut self, n: usize, now: Instant) {
+        let n = n.min(self.tx_sealed - self.tx_sent);
+        if n > 0 {
+            self.tx_sent += n;
+            self.last_tx = now;
         }
         // The write timeout runs while bytes wait without any progress.
         self.write_stalled_since = if self.tx_sealed == self.tx_sent {
             None
-        } else if total > 0 {
+        } else if n > 0 {
             Some(now)
         } else {
             Some(self.write_stalled_since.unwrap_or(now))
@@ -1147,7 +1233,6 @@ impl Session {
             self.tx_sealed -= self.tx_sent;
             self.tx_sent = 0;
         }
-        Ok(total)
     }
 
     /// When [`Session::handle_timeout`] must next be called.
@@ -1212,8 +1297,8 @@ impl Session {
         }
     }
 
-    /// Closes the session: queues CLOSE and TLS `close_notify`. Write them out
-    /// with [`Session::handle_write`], then drop the session.
+    /// Closes the session: queues CLOSE and TLS `close_notify`. Transmit
+    /// them ([`Session::poll_transmit`]), then drop the session.
     pub fn close(&mut self, code: CloseCode, reason: &str) {
         if self.state == State::Closed {
             return;
@@ -1253,6 +1338,9 @@ impl Session {
     }
 
     fn set_closed(&mut self, reason: CloseReason) {
+        if self.state != State::Closed {
+            self.events |= EV_CLOSED;
+        }
         self.state = State::Closed;
         self.close_reason.get_or_insert(reason);
     }
