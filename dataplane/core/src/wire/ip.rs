@@ -56,6 +56,13 @@ pub struct Packet<'a> {
     /// or [`ipv6::Packet::check_len`] (as `v6` says).
     buf: &'a [u8],
     v6: bool,
+    /// IPv4's protocol, IPv6's next header.
+    protocol: u8,
+    /// Where that protocol's header starts (the IP header's length, at
+    /// most 60), or 0 for an IPv4 fragment (no whole transport header to
+    /// read). Read once here: [`Packet::flow`], [`Packet::udp`] and
+    /// [`Packet::tcp`] are asked of the same packet one after the other.
+    transport: u8,
 }
 
 impl<'a> Packet<'a> {
@@ -70,14 +77,28 @@ impl<'a> Packet<'a> {
             return Err(WireError::Truncated { need: 1, have: 0 });
         };
         match version {
-            4 => Ok(Self {
-                buf: ipv4::Packet::new_checked(buf)?.packet(),
-                v6: false,
-            }),
-            6 => Ok(Self {
-                buf: ipv6::Packet::new_checked(buf)?.packet(),
-                v6: true,
-            }),
+            4 => {
+                let p = ipv4::Packet::new_checked(buf)?;
+                Ok(Self {
+                    buf: p.packet(),
+                    v6: false,
+                    protocol: p.protocol(),
+                    transport: if p.is_fragment() {
+                        0
+                    } else {
+                        p.header_len() as u8
+                    },
+                })
+            }
+            6 => {
+                let p = ipv6::Packet::new_checked(buf)?;
+                Ok(Self {
+                    buf: p.packet(),
+                    v6: true,
+                    protocol: p.next_header(),
+                    transport: ipv6::HEADER_LEN as u8,
+                })
+            }
             _ => Err(WireError::Malformed("IP version is neither 4 nor 6")),
         }
     }
@@ -126,19 +147,10 @@ impl<'a> Packet<'a> {
         self.buf
     }
 
-    /// The transport protocol: IPv4's protocol field, IPv6's next header.
-    #[inline]
-    fn protocol(&self) -> u8 {
-        if self.v6 {
-            ipv6::Packet::new_unchecked(self.buf).next_header()
-        } else {
-            ipv4::Packet::new_unchecked(self.buf).protocol()
-        }
-    }
-
     /// The segment, if this is TCP directly after the IP header (no IPv6
     /// extension headers), not a fragment, with a data offset within the
     /// packet.
+    #[inline]
     pub fn tcp(&self) -> Option<TcpSegment<'a>> {
         let t = tcp::Packet::new_checked(self.transport(PROTO_TCP)?).ok()?;
         Some(TcpSegment {
@@ -153,8 +165,9 @@ impl<'a> Packet<'a> {
     /// The transport protocol (IPv4's protocol field, IPv6's next header)
     /// and, for TCP, UDP and SCTP directly after the IP header and not in
     /// a fragment, the source and destination ports (else 0).
+    #[inline]
     pub fn flow(&self) -> (u8, u16, u16) {
-        let proto = self.protocol();
+        let proto = self.protocol;
         let ports = match proto {
             PROTO_TCP | PROTO_UDP | PROTO_SCTP => self
                 .transport(proto)
@@ -175,13 +188,10 @@ impl<'a> Packet<'a> {
     /// the packet is not a fragment.
     #[inline]
     fn transport(&self, proto: u8) -> Option<&'a [u8]> {
-        if self.v6 {
-            let p = ipv6::Packet::new_unchecked(self.buf);
-            (p.next_header() == proto).then(|| p.payload())
-        } else {
-            let p = ipv4::Packet::new_unchecked(self.buf);
-            (p.protocol() == proto && !p.is_fragment()).then(|| p.payload())
+        if self.protocol != proto || self.transport == 0 {
+            return None;
         }
+        self.buf.get(usize::from(self.transport)..)
     }
 
     /// Source port, destination port and payload, if this is a whole UDP

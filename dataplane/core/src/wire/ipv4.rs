@@ -219,13 +219,19 @@ impl<T: AsRef<[u8]>> Packet<T> {
     /// The header, options included.
     #[inline]
     pub fn header(&self) -> &[u8] {
-        &self.buffer.as_ref()[..self.header_len()]
+        self.buffer
+            .as_ref()
+            .get(..self.header_len())
+            .unwrap_or_default()
     }
 
     /// The options (empty for IHL 5).
     #[inline]
     pub fn options(&self) -> &[u8] {
-        &self.buffer.as_ref()[HEADER_LEN..self.header_len()]
+        self.buffer
+            .as_ref()
+            .get(HEADER_LEN..self.header_len())
+            .unwrap_or_default()
     }
 
     /// True if the header checksum verifies (the header, options
@@ -242,7 +248,8 @@ impl<'a, T: AsRef<[u8]> + ?Sized> Packet<&'a T> {
     #[inline]
     pub fn payload(&self) -> &'a [u8] {
         let b: &'a [u8] = self.buffer.as_ref();
-        &b[self.header_len()..usize::from(self.total_len())]
+        b.get(self.header_len()..usize::from(self.total_len()))
+            .unwrap_or_default()
     }
 
     /// The packet: up to the total length (link-layer padding after it is
@@ -250,7 +257,7 @@ impl<'a, T: AsRef<[u8]> + ?Sized> Packet<&'a T> {
     #[inline]
     pub fn packet(&self) -> &'a [u8] {
         let b: &'a [u8] = self.buffer.as_ref();
-        &b[..usize::from(self.total_len())]
+        b.get(..usize::from(self.total_len())).unwrap_or_default()
     }
 }
 
@@ -291,7 +298,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
     #[inline]
     pub fn payload_mut(&mut self) -> &mut [u8] {
         let range = self.header_len()..usize::from(self.total_len());
-        &mut self.buffer.as_mut()[range]
+        self.buffer.as_mut().get_mut(range).unwrap_or_default()
     }
 }
 
@@ -420,6 +427,25 @@ mod tests {
         p.fill_checksum();
         p.payload_mut()[0] = 0x9c;
         assert_eq!(b, PACKET_BYTES);
+    }
+
+    /// A total length set past the buffer: the variable parts come back
+    /// empty, the fixed fields still read, nothing panics.
+    #[test]
+    fn a_broken_length_gives_empty_parts() {
+        let mut b = PACKET_BYTES;
+        let mut p = Packet::new_checked(&mut b[..]).unwrap();
+        p.set_total_len(69);
+        assert!(p.check_len().is_err());
+        assert!(p.payload_mut().is_empty());
+        let p = Packet::new_unchecked(&b[..]);
+        assert_eq!((p.payload(), p.packet()), (&[][..], &[][..]));
+        assert_eq!(p.ident(), 0x1c46);
+        let short = Packet::new_unchecked(&PACKET_BYTES[..22]);
+        assert_eq!(short.options(), &PACKET_BYTES[20..20]);
+        let mut b = PACKET_BYTES;
+        b[0] = 0x4f; // 60-byte header in a 22-byte buffer
+        assert!(Packet::new_unchecked(&b[..22]).header().is_empty());
     }
 
     #[test]

@@ -176,7 +176,7 @@ impl<'a, T: AsRef<[u8]> + ?Sized> Packet<&'a T> {
     #[inline]
     pub fn payload(&self) -> &'a [u8] {
         let b: &'a [u8] = self.buffer.as_ref();
-        &b[HEADER_LEN..self.total_len()]
+        b.get(HEADER_LEN..self.total_len()).unwrap_or_default()
     }
 
     /// The packet: up to the end of the payload (link-layer padding after
@@ -184,7 +184,7 @@ impl<'a, T: AsRef<[u8]> + ?Sized> Packet<&'a T> {
     #[inline]
     pub fn packet(&self) -> &'a [u8] {
         let b: &'a [u8] = self.buffer.as_ref();
-        &b[..self.total_len()]
+        b.get(..self.total_len()).unwrap_or_default()
     }
 }
 
@@ -200,7 +200,10 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
     #[inline]
     pub fn payload_mut(&mut self) -> &mut [u8] {
         let end = self.total_len();
-        &mut self.buffer.as_mut()[HEADER_LEN..end]
+        self.buffer
+            .as_mut()
+            .get_mut(HEADER_LEN..end)
+            .unwrap_or_default()
     }
 }
 

@@ -183,7 +183,10 @@ impl<T: AsRef<[u8]>> Packet<T> {
     /// The options (empty for data offset 5).
     #[inline]
     pub fn options(&self) -> &[u8] {
-        &self.buffer.as_ref()[HEADER_LEN..self.header_len()]
+        self.buffer
+            .as_ref()
+            .get(HEADER_LEN..self.header_len())
+            .unwrap_or_default()
     }
 
     /// True if the checksum verifies: the segment summed after
@@ -200,7 +203,7 @@ impl<'a, T: AsRef<[u8]> + ?Sized> Packet<&'a T> {
     #[inline]
     pub fn payload(&self) -> &'a [u8] {
         let b: &'a [u8] = self.buffer.as_ref();
-        &b[self.header_len()..]
+        b.get(self.header_len()..).unwrap_or_default()
     }
 }
 
@@ -236,7 +239,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
     #[inline]
     pub fn payload_mut(&mut self) -> &mut [u8] {
         let at = self.header_len();
-        &mut self.buffer.as_mut()[at..]
+        self.buffer.as_mut().get_mut(at..).unwrap_or_default()
     }
 }
 

@@ -119,7 +119,11 @@ impl<T: AsRef<[u8]>> Packet<T> {
     /// is the caller's to treat.
     #[inline]
     pub fn verify_checksum(&self, pseudo_header: u64) -> bool {
-        let d = &self.buffer.as_ref()[..usize::from(self.length())];
+        let d = self
+            .buffer
+            .as_ref()
+            .get(..usize::from(self.length()))
+            .unwrap_or_default();
         checksum::fold(checksum::add(pseudo_header, d)) == 0xffff
     }
 }
@@ -129,7 +133,8 @@ impl<'a, T: AsRef<[u8]> + ?Sized> Packet<&'a T> {
     #[inline]
     pub fn payload(&self) -> &'a [u8] {
         let b: &'a [u8] = self.buffer.as_ref();
-        &b[HEADER_LEN..usize::from(self.length())]
+        b.get(HEADER_LEN..usize::from(self.length()))
+            .unwrap_or_default()
     }
 }
 
@@ -153,7 +158,11 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
     #[inline]
     pub fn fill_checksum(&mut self, pseudo_header: u64) {
         self.set_checksum(0);
-        let d = &self.buffer.as_ref()[..usize::from(self.length())];
+        let d = self
+            .buffer
+            .as_ref()
+            .get(..usize::from(self.length()))
+            .unwrap_or_default();
         let c = match !checksum::fold(checksum::add(pseudo_header, d)) {
             0 => 0xffff,
             c => c,
@@ -165,7 +174,10 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
     #[inline]
     pub fn payload_mut(&mut self) -> &mut [u8] {
         let end = usize::from(self.length());
-        &mut self.buffer.as_mut()[HEADER_LEN..end]
+        self.buffer
+            .as_mut()
+            .get_mut(HEADER_LEN..end)
+            .unwrap_or_default()
     }
 }
 
