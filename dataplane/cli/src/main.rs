@@ -383,8 +383,7 @@ fn policy_cmd(cmd: PolicyCmd) -> anyhow::Result<()> {
             down,
             live,
         } => {
-            let proto: sluice_core::policy::Proto =
-                proto.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+            let proto: sluice_core::policy::Proto = proto.parse()?;
             if live {
                 let req = sluice_gateway::admin::Request::Explain(sluice_gateway::admin::Explain {
                     src,
@@ -402,7 +401,7 @@ fn policy_cmd(cmd: PolicyCmd) -> anyhow::Result<()> {
             let cfg = GatewayConfig::load(&config)?;
             let mut policy = cfg.policy;
             if let Some(t) = &tenant {
-                policy.switch_tenant(t).map_err(|e| anyhow::anyhow!(e))?;
+                policy.switch_tenant(t)?;
             }
             let network = NetworkState::ALL
                 .into_iter()

@@ -219,7 +219,10 @@ impl Doc<'_> {
         let mut seen = HashSet::with_capacity(v.len());
         for (i, e) in v.iter().enumerate() {
             let f = format!("{field}[{i}]");
-            let parsed: Entry = e.get_ref().parse().map_err(|m| self.err(e.span(), &f, m))?;
+            let parsed = e
+                .get_ref()
+                .parse::<Entry>()
+                .map_err(|m| self.err(e.span(), &f, m.to_string()))?;
             if !seen.insert(parsed) {
                 return Err(self.err(e.span(), &f, format!("{parsed} is listed twice")));
             }

@@ -136,7 +136,7 @@ fn tls(
             for c in &certs {
                 match pki::cert_info(c) {
                     Ok(i) => validity(out, &f("ca"), ca, &i, now),
-                    Err(e) => out.error(&f("ca"), Some(ca), e),
+                    Err(e) => out.error(&f("ca"), Some(ca), e.to_string()),
                 }
             }
             certs
@@ -164,7 +164,7 @@ fn tls(
                         );
                     }
                 }
-                Err(e) => out.error(&f("cert"), Some(cert), e),
+                Err(e) => out.error(&f("cert"), Some(cert), e.to_string()),
             }
             Some(c)
         }
@@ -184,7 +184,7 @@ fn tls(
                     f("cert")
                 ),
             ),
-            Some(Err(e)) => out.error(&f("key"), Some(key), e),
+            Some(Err(e)) => out.error(&f("key"), Some(key), e.to_string()),
             Some(Ok(true)) | None => {}
         },
         Err(e) => out.pki(&f("key"), key, &e),
@@ -196,7 +196,7 @@ fn tls(
                     let by_ca = cas
                         .iter()
                         .map(|a| pki::crl_issued_by(l, a))
-                        .collect::<Result<Vec<bool>, String>>();
+                        .collect::<Result<Vec<bool>, pki::DerError>>();
                     match by_ca {
                         Ok(v) if cas.is_empty() || v.contains(&true) => {}
                         Ok(_) => out.error(
@@ -208,7 +208,7 @@ fn tls(
                                 f("ca")
                             ),
                         ),
-                        Err(e) => out.error(&f("crl"), Some(crl), e),
+                        Err(e) => out.error(&f("crl"), Some(crl), e.to_string()),
                     }
                 }
             }
@@ -276,12 +276,7 @@ pub fn gateway(cfg: &GatewayConfig, offline: bool) -> Vec<Finding> {
     if let Some(t) = &a.token
         && let Err(e) = crate::admin::read_token_hash(t)
     {
-        let prefix = format!("{}: ", t.display());
-        out.error(
-            "gateway.admin_token",
-            Some(t),
-            e.strip_prefix(&prefix).unwrap_or(&e).to_string(),
-        );
+        out.error("gateway.admin_token", Some(t), e.problem.to_string());
     }
     out.0
 }

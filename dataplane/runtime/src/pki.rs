@@ -107,6 +107,46 @@ pub enum PkiError {
     ServerName(String),
 }
 
+/// What is wrong with one piece of DER material (no file named: the
+/// caller knows which it read).
+#[derive(Debug, thiserror::Error)]
+pub enum DerError {
+    /// A private key rustls cannot use.
+    #[error("not a key rustls can use: {0}")]
+    Key(rustls::Error),
+    /// Not an X.509 certificate.
+    #[error("not an X.509 certificate: {0}")]
+    Certificate(x509_parser::nom::Err<x509_parser::error::X509Error>),
+    /// Not a certificate revocation list.
+    #[error("not a revocation list: {0}")]
+    Crl(x509_parser::nom::Err<x509_parser::error::X509Error>),
+}
+
+/// Why the admin token's hash file cannot be used: the file and the
+/// problem.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {problem}", path.display())]
+pub struct TokenError {
+    /// The file (`gateway.admin_token`).
+    pub path: PathBuf,
+    /// What is wrong with it.
+    pub problem: TokenProblem,
+}
+
+/// What is wrong with the admin token's hash file.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenProblem {
+    /// It cannot be read.
+    #[error("{0}")]
+    Read(std::io::Error),
+    /// Group or others have access (the mode's permission bits).
+    #[error("mode {0:o}: group and others must have no access (chmod 600)")]
+    Mode(u32),
+    /// It does not hold 64 hex digits.
+    #[error("expected the token's SHA-256 as 64 hex digits (sluice pki admin-token writes it)")]
+    Format,
+}
+
 fn unsafe_path(path: &Path, why: impl Into<String>) -> PkiError {
     PkiError::Unsafe {
         path: path.to_path_buf(),
@@ -823,8 +863,8 @@ fn load_crls_of(
         let signed = cas
             .iter()
             .map(|a| crl_issued_by(l, a))
-            .collect::<Result<Vec<bool>, String>>()
-            .map_err(why)?;
+            .collect::<Result<Vec<bool>, DerError>>()
+            .map_err(|e| why(e.to_string()))?;
         if !signed.contains(&true) {
             return Err(why(format!(
                 "revocation list not signed by the CA in {} (another CA's list, even one of the same name, would get every peer refused at the handshake)",
@@ -842,11 +882,11 @@ fn load_crls_of(
 pub fn key_matches(
     certs: &[CertificateDer<'static>],
     key: PrivateKeyDer<'static>,
-) -> Result<bool, String> {
+) -> Result<bool, DerError> {
     match rustls::sign::CertifiedKey::from_der(certs.to_vec(), key, &provider()) {
         Ok(_) => Ok(true),
         Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch)) => Ok(false),
-        Err(e) => Err(format!("not a key rustls can use: {e}")),
+        Err(e) => Err(DerError::Key(e)),
     }
 }
 
@@ -865,9 +905,9 @@ pub struct CertInfo {
 ///
 /// # Errors
 /// If it is not an X.509 certificate.
-pub fn cert_info(der: &CertificateDer<'_>) -> Result<CertInfo, String> {
-    let (_, x) = x509_parser::parse_x509_certificate(der.as_ref())
-        .map_err(|e| format!("not an X.509 certificate: {e}"))?;
+pub fn cert_info(der: &CertificateDer<'_>) -> Result<CertInfo, DerError> {
+    let (_, x) =
+        x509_parser::parse_x509_certificate(der.as_ref()).map_err(DerError::Certificate)?;
     Ok(CertInfo {
         not_before: x.validity().not_before.timestamp(),
         not_after: x.validity().not_after.timestamp(),
@@ -894,9 +934,8 @@ pub fn issued_by(cert: &CertificateDer<'_>, ca: &CertificateDer<'_>) -> bool {
 pub fn crl_issued_by(
     crl: &CertificateRevocationListDer<'_>,
     ca: &CertificateDer<'_>,
-) -> Result<bool, String> {
-    let (_, l) = x509_parser::parse_x509_crl(crl.as_ref())
-        .map_err(|e| format!("not a revocation list: {e}"))?;
+) -> Result<bool, DerError> {
+    let (_, l) = x509_parser::parse_x509_crl(crl.as_ref()).map_err(DerError::Crl)?;
     let Ok((_, a)) = x509_parser::parse_x509_certificate(ca.as_ref()) else {
         return Ok(false);
     };
@@ -1047,23 +1086,18 @@ fn common_name(der: &[u8]) -> Option<String> {
 ///
 /// # Errors
 /// Unreadable, readable or writable by group or others, not 64 hex digits.
-pub fn read_token_hash(path: &Path) -> Result<[u8; 32], String> {
+pub fn read_token_hash(path: &Path) -> Result<[u8; 32], TokenError> {
     use std::os::unix::fs::PermissionsExt as _;
-    let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let fail = |problem| TokenError {
+        path: path.to_path_buf(),
+        problem,
+    };
+    let meta = std::fs::metadata(path).map_err(|e| fail(TokenProblem::Read(e)))?;
     if meta.permissions().mode() & 0o077 != 0 {
-        return Err(format!(
-            "{}: mode {:o}: group and others must have no access (chmod 600)",
-            path.display(),
-            meta.permissions().mode() & 0o777
-        ));
+        return Err(fail(TokenProblem::Mode(meta.permissions().mode() & 0o777)));
     }
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    parse_hash(text.trim()).ok_or_else(|| {
-        format!(
-            "{}: expected the token's SHA-256 as 64 hex digits (sluice pki admin-token writes it)",
-            path.display()
-        )
-    })
+    let text = std::fs::read_to_string(path).map_err(|e| fail(TokenProblem::Read(e)))?;
+    parse_hash(text.trim()).ok_or_else(|| fail(TokenProblem::Format))
 }
 
 fn parse_hash(hex: &str) -> Option<[u8; 32]> {
@@ -1478,9 +1512,14 @@ pub(crate) mod tests {
         let f = dir.join("t.sha256");
         std::fs::write(&f, format!("{hex}\n")).unwrap();
         std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
-        assert!(read_token_hash(&f).unwrap_err().contains("chmod 600"));
+        assert!(
+            read_token_hash(&f)
+                .unwrap_err()
+                .to_string()
+                .contains("chmod 600")
+        );
         std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
-        assert_eq!(read_token_hash(&f), Ok(h));
+        assert_eq!(read_token_hash(&f).unwrap(), h);
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

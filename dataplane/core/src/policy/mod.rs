@@ -45,7 +45,11 @@ use std::{
     time::Duration,
 };
 
-use crate::{dns::Pattern, net::Prefix, process::ProcessPattern};
+use crate::{
+    dns::Pattern,
+    net::{Prefix, PrefixError},
+    process::ProcessPattern,
+};
 
 /// Most port-specific entries that can cover one destination prefix in a
 /// profile (the classifier's per-prefix list is this long).
@@ -89,8 +93,13 @@ impl Proto {
     ];
 }
 
+/// A protocol that did not parse (the text as written).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("`{0}` is not a protocol (tcp, udp, icmp, icmpv6, sctp or a number 1 to 255)")]
+pub struct ProtoError(pub String);
+
 impl FromStr for Proto {
-    type Err = String;
+    type Err = ProtoError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let l = s.trim().to_ascii_lowercase();
@@ -99,9 +108,7 @@ impl FromStr for Proto {
         }
         match l.parse::<u8>() {
             Ok(n) if n != 0 => Ok(Proto(n)),
-            _ => Err(format!(
-                "`{s}` is not a protocol (tcp, udp, icmp, icmpv6, sctp or a number 1 to 255)"
-            )),
+            _ => Err(ProtoError(s.to_string())),
         }
     }
 }
@@ -143,20 +150,40 @@ impl Entry {
     }
 }
 
+/// Why a destination entry did not parse.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum EntryError {
+    /// `[` without its `]` (the entry as written).
+    #[error("`{0}`: missing `]` after the bracketed prefix")]
+    Bracket(String),
+    /// Something other than `:port` after `]` (the entry as written).
+    #[error("`{0}`: expected `:port` after `]`")]
+    AfterBracket(String),
+    /// The prefix did not parse.
+    #[error(transparent)]
+    Prefix(#[from] PrefixError),
+    /// Not a port from 1 to 65535 (the port as written).
+    #[error("`{0}` is not a port (1 to 65535)")]
+    Port(String),
+    /// The protocol did not parse.
+    #[error(transparent)]
+    Proto(#[from] ProtoError),
+}
+
 impl FromStr for Entry {
-    type Err = String;
+    type Err = EntryError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let s = s.trim();
         let (prefix, rest) = if let Some(inner) = s.strip_prefix('[') {
             let (p, rest) = inner
                 .split_once(']')
-                .ok_or_else(|| format!("`{s}`: missing `]` after the bracketed prefix"))?;
+                .ok_or_else(|| EntryError::Bracket(s.to_string()))?;
             let rest = match rest {
                 "" => None,
                 r => Some(
                     r.strip_prefix(':')
-                        .ok_or_else(|| format!("`{s}`: expected `:port` after `]`"))?,
+                        .ok_or_else(|| EntryError::AfterBracket(s.to_string()))?,
                 ),
             };
             (p, rest)
@@ -168,7 +195,7 @@ impl FromStr for Entry {
                 _ => (s, None),
             }
         };
-        let prefix: Prefix = prefix.parse().map_err(|e| format!("{e}"))?;
+        let prefix: Prefix = prefix.parse()?;
         let (port, proto) = match rest {
             None => (None, None),
             Some(r) => {
@@ -178,7 +205,7 @@ impl FromStr for Entry {
                 };
                 let port = match port.trim().parse::<u16>() {
                     Ok(p) if p != 0 => p,
-                    _ => return Err(format!("`{port}` is not a port (1 to 65535)")),
+                    _ => return Err(EntryError::Port(port.to_string())),
                 };
                 (Some(port), proto.map(str::parse::<Proto>).transpose()?)
             }
@@ -496,24 +523,39 @@ impl Policy {
     }
 
     /// Switches private-access tenant `name` on (and the others off).
-    pub fn switch_tenant(&mut self, name: &str) -> Result<(), String> {
+    ///
+    /// # Errors
+    /// No tenant of that name.
+    pub fn switch_tenant(&mut self, name: &str) -> Result<(), UnknownTenant> {
         let i = self
             .tenants
             .iter()
             .position(|t| t.name == name)
-            .ok_or_else(|| {
-                let names: Vec<_> = self.tenants.iter().map(|t| t.name.as_str()).collect();
-                format!(
-                    "no private-access tenant `{name}` (configured: {})",
-                    if names.is_empty() {
-                        "none".to_string()
-                    } else {
-                        names.join(", ")
-                    }
-                )
+            .ok_or_else(|| UnknownTenant {
+                name: name.to_string(),
+                configured: self.tenants.iter().map(|t| t.name.clone()).collect(),
             })?;
         self.active_tenant = Some(i);
         Ok(())
+    }
+}
+
+/// [`Policy::switch_tenant`] was given a name no private-access tenant
+/// has.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("no private-access tenant `{name}` (configured: {})", names_or_none(.configured))]
+pub struct UnknownTenant {
+    /// The name asked for.
+    pub name: String,
+    /// The tenants the policy has.
+    pub configured: Vec<String>,
+}
+
+fn names_or_none(names: &[String]) -> String {
+    if names.is_empty() {
+        "none".to_string()
+    } else {
+        names.join(", ")
     }
 }
 

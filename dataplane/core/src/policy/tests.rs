@@ -188,6 +188,27 @@ fn entries_parse_and_print() {
     ] {
         assert!(bad.parse::<Entry>().is_err(), "{bad} must be refused");
     }
+    let refused = |s: &str| s.parse::<Entry>().unwrap_err().to_string();
+    assert_eq!(
+        refused("[2001:db8::/32"),
+        "`[2001:db8::/32`: missing `]` after the bracketed prefix"
+    );
+    assert_eq!(
+        refused("[2001:db8::/32]443"),
+        "`[2001:db8::/32]443`: expected `:port` after `]`"
+    );
+    assert_eq!(
+        refused("203.0.113.0/24:0"),
+        "`0` is not a port (1 to 65535)"
+    );
+    assert_eq!(
+        refused("203.0.113.0/24:443:gre-ish"),
+        "`gre-ish` is not a protocol (tcp, udp, icmp, icmpv6, sctp or a number 1 to 255)"
+    );
+    assert_eq!(
+        refused("2001:db8::/129"),
+        "2001:db8::/129".parse::<Prefix>().unwrap_err().to_string()
+    );
 }
 
 #[test]
@@ -307,9 +328,14 @@ fn the_decision_order_is_vpn_private_sport_then_entries() {
     q.switch_tenant("partner").unwrap();
     let f = flow("192.0.2.20", "198.51.100.200", 443, Proto::TCP);
     assert_eq!(eval::decide(&q, 1, &f).verdict, Verdict::Tunnel(2));
+    assert_eq!(
+        policy().switch_tenant("nobody").unwrap_err().to_string(),
+        "no private-access tenant `nobody` (configured: corp, partner)"
+    );
     assert!(
         q.switch_tenant("nobody")
             .unwrap_err()
+            .to_string()
             .contains("corp, partner")
     );
 }

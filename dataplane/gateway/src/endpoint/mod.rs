@@ -41,7 +41,7 @@ use sluice_common::{FlowVerdict, SockConfig, SockCounter};
 use self::exec::{ExecTracker, FactsCache, MountDevs};
 use crate::{
     config::{EndpointConfig, GatewayConfig},
-    ebpf::{Classifier, SockHooks},
+    ebpf::{Classifier, EbpfError, SockHooks},
     gateway::{fault, supervise::Heartbeat},
     net::Prefix,
     process::ProcessSet,
@@ -161,13 +161,69 @@ impl std::fmt::Debug for Endpoint {
     }
 }
 
-/// Errors starting endpoint mode.
+/// Errors starting (or detaching) endpoint mode.
 #[derive(Debug, thiserror::Error)]
-#[error("endpoint mode: {0}")]
-pub struct EndpointError(String);
+pub enum EndpointError {
+    /// A step failed: what was being done, and the error.
+    #[error("endpoint mode: {what}: {source}")]
+    Step {
+        /// What was being done (a configuration field, a file, an action).
+        what: String,
+        /// The error.
+        source: StepError,
+    },
+    /// sluice runs in a PID namespace of its own.
+    #[error(
+        "endpoint mode: sluice must run in the initial PID namespace (the socket hooks key processes by the kernel's ids)"
+    )]
+    PidNamespace,
+    /// A thread panicked holding the classifier.
+    #[error("endpoint mode: classifier lock poisoned")]
+    Poisoned,
+    /// The socket hooks' exec-verdict map was already taken.
+    #[error("endpoint mode: the exec-verdict map was taken")]
+    GrantsTaken,
+    /// A tracepoint's record is not laid out as the hooks read it.
+    #[error("endpoint mode: {}: {why}", format.display())]
+    TraceFormat {
+        /// The tracepoint's format file.
+        format: PathBuf,
+        /// What does not match.
+        why: String,
+    },
+}
 
-fn fail(what: &str, e: impl std::fmt::Display) -> EndpointError {
-    EndpointError(format!("{what}: {e}"))
+/// The error of one step of [`EndpointError::Step`].
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    /// A system call or file.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// A host command or host state.
+    #[error(transparent)]
+    Host(#[from] crate::host::HostError),
+    /// The endpoint's device or routing.
+    #[error(transparent)]
+    Net(#[from] net::NetError),
+    /// The kernel's BTF.
+    #[error(transparent)]
+    Btf(#[from] btf::BtfError),
+    /// The classifier.
+    #[error(transparent)]
+    Classifier(#[from] EbpfError),
+    /// The classifier, told with its error's causes.
+    #[error("{error}: {}", crate::ebpf::error_chain(.error))]
+    ClassifierChain {
+        /// The classifier's error.
+        error: EbpfError,
+    },
+}
+
+fn fail(what: &str, e: impl Into<StepError>) -> EndpointError {
+    EndpointError::Step {
+        what: what.to_string(),
+        source: e.into(),
+    }
 }
 
 impl Endpoint {
@@ -186,9 +242,7 @@ impl Endpoint {
     ) -> Result<Self, EndpointError> {
         // Process ids in the kernel's maps are the initial namespace's.
         if !fanotify::in_initial_pid_namespace().map_err(|e| fail("/proc/self/ns/pid", e))? {
-            return Err(EndpointError(
-                "sluice must run in the initial PID namespace (the socket hooks key processes by the kernel's ids)".into(),
-            ));
+            return Err(EndpointError::PidNamespace);
         }
         net::check_interface(cfg).map_err(|e| fail("endpoint.interface", e))?;
         let edge = net::host_prefix(gw.tunnel.edge.ip());
@@ -234,23 +288,14 @@ impl Endpoint {
         crate::host::ensure_bpffs(&gw.bpffs).map_err(|e| fail("bpffs", e))?;
         let pins = crate::host::endpoint_pin_dir(&gw.bpffs).map_err(|e| fail("bpffs", e))?;
         let mut hooks = {
-            let mut c = main
-                .lock()
-                .map_err(|_| EndpointError("classifier lock poisoned".into()))?;
+            let mut c = main.lock().map_err(|_| EndpointError::Poisoned)?;
             c.set_exec_file(offsets)
                 .map_err(|e| fail("exec verdicts", e))?;
             c.attach_sock_hooks(&cgroup, sock_cfg, Some(&pins))
-                .map_err(|e| {
-                    fail(
-                        "socket hooks",
-                        format!("{e}: {}", crate::ebpf::error_chain(&e)),
-                    )
-                })?
+                .map_err(|e| fail("socket hooks", StepError::ClassifierChain { error: e }))?
         };
         let self_pid = std::process::id();
-        let grants = hooks
-            .take_grants()
-            .ok_or_else(|| EndpointError("the exec-verdict map was taken".into()))?;
+        let grants = hooks.take_grants().ok_or(EndpointError::GrantsTaken)?;
         hooks
             .set_process(self_pid, FlowVerdict::BypassSelf)
             .map_err(|e| fail("marking sluice's own sockets", e))?;
@@ -356,7 +401,7 @@ impl Endpoint {
         .map_err(|e| {
             fail(
                 "attaching the classifier",
-                format!("{e}: {}", crate::ebpf::error_chain(&e)),
+                StepError::ClassifierChain { error: e },
             )
         })?;
         Ok(())
@@ -748,13 +793,18 @@ fn fork_child_pid_offset(tracefs: &Path) -> Result<u32, EndpointError> {
         .and_then(|l| l.split("offset:").nth(1))
         .and_then(|s| s.split(';').next())
         .and_then(|s| s.trim().parse::<u32>().ok())
-        .ok_or_else(|| EndpointError(format!("{}: no child_pid field", p.display())))?;
+        .ok_or_else(|| EndpointError::TraceFormat {
+            format: p.clone(),
+            why: "no child_pid field".into(),
+        })?;
     if !sluice_common::FORK_CHILD_PID_OFFSETS.contains(&off) {
-        return Err(EndpointError(format!(
-            "{}: child_pid at offset {off}, the fork hook knows {:?}",
-            p.display(),
-            sluice_common::FORK_CHILD_PID_OFFSETS
-        )));
+        return Err(EndpointError::TraceFormat {
+            format: p,
+            why: format!(
+                "child_pid at offset {off}, the fork hook knows {:?}",
+                sluice_common::FORK_CHILD_PID_OFFSETS
+            ),
+        });
     }
     Ok(off)
 }
@@ -770,11 +820,13 @@ fn check_exec_format(tracefs: &Path) -> Result<(), EndpointError> {
     {
         Ok(())
     } else {
-        Err(EndpointError(format!(
-            "{}: old_pid is not at offset {}",
-            p.display(),
-            sluice_common::EXEC_OLD_PID_OFFSET
-        )))
+        Err(EndpointError::TraceFormat {
+            format: p,
+            why: format!(
+                "old_pid is not at offset {}",
+                sluice_common::EXEC_OLD_PID_OFFSET
+            ),
+        })
     }
 }
 

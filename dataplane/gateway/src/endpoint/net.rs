@@ -21,12 +21,48 @@
 //!
 //! Built with `ip -batch` (iproute2) and removed the same way; leftovers
 //! of a run that did not stop cleanly are removed first.
-use std::net::IpAddr;
+use std::{io, net::IpAddr};
 
 use crate::{
     config::{EndpointConfig, EndpointPath},
+    host::HostError,
     net::Prefix,
 };
+
+/// Why the endpoint's device or routing could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    /// An `ip` command (or reading the host's state) failed.
+    #[error(transparent)]
+    Host(#[from] HostError),
+    /// The device name is taken by a device sluice must not delete.
+    #[error("{name} exists (driver {driver}): name a device sluice may create and delete")]
+    Occupied {
+        /// The device.
+        name: String,
+        /// Its driver.
+        driver: String,
+    },
+    /// The device name is taken, and by what is unknown.
+    #[error("{name} exists and its driver is unknown: {source}")]
+    UnknownDriver {
+        /// The device.
+        name: String,
+        /// Why the driver could not be read.
+        source: io::Error,
+    },
+    /// `ip rule show` does not list these rules after adding them.
+    #[error("rules not added: {}", .0.join("; "))]
+    RulesNotAdded(Vec<String>),
+    /// The veth device's transmit checksum offload could not be turned off.
+    #[error("turning off transmit checksum offload on {iface}: {source}")]
+    TxChecksum {
+        /// The device.
+        iface: String,
+        /// ethtool's error.
+        source: io::Error,
+    },
+}
 
 /// The IPv4 next hop of the tunnel route: link-local, never on the wire
 /// (its neighbour entry is static: sluice's side of the pair).
@@ -42,7 +78,7 @@ pub fn peer_name(cfg: &EndpointConfig) -> String {
 /// Runs `cmds` with `ip -batch`, each line in the family its `-4 ` or
 /// `-6 ` prefix names (batch lines cannot carry options themselves): all
 /// unprefixed lines first, then IPv4, then IPv6.
-fn ip_batch(cmds: &[String], ignore_errors: bool) -> Result<(), String> {
+fn ip_batch(cmds: &[String], ignore_errors: bool) -> Result<(), NetError> {
     for fam in ["", "-4", "-6"] {
         let lines: Vec<&str> = cmds
             .iter()
@@ -66,7 +102,7 @@ fn ip_batch(cmds: &[String], ignore_errors: bool) -> Result<(), String> {
         match crate::host::run(&argv, Some(&script)) {
             Ok(_) => {}
             Err(_) if ignore_errors => {}
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return Err(e.into()),
         }
     }
     Ok(())
@@ -186,11 +222,13 @@ pub fn fail_closed(cfg: &EndpointConfig) {
 
 /// The rules of [`rules`] (those `keep` selects) that `ip rule show` does
 /// not list, by their priority.
-fn missing_rules(cfg: &EndpointConfig, keep: impl Fn(&str) -> bool) -> Result<Vec<String>, String> {
+fn missing_rules(
+    cfg: &EndpointConfig,
+    keep: impl Fn(&str) -> bool,
+) -> Result<Vec<String>, NetError> {
     let mut missing = Vec::new();
     for fam in ["-4", "-6"] {
-        let out =
-            crate::host::run(&["ip", fam, "rule", "show"], None).map_err(|e| e.to_string())?;
+        let out = crate::host::run(&["ip", fam, "rule", "show"], None)?;
         for r in rules(cfg).iter().filter(|r| r.starts_with(fam) && keep(r)) {
             let pref = r.split_whitespace().nth(2).unwrap_or_default();
             if !out.lines().any(|l| l.starts_with(&format!("{pref}:"))) {
@@ -203,17 +241,24 @@ fn missing_rules(cfg: &EndpointConfig, keep: impl Fn(&str) -> bool) -> Result<Ve
 
 /// The endpoint's device name must be free, or a TUN or veth device (a
 /// crashed run's): sluice deletes and recreates it.
-pub fn check_interface(cfg: &EndpointConfig) -> Result<(), String> {
+///
+/// # Errors
+/// The name is another kind of device's, or its driver cannot be read.
+pub fn check_interface(cfg: &EndpointConfig) -> Result<(), NetError> {
     let name = &cfg.interface;
     if !std::path::Path::new(&format!("/sys/class/net/{name}")).exists() {
         return Ok(());
     }
     match crate::sys::ethtool::driver(name) {
         Ok(d) if d == "tun" || d == "veth" => Ok(()),
-        Ok(d) => Err(format!(
-            "{name} exists (driver {d}): name a device sluice may create and delete"
-        )),
-        Err(e) => Err(format!("{name} exists and its driver is unknown: {e}")),
+        Ok(driver) => Err(NetError::Occupied {
+            name: name.clone(),
+            driver,
+        }),
+        Err(source) => Err(NetError::UnknownDriver {
+            name: name.clone(),
+            source,
+        }),
     }
 }
 
@@ -221,7 +266,10 @@ pub fn check_interface(cfg: &EndpointConfig) -> Result<(), String> {
 /// TUN device is already open: its descriptor is sluice's). `direct` are
 /// the prefixes that bypass whatever the socket (configured prefixes, VPN
 /// gateways, the edge).
-pub fn setup(cfg: &EndpointConfig, routes: &[(Prefix, bool)]) -> Result<(), String> {
+///
+/// # Errors
+/// An `ip` command failed, or a rule is not listed after adding it.
+pub fn setup(cfg: &EndpointConfig, routes: &[(Prefix, bool)]) -> Result<(), NetError> {
     let host = &cfg.interface;
     let peer = peer_name(cfg);
     let t = cfg.table;
@@ -274,7 +322,7 @@ pub fn setup(cfg: &EndpointConfig, routes: &[(Prefix, bool)]) -> Result<(), Stri
     let _ = ip_batch(&rule_cmds(cfg, "add", |_| true), true);
     let missing = missing_rules(cfg, |_| true)?;
     if !missing.is_empty() {
-        return Err(format!("rules not added: {}", missing.join("; ")));
+        return Err(NetError::RulesNotAdded(missing));
     }
     if veth {
         veth_extras(cfg)?;
@@ -326,11 +374,14 @@ fn route_cmds(cfg: &EndpointConfig, verb: &str, routes: &[(Prefix, bool)]) -> Ve
 /// Moves the tunnel table from `old` to `new` routes: every new route is
 /// put in place first (`replace`: a prefix changing sides flips in one
 /// step), then the routes no longer wanted go.
+///
+/// # Errors
+/// An `ip` command putting the new routes in place failed.
 pub fn update_routes(
     cfg: &EndpointConfig,
     old: &[(Prefix, bool)],
     new: &[(Prefix, bool)],
-) -> Result<(), String> {
+) -> Result<(), NetError> {
     let mut v = route_cmds(cfg, "replace", new);
     let stale: Vec<(Prefix, bool)> = old
         .iter()
@@ -349,12 +400,11 @@ pub fn update_routes(
 }
 
 /// The veth path's static neighbours and checksum setting.
-fn veth_extras(cfg: &EndpointConfig) -> Result<(), String> {
+fn veth_extras(cfg: &EndpointConfig) -> Result<(), NetError> {
     let host = &cfg.interface;
     let peer = peer_name(cfg);
     // The static neighbour entries need sluice's side's MAC.
-    let mac =
-        crate::wire::ethernet::mac_to_string(&crate::host::mac(&peer).map_err(|e| e.to_string())?);
+    let mac = crate::wire::ethernet::mac_to_string(&crate::host::mac(&peer)?);
     let mut n = vec![format!(
         "-4 neigh replace {NEXT_HOP_V4} lladdr {mac} dev {host} nud permanent"
     )];
@@ -366,8 +416,10 @@ fn veth_extras(cfg: &EndpointConfig) -> Result<(), String> {
     ip_batch(&n, false)?;
     // The host's packets must leave with complete checksums: a partial
     // (offloaded) one stays partial through generic XDP and AF_XDP.
-    crate::sys::ethtool::set_tx_checksum(host, false)
-        .map_err(|e| format!("turning off transmit checksum offload on {host}: {e}"))
+    crate::sys::ethtool::set_tx_checksum(host, false).map_err(|source| NetError::TxChecksum {
+        iface: host.clone(),
+        source,
+    })
 }
 
 /// The host prefix of `a`.
@@ -379,6 +431,33 @@ pub fn host_prefix(a: IpAddr) -> Prefix {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn errors_keep_their_words() {
+        let occupied = NetError::Occupied {
+            name: "ep0".into(),
+            driver: "bridge".into(),
+        };
+        assert_eq!(
+            occupied.to_string(),
+            "ep0 exists (driver bridge): name a device sluice may create and delete"
+        );
+        let missing =
+            NetError::RulesNotAdded(vec!["-4 pref 1000 a".into(), "-6 pref 1000 a".into()]);
+        assert_eq!(
+            missing.to_string(),
+            "rules not added: -4 pref 1000 a; -6 pref 1000 a"
+        );
+        let csum = NetError::TxChecksum {
+            iface: "ep0".into(),
+            source: io::Error::from_raw_os_error(libc::EPERM),
+        };
+        assert!(
+            csum.to_string()
+                .starts_with("turning off transmit checksum offload on ep0: "),
+            "{csum}"
+        );
+    }
 
     #[test]
     fn teardown_covers_every_rule_and_both_tables() {

@@ -11,6 +11,7 @@
 //! supervising thread: if either server stops, the other is stopped and
 //! the thread ends, which the gateway sees as a failure.
 use std::{
+    fmt::Write as _,
     io,
     sync::{
         Arc, Mutex,
@@ -172,7 +173,10 @@ fn admin_server(
             .token
             .as_deref()
             .ok_or_else(|| field("admin_token", "needed with admin_listen".into()))?;
-        let hash = crate::admin::read_token_hash(token).map_err(|e| field("admin_token", e))?;
+        let hash = crate::admin::read_token_hash(token).map_err(|e| GatewayError::Io {
+            what: "gateway.admin_token".into(),
+            source: io::Error::other(e),
+        })?;
         server
             .listen_tcp(addr, Access::Token(hash), Hosts::local(&a.http_hosts))
             .map_err(|e| field("admin_listen", format!("{addr}: {e}")))?;
@@ -197,51 +201,31 @@ fn handle(
             return Reply::text(e.status());
         }
     };
-    let result = |r: Result<String, String>, out: &mut String| match r {
-        Ok(t) => {
-            out.push_str(&t);
-            Reply::text(200)
-        }
-        Err(e) => {
-            out.push_str(&e);
-            out.push('\n');
-            Reply::text(409)
-        }
-    };
     match req {
         Request::Status => {
             control.status(out);
             Reply::text(200)
         }
-        Request::Reload => result(
+        Request::Reload => text(
             control
                 .reload()
                 .map(|r| format!("generation {} in force ({:?})\n", r.generation, r.total)),
+            409,
             out,
         ),
-        Request::Tenant { name } => result(
+        Request::Tenant { name } => text(
             control.switch_tenant(&name).map(|r| {
                 format!(
                     "tenant {name} switched on: generation {} ({:?})\n",
                     r.generation, r.total
                 )
             }),
+            409,
             out,
         ),
-        Request::Explain(e) => match e
-            .query()
-            .map_err(|e| e.to_string())
-            .and_then(|q| control.explain(&q))
-        {
-            Ok(t) => {
-                out.push_str(&t);
-                Reply::text(200)
-            }
-            Err(e) => {
-                out.push_str(&e);
-                out.push('\n');
-                Reply::text(400)
-            }
+        Request::Explain(e) => match e.query() {
+            Ok(q) => text(control.explain(&q), 400, out),
+            Err(e) => text(Err::<String, _>(e), 400, out),
         },
         Request::Flows => {
             match procs {
@@ -253,6 +237,20 @@ fn handle(
         Request::Domains => {
             domains.list(out);
             Reply::text(200)
+        }
+    }
+}
+
+/// `r`'s text with 200, or its error's line with `status`.
+fn text(r: Result<String, impl std::fmt::Display>, status: u16, out: &mut String) -> Reply {
+    match r {
+        Ok(t) => {
+            out.push_str(&t);
+            Reply::text(200)
+        }
+        Err(e) => {
+            let _ = writeln!(out, "{e}");
+            Reply::text(status)
         }
     }
 }

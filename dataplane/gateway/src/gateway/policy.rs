@@ -27,16 +27,77 @@ use std::{
 
 use super::domains::DomainBypass;
 use crate::{
-    config::{GatewayConfig, TunnelConfig},
-    ebpf::Classifier,
+    config::{ConfigError, GatewayConfig, TunnelConfig},
+    ebpf::{Classifier, EbpfError},
     metrics::sample,
     policy::{
-        Policy, Proto,
-        compile::{DomainMatcher, Tables, domain_patterns},
+        Policy, Proto, ProtoError, UnknownTenant,
+        compile::{CompileError, DomainMatcher, Tables, domain_patterns},
         eval::{self, Flow, Runtime},
         trusted::NetworkState,
     },
 };
+
+/// Why a policy was not put in force (the previous one keeps running).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum PolicyError {
+    /// It does not compile into the classifier's tables.
+    #[error(transparent)]
+    Compile(#[from] CompileError),
+    /// The configuration file did not load (reload).
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The classifier refused the new tables (told by its error's causes).
+    #[error("{}", crate::ebpf::error_chain(.0))]
+    Classifier(EbpfError),
+    /// A reload would change a tunnel: that takes a restart.
+    #[error(
+        "{}: the tunnels changed (tenants: {}): a tunnel's edge or credentials take a restart",
+        path.display(),
+        tenants.join(", ")
+    )]
+    TunnelsChanged {
+        /// The configuration file.
+        path: PathBuf,
+        /// The tenants of the file as it is now.
+        tenants: Vec<String>,
+    },
+    /// A reload changes settings that only a restart applies.
+    #[error("{}: {why}", path.display())]
+    NeedsRestart {
+        /// The configuration file.
+        path: PathBuf,
+        /// Which settings.
+        why: &'static str,
+    },
+    /// A tenant switch named no configured tenant.
+    #[error(transparent)]
+    Tenant(#[from] UnknownTenant),
+}
+
+/// Why an explain query was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum FlowQueryError {
+    /// A value of the wrong kind (`what`: "an address", "a port").
+    #[error("{key}={value}: not {what}")]
+    Value {
+        /// The parameter.
+        key: String,
+        /// Its value.
+        value: String,
+        /// What it must be.
+        what: &'static str,
+    },
+    /// `proto=` is not a protocol.
+    #[error(transparent)]
+    Proto(#[from] ProtoError),
+    /// A parameter the query does not have.
+    #[error("unknown parameter `{0}`")]
+    Unknown(String),
+    /// `src` or `dst` is missing.
+    #[error("src and dst are required")]
+    Missing,
+}
 
 /// How long a tunnel must stay up before a new outage gets a new
 /// captive-portal grace. A tunnel that drops again sooner (a flapping
@@ -302,6 +363,7 @@ impl PolicyControl {
         classifier: Arc<Mutex<Classifier>>,
     ) -> Result<Arc<Self>, String> {
         let domains = DomainBypass::new(&cfg.domains, classifier.clone());
+        // Text: `GatewayError::Policy` holds a `String`.
         let tables = Tables::compile(&cfg.policy).map_err(|e| e.to_string())?;
         let published = Arc::new(Published {
             generation: AtomicU64::new(0),
@@ -334,7 +396,9 @@ impl PolicyControl {
             serial: Mutex::new(()),
             outages_file: Mutex::new(None),
         });
-        control.apply(cfg.policy.clone(), "start")?;
+        control
+            .apply(cfg.policy.clone(), "start")
+            .map_err(|e| e.to_string())?;
         Ok(control)
     }
 
@@ -429,7 +493,7 @@ impl PolicyControl {
 
     /// Compiles `policy`, writes it into the idle slot, swaps it in and
     /// publishes it. On error nothing changed: the old policy runs on.
-    pub(crate) fn apply(&self, policy: Policy, why: &str) -> Result<SwapReport, String> {
+    pub(crate) fn apply(&self, policy: Policy, why: &str) -> Result<SwapReport, PolicyError> {
         let _serial = self
             .serial
             .lock()
@@ -456,15 +520,15 @@ impl PolicyControl {
             }
             Err(e) => {
                 inner.failures += 1;
-                inner.last_error = Some(e.clone());
+                inner.last_error = Some(e.to_string());
                 log::error!("policy ({why}) refused, the previous one keeps running: {e}");
             }
         }
         result
     }
 
-    fn swap(&self, policy: Policy, why: &str, started: Instant) -> Result<SwapReport, String> {
-        let tables = Tables::compile(&policy).map_err(|e| e.to_string())?;
+    fn swap(&self, policy: Policy, why: &str, started: Instant) -> Result<SwapReport, PolicyError> {
+        let tables = Tables::compile(&policy)?;
         // The forwarding profile's action for the current network state
         // (off-trusted until detection says otherwise, and always without
         // criteria), under the new policy: it flips with the tables.
@@ -488,7 +552,7 @@ impl PolicyControl {
                     Ok((info, g, t.elapsed()))
                 },
             )
-            .map_err(|e| crate::ebpf::error_chain(&e))?;
+            .map_err(PolicyError::Classifier)?;
         // This host's own flows: the socket hooks' bypass trie.
         let local = &policy.profiles[tables.local_profile];
         let direct: Vec<_> = tables
@@ -542,22 +606,22 @@ impl PolicyControl {
     /// Reads the file again and swaps its policy in, unless it is invalid
     /// or changes a tunnel. A tenant switched at run time stays on if the
     /// new policy still has it.
-    pub(crate) fn reload(&self) -> Result<SwapReport, String> {
+    pub(crate) fn reload(&self) -> Result<SwapReport, PolicyError> {
         let result = self.reloaded_policy();
         match result {
             Ok(p) => self.apply(p, "reload"),
             Err(e) => {
                 let mut inner = self.inner();
                 inner.failures += 1;
-                inner.last_error = Some(e.clone());
+                inner.last_error = Some(e.to_string());
                 log::error!("policy reload refused, the previous policy keeps running: {e}");
                 Err(e)
             }
         }
     }
 
-    fn reloaded_policy(&self) -> Result<Policy, String> {
-        let cfg = GatewayConfig::load(&self.path).map_err(|e| e.to_string())?;
+    fn reloaded_policy(&self) -> Result<Policy, PolicyError> {
+        let cfg = GatewayConfig::load(&self.path)?;
         let new = tunnels(&cfg);
         let same = new.len() == self.tunnels.len()
             && new
@@ -565,18 +629,17 @@ impl PolicyControl {
                 .zip(&self.tunnels)
                 .all(|((_, a), b)| same_tunnel(a, b));
         if !same {
-            return Err(format!(
-                "{}: the tunnels changed (tenants: {}): a tunnel's edge or credentials take a restart",
-                self.path.display(),
-                new.iter()
-                    .map(|(n, _)| n.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ));
+            return Err(PolicyError::TunnelsChanged {
+                path: self.path.clone(),
+                tenants: new.into_iter().map(|(n, _)| n).collect(),
+            });
         }
         let running = self.policy();
         if let Some(why) = needs_restart(&self.start, &cfg) {
-            return Err(format!("{}: {why}", self.path.display()));
+            return Err(PolicyError::NeedsRestart {
+                path: self.path.clone(),
+                why,
+            });
         }
         let mut policy = cfg.policy;
         if self.inner().switched
@@ -590,7 +653,7 @@ impl PolicyControl {
     }
 
     /// Switches private-access tenant `name` on (the others off).
-    pub(crate) fn switch_tenant(&self, name: &str) -> Result<SwapReport, String> {
+    pub(crate) fn switch_tenant(&self, name: &str) -> Result<SwapReport, PolicyError> {
         let mut policy = (*self.policy()).clone();
         policy.switch_tenant(name)?;
         let r = self.apply(policy, &format!("tenant {name} switched on"))?;
@@ -696,7 +759,7 @@ impl PolicyControl {
 
     /// `GET /policy/explain?src=..&dst=..&dport=..[&sport=..][&proto=..]
     /// [&process=..][&domain=..][&local=1]`.
-    pub(crate) fn explain(&self, query: &str) -> Result<String, String> {
+    pub(crate) fn explain(&self, query: &str) -> Result<String, FlowQueryError> {
         let flow = parse_flow(query)?;
         let policy = self.policy();
         Ok(eval::explain(&policy, &flow, &self.runtime()).to_string())
@@ -827,13 +890,17 @@ impl PolicyControl {
 
 /// A flow from `src=..&dst=..&...` (percent-decoding not needed: addresses,
 /// numbers, names and paths without spaces).
-fn parse_flow(query: &str) -> Result<Flow, String> {
+fn parse_flow(query: &str) -> Result<Flow, FlowQueryError> {
     let unset = IpAddr::from([0u8, 0, 0, 0]);
     let mut f = Flow::new(unset, unset, 0, 0, Proto::TCP);
     let (mut src, mut dst) = (false, false);
     for kv in query.split('&').filter(|s| !s.is_empty()) {
         let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-        let bad = |what: &str| format!("{k}={v}: not {what}");
+        let bad = |what| FlowQueryError::Value {
+            key: k.to_string(),
+            value: v.to_string(),
+            what,
+        };
         match k {
             "src" => {
                 f.src = v.parse().map_err(|_| bad("an address"))?;
@@ -849,11 +916,11 @@ fn parse_flow(query: &str) -> Result<Flow, String> {
             "process" => f.process = Some(v.to_string()),
             "domain" => f.domain = Some(v.to_string()),
             "local" => f.local = v == "1" || v == "true",
-            _ => return Err(format!("unknown parameter `{k}`")),
+            _ => return Err(FlowQueryError::Unknown(k.to_string())),
         }
     }
     if !(src && dst) {
-        return Err("src and dst are required".into());
+        return Err(FlowQueryError::Missing);
     }
     Ok(f)
 }
@@ -861,6 +928,26 @@ fn parse_flow(query: &str) -> Result<Flow, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn explain_queries_are_refused_with_the_same_words() {
+        let refused = |q: &str| parse_flow(q).unwrap_err().to_string();
+        assert_eq!(refused("src=x&dst=192.0.2.1"), "src=x: not an address");
+        assert_eq!(
+            refused("src=192.0.2.1&dst=192.0.2.2&dport=http"),
+            "dport=http: not a port"
+        );
+        assert_eq!(
+            refused("src=192.0.2.1&dst=192.0.2.2&proto=gre-ish"),
+            "`gre-ish` is not a protocol (tcp, udp, icmp, icmpv6, sctp or a number 1 to 255)"
+        );
+        assert_eq!(
+            refused("src=192.0.2.1&dst=192.0.2.2&via=x"),
+            "unknown parameter `via`"
+        );
+        assert_eq!(refused("src=192.0.2.1"), "src and dst are required");
+        assert!(parse_flow("src=192.0.2.1&dst=192.0.2.2&proto=udp").is_ok());
+    }
 
     const S: u64 = 1_000_000_000;
 
