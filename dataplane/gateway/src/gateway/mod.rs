@@ -22,6 +22,7 @@ mod domains;
 pub(crate) mod fault;
 mod neighbor;
 mod policy;
+pub use self::policy::PolicyError;
 mod stats;
 pub(crate) mod supervise;
 pub mod trusted;
@@ -97,7 +98,7 @@ pub enum GatewayError {
     Xsk(#[from] XskError),
     /// The policy could not be installed.
     #[error("installing the policy: {0}")]
-    Policy(String),
+    Policy(PolicyError),
     /// A worker, poller or the metrics listener could not start.
     #[error("{what}: {source}")]
     Io {
@@ -124,6 +125,9 @@ pub enum GatewayError {
     /// `sluice gateway detach` could not remove everything.
     #[error("detach: {0}")]
     Detach(String),
+    /// `sluice gateway detach` could not remove endpoint mode's pins.
+    #[error("detach: {0}")]
+    DetachEndpoint(crate::endpoint::EndpointError),
 }
 
 /// A running gateway.
@@ -296,7 +300,7 @@ impl Gateway {
             Some(lan) => {
                 let mut c = classifier
                     .lock()
-                    .map_err(|_| GatewayError::Policy("classifier lock poisoned".into()))?;
+                    .map_err(|_| GatewayError::Policy(PolicyError::Poisoned))?;
                 let (s, m, p) = attach_lan(cfg, lan, &mut c)?;
                 (s, m, Some(p))
             }
@@ -645,9 +649,7 @@ pub fn detach(cfg: &GatewayConfig) -> Result<Vec<String>, GatewayError> {
         done.push(format!("no XDP program on {lan}"));
     }
     if let Some(ep) = &cfg.endpoint {
-        done.extend(
-            crate::endpoint::detach(cfg, ep).map_err(|e| GatewayError::Detach(e.to_string()))?,
-        );
+        done.extend(crate::endpoint::detach(cfg, ep).map_err(GatewayError::DetachEndpoint)?);
     }
     Ok(done)
 }
@@ -778,7 +780,7 @@ fn start_endpoint(
         crate::endpoint::Endpoint::start(cfg, ep, classifier, reload).map_err(|e| {
             GatewayError::Io {
                 what: "starting endpoint mode".into(),
-                source: std::io::Error::other(e.to_string()),
+                source: std::io::Error::other(e),
             }
         })?;
     let peer = match ep.path {
@@ -797,7 +799,7 @@ fn start_endpoint(
             }
             endpoint.attach().map_err(|e| GatewayError::Io {
                 what: "endpoint mode".into(),
-                source: std::io::Error::other(e.to_string()),
+                source: std::io::Error::other(e),
             })?;
             Port::xsk(xsk, mac)
         };

@@ -40,7 +40,7 @@ use crate::{
 
 /// Why a policy was not put in force (the previous one keeps running).
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum PolicyError {
+pub enum PolicyError {
     /// It does not compile into the classifier's tables.
     #[error(transparent)]
     Compile(#[from] CompileError),
@@ -73,6 +73,9 @@ pub(crate) enum PolicyError {
     /// A tenant switch named no configured tenant.
     #[error(transparent)]
     Tenant(#[from] UnknownTenant),
+    /// A thread panicked holding the classifier.
+    #[error("classifier lock poisoned")]
+    Poisoned,
 }
 
 /// Why an explain query was refused.
@@ -361,10 +364,9 @@ impl PolicyControl {
     pub(crate) fn start(
         cfg: &GatewayConfig,
         classifier: Arc<Mutex<Classifier>>,
-    ) -> Result<Arc<Self>, String> {
+    ) -> Result<Arc<Self>, PolicyError> {
         let domains = DomainBypass::new(&cfg.domains, classifier.clone());
-        // Text: `GatewayError::Policy` holds a `String`.
-        let tables = Tables::compile(&cfg.policy).map_err(|e| e.to_string())?;
+        let tables = Tables::compile(&cfg.policy)?;
         let published = Arc::new(Published {
             generation: AtomicU64::new(0),
             current: Mutex::new(Arc::new(Active {
@@ -396,9 +398,7 @@ impl PolicyControl {
             serial: Mutex::new(()),
             outages_file: Mutex::new(None),
         });
-        control
-            .apply(cfg.policy.clone(), "start")
-            .map_err(|e| e.to_string())?;
+        control.apply(cfg.policy.clone(), "start")?;
         Ok(control)
     }
 
