@@ -325,7 +325,11 @@ fn fuzz_all(seconds: u32) -> Vec<String> {
         println!("fuzz: {t} for {seconds} s");
         let status = Command::new("cargo")
             .current_dir(&dir)
-            .args(["+nightly", "fuzz", "run", "--release", t])
+            // `--fuzz-dir`: the fuzz crate is not in a `fuzz/` folder beside
+            // a package manifest (cargo-fuzz's default), so name it.
+            .args(["+nightly", "fuzz", "run", "--release", "--fuzz-dir"])
+            .arg(&dir)
+            .arg(t)
             .arg(&scratch)
             .arg(&seeds)
             .args([
