@@ -12,13 +12,17 @@
 //! bypasses the name. A policy swap rewrites the idle slot's half of every
 //! entry before the slot goes live ([`DomainBypass::swap`]).
 //!
-//! Only DNS packets (UDP port 53, a few byte loads to tell) take the lock
-//! here; data packets never do.
+//! The workers never call in here: they hand DNS messages to the bypass
+//! thread through [`super::dns_relay`], and only that thread and the
+//! control side (swap, admin, metrics) take this lock.
 
 use std::{
     fmt::Write as _,
     net::{IpAddr, SocketAddr},
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
+    },
     time::{Duration, Instant},
 };
 
@@ -81,11 +85,23 @@ fn dns_packet<'a>(pkt: &ip::Packet<'a>, to_server: bool) -> Option<(Endpoints, D
     Some((ends(t.src_port, t.dst_port, Transport::Tcp)?, Dns::Tcp(seg)))
 }
 
-/// Shared by the workers and the main loop.
+/// Whether `pkt` is DNS traffic seen from its direction (`to_server`: a
+/// query's way): port 53 on the server's side. A few byte loads.
+pub(super) fn is_dns(pkt: &ip::Packet<'_>, to_server: bool) -> bool {
+    dns_packet(pkt, to_server).is_some()
+}
+
+/// Held by the bypass thread and the control side (swap, admin, metrics).
 #[derive(Debug)]
 pub(crate) struct DomainBypass {
     state: Mutex<State>,
     classifier: Arc<Mutex<Classifier>>,
+    /// Set while the policy names a domain: the workers divert DNS
+    /// messages to the bypass thread only then.
+    watching: Arc<AtomicBool>,
+    /// Answers the bypass thread could not hand back (a worker's return
+    /// queue was full).
+    lost_returns: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -132,7 +148,21 @@ impl DomainBypass {
                 overflow_since_log: 0,
             }),
             classifier,
+            watching: Arc::new(AtomicBool::new(false)),
+            lost_returns: AtomicU64::new(0),
         })
+    }
+
+    /// The flag the workers' relay reads: set while the policy names a
+    /// domain.
+    pub(crate) fn watching(&self) -> Arc<AtomicBool> {
+        self.watching.clone()
+    }
+
+    /// Answers the bypass thread dropped because their worker's return
+    /// queue was full.
+    pub(super) fn count_lost_returns(&self, n: u64) {
+        self.lost_returns.fetch_add(n, Relaxed);
     }
 
     /// A policy swap. `prepare` writes the policy into the idle slot with
@@ -184,6 +214,7 @@ impl DomainBypass {
         }
         s.observer
             .set_domains(DomainSet::new(patterns.iter().cloned()));
+        self.watching.store(!patterns.is_empty(), Relaxed);
         Ok(out)
     }
 
@@ -420,6 +451,12 @@ impl DomainBypass {
             "sluice_dns_bypass_expired_total",
             "addresses removed at the end of their TTL",
             s.table.expirations(),
+        );
+        counter(
+            out,
+            "sluice_dns_answers_lost_total",
+            "answers dropped because a worker's return queue was full",
+            self.lost_returns.load(Relaxed),
         );
         counter(
             out,

@@ -18,6 +18,7 @@
 //! Every thread is supervised ([`supervise`]): one that stops or stops
 //! making progress stops the gateway with [`EXIT_FAULT`], failing closed.
 mod admin;
+mod dns_relay;
 mod domains;
 pub(crate) mod fault;
 mod neighbor;
@@ -43,6 +44,7 @@ use std::{
 use sluice_common::Counter;
 
 use self::{
+    dns_relay::DnsRelay,
     domains::DomainBypass,
     policy::PolicyControl,
     stats::TenantStats,
@@ -143,7 +145,6 @@ pub struct Gateway {
     main_beat: Heartbeat,
     /// Set once the main loop has ended (after `stop`).
     main_done: Arc<AtomicBool>,
-    domains: Arc<DomainBypass>,
     control: Arc<PolicyControl>,
     tenant_stats: Vec<Arc<TenantStats>>,
     detector: Option<Arc<trusted::Detector>>,
@@ -322,6 +323,16 @@ impl Gateway {
                 watch_local_addrs(&c, addr_monitor, local, &stop, &b);
             })?;
         }
+        // The domain bypass's thread: the workers hand it DNS messages
+        // (worker `q` is slot `q`, the endpoint worker slot `queues`).
+        let relay = DnsRelay::new(queues as usize + 1, domains.watching());
+        {
+            let beat = Heartbeat::new();
+            let (r, d, stop, b) = (relay.clone(), domains.clone(), stop.clone(), beat.clone());
+            spawn_supervised(&registry, "sluice-dns", Some(beat), move || {
+                dns_relay::serve(&r, &d, &stop, &b);
+            })?;
+        }
 
         // One core per worker: its socket, session and cache stay warm.
         let cpus = match &cfg.cpus {
@@ -341,7 +352,7 @@ impl Gateway {
                 tunnels.clone(),
                 Route::Meta,
                 (st, ts),
-                Some(domains.clone()),
+                Some((&relay, q as usize)),
             )
             .map_err(io(&format!("worker for queue {q}")))?;
             let stop = stop.clone();
@@ -366,7 +377,7 @@ impl Gateway {
                 &tunnels,
                 &control,
                 &stop,
-                queues,
+                (queues, &relay),
                 &registry,
             )?;
             stats.push(w.0);
@@ -428,7 +439,6 @@ impl Gateway {
             watchdog,
             main_beat,
             main_done,
-            domains,
             control,
             tenant_stats,
             detector,
@@ -460,7 +470,6 @@ impl Gateway {
                 self.watchdog.fault(&f);
                 break;
             }
-            self.domains.expire(now);
             self.control.tunnels_up(&tunnels_up(&self.tenant_stats));
             if self.reload.swap(false, Relaxed) {
                 log::info!("SIGHUP: reloading the policy");
@@ -769,7 +778,7 @@ fn start_endpoint(
     tunnels: &[TunnelParams],
     control: &Arc<PolicyControl>,
     stop: &Arc<AtomicBool>,
-    queue: u32,
+    (queue, relay): (u32, &Arc<DnsRelay>),
     registry: &Registry,
 ) -> Result<(crate::endpoint::Endpoint, EndpointWorker), GatewayError> {
     let io = |what: String| move |source: std::io::Error| GatewayError::Io { what, source };
@@ -814,7 +823,7 @@ fn start_endpoint(
             tunnels.to_vec(),
             route,
             (st.clone(), ts.clone()),
-            Some(control.domains()),
+            Some((relay, queue as usize)),
         )
         .map_err(io(format!("endpoint worker on {peer}")))?;
         let stop = stop.clone();

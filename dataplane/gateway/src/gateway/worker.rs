@@ -12,14 +12,22 @@
 //! published compiled policy ([`super::policy::Published`]), refreshed
 //! once per batch when its generation changes.
 //!
-//! Per iteration: drain a batch from the RX ring, frame every packet into
+//! Per iteration: drain a batch from the port, frame every packet into
 //! its tunnel's session (coalesced into few TLS records), flush; read what
-//! the edges sent, give each packet an Ethernet header for its LAN host
-//! (the MAC from the kernel's neighbour table, the VLAN tags the host's
-//! frames came with: [`super::neighbor`]) and submit them to the TX ring as
-//! one batch. While a tunnel is down every
-//! frame for it is dropped and counted: traffic that must be tunnelled
-//! never leaves directly.
+//! the edges sent and deliver each packet to the LAN ([`deliver`]: on an
+//! `AF_XDP` port with an Ethernet header for its LAN host, the MAC from
+//! the kernel's neighbour table and the VLAN tags the host's frames came
+//! with, [`super::neighbor`], submitted to the TX ring as one batch; on a
+//! TUN port one `write` each). The loop, the tunnel side and the LAN
+//! side's checks and counters are written once; only reading a batch and
+//! emitting a packet differ by port. While a tunnel is down every frame
+//! for it is dropped and counted: traffic that must be tunnelled never
+//! leaves directly.
+//!
+//! DNS messages (the domain bypass) are handed to the bypass thread
+//! through [`super::dns_relay`]: a query's copy on its way in, an answer
+//! held until its addresses are installed, then delivered like any other
+//! packet. No lock, no map update on this thread.
 use std::{
     io,
     os::fd::AsRawFd as _,
@@ -33,7 +41,7 @@ use std::{
 use mio::{Events, Interest, Poll, Token, unix::SourceFd};
 
 use super::{
-    domains::DomainBypass,
+    dns_relay::{Divert, DnsPort, DnsRelay, Job, Kind},
     neighbor::{Neighbors, Source},
     policy::{Active, Published},
     stats::{TENANTS, TenantStats, WorkerStats},
@@ -46,7 +54,7 @@ use crate::{
         tun::Tun,
         xsk::XskSocket,
     },
-    tunnel::SendError,
+    tunnel::{SendError, Session},
     wire::{
         ethernet::{self, Mac},
         ip,
@@ -58,6 +66,8 @@ const XSK: Token = Token(0);
 const FIRST_TUNNEL: usize = 1;
 /// The neighbour-table socket (after the tunnels' tokens).
 const NEIGH: Token = Token(64);
+/// The domain bypass thread handed DNS answers back.
+const DNS_BACK: Token = Token(65);
 /// How long the start-up dump of the kernel's tables may take.
 const NEIGH_DUMP_TIMEOUT: Duration = Duration::from_secs(5);
 /// Netlink reads per batch (each holds many messages).
@@ -164,8 +174,9 @@ pub(super) struct Worker {
     cached: Option<(u64, Arc<Active>)>,
     stats: Arc<WorkerStats>,
     tenant_stats: Arc<TenantStats>,
-    /// The domain bypass, fed the DNS packets this worker carries.
-    domains: Option<Arc<DomainBypass>>,
+    /// The way to the domain bypass thread for the DNS messages this
+    /// worker carries.
+    dns: Option<DnsPort>,
     poll: Poll,
     /// Local tallies, published to `stats` once per iteration.
     tally: Tally,
@@ -201,6 +212,8 @@ struct Tally {
     drop_no_neighbor: u64,
     drop_tx_full: u64,
     drop_no_verdict: u64,
+    drop_dns_queue_full: u64,
+    dns_queries_unobserved: u64,
     neighbor_resolutions: u64,
     tenant_tx: [u64; TENANTS],
     tenant_rx: [u64; TENANTS],
@@ -226,6 +239,8 @@ impl Tally {
         add(&s.drop_no_neighbor, &mut self.drop_no_neighbor);
         add(&s.drop_tx_full, &mut self.drop_tx_full);
         add(&s.drop_no_verdict, &mut self.drop_no_verdict);
+        add(&s.drop_dns_queue_full, &mut self.drop_dns_queue_full);
+        add(&s.dns_queries_unobserved, &mut self.dns_queries_unobserved);
         add(&s.neighbor_resolutions, &mut self.neighbor_resolutions);
         for t in 0..TENANTS {
             add(&ts.tx_packets[t], &mut self.tenant_tx[t]);
@@ -236,19 +251,28 @@ impl Tally {
 
 impl Worker {
     /// A worker for `queue` over `port`, with one tunnel per entry of
-    /// `tunnels` (index: tenant). Registers the port with a new poller;
-    /// does not connect yet.
+    /// `tunnels` (index: tenant), handing DNS messages to the domain
+    /// bypass through `dns` (the relay and this worker's index in it).
+    /// Registers the port with a new poller; does not connect yet.
     pub(super) fn new(
         queue: u32,
         port: Port,
         tunnels: Vec<TunnelParams>,
         route: Route,
         stats: (Arc<WorkerStats>, Arc<TenantStats>),
-        domains: Option<Arc<DomainBypass>>,
+        dns: Option<(&Arc<DnsRelay>, usize)>,
     ) -> io::Result<Self> {
         let poll = Poll::new()?;
         poll.registry()
             .register(&mut SourceFd(&port.raw_fd()), XSK, Interest::READABLE)?;
+        let dns = match dns {
+            Some((relay, index)) => Some(
+                relay
+                    .port(index, mio::Waker::new(poll.registry(), DNS_BACK)?)
+                    .ok_or_else(|| io::Error::other(format!("DNS relay slot {index} taken")))?,
+            ),
+            None => None,
+        };
         let mut port = port;
         let routes = match (&port, &route) {
             (Port::Xsk { .. }, Route::Meta) => Some(RouteQuery::new()?),
@@ -283,7 +307,7 @@ impl Worker {
             cached: None,
             stats: stats.0,
             tenant_stats: stats.1,
-            domains,
+            dns,
             poll,
             tally: Tally::default(),
             next_xsk_stats: Instant::now(),
@@ -379,7 +403,8 @@ impl Worker {
                 break;
             }
             let now = Instant::now();
-            let timeout = if rx_more || tcp_more != 0 {
+            let returns = self.dns.as_ref().is_some_and(DnsPort::has_returns);
+            let timeout = if rx_more || tcp_more != 0 || returns {
                 Duration::ZERO
             } else {
                 self.next_wakeup(now)
@@ -401,6 +426,7 @@ impl Worker {
                     {
                         tcp_more |= 1 << (n - FIRST_TUNNEL);
                     }
+                    // DNS_BACK too: its queue is checked every turn.
                     _ => {}
                 }
             }
@@ -416,8 +442,12 @@ impl Worker {
                     tcp_more &= !(1 << t);
                 }
             }
+            self.dns_returns(now);
             for t in 0..self.tunnels.len() {
                 self.flush_tunnel(t, now);
+            }
+            if let Some(d) = &mut self.dns {
+                d.wake();
             }
             self.tally.publish(&self.stats, &self.tenant_stats);
             if now >= self.next_xsk_stats {
@@ -559,26 +589,9 @@ impl Worker {
         let t = &mut self.tally;
         let ntun = self.tunnels.len();
         let tunnels = &mut self.tunnels;
-        let domains = self.domains.as_deref();
-        // Into tunnel `i`: dropped unparsed while it is down.
+        let mut dns = self.dns.as_mut();
         let mut send = |i: usize, pkt: &ip::Packet<'_>, t: &mut Tally| {
-            let Some(sess) = tunnels.get_mut(i).and_then(Link::session_mut) else {
-                t.drop_down += 1;
-                return;
-            };
-            if let Some(d) = domains {
-                d.on_lan_packet(pkt);
-            }
-            match sess.send_packet(pkt.as_bytes()) {
-                Ok(()) => {
-                    t.tx_packets += 1;
-                    t.tx_bytes += pkt.as_bytes().len() as u64;
-                    t.tenant_tx[i] += 1;
-                }
-                Err(SendError::NotEstablished) => t.drop_down += 1,
-                Err(SendError::Backpressure) => t.drop_backpressure += 1,
-                Err(SendError::TooLarge) => t.drop_too_large += 1,
-            }
+            to_tunnel(tunnels, dns.as_deref_mut(), i, pkt, t);
         };
         match &mut self.port {
             Port::Xsk {
@@ -671,102 +684,49 @@ impl Worker {
         }
     }
 
-    /// Reads from tunnel `i` and transmits its packets to the LAN. Returns
+    /// Reads from tunnel `i` and delivers its packets to the LAN. Returns
     /// true if the read stopped at its budget.
     fn tunnel_to_lan(&mut self, i: usize, now: Instant) -> bool {
         self.sync_neighbors();
         let more = self.tunnels[i].receive(now);
-        let Some(sess) = self.tunnels[i].session_mut() else {
-            return false;
-        };
-        let t = &mut self.tally;
-        let domains = self.domains.as_deref();
-        let routes = &mut self.routes;
-        match &mut self.port {
-            Port::Xsk {
-                xsk,
-                mac,
-                neighbors,
-                vlans,
-            } => {
-                let vlans = *vlans;
-                // `tx` reaps the completion ring before reserving frames.
-                let mut tx = xsk.tx(TX_BATCH);
-                while let Some(p) = sess.poll_packet() {
-                    let Ok(pkt) = ip::Packet::new_checked(p) else {
-                        t.drop_malformed += 1;
-                        continue;
-                    };
-                    let hop = &mut |ip| Self::next_hop(routes, ip);
-                    let Some((dst_mac, tags)) = neighbors.lookup(pkt.dst(), vlans, now, hop) else {
-                        t.drop_no_neighbor += 1;
-                        continue;
-                    };
-                    // A DNS answer's addresses are installed before it goes out.
-                    if let Some(d) = domains {
-                        d.on_tunnel_packet(&pkt);
-                    }
-                    let bytes = pkt.as_bytes();
-                    let header = tags.header_len();
-                    let len = header + bytes.len();
-                    if tx.is_full() {
-                        if let Err(e) = tx.commit() {
-                            log::debug!("queue {}: TX wakeup: {e}", self.queue);
-                        }
-                        tx = xsk.tx(TX_BATCH);
-                    }
-                    let Some(mut frame) = tx.next_frame() else {
-                        t.drop_tx_full += 1;
-                        continue;
-                    };
-                    let buf = frame.buf();
-                    if buf.len() < len {
-                        t.drop_too_large += 1;
-                        continue;
-                    }
-                    let ethertype = if pkt.is_ipv6() {
-                        ethernet::ETHERTYPE_IPV6
-                    } else {
-                        ethernet::ETHERTYPE_IPV4
-                    };
-                    if let Ok(mut eth) = ethernet::Frame::new_checked(&mut buf[..len]) {
-                        let _ = eth.emit_tagged_header(dst_mac, *mac, tags, ethertype);
-                    }
-                    buf[header..len].copy_from_slice(bytes);
-                    frame.send(len);
-                    t.rx_packets += 1;
-                    t.rx_bytes += bytes.len() as u64;
-                    t.tenant_rx[i] += 1;
-                }
-                if let Err(e) = tx.commit() {
-                    log::debug!("queue {}: TX wakeup: {e}", self.queue);
-                }
-            }
-            Port::Tun { tun, .. } => {
-                while let Some(p) = sess.poll_packet() {
-                    let Ok(pkt) = ip::Packet::new_checked(p) else {
-                        t.drop_malformed += 1;
-                        continue;
-                    };
-                    if let Some(d) = domains {
-                        d.on_tunnel_packet(&pkt);
-                    }
-                    match tun.send(pkt.as_bytes()) {
-                        Ok(_) => {
-                            t.rx_packets += 1;
-                            t.rx_bytes += pkt.as_bytes().len() as u64;
-                            t.tenant_rx[i] += 1;
-                        }
-                        // The kernel's queue is full: dropped, counted.
-                        Err(_) => t.drop_tx_full += 1,
-                    }
-                }
-            }
+        if let Some(sess) = self.tunnels[i].session_mut() {
+            let mut from = FromTunnel { sess, tenant: i };
+            deliver(
+                &mut self.port,
+                &mut self.routes,
+                &mut self.tally,
+                self.dns.as_mut(),
+                &mut from,
+                now,
+                self.queue,
+            );
+            self.send_resolutions();
         }
-        self.send_resolutions();
         // The edge's HELLO (the tunnel is up) or CLOSE came with the read.
         self.link_events(i, now);
         more
+    }
+
+    /// Delivers the DNS answers the bypass thread handed back (their
+    /// addresses are installed by now) and reuses the buffers.
+    fn dns_returns(&mut self, now: Instant) {
+        if !self.dns.as_ref().is_some_and(DnsPort::has_returns) {
+            return;
+        }
+        self.sync_neighbors();
+        let Some(dns) = self.dns.as_mut() else { return };
+        let mut from = FromRelay { dns, current: None };
+        deliver(
+            &mut self.port,
+            &mut self.routes,
+            &mut self.tally,
+            None,
+            &mut from,
+            now,
+            self.queue,
+        );
+        drop(from);
+        self.send_resolutions();
     }
 
     /// End of a batch for tunnel `i`: the driver's flush policy (seal the
@@ -777,5 +737,203 @@ impl Worker {
             log::warn!("queue {}: tunnel write: {e}", self.queue);
         }
         self.link_events(i, now);
+    }
+}
+
+/// Sends `pkt` into tunnel `i` (a DNS query's copy to the domain bypass
+/// on the way); dropped and counted while the tunnel is down.
+fn to_tunnel(
+    tunnels: &mut [Link],
+    dns: Option<&mut DnsPort>,
+    i: usize,
+    pkt: &ip::Packet<'_>,
+    t: &mut Tally,
+) {
+    let Some(sess) = tunnels.get_mut(i).and_then(Link::session_mut) else {
+        t.drop_down += 1;
+        return;
+    };
+    if let Some(d) = dns
+        && !d.query(pkt)
+    {
+        t.dns_queries_unobserved += 1;
+    }
+    match sess.send_packet(pkt.as_bytes()) {
+        Ok(()) => {
+            t.tx_packets += 1;
+            t.tx_bytes += pkt.as_bytes().len() as u64;
+            t.tenant_tx[i] += 1;
+        }
+        Err(SendError::NotEstablished) => t.drop_down += 1,
+        Err(SendError::Backpressure) => t.drop_backpressure += 1,
+        Err(SendError::TooLarge) => t.drop_too_large += 1,
+    }
+}
+
+/// Packets for the LAN, one at a time, with the tenant whose tunnel each
+/// came through.
+trait ToLan {
+    fn next_packet(&mut self) -> Option<(&[u8], usize)>;
+}
+
+/// What one tunnel's session decrypted.
+struct FromTunnel<'s> {
+    sess: &'s mut Session,
+    tenant: usize,
+}
+
+impl ToLan for FromTunnel<'_> {
+    fn next_packet(&mut self) -> Option<(&[u8], usize)> {
+        let tenant = self.tenant;
+        self.sess.poll_packet().map(|p| (p, tenant))
+    }
+}
+
+/// The answers the domain bypass thread handed back (queries' copies only
+/// return their buffers).
+struct FromRelay<'d> {
+    dns: &'d mut DnsPort,
+    current: Option<Job>,
+}
+
+impl ToLan for FromRelay<'_> {
+    fn next_packet(&mut self) -> Option<(&[u8], usize)> {
+        if let Some(done) = self.current.take() {
+            self.dns.recycle(done.packet);
+        }
+        loop {
+            let job = self.dns.returned()?;
+            match job.kind {
+                Kind::Query => self.dns.recycle(job.packet),
+                Kind::Answer { tenant } => {
+                    let job = self.current.insert(job);
+                    return Some((&job.packet, tenant));
+                }
+            }
+        }
+    }
+}
+
+impl Drop for FromRelay<'_> {
+    fn drop(&mut self) {
+        if let Some(done) = self.current.take() {
+            self.dns.recycle(done.packet);
+        }
+    }
+}
+
+/// A packet for the LAN, checked: `None` (counted) if it does not parse,
+/// or if it is a DNS answer that `dns` takes to the bypass thread (it
+/// comes back through [`FromRelay`]).
+fn for_lan<'p>(
+    p: &'p [u8],
+    tenant: usize,
+    dns: &mut Option<&mut DnsPort>,
+    t: &mut Tally,
+) -> Option<ip::Packet<'p>> {
+    let Ok(pkt) = ip::Packet::new_checked(p) else {
+        t.drop_malformed += 1;
+        return None;
+    };
+    if let Some(d) = dns.as_deref_mut() {
+        match d.answer(&pkt, tenant) {
+            Divert::No => {}
+            Divert::Queued => return None,
+            Divert::Full => {
+                t.drop_dns_queue_full += 1;
+                return None;
+            }
+        }
+    }
+    Some(pkt)
+}
+
+/// Counts a packet delivered to the LAN.
+fn delivered(t: &mut Tally, tenant: usize, len: usize) {
+    t.rx_packets += 1;
+    t.rx_bytes += len as u64;
+    if let Some(n) = t.tenant_rx.get_mut(tenant) {
+        *n += 1;
+    }
+}
+
+/// Delivers what `from` yields to the LAN through `port`: checked and DNS
+/// answers diverted ([`for_lan`]); on an `AF_XDP` port framed for the LAN
+/// host (its MAC and VLAN tags from `neighbors`) and submitted as batches
+/// of [`TX_BATCH`]; on a TUN port written one by one.
+fn deliver(
+    port: &mut Port,
+    routes: &mut Option<RouteQuery>,
+    t: &mut Tally,
+    mut dns: Option<&mut DnsPort>,
+    from: &mut impl ToLan,
+    now: Instant,
+    queue: u32,
+) {
+    match port {
+        Port::Xsk {
+            xsk,
+            mac,
+            neighbors,
+            vlans,
+        } => {
+            let vlans = *vlans;
+            // `tx` reaps the completion ring before reserving frames.
+            let mut tx = xsk.tx(TX_BATCH);
+            while let Some((p, tenant)) = from.next_packet() {
+                let Some(pkt) = for_lan(p, tenant, &mut dns, t) else {
+                    continue;
+                };
+                let hop = &mut |ip| Worker::next_hop(routes, ip);
+                let Some((dst_mac, tags)) = neighbors.lookup(pkt.dst(), vlans, now, hop) else {
+                    t.drop_no_neighbor += 1;
+                    continue;
+                };
+                let bytes = pkt.as_bytes();
+                let header = tags.header_len();
+                let len = header + bytes.len();
+                if tx.is_full() {
+                    if let Err(e) = tx.commit() {
+                        log::debug!("queue {queue}: TX wakeup: {e}");
+                    }
+                    tx = xsk.tx(TX_BATCH);
+                }
+                let Some(mut frame) = tx.next_frame() else {
+                    t.drop_tx_full += 1;
+                    continue;
+                };
+                let buf = frame.buf();
+                if buf.len() < len {
+                    t.drop_too_large += 1;
+                    continue;
+                }
+                let ethertype = if pkt.is_ipv6() {
+                    ethernet::ETHERTYPE_IPV6
+                } else {
+                    ethernet::ETHERTYPE_IPV4
+                };
+                if let Ok(mut eth) = ethernet::Frame::new_checked(&mut buf[..len]) {
+                    let _ = eth.emit_tagged_header(dst_mac, *mac, tags, ethertype);
+                }
+                buf[header..len].copy_from_slice(bytes);
+                frame.send(len);
+                delivered(t, tenant, bytes.len());
+            }
+            if let Err(e) = tx.commit() {
+                log::debug!("queue {queue}: TX wakeup: {e}");
+            }
+        }
+        Port::Tun { tun, .. } => {
+            while let Some((p, tenant)) = from.next_packet() {
+                let Some(pkt) = for_lan(p, tenant, &mut dns, t) else {
+                    continue;
+                };
+                match tun.send(pkt.as_bytes()) {
+                    Ok(_) => delivered(t, tenant, pkt.as_bytes().len()),
+                    // The kernel's queue is full: dropped, counted.
+                    Err(_) => t.drop_tx_full += 1,
+                }
+            }
+        }
     }
 }
