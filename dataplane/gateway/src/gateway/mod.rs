@@ -72,6 +72,9 @@ const EXEC_WATCHER: &str = "sluice-exec";
 /// How long trusted-network detection may go without a turn (one
 /// evaluation waits at most for one name to resolve).
 const DETECTOR_STUCK_AFTER: Duration = Duration::from_secs(10);
+/// How long the domain bypass thread may make no progress (a policy swap
+/// holds its lock while it rewrites every answered address's entry).
+const DNS_STUCK_AFTER: Duration = Duration::from_secs(30);
 
 /// Errors that stop the gateway from starting, or that it stopped on.
 #[derive(Debug, thiserror::Error)]
@@ -329,9 +332,17 @@ impl Gateway {
         {
             let beat = Heartbeat::new();
             let (r, d, stop, b) = (relay.clone(), domains.clone(), stop.clone(), beat.clone());
-            spawn_supervised(&registry, "sluice-dns", Some(beat), move || {
-                dns_relay::serve(&r, &d, &stop, &b);
-            })?;
+            let h = std::thread::Builder::new()
+                .name("sluice-dns".into())
+                .spawn(move || dns_relay::serve(&r, &d, &stop, &b))
+                .map_err(io("spawning sluice-dns"))?;
+            // Its own limit: a policy swap rewrites every answered
+            // address's entry under the lock this thread takes.
+            registry.watch(
+                "sluice-dns",
+                move || h.is_finished(),
+                Some((move || beat.turns(), DNS_STUCK_AFTER)),
+            );
         }
 
         // One core per worker: its socket, session and cache stay warm.
