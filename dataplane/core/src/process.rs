@@ -13,6 +13,11 @@
 //! digest if any digest pattern is configured): this module reads no
 //! files; [`sha256_read`] digests what the caller's reader yields. The eBPF side never sees patterns; it
 //! gets per-executable verdicts computed here.
+//!
+//! [`elf`]: which ELF loader (`PT_INTERP`) a program names, from bytes the
+//! caller reads.
+
+pub mod elf;
 
 /// Why a pattern was refused.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

@@ -3,7 +3,7 @@
 //! or read unboundedly; a loader found is an absolute path from the file.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use sluice_gateway::endpoint::exec::elf_interp;
+use sluice_core::process::elf::elf_interp;
 
 fuzz_target!(|data: &[u8]| {
     let head = &data[..data.len().min(64)];

@@ -23,6 +23,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use sluice_core::process::elf::{self, elf_interp, read_full_at};
+
 use crate::process::ProcessSet;
 
 /// How long a program's loader (or a script's interpreter) may follow it
@@ -30,10 +32,6 @@ use crate::process::ProcessSet;
 const FOLLOW_WINDOW: Duration = Duration::from_millis(100);
 /// Bound of the per-process and per-file state.
 const MAX_ENTRIES: usize = 4096;
-/// Longest `PT_INTERP` read.
-const MAX_INTERP: usize = 4096;
-/// Most program headers walked.
-const MAX_PHDRS: usize = 128;
 
 /// What kind of executable a file is.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -269,13 +267,13 @@ impl FactsCache {
 /// Reads what [`FileFacts`] holds from `file`.
 fn read_facts(file: &File, path: &str, set: &ProcessSet) -> std::io::Result<FileFacts> {
     let mut head = [0u8; 64];
-    let n = read_full_at(file, &mut head, 0)?;
+    let n = read_full_at(&At(file), &mut head, 0)?;
     let head = &head[..n];
     let kind = if head.starts_with(b"#!") {
         Kind::Script
     } else {
         Kind::Program {
-            interp: elf_interp(file, head),
+            interp: elf_interp(&At(file), head),
         }
     };
     let digest = if set.needs_digest() {
@@ -291,103 +289,13 @@ fn read_facts(file: &File, path: &str, set: &ProcessSet) -> std::io::Result<File
     })
 }
 
-/// Positioned reads: a file, or bytes in memory (tests, fuzzing).
-pub trait ReadAt {
-    /// Reads at `off` into `buf`; 0 at the end.
-    fn read_at(&self, buf: &mut [u8], off: u64) -> std::io::Result<usize>;
-}
+/// A file as [`elf::ReadAt`] (the trait and `File` are both foreign here).
+struct At<'a>(&'a File);
 
-impl ReadAt for File {
+impl elf::ReadAt for At<'_> {
     fn read_at(&self, buf: &mut [u8], off: u64) -> std::io::Result<usize> {
-        FileExt::read_at(self, buf, off)
+        FileExt::read_at(self.0, buf, off)
     }
-}
-
-impl ReadAt for [u8] {
-    fn read_at(&self, buf: &mut [u8], off: u64) -> std::io::Result<usize> {
-        let Some(rest) = usize::try_from(off).ok().and_then(|o| self.get(o..)) else {
-            return Ok(0);
-        };
-        let n = rest.len().min(buf.len());
-        buf[..n].copy_from_slice(&rest[..n]);
-        Ok(n)
-    }
-}
-
-fn read_full_at(
-    file: &(impl ReadAt + ?Sized),
-    buf: &mut [u8],
-    mut off: u64,
-) -> std::io::Result<usize> {
-    let mut done = 0;
-    while done < buf.len() {
-        match file.read_at(&mut buf[done..], off) {
-            Ok(0) => break,
-            Ok(n) => {
-                done += n;
-                off += n as u64;
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(done)
-}
-
-/// The `PT_INTERP` of an ELF file whose first bytes are `head`, if any.
-/// Bounded: at most [`MAX_PHDRS`] headers, [`MAX_INTERP`] bytes; anything
-/// malformed is "no loader". The file is untrusted (any user's program).
-pub fn elf_interp(file: &(impl ReadAt + ?Sized), head: &[u8]) -> Option<String> {
-    let at = |b: &[u8], off: usize, len: usize| -> Option<u64> {
-        let s = b.get(off..off + len)?;
-        let le = head.get(5) == Some(&1);
-        let mut v = 0u64;
-        for i in 0..len {
-            let byte = if le { s[len - 1 - i] } else { s[i] };
-            v = (v << 8) | u64::from(byte);
-        }
-        Some(v)
-    };
-    if head.len() < 52 || &head[..4] != b"\x7fELF" {
-        return None;
-    }
-    let wide = match head[4] {
-        1 => false,
-        2 => true,
-        _ => return None,
-    };
-    let (phoff, phentsize, phnum) = if wide {
-        (at(head, 0x20, 8)?, at(head, 0x36, 2)?, at(head, 0x38, 2)?)
-    } else {
-        (at(head, 0x1c, 4)?, at(head, 0x2a, 2)?, at(head, 0x2c, 2)?)
-    };
-    let (phentsize, phnum) = (phentsize as usize, (phnum as usize).min(MAX_PHDRS));
-    if phentsize < if wide { 56 } else { 32 } || phentsize > 256 {
-        return None;
-    }
-    let mut ph = vec![0u8; phentsize];
-    for i in 0..phnum {
-        let off = phoff.checked_add((i * phentsize) as u64)?;
-        if read_full_at(file, &mut ph, off).ok()? != phentsize {
-            return None;
-        }
-        if at(&ph, 0, 4)? != 3 {
-            continue;
-        }
-        let (seg_offset, seg_len) = if wide {
-            (at(&ph, 8, 8)?, at(&ph, 32, 8)?)
-        } else {
-            (at(&ph, 4, 4)?, at(&ph, 16, 4)?)
-        };
-        let len = usize::try_from(seg_len).ok()?.min(MAX_INTERP);
-        let mut s = vec![0u8; len];
-        let n = read_full_at(file, &mut s, seg_offset).ok()?;
-        s.truncate(n);
-        let end = s.iter().position(|&b| b == 0).unwrap_or(s.len());
-        s.truncate(end);
-        return String::from_utf8(s).ok().filter(|s| s.starts_with('/'));
-    }
-    None
 }
 
 #[cfg(test)]
@@ -564,20 +472,6 @@ mod tests {
     }
 
     #[test]
-    fn the_fuzz_seeds_name_their_loader() {
-        for f in ["interp64", "interp32"] {
-            let p = format!("{}/../fuzz/corpus/elf/{f}", env!("CARGO_MANIFEST_DIR"));
-            let data = std::fs::read(&p).unwrap();
-            let interp = elf_interp(data.as_slice(), &data[..data.len().min(64)]);
-            assert_eq!(
-                interp.as_deref(),
-                Some("/lib64/ld-linux-x86-64.so.2"),
-                "{f}"
-            );
-        }
-    }
-
-    #[test]
     fn malformed_elf_headers_name_no_loader() {
         let dir = std::env::temp_dir().join(format!("sluice-elf-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -592,7 +486,7 @@ mod tests {
         head[0x38..0x3a].copy_from_slice(&0xffffu16.to_le_bytes());
         std::fs::write(&p, &head).unwrap();
         let f = File::open(&p).unwrap();
-        assert_eq!(elf_interp(&f, &head), None);
+        assert_eq!(elf_interp(&At(&f), &head), None);
         std::fs::write(&p, b"#!/bin/sh\n").unwrap();
         let f = File::open(&p).unwrap();
         let facts = FactsCache::default()
