@@ -18,67 +18,7 @@ use toml::Spanned;
 
 use super::{ConfigError, Doc};
 use crate::net::Prefix;
-
-/// Destinations that packets from a tunnel never reach, whatever the
-/// configuration: link-local ranges (the cloud metadata services live at
-/// `169.254.169.254` and `fd00:ec2::254`) and other metadata addresses.
-/// `edge.management` adds the operator's own.
-pub const RESERVED_DESTINATIONS: [&str; 5] = [
-    "169.254.0.0/16",
-    "168.63.129.16/32",
-    "100.100.100.200/32",
-    "fe80::/10",
-    "fd00:ec2::254/128",
-];
-
-/// One gateway the edge serves.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EdgeGateway {
-    /// Its name: a DNS name its client certificate must be valid for.
-    pub name: String,
-    /// SHA-256 of its certificate's `SubjectPublicKeyInfo`, if pinned
-    /// (`openssl x509 -pubkey -noout | openssl pkey -pubin -outform der |
-    /// sha256sum`): a certificate with another key, even from the same CA
-    /// and name, is refused.
-    pub spki_sha256: Option<[u8; 32]>,
-    /// The source prefixes its LAN sends from (and replies go back to).
-    pub prefixes: Vec<Prefix>,
-    /// Tunnels it may hold at once (a gateway opens one per worker and
-    /// tenant).
-    pub max_tunnels: u32,
-    /// Inner addresses of its LAN the edge routes replies to at most.
-    pub max_routes: u32,
-}
-
-/// The edge's limits against unauthenticated floods and greedy gateways.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct EdgeLimits {
-    /// The TLS handshake and HELLO must be over this long after accept.
-    pub handshake_timeout: Duration,
-    /// Connections still in their handshake, in all.
-    pub max_handshakes: u32,
-    /// Connections in their handshake from one source prefix.
-    pub max_handshakes_per_prefix: u32,
-    /// The source prefix length `max_handshakes_per_prefix` counts by, IPv4.
-    pub handshake_prefix_v4: u8,
-    /// The same for IPv6.
-    pub handshake_prefix_v6: u8,
-    /// Authenticated tunnels, in all.
-    pub max_tunnels: u32,
-}
-
-impl Default for EdgeLimits {
-    fn default() -> Self {
-        Self {
-            handshake_timeout: Duration::from_secs(10),
-            max_handshakes: 256,
-            max_handshakes_per_prefix: 32,
-            handshake_prefix_v4: 24,
-            handshake_prefix_v6: 64,
-            max_tunnels: 4096,
-        }
-    }
-}
+pub use sluice_core::edge::{EdgeGateway, EdgeLimits, RESERVED_DESTINATIONS};
 
 /// `[[edge.gateway]]` as written.
 #[derive(Deserialize)]

@@ -324,6 +324,20 @@ pub struct EdgeConfig {
     pub idle_timeout: Duration,
 }
 
+impl EdgeConfig {
+    /// What the edge's sans-IO core acts on (its limits aside).
+    #[must_use]
+    pub fn core_settings(&self) -> sluice_core::edge::Settings {
+        sluice_core::edge::Settings {
+            name: self.name.clone(),
+            keepalive: self.keepalive,
+            idle_timeout: self.idle_timeout,
+            gateways: self.gateways.clone(),
+            reserved: self.reserved.clone(),
+        }
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawFile {

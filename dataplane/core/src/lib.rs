@@ -13,6 +13,8 @@
 //!   device.
 //! - [`lpm`]: longest-prefix-match tables (DIR-24-8, Poptrie) and their
 //!   lock-free swap.
+//! - [`edge`]: the edge's protocol core: admission, sessions, gateway
+//!   identity, the per-packet routing decisions.
 //! - [`dns`]: domain bypass's DNS observation (answers parsed, answered
 //!   addresses kept for their TTL); [`pac`]: the PAC file from the same
 //!   lists.
@@ -29,6 +31,7 @@
 
 pub mod addr_map;
 pub mod dns;
+pub mod edge;
 pub mod gro;
 pub mod lpm;
 pub mod net;

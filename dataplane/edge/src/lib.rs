@@ -1,10 +1,12 @@
 //! `sluice edge`: terminates gateways' tunnels and forwards their packets.
 //!
 //! One mio event loop (this module, the driver) owns the TCP listener, the
-//! TUN device and every connection's socket; everything else is in the
-//! sans-IO [`Core`]: admission of connections before authentication
-//! ([`admission`]), their sessions, which configured gateway a certificate
-//! is ([`identity`]), and the per-packet decisions ([`router`]).
+//! TUN device and every connection's socket, reads and writes them with
+//! the tunnel driver (`sluice_runtime::driver`), and renders the counters
+//! ([`render_stats`]); everything else is in the sans-IO [`Core`]
+//! (`sluice_core::edge`): admission of connections before authentication,
+//! their sessions, which configured gateway a certificate is, and the
+//! per-packet decisions (`sluice_core::edge::router`).
 //!
 //! Gateways are isolated: each `[[edge.gateway]]` owns its prefixes. A
 //! packet from a tunnel enters the kernel only if its source is one of that
@@ -47,12 +49,7 @@
 #![deny(unsafe_code)]
 #![deny(missing_docs)]
 
-pub mod admission;
-mod core;
-pub mod identity;
 pub mod netfilter;
-pub mod ratelog;
-pub mod router;
 mod stats;
 
 use std::{
@@ -72,13 +69,12 @@ use mio::{
     unix::SourceFd,
 };
 
-use self::router::GatewayId;
-pub use self::{
-    core::{Accepted, CLOSE_REFUSED, ConnId, Core, TunDrop},
-    stats::{EdgeStats, GatewayStats},
-};
+pub use self::stats::render as render_stats;
 use sluice_config as config;
-use sluice_core::{addr_map, gro, lpm, net, tunnel, wire};
+use sluice_core::edge::{
+    Accepted, ConnId, Core, TunDrop, ratelog, router::GatewayId, stats::EdgeStats,
+};
+use sluice_core::{gro, lpm, net};
 use sluice_runtime::{driver, host, metrics, pki};
 use sluice_sys as sys;
 
@@ -140,11 +136,6 @@ pub enum EdgeError {
 fn ioerr(what: impl Into<String>) -> impl FnOnce(io::Error) -> EdgeError {
     let what = what.into();
     move |source| EdgeError::Io { what, source }
-}
-
-/// `s` safe to log (a peer's words): escaped, at most 64 characters.
-pub(crate) fn printable(s: &str) -> String {
-    crate::tunnel::printable(s, 64)
 }
 
 /// The caps in `limits` lowered so that connections never need more
@@ -219,7 +210,15 @@ impl Edge {
             );
         }
         let tls = pki::server_config_with_crl(&cfg.ca, &cfg.cert, &cfg.key, cfg.crl.as_deref())?;
-        let core = Core::new(&cfg, limits, tls, Instant::now()).map_err(EdgeError::Prefixes)?;
+        let core = Core::new(
+            &cfg.core_settings(),
+            limits,
+            tls,
+            driver::aead(),
+            &sys::mem::HugePages,
+            Instant::now(),
+        )
+        .map_err(EdgeError::Prefixes)?;
         let tun = match Tun::open_with(&cfg.tun, cfg.tun_offload) {
             Err(e) if cfg.tun_offload => {
                 log::warn!(
@@ -346,7 +345,8 @@ impl Edge {
                         if ev.is_writable()
                             && let Some(Some(s)) = self.socks.get_mut(id as usize)
                         {
-                            self.core.write(id, &mut s.stream, now);
+                            self.core
+                                .write(id, now, |sess| driver::flush(sess, &mut s.stream, now));
                         }
                     }
                 }
@@ -522,15 +522,18 @@ impl Edge {
             };
             let mut delivered = 0u64;
             let gro = &mut self.gro;
-            let more = self
-                .core
-                .read(id, &mut sock.stream, now, budget, &mut |pkt| {
+            let more = self.core.read(
+                id,
+                now,
+                |sess| driver::receive(sess, &mut sock.stream, now, budget).map(|r| r.more),
+                &mut |pkt| {
                     delivered += 1;
                     match gro.as_deref_mut() {
                         Some(g) => g.push(pkt, &mut |h, b| writer.write(h, b)),
                         None => writer.write_plain(pkt),
                     }
-                });
+                },
+            );
             // End of this connection's batch: nothing is held back.
             if let Some(g) = self.gro.as_deref_mut() {
                 g.flush(&mut |h, b| writer.write(h, b));
@@ -645,7 +648,8 @@ impl Edge {
     fn flush(&mut self, now: Instant) {
         while let Some(id) = self.core.poll_dirty() {
             if let Some(Some(s)) = self.socks.get_mut(id as usize) {
-                self.core.write(id, &mut s.stream, now);
+                self.core
+                    .write(id, now, |sess| driver::flush(sess, &mut s.stream, now));
             }
         }
     }

@@ -9,7 +9,7 @@
 //!   another through the edge), nothing to a reserved destination
 //!   (link-local, cloud metadata, `edge.management`, and the IPv6 forms
 //!   that carry those IPv4 addresses: see
-//!   [`super::router::v4_embeddings`]), and nothing to the edge host itself
+//!   [`sluice_core::edge::router::v4_embeddings`]), and nothing to the edge host itself
 //!   but replies (`ct state established,related`);
 //! - lets into the TUN device only what belongs to a connection a tunnel
 //!   began (`ct state established,related`): nobody reaches a branch's LAN
@@ -76,7 +76,7 @@ pub fn ruleset(tun: &str, clients: &[Prefix], reserved: &[Prefix]) -> String {
     }
     let reserved: Vec<Prefix> = reserved
         .iter()
-        .flat_map(|p| std::iter::once(*p).chain(super::router::v4_embeddings(*p)))
+        .flat_map(|p| std::iter::once(*p).chain(sluice_core::edge::router::v4_embeddings(*p)))
         .collect();
     for (name, ty, list, v4) in [
         ("clients4", "ipv4_addr", clients, true),

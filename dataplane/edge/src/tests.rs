@@ -9,10 +9,8 @@ use std::{
 };
 
 use super::*;
-use crate::{
-    config::EdgeConfig,
-    tunnel::{Session, SessionConfig},
-};
+use crate::config::EdgeConfig;
+use sluice_core::tunnel::{Session, SessionConfig};
 
 /// One direction of a connection: reads drain it (`WouldBlock` when
 /// empty), writes append.
@@ -38,6 +36,42 @@ impl io::Write for Wire {
     }
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
+    }
+}
+
+/// The core driven by the tunnel driver over in-memory pipes, as
+/// [`Edge`] drives it over sockets.
+trait Driven {
+    fn read_from(
+        &mut self,
+        id: ConnId,
+        rd: &mut dyn io::Read,
+        now: Instant,
+        budget: usize,
+        deliver: &mut dyn FnMut(&[u8]),
+    ) -> bool;
+    fn write_to(&mut self, id: ConnId, wr: &mut dyn io::Write, now: Instant);
+}
+
+impl Driven for Core {
+    fn read_from(
+        &mut self,
+        id: ConnId,
+        rd: &mut dyn io::Read,
+        now: Instant,
+        budget: usize,
+        deliver: &mut dyn FnMut(&[u8]),
+    ) -> bool {
+        self.read(
+            id,
+            now,
+            |s| driver::receive(s, rd, now, budget).map(|r| r.more),
+            deliver,
+        )
+    }
+
+    fn write_to(&mut self, id: ConnId, wr: &mut dyn io::Write, now: Instant) {
+        self.write(id, now, |s| driver::flush(s, wr, now));
     }
 }
 
@@ -70,7 +104,15 @@ impl Lab {
 
     fn core(&self, now: Instant) -> Core {
         let tls = pki::server_config(&self.cfg.ca, &self.cfg.cert, &self.cfg.key).unwrap();
-        Core::new(&self.cfg, self.cfg.limits, tls, now).unwrap()
+        Core::new(
+            &self.cfg.core_settings(),
+            self.cfg.limits,
+            tls,
+            driver::aead(),
+            &lpm::NoAdvice,
+            now,
+        )
+        .unwrap()
     }
 
     /// A gateway's session with certificate `name`.
@@ -118,12 +160,12 @@ fn pump(core: &mut Core, p: &mut Peer, now: Instant, delivered: &mut Vec<Vec<u8>
     for _ in 0..100 {
         let _ = crate::driver::flush(&mut p.sess, &mut p.c2s, now);
         let sent = p.c2s.0.len();
-        while core.read(p.id, &mut p.c2s, now, 1 << 20, &mut |pkt| {
+        while core.read_from(p.id, &mut p.c2s, now, 1 << 20, &mut |pkt| {
             delivered.push(pkt.to_vec());
         }) {}
         while let Some(id) = core.poll_dirty() {
             assert_eq!(id, p.id, "only this peer has bytes");
-            core.write(id, &mut p.s2c, now);
+            core.write_to(id, &mut p.s2c, now);
         }
         let back = p.s2c.0.len();
         if !p.s2c.0.is_empty() {
@@ -207,7 +249,7 @@ fn a_gateway_cannot_spoof_another_or_take_its_replies() {
         } else {
             &mut g2.s2c
         };
-        core.write(id, w, now);
+        core.write_to(id, w, now);
     }
     assert!(g2.s2c.0.is_empty(), "nothing for branch 2");
     pump(&mut core, &mut g1, now, &mut delivered);
@@ -236,7 +278,7 @@ fn unknown_gateways_and_extra_tunnels_are_refused() {
     );
     assert!(matches!(
         stranger.sess.close_reason(),
-        Some(crate::tunnel::CloseReason::Peer(c, _)) if *c == CLOSE_REFUSED
+        Some(sluice_core::tunnel::CloseReason::Peer(c, _)) if *c == sluice_core::edge::CLOSE_REFUSED
     ));
     assert_eq!(s.refused_unknown_gateway.load(Relaxed), 1);
     let a = connect(&mut core, &lab, "branch-1", "198.51.100.1:1", now);
@@ -304,7 +346,7 @@ fn handshakes_are_capped_and_bounded_in_time_and_memory() {
         let now = start + Duration::from_secs(t);
         for &id in &ids {
             let mut w = Wire(vec![hello[t as usize]]);
-            core.read(id, &mut w, now, 1 << 16, &mut |_| panic!("no packets"));
+            core.read_from(id, &mut w, now, 1 << 16, &mut |_| panic!("no packets"));
         }
         core.handle_timeout(now);
         if t < 5 {
@@ -349,11 +391,11 @@ fn reads_stop_at_their_budget() {
     crate::driver::flush(&mut g.sess, &mut g.c2s, now).unwrap();
     let total = g.c2s.0.len();
     let mut n = 0;
-    let more = core.read(g.id, &mut g.c2s, now, 16 * 1024, &mut |_| n += 1);
+    let more = core.read_from(g.id, &mut g.c2s, now, 16 * 1024, &mut |_| n += 1);
     assert!(more, "more is left");
     assert!(g.c2s.0.len() >= total - 32 * 1024, "read about its budget");
     assert!(n > 0 && n < 2000, "{n}");
-    while core.read(g.id, &mut g.c2s, now, 16 * 1024, &mut |_| n += 1) {}
+    while core.read_from(g.id, &mut g.c2s, now, 16 * 1024, &mut |_| n += 1) {}
     assert_eq!(n, 2000);
 }
 

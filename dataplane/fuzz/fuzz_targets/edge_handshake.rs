@@ -16,7 +16,6 @@
 //! - anything else: the edge writes what it has, closes what is done.
 #![no_main]
 use std::{
-    io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     sync::{Arc, OnceLock},
     time::{Duration, Instant},
@@ -24,8 +23,11 @@ use std::{
 
 use libfuzzer_sys::fuzz_target;
 use sluice_config::EdgeConfig;
-use sluice_edge::{Accepted, Core};
-use sluice_runtime::pki;
+use sluice_core::{
+    edge::{Accepted, Core},
+    lpm::NoAdvice,
+    tunnel::{AeadProvider, Session, SessionError, lab_pki},
+};
 
 struct Setup {
     cfg: EdgeConfig,
@@ -36,35 +38,45 @@ struct Setup {
 fn setup() -> &'static Setup {
     static S: OnceLock<Setup> = OnceLock::new();
     S.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("sluice-fuzz-edge-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let f = pki::generate(&dir, &["edge.sluice.test".into()], &["branch-1".into()])
-            .expect("lab PKI");
+        // In memory: the edge's certificate for `edge.sluice.test`, a
+        // gateway's for `branch-1`, one CA (as `sluice pki init` makes).
+        let pki = lab_pki::LabPki::new(&["branch-1"]);
         let toml = "[edge]\nlisten = \"[::]:4443\"\nca = \"ca.pem\"\ncert = \"edge.pem\"\nkey = \"edge.key\"\n\
                     manage_network = false\nmax_handshakes = 24\nmax_handshakes_per_prefix = 4\n\
                     handshake_timeout_secs = 3\n\n[[edge.gateway]]\nname = \"branch-1\"\nprefixes = [\"192.0.2.0/24\"]\nmax_routes = 16\n";
-        let cfg = EdgeConfig::parse(&dir.join("edge.toml"), toml).expect("config");
-        let tls = pki::server_config(&f.ca, &f.edge.0, &f.edge.1).expect("server config");
-        let (_, cert, key) = &f.gateways[0];
-        let client = pki::client_config(&f.ca, cert, key).expect("client config");
-        let mut c = rustls::ClientConnection::new(client, pki::server_name("edge.sluice.test").unwrap())
+        let cfg = EdgeConfig::parse(std::path::Path::new("edge.toml"), toml).expect("config");
+        let tls = pki.server_config();
+        let mut c = rustls::ClientConnection::new(pki.client_config(0), lab_pki::server_name())
             .expect("client");
         let mut hello = Vec::new();
         c.write_tls(&mut hello).expect("ClientHello");
-        let _ = std::fs::remove_dir_all(&dir);
         Setup { cfg, tls, hello }
     })
 }
 
-/// Bytes a connection sent, read by the edge like a non-blocking socket.
-struct Feed<'a>(&'a [u8]);
-
-impl io::Read for Feed<'_> {
-    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        if self.0.is_empty() {
-            return Err(io::ErrorKind::WouldBlock.into());
+/// Bytes a connection sent, read into its session as the tunnel driver
+/// reads a non-blocking socket (`sluice_runtime::driver::receive`: straight
+/// into the session's receive buffer, at most about `budget` bytes, until
+/// the bytes run out, "would block"). Whether more may be left.
+fn feed(s: &mut Session, mut bytes: &[u8], now: Instant, budget: usize) -> Result<bool, SessionError> {
+    let mut total = 0;
+    loop {
+        let buf = s.receive_buffer()?;
+        if buf.is_empty() {
+            return Ok(true);
         }
-        io::Read::read(&mut self.0, out)
+        let room = buf.len().min(budget.saturating_sub(total).max(1));
+        let n = room.min(bytes.len());
+        if n == 0 {
+            return Ok(false);
+        }
+        buf[..n].copy_from_slice(&bytes[..n]);
+        bytes = &bytes[n..];
+        s.handle_received_in_place(n, now)?;
+        total += n;
+        if total >= budget {
+            return Ok(true);
+        }
     }
 }
 
@@ -87,7 +99,15 @@ fuzz_target!(|data: &[u8]| {
     let s = setup();
     let start = Instant::now();
     let mut now = start;
-    let mut core = Core::new(&s.cfg, s.cfg.limits, s.tls.clone(), start).expect("core");
+    let mut core = Core::new(
+        &s.cfg.core_settings(),
+        s.cfg.limits,
+        s.tls.clone(),
+        AeadProvider::default(),
+        &NoAdvice,
+        start,
+    )
+    .expect("core");
     // Connections not closed yet, with when they came.
     let mut live: Vec<(u32, Instant)> = Vec::new();
     let mut sink = Vec::new();
@@ -117,7 +137,7 @@ fuzz_target!(|data: &[u8]| {
                     &s.hello[..n.min(s.hello.len())]
                 };
                 for chunk in bytes.chunks(usize::from(*c % 7) * 97 + 1) {
-                    let _ = core.read(id, &mut Feed(chunk), now, 1 << 16, deliver);
+                    let _ = core.read(id, now, |sess| feed(sess, chunk, now, 1 << 16), deliver);
                 }
             }
             3 => {
@@ -141,7 +161,18 @@ fuzz_target!(|data: &[u8]| {
             _ => {
                 while let Some(id) = core.poll_dirty() {
                     sink.clear();
-                    core.write(id, &mut sink, now);
+                    core.write(id, now, |sess| -> Result<(), SessionError> {
+                        // The tunnel driver's flush policy
+                        // (`sluice_runtime::driver::flush`) into a peer's
+                        // socket that takes everything.
+                        sess.flush_due(now);
+                        while let Some(bytes) = sess.poll_transmit(now) {
+                            sink.extend_from_slice(bytes);
+                            let n = bytes.len();
+                            sess.transmitted(n, now);
+                        }
+                        Ok(())
+                    });
                 }
             }
         }

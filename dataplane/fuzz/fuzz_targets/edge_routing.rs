@@ -28,8 +28,9 @@ use std::{
 };
 
 use libfuzzer_sys::fuzz_target;
-use sluice_config::EdgeGateway;
-use sluice_edge::router::{Learnt, Refused, Router, TunnelRef};
+use sluice_core::edge::EdgeGateway;
+use sluice_core::edge::router::{Learnt, Refused, Router, TunnelRef};
+use sluice_core::lpm::NoAdvice;
 use sluice_core::net::Prefix;
 use sluice_core::wire::ip;
 
@@ -77,7 +78,7 @@ fn setup() -> &'static (Model, Mutex<Router>) {
             .chain(&["198.51.100.0/24"])
             .map(|s| p(s))
             .collect();
-        let router = Router::new(&gateways, &reserved).expect("router");
+        let router = Router::new(&gateways, &reserved, &NoAdvice).expect("router");
         (Model { gateways, reserved }, Mutex::new(router))
     })
 }

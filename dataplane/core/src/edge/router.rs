@@ -20,13 +20,18 @@
 //! operation is a table lookup or two: no allocation, no scan per packet.
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use super::EdgeGateway;
 use crate::{
     addr_map::AddrMap,
-    config::EdgeGateway,
-    lpm::{Lpm, LpmError},
+    lpm::{Advise, Lpm, LpmError},
     net::Prefix,
-    wire::ip,
+    wire::{ip, ipv4, ipv6},
 };
+
+/// ICMP's protocol number.
+const PROTO_ICMP: u8 = 1;
+/// `ICMPv6`'s next-header number.
+const PROTO_ICMPV6: u8 = 58;
 
 /// A gateway's index in the configuration.
 pub type GatewayId = u16;
@@ -97,11 +102,16 @@ pub struct Router {
 
 impl Router {
     /// A router for `gateways` (index = [`GatewayId`]) and the `reserved`
-    /// destinations. The configuration checks that no two of them overlap.
+    /// destinations, its table's memory advised with `advise`. The
+    /// configuration checks that no two of them overlap.
     ///
     /// # Errors
     /// The table's capacity limits.
-    pub fn new(gateways: &[EdgeGateway], reserved: &[Prefix]) -> Result<Self, LpmError> {
+    pub fn new(
+        gateways: &[EdgeGateway],
+        reserved: &[Prefix],
+        advise: &impl Advise,
+    ) -> Result<Self, LpmError> {
         let mut entries: Vec<(Prefix, Owner)> =
             reserved.iter().map(|p| (*p, Owner::Reserved)).collect();
         for (i, g) in gateways.iter().enumerate() {
@@ -112,7 +122,7 @@ impl Router {
         }
         let capacity: usize = gateways.iter().map(|g| g.max_routes as usize).sum();
         Ok(Self {
-            table: Lpm::build_with(&entries, &crate::sys::mem::HugePages)?,
+            table: Lpm::build_with(&entries, advise)?,
             quotas: gateways
                 .iter()
                 .map(|g| Quota {
@@ -146,7 +156,7 @@ impl Router {
         // conntrack makes an ICMP error `related` to the connection of
         // the packet it quotes, whoever sends it: only errors about
         // packets that went to this gateway's own addresses pass.
-        match icmp_error_quote(p.as_bytes()) {
+        match icmp_error_quote(&p) {
             Ok(None) => {}
             Ok(Some(quoted)) if self.table.lookup(quoted) == Some(Owner::Gateway(t.gateway)) => {}
             Ok(Some(_)) => return Err(Refused::Spoofed),
@@ -155,13 +165,10 @@ impl Router {
         Ok(self.learn(t, src))
     }
 
-    /// [`Router::inbound`] with the addresses alone (for tests and
-    /// benchmarks: the ICMP check needs the packet).
-    ///
-    /// # Errors
-    /// Why it may not enter ([`Refused`]).
-    #[inline]
-    pub fn inbound_addrs(
+    /// [`Router::inbound`] with the addresses alone (for tests: the ICMP
+    /// check needs the packet).
+    #[cfg(test)]
+    fn inbound_addrs(
         &mut self,
         t: TunnelRef,
         src: IpAddr,
@@ -304,7 +311,7 @@ impl Router {
 /// Teredo (`2001::/32`, the client's address inverted in the last 32
 /// bits). Network-specific NAT64 prefixes are the operator's to list in
 /// `edge.management` (see [`v4_embeddings`]).
-pub fn embedded_v4(a: Ipv6Addr) -> Option<Ipv4Addr> {
+fn embedded_v4(a: Ipv6Addr) -> Option<Ipv4Addr> {
     let bits = u128::from(a);
     // Truncations are the point: each form keeps the IPv4 address in
     // fixed bits.
@@ -348,80 +355,98 @@ pub fn v4_embeddings(p: Prefix) -> Vec<Prefix> {
 /// or it is fragmented (another fragment could complete the quote).
 struct Unreadable;
 
-/// The destination of the packet an ICMP or `ICMPv6` error quotes (`pkt`
-/// checked by [`ip::Packet::new_checked`]); `None` for any other packet,
-/// including non-first fragments (the kernel completes those only with
-/// their first fragment, which is judged). IPv6 extension headers are
-/// skipped as the kernel's conntrack skips them.
-fn icmp_error_quote(pkt: &[u8]) -> Result<Option<IpAddr>, Unreadable> {
-    const MF: u16 = 0x2000;
-    const V4_OFFSET: u16 = 0x1fff;
-    let v6 = pkt[0] >> 4 == 6;
-    let (icmp, fragmented) = if v6 {
-        let (mut next, mut off, mut fragmented) = (pkt[6], 40usize, false);
-        loop {
-            let h = pkt.get(off..off + 8);
-            match next {
-                // Hop-by-hop, routing, destination options.
-                0 | 43 | 60 => {
-                    let h = h.ok_or(Unreadable)?;
-                    next = h[0];
-                    off += (usize::from(h[1]) + 1) * 8;
-                }
-                // Fragment: only the first holds the upper-layer header.
-                44 => {
-                    let h = h.ok_or(Unreadable)?;
-                    if u16::from_be_bytes([h[2], h[3]]) & 0xfff8 != 0 {
-                        return Ok(None);
-                    }
-                    (next, fragmented) = (h[0], true);
-                    off += 8;
-                }
-                // Authentication header: length in 4-byte units.
-                51 => {
-                    let h = h.ok_or(Unreadable)?;
-                    next = h[0];
-                    off += (usize::from(h[1]) + 2) * 4;
-                }
-                58 => break,
-                _ => return Ok(None),
-            }
-        }
-        let ty = *pkt.get(off).ok_or(Unreadable)?;
-        // ICMPv6 errors are types 0 to 127.
-        if ty >= 128 {
-            return Ok(None);
-        }
-        (off, fragmented)
+/// The destination of the packet an ICMP or `ICMPv6` error quotes; `None`
+/// for any other packet, including non-first fragments (the kernel
+/// completes those only with their first fragment, which is judged). IPv6
+/// extension headers are skipped as the kernel's conntrack skips them.
+fn icmp_error_quote(p: &ip::Packet<'_>) -> Result<Option<IpAddr>, Unreadable> {
+    let (v6, body) = if let Some(v6) = p.ipv6() {
+        (true, icmpv6_error(&v6)?)
+    } else if let Some(v4) = p.ipv4() {
+        (false, icmpv4_error(&v4)?)
     } else {
-        let ihl = usize::from(pkt[0] & 0x0f) * 4;
-        let frag = u16::from_be_bytes([pkt[6], pkt[7]]);
-        if pkt[9] != 1 || frag & V4_OFFSET != 0 {
-            return Ok(None);
-        }
-        let ty = *pkt.get(ihl.max(20)).ok_or(Unreadable)?;
-        // Destination unreachable, source quench, redirect, time
-        // exceeded, parameter problem.
-        if !matches!(ty, 3 | 4 | 5 | 11 | 12) {
-            return Ok(None);
-        }
-        (ihl.max(20), frag & MF != 0)
+        return Ok(None);
     };
+    let Some(body) = body else {
+        return Ok(None);
+    };
+    // The quote follows the ICMP header's 8 bytes. It is cut short by
+    // design (its header and 8 bytes of its payload): only its fixed
+    // header is read, after checking that the buffer holds it.
+    let quote = body.get(8..).ok_or(Unreadable)?;
+    match (v6, ip::version(quote)) {
+        (false, Some(4)) if quote.len() >= ipv4::HEADER_LEN => Ok(Some(IpAddr::V4(
+            ipv4::Packet::new_unchecked(quote).dst_addr(),
+        ))),
+        (true, Some(6)) if quote.len() >= ipv6::HEADER_LEN => Ok(Some(IpAddr::V6(
+            ipv6::Packet::new_unchecked(quote).dst_addr(),
+        ))),
+        _ => Err(Unreadable),
+    }
+}
+
+/// The ICMP message of an IPv4 packet if it is an error (destination
+/// unreachable, source quench, redirect, time exceeded, parameter
+/// problem); unreadable if it is a first fragment (another fragment could
+/// complete the quote).
+fn icmpv4_error<'a>(p: &ipv4::Packet<&'a [u8]>) -> Result<Option<&'a [u8]>, Unreadable> {
+    if p.protocol() != PROTO_ICMP || p.frag_offset() != 0 {
+        return Ok(None);
+    }
+    let icmp = p.payload();
+    let ty = *icmp.first().ok_or(Unreadable)?;
+    if !matches!(ty, 3 | 4 | 5 | 11 | 12) {
+        return Ok(None);
+    }
+    if p.more_frags() {
+        return Err(Unreadable);
+    }
+    Ok(Some(icmp))
+}
+
+/// The `ICMPv6` message of an IPv6 packet, after its extension headers, if
+/// it is an error (types 0 to 127); unreadable if an extension header is
+/// cut short or the packet is a first fragment.
+fn icmpv6_error<'a>(p: &ipv6::Packet<&'a [u8]>) -> Result<Option<&'a [u8]>, Unreadable> {
+    let payload = p.payload();
+    let (mut next, mut off, mut fragmented) = (p.next_header(), 0usize, false);
+    loop {
+        let h = payload.get(off..off + 8);
+        match next {
+            // Hop-by-hop, routing, destination options.
+            0 | 43 | 60 => {
+                let h = h.ok_or(Unreadable)?;
+                next = h[0];
+                off += (usize::from(h[1]) + 1) * 8;
+            }
+            // Fragment: only the first holds the upper-layer header.
+            44 => {
+                let h = h.ok_or(Unreadable)?;
+                if u16::from_be_bytes([h[2], h[3]]) & 0xfff8 != 0 {
+                    return Ok(None);
+                }
+                (next, fragmented) = (h[0], true);
+                off += 8;
+            }
+            // Authentication header: length in 4-byte units.
+            51 => {
+                let h = h.ok_or(Unreadable)?;
+                next = h[0];
+                off += (usize::from(h[1]) + 2) * 4;
+            }
+            PROTO_ICMPV6 => break,
+            _ => return Ok(None),
+        }
+    }
+    let icmp = payload.get(off..).unwrap_or_default();
+    let ty = *icmp.first().ok_or(Unreadable)?;
+    if ty >= 128 {
+        return Ok(None);
+    }
     if fragmented {
         return Err(Unreadable);
     }
-    let quote = pkt.get(icmp + 8..).ok_or(Unreadable)?;
-    match (v6, quote.first().map(|b| b >> 4)) {
-        (false, Some(4)) if quote.len() >= 20 => {
-            let d: [u8; 4] = quote[16..20].try_into().map_err(|_| Unreadable)?;
-            Ok(Some(IpAddr::V4(Ipv4Addr::from(d))))
-        }
-        (true, Some(6)) if quote.len() >= 40 => {
-            let d: [u8; 16] = quote[24..40].try_into().map_err(|_| Unreadable)?;
-            Ok(Some(IpAddr::V6(Ipv6Addr::from(d))))
-        }
-        _ => Err(Unreadable),
-    }
+    Ok(Some(icmp))
 }
 
 #[cfg(test)]
@@ -439,7 +464,7 @@ mod tests {
     }
 
     fn router() -> Router {
-        let reserved: Vec<Prefix> = crate::config::RESERVED_DESTINATIONS
+        let reserved: Vec<Prefix> = super::super::RESERVED_DESTINATIONS
             .iter()
             .chain(&["198.51.100.0/24"])
             .map(|p| p.parse().unwrap())
@@ -450,6 +475,7 @@ mod tests {
                 gw("branch-2", &["198.18.2.0/24", "2001:db8:12::/64"], 16),
             ],
             &reserved,
+            &crate::lpm::NoAdvice,
         )
         .unwrap()
     }

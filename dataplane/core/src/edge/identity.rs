@@ -9,14 +9,14 @@
 //! webpki's. A certificate valid for two configured names is refused.
 use std::collections::HashMap;
 
-use rustls_pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::{CertificateDer, ServerName};
 
+use super::EdgeGateway;
 use super::router::GatewayId;
-use crate::config::EdgeGateway;
 
 /// Why an authenticated peer is not one of the gateways.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum IdentityError {
+pub(super) enum IdentityError {
     /// No certificate (rustls requires one: not expected).
     #[error("no client certificate")]
     NoCertificate,
@@ -36,7 +36,7 @@ pub enum IdentityError {
 
 /// The configured gateways' names and pinned keys.
 #[derive(Debug)]
-pub struct Identities {
+pub(super) struct Identities {
     by_name: HashMap<String, GatewayId>,
     names: Vec<String>,
     pins: Vec<Option<[u8; 32]>>,
@@ -44,7 +44,7 @@ pub struct Identities {
 
 impl Identities {
     /// From the configuration (names are lowercase, validated there).
-    pub fn new(gateways: &[EdgeGateway]) -> Self {
+    pub(super) fn new(gateways: &[EdgeGateway]) -> Self {
         Self {
             by_name: gateways
                 .iter()
@@ -57,7 +57,7 @@ impl Identities {
     }
 
     /// The name of gateway `g`.
-    pub fn name(&self, g: GatewayId) -> &str {
+    pub(super) fn name(&self, g: GatewayId) -> &str {
         self.names.get(usize::from(g)).map_or("?", String::as_str)
     }
 
@@ -66,7 +66,7 @@ impl Identities {
     ///
     /// # Errors
     /// See [`IdentityError`].
-    pub fn identify(&self, chain: &[CertificateDer<'_>]) -> Result<GatewayId, IdentityError> {
+    pub(super) fn identify(&self, chain: &[CertificateDer<'_>]) -> Result<GatewayId, IdentityError> {
         let der = chain.first().ok_or(IdentityError::NoCertificate)?;
         let cert = webpki::EndEntityCert::try_from(der)
             .map_err(|e| IdentityError::BadCertificate(e.to_string()))?;
@@ -75,7 +75,7 @@ impl Identities {
         for n in cert.valid_dns_names() {
             let lower = n.to_ascii_lowercase();
             if seen.len() < 8 {
-                seen.push(super::printable(&lower));
+                seen.push(crate::tunnel::printable(&lower, 64));
             }
             let Some(&g) = self.by_name.get(&lower) else {
                 continue;
@@ -116,7 +116,8 @@ impl Identities {
 ///
 /// # Errors
 /// When the certificate cannot be parsed.
-pub fn spki_sha256(der: &CertificateDer<'_>) -> Result<String, IdentityError> {
+#[cfg(test)]
+fn spki_sha256(der: &CertificateDer<'_>) -> Result<String, IdentityError> {
     let cert = webpki::EndEntityCert::try_from(der)
         .map_err(|e| IdentityError::BadCertificate(e.to_string()))?;
     let spki = cert.subject_public_key_info();
@@ -131,7 +132,7 @@ pub fn spki_sha256(der: &CertificateDer<'_>) -> Result<String, IdentityError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pki;
+    use crate::tunnel::lab_pki::LabPki;
 
     fn gw(name: &str, pin: Option<[u8; 32]>) -> EdgeGateway {
         EdgeGateway {
@@ -143,45 +144,33 @@ mod tests {
         }
     }
 
-    fn cert(dir: &std::path::Path, name: &str) -> CertificateDer<'static> {
-        use rustls_pki_types::pem::PemObject as _;
-        CertificateDer::pem_file_iter(dir.join(format!("{name}.pem")))
-            .unwrap()
-            .next()
-            .unwrap()
-            .unwrap()
-    }
-
     #[test]
     fn certificates_bind_to_their_gateway_only() {
-        let dir = std::env::temp_dir().join(format!("sluice-identity-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        pki::generate(
-            &dir,
-            &["edge.sluice.test".into()],
-            &["gw1".into(), "gw2".into(), "other".into()],
-        )
-        .unwrap();
+        let pki = LabPki::new(&["gw1", "gw2", "other"]);
+        let cert = |name: &str| match name {
+            "gw1" => pki.gateways[0].cert.clone(),
+            "gw2" => pki.gateways[1].cert.clone(),
+            _ => pki.gateways[2].cert.clone(),
+        };
         let ids = Identities::new(&[gw("gw1", None), gw("gw2", None)]);
-        assert_eq!(ids.identify(&[cert(&dir, "gw1")]), Ok(0));
-        assert_eq!(ids.identify(&[cert(&dir, "gw2")]), Ok(1));
+        assert_eq!(ids.identify(&[cert("gw1")]), Ok(0));
+        assert_eq!(ids.identify(&[cert("gw2")]), Ok(1));
         assert!(matches!(
-            ids.identify(&[cert(&dir, "other")]),
+            ids.identify(&[cert("other")]),
             Err(IdentityError::Unknown(n)) if n == "other"
         ));
         assert_eq!(ids.identify(&[]), Err(IdentityError::NoCertificate));
         // A pinned key: the same name with another key is refused.
-        let hex = spki_sha256(&cert(&dir, "gw2")).unwrap();
+        let hex = spki_sha256(&cert("gw2")).unwrap();
         let mut pin = [0u8; 32];
         for (i, b) in pin.iter_mut().enumerate() {
             *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap();
         }
         let pinned = Identities::new(&[gw("gw1", Some(pin)), gw("gw2", Some(pin))]);
-        assert_eq!(pinned.identify(&[cert(&dir, "gw2")]), Ok(1));
+        assert_eq!(pinned.identify(&[cert("gw2")]), Ok(1));
         assert_eq!(
-            pinned.identify(&[cert(&dir, "gw1")]),
+            pinned.identify(&[cert("gw1")]),
             Err(IdentityError::KeyMismatch("gw1".into()))
         );
-        std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -19,16 +19,16 @@ use std::{
     net::IpAddr,
 };
 
-use crate::config::EdgeLimits;
+use super::EdgeLimits;
 
 /// A source prefix, as the per-prefix cap counts: the family and the
 /// address masked to `handshake_prefix_len_v4` / `_v6`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct PrefixKey(bool, u128);
+pub(super) struct PrefixKey(bool, u128);
 
 /// What to do with a new connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Admit {
+pub(super) enum Admit {
     /// Take it.
     Yes,
     /// Take it, after closing this handshake (slot, generation) to make
@@ -42,7 +42,7 @@ pub enum Admit {
 
 /// The handshakes under way, by source prefix.
 #[derive(Debug)]
-pub struct Admission {
+pub(super) struct Admission {
     max: u32,
     per_prefix_max: u32,
     v4_len: u8,
@@ -58,7 +58,7 @@ pub struct Admission {
 impl Admission {
     /// Caps from the configuration (`max_handshakes` may have been lowered
     /// to fit the descriptor limit).
-    pub fn new(limits: &EdgeLimits) -> Self {
+    pub(super) fn new(limits: &EdgeLimits) -> Self {
         Self {
             max: limits.max_handshakes.max(1),
             per_prefix_max: limits.max_handshakes_per_prefix.max(1),
@@ -71,12 +71,12 @@ impl Admission {
     }
 
     /// Handshakes under way.
-    pub fn count(&self) -> u32 {
+    pub(super) fn count(&self) -> u32 {
         self.count
     }
 
     /// The prefix `ip` counts in.
-    pub fn key(&self, ip: IpAddr) -> PrefixKey {
+    pub(super) fn key(&self, ip: IpAddr) -> PrefixKey {
         let ip = match ip {
             IpAddr::V6(a) => a.to_ipv4_mapped().map_or(ip, IpAddr::V4),
             IpAddr::V4(_) => ip,
@@ -99,7 +99,7 @@ impl Admission {
 
     /// Decides on a connection from `key`. `pending(slot, generation)`
     /// says whether a queued handshake is still under way.
-    pub fn admit(&mut self, key: PrefixKey, pending: impl Fn(u32, u32) -> bool) -> Admit {
+    pub(super) fn admit(&mut self, key: PrefixKey, pending: impl Fn(u32, u32) -> bool) -> Admit {
         let mine = self.per_prefix.get(&key).copied().unwrap_or(0);
         if mine >= self.per_prefix_max {
             return Admit::PrefixCap;
@@ -127,7 +127,7 @@ impl Admission {
 
     /// A handshake began (after [`Admit::Yes`], or after the evicted one
     /// was [`Admission::end`]ed). `pending` as for [`Admission::admit`].
-    pub fn begin(
+    pub(super) fn begin(
         &mut self,
         slot: u32,
         generation: u32,
@@ -144,7 +144,7 @@ impl Admission {
 
     /// A handshake from `key` ended (authenticated, failed, timed out,
     /// evicted).
-    pub fn end(&mut self, key: PrefixKey) {
+    pub(super) fn end(&mut self, key: PrefixKey) {
         self.count = self.count.saturating_sub(1);
         if let Some(n) = self.per_prefix.get_mut(&key) {
             *n -= 1;

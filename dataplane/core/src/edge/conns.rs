@@ -1,21 +1,22 @@
 //! The edge's protocol core, sans I/O: connections from accept to close,
 //! their sessions, who they are, where their packets may go.
 //!
-//! The driver ([`super::Edge`]) owns the sockets, the TUN device and the
-//! poller; the core owns everything else and is fed bytes, packets and the
-//! time:
+//! The driver (`sluice-edge`'s `Edge`) owns the sockets, the TUN device
+//! and the poller; the core owns everything else and is fed bytes, packets
+//! and the time:
 //! 1. [`Core::accept`] for each accepted connection: a slot, or a refusal
 //!    (caps on connections still in their handshake: [`super::admission`]).
-//! 2. [`Core::read`] when a connection is readable, with its socket as the
-//!    reader and a byte budget: the handshake, then the identity check (the
+//! 2. [`Core::read`] when a connection is readable, with a closure that
+//!    reads its socket into its session (the tunnel driver's read rule and
+//!    byte budget): the handshake, then the identity check (the
 //!    certificate must name a configured gateway, within its tunnel caps),
 //!    then every packet through [`Router::inbound`] to `deliver`. Returns
 //!    whether bytes may be left (edge-triggered sockets: call again).
 //! 3. [`Core::tun_packet`] for each packet read from the TUN device: into
 //!    the tunnel its destination's route names.
 //! 4. [`Core::poll_dirty`] / [`Core::write`]: connections with frames or
-//!    bytes to send, and sending them (the driver's flush policy,
-//!    [`crate::driver::flush`]).
+//!    bytes to send, and sending them (a closure: the driver's flush
+//!    policy, `sluice_runtime::driver::flush`).
 //! 5. [`Core::handle_timeout`] at [`Core::poll_timeout`]: session timers
 //!    (keepalives, dead peers, the absolute handshake deadline, peers that
 //!    stopped reading), connections done closing, the route sweep.
@@ -27,24 +28,23 @@
 //! `max_tunnels` after; every connection is in a slot of a table that
 //! only grows to their sum.
 use std::{
-    io,
+    fmt::Display,
     net::SocketAddr,
     sync::{Arc, atomic::Ordering::Relaxed},
     time::{Duration, Instant},
 };
 
 use super::{
+    EdgeLimits, Settings,
     admission::{Admission, Admit, PrefixKey},
     identity::Identities,
-    printable,
     ratelog::{RateLog, suppressed_note},
     router::{GatewayId, Learnt, Refused, Router, TunnelRef},
     stats::EdgeStats,
 };
 use crate::{
-    config::{EdgeConfig, EdgeLimits},
-    lpm::LpmError,
-    tunnel::{CloseReason, Event, SendError, Session, SessionConfig},
+    lpm::{Advise, LpmError},
+    tunnel::{AeadProvider, CloseReason, Event, SendError, Session, SessionConfig, printable},
     wire::{ip, tunnel::CloseCode},
 };
 
@@ -125,14 +125,18 @@ pub enum Accepted {
 
 impl Core {
     /// A core for `cfg` with `limits` (the configuration's, possibly
-    /// lowered to fit the descriptor limit), accepting TLS with `tls`.
+    /// lowered to fit the descriptor limit), accepting TLS with `tls`,
+    /// protecting records with `aead`, the routing table's memory advised
+    /// with `advise`.
     ///
     /// # Errors
     /// The prefix table's capacity limits.
     pub fn new(
-        cfg: &EdgeConfig,
+        cfg: &Settings,
         limits: EdgeLimits,
         tls: Arc<rustls::ServerConfig>,
+        aead: AeadProvider,
+        advise: &impl Advise,
         now: Instant,
     ) -> Result<Self, LpmError> {
         let stats = EdgeStats::new(cfg.gateways.iter().map(|g| g.name.clone()));
@@ -145,7 +149,7 @@ impl Core {
                 idle_timeout: cfg.idle_timeout,
                 handshake_timeout: limits.handshake_timeout,
                 write_timeout: cfg.idle_timeout,
-                aead: crate::driver::aead(),
+                aead,
                 ..SessionConfig::default()
             },
             limits,
@@ -153,7 +157,7 @@ impl Core {
             max_tunnels_per_gateway: cfg.gateways.iter().map(|g| g.max_tunnels).collect(),
             tunnels_per_gateway: vec![0; cfg.gateways.len()],
             tunnels: 0,
-            router: Router::new(&cfg.gateways, &cfg.reserved)?,
+            router: Router::new(&cfg.gateways, &cfg.reserved, advise)?,
             admission: Admission::new(&limits),
             conns: Vec::new(),
             free: Vec::new(),
@@ -202,11 +206,6 @@ impl Core {
             .flatten()
             .map(|c| c.sess.buffered_capacity())
             .sum()
-    }
-
-    /// The router (for tests and the fuzz targets).
-    pub fn router(&self) -> &Router {
-        &self.router
     }
 
     fn conn(&self, id: ConnId) -> Option<&Conn> {
@@ -310,15 +309,16 @@ impl Core {
         Accepted::Conn(id)
     }
 
-    /// Reads connection `id` from `rd` (its socket), at most about
-    /// `budget` bytes; packets that may enter the kernel go to `deliver`.
-    /// Returns true if more may be waiting (read again next turn).
-    pub fn read(
+    /// Reads connection `id`: `receive` hands what its socket has into its
+    /// session (at most a budget of bytes) and says whether more may be
+    /// waiting, or fails (logged; the session closes); packets that may
+    /// enter the kernel go to `deliver`. Returns true if more may be
+    /// waiting (read again next turn).
+    pub fn read<E: Display>(
         &mut self,
         id: ConnId,
-        rd: &mut dyn io::Read,
         now: Instant,
-        budget: usize,
+        receive: impl FnOnce(&mut Session) -> Result<bool, E>,
         deliver: &mut dyn FnMut(&[u8]),
     ) -> bool {
         let Some(c) = self.conn_mut(id) else {
@@ -327,9 +327,9 @@ impl Core {
         if c.phase == Phase::Closing {
             return false;
         }
-        let res = crate::driver::receive(&mut c.sess, rd, now, budget);
+        let res = receive(&mut c.sess);
         let more = match &res {
-            Ok(o) => o.more,
+            Ok(more) => *more,
             Err(_) => false,
         };
         // The TLS handshake completes while receiving; the session's close
@@ -619,14 +619,20 @@ impl Core {
         None
     }
 
-    /// End of a batch for connection `id`, or its socket (`wr`) became
-    /// writable: the driver's flush policy (the open record sealed, then
-    /// written until done or the socket is full).
-    pub fn write(&mut self, id: ConnId, wr: &mut dyn io::Write, now: Instant) {
+    /// End of a batch for connection `id`, or its socket became writable:
+    /// `flush` is the driver's flush policy over its session (the open
+    /// record sealed, then written until done or the socket is full); a
+    /// failure finishes the connection.
+    pub fn write<T, E: Display>(
+        &mut self,
+        id: ConnId,
+        now: Instant,
+        flush: impl FnOnce(&mut Session) -> Result<T, E>,
+    ) {
         let Some(c) = self.conn_mut(id) else {
             return;
         };
-        if let Err(e) = crate::driver::flush(&mut c.sess, wr, now) {
+        if let Err(e) = flush(&mut c.sess) {
             log::debug!("connection from {}: write: {e}", c.peer);
             self.finish(id, now);
             return;
@@ -718,5 +724,5 @@ pub enum TunDrop {
 
 /// A close reason for logs (escaped: the peer's words are in it).
 fn describe(r: &CloseReason) -> String {
-    printable(&format!("{r:?}"))
+    printable(&format!("{r:?}"), 64)
 }
