@@ -8,6 +8,9 @@
 //!   bytes, packets, events and deadlines out (its call order is
 //!   documented there).
 //! - [`net`]: IP prefixes with strict parsing.
+//! - [`http`]: request heads and the `Host` allow-list of sluice's
+//!   listeners; [`admin`]: the admin API's requests and answers, shared by
+//!   the gateway's server and the CLI's client.
 //! - [`addr_map`]: fixed-capacity address-keyed maps for the packet path.
 //! - [`gro`]: merges a flow's packets into GSO packets for the edge's TUN
 //!   device.
@@ -30,9 +33,11 @@
 #![deny(missing_docs)]
 
 pub mod addr_map;
+pub mod admin;
 pub mod dns;
 pub mod edge;
 pub mod gro;
+pub mod http;
 pub mod lpm;
 pub mod net;
 pub mod pac;

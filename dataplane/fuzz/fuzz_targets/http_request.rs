@@ -6,8 +6,8 @@
 //! never panic either.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use sluice_gateway::admin::{self, Request};
-use sluice_runtime::http::{self, Hosts};
+use sluice_core::admin::{self, Request};
+use sluice_core::http::{self, Hosts};
 
 fuzz_target!(|data: &[u8]| {
     let max = 8192;
@@ -17,7 +17,7 @@ fuzz_target!(|data: &[u8]| {
         let mut more = data.to_vec();
         more.extend_from_slice(b"\r\n\r\nGET /x HTTP/1.1\r\n\r\n");
         assert_eq!(http::parse(&more, max).ok().flatten().as_ref(), Some(req));
-        let _ = Hosts::local(["gw.example"]).allows(req.host);
+        let _ = Hosts::local(["gw.example"], Some("gw-1")).allows(req.host);
         let _ = Hosts::new(["wpad"]).allows(req.host);
         if let Ok(r) = Request::from_http(req.method, req.path, req.query) {
             let target = r.target().expect("a parsed request has an HTTP form");

@@ -31,8 +31,9 @@
 //! Handlers run on the server's thread: they must be quick or, like the
 //! admin API's reload, run on a server of their own.
 //!
-//! [`parse`] is pure (bytes in, a request or an error out) and is what
-//! the `http_request` fuzz target drives.
+//! [`parse`] and [`Hosts`] are pure (`sluice_core::http`, re-exported
+//! here): bytes in, a request or an error out; the `http_request` fuzz
+//! target drives them.
 use std::{
     collections::HashMap,
     io::{self, Read as _, Write as _},
@@ -119,192 +120,13 @@ impl std::fmt::Debug for Access {
     }
 }
 
-/// The `Host` header values a TCP listener answers: IP literals (a page
-/// can only send one as its own origin's name, so no rebinding), the
-/// names listed, and requests without `Host` (HTTP/1.0 tools; browsers
-/// always send one).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Hosts {
-    names: Vec<String>,
-}
+pub use sluice_core::http::{Hosts, ParseError, Request, parse};
 
-impl Hosts {
-    /// The names (any case, without port) accepted besides IP literals.
-    pub fn new<I: IntoIterator<Item = S>, S: AsRef<str>>(names: I) -> Self {
-        Self {
-            names: names
-                .into_iter()
-                .map(|n| n.as_ref().trim_end_matches('.').to_ascii_lowercase())
-                .filter(|n| !n.is_empty())
-                .collect(),
-        }
-    }
-
-    /// `localhost` and this machine's host name, plus `extra`: what a
-    /// metrics or admin listener accepts by default.
-    pub fn local<I: IntoIterator<Item = S>, S: AsRef<str>>(extra: I) -> Self {
-        let mut h = Self::new(extra);
-        h.names.push("localhost".into());
-        if let Ok(name) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
-            let name = name.trim().to_ascii_lowercase();
-            if !name.is_empty() {
-                h.names.push(name);
-            }
-        }
-        h
-    }
-
-    /// Whether a request with this `Host` header is answered.
-    pub fn allows(&self, host: Option<&str>) -> bool {
-        let Some(host) = host.map(str::trim) else {
-            return true;
-        };
-        // `[v6]`, `[v6]:port`, `v4`, `v4:port`, `name`, `name:port`.
-        let name = if let Some(rest) = host.strip_prefix('[') {
-            let Some((v6, tail)) = rest.split_once(']') else {
-                return false;
-            };
-            return v6.parse::<std::net::Ipv6Addr>().is_ok()
-                && (tail.is_empty() || tail.strip_prefix(':').is_some_and(valid_port));
-        } else {
-            match host.rsplit_once(':') {
-                Some((n, port)) if valid_port(port) => n,
-                Some(_) => return false,
-                None => host,
-            }
-        };
-        if name.parse::<std::net::Ipv4Addr>().is_ok() {
-            return true;
-        }
-        let name = name.trim_end_matches('.');
-        self.names.iter().any(|n| n.eq_ignore_ascii_case(name))
-    }
-}
-
-fn valid_port(p: &str) -> bool {
-    !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit())
-}
-
-/// A request head, borrowed from the connection's buffer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Request<'a> {
-    /// `GET`, `POST`, ...
-    pub method: &'a str,
-    /// The path, without the query.
-    pub path: &'a str,
-    /// What follows `?` in the target (empty without one).
-    pub query: &'a str,
-    /// The `Host` header.
-    pub host: Option<&'a str>,
-    /// The `Authorization` header.
-    pub authorization: Option<&'a str>,
-    /// Whether an `Origin` header came (browsers send one with every
-    /// cross-site request that changes state).
-    pub origin: bool,
-    /// Whether the request announces a body (`Content-Length` above zero
-    /// or `Transfer-Encoding`): refused, no route takes one.
-    pub has_body: bool,
-}
-
-/// Why a request head was refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum ParseError {
-    /// No end of head within the size cap.
-    #[error("request head too large")]
-    TooLarge,
-    /// Not an HTTP/1.x request head.
-    #[error("malformed request: {0}")]
-    Malformed(&'static str),
-}
-
-/// Most header lines in a request head.
-const MAX_HEADERS: usize = 64;
-
-/// Parses the request head at the start of `buf`: `Ok(None)` while it is
-/// incomplete and shorter than `max`; [`ParseError::TooLarge`] once `max`
-/// bytes hold no end of head. Never panics, whatever `buf` holds.
-pub fn parse(buf: &[u8], max: usize) -> Result<Option<Request<'_>>, ParseError> {
-    let window = &buf[..buf.len().min(max)];
-    let Some(end) = window.windows(4).position(|w| w == b"\r\n\r\n") else {
-        return if buf.len() >= max {
-            Err(ParseError::TooLarge)
-        } else {
-            Ok(None)
-        };
-    };
-    let head = std::str::from_utf8(&buf[..end])
-        .map_err(|_| ParseError::Malformed("the head is not UTF-8"))?;
-    let mut lines = head.split("\r\n");
-    let line = lines.next().unwrap_or_default();
-    let mut parts = line.split(' ');
-    let (Some(method), Some(target), Some(version), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(ParseError::Malformed("expected METHOD TARGET HTTP/1.x"));
-    };
-    if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()) {
-        return Err(ParseError::Malformed("bad method"));
-    }
-    if !matches!(version, "HTTP/1.0" | "HTTP/1.1") {
-        return Err(ParseError::Malformed("only HTTP/1.0 and HTTP/1.1"));
-    }
-    if !target.starts_with('/') || !target.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(ParseError::Malformed("bad target"));
-    }
-    let (path, query) = target.split_once('?').unwrap_or((target, ""));
-    let mut req = Request {
-        method,
-        path,
-        query,
-        host: None,
-        authorization: None,
-        origin: false,
-        has_body: false,
-    };
-    for (n, line) in lines.enumerate() {
-        if n >= MAX_HEADERS {
-            return Err(ParseError::Malformed("too many headers"));
-        }
-        let (name, value) = line
-            .split_once(':')
-            .ok_or(ParseError::Malformed("a header line without `:`"))?;
-        if name.is_empty()
-            || !name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
-        {
-            return Err(ParseError::Malformed("bad header name"));
-        }
-        if value.bytes().any(|b| b.is_ascii_control() && b != b'\t') {
-            return Err(ParseError::Malformed("control characters in a header"));
-        }
-        let value = value.trim_matches([' ', '\t']);
-        if name.eq_ignore_ascii_case("host") {
-            once(&mut req.host, value)?;
-        } else if name.eq_ignore_ascii_case("authorization") {
-            once(&mut req.authorization, value)?;
-        } else if name.eq_ignore_ascii_case("origin") {
-            req.origin = true;
-        } else if name.eq_ignore_ascii_case("content-length") {
-            let len: u64 = value
-                .parse()
-                .map_err(|_| ParseError::Malformed("bad Content-Length"))?;
-            req.has_body |= len > 0;
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            req.has_body = true;
-        }
-    }
-    Ok(Some(req))
-}
-
-/// Sets a header seen once; a second one is an error (two `Host`s could
-/// be read differently by a proxy in front).
-fn once<'a>(slot: &mut Option<&'a str>, v: &'a str) -> Result<(), ParseError> {
-    if slot.is_some() {
-        return Err(ParseError::Malformed("a header given twice"));
-    }
-    *slot = Some(v);
-    Ok(())
+/// [`Hosts::local`] with this machine's host name
+/// (`/proc/sys/kernel/hostname`): `localhost`, it and `extra`.
+pub fn local_hosts<I: IntoIterator<Item = S>, S: AsRef<str>>(extra: I) -> Hosts {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").ok();
+    Hosts::local(extra, name.as_deref())
 }
 
 /// What a handler answers: status and content type; the body is what it

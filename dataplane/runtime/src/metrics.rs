@@ -12,7 +12,7 @@ use std::{
     thread::JoinHandle,
 };
 
-use crate::http::{Access, Hosts, Limits, Reply, Server};
+use crate::http::{Access, Limits, Reply, Server, local_hosts};
 
 /// Appends one sample line, with the `# HELP`/`# TYPE` header when
 /// `help` is given (once per metric family).
@@ -77,7 +77,7 @@ where
             }
         },
     )?;
-    s.listen_tcp(addr, Access::Open, Hosts::local(hosts))?;
+    s.listen_tcp(addr, Access::Open, local_hosts(hosts))?;
     Ok(s)
 }
 

@@ -66,7 +66,10 @@ impl Identities {
     ///
     /// # Errors
     /// See [`IdentityError`].
-    pub(super) fn identify(&self, chain: &[CertificateDer<'_>]) -> Result<GatewayId, IdentityError> {
+    pub(super) fn identify(
+        &self,
+        chain: &[CertificateDer<'_>],
+    ) -> Result<GatewayId, IdentityError> {
         let der = chain.first().ok_or(IdentityError::NoCertificate)?;
         let cert = webpki::EndEntityCert::try_from(der)
             .map_err(|e| IdentityError::BadCertificate(e.to_string()))?;

@@ -168,12 +168,7 @@ impl Router {
     /// [`Router::inbound`] with the addresses alone (for tests: the ICMP
     /// check needs the packet).
     #[cfg(test)]
-    fn inbound_addrs(
-        &mut self,
-        t: TunnelRef,
-        src: IpAddr,
-        dst: IpAddr,
-    ) -> Result<Learnt, Refused> {
+    fn inbound_addrs(&mut self, t: TunnelRef, src: IpAddr, dst: IpAddr) -> Result<Learnt, Refused> {
         self.check_addrs(t, src, dst)?;
         Ok(self.learn(t, src))
     }

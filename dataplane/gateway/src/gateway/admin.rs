@@ -26,7 +26,7 @@ use crate::{
     admin::{Request, RouteError},
     config::GatewayConfig,
     ebpf::Classifier,
-    http::{Access, Hosts, Limits, Reply, Server},
+    http::{Access, Limits, Reply, Server, local_hosts},
 };
 
 /// Binds the metrics listener and the admin API's listeners (errors name
@@ -178,7 +178,7 @@ fn admin_server(
             source: io::Error::other(e),
         })?;
         server
-            .listen_tcp(addr, Access::Token(hash), Hosts::local(&a.http_hosts))
+            .listen_tcp(addr, Access::Token(hash), local_hosts(&a.http_hosts))
             .map_err(|e| field("admin_listen", format!("{addr}: {e}")))?;
         log::info!("admin API on http://{addr} (bearer token)");
     }
