@@ -287,11 +287,16 @@ const FUZZ_TARGETS: [&str; 13] = [
     "policy",
     "edge_handshake",
     "edge_routing",
-    // Needs root: BPF_PROG_TEST_RUN (xtask runs as root).
+    // Needs root: BPF_PROG_TEST_RUN (xtask runs as root); built with the
+    // fuzz crate's `kernel` feature ([`FUZZ_KERNEL_TARGET`]).
     "classifier_diff",
     "http_request",
     "trusted_facts",
 ];
+/// The one fuzz target that needs more than core and config: it runs the
+/// real classifier, so it needs the gateway's loader, behind the fuzz
+/// crate's `kernel` feature (`dataplane/fuzz/Cargo.toml`).
+const FUZZ_KERNEL_TARGET: &str = "classifier_diff";
 /// How long `test` runs each fuzz target: enough to catch a target that
 /// no longer builds or crashes at once, not a fuzzing campaign.
 const FUZZ_SMOKE_SECONDS: u32 = 20;
@@ -327,7 +332,13 @@ fn fuzz_all(seconds: u32) -> Vec<String> {
             .current_dir(&dir)
             // `--fuzz-dir`: the fuzz crate is not in a `fuzz/` folder beside
             // a package manifest (cargo-fuzz's default), so name it.
-            .args(["+nightly", "fuzz", "run", "--release", "--fuzz-dir"])
+            .args(["+nightly", "fuzz", "run", "--release"])
+            .args(if t == FUZZ_KERNEL_TARGET {
+                &["--features", "kernel"][..]
+            } else {
+                &[]
+            })
+            .arg("--fuzz-dir")
             .arg(&dir)
             .arg(t)
             .arg(&scratch)

@@ -323,8 +323,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 Some(addr) => {
                     let stats = edge.stats();
                     Some(
-                        metrics::serve(addr, stop.clone(), move |out| sluice_edge::render_stats(&stats, out))
-                            .with_context(|| format!("serving metrics on {addr}"))?,
+                        metrics::serve(addr, stop.clone(), move |out| {
+                            sluice_edge::render_stats(&stats, out)
+                        })
+                        .with_context(|| format!("serving metrics on {addr}"))?,
                     )
                 }
                 None => None,

@@ -58,7 +58,12 @@ fn setup() -> &'static Setup {
 /// reads a non-blocking socket (`sluice_runtime::driver::receive`: straight
 /// into the session's receive buffer, at most about `budget` bytes, until
 /// the bytes run out, "would block"). Whether more may be left.
-fn feed(s: &mut Session, mut bytes: &[u8], now: Instant, budget: usize) -> Result<bool, SessionError> {
+fn feed(
+    s: &mut Session,
+    mut bytes: &[u8],
+    now: Instant,
+    budget: usize,
+) -> Result<bool, SessionError> {
     let mut total = 0;
     loop {
         let buf = s.receive_buffer()?;

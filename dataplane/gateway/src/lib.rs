@@ -9,7 +9,8 @@
 //!   the admin API server.
 //! - [`endpoint`]: endpoint mode (the host's own traffic, process-based
 //!   bypass through socket hooks and exec events, the flow table).
-//! - [`admin`]: the admin API's requests and responses, shared by the
+//! - [`admin`]: the admin API's client (`call`) and, re-exported from
+//!   `sluice_core::admin`, its requests and responses, shared by the
 //!   server here and the `sluice` CLI's client.
 //! - [`pac`]: serving the PAC file; [`check`]: `sluice check`'s host
 //!   checks.

@@ -9,7 +9,8 @@
 //! - [`pki`]: the small CA (`sluice pki`), and the loaders that turn PEM
 //!   files into rustls configurations;
 //! - [`http`]: the one HTTP/1.1 server behind metrics, the admin API and
-//!   the PAC file (deadlines, caps, `Host` allow-list);
+//!   the PAC file (deadlines, caps, authorisation; the request heads and
+//!   the `Host` allow-list are `sluice_core::http`'s, re-exported);
 //! - [`metrics`]: Prometheus text rendering and its listener;
 //! - [`host`]: facts about the host's interfaces and the few commands sluice
 //!   runs to configure the kernel (`ip`, `nft`).
