@@ -324,7 +324,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     let stats = edge.stats();
                     Some(
                         metrics::serve(addr, stop.clone(), move |out| {
-                            sluice_edge::render_stats(&stats, out)
+                            sluice_edge::render_stats(&stats, out);
                         })
                         .with_context(|| format!("serving metrics on {addr}"))?,
                     )
