@@ -51,7 +51,11 @@ use self::{
     supervise::{Heartbeat, Registry, Watchdog},
     worker::{Port, Route, TunnelParams, Worker},
 };
-pub use self::{neighbor::Neighbors, stats::WorkerStats, supervise::EXIT_FAULT};
+pub use self::{
+    neighbor::Neighbors,
+    stats::WorkerStats,
+    supervise::{EXIT_FAULT, Fault},
+};
 use crate::{
     config::GatewayConfig,
     ebpf::{Classifier, EbpfError},
@@ -126,10 +130,24 @@ pub enum GatewayError {
     /// classifier stays attached and pinned, failing closed. The process
     /// exits with [`EXIT_FAULT`].
     #[error("stopped on a fault: {0}")]
-    Fault(String),
-    /// `sluice gateway detach` could not remove everything.
-    #[error("detach: {0}")]
-    Detach(String),
+    Fault(Fault),
+    /// `sluice gateway detach` could not remove a pin.
+    #[error("detach: removing the pin {}: {source}", pin.display())]
+    DetachPin {
+        /// The pin.
+        pin: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `sluice gateway detach` found an XDP program still attached.
+    #[error(
+        "detach: an XDP program is still attached to {lan} (one sluice did not pin, or another process holds its link): see `ip link show dev {lan}`"
+    )]
+    StillAttached {
+        /// The LAN interface.
+        lan: String,
+    },
     /// `sluice gateway detach` could not remove endpoint mode's pins.
     #[error("detach: {0}")]
     DetachEndpoint(crate::endpoint::EndpointError),
@@ -508,7 +526,10 @@ impl Gateway {
                 "the exec watcher is stuck: exiting without running commands (execs wait for it); endpoint routing stays as a crash leaves it, failing closed"
             );
             self.watchdog.stopped();
-            let f = self.watchdog.recorded().unwrap_or_default();
+            let f = self
+                .watchdog
+                .recorded()
+                .unwrap_or_else(|| Fault::NotReturned(vec![EXEC_WATCHER.into()]));
             std::mem::forget(self);
             return Err(GatewayError::Fault(f));
         }
@@ -527,8 +548,7 @@ impl Gateway {
         }
         let fault = self.watchdog.recorded();
         self.watchdog.stopped();
-        let stuck = (!left.is_empty())
-            .then(|| format!("threads still running after the stop: {}", left.join(", ")));
+        let stuck = (!left.is_empty()).then_some(Fault::NotReturned(left));
         match fault.or(stuck) {
             None => {
                 log::info!("gateway stopped");
@@ -583,15 +603,15 @@ fn watch_local_addrs(
         }
         next_resync = now + RESYNC_EVERY;
         let res = host::local_addrs()
-            .map_err(|e| e.to_string())
+            .map_err(GatewayError::from)
             .and_then(|a| {
                 if a == current {
                     return Ok(());
                 }
                 let mut c = classifier
                     .lock()
-                    .map_err(|_| "classifier lock poisoned".to_string())?;
-                c.set_local_addrs(&a).map_err(|e| e.to_string())?;
+                    .map_err(|_| GatewayError::Policy(PolicyError::Poisoned))?;
+                c.set_local_addrs(&a)?;
                 drop(c);
                 let added: Vec<String> = a
                     .iter()
@@ -640,8 +660,9 @@ pub fn detach(cfg: &GatewayConfig) -> Result<Vec<String>, GatewayError> {
     if let Some(lan) = &cfg.lan {
         let pin = host::classifier_pin(&cfg.bpffs, lan)?;
         if pin.exists() {
-            std::fs::remove_file(&pin).map_err(|e| {
-                GatewayError::Detach(format!("removing the pin {}: {e}", pin.display()))
+            std::fs::remove_file(&pin).map_err(|source| GatewayError::DetachPin {
+                pin: pin.clone(),
+                source,
             })?;
             done.push(format!("removed the classifier's pin {}", pin.display()));
         }
@@ -649,8 +670,9 @@ pub fn detach(cfg: &GatewayConfig) -> Result<Vec<String>, GatewayError> {
         // the LAN's frames after a detach).
         let egress = vlan_egress_pin(&pin);
         if egress.exists() {
-            std::fs::remove_file(&egress).map_err(|e| {
-                GatewayError::Detach(format!("removing the pin {}: {e}", egress.display()))
+            std::fs::remove_file(&egress).map_err(|source| GatewayError::DetachPin {
+                pin: egress.clone(),
+                source,
             })?;
             done.push(format!("removed the VLAN egress pin {}", egress.display()));
         }
@@ -662,9 +684,7 @@ pub fn detach(cfg: &GatewayConfig) -> Result<Vec<String>, GatewayError> {
             std::thread::sleep(Duration::from_millis(20));
         }
         if host::xdp_attached(lan)? {
-            return Err(GatewayError::Detach(format!(
-                "an XDP program is still attached to {lan} (one sluice did not pin, or another process holds its link): see `ip link show dev {lan}`"
-            )));
+            return Err(GatewayError::StillAttached { lan: lan.clone() });
         }
         done.push(format!("no XDP program on {lan}"));
     }

@@ -61,7 +61,8 @@ use crate::{
     },
 };
 
-const XSK: Token = Token(0);
+/// The port (the `AF_XDP` socket or the TUN device).
+const PORT: Token = Token(0);
 /// Tunnel `t`'s socket is `Token(FIRST_TUNNEL + t)`.
 const FIRST_TUNNEL: usize = 1;
 /// The neighbour-table socket (after the tunnels' tokens).
@@ -264,7 +265,7 @@ impl Worker {
     ) -> io::Result<Self> {
         let poll = Poll::new()?;
         poll.registry()
-            .register(&mut SourceFd(&port.raw_fd()), XSK, Interest::READABLE)?;
+            .register(&mut SourceFd(&port.raw_fd()), PORT, Interest::READABLE)?;
         let dns = match dns {
             Some((relay, index)) => Some(
                 relay
@@ -396,7 +397,7 @@ impl Worker {
         // without a new event, so poll without blocking.
         let mut rx_more = true;
         // Bit `t`: tunnel `t` may have more to read.
-        let mut tcp_more: u32 = 0;
+        let mut tunnel_more: u32 = 0;
         while !stop.load(Relaxed) {
             beat.beat();
             if super::fault::inject(&mut fault) {
@@ -404,7 +405,7 @@ impl Worker {
             }
             let now = Instant::now();
             let returns = self.dns.as_ref().is_some_and(DnsPort::has_returns);
-            let timeout = if rx_more || tcp_more != 0 || returns {
+            let timeout = if rx_more || tunnel_more != 0 || returns {
                 Duration::ZERO
             } else {
                 self.next_wakeup(now)
@@ -417,14 +418,14 @@ impl Worker {
             }
             for ev in &events {
                 match ev.token() {
-                    XSK => rx_more = true,
+                    PORT => rx_more = true,
                     NEIGH => self.neigh_ready = true,
                     Token(n)
                         if n >= FIRST_TUNNEL
                             && n - FIRST_TUNNEL < TENANTS
                             && (ev.is_readable() || ev.is_read_closed() || ev.is_error()) =>
                     {
-                        tcp_more |= 1 << (n - FIRST_TUNNEL);
+                        tunnel_more |= 1 << (n - FIRST_TUNNEL);
                     }
                     // DNS_BACK too: its queue is checked every turn.
                     _ => {}
@@ -438,8 +439,8 @@ impl Worker {
                 rx_more = self.lan_to_tunnel();
             }
             for t in 0..self.tunnels.len() {
-                if tcp_more & (1 << t) != 0 && !self.tunnel_to_lan(t, now) {
-                    tcp_more &= !(1 << t);
+                if tunnel_more & (1 << t) != 0 && !self.tunnel_to_lan(t, now) {
+                    tunnel_more &= !(1 << t);
                 }
             }
             self.dns_returns(now);
@@ -587,7 +588,7 @@ impl Worker {
         let now = Instant::now();
         let routes = &mut self.routes;
         let t = &mut self.tally;
-        let ntun = self.tunnels.len();
+        let tunnel_count = self.tunnels.len();
         let tunnels = &mut self.tunnels;
         let mut dns = self.dns.as_mut();
         let mut send = |i: usize, pkt: &ip::Packet<'_>, t: &mut Tally| {
@@ -617,7 +618,7 @@ impl Worker {
                             .and_then(sluice_common::XdpMeta::decode)
                             .and_then(sluice_common::XdpMeta::tunnel)
                             .map(usize::from)
-                            .filter(|&x| x < ntun)
+                            .filter(|&x| x < tunnel_count)
                     };
                     let Some(meta) = meta else {
                         t.drop_no_verdict += 1;
