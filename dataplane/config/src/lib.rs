@@ -172,7 +172,7 @@ pub struct GatewayConfig {
     pub vpn_gateways: Vec<Prefix>,
     /// Domains whose answered addresses bypass the tunnel, and the bounds
     /// of that table.
-    pub domains: DomainBypass,
+    pub domains: DomainBypassConfig,
     /// The PAC file for LAN clients, if served.
     pub pac: Option<PacConfig>,
     /// Processes whose sockets bypass the tunnel (endpoint mode).
@@ -248,7 +248,7 @@ pub enum EndpointPath {
 
 /// `[bypass]`'s domain settings.
 #[derive(Debug, Clone)]
-pub struct DomainBypass {
+pub struct DomainBypassConfig {
     /// Exact names and `*.suffix` wildcards.
     pub patterns: Vec<crate::dns::Pattern>,
     /// TTL floor and cap, pending-query bounds.
@@ -910,7 +910,7 @@ impl Doc<'_> {
         })
     }
 
-    fn domains(&self, raw: &RawBypass) -> Result<DomainBypass, ConfigError> {
+    fn domains(&self, raw: &RawBypass) -> Result<DomainBypassConfig, ConfigError> {
         let mut patterns = Vec::with_capacity(raw.domains.len());
         let mut seen = HashSet::with_capacity(raw.domains.len());
         for (i, p) in raw.domains.iter().enumerate() {
@@ -964,7 +964,7 @@ impl Doc<'_> {
             })?;
             servers.push(ip);
         }
-        Ok(DomainBypass {
+        Ok(DomainBypassConfig {
             servers,
             patterns,
             limits: crate::dns::Limits {

@@ -38,10 +38,10 @@ use sluice_common::{
 
 use crate::{net::Prefix, sys::bpf_mmap::MappedWords};
 
-mod policy;
+mod policy_maps;
 mod probe;
 mod vlan;
-pub use policy::{Prepared, SLOT_QUIET, dns_key};
+pub use policy_maps::{Prepared, SLOT_QUIET, dns_key};
 pub use probe::ParseProbe;
 pub use sluice_config::{AttachMode, VlanMode};
 pub use vlan::{LabVlanPins, pin_lab_vlan_host};
@@ -272,19 +272,20 @@ enum HeldLink {
     /// A `bpf_link` pinned in bpffs: it outlives this process, so a crash
     /// leaves the classifier attached (fail-closed: its XSK map entries
     /// vanish with the sockets, and tunnelled frames are dropped, not
-    /// routed). Only [`Classifier::detach`] removes the pin.
+    /// routed). Only [`Programs::detach`] removes the pin.
     Pinned(FdLink, PathBuf),
 }
 
-/// The loaded classifier: its program and maps.
+/// The loaded eBPF object: the XDP classifier, the socket hooks (endpoint
+/// mode, [`Programs::attach_sock_hooks`]) and the maps they share.
 ///
 /// Dropping it detaches the program (aya detaches the links it owns) and
 /// frees the maps once no `AF_XDP` socket or link holds them.
 #[derive(Debug)]
-pub struct Classifier {
+pub struct Programs {
     ebpf: Ebpf,
     attachment: Option<Attachment>,
-    slots: policy::Slots,
+    slots: policy_maps::Slots,
     /// [`map_names::POLICY_STATE`], mapped: the state word and the
     /// tunnels' down times, each stored with one atomic store.
     state_words: MappedWords,
@@ -292,7 +293,7 @@ pub struct Classifier {
     vlan_egress: Option<vlan::Egress>,
 }
 
-impl Classifier {
+impl Programs {
     /// Loads [`CLASSIFIER_OBJECT`]: creates its maps and loads (verifies)
     /// the XDP program, without attaching it anywhere.
     ///
@@ -325,7 +326,7 @@ impl Classifier {
         let classifier = Self {
             ebpf,
             attachment: None,
-            slots: policy::Slots::default(),
+            slots: policy_maps::Slots::default(),
             state_words,
             vlan_egress: None,
         };
@@ -592,7 +593,7 @@ impl Classifier {
         Ok(mode)
     }
 
-    /// Like [`Classifier::attach`], but holds the attachment through a
+    /// Like [`Programs::attach`], but holds the attachment through a
     /// `bpf_link` pinned at `pin`, so that it survives this process: if sluice
     /// dies, the classifier stays attached and, its sockets gone, drops
     /// what it would have tunnelled instead of letting the kernel route it.
@@ -600,7 +601,7 @@ impl Classifier {
     /// If `pin` already holds a link (a previous run that did not stop
     /// cleanly), the link is adopted and its program replaced by this one
     /// atomically (`bpf_link_update`): there is no moment without a
-    /// classifier. [`Classifier::detach`] unpins and detaches.
+    /// classifier. [`Programs::detach`] unpins and detaches.
     pub fn attach_pinned(
         &mut self,
         interface: &str,
@@ -747,7 +748,7 @@ impl Classifier {
         self.test_run_meta(frame).map(|(action, _)| action)
     }
 
-    /// [`Classifier::test_run`], also returning the metadata the program
+    /// [`Programs::test_run`], also returning the metadata the program
     /// put in front of the frame (`None` if it put none).
     pub fn test_run_meta(
         &self,
@@ -756,7 +757,7 @@ impl Classifier {
         self.test_run_out(frame).map(|(a, m, _)| (a, m))
     }
 
-    /// [`Classifier::test_run_meta`], also returning the frame as the
+    /// [`Programs::test_run_meta`], also returning the frame as the
     /// program left it (after any tag it removed).
     pub fn test_run_out(&self, frame: &[u8]) -> Result<TestRunOutput, EbpfError> {
         let program: &Xdp = self
@@ -822,18 +823,18 @@ impl Classifier {
     }
 }
 
-/// What [`Classifier::test_run_out`] returns: the XDP action, the
+/// What [`Programs::test_run_out`] returns: the XDP action, the
 /// metadata in front of the frame (if any) and the frame as the program
 /// left it.
 pub type TestRunOutput = (u32, Option<[u8; sluice_common::META_LEN]>, Vec<u8>);
 
-impl Classifier {
+impl Programs {
     /// Loads the endpoint-mode socket hooks of this object, attaches them
     /// to `cgroup` (every process below it) and to the scheduler's fork
     /// and exit tracepoints, and turns them on with `cfg`. Returns the maps
     /// user space keeps writing (bypassed processes) and reading (flows,
     /// counters). The hooks share this classifier's bypass tries; they do
-    /// nothing while [`Classifier::set_sock_config`] has them disabled.
+    /// nothing while [`Programs::set_sock_config`] has them disabled.
     ///
     /// With `pins`, every hook's `bpf_link` is pinned in that directory
     /// (one file per program), so that the hooks outlive this process: a
@@ -1009,7 +1010,7 @@ fn pin_hooks(dir: &Path, links: Vec<(&'static str, FdLink)>) -> Result<(), EbpfE
 }
 
 /// The maps of the endpoint-mode socket hooks that user space keeps using
-/// after [`Classifier::attach_sock_hooks`].
+/// after [`Programs::attach_sock_hooks`].
 pub struct SockHooks {
     processes: HashMap<MapData, u32, ProcessEntry>,
     grants: Option<ExecGrants>,

@@ -22,8 +22,8 @@ mod dns_relay;
 mod domains;
 pub(crate) mod fault;
 mod neighbor;
-mod policy;
-pub use self::policy::PolicyError;
+mod control;
+pub use self::control::PolicyError;
 mod stats;
 pub(crate) mod supervise;
 pub mod trusted;
@@ -46,7 +46,7 @@ use sluice_common::Counter;
 use self::{
     dns_relay::DnsRelay,
     domains::DomainBypass,
-    policy::PolicyControl,
+    control::PolicyControl,
     stats::TenantStats,
     supervise::{Heartbeat, Registry, Watchdog},
     worker::{Port, Route, TunnelParams, Worker},
@@ -58,7 +58,7 @@ pub use self::{
 };
 use crate::{
     config::GatewayConfig,
-    ebpf::{Classifier, EbpfError},
+    ebpf::{Programs, EbpfError},
     host, metrics, pki,
     sys::{
         lock::Lock,
@@ -157,7 +157,7 @@ pub enum GatewayError {
 pub struct Gateway {
     /// Held to the end: its maps, and the pinned link's descriptor (the
     /// pin outlives it).
-    _classifier: Arc<Mutex<Classifier>>,
+    _classifier: Arc<Mutex<Programs>>,
     /// Where the classifier's link is pinned (it stays when the gateway
     /// stops).
     pin: Option<PathBuf>,
@@ -285,7 +285,7 @@ impl Gateway {
         signal_hook::flag::register(signal_hook::consts::SIGHUP, reload.clone())
             .map_err(io("installing the SIGHUP handler"))?;
 
-        let mut classifier = Classifier::load()?;
+        let mut classifier = Programs::load()?;
         // Subscribed before the first read: no change in between is missed.
         let addr_monitor = RouteMonitor::new().map_err(io("watching address changes"))?;
         let local = host::local_addrs()?;
@@ -421,7 +421,7 @@ impl Gateway {
             .endpoint
             .as_ref()
             .map(crate::endpoint::Endpoint::processes);
-        let names: Vec<String> = policy::tunnels(cfg).into_iter().map(|(n, _)| n).collect();
+        let names: Vec<String> = control::tunnels(cfg).into_iter().map(|(n, _)| n).collect();
         let gauges = (stats.clone(), tenant_stats.clone());
         // The metrics listener and the admin API, on one supervised thread.
         if let Some(h) = admin::start(
@@ -573,7 +573,7 @@ impl Gateway {
 /// destination. Returns (a fault: the supervisor stops the gateway) when
 /// the notifications fail or the table cannot be updated for 5 s.
 fn watch_local_addrs(
-    classifier: &Mutex<Classifier>,
+    classifier: &Mutex<Programs>,
     mut monitor: RouteMonitor,
     mut current: Vec<IpAddr>,
     stop: &AtomicBool,
@@ -730,7 +730,7 @@ fn tunnels_up(stats: &[Arc<TenantStats>]) -> Vec<Option<bool>> {
 /// One TLS client configuration per tunnel (internet first, then each
 /// private-access tenant).
 fn tunnel_params(cfg: &GatewayConfig) -> Result<Vec<TunnelParams>, GatewayError> {
-    policy::tunnels(cfg)
+    control::tunnels(cfg)
         .into_iter()
         .map(|(_, t)| {
             Ok(TunnelParams {
@@ -805,7 +805,7 @@ type EndpointWorker = (Arc<WorkerStats>, Arc<TenantStats>);
 fn start_endpoint(
     cfg: &GatewayConfig,
     ep: &crate::config::EndpointConfig,
-    classifier: &Arc<Mutex<Classifier>>,
+    classifier: &Arc<Mutex<Programs>>,
     tunnels: &[TunnelParams],
     control: &Arc<PolicyControl>,
     stop: &Arc<AtomicBool>,
@@ -931,7 +931,7 @@ fn lan_xsk_config(cfg: &GatewayConfig) -> XskConfig {
 fn attach_lan(
     cfg: &GatewayConfig,
     lan: &str,
-    classifier: &mut Classifier,
+    classifier: &mut Programs,
 ) -> Result<(Vec<XskSocket>, crate::wire::ethernet::Mac, PathBuf), GatewayError> {
     let ifindex = host::ifindex(lan)?;
     let lan_mac = host::mac(lan)?;
@@ -987,7 +987,7 @@ fn attach_mode(cfg: &GatewayConfig, lan: &str) -> crate::ebpf::AttachMode {
     mode
 }
 
-fn render(out: &mut String, classifier: &Mutex<Classifier>, stats: &[Arc<WorkerStats>]) {
+fn render(out: &mut String, classifier: &Mutex<Programs>, stats: &[Arc<WorkerStats>]) {
     if let Ok(c) = classifier.lock()
         && let Ok(counts) = c.counters()
     {

@@ -9,7 +9,7 @@
 //! bytes of XDP metadata), so the worker never looks a policy up for LAN
 //! traffic and never disagrees with the classifier; the endpoint worker,
 //! whose packets come from a TUN device, looks the tunnel up in the
-//! published compiled policy ([`super::policy::Published`]), refreshed
+//! published compiled policy ([`super::control::Published`]), refreshed
 //! once per batch when its generation changes.
 //!
 //! Per iteration: drain a batch from the port, frame every packet into
@@ -43,7 +43,7 @@ use mio::{Events, Interest, Poll, Token, unix::SourceFd};
 use super::{
     dns_relay::{Divert, DnsPort, DnsRelay, Job, Kind},
     neighbor::{Neighbors, Source},
-    policy::{Active, Published},
+    control::{Active, Published},
     stats::{TENANTS, TenantStats, WorkerStats},
 };
 use crate::{
