@@ -16,7 +16,7 @@ use std::{
 use sluice_common::{BypassEntry, Counter, MAX_IPV6_EXT_HEADERS, MAX_QUEUES};
 use sluice_core::net::Prefix;
 use sluice_gateway::ebpf::{
-    AttachMode, AttachedMode, Programs, EbpfError, XDP_DROP, XDP_PASS, xdp_action_name,
+    AttachMode, AttachedMode, EbpfError, Programs, XDP_DROP, XDP_PASS, xdp_action_name,
 };
 
 // ---------------------------------------------------------------------------

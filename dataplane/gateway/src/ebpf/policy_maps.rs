@@ -23,7 +23,7 @@ use sluice_common::{
     PolicyState, ProfileEntry, map_names, profile_id, state_index,
 };
 
-use super::{Programs, EbpfError, layout, removed};
+use super::{EbpfError, Programs, layout, removed};
 use crate::{net::Prefix, policy::compile::Tables};
 
 /// How long after a commit the slot that was live may be rewritten: a frame

@@ -20,7 +20,7 @@ use sluice_common::{
     VLAN_MODE_UNTAG, map_names, setting,
 };
 
-use super::{CLASSIFIER_OBJECT, Programs, EbpfError, VlanMode, error_chain, layout};
+use super::{CLASSIFIER_OBJECT, EbpfError, Programs, VlanMode, error_chain, layout};
 
 /// Untag mode's attached egress program: a `bpf_link` (TCX) pinned in
 /// bpffs beside the classifier's, so that a crash leaves both attached

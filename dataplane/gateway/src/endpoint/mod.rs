@@ -41,7 +41,7 @@ use sluice_common::{FlowVerdict, SockConfig, SockCounter};
 use self::exec::{ExecTracker, FactsCache, MountDevs};
 use crate::{
     config::{EndpointConfig, GatewayConfig},
-    ebpf::{Programs, EbpfError, SockHooks},
+    ebpf::{EbpfError, Programs, SockHooks},
     gateway::{fault, supervise::Heartbeat},
     net::Prefix,
     process::ProcessSet,

@@ -28,7 +28,7 @@ use std::{
 use super::domains::DomainBypass;
 use crate::{
     config::{ConfigError, GatewayConfig, TunnelConfig},
-    ebpf::{Programs, EbpfError},
+    ebpf::{EbpfError, Programs},
     metrics::sample,
     policy::{
         Policy, Proto, ProtoError, UnknownTenant,

@@ -35,7 +35,7 @@ use crate::{
         Answer, BypassTable, DomainSet, Endpoints, Insert, Observer, Stats, Transport,
         tcp::{Segment, StreamKey, TcpStreams},
     },
-    ebpf::{Programs, EbpfError, Prepared},
+    ebpf::{EbpfError, Prepared, Programs},
     metrics::sample,
     policy::compile::DomainMatcher,
     wire::ip,

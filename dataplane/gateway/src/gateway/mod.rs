@@ -18,11 +18,11 @@
 //! Every thread is supervised ([`supervise`]): one that stops or stops
 //! making progress stops the gateway with [`EXIT_FAULT`], failing closed.
 mod admin;
+mod control;
 mod dns_relay;
 mod domains;
 pub(crate) mod fault;
 mod neighbor;
-mod control;
 pub use self::control::PolicyError;
 mod stats;
 pub(crate) mod supervise;
@@ -44,9 +44,9 @@ use std::{
 use sluice_common::Counter;
 
 use self::{
+    control::PolicyControl,
     dns_relay::DnsRelay,
     domains::DomainBypass,
-    control::PolicyControl,
     stats::TenantStats,
     supervise::{Heartbeat, Registry, Watchdog},
     worker::{Port, Route, TunnelParams, Worker},
@@ -58,7 +58,7 @@ pub use self::{
 };
 use crate::{
     config::GatewayConfig,
-    ebpf::{Programs, EbpfError},
+    ebpf::{EbpfError, Programs},
     host, metrics, pki,
     sys::{
         lock::Lock,

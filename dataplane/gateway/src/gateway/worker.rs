@@ -41,9 +41,9 @@ use std::{
 use mio::{Events, Interest, Poll, Token, unix::SourceFd};
 
 use super::{
+    control::{Active, Published},
     dns_relay::{Divert, DnsPort, DnsRelay, Job, Kind},
     neighbor::{Neighbors, Source},
-    control::{Active, Published},
     stats::{TENANTS, TenantStats, WorkerStats},
 };
 use crate::{
