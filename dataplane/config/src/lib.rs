@@ -77,9 +77,9 @@ pub use policy_section::DetectionSources;
 /// `gateway.rx_frames` when the file has none.
 pub const DEFAULT_RX_FRAMES: u32 = 2048;
 /// The least `gateway.rx_frames`.
-pub const MIN_RX_FRAMES: u32 = 512;
+pub(crate) const MIN_RX_FRAMES: u32 = 512;
 /// The most `gateway.rx_frames` (a 128 MiB socket).
-pub const MAX_RX_FRAMES: u32 = 16384;
+pub(crate) const MAX_RX_FRAMES: u32 = 16384;
 
 /// A configuration error. `Invalid` names the file, line, column and field.
 #[derive(Debug, thiserror::Error)]

@@ -47,17 +47,17 @@ pub use sluice_config::{AttachMode, VlanMode};
 pub use vlan::{LabVlanPins, pin_lab_vlan_host};
 
 /// The classifier's ELF object, built by `build.rs` from `ebpf/programs`.
-pub static CLASSIFIER_OBJECT: &[u8] =
+pub(crate) static CLASSIFIER_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sluice-classifier"));
 
 /// `XDP_ABORTED`: the program failed; the frame is dropped and traced.
-pub const XDP_ABORTED: u32 = 0;
+pub(crate) const XDP_ABORTED: u32 = 0;
 /// `XDP_DROP`: the frame is dropped.
 pub const XDP_DROP: u32 = 1;
 /// `XDP_PASS`: the frame goes on to the kernel's network stack.
 pub const XDP_PASS: u32 = 2;
 /// `XDP_TX`: the frame is sent back out of the interface it came in on.
-pub const XDP_TX: u32 = 3;
+pub(crate) const XDP_TX: u32 = 3;
 /// `XDP_REDIRECT`: the frame goes where `bpf_redirect*` pointed it (for
 /// the classifier: an `AF_XDP` socket).
 pub const XDP_REDIRECT: u32 = 4;
@@ -413,7 +413,7 @@ impl Programs {
     /// Adds `addr` as a host prefix (/32 or /128) owned by `source`, unless
     /// that exact prefix is already there (of any source: a configured
     /// host entry is never taken over). Returns whether it was added.
-    pub fn add_host_bypass(&mut self, source: u32, addr: IpAddr) -> Result<bool, EbpfError> {
+    pub(crate) fn add_host_bypass(&mut self, source: u32, addr: IpAddr) -> Result<bool, EbpfError> {
         let value = BypassEntry {
             source,
             reserved: 0,
@@ -438,7 +438,11 @@ impl Programs {
     /// than the configuration only ever add host prefixes, so the longest
     /// match for the address being theirs means it is that entry). Returns
     /// whether it was removed.
-    pub fn remove_host_bypass(&mut self, source: u32, addr: IpAddr) -> Result<bool, EbpfError> {
+    pub(crate) fn remove_host_bypass(
+        &mut self,
+        source: u32,
+        addr: IpAddr,
+    ) -> Result<bool, EbpfError> {
         let (name, res) = match addr {
             IpAddr::V4(a) => self.with_trie(map_names::BYPASS_V4, |t| {
                 host_remove(t, Key::new(32, a.octets()), source)
@@ -602,7 +606,7 @@ impl Programs {
     /// cleanly), the link is adopted and its program replaced by this one
     /// atomically (`bpf_link_update`): there is no moment without a
     /// classifier. [`Programs::detach`] unpins and detaches.
-    pub fn attach_pinned(
+    pub(crate) fn attach_pinned(
         &mut self,
         interface: &str,
         mode: AttachMode,
@@ -826,7 +830,7 @@ impl Programs {
 /// What [`Programs::test_run_out`] returns: the XDP action, the
 /// metadata in front of the frame (if any) and the frame as the program
 /// left it.
-pub type TestRunOutput = (u32, Option<[u8; sluice_common::META_LEN]>, Vec<u8>);
+pub(crate) type TestRunOutput = (u32, Option<[u8; sluice_common::META_LEN]>, Vec<u8>);
 
 impl Programs {
     /// Loads the endpoint-mode socket hooks of this object, attaches them
@@ -955,7 +959,10 @@ impl Programs {
     /// Writes where the exec tracepoint finds the executed file's identity
     /// (from the kernel's BTF): until this is written, no exec verdict
     /// applies.
-    pub fn set_exec_file(&mut self, o: sluice_common::ExecFileOffsets) -> Result<(), EbpfError> {
+    pub(crate) fn set_exec_file(
+        &mut self,
+        o: sluice_common::ExecFileOffsets,
+    ) -> Result<(), EbpfError> {
         let name = sluice_common::EXEC_FILE_MAP;
         let mut a = Array::<_, sluice_common::ExecFileOffsets>::try_from(self.map_mut(name)?)
             .map_err(layout(name))?;
@@ -968,7 +975,7 @@ impl Programs {
     }
 
     /// Writes the socket hooks' settings.
-    pub fn set_sock_config(&mut self, cfg: SockConfig) -> Result<(), EbpfError> {
+    pub(crate) fn set_sock_config(&mut self, cfg: SockConfig) -> Result<(), EbpfError> {
         let name = map_names::SOCK_CONFIG;
         let mut a = Array::<_, SockConfig>::try_from(self.map_mut(name)?).map_err(layout(name))?;
         a.set(0, cfg, 0).map_err(|source| EbpfError::MapUpdate {
@@ -1021,7 +1028,7 @@ pub struct SockHooks {
 }
 
 /// The verdicts for `execve`s in flight (the exec watcher's map).
-pub struct ExecGrants {
+pub(crate) struct ExecGrants {
     pending: HashMap<MapData, u32, sluice_common::ExecGrant>,
 }
 
@@ -1037,7 +1044,13 @@ impl ExecGrants {
     /// when (and only if) that exec succeeds, within
     /// [`sluice_common::GRANT_WINDOW_NS`], and the process then runs that
     /// very file.
-    pub fn grant(&mut self, tgid: u32, bypass: bool, dev: u32, ino: u64) -> Result<(), EbpfError> {
+    pub(crate) fn grant(
+        &mut self,
+        tgid: u32,
+        bypass: bool,
+        dev: u32,
+        ino: u64,
+    ) -> Result<(), EbpfError> {
         let g = sluice_common::ExecGrant {
             bypass: u32::from(bypass),
             dev,
@@ -1064,7 +1077,7 @@ impl std::fmt::Debug for SockHooks {
 impl SockHooks {
     /// Sockets that process `tgid` creates from now on bypass the tunnel
     /// (`reason`: why). Its children inherit the entry.
-    pub fn set_process(
+    pub(crate) fn set_process(
         &mut self,
         tgid: u32,
         reason: sluice_common::FlowVerdict,
@@ -1085,13 +1098,13 @@ impl SockHooks {
 
     /// The exec-verdict map, once: the exec watcher keeps it apart, so
     /// that it never waits on what reads or rescans the process map.
-    pub fn take_grants(&mut self) -> Option<ExecGrants> {
+    pub(crate) fn take_grants(&mut self) -> Option<ExecGrants> {
         self.grants.take()
     }
 
     /// Sockets that process `tgid` creates from now on are tunnelled.
     /// Returns whether it had an entry.
-    pub fn clear_process(&mut self, tgid: u32) -> Result<bool, EbpfError> {
+    pub(crate) fn clear_process(&mut self, tgid: u32) -> Result<bool, EbpfError> {
         match self.processes.remove(&tgid) {
             Ok(()) => Ok(true),
             Err(e) if is_not_found(&e) => Ok(false),

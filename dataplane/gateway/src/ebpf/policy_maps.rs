@@ -113,7 +113,7 @@ fn saturating_ns(d: Duration) -> u64 {
 
 impl Programs {
     /// The slot that is not live (the one a new policy goes into).
-    pub fn next_policy_slot(&self) -> u32 {
+    pub(crate) fn next_policy_slot(&self) -> u32 {
         let s = &self.slots.state;
         if s.installed == 0 {
             0
@@ -130,7 +130,7 @@ impl Programs {
     /// How long [`Programs::prepare_policy`] would wait now for the
     /// previous slot to go quiet (so that a caller can wait without
     /// holding a lock).
-    pub fn slot_quiet_left(&self) -> Duration {
+    pub(crate) fn slot_quiet_left(&self) -> Duration {
         self.slots
             .last_commit
             .map_or(Duration::ZERO, |t| SLOT_QUIET.saturating_sub(t.elapsed()))

@@ -68,7 +68,7 @@ impl Programs {
     /// program is replaced in place, never detached), so that it outlives
     /// a crash like the classifier's own link; [`Programs::detach`]
     /// unpins it.
-    pub fn attach_vlan_egress(
+    pub(crate) fn attach_vlan_egress(
         &mut self,
         interface: &str,
         pin: Option<&Path>,

@@ -37,7 +37,7 @@ struct Type {
 
 /// The parsed BTF.
 #[derive(Debug)]
-pub struct Btf {
+pub(crate) struct Btf {
     /// Index: type id - 1.
     types: Vec<Type>,
     strings: Vec<u8>,
@@ -98,14 +98,14 @@ fn u32_at(b: &[u8], off: usize) -> Result<u32, BtfError> {
 
 impl Btf {
     /// Reads the running kernel's BTF.
-    pub fn from_kernel() -> Result<Self, BtfError> {
+    pub(crate) fn from_kernel() -> Result<Self, BtfError> {
         let p = "/sys/kernel/btf/vmlinux";
         let data = std::fs::read(p).map_err(|source| BtfError::Read { path: p, source })?;
         Self::parse(&data)
     }
 
     /// Parses little-endian BTF (the only byte order this host runs).
-    pub fn parse(data: &[u8]) -> Result<Self, BtfError> {
+    pub(crate) fn parse(data: &[u8]) -> Result<Self, BtfError> {
         if data.get(0..2) != Some(&[0x9f, 0xeb]) {
             return Err(BtfError::Magic);
         }
@@ -212,7 +212,7 @@ impl Btf {
 
     /// The byte offset of `field` in struct `name`, looking through
     /// anonymous struct and union members.
-    pub fn offset(&self, name: &str, field: &str) -> Result<u32, BtfError> {
+    pub(crate) fn offset(&self, name: &str, field: &str) -> Result<u32, BtfError> {
         let id = *self
             .by_name
             .get(name)
@@ -257,7 +257,7 @@ impl Btf {
 
 /// Where the exec tracepoint finds the executed file's identity in this
 /// kernel.
-pub fn exec_file_offsets() -> Result<sluice_common::ExecFileOffsets, BtfError> {
+pub(crate) fn exec_file_offsets() -> Result<sluice_common::ExecFileOffsets, BtfError> {
     let btf = Btf::from_kernel()?;
     Ok(sluice_common::ExecFileOffsets {
         task_mm: btf.offset("task_struct", "mm")?,

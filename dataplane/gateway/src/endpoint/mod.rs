@@ -19,7 +19,7 @@
 //! and for every `execve` while the kernel holds it (fanotify permission
 //! events), so a listed program has its entry before it runs. Nothing
 //! walks `/proc` per connection.
-pub mod btf;
+pub(crate) mod btf;
 pub mod exec;
 pub mod net;
 
@@ -377,7 +377,7 @@ impl Endpoint {
     }
 
     /// The TUN device (TUN path), once: for the worker.
-    pub fn take_tun(&mut self) -> Option<crate::sys::tun::Tun> {
+    pub(crate) fn take_tun(&mut self) -> Option<crate::sys::tun::Tun> {
         self.tun.take()
     }
 
