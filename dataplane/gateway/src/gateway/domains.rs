@@ -86,10 +86,16 @@ fn dns_packet<'a>(pkt: &ip::Packet<'a>, to_server: bool) -> Option<(Endpoints, D
     Some((ends(t.src_port, t.dst_port, Transport::Tcp)?, Dns::Tcp(seg)))
 }
 
-/// Whether `pkt` is DNS traffic seen from its direction (`to_server`: a
-/// query's way): port 53 on the server's side. A few byte loads.
+/// Whether `pkt` is DNS traffic the bypass must observe, seen from its
+/// direction (`to_server`: a query's way): port 53 on the server's side,
+/// UDP, or a TCP segment with payload or SYN/FIN/RST (a bare ACK carries
+/// nothing to observe and passes). A few byte loads.
 pub(super) fn is_dns(pkt: &ip::Packet<'_>, to_server: bool) -> bool {
-    dns_packet(pkt, to_server).is_some()
+    match dns_packet(pkt, to_server) {
+        Some((_, Dns::Udp(_))) => true,
+        Some((_, Dns::Tcp(seg))) => !seg.payload.is_empty() || seg.syn || seg.end,
+        None => false,
+    }
 }
 
 /// Held by the bypass thread and the control side (swap, admin, metrics).

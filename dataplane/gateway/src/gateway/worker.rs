@@ -214,7 +214,6 @@ struct Tally {
     drop_tx_full: u64,
     drop_no_verdict: u64,
     drop_dns_queue_full: u64,
-    dns_queries_unobserved: u64,
     neighbor_resolutions: u64,
     tenant_tx: [u64; TENANTS],
     tenant_rx: [u64; TENANTS],
@@ -241,7 +240,6 @@ impl Tally {
         add(&s.drop_tx_full, &mut self.drop_tx_full);
         add(&s.drop_no_verdict, &mut self.drop_no_verdict);
         add(&s.drop_dns_queue_full, &mut self.drop_dns_queue_full);
-        add(&s.dns_queries_unobserved, &mut self.dns_queries_unobserved);
         add(&s.neighbor_resolutions, &mut self.neighbor_resolutions);
         for t in 0..TENANTS {
             add(&ts.tx_packets[t], &mut self.tenant_tx[t]);
@@ -741,8 +739,9 @@ impl Worker {
     }
 }
 
-/// Sends `pkt` into tunnel `i` (a DNS query's copy to the domain bypass
-/// on the way); dropped and counted while the tunnel is down.
+/// Sends `pkt` into tunnel `i` (a DNS query only once its copy is on its
+/// way to the domain bypass, else dropped and counted: its answer would
+/// install nothing); dropped and counted while the tunnel is down.
 fn to_tunnel(
     tunnels: &mut [Link],
     dns: Option<&mut DnsPort>,
@@ -755,9 +754,10 @@ fn to_tunnel(
         return;
     };
     if let Some(d) = dns
-        && !d.query(pkt)
+        && d.query(pkt) == Divert::Full
     {
-        t.dns_queries_unobserved += 1;
+        t.drop_dns_queue_full += 1;
+        return;
     }
     match sess.send_packet(pkt.as_bytes()) {
         Ok(()) => {
@@ -800,12 +800,12 @@ struct FromRelay<'d> {
 impl ToLan for FromRelay<'_> {
     fn next_packet(&mut self) -> Option<(&[u8], usize)> {
         if let Some(done) = self.current.take() {
-            self.dns.recycle(done.packet);
+            self.dns.recycle(done.kind, done.packet);
         }
         loop {
             let job = self.dns.returned()?;
             match job.kind {
-                Kind::Query => self.dns.recycle(job.packet),
+                Kind::Query => self.dns.recycle(job.kind, job.packet),
                 Kind::Answer { tenant } => {
                     let job = self.current.insert(job);
                     return Some((&job.packet, tenant));
@@ -818,7 +818,7 @@ impl ToLan for FromRelay<'_> {
 impl Drop for FromRelay<'_> {
     fn drop(&mut self) {
         if let Some(done) = self.current.take() {
-            self.dns.recycle(done.packet);
+            self.dns.recycle(done.kind, done.packet);
         }
     }
 }
