@@ -89,18 +89,23 @@ fn restart_adopts(lab: &Lab, s: &mut Sluice<'_>) {
     );
 }
 
-/// Starts sluice with `SLUICE_FAULT=<action>:sluice-q0` armed on a trigger
+/// [`fault_in`] in the first worker, `sluice-q0`.
+fn fault_scenario(action: &str, sigterm: bool) -> ExitStatus {
+    fault_in("sluice-q0", action, sigterm)
+}
+
+/// Starts sluice with `SLUICE_FAULT=<action>:<thread>` armed on a trigger
 /// file, runs traffic, pulls the trigger, and checks that the gateway
 /// exits by itself, leaks nothing, keeps the classifier pinned and that a
 /// restart adopts it. With `sigterm`, a SIGTERM follows the fault at once
 /// (before the watchdog's 2 s). Returns the gateway's exit status.
-fn fault_scenario(action: &str, sigterm: bool) -> ExitStatus {
+fn fault_in(thread: &str, action: &str, sigterm: bool) -> ExitStatus {
     let lab = Lab::new();
     lab.spawn_peer(Host::Inet, "peer", HTTP, UDP);
     let mut s = Sluice::prepare(&lab, bin(), str::to_string);
     s.start_edge();
     let trigger = lab.dir().join("fault-now");
-    let fault = format!("{action}:sluice-q0");
+    let fault = format!("{action}:{thread}");
     let trigger_s = trigger.to_string_lossy().into_owned();
     s.start_gateway_env(&[
         ("SLUICE_FAULT", &fault),
@@ -153,6 +158,19 @@ fn a_worker_that_fails_stops_the_gateway_nonzero_failing_closed() {
         status.code(),
         Some(EXIT_FAULT),
         "a worker that left its loop: exit status {status}"
+    );
+}
+
+#[test]
+fn a_domain_bypass_thread_that_fails_stops_the_gateway_nonzero_failing_closed() {
+    if !require_root("a_domain_bypass_thread_that_fails_stops_the_gateway_nonzero_failing_closed") {
+        return;
+    }
+    let status = fault_in("sluice-dns", "exit", false);
+    assert_eq!(
+        status.code(),
+        Some(EXIT_FAULT),
+        "the domain bypass thread left its loop: exit status {status}"
     );
 }
 

@@ -27,7 +27,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use sluice_gateway::ebpf::Classifier;
+use sluice_gateway::ebpf::Programs;
 use sluice_gateway::endpoint::hook_settings;
 use sluice_sys::sock_diag::{Proto, process_of_inode, socket_inode};
 
@@ -88,7 +88,7 @@ fn main() -> Result<()> {
         let mut hooked = Vec::new();
         for _ in 0..BLOCKS {
             plain.push(connect_block(&listener)?);
-            let mut classifier = Classifier::load().context("loading the classifier")?;
+            let mut classifier = Programs::load().context("loading the classifier")?;
             let hooks = classifier.attach_sock_hooks(&cgroup, cfg, None)?;
             hooked.push(connect_block(&listener)?);
             seen += hooks.counters()[sluice_common::SockCounter::ConnectTunnel as usize];

@@ -26,7 +26,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
-use sluice_gateway::ebpf::{AttachMode, Classifier};
+use sluice_gateway::ebpf::{AttachMode, Programs};
 use sluice_runtime::host;
 use sluice_sys::{
     cpu::pin_current_thread,
@@ -151,7 +151,7 @@ fn veth_case(secs: u64, size: usize) -> Result<Measured> {
     sh(&format!(
         "neigh replace 169.254.1.1 lladdr {mac} dev ingv0 nud permanent\nroute replace 198.18.99.0/24 via 169.254.1.1 dev ingv0 onlink\n"
     ))?;
-    let mut c = Classifier::load()?;
+    let mut c = Programs::load()?;
     c.set_local_addrs(&host::local_addrs()?)?;
     let mut xsk = XskSocket::new(
         host::ifindex("ingv0x")?,

@@ -77,9 +77,9 @@ pub use policy_section::DetectionSources;
 /// `gateway.rx_frames` when the file has none.
 pub const DEFAULT_RX_FRAMES: u32 = 2048;
 /// The least `gateway.rx_frames`.
-pub const MIN_RX_FRAMES: u32 = 512;
+pub(crate) const MIN_RX_FRAMES: u32 = 512;
 /// The most `gateway.rx_frames` (a 128 MiB socket).
-pub const MAX_RX_FRAMES: u32 = 16384;
+pub(crate) const MAX_RX_FRAMES: u32 = 16384;
 
 /// A configuration error. `Invalid` names the file, line, column and field.
 #[derive(Debug, thiserror::Error)]
@@ -172,7 +172,7 @@ pub struct GatewayConfig {
     pub vpn_gateways: Vec<Prefix>,
     /// Domains whose answered addresses bypass the tunnel, and the bounds
     /// of that table.
-    pub domains: DomainBypass,
+    pub domains: DomainBypassConfig,
     /// The PAC file for LAN clients, if served.
     pub pac: Option<PacConfig>,
     /// Processes whose sockets bypass the tunnel (endpoint mode).
@@ -248,7 +248,7 @@ pub enum EndpointPath {
 
 /// `[bypass]`'s domain settings.
 #[derive(Debug, Clone)]
-pub struct DomainBypass {
+pub struct DomainBypassConfig {
     /// Exact names and `*.suffix` wildcards.
     pub patterns: Vec<crate::dns::Pattern>,
     /// TTL floor and cap, pending-query bounds.
@@ -924,7 +924,7 @@ impl Doc<'_> {
         })
     }
 
-    fn domains(&self, raw: &RawBypass) -> Result<DomainBypass, ConfigError> {
+    fn domains(&self, raw: &RawBypass) -> Result<DomainBypassConfig, ConfigError> {
         let mut patterns = Vec::with_capacity(raw.domains.len());
         let mut seen = HashSet::with_capacity(raw.domains.len());
         for (i, p) in raw.domains.iter().enumerate() {
@@ -978,7 +978,7 @@ impl Doc<'_> {
             })?;
             servers.push(ip);
         }
-        Ok(DomainBypass {
+        Ok(DomainBypassConfig {
             servers,
             patterns,
             limits: crate::dns::Limits {

@@ -13,12 +13,12 @@
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use sluice_gateway::ebpf::{Classifier, ParseProbe, XDP_DROP, XDP_PASS};
+use sluice_gateway::ebpf::{Programs, ParseProbe, XDP_DROP, XDP_PASS};
 use sluice_core::wire::summary::summary;
 
 struct Kernel {
     probe: ParseProbe,
-    classifier: Classifier,
+    classifier: Programs,
 }
 
 fn fail(e: &dyn std::error::Error) -> ! {
@@ -32,7 +32,7 @@ fn kernel() -> &'static Kernel {
     static K: OnceLock<Kernel> = OnceLock::new();
     K.get_or_init(|| Kernel {
         probe: ParseProbe::load().unwrap_or_else(|e| fail(&e)),
-        classifier: Classifier::load().unwrap_or_else(|e| fail(&e)),
+        classifier: Programs::load().unwrap_or_else(|e| fail(&e)),
     })
 }
 

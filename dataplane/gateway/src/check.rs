@@ -228,7 +228,7 @@ fn tunnel(out: &mut Findings, section: &str, t: &TunnelConfig, now: i64) {
 
 /// The interfaces `cfg` names that do not exist on this host: `(field,
 /// interface)`. The endpoint's interface is left out: sluice creates it.
-pub fn missing_interfaces(cfg: &GatewayConfig) -> Vec<(&'static str, String)> {
+pub(crate) fn missing_interfaces(cfg: &GatewayConfig) -> Vec<(&'static str, String)> {
     cfg.lan
         .iter()
         .map(|l| ("gateway.lan", l))

@@ -16,7 +16,7 @@ use std::{
 use sluice_common::{BypassEntry, Counter, MAX_IPV6_EXT_HEADERS, MAX_QUEUES};
 use sluice_core::net::Prefix;
 use sluice_gateway::ebpf::{
-    AttachMode, AttachedMode, Classifier, EbpfError, XDP_DROP, XDP_PASS, xdp_action_name,
+    AttachMode, AttachedMode, EbpfError, Programs, XDP_DROP, XDP_PASS, xdp_action_name,
 };
 
 // ---------------------------------------------------------------------------
@@ -817,9 +817,9 @@ fn addrs(list: &[&str]) -> Vec<IpAddr> {
     list.iter().map(|a| a.parse().unwrap()).collect()
 }
 
-fn lab_classifier() -> Classifier {
+fn lab_classifier() -> Programs {
     let mut c =
-        Classifier::load().unwrap_or_else(|e| panic!("loading the classifier: {}", chain(&e)));
+        Programs::load().unwrap_or_else(|e| panic!("loading the classifier: {}", chain(&e)));
     c.set_bypass(&prefixes(BYPASS)).unwrap();
     c.set_local_addrs(&addrs(LOCAL)).unwrap();
     c
@@ -837,7 +837,7 @@ fn chain(e: &dyn std::error::Error) -> String {
 }
 
 /// Runs `frame` and returns the action and the counter deltas.
-fn run(c: &Classifier, frame: &[u8]) -> (u32, [u64; Counter::COUNT as usize]) {
+fn run(c: &Programs, frame: &[u8]) -> (u32, [u64; Counter::COUNT as usize]) {
     let before = c.counters().unwrap();
     let action = c
         .test_run(frame)
@@ -1226,7 +1226,7 @@ mod policy {
         patched(frame, L3 + 12, &src)
     }
 
-    fn install(c: &mut Classifier, p: &Policy) -> (Tables, u32) {
+    fn install(c: &mut Programs, p: &Policy) -> (Tables, u32) {
         let t = Tables::compile(p).unwrap();
         let prepared = c
             .prepare_policy(&t)
@@ -1237,7 +1237,7 @@ mod policy {
 
     /// Runs `frame`; returns the action, the counters that moved and the
     /// verdict the metadata carries (if any).
-    fn run_meta(c: &Classifier, frame: &[u8]) -> (u32, String, Option<(u8, u16)>) {
+    fn run_meta(c: &Programs, frame: &[u8]) -> (u32, String, Option<(u8, u16)>) {
         let before = c.counters().unwrap();
         let (action, meta) = c
             .test_run_meta(frame)
@@ -1542,7 +1542,7 @@ mod fragments {
         p
     }
 
-    fn classifier() -> (Classifier, u32) {
+    fn classifier() -> (Programs, u32) {
         let mut c = lab_classifier();
         let t = Tables::compile(&policy()).unwrap();
         let prepared = c.prepare_policy(&t).unwrap();
@@ -1577,7 +1577,7 @@ mod fragments {
 
     /// Runs `frame`; the action, the counters that moved and the tunnel
     /// verdict in the metadata.
-    fn run(c: &Classifier, frame: &[u8]) -> (&'static str, String, Option<(u8, u16)>) {
+    fn run(c: &Programs, frame: &[u8]) -> (&'static str, String, Option<(u8, u16)>) {
         let before = c.counters().unwrap();
         let (action, meta) = c.test_run_meta(frame).unwrap();
         let after = c.counters().unwrap();
@@ -1809,7 +1809,7 @@ mod state_word {
 
     /// Runs the program `repeat` times on `frame` through
     /// `BPF_PROG_TEST_RUN`, from a file descriptor of its own (opened by
-    /// id: the test needs no lock on the `Classifier` the writer holds).
+    /// id: the test needs no lock on the `Programs` the writer holds).
     fn test_run_repeat(prog_fd: i32, frame: &[u8], repeat: u32) {
         #[repr(C)]
         #[derive(Default)]

@@ -20,7 +20,7 @@ const HUGE: usize = 2 << 20;
 /// # Errors
 /// The kernel's error (`EINVAL` where THP is compiled out); callers may
 /// ignore it: the table works the same, only slower.
-pub fn advise_huge_pages<T>(buf: &mut [T]) -> io::Result<()> {
+pub(crate) fn advise_huge_pages<T>(buf: &mut [T]) -> io::Result<()> {
     let start = buf.as_mut_ptr() as usize;
     let end = start + std::mem::size_of_val(buf);
     let aligned = start.next_multiple_of(HUGE);

@@ -188,7 +188,7 @@ impl NeighSocket {
 
     /// Asks for a dump of every link (answered with [`NeighEvent::Link`]s
     /// then [`NeighEvent::Done`]).
-    pub fn request_links(&mut self) -> io::Result<()> {
+    pub(crate) fn request_links(&mut self) -> io::Result<()> {
         let seq = self.next_seq();
         let mut m = [0u8; NLMSG_HDR_LEN + IFINFOMSG_LEN];
         header(
@@ -202,7 +202,7 @@ impl NeighSocket {
     }
 
     /// Asks for a dump of every neighbour entry of both families.
-    pub fn request_neighbours(&mut self) -> io::Result<()> {
+    pub(crate) fn request_neighbours(&mut self) -> io::Result<()> {
         let seq = self.next_seq();
         let mut m = [0u8; NLMSG_HDR_LEN + NDMSG_LEN];
         header(
@@ -572,7 +572,7 @@ fn attrs(b: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
 }
 
 /// Parses every netlink message in one datagram.
-pub fn parse_messages(mut b: &[u8], f: &mut impl FnMut(NeighEvent)) {
+pub(crate) fn parse_messages(mut b: &[u8], f: &mut impl FnMut(NeighEvent)) {
     while b.len() >= NLMSG_HDR_LEN {
         let Some(len) = u32_at(b, 0).and_then(|l| usize::try_from(l).ok()) else {
             return;

@@ -290,14 +290,6 @@ impl BypassEntry {
     pub const SOURCE_DNS: u32 = 2;
     /// The address of another VPN gateway.
     pub const SOURCE_VPN_GATEWAY: u32 = 3;
-
-    /// An entry from the configuration file.
-    pub const fn from_config() -> Self {
-        Self {
-            source: Self::SOURCE_CONFIG,
-            reserved: 0,
-        }
-    }
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ pub const MAX_IPV6_EXT_HEADERS: usize = 8;
 
 /// First byte of the 4-byte metadata the classifier puts in front of a
 /// frame it redirects: `[META_MAGIC, action, generation (u16, LE)]`.
-pub const META_MAGIC: u8 = 0xa5;
+pub(crate) const META_MAGIC: u8 = 0xa5;
 /// Length of that metadata.
 pub const META_LEN: usize = 4;
 

@@ -1109,21 +1109,19 @@ impl Session {
             return;
         }
         self.tx_sealed = self.tx_buf.len();
-        match kernel
-            .update(true)
-            .map_err(|e| e.to_string())
-            .and_then(|(seq, s)| {
-                Keys::with_provider(tx.provider(), seq, &s).map_err(|e| e.to_string())
-            }) {
-            Ok(k) => {
-                *tx = k;
-                self.stats.key_updates_tx += 1;
-            }
-            Err(e) => {
-                self.tls = Tls::Dead;
-                self.set_closed(CloseReason::Tls(format!("key update: {e}")));
-            }
-        }
+        let failed = match kernel.update(true) {
+            Ok((seq, secret)) => match Keys::with_provider(tx.provider(), seq, &secret) {
+                Ok(k) => {
+                    *tx = k;
+                    self.stats.key_updates_tx += 1;
+                    return;
+                }
+                Err(e) => format!("key update: {e}"),
+            },
+            Err(e) => format!("key update: {e}"),
+        };
+        self.tls = Tls::Dead;
+        self.set_closed(CloseReason::Tls(failed));
     }
 
     /// Queues one IP packet. Frames are coalesced into the open record,

@@ -38,26 +38,26 @@ use sluice_common::{
 
 use crate::{net::Prefix, sys::bpf_mmap::MappedWords};
 
-mod policy;
+mod policy_maps;
 mod probe;
 mod vlan;
-pub use policy::{Prepared, SLOT_QUIET, dns_key};
+pub use policy_maps::{Prepared, SLOT_QUIET, dns_key};
 pub use probe::ParseProbe;
 pub use sluice_config::{AttachMode, VlanMode};
 pub use vlan::{LabVlanPins, pin_lab_vlan_host};
 
 /// The classifier's ELF object, built by `build.rs` from `ebpf/programs`.
-pub static CLASSIFIER_OBJECT: &[u8] =
+pub(crate) static CLASSIFIER_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sluice-classifier"));
 
 /// `XDP_ABORTED`: the program failed; the frame is dropped and traced.
-pub const XDP_ABORTED: u32 = 0;
+pub(crate) const XDP_ABORTED: u32 = 0;
 /// `XDP_DROP`: the frame is dropped.
 pub const XDP_DROP: u32 = 1;
 /// `XDP_PASS`: the frame goes on to the kernel's network stack.
 pub const XDP_PASS: u32 = 2;
 /// `XDP_TX`: the frame is sent back out of the interface it came in on.
-pub const XDP_TX: u32 = 3;
+pub(crate) const XDP_TX: u32 = 3;
 /// `XDP_REDIRECT`: the frame goes where `bpf_redirect*` pointed it (for
 /// the classifier: an `AF_XDP` socket).
 pub const XDP_REDIRECT: u32 = 4;
@@ -272,19 +272,20 @@ enum HeldLink {
     /// A `bpf_link` pinned in bpffs: it outlives this process, so a crash
     /// leaves the classifier attached (fail-closed: its XSK map entries
     /// vanish with the sockets, and tunnelled frames are dropped, not
-    /// routed). Only [`Classifier::detach`] removes the pin.
+    /// routed). Only [`Programs::detach`] removes the pin.
     Pinned(FdLink, PathBuf),
 }
 
-/// The loaded classifier: its program and maps.
+/// The loaded eBPF object: the XDP classifier, the socket hooks (endpoint
+/// mode, [`Programs::attach_sock_hooks`]) and the maps they share.
 ///
 /// Dropping it detaches the program (aya detaches the links it owns) and
 /// frees the maps once no `AF_XDP` socket or link holds them.
 #[derive(Debug)]
-pub struct Classifier {
+pub struct Programs {
     ebpf: Ebpf,
     attachment: Option<Attachment>,
-    slots: policy::Slots,
+    slots: policy_maps::Slots,
     /// [`map_names::POLICY_STATE`], mapped: the state word and the
     /// tunnels' down times, each stored with one atomic store.
     state_words: MappedWords,
@@ -292,7 +293,7 @@ pub struct Classifier {
     vlan_egress: Option<vlan::Egress>,
 }
 
-impl Classifier {
+impl Programs {
     /// Loads [`CLASSIFIER_OBJECT`]: creates its maps and loads (verifies)
     /// the XDP program, without attaching it anywhere.
     ///
@@ -325,7 +326,7 @@ impl Classifier {
         let classifier = Self {
             ebpf,
             attachment: None,
-            slots: policy::Slots::default(),
+            slots: policy_maps::Slots::default(),
             state_words,
             vlan_egress: None,
         };
@@ -412,7 +413,7 @@ impl Classifier {
     /// Adds `addr` as a host prefix (/32 or /128) owned by `source`, unless
     /// that exact prefix is already there (of any source: a configured
     /// host entry is never taken over). Returns whether it was added.
-    pub fn add_host_bypass(&mut self, source: u32, addr: IpAddr) -> Result<bool, EbpfError> {
+    pub(crate) fn add_host_bypass(&mut self, source: u32, addr: IpAddr) -> Result<bool, EbpfError> {
         let value = BypassEntry {
             source,
             reserved: 0,
@@ -437,7 +438,11 @@ impl Classifier {
     /// than the configuration only ever add host prefixes, so the longest
     /// match for the address being theirs means it is that entry). Returns
     /// whether it was removed.
-    pub fn remove_host_bypass(&mut self, source: u32, addr: IpAddr) -> Result<bool, EbpfError> {
+    pub(crate) fn remove_host_bypass(
+        &mut self,
+        source: u32,
+        addr: IpAddr,
+    ) -> Result<bool, EbpfError> {
         let (name, res) = match addr {
             IpAddr::V4(a) => self.with_trie(map_names::BYPASS_V4, |t| {
                 host_remove(t, Key::new(32, a.octets()), source)
@@ -592,7 +597,7 @@ impl Classifier {
         Ok(mode)
     }
 
-    /// Like [`Classifier::attach`], but holds the attachment through a
+    /// Like [`Programs::attach`], but holds the attachment through a
     /// `bpf_link` pinned at `pin`, so that it survives this process: if sluice
     /// dies, the classifier stays attached and, its sockets gone, drops
     /// what it would have tunnelled instead of letting the kernel route it.
@@ -600,8 +605,8 @@ impl Classifier {
     /// If `pin` already holds a link (a previous run that did not stop
     /// cleanly), the link is adopted and its program replaced by this one
     /// atomically (`bpf_link_update`): there is no moment without a
-    /// classifier. [`Classifier::detach`] unpins and detaches.
-    pub fn attach_pinned(
+    /// classifier. [`Programs::detach`] unpins and detaches.
+    pub(crate) fn attach_pinned(
         &mut self,
         interface: &str,
         mode: AttachMode,
@@ -747,7 +752,7 @@ impl Classifier {
         self.test_run_meta(frame).map(|(action, _)| action)
     }
 
-    /// [`Classifier::test_run`], also returning the metadata the program
+    /// [`Programs::test_run`], also returning the metadata the program
     /// put in front of the frame (`None` if it put none).
     pub fn test_run_meta(
         &self,
@@ -756,7 +761,7 @@ impl Classifier {
         self.test_run_out(frame).map(|(a, m, _)| (a, m))
     }
 
-    /// [`Classifier::test_run_meta`], also returning the frame as the
+    /// [`Programs::test_run_meta`], also returning the frame as the
     /// program left it (after any tag it removed).
     pub fn test_run_out(&self, frame: &[u8]) -> Result<TestRunOutput, EbpfError> {
         let program: &Xdp = self
@@ -822,18 +827,18 @@ impl Classifier {
     }
 }
 
-/// What [`Classifier::test_run_out`] returns: the XDP action, the
+/// What [`Programs::test_run_out`] returns: the XDP action, the
 /// metadata in front of the frame (if any) and the frame as the program
 /// left it.
-pub type TestRunOutput = (u32, Option<[u8; sluice_common::META_LEN]>, Vec<u8>);
+pub(crate) type TestRunOutput = (u32, Option<[u8; sluice_common::META_LEN]>, Vec<u8>);
 
-impl Classifier {
+impl Programs {
     /// Loads the endpoint-mode socket hooks of this object, attaches them
     /// to `cgroup` (every process below it) and to the scheduler's fork
     /// and exit tracepoints, and turns them on with `cfg`. Returns the maps
     /// user space keeps writing (bypassed processes) and reading (flows,
     /// counters). The hooks share this classifier's bypass tries; they do
-    /// nothing while [`Classifier::set_sock_config`] has them disabled.
+    /// nothing while [`Programs::set_sock_config`] has them disabled.
     ///
     /// With `pins`, every hook's `bpf_link` is pinned in that directory
     /// (one file per program), so that the hooks outlive this process: a
@@ -954,7 +959,10 @@ impl Classifier {
     /// Writes where the exec tracepoint finds the executed file's identity
     /// (from the kernel's BTF): until this is written, no exec verdict
     /// applies.
-    pub fn set_exec_file(&mut self, o: sluice_common::ExecFileOffsets) -> Result<(), EbpfError> {
+    pub(crate) fn set_exec_file(
+        &mut self,
+        o: sluice_common::ExecFileOffsets,
+    ) -> Result<(), EbpfError> {
         let name = sluice_common::EXEC_FILE_MAP;
         let mut a = Array::<_, sluice_common::ExecFileOffsets>::try_from(self.map_mut(name)?)
             .map_err(layout(name))?;
@@ -967,7 +975,7 @@ impl Classifier {
     }
 
     /// Writes the socket hooks' settings.
-    pub fn set_sock_config(&mut self, cfg: SockConfig) -> Result<(), EbpfError> {
+    pub(crate) fn set_sock_config(&mut self, cfg: SockConfig) -> Result<(), EbpfError> {
         let name = map_names::SOCK_CONFIG;
         let mut a = Array::<_, SockConfig>::try_from(self.map_mut(name)?).map_err(layout(name))?;
         a.set(0, cfg, 0).map_err(|source| EbpfError::MapUpdate {
@@ -1009,7 +1017,7 @@ fn pin_hooks(dir: &Path, links: Vec<(&'static str, FdLink)>) -> Result<(), EbpfE
 }
 
 /// The maps of the endpoint-mode socket hooks that user space keeps using
-/// after [`Classifier::attach_sock_hooks`].
+/// after [`Programs::attach_sock_hooks`].
 pub struct SockHooks {
     processes: HashMap<MapData, u32, ProcessEntry>,
     grants: Option<ExecGrants>,
@@ -1020,7 +1028,7 @@ pub struct SockHooks {
 }
 
 /// The verdicts for `execve`s in flight (the exec watcher's map).
-pub struct ExecGrants {
+pub(crate) struct ExecGrants {
     pending: HashMap<MapData, u32, sluice_common::ExecGrant>,
 }
 
@@ -1036,7 +1044,13 @@ impl ExecGrants {
     /// when (and only if) that exec succeeds, within
     /// [`sluice_common::GRANT_WINDOW_NS`], and the process then runs that
     /// very file.
-    pub fn grant(&mut self, tgid: u32, bypass: bool, dev: u32, ino: u64) -> Result<(), EbpfError> {
+    pub(crate) fn grant(
+        &mut self,
+        tgid: u32,
+        bypass: bool,
+        dev: u32,
+        ino: u64,
+    ) -> Result<(), EbpfError> {
         let g = sluice_common::ExecGrant {
             bypass: u32::from(bypass),
             dev,
@@ -1063,7 +1077,7 @@ impl std::fmt::Debug for SockHooks {
 impl SockHooks {
     /// Sockets that process `tgid` creates from now on bypass the tunnel
     /// (`reason`: why). Its children inherit the entry.
-    pub fn set_process(
+    pub(crate) fn set_process(
         &mut self,
         tgid: u32,
         reason: sluice_common::FlowVerdict,
@@ -1084,13 +1098,13 @@ impl SockHooks {
 
     /// The exec-verdict map, once: the exec watcher keeps it apart, so
     /// that it never waits on what reads or rescans the process map.
-    pub fn take_grants(&mut self) -> Option<ExecGrants> {
+    pub(crate) fn take_grants(&mut self) -> Option<ExecGrants> {
         self.grants.take()
     }
 
     /// Sockets that process `tgid` creates from now on are tunnelled.
     /// Returns whether it had an entry.
-    pub fn clear_process(&mut self, tgid: u32) -> Result<bool, EbpfError> {
+    pub(crate) fn clear_process(&mut self, tgid: u32) -> Result<bool, EbpfError> {
         match self.processes.remove(&tgid) {
             Ok(()) => Ok(true),
             Err(e) if is_not_found(&e) => Ok(false),

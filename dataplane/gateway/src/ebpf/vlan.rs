@@ -20,7 +20,7 @@ use sluice_common::{
     VLAN_MODE_UNTAG, map_names, setting,
 };
 
-use super::{CLASSIFIER_OBJECT, Classifier, EbpfError, VlanMode, error_chain, layout};
+use super::{CLASSIFIER_OBJECT, EbpfError, Programs, VlanMode, error_chain, layout};
 
 /// Untag mode's attached egress program: a `bpf_link` (TCX) pinned in
 /// bpffs beside the classifier's, so that a crash leaves both attached
@@ -49,10 +49,10 @@ impl Egress {
     }
 }
 
-impl Classifier {
+impl Programs {
     /// Sets the VLAN mode (see [`VlanMode`]). For [`VlanMode::Untag`] on
     /// a live LAN, attach the egress program first
-    /// ([`Classifier::attach_vlan_egress`]): no frame may be untagged
+    /// ([`Programs::attach_vlan_egress`]): no frame may be untagged
     /// without its way back.
     pub fn set_vlan_mode(&mut self, mode: VlanMode) -> Result<(), EbpfError> {
         let value = match mode {
@@ -66,9 +66,9 @@ impl Classifier {
     /// the kernel's frames to hosts on a VLAN leave tagged. With `pin`, the
     /// link is pinned there (adopted if an earlier run left it: the
     /// program is replaced in place, never detached), so that it outlives
-    /// a crash like the classifier's own link; [`Classifier::detach`]
+    /// a crash like the classifier's own link; [`Programs::detach`]
     /// unpins it.
-    pub fn attach_vlan_egress(
+    pub(crate) fn attach_vlan_egress(
         &mut self,
         interface: &str,
         pin: Option<&Path>,

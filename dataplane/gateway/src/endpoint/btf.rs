@@ -37,7 +37,7 @@ struct Type {
 
 /// The parsed BTF.
 #[derive(Debug)]
-pub struct Btf {
+pub(crate) struct Btf {
     /// Index: type id - 1.
     types: Vec<Type>,
     strings: Vec<u8>,
@@ -46,33 +46,68 @@ pub struct Btf {
     by_name: HashMap<String, u32>,
 }
 
-/// A malformed or incomplete BTF.
+/// A malformed or incomplete BTF, or a struct field it does not have.
 #[derive(Debug, thiserror::Error)]
-#[error("kernel BTF: {0}")]
-pub struct BtfError(String);
-
-fn err(s: impl Into<String>) -> BtfError {
-    BtfError(s.into())
+pub enum BtfError {
+    /// The kernel's BTF could not be read.
+    #[error("kernel BTF: {path}: {source}")]
+    Read {
+        /// The file.
+        path: &'static str,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Not little-endian BTF.
+    #[error("kernel BTF: bad magic (not little-endian BTF)")]
+    Magic,
+    /// A value or section runs past the end.
+    #[error("kernel BTF: truncated at byte {at}")]
+    Truncated {
+        /// Where.
+        at: usize,
+    },
+    /// A type of a kind this parser does not know.
+    #[error("kernel BTF: unknown kind {kind} at byte {at}")]
+    UnknownKind {
+        /// The kind.
+        kind: u32,
+        /// Where.
+        at: usize,
+    },
+    /// No struct of that name.
+    #[error("kernel BTF: no struct {0}")]
+    NoStruct(String),
+    /// The struct has no such field, or it is a bitfield.
+    #[error("kernel BTF: struct {name}: {why} {field}")]
+    Field {
+        /// The struct.
+        name: String,
+        /// The field.
+        field: String,
+        /// `"has no field"` or `"bitfield"`.
+        why: &'static str,
+    },
 }
 
 fn u32_at(b: &[u8], off: usize) -> Result<u32, BtfError> {
     b.get(off..off + 4)
         .map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
-        .ok_or_else(|| err(format!("truncated at byte {off}")))
+        .ok_or(BtfError::Truncated { at: off })
 }
 
 impl Btf {
     /// Reads the running kernel's BTF.
-    pub fn from_kernel() -> Result<Self, BtfError> {
+    pub(crate) fn from_kernel() -> Result<Self, BtfError> {
         let p = "/sys/kernel/btf/vmlinux";
-        let data = std::fs::read(p).map_err(|e| err(format!("{p}: {e}")))?;
+        let data = std::fs::read(p).map_err(|source| BtfError::Read { path: p, source })?;
         Self::parse(&data)
     }
 
     /// Parses little-endian BTF (the only byte order this host runs).
-    pub fn parse(data: &[u8]) -> Result<Self, BtfError> {
+    pub(crate) fn parse(data: &[u8]) -> Result<Self, BtfError> {
         if data.get(0..2) != Some(&[0x9f, 0xeb]) {
-            return Err(err("bad magic (not little-endian BTF)"));
+            return Err(BtfError::Magic);
         }
         let hdr_len = u32_at(data, 4)? as usize;
         let type_off = u32_at(data, 8)? as usize;
@@ -84,7 +119,7 @@ impl Btf {
                 .checked_add(off)
                 .and_then(|a| Some((a, a.checked_add(len)?)))
                 .and_then(|(a, b)| data.get(a..b))
-                .ok_or_else(|| err("section out of bounds"))
+                .ok_or(BtfError::Truncated { at: hdr_len + off })
         };
         let tsec = section(type_off, type_len)?;
         let strings = section(str_off, str_len)?.to_vec();
@@ -120,12 +155,12 @@ impl Btf {
                 // PTR, FWD, TYPEDEF, VOLATILE, CONST, RESTRICT, FUNC,
                 // FLOAT, TYPE_TAG.
                 2 | 7..=12 | 16 | 18 => 0,
-                k => return Err(err(format!("unknown kind {k} at byte {at}"))),
+                kind => return Err(BtfError::UnknownKind { kind, at }),
             };
             at = at
                 .checked_add(extra)
                 .filter(|&a| a <= tsec.len())
-                .ok_or_else(|| err("type section truncated"))?;
+                .ok_or(BtfError::Truncated { at })?;
             types.push(Type {
                 kind,
                 name_off,
@@ -177,19 +212,24 @@ impl Btf {
 
     /// The byte offset of `field` in struct `name`, looking through
     /// anonymous struct and union members.
-    pub fn offset(&self, name: &str, field: &str) -> Result<u32, BtfError> {
+    pub(crate) fn offset(&self, name: &str, field: &str) -> Result<u32, BtfError> {
         let id = *self
             .by_name
             .get(name)
-            .ok_or_else(|| err(format!("no struct {name}")))?;
+            .ok_or_else(|| BtfError::NoStruct(name.into()))?;
         let t = self
             .get(id)
-            .ok_or_else(|| err(format!("struct {name}: bad id")))?;
+            .ok_or_else(|| BtfError::NoStruct(name.into()))?;
+        let field_err = |why| BtfError::Field {
+            name: name.into(),
+            field: field.into(),
+            why,
+        };
         let bits = self
             .find(t, field, 0)
-            .ok_or_else(|| err(format!("struct {name} has no field {field}")))?;
+            .ok_or_else(|| field_err("has no field"))?;
         if bits % 8 != 0 {
-            return Err(err(format!("{name}.{field} is a bitfield")));
+            return Err(field_err("bitfield"));
         }
         Ok(bits / 8)
     }
@@ -217,7 +257,7 @@ impl Btf {
 
 /// Where the exec tracepoint finds the executed file's identity in this
 /// kernel.
-pub fn exec_file_offsets() -> Result<sluice_common::ExecFileOffsets, BtfError> {
+pub(crate) fn exec_file_offsets() -> Result<sluice_common::ExecFileOffsets, BtfError> {
     let btf = Btf::from_kernel()?;
     Ok(sluice_common::ExecFileOffsets {
         task_mm: btf.offset("task_struct", "mm")?,

@@ -19,7 +19,7 @@
 //! and for every `execve` while the kernel holds it (fanotify permission
 //! events), so a listed program has its entry before it runs. Nothing
 //! walks `/proc` per connection.
-pub mod btf;
+pub(crate) mod btf;
 pub mod exec;
 pub mod net;
 
@@ -41,7 +41,7 @@ use sluice_common::{FlowVerdict, SockConfig, SockCounter};
 use self::exec::{ExecTracker, FactsCache, MountDevs};
 use crate::{
     config::{EndpointConfig, GatewayConfig},
-    ebpf::{Classifier, EbpfError, SockHooks},
+    ebpf::{EbpfError, Programs, SockHooks},
     gateway::{fault, supervise::Heartbeat},
     net::Prefix,
     process::ProcessSet,
@@ -104,9 +104,9 @@ impl std::fmt::Debug for ProcessBypass {
 /// instance on sluice's side of the veth pair.
 pub struct Endpoint {
     cfg: EndpointConfig,
-    main: Arc<Mutex<Classifier>>,
+    main: Arc<Mutex<Programs>>,
     /// The veth path's classifier instance.
-    xdp: Option<Classifier>,
+    xdp: Option<Programs>,
     /// The TUN path's device, until the worker takes it.
     tun: Option<crate::sys::tun::Tun>,
     procs: Arc<ProcessBypass>,
@@ -210,7 +210,7 @@ pub enum StepError {
     Btf(#[from] btf::BtfError),
     /// The classifier.
     #[error(transparent)]
-    Classifier(#[from] EbpfError),
+    Programs(#[from] EbpfError),
     /// The classifier, told with its error's causes.
     #[error("{error}: {}", crate::ebpf::error_chain(.error))]
     ClassifierChain {
@@ -237,7 +237,7 @@ impl Endpoint {
     pub fn start(
         gw: &GatewayConfig,
         cfg: &EndpointConfig,
-        main: &Arc<Mutex<Classifier>>,
+        main: &Arc<Mutex<Programs>>,
         reload: Arc<AtomicBool>,
     ) -> Result<Self, EndpointError> {
         // Process ids in the kernel's maps are the initial namespace's.
@@ -278,7 +278,7 @@ impl Endpoint {
     fn start_hooks(
         gw: &GatewayConfig,
         cfg: &EndpointConfig,
-        main: Arc<Mutex<Classifier>>,
+        main: Arc<Mutex<Programs>>,
         reload: Arc<AtomicBool>,
     ) -> Result<Self, EndpointError> {
         let (cgroup, sock_cfg) = hook_settings(cfg.mark, cfg.cgroup.as_deref())?;
@@ -342,7 +342,7 @@ impl Endpoint {
                 .map_err(|e| fail("spawning the exec watcher", e))?
         };
         let xdp = if cfg.path == crate::config::EndpointPath::Veth {
-            let mut xdp = Classifier::load().map_err(|e| fail("classifier", e))?;
+            let mut xdp = Programs::load().map_err(|e| fail("classifier", e))?;
             xdp.set_local_addrs(&crate::host::local_addrs().map_err(|e| fail("addresses", e))?)
                 .map_err(|e| fail("classifier", e))?;
             Some(xdp)
@@ -377,13 +377,13 @@ impl Endpoint {
     }
 
     /// The TUN device (TUN path), once: for the worker.
-    pub fn take_tun(&mut self) -> Option<crate::sys::tun::Tun> {
+    pub(crate) fn take_tun(&mut self) -> Option<crate::sys::tun::Tun> {
         self.tun.take()
     }
 
     /// The classifier instance of sluice's side (veth path), to register
     /// the socket.
-    pub fn classifier(&mut self) -> Option<&mut Classifier> {
+    pub fn classifier(&mut self) -> Option<&mut Programs> {
         self.xdp.as_mut()
     }
 
@@ -747,7 +747,7 @@ pub fn detach(gw: &GatewayConfig, cfg: &EndpointConfig) -> Result<Vec<String>, E
     Ok(done)
 }
 
-/// What [`Classifier::attach_sock_hooks`] needs for this host: the cgroup
+/// What [`Programs::attach_sock_hooks`] needs for this host: the cgroup
 /// (`cgroup`, or the root of the cgroup2 hierarchy) and the settings for
 /// sockets of the calling thread's network namespace, marked `mark`.
 /// Mounts tracefs (and cgroup2) if they are not visible.

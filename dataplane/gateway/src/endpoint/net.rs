@@ -165,7 +165,7 @@ pub fn teardown(cfg: &EndpointConfig) {
 /// at no moment of a restart does the host's tunnelled traffic go direct
 /// (the TUN device is opened after this, so it does not attach to a
 /// leftover; the device is one [`check_interface`] approved).
-pub fn clean_leftovers(cfg: &EndpointConfig) {
+pub(crate) fn clean_leftovers(cfg: &EndpointConfig) {
     fail_closed(cfg);
     let mut v = Vec::new();
     for fam in ["-4", "-6"] {
@@ -196,7 +196,7 @@ fn stale_route_cmds(fam: &str, out: &str, table: u32) -> Vec<String> {
 /// routes go in first (existing ones stay: no moment without them), then
 /// the mark rule goes (a socket marked by hooks that may outlive this
 /// run must not go direct).
-pub fn fail_closed(cfg: &EndpointConfig) {
+pub(crate) fn fail_closed(cfg: &EndpointConfig) {
     let t = cfg.table;
     let mut v = Vec::new();
     for fam in ["-4", "-6"] {
@@ -244,7 +244,7 @@ fn missing_rules(
 ///
 /// # Errors
 /// The name is another kind of device's, or its driver cannot be read.
-pub fn check_interface(cfg: &EndpointConfig) -> Result<(), NetError> {
+pub(crate) fn check_interface(cfg: &EndpointConfig) -> Result<(), NetError> {
     let name = &cfg.interface;
     if !std::path::Path::new(&format!("/sys/class/net/{name}")).exists() {
         return Ok(());
@@ -377,7 +377,7 @@ fn route_cmds(cfg: &EndpointConfig, verb: &str, routes: &[(Prefix, bool)]) -> Ve
 ///
 /// # Errors
 /// An `ip` command putting the new routes in place failed.
-pub fn update_routes(
+pub(crate) fn update_routes(
     cfg: &EndpointConfig,
     old: &[(Prefix, bool)],
     new: &[(Prefix, bool)],
@@ -423,7 +423,7 @@ fn veth_extras(cfg: &EndpointConfig) -> Result<(), NetError> {
 }
 
 /// The host prefix of `a`.
-pub fn host_prefix(a: IpAddr) -> Prefix {
+pub(crate) fn host_prefix(a: IpAddr) -> Prefix {
     let len = if a.is_ipv4() { 32 } else { 128 };
     Prefix::new(a, len)
 }

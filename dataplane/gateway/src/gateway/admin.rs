@@ -21,11 +21,11 @@ use std::{
     time::Duration,
 };
 
-use super::{AllStats, GatewayError, TenantStats, policy::PolicyControl, render};
+use super::{AllStats, GatewayError, TenantStats, control::PolicyControl, render};
 use crate::{
     admin::{Request, RouteError},
     config::GatewayConfig,
-    ebpf::Classifier,
+    ebpf::Programs,
     http::{Access, Limits, Reply, Server, local_hosts},
 };
 
@@ -35,7 +35,7 @@ use crate::{
 pub(super) fn start(
     cfg: &GatewayConfig,
     stop: &Arc<AtomicBool>,
-    classifier: &Arc<Mutex<Classifier>>,
+    classifier: &Arc<Mutex<Programs>>,
     stats: AllStats,
     control: Arc<PolicyControl>,
     procs: Option<Arc<crate::endpoint::ProcessBypass>>,

@@ -8,13 +8,21 @@
 //! client's first packet to an answered address is bypassed, as before,
 //! while no worker takes a lock another worker takes or updates a map.
 //!
-//! Queries go into the tunnel at once (a copy is observed); answers wait
-//! for the bypass thread, a few microseconds. A full queue drops the
-//! answer and counts it (`sluice_gateway_drop_dns_queue_full_total`; the
-//! client asks again) rather than let it reach the client before its
-//! addresses are installed. Buffers travel back with the answers (and the
-//! queries' copies) and are reused: no allocation per DNS message once a
-//! worker's pool is warm.
+//! Every DNS message waits for the bypass thread's verdict in the same
+//! way: a query goes into the tunnel only once its copy is queued (else it
+//! is dropped and counted, and the client asks again: an answer to an
+//! unobserved query would install nothing, and a private-access domain's
+//! addresses would then go direct), an answer reaches the client only
+//! after it was observed. One FIFO queue keeps each worker's query before
+//! its answer.
+//!
+//! Memory is bounded and preallocated: each worker owns [`QUERY_CREDITS`]
+//! and [`ANSWER_CREDITS`] buffers of [`BUF`] bytes; a message takes one and
+//! it comes back with the job. A worker with no credit left drops the
+//! message and counts it (`sluice_gateway_drop_dns_queue_full_total`), so
+//! a flood through one worker never takes another worker's share, queries
+//! never take the answers' share, and no worker allocates per message. The
+//! queues hold every credit, so no push fails.
 //!
 //! Nothing is diverted while the policy names no domain.
 use std::{
@@ -31,18 +39,20 @@ use crossbeam_queue::ArrayQueue;
 use super::{domains::DomainBypass, supervise::Heartbeat};
 use crate::wire::ip;
 
-/// Messages on their way to the bypass thread, from all workers.
-const JOBS: usize = 1024;
-/// Messages on their way back to one worker.
-const RETURNS: usize = JOBS;
-/// Buffers a worker keeps for reuse.
-const POOL: usize = 64;
-/// A buffer's starting capacity (an MTU-sized segment fits).
-const BUF: usize = 2048;
+/// Query copies one worker may have in flight.
+const QUERY_CREDITS: usize = 128;
+/// Answers one worker may have in flight.
+const ANSWER_CREDITS: usize = 128;
+/// A buffer's size: the longest DNS packet observed (a jumbo frame's IP
+/// packet); a longer one is dropped and counted.
+const BUF: usize = 9216;
 /// Longest sleep of the bypass thread (stop, heartbeat, expiry).
 const IDLE: Duration = Duration::from_millis(100);
-/// How often the bypass thread drops expired addresses.
+/// How often the bypass thread drops expired addresses (also while a
+/// flood keeps its queue busy).
 const EXPIRE_EVERY: Duration = Duration::from_millis(100);
+/// Jobs between the bypass thread's heartbeats and expiry checks.
+const TURN: usize = 256;
 
 /// What a job carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,6 +84,7 @@ struct Back {
 /// Shared by the workers and the bypass thread.
 #[derive(Debug)]
 pub(crate) struct DnsRelay {
+    /// Holds every credit of every worker: a push never fails.
     jobs: ArrayQueue<Job>,
     backs: Vec<Back>,
     /// The bypass thread, to unpark (set when it starts; jobs queued
@@ -88,11 +99,12 @@ impl DnsRelay {
     /// A relay for `workers` workers (indices `0..workers`) that diverts
     /// while `watching` is set.
     pub(crate) fn new(workers: usize, watching: Arc<AtomicBool>) -> Arc<Self> {
+        let credits = QUERY_CREDITS + ANSWER_CREDITS;
         Arc::new(Self {
-            jobs: ArrayQueue::new(JOBS),
+            jobs: ArrayQueue::new((workers * credits).max(1)),
             backs: (0..workers)
                 .map(|_| Back {
-                    queue: ArrayQueue::new(RETURNS),
+                    queue: ArrayQueue::new(credits),
                     waker: OnceLock::new(),
                 })
                 .collect(),
@@ -101,14 +113,17 @@ impl DnsRelay {
         })
     }
 
-    /// Worker `index`'s end, waking its poller with `waker`. `None` if
-    /// the index is out of range or already taken.
+    /// Worker `index`'s end, waking its poller with `waker`, with its
+    /// credits allocated. `None` if the index is out of range or already
+    /// taken.
     pub(super) fn port(self: &Arc<Self>, index: usize, waker: mio::Waker) -> Option<DnsPort> {
         self.backs.get(index)?.waker.set(waker).ok()?;
+        let pool = |n| (0..n).map(|_| Vec::with_capacity(BUF)).collect();
         Some(DnsPort {
             relay: self.clone(),
             index,
-            pool: Vec::with_capacity(POOL),
+            queries: pool(QUERY_CREDITS),
+            answers: pool(ANSWER_CREDITS),
             pushed: false,
         })
     }
@@ -117,20 +132,24 @@ impl DnsRelay {
 /// What a worker's divert step did with a packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Divert {
-    /// Not DNS (or nothing watched): the worker carries on with it.
+    /// Not DNS to observe (or nothing watched): the worker carries on.
     No,
-    /// Queued for the bypass thread; it comes back.
+    /// Queued for the bypass thread (a query's copy: the query goes on;
+    /// an answer: it comes back).
     Queued,
-    /// The queue was full: the answer is dropped (counted by the caller).
+    /// No credit left, or too long: the packet is dropped (counted by
+    /// the caller).
     Full,
 }
 
-/// A worker's end of the relay.
+/// A worker's end of the relay: its credits.
 #[derive(Debug)]
 pub(super) struct DnsPort {
     relay: Arc<DnsRelay>,
     index: usize,
-    pool: Vec<Vec<u8>>,
+    /// Free buffers: the query copies' credits, the answers'.
+    queries: Vec<Vec<u8>>,
+    answers: Vec<Vec<u8>>,
     /// Jobs were queued since the last [`DnsPort::wake`].
     pushed: bool,
 }
@@ -140,10 +159,20 @@ impl DnsPort {
         self.relay.watching.load(Relaxed)
     }
 
-    fn push(&mut self, kind: Kind, pkt: &ip::Packet<'_>) -> Result<(), ()> {
-        let mut packet = self.pool.pop().unwrap_or_else(|| Vec::with_capacity(BUF));
+    fn push(&mut self, kind: Kind, pkt: &ip::Packet<'_>) -> Divert {
+        let bytes = pkt.as_bytes();
+        let pool = match kind {
+            Kind::Query => &mut self.queries,
+            Kind::Answer { .. } => &mut self.answers,
+        };
+        if bytes.len() > BUF {
+            return Divert::Full;
+        }
+        let Some(mut packet) = pool.pop() else {
+            return Divert::Full;
+        };
         packet.clear();
-        packet.extend_from_slice(pkt.as_bytes());
+        packet.extend_from_slice(bytes);
         let job = Job {
             worker: self.index,
             kind,
@@ -152,24 +181,25 @@ impl DnsPort {
         match self.relay.jobs.push(job) {
             Ok(()) => {
                 self.pushed = true;
-                Ok(())
+                Divert::Queued
             }
+            // Cannot happen (the queue holds every credit); the credit
+            // stays.
             Err(job) => {
-                self.recycle(job.packet);
-                Err(())
+                self.recycle(job.kind, job.packet);
+                Divert::Full
             }
         }
     }
 
-    /// A LAN packet on its way into the tunnel: if it is a DNS query, a
-    /// copy goes to the bypass thread (the packet itself goes on at once).
-    /// `false` if the copy was lost to a full queue (the answer then
-    /// installs nothing: its addresses stay tunnelled).
-    pub(super) fn query(&mut self, pkt: &ip::Packet<'_>) -> bool {
+    /// A LAN packet on its way into the tunnel: a DNS query's copy goes
+    /// to the bypass thread; [`Divert::Full`]: the query must be dropped
+    /// (its answer would install nothing).
+    pub(super) fn query(&mut self, pkt: &ip::Packet<'_>) -> Divert {
         if !self.watching() || !super::domains::is_dns(pkt, true) {
-            return true;
+            return Divert::No;
         }
-        self.push(Kind::Query, pkt).is_ok()
+        self.push(Kind::Query, pkt)
     }
 
     /// A packet from tenant `tenant`'s tunnel on its way to the LAN: a DNS
@@ -178,10 +208,7 @@ impl DnsPort {
         if !self.watching() || !super::domains::is_dns(pkt, false) {
             return Divert::No;
         }
-        match self.push(Kind::Answer { tenant }, pkt) {
-            Ok(()) => Divert::Queued,
-            Err(()) => Divert::Full,
-        }
+        self.push(Kind::Answer { tenant }, pkt)
     }
 
     /// Wakes the bypass thread if this worker queued anything since the
@@ -204,56 +231,53 @@ impl DnsPort {
         !self.relay.backs[self.index].queue.is_empty()
     }
 
-    /// Keeps `buf` for the next message.
-    pub(super) fn recycle(&mut self, buf: Vec<u8>) {
-        if self.pool.len() < POOL {
-            self.pool.push(buf);
+    /// Gives a job's buffer back to its credit pool.
+    pub(super) fn recycle(&mut self, kind: Kind, buf: Vec<u8>) {
+        match kind {
+            Kind::Query => self.queries.push(buf),
+            Kind::Answer { .. } => self.answers.push(buf),
         }
     }
 }
 
 /// The bypass thread's body: observes every job, installs answers'
 /// addresses (through `domains`), hands the jobs back to their workers,
-/// drops expired addresses; until `stop`. Bumps `beat` at least every
-/// [`IDLE`].
+/// drops expired addresses (every [`EXPIRE_EVERY`], even under a flood);
+/// until `stop`. Bumps `beat` at least every [`IDLE`] and every [`TURN`]
+/// jobs.
 pub(crate) fn serve(relay: &DnsRelay, domains: &DomainBypass, stop: &AtomicBool, beat: &Heartbeat) {
     let _ = relay.thread.set(std::thread::current());
+    let mut fault = super::fault::Fault::for_thread("sluice-dns");
     let mut woken = vec![false; relay.backs.len()];
     let mut next_expiry = Instant::now();
-    let mut lost_returns: u64 = 0;
     while !stop.load(Relaxed) {
         beat.beat();
-        let mut handled = 0usize;
-        while let Some(job) = relay.jobs.pop() {
+        if super::fault::inject(&mut fault) {
+            return;
+        }
+        let mut handled = 0;
+        while handled < TURN
+            && let Some(job) = relay.jobs.pop()
+        {
             handle(domains, &job);
-            let w = job.worker;
+            let (w, kind) = (job.worker, job.kind);
             if let Some(back) = relay.backs.get(w) {
-                if back.queue.push(job).is_err() {
-                    // The worker is not draining (its watchdog will say
-                    // so): the answer is dropped.
-                    lost_returns += 1;
+                // Cannot fail (a worker's return queue holds all its
+                // credits); counted if it did.
+                if back.queue.push(job).is_err() && matches!(kind, Kind::Answer { .. }) {
+                    domains.count_lost_returns(1);
                 }
                 woken[w] = true;
             }
             handled += 1;
-            if handled.is_multiple_of(256) {
-                beat.beat();
-                wake(relay, &mut woken);
-            }
-            if stop.load(Relaxed) {
-                break;
-            }
         }
         wake(relay, &mut woken);
-        if lost_returns != 0 {
-            domains.count_lost_returns(std::mem::take(&mut lost_returns));
-        }
         let now = Instant::now();
         if now >= next_expiry {
             domains.expire(now);
             next_expiry = now + EXPIRE_EVERY;
         }
-        if handled == 0 && relay.jobs.is_empty() {
+        if handled < TURN && relay.jobs.is_empty() {
             std::thread::park_timeout(IDLE);
         }
     }
@@ -322,25 +346,78 @@ mod tests {
         // A query from the LAN (to port 53) is copied, an answer-shaped
         // packet going out is not.
         let query = udp(40000, 53);
-        assert!(port.query(&ip::Packet::new_checked(&query).unwrap()));
+        assert_eq!(
+            port.query(&ip::Packet::new_checked(&query).unwrap()),
+            Divert::Queued
+        );
         assert_eq!(relay.jobs.pop().unwrap().kind, Kind::Query);
-        assert!(port.query(&a));
+        assert_eq!(port.query(&a), Divert::No);
         assert!(relay.jobs.is_empty());
     }
 
     #[test]
-    fn a_full_queue_drops_the_answer_and_a_port_is_taken_once() {
-        let relay = DnsRelay::new(1, Arc::new(AtomicBool::new(true)));
+    fn credits_bound_each_worker_and_each_kind_and_come_back() {
+        let relay = DnsRelay::new(2, Arc::new(AtomicBool::new(true)));
         let (_p, w) = waker();
         let mut port = relay.port(0, w).unwrap();
+        let (_p1, w1) = waker();
+        let mut other = relay.port(1, w1).unwrap();
         let (_p2, w2) = waker();
         assert!(relay.port(0, w2).is_none(), "one worker per index");
         let answer = udp(53, 40000);
+        let query = udp(40000, 53);
         let a = ip::Packet::new_checked(&answer).unwrap();
-        for _ in 0..JOBS {
-            assert_eq!(port.answer(&a, 0), Divert::Queued);
+        let q = ip::Packet::new_checked(&query).unwrap();
+        // A query flood takes the queries' credits only.
+        for _ in 0..QUERY_CREDITS {
+            assert_eq!(port.query(&q), Divert::Queued);
         }
-        assert_eq!(port.answer(&a, 0), Divert::Full);
-        assert_eq!(relay.jobs.len(), JOBS);
+        assert_eq!(port.query(&q), Divert::Full);
+        assert_eq!(port.answer(&a, 0), Divert::Queued);
+        // Another worker has its own.
+        assert_eq!(other.query(&q), Divert::Queued);
+        // Jobs handed back return their credits.
+        while let Some(job) = relay.jobs.pop() {
+            relay.backs[job.worker].queue.push(job).unwrap();
+        }
+        while let Some(job) = port.returned() {
+            port.recycle(job.kind, job.packet);
+        }
+        assert_eq!(port.queries.len(), QUERY_CREDITS);
+        assert_eq!(port.answers.len(), ANSWER_CREDITS);
+        assert_eq!(port.query(&q), Divert::Queued);
+    }
+
+    #[test]
+    fn a_bare_ack_from_port_53_is_not_held_but_tcp_data_is() {
+        let relay = DnsRelay::new(1, Arc::new(AtomicBool::new(true)));
+        let (_p, w) = waker();
+        let mut port = relay.port(0, w).unwrap();
+        let tcp = |payload: &[u8], syn: bool| {
+            let mut b = etherparse::PacketBuilder::ipv4([198, 51, 100, 53], [192, 0, 2, 10], 64)
+                .tcp(53, 40000, 7, 1000)
+                .ack(1);
+            if syn {
+                b = b.syn();
+            }
+            let mut out = Vec::new();
+            b.write(&mut out, payload).unwrap();
+            out
+        };
+        let ack = tcp(&[], false);
+        let syn_ack = tcp(&[], true);
+        let data = tcp(&[0, 12, 1, 2], false);
+        assert_eq!(
+            port.answer(&ip::Packet::new_checked(&ack).unwrap(), 0),
+            Divert::No
+        );
+        assert_eq!(
+            port.answer(&ip::Packet::new_checked(&syn_ack).unwrap(), 0),
+            Divert::Queued
+        );
+        assert_eq!(
+            port.answer(&ip::Packet::new_checked(&data).unwrap(), 0),
+            Divert::Queued
+        );
     }
 }

@@ -3,7 +3,8 @@
 //! through one [`Observer`]; an accepted answer's addresses enter the
 //! kernel bypass table *before* the worker forwards the answer, so the
 //! client's first packet to them is already bypassed. Expired addresses
-//! leave the table (the gateway's main loop calls [`DomainBypass::expire`]).
+//! leave the table (the bypass thread, [`super::dns_relay::serve`], calls
+//! [`DomainBypass::expire`]).
 //!
 //! Each address gets one classifier domain entry holding, per policy
 //! slot, which app profiles bypass it and which reach it through the
@@ -29,12 +30,12 @@ use std::{
 use sluice_common::{BypassEntry, DnsEntry};
 
 use crate::{
-    config::DomainBypass as Config,
+    config::DomainBypassConfig as Config,
     dns::{
         Answer, BypassTable, DomainSet, Endpoints, Insert, Observer, Stats, Transport,
         tcp::{Segment, StreamKey, TcpStreams},
     },
-    ebpf::{Classifier, EbpfError, Prepared},
+    ebpf::{EbpfError, Prepared, Programs},
     metrics::sample,
     policy::compile::DomainMatcher,
     wire::ip,
@@ -85,17 +86,23 @@ fn dns_packet<'a>(pkt: &ip::Packet<'a>, to_server: bool) -> Option<(Endpoints, D
     Some((ends(t.src_port, t.dst_port, Transport::Tcp)?, Dns::Tcp(seg)))
 }
 
-/// Whether `pkt` is DNS traffic seen from its direction (`to_server`: a
-/// query's way): port 53 on the server's side. A few byte loads.
+/// Whether `pkt` is DNS traffic the bypass must observe, seen from its
+/// direction (`to_server`: a query's way): port 53 on the server's side,
+/// UDP, or a TCP segment with payload or SYN/FIN/RST (a bare ACK carries
+/// nothing to observe and passes). A few byte loads.
 pub(super) fn is_dns(pkt: &ip::Packet<'_>, to_server: bool) -> bool {
-    dns_packet(pkt, to_server).is_some()
+    match dns_packet(pkt, to_server) {
+        Some((_, Dns::Udp(_))) => true,
+        Some((_, Dns::Tcp(seg))) => !seg.payload.is_empty() || seg.syn || seg.end,
+        None => false,
+    }
 }
 
 /// Held by the bypass thread and the control side (swap, admin, metrics).
 #[derive(Debug)]
 pub(crate) struct DomainBypass {
     state: Mutex<State>,
-    classifier: Arc<Mutex<Classifier>>,
+    classifier: Arc<Mutex<Programs>>,
     /// Set while the policy names a domain: the workers divert DNS
     /// messages to the bypass thread only then.
     watching: Arc<AtomicBool>,
@@ -129,7 +136,7 @@ impl DomainBypass {
     /// `None` when no domain is configured.
     /// The domain table with `cfg`'s limits; it watches nothing until the
     /// first [`DomainBypass::swap`] gives it the policy's domains.
-    pub(crate) fn new(cfg: &Config, classifier: Arc<Mutex<Classifier>>) -> Arc<Self> {
+    pub(crate) fn new(cfg: &Config, classifier: Arc<Mutex<Programs>>) -> Arc<Self> {
         let observer = Observer::new(DomainSet::default(), cfg.limits)
             .with_trusted_servers(cfg.servers.clone());
         Arc::new(Self {
@@ -180,8 +187,8 @@ impl DomainBypass {
         &self,
         matcher: Arc<DomainMatcher>,
         patterns: &[crate::dns::Pattern],
-        prepare: impl FnOnce(&mut Classifier) -> Result<Prepared, EbpfError>,
-        commit: impl FnOnce(&mut Classifier, Prepared) -> Result<T, EbpfError>,
+        prepare: impl FnOnce(&mut Programs) -> Result<Prepared, EbpfError>,
+        commit: impl FnOnce(&mut Programs, Prepared) -> Result<T, EbpfError>,
     ) -> Result<T, EbpfError> {
         let classifier = || {
             self.classifier.lock().map_err(|_| EbpfError::MissingMap {
@@ -486,7 +493,7 @@ fn entry(matcher: Option<&DomainMatcher>, name: &str) -> DnsEntry {
 }
 
 /// Puts `addr` in this host's bypass trie or takes it out.
-fn sync_local(s: &mut State, c: &mut Classifier, addr: IpAddr, bypass: bool) {
+fn sync_local(s: &mut State, c: &mut Programs, addr: IpAddr, bypass: bool) {
     if bypass && s.local.insert(addr) {
         if let Err(e) = c.add_host_bypass(BypassEntry::SOURCE_DNS, addr) {
             s.install_errors += 1;

@@ -11,7 +11,7 @@
 //!
 //! - `SLUICE_FAULT=<action>:<thread>`: `exit`, `hang` or `panic`, in the
 //!   thread of that name (`sluice-q0`, `sluice-endpoint`, `sluice-exec`,
-//!   `sluice-addrs`);
+//!   `sluice-addrs`, `sluice-dns`);
 //! - `SLUICE_FAULT_TRIGGER=<path>`: the fault fires once that file exists
 //!   (looked for at most every 100 ms); without it, at the first loop turn.
 //!

@@ -18,12 +18,12 @@
 //! Every thread is supervised ([`supervise`]): one that stops or stops
 //! making progress stops the gateway with [`EXIT_FAULT`], failing closed.
 mod admin;
+mod control;
 mod dns_relay;
 mod domains;
 pub(crate) mod fault;
 mod neighbor;
-mod policy;
-pub use self::policy::PolicyError;
+pub use self::control::PolicyError;
 mod stats;
 pub(crate) mod supervise;
 pub mod trusted;
@@ -44,17 +44,21 @@ use std::{
 use sluice_common::Counter;
 
 use self::{
+    control::PolicyControl,
     dns_relay::DnsRelay,
     domains::DomainBypass,
-    policy::PolicyControl,
     stats::TenantStats,
     supervise::{Heartbeat, Registry, Watchdog},
     worker::{Port, Route, TunnelParams, Worker},
 };
-pub use self::{neighbor::Neighbors, stats::WorkerStats, supervise::EXIT_FAULT};
+pub use self::{
+    neighbor::Neighbors,
+    stats::WorkerStats,
+    supervise::{EXIT_FAULT, Fault},
+};
 use crate::{
     config::GatewayConfig,
-    ebpf::{Classifier, EbpfError},
+    ebpf::{EbpfError, Programs},
     host, metrics, pki,
     sys::{
         lock::Lock,
@@ -126,10 +130,24 @@ pub enum GatewayError {
     /// classifier stays attached and pinned, failing closed. The process
     /// exits with [`EXIT_FAULT`].
     #[error("stopped on a fault: {0}")]
-    Fault(String),
-    /// `sluice gateway detach` could not remove everything.
-    #[error("detach: {0}")]
-    Detach(String),
+    Fault(Fault),
+    /// `sluice gateway detach` could not remove a pin.
+    #[error("detach: removing the pin {}: {source}", pin.display())]
+    DetachPin {
+        /// The pin.
+        pin: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `sluice gateway detach` found an XDP program still attached.
+    #[error(
+        "detach: an XDP program is still attached to {lan} (one sluice did not pin, or another process holds its link): see `ip link show dev {lan}`"
+    )]
+    StillAttached {
+        /// The LAN interface.
+        lan: String,
+    },
     /// `sluice gateway detach` could not remove endpoint mode's pins.
     #[error("detach: {0}")]
     DetachEndpoint(crate::endpoint::EndpointError),
@@ -139,7 +157,7 @@ pub enum GatewayError {
 pub struct Gateway {
     /// Held to the end: its maps, and the pinned link's descriptor (the
     /// pin outlives it).
-    _classifier: Arc<Mutex<Classifier>>,
+    _classifier: Arc<Mutex<Programs>>,
     /// Where the classifier's link is pinned (it stays when the gateway
     /// stops).
     pin: Option<PathBuf>,
@@ -267,7 +285,7 @@ impl Gateway {
         signal_hook::flag::register(signal_hook::consts::SIGHUP, reload.clone())
             .map_err(io("installing the SIGHUP handler"))?;
 
-        let mut classifier = Classifier::load()?;
+        let mut classifier = Programs::load()?;
         // Subscribed before the first read: no change in between is missed.
         let addr_monitor = RouteMonitor::new().map_err(io("watching address changes"))?;
         let local = host::local_addrs()?;
@@ -403,7 +421,7 @@ impl Gateway {
             .endpoint
             .as_ref()
             .map(crate::endpoint::Endpoint::processes);
-        let names: Vec<String> = policy::tunnels(cfg).into_iter().map(|(n, _)| n).collect();
+        let names: Vec<String> = control::tunnels(cfg).into_iter().map(|(n, _)| n).collect();
         let gauges = (stats.clone(), tenant_stats.clone());
         // The metrics listener and the admin API, on one supervised thread.
         if let Some(h) = admin::start(
@@ -508,7 +526,10 @@ impl Gateway {
                 "the exec watcher is stuck: exiting without running commands (execs wait for it); endpoint routing stays as a crash leaves it, failing closed"
             );
             self.watchdog.stopped();
-            let f = self.watchdog.recorded().unwrap_or_default();
+            let f = self
+                .watchdog
+                .recorded()
+                .unwrap_or_else(|| Fault::NotReturned(vec![EXEC_WATCHER.into()]));
             std::mem::forget(self);
             return Err(GatewayError::Fault(f));
         }
@@ -527,8 +548,7 @@ impl Gateway {
         }
         let fault = self.watchdog.recorded();
         self.watchdog.stopped();
-        let stuck = (!left.is_empty())
-            .then(|| format!("threads still running after the stop: {}", left.join(", ")));
+        let stuck = (!left.is_empty()).then_some(Fault::NotReturned(left));
         match fault.or(stuck) {
             None => {
                 log::info!("gateway stopped");
@@ -553,7 +573,7 @@ impl Gateway {
 /// destination. Returns (a fault: the supervisor stops the gateway) when
 /// the notifications fail or the table cannot be updated for 5 s.
 fn watch_local_addrs(
-    classifier: &Mutex<Classifier>,
+    classifier: &Mutex<Programs>,
     mut monitor: RouteMonitor,
     mut current: Vec<IpAddr>,
     stop: &AtomicBool,
@@ -583,15 +603,15 @@ fn watch_local_addrs(
         }
         next_resync = now + RESYNC_EVERY;
         let res = host::local_addrs()
-            .map_err(|e| e.to_string())
+            .map_err(GatewayError::from)
             .and_then(|a| {
                 if a == current {
                     return Ok(());
                 }
                 let mut c = classifier
                     .lock()
-                    .map_err(|_| "classifier lock poisoned".to_string())?;
-                c.set_local_addrs(&a).map_err(|e| e.to_string())?;
+                    .map_err(|_| GatewayError::Policy(PolicyError::Poisoned))?;
+                c.set_local_addrs(&a)?;
                 drop(c);
                 let added: Vec<String> = a
                     .iter()
@@ -640,8 +660,9 @@ pub fn detach(cfg: &GatewayConfig) -> Result<Vec<String>, GatewayError> {
     if let Some(lan) = &cfg.lan {
         let pin = host::classifier_pin(&cfg.bpffs, lan)?;
         if pin.exists() {
-            std::fs::remove_file(&pin).map_err(|e| {
-                GatewayError::Detach(format!("removing the pin {}: {e}", pin.display()))
+            std::fs::remove_file(&pin).map_err(|source| GatewayError::DetachPin {
+                pin: pin.clone(),
+                source,
             })?;
             done.push(format!("removed the classifier's pin {}", pin.display()));
         }
@@ -649,8 +670,9 @@ pub fn detach(cfg: &GatewayConfig) -> Result<Vec<String>, GatewayError> {
         // the LAN's frames after a detach).
         let egress = vlan_egress_pin(&pin);
         if egress.exists() {
-            std::fs::remove_file(&egress).map_err(|e| {
-                GatewayError::Detach(format!("removing the pin {}: {e}", egress.display()))
+            std::fs::remove_file(&egress).map_err(|source| GatewayError::DetachPin {
+                pin: egress.clone(),
+                source,
             })?;
             done.push(format!("removed the VLAN egress pin {}", egress.display()));
         }
@@ -662,9 +684,7 @@ pub fn detach(cfg: &GatewayConfig) -> Result<Vec<String>, GatewayError> {
             std::thread::sleep(Duration::from_millis(20));
         }
         if host::xdp_attached(lan)? {
-            return Err(GatewayError::Detach(format!(
-                "an XDP program is still attached to {lan} (one sluice did not pin, or another process holds its link): see `ip link show dev {lan}`"
-            )));
+            return Err(GatewayError::StillAttached { lan: lan.clone() });
         }
         done.push(format!("no XDP program on {lan}"));
     }
@@ -710,7 +730,7 @@ fn tunnels_up(stats: &[Arc<TenantStats>]) -> Vec<Option<bool>> {
 /// One TLS client configuration per tunnel (internet first, then each
 /// private-access tenant).
 fn tunnel_params(cfg: &GatewayConfig) -> Result<Vec<TunnelParams>, GatewayError> {
-    policy::tunnels(cfg)
+    control::tunnels(cfg)
         .into_iter()
         .map(|(_, t)| {
             Ok(TunnelParams {
@@ -785,7 +805,7 @@ type EndpointWorker = (Arc<WorkerStats>, Arc<TenantStats>);
 fn start_endpoint(
     cfg: &GatewayConfig,
     ep: &crate::config::EndpointConfig,
-    classifier: &Arc<Mutex<Classifier>>,
+    classifier: &Arc<Mutex<Programs>>,
     tunnels: &[TunnelParams],
     control: &Arc<PolicyControl>,
     stop: &Arc<AtomicBool>,
@@ -911,7 +931,7 @@ fn lan_xsk_config(cfg: &GatewayConfig) -> XskConfig {
 fn attach_lan(
     cfg: &GatewayConfig,
     lan: &str,
-    classifier: &mut Classifier,
+    classifier: &mut Programs,
 ) -> Result<(Vec<XskSocket>, crate::wire::ethernet::Mac, PathBuf), GatewayError> {
     let ifindex = host::ifindex(lan)?;
     let lan_mac = host::mac(lan)?;
@@ -967,7 +987,7 @@ fn attach_mode(cfg: &GatewayConfig, lan: &str) -> crate::ebpf::AttachMode {
     mode
 }
 
-fn render(out: &mut String, classifier: &Mutex<Classifier>, stats: &[Arc<WorkerStats>]) {
+fn render(out: &mut String, classifier: &Mutex<Programs>, stats: &[Arc<WorkerStats>]) {
     if let Ok(c) = classifier.lock()
         && let Ok(counts) = c.counters()
     {

@@ -137,8 +137,6 @@ pub struct Neighbors {
     hops: Box<[Hop]>,
     /// This second's budgets: the LAN's frames', the replies'.
     budget: [Budget; 2],
-    /// Kernel entries not cached because the table was full.
-    full: u64,
 }
 
 fn key(ip: IpAddr) -> u128 {
@@ -167,7 +165,6 @@ impl Neighbors {
             pending: [None; MAX_PENDING],
             hops: vec![Hop::default(); k].into_boxed_slice(),
             budget: [(None, 0, 0); 2],
-            full: 0,
         }
     }
 
@@ -234,13 +231,8 @@ impl Neighbors {
                             .get(addr)
                             .filter(|k| k.mac == mac && k.vlan == vlan)
                             .and_then(|k| k.tags);
-                        if self
-                            .kernel
-                            .insert(addr, Kernel { mac, vlan, tags })
-                            .is_err()
-                        {
-                            self.full += 1;
-                        }
+                        // A full table: the entry is not cached.
+                        let _ = self.kernel.insert(addr, Kernel { mac, vlan, tags });
                     }
                     _ => {
                         // Gone, failed or being resolved: the kernel has no
@@ -259,7 +251,7 @@ impl Neighbors {
     }
 
     /// Forgets every kernel entry (before a fresh dump after an overrun).
-    pub fn clear_kernel(&mut self) {
+    pub(crate) fn clear_kernel(&mut self) {
         if let Source::Kernel(lan) = self.source {
             self.kernel = AddrMap::new(self.kernel.capacity());
             self.links.clear();
@@ -462,13 +454,8 @@ impl Neighbors {
 
     /// The addresses to ask the kernel to resolve (on the LAN interface),
     /// emptying the queue.
-    pub fn take_resolutions(&mut self) -> impl Iterator<Item = IpAddr> + '_ {
+    pub(crate) fn take_resolutions(&mut self) -> impl Iterator<Item = IpAddr> + '_ {
         self.pending.iter_mut().filter_map(Option::take)
-    }
-
-    /// Kernel entries not cached because the table was full (since start).
-    pub fn full_count(&self) -> u64 {
-        self.full
     }
 }
 

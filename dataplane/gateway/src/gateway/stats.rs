@@ -65,11 +65,9 @@ worker_stats! {
     /// Dropped: no valid verdict in front of the frame, or a tunnel this
     /// worker does not have.
     drop_no_verdict: "counter", "sluice_gateway_drop_no_verdict_total", "Frames dropped because the classifier's verdict was missing or named an unknown tunnel.";
-    /// Dropped: a DNS answer for the domain bypass found its queue full.
-    drop_dns_queue_full: "counter", "sluice_gateway_drop_dns_queue_full_total", "DNS answers dropped because the queue to the domain bypass thread was full (the client asks again).";
-    /// DNS queries sent on without their copy reaching the domain bypass
-    /// (its queue was full): their answers install nothing.
-    dns_queries_unobserved: "counter", "sluice_gateway_dns_queries_unobserved_total", "DNS queries forwarded whose copy did not reach the domain bypass thread (queue full): their answers install no bypass.";
+    /// Dropped: a DNS message for the domain bypass found this worker's
+    /// credits for its kind spent (or was longer than a buffer).
+    drop_dns_queue_full: "counter", "sluice_gateway_drop_dns_queue_full_total", "DNS queries and answers dropped because this worker's share of the domain bypass queue was spent (the client asks again).";
     /// The kernel's count of frames the `AF_XDP` socket dropped (read
     /// every second).
     xsk_rx_dropped: "counter", "sluice_gateway_xsk_rx_dropped_total", "Frames the kernel dropped at this worker's AF_XDP socket (XDP_STATISTICS rx_dropped), read every second.";

@@ -134,11 +134,13 @@ impl Registry {
     }
 
     /// The first thread found dead or stuck at `now`, described.
-    pub(crate) fn check(&self, now: Instant) -> Option<String> {
+    pub(crate) fn check(&self, now: Instant) -> Option<Fault> {
         let mut list = self.lock();
         for w in list.iter_mut() {
             if (w.finished)() {
-                return Some(format!("thread {} stopped", w.name));
+                return Some(Fault::Stopped {
+                    thread: w.name.clone(),
+                });
             }
             if let Some((p, limit, last, since)) = &mut w.progress {
                 let v = p();
@@ -147,11 +149,10 @@ impl Registry {
                     *since = now;
                 } else if now.saturating_duration_since(*since) >= *limit {
                     w.stuck = true;
-                    return Some(format!(
-                        "thread {} made no progress for {:?} (stuck)",
-                        w.name,
-                        now.saturating_duration_since(*since)
-                    ));
+                    return Some(Fault::Stuck {
+                        thread: w.name.clone(),
+                        idle: now.saturating_duration_since(*since),
+                    });
                 }
             }
         }
@@ -199,7 +200,7 @@ impl Registry {
 struct Shared {
     registry: Arc<Registry>,
     stop: Arc<AtomicBool>,
-    fault: Mutex<Option<String>>,
+    fault: Mutex<Option<Fault>>,
     /// Set by [`Watchdog::stopped`] once the stop is over.
     done: AtomicBool,
     beat: Heartbeat,
@@ -207,11 +208,11 @@ struct Shared {
 }
 
 impl Shared {
-    fn record(&self, fault: &str) {
+    fn record(&self, fault: &Fault) {
         let mut f = self.fault.lock().unwrap_or_else(PoisonError::into_inner);
         let first = f.is_none();
         if first {
-            *f = Some(fault.to_string());
+            *f = Some(fault.clone());
         }
         drop(f);
         // The stop before the log line: a log that blocks (a wedged
@@ -224,6 +225,28 @@ impl Shared {
             );
         }
     }
+}
+
+/// Why the gateway stopped on a fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Fault {
+    /// A supervised thread returned while the gateway ran.
+    #[error("thread {thread} stopped")]
+    Stopped {
+        /// Its name.
+        thread: String,
+    },
+    /// A supervised thread's heartbeat stood still.
+    #[error("thread {thread} made no progress for {idle:?} (stuck)")]
+    Stuck {
+        /// Its name.
+        thread: String,
+        /// For how long.
+        idle: Duration,
+    },
+    /// Threads had not returned when the stop's deadline passed.
+    #[error("threads still running after the stop: {}", .0.join(", "))]
+    NotReturned(Vec<String>),
 }
 
 /// The thread that checks the [`Registry`] and bounds the stop.
@@ -289,29 +312,35 @@ impl Watchdog {
     }
 
     /// Records a fault the main loop found (the watchdog itself gone).
-    pub(crate) fn fault(&self, what: &str) {
+    pub(crate) fn fault(&self, what: &Fault) {
         self.shared.record(what);
     }
 
     /// Whether the watchdog is alive and looking: checked by the main loop
     /// (`last`: the watchdog's count and when it last changed).
-    pub(crate) fn check(&self, last: &mut (u64, Instant), now: Instant) -> Option<String> {
+    pub(crate) fn check(&self, last: &mut (u64, Instant), now: Instant) -> Option<Fault> {
+        const NAME: &str = "sluice-watchdog";
         if self.handle.is_finished() {
-            return Some("thread sluice-watchdog stopped".into());
+            return Some(Fault::Stopped {
+                thread: NAME.into(),
+            });
         }
         let v = self.shared.beat.turns();
         if v != last.0 {
             *last = (v, now);
             None
         } else if now.saturating_duration_since(last.1) >= STUCK_AFTER {
-            Some("thread sluice-watchdog made no progress (stuck)".into())
+            Some(Fault::Stuck {
+                thread: NAME.into(),
+                idle: now.saturating_duration_since(last.1),
+            })
         } else {
             None
         }
     }
 
     /// The fault that stopped the gateway, if one did.
-    pub(crate) fn recorded(&self) -> Option<String> {
+    pub(crate) fn recorded(&self) -> Option<Fault> {
         self.shared
             .fault
             .lock()
@@ -338,7 +367,7 @@ mod tests {
         }
         r.thread("t", h, None);
         let f = r.check(Instant::now()).expect("a fault");
-        assert!(f.contains("thread t stopped"), "{f}");
+        assert_eq!(f, Fault::Stopped { thread: "t".into() });
         assert!(r.running().is_empty());
     }
 
@@ -366,7 +395,10 @@ mod tests {
         std::thread::sleep(Duration::from_millis(20));
         let later = Instant::now() + STUCK_AFTER;
         let f = r.check(later).expect("the silent thread is stuck");
-        assert!(f.contains("silent") && f.contains("stuck"), "{f}");
+        assert!(
+            matches!(&f, Fault::Stuck { thread, .. } if thread == "silent"),
+            "{f}"
+        );
         stop.store(true, Relaxed);
         // The stuck one is not waited for; both return here anyway.
         let left = r.wait_finished(Instant::now() + Duration::from_secs(5), &[]);
@@ -395,7 +427,12 @@ mod tests {
             std::thread::sleep(Duration::from_millis(10));
         }
         assert!(hooked.load(Relaxed));
-        assert!(wd.recorded().unwrap().contains("worker"));
+        assert_eq!(
+            wd.recorded(),
+            Some(Fault::Stopped {
+                thread: "worker".into()
+            })
+        );
         wd.stopped();
     }
 }

@@ -289,7 +289,7 @@ impl Shared {
 
 /// Evaluates the trusted-network state in a thread and reports changes.
 #[derive(Debug)]
-pub struct Detector {
+pub(crate) struct Detector {
     shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
 }
@@ -306,7 +306,7 @@ impl Detector {
     ///
     /// Fails if the rtnetlink socket cannot be opened (changes would go
     /// unnoticed until the next interval) or the thread cannot start.
-    pub fn start(
+    pub(crate) fn start(
         criteria: Criteria,
         sources: Sources,
         interval: Duration,
@@ -378,30 +378,30 @@ impl Detector {
     }
 
     /// The latest evaluation.
-    pub fn status(&self) -> Status {
+    pub(crate) fn status(&self) -> Status {
         self.shared.status().clone()
     }
 
     /// Whether the detector's thread has ended (by a stop, or on its own).
-    pub fn is_finished(&self) -> bool {
+    pub(crate) fn is_finished(&self) -> bool {
         self.thread.as_ref().is_none_or(JoinHandle::is_finished)
     }
 
     /// Turns of the thread's loop so far: at least ten a second while it
     /// waits, one per evaluation (which waits at most for one name to
     /// resolve, 2 s by default).
-    pub fn turns(&self) -> u64 {
+    pub(crate) fn turns(&self) -> u64 {
         self.shared.turns.load(Relaxed)
     }
 
     /// Asks for an evaluation now (within 100 ms).
-    pub fn recheck(&self) {
+    pub(crate) fn recheck(&self) {
         self.shared.recheck.store(true, Relaxed);
     }
 
     /// Appends the Prometheus metrics: the state (1 for the current one, 0
     /// for the others), evaluations and state changes.
-    pub fn render(&self, out: &mut String) {
+    pub(crate) fn render(&self, out: &mut String) {
         let s = self.status();
         for (i, state) in NetworkState::ALL.into_iter().enumerate() {
             metrics::sample(
@@ -434,7 +434,7 @@ impl Detector {
     /// Appends the state, when and how often it was evaluated, and why,
     /// for people: `network: on-trusted (evaluated <UTC time>, 3
     /// evaluations)` and one `  - reason` line each.
-    pub fn describe(&self, out: &mut String) {
+    pub(crate) fn describe(&self, out: &mut String) {
         let s = self.status();
         let _ = writeln!(
             out,

@@ -9,7 +9,7 @@
 //! bytes of XDP metadata), so the worker never looks a policy up for LAN
 //! traffic and never disagrees with the classifier; the endpoint worker,
 //! whose packets come from a TUN device, looks the tunnel up in the
-//! published compiled policy ([`super::policy::Published`]), refreshed
+//! published compiled policy ([`super::control::Published`]), refreshed
 //! once per batch when its generation changes.
 //!
 //! Per iteration: drain a batch from the port, frame every packet into
@@ -41,9 +41,9 @@ use std::{
 use mio::{Events, Interest, Poll, Token, unix::SourceFd};
 
 use super::{
+    control::{Active, Published},
     dns_relay::{Divert, DnsPort, DnsRelay, Job, Kind},
     neighbor::{Neighbors, Source},
-    policy::{Active, Published},
     stats::{TENANTS, TenantStats, WorkerStats},
 };
 use crate::{
@@ -61,7 +61,8 @@ use crate::{
     },
 };
 
-const XSK: Token = Token(0);
+/// The port (the `AF_XDP` socket or the TUN device).
+const PORT: Token = Token(0);
 /// Tunnel `t`'s socket is `Token(FIRST_TUNNEL + t)`.
 const FIRST_TUNNEL: usize = 1;
 /// The neighbour-table socket (after the tunnels' tokens).
@@ -213,7 +214,6 @@ struct Tally {
     drop_tx_full: u64,
     drop_no_verdict: u64,
     drop_dns_queue_full: u64,
-    dns_queries_unobserved: u64,
     neighbor_resolutions: u64,
     tenant_tx: [u64; TENANTS],
     tenant_rx: [u64; TENANTS],
@@ -240,7 +240,6 @@ impl Tally {
         add(&s.drop_tx_full, &mut self.drop_tx_full);
         add(&s.drop_no_verdict, &mut self.drop_no_verdict);
         add(&s.drop_dns_queue_full, &mut self.drop_dns_queue_full);
-        add(&s.dns_queries_unobserved, &mut self.dns_queries_unobserved);
         add(&s.neighbor_resolutions, &mut self.neighbor_resolutions);
         for t in 0..TENANTS {
             add(&ts.tx_packets[t], &mut self.tenant_tx[t]);
@@ -264,7 +263,7 @@ impl Worker {
     ) -> io::Result<Self> {
         let poll = Poll::new()?;
         poll.registry()
-            .register(&mut SourceFd(&port.raw_fd()), XSK, Interest::READABLE)?;
+            .register(&mut SourceFd(&port.raw_fd()), PORT, Interest::READABLE)?;
         let dns = match dns {
             Some((relay, index)) => Some(
                 relay
@@ -396,7 +395,7 @@ impl Worker {
         // without a new event, so poll without blocking.
         let mut rx_more = true;
         // Bit `t`: tunnel `t` may have more to read.
-        let mut tcp_more: u32 = 0;
+        let mut tunnel_more: u32 = 0;
         while !stop.load(Relaxed) {
             beat.beat();
             if super::fault::inject(&mut fault) {
@@ -404,7 +403,7 @@ impl Worker {
             }
             let now = Instant::now();
             let returns = self.dns.as_ref().is_some_and(DnsPort::has_returns);
-            let timeout = if rx_more || tcp_more != 0 || returns {
+            let timeout = if rx_more || tunnel_more != 0 || returns {
                 Duration::ZERO
             } else {
                 self.next_wakeup(now)
@@ -417,14 +416,14 @@ impl Worker {
             }
             for ev in &events {
                 match ev.token() {
-                    XSK => rx_more = true,
+                    PORT => rx_more = true,
                     NEIGH => self.neigh_ready = true,
                     Token(n)
                         if n >= FIRST_TUNNEL
                             && n - FIRST_TUNNEL < TENANTS
                             && (ev.is_readable() || ev.is_read_closed() || ev.is_error()) =>
                     {
-                        tcp_more |= 1 << (n - FIRST_TUNNEL);
+                        tunnel_more |= 1 << (n - FIRST_TUNNEL);
                     }
                     // DNS_BACK too: its queue is checked every turn.
                     _ => {}
@@ -438,8 +437,8 @@ impl Worker {
                 rx_more = self.lan_to_tunnel();
             }
             for t in 0..self.tunnels.len() {
-                if tcp_more & (1 << t) != 0 && !self.tunnel_to_lan(t, now) {
-                    tcp_more &= !(1 << t);
+                if tunnel_more & (1 << t) != 0 && !self.tunnel_to_lan(t, now) {
+                    tunnel_more &= !(1 << t);
                 }
             }
             self.dns_returns(now);
@@ -587,7 +586,7 @@ impl Worker {
         let now = Instant::now();
         let routes = &mut self.routes;
         let t = &mut self.tally;
-        let ntun = self.tunnels.len();
+        let tunnel_count = self.tunnels.len();
         let tunnels = &mut self.tunnels;
         let mut dns = self.dns.as_mut();
         let mut send = |i: usize, pkt: &ip::Packet<'_>, t: &mut Tally| {
@@ -617,7 +616,7 @@ impl Worker {
                             .and_then(sluice_common::XdpMeta::decode)
                             .and_then(sluice_common::XdpMeta::tunnel)
                             .map(usize::from)
-                            .filter(|&x| x < ntun)
+                            .filter(|&x| x < tunnel_count)
                     };
                     let Some(meta) = meta else {
                         t.drop_no_verdict += 1;
@@ -740,8 +739,9 @@ impl Worker {
     }
 }
 
-/// Sends `pkt` into tunnel `i` (a DNS query's copy to the domain bypass
-/// on the way); dropped and counted while the tunnel is down.
+/// Sends `pkt` into tunnel `i` (a DNS query only once its copy is on its
+/// way to the domain bypass, else dropped and counted: its answer would
+/// install nothing); dropped and counted while the tunnel is down.
 fn to_tunnel(
     tunnels: &mut [Link],
     dns: Option<&mut DnsPort>,
@@ -754,9 +754,10 @@ fn to_tunnel(
         return;
     };
     if let Some(d) = dns
-        && !d.query(pkt)
+        && d.query(pkt) == Divert::Full
     {
-        t.dns_queries_unobserved += 1;
+        t.drop_dns_queue_full += 1;
+        return;
     }
     match sess.send_packet(pkt.as_bytes()) {
         Ok(()) => {
@@ -799,12 +800,12 @@ struct FromRelay<'d> {
 impl ToLan for FromRelay<'_> {
     fn next_packet(&mut self) -> Option<(&[u8], usize)> {
         if let Some(done) = self.current.take() {
-            self.dns.recycle(done.packet);
+            self.dns.recycle(done.kind, done.packet);
         }
         loop {
             let job = self.dns.returned()?;
             match job.kind {
-                Kind::Query => self.dns.recycle(job.packet),
+                Kind::Query => self.dns.recycle(job.kind, job.packet),
                 Kind::Answer { tenant } => {
                     let job = self.current.insert(job);
                     return Some((&job.packet, tenant));
@@ -817,7 +818,7 @@ impl ToLan for FromRelay<'_> {
 impl Drop for FromRelay<'_> {
     fn drop(&mut self) {
         if let Some(done) = self.current.take() {
-            self.dns.recycle(done.packet);
+            self.dns.recycle(done.kind, done.packet);
         }
     }
 }

@@ -5,9 +5,9 @@
 //! which includes it, and the domain entries hold one half per slot. The
 //! classifier reads [`PolicyState`] once per frame and then looks only at
 //! the live slot's entries. A new policy is therefore written into the
-//! other slot while the live one keeps serving ([`Classifier::prepare_policy`]),
+//! other slot while the live one keeps serving ([`Programs::prepare_policy`]),
 //! and made live by one atomic store of the state word
-//! ([`Classifier::commit_policy`], through the memory-mapped
+//! ([`Programs::commit_policy`], through the memory-mapped
 //! [`sluice_common::map_names::POLICY_STATE`]): no frame is classified by a
 //! mix of two policies or sees half of a state change, and none waits. The slot that was live keeps its entries until
 //! the next prepare, which first waits [`SLOT_QUIET`] after the last commit
@@ -23,7 +23,7 @@ use sluice_common::{
     PolicyState, ProfileEntry, map_names, profile_id, state_index,
 };
 
-use super::{Classifier, EbpfError, layout, removed};
+use super::{EbpfError, Programs, layout, removed};
 use crate::{net::Prefix, policy::compile::Tables};
 
 /// How long after a commit the slot that was live may be rewritten: a frame
@@ -50,7 +50,7 @@ impl std::fmt::Debug for SlotKeys {
     }
 }
 
-/// The policy slots' bookkeeping, kept by the [`Classifier`].
+/// The policy slots' bookkeeping, kept by the [`Programs`].
 #[derive(Debug, Default)]
 pub(super) struct Slots {
     keys: [SlotKeys; 2],
@@ -111,9 +111,9 @@ fn saturating_ns(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
-impl Classifier {
+impl Programs {
     /// The slot that is not live (the one a new policy goes into).
-    pub fn next_policy_slot(&self) -> u32 {
+    pub(crate) fn next_policy_slot(&self) -> u32 {
         let s = &self.slots.state;
         if s.installed == 0 {
             0
@@ -127,17 +127,17 @@ impl Classifier {
         self.slots.state
     }
 
-    /// How long [`Classifier::prepare_policy`] would wait now for the
+    /// How long [`Programs::prepare_policy`] would wait now for the
     /// previous slot to go quiet (so that a caller can wait without
     /// holding a lock).
-    pub fn slot_quiet_left(&self) -> Duration {
+    pub(crate) fn slot_quiet_left(&self) -> Duration {
         self.slots
             .last_commit
             .map_or(Duration::ZERO, |t| SLOT_QUIET.saturating_sub(t.elapsed()))
     }
 
     /// Writes `tables` into the slot that is not live. Nothing changes for
-    /// traffic until [`Classifier::commit_policy`].
+    /// traffic until [`Programs::commit_policy`].
     pub fn prepare_policy(&mut self, tables: &Tables) -> Result<Prepared, EbpfError> {
         let wait = self.slot_quiet_left();
         if !wait.is_zero() {
@@ -323,7 +323,7 @@ impl Classifier {
 /// Inserts the entries of one family that have a key (the others are of
 /// the other family) into trie `name`, recording each key as it goes.
 fn fill<'a, K: aya::Pod, V: aya::Pod>(
-    c: &mut Classifier,
+    c: &mut Programs,
     name: &'static str,
     items: impl Iterator<Item = (Option<Key<K>>, V, &'a Prefix)>,
     keys: &mut Vec<Key<K>>,
@@ -354,7 +354,7 @@ fn insert<K: aya::Pod, V: aya::Pod>(
 }
 
 fn remove_all<K: aya::Pod, V: aya::Pod>(
-    c: &mut Classifier,
+    c: &mut Programs,
     name: &'static str,
     keys: &[Key<K>],
 ) -> Result<(), EbpfError> {

@@ -28,7 +28,7 @@ use std::{
 use super::domains::DomainBypass;
 use crate::{
     config::{ConfigError, GatewayConfig, TunnelConfig},
-    ebpf::{Classifier, EbpfError},
+    ebpf::{EbpfError, Programs},
     metrics::sample,
     policy::{
         Policy, Proto, ProtoError, UnknownTenant,
@@ -49,7 +49,7 @@ pub enum PolicyError {
     Config(#[from] ConfigError),
     /// The classifier refused the new tables (told by its error's causes).
     #[error("{}", crate::ebpf::error_chain(.0))]
-    Classifier(EbpfError),
+    Programs(EbpfError),
     /// A reload would change a tunnel: that takes a restart.
     #[error(
         "{}: the tunnels changed (tenants: {}): a tunnel's edge or credentials take a restart",
@@ -227,7 +227,7 @@ struct Inner {
 /// The gateway's policy control.
 #[derive(Debug)]
 pub(crate) struct PolicyControl {
-    classifier: Arc<Mutex<Classifier>>,
+    classifier: Arc<Mutex<Programs>>,
     domains: Arc<DomainBypass>,
     published: Arc<Published>,
     inner: Mutex<Inner>,
@@ -363,7 +363,7 @@ impl PolicyControl {
     /// returns the control, its domain table and what workers read.
     pub(crate) fn start(
         cfg: &GatewayConfig,
-        classifier: Arc<Mutex<Classifier>>,
+        classifier: Arc<Mutex<Programs>>,
     ) -> Result<Arc<Self>, PolicyError> {
         let domains = DomainBypass::new(&cfg.domains, classifier.clone());
         let tables = Tables::compile(&cfg.policy)?;
@@ -552,7 +552,7 @@ impl PolicyControl {
                     Ok((info, g, t.elapsed()))
                 },
             )
-            .map_err(PolicyError::Classifier)?;
+            .map_err(PolicyError::Programs)?;
         // This host's own flows: the socket hooks' bypass trie.
         let local = &policy.profiles[tables.local_profile];
         let direct: Vec<_> = tables
