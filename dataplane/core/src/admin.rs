@@ -197,7 +197,7 @@ impl Explain {
     ///
     /// # Errors
     /// Unknown keys, bad values, no `src` or `dst`.
-    pub fn from_query(query: &str) -> Result<Self, RouteError> {
+    pub(crate) fn from_query(query: &str) -> Result<Self, RouteError> {
         let bad = |m: String| RouteError::Bad(m);
         let (mut src, mut dst) = (None, None);
         let mut e = Explain {

@@ -49,7 +49,7 @@
 #![deny(unsafe_code)]
 #![deny(missing_docs)]
 
-pub mod netfilter;
+pub(crate) mod netfilter;
 mod stats;
 
 use std::{
@@ -141,7 +141,7 @@ fn ioerr(what: impl Into<String>) -> impl FnOnce(io::Error) -> EdgeError {
 /// The caps in `limits` lowered so that connections never need more
 /// descriptors than `nofile` leaves after [`FD_RESERVE`]: a quarter for
 /// handshakes at most, the rest for tunnels.
-pub fn fit_limits(limits: EdgeLimits, nofile: u64) -> EdgeLimits {
+pub(crate) fn fit_limits(limits: EdgeLimits, nofile: u64) -> EdgeLimits {
     let usable = nofile.saturating_sub(FD_RESERVE).max(8);
     let usable = u32::try_from(usable).unwrap_or(u32::MAX);
     let max_handshakes = limits.max_handshakes.min((usable / 4).max(4));

@@ -30,7 +30,7 @@ use super::{EdgeError, ioerr};
 use crate::{config::EdgeConfig, host, net::Prefix};
 
 /// The nftables counters of the edge's table.
-pub const COUNTERS: [&str; 5] = [
+pub(crate) const COUNTERS: [&str; 5] = [
     "tun_to_tun",
     "tun_to_host",
     "tun_to_reserved",
@@ -40,7 +40,7 @@ pub const COUNTERS: [&str; 5] = [
 
 /// Removes the nftables table on drop.
 #[derive(Debug)]
-pub struct TableGuard {
+pub(crate) struct TableGuard {
     table: String,
 }
 
@@ -51,7 +51,7 @@ impl Drop for TableGuard {
 }
 
 /// The table's name for TUN device `tun`.
-pub fn table_name(tun: &str) -> String {
+pub(crate) fn table_name(tun: &str) -> String {
     format!("sluice_edge_{tun}")
 }
 
@@ -67,7 +67,7 @@ fn elements(prefixes: &[Prefix], v4: bool) -> Option<String> {
 
 /// The nftables script that (re)creates the edge's table: see the
 /// [module docs](self).
-pub fn ruleset(tun: &str, clients: &[Prefix], reserved: &[Prefix]) -> String {
+pub(crate) fn ruleset(tun: &str, clients: &[Prefix], reserved: &[Prefix]) -> String {
     let table = table_name(tun);
     let mut s =
         format!("table inet {table} {{}}\ndelete table inet {table}\ntable inet {table} {{\n");
@@ -111,7 +111,7 @@ pub fn ruleset(tun: &str, clients: &[Prefix], reserved: &[Prefix]) -> String {
 
 /// Configures the kernel for the edge; returns the guard that removes the
 /// table again. The filter is in place before the TUN device comes up.
-pub fn setup(cfg: &EdgeConfig, tun: &str) -> Result<TableGuard, EdgeError> {
+pub(crate) fn setup(cfg: &EdgeConfig, tun: &str) -> Result<TableGuard, EdgeError> {
     let clients: Vec<Prefix> = cfg
         .gateways
         .iter()

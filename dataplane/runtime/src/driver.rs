@@ -62,9 +62,9 @@ use crate::{
 pub const READ_BUDGET: usize = 1 << 20;
 /// First wait before reconnecting; doubles per failure up to
 /// [`BACKOFF_MAX`], back to this once a session is established.
-pub const BACKOFF_MIN: Duration = Duration::from_millis(100);
+pub(crate) const BACKOFF_MIN: Duration = Duration::from_millis(100);
 /// Longest wait before reconnecting.
-pub const BACKOFF_MAX: Duration = Duration::from_secs(5);
+pub(crate) const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// What [`receive`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -194,7 +194,7 @@ pub fn instance_lock(name: &str) -> Result<std::path::PathBuf, HostError> {
 }
 
 /// sluice's runtime directory (instance locks).
-pub const RUN_DIR: &str = "/run/sluice";
+pub(crate) const RUN_DIR: &str = "/run/sluice";
 
 /// Whether an XDP program is attached to `iface` (`ip link show`).
 pub fn xdp_attached(iface: &str) -> Result<bool, HostError> {

@@ -84,7 +84,7 @@ impl Default for Limits {
 /// when it arrives v4-mapped on a dual-stack listener) or its IPv6
 /// address's /64 (one host holds a whole /64: counted address by address,
 /// it could take every slot).
-pub fn source_key(ip: IpAddr) -> IpAddr {
+pub(crate) fn source_key(ip: IpAddr) -> IpAddr {
     match ip.to_canonical() {
         IpAddr::V6(v6) => IpAddr::V6(std::net::Ipv6Addr::from(
             u128::from(v6) & !u128::from(u64::MAX),
@@ -176,14 +176,14 @@ pub fn sha256(data: &[u8]) -> [u8; 32] {
 }
 
 /// Equal, in time that does not depend on where they differ.
-pub fn ct_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
+pub(crate) fn ct_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
     let diff = a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y));
     std::hint::black_box(diff) == 0
 }
 
 /// A request handler: reads the request, writes the body, returns the
 /// status and type.
-pub type Handler = Box<dyn FnMut(&Request<'_>, &mut String) -> Reply + Send>;
+pub(crate) type Handler = Box<dyn FnMut(&Request<'_>, &mut String) -> Reply + Send>;
 
 enum Listener {
     Tcp(mio::net::TcpListener),

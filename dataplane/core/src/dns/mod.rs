@@ -175,7 +175,7 @@ struct Pending {
 }
 
 /// Most CNAME hops followed from the question's name.
-pub const MAX_CHAIN: usize = 16;
+pub(crate) const MAX_CHAIN: usize = 16;
 
 /// Watches queries and answers; see the module documentation.
 #[derive(Debug)]

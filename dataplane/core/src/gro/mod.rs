@@ -54,11 +54,11 @@ use crate::wire::{
 pub const VNET_HDR_LEN: usize = 10;
 /// Most segments in one merged packet (UDP GSO's limit in Linux is 128;
 /// 64 keeps to the stricter of older kernels).
-pub const MAX_SEGMENTS: usize = 64;
+pub(crate) const MAX_SEGMENTS: usize = 64;
 /// Most datagrams in one merged UDP packet.
 pub const MAX_UDP_SEGMENTS: usize = 8;
 /// Flows merged at once; a packet of a further flow flushes the oldest.
-pub const SLOTS: usize = 8;
+pub(crate) const SLOTS: usize = 8;
 /// Largest IP packet (total length field).
 const MAX_IP_LEN: usize = 65_535;
 
@@ -105,7 +105,7 @@ pub struct VnetHdr {
 impl VnetHdr {
     /// The header of a packet that needs nothing done: no GSO, checksums
     /// complete.
-    pub const PLAIN: Self = Self {
+    pub(crate) const PLAIN: Self = Self {
         flags: 0,
         gso_type: GSO_NONE,
         hdr_len: 0,

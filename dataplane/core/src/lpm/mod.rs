@@ -27,7 +27,7 @@ pub use swap::{Reader, Swap};
 use crate::net::Prefix;
 
 /// Most distinct values a table can hold (15-bit indices, 0 is "none").
-pub const MAX_VALUES: usize = 0x7fff;
+pub(crate) const MAX_VALUES: usize = 0x7fff;
 
 /// Lookups walked together by the batch functions.
 const BATCH: usize = 8;

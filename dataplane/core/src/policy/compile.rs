@@ -238,7 +238,7 @@ impl Tables {
     }
 
     /// The profile of source `src` (the source table's longest match).
-    pub fn profile_of(&self, src: IpAddr) -> usize {
+    pub(crate) fn profile_of(&self, src: IpAddr) -> usize {
         self.source_index
             .longest(src)
             .map_or(0, |i| usize::from(self.sources[i].1))

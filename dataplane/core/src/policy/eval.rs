@@ -129,7 +129,7 @@ pub enum Outcome {
 }
 
 /// The longest identity prefix that contains `src`.
-pub fn identify(policy: &Policy, src: IpAddr) -> Option<usize> {
+pub(crate) fn identify(policy: &Policy, src: IpAddr) -> Option<usize> {
     policy
         .identities
         .iter()
@@ -140,7 +140,7 @@ pub fn identify(policy: &Policy, src: IpAddr) -> Option<usize> {
 }
 
 /// Whether `rule` matches a flow from `src` of `identity`.
-pub fn rule_matches(m: &Match, identity: Option<&Identity>, src: IpAddr) -> bool {
+pub(crate) fn rule_matches(m: &Match, identity: Option<&Identity>, src: IpAddr) -> bool {
     match m {
         Match::Group(g) => identity.is_some_and(|i| i.groups.iter().any(|x| x == g)),
         Match::Subnet(p) => p.contains(src),
@@ -149,7 +149,7 @@ pub fn rule_matches(m: &Match, identity: Option<&Identity>, src: IpAddr) -> bool
 }
 
 /// The first rule matching (`identity`, `src`), or the default profile.
-pub fn select(policy: &Policy, identity: Option<&Identity>, src: IpAddr) -> Selection {
+pub(crate) fn select(policy: &Policy, identity: Option<&Identity>, src: IpAddr) -> Selection {
     let rule = policy
         .rules
         .iter()
@@ -175,7 +175,7 @@ pub fn selection(policy: &Policy, flow: &Flow) -> Selection {
 
 /// The best inclusion or exclusion for a destination: longest prefix, then
 /// more fields, then the inclusion.
-pub fn best_entry(
+pub(crate) fn best_entry(
     include: &[Entry],
     exclude: &[Entry],
     dst: IpAddr,

@@ -53,7 +53,7 @@ use crate::{
 
 /// Most port-specific entries that can cover one destination prefix in a
 /// profile (the classifier's per-prefix list is this long).
-pub const MAX_PORT_RULES: usize = sluice_common::POLICY_PORT_RULES;
+pub(crate) const MAX_PORT_RULES: usize = sluice_common::POLICY_PORT_RULES;
 /// Most source-port bypasses per profile.
 pub const MAX_SOURCE_PORTS: usize = sluice_common::POLICY_SOURCE_PORTS;
 /// Most app profiles.
@@ -453,7 +453,7 @@ pub struct Policy {
 pub type TenantId = u8;
 
 /// The internet tenant's [`TenantId`].
-pub const INTERNET: TenantId = 0;
+pub(crate) const INTERNET: TenantId = 0;
 
 /// What the policy decides for a flow (before the runtime state).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -474,7 +474,7 @@ impl Verdict {
     }
 
     /// Decodes [`Verdict::action`].
-    pub fn from_action(a: u8) -> Self {
+    pub(crate) fn from_action(a: u8) -> Self {
         if a >= sluice_common::ACTION_TUNNEL {
             Verdict::Tunnel(a - sluice_common::ACTION_TUNNEL)
         } else {

@@ -20,7 +20,7 @@ use rustls::{
 };
 
 /// The name on the edge's certificate (and the gateways' server name).
-pub const EDGE_NAME: &str = "edge.sluice.test";
+pub(crate) const EDGE_NAME: &str = "edge.sluice.test";
 
 /// A certificate and its key.
 #[derive(Debug)]

@@ -29,15 +29,15 @@ pub const HEADER_LEN: usize = 5;
 pub const MAX_CONTENT: usize = 16 * 1024;
 /// Most bytes after the header of a received record (RFC 8446 §5.2:
 /// 2^14 + 256).
-pub const MAX_CIPHERTEXT: usize = MAX_CONTENT + 256;
+pub(crate) const MAX_CIPHERTEXT: usize = MAX_CONTENT + 256;
 /// AEAD tag length of every TLS 1.3 suite.
 pub const TAG_LEN: usize = 16;
 /// Outer content type of every protected record.
 pub const APPLICATION_DATA: u8 = 23;
 /// Inner content types.
-pub const HANDSHAKE: u8 = 22;
+pub(crate) const HANDSHAKE: u8 = 22;
 /// Inner content type of alerts.
-pub const ALERT: u8 = 21;
+pub(crate) const ALERT: u8 = 21;
 
 /// Why a received record was refused. Every one ends the session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -83,19 +83,19 @@ impl RecordError {
 /// TLS alert descriptions (RFC 8446 §6) the record layer sends.
 pub mod alert {
     /// `close_notify` (sent at warning level).
-    pub const CLOSE_NOTIFY: u8 = 0;
+    pub(crate) const CLOSE_NOTIFY: u8 = 0;
     /// `unexpected_message`.
-    pub const UNEXPECTED_MESSAGE: u8 = 10;
+    pub(crate) const UNEXPECTED_MESSAGE: u8 = 10;
     /// `bad_record_mac`.
-    pub const BAD_RECORD_MAC: u8 = 20;
+    pub(crate) const BAD_RECORD_MAC: u8 = 20;
     /// `record_overflow`.
-    pub const RECORD_OVERFLOW: u8 = 22;
+    pub(crate) const RECORD_OVERFLOW: u8 = 22;
     /// `decode_error`.
-    pub const DECODE_ERROR: u8 = 50;
+    pub(crate) const DECODE_ERROR: u8 = 50;
     /// `internal_error`.
-    pub const INTERNAL_ERROR: u8 = 80;
+    pub(crate) const INTERNAL_ERROR: u8 = 80;
     /// Alert level of every alert but `close_notify`.
-    pub const FATAL: u8 = 2;
+    pub(crate) const FATAL: u8 = 2;
     /// Alert level of `close_notify`.
     pub const WARNING: u8 = 1;
 }
@@ -349,7 +349,7 @@ impl Keys {
 ///
 /// # Errors
 /// A header that no TLS 1.3 peer sends once traffic keys are in use.
-pub fn record_len(buf: &[u8]) -> Result<Option<usize>, RecordError> {
+pub(crate) fn record_len(buf: &[u8]) -> Result<Option<usize>, RecordError> {
     let Some(h) = buf.get(..HEADER_LEN) else {
         return Ok(None);
     };

@@ -493,7 +493,7 @@ impl Session {
 
     /// The certificate chain the peer presented (verified by rustls), once
     /// the handshake is done.
-    pub fn peer_certificates(&self) -> &[CertificateDer<'static>] {
+    pub(crate) fn peer_certificates(&self) -> &[CertificateDer<'static>] {
         &self.peer_certs
     }
 
