@@ -9,7 +9,7 @@
 
 use std::{
     io::{Read as _, Write as _},
-    net::{SocketAddr, TcpListener, TcpStream},
+    net::{SocketAddr, TcpStream},
     process::Command,
     sync::{Arc, atomic::AtomicBool},
     time::Duration,
@@ -65,12 +65,13 @@ fn pac_file_answers_direct_for_bypass_lists_and_proxy_otherwise() {
     let text = pac::render(&domains, &prefixes, &"proxy.example:3128".parse().unwrap());
 
     // Served over HTTP, at both paths, with the PAC content type.
-    let addr = {
-        let probe = TcpListener::bind("127.0.0.1:0").unwrap();
-        probe.local_addr().unwrap()
-    };
+    // Bound on port 0 and asked for its address: a probe socket's port,
+    // released and bound again, could be taken meanwhile (CI saw
+    // AddrInUse).
     let stop = Arc::new(AtomicBool::new(false));
-    let http = pac::serve(addr, stop.clone(), text.clone(), &[]).unwrap();
+    let server = pac::server("127.0.0.1:0".parse().unwrap(), text.clone(), &[]).unwrap();
+    let addr = server.local_addrs()[0];
+    let http = server.spawn(stop.clone()).unwrap();
     for path in ["/proxy.pac", "/wpad.dat"] {
         let r = get(addr, path);
         assert!(r.starts_with("HTTP/1.1 200 OK"), "{path}: {r}");
@@ -143,18 +144,15 @@ fn pac_file_answers_direct_for_bypass_lists_and_proxy_otherwise() {
 /// at a time, each for up to 2 s).
 #[test]
 fn slow_clients_do_not_stall_the_pac_server() {
-    let addr = {
-        let probe = TcpListener::bind("127.0.0.1:0").unwrap();
-        probe.local_addr().unwrap()
-    };
     let stop = Arc::new(AtomicBool::new(false));
-    let http = pac::serve(
-        addr,
-        stop.clone(),
+    let server = pac::server(
+        "127.0.0.1:0".parse().unwrap(),
         "function FindProxyForURL() {}\n".into(),
         &[],
     )
     .unwrap();
+    let addr = server.local_addrs()[0];
+    let http = server.spawn(stop.clone()).unwrap();
     let mut slow: Vec<TcpStream> = (0..10)
         .map(|_| {
             let mut s = TcpStream::connect(addr).unwrap();
