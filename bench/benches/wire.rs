@@ -22,11 +22,17 @@
 //!   views.
 //! - `ip_packet/etherparse/<sizes>`: `SlicedPacket::from_ip` on the same
 //!   packets, then the protocol, ports and payload length.
+//!
+//! - `checksum/sluice/<len>`: `checksum::add` then `fold` over `len`
+//!   bytes (what verifying a TCP segment costs beyond its pseudo-header).
+//! - `checksum/be_words/<len>`: the same sum read as big-endian 32-bit
+//!   words, the loop `checksum::add` used before it read host-order words
+//!   (the baseline in the same run).
 use std::{hint::black_box, net::IpAddr};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TransportSlice, VlanId};
-use sluice_core::wire::{ethernet, ip};
+use sluice_core::wire::{checksum, ethernet, ip};
 
 /// Frames per batch (one `AF_XDP` RX batch).
 const BATCH: usize = 64;
@@ -239,5 +245,40 @@ fn ip_packet(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(wire, frame_parse, ip_packet);
+/// The one's-complement sum as `checksum::add` computed it before it read
+/// host-order words: one byte swap per 32-bit word.
+fn be_words(sum: u64, data: &[u8]) -> u64 {
+    let mut chunks = data.chunks_exact(4);
+    let mut acc = sum;
+    for c in &mut chunks {
+        acc += u64::from(u32::from_be_bytes([c[0], c[1], c[2], c[3]]));
+    }
+    match *chunks.remainder() {
+        [a, b, c] => acc + u64::from(u16::from_be_bytes([a, b])) + (u64::from(c) << 8),
+        [a, b] => acc + u64::from(u16::from_be_bytes([a, b])),
+        [a] => acc + (u64::from(a) << 8),
+        _ => acc,
+    }
+}
+
+fn checksum_sum(c: &mut Criterion) {
+    let mut g = c.benchmark_group("checksum");
+    for len in [40usize, 576, 1400, 9000] {
+        let data: Vec<u8> = (0..len).map(|i| (i * 131 + 7) as u8).collect();
+        assert_eq!(
+            checksum::fold(checksum::add(0, &data)),
+            checksum::fold(be_words(0, &data))
+        );
+        g.throughput(Throughput::Bytes(len as u64));
+        g.bench_function(format!("sluice/{len}"), |b| {
+            b.iter(|| checksum::fold(checksum::add(0, black_box(&data))))
+        });
+        g.bench_function(format!("be_words/{len}"), |b| {
+            b.iter(|| checksum::fold(be_words(0, black_box(&data))))
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(wire, frame_parse, ip_packet, checksum_sum);
 criterion_main!(wire);

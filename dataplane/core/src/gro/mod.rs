@@ -399,9 +399,15 @@ impl Coalescer {
         }
         let ip_same = if info.key.v6 {
             // Traffic class, flow label; hop limit (the version is 6).
+            let (Some(a), Some(b)) = (
+                pkt.first_chunk::<{ ipv6::HEADER_LEN }>(),
+                first.first_chunk::<{ ipv6::HEADER_LEN }>(),
+            ) else {
+                return false;
+            };
             let (a, b) = (
-                ipv6::Packet::new_unchecked(pkt),
-                ipv6::Packet::new_unchecked(first),
+                ipv6::Packet::new_unchecked(a),
+                ipv6::Packet::new_unchecked(b),
             );
             a.traffic_class() == b.traffic_class()
                 && a.flow_label() == b.flow_label()
@@ -409,9 +415,15 @@ impl Coalescer {
         } else {
             // TOS; flags (DF and the reserved bit; MF and the fragment
             // offset are clear); TTL; ID.
+            let (Some(a), Some(b)) = (
+                pkt.first_chunk::<{ ipv4::HEADER_LEN }>(),
+                first.first_chunk::<{ ipv4::HEADER_LEN }>(),
+            ) else {
+                return false;
+            };
             let (a, b) = (
-                ipv4::Packet::new_unchecked(pkt),
-                ipv4::Packet::new_unchecked(first),
+                ipv4::Packet::new_unchecked(a),
+                ipv4::Packet::new_unchecked(b),
             );
             a.tos() == b.tos()
                 && a.flags() == b.flags()
@@ -427,16 +439,25 @@ impl Coalescer {
         // Sequence; ack, data offset (the reserved bits are clear), window
         // and urgent pointer (zero); options. Flags: both carry ACK, and
         // only the new one may carry PSH.
-        let (a, b) = (
-            tcp::Packet::new_unchecked(&pkt[info.ip_len..]),
-            tcp::Packet::new_unchecked(&first[info.ip_len..]),
+        // Both headers are `hdr_len - ip_len` bytes (checked above): the
+        // fixed parts as arrays, then the options.
+        let (a, b) = (&pkt[info.ip_len..info.hdr_len], &first[info.ip_len..]);
+        let (Some(fa), Some(fb)) = (
+            a.first_chunk::<{ tcp::HEADER_LEN }>(),
+            b.first_chunk::<{ tcp::HEADER_LEN }>(),
+        ) else {
+            return false;
+        };
+        let (fa, fb) = (
+            tcp::Packet::new_unchecked(fa),
+            tcp::Packet::new_unchecked(fb),
         );
         info.seq == s.next_seq
-            && a.ack_number() == b.ack_number()
-            && a.header_len() == b.header_len()
-            && a.window_len() == b.window_len()
-            && a.urgent_at() == b.urgent_at()
-            && a.options() == b.options()
+            && fa.ack_number() == fb.ack_number()
+            && fa.header_len() == fb.header_len()
+            && fa.window_len() == fb.window_len()
+            && fa.urgent_at() == fb.urgent_at()
+            && tcp::Packet::new_unchecked(a).options() == tcp::Packet::new_unchecked(b).options()
     }
 
     fn append(&mut self, i: usize, pkt: &[u8], info: &Info) {
@@ -537,43 +558,50 @@ enum Parsed {
     Mergeable(Info),
 }
 
-/// Reads what merging needs, through the views' checks (every access is
-/// bounds-checked).
-fn parse(pkt: &[u8]) -> Parsed {
-    let mut addrs = [0; 32];
-    // The IP header: the packet is exactly its declared length, and for
-    // IPv4 not a fragment (DF may be set).
-    let (v6, ip_len, proto, plain_ip, l4) = match ip::version(pkt) {
+/// The IP header, through the views' checks: the packet is exactly its
+/// declared length, and for IPv4 not a fragment (DF may be set). Fills
+/// `addrs` (source then destination) and returns the version (true: 6),
+/// the header length, the protocol, whether the header is plain (no
+/// IPv4 options) and the transport bytes.
+fn ip_header<'a>(pkt: &'a [u8], addrs: &mut [u8; 32]) -> Option<(bool, usize, u8, bool, &'a [u8])> {
+    match ip::version(pkt) {
         Some(4) => {
-            let Ok(ip) = ipv4::Packet::new_checked(pkt) else {
-                return Parsed::Other;
-            };
+            let checked = ipv4::Packet::new_checked(pkt).ok()?;
+            let l4 = checked.payload();
+            // The fixed header again, as an array: the fields below are
+            // read without further bounds checks.
+            let fixed = pkt.first_chunk::<{ ipv4::HEADER_LEN }>()?;
+            let ip = ipv4::Packet::new_unchecked(fixed);
             if usize::from(ip.total_len()) != pkt.len() || ip.is_fragment() {
-                return Parsed::Other;
+                return None;
             }
             addrs[..4].copy_from_slice(&ip.src_addr().octets());
             addrs[4..8].copy_from_slice(&ip.dst_addr().octets());
             let ip_len = ip.header_len();
-            (
-                false,
-                ip_len,
-                ip.protocol(),
-                ip_len == ipv4::HEADER_LEN,
-                ip.payload(),
-            )
+            Some((false, ip_len, ip.protocol(), ip_len == ipv4::HEADER_LEN, l4))
         }
         Some(6) => {
-            let Ok(ip) = ipv6::Packet::new_checked(pkt) else {
-                return Parsed::Other;
-            };
+            let checked = ipv6::Packet::new_checked(pkt).ok()?;
+            let l4 = checked.payload();
+            let fixed = pkt.first_chunk::<{ ipv6::HEADER_LEN }>()?;
+            let ip = ipv6::Packet::new_unchecked(fixed);
             if ip.total_len() != pkt.len() {
-                return Parsed::Other;
+                return None;
             }
             addrs[..16].copy_from_slice(&ip.src_octets());
             addrs[16..].copy_from_slice(&ip.dst_octets());
-            (true, ipv6::HEADER_LEN, ip.next_header(), true, ip.payload())
+            Some((true, ipv6::HEADER_LEN, ip.next_header(), true, l4))
         }
-        _ => return Parsed::Other,
+        _ => None,
+    }
+}
+
+/// Reads what merging needs, through the views' checks (every access is
+/// bounds-checked).
+fn parse(pkt: &[u8]) -> Parsed {
+    let mut addrs = [0; 32];
+    let Some((v6, ip_len, proto, plain_ip, l4)) = ip_header(pkt, &mut addrs) else {
+        return Parsed::Other;
     };
     // The flow is known from the fixed transport header alone: a packet
     // whose header is malformed beyond it is still passed on after its
@@ -587,11 +615,15 @@ fn parse(pkt: &[u8]) -> Parsed {
     if l4.len() < fixed {
         return Parsed::Other;
     }
+    // Source and destination ports open both headers.
+    let Some(ports) = l4.first_chunk::<4>() else {
+        return Parsed::Other;
+    };
     let (src_port, dst_port) = if proto == PROTO_TCP {
-        let t = tcp::Packet::new_unchecked(l4);
+        let t = tcp::Packet::new_unchecked(ports);
         (t.src_port(), t.dst_port())
     } else {
-        let u = udp::Packet::new_unchecked(l4);
+        let u = udp::Packet::new_unchecked(ports);
         (u.src_port(), u.dst_port())
     };
     let (sp, dp) = (src_port.to_be_bytes(), dst_port.to_be_bytes());
@@ -605,19 +637,24 @@ fn parse(pkt: &[u8]) -> Parsed {
         return Parsed::Flow(key);
     }
     let (hdr_len, seq, flags) = if proto == PROTO_TCP {
-        let t = tcp::Packet::new_unchecked(l4);
         // A data offset within the segment; only ACK, or ACK and PSH;
         // reserved bits clear; no urgent pointer.
-        if t.check_len().is_err()
-            || t.reserved() != 0
-            || t.flags() & !TCP_PSH != TCP_ACK
-            || t.urgent_at() != 0
-        {
+        if tcp::Packet::new_checked(l4).is_err() {
+            return Parsed::Flow(key);
+        }
+        let Some(fixed) = l4.first_chunk::<{ tcp::HEADER_LEN }>() else {
+            return Parsed::Flow(key);
+        };
+        let t = tcp::Packet::new_unchecked(fixed);
+        if t.reserved() != 0 || t.flags() & !TCP_PSH != TCP_ACK || t.urgent_at() != 0 {
             return Parsed::Flow(key);
         }
         (ip_len + t.header_len(), t.seq_number(), t.flags())
     } else {
-        let u = udp::Packet::new_unchecked(l4);
+        let Some(fixed) = l4.first_chunk::<{ udp::HEADER_LEN }>() else {
+            return Parsed::Flow(key);
+        };
+        let u = udp::Packet::new_unchecked(fixed);
         // The length field is the datagram's (so `check_len` holds), and
         // a checksum was computed.
         if usize::from(u.length()) != l4.len() || u.checksum() == 0 {
