@@ -72,16 +72,17 @@ use mio::{
 pub use self::stats::render as render_stats;
 use sluice_config as config;
 use sluice_core::edge::{
-    Accepted, ConnId, Core, TunDrop, ratelog, router::GatewayId, stats::EdgeStats,
+    Accepted, ConnId, Core, TunDrop, ratelog,
+    router::{GatewayId, RouterError},
+    stats::EdgeStats,
 };
-use sluice_core::{gro, lpm, net};
+use sluice_core::{gro, net};
 use sluice_runtime::{driver, host, metrics, pki};
 use sluice_sys as sys;
 
 use crate::{
     config::{EdgeConfig, EdgeLimits},
     gro::{Coalescer, VNET_HDR_LEN, VnetHdr},
-    lpm::LpmError,
     sys::{rlimit, tun::Tun},
 };
 
@@ -121,7 +122,7 @@ pub enum EdgeError {
     Host(#[from] host::HostError),
     /// The gateways' prefixes do not fit the edge's table.
     #[error("edge.gateway prefixes: {0}")]
-    Prefixes(#[source] LpmError),
+    Prefixes(#[source] RouterError),
     /// A socket, the TUN device or the poller failed.
     #[error("{what}: {source}")]
     Io {

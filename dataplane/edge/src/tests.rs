@@ -109,7 +109,7 @@ impl Lab {
             self.cfg.limits,
             tls,
             driver::aead(),
-            &lpm::NoAdvice,
+            &sluice_core::lpm::NoAdvice,
             now,
         )
         .unwrap()

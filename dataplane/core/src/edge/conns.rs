@@ -39,11 +39,11 @@ use super::{
     admission::{Admission, Admit, PrefixKey},
     identity::Identities,
     ratelog::{RateLog, suppressed_note},
-    router::{GatewayId, Learnt, Refused, Router, TunnelRef},
+    router::{GatewayId, Learnt, Refused, Router, RouterError, TunnelRef},
     stats::EdgeStats,
 };
 use crate::{
-    lpm::{Advise, LpmError},
+    lpm::Advise,
     tunnel::{AeadProvider, CloseReason, Event, SendError, Session, SessionConfig, printable},
     wire::{ip, tunnel::CloseCode},
 };
@@ -130,7 +130,8 @@ impl Core {
     /// with `advise`.
     ///
     /// # Errors
-    /// The prefix table's capacity limits.
+    /// [`RouterError`]: overlapping gateway prefixes, or the prefix table's
+    /// capacity limits.
     pub fn new(
         cfg: &Settings,
         limits: EdgeLimits,
@@ -138,7 +139,7 @@ impl Core {
         aead: AeadProvider,
         advise: &impl Advise,
         now: Instant,
-    ) -> Result<Self, LpmError> {
+    ) -> Result<Self, RouterError> {
         let stats = EdgeStats::new(cfg.gateways.iter().map(|g| g.name.clone()));
         let window = Duration::from_secs(10);
         Ok(Self {

@@ -100,18 +100,36 @@ pub struct Router {
     sweep_left: usize,
 }
 
+/// Why a [`Router`] cannot be built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RouterError {
+    /// Two owners (two gateways, or a gateway and a reserved destination)
+    /// claim overlapping prefixes: an address would belong to both.
+    #[error("{prefix} overlaps {other}: each address belongs to one gateway")]
+    Overlap {
+        /// A prefix of a gateway.
+        prefix: Prefix,
+        /// The prefix it overlaps (another gateway's or reserved).
+        other: Prefix,
+    },
+    /// The table's capacity limits.
+    #[error(transparent)]
+    Table(#[from] LpmError),
+}
+
 impl Router {
     /// A router for `gateways` (index = [`GatewayId`]) and the `reserved`
-    /// destinations, its table's memory advised with `advise`. The
-    /// configuration checks that no two of them overlap.
+    /// destinations, its table's memory advised with `advise`.
     ///
     /// # Errors
-    /// The table's capacity limits.
+    /// [`RouterError::Overlap`] if two of them overlap (the configuration
+    /// refuses that with file and line first; this is the router's own
+    /// guard for every other producer), or the table's capacity limits.
     pub fn new(
         gateways: &[EdgeGateway],
         reserved: &[Prefix],
         advise: &impl Advise,
-    ) -> Result<Self, LpmError> {
+    ) -> Result<Self, RouterError> {
         let mut entries: Vec<(Prefix, Owner)> =
             reserved.iter().map(|p| (*p, Owner::Reserved)).collect();
         for (i, g) in gateways.iter().enumerate() {
@@ -119,6 +137,20 @@ impl Router {
                 max: crate::lpm::MAX_VALUES,
             })?;
             entries.extend(g.prefixes.iter().map(|p| (*p, Owner::Gateway(id))));
+        }
+        // Quadratic, once at start: gateways hold a handful of prefixes.
+        for (k, (a, owner_a)) in entries.iter().enumerate() {
+            for (b, owner_b) in &entries[k + 1..] {
+                let overlap = a.contains(b.addr()) || b.contains(a.addr());
+                if overlap && owner_a != owner_b {
+                    let (prefix, other) = if matches!(owner_a, Owner::Reserved) {
+                        (*b, *a)
+                    } else {
+                        (*a, *b)
+                    };
+                    return Err(RouterError::Overlap { prefix, other });
+                }
+            }
         }
         let capacity: usize = gateways.iter().map(|g| g.max_routes as usize).sum();
         Ok(Self {
@@ -456,6 +488,53 @@ mod tests {
             max_tunnels: 8,
             max_routes,
         }
+    }
+
+    /// The router refuses overlapping owners itself, whoever built its
+    /// settings: two gateways, or a gateway and a reserved destination,
+    /// in either order and either containment; a gateway's own nested
+    /// prefixes are fine.
+    #[test]
+    fn overlapping_owners_are_refused() {
+        let p = |s: &str| -> Prefix { s.parse().unwrap() };
+        let reserved = [p("198.51.100.0/24")];
+        let new = |gws: &[EdgeGateway]| Router::new(gws, &reserved, &crate::lpm::NoAdvice);
+        let err = new(&[
+            gw("a", &["192.0.2.0/24"], 4),
+            gw("b", &["192.0.2.128/25"], 4),
+        ])
+        .err()
+        .unwrap();
+        assert_eq!(
+            err,
+            RouterError::Overlap {
+                prefix: p("192.0.2.0/24"),
+                other: p("192.0.2.128/25"),
+            }
+        );
+        let err = new(&[
+            gw("a", &["2001:db8::/48"], 4),
+            gw("b", &["2001:db8::/32"], 4),
+        ])
+        .err()
+        .unwrap();
+        assert!(matches!(err, RouterError::Overlap { .. }), "{err}");
+        let err = new(&[gw("a", &["198.51.100.64/26"], 4)]).err().unwrap();
+        assert_eq!(
+            err,
+            RouterError::Overlap {
+                prefix: p("198.51.100.64/26"),
+                other: p("198.51.100.0/24"),
+            }
+        );
+        assert!(new(&[gw("a", &["192.0.2.0/24", "192.0.2.0/26"], 4)]).is_ok());
+        assert!(
+            new(&[
+                gw("a", &["192.0.2.0/25"], 4),
+                gw("b", &["192.0.2.128/25"], 4)
+            ])
+            .is_ok()
+        );
     }
 
     fn router() -> Router {

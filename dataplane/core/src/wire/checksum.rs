@@ -129,7 +129,7 @@ mod tests {
             }
             assert_eq!(fold(add(0, d)), fold(s), "len {len}");
             // With a running sum carried in, split at an even offset.
-            let half = len / 2 & !1;
+            let half = (len / 2) & !1;
             let carried = add(add(0xfffe_ffff, &d[..half]), &d[half..]);
             assert_eq!(fold(carried), fold(s + 0xfffe_ffff), "len {len}");
         }

@@ -255,6 +255,7 @@ pub(crate) fn serve(relay: &DnsRelay, domains: &DomainBypass, stop: &AtomicBool,
         if super::fault::inject(&mut fault) {
             return;
         }
+        domains.note_queue_depth(relay.jobs.len());
         let mut handled = 0;
         while handled < TURN
             && let Some(job) = relay.jobs.pop()

@@ -109,6 +109,10 @@ pub(crate) struct DomainBypass {
     /// Answers the bypass thread could not hand back (a worker's return
     /// queue was full).
     lost_returns: AtomicU64,
+    /// DNS messages waiting for the bypass thread when it last started a
+    /// turn, and the most it has seen waiting.
+    queue_depth: AtomicU64,
+    queue_peak: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -157,6 +161,8 @@ impl DomainBypass {
             classifier,
             watching: Arc::new(AtomicBool::new(false)),
             lost_returns: AtomicU64::new(0),
+            queue_depth: AtomicU64::new(0),
+            queue_peak: AtomicU64::new(0),
         })
     }
 
@@ -170,6 +176,14 @@ impl DomainBypass {
     /// queue was full.
     pub(super) fn count_lost_returns(&self, n: u64) {
         self.lost_returns.fetch_add(n, Relaxed);
+    }
+
+    /// The bypass thread found `depth` messages waiting as it started a
+    /// turn.
+    pub(super) fn note_queue_depth(&self, depth: usize) {
+        let depth = depth as u64;
+        self.queue_depth.store(depth, Relaxed);
+        self.queue_peak.fetch_max(depth, Relaxed);
     }
 
     /// A policy swap. `prepare` writes the policy into the idle slot with
@@ -470,6 +484,18 @@ impl DomainBypass {
             "sluice_dns_tcp_streams_evicted_total",
             "DNS-over-TCP streams no longer followed because too many were open",
             s.tcp.evicted(),
+        );
+        gauge(
+            out,
+            "sluice_dns_queue_depth",
+            "DNS messages waiting for the domain bypass thread at its last turn",
+            self.queue_depth.load(Relaxed),
+        );
+        gauge(
+            out,
+            "sluice_dns_queue_depth_peak",
+            "most DNS messages seen waiting for the domain bypass thread",
+            self.queue_peak.load(Relaxed),
         );
         gauge(
             out,
