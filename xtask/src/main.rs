@@ -6,7 +6,9 @@
 //!   runs, then `cargo test --release --no-fail-fast --workspace --exclude
 //!   sluice-ebpf -- --test-threads=2 <test args>` and the fuzz smoke run;
 //!   every group runs even after a failure, and the failures are listed
-//!   together at the end; then `cargo deny` ([`deny`]).
+//!   together at the end; then `cargo deny` ([`deny`]), then the edge
+//!   built and tested with the stable toolchain alone
+//!   ([`edge_on_stable_alone`]).
 //! - `deny`: `cargo deny` alone: advisories (against the `RustSec` database
 //!   vendored in `deny/advisory-db`, no network), licences, bans, sources.
 //! - `demo`: setup, `cargo build --release -p sluice`, then the lab demo
@@ -33,6 +35,8 @@ commands (run as root):
   fuzz [SECONDS]         run each fuzz target for SECONDS (default 60)
   deny                  cargo deny: advisories (vendored database, offline),
                         licences, bans, sources
+  edge-stable           build and test the edge with the stable toolchain
+                        alone (no nightly, no bpf-linker, fresh target)
   demo                  setup, build sluice, run the lab demo
                         (SLUICE_DEMO_HOLD=1 keeps the lab up until Ctrl-C)";
 
@@ -55,6 +59,9 @@ fn main() -> ExitCode {
             }
         }),
         "labbench" => as_root(cmd).and_then(|()| labbench(&args[1..])),
+        "edge-stable" => {
+            edge_on_stable_alone().map_or(Ok(()), |e| bail!("edge on stable alone: {e}"))
+        }
         "fuzz" => {
             let secs = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(60);
             as_root(cmd)
@@ -118,6 +125,7 @@ fn test(args: &[String]) -> Result<()> {
     let mut report = Report::default();
     cargo_tests(extra, &mut report)?;
     report.deny = deny();
+    report.edge_stable = edge_on_stable_alone();
     report.fuzz = fuzz_all(FUZZ_SMOKE_SECONDS);
     report.print();
     if report.failed() {
@@ -140,6 +148,8 @@ struct Report {
     fuzz: Vec<String>,
     /// `cargo deny` checks that failed, with why.
     deny: Vec<String>,
+    /// The edge's stable-only build and tests, if they failed: why.
+    edge_stable: Option<String>,
     /// `cargo test` did not succeed.
     cargo_failed: Option<String>,
 }
@@ -151,6 +161,7 @@ impl Report {
             || !self.failed_targets.is_empty()
             || !self.fuzz.is_empty()
             || !self.deny.is_empty()
+            || self.edge_stable.is_some()
     }
 
     fn print(&self) {
@@ -170,6 +181,9 @@ impl Report {
         }
         for d in &self.deny {
             println!("FAILED deny: {d}");
+        }
+        if let Some(e) = &self.edge_stable {
+            println!("FAILED edge on stable alone: {e}");
         }
         if !self.failed() {
             println!("all groups passed");
@@ -246,6 +260,55 @@ fn cargo_tests(extra: &[String], report: &mut Report) -> Result<()> {
     Ok(())
 }
 
+/// The edge builds and passes its tests with the stable toolchain alone:
+/// `PATH` holds stable's own `cargo` and `rustc` (not the rustup proxy, so
+/// no nightly can be reached) and the system's tools, not `~/.cargo/bin`
+/// (no `bpf-linker`), and the target directory is fresh
+/// (`target/edge-stable`, emptied first), so every build script of the
+/// edge's graph runs again. Returns why it failed, if it did.
+fn edge_on_stable_alone() -> Option<String> {
+    let run = || -> Result<()> {
+        let which = setup::stdout_of(Command::new("rustup").args([
+            "which",
+            "--toolchain",
+            "stable",
+            "cargo",
+        ]))?;
+        let bin = Path::new(which.trim())
+            .parent()
+            .context("stable's cargo has no directory")?
+            .to_path_buf();
+        let target = root().join("target/edge-stable");
+        if target.exists() {
+            std::fs::remove_dir_all(&target).context("emptying target/edge-stable")?;
+        }
+        let path = format!(
+            "{}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            bin.display()
+        );
+        println!("edge-stable: PATH={path} cargo test -p sluice-edge (fresh target/edge-stable)");
+        for args in [&["--version"][..], &["test", "-p", "sluice-edge"][..]] {
+            let status = Command::new(bin.join("cargo"))
+                .args(args)
+                .current_dir(root())
+                .env("PATH", &path)
+                .env("CARGO_TARGET_DIR", &target)
+                .env_remove("RUSTUP_TOOLCHAIN")
+                .env_remove("RUSTC")
+                .env_remove("RUSTC_WRAPPER")
+                .status()
+                .context("cannot run stable's cargo")?;
+            if !status.success() {
+                bail!("cargo {} ({status})", args.join(" "));
+            }
+        }
+        // The build is not needed again; its 1 GB is.
+        let _ = std::fs::remove_dir_all(&target);
+        Ok(())
+    };
+    run().err().map(|e| format!("{e:#}"))
+}
+
 /// The target of one of cargo's failure lines: `error: test failed, to
 /// rerun pass `-p sluice --test lab`` or, after `--no-fail-fast`, the
 /// indented `` `-p sluice --test lab` `` list.
@@ -276,7 +339,7 @@ fn tally(line: &str) -> Option<(u64, u64)> {
 }
 
 /// The fuzz targets in `dataplane/fuzz` (cargo-fuzz).
-const FUZZ_TARGETS: [&str; 13] = [
+const FUZZ_TARGETS: [&str; 14] = [
     "tunnel_frames",
     "tunnel_records",
     "packet_views",
@@ -292,6 +355,7 @@ const FUZZ_TARGETS: [&str; 13] = [
     "classifier_diff",
     "http_request",
     "trusted_facts",
+    "pmtu",
 ];
 /// The one fuzz target that needs more than core and config: it runs the
 /// real classifier, so it needs the gateway's loader, behind the fuzz

@@ -156,7 +156,7 @@ fn checked(cmd: &mut Command) -> Result<Output> {
     Ok(out)
 }
 
-fn stdout_of(cmd: &mut Command) -> Result<String> {
+pub(crate) fn stdout_of(cmd: &mut Command) -> Result<String> {
     Ok(String::from_utf8_lossy(&checked(cmd)?.stdout).into_owned())
 }
 

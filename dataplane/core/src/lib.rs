@@ -41,6 +41,7 @@ pub mod http;
 pub mod lpm;
 pub mod net;
 pub mod pac;
+pub mod pmtu;
 pub mod policy;
 pub mod process;
 #[doc(hidden)]

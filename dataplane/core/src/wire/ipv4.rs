@@ -275,6 +275,22 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
         be::set_u16(self.buffer.as_mut(), field::IDENT, value);
     }
 
+    /// Sets the flag bits ([`FLAG_DF`], [`FLAG_MF`]; the reserved bit is
+    /// kept as given) and the fragment offset in bytes (a multiple of 8;
+    /// the low three bits are dropped).
+    #[inline]
+    pub fn set_frag(&mut self, flags: u8, offset: u16) {
+        let raw =
+            (u16::from(flags & 0b111) << field::FLAGS_SHIFT) | ((offset >> 3) & field::OFFSET_MASK);
+        be::set_u16(self.buffer.as_mut(), field::FLG_OFF, raw);
+    }
+
+    /// Sets the time-to-live field.
+    #[inline]
+    pub fn set_ttl(&mut self, value: u8) {
+        self.buffer.as_mut()[field::TTL] = value;
+    }
+
     /// Sets the protocol field.
     #[inline]
     pub fn set_protocol(&mut self, value: u8) {
@@ -300,6 +316,33 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
         let range = self.header_len()..usize::from(self.total_len());
         self.buffer.as_mut().get_mut(range).unwrap_or_default()
     }
+}
+
+/// Writes a 20-byte header (no options, DF set, ID 0, TOS 0) for a packet
+/// of `payload_len` bytes into the start of `buf`, checksum filled.
+/// Returns the header length, or `None` if `buf` is shorter than the
+/// header or the packet would exceed 65,535 bytes.
+pub fn emit_header(
+    buf: &mut [u8],
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    protocol: u8,
+    ttl: u8,
+    payload_len: usize,
+) -> Option<usize> {
+    let total = u16::try_from(HEADER_LEN + payload_len).ok()?;
+    let h = buf.get_mut(..HEADER_LEN)?;
+    h.fill(0);
+    h[field::VER_IHL] = 0x45;
+    be::set_u16(h, field::LENGTH, total);
+    h[field::TTL] = ttl;
+    h[field::PROTOCOL] = protocol;
+    h[field::SRC_ADDR].copy_from_slice(&src.octets());
+    h[field::DST_ADDR].copy_from_slice(&dst.octets());
+    let mut p = Packet::new_unchecked(h);
+    p.set_frag(FLAG_DF, 0);
+    p.fill_checksum();
+    Some(HEADER_LEN)
 }
 
 impl<T: AsRef<[u8]>> AsRef<[u8]> for Packet<T> {

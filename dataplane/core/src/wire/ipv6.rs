@@ -207,6 +207,30 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
     }
 }
 
+/// Writes a 40-byte header (traffic class and flow label 0) for a packet
+/// of `payload_len` bytes into the start of `buf`. Returns the header
+/// length, or `None` if `buf` is shorter than the header or the payload
+/// exceeds 65,535 bytes.
+pub fn emit_header(
+    buf: &mut [u8],
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    next_header: u8,
+    hop_limit: u8,
+    payload_len: usize,
+) -> Option<usize> {
+    let len = u16::try_from(payload_len).ok()?;
+    let h = buf.get_mut(..HEADER_LEN)?;
+    h.fill(0);
+    h[0] = 0x60;
+    be::set_u16(h, field::LENGTH, len);
+    h[field::NXT_HDR] = next_header;
+    h[field::HOP_LIMIT] = hop_limit;
+    h[field::SRC_ADDR].copy_from_slice(&src.octets());
+    h[field::DST_ADDR].copy_from_slice(&dst.octets());
+    Some(HEADER_LEN)
+}
+
 impl<T: AsRef<[u8]>> AsRef<[u8]> for Packet<T> {
     fn as_ref(&self) -> &[u8] {
         self.buffer.as_ref()
