@@ -12,6 +12,7 @@ mod endpoint;
 mod faults;
 mod fragments;
 mod neighbors;
+mod pmtu;
 mod policy;
 mod vlan;
 

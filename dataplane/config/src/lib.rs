@@ -274,7 +274,9 @@ pub struct PacConfig {
 
 /// The gateway's tunnel settings (defined with the policy, whose tenants
 /// hold them: the policy does not depend on the configuration).
-pub use crate::policy::TunnelConfig;
+pub use crate::policy::{DEFAULT_TUNNEL_MTU, TunnelConfig};
+/// The smallest `tunnel.mtu`: every IPv6 link carries 1280 bytes.
+pub const MIN_TUNNEL_MTU: u16 = sluice_core::pmtu::MIN_MTU_V6;
 
 /// The edge's configuration.
 #[derive(Debug, Clone)]
@@ -408,6 +410,7 @@ struct RawTunnel {
     keepalive_secs: Option<Spanned<u64>>,
     idle_timeout_secs: Option<Spanned<u64>>,
     coalesce_delay_us: Option<Spanned<u64>>,
+    mtu: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -990,6 +993,20 @@ impl Doc<'_> {
         })
     }
 
+    /// `tunnel.mtu`: 1280 (IPv6's minimum) to 9000, default
+    /// [`DEFAULT_TUNNEL_MTU`].
+    fn tunnel_mtu(&self, mtu: Option<&Spanned<u64>>) -> Result<u16, ConfigError> {
+        match mtu {
+            Some(v) if !(u64::from(MIN_TUNNEL_MTU)..=9000).contains(v.get_ref()) => Err(self.err(
+                v.span(),
+                "tunnel.mtu",
+                format!("must be {MIN_TUNNEL_MTU} to 9000 (bytes; IPv6 needs 1280)"),
+            )),
+            Some(v) => Ok(u16::try_from(*v.get_ref()).unwrap_or(DEFAULT_TUNNEL_MTU)),
+            None => Ok(DEFAULT_TUNNEL_MTU),
+        }
+    }
+
     fn timers(
         &self,
         keepalive: Option<&Spanned<u64>>,
@@ -1088,6 +1105,7 @@ impl GatewayConfig {
             Some(v) => Duration::from_micros(*v.get_ref()),
             None => Duration::ZERO,
         };
+        let mtu = d.tunnel_mtu(tun.mtu.as_ref())?;
         let tunnel = TunnelConfig {
             edge,
             server_name: tun.server_name.get_ref().clone(),
@@ -1102,6 +1120,7 @@ impl GatewayConfig {
             keepalive,
             idle_timeout,
             coalesce_delay,
+            mtu,
         };
         let raw_bypass = raw.bypass.unwrap_or_default();
         let bypass = d.prefixes(&raw_bypass.prefixes, "bypass.prefixes")?;

@@ -91,6 +91,7 @@ fn good_gateway_config() {
     );
     assert_eq!(c.tunnel.keepalive, Duration::from_secs(10));
     assert_eq!(c.tunnel.coalesce_delay, Duration::ZERO);
+    assert_eq!(c.tunnel.mtu, 1420, "the default inner MTU");
     assert_eq!(c.cpus, None, "pinned to the allowed CPUs by default");
     std::fs::remove_dir_all(d).unwrap();
 }
@@ -495,6 +496,14 @@ const GW_MISTAKES: &[(&str, &str, &str, &str, usize, &str)] = &[
         "tunnel.coalesce_delay_us",
         15,
         "0 to 10000",
+    ),
+    (
+        "inner MTU below IPv6's minimum",
+        "key = \"gw.key\"",
+        "key = \"gw.key\"\nmtu = 1000",
+        "tunnel.mtu",
+        15,
+        "1280 to 9000",
     ),
 ];
 

@@ -1165,6 +1165,7 @@ mod policy {
             keepalive: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(30),
             coalesce_delay: Duration::ZERO,
+            mtu: 1420,
         }
     }
 

@@ -585,4 +585,13 @@ pub struct TunnelConfig {
     pub idle_timeout: Duration,
     /// How long a partly filled TLS record may wait for more packets.
     pub coalesce_delay: Duration,
+    /// The inner MTU: the largest packet the tunnel carries whole
+    /// ([`crate::pmtu`]); larger ones are fragmented (IPv4 without DF) or
+    /// refused with ICMP "too big", and TCP SYNs have their MSS clamped.
+    pub mtu: u16,
 }
+
+/// The default inner MTU: a 1500-byte path less the datagram transport's
+/// worst-case overhead (IPv6 40 + UDP 8 + record header, length and tag
+/// 32), as `WireGuard`'s 1420.
+pub const DEFAULT_TUNNEL_MTU: u16 = 1420;

@@ -62,6 +62,7 @@ fn tunnel_cfg() -> super::TunnelConfig {
         keepalive: Duration::from_secs(10),
         idle_timeout: Duration::from_secs(30),
         coalesce_delay: Duration::ZERO,
+        mtu: 1420,
     }
 }
 

@@ -734,17 +734,20 @@ fn tunnel_params(cfg: &GatewayConfig) -> Result<Vec<TunnelParams>, GatewayError>
         .into_iter()
         .map(|(_, t)| {
             Ok(TunnelParams {
-                edge: t.edge,
-                server_name: pki::server_name(&t.server_name)?,
-                tls: pki::client_config_with_crl(&t.ca, &t.cert, &t.key, t.crl.as_deref())?,
-                session: SessionConfig {
-                    name: cfg.name.clone(),
-                    keepalive: t.keepalive,
-                    idle_timeout: t.idle_timeout,
-                    coalesce_delay: t.coalesce_delay,
-                    aead: crate::driver::aead(),
-                    ..SessionConfig::default()
+                link: crate::driver::LinkParams {
+                    edge: t.edge,
+                    server_name: pki::server_name(&t.server_name)?,
+                    tls: pki::client_config_with_crl(&t.ca, &t.cert, &t.key, t.crl.as_deref())?,
+                    session: SessionConfig {
+                        name: cfg.name.clone(),
+                        keepalive: t.keepalive,
+                        idle_timeout: t.idle_timeout,
+                        coalesce_delay: t.coalesce_delay,
+                        aead: crate::driver::aead(),
+                        ..SessionConfig::default()
+                    },
                 },
+                mtu: t.mtu,
             })
         })
         .collect()

@@ -68,6 +68,17 @@ worker_stats! {
     /// Dropped: a DNS message for the domain bypass found this worker's
     /// credits for its kind spent (or was longer than a buffer).
     drop_dns_queue_full: "counter", "sluice_gateway_drop_dns_queue_full_total", "DNS queries and answers dropped because this worker's share of the domain bypass queue was spent (the client asks again).";
+    /// Dropped: larger than the tunnel's inner MTU and not to be
+    /// fragmented (IPv4 with DF, IPv6); its sender is told (ICMP).
+    drop_too_big: "counter", "sluice_gateway_drop_too_big_total", "Packets dropped because they exceed the tunnel's inner MTU and may not be fragmented (IPv4 DF, IPv6).";
+    /// IPv4 packets without DF sent into the tunnel as fragments.
+    fragmented: "counter", "sluice_gateway_fragmented_total", "IPv4 packets without DF larger than the tunnel's inner MTU, sent as fragments.";
+    /// TCP SYNs whose MSS option was lowered to fit the inner MTU.
+    mss_clamped: "counter", "sluice_gateway_mss_clamped_total", "TCP SYNs entering the tunnel whose MSS was lowered to fit its inner MTU.";
+    /// ICMP "too big" errors sent to LAN hosts.
+    icmp_too_big: "counter", "sluice_gateway_icmp_too_big_total", "ICMP fragmentation-needed / ICMPv6 packet-too-big errors sent to LAN hosts.";
+    /// ICMP "too big" errors not sent (rate limit or queue full).
+    icmp_suppressed: "counter", "sluice_gateway_icmp_suppressed_total", "ICMP too-big errors not sent because of the rate limit (100/s, burst 20 per worker) or a full queue.";
     /// The kernel's count of frames the `AF_XDP` socket dropped (read
     /// every second).
     xsk_rx_dropped: "counter", "sluice_gateway_xsk_rx_dropped_total", "Frames the kernel dropped at this worker's AF_XDP socket (XDP_STATISTICS rx_dropped), read every second.";

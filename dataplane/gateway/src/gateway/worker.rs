@@ -57,9 +57,10 @@ use crate::{
     tunnel::{SendError, Session},
     wire::{
         ethernet::{self, Mac},
-        ip,
+        ip, tcp,
     },
 };
+use sluice_core::pmtu::{self, Fit, IcmpLimiter};
 
 /// The port (the `AF_XDP` socket or the TUN device).
 const PORT: Token = Token(0);
@@ -84,8 +85,21 @@ const MAX_WAIT: Duration = Duration::from_millis(100);
 const XSK_STATS_EVERY: Duration = Duration::from_secs(1);
 
 /// What a worker needs to reach the edge (one per tunnel): the driver's
-/// [`Link`] connects, reconnects with backoff and flushes.
-pub(super) type TunnelParams = LinkParams;
+/// [`Link`] connects, reconnects with backoff and flushes; `mtu` is the
+/// tunnel's inner MTU ([`pmtu`]).
+#[derive(Clone)]
+pub(super) struct TunnelParams {
+    pub(super) link: LinkParams,
+    pub(super) mtu: u16,
+}
+
+/// ICMP "too big" errors a worker sends per second at most, and at once.
+const ICMP_PER_SECOND: u32 = 100;
+const ICMP_BURST: u32 = 20;
+/// ICMP errors waiting to be delivered to the LAN at the end of a batch.
+const ICMP_QUEUE: usize = 16;
+/// Room for one ICMP error (IPv6's limit).
+const ICMP_MAX: usize = 1280;
 
 /// Where a worker's packets come from and go to.
 #[allow(
@@ -188,6 +202,53 @@ pub(super) struct Worker {
     neigh_ready: bool,
     /// Next-hop questions for LAN hosts behind a router (LAN ports).
     routes: Option<RouteQuery>,
+    /// The tunnels' inner MTUs, enforced on the way in.
+    pmtu: MtuGuard,
+}
+
+/// What a worker needs to enforce its tunnels' inner MTUs ([`pmtu`]):
+/// preallocated, nothing allocates per packet.
+struct MtuGuard {
+    /// Index: the tenant.
+    mtus: Vec<u16>,
+    /// A clamped SYN or one fragment at a time.
+    scratch: Box<[u8]>,
+    /// ICMP errors for the LAN, delivered after the batch: each buffer,
+    /// the error's length and the tenant it counts for.
+    icmp: Vec<(Vec<u8>, usize, usize)>,
+    queued: usize,
+    limiter: IcmpLimiter,
+}
+
+impl MtuGuard {
+    fn new(mtus: Vec<u16>) -> Self {
+        Self {
+            mtus,
+            scratch: vec![0; 65_536].into_boxed_slice(),
+            icmp: (0..ICMP_QUEUE).map(|_| (vec![0; ICMP_MAX], 0, 0)).collect(),
+            queued: 0,
+            limiter: IcmpLimiter::new(ICMP_PER_SECOND, ICMP_BURST),
+        }
+    }
+}
+
+/// The ICMP errors a batch queued ([`MtuGuard::icmp`]), for [`deliver`].
+struct FromGuard<'g> {
+    icmp: &'g [(Vec<u8>, usize, usize)],
+    queued: &'g mut usize,
+    next: usize,
+}
+
+impl ToLan for FromGuard<'_> {
+    fn next_packet(&mut self) -> Option<(&[u8], usize)> {
+        if self.next >= *self.queued {
+            *self.queued = 0;
+            return None;
+        }
+        let (buf, len, tenant) = &self.icmp[self.next];
+        self.next += 1;
+        Some((&buf[..*len], *tenant))
+    }
 }
 
 impl std::fmt::Debug for Worker {
@@ -214,6 +275,11 @@ struct Tally {
     drop_tx_full: u64,
     drop_no_verdict: u64,
     drop_dns_queue_full: u64,
+    drop_too_big: u64,
+    fragmented: u64,
+    mss_clamped: u64,
+    icmp_too_big: u64,
+    icmp_suppressed: u64,
     neighbor_resolutions: u64,
     tenant_tx: [u64; TENANTS],
     tenant_rx: [u64; TENANTS],
@@ -240,6 +306,11 @@ impl Tally {
         add(&s.drop_tx_full, &mut self.drop_tx_full);
         add(&s.drop_no_verdict, &mut self.drop_no_verdict);
         add(&s.drop_dns_queue_full, &mut self.drop_dns_queue_full);
+        add(&s.drop_too_big, &mut self.drop_too_big);
+        add(&s.fragmented, &mut self.fragmented);
+        add(&s.mss_clamped, &mut self.mss_clamped);
+        add(&s.icmp_too_big, &mut self.icmp_too_big);
+        add(&s.icmp_suppressed, &mut self.icmp_suppressed);
         add(&s.neighbor_resolutions, &mut self.neighbor_resolutions);
         for t in 0..TENANTS {
             add(&ts.tx_packets[t], &mut self.tenant_tx[t]);
@@ -293,14 +364,15 @@ impl Worker {
             _ => None,
         };
         let now = Instant::now();
+        let tunnels: Vec<TunnelParams> = tunnels.into_iter().take(TENANTS).collect();
+        let pmtu = MtuGuard::new(tunnels.iter().map(|p| p.mtu).collect());
         Ok(Self {
             queue,
             port,
             tunnels: tunnels
                 .into_iter()
-                .take(TENANTS)
                 .enumerate()
-                .map(|(t, params)| Link::new(params, Token(FIRST_TUNNEL + t), now))
+                .map(|(t, params)| Link::new(params.link, Token(FIRST_TUNNEL + t), now))
                 .collect(),
             route,
             cached: None,
@@ -313,6 +385,7 @@ impl Worker {
             neigh,
             neigh_ready: true,
             routes,
+            pmtu,
         })
     }
 
@@ -575,6 +648,25 @@ impl Worker {
     fn lan_to_tunnel(&mut self) -> bool {
         self.sync_neighbors();
         let more = self.lan_batch();
+        if self.pmtu.queued > 0 {
+            let MtuGuard {
+                mtus, icmp, queued, ..
+            } = &mut self.pmtu;
+            let mut from = FromGuard {
+                icmp,
+                queued,
+                next: 0,
+            };
+            deliver(
+                &mut self.port,
+                &mut self.routes,
+                &mut self.tally,
+                None,
+                (&mut from, mtus),
+                Instant::now(),
+                self.queue,
+            );
+        }
         // Hosts the kernel did not know yet are resolved now, before their
         // replies come back.
         self.send_resolutions();
@@ -589,8 +681,9 @@ impl Worker {
         let tunnel_count = self.tunnels.len();
         let tunnels = &mut self.tunnels;
         let mut dns = self.dns.as_mut();
+        let guard = &mut self.pmtu;
         let mut send = |i: usize, pkt: &ip::Packet<'_>, t: &mut Tally| {
-            to_tunnel(tunnels, dns.as_deref_mut(), i, pkt, t);
+            to_tunnel(tunnels, dns.as_deref_mut(), guard, i, pkt, t, now);
         };
         match &mut self.port {
             Port::Xsk {
@@ -695,7 +788,7 @@ impl Worker {
                 &mut self.routes,
                 &mut self.tally,
                 self.dns.as_mut(),
-                &mut from,
+                (&mut from, &self.pmtu.mtus),
                 now,
                 self.queue,
             );
@@ -720,7 +813,7 @@ impl Worker {
             &mut self.routes,
             &mut self.tally,
             None,
-            &mut from,
+            (&mut from, &self.pmtu.mtus),
             now,
             self.queue,
         );
@@ -741,13 +834,19 @@ impl Worker {
 
 /// Sends `pkt` into tunnel `i` (a DNS query only once its copy is on its
 /// way to the domain bypass, else dropped and counted: its answer would
-/// install nothing); dropped and counted while the tunnel is down.
+/// install nothing); dropped and counted while the tunnel is down. The
+/// tunnel's inner MTU is enforced on the way ([`pmtu`]): a SYN's MSS is
+/// clamped, an IPv4 packet without DF that does not fit goes as
+/// fragments, and one that may not be fragmented is dropped and its
+/// sender told (ICMP, rate-limited, queued for the end of the batch).
 fn to_tunnel(
     tunnels: &mut [Link],
     dns: Option<&mut DnsPort>,
+    guard: &mut MtuGuard,
     i: usize,
     pkt: &ip::Packet<'_>,
     t: &mut Tally,
+    now: Instant,
 ) {
     let Some(sess) = tunnels.get_mut(i).and_then(Link::session_mut) else {
         t.drop_down += 1;
@@ -759,10 +858,59 @@ fn to_tunnel(
         t.drop_dns_queue_full += 1;
         return;
     }
-    match sess.send_packet(pkt.as_bytes()) {
+    let mtu = guard
+        .mtus
+        .get(i)
+        .copied()
+        .unwrap_or(crate::config::DEFAULT_TUNNEL_MTU);
+    let bytes = pkt.as_bytes();
+    match pmtu::fit(bytes, mtu) {
+        Fit::Fits => {
+            let syn = pkt.tcp().is_some_and(|s| s.flags & tcp::FLAG_SYN != 0);
+            if syn && let Some(copy) = guard.scratch.get_mut(..bytes.len()) {
+                copy.copy_from_slice(bytes);
+                if pmtu::clamp_mss(copy, mtu) {
+                    t.mss_clamped += 1;
+                    send_one(sess, copy, i, t);
+                    return;
+                }
+            }
+            send_one(sess, bytes, i, t);
+        }
+        Fit::Fragment => {
+            let r = pmtu::fragment_v4(bytes, mtu, &mut guard.scratch, &mut |f| {
+                send_one(sess, f, i, t);
+            });
+            match r {
+                Ok(_) => t.fragmented += 1,
+                Err(_) => t.drop_malformed += 1,
+            }
+        }
+        Fit::TooBig => {
+            t.drop_too_big += 1;
+            if guard.queued >= guard.icmp.len() || !guard.limiter.allow(now) {
+                t.icmp_suppressed += 1;
+                return;
+            }
+            // From the destination the packet was for: the gateway is
+            // not a hop the LAN host addresses (see the README).
+            let slot = &mut guard.icmp[guard.queued];
+            if let Some(n) = pmtu::too_big_reply(bytes, mtu, pkt.dst(), &mut slot.0) {
+                slot.1 = n;
+                slot.2 = i;
+                guard.queued += 1;
+                t.icmp_too_big += 1;
+            }
+        }
+    }
+}
+
+/// One packet into a session, counted.
+fn send_one(sess: &mut Session, bytes: &[u8], i: usize, t: &mut Tally) {
+    match sess.send_packet(bytes) {
         Ok(()) => {
             t.tx_packets += 1;
-            t.tx_bytes += pkt.as_bytes().len() as u64;
+            t.tx_bytes += bytes.len() as u64;
             t.tenant_tx[i] += 1;
         }
         Err(SendError::NotEstablished) => t.drop_down += 1,
@@ -861,16 +1009,24 @@ fn delivered(t: &mut Tally, tenant: usize, len: usize) {
 /// Delivers what `from` yields to the LAN through `port`: checked and DNS
 /// answers diverted ([`for_lan`]); on an `AF_XDP` port framed for the LAN
 /// host (its MAC and VLAN tags from `neighbors`) and submitted as batches
-/// of [`TX_BATCH`]; on a TUN port written one by one.
+/// of [`TX_BATCH`]; on a TUN port written one by one. A TCP SYN(-ACK) has
+/// its MSS clamped to its tunnel's inner MTU (`mtus`, by tenant), so that
+/// the LAN host never sends segments the tunnel cannot carry.
 fn deliver(
     port: &mut Port,
     routes: &mut Option<RouteQuery>,
     t: &mut Tally,
     mut dns: Option<&mut DnsPort>,
-    from: &mut impl ToLan,
+    (from, mtus): (&mut impl ToLan, &[u16]),
     now: Instant,
     queue: u32,
 ) {
+    let mtu_of = |tenant: usize| {
+        mtus.get(tenant)
+            .copied()
+            .unwrap_or(crate::config::DEFAULT_TUNNEL_MTU)
+    };
+    let is_syn = |pkt: &ip::Packet<'_>| pkt.tcp().is_some_and(|s| s.flags & tcp::FLAG_SYN != 0);
     match port {
         Port::Xsk {
             xsk,
@@ -917,6 +1073,9 @@ fn deliver(
                     let _ = eth.emit_tagged_header(dst_mac, *mac, tags, ethertype);
                 }
                 buf[header..len].copy_from_slice(bytes);
+                if is_syn(&pkt) && pmtu::clamp_mss(&mut buf[header..len], mtu_of(tenant)) {
+                    t.mss_clamped += 1;
+                }
                 frame.send(len);
                 delivered(t, tenant, bytes.len());
             }
@@ -929,8 +1088,22 @@ fn deliver(
                 let Some(pkt) = for_lan(p, tenant, &mut dns, t) else {
                     continue;
                 };
-                match tun.send(pkt.as_bytes()) {
-                    Ok(_) => delivered(t, tenant, pkt.as_bytes().len()),
+                // A SYN is small: clamped in a copy on the stack (one with
+                // a larger payload, rare, goes as it is and relies on the
+                // ICMP errors).
+                let mut small = [0u8; 256];
+                let mut bytes = pkt.as_bytes();
+                if is_syn(&pkt)
+                    && let Some(copy) = small.get_mut(..bytes.len())
+                {
+                    copy.copy_from_slice(bytes);
+                    if pmtu::clamp_mss(copy, mtu_of(tenant)) {
+                        t.mss_clamped += 1;
+                        bytes = copy;
+                    }
+                }
+                match tun.send(bytes) {
+                    Ok(_) => delivered(t, tenant, bytes.len()),
                     // The kernel's queue is full: dropped, counted.
                     Err(_) => t.drop_tx_full += 1,
                 }
