@@ -35,6 +35,8 @@ const PACKAGES: &[&str] = &[
     // Lab benchmark baselines.
     "openvpn",
     "wireguard-tools",
+    // Userspace WireGuard in Go (this kernel has no WireGuard module).
+    "wireguard-go",
     // A real PAC engine (the PAC file test evaluates sluice's PAC with it).
     "libpacparser1",
     // A real DNS server and client for the domain bypass tests (the -base

@@ -8,7 +8,7 @@
 //! CPU pinning, the same for every case: the iperf3 client runs on CPU 0
 //! and the server on CPU 1 (a sender sharing a core with its receiver
 //! starves it); every tunnel's gateway-side process (sluice gateway,
-//! `boringtun`, `OpenVPN` client) on the client's CPU and its edge-side process
+//! `boringtun`, `wireguard-go`, `OpenVPN` client) on the client's CPU and its edge-side process
 //! on the server's (`--pin GW,EDGE`, or `--pin none`); the kernel's own
 //! forwarding runs where the packets are. Each load is bounded in time; a
 //! measurement that fails (iperf3 errors happen under unlimited UDP floods)
@@ -388,6 +388,7 @@ fn run_tunnels(lab: &Lab, a: &Args, traffic: &[Traffic], rows: &mut Vec<Row>) ->
     let pki = lab.dir().join("sluice");
     for (case, tool) in [
         ("boringtun", Tunnel::Boringtun),
+        ("wireguard-go", Tunnel::WireguardGo),
         ("OpenVPN UDP", Tunnel::OpenVpnUdp),
         ("OpenVPN TCP", Tunnel::OpenVpnTcp),
     ] {
@@ -525,6 +526,7 @@ fn run_round(lab: &Lab, a: &Args, traffic: &[Traffic], rows: &mut Vec<Row>) -> R
 #[derive(Clone, Copy)]
 enum Tunnel {
     Boringtun,
+    WireguardGo,
     OpenVpnUdp,
     OpenVpnTcp,
 }
@@ -540,8 +542,14 @@ impl Tunnel {
     fn program(self) -> &'static str {
         match self {
             Tunnel::Boringtun => "boringtun-cli",
+            Tunnel::WireguardGo => "wireguard-go",
             Tunnel::OpenVpnUdp | Tunnel::OpenVpnTcp => "openvpn",
         }
+    }
+
+    /// A WireGuard implementation, configured with `wg`.
+    fn is_wireguard(self) -> bool {
+        matches!(self, Tunnel::Boringtun | Tunnel::WireguardGo)
     }
 
     fn available(self) -> bool {
@@ -551,7 +559,7 @@ impl Tunnel {
                 .output()
                 .is_ok_and(|o| o.status.success())
         };
-        which(self.program()) && (!matches!(self, Tunnel::Boringtun) || which("wg"))
+        which(self.program()) && (!self.is_wireguard() || which("wg"))
     }
 
     #[allow(
@@ -570,11 +578,12 @@ impl Tunnel {
         let pid = std::process::id() % 100_000;
         let (gw_if, edge_if) = match self {
             Tunnel::Boringtun => (format!("bt{pid}g"), format!("bt{pid}e")),
+            Tunnel::WireguardGo => (format!("wg{pid}g"), format!("wg{pid}e")),
             _ => (format!("ov{pid}g"), format!("ov{pid}e")),
         };
         let mut procs = Vec::new();
         match self {
-            Tunnel::Boringtun => {
+            Tunnel::Boringtun | Tunnel::WireguardGo => {
                 let dir = lab.dir().to_string_lossy().into_owned();
                 let keys = lab.run_ok(
                     Host::Client,
@@ -589,22 +598,26 @@ impl Tunnel {
                     // A socket left by the previous round's instance.
                     let sock = format!("/var/run/wireguard/{ifname}.sock");
                     let _ = std::fs::remove_file(&sock);
+                    // Both create the interface and the UAPI socket `wg`
+                    // talks to, in the foreground.
+                    let argv: &[&str] = if matches!(self, Tunnel::Boringtun) {
+                        &[
+                            "boringtun-cli",
+                            ifname,
+                            "--foreground",
+                            "--disable-drop-privileges",
+                        ]
+                    } else {
+                        &["wireguard-go", "-f", ifname]
+                    };
                     let id = lab.spawn_env(
                         h,
                         &fresh(ifname),
-                        &pinned(
-                            cpu_of(h),
-                            &[
-                                "boringtun-cli",
-                                ifname,
-                                "--foreground",
-                                "--disable-drop-privileges",
-                            ],
-                        ),
-                        &[("WG_LOG_LEVEL", "info")],
+                        &pinned(cpu_of(h), argv),
+                        &[("WG_LOG_LEVEL", "info"), ("LOG_LEVEL", "error")],
                     );
                     lab.wait_for(
-                        &format!("boringtun {ifname}"),
+                        &format!("{} {ifname}", self.program()),
                         Duration::from_secs(10),
                         || Path::new(&sock).exists(),
                     );
@@ -803,7 +816,7 @@ fn find<'a>(rows: &'a [Row], case: &str, t: Traffic) -> Option<&'a Row> {
 }
 
 /// The userspace tunnel baselines, by case name.
-const TUNNELS: [&str; 3] = ["boringtun", "OpenVPN UDP", "OpenVPN TCP"];
+const TUNNELS: [&str; 4] = ["boringtun", "wireguard-go", "OpenVPN UDP", "OpenVPN TCP"];
 
 /// A row's ratios to each baseline of the same run: plain kernel
 /// forwarding; kernel forwarding with a no-op XDP program in the row's
@@ -880,6 +893,7 @@ fn markdown(rows: &[Row], a: &Args) -> String {
         "kernel",
         "no-op XDP",
         "boringtun",
+        "wireguard-go",
         "OpenVPN UDP",
         "OpenVPN TCP",
         "best tunnel",
