@@ -174,10 +174,9 @@ impl Selector {
     pub fn handle_failed(&mut self, edge: EdgeId, failure: Failure, now: Instant) {
         let i = edge.index();
         match (self.edges.get(i).map(|e| e.state), failure) {
-            (None, _) => self.ignored += 1,
             (Some(_), Failure::Resolve) => self.resolve_failed(i, now),
             (Some(State::Connecting { .. } | State::Up { .. }), _) => self.down(i, failure, now),
-            (Some(State::Idle | State::Down { .. }), _) => self.ignored += 1,
+            (None | Some(State::Idle | State::Down { .. }), _) => self.ignored += 1,
         }
         self.step(now);
     }
@@ -372,11 +371,7 @@ impl Selector {
                 State::Up { .. } if now >= e.last_alive + detect => {
                     self.down(i, Failure::ProbeLoss, now);
                 }
-                State::Up { .. } => {
-                    if e.misses(now, interval) > 0 {
-                        e.stable_since = now;
-                    }
-                }
+                State::Up { .. } if e.misses(now, interval) > 0 => e.stable_since = now,
                 _ => {}
             }
         }

@@ -82,7 +82,7 @@ impl Sim {
     fn new(set: &EdgeSet) -> Self {
         let n = set.edges.len();
         let t0 = Instant::now();
-        let mut s = Self {
+        let s = Self {
             sel: Selector::new(set, t0).expect("valid set"),
             t0,
             now: t0,
@@ -393,7 +393,7 @@ fn grace_ends_with_the_best_edge_up() {
 // ---- liveness ----
 
 /// Two edges up, `a` active; `a` dies (no more probe replies): the
-/// traffic moves to `b` within miss_count × probe_interval of the death,
+/// traffic moves to `b` within `miss_count × probe_interval` of the death,
 /// with reason "probe loss".
 #[test]
 fn probe_loss_moves_traffic_to_the_standby_within_detection_time() {
@@ -412,7 +412,7 @@ fn probe_loss_moves_traffic_to_the_standby_within_detection_time() {
     assert!(
         t > death && t <= death + s.probe_interval * s.miss_count,
         "switched {:?} after the death",
-        t - death
+        t.saturating_sub(death)
     );
     assert!(
         sim.disconnects().iter().any(|(_, n)| n == "a"),
@@ -494,7 +494,7 @@ fn all_down_leaves_no_active_edge_until_one_returns() {
     assert_eq!(sim.switches().last().unwrap().2, Reason::Recovered);
 }
 
-/// Backoff doubles from backoff_min to backoff_max.
+/// Backoff doubles from `backoff_min` to `backoff_max`.
 #[test]
 fn failed_edges_are_retried_with_exponential_backoff() {
     let mut set = set(&[0]);
@@ -858,7 +858,7 @@ fn unknown_replies_and_late_reports_are_ignored() {
     set.settings.standby = 0;
     let t0 = Instant::now();
     let mut sel = Selector::new(&set, t0).unwrap();
-    let (a, b) = (sel.id("a").unwrap(), sel.id("b").unwrap());
+    let a = sel.id("a").unwrap();
     sel.handle_connected(a, t0 + ms(10));
     assert_eq!(sel.active(), Some(a));
     // Forged and repeated replies keep nothing alive.
@@ -905,6 +905,9 @@ fn late_reports_of_cancelled_attempts_are_closed() {
     assert_eq!(sim.active(), Some("a"));
 }
 
+/// A change to the default settings.
+type Change = fn(&mut Settings);
+
 #[test]
 fn bad_edge_sets_are_refused() {
     let t0 = Instant::now();
@@ -921,7 +924,7 @@ fn bad_edge_sets_are_refused() {
         Selector::new(&s, t0).unwrap_err(),
         SelectError::DuplicateName("a".into())
     );
-    let cases: [(&str, fn(&mut Settings)); 8] = [
+    let cases: [(&str, Change); 8] = [
         ("probe_interval", |s| s.probe_interval = ms(1)),
         ("miss_count", |s| s.miss_count = 0),
         ("sample_size", |s| s.sample_size = 0),
