@@ -40,7 +40,8 @@
 //!   active edge's and more than [`Settings::min_improvement`] below it,
 //!   at each of `sample_size` consecutive samples ([`Reason::Latency`]).
 //!   A standby of worse priority never displaces the active edge on
-//!   latency.
+//!   latency. Only connected edges are measured: to compare all of N
+//!   edges of equal priority, keep `standby = N - 1`.
 //! - **Failback** to an edge of better priority that comes back, per
 //!   [`Failback`]: at once, once it has answered every probe for a
 //!   while, or never.
@@ -312,8 +313,10 @@ pub const DEFAULT_THRESHOLD: f64 = 2.0 / 3.0;
 pub const DEFAULT_MIN_IMPROVEMENT: Duration = Duration::from_millis(10);
 /// [`Settings::standby`]'s default.
 pub const DEFAULT_STANDBY: usize = 1;
+/// [`Failback::AfterStable`]'s default period.
+pub const DEFAULT_FAILBACK_STABLE: Duration = Duration::from_secs(10);
 /// [`Settings::failback`]'s default.
-pub const DEFAULT_FAILBACK: Failback = Failback::AfterStable(Duration::from_secs(10));
+pub const DEFAULT_FAILBACK: Failback = Failback::AfterStable(DEFAULT_FAILBACK_STABLE);
 /// [`Settings::backoff_min`]'s default.
 pub const DEFAULT_BACKOFF_MIN: Duration = Duration::from_millis(100);
 /// [`Settings::backoff_max`]'s default.
