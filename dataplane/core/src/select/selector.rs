@@ -543,8 +543,21 @@ impl Selector {
                     wanted.insert(i);
                 }
             }
-            for i in 0..n {
-                if !wanted.contains(i) && (self.edges[i].is_up() || self.edges[i].is_connecting()) {
+            // An Up standby that lost its place stays until the edge that
+            // took it is up: the standbys never fall below the count.
+            let up = |i: usize| i != a && wanted.contains(i) && self.edges[i].is_up();
+            let mut spare = self
+                .settings
+                .standby
+                .saturating_sub((0..n).filter(|&i| up(i)).count());
+            for &i in order.iter() {
+                let e = &self.edges[i];
+                if wanted.contains(i) || !(e.is_up() || e.is_connecting()) {
+                    continue;
+                }
+                if e.is_up() && spare > 0 {
+                    spare -= 1;
+                } else {
                     self.drop_edge(i, now);
                 }
             }

@@ -654,6 +654,43 @@ fn closest_of_equal_priority_edges_is_chosen() {
     assert_eq!(rtt, [ms(80), ms(45), ms(12)]);
 }
 
+/// A standby that loses its place to a better edge (whose backoff is
+/// over) stays connected until that edge is up: no window without a warm
+/// standby, no churn while the better one keeps failing.
+#[test]
+fn a_standby_is_kept_until_its_replacement_is_up() {
+    let mut sim = Sim::new(&set(&[0, 0, 1]));
+    sim.run_until(ms(1000));
+    assert_eq!(sim.active(), Some("a"));
+    assert_eq!(sim.phase("b"), Phase::Standby);
+    assert_eq!(sim.phase("c"), Phase::Idle);
+    sim.kill("b");
+    sim.fail("b", Failure::Transport);
+    sim.run_until(ms(1500));
+    assert_eq!(sim.phase("c"), Phase::Standby, "c replaces b");
+    // b keeps failing (each retry after its backoff): c stays.
+    sim.run_until(ms(9000));
+    assert!(
+        sim.connects().iter().filter(|(_, n)| n == "b").count() >= 5,
+        "b retried"
+    );
+    assert_eq!(sim.phase("c"), Phase::Standby);
+    assert!(
+        !sim.disconnects().iter().any(|(_, n)| n == "c"),
+        "{:?}",
+        sim.disconnects()
+    );
+    // b is back: it takes its place again, and c is let go.
+    sim.revive("b", ms(20));
+    sim.run_until(ms(20_000));
+    assert_eq!(sim.phase("b"), Phase::Standby);
+    assert_eq!(sim.phase("c"), Phase::Idle);
+    assert_eq!(
+        sim.disconnects().iter().filter(|(_, n)| n == "c").count(),
+        1
+    );
+}
+
 // ---- failback ----
 
 /// a (priority 0) active, b (priority 1) standby; a fails, b takes over;
