@@ -404,7 +404,14 @@ fn probe_loss_moves_traffic_to_the_standby_within_detection_time() {
     let death = ms(2050);
     sim.run_until(death);
     sim.kill("a");
-    sim.run_until(death + ms(299));
+    // Its last answered probe left at 2030 ms: down at 2330 ms. Just
+    // before, its misses show in the status (the probe of 2230 ms is
+    // still in flight, not missed).
+    sim.run_until(death + ms(279));
+    let st = sim.sel.status(sim.now);
+    assert_eq!(st.active, Some(sim.id("a")));
+    assert_eq!(st.edges[0].misses, 1, "{st:#?}");
+    assert_eq!(st.edges[0].last_rtt, Some(ms(20)));
     sim.run_until(death + ms(300));
     let (t, to, reason) = sim.switches().last().cloned().unwrap();
     assert_eq!((to.as_deref(), reason), (Some("b"), Reason::ProbeLoss));
