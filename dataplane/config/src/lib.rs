@@ -19,7 +19,7 @@
 //! metrics = "127.0.0.1:9477"   # Prometheus text on GET /metrics
 //!
 //! [tunnel]
-//! edge = "198.51.100.5:4443"
+//! edge = "198.51.100.5:4443"    # or several: edges = [{ name, address, priority }]
 //! server_name = "edge.sluice.test"
 //! ca = "ca.pem"
 //! cert = "gw1.pem"
@@ -70,6 +70,7 @@ mod pki {
 }
 
 mod edge;
+mod edges;
 mod policy_section;
 pub use edge::{EdgeGateway, EdgeLimits, RESERVED_DESTINATIONS};
 pub use policy_section::DetectionSources;
@@ -401,7 +402,9 @@ struct RawGateway {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawTunnel {
-    edge: Spanned<String>,
+    edge: Option<Spanned<String>>,
+    edges: Option<Spanned<Vec<Spanned<edges::RawEdgeEntry>>>>,
+    selection: Option<Spanned<edges::RawSelection>>,
     server_name: Spanned<String>,
     ca: Spanned<PathBuf>,
     cert: Spanned<PathBuf>,
@@ -1085,8 +1088,8 @@ impl GatewayConfig {
         let admin = d.admin(&gw)?;
         let name = gw.name.map_or_else(default_name, Spanned::into_inner);
 
+        let (edge, edges) = d.tunnel_edges(&tun)?;
         let tun = tun.into_inner();
-        let edge = d.sockaddr(&tun.edge, "tunnel.edge")?;
         crate::pki::server_name(tun.server_name.get_ref())
             .map_err(|e| d.err(tun.server_name.span(), "tunnel.server_name", e.to_string()))?;
         let (keepalive, idle_timeout) = d.timers(
@@ -1108,6 +1111,7 @@ impl GatewayConfig {
         let mtu = d.tunnel_mtu(tun.mtu.as_ref())?;
         let tunnel = TunnelConfig {
             edge,
+            edges,
             server_name: tun.server_name.get_ref().clone(),
             ca: d.file(&tun.ca, "tunnel.ca")?,
             cert: d.file(&tun.cert, "tunnel.cert")?,

@@ -128,7 +128,9 @@ impl RawProfile {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawTenant {
     name: Spanned<String>,
-    edge: Spanned<String>,
+    edge: Option<Spanned<String>>,
+    edges: Option<Spanned<Vec<Spanned<super::edges::RawEdgeEntry>>>>,
+    selection: Option<Spanned<super::edges::RawSelection>>,
     server_name: Spanned<String>,
     ca: Spanned<PathBuf>,
     cert: Spanned<PathBuf>,
@@ -461,7 +463,7 @@ impl Doc<'_> {
         }
         let mut out: Vec<Tenant> = Vec::with_capacity(raw.len());
         for (i, t) in raw.iter().enumerate() {
-            let t = t.get_ref();
+            let (span, t) = (t.span(), t.get_ref());
             let name = self.name(&t.name, &at("tenant", i, "name"))?;
             if name == "internet" || out.iter().any(|o| o.name == name) {
                 return Err(self.err(
@@ -470,7 +472,17 @@ impl Doc<'_> {
                     format!("`{name}` is taken (by another tenant or the internet tenant)"),
                 ));
             }
-            let edge = self.sockaddr(&t.edge, &at("tenant", i, "edge"))?;
+            let section = format!("tenant[{i}]");
+            let (edge, edges) = self.edge_set(
+                &super::edges::RawEdges {
+                    section: &section,
+                    span,
+                    edge: t.edge.as_ref(),
+                    edges: t.edges.as_ref(),
+                    selection: t.selection.as_ref(),
+                },
+                &tunnel.edges.settings,
+            )?;
             crate::pki::server_name(t.server_name.get_ref()).map_err(|e| {
                 self.err(
                     t.server_name.span(),
@@ -507,6 +519,7 @@ impl Doc<'_> {
                 name,
                 tunnel: TunnelConfig {
                     edge,
+                    edges,
                     server_name: t.server_name.get_ref().clone(),
                     ca: self.file(&t.ca, &at("tenant", i, "ca"))?,
                     cert: self.file(&t.cert, &at("tenant", i, "cert"))?,

@@ -21,6 +21,9 @@
 //! - [`dns`]: domain bypass's DNS observation (answers parsed, answered
 //!   addresses kept for their TTL); [`pac`]: the PAC file from the same
 //!   lists.
+//! - [`select`]: which of a tenant's edges carries its traffic: staggered
+//!   start, warm standbys, probes and failover, latency selection with
+//!   hysteresis, failback.
 //! - [`policy`]: the policy model, its evaluator and compiler, and
 //!   trusted-network evaluation; [`process`]: process patterns.
 //!
@@ -44,6 +47,7 @@ pub mod pac;
 pub mod pmtu;
 pub mod policy;
 pub mod process;
+pub mod select;
 #[doc(hidden)]
 pub mod testutil;
 pub mod tunnel;

@@ -1157,6 +1157,7 @@ mod policy {
     fn tunnel_cfg() -> sluice_config::TunnelConfig {
         sluice_config::TunnelConfig {
             edge: "198.51.100.9:4443".parse().unwrap(),
+            edges: sluice_core::select::EdgeSet::single("198.51.100.9:4443".parse().unwrap()),
             server_name: "corp.test".into(),
             ca: "ca.pem".into(),
             cert: "c.pem".into(),

@@ -566,8 +566,14 @@ mod tests;
 /// `[tunnel]` and each `[[tenant]]` say; `config` parses them).
 #[derive(Debug, Clone)]
 pub struct TunnelConfig {
-    /// The edge's address and port.
+    /// The edge's address and port: with several edges, the first of
+    /// [`TunnelConfig::edges`] (by priority, then order) that is an IP
+    /// address.
     pub edge: SocketAddr,
+    /// The tenant's edges and the knobs of choosing among them
+    /// ([`crate::select`]); one edge, `edge`, in a single-edge
+    /// configuration.
+    pub edges: crate::select::EdgeSet,
     /// The name the edge's certificate must carry.
     pub server_name: String,
     /// CA that signed the edge's certificate.

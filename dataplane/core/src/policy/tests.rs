@@ -54,6 +54,7 @@ fn upper_half(p: Prefix) -> Prefix {
 fn tunnel_cfg() -> super::TunnelConfig {
     super::TunnelConfig {
         edge: "198.51.100.9:4443".parse().unwrap(),
+        edges: crate::select::EdgeSet::single("198.51.100.9:4443".parse().unwrap()),
         server_name: "partner.test".into(),
         ca: "ca.pem".into(),
         cert: "c.pem".into(),
