@@ -61,6 +61,6 @@ mod session;
 
 pub use record::AeadProvider;
 pub use session::{
-    CloseReason, Event, Handshake, Peer, SendError, Session, SessionConfig, SessionError,
-    SessionStats, printable,
+    CloseReason, ECHO_EVENTS, Event, Handshake, Peer, SendError, Session, SessionConfig,
+    SessionError, SessionStats, printable,
 };
