@@ -166,14 +166,7 @@ fn expand_label(exp: &dyn HkdfExpander, label: &[u8], context: &[u8], out: &mut 
     let len = u16::try_from(out.len()).unwrap_or(u16::MAX).to_be_bytes();
     let label_len = [u8::try_from(6 + label.len()).unwrap_or(u8::MAX)];
     let context_len = [u8::try_from(context.len()).unwrap_or(u8::MAX)];
-    let info: [&[u8]; 6] = [
-        &len,
-        &label_len,
-        b"tls13 ",
-        label,
-        &context_len,
-        context,
-    ];
+    let info: [&[u8]; 6] = [&len, &label_len, b"tls13 ", label, &context_len, context];
     // Lengths here are at most a hash's: far below HKDF's 255 blocks.
     let _ = exp.expand_slice(&info, out);
 }
@@ -279,7 +272,13 @@ impl DatagramKeys {
         aead_of(suite)?;
         let mut master = [0u8; OkmBlock::MAX_LEN];
         let n = suite.common.hash_provider.output_len();
-        tls_exporter(suite, exporter_secret, EXPORTER_LABEL, &[], &mut master[..n]);
+        tls_exporter(
+            suite,
+            exporter_secret,
+            EXPORTER_LABEL,
+            &[],
+            &mut master[..n],
+        );
         let keys = Self {
             suite,
             side,
@@ -533,8 +532,14 @@ mod tests {
                     data[16..].copy_from_slice(&tag);
                     k2.open(9, b"aad", &mut data).map(|n| data[..n].to_vec())
                 };
-                assert_eq!(seal_open(&c_tx, &s_rx).as_deref(), Some(&b"sixteen bytes!!!"[..]));
-                assert_eq!(seal_open(&s_tx, &c_rx).as_deref(), Some(&b"sixteen bytes!!!"[..]));
+                assert_eq!(
+                    seal_open(&c_tx, &s_rx).as_deref(),
+                    Some(&b"sixteen bytes!!!"[..])
+                );
+                assert_eq!(
+                    seal_open(&s_tx, &c_rx).as_deref(),
+                    Some(&b"sixteen bytes!!!"[..])
+                );
                 // The directions differ.
                 assert_eq!(seal_open(&c_tx, &c_rx), None, "{suite:?}");
                 // Epoch 1 opens only with epoch 1.

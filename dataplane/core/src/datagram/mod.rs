@@ -42,7 +42,7 @@
 //! accepted once each, in any order; older ones are dropped as too old.
 //!
 //! # NAT rebinding
-//! The rule, as WireGuard's: **the peer's address is updated only after a
+//! The rule, as `WireGuard`'s: **the peer's address is updated only after a
 //! datagram from the new address authenticated, and only if its counter
 //! is the highest seen** ([`Opened::newest`]). The caller (which knows
 //! addresses; this module does not) applies it. A forged datagram cannot
@@ -50,14 +50,14 @@
 //! window refuses it), nor a delayed one from an old address (not the
 //! newest). An on-path attacker who relays a genuine datagram from
 //! elsewhere before the original arrives can still move it, as with
-//! WireGuard: the next genuine datagram moves it back.
+//! `WireGuard`: the next genuine datagram moves it back.
 //!
 //! # Rekeying and its limits
 //! Each direction's keys form a chain ([`keys`]): epoch `n + 1`'s secret
 //! is derived from epoch `n`'s, which is then dropped. The sender moves
 //! to the next epoch after [`DatagramConfig::rekey_after_records`]
 //! records (default 2^20) or [`DatagramConfig::rekey_after_time`]
-//! (default 120 s, WireGuard's `REKEY_AFTER_TIME`), whichever comes
+//! (default 120 s, `WireGuard`'s `REKEY_AFTER_TIME`), whichever comes
 //! first, but never more than one epoch ahead of the epoch the peer says
 //! (in every record's header) it opens with: the receiver always holds
 //! the next key ready, so it never has to guess or derive on demand (a
@@ -99,8 +99,8 @@ pub use table::{ReceiverTable, TableError};
 
 use crate::tunnel::AeadProvider;
 use crate::wire::datagram::{
-    self as wire, ControlKind, ECHO_LEN, Echo, HEADER_LEN, ITEM_HEADER_LEN, Items, MIN_LEN,
-    Packet, RecordType, TAG_LEN,
+    self as wire, ControlKind, ECHO_LEN, Echo, HEADER_LEN, ITEM_HEADER_LEN, Items, MIN_LEN, Packet,
+    RecordType, TAG_LEN,
 };
 use keys::{Chain, EpochKey};
 use replay::{Refused, Window};
@@ -127,7 +127,7 @@ impl Default for DatagramConfig {
         Self {
             max_datagram: 1452,
             rekey_after_records: 1 << 20,
-            rekey_after_time: Duration::from_secs(120),
+            rekey_after_time: Duration::from_mins(2),
             previous_key_grace: Duration::from_secs(5),
             aead: AeadProvider::AwsLcRs,
         }
@@ -372,15 +372,6 @@ impl<T: Copy + Default, const N: usize> Fifo<T, N> {
 /// Pending echo replies and reported replies each hold this many.
 const ECHO_QUEUE: usize = 8;
 
-impl Default for Echo {
-    fn default() -> Self {
-        Echo {
-            seq: 0,
-            sent_at_us: 0,
-        }
-    }
-}
-
 /// Which receive key a record names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Which {
@@ -574,7 +565,12 @@ impl DatagramSession {
     ///
     /// # Errors
     /// As [`DatagramSession::seal`].
-    pub fn send_echo(&mut self, seq: u64, now: Instant, out: &mut [u8]) -> Result<usize, SealError> {
+    pub fn send_echo(
+        &mut self,
+        seq: u64,
+        now: Instant,
+        out: &mut [u8],
+    ) -> Result<usize, SealError> {
         let echo = Echo {
             seq,
             sent_at_us: self.micros(now),
@@ -719,7 +715,11 @@ impl DatagramSession {
 
     /// The receive key a record's epoch byte names.
     fn select_key(&mut self, epoch: u8, now: Instant) -> Result<Which, DropReason> {
-        if self.rx_prev.as_ref().is_some_and(|(_, until)| now >= *until) {
+        if self
+            .rx_prev
+            .as_ref()
+            .is_some_and(|(_, until)| now >= *until)
+        {
             self.rx_prev = None;
         }
         let cur = self.rx_cur.epoch;
@@ -778,7 +778,8 @@ impl DatagramSession {
             } else {
                 self.stats.echo_replies_rx += 1;
                 let sent = self.base + Duration::from_micros(echo.sent_at_us);
-                self.events.push((echo, now.saturating_duration_since(sent)))
+                self.events
+                    .push((echo, now.saturating_duration_since(sent)))
             };
             if !queued {
                 self.stats.echo_overflow += 1;

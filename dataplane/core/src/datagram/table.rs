@@ -103,12 +103,11 @@ impl<V> ReceiverTable<V> {
             return Err(DropReason::Malformed);
         };
         let id = p.receiver();
-        match self.map.get_mut(&id) {
-            Some(v) => Ok((id, v)),
-            None => {
-                self.unknown += 1;
-                Err(DropReason::UnknownReceiver)
-            }
+        if let Some(v) = self.map.get_mut(&id) {
+            Ok((id, v))
+        } else {
+            self.unknown += 1;
+            Err(DropReason::UnknownReceiver)
         }
     }
 
@@ -151,8 +150,14 @@ mod tests {
     fn route_names_the_session_or_counts_the_drop() {
         let mut t = ReceiverTable::new(4);
         t.insert(0x0102_0304, 1u8).unwrap();
-        assert_eq!(t.route(&record(0x0102_0304)).map(|(id, v)| (id, *v)), Ok((0x0102_0304, 1)));
-        assert_eq!(t.route(&record(5)).unwrap_err(), DropReason::UnknownReceiver);
+        assert_eq!(
+            t.route(&record(0x0102_0304)).map(|(id, v)| (id, *v)),
+            Ok((0x0102_0304, 1))
+        );
+        assert_eq!(
+            t.route(&record(5)).unwrap_err(),
+            DropReason::UnknownReceiver
+        );
         assert_eq!(t.route(&[1, 0, 0]).unwrap_err(), DropReason::Malformed);
         assert_eq!(t.drops(), (1, 1));
     }

@@ -195,13 +195,13 @@ pub struct SessionStats {
     pub key_updates_tx: u64,
     /// TLS key updates received.
     pub key_updates_rx: u64,
-    /// ECHO_REQUEST frames sent.
+    /// `ECHO_REQUEST` frames sent.
     pub echo_requests_tx: u64,
-    /// ECHO_REQUEST frames received.
+    /// `ECHO_REQUEST` frames received.
     pub echo_requests_rx: u64,
-    /// ECHO_REPLY frames sent.
+    /// `ECHO_REPLY` frames sent.
     pub echo_replies_tx: u64,
-    /// ECHO_REPLY frames received.
+    /// `ECHO_REPLY` frames received.
     pub echo_replies_rx: u64,
     /// Echo requests not answered because the send buffer was over its
     /// cap (a peer that sends probes but does not read).
@@ -459,9 +459,9 @@ pub struct Session {
     /// Echo replies not yet polled, oldest first, with their round-trip
     /// times.
     echo_events: std::collections::VecDeque<(Echo, Duration)>,
-    /// Echo replies were queued in the open record since it was last
-    /// sealed: seal it once the received records are drained.
-    echo_reply_pending: bool,
+    /// Echo replies queued in the open record since it was last sealed:
+    /// it is sealed once the received records are drained.
+    echo_replies_unsealed: u32,
     /// Captures the TLS exporter secret during the handshake
     /// ([`Session::with_exporter`]).
     exporter: Option<Exporter>,
@@ -506,7 +506,7 @@ impl Session {
             last_tx: now,
             events: 0,
             echo_events: std::collections::VecDeque::new(),
-            echo_reply_pending: false,
+            echo_replies_unsealed: 0,
             exporter: None,
             exporter_secret: None,
             stats: SessionStats::default(),
@@ -1073,7 +1073,7 @@ impl Session {
                     Ok(false) => {
                         // The received records are drained: the echo
                         // replies queued meanwhile go out in one record.
-                        if std::mem::take(&mut self.echo_reply_pending) {
+                        if std::mem::take(&mut self.echo_replies_unsealed) > 0 {
                             self.flush();
                         }
                         if self.peer_eof {
@@ -1169,7 +1169,7 @@ impl Session {
             return;
         }
         self.append(&tunnel::echo_frame(FrameType::EchoReply, echo));
-        self.echo_reply_pending = true;
+        self.echo_replies_unsealed += 1;
         self.stats.echo_replies_tx += 1;
     }
 

@@ -138,7 +138,7 @@ impl ControlKind {
 }
 
 /// The body of an echo request or reply.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Echo {
     /// The requester's sequence number.
     pub seq: u64,
@@ -494,7 +494,11 @@ mod tests {
     fn item_lists() {
         assert_eq!(check_items(&[]), Ok(0));
         assert_eq!(check_items(&[0]), Ok(0));
-        assert_eq!(check_items(&[0, 0, 9, 9, 9]), Ok(0), "padding after the end");
+        assert_eq!(
+            check_items(&[0, 0, 9, 9, 9]),
+            Ok(0),
+            "padding after the end"
+        );
         assert_eq!(check_items(&[0, 1, 7]), Ok(1));
         assert_eq!(check_items(&[0, 1, 7, 0]), Ok(1), "a lone zero is padding");
         assert_eq!(

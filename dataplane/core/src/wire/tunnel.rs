@@ -27,12 +27,12 @@
 //!   for the keepalive interval.
 //! - `0x04` **CLOSE**: code (`u16` BE, [`CloseCode`]) then a UTF-8 reason; the
 //!   sender then closes the TLS stream.
-//! - `0x05` **ECHO_REQUEST**: a liveness and round-trip probe (BFD-like).
+//! - `0x05` **`ECHO_REQUEST`**: a liveness and round-trip probe (BFD-like).
 //!   Payload: sequence number (`u64` BE), then the sender's timestamp in
 //!   microseconds (`u64` BE, from an origin only the sender knows); longer
 //!   payloads are allowed (the rest is ignored), shorter ones are a
-//!   protocol error. The receiver answers at once with ECHO_REPLY.
-//! - `0x06` **ECHO_REPLY**: the request's 16 bytes, unchanged.
+//!   protocol error. The receiver answers at once with `ECHO_REPLY`.
+//! - `0x06` **`ECHO_REPLY`**: the request's 16 bytes, unchanged.
 //!
 //! Echo frames are sent with [`FLAG_IGNORABLE`]: a peer of an earlier
 //! release, which does not know them, skips them (and never answers).
@@ -292,7 +292,7 @@ pub fn emit_close(out: &mut Vec<u8>, code: CloseCode, reason: &str) {
 /// The length of a complete echo frame.
 pub const ECHO_FRAME_LEN: usize = HEADER_LEN + ECHO_LEN;
 
-/// A complete ECHO_REQUEST or ECHO_REPLY frame (`ty` says which), with
+/// A complete `ECHO_REQUEST` or `ECHO_REPLY` frame (`ty` says which), with
 /// [`FLAG_IGNORABLE`] set.
 pub fn echo_frame(ty: FrameType, echo: Echo) -> [u8; ECHO_FRAME_LEN] {
     let mut out = [0; ECHO_FRAME_LEN];
@@ -340,7 +340,7 @@ mod tests {
     const PACKET_BYTES: [u8; 9] = [0x02, 0x00, 0x00, 0x04, 0x45, 0x00, 0x00, 0x04, 0x03];
     /// CLOSE(version, "v2").
     const CLOSE_BYTES: [u8; 8] = [0x04, 0x00, 0x00, 0x04, 0x00, 0x01, b'v', b'2'];
-    /// ECHO_REQUEST, ignorable, sequence 3, sent at 1000 µs.
+    /// `ECHO_REQUEST`, ignorable, sequence 3, sent at 1000 µs.
     const ECHO_REQUEST_BYTES: [u8; 20] = [
         0x05, 0x80, 0x00, 0x10, // type ECHO_REQUEST, FLAG_IGNORABLE, length 16
         0, 0, 0, 0, 0, 0, 0, 3, // sequence
@@ -353,10 +353,7 @@ mod tests {
             seq: 3,
             sent_at_us: 1000,
         };
-        assert_eq!(
-            echo_frame(FrameType::EchoRequest, echo),
-            ECHO_REQUEST_BYTES
-        );
+        assert_eq!(echo_frame(FrameType::EchoRequest, echo), ECHO_REQUEST_BYTES);
         let f = Frame::new_checked(&ECHO_REQUEST_BYTES[..]).unwrap();
         assert_eq!(
             (f.frame_type(), f.flags(), f.total_len()),
