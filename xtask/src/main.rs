@@ -276,9 +276,10 @@ fn tally(line: &str) -> Option<(u64, u64)> {
 }
 
 /// The fuzz targets in `dataplane/fuzz` (cargo-fuzz).
-const FUZZ_TARGETS: [&str; 13] = [
+const FUZZ_TARGETS: [&str; 14] = [
     "tunnel_frames",
     "tunnel_records",
+    "datagram",
     "packet_views",
     "config",
     "gro",
