@@ -636,8 +636,10 @@ impl DatagramSession {
     /// [`DatagramSession::poll_event`]).
     ///
     /// # Errors
-    /// The [`DropReason`], counted; the session's state (window, keys) is
-    /// unchanged, whatever the bytes.
+    /// The [`DropReason`], counted. Whatever the bytes, the session's
+    /// state (window, keys) changes only for a record that authenticated
+    /// (one whose item list then does not parse is dropped as
+    /// [`DropReason::Malformed`], its counter spent).
     pub fn open(&mut self, datagram: &mut [u8], now: Instant) -> Result<Opened, DropReason> {
         match self.try_open(datagram, now) {
             Ok(o) => Ok(o),
@@ -777,9 +779,12 @@ impl DatagramSession {
                 self.replies.push(echo)
             } else {
                 self.stats.echo_replies_rx += 1;
-                let sent = self.base + Duration::from_micros(echo.sent_at_us);
-                self.events
-                    .push((echo, now.saturating_duration_since(sent)))
+                // The peer writes the timestamp: never trusted to fit.
+                let rtt = self
+                    .base
+                    .checked_add(Duration::from_micros(echo.sent_at_us))
+                    .map_or(Duration::ZERO, |sent| now.saturating_duration_since(sent));
+                self.events.push((echo, rtt))
             };
             if !queued {
                 self.stats.echo_overflow += 1;

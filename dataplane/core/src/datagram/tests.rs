@@ -440,3 +440,30 @@ fn debug_output_holds_no_key() {
     assert!(dbg.contains("tx_epoch: 0"), "{dbg}");
     assert!(!dbg.contains("iv") && !dbg.contains("secret"), "{dbg}");
 }
+
+/// A reply's timestamp is the peer's to write: one far beyond any
+/// `Instant` gives a zero round-trip time, not a panic.
+#[test]
+fn echo_reply_with_any_timestamp_is_safe() {
+    let mut p = pair();
+    let mut out = [0u8; 256];
+    let bogus = [
+        Echo {
+            seq: 1,
+            sent_at_us: u64::MAX,
+        },
+        Echo {
+            seq: 2,
+            sent_at_us: 5_000_000,
+        },
+    ];
+    let n = p
+        .edge
+        .seal_control(ControlKind::EchoReply, &bogus, p.now, &mut out)
+        .unwrap();
+    assert!(p.gw.open(&mut out[..n], p.now).is_ok());
+    let rtts: Vec<Duration> = std::iter::from_fn(|| p.gw.poll_event())
+        .map(|DatagramEvent::EchoReply { rtt, .. }| rtt)
+        .collect();
+    assert_eq!(rtts, [Duration::ZERO, Duration::ZERO], "from the future: 0");
+}

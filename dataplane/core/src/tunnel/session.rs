@@ -113,8 +113,9 @@ pub struct Peer {
     pub certificates: Vec<CertificateDer<'static>>,
 }
 
-/// What happened to a session ([`Session::poll_event`]). Each kind comes
-/// at most once, in this order; `Closed` may come without the others.
+/// What happened to a session ([`Session::poll_event`]). Each kind but
+/// `EchoReply` comes at most once, in this order; `Closed` may come
+/// without the others.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     /// The TLS handshake is done: the peer holds the key of this
@@ -1152,13 +1153,18 @@ impl Session {
     fn handle_echo(&mut self, ty: FrameType, echo: Echo) {
         if ty == FrameType::EchoReply {
             self.stats.echo_replies_rx += 1;
-            let sent = self.started + Duration::from_micros(echo.sent_at_us);
+            // The peer writes the timestamp: never trusted to fit.
+            let rtt = self
+                .started
+                .checked_add(Duration::from_micros(echo.sent_at_us))
+                .map_or(Duration::ZERO, |sent| {
+                    self.last_rx.saturating_duration_since(sent)
+                });
             if self.echo_events.len() >= ECHO_EVENTS {
                 self.echo_events.pop_front();
                 self.stats.echo_replies_lost += 1;
             }
-            self.echo_events
-                .push_back((echo, self.last_rx.saturating_duration_since(sent)));
+            self.echo_events.push_back((echo, rtt));
             return;
         }
         self.stats.echo_requests_rx += 1;

@@ -1365,3 +1365,21 @@ fn datagram_keys_come_from_the_session_once() {
     assert!(plain.client.take_datagram_keys().is_none());
     assert!(plain.server.take_datagram_keys().is_none());
 }
+
+/// A reply's timestamp is the peer's to write: one far beyond any
+/// `Instant` gives a zero round-trip time, not a panic.
+#[test]
+fn echo_reply_with_any_timestamp_is_safe() {
+    use io::Write as _;
+    let (mut client, mut raw, mut rng, _pki) = raw_server_pair(67);
+    raw.writer().write_all(&raw_hello(1)).unwrap();
+    let e = Echo {
+        seq: 1,
+        sent_at_us: u64::MAX,
+    };
+    raw.writer()
+        .write_all(&tunnel::echo_frame(FrameType::EchoReply, e))
+        .unwrap();
+    let _ = shuttle(&mut client, &mut raw, &mut rng);
+    assert_eq!(echo_replies(&mut client), [(1, u64::MAX, Duration::ZERO)]);
+}
