@@ -32,7 +32,13 @@ struct Sent {
 
 const MAX_INFLIGHT: usize = 64;
 
-fn session(side: Side, suite: usize, rekey: u64, aead: AeadProvider, now: Instant) -> DatagramSession {
+fn session(
+    side: Side,
+    suite: usize,
+    rekey: u64,
+    aead: AeadProvider,
+    now: Instant,
+) -> DatagramSession {
     let suite = [
         cs::TLS13_AES_128_GCM_SHA256,
         cs::TLS13_AES_256_GCM_SHA384,
@@ -133,7 +139,10 @@ fuzz_target!(|data: &[u8]| {
                     let at = usize::from(arg) % bad.len();
                     let flip = take(&mut rest, 1).first().copied().unwrap_or(1).max(1);
                     bad[at] ^= flip;
-                    assert!(edge.open(&mut bad, now).is_err(), "a corrupted record opened");
+                    assert!(
+                        edge.open(&mut bad, now).is_err(),
+                        "a corrupted record opened"
+                    );
                 }
             }
             // Time passes.
@@ -163,7 +172,10 @@ fuzz_target!(|data: &[u8]| {
                         1 => p.set_counter(p.counter() ^ (1 << (arg % 64))),
                         _ => p.set_recv_epoch(p.recv_epoch() ^ 1),
                     }
-                    assert!(edge.open(&mut bad, now).is_err(), "a rewritten record opened");
+                    assert!(
+                        edge.open(&mut bad, now).is_err(),
+                        "a rewritten record opened"
+                    );
                 }
             }
         }
