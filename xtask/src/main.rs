@@ -342,6 +342,7 @@ fn tally(line: &str) -> Option<(u64, u64)> {
 const FUZZ_TARGETS: [&str; 14] = [
     "tunnel_frames",
     "tunnel_records",
+    "datagram",
     "packet_views",
     "config",
     "gro",

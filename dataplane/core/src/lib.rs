@@ -7,6 +7,9 @@
 //!   record layer, HELLO, keepalives, coalescing; bytes and times in,
 //!   bytes, packets, events and deadlines out (its call order is
 //!   documented there).
+//! - [`datagram`]: the datagram (UDP) transport beside the tunnel: keys
+//!   exported from its TLS session, records sealed and opened in place,
+//!   the anti-replay window, rekeying, echo probes.
 //! - [`net`]: IP prefixes with strict parsing.
 //! - [`http`]: request heads and the `Host` allow-list of sluice's
 //!   listeners; [`admin`]: the admin API's requests and answers, shared by
@@ -37,6 +40,7 @@
 
 pub mod addr_map;
 pub mod admin;
+pub mod datagram;
 pub mod dns;
 pub mod edge;
 pub mod gro;

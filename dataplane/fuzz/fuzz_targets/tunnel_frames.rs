@@ -24,6 +24,11 @@ fuzz_target!(|data: &[u8]| {
             FrameType::Packet => {
                 let _ = sluice_core::wire::ip::Packet::new_checked(p);
             }
+            FrameType::EchoRequest | FrameType::EchoReply => {
+                if let Ok(e) = tunnel::Echo::parse(p) {
+                    assert_eq!(tunnel::Echo::parse(&e.to_bytes()), Ok(e));
+                }
+            }
             FrameType::Keepalive | FrameType::Unknown(_) => {}
         }
         assert!(f.total_len() >= tunnel::HEADER_LEN && f.total_len() <= rest.len());

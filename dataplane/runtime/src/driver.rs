@@ -420,7 +420,8 @@ impl Link {
         };
         loop {
             match session.poll_event()? {
-                Event::Authenticated { .. } => {}
+                // No probes are sent here yet: replies are not expected.
+                Event::Authenticated { .. } | Event::EchoReply { .. } => {}
                 Event::Established { peer } => {
                     self.backoff = BACKOFF_MIN;
                     return Some(LinkEvent::Up { peer });

@@ -13,7 +13,9 @@
 //! # Call order
 //! This is the one place the order is written down; the driver follows it.
 //! 1. [`Session::new`] with a fresh rustls unbuffered connection
-//!    ([`Handshake`]) and the time; a client queues its `ClientHello` at
+//!    ([`Handshake`]) and the time (or [`Session::with_exporter`] with one
+//!    made by [`crate::datagram::keys::client`] or
+//!    [`crate::datagram::keys::server`]); a client queues its `ClientHello` at
 //!    once, so go to step 4.
 //! 2. When the socket is readable: read it into
 //!    [`Session::receive_buffer`] and report the count with
@@ -28,8 +30,15 @@
 //!    TLS handshake is done, with the peer's verified certificates),
 //!    [`Event::Established`] (both HELLOs exchanged: packets flow; with
 //!    the peer's identity) and [`Event::Closed`] (with the reason), each
-//!    at most once. Receiving more before the packets are drained is
-//!    refused: the buffer is full.
+//!    at most once, and [`Event::EchoReply`] for each answer to
+//!    [`Session::send_echo`] (liveness probes, with the round-trip time;
+//!    the session answers the peer's probes itself). Receiving more before
+//!    the packets are drained is refused: the buffer is full.
+//!
+//!    A session made with [`Session::with_exporter`] also exports the
+//!    datagram transport's keys from its TLS session, once, from
+//!    [`Event::Authenticated`] on ([`Session::take_datagram_keys`], see
+//!    [`crate::datagram`]).
 //! 4. To send: [`Session::send_packet`] for each packet of a batch, then,
 //!    once per batch, [`Session::flush_due`] (seals the open record, or
 //!    keeps it for [`SessionConfig::coalesce_delay`]) or
@@ -61,6 +70,6 @@ mod session;
 
 pub use record::AeadProvider;
 pub use session::{
-    CloseReason, Event, Handshake, Peer, SendError, Session, SessionConfig, SessionError,
-    SessionStats, printable,
+    CloseReason, ECHO_EVENTS, Event, Handshake, Peer, SendError, Session, SessionConfig,
+    SessionError, SessionStats, printable,
 };

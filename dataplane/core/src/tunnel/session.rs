@@ -1,8 +1,9 @@
 use std::time::{Duration, Instant};
 
 use rustls::{
-    ConnectionTrafficSecrets, SupportedCipherSuite,
+    ConnectionTrafficSecrets, Side, SupportedCipherSuite,
     client::{ClientConnectionData, UnbufferedClientConnection},
+    crypto::tls13::OkmBlock,
     kernel::KernelConnection,
     pki_types::CertificateDer,
     server::{ServerConnectionData, UnbufferedServerConnection},
@@ -10,9 +11,10 @@ use rustls::{
 };
 
 use super::record::{self, AeadProvider, Keys};
+use crate::datagram::{DatagramKeys, Exporter, KeyError};
 use crate::wire::{
     WireError,
-    tunnel::{self, CloseCode, Frame, FrameType, Hello},
+    tunnel::{self, CloseCode, Echo, Frame, FrameType, Hello},
 };
 
 /// Tunables of a session.
@@ -111,8 +113,9 @@ pub struct Peer {
     pub certificates: Vec<CertificateDer<'static>>,
 }
 
-/// What happened to a session ([`Session::poll_event`]). Each kind comes
-/// at most once, in this order; `Closed` may come without the others.
+/// What happened to a session ([`Session::poll_event`]). Each kind but
+/// `EchoReply` comes at most once, in this order; `Closed` may come
+/// without the others.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     /// The TLS handshake is done: the peer holds the key of this
@@ -127,6 +130,20 @@ pub enum Event {
         /// Who the peer is.
         peer: Peer,
     },
+    /// The peer answered one of our echo probes ([`Session::send_echo`]).
+    /// Unlike the others, this comes once per reply; the last
+    /// [`ECHO_EVENTS`] unpolled replies are kept (older ones are counted
+    /// in [`SessionStats::echo_replies_lost`]), and they come before
+    /// `Closed`.
+    EchoReply {
+        /// The probe's sequence number.
+        seq: u64,
+        /// When the probe was sent, in microseconds since [`Session::new`].
+        sent_at_us: u64,
+        /// From the probe's sending to the receipt of the bytes that held
+        /// the reply (the `now` of that `handle_received*` call).
+        rtt: Duration,
+    },
     /// The session ended. What [`Session::poll_transmit`] still has (a
     /// CLOSE frame, TLS alerts) is worth writing; nothing more is received.
     Closed {
@@ -134,6 +151,9 @@ pub enum Event {
         reason: CloseReason,
     },
 }
+
+/// Echo replies kept for [`Session::poll_event`].
+pub const ECHO_EVENTS: usize = 8;
 
 /// Pending [`Event`]s, one bit each (at most one of each kind per session:
 /// no queue to bound).
@@ -176,6 +196,19 @@ pub struct SessionStats {
     pub key_updates_tx: u64,
     /// TLS key updates received.
     pub key_updates_rx: u64,
+    /// `ECHO_REQUEST` frames sent.
+    pub echo_requests_tx: u64,
+    /// `ECHO_REQUEST` frames received.
+    pub echo_requests_rx: u64,
+    /// `ECHO_REPLY` frames sent.
+    pub echo_replies_tx: u64,
+    /// `ECHO_REPLY` frames received.
+    pub echo_replies_rx: u64,
+    /// Echo requests not answered because the send buffer was over its
+    /// cap (a peer that sends probes but does not read).
+    pub echo_replies_refused: u64,
+    /// Echo replies dropped unpolled (more than [`ECHO_EVENTS`] waiting).
+    pub echo_replies_lost: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -362,6 +395,17 @@ const MAX_KEY_UPDATES_WITHOUT_DATA: u32 = 32;
 const HS_NEW_SESSION_TICKET: u8 = 4;
 const HS_KEY_UPDATE: u8 = 24;
 
+/// The TLS exporter secret and our side, never printed.
+struct ExporterSecret(OkmBlock, Side);
+
+impl std::fmt::Debug for ExporterSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExporterSecret")
+            .field("side", &self.1)
+            .finish_non_exhaustive()
+    }
+}
+
 /// One tunnel session over one TLS connection. See the [module
 /// docs](super) for the call order.
 #[derive(Debug)]
@@ -413,6 +457,18 @@ pub struct Session {
     last_tx: Instant,
     /// [`Event`]s not yet polled (`EV_*` bits).
     events: u8,
+    /// Echo replies not yet polled, oldest first, with their round-trip
+    /// times.
+    echo_events: std::collections::VecDeque<(Echo, Duration)>,
+    /// Echo replies queued in the open record since it was last sealed:
+    /// it is sealed once the received records are drained.
+    echo_replies_unsealed: u32,
+    /// Captures the TLS exporter secret during the handshake
+    /// ([`Session::with_exporter`]).
+    exporter: Option<Exporter>,
+    /// The exporter secret once the handshake is done, until
+    /// [`Session::take_datagram_keys`] takes it (zeroed on drop).
+    exporter_secret: Option<ExporterSecret>,
     stats: SessionStats,
 }
 
@@ -450,11 +506,61 @@ impl Session {
             last_rx: now,
             last_tx: now,
             events: 0,
+            echo_events: std::collections::VecDeque::new(),
+            echo_replies_unsealed: 0,
+            exporter: None,
+            exporter_secret: None,
             stats: SessionStats::default(),
         };
         // The client speaks first.
         let _ = s.drive_handshake();
         s
+    }
+
+    /// Starts a session as [`Session::new`] does, over a connection made
+    /// by [`crate::datagram::keys::client`] or
+    /// [`crate::datagram::keys::server`], whose TLS exporter secret
+    /// `exporter` captures: [`Session::take_datagram_keys`] then gives
+    /// the datagram transport's keys.
+    pub fn with_exporter(
+        tls: Handshake,
+        exporter: Exporter,
+        cfg: SessionConfig,
+        now: Instant,
+    ) -> Self {
+        let mut s = Self::new(tls, cfg, now);
+        s.exporter = Some(exporter);
+        s
+    }
+
+    /// The datagram transport's keys, exported from this TLS session
+    /// (RFC 8446 §7.5, label [`crate::datagram::EXPORTER_LABEL`]): from
+    /// [`Event::Authenticated`] on, once (the exporter secret is dropped
+    /// when they are taken, so no second set can reuse their nonces).
+    /// `None` before, after, or for a session made without
+    /// [`Session::with_exporter`].
+    ///
+    /// # Errors
+    /// [`KeyError::UnsupportedSuite`] for a suite the datagram transport
+    /// does not know (none that TLS 1.3 negotiates today).
+    pub fn take_datagram_keys(&mut self) -> Option<Result<DatagramKeys, KeyError>> {
+        let ExporterSecret(secret, side) = self.exporter_secret.take()?;
+        let suite = self.suite?;
+        Some(DatagramKeys::from_exporter_secret(suite, side, &secret))
+    }
+
+    /// Test hook: the RFC 8446 exporter of this session for any label
+    /// and context (what rustls's `export_keying_material` computes),
+    /// without taking the secret.
+    #[cfg(test)]
+    pub(crate) fn export_for_test(&self, label: &[u8], context: &[u8], out: &mut [u8]) -> bool {
+        let (Some(ExporterSecret(secret, _)), Some(SupportedCipherSuite::Tls13(suite))) =
+            (&self.exporter_secret, self.suite)
+        else {
+            return false;
+        };
+        crate::datagram::keys::tls_exporter(suite, secret, label, context, out);
+        true
     }
 
     /// True once both HELLOs are exchanged and until the session closes.
@@ -626,6 +732,12 @@ impl Session {
                     certificates: self.peer_certs.clone(),
                 },
             }
+        } else if let Some((echo, rtt)) = self.echo_events.pop_front() {
+            Event::EchoReply {
+                seq: echo.seq,
+                sent_at_us: echo.sent_at_us,
+                rtt,
+            }
         } else if self.events & EV_CLOSED != 0 {
             self.events &= !EV_CLOSED;
             Event::Closed {
@@ -773,6 +885,17 @@ impl Session {
             ),
         };
         let (secrets, kernel) = res.map_err(|e| self.fail(CloseReason::Tls(e.to_string())))?;
+        // rustls handed the exporter secret to the key log while it ran
+        // the key schedule; keep it for `take_datagram_keys`.
+        let side = match kernel {
+            Kernel::Client(_) => Side::Client,
+            Kernel::Server(_) => Side::Server,
+        };
+        self.exporter_secret = self
+            .exporter
+            .take()
+            .and_then(|e| e.take())
+            .map(|s| ExporterSecret(s, side));
         let aead = self.cfg.aead;
         let keys = Keys::with_provider(aead, secrets.tx.0, &secrets.tx.1)
             .and_then(|tx| Ok((tx, Keys::with_provider(aead, secrets.rx.0, &secrets.rx.1)?)));
@@ -949,6 +1072,11 @@ impl Session {
                 Err(WireError::Truncated { .. }) => match self.open_record() {
                     Ok(true) => continue,
                     Ok(false) => {
+                        // The received records are drained: the echo
+                        // replies queued meanwhile go out in one record.
+                        if std::mem::take(&mut self.echo_replies_unsealed) > 0 {
+                            self.flush();
+                        }
                         if self.peer_eof {
                             self.set_closed(CloseReason::Eof);
                         }
@@ -985,6 +1113,13 @@ impl Session {
                 }
                 (FrameType::Hello, State::Hello) => self.handle_hello(start, end),
                 (FrameType::Keepalive, State::Established) => {}
+                (FrameType::EchoRequest | FrameType::EchoReply, State::Established) => {
+                    let Ok(echo) = Echo::parse(&self.rx_buf[start..end]) else {
+                        self.protocol_error("malformed ECHO");
+                        return None;
+                    };
+                    self.handle_echo(ty, echo);
+                }
                 (FrameType::Close, _) => {
                     let (code, reason) = tunnel::parse_close(&self.rx_buf[start..end])
                         .unwrap_or((CloseCode::Protocol, "malformed CLOSE".into()));
@@ -1010,6 +1145,66 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// An echo frame arrived: answer a request (into the open record,
+    /// sealed once the received records are drained), or queue a reply
+    /// for [`Session::poll_event`].
+    fn handle_echo(&mut self, ty: FrameType, echo: Echo) {
+        if ty == FrameType::EchoReply {
+            self.stats.echo_replies_rx += 1;
+            // The peer writes the timestamp: never trusted to fit.
+            let rtt = self
+                .started
+                .checked_add(Duration::from_micros(echo.sent_at_us))
+                .map_or(Duration::ZERO, |sent| {
+                    self.last_rx.saturating_duration_since(sent)
+                });
+            if self.echo_events.len() >= ECHO_EVENTS {
+                self.echo_events.pop_front();
+                self.stats.echo_replies_lost += 1;
+            }
+            self.echo_events.push_back((echo, rtt));
+            return;
+        }
+        self.stats.echo_requests_rx += 1;
+        // A peer that sends probes but does not read cannot make us queue
+        // without bound.
+        if self.tx_buf.len() - self.tx_sent > self.cfg.max_pending_tls {
+            self.stats.echo_replies_refused += 1;
+            return;
+        }
+        self.append(&tunnel::echo_frame(FrameType::EchoReply, echo));
+        self.echo_replies_unsealed += 1;
+        self.stats.echo_replies_tx += 1;
+    }
+
+    /// Sends an echo probe with sequence number `seq`, stamped `now`,
+    /// sealed at once (probes are not held for coalescing). The peer
+    /// answers at once; its reply comes out of [`Session::poll_event`]
+    /// as [`Event::EchoReply`] with the round-trip time. A peer of an
+    /// earlier release skips the probe and never answers.
+    ///
+    /// # Errors
+    /// [`SendError::NotEstablished`] before the HELLOs are exchanged or
+    /// after close; [`SendError::Backpressure`] when the send buffer is
+    /// over its cap.
+    pub fn send_echo(&mut self, seq: u64, now: Instant) -> Result<(), SendError> {
+        if self.state != State::Established {
+            return Err(SendError::NotEstablished);
+        }
+        if self.tx_buf.len() - self.tx_sent > self.cfg.max_pending_tls {
+            return Err(SendError::Backpressure);
+        }
+        let sent_at_us = u64::try_from(now.saturating_duration_since(self.started).as_micros())
+            .unwrap_or(u64::MAX);
+        self.append(&tunnel::echo_frame(
+            FrameType::EchoRequest,
+            Echo { seq, sent_at_us },
+        ));
+        self.flush();
+        self.stats.echo_requests_tx += 1;
+        Ok(())
     }
 
     fn handle_hello(&mut self, start: usize, end: usize) {

@@ -1,7 +1,8 @@
 //! Zero-copy views over wire formats: the headers the hot path needs
 //! ([`ethernet`]; [`ipv4`], [`ipv6`], [`tcp`], [`udp`], and [`ip`], the
 //! version-independent facts the tunneler asks of any IP packet), the
-//! tunnel's own framing ([`tunnel`]) and the Internet [`checksum`];
+//! tunnel's own framing ([`tunnel`]), the datagram transport's record
+//! ([`datagram`]) and the Internet [`checksum`];
 //! [`summary`] states the XDP classifier's header walk in user space (the
 //! differential fuzz target's reference).
 //!
@@ -19,6 +20,7 @@
 //! instead.
 
 pub mod checksum;
+pub mod datagram;
 pub mod ethernet;
 pub mod ip;
 pub mod ipv4;

@@ -27,6 +27,15 @@
 //!   for the keepalive interval.
 //! - `0x04` **CLOSE**: code (`u16` BE, [`CloseCode`]) then a UTF-8 reason; the
 //!   sender then closes the TLS stream.
+//! - `0x05` **`ECHO_REQUEST`**: a liveness and round-trip probe (BFD-like).
+//!   Payload: sequence number (`u64` BE), then the sender's timestamp in
+//!   microseconds (`u64` BE, from an origin only the sender knows); longer
+//!   payloads are allowed (the rest is ignored), shorter ones are a
+//!   protocol error. The receiver answers at once with `ECHO_REPLY`.
+//! - `0x06` **`ECHO_REPLY`**: the request's 16 bytes, unchanged.
+//!
+//! Echo frames are sent with [`FLAG_IGNORABLE`]: a peer of an earlier
+//! release, which does not know them, skips them (and never answers).
 //!
 //! Flags: bit 7 ([`FLAG_IGNORABLE`]) marks a frame that a receiver which
 //! does not know its type must skip; an unknown type without it is a
@@ -35,6 +44,7 @@
 //! version bump.
 
 use super::WireError;
+pub use super::datagram::{ECHO_LEN, Echo};
 
 /// The wire format version this code speaks.
 pub const VERSION: u8 = 1;
@@ -65,6 +75,10 @@ pub enum FrameType {
     Keepalive,
     /// Orderly close with a reason.
     Close,
+    /// A probe to answer with [`FrameType::EchoReply`].
+    EchoRequest,
+    /// The answer to a probe.
+    EchoReply,
     /// A type this version does not know.
     Unknown(u8),
 }
@@ -77,6 +91,8 @@ impl FrameType {
             FrameType::Packet => 2,
             FrameType::Keepalive => 3,
             FrameType::Close => 4,
+            FrameType::EchoRequest => 5,
+            FrameType::EchoReply => 6,
             FrameType::Unknown(t) => t,
         }
     }
@@ -88,6 +104,8 @@ impl FrameType {
             2 => FrameType::Packet,
             3 => FrameType::Keepalive,
             4 => FrameType::Close,
+            5 => FrameType::EchoRequest,
+            6 => FrameType::EchoReply,
             t => FrameType::Unknown(t),
         }
     }
@@ -271,6 +289,18 @@ pub fn emit_close(out: &mut Vec<u8>, code: CloseCode, reason: &str) {
     out.extend_from_slice(reason.as_bytes());
 }
 
+/// The length of a complete echo frame.
+pub const ECHO_FRAME_LEN: usize = HEADER_LEN + ECHO_LEN;
+
+/// A complete `ECHO_REQUEST` or `ECHO_REPLY` frame (`ty` says which), with
+/// [`FLAG_IGNORABLE`] set.
+pub fn echo_frame(ty: FrameType, echo: Echo) -> [u8; ECHO_FRAME_LEN] {
+    let mut out = [0; ECHO_FRAME_LEN];
+    emit_header(&mut out, ty, FLAG_IGNORABLE, ECHO_LEN);
+    out[HEADER_LEN..].copy_from_slice(&echo.to_bytes());
+    out
+}
+
 /// Parses a CLOSE payload: code and reason (invalid UTF-8 is replaced).
 pub fn parse_close(p: &[u8]) -> Result<(CloseCode, String), WireError> {
     if p.len() < 2 {
@@ -310,6 +340,32 @@ mod tests {
     const PACKET_BYTES: [u8; 9] = [0x02, 0x00, 0x00, 0x04, 0x45, 0x00, 0x00, 0x04, 0x03];
     /// CLOSE(version, "v2").
     const CLOSE_BYTES: [u8; 8] = [0x04, 0x00, 0x00, 0x04, 0x00, 0x01, b'v', b'2'];
+    /// `ECHO_REQUEST`, ignorable, sequence 3, sent at 1000 µs.
+    const ECHO_REQUEST_BYTES: [u8; 20] = [
+        0x05, 0x80, 0x00, 0x10, // type ECHO_REQUEST, FLAG_IGNORABLE, length 16
+        0, 0, 0, 0, 0, 0, 0, 3, // sequence
+        0, 0, 0, 0, 0, 0, 0x03, 0xe8, // timestamp (µs)
+    ];
+
+    #[test]
+    fn echo_frames() {
+        let echo = Echo {
+            seq: 3,
+            sent_at_us: 1000,
+        };
+        assert_eq!(echo_frame(FrameType::EchoRequest, echo), ECHO_REQUEST_BYTES);
+        let f = Frame::new_checked(&ECHO_REQUEST_BYTES[..]).unwrap();
+        assert_eq!(
+            (f.frame_type(), f.flags(), f.total_len()),
+            (FrameType::EchoRequest, FLAG_IGNORABLE, ECHO_FRAME_LEN)
+        );
+        assert_eq!(Echo::parse(f.payload()), Ok(echo));
+        let reply = echo_frame(FrameType::EchoReply, echo);
+        assert_eq!(reply[0], 0x06);
+        assert_eq!(reply[1..], ECHO_REQUEST_BYTES[1..]);
+        assert_eq!(FrameType::from_u8(6), FrameType::EchoReply);
+        assert_eq!(FrameType::from_u8(7), FrameType::Unknown(7));
+    }
 
     #[test]
     fn hello_round_trip() {

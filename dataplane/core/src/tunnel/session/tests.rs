@@ -1152,3 +1152,234 @@ fn handle_received_takes_what_fits() {
     assert!(calls > 1, "taken in parts");
     assert_eq!(got, sent);
 }
+
+/// Drains `s`'s events, keeping the echo replies.
+fn echo_replies(s: &mut Session) -> Vec<(u64, u64, Duration)> {
+    std::iter::from_fn(|| s.poll_event())
+        .filter_map(|e| match e {
+            Event::EchoReply {
+                seq,
+                sent_at_us,
+                rtt,
+            } => Some((seq, sent_at_us, rtt)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Echo probes both ways between two sessions: each side answers at once,
+/// and the prober sees the reply with its round-trip time (mocked time:
+/// exact).
+#[test]
+fn echo_round_trip_between_client_and_server() {
+    let mut p = Pair::new(60);
+    p.drive();
+    let _ = echo_replies(&mut p.client);
+    let _ = echo_replies(&mut p.server);
+    p.client.send_echo(0, p.now).unwrap();
+    let start = p.now;
+    p.now += Duration::from_millis(100);
+    p.client.send_echo(1, p.now).unwrap();
+    p.server.send_echo(9, p.now).unwrap();
+    p.now += Duration::from_millis(10);
+    p.drive();
+    let ms = |m: u64| Duration::from_millis(m);
+    assert_eq!(
+        echo_replies(&mut p.client),
+        [(0, 0, ms(110)), (1, 100_000, ms(10))]
+    );
+    assert_eq!(echo_replies(&mut p.server), [(9, 100_000, ms(10))]);
+    assert_eq!(p.now - start, ms(110));
+    let (c, s) = (p.client.stats(), p.server.stats());
+    assert_eq!(
+        (c.echo_requests_tx, c.echo_replies_rx, c.echo_replies_tx),
+        (2, 2, 1)
+    );
+    assert_eq!(
+        (s.echo_requests_rx, s.echo_replies_tx, s.echo_replies_rx),
+        (2, 2, 1)
+    );
+    assert_eq!(c.skipped_frames + s.skipped_frames, 0);
+    // Data still flows around the probes.
+    p.client.send_packet(&[0x45, 1, 2]).unwrap();
+    p.client.flush();
+    p.drive();
+    assert_eq!(p.at_server, [vec![0x45, 1, 2]]);
+}
+
+/// The answers to a burst of probes go out in one record, sealed once the
+/// received records are drained.
+#[test]
+fn echo_replies_to_a_burst_share_a_record() {
+    let mut p = Pair::new(61);
+    p.drive();
+    for seq in 0..5 {
+        p.client.send_echo(seq, p.now).unwrap();
+    }
+    let mut wire = Vec::new();
+    p.client.handle_write(&mut wire, p.now).unwrap();
+    let before = p.server.stats().tx_records;
+    feed(&mut p.server, &wire, p.now);
+    assert_eq!(p.server.stats().tx_records - before, 1);
+    p.drive();
+    assert_eq!(echo_replies(&mut p.client).len(), 5);
+}
+
+/// What an echo looks like on the wire (ignorable, so a peer of an
+/// earlier release skips it), the answer to a raw peer's probe, and a
+/// short probe is a protocol error.
+#[test]
+fn echo_frames_on_the_wire() {
+    use io::Write as _;
+    let (mut client, mut raw, mut rng, _pki) = raw_server_pair(62);
+    raw.writer().write_all(&raw_hello(1)).unwrap();
+    let _ = shuttle(&mut client, &mut raw, &mut rng);
+    client.send_echo(3, client.started).unwrap();
+    let echo = Echo {
+        seq: 44,
+        sent_at_us: 55,
+    };
+    raw.writer()
+        .write_all(&tunnel::echo_frame(FrameType::EchoRequest, echo))
+        .unwrap();
+    let seen = shuttle(&mut client, &mut raw, &mut rng);
+    let mut want = tunnel::echo_frame(
+        FrameType::EchoRequest,
+        Echo {
+            seq: 3,
+            sent_at_us: 0,
+        },
+    )
+    .to_vec();
+    want.extend_from_slice(&tunnel::echo_frame(FrameType::EchoReply, echo));
+    assert_eq!(&seen[seen.len() - want.len()..], want);
+    assert_eq!(want[1], tunnel::FLAG_IGNORABLE);
+    raw.writer()
+        .write_all(&[0x05, tunnel::FLAG_IGNORABLE, 0, 2, 0, 1])
+        .unwrap();
+    let _ = shuttle(&mut client, &mut raw, &mut rng);
+    assert_eq!(
+        client.close_reason(),
+        Some(&CloseReason::Protocol("malformed ECHO".into()))
+    );
+}
+
+/// Replies the caller does not poll are bounded: the newest
+/// [`ECHO_EVENTS`] are kept, the rest counted.
+#[test]
+fn unpolled_echo_replies_are_bounded() {
+    use io::Write as _;
+    let (mut client, mut raw, mut rng, _pki) = raw_server_pair(63);
+    raw.writer().write_all(&raw_hello(1)).unwrap();
+    for seq in 0..20 {
+        let e = Echo { seq, sent_at_us: 0 };
+        raw.writer()
+            .write_all(&tunnel::echo_frame(FrameType::EchoReply, e))
+            .unwrap();
+    }
+    let _ = shuttle(&mut client, &mut raw, &mut rng);
+    let seqs: Vec<u64> = echo_replies(&mut client).iter().map(|r| r.0).collect();
+    assert_eq!(seqs, (12..20).collect::<Vec<_>>());
+    assert_eq!(client.stats().echo_replies_lost, 12);
+}
+
+/// Two sessions whose connections capture the TLS exporter secret.
+fn exporting_pair(seed: u64) -> Pair {
+    let (pki, cc, sc) = configs();
+    let now = Instant::now();
+    let (c, ce) = crate::datagram::keys::client(&cc, lab_pki::server_name()).unwrap();
+    let (s, se) = crate::datagram::keys::server(&sc).unwrap();
+    Pair {
+        client: Session::with_exporter(c, ce, cfg("gw1"), now),
+        server: Session::with_exporter(s, se, cfg("edge"), now),
+        c2s: Vec::new(),
+        s2c: Vec::new(),
+        rng: Rng::new(seed),
+        now,
+        at_client: Vec::new(),
+        at_server: Vec::new(),
+        wire_bytes: 0,
+        pki,
+    }
+}
+
+/// The exporter computed from the captured secret is rustls's own
+/// `export_keying_material` (a buffered rustls server on the other end):
+/// the RFC 8446 §7.5 exporter, for any label and context.
+#[test]
+fn exporter_matches_rustls() {
+    let (_pki, cc, sc) = configs();
+    let (c, ce) = crate::datagram::keys::client(&cc, lab_pki::server_name()).unwrap();
+    let mut client = Session::with_exporter(c, ce, cfg("gw1"), Instant::now());
+    let mut raw = rustls::ServerConnection::new(sc).unwrap();
+    let mut rng = Rng::new(64);
+    let _ = shuttle(&mut client, &mut raw, &mut rng);
+    assert!(!client.is_handshaking());
+    for (label, context, len) in [
+        (&b"EXPORTER-sluice-datagram-v1"[..], &b""[..], 32),
+        (b"EXPORTER-test", b"some context", 48),
+        (b"x", b"", 100),
+    ] {
+        let ours = {
+            let mut out = vec![0u8; len];
+            assert!(client.export_for_test(label, context, &mut out));
+            out
+        };
+        let theirs = raw
+            .export_keying_material(vec![0u8; len], label, Some(context))
+            .unwrap();
+        assert_eq!(ours, theirs, "label {label:?}");
+    }
+}
+
+/// Both ends of one TLS session get datagram keys that work together, once;
+/// a session made without the exporter has none.
+#[test]
+fn datagram_keys_come_from_the_session_once() {
+    use crate::datagram::{DatagramConfig, DatagramSession};
+    let mut p = exporting_pair(65);
+    assert!(
+        p.client.take_datagram_keys().is_none(),
+        "before the handshake"
+    );
+    p.drive();
+    let ck = p.client.take_datagram_keys().unwrap().unwrap();
+    let sk = p.server.take_datagram_keys().unwrap().unwrap();
+    assert!(p.client.take_datagram_keys().is_none(), "once");
+    assert_eq!(
+        (ck.side(), sk.side()),
+        (rustls::Side::Client, rustls::Side::Server)
+    );
+    let cfg = DatagramConfig::default;
+    let mut gw = DatagramSession::new(ck, 1, 2, cfg(), p.now).unwrap();
+    let mut edge = DatagramSession::new(sk, 2, 1, cfg(), p.now).unwrap();
+    let mut buf = [0u8; 256];
+    let n = gw.seal(&[b"\x45hello"], p.now, &mut buf).unwrap().len;
+    let o = edge.open(&mut buf[..n], p.now).unwrap();
+    assert_eq!(o.packets(&buf[..n]).next(), Some(&b"\x45hello"[..]));
+    let n = edge.seal(&[b"\x60back"], p.now, &mut buf).unwrap().len;
+    assert!(gw.open(&mut buf[..n], p.now).is_ok());
+    // Without the exporter: no keys.
+    let mut plain = Pair::new(66);
+    plain.drive();
+    assert!(plain.client.take_datagram_keys().is_none());
+    assert!(plain.server.take_datagram_keys().is_none());
+}
+
+/// A reply's timestamp is the peer's to write: one far beyond any
+/// `Instant` gives a zero round-trip time, not a panic.
+#[test]
+fn echo_reply_with_any_timestamp_is_safe() {
+    use io::Write as _;
+    let (mut client, mut raw, mut rng, _pki) = raw_server_pair(67);
+    raw.writer().write_all(&raw_hello(1)).unwrap();
+    let e = Echo {
+        seq: 1,
+        sent_at_us: u64::MAX,
+    };
+    raw.writer()
+        .write_all(&tunnel::echo_frame(FrameType::EchoReply, e))
+        .unwrap();
+    let _ = shuttle(&mut client, &mut raw, &mut rng);
+    assert_eq!(echo_replies(&mut client), [(1, u64::MAX, Duration::ZERO)]);
+}
