@@ -339,7 +339,7 @@ fn tally(line: &str) -> Option<(u64, u64)> {
 }
 
 /// The fuzz targets in `dataplane/fuzz` (cargo-fuzz).
-const FUZZ_TARGETS: [&str; 14] = [
+const FUZZ_TARGETS: [&str; 15] = [
     "tunnel_frames",
     "tunnel_records",
     "datagram",
