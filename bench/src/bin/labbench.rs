@@ -759,12 +759,14 @@ fn run_round(lab: &Lab, a: &Args, traffic: &[Traffic], rows: &mut Vec<Row>) -> R
             run(rows, bypass_case, &bypassed)?;
         }
         if a.wants(tunnel_case) {
+            learn_path_mtu(lab, Host::Client);
             run(rows, tunnel_case, &tunnelled)?;
         }
         // A stop keeps the classifier attached (failing closed): the
         // next case and the baselines need the kernel's plain forwarding.
         s.stop_gateway_and_detach();
         s.stop_edge();
+        forget_path_mtus(lab);
     }
     run_tunnels(lab, a, traffic, rows)?;
     Ok(())
@@ -1009,26 +1011,8 @@ impl Tunnel {
         let nat = lab.dir().join("edge-nat.nft");
         std::fs::write(&nat, EDGE_NAT)?;
         lab.run_ok(Host::Edge, &["nft", "-f", &nat.to_string_lossy()]);
-        // Path MTU discovery before the measurement, as a long-lived flow
-        // would have done it: boringtun's interface has an MTU of 1420, so
-        // the first 1400-byte datagram (1428 bytes with DF) draws "fragmentation
-        // needed" and iperf3 would fail on EMSGSIZE; afterwards the client
-        // fragments such datagrams itself (their cost is part of the run).
-        let _ = lab.run(
-            Host::Client,
-            &[
-                "ping",
-                "-c",
-                "1",
-                "-W",
-                "1",
-                "-M",
-                "do",
-                "-s",
-                "1400",
-                "203.0.113.10",
-            ],
-        );
+        // boringtun's interface has an MTU of 1420.
+        learn_path_mtu(lab, Host::Client);
         Ok(TunnelUp { procs })
     }
 }
@@ -1046,6 +1030,31 @@ impl TunnelUp {
         let _ = lab.run(Host::Edge, &["ip", "route", "del", "192.0.2.0/24"]);
         forget_path_mtus(lab);
     }
+}
+
+/// Path MTU discovery from `from` to the tunnelled server before a
+/// measurement, as a long-lived flow would have done it: a tunnel whose
+/// inner MTU is 1420 (boringtun's interface, sluice's `tunnel.mtu`
+/// default) makes the first 1400-byte datagram (1428 bytes with DF) draw
+/// "fragmentation needed", on which iperf3 fails with EMSGSIZE; afterwards
+/// the sender fragments such datagrams itself (their cost is part of the
+/// run).
+fn learn_path_mtu(lab: &Lab, from: Host) {
+    let _ = lab.run(
+        from,
+        &[
+            "ping",
+            "-c",
+            "1",
+            "-W",
+            "1",
+            "-M",
+            "do",
+            "-s",
+            "1400",
+            "203.0.113.10",
+        ],
+    );
 }
 
 /// Drops every namespace's learnt path MTUs (route exceptions, kept for
@@ -1703,6 +1712,7 @@ fn endpoint_throughput(lab: &Lab, a: &Args) -> Result<Vec<Row>> {
         }
         s.start_edge();
         s.start_gateway();
+        learn_path_mtu(lab, Host::Gw);
         for &t in &traffic {
             let r = measure_from(lab, Host::Gw, case, &dst, t, secs);
             match r {
@@ -1720,6 +1730,7 @@ fn endpoint_throughput(lab: &Lab, a: &Args) -> Result<Vec<Row>> {
         // A stop keeps the host's routing failing closed: detach.
         s.stop_gateway_and_detach();
         s.stop_edge();
+        forget_path_mtus(lab);
     }
     Ok(rows)
 }
