@@ -3,7 +3,8 @@
 //! This library holds the setup the benches share: an established
 //! client/server [`SessionPair`] over in-memory byte pipes, and a
 //! [`Feed`] reader that says `WouldBlock` (not EOF) when it runs dry, the way
-//! a non-blocking socket does. Nothing here is measured.
+//! a non-blocking socket does. Nothing here is measured. [`pktgen`] builds
+//! the packet generator's frames.
 
 use std::{
     io,
@@ -11,6 +12,8 @@ use std::{
     sync::Arc,
     time::{Duration, Instant},
 };
+
+pub mod pktgen;
 
 use sluice_core::tunnel::{AeadProvider, Session, SessionConfig};
 use sluice_runtime::{driver, pki};

@@ -37,6 +37,49 @@ fn lab_benchmark_smoke_run() {
         );
     }
     let md = std::fs::read_to_string(out.join("results.md")).expect("results.md");
+    // The packet generator's traffic and its ceiling: rows for the kernel
+    // baseline, the sluice paths and the XDP_DROP ceiling, with the ratio
+    // to the ceiling, and packets delivered (a functional check: the
+    // generator sent and the counters counted; no rate is judged).
+    let results: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join("results.json")).expect("results.json"),
+    )
+    .expect("results.json parses");
+    let generator = |case: &str| {
+        results
+            .as_array()
+            .expect("an array of rows")
+            .iter()
+            .find(|r| r["case"] == case && r["traffic"] == "UDP 64 B (generator)")
+            .unwrap_or_else(|| panic!("no generator row for {case}:\n{md}"))
+            .clone()
+    };
+    for case in [
+        "XDP_DROP ceiling",
+        "kernel, no XDP",
+        "sluice bypass (native)",
+        "sluice tunnel (native)",
+    ] {
+        let r = generator(case);
+        assert!(
+            r["mpps"].as_f64().is_some_and(|m| m > 0.0),
+            "nothing delivered for {case}: {r}"
+        );
+        assert!(
+            r["offered_mpps"].as_f64().is_some_and(|m| m > 0.0),
+            "the generator sent nothing for {case}: {r}"
+        );
+        if case != "XDP_DROP ceiling" {
+            assert!(
+                r["ratios"]["XDP_DROP ceiling"].is_number(),
+                "no ratio to the ceiling for {case}: {r}"
+            );
+        }
+    }
+    assert!(
+        md.contains("| XDP_DROP ceiling | UDP 64 B (generator) |"),
+        "no ceiling row in results.md:\n{md}"
+    );
     assert!(
         md.contains("## Endpoint mode"),
         "no endpoint section:\n{md}"

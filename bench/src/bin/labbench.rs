@@ -5,6 +5,12 @@
 //!
 //! Traffic (iperf3, from `client` to a server in `inet`): TCP with one and
 //! with four streams, UDP with 64- and 1400-byte payloads (unlimited rate).
+//! And a packet rate whose sender is not the bottleneck: `pktgen` (this
+//! crate's generator, `AF_XDP` TX in batches on the client's veth) sends
+//! 64-byte frames (18-byte UDP payload, 16 flows) for the same time; an
+//! nftables counter where they arrive in `inet` gives the packets per
+//! second delivered, and the same generator against an `XDP_DROP` program
+//! on the gateway's `lan0` gives the ceiling: what that veth takes at all.
 //! CPU pinning, the same for every case: the iperf3 client runs on CPU 0
 //! and the server on CPU 1 (a sender sharing a core with its receiver
 //! starves it); every tunnel's gateway-side process (sluice gateway,
@@ -39,14 +45,17 @@ enum Traffic {
     Tcp4,
     Udp64,
     Udp1400,
+    /// 64-byte frames from `pktgen`, not iperf3.
+    UdpGen,
 }
 
 impl Traffic {
-    const ALL: [Traffic; 4] = [
+    const ALL: [Traffic; 5] = [
         Traffic::Tcp1,
         Traffic::Tcp4,
         Traffic::Udp64,
         Traffic::Udp1400,
+        Traffic::UdpGen,
     ];
 
     fn name(self) -> &'static str {
@@ -55,12 +64,14 @@ impl Traffic {
             Traffic::Tcp4 => "TCP 4 streams",
             Traffic::Udp64 => "UDP 64 B",
             Traffic::Udp1400 => "UDP 1400 B",
+            Traffic::UdpGen => "UDP 64 B (generator)",
         }
     }
 
     fn iperf_args(self) -> &'static [&'static str] {
         match self {
-            Traffic::Tcp1 => &[],
+            // The generator's traffic is not iperf3's (see `measure_gen`).
+            Traffic::Tcp1 | Traffic::UdpGen => &[],
             Traffic::Tcp4 => &["-P", "4"],
             Traffic::Udp64 => &["-u", "-b", "0", "-l", "64"],
             Traffic::Udp1400 => &["-u", "-b", "0", "-l", "1400"],
@@ -79,6 +90,9 @@ struct Row {
     mpps: f64,
     /// CPU seconds (all cores, user+system+irq+softirq) per GB received.
     cpu_s_per_gb: f64,
+    /// Generator traffic: what the generator sent, millions of packets per
+    /// second (NaN for iperf3 traffic).
+    offered_mpps: f64,
 }
 
 struct Args {
@@ -154,7 +168,9 @@ fn parse_args() -> Result<Args> {
             "--rx-frames" => a.rx_frames = Some(it.next().context("--rx-frames N")?.parse()?),
             "--from-json" => a.from_json = Some(it.next().context("--from-json PATH")?.into()),
             "--traffic" => {
-                let list = it.next().context("--traffic tcp1,tcp4,udp64,udp1400")?;
+                let list = it
+                    .next()
+                    .context("--traffic tcp1,tcp4,udp64,udp1400,udp64gen")?;
                 let mut v = Vec::new();
                 for t in list.split(',') {
                     v.push(match t {
@@ -162,8 +178,11 @@ fn parse_args() -> Result<Args> {
                         "tcp4" => Traffic::Tcp4,
                         "udp64" => Traffic::Udp64,
                         "udp1400" => Traffic::Udp1400,
+                        "udp64gen" => Traffic::UdpGen,
                         other => {
-                            bail!("--traffic: unknown kind {other:?} (tcp1, tcp4, udp64, udp1400)")
+                            bail!(
+                                "--traffic: unknown kind {other:?} (tcp1, tcp4, udp64, udp1400, udp64gen)"
+                            )
                         }
                     });
                 }
@@ -218,8 +237,12 @@ fn settle() -> Result<()> {
     Ok(())
 }
 
-/// Runs one iperf3 measurement from the client to `dst`.
+/// Runs one measurement from the client to `dst`: iperf3, or the packet
+/// generator.
 fn measure(lab: &Lab, case: &'static str, dst: &str, t: Traffic, secs: u64) -> Result<Row> {
+    if t == Traffic::UdpGen {
+        return measure_gen(lab, case, dst, secs);
+    }
     measure_from(lab, Host::Client, case, dst, t, secs)
 }
 
@@ -288,7 +311,7 @@ fn measure_from(
                 r["seconds"].as_f64().unwrap_or(secs as f64),
             )
         }
-        Traffic::Udp64 | Traffic::Udp1400 => {
+        Traffic::Udp64 | Traffic::Udp1400 | Traffic::UdpGen => {
             let s = &end["sum"];
             let len = if t == Traffic::Udp64 { 64.0 } else { 1400.0 };
             let pk =
@@ -304,6 +327,7 @@ fn measure_from(
         gbps: bytes * 8.0 / dur / 1e9,
         mpps: packets / dur / 1e6,
         cpu_s_per_gb: if gb > 0.0 { cpu / gb } else { f64::NAN },
+        offered_mpps: f64::NAN,
     })
 }
 
@@ -316,9 +340,14 @@ fn measure_retrying(
     t: Traffic,
     secs: u64,
 ) -> Result<Row> {
+    retrying(case, t, || measure(lab, case, dst, t, secs))
+}
+
+/// `f`, tried up to three times.
+fn retrying(case: &str, t: Traffic, mut f: impl FnMut() -> Result<Row>) -> Result<Row> {
     let mut last = None;
     for attempt in 1..=3 {
-        match measure(lab, case, dst, t, secs) {
+        match f() {
             Ok(r) => return Ok(r),
             Err(e) => {
                 eprintln!(
@@ -330,6 +359,220 @@ fn measure_retrying(
         }
     }
     Err(last.unwrap_or_else(|| anyhow::anyhow!("no attempt ran")))
+}
+
+/// The case name of the generator's ceiling row.
+const CEILING: &str = "XDP_DROP ceiling";
+
+/// The nftables table in `inet` that counts (and drops) the generator's
+/// frames where they arrive: hook `prerouting`, priority `raw`, before
+/// routing, so the same place for every path (from `gw` for kernel
+/// forwarding and bypass, from `edge` for the tunnels). Dropped there, so
+/// that no server's socket or ICMP port-unreachable work lands on the
+/// measurement.
+const GEN_SINK: &str = "table inet labbench_pktgen {\n  counter delivered {}\n  chain pre {\n    type filter hook prerouting priority raw; policy accept;\n    ip daddr { 203.0.113.10, 203.0.113.20 } udp dport 9 counter name delivered drop\n  }\n}\n";
+
+/// One generator run, as it reported itself.
+struct GenRun {
+    sent: u64,
+    seconds: f64,
+    mpps: f64,
+}
+
+/// The `pktgen` binary, next to this one.
+fn pktgen_bin() -> Result<String> {
+    Ok(std::env::current_exe()?
+        .parent()
+        .context("no binary directory")?
+        .join("pktgen")
+        .to_string_lossy()
+        .into_owned())
+}
+
+/// Installs [`GEN_SINK`] in `inet` (once per lab) and returns the MAC
+/// address of the gateway's `lan0`, where the generator's frames go.
+fn gen_prepare(lab: &Lab) -> Result<String> {
+    let have = lab.run(
+        Host::Inet,
+        &["nft", "list", "table", "inet", "labbench_pktgen"],
+    );
+    if !have.status.success() {
+        let f = lab.dir().join("labbench-pktgen.nft");
+        std::fs::write(&f, GEN_SINK)?;
+        lab.run_ok(Host::Inet, &["nft", "-f", &f.to_string_lossy()]);
+    }
+    let link = lab.run_ok(Host::Gw, &["ip", "-j", "link", "show", "dev", "lan0"]);
+    let v: serde_json::Value = serde_json::from_str(&link).context("ip -j link")?;
+    Ok(v[0]["address"]
+        .as_str()
+        .context("lan0 has no address")?
+        .to_string())
+}
+
+/// Packets the [`GEN_SINK`] counter has seen.
+fn gen_delivered(lab: &Lab) -> Result<u64> {
+    let out = lab.run_ok(
+        Host::Inet,
+        &[
+            "nft",
+            "-j",
+            "list",
+            "counter",
+            "inet",
+            "labbench_pktgen",
+            "delivered",
+        ],
+    );
+    let v: serde_json::Value = serde_json::from_str(&out).context("nft -j")?;
+    v["nftables"]
+        .as_array()
+        .and_then(|a| a.iter().find_map(|e| e["counter"]["packets"].as_u64()))
+        .with_context(|| format!("no counter in {out}"))
+}
+
+/// Runs the generator in `client` (on CPU 0, like the iperf3 client) for
+/// `secs` to `dst`.
+fn run_pktgen(lab: &Lab, mac: &str, dst: &str, secs: u64) -> Result<GenRun> {
+    let bin = pktgen_bin()?;
+    let secs_s = secs.to_string();
+    // Far above what this veth takes (~1 Mpps): the time ends the run.
+    let cap = (secs * 20_000_000).to_string();
+    let src = addr::CLIENT_V4.to_string();
+    let out = lab.run_timeout(
+        Host::Client,
+        &[
+            "taskset",
+            "-c",
+            "0",
+            &bin,
+            "send",
+            "--iface",
+            addr::ifname::CLIENT_ETH,
+            "--dst-mac",
+            mac,
+            "--src",
+            &src,
+            "--dst",
+            dst,
+            "--seconds",
+            &secs_s,
+            "--max-packets",
+            &cap,
+        ],
+        Duration::from_secs(secs + 20),
+    );
+    if !out.status.success() {
+        bail!(
+            "pktgen: {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("pktgen output: {}", String::from_utf8_lossy(&out.stdout)))?;
+    Ok(GenRun {
+        sent: v["sent"].as_u64().context("sent")?,
+        seconds: v["seconds"].as_f64().context("seconds")?,
+        mpps: v["mpps"].as_f64().context("mpps")?,
+    })
+}
+
+/// A generator row: `delivered` packets over the generator's time.
+fn gen_row(case: &'static str, delivered: u64, g: &GenRun, cpu: f64) -> Row {
+    let payload = delivered as f64 * sluice_bench::pktgen::PAYLOAD_LEN as f64;
+    let gb = payload / 1e9;
+    eprintln!(
+        "labbench: {case}: generator sent {} in {:.2} s ({:.3} Mpps), {delivered} delivered",
+        g.sent, g.seconds, g.mpps
+    );
+    Row {
+        case,
+        traffic: Traffic::UdpGen,
+        gbps: payload * 8.0 / g.seconds / 1e9,
+        mpps: delivered as f64 / g.seconds / 1e6,
+        cpu_s_per_gb: if gb > 0.0 { cpu / gb } else { f64::NAN },
+        offered_mpps: g.mpps,
+    }
+}
+
+/// The packet generator from the client to `dst` for `secs`: packets
+/// per second delivered to `inet` (the [`GEN_SINK`] counter, read before
+/// and 300 ms after the run, for what a tunnel still had queued).
+fn measure_gen(lab: &Lab, case: &'static str, dst: &str, secs: u64) -> Result<Row> {
+    let mac = gen_prepare(lab)?;
+    settle()?;
+    let before = gen_delivered(lab)?;
+    let cpu0 = cpu_busy()?;
+    let g = run_pktgen(lab, &mac, dst, secs)?;
+    std::thread::sleep(Duration::from_millis(300));
+    let cpu = (cpu_busy()? - cpu0) as f64 / 100.0;
+    let delivered = gen_delivered(lab)? - before;
+    Ok(gen_row(case, delivered, &g, cpu))
+}
+
+/// `XDP_DROP` on `gw`'s `lan0` (native, this crate's two-instruction
+/// program), the same generator: frames per second the veth takes at all,
+/// counted by the veth's own XDP statistics (`ethtool -S`: `xdp_drops`).
+fn measure_ceiling(lab: &Lab, secs: u64) -> Result<Row> {
+    let mac = gen_prepare(lab)?;
+    let bin = pktgen_bin()?;
+    let log = fresh("xdp-drop");
+    let hold = (secs + 60).to_string();
+    let id = lab.spawn(
+        Host::Gw,
+        &log,
+        &[
+            &bin,
+            "xdp-drop",
+            "--iface",
+            "lan0",
+            "--mode",
+            "native",
+            "--seconds",
+            &hold,
+        ],
+    );
+    let res = ceiling_run(lab, id, &log, &mac, secs);
+    lab.stop(id);
+    res
+}
+
+/// [`measure_ceiling`] once the program holder `id` is started.
+fn ceiling_run(lab: &Lab, id: sluice_lab::ProcId, log: &str, mac: &str, secs: u64) -> Result<Row> {
+    lab.wait_for("the XDP_DROP program", Duration::from_secs(10), || {
+        lab.log(log).contains("attached") || !lab.is_running(id)
+    });
+    if !lab.is_running(id) {
+        bail!("pktgen xdp-drop: {}", lab.log(log));
+    }
+    settle()?;
+    let before = xdp_drops(lab)?;
+    let cpu0 = cpu_busy()?;
+    let g = run_pktgen(lab, mac, &addr::TUNNELLED_V4.to_string(), secs)?;
+    let cpu = (cpu_busy()? - cpu0) as f64 / 100.0;
+    let dropped = xdp_drops(lab)? - before;
+    Ok(gen_row(CEILING, dropped, &g, cpu))
+}
+
+/// The sum of `gw` `lan0`'s per-queue `xdp_drops` (veth's ethtool
+/// statistics).
+fn xdp_drops(lab: &Lab) -> Result<u64> {
+    let out = lab.run_ok(Host::Gw, &["ethtool", "-S", "lan0"]);
+    let mut found = false;
+    let mut sum = 0;
+    for l in out.lines() {
+        let Some((k, v)) = l.split_once(':') else {
+            continue;
+        };
+        if k.trim().ends_with("xdp_drops") {
+            found = true;
+            sum += v.trim().parse::<u64>().unwrap_or(0);
+        }
+    }
+    if !found {
+        bail!("no xdp_drops in `ethtool -S lan0`:\n{out}");
+    }
+    Ok(sum)
 }
 
 /// A process (and log) name not used before in this run: logs are
@@ -448,6 +691,13 @@ fn run_round(lab: &Lab, a: &Args, traffic: &[Traffic], rows: &mut Vec<Row>) -> R
     if a.wants("kernel, no XDP") {
         run(rows, "kernel, no XDP", &bypassed)?;
     }
+    // The generator's ceiling: the same frames into an XDP_DROP program on
+    // the same veth. Part of the generator traffic, whatever `--only` says.
+    if traffic.contains(&Traffic::UdpGen) {
+        let r = retrying(CEILING, Traffic::UdpGen, || measure_ceiling(lab, a.seconds))?;
+        log_row(&r);
+        rows.push(r);
+    }
     // (c) kernel forwarding with a no-op XDP program, native and generic.
     for (case, mode) in [
         ("kernel + no-op XDP native", "native"),
@@ -509,12 +759,14 @@ fn run_round(lab: &Lab, a: &Args, traffic: &[Traffic], rows: &mut Vec<Row>) -> R
             run(rows, bypass_case, &bypassed)?;
         }
         if a.wants(tunnel_case) {
+            learn_path_mtu(lab, Host::Client);
             run(rows, tunnel_case, &tunnelled)?;
         }
         // A stop keeps the classifier attached (failing closed): the
         // next case and the baselines need the kernel's plain forwarding.
         s.stop_gateway_and_detach();
         s.stop_edge();
+        forget_path_mtus(lab);
     }
     run_tunnels(lab, a, traffic, rows)?;
     Ok(())
@@ -547,7 +799,7 @@ impl Tunnel {
         }
     }
 
-    /// A WireGuard implementation, configured with `wg`.
+    /// A `WireGuard` implementation, configured with `wg`.
     fn is_wireguard(self) -> bool {
         matches!(self, Tunnel::Boringtun | Tunnel::WireguardGo)
     }
@@ -759,26 +1011,8 @@ impl Tunnel {
         let nat = lab.dir().join("edge-nat.nft");
         std::fs::write(&nat, EDGE_NAT)?;
         lab.run_ok(Host::Edge, &["nft", "-f", &nat.to_string_lossy()]);
-        // Path MTU discovery before the measurement, as a long-lived flow
-        // would have done it: boringtun's interface has an MTU of 1420, so
-        // the first 1400-byte datagram (1428 bytes with DF) draws "fragmentation
-        // needed" and iperf3 would fail on EMSGSIZE; afterwards the client
-        // fragments such datagrams itself (their cost is part of the run).
-        let _ = lab.run(
-            Host::Client,
-            &[
-                "ping",
-                "-c",
-                "1",
-                "-W",
-                "1",
-                "-M",
-                "do",
-                "-s",
-                "1400",
-                "203.0.113.10",
-            ],
-        );
+        // boringtun's interface has an MTU of 1420.
+        learn_path_mtu(lab, Host::Client);
         Ok(TunnelUp { procs })
     }
 }
@@ -796,6 +1030,31 @@ impl TunnelUp {
         let _ = lab.run(Host::Edge, &["ip", "route", "del", "192.0.2.0/24"]);
         forget_path_mtus(lab);
     }
+}
+
+/// Path MTU discovery from `from` to the tunnelled server before a
+/// measurement, as a long-lived flow would have done it: a tunnel whose
+/// inner MTU is 1420 (boringtun's interface, sluice's `tunnel.mtu`
+/// default) makes the first 1400-byte datagram (1428 bytes with DF) draw
+/// "fragmentation needed", on which iperf3 fails with EMSGSIZE; afterwards
+/// the sender fragments such datagrams itself (their cost is part of the
+/// run).
+fn learn_path_mtu(lab: &Lab, from: Host) {
+    let _ = lab.run(
+        from,
+        &[
+            "ping",
+            "-c",
+            "1",
+            "-W",
+            "1",
+            "-M",
+            "do",
+            "-s",
+            "1400",
+            "203.0.113.10",
+        ],
+    );
 }
 
 /// Drops every namespace's learnt path MTUs (route exceptions, kept for
@@ -852,6 +1111,9 @@ fn ratios(rows: &[Row], r: &Row) -> Vec<(&'static str, f64)> {
             .fold(None, |m: Option<f64>, g| Some(m.map_or(g, |m| m.max(g))));
         vs("best tunnel", best);
     }
+    if r.traffic == Traffic::UdpGen && r.case != CEILING {
+        vs(CEILING, find(rows, CEILING, r.traffic).map(|c| c.gbps));
+    }
     out
 }
 
@@ -897,6 +1159,7 @@ fn markdown(rows: &[Row], a: &Args) -> String {
         "OpenVPN UDP",
         "OpenVPN TCP",
         "best tunnel",
+        CEILING,
     ];
     let _ = write!(s, "| case | traffic | Gbit/s | Mpps | CPU-s/GB |");
     for c in cols {
@@ -928,7 +1191,49 @@ fn markdown(rows: &[Row], a: &Args) -> String {
         }
         s.push('\n');
     }
+    gen_markdown(&mut s, rows);
     s
+}
+
+/// The generator rows again, with what the generator offered beside what
+/// was delivered.
+fn gen_markdown(s: &mut String, rows: &[Row]) {
+    let gen_rows: Vec<&Row> = rows
+        .iter()
+        .filter(|r| r.traffic == Traffic::UdpGen)
+        .collect();
+    if gen_rows.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        s,
+        "\nPacket rate, `pktgen` (AF_XDP TX in batches on the client's veth, CPU 0): {} B frames ({} B on a wire with FCS; {} B UDP payload), 16 flows (source ports 40000-40015, destination port 9); delivered: counted by nftables where they arrive in `inet` (the ceiling: dropped by an `XDP_DROP` program on `gw`'s `lan0`, counted by the veth's XDP statistics).\n",
+        sluice_bench::pktgen::FRAME_LEN,
+        sluice_bench::pktgen::WIRE_LEN,
+        sluice_bench::pktgen::PAYLOAD_LEN,
+    );
+    s.push_str(
+        "| case | offered Mpps | delivered Mpps | delivered / offered | vs kernel | vs XDP_DROP ceiling |\n\
+         | --- | ---: | ---: | ---: | ---: | ---: |\n",
+    );
+    for r in gen_rows {
+        let rs = ratios(rows, r);
+        let ratio = |name: &str| {
+            rs.iter()
+                .find(|(n, _)| *n == name)
+                .map_or(String::new(), |(_, v)| format!("{v:.2}x"))
+        };
+        let _ = writeln!(
+            s,
+            "| {} | {:.3} | {:.3} | {:.2} | {} | {} |",
+            r.case,
+            r.offered_mpps,
+            r.mpps,
+            r.mpps / r.offered_mpps,
+            ratio("kernel"),
+            ratio(CEILING),
+        );
+    }
 }
 
 fn json(rows: &[Row]) -> String {
@@ -942,6 +1247,7 @@ fn json(rows: &[Row]) -> String {
             serde_json::json!({
                 "case": r.case, "traffic": r.traffic.name(), "gbps": r.gbps,
                 "mpps": r.mpps, "cpu_s_per_gb": if r.cpu_s_per_gb.is_finite() { Some(r.cpu_s_per_gb) } else { None },
+                "offered_mpps": if r.offered_mpps.is_finite() { Some(r.offered_mpps) } else { None },
                 "ratios": ratios,
             })
         })
@@ -1055,6 +1361,7 @@ fn rows_from_json(path: &Path) -> Result<Vec<Row>> {
                 gbps: r["gbps"].as_f64().context("gbps")?,
                 mpps: r["mpps"].as_f64().context("mpps")?,
                 cpu_s_per_gb: r["cpu_s_per_gb"].as_f64().unwrap_or(f64::NAN),
+                offered_mpps: r["offered_mpps"].as_f64().unwrap_or(f64::NAN),
             })
         })
         .collect()
@@ -1087,7 +1394,7 @@ fn main() -> Result<()> {
     let traffic: Vec<Traffic> = if let Some(t) = &a.traffic {
         t.clone()
     } else if a.smoke {
-        vec![Traffic::Tcp1, Traffic::Udp1400]
+        vec![Traffic::Tcp1, Traffic::Udp1400, Traffic::UdpGen]
     } else {
         Traffic::ALL.to_vec()
     };
@@ -1123,6 +1430,10 @@ fn main() -> Result<()> {
 /// client sends, alternating within each round. One JSON line per stream
 /// goes to `policy.json`; the returned markdown is appended to
 /// `results.md`.
+#[allow(
+    clippy::too_many_lines,
+    reason = "one table's measurement and rendering, read top to bottom"
+)]
 fn policy_measurements(lab: &Lab, a: &Args) -> Result<String> {
     use sluice_lab::reload::{self, DROPS, Load, Outcome, Stream};
     let mut s = Sluice::prepare(lab, &a.sluice, |t| {
@@ -1401,6 +1712,7 @@ fn endpoint_throughput(lab: &Lab, a: &Args) -> Result<Vec<Row>> {
         }
         s.start_edge();
         s.start_gateway();
+        learn_path_mtu(lab, Host::Gw);
         for &t in &traffic {
             let r = measure_from(lab, Host::Gw, case, &dst, t, secs);
             match r {
@@ -1418,6 +1730,7 @@ fn endpoint_throughput(lab: &Lab, a: &Args) -> Result<Vec<Row>> {
         // A stop keeps the host's routing failing closed: detach.
         s.stop_gateway_and_detach();
         s.stop_edge();
+        forget_path_mtus(lab);
     }
     Ok(rows)
 }

@@ -20,6 +20,8 @@
 //!   classifier's policy state word, stored atomically).
 //! - [`peer`]: a Unix socket peer's credentials and a group's id (the
 //!   admin socket's authorisation).
+//! - [`xdp_verdict`]: a two-instruction XDP program with one fixed
+//!   verdict (benchmarks: the `XDP_DROP` ceiling), attached by a BPF link.
 //!
 //! What it must not do: policy, protocol or configuration logic (those are
 //! in `sluice-core` and `sluice-config`); every `unsafe` block here wraps one
@@ -46,4 +48,5 @@ pub mod rtnl;
 pub mod sock_diag;
 pub mod spawn;
 pub mod tun;
+pub mod xdp_verdict;
 pub mod xsk;
