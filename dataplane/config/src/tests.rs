@@ -91,7 +91,7 @@ fn good_gateway_config() {
     );
     assert_eq!(c.tunnel.keepalive, Duration::from_secs(10));
     assert_eq!(c.tunnel.coalesce_delay, Duration::ZERO);
-    assert_eq!(c.tunnel.mtu, 1420, "the default inner MTU");
+    assert_eq!(c.tunnel.mtu, 1500, "the default inner MTU");
     assert_eq!(c.cpus, None, "pinned to the allowed CPUs by default");
     std::fs::remove_dir_all(d).unwrap();
 }
