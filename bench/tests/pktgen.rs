@@ -174,7 +174,7 @@ fn generator_refuses_the_host_namespace_and_foreign_addresses() {
             "--src",
             "192.0.2.10",
             "--dst",
-            "10.1.2.3",
+            "240.0.0.1",
             "--seconds",
             "1",
             "--max-packets",
