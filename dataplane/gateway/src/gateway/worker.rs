@@ -240,6 +240,10 @@ struct FromGuard<'g> {
 }
 
 impl ToLan for FromGuard<'_> {
+    fn came_through_tunnel(&self) -> bool {
+        false
+    }
+
     fn next_packet(&mut self) -> Option<(&[u8], usize)> {
         if self.next >= *self.queued {
             *self.queued = 0;
@@ -923,6 +927,12 @@ fn send_one(sess: &mut Session, bytes: &[u8], i: usize, t: &mut Tally) {
 /// came through.
 trait ToLan {
     fn next_packet(&mut self) -> Option<(&[u8], usize)>;
+
+    /// Whether what it yields came out of a tunnel (counted as received
+    /// from it); the gateway's own ICMP errors did not.
+    fn came_through_tunnel(&self) -> bool {
+        true
+    }
 }
 
 /// What one tunnel's session decrypted.
@@ -1027,6 +1037,7 @@ fn deliver(
             .unwrap_or(crate::config::DEFAULT_TUNNEL_MTU)
     };
     let is_syn = |pkt: &ip::Packet<'_>| pkt.tcp().is_some_and(|s| s.flags & tcp::FLAG_SYN != 0);
+    let counted = from.came_through_tunnel();
     match port {
         Port::Xsk {
             xsk,
@@ -1077,7 +1088,9 @@ fn deliver(
                     t.mss_clamped += 1;
                 }
                 frame.send(len);
-                delivered(t, tenant, bytes.len());
+                if counted {
+                    delivered(t, tenant, bytes.len());
+                }
             }
             if let Err(e) = tx.commit() {
                 log::debug!("queue {queue}: TX wakeup: {e}");
@@ -1103,7 +1116,8 @@ fn deliver(
                     }
                 }
                 match tun.send(bytes) {
-                    Ok(_) => delivered(t, tenant, bytes.len()),
+                    Ok(_) if counted => delivered(t, tenant, bytes.len()),
+                    Ok(_) => {}
                     // The kernel's queue is full: dropped, counted.
                     Err(_) => t.drop_tx_full += 1,
                 }
