@@ -1,8 +1,8 @@
 use super::*;
 
 /// A directory holding empty ca.pem / gw.pem / gw.key / edge.* files (only
-/// their existence is checked here).
-fn dir() -> PathBuf {
+/// their existence is checked here). Also used by the `edges` tests.
+pub(crate) fn dir() -> PathBuf {
     static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let d = std::env::temp_dir().join(format!(
         "sluice-cfg-{}-{}",

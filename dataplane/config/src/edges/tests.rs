@@ -1,25 +1,10 @@
 //! `edges` and `[<section>.selection]`: the forms that parse, the mistakes
 //! refused with file, line and field.
-use std::{path::PathBuf, time::Duration};
+use std::time::Duration;
 
 use sluice_core::select::{Address, Failback, Settings};
 
-use crate::{ConfigError, GatewayConfig};
-
-/// A directory with the (empty) PEM files the sections name.
-fn dir() -> PathBuf {
-    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let d = std::env::temp_dir().join(format!(
-        "sluice-cfg-edges-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-    ));
-    std::fs::create_dir_all(&d).unwrap();
-    for f in ["ca.pem", "gw.pem", "gw.key"] {
-        std::fs::write(d.join(f), "").unwrap();
-    }
-    d
-}
+use crate::{ConfigError, GatewayConfig, tests::dir};
 
 /// The gateway and tunnel lines every fixture starts with.
 const HEAD: &str = r#"
