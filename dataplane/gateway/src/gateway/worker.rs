@@ -43,11 +43,12 @@ use mio::{Events, Interest, Poll, Token, unix::SourceFd};
 use super::{
     control::{Active, Published},
     dns_relay::{Divert, DnsPort, DnsRelay, Job, Kind},
+    edges::{Edges, News},
     neighbor::{Neighbors, Source},
     stats::{TENANTS, TenantStats, WorkerStats},
 };
 use crate::{
-    driver::{Link, LinkEvent, LinkParams},
+    driver::LinkParams,
     ebpf::VlanMode,
     sys::{
         neigh::{NeighEvent, NeighSocket, NextHop, RouteQuery},
@@ -60,16 +61,25 @@ use crate::{
         ip, tcp,
     },
 };
-use sluice_core::pmtu::{self, Fit, IcmpLimiter};
+use sluice_core::{
+    pmtu::{self, Fit, IcmpLimiter},
+    select::{EdgeSet, MAX_EDGES},
+};
 
 /// The port (the `AF_XDP` socket or the TUN device).
 const PORT: Token = Token(0);
-/// Tunnel `t`'s socket is `Token(FIRST_TUNNEL + t)`.
+/// Tenant `t`'s tunnel to its edge `e` is
+/// `Token(FIRST_TUNNEL + t * MAX_EDGES + e)`.
 const FIRST_TUNNEL: usize = 1;
+/// Tunnel sockets a worker may have: one per tenant and edge.
+const TUNNEL_SLOTS: usize = TENANTS * MAX_EDGES;
 /// The neighbour-table socket (after the tunnels' tokens).
-const NEIGH: Token = Token(64);
+const NEIGH: Token = Token(FIRST_TUNNEL + TUNNEL_SLOTS);
 /// The domain bypass thread handed DNS answers back.
-const DNS_BACK: Token = Token(65);
+const DNS_BACK: Token = Token(FIRST_TUNNEL + TUNNEL_SLOTS + 1);
+/// One bit per tunnel slot ([`TUNNEL_SLOTS`]).
+type SlotBits = u128;
+const _: () = assert!(TUNNEL_SLOTS <= SlotBits::BITS as usize);
 /// How long the start-up dump of the kernel's tables may take.
 const NEIGH_DUMP_TIMEOUT: Duration = Duration::from_secs(5);
 /// Netlink reads per batch (each holds many messages).
@@ -84,12 +94,14 @@ const MAX_WAIT: Duration = Duration::from_millis(100);
 /// `getsockopt`).
 const XSK_STATS_EVERY: Duration = Duration::from_secs(1);
 
-/// What a worker needs to reach the edge (one per tunnel): the driver's
-/// [`Link`] connects, reconnects with backoff and flushes; `mtu` is the
-/// tunnel's inner MTU ([`pmtu`]).
+/// What a worker needs to reach a tenant's edges (one per tenant): how to
+/// connect (`link`: TLS and session settings; its address is set per
+/// edge), which edges and how to choose among them (`edges`, see
+/// [`super::edges`]), and the tunnel's inner MTU ([`pmtu`]).
 #[derive(Clone)]
 pub(super) struct TunnelParams {
     pub(super) link: LinkParams,
+    pub(super) edges: EdgeSet,
     pub(super) mtu: u16,
 }
 
@@ -183,7 +195,7 @@ pub(super) struct Worker {
     queue: u32,
     port: Port,
     /// Index: the tenant ([`crate::policy::TenantId`]).
-    tunnels: Vec<Link>,
+    tunnels: Vec<Edges>,
     route: Route,
     /// The policy the TUN path last looked up in, and its generation.
     cached: Option<(u64, Arc<Active>)>,
@@ -370,14 +382,25 @@ impl Worker {
         let now = Instant::now();
         let tunnels: Vec<TunnelParams> = tunnels.into_iter().take(TENANTS).collect();
         let pmtu = MtuGuard::new(tunnels.iter().map(|p| p.mtu).collect());
+        let tunnels = tunnels
+            .into_iter()
+            .enumerate()
+            .map(|(t, p)| {
+                Edges::new(
+                    queue,
+                    t,
+                    &p.edges,
+                    p.link,
+                    FIRST_TUNNEL + t * MAX_EDGES,
+                    now,
+                )
+                .map_err(|e| io::Error::other(format!("tenant {t}'s edges: {e}")))
+            })
+            .collect::<io::Result<Vec<_>>>()?;
         Ok(Self {
             queue,
             port,
-            tunnels: tunnels
-                .into_iter()
-                .enumerate()
-                .map(|(t, params)| Link::new(params.link, Token(FIRST_TUNNEL + t), now))
-                .collect(),
+            tunnels,
             route,
             cached: None,
             stats: stats.0,
@@ -471,8 +494,9 @@ impl Worker {
         // mio is edge-triggered: after a full batch, more may be waiting
         // without a new event, so poll without blocking.
         let mut rx_more = true;
-        // Bit `t`: tunnel `t` may have more to read.
-        let mut tunnel_more: u32 = 0;
+        // Bit `t * MAX_EDGES + e`: tenant `t`'s tunnel to edge `e` may
+        // have more to read.
+        let mut tunnel_more: SlotBits = 0;
         while !stop.load(Relaxed) {
             beat.beat();
             if super::fault::inject(&mut fault) {
@@ -497,7 +521,7 @@ impl Worker {
                     NEIGH => self.neigh_ready = true,
                     Token(n)
                         if n >= FIRST_TUNNEL
-                            && n - FIRST_TUNNEL < TENANTS
+                            && n - FIRST_TUNNEL < TUNNEL_SLOTS
                             && (ev.is_readable() || ev.is_read_closed() || ev.is_error()) =>
                     {
                         tunnel_more |= 1 << (n - FIRST_TUNNEL);
@@ -513,9 +537,13 @@ impl Worker {
             if rx_more {
                 rx_more = self.lan_to_tunnel();
             }
-            for t in 0..self.tunnels.len() {
-                if tunnel_more & (1 << t) != 0 && !self.tunnel_to_lan(t, now) {
-                    tunnel_more &= !(1 << t);
+            let mut pending = tunnel_more;
+            while pending != 0 {
+                let slot = pending.trailing_zeros() as usize;
+                pending &= pending - 1;
+                let (t, e) = (slot / MAX_EDGES, slot % MAX_EDGES);
+                if !self.tunnel_to_lan(t, e, now) {
+                    tunnel_more &= !(1 << slot);
                 }
             }
             self.dns_returns(now);
@@ -531,12 +559,8 @@ impl Worker {
                 self.read_xsk_stats();
             }
         }
-        for link in &mut self.tunnels {
-            link.close(
-                crate::wire::tunnel::CloseCode::Normal,
-                "gateway stopping",
-                Instant::now(),
-            );
+        for edges in &mut self.tunnels {
+            edges.close_all("gateway stopping", Instant::now());
         }
         // The gauges only: `link`, which the classifier's tunnel state
         // follows, stays as it was (a stop is no tunnel outage).
@@ -568,64 +592,50 @@ impl Worker {
     fn next_wakeup(&self, now: Instant) -> Duration {
         self.tunnels
             .iter()
-            .filter_map(Link::poll_timeout)
+            .filter_map(|e| e.poll_timeout(now))
             .min()
             .map_or(MAX_WAIT, |t| t.saturating_duration_since(now).min(MAX_WAIT))
     }
 
-    /// Connects tunnel `t` when due, runs its session timers, tears down a
-    /// dead session.
+    /// Tenant `t`'s edges: timers, connections, probes, resolutions,
+    /// and what happened to them.
     fn maintain_link(&mut self, t: usize, now: Instant) {
-        self.tunnels[t].handle_timeout(self.poll.registry(), now);
-        self.link_events(t, now);
+        let news = self.tunnels[t].drive(self.poll.registry(), now);
+        self.edge_news(t, news, now);
     }
 
-    /// What happened to tunnel `t`'s link: logged and counted.
+    /// What happened to tenant `t`'s edges since the last call, after a
+    /// read or a flush.
     fn link_events(&mut self, t: usize, now: Instant) {
-        while let Some(ev) = self.tunnels[t].poll_event(self.poll.registry(), now) {
-            let edge = self.tunnels[t].params().edge;
-            match ev {
-                LinkEvent::Up { peer } => {
-                    log::info!(
-                        "queue {}: tunnel {t} to {edge} up (edge `{}`)",
-                        self.queue,
-                        peer.name
-                    );
-                    if t == 0 {
-                        self.stats.tunnel_up.store(1, Relaxed);
-                    }
-                    self.tenant_stats.up[t].store(1, Relaxed);
-                    self.tenant_stats.link[t].store(super::stats::LINK_UP, Relaxed);
-                    self.stats.tunnel_connects.fetch_add(1, Relaxed);
-                }
-                LinkEvent::ConnectFailed { step, error } => {
-                    if step == "connect" {
-                        log::warn!("queue {}: connecting to {edge}: {error}", self.queue);
-                    } else {
-                        log::error!("queue {}: {step}: {error}", self.queue);
-                    }
-                    self.link_lost(t);
-                }
-                LinkEvent::Down { reason } => {
-                    let was_up = self.tenant_stats.up[t].swap(0, Relaxed) == 1;
-                    if t == 0 {
-                        self.stats.tunnel_up.store(0, Relaxed);
-                    }
-                    let what = if was_up { "down" } else { "failed" };
-                    log::warn!(
-                        "queue {}: tunnel {t} to {edge} {what}: {reason:?}",
-                        self.queue
-                    );
-                    self.link_lost(t);
-                }
-            }
-        }
+        let news = self.tunnels[t].events(self.poll.registry(), now);
+        self.edge_news(t, news, now);
     }
 
-    /// Tunnel `t` is down (or did not come up): counted; its link retries.
-    fn link_lost(&self, t: usize) {
-        self.stats.tunnel_failures.fetch_add(1, Relaxed);
-        self.tenant_stats.link[t].store(super::stats::LINK_LOST, Relaxed);
+    /// Counts `news` and publishes tenant `t`'s state: the gauges, the
+    /// state the classifier follows (up while an edge is active, lost once
+    /// none is after a failure), and the selection's status.
+    fn edge_news(&mut self, t: usize, news: News, now: Instant) {
+        if news.connects > 0 {
+            self.stats.tunnel_connects.fetch_add(news.connects, Relaxed);
+        }
+        if news.failures > 0 {
+            self.stats.tunnel_failures.fetch_add(news.failures, Relaxed);
+        }
+        let edges = &mut self.tunnels[t];
+        let up = u64::from(edges.active().is_some());
+        if t == 0 {
+            self.stats.tunnel_up.store(up, Relaxed);
+        }
+        self.tenant_stats.up[t].store(up, Relaxed);
+        let link = edges.link_state();
+        if link != super::stats::LINK_UNKNOWN {
+            self.tenant_stats.link[t].store(link, Relaxed);
+        }
+        if let Some(status) = edges.status_due(now, news.changed) {
+            *self.tenant_stats.edges[t]
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(status);
+        }
     }
 
     /// The tunnel of this host's own packet `pkt` (TUN path): the policy's
@@ -780,12 +790,17 @@ impl Worker {
         }
     }
 
-    /// Reads from tunnel `i` and delivers its packets to the LAN. Returns
-    /// true if the read stopped at its budget.
-    fn tunnel_to_lan(&mut self, i: usize, now: Instant) -> bool {
+    /// Reads from tenant `i`'s tunnel to edge `e` (active or standby:
+    /// replies still in flight after a switch are delivered too) and
+    /// delivers its packets to the LAN. Returns true if the read stopped
+    /// at its budget.
+    fn tunnel_to_lan(&mut self, i: usize, e: usize, now: Instant) -> bool {
         self.sync_neighbors();
-        let more = self.tunnels[i].receive(now);
-        if let Some(sess) = self.tunnels[i].session_mut() {
+        let Some(link) = self.tunnels.get_mut(i).and_then(|x| x.link_mut(e)) else {
+            return false;
+        };
+        let more = link.receive(now);
+        if let Some(sess) = link.session_mut() {
             let mut from = FromTunnel { sess, tenant: i };
             deliver(
                 &mut self.port,
@@ -829,9 +844,7 @@ impl Worker {
     /// batch's record, or keep it for the coalescing delay, which then
     /// wakes the loop; write what the socket takes).
     fn flush_tunnel(&mut self, i: usize, now: Instant) {
-        if let Err(e) = self.tunnels[i].flush(now) {
-            log::warn!("queue {}: tunnel write: {e}", self.queue);
-        }
+        self.tunnels[i].flush(now);
         self.link_events(i, now);
     }
 }
@@ -844,7 +857,7 @@ impl Worker {
 /// fragments, and one that may not be fragmented is dropped and its
 /// sender told (ICMP, rate-limited, queued for the end of the batch).
 fn to_tunnel(
-    tunnels: &mut [Link],
+    tunnels: &mut [Edges],
     dns: Option<&mut DnsPort>,
     guard: &mut MtuGuard,
     i: usize,
@@ -852,7 +865,7 @@ fn to_tunnel(
     t: &mut Tally,
     now: Instant,
 ) {
-    let Some(sess) = tunnels.get_mut(i).and_then(Link::session_mut) else {
+    let Some(sess) = tunnels.get_mut(i).and_then(Edges::active_session_mut) else {
         t.drop_down += 1;
         return;
     };
