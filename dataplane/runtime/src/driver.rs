@@ -241,6 +241,8 @@ pub enum LinkEvent {
         /// Why the session ended.
         reason: CloseReason,
     },
+    /// The edge sent a datagram-transport control frame.
+    Datagram(crate::tunnel::DatagramControl),
     /// The edge answered an echo probe ([`Session::send_echo`]).
     EchoReply {
         /// The probe's sequence number.
@@ -457,6 +459,7 @@ impl Link {
                 Event::EchoReply { seq, rtt, .. } => {
                     return Some(LinkEvent::EchoReply { seq, rtt });
                 }
+                Event::Datagram(c) => return Some(LinkEvent::Datagram(c)),
                 Event::Established { peer } => {
                     self.backoff = BACKOFF_MIN;
                     return Some(LinkEvent::Up { peer });

@@ -252,6 +252,8 @@ impl Edges {
                 self.selector.handle_failed(id, failure, now);
             }
             LinkEvent::EchoReply { seq, .. } => self.selector.handle_probe_reply(id, seq, now),
+            // Not offered yet by this gateway: nothing to answer.
+            LinkEvent::Datagram(_) => {}
         }
     }
 

@@ -180,9 +180,10 @@ type EdgeField = fn(&sluice_core::select::Status, usize) -> u64;
 type TenantField = fn(&sluice_core::select::Status) -> u64;
 
 /// Renders every worker's edge selection (as last published): per edge
-/// `sluice_edge_up`, `sluice_edge_active`, `sluice_edge_rtt_seconds`,
-/// `sluice_edge_failures` (consecutive), `sluice_edge_probe_misses`;
-/// per tenant `sluice_edge_switches_total` and `sluice_edge_none_active`.
+/// `sluice_gateway_edge_{up,active,rtt_seconds,probe_misses}` and
+/// `sluice_gateway_edge_failures` (consecutive); per tenant
+/// `sluice_gateway_edge_switches_total` and
+/// `sluice_gateway_edge_none_active`.
 /// Labels: queue, tenant, edge (its configured name).
 #[allow(
     clippy::too_many_lines,
@@ -220,25 +221,25 @@ pub(crate) fn render_edges(
     };
     let families: [(&str, &str, &str, EdgeField); 4] = [
         (
-            "sluice_edge_up",
+            "sluice_gateway_edge_up",
             "gauge",
             "1 while this worker's tunnel to the edge is established (active or standby).",
             |s, e| u64::from(matches!(s.edges[e].phase, Phase::Active | Phase::Standby)),
         ),
         (
-            "sluice_edge_active",
+            "sluice_gateway_edge_active",
             "gauge",
             "1 for the edge carrying the tenant's traffic on this worker.",
             |s, e| u64::from(s.active.is_some_and(|a| a.index() == e)),
         ),
         (
-            "sluice_edge_failures",
+            "sluice_gateway_edge_failures",
             "gauge",
             "Consecutive failures of the edge (0 once it is up again).",
             |s, e| u64::from(s.edges[e].failures),
         ),
         (
-            "sluice_edge_probe_misses",
+            "sluice_gateway_edge_probe_misses",
             "gauge",
             "Consecutive echo probes the edge has not answered in time.",
             |s, e| u64::from(s.edges[e].misses),
@@ -264,7 +265,7 @@ pub(crate) fn render_edges(
     each(&mut |q, tenant, s| {
         if first {
             out.push_str(
-                "# HELP sluice_edge_rtt_seconds Round-trip time of the echo probes through the edge's tunnel (moving average).\n# TYPE sluice_edge_rtt_seconds gauge\n",
+                "# HELP sluice_gateway_edge_rtt_seconds Round-trip time of the echo probes through the edge's tunnel (moving average).\n# TYPE sluice_gateway_edge_rtt_seconds gauge\n",
             );
             first = false;
         }
@@ -272,7 +273,7 @@ pub(crate) fn render_edges(
             if let Some(rtt) = es.rtt {
                 let _ = writeln!(
                     out,
-                    "sluice_edge_rtt_seconds{{queue=\"{q}\",tenant=\"{}\",edge=\"{}\"}} {:.6}",
+                    "sluice_gateway_edge_rtt_seconds{{queue=\"{q}\",tenant=\"{}\",edge=\"{}\"}} {:.6}",
                     escape(tenant),
                     escape(&es.name),
                     rtt.as_secs_f64()
@@ -282,13 +283,13 @@ pub(crate) fn render_edges(
     });
     let per_tenant: [(&str, &str, &str, TenantField); 2] = [
         (
-            "sluice_edge_switches_total",
+            "sluice_gateway_edge_switches_total",
             "counter",
             "Changes of the edge carrying the tenant's traffic on this worker.",
             |s| s.switches,
         ),
         (
-            "sluice_edge_none_active",
+            "sluice_gateway_edge_none_active",
             "gauge",
             "1 while no edge carries the tenant's traffic on this worker (must-tunnel traffic is dropped, never sent direct).",
             |s| u64::from(s.active.is_none()),
