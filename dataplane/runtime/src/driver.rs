@@ -372,13 +372,13 @@ impl Link {
 
     fn connect(&mut self, registry: &Registry, now: Instant) {
         let p = &self.params;
-        let tls = match rustls::client::UnbufferedClientConnection::new(
-            p.tls.clone(),
-            p.server_name.clone(),
-        ) {
-            Ok(x) => x,
-            Err(e) => return self.connect_failed("TLS", e.to_string(), now),
-        };
+        // The exporter is captured for the datagram transport's keys
+        // (taken only if the edge accepts datagrams).
+        let (tls, exporter) =
+            match sluice_core::datagram::keys::client(&p.tls, p.server_name.clone()) {
+                Ok(x) => x,
+                Err(e) => return self.connect_failed("TLS", e.to_string(), now),
+            };
         let mut sock = match TcpStream::connect(p.edge) {
             Ok(s) => s,
             Err(e) => return self.connect_failed("connect", e.to_string(), now),
@@ -391,7 +391,7 @@ impl Link {
         ) {
             return self.connect_failed("register", e.to_string(), now);
         }
-        let session = Session::new(tls.into(), p.session.clone(), now);
+        let session = Session::with_exporter(tls, exporter, p.session.clone(), now);
         self.state = LinkState::Up {
             sock,
             session: Box::new(session),

@@ -27,19 +27,235 @@
 use std::{
     io,
     net::{SocketAddr, ToSocketAddrs as _},
+    ops::Range,
     sync::mpsc,
     time::{Duration, Instant},
 };
 
-use mio::{Registry, Token};
-use sluice_core::select::{
-    Action, Address, EdgeId, EdgeSet, Event, Failure, MAX_EDGES, SelectError, Selector, Status,
+use mio::{Interest, Registry, Token};
+use sluice_core::{
+    datagram::{
+        DatagramConfig, DatagramEvent, DatagramSession, SealError,
+        path::{Path, PathConfig, PathEvent, Transport},
+    },
+    select::{
+        Action, Address, EdgeId, EdgeSet, Event, Failure, MAX_EDGES, SelectError, Selector, Status,
+    },
+    tunnel::DatagramControl,
+    wire::{
+        datagram::{Items, RecordType},
+        tunnel::{DatagramSetup, FrameType, datagram_use_frame},
+    },
 };
 
 use crate::{
     driver::{Link, LinkEvent, LinkParams},
     tunnel::Session,
 };
+
+/// Datagrams sent or received per batch.
+pub(super) const UDP_BATCH: usize = 64;
+/// Room for one datagram (a record is at most
+/// [`DatagramConfig::max_datagram`]; a received one longer than this is
+/// truncated, which its tag then refuses).
+const UDP_SLOT: usize = 2048;
+
+/// The datagram transport beside one edge's TLS tunnel: a UDP socket
+/// connected to the edge's datagram port, the session that seals and
+/// opens its records, and preallocated batches both ways (no allocation
+/// per packet).
+pub(super) struct Udp {
+    sock: mio::net::UdpSocket,
+    session: DatagramSession,
+    tx: Box<[u8]>,
+    tx_lens: [usize; UDP_BATCH],
+    tx_n: usize,
+    rx: Box<[u8]>,
+    rx_open: Vec<Option<(RecordType, Range<usize>)>>,
+    rx_n: usize,
+}
+
+/// What one flush or receive of the datagram transport did, for the
+/// worker's counters.
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct UdpTally {
+    /// Datagrams the socket took.
+    pub(super) sent: u64,
+    /// Datagrams the socket refused (its buffer full, or an error):
+    /// their packets are lost, as on a congested link.
+    pub(super) send_dropped: u64,
+    /// Datagrams received.
+    pub(super) received: u64,
+    /// Datagrams that did not open (forged, replayed, too old, unknown
+    /// receiver, malformed): counted by reason in the session.
+    pub(super) refused: u64,
+}
+
+impl Udp {
+    fn new(edge: SocketAddr, session: DatagramSession) -> io::Result<Self> {
+        let any: SocketAddr = if edge.is_ipv4() {
+            (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+        } else {
+            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+        };
+        let sock = mio::net::UdpSocket::bind(any)?;
+        sock.connect(edge)?;
+        Ok(Self {
+            sock,
+            session,
+            tx: vec![0; UDP_BATCH * UDP_SLOT].into_boxed_slice(),
+            tx_lens: [0; UDP_BATCH],
+            tx_n: 0,
+            rx: vec![0; UDP_BATCH * UDP_SLOT].into_boxed_slice(),
+            rx_open: (0..UDP_BATCH).map(|_| None).collect(),
+            rx_n: 0,
+        })
+    }
+
+    /// Seals `pkt` into the next slot of the send batch (sent when the
+    /// batch is full or at the end of the loop turn).
+    ///
+    /// # Errors
+    /// As [`DatagramSession::seal`]: [`SealError::TooLarge`] for a packet
+    /// a datagram cannot carry (the caller sends it by TLS if allowed).
+    pub(super) fn queue(
+        &mut self,
+        pkt: &[u8],
+        now: Instant,
+        tally: &mut UdpTally,
+    ) -> Result<(), SealError> {
+        if self.tx_n == UDP_BATCH {
+            self.flush(tally);
+        }
+        let slot = &mut self.tx[self.tx_n * UDP_SLOT..(self.tx_n + 1) * UDP_SLOT];
+        let sealed = self.session.seal(&[pkt], now, slot)?;
+        self.tx_lens[self.tx_n] = sealed.len;
+        self.tx_n += 1;
+        Ok(())
+    }
+
+    /// Sends the batch (and whatever the session wants to send: echo
+    /// replies, key acknowledgements).
+    pub(super) fn flush(&mut self, tally: &mut UdpTally) {
+        for i in 0..self.tx_n {
+            let d = &self.tx[i * UDP_SLOT..i * UDP_SLOT + self.tx_lens[i]];
+            match self.sock.send(d) {
+                Ok(_) => tally.sent += 1,
+                Err(_) => tally.send_dropped += 1,
+            }
+        }
+        self.tx_n = 0;
+    }
+
+    /// Sends what the session wants sent (echo replies, the empty record
+    /// that acknowledges a new key) and a probe, at once.
+    fn transmit(&mut self, probe: Option<u64>, now: Instant, tally: &mut UdpTally) {
+        let mut buf = [0u8; 256];
+        if let Some(seq) = probe
+            && let Ok(n) = self.session.send_echo(seq, now, &mut buf)
+        {
+            match self.sock.send(&buf[..n]) {
+                Ok(_) => tally.sent += 1,
+                Err(_) => tally.send_dropped += 1,
+            }
+        }
+        let mut big = [0u8; 1500];
+        while self.session.wants_transmit() {
+            match self.session.poll_transmit(now, &mut big) {
+                Ok(Some(n)) => match self.sock.send(&big[..n]) {
+                    Ok(_) => tally.sent += 1,
+                    Err(_) => tally.send_dropped += 1,
+                },
+                Ok(None) | Err(_) => break,
+            }
+        }
+    }
+
+    /// Reads up to a batch of datagrams and opens them in place. Returns
+    /// whether more may be waiting.
+    fn receive(&mut self, now: Instant, tally: &mut UdpTally) -> bool {
+        self.rx_n = 0;
+        while self.rx_n < UDP_BATCH {
+            let slot = &mut self.rx[self.rx_n * UDP_SLOT..(self.rx_n + 1) * UDP_SLOT];
+            let n = match self.sock.recv(slot) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                // WouldBlock, or an ICMP error the connected socket
+                // reports (port unreachable): nothing more now.
+                Err(_) => break,
+            };
+            tally.received += 1;
+            let opened = self.session.open(&mut slot[..n], now);
+            if opened.is_err() {
+                tally.refused += 1;
+            }
+            self.rx_open[self.rx_n] = opened.ok().map(|o| (o.kind, o.plaintext));
+            self.rx_n += 1;
+        }
+        self.rx_n == UDP_BATCH
+    }
+
+    /// The packets of the last receive, in order.
+    pub(super) fn packets(&self) -> UdpPackets<'_> {
+        UdpPackets {
+            udp: self,
+            next: 0,
+            items: None,
+        }
+    }
+}
+
+/// The packets of a [`Udp`]'s last receive batch.
+pub(super) struct UdpPackets<'a> {
+    udp: &'a Udp,
+    next: usize,
+    items: Option<Items<'a>>,
+}
+
+impl<'a> Iterator for UdpPackets<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        loop {
+            if let Some(p) = self.items.as_mut().and_then(Iterator::next) {
+                return Some(p);
+            }
+            if self.next >= self.udp.rx_n {
+                return None;
+            }
+            let i = self.next;
+            self.next += 1;
+            self.items = match &self.udp.rx_open[i] {
+                Some((RecordType::Data, range)) => {
+                    let slot = &self.udp.rx[i * UDP_SLOT..(i + 1) * UDP_SLOT];
+                    slot.get(range.clone()).map(Items::new)
+                }
+                _ => None,
+            };
+        }
+    }
+}
+
+/// The datagram side of one edge: its transport choice and, once the
+/// edge accepted, its socket and session.
+#[derive(Default)]
+struct EdgeDatagrams {
+    path: Option<Path>,
+    /// Our receiver id for this connection.
+    local_id: u32,
+    udp: Option<Udp>,
+    /// UDP probes sent (their sequence numbers).
+    probes: u64,
+}
+
+/// Where a packet for the tenant goes now.
+pub(super) enum Sender<'a> {
+    /// The TLS stream of the active edge.
+    Tls(&'a mut Session),
+    /// The datagram transport of the active edge; its TLS stream too if
+    /// the tenant allows it to carry what a datagram cannot.
+    Udp(&'a mut Udp, Option<&'a mut Session>),
+}
 
 /// How often a worker publishes its selection status (RTTs change with
 /// every probe; phases are published at once).
@@ -78,6 +294,17 @@ pub(super) struct Edges {
     failed_once: bool,
     /// When the status is published next.
     next_status: Instant,
+    /// The tenant's transport knobs.
+    transport: PathConfig,
+    /// The datagram side of each edge.
+    datagrams: Vec<EdgeDatagrams>,
+    /// Edge `e`'s UDP socket is `Token(first_udp_token + e)`.
+    first_udp_token: usize,
+    /// Receiver ids handed out so far (ours are unique per worker: each
+    /// connected socket knows its session anyway).
+    ids: u32,
+    /// The datagram transport's counters since the worker last took them.
+    pub(super) udp_tally: UdpTally,
 }
 
 impl std::fmt::Debug for Edges {
@@ -96,12 +323,14 @@ impl Edges {
     ///
     /// # Errors
     /// The set's settings are out of range, or it has no edge or too many.
+    #[allow(clippy::too_many_arguments, reason = "one call site")]
     pub(super) fn new(
         queue: u32,
         tenant: usize,
         set: &EdgeSet,
         base: LinkParams,
-        first_token: usize,
+        (first_token, first_udp_token): (usize, usize),
+        transport: PathConfig,
         now: Instant,
     ) -> Result<Self, SelectError> {
         let selector = Selector::new(set, now)?;
@@ -117,6 +346,11 @@ impl Edges {
             first_token,
             failed_once: false,
             next_status: now,
+            transport,
+            datagrams: (0..n).map(|_| EdgeDatagrams::default()).collect(),
+            first_udp_token,
+            ids: 0,
+            udp_tally: UdpTally::default(),
         })
     }
 
@@ -137,10 +371,54 @@ impl Edges {
         }
     }
 
-    /// The active edge's session: where the tenant's traffic goes.
-    pub(super) fn active_session_mut(&mut self) -> Option<&mut Session> {
+    /// Where the tenant's packets go now: the active edge's datagram
+    /// transport while its path says so, else its TLS stream if the
+    /// tenant allows TLS now; `None` (drop and count) otherwise.
+    pub(super) fn sender(&mut self) -> Option<Sender<'_>> {
         let e = self.selector.active()?.index();
-        self.links.get_mut(e)?.as_mut()?.session_mut()
+        let d = self.datagrams.get_mut(e)?;
+        let session = self.links.get_mut(e)?.as_mut()?.session_mut();
+        match &d.path {
+            Some(p) if p.uses_datagrams() => {
+                let tls = if self.transport.fallback {
+                    session
+                } else {
+                    None
+                };
+                d.udp.as_mut().map(|u| Sender::Udp(u, tls))
+            }
+            Some(p) if !p.tls_allowed() => None,
+            _ => session.map(Sender::Tls),
+        }
+    }
+
+    /// Edge `e`'s datagram transport, if it has one.
+    pub(super) fn udp_mut(&mut self, e: usize) -> Option<&mut Udp> {
+        self.datagrams.get_mut(e)?.udp.as_mut()
+    }
+
+    /// Reads edge `e`'s datagrams (a batch), hands the probe answers to
+    /// its path, sends what its session wants sent. Returns whether more
+    /// may be waiting; the packets are then in [`Udp::packets`].
+    pub(super) fn receive_udp(&mut self, e: usize, now: Instant) -> bool {
+        let Some(d) = self.datagrams.get_mut(e) else {
+            return false;
+        };
+        let Some(udp) = d.udp.as_mut() else {
+            return false;
+        };
+        let before = self.udp_tally.received - self.udp_tally.refused;
+        let more = udp.receive(now, &mut self.udp_tally);
+        if let Some(path) = d.path.as_mut() {
+            if self.udp_tally.received - self.udp_tally.refused > before {
+                path.handle_received(now);
+            }
+            while let Some(DatagramEvent::EchoReply { .. }) = udp.session.poll_event() {
+                path.handle_probe_reply(now);
+            }
+        }
+        udp.transmit(None, now, &mut self.udp_tally);
+        more
     }
 
     /// Edge `e`'s link, if it has one.
@@ -156,7 +434,12 @@ impl Edges {
             .iter()
             .any(Option::is_some)
             .then(|| now + Duration::from_millis(20));
+        let paths = self
+            .datagrams
+            .iter()
+            .filter_map(|d| d.path.as_ref().and_then(Path::poll_timeout));
         links
+            .chain(paths)
             .chain(self.selector.poll_timeout())
             .chain(resolving)
             .chain(Some(self.next_status))
@@ -173,6 +456,18 @@ impl Edges {
             link.handle_timeout(registry, now);
         }
         self.resolutions(now);
+        for d in &mut self.datagrams {
+            if let Some(p) = d.path.as_mut() {
+                p.handle_timeout(now);
+                let probe = p.poll_probe(now).then(|| {
+                    d.probes += 1;
+                    d.probes
+                });
+                if let Some(u) = d.udp.as_mut() {
+                    u.transmit(probe, now, &mut self.udp_tally);
+                }
+            }
+        }
         self.events(registry, now)
     }
 
@@ -191,7 +486,13 @@ impl Edges {
                     .and_then(|l| l.poll_event(registry, now))
                 {
                     any = true;
-                    self.link_event(e, ev, now, &mut news);
+                    self.link_event(e, ev, (registry, now), &mut news);
+                }
+            }
+            for e in 0..self.datagrams.len() {
+                while let Some(ev) = self.datagrams[e].path.as_mut().and_then(Path::poll_event) {
+                    any = true;
+                    self.path_event(e, ev, now, &mut news);
                 }
             }
             while let Some(a) = self.selector.poll_action() {
@@ -212,7 +513,139 @@ impl Edges {
         news
     }
 
-    fn link_event(&mut self, e: usize, ev: LinkEvent, now: Instant, news: &mut News) {
+    /// Edge `e`'s transport changed: the edge is told which one to send
+    /// by (`DATAGRAM_USE`); a path that failed without fallback is an edge
+    /// failure.
+    fn path_event(&mut self, e: usize, ev: PathEvent, now: Instant, news: &mut News) {
+        let edge = self.describe(e);
+        match ev {
+            PathEvent::Switched(t) => {
+                log::info!(
+                    "queue {}: tenant {} edge {edge}: packets now go by {}",
+                    self.queue,
+                    self.tenant,
+                    t.as_str()
+                );
+                news.changed = true;
+                if let Some(s) = self.links[e].as_mut().and_then(Link::session_mut) {
+                    let _ = s.send_datagram_control(&datagram_use_frame(t == Transport::Udp));
+                }
+            }
+            PathEvent::Failed => {
+                log::warn!(
+                    "queue {}: tenant {} edge {edge}: datagrams do not get through and TLS may not stand in: edge down",
+                    self.queue,
+                    self.tenant
+                );
+                news.failures += 1;
+                let id = self.id(e);
+                self.selector.handle_failed(id, Failure::Transport, now);
+            }
+        }
+    }
+
+    /// Edge `e`'s datagram side is gone (its tunnel closed or replaced).
+    fn drop_datagrams(&mut self, e: usize, registry: &Registry) {
+        let d = &mut self.datagrams[e];
+        d.path = None;
+        if let Some(mut u) = d.udp.take() {
+            let _ = registry.deregister(&mut u.sock);
+        }
+    }
+
+    /// Edge `e`'s tunnel is up: offer it datagrams if the tenant wants
+    /// them.
+    fn offer_datagrams(&mut self, e: usize, now: Instant) {
+        if self.transport.primary != Transport::Udp {
+            return;
+        }
+        self.ids = self.ids.wrapping_add(1);
+        let local_id = (self.queue << 24) ^ self.ids.max(1);
+        let local_id = if local_id == 0 { 1 } else { local_id };
+        let d = &mut self.datagrams[e];
+        d.local_id = local_id;
+        d.path = Some(Path::new(self.transport, now));
+        let offer = DatagramSetup {
+            receiver_id: local_id,
+            port: 0,
+        };
+        if let Some(s) = self.links[e].as_mut().and_then(Link::session_mut) {
+            let _ = s.send_datagram_control(&offer.frame(FrameType::DatagramOffer));
+        }
+    }
+
+    /// The edge answered our offer.
+    fn accepted(&mut self, e: usize, setup: DatagramSetup, registry: &Registry, now: Instant) {
+        let edge = self.describe(e);
+        let Some(link) = self.links[e].as_mut() else {
+            return;
+        };
+        let addr = SocketAddr::new(link.params().edge.ip(), setup.port);
+        let d = &mut self.datagrams[e];
+        let Some(path) = d.path.as_mut() else {
+            return;
+        };
+        if d.udp.is_some() {
+            return;
+        }
+        if setup.port == 0 || setup.receiver_id == 0 {
+            log::info!(
+                "queue {}: tenant {} edge {edge} refused datagrams: TLS only",
+                self.queue,
+                self.tenant
+            );
+            path.handle_refused(now);
+            return;
+        }
+        let Some(Ok(keys)) = link.session_mut().and_then(Session::take_datagram_keys) else {
+            path.handle_refused(now);
+            return;
+        };
+        let cfg = DatagramConfig {
+            max_datagram: if addr.is_ipv4() { 1472 } else { 1452 },
+            aead: crate::driver::aead(),
+            ..DatagramConfig::default()
+        };
+        let udp = DatagramSession::new(keys, d.local_id, setup.receiver_id, cfg, now)
+            .map_err(io::Error::other)
+            .and_then(|session| Udp::new(addr, session));
+        let mut udp = match udp {
+            Ok(u) => u,
+            Err(err) => {
+                log::warn!(
+                    "queue {}: tenant {} edge {edge}: datagram socket: {err}",
+                    self.queue,
+                    self.tenant
+                );
+                path.handle_refused(now);
+                return;
+            }
+        };
+        if let Err(err) = registry.register(
+            &mut udp.sock,
+            Token(self.first_udp_token + e),
+            Interest::READABLE,
+        ) {
+            log::warn!("queue {}: registering a datagram socket: {err}", self.queue);
+            path.handle_refused(now);
+            return;
+        }
+        log::info!(
+            "queue {}: tenant {} edge {edge} accepted datagrams on {addr}",
+            self.queue,
+            self.tenant
+        );
+        path.handle_accepted(now);
+        d.udp = Some(udp);
+    }
+
+    fn link_event(
+        &mut self,
+        e: usize,
+        ev: LinkEvent,
+        (registry, now): (&Registry, Instant),
+        news: &mut News,
+    ) {
         let id = self.id(e);
         let edge = self.describe(e);
         match ev {
@@ -226,6 +659,7 @@ impl Edges {
                 news.connects += 1;
                 self.up[e] = true;
                 self.selector.handle_connected(id, now);
+                self.offer_datagrams(e, now);
             }
             LinkEvent::ConnectFailed { step, error } => {
                 log::warn!(
@@ -234,6 +668,7 @@ impl Edges {
                     self.tenant
                 );
                 news.failures += 1;
+                self.drop_datagrams(e, registry);
                 self.selector.handle_failed(id, Failure::Connect, now);
             }
             LinkEvent::Down { reason } => {
@@ -249,11 +684,15 @@ impl Edges {
                 } else {
                     Failure::Connect
                 };
+                self.drop_datagrams(e, registry);
                 self.selector.handle_failed(id, failure, now);
             }
             LinkEvent::EchoReply { seq, .. } => self.selector.handle_probe_reply(id, seq, now),
-            // Not offered yet by this gateway: nothing to answer.
-            LinkEvent::Datagram(_) => {}
+            LinkEvent::Datagram(DatagramControl::Accept(setup)) => {
+                self.accepted(e, setup, registry, now);
+            }
+            // An edge offers nothing and tells no transport: ignored.
+            LinkEvent::Datagram(DatagramControl::Offer(_) | DatagramControl::Use(_)) => {}
         }
     }
 
@@ -261,6 +700,7 @@ impl Edges {
         match *a {
             Action::Connect { edge, addr } => {
                 let e = edge.index();
+                self.drop_datagrams(e, registry);
                 if let Some(mut old) = self.links[e].take() {
                     old.shutdown(registry, "reconnecting", now);
                 }
@@ -276,6 +716,7 @@ impl Edges {
                 self.links[e] = Some(link);
             }
             Action::Disconnect(edge) => {
+                self.drop_datagrams(edge.index(), registry);
                 if let Some(mut old) = self.links[edge.index()].take() {
                     old.shutdown(registry, "edge not needed", now);
                 }
@@ -411,6 +852,9 @@ impl Edges {
 
     /// Ends of the batch: the flush policy on every link.
     pub(super) fn flush(&mut self, now: Instant) {
+        for u in self.datagrams.iter_mut().filter_map(|d| d.udp.as_mut()) {
+            u.flush(&mut self.udp_tally);
+        }
         for link in self.links.iter_mut().flatten() {
             if let Err(e) = link.flush(now) {
                 log::debug!("queue {}: tunnel write: {e}", self.queue);

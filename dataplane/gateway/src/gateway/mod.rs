@@ -750,6 +750,7 @@ fn tunnel_params(cfg: &GatewayConfig) -> Result<Vec<TunnelParams>, GatewayError>
                 },
                 edges: t.edges.clone(),
                 mtu: t.mtu,
+                transport: t.transport,
             })
         })
         .collect()

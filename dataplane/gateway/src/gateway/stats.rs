@@ -79,6 +79,14 @@ worker_stats! {
     icmp_too_big: "counter", "sluice_gateway_icmp_too_big_total", "ICMP fragmentation-needed / ICMPv6 packet-too-big errors sent to LAN hosts.";
     /// ICMP "too big" errors not sent (rate limit or queue full).
     icmp_suppressed: "counter", "sluice_gateway_icmp_suppressed_total", "ICMP too-big errors not sent because of the rate limit (100/s, burst 20 per worker) or a full queue.";
+    /// Datagrams sent by the datagram transport.
+    udp_tx_datagrams: "counter", "sluice_gateway_udp_tx_datagrams_total", "Datagrams the datagram transport sent (packets, probes, acknowledgements).";
+    /// Datagrams the socket refused (send buffer full, an error).
+    udp_tx_dropped: "counter", "sluice_gateway_udp_tx_dropped_total", "Datagrams the UDP socket did not take (send buffer full or an error): their packets are lost.";
+    /// Datagrams received.
+    udp_rx_datagrams: "counter", "sluice_gateway_udp_rx_datagrams_total", "Datagrams received by the datagram transport.";
+    /// Datagrams refused: forged, replayed, too old, malformed.
+    udp_rx_refused: "counter", "sluice_gateway_udp_rx_refused_total", "Datagrams dropped unopened: failed authentication, replayed, too old, malformed or for another receiver.";
     /// The kernel's count of frames the `AF_XDP` socket dropped (read
     /// every second).
     xsk_rx_dropped: "counter", "sluice_gateway_xsk_rx_dropped_total", "Frames the kernel dropped at this worker's AF_XDP socket (XDP_STATISTICS rx_dropped), read every second.";

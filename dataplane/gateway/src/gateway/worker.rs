@@ -43,7 +43,7 @@ use mio::{Events, Interest, Poll, Token, unix::SourceFd};
 use super::{
     control::{Active, Published},
     dns_relay::{Divert, DnsPort, DnsRelay, Job, Kind},
-    edges::{Edges, News},
+    edges::{Edges, News, Sender, UdpPackets, UdpTally},
     neighbor::{Neighbors, Source},
     stats::{TENANTS, TenantStats, WorkerStats},
 };
@@ -62,6 +62,7 @@ use crate::{
     },
 };
 use sluice_core::{
+    datagram::{SealError, path::PathConfig},
     pmtu::{self, Fit, IcmpLimiter},
     select::{EdgeSet, MAX_EDGES},
 };
@@ -73,10 +74,13 @@ const PORT: Token = Token(0);
 const FIRST_TUNNEL: usize = 1;
 /// Tunnel sockets a worker may have: one per tenant and edge.
 const TUNNEL_SLOTS: usize = TENANTS * MAX_EDGES;
+/// Tenant `t`'s datagram socket to its edge `e` is
+/// `Token(FIRST_UDP + t * MAX_EDGES + e)`.
+const FIRST_UDP: usize = FIRST_TUNNEL + TUNNEL_SLOTS;
 /// The neighbour-table socket (after the tunnels' tokens).
-const NEIGH: Token = Token(FIRST_TUNNEL + TUNNEL_SLOTS);
+const NEIGH: Token = Token(FIRST_UDP + TUNNEL_SLOTS);
 /// The domain bypass thread handed DNS answers back.
-const DNS_BACK: Token = Token(FIRST_TUNNEL + TUNNEL_SLOTS + 1);
+const DNS_BACK: Token = Token(FIRST_UDP + TUNNEL_SLOTS + 1);
 /// One bit per tunnel slot ([`TUNNEL_SLOTS`]).
 type SlotBits = u128;
 const _: () = assert!(TUNNEL_SLOTS <= SlotBits::BITS as usize);
@@ -103,6 +107,7 @@ pub(super) struct TunnelParams {
     pub(super) link: LinkParams,
     pub(super) edges: EdgeSet,
     pub(super) mtu: u16,
+    pub(super) transport: PathConfig,
 }
 
 /// ICMP "too big" errors a worker sends per second at most, and at once.
@@ -297,6 +302,10 @@ struct Tally {
     icmp_too_big: u64,
     icmp_suppressed: u64,
     neighbor_resolutions: u64,
+    udp_tx_datagrams: u64,
+    udp_tx_dropped: u64,
+    udp_rx_datagrams: u64,
+    udp_rx_refused: u64,
     tenant_tx: [u64; TENANTS],
     tenant_rx: [u64; TENANTS],
 }
@@ -328,6 +337,10 @@ impl Tally {
         add(&s.icmp_too_big, &mut self.icmp_too_big);
         add(&s.icmp_suppressed, &mut self.icmp_suppressed);
         add(&s.neighbor_resolutions, &mut self.neighbor_resolutions);
+        add(&s.udp_tx_datagrams, &mut self.udp_tx_datagrams);
+        add(&s.udp_tx_dropped, &mut self.udp_tx_dropped);
+        add(&s.udp_rx_datagrams, &mut self.udp_rx_datagrams);
+        add(&s.udp_rx_refused, &mut self.udp_rx_refused);
         for t in 0..TENANTS {
             add(&ts.tx_packets[t], &mut self.tenant_tx[t]);
             add(&ts.rx_packets[t], &mut self.tenant_rx[t]);
@@ -386,12 +399,14 @@ impl Worker {
             .into_iter()
             .enumerate()
             .map(|(t, p)| {
+                let slot = t * MAX_EDGES;
                 Edges::new(
                     queue,
                     t,
                     &p.edges,
                     p.link,
-                    FIRST_TUNNEL + t * MAX_EDGES,
+                    (FIRST_TUNNEL + slot, FIRST_UDP + slot),
+                    p.transport,
                     now,
                 )
                 .map_err(|e| io::Error::other(format!("tenant {t}'s edges: {e}")))
@@ -497,6 +512,8 @@ impl Worker {
         // Bit `t * MAX_EDGES + e`: tenant `t`'s tunnel to edge `e` may
         // have more to read.
         let mut tunnel_more: SlotBits = 0;
+        // The same for the datagram sockets.
+        let mut udp_more: SlotBits = 0;
         while !stop.load(Relaxed) {
             beat.beat();
             if super::fault::inject(&mut fault) {
@@ -526,6 +543,9 @@ impl Worker {
                     {
                         tunnel_more |= 1 << (n - FIRST_TUNNEL);
                     }
+                    Token(n) if (FIRST_UDP..FIRST_UDP + TUNNEL_SLOTS).contains(&n) => {
+                        udp_more |= 1 << (n - FIRST_UDP);
+                    }
                     // DNS_BACK too: its queue is checked every turn.
                     _ => {}
                 }
@@ -544,6 +564,15 @@ impl Worker {
                 let (t, e) = (slot / MAX_EDGES, slot % MAX_EDGES);
                 if !self.tunnel_to_lan(t, e, now) {
                     tunnel_more &= !(1 << slot);
+                }
+            }
+            let mut pending = udp_more;
+            while pending != 0 {
+                let slot = pending.trailing_zeros() as usize;
+                pending &= pending - 1;
+                let (t, e) = (slot / MAX_EDGES, slot % MAX_EDGES);
+                if !self.udp_to_lan(t, e, now) {
+                    udp_more &= !(1 << slot);
                 }
             }
             self.dns_returns(now);
@@ -818,6 +847,34 @@ impl Worker {
         more
     }
 
+    /// Reads a batch of tenant `i`'s datagrams from edge `e` and delivers
+    /// their packets to the LAN. Returns true if more may be waiting.
+    fn udp_to_lan(&mut self, i: usize, e: usize, now: Instant) -> bool {
+        self.sync_neighbors();
+        let Some(edges) = self.tunnels.get_mut(i) else {
+            return false;
+        };
+        let more = edges.receive_udp(e, now);
+        if let Some(udp) = edges.udp_mut(e) {
+            let mut from = FromDatagrams {
+                packets: udp.packets(),
+                tenant: i,
+            };
+            deliver(
+                &mut self.port,
+                &mut self.routes,
+                &mut self.tally,
+                self.dns.as_mut(),
+                (&mut from, &self.pmtu.mtus),
+                now,
+                self.queue,
+            );
+            self.send_resolutions();
+        }
+        self.link_events(i, now);
+        more
+    }
+
     /// Delivers the DNS answers the bypass thread handed back (their
     /// addresses are installed by now) and reuses the buffers.
     fn dns_returns(&mut self, now: Instant) {
@@ -845,6 +902,11 @@ impl Worker {
     /// wakes the loop; write what the socket takes).
     fn flush_tunnel(&mut self, i: usize, now: Instant) {
         self.tunnels[i].flush(now);
+        let u = std::mem::take(&mut self.tunnels[i].udp_tally);
+        self.tally.udp_tx_datagrams += u.sent;
+        self.tally.udp_tx_dropped += u.send_dropped;
+        self.tally.udp_rx_datagrams += u.received;
+        self.tally.udp_rx_refused += u.refused;
         self.link_events(i, now);
     }
 }
@@ -865,7 +927,7 @@ fn to_tunnel(
     t: &mut Tally,
     now: Instant,
 ) {
-    let Some(sess) = tunnels.get_mut(i).and_then(Edges::active_session_mut) else {
+    let Some(mut out) = tunnels.get_mut(i).and_then(Edges::sender) else {
         t.drop_down += 1;
         return;
     };
@@ -888,15 +950,15 @@ fn to_tunnel(
                 copy.copy_from_slice(bytes);
                 if pmtu::clamp_mss(copy, mtu) {
                     t.mss_clamped += 1;
-                    send_one(sess, copy, i, t);
+                    send_one(&mut out, copy, i, t, now);
                     return;
                 }
             }
-            send_one(sess, bytes, i, t);
+            send_one(&mut out, bytes, i, t, now);
         }
         Fit::Fragment => {
             let r = pmtu::fragment_v4(bytes, mtu, &mut guard.scratch, &mut |f| {
-                send_one(sess, f, i, t);
+                send_one(&mut out, f, i, t, now);
             });
             match r {
                 Ok(_) => t.fragmented += 1,
@@ -922,8 +984,39 @@ fn to_tunnel(
     }
 }
 
-/// One packet into a session, counted.
-fn send_one(sess: &mut Session, bytes: &[u8], i: usize, t: &mut Tally) {
+/// One packet into the tenant's transport, counted: a datagram, or (too
+/// large for one, and if the tenant allows) its TLS stream.
+fn send_one(out: &mut Sender<'_>, bytes: &[u8], i: usize, t: &mut Tally, now: Instant) {
+    let sess = match out {
+        Sender::Tls(s) => s,
+        Sender::Udp(udp, tls) => {
+            let mut flushed = UdpTally::default();
+            let sealed = udp.queue(bytes, now, &mut flushed);
+            t.udp_tx_datagrams += flushed.sent;
+            t.udp_tx_dropped += flushed.send_dropped;
+            match (sealed, tls) {
+                (Ok(()), _) => {
+                    t.tx_packets += 1;
+                    t.tx_bytes += bytes.len() as u64;
+                    t.tenant_tx[i] += 1;
+                    return;
+                }
+                (Err(SealError::TooLarge), Some(s)) => s,
+                (Err(SealError::TooLarge), None) => {
+                    t.drop_too_large += 1;
+                    return;
+                }
+                (Err(SealError::KeyExhausted | SealError::Closed), _) => {
+                    t.drop_down += 1;
+                    return;
+                }
+                (Err(SealError::EmptyPacket), _) => {
+                    t.drop_malformed += 1;
+                    return;
+                }
+            }
+        }
+    };
     match sess.send_packet(bytes) {
         Ok(()) => {
             t.tx_packets += 1;
@@ -945,6 +1038,19 @@ trait ToLan {
     /// from it); the gateway's own ICMP errors did not.
     fn came_through_tunnel(&self) -> bool {
         true
+    }
+}
+
+/// What one batch of datagrams carried.
+struct FromDatagrams<'u> {
+    packets: UdpPackets<'u>,
+    tenant: usize,
+}
+
+impl ToLan for FromDatagrams<'_> {
+    fn next_packet(&mut self) -> Option<(&[u8], usize)> {
+        let tenant = self.tenant;
+        self.packets.next().map(|p| (p, tenant))
     }
 }
 
