@@ -593,6 +593,13 @@ impl Session {
         self.state == State::Established
     }
 
+    /// Bytes waiting to be written to the peer (sealed and not yet
+    /// transmitted, plus the open record): what a probe sent now queues
+    /// behind.
+    pub fn pending_send(&self) -> usize {
+        self.tx_buf.len() - self.tx_sent
+    }
+
     /// True once the session has ended (see [`Session::close_reason`]).
     pub fn is_closed(&self) -> bool {
         self.state == State::Closed

@@ -257,6 +257,14 @@ pub(super) enum Sender<'a> {
     Udp(&'a mut Udp, Option<&'a mut Session>),
 }
 
+/// A probe sent while more than this waits in its tunnel's send buffer
+/// queues behind the worker's own data: its reply proves the edge alive
+/// but its RTT measures that queue, so it is no RTT sample (see
+/// [`Selector::handle_alive`]).
+const QUEUED_PROBE: usize = 64 * 1024;
+/// Queued probes remembered per edge (the newest).
+const QUEUED_PROBES: usize = 8;
+
 /// How often a worker publishes its selection status (RTTs change with
 /// every probe; phases are published at once).
 const STATUS_EVERY: Duration = Duration::from_secs(1);
@@ -283,6 +291,9 @@ pub(super) struct Edges {
     /// Whether each edge's current link came up (a failure after that is
     /// the transport's, before it the attempt's).
     up: Vec<bool>,
+    /// Per edge: the sequence numbers of the newest probes that queued
+    /// behind data ([`QUEUED_PROBE`]).
+    queued_probes: Vec<[Option<u64>; QUEUED_PROBES]>,
     /// Name resolutions in flight, by edge.
     resolving: Vec<Option<mpsc::Receiver<io::Result<Vec<SocketAddr>>>>>,
     /// Where and how to connect (its `edge` is set per attempt).
@@ -341,6 +352,7 @@ impl Edges {
             selector,
             links: (0..n).map(|_| None).collect(),
             up: vec![false; n],
+            queued_probes: vec![[None; QUEUED_PROBES]; n],
             resolving: (0..n).map(|_| None).collect(),
             base,
             first_token,
@@ -389,6 +401,15 @@ impl Edges {
             }
             Some(p) if !p.tls_allowed() => None,
             _ => session.map(Sender::Tls),
+        }
+    }
+
+    /// Packets came from edge `e` (its tunnel or its datagrams): proof
+    /// that it is alive, whatever its probes' replies are waiting behind.
+    pub(super) fn alive(&mut self, e: usize, now: Instant) {
+        if e < self.links.len() {
+            let id = self.id(e);
+            self.selector.handle_alive(id, now);
         }
     }
 
@@ -687,7 +708,16 @@ impl Edges {
                 self.drop_datagrams(e, registry);
                 self.selector.handle_failed(id, failure, now);
             }
-            LinkEvent::EchoReply { seq, .. } => self.selector.handle_probe_reply(id, seq, now),
+            LinkEvent::EchoReply { seq, .. } => {
+                let slot =
+                    &mut self.queued_probes[e][usize::try_from(seq).unwrap_or(0) % QUEUED_PROBES];
+                if *slot == Some(seq) {
+                    *slot = None;
+                    self.selector.handle_alive(id, now);
+                } else {
+                    self.selector.handle_probe_reply(id, seq, now);
+                }
+            }
             LinkEvent::Datagram(DatagramControl::Accept(setup)) => {
                 self.accepted(e, setup, registry, now);
             }
@@ -724,10 +754,12 @@ impl Edges {
             Action::SendProbe { edge, seq } => {
                 // A probe that cannot be sent (not established, send
                 // buffer over its cap) goes unanswered: a miss.
-                if let Some(s) = self.links[edge.index()]
-                    .as_mut()
-                    .and_then(Link::session_mut)
-                {
+                let e = edge.index();
+                if let Some(s) = self.links[e].as_mut().and_then(Link::session_mut) {
+                    if s.pending_send() > QUEUED_PROBE {
+                        let q = &mut self.queued_probes[e];
+                        q[usize::try_from(seq).unwrap_or(0) % QUEUED_PROBES] = Some(seq);
+                    }
                     let _ = s.send_echo(seq, now);
                 }
             }

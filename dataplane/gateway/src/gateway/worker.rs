@@ -829,8 +829,13 @@ impl Worker {
             return false;
         };
         let more = link.receive(now);
+        let mut got = 0;
         if let Some(sess) = link.session_mut() {
-            let mut from = FromTunnel { sess, tenant: i };
+            let mut from = FromTunnel {
+                sess,
+                tenant: i,
+                count: 0,
+            };
             deliver(
                 &mut self.port,
                 &mut self.routes,
@@ -840,7 +845,11 @@ impl Worker {
                 now,
                 self.queue,
             );
+            got = from.count;
             self.send_resolutions();
+        }
+        if got > 0 {
+            self.tunnels[i].alive(e, now);
         }
         // The edge's HELLO (the tunnel is up) or CLOSE came with the read.
         self.link_events(i, now);
@@ -855,10 +864,12 @@ impl Worker {
             return false;
         };
         let more = edges.receive_udp(e, now);
+        let mut got = 0;
         if let Some(udp) = edges.udp_mut(e) {
             let mut from = FromDatagrams {
                 packets: udp.packets(),
                 tenant: i,
+                count: 0,
             };
             deliver(
                 &mut self.port,
@@ -869,7 +880,11 @@ impl Worker {
                 now,
                 self.queue,
             );
+            got = from.count;
             self.send_resolutions();
+        }
+        if got > 0 {
+            self.tunnels[i].alive(e, now);
         }
         self.link_events(i, now);
         more
@@ -1045,12 +1060,16 @@ trait ToLan {
 struct FromDatagrams<'u> {
     packets: UdpPackets<'u>,
     tenant: usize,
+    /// Packets yielded.
+    count: usize,
 }
 
 impl ToLan for FromDatagrams<'_> {
     fn next_packet(&mut self) -> Option<(&[u8], usize)> {
         let tenant = self.tenant;
-        self.packets.next().map(|p| (p, tenant))
+        let p = self.packets.next()?;
+        self.count += 1;
+        Some((p, tenant))
     }
 }
 
@@ -1058,12 +1077,16 @@ impl ToLan for FromDatagrams<'_> {
 struct FromTunnel<'s> {
     sess: &'s mut Session,
     tenant: usize,
+    /// Packets yielded.
+    count: usize,
 }
 
 impl ToLan for FromTunnel<'_> {
     fn next_packet(&mut self) -> Option<(&[u8], usize)> {
         let tenant = self.tenant;
-        self.sess.poll_packet().map(|p| (p, tenant))
+        let p = self.sess.poll_packet()?;
+        self.count += 1;
+        Some((p, tenant))
     }
 }
 
