@@ -133,10 +133,10 @@ fn send(c: &mut Criterion) {
         });
     });
 
-    let gro_rx = bind(false, true);
-    assert!(gro_rx.gro(), "this kernel offers UDP GRO");
-    let gro_to = gro_rx.local_addr().unwrap();
-    let mut gro_rb = RecvBatch::new(8, GRO_SLOT_LEN);
+    let gro_sock = bind(false, true);
+    assert!(gro_sock.gro(), "this kernel offers UDP GRO");
+    let gro_to = gro_sock.local_addr().unwrap();
+    let mut gro_batch = RecvBatch::new(8, GRO_SLOT_LEN);
     g.bench_function("gso_to_gro", |b| {
         b.iter_custom(|iters| {
             let mut timed = Duration::ZERO;
@@ -145,7 +145,7 @@ fn send(c: &mut Criterion) {
                 let t = Instant::now();
                 assert_eq!(gso.send_batch(&mut batch).expect("GSO send"), BATCH);
                 timed += t.elapsed();
-                drain(&gro_rx, &mut gro_rb);
+                drain(&gro_sock, &mut gro_batch);
             }
             timed
         });
@@ -208,10 +208,10 @@ fn recv(c: &mut Criterion) {
         });
     });
 
-    let gro_rx = bind(false, true);
-    assert!(gro_rx.gro(), "this kernel offers UDP GRO");
-    let gro_to = gro_rx.local_addr().unwrap();
-    let mut gro_rb = RecvBatch::new(8, GRO_SLOT_LEN);
+    let gro_sock = bind(false, true);
+    assert!(gro_sock.gro(), "this kernel offers UDP GRO");
+    let gro_to = gro_sock.local_addr().unwrap();
+    let mut gro_batch = RecvBatch::new(8, GRO_SLOT_LEN);
     g.bench_function("gro", |b| {
         b.iter_custom(|iters| {
             let mut timed = Duration::ZERO;
@@ -220,8 +220,8 @@ fn recv(c: &mut Criterion) {
                 let t = Instant::now();
                 let mut bytes = 0;
                 while bytes < BATCH * LEN {
-                    gro_rx.recv_batch(&mut gro_rb).expect("queued");
-                    bytes += gro_rb
+                    gro_sock.recv_batch(&mut gro_batch).expect("queued");
+                    bytes += gro_batch
                         .records()
                         .map(|(_, d)| black_box(d).len())
                         .sum::<usize>();
@@ -232,7 +232,7 @@ fn recv(c: &mut Criterion) {
             timed
         });
     });
-    let s = gro_rx.stats();
+    let s = gro_sock.stats();
     assert!(s.recv_gro_messages > 0, "{s:?}");
     g.finish();
 }
