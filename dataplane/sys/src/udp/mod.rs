@@ -593,10 +593,15 @@ impl UdpSocket {
             match err.raw_os_error() {
                 Some(libc::EINTR) => {}
                 // The first message was a GSO one the kernel would not
-                // segment: `EIO` (no checksum offload on the way out) will
-                // not change, so stop asking; `EINVAL` (e.g. a segment
-                // bigger than the route's MTU allows) is this send's only.
-                Some(code @ (libc::EIO | libc::EINVAL)) if gso && plan[0].seg != 0 => {
+                // segment: `EIO` (no checksum offload on the way out before
+                // Linux 6.11, IPsec, ...) will not change, so stop asking;
+                // `EMSGSIZE` (6.x) or `EINVAL` (older kernels) for a
+                // segment bigger than the route's MTU allows is this
+                // send's only: its datagrams go one by one (and are
+                // fragmented, or refused, as any such datagram).
+                Some(code @ (libc::EIO | libc::EINVAL | libc::EMSGSIZE))
+                    if gso && plan[0].seg != 0 =>
+                {
                     if code == libc::EIO {
                         self.gso.store(false, Relaxed);
                         log::warn!("UDP GSO refused with EIO: sending without it");

@@ -714,3 +714,86 @@ fn udp_send_batch_slots_and_compaction() {
     b.clear();
     assert!(b.is_empty());
 }
+
+/// A GSO send the route's MTU cannot carry, on a veth of MTU 1280 in a
+/// network namespace of the test thread's own (it and its links vanish
+/// with the thread): the kernel refuses the GSO message (`EMSGSIZE` on
+/// 6.x, `EINVAL` before) and the datagrams go one by one, each fragmented
+/// in two: 8 frames on the wire.
+#[test]
+fn udp_gso_refused_for_the_route_mtu_falls_back_to_single_datagrams() {
+    if !sluice_lab::require_root("udp_gso_refused_for_the_route_mtu_falls_back_to_single_datagrams")
+    {
+        return;
+    }
+    std::thread::spawn(|| {
+        // SAFETY: unshare has no memory-safety preconditions; CLONE_NEWNET
+        // moves only this thread into a fresh, empty network namespace.
+        let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+        assert_eq!(
+            rc,
+            0,
+            "unshare(CLONE_NEWNET): {}",
+            io::Error::last_os_error()
+        );
+        let ip = |args: &[&str]| {
+            let out = std::process::Command::new("ip")
+                .args(args)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "ip {args:?}: {out:?}");
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        ip(&[
+            "link", "add", "sl-udp0", "type", "veth", "peer", "name", "sl-udp1",
+        ]);
+        // No IPv6 link-local address: nothing else is sent on the link.
+        ip(&["link", "set", "sl-udp0", "addrgenmode", "none"]);
+        ip(&["link", "set", "sl-udp1", "addrgenmode", "none"]);
+        ip(&["link", "set", "sl-udp0", "mtu", "1280", "up"]);
+        ip(&["link", "set", "sl-udp1", "up"]);
+        ip(&["addr", "add", "192.0.2.1/24", "dev", "sl-udp0"]);
+        ip(&[
+            "neigh",
+            "add",
+            "192.0.2.9",
+            "lladdr",
+            "02:00:00:00:00:09",
+            "dev",
+            "sl-udp0",
+        ]);
+
+        let tx = UdpSocket::bind((Ipv4Addr::new(192, 0, 2, 1), 0).into(), &plain()).unwrap();
+        assert!(tx.gso());
+        let to: SocketAddr = (Ipv4Addr::new(192, 0, 2, 9), 4500).into();
+        let mut batch = SendBatch::new(4, 1400);
+        for i in 0..4 {
+            assert!(batch.push(&datagram(i, 1400), Some(to)));
+        }
+        assert_eq!(tx.send_batch(&mut batch).expect("sent without GSO"), 4);
+        let s = tx.stats();
+        assert_eq!(
+            (
+                s.gso_fallbacks,
+                s.sent_gso_messages,
+                s.sent_messages,
+                s.sent_datagrams
+            ),
+            (1, 0, 4, 4),
+            "{s:?}"
+        );
+        assert!(tx.gso(), "a route's MTU does not turn GSO off for good");
+        let json = ip(&["-j", "-s", "link", "show", "dev", "sl-udp0"]);
+        let tx_stats = &json[json.find("\"tx\":{").expect("tx statistics")..];
+        let packets = &tx_stats[tx_stats.find("\"packets\":").expect("tx packets") + 10..];
+        let packets: u64 = packets[..packets.find(|c: char| !c.is_ascii_digit()).unwrap()]
+            .parse()
+            .unwrap();
+        assert_eq!(
+            packets, 8,
+            "4 datagrams of 1400 bytes, 2 fragments each: {json}"
+        );
+    })
+    .join()
+    .expect("the test thread");
+}
