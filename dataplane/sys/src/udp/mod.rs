@@ -96,8 +96,9 @@ impl Default for UdpConfig {
     }
 }
 
-/// What a socket has done so far (relaxed counters, bumped once per
-/// syscall, not per datagram).
+/// What a socket's batched calls have done so far (relaxed counters,
+/// bumped once per syscall, not per datagram; the per-packet `send`,
+/// `send_to` and `recv_from` are not counted).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct UdpStats {
     /// `sendmmsg` calls that sent at least one message.
