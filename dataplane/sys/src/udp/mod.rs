@@ -594,8 +594,9 @@ impl UdpSocket {
             match err.raw_os_error() {
                 Some(libc::EINTR) => {}
                 // The first message was a GSO one the kernel would not
-                // segment: `EIO` (no checksum offload on the way out before
-                // Linux 6.11, IPsec, ...) will not change, so stop asking;
+                // segment: `EIO` (IPsec on the route; a device without
+                // checksum offload on kernels before commit 10154dbded6d,
+                // 2024) will not change, so stop asking;
                 // `EMSGSIZE` (6.x) or `EINVAL` (older kernels) for a
                 // segment bigger than the route's MTU allows is this
                 // send's only: its datagrams go one by one (and are
