@@ -53,24 +53,30 @@ use crate::{
     tunnel::Session,
 };
 
-/// Datagrams sent or received per batch.
-pub(super) const UDP_BATCH: usize = 64;
-/// Room for one datagram (a record is at most
-/// [`DatagramConfig::max_datagram`]; a received one longer than this is
-/// truncated, which its tag then refuses).
-const UDP_SLOT: usize = 2048;
+/// Datagrams sent per batch.
+pub(super) const UDP_BATCH: usize = crate::sys::udp::MAX_BATCH;
+/// Room for one datagram sent (a record is at most
+/// [`DatagramConfig::max_datagram`]).
+const UDP_SLOT: usize = 1500;
+/// Messages per receive; with GRO each holds up to 64 KiB of coalesced
+/// datagrams.
+const RX_MESSAGES: usize = 8;
+/// Datagrams one receive can give (GRO splits a message into at most 64).
+const RX_DATAGRAMS: usize = RX_MESSAGES * crate::sys::udp::MAX_GSO_SEGMENTS;
+/// Socket buffers: a burst of a few milliseconds at line rate.
+const UDP_BUFFER: usize = 4 << 20;
 
 /// The datagram transport beside one edge's TLS tunnel: a UDP socket
-/// connected to the edge's datagram port, the session that seals and
-/// opens its records, and preallocated batches both ways (no allocation
-/// per packet).
+/// connected to the edge's datagram port (`sendmmsg` with UDP GSO for
+/// runs of equal records, `recvmmsg` with UDP GRO), the session that
+/// seals and opens its records, and preallocated batches both ways (no
+/// allocation per packet).
 pub(super) struct Udp {
-    sock: mio::net::UdpSocket,
+    sock: crate::sys::udp::UdpSocket,
     session: DatagramSession,
-    tx: Box<[u8]>,
-    tx_lens: [usize; UDP_BATCH],
-    tx_n: usize,
-    rx: Box<[u8]>,
+    tx: crate::sys::udp::SendBatch,
+    rx: crate::sys::udp::RecvBatch,
+    /// Per datagram of the last receive: what opened.
     rx_open: Vec<Option<(RecordType, Range<usize>)>>,
     rx_n: usize,
 }
@@ -93,21 +99,24 @@ pub(super) struct UdpTally {
 
 impl Udp {
     fn new(edge: SocketAddr, session: DatagramSession) -> io::Result<Self> {
-        let any: SocketAddr = if edge.is_ipv4() {
-            (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
-        } else {
-            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+        let cfg = crate::sys::udp::UdpConfig {
+            gro: true,
+            recv_buffer: Some(UDP_BUFFER),
+            send_buffer: Some(UDP_BUFFER),
+            ..crate::sys::udp::UdpConfig::default()
         };
-        let sock = mio::net::UdpSocket::bind(any)?;
-        sock.connect(edge)?;
+        let sock = crate::sys::udp::UdpSocket::connect(edge, &cfg)?;
+        let slot = if sock.gro() {
+            crate::sys::udp::GRO_SLOT_LEN
+        } else {
+            UDP_SLOT
+        };
         Ok(Self {
             sock,
             session,
-            tx: vec![0; UDP_BATCH * UDP_SLOT].into_boxed_slice(),
-            tx_lens: [0; UDP_BATCH],
-            tx_n: 0,
-            rx: vec![0; UDP_BATCH * UDP_SLOT].into_boxed_slice(),
-            rx_open: (0..UDP_BATCH).map(|_| None).collect(),
+            tx: crate::sys::udp::SendBatch::new(UDP_BATCH, UDP_SLOT),
+            rx: crate::sys::udp::RecvBatch::new(RX_MESSAGES, slot),
+            rx_open: (0..RX_DATAGRAMS).map(|_| None).collect(),
             rx_n: 0,
         })
     }
@@ -124,33 +133,39 @@ impl Udp {
         now: Instant,
         tally: &mut UdpTally,
     ) -> Result<(), SealError> {
-        if self.tx_n == UDP_BATCH {
+        if self.tx.is_full() {
             self.flush(tally);
         }
-        let slot = &mut self.tx[self.tx_n * UDP_SLOT..(self.tx_n + 1) * UDP_SLOT];
+        let Some(slot) = self.tx.slot() else {
+            tally.send_dropped += 1;
+            return Ok(());
+        };
         let sealed = self.session.seal(&[pkt], now, slot)?;
-        self.tx_lens[self.tx_n] = sealed.len;
-        self.tx_n += 1;
+        self.tx.commit(sealed.len, None);
         Ok(())
     }
 
-    /// Sends the batch (and whatever the session wants to send: echo
-    /// replies, key acknowledgements).
+    /// Sends the batch: what the socket does not take now (its buffer is
+    /// full) is dropped and counted, as a congested link would.
     pub(super) fn flush(&mut self, tally: &mut UdpTally) {
-        for i in 0..self.tx_n {
-            let d = &self.tx[i * UDP_SLOT..i * UDP_SLOT + self.tx_lens[i]];
-            match self.sock.send(d) {
-                Ok(_) => tally.sent += 1,
-                Err(_) => tally.send_dropped += 1,
+        while !self.tx.is_empty() {
+            match self.sock.send_batch(&mut self.tx) {
+                Ok(n) if n > 0 => tally.sent += n as u64,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // Nothing taken (would block), or an error the socket
+                // reports: the rest is lost.
+                _ => {
+                    tally.send_dropped += self.tx.len() as u64;
+                    self.tx.clear();
+                }
             }
         }
-        self.tx_n = 0;
     }
 
     /// Sends what the session wants sent (echo replies, the empty record
     /// that acknowledges a new key) and a probe, at once.
     fn transmit(&mut self, probe: Option<u64>, now: Instant, tally: &mut UdpTally) {
-        let mut buf = [0u8; 256];
+        let mut buf = [0u8; 1500];
         if let Some(seq) = probe
             && let Ok(n) = self.session.send_echo(seq, now, &mut buf)
         {
@@ -159,10 +174,9 @@ impl Udp {
                 Err(_) => tally.send_dropped += 1,
             }
         }
-        let mut big = [0u8; 1500];
         while self.session.wants_transmit() {
-            match self.session.poll_transmit(now, &mut big) {
-                Ok(Some(n)) => match self.sock.send(&big[..n]) {
+            match self.session.poll_transmit(now, &mut buf) {
+                Ok(Some(n)) => match self.sock.send(&buf[..n]) {
                     Ok(_) => tally.sent += 1,
                     Err(_) => tally.send_dropped += 1,
                 },
@@ -171,35 +185,36 @@ impl Udp {
         }
     }
 
-    /// Reads up to a batch of datagrams and opens them in place. Returns
+    /// Reads a batch of datagrams and opens them in place. Returns
     /// whether more may be waiting.
     fn receive(&mut self, now: Instant, tally: &mut UdpTally) -> bool {
         self.rx_n = 0;
-        while self.rx_n < UDP_BATCH {
-            let slot = &mut self.rx[self.rx_n * UDP_SLOT..(self.rx_n + 1) * UDP_SLOT];
-            let n = match self.sock.recv(slot) {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                // WouldBlock, or an ICMP error the connected socket
-                // reports (port unreachable): nothing more now.
-                Err(_) => break,
+        match self.sock.recv_batch(&mut self.rx) {
+            Ok(_) => {}
+            // WouldBlock, or the error a connected socket reports once
+            // (the edge's port refused): nothing more now.
+            Err(_) => return false,
+        }
+        for (_, d) in self.rx.records_mut() {
+            let Some(slot) = self.rx_open.get_mut(self.rx_n) else {
+                break;
             };
             tally.received += 1;
-            let opened = self.session.open(&mut slot[..n], now);
+            let opened = self.session.open(d, now);
             if opened.is_err() {
                 tally.refused += 1;
             }
-            self.rx_open[self.rx_n] = opened.ok().map(|o| (o.kind, o.plaintext));
+            *slot = opened.ok().map(|o| (o.kind, o.plaintext));
             self.rx_n += 1;
         }
-        self.rx_n == UDP_BATCH
+        self.rx.messages() == self.rx.slots()
     }
 
     /// The packets of the last receive, in order.
     pub(super) fn packets(&self) -> UdpPackets<'_> {
         UdpPackets {
-            udp: self,
-            next: 0,
+            records: self.rx.records(),
+            opened: self.rx_open[..self.rx_n].iter(),
             items: None,
         }
     }
@@ -207,8 +222,8 @@ impl Udp {
 
 /// The packets of a [`Udp`]'s last receive batch.
 pub(super) struct UdpPackets<'a> {
-    udp: &'a Udp,
-    next: usize,
+    records: crate::sys::udp::Records<'a>,
+    opened: std::slice::Iter<'a, Option<(RecordType, Range<usize>)>>,
     items: Option<Items<'a>>,
 }
 
@@ -220,16 +235,10 @@ impl<'a> Iterator for UdpPackets<'a> {
             if let Some(p) = self.items.as_mut().and_then(Iterator::next) {
                 return Some(p);
             }
-            if self.next >= self.udp.rx_n {
-                return None;
-            }
-            let i = self.next;
-            self.next += 1;
-            self.items = match &self.udp.rx_open[i] {
-                Some((RecordType::Data, range)) => {
-                    let slot = &self.udp.rx[i * UDP_SLOT..(i + 1) * UDP_SLOT];
-                    slot.get(range.clone()).map(Items::new)
-                }
+            let (_, d) = self.records.next()?;
+            let opened = self.opened.next()?;
+            self.items = match opened {
+                Some((RecordType::Data, range)) => d.get(range.clone()).map(Items::new),
                 _ => None,
             };
         }
