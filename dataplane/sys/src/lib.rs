@@ -3,7 +3,9 @@
 //!
 //! - [`xsk`]: `AF_XDP` sockets: UMEM registration, the fill, completion, RX and
 //!   TX rings, batched and `#[must_use]`.
-//! - [`tun`]: TUN devices for the edge.
+//! - [`tun`]: TUN devices for the edge (one queue per worker).
+//! - [`reuseport`]: TCP listeners sharing one address, one per edge
+//!   worker.
 //! - [`cpu`]: CPU affinity of worker threads.
 //! - [`mem`]: huge-page advice for large lookup tables.
 //! - [`ethtool`]: the driver behind an interface.
@@ -43,6 +45,7 @@ pub mod lock;
 pub mod mem;
 pub mod neigh;
 pub mod peer;
+pub mod reuseport;
 pub mod rlimit;
 pub mod rtnl;
 pub mod sock_diag;
