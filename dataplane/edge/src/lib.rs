@@ -242,7 +242,7 @@ impl Edge {
         let udp_gso = host::kernel_at_least(6, 2);
         let tun_name = tuns[0].name().to_owned();
         let table = if cfg.manage_network {
-            Some(netfilter::setup(&cfg, &tun_name)?)
+            Some(netfilter::setup(&cfg, &tun_name, n)?)
         } else {
             log::warn!(
                 "manage_network = false: routes, NAT and the TUN filter (see netfilter in the README) are yours to set up"
