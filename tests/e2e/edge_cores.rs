@@ -166,7 +166,11 @@ fn conntrack_stats(lab: &Lab) -> Vec<(String, u64)> {
             }
         }
     }
-    names.into_iter().zip(sums).filter(|(n, _)| n != "entries").collect()
+    names
+        .into_iter()
+        .zip(sums)
+        .filter(|(n, _)| n != "entries")
+        .collect()
 }
 
 /// The destination address and port of each UDP packet in `pkts` (other
@@ -306,7 +310,9 @@ fn two_workers_forward_both_ways_and_hand_off_late_replies() {
     let handed_in = per_worker("sluice_edge_worker_replies_handed_in_total");
     let ct: Vec<(String, u64)> = conntrack_stats(&lab)
         .into_iter()
-        .filter(|(n, v)| *v > 0 && ["clashres", "insert_failed", "drop", "invalid"].contains(&n.as_str()))
+        .filter(|(n, v)| {
+            *v > 0 && ["clashres", "insert_failed", "drop", "invalid"].contains(&n.as_str())
+        })
         .collect();
     eprintln!(
         "edge on two workers: replies handed over {handoffs} ({handoffs_prompt} in the prompt phase), dropped {handoff_drops}; \
@@ -373,7 +379,9 @@ fn two_workers_forward_both_ways_and_hand_off_late_replies() {
         broken.push(format!("conntrack dropped new connections: {ct:?}"));
     }
     if handoff_drops > 0 {
-        broken.push(format!("{handoff_drops} replies dropped instead of handed over"));
+        broken.push(format!(
+            "{handoff_drops} replies dropped instead of handed over"
+        ));
     }
     assert!(
         broken.is_empty(),

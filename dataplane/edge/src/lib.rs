@@ -69,8 +69,8 @@
 #![deny(unsafe_code)]
 #![deny(missing_docs)]
 
-pub(crate) mod netfilter;
 mod mesh;
+pub(crate) mod netfilter;
 mod stats;
 mod worker;
 
@@ -184,6 +184,30 @@ impl std::fmt::Debug for Edge {
     }
 }
 
+/// The start-up line: where the edge listens, its TUN device, workers,
+/// gateways and caps.
+fn log_start(cfg: &EdgeConfig, tun: &str, workers: usize, nofile: u64, limits: &EdgeLimits) {
+    let gateways = cfg
+        .gateways
+        .iter()
+        .map(|g| {
+            let prefixes: Vec<String> = g.prefixes.iter().map(ToString::to_string).collect();
+            format!("{} [{}]", g.name, prefixes.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    log::info!(
+        "edge {} listening on {}, TUN {tun} (mtu {}), {workers} worker{}, gateways {gateways}; descriptors {nofile}, handshakes at most {} ({} per prefix), tunnels at most {}",
+        cfg.name,
+        cfg.listen,
+        cfg.tun_mtu,
+        if workers == 1 { "" } else { "s" },
+        limits.max_handshakes,
+        limits.max_handshakes_per_prefix,
+        limits.max_tunnels,
+    );
+}
+
 /// Opens the TUN device `cfg.tun` with `queues` queues, with virtio-net
 /// headers if `tun_offload` (falling back to none if the kernel refuses).
 fn open_tun(cfg: &EdgeConfig, queues: usize) -> Result<Vec<Tun>, EdgeError> {
@@ -253,11 +277,7 @@ impl Edge {
         // Room for every handshake there can be (evictions), and a few
         // turns of connections passed between workers.
         let control = limits.max_handshakes as usize + 2 * ACCEPTS_PER_TURN * n;
-        let mesh = Arc::new(Mesh::new(
-            n,
-            usize::from(cfg.tun_mtu).max(1500),
-            control,
-        ));
+        let mesh = Arc::new(Mesh::new(n, usize::from(cfg.tun_mtu).max(1500), control));
         let now = Instant::now();
         let mut workers = Vec::with_capacity(n);
         for (i, (mut listener, tun)) in listeners.into_iter().zip(tuns).enumerate() {
@@ -276,7 +296,9 @@ impl Edge {
                 what: format!("worker {i}"),
                 source: io::ErrorKind::InvalidInput.into(),
             })?;
-            let gro = tun.has_vnet_hdr().then(|| Box::new(Coalescer::new(udp_gso)));
+            let gro = tun
+                .has_vnet_hdr()
+                .then(|| Box::new(Coalescer::new(udp_gso)));
             let core = Core::for_worker(
                 &settings,
                 tls.clone(),
@@ -297,29 +319,7 @@ impl Edge {
                 cfg.gateways.len(),
             ));
         }
-        log::info!(
-            "edge {} listening on {}, TUN {tun_name} (mtu {}), {n} worker{}, gateways {}; descriptors {nofile}, handshakes at most {} ({} per prefix), tunnels at most {}",
-            cfg.name,
-            cfg.listen,
-            cfg.tun_mtu,
-            if n == 1 { "" } else { "s" },
-            cfg.gateways
-                .iter()
-                .map(|g| format!(
-                    "{} [{}]",
-                    g.name,
-                    g.prefixes
-                        .iter()
-                        .map(ToString::to_string)
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ))
-                .collect::<Vec<_>>()
-                .join(", "),
-            limits.max_handshakes,
-            limits.max_handshakes_per_prefix,
-            limits.max_tunnels,
-        );
+        log_start(&cfg, &tun_name, n, nofile, &limits);
         let metrics = Arc::new(EdgeMetrics {
             shared,
             cores: workers.iter().map(|w| w.core.stats()).collect(),
@@ -357,44 +357,56 @@ impl Edge {
         if let [w] = &mut self.workers[..] {
             return w.run(stop);
         }
-        let mesh = &self.mesh;
-        std::thread::scope(|s| {
-            let mut handles = Vec::with_capacity(self.workers.len());
-            let mut first: Result<(), EdgeError> = Ok(());
-            for w in &mut self.workers {
-                let i = w.index;
-                let spawned = std::thread::Builder::new()
-                    .name(format!("sluice-edge-{i}"))
-                    .spawn_scoped(s, move || {
-                        let r = w.run(stop);
-                        if let Err(e) = &r {
-                            log::error!("edge worker {i}: {e}; stopping the edge");
-                            mesh.fail();
-                        }
-                        r
-                    });
-                match spawned {
-                    Ok(h) => handles.push(h),
-                    Err(e) => {
-                        mesh.fail();
-                        first = Err(EdgeError::Io {
-                            what: format!("starting edge worker {i}"),
-                            source: e,
-                        });
-                        break;
-                    }
-                }
-            }
-            for h in handles {
-                match h.join() {
-                    Ok(Err(e)) if first.is_ok() => first = Err(e),
-                    Ok(_) => {}
-                    Err(panic) => std::panic::resume_unwind(panic),
-                }
-            }
-            first
-        })
+        supervise(&mut self.workers, &self.mesh, |w| w.run(stop))
     }
+}
+
+/// Runs `run` on every worker, each on a thread of its own (named
+/// `sluice-edge-<index>`), until all have returned. The first to fail sets
+/// [`Mesh::fail`], which stops (and wakes) the others; its error is
+/// returned. A thread that cannot be started fails the same way. A panic
+/// is resumed here (the `sluice` binary aborts on any panic first).
+fn supervise<W: Send>(
+    workers: &mut [W],
+    mesh: &Mesh,
+    run: impl Fn(&mut W) -> Result<(), EdgeError> + Sync,
+) -> Result<(), EdgeError> {
+    let run = &run;
+    std::thread::scope(|s| {
+        let mut handles = Vec::with_capacity(workers.len());
+        let mut first: Result<(), EdgeError> = Ok(());
+        for (i, w) in workers.iter_mut().enumerate() {
+            let spawned = std::thread::Builder::new()
+                .name(format!("sluice-edge-{i}"))
+                .spawn_scoped(s, move || {
+                    let r = run(w);
+                    if let Err(e) = &r {
+                        log::error!("edge worker {i}: {e}; stopping the edge");
+                        mesh.fail();
+                    }
+                    r
+                });
+            match spawned {
+                Ok(h) => handles.push(h),
+                Err(e) => {
+                    mesh.fail();
+                    first = Err(EdgeError::Io {
+                        what: format!("starting edge worker {i}"),
+                        source: e,
+                    });
+                    break;
+                }
+            }
+        }
+        for h in handles {
+            match h.join() {
+                Ok(Err(e)) if first.is_ok() => first = Err(e),
+                Ok(_) => {}
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        }
+        first
+    })
 }
 
 #[cfg(test)]

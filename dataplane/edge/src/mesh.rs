@@ -127,10 +127,7 @@ impl Mesh {
     /// index is out of range or already taken.
     pub(crate) fn port(&self, w: usize, waker: mio::Waker) -> Option<Port> {
         self.inboxes.get(w)?.waker.set(waker).ok()?;
-        Some(Port {
-            me: w,
-            woken: 0,
-        })
+        Some(Port { me: w, woken: 0 })
     }
 
     /// A worker failed: every worker stops (and is woken to see it).
@@ -140,6 +137,14 @@ impl Mesh {
             if let Some(w) = i.waker.get() {
                 let _ = w.wake();
             }
+        }
+    }
+
+    /// A connection placed on worker `to` ([`Port::place`]) could not be
+    /// handed over (its queue is full): not counted there.
+    pub(crate) fn unplace(&self, to: usize) {
+        if let Some(i) = self.inboxes.get(to) {
+            i.load.fetch_sub(1, Relaxed);
         }
     }
 
@@ -254,14 +259,6 @@ impl Port {
         Some(best)
     }
 
-    /// A connection placed with [`Port::place`] could not be handed over
-    /// (its worker's queue is full): back to this worker.
-    pub(crate) fn unplace(&self, mesh: &Mesh, to: usize) {
-        if let Some(i) = mesh.inboxes.get(to) {
-            i.load.fetch_sub(1, Relaxed);
-        }
-    }
-
     /// This worker took (`true`) or let go of a connection.
     pub(crate) fn count(&self, mesh: &Mesh, up: bool) {
         let l = &self.mine(mesh).load;
@@ -330,7 +327,10 @@ mod tests {
             (s0.handoffs.load(Relaxed), s0.handoff_drops.load(Relaxed)),
             (BUFFERS as u64, 2)
         );
-        assert_eq!(mesh.stats(1).unwrap().handed_in.load(Relaxed), BUFFERS as u64);
+        assert_eq!(
+            mesh.stats(1).unwrap().handed_in.load(Relaxed),
+            BUFFERS as u64
+        );
         assert!(a.hand_off(&mesh, 1, &[7; 10]), "buffers came back");
     }
 
@@ -345,7 +345,7 @@ mod tests {
         assert_eq!(a.place(&mesh), Some(2));
         assert_eq!(a.place(&mesh), None, "1 each");
         a.count(&mesh, true);
-        a.unplace(&mesh, 2);
+        mesh.unplace(2);
         assert_eq!(a.place(&mesh), Some(2));
         assert_eq!((mesh.load(0), mesh.load(1), mesh.load(2)), (2, 1, 1));
     }

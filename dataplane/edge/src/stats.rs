@@ -240,7 +240,14 @@ pub fn render(m: &EdgeMetrics, out: &mut String) {
     for (name, kind, help, field) in per {
         for (i, gw) in names.iter().enumerate() {
             let help = (i == 0).then_some(help);
-            sample(out, name, kind, help, &[("gateway", gw)], m.gw_sum(i, field));
+            sample(
+                out,
+                name,
+                kind,
+                help,
+                &[("gateway", gw)],
+                m.gw_sum(i, field),
+            );
         }
     }
     for (i, gw) in names.iter().enumerate() {
@@ -260,6 +267,13 @@ pub fn render(m: &EdgeMetrics, out: &mut String) {
 /// The workers: how many, what the mesh carried, and per worker its
 /// tunnels, connections and packets both ways.
 fn render_workers(m: &EdgeMetrics, out: &mut String) {
+    /// Name, kind, help, the value for a worker.
+    type PerWorker = (
+        &'static str,
+        &'static str,
+        &'static str,
+        fn(&EdgeMetrics, usize) -> u64,
+    );
     const C: &str = "counter";
     const G: &str = "gauge";
     let n = m.mesh.workers();
@@ -281,7 +295,9 @@ fn render_workers(m: &EdgeMetrics, out: &mut String) {
         out,
         "sluice_edge_reply_handoffs_total",
         C,
-        Some("Replies the kernel put on one worker's TUN queue, handed to the worker holding their tunnel."),
+        Some(
+            "Replies the kernel put on one worker's TUN queue, handed to the worker holding their tunnel.",
+        ),
         &[],
         mesh_sum(|s| &s.handoffs),
     );
@@ -289,7 +305,9 @@ fn render_workers(m: &EdgeMetrics, out: &mut String) {
         out,
         "sluice_edge_reply_handoff_drops_total",
         C,
-        Some("Replies dropped instead of handed over: the owning worker's queue was full (or the packet longer than its buffers)."),
+        Some(
+            "Replies dropped instead of handed over: the owning worker's queue was full (or the packet longer than its buffers).",
+        ),
         &[],
         mesh_sum(|s| &s.handoff_drops),
     );
@@ -301,25 +319,38 @@ fn render_workers(m: &EdgeMetrics, out: &mut String) {
         &[],
         mesh_sum(|s| &s.passed),
     );
-    type PerWorker = (&'static str, &'static str, &'static str, fn(&EdgeMetrics, usize) -> u64);
     let per: [PerWorker; 6] = [
-        ("sluice_edge_worker_tunnels", G, "Authenticated tunnels, by worker.", |m, w| {
-            m.cores.get(w).map_or(0, |c| c.tunnels.load(Relaxed))
-        }),
-        ("sluice_edge_worker_conns", G, "Connections (handshakes and tunnels), by worker.", |m, w| {
-            u64::from(m.mesh.load(w))
-        }),
+        (
+            "sluice_edge_worker_tunnels",
+            G,
+            "Authenticated tunnels, by worker.",
+            |m, w| m.cores.get(w).map_or(0, |c| c.tunnels.load(Relaxed)),
+        ),
+        (
+            "sluice_edge_worker_conns",
+            G,
+            "Connections (handshakes and tunnels), by worker.",
+            |m, w| u64::from(m.mesh.load(w)),
+        ),
         (
             "sluice_edge_worker_to_kernel_packets_total",
             C,
             "Packets from tunnels written to the TUN device, by worker.",
-            |m, w| m.cores.get(w).map_or(0, |c| c.to_kernel_packets.load(Relaxed)),
+            |m, w| {
+                m.cores
+                    .get(w)
+                    .map_or(0, |c| c.to_kernel_packets.load(Relaxed))
+            },
         ),
         (
             "sluice_edge_worker_to_tunnel_packets_total",
             C,
             "Packets sent into tunnels, by worker (replies handed over count where they were sent).",
-            |m, w| m.cores.get(w).map_or(0, |c| c.to_tunnel_packets.load(Relaxed)),
+            |m, w| {
+                m.cores
+                    .get(w)
+                    .map_or(0, |c| c.to_tunnel_packets.load(Relaxed))
+            },
         ),
         (
             "sluice_edge_worker_reply_handoffs_total",
@@ -337,7 +368,14 @@ fn render_workers(m: &EdgeMetrics, out: &mut String) {
     for (name, kind, help, f) in per {
         for w in 0..n {
             let label = w.to_string();
-            sample(out, name, kind, (w == 0).then_some(help), &[("worker", &label)], f(m, w));
+            sample(
+                out,
+                name,
+                kind,
+                (w == 0).then_some(help),
+                &[("worker", &label)],
+                f(m, w),
+            );
         }
     }
 }
@@ -364,14 +402,28 @@ mod tests {
             name: "edge".into(),
             keepalive: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(15),
-            gateways: vec![gw("branch-1", "192.0.2.0/24"), gw("branch-2", "198.18.2.0/24")],
+            gateways: vec![
+                gw("branch-1", "192.0.2.0/24"),
+                gw("branch-2", "198.18.2.0/24"),
+            ],
             reserved: Vec::new(),
         };
         let shared = Arc::new(
-            Shared::new(&settings, EdgeLimits::default(), &sluice_core::lpm::NoAdvice, 2).unwrap(),
+            Shared::new(
+                &settings,
+                EdgeLimits::default(),
+                &sluice_core::lpm::NoAdvice,
+                2,
+            )
+            .unwrap(),
         );
         let cores: Vec<Arc<EdgeStats>> = (0..2)
-            .map(|_| Arc::new(EdgeStats::new(["branch-1".to_string(), "branch-2".to_string()])))
+            .map(|_| {
+                Arc::new(EdgeStats::new([
+                    "branch-1".to_string(),
+                    "branch-2".to_string(),
+                ]))
+            })
             .collect();
         for c in &cores {
             c.drop_spoofed.fetch_add(7, Relaxed);

@@ -473,7 +473,7 @@ fn a_reply_on_the_wrong_worker_reaches_its_tunnel_through_the_owner() {
     assert_eq!(handed, [Ok(())]);
     pump(c0, &mut g1, now, &mut delivered);
     pump(c1, &mut g2, now, &mut delivered);
-    assert_eq!(g1.got, [reply.clone()]);
+    assert_eq!(g1.got, std::slice::from_ref(&reply));
     assert!(g2.got.is_empty(), "nothing for branch 2");
     // On its own worker, a reply goes straight in.
     let reply2 = udp(server, [198, 18, 2, 10]);
@@ -516,9 +516,15 @@ fn caps_hold_across_workers() {
     let b = connect(c1, &lab, "branch-1", "198.51.100.1:2", now);
     let c = connect(c0, &lab, "branch-1", "198.51.100.1:3", now);
     assert!(a.sess.is_established() && b.sess.is_established());
-    assert!(c.sess.is_closed(), "a third tunnel of branch-1, on either worker");
+    assert!(
+        c.sess.is_closed(),
+        "a third tunnel of branch-1, on either worker"
+    );
     assert_eq!(c0.stats().refused_tunnel_cap.load(Relaxed), 1);
-    assert_eq!((c0.tunnels(), c1.tunnels(), c0.shared().tunnels()), (1, 1, 2));
+    assert_eq!(
+        (c0.tunnels(), c1.tunnels(), c0.shared().tunnels()),
+        (1, 1, 2)
+    );
     // Handshakes: three from one /24 on worker 1, one more on worker 0.
     let mut on1 = Vec::new();
     for i in 0..3 {
@@ -529,7 +535,11 @@ fn caps_hold_across_workers() {
         on1.push(id);
     }
     let peer: SocketAddr = "203.0.113.250:1".parse().unwrap();
-    assert_eq!(c0.accept(peer, now), Accepted::Refused, "per prefix, both workers");
+    assert_eq!(
+        c0.accept(peer, now),
+        Accepted::Refused,
+        "per prefix, both workers"
+    );
     assert!(matches!(
         c0.accept("[2001:db8:66::1]:1".parse().unwrap(), now),
         Accepted::Conn(_)
@@ -548,4 +558,42 @@ fn caps_hold_across_workers() {
     assert_eq!(c1.poll_closed(), Some(on1[0]));
     assert_eq!(c0.handshakes(), 4, "counted once");
     assert_eq!(c0.stats().handshakes_evicted.load(Relaxed), 1);
+}
+
+/// One worker failing stops every other (they see the mesh fail and
+/// return) and its error is the edge's; workers that only stop return
+/// nothing.
+#[test]
+fn one_failing_worker_stops_them_all_with_its_error() {
+    let mesh = mesh::Mesh::new(3, 1500, 8);
+    let polls: Vec<mio::Poll> = (0..3).map(|_| mio::Poll::new().unwrap()).collect();
+    let _ports: Vec<_> = (0..3)
+        .map(|i| {
+            let waker = mio::Waker::new(polls[i].registry(), mio::Token(2)).unwrap();
+            mesh.port(i, waker).unwrap()
+        })
+        .collect();
+    let mut workers = [0usize, 1, 2];
+    let started = Instant::now();
+    let r = supervise(&mut workers, &mesh, |w| {
+        if *w == 1 {
+            std::thread::sleep(Duration::from_millis(20));
+            return Err(EdgeError::Io {
+                what: "worker 1: reading TUN device".into(),
+                source: io::ErrorKind::BrokenPipe.into(),
+            });
+        }
+        while !mesh.failed() {
+            assert!(started.elapsed() < Duration::from_secs(10), "never stopped");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        Ok(())
+    });
+    let e = r.unwrap_err().to_string();
+    assert!(e.contains("worker 1"), "{e}");
+    assert!(mesh.failed());
+    // Nobody failing: all stop on their own, no error.
+    let mesh = mesh::Mesh::new(2, 1500, 8);
+    assert!(supervise(&mut [0, 1], &mesh, |_| Ok(())).is_ok());
+    assert!(!mesh.failed());
 }

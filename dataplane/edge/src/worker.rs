@@ -26,9 +26,7 @@ use mio::{
     net::{TcpListener, TcpStream},
 };
 
-use sluice_core::edge::{
-    Accepted, ConnId, Core, Sent, TunDrop, ratelog, router::GatewayId,
-};
+use sluice_core::edge::{Accepted, ConnId, Core, Sent, TunDrop, ratelog, router::GatewayId};
 use sluice_runtime::driver;
 
 use crate::{
@@ -323,7 +321,7 @@ impl Worker {
                         continue;
                     }
                     Err(Control::Adopt { stream, peer }) => {
-                        self.port.unplace(&self.mesh, to);
+                        self.mesh.unplace(to);
                         self.register(stream, peer, now, false);
                     }
                     Err(Control::Evict { .. }) => {}
@@ -338,7 +336,13 @@ impl Worker {
     /// Takes connection `sock` from `peer` (`counted`: already in this
     /// worker's load, as one handed over is): a slot in the core, or a
     /// refusal (the socket closes).
-    fn register(&mut self, mut sock: TcpStream, peer: std::net::SocketAddr, now: Instant, counted: bool) {
+    fn register(
+        &mut self,
+        mut sock: TcpStream,
+        peer: std::net::SocketAddr,
+        now: Instant,
+        counted: bool,
+    ) {
         let id = match self.core.accept(peer, now) {
             Accepted::Refused => {
                 if counted {
@@ -358,10 +362,18 @@ impl Worker {
                 slot: p.slot,
                 generation: p.generation,
             };
-            if self.port.send(&self.mesh, usize::from(p.worker), msg).is_err() {
+            if self
+                .port
+                .send(&self.mesh, usize::from(p.worker), msg)
+                .is_err()
+            {
                 // Cannot happen (the queues hold every handshake there can
                 // be); the handshake ends at its deadline anyway.
-                log::warn!("worker {}: an eviction for worker {} was lost", self.index, p.worker);
+                log::warn!(
+                    "worker {}: an eviction for worker {} was lost",
+                    self.index,
+                    p.worker
+                );
             }
         }
         // Evictions free slots: close their sockets before reusing.
@@ -514,7 +526,11 @@ impl Worker {
                 Err(e) => {
                     t.count(&self.core);
                     return Err(EdgeError::Io {
-                        what: format!("reading TUN device {} (worker {})", self.tun.name(), self.index),
+                        what: format!(
+                            "reading TUN device {} (worker {})",
+                            self.tun.name(),
+                            self.index
+                        ),
                         source: e,
                     });
                 }

@@ -462,7 +462,10 @@ impl Core {
                 )),
                 Err(TunnelCap::Gateway(max)) => Err((
                     "tunnel_cap",
-                    format!("gateway `{}` holds its max_tunnels ({max})", self.ids.name(g)),
+                    format!(
+                        "gateway `{}` holds its max_tunnels ({max})",
+                        self.ids.name(g)
+                    ),
                 )),
             },
         };

@@ -167,25 +167,24 @@ impl Directory {
     /// (`Err`), reading the slots as they are (consistent under the
     /// writer's mutex; a reader checks the sequence counter around it).
     #[inline]
-    fn find(&self, k: u128, family: u8) -> Result<usize, usize> {
-        let (hi, lo) = ((k >> 64) as u64, k as u64);
-        let mut i = self.home(k, family);
+    fn find(&self, key: u128, family: u8) -> Result<usize, usize> {
+        let (hi, lo) = ((key >> 64) as u64, key as u64);
+        let mut at = self.home(key, family);
         // Bounded: a reader racing a writer may see a run without its
         // empty end for a moment; it retries anyway.
         for _ in 0..self.slots.len() {
-            let s = &self.slots[i];
-            let m = s.meta.load(Ordering::Relaxed);
-            let f = family_of(m);
-            if f == EMPTY {
-                return Err(i);
+            let slot = &self.slots[at];
+            let tag = family_of(slot.meta.load(Ordering::Relaxed));
+            if tag == EMPTY {
+                return Err(at);
             }
-            if f == u64::from(family)
-                && s.lo.load(Ordering::Relaxed) == lo
-                && s.hi.load(Ordering::Relaxed) == hi
+            if tag == u64::from(family)
+                && slot.lo.load(Ordering::Relaxed) == lo
+                && slot.hi.load(Ordering::Relaxed) == hi
             {
-                return Ok(i);
+                return Ok(at);
             }
-            i = (i + 1) & self.mask;
+            at = (at + 1) & self.mask;
         }
         Err(usize::MAX)
     }
@@ -255,7 +254,8 @@ impl Directory {
         b.lo.store(a.lo.load(Ordering::Relaxed), Ordering::Relaxed);
         b.holders
             .store(a.holders.load(Ordering::Relaxed), Ordering::Relaxed);
-        b.meta.store(a.meta.load(Ordering::Relaxed), Ordering::Relaxed);
+        b.meta
+            .store(a.meta.load(Ordering::Relaxed), Ordering::Relaxed);
     }
 
     /// Empties slot `hole` (between [`Directory::begin_write`] and
@@ -288,76 +288,78 @@ impl Directory {
 
 impl Writer<'_> {
     /// [`Directory::claim`] under this lock.
-    pub fn claim(&mut self, ip: IpAddr, g: GatewayId, w: WorkerId) -> Claim {
-        let d = self.dir;
-        let (k, family) = addr_map::key(ip);
-        match d.find(k, family) {
-            Ok(i) => {
-                let s = &d.slots[i];
-                if gateway_of(s.meta.load(Ordering::Relaxed)) != g {
+    pub fn claim(&mut self, ip: IpAddr, gateway: GatewayId, worker: WorkerId) -> Claim {
+        let dir = self.dir;
+        let (key, family) = addr_map::key(ip);
+        match dir.find(key, family) {
+            Ok(at) => {
+                let slot = &dir.slots[at];
+                if gateway_of(slot.meta.load(Ordering::Relaxed)) != gateway {
                     // Unreachable while every address has one owner and
                     // claims follow the ownership check: never book an
                     // address to two gateways.
                     return Claim::OverQuota;
                 }
-                let h = s.holders.load(Ordering::Relaxed);
-                if h & bit(w) == 0 {
-                    d.begin_write();
-                    s.holders.store(h | bit(w), Ordering::Relaxed);
-                    d.end_write();
+                let holders = slot.holders.load(Ordering::Relaxed);
+                if holders & bit(worker) == 0 {
+                    dir.begin_write();
+                    slot.holders.store(holders | bit(worker), Ordering::Relaxed);
+                    dir.end_write();
                 }
                 Claim::Joined
             }
-            Err(i) => {
-                let gi = usize::from(g);
-                let (Some(used), Some(&max)) = (d.used.get(gi), d.max.get(gi)) else {
+            Err(at) => {
+                let index = usize::from(gateway);
+                let (Some(used), Some(&max)) = (dir.used.get(index), dir.max.get(index)) else {
                     return Claim::OverQuota;
                 };
-                if i == usize::MAX
+                if at == usize::MAX
                     || used.load(Ordering::Relaxed) >= max
-                    || d.len() >= d.capacity
+                    || dir.len() >= dir.capacity
                 {
                     return Claim::OverQuota;
                 }
-                let s = &d.slots[i];
-                d.begin_write();
-                s.hi.store((k >> 64) as u64, Ordering::Relaxed);
-                s.lo.store(k as u64, Ordering::Relaxed);
-                s.holders.store(bit(w), Ordering::Relaxed);
-                s.meta.store(meta(family, g), Ordering::Relaxed);
-                d.end_write();
+                let slot = &dir.slots[at];
+                dir.begin_write();
+                slot.hi.store((key >> 64) as u64, Ordering::Relaxed);
+                slot.lo.store(key as u64, Ordering::Relaxed);
+                slot.holders.store(bit(worker), Ordering::Relaxed);
+                slot.meta.store(meta(family, gateway), Ordering::Relaxed);
+                dir.end_write();
                 used.fetch_add(1, Ordering::Relaxed);
-                d.len.fetch_add(1, Ordering::Relaxed);
+                dir.len.fetch_add(1, Ordering::Relaxed);
                 Claim::New
             }
         }
     }
 
     /// [`Directory::release`] under this lock.
-    pub fn release(&mut self, ip: IpAddr, w: WorkerId) {
-        let d = self.dir;
-        let (k, family) = addr_map::key(ip);
-        let Ok(i) = d.find(k, family) else {
+    pub fn release(&mut self, ip: IpAddr, worker: WorkerId) {
+        let dir = self.dir;
+        let (key, family) = addr_map::key(ip);
+        let Ok(at) = dir.find(key, family) else {
             return;
         };
-        let s = &d.slots[i];
-        let h = s.holders.load(Ordering::Relaxed);
-        if h & bit(w) == 0 {
+        let slot = &dir.slots[at];
+        let holders = slot.holders.load(Ordering::Relaxed);
+        if holders & bit(worker) == 0 {
             return;
         }
-        let g = gateway_of(s.meta.load(Ordering::Relaxed));
-        d.begin_write();
-        if h == bit(w) {
-            d.remove_at(i);
+        let last = holders == bit(worker);
+        let gateway = gateway_of(slot.meta.load(Ordering::Relaxed));
+        dir.begin_write();
+        if last {
+            dir.remove_at(at);
         } else {
-            s.holders.store(h & !bit(w), Ordering::Relaxed);
+            slot.holders
+                .store(holders & !bit(worker), Ordering::Relaxed);
         }
-        d.end_write();
-        if h == bit(w) {
-            if let Some(u) = d.used.get(usize::from(g)) {
-                u.fetch_sub(1, Ordering::Relaxed);
+        dir.end_write();
+        if last {
+            if let Some(used) = dir.used.get(usize::from(gateway)) {
+                used.fetch_sub(1, Ordering::Relaxed);
             }
-            d.len.fetch_sub(1, Ordering::Relaxed);
+            dir.len.fetch_sub(1, Ordering::Relaxed);
         }
     }
 }
@@ -425,7 +427,11 @@ mod tests {
                 d.release(v4(i + round), (i % 3) as WorkerId);
             }
             for i in (1..100).step_by(2) {
-                assert_eq!(d.holders(v4(i + round)), bit((i % 3) as WorkerId), "{round} {i}");
+                assert_eq!(
+                    d.holders(v4(i + round)),
+                    bit((i % 3) as WorkerId),
+                    "{round} {i}"
+                );
             }
             for i in 0..100 {
                 d.release(v4(i + round), (i % 3) as WorkerId);

@@ -147,7 +147,11 @@ impl Router {
     ) -> Result<Self, RouterError> {
         let table = build_table(gateways, reserved, advise)?;
         let quotas: Vec<u32> = gateways.iter().map(|g| g.max_routes).collect();
-        Ok(Self::from_parts(table, Arc::new(Directory::new(&quotas)), 0))
+        Ok(Self::from_parts(
+            table,
+            Arc::new(Directory::new(&quotas)),
+            0,
+        ))
     }
 
     /// Worker `worker`'s router over a shared ownership table and
@@ -165,6 +169,7 @@ impl Router {
 
     /// A router for worker `worker` sharing this one's ownership table and
     /// route books (its own routes start empty).
+    #[must_use]
     pub fn sibling(&self, worker: WorkerId) -> Self {
         Self::from_parts(self.table.clone(), self.directory.clone(), worker)
     }
@@ -296,13 +301,14 @@ impl Router {
             Claim::OverQuota => Learnt::OverQuota,
             // The local table holds the sum of the quotas, and each of its
             // addresses is booked: room is guaranteed.
-            Claim::New | Claim::Joined => match self.routes.insert(src, t) {
-                Ok(_) => Learnt::New,
-                Err(_) => {
+            Claim::New | Claim::Joined => {
+                if self.routes.insert(src, t).is_ok() {
+                    Learnt::New
+                } else {
                     d.release(src, self.worker);
                     Learnt::OverQuota
                 }
-            },
+            }
         }
     }
 

@@ -251,7 +251,11 @@ impl Shared {
         };
         let under = |max: u32| move |n: u32| (n < max).then_some(n + 1);
         self.tunnels
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, under(self.limits.max_tunnels))
+            .fetch_update(
+                Ordering::AcqRel,
+                Ordering::Acquire,
+                under(self.limits.max_tunnels),
+            )
             .map_err(|_| TunnelCap::Edge)?;
         if count
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, under(max))
@@ -315,7 +319,10 @@ mod tests {
         s.take_tunnel(1).unwrap();
         s.take_tunnel(1).unwrap();
         assert_eq!(s.take_tunnel(1), Err(TunnelCap::Edge));
-        assert_eq!((s.tunnels(), s.gateway_tunnels(0), s.gateway_tunnels(1)), (5, 3, 2));
+        assert_eq!(
+            (s.tunnels(), s.gateway_tunnels(0), s.gateway_tunnels(1)),
+            (5, 3, 2)
+        );
         s.release_tunnel(0);
         s.take_tunnel(1).unwrap();
         assert_eq!(s.take_tunnel(0), Err(TunnelCap::Edge));
