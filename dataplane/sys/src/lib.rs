@@ -3,9 +3,7 @@
 //!
 //! - [`xsk`]: `AF_XDP` sockets: UMEM registration, the fill, completion, RX and
 //!   TX rings, batched and `#[must_use]`.
-//! - [`tun`]: TUN devices for the edge (one queue per worker).
-//! - [`reuseport`]: TCP listeners sharing one address, one per edge
-//!   worker.
+//! - [`tun`]: TUN devices for the edge.
 //! - [`cpu`]: CPU affinity of worker threads.
 //! - [`mem`]: huge-page advice for large lookup tables.
 //! - [`ethtool`]: the driver behind an interface.
@@ -16,6 +14,8 @@
 //! - [`rtnl`]: link, address and route change notifications (rtnetlink),
 //!   which trigger trusted-network re-evaluation.
 //! - [`rlimit`]: the descriptor limit (the edge raises it at start).
+//! - [`reuseport`]: TCP listeners sharing one address, one per edge
+//!   worker.
 //! - [`neigh`]: the kernel's neighbour (ARP/ND) table over rtnetlink,
 //!   which the gateway's workers take LAN hosts' MACs from.
 //! - [`bpf_mmap`]: a BPF array map's words mapped into the process (the
