@@ -19,10 +19,15 @@
 //! configuration and direction as min and median over the rounds, with
 //! the ratio of one per core to one worker.
 //!
+//! With `--baseline PATH`, a third configuration: the edge of another
+//! `sluice` binary (an earlier build, e.g. of the commit before the
+//! workers existed), with the same configuration but no `workers` line:
+//! the single-threaded edge as it was, in the same run.
+//!
 //! `cargo build --release -p sluice -p sluice-bench`, then, as root:
 //! `target/release/edgecpu --sluice target/release/sluice [--rounds 5]
-//! [--seconds 10] [--workers N] [--out bench/out]`. No builds while it
-//! runs.
+//! [--seconds 10] [--workers N] [--baseline OLD_SLUICE] [--out bench/out]`.
+//! No builds while it runs.
 #![allow(clippy::cast_precision_loss)]
 
 use std::{
@@ -39,6 +44,7 @@ const TICKS: f64 = 100.0;
 
 struct Args {
     sluice: PathBuf,
+    baseline: Option<PathBuf>,
     rounds: usize,
     seconds: u64,
     workers: usize,
@@ -48,6 +54,7 @@ struct Args {
 fn parse_args() -> Result<Args> {
     let mut a = Args {
         sluice: PathBuf::from("target/release/sluice"),
+        baseline: None,
         rounds: 5,
         seconds: 10,
         workers: std::thread::available_parallelism()
@@ -60,6 +67,7 @@ fn parse_args() -> Result<Args> {
         let mut val = || it.next().with_context(|| format!("{flag} needs a value"));
         match flag.as_str() {
             "--sluice" => a.sluice = val()?.into(),
+            "--baseline" => a.baseline = Some(val()?.into()),
             "--rounds" => a.rounds = val()?.parse()?,
             "--seconds" => a.seconds = val()?.parse()?,
             "--workers" => a.workers = val()?.parse()?,
@@ -165,11 +173,29 @@ fn traffic(lab: &Lab, secs: u64, download: bool) -> Result<f64> {
     Ok(gbps)
 }
 
+/// An edge configuration measured.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Config {
+    /// This build with `edge.workers = n`.
+    Workers(usize),
+    /// The `--baseline` binary (no `workers` line).
+    Baseline,
+}
+
+impl std::fmt::Display for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Config::Workers(n) => write!(f, "workers {n}"),
+            Config::Baseline => f.write_str("baseline"),
+        }
+    }
+}
+
 /// One measurement.
 #[derive(Clone, Debug)]
 struct Run {
     round: usize,
-    workers: usize,
+    config: Config,
     download: bool,
     cpu_s: f64,
     gb: f64,
@@ -186,14 +212,18 @@ impl Run {
     }
 }
 
-fn set_workers(s: &Sluice<'_>, n: usize) {
+/// Sets `edge.workers` to `n`, or removes it (`None`).
+fn set_workers(s: &Sluice<'_>, n: Option<usize>) {
     s.edit_edge(|c| {
         let mut kept = String::new();
         for l in c.lines().filter(|l| !l.starts_with("workers = ")) {
             kept.push_str(l);
             kept.push('\n');
         }
-        kept.replacen("[edge]\n", &format!("[edge]\nworkers = {n}\n"), 1)
+        match n {
+            Some(n) => kept.replacen("[edge]\n", &format!("[edge]\nworkers = {n}\n"), 1),
+            None => kept,
+        }
     });
 }
 
@@ -211,54 +241,61 @@ fn stats(v: &mut [f64]) -> (f64, f64) {
     (min, median)
 }
 
-fn report(runs: &[Run], a: &Args) -> String {
+fn report(runs: &[Run], a: &Args, configs: &[Config]) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "Edge CPU per GB forwarded, `edge.workers` 1 against {} (one per core), {} rounds alternated, {} s of TCP per direction and run (both branches at once, iperf3 -P 2 each).\n",
-        a.workers, a.rounds, a.seconds
+        "Edge CPU per GB forwarded, `edge.workers` 1 against {} (one per core){}, {} rounds (order rotated each round), {} s of TCP per direction and run (both branches at once, iperf3 -P 2 each).\n",
+        a.workers,
+        if a.baseline.is_some() {
+            " and the baseline binary's single-threaded edge"
+        } else {
+            ""
+        },
+        a.rounds,
+        a.seconds
     );
     let _ = writeln!(
         s,
-        "| direction | workers | CPU-s/GB min | CPU-s/GB median | Gbit/s median | ratio (median, min) |"
+        "| direction | edge | CPU-s/GB min | CPU-s/GB median | Gbit/s median | vs workers 1 (median, min) |"
     );
     let _ = writeln!(s, "|---|---|---|---|---|---|");
     for download in [false, true] {
-        let pick = |w: usize| -> (f64, f64, f64) {
+        let pick = |c: Config| -> (f64, f64, f64) {
             let sel: Vec<&Run> = runs
                 .iter()
-                .filter(|r| r.workers == w && r.download == download)
+                .filter(|r| r.config == c && r.download == download)
                 .collect();
             let (min, med) = stats(&mut sel.iter().map(|r| r.cpu_per_gb()).collect::<Vec<_>>());
             let (_, gbps) = stats(&mut sel.iter().map(|r| r.gbps).collect::<Vec<_>>());
             (min, med, gbps)
         };
-        let one = pick(1);
-        let many = pick(a.workers);
+        let one = pick(Config::Workers(1));
         let dir = if download { "download" } else { "upload" };
-        let _ = writeln!(
-            s,
-            "| {dir} | 1 | {:.3} | {:.3} | {:.2} | |",
-            one.0, one.1, one.2
-        );
-        let _ = writeln!(
-            s,
-            "| {dir} | {} | {:.3} | {:.3} | {:.2} | {:.2}, {:.2} |",
-            a.workers,
-            many.0,
-            many.1,
-            many.2,
-            many.1 / one.1,
-            many.0 / one.0
-        );
+        for &c in configs {
+            let x = pick(c);
+            let ratio = if c == Config::Workers(1) {
+                String::new()
+            } else {
+                format!("{:.2}, {:.2}", x.1 / one.1, x.0 / one.0)
+            };
+            let _ = writeln!(
+                s,
+                "| {dir} | {c} | {:.3} | {:.3} | {:.2} | {ratio} |",
+                x.0, x.1, x.2
+            );
+        }
     }
-    let _ = writeln!(s, "\nEvery run (round, workers, direction: edge CPU s, GB, CPU-s/GB, Gbit/s):\n");
+    let _ = writeln!(
+        s,
+        "\nEvery run (round, edge, direction: edge CPU s, GB, CPU-s/GB, Gbit/s):\n"
+    );
     for r in runs {
         let _ = writeln!(
             s,
-            "- round {} workers {} {}: {:.2} s, {:.3} GB, {:.3} CPU-s/GB, {:.2} Gbit/s",
+            "- round {} {} {}: {:.2} s, {:.3} GB, {:.3} CPU-s/GB, {:.2} Gbit/s",
             r.round,
-            r.workers,
+            r.config,
             if r.download { "download" } else { "upload" },
             r.cpu_s,
             r.gb,
@@ -276,29 +313,49 @@ fn main() -> Result<()> {
     }
     let lab = Lab::new();
     let mut s = Sluice::prepare(&lab, &a.sluice, str::to_string);
-    set_workers(&s, 1);
+    let mut base = a
+        .baseline
+        .as_ref()
+        .map(|b| Sluice::prepare(&lab, b, str::to_string));
+    let mut configs = vec![Config::Workers(1), Config::Workers(a.workers)];
+    if base.is_some() {
+        configs.push(Config::Baseline);
+    }
+    set_workers(&s, Some(1));
     s.start_edge();
     s.start_gateway();
     let gw2 = s.start_second_gateway();
     let tunnels = wait_tunnels(&s, None)?;
     eprintln!("edgecpu: {tunnels} tunnels");
     let mut runs = Vec::new();
-    let mut first = true;
+    let mut running = Config::Workers(1);
     for round in 1..=a.rounds {
-        let order = if round % 2 == 1 {
-            [1, a.workers]
-        } else {
-            [a.workers, 1]
-        };
-        for w in order {
-            if !first || w != 1 {
-                s.stop_edge();
-                set_workers(&s, w);
-                s.start_edge();
+        let mut order = configs.clone();
+        order.rotate_left((round - 1) % configs.len());
+        for c in order {
+            if c != running {
+                match running {
+                    Config::Baseline => base.as_mut().context("no baseline")?.stop_edge(),
+                    Config::Workers(_) => s.stop_edge(),
+                }
+                match c {
+                    Config::Baseline => {
+                        set_workers(&s, None);
+                        base.as_mut().context("no baseline")?.start_edge();
+                    }
+                    Config::Workers(n) => {
+                        set_workers(&s, Some(n));
+                        s.start_edge();
+                    }
+                }
+                running = c;
                 wait_tunnels(&s, Some(tunnels))?;
             }
-            first = false;
-            let pid = lab.pid(s.edge.context("no edge")?);
+            let edge = match c {
+                Config::Baseline => base.as_ref().context("no baseline")?.edge,
+                Config::Workers(_) => s.edge,
+            };
+            let pid = lab.pid(edge.context("no edge")?);
             for download in [false, true] {
                 // Settle: the last run's queues drain.
                 std::thread::sleep(Duration::from_secs(1));
@@ -307,14 +364,14 @@ fn main() -> Result<()> {
                 let (c1, b1) = (cpu_ticks(pid)?, edge_bytes(&s));
                 let r = Run {
                     round,
-                    workers: w,
+                    config: c,
                     download,
                     cpu_s: (c1 - c0) as f64 / TICKS,
                     gb: (b1 - b0) as f64 / 1e9,
                     gbps,
                 };
                 eprintln!(
-                    "edgecpu: round {round} workers {w} {}: {:.2} CPU-s, {:.3} GB, {:.3} CPU-s/GB, {:.2} Gbit/s",
+                    "edgecpu: round {round} {c} {}: {:.2} CPU-s, {:.3} GB, {:.3} CPU-s/GB, {:.2} Gbit/s",
                     if download { "download" } else { "upload" },
                     r.cpu_s,
                     r.gb,
@@ -328,8 +385,11 @@ fn main() -> Result<()> {
     lab.stop(gw2);
     s.stop_gateway_and_detach();
     s.stop_edge();
+    if let Some(b) = base.as_mut() {
+        b.stop_edge();
+    }
     drop(lab);
-    let text = report(&runs, &a);
+    let text = report(&runs, &a, &configs);
     std::fs::create_dir_all(&a.out)?;
     std::fs::write(a.out.join("edgecpu.md"), &text)?;
     println!("{text}");
