@@ -81,8 +81,8 @@ fn parse_args() -> Result<Args> {
     Ok(a)
 }
 
-/// utime + stime of process `pid`, in ticks.
-fn cpu_ticks(pid: u32) -> Result<u64> {
+/// utime and stime of process `pid`, in ticks.
+fn cpu_ticks(pid: u32) -> Result<(u64, u64)> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // The command name may hold spaces: fields follow the last ')'.
     let rest = s.rsplit_once(')').context("odd /proc stat")?.1;
@@ -90,14 +90,40 @@ fn cpu_ticks(pid: u32) -> Result<u64> {
     // Fields 14 and 15 of the line; `rest` starts at field 3.
     let utime: u64 = f.get(11).context("no utime")?.parse()?;
     let stime: u64 = f.get(12).context("no stime")?.parse()?;
-    Ok(utime + stime)
+    Ok((utime, stime))
 }
 
-/// Inner bytes the edge forwarded, both ways.
-fn edge_bytes(s: &Sluice<'_>) -> u64 {
+/// Busy ticks of all CPUs (user, nice, system, irq, softirq, steal).
+fn machine_busy() -> Result<u64> {
+    let s = std::fs::read_to_string("/proc/stat")?;
+    let line = s.lines().next().context("empty /proc/stat")?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    Ok(v.iter().take(8).sum::<u64>()
+        - v.get(3).copied().unwrap_or(0)
+        - v.get(4).copied().unwrap_or(0))
+}
+
+/// The edge's counters of one run: bytes both ways, packets to the
+/// kernel, TUN writes.
+#[derive(Clone, Copy, Default)]
+struct Counters {
+    bytes: u64,
+    to_kernel: u64,
+    writes: u64,
+}
+
+fn counters(s: &Sluice<'_>) -> Counters {
     let m = s.edge_metrics();
-    sluice_lab::deploy::sum(&m, "sluice_edge_to_kernel_bytes_total", "")
-        + sluice_lab::deploy::sum(&m, "sluice_edge_to_tunnel_bytes_total", "")
+    let get = |n: &str| sluice_lab::deploy::sum(&m, n, "");
+    Counters {
+        bytes: get("sluice_edge_to_kernel_bytes_total") + get("sluice_edge_to_tunnel_bytes_total"),
+        to_kernel: get("sluice_edge_to_kernel_packets_total"),
+        writes: get("sluice_edge_tun_writes_total"),
+    }
 }
 
 /// Waits until the edge holds `want` tunnels (at least 2 the first time,
@@ -198,11 +224,32 @@ struct Run {
     config: Config,
     download: bool,
     cpu_s: f64,
+    /// Of which in the kernel (stime).
+    sys_s: f64,
     gb: f64,
+    /// Busy CPU of the whole machine, seconds.
+    machine_s: f64,
+    /// Packets to the kernel per TUN write.
+    per_write: f64,
     gbps: f64,
 }
 
 impl Run {
+    /// One line: CPU, bytes, the figure, and what explains it.
+    fn line(&self) -> String {
+        format!(
+            "{}: {:.2} CPU-s ({:.2} in the kernel), {:.3} GB, {:.3} CPU-s/GB, machine {:.2} CPU-s/GB, {:.1} packets per TUN write, {:.2} Gbit/s",
+            if self.download { "download" } else { "upload" },
+            self.cpu_s,
+            self.sys_s,
+            self.gb,
+            self.cpu_per_gb(),
+            self.machine_s / self.gb,
+            self.per_write,
+            self.gbps
+        )
+    }
+
     fn cpu_per_gb(&self) -> f64 {
         if self.gb > 0.0 {
             self.cpu_s / self.gb
@@ -257,18 +304,27 @@ fn report(runs: &[Run], a: &Args, configs: &[Config]) -> String {
     );
     let _ = writeln!(
         s,
-        "| direction | edge | CPU-s/GB min | CPU-s/GB median | Gbit/s median | vs workers 1 (median, min) |"
+        "| direction | edge | CPU-s/GB min | CPU-s/GB median | vs workers 1 (median, min) | kernel share | machine CPU-s/GB | packets per TUN write | Gbit/s |"
     );
-    let _ = writeln!(s, "|---|---|---|---|---|---|");
+    let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|---:|");
     for download in [false, true] {
-        let pick = |c: Config| -> (f64, f64, f64) {
+        // min and median CPU-s/GB; medians of the kernel share, the
+        // machine's CPU-s/GB, packets per write, Gbit/s.
+        let pick = |c: Config| -> [f64; 6] {
             let sel: Vec<&Run> = runs
                 .iter()
                 .filter(|r| r.config == c && r.download == download)
                 .collect();
-            let (min, med) = stats(&mut sel.iter().map(|r| r.cpu_per_gb()).collect::<Vec<_>>());
-            let (_, gbps) = stats(&mut sel.iter().map(|r| r.gbps).collect::<Vec<_>>());
-            (min, med, gbps)
+            let med = |f: &dyn Fn(&Run) -> f64| stats(&mut sel.iter().map(|r| f(r)).collect::<Vec<_>>()).1;
+            let (min, median) = stats(&mut sel.iter().map(|r| r.cpu_per_gb()).collect::<Vec<_>>());
+            [
+                min,
+                median,
+                med(&|r| r.sys_s / r.cpu_s),
+                med(&|r| r.machine_s / r.gb),
+                med(&|r| r.per_write),
+                med(&|r| r.gbps),
+            ]
         };
         let one = pick(Config::Workers(1));
         let dir = if download { "download" } else { "upload" };
@@ -277,31 +333,23 @@ fn report(runs: &[Run], a: &Args, configs: &[Config]) -> String {
             let ratio = if c == Config::Workers(1) {
                 String::new()
             } else {
-                format!("{:.2}, {:.2}", x.1 / one.1, x.0 / one.0)
+                format!("{:.2}, {:.2}", x[1] / one[1], x[0] / one[0])
             };
             let _ = writeln!(
                 s,
-                "| {dir} | {c} | {:.3} | {:.3} | {:.2} | {ratio} |",
-                x.0, x.1, x.2
+                "| {dir} | {c} | {:.3} | {:.3} | {ratio} | {:.0} % | {:.2} | {:.1} | {:.2} |",
+                x[0],
+                x[1],
+                100.0 * x[2],
+                x[3],
+                x[4],
+                x[5]
             );
         }
     }
-    let _ = writeln!(
-        s,
-        "\nEvery run (round, edge, direction: edge CPU s, GB, CPU-s/GB, Gbit/s):\n"
-    );
+    let _ = writeln!(s, "\nEvery run:\n");
     for r in runs {
-        let _ = writeln!(
-            s,
-            "- round {} {} {}: {:.2} s, {:.3} GB, {:.3} CPU-s/GB, {:.2} Gbit/s",
-            r.round,
-            r.config,
-            if r.download { "download" } else { "upload" },
-            r.cpu_s,
-            r.gb,
-            r.cpu_per_gb(),
-            r.gbps
-        );
+        let _ = writeln!(s, "- round {} {} {}", r.round, r.config, r.line());
     }
     s
 }
@@ -359,25 +407,26 @@ fn main() -> Result<()> {
             for download in [false, true] {
                 // Settle: the last run's queues drain.
                 std::thread::sleep(Duration::from_secs(1));
-                let (c0, b0) = (cpu_ticks(pid)?, edge_bytes(&s));
+                let (c0, k0, m0) = (cpu_ticks(pid)?, counters(&s), machine_busy()?);
                 let gbps = traffic(&lab, a.seconds, download)?;
-                let (c1, b1) = (cpu_ticks(pid)?, edge_bytes(&s));
+                let (c1, k1, m1) = (cpu_ticks(pid)?, counters(&s), machine_busy()?);
+                let writes = k1.writes.saturating_sub(k0.writes);
                 let r = Run {
                     round,
                     config: c,
                     download,
-                    cpu_s: (c1 - c0) as f64 / TICKS,
-                    gb: (b1 - b0) as f64 / 1e9,
+                    cpu_s: ((c1.0 + c1.1) - (c0.0 + c0.1)) as f64 / TICKS,
+                    sys_s: (c1.1 - c0.1) as f64 / TICKS,
+                    gb: k1.bytes.saturating_sub(k0.bytes) as f64 / 1e9,
+                    machine_s: m1.saturating_sub(m0) as f64 / TICKS,
+                    per_write: if writes > 0 {
+                        k1.to_kernel.saturating_sub(k0.to_kernel) as f64 / writes as f64
+                    } else {
+                        f64::NAN
+                    },
                     gbps,
                 };
-                eprintln!(
-                    "edgecpu: round {round} {c} {}: {:.2} CPU-s, {:.3} GB, {:.3} CPU-s/GB, {:.2} Gbit/s",
-                    if download { "download" } else { "upload" },
-                    r.cpu_s,
-                    r.gb,
-                    r.cpu_per_gb(),
-                    r.gbps
-                );
+                eprintln!("edgecpu: round {round} {c} {}", r.line());
                 runs.push(r);
             }
         }
