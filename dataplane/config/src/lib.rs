@@ -279,6 +279,9 @@ pub use crate::policy::{DEFAULT_TUNNEL_MTU, TunnelConfig};
 /// The smallest `tunnel.mtu`: every IPv6 link carries 1280 bytes.
 pub const MIN_TUNNEL_MTU: u16 = sluice_core::pmtu::MIN_MTU_V6;
 
+/// Most edge workers (`edge.workers`).
+pub const MAX_EDGE_WORKERS: usize = sluice_core::edge::MAX_WORKERS;
+
 /// The edge's configuration.
 #[derive(Debug, Clone)]
 pub struct EdgeConfig {
@@ -310,6 +313,10 @@ pub struct EdgeConfig {
     /// Write a flow's consecutive packets to the TUN device as one GSO
     /// packet (virtio-net headers; see [`crate::gro`]).
     pub tun_offload: bool,
+    /// `edge.workers`: worker threads (each with its own listener, TUN
+    /// queue and tunnels), 1 to [`MAX_EDGE_WORKERS`]. `None`: one per CPU
+    /// the process may run on, counted at start.
+    pub workers: Option<usize>,
     /// CA that signs gateway certificates.
     pub ca: PathBuf,
     /// Edge certificate.
@@ -465,6 +472,7 @@ struct RawEdge {
     max_tunnels: Option<Spanned<u32>>,
     manage_network: Option<bool>,
     tun_offload: Option<bool>,
+    workers: Option<Spanned<usize>>,
     ca: Spanned<PathBuf>,
     cert: Spanned<PathBuf>,
     key: Spanned<PathBuf>,
@@ -1292,6 +1300,16 @@ impl EdgeConfig {
         if let Some(c) = &e.client_prefixes {
             return Err(d.client_prefixes_removed(c));
         }
+        let workers = match &e.workers {
+            Some(w) if !(1..=MAX_EDGE_WORKERS).contains(w.get_ref()) => {
+                return Err(d.err(
+                    w.span(),
+                    "edge.workers",
+                    format!("must be 1 to {MAX_EDGE_WORKERS} (leave it out for one per CPU)"),
+                ));
+            }
+            w => w.as_ref().map(|w| *w.get_ref()),
+        };
         let (management, reserved) = d.edge_reserved(e.management.as_ref())?;
         let gateways = d.edge_gateways(&e.gateway, &reserved)?;
         let limits = d.edge_limits(&edge::RawLimits {
@@ -1319,6 +1337,7 @@ impl EdgeConfig {
             limits,
             manage_network: e.manage_network.unwrap_or(true),
             tun_offload: e.tun_offload.unwrap_or(true),
+            workers,
             ca: d.file(&e.ca, "edge.ca")?,
             cert: d.file(&e.cert, "edge.cert")?,
             key: d.file(&e.key, "edge.key")?,

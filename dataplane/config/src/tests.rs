@@ -107,6 +107,7 @@ fn good_edge_config() {
     let c = EdgeConfig::parse(&d.join("edge.toml"), GOOD_EDGE).unwrap();
     assert_eq!(c.tun, "sluice0");
     assert_eq!(c.tun_mtu, 1500);
+    assert_eq!(c.workers, None, "one per CPU");
     assert!(c.manage_network);
     assert_eq!(c.gateways.len(), 2);
     let (a, b) = (&c.gateways[0], &c.gateways[1]);
@@ -758,6 +759,14 @@ fn edge_mistakes_are_refused_precisely() {
             "edge.tun_mtu",
             4,
             "1280 to 9000",
+        ),
+        (
+            "no workers",
+            "listen = \"[::]:4443\"",
+            "listen = \"[::]:4443\"\nworkers = 0",
+            "edge.workers",
+            4,
+            "1 to 64",
         ),
         (
             "bad listen",

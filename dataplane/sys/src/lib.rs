@@ -16,6 +16,8 @@
 //! - [`rtnl`]: link, address and route change notifications (rtnetlink),
 //!   which trigger trusted-network re-evaluation.
 //! - [`rlimit`]: the descriptor limit (the edge raises it at start).
+//! - [`reuseport`]: TCP listeners sharing one address, one per edge
+//!   worker.
 //! - [`neigh`]: the kernel's neighbour (ARP/ND) table over rtnetlink,
 //!   which the gateway's workers take LAN hosts' MACs from.
 //! - [`bpf_mmap`]: a BPF array map's words mapped into the process (the
@@ -45,6 +47,7 @@ pub mod lock;
 pub mod mem;
 pub mod neigh;
 pub mod peer;
+pub mod reuseport;
 pub mod rlimit;
 pub mod rtnl;
 pub mod sock_diag;
