@@ -421,6 +421,8 @@ struct RawTunnel {
     idle_timeout_secs: Option<Spanned<u64>>,
     coalesce_delay_us: Option<Spanned<u64>>,
     mtu: Option<Spanned<u64>>,
+    transport: Option<Spanned<String>>,
+    transport_fallback: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -1004,9 +1006,41 @@ impl Doc<'_> {
         })
     }
 
+    /// `tunnel.transport` (`tls`, the default, or `udp`: the datagram
+    /// transport) and `tunnel.transport_fallback` (default true: TLS
+    /// carries the packets while datagrams do not get through).
+    pub(crate) fn transport(
+        &self,
+        transport: Option<&Spanned<String>>,
+        fallback: Option<bool>,
+        field: &str,
+    ) -> Result<sluice_core::datagram::path::PathConfig, ConfigError> {
+        use sluice_core::datagram::path::{PathConfig, Transport};
+        let primary = match transport.map(|t| (t.span(), t.get_ref().as_str())) {
+            None | Some((_, "tls")) => Transport::Tls,
+            Some((_, "udp")) => Transport::Udp,
+            Some((span, _)) => {
+                return Err(self.err(span, field, "must be \"tls\" or \"udp\""));
+            }
+        };
+        Ok(PathConfig {
+            primary,
+            fallback: fallback.unwrap_or(true),
+            ..PathConfig::default()
+        })
+    }
+
     /// `tunnel.mtu`: 1280 (IPv6's minimum) to 9000, default
-    /// [`DEFAULT_TUNNEL_MTU`].
-    fn tunnel_mtu(&self, mtu: Option<&Spanned<u64>>) -> Result<u16, ConfigError> {
+    /// [`DEFAULT_TUNNEL_MTU`] ([`sluice_core::policy::DEFAULT_DATAGRAM_MTU`]
+    /// with the datagram transport).
+    fn tunnel_mtu(
+        &self,
+        mtu: Option<&Spanned<u64>>,
+        transport: sluice_core::datagram::path::Transport,
+    ) -> Result<u16, ConfigError> {
+        if mtu.is_none() && transport == sluice_core::datagram::path::Transport::Udp {
+            return Ok(sluice_core::policy::DEFAULT_DATAGRAM_MTU);
+        }
         match mtu {
             Some(v) if !(u64::from(MIN_TUNNEL_MTU)..=9000).contains(v.get_ref()) => Err(self.err(
                 v.span(),
@@ -1116,7 +1150,12 @@ impl GatewayConfig {
             Some(v) => Duration::from_micros(*v.get_ref()),
             None => Duration::ZERO,
         };
-        let mtu = d.tunnel_mtu(tun.mtu.as_ref())?;
+        let transport = d.transport(
+            tun.transport.as_ref(),
+            tun.transport_fallback,
+            "tunnel.transport",
+        )?;
+        let mtu = d.tunnel_mtu(tun.mtu.as_ref(), transport.primary)?;
         let tunnel = TunnelConfig {
             edge,
             edges,
@@ -1133,6 +1172,7 @@ impl GatewayConfig {
             idle_timeout,
             coalesce_delay,
             mtu,
+            transport,
         };
         let raw_bypass = raw.bypass.unwrap_or_default();
         let bypass = d.prefixes(&raw_bypass.prefixes, "bypass.prefixes")?;

@@ -4,6 +4,8 @@
 //! - [`xsk`]: `AF_XDP` sockets: UMEM registration, the fill, completion, RX and
 //!   TX rings, batched and `#[must_use]`.
 //! - [`tun`]: TUN devices for the edge.
+//! - [`udp`]: batched UDP sockets for the datagram transport
+//!   (`sendmmsg`/`recvmmsg`, GSO/GRO, reuseport steering by receiver id).
 //! - [`cpu`]: CPU affinity of worker threads.
 //! - [`mem`]: huge-page advice for large lookup tables.
 //! - [`ethtool`]: the driver behind an interface.
@@ -51,5 +53,6 @@ pub mod rtnl;
 pub mod sock_diag;
 pub mod spawn;
 pub mod tun;
+pub mod udp;
 pub mod xdp_verdict;
 pub mod xsk;
