@@ -108,7 +108,10 @@ fn wait_tunnels(s: &Sluice<'_>, want: Option<u64>) -> Result<u64> {
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    bail!("the gateways' tunnels did not come up (edge holds {})", last.0)
+    bail!(
+        "the gateways' tunnels did not come up (edge holds {})",
+        last.0
+    )
 }
 
 /// One direction's traffic from both clients at once; returns the
@@ -252,7 +255,10 @@ fn report(runs: &[Run], a: &Args) -> String {
             many.0 / one.0
         );
     }
-    let _ = writeln!(s, "\nEvery run (round, workers, direction: edge CPU s, GB, CPU-s/GB, Gbit/s):\n");
+    let _ = writeln!(
+        s,
+        "\nEvery run (round, workers, direction: edge CPU s, GB, CPU-s/GB, Gbit/s):\n"
+    );
     for r in runs {
         let _ = writeln!(
             s,
