@@ -314,6 +314,7 @@ pub fn render(m: &EdgeMetrics, out: &mut String) {
 
 /// The workers: how many, what the mesh carried, and per worker its
 /// tunnels, connections and packets both ways.
+#[allow(clippy::too_many_lines, reason = "the list of metrics, one row each")]
 fn render_workers(m: &EdgeMetrics, out: &mut String) {
     /// Name, kind, help, the value for a worker.
     type PerWorker = (

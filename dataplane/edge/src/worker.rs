@@ -403,24 +403,23 @@ impl Worker {
             };
             // A worker with fewer connections takes it: the kernel's hash
             // alone can put a gateway's tunnels on one worker.
-            if let Some(to) = self.port.place(&self.mesh) {
-                match self
-                    .port
-                    .send(&self.mesh, to, Control::Adopt { stream: sock, peer })
-                {
-                    Ok(()) => {
-                        self.port.passed(&self.mesh);
-                        continue;
-                    }
-                    Err(Control::Adopt { stream, peer }) => {
-                        self.mesh.unplace(to);
-                        self.register(stream, peer, now, false);
-                    }
-                    Err(Control::Evict { .. }) => {}
-                }
+            let Some(to) = self.port.place(&self.mesh) else {
+                self.register(sock, peer, now, false);
                 continue;
+            };
+            match self
+                .port
+                .send(&self.mesh, to, Control::Adopt { stream: sock, peer })
+            {
+                Ok(()) => self.port.passed(&self.mesh),
+                // Its queue is full: this worker keeps it.
+                Err(Control::Adopt { stream, peer }) => {
+                    self.mesh.unplace(to);
+                    self.register(stream, peer, now, false);
+                }
+                // Not what was sent (`send` gives back what it was given).
+                Err(Control::Evict { .. }) => {}
             }
-            self.register(sock, peer, now, false);
         }
         AcceptTurn::Budget
     }
