@@ -846,3 +846,7 @@ impl TunWriter<'_> {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "review_h24.rs"]
+mod review_h24;
