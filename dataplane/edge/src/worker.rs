@@ -845,3 +845,7 @@ impl TunWriter<'_> {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "review_h24.rs"]
+mod review_h24;

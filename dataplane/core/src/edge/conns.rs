@@ -1177,3 +1177,7 @@ pub enum TunDrop {
 fn describe(r: &CloseReason) -> String {
     printable(&format!("{r:?}"), 64)
 }
+
+#[cfg(test)]
+#[path = "review_h24.rs"]
+mod review_h24;
