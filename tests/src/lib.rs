@@ -38,12 +38,14 @@ pub mod addr;
 pub mod demo;
 pub mod deploy;
 pub mod edge_lab;
+pub mod failover;
 pub mod l2;
 mod lab;
 mod netns;
 mod nft;
 mod peer;
 mod proc;
+pub mod relay;
 pub mod reload;
 #[cfg(test)]
 mod selftest;
