@@ -9,6 +9,7 @@ use std::{net::SocketAddr, os::unix::fs::MetadataExt as _, path::Path, time::Dur
 mod admin;
 mod edge;
 mod endpoint;
+mod failover;
 mod faults;
 mod fragments;
 mod neighbors;

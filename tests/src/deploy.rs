@@ -573,9 +573,9 @@ impl<'a> Sluice<'a> {
             if let Some(id) = id {
                 assert!(
                     self.lab.is_running(id),
-                    "sluice {log} exited:\n{}\n--- edge log ---\n{}",
+                    "sluice {log} exited:\n{}\n{}",
                     self.lab.log(log),
-                    self.lab.log("edge")
+                    self.edge_logs()
                 );
             }
             let ups = samples(
@@ -584,6 +584,17 @@ impl<'a> Sluice<'a> {
             );
             !ups.is_empty() && ups.iter().all(|&(_, v)| v == u64::from(up))
         });
+    }
+
+    /// The logs of the edges that were started, each under a heading.
+    pub fn edge_logs(&self) -> String {
+        EDGE_SITES
+            .iter()
+            .filter_map(|site| {
+                let text = std::fs::read_to_string(self.lab.log_path(site.log)).ok()?;
+                Some(format!("--- {} log ---\n{text}", site.log))
+            })
+            .collect()
     }
 
     /// The gateway's metrics text (empty if it does not answer).

@@ -151,6 +151,31 @@ impl<'a> Failover<'a> {
         EdgeSite::by_wan(seen)
     }
 
+    /// Waits until new connections to the tunnelled server go through
+    /// edge `h` ([`Failover::carrier`], polled); returns how long that
+    /// took.
+    ///
+    /// # Panics
+    /// If they do not within `timeout` (the message has the logs).
+    pub fn wait_carrier(&self, h: Host, http_port: u16, timeout: Duration) -> Duration {
+        let t0 = Instant::now();
+        let want = EdgeSite::of(h);
+        let mut last = None;
+        while t0.elapsed() < timeout {
+            last = self.carrier(http_port);
+            if last == Some(want) {
+                return t0.elapsed();
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "new connections did not go through {} within {timeout:?} (last: {:?})\n{}",
+            want.name,
+            last.map(|s| s.name),
+            self.logs()
+        );
+    }
+
     /// The `inet` counters of each edge's packets to the tunnelled server
     /// (IPv4), in [`Host::EDGES`] order (0 for edges the lab lacks).
     pub fn tunnelled_by(&self) -> [u64; 3] {
@@ -185,6 +210,28 @@ impl<'a> Failover<'a> {
         v
     }
 
+    /// The gateway's log, each edge's, [`Failover::describe`] and the
+    /// gateway's non-zero edge metrics: for failure messages.
+    pub fn logs(&self) -> String {
+        use std::fmt::Write as _;
+        let gateway = std::fs::read_to_string(self.lab.log_path("gateway")).unwrap_or_default();
+        let mut s = format!("--- gateway log ---\n{gateway}{}", self.sluice.edge_logs());
+        let metrics: Vec<String> = self
+            .sluice
+            .gateway_metrics()
+            .lines()
+            .filter(|l| l.starts_with("sluice_edge") && !l.ends_with(" 0"))
+            .map(str::to_owned)
+            .collect();
+        let _ = write!(
+            s,
+            "--- edges ---\n{}--- gateway edge metrics (non-zero) ---\n{}\n",
+            self.describe(),
+            metrics.join("\n")
+        );
+        s
+    }
+
     /// A line per edge for reports: its relay's delay and stats, its
     /// gauges at the gateway.
     pub fn describe(&self) -> String {
@@ -203,9 +250,10 @@ impl<'a> Failover<'a> {
             };
             let _ = writeln!(
                 s,
-                "{} ({}): relay {:?}; gateway: active {} up {} rtt {} s",
+                "{} ({}): relay {:?} each way, {:?}; gateway: active {} up {} rtt {} s",
                 site.name,
                 site.wan_v4,
+                r.delay(),
                 r.stats(),
                 gauge("sluice_edge_active"),
                 gauge("sluice_edge_up"),

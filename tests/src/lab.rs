@@ -900,6 +900,16 @@ impl Lab {
             .unwrap_or_else(|| panic!("sluice-lab: cannot parse counter {name}: {text}"))
     }
 
+    /// The [`counter::LEAKS`](crate::counter::LEAKS) that are not 0, with
+    /// their counts: empty while nothing leaked.
+    pub fn leaks(&self) -> Vec<(&'static str, u64)> {
+        nft::counter::LEAKS
+            .iter()
+            .map(|&c| (c, self.nft_counter(c)))
+            .filter(|&(_, n)| n > 0)
+            .collect()
+    }
+
     /// Sets every counter in `inet` back to zero.
     pub fn reset_counters(&self) {
         self.run_ok(

@@ -56,6 +56,16 @@ pub mod counter {
     pub const EDGE2_TO_TUNNELLED_V6: &str = "edge2_to_tunnelled_v6";
     /// From `2001:db8:33::17` (the third edge) to `2001:db8:100::10`.
     pub const EDGE3_TO_TUNNELLED_V6: &str = "edge3_to_tunnelled_v6";
+    /// The counters that must stay 0 whatever happens to sluice: packets
+    /// for the tunnelled servers leaving the gateway's WAN directly, and
+    /// LAN sources reaching `inet` untranslated
+    /// ([`Lab::leaks`](crate::Lab::leaks)).
+    pub const LEAKS: [&str; 4] = [
+        GW_TO_TUNNELLED_V4,
+        GW_TO_TUNNELLED_V6,
+        LAN_LEAK_V4,
+        LAN_LEAK_V6,
+    ];
     /// Every counter above.
     pub const ALL: [&str; 16] = [
         GW_TO_TUNNELLED_V4,

@@ -185,6 +185,11 @@ impl<'lab> Relay<'lab> {
         self.shared.set_delay(delay);
     }
 
+    /// The one-way delay it adds now.
+    pub fn delay(&self) -> Duration {
+        self.shared.delay()
+    }
+
     /// What it has done so far.
     pub fn stats(&self) -> RelayStats {
         let s = &self.shared.stats;
