@@ -51,6 +51,36 @@ fn three_at_different_distances() -> [EdgePath; 3] {
     ]
 }
 
+/// Edge 1 at priority 0, edge 2 at priority 1 (its backup), both 5 ms
+/// away.
+fn preferred_and_backup() -> [EdgePath; 2] {
+    [
+        EdgePath::new(Host::Edge, 5, 0),
+        EdgePath::new(Host::Edge2, 5, 1),
+    ]
+}
+
+/// [`preferred_and_backup`] with `selection` (the gateway's file after
+/// `edit`), edge 1 carrying the traffic, the counters reset.
+fn start_preferred<'a>(
+    lab: &'a Lab,
+    selection: &str,
+    edit: impl FnOnce(&str) -> String,
+) -> Failover<'a> {
+    let f = start(lab, &preferred_and_backup(), selection, edit);
+    f.wait_carrier(Host::Edge, HTTP, SETTLE);
+    lab.reset_counters();
+    f
+}
+
+/// Kills the preferred edge 1 while a stream runs; checks that edge 2
+/// took the traffic over and new connections go through it.
+fn fail_over_to_the_backup(f: &mut Failover<'_>, what: &str) {
+    let (report, death) = stream_across_a_death(f, Host::Edge, false, 300);
+    assert_recovered(f, &report, death, Host::Edge, what);
+    f.wait_carrier(Host::Edge2, HTTP, RECOVERY_BOUND);
+}
+
 /// A lab with `paths.len()` edges, the peer, and sluice with `selection`
 /// (the gateway's file after `edit`).
 fn start<'a>(
@@ -60,7 +90,7 @@ fn start<'a>(
     edit: impl FnOnce(&str) -> String,
 ) -> Failover<'a> {
     lab.spawn_peer(Host::Inet, "peer", HTTP, UDP);
-    Failover::start(lab, bin(), paths, selection, edit)
+    Failover::prepare(lab, bin(), paths, selection, edit).start_all()
 }
 
 /// Nothing for the tunnelled servers left the gateway's WAN directly.
@@ -226,6 +256,30 @@ fn the_closest_of_three_edges_carries_the_traffic() {
     assert_no_leak(&f, "three edges");
 }
 
+/// [`three_at_different_distances`] with `standby = 2`; once the closest
+/// (edge 2) carries the traffic, it dies (killed, or its relay
+/// blackholed with `silent`) while a stream runs: the traffic must come
+/// back through another edge within [`RECOVERY_BOUND`], leaking nothing.
+fn the_closest_dies(lab: &Lab, silent: bool) -> Failover<'_> {
+    let mut f = start(
+        lab,
+        &three_at_different_distances(),
+        "standby = 2",
+        str::to_string,
+    );
+    f.wait_carrier(Host::Edge2, HTTP, SETTLE);
+    lab.reset_counters();
+    let (report, death) = stream_across_a_death(&mut f, Host::Edge2, silent, 500);
+    let what = if silent {
+        "edge-2 silent"
+    } else {
+        "edge-2 killed"
+    };
+    assert_recovered(&f, &report, death, Host::Edge2, what);
+    assert_no_leak(&f, &format!("{what} mid-stream"));
+    f
+}
+
 /// The closest edge is killed (SIGKILL) while a stream runs: the traffic
 /// goes on through another edge within seconds, nothing leaves directly,
 /// and new connections go through the new edge.
@@ -235,17 +289,7 @@ fn killing_the_chosen_edge_moves_the_traffic_to_another() {
         return;
     }
     let lab = Lab::with_edges(3);
-    let mut f = start(
-        &lab,
-        &three_at_different_distances(),
-        "standby = 2",
-        str::to_string,
-    );
-    f.wait_carrier(Host::Edge2, HTTP, SETTLE);
-    lab.reset_counters();
-    let (report, death) = stream_across_a_death(&mut f, Host::Edge2, false, 500);
-    assert_recovered(&f, &report, death, Host::Edge2, "edge-2 killed");
-    assert_no_leak(&f, "edge-2 killed mid-stream");
+    let f = the_closest_dies(&lab, false);
     let now = f.carrier(HTTP).map(|s| s.name);
     assert!(
         matches!(now, Some("edge-1" | "edge-3")),
@@ -264,17 +308,7 @@ fn a_silent_death_is_found_by_probe_loss() {
         return;
     }
     let lab = Lab::with_edges(3);
-    let mut f = start(
-        &lab,
-        &three_at_different_distances(),
-        "standby = 2",
-        str::to_string,
-    );
-    f.wait_carrier(Host::Edge2, HTTP, SETTLE);
-    lab.reset_counters();
-    let (report, death) = stream_across_a_death(&mut f, Host::Edge2, true, 500);
-    assert_recovered(&f, &report, death, Host::Edge2, "edge-2 silent");
-    assert_no_leak(&f, "edge-2 blackholed mid-stream");
+    let f = the_closest_dies(&lab, true);
     let relay = f.relay(Host::Edge2).stats();
     assert!(
         relay.discarded > 0 && relay.open > 0,
@@ -291,16 +325,8 @@ fn the_preferred_edge_gets_the_traffic_back_when_it_returns() {
         return;
     }
     let lab = Lab::with_edges(2);
-    let paths = [
-        EdgePath::new(Host::Edge, 5, 0),
-        EdgePath::new(Host::Edge2, 5, 1),
-    ];
-    let mut f = start(&lab, &paths, "failback = \"immediate\"", str::to_string);
-    f.wait_carrier(Host::Edge, HTTP, SETTLE);
-    lab.reset_counters();
-    let (report, death) = stream_across_a_death(&mut f, Host::Edge, false, 300);
-    assert_recovered(&f, &report, death, Host::Edge, "priority 0 killed");
-    f.wait_carrier(Host::Edge2, HTTP, RECOVERY_BOUND);
+    let mut f = start_preferred(&lab, "failback = \"immediate\"", str::to_string);
+    fail_over_to_the_backup(&mut f, "priority 0 killed");
     // It returns while a stream runs: the traffic fails back to it.
     let stream = UdpStream::start(&lab, Host::Client, echo(), TICK, 1500);
     let back = Instant::now();
@@ -327,21 +353,8 @@ fn with_failback_never_the_traffic_stays_where_it_went() {
         return;
     }
     let lab = Lab::with_edges(2);
-    let paths = [
-        EdgePath::new(Host::Edge, 5, 0),
-        EdgePath::new(Host::Edge2, 5, 1),
-    ];
-    let mut f = start(&lab, &paths, "failback = \"never\"", str::to_string);
-    f.wait_carrier(Host::Edge, HTTP, SETTLE);
-    lab.reset_counters();
-    let (report, death) = stream_across_a_death(&mut f, Host::Edge, false, 300);
-    assert_recovered(
-        &f,
-        &report,
-        death,
-        Host::Edge,
-        "priority 0 killed (failback never)",
-    );
+    let mut f = start_preferred(&lab, "failback = \"never\"", str::to_string);
+    fail_over_to_the_backup(&mut f, "priority 0 killed (failback never)");
     f.sluice.start_edge_at(Host::Edge);
     // The gateway reconnects to it (a standby again)...
     let t0 = Instant::now();
@@ -402,13 +415,7 @@ fn all_edges_down_fails_closed() {
         return;
     }
     let lab = Lab::with_edges(2);
-    let paths = [
-        EdgePath::new(Host::Edge, 5, 0),
-        EdgePath::new(Host::Edge2, 5, 1),
-    ];
-    let mut f = start(&lab, &paths, "", str::to_string);
-    f.wait_carrier(Host::Edge, HTTP, SETTLE);
-    lab.reset_counters();
+    let mut f = start_preferred(&lab, "", str::to_string);
     kill_all(&mut f);
     let dropped = || {
         f.sluice
@@ -462,15 +469,9 @@ fn all_edges_down_fails_open_for_a_fail_open_profile_but_one_edge_down_does_not(
         return;
     }
     let lab = Lab::with_edges(2);
-    let paths = [
-        EdgePath::new(Host::Edge, 5, 0),
-        EdgePath::new(Host::Edge2, 5, 1),
-    ];
-    let mut f = start(&lab, &paths, "", |c| {
+    let mut f = start_preferred(&lab, "", |c| {
         deploy::with_default_profile(c, "fail = \"open\"")
     });
-    f.wait_carrier(Host::Edge, HTTP, SETTLE);
-    lab.reset_counters();
     let (report, death) = stream_across_a_death(&mut f, Host::Edge, false, 300);
     assert_recovered(
         &f,
@@ -527,15 +528,9 @@ fn all_edges_down_grants_the_captive_portal_grace_then_fails_closed() {
         return;
     }
     let lab = Lab::with_edges(2);
-    let paths = [
-        EdgePath::new(Host::Edge, 5, 0),
-        EdgePath::new(Host::Edge2, 5, 1),
-    ];
-    let mut f = start(&lab, &paths, "", |c| {
+    let mut f = start_preferred(&lab, "", |c| {
         deploy::with_default_profile(c, "captive_portal_grace_secs = 2")
     });
-    f.wait_carrier(Host::Edge, HTTP, SETTLE);
-    lab.reset_counters();
     let stream = UdpStream::start(&lab, Host::Client, echo(), TICK, 600);
     std::thread::sleep(Duration::from_millis(500));
     kill_all(&mut f);
@@ -597,12 +592,7 @@ fn an_open_connection_through_a_dead_edge_breaks_and_a_new_one_works() {
         return;
     }
     let lab = Lab::with_edges(2);
-    let paths = [
-        EdgePath::new(Host::Edge, 5, 0),
-        EdgePath::new(Host::Edge2, 5, 1),
-    ];
-    let mut f = start(&lab, &paths, "", str::to_string);
-    f.wait_carrier(Host::Edge, HTTP, SETTLE);
+    let mut f = start_preferred(&lab, "", str::to_string);
     let mut old = in_netns(&lab, Host::Client, || {
         TcpStream::connect_timeout(&(addr::TUNNELLED_V4, HTTP).into(), Duration::from_secs(5))
     })
@@ -611,8 +601,11 @@ fn an_open_connection_through_a_dead_edge_breaks_and_a_new_one_works() {
     assert_eq!(whoami_on(&mut old), Ok(addr::EDGE_WAN_V4.to_string()));
     lab.reset_counters();
     let death = f.sluice.kill_edge_at(Host::Edge);
-    let took = f.wait_carrier(Host::Edge2, HTTP, RECOVERY_BOUND);
-    eprintln!("failover: a new connection through edge-2 worked {took:?} after edge-1's death");
+    f.wait_carrier(Host::Edge2, HTTP, RECOVERY_BOUND);
+    eprintln!(
+        "failover: a new connection through edge-2 worked {:?} after edge-1's death",
+        death.elapsed()
+    );
     let t0 = Instant::now();
     let seen = whoami_on(&mut old);
     eprintln!(

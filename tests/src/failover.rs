@@ -66,31 +66,11 @@ pub struct Failover<'a> {
 
 impl<'a> Failover<'a> {
     /// Starts a relay in `inet` for each path (TCP and UDP, on `inet`'s
-    /// address towards the edge, see [`EdgeSite::relay_addr`]), the edges,
-    /// and the gateway, whose configuration is the lab's default after
+    /// address towards the edge, see [`EdgeSite::relay_addr`]) and writes
+    /// sluice's configurations: the gateway's is the lab's default after
     /// `edit`, with the relays as its `edges` (in `paths` order) and
-    /// `selection` as its `[tunnel.selection]`; waits until the gateway's
-    /// tunnel is up.
-    ///
-    /// # Panics
-    /// If the lab lacks one of the edges, or anything fails to start.
-    pub fn start(
-        lab: &'a Lab,
-        bin: &Path,
-        paths: &[EdgePath],
-        selection: &str,
-        edit: impl FnOnce(&str) -> String,
-    ) -> Self {
-        let mut f = Self::prepare(lab, bin, paths, selection, edit);
-        for p in paths {
-            f.sluice.start_edge_at(p.edge);
-        }
-        f.sluice.start_gateway();
-        f
-    }
-
-    /// [`Failover::start`] without starting anything of sluice: the relays
-    /// run, the configurations are written.
+    /// `selection` as its `[tunnel.selection]`. Nothing of sluice runs yet
+    /// ([`Failover::start_all`]).
     ///
     /// # Panics
     /// If the lab lacks one of the edges or a relay cannot listen.
@@ -124,6 +104,21 @@ impl<'a> Failover<'a> {
             sluice,
             relays,
         }
+    }
+
+    /// Starts every edge that has a relay, then the gateway, and waits
+    /// until the gateway's tunnel is up.
+    ///
+    /// # Panics
+    /// If any of them fails to start.
+    #[must_use]
+    pub fn start_all(mut self) -> Self {
+        let edges: Vec<Host> = self.relays.iter().map(|(h, _)| *h).collect();
+        for h in edges {
+            self.sluice.start_edge_at(h);
+        }
+        self.sluice.start_gateway();
+        self
     }
 
     /// The relay in front of edge `h`.

@@ -74,17 +74,12 @@ impl Host {
     /// first `n`.
     pub const EDGES: [Host; 3] = [Host::Edge, Host::Edge2, Host::Edge3];
 
-    /// Every host any lab can have.
-    const EVERY: [Host; 8] = [
-        Host::Client,
-        Host::Gw,
-        Host::Edge,
-        Host::Inet,
-        Host::Client2,
-        Host::Gw2,
-        Host::Edge2,
-        Host::Edge3,
-    ];
+    /// Every host any lab can have: [`Host::ALL`], then the extra edges.
+    fn every() -> impl Iterator<Item = Host> {
+        Host::ALL
+            .into_iter()
+            .chain(Host::EDGES[1..].iter().copied())
+    }
 
     /// Short name, also the suffix of the namespace name.
     pub fn name(self) -> &'static str {
@@ -220,7 +215,10 @@ impl Lab {
         let id = format!("{PREFIX}{pid}x{n}");
         let dir = std::env::temp_dir().join(format!("sluice-lab-{pid}-{n}"));
         let mut lab = Lab {
-            names: Host::EVERY.map(|h| format!("{id}-{}", h.name())),
+            names: std::array::from_fn(|i| {
+                let h = Host::every().nth(i).expect("eight hosts");
+                format!("{id}-{}", h.name())
+            }),
             created: [false; 8],
             edges,
             dir,
@@ -980,7 +978,7 @@ impl Default for Lab {
 impl Drop for Lab {
     fn drop(&mut self) {
         self.kill_all();
-        for h in Host::EVERY {
+        for h in Host::every() {
             if self.created[h.index()] {
                 remove_pins(self.ns(h));
                 delete_ns(self.ns(h));
@@ -1184,7 +1182,7 @@ fn owner_pid(name: &str) -> Option<u32> {
     let (pid, rest) = rest.split_once('x')?;
     let (n, host) = rest.split_once('-')?;
     let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-    if !digits(pid) || !digits(n) || !Host::EVERY.iter().any(|h| h.name() == host) {
+    if !digits(pid) || !digits(n) || !Host::every().any(|h| h.name() == host) {
         return None;
     }
     pid.parse().ok()
@@ -1219,6 +1217,12 @@ mod tests {
             Some((v4("192.0.2.1"), 80))
         );
         assert_eq!(parse_ss_local("garbage"), None);
+    }
+
+    #[test]
+    fn hosts_are_in_index_order() {
+        assert!(Host::every().enumerate().all(|(i, h)| h.index() == i));
+        assert_eq!(Host::every().count(), 8);
     }
 
     #[test]
