@@ -1,4 +1,4 @@
-//! [`Lab`]: four namespaces, their links, addresses, routes and rulesets;
+//! [`Lab`]: its namespaces, their links, addresses, routes and rulesets;
 //! the processes run in them; and teardown.
 
 use std::{
@@ -36,7 +36,7 @@ const DROP_GRACE: Duration = Duration::from_secs(5);
 
 static NEXT_LAB: AtomicU32 = AtomicU32::new(0);
 
-/// One of the lab's four network namespaces (see [`crate::addr`]).
+/// One of the lab's network namespaces (see [`crate::addr`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Host {
     /// A LAN host behind the gateway.
@@ -146,8 +146,9 @@ impl Proc {
     }
 }
 
-/// A closed network of four namespaces (`client`, `gw`, `edge`, `inet`)
-/// joined by veth pairs; see [`crate::addr`] for the plan.
+/// A closed network of namespaces (`client`, `gw`, `edge`, `inet`, the
+/// second branch's `client2` and `gw2`, and with [`Lab::with_edges`] up to
+/// two more edges) joined by veth pairs; see [`crate::addr`] for the plan.
 ///
 /// Dropping it (also while unwinding from a panic) kills every process it
 /// spawned (SIGTERM to each process group, SIGKILL to those still there
