@@ -67,9 +67,9 @@ pub struct Failover<'a> {
 impl<'a> Failover<'a> {
     /// Starts a relay in `inet` for each path (TCP and UDP, on `inet`'s
     /// address towards the edge, see [`EdgeSite::relay_addr`]) and writes
-    /// sluice's configurations: the gateway's is the lab's default after
-    /// `edit`, with the relays as its `edges` (in `paths` order) and
-    /// `selection` as its `[tunnel.selection]`. Nothing of sluice runs yet
+    /// sluice's configurations: the gateway's is the lab's default with
+    /// the relays as its `edges` (in `paths` order) and `selection` as its
+    /// `[tunnel.selection]`, then `edit`ed. Nothing of sluice runs yet
     /// ([`Failover::start_all`]).
     ///
     /// # Panics
@@ -96,8 +96,9 @@ impl<'a> Failover<'a> {
                 (site, site.relay_addr(), p.priority)
             })
             .collect();
+        // The edges first: `edit` may move `[bypass]` (a profile).
         let sluice = Sluice::prepare(lab, bin, |c| {
-            deploy::with_edges(&edit(c), &entries, selection)
+            edit(&deploy::with_edges(c, &entries, selection))
         });
         Self {
             lab,
