@@ -24,8 +24,10 @@ pub const EDGE_ADDR: &str = "198.51.100.5:4443";
 /// up to three): the first is the `edge` every lab has, configured by
 /// [`EDGE_TOML`]; the others run a copy of the first's configuration
 /// (with [`Sluice::edit_edge`]'s edits) under their own name and metrics
-/// port, in their own namespace. All present the same certificate (the
-/// gateway checks one `server_name` for all of a tenant's edges).
+/// port, in their own namespace, where the shared `listen = "[::]:4443"`
+/// is their own WAN address (v4 and v6) and nobody else's. All present
+/// the same certificate (the gateway checks one `server_name` for all of a
+/// tenant's edges).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EdgeSite {
     /// Its namespace.
