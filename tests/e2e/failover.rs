@@ -679,6 +679,28 @@ fn one_edge_behind_a_relay_carries_the_tunnel_and_fails_closed() {
         relay.open >= 1 && relay.bytes_up > 0 && relay.bytes_down > 0,
         "{relay:?}"
     );
+    // The relay carries the tunnel's byte stream unchanged: 2 MB up, the
+    // digest checked at the server.
+    let body = lab.dir().join("upload.bin");
+    let mut rng = sluice_core::testutil::XorShift::new(0x16);
+    let bytes: Vec<u8> = (0..2_000_000).map(|_| rng.next_u64() as u8).collect();
+    std::fs::write(&body, bytes).unwrap();
+    let data = format!("@{}", body.display());
+    let got = super::curl(
+        &lab,
+        &[
+            "--data-binary",
+            &data,
+            &super::url(addr::TUNNELLED_V4, "/sink"),
+        ],
+    );
+    let digest = sluice_lab::sha256_file(&body);
+    assert_eq!(
+        got.split_whitespace().collect::<Vec<_>>(),
+        ["198.51.100.13", "2000000", digest.as_str()],
+        "{}",
+        f.logs()
+    );
 
     let (report, death) = stream_across_a_death(&mut f, Host::Edge2, false, 300);
     f.sluice.wait_tunnel(false, Duration::from_secs(10));
