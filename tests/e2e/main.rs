@@ -8,6 +8,7 @@ use std::{net::SocketAddr, os::unix::fs::MetadataExt as _, path::Path, time::Dur
 
 mod admin;
 mod edge;
+mod edge_cores;
 mod endpoint;
 mod failover;
 mod faults;

@@ -339,7 +339,7 @@ fn tally(line: &str) -> Option<(u64, u64)> {
 }
 
 /// The fuzz targets in `dataplane/fuzz` (cargo-fuzz).
-const FUZZ_TARGETS: [&str; 15] = [
+const FUZZ_TARGETS: [&str; 16] = [
     "tunnel_frames",
     "tunnel_records",
     "datagram",
@@ -357,6 +357,7 @@ const FUZZ_TARGETS: [&str; 15] = [
     "http_request",
     "trusted_facts",
     "pmtu",
+    "selection",
 ];
 /// The one fuzz target that needs more than core and config: it runs the
 /// real classifier, so it needs the gateway's loader, behind the fuzz

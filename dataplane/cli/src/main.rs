@@ -50,6 +50,14 @@ enum Cmd {
         #[arg(short, long, default_value = "/etc/sluice/sluice.toml")]
         config: PathBuf,
     },
+    /// The running gateway's edges: per worker and tenant, the edge
+    /// carrying the traffic and why, and each edge's state, RTT, probe
+    /// misses and failures (from the admin socket).
+    Status {
+        /// Configuration file (for the admin socket).
+        #[arg(short, long, default_value = "/etc/sluice/sluice.toml")]
+        config: PathBuf,
+    },
     /// Check a configuration as start would (certificates, keys,
     /// revocation lists, interfaces, admin group and token), without
     /// changing anything.
@@ -333,6 +341,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             edge.run(&stop)?;
             log::info!("edge stopped");
+            Ok(())
+        }
+        Cmd::Status { config } => {
+            print!(
+                "{}",
+                admin(&config, &sluice_gateway::admin::Request::Edges)?
+            );
             Ok(())
         }
         Cmd::Flows { config } => {

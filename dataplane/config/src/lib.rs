@@ -279,6 +279,9 @@ pub use crate::policy::{DEFAULT_TUNNEL_MTU, TunnelConfig};
 /// The smallest `tunnel.mtu`: every IPv6 link carries 1280 bytes.
 pub const MIN_TUNNEL_MTU: u16 = sluice_core::pmtu::MIN_MTU_V6;
 
+/// Most edge workers (`edge.workers`).
+pub const MAX_EDGE_WORKERS: usize = sluice_core::edge::MAX_WORKERS;
+
 /// The edge's configuration.
 #[derive(Debug, Clone)]
 pub struct EdgeConfig {
@@ -310,6 +313,10 @@ pub struct EdgeConfig {
     /// Write a flow's consecutive packets to the TUN device as one GSO
     /// packet (virtio-net headers; see [`crate::gro`]).
     pub tun_offload: bool,
+    /// `edge.workers`: worker threads (each with its own listener, TUN
+    /// queue and tunnels), 1 to [`MAX_EDGE_WORKERS`]. `None`: one per CPU
+    /// the process may run on, counted at start.
+    pub workers: Option<usize>,
     /// CA that signs gateway certificates.
     pub ca: PathBuf,
     /// Edge certificate.
@@ -414,6 +421,8 @@ struct RawTunnel {
     idle_timeout_secs: Option<Spanned<u64>>,
     coalesce_delay_us: Option<Spanned<u64>>,
     mtu: Option<Spanned<u64>>,
+    transport: Option<Spanned<String>>,
+    transport_fallback: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -463,6 +472,7 @@ struct RawEdge {
     max_tunnels: Option<Spanned<u32>>,
     manage_network: Option<bool>,
     tun_offload: Option<bool>,
+    workers: Option<Spanned<usize>>,
     ca: Spanned<PathBuf>,
     cert: Spanned<PathBuf>,
     key: Spanned<PathBuf>,
@@ -996,9 +1006,41 @@ impl Doc<'_> {
         })
     }
 
+    /// `tunnel.transport` (`tls`, the default, or `udp`: the datagram
+    /// transport) and `tunnel.transport_fallback` (default true: TLS
+    /// carries the packets while datagrams do not get through).
+    pub(crate) fn transport(
+        &self,
+        transport: Option<&Spanned<String>>,
+        fallback: Option<bool>,
+        field: &str,
+    ) -> Result<sluice_core::datagram::path::PathConfig, ConfigError> {
+        use sluice_core::datagram::path::{PathConfig, Transport};
+        let primary = match transport.map(|t| (t.span(), t.get_ref().as_str())) {
+            None | Some((_, "tls")) => Transport::Tls,
+            Some((_, "udp")) => Transport::Udp,
+            Some((span, _)) => {
+                return Err(self.err(span, field, "must be \"tls\" or \"udp\""));
+            }
+        };
+        Ok(PathConfig {
+            primary,
+            fallback: fallback.unwrap_or(true),
+            ..PathConfig::default()
+        })
+    }
+
     /// `tunnel.mtu`: 1280 (IPv6's minimum) to 9000, default
-    /// [`DEFAULT_TUNNEL_MTU`].
-    fn tunnel_mtu(&self, mtu: Option<&Spanned<u64>>) -> Result<u16, ConfigError> {
+    /// [`DEFAULT_TUNNEL_MTU`] ([`sluice_core::policy::DEFAULT_DATAGRAM_MTU`]
+    /// with the datagram transport).
+    fn tunnel_mtu(
+        &self,
+        mtu: Option<&Spanned<u64>>,
+        transport: sluice_core::datagram::path::Transport,
+    ) -> Result<u16, ConfigError> {
+        if mtu.is_none() && transport == sluice_core::datagram::path::Transport::Udp {
+            return Ok(sluice_core::policy::DEFAULT_DATAGRAM_MTU);
+        }
         match mtu {
             Some(v) if !(u64::from(MIN_TUNNEL_MTU)..=9000).contains(v.get_ref()) => Err(self.err(
                 v.span(),
@@ -1108,7 +1150,12 @@ impl GatewayConfig {
             Some(v) => Duration::from_micros(*v.get_ref()),
             None => Duration::ZERO,
         };
-        let mtu = d.tunnel_mtu(tun.mtu.as_ref())?;
+        let transport = d.transport(
+            tun.transport.as_ref(),
+            tun.transport_fallback,
+            "tunnel.transport",
+        )?;
+        let mtu = d.tunnel_mtu(tun.mtu.as_ref(), transport.primary)?;
         let tunnel = TunnelConfig {
             edge,
             edges,
@@ -1125,6 +1172,7 @@ impl GatewayConfig {
             idle_timeout,
             coalesce_delay,
             mtu,
+            transport,
         };
         let raw_bypass = raw.bypass.unwrap_or_default();
         let bypass = d.prefixes(&raw_bypass.prefixes, "bypass.prefixes")?;
@@ -1252,6 +1300,16 @@ impl EdgeConfig {
         if let Some(c) = &e.client_prefixes {
             return Err(d.client_prefixes_removed(c));
         }
+        let workers = match &e.workers {
+            Some(w) if !(1..=MAX_EDGE_WORKERS).contains(w.get_ref()) => {
+                return Err(d.err(
+                    w.span(),
+                    "edge.workers",
+                    format!("must be 1 to {MAX_EDGE_WORKERS} (leave it out for one per CPU)"),
+                ));
+            }
+            w => w.as_ref().map(|w| *w.get_ref()),
+        };
         let (management, reserved) = d.edge_reserved(e.management.as_ref())?;
         let gateways = d.edge_gateways(&e.gateway, &reserved)?;
         let limits = d.edge_limits(&edge::RawLimits {
@@ -1279,6 +1337,7 @@ impl EdgeConfig {
             limits,
             manage_network: e.manage_network.unwrap_or(true),
             tun_offload: e.tun_offload.unwrap_or(true),
+            workers,
             ca: d.file(&e.ca, "edge.ca")?,
             cert: d.file(&e.cert, "edge.cert")?,
             key: d.file(&e.key, "edge.key")?,

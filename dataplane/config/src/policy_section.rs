@@ -136,6 +136,10 @@ pub(super) struct RawTenant {
     cert: Spanned<PathBuf>,
     key: Spanned<PathBuf>,
     crl: Option<Spanned<PathBuf>>,
+    /// `tls` or `udp`; default: `tunnel.transport`'s.
+    transport: Option<Spanned<String>>,
+    /// Default: `tunnel.transport_fallback`'s.
+    transport_fallback: Option<bool>,
     #[serde(default)]
     segments: Vec<Spanned<String>>,
     #[serde(default)]
@@ -529,6 +533,19 @@ impl Doc<'_> {
                         .as_ref()
                         .map(|c| self.file(c, &at("tenant", i, "crl")))
                         .transpose()?,
+                    transport: if t.transport.is_some() || t.transport_fallback.is_some() {
+                        let mut x = self.transport(
+                            t.transport.as_ref(),
+                            t.transport_fallback,
+                            &at("tenant", i, "transport"),
+                        )?;
+                        if t.transport.is_none() {
+                            x.primary = tunnel.transport.primary;
+                        }
+                        x
+                    } else {
+                        tunnel.transport
+                    },
                     ..tunnel.clone()
                 },
                 segments,

@@ -92,6 +92,11 @@ fn good_gateway_config() {
     assert_eq!(c.tunnel.keepalive, Duration::from_secs(10));
     assert_eq!(c.tunnel.coalesce_delay, Duration::ZERO);
     assert_eq!(c.tunnel.mtu, 1500, "the default inner MTU");
+    assert_eq!(
+        c.tunnel.transport.primary,
+        sluice_core::datagram::path::Transport::Tls,
+        "TLS unless the datagram transport is asked for"
+    );
     assert_eq!(c.cpus, None, "pinned to the allowed CPUs by default");
     std::fs::remove_dir_all(d).unwrap();
 }
@@ -102,6 +107,7 @@ fn good_edge_config() {
     let c = EdgeConfig::parse(&d.join("edge.toml"), GOOD_EDGE).unwrap();
     assert_eq!(c.tun, "sluice0");
     assert_eq!(c.tun_mtu, 1500);
+    assert_eq!(c.workers, None, "one per CPU");
     assert!(c.manage_network);
     assert_eq!(c.gateways.len(), 2);
     let (a, b) = (&c.gateways[0], &c.gateways[1]);
@@ -505,6 +511,14 @@ const GW_MISTAKES: &[(&str, &str, &str, &str, usize, &str)] = &[
         15,
         "1280 to 9000",
     ),
+    (
+        "an unknown transport",
+        "key = \"gw.key\"",
+        "key = \"gw.key\"\ntransport = \"quic\"",
+        "tunnel.transport",
+        15,
+        "\"tls\" or \"udp\"",
+    ),
 ];
 
 /// `GOOD_GW` plus endpoint mode and a process list.
@@ -745,6 +759,14 @@ fn edge_mistakes_are_refused_precisely() {
             "edge.tun_mtu",
             4,
             "1280 to 9000",
+        ),
+        (
+            "no workers",
+            "listen = \"[::]:4443\"",
+            "listen = \"[::]:4443\"\nworkers = 0",
+            "edge.workers",
+            4,
+            "1 to 64",
         ),
         (
             "bad listen",
@@ -1315,5 +1337,28 @@ fn admin_fields() {
         let err = parse(extra).expect_err(extra);
         assert_eq!(err.field(), Some(field), "{extra}: {err}");
     }
+    std::fs::remove_dir_all(d).unwrap();
+}
+
+/// `tunnel.transport = "udp"`: the datagram MTU by default (an explicit
+/// `mtu` wins), fallback on unless switched off.
+#[test]
+fn datagram_transport_and_its_mtu() {
+    use sluice_core::datagram::path::Transport;
+    let d = dir();
+    let with = |extra: &str| {
+        GatewayConfig::parse(
+            &d.join("gw.toml"),
+            &GOOD_GW.replace("key = \"gw.key\"", &format!("key = \"gw.key\"\n{extra}")),
+        )
+        .unwrap()
+    };
+    let c = with("transport = \"udp\"");
+    assert_eq!(c.tunnel.transport.primary, Transport::Udp);
+    assert!(c.tunnel.transport.fallback);
+    assert_eq!(c.tunnel.mtu, sluice_core::policy::DEFAULT_DATAGRAM_MTU);
+    let c = with("transport = \"udp\"\ntransport_fallback = false\nmtu = 1400");
+    assert!(!c.tunnel.transport.fallback);
+    assert_eq!(c.tunnel.mtu, 1400);
     std::fs::remove_dir_all(d).unwrap();
 }

@@ -66,6 +66,16 @@ pub fn key(ip: IpAddr) -> (u128, u8) {
     }
 }
 
+/// The address of a key and family tag from [`key`].
+#[inline]
+pub fn addr(k: u128, family: u8) -> IpAddr {
+    let a = std::net::Ipv6Addr::from(k);
+    match (family, a.to_ipv4_mapped()) {
+        (V4, Some(v4)) => IpAddr::V4(v4),
+        _ => IpAddr::V6(a),
+    }
+}
+
 /// Fibonacci hashing of the folded key: the top bits are the mixed ones.
 /// Unkeyed (and easy to collide on purpose): for tables whose keys an
 /// attacker does not choose; [`AddrMap`] uses a keyed hash. Only the
@@ -201,11 +211,21 @@ impl<V: Copy + Default> AddrMap<V> {
         budget: usize,
         mut keep: impl FnMut(&V) -> bool,
     ) -> Sweep {
+        self.sweep_with_key(cursor, budget, |_, v| keep(v))
+    }
+
+    /// [`AddrMap::sweep`] whose `keep` also sees each entry's address.
+    pub fn sweep_with_key(
+        &mut self,
+        cursor: usize,
+        budget: usize,
+        mut keep: impl FnMut(IpAddr, &V) -> bool,
+    ) -> Sweep {
         let mut i = cursor & self.mask;
         let (mut passed, mut removed) = (0, 0);
         for _ in 0..budget {
             let s = &self.slots[i];
-            if s.family != EMPTY && !keep(&s.val) {
+            if s.family != EMPTY && !keep(addr(s.key, s.family), &s.val) {
                 // A later entry may move into `i`: look at it again.
                 self.remove_at(i);
                 removed += 1;

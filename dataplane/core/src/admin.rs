@@ -13,6 +13,7 @@
 //! | [`Request::Explain`] | `GET /policy/explain?src=..&dst=..[&sport=..][&dport=..][&proto=..][&process=..][&domain=..][&local=1]` |
 //! | [`Request::Flows`] | `GET /flows` |
 //! | [`Request::Domains`] | `GET /bypass/dns` |
+//! | [`Request::Edges`] | `GET /edges` |
 //!
 //! Answers are `text/plain`: 200 with the text the CLI prints, 400 for a
 //! malformed request, 401/403/421 for refused callers, 404/405 for other
@@ -58,6 +59,9 @@ pub enum Request {
     Flows,
     /// The addresses the domain bypass holds.
     Domains,
+    /// Each worker's edges per tenant: state, RTT, and why the active
+    /// one was chosen.
+    Edges,
 }
 
 /// Why an HTTP request is not an admin request.
@@ -125,6 +129,7 @@ impl Request {
             Request::Explain(e) => format!("/policy/explain?{}", e.query()?),
             Request::Flows => "/flows".into(),
             Request::Domains => "/bypass/dns".into(),
+            Request::Edges => "/edges".into(),
         })
     }
 
@@ -163,6 +168,7 @@ impl Request {
             }
             "/flows" => want("GET", Request::Flows),
             "/bypass/dns" => want("GET", Request::Domains),
+            "/edges" => want("GET", Request::Edges),
             _ => Err(RouteError::NotFound),
         }
     }

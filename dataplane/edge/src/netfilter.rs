@@ -1,7 +1,8 @@
 //! The edge's kernel setup (`manage_network`): the TUN device up with its
 //! MTU, routes for every gateway's prefixes into it, forwarding on, and
 //! one nftables table (`inet sluice_edge_<tun>`, removed on exit) that
-//! - masquerades the gateways' sources leaving by another interface;
+//! - masquerades the gateways' sources leaving by another interface
+//!   (with several workers, to random ports: see [`ruleset`]);
 //! - filters what comes out of the TUN device: nothing conntrack calls
 //!   invalid (an ICMP error about no connection, a reset of none: the
 //!   kernel would forward them without source NAT, with the branch's LAN
@@ -67,7 +68,23 @@ fn elements(prefixes: &[Prefix], v4: bool) -> Option<String> {
 
 /// The nftables script that (re)creates the edge's table: see the
 /// [module docs](self).
-pub(crate) fn ruleset(tun: &str, clients: &[Prefix], reserved: &[Prefix]) -> String {
+///
+/// With `random_ports` (several workers) the masquerade picks a random
+/// source port for each new connection instead of keeping the client's.
+/// Workers write to the TUN device at the same time, and the kernel
+/// translates each packet on the writer's CPU: two new connections to the
+/// same server from two branches' hosts using the same source port,
+/// translated at the same moment on two CPUs, would both keep that port,
+/// and the second would be dropped when conntrack confirms it (counted
+/// `insert_failed`; measured in the two-worker lab test with identical
+/// ports from both branches). Random ports make that a one-in-tens-of-
+/// thousands coincidence, as on any multi-core NAT router.
+pub(crate) fn ruleset(
+    tun: &str,
+    clients: &[Prefix],
+    reserved: &[Prefix],
+    random_ports: bool,
+) -> String {
     let table = table_name(tun);
     let mut s =
         format!("table inet {table} {{}}\ndelete table inet {table}\ntable inet {table} {{\n");
@@ -103,15 +120,16 @@ pub(crate) fn ruleset(tun: &str, clients: &[Prefix], reserved: &[Prefix]) -> Str
          \x20   oifname \"{tun}\" ct state established,related accept\n\
          \x20   oifname \"{tun}\" counter name \"into_tun_new\" drop\n  }}\n\
          \x20 chain postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n\
-         \x20   ip saddr @clients4 oifname != \"{tun}\" masquerade\n\
-         \x20   ip6 saddr @clients6 oifname != \"{tun}\" masquerade\n  }}\n}}\n"
+         \x20   ip saddr @clients4 oifname != \"{tun}\" masquerade{random}\n\
+         \x20   ip6 saddr @clients6 oifname != \"{tun}\" masquerade{random}\n  }}\n}}\n",
+        random = if random_ports { " fully-random" } else { "" },
     );
     s
 }
 
 /// Configures the kernel for the edge; returns the guard that removes the
 /// table again. The filter is in place before the TUN device comes up.
-pub(crate) fn setup(cfg: &EdgeConfig, tun: &str) -> Result<TableGuard, EdgeError> {
+pub(crate) fn setup(cfg: &EdgeConfig, tun: &str, workers: usize) -> Result<TableGuard, EdgeError> {
     let clients: Vec<Prefix> = cfg
         .gateways
         .iter()
@@ -119,7 +137,7 @@ pub(crate) fn setup(cfg: &EdgeConfig, tun: &str) -> Result<TableGuard, EdgeError
         .collect();
     host::run(
         &["nft", "-f", "-"],
-        Some(&ruleset(tun, &clients, &cfg.reserved)),
+        Some(&ruleset(tun, &clients, &cfg.reserved, workers > 1)),
     )?;
     let guard = TableGuard {
         table: table_name(tun),
@@ -153,6 +171,7 @@ mod tests {
             "sluice0",
             &[p("192.0.2.0/24"), p("2001:db8:1::/64")],
             &[p("169.254.0.0/16"), p("fd00:ec2::254/128")],
+            false,
         );
         for line in [
             "table inet sluice_edge_sluice0 {",
@@ -180,9 +199,15 @@ mod tests {
             "{r}"
         );
         // A family without prefixes gets an empty set, not a syntax error.
-        let r = ruleset("t0", &[p("192.0.2.0/24")], &[]);
+        let r = ruleset("t0", &[p("192.0.2.0/24")], &[], false);
         assert!(
             r.contains("set clients6 { type ipv6_addr; flags interval; auto-merge; }"),
+            "{r}"
+        );
+        // Several workers: random source ports.
+        let r = ruleset("t0", &[p("192.0.2.0/24")], &[], true);
+        assert!(
+            r.contains("ip saddr @clients4 oifname != \"t0\" masquerade fully-random"),
             "{r}"
         );
     }

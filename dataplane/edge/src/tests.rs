@@ -10,6 +10,7 @@ use std::{
 
 use super::*;
 use crate::config::EdgeConfig;
+use sluice_core::edge::{Accepted, ConnId, Sent, TunDrop};
 use sluice_core::tunnel::{Session, SessionConfig};
 
 /// One direction of a connection: reads drain it (`WouldBlock` when
@@ -113,6 +114,27 @@ impl Lab {
             now,
         )
         .unwrap()
+    }
+
+    /// `n` workers' cores over one shared state.
+    fn cores(&self, n: usize, now: Instant) -> Vec<Core> {
+        let tls = pki::server_config(&self.cfg.ca, &self.cfg.cert, &self.cfg.key).unwrap();
+        let settings = self.cfg.core_settings();
+        let shared = Arc::new(
+            Shared::new(&settings, self.cfg.limits, &sluice_core::lpm::NoAdvice, n).unwrap(),
+        );
+        (0..n)
+            .map(|w| {
+                Core::for_worker(
+                    &settings,
+                    tls.clone(),
+                    driver::aead(),
+                    &shared,
+                    WorkerId::try_from(w).unwrap(),
+                    now,
+                )
+            })
+            .collect()
     }
 
     /// A gateway's session with certificate `name`.
@@ -402,9 +424,176 @@ fn reads_stop_at_their_budget() {
 #[test]
 fn caps_fit_the_descriptor_limit() {
     let l = crate::config::EdgeLimits::default();
-    assert_eq!(fit_limits(l, 1 << 20), l);
-    let f = fit_limits(l, 1024);
-    assert!(u64::from(f.max_handshakes + f.max_tunnels) <= 1024 - FD_RESERVE);
+    assert_eq!(fit_limits(l, 1 << 20, 1), l);
+    let f = fit_limits(l, 1024, 1);
+    assert!(u64::from(f.max_handshakes + f.max_tunnels) <= 1024 - fd_reserve(1));
+    let f = fit_limits(l, 1024, 64);
+    assert!(u64::from(f.max_handshakes + f.max_tunnels) <= 1024 - fd_reserve(64));
     assert!(f.max_handshakes_per_prefix <= f.max_handshakes);
     assert!(f.max_handshakes >= 4 && f.max_tunnels >= 4);
+}
+
+/// Two workers, branch 1's tunnel on worker 0 and branch 2's on worker 1:
+/// a reply the kernel puts on worker 1's queue for branch 1's client is
+/// handed to worker 0 (through the mesh, as the workers do) and reaches
+/// branch 1 only; worker 1 never sends it into branch 2's tunnel, and a
+/// handed packet is never handed on again.
+#[test]
+fn a_reply_on_the_wrong_worker_reaches_its_tunnel_through_the_owner() {
+    let lab = Lab::new("handoff", "", "");
+    let now = Instant::now();
+    let mut cores = lab.cores(2, now);
+    let (c0, c1) = cores.split_at_mut(1);
+    let (c0, c1) = (&mut c0[0], &mut c1[0]);
+    let mut g1 = connect(c0, &lab, "branch-1", "198.51.100.1:40000", now);
+    let mut g2 = connect(c1, &lab, "branch-2", "198.51.100.9:40000", now);
+    assert!(g1.sess.is_established() && g2.sess.is_established());
+    let server = [203, 0, 113, 10];
+    let mut delivered = Vec::new();
+    g1.sess.send_packet(&udp([192, 0, 2, 10], server)).unwrap();
+    pump(c0, &mut g1, now, &mut delivered);
+    // Branch 2 sends from its own address and from branch 1's.
+    g2.sess.send_packet(&udp([198, 18, 2, 10], server)).unwrap();
+    g2.sess.send_packet(&udp([192, 0, 2, 10], server)).unwrap();
+    pump(c1, &mut g2, now, &mut delivered);
+    assert_eq!(delivered.len(), 2, "the spoofed one is refused on worker 1");
+    assert_eq!(c1.stats().drop_spoofed.load(Relaxed), 1);
+
+    let mesh = mesh::Mesh::new(2, 1500, 8);
+    let polls = [mio::Poll::new().unwrap(), mio::Poll::new().unwrap()];
+    let waker = |i: usize| mio::Waker::new(polls[i].registry(), mio::Token(10)).unwrap();
+    let mut p0 = mesh.port(0, waker(0)).unwrap();
+    let mut p1 = mesh.port(1, waker(1)).unwrap();
+    let reply = udp(server, [192, 0, 2, 10]);
+    assert_eq!(c1.tun_packet(&reply), Ok(Sent::HandOff(0)));
+    assert!(p1.hand_off(&mesh, 0, &reply));
+    assert!(c1.poll_dirty().is_none(), "nothing queued on worker 1");
+    let mut handed = Vec::new();
+    assert!(!p0.handed(&mesh, 16, |p| handed.push(c0.handed_packet(p))));
+    assert_eq!(handed, [Ok(())]);
+    pump(c0, &mut g1, now, &mut delivered);
+    pump(c1, &mut g2, now, &mut delivered);
+    assert_eq!(g1.got, std::slice::from_ref(&reply));
+    assert!(g2.got.is_empty(), "nothing for branch 2");
+    // On its own worker, a reply goes straight in.
+    let reply2 = udp(server, [198, 18, 2, 10]);
+    assert_eq!(c1.tun_packet(&reply2), Ok(Sent::Queued));
+    // A packet handed to a worker without the route is dropped there,
+    // not handed on; nobody holds an address nobody sent from.
+    assert_eq!(c0.handed_packet(&reply2), Err(TunDrop::NoRoute));
+    assert_eq!(
+        c1.tun_packet(&udp(server, [192, 0, 2, 99])),
+        Err(TunDrop::NoRoute)
+    );
+    // Branch 1's tunnel goes: its route goes from the books with it, and
+    // a reply on worker 1 is no longer handed anywhere.
+    c0.close_all(now);
+    while let Some(id) = c0.poll_dirty() {
+        c0.write_to(id, &mut g1.s2c, now);
+    }
+    c0.handle_timeout(now + Duration::from_secs(3));
+    for t in 1..40 {
+        c0.handle_timeout(now + Duration::from_millis(3000 + 100 * t));
+    }
+    assert_eq!(c1.tun_packet(&reply), Err(TunDrop::NoRoute));
+}
+
+/// The caps are the edge's, not a worker's: a gateway's `max_tunnels`
+/// holds with its tunnels on two workers, and so does the handshake cap,
+/// a handshake on one worker making room for a connection on another.
+#[test]
+fn caps_hold_across_workers() {
+    let lab = Lab::new(
+        "xcaps",
+        "max_handshakes = 4\nmax_handshakes_per_prefix = 3",
+        "max_tunnels = 2",
+    );
+    let now = Instant::now();
+    let mut cores = lab.cores(2, now);
+    let (c0, c1) = cores.split_at_mut(1);
+    let (c0, c1) = (&mut c0[0], &mut c1[0]);
+    let a = connect(c0, &lab, "branch-1", "198.51.100.1:1", now);
+    let b = connect(c1, &lab, "branch-1", "198.51.100.1:2", now);
+    let c = connect(c0, &lab, "branch-1", "198.51.100.1:3", now);
+    assert!(a.sess.is_established() && b.sess.is_established());
+    assert!(
+        c.sess.is_closed(),
+        "a third tunnel of branch-1, on either worker"
+    );
+    assert_eq!(c0.stats().refused_tunnel_cap.load(Relaxed), 1);
+    assert_eq!(
+        (c0.tunnels(), c1.tunnels(), c0.shared().tunnels()),
+        (1, 1, 2)
+    );
+    // Handshakes: three from one /24 on worker 1, one more on worker 0.
+    let mut on1 = Vec::new();
+    for i in 0..3 {
+        let peer: SocketAddr = format!("203.0.113.{}:1000", 200 + i).parse().unwrap();
+        let Accepted::Conn(id) = c1.accept(peer, now) else {
+            panic!("refused");
+        };
+        on1.push(id);
+    }
+    let peer: SocketAddr = "203.0.113.250:1".parse().unwrap();
+    assert_eq!(
+        c0.accept(peer, now),
+        Accepted::Refused,
+        "per prefix, both workers"
+    );
+    assert!(matches!(
+        c0.accept("[2001:db8:66::1]:1".parse().unwrap(), now),
+        Accepted::Conn(_)
+    ));
+    assert_eq!(c0.handshakes(), 4);
+    // Full: a newcomer on worker 0 takes the /24's oldest place, which is
+    // on worker 1: worker 1 closes it when told.
+    let Accepted::Conn(_) = c0.accept("[2001:db8:67::1]:1".parse().unwrap(), now) else {
+        panic!("refused");
+    };
+    let ev = c0.poll_eviction().expect("an eviction for worker 1");
+    assert_eq!((ev.worker, ev.slot), (1, on1[0]));
+    assert_eq!(c0.handshakes(), 4);
+    assert!(c1.poll_closed().is_none(), "not before it is told");
+    c1.evict(ev.slot, ev.generation, now);
+    assert_eq!(c1.poll_closed(), Some(on1[0]));
+    assert_eq!(c0.handshakes(), 4, "counted once");
+    assert_eq!(c0.stats().handshakes_evicted.load(Relaxed), 1);
+}
+
+/// One worker failing stops every other (they see the mesh fail and
+/// return) and its error is the edge's; workers that only stop return
+/// nothing.
+#[test]
+fn one_failing_worker_stops_them_all_with_its_error() {
+    let mesh = mesh::Mesh::new(3, 1500, 8);
+    let polls: Vec<mio::Poll> = (0..3).map(|_| mio::Poll::new().unwrap()).collect();
+    let _ports: Vec<_> = (0..3)
+        .map(|i| {
+            let waker = mio::Waker::new(polls[i].registry(), mio::Token(2)).unwrap();
+            mesh.port(i, waker).unwrap()
+        })
+        .collect();
+    let mut workers = [0usize, 1, 2];
+    let started = Instant::now();
+    let r = supervise(&mut workers, &mesh, |w| {
+        if *w == 1 {
+            std::thread::sleep(Duration::from_millis(20));
+            return Err(EdgeError::Io {
+                what: "worker 1: reading TUN device".into(),
+                source: io::ErrorKind::BrokenPipe.into(),
+            });
+        }
+        while !mesh.failed() {
+            assert!(started.elapsed() < Duration::from_secs(10), "never stopped");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        Ok(())
+    });
+    let e = r.unwrap_err().to_string();
+    assert!(e.contains("worker 1"), "{e}");
+    assert!(mesh.failed());
+    // Nobody failing: all stop on their own, no error.
+    let mesh = mesh::Mesh::new(2, 1500, 8);
+    assert!(supervise(&mut [0, 1], &mesh, |_| Ok(())).is_ok());
+    assert!(!mesh.failed());
 }

@@ -1167,6 +1167,7 @@ mod policy {
             idle_timeout: Duration::from_secs(30),
             coalesce_delay: Duration::ZERO,
             mtu: 1420,
+            transport: sluice_core::datagram::path::PathConfig::default(),
         }
     }
 

@@ -236,10 +236,19 @@ pub enum LinkEvent {
     },
     /// The session ended: what it had for the edge was written as far as
     /// the socket took it, the socket is closed, the next attempt is due
-    /// after the backoff.
+    /// after the backoff (a [`Link::once`] makes none).
     Down {
         /// Why the session ended.
         reason: CloseReason,
+    },
+    /// The edge sent a datagram-transport control frame.
+    Datagram(crate::tunnel::DatagramControl),
+    /// The edge answered an echo probe ([`Session::send_echo`]).
+    EchoReply {
+        /// The probe's sequence number.
+        seq: u64,
+        /// Its round-trip time as the session measured it.
+        rtt: Duration,
     },
 }
 
@@ -251,6 +260,8 @@ enum LinkState {
         sock: TcpStream,
         session: Box<Session>,
     },
+    /// A [`Link::once`] that ended: it makes no more attempts.
+    Closed,
 }
 
 /// A gateway's tunnel to its edge: one socket and one session at a time,
@@ -269,6 +280,8 @@ pub struct Link {
     token: Token,
     state: LinkState,
     backoff: Duration,
+    /// Reconnects on its own ([`Link::new`]) or not ([`Link::once`]).
+    retry: bool,
     /// A connection attempt that failed, for [`Link::poll_event`].
     failed: Option<LinkEvent>,
 }
@@ -291,8 +304,24 @@ impl Link {
             token,
             state: LinkState::Down { retry_at: now },
             backoff: BACKOFF_MIN,
+            retry: true,
             failed: None,
         }
+    }
+
+    /// One attempt to `params.edge`, due at `now`, and no other: once it
+    /// fails or its session ends the link stays closed (whoever made it
+    /// decides about the next attempt: the gateway's edge selection).
+    pub fn once(params: LinkParams, token: Token, now: Instant) -> Self {
+        Self {
+            retry: false,
+            ..Self::new(params, token, now)
+        }
+    }
+
+    /// Whether a [`Link::once`] has ended (no socket, no more attempts).
+    pub fn is_closed(&self) -> bool {
+        matches!(self.state, LinkState::Closed)
     }
 
     /// Where it connects.
@@ -305,7 +334,7 @@ impl Link {
     pub fn session(&self) -> Option<&Session> {
         match &self.state {
             LinkState::Up { session, .. } => Some(session),
-            LinkState::Down { .. } => None,
+            LinkState::Down { .. } | LinkState::Closed => None,
         }
     }
 
@@ -313,7 +342,7 @@ impl Link {
     pub fn session_mut(&mut self) -> Option<&mut Session> {
         match &mut self.state {
             LinkState::Up { session, .. } => Some(session),
-            LinkState::Down { .. } => None,
+            LinkState::Down { .. } | LinkState::Closed => None,
         }
     }
 
@@ -323,6 +352,7 @@ impl Link {
         match &self.state {
             LinkState::Down { retry_at } => Some(*retry_at),
             LinkState::Up { session, .. } => session.poll_timeout(),
+            LinkState::Closed => None,
         }
     }
 
@@ -331,7 +361,7 @@ impl Link {
     pub fn handle_timeout(&mut self, registry: &Registry, now: Instant) {
         match &mut self.state {
             LinkState::Down { retry_at } if now >= *retry_at => self.connect(registry, now),
-            LinkState::Down { .. } => {}
+            LinkState::Down { .. } | LinkState::Closed => {}
             LinkState::Up { session, .. } => {
                 if session.poll_timeout().is_some_and(|t| t <= now) {
                     session.handle_timeout(now);
@@ -342,13 +372,13 @@ impl Link {
 
     fn connect(&mut self, registry: &Registry, now: Instant) {
         let p = &self.params;
-        let tls = match rustls::client::UnbufferedClientConnection::new(
-            p.tls.clone(),
-            p.server_name.clone(),
-        ) {
-            Ok(x) => x,
-            Err(e) => return self.connect_failed("TLS", e.to_string(), now),
-        };
+        // The exporter is captured for the datagram transport's keys
+        // (taken only if the edge accepts datagrams).
+        let (tls, exporter) =
+            match sluice_core::datagram::keys::client(&p.tls, p.server_name.clone()) {
+                Ok(x) => x,
+                Err(e) => return self.connect_failed("TLS", e.to_string(), now),
+            };
         let mut sock = match TcpStream::connect(p.edge) {
             Ok(s) => s,
             Err(e) => return self.connect_failed("connect", e.to_string(), now),
@@ -361,7 +391,7 @@ impl Link {
         ) {
             return self.connect_failed("register", e.to_string(), now);
         }
-        let session = Session::new(tls.into(), p.session.clone(), now);
+        let session = Session::with_exporter(tls, exporter, p.session.clone(), now);
         self.state = LinkState::Up {
             sock,
             session: Box::new(session),
@@ -373,8 +403,13 @@ impl Link {
         self.retry_later(now);
     }
 
-    /// Down; the next attempt after the backoff, which doubles.
+    /// Down; the next attempt after the backoff, which doubles (closed
+    /// for good if it is a [`Link::once`]).
     fn retry_later(&mut self, now: Instant) {
+        if !self.retry {
+            self.state = LinkState::Closed;
+            return;
+        }
         self.state = LinkState::Down {
             retry_at: now + self.backoff,
         };
@@ -420,8 +455,11 @@ impl Link {
         };
         loop {
             match session.poll_event()? {
-                // No probes are sent here yet: replies are not expected.
-                Event::Authenticated { .. } | Event::EchoReply { .. } => {}
+                Event::Authenticated { .. } => {}
+                Event::EchoReply { seq, rtt, .. } => {
+                    return Some(LinkEvent::EchoReply { seq, rtt });
+                }
+                Event::Datagram(c) => return Some(LinkEvent::Datagram(c)),
                 Event::Established { peer } => {
                     self.backoff = BACKOFF_MIN;
                     return Some(LinkEvent::Up { peer });
@@ -445,6 +483,18 @@ impl Link {
             session.close(code, reason);
             let _ = transmit(session, sock, now);
         }
+    }
+
+    /// Ends it for good, whatever its state: [`Link::close`], then the
+    /// socket is deregistered and closed, and no attempt follows. No
+    /// event is reported for it.
+    pub fn shutdown(&mut self, registry: &Registry, reason: &str, now: Instant) {
+        self.close(CloseCode::Normal, reason, now);
+        if let LinkState::Up { sock, .. } = &mut self.state {
+            let _ = registry.deregister(sock);
+        }
+        self.state = LinkState::Closed;
+        self.failed = None;
     }
 }
 
@@ -579,7 +629,7 @@ mod tests {
             link.handle_timeout(poll.registry(), now);
             match next_event(&mut link, &mut poll, now, None) {
                 LinkEvent::ConnectFailed { .. } | LinkEvent::Down { .. } => {}
-                LinkEvent::Up { .. } => panic!("up without an edge"),
+                other => panic!("{other:?} without an edge"),
             }
             assert!(link.session().is_none());
             let next = link.poll_timeout().unwrap();
@@ -633,6 +683,70 @@ mod tests {
             Some(now + BACKOFF_MIN),
             "backoff reset"
         );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn once_link_never_retries_and_carries_echo_probes() {
+        let (dir, f) = pki::testing::lab_pki();
+        let (_, cert, key) = &f.gateways[0];
+        let tls = pki::client_config(&f.ca, cert, key).unwrap();
+        let edge_tls = pki::server_config(&f.ca, &f.edge.0, &f.edge.1).unwrap();
+        let addr = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let params = LinkParams {
+            edge: addr,
+            server_name: pki::server_name("edge.sluice.test").unwrap(),
+            tls,
+            session: SessionConfig {
+                name: "gw1".into(),
+                ..SessionConfig::default()
+            },
+        };
+        let mut poll = Poll::new().unwrap();
+        let now = Instant::now();
+        // Refused: closed for good, no retry scheduled.
+        let mut link = Link::once(params.clone(), Token(1), now);
+        link.handle_timeout(poll.registry(), now);
+        match next_event(&mut link, &mut poll, now, None) {
+            LinkEvent::ConnectFailed { .. } | LinkEvent::Down { .. } => {}
+            other => panic!("{other:?} without an edge"),
+        }
+        assert!(link.is_closed());
+        assert_eq!(link.poll_timeout(), None, "a once link makes no retry");
+        link.handle_timeout(poll.registry(), now + BACKOFF_MAX);
+        assert!(link.session().is_none());
+
+        // Up: an echo probe is answered by the edge's session and comes
+        // back as an event with its sequence number.
+        let listener = TcpListener::bind(addr).unwrap();
+        let mut link = Link::once(params, Token(2), now);
+        link.handle_timeout(poll.registry(), now);
+        let (sock, _) = listener.accept().unwrap();
+        sock.set_nonblocking(true).unwrap();
+        let edge = rustls::server::UnbufferedServerConnection::new(edge_tls).unwrap();
+        let cfg = SessionConfig {
+            name: "edge".into(),
+            ..SessionConfig::default()
+        };
+        let mut edge = (sock, Session::new(edge.into(), cfg, now));
+        match next_event(&mut link, &mut poll, now, Some(&mut edge)) {
+            LinkEvent::Up { .. } => {}
+            other => panic!("{other:?}"),
+        }
+        link.session_mut().unwrap().send_echo(7, now).unwrap();
+        link.flush(now).unwrap();
+        match next_event(&mut link, &mut poll, now, Some(&mut edge)) {
+            LinkEvent::EchoReply { seq, .. } => assert_eq!(seq, 7),
+            other => panic!("{other:?}"),
+        }
+        // Shut down: closed, deregistered, no event, no retry.
+        link.shutdown(poll.registry(), "test", now);
+        assert!(link.is_closed());
+        assert!(link.poll_event(poll.registry(), now).is_none());
+        assert_eq!(link.poll_timeout(), None);
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

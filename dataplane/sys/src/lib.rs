@@ -4,6 +4,8 @@
 //! - [`xsk`]: `AF_XDP` sockets: UMEM registration, the fill, completion, RX and
 //!   TX rings, batched and `#[must_use]`.
 //! - [`tun`]: TUN devices for the edge.
+//! - [`udp`]: batched UDP sockets for the datagram transport
+//!   (`sendmmsg`/`recvmmsg`, GSO/GRO, reuseport steering by receiver id).
 //! - [`cpu`]: CPU affinity of worker threads.
 //! - [`mem`]: huge-page advice for large lookup tables.
 //! - [`ethtool`]: the driver behind an interface.
@@ -14,6 +16,8 @@
 //! - [`rtnl`]: link, address and route change notifications (rtnetlink),
 //!   which trigger trusted-network re-evaluation.
 //! - [`rlimit`]: the descriptor limit (the edge raises it at start).
+//! - [`reuseport`]: TCP listeners sharing one address, one per edge
+//!   worker.
 //! - [`neigh`]: the kernel's neighbour (ARP/ND) table over rtnetlink,
 //!   which the gateway's workers take LAN hosts' MACs from.
 //! - [`bpf_mmap`]: a BPF array map's words mapped into the process (the
@@ -43,10 +47,12 @@ pub mod lock;
 pub mod mem;
 pub mod neigh;
 pub mod peer;
+pub mod reuseport;
 pub mod rlimit;
 pub mod rtnl;
 pub mod sock_diag;
 pub mod spawn;
 pub mod tun;
+pub mod udp;
 pub mod xdp_verdict;
 pub mod xsk;

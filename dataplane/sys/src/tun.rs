@@ -2,6 +2,15 @@
 //! hands decapsulated packets to the kernel through one and reads replies
 //! from it. Optionally with virtio-net headers (`IFF_VNET_HDR`), so that a
 //! write can carry a GSO packet (see [`crate::gro`]).
+//!
+//! A device may have several queues ([`Tun::open_queues`],
+//! `IFF_MULTI_QUEUE`): one descriptor each, every one with the same flags
+//! (virtio-net headers or not), one per edge worker. The kernel's tun
+//! driver then steers each packet it sends to user space to the queue
+//! user space last wrote a packet of the same flow from (its flow table,
+//! keyed by the flow's symmetric hash: a reply finds the queue its
+//! request came from; entries expire after about 3 s without a write,
+//! at most 4,096 flows), other packets by their hash alone.
 
 use std::{
     fs::{File, OpenOptions},
@@ -16,6 +25,9 @@ use std::{
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 const IFF_TUN: libc::c_short = 0x0001;
 const IFF_NO_PI: libc::c_short = 0x1000;
+const IFF_MULTI_QUEUE: libc::c_short = 0x0100;
+/// The kernel's `MAX_TAP_QUEUES`.
+pub const MAX_QUEUES: usize = 256;
 const IFF_VNET_HDR: libc::c_short = 0x4000;
 
 /// `struct ifreq` as TUNSETIFF reads it: the name, then the flags, padded to
@@ -48,6 +60,38 @@ impl Tun {
     /// offloads are enabled: reads are never GSO packets and have complete
     /// checksums.
     pub fn open_with(name: &str, vnet_hdr: bool) -> io::Result<Self> {
+        Self::attach(name, vnet_hdr, false)
+    }
+
+    /// Creates the TUN device `name` with `queues` queues (at most
+    /// [`MAX_QUEUES`]), every one with the same flags ([`Tun::open_with`]).
+    /// One queue is [`Tun::open_with`]: a device of one queue, as before.
+    ///
+    /// The device must not exist: with several queues the kernel would
+    /// otherwise attach them to another process's device (another edge
+    /// using the same name), and the two would share its traffic.
+    pub fn open_queues(name: &str, vnet_hdr: bool, queues: usize) -> io::Result<Vec<Self>> {
+        if queues <= 1 {
+            return Ok(vec![Self::open_with(name, vnet_hdr)?]);
+        }
+        if queues > MAX_QUEUES {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("at most {MAX_QUEUES} TUN queues"),
+            ));
+        }
+        if exists(name)? {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("network device {name} exists already (another sluice edge?)"),
+            ));
+        }
+        (0..queues)
+            .map(|_| Self::attach(name, vnet_hdr, true))
+            .collect()
+    }
+
+    fn attach(name: &str, vnet_hdr: bool, multi_queue: bool) -> io::Result<Self> {
         if name.is_empty() || name.len() >= libc::IFNAMSIZ {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "bad TUN name"));
         }
@@ -58,7 +102,10 @@ impl Tun {
             .open("/dev/net/tun")?;
         let mut req = IfReqFlags {
             name: [0; libc::IFNAMSIZ],
-            flags: IFF_TUN | IFF_NO_PI | if vnet_hdr { IFF_VNET_HDR } else { 0 },
+            flags: IFF_TUN
+                | IFF_NO_PI
+                | if vnet_hdr { IFF_VNET_HDR } else { 0 }
+                | if multi_queue { IFF_MULTI_QUEUE } else { 0 },
             _pad: [0; 22],
         };
         req.name[..name.len()].copy_from_slice(name.as_bytes());
@@ -106,6 +153,22 @@ impl Tun {
     /// or one GSO packet the kernel segments where it must.
     pub fn send_vnet(&self, hdr: &[u8], packet: &[u8]) -> io::Result<usize> {
         (&self.file).write_vectored(&[IoSlice::new(hdr), IoSlice::new(packet)])
+    }
+}
+
+/// Whether a network device `name` exists in this network namespace.
+fn exists(name: &str) -> io::Result<bool> {
+    let c = std::ffi::CString::new(name)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "bad TUN name"))?;
+    // SAFETY: `c` is a NUL-terminated string that outlives the call.
+    let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if index != 0 {
+        return Ok(true);
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::ENODEV | libc::ENXIO) => Ok(false),
+        _ => Err(e),
     }
 }
 

@@ -86,6 +86,7 @@
 //! round-trip time.
 
 pub mod keys;
+pub mod path;
 pub mod replay;
 pub mod table;
 

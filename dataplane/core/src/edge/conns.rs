@@ -27,6 +27,15 @@
 //! (a few KiB each: sessions allocate their buffers once authenticated),
 //! `max_tunnels` after; every connection is in a slot of a table that
 //! only grows to their sum.
+//!
+//! With several workers, each has its own core ([`Core::for_worker`])
+//! over one [`Shared`]: the caps and the reply-route books are the edge's.
+//! Two more outputs and inputs then: [`Core::poll_eviction`] names a
+//! handshake of another worker that made room for one accepted here (hand
+//! it to that worker's [`Core::evict`]), and [`Core::tun_packet`] may say
+//! that another worker holds the route to a reply's destination
+//! ([`Sent::HandOff`]: hand the packet to that worker's
+//! [`Core::handed_packet`]).
 use std::{
     fmt::Display,
     net::SocketAddr,
@@ -36,10 +45,11 @@ use std::{
 
 use super::{
     EdgeLimits, Settings,
-    admission::{Admission, Admit, PrefixKey},
+    directory::WorkerId,
     identity::Identities,
     ratelog::{RateLog, suppressed_note},
     router::{GatewayId, Learnt, Refused, Router, RouterError, TunnelRef},
+    shared::{Admitted, Pending, Shared, TunnelCap},
     stats::EdgeStats,
 };
 use crate::{
@@ -65,7 +75,7 @@ pub type ConnId = u32;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     /// Before authentication: counted by the admission caps.
-    Handshake(PrefixKey),
+    Handshake,
     /// An authenticated gateway's tunnel.
     Tunnel(GatewayId),
     /// Closed or refused: writing its last bytes.
@@ -97,21 +107,31 @@ struct Logs {
 pub struct Core {
     tls: Arc<rustls::ServerConfig>,
     session: SessionConfig,
-    limits: EdgeLimits,
+    shared: Arc<Shared>,
+    worker: WorkerId,
     ids: Identities,
-    max_tunnels_per_gateway: Vec<u32>,
-    tunnels_per_gateway: Vec<u32>,
+    /// This worker's tunnels.
     tunnels: u32,
     router: Router,
-    admission: Admission,
     conns: Vec<Option<Conn>>,
     free: Vec<ConnId>,
     closed: Vec<ConnId>,
     dirty: Vec<ConnId>,
-    next_generation: u32,
+    /// Handshakes of other workers evicted by this one's accepts.
+    evictions: Vec<Pending>,
     next_tick: Instant,
     stats: Arc<EdgeStats>,
     logs: Logs,
+}
+
+/// Where [`Core::tun_packet`] sent a packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sent {
+    /// Into this worker's tunnel (it is queued for writing).
+    Queued,
+    /// Nowhere yet: this worker holds no live route to its destination
+    /// but worker `0` does. Hand it over ([`Core::handed_packet`]).
+    HandOff(WorkerId),
 }
 
 /// The outcome of [`Core::accept`].
@@ -140,9 +160,24 @@ impl Core {
         advise: &impl Advise,
         now: Instant,
     ) -> Result<Self, RouterError> {
+        let shared = Arc::new(Shared::new(cfg, limits, advise, 1)?);
+        Ok(Self::for_worker(cfg, tls, aead, &shared, 0, now))
+    }
+
+    /// Worker `worker`'s core (its own connections, counters and reply
+    /// routes) over the edge's `shared` state (the limits are its).
+    pub fn for_worker(
+        cfg: &Settings,
+        tls: Arc<rustls::ServerConfig>,
+        aead: AeadProvider,
+        shared: &Arc<Shared>,
+        worker: WorkerId,
+        now: Instant,
+    ) -> Self {
         let stats = EdgeStats::new(cfg.gateways.iter().map(|g| g.name.clone()));
         let window = Duration::from_secs(10);
-        Ok(Self {
+        let limits = *shared.limits();
+        Self {
             tls,
             session: SessionConfig {
                 name: cfg.name.clone(),
@@ -153,18 +188,16 @@ impl Core {
                 aead,
                 ..SessionConfig::default()
             },
-            limits,
+            shared: shared.clone(),
+            worker,
             ids: Identities::new(&cfg.gateways),
-            max_tunnels_per_gateway: cfg.gateways.iter().map(|g| g.max_tunnels).collect(),
-            tunnels_per_gateway: vec![0; cfg.gateways.len()],
             tunnels: 0,
-            router: Router::new(&cfg.gateways, &cfg.reserved, advise)?,
-            admission: Admission::new(&limits),
+            router: shared.router(worker),
             conns: Vec::new(),
             free: Vec::new(),
             closed: Vec::new(),
             dirty: Vec::new(),
-            next_generation: 1,
+            evictions: Vec::new(),
             next_tick: now + TICK,
             stats: Arc::new(stats),
             logs: Logs {
@@ -172,7 +205,7 @@ impl Core {
                 handshake: RateLog::new(10, window),
                 tunnel: RateLog::new(50, window),
             },
-        })
+        }
     }
 
     /// The counters (for the metrics endpoint).
@@ -182,15 +215,21 @@ impl Core {
 
     /// The limits in force.
     pub fn limits(&self) -> &EdgeLimits {
-        &self.limits
+        self.shared.limits()
     }
 
-    /// Connections in their handshake.
+    /// The state shared with the other workers.
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Connections in their handshake, on every worker (the caps count
+    /// them together).
     pub fn handshakes(&self) -> u32 {
-        self.admission.count()
+        self.shared.handshakes()
     }
 
-    /// Authenticated tunnels.
+    /// This worker's authenticated tunnels.
     pub fn tunnels(&self) -> u32 {
         self.tunnels
     }
@@ -220,8 +259,7 @@ impl Core {
     /// Whether `id` is before authentication (the driver bounds the
     /// handshake work of each loop turn with it).
     pub fn is_handshaking(&self, id: ConnId) -> bool {
-        self.conn(id)
-            .is_some_and(|c| matches!(c.phase, Phase::Handshake(_)))
+        self.conn(id).is_some_and(|c| c.phase == Phase::Handshake)
     }
 
     /// The gateway connection `id` is a tunnel of, once authenticated
@@ -236,22 +274,26 @@ impl Core {
     /// A TCP connection from `peer` was accepted.
     pub fn accept(&mut self, peer: SocketAddr, now: Instant) -> Accepted {
         self.stats.conns_accepted.fetch_add(1, Relaxed);
-        let key = self.admission.key(peer.ip());
-        let conns = &self.conns;
-        let pending = |s: u32, g: u32| {
-            conns
-                .get(s as usize)
-                .and_then(Option::as_ref)
-                .is_some_and(|c| c.generation == g && matches!(c.phase, Phase::Handshake(_)))
-        };
-        match self.admission.admit(key, pending) {
-            Admit::Yes => {}
-            Admit::Evicting(slot, _) => {
+        let generation = self.shared.next_generation();
+        // The slot it will take (a finished one goes to `closed`, not
+        // `free`, so evicting below does not change it).
+        let slot = self
+            .free
+            .last()
+            .copied()
+            .unwrap_or(self.conns.len() as ConnId);
+        match self.shared.admit(peer.ip(), self.worker, slot, generation) {
+            Admitted::Yes => {}
+            Admitted::Evicting(p) => {
                 self.stats.handshakes_evicted.fetch_add(1, Relaxed);
-                self.finish(slot, now);
+                if p.worker == self.worker {
+                    self.evict(p.slot, p.generation, now);
+                } else {
+                    self.evictions.push(p);
+                }
             }
-            refusal @ (Admit::PrefixCap | Admit::GlobalCap) => {
-                let prefix = refusal == Admit::PrefixCap;
+            refusal @ (Admitted::PrefixCap | Admitted::GlobalCap) => {
+                let prefix = refusal == Admitted::PrefixCap;
                 if prefix {
                     self.stats.refused_prefix_cap.fetch_add(1, Relaxed);
                 } else {
@@ -278,35 +320,28 @@ impl Core {
             Ok(t) => t,
             Err(e) => {
                 log::warn!("connection from {peer}: {e}");
+                self.shared.end_handshake(generation);
                 self.stats.conns_closed.fetch_add(1, Relaxed);
                 return Accepted::Refused;
             }
         };
-        let generation = self.next_generation;
-        self.next_generation = self.next_generation.wrapping_add(1).max(1);
         let id = self.free.pop().unwrap_or_else(|| {
             self.conns.push(None);
             (self.conns.len() - 1) as ConnId
         });
+        debug_assert_eq!(id, slot);
         self.conns[id as usize] = Some(Conn {
             sess: Session::new(tls.into(), self.session.clone(), now),
             peer,
             generation,
-            phase: Phase::Handshake(key),
+            phase: Phase::Handshake,
             closing_since: None,
             dirty: false,
-        });
-        let conns = &self.conns;
-        self.admission.begin(id, generation, key, |s: u32, g: u32| {
-            conns
-                .get(s as usize)
-                .and_then(Option::as_ref)
-                .is_some_and(|c| c.generation == g && matches!(c.phase, Phase::Handshake(_)))
         });
         self.stats.conns_active.fetch_add(1, Relaxed);
         self.stats
             .handshakes_active
-            .store(u64::from(self.admission.count()), Relaxed);
+            .store(u64::from(self.shared.handshakes()), Relaxed);
         Accepted::Conn(id)
     }
 
@@ -339,7 +374,7 @@ impl Core {
         while let Some(ev) = c.sess.poll_event() {
             authenticated |= matches!(ev, Event::Authenticated { .. });
         }
-        if authenticated && matches!(c.phase, Phase::Handshake(_)) && !c.sess.is_closed() {
+        if authenticated && c.phase == Phase::Handshake && !c.sess.is_closed() {
             self.authenticate(id, now);
         }
         let Some(c) = self.conns.get_mut(id as usize).and_then(Option::as_mut) else {
@@ -410,41 +445,34 @@ impl Core {
         let Some(c) = self.conns.get_mut(id as usize).and_then(Option::as_mut) else {
             return;
         };
-        let Phase::Handshake(key) = c.phase else {
+        if c.phase != Phase::Handshake {
             return;
-        };
-        self.admission.end(key);
+        }
+        self.shared.end_handshake(c.generation);
         let verdict = match self.ids.identify(c.sess.peer_certificates()) {
             Err(e) => Err(("unknown_gateway", e.to_string())),
-            Ok(g) => {
-                let gi = usize::from(g);
-                if self.tunnels >= self.limits.max_tunnels {
-                    Err((
-                        "tunnel_cap",
-                        format!(
-                            "gateway `{}`: the edge holds edge.max_tunnels tunnels",
-                            self.ids.name(g)
-                        ),
-                    ))
-                } else if self.tunnels_per_gateway[gi] >= self.max_tunnels_per_gateway[gi] {
-                    Err((
-                        "tunnel_cap",
-                        format!(
-                            "gateway `{}` holds its max_tunnels ({})",
-                            self.ids.name(g),
-                            self.max_tunnels_per_gateway[gi]
-                        ),
-                    ))
-                } else {
-                    Ok(g)
-                }
-            }
+            Ok(g) => match self.shared.take_tunnel(g) {
+                Ok(()) => Ok(g),
+                Err(TunnelCap::Edge) => Err((
+                    "tunnel_cap",
+                    format!(
+                        "gateway `{}`: the edge holds edge.max_tunnels tunnels",
+                        self.ids.name(g)
+                    ),
+                )),
+                Err(TunnelCap::Gateway(max)) => Err((
+                    "tunnel_cap",
+                    format!(
+                        "gateway `{}` holds its max_tunnels ({max})",
+                        self.ids.name(g)
+                    ),
+                )),
+            },
         };
         match verdict {
             Ok(g) => {
                 c.phase = Phase::Tunnel(g);
                 self.tunnels += 1;
-                self.tunnels_per_gateway[usize::from(g)] += 1;
                 self.stats.tunnels.store(u64::from(self.tunnels), Relaxed);
                 if let Some(s) = self.stats.gateways.get(usize::from(g)) {
                     s.tunnels.fetch_add(1, Relaxed);
@@ -482,7 +510,7 @@ impl Core {
         }
         self.stats
             .handshakes_active
-            .store(u64::from(self.admission.count()), Relaxed);
+            .store(u64::from(self.shared.handshakes()), Relaxed);
     }
 
     /// After reading, writing or a timer: queue the connection for writing
@@ -517,8 +545,8 @@ impl Core {
         c.closing_since = Some(now);
         let reason = c.sess.close_reason().cloned();
         match phase {
-            Phase::Handshake(key) => {
-                self.admission.end(key);
+            Phase::Handshake => {
+                self.shared.end_handshake(c.generation);
                 if reason == Some(CloseReason::HandshakeTimeout) {
                     self.stats.handshakes_timed_out.fetch_add(1, Relaxed);
                 } else {
@@ -536,11 +564,11 @@ impl Core {
                 }
                 self.stats
                     .handshakes_active
-                    .store(u64::from(self.admission.count()), Relaxed);
+                    .store(u64::from(self.shared.handshakes()), Relaxed);
             }
             Phase::Tunnel(g) => {
                 self.tunnels -= 1;
-                self.tunnels_per_gateway[usize::from(g)] -= 1;
+                self.shared.release_tunnel(g);
                 self.stats.tunnels.store(u64::from(self.tunnels), Relaxed);
                 if let Some(s) = self.stats.gateways.get(usize::from(g)) {
                     s.tunnels.fetch_sub(1, Relaxed);
@@ -581,30 +609,78 @@ impl Core {
     }
 
     /// A packet read from the TUN device: into the tunnel of its
-    /// destination's route.
+    /// destination's route, or, if another worker holds the route and
+    /// this one none (the kernel put the reply on this worker's queue),
+    /// [`Sent::HandOff`] to that worker.
     ///
     /// # Errors
     /// Why it was dropped (counted by the caller).
-    pub fn tun_packet(&mut self, pkt: &[u8]) -> Result<(), TunDrop> {
+    #[inline]
+    pub fn tun_packet(&mut self, pkt: &[u8]) -> Result<Sent, TunDrop> {
+        self.tun_packet_to(pkt, true)
+    }
+
+    /// A packet another worker handed over ([`Sent::HandOff`]): into this
+    /// worker's tunnel, or dropped (never handed on again: the route moved
+    /// meanwhile, or its tunnel went).
+    ///
+    /// # Errors
+    /// Why it was dropped (counted by the caller).
+    pub fn handed_packet(&mut self, pkt: &[u8]) -> Result<(), TunDrop> {
+        match self.tun_packet_to(pkt, false)? {
+            Sent::Queued => Ok(()),
+            Sent::HandOff(_) => Err(TunDrop::NoRoute),
+        }
+    }
+
+    #[inline]
+    fn tun_packet_to(&mut self, pkt: &[u8], hand_off: bool) -> Result<Sent, TunDrop> {
         let p = ip::Packet::new_checked(pkt).map_err(|_| TunDrop::Malformed)?;
-        let t = self.router.outbound(p.dst()).ok_or(TunDrop::NoRoute)?;
-        let c = self
-            .conns
-            .get_mut(t.slot as usize)
-            .and_then(Option::as_mut)
-            .filter(|c| c.generation == t.generation && c.phase == Phase::Tunnel(t.gateway))
-            .ok_or(TunDrop::NoRoute)?;
+        let dst = p.dst();
+        let here = self.router.outbound(dst).and_then(|t| {
+            self.conns
+                .get_mut(t.slot as usize)
+                .and_then(Option::as_mut)
+                .filter(|c| c.generation == t.generation && c.phase == Phase::Tunnel(t.gateway))
+                .map(|c| (t, c))
+        });
+        let Some((t, c)) = here else {
+            return match self.router.elsewhere(dst) {
+                Some(w) if hand_off => Ok(Sent::HandOff(w)),
+                _ => Err(TunDrop::NoRoute),
+            };
+        };
         match c.sess.send_packet(p.as_bytes()) {
             Ok(()) => {
                 if !c.dirty {
                     c.dirty = true;
                     self.dirty.push(t.slot);
                 }
-                Ok(())
+                Ok(Sent::Queued)
             }
             Err(SendError::Backpressure | SendError::NotEstablished | SendError::TooLarge) => {
                 Err(TunDrop::Backpressure)
             }
+        }
+    }
+
+    /// A handshake of another worker that stopped being counted to make
+    /// room for one accepted here: hand it to that worker's
+    /// [`Core::evict`].
+    pub fn poll_eviction(&mut self) -> Option<Pending> {
+        self.evictions.pop()
+    }
+
+    /// The admission books evicted this worker's handshake in slot `id`
+    /// with `generation` (to make room for a connection accepted here or
+    /// on another worker): it is closed, unless it has authenticated or
+    /// gone meanwhile.
+    pub fn evict(&mut self, id: ConnId, generation: u32, now: Instant) {
+        if self
+            .conn(id)
+            .is_some_and(|c| c.generation == generation && c.phase == Phase::Handshake)
+        {
+            self.finish(id, now);
         }
     }
 

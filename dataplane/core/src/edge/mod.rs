@@ -6,6 +6,10 @@
 //!   the identity check (which configured gateway a certificate is), the
 //!   per-packet decisions ([`router`]), the counters ([`stats`]) and
 //!   rate-limited logs ([`ratelog`]).
+//! - [`Shared`]: what an edge's workers share (one [`Core`] each): the
+//!   caps, the ownership table and the reply-route books
+//!   ([`directory`]), so that every limit and the isolation of gateways
+//!   hold for the edge as a whole.
 //! - [`EdgeGateway`], [`EdgeLimits`], [`Settings`]: what it is given, from
 //!   the configuration (`sluice-config` produces them); the AEAD
 //!   implementation is a parameter of [`Core::new`] (the core reads no
@@ -21,12 +25,18 @@ use crate::net::Prefix;
 
 mod admission;
 mod conns;
+pub mod directory;
 mod identity;
 pub mod ratelog;
 pub mod router;
+pub mod shared;
 pub mod stats;
 
-pub use self::conns::{Accepted, CLOSE_REFUSED, ConnId, Core, TunDrop};
+pub use self::{
+    conns::{Accepted, CLOSE_REFUSED, ConnId, Core, Sent, TunDrop},
+    directory::{MAX_WORKERS, WorkerId},
+    shared::{Pending, Shared},
+};
 
 /// Destinations that packets from a tunnel never reach, whatever the
 /// configuration: link-local ranges (the cloud metadata services live at

@@ -12,15 +12,30 @@
 //! tunnel; a route is only ever learnt from a packet that passed the
 //! source check, so it always points into a tunnel of the gateway that
 //! owns the address (never to another gateway's, whoever sends from it).
-//! Each gateway may hold `max_routes` of them (its quota: one gateway
+//! Each gateway may hold `max_routes` addresses (its quota: one gateway
 //! cannot fill the table for the others; the table is sized to the sum).
 //! A route names its tunnel by slot and generation: when the tunnel goes,
 //! lookups see the generation differ at once, and a sweep in bounded
 //! slices ([`Router::sweep`]) gives the entries and the quota back. Every
 //! operation is a table lookup or two: no allocation, no scan per packet.
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+//!
+//! With several workers ([`Router::sibling`]) each worker's router holds
+//! the routes into its own tunnels; the ownership table is shared
+//! (read-only) and so are the books of which worker holds which address
+//! ([`super::directory`]): the quota counts each address once for the
+//! whole edge, and a reply that reaches a worker without a route learns
+//! which worker has one ([`Router::elsewhere`]). Only an address new to a
+//! worker takes the books' lock; packets of known sources and replies to
+//! them read this worker's own map.
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    sync::Arc,
+};
 
-use super::EdgeGateway;
+use super::{
+    EdgeGateway,
+    directory::{Claim, Directory, WorkerId},
+};
 use crate::{
     addr_map::AddrMap,
     lpm::{Advise, Lpm, LpmError},
@@ -50,7 +65,7 @@ pub struct TunnelRef {
 
 /// Who an address belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-enum Owner {
+pub(super) enum Owner {
     Gateway(GatewayId),
     Reserved,
 }
@@ -83,17 +98,17 @@ pub enum Learnt {
     OverQuota,
 }
 
-#[derive(Clone, Copy, Debug)]
-struct Quota {
-    max: u32,
-    used: u32,
-}
+/// The ownership table, shared by the workers' routers.
+pub(super) type Table = Arc<Lpm<Owner>>;
 
 /// The table and the reply routes.
 #[derive(Debug)]
 pub struct Router {
-    table: Lpm<Owner>,
-    quotas: Vec<Quota>,
+    table: Table,
+    /// Which worker holds which address, and the quotas.
+    directory: Arc<Directory>,
+    worker: WorkerId,
+    /// This worker's routes.
     routes: AddrMap<TunnelRef>,
     cursor: usize,
     /// Slots still to visit before every route of a gone tunnel is found.
@@ -130,44 +145,73 @@ impl Router {
         reserved: &[Prefix],
         advise: &impl Advise,
     ) -> Result<Self, RouterError> {
-        let mut entries: Vec<(Prefix, Owner)> =
-            reserved.iter().map(|p| (*p, Owner::Reserved)).collect();
-        for (i, g) in gateways.iter().enumerate() {
-            let id = GatewayId::try_from(i).map_err(|_| LpmError::TooManyValues {
-                max: crate::lpm::MAX_VALUES,
-            })?;
-            entries.extend(g.prefixes.iter().map(|p| (*p, Owner::Gateway(id))));
-        }
-        // Quadratic, once at start: gateways hold a handful of prefixes.
-        for (k, (a, owner_a)) in entries.iter().enumerate() {
-            for (b, owner_b) in &entries[k + 1..] {
-                let overlap = a.contains(b.addr()) || b.contains(a.addr());
-                if overlap && owner_a != owner_b {
-                    let (prefix, other) = if matches!(owner_a, Owner::Reserved) {
-                        (*b, *a)
-                    } else {
-                        (*a, *b)
-                    };
-                    return Err(RouterError::Overlap { prefix, other });
-                }
-            }
-        }
-        let capacity: usize = gateways.iter().map(|g| g.max_routes as usize).sum();
-        Ok(Self {
-            table: Lpm::build_with(&entries, advise)?,
-            quotas: gateways
-                .iter()
-                .map(|g| Quota {
-                    max: g.max_routes,
-                    used: 0,
-                })
-                .collect(),
-            routes: AddrMap::new(capacity),
-            cursor: 0,
-            sweep_left: 0,
-        })
+        let table = build_table(gateways, reserved, advise)?;
+        let quotas: Vec<u32> = gateways.iter().map(|g| g.max_routes).collect();
+        Ok(Self::from_parts(
+            table,
+            Arc::new(Directory::new(&quotas)),
+            0,
+        ))
     }
 
+    /// Worker `worker`'s router over a shared ownership table and
+    /// directory, with no routes yet.
+    pub(super) fn from_parts(table: Table, directory: Arc<Directory>, worker: WorkerId) -> Self {
+        Self {
+            routes: AddrMap::new(directory.capacity()),
+            table,
+            directory,
+            worker,
+            cursor: 0,
+            sweep_left: 0,
+        }
+    }
+
+    /// A router for worker `worker` sharing this one's ownership table and
+    /// route books (its own routes start empty).
+    #[must_use]
+    pub fn sibling(&self, worker: WorkerId) -> Self {
+        Self::from_parts(self.table.clone(), self.directory.clone(), worker)
+    }
+
+    /// The shared route books.
+    pub fn directory(&self) -> &Arc<Directory> {
+        &self.directory
+    }
+}
+
+/// The ownership table of `gateways` and `reserved` (see [`Router::new`]).
+pub(super) fn build_table(
+    gateways: &[EdgeGateway],
+    reserved: &[Prefix],
+    advise: &impl Advise,
+) -> Result<Table, RouterError> {
+    let mut entries: Vec<(Prefix, Owner)> =
+        reserved.iter().map(|p| (*p, Owner::Reserved)).collect();
+    for (i, g) in gateways.iter().enumerate() {
+        let id = GatewayId::try_from(i).map_err(|_| LpmError::TooManyValues {
+            max: crate::lpm::MAX_VALUES,
+        })?;
+        entries.extend(g.prefixes.iter().map(|p| (*p, Owner::Gateway(id))));
+    }
+    // Quadratic, once at start: gateways hold a handful of prefixes.
+    for (k, (a, owner_a)) in entries.iter().enumerate() {
+        for (b, owner_b) in &entries[k + 1..] {
+            let overlap = a.contains(b.addr()) || b.contains(a.addr());
+            if overlap && owner_a != owner_b {
+                let (prefix, other) = if matches!(owner_a, Owner::Reserved) {
+                    (*b, *a)
+                } else {
+                    (*a, *b)
+                };
+                return Err(RouterError::Overlap { prefix, other });
+            }
+        }
+    }
+    Ok(Arc::new(Lpm::build_with(&entries, advise)?))
+}
+
+impl Router {
     /// The gateway that owns `ip`, if any.
     pub fn owner(&self, ip: IpAddr) -> Option<GatewayId> {
         match self.table.lookup(ip) {
@@ -233,40 +277,38 @@ impl Router {
             if *r == t {
                 return Learnt::Known;
             }
-            let old = std::mem::replace(r, t);
-            if old.gateway != t.gateway {
-                // Not reachable while ownership is fixed; keep the books
-                // straight anyway.
-                self.release(old.gateway);
-                self.charge(t.gateway);
-            }
+            // Another tunnel of this worker carried it (of the same
+            // gateway: ownership is fixed, and so are the books).
+            *r = t;
             return Learnt::Moved;
         }
-        let Some(q) = self.quotas.get_mut(usize::from(t.gateway)) else {
-            return Learnt::OverQuota;
-        };
-        if q.used >= q.max {
+        self.learn_new(t, src)
+    }
+
+    /// An address this worker holds no route to: booked in the shared
+    /// directory first (its quota is the edge's), then learnt here.
+    #[cold]
+    fn learn_new(&mut self, t: TunnelRef, src: IpAddr) -> Learnt {
+        let d = &self.directory;
+        // A gateway at its quota sending from one new address after
+        // another must not take the books' lock for each packet: unless
+        // another worker holds the address already (joining it is free),
+        // refuse at once.
+        if d.full(t.gateway) && d.holders(src) == 0 {
             return Learnt::OverQuota;
         }
-        // The table holds the sum of the quotas: room is guaranteed.
-        match self.routes.insert(src, t) {
-            Ok(_) => {
-                q.used += 1;
-                Learnt::New
+        match d.claim(src, t.gateway, self.worker) {
+            Claim::OverQuota => Learnt::OverQuota,
+            // The local table holds the sum of the quotas, and each of its
+            // addresses is booked: room is guaranteed.
+            Claim::New | Claim::Joined => {
+                if self.routes.insert(src, t).is_ok() {
+                    Learnt::New
+                } else {
+                    d.release(src, self.worker);
+                    Learnt::OverQuota
+                }
             }
-            Err(_) => Learnt::OverQuota,
-        }
-    }
-
-    fn charge(&mut self, g: GatewayId) {
-        if let Some(q) = self.quotas.get_mut(usize::from(g)) {
-            q.used += 1;
-        }
-    }
-
-    fn release(&mut self, g: GatewayId) {
-        if let Some(q) = self.quotas.get_mut(usize::from(g)) {
-            q.used = q.used.saturating_sub(1);
         }
     }
 
@@ -276,6 +318,14 @@ impl Router {
     #[inline]
     pub fn outbound(&self, dst: IpAddr) -> Option<TunnelRef> {
         self.routes.get(dst)
+    }
+
+    /// Another worker holding a route to `dst`, if any (the lowest
+    /// numbered: a flow's replies keep going to the same one). Lock-free.
+    #[inline]
+    pub fn elsewhere(&self, dst: IpAddr) -> Option<WorkerId> {
+        let others = self.directory.holders(dst) & !super::directory::bit(self.worker);
+        (others != 0).then(|| others.trailing_zeros() as WorkerId)
     }
 
     /// A tunnel that had routes is gone: a sweep will give them back.
@@ -294,11 +344,12 @@ impl Router {
         if self.sweep_left == 0 {
             return 0;
         }
-        let quotas = &mut self.quotas;
-        let s = self.routes.sweep(self.cursor, budget, |r| {
+        let mut books = self.directory.lock();
+        let w = self.worker;
+        let s = self.routes.sweep_with_key(self.cursor, budget, |ip, r| {
             let keep = alive(*r);
-            if !keep && let Some(q) = quotas.get_mut(usize::from(r.gateway)) {
-                q.used = q.used.saturating_sub(1);
+            if !keep {
+                books.release(ip, w);
             }
             keep
         });
@@ -307,25 +358,32 @@ impl Router {
         s.removed
     }
 
-    /// Reply routes held.
+    /// Addresses replies are routed to, by any worker (each once).
     pub fn routes(&self) -> usize {
+        self.directory.len()
+    }
+
+    /// Routes this worker holds.
+    pub fn local_routes(&self) -> usize {
         self.routes.len()
     }
 
-    /// Reply routes held by gateway `g` (live or not yet swept).
+    /// Addresses of gateway `g` replies are routed to (live or not yet
+    /// swept), by any worker: what counts against its `max_routes`.
     pub fn gateway_routes(&self, g: GatewayId) -> u32 {
-        self.quotas.get(usize::from(g)).map_or(0, |q| q.used)
+        self.directory.gateway_routes(g)
     }
 
-    /// Forgets every route (for the fuzz targets: the table is costly to
-    /// build, the routes are not).
+    /// Forgets every route of this worker (for the fuzz targets: the table
+    /// is costly to build, the routes are not).
     pub fn clear_routes(&mut self) {
-        let quotas = &mut self.quotas;
         let slots = self.routes.slots();
-        let _ = self.routes.sweep(0, 2 * slots, |_| false);
-        for q in quotas.iter_mut() {
-            q.used = 0;
-        }
+        let mut books = self.directory.lock();
+        let w = self.worker;
+        let _ = self.routes.sweep_with_key(0, 2 * slots, |ip, _| {
+            books.release(ip, w);
+            false
+        });
         self.cursor = 0;
         self.sweep_left = 0;
     }
@@ -778,6 +836,73 @@ mod tests {
                 "{dst}"
             );
         }
+    }
+
+    /// Two workers' routers over one table and one set of books: a
+    /// gateway's spoofing is refused whichever worker its tunnel is on,
+    /// each worker routes replies only into its own tunnels, a reply on
+    /// the wrong worker learns which worker holds the route (never one of
+    /// another gateway's), and the quota counts each address once.
+    #[test]
+    fn workers_share_ownership_and_books() {
+        let mut w0 = router();
+        let mut w1 = w0.sibling(1);
+        let server = ip("203.0.113.10");
+        let client = ip("192.0.2.10");
+        let client2 = ip("198.18.2.10");
+        // Branch 1's tunnel on worker 0, branch 2's on worker 1.
+        assert_eq!(w0.inbound_addrs(T1, client, server), Ok(Learnt::New));
+        assert_eq!(w1.inbound_addrs(T2, client2, server), Ok(Learnt::New));
+        assert_eq!(w1.inbound_addrs(T2, client, server), Err(Refused::Spoofed));
+        assert_eq!((w0.outbound(client), w1.outbound(client)), (Some(T1), None));
+        assert_eq!(w1.elsewhere(client), Some(0), "worker 0 holds it");
+        assert_eq!(w0.elsewhere(client), None, "not elsewhere: here");
+        assert_eq!(w0.elsewhere(client2), Some(1));
+        assert_eq!(w0.elsewhere(ip("192.0.2.99")), None);
+        // A second tunnel of branch 1 on worker 1 carries the same host:
+        // both workers hold it, one address in the books.
+        let t1w1 = TunnelRef {
+            slot: 3,
+            generation: 20,
+            gateway: 0,
+        };
+        assert_eq!(w1.inbound_addrs(t1w1, client, server), Ok(Learnt::New));
+        assert_eq!((w0.gateway_routes(0), w1.routes()), (1, 2));
+        assert_eq!(w1.outbound(client), Some(t1w1));
+        // Branch 2's quota (16) is the edge's: worker 0 cannot add more
+        // once worker 1 has filled it.
+        let t2w0 = TunnelRef {
+            slot: 9,
+            generation: 21,
+            gateway: 1,
+        };
+        for i in 11..26u8 {
+            assert_eq!(
+                w1.inbound_addrs(T2, IpAddr::from([198, 18, 2, i]), server),
+                Ok(Learnt::New)
+            );
+        }
+        assert_eq!(w1.gateway_routes(1), 16);
+        assert_eq!(
+            w0.inbound_addrs(t2w0, ip("198.18.2.200"), server),
+            Ok(Learnt::OverQuota)
+        );
+        assert_eq!(
+            w0.inbound_addrs(t2w0, client2, server),
+            Ok(Learnt::New),
+            "joining an address already booked costs no quota"
+        );
+        // Worker 1's branch-2 tunnel goes: its routes are swept, the
+        // addresses only it held leave the books, the one worker 0 holds
+        // stays (now only there).
+        w1.tunnel_closed();
+        while w1.sweep_due() {
+            w1.sweep(64, |t| t != T2);
+        }
+        assert_eq!(w1.gateway_routes(1), 1);
+        assert_eq!(w1.elsewhere(client2), Some(0));
+        assert_eq!(w1.elsewhere(client), Some(0), "branch 1 untouched");
+        assert_eq!(w1.outbound(client), Some(t1w1));
     }
 
     /// A gone tunnel's routes stop at once (generation) and are swept

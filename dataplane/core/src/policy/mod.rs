@@ -595,11 +595,21 @@ pub struct TunnelConfig {
     /// ([`crate::pmtu`]); larger ones are fragmented (IPv4 without DF) or
     /// refused with ICMP "too big", and TCP SYNs have their MSS clamped.
     pub mtu: u16,
+    /// Which transport carries the packets (the datagram transport or
+    /// the TLS stream) and whether TLS may stand in when datagrams do not
+    /// get through ([`crate::datagram::path`]).
+    pub transport: crate::datagram::path::PathConfig,
 }
+
+/// The default inner MTU with the datagram transport: a 1500-byte path
+/// less IPv6 (40), UDP (8), the record's header (16), one item's length
+/// (2) and the tag (16): 1418, so that a full-size packet travels as one
+/// datagram over IPv4 or IPv6 (`WireGuard`'s 1420 has 2 bytes less
+/// framing).
+pub const DEFAULT_DATAGRAM_MTU: u16 = 1418;
 
 /// The default inner MTU: a LAN's full 1500 bytes. The TLS transport
 /// carries any packet whole (it rides a TCP stream), so it costs nothing
-/// and LAN hosts never meet a smaller MTU. The datagram transport, once a
-/// tenant uses it, needs its path MTU less 80 (IPv6 40 + UDP 8 + record
-/// header, lengths and tag 32): 1420 on a 1500-byte path, as `WireGuard`'s.
+/// and LAN hosts never meet a smaller MTU. The datagram transport needs
+/// its path MTU less 82: [`DEFAULT_DATAGRAM_MTU`], its default.
 pub const DEFAULT_TUNNEL_MTU: u16 = 1500;

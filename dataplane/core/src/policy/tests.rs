@@ -64,6 +64,7 @@ fn tunnel_cfg() -> super::TunnelConfig {
         idle_timeout: Duration::from_secs(30),
         coalesce_delay: Duration::ZERO,
         mtu: 1420,
+        transport: crate::datagram::path::PathConfig::default(),
     }
 }
 

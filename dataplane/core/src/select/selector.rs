@@ -207,6 +207,20 @@ impl Selector {
         self.step(now);
     }
 
+    /// Something authenticated came from `edge` at `now` other than a
+    /// probe reply (tunnelled packets, or the reply to a probe that queued
+    /// behind the caller's own data, whose RTT measures that queue and
+    /// not the path): proof that the edge is alive, but no RTT sample.
+    /// Without it, an edge behind a slow uplink that a bulk transfer
+    /// fills would miss probes whose replies are merely late, and be
+    /// declared dead while it answers.
+    pub fn handle_alive(&mut self, edge: EdgeId, now: Instant) {
+        if let Some(e) = self.edges.get_mut(edge.index()).filter(|e| e.is_up()) {
+            e.last_alive = e.last_alive.max(now);
+        }
+        self.step(now);
+    }
+
     /// The time of [`Selector::poll_timeout`] has come (or any time: it
     /// is idempotent).
     pub fn handle_timeout(&mut self, now: Instant) {

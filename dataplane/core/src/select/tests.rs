@@ -433,6 +433,44 @@ fn probe_loss_moves_traffic_to_the_standby_within_detection_time() {
     assert!(st.edges[1].rtt.is_some(), "{st:#?}");
 }
 
+/// An edge whose probe replies queued behind a bulk transfer (the
+/// driver hands such replies in as [`Selector::handle_alive`], not as RTT
+/// samples: they measure its own queue) and that keeps sending packets is
+/// alive: no failover and no latency switch while the data flows; the
+/// same edge without that proof is down within the detection time, and
+/// so is it once the data stops.
+#[test]
+fn data_from_the_edge_keeps_it_alive_when_probe_replies_are_late() {
+    let mut sim = Sim::new(&set(&[0, 0]));
+    sim.run_until(ms(1000));
+    assert_eq!(sim.active(), Some("a"));
+    // No reply counts as a sample any more; proof of life every 50 ms.
+    sim.rtt[0] = None;
+    let a = sim.id("a");
+    let mut t = ms(1000);
+    while t < ms(3000) {
+        t += ms(50);
+        sim.run_until(t);
+        sim.sel.handle_alive(a, sim.now);
+        sim.drain();
+    }
+    assert_eq!(sim.active(), Some("a"), "{:?}", sim.switches());
+    // Without the proof: probe loss.
+    let mut sim2 = Sim::new(&set(&[0, 0]));
+    sim2.run_until(ms(1000));
+    sim2.rtt[0] = None;
+    sim2.run_until(ms(1400));
+    assert_eq!(sim2.active(), Some("b"), "no proof of life: probe loss");
+    // And once the data stops: down within the detection time.
+    sim.kill("a");
+    let last = sim.elapsed();
+    sim.run_until(last + ms(300));
+    assert_eq!(sim.active(), Some("b"), "{:?}", sim.switches());
+    let (switched, _, reason) = sim.switches().last().cloned().unwrap();
+    assert_eq!(reason, Reason::ProbeLoss);
+    assert!(switched <= last + ms(300));
+}
+
 /// The detection time follows the knobs.
 #[test]
 fn probe_knobs_set_the_detection_time() {

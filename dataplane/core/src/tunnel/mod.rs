@@ -70,6 +70,6 @@ mod session;
 
 pub use record::AeadProvider;
 pub use session::{
-    CloseReason, ECHO_EVENTS, Event, Handshake, Peer, SendError, Session, SessionConfig,
-    SessionError, SessionStats, printable,
+    CONTROL_EVENTS, CloseReason, DatagramControl, ECHO_EVENTS, Event, Handshake, Peer, SendError,
+    Session, SessionConfig, SessionError, SessionStats, printable,
 };

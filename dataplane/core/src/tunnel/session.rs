@@ -144,6 +144,11 @@ pub enum Event {
         /// the reply (the `now` of that `handle_received*` call).
         rtt: Duration,
     },
+    /// The peer sent a datagram-transport control frame
+    /// ([`crate::wire::tunnel`]: `DATAGRAM_OFFER`, `_ACCEPT`, `_USE`).
+    /// At most [`CONTROL_EVENTS`] wait (older ones are dropped, counted
+    /// in [`SessionStats::control_lost`]); they come before `Closed`.
+    Datagram(DatagramControl),
     /// The session ended. What [`Session::poll_transmit`] still has (a
     /// CLOSE frame, TLS alerts) is worth writing; nothing more is received.
     Closed {
@@ -151,6 +156,20 @@ pub enum Event {
         reason: CloseReason,
     },
 }
+
+/// A datagram-transport control frame the peer sent ([`Event::Datagram`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DatagramControl {
+    /// The gateway offers datagrams (edge side).
+    Offer(tunnel::DatagramSetup),
+    /// The edge's answer (gateway side); port 0 is a refusal.
+    Accept(tunnel::DatagramSetup),
+    /// Which transport the edge sends by: datagrams (`true`) or TLS.
+    Use(bool),
+}
+
+/// Datagram control frames kept for [`Session::poll_event`].
+pub const CONTROL_EVENTS: usize = 8;
 
 /// Echo replies kept for [`Session::poll_event`].
 pub const ECHO_EVENTS: usize = 8;
@@ -209,6 +228,9 @@ pub struct SessionStats {
     pub echo_replies_refused: u64,
     /// Echo replies dropped unpolled (more than [`ECHO_EVENTS`] waiting).
     pub echo_replies_lost: u64,
+    /// Datagram control frames dropped unpolled (more than
+    /// [`CONTROL_EVENTS`] waiting) or malformed.
+    pub control_lost: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -460,6 +482,8 @@ pub struct Session {
     /// Echo replies not yet polled, oldest first, with their round-trip
     /// times.
     echo_events: std::collections::VecDeque<(Echo, Duration)>,
+    /// Datagram control frames not yet polled, oldest first.
+    control_events: std::collections::VecDeque<DatagramControl>,
     /// Echo replies queued in the open record since it was last sealed:
     /// it is sealed once the received records are drained.
     echo_replies_unsealed: u32,
@@ -507,6 +531,7 @@ impl Session {
             last_tx: now,
             events: 0,
             echo_events: std::collections::VecDeque::new(),
+            control_events: std::collections::VecDeque::new(),
             echo_replies_unsealed: 0,
             exporter: None,
             exporter_secret: None,
@@ -566,6 +591,13 @@ impl Session {
     /// True once both HELLOs are exchanged and until the session closes.
     pub fn is_established(&self) -> bool {
         self.state == State::Established
+    }
+
+    /// Bytes waiting to be written to the peer (sealed and not yet
+    /// transmitted, plus the open record): what a probe sent now queues
+    /// behind.
+    pub fn pending_send(&self) -> usize {
+        self.tx_buf.len() - self.tx_sent
     }
 
     /// True once the session has ended (see [`Session::close_reason`]).
@@ -738,6 +770,8 @@ impl Session {
                 sent_at_us: echo.sent_at_us,
                 rtt,
             }
+        } else if let Some(c) = self.control_events.pop_front() {
+            Event::Datagram(c)
         } else if self.events & EV_CLOSED != 0 {
             self.events &= !EV_CLOSED;
             Event::Closed {
@@ -1120,6 +1154,10 @@ impl Session {
                     };
                     self.handle_echo(ty, echo);
                 }
+                (
+                    FrameType::DatagramOffer | FrameType::DatagramAccept | FrameType::DatagramUse,
+                    State::Established,
+                ) => self.handle_datagram_control(ty, start, end),
                 (FrameType::Close, _) => {
                     let (code, reason) = tunnel::parse_close(&self.rx_buf[start..end])
                         .unwrap_or((CloseCode::Protocol, "malformed CLOSE".into()));
@@ -1177,6 +1215,52 @@ impl Session {
         self.append(&tunnel::echo_frame(FrameType::EchoReply, echo));
         self.echo_replies_unsealed += 1;
         self.stats.echo_replies_tx += 1;
+    }
+
+    /// A datagram control frame arrived: queued for
+    /// [`Session::poll_event`] (bounded; a malformed one is skipped and
+    /// counted: these frames are ignorable by design).
+    fn handle_datagram_control(&mut self, ty: FrameType, start: usize, end: usize) {
+        let p = &self.rx_buf[start..end];
+        let c = match ty {
+            FrameType::DatagramOffer => tunnel::DatagramSetup::parse(p).map(DatagramControl::Offer),
+            FrameType::DatagramAccept => {
+                tunnel::DatagramSetup::parse(p).map(DatagramControl::Accept)
+            }
+            _ => p
+                .first()
+                .map(|&b| DatagramControl::Use(b == 1))
+                .ok_or(crate::wire::WireError::Truncated { need: 1, have: 0 }),
+        };
+        let Ok(c) = c else {
+            self.stats.control_lost += 1;
+            return;
+        };
+        if self.control_events.len() >= CONTROL_EVENTS {
+            self.control_events.pop_front();
+            self.stats.control_lost += 1;
+        }
+        self.control_events.push_back(c);
+    }
+
+    /// Sends a datagram-transport control frame (`frame`: made by
+    /// [`tunnel::DatagramSetup::frame`] or [`tunnel::datagram_use_frame`]),
+    /// sealed at once.
+    ///
+    /// # Errors
+    /// [`SendError::NotEstablished`] before the HELLOs are exchanged or
+    /// after close; [`SendError::Backpressure`] when the send buffer is
+    /// over its cap.
+    pub fn send_datagram_control(&mut self, frame: &[u8]) -> Result<(), SendError> {
+        if self.state != State::Established {
+            return Err(SendError::NotEstablished);
+        }
+        if self.tx_buf.len() - self.tx_sent > self.cfg.max_pending_tls {
+            return Err(SendError::Backpressure);
+        }
+        self.append(frame);
+        self.flush();
+        Ok(())
     }
 
     /// Sends an echo probe with sequence number `seq`, stamped `now`,

@@ -34,8 +34,23 @@
 //!   protocol error. The receiver answers at once with `ECHO_REPLY`.
 //! - `0x06` **`ECHO_REPLY`**: the request's 16 bytes, unchanged.
 //!
-//! Echo frames are sent with [`FLAG_IGNORABLE`]: a peer of an earlier
-//! release, which does not know them, skips them (and never answers).
+//! - `0x07` **`DATAGRAM_OFFER`** (gateway to edge): the gateway wants the
+//!   datagram transport beside this tunnel ([`crate::datagram`]). Payload
+//!   ([`DatagramSetup`]): the gateway's receiver id (`u32` BE, non-zero:
+//!   what the edge's datagrams carry) and a port (`u16` BE, 0: the edge
+//!   learns the gateway's address from its first authenticated datagram).
+//! - `0x08` **`DATAGRAM_ACCEPT`** (edge to gateway): the answer. Payload
+//!   ([`DatagramSetup`]): the edge's receiver id and the UDP port to send
+//!   datagrams to (on the tunnel's own edge address); port 0 (any id) is
+//!   a refusal: the tunnel stays on TLS.
+//! - `0x09` **`DATAGRAM_USE`** (gateway to edge): which transport the edge
+//!   sends this tunnel's packets by: payload one byte, 1 datagrams, 0 this
+//!   TLS stream (the gateway's fallback when datagrams stop getting
+//!   through, and its return).
+//!
+//! Echo and datagram frames are sent with [`FLAG_IGNORABLE`]: a peer of an
+//! earlier release, which does not know them, skips them (and never
+//! answers: an edge that never accepts keeps the tunnel on TLS).
 //!
 //! Flags: bit 7 ([`FLAG_IGNORABLE`]) marks a frame that a receiver which
 //! does not know its type must skip; an unknown type without it is a
@@ -79,6 +94,12 @@ pub enum FrameType {
     EchoRequest,
     /// The answer to a probe.
     EchoReply,
+    /// The gateway offers the datagram transport.
+    DatagramOffer,
+    /// The edge's answer to an offer.
+    DatagramAccept,
+    /// Which transport the edge sends by.
+    DatagramUse,
     /// A type this version does not know.
     Unknown(u8),
 }
@@ -93,6 +114,9 @@ impl FrameType {
             FrameType::Close => 4,
             FrameType::EchoRequest => 5,
             FrameType::EchoReply => 6,
+            FrameType::DatagramOffer => 7,
+            FrameType::DatagramAccept => 8,
+            FrameType::DatagramUse => 9,
             FrameType::Unknown(t) => t,
         }
     }
@@ -106,6 +130,9 @@ impl FrameType {
             4 => FrameType::Close,
             5 => FrameType::EchoRequest,
             6 => FrameType::EchoReply,
+            7 => FrameType::DatagramOffer,
+            8 => FrameType::DatagramAccept,
+            9 => FrameType::DatagramUse,
             t => FrameType::Unknown(t),
         }
     }
@@ -301,6 +328,58 @@ pub fn echo_frame(ty: FrameType, echo: Echo) -> [u8; ECHO_FRAME_LEN] {
     out
 }
 
+/// The payload of `DATAGRAM_OFFER` and `DATAGRAM_ACCEPT`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DatagramSetup {
+    /// The sender's receiver id: what the other side's datagrams carry.
+    pub receiver_id: u32,
+    /// OFFER: 0. ACCEPT: the edge's UDP port; 0 refuses.
+    pub port: u16,
+}
+
+/// Length of [`DatagramSetup`] on the wire.
+pub const DATAGRAM_SETUP_LEN: usize = 6;
+/// Length of a whole `DATAGRAM_OFFER` or `DATAGRAM_ACCEPT` frame.
+pub const DATAGRAM_SETUP_FRAME_LEN: usize = HEADER_LEN + DATAGRAM_SETUP_LEN;
+/// Length of a whole `DATAGRAM_USE` frame.
+pub const DATAGRAM_USE_FRAME_LEN: usize = HEADER_LEN + 1;
+
+impl DatagramSetup {
+    /// Parses a payload (longer ones are allowed: the rest is ignored).
+    ///
+    /// # Errors
+    /// Shorter than [`DATAGRAM_SETUP_LEN`].
+    pub fn parse(p: &[u8]) -> Result<Self, WireError> {
+        let Some(b) = p.first_chunk::<DATAGRAM_SETUP_LEN>() else {
+            return Err(WireError::Truncated {
+                need: DATAGRAM_SETUP_LEN,
+                have: p.len(),
+            });
+        };
+        Ok(Self {
+            receiver_id: u32::from_be_bytes([b[0], b[1], b[2], b[3]]),
+            port: u16::from_be_bytes([b[4], b[5]]),
+        })
+    }
+
+    /// The whole frame of type `ty` (OFFER or ACCEPT), ignorable.
+    pub fn frame(self, ty: FrameType) -> [u8; DATAGRAM_SETUP_FRAME_LEN] {
+        let mut out = [0; DATAGRAM_SETUP_FRAME_LEN];
+        emit_header(&mut out, ty, FLAG_IGNORABLE, DATAGRAM_SETUP_LEN);
+        out[HEADER_LEN..HEADER_LEN + 4].copy_from_slice(&self.receiver_id.to_be_bytes());
+        out[HEADER_LEN + 4..].copy_from_slice(&self.port.to_be_bytes());
+        out
+    }
+}
+
+/// A `DATAGRAM_USE` frame: datagrams (`true`) or TLS.
+pub fn datagram_use_frame(datagrams: bool) -> [u8; DATAGRAM_USE_FRAME_LEN] {
+    let mut out = [0; DATAGRAM_USE_FRAME_LEN];
+    emit_header(&mut out, FrameType::DatagramUse, FLAG_IGNORABLE, 1);
+    out[HEADER_LEN] = u8::from(datagrams);
+    out
+}
+
 /// Parses a CLOSE payload: code and reason (invalid UTF-8 is replaced).
 pub fn parse_close(p: &[u8]) -> Result<(CloseCode, String), WireError> {
     if p.len() < 2 {
@@ -364,7 +443,8 @@ mod tests {
         assert_eq!(reply[0], 0x06);
         assert_eq!(reply[1..], ECHO_REQUEST_BYTES[1..]);
         assert_eq!(FrameType::from_u8(6), FrameType::EchoReply);
-        assert_eq!(FrameType::from_u8(7), FrameType::Unknown(7));
+        assert_eq!(FrameType::from_u8(7), FrameType::DatagramOffer);
+        assert_eq!(FrameType::from_u8(10), FrameType::Unknown(10));
     }
 
     #[test]
@@ -429,5 +509,21 @@ mod tests {
         assert_eq!(FrameType::from_u8(0x42), FrameType::Unknown(0x42));
         assert_eq!(FrameType::Unknown(0x42).to_u8(), 0x42);
         assert_eq!(CloseCode::from_u16(99).to_u16(), 99);
+    }
+
+    #[test]
+    fn datagram_setup_frames() {
+        let s = DatagramSetup {
+            receiver_id: 0x0102_0304,
+            port: 4443,
+        };
+        let f = s.frame(FrameType::DatagramAccept);
+        assert_eq!(f, [0x08, 0x80, 0, 6, 1, 2, 3, 4, 0x11, 0x5b]);
+        let parsed = Frame::new_checked(&f[..]).unwrap();
+        assert_eq!(parsed.frame_type(), FrameType::DatagramAccept);
+        assert_eq!(DatagramSetup::parse(parsed.payload()), Ok(s));
+        assert!(DatagramSetup::parse(&f[4..9]).is_err());
+        assert_eq!(datagram_use_frame(true), [0x09, 0x80, 0, 1, 1]);
+        assert_eq!(datagram_use_frame(false), [0x09, 0x80, 0, 1, 0]);
     }
 }

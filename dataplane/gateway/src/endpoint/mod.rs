@@ -118,12 +118,33 @@ pub struct Endpoint {
     pins: PathBuf,
 }
 
+/// Every edge of every tenant that is given by IP address, as a host
+/// prefix: their tunnels leave by the physical path. (An edge given by
+/// DNS name is reached by whatever the host routes its resolved addresses
+/// with: give endpoint-mode edges by address.)
+fn edge_prefixes(gw: &GatewayConfig) -> Vec<Prefix> {
+    let mut v: Vec<Prefix> = std::iter::once(&gw.tunnel)
+        .chain(gw.policy.tenants.iter().map(|t| &t.tunnel))
+        .flat_map(|t| {
+            std::iter::once(t.edge).chain(t.edges.edges.iter().filter_map(|e| match e.address {
+                sluice_core::select::Address::Ip(a) => Some(a),
+                sluice_core::select::Address::Name { .. } => None,
+            }))
+        })
+        .map(|a| net::host_prefix(a.ip()))
+        .collect();
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
 /// The tunnel table's routes, kept in step with the policy.
 #[derive(Debug)]
 pub struct Routing {
     cfg: EndpointConfig,
-    /// Always thrown: the edge (its tunnel must not enter itself).
-    edge: Prefix,
+    /// Always thrown: every edge given by address (the tunnels must not
+    /// enter themselves).
+    edges: Vec<Prefix>,
     current: Mutex<Vec<(Prefix, bool)>>,
 }
 
@@ -132,7 +153,7 @@ impl Routing {
     /// the edge; logs and keeps going on failure.
     pub fn update(&self, local: &[(Prefix, bool)]) {
         let mut new = local.to_vec();
-        new.push((self.edge, true));
+        new.extend(self.edges.iter().map(|&e| (e, true)));
         let Ok(mut cur) = self.current.lock() else {
             return;
         };
@@ -245,9 +266,9 @@ impl Endpoint {
             return Err(EndpointError::PidNamespace);
         }
         net::check_interface(cfg).map_err(|e| fail("endpoint.interface", e))?;
-        let edge = net::host_prefix(gw.tunnel.edge.ip());
+        let edges = edge_prefixes(gw);
         let mut routes = gw.local_routes();
-        routes.push((edge, true));
+        routes.extend(edges.iter().map(|&e| (e, true)));
         net::clean_leftovers(cfg);
         let started = (|| {
             let tun = match cfg.path {
@@ -262,7 +283,7 @@ impl Endpoint {
             ep.tun = tun;
             ep.routing = Arc::new(Routing {
                 cfg: cfg.clone(),
-                edge,
+                edges,
                 current: Mutex::new(routes.clone()),
             });
             Ok(ep)
@@ -357,7 +378,7 @@ impl Endpoint {
             procs,
             routing: Arc::new(Routing {
                 cfg: cfg.clone(),
-                edge: net::host_prefix(gw.tunnel.edge.ip()),
+                edges: edge_prefixes(gw),
                 current: Mutex::new(Vec::new()),
             }),
             watcher: Some((watcher, beat)),

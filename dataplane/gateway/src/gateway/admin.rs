@@ -41,6 +41,7 @@ pub(super) fn start(
     procs: Option<Arc<crate::endpoint::ProcessBypass>>,
 ) -> Result<Option<JoinHandle<()>>, GatewayError> {
     let err = |what: String| move |source: io::Error| GatewayError::Io { what, source };
+    let edge_view = (stats.1.clone(), stats.2.clone());
     let mut servers = Vec::new();
     if let Some(addr) = cfg.metrics {
         let c = classifier.clone();
@@ -50,6 +51,7 @@ pub(super) fn start(
         let s = crate::metrics::server(addr, &cfg.admin.http_hosts, move |out| {
             render(out, &c, &stats);
             TenantStats::render_all(out, &tenant_stats, &names);
+            super::stats::render_edges(out, &tenant_stats, &names);
             control.render(out);
             domains.render(out);
             if let Some(p) = &procs {
@@ -59,7 +61,7 @@ pub(super) fn start(
         .map_err(err(format!("gateway.metrics: serving metrics on {addr}")))?;
         servers.push(s);
     }
-    if let Some(s) = admin_server(cfg, control, procs)? {
+    if let Some(s) = admin_server(cfg, control, procs, edge_view)? {
         servers.push(s);
     }
     if servers.is_empty() {
@@ -113,6 +115,7 @@ fn admin_server(
     cfg: &GatewayConfig,
     control: Arc<PolicyControl>,
     procs: Option<Arc<crate::endpoint::ProcessBypass>>,
+    edges: (Vec<Arc<TenantStats>>, Vec<String>),
 ) -> Result<Option<Server>, GatewayError> {
     let a = &cfg.admin;
     if a.socket.is_none() && a.listen.is_none() {
@@ -150,6 +153,7 @@ fn admin_server(
                 &control,
                 &domains,
                 procs.as_deref(),
+                &edges,
             )
         },
     )
@@ -192,6 +196,7 @@ fn handle(
     control: &PolicyControl,
     domains: &super::DomainBypass,
     procs: Option<&crate::endpoint::ProcessBypass>,
+    edges: &(Vec<Arc<TenantStats>>, Vec<String>),
 ) -> Reply {
     let req = match req {
         Ok(r) => r,
@@ -236,6 +241,10 @@ fn handle(
         }
         Request::Domains => {
             domains.list(out);
+            Reply::text(200)
+        }
+        Request::Edges => {
+            out.push_str(&super::stats::edges_report(&edges.0, &edges.1));
             Reply::text(200)
         }
     }

@@ -349,8 +349,15 @@ fn needs_restart(old: &GatewayConfig, new: &GatewayConfig) -> Option<&'static st
     }
 }
 
+/// Whether a reload leaves tunnel `a` as `b` (anything that the
+/// workers' connections were made with: a change takes a restart).
 fn same_tunnel(a: &TunnelConfig, b: &TunnelConfig) -> bool {
     a.edge == b.edge
+        && a.edges == b.edges
+        && a.mtu == b.mtu
+        && a.keepalive == b.keepalive
+        && a.idle_timeout == b.idle_timeout
+        && a.coalesce_delay == b.coalesce_delay
         && a.server_name == b.server_name
         && a.ca == b.ca
         && a.cert == b.cert

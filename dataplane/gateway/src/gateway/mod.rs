@@ -21,6 +21,7 @@ mod admin;
 mod control;
 mod dns_relay;
 mod domains;
+mod edges;
 pub(crate) mod fault;
 mod neighbor;
 pub use self::control::PolicyError;
@@ -125,19 +126,6 @@ pub enum GatewayError {
     Running {
         /// The lock file.
         lock: PathBuf,
-    },
-    /// A tenant lists several edges: the configuration accepts them (and
-    /// `sluice check` shows them), but this build's workers hold one
-    /// tunnel per tenant and do not fail over yet, so starting would
-    /// promise a continuity it does not give.
-    #[error(
-        "{tenant}: {count} edges listed, but this build connects to one edge per tenant (failover between edges is not implemented yet): list one"
-    )]
-    SeveralEdges {
-        /// The tenant (`internet` or a private-access tenant's name).
-        tenant: String,
-        /// How many edges it lists.
-        count: usize,
     },
     /// The gateway stopped on a fault (a thread died or hung): the
     /// classifier stays attached and pinned, failing closed. The process
@@ -745,13 +733,7 @@ fn tunnels_up(stats: &[Arc<TenantStats>]) -> Vec<Option<bool>> {
 fn tunnel_params(cfg: &GatewayConfig) -> Result<Vec<TunnelParams>, GatewayError> {
     control::tunnels(cfg)
         .into_iter()
-        .map(|(tenant, t)| {
-            if t.edges.edges.len() > 1 {
-                return Err(GatewayError::SeveralEdges {
-                    tenant,
-                    count: t.edges.edges.len(),
-                });
-            }
+        .map(|(_, t)| {
             Ok(TunnelParams {
                 link: crate::driver::LinkParams {
                     edge: t.edge,
@@ -766,7 +748,9 @@ fn tunnel_params(cfg: &GatewayConfig) -> Result<Vec<TunnelParams>, GatewayError>
                         ..SessionConfig::default()
                     },
                 },
+                edges: t.edges.clone(),
                 mtu: t.mtu,
+                transport: t.transport,
             })
         })
         .collect()

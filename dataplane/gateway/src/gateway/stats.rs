@@ -79,6 +79,14 @@ worker_stats! {
     icmp_too_big: "counter", "sluice_gateway_icmp_too_big_total", "ICMP fragmentation-needed / ICMPv6 packet-too-big errors sent to LAN hosts.";
     /// ICMP "too big" errors not sent (rate limit or queue full).
     icmp_suppressed: "counter", "sluice_gateway_icmp_suppressed_total", "ICMP too-big errors not sent because of the rate limit (100/s, burst 20 per worker) or a full queue.";
+    /// Datagrams sent by the datagram transport.
+    udp_tx_datagrams: "counter", "sluice_gateway_udp_tx_datagrams_total", "Datagrams the datagram transport sent (packets, probes, acknowledgements).";
+    /// Datagrams the socket refused (send buffer full, an error).
+    udp_tx_dropped: "counter", "sluice_gateway_udp_tx_dropped_total", "Datagrams the UDP socket did not take (send buffer full or an error): their packets are lost.";
+    /// Datagrams received.
+    udp_rx_datagrams: "counter", "sluice_gateway_udp_rx_datagrams_total", "Datagrams received by the datagram transport.";
+    /// Datagrams refused: forged, replayed, too old, malformed.
+    udp_rx_refused: "counter", "sluice_gateway_udp_rx_refused_total", "Datagrams dropped unopened: failed authentication, replayed, too old, malformed or for another receiver.";
     /// The kernel's count of frames the `AF_XDP` socket dropped (read
     /// every second).
     xsk_rx_dropped: "counter", "sluice_gateway_xsk_rx_dropped_total", "Frames the kernel dropped at this worker's AF_XDP socket (XDP_STATISTICS rx_dropped), read every second.";
@@ -108,6 +116,11 @@ pub(crate) struct TenantStats {
     /// classifier a tunnel went down (which would start a fail-open
     /// profile's direct path, or a grace, while no gateway runs).
     pub(crate) link: [AtomicU64; TENANTS],
+    /// Each tenant's edge selection on this worker, as last published
+    /// (about once a second, at once on a change; see
+    /// [`super::edges`]): for the metrics and the admin API, never read
+    /// on the packet path.
+    pub(crate) edges: [std::sync::Mutex<Option<sluice_core::select::Status>>; TENANTS],
 }
 
 /// [`TenantStats::link`]: no attempt has ended yet.
@@ -167,4 +180,200 @@ impl TenantStats {
             }
         }
     }
+}
+
+/// A per-edge metric's value from a tenant's status and the edge's index.
+type EdgeField = fn(&sluice_core::select::Status, usize) -> u64;
+/// A per-tenant metric's value from its status.
+type TenantField = fn(&sluice_core::select::Status) -> u64;
+
+/// Renders every worker's edge selection (as last published): per edge
+/// `sluice_gateway_edge_{up,active,rtt_seconds,probe_misses}` and
+/// `sluice_gateway_edge_failures` (consecutive); per tenant
+/// `sluice_gateway_edge_switches_total` and
+/// `sluice_gateway_edge_none_active`.
+/// Labels: queue, tenant, edge (its configured name).
+#[allow(
+    clippy::too_many_lines,
+    reason = "a table of metric families, each a few lines"
+)]
+pub(crate) fn render_edges(
+    out: &mut String,
+    workers: &[std::sync::Arc<TenantStats>],
+    names: &[String],
+) {
+    use sluice_core::select::{Phase, Status};
+    use std::fmt::Write as _;
+    let published: Vec<Vec<Option<Status>>> = workers
+        .iter()
+        .map(|w| {
+            w.edges
+                .iter()
+                .map(|m| {
+                    m.lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .clone()
+                })
+                .collect()
+        })
+        .collect();
+    let each = |f: &mut dyn FnMut(&str, &str, &Status)| {
+        for (q, w) in published.iter().enumerate() {
+            let q = q.to_string();
+            for (t, name) in names.iter().enumerate().take(TENANTS) {
+                if let Some(Some(s)) = w.get(t) {
+                    f(&q, name, s);
+                }
+            }
+        }
+    };
+    let families: [(&str, &str, &str, EdgeField); 4] = [
+        (
+            "sluice_gateway_edge_up",
+            "gauge",
+            "1 while this worker's tunnel to the edge is established (active or standby).",
+            |s, e| u64::from(matches!(s.edges[e].phase, Phase::Active | Phase::Standby)),
+        ),
+        (
+            "sluice_gateway_edge_active",
+            "gauge",
+            "1 for the edge carrying the tenant's traffic on this worker.",
+            |s, e| u64::from(s.active.is_some_and(|a| a.index() == e)),
+        ),
+        (
+            "sluice_gateway_edge_failures",
+            "gauge",
+            "Consecutive failures of the edge (0 once it is up again).",
+            |s, e| u64::from(s.edges[e].failures),
+        ),
+        (
+            "sluice_gateway_edge_probe_misses",
+            "gauge",
+            "Consecutive echo probes the edge has not answered in time.",
+            |s, e| u64::from(s.edges[e].misses),
+        ),
+    ];
+    for (metric, kind, help, field) in families {
+        let mut first = true;
+        each(&mut |q, tenant, s| {
+            for (e, es) in s.edges.iter().enumerate() {
+                sample(
+                    out,
+                    metric,
+                    kind,
+                    first.then_some(help),
+                    &[("queue", q), ("tenant", tenant), ("edge", &es.name)],
+                    field(s, e),
+                );
+                first = false;
+            }
+        });
+    }
+    let mut first = true;
+    each(&mut |q, tenant, s| {
+        if first {
+            out.push_str(
+                "# HELP sluice_gateway_edge_rtt_seconds Round-trip time of the echo probes through the edge's tunnel (moving average).\n# TYPE sluice_gateway_edge_rtt_seconds gauge\n",
+            );
+            first = false;
+        }
+        for es in &s.edges {
+            if let Some(rtt) = es.rtt {
+                let _ = writeln!(
+                    out,
+                    "sluice_gateway_edge_rtt_seconds{{queue=\"{q}\",tenant=\"{}\",edge=\"{}\"}} {:.6}",
+                    escape(tenant),
+                    escape(&es.name),
+                    rtt.as_secs_f64()
+                );
+            }
+        }
+    });
+    let per_tenant: [(&str, &str, &str, TenantField); 2] = [
+        (
+            "sluice_gateway_edge_switches_total",
+            "counter",
+            "Changes of the edge carrying the tenant's traffic on this worker.",
+            |s| s.switches,
+        ),
+        (
+            "sluice_gateway_edge_none_active",
+            "gauge",
+            "1 while no edge carries the tenant's traffic on this worker (must-tunnel traffic is dropped, never sent direct).",
+            |s| u64::from(s.active.is_none()),
+        ),
+    ];
+    for (metric, kind, help, field) in per_tenant {
+        let mut first = true;
+        each(&mut |q, tenant, s| {
+            sample(
+                out,
+                metric,
+                kind,
+                first.then_some(help),
+                &[("queue", q), ("tenant", tenant)],
+                field(s),
+            );
+            first = false;
+        });
+    }
+}
+
+/// A label value, escaped as the text format wants.
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"")
+}
+
+/// The admin API's `GET /edges`: each worker's selection per tenant, in
+/// words: the active edge and why, then every edge's phase, RTT, misses
+/// and failures.
+pub(crate) fn edges_report(workers: &[std::sync::Arc<TenantStats>], names: &[String]) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let ms = |d: Option<std::time::Duration>| {
+        d.map_or_else(
+            || "-".to_owned(),
+            |d| format!("{:.1} ms", d.as_secs_f64() * 1e3),
+        )
+    };
+    for (q, w) in workers.iter().enumerate() {
+        for (t, name) in names.iter().enumerate().take(TENANTS) {
+            let s = w.edges[t]
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone();
+            let Some(s) = s else { continue };
+            let active = s
+                .active
+                .and_then(|a| s.edges.get(a.index()))
+                .map_or("none (must-tunnel traffic dropped)", |e| e.name.as_str());
+            let _ = writeln!(
+                out,
+                "queue {q} tenant {name}: active {active}; {} (switches {})",
+                s.why, s.switches
+            );
+            for e in &s.edges {
+                let _ = writeln!(
+                    out,
+                    "  {} {} priority {} {}: rtt {} (last {}, {} samples), misses {}, failures {}{}",
+                    e.name,
+                    e.connected_to
+                        .map_or_else(|| e.address.clone(), |a| a.to_string()),
+                    e.priority,
+                    e.phase,
+                    ms(e.rtt),
+                    ms(e.last_rtt),
+                    e.samples,
+                    e.misses,
+                    e.failures,
+                    e.last_failure
+                        .map_or_else(String::new, |f| format!(" (last: {f})")),
+                );
+            }
+        }
+    }
+    if out.is_empty() {
+        out.push_str("no edge status published yet\n");
+    }
+    out
 }

@@ -43,11 +43,12 @@ use mio::{Events, Interest, Poll, Token, unix::SourceFd};
 use super::{
     control::{Active, Published},
     dns_relay::{Divert, DnsPort, DnsRelay, Job, Kind},
+    edges::{Edges, News, Sender, UdpPackets, UdpTally},
     neighbor::{Neighbors, Source},
     stats::{TENANTS, TenantStats, WorkerStats},
 };
 use crate::{
-    driver::{Link, LinkEvent, LinkParams},
+    driver::LinkParams,
     ebpf::VlanMode,
     sys::{
         neigh::{NeighEvent, NeighSocket, NextHop, RouteQuery},
@@ -60,16 +61,29 @@ use crate::{
         ip, tcp,
     },
 };
-use sluice_core::pmtu::{self, Fit, IcmpLimiter};
+use sluice_core::{
+    datagram::{SealError, path::PathConfig},
+    pmtu::{self, Fit, IcmpLimiter},
+    select::{EdgeSet, MAX_EDGES},
+};
 
 /// The port (the `AF_XDP` socket or the TUN device).
 const PORT: Token = Token(0);
-/// Tunnel `t`'s socket is `Token(FIRST_TUNNEL + t)`.
+/// Tenant `t`'s tunnel to its edge `e` is
+/// `Token(FIRST_TUNNEL + t * MAX_EDGES + e)`.
 const FIRST_TUNNEL: usize = 1;
+/// Tunnel sockets a worker may have: one per tenant and edge.
+const TUNNEL_SLOTS: usize = TENANTS * MAX_EDGES;
+/// Tenant `t`'s datagram socket to its edge `e` is
+/// `Token(FIRST_UDP + t * MAX_EDGES + e)`.
+const FIRST_UDP: usize = FIRST_TUNNEL + TUNNEL_SLOTS;
 /// The neighbour-table socket (after the tunnels' tokens).
-const NEIGH: Token = Token(64);
+const NEIGH: Token = Token(FIRST_UDP + TUNNEL_SLOTS);
 /// The domain bypass thread handed DNS answers back.
-const DNS_BACK: Token = Token(65);
+const DNS_BACK: Token = Token(FIRST_UDP + TUNNEL_SLOTS + 1);
+/// One bit per tunnel slot ([`TUNNEL_SLOTS`]).
+type SlotBits = u128;
+const _: () = assert!(TUNNEL_SLOTS <= SlotBits::BITS as usize);
 /// How long the start-up dump of the kernel's tables may take.
 const NEIGH_DUMP_TIMEOUT: Duration = Duration::from_secs(5);
 /// Netlink reads per batch (each holds many messages).
@@ -84,13 +98,16 @@ const MAX_WAIT: Duration = Duration::from_millis(100);
 /// `getsockopt`).
 const XSK_STATS_EVERY: Duration = Duration::from_secs(1);
 
-/// What a worker needs to reach the edge (one per tunnel): the driver's
-/// [`Link`] connects, reconnects with backoff and flushes; `mtu` is the
-/// tunnel's inner MTU ([`pmtu`]).
+/// What a worker needs to reach a tenant's edges (one per tenant): how to
+/// connect (`link`: TLS and session settings; its address is set per
+/// edge), which edges and how to choose among them (`edges`, see
+/// [`super::edges`]), and the tunnel's inner MTU ([`pmtu`]).
 #[derive(Clone)]
 pub(super) struct TunnelParams {
     pub(super) link: LinkParams,
+    pub(super) edges: EdgeSet,
     pub(super) mtu: u16,
+    pub(super) transport: PathConfig,
 }
 
 /// ICMP "too big" errors a worker sends per second at most, and at once.
@@ -183,7 +200,7 @@ pub(super) struct Worker {
     queue: u32,
     port: Port,
     /// Index: the tenant ([`crate::policy::TenantId`]).
-    tunnels: Vec<Link>,
+    tunnels: Vec<Edges>,
     route: Route,
     /// The policy the TUN path last looked up in, and its generation.
     cached: Option<(u64, Arc<Active>)>,
@@ -285,6 +302,10 @@ struct Tally {
     icmp_too_big: u64,
     icmp_suppressed: u64,
     neighbor_resolutions: u64,
+    udp_tx_datagrams: u64,
+    udp_tx_dropped: u64,
+    udp_rx_datagrams: u64,
+    udp_rx_refused: u64,
     tenant_tx: [u64; TENANTS],
     tenant_rx: [u64; TENANTS],
 }
@@ -316,6 +337,10 @@ impl Tally {
         add(&s.icmp_too_big, &mut self.icmp_too_big);
         add(&s.icmp_suppressed, &mut self.icmp_suppressed);
         add(&s.neighbor_resolutions, &mut self.neighbor_resolutions);
+        add(&s.udp_tx_datagrams, &mut self.udp_tx_datagrams);
+        add(&s.udp_tx_dropped, &mut self.udp_tx_dropped);
+        add(&s.udp_rx_datagrams, &mut self.udp_rx_datagrams);
+        add(&s.udp_rx_refused, &mut self.udp_rx_refused);
         for t in 0..TENANTS {
             add(&ts.tx_packets[t], &mut self.tenant_tx[t]);
             add(&ts.rx_packets[t], &mut self.tenant_rx[t]);
@@ -370,14 +395,27 @@ impl Worker {
         let now = Instant::now();
         let tunnels: Vec<TunnelParams> = tunnels.into_iter().take(TENANTS).collect();
         let pmtu = MtuGuard::new(tunnels.iter().map(|p| p.mtu).collect());
+        let tunnels = tunnels
+            .into_iter()
+            .enumerate()
+            .map(|(t, p)| {
+                let slot = t * MAX_EDGES;
+                Edges::new(
+                    queue,
+                    t,
+                    &p.edges,
+                    p.link,
+                    (FIRST_TUNNEL + slot, FIRST_UDP + slot),
+                    p.transport,
+                    now,
+                )
+                .map_err(|e| io::Error::other(format!("tenant {t}'s edges: {e}")))
+            })
+            .collect::<io::Result<Vec<_>>>()?;
         Ok(Self {
             queue,
             port,
-            tunnels: tunnels
-                .into_iter()
-                .enumerate()
-                .map(|(t, params)| Link::new(params.link, Token(FIRST_TUNNEL + t), now))
-                .collect(),
+            tunnels,
             route,
             cached: None,
             stats: stats.0,
@@ -471,8 +509,11 @@ impl Worker {
         // mio is edge-triggered: after a full batch, more may be waiting
         // without a new event, so poll without blocking.
         let mut rx_more = true;
-        // Bit `t`: tunnel `t` may have more to read.
-        let mut tunnel_more: u32 = 0;
+        // Bit `t * MAX_EDGES + e`: tenant `t`'s tunnel to edge `e` may
+        // have more to read.
+        let mut tunnel_more: SlotBits = 0;
+        // The same for the datagram sockets.
+        let mut udp_more: SlotBits = 0;
         while !stop.load(Relaxed) {
             beat.beat();
             if super::fault::inject(&mut fault) {
@@ -497,10 +538,13 @@ impl Worker {
                     NEIGH => self.neigh_ready = true,
                     Token(n)
                         if n >= FIRST_TUNNEL
-                            && n - FIRST_TUNNEL < TENANTS
+                            && n - FIRST_TUNNEL < TUNNEL_SLOTS
                             && (ev.is_readable() || ev.is_read_closed() || ev.is_error()) =>
                     {
                         tunnel_more |= 1 << (n - FIRST_TUNNEL);
+                    }
+                    Token(n) if (FIRST_UDP..FIRST_UDP + TUNNEL_SLOTS).contains(&n) => {
+                        udp_more |= 1 << (n - FIRST_UDP);
                     }
                     // DNS_BACK too: its queue is checked every turn.
                     _ => {}
@@ -513,9 +557,22 @@ impl Worker {
             if rx_more {
                 rx_more = self.lan_to_tunnel();
             }
-            for t in 0..self.tunnels.len() {
-                if tunnel_more & (1 << t) != 0 && !self.tunnel_to_lan(t, now) {
-                    tunnel_more &= !(1 << t);
+            let mut pending = tunnel_more;
+            while pending != 0 {
+                let slot = pending.trailing_zeros() as usize;
+                pending &= pending - 1;
+                let (t, e) = (slot / MAX_EDGES, slot % MAX_EDGES);
+                if !self.tunnel_to_lan(t, e, now) {
+                    tunnel_more &= !(1 << slot);
+                }
+            }
+            let mut pending = udp_more;
+            while pending != 0 {
+                let slot = pending.trailing_zeros() as usize;
+                pending &= pending - 1;
+                let (t, e) = (slot / MAX_EDGES, slot % MAX_EDGES);
+                if !self.udp_to_lan(t, e, now) {
+                    udp_more &= !(1 << slot);
                 }
             }
             self.dns_returns(now);
@@ -531,12 +588,8 @@ impl Worker {
                 self.read_xsk_stats();
             }
         }
-        for link in &mut self.tunnels {
-            link.close(
-                crate::wire::tunnel::CloseCode::Normal,
-                "gateway stopping",
-                Instant::now(),
-            );
+        for edges in &mut self.tunnels {
+            edges.close_all("gateway stopping", Instant::now());
         }
         // The gauges only: `link`, which the classifier's tunnel state
         // follows, stays as it was (a stop is no tunnel outage).
@@ -568,64 +621,50 @@ impl Worker {
     fn next_wakeup(&self, now: Instant) -> Duration {
         self.tunnels
             .iter()
-            .filter_map(Link::poll_timeout)
+            .filter_map(|e| e.poll_timeout(now))
             .min()
             .map_or(MAX_WAIT, |t| t.saturating_duration_since(now).min(MAX_WAIT))
     }
 
-    /// Connects tunnel `t` when due, runs its session timers, tears down a
-    /// dead session.
+    /// Tenant `t`'s edges: timers, connections, probes, resolutions,
+    /// and what happened to them.
     fn maintain_link(&mut self, t: usize, now: Instant) {
-        self.tunnels[t].handle_timeout(self.poll.registry(), now);
-        self.link_events(t, now);
+        let news = self.tunnels[t].drive(self.poll.registry(), now);
+        self.edge_news(t, news, now);
     }
 
-    /// What happened to tunnel `t`'s link: logged and counted.
+    /// What happened to tenant `t`'s edges since the last call, after a
+    /// read or a flush.
     fn link_events(&mut self, t: usize, now: Instant) {
-        while let Some(ev) = self.tunnels[t].poll_event(self.poll.registry(), now) {
-            let edge = self.tunnels[t].params().edge;
-            match ev {
-                LinkEvent::Up { peer } => {
-                    log::info!(
-                        "queue {}: tunnel {t} to {edge} up (edge `{}`)",
-                        self.queue,
-                        peer.name
-                    );
-                    if t == 0 {
-                        self.stats.tunnel_up.store(1, Relaxed);
-                    }
-                    self.tenant_stats.up[t].store(1, Relaxed);
-                    self.tenant_stats.link[t].store(super::stats::LINK_UP, Relaxed);
-                    self.stats.tunnel_connects.fetch_add(1, Relaxed);
-                }
-                LinkEvent::ConnectFailed { step, error } => {
-                    if step == "connect" {
-                        log::warn!("queue {}: connecting to {edge}: {error}", self.queue);
-                    } else {
-                        log::error!("queue {}: {step}: {error}", self.queue);
-                    }
-                    self.link_lost(t);
-                }
-                LinkEvent::Down { reason } => {
-                    let was_up = self.tenant_stats.up[t].swap(0, Relaxed) == 1;
-                    if t == 0 {
-                        self.stats.tunnel_up.store(0, Relaxed);
-                    }
-                    let what = if was_up { "down" } else { "failed" };
-                    log::warn!(
-                        "queue {}: tunnel {t} to {edge} {what}: {reason:?}",
-                        self.queue
-                    );
-                    self.link_lost(t);
-                }
-            }
-        }
+        let news = self.tunnels[t].events(self.poll.registry(), now);
+        self.edge_news(t, news, now);
     }
 
-    /// Tunnel `t` is down (or did not come up): counted; its link retries.
-    fn link_lost(&self, t: usize) {
-        self.stats.tunnel_failures.fetch_add(1, Relaxed);
-        self.tenant_stats.link[t].store(super::stats::LINK_LOST, Relaxed);
+    /// Counts `news` and publishes tenant `t`'s state: the gauges, the
+    /// state the classifier follows (up while an edge is active, lost once
+    /// none is after a failure), and the selection's status.
+    fn edge_news(&mut self, t: usize, news: News, now: Instant) {
+        if news.connects > 0 {
+            self.stats.tunnel_connects.fetch_add(news.connects, Relaxed);
+        }
+        if news.failures > 0 {
+            self.stats.tunnel_failures.fetch_add(news.failures, Relaxed);
+        }
+        let edges = &mut self.tunnels[t];
+        let up = u64::from(edges.active().is_some());
+        if t == 0 {
+            self.stats.tunnel_up.store(up, Relaxed);
+        }
+        self.tenant_stats.up[t].store(up, Relaxed);
+        let link = edges.link_state();
+        if link != super::stats::LINK_UNKNOWN {
+            self.tenant_stats.link[t].store(link, Relaxed);
+        }
+        if let Some(status) = edges.status_due(now, news.changed) {
+            *self.tenant_stats.edges[t]
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(status);
+        }
     }
 
     /// The tunnel of this host's own packet `pkt` (TUN path): the policy's
@@ -780,13 +819,23 @@ impl Worker {
         }
     }
 
-    /// Reads from tunnel `i` and delivers its packets to the LAN. Returns
-    /// true if the read stopped at its budget.
-    fn tunnel_to_lan(&mut self, i: usize, now: Instant) -> bool {
+    /// Reads from tenant `i`'s tunnel to edge `e` (active or standby:
+    /// replies still in flight after a switch are delivered too) and
+    /// delivers its packets to the LAN. Returns true if the read stopped
+    /// at its budget.
+    fn tunnel_to_lan(&mut self, i: usize, e: usize, now: Instant) -> bool {
         self.sync_neighbors();
-        let more = self.tunnels[i].receive(now);
-        if let Some(sess) = self.tunnels[i].session_mut() {
-            let mut from = FromTunnel { sess, tenant: i };
+        let Some(link) = self.tunnels.get_mut(i).and_then(|x| x.link_mut(e)) else {
+            return false;
+        };
+        let more = link.receive(now);
+        let mut got = 0;
+        if let Some(sess) = link.session_mut() {
+            let mut from = FromTunnel {
+                sess,
+                tenant: i,
+                count: 0,
+            };
             deliver(
                 &mut self.port,
                 &mut self.routes,
@@ -796,9 +845,47 @@ impl Worker {
                 now,
                 self.queue,
             );
+            got = from.count;
             self.send_resolutions();
         }
+        if got > 0 {
+            self.tunnels[i].alive(e, now);
+        }
         // The edge's HELLO (the tunnel is up) or CLOSE came with the read.
+        self.link_events(i, now);
+        more
+    }
+
+    /// Reads a batch of tenant `i`'s datagrams from edge `e` and delivers
+    /// their packets to the LAN. Returns true if more may be waiting.
+    fn udp_to_lan(&mut self, i: usize, e: usize, now: Instant) -> bool {
+        self.sync_neighbors();
+        let Some(edges) = self.tunnels.get_mut(i) else {
+            return false;
+        };
+        let more = edges.receive_udp(e, now);
+        let mut got = 0;
+        if let Some(udp) = edges.udp_mut(e) {
+            let mut from = FromDatagrams {
+                packets: udp.packets(),
+                tenant: i,
+                count: 0,
+            };
+            deliver(
+                &mut self.port,
+                &mut self.routes,
+                &mut self.tally,
+                self.dns.as_mut(),
+                (&mut from, &self.pmtu.mtus),
+                now,
+                self.queue,
+            );
+            got = from.count;
+            self.send_resolutions();
+        }
+        if got > 0 {
+            self.tunnels[i].alive(e, now);
+        }
         self.link_events(i, now);
         more
     }
@@ -829,9 +916,12 @@ impl Worker {
     /// batch's record, or keep it for the coalescing delay, which then
     /// wakes the loop; write what the socket takes).
     fn flush_tunnel(&mut self, i: usize, now: Instant) {
-        if let Err(e) = self.tunnels[i].flush(now) {
-            log::warn!("queue {}: tunnel write: {e}", self.queue);
-        }
+        self.tunnels[i].flush(now);
+        let u = std::mem::take(&mut self.tunnels[i].udp_tally);
+        self.tally.udp_tx_datagrams += u.sent;
+        self.tally.udp_tx_dropped += u.send_dropped;
+        self.tally.udp_rx_datagrams += u.received;
+        self.tally.udp_rx_refused += u.refused;
         self.link_events(i, now);
     }
 }
@@ -844,7 +934,7 @@ impl Worker {
 /// fragments, and one that may not be fragmented is dropped and its
 /// sender told (ICMP, rate-limited, queued for the end of the batch).
 fn to_tunnel(
-    tunnels: &mut [Link],
+    tunnels: &mut [Edges],
     dns: Option<&mut DnsPort>,
     guard: &mut MtuGuard,
     i: usize,
@@ -852,7 +942,7 @@ fn to_tunnel(
     t: &mut Tally,
     now: Instant,
 ) {
-    let Some(sess) = tunnels.get_mut(i).and_then(Link::session_mut) else {
+    let Some(mut out) = tunnels.get_mut(i).and_then(Edges::sender) else {
         t.drop_down += 1;
         return;
     };
@@ -875,15 +965,15 @@ fn to_tunnel(
                 copy.copy_from_slice(bytes);
                 if pmtu::clamp_mss(copy, mtu) {
                     t.mss_clamped += 1;
-                    send_one(sess, copy, i, t);
+                    send_one(&mut out, copy, i, t, now);
                     return;
                 }
             }
-            send_one(sess, bytes, i, t);
+            send_one(&mut out, bytes, i, t, now);
         }
         Fit::Fragment => {
             let r = pmtu::fragment_v4(bytes, mtu, &mut guard.scratch, &mut |f| {
-                send_one(sess, f, i, t);
+                send_one(&mut out, f, i, t, now);
             });
             match r {
                 Ok(_) => t.fragmented += 1,
@@ -909,8 +999,39 @@ fn to_tunnel(
     }
 }
 
-/// One packet into a session, counted.
-fn send_one(sess: &mut Session, bytes: &[u8], i: usize, t: &mut Tally) {
+/// One packet into the tenant's transport, counted: a datagram, or (too
+/// large for one, and if the tenant allows) its TLS stream.
+fn send_one(out: &mut Sender<'_>, bytes: &[u8], i: usize, t: &mut Tally, now: Instant) {
+    let sess = match out {
+        Sender::Tls(s) => s,
+        Sender::Udp(udp, tls) => {
+            let mut flushed = UdpTally::default();
+            let sealed = udp.queue(bytes, now, &mut flushed);
+            t.udp_tx_datagrams += flushed.sent;
+            t.udp_tx_dropped += flushed.send_dropped;
+            match (sealed, tls) {
+                (Ok(()), _) => {
+                    t.tx_packets += 1;
+                    t.tx_bytes += bytes.len() as u64;
+                    t.tenant_tx[i] += 1;
+                    return;
+                }
+                (Err(SealError::TooLarge), Some(s)) => s,
+                (Err(SealError::TooLarge), None) => {
+                    t.drop_too_large += 1;
+                    return;
+                }
+                (Err(SealError::KeyExhausted | SealError::Closed), _) => {
+                    t.drop_down += 1;
+                    return;
+                }
+                (Err(SealError::EmptyPacket), _) => {
+                    t.drop_malformed += 1;
+                    return;
+                }
+            }
+        }
+    };
     match sess.send_packet(bytes) {
         Ok(()) => {
             t.tx_packets += 1;
@@ -935,16 +1056,37 @@ trait ToLan {
     }
 }
 
+/// What one batch of datagrams carried.
+struct FromDatagrams<'u> {
+    packets: UdpPackets<'u>,
+    tenant: usize,
+    /// Packets yielded.
+    count: usize,
+}
+
+impl ToLan for FromDatagrams<'_> {
+    fn next_packet(&mut self) -> Option<(&[u8], usize)> {
+        let tenant = self.tenant;
+        let p = self.packets.next()?;
+        self.count += 1;
+        Some((p, tenant))
+    }
+}
+
 /// What one tunnel's session decrypted.
 struct FromTunnel<'s> {
     sess: &'s mut Session,
     tenant: usize,
+    /// Packets yielded.
+    count: usize,
 }
 
 impl ToLan for FromTunnel<'_> {
     fn next_packet(&mut self) -> Option<(&[u8], usize)> {
         let tenant = self.tenant;
-        self.sess.poll_packet().map(|p| (p, tenant))
+        let p = self.sess.poll_packet()?;
+        self.count += 1;
+        Some((p, tenant))
     }
 }
 

@@ -1383,3 +1383,74 @@ fn echo_reply_with_any_timestamp_is_safe() {
     let _ = shuttle(&mut client, &mut raw, &mut rng);
     assert_eq!(echo_replies(&mut client), [(1, u64::MAX, Duration::ZERO)]);
 }
+
+/// Drains `s`'s events, keeping the datagram control frames.
+fn controls(s: &mut Session) -> Vec<crate::tunnel::DatagramControl> {
+    std::iter::from_fn(|| s.poll_event())
+        .filter_map(|e| match e {
+            Event::Datagram(c) => Some(c),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The datagram transport's set-up travels as control frames: offer,
+/// accept, use; each arrives once as an event; before the HELLOs none
+/// can be sent; unpolled ones are bounded and a malformed one is skipped
+/// and counted, never a protocol error (they are ignorable).
+#[test]
+fn datagram_control_frames_between_client_and_server() {
+    use crate::tunnel::DatagramControl;
+    use tunnel::{DatagramSetup, datagram_use_frame};
+    let mut p = Pair::new(64);
+    let offer = DatagramSetup {
+        receiver_id: 7,
+        port: 0,
+    };
+    assert_eq!(
+        p.client
+            .send_datagram_control(&offer.frame(FrameType::DatagramOffer)),
+        Err(SendError::NotEstablished)
+    );
+    p.drive();
+    let _ = controls(&mut p.client);
+    let _ = controls(&mut p.server);
+    p.client
+        .send_datagram_control(&offer.frame(FrameType::DatagramOffer))
+        .unwrap();
+    p.drive();
+    assert_eq!(controls(&mut p.server), [DatagramControl::Offer(offer)]);
+    let accept = DatagramSetup {
+        receiver_id: 0x8000_0001,
+        port: 4443,
+    };
+    p.server
+        .send_datagram_control(&accept.frame(FrameType::DatagramAccept))
+        .unwrap();
+    p.drive();
+    assert_eq!(controls(&mut p.client), [DatagramControl::Accept(accept)]);
+    for on in [true, false] {
+        p.client
+            .send_datagram_control(&datagram_use_frame(on))
+            .unwrap();
+    }
+    // A short OFFER: skipped and counted, the session carries on.
+    p.client
+        .send_datagram_control(&[0x07, tunnel::FLAG_IGNORABLE, 0, 2, 0, 1])
+        .unwrap();
+    for _ in 0..20 {
+        p.client
+            .send_datagram_control(&datagram_use_frame(true))
+            .unwrap();
+    }
+    p.drive();
+    let got = controls(&mut p.server);
+    assert_eq!(got.len(), crate::tunnel::CONTROL_EVENTS);
+    assert!(got.iter().all(|c| *c == DatagramControl::Use(true)));
+    assert_eq!(p.server.stats().control_lost, 1 + (22 - 8));
+    assert!(!p.server.is_closed());
+    p.client.send_packet(&[0x45, 1, 2]).unwrap();
+    p.client.flush();
+    p.drive();
+    assert_eq!(p.at_server, [vec![0x45, 1, 2]]);
+}
