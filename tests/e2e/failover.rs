@@ -239,7 +239,7 @@ fn the_closest_of_three_edges_carries_the_traffic() {
     // the closest.
     assert_eq!(f.active_edges(), ["edge-2"], "{}", f.logs());
     let rtt = |name: &str| {
-        f.gateway_edges("sluice_edge_rtt_seconds")
+        f.gateway_edges("sluice_gateway_edge_rtt_seconds")
             .iter()
             .filter(|g| g.edge == name)
             .map(|g| g.value)
@@ -359,7 +359,7 @@ fn with_failback_never_the_traffic_stays_where_it_went() {
     // The gateway reconnects to it (a standby again)...
     let t0 = Instant::now();
     let edge1_up = || {
-        f.gateway_edges("sluice_edge_up")
+        f.gateway_edges("sluice_gateway_edge_up")
             .iter()
             .any(|g| g.edge == "edge-1" && g.value > 0.5)
     };

@@ -185,18 +185,18 @@ impl<'a> Failover<'a> {
         })
     }
 
-    /// The gateway's per-edge gauge `metric` (`sluice_edge_active`,
-    /// `sluice_edge_up`, `sluice_edge_rtt_seconds`), one per queue, tenant
+    /// The gateway's per-edge gauge `metric` (`sluice_gateway_edge_active`,
+    /// `sluice_gateway_edge_up`, `sluice_gateway_edge_rtt_seconds`), one per queue, tenant
     /// and edge.
     pub fn gateway_edges(&self, metric: &str) -> Vec<EdgeGauge> {
         EdgeGauge::parse(&self.sluice.gateway_metrics(), metric)
     }
 
     /// The edges the gateway says carry the internet tenant's traffic
-    /// (`sluice_edge_active` = 1), one per worker; sorted, deduplicated.
+    /// (`sluice_gateway_edge_active` = 1), one per worker; sorted, deduplicated.
     pub fn active_edges(&self) -> Vec<String> {
         let mut v: Vec<String> = self
-            .gateway_edges("sluice_edge_active")
+            .gateway_edges("sluice_gateway_edge_active")
             .into_iter()
             .filter(|g| g.value > 0.5)
             .map(|g| g.edge)
@@ -216,7 +216,7 @@ impl<'a> Failover<'a> {
             .sluice
             .gateway_metrics()
             .lines()
-            .filter(|l| l.starts_with("sluice_edge") && !l.ends_with(" 0"))
+            .filter(|l| l.starts_with("sluice_gateway_edge") && !l.ends_with(" 0"))
             .map(str::to_owned)
             .collect();
         let _ = write!(
@@ -251,9 +251,9 @@ impl<'a> Failover<'a> {
                 site.wan_v4,
                 r.delay(),
                 r.stats(),
-                gauge("sluice_edge_active"),
-                gauge("sluice_edge_up"),
-                gauge("sluice_edge_rtt_seconds"),
+                gauge("sluice_gateway_edge_active"),
+                gauge("sluice_gateway_edge_up"),
+                gauge("sluice_gateway_edge_rtt_seconds"),
             );
         }
         s
