@@ -174,6 +174,10 @@ fn assert_recovered(
         rec.lost_after,
         report.summary()
     );
+    eprintln!(
+        "failover: {what}: silences over 100 ms (from the death): {:?}",
+        report.silences(death, Duration::from_millis(100))
+    );
     assert!(
         rec.reply < RECOVERY_BOUND,
         "{what}: traffic came back through {via} only {:?} after the death\n{}",
@@ -340,6 +344,10 @@ fn the_preferred_edge_gets_the_traffic_back_when_it_returns() {
          first stream reply through it {:?} after; stream: {}",
         first.map(|r| r.received - back),
         report.summary()
+    );
+    eprintln!(
+        "failover: failback: silences over 100 ms (from the restart): {:?}",
+        report.silences(back, Duration::from_millis(100))
     );
     assert!(first.is_some(), "{}\n{}", report.summary(), f.logs());
     assert_no_leak(&f, "failback");

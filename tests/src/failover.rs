@@ -520,6 +520,29 @@ impl StreamReport {
             .unwrap_or_default()
     }
 
+    /// The times without a reply longer than `min`: when each began
+    /// (after `t0`, the reply before it) and how long it lasted, with the
+    /// edge before and after it.
+    pub fn silences(&self, t0: Instant, min: Duration) -> Vec<String> {
+        self.replies
+            .windows(2)
+            .filter_map(|w| {
+                let gap = w[1].received.saturating_duration_since(w[0].received);
+                (gap > min).then(|| {
+                    format!(
+                        "{:?} from +{:?} (seq {} via {} -> seq {} via {})",
+                        gap,
+                        w[0].received.saturating_duration_since(t0),
+                        w[0].seq,
+                        w[0].via,
+                        w[1].seq,
+                        w[1].via
+                    )
+                })
+            })
+            .collect()
+    }
+
     /// `sent 300, answered 290 (via 198.51.100.13: 100, ...), longest silence 120 ms`.
     pub fn summary(&self) -> String {
         let via: Vec<String> = self
