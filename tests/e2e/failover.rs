@@ -257,7 +257,99 @@ fn the_closest_of_three_edges_carries_the_traffic() {
         r3 * 1e3
     );
     assert!(r2 < r3 && r2 < r1, "RTTs {r1}/{r2}/{r3}\n{}", f.logs());
+    // `sluice status` says so, with its reason, on every worker.
+    let out = f.sluice.command(&["status"]);
+    let status = String::from_utf8_lossy(&out.stdout);
+    eprintln!("failover: sluice status:\n{status}");
+    let actives: Vec<&str> = status.lines().filter(|l| l.contains(": active ")).collect();
+    assert!(
+        out.status.success()
+            && !actives.is_empty()
+            && actives.iter().all(|l| l.contains(": active edge-2;")),
+        "sluice status: {out:?}"
+    );
     assert_no_leak(&f, "three edges");
+}
+
+/// Latency with hysteresis: edge 1 (20 ms) comes up first (a slow
+/// stagger keeps edge 2 from being tried before it is up), edge 2 (15
+/// ms) is closer but not clearly (30 ms against 40 ms round trip is
+/// above two thirds): the traffic stays. Then edge 1 drifts away (its
+/// relay's delay raised to 40 ms): edge 2 is now clearly better and the
+/// traffic moves to it, with both tunnels up (no death).
+#[test]
+fn a_latency_switch_needs_a_clear_and_sustained_gain() {
+    if !require_root("a_latency_switch_needs_a_clear_and_sustained_gain") {
+        return;
+    }
+    let lab = Lab::with_edges(2);
+    let paths = [
+        EdgePath::new(Host::Edge, 20, 0),
+        EdgePath::new(Host::Edge2, 15, 0),
+    ];
+    let f = start(&lab, &paths, "stagger_ms = 2000", str::to_string);
+    f.wait_carrier(Host::Edge, HTTP, SETTLE);
+    // Both up and measured.
+    let t0 = Instant::now();
+    while f
+        .gateway_edges("sluice_gateway_edge_rtt_seconds")
+        .iter()
+        .filter(|g| g.edge == "edge-2")
+        .count()
+        == 0
+    {
+        assert!(
+            t0.elapsed() < SETTLE,
+            "edge-2 is never measured\n{}",
+            f.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let switches = || {
+        f.sluice
+            .gateway_metric("sluice_gateway_edge_switches_total", "")
+    };
+    let before = switches();
+    // Not clearly better: 3 s (three sample windows) without a switch.
+    lab.reset_counters();
+    let t1 = Instant::now();
+    let report = UdpStream::start(&lab, Host::Client, echo(), TICK, 300).finish();
+    assert_all_via(
+        &f,
+        &report,
+        t1,
+        EdgeSite::of(Host::Edge),
+        "edge-2 only slightly closer",
+    );
+    assert_eq!(switches(), before, "{}", f.logs());
+    // Edge 1 drifts away: the traffic moves, without a death.
+    let stream = UdpStream::start(&lab, Host::Client, echo(), TICK, 800);
+    std::thread::sleep(Duration::from_millis(500));
+    let drift = Instant::now();
+    f.relay(Host::Edge).set_delay(Duration::from_millis(40));
+    let report = stream.finish();
+    let edge1 = IpAddr::V4(addr::EDGE_WAN_V4);
+    let Some(rec) = report.recovery(drift, edge1) else {
+        panic!(
+            "the traffic did not move to the clearly closer edge-2: {}\n{}",
+            report.summary(),
+            f.logs()
+        );
+    };
+    eprintln!(
+        "failover: latency switch: first reply through edge-2 {:?} after edge-1 drifted to 40 ms; \
+         {} datagrams sent after the drift lost; stream: {}",
+        rec.reply,
+        rec.lost_after,
+        report.summary()
+    );
+    assert!(switches() > before, "{}", f.logs());
+    let out = f.sluice.command(&["status"]);
+    eprintln!(
+        "failover: sluice status:\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_no_leak(&f, "a latency switch");
 }
 
 /// [`three_at_different_distances`] with `standby = 2`; once the closest

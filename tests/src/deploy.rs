@@ -505,13 +505,21 @@ impl<'a> Sluice<'a> {
     /// Runs `sluice gateway <args> --config <conf>/gateway.toml` in `gw`
     /// to completion (e.g. `detach`), at most 30 s.
     pub fn gateway_command(&self, args: &[&str]) -> std::process::Output {
+        let mut all = vec!["gateway"];
+        all.extend_from_slice(args);
+        self.command(&all)
+    }
+
+    /// Runs `sluice <args> --config <conf>/gateway.toml` in `gw` to
+    /// completion (e.g. `status`), at most 30 s.
+    pub fn command(&self, args: &[&str]) -> std::process::Output {
         let cfg = self
             .conf
             .join("gateway.toml")
             .to_string_lossy()
             .into_owned();
         let bin = self.bin.to_string_lossy().into_owned();
-        let mut cmd = vec![bin.as_str(), "gateway"];
+        let mut cmd = vec![bin.as_str()];
         cmd.extend_from_slice(args);
         cmd.extend(["--config", &cfg]);
         self.lab
