@@ -192,6 +192,34 @@ impl<'a> Failover<'a> {
         EdgeGauge::parse(&self.sluice.gateway_metrics(), metric)
     }
 
+    /// Waits until the gateway's gauge `metric` for edge `edge` (on any
+    /// worker) satisfies `ok`; returns how long that took.
+    ///
+    /// # Panics
+    /// If it does not within `timeout` (the message has the logs).
+    pub fn wait_gauge(
+        &self,
+        metric: &str,
+        edge: &str,
+        ok: impl Fn(f64) -> bool,
+        timeout: Duration,
+    ) -> Duration {
+        let t0 = Instant::now();
+        loop {
+            let gauges = self.gateway_edges(metric);
+            if gauges.iter().any(|g| g.edge == edge && ok(g.value)) {
+                return t0.elapsed();
+            }
+            assert!(
+                t0.elapsed() < timeout,
+                "the gateway's {metric} for {edge} did not turn as expected within {timeout:?}: \
+                 {gauges:?}\n{}",
+                self.logs()
+            );
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// The edges the gateway says carry the internet tenant's traffic
     /// (`sluice_gateway_edge_active` = 1), one per worker; sorted, deduplicated.
     pub fn active_edges(&self) -> Vec<String> {
