@@ -35,6 +35,10 @@ fn lab_benchmark_smoke_run() {
             text.contains("sluice tunnel (native)"),
             "{f} lacks the sluice tunnel case"
         );
+        assert!(
+            text.contains("sluice datagram (native)"),
+            "{f} lacks the datagram transport's case"
+        );
     }
     let md = std::fs::read_to_string(out.join("results.md")).expect("results.md");
     // The packet generator's traffic and its ceiling: rows for the kernel

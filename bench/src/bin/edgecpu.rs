@@ -44,6 +44,10 @@ const TICKS: f64 = 100.0;
 
 struct Args {
     sluice: PathBuf,
+    /// Also sample the edge with `perf record -g` during each run, into
+    /// this directory (for where its kernel time goes; perf's own cost
+    /// lands in the figures of such a run).
+    perf: Option<PathBuf>,
     baseline: Option<PathBuf>,
     rounds: usize,
     seconds: u64,
@@ -55,6 +59,7 @@ fn parse_args() -> Result<Args> {
     let mut a = Args {
         sluice: PathBuf::from("target/release/sluice"),
         baseline: None,
+        perf: None,
         rounds: 5,
         seconds: 10,
         workers: std::thread::available_parallelism()
@@ -68,6 +73,7 @@ fn parse_args() -> Result<Args> {
         match flag.as_str() {
             "--sluice" => a.sluice = val()?.into(),
             "--baseline" => a.baseline = Some(val()?.into()),
+            "--perf" => a.perf = Some(val()?.into()),
             "--rounds" => a.rounds = val()?.parse()?,
             "--seconds" => a.seconds = val()?.parse()?,
             "--workers" => a.workers = val()?.parse()?,
@@ -142,7 +148,10 @@ fn wait_tunnels(s: &Sluice<'_>, want: Option<u64>) -> Result<u64> {
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    bail!("the gateways' tunnels did not come up (edge holds {})", last.0)
+    bail!(
+        "the gateways' tunnels did not come up (edge holds {})",
+        last.0
+    )
 }
 
 /// One direction's traffic from both clients at once; returns the
@@ -304,23 +313,26 @@ fn report(runs: &[Run], a: &Args, configs: &[Config]) -> String {
     );
     let _ = writeln!(
         s,
-        "| direction | edge | CPU-s/GB min | CPU-s/GB median | vs workers 1 (median, min) | kernel share | machine CPU-s/GB | packets per TUN write | Gbit/s |"
+        "| direction | edge | CPU-s/GB min | CPU-s/GB median | vs workers 1 (median, min) | user CPU-s/GB | kernel CPU-s/GB | machine CPU-s/GB | packets per TUN write | Gbit/s |"
     );
-    let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     for download in [false, true] {
-        // min and median CPU-s/GB; medians of the kernel share, the
-        // machine's CPU-s/GB, packets per write, Gbit/s.
-        let pick = |c: Config| -> [f64; 6] {
+        // min and median CPU-s/GB; medians of its user and kernel parts,
+        // the machine's CPU-s/GB, packets per write, Gbit/s.
+        let pick = |c: Config| -> [f64; 7] {
             let sel: Vec<&Run> = runs
                 .iter()
                 .filter(|r| r.config == c && r.download == download)
                 .collect();
-            let med = |f: &dyn Fn(&Run) -> f64| stats(&mut sel.iter().map(|r| f(r)).collect::<Vec<_>>()).1;
+            let med = |f: &dyn Fn(&Run) -> f64| {
+                stats(&mut sel.iter().map(|r| f(r)).collect::<Vec<_>>()).1
+            };
             let (min, median) = stats(&mut sel.iter().map(|r| r.cpu_per_gb()).collect::<Vec<_>>());
             [
                 min,
                 median,
-                med(&|r| r.sys_s / r.cpu_s),
+                med(&|r| (r.cpu_s - r.sys_s) / r.gb),
+                med(&|r| r.sys_s / r.gb),
                 med(&|r| r.machine_s / r.gb),
                 med(&|r| r.per_write),
                 med(&|r| r.gbps),
@@ -337,13 +349,8 @@ fn report(runs: &[Run], a: &Args, configs: &[Config]) -> String {
             };
             let _ = writeln!(
                 s,
-                "| {dir} | {c} | {:.3} | {:.3} | {ratio} | {:.0} % | {:.2} | {:.1} | {:.2} |",
-                x[0],
-                x[1],
-                100.0 * x[2],
-                x[3],
-                x[4],
-                x[5]
+                "| {dir} | {c} | {:.3} | {:.3} | {ratio} | {:.3} | {:.3} | {:.2} | {:.1} | {:.2} |",
+                x[0], x[1], x[2], x[3], x[4], x[5], x[6]
             );
         }
     }
@@ -354,10 +361,17 @@ fn report(runs: &[Run], a: &Args, configs: &[Config]) -> String {
     s
 }
 
+#[allow(
+    clippy::too_many_lines,
+    reason = "the measurement loop, read top to bottom"
+)]
 fn main() -> Result<()> {
     let a = parse_args()?;
     if !sluice_lab::require_root("edgecpu") {
         bail!("edgecpu needs root");
+    }
+    if let Some(d) = &a.perf {
+        std::fs::create_dir_all(d)?;
     }
     let lab = Lab::new();
     let mut s = Sluice::prepare(&lab, &a.sluice, str::to_string);
@@ -408,7 +422,33 @@ fn main() -> Result<()> {
                 // Settle: the last run's queues drain.
                 std::thread::sleep(Duration::from_secs(1));
                 let (c0, k0, m0) = (cpu_ticks(pid)?, counters(&s), machine_busy()?);
+                let perf = a.perf.as_ref().map(|dir| {
+                    let out = dir.join(format!(
+                        "round{round}-{}-{}.data",
+                        c.to_string().replace(' ', ""),
+                        if download { "download" } else { "upload" }
+                    ));
+                    std::process::Command::new("perf")
+                        .args([
+                            "record",
+                            "-q",
+                            "-F",
+                            "499",
+                            "-g",
+                            "-p",
+                            &pid.to_string(),
+                            "-o",
+                        ])
+                        .arg(out)
+                        .args(["--", "sleep", &a.seconds.to_string()])
+                        .stdout(std::process::Stdio::null())
+                        .stderr(std::process::Stdio::null())
+                        .spawn()
+                });
                 let gbps = traffic(&lab, a.seconds, download)?;
+                if let Some(Ok(mut p)) = perf {
+                    let _ = p.wait();
+                }
                 let (c1, k1, m1) = (cpu_ticks(pid)?, counters(&s), machine_busy()?);
                 let writes = k1.writes.saturating_sub(k0.writes);
                 let r = Run {

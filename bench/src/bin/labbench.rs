@@ -720,32 +720,47 @@ fn run_round(lab: &Lab, a: &Args, traffic: &[Traffic], rows: &mut Vec<Row>) -> R
     }
     // (a), (b) sluice, in each attach mode (and, with --gro-ab, the
     // native tunnel with the edge's TUN offload off).
+    // (mode, bypass case, tunnel case, edge GRO, datagram transport)
     let mut sluice_cases = vec![
         (
             "native",
             "sluice bypass (native)",
             "sluice tunnel (native)",
             true,
+            false,
         ),
+        ("native", "", "sluice datagram (native)", true, true),
         (
             "generic",
             "sluice bypass (generic)",
             "sluice tunnel (generic)",
             true,
+            false,
         ),
     ];
     if a.gro_ab {
-        sluice_cases.push(("native", "", "sluice tunnel (native, edge GRO off)", false));
+        sluice_cases.push((
+            "native",
+            "",
+            "sluice tunnel (native, edge GRO off)",
+            false,
+            false,
+        ));
     }
     // The PKI the OpenVPN baselines use too.
     let _ = Sluice::prepare(lab, &a.sluice, str::to_string);
-    for (mode, bypass_case, tunnel_case, gro) in sluice_cases {
+    for (mode, bypass_case, tunnel_case, gro, udp) in sluice_cases {
         let bypass = !bypass_case.is_empty() && a.wants(bypass_case);
         if !bypass && !a.wants(tunnel_case) {
             continue;
         }
         let mut s = Sluice::prepare(lab, &a.sluice, |c| {
-            c.replace("xdp_mode = \"auto\"", &format!("xdp_mode = \"{mode}\""))
+            let c = c.replace("xdp_mode = \"auto\"", &format!("xdp_mode = \"{mode}\""));
+            if udp {
+                c.replace("[tunnel]\n", "[tunnel]\ntransport = \"udp\"\n")
+            } else {
+                c
+            }
         });
         if !gro {
             s.edit_edge(|c| c.replace("[edge]\n", "[edge]\ntun_offload = false\n"));
@@ -755,6 +770,14 @@ fn run_round(lab: &Lab, a: &Args, traffic: &[Traffic], rows: &mut Vec<Row>) -> R
         }
         s.start_edge();
         s.start_gateway();
+        if udp {
+            // Measured once the tunnels carry their packets by datagram
+            // (every worker's comes up at the same time: a second more).
+            lab.wait_for("the datagram transport", Duration::from_secs(15), || {
+                lab.log("gateway").contains("packets now go by udp")
+            });
+            std::thread::sleep(Duration::from_secs(1));
+        }
         if bypass {
             run(rows, bypass_case, &bypassed)?;
         }
@@ -1100,7 +1123,13 @@ fn ratios(rows: &[Row], r: &Row) -> Vec<(&'static str, f64)> {
         };
         vs("no-op XDP", find(rows, noop, r.traffic).map(|k| k.gbps));
     }
-    if r.case.starts_with("sluice tunnel") {
+    if r.case.starts_with("sluice datagram") {
+        vs(
+            "sluice TLS",
+            find(rows, "sluice tunnel (native)", r.traffic).map(|k| k.gbps),
+        );
+    }
+    if r.case.starts_with("sluice tunnel") || r.case.starts_with("sluice datagram") {
         for t in TUNNELS {
             vs(t, find(rows, t, r.traffic).map(|k| k.gbps));
         }
@@ -1154,6 +1183,7 @@ fn markdown(rows: &[Row], a: &Args) -> String {
     let cols = [
         "kernel",
         "no-op XDP",
+        "sluice TLS",
         "boringtun",
         "wireguard-go",
         "OpenVPN UDP",

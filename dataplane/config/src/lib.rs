@@ -332,6 +332,11 @@ pub struct EdgeConfig {
     pub keepalive: Duration,
     /// Dead-peer timeout.
     pub idle_timeout: Duration,
+    /// Where the datagram transport listens (UDP, `edge.datagram_listen`;
+    /// default: `listen`'s address and port), or `None` with
+    /// `edge.datagrams = false`: gateways' offers are refused and their
+    /// tunnels stay on TLS.
+    pub datagram_listen: Option<SocketAddr>,
 }
 
 impl EdgeConfig {
@@ -344,6 +349,7 @@ impl EdgeConfig {
             idle_timeout: self.idle_timeout,
             gateways: self.gateways.clone(),
             reserved: self.reserved.clone(),
+            datagram_port: self.datagram_listen.map(|a| a.port()),
         }
     }
 }
@@ -480,6 +486,8 @@ struct RawEdge {
     metrics: Option<Spanned<String>>,
     keepalive_secs: Option<Spanned<u64>>,
     idle_timeout_secs: Option<Spanned<u64>>,
+    datagram_listen: Option<Spanned<String>>,
+    datagrams: Option<bool>,
 }
 
 /// Source text plus path: turns byte spans into `Invalid` errors.
@@ -1325,6 +1333,11 @@ impl EdgeConfig {
             e.idle_timeout_secs.as_ref(),
             "edge",
         )?;
+        let datagram_listen = match (e.datagrams, &e.datagram_listen) {
+            (Some(false), _) => None,
+            (_, Some(a)) => Some(d.sockaddr(a, "edge.datagram_listen")?),
+            (_, None) => Some(listen),
+        };
         Ok(Self {
             path: path.to_path_buf(),
             name: e.name.map_or_else(default_name, Spanned::into_inner),
@@ -1349,6 +1362,7 @@ impl EdgeConfig {
                 .transpose()?,
             keepalive,
             idle_timeout,
+            datagram_listen,
         })
     }
 }

@@ -1362,3 +1362,30 @@ fn datagram_transport_and_its_mtu() {
     assert_eq!(c.tunnel.mtu, 1400);
     std::fs::remove_dir_all(d).unwrap();
 }
+
+/// Review h24 (issue 16): with `transport = "udp"` and
+/// `transport_fallback = false`, a packet larger than a datagram carries
+/// (1418 bytes of IP packet over IPv6, 1438 over IPv4) is dropped
+/// (`drop_too_large`, `gateway/worker.rs` `send_one`), but the gateway's
+/// MTU guard (ICMP too big, MSS clamp) uses `tunnel.mtu`. An explicit
+/// `mtu = 1500` is accepted: full-size packets (and MSS-clamped TCP
+/// segments) vanish without an ICMP error, the silent black hole item 5
+/// of the issue rules out. Expect the configuration to be refused (or the
+/// MTU to be capped).
+#[test]
+fn review_h24_udp_without_fallback_refuses_an_mtu_no_datagram_carries() {
+    let d = dir();
+    let r = GatewayConfig::parse(
+        &d.join("gw.toml"),
+        &GOOD_GW.replace(
+            "key = \"gw.key\"",
+            "key = \"gw.key\"\ntransport = \"udp\"\ntransport_fallback = false\nmtu = 1500",
+        ),
+    );
+    let accepted_mtu = r.as_ref().ok().map(|c| c.tunnel.mtu);
+    std::fs::remove_dir_all(d).unwrap();
+    assert!(
+        accepted_mtu.is_none_or(|m| m <= sluice_core::policy::DEFAULT_DATAGRAM_MTU),
+        "accepted with an inner MTU of {accepted_mtu:?} that no datagram carries"
+    );
+}

@@ -102,8 +102,8 @@ use crate::{
 /// [`FD_PER_WORKER`] more per worker.
 const FD_RESERVE: u64 = 128;
 /// Descriptors of each worker besides connections: its listener, TUN
-/// queue, poller, waker and spare.
-const FD_PER_WORKER: u64 = 6;
+/// queue, datagram socket, poller, waker and spare.
+const FD_PER_WORKER: u64 = 7;
 
 /// Errors that stop the edge from starting.
 #[derive(Debug, thiserror::Error)]
@@ -238,6 +238,38 @@ fn listeners(listen: std::net::SocketAddr, workers: usize) -> Result<Vec<TcpList
         .collect())
 }
 
+/// The datagram transport's sockets, one per worker on `addr` (a
+/// `SO_REUSEPORT` group whose datagrams the kernel steers to the worker
+/// that owns their receiver id), or none if it is off.
+fn datagram_sockets(
+    addr: Option<std::net::SocketAddr>,
+    workers: usize,
+) -> Result<Vec<Option<sys::udp::UdpSocket>>, EdgeError> {
+    let Some(addr) = addr else {
+        return Ok((0..workers).map(|_| None).collect());
+    };
+    let what = || format!("datagram transport on udp {addr}");
+    let cfg = sys::udp::UdpConfig {
+        reuseport: workers > 1,
+        gro: true,
+        recv_buffer: Some(8 << 20),
+        send_buffer: Some(8 << 20),
+        ..sys::udp::UdpConfig::default()
+    };
+    let socks = (0..workers)
+        .map(|_| sys::udp::UdpSocket::bind(addr, &cfg))
+        .collect::<io::Result<Vec<_>>>()
+        .map_err(ioerr(what()))?;
+    if workers > 1 {
+        let n = u32::try_from(workers).unwrap_or(u32::MAX);
+        let steer = sys::udp::ReuseportSteering::receiver_id(n).map_err(ioerr(what()))?;
+        socks[0]
+            .attach_reuseport_cbpf(&steer)
+            .map_err(ioerr(what()))?;
+    }
+    Ok(socks.into_iter().map(Some).collect())
+}
+
 impl Edge {
     /// Raises the descriptor limit, loads TLS material, opens the TUN
     /// device (a queue per worker), configures the kernel (if
@@ -274,15 +306,25 @@ impl Edge {
             None
         };
         let listeners = listeners(cfg.listen, n)?;
+        let udps = datagram_sockets(cfg.datagram_listen, n)?;
         // Room for every handshake there can be (evictions), and a few
         // turns of connections passed between workers.
         let control = limits.max_handshakes as usize + 2 * ACCEPTS_PER_TURN * n;
         let mesh = Arc::new(Mesh::new(n, usize::from(cfg.tun_mtu).max(1500), control));
         let now = Instant::now();
         let mut workers = Vec::with_capacity(n);
-        for (i, (mut listener, tun)) in listeners.into_iter().zip(tuns).enumerate() {
+        for (i, ((mut listener, tun), udp)) in listeners.into_iter().zip(tuns).zip(udps).enumerate()
+        {
             let poll = Poll::new().map_err(ioerr("creating poller"))?;
             let reg = poll.registry();
+            let udp = match udp {
+                Some(mut sock) => {
+                    reg.register(&mut sock, worker::UDP, Interest::READABLE)
+                        .map_err(ioerr("registering the datagram socket"))?;
+                    Some(worker::UdpPath::new(sock))
+                }
+                None => None,
+            };
             reg.register(&mut listener, LISTENER, Interest::READABLE)
                 .map_err(ioerr("registering listener"))?;
             reg.register(
@@ -316,7 +358,7 @@ impl Edge {
                 core,
                 mesh.clone(),
                 port,
-                cfg.gateways.len(),
+                (cfg.gateways.len(), udp),
             ));
         }
         log_start(&cfg, &tun_name, n, nofile, &limits);

@@ -50,7 +50,37 @@ pub fn render(m: &EdgeMetrics, out: &mut String) {
     type Labelled<'a> = (&'a str, &'a str, &'a str, &'a [(&'a str, Field)]);
     const C: &str = "counter";
     const G: &str = "gauge";
-    let plain: [(&str, &str, &str, Field); 15] = [
+    let plain: [(&str, &str, &str, Field); 20] = [
+        (
+            "sluice_edge_datagrams_rx_total",
+            C,
+            "Datagrams received on the datagram transport's socket.",
+            |s| &s.datagrams_rx,
+        ),
+        (
+            "sluice_edge_datagrams_tx_total",
+            C,
+            "Datagrams sealed for gateways (packets, echo replies, key acknowledgements).",
+            |s| &s.datagrams_tx,
+        ),
+        (
+            "sluice_edge_datagram_rebinds_total",
+            C,
+            "Times a gateway's datagram address moved (NAT rebinding) after an authenticated datagram from the new one.",
+            |s| &s.datagram_rebinds,
+        ),
+        (
+            "sluice_edge_datagram_offers_refused_total",
+            C,
+            "Gateways' datagram offers refused (datagrams off, no receiver id free).",
+            |s| &s.datagram_refused,
+        ),
+        (
+            "sluice_edge_datagram_sessions",
+            G,
+            "Tunnels with the datagram transport set up.",
+            |s| &s.datagram_sessions,
+        ),
         (
             "sluice_edge_conns_accepted_total",
             C,
@@ -212,6 +242,24 @@ pub fn render(m: &EdgeMetrics, out: &mut String) {
             sample(out, name, C, help, &[(label, l)], m.sum(*f));
         }
     }
+    for (i, reason) in sluice_core::datagram::DropReason::ALL.iter().enumerate() {
+        let v: u64 = m
+            .cores
+            .iter()
+            .filter_map(|c| c.datagram_drops.get(i))
+            .map(|a| a.load(Relaxed))
+            .sum();
+        sample(
+            out,
+            "sluice_edge_datagram_drops_total",
+            C,
+            (i == 0).then_some(
+                "Datagrams dropped: unopened (malformed, unknown receiver, failed authentication, replayed, too old, stale or future key) or refused.",
+            ),
+            &[("reason", reason.name())],
+            v,
+        );
+    }
     let per: [(&str, &str, &str, GwField); 3] = [
         (
             "sluice_edge_gateway_tunnels",
@@ -266,6 +314,7 @@ pub fn render(m: &EdgeMetrics, out: &mut String) {
 
 /// The workers: how many, what the mesh carried, and per worker its
 /// tunnels, connections and packets both ways.
+#[allow(clippy::too_many_lines, reason = "the list of metrics, one row each")]
 fn render_workers(m: &EdgeMetrics, out: &mut String) {
     /// Name, kind, help, the value for a worker.
     type PerWorker = (
@@ -407,6 +456,7 @@ mod tests {
                 gw("branch-2", "198.18.2.0/24"),
             ],
             reserved: Vec::new(),
+            datagram_port: None,
         };
         let shared = Arc::new(
             Shared::new(

@@ -26,20 +26,36 @@ use mio::{
     net::{TcpListener, TcpStream},
 };
 
-use sluice_core::edge::{Accepted, ConnId, Core, Sent, TunDrop, ratelog, router::GatewayId};
+use sluice_core::edge::{
+    Accepted, ConnId, Core, DatagramSink, Sent, TunDrop, ratelog, router::GatewayId,
+};
 use sluice_runtime::driver;
 
 use crate::{
     EdgeError,
     gro::{Coalescer, VNET_HDR_LEN, VnetHdr},
     mesh::{Control, Mesh, Port},
-    sys::tun::Tun,
+    sys::{
+        tun::Tun,
+        udp::{RecvBatch, SendBatch, UdpSocket},
+    },
 };
 
 pub(crate) const LISTENER: Token = Token(0);
 pub(crate) const TUN: Token = Token(1);
 pub(crate) const WAKE: Token = Token(2);
-const FIRST_CONN: usize = 3;
+/// The datagram transport's socket (one of the edge's `SO_REUSEPORT`
+/// group, steered by receiver id).
+pub(crate) const UDP: Token = Token(3);
+const FIRST_CONN: usize = 4;
+/// Datagrams sealed per send batch.
+const UDP_SEND_BATCH: usize = sluice_sys::udp::MAX_BATCH;
+/// Room for one sealed datagram.
+const UDP_SLOT: usize = 1500;
+/// Messages per receive (each up to 64 KiB with GRO).
+const UDP_RECV_MESSAGES: usize = 8;
+/// Receives per loop turn before other work.
+const UDP_RECV_TURNS: usize = 8;
 /// Packets read from the TUN device per loop turn before other work (and
 /// replies handed over by other workers sent per turn).
 const TUN_BUDGET: usize = 256;
@@ -89,6 +105,75 @@ pub(crate) struct Worker {
     /// A descriptor kept in reserve: released to accept (and shed) one
     /// connection when `accept` says the process has none left.
     spare: Option<File>,
+    /// The datagram transport: its socket and batches, if it is on.
+    udp: Option<UdpPath>,
+}
+
+/// A worker's datagram socket and its preallocated batches.
+pub(crate) struct UdpPath {
+    sock: UdpSocket,
+    tx: SendBatch,
+    rx: RecvBatch,
+    /// Datagrams the socket did not take (dropped, as on a congested
+    /// link), not yet added to the counters.
+    dropped: u64,
+}
+
+impl UdpPath {
+    /// Worker's datagram socket `sock`, registered by the caller.
+    pub(crate) fn new(sock: UdpSocket) -> Self {
+        let slot = if sock.gro() {
+            sluice_sys::udp::GRO_SLOT_LEN
+        } else {
+            2048
+        };
+        Self {
+            sock,
+            tx: SendBatch::new(UDP_SEND_BATCH, UDP_SLOT),
+            rx: RecvBatch::new(UDP_RECV_MESSAGES, slot),
+            dropped: 0,
+        }
+    }
+
+    /// Sends the batch; what the socket does not take now is dropped.
+    fn flush(&mut self) {
+        flush_batch(&self.sock, &mut self.tx, &mut self.dropped);
+    }
+}
+
+fn flush_batch(sock: &UdpSocket, tx: &mut SendBatch, dropped: &mut u64) {
+    while !tx.is_empty() {
+        match sock.send_batch(tx) {
+            Ok(n) if n > 0 => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            _ => {
+                *dropped += tx.len() as u64;
+                tx.clear();
+            }
+        }
+    }
+}
+
+/// The core's datagrams go into the worker's send batch (sent when full
+/// and at the end of the turn).
+struct Sink<'a> {
+    udp: Option<&'a mut UdpPath>,
+}
+
+impl DatagramSink for Sink<'_> {
+    fn slot(&mut self) -> Option<&mut [u8]> {
+        let u = self.udp.as_deref_mut()?;
+        if u.tx.is_full() {
+            flush_batch(&u.sock, &mut u.tx, &mut u.dropped);
+        }
+        u.tx.slot()
+    }
+
+    fn commit(&mut self, len: usize, to: std::net::SocketAddr) {
+        if let Some(u) = self.udp.as_deref_mut() {
+            u.tx.commit(len, Some(to));
+        }
+    }
 }
 
 impl std::fmt::Debug for Worker {
@@ -121,7 +206,7 @@ impl Worker {
         core: Core,
         mesh: Arc<Mesh>,
         port: Port,
-        gateways: usize,
+        (gateways, udp): (usize, Option<UdpPath>),
     ) -> Self {
         Self {
             index,
@@ -137,6 +222,7 @@ impl Worker {
             ready_tunnels: vec![0; gateways],
             ready_gateways: Vec::new(),
             spare: File::open("/dev/null").ok(),
+            udp,
         }
     }
 
@@ -149,6 +235,7 @@ impl Worker {
     pub(crate) fn run(&mut self, stop: &AtomicBool) -> Result<(), EdgeError> {
         let mut events = Events::with_capacity(1024);
         let mut tun_ready = false;
+        let mut udp_ready = false;
         let mut listener_ready = false;
         let mut handed_more = false;
         let mut accept_paused_until: Option<Instant> = None;
@@ -161,6 +248,7 @@ impl Worker {
             let now = Instant::now();
             let accept_now = listener_ready && accept_paused_until.is_none_or(|t| now >= t);
             let timeout = if tun_ready
+                || udp_ready
                 || accept_now
                 || handed_more
                 || !self.ready.is_empty()
@@ -189,6 +277,7 @@ impl Worker {
                 match ev.token() {
                     LISTENER => listener_ready = true,
                     TUN => tun_ready = true,
+                    UDP => udp_ready = true,
                     WAKE => {}
                     Token(t) => {
                         let id = (t - FIRST_CONN) as ConnId;
@@ -214,13 +303,16 @@ impl Worker {
                 }
             }
             self.read_ready(now);
+            if udp_ready {
+                udp_ready = self.read_udp(now);
+            }
             if tun_ready {
-                match self.read_tun(&mut buf) {
+                match self.read_tun(&mut buf, now) {
                     Ok(more) => tun_ready = more,
                     Err(e) => break Err(e),
                 }
             }
-            handed_more = self.send_handed();
+            handed_more = self.send_handed(now);
             if now >= self.core.poll_timeout() {
                 self.core.handle_timeout(now);
             }
@@ -311,24 +403,23 @@ impl Worker {
             };
             // A worker with fewer connections takes it: the kernel's hash
             // alone can put a gateway's tunnels on one worker.
-            if let Some(to) = self.port.place(&self.mesh) {
-                match self
-                    .port
-                    .send(&self.mesh, to, Control::Adopt { stream: sock, peer })
-                {
-                    Ok(()) => {
-                        self.port.passed(&self.mesh);
-                        continue;
-                    }
-                    Err(Control::Adopt { stream, peer }) => {
-                        self.mesh.unplace(to);
-                        self.register(stream, peer, now, false);
-                    }
-                    Err(Control::Evict { .. }) => {}
-                }
+            let Some(to) = self.port.place(&self.mesh) else {
+                self.register(sock, peer, now, false);
                 continue;
+            };
+            match self
+                .port
+                .send(&self.mesh, to, Control::Adopt { stream: sock, peer })
+            {
+                Ok(()) => self.port.passed(&self.mesh),
+                // Its queue is full: this worker keeps it.
+                Err(Control::Adopt { stream, peer }) => {
+                    self.mesh.unplace(to);
+                    self.register(stream, peer, now, false);
+                }
+                // Not what was sent (`send` gives back what it was given).
+                Err(Control::Evict { .. }) => {}
             }
-            self.register(sock, peer, now, false);
         }
         AcceptTurn::Budget
     }
@@ -511,7 +602,7 @@ impl Worker {
     /// reach a tunnel any more. Running on would keep every tunnel up
     /// while nothing is forwarded; the edge stops (non-zero) instead, so
     /// its service manager restarts it and gateways see it go.
-    fn read_tun(&mut self, buf: &mut [u8]) -> Result<bool, EdgeError> {
+    fn read_tun(&mut self, buf: &mut [u8], now: Instant) -> Result<bool, EdgeError> {
         let mut t = Tally::default();
         let mut more = true;
         let vnet = self.tun.has_vnet_hdr();
@@ -553,8 +644,11 @@ impl Worker {
             } else {
                 &buf[..n]
             };
-            match self.core.tun_packet(pkt) {
-                Ok(Sent::Queued) => {
+            let mut sink = Sink {
+                udp: self.udp.as_mut(),
+            };
+            match self.core.tun_packet_via(pkt, now, &mut sink) {
+                Ok(Sent::Queued | Sent::Datagram) => {
                     t.ok += 1;
                     t.bytes += pkt.len() as u64;
                 }
@@ -571,11 +665,14 @@ impl Worker {
 
     /// Sends the replies other workers handed over (up to a budget);
     /// true if more wait.
-    fn send_handed(&mut self) -> bool {
+    fn send_handed(&mut self, now: Instant) -> bool {
         let mut t = Tally::default();
         let core = &mut self.core;
+        let mut sink = Sink {
+            udp: self.udp.as_mut(),
+        };
         let more = self.port.handed(&self.mesh, TUN_BUDGET, |pkt| {
-            match core.handed_packet(pkt) {
+            match core.handed_packet_via(pkt, now, &mut sink) {
                 Ok(()) => {
                     t.ok += 1;
                     t.bytes += pkt.len() as u64;
@@ -587,8 +684,74 @@ impl Worker {
         more
     }
 
+    /// Reads datagrams (a few batches) into the core, their packets to
+    /// the TUN device as the tunnels' are. Returns true if more may be
+    /// waiting.
+    fn read_udp(&mut self, now: Instant) -> bool {
+        let Some(u) = self.udp.as_mut() else {
+            return false;
+        };
+        let stats = self.core.stats();
+        let mut writer = TunWriter {
+            tun: &self.tun,
+            writes: 0,
+            merged: 0,
+            dropped: 0,
+            gso_refused: false,
+        };
+        let mut delivered = 0u64;
+        let mut more = false;
+        for _ in 0..UDP_RECV_TURNS {
+            // WouldBlock, or an error reported for an earlier send:
+            // nothing more now.
+            if u.sock.recv_batch(&mut u.rx).is_err() {
+                more = false;
+                break;
+            }
+            let gro = &mut self.gro;
+            for (from, d) in u.rx.records_mut() {
+                let _ = self.core.datagram(from, d, now, &mut |pkt| {
+                    delivered += 1;
+                    match gro.as_deref_mut() {
+                        Some(g) => g.push(pkt, &mut |h, b| writer.write(h, b)),
+                        None => writer.write_plain(pkt),
+                    }
+                });
+            }
+            more = u.rx.messages() == u.rx.slots();
+            if !more {
+                break;
+            }
+        }
+        if let Some(g) = self.gro.as_deref_mut() {
+            g.flush(&mut |h, b| writer.write(h, b));
+            if writer.gso_refused {
+                g.disable();
+            }
+        }
+        stats
+            .to_kernel_packets
+            .fetch_add(delivered.saturating_sub(writer.dropped), Relaxed);
+        stats.drop_tun_write.fetch_add(writer.dropped, Relaxed);
+        stats.tun_writes.fetch_add(writer.writes, Relaxed);
+        stats.gro_merged.fetch_add(writer.merged, Relaxed);
+        // Echo replies and key acknowledgements.
+        let mut sink = Sink { udp: Some(u) };
+        self.core.poll_datagram_transmit(now, &mut sink);
+        more
+    }
+
     /// Writes every connection with bytes to send.
     fn flush(&mut self, now: Instant) {
+        if let Some(u) = self.udp.as_mut() {
+            u.flush();
+            if u.dropped > 0 {
+                self.core
+                    .stats()
+                    .drop_backpressure
+                    .fetch_add(std::mem::take(&mut u.dropped), Relaxed);
+            }
+        }
         while let Some(id) = self.core.poll_dirty() {
             if let Some(Some(s)) = self.socks.get_mut(id as usize) {
                 self.core
@@ -682,3 +845,7 @@ impl TunWriter<'_> {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "review_h24.rs"]
+mod review_h24;

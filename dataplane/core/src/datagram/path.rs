@@ -518,3 +518,43 @@ mod tests {
         assert!(events(&mut p).is_empty());
     }
 }
+
+/// Review h24 (issue 16): findings shown as failing tests.
+#[cfg(test)]
+mod review_h24 {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    /// Any authenticated datagram from the edge keeps the path on UDP
+    /// (`handle_received` moves `last_rx`), but it proves only the edge
+    /// to gateway direction. If gateway-to-edge datagrams are lost (an
+    /// egress UDP filter on the branch, or one whose inbound conntrack
+    /// entry outlives the block) while the edge keeps sending a
+    /// downstream flow (a stream, a call, retransmissions), no probe is
+    /// answered for as long as the flow lasts and the path never falls
+    /// back: every upstream packet of the tenant is black-holed.
+    #[test]
+    fn review_h24_gateway_to_edge_loss_is_hidden_by_downstream_data() {
+        let t0 = Instant::now();
+        let mut p = Path::new(PathConfig::default(), t0);
+        p.handle_accepted(t0);
+        let mut now = t0;
+        while now < t0 + Duration::from_secs(10) {
+            p.handle_timeout(now);
+            // Both ways for 2 s, then only edge -> gateway.
+            let upstream_ok = now < t0 + Duration::from_secs(2);
+            if p.poll_probe(now) && upstream_ok {
+                p.handle_probe_reply(now + MS);
+            }
+            // A downstream packet every 20 ms authenticates.
+            p.handle_received(now);
+            now += 20 * MS;
+        }
+        assert!(
+            !p.uses_datagrams(),
+            "8 s without an answered probe and packets still go by UDP ({:?})",
+            p.state()
+        );
+    }
+}

@@ -53,10 +53,52 @@ use super::{
     stats::EdgeStats,
 };
 use crate::{
+    datagram::{DatagramConfig, DatagramSession, DropReason, ReceiverTable},
     lpm::Advise,
-    tunnel::{AeadProvider, CloseReason, Event, SendError, Session, SessionConfig, printable},
-    wire::{ip, tunnel::CloseCode},
+    tunnel::{
+        AeadProvider, CloseReason, DatagramControl, Event, SendError, Session, SessionConfig,
+        printable,
+    },
+    wire::{
+        ip,
+        tunnel::{CloseCode, DatagramSetup, FrameType},
+    },
 };
+
+/// Where the edge's datagrams go: the driver's send batch (slots it seals
+/// into, each sent to its address). The core seals; the driver sends.
+pub trait DatagramSink {
+    /// Room for one datagram, or `None` (the packet then takes the TLS
+    /// stream). A sink that is full sends what it holds first.
+    fn slot(&mut self) -> Option<&mut [u8]>;
+    /// The slot just given holds a datagram of `len` bytes for `to`.
+    fn commit(&mut self, len: usize, to: SocketAddr);
+}
+
+/// A sink that takes nothing: every packet takes the TLS stream.
+#[derive(Debug, Default)]
+pub struct NoDatagrams;
+
+impl DatagramSink for NoDatagrams {
+    fn slot(&mut self) -> Option<&mut [u8]> {
+        None
+    }
+
+    fn commit(&mut self, _: usize, _: SocketAddr) {}
+}
+
+/// A tunnel's datagram transport, edge side.
+#[derive(Debug)]
+struct Datagrams {
+    session: DatagramSession,
+    /// Where the gateway's datagrams come from: the source of the newest
+    /// authenticated one (NAT rebinding, as `WireGuard`'s rule).
+    peer: Option<SocketAddr>,
+    /// The gateway asked for its packets by datagram (`DATAGRAM_USE`).
+    use_udp: bool,
+    /// Queued in `Core::dgram_dirty` (the session has records to send).
+    dirty: bool,
+}
 
 /// CLOSE code the edge sends a peer it refuses after its handshake
 /// (unknown gateway, too many tunnels).
@@ -92,6 +134,9 @@ struct Conn {
     closing_since: Option<Instant>,
     /// Queued in `dirty`.
     dirty: bool,
+    /// The datagram transport, once the gateway offered it and the edge
+    /// accepted.
+    dgram: Option<Box<Datagrams>>,
 }
 
 /// Rate-limited log kinds.
@@ -122,6 +167,18 @@ pub struct Core {
     next_tick: Instant,
     stats: Arc<EdgeStats>,
     logs: Logs,
+    /// The datagram transport's port, if it is on.
+    datagram_port: Option<u16>,
+    /// This worker's datagram sessions by receiver id: (slot, generation).
+    receivers: ReceiverTable<(ConnId, u32)>,
+    /// Workers of the edge: this one's receiver ids are `worker` modulo
+    /// it (the kernel steers datagrams to the worker by it).
+    workers: u32,
+    /// Receiver ids are drawn from this (xorshift; seeded per worker).
+    id_state: u64,
+    /// Connections whose datagram session has records to send.
+    dgram_dirty: Vec<ConnId>,
+    dgram_cfg: DatagramConfig,
 }
 
 /// Where [`Core::tun_packet`] sent a packet.
@@ -132,6 +189,8 @@ pub enum Sent {
     /// Nowhere yet: this worker holds no live route to its destination
     /// but worker `0` does. Hand it over ([`Core::handed_packet`]).
     HandOff(WorkerId),
+    /// Sealed into a datagram of the sink.
+    Datagram,
 }
 
 /// The outcome of [`Core::accept`].
@@ -177,6 +236,15 @@ impl Core {
         let stats = EdgeStats::new(cfg.gateways.iter().map(|g| g.name.clone()));
         let window = Duration::from_secs(10);
         let limits = *shared.limits();
+        // The seed only spreads receiver ids (they are sent in the clear;
+        // the AEAD, not the id, authenticates a datagram): the standard
+        // library's per-process hash keys, no clock and no secret.
+        let seed = {
+            use std::hash::{BuildHasher as _, Hasher as _};
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u16(worker);
+            h.finish() | 1
+        };
         Self {
             tls,
             session: SessionConfig {
@@ -204,6 +272,15 @@ impl Core {
                 refused: RateLog::new(10, window),
                 handshake: RateLog::new(10, window),
                 tunnel: RateLog::new(50, window),
+            },
+            datagram_port: cfg.datagram_port,
+            receivers: ReceiverTable::new(limits.max_tunnels as usize),
+            workers: u32::try_from(shared.workers()).unwrap_or(1).max(1),
+            id_state: seed,
+            dgram_dirty: Vec::new(),
+            dgram_cfg: DatagramConfig {
+                aead,
+                ..DatagramConfig::default()
             },
         }
     }
@@ -316,7 +393,14 @@ impl Core {
                 return Accepted::Refused;
             }
         }
-        let tls = match rustls::server::UnbufferedServerConnection::new(self.tls.clone()) {
+        // The exporter is captured only when datagrams can be offered.
+        let tls = if self.datagram_port.is_some() {
+            crate::datagram::keys::server(&self.tls).map(|(h, e)| (h, Some(e)))
+        } else {
+            rustls::server::UnbufferedServerConnection::new(self.tls.clone())
+                .map(|c| (c.into(), None))
+        };
+        let tls = match tls {
             Ok(t) => t,
             Err(e) => {
                 log::warn!("connection from {peer}: {e}");
@@ -330,13 +414,18 @@ impl Core {
             (self.conns.len() - 1) as ConnId
         });
         debug_assert_eq!(id, slot);
+        let sess = match tls {
+            (h, Some(exporter)) => Session::with_exporter(h, exporter, self.session.clone(), now),
+            (h, None) => Session::new(h, self.session.clone(), now),
+        };
         self.conns[id as usize] = Some(Conn {
-            sess: Session::new(tls.into(), self.session.clone(), now),
+            sess,
             peer,
             generation,
             phase: Phase::Handshake,
             closing_since: None,
             dirty: false,
+            dgram: None,
         });
         self.stats.conns_active.fetch_add(1, Relaxed);
         self.stats
@@ -371,11 +460,25 @@ impl Core {
         // The TLS handshake completes while receiving; the session's close
         // is read from it (`after_io`), its HELLO from `poll_packet`.
         let mut authenticated = false;
+        let mut controls = [None; crate::tunnel::CONTROL_EVENTS];
+        let mut n_controls = 0;
         while let Some(ev) = c.sess.poll_event() {
-            authenticated |= matches!(ev, Event::Authenticated { .. });
+            match ev {
+                Event::Authenticated { .. } => authenticated = true,
+                Event::Datagram(ctl) => {
+                    if let Some(slot) = controls.get_mut(n_controls) {
+                        *slot = Some(ctl);
+                        n_controls += 1;
+                    }
+                }
+                _ => {}
+            }
         }
         if authenticated && c.phase == Phase::Handshake && !c.sess.is_closed() {
             self.authenticate(id, now);
+        }
+        for ctl in controls.into_iter().flatten() {
+            self.datagram_control(id, ctl, now);
         }
         let Some(c) = self.conns.get_mut(id as usize).and_then(Option::as_mut) else {
             return false;
@@ -402,25 +505,7 @@ impl Core {
                     Err(r) => refused[r as usize] += 1,
                 }
             }
-            let s = &self.stats;
-            s.to_kernel_bytes.fetch_add(bytes, Relaxed);
-            s.drop_malformed
-                .fetch_add(refused[Refused::Malformed as usize], Relaxed);
-            s.drop_spoofed
-                .fetch_add(refused[Refused::Spoofed as usize], Relaxed);
-            s.drop_to_gateway
-                .fetch_add(refused[Refused::ToGateway as usize], Relaxed);
-            s.drop_reserved
-                .fetch_add(refused[Refused::Reserved as usize], Relaxed);
-            s.route_quota.fetch_add(quota, Relaxed);
-            s.routes.store(self.router.routes() as u64, Relaxed);
-            if let Some(g) = s.gateways.get(usize::from(gw)) {
-                g.spoofed
-                    .fetch_add(refused[Refused::Spoofed as usize], Relaxed);
-                g.packets.fetch_add(ok, Relaxed);
-                g.routes
-                    .store(u64::from(self.router.gateway_routes(gw)), Relaxed);
-            }
+            self.count_inbound(gw, (ok, bytes, quota), &refused);
             // The packets' count goes up once written: the driver adds it
             // (a write may fail).
         } else {
@@ -437,6 +522,237 @@ impl Core {
         }
         self.after_io(id, now);
         more
+    }
+
+    /// Counts what a batch of a tunnel's packets did (`ok`, `bytes`,
+    /// `quota`) and why others were refused.
+    fn count_inbound(
+        &self,
+        gw: GatewayId,
+        (ok, bytes, quota): (u64, u64, u64),
+        refused: &[u64; 4],
+    ) {
+        let s = &self.stats;
+        s.to_kernel_bytes.fetch_add(bytes, Relaxed);
+        s.drop_malformed
+            .fetch_add(refused[Refused::Malformed as usize], Relaxed);
+        s.drop_spoofed
+            .fetch_add(refused[Refused::Spoofed as usize], Relaxed);
+        s.drop_to_gateway
+            .fetch_add(refused[Refused::ToGateway as usize], Relaxed);
+        s.drop_reserved
+            .fetch_add(refused[Refused::Reserved as usize], Relaxed);
+        s.route_quota.fetch_add(quota, Relaxed);
+        s.routes.store(self.router.routes() as u64, Relaxed);
+        if let Some(g) = s.gateways.get(usize::from(gw)) {
+            g.spoofed
+                .fetch_add(refused[Refused::Spoofed as usize], Relaxed);
+            g.packets.fetch_add(ok, Relaxed);
+            g.routes
+                .store(u64::from(self.router.gateway_routes(gw)), Relaxed);
+        }
+    }
+
+    /// A datagram-transport control frame from tunnel `id`'s gateway: an
+    /// offer is answered (accepted with a receiver id and the port, or
+    /// refused with port 0); `DATAGRAM_USE` picks how its packets go.
+    fn datagram_control(&mut self, id: ConnId, ctl: DatagramControl, now: Instant) {
+        match ctl {
+            DatagramControl::Offer(offer) => self.datagram_offer(id, offer, now),
+            DatagramControl::Use(on) => {
+                if let Some(d) = self.conn_mut(id).and_then(|c| c.dgram.as_mut()) {
+                    d.use_udp = on;
+                }
+            }
+            // The edge offers nothing: an ACCEPT from a gateway is ignored.
+            DatagramControl::Accept(_) => {}
+        }
+    }
+
+    fn datagram_offer(&mut self, id: ConnId, offer: DatagramSetup, now: Instant) {
+        let Some(c) = self.conns.get_mut(id as usize).and_then(Option::as_mut) else {
+            return;
+        };
+        if !matches!(c.phase, Phase::Tunnel(_)) || c.dgram.is_some() {
+            return;
+        }
+        let generation = c.generation;
+        let mut answer = DatagramSetup {
+            receiver_id: 0,
+            port: 0,
+        };
+        let keys = match (self.datagram_port, offer.receiver_id) {
+            (Some(_), 1..) => c.sess.take_datagram_keys().and_then(Result::ok),
+            _ => None,
+        };
+        if let (Some(keys), Some(port)) = (keys, self.datagram_port) {
+            let rid = self.new_receiver_id();
+            let session = rid.and_then(|rid| {
+                DatagramSession::new(keys, rid, offer.receiver_id, self.dgram_cfg.clone(), now).ok()
+            });
+            if let (Some(rid), Some(session)) = (rid, session)
+                && self.receivers.insert(rid, (id, generation)).is_ok()
+            {
+                answer = DatagramSetup {
+                    receiver_id: rid,
+                    port,
+                };
+                if let Some(c) = self.conns.get_mut(id as usize).and_then(Option::as_mut) {
+                    c.dgram = Some(Box::new(Datagrams {
+                        session,
+                        peer: None,
+                        use_udp: false,
+                        dirty: false,
+                    }));
+                }
+                self.stats.datagram_sessions.fetch_add(1, Relaxed);
+            }
+        }
+        if answer.port == 0 {
+            self.stats.datagram_refused.fetch_add(1, Relaxed);
+        }
+        if let Some(c) = self.conns.get_mut(id as usize).and_then(Option::as_mut) {
+            let _ = c
+                .sess
+                .send_datagram_control(&answer.frame(FrameType::DatagramAccept));
+        }
+        self.after_io(id, now);
+    }
+
+    /// A receiver id not in use, that the kernel steers to this worker
+    /// (`id % workers == worker`); `None` after a few tries (a table that
+    /// full refuses the offer).
+    fn new_receiver_id(&mut self) -> Option<u32> {
+        for _ in 0..16 {
+            let mut x = self.id_state;
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            self.id_state = x;
+            let base = u32::try_from(x >> 32).unwrap_or(1);
+            let w = u32::from(self.worker) % self.workers;
+            let id = base - base % self.workers + w;
+            if id != 0 && self.receivers.get(id).is_none() {
+                return Some(id);
+            }
+        }
+        None
+    }
+
+    /// A datagram received from `from` on the datagram transport's
+    /// socket: routed by its receiver id to its tunnel, opened in place,
+    /// each packet through the same checks as the tunnel's
+    /// ([`Router::inbound`]) to `deliver`. If it is the newest the session
+    /// has authenticated, `from` becomes the gateway's datagram address
+    /// (NAT rebinding). Echo requests are answered
+    /// ([`Core::poll_datagram_transmit`]).
+    ///
+    /// # Errors
+    /// Why it was dropped (counted here, by reason).
+    pub fn datagram(
+        &mut self,
+        from: SocketAddr,
+        d: &mut [u8],
+        now: Instant,
+        deliver: &mut dyn FnMut(&[u8]),
+    ) -> Result<(), DropReason> {
+        self.stats.datagrams_rx.fetch_add(1, Relaxed);
+        let r = self.datagram_in(from, d, now, deliver);
+        if let Err(reason) = r
+            && let Some(c) = self.stats.datagram_drops.get(
+                DropReason::ALL
+                    .iter()
+                    .position(|x| *x == reason)
+                    .unwrap_or(0),
+            )
+        {
+            c.fetch_add(1, Relaxed);
+        }
+        r
+    }
+
+    fn datagram_in(
+        &mut self,
+        from: SocketAddr,
+        d: &mut [u8],
+        now: Instant,
+        deliver: &mut dyn FnMut(&[u8]),
+    ) -> Result<(), DropReason> {
+        let (_, &mut (id, generation)) = self.receivers.route(d)?;
+        let Some(c) = self
+            .conns
+            .get_mut(id as usize)
+            .and_then(Option::as_mut)
+            .filter(|c| c.generation == generation)
+        else {
+            return Err(DropReason::UnknownReceiver);
+        };
+        let Phase::Tunnel(gw) = c.phase else {
+            return Err(DropReason::Closed);
+        };
+        let Some(dg) = c.dgram.as_mut() else {
+            return Err(DropReason::UnknownReceiver);
+        };
+        let opened = dg.session.open(d, now)?;
+        if opened.newest && dg.peer != Some(from) {
+            if dg.peer.is_some() {
+                self.stats.datagram_rebinds.fetch_add(1, Relaxed);
+            }
+            dg.peer = Some(from);
+        }
+        if dg.session.wants_transmit() && !dg.dirty {
+            dg.dirty = true;
+            self.dgram_dirty.push(id);
+        }
+        let t = TunnelRef {
+            slot: id,
+            generation,
+            gateway: gw,
+        };
+        let (mut ok, mut bytes, mut quota) = (0u64, 0u64, 0u64);
+        let mut refused = [0u64; 4];
+        for pkt in opened.packets(d) {
+            match self.router.inbound(t, pkt) {
+                Ok(learnt) => {
+                    if learnt == Learnt::OverQuota {
+                        quota += 1;
+                    }
+                    ok += 1;
+                    bytes += pkt.len() as u64;
+                    deliver(pkt);
+                }
+                Err(r) => refused[r as usize] += 1,
+            }
+        }
+        self.count_inbound(gw, (ok, bytes, quota), &refused);
+        Ok(())
+    }
+
+    /// Sends what datagram sessions want sent (echo replies, the empty
+    /// record that acknowledges a new key) into `sink`.
+    pub fn poll_datagram_transmit(&mut self, now: Instant, sink: &mut dyn DatagramSink) {
+        while let Some(id) = self.dgram_dirty.pop() {
+            let Some(dg) = self
+                .conns
+                .get_mut(id as usize)
+                .and_then(Option::as_mut)
+                .and_then(|c| c.dgram.as_mut())
+            else {
+                continue;
+            };
+            dg.dirty = false;
+            let Some(to) = dg.peer else { continue };
+            while dg.session.wants_transmit() {
+                let Some(slot) = sink.slot() else { break };
+                match dg.session.poll_transmit(now, slot) {
+                    Ok(Some(n)) => {
+                        sink.commit(n, to);
+                        self.stats.datagrams_tx.fetch_add(1, Relaxed);
+                    }
+                    Ok(None) | Err(_) => break,
+                }
+            }
+        }
     }
 
     /// The TLS handshake of `id` is done: bind it to a gateway, within
@@ -600,8 +916,12 @@ impl Core {
             self.closing(id, now);
         }
         if let Some(slot) = self.conns.get_mut(id as usize)
-            && slot.take().is_some()
+            && let Some(c) = slot.take()
         {
+            if let Some(d) = c.dgram {
+                self.receivers.remove(d.session.local_id());
+                self.stats.datagram_sessions.fetch_sub(1, Relaxed);
+            }
             self.closed.push(id);
             self.stats.conns_active.fetch_sub(1, Relaxed);
             self.stats.conns_closed.fetch_add(1, Relaxed);
@@ -617,7 +937,42 @@ impl Core {
     /// Why it was dropped (counted by the caller).
     #[inline]
     pub fn tun_packet(&mut self, pkt: &[u8]) -> Result<Sent, TunDrop> {
-        self.tun_packet_to(pkt, true)
+        self.tun_packet_to(pkt, true, &mut NoDatagrams, None)
+    }
+
+    /// [`Core::tun_packet`], with the datagram transport: a packet for a
+    /// tunnel whose gateway asked for datagrams (and whose address is
+    /// known) is sealed into `sink` ([`Sent::Datagram`]); one too large
+    /// for a datagram, or with the sink giving no room, takes the TLS
+    /// stream.
+    ///
+    /// # Errors
+    /// Why it was dropped (counted by the caller).
+    #[inline]
+    pub fn tun_packet_via(
+        &mut self,
+        pkt: &[u8],
+        now: Instant,
+        sink: &mut dyn DatagramSink,
+    ) -> Result<Sent, TunDrop> {
+        self.tun_packet_to(pkt, true, sink, Some(now))
+    }
+
+    /// [`Core::handed_packet`] with the datagram transport (see
+    /// [`Core::tun_packet_via`]).
+    ///
+    /// # Errors
+    /// Why it was dropped (counted by the caller).
+    pub fn handed_packet_via(
+        &mut self,
+        pkt: &[u8],
+        now: Instant,
+        sink: &mut dyn DatagramSink,
+    ) -> Result<(), TunDrop> {
+        match self.tun_packet_to(pkt, false, sink, Some(now))? {
+            Sent::Queued | Sent::Datagram => Ok(()),
+            Sent::HandOff(_) => Err(TunDrop::NoRoute),
+        }
     }
 
     /// A packet another worker handed over ([`Sent::HandOff`]): into this
@@ -627,14 +982,20 @@ impl Core {
     /// # Errors
     /// Why it was dropped (counted by the caller).
     pub fn handed_packet(&mut self, pkt: &[u8]) -> Result<(), TunDrop> {
-        match self.tun_packet_to(pkt, false)? {
-            Sent::Queued => Ok(()),
+        match self.tun_packet_to(pkt, false, &mut NoDatagrams, None)? {
+            Sent::Queued | Sent::Datagram => Ok(()),
             Sent::HandOff(_) => Err(TunDrop::NoRoute),
         }
     }
 
     #[inline]
-    fn tun_packet_to(&mut self, pkt: &[u8], hand_off: bool) -> Result<Sent, TunDrop> {
+    fn tun_packet_to(
+        &mut self,
+        pkt: &[u8],
+        hand_off: bool,
+        sink: &mut dyn DatagramSink,
+        now: Option<Instant>,
+    ) -> Result<Sent, TunDrop> {
         let p = ip::Packet::new_checked(pkt).map_err(|_| TunDrop::Malformed)?;
         let dst = p.dst();
         let here = self.router.outbound(dst).and_then(|t| {
@@ -650,6 +1011,19 @@ impl Core {
                 _ => Err(TunDrop::NoRoute),
             };
         };
+        if let (Some(dg), Some(now)) = (c.dgram.as_mut(), now)
+            && dg.use_udp
+            && let Some(to) = dg.peer
+            && let Some(slot) = sink.slot()
+        {
+            // Too large for a datagram, or the key is spent: the TLS
+            // stream carries it.
+            if let Ok(sealed) = dg.session.seal(&[p.as_bytes()], now, slot) {
+                sink.commit(sealed.len, to);
+                self.stats.datagrams_tx.fetch_add(1, Relaxed);
+                return Ok(Sent::Datagram);
+            }
+        }
         match c.sess.send_packet(p.as_bytes()) {
             Ok(()) => {
                 if !c.dirty {
@@ -803,3 +1177,7 @@ pub enum TunDrop {
 fn describe(r: &CloseReason) -> String {
     printable(&format!("{r:?}"), 64)
 }
+
+#[cfg(test)]
+#[path = "review_h24.rs"]
+mod review_h24;

@@ -33,7 +33,7 @@ pub mod shared;
 pub mod stats;
 
 pub use self::{
-    conns::{Accepted, CLOSE_REFUSED, ConnId, Core, Sent, TunDrop},
+    conns::{Accepted, CLOSE_REFUSED, ConnId, Core, DatagramSink, NoDatagrams, Sent, TunDrop},
     directory::{MAX_WORKERS, WorkerId},
     shared::{Pending, Shared},
 };
@@ -113,4 +113,8 @@ pub struct Settings {
     pub gateways: Vec<EdgeGateway>,
     /// Every destination packets from tunnels never reach.
     pub reserved: Vec<Prefix>,
+    /// The UDP port of the datagram transport (on the edge's address the
+    /// gateway connected to), or `None`: offers are refused and every
+    /// tunnel stays on TLS.
+    pub datagram_port: Option<u16>,
 }

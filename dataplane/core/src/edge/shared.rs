@@ -297,6 +297,7 @@ mod tests {
             idle_timeout: Duration::from_secs(15),
             gateways: vec![gw("a", "192.0.2.0/24", 3), gw("b", "198.18.2.0/24", 8)],
             reserved: Vec::new(),
+            datagram_port: None,
         };
         Shared::new(&cfg, limits, &crate::lpm::NoAdvice, workers).unwrap()
     }

@@ -93,6 +93,20 @@ pub struct EdgeStats {
     /// `max_routes` was reached (they are still forwarded; replies to them
     /// are not).
     pub route_quota: AtomicU64,
+    /// Datagrams received on the datagram transport's socket.
+    pub datagrams_rx: AtomicU64,
+    /// Datagrams sent on it.
+    pub datagrams_tx: AtomicU64,
+    /// Datagrams dropped unopened or refused, by
+    /// [`crate::datagram::DropReason::ALL`]'s order.
+    pub datagram_drops: [AtomicU64; 8],
+    /// Times a gateway's datagram address moved (NAT rebinding) after a
+    /// datagram from the new address authenticated.
+    pub datagram_rebinds: AtomicU64,
+    /// Offers of the datagram transport refused (disabled, table full).
+    pub datagram_refused: AtomicU64,
+    /// Tunnels with the datagram transport set up (a gauge).
+    pub datagram_sessions: AtomicU64,
     /// Per gateway, in configuration order.
     pub gateways: Vec<GatewayStats>,
 }

@@ -1160,3 +1160,150 @@ fn randomized_faults_keep_the_invariants() {
     }
     assert!(failovers >= 10, "only {failovers} failovers checked");
 }
+
+// ---- review h24 (issue 16): findings shown as failing tests ----
+
+/// The gateway (`gateway/src/gateway/edges.rs`, `Edges::link_state`)
+/// tells the classifier "tunnel lost" as soon as one edge has failed
+/// (`failed_once`, set by any `Event::Down`) while no edge is active. At
+/// start, one edge that refuses at once (or a name that does not
+/// resolve) while another edge is still in its TLS handshake is no
+/// outage, yet the tenant is reported lost: a fail-open profile (or a
+/// fail-closed one within its captive-portal grace) sends must-tunnel
+/// traffic direct meanwhile, and the grace series starts.
+#[test]
+fn review_h24_one_edge_failing_at_start_reports_the_tenant_lost_while_another_connects() {
+    let mut sim = Sim::new(&set(&[0, 0]));
+    sim.refuse[0] = true; // a: its port is closed (refused at once)
+    sim.connect[1] = Some(ms(150)); // b: a far edge, TLS takes 150 ms
+    let mut lost_for = Duration::ZERO;
+    let mut t = Duration::ZERO;
+    while t < ms(400) {
+        t += MS;
+        sim.run_until(t);
+        // edges.rs: LINK_LOST = failed_once && active().is_none().
+        let failed_once = sim
+            .events
+            .iter()
+            .any(|(_, e)| matches!(e, Event::Down { .. }));
+        if failed_once && sim.sel.active().is_none() {
+            lost_for += MS;
+        }
+    }
+    assert_eq!(sim.active(), Some("b"));
+    assert_eq!(
+        lost_for,
+        Duration::ZERO,
+        "the tenant reads as lost for {lost_for:?} while `b` was still connecting"
+    );
+}
+
+/// After a failure, a DNS-named edge is resolved again and no attempt is
+/// made while that resolution is pending (`Edge::ready` wants
+/// `!resolving()`), though the edge still has its last addresses. A
+/// resolver that hangs (unreachable DNS server) holds every retry of
+/// that edge back by `connect_timeout` (5 s) instead of the backoff
+/// (100 ms): recovery after an outage is that much slower.
+#[test]
+fn review_h24_a_hung_reresolution_holds_back_the_retry_with_known_addresses() {
+    let mut set = set(&[0]);
+    set.settings.standby = 0;
+    set.edges[0].address = "edge.example.net:4443".parse().unwrap();
+    let t0 = Instant::now();
+    let mut sel = Selector::new(&set, t0).unwrap();
+    let e = sel.id("a").unwrap();
+    while sel.poll_action().is_some() {}
+    let addr: SocketAddr = "198.51.100.10:4443".parse().unwrap();
+    sel.handle_resolved(e, &[addr], t0 + ms(5));
+    while sel.poll_action().is_some() {}
+    sel.handle_connected(e, t0 + ms(50));
+    while sel.poll_action().is_some() {}
+    // The edge restarts; the resolution asked for never answers.
+    sel.handle_failed(e, Failure::Transport, t0 + ms(1000));
+    let mut first_retry = None;
+    let mut t = ms(1000);
+    while t < ms(8000) && first_retry.is_none() {
+        t += ms(10);
+        sel.handle_timeout(t0 + t);
+        while let Some(a) = sel.poll_action() {
+            if matches!(a, Action::Connect { .. }) {
+                first_retry.get_or_insert(t);
+            }
+        }
+    }
+    let retry = first_retry.expect("retried at all");
+    assert!(
+        retry <= ms(1500),
+        "first retry {:?} after the failure (backoff_min 100 ms, last address known)",
+        retry - ms(1000)
+    );
+}
+
+/// The gateway makes an edge active as soon as its TLS session is up and
+/// only then offers it datagrams (`edges.rs`: `handle_connected` before
+/// `offer_datagrams`); failback (here `immediate`, as the README's
+/// example) looks at TLS probes only. With `transport_fallback = false`,
+/// an edge whose TLS works but whose UDP is black-holed takes the traffic
+/// back every time it reconnects, drops every must-tunnel packet for the
+/// path's `setup_timeout` (2 s, `Path::tls_allowed` is false in
+/// `Trying`), fails, and is failed back to again after its backoff: a
+/// black hole every few seconds, and each switch breaks the tenant's
+/// NATed connections. This drives `Selector` and `datagram::path::Path`
+/// as `Edges` does.
+#[test]
+fn review_h24_failback_to_an_edge_whose_udp_is_blocked_black_holes_repeatedly() {
+    use crate::datagram::path::{Path, PathConfig, PathEvent};
+    let mut set = set(&[0, 1]);
+    set.settings.failback = Failback::Immediate;
+    let cfg = PathConfig {
+        fallback: false,
+        ..PathConfig::default()
+    };
+    let mut sim = Sim::new(&set);
+    let udp_ok = [false, true]; // a: UDP black-holed (TLS fine); b: fine
+    let mut paths: [Option<Path>; 2] = [None, None];
+    let step = ms(10);
+    let mut t = Duration::ZERO;
+    // Time during which an edge is active whose transport may carry
+    // nothing (packets dropped by `Edges::sender`).
+    let mut dark = Duration::ZERO;
+    while t < ms(60_000) {
+        t += step;
+        sim.run_until(t);
+        let now = sim.now;
+        for (i, name) in ["a", "b"].into_iter().enumerate() {
+            if !matches!(sim.phase(name), Phase::Active | Phase::Standby) {
+                paths[i] = None;
+                continue;
+            }
+            let p = paths[i].get_or_insert_with(|| {
+                // Offered on Up; the edge accepts within a round trip.
+                let mut p = Path::new(cfg, now);
+                p.handle_accepted(now);
+                p
+            });
+            p.handle_timeout(now);
+            if p.poll_probe(now) && udp_ok[i] {
+                p.handle_probe_reply(now);
+            }
+            let failed = std::iter::from_fn(|| p.poll_event()).any(|e| e == PathEvent::Failed);
+            if failed {
+                paths[i] = None;
+                sim.fail(name, Failure::Transport);
+            }
+        }
+        if let Some(a) = sim.sel.active() {
+            let usable = paths[a.index()]
+                .as_ref()
+                .is_some_and(|p| p.uses_datagrams() || p.tls_allowed());
+            if !usable {
+                dark += step;
+            }
+        }
+    }
+    let switches = sim.switches().len();
+    assert!(
+        dark <= ms(2500) && switches <= 3,
+        "in 60 s: {dark:?} with an active edge that carries nothing, {switches} switches (each breaks NATed connections)"
+    );
+}
