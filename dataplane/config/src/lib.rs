@@ -1164,6 +1164,20 @@ impl GatewayConfig {
             "tunnel.transport",
         )?;
         let mtu = d.tunnel_mtu(tun.mtu.as_ref(), transport.primary)?;
+        if let Some(m) = &tun.mtu
+            && transport.primary == sluice_core::datagram::path::Transport::Udp
+            && !transport.fallback
+            && mtu > sluice_core::policy::DEFAULT_DATAGRAM_MTU
+        {
+            return Err(d.err(
+                m.span(),
+                "tunnel.mtu",
+                format!(
+                    "with transport = \"udp\" and transport_fallback = false, at most {} (what one datagram carries): larger packets would have no way through",
+                    sluice_core::policy::DEFAULT_DATAGRAM_MTU
+                ),
+            ));
+        }
         let tunnel = TunnelConfig {
             edge,
             edges,

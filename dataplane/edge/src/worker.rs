@@ -141,11 +141,16 @@ impl UdpPath {
     }
 }
 
+/// Sends `tx` until it is empty. The socket's buffer full: the rest is
+/// dropped (counted), as on a congested link. Any other error is one
+/// datagram's (a destination the kernel refuses): `send_batch` has
+/// dropped that one (counted here) and the others still go.
 fn flush_batch(sock: &UdpSocket, tx: &mut SendBatch, dropped: &mut u64) {
     while !tx.is_empty() {
         match sock.send_batch(tx) {
             Ok(n) if n > 0 => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() != io::ErrorKind::WouldBlock => *dropped += 1,
             _ => {
                 *dropped += tx.len() as u64;
                 tx.clear();

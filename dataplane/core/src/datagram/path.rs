@@ -19,9 +19,12 @@
 //!   [`PathConfig::probe_interval`]; packets go by TLS until the first
 //!   probe is answered (UDP blocked from the start never black-holes a
 //!   packet).
-//! - `Datagrams`: packets go by UDP. If no datagram has authenticated for
-//!   [`PathConfig::fallback_after`] (probes keep going every interval, so
-//!   silence means loss), the path falls back.
+//! - `Datagrams`: packets go by UDP. If no probe has been answered for
+//!   [`PathConfig::fallback_after`] (probes go every interval), the path
+//!   falls back. Only answered probes count: datagrams arriving from the
+//!   edge prove the edge-to-gateway direction alone, and a path that
+//!   loses everything the gateway sends must not stay on UDP because the
+//!   edge keeps streaming.
 //! - `Fallback`: packets go by TLS again; probes continue, and after
 //!   [`PathConfig::recover_after`] probes answered in a row the path goes
 //!   back to `Datagrams`.
@@ -142,6 +145,8 @@ pub struct Path {
     since: Instant,
     /// The last authenticated datagram.
     last_rx: Option<Instant>,
+    /// The last answered probe (both directions work).
+    last_answer: Option<Instant>,
     /// When the next probe is due (states that probe).
     next_probe: Option<Instant>,
     /// Probes answered in a row.
@@ -166,6 +171,7 @@ impl Path {
             state,
             since: now,
             last_rx: None,
+            last_answer: None,
             next_probe: None,
             streak: 0,
             answered: true,
@@ -213,14 +219,22 @@ impl Path {
         }
     }
 
-    /// A datagram authenticated (data or an echo reply): UDP works.
+    /// A datagram authenticated (data or an echo reply): the edge to
+    /// gateway direction works (for status; the fallback waits for
+    /// answered probes, which prove both directions).
     pub fn handle_received(&mut self, now: Instant) {
         self.last_rx = Some(now);
+    }
+
+    /// The last authenticated datagram, if any.
+    pub fn last_received(&self) -> Option<Instant> {
+        self.last_rx
     }
 
     /// A UDP echo probe was answered.
     pub fn handle_probe_reply(&mut self, now: Instant) {
         self.last_rx = Some(now);
+        self.last_answer = Some(now);
         if !self.answered {
             self.answered = true;
             self.streak = self.streak.saturating_add(1);
@@ -261,7 +275,7 @@ impl Path {
         match self.state {
             PathState::Offered if now >= self.since + self.cfg.setup_timeout => self.give_up(now),
             PathState::Datagrams => {
-                let last = self.last_rx.unwrap_or(self.since).max(self.since);
+                let last = self.last_answer.unwrap_or(self.since).max(self.since);
                 if now >= last + self.cfg.fallback_after {
                     self.streak = 0;
                     if self.cfg.fallback {
@@ -284,9 +298,9 @@ impl Path {
     pub fn poll_timeout(&self) -> Option<Instant> {
         let state = match self.state {
             PathState::Offered => Some(self.since + self.cfg.setup_timeout),
-            PathState::Datagrams => {
-                Some(self.last_rx.unwrap_or(self.since).max(self.since) + self.cfg.fallback_after)
-            }
+            PathState::Datagrams => Some(
+                self.last_answer.unwrap_or(self.since).max(self.since) + self.cfg.fallback_after,
+            ),
             PathState::Trying if !self.cfg.fallback => Some(self.since + self.cfg.setup_timeout),
             _ => None,
         };

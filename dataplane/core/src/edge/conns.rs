@@ -181,6 +181,18 @@ pub struct Core {
     dgram_cfg: DatagramConfig,
 }
 
+/// Whether the edge may send datagrams to `a` (a gateway's reply
+/// address): a unicast address and a port.
+fn sendable(a: SocketAddr) -> bool {
+    a.port() != 0
+        && !a.ip().is_unspecified()
+        && !a.ip().is_multicast()
+        && match a.ip() {
+            std::net::IpAddr::V4(v4) => !v4.is_broadcast(),
+            std::net::IpAddr::V6(_) => true,
+        }
+}
+
 /// Where [`Core::tun_packet`] sent a packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Sent {
@@ -514,6 +526,24 @@ impl Core {
             // control frames.
             while c.sess.poll_packet().is_some() {}
         }
+        // Control frames are parsed as the packets are drained: the
+        // datagram transport's OFFER and USE that came with this read are
+        // answered now, not at the gateway's next read.
+        let mut controls = [None; crate::tunnel::CONTROL_EVENTS];
+        let mut n_controls = 0;
+        if let Some(c) = self.conns.get_mut(id as usize).and_then(Option::as_mut) {
+            while let Some(ev) = c.sess.poll_event() {
+                if let Event::Datagram(ctl) = ev
+                    && let Some(slot) = controls.get_mut(n_controls)
+                {
+                    *slot = Some(ctl);
+                    n_controls += 1;
+                }
+            }
+        }
+        for ctl in controls.into_iter().flatten() {
+            self.datagram_control(id, ctl, now);
+        }
         if let Err(e) = &res
             && let Some(c) = self.conn(id)
             && !c.sess.is_closed()
@@ -629,9 +659,11 @@ impl Core {
             x ^= x >> 7;
             x ^= x << 17;
             self.id_state = x;
-            let base = u32::try_from(x >> 32).unwrap_or(1);
+            // Ids are `k * workers + worker`, with `k` below
+            // `u32::MAX / workers`: no overflow for any worker count.
+            let k = u32::try_from(x >> 32).unwrap_or(1) % (u32::MAX / self.workers);
             let w = u32::from(self.worker) % self.workers;
-            let id = base - base % self.workers + w;
+            let id = k * self.workers + w;
             if id != 0 && self.receivers.get(id).is_none() {
                 return Some(id);
             }
@@ -694,7 +726,11 @@ impl Core {
             return Err(DropReason::UnknownReceiver);
         };
         let opened = dg.session.open(d, now)?;
-        if opened.newest && dg.peer != Some(from) {
+        // Never a reply address the edge cannot send to (port 0, an
+        // unspecified, multicast or broadcast address): one refused
+        // destination must not be adopted, even from an authenticated
+        // datagram.
+        if opened.newest && dg.peer != Some(from) && sendable(from) {
             if dg.peer.is_some() {
                 self.stats.datagram_rebinds.fetch_add(1, Relaxed);
             }

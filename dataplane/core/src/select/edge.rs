@@ -152,10 +152,12 @@ impl Edge {
             && !self.resolving()
     }
 
-    /// Idle with an address to try and no resolution in flight (a failed
-    /// re-resolution leaves the older addresses in use).
+    /// Idle with an address to try. A re-resolution in flight does not
+    /// hold the attempt back: the last addresses are tried meanwhile (a
+    /// resolver that hangs would otherwise delay every retry by the
+    /// connect timeout), and a failed one leaves them in use.
     pub(super) fn ready(&self) -> bool {
-        self.state == State::Idle && !self.addrs.is_empty() && !self.resolving()
+        self.state == State::Idle && !self.addrs.is_empty()
     }
 
     /// The address the next attempt uses.

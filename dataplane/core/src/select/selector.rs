@@ -101,6 +101,16 @@ impl Selector {
         Ok(s)
     }
 
+    /// Whether an attempt is under way (an edge connecting or its name
+    /// resolving): with no edge active, the tenant is only lost (the
+    /// classifier's fail-open and grace begin) once nothing is still
+    /// trying.
+    pub fn attempting(&self) -> bool {
+        self.edges
+            .iter()
+            .any(|e| e.is_connecting() || e.resolving())
+    }
+
     /// The edge that carries the tenant's traffic now; `None`: no edge is
     /// up, and must-tunnel traffic is held (bounded) or dropped and
     /// counted by the caller, never sent direct.

@@ -355,6 +355,7 @@ fn same_tunnel(a: &TunnelConfig, b: &TunnelConfig) -> bool {
     a.edge == b.edge
         && a.edges == b.edges
         && a.mtu == b.mtu
+        && a.transport == b.transport
         && a.keepalive == b.keepalive
         && a.idle_timeout == b.idle_timeout
         && a.coalesce_delay == b.coalesce_delay

@@ -152,8 +152,10 @@ impl Udp {
             match self.sock.send_batch(&mut self.tx) {
                 Ok(n) if n > 0 => tally.sent += n as u64,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                // Nothing taken (would block), or an error the socket
-                // reports: the rest is lost.
+                // One datagram refused (send_batch dropped it): the
+                // others still go.
+                Err(e) if e.kind() != io::ErrorKind::WouldBlock => tally.send_dropped += 1,
+                // Nothing taken (the buffer is full): the rest is lost.
                 _ => {
                     tally.send_dropped += self.tx.len() as u64;
                     self.tx.clear();
@@ -255,6 +257,10 @@ struct EdgeDatagrams {
     udp: Option<Udp>,
     /// UDP probes sent (their sequence numbers).
     probes: u64,
+    /// Its TLS session is up but the selector is not told yet: the
+    /// tenant allows no TLS fallback, so the edge counts as connected
+    /// only once its datagram path carries packets.
+    awaiting_udp: bool,
 }
 
 /// Where a packet for the tenant goes now.
@@ -385,11 +391,20 @@ impl Edges {
     pub(super) fn link_state(&self) -> u64 {
         if self.active().is_some() {
             super::stats::LINK_UP
-        } else if self.failed_once {
+        } else if self.failed_once && !self.selector.attempting() {
+            // Lost only once no edge is still trying: one edge refusing
+            // while another is in its handshake is no outage (a fail-open
+            // profile would go direct, a grace would start).
             super::stats::LINK_LOST
         } else {
             super::stats::LINK_UNKNOWN
         }
+    }
+
+    /// Whether an edge counts as connected only once its datagrams flow
+    /// (UDP primary, no TLS fallback).
+    fn strict_udp(&self) -> bool {
+        self.transport.primary == Transport::Udp && !self.transport.fallback
     }
 
     /// Where the tenant's packets go now: the active edge's datagram
@@ -560,6 +575,10 @@ impl Edges {
                 if let Some(s) = self.links[e].as_mut().and_then(Link::session_mut) {
                     let _ = s.send_datagram_control(&datagram_use_frame(t == Transport::Udp));
                 }
+                if t == Transport::Udp && std::mem::take(&mut self.datagrams[e].awaiting_udp) {
+                    let id = self.id(e);
+                    self.selector.handle_connected(id, now);
+                }
             }
             PathEvent::Failed => {
                 log::warn!(
@@ -569,7 +588,14 @@ impl Edges {
                 );
                 news.failures += 1;
                 let id = self.id(e);
-                self.selector.handle_failed(id, Failure::Transport, now);
+                // Never connected as far as the selector knows: a failed
+                // attempt (its backoff grows), not a transport error.
+                let failure = if std::mem::take(&mut self.datagrams[e].awaiting_udp) {
+                    Failure::Connect
+                } else {
+                    Failure::Transport
+                };
+                self.selector.handle_failed(id, failure, now);
             }
         }
     }
@@ -578,6 +604,7 @@ impl Edges {
     fn drop_datagrams(&mut self, e: usize, registry: &Registry) {
         let d = &mut self.datagrams[e];
         d.path = None;
+        d.awaiting_udp = false;
         if let Some(mut u) = d.udp.take() {
             let _ = registry.deregister(&mut u.sock);
         }
@@ -688,7 +715,11 @@ impl Edges {
                 );
                 news.connects += 1;
                 self.up[e] = true;
-                self.selector.handle_connected(id, now);
+                if self.strict_udp() {
+                    self.datagrams[e].awaiting_udp = true;
+                } else {
+                    self.selector.handle_connected(id, now);
+                }
                 self.offer_datagrams(e, now);
             }
             LinkEvent::ConnectFailed { step, error } => {

@@ -1016,12 +1016,17 @@ fn send_one(out: &mut Sender<'_>, bytes: &[u8], i: usize, t: &mut Tally, now: In
                     t.tenant_tx[i] += 1;
                     return;
                 }
-                (Err(SealError::TooLarge), Some(s)) => s,
+                // Too large for a datagram, the datagram key spent or its
+                // session closed: the TLS stream carries it if allowed.
+                (
+                    Err(SealError::TooLarge | SealError::KeyExhausted | SealError::Closed),
+                    Some(s),
+                ) => s,
                 (Err(SealError::TooLarge), None) => {
                     t.drop_too_large += 1;
                     return;
                 }
-                (Err(SealError::KeyExhausted | SealError::Closed), _) => {
+                (Err(SealError::KeyExhausted | SealError::Closed), None) => {
                     t.drop_down += 1;
                     return;
                 }
