@@ -11,6 +11,7 @@ mod datagram;
 mod edge;
 mod edge_cores;
 mod endpoint;
+mod failover;
 mod faults;
 mod fragments;
 mod neighbors;

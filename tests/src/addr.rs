@@ -24,6 +24,26 @@
 //! - A second branch, `client2` (198.18.2.10, `2001:db8:12::10`) behind
 //!   `gw2` (LAN .1, WAN 198.51.100.9/30 and `2001:db8:22::1` towards `inet`
 //!   `gw20`), is wired the same way, for tests with several gateways.
+//! - Labs built with [`Lab::with_edges`](crate::Lab::with_edges) have up to
+//!   two more edges, each in a namespace of its own (an edge routes the
+//!   branches' prefixes into its TUN and masquerades to its own address, so
+//!   two edges cannot share one), wired to `inet` like the first:
+//!
+//! ```text
+//!                          inet                          edge2
+//!                          edge20 ───────────── wan0
+//!                          198.51.100.14/30    198.51.100.13
+//!                          2001:db8:32::14/64  2001:db8:32::13
+//!                                                        edge3
+//!                          edge30 ───────────── wan0
+//!                          198.51.100.18/30    198.51.100.17
+//!                          2001:db8:33::18/64  2001:db8:33::17
+//! ```
+//!
+//!   `inet`'s address towards each edge ([`INET_EDGE_SIDE_V4`],
+//!   [`INET_EDGE2_SIDE_V4`], [`INET_EDGE3_SIDE_V4`]) is where the failover
+//!   tests' delay relays ([`crate::relay`]) listen for that edge: the
+//!   gateway reaches edge N through its relay, with the relay's delay.
 //! - Nothing is connected to the host's own network.
 use std::net::{Ipv4Addr, Ipv6Addr};
 
@@ -63,6 +83,23 @@ pub const INET_EDGE_SIDE_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 3, 0, 0, 0,
 pub const EDGE_WAN_V4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 5);
 /// `edge` `wan0`: `2001:db8:3::5/64`, where the gateway reaches the edge.
 pub const EDGE_WAN_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 3, 0, 0, 0, 0, 5);
+
+/// `edge2` `wan0`: `198.51.100.13/30` (labs with a second edge).
+pub const EDGE2_WAN_V4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 13);
+/// `edge2` `wan0`: `2001:db8:32::13/64`.
+pub const EDGE2_WAN_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x32, 0, 0, 0, 0, 0x13);
+/// `inet` `edge20`: `198.51.100.14/30`, `edge2`'s default route.
+pub const INET_EDGE2_SIDE_V4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 14);
+/// `inet` `edge20`: `2001:db8:32::14/64`, `edge2`'s default route.
+pub const INET_EDGE2_SIDE_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x32, 0, 0, 0, 0, 0x14);
+/// `edge3` `wan0`: `198.51.100.17/30` (labs with a third edge).
+pub const EDGE3_WAN_V4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 17);
+/// `edge3` `wan0`: `2001:db8:33::17/64`.
+pub const EDGE3_WAN_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x33, 0, 0, 0, 0, 0x17);
+/// `inet` `edge30`: `198.51.100.18/30`, `edge3`'s default route.
+pub const INET_EDGE3_SIDE_V4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 18);
+/// `inet` `edge30`: `2001:db8:33::18/64`, `edge3`'s default route.
+pub const INET_EDGE3_SIDE_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x33, 0, 0, 0, 0, 0x18);
 
 /// Server address on `inet` `srv0` whose traffic is meant to be TUNNELLED
 /// (reaches the server from the edge): `203.0.113.10/32`.
@@ -116,7 +153,9 @@ pub mod ifname {
     pub const GW_LAN: &str = "lan0";
     /// `gw`'s WAN interface (peer of `inet` [`INET_GW_SIDE`]).
     pub const GW_WAN: &str = "wan0";
-    /// `edge`'s WAN interface (peer of `inet` [`INET_EDGE_SIDE`]).
+    /// `edge`'s WAN interface (peer of `inet` [`INET_EDGE_SIDE`]); also
+    /// that of `edge2` and `edge3` (peers of [`INET_EDGE2_SIDE`],
+    /// [`INET_EDGE3_SIDE`]).
     pub const EDGE_WAN: &str = "wan0";
     /// `inet`'s interface towards `gw`.
     pub const INET_GW_SIDE: &str = "gw0";
@@ -124,6 +163,10 @@ pub mod ifname {
     pub const INET_GW2_SIDE: &str = "gw20";
     /// `inet`'s interface towards `edge`.
     pub const INET_EDGE_SIDE: &str = "edge0";
+    /// `inet`'s interface towards `edge2` (labs with a second edge).
+    pub const INET_EDGE2_SIDE: &str = "edge20";
+    /// `inet`'s interface towards `edge3` (labs with a third edge).
+    pub const INET_EDGE3_SIDE: &str = "edge30";
     /// `inet`'s interface carrying the server addresses: a `dummy`, or on
     /// kernels without `CONFIG_DUMMY` one end of a veth pair whose other end
     /// ([`INET_SERVERS_PEER`]) is unused.

@@ -2,12 +2,12 @@
 //! configurations, an edge in `edge` and a gateway in `gw`. Shared by the
 //! end-to-end tests, the demo and the lab benchmark.
 use std::{
-    net::SocketAddr,
+    net::{Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
-use crate::{Host, Lab, ProcId};
+use crate::{Host, Lab, ProcId, addr, counter};
 
 /// The gateway's default configuration (paths relative to the file).
 pub const GATEWAY_TOML: &str = include_str!("../configs/gateway.toml");
@@ -19,6 +19,177 @@ pub const GATEWAY_METRICS: &str = "http://127.0.0.1:9477/metrics";
 pub const EDGE_METRICS: &str = "http://127.0.0.1:9478/metrics";
 /// The edge's tunnel endpoint.
 pub const EDGE_ADDR: &str = "198.51.100.5:4443";
+
+/// One of the lab's edges as sluice runs there ([`Lab::with_edges`] has
+/// up to three): the first is the `edge` every lab has, configured by
+/// [`EDGE_TOML`]; the others run a copy of the first's configuration
+/// (with [`Sluice::edit_edge`]'s edits) under their own name and metrics
+/// port, in their own namespace, where the shared `listen = "[::]:4443"`
+/// is their own WAN address (v4 and v6) and nobody else's. All present
+/// the same certificate (the gateway checks one `server_name` for all of a
+/// tenant's edges).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EdgeSite {
+    /// Its namespace.
+    pub host: Host,
+    /// `edge.name` in its configuration, also its name in the gateway's
+    /// `edges` list ([`with_edges`]).
+    pub name: &'static str,
+    /// Its process's name in the lab (its log is `<log>.log`).
+    pub log: &'static str,
+    /// Its configuration file in [`Sluice::conf_dir`].
+    pub file: &'static str,
+    /// Its `edge.metrics` address (inside its namespace).
+    pub metrics_addr: &'static str,
+    /// Its WAN address, from which the servers see its tunnelled traffic.
+    pub wan_v4: Ipv4Addr,
+    /// `inet`'s address towards it: where the failover tests' relay for it
+    /// listens.
+    pub relay_v4: Ipv4Addr,
+    /// The `inet` counter of its packets to the tunnelled server
+    /// ([`counter`]).
+    pub to_tunnelled_v4: &'static str,
+}
+
+/// The port every edge listens on.
+pub const EDGE_PORT: u16 = 4443;
+
+/// The lab's edges, in [`Host::EDGES`] order.
+pub const EDGE_SITES: [EdgeSite; 3] = [
+    EdgeSite {
+        host: Host::Edge,
+        name: "edge-1",
+        log: "edge",
+        file: "edge.toml",
+        metrics_addr: "127.0.0.1:9478",
+        wan_v4: addr::EDGE_WAN_V4,
+        relay_v4: addr::INET_EDGE_SIDE_V4,
+        to_tunnelled_v4: counter::EDGE_TO_TUNNELLED_V4,
+    },
+    EdgeSite {
+        host: Host::Edge2,
+        name: "edge-2",
+        log: "edge2",
+        file: "edge2.toml",
+        metrics_addr: "127.0.0.1:9479",
+        wan_v4: addr::EDGE2_WAN_V4,
+        relay_v4: addr::INET_EDGE2_SIDE_V4,
+        to_tunnelled_v4: counter::EDGE2_TO_TUNNELLED_V4,
+    },
+    EdgeSite {
+        host: Host::Edge3,
+        name: "edge-3",
+        log: "edge3",
+        file: "edge3.toml",
+        metrics_addr: "127.0.0.1:9480",
+        wan_v4: addr::EDGE3_WAN_V4,
+        relay_v4: addr::INET_EDGE3_SIDE_V4,
+        to_tunnelled_v4: counter::EDGE3_TO_TUNNELLED_V4,
+    },
+];
+
+impl EdgeSite {
+    /// The site of edge `h`.
+    ///
+    /// # Panics
+    /// If `h` is not an edge.
+    pub fn of(h: Host) -> &'static EdgeSite {
+        EDGE_SITES
+            .iter()
+            .find(|s| s.host == h)
+            .unwrap_or_else(|| panic!("sluice-lab: {h} is not an edge"))
+    }
+
+    /// The edge whose WAN address is `ip` (what a server saw).
+    pub fn by_wan(ip: std::net::IpAddr) -> Option<&'static EdgeSite> {
+        EDGE_SITES
+            .iter()
+            .find(|s| std::net::IpAddr::V4(s.wan_v4) == ip)
+    }
+
+    /// Its tunnel endpoint.
+    pub fn addr(&self) -> SocketAddr {
+        (self.wan_v4, EDGE_PORT).into()
+    }
+
+    /// Where its relay listens (see [`crate::relay`]).
+    pub fn relay_addr(&self) -> SocketAddr {
+        (self.relay_v4, EDGE_PORT).into()
+    }
+
+    /// Its metrics URL (inside its namespace).
+    pub fn metrics_url(&self) -> String {
+        format!("http://{}/metrics", self.metrics_addr)
+    }
+
+    /// Its configuration: the first edge's `text` under its own name and
+    /// metrics address.
+    fn config(&self, text: &str) -> String {
+        let first = &EDGE_SITES[0];
+        text.replacen(
+            &format!("name = \"{}\"", first.name),
+            &format!("name = \"{}\"", self.name),
+            1,
+        )
+        .replacen(
+            &format!("metrics = \"{}\"", first.metrics_addr),
+            &format!("metrics = \"{}\"", self.metrics_addr),
+            1,
+        )
+    }
+}
+
+/// One entry of a tenant's `edges` list: the edge, where the gateway
+/// reaches it (its own address, or its relay's), its priority.
+pub type EdgeEntry = (&'static EdgeSite, SocketAddr, u32);
+
+/// The gateway's file with its single `edge` replaced by a list of
+/// `edges` (named as the edges name themselves) and `selection` (lines of
+/// `[tunnel.selection]`, e.g. `"standby = 2\nfailback = \"never\""`).
+///
+/// # Panics
+/// If the file has no `edge = "..."` line in `[tunnel]` or no `[bypass]`.
+pub fn with_edges(gateway_toml: &str, edges: &[EdgeEntry], selection: &str) -> String {
+    let list: Vec<String> = edges
+        .iter()
+        .map(|(site, addr, prio)| {
+            format!(
+                "  {{ name = \"{}\", address = \"{addr}\", priority = {prio} }},",
+                site.name
+            )
+        })
+        .collect();
+    let old = format!("edge = \"{EDGE_ADDR}\"\n");
+    assert!(
+        gateway_toml.contains(&old) && gateway_toml.contains("\n[bypass]\n"),
+        "sluice-lab: with_edges: no `{}` or no [bypass] in\n{gateway_toml}",
+        old.trim_end()
+    );
+    gateway_toml
+        .replacen(&old, &format!("edges = [\n{}\n]\n", list.join("\n")), 1)
+        .replacen(
+            "\n[bypass]\n",
+            &format!("\n[tunnel.selection]\n{selection}\n\n[bypass]\n"),
+            1,
+        )
+}
+
+/// The lab's gateway file with its `[bypass]` lists moved into a default
+/// profile (`[[profile]]` named `default`) that also has `setting` (e.g.
+/// `fail = "open"`, `captive_portal_grace_secs = 2`).
+///
+/// # Panics
+/// If the file has no `[bypass]`.
+pub fn with_default_profile(gateway_toml: &str, setting: &str) -> String {
+    let (head, _) = gateway_toml
+        .split_once("[bypass]")
+        .expect("sluice-lab: with_default_profile: no [bypass]");
+    format!(
+        "{head}[[profile]]\nname = \"default\"\n\
+         exclude = [\"203.0.113.20/32\", \"2001:db8:100::20/128\"]\n\
+         domains = [\"*.bypass.example\"]\n{setting}\n"
+    )
+}
 
 /// The gateway host's inner address in endpoint mode (inside `branch-1`'s
 /// prefixes at the edge once [`edge_with_endpoint`] is applied).
@@ -57,8 +228,10 @@ pub struct Sluice<'a> {
     lab: &'a Lab,
     bin: PathBuf,
     conf: PathBuf,
-    /// The edge process.
+    /// The edge process (the first edge, `edge`).
     pub edge: Option<ProcId>,
+    /// The processes of the second and third edges ([`Lab::with_edges`]).
+    others: [Option<ProcId>; 2],
     /// The gateway process.
     pub gateway: Option<ProcId>,
     /// CPUs the gateway and the edge are confined to (`taskset`), if any.
@@ -109,6 +282,7 @@ impl<'a> Sluice<'a> {
             bin: bin.to_path_buf(),
             conf,
             edge: None,
+            others: [None, None],
             gateway: None,
             pin: None,
         }
@@ -161,38 +335,95 @@ impl<'a> Sluice<'a> {
     /// # Panics
     /// If it does not listen within 10 s (the message has its log).
     pub fn start_edge(&mut self) {
-        let cfg = self.conf.join("edge.toml").to_string_lossy().into_owned();
+        self.start_edge_at(Host::Edge);
+    }
+
+    /// Starts edge `h` ([`Host::EDGES`]; a second or third edge writes its
+    /// configuration first, see [`EdgeSite`]) and waits until it accepts
+    /// connections.
+    ///
+    /// # Panics
+    /// If `h` is no edge of the lab, or it does not listen within 10 s
+    /// (the message has its log).
+    pub fn start_edge_at(&mut self, h: Host) {
+        let site = EdgeSite::of(h);
+        if h != Host::Edge {
+            let first = std::fs::read_to_string(self.conf.join("edge.toml")).expect("edge.toml");
+            std::fs::write(self.conf.join(site.file), site.config(&first))
+                .unwrap_or_else(|e| panic!("writing {}: {e}", site.file));
+        }
+        let cfg = self.conf.join(site.file).to_string_lossy().into_owned();
         let bin = self.bin.to_string_lossy().into_owned();
         let argv = Self::pinned(self.pin.map(|p| p.1), &[&bin, "edge", "--config", &cfg]);
         let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
         let id = self
             .lab
-            .spawn_env(Host::Edge, "edge", &argv, &[("RUST_LOG", "info")]);
-        let addr: SocketAddr = EDGE_ADDR.parse().expect("edge address");
-        self.lab
-            .wait_for("the edge to listen", Duration::from_secs(10), || {
+            .spawn_env(h, site.log, &argv, &[("RUST_LOG", "info")]);
+        self.lab.wait_for(
+            &format!("{} to listen", site.name),
+            Duration::from_secs(10),
+            || {
                 assert!(
                     self.lab.is_running(id),
-                    "sluice edge exited:\n{}",
-                    self.lab.log("edge")
+                    "sluice edge {} exited:\n{}",
+                    site.name,
+                    self.lab.log(site.log)
                 );
                 !self
                     .lab
-                    .run(
-                        Host::Edge,
-                        &["ss", "-Hltn", &format!("sport = :{}", addr.port())],
-                    )
+                    .run(h, &["ss", "-Hltn", &format!("sport = :{EDGE_PORT}")])
                     .stdout
                     .is_empty()
-            });
-        self.edge = Some(id);
+            },
+        );
+        *self.edge_slot(h) = Some(id);
+    }
+
+    /// The process of edge `h`, if it was started and not stopped.
+    pub fn edge_at(&self, h: Host) -> Option<ProcId> {
+        match h {
+            Host::Edge => self.edge,
+            Host::Edge2 => self.others[0],
+            Host::Edge3 => self.others[1],
+            _ => None,
+        }
+    }
+
+    fn edge_slot(&mut self, h: Host) -> &mut Option<ProcId> {
+        match h {
+            Host::Edge => &mut self.edge,
+            Host::Edge2 => &mut self.others[0],
+            Host::Edge3 => &mut self.others[1],
+            _ => panic!("sluice-lab: {h} is not an edge"),
+        }
     }
 
     /// Stops the edge (SIGTERM).
     pub fn stop_edge(&mut self) {
-        if let Some(id) = self.edge.take() {
+        self.stop_edge_at(Host::Edge);
+    }
+
+    /// Stops edge `h` (SIGTERM), if it runs.
+    pub fn stop_edge_at(&mut self, h: Host) {
+        if let Some(id) = self.edge_slot(h).take() {
             self.lab.stop(id);
         }
+    }
+
+    /// Kills edge `h` with SIGKILL (a crash: no goodbye to its gateways)
+    /// and reaps it; returns when the signal was sent.
+    ///
+    /// # Panics
+    /// If it was not running, or is still there 5 s after the signal.
+    pub fn kill_edge_at(&mut self, h: Host) -> Instant {
+        let id = self
+            .edge_slot(h)
+            .take()
+            .unwrap_or_else(|| panic!("sluice-lab: {h}'s edge is not running"));
+        let at = Instant::now();
+        self.lab.signal(id, crate::sys::SIGKILL);
+        self.lab.wait_exit(id, Duration::from_secs(5));
+        at
     }
 
     /// Starts the gateway and waits until its tunnel is up.
@@ -274,13 +505,21 @@ impl<'a> Sluice<'a> {
     /// Runs `sluice gateway <args> --config <conf>/gateway.toml` in `gw`
     /// to completion (e.g. `detach`), at most 30 s.
     pub fn gateway_command(&self, args: &[&str]) -> std::process::Output {
+        let mut all = vec!["gateway"];
+        all.extend_from_slice(args);
+        self.command(&all)
+    }
+
+    /// Runs `sluice <args> --config <conf>/gateway.toml` in `gw` to
+    /// completion (e.g. `status`), at most 30 s.
+    pub fn command(&self, args: &[&str]) -> std::process::Output {
         let cfg = self
             .conf
             .join("gateway.toml")
             .to_string_lossy()
             .into_owned();
         let bin = self.bin.to_string_lossy().into_owned();
-        let mut cmd = vec![bin.as_str(), "gateway"];
+        let mut cmd = vec![bin.as_str()];
         cmd.extend_from_slice(args);
         cmd.extend(["--config", &cfg]);
         self.lab
@@ -344,9 +583,9 @@ impl<'a> Sluice<'a> {
             if let Some(id) = id {
                 assert!(
                     self.lab.is_running(id),
-                    "sluice {log} exited:\n{}\n--- edge log ---\n{}",
+                    "sluice {log} exited:\n{}\n{}",
                     self.lab.log(log),
-                    self.lab.log("edge")
+                    self.edge_logs()
                 );
             }
             let ups = samples(
@@ -357,6 +596,17 @@ impl<'a> Sluice<'a> {
         });
     }
 
+    /// The logs of the edges that were started, each under a heading.
+    pub fn edge_logs(&self) -> String {
+        EDGE_SITES
+            .iter()
+            .filter_map(|site| {
+                let text = std::fs::read_to_string(self.lab.log_path(site.log)).ok()?;
+                Some(format!("--- {} log ---\n{text}", site.log))
+            })
+            .collect()
+    }
+
     /// The gateway's metrics text (empty if it does not answer).
     pub fn gateway_metrics(&self) -> String {
         metrics_text(self.lab, Host::Gw, GATEWAY_METRICS)
@@ -365,6 +615,11 @@ impl<'a> Sluice<'a> {
     /// The edge's metrics text (empty if it does not answer).
     pub fn edge_metrics(&self) -> String {
         metrics_text(self.lab, Host::Edge, EDGE_METRICS)
+    }
+
+    /// Edge `h`'s metrics text (empty if it does not answer).
+    pub fn edge_metrics_at(&self, h: Host) -> String {
+        metrics_text(self.lab, h, &EdgeSite::of(h).metrics_url())
     }
 
     /// Sum of a gateway metric over all its label sets that contain
@@ -393,16 +648,38 @@ pub fn gateway_metric(lab: &Lab, name: &str, label: &str) -> u64 {
 
 /// `(labels, value)` of every sample of metric `name` in Prometheus text.
 pub fn samples(text: &str, name: &str) -> Vec<(String, u64)> {
+    raw_samples(text, name)
+        .map(|(labels, value)| (labels.to_string(), value.parse().unwrap_or(0)))
+        .collect()
+}
+
+/// [`samples`] of a metric whose values are not integers (a gauge in
+/// seconds); a value that does not parse is `NaN`.
+pub fn samples_f64(text: &str, name: &str) -> Vec<(String, f64)> {
+    raw_samples(text, name)
+        .map(|(labels, value)| (labels.to_string(), value.parse().unwrap_or(f64::NAN)))
+        .collect()
+}
+
+/// `(labels, value)` of `name`'s samples, as written.
+fn raw_samples<'t>(text: &'t str, name: &'t str) -> impl Iterator<Item = (&'t str, &'t str)> {
     text.lines()
         .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
+        .filter_map(move |l| {
             let (key, value) = l.rsplit_once(' ')?;
             let (n, labels) = key
                 .split_once('{')
                 .map_or((key, ""), |(n, r)| (n, r.trim_end_matches('}')));
-            (n == name).then(|| (labels.to_string(), value.parse().unwrap_or(0)))
+            (n == name).then_some((labels, value))
         })
-        .collect()
+}
+
+/// The value of label `key` in a sample's labels (`a="1",b="2"`).
+pub fn label<'l>(labels: &'l str, key: &str) -> Option<&'l str> {
+    labels.split(',').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k.trim() == key).then(|| v.trim().trim_matches('"'))
+    })
 }
 
 /// Sum of the samples of `name` whose labels contain `label`.
@@ -426,5 +703,12 @@ mod tests {
         assert_eq!(sum(t, "x", ""), 7);
         assert_eq!(sum(t, "y", ""), 7);
         assert_eq!(samples(t, "z"), vec![]);
+        let g = "r{queue=\"0\",tenant=\"internet\",edge=\"edge-2\"} 0.0125\n";
+        let r = samples_f64(g, "r");
+        assert_eq!(r.len(), 1);
+        assert!((r[0].1 - 0.0125).abs() < 1e-12);
+        assert_eq!(label(&r[0].0, "edge"), Some("edge-2"));
+        assert_eq!(label(&r[0].0, "queue"), Some("0"));
+        assert_eq!(label(&r[0].0, "nope"), None);
     }
 }

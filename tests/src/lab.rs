@@ -1,4 +1,4 @@
-//! [`Lab`]: four namespaces, their links, addresses, routes and rulesets;
+//! [`Lab`]: its namespaces, their links, addresses, routes and rulesets;
 //! the processes run in them; and teardown.
 
 use std::{
@@ -36,7 +36,7 @@ const DROP_GRACE: Duration = Duration::from_secs(5);
 
 static NEXT_LAB: AtomicU32 = AtomicU32::new(0);
 
-/// One of the lab's four network namespaces (see [`crate::addr`]).
+/// One of the lab's network namespaces (see [`crate::addr`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Host {
     /// A LAN host behind the gateway.
@@ -51,10 +51,16 @@ pub enum Host {
     Client2,
     /// A second branch's gateway: LAN on `lan0`, WAN on `wan0` (to `inet`).
     Gw2,
+    /// A second sluice edge, only in labs built with
+    /// [`Lab::with_edges`]`(2)` or more.
+    Edge2,
+    /// A third sluice edge, only in labs built with [`Lab::with_edges`]`(3)`.
+    Edge3,
 }
 
 impl Host {
-    /// All of them, in a fixed order.
+    /// The hosts every lab has, in a fixed order ([`Lab::hosts`] lists
+    /// those of one lab, with its extra edges).
     pub const ALL: [Host; 6] = [
         Host::Client,
         Host::Gw,
@@ -63,6 +69,17 @@ impl Host {
         Host::Client2,
         Host::Gw2,
     ];
+
+    /// The edges a lab can have, in order: [`Lab::with_edges`]`(n)` has the
+    /// first `n`.
+    pub const EDGES: [Host; 3] = [Host::Edge, Host::Edge2, Host::Edge3];
+
+    /// Every host any lab can have: [`Host::ALL`], then the extra edges.
+    fn every() -> impl Iterator<Item = Host> {
+        Host::ALL
+            .into_iter()
+            .chain(Host::EDGES[1..].iter().copied())
+    }
 
     /// Short name, also the suffix of the namespace name.
     pub fn name(self) -> &'static str {
@@ -73,6 +90,8 @@ impl Host {
             Host::Inet => "inet",
             Host::Client2 => "client2",
             Host::Gw2 => "gw2",
+            Host::Edge2 => "edge2",
+            Host::Edge3 => "edge3",
         }
     }
 
@@ -127,8 +146,9 @@ impl Proc {
     }
 }
 
-/// A closed network of four namespaces (`client`, `gw`, `edge`, `inet`)
-/// joined by veth pairs; see [`crate::addr`] for the plan.
+/// A closed network of namespaces (`client`, `gw`, `edge`, `inet`, the
+/// second branch's `client2` and `gw2`, and with [`Lab::with_edges`] up to
+/// two more edges) joined by veth pairs; see [`crate::addr`] for the plan.
 ///
 /// Dropping it (also while unwinding from a panic) kills every process it
 /// spawned (SIGTERM to each process group, SIGKILL to those still there
@@ -139,8 +159,10 @@ impl Proc {
 /// A `Lab` is `Sync`: several threads may run commands in it at once.
 #[derive(Debug)]
 pub struct Lab {
-    names: [String; 6],
-    created: [bool; 6],
+    names: [String; 8],
+    created: [bool; 8],
+    /// How many edges (1 to 3): [`Host::EDGES`]' first ones.
+    edges: usize,
     dir: PathBuf,
     keep: bool,
     procs: Mutex<Vec<Proc>>,
@@ -155,7 +177,22 @@ impl Lab {
     /// If not root, or if a command fails: the message names the command
     /// and has its stderr. What was made is removed before the panic.
     pub fn new() -> Lab {
-        Self::with_turn(crate::turn::Turn::shared())
+        Self::with_turn(crate::turn::Turn::shared(), 1)
+    }
+
+    /// [`Lab::new`] with `n` edges (1 to 3): besides `edge`, [`Host::Edge2`]
+    /// and [`Host::Edge3`], each in a namespace of its own behind `inet`
+    /// (addresses in [`crate::addr`]). Only labs that ask for them pay for
+    /// building them.
+    ///
+    /// # Panics
+    /// As [`Lab::new`], or if `n` is not 1 to 3.
+    pub fn with_edges(n: usize) -> Lab {
+        assert!(
+            (1..=Host::EDGES.len()).contains(&n),
+            "sluice_lab::Lab::with_edges: {n} edges (1 to 3)"
+        );
+        Self::with_turn(crate::turn::Turn::shared(), n)
     }
 
     /// [`Lab::new`] for a test that measures: it waits until no other lab
@@ -166,10 +203,10 @@ impl Lab {
     /// # Panics
     /// As [`Lab::new`].
     pub fn new_exclusive() -> Lab {
-        Self::with_turn(crate::turn::Turn::exclusive())
+        Self::with_turn(crate::turn::Turn::exclusive(), 1)
     }
 
-    fn with_turn(turn: crate::turn::Turn) -> Lab {
+    fn with_turn(turn: crate::turn::Turn, edges: usize) -> Lab {
         assert!(
             sys::is_root(),
             "sluice_lab::Lab::new: needs root (guard the test with `sluice_lab::require_root`)"
@@ -179,8 +216,12 @@ impl Lab {
         let id = format!("{PREFIX}{pid}x{n}");
         let dir = std::env::temp_dir().join(format!("sluice-lab-{pid}-{n}"));
         let mut lab = Lab {
-            names: Host::ALL.map(|h| format!("{id}-{}", h.name())),
-            created: [false; 6],
+            names: std::array::from_fn(|i| {
+                let h = Host::every().nth(i).expect("eight hosts");
+                format!("{id}-{}", h.name())
+            }),
+            created: [false; 8],
+            edges,
             dir,
             keep: std::env::var("SLUICE_LAB_KEEP").is_ok_and(|v| v == "1"),
             procs: Mutex::new(Vec::new()),
@@ -199,11 +240,11 @@ impl Lab {
         fs::create_dir_all(&self.dir)
             .map_err(|e| format!("cannot create {}: {e}", self.dir.display()))?;
 
-        for h in Host::ALL {
+        for h in self.hosts() {
             setup(&["ip", "netns", "add", self.ns(h)])?;
             self.created[h.index()] = true;
         }
-        for h in Host::ALL {
+        for h in self.hosts() {
             let mut argv = vec![
                 "ip",
                 "netns",
@@ -229,6 +270,9 @@ impl Lab {
         self.links()?;
         self.addresses()?;
         self.routes()?;
+        for &h in self.extra_edges() {
+            self.extra_edge(h)?;
+        }
         self.load_nft(Host::Gw, "gw-nat.nft", &nft::gw_ruleset())?;
         self.load_nft(Host::Gw2, "gw2-nat.nft", &nft::gw2_ruleset())?;
         self.load_nft(Host::Inet, "inet-counters.nft", &nft::inet_ruleset())?;
@@ -452,8 +496,79 @@ impl Lab {
         setup(&["ip", "netns", "exec", self.ns(h), "nft", "-f", &path])
     }
 
+    /// An extra edge `h` ([`Host::Edge2`], [`Host::Edge3`]): its link to
+    /// `inet`, addresses and default route, as `edge`'s.
+    fn extra_edge(&self, h: Host) -> Result<(), String> {
+        let (inet_if, wan4, wan6, inet4, inet6) = match h {
+            Host::Edge2 => (
+                ifname::INET_EDGE2_SIDE,
+                addr::EDGE2_WAN_V4,
+                addr::EDGE2_WAN_V6,
+                addr::INET_EDGE2_SIDE_V4,
+                addr::INET_EDGE2_SIDE_V6,
+            ),
+            Host::Edge3 => (
+                ifname::INET_EDGE3_SIDE,
+                addr::EDGE3_WAN_V4,
+                addr::EDGE3_WAN_V6,
+                addr::INET_EDGE3_SIDE_V4,
+                addr::INET_EDGE3_SIDE_V6,
+            ),
+            _ => return Err(format!("{h} is not an extra edge")),
+        };
+        let (edge, inet, wan) = (self.ns(h), self.ns(Host::Inet), ifname::EDGE_WAN);
+        setup(&[
+            "ip", "-n", edge, "link", "add", wan, "type", "veth", "peer", "name", inet_if, "netns",
+            inet,
+        ])?;
+        let (w4, w6) = (format!("{wan4}/30"), format!("{wan6}/64"));
+        let (i4, i6) = (format!("{inet4}/30"), format!("{inet6}/64"));
+        for (ns, dev, a, dad) in [
+            (edge, wan, w4.as_str(), None),
+            (edge, wan, w6.as_str(), Some("nodad")),
+            (inet, inet_if, i4.as_str(), None),
+            (inet, inet_if, i6.as_str(), Some("nodad")),
+        ] {
+            let mut argv = vec!["ip", "-n", ns, "addr", "add", a, "dev", dev];
+            argv.extend(dad);
+            setup(&argv)?;
+        }
+        setup(&["ip", "-n", edge, "link", "set", wan, "up"])?;
+        setup(&["ip", "-n", inet, "link", "set", inet_if, "up"])?;
+        let (via4, via6) = (inet4.to_string(), inet6.to_string());
+        setup(&[
+            "ip", "-n", edge, "-4", "route", "add", "default", "via", &via4,
+        ])?;
+        setup(&[
+            "ip", "-n", edge, "-6", "route", "add", "default", "via", &via6,
+        ])
+    }
+
+    /// The hosts of this lab: [`Host::ALL`], then its extra edges.
+    pub fn hosts(&self) -> impl Iterator<Item = Host> + use<> {
+        Host::ALL
+            .into_iter()
+            .chain(Host::EDGES[1..self.edges].iter().copied())
+    }
+
+    /// This lab's edges, `edge` first ([`Lab::with_edges`]).
+    pub fn edges(&self) -> &'static [Host] {
+        &Host::EDGES[..self.edges]
+    }
+
+    fn extra_edges(&self) -> &'static [Host] {
+        &Host::EDGES[1..self.edges]
+    }
+
     /// The name of `h`'s network namespace (for `ip netns exec`, `ip -n`).
+    ///
+    /// # Panics
+    /// If `h` is an extra edge this lab was not built with.
     pub fn ns(&self, h: Host) -> &str {
+        assert!(
+            Host::ALL.contains(&h) || self.extra_edges().contains(&h),
+            "sluice-lab: this lab has no {h} (build it with Lab::with_edges)"
+        );
         &self.names[h.index()]
     }
 
@@ -784,6 +899,16 @@ impl Lab {
             .unwrap_or_else(|| panic!("sluice-lab: cannot parse counter {name}: {text}"))
     }
 
+    /// The [`counter::LEAKS`](crate::counter::LEAKS) that are not 0, with
+    /// their counts: empty while nothing leaked.
+    pub fn leaks(&self) -> Vec<(&'static str, u64)> {
+        nft::counter::LEAKS
+            .iter()
+            .map(|&c| (c, self.nft_counter(c)))
+            .filter(|&(_, n)| n > 0)
+            .collect()
+    }
+
     /// Sets every counter in `inet` back to zero.
     pub fn reset_counters(&self) {
         self.run_ok(
@@ -854,7 +979,7 @@ impl Default for Lab {
 impl Drop for Lab {
     fn drop(&mut self) {
         self.kill_all();
-        for h in Host::ALL {
+        for h in Host::every() {
             if self.created[h.index()] {
                 remove_pins(self.ns(h));
                 delete_ns(self.ns(h));
@@ -1058,7 +1183,7 @@ fn owner_pid(name: &str) -> Option<u32> {
     let (pid, rest) = rest.split_once('x')?;
     let (n, host) = rest.split_once('-')?;
     let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-    if !digits(pid) || !digits(n) || !Host::ALL.iter().any(|h| h.name() == host) {
+    if !digits(pid) || !digits(n) || !Host::every().any(|h| h.name() == host) {
         return None;
     }
     pid.parse().ok()
@@ -1096,9 +1221,16 @@ mod tests {
     }
 
     #[test]
+    fn hosts_are_in_index_order() {
+        assert!(Host::every().enumerate().all(|(i, h)| h.index() == i));
+        assert_eq!(Host::every().count(), 8);
+    }
+
+    #[test]
     fn recognises_lab_names() {
         assert_eq!(owner_pid("sl123x0-gw"), Some(123));
         assert_eq!(owner_pid("sl123x45-client"), Some(123));
+        assert_eq!(owner_pid("sl123x0-edge3"), Some(123));
         assert_eq!(owner_pid("sl123x0-other"), None);
         assert_eq!(owner_pid("slx0-gw"), None);
         assert_eq!(owner_pid("foo"), None);

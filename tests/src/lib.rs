@@ -1,10 +1,20 @@
 //! # sluice-lab: the namespace lab of sluice's tests, demo and benchmarks
 //!
-//! A [`Lab`] is a closed world of four network namespaces joined by veth
+//! A [`Lab`] is a closed world of network namespaces joined by veth
 //! pairs: a LAN `client`, the sluice gateway `gw`, the sluice `edge`, and
 //! `inet` (servers "on the internet", and the router between `gw` and
-//! `edge`). The address plan is in [`addr`]; counters of what reaches the
-//! servers are in [`counter`].
+//! `edge`), plus a second branch (`client2` behind `gw2`). The address plan
+//! is in [`addr`]; counters of what reaches the servers are in [`counter`].
+//!
+//! For several edges per tenant, [`Lab::with_edges`] adds up to two more
+//! edges (`edge2`, `edge3`), each in its own namespace behind `inet`
+//! (labs that do not ask for them do not pay for them).
+//! [`relay::Relay`] puts distance between the gateway and an edge (a
+//! bounded userspace relay in `inet` that delays TCP and UDP by a fixed
+//! time each way, since the kernel has no netem) and can blackhole or cut
+//! it; [`failover`] deploys sluice with its edges behind relays and
+//! measures, with a numbered UDP stream, which edge carried each reply and
+//! how long the traffic took to come back after an edge died.
 //!
 //! What it must not do (`/work/shared/notes/lab-network.md`): touch the host's
 //! own interfaces, routes or sysctls; use anything but documentation address
@@ -38,12 +48,14 @@ pub mod addr;
 pub mod demo;
 pub mod deploy;
 pub mod edge_lab;
+pub mod failover;
 pub mod l2;
 mod lab;
 mod netns;
 mod nft;
 mod peer;
 mod proc;
+pub mod relay;
 pub mod reload;
 #[cfg(test)]
 mod selftest;

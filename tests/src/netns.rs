@@ -151,3 +151,31 @@ fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
     };
     (ss, len as libc::socklen_t)
 }
+
+/// Makes closing `s` reset the connection (`SO_LINGER` on with a zero
+/// timeout: the kernel sends RST and drops unsent data) instead of the
+/// orderly FIN, as a host or middlebox that drops a connection does.
+///
+/// # Errors
+/// When the option cannot be set.
+pub(crate) fn reset_on_close(s: &TcpStream) -> io::Result<()> {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: `linger` is a valid struct of the size given; the fd is
+    // `s`'s, open for the duration of the call.
+    let r = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&raw const linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}

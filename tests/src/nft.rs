@@ -3,9 +3,9 @@
 use std::fmt::Write as _;
 
 use crate::addr::{
-    BYPASSED_V4, BYPASSED_V6, EDGE_WAN_V4, EDGE_WAN_V6, GW_WAN_V4, GW_WAN_V6, LAN_V4_NET,
-    LAN_V4_PREFIX_LEN, LAN_V6_NET, LAN_V6_PREFIX_LEN, LAN2_V4_NET, LAN2_V6_NET, TUNNELLED_V4,
-    TUNNELLED_V6, ifname,
+    BYPASSED_V4, BYPASSED_V6, EDGE_WAN_V4, EDGE_WAN_V6, EDGE2_WAN_V4, EDGE2_WAN_V6, EDGE3_WAN_V4,
+    EDGE3_WAN_V6, GW_WAN_V4, GW_WAN_V6, LAN_V4_NET, LAN_V4_PREFIX_LEN, LAN_V6_NET,
+    LAN_V6_PREFIX_LEN, LAN2_V4_NET, LAN2_V6_NET, TUNNELLED_V4, TUNNELLED_V6, ifname,
 };
 
 /// Table (family `inet`) holding the counters in the `inet` namespace.
@@ -47,8 +47,27 @@ pub mod counter {
     pub const GW_SYN_TO_TUNNELLED_V4: &str = "gw_syn_to_tunnelled_v4";
     /// TCP SYNs from the edge `198.51.100.5` to `203.0.113.10`.
     pub const EDGE_SYN_TO_TUNNELLED_V4: &str = "edge_syn_to_tunnelled_v4";
+    /// From the second edge's address `198.51.100.13` to `203.0.113.10`
+    /// (labs with several edges: which edge carries the tunnelled traffic).
+    pub const EDGE2_TO_TUNNELLED_V4: &str = "edge2_to_tunnelled_v4";
+    /// From the third edge's address `198.51.100.17` to `203.0.113.10`.
+    pub const EDGE3_TO_TUNNELLED_V4: &str = "edge3_to_tunnelled_v4";
+    /// From `2001:db8:32::13` (the second edge) to `2001:db8:100::10`.
+    pub const EDGE2_TO_TUNNELLED_V6: &str = "edge2_to_tunnelled_v6";
+    /// From `2001:db8:33::17` (the third edge) to `2001:db8:100::10`.
+    pub const EDGE3_TO_TUNNELLED_V6: &str = "edge3_to_tunnelled_v6";
+    /// The counters that must stay 0 whatever happens to sluice: packets
+    /// for the tunnelled servers leaving the gateway's WAN directly, and
+    /// LAN sources reaching `inet` untranslated
+    /// ([`Lab::leaks`](crate::Lab::leaks)).
+    pub const LEAKS: [&str; 4] = [
+        GW_TO_TUNNELLED_V4,
+        GW_TO_TUNNELLED_V6,
+        LAN_LEAK_V4,
+        LAN_LEAK_V6,
+    ];
     /// Every counter above.
-    pub const ALL: [&str; 12] = [
+    pub const ALL: [&str; 16] = [
         GW_TO_TUNNELLED_V4,
         GW_TO_BYPASSED_V4,
         EDGE_TO_TUNNELLED_V4,
@@ -61,6 +80,10 @@ pub mod counter {
         LAN_LEAK_V6,
         GW_SYN_TO_TUNNELLED_V4,
         EDGE_SYN_TO_TUNNELLED_V4,
+        EDGE2_TO_TUNNELLED_V4,
+        EDGE3_TO_TUNNELLED_V4,
+        EDGE2_TO_TUNNELLED_V6,
+        EDGE3_TO_TUNNELLED_V6,
     ];
 }
 
@@ -68,7 +91,8 @@ pub mod counter {
 pub(crate) fn inet_ruleset() -> String {
     use counter::{
         ALL, EDGE_SYN_TO_TUNNELLED_V4, EDGE_TO_BYPASSED_V4, EDGE_TO_BYPASSED_V6,
-        EDGE_TO_TUNNELLED_V4, EDGE_TO_TUNNELLED_V6, GW_SYN_TO_TUNNELLED_V4, GW_TO_BYPASSED_V4,
+        EDGE_TO_TUNNELLED_V4, EDGE_TO_TUNNELLED_V6, EDGE2_TO_TUNNELLED_V4, EDGE2_TO_TUNNELLED_V6,
+        EDGE3_TO_TUNNELLED_V4, EDGE3_TO_TUNNELLED_V6, GW_SYN_TO_TUNNELLED_V4, GW_TO_BYPASSED_V4,
         GW_TO_BYPASSED_V6, GW_TO_TUNNELLED_V4, GW_TO_TUNNELLED_V6, LAN_LEAK_V4, LAN_LEAK_V6,
     };
     let rules = [
@@ -121,6 +145,22 @@ pub(crate) fn inet_ruleset() -> String {
             format!(
                 "ip saddr {EDGE_WAN_V4} ip daddr {TUNNELLED_V4} tcp flags & (syn | ack) == syn"
             ),
+        ),
+        (
+            EDGE2_TO_TUNNELLED_V4,
+            format!("ip saddr {EDGE2_WAN_V4} ip daddr {TUNNELLED_V4}"),
+        ),
+        (
+            EDGE3_TO_TUNNELLED_V4,
+            format!("ip saddr {EDGE3_WAN_V4} ip daddr {TUNNELLED_V4}"),
+        ),
+        (
+            EDGE2_TO_TUNNELLED_V6,
+            format!("ip6 saddr {EDGE2_WAN_V6} ip6 daddr {TUNNELLED_V6}"),
+        ),
+        (
+            EDGE3_TO_TUNNELLED_V6,
+            format!("ip6 saddr {EDGE3_WAN_V6} ip6 daddr {TUNNELLED_V6}"),
         ),
     ];
     debug_assert_eq!(rules.len(), ALL.len());

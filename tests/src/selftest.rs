@@ -355,3 +355,106 @@ fn cleanup_stale_removes_orphans_only() {
     }
     assert!(live.ping(Host::Client, IpAddr::from(addr::GW_LAN_V4)));
 }
+
+/// A lab with three edges: each extra edge has its namespace, link,
+/// addresses and route; the edges reach the servers (each counted under
+/// its own address); the gateway reaches each edge through that edge's
+/// delay relay in `inet`, with the delay; and all of it goes on drop.
+#[test]
+fn three_edges_each_behind_a_delay_relay() {
+    use std::io::{Read as _, Write as _};
+
+    use crate::{
+        deploy::EDGE_SITES,
+        edge_lab::in_netns,
+        relay::{Relay, RelayConfig},
+    };
+
+    if !crate::require_root("three_edges_each_behind_a_delay_relay") {
+        return;
+    }
+    let lab = Lab::with_edges(3);
+    let made: Vec<String> = lab.hosts().map(|h| lab.ns(h).to_owned()).collect();
+    assert_eq!(made.len(), 8);
+    assert_eq!(lab.edges(), &Host::EDGES);
+    let list = namespaces();
+    for name in &made {
+        assert!(list.contains(name.as_str()), "{name} missing:\n{list}");
+    }
+    for site in &EDGE_SITES {
+        assert!(
+            lab.ping(site.host, addr::TUNNELLED_V4),
+            "{} -> server",
+            site.name
+        );
+        assert!(lab.ping(Host::Gw, site.wan_v4), "gw -> {}", site.name);
+        assert!(
+            !lab.ping(site.host, addr::CLIENT_V4),
+            "{} must not reach the LAN",
+            site.name
+        );
+        assert!(lab.nft_counter(site.to_tunnelled_v4) >= 1, "{}", site.name);
+    }
+    assert!(
+        lab.ping(Host::Edge3, addr::TUNNELLED_V6),
+        "edge3 -> server v6"
+    );
+
+    // A relay per edge, 5/20/40 ms each way; an echo server on each edge.
+    let delays = [5u64, 20, 40];
+    let relays: Vec<Relay<'_>> = EDGE_SITES
+        .iter()
+        .zip(delays)
+        .map(|(site, ms)| {
+            let cfg = RelayConfig::new(site.relay_addr(), site.addr(), Duration::from_millis(ms));
+            Relay::start(&lab, Host::Inet, cfg)
+        })
+        .collect();
+    std::thread::scope(|s| {
+        for site in &EDGE_SITES {
+            let ns = lab.ns(site.host).to_owned();
+            s.spawn(move || {
+                crate::netns::enter(&ns).unwrap();
+                let l = std::net::TcpListener::bind(site.addr()).unwrap();
+                let (mut c, _) = l.accept().unwrap();
+                c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                let mut b = [0u8; 64];
+                while let Ok(n) = c.read(&mut b) {
+                    if n == 0 || c.write_all(&b[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        for ((site, relay), ms) in EDGE_SITES.iter().zip(&relays).zip(delays) {
+            lab.wait_tcp(site.host, site.addr(), Duration::from_secs(5));
+            let rtt = in_netns(&lab, Host::Gw, || {
+                let mut c = std::net::TcpStream::connect_timeout(
+                    &relay.local_addr(),
+                    Duration::from_secs(5),
+                )
+                .unwrap();
+                c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                let t0 = Instant::now();
+                c.write_all(b"hello").unwrap();
+                let mut b = [0u8; 5];
+                c.read_exact(&mut b).unwrap();
+                assert_eq!(&b, b"hello");
+                t0.elapsed()
+            });
+            eprintln!(
+                "selftest: gw -> {} through its {ms} ms relay: {rtt:?}",
+                site.name
+            );
+            assert!(
+                rtt >= Duration::from_millis(2 * ms),
+                "{}: {rtt:?}",
+                site.name
+            );
+            assert_eq!(relay.stats().accepted, 1);
+        }
+    });
+    drop(relays);
+    drop(lab);
+    assert_gone(&made);
+}
