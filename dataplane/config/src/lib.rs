@@ -1045,9 +1045,10 @@ impl Doc<'_> {
         &self,
         mtu: Option<&Spanned<u64>>,
         transport: sluice_core::datagram::path::Transport,
+        datagram_mtu: u16,
     ) -> Result<u16, ConfigError> {
         if mtu.is_none() && transport == sluice_core::datagram::path::Transport::Udp {
-            return Ok(sluice_core::policy::DEFAULT_DATAGRAM_MTU);
+            return Ok(datagram_mtu);
         }
         match mtu {
             Some(v) if !(u64::from(MIN_TUNNEL_MTU)..=9000).contains(v.get_ref()) => Err(self.err(
@@ -1163,18 +1164,18 @@ impl GatewayConfig {
             tun.transport_fallback,
             "tunnel.transport",
         )?;
-        let mtu = d.tunnel_mtu(tun.mtu.as_ref(), transport.primary)?;
+        let datagram_mtu = sluice_core::policy::datagram_mtu(&edges);
+        let mtu = d.tunnel_mtu(tun.mtu.as_ref(), transport.primary, datagram_mtu)?;
         if let Some(m) = &tun.mtu
             && transport.primary == sluice_core::datagram::path::Transport::Udp
             && !transport.fallback
-            && mtu > sluice_core::policy::DEFAULT_DATAGRAM_MTU
+            && mtu > datagram_mtu
         {
             return Err(d.err(
                 m.span(),
                 "tunnel.mtu",
                 format!(
-                    "with transport = \"udp\" and transport_fallback = false, at most {} (what one datagram carries): larger packets would have no way through",
-                    sluice_core::policy::DEFAULT_DATAGRAM_MTU
+                    "with transport = \"udp\" and transport_fallback = false, at most {datagram_mtu} (what one datagram carries to these edges): larger packets would have no way through"
                 ),
             ));
         }

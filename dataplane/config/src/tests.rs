@@ -1356,10 +1356,29 @@ fn datagram_transport_and_its_mtu() {
     let c = with("transport = \"udp\"");
     assert_eq!(c.tunnel.transport.primary, Transport::Udp);
     assert!(c.tunnel.transport.fallback);
-    assert_eq!(c.tunnel.mtu, sluice_core::policy::DEFAULT_DATAGRAM_MTU);
+    assert_eq!(
+        c.tunnel.mtu,
+        sluice_core::policy::DEFAULT_DATAGRAM_MTU_V4,
+        "an IPv4 edge: 1500 less IPv4, UDP and the record"
+    );
     let c = with("transport = \"udp\"\ntransport_fallback = false\nmtu = 1400");
     assert!(!c.tunnel.transport.fallback);
     assert_eq!(c.tunnel.mtu, 1400);
+    let v6 = GatewayConfig::parse(
+        &d.join("gw.toml"),
+        &GOOD_GW
+            .replace(
+                "edge = \"198.51.100.5:4443\"",
+                "edge = \"[2001:db8:3::5]:4443\"",
+            )
+            .replace("key = \"gw.key\"", "key = \"gw.key\"\ntransport = \"udp\""),
+    )
+    .unwrap();
+    assert_eq!(
+        v6.tunnel.mtu,
+        sluice_core::policy::DEFAULT_DATAGRAM_MTU,
+        "an IPv6 edge: 1500 less IPv6, UDP and the record"
+    );
     std::fs::remove_dir_all(d).unwrap();
 }
 
@@ -1385,7 +1404,7 @@ fn review_h24_udp_without_fallback_refuses_an_mtu_no_datagram_carries() {
     let accepted_mtu = r.as_ref().ok().map(|c| c.tunnel.mtu);
     std::fs::remove_dir_all(d).unwrap();
     assert!(
-        accepted_mtu.is_none_or(|m| m <= sluice_core::policy::DEFAULT_DATAGRAM_MTU),
+        accepted_mtu.is_none_or(|m| m <= sluice_core::policy::DEFAULT_DATAGRAM_MTU_V4),
         "accepted with an inner MTU of {accepted_mtu:?} that no datagram carries"
     );
 }

@@ -608,6 +608,26 @@ pub struct TunnelConfig {
 /// framing).
 pub const DEFAULT_DATAGRAM_MTU: u16 = 1418;
 
+/// The default inner MTU with the datagram transport when every edge of
+/// the tenant is an IPv4 address: a 1500-byte path less IPv4 (20), UDP
+/// (8) and the record's 34 bytes.
+pub const DEFAULT_DATAGRAM_MTU_V4: u16 = 1438;
+
+/// The largest inner MTU one datagram carries over a 1500-byte path to
+/// `edges`: [`DEFAULT_DATAGRAM_MTU_V4`] if every edge is an IPv4 address,
+/// else [`DEFAULT_DATAGRAM_MTU`] (IPv6, or a name of either family).
+pub fn datagram_mtu(edges: &crate::select::EdgeSet) -> u16 {
+    let all_v4 = edges
+        .edges
+        .iter()
+        .all(|e| matches!(e.address, crate::select::Address::Ip(a) if a.is_ipv4()));
+    if all_v4 && !edges.edges.is_empty() {
+        DEFAULT_DATAGRAM_MTU_V4
+    } else {
+        DEFAULT_DATAGRAM_MTU
+    }
+}
+
 /// The default inner MTU: a LAN's full 1500 bytes. The TLS transport
 /// carries any packet whole (it rides a TCP stream), so it costs nothing
 /// and LAN hosts never meet a smaller MTU. The datagram transport needs
