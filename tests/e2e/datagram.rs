@@ -103,6 +103,14 @@ fn datagram_transport_carries_traffic_and_falls_back_to_tls_while_udp_is_blocked
         s.gateway_metric("sluice_gateway_udp_rx_refused_total", ""),
         0
     );
+    // `sluice status` names the transport of each edge.
+    let out = s.command(&["status"]);
+    let status = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && status.contains("transport datagrams"),
+        "sluice status: {status}\n{}",
+        logs(&lab)
+    );
 
     // UDP to and from the edge's port blocked on the path.
     lab.run_ok(

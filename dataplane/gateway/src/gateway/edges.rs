@@ -263,6 +263,11 @@ struct EdgeDatagrams {
     awaiting_udp: bool,
 }
 
+/// A tenant's selection status and, per edge, its transport's state
+/// (`tls`, or the datagram path's: offered, trying, datagrams, fallback,
+/// failed), as published for the metrics and `sluice status`.
+pub(crate) type EdgeReport = (Status, Vec<&'static str>);
+
 /// Where a packet for the tenant goes now.
 pub(super) enum Sender<'a> {
     /// The TLS stream of the active edge.
@@ -943,11 +948,16 @@ impl Edges {
 
     /// The selection's status, if it is due for publishing (`force`: at
     /// once), else `None`.
-    pub(super) fn status_due(&mut self, now: Instant, force: bool) -> Option<Status> {
+    pub(super) fn status_due(&mut self, now: Instant, force: bool) -> Option<EdgeReport> {
         if !force && now < self.next_status {
             return None;
         }
         self.next_status = now + STATUS_EVERY;
-        Some(self.selector.status(now))
+        let transports = self
+            .datagrams
+            .iter()
+            .map(|d| d.path.as_ref().map_or("tls", |p| p.state().as_str()))
+            .collect();
+        Some((self.selector.status(now), transports))
     }
 }

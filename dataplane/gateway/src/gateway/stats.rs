@@ -120,7 +120,7 @@ pub(crate) struct TenantStats {
     /// (about once a second, at once on a change; see
     /// [`super::edges`]): for the metrics and the admin API, never read
     /// on the packet path.
-    pub(crate) edges: [std::sync::Mutex<Option<sluice_core::select::Status>>; TENANTS],
+    pub(crate) edges: [std::sync::Mutex<Option<super::edges::EdgeReport>>; TENANTS],
 }
 
 /// [`TenantStats::link`]: no attempt has ended yet.
@@ -212,7 +212,8 @@ pub(crate) fn render_edges(
                 .map(|m| {
                     m.lock()
                         .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .clone()
+                        .as_ref()
+                        .map(|r| r.0.clone())
                 })
                 .collect()
         })
@@ -338,11 +339,11 @@ pub(crate) fn edges_report(workers: &[std::sync::Arc<TenantStats>], names: &[Str
     };
     for (q, w) in workers.iter().enumerate() {
         for (t, name) in names.iter().enumerate().take(TENANTS) {
-            let s = w.edges[t]
+            let r = w.edges[t]
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .clone();
-            let Some(s) = s else { continue };
+            let Some((s, transports)) = r else { continue };
             let active = s
                 .active
                 .and_then(|a| s.edges.get(a.index()))
@@ -352,15 +353,16 @@ pub(crate) fn edges_report(workers: &[std::sync::Arc<TenantStats>], names: &[Str
                 "queue {q} tenant {name}: active {active}; {} (switches {})",
                 s.why, s.switches
             );
-            for e in &s.edges {
+            for (i, e) in s.edges.iter().enumerate() {
                 let _ = writeln!(
                     out,
-                    "  {} {} priority {} {}: rtt {} (last {}, {} samples), misses {}, failures {}{}",
+                    "  {} {} priority {} {}: transport {}, rtt {} (last {}, {} samples), misses {}, failures {}{}",
                     e.name,
                     e.connected_to
                         .map_or_else(|| e.address.clone(), |a| a.to_string()),
                     e.priority,
                     e.phase,
+                    transports.get(i).copied().unwrap_or("tls"),
                     ms(e.rtt),
                     ms(e.last_rtt),
                     e.samples,
