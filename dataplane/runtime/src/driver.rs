@@ -60,6 +60,9 @@ use crate::{
 /// Bytes a [`Link`] reads per readable turn before its loop does other
 /// work (a gateway worker has few tunnels; the edge sets its own).
 pub const READ_BUDGET: usize = 1 << 20;
+/// Unsent bytes a gateway's tunnel socket holds in the kernel
+/// (`TCP_NOTSENT_LOWAT`).
+pub const NOTSENT_LOWAT: u32 = 256 * 1024;
 /// First wait before reconnecting; doubles per failure up to
 /// [`BACKOFF_MAX`], back to this once a session is established.
 pub(crate) const BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -384,6 +387,9 @@ impl Link {
             Err(e) => return self.connect_failed("connect", e.to_string(), now),
         };
         let _ = sock.set_nodelay(true);
+        // The kernel keeps at most this much unsent: the rest waits in the
+        // session, where a probe sees it (see `sluice_sys::tcp`).
+        let _ = sluice_sys::tcp::set_notsent_lowat(&sock, NOTSENT_LOWAT);
         if let Err(e) = registry.register(
             &mut sock,
             self.token,

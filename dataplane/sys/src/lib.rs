@@ -48,6 +48,7 @@ pub mod mem;
 pub mod neigh;
 pub mod peer;
 pub mod reuseport;
+pub mod tcp;
 pub mod rlimit;
 pub mod rtnl;
 pub mod sock_diag;
