@@ -172,3 +172,26 @@ pub fn raise_nofile() {
         }
     }
 }
+
+/// Busy ticks of all CPUs since boot (`/proc/stat`'s first line: user,
+/// nice, system, irq, softirq, steal; idle and iowait left out): read
+/// before and after a run, their difference is the machine's CPU time.
+///
+/// # Errors
+/// `/proc/stat` unreadable or empty.
+pub fn machine_busy_ticks() -> std::io::Result<u64> {
+    let s = std::fs::read_to_string("/proc/stat")?;
+    let line = s
+        .lines()
+        .next()
+        .ok_or_else(|| std::io::Error::other("empty /proc/stat"))?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal
+    Ok(v.iter().take(8).sum::<u64>()
+        - v.get(3).copied().unwrap_or(0)
+        - v.get(4).copied().unwrap_or(0))
+}

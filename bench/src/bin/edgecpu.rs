@@ -101,16 +101,7 @@ fn cpu_ticks(pid: u32) -> Result<(u64, u64)> {
 
 /// Busy ticks of all CPUs (user, nice, system, irq, softirq, steal).
 fn machine_busy() -> Result<u64> {
-    let s = std::fs::read_to_string("/proc/stat")?;
-    let line = s.lines().next().context("empty /proc/stat")?;
-    let v: Vec<u64> = line
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|x| x.parse().ok())
-        .collect();
-    Ok(v.iter().take(8).sum::<u64>()
-        - v.get(3).copied().unwrap_or(0)
-        - v.get(4).copied().unwrap_or(0))
+    Ok(sluice_bench::machine_busy_ticks()?)
 }
 
 /// The edge's counters of one run: bytes both ways, packets to the

@@ -205,17 +205,7 @@ fn parse_args() -> Result<Args> {
 
 /// Busy jiffies of all CPUs (from the first line of /proc/stat).
 fn cpu_busy() -> Result<u64> {
-    let s = std::fs::read_to_string("/proc/stat")?;
-    let line = s.lines().next().context("empty /proc/stat")?;
-    let v: Vec<u64> = line
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|x| x.parse().ok())
-        .collect();
-    // user nice system idle iowait irq softirq steal
-    Ok(v.iter().take(8).sum::<u64>()
-        - v.get(3).copied().unwrap_or(0)
-        - v.get(4).copied().unwrap_or(0))
+    Ok(sluice_bench::machine_busy_ticks()?)
 }
 
 /// Waits until the machine is idle again (under 10 % of all CPUs busy over

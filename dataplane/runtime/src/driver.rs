@@ -604,14 +604,14 @@ mod tests {
         panic!("no link event in 2 s");
     }
 
-    #[test]
-    fn link_backs_off_comes_up_and_reconnects() {
+    /// The lab PKI, a gateway link's parameters towards a loopback port
+    /// with nobody listening (std sets `SO_REUSEADDR`, so a test can
+    /// listen on it later) and the edge's TLS configuration.
+    fn setup() -> (std::path::PathBuf, LinkParams, Arc<rustls::ServerConfig>) {
         let (dir, f) = pki::testing::lab_pki();
         let (_, cert, key) = &f.gateways[0];
         let tls = pki::client_config(&f.ca, cert, key).unwrap();
         let edge_tls = pki::server_config(&f.ca, &f.edge.0, &f.edge.1).unwrap();
-        // A loopback port with nobody listening (std sets SO_REUSEADDR,
-        // so it can be listened on again below).
         let addr = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -625,6 +625,13 @@ mod tests {
                 ..SessionConfig::default()
             },
         };
+        (dir, params, edge_tls)
+    }
+
+    #[test]
+    fn link_backs_off_comes_up_and_reconnects() {
+        let (dir, params, edge_tls) = setup();
+        let addr = params.edge;
         let mut poll = Poll::new().unwrap();
         let mut now = Instant::now();
         let mut link = Link::new(params, Token(1), now);
@@ -694,23 +701,8 @@ mod tests {
 
     #[test]
     fn once_link_never_retries_and_carries_echo_probes() {
-        let (dir, f) = pki::testing::lab_pki();
-        let (_, cert, key) = &f.gateways[0];
-        let tls = pki::client_config(&f.ca, cert, key).unwrap();
-        let edge_tls = pki::server_config(&f.ca, &f.edge.0, &f.edge.1).unwrap();
-        let addr = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap();
-        let params = LinkParams {
-            edge: addr,
-            server_name: pki::server_name("edge.sluice.test").unwrap(),
-            tls,
-            session: SessionConfig {
-                name: "gw1".into(),
-                ..SessionConfig::default()
-            },
-        };
+        let (dir, params, edge_tls) = setup();
+        let addr = params.edge;
         let mut poll = Poll::new().unwrap();
         let now = Instant::now();
         // Refused: closed for good, no retry scheduled.
