@@ -748,6 +748,7 @@ impl Worker {
 
     /// Writes every connection with bytes to send.
     fn flush(&mut self, now: Instant) {
+        self.core.flush_datagram_counts();
         if let Some(u) = self.udp.as_mut() {
             u.flush();
             if u.dropped > 0 {

@@ -179,6 +179,20 @@ pub struct Core {
     /// Connections whose datagram session has records to send.
     dgram_dirty: Vec<ConnId>,
     dgram_cfg: DatagramConfig,
+    /// Datagram counters not yet published ([`Core::flush_datagram_counts`]).
+    dg_tally: DgTally,
+}
+
+/// Datagram counters of the current loop turn, in plain integers.
+#[derive(Debug, Default)]
+struct DgTally {
+    rx: u64,
+    tx: u64,
+    /// By [`DropReason::ALL`]'s order.
+    drops: [u64; 8],
+    /// Packets delivered, bytes, over-quota sources, and refusals by
+    /// reason, of the last gateway seen.
+    inbound: Option<(GatewayId, (u64, u64, u64), [u64; 4])>,
 }
 
 /// Whether the edge may send datagrams to `a` (a gateway's reply
@@ -294,6 +308,7 @@ impl Core {
                 aead,
                 ..DatagramConfig::default()
             },
+            dg_tally: DgTally::default(),
         }
     }
 
@@ -688,19 +703,40 @@ impl Core {
         now: Instant,
         deliver: &mut dyn FnMut(&[u8]),
     ) -> Result<(), DropReason> {
-        self.stats.datagrams_rx.fetch_add(1, Relaxed);
+        self.dg_tally.rx += 1;
         let r = self.datagram_in(from, d, now, deliver);
         if let Err(reason) = r
-            && let Some(c) = self.stats.datagram_drops.get(
+            && let Some(c) = self.dg_tally.drops.get_mut(
                 DropReason::ALL
                     .iter()
                     .position(|x| *x == reason)
                     .unwrap_or(0),
             )
         {
-            c.fetch_add(1, Relaxed);
+            *c += 1;
         }
         r
+    }
+
+    /// Publishes the datagram counters gathered since the last call (the
+    /// per-datagram paths count in plain integers; the driver calls this
+    /// once per loop turn, so no atomic operation is paid per datagram).
+    pub fn flush_datagram_counts(&mut self) {
+        let t = std::mem::take(&mut self.dg_tally);
+        let s = &self.stats;
+        let add = |a: &std::sync::atomic::AtomicU64, v: u64| {
+            if v != 0 {
+                a.fetch_add(v, Relaxed);
+            }
+        };
+        add(&s.datagrams_rx, t.rx);
+        add(&s.datagrams_tx, t.tx);
+        for (a, v) in s.datagram_drops.iter().zip(t.drops) {
+            add(a, v);
+        }
+        if let Some((gw, counts, refused)) = t.inbound {
+            self.count_inbound(gw, counts, &refused);
+        }
     }
 
     fn datagram_in(
@@ -760,7 +796,20 @@ impl Core {
                 Err(r) => refused[r as usize] += 1,
             }
         }
-        self.count_inbound(gw, (ok, bytes, quota), &refused);
+        // Added up per gateway until the turn's flush
+        // (`Core::flush_datagram_counts`).
+        if self.dg_tally.inbound.is_some_and(|(g, ..)| g != gw)
+            && let Some((g, counts, r)) = self.dg_tally.inbound.take()
+        {
+            self.count_inbound(g, counts, &r);
+        }
+        let (_, (o, b, q), r) = self.dg_tally.inbound.get_or_insert((gw, (0, 0, 0), [0; 4]));
+        *o += ok;
+        *b += bytes;
+        *q += quota;
+        for (x, y) in r.iter_mut().zip(refused) {
+            *x += y;
+        }
         Ok(())
     }
 
@@ -783,7 +832,7 @@ impl Core {
                 match dg.session.poll_transmit(now, slot) {
                     Ok(Some(n)) => {
                         sink.commit(n, to);
-                        self.stats.datagrams_tx.fetch_add(1, Relaxed);
+                        self.dg_tally.tx += 1;
                     }
                     Ok(None) | Err(_) => break,
                 }
@@ -1056,7 +1105,7 @@ impl Core {
             // stream carries it.
             if let Ok(sealed) = dg.session.seal(&[p.as_bytes()], now, slot) {
                 sink.commit(sealed.len, to);
-                self.stats.datagrams_tx.fetch_add(1, Relaxed);
+                self.dg_tally.tx += 1;
                 return Ok(Sent::Datagram);
             }
         }
