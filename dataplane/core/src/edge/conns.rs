@@ -192,8 +192,12 @@ struct DgTally {
     drops: [u64; 8],
     /// Packets delivered, bytes, over-quota sources, and refusals by
     /// reason, of the last gateway seen.
-    inbound: Option<(GatewayId, (u64, u64, u64), [u64; 4])>,
+    inbound: Option<Inbound>,
 }
+
+/// A gateway's delivered packets, bytes and over-quota sources, and its
+/// refusals by reason ([`Core::count_inbound`]'s arguments).
+type Inbound = (GatewayId, (u64, u64, u64), [u64; 4]);
 
 /// Whether the edge may send datagrams to `a` (a gateway's reply
 /// address): a unicast address and a port.
@@ -803,12 +807,12 @@ impl Core {
         {
             self.count_inbound(g, counts, &r);
         }
-        let (_, (o, b, q), r) = self.dg_tally.inbound.get_or_insert((gw, (0, 0, 0), [0; 4]));
-        *o += ok;
-        *b += bytes;
-        *q += quota;
-        for (x, y) in r.iter_mut().zip(refused) {
-            *x += y;
+        let (_, sums, by_reason) = self.dg_tally.inbound.get_or_insert((gw, (0, 0, 0), [0; 4]));
+        sums.0 += ok;
+        sums.1 += bytes;
+        sums.2 += quota;
+        for (sum, n) in by_reason.iter_mut().zip(refused) {
+            *sum += n;
         }
         Ok(())
     }
