@@ -33,6 +33,10 @@ fn seen(lab: &Lab) -> u64 {
         .unwrap_or_else(|| panic!("no counter in {out}"))
 }
 
+/// How many frames other than the generator's (neighbour discovery, ARP)
+/// the client may send to `lan0` during one run.
+const UNRELATED_FRAMES: u64 = 32;
+
 fn xdp_drops(lab: &Lab) -> u64 {
     lab.run_ok(Host::Gw, &["ethtool", "-S", "lan0"])
         .lines()
@@ -127,8 +131,12 @@ fn generator_is_bounded_delivers_and_xdp_drop_drops_everything() {
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(seen(&lab) - before, 0, "frames got past XDP_DROP: {r}");
     let dropped = xdp_drops(&lab) - drops;
+    // The program drops every frame, so the client's own ARP or IPv6
+    // neighbour and router solicitations that happen to arrive meanwhile
+    // count too (a fresh lab sends a few; one was seen in CI): allow a
+    // handful above the generator's frames.
     assert!(
-        dropped > 0 && dropped <= 20_000,
+        dropped > 0 && dropped <= 20_000 + UNRELATED_FRAMES,
         "XDP_DROP counted {dropped} of 20000: {r}"
     );
 

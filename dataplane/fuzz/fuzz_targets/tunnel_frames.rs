@@ -29,6 +29,16 @@ fuzz_target!(|data: &[u8]| {
                     assert_eq!(tunnel::Echo::parse(&e.to_bytes()), Ok(e));
                 }
             }
+            FrameType::DatagramOffer | FrameType::DatagramAccept => {
+                if let Ok(d) = tunnel::DatagramSetup::parse(p) {
+                    let frame = d.frame(f.frame_type());
+                    let again = Frame::new_checked(&frame[..]).expect("own setup frame parses");
+                    assert_eq!(tunnel::DatagramSetup::parse(again.payload()), Ok(d));
+                }
+            }
+            FrameType::DatagramUse => {
+                let _ = p.first();
+            }
             FrameType::Keepalive | FrameType::Unknown(_) => {}
         }
         assert!(f.total_len() >= tunnel::HEADER_LEN && f.total_len() <= rest.len());
