@@ -742,6 +742,7 @@ impl Worker {
                 };
                 let batch = xsk.rx(RX_BATCH);
                 let n = batch.len();
+                let mut last_seen = None;
                 t.rx_frames += n as u64;
                 for i in 0..n {
                     let meta = if active.is_some() {
@@ -774,9 +775,16 @@ impl Worker {
                     // Only the VLAN, and only from the MAC the kernel has
                     // for this address (LAN); the MAC itself on the
                     // endpoint's veth.
-                    neighbors.observe(pkt.src(), eth.src(), tags, vlans, now, &mut |ip| {
-                        Self::next_hop(routes, ip)
-                    });
+                    // Once per sender and batch: a bulk flow's frames all
+                    // carry the same source, and a repeat with the same
+                    // `now` changes nothing (it cost a keyed hash a frame).
+                    let seen = (pkt.src(), eth.src(), tags);
+                    if last_seen != Some(seen) {
+                        neighbors.observe(seen.0, seen.1, tags, vlans, now, &mut |ip| {
+                            Self::next_hop(routes, ip)
+                        });
+                        last_seen = Some(seen);
+                    }
                     let tunnel = match &active {
                         Some(a) => Self::lookup_tunnel(a, &pkt),
                         None => meta,
