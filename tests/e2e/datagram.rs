@@ -111,6 +111,12 @@ fn datagram_transport_carries_traffic_and_falls_back_to_tls_while_udp_is_blocked
         "sluice status: {status}\n{}",
         logs(&lab)
     );
+    // And the metrics say so per edge.
+    lab.wait_for(
+        "sluice_gateway_edge_datagrams 1",
+        Duration::from_secs(3),
+        || s.gateway_metric("sluice_gateway_edge_datagrams", "") >= 1,
+    );
 
     // UDP to and from the edge's port blocked on the path.
     lab.run_ok(
@@ -138,6 +144,11 @@ fn datagram_transport_carries_traffic_and_falls_back_to_tls_while_udp_is_blocked
         "fallback took {resumed:?}"
     );
     wait_log(&lab, ON_TLS, 1, Duration::from_secs(1));
+    lab.wait_for(
+        "sluice_gateway_edge_datagrams 0",
+        Duration::from_secs(3),
+        || s.gateway_metric("sluice_gateway_edge_datagrams", "") == 0,
+    );
     let tls_before = s.gateway_metric("sluice_gateway_tunnel_tx_packets_total", "");
     let p = lab.udp_probe(
         Host::Client,

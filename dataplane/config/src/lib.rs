@@ -1166,6 +1166,7 @@ impl GatewayConfig {
         )?;
         let datagram_mtu = sluice_core::policy::datagram_mtu(&edges);
         let mtu = d.tunnel_mtu(tun.mtu.as_ref(), transport.primary, datagram_mtu)?;
+        let mtu_set = tun.mtu.is_some();
         if let Some(m) = &tun.mtu
             && transport.primary == sluice_core::datagram::path::Transport::Udp
             && !transport.fallback
@@ -1220,7 +1221,7 @@ impl GatewayConfig {
         let (policy, detection) = d.policy(
             &sections,
             &raw_bypass,
-            &tunnel,
+            (&tunnel, mtu_set),
             endpoint.as_ref().map(|e| e.address),
         )?;
         if endpoint.is_none()

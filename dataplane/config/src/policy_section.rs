@@ -285,15 +285,16 @@ impl Doc<'_> {
 
     /// The policy sections, validated and compiled. `bypass` is the
     /// `[bypass]` section; `tunnel` the internet tenant's settings (the
-    /// tenants' timers follow it); `endpoint` this host's inner address.
+    /// tenants' timers follow it) and whether `tunnel.mtu` was set;
+    /// `endpoint` this host's inner address.
     pub(super) fn policy(
         &self,
         s: &Sections,
         bypass: &RawBypass,
-        tunnel: &TunnelConfig,
+        (tunnel, mtu_set): (&TunnelConfig, bool),
         endpoint: Option<std::net::Ipv4Addr>,
     ) -> Result<(Policy, DetectionSources), ConfigError> {
-        let tenants = self.tenants(&s.tenant, tunnel)?;
+        let tenants = self.tenants(&s.tenant, tunnel, mtu_set)?;
         let tenant_index = |v: &Spanned<String>, field: &str| {
             tenants
                 .iter()
@@ -454,6 +455,7 @@ impl Doc<'_> {
         &self,
         raw: &[Spanned<RawTenant>],
         tunnel: &TunnelConfig,
+        mtu_set: bool,
     ) -> Result<Vec<Tenant>, ConfigError> {
         if let Some(t) = raw.get(policy::MAX_PRIVATE_TENANTS) {
             return Err(self.err(
@@ -519,11 +521,26 @@ impl Doc<'_> {
                     ),
                 ));
             }
+            let transport = if t.transport.is_some() || t.transport_fallback.is_some() {
+                let mut x = self.transport(
+                    t.transport.as_ref(),
+                    t.transport_fallback,
+                    &at("tenant", i, "transport"),
+                )?;
+                if t.transport.is_none() {
+                    x.primary = tunnel.transport.primary;
+                }
+                x
+            } else {
+                tunnel.transport
+            };
+            let mtu = self.tenant_mtu(i, t, tunnel, mtu_set, transport, &edges)?;
             out.push(Tenant {
                 name,
                 tunnel: TunnelConfig {
                     edge,
                     edges,
+                    mtu,
                     server_name: t.server_name.get_ref().clone(),
                     ca: self.file(&t.ca, &at("tenant", i, "ca"))?,
                     cert: self.file(&t.cert, &at("tenant", i, "cert"))?,
@@ -533,19 +550,7 @@ impl Doc<'_> {
                         .as_ref()
                         .map(|c| self.file(c, &at("tenant", i, "crl")))
                         .transpose()?,
-                    transport: if t.transport.is_some() || t.transport_fallback.is_some() {
-                        let mut x = self.transport(
-                            t.transport.as_ref(),
-                            t.transport_fallback,
-                            &at("tenant", i, "transport"),
-                        )?;
-                        if t.transport.is_none() {
-                            x.primary = tunnel.transport.primary;
-                        }
-                        x
-                    } else {
-                        tunnel.transport
-                    },
+                    transport,
                     ..tunnel.clone()
                 },
                 segments,
@@ -553,6 +558,41 @@ impl Doc<'_> {
             });
         }
         Ok(out)
+    }
+
+    /// A tenant's inner MTU: `tunnel.mtu` if it was set, else, with the
+    /// datagram transport, what one datagram carries to the tenant's own
+    /// edges (as the internet tenant's default). With UDP and no fallback
+    /// an inherited `tunnel.mtu` above that is refused: larger packets
+    /// would have no way through.
+    fn tenant_mtu(
+        &self,
+        i: usize,
+        t: &RawTenant,
+        tunnel: &TunnelConfig,
+        mtu_set: bool,
+        transport: sluice_core::datagram::path::PathConfig,
+        edges: &sluice_core::select::EdgeSet,
+    ) -> Result<u16, ConfigError> {
+        use sluice_core::datagram::path::Transport;
+        if transport.primary != Transport::Udp {
+            return Ok(tunnel.mtu);
+        }
+        let datagram_mtu = policy::datagram_mtu(edges);
+        if !mtu_set {
+            return Ok(datagram_mtu);
+        }
+        if !transport.fallback && tunnel.mtu > datagram_mtu {
+            return Err(self.err(
+                t.name.span(),
+                &at("tenant", i, "transport_fallback"),
+                format!(
+                    "with transport = \"udp\" and transport_fallback = false, the inherited tunnel.mtu = {} is more than the {datagram_mtu} one datagram carries to this tenant's edges: larger packets would have no way through (lower tunnel.mtu or allow the fallback)",
+                    tunnel.mtu
+                ),
+            ));
+        }
+        Ok(tunnel.mtu)
     }
 
     fn identities(&self, raw: &[Spanned<RawIdentity>]) -> Result<Vec<Identity>, ConfigError> {

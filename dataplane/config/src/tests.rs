@@ -1408,3 +1408,71 @@ fn review_h24_udp_without_fallback_refuses_an_mtu_no_datagram_carries() {
         "accepted with an inner MTU of {accepted_mtu:?} that no datagram carries"
     );
 }
+
+/// A private-access tenant with the datagram transport: its inner MTU is
+/// what one datagram carries to its own edges unless `tunnel.mtu` is set;
+/// an inherited `tunnel.mtu` no datagram carries is refused when the
+/// tenant has no fallback (review h24 leftover: it was inherited
+/// unchecked, 1500 by default, so full-size packets vanished).
+#[test]
+fn tenant_datagram_mtu_follows_its_edges_and_refuses_an_inherited_black_hole() {
+    use sluice_core::policy::{DEFAULT_DATAGRAM_MTU, DEFAULT_DATAGRAM_MTU_V4, DEFAULT_TUNNEL_MTU};
+    let d = dir();
+    let corp = "name = \"corp\"\nedge = \"198.51.100.7:4443\"";
+    let partner = "name = \"partner\"\nedge = \"198.51.100.8:4443\"";
+    let parse = |tunnel_extra: &str, corp_extra: &str, partner_extra: &str| {
+        let text = POLICY_GW
+            .replacen(
+                "key = \"gw.key\"",
+                &format!("key = \"gw.key\"{tunnel_extra}"),
+                1,
+            )
+            .replace(corp, &format!("{corp}{corp_extra}"))
+            .replace(
+                partner,
+                &format!("name = \"partner\"\nedge = \"[2001:db8:3::8]:4443\"{partner_extra}"),
+            );
+        GatewayConfig::parse(&d.join("sluice.toml"), &text)
+    };
+    let mtu = |c: &GatewayConfig, name: &str| {
+        c.policy
+            .tenants
+            .iter()
+            .find(|t| t.name == name)
+            .map(|t| t.tunnel.mtu)
+            .unwrap()
+    };
+    // TLS everywhere: the tunnel's MTU.
+    let c = parse("", "", "").unwrap();
+    assert_eq!(mtu(&c, "corp"), DEFAULT_TUNNEL_MTU);
+    // UDP per tenant, no tunnel.mtu: each tenant's own datagram MTU (an
+    // IPv4 edge and an IPv6 one), with or without fallback.
+    let c = parse(
+        "",
+        "\ntransport = \"udp\"\ntransport_fallback = false",
+        "\ntransport = \"udp\"",
+    )
+    .unwrap();
+    assert_eq!(mtu(&c, "corp"), DEFAULT_DATAGRAM_MTU_V4);
+    assert_eq!(mtu(&c, "partner"), DEFAULT_DATAGRAM_MTU);
+    // An explicit tunnel.mtu is inherited; above the datagram MTU it is
+    // refused without fallback, naming the tenant.
+    let c = parse(
+        "\nmtu = 1400",
+        "\ntransport = \"udp\"\ntransport_fallback = false",
+        "",
+    )
+    .unwrap();
+    assert_eq!(mtu(&c, "corp"), 1400);
+    let err = parse(
+        "\nmtu = 1500",
+        "\ntransport = \"udp\"\ntransport_fallback = false",
+        "",
+    )
+    .unwrap_err();
+    assert_eq!(err.field(), Some("tenant[0].transport_fallback"), "{err}");
+    // With fallback, larger packets take TLS: accepted.
+    let c = parse("\nmtu = 1500", "\ntransport = \"udp\"", "").unwrap();
+    assert_eq!(mtu(&c, "corp"), 1500);
+    std::fs::remove_dir_all(d).unwrap();
+}

@@ -41,6 +41,9 @@ pub struct Selector {
     events: VecDeque<Event>,
     switches: u64,
     ignored: u64,
+    /// State of the backoff jitter's generator; 0: no jitter (see
+    /// [`Selector::jitter_backoff`]).
+    jitter: u64,
 }
 
 /// A set of edge indices (at most [`MAX_EDGES`]).
@@ -59,7 +62,34 @@ impl Set {
 
 const _: () = assert!(MAX_EDGES <= 32, "Set is a u32 bit set");
 
+/// `backoff` less up to a quarter, drawn from `state` (xorshift64*), but
+/// never under `floor`: gateways that lost an edge together do not retry
+/// it in step. `state` 0 leaves it unchanged.
+fn jittered(state: &mut u64, backoff: Duration, floor: Duration) -> Duration {
+    if *state == 0 {
+        return backoff;
+    }
+    let mut x = *state;
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    *state = x;
+    let r = x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11;
+    // r / 2^53 in [0, 1): take off that share of a quarter.
+    let cut = ((backoff / 4).as_nanos() * u128::from(r)) >> 53;
+    let cut = Duration::from_nanos(u64::try_from(cut).unwrap_or(u64::MAX));
+    backoff.saturating_sub(cut).max(floor)
+}
+
 impl Selector {
+    /// Draws each retry's backoff between three quarters of its nominal
+    /// value (never under `backoff_min`) and the nominal value, from a
+    /// generator seeded with `seed` (the caller's randomness: the core
+    /// has none; 0 switches jitter off, the default, which tests rely on).
+    pub fn jitter_backoff(&mut self, seed: u64) {
+        self.jitter = seed;
+    }
+
     /// A selector for `set`, starting at `now`: it asks at once for the
     /// names to be resolved and for the first connection attempt.
     pub fn new(set: &EdgeSet, now: Instant) -> Result<Self, SelectError> {
@@ -91,6 +121,7 @@ impl Selector {
             events: VecDeque::with_capacity(4),
             switches: 0,
             ignored: 0,
+            jitter: 0,
         };
         for i in 0..s.edges.len() {
             if s.edges[i].needs_resolution() {
@@ -727,6 +758,7 @@ impl Selector {
             .backoff_min
             .saturating_mul(1 << e.failures.min(20))
             .min(s.backoff_max);
+        let backoff = jittered(&mut self.jitter, backoff, s.backoff_min);
         e.failures = e.failures.saturating_add(1);
         e.state = State::Down {
             until: now + backoff,

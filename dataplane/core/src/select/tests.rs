@@ -562,6 +562,39 @@ fn failed_edges_are_retried_with_exponential_backoff() {
     );
 }
 
+/// With jitter, each retry comes between three quarters of its nominal
+/// backoff (never under `backoff_min`) and the nominal backoff, and two
+/// gateways seeded differently do not retry in step.
+#[test]
+fn jittered_backoff_stays_within_a_quarter_and_differs_by_seed() {
+    let mut set = set(&[0]);
+    set.settings.standby = 0;
+    let run = |seed: u64| {
+        let mut sim = Sim::new(&set);
+        sim.sel.jitter_backoff(seed);
+        sim.refuse[0] = true;
+        sim.run_until(ms(20_000));
+        sim.connects()
+            .iter()
+            .map(|(t, _)| t.as_millis() as u64)
+            .collect::<Vec<u64>>()
+    };
+    let (a, b) = (run(0x9e37_79b9_7f4a_7c15), run(0x1234_5678_9abc_def1));
+    for t in [&a, &b] {
+        // Refused 1 ms after each attempt, then the backoff.
+        let gaps: Vec<u64> = t.windows(2).map(|w| w[1] - w[0] - 1).collect();
+        let mut nominal = 100;
+        for &g in &gaps {
+            assert!(
+                g >= (nominal * 3 / 4).max(100) - 1 && g <= nominal + 1,
+                "gap {g} ms for nominal {nominal}: {gaps:?}"
+            );
+            nominal = (nominal * 2).min(5000);
+        }
+    }
+    assert_ne!(a, b, "two seeds, the same retry times");
+}
+
 // ---- latency ----
 
 /// `a` up at 30 ms and active, `b` up at 60 ms; probes every 100 ms.

@@ -364,7 +364,17 @@ impl Edges {
         transport: PathConfig,
         now: Instant,
     ) -> Result<Self, SelectError> {
-        let selector = Selector::new(set, now)?;
+        let mut selector = Selector::new(set, now)?;
+        // Retries jittered, so that branches which lost an edge together
+        // (it restarted) do not come back in step: a seed from the
+        // process's random hash keys (std's `RandomState`).
+        selector.jitter_backoff({
+            use std::hash::{BuildHasher, Hasher};
+            let mut h = std::hash::RandomState::new().build_hasher();
+            h.write_u32(queue);
+            h.write_usize(tenant);
+            h.finish() | 1
+        });
         let n = set.edges.len().min(MAX_EDGES);
         Ok(Self {
             queue,

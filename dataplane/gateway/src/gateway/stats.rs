@@ -183,13 +183,15 @@ impl TenantStats {
 }
 
 /// A per-edge metric's value from a tenant's status and the edge's index.
-type EdgeField = fn(&sluice_core::select::Status, usize) -> u64;
+type EdgeField = fn(&super::edges::EdgeReport, usize) -> u64;
 /// A per-tenant metric's value from its status.
 type TenantField = fn(&sluice_core::select::Status) -> u64;
 
 /// Renders every worker's edge selection (as last published): per edge
 /// `sluice_gateway_edge_{up,active,rtt_seconds,probe_misses}` and
-/// `sluice_gateway_edge_failures` (consecutive); per tenant
+/// `sluice_gateway_edge_failures` (consecutive),
+/// `sluice_gateway_edge_datagrams` (1 while its packets go by the datagram
+/// transport; `sluice status` names the path's state); per tenant
 /// `sluice_gateway_edge_switches_total` and
 /// `sluice_gateway_edge_none_active`.
 /// Labels: queue, tenant, edge (its configured name).
@@ -204,7 +206,7 @@ pub(crate) fn render_edges(
 ) {
     use sluice_core::select::{Phase, Status};
     use std::fmt::Write as _;
-    let published: Vec<Vec<Option<Status>>> = workers
+    let published: Vec<Vec<Option<super::edges::EdgeReport>>> = workers
         .iter()
         .map(|w| {
             w.edges
@@ -212,51 +214,60 @@ pub(crate) fn render_edges(
                 .map(|m| {
                     m.lock()
                         .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .as_ref()
-                        .map(|r| r.0.clone())
+                        .clone()
                 })
                 .collect()
         })
         .collect();
-    let each = |f: &mut dyn FnMut(&str, &str, &Status)| {
+    let each_report = |f: &mut dyn FnMut(&str, &str, &super::edges::EdgeReport)| {
         for (q, w) in published.iter().enumerate() {
             let q = q.to_string();
             for (t, name) in names.iter().enumerate().take(TENANTS) {
-                if let Some(Some(s)) = w.get(t) {
-                    f(&q, name, s);
+                if let Some(Some(r)) = w.get(t) {
+                    f(&q, name, r);
                 }
             }
         }
     };
-    let families: [(&str, &str, &str, EdgeField); 4] = [
+    let each = |f: &mut dyn FnMut(&str, &str, &Status)| {
+        each_report(&mut |q, name, r| f(q, name, &r.0));
+    };
+    let families: [(&str, &str, &str, EdgeField); 5] = [
         (
             "sluice_gateway_edge_up",
             "gauge",
             "1 while this worker's tunnel to the edge is established (active or standby).",
-            |s, e| u64::from(matches!(s.edges[e].phase, Phase::Active | Phase::Standby)),
+            |(s, _), e| u64::from(matches!(s.edges[e].phase, Phase::Active | Phase::Standby)),
         ),
         (
             "sluice_gateway_edge_active",
             "gauge",
             "1 for the edge carrying the tenant's traffic on this worker.",
-            |s, e| u64::from(s.active.is_some_and(|a| a.index() == e)),
+            |(s, _), e| u64::from(s.active.is_some_and(|a| a.index() == e)),
         ),
         (
             "sluice_gateway_edge_failures",
             "gauge",
             "Consecutive failures of the edge (0 once it is up again).",
-            |s, e| u64::from(s.edges[e].failures),
+            |(s, _), e| u64::from(s.edges[e].failures),
         ),
         (
             "sluice_gateway_edge_probe_misses",
             "gauge",
             "Consecutive echo probes the edge has not answered in time.",
-            |s, e| u64::from(s.edges[e].misses),
+            |(s, _), e| u64::from(s.edges[e].misses),
+        ),
+        (
+            "sluice_gateway_edge_datagrams",
+            "gauge",
+            "1 while the edge's packets go by the datagram transport (0: the TLS stream).",
+            |(_, transports), e| u64::from(transports.get(e).copied() == Some("datagrams")),
         ),
     ];
     for (metric, kind, help, field) in families {
         let mut first = true;
-        each(&mut |q, tenant, s| {
+        each_report(&mut |q, tenant, r| {
+            let s = &r.0;
             for (e, es) in s.edges.iter().enumerate() {
                 sample(
                     out,
@@ -264,7 +275,7 @@ pub(crate) fn render_edges(
                     kind,
                     first.then_some(help),
                     &[("queue", q), ("tenant", tenant), ("edge", &es.name)],
-                    field(s, e),
+                    field(r, e),
                 );
                 first = false;
             }
