@@ -349,6 +349,17 @@ impl Link {
         }
     }
 
+    /// Bytes a packet or probe written now waits behind: what the session
+    /// holds plus what the kernel has not sent yet (0 when not connected).
+    pub fn unsent(&self) -> usize {
+        match &self.state {
+            LinkState::Up { sock, session } => session
+                .pending_send()
+                .saturating_add(sluice_sys::tcp::unsent_bytes(sock).unwrap_or(0)),
+            LinkState::Down { .. } | LinkState::Closed => 0,
+        }
+    }
+
     /// When [`Link::handle_timeout`] is next due: the next attempt, or
     /// the session's next deadline.
     pub fn poll_timeout(&self) -> Option<Instant> {

@@ -123,10 +123,20 @@ pub struct DatagramConfig {
     pub aead: AeadProvider,
 }
 
+/// Where [`DatagramSession::seal_in_place`] expects the packet: after
+/// the record's header and the item's length.
+pub const IN_PLACE_OFFSET: usize = HEADER_LEN + wire::ITEM_HEADER_LEN;
+
+/// The largest UDP payload over a 1500-byte IPv4 path (IPv4 20, UDP 8).
+pub const MAX_DATAGRAM_V4: usize = 1472;
+/// The largest UDP payload over a 1500-byte IPv6 path (IPv6 40, UDP 8):
+/// [`DatagramConfig::max_datagram`]'s default.
+pub const MAX_DATAGRAM_V6: usize = 1452;
+
 impl Default for DatagramConfig {
     fn default() -> Self {
         Self {
-            max_datagram: 1452,
+            max_datagram: MAX_DATAGRAM_V6,
             rekey_after_records: 1 << 20,
             rekey_after_time: Duration::from_mins(2),
             previous_key_grace: Duration::from_secs(5),
@@ -559,6 +569,37 @@ impl DatagramSession {
             len,
             packets: taken,
         })
+    }
+
+    /// Seals one packet where it lies: `buf` holds the packet at
+    /// [`IN_PLACE_OFFSET`] (`packet_len` bytes), with room before it for
+    /// the record's header and item length and after it for the tag. The
+    /// record then starts at `buf[0]`; returns its length. Zero copy: the
+    /// gateway seals a frame in its receive buffer and sends it from there.
+    ///
+    /// # Errors
+    /// As [`DatagramSession::seal`]; on an error `buf` is unchanged.
+    pub fn seal_in_place(
+        &mut self,
+        buf: &mut [u8],
+        packet_len: usize,
+        now: Instant,
+    ) -> Result<usize, SealError> {
+        if packet_len == 0 {
+            return Err(SealError::EmptyPacket);
+        }
+        let plain = wire::ITEM_HEADER_LEN + packet_len;
+        let total = MIN_LEN + plain;
+        let len = u16::try_from(packet_len).map_err(|_| SealError::TooLarge)?;
+        if total > buf.len().min(self.cfg.max_datagram) {
+            return Err(SealError::TooLarge);
+        }
+        let counter = self.prepare_send(now)?;
+        buf[HEADER_LEN..IN_PLACE_OFFSET].copy_from_slice(&len.to_be_bytes());
+        let n = self.finish(RecordType::Data, counter, buf, plain);
+        self.stats.tx_packets += 1;
+        self.stats.tx_bytes += packet_len as u64;
+        Ok(n)
     }
 
     /// Seals an echo request with sequence number `seq`, stamped `now`,

@@ -467,3 +467,40 @@ fn echo_reply_with_any_timestamp_is_safe() {
         .collect();
     assert_eq!(rtts, [Duration::ZERO, Duration::ZERO], "from the future: 0");
 }
+
+/// Sealed where it lies, a packet opens as it would sealed by copy, the
+/// record the same bytes as `seal`'s for the same counter; a buffer
+/// without room for the tag, or a packet over the maximum, is refused
+/// and left unchanged.
+#[test]
+fn a_packet_sealed_in_place_opens_and_matches_the_copied_record() {
+    let mut p = pair();
+    let mut q = pair();
+    let pkt = ip(7, 1400);
+    let mut buf = vec![0u8; 4096];
+    buf[IN_PLACE_OFFSET..IN_PLACE_OFFSET + pkt.len()].copy_from_slice(&pkt);
+    let n = p.gw.seal_in_place(&mut buf, pkt.len(), p.now).unwrap();
+    assert_eq!(n, MIN_LEN + ITEM_HEADER_LEN + pkt.len());
+    let copied = seal(&mut q.gw, &[&pkt], q.now);
+    assert_eq!(&buf[..n], &copied[..], "the same record as seal's");
+    assert_eq!(open(&mut p.edge, &buf[..n], p.now).unwrap(), [pkt.clone()]);
+
+    // No room for the tag; larger than max_datagram; empty.
+    let mut short = vec![0u8; IN_PLACE_OFFSET + pkt.len() + w::TAG_LEN - 1];
+    short[IN_PLACE_OFFSET..IN_PLACE_OFFSET + pkt.len()].copy_from_slice(&pkt);
+    let before = short.clone();
+    assert_eq!(
+        p.gw.seal_in_place(&mut short, pkt.len(), p.now),
+        Err(SealError::TooLarge)
+    );
+    assert_eq!(short, before, "unchanged on an error");
+    let big = 1453 - MIN_LEN - ITEM_HEADER_LEN;
+    assert_eq!(
+        p.gw.seal_in_place(&mut vec![0u8; 4096], big, p.now),
+        Err(SealError::TooLarge)
+    );
+    assert_eq!(
+        p.gw.seal_in_place(&mut buf, 0, p.now),
+        Err(SealError::EmptyPacket)
+    );
+}

@@ -626,6 +626,15 @@ impl Core {
             return;
         }
         let generation = c.generation;
+        // Records as large as one datagram carries to this gateway: its
+        // datagrams come from the family its tunnel does (an IPv4
+        // gateway's inner MTU is 1438, which 1452 bytes of record would
+        // not carry: full-size replies went by TLS).
+        let max_datagram = if c.peer.ip().to_canonical().is_ipv4() {
+            crate::datagram::MAX_DATAGRAM_V4
+        } else {
+            crate::datagram::MAX_DATAGRAM_V6
+        };
         let mut answer = DatagramSetup {
             receiver_id: 0,
             port: 0,
@@ -637,7 +646,11 @@ impl Core {
         if let (Some(keys), Some(port)) = (keys, self.datagram_port) {
             let rid = self.new_receiver_id();
             let session = rid.and_then(|rid| {
-                DatagramSession::new(keys, rid, offer.receiver_id, self.dgram_cfg.clone(), now).ok()
+                let cfg = DatagramConfig {
+                    max_datagram,
+                    ..self.dgram_cfg.clone()
+                };
+                DatagramSession::new(keys, rid, offer.receiver_id, cfg, now).ok()
             });
             if let (Some(rid), Some(session)) = (rid, session)
                 && self.receivers.insert(rid, (id, generation)).is_ok()

@@ -358,3 +358,49 @@ fn review_h24_an_offer_is_answered_in_the_read_that_carried_it() {
         "answers after the offer's own round trip, then after the next gateway bytes"
     );
 }
+
+/// Review h25 M1: an IPv4 gateway's tenant has an inner MTU of 1438 (what
+/// a 1472-byte UDP payload carries), but the edge sealed its replies into
+/// records of at most 1452 bytes (the IPv6 size) whatever the gateway's
+/// family: every reply of 1419 to 1438 bytes failed to seal and went by
+/// the TLS stream (`Sent::Queued`), a download's full-size packets on
+/// TCP-in-TCP and its small ones on UDP. Expect them sealed into
+/// datagrams.
+#[test]
+fn review_h25_full_size_replies_to_an_ipv4_gateway_fit_a_datagram() {
+    let pki = LabPki::new(&["gw1"]);
+    let mut p = Pair::new(&pki);
+    let mut g = p.datagrams();
+    let now = p.now;
+    // A datagram from the gateway's address teaches the edge where to send.
+    let pkt = udp4([192, 0, 2, 10], 5000, [203, 0, 113, 5], 53);
+    let mut d = vec![0u8; 1500];
+    let n = g.seal(&[&pkt], now, &mut d).unwrap().len;
+    let from: SocketAddr = "198.51.100.200:40001".parse().unwrap();
+    p.core
+        .datagram(from, &mut d[..n], now, &mut |_| {})
+        .unwrap();
+    p.gw.send_datagram_control(&datagram_use_frame(true))
+        .unwrap();
+    p.pump();
+    p.gw.send_echo(1, now).unwrap();
+    p.pump();
+    // 1438 bytes of IPv4 packet: the inner MTU of an IPv4 gateway.
+    let mut reply = Vec::new();
+    etherparse::PacketBuilder::ipv4([203, 0, 113, 5], [192, 0, 2, 10], 64)
+        .udp(53, 5000)
+        .write(&mut reply, &[0x5a; 1438 - 28])
+        .unwrap();
+    assert_eq!(
+        reply.len(),
+        usize::from(crate::policy::DEFAULT_DATAGRAM_MTU_V4)
+    );
+    let mut sink = Catch::default();
+    let sent = p.core.tun_packet_via(&reply, now, &mut sink);
+    assert_eq!(
+        sent,
+        Ok(Sent::Datagram),
+        "a full-size reply took the TLS stream"
+    );
+    assert_eq!(sink.sent, [from]);
+}

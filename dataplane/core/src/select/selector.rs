@@ -62,10 +62,10 @@ impl Set {
 
 const _: () = assert!(MAX_EDGES <= 32, "Set is a u32 bit set");
 
-/// `backoff` less up to a quarter, drawn from `state` (xorshift64*), but
-/// never under `floor`: gateways that lost an edge together do not retry
-/// it in step. `state` 0 leaves it unchanged.
-fn jittered(state: &mut u64, backoff: Duration, floor: Duration) -> Duration {
+/// `backoff` plus up to a quarter, drawn from `state` (xorshift64*):
+/// gateways that lost an edge together do not retry it in step, from the
+/// first retry on. `state` 0 leaves it unchanged.
+fn jittered(state: &mut u64, backoff: Duration) -> Duration {
     if *state == 0 {
         return backoff;
     }
@@ -75,17 +75,18 @@ fn jittered(state: &mut u64, backoff: Duration, floor: Duration) -> Duration {
     x ^= x >> 27;
     *state = x;
     let r = x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11;
-    // r / 2^53 in [0, 1): take off that share of a quarter.
-    let cut = ((backoff / 4).as_nanos() * u128::from(r)) >> 53;
-    let cut = Duration::from_nanos(u64::try_from(cut).unwrap_or(u64::MAX));
-    backoff.saturating_sub(cut).max(floor)
+    // r / 2^53 in [0, 1): add that share of a quarter.
+    let extra = ((backoff / 4).as_nanos() * u128::from(r)) >> 53;
+    backoff.saturating_add(Duration::from_nanos(
+        u64::try_from(extra).unwrap_or(u64::MAX),
+    ))
 }
 
 impl Selector {
-    /// Draws each retry's backoff between three quarters of its nominal
-    /// value (never under `backoff_min`) and the nominal value, from a
-    /// generator seeded with `seed` (the caller's randomness: the core
-    /// has none; 0 switches jitter off, the default, which tests rely on).
+    /// Draws each retry's backoff between its nominal value and a quarter
+    /// more, from a generator seeded with `seed` (the caller's
+    /// randomness: the core has none; 0 switches jitter off, the default,
+    /// which tests rely on).
     pub fn jitter_backoff(&mut self, seed: u64) {
         self.jitter = seed;
     }
@@ -758,7 +759,7 @@ impl Selector {
             .backoff_min
             .saturating_mul(1 << e.failures.min(20))
             .min(s.backoff_max);
-        let backoff = jittered(&mut self.jitter, backoff, s.backoff_min);
+        let backoff = jittered(&mut self.jitter, backoff);
         e.failures = e.failures.saturating_add(1);
         e.state = State::Down {
             until: now + backoff,

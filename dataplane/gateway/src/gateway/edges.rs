@@ -145,6 +145,49 @@ impl Udp {
         Ok(())
     }
 
+    /// Seals one packet where it lies ([`DatagramSession::seal_in_place`]:
+    /// `buf` holds it at [`sluice_core::datagram::IN_PLACE_OFFSET`]);
+    /// returns the record's length, at the start of `buf`.
+    ///
+    /// # Errors
+    /// As [`DatagramSession::seal_in_place`] (`buf` unchanged).
+    pub(super) fn seal_in_place(
+        &mut self,
+        buf: &mut [u8],
+        len: usize,
+        now: Instant,
+    ) -> Result<usize, SealError> {
+        self.session.seal_in_place(buf, len, now)
+    }
+
+    /// Sends records sealed elsewhere ([`Udp::seal_in_place`]), after
+    /// what the send batch holds (so that order holds): what the socket
+    /// does not take now is dropped and counted, as by [`Udp::flush`].
+    pub(super) fn send_sealed(&mut self, records: &[&[u8]], tally: &mut UdpTally) {
+        self.flush(tally);
+        let mut rest = records;
+        while !rest.is_empty() {
+            match self.sock.send_many(rest, None) {
+                Ok(n) if n > 0 => {
+                    tally.sent += n as u64;
+                    rest = &rest[n..];
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // The oldest refused (too long, no route, a firewall):
+                // that one is lost, the others still go.
+                Err(e) if e.kind() != io::ErrorKind::WouldBlock => {
+                    tally.send_dropped += 1;
+                    rest = &rest[1..];
+                }
+                // Nothing taken (the buffer is full): the rest is lost.
+                _ => {
+                    tally.send_dropped += rest.len() as u64;
+                    rest = &[];
+                }
+            }
+        }
+    }
+
     /// Sends the batch: what the socket does not take now (its buffer is
     /// full) is dropped and counted, as a congested link would.
     pub(super) fn flush(&mut self, tally: &mut UdpTally) {
@@ -674,7 +717,11 @@ impl Edges {
             return;
         };
         let cfg = DatagramConfig {
-            max_datagram: if addr.is_ipv4() { 1472 } else { 1452 },
+            max_datagram: if addr.ip().to_canonical().is_ipv4() {
+                sluice_core::datagram::MAX_DATAGRAM_V4
+            } else {
+                sluice_core::datagram::MAX_DATAGRAM_V6
+            },
             aead: crate::driver::aead(),
             ..DatagramConfig::default()
         };
@@ -810,8 +857,11 @@ impl Edges {
                 // A probe that cannot be sent (not established, send
                 // buffer over its cap) goes unanswered: a miss.
                 let e = edge.index();
+                // Behind data in the session or in the kernel (up to
+                // `TCP_NOTSENT_LOWAT` more): no RTT sample.
+                let unsent = self.links[e].as_ref().map_or(0, Link::unsent);
                 if let Some(s) = self.links[e].as_mut().and_then(Link::session_mut) {
-                    if s.pending_send() > QUEUED_PROBE {
+                    if unsent > QUEUED_PROBE {
                         let q = &mut self.queued_probes[e];
                         q[usize::try_from(seq).unwrap_or(0) % QUEUED_PROBES] = Some(seq);
                     }

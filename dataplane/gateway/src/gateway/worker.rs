@@ -521,11 +521,9 @@ impl Worker {
             }
             let now = Instant::now();
             let returns = self.dns.as_ref().is_some_and(DnsPort::has_returns);
-            let timeout = if rx_more || tunnel_more != 0 || returns {
-                Duration::ZERO
-            } else {
+            let timeout = poll_timeout(rx_more, tunnel_more | udp_more, returns, || {
                 self.next_wakeup(now)
-            };
+            });
             if let Err(e) = self.poll.poll(&mut events, Some(timeout))
                 && e.kind() != io::ErrorKind::Interrupted
             {
@@ -725,9 +723,6 @@ impl Worker {
         let tunnels = &mut self.tunnels;
         let mut dns = self.dns.as_mut();
         let guard = &mut self.pmtu;
-        let mut send = |i: usize, pkt: &ip::Packet<'_>, t: &mut Tally| {
-            to_tunnel(tunnels, dns.as_deref_mut(), guard, i, pkt, t, now);
-        };
         match &mut self.port {
             Port::Xsk {
                 xsk,
@@ -740,16 +735,18 @@ impl Worker {
                     Route::Meta => None,
                     Route::Lookup(p) => Some(p.refresh(&mut self.cached)),
                 };
-                let batch = xsk.rx(RX_BATCH);
+                let mut batch = xsk.rx(RX_BATCH);
                 let n = batch.len();
                 let mut last_seen = None;
                 t.rx_frames += n as u64;
-                for i in 0..n {
+                // Datagrams sealed where their frames lie, sent before
+                // the batch gives its frames back.
+                let mut sealed = InPlace::default();
+                for f in batch.frames_mut() {
                     let meta = if active.is_some() {
                         Some(usize::MAX)
                     } else {
-                        batch
-                            .meta(i)
+                        f.meta
                             .and_then(sluice_common::XdpMeta::decode)
                             .and_then(sluice_common::XdpMeta::tunnel)
                             .map(usize::from)
@@ -759,38 +756,58 @@ impl Worker {
                         t.drop_no_verdict += 1;
                         continue;
                     };
-                    let Some(frame) = batch.get(i) else { break };
-                    let Ok(eth) = ethernet::Frame::new_checked(frame) else {
-                        t.drop_malformed += 1;
-                        continue;
+                    let crate::sys::xsk::RxFrameMut { frame, data, .. } = f;
+                    let (tunnel, at, len, sent) = {
+                        let Some(view) = frame.get(data.clone()) else {
+                            t.drop_malformed += 1;
+                            continue;
+                        };
+                        let Ok(eth) = ethernet::Frame::new_checked(view) else {
+                            t.drop_malformed += 1;
+                            continue;
+                        };
+                        let Ok((tags, _, off)) = eth.tags() else {
+                            t.drop_malformed += 1;
+                            continue;
+                        };
+                        let Some(Ok(pkt)) = view.get(off..).map(ip::Packet::new_checked) else {
+                            t.drop_malformed += 1;
+                            continue;
+                        };
+                        // Only the VLAN, and only from the MAC the kernel
+                        // has for this address (LAN); the MAC itself on
+                        // the endpoint's veth. Once per sender and batch:
+                        // a bulk flow's frames all carry the same source,
+                        // and a repeat with the same `now` changes nothing
+                        // (it cost a keyed hash a frame).
+                        let seen = (pkt.src(), eth.src(), tags);
+                        if last_seen != Some(seen) {
+                            neighbors.observe(seen.0, seen.1, tags, vlans, now, &mut |ip| {
+                                Self::next_hop(routes, ip)
+                            });
+                            last_seen = Some(seen);
+                        }
+                        let tunnel = match &active {
+                            Some(a) => Self::lookup_tunnel(a, &pkt),
+                            None => meta,
+                        };
+                        let sent = to_tunnel(
+                            tunnels,
+                            dns.as_deref_mut(),
+                            guard,
+                            tunnel,
+                            &pkt,
+                            t,
+                            now,
+                            true,
+                        );
+                        (tunnel, data.start + off, pkt.as_bytes().len(), sent)
                     };
-                    let Ok((tags, _, off)) = eth.tags() else {
-                        t.drop_malformed += 1;
-                        continue;
-                    };
-                    let Ok(pkt) = ip::Packet::new_checked(&frame[off..]) else {
-                        t.drop_malformed += 1;
-                        continue;
-                    };
-                    // Only the VLAN, and only from the MAC the kernel has
-                    // for this address (LAN); the MAC itself on the
-                    // endpoint's veth.
-                    // Once per sender and batch: a bulk flow's frames all
-                    // carry the same source, and a repeat with the same
-                    // `now` changes nothing (it cost a keyed hash a frame).
-                    let seen = (pkt.src(), eth.src(), tags);
-                    if last_seen != Some(seen) {
-                        neighbors.observe(seen.0, seen.1, tags, vlans, now, &mut |ip| {
-                            Self::next_hop(routes, ip)
-                        });
-                        last_seen = Some(seen);
+                    if sent == Sent::InPlace {
+                        seal_in_place(tunnels, &mut sealed, tunnel, frame, at, len, t, now);
                     }
-                    let tunnel = match &active {
-                        Some(a) => Self::lookup_tunnel(a, &pkt),
-                        None => meta,
-                    };
-                    send(tunnel, &pkt, t);
                 }
+                sealed.send(tunnels, t);
                 drop(batch);
                 n == RX_BATCH
             }
@@ -807,7 +824,10 @@ impl Worker {
                     n += 1;
                     t.rx_frames += 1;
                     match ip::Packet::new_checked(&buf[..len]) {
-                        Ok(pkt) => send(Self::lookup_tunnel(&active, &pkt), &pkt, t),
+                        Ok(pkt) => {
+                            let i = Self::lookup_tunnel(&active, &pkt);
+                            to_tunnel(tunnels, dns.as_deref_mut(), guard, i, &pkt, t, now, false);
+                        }
                         Err(_) => t.drop_malformed += 1,
                     }
                 }
@@ -934,6 +954,24 @@ impl Worker {
     }
 }
 
+/// How long the worker's poll may block: not at all while a source may
+/// have more than its last batch took (the LAN queue, a tunnel or a
+/// datagram socket: mio is edge-triggered, so no new event comes for what
+/// is already waiting) or the DNS port has returns; else until the next
+/// timer.
+fn poll_timeout(
+    rx_more: bool,
+    sockets_more: SlotBits,
+    returns: bool,
+    next_wakeup: impl FnOnce() -> Duration,
+) -> Duration {
+    if rx_more || sockets_more != 0 || returns {
+        Duration::ZERO
+    } else {
+        next_wakeup()
+    }
+}
+
 /// Sends `pkt` into tunnel `i` (a DNS query only once its copy is on its
 /// way to the domain bypass, else dropped and counted: its answer would
 /// install nothing); dropped and counted while the tunnel is down. The
@@ -941,6 +979,10 @@ impl Worker {
 /// clamped, an IPv4 packet without DF that does not fit goes as
 /// fragments, and one that may not be fragmented is dropped and its
 /// sender told (ICMP, rate-limited, queued for the end of the batch).
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the batch's state, two call sites"
+)]
 fn to_tunnel(
     tunnels: &mut [Edges],
     dns: Option<&mut DnsPort>,
@@ -949,16 +991,17 @@ fn to_tunnel(
     pkt: &ip::Packet<'_>,
     t: &mut Tally,
     now: Instant,
-) {
+    in_place: bool,
+) -> Sent {
     let Some(mut out) = tunnels.get_mut(i).and_then(Edges::sender) else {
         t.drop_down += 1;
-        return;
+        return Sent::Done;
     };
     if let Some(d) = dns
         && d.query(pkt) == Divert::Full
     {
         t.drop_dns_queue_full += 1;
-        return;
+        return Sent::Done;
     }
     let mtu = guard
         .mtus
@@ -974,8 +1017,11 @@ fn to_tunnel(
                 if pmtu::clamp_mss(copy, mtu) {
                     t.mss_clamped += 1;
                     send_one(&mut out, copy, i, t, now);
-                    return;
+                    return Sent::Done;
                 }
+            }
+            if in_place && matches!(out, Sender::Udp(..)) {
+                return Sent::InPlace;
             }
             send_one(&mut out, bytes, i, t, now);
         }
@@ -992,7 +1038,7 @@ fn to_tunnel(
             t.drop_too_big += 1;
             if guard.queued >= guard.icmp.len() || !guard.limiter.allow(now) {
                 t.icmp_suppressed += 1;
-                return;
+                return Sent::Done;
             }
             // From the destination the packet was for: the gateway is
             // not a hop the LAN host addresses (see the README).
@@ -1002,6 +1048,127 @@ fn to_tunnel(
                 slot.2 = i;
                 guard.queued += 1;
                 t.icmp_too_big += 1;
+            }
+        }
+    }
+    Sent::Done
+}
+
+/// What [`to_tunnel`] did with a packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sent {
+    /// Sent, queued or dropped (and counted).
+    Done,
+    /// For the datagram transport, whole: the caller seals it where its
+    /// frame lies ([`seal_in_place`]).
+    InPlace,
+}
+
+/// Datagrams sealed where their LAN frames lie, with their tenants, sent
+/// at the end of the batch ([`InPlace::send`]) before its frames go back
+/// to the fill ring: no copy between the frame and the socket.
+struct InPlace<'b> {
+    records: [&'b [u8]; RX_BATCH],
+    tenants: [usize; RX_BATCH],
+    len: usize,
+}
+
+impl Default for InPlace<'_> {
+    fn default() -> Self {
+        Self {
+            records: [&[]; RX_BATCH],
+            tenants: [0; RX_BATCH],
+            len: 0,
+        }
+    }
+}
+
+impl<'b> InPlace<'b> {
+    /// Sends each tenant's records in order, after what its transport
+    /// queued by copy in this batch (so that order holds).
+    fn send(&self, tunnels: &mut [Edges], t: &mut Tally) {
+        let mut done: SlotBits = 0;
+        for k in 0..self.len {
+            let i = self.tenants[k];
+            if done & (1 << i) != 0 {
+                continue;
+            }
+            done |= 1 << i;
+            let mut mine: [&[u8]; RX_BATCH] = [&[]; RX_BATCH];
+            let mut n = 0;
+            for (r, &ti) in self.records[k..self.len]
+                .iter()
+                .zip(&self.tenants[k..self.len])
+            {
+                if ti == i {
+                    mine[n] = r;
+                    n += 1;
+                }
+            }
+            let mut tally = UdpTally::default();
+            match tunnels.get_mut(i).and_then(Edges::sender) {
+                Some(Sender::Udp(udp, _)) => udp.send_sealed(&mine[..n], &mut tally),
+                // Its transport changed since they were sealed (cannot
+                // happen within a batch): lost, as on a congested link.
+                _ => tally.send_dropped += n as u64,
+            }
+            t.udp_tx_datagrams += tally.sent;
+            t.udp_tx_dropped += tally.send_dropped;
+        }
+    }
+}
+
+/// Seals the packet at `frame[at..at + len]` for tenant `i`'s datagram
+/// transport where it lies and queues the record in `sealed`; if it does
+/// not seal (no room in the frame, the key spent), it takes the copying
+/// path ([`send_one`]: TLS if allowed).
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one call site, the batch's state"
+)]
+fn seal_in_place<'b>(
+    tunnels: &mut [Edges],
+    sealed: &mut InPlace<'b>,
+    i: usize,
+    frame: &'b mut [u8],
+    at: usize,
+    len: usize,
+    t: &mut Tally,
+    now: Instant,
+) {
+    let Some(mut out) = tunnels.get_mut(i).and_then(Edges::sender) else {
+        t.drop_down += 1;
+        return;
+    };
+    let Some(start) = at.checked_sub(sluice_core::datagram::IN_PLACE_OFFSET) else {
+        if let Some(p) = frame.get(at..at + len) {
+            send_one(&mut out, p, i, t, now);
+        }
+        return;
+    };
+    let result = match &mut out {
+        Sender::Udp(udp, _) if sealed.len < RX_BATCH => frame
+            .get_mut(start..)
+            .map(|buf| udp.seal_in_place(buf, len, now)),
+        _ => None,
+    };
+    match result {
+        Some(Ok(n)) => {
+            let frame: &'b [u8] = frame;
+            if let Some(rec) = frame.get(start..start + n) {
+                sealed.records[sealed.len] = rec;
+                sealed.tenants[sealed.len] = i;
+                sealed.len += 1;
+                t.tx_packets += 1;
+                t.tx_bytes += len as u64;
+                t.tenant_tx[i] += 1;
+            }
+        }
+        // Unchanged on an error: the copying path decides (TLS if
+        // allowed, else dropped and counted).
+        _ => {
+            if let Some(p) = frame.get(at..at + len) {
+                send_one(&mut out, p, i, t, now);
             }
         }
     }
@@ -1278,5 +1445,24 @@ fn deliver(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Review h25 M2: a datagram socket whose last receive was full (more
+    /// may wait, with no new event to come) must not let the worker sleep
+    /// until its next timer (it did: only the LAN queue and the TLS
+    /// tunnels were looked at, so the rest of a burst waited up to 100 ms).
+    #[test]
+    fn review_h25_datagrams_left_after_a_full_receive_keep_the_worker_awake() {
+        let later = || Duration::from_millis(100);
+        assert_eq!(poll_timeout(false, 0, false, later), later());
+        let udp_slot: SlotBits = 1 << (MAX_EDGES + 1);
+        assert_eq!(poll_timeout(false, udp_slot, false, later), Duration::ZERO);
+        assert_eq!(poll_timeout(true, 0, false, later), Duration::ZERO);
+        assert_eq!(poll_timeout(false, 0, true, later), Duration::ZERO);
     }
 }

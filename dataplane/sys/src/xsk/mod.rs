@@ -67,7 +67,9 @@ mod ring;
 mod socket;
 
 pub use error::{RingKind, SetupStep, XskError};
-pub use queues::{PushError, RxBatch, RxIter, TxBatch, TxFrame, XskCounters};
+pub use queues::{
+    PushError, RxBatch, RxFrameMut, RxFramesMut, RxIter, TxBatch, TxFrame, XskCounters,
+};
 pub use socket::XskSocket;
 
 /// Ring and UMEM sizes of one socket.

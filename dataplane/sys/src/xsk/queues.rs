@@ -424,8 +424,77 @@ impl RxBatch<'_> {
         }
     }
 
+    /// The frames, writable, in order of arrival: each whole UMEM frame
+    /// (headroom included) with where its data lies and its XDP metadata.
+    /// For work done where a frame lies (the gateway seals a packet in
+    /// place and sends it from there); what is written is lost when the
+    /// batch is released.
+    pub fn frames_mut(&mut self) -> RxFramesMut<'_> {
+        RxFramesMut {
+            q: &*self.q,
+            len: self.len,
+            next: 0,
+        }
+    }
+
     /// Releases the frames now (the same as dropping the batch).
     pub fn commit(self) {}
+}
+
+/// One received frame, writable ([`RxBatch::frames_mut`]).
+#[derive(Debug)]
+pub struct RxFrameMut<'b> {
+    /// The whole UMEM frame.
+    pub frame: &'b mut [u8],
+    /// Where the received data (from its Ethernet header on) lies in
+    /// `frame`.
+    pub data: std::ops::Range<usize>,
+    /// The XDP metadata in front of the data (as [`RxBatch::meta`]).
+    pub meta: Option<[u8; sluice_common::META_LEN]>,
+}
+
+/// Iterator over the writable frames of an [`RxBatch`].
+#[derive(Debug)]
+pub struct RxFramesMut<'b> {
+    q: &'b Queues,
+    len: u32,
+    next: u32,
+}
+
+impl<'b> Iterator for RxFramesMut<'b> {
+    type Item = RxFrameMut<'b>;
+
+    fn next(&mut self) -> Option<RxFrameMut<'b>> {
+        if self.next >= self.len {
+            return None;
+        }
+        let desc = self.q.rx.read(self.next);
+        self.next += 1;
+        if !self.q.umem.in_one_frame(desc.addr, u64::from(desc.len)) {
+            // A descriptor outside one frame (the kernel never gives
+            // one): an empty view, as `get` gives.
+            return Some(RxFrameMut {
+                frame: &mut [],
+                data: 0..0,
+                meta: None,
+            });
+        }
+        let start = self.q.umem.frame_of(desc.addr);
+        let off = (desc.addr - start) as usize;
+        let data = off..off + desc.len as usize;
+        // SAFETY: the frame came out of the RX ring and stays ours until
+        // the batch is released, which needs `&mut` to the batch that this
+        // iterator borrows for `'b`; each RX descriptor is in a frame of
+        // its own (every frame is in exactly one place, see `Queues`), so
+        // the frames handed out are disjoint, and nothing else reaches
+        // them during `'b` (`get`, `meta` and `iter` need the batch too).
+        let frame = unsafe { self.q.umem.frame_mut(start) };
+        let meta = data
+            .start
+            .checked_sub(sluice_common::META_LEN)
+            .and_then(|m| frame[m..data.start].try_into().ok());
+        Some(RxFrameMut { frame, data, meta })
+    }
 }
 
 impl Drop for RxBatch<'_> {
