@@ -114,3 +114,105 @@ fn lab_benchmark_smoke_run() {
     );
     let _ = std::fs::remove_dir_all(&out);
 }
+
+/// A benchmark stopped by SIGTERM mid-run (Ctrl-C, a CI timeout) tears
+/// its lab down: no namespace, pin, lock or outage file, process or lab
+/// directory of it is left (it left all of them: `Drop` does not run when
+/// a signal ends a process).
+#[test]
+fn a_benchmark_stopped_by_sigterm_leaves_nothing_behind() {
+    if !sluice_lab::require_root("a_benchmark_stopped_by_sigterm_leaves_nothing_behind") {
+        return;
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    let sluice: PathBuf = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .map(|dir| dir.join("sluice"))
+        .expect("target directory");
+    let out = std::env::temp_dir().join(format!("sluice-labbench-term-{}", std::process::id()));
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_labbench"))
+        .args([
+            "--seconds",
+            "30",
+            "--only",
+            "sluice tunnel (native)",
+            "--traffic",
+            "tcp1",
+            "--sluice",
+        ])
+        .arg(&sluice)
+        .arg("--out")
+        .arg(&out)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("running labbench");
+    let pid = child.id();
+    let prefix = format!("sl{pid}x");
+    let namespaces = || {
+        let o = std::process::Command::new("ip")
+            .args(["netns", "list"])
+            .output()
+            .expect("ip netns list");
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .filter(|l| l.starts_with(&prefix))
+            .count()
+    };
+    let running = |name: &str| {
+        std::process::Command::new("pgrep")
+            .args(["-f", name])
+            .output()
+            .is_ok_and(|o| !o.stdout.is_empty())
+    };
+    // Mid-run: its namespaces made and its gateway started.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_mins(1);
+    let config = format!("sluice-lab-{pid}-0/sluice/gateway.toml");
+    while !(namespaces() > 0 && running(&config)) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "labbench never started its gateway"
+        );
+        assert!(
+            child.try_wait().expect("wait").is_none(),
+            "labbench ended early"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // The namespaces' inodes name their pins, locks and outage files.
+    let inodes: Vec<String> = std::fs::read_dir("/run/netns")
+        .expect("/run/netns")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .filter_map(|e| {
+            use std::os::unix::fs::MetadataExt as _;
+            std::fs::metadata(e.path())
+                .ok()
+                .map(|m| format!("{}-", m.ino()))
+        })
+        .collect();
+    // SAFETY: a signal to the child this test spawned and has not reaped.
+    assert_eq!(unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) }, 0);
+    let status = child.wait().expect("wait for labbench");
+    assert_eq!(status.code(), Some(130), "labbench after SIGTERM: {status}");
+    assert_eq!(namespaces(), 0, "namespaces of labbench {pid} left behind");
+    assert!(!running(&config), "a process of the lab still runs");
+    let leftovers: Vec<String> = std::fs::read_dir(std::env::temp_dir())
+        .expect("temp dir")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(&format!("sluice-lab-{pid}-")))
+        .collect();
+    assert!(leftovers.is_empty(), "lab directories left: {leftovers:?}");
+    for dir in ["/run/sluice", "/run/sluice-lab/bpffs/sluice"] {
+        let left: Vec<String> = std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| inodes.iter().any(|i| n.starts_with(i.as_str())))
+            .collect();
+        assert!(left.is_empty(), "{dir}: {left:?} left behind");
+    }
+    let _ = std::fs::remove_dir_all(&out);
+}

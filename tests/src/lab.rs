@@ -978,6 +978,11 @@ impl Default for Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
+        // A signal's teardown is under way: it removes this lab and exits
+        // the process; tearing down beside it would race it.
+        while TEARING_DOWN.load(std::sync::atomic::Ordering::SeqCst) {
+            thread::sleep(Duration::from_millis(100));
+        }
         self.kill_all();
         for h in Host::every() {
             if self.created[h.index()] {
@@ -1115,6 +1120,66 @@ pub fn cleanup_stale() -> Vec<String> {
             remove_pins(name);
             delete_ns(name);
             removed.push(name.to_owned());
+        }
+    }
+    removed
+}
+
+/// For a program that builds labs outside the test harness (the
+/// benchmarks): on Ctrl-C or SIGTERM, tears down every lab this process
+/// made (the processes in its namespaces killed, their pins and lock
+/// files removed, the namespaces deleted, its lab directories removed),
+/// then exits 130. `Drop` does not run when a signal ends a process: a
+/// killed benchmark used to leave its namespaces, pins and outage files
+/// until the next run's [`cleanup_stale`]. Installs the handler once; an
+/// error if another handler is installed already (the demo has its own).
+///
+/// # Errors
+/// The handler cannot be installed.
+pub fn teardown_on_signal() -> Result<(), String> {
+    static INSTALLED: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    INSTALLED
+        .get_or_init(|| {
+            ctrlc::set_handler(|| {
+                // The main thread may meet the lab's processes dying and
+                // panic: its `Drop` then waits for this (see `Lab::drop`).
+                TEARING_DOWN.store(true, std::sync::atomic::Ordering::SeqCst);
+                eprintln!("sluice-lab: interrupted: tearing down this process's labs");
+                let removed = remove_own();
+                eprintln!("sluice-lab: removed {}", removed.join(" "));
+                std::process::exit(130);
+            })
+            .map_err(|e| e.to_string())
+        })
+        .clone()
+}
+
+/// Set by [`teardown_on_signal`]'s handler while it tears the labs down
+/// (it then exits the process).
+static TEARING_DOWN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Deletes the lab namespaces of this process (as [`cleanup_stale`] does
+/// those of dead ones) and its lab directories; returns the namespaces
+/// deleted.
+fn remove_own() -> Vec<String> {
+    let me = std::process::id();
+    let listing = proc::capture(proc::command(&["ip", "netns", "list"]), SETUP_TIMEOUT)
+        .map(|c| String::from_utf8_lossy(&c.output.stdout).into_owned())
+        .unwrap_or_default();
+    let mut removed = Vec::new();
+    for name in listing.lines().filter_map(|l| l.split_whitespace().next()) {
+        if owner_pid(name) == Some(me) {
+            remove_pins(name);
+            delete_ns(name);
+            removed.push(name.to_owned());
+        }
+    }
+    let mine = format!("sluice-lab-{me}-");
+    if let Ok(entries) = fs::read_dir(std::env::temp_dir()) {
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().starts_with(&mine) {
+                let _ = fs::remove_dir_all(e.path());
+            }
         }
     }
     removed

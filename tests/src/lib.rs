@@ -62,7 +62,7 @@ mod selftest;
 mod sys;
 pub mod turn;
 
-pub use lab::{DEFAULT_TIMEOUT, Host, LAB_BPFFS, Lab, ProcId, cleanup_stale};
+pub use lab::{DEFAULT_TIMEOUT, Host, LAB_BPFFS, Lab, ProcId, cleanup_stale, teardown_on_signal};
 pub use nft::counter;
 pub use peer::{DNS_RECORDS, UdpProbe, peer_script, python};
 

@@ -364,6 +364,10 @@ fn main() -> Result<()> {
     if let Some(d) = &a.perf {
         std::fs::create_dir_all(d)?;
     }
+    // Ctrl-C or SIGTERM tears the lab down (Drop does not run then).
+    if let Err(e) = sluice_lab::teardown_on_signal() {
+        eprintln!("warning: no teardown on Ctrl-C/SIGTERM: {e}");
+    }
     let lab = Lab::new();
     let mut s = Sluice::prepare(&lab, &a.sluice, str::to_string);
     let mut base = a

@@ -59,6 +59,10 @@ fn main() -> Result<()> {
     }
     let bin = sluice.context("--sluice PATH (the sluice binary) is required")?;
     let bin = std::fs::canonicalize(&bin).with_context(|| format!("{}", bin.display()))?;
+    // Ctrl-C or SIGTERM tears the lab down (Drop does not run then).
+    if let Err(e) = sluice_lab::teardown_on_signal() {
+        eprintln!("warning: no teardown on Ctrl-C/SIGTERM: {e}");
+    }
     let lab = Lab::with_edges(2);
     lab.spawn_peer(Host::Inet, "peer", HTTP, UDP);
     let paths = [

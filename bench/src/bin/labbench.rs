@@ -1418,6 +1418,10 @@ fn main() -> Result<()> {
     } else {
         Traffic::ALL.to_vec()
     };
+    // Ctrl-C or SIGTERM tears the lab down (Drop does not run then).
+    if let Err(e) = sluice_lab::teardown_on_signal() {
+        eprintln!("warning: no teardown on Ctrl-C/SIGTERM: {e}");
+    }
     let lab = Lab::new();
     let rows = run_cases(&lab, &a, &traffic);
     let endpoint = if a.wants("endpoint") {

@@ -65,7 +65,7 @@ mod tests {
         let (_peer, _) = l.accept().unwrap();
         assert_eq!(unsent_bytes(&s).unwrap(), 0);
         s.set_nonblocking(true).unwrap();
-        let chunk = [0u8; 64 * 1024];
+        let chunk = vec![0u8; 64 * 1024];
         let mut written = 0usize;
         while written < 64 << 20 {
             match s.write(&chunk) {

@@ -715,6 +715,10 @@ impl Worker {
     }
 
     /// [`Worker::lan_to_tunnel`]'s batch.
+    #[allow(
+        clippy::too_many_lines,
+        reason = "one batch read top to bottom: its frames' checks, the tunnel's choice, the in-place seal"
+    )]
     fn lan_batch(&mut self) -> bool {
         let now = Instant::now();
         let routes = &mut self.routes;
@@ -1083,7 +1087,7 @@ impl Default for InPlace<'_> {
     }
 }
 
-impl<'b> InPlace<'b> {
+impl InPlace<'_> {
     /// Sends each tenant's records in order, after what its transport
     /// queued by copy in this batch (so that order holds).
     fn send(&self, tunnels: &mut [Edges], t: &mut Tally) {
