@@ -268,6 +268,14 @@ fn measure_from(
         "taskset", "-c", "0", "iperf3", "-c", dst, "-p", port, "-t", &secs_s, "-J",
     ];
     argv.extend_from_slice(t.iperf_args());
+    // `SLUICE_BENCH_UDP_WINDOW=4M`: iperf3's `-w` for UDP traffic (the
+    // server's receive buffer too; capped by the host's
+    // `net.core.rmem_max`), to see what the receiving socket's overflow
+    // hides. Off by default: every published table uses iperf3's default.
+    let window = std::env::var("SLUICE_BENCH_UDP_WINDOW").ok();
+    if let (Some(w), Traffic::Udp64 | Traffic::Udp1400) = (window.as_deref(), t) {
+        argv.extend_from_slice(&["-w", w]);
+    }
     // The server goes whatever happens (a retry starts its own).
     let run = || -> Result<_> {
         settle()?;

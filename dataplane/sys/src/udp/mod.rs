@@ -76,10 +76,12 @@ pub struct UdpConfig {
     /// Set `IPV6_V6ONLY` on an IPv6 socket (default false: the kernel's
     /// dual-stack default, IPv4 peers appear as plain IPv4 addresses).
     pub v6_only: bool,
-    /// `SO_RCVBUF` in bytes (the kernel doubles it and caps it at
-    /// `net.core.rmem_max`); `None` keeps the default.
+    /// The receive buffer in bytes (the kernel doubles it): `SO_RCVBUFFORCE`
+    /// where the process may (`CAP_NET_ADMIN`), else `SO_RCVBUF`, capped at
+    /// `net.core.rmem_max`; `None` keeps the default.
     pub recv_buffer: Option<usize>,
-    /// `SO_SNDBUF` in bytes (likewise, `net.core.wmem_max`).
+    /// The send buffer in bytes (likewise: `SO_SNDBUFFORCE`, else
+    /// `SO_SNDBUF` capped at `net.core.wmem_max`).
     pub send_buffer: Option<usize>,
 }
 
@@ -245,13 +247,20 @@ impl UdpSocket {
         if v6 && config.v6_only {
             setsockopt(raw, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, &1)?;
         }
-        if let Some(bytes) = config.recv_buffer {
-            let bytes = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
-            setsockopt(raw, libc::SOL_SOCKET, libc::SO_RCVBUF, &bytes)?;
-        }
-        if let Some(bytes) = config.send_buffer {
-            let bytes = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
-            setsockopt(raw, libc::SOL_SOCKET, libc::SO_SNDBUF, &bytes)?;
+        // With CAP_NET_ADMIN (the gateway and the edge run as root) the
+        // FORCE options take the size asked for: plain SO_RCVBUF is capped
+        // at `net.core.rmem_max`, 208 KiB on a stock kernel, which a burst
+        // of a few hundred datagrams overflows.
+        for (bytes, force, plain) in [
+            (config.recv_buffer, libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
+            (config.send_buffer, libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
+        ] {
+            if let Some(bytes) = bytes {
+                let bytes = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+                if setsockopt(raw, libc::SOL_SOCKET, force, &bytes).is_err() {
+                    setsockopt(raw, libc::SOL_SOCKET, plain, &bytes)?;
+                }
+            }
         }
         // UDP_SEGMENT is readable on kernels that segment (4.18+); reading
         // it changes nothing (setting it would make every send a GSO send).

@@ -797,3 +797,40 @@ fn udp_gso_refused_for_the_route_mtu_falls_back_to_single_datagrams() {
     .join()
     .expect("the test thread");
 }
+
+/// As root (CAP_NET_ADMIN, as the gateway and the edge run) a socket gets
+/// the buffers it asks for even above `net.core.rmem_max`/`wmem_max`
+/// (208 KiB on a stock kernel): plain SO_RCVBUF was capped there, so the
+/// datagram transport's 4-8 MiB became 416 KiB on a fresh machine.
+#[test]
+fn buffers_above_the_sysctl_maximum_are_granted_to_root() {
+    // SAFETY: no arguments; reads the effective user id.
+    if unsafe { libc::geteuid() } != 0 {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "buffers_above_the_sysctl_maximum_are_granted_to_root needs root under CI"
+        );
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let max = |name: &str| -> usize {
+        std::fs::read_to_string(format!("/proc/sys/net/core/{name}"))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(212_992)
+    };
+    let want = 4 * max("rmem_max").max(max("wmem_max"));
+    let cfg = UdpConfig {
+        recv_buffer: Some(want),
+        send_buffer: Some(want),
+        ..UdpConfig::default()
+    };
+    let s = UdpSocket::bind(V4, &cfg).expect("bind");
+    for opt in [libc::SO_RCVBUF, libc::SO_SNDBUF] {
+        let got = getsockopt_int(s.fd.as_fd(), libc::SOL_SOCKET, opt).expect("getsockopt");
+        assert!(
+            usize::try_from(got).unwrap_or(0) >= want,
+            "option {opt}: {got} bytes for {want} asked"
+        );
+    }
+}
