@@ -241,6 +241,7 @@ impl Lab {
             .map_err(|e| format!("cannot create {}: {e}", self.dir.display()))?;
 
         for h in self.hosts() {
+            park_if_tearing_down();
             setup(&["ip", "netns", "add", self.ns(h)])?;
             self.created[h.index()] = true;
         }
@@ -680,6 +681,7 @@ impl Lab {
     /// # Panics
     /// If `name` is not a plain file name or the process cannot start.
     pub fn spawn_env(&self, h: Host, name: &str, argv: &[&str], env: &[(&str, &str)]) -> ProcId {
+        park_if_tearing_down();
         assert!(!argv.is_empty(), "sluice_lab: empty argv");
         assert!(
             !name.is_empty() && !name.contains('/') && name != "." && name != "..",
@@ -980,12 +982,15 @@ impl Drop for Lab {
     fn drop(&mut self) {
         // A signal's teardown is under way: it removes this lab and exits
         // the process; tearing down beside it would race it.
-        while TEARING_DOWN.load(std::sync::atomic::Ordering::SeqCst) {
+        // Bounded: should the handler die, this lab is still removed.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while TEARING_DOWN.load(std::sync::atomic::Ordering::SeqCst) && Instant::now() < deadline {
             thread::sleep(Duration::from_millis(100));
         }
         self.kill_all();
         for h in Host::every() {
             if self.created[h.index()] {
+                kill_in_ns(self.ns(h));
                 remove_pins(self.ns(h));
                 delete_ns(self.ns(h));
             }
@@ -1048,6 +1053,16 @@ fn install_hint(e: &std::io::Error) -> &'static str {
 /// Kills every process left in namespace `name`, then deletes it. Never
 /// panics; problems are printed.
 fn delete_ns(name: &str) {
+    kill_in_ns(name);
+    if let Err(e) = setup(&["ip", "netns", "del", name]) {
+        say(format_args!("sluice-lab: warning: {e}"));
+    }
+}
+
+/// Kills every process in namespace `name` (SIGKILL, until none is left
+/// or [`DROP_GRACE`] has passed). First in every teardown: a live gateway
+/// could otherwise pin its classifier again after its pins were removed.
+fn kill_in_ns(name: &str) {
     let pids = |name: &str| -> Vec<u32> {
         proc::capture(proc::command(&["ip", "netns", "pids", name]), SETUP_TIMEOUT)
             .map(|c| {
@@ -1065,16 +1080,15 @@ fn delete_ns(name: &str) {
             break;
         }
         if Instant::now() >= deadline {
-            eprintln!("sluice-lab: warning: processes {left:?} still in {name}");
+            say(format_args!(
+                "sluice-lab: warning: processes {left:?} still in {name}"
+            ));
             break;
         }
         for pid in left {
             sys::signal_pid(pid, sys::SIGKILL);
         }
         thread::sleep(Duration::from_millis(20));
-    }
-    if let Err(e) = setup(&["ip", "netns", "del", name]) {
-        eprintln!("sluice-lab: warning: {e}");
     }
 }
 
@@ -1117,6 +1131,7 @@ pub fn cleanup_stale() -> Vec<String> {
             && pid != me
             && !sys::pid_alive(pid)
         {
+            kill_in_ns(name);
             remove_pins(name);
             delete_ns(name);
             removed.push(name.to_owned());
@@ -1140,18 +1155,51 @@ pub fn teardown_on_signal() -> Result<(), String> {
     static INSTALLED: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
     INSTALLED
         .get_or_init(|| {
+            // The main thread may meet the lab's processes dying and
+            // panic; in a release build (panic = "abort") that would end
+            // the process before the teardown is done: a thread that
+            // panics while the handler tears down parks instead.
+            let hook = std::panic::take_hook();
+            std::panic::set_hook(Box::new(move |info| {
+                if TEARING_DOWN.load(std::sync::atomic::Ordering::SeqCst) {
+                    loop {
+                        thread::park();
+                    }
+                }
+                hook(info);
+            }));
             ctrlc::set_handler(|| {
-                // The main thread may meet the lab's processes dying and
-                // panic: its `Drop` then waits for this (see `Lab::drop`).
+                // `Lab::drop` waits for this too (see there).
                 TEARING_DOWN.store(true, std::sync::atomic::Ordering::SeqCst);
-                eprintln!("sluice-lab: interrupted: tearing down this process's labs");
+                say(format_args!(
+                    "sluice-lab: interrupted: tearing down this process's labs"
+                ));
                 let removed = remove_own();
-                eprintln!("sluice-lab: removed {}", removed.join(" "));
+                say(format_args!("sluice-lab: removed {}", removed.join(" ")));
                 std::process::exit(130);
             })
             .map_err(|e| e.to_string())
         })
         .clone()
+}
+
+/// While [`teardown_on_signal`]'s handler tears down, the main thread makes
+/// no namespace and starts no process behind its back: it parks (the
+/// handler exits the process).
+fn park_if_tearing_down() {
+    if TEARING_DOWN.load(std::sync::atomic::Ordering::SeqCst) {
+        loop {
+            thread::park();
+        }
+    }
+}
+
+/// Writes to stderr without panicking (a broken pipe or a hung-up terminal
+/// must not abort a teardown half way).
+fn say(args: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    let _ = std::io::stderr().write_fmt(args);
+    let _ = std::io::stderr().write_all(b"\n");
 }
 
 /// Set by [`teardown_on_signal`]'s handler while it tears the labs down
@@ -1169,6 +1217,7 @@ fn remove_own() -> Vec<String> {
     let mut removed = Vec::new();
     for name in listing.lines().filter_map(|l| l.split_whitespace().next()) {
         if owner_pid(name) == Some(me) {
+            kill_in_ns(name);
             remove_pins(name);
             delete_ns(name);
             removed.push(name.to_owned());
@@ -1236,7 +1285,10 @@ fn remove_pins(ns: &str) {
                 fs::remove_file(&p)
             };
             if let Err(err) = res {
-                eprintln!("sluice-lab: warning: cannot remove {}: {err}", p.display());
+                say(format_args!(
+                    "sluice-lab: warning: cannot remove {}: {err}",
+                    p.display()
+                ));
             }
         }
     }

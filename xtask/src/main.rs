@@ -446,6 +446,16 @@ fn deny() -> Vec<String> {
         Ok(note) => println!("deny: {note}"),
         Err(e) => failed.push(format!("preparing the vendored advisory database: {e:#}")),
     }
+    // `--offline` also keeps cargo-deny's `cargo metadata` from the
+    // registry, and metadata wants every platform's crates (windows-sys
+    // and the like, which no build here downloads): on a fresh machine
+    // they are not in the cache. Fetch them first (the registry is
+    // reachable; only the advisory database's GitHub is not).
+    match cargo().args(["fetch", "--quiet"]).status() {
+        Ok(s) if s.success() => {}
+        Ok(s) => failed.push(format!("cargo fetch before cargo deny ({s})")),
+        Err(e) => failed.push(format!("cannot run cargo fetch: {e}")),
+    }
     println!("deny: cargo deny --offline check advisories licenses bans sources");
     let status = cargo()
         .args([

@@ -259,6 +259,19 @@ impl UdpSocket {
                 let bytes = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
                 if setsockopt(raw, libc::SOL_SOCKET, force, &bytes).is_err() {
                     setsockopt(raw, libc::SOL_SOCKET, plain, &bytes)?;
+                    // Without CAP_NET_ADMIN the kernel caps it silently
+                    // (it reports twice what it grants).
+                    let got = getsockopt_int(raw, libc::SOL_SOCKET, plain).unwrap_or(0) / 2;
+                    if got < bytes {
+                        log::warn!(
+                            "UDP socket buffer: asked for {bytes} bytes, the kernel granted {got} (net.core.{}_max; run as root or raise it): bursts above it are dropped",
+                            if plain == libc::SO_RCVBUF {
+                                "rmem"
+                            } else {
+                                "wmem"
+                            }
+                        );
+                    }
                 }
             }
         }
