@@ -1,4 +1,4 @@
-//! The `sluice` command line: `gateway`, `edge`, `check`, `pki`, and the
+//! The `sluice` command line: `gateway`, `edge`, `controller`, `check`, `pki`, and the
 //! running gateway's admin API (`policy`, `flows`) over its admin socket.
 use std::{
     path::PathBuf,
@@ -83,6 +83,15 @@ enum Cmd {
         /// auto, native or generic.
         #[arg(long, default_value = "native")]
         mode: String,
+    },
+    /// The management plane: run a controller (admin API, OAuth 2.0 API
+    /// clients, audit log), import a gateway file, back up its store.
+    Controller {
+        /// The controller's configuration file.
+        #[arg(short, long, default_value = sluice_controller::cli::DEFAULT_CONFIG, global = true)]
+        config: PathBuf,
+        #[command(subcommand)]
+        cmd: sluice_controller::cli::Command,
     },
     /// Certificates.
     Pki {
@@ -379,6 +388,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Policy { cmd } => policy_cmd(cmd),
         Cmd::Pki { cmd } => pki_cmd(cmd),
+        Cmd::Controller { config, cmd } => sluice_controller::cli::main(&config, cmd),
     }
 }
 

@@ -1,0 +1,114 @@
+//! The controller's own file (`/etc/sluice/controller.toml`).
+//!
+//! ```toml
+//! [controller]
+//! listen = "127.0.0.1:8443"                 # the admin API and token endpoint (HTTPS)
+//! url = "https://controller.example:8443"   # how clients reach it (the tokens' issuer)
+//! server_names = ["controller.example"]     # on its HTTPS certificate
+//! state_dir = "/var/lib/sluice/controller"  # CA, keys (0600), the SQLite store
+//! database = "sqlite://controller.db"       # relative to state_dir; or postgres://...
+//! rate_limit_per_second = 20                # per API client (429 beyond)
+//! rate_limit_burst = 40
+//! ```
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
+
+use serde::Deserialize;
+
+/// The configuration.
+#[derive(Debug, Clone)]
+pub struct ControllerConfig {
+    /// Where the admin API listens (HTTPS).
+    pub listen: SocketAddr,
+    /// The controller's URL (issuer of its tokens).
+    pub url: String,
+    /// Names on its HTTPS certificate.
+    pub server_names: Vec<String>,
+    /// Its state directory.
+    pub state_dir: PathBuf,
+    /// The database URL.
+    pub database: String,
+    /// Requests per second per API client.
+    pub rate_per_second: u32,
+    /// Burst per API client.
+    pub rate_burst: u32,
+    /// Token requests per minute per address.
+    pub token_rate_per_minute: u32,
+    /// Most connections at once.
+    pub max_connections: usize,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    controller: Raw,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    listen: SocketAddr,
+    url: Option<String>,
+    server_names: Option<Vec<String>>,
+    state_dir: PathBuf,
+    database: Option<String>,
+    rate_limit_per_second: Option<u32>,
+    rate_limit_burst: Option<u32>,
+    token_rate_limit_per_minute: Option<u32>,
+    max_connections: Option<usize>,
+}
+
+impl ControllerConfig {
+    /// Reads and checks `path`.
+    pub fn load(path: &Path) -> anyhow::Result<ControllerConfig> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        Self::parse(path, &text)
+    }
+
+    /// Parses `text` (relative paths are relative to `path`'s directory).
+    pub fn parse(path: &Path, text: &str) -> anyhow::Result<ControllerConfig> {
+        let f: File =
+            toml::from_str(text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let r = f.controller;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let state_dir = if r.state_dir.is_relative() {
+            base.join(&r.state_dir)
+        } else {
+            r.state_dir
+        };
+        let database = match r.database {
+            None => format!("sqlite://{}", state_dir.join("controller.db").display()),
+            Some(d) => match d.strip_prefix("sqlite://") {
+                Some(p) if !p.starts_with('/') => {
+                    format!("sqlite://{}", state_dir.join(p).display())
+                }
+                _ => d,
+            },
+        };
+        let server_names = r
+            .server_names
+            .unwrap_or_else(|| vec![r.listen.ip().to_string()]);
+        let url = r.url.unwrap_or_else(|| format!("https://{}", r.listen));
+        let rate_per_second = r.rate_limit_per_second.unwrap_or(20);
+        if rate_per_second == 0 {
+            anyhow::bail!(
+                "{}: controller.rate_limit_per_second: at least 1",
+                path.display()
+            );
+        }
+        Ok(ControllerConfig {
+            listen: r.listen,
+            url,
+            server_names,
+            state_dir,
+            database,
+            rate_per_second,
+            rate_burst: r.rate_limit_burst.unwrap_or(rate_per_second * 2).max(1),
+            token_rate_per_minute: r.token_rate_limit_per_minute.unwrap_or(60).max(1),
+            max_connections: r.max_connections.unwrap_or(1024).max(1),
+        })
+    }
+}
