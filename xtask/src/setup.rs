@@ -8,7 +8,8 @@
 //! 3. `bpf-linker`, built against the nightly toolchain's own libLLVM
 //!    (Debian's LLVM is too old);
 //! 4. `cargo-fuzz` and `cargo-deny` (crates.io);
-//! 5. bpffs mounted at `/sys/fs/bpf`.
+//! 5. Python tools for the controller's tests (a virtual environment);
+//! 6. bpffs mounted at `/sys/fs/bpf`.
 
 use std::{
     env, fs,
@@ -43,6 +44,23 @@ const PACKAGES: &[&str] = &[
     // package is the binary alone: no system service is started).
     "dnsmasq-base",
     "bind9-dnsutils",
+    // The controller's shared store (its tests start their own instance
+    // with initdb; no system cluster is used).
+    "postgresql",
+    // The interoperability tools' virtual environment (PYTHON_TOOLS).
+    "python3-venv",
+];
+
+/// Where the Python tools the controller's tests run are installed.
+pub(crate) const PYTHON_VENV: &str = "/opt/sluice-ci/venv";
+
+/// From PyPI, pinned: an OAuth 2.0 client library of another ecosystem
+/// (authlib over requests) for the token endpoint's interoperability test,
+/// and an independent validator of the admin API's OpenAPI description.
+const PYTHON_TOOLS: &[&str] = &[
+    "authlib==1.9.10",
+    "requests==2.34.2",
+    "openapi-spec-validator==0.9.0",
 ];
 
 const BPFFS: &str = "/sys/fs/bpf";
@@ -55,7 +73,52 @@ pub(crate) fn run() -> Result<()> {
     cargo_fuzz()?;
     cargo_deny()?;
     boringtun()?;
+    python_tools()?;
     bpffs()?;
+    Ok(())
+}
+
+/// [`PYTHON_TOOLS`] in a virtual environment at [`PYTHON_VENV`].
+fn python_tools() -> Result<()> {
+    let python = Path::new(PYTHON_VENV).join("bin/python");
+    let wanted: Vec<String> = PYTHON_TOOLS
+        .iter()
+        .map(|p| p.to_lowercase().replace('_', "-"))
+        .collect();
+    let have = Command::new(&python)
+        .args(["-m", "pip", "freeze", "--disable-pip-version-check"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .to_lowercase()
+                .replace('_', "-")
+        })
+        .unwrap_or_default();
+    if wanted.iter().all(|w| have.lines().any(|l| l.trim() == w)) {
+        println!("setup: ok python tools ({})", PYTHON_TOOLS.join(" "));
+        return Ok(());
+    }
+    println!(
+        "setup: installing python tools ({})",
+        PYTHON_TOOLS.join(" ")
+    );
+    if !python.exists() {
+        fs::create_dir_all(Path::new(PYTHON_VENV).parent().expect("a parent"))?;
+        checked(Command::new("python3").args(["-m", "venv", PYTHON_VENV]))?;
+    }
+    checked(
+        Command::new(&python)
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+            ])
+            .args(PYTHON_TOOLS),
+    )?;
     Ok(())
 }
 

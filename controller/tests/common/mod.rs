@@ -226,3 +226,5 @@ impl Ctl {
         (rev, n)
     }
 }
+
+pub mod pg;
