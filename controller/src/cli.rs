@@ -134,6 +134,8 @@ pub fn main(config: &std::path::Path, cmd: Command) -> anyhow::Result<()> {
 pub struct Running {
     /// Where the admin API listens.
     pub addr: std::net::SocketAddr,
+    /// Where enrolled nodes connect.
+    pub agent_addr: std::net::SocketAddr,
     /// The CA that signed its HTTPS certificate (PEM).
     pub ca_pem: String,
     /// The shared state.
@@ -162,17 +164,33 @@ pub async fn start(cfg: &ControllerConfig, store: Store) -> anyhow::Result<Runni
     crate::write_private(&paths.server_key, key.as_bytes())?;
     let keys = Keys::load_or_create(&paths.jwt_key, &cfg.url, &store).await?;
     let tls = server_tls(&cert, &ca.cert_pem, &key)?;
-    let app = Arc::new(App::new(
-        store.clone(),
-        keys,
-        cfg.rate_per_second,
-        cfg.rate_burst,
-        cfg.token_rate_per_minute,
-    ));
+    let agent_tls = agent_tls(&cert, &ca.cert_pem, &key)?;
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("listen on {}", cfg.listen))?;
     let addr = listener.local_addr()?;
+    let agent_listener = tokio::net::TcpListener::bind(cfg.agent_listen)
+        .await
+        .with_context(|| format!("listen on {}", cfg.agent_listen))?;
+    let agent_addr = agent_listener.local_addr()?;
+    // Port 0 (tests): tell nodes the port the kernel chose.
+    let agent_url = if cfg.agent_listen.port() == 0 {
+        format!("https://{agent_addr}")
+    } else {
+        cfg.agent_url.clone()
+    };
+    let ca_pem = ca.cert_pem.clone();
+    let app = Arc::new(App::new(
+        store.clone(),
+        keys,
+        Arc::new(ca),
+        (cfg.url.clone(), agent_url),
+        (
+            cfg.rate_per_second,
+            cfg.rate_burst,
+            cfg.token_rate_per_minute,
+        ),
+    ));
     log::info!(
         "controller: admin API on https://{addr} (issuer {}), store {:?}, revision {}",
         cfg.url,
@@ -181,6 +199,7 @@ pub async fn start(cfg: &ControllerConfig, store: Store) -> anyhow::Result<Runni
     );
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let router = crate::api::router(app.clone());
+    let agent_router = crate::api::agent_router(app.clone());
     let max = cfg.max_connections;
     let task_app = app.clone();
     let task = tokio::spawn(async move {
@@ -203,15 +222,28 @@ pub async fn start(cfg: &ControllerConfig, store: Store) -> anyhow::Result<Runni
                 }
             })
         };
+        let (agent_stop_tx, agent_stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let agents = tokio::spawn(crate::server::serve(
+            agent_listener,
+            agent_tls,
+            agent_router,
+            max,
+            async {
+                let _ = agent_stop_rx.await;
+            },
+        ));
         crate::server::serve(listener, tls, router, max, async {
             let _ = stop_rx.await;
         })
         .await;
+        let _ = agent_stop_tx.send(());
+        let _ = agents.await;
         poller.abort();
     });
     Ok(Running {
         addr,
-        ca_pem: ca.cert_pem,
+        agent_addr,
+        ca_pem,
         app,
         stop: Some(stop_tx),
         task,
@@ -262,6 +294,36 @@ pub async fn create_client_local(
         )
         .await?;
     Ok((w.record.expect("created").id, secret))
+}
+
+/// The agent listener: the same certificate, and a client certificate
+/// from this CA required (which one, and whether it is revoked, is checked
+/// per request: [`crate::nodes::Node`]).
+fn agent_tls(cert: &str, ca: &str, key: &str) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _};
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(ca.as_bytes()) {
+        roots.add(c.context("the CA PEM")?)?;
+    }
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()?;
+    let mut chain: Vec<CertificateDer<'static>> = Vec::new();
+    for pem in [cert, ca] {
+        for c in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+            chain.push(c.context("a certificate PEM")?);
+        }
+    }
+    let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).context("the server key")?;
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)?;
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
 }
 
 fn server_tls(cert: &str, ca: &str, key: &str) -> anyhow::Result<Arc<rustls::ServerConfig>> {

@@ -3,6 +3,7 @@
 //! ```toml
 //! [controller]
 //! listen = "127.0.0.1:8443"                 # the admin API and token endpoint (HTTPS)
+//! agent_listen = "127.0.0.1:8444"           # enrolled gateways and edges (mutual TLS; default listen's port + 1)
 //! url = "https://controller.example:8443"   # how clients reach it (the tokens' issuer)
 //! server_names = ["controller.example"]     # on its HTTPS certificate
 //! state_dir = "/var/lib/sluice/controller"  # CA, keys (0600), the SQLite store
@@ -22,6 +23,11 @@ use serde::Deserialize;
 pub struct ControllerConfig {
     /// Where the admin API listens (HTTPS).
     pub listen: SocketAddr,
+    /// Where enrolled gateways and edges connect (HTTPS, client
+    /// certificates required).
+    pub agent_listen: SocketAddr,
+    /// The agent listener's URL, as nodes are told at enrolment.
+    pub agent_url: String,
     /// The controller's URL (issuer of its tokens).
     pub url: String,
     /// Names on its HTTPS certificate.
@@ -50,6 +56,8 @@ struct File {
 #[serde(deny_unknown_fields)]
 struct Raw {
     listen: SocketAddr,
+    agent_listen: Option<SocketAddr>,
+    agent_url: Option<String>,
     url: Option<String>,
     server_names: Option<Vec<String>>,
     state_dir: PathBuf,
@@ -99,8 +107,20 @@ impl ControllerConfig {
                 path.display()
             );
         }
+        let agent_listen = r.agent_listen.unwrap_or_else(|| {
+            let mut a = r.listen;
+            if a.port() != 0 {
+                a.set_port(a.port().wrapping_add(1));
+            }
+            a
+        });
+        let agent_url = r
+            .agent_url
+            .unwrap_or_else(|| format!("https://{agent_listen}"));
         Ok(ControllerConfig {
             listen: r.listen,
+            agent_listen,
+            agent_url,
             url,
             server_names,
             state_dir,

@@ -16,11 +16,18 @@ use sqlx::{
 };
 
 /// The migrations, in order: (version, name, SQL).
-pub const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "objects_audit",
-    include_str!("../migrations/0001_objects_audit.sql"),
-)];
+pub const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "objects_audit",
+        include_str!("../migrations/0001_objects_audit.sql"),
+    ),
+    (
+        2,
+        "enrolment",
+        include_str!("../migrations/0002_enrolment.sql"),
+    ),
+];
 
 /// The newest schema this controller knows.
 pub fn latest_version() -> i64 {

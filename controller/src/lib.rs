@@ -31,6 +31,7 @@ pub mod config;
 pub mod db;
 pub mod import;
 pub mod model;
+pub mod nodes;
 pub mod openapi;
 pub mod pki;
 pub mod server;

@@ -15,6 +15,7 @@ use crate::{
         ApiClient, AppProfile, BypassList, Edge, ForwardingProfile, Gateway, Group, Identity, Kind,
         Tenant, User,
     },
+    nodes::{EnrolRequest, Enrolled, EnrolmentParams, EnrolmentToken, NodeStatus},
     store::{AuditEntry, Record},
 };
 
@@ -383,6 +384,63 @@ pub fn document() -> Value {
             }
         }),
     );
+    for coll in ["gateways", "edges"] {
+        paths.insert(
+            format!("/api/v1/{coll}/{{id}}/enrolment"),
+            json!({
+                "parameters": [id_param()],
+                "post": {
+                    "operationId": format!("enrolment_token_{coll}"),
+                    "tags": ["enrolment"],
+                    "summary": "A one-time enrolment token (shown once)",
+                    "security": [{"bearer": ["admin"]}],
+                    "requestBody": { "required": false, "content": { "application/json": { "schema": r("EnrolmentParams") } } },
+                    "responses": with(errors(true), "201", ok_json("The token", r("EnrolmentToken")))
+                }
+            }),
+        );
+        paths.insert(
+            format!("/api/v1/{coll}/{{id}}/revoke"),
+            json!({
+                "parameters": [id_param()],
+                "post": {
+                    "operationId": format!("revoke_{coll}"),
+                    "tags": ["enrolment"],
+                    "summary": "Revoke its certificates and withdraw its unused tokens: refused at once",
+                    "security": [{"bearer": ["admin"]}],
+                    "responses": with(errors(true), "200", ok_json("Revoked", json!({"type": "object"})))
+                }
+            }),
+        );
+    }
+    paths.insert(
+        "/enrol".into(),
+        json!({
+            "post": {
+                "operationId": "enrol",
+                "tags": ["enrolment"],
+                "summary": "A gateway or edge enrols: a one-time token and its certificate signing request",
+                "security": [{}],
+                "requestBody": { "required": true, "content": { "application/json": { "schema": r("EnrolRequest") } } },
+                "responses": with(errors(false), "200", ok_json("Its certificate and the CA", r("Enrolled")))
+            }
+        }),
+    );
+    paths.insert(
+        "/api/v1/nodes".into(),
+        json!({
+            "get": {
+                "operationId": "nodes",
+                "tags": ["status"],
+                "summary": "Every gateway and edge: last contact, applied revision, version, tunnels, alerts",
+                "security": [{"bearer": ["read"]}],
+                "responses": with(errors(false), "200", ok_json("The nodes", json!({
+                    "type": "object", "required": ["revision", "items"],
+                    "properties": {"revision": {"type": "integer"}, "items": {"type": "array", "items": r("NodeStatus")}}
+                })))
+            }
+        }),
+    );
     paths.insert(
         "/oauth/token".into(),
         json!({
@@ -446,6 +504,11 @@ pub fn document() -> Value {
         (TokenResponse::name(), schema::<TokenResponse>()),
         (TokenError::name(), schema::<TokenError>()),
         (AuditParams::name(), schema::<AuditParams>()),
+        (EnrolmentParams::name(), schema::<EnrolmentParams>()),
+        (EnrolmentToken::name(), schema::<EnrolmentToken>()),
+        (EnrolRequest::name(), schema::<EnrolRequest>()),
+        (Enrolled::name(), schema::<Enrolled>()),
+        (NodeStatus::name(), schema::<NodeStatus>()),
     ] {
         schemas.insert(name.into_owned(), s);
     }

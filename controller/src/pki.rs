@@ -18,6 +18,21 @@ const CA_DAYS: i32 = 3650;
 /// Validity of the controller's server certificate (days; remade at every
 /// start).
 const SERVER_DAYS: i32 = 397;
+/// Validity of an enrolled node's certificate (days).
+const NODE_DAYS: i32 = 397;
+
+/// A certificate issued at enrolment.
+#[derive(Debug, Clone)]
+pub struct Issued {
+    /// PEM.
+    pub pem: String,
+    /// DER.
+    pub der: Vec<u8>,
+    /// Hex serial.
+    pub serial: String,
+    /// Unix seconds.
+    pub not_after: i64,
+}
 
 /// The CA: its certificate and the issuer made from its key.
 pub struct Ca {
@@ -99,6 +114,45 @@ impl Ca {
                 paths.ca_key.display()
             ),
         }
+    }
+
+    /// Signs a node's certificate from its signing request: the request's
+    /// signature is checked (it proves the key), its public key is kept,
+    /// and everything else comes from here: the name (`name`, as DNS name
+    /// and common name), client authentication (and server authentication
+    /// for an edge), a fresh random serial, [`NODE_DAYS`] of validity.
+    pub fn sign_node(&self, csr_pem: &str, name: &str, edge: bool) -> anyhow::Result<Issued> {
+        if csr_pem.len() > crate::nodes::MAX_CSR {
+            anyhow::bail!("longer than {} bytes", crate::nodes::MAX_CSR);
+        }
+        let mut csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)
+            .map_err(|e| anyhow::anyhow!("not a valid PKCS#10 request: {e}"))?;
+        let now = time::OffsetDateTime::now_utc();
+        let day = time::Duration::days(1);
+        let mut p = CertificateParams::new(vec![name.to_string()])?;
+        p.not_before = now - day;
+        p.not_after = now + day * NODE_DAYS;
+        p.distinguished_name.push(DnType::CommonName, name);
+        p.extended_key_usages = if edge {
+            vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ]
+        } else {
+            vec![ExtendedKeyUsagePurpose::ClientAuth]
+        };
+        p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        let mut serial: [u8; 16] = rand::random();
+        serial[0] &= 0x7f;
+        p.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
+        csr.params = p;
+        let cert = csr.signed_by(&self.issuer)?;
+        Ok(Issued {
+            pem: cert.pem(),
+            der: cert.der().to_vec(),
+            serial: serial.iter().map(|b| format!("{b:02x}")).collect(),
+            not_after: (now + day * NODE_DAYS).unix_timestamp(),
+        })
     }
 
     /// Issues the controller's HTTPS certificate for `names` (DNS names or

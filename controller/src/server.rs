@@ -103,17 +103,30 @@ pub async fn serve(
                     return;
                 }
             };
-            serve_connection(TokioIo::new(tls), peer, router).await;
+            let cert = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .map(|c| crate::nodes::PeerCert(Arc::new(c.to_vec())));
+            serve_connection(TokioIo::new(tls), peer, cert, router).await;
         });
     }
 }
 
-async fn serve_connection<I>(io: I, peer: SocketAddr, router: Router)
-where
+async fn serve_connection<I>(
+    io: I,
+    peer: SocketAddr,
+    cert: Option<crate::nodes::PeerCert>,
+    router: Router,
+) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     let svc = hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
         req.extensions_mut().insert(Peer(peer));
+        if let Some(c) = &cert {
+            req.extensions_mut().insert(c.clone());
+        }
         router.clone().oneshot(req.map(axum::body::Body::new))
     });
     let mut b = hyper::server::conn::http1::Builder::new();

@@ -94,6 +94,15 @@ pub enum Op {
         /// The version the caller saw (`If-Match`), if it said.
         if_match: Option<i64>,
     },
+    /// Something done to an object that leaves its body as it is (an
+    /// enrolment token made, a node enrolled, certificates revoked): the
+    /// extras say what; the object is audited before and after.
+    Action {
+        /// Kind.
+        kind: Kind,
+        /// Which.
+        id: String,
+    },
     /// An object removed.
     Delete {
         /// Kind.
@@ -122,6 +131,34 @@ pub enum Extra {
         /// Secret id.
         id: String,
     },
+    /// A one-time enrolment token for the object (its SHA-256).
+    AddEnrolment {
+        /// Hex SHA-256 of the token.
+        token_hash: String,
+        /// Unix seconds.
+        expires_at: i64,
+    },
+    /// An enrolment token used: fails the write with
+    /// [`StoreError::Enrolment`] unless it is the object's, unused and
+    /// unexpired (at most one of two racing uses succeeds).
+    UseEnrolment {
+        /// Hex SHA-256 of the token.
+        token_hash: String,
+    },
+    /// A certificate the CA issued to the object.
+    AddCertificate {
+        /// Hex SHA-256 of its DER.
+        fingerprint: String,
+        /// Hex serial.
+        serial: String,
+        /// The name on it.
+        name: String,
+        /// Unix seconds.
+        not_after: i64,
+    },
+    /// Every certificate of the object revoked, and its unused enrolment
+    /// tokens withdrawn.
+    RevokeCertificates,
 }
 
 /// Why a change or a read did not happen.
@@ -156,6 +193,10 @@ pub enum StoreError {
     /// Read-only maintenance.
     #[error("the controller is in read-only maintenance: {0}")]
     Maintenance(String),
+    /// An enrolment token that is unknown, used, expired or another
+    /// object's.
+    #[error("the enrolment token is unknown, used or expired")]
+    Enrolment,
     /// A field is wrong.
     #[error("{0}")]
     Invalid(#[from] FieldError),
@@ -458,6 +499,25 @@ impl Store {
         Ok(Page { items, next })
     }
 
+    /// The revision and every policy object as of it (one read
+    /// transaction; repeatable reads on PostgreSQL).
+    pub async fn snapshot(&self) -> Result<(i64, Vec<(Kind, Value)>), DbError> {
+        let mut tx = self.db.pool.begin().await.ctx("begin a snapshot")?;
+        if self.db.backend == crate::db::Backend::Postgres {
+            sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                .execute(&mut *tx)
+                .await
+                .ctx("isolate a snapshot")?;
+        }
+        let revision: i64 = sqlx::query_scalar("SELECT value FROM meta WHERE key = 'revision'")
+            .fetch_one(&mut *tx)
+            .await
+            .ctx("read the revision")?;
+        let objects = load_policy_objects(&mut *tx).await?;
+        tx.commit().await.ctx("end a snapshot")?;
+        Ok((revision, objects))
+    }
+
     /// Every object of every policy kind (for compiling).
     pub async fn policy_objects(&self) -> Result<Vec<(Kind, Value)>, DbError> {
         load_policy_objects(&self.db.pool).await
@@ -614,7 +674,12 @@ impl Store {
                 check_version(*kind, &b, *if_match)?;
                 (*kind, id.clone(), Some(b), None)
             }
+            Op::Action { kind, id } => {
+                let b = load(&mut tx, *kind, id).await?;
+                (*kind, id.clone(), Some(b), None)
+            }
         };
+        let action_only = matches!(op, Op::Action { .. });
         let policy = kind.is_policy();
         let revision = if policy {
             bump(&mut tx, "revision").await?
@@ -627,7 +692,9 @@ impl Store {
                 .unwrap_or("")
                 .to_string()
         };
-        let after = if let Some(body) = after_body {
+        let after = if action_only {
+            before.clone()
+        } else if let Some(body) = after_body {
             let name = name_of(body);
             let taken: Option<String> = sqlx::query_scalar(
                 "SELECT id FROM objects WHERE kind = $1 AND name = $2 AND id <> $3",
@@ -694,6 +761,9 @@ impl Store {
                 .execute(&mut *tx)
                 .await
                 .ctx("delete an object")?;
+            if matches!(kind, Kind::Gateway | Kind::Edge) {
+                revoke_all(&mut tx, kind, &id, now).await?;
+            }
             if kind == Kind::ApiClient {
                 sqlx::query("DELETE FROM client_secrets WHERE client_id = $1")
                     .bind(&id)
@@ -738,9 +808,63 @@ impl Store {
                         });
                     }
                 }
+                Extra::AddEnrolment {
+                    token_hash,
+                    expires_at,
+                } => {
+                    sqlx::query(
+                        "INSERT INTO enrolments (token_hash, kind, object_id, created_at, expires_at) VALUES ($1, $2, $3, $4, $5)",
+                    )
+                    .bind(token_hash)
+                    .bind(kind.as_str())
+                    .bind(&id)
+                    .bind(now)
+                    .bind(*expires_at)
+                    .execute(&mut *tx)
+                    .await
+                    .ctx("add an enrolment token")?;
+                }
+                Extra::UseEnrolment { token_hash } => {
+                    let n = sqlx::query(
+                        "UPDATE enrolments SET used_at = $1 WHERE token_hash = $2 AND kind = $3 AND object_id = $4 AND used_at IS NULL AND expires_at > $5",
+                    )
+                    .bind(now)
+                    .bind(token_hash)
+                    .bind(kind.as_str())
+                    .bind(&id)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await
+                    .ctx("use an enrolment token")?
+                    .rows_affected();
+                    if n != 1 {
+                        return Err(StoreError::Enrolment);
+                    }
+                }
+                Extra::AddCertificate {
+                    fingerprint,
+                    serial,
+                    name,
+                    not_after,
+                } => {
+                    sqlx::query(
+                        "INSERT INTO certificates (fingerprint, serial, kind, object_id, name, issued_at, not_after) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                    )
+                    .bind(fingerprint)
+                    .bind(serial)
+                    .bind(kind.as_str())
+                    .bind(&id)
+                    .bind(name)
+                    .bind(now)
+                    .bind(*not_after)
+                    .execute(&mut *tx)
+                    .await
+                    .ctx("record a certificate")?;
+                }
+                Extra::RevokeCertificates => revoke_all(&mut tx, kind, &id, now).await?,
             }
         }
-        if policy {
+        if policy && !action_only {
             let objects = load_policy_objects(&mut *tx).await?;
             crate::compile::check_org(&objects).map_err(StoreError::Policy)?;
         }
@@ -780,6 +904,30 @@ impl Store {
             revision,
         })
     }
+}
+
+async fn revoke_all(
+    tx: &mut Transaction<'static, Any>,
+    kind: Kind,
+    id: &str,
+    now: i64,
+) -> Result<(), DbError> {
+    sqlx::query(
+        "UPDATE certificates SET revoked_at = $1 WHERE kind = $2 AND object_id = $3 AND revoked_at IS NULL",
+    )
+    .bind(now)
+    .bind(kind.as_str())
+    .bind(id)
+    .execute(&mut **tx)
+    .await
+    .ctx("revoke certificates")?;
+    sqlx::query("DELETE FROM enrolments WHERE kind = $1 AND object_id = $2 AND used_at IS NULL")
+        .bind(kind.as_str())
+        .bind(id)
+        .execute(&mut **tx)
+        .await
+        .ctx("withdraw enrolment tokens")?;
+    Ok(())
 }
 
 fn check_version(kind: Kind, r: &Record, if_match: Option<i64>) -> Result<(), StoreError> {

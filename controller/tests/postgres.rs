@@ -18,7 +18,7 @@ async fn migrations_and_the_write_path_work_on_postgresql() {
     let pg = Pg::start();
     let url = pg.database("sluice");
     let db = Db::connect(&url).await.unwrap();
-    assert_eq!(db.migrate(None).await.unwrap(), vec![1]);
+    assert_eq!(db.migrate(None).await.unwrap(), vec![1, 2]);
     assert!(
         db.migrate(None).await.unwrap().is_empty(),
         "a second run applies nothing"

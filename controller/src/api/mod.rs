@@ -47,6 +47,13 @@ type Limiter = governor::DefaultKeyedRateLimiter<String>;
 pub struct App {
     /// The store.
     pub store: Store,
+    /// The CA (enrolment signs with it).
+    pub ca: Arc<crate::pki::Ca>,
+    /// This controller's URL (the tokens' issuer).
+    pub url: String,
+    /// Its agent listener's URL (what enrolled nodes are told).
+    pub agent_url: String,
+    snapshot: tokio::sync::Mutex<Option<(i64, Arc<crate::compile::Org>)>>,
     /// Token keys.
     pub keys: Keys,
     /// Secret verification.
@@ -71,13 +78,18 @@ impl App {
     pub fn new(
         store: Store,
         keys: Keys,
-        per_second: u32,
-        burst: u32,
-        token_per_minute: u32,
+        ca: Arc<crate::pki::Ca>,
+        urls: (String, String),
+        limits: (u32, u32, u32),
     ) -> App {
+        let (per_second, burst, token_per_minute) = limits;
         let nz = |n: u32| NonZeroU32::new(n.max(1)).expect("at least 1");
         App {
             store,
+            ca,
+            url: urls.0,
+            agent_url: urls.1,
+            snapshot: tokio::sync::Mutex::new(None),
             keys,
             hasher: Hasher::new(2),
             limiter: RateLimiter::keyed(Quota::per_second(nz(per_second)).allow_burst(nz(burst))),
@@ -88,6 +100,21 @@ impl App {
                 serde_json::to_vec_pretty(&crate::openapi::document()).expect("serialises"),
             ),
         }
+    }
+
+    /// The organisation at the current revision, read and typed once per
+    /// revision however many nodes ask.
+    pub async fn snapshot(&self) -> Result<(i64, Arc<crate::compile::Org>), Problem> {
+        let current = *self.store.watch_revision().borrow();
+        let mut cache = self.snapshot.lock().await;
+        if let Some((r, org)) = cache.as_ref()
+            && *r >= current
+        {
+            return Ok((*r, org.clone()));
+        }
+        let fresh = crate::nodes::load_snapshot(self).await?;
+        *cache = Some(fresh.clone());
+        Ok(fresh)
     }
 
     /// Forgets rate-limit state of keys idle long enough to be full again
@@ -203,7 +230,7 @@ impl FromRequestParts<Arc<App>> for Caller {
 
 /// Parses a JSON body strictly: `application/json` (or `accept`), at most
 /// [`MAX_BODY`] bytes (the server enforces it), the type's own checks.
-fn json_body<T: DeserializeOwned>(
+pub(crate) fn json_body<T: DeserializeOwned>(
     headers: &HeaderMap,
     body: &Bytes,
     accept: &[&str],
@@ -237,7 +264,7 @@ fn json_body<T: DeserializeOwned>(
 }
 
 /// Parses the query string strictly (unknown parameters are errors).
-fn query<T: DeserializeOwned + Default>(parts: Option<&str>) -> Result<T, Problem> {
+pub(crate) fn query<T: DeserializeOwned + Default>(parts: Option<&str>) -> Result<T, Problem> {
     match parts {
         None | Some("") => Ok(T::default()),
         Some(q) => serde_urlencoded::from_str(q)
@@ -888,6 +915,17 @@ fn objects<S: Spec>(r: Router<Arc<App>>) -> Router<Arc<App>> {
     )
 }
 
+/// The agent listener's router (client certificates required).
+pub fn agent_router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/agent/v1/policy", get(crate::nodes::poll_policy))
+        .route("/agent/v1/report", post(crate::nodes::report))
+        .fallback(|uri: axum::http::Uri| async move {
+            Problem::not_found(format!("no such resource: {}", uri.path()))
+        })
+        .with_state(app)
+}
+
 /// The router of the whole API.
 pub fn router(app: Arc<App>) -> Router {
     let mut r = Router::new();
@@ -915,6 +953,16 @@ pub fn router(app: Arc<App>) -> Router {
     )
     .route("/api/v1/audit", get(audit))
     .route("/api/v1/status", get(status))
+    .route("/api/v1/nodes", get(crate::nodes::dashboard))
+    .route(
+        "/api/v1/{collection}/{id}/enrolment",
+        post(crate::nodes::make_enrolment),
+    )
+    .route(
+        "/api/v1/{collection}/{id}/revoke",
+        post(crate::nodes::revoke),
+    )
+    .route("/enrol", post(crate::nodes::enrol))
     .route("/oauth/token", post(oauth::token))
     .route("/openapi.json", get(openapi))
     .fallback(|m: Method, uri: axum::http::Uri| async move {
