@@ -98,23 +98,38 @@ static DUMMY_HASH: std::sync::LazyLock<String> =
 #[derive(Debug, Clone)]
 pub struct Hasher {
     permits: Arc<Semaphore>,
+    queue: Arc<Semaphore>,
 }
 
+/// Verifications waiting at most (beyond them: [`Busy`]).
+pub const HASH_QUEUE: usize = 32;
+
+/// Too many verifications are waiting: try again in a second.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Busy;
+
 impl Hasher {
-    /// At most `n` verifications at once.
+    /// At most `n` verifications at once, [`HASH_QUEUE`] waiting.
     pub fn new(n: usize) -> Hasher {
         Hasher {
             permits: Arc::new(Semaphore::new(n.max(1))),
+            queue: Arc::new(Semaphore::new(HASH_QUEUE)),
         }
     }
 
     /// Whether `secret` matches one of `hashes` (none: checked against a
-    /// dummy, and false).
-    pub async fn verify(&self, secret: String, hashes: Vec<String>) -> bool {
-        let Ok(_permit) = self.permits.acquire().await else {
-            return false;
+    /// dummy, and false). The permit goes with the work: a caller that
+    /// gives up (its request timed out) does not free a slot while its
+    /// hash still runs.
+    pub async fn verify(&self, secret: String, hashes: Vec<String>) -> Result<bool, Busy> {
+        let Ok(_queued) = self.queue.clone().try_acquire_owned() else {
+            return Err(Busy);
         };
-        tokio::task::spawn_blocking(move || {
+        let Ok(permit) = self.permits.clone().acquire_owned().await else {
+            return Err(Busy);
+        };
+        Ok(tokio::task::spawn_blocking(move || {
+            let _permit = permit;
             let argon = Argon2::default();
             let mut ok = false;
             if hashes.is_empty() {
@@ -131,7 +146,7 @@ impl Hasher {
             ok
         })
         .await
-        .unwrap_or(false)
+        .unwrap_or(false))
     }
 }
 
@@ -181,7 +196,7 @@ pub struct Keys {
     kid: String,
     encoding: EncodingKey,
     issuer: String,
-    decoding: RwLock<HashMap<String, Arc<DecodingKey>>>,
+    decoding: RwLock<HashMap<String, (Arc<DecodingKey>, String)>>,
 }
 
 impl std::fmt::Debug for Keys {
@@ -215,24 +230,35 @@ impl Keys {
         let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &public);
         let kid = B64.encode(&digest.as_ref()[..12]);
         sqlx::query(
-            "INSERT INTO signing_keys (kid, public_key, created_at) SELECT $1, $2, $3 WHERE NOT EXISTS (SELECT 1 FROM signing_keys WHERE kid = $1)",
+            "INSERT INTO signing_keys (kid, public_key, created_at, issuer) SELECT $1, $2, $3, $4 WHERE NOT EXISTS (SELECT 1 FROM signing_keys WHERE kid = $1)",
         )
         .bind(&kid)
         .bind(B64.encode(&public))
         .bind(crate::now())
+        .bind(issuer)
         .execute(&store.db.pool)
         .await
         .context("publish the token-signing key")?;
+        // The same key under a new URL: its tokens name the new issuer.
+        sqlx::query("UPDATE signing_keys SET issuer = $1 WHERE kid = $2")
+            .bind(issuer)
+            .bind(&kid)
+            .execute(&store.db.pool)
+            .await
+            .context("record the key's issuer")?;
         let keys = Keys {
             kid: kid.clone(),
             encoding: EncodingKey::from_ed_der(&pkcs8),
             issuer: issuer.to_string(),
             decoding: RwLock::new(HashMap::new()),
         };
-        keys.decoding
-            .write()
-            .expect("not poisoned")
-            .insert(kid, Arc::new(DecodingKey::from_ed_der(&public)));
+        keys.decoding.write().expect("not poisoned").insert(
+            kid,
+            (
+                Arc::new(DecodingKey::from_ed_der(&public)),
+                issuer.to_string(),
+            ),
+        );
         Ok(keys)
     }
 
@@ -271,25 +297,33 @@ impl Keys {
         (token, claims)
     }
 
-    async fn decoding_key(&self, kid: &str, store: &Store) -> Result<Arc<DecodingKey>, TokenError> {
+    /// A controller's public key and the issuer its tokens name.
+    async fn decoding_key(
+        &self,
+        kid: &str,
+        store: &Store,
+    ) -> Result<(Arc<DecodingKey>, String), TokenError> {
         if let Some(k) = self.decoding.read().expect("not poisoned").get(kid) {
             return Ok(k.clone());
         }
-        let public: Option<String> =
-            sqlx::query_scalar("SELECT public_key FROM signing_keys WHERE kid = $1")
+        if kid.len() > 64 {
+            return Err(TokenError::Invalid("unknown key id".into()));
+        }
+        let row: Option<(String, Option<String>)> =
+            sqlx::query_as("SELECT public_key, issuer FROM signing_keys WHERE kid = $1")
                 .bind(kid)
                 .fetch_optional(&store.db.pool)
                 .await
                 .ctx("read a signing key")?;
-        let public = public
-            .and_then(|p| B64.decode(p).ok())
+        let (public, issuer) = row
+            .and_then(|(p, i)| Some((B64.decode(p).ok()?, i?)))
             .ok_or_else(|| TokenError::Invalid("unknown key id".into()))?;
-        let key = Arc::new(DecodingKey::from_ed_der(&public));
+        let entry = (Arc::new(DecodingKey::from_ed_der(&public)), issuer);
         let mut cache = self.decoding.write().expect("not poisoned");
         if cache.len() < 1024 {
-            cache.insert(kid.to_string(), key.clone());
+            cache.insert(kid.to_string(), entry.clone());
         }
-        Ok(key)
+        Ok(entry)
     }
 
     /// Checks a bearer token: signature, `typ`, issuer, audience, expiry,
@@ -307,10 +341,12 @@ impl Keys {
         let kid = header
             .kid
             .ok_or_else(|| TokenError::Invalid("no key id".into()))?;
-        let key = self.decoding_key(&kid, store).await?;
+        let (key, issuer) = self.decoding_key(&kid, store).await?;
         let mut v = Validation::new(Algorithm::EdDSA);
         v.set_audience(&[AUDIENCE]);
-        v.set_issuer(&[&self.issuer]);
+        // The issuer of the controller whose key signed it (any controller
+        // of this store).
+        v.set_issuer(&[&issuer]);
         v.leeway = 0;
         v.set_required_spec_claims(&["exp", "iat", "iss", "aud", "sub"]);
         let data = jsonwebtoken::decode::<Claims>(token, &key, &v)
@@ -365,8 +401,14 @@ mod tests {
             .build()
             .unwrap();
         let hasher = Hasher::new(1);
-        assert!(rt.block_on(hasher.verify(s.clone(), vec![h.clone()])));
-        assert!(!rt.block_on(hasher.verify("sls_wrong".into(), vec![h])));
-        assert!(!rt.block_on(hasher.verify(s, vec![])));
+        assert_eq!(
+            rt.block_on(hasher.verify(s.clone(), vec![h.clone()])),
+            Ok(true)
+        );
+        assert_eq!(
+            rt.block_on(hasher.verify("sls_wrong".into(), vec![h])),
+            Ok(false)
+        );
+        assert_eq!(rt.block_on(hasher.verify(s, vec![])), Ok(false));
     }
 }

@@ -77,7 +77,21 @@ pub fn main(config: &std::path::Path, cmd: Command) -> anyhow::Result<()> {
     rt.block_on(async move {
         std::fs::create_dir_all(&cfg.state_dir)
             .with_context(|| format!("create {}", cfg.state_dir.display()))?;
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(&cfg.state_dir, std::fs::Permissions::from_mode(0o700))
+                .with_context(|| {
+                    format!("make {} the controller's alone", cfg.state_dir.display())
+                })?;
+        }
         let db = Db::connect(&cfg.database).await?;
+        // A backup is of the store as it is (taken before an upgrade, it
+        // must not be migrated first).
+        if let Command::Backup { dest } = &cmd {
+            db.backup(dest).await?;
+            println!("backed up to {}", dest.display());
+            return Ok(());
+        }
         let applied = db.migrate(None).await?;
         if !applied.is_empty() {
             log::info!(
@@ -201,6 +215,7 @@ pub async fn start(cfg: &ControllerConfig, store: Store) -> anyhow::Result<Runni
     let router = crate::api::router(app.clone());
     let agent_router = crate::api::agent_router(app.clone());
     let max = cfg.max_connections;
+    let per_address = cfg.max_connections_per_address;
     let task_app = app.clone();
     let task = tokio::spawn(async move {
         // Other controllers' changes (a shared store): noticed within
@@ -227,12 +242,21 @@ pub async fn start(cfg: &ControllerConfig, store: Store) -> anyhow::Result<Runni
             agent_listener,
             agent_tls,
             agent_router,
-            max,
+            crate::server::Limits {
+                max_connections: max,
+                per_address: None,
+                lifetime: std::time::Duration::from_secs(600),
+            },
             async {
                 let _ = agent_stop_rx.await;
             },
         ));
-        crate::server::serve(listener, tls, router, max, async {
+        let admin_limits = crate::server::Limits {
+            max_connections: max,
+            per_address: Some(per_address),
+            lifetime: std::time::Duration::from_secs(90),
+        };
+        crate::server::serve(listener, tls, router, admin_limits, async {
             let _ = stop_rx.await;
         })
         .await;

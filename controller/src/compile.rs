@@ -15,6 +15,10 @@ use crate::model::{
     AppProfile, BypassList, Edge, ForwardingProfile, Gateway, Group, Identity, Kind, Tenant, User,
 };
 
+/// Most entries one app profile may have once its bypass lists are added
+/// (checked before anything is expanded).
+pub const MAX_EXPANDED: usize = 200_000;
+
 /// The organisation's policy objects, typed.
 #[derive(Debug, Default, Clone)]
 pub struct Org {
@@ -134,6 +138,28 @@ impl Org {
                 && !fps.contains(p)
             {
                 return missing("forwarding profile", p, format!("gateway `{}`", g.name));
+            }
+        }
+        for p in &self.profiles {
+            let expanded: usize = p.exclude.len()
+                + p.domains.len()
+                + p.processes.len()
+                + p.source_ports.len()
+                + p.bypass_lists
+                    .iter()
+                    .filter_map(|l| self.bypass_lists.iter().find(|b| &b.name == l))
+                    .map(|b| {
+                        b.prefixes.len()
+                            + b.domains.len()
+                            + b.processes.len()
+                            + b.source_ports.len()
+                    })
+                    .sum::<usize>();
+            if expanded > MAX_EXPANDED {
+                return Err(format!(
+                    "app profile `{}` would have {expanded} entries with its bypass lists (at most {MAX_EXPANDED})",
+                    p.name
+                ));
             }
         }
         if self.tenants.iter().filter(|t| t.kind == "internet").count() > 1 {

@@ -42,8 +42,11 @@ pub struct ControllerConfig {
     pub rate_burst: u32,
     /// Token requests per minute per address.
     pub token_rate_per_minute: u32,
-    /// Most connections at once.
+    /// Most connections at once (each listener).
     pub max_connections: usize,
+    /// Most connections at once from one address (IPv6: one /64) on the
+    /// admin listener.
+    pub max_connections_per_address: usize,
 }
 
 #[derive(Deserialize)]
@@ -66,6 +69,7 @@ struct Raw {
     rate_limit_burst: Option<u32>,
     token_rate_limit_per_minute: Option<u32>,
     max_connections: Option<usize>,
+    max_connections_per_address: Option<usize>,
 }
 
 impl ControllerConfig {
@@ -129,6 +133,7 @@ impl ControllerConfig {
             rate_burst: r.rate_limit_burst.unwrap_or(rate_per_second * 2).max(1),
             token_rate_per_minute: r.token_rate_limit_per_minute.unwrap_or(60).max(1),
             max_connections: r.max_connections.unwrap_or(1024).max(1),
+            max_connections_per_address: r.max_connections_per_address.unwrap_or(32).max(1),
         })
     }
 }

@@ -27,6 +27,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "enrolment",
         include_str!("../migrations/0002_enrolment.sql"),
     ),
+    (
+        3,
+        "key_issuers",
+        include_str!("../migrations/0003_key_issuers.sql"),
+    ),
 ];
 
 /// The newest schema this controller knows.
@@ -135,6 +140,20 @@ impl Db {
             .await
             .ctx("connect")?;
         if backend == Backend::Sqlite {
+            // The store holds secrets' hashes and the audit log: its files
+            // are the controller's alone.
+            if let Some(path) = url
+                .strip_prefix("sqlite://")
+                .map(|p| p.split('?').next().unwrap_or(p))
+            {
+                use std::os::unix::fs::PermissionsExt as _;
+                for suffix in ["", "-wal", "-shm"] {
+                    let _ = std::fs::set_permissions(
+                        format!("{path}{suffix}"),
+                        std::fs::Permissions::from_mode(0o600),
+                    );
+                }
+            }
             // Persistent in the file: readers never wait for the writer.
             sqlx::query("PRAGMA journal_mode = WAL")
                 .fetch_all(&pool)
@@ -216,7 +235,7 @@ impl Db {
         }
         // Read-only while migrating (when there is a store to protect).
         let was_on = if found >= 1 {
-            let (on, _) = maintenance(&mut *conn).await?;
+            let before = maintenance(&mut *conn).await?;
             set_maintenance(
                 &mut *conn,
                 true,
@@ -226,7 +245,7 @@ impl Db {
                 )),
             )
             .await?;
-            Some(on)
+            Some(before)
         } else {
             None
         };
@@ -268,7 +287,8 @@ impl Db {
         // between versions and an operator must look.
         if failure.is_none() {
             match was_on {
-                Some(true) => {}
+                // An admin's maintenance stays, with its reason.
+                Some((true, why)) => set_maintenance(&mut *conn, true, why.as_deref()).await?,
                 _ => set_maintenance(&mut *conn, false, None).await?,
             }
         }
@@ -294,6 +314,8 @@ impl Db {
             .execute(&self.pool)
             .await
             .ctx("VACUUM INTO")?;
+        use std::os::unix::fs::PermissionsExt as _;
+        let _ = std::fs::set_permissions(dest, std::fs::Permissions::from_mode(0o600));
         Ok(())
     }
 }

@@ -212,8 +212,15 @@ fn check_list(field: &str, list: &[String]) -> Result<(), FieldError> {
 
 fn check_names(field: &str, list: &[String]) -> Result<(), FieldError> {
     check_list(field, list)?;
+    let mut seen = std::collections::HashSet::with_capacity(list.len());
     for (i, s) in list.iter().enumerate() {
         check_name(&format!("{field}[{i}]"), s)?;
+        if !seen.insert(s) {
+            return Err(FieldError::new(
+                format!("{field}[{i}]"),
+                format!("`{s}` is named twice"),
+            ));
+        }
     }
     Ok(())
 }

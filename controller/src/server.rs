@@ -1,9 +1,11 @@
-//! Accepting HTTPS connections with deadlines and caps: at most
-//! `max_connections` at once (the rest wait in the kernel's backlog), 10 s
-//! for the TLS handshake, 10 s for a request's head, 30 s for a handler,
-//! bodies of at most [`crate::api::MAX_BODY`] bytes, idle connections
-//! closed after 60 s. Every request learns its peer's address (for the
-//! audit log and the per-address limits).
+//! Accepting HTTPS connections with deadlines and caps ([`Limits`]): at
+//! most `max_connections` at once (the rest wait in the kernel's backlog)
+//! and, on the admin listener, at most a few per address; 10 s for the TLS
+//! handshake, 10 s for a request's head, 30 s for a handler, bodies of at
+//! most [`crate::api::MAX_BODY`] bytes, and a bounded life for every
+//! connection (asked to close, then closed whatever it does). Every
+//! request learns its peer's address (for the audit log and the
+//! per-address limits) and, on the agent listener, its certificate.
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use axum::{Router, extract::Request, response::IntoResponse as _};
@@ -58,16 +60,78 @@ pub fn harden(router: Router) -> Router {
         ))
 }
 
+/// A listener's bounds.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Connections at once (the rest wait in the kernel's backlog).
+    pub max_connections: usize,
+    /// Connections at once from one address (an IPv6 address counts by
+    /// its /64); `None`: no such cap (the agent listener, where every
+    /// connection must present an enrolled certificate).
+    pub per_address: Option<usize>,
+    /// A connection's whole life: then it is asked to close after its
+    /// request in flight, and closed [`GRACE`] later whatever it is doing
+    /// (a client that never reads its response cannot hold a slot).
+    pub lifetime: Duration,
+}
+
+/// How long a connection asked to close may take to finish its request.
+pub const GRACE: Duration = Duration::from_secs(10);
+
+/// The key an address counts under: itself, or its /64 for IPv6.
+pub fn address_key(ip: std::net::IpAddr) -> std::net::IpAddr {
+    match ip {
+        std::net::IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => {
+            let s = v6.segments();
+            std::net::IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+        }
+        std::net::IpAddr::V6(v6) => std::net::IpAddr::V4(v6.to_ipv4_mapped().expect("checked")),
+        v4 => v4,
+    }
+}
+
+/// Counts connections per address; a slot is given back on drop.
+#[derive(Debug, Default)]
+struct PerAddress(std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>);
+
+struct Slot(Arc<PerAddress>, std::net::IpAddr);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut m = self.0.0.lock().expect("not poisoned");
+        if let Some(n) = m.get_mut(&self.1) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.1);
+            }
+        }
+    }
+}
+
+impl PerAddress {
+    fn take(self: &Arc<Self>, ip: std::net::IpAddr, cap: usize) -> Option<Slot> {
+        let key = address_key(ip);
+        let mut m = self.0.lock().expect("not poisoned");
+        let n = m.entry(key).or_insert(0);
+        if *n >= cap {
+            return None;
+        }
+        *n += 1;
+        Some(Slot(self.clone(), key))
+    }
+}
+
 /// Serves `router` on `listener` with `tls` until `shutdown` resolves.
 pub async fn serve(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     router: Router,
-    max_connections: usize,
+    limits: Limits,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     let acceptor = TlsAcceptor::from(tls);
-    let permits = Arc::new(Semaphore::new(max_connections));
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let per_address = Arc::new(PerAddress::default());
     let router = harden(router);
     tokio::pin!(shutdown);
     loop {
@@ -87,11 +151,22 @@ pub async fn serve(
                 }
             },
         };
+        let slot = match limits.per_address {
+            Some(cap) => match per_address.take(peer.ip(), cap) {
+                Some(s) => Some(s),
+                None => {
+                    log::debug!("admin API: {peer}: over {cap} connections from one address");
+                    continue;
+                }
+            },
+            None => None,
+        };
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let router = router.clone();
         tokio::spawn(async move {
             let _permit = permit;
+            let _slot = slot;
             let tls = match tokio::time::timeout(HANDSHAKE, acceptor.accept(tcp)).await {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
@@ -109,7 +184,7 @@ pub async fn serve(
                 .peer_certificates()
                 .and_then(|c| c.first())
                 .map(|c| crate::nodes::PeerCert(Arc::new(c.to_vec())));
-            serve_connection(TokioIo::new(tls), peer, cert, router).await;
+            serve_connection(TokioIo::new(tls), peer, cert, router, limits.lifetime).await;
         });
     }
 }
@@ -119,6 +194,7 @@ async fn serve_connection<I>(
     peer: SocketAddr,
     cert: Option<crate::nodes::PeerCert>,
     router: Router,
+    lifetime: Duration,
 ) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
@@ -135,19 +211,26 @@ async fn serve_connection<I>(
         .max_buf_size(64 * 1024);
     let conn = b.serve_connection(io, svc);
     tokio::pin!(conn);
-    // Idle connections go: the whole connection is bounded by the idle
-    // limit plus the handler deadline per request it serves.
-    loop {
-        tokio::select! {
-            r = conn.as_mut() => {
-                if let Err(e) = r {
-                    log::debug!("admin API: {peer}: {e}");
+    // The connection's life is bounded: asked to close at `lifetime`,
+    // dropped (its socket closed) `GRACE` later, whatever it is doing.
+    let ended = tokio::select! {
+        r = conn.as_mut() => Some(r),
+        () = tokio::time::sleep(lifetime) => None,
+    };
+    let r = match ended {
+        Some(r) => r,
+        None => {
+            conn.as_mut().graceful_shutdown();
+            match tokio::time::timeout(GRACE, conn.as_mut()).await {
+                Ok(r) => r,
+                Err(_) => {
+                    log::debug!("admin API: {peer}: closed at the end of its life");
+                    return;
                 }
-                return;
-            }
-            () = tokio::time::sleep(IDLE + HANDLER) => {
-                conn.as_mut().graceful_shutdown();
             }
         }
+    };
+    if let Err(e) = r {
+        log::debug!("admin API: {peer}: {e}");
     }
 }

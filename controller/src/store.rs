@@ -233,6 +233,9 @@ pub struct Page<T> {
 pub const PAGE_DEFAULT: u32 = 50;
 /// Largest page.
 pub const PAGE_MAX: u32 = 5000;
+/// A page also ends once its objects pass this many bytes (then `next`
+/// continues it): a page of 5,000 large objects would be gigabytes.
+pub const PAGE_BYTES: usize = 4 << 20;
 
 /// A list's filters.
 #[derive(Debug, Clone, Default)]
@@ -323,6 +326,29 @@ fn bind_all(
         };
     }
     q
+}
+
+/// Reads at most `limit` rows, and fewer once they pass [`PAGE_BYTES`]
+/// (by `size`), streaming: never more than a page is held. Returns the
+/// rows and whether more follow.
+async fn fetch_bounded<'q>(
+    q: sqlx::query::Query<'q, Any, sqlx::any::AnyArguments>,
+    pool: &sqlx::AnyPool,
+    limit: i64,
+    size: impl Fn(&sqlx::any::AnyRow) -> usize,
+) -> Result<(Vec<sqlx::any::AnyRow>, bool), sqlx::Error> {
+    use futures_util::TryStreamExt as _;
+    let mut stream = q.fetch(pool);
+    let mut rows = Vec::new();
+    let mut bytes = 0usize;
+    while let Some(r) = stream.try_next().await? {
+        if rows.len() as i64 >= limit || (!rows.is_empty() && bytes > PAGE_BYTES) {
+            return Ok((rows, true));
+        }
+        bytes += size(&r);
+        rows.push(r);
+    }
+    Ok((rows, false))
 }
 
 fn page_limit(limit: Option<u32>) -> Result<i64, FieldError> {
@@ -484,14 +510,13 @@ impl Store {
             );
         }
         add(&mut sql, " ORDER BY name LIMIT $N", Bind::I(limit + 1));
-        let rows = bind_all(sqlx::query(sqlx::AssertSqlSafe(sql)), binds)
-            .fetch_all(&self.db.pool)
+        let q = bind_all(sqlx::query(sqlx::AssertSqlSafe(sql)), binds);
+        let (rows, more) = fetch_bounded(q, &self.db.pool, limit, |r| r.get::<String, _>(5).len())
             .await
             .ctx("list objects")?;
-        let more = rows.len() as i64 > limit;
         let mut items = Vec::with_capacity(rows.len());
         let mut last = None;
-        for r in rows.iter().take(limit as usize) {
+        for r in &rows {
             items.push(record_of(r)?);
             last = Some(r.get::<String, _>(6));
         }
@@ -571,14 +596,16 @@ impl Store {
             add(&mut sql, " AND at < $N", Bind::I(v));
         }
         add(&mut sql, " ORDER BY seq DESC LIMIT $N", Bind::I(limit + 1));
-        let rows = bind_all(sqlx::query(sqlx::AssertSqlSafe(sql)), binds)
-            .fetch_all(&self.db.pool)
-            .await
-            .ctx("read the audit log")?;
+        let q = bind_all(sqlx::query(sqlx::AssertSqlSafe(sql)), binds);
+        let (rows, more) = fetch_bounded(q, &self.db.pool, limit, |r| {
+            r.get::<Option<String>, _>(8).map_or(0, |s| s.len())
+                + r.get::<Option<String>, _>(9).map_or(0, |s| s.len())
+        })
+        .await
+        .ctx("read the audit log")?;
         let json = |s: Option<String>| s.and_then(|s| serde_json::from_str(&s).ok());
-        let mut items: Vec<AuditEntry> = rows
+        let items: Vec<AuditEntry> = rows
             .iter()
-            .take(limit as usize)
             .map(|r| AuditEntry {
                 seq: r.get(0),
                 at: Timestamp(r.get(1)),
@@ -593,10 +620,9 @@ impl Store {
                 revision: r.get(10),
             })
             .collect();
-        let next = (rows.len() as i64 > limit)
+        let next = more
             .then(|| items.last().map(|e| e.seq.to_string()))
             .flatten();
-        items.truncate(limit as usize);
         Ok(Page { items, next })
     }
 
@@ -685,6 +711,26 @@ impl Store {
             bump(&mut tx, "revision").await?
         } else {
             current(&mut tx, "revision").await?
+        };
+        // An API client's generation moves on with every change, read and
+        // written in this transaction: its live tokens stop working.
+        let client_body;
+        let after_body = if kind == Kind::ApiClient
+            && let Some(body) = after_body
+        {
+            let mut b = body.clone();
+            let g = before
+                .as_ref()
+                .and_then(|r| r.body.get("generation"))
+                .and_then(Value::as_i64)
+                .map_or(0, |g| g + 1);
+            if let Value::Object(m) = &mut b {
+                m.insert("generation".into(), Value::from(g));
+            }
+            client_body = b;
+            Some(&client_body)
+        } else {
+            after_body
         };
         let name_of = |v: &Value| {
             v.get("name")

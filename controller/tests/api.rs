@@ -1312,3 +1312,143 @@ async fn todays_gateway_files_import_and_compile_back() {
     );
     c.running.stop().await;
 }
+
+/// Review h29: bounds before authentication and on what a page holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bounds_hold_against_one_address_one_client_and_large_pages() {
+    let c = Ctl::start("rate_limit_per_second = 10000\nmax_connections_per_address = 4\ntoken_rate_limit_per_minute = 5").await;
+    // A fifth connection from one address is closed at once (before TLS).
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(
+            tokio::net::TcpStream::connect(c.running.addr)
+                .await
+                .unwrap(),
+        );
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let mut fifth = tokio::net::TcpStream::connect(c.running.addr)
+        .await
+        .unwrap();
+    let mut buf = [0u8; 1];
+    let r = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        tokio::io::AsyncReadExt::read(&mut fifth, &mut buf),
+    )
+    .await;
+    assert!(
+        matches!(r, Ok(Ok(0)) | Ok(Err(_))),
+        "the fifth connection is closed: {r:?}"
+    );
+    drop(held);
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    // Guessing a client's secret from one address does not lock its owner
+    // out from another (failures count per client and address).
+    let (id, secret) = c.bootstrap("victim", &["admin"], 60).await;
+    for _ in 0..6 {
+        let r = c
+            .token_raw(
+                &[
+                    ("grant_type", "client_credentials"),
+                    ("client_id", &id),
+                    ("client_secret", "sls_guess"),
+                ],
+                None,
+            )
+            .await;
+        assert!(
+            r.status == StatusCode::UNAUTHORIZED || r.status == StatusCode::TOO_MANY_REQUESTS,
+            "{r:?}"
+        );
+    }
+    let other = reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
+        .tls_backend_preconfigured({
+            use rustls_pki_types::{CertificateDer, pem::PemObject as _};
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in CertificateDer::pem_slice_iter(c.running.ca_pem.as_bytes()) {
+                roots.add(cert.unwrap()).unwrap();
+            }
+            rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+                rustls::crypto::aws_lc_rs::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth()
+        })
+        .build()
+        .unwrap();
+    let r = other
+        .post(format!("{}/oauth/token", c.base))
+        .basic_auth(&id, Some(&secret))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("grant_type=client_credentials")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::OK,
+        "the owner, from its own address, still gets a token"
+    );
+    let admin: Value = r.json().await.unwrap();
+    let admin = admin["access_token"].as_str().unwrap().to_string();
+    // A list named twice is refused before anything is expanded.
+    c.call(
+        Method::POST,
+        "/api/v1/bypass-lists",
+        &admin,
+        Some(json!({"name": "l", "prefixes": ["203.0.113.0/24"]})),
+    )
+    .await;
+    let r = c
+        .call(
+            Method::POST,
+            "/api/v1/app-profiles",
+            &admin,
+            Some(json!({"name": "p", "bypass_lists": ["l", "l"]})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{r:?}");
+    // Pages end by size too: eight objects of ~0.8 MB each come in pages
+    // of a little over 4 MB.
+    for i in 0..8 {
+        let prefixes: Vec<String> = (0..4000)
+            .map(|j| format!("2001:db8:{i:x}:{j:x}::/64"))
+            .collect();
+        let domains: Vec<String> = (0..4000)
+            .map(|j| format!("host-{j}.{}.example", "x".repeat(150)))
+            .collect();
+        let r = c
+            .call(
+                Method::POST,
+                "/api/v1/bypass-lists",
+                &admin,
+                Some(json!({"name": format!("big-{i}"), "prefixes": prefixes, "domains": domains})),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.status);
+    }
+    let r = c
+        .call(
+            Method::GET,
+            "/api/v1/bypass-lists?name_contains=big&limit=5000",
+            &admin,
+            None,
+        )
+        .await;
+    let n = r.body["items"].as_array().unwrap().len();
+    assert!((1..8).contains(&n), "a page of {n}");
+    let next = r.body["next"].as_str().expect("a next page").to_string();
+    let r = c
+        .call(
+            Method::GET,
+            &format!("/api/v1/bypass-lists?name_contains=big&limit=5000&after={next}"),
+            &admin,
+            None,
+        )
+        .await;
+    assert_eq!(n + r.body["items"].as_array().unwrap().len(), 8);
+    c.running.stop().await;
+}

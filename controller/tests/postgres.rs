@@ -18,7 +18,10 @@ async fn migrations_and_the_write_path_work_on_postgresql() {
     let pg = Pg::start();
     let url = pg.database("sluice");
     let db = Db::connect(&url).await.unwrap();
-    assert_eq!(db.migrate(None).await.unwrap(), vec![1, 2]);
+    assert_eq!(
+        db.migrate(None).await.unwrap(),
+        (1..=sluice_controller::db::latest_version()).collect::<Vec<_>>()
+    );
     assert!(
         db.migrate(None).await.unwrap().is_empty(),
         "a second run applies nothing"
@@ -172,7 +175,12 @@ async fn two_controllers_share_one_store_and_losing_one_loses_nothing() {
     let url = pg.database("shared");
     let extra = format!("database = \"{url}\"\nrate_limit_per_second = 10000");
     // Both start at once: one migrates, the other waits for it.
-    let (a, b) = tokio::join!(Ctl::start(&extra), Ctl::start(&extra));
+    // With URLs of their own: each accepts the tokens the other issues.
+    let (ea, eb) = (
+        format!("{extra}\nurl = \"https://controller-a.example:8443\""),
+        format!("{extra}\nurl = \"https://controller-b.example:8443\""),
+    );
+    let (a, b) = tokio::join!(Ctl::start(&ea), Ctl::start(&eb));
     let (id, secret) = a.bootstrap("automation", &["admin"], 60).await;
     // A token from one controller works on the other (its signing key is
     // in the shared store).

@@ -328,21 +328,10 @@ fn server_fields(kind: Kind) -> &'static [&'static str] {
     }
 }
 
-/// The body to store for `spec`: server-managed fields carried over from
-/// `old` (an API client's `generation` moves on with every change, so its
-/// live tokens stop working).
-fn stored_body(kind: Kind, spec: Value, old: Option<&Value>) -> Value {
-    let mut v = spec;
-    if kind == Kind::ApiClient
-        && let Value::Object(m) = &mut v
-    {
-        let g = old
-            .and_then(|o| o.get("generation"))
-            .and_then(Value::as_i64)
-            .map_or(0, |g| g + 1);
-        m.insert("generation".into(), Value::from(g));
-    }
-    v
+/// The body to store for `spec` (the store sets the server-managed
+/// fields, an API client's `generation`, in its transaction).
+fn stored_body(_kind: Kind, spec: Value, _old: Option<&Value>) -> Value {
+    spec
 }
 
 async fn list<S: Spec>(

@@ -96,7 +96,14 @@ pub async fn token(
     body: Bytes,
 ) -> Response {
     let address = peer.map_or_else(|| "unknown".into(), |p| p.0.0.ip().to_string());
-    if let Some(wait) = limited(&app.token_limiter, &format!("addr:{address}")) {
+    // Limits count an address (an IPv6 /64 as one), and a client id per
+    // address: failing for a client from one place does not lock its
+    // owner out from another.
+    let key = peer.map_or_else(
+        || "unknown".into(),
+        |p| crate::server::address_key(p.0.0.ip()).to_string(),
+    );
+    if let Some(wait) = limited(&app.token_limiter, &format!("addr:{key}")) {
         let mut r = error(
             StatusCode::TOO_MANY_REQUESTS,
             "invalid_request",
@@ -196,7 +203,7 @@ pub async fn token(
     if id.len() > 64 || secret.len() > 256 {
         return invalid_client(by_basic);
     }
-    if let Some(wait) = limited(&app.token_limiter, &format!("client:{id}")) {
+    if let Some(wait) = limited(&app.token_limiter, &format!("client:{id}@{key}")) {
         let mut r = error(
             StatusCode::TOO_MANY_REQUESTS,
             "invalid_request",
@@ -223,9 +230,22 @@ pub async fn token(
         },
         None => Vec::new(),
     };
-    if !app.hasher.verify(secret, hashes).await {
-        log::info!("token endpoint: {address}: client `{id}` failed to authenticate");
-        return invalid_client(by_basic);
+    match app.hasher.verify(secret, hashes).await {
+        Ok(true) => {}
+        Ok(false) => {
+            log::info!("token endpoint: {address}: client {id:?} failed to authenticate");
+            return invalid_client(by_basic);
+        }
+        Err(crate::auth::Busy) => {
+            let mut r = error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily_unavailable",
+                "too many token requests at once: retry in a second",
+            );
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(1));
+            return r;
+        }
     }
     let client = client.expect("a verified secret has a client");
     if client.get("status").and_then(Value::as_str) != Some("active") {
@@ -297,7 +317,7 @@ pub async fn token(
         .unwrap_or(0);
     let (token, _) = app.keys.issue(&id, &scope, lifetime, generation);
     log::info!(
-        "token endpoint: {address}: issued a token to client `{id}` ({scope}, {lifetime} s)"
+        "token endpoint: {address}: issued a token to client {id:?} ({scope}, {lifetime} s)"
     );
     let mut r = axum::Json(TokenResponse {
         access_token: token,
