@@ -2,9 +2,11 @@
 //! the edge's datagram socket, packets both ways by UDP; UDP blocked on
 //! the path by nftables (traffic moves to the TLS tunnel and back); NAT
 //! rebinding (the gateway's source port changes on the path); forged,
-//! replayed and stray datagrams sent to the edge (dropped and counted).
-//! Every test watches the gateway's WAN for tunnelled traffic leaving
-//! directly.
+//! replayed and stray datagrams sent to the edge (dropped and counted);
+//! the classifier's verdict in front of the frame (`SLUICE_XDP_META=head`,
+//! what kernels that refuse `bpf_xdp_adjust_meta` to XDP get) with
+//! datagrams sealed in place. Every test watches the gateway's WAN for
+//! tunnelled traffic leaving directly.
 use std::{
     net::{Ipv4Addr, SocketAddr, UdpSocket},
     time::{Duration, Instant},
@@ -19,12 +21,24 @@ const EDGE_UDP: u16 = 4443;
 
 /// A lab whose gateway offers the datagram transport.
 fn udp_lab(lab: &Lab) -> Sluice<'_> {
+    udp_lab_env(lab, &[])
+}
+
+/// [`udp_lab`], with `env` added to the gateway's environment.
+fn udp_lab_env<'l>(lab: &'l Lab, env: &[(&str, &str)]) -> Sluice<'l> {
     lab.spawn_peer(Host::Inet, "peer", HTTP, UDP);
     let mut s = Sluice::prepare(lab, bin(), |g| {
         g.replace("[tunnel]\n", "[tunnel]\ntransport = \"udp\"\n")
     });
     s.start_edge();
-    s.start_gateway();
+    s.start_gateway_env(env);
+    // Which classifier program the kernel got, said once (`by adjust_meta`
+    // or `in front of the frame (this kernel refuses ...)`).
+    let said = lab
+        .log("gateway")
+        .matches("classifier: frame metadata ")
+        .count();
+    assert_eq!(said, 1, "{}", logs(lab));
     s
 }
 
@@ -175,6 +189,59 @@ fn datagram_transport_carries_traffic_and_falls_back_to_tls_while_udp_is_blocked
 }
 
 /// The gateway's datagram socket's port (in `gw`).
+/// The classifier program that puts its verdict in front of the frame,
+/// forced on any kernel (on one that refuses `bpf_xdp_adjust_meta` to XDP
+/// the gateway picks it by itself): the workers read the verdict from the
+/// first bytes of each frame, the packet after them, and seal datagrams
+/// where the frame lies (full-size ones included).
+#[test]
+fn datagram_transport_with_the_verdict_in_front_of_the_frame() {
+    if !require_root("datagram_transport_with_the_verdict_in_front_of_the_frame") {
+        return;
+    }
+    let lab = Lab::new();
+    let s = udp_lab_env(&lab, &[("SLUICE_XDP_META", "head")]);
+    wait_log(&lab, ON_UDP, 1, Duration::from_secs(10));
+    let log = lab.log("gateway");
+    assert!(
+        log.contains("classifier: frame metadata in front of the frame (SLUICE_XDP_META=head)"),
+        "{}",
+        logs(&lab)
+    );
+    for (dst, edge) in [
+        (std::net::IpAddr::from(addr::TUNNELLED_V4), "198.51.100.5"),
+        (addr::TUNNELLED_V6.into(), "2001:db8:3::5"),
+    ] {
+        assert_eq!(curl(&lab, &[&url(dst, "/whoami")]).trim(), edge);
+    }
+    let tx_before = s.gateway_metric("sluice_gateway_udp_tx_datagrams_total", "");
+    for size in [64, 1300, 1400] {
+        let p = lab.udp_probe(
+            Host::Client,
+            (addr::TUNNELLED_V4, UDP).into(),
+            size,
+            20,
+            Duration::from_secs(2),
+        );
+        assert!(p.received >= 19, "{size} bytes: {p:?}\n{}", logs(&lab));
+    }
+    let tx = s.gateway_metric("sluice_gateway_udp_tx_datagrams_total", "") - tx_before;
+    assert!(tx >= 57, "by datagram: {tx}\n{}", logs(&lab));
+    for (metric, what) in [
+        (
+            "sluice_gateway_drop_no_verdict_total",
+            "frames without a verdict",
+        ),
+        (
+            "sluice_gateway_drop_malformed_total",
+            "frames read as malformed",
+        ),
+    ] {
+        assert_eq!(s.gateway_metric(metric, ""), 0, "{what}\n{}", logs(&lab));
+    }
+    no_leak(&lab);
+}
+
 fn gateway_udp_port(lab: &Lab) -> u16 {
     let out = lab.run_ok(
         Host::Gw,

@@ -156,7 +156,10 @@ fn veth_case(secs: u64, size: usize) -> Result<Measured> {
     let mut xsk = XskSocket::new(
         host::ifindex("ingv0x")?,
         0,
-        &XskConfig::default(),
+        &XskConfig {
+            meta_in_head: c.meta_in_head(),
+            ..XskConfig::default()
+        },
         BindMode::Auto,
     )?;
     c.register_socket(0, std::os::fd::AsFd::as_fd(&xsk))?;

@@ -16,7 +16,8 @@ use std::{
 use sluice_common::{BypassEntry, Counter, MAX_IPV6_EXT_HEADERS, MAX_QUEUES};
 use sluice_core::net::Prefix;
 use sluice_gateway::ebpf::{
-    AttachMode, AttachedMode, EbpfError, Programs, XDP_DROP, XDP_PASS, xdp_action_name,
+    AttachMode, AttachedMode, EbpfError, MetaPlacement, Programs, XDP_DROP, XDP_PASS,
+    xdp_action_name,
 };
 
 // ---------------------------------------------------------------------------
@@ -818,8 +819,14 @@ fn addrs(list: &[&str]) -> Vec<IpAddr> {
 }
 
 fn lab_classifier() -> Programs {
-    let mut c =
-        Programs::load().unwrap_or_else(|e| panic!("loading the classifier: {}", chain(&e)));
+    lab_classifier_with(MetaPlacement::Auto)
+}
+
+/// [`lab_classifier`] with the program that puts the metadata where
+/// `placement` says.
+fn lab_classifier_with(placement: MetaPlacement) -> Programs {
+    let mut c = Programs::load_with(placement)
+        .unwrap_or_else(|e| panic!("loading the classifier ({placement:?}): {}", chain(&e)));
     c.set_bypass(&prefixes(BYPASS)).unwrap();
     c.set_local_addrs(&addrs(LOCAL)).unwrap();
     c
@@ -873,13 +880,17 @@ fn verdict_fixtures() {
     if !sluice_lab::require_root("verdict_fixtures") {
         return;
     }
-    let c = lab_classifier();
+    check_fixtures(&lab_classifier());
+}
+
+/// Every fixture's action and counters on `c`.
+fn check_fixtures(c: &Programs) {
     let fixtures = fixtures();
     let mut failures = Vec::new();
     let mut names = std::collections::HashSet::new();
     for f in &fixtures {
         assert!(names.insert(f.name), "duplicate fixture name {}", f.name);
-        let (action, delta) = run(&c, &f.frame);
+        let (action, delta) = run(c, &f.frame);
         let want = expected_delta(f.counters);
         let ok = action == f.action && delta == want;
         eprintln!(
@@ -907,6 +918,56 @@ fn verdict_fixtures() {
         fixtures.len(),
         failures.join("\n")
     );
+}
+
+/// The classifier that puts its metadata in front of the frame
+/// (`classify_head`, for kernels that refuse `bpf_xdp_adjust_meta` to XDP)
+/// is forced here, so that it is tested on every kernel: the same actions
+/// and counters for every fixture, and the same metadata and frame out of
+/// `test_run_out`. Where the kernel allows `bpf_xdp_adjust_meta`, both
+/// programs run side by side and must agree byte for byte.
+#[test]
+fn verdict_fixtures_with_the_metadata_in_front_of_the_frame() {
+    if !sluice_lab::require_root("verdict_fixtures_with_the_metadata_in_front_of_the_frame") {
+        return;
+    }
+    let head = lab_classifier_with(MetaPlacement::Head);
+    assert!(head.meta_in_head());
+    check_fixtures(&head);
+    let area = {
+        let auto = lab_classifier();
+        if auto.meta_in_head() {
+            eprintln!(
+                "this kernel refuses bpf_xdp_adjust_meta to XDP: classify_head only (as the gateway does)"
+            );
+            None
+        } else {
+            let area = lab_classifier_with(MetaPlacement::Area);
+            assert!(!area.meta_in_head());
+            Some(area)
+        }
+    };
+    let mut tunnelled = 0;
+    for f in fixtures() {
+        let (action, meta, out) = head
+            .test_run_out(&f.frame)
+            .unwrap_or_else(|e| panic!("{}: test run: {}", f.name, chain(&e)));
+        if f.counters.contains(&Counter::Tunnel) {
+            tunnelled += 1;
+            let m = meta.unwrap_or_else(|| panic!("{}: no metadata", f.name));
+            let m = sluice_common::XdpMeta::decode(m)
+                .unwrap_or_else(|| panic!("{}: metadata without its magic: {m:?}", f.name));
+            assert_eq!(m.tunnel(), Some(0), "{}: the internet tenant", f.name);
+            assert_eq!(out, f.frame, "{}: the frame after the metadata", f.name);
+        } else {
+            assert_eq!(meta, None, "{}: metadata on a frame not tunnelled", f.name);
+        }
+        if let Some(area) = &area {
+            let other = area.test_run_out(&f.frame).unwrap();
+            assert_eq!((action, meta, out), other, "{}: head vs area", f.name);
+        }
+    }
+    assert!(tunnelled > 10, "the table tunnels frames: {tunnelled}");
 }
 
 /// Every fixture moves exactly one verdict counter (plus `DropNoSocket`

@@ -11,8 +11,14 @@
 //!
 //! The link lives as long as the [`FixedVerdict`] (or the process): closing
 //! its descriptor detaches the program, so a benchmark that dies leaves
-//! nothing attached. What it must not do: anything sluice's own dataplane
-//! relies on (the classifier is loaded by the gateway, through aya).
+//! nothing attached.
+//!
+//! The same raw load answers one question about the kernel for the
+//! gateway: whether XDP programs may call `bpf_xdp_adjust_meta`
+//! ([`xdp_adjust_meta_supported`]), which decides which of the
+//! classifier's two programs it loads. What this module must not do:
+//! anything else sluice's own dataplane relies on (the classifier is
+//! loaded by the gateway, through aya).
 use std::{
     ffi::CString,
     io,
@@ -132,6 +138,89 @@ unsafe fn bpf<T>(cmd: libc::c_long, attr: &T) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// `BPF_PROG_LOAD` of an XDP program (attach type `BPF_XDP`, as aya and
+/// [`FixedVerdict`] attach them), licence GPL, no log.
+fn load_xdp(insns: &[Insn], name: &[u8]) -> io::Result<OwnedFd> {
+    let license = c"GPL";
+    let mut prog_name = [0u8; 16];
+    let n = name.len().min(15);
+    prog_name[..n].copy_from_slice(&name[..n]);
+    let load = ProgLoadAttr {
+        prog_type: BPF_PROG_TYPE_XDP,
+        insn_cnt: u32::try_from(insns.len()).map_err(|_| io::Error::other("program too long"))?,
+        insns: insns.as_ptr().addr() as u64,
+        license: license.as_ptr().addr() as u64,
+        prog_name,
+        expected_attach_type: BPF_XDP,
+        ..ProgLoadAttr::default()
+    };
+    // SAFETY: `load` is `BPF_PROG_LOAD`'s layout; `insns` (`insn_cnt`
+    // entries) and `license` live until the call returns; no log buffer.
+    unsafe { bpf(BPF_PROG_LOAD, &load) }
+}
+
+/// `BPF_FUNC_xdp_adjust_meta`.
+const HELPER_XDP_ADJUST_META: i32 = 54;
+
+/// Loads `r2 = -4; call helper; r0 = XDP_PASS; exit` (`r1` is the
+/// context): a program whose only question to the verifier is whether XDP
+/// may call `helper(ctx, -4)`.
+fn load_helper_probe(helper: i32) -> io::Result<OwnedFd> {
+    let insns = [
+        // BPF_ALU64 | BPF_MOV | BPF_K: r2 = -4
+        Insn {
+            code: 0xb7,
+            regs: 2,
+            off: 0,
+            imm: -4,
+        },
+        // BPF_JMP | BPF_CALL: helper(r1 = ctx, r2)
+        Insn {
+            code: 0x85,
+            regs: 0,
+            off: 0,
+            imm: helper,
+        },
+        // r0 = XDP_PASS
+        Insn {
+            code: 0xb7,
+            regs: 0,
+            off: 0,
+            imm: Action::Pass.code(),
+        },
+        // BPF_JMP | BPF_EXIT
+        Insn {
+            code: 0x95,
+            regs: 0,
+            off: 0,
+            imm: 0,
+        },
+    ];
+    load_xdp(&insns, b"sluice_probe")
+}
+
+/// Whether this kernel lets XDP programs call `bpf_xdp_adjust_meta`
+/// (helper 54), which the classifier's `classify` program uses to put its
+/// verdict in the frame's metadata area. Some kernels refuse it ("program
+/// of this type cannot use helper `bpf_xdp_adjust_meta#54`") while allowing
+/// `bpf_xdp_adjust_head`; there the gateway loads `classify_head`, which
+/// puts the verdict in front of the frame instead.
+///
+/// Answered by loading a four-instruction XDP program that calls the
+/// helper (and closing it at once): `false` only when the kernel refuses
+/// that program with `EINVAL`, the verifier's answer for a helper the
+/// program type may not call. Any other failure (no `CAP_BPF`, no BPF
+/// syscall at all) says nothing about the helper, so the answer is `true`
+/// and loading the classifier itself then reports the real error. Needs
+/// the privileges of loading an XDP program; costs one verification of
+/// four instructions.
+pub fn xdp_adjust_meta_supported() -> bool {
+    match load_helper_probe(HELPER_XDP_ADJUST_META) {
+        Ok(_fd) => true,
+        Err(e) => e.raw_os_error() != Some(libc::EINVAL),
+    }
+}
+
 impl FixedVerdict {
     /// Loads the program and attaches it to `interface` (resolved in the
     /// calling thread's network namespace) in `mode`. Fails if another XDP
@@ -160,21 +249,7 @@ impl FixedVerdict {
                 imm: 0,
             },
         ];
-        let license = c"GPL";
-        let mut prog_name = [0u8; 16];
-        prog_name[..10].copy_from_slice(b"sluice_fix");
-        let load = ProgLoadAttr {
-            prog_type: BPF_PROG_TYPE_XDP,
-            insn_cnt: 2,
-            insns: insns.as_ptr().addr() as u64,
-            license: license.as_ptr().addr() as u64,
-            prog_name,
-            expected_attach_type: BPF_XDP,
-            ..ProgLoadAttr::default()
-        };
-        // SAFETY: `load` is `BPF_PROG_LOAD`'s layout; `insns` and `license`
-        // live until the call returns; no log buffer.
-        let prog = unsafe { bpf(BPF_PROG_LOAD, &load)? };
+        let prog = load_xdp(&insns, b"sluice_fix")?;
         let link = LinkCreateAttr {
             prog_fd: u32::try_from(std::os::fd::AsRawFd::as_raw_fd(&prog))
                 .map_err(|_| io::Error::other("negative descriptor"))?,
@@ -201,5 +276,28 @@ mod tests {
         assert_eq!(std::mem::size_of::<ProgLoadAttr>(), 72);
         assert_eq!(std::mem::size_of::<LinkCreateAttr>(), 16);
         assert_eq!(std::mem::size_of::<Insn>(), 8);
+    }
+
+    /// `BPF_FUNC_xdp_adjust_head`.
+    const HELPER_XDP_ADJUST_HEAD: i32 = 44;
+
+    #[test]
+    fn the_helper_probe_is_a_valid_program() {
+        if !sluice_lab::require_root("the_helper_probe_is_a_valid_program") {
+            return;
+        }
+        // The same program calling `bpf_xdp_adjust_head` (which every
+        // kernel with XDP lets XDP call) loads: a refusal of the
+        // `adjust_meta` probe is about the helper, not the program.
+        load_helper_probe(HELPER_XDP_ADJUST_HEAD).expect("the adjust_head probe loads");
+        let meta = load_helper_probe(HELPER_XDP_ADJUST_META);
+        assert_eq!(
+            xdp_adjust_meta_supported(),
+            meta.is_ok(),
+            "the probe's answer is whether the adjust_meta program loads: {meta:?}"
+        );
+        if let Err(e) = meta {
+            assert_eq!(e.raw_os_error(), Some(libc::EINVAL), "{e}");
+        }
     }
 }

@@ -100,8 +100,18 @@ pub mod sock_programs {
     pub const PROCESS_EXIT: &str = "process_exit";
 }
 
-/// Name of the XDP program in the classifier object.
+/// Name of the XDP classifier in the classifier object: it puts its
+/// [`crate::XdpMeta`] in the frame's metadata area
+/// (`bpf_xdp_adjust_meta`), in front of the data the `AF_XDP` socket's
+/// descriptor points at.
 pub const CLASSIFIER_PROGRAM: &str = "classify";
+/// Name of the same classifier for kernels that refuse
+/// `bpf_xdp_adjust_meta` to XDP programs: it puts the
+/// [`crate::XdpMeta`] in front of the frame itself
+/// (`bpf_xdp_adjust_head`), so the socket receives
+/// `[meta: META_LEN bytes][Ethernet frame]` and the worker skips the
+/// first [`crate::META_LEN`] bytes of each descriptor.
+pub const CLASSIFIER_HEAD_PROGRAM: &str = "classify_head";
 /// Name of the tc egress program that tags the kernel's frames to LAN
 /// hosts on a VLAN again (untag mode, [`crate::VLAN_MODE_UNTAG`]).
 pub const VLAN_EGRESS_PROGRAM: &str = "vlan_egress";

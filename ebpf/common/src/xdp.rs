@@ -41,7 +41,8 @@ pub struct XdpMeta {
     pub generation: [u8; 2],
 }
 
-// Alignment 1: the classifier writes it wherever `data_meta` lies.
+// Alignment 1: the classifier writes it wherever `data_meta` (or, in
+// front of the frame, `data`) lies.
 const _: () = assert!(core::mem::size_of::<XdpMeta>() == META_LEN);
 const _: () = assert!(core::mem::align_of::<XdpMeta>() == 1);
 plain!(XdpMeta {

@@ -13,8 +13,10 @@
 //! in the kernel instead.
 //!
 //! Layout, one concern per module:
-//! - [`xdp`]: the XDP entry point (`classify`: parse, decide, count, put
-//!   the metadata, redirect) and the pass-everything baseline;
+//! - [`xdp`]: the XDP entry points (`classify`: parse, decide, count, put
+//!   the metadata, redirect; `classify_head`, the same with the metadata
+//!   in front of the frame, for kernels that refuse `bpf_xdp_adjust_meta`
+//!   to XDP) and the pass-everything baseline;
 //! - [`parse`]: bounds-checked header walk (Ethernet, VLAN, IPv4, IPv6 and
 //!   its extension headers) into a small [`parse::Frame`] summary;
 //! - [`verdict`]: the ordered policy that turns a summary into a verdict,

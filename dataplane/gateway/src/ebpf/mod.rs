@@ -31,9 +31,9 @@ use aya::{
     },
 };
 use sluice_common::{
-    BypassEntry, CLASSIFIER_PROGRAM, Counter, FlowEntry, Ipv4Key, Ipv6Key, MAX_QUEUES,
-    NOOP_PROGRAM, POLICY_STATE_ENTRIES, ProcessEntry, SockConfig, SockCounter, map_names,
-    sock_programs,
+    BypassEntry, CLASSIFIER_HEAD_PROGRAM, CLASSIFIER_PROGRAM, Counter, FlowEntry, Ipv4Key, Ipv6Key,
+    MAX_QUEUES, NOOP_PROGRAM, POLICY_STATE_ENTRIES, ProcessEntry, SockConfig, SockCounter,
+    map_names, sock_programs,
 };
 
 use crate::{net::Prefix, sys::bpf_mmap::MappedWords};
@@ -276,6 +276,77 @@ enum HeldLink {
     Pinned(FdLink, PathBuf),
 }
 
+/// Where the classifier puts its verdict ([`sluice_common::XdpMeta`]) for
+/// the workers, which decides which of its two programs is loaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MetaPlacement {
+    /// Asks the kernel ([`crate::sys::xdp_verdict::xdp_adjust_meta_supported`]):
+    /// [`MetaPlacement::Area`] where XDP may call `bpf_xdp_adjust_meta`,
+    /// [`MetaPlacement::Head`] where it may not. The environment variable
+    /// `SLUICE_XDP_META` (`meta` or `head`) overrides the answer, for tests
+    /// that exercise the other path on any kernel. Decided and logged once
+    /// per process.
+    #[default]
+    Auto,
+    /// In the frame's metadata area, in front of the data the socket
+    /// receives (`bpf_xdp_adjust_meta`; program
+    /// [`sluice_common::CLASSIFIER_PROGRAM`]).
+    Area,
+    /// In front of the frame itself, as the first
+    /// [`sluice_common::META_LEN`] bytes the socket receives
+    /// (`bpf_xdp_adjust_head`; program
+    /// [`sluice_common::CLASSIFIER_HEAD_PROGRAM`]): the sockets must be
+    /// opened with [`crate::sys::xsk::XskConfig::meta_in_head`].
+    Head,
+}
+
+/// The environment variable that overrides [`MetaPlacement::Auto`]'s probe.
+pub const META_PLACEMENT_ENV: &str = "SLUICE_XDP_META";
+
+impl MetaPlacement {
+    /// Whether the metadata goes in front of the frame: `Auto` resolved
+    /// (once per process, with one INFO line saying which and why).
+    fn in_head(self) -> bool {
+        static AUTO: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        match self {
+            MetaPlacement::Area => false,
+            MetaPlacement::Head => true,
+            MetaPlacement::Auto => *AUTO.get_or_init(|| {
+                let forced = std::env::var(META_PLACEMENT_ENV).ok();
+                let (head, why) = match forced.as_deref() {
+                    Some("head") => (true, format!("{META_PLACEMENT_ENV}=head")),
+                    Some("meta") => (false, format!("{META_PLACEMENT_ENV}=meta")),
+                    other => {
+                        if let Some(v) = other.filter(|v| !v.is_empty() && *v != "auto") {
+                            log::warn!(
+                                "{META_PLACEMENT_ENV}={v:?} is neither `meta`, `head` nor `auto`; asking the kernel"
+                            );
+                        }
+                        if crate::sys::xdp_verdict::xdp_adjust_meta_supported() {
+                            (false, String::new())
+                        } else {
+                            (
+                                true,
+                                "this kernel refuses bpf_xdp_adjust_meta to XDP".to_owned(),
+                            )
+                        }
+                    }
+                };
+                match (head, why.is_empty()) {
+                    (false, true) => log::info!("classifier: frame metadata by adjust_meta"),
+                    (false, false) => {
+                        log::info!("classifier: frame metadata by adjust_meta ({why})");
+                    }
+                    (true, _) => {
+                        log::info!("classifier: frame metadata in front of the frame ({why})");
+                    }
+                }
+                head
+            }),
+        }
+    }
+}
+
 /// The loaded eBPF object: the XDP classifier, the socket hooks (endpoint
 /// mode, [`Programs::attach_sock_hooks`]) and the maps they share.
 ///
@@ -291,25 +362,41 @@ pub struct Programs {
     state_words: MappedWords,
     /// Untag mode's egress program, once attached.
     vlan_egress: Option<vlan::Egress>,
+    /// The classifier puts its metadata in front of the frame
+    /// ([`MetaPlacement::Head`]): [`CLASSIFIER_HEAD_PROGRAM`] is the one
+    /// loaded.
+    meta_in_head: bool,
 }
 
 impl Programs {
     /// Loads [`CLASSIFIER_OBJECT`]: creates its maps and loads (verifies)
-    /// the XDP program, without attaching it anywhere.
+    /// the XDP classifier, without attaching it anywhere. Which of its two
+    /// programs is the kernel's to answer ([`MetaPlacement::Auto`]);
+    /// [`Programs::meta_in_head`] says which it is.
     ///
     /// aya raises `RLIMIT_MEMLOCK` itself on kernels that still charge BPF
     /// memory to it (before 5.11); newer kernels use memcg accounting.
     pub fn load() -> Result<Self, EbpfError> {
+        Self::load_with(MetaPlacement::Auto)
+    }
+
+    /// [`Programs::load`] with the classifier program chosen by `placement`
+    /// (tests load both on any kernel that allows `bpf_xdp_adjust_meta`).
+    pub fn load_with(placement: MetaPlacement) -> Result<Self, EbpfError> {
         if CLASSIFIER_OBJECT.is_empty() {
             return Err(EbpfError::NotBuilt);
         }
         let mut ebpf = Ebpf::load(CLASSIFIER_OBJECT).map_err(|source| EbpfError::Object {
             source: source.into(),
         })?;
-        program_mut(&mut ebpf)?
+        // After the object's maps: on kernels that charge BPF memory to
+        // `RLIMIT_MEMLOCK`, aya has raised it by now.
+        let meta_in_head = placement.in_head();
+        let name = classifier_name(meta_in_head);
+        program_mut(&mut ebpf, name)?
             .load()
             .map_err(|source| EbpfError::Load {
-                name: CLASSIFIER_PROGRAM,
+                name,
                 source: source.into(),
             })?;
         let name = map_names::POLICY_STATE;
@@ -329,6 +416,7 @@ impl Programs {
             slots: policy_maps::Slots::default(),
             state_words,
             vlan_egress: None,
+            meta_in_head,
         };
         classifier.check_maps()?;
         Ok(classifier)
@@ -369,6 +457,19 @@ impl Programs {
             }));
         }
         Ok(())
+    }
+
+    /// Whether the loaded classifier puts its metadata in front of the
+    /// frame ([`MetaPlacement::Head`]): the `AF_XDP` sockets it redirects to
+    /// must then be opened with
+    /// [`crate::sys::xsk::XskConfig::meta_in_head`].
+    pub fn meta_in_head(&self) -> bool {
+        self.meta_in_head
+    }
+
+    /// The name of the loaded classifier program.
+    pub(crate) fn classifier_name(&self) -> &'static str {
+        classifier_name(self.meta_in_head)
     }
 
     fn map(&self, name: &'static str) -> Result<&Map, EbpfError> {
@@ -557,7 +658,7 @@ impl Programs {
                 interface: a.interface.clone(),
             });
         }
-        let program = program_mut(&mut self.ebpf)?;
+        let program = program_mut(&mut self.ebpf, classifier_name(self.meta_in_head))?;
         let attach = |program: &mut Xdp, mode: AttachedMode| {
             program
                 .attach(interface, mode.xdp_mode())
@@ -624,7 +725,7 @@ impl Programs {
                 Ok(pinned) => {
                     let fd: FdLink = pinned.into();
                     let link = XdpLink::try_from(fd).map_err(|e| pin_err("not an XDP link", &e))?;
-                    let program = program_mut(&mut self.ebpf)?;
+                    let program = program_mut(&mut self.ebpf, classifier_name(self.meta_in_head))?;
                     let id = program
                         .attach_to_link(link)
                         .map_err(|e| pin_err("replacing the program of the pinned link", &e))?;
@@ -656,7 +757,7 @@ impl Programs {
             };
             (id, mode)
         };
-        let program = program_mut(&mut self.ebpf)?;
+        let program = program_mut(&mut self.ebpf, classifier_name(self.meta_in_head))?;
         let link = program
             .take_link(id)
             .map_err(|e| pin_err("taking the link", &e))?;
@@ -705,7 +806,7 @@ impl Programs {
         };
         match attachment.link {
             HeldLink::Owned(link) => {
-                program_mut(&mut self.ebpf)?
+                program_mut(&mut self.ebpf, classifier_name(self.meta_in_head))?
                     .detach(link)
                     .map_err(|source| EbpfError::Detach {
                         interface: attachment.interface,
@@ -753,7 +854,8 @@ impl Programs {
     }
 
     /// [`Programs::test_run`], also returning the metadata the program
-    /// put in front of the frame (`None` if it put none).
+    /// put in front of the frame (`None` if it put none), wherever it put
+    /// it ([`Programs::meta_in_head`]): the same answer in both modes.
     pub fn test_run_meta(
         &self,
         frame: &[u8],
@@ -762,16 +864,17 @@ impl Programs {
     }
 
     /// [`Programs::test_run_meta`], also returning the frame as the
-    /// program left it (after any tag it removed).
+    /// program left it (after any tag it removed), without the metadata.
     pub fn test_run_out(&self, frame: &[u8]) -> Result<TestRunOutput, EbpfError> {
+        let name = self.classifier_name();
         let program: &Xdp = self
             .ebpf
-            .program(CLASSIFIER_PROGRAM)
+            .program(name)
             .and_then(|p| p.try_into().ok())
-            .ok_or(EbpfError::MissingProgram {
-                name: CLASSIFIER_PROGRAM,
-            })?;
-        // The kernel copies out from the metadata on.
+            .ok_or(EbpfError::MissingProgram { name })?;
+        // The kernel copies out from the metadata on (from `data_meta`),
+        // or in head mode from the metadata the program put in front of
+        // the frame (from `data`).
         let mut out = vec![0; frame.len() + 64];
         let opts = TestRunOptions {
             data_in: Some(frame),
@@ -785,7 +888,11 @@ impl Programs {
                 source: source.into(),
             })?;
         // The kernel copies out from the metadata on: what is not the
-        // frame's own length (it shrinks by a removed tag) is metadata.
+        // frame's own length (it shrinks by a removed tag) is metadata. In
+        // head mode the metadata is the frame's first bytes, which the
+        // same arithmetic finds: the program either puts metadata (the
+        // output grows by `META_LEN`) or removes a tag (it shrinks), never
+        // both.
         let size = (r.data_size_out as usize).min(out.len());
         let meta_len = size.saturating_sub(frame.len());
         let meta: Option<[u8; sluice_common::META_LEN]> = (meta_len == sluice_common::META_LEN)
@@ -1145,12 +1252,20 @@ impl SockHooks {
     }
 }
 
-fn program_mut(ebpf: &mut Ebpf) -> Result<&mut Xdp, EbpfError> {
-    ebpf.program_mut(CLASSIFIER_PROGRAM)
+/// The classifier program that puts its metadata where `meta_in_head`
+/// says.
+fn classifier_name(meta_in_head: bool) -> &'static str {
+    if meta_in_head {
+        CLASSIFIER_HEAD_PROGRAM
+    } else {
+        CLASSIFIER_PROGRAM
+    }
+}
+
+fn program_mut<'e>(ebpf: &'e mut Ebpf, name: &'static str) -> Result<&'e mut Xdp, EbpfError> {
+    ebpf.program_mut(name)
         .and_then(|p| p.try_into().ok())
-        .ok_or(EbpfError::MissingProgram {
-            name: CLASSIFIER_PROGRAM,
-        })
+        .ok_or(EbpfError::MissingProgram { name })
 }
 
 /// The pass-everything XDP program attached to an interface (a benchmark

@@ -172,11 +172,7 @@ impl Programs {
     /// The XDP classifier program's kernel id (for tools and tests that
     /// open it by id).
     pub fn program_id(&self) -> Option<u32> {
-        let p: &aya::programs::Xdp = self
-            .ebpf
-            .program(sluice_common::CLASSIFIER_PROGRAM)?
-            .try_into()
-            .ok()?;
+        let p: &aya::programs::Xdp = self.ebpf.program(self.classifier_name())?.try_into().ok()?;
         p.info().ok().map(|i| i.id())
     }
 }

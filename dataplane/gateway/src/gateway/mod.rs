@@ -839,7 +839,13 @@ fn start_endpoint(
         } else {
             let ifindex = host::ifindex(&peer)?;
             let mac = host::mac(&peer)?;
-            let xsk = XskSocket::new(ifindex, 0, &XskConfig::default(), BindMode::Auto)?;
+            // The classifier's frames only: without one, nothing is
+            // redirected to the socket.
+            let config = XskConfig {
+                meta_in_head: endpoint.classifier().is_some_and(|c| c.meta_in_head()),
+                ..XskConfig::default()
+            };
+            let xsk = XskSocket::new(ifindex, 0, &config, BindMode::Auto)?;
             if let Some(c) = endpoint.classifier() {
                 c.register_socket(0, std::os::fd::AsFd::as_fd(&xsk))?;
             }
@@ -918,13 +924,15 @@ fn start_pac(
 }
 
 /// A LAN queue's socket: `rx_frames` posted for receiving, as many for
-/// sending, rings to match.
-fn lan_xsk_config(cfg: &GatewayConfig) -> XskConfig {
+/// sending, rings to match; the frames' metadata where `classifier` puts
+/// it.
+fn lan_xsk_config(cfg: &GatewayConfig, classifier: &Programs) -> XskConfig {
     let d = XskConfig::default();
     XskConfig {
         frame_count: cfg.rx_frames * 2,
         fill_size: cfg.rx_frames,
         rx_size: cfg.rx_frames,
+        meta_in_head: classifier.meta_in_head(),
         ..d
     }
 }
@@ -944,7 +952,7 @@ fn attach_lan(
     let queues = cfg.queues.unwrap_or(host::rx_queues(lan)?);
     let mut sockets = Vec::new();
     for q in 0..queues {
-        let xsk = XskSocket::new(ifindex, q, &lan_xsk_config(cfg), BindMode::Auto)?;
+        let xsk = XskSocket::new(ifindex, q, &lan_xsk_config(cfg, classifier), BindMode::Auto)?;
         classifier.register_socket(q, std::os::fd::AsFd::as_fd(&xsk))?;
         sockets.push(xsk);
     }

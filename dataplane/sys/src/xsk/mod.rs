@@ -33,7 +33,11 @@
 //! allocated once) for TX. Then:
 //! - RX: [`XskSocket::rx`] returns an [`RxBatch`] of `&[u8]` views into
 //!   the UMEM; dropping it releases the RX entries and posts the same
-//!   frames straight back to the fill ring (no free-list traffic).
+//!   frames straight back to the fill ring (no free-list traffic). Each
+//!   frame comes with the classifier's metadata ([`RxBatch::meta`]),
+//!   either in front of the descriptor's address or, with
+//!   [`XskConfig::meta_in_head`], as its first bytes (skipped by every
+//!   view).
 //! - TX: [`XskSocket::tx`] first reaps the completion ring into the free
 //!   list, then returns a [`TxBatch`] of free frames to write; committing
 //!   it publishes them to the TX ring, rolling back (or dropping) returns
@@ -94,6 +98,17 @@ pub struct XskConfig {
     /// Put the UMEM on 2 MiB huge pages (default off; needs reserved huge
     /// pages and a UMEM size that is a multiple of 2 MiB).
     pub hugepages: bool,
+    /// Every received frame starts with the classifier's
+    /// [`sluice_common::META_LEN`] bytes of metadata (it put them there with
+    /// `bpf_xdp_adjust_head`, on kernels that refuse it
+    /// `bpf_xdp_adjust_meta`). Default off: the metadata lies in front of
+    /// the received data. When on, each RX descriptor reads as its
+    /// address plus `META_LEN` and its length minus `META_LEN` (a frame
+    /// shorter than that reads as empty), and [`RxBatch::meta`] reads the
+    /// bytes at the descriptor's own address; everything else about the
+    /// frame (its UMEM frame, recycling, counters of data bytes) is the
+    /// same in both modes.
+    pub meta_in_head: bool,
 }
 
 impl Default for XskConfig {
@@ -107,6 +122,7 @@ impl Default for XskConfig {
             rx_size: 2048,
             tx_size: 2048,
             hugepages: false,
+            meta_in_head: false,
         }
     }
 }

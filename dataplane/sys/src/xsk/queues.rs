@@ -144,6 +144,22 @@ pub(super) struct Queues {
     /// Zero-copy drivers transmit asynchronously after one kick; copy mode
     /// transmits inside `sendto`, a bounded number of frames per call.
     zero_copy: bool,
+    /// Received frames start with the metadata
+    /// ([`super::XskConfig::meta_in_head`]); [`Queues::desc`] skips it.
+    meta_in_head: bool,
+}
+
+/// A received frame's descriptor as every reader sees it
+/// ([`Queues::desc`]): where its data lies and where its metadata lies.
+#[derive(Debug, Clone, Copy)]
+struct RxDesc {
+    /// The data's first byte (the Ethernet header), a UMEM address.
+    addr: u64,
+    /// The data's length.
+    len: u32,
+    /// The [`sluice_common::META_LEN`] bytes of metadata, a UMEM address in
+    /// the same frame as `addr`; `None` if the frame has no room for them.
+    meta: Option<u64>,
 }
 
 impl std::fmt::Debug for Queues {
@@ -165,6 +181,7 @@ impl Queues {
         umem: Umem,
         fd: RawFd,
         zero_copy: bool,
+        meta_in_head: bool,
         fill_frames: u32,
     ) -> Self {
         let Rings {
@@ -193,6 +210,7 @@ impl Queues {
             counters: XskCounters::default(),
             fd,
             zero_copy,
+            meta_in_head,
         }
     }
 
@@ -237,6 +255,47 @@ impl Queues {
         }
     }
 
+    /// The `i`-th peeked RX descriptor, as the caller sees it: the one
+    /// place that knows where the metadata lies.
+    ///
+    /// Metadata in front ([`Queues::meta_in_head`] off): the data is the
+    /// descriptor's, the metadata the [`sluice_common::META_LEN`] bytes
+    /// before it (if they are in the same frame). Metadata in the head:
+    /// the descriptor covers `[meta][data]`, so the data starts
+    /// `META_LEN` bytes later and is as much shorter, and the metadata is
+    /// at the descriptor's address; a descriptor of at most `META_LEN`
+    /// bytes has no data (a runt: its readers see an empty frame). Either
+    /// way the data lies within the descriptor's own bytes, so it is in
+    /// the same UMEM frame as the address the kernel gave.
+    fn desc(&self, i: u32) -> RxDesc {
+        let d = self.rx.read(i);
+        // 4: fits every integer type.
+        let meta_len = sluice_common::META_LEN as u32;
+        if self.meta_in_head {
+            if d.len <= meta_len {
+                return RxDesc {
+                    addr: d.addr,
+                    len: 0,
+                    meta: (d.len == meta_len).then_some(d.addr),
+                };
+            }
+            return RxDesc {
+                addr: d.addr + u64::from(meta_len),
+                len: d.len - meta_len,
+                meta: Some(d.addr),
+            };
+        }
+        let meta = d
+            .addr
+            .checked_sub(u64::from(meta_len))
+            .filter(|&m| self.umem.frame_of(m) == self.umem.frame_of(d.addr));
+        RxDesc {
+            addr: d.addr,
+            len: d.len,
+            meta,
+        }
+    }
+
     pub(super) fn rx(&mut self, max: usize) -> RxBatch<'_> {
         let n = self.rx.peek(u32::try_from(max).unwrap_or(u32::MAX));
         if n == 0 && self.fill.needs_wakeup() {
@@ -257,7 +316,7 @@ impl Queues {
         let room = self.fill.reserve(n);
         let mut bytes = 0;
         for i in 0..n {
-            let desc = self.rx.read(i);
+            let desc = self.desc(i);
             bytes += u64::from(desc.len);
             let frame = self.umem.frame_of(desc.addr);
             if i < room {
@@ -390,29 +449,28 @@ impl RxBatch<'_> {
     /// The `i`-th frame, from its Ethernet header on.
     pub fn get(&self, i: usize) -> Option<&[u8]> {
         let i = u32::try_from(i).ok().filter(|&i| i < self.len)?;
-        let desc = self.q.rx.read(i);
+        let desc = self.q.desc(i);
         // SAFETY: the frame came out of the RX ring and stays ours until
         // `recycle_rx`, which needs `&mut self` and so waits until this
         // shared borrow ends; frames are never handed out mutably while in
-        // an RX batch.
+        // an RX batch. `desc` keeps the data inside the bytes the kernel
+        // described, and `bytes` gives nothing outside one frame.
         Some(unsafe { self.q.umem.bytes(desc.addr, desc.len) })
     }
 
-    /// The 4 bytes of XDP metadata in front of the `i`-th frame (what the
-    /// classifier wrote with `bpf_xdp_adjust_meta`:
-    /// [`sluice_common::META_LEN`] bytes). Frames only reach this socket
-    /// through the classifier, which writes them for every frame it
-    /// redirects.
+    /// The 4 bytes of XDP metadata of the `i`-th frame (what the
+    /// classifier wrote: [`sluice_common::META_LEN`] bytes), in front of
+    /// its data, or with [`super::XskConfig::meta_in_head`] the first bytes
+    /// the kernel received. Frames only reach this socket through the
+    /// classifier, which writes them for every frame it redirects.
     pub fn meta(&self, i: usize) -> Option<[u8; sluice_common::META_LEN]> {
         let i = u32::try_from(i).ok().filter(|&i| i < self.len)?;
-        let desc = self.q.rx.read(i);
-        let len = sluice_common::META_LEN as u64;
-        // The kernel puts received data at least `XDP_PACKET_HEADROOM`
-        // into the frame, so the metadata lies within the same frame.
-        let addr = desc.addr.checked_sub(len)?;
+        let addr = self.q.desc(i).meta?;
         // SAFETY: as in `get`: the frame is ours until the batch is
-        // released, and the bytes before its data are part of it.
-        let b = unsafe { self.q.umem.bytes(addr, len as u32) };
+        // released, and `desc` puts the metadata in the same frame as the
+        // data (the kernel puts received data at least
+        // `XDP_PACKET_HEADROOM` into the frame, so there is room).
+        let b = unsafe { self.q.umem.bytes(addr, sluice_common::META_LEN as u32) };
         b.try_into().ok()
     }
 
@@ -449,7 +507,9 @@ pub struct RxFrameMut<'b> {
     /// Where the received data (from its Ethernet header on) lies in
     /// `frame`.
     pub data: std::ops::Range<usize>,
-    /// The XDP metadata in front of the data (as [`RxBatch::meta`]).
+    /// The frame's XDP metadata (as [`RxBatch::meta`]): the
+    /// [`sluice_common::META_LEN`] bytes right in front of `data`, in both
+    /// of [`super::XskConfig::meta_in_head`]'s modes.
     pub meta: Option<[u8; sluice_common::META_LEN]>,
 }
 
@@ -468,7 +528,7 @@ impl<'b> Iterator for RxFramesMut<'b> {
         if self.next >= self.len {
             return None;
         }
-        let desc = self.q.rx.read(self.next);
+        let desc = self.q.desc(self.next);
         self.next += 1;
         if !self.q.umem.in_one_frame(desc.addr, u64::from(desc.len)) {
             // A descriptor outside one frame (the kernel never gives
@@ -488,11 +548,14 @@ impl<'b> Iterator for RxFramesMut<'b> {
         // its own (every frame is in exactly one place, see `Queues`), so
         // the frames handed out are disjoint, and nothing else reaches
         // them during `'b` (`get`, `meta` and `iter` need the batch too).
+        // `desc` keeps the data inside the bytes the kernel described, so
+        // `start` is the frame the kernel received into.
         let frame = unsafe { self.q.umem.frame_mut(start) };
-        let meta = data
-            .start
-            .checked_sub(sluice_common::META_LEN)
-            .and_then(|m| frame[m..data.start].try_into().ok());
+        let meta = desc
+            .meta
+            .and_then(|m| usize::try_from(m.checked_sub(start)?).ok())
+            .and_then(|m| frame.get(m..m + sluice_common::META_LEN))
+            .and_then(|b| b.try_into().ok());
         Some(RxFrameMut { frame, data, meta })
     }
 }
@@ -720,6 +783,13 @@ mod tests {
     impl FakeKernel {
         /// Receives one packet into a frame from the fill ring.
         fn receive(&mut self, packet: &[u8]) -> bool {
+            self.receive_after(&[], packet)
+        }
+
+        /// Receives one packet with `front` just before it (the metadata
+        /// area, which the descriptor does not cover), as copy mode does
+        /// for a frame the program gave metadata with `bpf_xdp_adjust_meta`.
+        fn receive_after(&mut self, front: &[u8], packet: &[u8]) -> bool {
             if self.fill.peek(1) == 0 {
                 return false;
             }
@@ -729,8 +799,14 @@ mod tests {
             }
             let addr = self.fill.read(0) + u64::from(XDP_PACKET_HEADROOM + HEADROOM);
             // SAFETY: the frame came from the fill ring, so it is the
-            // kernel's; in bounds for the test frame sizes.
+            // kernel's; in bounds for the test frame sizes (`front` is
+            // shorter than the headroom).
             unsafe {
+                std::ptr::copy_nonoverlapping(
+                    front.as_ptr(),
+                    self.base.as_ptr().add(addr as usize - front.len()),
+                    front.len(),
+                );
                 std::ptr::copy_nonoverlapping(
                     packet.as_ptr(),
                     self.base.as_ptr().add(addr as usize),
@@ -791,8 +867,15 @@ mod tests {
     }
 
     /// 16 frames, 8 of them posted to the fill ring; rings of 8 whose
-    /// indices start just before the `u32` wrap.
+    /// indices start just before the `u32` wrap; the metadata in front of
+    /// the received data.
     fn harness() -> Harness {
+        harness_with(false)
+    }
+
+    /// [`harness`], with received frames that start with their metadata
+    /// if `meta_in_head`.
+    fn harness_with(meta_in_head: bool) -> Harness {
         let start = u32::MAX - 2;
         let fill = TestRing::new(8, start, 0u64);
         let comp = TestRing::new(8, start, 0u64);
@@ -811,7 +894,7 @@ mod tests {
             rx: rx_c,
             tx: tx_p,
         };
-        let q = Queues::new(rings, view, -1, false, 8);
+        let q = Queues::new(rings, view, -1, false, meta_in_head, 8);
         Harness {
             q,
             kernel: FakeKernel {
@@ -893,6 +976,116 @@ mod tests {
         }
         assert_eq!(next_out, next_in);
         assert_eq!(h.kernel.fill_level(), 8);
+    }
+
+    const META: [u8; sluice_common::META_LEN] = [0xa5, 7, 0x34, 0x12];
+    /// Where the fake kernel puts received bytes in a frame.
+    const DATA_AT: usize = (XDP_PACKET_HEADROOM + HEADROOM) as usize;
+
+    #[test]
+    fn meta_in_front_is_read_before_the_data() {
+        let mut h = harness();
+        assert!(h.kernel.receive_after(&META, &packet(1, 60)));
+        let mut batch = h.q.rx(10);
+        assert_eq!(batch.get(0), Some(packet(1, 60).as_slice()));
+        assert_eq!(batch.meta(0), Some(META));
+        let f = batch.frames_mut().next().expect("one frame");
+        assert_eq!(f.frame.len(), FRAME as usize, "the whole frame");
+        assert_eq!(f.data, DATA_AT..DATA_AT + 60);
+        assert_eq!(f.meta, Some(META));
+        assert_eq!(&f.frame[f.data], packet(1, 60).as_slice());
+    }
+
+    #[test]
+    fn meta_in_head_is_skipped_by_every_view() {
+        let mut h = harness_with(true);
+        // What the classifier's `classify_head` hands the socket:
+        // [meta][frame], the descriptor covering both.
+        for seq in 0..3 {
+            let mut received = META.to_vec();
+            received.extend(packet(seq, 60 + usize::from(seq)));
+            assert!(h.kernel.receive(&received));
+        }
+        {
+            let mut batch = h.q.rx(10);
+            assert_eq!(batch.len(), 3);
+            for (seq, frame) in batch.iter().enumerate() {
+                assert_eq!(frame, packet(seq as u8, 60 + seq).as_slice());
+                assert_eq!(batch.meta(seq), Some(META));
+            }
+            for (seq, f) in batch.frames_mut().enumerate() {
+                // The data starts after the metadata; the frame is whole.
+                let start = DATA_AT + sluice_common::META_LEN;
+                assert_eq!(f.data, start..start + 60 + seq);
+                assert_eq!(f.meta, Some(META));
+                assert_eq!(f.frame.len(), FRAME as usize);
+                assert_eq!(&f.frame[f.data], packet(seq as u8, 60 + seq).as_slice());
+            }
+        }
+        assert_eq!(h.kernel.fill_level(), 8, "frames went straight back");
+        assert_eq!(h.q.free_frames(), 8, "no free-list traffic");
+        let c = h.q.counters();
+        assert_eq!(
+            (c.rx_packets, c.rx_bytes),
+            (3, 60 + 61 + 62),
+            "data bytes, as in front mode"
+        );
+    }
+
+    #[test]
+    fn meta_in_head_frames_are_written_in_place() {
+        // The gateway seals a datagram where the frame lies: it writes in
+        // front of the data (the record's header, over the metadata) and
+        // after it (the tag). The view it writes through is the frame the
+        // readers see.
+        let mut h = harness_with(true);
+        let mut received = META.to_vec();
+        received.extend(packet(9, 100));
+        assert!(h.kernel.receive(&received));
+        let mut batch = h.q.rx(10);
+        let mut headroom = 0;
+        for f in batch.frames_mut() {
+            let RxFrameMut { frame, data, meta } = f;
+            assert_eq!(meta, Some(META), "read before it is overwritten");
+            headroom = data.start;
+            frame[data.start - 16..data.start].fill(0xee);
+            frame[data.clone()].reverse();
+            frame[data.end..data.end + 16].fill(0xff);
+        }
+        // As much room in front as the kernel's headroom plus the
+        // metadata: the in-place seal's header fits.
+        assert_eq!(headroom, DATA_AT + sluice_common::META_LEN);
+        let mut reversed = packet(9, 100);
+        reversed.reverse();
+        assert_eq!(batch.get(0), Some(reversed.as_slice()));
+        assert_eq!(batch.meta(0), Some([0xee; 4]), "the header went over it");
+        drop(batch);
+        assert_eq!(h.kernel.fill_level(), 8);
+    }
+
+    #[test]
+    fn meta_in_head_runts_read_as_empty() {
+        let mut h = harness_with(true);
+        // Shorter than the metadata: neither metadata nor data. Exactly
+        // the metadata: no data.
+        assert!(h.kernel.receive(&[0xa5, 1]));
+        assert!(h.kernel.receive(&META));
+        {
+            let mut batch = h.q.rx(10);
+            assert_eq!(batch.len(), 2);
+            assert_eq!(batch.get(0), Some(&[][..]));
+            assert_eq!(batch.meta(0), None);
+            assert_eq!(batch.get(1), Some(&[][..]));
+            assert_eq!(batch.meta(1), Some(META));
+            let frames: Vec<_> = batch.frames_mut().map(|f| (f.data, f.meta)).collect();
+            assert_eq!(
+                frames,
+                [(DATA_AT..DATA_AT, None), (DATA_AT..DATA_AT, Some(META))]
+            );
+        }
+        assert_eq!(h.kernel.fill_level(), 8, "runts are recycled too");
+        let c = h.q.counters();
+        assert_eq!((c.rx_packets, c.rx_bytes), (2, 0));
     }
 
     #[test]

@@ -103,7 +103,14 @@ impl XskSocket {
         // `queues`; nothing else in the process uses it; `frame_size` (2048
         // or 4096) divides its length.
         let view = unsafe { Umem::new(umem.ptr(), umem.len(), config.frame_size) };
-        let queues = Queues::new(rings, view, fd.as_raw_fd(), zero_copy, config.rx_frames());
+        let queues = Queues::new(
+            rings,
+            view,
+            fd.as_raw_fd(),
+            zero_copy,
+            config.meta_in_head,
+            config.rx_frames(),
+        );
         Ok(Self {
             queues,
             config: *config,
