@@ -32,6 +32,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "key_issuers",
         include_str!("../migrations/0003_key_issuers.sql"),
     ),
+    (
+        4,
+        "audit_detail",
+        include_str!("../migrations/0004_audit_detail.sql"),
+    ),
 ];
 
 /// The newest schema this controller knows.

@@ -69,7 +69,9 @@ pub struct EnrolmentParams {
 /// A new enrolment token (shown once).
 #[derive(Debug, Serialize, ToSchema)]
 pub struct EnrolmentToken {
-    /// The token: `sluice gateway --enrol URL --token TOKEN`.
+    /// The token: `sluice gateway --enrol URL --token TOKEN`. After the
+    /// dot: the SHA-256 of the controller's CA, which the box checks the
+    /// controller's certificate against before it sends anything.
     pub token: String,
     /// When it stops working (RFC 3339).
     pub expires_at: String,
@@ -103,7 +105,9 @@ pub async fn make_enrolment(
         .with_field("expires_in_minutes"));
     }
     let raw: [u8; 32] = rand::random();
-    let token = format!("sle_{}", B64.encode(raw));
+    // The secret part, then the CA's pin: `sle_<secret>.<sha256 of the
+    // CA>` (the whole string is what is hashed and checked).
+    let token = format!("sle_{}.{}", B64.encode(raw), app.ca.fingerprint());
     let expires_at = crate::now() + i64::from(minutes) * 60;
     app.store
         .write(

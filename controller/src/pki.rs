@@ -116,6 +116,17 @@ impl Ca {
         }
     }
 
+    /// The SHA-256 of the CA certificate's DER, in hex: the pin an
+    /// enrolment token carries, so that a box that has nothing else to
+    /// trust yet can tell this controller from an impostor.
+    pub fn fingerprint(&self) -> String {
+        use rustls_pki_types::{CertificateDer, pem::PemObject as _};
+        let der = CertificateDer::from_pem_slice(self.cert_pem.as_bytes())
+            .expect("the CA's own PEM parses");
+        let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der.as_ref());
+        d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+    }
+
     /// Signs a node's certificate from its signing request: the request's
     /// signature is checked (it proves the key), its public key is kept,
     /// and everything else comes from here: the name (`name`, as DNS name

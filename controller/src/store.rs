@@ -279,6 +279,10 @@ pub struct AuditEntry {
     pub after: Option<Value>,
     /// The policy revision after the change.
     pub revision: i64,
+    /// What else the change did: the secret added or removed, the
+    /// certificate issued, the enrolment token's expiry.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }
 
 /// The audit log's filters.
@@ -567,7 +571,7 @@ impl Store {
     pub async fn audit(&self, q: &AuditQuery) -> Result<Page<AuditEntry>, StoreError> {
         let limit = page_limit(q.limit)?;
         let mut sql = String::from(
-            "SELECT seq, at, actor, address, action, kind, object_id, object_name, before_json, after_json, revision FROM audit WHERE 1 = 1",
+            "SELECT seq, at, actor, address, action, kind, object_id, object_name, before_json, after_json, revision, detail FROM audit WHERE 1 = 1",
         );
         let mut binds = Vec::new();
         let mut n = 0;
@@ -618,6 +622,7 @@ impl Store {
                 before: json(r.get(8)),
                 after: json(r.get(9)),
                 revision: r.get(10),
+                detail: r.get(11),
             })
             .collect();
         let next = more
@@ -655,6 +660,7 @@ impl Store {
             Some(&j(before)),
             Some(&j((on, reason.map(str::to_string)))),
             revision,
+            None,
         )
         .await?;
         tx.commit().await.ctx("commit maintenance")?;
@@ -931,6 +937,7 @@ impl Store {
             before.as_ref().map(j).as_ref(),
             after.as_ref().map(j).as_ref(),
             revision,
+            detail_of(&extras).as_deref(),
         )
         .await?;
         tx.commit().await.ctx("commit a change")?;
@@ -950,6 +957,38 @@ impl Store {
             revision,
         })
     }
+}
+
+/// What a change's extras did, for its audit entry (never a secret or a
+/// token: ids, fingerprints and times only).
+fn detail_of(extras: &[Extra]) -> Option<String> {
+    let parts: Vec<String> = extras
+        .iter()
+        .map(|e| match e {
+            Extra::AddSecret { id, expires_at, .. } => {
+                format!("secret {id} added, expires {}", crate::rfc3339(*expires_at))
+            }
+            Extra::RemoveSecret { id } => format!("secret {id} removed"),
+            Extra::AddEnrolment { expires_at, .. } => {
+                format!(
+                    "enrolment token made, expires {}",
+                    crate::rfc3339(*expires_at)
+                )
+            }
+            Extra::UseEnrolment { .. } => "enrolment token used".into(),
+            Extra::AddCertificate {
+                fingerprint,
+                serial,
+                not_after,
+                ..
+            } => format!(
+                "certificate issued: serial {serial}, SHA-256 {fingerprint}, until {}",
+                crate::rfc3339(*not_after)
+            ),
+            Extra::RevokeCertificates => "certificates revoked, unused tokens withdrawn".into(),
+        })
+        .collect();
+    (!parts.is_empty()).then(|| parts.join("; "))
 }
 
 async fn revoke_all(
@@ -1058,9 +1097,10 @@ async fn insert_audit(
     before: Option<&Value>,
     after: Option<&Value>,
     revision: i64,
+    detail: Option<&str>,
 ) -> Result<(), DbError> {
     sqlx::query(
-        "INSERT INTO audit (seq, at, actor, address, action, kind, object_id, object_name, before_json, after_json, revision) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+        "INSERT INTO audit (seq, at, actor, address, action, kind, object_id, object_name, before_json, after_json, revision, detail) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
     )
     .bind(seq)
     .bind(crate::now())
@@ -1073,6 +1113,7 @@ async fn insert_audit(
     .bind(before.map(Value::to_string))
     .bind(after.map(Value::to_string))
     .bind(revision)
+    .bind(detail)
     .execute(&mut **tx)
     .await
     .ctx("write the audit entry")?;

@@ -770,6 +770,26 @@ async fn tokens_expire_and_are_revoked_at_once() {
         .await;
     assert_eq!(r.status, StatusCode::CREATED);
     let new_secret = r.body["secret"].as_str().unwrap().to_string();
+    let new_id = r.body["id"].as_str().unwrap().to_string();
+    let audit = c
+        .call(
+            Method::GET,
+            &format!("/api/v1/audit?object_id={id}&action=add_secret"),
+            &admin,
+            None,
+        )
+        .await;
+    assert!(
+        audit.body["items"][0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains(&new_id),
+        "the audit entry names the secret"
+    );
+    assert!(
+        !audit.body.to_string().contains(&new_secret),
+        "never the secret itself"
+    );
     assert_eq!(
         c.call(Method::GET, "/api/v1/groups", &t, None).await.status,
         StatusCode::UNAUTHORIZED
