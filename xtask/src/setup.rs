@@ -47,6 +47,8 @@ const PACKAGES: &[&str] = &[
     // The controller's shared store (its tests start their own instance
     // with initdb; no system cluster is used).
     "postgresql",
+    // Certificate checks in the enrolment test.
+    "openssl",
     // The interoperability tools' virtual environment (PYTHON_TOOLS).
     "python3-venv",
 ];

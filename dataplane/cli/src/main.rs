@@ -36,12 +36,16 @@ enum Cmd {
         config: PathBuf,
         #[command(subcommand)]
         cmd: Option<GatewayCmd>,
+        #[command(flatten)]
+        enrol: EnrolArgs,
     },
     /// Run the edge: accept gateways' tunnels and forward their traffic.
     Edge {
         /// Configuration file.
         #[arg(short, long, default_value = "/etc/sluice/edge.toml")]
         config: PathBuf,
+        #[command(flatten)]
+        enrol: EnrolArgs,
     },
     /// Print this host's connections with their process and verdict
     /// (endpoint mode), from the running gateway's admin socket.
@@ -104,6 +108,43 @@ enum Cmd {
         #[command(subcommand)]
         cmd: PolicyCmd,
     },
+}
+
+/// Enrolment with a controller instead of running.
+#[derive(clap::Args)]
+struct EnrolArgs {
+    /// Enrol with the controller at this URL (https://HOST:PORT) and exit:
+    /// a key is made here, the controller's CA signs its certificate.
+    #[arg(long, value_name = "URL", requires = "token")]
+    enrol: Option<String>,
+    /// The one-time enrolment token the controller's admin was given (it
+    /// pins the controller's CA).
+    #[arg(long, requires = "enrol")]
+    token: Option<String>,
+    /// Where the key (0600), the certificate, the CA and enrolment.json go.
+    #[arg(long, default_value = "/var/lib/sluice/enrolment")]
+    state_dir: PathBuf,
+}
+
+impl EnrolArgs {
+    /// Enrols if asked: `Some(result)`; `None`: run as usual.
+    fn run(&self) -> Option<anyhow::Result<()>> {
+        let (url, token) = (self.enrol.as_ref()?, self.token.as_ref()?);
+        Some(
+            sluice_runtime::enrol::enrol(url, token, &self.state_dir)
+                .map(|e| {
+                    println!(
+                        "enrolled as {} `{}` (id {}); key, certificate and CA in {}; agent {}",
+                        e.kind,
+                        e.name,
+                        e.id,
+                        self.state_dir.display(),
+                        e.agent_url
+                    );
+                })
+                .map_err(anyhow::Error::from),
+        )
+    }
 }
 
 #[derive(Subcommand)]
@@ -329,8 +370,16 @@ fn gateway(config: &std::path::Path, detach: bool) -> anyhow::Result<()> {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
-        Cmd::Gateway { config, cmd } => gateway(&config, matches!(cmd, Some(GatewayCmd::Detach))),
-        Cmd::Edge { config } => {
+        Cmd::Gateway { config, cmd, enrol } => {
+            if let Some(r) = enrol.run() {
+                return r;
+            }
+            gateway(&config, matches!(cmd, Some(GatewayCmd::Detach)))
+        }
+        Cmd::Edge { config, enrol } => {
+            if let Some(r) = enrol.run() {
+                return r;
+            }
             let cfg = EdgeConfig::load(&config)?;
             let stop = stop_flag()?;
             let metrics_addr = cfg.metrics;

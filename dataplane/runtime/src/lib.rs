@@ -25,6 +25,7 @@ use sluice_core::{tunnel, wire};
 use sluice_sys as sys;
 
 pub mod driver;
+pub mod enrol;
 pub mod host;
 pub mod http;
 pub mod metrics;
