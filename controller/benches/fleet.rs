@@ -126,85 +126,11 @@ fn tls(ca: &str, cert: Option<(&str, &rcgen::KeyPair)>) -> reqwest::Client {
         .unwrap()
 }
 
-struct Pg {
-    dir: PathBuf,
-    bin: PathBuf,
-    port: u16,
-}
-
-impl Pg {
-    fn start() -> Pg {
-        let bin = PathBuf::from("/usr/lib/postgresql/15/bin");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let dir = std::env::temp_dir().join(format!("sluice-fleet-pg-{port}"));
-        std::fs::create_dir_all(&dir).unwrap();
-        Command::new("chown")
-            .args(["postgres:postgres"])
-            .arg(&dir)
-            .status()
-            .unwrap();
-        let run = |prog: &str| {
-            let mut c = Command::new("runuser");
-            c.args(["-u", "postgres", "--"]).arg(bin.join(prog));
-            c
-        };
-        let ok = run("initdb")
-            .args(["-A", "trust", "-U", "postgres", "--no-sync", "-D"])
-            .arg(dir.join("data"))
-            .output()
-            .unwrap();
-        assert!(ok.status.success());
-        run("pg_ctl")
-            .arg("-D")
-            .arg(dir.join("data"))
-            .args(["-w", "-o"])
-            .arg(format!(
-                "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200",
-                dir.display()
-            ))
-            .args(["-l"])
-            .arg(dir.join("log"))
-            .arg("start")
-            .output()
-            .unwrap();
-        let ok = Command::new(bin.join("psql"))
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-                "-U",
-                "postgres",
-                "-c",
-                "CREATE DATABASE fleet",
-            ])
-            .output()
-            .unwrap();
-        assert!(
-            ok.status.success(),
-            "{}",
-            String::from_utf8_lossy(&ok.stderr)
-        );
-        Pg { dir, bin, port }
-    }
-}
-
-impl Drop for Pg {
-    fn drop(&mut self) {
-        let _ = Command::new("runuser")
-            .args(["-u", "postgres", "--"])
-            .arg(self.bin.join("pg_ctl"))
-            .arg("-D")
-            .arg(self.dir.join("data"))
-            .args(["-m", "immediate", "stop"])
-            .output();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
+// The tests' private PostgreSQL (initdb as postgres, loopback, removed on
+// drop): one copy of that code.
+#[path = "../tests/common/pg.rs"]
+#[allow(dead_code, unreachable_pub)]
+mod pg;
 
 struct Controller {
     child: Child,
@@ -556,8 +482,8 @@ async fn main() {
     let a = args();
     let mut out = vec![run(&a, "sqlite", None).await];
     if a.postgres {
-        let pg = Pg::start();
-        let url = format!("postgres://postgres@127.0.0.1:{}/fleet", pg.port);
+        let pg = pg::Pg::start();
+        let url = pg.database("fleet");
         out.push(run(&a, "postgres", Some(url)).await);
         drop(pg);
     }
