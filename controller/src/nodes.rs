@@ -232,9 +232,20 @@ pub async fn enrol(
     let id: String = row.get(1);
     let obj = app.store.get(kind, &id).await?;
     let name = obj.body["name"].as_str().unwrap_or("").to_string();
+    // An edge's certificate also carries the server names of the tenants
+    // that list it (what gateways check it against).
+    let mut names = vec![name.clone()];
+    if kind == Kind::Edge {
+        let (_, org) = app.snapshot().await?;
+        for t in org.tenants.iter().filter(|t| t.edges.contains(&name)) {
+            if !names.contains(&t.server_name) {
+                names.push(t.server_name.clone());
+            }
+        }
+    }
     let issued = app
         .ca
-        .sign_node(&req.csr, &name, kind == Kind::Edge)
+        .sign_node(&req.csr, &names, kind == Kind::Edge)
         .map_err(|e| Problem::bad_request(format!("the certificate signing request: {e}")))?;
     let origin = Origin {
         actor: format!("{}:{name}", kind.as_str()),
@@ -361,6 +372,9 @@ pub struct EdgeGateway {
     pub name: String,
     /// Its LAN prefixes.
     pub prefixes: Vec<String>,
+    /// The SHA-256 (hex) of each of its certificates that is neither
+    /// revoked nor expired: the edge refuses any other.
+    pub certificates: Vec<String>,
 }
 
 /// An edge's configuration at a revision.
@@ -370,7 +384,8 @@ pub struct EdgePolicy {
     pub revision: i64,
     /// The edge's name.
     pub name: String,
-    /// The gateways it serves: enrolled, not revoked.
+    /// The gateways it serves, each with its live certificates (none:
+    /// not enrolled, or revoked).
     pub gateways: Vec<EdgeGateway>,
 }
 
@@ -413,18 +428,31 @@ pub async fn poll_policy(
             .into_response())
         }
         _ => {
-            let enrolled: Vec<String> = sqlx::query_scalar(
-                "SELECT DISTINCT name FROM certificates WHERE kind = 'gateway' AND revoked_at IS NULL AND not_after > $1",
+            let rows = sqlx::query(
+                "SELECT name, fingerprint FROM certificates WHERE kind = 'gateway' AND revoked_at IS NULL AND not_after > $1 ORDER BY name, fingerprint",
             )
             .bind(crate::now())
             .fetch_all(&app.store.db.pool)
             .await
             .ctx("list enrolled gateways")?;
+            let mut certs: std::collections::BTreeMap<String, Vec<String>> =
+                std::collections::BTreeMap::new();
+            for r in rows {
+                certs.entry(r.get(0)).or_default().push(r.get(1));
+            }
             let gateways = org
                 .edge_gateways()
                 .into_iter()
-                .filter(|(n, _)| enrolled.contains(n))
-                .map(|(name, prefixes)| EdgeGateway { name, prefixes })
+                .map(|(name, prefixes)| {
+                    // Not enrolled yet (or revoked): no certificate, the
+                    // edge refuses it until one is issued.
+                    let certificates = certs.remove(&name).unwrap_or_default();
+                    EdgeGateway {
+                        name,
+                        prefixes,
+                        certificates,
+                    }
+                })
                 .collect();
             Ok(axum::Json(EdgePolicy {
                 revision,

@@ -132,7 +132,8 @@ impl Ca {
     /// and everything else comes from here: the name (`name`, as DNS name
     /// and common name), client authentication (and server authentication
     /// for an edge), a fresh random serial, [`NODE_DAYS`] of validity.
-    pub fn sign_node(&self, csr_pem: &str, name: &str, edge: bool) -> anyhow::Result<Issued> {
+    pub fn sign_node(&self, csr_pem: &str, names: &[String], edge: bool) -> anyhow::Result<Issued> {
+        let name = names.first().map_or("", String::as_str);
         if csr_pem.len() > crate::nodes::MAX_CSR {
             anyhow::bail!("longer than {} bytes", crate::nodes::MAX_CSR);
         }
@@ -140,7 +141,7 @@ impl Ca {
             .map_err(|e| anyhow::anyhow!("not a valid PKCS#10 request: {e}"))?;
         let now = time::OffsetDateTime::now_utc();
         let day = time::Duration::days(1);
-        let mut p = CertificateParams::new(vec![name.to_string()])?;
+        let mut p = CertificateParams::new(names.to_vec())?;
         p.not_before = now - day;
         p.not_after = now + day * NODE_DAYS;
         p.distinguished_name.push(DnType::CommonName, name);

@@ -386,10 +386,31 @@ async fn an_edge_learns_the_enrolled_gateways_and_their_prefixes() {
     let r = Ctl::resp(a.get(&url).send().await.unwrap()).await;
     assert_eq!(r.status, StatusCode::OK, "{r:?}");
     assert_eq!(r.body["name"], "edge-1");
+    // Every gateway with its live certificates: branch-3 never enrolled
+    // (the edge refuses it until it does).
+    let summary = |v: &serde_json::Value| -> Vec<(String, Vec<String>, usize)> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|g| {
+                let certs = g["certificates"].as_array().unwrap();
+                assert!(certs.iter().all(|c| c.as_str().unwrap().len() == 64));
+                (
+                    g["name"].as_str().unwrap().to_string(),
+                    serde_json::from_value(g["prefixes"].clone()).unwrap(),
+                    certs.len(),
+                )
+            })
+            .collect()
+    };
+    let p = |s: &str| vec![s.to_string()];
     assert_eq!(
-        r.body["gateways"],
-        json!([{"name": "branch-1", "prefixes": ["192.0.2.0/24"]}, {"name": "branch-2", "prefixes": ["198.18.2.0/24"]}]),
-        "branch-3 never enrolled"
+        summary(&r.body["gateways"]),
+        vec![
+            ("branch-1".into(), p("192.0.2.0/24"), 1),
+            ("branch-2".into(), p("198.18.2.0/24"), 1),
+            ("branch-3".into(), p("198.18.3.0/24"), 0),
+        ]
     );
     // A deleted gateway is revoked with it.
     let rev: i64 = r.body["revision"].as_i64().unwrap();
@@ -412,8 +433,11 @@ async fn an_edge_learns_the_enrolled_gateways_and_their_prefixes() {
     )
     .await;
     assert_eq!(
-        r.body["gateways"],
-        json!([{"name": "branch-1", "prefixes": ["192.0.2.0/24"]}])
+        summary(&r.body["gateways"]),
+        vec![
+            ("branch-1".into(), p("192.0.2.0/24"), 1),
+            ("branch-3".into(), p("198.18.3.0/24"), 0),
+        ]
     );
     let n: i64 = sqlx::query_scalar(
         "SELECT COUNT(*) FROM certificates WHERE object_id = $1 AND revoked_at IS NOT NULL",

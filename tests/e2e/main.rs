@@ -7,6 +7,7 @@
 use std::{net::SocketAddr, os::unix::fs::MetadataExt as _, path::Path, time::Duration};
 
 mod admin;
+mod controller;
 mod datagram;
 mod edge;
 mod edge_cores;

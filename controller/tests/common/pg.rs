@@ -133,6 +133,11 @@ impl Pg {
         pg
     }
 
+    /// The directory of its Unix socket (`.s.PGSQL.<port>`).
+    pub fn socket_dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
     /// A new database and its URL.
     pub fn database(&self, name: &str) -> String {
         let out = Command::new(self.bin.join("psql"))

@@ -352,6 +352,9 @@ fn abort_on_panic() {
 
 /// `sluice gateway` and `sluice gateway detach`.
 fn gateway(config: &std::path::Path, detach: bool) -> anyhow::Result<()> {
+    if !detach {
+        sluice_gateway::gateway::agent::first_fetch(config)?;
+    }
     let cfg = GatewayConfig::load(config)?;
     if detach {
         for line in sluice_gateway::gateway::detach(&cfg)? {
@@ -380,11 +383,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(r) = enrol.run() {
                 return r;
             }
+            sluice_edge::agent::first_fetch(&config)
+                .map_err(|e| anyhow::anyhow!("controller: {e}"))?;
             let cfg = EdgeConfig::load(&config)?;
             let stop = stop_flag()?;
             let metrics_addr = cfg.metrics;
             sluice_runtime::driver::aead();
             let mut edge = Edge::new(cfg)?;
+            // The controller's agent, if any: its stored allow-list is in
+            // force before the first handshake. The thread is not joined at
+            // a stop (a long poll may be in flight); a panic aborts.
+            if let Some(agent) = edge.agent()? {
+                let s = stop.clone();
+                std::thread::Builder::new()
+                    .name("sluice-agent".into())
+                    .spawn(move || agent.run(&s))
+                    .context("spawning the controller agent")?;
+            }
             let _metrics = match metrics_addr {
                 Some(addr) => {
                     let stats = edge.stats();

@@ -71,6 +71,7 @@ mod pki {
 
 mod edge;
 mod edges;
+pub mod managed;
 mod policy_section;
 pub use edge::{EdgeGateway, EdgeLimits, RESERVED_DESTINATIONS};
 pub use policy_section::DetectionSources;
@@ -111,6 +112,31 @@ pub enum ConfigError {
 }
 
 impl ConfigError {
+    /// The same error, naming `shown` (the effective file its line and
+    /// column point into) if there is one.
+    #[must_use]
+    pub fn shown_as(self, shown: Option<&Path>) -> Self {
+        match (self, shown) {
+            (
+                ConfigError::Invalid {
+                    line,
+                    column,
+                    field,
+                    message,
+                    ..
+                },
+                Some(p),
+            ) => ConfigError::Invalid {
+                path: p.to_path_buf(),
+                line,
+                column,
+                field,
+                message,
+            },
+            (e, _) => e,
+        }
+    }
+
     /// The field an `Invalid` error is about.
     pub fn field(&self) -> Option<&str> {
         match self {
@@ -186,6 +212,8 @@ pub struct GatewayConfig {
     pub policy: crate::policy::Policy,
     /// Where trusted-network detection looks.
     pub detection: DetectionSources,
+    /// The controller that manages this gateway, if one does.
+    pub controller: Option<managed::ControllerSection>,
 }
 
 /// The admin API (`[gateway]` `admin_*` fields; see the gateway's admin module).
@@ -337,6 +365,8 @@ pub struct EdgeConfig {
     /// `edge.datagrams = false`: gateways' offers are refused and their
     /// tunnels stay on TLS.
     pub datagram_listen: Option<SocketAddr>,
+    /// The controller that manages this edge, if one does.
+    pub controller: Option<managed::ControllerSection>,
 }
 
 impl EdgeConfig {
@@ -1105,9 +1135,14 @@ fn read(path: &Path) -> Result<String, ConfigError> {
 
 impl GatewayConfig {
     /// Reads and validates a gateway configuration file.
+    /// A file with `[controller]` is merged with the controller's policy
+    /// from its state directory first ([`managed`]).
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let src = read(path)?;
-        Self::parse(path, &src)
+        let (src, shown, controller) = managed::effective(path, src, false)?;
+        let mut cfg = Self::parse(path, &src).map_err(|e| e.shown_as(shown.as_deref()))?;
+        cfg.controller = controller;
+        Ok(cfg)
     }
 
     /// Validates `src` as if read from `path` (used by `load` and tests).
@@ -1259,6 +1294,7 @@ impl GatewayConfig {
             endpoint,
             policy,
             detection,
+            controller: None,
         })
     }
 }
@@ -1280,10 +1316,15 @@ impl GatewayConfig {
 }
 
 impl EdgeConfig {
-    /// Reads and validates an edge configuration file.
+    /// Reads and validates an edge configuration file. A file with
+    /// `[controller]` is merged with the gateways the controller listed
+    /// ([`managed`]).
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let src = read(path)?;
-        Self::parse(path, &src)
+        let (src, shown, controller) = managed::effective(path, src, true)?;
+        let mut cfg = Self::parse(path, &src).map_err(|e| e.shown_as(shown.as_deref()))?;
+        cfg.controller = controller;
+        Ok(cfg)
     }
 
     /// Validates `src` as if read from `path`.
@@ -1379,12 +1420,13 @@ impl EdgeConfig {
             keepalive,
             idle_timeout,
             datagram_listen,
+            controller: None,
         })
     }
 }
 
 /// 1-based line and column of byte `offset`.
-fn line_col(src: &str, offset: usize) -> (usize, usize) {
+pub(crate) fn line_col(src: &str, offset: usize) -> (usize, usize) {
     let offset = offset.min(src.len());
     let before = &src[..offset];
     let line = before.matches('\n').count() + 1;

@@ -69,6 +69,7 @@
 #![deny(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod agent;
 mod mesh;
 pub(crate) mod netfilter;
 mod stats;
@@ -126,6 +127,9 @@ pub enum EdgeError {
         #[source]
         source: io::Error,
     },
+    /// The controller's gateway list (an edge with `[controller]`).
+    #[error("controller: {0}")]
+    Controller(String),
 }
 
 fn ioerr(what: impl Into<String>) -> impl FnOnce(io::Error) -> EdgeError {
@@ -379,6 +383,17 @@ impl Edge {
     /// The counters of every worker (for the metrics endpoint).
     pub fn stats(&self) -> Arc<EdgeMetrics> {
         self.metrics.clone()
+    }
+
+    /// The controller agent of an edge with `[controller]` (its stored
+    /// allow-list installed now, before anything is served), to run on a
+    /// thread of its own; `None` without.
+    ///
+    /// # Errors
+    /// The stored gateway list cannot be read.
+    pub fn agent(&self) -> Result<Option<agent::Agent>, EdgeError> {
+        agent::install_stored(&self.cfg, &self.metrics.shared).map_err(EdgeError::Controller)?;
+        Ok(agent::Agent::new(&self.cfg, self.metrics.shared.clone()))
     }
 
     /// Workers.

@@ -191,7 +191,7 @@ pub fn render(m: &EdgeMetrics, out: &mut String) {
         &[],
         m.shared.directory().len() as u64,
     );
-    let labelled: [Labelled<'_>; 4] = [
+    let labelled: [Labelled<'_>; 5] = [
         (
             "sluice_edge_handshakes_refused_total",
             "Connections refused or closed before their handshake, by cap.",
@@ -209,7 +209,14 @@ pub fn render(m: &EdgeMetrics, out: &mut String) {
             &[
                 ("unknown_gateway", |s| &s.refused_unknown_gateway),
                 ("tunnel_cap", |s| &s.refused_tunnel_cap),
+                ("revoked", |s| &s.refused_revoked),
             ],
+        ),
+        (
+            "sluice_edge_tunnels_revoked_total",
+            "Live tunnels closed because the controller no longer lists their certificate.",
+            "reason",
+            &[("revoked", |s| &s.tunnels_revoked)],
         ),
         (
             "sluice_edge_accept_errors_total",

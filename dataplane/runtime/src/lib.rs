@@ -24,6 +24,7 @@
 use sluice_core::{tunnel, wire};
 use sluice_sys as sys;
 
+pub mod agent;
 pub mod driver;
 pub mod enrol;
 pub mod host;

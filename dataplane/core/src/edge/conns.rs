@@ -19,7 +19,10 @@
 //!    policy, `sluice_runtime::driver::flush`).
 //! 5. [`Core::handle_timeout`] at [`Core::poll_timeout`]: session timers
 //!    (keepalives, dead peers, the absolute handshake deadline, peers that
-//!    stopped reading), connections done closing, the route sweep.
+//!    stopped reading), connections done closing, the route sweep, and,
+//!    when the controller's allow-list of certificates changed
+//!    ([`Shared::set_allowed_certificates`]), the tunnels it no longer
+//!    allows closed.
 //! 6. [`Core::poll_closed`] after each of the above: slots whose socket
 //!    the driver closes now.
 //!
@@ -110,6 +113,14 @@ const TICK: Duration = Duration::from_millis(100);
 const LINGER: Duration = Duration::from_secs(2);
 /// Route-table slots swept per tick while routes of gone tunnels remain.
 const SWEEP_SLOTS: usize = 16 * 1024;
+/// How long a tunnel may outlive the controller's revocation of its
+/// certificate at most: the timer that notices it is never further away
+/// than this, even on an idle edge.
+const REVOCATION_DELAY: Duration = Duration::from_secs(1);
+const _: () = assert!(
+    TICK.as_nanos() <= REVOCATION_DELAY.as_nanos(),
+    "the tick bounds how late a revocation closes a tunnel"
+);
 
 /// A connection's slot (the driver's token for its socket).
 pub type ConnId = u32;
@@ -137,6 +148,9 @@ struct Conn {
     /// The datagram transport, once the gateway offered it and the edge
     /// accepted.
     dgram: Option<Box<Datagrams>>,
+    /// SHA-256 of its end-entity certificate's DER, once it is a tunnel
+    /// (the controller's allow-list names certificates by it).
+    cert_sha256: Option<[u8; 32]>,
 }
 
 /// Rate-limited log kinds.
@@ -181,6 +195,9 @@ pub struct Core {
     dgram_cfg: DatagramConfig,
     /// Datagram counters not yet published ([`Core::flush_datagram_counts`]).
     dg_tally: DgTally,
+    /// The allow-list's epoch ([`Shared::certificates_epoch`]) this
+    /// worker's tunnels were last checked against.
+    certificates_epoch: u32,
 }
 
 /// Datagram counters of the current loop turn, in plain integers.
@@ -313,6 +330,7 @@ impl Core {
                 ..DatagramConfig::default()
             },
             dg_tally: DgTally::default(),
+            certificates_epoch: 0,
         }
     }
 
@@ -457,6 +475,7 @@ impl Core {
             closing_since: None,
             dirty: false,
             dgram: None,
+            cert_sha256: None,
         });
         self.stats.conns_active.fetch_add(1, Relaxed);
         self.stats
@@ -869,27 +888,39 @@ impl Core {
         self.shared.end_handshake(c.generation);
         let verdict = match self.ids.identify(c.sess.peer_certificates()) {
             Err(e) => Err(("unknown_gateway", e.to_string())),
-            Ok(g) => match self.shared.take_tunnel(g) {
-                Ok(()) => Ok(g),
-                Err(TunnelCap::Edge) => Err((
-                    "tunnel_cap",
+            Ok(g) => match certificate_sha256(c.sess.peer_certificates()) {
+                Some(digest) if self.shared.certificate_allowed(g, &digest) => {
+                    match self.shared.take_tunnel(g) {
+                        Ok(()) => Ok((g, digest)),
+                        Err(TunnelCap::Edge) => Err((
+                            "tunnel_cap",
+                            format!(
+                                "gateway `{}`: the edge holds edge.max_tunnels tunnels",
+                                self.ids.name(g)
+                            ),
+                        )),
+                        Err(TunnelCap::Gateway(max)) => Err((
+                            "tunnel_cap",
+                            format!(
+                                "gateway `{}` holds its max_tunnels ({max})",
+                                self.ids.name(g)
+                            ),
+                        )),
+                    }
+                }
+                _ => Err((
+                    "revoked",
                     format!(
-                        "gateway `{}`: the edge holds edge.max_tunnels tunnels",
-                        self.ids.name(g)
-                    ),
-                )),
-                Err(TunnelCap::Gateway(max)) => Err((
-                    "tunnel_cap",
-                    format!(
-                        "gateway `{}` holds its max_tunnels ({max})",
+                        "gateway `{}`: certificate revoked or not issued by the controller",
                         self.ids.name(g)
                     ),
                 )),
             },
         };
         match verdict {
-            Ok(g) => {
+            Ok((g, digest)) => {
                 c.phase = Phase::Tunnel(g);
+                c.cert_sha256 = Some(digest);
                 self.tunnels += 1;
                 self.stats.tunnels.store(u64::from(self.tunnels), Relaxed);
                 if let Some(s) = self.stats.gateways.get(usize::from(g)) {
@@ -907,11 +938,12 @@ impl Core {
                 }
             }
             Err((kind, why)) => {
-                if kind == "unknown_gateway" {
-                    self.stats.refused_unknown_gateway.fetch_add(1, Relaxed);
-                } else {
-                    self.stats.refused_tunnel_cap.fetch_add(1, Relaxed);
+                match kind {
+                    "unknown_gateway" => &self.stats.refused_unknown_gateway,
+                    "revoked" => &self.stats.refused_revoked,
+                    _ => &self.stats.refused_tunnel_cap,
                 }
+                .fetch_add(1, Relaxed);
                 c.sess.close(CLOSE_REFUSED, "refused by the edge");
                 c.phase = Phase::Closing;
                 c.closing_since = Some(now);
@@ -1196,17 +1228,25 @@ impl Core {
         }
     }
 
-    /// When [`Core::handle_timeout`] is next due.
+    /// When [`Core::handle_timeout`] is next due: a tick away at most,
+    /// idle or not (so a revocation of the controller's closes its
+    /// tunnels within a second, see [`Shared::set_allowed_certificates`]).
     pub fn poll_timeout(&self) -> Instant {
         self.next_tick
     }
 
-    /// Session timers, connections done lingering, the route sweep.
+    /// Session timers, connections done lingering, the route sweep, the
+    /// tunnels the controller's allow-list no longer allows.
     pub fn handle_timeout(&mut self, now: Instant) {
         if now < self.next_tick {
             return;
         }
         self.next_tick = now + TICK;
+        let epoch = self.shared.certificates_epoch();
+        if epoch != self.certificates_epoch {
+            self.certificates_epoch = epoch;
+            self.close_revoked(now);
+        }
         for id in 0..self.conns.len() as ConnId {
             let Some(c) = self.conn_mut(id) else {
                 continue;
@@ -1245,6 +1285,45 @@ impl Core {
         }
     }
 
+    /// The controller's allow-list changed: closes this worker's tunnels
+    /// whose certificate it no longer allows (CLOSE sent, counts, routes
+    /// and the datagram session released as for any close). O(slots), on
+    /// an epoch change only.
+    fn close_revoked(&mut self, now: Instant) {
+        for id in 0..self.conns.len() as ConnId {
+            let Some(c) = self.conns.get_mut(id as usize).and_then(Option::as_mut) else {
+                continue;
+            };
+            let Phase::Tunnel(g) = c.phase else {
+                continue;
+            };
+            let allowed = match &c.cert_sha256 {
+                Some(digest) => self.shared.certificate_allowed(g, digest),
+                // Not expected (every tunnel has its digest): allowed only
+                // while no list is set.
+                None => !self.shared.has_allowed_certificates(),
+            };
+            if allowed {
+                continue;
+            }
+            c.sess.close(CLOSE_REFUSED, "certificate revoked");
+            self.stats.tunnels_revoked.fetch_add(1, Relaxed);
+            if let Some(n) = self.logs.refused.allow(now) {
+                log::warn!(
+                    "tunnel from {} (gateway `{}`) closed: certificate revoked or not issued by the controller{}",
+                    c.peer,
+                    self.ids.name(g),
+                    suppressed_note(n)
+                );
+            } else {
+                self.stats.logs_suppressed.fetch_add(1, Relaxed);
+            }
+            // The session is closed: `closing` stops counting the tunnel
+            // and its routes; it goes once its CLOSE is written.
+            self.after_io(id, now);
+        }
+    }
+
     /// A slot whose connection is gone: close its socket now.
     pub fn poll_closed(&mut self) -> Option<ConnId> {
         let id = self.closed.pop()?;
@@ -1275,6 +1354,14 @@ pub enum TunDrop {
     Backpressure,
 }
 
+/// SHA-256 of the DER of a peer's end-entity certificate (the first of
+/// its chain): what the controller's allow-list names it by.
+fn certificate_sha256(chain: &[rustls::pki_types::CertificateDer<'_>]) -> Option<[u8; 32]> {
+    let der = chain.first()?;
+    let hash = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der.as_ref());
+    hash.as_ref().try_into().ok()
+}
+
 /// A close reason for logs (escaped: the peer's words are in it).
 fn describe(r: &CloseReason) -> String {
     printable(&format!("{r:?}"), 64)
@@ -1283,3 +1370,7 @@ fn describe(r: &CloseReason) -> String {
 #[cfg(test)]
 #[path = "review_h24.rs"]
 mod review_h24;
+
+#[cfg(test)]
+#[path = "allowlist_tests.rs"]
+mod allowlist_tests;

@@ -119,14 +119,9 @@ fn feed(s: &mut Session, b: &mut Bytes, now: Instant) -> Result<bool, SessionErr
 
 fn drain(s: &mut Session, out: &mut Bytes, now: Instant) {
     s.flush();
-    loop {
-        let n = match s.poll_transmit(now) {
-            Some(b) => {
-                out.0.extend_from_slice(b);
-                b.len()
-            }
-            None => break,
-        };
+    while let Some(b) = s.poll_transmit(now) {
+        out.0.extend_from_slice(b);
+        let n = b.len();
         s.transmitted(n, now);
     }
 }
@@ -186,7 +181,7 @@ impl Pair {
         let delivered = &mut self.delivered;
         self.core
             .read(self.id, now, |s| feed(s, to_edge, now), &mut |p| {
-                delivered.push(p.to_vec())
+                delivered.push(p.to_vec());
             });
         let to_gw = &mut self.to_gw;
         self.core.write(self.id, now, |s| {
@@ -277,7 +272,7 @@ fn review_h24_a_datagram_from_port_0_never_becomes_the_reply_address() {
     p.core
         .datagram(from, &mut d[..n], now, &mut |x| got.push(x.to_vec()))
         .unwrap();
-    assert_eq!(got, [pkt.clone()], "delivered");
+    assert_eq!(got, std::slice::from_ref(&pkt), "delivered");
     p.gw.send_datagram_control(&datagram_use_frame(true))
         .unwrap();
     p.pump();
@@ -311,13 +306,13 @@ fn review_h24_receiver_ids_are_removed_when_the_tunnel_goes() {
         p.pump();
     }
     // Closing, or finished: either way the datagram opens nothing.
-    let r = p.core.datagram(
+    let res = p.core.datagram(
         "198.51.100.200:1".parse().unwrap(),
         &mut d[..n],
         now,
         &mut |_| panic!("delivered after close"),
     );
-    assert!(r.is_err(), "{r:?}");
+    assert!(res.is_err(), "{res:?}");
     p.core.handle_timeout(now + Duration::from_secs(3));
     while p.core.poll_closed().is_some() {}
     assert_eq!(p.core.receivers.len(), 0, "receiver id removed");

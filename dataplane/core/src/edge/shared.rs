@@ -11,18 +11,24 @@
 //!   ([`super::directory`]: each gateway's `max_routes` counts an address
 //!   once, and a reply that reaches a worker without a route to its
 //!   destination learns which worker has one);
-//! - connection generations, unique across workers.
+//! - connection generations, unique across workers;
+//! - the controller's allow-list of gateway certificates (revocation), if
+//!   one is set ([`Shared::set_allowed_certificates`]), and its epoch:
+//!   each worker compares the epoch with the one it last saw at its timer
+//!   and then closes the tunnels whose certificate is no longer allowed.
 //!
 //! All of it changes on control events only (a connection accepted, a
 //! handshake over, a tunnel up or down, an address new to a worker): the
-//! admission books under a mutex, the caps with atomic compare-and-swap.
-//! The packet path reads only the directory's lock-free holder masks, and
-//! only for a reply that reached the wrong worker.
+//! admission books under a mutex, the caps with atomic compare-and-swap,
+//! the allow-list under a read-write lock (read per handshake and per
+//! epoch change, never per packet). The packet path reads only the
+//! directory's lock-free holder masks, and only for a reply that reached
+//! the wrong worker.
 use std::{
     collections::HashMap,
     net::IpAddr,
     sync::{
-        Arc, Mutex, PoisonError,
+        Arc, Mutex, PoisonError, RwLock,
         atomic::{AtomicU32, Ordering},
     },
 };
@@ -69,6 +75,10 @@ pub(super) enum TunnelCap {
     Gateway(u32),
 }
 
+/// Per gateway (by [`GatewayId`]), the SHA-256 digests of the DER of
+/// the end-entity certificates allowed, sorted and deduplicated.
+type AllowList = Box<[Box<[[u8; 32]]>]>;
+
 #[derive(Debug)]
 struct Book {
     admission: Admission,
@@ -91,6 +101,13 @@ pub struct Shared {
     /// reads).
     handshakes: AtomicU32,
     generation: AtomicU32,
+    /// The controller's allow-list: per gateway, the SHA-256 digests of
+    /// the end-entity certificates (DER) it may authenticate with, sorted
+    /// and deduplicated; `None`: no controller, every certificate the
+    /// configuration accepts.
+    allowed: RwLock<Option<AllowList>>,
+    /// Bumped on each [`Shared::set_allowed_certificates`].
+    allowed_epoch: AtomicU32,
 }
 
 impl Shared {
@@ -122,6 +139,8 @@ impl Shared {
             }),
             handshakes: AtomicU32::new(0),
             generation: AtomicU32::new(1),
+            allowed: RwLock::new(None),
+            allowed_epoch: AtomicU32::new(0),
         })
     }
 
@@ -172,6 +191,73 @@ impl Shared {
                 return g;
             }
         }
+    }
+
+    /// Sets which certificates each gateway may authenticate with (the
+    /// controller's word: certificates it issued and has not revoked), or
+    /// lifts the list (`None`: every certificate the configuration
+    /// accepts, as with no controller).
+    ///
+    /// `allowed[g]` holds the SHA-256 digests of the DER of the
+    /// end-entity certificates allowed for gateway `g` (its
+    /// [`GatewayId`], the configuration's order). An empty set refuses
+    /// the gateway entirely, and so does a missing one (a list shorter
+    /// than the configuration's gateways): fail closed. Entries beyond
+    /// the configured gateways are ignored.
+    ///
+    /// New handshakes are checked against it at once; each worker closes
+    /// its tunnels that it no longer allows at its next timer
+    /// ([`super::Core::handle_timeout`], due at most a tick away: well
+    /// within a second).
+    pub fn set_allowed_certificates(&self, allowed: Option<Vec<Vec<[u8; 32]>>>) {
+        let list = allowed.map(|gateways| {
+            gateways
+                .into_iter()
+                .take(self.max_tunnels_per_gateway.len())
+                .map(|mut certs| {
+                    certs.sort_unstable();
+                    certs.dedup();
+                    certs.into_boxed_slice()
+                })
+                .collect::<AllowList>()
+        });
+        // Built outside the lock and moved in whole: a reader sees the
+        // old list or the new one, never a part. The epoch goes up under
+        // the lock, so a worker that sees it reads the new list.
+        let mut guard = self.allowed.write().unwrap_or_else(PoisonError::into_inner);
+        *guard = list;
+        self.allowed_epoch.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// How many times the allow-list was set (a worker that saw another
+    /// value checks its tunnels again).
+    pub fn certificates_epoch(&self) -> u32 {
+        self.allowed_epoch.load(Ordering::Acquire)
+    }
+
+    /// Whether an allow-list is set (a controller has its word).
+    pub fn has_allowed_certificates(&self) -> bool {
+        self.read_allowed().is_some()
+    }
+
+    /// Whether gateway `g` may authenticate with the certificate whose DER
+    /// hashes to `digest`: always with no allow-list; otherwise only if
+    /// the list has it for `g`.
+    pub(super) fn certificate_allowed(&self, g: GatewayId, digest: &[u8; 32]) -> bool {
+        match &*self.read_allowed() {
+            None => true,
+            Some(list) => list
+                .get(usize::from(g))
+                .is_some_and(|certs| certs.binary_search(digest).is_ok()),
+        }
+    }
+
+    /// The allow-list, read. A poisoned lock is recovered, not refused:
+    /// the list is only ever replaced whole by a value built outside the
+    /// lock (no writer can leave half of one), and the dataplane's
+    /// release builds abort on panic anyway.
+    fn read_allowed(&self) -> std::sync::RwLockReadGuard<'_, Option<AllowList>> {
+        self.allowed.read().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Book> {
@@ -396,6 +482,62 @@ mod tests {
             s.end_handshake(g);
         }
         assert_eq!(s.handshakes(), 0);
+    }
+
+    /// The allow-list: none allows all; a set is per gateway (in any order,
+    /// duplicates and all); a missing or empty set refuses its gateway;
+    /// entries beyond the configured gateways are dropped; each set moves
+    /// the epoch.
+    #[test]
+    fn allowed_certificates_are_per_gateway_and_fail_closed() {
+        let s = shared(EdgeLimits::default(), 1);
+        let (x, y, z) = ([1u8; 32], [2u8; 32], [3u8; 32]);
+        assert_eq!(s.certificates_epoch(), 0);
+        assert!(s.certificate_allowed(0, &x) && s.certificate_allowed(7, &x));
+        s.set_allowed_certificates(Some(vec![vec![z, x, z, y], vec![]]));
+        assert_eq!(s.certificates_epoch(), 1);
+        assert!(s.has_allowed_certificates());
+        assert!([x, y, z].iter().all(|d| s.certificate_allowed(0, d)));
+        assert!(!s.certificate_allowed(0, &[4u8; 32]));
+        assert!(!s.certificate_allowed(1, &x), "empty set: refused");
+        assert!(!s.certificate_allowed(2, &x), "no such gateway");
+        s.set_allowed_certificates(Some(vec![vec![x]]));
+        assert!(!s.certificate_allowed(1, &x), "missing set: refused");
+        s.set_allowed_certificates(Some(vec![vec![], vec![], vec![x]]));
+        assert_eq!(
+            s.read_allowed().as_ref().map(|l| l.len()),
+            Some(2),
+            "entries beyond the gateways dropped"
+        );
+        s.set_allowed_certificates(None);
+        assert_eq!(s.certificates_epoch(), 4);
+        assert!(!s.has_allowed_certificates());
+        assert!(s.certificate_allowed(1, &x));
+    }
+
+    /// A writer that panicked holding the lock poisons it: the list is
+    /// still read (the last one set whole, never half of one) and set
+    /// again, nothing panics.
+    #[test]
+    fn allowed_certificates_survive_a_poisoned_lock() {
+        let s = Arc::new(shared(EdgeLimits::default(), 1));
+        let (x, y) = ([1u8; 32], [2u8; 32]);
+        s.set_allowed_certificates(Some(vec![vec![x], vec![y]]));
+        let s2 = s.clone();
+        let died = std::thread::spawn(move || {
+            let _guard = s2.allowed.write().unwrap();
+            panic!("a writer dies holding the allow-list's lock (expected by this test)");
+        })
+        .join();
+        assert!(died.is_err());
+        assert!(s.allowed.is_poisoned());
+        assert!(s.certificate_allowed(0, &x) && !s.certificate_allowed(0, &y));
+        assert!(s.certificate_allowed(1, &y) && !s.certificate_allowed(1, &x));
+        s.set_allowed_certificates(Some(vec![vec![y], vec![]]));
+        assert!(s.certificate_allowed(0, &y) && !s.certificate_allowed(1, &y));
+        assert_eq!(s.certificates_epoch(), 2);
+        s.set_allowed_certificates(None);
+        assert!(s.certificate_allowed(1, &x));
     }
 
     #[test]

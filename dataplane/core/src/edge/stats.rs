@@ -44,6 +44,13 @@ pub struct EdgeStats {
     /// Authenticated peers refused: the certificate names no gateway of
     /// the configuration (or not its pinned key).
     pub refused_unknown_gateway: AtomicU64,
+    /// Authenticated peers refused: the controller's allow-list does not
+    /// have their certificate for their gateway (revoked, or not issued
+    /// by it).
+    pub refused_revoked: AtomicU64,
+    /// Tunnels closed because the controller's allow-list no longer has
+    /// their certificate (revoked while they were up).
+    pub tunnels_revoked: AtomicU64,
     /// Authenticated peers refused: the gateway already holds
     /// `max_tunnels` tunnels, or the edge `edge.max_tunnels` in all.
     pub refused_tunnel_cap: AtomicU64,

@@ -18,6 +18,7 @@
 //! Every thread is supervised ([`supervise`]): one that stops or stops
 //! making progress stops the gateway with [`EXIT_FAULT`], failing closed.
 mod admin;
+pub mod agent;
 mod control;
 mod dns_relay;
 mod domains;
@@ -132,6 +133,9 @@ pub enum GatewayError {
     /// exits with [`EXIT_FAULT`].
     #[error("stopped on a fault: {0}")]
     Fault(Fault),
+    /// The controller (a file with `[controller]`) gave no policy.
+    #[error("controller: {0}")]
+    Controller(String),
     /// `sluice gateway detach` could not remove a pin.
     #[error("detach: removing the pin {}: {source}", pin.display())]
     DetachPin {
@@ -424,6 +428,30 @@ impl Gateway {
             .map(crate::endpoint::Endpoint::processes);
         let names: Vec<String> = control::tunnels(cfg).into_iter().map(|(n, _)| n).collect();
         let gauges = (stats.clone(), tenant_stats.clone());
+        if let Some(section) = &cfg.controller {
+            let a = agent::Agent {
+                path: cfg.path.clone(),
+                section: section.clone(),
+                control: control.clone(),
+                workers: stats.clone(),
+                tenants: tenant_stats.clone(),
+                names: names.clone(),
+            };
+            let s = stop.clone();
+            let h = std::thread::Builder::new()
+                .name("sluice-agent".into())
+                .spawn(move || a.run(&s))
+                .map_err(io("spawning sluice-agent"))?;
+            // Supervised while it runs; not waited for at a stop (a long
+            // poll of the controller may be in flight: the process ends
+            // it).
+            let s = stop.clone();
+            registry.watch(
+                "sluice-agent",
+                move || h.is_finished() || s.load(Relaxed),
+                None::<(fn() -> u64, Duration)>,
+            );
+        }
         // The metrics listener and the admin API, on one supervised thread.
         if let Some(h) = admin::start(
             cfg,

@@ -15,6 +15,12 @@ macro_rules! worker_stats {
         }
 
         impl WorkerStats {
+            /// Every counter summed over `workers`, by field name (what
+            /// the controller's report carries).
+            pub fn totals(workers: &[std::sync::Arc<WorkerStats>]) -> Vec<(&'static str, u64)> {
+                vec![$( (stringify!($field), workers.iter().map(|w| w.$field.load(Relaxed)).sum()), )*]
+            }
+
             /// Renders the counters of all workers, one metric family at a
             /// time (Prometheus wants families contiguous), labelled with
             /// the queue index.
