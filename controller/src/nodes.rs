@@ -234,13 +234,31 @@ pub async fn enrol(
     let name = obj.body["name"].as_str().unwrap_or("").to_string();
     // An edge's certificate also carries the server names of the tenants
     // that list it (what gateways check it against).
+    // Never an address, a wildcard, or a name of this controller's own
+    // (an edge's certificate must not pass for the controller: review h31
+    // S1; the boxes trust this CA for both).
     let mut names = vec![name.clone()];
     if kind == Kind::Edge {
+        let own: Vec<String> = [&app.url, &app.agent_url]
+            .iter()
+            .filter_map(|u| url_host(u))
+            .collect();
         let (_, org) = app.snapshot().await?;
         for t in org.tenants.iter().filter(|t| t.edges.contains(&name)) {
-            if !names.contains(&t.server_name) {
-                names.push(t.server_name.clone());
+            let n = t.server_name.to_ascii_lowercase();
+            if n.parse::<std::net::IpAddr>().is_ok()
+                || n.contains('*')
+                || own.contains(&n)
+                || names.contains(&n)
+            {
+                log::warn!(
+                    "enrol: edge `{name}`: tenant `{}`'s server_name `{}` left off its certificate (an address, a wildcard or this controller's own name)",
+                    t.name,
+                    t.server_name
+                );
+                continue;
             }
+            names.push(n);
         }
     }
     let issued = app
@@ -290,6 +308,18 @@ pub async fn enrol(
     .into_response())
 }
 
+/// The host of an `https://host[:port][/...]` URL, lowercase.
+fn url_host(url: &str) -> Option<String> {
+    let rest = url.strip_prefix("https://")?;
+    let hostport = rest.split('/').next()?;
+    let host = if let Some(v6) = hostport.strip_prefix('[') {
+        v6.split(']').next()?
+    } else {
+        hostport.rsplit_once(':').map_or(hostport, |(h, _)| h)
+    };
+    Some(host.to_ascii_lowercase())
+}
+
 /// An enrolled node, authenticated by its certificate on the agent
 /// listener (looked up per request: revocation takes effect at once).
 #[derive(Debug, Clone)]
@@ -319,8 +349,10 @@ impl FromRequestParts<Arc<App>> for Node {
             .get::<PeerCert>()
             .ok_or_else(|| refused("is missing"))?;
         let fp = sha256_hex(&cert.0);
+        // The object's name now, not the one on the certificate (a renamed
+        // gateway's old certificate names another: review h31 S2).
         let row = sqlx::query(
-            "SELECT kind, object_id, name, revoked_at, not_after FROM certificates WHERE fingerprint = $1",
+            "SELECT c.kind, c.object_id, o.name, c.revoked_at, c.not_after FROM certificates c JOIN objects o ON o.kind = c.kind AND o.id = c.object_id WHERE c.fingerprint = $1",
         )
         .bind(&fp)
         .fetch_optional(&app.store.db.pool)
@@ -397,7 +429,11 @@ pub async fn poll_policy(
 ) -> Result<Response, Problem> {
     let p: PollParams = query(uri.query())?;
     let mut rx = app.store.watch_revision();
-    if let Some(after) = p.after {
+    // A box ahead of the store (restored from an older backup) gets what
+    // the store has at once, not a wait for a revision it may never reach.
+    if let Some(after) = p.after
+        && after <= *rx.borrow()
+    {
         let wait = Duration::from_secs(p.wait.unwrap_or(30)).min(MAX_WAIT);
         let moved = matches!(
             tokio::time::timeout(wait, rx.wait_for(|r| *r > after)).await,
@@ -428,8 +464,11 @@ pub async fn poll_policy(
             .into_response())
         }
         _ => {
+            // By the object's current name (review h31 S2): a renamed
+            // gateway's certificates, which carry its old name, are listed
+            // under its new one, where no edge will match them.
             let rows = sqlx::query(
-                "SELECT name, fingerprint FROM certificates WHERE kind = 'gateway' AND revoked_at IS NULL AND not_after > $1 ORDER BY name, fingerprint",
+                "SELECT o.name, c.fingerprint FROM certificates c JOIN objects o ON o.kind = c.kind AND o.id = c.object_id WHERE c.kind = 'gateway' AND c.revoked_at IS NULL AND c.not_after > $1 ORDER BY o.name, c.fingerprint",
             )
             .bind(crate::now())
             .fetch_all(&app.store.db.pool)
@@ -605,4 +644,22 @@ pub(crate) async fn load_snapshot(app: &App) -> Result<(i64, Arc<Org>), Problem>
     let (revision, objects) = app.store.snapshot().await?;
     let org = Org::from_objects(&objects).map_err(|e| Problem::internal(&e))?;
     Ok((revision, Arc::new(org)))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn url_hosts_are_what_an_edge_certificate_must_not_carry() {
+        use super::url_host;
+        assert_eq!(
+            url_host("https://Ctl.Example:8443/x").as_deref(),
+            Some("ctl.example")
+        );
+        assert_eq!(
+            url_host("https://[2001:db8::1]:8444").as_deref(),
+            Some("2001:db8::1")
+        );
+        assert_eq!(url_host("https://192.0.2.1").as_deref(), Some("192.0.2.1"));
+        assert_eq!(url_host("http://x"), None);
+    }
 }

@@ -242,7 +242,9 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let name = path
         .file_name()
         .map_or_else(|| "state".into(), |n| n.to_string_lossy().into_owned());
-    let tmp = path.with_file_name(format!(".{name}.tmp"));
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = path.with_file_name(format!(".{name}.{}.{n}.tmp", std::process::id()));
     let _ = std::fs::remove_file(&tmp);
     let mut f = std::fs::OpenOptions::new()
         .write(true)
@@ -322,6 +324,29 @@ pub fn merge_gateway(
     let policy_path = section.file(POLICY_FILE);
     let mut policy = table(&policy_path, &policy.text)?;
     let edges = policy.remove("tunnel_edges");
+    // Paths on the box are the box's own (review h31 S4): a policy that
+    // names one is refused.
+    for (section, fields) in [
+        ("tenant", &["crl"][..]),
+        ("forwarding", &["resolv_conf", "dhcp_leases"][..]),
+    ] {
+        let tables: Vec<&Table> = match policy.get(section) {
+            Some(Value::Array(a)) => a.iter().filter_map(Value::as_table).collect(),
+            Some(Value::Table(t)) => vec![t],
+            _ => Vec::new(),
+        };
+        for t in tables {
+            for f in fields {
+                if t.contains_key(*f) {
+                    return Err(invalid(
+                        &policy_path,
+                        &format!("{section}.{f}"),
+                        "a path on the box: not the controller's to set",
+                    ));
+                }
+            }
+        }
+    }
     for (k, v) in policy {
         if !GATEWAY_OWNED.contains(&k.as_str()) {
             return Err(invalid(
@@ -560,6 +585,18 @@ mod tests {
             text: format!("{POLICY}\n[gateway]\nwan = \"eth9\"\n"),
         };
         assert!(merge_gateway(&path, GATEWAY, &section, &bad).is_err());
+        // Paths on the box are not the controller's (review h31 S4).
+        for smuggled in [
+            "[forwarding]\nresolv_conf = \"/dev/zero\"\n",
+            "[[tenant]]\nname = \"t\"\ncrl = \"/dev/zero\"\n",
+        ] {
+            let bad = Stored {
+                revision: 3,
+                text: format!("{smuggled}{POLICY}"),
+            };
+            let e = merge_gateway(&path, GATEWAY, &section, &bad).unwrap_err();
+            assert!(e.to_string().contains("a path on the box"), "{e}");
+        }
         // Unknown [controller] fields and non-https URLs are refused.
         for bad in [
             "[controller]\nstate_dir = \"s\"\nurl = \"x\"\n",

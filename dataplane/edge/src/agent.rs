@@ -70,6 +70,20 @@ fn render(list: &[Listed]) -> String {
     out
 }
 
+/// Prefixes as the edge writes them, sorted (those that do not parse
+/// kept as written): what the controller sent and what runs compare
+/// equal when they mean the same (review h31 O2).
+fn canonical(prefixes: impl Iterator<Item = String>) -> Vec<String> {
+    let mut v: Vec<String> = prefixes
+        .map(|p| {
+            p.parse::<sluice_core::net::Prefix>()
+                .map_or(p, |x| x.to_string())
+        })
+        .collect();
+    v.sort();
+    v
+}
+
 fn hex32(s: &str) -> Option<[u8; 32]> {
     if s.len() != 64 {
         return None;
@@ -127,7 +141,7 @@ pub fn first_fetch(path: &Path) -> Result<(), String> {
     let answer = loop {
         match client.poll(None) {
             Ok(Some(a)) => break a,
-            Ok(None) => {}
+            Ok(None) => std::thread::sleep(Duration::from_secs(1)),
             Err(e) if Instant::now() < until => {
                 log::warn!("no gateway list yet: {e}; trying again");
                 std::thread::sleep(Duration::from_secs(2));
@@ -155,8 +169,10 @@ pub fn first_fetch(path: &Path) -> Result<(), String> {
 }
 
 /// Installs the stored list's certificates as the allow-list before the
-/// edge serves (so that a certificate revoked while it was down is not
-/// taken between its start and the controller's first answer).
+/// edge serves: the certificates the controller listed last. (A
+/// certificate revoked while the edge was down is taken until the
+/// controller's first answer: the stored list's revision and age are
+/// logged.)
 ///
 /// # Errors
 /// The stored list cannot be read.
@@ -169,6 +185,15 @@ pub fn install_stored(cfg: &EdgeConfig, shared: &Shared) -> Result<(), String> {
         .map_err(|e| e.to_string())?
         .ok_or_else(|| format!("{}: missing", file.display()))?;
     let list = stored_list(&stored).map_err(|e| format!("{}: {e}", file.display()))?;
+    let age = std::fs::metadata(&file)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .map_or_else(|| "?".into(), |d| format!("{} s", d.as_secs()));
+    log::info!(
+        "gateway certificates of controller revision {} (kept {age} ago) in force until the controller answers",
+        stored.revision
+    );
     let names: Vec<String> = cfg.gateways.iter().map(|g| g.name.clone()).collect();
     shared.set_allowed_certificates(Some(allowed(&names, &list)));
     Ok(())
@@ -177,6 +202,7 @@ pub fn install_stored(cfg: &EdgeConfig, shared: &Shared) -> Result<(), String> {
 /// The agent: what it needs.
 #[derive(Debug)]
 pub struct Agent {
+    path: std::path::PathBuf,
     section: ControllerSection,
     names: Vec<String>,
     running: Vec<Listed>,
@@ -194,13 +220,14 @@ impl Agent {
             .ok()
             .flatten();
         Some(Self {
+            path: cfg.path.clone(),
             names: cfg.gateways.iter().map(|g| g.name.clone()).collect(),
             running: cfg
                 .gateways
                 .iter()
                 .map(|g| Listed {
                     name: g.name.clone(),
-                    prefixes: g.prefixes.iter().map(ToString::to_string).collect(),
+                    prefixes: canonical(g.prefixes.iter().map(ToString::to_string)),
                     certificates: Vec::new(),
                 })
                 .collect(),
@@ -274,13 +301,35 @@ impl Agent {
             revision: a.revision,
             text: render(&list),
         };
+        // Kept for the next start only if the edge could start with it
+        // (review h31 O1): overlapping prefixes, reserved ones or an empty
+        // list would leave it unable to.
+        let loads = std::fs::read_to_string(&self.path)
+            .map_err(|e| e.to_string())
+            .and_then(|src| {
+                managed::merge_edge(&self.path, &src, &self.section, &stored)
+                    .and_then(|m| EdgeConfig::parse(&self.path, &m))
+                    .map_err(|e| e.to_string())
+            });
+        if let Err(e) = &loads {
+            log::error!(
+                "controller revision {}: its gateway list would not load here ({e}); revocations are in force, {} keeps the last list that loads",
+                a.revision,
+                file.display()
+            );
+            return Outcome {
+                applied: None,
+                error: Some(format!("the gateway list does not load here: {e}")),
+            };
+        }
         if let Err(e) = stored.write(file) {
             log::error!("{}: {e}", file.display());
         }
         let same_table = list.iter().filter(|g| !g.prefixes.is_empty()).all(|g| {
+            let want = canonical(g.prefixes.iter().cloned());
             self.running
                 .iter()
-                .any(|r| r.name == g.name && r.prefixes == g.prefixes)
+                .any(|r| r.name == g.name && r.prefixes == want)
         });
         if same_table {
             log::info!("controller revision {} in force", a.revision);

@@ -23,7 +23,11 @@ use crate::enrol::Enrolled;
 /// change).
 pub const POLL_WAIT: Duration = Duration::from_secs(20);
 /// Most bytes of a policy answer.
-pub const MAX_ANSWER: u64 = 64 << 20;
+pub const MAX_ANSWER: u64 = 16 << 20;
+/// Least time between two polls.
+pub const MIN_POLL_GAP: Duration = Duration::from_secs(1);
+/// A revision the box refused is offered again after this long.
+pub const RETRY_REFUSED: Duration = Duration::from_secs(300);
 /// Longest pause between attempts when no controller answers.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(15);
 /// A report at least this often while polls keep returning (the
@@ -75,6 +79,8 @@ pub struct Client {
     agent: ureq::Agent,
     urls: Vec<String>,
     current: usize,
+    state_dir: std::path::PathBuf,
+    configured: Vec<String>,
     /// Who enrolled.
     pub enrolled: Enrolled,
 }
@@ -132,15 +138,17 @@ impl Client {
                 .http_status_as_error(false)
                 .build(),
         );
-        let urls = if urls.is_empty() {
+        let urls_used = if urls.is_empty() {
             vec![enrolled.agent_url.trim_end_matches('/').to_string()]
         } else {
             urls.to_vec()
         };
         Ok(Self {
             agent,
-            urls,
+            urls: urls_used,
             current: 0,
+            state_dir: state_dir.to_path_buf(),
+            configured: urls.to_vec(),
             enrolled,
         })
     }
@@ -153,7 +161,11 @@ impl Client {
 
     /// Sends one request to the current controller; on a transport error,
     /// the next controller is current for the next call.
-    fn call(&mut self, path: &str, body: Option<&[u8]>) -> Result<(u16, String), AgentError> {
+    fn call(
+        &mut self,
+        path: &str,
+        body: Option<&[u8]>,
+    ) -> Result<(u16, String, Option<i64>), AgentError> {
         let url = format!("{}{path}", self.url());
         let r = match body {
             None => self.agent.get(&url).call(),
@@ -175,6 +187,11 @@ impl Client {
             }
         };
         let status = resp.status().as_u16();
+        let revision = resp
+            .headers()
+            .get("x-sluice-revision")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
         let text = resp
             .body_mut()
             .with_config()
@@ -196,7 +213,9 @@ impl Client {
                 .collect();
             // A controller that cannot serve (maintenance, its database
             // gone) may be alone in that: try the next.
-            if status >= 500 {
+            // Nor one that does not know this box (another store, a stale
+            // one): the next may.
+            if status >= 500 || status == 403 || status == 404 {
                 self.current = (self.current + 1) % self.urls.len();
             }
             return Err(AgentError::Refused {
@@ -205,7 +224,7 @@ impl Client {
                 detail,
             });
         }
-        Ok((status, text))
+        Ok((status, text, revision))
     }
 
     /// Waits (up to [`POLL_WAIT`]) for a revision above `after` (`None`:
@@ -218,8 +237,20 @@ impl Client {
             Some(a) => format!("/agent/v1/policy?after={a}&wait={}", POLL_WAIT.as_secs()),
             None => "/agent/v1/policy".into(),
         };
-        let (status, text) = self.call(&path, None)?;
+        let (status, text, current) = self.call(&path, None)?;
         if status == 204 {
+            // The controller's revision went back (its store restored from
+            // an older backup): what it has now is the policy, not a wait
+            // for a revision it may never reach again.
+            if let (Some(a), Some(c)) = (after, current)
+                && c < a
+            {
+                log::warn!(
+                    "controller {} is at revision {c}, behind the {a} applied here (its store restored?): taking its policy",
+                    self.url()
+                );
+                return self.poll(None);
+            }
             return Ok(None);
         }
         let body: serde_json::Value =
@@ -286,46 +317,70 @@ pub fn run(
         applied,
         error: None,
     };
-    // The last revision offered (applied or not): not offered again.
+    // The last revision offered (applied or not): not offered again until
+    // RETRY_REFUSED has passed (a refusal may be the box's: a full disk,
+    // a file mid-edit).
     let mut seen = applied;
+    let mut refused_at: Option<Instant> = None;
     let mut backoff = Duration::from_millis(500);
     let mut last_report: Option<Instant> = None;
-    let mut failing = false;
+    let mut failing: Option<Instant> = None;
+    let mut last_poll: Option<Instant> = None;
     while !stop.load(Relaxed) {
+        // At most one poll a second, whatever the controller (or a proxy
+        // in front of it) answers.
+        if let Some(t) = last_poll {
+            nap(MIN_POLL_GAP.saturating_sub(t.elapsed()), stop);
+        }
+        last_poll = Some(Instant::now());
+        if refused_at.is_some_and(|t| t.elapsed() >= RETRY_REFUSED) {
+            refused_at = None;
+            seen = applied;
+        }
         let polled = client.poll(seen.map(|s| s.max(0)));
         match polled {
             Ok(Some(answer)) => {
-                if failing {
+                if failing.take().is_some() {
                     log::info!("controller {} answers again", client.url());
-                    failing = false;
                 }
                 backoff = Duration::from_millis(500);
                 if Some(answer.revision) != applied {
+                    if stop.load(Relaxed) {
+                        break;
+                    }
                     outcome = apply(&answer);
                     if outcome.applied.is_some() {
                         applied = outcome.applied;
                     } else {
                         outcome.applied = applied;
                     }
-                    seen = Some(answer.revision);
+                    refused_at = outcome.error.is_some().then(Instant::now);
                     last_report = None;
-                } else {
-                    seen = Some(answer.revision);
                 }
+                seen = Some(answer.revision);
             }
             Ok(None) => {
                 backoff = Duration::from_millis(500);
-                if failing {
+                if failing.take().is_some() {
                     log::info!("controller {} answers again", client.url());
-                    failing = false;
                 }
             }
             Err(e) => {
-                if !failing {
+                // Said again every few minutes while it lasts.
+                if failing.is_none_or(|t| t.elapsed() >= Duration::from_secs(300)) {
                     log::warn!("{e}; forwarding goes on with revision {applied:?}, trying again");
-                    failing = true;
+                    failing = Some(Instant::now());
                 } else {
                     log::debug!("{e}");
+                }
+                // Refused for its certificate: enrolment may have
+                // written a new one since this client was made.
+                if matches!(e, AgentError::Refused { status: 403, .. })
+                    && let Ok(fresh) = Client::new(&client.state_dir, &client.configured)
+                {
+                    let current = client.current;
+                    *client = fresh;
+                    client.current = current % client.urls.len();
                 }
                 nap(backoff, stop);
                 backoff = (backoff * 2).min(MAX_BACKOFF);

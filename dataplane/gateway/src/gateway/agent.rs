@@ -61,7 +61,7 @@ pub fn first_fetch(path: &Path) -> Result<(), GatewayError> {
     let answer = loop {
         match client.poll(None) {
             Ok(Some(a)) => break a,
-            Ok(None) => {}
+            Ok(None) => std::thread::sleep(Duration::from_secs(1)),
             Err(e) if Instant::now() < until => {
                 log::warn!("no policy yet: {e}; trying again");
                 std::thread::sleep(Duration::from_secs(2));
@@ -182,7 +182,8 @@ impl Agent {
                 );
                 Outcome {
                     applied: Some(a.revision),
-                    error: None,
+                    // In force, but not everywhere (review h31 O3).
+                    error: r.degraded,
                 }
             }
             Err(e @ (PolicyError::TunnelsChanged { .. } | PolicyError::NeedsRestart { .. })) => {
