@@ -53,6 +53,17 @@ pub enum Command {
         #[arg(long, default_value_t = 90)]
         secret_days: u32,
     },
+    /// Make a portal administrator on this host (the first one; later
+    /// ones too). The password is read from standard input (its first
+    /// line); the TOTP secret for the authenticator app is printed once.
+    CreateAdmin {
+        /// Its name.
+        #[arg(long)]
+        name: String,
+        /// Its role: read or full.
+        #[arg(long, default_value = "full")]
+        role: String,
+    },
     /// Print the admin API's `OpenAPI` description.
     Openapi,
 }
@@ -136,6 +147,29 @@ pub fn main(config: &std::path::Path, cmd: Command) -> anyhow::Result<()> {
                 let (id, secret) = create_client_local(&store, &spec, secret_days).await?;
                 println!("client_id={id}");
                 println!("client_secret={secret}");
+                Ok(())
+            }
+            Command::CreateAdmin { name, role } => {
+                let role = crate::admins::Role::parse(&role)
+                    .ok_or_else(|| anyhow::anyhow!("role: read or full"))?;
+                let mut password = String::new();
+                std::io::stdin()
+                    .read_line(&mut password)
+                    .context("read the password from standard input")?;
+                let password = password.trim_end_matches(['\r', '\n']);
+                let ca = crate::pki::Ca::load_or_create(&crate::pki::Paths::of(&cfg.state_dir))?;
+                let made = crate::admins::create(
+                    &store,
+                    &ca.secret_box(),
+                    &Origin::local(),
+                    &name,
+                    role,
+                    password,
+                )
+                .await?;
+                println!("admin_id={}", made.id);
+                println!("totp_secret={}", made.secret_base32);
+                println!("totp_uri={}", made.uri);
                 Ok(())
             }
             Command::Openapi => unreachable!("handled above"),

@@ -37,6 +37,7 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "audit_detail",
         include_str!("../migrations/0004_audit_detail.sql"),
     ),
+    (5, "admins", include_str!("../migrations/0005_admins.sql")),
 ];
 
 /// The newest schema this controller knows.

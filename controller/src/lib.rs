@@ -23,6 +23,7 @@
 // written exists, a JSON value serialises), not conditions a caller meets.
 #![allow(clippy::missing_panics_doc)]
 
+pub mod admins;
 pub mod api;
 pub mod auth;
 pub mod cli;
@@ -34,6 +35,7 @@ pub mod model;
 pub mod nodes;
 pub mod openapi;
 pub mod pki;
+pub mod portal;
 pub mod server;
 pub mod store;
 

@@ -589,6 +589,13 @@ pub struct NodeStatus {
 /// alerts.
 pub async fn dashboard(State(app): State<Arc<App>>, caller: Caller) -> Result<Response, Problem> {
     caller.require(Scope::Read)?;
+    let (revision, items) = nodes_status(&app).await?;
+    Ok(axum::Json(serde_json::json!({"revision": revision, "items": items})).into_response())
+}
+
+/// The current revision, and every gateway and edge with its status and
+/// alerts (the API's and the portal's dashboard).
+pub(crate) async fn nodes_status(app: &App) -> Result<(i64, Vec<NodeStatus>), Problem> {
     let revision = app.store.revision().await?;
     let now = crate::now();
     let rows = sqlx::query(
@@ -636,7 +643,7 @@ pub async fn dashboard(State(app): State<Arc<App>>, caller: Caller) -> Result<Re
             }
         })
         .collect();
-    Ok(axum::Json(serde_json::json!({"revision": revision, "items": items})).into_response())
+    Ok((revision, items))
 }
 
 /// The org at the current revision, compiled once per revision.

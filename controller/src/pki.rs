@@ -116,6 +116,12 @@ impl Ca {
         }
     }
 
+    /// The box that seals administrators' TOTP secrets, keyed from this
+    /// CA's private key ([`crate::admins::SecretBox`]).
+    pub fn secret_box(&self) -> crate::admins::SecretBox {
+        crate::admins::SecretBox::from_ca_key(&self.issuer.key().serialize_der())
+    }
+
     /// The SHA-256 of the CA certificate's DER, in hex: the pin an
     /// enrolment token carries, so that a box that has nothing else to
     /// trust yet can tell this controller from an impostor.

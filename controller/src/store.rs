@@ -1119,3 +1119,36 @@ async fn insert_audit(
     .ctx("write the audit entry")?;
     Ok(())
 }
+
+/// Adds one to the counter `key` in the write transaction `tx` (the
+/// audit sequence's is the store's write lock): its new value.
+pub(crate) async fn bump_counter(
+    tx: &mut Transaction<'static, Any>,
+    key: &str,
+) -> Result<i64, DbError> {
+    bump(tx, key).await
+}
+
+/// The counter `key`.
+pub(crate) async fn counter(tx: &mut Transaction<'static, Any>, key: &str) -> Result<i64, DbError> {
+    current(tx, key).await
+}
+
+/// An audit entry for a write outside the objects (administrators): the
+/// object as (kind, id, name), before and after.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn audit_entry(
+    tx: &mut Transaction<'static, Any>,
+    seq: i64,
+    origin: &Origin,
+    action: &str,
+    object: (&str, &str, &str),
+    change: (Option<&Value>, Option<&Value>),
+    revision: i64,
+    detail: Option<&str>,
+) -> Result<(), DbError> {
+    insert_audit(
+        tx, seq, origin, action, object.0, object.1, object.2, change.0, change.1, revision, detail,
+    )
+    .await
+}

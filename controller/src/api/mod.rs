@@ -64,6 +64,12 @@ pub struct App {
     pub token_limiter: Limiter,
     /// `/openapi.json`, made once.
     pub openapi: Bytes,
+    /// Seals administrators' TOTP secrets.
+    pub sealer: crate::admins::SecretBox,
+    /// Portal sign-ins, per account name.
+    pub signin_account: Limiter,
+    /// Portal sign-ins, per address (an IPv6 /64 as one).
+    pub signin_address: Limiter,
 }
 
 impl std::fmt::Debug for App {
@@ -86,7 +92,6 @@ impl App {
         let nz = |n: u32| NonZeroU32::new(n.max(1)).expect("at least 1");
         App {
             store,
-            ca,
             url: urls.0,
             agent_url: urls.1,
             snapshot: tokio::sync::Mutex::new(None),
@@ -99,6 +104,10 @@ impl App {
             openapi: Bytes::from(
                 serde_json::to_vec_pretty(&crate::openapi::document()).expect("serialises"),
             ),
+            sealer: ca.secret_box(),
+            signin_account: RateLimiter::keyed(Quota::per_minute(nz(10)).allow_burst(nz(10))),
+            signin_address: RateLimiter::keyed(Quota::per_minute(nz(30)).allow_burst(nz(30))),
+            ca,
         }
     }
 
@@ -122,6 +131,8 @@ impl App {
     pub fn trim_limiters(&self) {
         self.limiter.retain_recent();
         self.token_limiter.retain_recent();
+        self.signin_account.retain_recent();
+        self.signin_address.retain_recent();
         self.limiter.shrink_to_fit();
         self.token_limiter.shrink_to_fit();
     }
@@ -954,6 +965,7 @@ pub fn router(app: Arc<App>) -> Router {
     .route("/enrol", post(crate::nodes::enrol))
     .route("/oauth/token", post(oauth::token))
     .route("/openapi.json", get(openapi))
+    .merge(crate::portal::routes())
     .fallback(|m: Method, uri: axum::http::Uri| async move {
         Problem::not_found(format!("no such resource: {m} {}", uri.path()))
     })

@@ -1,0 +1,381 @@
+//! The portal over HTTPS, as a browser speaks to it (cookies by hand, no
+//! redirects followed): sign-in with password and TOTP (a code good once,
+//! one step either side), the session cookie's attributes, the pages'
+//! security headers, CSRF on every POST, sign-out, an expired session,
+//! rate limits per account, maintenance from the portal (full admins
+//! only) with the banner and disabled controls.
+mod common;
+
+use common::Ctl;
+use reqwest::{StatusCode, header};
+use sluice_controller::{
+    admins::{self, Role},
+    store::Origin,
+};
+
+struct Browser {
+    http: reqwest::Client,
+    base: String,
+    cookies: Vec<(String, String)>,
+}
+
+struct Page {
+    status: StatusCode,
+    headers: header::HeaderMap,
+    text: String,
+}
+
+impl Browser {
+    fn new(c: &Ctl) -> Browser {
+        use rustls_pki_types::{CertificateDer, pem::PemObject as _};
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(c.running.ca_pem.as_bytes()) {
+            roots.add(cert.unwrap()).unwrap();
+        }
+        let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        Browser {
+            http: reqwest::Client::builder()
+                .tls_backend_preconfigured(tls)
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap(),
+            base: c.base.clone(),
+            cookies: Vec::new(),
+        }
+    }
+
+    fn cookie_header(&self) -> String {
+        self.cookies
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    async fn take(&mut self, r: reqwest::Response) -> Page {
+        for v in r.headers().get_all(header::SET_COOKIE) {
+            let v = v.to_str().unwrap();
+            let (kv, _) = v.split_once(';').unwrap_or((v, ""));
+            let (k, val) = kv.split_once('=').unwrap();
+            self.cookies.retain(|(n, _)| n != k);
+            if !v.contains("Max-Age=0") {
+                self.cookies.push((k.to_string(), val.to_string()));
+            }
+        }
+        Page {
+            status: r.status(),
+            headers: r.headers().clone(),
+            text: r.text().await.unwrap(),
+        }
+    }
+
+    async fn get(&mut self, path: &str) -> Page {
+        let r = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .header(header::COOKIE, self.cookie_header())
+            .send()
+            .await
+            .unwrap();
+        self.take(r).await
+    }
+
+    async fn post(&mut self, path: &str, form: &[(&str, &str)]) -> Page {
+        let body = serde_urlencoded::to_string(form).unwrap();
+        let r = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .header(header::COOKIE, self.cookie_header())
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        self.take(r).await
+    }
+
+    fn cookie(&self, name: &str) -> Option<&str> {
+        self.cookies
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The sign-in form's hidden token (as a browser would send it).
+    async fn signin(&mut self, name: &str, password: &str, code: &str) -> Page {
+        let form = self.get("/portal/signin").await;
+        assert_eq!(form.status, StatusCode::OK);
+        let pre = hidden(&form.text, "pre");
+        self.post(
+            "/portal/signin",
+            &[
+                ("name", name),
+                ("password", password),
+                ("code", code),
+                ("pre", &pre),
+            ],
+        )
+        .await
+    }
+}
+
+fn hidden(html: &str, name: &str) -> String {
+    let at = html
+        .find(&format!("name=\"{name}\" value=\""))
+        .unwrap_or_else(|| panic!("no hidden {name} in {html}"));
+    let rest = &html[at + name.len() + 15..];
+    rest[..rest.find('"').unwrap()].to_string()
+}
+
+const PASSWORD: &str = "correct horse battery";
+
+async fn admin(c: &Ctl, name: &str, role: Role) -> [u8; 20] {
+    admins::create(
+        &c.store,
+        &c.running.app.sealer,
+        &Origin::local(),
+        name,
+        role,
+        PASSWORD,
+    )
+    .await
+    .unwrap()
+    .secret
+}
+
+fn code(secret: &[u8], offset: i64) -> String {
+    admins::code_at(
+        secret,
+        sluice_controller::now().div_euclid(admins::STEP_SECS) + offset,
+    )
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_in_with_a_password_and_a_code_good_once() {
+    let c = Ctl::start("").await;
+    let secret = admin(&c, "alice", Role::Full).await;
+    let mut b = Browser::new(&c);
+    // Not signed in: every page sends the browser to sign in.
+    let p = b.get("/portal/").await;
+    assert_eq!(p.status, StatusCode::SEE_OTHER);
+    assert_eq!(p.headers[header::LOCATION], "/portal/signin");
+    // Wrong password, wrong code, unknown name: the same answer.
+    for (n, pw, cd) in [
+        ("alice", "wrong password!!", code(&secret, 0)),
+        ("alice", PASSWORD, "000000".to_string()),
+        ("bob", PASSWORD, code(&secret, 0)),
+    ] {
+        let p = b.signin(n, pw, &cd).await;
+        assert_eq!(p.status, StatusCode::UNAUTHORIZED, "{n}");
+        assert!(p.text.contains("The name, password or code is wrong."));
+        assert!(b.cookie("__Host-sluice_session").is_none());
+    }
+    // Right: a session cookie with every attribute, and the dashboard.
+    let now = code(&secret, 0);
+    let p = b.signin("alice", PASSWORD, &now).await;
+    assert_eq!(p.status, StatusCode::SEE_OTHER, "{}", p.text);
+    let set = p
+        .headers
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .map(|v| v.to_str().unwrap().to_string())
+        .find(|v| v.starts_with("__Host-sluice_session="))
+        .unwrap();
+    for attr in [
+        "Secure",
+        "HttpOnly",
+        "SameSite=Strict",
+        "Path=/",
+        "Max-Age=3600",
+    ] {
+        assert!(set.contains(attr), "{set} lacks {attr}");
+    }
+    let p = b.get("/portal/").await;
+    assert_eq!(p.status, StatusCode::OK);
+    assert!(p.text.contains("<h1>Dashboard</h1>"));
+    assert!(p.text.contains("alice (full)"));
+    let csp = p.headers[header::CONTENT_SECURITY_POLICY].to_str().unwrap();
+    assert!(csp.contains("script-src 'self'") && csp.contains("frame-ancestors 'none'"));
+    assert_eq!(p.headers[header::X_FRAME_OPTIONS], "DENY");
+    assert_eq!(p.headers[header::CACHE_CONTROL], "no-store");
+    // The same code again, in another browser: refused (good once); the
+    // next step's code works (one step of skew), and then the earlier one
+    // no longer does.
+    let mut b2 = Browser::new(&c);
+    let p = b2.signin("alice", PASSWORD, &now).await;
+    assert_eq!(p.status, StatusCode::UNAUTHORIZED, "a replayed code");
+    let next = code(&secret, 1);
+    let p = b2.signin("alice", PASSWORD, &next).await;
+    assert_eq!(p.status, StatusCode::SEE_OTHER, "{}", p.text);
+    let mut b3 = Browser::new(&c);
+    assert_eq!(
+        b3.signin("alice", PASSWORD, &now).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    // A sign-in form posted without its cookie (from another site): no.
+    let mut b4 = Browser::new(&c);
+    let p = b4
+        .post(
+            "/portal/signin",
+            &[
+                ("name", "alice"),
+                ("password", PASSWORD),
+                ("code", &code(&secret, 1)),
+                ("pre", "x"),
+            ],
+        )
+        .await;
+    assert_eq!(p.status, StatusCode::FORBIDDEN);
+
+    // Sign-out without the session's CSRF token: refused, still signed in.
+    let p = b.post("/portal/signout", &[("csrf", "forged")]).await;
+    assert_eq!(p.status, StatusCode::FORBIDDEN);
+    assert!(p.text.contains("CSRF"));
+    let p = b.post("/portal/signout", &[]).await;
+    assert_eq!(p.status, StatusCode::BAD_REQUEST);
+    assert_eq!(b.get("/portal/").await.status, StatusCode::OK);
+    // With it: gone, and the old cookie no longer works.
+    let page = b.get("/portal/").await;
+    let csrf = hidden(&page.text, "csrf");
+    let token = b.cookie("__Host-sluice_session").unwrap().to_string();
+    let p = b.post("/portal/signout", &[("csrf", &csrf)]).await;
+    assert_eq!(p.status, StatusCode::SEE_OTHER);
+    b.cookies
+        .push(("__Host-sluice_session".into(), token.clone()));
+    assert_eq!(b.get("/portal/").await.status, StatusCode::SEE_OTHER);
+
+    // An expired session (an hour after sign-in) returns to sign-in.
+    let p = b2.get("/portal/").await;
+    assert_eq!(p.status, StatusCode::OK);
+    sqlx::query("UPDATE admin_sessions SET expires_at = $1")
+        .bind(sluice_controller::now() - 1)
+        .execute(&c.store.db.pool)
+        .await
+        .unwrap();
+    let p = b2.get("/portal/").await;
+    assert_eq!(p.status, StatusCode::SEE_OTHER);
+    assert_eq!(p.headers[header::LOCATION], "/portal/signin");
+
+    // The audit log names the administrator made, never a secret.
+    let audit: Vec<(String, String)> =
+        sqlx::query_as("SELECT action, COALESCE(after_json, '') FROM audit WHERE kind = 'admin'")
+            .fetch_all(&c.store.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(audit.len(), 1);
+    assert!(audit[0].1.contains("alice") && !audit[0].1.contains("password_hash"));
+    c.running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_ins_are_rate_limited_per_account() {
+    let c = Ctl::start("").await;
+    let secret = admin(&c, "carol", Role::Full).await;
+    let mut b = Browser::new(&c);
+    let mut limited = false;
+    for _ in 0..12 {
+        let p = b.signin("carol", "not the password", "123456").await;
+        if p.status == StatusCode::TOO_MANY_REQUESTS {
+            assert!(p.headers.contains_key(header::RETRY_AFTER));
+            limited = true;
+            break;
+        }
+        assert_eq!(p.status, StatusCode::UNAUTHORIZED);
+    }
+    assert!(limited, "eleven attempts a minute are not limited");
+    // Even the right password and code wait now.
+    let p = b.signin("carol", PASSWORD, &code(&secret, 0)).await;
+    assert_eq!(p.status, StatusCode::TOO_MANY_REQUESTS);
+    c.running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn maintenance_from_the_portal_is_for_full_admins_and_disables_edits() {
+    let c = Ctl::start("").await;
+    let full = admin(&c, "dana", Role::Full).await;
+    let read = admin(&c, "eve", Role::Read).await;
+    let token = c.token_with("api", &["admin"]).await;
+    let mut reader = Browser::new(&c);
+    assert_eq!(
+        reader.signin("eve", PASSWORD, &code(&read, 0)).await.status,
+        StatusCode::SEE_OTHER
+    );
+    let p = reader.get("/portal/administration").await;
+    assert!(
+        p.text.contains("id=\"maintenance-on\" disabled"),
+        "{}",
+        p.text
+    );
+    let csrf = hidden(&p.text, "csrf");
+    let p = reader
+        .post(
+            "/portal/administration/maintenance",
+            &[("csrf", &csrf), ("on", "true"), ("reason", "")],
+        )
+        .await;
+    assert_eq!(p.status, StatusCode::FORBIDDEN);
+    let mut admin_b = Browser::new(&c);
+    assert_eq!(
+        admin_b
+            .signin("dana", PASSWORD, &code(&full, 0))
+            .await
+            .status,
+        StatusCode::SEE_OTHER
+    );
+    let p = admin_b.get("/portal/administration").await;
+    assert!(!p.text.contains("id=\"maintenance-on\" disabled"));
+    let csrf = hidden(&p.text, "csrf");
+    let p = admin_b
+        .post(
+            "/portal/administration/maintenance",
+            &[
+                ("csrf", &csrf),
+                ("on", "true"),
+                ("reason", "<b>upgrade</b>"),
+            ],
+        )
+        .await;
+    assert_eq!(p.status, StatusCode::SEE_OTHER);
+    // Every page has the banner (escaped), and the API refuses writes.
+    for path in ["/portal/", "/portal/administration"] {
+        let p = reader.get(path).await;
+        assert!(p.text.contains("id=\"maintenance-banner\""), "{path}");
+        assert!(
+            p.text.contains("upgrade") && !p.text.contains("<b>upgrade"),
+            "{path}: not escaped"
+        );
+    }
+    let r = c
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/groups",
+            &token,
+            Some(serde_json::json!({"name": "g"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    // Off again; the audit log says who, from the portal.
+    let p = admin_b.get("/portal/administration").await;
+    let csrf = hidden(&p.text, "csrf");
+    let p = admin_b
+        .post(
+            "/portal/administration/maintenance",
+            &[("csrf", &csrf), ("on", "false")],
+        )
+        .await;
+    assert_eq!(p.status, StatusCode::SEE_OTHER);
+    let actors: Vec<String> =
+        sqlx::query_scalar("SELECT actor FROM audit WHERE kind = 'maintenance' ORDER BY seq")
+            .fetch_all(&c.store.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(actors, ["admin:dana", "admin:dana"]);
+    c.running.stop().await;
+}
