@@ -228,7 +228,7 @@ pub async fn start(cfg: &ControllerConfig, store: Store) -> anyhow::Result<Runni
         cfg.agent_url.clone()
     };
     let ca_pem = ca.cert_pem.clone();
-    let app = Arc::new(App::new(
+    let mut app = App::new(
         store.clone(),
         keys,
         Arc::new(ca),
@@ -238,7 +238,9 @@ pub async fn start(cfg: &ControllerConfig, store: Store) -> anyhow::Result<Runni
             cfg.rate_burst,
             cfg.token_rate_per_minute,
         ),
-    ));
+    );
+    app.directory.clone_from(&cfg.directory);
+    let app = Arc::new(app);
     log::info!(
         "controller: admin API on https://{addr} (issuer {}), store {:?}, revision {}",
         cfg.url,
@@ -271,6 +273,12 @@ pub async fn start(cfg: &ControllerConfig, store: Store) -> anyhow::Result<Runni
                 }
             })
         };
+        // Directory group sync, when a directory is configured (one
+        // controller of a shared store at a time: a lease in the store).
+        let syncer = task_app.directory.clone().map(|d| {
+            let store = task_app.store.clone();
+            tokio::spawn(crate::directory::scheduler(store, d))
+        });
         let (agent_stop_tx, agent_stop_rx) = tokio::sync::oneshot::channel::<()>();
         let agents = tokio::spawn(crate::server::serve(
             agent_listener,
@@ -297,6 +305,9 @@ pub async fn start(cfg: &ControllerConfig, store: Store) -> anyhow::Result<Runni
         let _ = agent_stop_tx.send(());
         let _ = agents.await;
         poller.abort();
+        if let Some(s) = syncer {
+            s.abort();
+        }
     });
     Ok(Running {
         addr,

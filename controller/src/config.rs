@@ -47,12 +47,15 @@ pub struct ControllerConfig {
     /// Most connections at once from one address (IPv6: one /64) on the
     /// admin listener.
     pub max_connections_per_address: usize,
+    /// The directory groups and users are synced from, if any.
+    pub directory: Option<crate::directory::DirectoryConfig>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct File {
     controller: Raw,
+    directory: Option<crate::directory::RawDirectory>,
 }
 
 #[derive(Deserialize)]
@@ -121,7 +124,13 @@ impl ControllerConfig {
         let agent_url = r
             .agent_url
             .unwrap_or_else(|| format!("https://{agent_listen}"));
+        let directory = f
+            .directory
+            .map(|d| d.check(base))
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("{}: directory: {e}", path.display()))?;
         Ok(ControllerConfig {
+            directory,
             listen: r.listen,
             agent_listen,
             agent_url,

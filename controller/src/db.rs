@@ -38,6 +38,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../migrations/0004_audit_detail.sql"),
     ),
     (5, "admins", include_str!("../migrations/0005_admins.sql")),
+    (
+        6,
+        "directory",
+        include_str!("../migrations/0006_directory.sql"),
+    ),
 ];
 
 /// The newest schema this controller knows.

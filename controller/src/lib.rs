@@ -30,6 +30,7 @@ pub mod cli;
 pub mod compile;
 pub mod config;
 pub mod db;
+pub mod directory;
 pub mod import;
 pub mod model;
 pub mod nodes;

@@ -619,6 +619,14 @@ pub struct Group {
     /// Free text.
     #[serde(default)]
     pub description: String,
+    /// `directory`: kept by directory sync (which adds, changes and
+    /// removes such groups); absent: made by hand.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// Gone from the directory while an app profile still names it: it
+    /// has no members, and the profiles that name it show it flagged.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub missing: bool,
 }
 
 impl Spec for Group {
@@ -644,6 +652,13 @@ pub struct User {
     /// Its groups, by name.
     #[serde(default)]
     pub groups: Vec<String>,
+    /// `directory`: kept by directory sync.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// Gone from the directory while an identity still names it (it is in
+    /// no group).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub missing: bool,
 }
 
 impl Spec for User {

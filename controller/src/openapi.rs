@@ -384,6 +384,30 @@ pub fn document() -> Value {
             }
         }),
     );
+    paths.insert(
+        "/api/v1/directory".into(),
+        json!({
+            "get": {
+                "operationId": "directory_status",
+                "tags": ["directory"],
+                "summary": "Directory group sync: the last result and the next sync time",
+                "security": [{"bearer": ["read"]}],
+                "responses": with(errors(false), "200", ok_json("The sync's status", r("SyncStatus")))
+            }
+        }),
+    );
+    paths.insert(
+        "/api/v1/directory/sync".into(),
+        json!({
+            "post": {
+                "operationId": "directory_sync",
+                "tags": ["directory"],
+                "summary": "Sync the groups now (the status shows when it ran and what it did)",
+                "security": [{"bearer": ["policy"]}],
+                "responses": with(errors(true), "202", ok_json("Asked for", r("SyncStatus")))
+            }
+        }),
+    );
     for coll in ["gateways", "edges"] {
         paths.insert(
             format!("/api/v1/{coll}/{{id}}/enrolment"),
@@ -509,6 +533,10 @@ pub fn document() -> Value {
         (EnrolRequest::name(), schema::<EnrolRequest>()),
         (Enrolled::name(), schema::<Enrolled>()),
         (NodeStatus::name(), schema::<NodeStatus>()),
+        (
+            crate::directory::SyncStatus::name(),
+            schema::<crate::directory::SyncStatus>(),
+        ),
     ] {
         schemas.insert(name.into_owned(), s);
     }

@@ -8,6 +8,8 @@
 //! revision, and writes the audit entry with the object before and after.
 //! Nothing else writes objects or the audit log. It knows nothing of HTTP:
 //! handlers call it, and so do the command line and the tests.
+use std::collections::{BTreeMap, BTreeSet};
+
 use serde::Serialize;
 use serde_json::Value;
 use sqlx::{Any, Row as _, Transaction};
@@ -1151,4 +1153,294 @@ pub(crate) async fn audit_entry(
         tx, seq, origin, action, object.0, object.1, object.2, change.0, change.1, revision, detail,
     )
     .await
+}
+
+/// What a directory sync changed.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
+pub struct SyncCounts {
+    /// Objects added.
+    pub added: usize,
+    /// Objects changed.
+    pub updated: usize,
+    /// Objects removed.
+    pub removed: usize,
+    /// Groups gone from the directory but kept, flagged (an app profile
+    /// names them), and users kept for an identity.
+    pub flagged: Vec<String>,
+    /// The revision after it.
+    pub revision: i64,
+    /// Groups now.
+    pub groups: usize,
+    /// Users now.
+    pub users: usize,
+}
+
+impl Store {
+    /// Makes the directory's groups and users the store's directory
+    /// objects, in one write: one revision, an audit entry per object
+    /// changed (see [`crate::directory`] for the rules).
+    ///
+    /// # Errors
+    /// Maintenance, the store, or a result the gateways could not load.
+    #[allow(clippy::too_many_lines, reason = "one transaction, read top to bottom")]
+    pub async fn sync_directory(
+        &self,
+        origin: &Origin,
+        dir: &crate::directory::Directory,
+    ) -> Result<SyncCounts, StoreError> {
+        use crate::model::{Group, User};
+        const DIRECTORY: &str = "directory";
+        let mut tx = self.db.begin_write().await?;
+        let mut seq = bump(&mut tx, "audit_seq").await?;
+        let (on, why) = crate::db::maintenance(&mut *tx).await?;
+        if on {
+            return Err(StoreError::Maintenance(
+                why.unwrap_or_else(|| "switched on by an administrator".into()),
+            ));
+        }
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {RECORD_COLUMNS}, kind FROM objects WHERE kind IN ('group', 'user', 'app_profile', 'identity')"
+        )))
+        .fetch_all(&mut *tx)
+        .await
+        .ctx("read groups and users")?;
+        let mut groups: BTreeMap<String, Record> = BTreeMap::new();
+        let mut users: BTreeMap<String, Record> = BTreeMap::new();
+        let mut profile_groups: BTreeSet<String> = BTreeSet::new();
+        let mut identity_users: BTreeSet<String> = BTreeSet::new();
+        for r in &rows {
+            let kind: String = r.get(6);
+            let rec = record_of(r)?;
+            let name = rec.body["name"].as_str().unwrap_or("").to_string();
+            match kind.as_str() {
+                "group" => {
+                    groups.insert(name, rec);
+                }
+                "user" => {
+                    users.insert(name, rec);
+                }
+                "app_profile" => {
+                    for g in rec.body["groups"].as_array().into_iter().flatten() {
+                        if let Some(g) = g.as_str() {
+                            profile_groups.insert(g.to_string());
+                        }
+                    }
+                }
+                _ => {
+                    if let Some(u) = rec.body["user"].as_str() {
+                        identity_users.insert(u.to_string());
+                    }
+                }
+            }
+        }
+        let is_dir = |r: &Record| r.body["source"].as_str() == Some(DIRECTORY);
+        // (kind, name, existing, wanted body or None to delete)
+        let mut changes: Vec<(Kind, String, Option<Record>, Option<Value>)> = Vec::new();
+        let mut counts = SyncCounts::default();
+        for name in &dir.groups {
+            let old = groups.get(name);
+            let want = serde_json::to_value(Group {
+                name: name.clone(),
+                description: old
+                    .and_then(|r| r.body["description"].as_str())
+                    .unwrap_or("")
+                    .to_string(),
+                source: Some(DIRECTORY.into()),
+                missing: false,
+            })
+            .expect("serialises");
+            if old.map(|r| &r.body) != Some(&want) {
+                changes.push((Kind::Group, name.clone(), old.cloned(), Some(want)));
+            }
+        }
+        let mut kept_groups: BTreeSet<String> = dir.groups.clone();
+        for (name, rec) in &groups {
+            if dir.groups.contains(name) {
+                continue;
+            }
+            if !is_dir(rec) {
+                kept_groups.insert(name.clone());
+                continue;
+            }
+            if profile_groups.contains(name) {
+                kept_groups.insert(name.clone());
+                counts.flagged.push(format!("group {name}"));
+                let mut want = rec.body.clone();
+                want["missing"] = Value::Bool(true);
+                if want != rec.body {
+                    changes.push((Kind::Group, name.clone(), Some(rec.clone()), Some(want)));
+                }
+            } else {
+                changes.push((Kind::Group, name.clone(), Some(rec.clone()), None));
+            }
+        }
+        for (name, in_groups) in &dir.users {
+            let old = users.get(name);
+            let want = serde_json::to_value(User {
+                name: name.clone(),
+                description: old
+                    .and_then(|r| r.body["description"].as_str())
+                    .unwrap_or("")
+                    .to_string(),
+                groups: in_groups
+                    .iter()
+                    .filter(|g| kept_groups.contains(*g))
+                    .cloned()
+                    .collect(),
+                source: Some(DIRECTORY.into()),
+                missing: false,
+            })
+            .expect("serialises");
+            if old.map(|r| &r.body) != Some(&want) {
+                changes.push((Kind::User, name.clone(), old.cloned(), Some(want)));
+            }
+        }
+        for (name, rec) in &users {
+            if dir.users.contains_key(name) {
+                continue;
+            }
+            // A hand-made user keeps its groups, but not a group that was
+            // just removed.
+            let groups_left = |body: &Value| -> Value {
+                let mut b = body.clone();
+                let kept: Vec<Value> = body["groups"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|g| g.as_str().is_some_and(|g| kept_groups.contains(g)))
+                    .cloned()
+                    .collect();
+                b["groups"] = Value::Array(kept);
+                b
+            };
+            if !is_dir(rec) {
+                let want = groups_left(&rec.body);
+                if want != rec.body {
+                    changes.push((Kind::User, name.clone(), Some(rec.clone()), Some(want)));
+                }
+            } else if identity_users.contains(name) {
+                counts.flagged.push(format!("user {name}"));
+                let mut want = rec.body.clone();
+                want["missing"] = Value::Bool(true);
+                want["groups"] = Value::Array(Vec::new());
+                if want != rec.body {
+                    changes.push((Kind::User, name.clone(), Some(rec.clone()), Some(want)));
+                }
+            } else {
+                changes.push((Kind::User, name.clone(), Some(rec.clone()), None));
+            }
+        }
+        counts.groups = kept_groups.len();
+        counts.users = dir.users.len()
+            + users
+                .iter()
+                .filter(|(n, r)| {
+                    !dir.users.contains_key(*n) && (!is_dir(r) || identity_users.contains(*n))
+                })
+                .count();
+        if changes.is_empty() {
+            counts.revision = current(&mut tx, "revision").await?;
+            tx.commit().await.ctx("commit a sync")?;
+            return Ok(counts);
+        }
+        let revision = bump(&mut tx, "revision").await?;
+        let now = crate::now();
+        let mut first = true;
+        for (kind, name, old, want) in changes {
+            if !first {
+                seq = bump(&mut tx, "audit_seq").await?;
+            }
+            first = false;
+            let (id, after) = match (&old, &want) {
+                (Some(o), Some(w)) => {
+                    counts.updated += 1;
+                    sqlx::query(
+                        "UPDATE objects SET version = $1, body = $2, updated_at = $3, revision = $4 WHERE kind = $5 AND id = $6",
+                    )
+                    .bind(o.version + 1)
+                    .bind(w.to_string())
+                    .bind(now)
+                    .bind(revision)
+                    .bind(kind.as_str())
+                    .bind(&o.id)
+                    .execute(&mut *tx)
+                    .await
+                    .ctx("update an object")?;
+                    let r = Record {
+                        id: o.id.clone(),
+                        version: o.version + 1,
+                        created_at: o.created_at.clone(),
+                        updated_at: Timestamp(now),
+                        revision,
+                        body: w.clone(),
+                    };
+                    (o.id.clone(), Some(r))
+                }
+                (None, Some(w)) => {
+                    counts.added += 1;
+                    let id = new_id(kind.id_prefix());
+                    sqlx::query(
+                        "INSERT INTO objects (kind, id, name, version, body, created_at, updated_at, revision) VALUES ($1, $2, $3, 1, $4, $5, $5, $6)",
+                    )
+                    .bind(kind.as_str())
+                    .bind(&id)
+                    .bind(&name)
+                    .bind(w.to_string())
+                    .bind(now)
+                    .bind(revision)
+                    .execute(&mut *tx)
+                    .await
+                    .ctx("insert an object")?;
+                    let r = Record {
+                        id: id.clone(),
+                        version: 1,
+                        created_at: Timestamp(now),
+                        updated_at: Timestamp(now),
+                        revision,
+                        body: w.clone(),
+                    };
+                    (id, Some(r))
+                }
+                (Some(o), None) => {
+                    counts.removed += 1;
+                    sqlx::query("DELETE FROM objects WHERE kind = $1 AND id = $2")
+                        .bind(kind.as_str())
+                        .bind(&o.id)
+                        .execute(&mut *tx)
+                        .await
+                        .ctx("delete an object")?;
+                    (o.id.clone(), None)
+                }
+                (None, None) => continue,
+            };
+            let j = |r: &Record| serde_json::to_value(r).expect("records serialise");
+            insert_audit(
+                &mut tx,
+                seq,
+                origin,
+                "sync",
+                kind.as_str(),
+                &id,
+                &name,
+                old.as_ref().map(j).as_ref(),
+                after.as_ref().map(j).as_ref(),
+                revision,
+                None,
+            )
+            .await?;
+        }
+        let objects = load_policy_objects(&mut *tx).await?;
+        crate::compile::check_org(&objects).map_err(StoreError::Policy)?;
+        tx.commit().await.ctx("commit a sync")?;
+        self.revision_tx.send_if_modified(|cur| {
+            if revision > *cur {
+                *cur = revision;
+                true
+            } else {
+                false
+            }
+        });
+        counts.revision = revision;
+        Ok(counts)
+    }
 }

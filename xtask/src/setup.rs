@@ -51,6 +51,11 @@ const PACKAGES: &[&str] = &[
     "openssl",
     // The interoperability tools' virtual environment (PYTHON_TOOLS).
     "python3-venv",
+    // A real directory for the group sync tests (each starts its own
+    // slapd on loopback; the system service is not started: see
+    // `packages`), and its command-line tools.
+    "slapd",
+    "ldap-utils",
 ];
 
 /// Where the Python tools the controller's tests run are installed.
@@ -241,6 +246,29 @@ fn packages() -> Result<()> {
         return Ok(());
     }
     println!("setup: installing {}", missing.join(" "));
+    // Packages install, they do not start system services (slapd's,
+    // PostgreSQL's): the tests start their own instances. Debian asks
+    // policy-rc.d; one is put in place for the install if the machine has
+    // none, and removed after.
+    let policy = std::path::Path::new("/usr/sbin/policy-rc.d");
+    let ours = !policy.exists();
+    if ours {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::write(
+            policy,
+            "#!/bin/sh\n# sluice setup: no service starts during its install\nexit 101\n",
+        )
+        .context("writing /usr/sbin/policy-rc.d")?;
+        std::fs::set_permissions(policy, std::fs::Permissions::from_mode(0o755))?;
+    }
+    let r = install(&missing);
+    if ours {
+        let _ = std::fs::remove_file(policy);
+    }
+    r
+}
+
+fn install(missing: &[&str]) -> Result<()> {
     checked(
         Command::new("apt-get")
             .args(["-qq", "update"])
@@ -249,10 +277,10 @@ fn packages() -> Result<()> {
     checked(
         Command::new("apt-get")
             .args(["-qq", "install", "-y", "--no-install-recommends"])
-            .args(&missing)
+            .args(missing)
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )?;
-    let still: Vec<&str> = missing.into_iter().filter(|p| !installed(p)).collect();
+    let still: Vec<&str> = missing.iter().copied().filter(|p| !installed(p)).collect();
     if !still.is_empty() {
         bail!("apt-get install did not install {}", still.join(" "));
     }

@@ -70,6 +70,8 @@ pub struct App {
     pub signin_account: Limiter,
     /// Portal sign-ins, per address (an IPv6 /64 as one).
     pub signin_address: Limiter,
+    /// The directory groups are synced from, if any.
+    pub directory: Option<crate::directory::DirectoryConfig>,
 }
 
 impl std::fmt::Debug for App {
@@ -107,6 +109,7 @@ impl App {
             sealer: ca.secret_box(),
             signin_account: RateLimiter::keyed(Quota::per_minute(nz(10)).allow_burst(nz(10))),
             signin_address: RateLimiter::keyed(Quota::per_minute(nz(30)).allow_burst(nz(30))),
+            directory: None,
             ca,
         }
     }
@@ -803,6 +806,35 @@ async fn put_maintenance(
     Ok(axum::Json(m).into_response())
 }
 
+/// `GET /api/v1/directory`: directory group sync's status (the last
+/// result, the next sync time).
+async fn directory_status(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+) -> Result<Response, Problem> {
+    caller.require(Scope::Read)?;
+    let s = crate::directory::status(&app.store, app.directory.is_some()).await?;
+    Ok(axum::Json(s).into_response())
+}
+
+/// `POST /api/v1/directory/sync`: sync now (202; the status shows when it
+/// ran and what it did).
+async fn directory_sync(State(app): State<Arc<App>>, caller: Caller) -> Result<Response, Problem> {
+    caller.require(Scope::Policy)?;
+    if app.directory.is_none() {
+        return Err(Problem::new(
+            StatusCode::CONFLICT,
+            "no-directory",
+            "No directory",
+            "no [directory] is configured on this controller",
+        ));
+    }
+    crate::directory::request(&app.store).await?;
+    log::info!("directory sync asked for by {}", caller.origin.actor);
+    let s = crate::directory::status(&app.store, true).await?;
+    Ok((StatusCode::ACCEPTED, axum::Json(s)).into_response())
+}
+
 /// The audit log's query parameters.
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -952,6 +984,8 @@ pub fn router(app: Arc<App>) -> Router {
         get(get_maintenance).put(put_maintenance),
     )
     .route("/api/v1/audit", get(audit))
+    .route("/api/v1/directory", get(directory_status))
+    .route("/api/v1/directory/sync", post(directory_sync))
     .route("/api/v1/status", get(status))
     .route("/api/v1/nodes", get(crate::nodes::dashboard))
     .route(

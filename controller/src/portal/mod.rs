@@ -494,11 +494,53 @@ async fn dashboard(State(app): State<Arc<App>>, s: Signed) -> Response {
 #[template(path = "administration.html")]
 struct AdministrationPage {
     frame: Frame,
+    sync: crate::directory::SyncStatus,
 }
 
 async fn administration(State(app): State<Arc<App>>, s: Signed) -> Response {
     let frame = frame(&app, &s, "administration").await;
-    render(&AdministrationPage { frame })
+    let sync = crate::directory::status(&app.store, app.directory.is_some())
+        .await
+        .unwrap_or_default();
+    render(&AdministrationPage { frame, sync })
+}
+
+async fn sync_now(
+    State(app): State<Arc<App>>,
+    s: Signed,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let f: CsrfOnly = match form(&headers, &body) {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    if let Err(r) = check_csrf(&s, &f.csrf) {
+        return r;
+    }
+    if !s.can_edit() {
+        return error_page(
+            StatusCode::FORBIDDEN,
+            "Syncing groups is for full administrators.",
+        );
+    }
+    if app.directory.is_none() {
+        return error_page(StatusCode::CONFLICT, "No directory is configured.");
+    }
+    if let Err(e) = crate::directory::request(&app.store).await {
+        log::error!("portal: {e}");
+        return error_page(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "The store does not answer.",
+        );
+    }
+    log::info!(
+        "portal: `{}` asked for a directory sync",
+        s.session.admin.name
+    );
+    let mut r = Redirect::to("/portal/administration").into_response();
+    secure_headers(r.headers_mut(), "text/html; charset=utf-8");
+    r
 }
 
 #[derive(Deserialize)]
@@ -572,6 +614,7 @@ pub fn routes() -> Router<Arc<App>> {
         )
         .route("/portal/administration", get(administration))
         .route("/portal/administration/maintenance", post(maintenance))
+        .route("/portal/administration/sync", post(sync_now))
         .route(
             "/portal/static/htmx.min.js",
             get(|| async { asset(HTMX, "text/javascript; charset=utf-8") }),

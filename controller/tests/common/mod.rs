@@ -2,6 +2,8 @@
 //! directory, and an HTTPS client that trusts its CA.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod slapd;
+
 use std::sync::Arc;
 
 use reqwest::{Method, StatusCode, header::HeaderMap};
