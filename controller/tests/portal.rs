@@ -379,3 +379,175 @@ async fn maintenance_from_the_portal_is_for_full_admins_and_disables_edits() {
     assert_eq!(actors, ["admin:dana", "admin:dana"]);
     c.running.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn app_profiles_are_created_searched_edited_copied_and_reordered() {
+    let c = Ctl::start("").await;
+    let secret = admin(&c, "frank", Role::Full).await;
+    let mut b = Browser::new(&c);
+    assert_eq!(
+        b.signin("frank", PASSWORD, &code(&secret, 0)).await.status,
+        StatusCode::SEE_OTHER
+    );
+    let page = b.get("/portal/app-profiles").await;
+    assert_eq!(page.status, StatusCode::OK);
+    let csrf = hidden(&page.text, "csrf");
+    // Create two; each lands on its edit page.
+    let mut ids = Vec::new();
+    for name in ["staff", "guests"] {
+        let p = b
+            .post("/portal/app-profiles", &[("csrf", &csrf), ("name", name)])
+            .await;
+        assert_eq!(p.status, StatusCode::SEE_OTHER, "{}", p.text);
+        let to = p.headers[header::LOCATION].to_str().unwrap().to_string();
+        ids.push(to.rsplit('/').next().unwrap().to_string());
+    }
+    // A bad name is refused with the reason.
+    let p = b
+        .post(
+            "/portal/app-profiles",
+            &[("csrf", &csrf), ("name", "no spaces")],
+        )
+        .await;
+    assert_eq!(p.status, StatusCode::UNPROCESSABLE_ENTITY);
+    // Edit staff: a rule for a group and a bypass.
+    let edit = b.get(&format!("/portal/app-profiles/{}", ids[0])).await;
+    let version = hidden(&edit.text, "version");
+    let form = |v: &str| {
+        vec![
+            ("csrf".to_string(), csrf.clone()),
+            ("version".to_string(), v.to_string()),
+            ("description".to_string(), "everyone on staff".to_string()),
+            ("groups".to_string(), "engineering\nsales".to_string()),
+            ("subnets".to_string(), String::new()),
+            ("devices".to_string(), String::new()),
+            ("exclude".to_string(), "203.0.113.20/32".to_string()),
+            ("domains".to_string(), "*.bypass.example".to_string()),
+        ]
+    };
+    // The groups do not exist yet: the store refuses, saying why.
+    let f = form(&version);
+    let fr: Vec<(&str, &str)> = f.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+    let p = b
+        .post(&format!("/portal/app-profiles/{}", ids[0]), &fr)
+        .await;
+    assert_eq!(p.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", p.text);
+    assert!(p.text.contains("engineering"), "{}", p.text);
+    let token = c.token_with("api", &["admin"]).await;
+    for g in ["engineering", "sales"] {
+        let r = c
+            .call(
+                reqwest::Method::POST,
+                "/api/v1/groups",
+                &token,
+                Some(serde_json::json!({"name": g})),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED);
+    }
+    let p = b
+        .post(&format!("/portal/app-profiles/{}", ids[0]), &fr)
+        .await;
+    assert_eq!(p.status, StatusCode::SEE_OTHER, "{}", p.text);
+    // The same form again (its version is now old): refused, not
+    // overwritten.
+    let p = b
+        .post(&format!("/portal/app-profiles/{}", ids[0]), &fr)
+        .await;
+    assert_eq!(p.status, StatusCode::PRECONDITION_FAILED);
+    let r = c
+        .call(
+            reqwest::Method::GET,
+            &format!("/api/v1/app-profiles/{}", ids[0]),
+            &token,
+            None,
+        )
+        .await;
+    assert_eq!(
+        r.body["groups"],
+        serde_json::json!(["engineering", "sales"])
+    );
+    assert_eq!(r.body["exclude"], serde_json::json!(["203.0.113.20/32"]));
+    // Search: the rows alone, filtered.
+    let rows = b.get("/portal/app-profiles/rows?q=gue").await;
+    assert!(
+        rows.text.contains("data-name=\"guests\"") && !rows.text.contains("data-name=\"staff\"")
+    );
+    assert!(!rows.text.contains("<html"), "a partial");
+    // Copy staff, then move the copy up to first place.
+    let p = b
+        .post(
+            &format!("/portal/app-profiles/{}/copy", ids[0]),
+            &[("csrf", &csrf), ("name", "staff-test")],
+        )
+        .await;
+    assert_eq!(p.status, StatusCode::SEE_OTHER, "{}", p.text);
+    let copy_id = p.headers[header::LOCATION]
+        .to_str()
+        .unwrap()
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let order = |text: &str| -> Vec<String> {
+        text.split("data-name=\"")
+            .skip(1)
+            .map(|s| s[..s.find('"').unwrap()].to_string())
+            .collect()
+    };
+    let list = b.get("/portal/app-profiles").await;
+    assert_eq!(order(&list.text), ["staff", "guests", "staff-test"]);
+    for _ in 0..2 {
+        let p = b
+            .post(
+                &format!("/portal/app-profiles/{copy_id}/move"),
+                &[("csrf", &csrf), ("to", "up")],
+            )
+            .await;
+        assert_eq!(p.status, StatusCode::SEE_OTHER, "{}", p.text);
+    }
+    let list = b.get("/portal/app-profiles").await;
+    assert_eq!(order(&list.text), ["staff-test", "staff", "guests"]);
+    let r = c
+        .call(
+            reqwest::Method::GET,
+            &format!("/api/v1/app-profiles/{copy_id}"),
+            &token,
+            None,
+        )
+        .await;
+    assert_eq!(
+        r.body["groups"],
+        serde_json::json!(["engineering", "sales"])
+    );
+    // Without the CSRF token: nothing moves.
+    let p = b
+        .post(
+            &format!("/portal/app-profiles/{}/move", ids[1]),
+            &[("csrf", "x"), ("to", "up")],
+        )
+        .await;
+    assert_eq!(p.status, StatusCode::FORBIDDEN);
+    // A group gone from the directory is flagged where profiles name it.
+    let g = c
+        .call(
+            reqwest::Method::GET,
+            "/api/v1/groups?name=sales",
+            &token,
+            None,
+        )
+        .await;
+    let gid = g.body["items"][0]["id"].as_str().unwrap().to_string();
+    let r = c
+        .call(
+            reqwest::Method::PATCH,
+            &format!("/api/v1/groups/{gid}"),
+            &token,
+            Some(serde_json::json!({"missing": true, "source": "directory"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let list = b.get("/portal/app-profiles").await;
+    assert!(list.text.contains("group sales missing"), "{}", list.text);
+    c.running.stop().await;
+}

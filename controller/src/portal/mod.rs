@@ -25,6 +25,8 @@ use axum::{
 };
 use serde::Deserialize;
 
+mod profiles;
+
 use crate::{
     admins::{self, Role, Session, SigninError},
     api::{App, Peer, limited},
@@ -91,6 +93,13 @@ fn render(t: &impl Template) -> Response {
 #[template(path = "error.html")]
 struct ErrorPage<'a> {
     message: &'a str,
+}
+
+/// A redirect after a POST (303), with the portal's headers.
+fn redirect(to: &str) -> Response {
+    let mut r = Redirect::to(to).into_response();
+    secure_headers(r.headers_mut(), "text/html; charset=utf-8");
+    r
 }
 
 fn error_page(status: StatusCode, message: &str) -> Response {
@@ -615,6 +624,20 @@ pub fn routes() -> Router<Arc<App>> {
         .route("/portal/administration", get(administration))
         .route("/portal/administration/maintenance", post(maintenance))
         .route("/portal/administration/sync", post(sync_now))
+        .route(
+            "/portal/app-profiles",
+            get(profiles::list).post(profiles::create),
+        )
+        .route("/portal/app-profiles/rows", get(profiles::rows_partial))
+        .route(
+            "/portal/app-profiles/{id}",
+            get(profiles::edit).post(profiles::save),
+        )
+        .route("/portal/app-profiles/{id}/copy", post(profiles::copy))
+        .route(
+            "/portal/app-profiles/{id}/move",
+            post(profiles::move_profile),
+        )
         .route(
             "/portal/static/htmx.min.js",
             get(|| async { asset(HTMX, "text/javascript; charset=utf-8") }),
