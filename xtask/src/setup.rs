@@ -56,6 +56,9 @@ const PACKAGES: &[&str] = &[
     // `packages`), and its command-line tools.
     "slapd",
     "ldap-utils",
+    // The portal's browser tests: headless Chromium through chromedriver.
+    "chromium",
+    "chromium-driver",
 ];
 
 /// Where the Python tools the controller's tests run are installed.
