@@ -66,6 +66,12 @@ pub enum Command {
     },
     /// Print the admin API's `OpenAPI` description.
     Openapi,
+    /// Read the configured directory and print what it holds (JSON). The
+    /// controller runs this in a child process for each sync, so that a
+    /// directory sending what its LDAP library cannot parse ends that
+    /// process, not the controller.
+    #[command(hide = true)]
+    DirectoryFetch,
 }
 
 /// Runs `cmd` with the configuration at `config` (blocking; the
@@ -79,6 +85,21 @@ pub fn main(config: &std::path::Path, cmd: Command) -> anyhow::Result<()> {
         return Ok(());
     }
     let cfg = ControllerConfig::load(config)?;
+    if let Command::DirectoryFetch = cmd {
+        let d = cfg
+            .directory
+            .clone()
+            .context("no [directory] in the controller's file")?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("start the runtime")?;
+        let dir = rt
+            .block_on(crate::directory::fetch(&d))
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        serde_json::to_writer(std::io::stdout().lock(), &dir)?;
+        return Ok(());
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -157,7 +178,16 @@ pub fn main(config: &std::path::Path, cmd: Command) -> anyhow::Result<()> {
                     .read_line(&mut password)
                     .context("read the password from standard input")?;
                 let password = password.trim_end_matches(['\r', '\n']);
-                let ca = crate::pki::Ca::load_or_create(&crate::pki::Paths::of(&cfg.state_dir))?;
+                // The CA must exist (its key seals the secret): made by
+                // the first `run`, or copied from a controller sharing the
+                // store; never made here (review h32).
+                let paths = crate::pki::Paths::of(&cfg.state_dir);
+                anyhow::ensure!(
+                    paths.ca.exists() && paths.ca_key.exists(),
+                    "{} has no CA yet: start the controller once (`run`), or copy ca.pem and ca.key from the controller whose store this is",
+                    cfg.state_dir.display()
+                );
+                let ca = crate::pki::Ca::load_or_create(&paths)?;
                 let made = crate::admins::create(
                     &store,
                     &ca.secret_box(),
@@ -172,7 +202,7 @@ pub fn main(config: &std::path::Path, cmd: Command) -> anyhow::Result<()> {
                 println!("totp_uri={}", made.uri);
                 Ok(())
             }
-            Command::Openapi => unreachable!("handled above"),
+            Command::Openapi | Command::DirectoryFetch => unreachable!("handled above"),
         }
     })
 }
@@ -253,6 +283,8 @@ pub async fn start(cfg: &ControllerConfig, store: Store) -> anyhow::Result<Runni
     let max = cfg.max_connections;
     let per_address = cfg.max_connections_per_address;
     let task_app = app.clone();
+    let config_path = cfg.path.clone();
+    let directory_fetcher = cfg.directory_fetcher.clone();
     let task = tokio::spawn(async move {
         // Other controllers' changes (a shared store): noticed within
         // 250 ms; idle rate-limit state trimmed every minute.
@@ -275,9 +307,23 @@ pub async fn start(cfg: &ControllerConfig, store: Store) -> anyhow::Result<Runni
         };
         // Directory group sync, when a directory is configured (one
         // controller of a shared store at a time: a lease in the store).
+        let fetcher = directory_fetcher.unwrap_or_else(|| {
+            let exe = std::env::current_exe()
+                .map(|p| p.to_string_lossy().into_owned())
+                .unwrap_or_else(|_| "sluice".into());
+            vec![exe, "controller".into()]
+        });
+        let config_path = config_path.clone();
         let syncer = task_app.directory.clone().map(|d| {
             let store = task_app.store.clone();
-            tokio::spawn(crate::directory::scheduler(store, d))
+            tokio::spawn(crate::directory::scheduler(
+                store,
+                d,
+                crate::directory::Fetcher {
+                    argv: fetcher,
+                    config: config_path,
+                },
+            ))
         });
         let (agent_stop_tx, agent_stop_rx) = tokio::sync::oneshot::channel::<()>();
         let agents = tokio::spawn(crate::server::serve(

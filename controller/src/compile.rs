@@ -493,6 +493,8 @@ mod tests {
                 &Group {
                     name: "eng".into(),
                     description: String::new(),
+                    source: None,
+                    missing: false,
                 },
             ),
             obj(Kind::AppProfile, &p),

@@ -21,6 +21,8 @@ use serde::Deserialize;
 /// The configuration.
 #[derive(Debug, Clone)]
 pub struct ControllerConfig {
+    /// The file it came from.
+    pub path: PathBuf,
     /// Where the admin API listens (HTTPS).
     pub listen: SocketAddr,
     /// Where enrolled gateways and edges connect (HTTPS, client
@@ -49,6 +51,9 @@ pub struct ControllerConfig {
     pub max_connections_per_address: usize,
     /// The directory groups and users are synced from, if any.
     pub directory: Option<crate::directory::DirectoryConfig>,
+    /// The program a sync reads the directory with (not in the file:
+    /// default this program's `controller` command; tests set it).
+    pub directory_fetcher: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -130,7 +135,9 @@ impl ControllerConfig {
             .transpose()
             .map_err(|e| anyhow::anyhow!("{}: directory: {e}", path.display()))?;
         Ok(ControllerConfig {
+            path: path.to_path_buf(),
             directory,
+            directory_fetcher: None,
             listen: r.listen,
             agent_listen,
             agent_url,

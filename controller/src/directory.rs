@@ -173,7 +173,7 @@ impl RawDirectory {
 }
 
 /// What a directory holds, as sluice takes it.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Directory {
     /// Group names.
     pub groups: BTreeSet<String>,
@@ -239,9 +239,9 @@ fn values_and_next(attrs: &HashMap<String, Vec<String>>, name: &str) -> (Vec<Str
             out.extend(v.iter().cloned());
             if let Some((_, end)) = range.split_once('-')
                 && end != "*"
-                && let Ok(end) = end.parse::<u64>()
+                && let Some(n) = end.parse::<u64>().ok().and_then(|e| e.checked_add(1))
             {
-                next = Some(end + 1);
+                next = Some(n);
             }
         }
     }
@@ -289,7 +289,13 @@ fn read_password(path: &Path) -> Result<String, String> {
         ));
     }
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    Ok(text.lines().next().unwrap_or("").to_string())
+    let pw = text.lines().next().unwrap_or("").to_string();
+    // An empty password is an unauthenticated bind (RFC 4513 5.1.2): some
+    // servers let it "succeed" and then show nothing.
+    if pw.is_empty() {
+        return Err(format!("{}: the password is empty", path.display()));
+    }
+    Ok(pw)
 }
 
 /// Reads the directory.
@@ -319,6 +325,8 @@ pub async fn fetch(cfg: &DirectoryConfig) -> Result<Directory, String> {
         .map_err(|e| format!("binding as {}: {e}", cfg.bind_dn))?;
     let mut seen = 0usize;
     let mut skipped = 0usize;
+    let mut values = 0usize;
+    let max_values = cfg.max_entries.saturating_mul(20);
     // Users: DN -> name.
     let mut users: HashMap<String, String> = HashMap::new();
     {
@@ -327,6 +335,7 @@ pub async fn fetch(cfg: &DirectoryConfig) -> Result<Directory, String> {
             Box::new(PagedResults::new(cfg.page_size)),
         ];
         let mut s = ldap
+            .with_timeout(cfg.timeout)
             .streaming_search_with(
                 adapters,
                 &cfg.users_base,
@@ -366,6 +375,7 @@ pub async fn fetch(cfg: &DirectoryConfig) -> Result<Directory, String> {
             Box::new(PagedResults::new(cfg.page_size)),
         ];
         let mut s = ldap
+            .with_timeout(cfg.timeout)
             .streaming_search_with(
                 adapters,
                 &cfg.groups_base,
@@ -395,6 +405,10 @@ pub async fn fetch(cfg: &DirectoryConfig) -> Result<Directory, String> {
                 continue;
             };
             let (members, next) = values_and_next(&attrs, &cfg.member_attribute);
+            values += members.len();
+            if values > max_values {
+                return Err(format!("more than {max_values} member values"));
+            }
             let key = norm_dn(&dn);
             if let Some(n) = next {
                 ranged.push((dn.clone(), n));
@@ -412,17 +426,27 @@ pub async fn fetch(cfg: &DirectoryConfig) -> Result<Directory, String> {
         loop {
             let attr = format!("{};range={from}-*", cfg.member_attribute);
             let (rs, _) = ldap
+                .with_timeout(cfg.timeout)
                 .search(&dn, Scope::Base, "(objectClass=*)", vec![attr.as_str()])
                 .await
                 .and_then(ldap3::SearchResult::success)
                 .map_err(|e| format!("reading the members of {dn}: {e}"))?;
+            // A range that cannot be read fails the sync: members must
+            // not quietly fall out of their groups (review h32).
             let Some((_, attrs)) = rs.first().and_then(entry) else {
-                break;
+                return Err(format!(
+                    "the members of {dn} from {from} on could not be read"
+                ));
             };
             let (more, next) = values_and_next(&attrs, &cfg.member_attribute);
-            seen += more.len() / 100 + 1;
-            if seen > cfg.max_entries {
-                return Err(format!("more than {} entries", cfg.max_entries));
+            if more.is_empty() {
+                return Err(format!(
+                    "the members of {dn} from {from} on: an empty range"
+                ));
+            }
+            values += more.len();
+            if values > max_values {
+                return Err(format!("more than {max_values} member values"));
             }
             if let Some(g) = groups.get_mut(&norm_dn(&dn)) {
                 g.1.extend(more);
@@ -434,56 +458,120 @@ pub async fn fetch(cfg: &DirectoryConfig) -> Result<Directory, String> {
         }
     }
     let _ = ldap.unbind().await;
-    Ok(resolve(&users, &groups, skipped))
+    resolve(&users, &groups, skipped, max_values)
 }
 
+/// Most groups one user may be in (a user object's list bound).
+pub const MAX_GROUPS_PER_USER: usize = 4096;
+
 /// Users with their groups, nested groups followed (a user in group A,
-/// which is a member of group B, is in both; cycles are harmless).
+/// which is a member of group B, is in both; cycles are harmless). Each
+/// group's ancestors are computed once; the memberships made are counted
+/// against `budget` (a hostile or pathological nesting fails the sync, it
+/// does not exhaust memory). Two groups (or users) of one name in
+/// different places are both skipped: which one is meant cannot be told.
 fn resolve(
     users: &HashMap<String, String>,
     groups: &HashMap<String, (String, Vec<String>)>,
     skipped: usize,
-) -> Directory {
+    budget: usize,
+) -> Result<Directory, String> {
+    use std::collections::HashSet;
     let mut out = Directory {
         skipped,
         ..Directory::default()
     };
-    // Group DN -> the groups (DNs) that contain it.
-    let mut parents: HashMap<&str, Vec<&str>> = HashMap::new();
-    for (gdn, (_, members)) in groups {
-        for m in members {
-            let m = norm_dn(m);
-            if let Some((k, _)) = groups.get_key_value(&m) {
-                parents.entry(k.as_str()).or_default().push(gdn.as_str());
+    let mut count: HashMap<&str, usize> = HashMap::new();
+    for (name, _) in groups.values() {
+        *count.entry(name.as_str()).or_default() += 1;
+    }
+    let mut ucount: HashMap<&str, usize> = HashMap::new();
+    for name in users.values() {
+        *ucount.entry(name.as_str()).or_default() += 1;
+    }
+    out.skipped += count
+        .values()
+        .filter(|n| **n > 1)
+        .map(|n| *n)
+        .sum::<usize>();
+    out.skipped += ucount
+        .values()
+        .filter(|n| **n > 1)
+        .map(|n| *n)
+        .sum::<usize>();
+    // Indexes: group DN -> i.
+    let dns: Vec<&String> = groups.keys().collect();
+    let index: HashMap<&str, usize> = dns
+        .iter()
+        .enumerate()
+        .map(|(i, d)| (d.as_str(), i))
+        .collect();
+    // parents[i]: the groups that list group i as a member.
+    let mut parents: Vec<Vec<usize>> = vec![Vec::new(); dns.len()];
+    for (gi, gdn) in dns.iter().enumerate() {
+        for m in &groups[*gdn].1 {
+            if let Some(&mi) = index.get(norm_dn(m).as_str()) {
+                parents[mi].push(gi);
             }
         }
     }
-    for (gdn, (name, members)) in groups {
+    let mut spent = 0usize;
+    for (gi, gdn) in dns.iter().enumerate() {
+        let (name, members) = &groups[*gdn];
+        if count[name.as_str()] > 1 {
+            continue;
+        }
         out.groups.insert(name.clone());
-        // This group and every group that contains it, transitively.
-        let mut all = vec![gdn.as_str()];
-        let mut i = 0;
-        while i < all.len() {
-            for p in parents.get(all[i]).into_iter().flatten() {
-                if !all.contains(p) {
-                    all.push(p);
+        // This group and its ancestors (a walk over the parents).
+        let mut seen: HashSet<usize> = HashSet::from([gi]);
+        let mut stack = vec![gi];
+        while let Some(g) = stack.pop() {
+            for &p in &parents[g] {
+                if seen.insert(p) {
+                    stack.push(p);
+                    spent += 1;
+                    if spent > budget {
+                        return Err(format!(
+                            "group nesting too deep or too wide (more than {budget} steps)"
+                        ));
+                    }
                 }
             }
-            i += 1;
         }
+        let names: Vec<&String> = seen
+            .iter()
+            .map(|i| &groups[dns[*i]].0)
+            .filter(|n| count[n.as_str()] == 1)
+            .collect();
         for m in members {
-            if let Some(user) = users.get(&norm_dn(m)) {
-                let set = out.users.entry(user.clone()).or_default();
-                for g in &all {
-                    set.insert(groups[*g].0.clone());
+            let Some(user) = users.get(&norm_dn(m)) else {
+                continue;
+            };
+            if ucount[user.as_str()] > 1 {
+                continue;
+            }
+            let set = out.users.entry(user.clone()).or_default();
+            for n in &names {
+                if set.insert((*n).clone()) {
+                    spent += 1;
                 }
+            }
+            if set.len() > MAX_GROUPS_PER_USER {
+                return Err(format!(
+                    "user {user} would be in more than {MAX_GROUPS_PER_USER} groups"
+                ));
+            }
+            if spent > budget {
+                return Err(format!("more than {budget} memberships"));
             }
         }
     }
     for name in users.values() {
-        out.users.entry(name.clone()).or_default();
+        if ucount[name.as_str()] == 1 {
+            out.users.entry(name.clone()).or_default();
+        }
     }
-    out
+    Ok(out)
 }
 
 /// The last sync, as the API and the portal show it.
@@ -559,7 +647,7 @@ mod tests {
         ]
         .into_iter()
         .collect();
-        let d = resolve(&users, &groups, 0);
+        let d = resolve(&users, &groups, 0, 1000).unwrap();
         assert_eq!(
             d.users["ann"],
             ["eng", "staff"].into_iter().map(String::from).collect()
@@ -627,13 +715,16 @@ pub async fn status(
     })
 }
 
-/// Asks for a sync now (the scheduler takes it within seconds).
+/// Asks for a sync now (the scheduler takes it within seconds); `force`
+/// takes it even if it removes much (see
+/// [`crate::store::Store::sync_directory`]).
 ///
 /// # Errors
 /// The store.
-pub async fn request(store: &crate::store::Store) -> Result<(), crate::db::DbError> {
+pub async fn request(store: &crate::store::Store, force: bool) -> Result<(), crate::db::DbError> {
     use crate::db::Ctx as _;
-    sqlx::query("UPDATE directory_sync SET requested = 1 WHERE key = 'directory'")
+    sqlx::query("UPDATE directory_sync SET requested = $1 WHERE key = 'directory'")
+        .bind(if force { 2i64 } else { 1 })
         .execute(&store.db.pool)
         .await
         .ctx("ask for a sync")?;
@@ -646,26 +737,108 @@ const LEASE_SECS: i64 = 900;
 /// shorter).
 const RETRY_SECS: i64 = 600;
 
-/// Syncs once: reads the directory and writes what changed.
+/// How a sync reads the directory: this program (`sluice controller`, or
+/// `sluice-controller`) with `--config FILE directory-fetch`, in a child
+/// process. The LDAP library panics on some malformed answers; in the
+/// controller's process that would end the admin API and the agents' long
+/// polls with it (its panics abort). In a child, a hostile or broken
+/// directory fails one sync.
+#[derive(Debug, Clone)]
+pub struct Fetcher {
+    /// The program and its leading arguments.
+    pub argv: Vec<String>,
+    /// The controller's file (the child reads `[directory]` from it).
+    pub config: PathBuf,
+}
+
+/// Most bytes a fetch may print.
+const MAX_FETCH_OUTPUT: u64 = 1 << 30;
+
+/// Reads the directory in a child process (see [`Fetcher`]), killed after
+/// `limit`.
+///
+/// # Errors
+/// Why it failed (the child's last words, or how it ended).
+pub async fn fetch_isolated(f: &Fetcher, limit: Duration) -> Result<Directory, String> {
+    use tokio::io::AsyncReadExt as _;
+    let (prog, args) = f.argv.split_first().ok_or("no fetch program")?;
+    let mut child = tokio::process::Command::new(prog)
+        .args(args)
+        .arg("--config")
+        .arg(&f.config)
+        .arg("directory-fetch")
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("starting {prog}: {e}"))?;
+    let mut out = Vec::new();
+    let mut err = Vec::new();
+    let mut stdout = child
+        .stdout
+        .take()
+        .ok_or("no stdout")?
+        .take(MAX_FETCH_OUTPUT);
+    let mut stderr = child.stderr.take().ok_or("no stderr")?.take(64 * 1024);
+    let run = async {
+        let (a, b) = tokio::join!(stdout.read_to_end(&mut out), stderr.read_to_end(&mut err));
+        a.and(b).map_err(|e| e.to_string())?;
+        child.wait().await.map_err(|e| e.to_string())
+    };
+    let status = tokio::time::timeout(limit, run)
+        .await
+        .map_err(|_| format!("reading the directory took longer than {limit:?}"))??;
+    if !status.success() {
+        let text = String::from_utf8_lossy(&err);
+        let last = text
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("")
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(500)
+            .collect::<String>();
+        return Err(match status.code() {
+            Some(_) => last
+                .trim_start_matches("sluice: error: ")
+                .trim_start_matches("sluice-controller: error: ")
+                .to_string(),
+            None => format!(
+                "the directory reader ended on a signal ({status}): the directory sent what it cannot parse"
+            ),
+        });
+    }
+    serde_json::from_slice(&out).map_err(|e| format!("the directory reader's output: {e}"))
+}
+
+/// Syncs once: reads the directory (in a child) and writes what changed.
 ///
 /// # Errors
 /// Why nothing changed.
 pub async fn sync_once(
     store: &crate::store::Store,
     cfg: &DirectoryConfig,
+    fetcher: &Fetcher,
+    force: bool,
 ) -> Result<crate::store::SyncCounts, String> {
-    let d = fetch(cfg).await?;
+    let d = fetch_isolated(fetcher, Duration::from_secs(LEASE_SECS as u64 - 60)).await?;
     let origin = crate::store::Origin {
         actor: "directory".into(),
         address: cfg.url.clone(),
     };
     let mut counts = store
-        .sync_directory(&origin, &d)
+        .sync_directory(&origin, &d, force)
         .await
-        .map_err(|e| format!("writing the sync: {e}"))?;
+        .map_err(|e| match e {
+            crate::store::StoreError::Refused(why) => why,
+            e => format!("writing the sync: {e}"),
+        })?;
     if d.skipped > 0 {
         counts.flagged.push(format!(
-            "{} entries skipped (names sluice cannot hold)",
+            "{} entries skipped (names sluice cannot hold, or held twice)",
             d.skipped
         ));
     }
@@ -674,13 +847,20 @@ pub async fn sync_once(
 
 /// Runs syncs when due or asked for, for ever (one controller of a
 /// shared store at a time).
-pub async fn scheduler(store: crate::store::Store, cfg: DirectoryConfig) {
+pub async fn scheduler(store: crate::store::Store, cfg: DirectoryConfig, fetcher: Fetcher) {
     let mut tick = tokio::time::interval(Duration::from_secs(2));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         let now = crate::now();
+        let requested: Option<i64> =
+            sqlx::query_scalar("SELECT requested FROM directory_sync WHERE key = 'directory'")
+                .fetch_optional(&store.db.pool)
+                .await
+                .ok()
+                .flatten();
         let taken = sqlx::query(
-            "UPDATE directory_sync SET lease_until = $1, requested = 0, last_started = $2 WHERE key = 'directory' AND lease_until < $2 AND (next_at <= $2 OR requested = 1)",
+            "UPDATE directory_sync SET lease_until = $1, requested = 0, last_started = $2 WHERE key = 'directory' AND lease_until < $2 AND (next_at <= $2 OR requested <> 0)",
         )
         .bind(now + LEASE_SECS)
         .bind(now)
@@ -695,13 +875,16 @@ pub async fn scheduler(store: crate::store::Store, cfg: DirectoryConfig) {
                 continue;
             }
         }
+        let force = requested == Some(2);
         let interval = i64::try_from(cfg.interval.as_secs()).unwrap_or(i64::MAX);
-        let r = tokio::time::timeout(
-            Duration::from_secs(LEASE_SECS as u64 - 60),
-            sync_once(&store, &cfg),
-        )
-        .await
-        .unwrap_or_else(|_| Err("took longer than the lease".into()));
+        // During maintenance nothing may change: not even read.
+        let r = match store.maintenance().await {
+            Ok((true, why)) => Err(format!(
+                "skipped: the controller is in maintenance ({})",
+                why.unwrap_or_default()
+            )),
+            _ => sync_once(&store, &cfg, &fetcher, force).await,
+        };
         let finished = crate::now();
         let (ok, text, next, counts) = match r {
             Ok(c) => {
@@ -710,7 +893,20 @@ pub async fn scheduler(store: crate::store::Store, cfg: DirectoryConfig) {
                     c.groups, c.users, c.added, c.updated, c.removed, c.revision
                 );
                 if !c.flagged.is_empty() {
-                    text.push_str(&format!("; flagged: {}", c.flagged.join(", ")));
+                    let shown: Vec<&String> = c.flagged.iter().take(20).collect();
+                    text.push_str(&format!(
+                        "; flagged: {}{}",
+                        shown
+                            .iter()
+                            .map(|s| s.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        if c.flagged.len() > 20 {
+                            format!(" and {} more", c.flagged.len() - 20)
+                        } else {
+                            String::new()
+                        }
+                    ));
                 }
                 log::info!("directory sync: {text}");
                 (true, text, finished + interval, Some((c.groups, c.users)))

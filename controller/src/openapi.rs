@@ -404,6 +404,7 @@ pub fn document() -> Value {
                 "tags": ["directory"],
                 "summary": "Sync the groups now (the status shows when it ran and what it did)",
                 "security": [{"bearer": ["policy"]}],
+                "parameters": [param("force", "query", "Take it even if it removes more than half of the directory's groups and users", json!({"type": "boolean"}), false)],
                 "responses": with(errors(true), "202", ok_json("Asked for", r("SyncStatus")))
             }
         }),

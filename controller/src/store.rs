@@ -205,6 +205,10 @@ pub enum StoreError {
     /// The objects would not make a policy a gateway can load.
     #[error("the change would make an invalid policy: {0}")]
     Policy(String),
+    /// A directory sync that would remove too much (see
+    /// [`Store::sync_directory`]).
+    #[error("{0}")]
+    Refused(String),
     /// The database failed.
     #[error(transparent)]
     Db(#[from] DbError),
@@ -1187,6 +1191,7 @@ impl Store {
         &self,
         origin: &Origin,
         dir: &crate::directory::Directory,
+        force: bool,
     ) -> Result<SyncCounts, StoreError> {
         use crate::model::{Group, User};
         const DIRECTORY: &str = "directory";
@@ -1237,8 +1242,17 @@ impl Store {
         // (kind, name, existing, wanted body or None to delete)
         let mut changes: Vec<(Kind, String, Option<Record>, Option<Value>)> = Vec::new();
         let mut counts = SyncCounts::default();
+        // A hand-made group or user with a directory name is left alone
+        // (review h32: adopting it would hand its profile to the
+        // directory's members); the directory's entry is skipped, flagged.
         for name in &dir.groups {
             let old = groups.get(name);
+            if old.is_some_and(|r| !is_dir(r)) {
+                counts
+                    .flagged
+                    .push(format!("group {name}: a hand-made group has this name"));
+                continue;
+            }
             let want = serde_json::to_value(Group {
                 name: name.clone(),
                 description: old
@@ -1276,6 +1290,12 @@ impl Store {
         }
         for (name, in_groups) in &dir.users {
             let old = users.get(name);
+            if old.is_some_and(|r| !is_dir(r)) {
+                counts
+                    .flagged
+                    .push(format!("user {name}: a hand-made user has this name"));
+                continue;
+            }
             let want = serde_json::to_value(User {
                 name: name.clone(),
                 description: old
@@ -1329,6 +1349,24 @@ impl Store {
             } else {
                 changes.push((Kind::User, name.clone(), Some(rec.clone()), None));
             }
+        }
+        // A directory that suddenly holds much less is more likely a
+        // mistyped filter or a lost permission than a reorganisation: such
+        // a sync is refused unless forced (review h32).
+        let existing = groups
+            .values()
+            .chain(users.values())
+            .filter(|r| is_dir(r))
+            .count();
+        let removing = changes.iter().filter(|c| c.3.is_none()).count();
+        let dir_users = users.values().filter(|r| is_dir(r)).count();
+        if !force
+            && ((dir.users.is_empty() && dir_users > 0)
+                || (removing > 10 && removing * 2 > existing))
+        {
+            return Err(StoreError::Refused(format!(
+                "refused: it would remove {removing} of the {existing} directory groups and users (a filter or permission problem?); POST /api/v1/directory/sync?force=true takes it anyway"
+            )));
         }
         counts.groups = kept_groups.len();
         counts.users = dir.users.len()

@@ -160,6 +160,33 @@ async fn groups_and_users_sync_from_ldaps_with_paging_and_follow_removals() {
         .await;
     assert_eq!(a.body["items"].as_array().unwrap().len(), 5);
 
+    // A filter that suddenly matches nobody (a typo, a lost permission):
+    // the sync that would remove every user is refused, until forced.
+    let file = c.dir.path().join("controller.toml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(
+        &file,
+        text.replace(
+            "page_size = 400",
+            "page_size = 400\nusers_filter = \"(uid=nobody)\"",
+        ),
+    )
+    .unwrap();
+    let before = s["last_finished"].as_str().map(str::to_string);
+    c.call(Method::POST, "/api/v1/directory/sync", &token, None)
+        .await;
+    let s = wait_sync(&c, &token, before.as_deref()).await;
+    assert_eq!(s["last_ok"], false, "{s}");
+    assert!(
+        s["last_result"]
+            .as_str()
+            .unwrap()
+            .contains("refused: it would remove"),
+        "{s}"
+    );
+    assert!(object(&c, &token, "users", &slapd::user(1)).await.is_some());
+    std::fs::write(&file, &text).unwrap();
+
     // A failed sync (the directory refuses the password): the last good
     // groups stay, and the status says why.
     std::fs::write(dir.path().join("directory.password"), "wrong\n").unwrap();
@@ -206,4 +233,38 @@ async fn starttls_syncs_and_a_wrong_ca_is_refused() {
     assert_eq!(s["last_ok"], false, "{s}");
     assert_eq!(s["groups"], 0);
     c.running.stop().await;
+}
+
+/// The directory is read in a child process: one that dies (as the LDAP
+/// library's panics end it) fails a sync, not the controller.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_that_dies_fails_the_sync_not_the_controller() {
+    let f = sluice_controller::directory::Fetcher {
+        argv: vec!["sh".into(), "-c".into(), "kill -ABRT $$".into()],
+        config: "/nonexistent".into(),
+    };
+    let e = sluice_controller::directory::fetch_isolated(&f, Duration::from_secs(10))
+        .await
+        .unwrap_err();
+    assert!(e.contains("ended on a signal"), "{e}");
+    let f = sluice_controller::directory::Fetcher {
+        argv: vec!["sh".into(), "-c".into(), "sleep 30".into()],
+        config: "/nonexistent".into(),
+    };
+    let e = sluice_controller::directory::fetch_isolated(&f, Duration::from_millis(300))
+        .await
+        .unwrap_err();
+    assert!(e.contains("longer than"), "{e}");
+    let f = sluice_controller::directory::Fetcher {
+        argv: vec![
+            "sh".into(),
+            "-c".into(),
+            "echo 'sluice: error: binding as x: invalid credentials' >&2; exit 1".into(),
+        ],
+        config: "/nonexistent".into(),
+    };
+    let e = sluice_controller::directory::fetch_isolated(&f, Duration::from_secs(10))
+        .await
+        .unwrap_err();
+    assert_eq!(e, "binding as x: invalid credentials");
 }

@@ -60,6 +60,8 @@ struct Fleet<'a> {
     lab: &'a Lab,
     dir: PathBuf,
     database: String,
+    /// More of the controller's file (a `[directory]`).
+    extra: String,
     auth: String,
     controllers: Vec<(Ports, Option<ProcId>)>,
     gateways: Vec<(Host, &'static str, ProcId)>,
@@ -76,6 +78,7 @@ impl<'a> Fleet<'a> {
             lab,
             dir,
             database,
+            extra: String::new(),
             auth: String::new(),
             controllers: Vec::new(),
             gateways: Vec::new(),
@@ -106,11 +109,12 @@ impl<'a> Fleet<'a> {
         std::fs::write(
             &file,
             format!(
-                "[controller]\nlisten = \"{CTL_HOST}:{}\"\nagent_listen = \"{CTL_HOST}:{}\"\nstate_dir = \"{}\"\nserver_names = [\"{CTL_HOST}\"]\ndatabase = \"{}\"\nrate_limit_per_second = 1000\nrate_limit_burst = 1000\n",
+                "[controller]\nlisten = \"{CTL_HOST}:{}\"\nagent_listen = \"{CTL_HOST}:{}\"\nstate_dir = \"{}\"\nserver_names = [\"{CTL_HOST}\"]\ndatabase = \"{}\"\nrate_limit_per_second = 1000\nrate_limit_burst = 1000\n{}",
                 p.api,
                 p.agent,
                 Self::s(&state),
-                self.database
+                self.database,
+                self.extra
             ),
         )
         .unwrap();
@@ -643,4 +647,261 @@ fn two_controllers_on_one_postgresql_either_serves_the_gateways() {
     drop(f);
     drop(lab);
     drop(pg);
+}
+
+#[path = "../../controller/tests/common/slapd.rs"]
+#[allow(
+    dead_code,
+    unreachable_pub,
+    reason = "shared with the controller's tests"
+)]
+mod slapd;
+
+/// RFC 4648 base32 (the TOTP secret as `create-admin` prints it).
+fn base32_decode(s: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    let (mut buf, mut bits) = (0u32, 0);
+    for c in s.bytes() {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'2'..=b'7' => c - b'2' + 26,
+            _ => continue,
+        };
+        buf = (buf << 5) | u32::from(v);
+        bits += 5;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((buf >> bits) as u8);
+        }
+    }
+    out
+}
+
+/// The current TOTP code of `secret` (RFC 6238, SHA-1, six digits), one
+/// step ahead by `offset`.
+fn totp(secret: &[u8], offset: u64) -> String {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    let step = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        / 30
+        + offset;
+    let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, secret);
+    let tag = aws_lc_rs::hmac::sign(&key, &step.to_be_bytes());
+    let h = tag.as_ref();
+    let o = usize::from(h[19] & 0xf);
+    let n = (u32::from(h[o] & 0x7f) << 24)
+        | (u32::from(h[o + 1]) << 16)
+        | (u32::from(h[o + 2]) << 8)
+        | u32::from(h[o + 3]);
+    format!("{:06}", n % 1_000_000)
+}
+
+/// The portal in a browser changes a gateway's traffic: groups synced from
+/// a real slapd (in `inet`, on its loopback), an identity maps the LAN
+/// client to a directory user, and in headless Chromium (its driver in
+/// `inet` too) an administrator signs in with password and TOTP, creates
+/// an app profile with a rule for the user's synced group and a bypass:
+/// the client's traffic to that destination leaves directly from then on,
+/// while must-tunnel traffic stays in the tunnel.
+#[test]
+fn a_profile_made_in_the_portal_for_a_synced_group_changes_a_gateways_traffic() {
+    if !require_root("a_profile_made_in_the_portal_for_a_synced_group_changes_a_gateways_traffic") {
+        return;
+    }
+    let lab = Lab::new();
+    lab.spawn_peer(Host::Inet, "peer", HTTP, UDP);
+    let inet = lab.ns(Host::Inet).to_string();
+    let d = slapd::Slapd::start_in(50, 5, &["ip", "netns", "exec", &inet]);
+    let mut f = Fleet::new(&lab, None);
+    f.extra = d.section(true, &f.dir);
+    f.start_controller(0, A);
+    f.sign_in(0);
+    // The first sync (at start): user00010 is in group0000 and group0003.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let s = f.api(0, "GET", "/api/v1/directory", "");
+        if s["last_ok"] == true {
+            assert_eq!(s["users"], 50, "{s}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no directory sync: {s}\n{}",
+            f.logs()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    f.organise();
+    f.create(
+        0,
+        "identities",
+        &format!(
+            r#"{{"name":"client","source":"{}/32","user":"user00010"}}"#,
+            addr::CLIENT_V4
+        ),
+    );
+    f.start_edge();
+    f.start_gateway(Host::Gw, "branch-1");
+    let to_bypass = addr::BYPASSED_V4;
+    let tunnelled = || f.whoami(Host::Client, to_bypass);
+    assert_eq!(
+        tunnelled().as_deref(),
+        Ok(addr::EDGE_WAN_V4.to_string().as_str())
+    );
+
+    // The first administrator, from the command line.
+    let bin = bin().to_string_lossy().into_owned();
+    let file = f.dir.join("controller0.toml");
+    let printed = lab.run_ok(
+        Host::Inet,
+        &[
+            "sh",
+            "-c",
+            &format!(
+                "echo 'a long lab password' | '{bin}' controller --config '{}' create-admin --name alice --role full",
+                file.display()
+            ),
+        ],
+    );
+    let secret = base32_decode(
+        printed
+            .lines()
+            .find_map(|l| l.strip_prefix("totp_secret="))
+            .unwrap_or_else(|| panic!("{printed}")),
+    );
+
+    // Chromium in inet, trusting the controller's key alone.
+    let spki = lab.run_ok(
+        Host::Inet,
+        &[
+            "sh",
+            "-c",
+            &format!(
+                "openssl x509 -in '{}' -pubkey -noout | openssl pkey -pubin -outform der | openssl dgst -sha256 -binary | base64",
+                f.state("ctl0").join("server.pem").display()
+            ),
+        ],
+    );
+    let port = 9515u16;
+    let driver = lab.spawn(
+        Host::Inet,
+        "chromedriver",
+        &["chromedriver", &format!("--port={port}")],
+    );
+    let profile_dir = lab.dir().join("chromium");
+    let base = format!("https://{CTL_HOST}:{}", A.api);
+    let code = totp(&secret, 0);
+    sluice_lab::edge_lab::in_netns(&lab, Host::Inet, || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            use fantoccini::{ClientBuilder, Locator};
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+                assert!(Instant::now() < deadline, "chromedriver did not start");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            let mut caps = serde_json::Map::new();
+            caps.insert(
+                "goog:chromeOptions".into(),
+                serde_json::json!({
+                    "binary": "/usr/bin/chromium",
+                    "args": [
+                        "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                        "--no-first-run", "--disable-background-networking",
+                        "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
+                        format!("--user-data-dir={}", profile_dir.display()),
+                        format!("--ignore-certificate-errors-spki-list={}", spki.trim()),
+                    ]
+                }),
+            );
+            let b = ClientBuilder::rustls()
+                .unwrap()
+                .capabilities(caps)
+                .connect(&format!("http://127.0.0.1:{port}"))
+                .await
+                .expect("a WebDriver session with Chromium");
+            let wait_for = |needle: &'static str| {
+                let b = b.clone();
+                async move {
+                    let deadline = Instant::now() + Duration::from_secs(15);
+                    loop {
+                        let t = b.source().await.unwrap();
+                        if t.contains(needle) {
+                            return;
+                        }
+                        assert!(Instant::now() < deadline, "no `{needle}` in {t}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            };
+            let fill = |css: &'static str, text: String| {
+                let b = b.clone();
+                async move {
+                    let e = b.find(Locator::Css(css)).await.unwrap();
+                    e.clear().await.unwrap();
+                    e.send_keys(&text).await.unwrap();
+                }
+            };
+            let click = |css: &'static str| {
+                let b = b.clone();
+                async move {
+                    b.find(Locator::Css(css))
+                        .await
+                        .unwrap()
+                        .click()
+                        .await
+                        .unwrap()
+                }
+            };
+            b.goto(&format!("{base}/portal/")).await.unwrap();
+            wait_for("id=\"signin\"").await;
+            fill("#name", "alice".into()).await;
+            fill("#password", "a long lab password".into()).await;
+            fill("#code", code).await;
+            click("#signin").await;
+            wait_for("<h1>Dashboard</h1>").await;
+            // The gateway is on the dashboard.
+            wait_for("branch-1").await;
+            b.goto(&format!("{base}/portal/app-profiles"))
+                .await
+                .unwrap();
+            fill("#new-name", "engineering".into()).await;
+            click("#create-profile").await;
+            wait_for("profile-form").await;
+            fill("#groups", "group0003".into()).await;
+            fill("#exclude", format!("{to_bypass}/32")).await;
+            click("#save-profile").await;
+            wait_for("version 2").await;
+            b.close().await.unwrap();
+        });
+    });
+    lab.stop(driver);
+    // The gateway takes the new revision: user00010 (group0003) is on the
+    // engineering profile, whose bypass sends that destination direct;
+    // must-tunnel traffic stays in the tunnel.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let want = addr::GW_WAN_V4.to_string();
+    loop {
+        let seen = tunnelled();
+        if seen.as_deref() == Ok(want.as_str()) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the client still reaches {to_bypass} as {seen:?}\n{}",
+            f.logs()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert_eq!(
+        f.whoami(Host::Client, addr::TUNNELLED_V4).as_deref(),
+        Ok(addr::EDGE_WAN_V4.to_string().as_str())
+    );
+    drop(f);
+    drop(d);
 }

@@ -817,10 +817,24 @@ async fn directory_status(
     Ok(axum::Json(s).into_response())
 }
 
+/// `POST /api/v1/directory/sync` parameters.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SyncParams {
+    /// Take the sync even if it removes more than half of the directory's
+    /// groups and users.
+    force: Option<bool>,
+}
+
 /// `POST /api/v1/directory/sync`: sync now (202; the status shows when it
 /// ran and what it did).
-async fn directory_sync(State(app): State<Arc<App>>, caller: Caller) -> Result<Response, Problem> {
+async fn directory_sync(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    uri: axum::http::Uri,
+) -> Result<Response, Problem> {
     caller.require(Scope::Policy)?;
+    let p: SyncParams = query(uri.query())?;
     if app.directory.is_none() {
         return Err(Problem::new(
             StatusCode::CONFLICT,
@@ -829,7 +843,7 @@ async fn directory_sync(State(app): State<Arc<App>>, caller: Caller) -> Result<R
             "no [directory] is configured on this controller",
         ));
     }
-    crate::directory::request(&app.store).await?;
+    crate::directory::request(&app.store, p.force.unwrap_or(false)).await?;
     log::info!("directory sync asked for by {}", caller.origin.actor);
     let s = crate::directory::status(&app.store, true).await?;
     Ok((StatusCode::ACCEPTED, axum::Json(s)).into_response())

@@ -157,6 +157,9 @@ impl From<StoreError> for Problem {
                 "Invalid policy",
                 e.to_string(),
             ),
+            StoreError::Refused(_) => {
+                Problem::new(StatusCode::CONFLICT, "refused", "Refused", e.to_string())
+            }
             StoreError::Enrolment => {
                 Problem::unauthorized(e.to_string(), "Bearer realm=\"sluice-enrol\"")
             }

@@ -328,7 +328,7 @@ async fn signin_post(
     if let Some(wait) = limited(&app.signin_address, &addr_key)
         .or_else(|| limited(&app.signin_account, &name.to_ascii_lowercase()))
     {
-        log::warn!("portal: sign-in for `{name}` from {addr_key}: rate-limited");
+        log::warn!("portal: sign-in for {name:?} from {addr_key}: rate-limited");
         let mut r = signin_page(
             Some(&format!(
                 "Too many sign-in attempts; try again in {wait} s."
@@ -378,7 +378,7 @@ async fn signin_post(
             StatusCode::SERVICE_UNAVAILABLE,
         ),
         Err(SigninError::Refused) => {
-            log::info!("portal: sign-in for `{name}` from {addr_key} refused");
+            log::info!("portal: sign-in for {name:?} from {addr_key} refused");
             signin_page(
                 Some("The name, password or code is wrong."),
                 StatusCode::UNAUTHORIZED,
@@ -536,7 +536,7 @@ async fn sync_now(
     if app.directory.is_none() {
         return error_page(StatusCode::CONFLICT, "No directory is configured.");
     }
-    if let Err(e) = crate::directory::request(&app.store).await {
+    if let Err(e) = crate::directory::request(&app.store, false).await {
         log::error!("portal: {e}");
         return error_page(
             StatusCode::SERVICE_UNAVAILABLE,

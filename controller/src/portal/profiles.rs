@@ -74,15 +74,23 @@ async fn missing_groups(app: &App) -> Vec<String> {
 }
 
 async fn rows(app: &App, search: &str) -> Result<Vec<Row>, StoreError> {
-    let q = ListQuery {
+    let mut q = ListQuery {
         limit: Some(5000),
         name_contains: (!search.is_empty()).then(|| search.to_string()),
         ..ListQuery::default()
     };
-    let page = app.store.list(Kind::AppProfile, &q).await?;
+    // Every page (a page also ends at 4 MiB of bodies).
+    let mut items = Vec::new();
+    loop {
+        let page = app.store.list(Kind::AppProfile, &q).await?;
+        items.extend(page.items);
+        match page.next {
+            Some(n) => q.after = Some(n),
+            None => break,
+        }
+    }
     let missing = missing_groups(app).await;
-    let mut rows: Vec<Row> = page
-        .items
+    let mut rows: Vec<Row> = items
         .into_iter()
         .filter_map(|r| {
             let p: AppProfile = serde_json::from_value(r.body.clone()).ok()?;
@@ -478,12 +486,22 @@ pub(super) async fn move_profile(
         "up" | "down" => return redirect("/portal/app-profiles"),
         _ => return error_page(StatusCode::BAD_REQUEST, "Move up or down."),
     };
-    // The new order: positions 0..n with the two swapped; only profiles
-    // whose order changes are written.
+    // Two profiles of different orders swap them (two writes); ties
+    // (orders set alike through the API) are spread out first: positions
+    // 0..n, written only where they change.
     let mut ids: Vec<&Row> = list.iter().collect();
-    ids.swap(at, other);
-    for (i, r) in ids.iter().enumerate() {
-        let want = i64::try_from(i).unwrap_or(i64::MAX);
+    let targets: Vec<(usize, i64)> = if list[at].order == list[other].order {
+        ids.swap(at, other);
+        (0..ids.len())
+            .map(|i| (i, i64::try_from(i).unwrap_or(i64::MAX)))
+            .collect()
+    } else {
+        let (a, b) = (list[at].order, list[other].order);
+        ids.swap(at, other);
+        vec![(at, a), (other, b)]
+    };
+    for (i, want) in targets {
+        let r = ids[i];
         if r.order == want {
             continue;
         }

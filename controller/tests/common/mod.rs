@@ -75,7 +75,8 @@ impl Ctl {
             dir.path().join("state").display()
         );
         std::fs::write(&path, &text).unwrap();
-        let cfg = ControllerConfig::parse(&path, &text).unwrap();
+        let mut cfg = ControllerConfig::parse(&path, &text).unwrap();
+        cfg.directory_fetcher = Some(vec![env!("CARGO_BIN_EXE_sluice-controller").into()]);
         std::fs::create_dir_all(&cfg.state_dir).unwrap();
         let db = Db::connect(&cfg.database).await.unwrap();
         db.migrate(None).await.unwrap();

@@ -50,6 +50,12 @@ pub fn groups_of(i: usize, groups: usize) -> [usize; 2] {
 
 impl Slapd {
     pub fn start(users: usize, groups: usize) -> Slapd {
+        Self::start_in(users, groups, &[])
+    }
+
+    /// [`Slapd::start`], the server run under `wrap` (for example `ip
+    /// netns exec NS`: it listens on that namespace's loopback).
+    pub fn start_in(users: usize, groups: usize, wrap: &[&str]) -> Slapd {
         let dir = std::env::temp_dir().join(format!(
             "sluice-slapd-{}-{}",
             std::process::id(),
@@ -157,7 +163,15 @@ impl Slapd {
             String::from_utf8_lossy(&out.stderr)
         );
         let (ldap_port, ldaps_port) = (free_port(), free_port());
-        let child = Command::new("slapd")
+        let mut cmd = match wrap {
+            [] => Command::new("slapd"),
+            [first, rest @ ..] => {
+                let mut c = Command::new(first);
+                c.args(rest).arg("slapd");
+                c
+            }
+        };
+        let child = cmd
             .arg("-f")
             .arg(dir.join("slapd.conf"))
             .arg("-h")
@@ -177,7 +191,20 @@ impl Slapd {
             child: Some(child),
         };
         let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", ldaps_port)).is_err() {
+        let up = || {
+            if wrap.is_empty() {
+                std::net::TcpStream::connect(("127.0.0.1", ldaps_port)).is_ok()
+            } else {
+                Command::new(wrap[0])
+                    .args(&wrap[1..])
+                    .args(["bash", "-c"])
+                    .arg(format!("exec 3<>/dev/tcp/127.0.0.1/{ldaps_port}"))
+                    .stderr(Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success())
+            }
+        };
+        while !up() {
             assert!(Instant::now() < deadline, "slapd did not start in 30 s");
             std::thread::sleep(Duration::from_millis(100));
         }
