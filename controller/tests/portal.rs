@@ -551,3 +551,172 @@ async fn app_profiles_are_created_searched_edited_copied_and_reordered() {
     assert!(list.text.contains("group sales missing"), "{}", list.text);
     c.running.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_objects_api_clients_and_the_audit_log() {
+    let c = Ctl::start("").await;
+    let secret = admin(&c, "gina", Role::Full).await;
+    let token = c.token_with("api", &["admin"]).await;
+    for (coll, body) in [
+        (
+            "edges",
+            serde_json::json!({"name": "edge-1", "address": "198.51.100.5:4443"}),
+        ),
+        (
+            "tenants",
+            serde_json::json!({"name": "internet", "kind": "internet", "edges": ["edge-1"], "server_name": "edge.sluice.test"}),
+        ),
+        (
+            "tenants",
+            serde_json::json!({"name": "corp", "kind": "private", "edges": ["edge-1"], "server_name": "corp.sluice.test", "segments": ["198.18.10.0/24"]}),
+        ),
+        (
+            "tenants",
+            serde_json::json!({"name": "partner", "kind": "private", "edges": ["edge-1"], "server_name": "partner.sluice.test", "segments": ["198.18.20.0/24"]}),
+        ),
+        (
+            "bypass-lists",
+            serde_json::json!({"name": "saas", "prefixes": ["203.0.113.0/28"]}),
+        ),
+    ] {
+        let r = c
+            .call(
+                reqwest::Method::POST,
+                &format!("/api/v1/{coll}"),
+                &token,
+                Some(body),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    }
+    let mut b = Browser::new(&c);
+    assert_eq!(
+        b.signin("gina", PASSWORD, &code(&secret, 0)).await.status,
+        StatusCode::SEE_OTHER
+    );
+    // Tenants: switch corp on, then partner (corp goes off), then none.
+    let page = b.get("/portal/tenants").await;
+    let csrf = hidden(&page.text, "csrf");
+    assert!(page.text.contains("<strong>none</strong>"));
+    let id_of = |text: &str, name: &str| -> String {
+        let at = text.find(&format!("data-name=\"{name}\"")).unwrap();
+        let rest = &text[at..];
+        let a = rest.find("/portal/objects/tenants/").unwrap() + "/portal/objects/tenants/".len();
+        rest[a..a + rest[a..].find('"').unwrap()].to_string()
+    };
+    for name in ["corp", "partner"] {
+        let id = id_of(&page.text, name);
+        let p = b
+            .post(&format!("/portal/tenants/{id}/switch"), &[("csrf", &csrf)])
+            .await;
+        assert_eq!(p.status, StatusCode::SEE_OTHER, "{}", p.text);
+        let now = b.get("/portal/tenants").await;
+        assert!(
+            now.text.contains(&format!("<strong>{name}</strong>")),
+            "{}",
+            now.text
+        );
+    }
+    let p = b
+        .post("/portal/tenants/off/switch", &[("csrf", &csrf)])
+        .await;
+    assert_eq!(p.status, StatusCode::SEE_OTHER);
+    assert!(
+        b.get("/portal/tenants")
+            .await
+            .text
+            .contains("<strong>none</strong>")
+    );
+
+    // A bypass list edited as JSON: checked, and against its version.
+    let lists = b.get("/portal/objects/bypass-lists").await;
+    let at = lists.text.find("/portal/objects/bypass-lists/bl_").unwrap();
+    let path = &lists.text[at..at + lists.text[at..].find('"').unwrap()];
+    let page = b.get(path).await;
+    let version = hidden(&page.text, "version");
+    let good = r#"{"name": "saas", "prefixes": ["203.0.113.0/28", "203.0.113.64/28"]}"#;
+    for (json, want) in [
+        (
+            r#"{"name": "saas", "prefixes": ["not a prefix"]}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            r#"{"name": "saas", "unknown": 1}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (good, StatusCode::SEE_OTHER),
+        (good, StatusCode::PRECONDITION_FAILED),
+    ] {
+        let p = b
+            .post(
+                path,
+                &[("csrf", &csrf), ("version", &version), ("json", json)],
+            )
+            .await;
+        assert_eq!(p.status, want, "{json}: {}", p.text);
+    }
+
+    // An API client made here: its secret shown once, and it works;
+    // deactivated, its token stops at once.
+    let p = b
+        .post(
+            "/portal/api-clients",
+            &[
+                ("csrf", &csrf),
+                ("name", "workflow"),
+                ("description", "the identity platform"),
+                ("scope", "read"),
+                ("lifetime", "30"),
+                ("days", "30"),
+            ],
+        )
+        .await;
+    assert_eq!(p.status, StatusCode::OK, "{}", p.text);
+    assert_eq!(p.headers[header::CACHE_CONTROL], "no-store");
+    let grab = |id: &str| {
+        let at = p.text.find(&format!("id=\"{id}\">")).unwrap() + id.len() + 6;
+        p.text[at..at + p.text[at..].find('<').unwrap()].to_string()
+    };
+    let (cid, csecret) = (grab("client-id"), grab("client-secret"));
+    assert!(csecret.starts_with("sls_"));
+    let t = c.token(&cid, &csecret).await;
+    assert_eq!(
+        c.call(reqwest::Method::GET, "/api/v1/tenants", &t, None)
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let list = b.get("/portal/api-clients").await;
+    assert!(!list.text.contains(&csecret), "the secret is shown once");
+    let p = b
+        .post(
+            &format!("/portal/api-clients/{cid}/status"),
+            &[("csrf", &csrf), ("status", "inactive")],
+        )
+        .await;
+    assert_eq!(p.status, StatusCode::SEE_OTHER);
+    assert_eq!(
+        c.call(reqwest::Method::GET, "/api/v1/tenants", &t, None)
+            .await
+            .status,
+        StatusCode::UNAUTHORIZED
+    );
+
+    // The audit log shows what gina did, filtered.
+    let a = b.get("/portal/audit?actor=admin%3Agina&kind=tenant").await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert!(
+        a.text.contains("<td>partner</td>") && !a.text.contains("<td>api_client</td>"),
+        "{}",
+        a.text
+    );
+    let a = b
+        .get("/portal/audit?actor=admin%3Agina&kind=api_client")
+        .await;
+    assert!(a.text.contains("workflow"));
+    assert_eq!(
+        b.get("/portal/audit?nonsense=1").await.status,
+        StatusCode::BAD_REQUEST
+    );
+    c.running.stop().await;
+}

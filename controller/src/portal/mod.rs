@@ -25,6 +25,7 @@ use axum::{
 };
 use serde::Deserialize;
 
+mod pages;
 mod profiles;
 
 use crate::{
@@ -638,6 +639,22 @@ pub fn routes() -> Router<Arc<App>> {
             "/portal/app-profiles/{id}/move",
             post(profiles::move_profile),
         )
+        .route("/portal/tenants", get(pages::tenants))
+        .route("/portal/tenants/{id}/switch", post(pages::switch_tenant))
+        .route("/portal/objects/{collection}", get(pages::objects))
+        .route(
+            "/portal/objects/{collection}/{id}",
+            get(pages::object).post(pages::save_object),
+        )
+        .route(
+            "/portal/api-clients",
+            get(pages::clients).post(pages::create_client),
+        )
+        .route(
+            "/portal/api-clients/{id}/status",
+            post(pages::client_status),
+        )
+        .route("/portal/audit", get(pages::audit))
         .route(
             "/portal/static/htmx.min.js",
             get(|| async { asset(HTMX, "text/javascript; charset=utf-8") }),

@@ -185,7 +185,7 @@ pub(super) async fn rows_partial(
     }
 }
 
-fn store_error(e: &StoreError) -> Response {
+pub(super) fn store_error(e: &StoreError) -> Response {
     match e {
         StoreError::Maintenance(why) => error_page(
             StatusCode::SERVICE_UNAVAILABLE,
