@@ -26,6 +26,10 @@ use crate::{
 pub const SESSION_SECS: i64 = 3600;
 /// TOTP step.
 pub const STEP_SECS: i64 = 30;
+/// Failed sign-ins in a row that lock an account.
+pub const MAX_FAILURES: i64 = 10;
+/// How long it stays locked.
+pub const LOCK_SECS: i64 = 900;
 /// Shortest password.
 pub const MIN_PASSWORD: usize = 12;
 /// Longest password (argon2 takes any length; this bounds the work).
@@ -323,8 +327,13 @@ pub async fn create(
 /// them but `Busy` and `Limited`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SigninError {
-    /// Unknown name, wrong password, wrong or used code, disabled.
+    /// Unknown name, wrong password, disabled.
     Refused,
+    /// The right password with a wrong or used code (said as `Refused`
+    /// to the browser; logged and audited apart: a stolen password).
+    WrongCode,
+    /// Locked after too many failures in a row.
+    Locked,
     /// Too many password checks are waiting.
     Busy,
 }
@@ -345,7 +354,7 @@ pub async fn verify(
     code: &str,
 ) -> Result<Admin, SigninError> {
     let row = sqlx::query(
-        "SELECT id, role, password_hash, totp_sealed, disabled FROM admins WHERE name = $1",
+        "SELECT id, role, password_hash, totp_sealed, disabled, locked_until FROM admins WHERE name = $1",
     )
     .bind(name)
     .fetch_optional(&store.db.pool)
@@ -362,14 +371,33 @@ pub async fn verify(
     let Some(row) = row else {
         return Err(SigninError::Refused);
     };
-    if !ok || row.get::<i64, _>(4) != 0 {
-        return Err(SigninError::Refused);
-    }
     let id: String = row.get(0);
-    let secret = sealer
-        .open(&row.get::<String, _>(3), &id)
-        .ok_or(SigninError::Refused)?;
-    let step = matching_step(&secret, code, crate::now()).ok_or(SigninError::Refused)?;
+    let now = crate::now();
+    if row.get::<i64, _>(5) > now {
+        return Err(SigninError::Locked);
+    }
+    // Every candidate code is computed, whatever the password gave, so
+    // that a wrong code takes as long as a wrong password.
+    let secret = sealer.open(&row.get::<String, _>(3), &id);
+    let step = secret.as_deref().and_then(|s| matching_step(s, code, now));
+    if !ok || row.get::<i64, _>(4) != 0 || step.is_none() {
+        // Failures in a row, in the store: after MAX_FAILURES the account
+        // is locked for LOCK_SECS, on every controller of the store.
+        let _ = sqlx::query(
+            "UPDATE admins SET failures = failures + 1, locked_until = CASE WHEN failures + 1 >= $1 THEN $2 ELSE locked_until END WHERE id = $3",
+        )
+        .bind(MAX_FAILURES)
+        .bind(now + LOCK_SECS)
+        .bind(&id)
+        .execute(&store.db.pool)
+        .await;
+        return Err(if ok && step.is_none() {
+            SigninError::WrongCode
+        } else {
+            SigninError::Refused
+        });
+    }
+    let step = step.ok_or(SigninError::Refused)?;
     let taken =
         sqlx::query("UPDATE admins SET totp_last_step = $1 WHERE id = $2 AND totp_last_step < $1")
             .bind(step)
@@ -378,8 +406,12 @@ pub async fn verify(
             .await
             .map_err(|_| SigninError::Busy)?;
     if taken.rows_affected() != 1 {
-        return Err(SigninError::Refused);
+        return Err(SigninError::WrongCode);
     }
+    let _ = sqlx::query("UPDATE admins SET failures = 0, locked_until = 0 WHERE id = $1")
+        .bind(&id)
+        .execute(&store.db.pool)
+        .await;
     let role = Role::parse(&row.get::<String, _>(1)).ok_or(SigninError::Refused)?;
     Ok(Admin {
         id,
@@ -547,5 +579,32 @@ mod tests {
             base32(b"12345678901234567890"),
             "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ"
         );
+    }
+}
+
+/// An audit entry for a sign-in, a refusal or a sign-out (`detail` says
+/// which; never a password or a code).
+pub async fn audit_session(store: &Store, origin: &Origin, action: &str, name: &str, detail: &str) {
+    let r = async {
+        let mut tx = store.db.begin_write().await?;
+        let seq = crate::store::bump_counter(&mut tx, "audit_seq").await?;
+        let revision = crate::store::counter(&mut tx, "revision").await?;
+        crate::store::audit_entry(
+            &mut tx,
+            seq,
+            origin,
+            action,
+            ("admin_session", name, name),
+            (None, None),
+            revision,
+            Some(detail),
+        )
+        .await?;
+        tx.commit().await.ctx("commit an audit entry")?;
+        Ok::<(), DbError>(())
+    }
+    .await;
+    if let Err(e) = r {
+        log::warn!("audit: {e}");
     }
 }

@@ -43,6 +43,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "directory",
         include_str!("../migrations/0006_directory.sql"),
     ),
+    (
+        7,
+        "admin_lockout",
+        include_str!("../migrations/0007_admin_lockout.sql"),
+    ),
 ];
 
 /// The newest schema this controller knows.

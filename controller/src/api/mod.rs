@@ -68,6 +68,9 @@ pub struct App {
     pub sealer: crate::admins::SecretBox,
     /// Portal sign-ins, per account name.
     pub signin_account: Limiter,
+    /// The portal's password checks (apart from the token endpoint's, so
+    /// that a flood of either does not starve the other).
+    pub portal_hasher: Hasher,
     /// Portal sign-ins, per address (an IPv6 /64 as one).
     pub signin_address: Limiter,
     /// The directory groups are synced from, if any.
@@ -110,6 +113,7 @@ impl App {
             signin_account: RateLimiter::keyed(Quota::per_minute(nz(10)).allow_burst(nz(10))),
             signin_address: RateLimiter::keyed(Quota::per_minute(nz(30)).allow_burst(nz(30))),
             directory: None,
+            portal_hasher: Hasher::new(1),
             ca,
         }
     }
@@ -136,6 +140,8 @@ impl App {
         self.token_limiter.retain_recent();
         self.signin_account.retain_recent();
         self.signin_address.retain_recent();
+        self.signin_account.shrink_to_fit();
+        self.signin_address.shrink_to_fit();
         self.limiter.shrink_to_fit();
         self.token_limiter.shrink_to_fit();
     }

@@ -340,9 +340,13 @@ async fn signin_post(
             .insert(header::RETRY_AFTER, HeaderValue::from(wait));
         return r;
     }
+    let origin = Origin {
+        actor: format!("admin:{name}"),
+        address: addr_key.clone(),
+    };
     match admins::verify(
         &app.store,
-        &app.hasher,
+        &app.portal_hasher,
         &app.sealer,
         &name,
         &f.password,
@@ -355,6 +359,7 @@ async fn signin_post(
             match admins::open_session(&app.store, admin, &addr_key).await {
                 Ok((token, _)) => {
                     log::info!("portal: `{who}` signed in from {addr_key}");
+                    admins::audit_session(&app.store, &origin, "signin", &who, "signed in").await;
                     let mut r = Redirect::to("/portal/").into_response();
                     secure_headers(r.headers_mut(), "text/html; charset=utf-8");
                     let h = r.headers_mut();
@@ -378,8 +383,19 @@ async fn signin_post(
             Some("The controller is busy; try again in a moment."),
             StatusCode::SERVICE_UNAVAILABLE,
         ),
-        Err(SigninError::Refused) => {
-            log::info!("portal: sign-in for {name:?} from {addr_key} refused");
+        Err(e) => {
+            // The browser hears the same for all of them; the log and the
+            // audit log say which (a right password with a wrong code
+            // means the password is known to someone).
+            let why = match e {
+                SigninError::WrongCode => "the right password with a wrong or used code",
+                SigninError::Locked => "the account is locked after too many failures",
+                _ => "an unknown name or a wrong password",
+            };
+            log::warn!("portal: sign-in for {name:?} from {addr_key} refused: {why}");
+            if crate::model::check_name("name", &name).is_ok() {
+                admins::audit_session(&app.store, &origin, "signin_refused", &name, why).await;
+            }
             signin_page(
                 Some("The name, password or code is wrong."),
                 StatusCode::UNAUTHORIZED,
@@ -411,6 +427,14 @@ async fn signout(
         log::error!("portal: {e}");
     }
     log::info!("portal: `{}` signed out", s.session.admin.name);
+    admins::audit_session(
+        &app.store,
+        &s.origin(),
+        "signout",
+        &s.session.admin.name,
+        "signed out",
+    )
+    .await;
     let mut r = Redirect::to("/portal/signin").into_response();
     secure_headers(r.headers_mut(), "text/html; charset=utf-8");
     r.headers_mut()
