@@ -225,6 +225,71 @@ fn form<T: for<'de> Deserialize<'de>>(headers: &HeaderMap, body: &Bytes) -> Resu
         .map_err(|e| error_page(StatusCode::BAD_REQUEST, &format!("The form: {e}")))
 }
 
+/// A form that carries the session's CSRF token.
+trait Posted: for<'de> Deserialize<'de> {
+    fn csrf(&self) -> &str;
+}
+
+/// Implements [`Posted`] for forms with a `csrf` field.
+macro_rules! posted {
+    ($($t:ty),*) => {$(
+        impl crate::portal::Posted for $t {
+            fn csrf(&self) -> &str {
+                &self.csrf
+            }
+        }
+    )*};
+}
+use posted;
+
+/// A POSTed form of a signed-in administrator: parsed strictly, its CSRF
+/// token checked.
+fn posted_form<T: Posted>(s: &Signed, headers: &HeaderMap, body: &Bytes) -> Result<T, Response> {
+    let f: T = form(headers, body)?;
+    check_csrf(s, f.csrf())?;
+    Ok(f)
+}
+
+/// [`posted_form`] of a change: full administrators only.
+fn edit_form<T: Posted>(s: &Signed, headers: &HeaderMap, body: &Bytes) -> Result<T, Response> {
+    let f = posted_form(s, headers, body)?;
+    if s.can_edit() {
+        Ok(f)
+    } else {
+        Err(error_page(
+            StatusCode::FORBIDDEN,
+            "Changes are for full administrators.",
+        ))
+    }
+}
+
+/// Replaces object `id` of `kind` with `body`, if it is still at
+/// `version`, as the signed-in administrator.
+async fn replace(
+    app: &App,
+    s: &Signed,
+    action: &str,
+    (kind, id): (crate::model::Kind, &str),
+    body: serde_json::Value,
+    version: i64,
+) -> Result<(), Response> {
+    app.store
+        .write(
+            &s.origin(),
+            action,
+            crate::store::Op::Replace {
+                kind,
+                id: id.to_string(),
+                body,
+                if_match: Some(version),
+            },
+            vec![],
+        )
+        .await
+        .map(|_| ())
+        .map_err(|e| profiles::store_error(&e))
+}
+
 /// Refuses a POST whose `csrf` field is not the session's.
 fn check_csrf(s: &Signed, sent: &str) -> Result<(), Response> {
     if admins::constant_time_eq(sent.as_bytes(), s.session.csrf.as_bytes()) {
@@ -416,11 +481,7 @@ async fn signout(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let f: CsrfOnly = match form(&headers, &body) {
-        Ok(f) => f,
-        Err(r) => return r,
-    };
-    if let Err(r) = check_csrf(&s, &f.csrf) {
+    if let Err(r) = posted_form::<CsrfOnly>(&s, &headers, &body) {
         return r;
     }
     if let Err(e) = admins::close_session(&app.store, &s.token).await {
@@ -545,18 +606,8 @@ async fn sync_now(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let f: CsrfOnly = match form(&headers, &body) {
-        Ok(f) => f,
-        Err(r) => return r,
-    };
-    if let Err(r) = check_csrf(&s, &f.csrf) {
+    if let Err(r) = edit_form::<CsrfOnly>(&s, &headers, &body) {
         return r;
-    }
-    if !s.can_edit() {
-        return error_page(
-            StatusCode::FORBIDDEN,
-            "Syncing groups is for full administrators.",
-        );
     }
     if app.directory.is_none() {
         return error_page(StatusCode::CONFLICT, "No directory is configured.");
@@ -586,25 +637,18 @@ struct MaintenanceForm {
     reason: String,
 }
 
+posted!(CsrfOnly, MaintenanceForm);
+
 async fn maintenance(
     State(app): State<Arc<App>>,
     s: Signed,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let f: MaintenanceForm = match form(&headers, &body) {
+    let f: MaintenanceForm = match edit_form(&s, &headers, &body) {
         Ok(f) => f,
         Err(r) => return r,
     };
-    if let Err(r) = check_csrf(&s, &f.csrf) {
-        return r;
-    }
-    if !s.can_edit() {
-        return error_page(
-            StatusCode::FORBIDDEN,
-            "Maintenance is for full administrators.",
-        );
-    }
     let reason = f.reason.trim();
     if reason.len() > 512 || reason.chars().any(char::is_control) {
         return error_page(

@@ -17,24 +17,13 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use serde_json::Value;
 
 use super::{
-    Frame, Signed, check_csrf, error_page, form, frame, profiles::store_error, redirect, render,
+    Frame, Signed, edit_form, error_page, frame, profiles::store_error, redirect, render, replace,
 };
 use crate::{
     api::App,
     model::{ApiClient, BypassList, ForwardingProfile, Kind, Spec, Tenant},
     store::{AuditQuery, Extra, ListQuery, Op, Record},
 };
-
-fn editor(s: &Signed) -> Result<(), Response> {
-    if s.can_edit() {
-        Ok(())
-    } else {
-        Err(error_page(
-            StatusCode::FORBIDDEN,
-            "Changes are for full administrators.",
-        ))
-    }
-}
 
 /// Every object of `kind` (all pages).
 async fn all(app: &App, kind: Kind) -> Result<Vec<Record>, Response> {
@@ -119,11 +108,7 @@ pub(super) async fn switch_tenant(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let f: CsrfForm = match form(&headers, &body) {
-        Ok(f) => f,
-        Err(r) => return r,
-    };
-    if let Err(r) = check_csrf(&s, &f.csrf).and_then(|()| editor(&s)) {
+    if let Err(r) = edit_form::<CsrfForm>(&s, &headers, &body) {
         return r;
     }
     let list = match all(&app, Kind::Tenant).await {
@@ -146,22 +131,8 @@ pub(super) async fn switch_tenant(
         if b == r.body {
             continue;
         }
-        if let Err(e) = app
-            .store
-            .write(
-                &s.origin(),
-                "update",
-                Op::Replace {
-                    kind: Kind::Tenant,
-                    id: r.id.clone(),
-                    body: b,
-                    if_match: Some(r.version),
-                },
-                vec![],
-            )
-            .await
-        {
-            return store_error(&e);
+        if let Err(resp) = replace(&app, &s, "update", (Kind::Tenant, &r.id), b, r.version).await {
+            return resp;
         }
     }
     redirect("/portal/tenants")
@@ -331,13 +302,10 @@ pub(super) async fn save_object(
     let Some(kind) = kind_of(&collection) else {
         return error_page(StatusCode::NOT_FOUND, "No such page.");
     };
-    let f: ObjectForm = match form(&headers, &body) {
+    let f: ObjectForm = match edit_form(&s, &headers, &body) {
         Ok(f) => f,
         Err(r) => return r,
     };
-    if let Err(r) = check_csrf(&s, &f.csrf).and_then(|()| editor(&s)) {
-        return r;
-    }
     let value = match checked(kind, &f.json) {
         Ok(v) => v,
         Err(e) => {
@@ -347,23 +315,9 @@ pub(super) async fn save_object(
             );
         }
     };
-    match app
-        .store
-        .write(
-            &s.origin(),
-            "update",
-            Op::Replace {
-                kind,
-                id: id.clone(),
-                body: value,
-                if_match: Some(f.version),
-            },
-            vec![],
-        )
-        .await
-    {
-        Ok(_) => redirect(&format!("/portal/objects/{collection}/{id}")),
-        Err(e) => store_error(&e),
+    match replace(&app, &s, "update", (kind, &id), value, f.version).await {
+        Ok(()) => redirect(&format!("/portal/objects/{collection}/{id}")),
+        Err(r) => r,
     }
 }
 
@@ -476,13 +430,10 @@ pub(super) async fn create_client(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let f: NewClientForm = match form(&headers, &body) {
+    let f: NewClientForm = match edit_form(&s, &headers, &body) {
         Ok(f) => f,
         Err(r) => return r,
     };
-    if let Err(r) = check_csrf(&s, &f.csrf).and_then(|()| editor(&s)) {
-        return r;
-    }
     let spec = ApiClient {
         name: f.name.trim().to_string(),
         description: f.description.trim().to_string(),
@@ -543,13 +494,10 @@ pub(super) async fn client_status(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let f: StatusForm = match form(&headers, &body) {
+    let f: StatusForm = match edit_form(&s, &headers, &body) {
         Ok(f) => f,
         Err(r) => return r,
     };
-    if let Err(r) = check_csrf(&s, &f.csrf).and_then(|()| editor(&s)) {
-        return r;
-    }
     if f.status != "active" && f.status != "inactive" {
         return error_page(StatusCode::BAD_REQUEST, "active or inactive");
     }
@@ -559,23 +507,9 @@ pub(super) async fn client_status(
     };
     let mut b = strip_generation(&r.body);
     b["status"] = Value::String(f.status);
-    match app
-        .store
-        .write(
-            &s.origin(),
-            "update",
-            Op::Replace {
-                kind: Kind::ApiClient,
-                id: id.clone(),
-                body: b,
-                if_match: Some(r.version),
-            },
-            vec![],
-        )
-        .await
-    {
-        Ok(_) => redirect("/portal/api-clients"),
-        Err(e) => store_error(&e),
+    match replace(&app, &s, "update", (Kind::ApiClient, &id), b, r.version).await {
+        Ok(()) => redirect("/portal/api-clients"),
+        Err(r) => r,
     }
 }
 
@@ -675,3 +609,5 @@ pub(super) async fn audit(
         older,
     })
 }
+
+super::posted!(CsrfForm, ObjectForm, NewClientForm, StatusForm);

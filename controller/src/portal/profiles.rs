@@ -16,7 +16,7 @@ use axum::{
 };
 use serde::Deserialize;
 
-use super::{Frame, Signed, check_csrf, error_page, form, frame, redirect, render};
+use super::{Frame, Signed, edit_form, error_page, frame, redirect, render, replace};
 use crate::{
     api::App,
     model::{AppProfile, Kind, Spec as _},
@@ -215,17 +215,6 @@ pub(super) fn store_error(e: &StoreError) -> Response {
     }
 }
 
-fn editor(s: &Signed) -> Result<(), Response> {
-    if s.can_edit() {
-        Ok(())
-    } else {
-        Err(error_page(
-            StatusCode::FORBIDDEN,
-            "Changing profiles is for full administrators.",
-        ))
-    }
-}
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct NameForm {
@@ -247,13 +236,10 @@ pub(super) async fn create(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let f: NameForm = match form(&headers, &body) {
+    let f: NameForm = match edit_form(&s, &headers, &body) {
         Ok(f) => f,
         Err(r) => return r,
     };
-    if let Err(r) = check_csrf(&s, &f.csrf).and_then(|()| editor(&s)) {
-        return r;
-    }
     let spec = AppProfile {
         order: next_order(&app).await,
         ..serde_json::from_value(serde_json::json!({"name": f.name.trim()}))
@@ -317,13 +303,10 @@ pub(super) async fn copy(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let f: NameForm = match form(&headers, &body) {
+    let f: NameForm = match edit_form(&s, &headers, &body) {
         Ok(f) => f,
         Err(r) => return r,
     };
-    if let Err(r) = check_csrf(&s, &f.csrf).and_then(|()| editor(&s)) {
-        return r;
-    }
     let (_, mut p) = match load(&app, &id).await {
         Ok(x) => x,
         Err(r) => return r,
@@ -409,13 +392,10 @@ pub(super) async fn save(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let f: EditForm = match form(&headers, &body) {
+    let f: EditForm = match edit_form(&s, &headers, &body) {
         Ok(f) => f,
         Err(r) => return r,
     };
-    if let Err(r) = check_csrf(&s, &f.csrf).and_then(|()| editor(&s)) {
-        return r;
-    }
     let (_, mut p) = match load(&app, &id).await {
         Ok(x) => x,
         Err(r) => return r,
@@ -430,23 +410,9 @@ pub(super) async fn save(
         return error_page(StatusCode::UNPROCESSABLE_ENTITY, &e.to_string());
     }
     let body = serde_json::to_value(&p).expect("serialises");
-    match app
-        .store
-        .write(
-            &s.origin(),
-            "update",
-            Op::Replace {
-                kind: Kind::AppProfile,
-                id: id.clone(),
-                body,
-                if_match: Some(f.version),
-            },
-            vec![],
-        )
-        .await
-    {
-        Ok(_) => redirect(&format!("/portal/app-profiles/{id}")),
-        Err(e) => store_error(&e),
+    match replace(&app, &s, "update", (Kind::AppProfile, &id), body, f.version).await {
+        Ok(()) => redirect(&format!("/portal/app-profiles/{id}")),
+        Err(r) => r,
     }
 }
 
@@ -466,13 +432,10 @@ pub(super) async fn move_profile(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let f: MoveForm = match form(&headers, &body) {
+    let f: MoveForm = match edit_form(&s, &headers, &body) {
         Ok(f) => f,
         Err(r) => return r,
     };
-    if let Err(r) = check_csrf(&s, &f.csrf).and_then(|()| editor(&s)) {
-        return r;
-    }
     let list = match rows(&app, "").await {
         Ok(r) => r,
         Err(e) => return store_error(&e),
@@ -511,23 +474,20 @@ pub(super) async fn move_profile(
         };
         p.order = want;
         let body = serde_json::to_value(&p).expect("serialises");
-        if let Err(e) = app
-            .store
-            .write(
-                &s.origin(),
-                "reorder",
-                Op::Replace {
-                    kind: Kind::AppProfile,
-                    id: rec.id.clone(),
-                    body,
-                    if_match: Some(rec.version),
-                },
-                vec![],
-            )
-            .await
+        if let Err(resp) = replace(
+            &app,
+            &s,
+            "reorder",
+            (Kind::AppProfile, &rec.id),
+            body,
+            rec.version,
+        )
+        .await
         {
-            return store_error(&e);
+            return resp;
         }
     }
     redirect("/portal/app-profiles")
 }
+
+super::posted!(NameForm, EditForm, MoveForm);
