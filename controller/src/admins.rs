@@ -327,7 +327,10 @@ pub async fn create(
 /// them but `Busy` and `Limited`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SigninError {
-    /// Unknown name, wrong password, disabled.
+    /// No administrator of that name (nothing is recorded: anyone can
+    /// send names before signing in).
+    Unknown,
+    /// Wrong password, disabled.
     Refused,
     /// The right password with a wrong or used code (said as `Refused`
     /// to the browser; logged and audited apart: a stolen password).
@@ -369,7 +372,7 @@ pub async fn verify(
         .await
         .map_err(|_| SigninError::Busy)?;
     let Some(row) = row else {
-        return Err(SigninError::Refused);
+        return Err(SigninError::Unknown);
     };
     let id: String = row.get(0);
     let now = crate::now();

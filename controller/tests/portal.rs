@@ -177,6 +177,15 @@ async fn sign_in_with_a_password_and_a_code_good_once() {
         assert!(p.text.contains("The name, password or code is wrong."));
         assert!(b.cookie("__Host-sluice_session").is_none());
     }
+    // An account's refusals are audited; an unknown name leaves nothing
+    // (anyone can send names before signing in).
+    let refused: Vec<String> = sqlx::query_scalar(
+        "SELECT object_name FROM audit WHERE kind = 'admin_session' AND action = 'signin_refused' ORDER BY seq",
+    )
+    .fetch_all(&c.store.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(refused, ["alice", "alice"]);
     // Right: a session cookie with every attribute, and the dashboard.
     let now = code(&secret, 0);
     let p = b.signin("alice", PASSWORD, &now).await;
@@ -744,6 +753,19 @@ async fn ten_failures_in_a_row_lock_an_account_on_every_controller() {
             admins::SigninError::Refused
         );
     }
+    assert_eq!(
+        admins::verify(
+            store,
+            &app.portal_hasher,
+            &app.sealer,
+            "nobody",
+            PASSWORD,
+            &code(&secret, 0)
+        )
+        .await
+        .unwrap_err(),
+        admins::SigninError::Unknown
+    );
     // Locked now (the count is in the store, shared by every controller):
     // even the right password and code wait.
     assert_eq!(

@@ -458,7 +458,10 @@ async fn signin_post(
                 _ => "an unknown name or a wrong password",
             };
             log::warn!("portal: sign-in for {name:?} from {addr_key} refused: {why}");
-            if crate::model::check_name("name", &name).is_ok() {
+            // Only an account's refusals are audited: unknown names, which
+            // anyone can send before signing in, would grow the log
+            // without bound.
+            if e != SigninError::Unknown {
                 admins::audit_session(&app.store, &origin, "signin_refused", &name, why).await;
             }
             signin_page(
