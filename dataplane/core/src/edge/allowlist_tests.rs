@@ -11,7 +11,7 @@ use crate::{
     datagram::{DatagramConfig, DatagramSession},
     edge::{EdgeGateway, EdgeLimits, Settings},
     tunnel::{
-        AeadProvider, CloseReason, Event as SessEvent, Session, SessionConfig, SessionError,
+        AeadProvider, CloseReason, Event as SessEvent, Session, SessionConfig,
         lab_pki::{self, LabPki},
     },
     wire::tunnel::{DatagramSetup, FrameType},
@@ -55,32 +55,9 @@ fn digest(pki: &LabPki, i: usize) -> [u8; 32] {
     d.as_ref().try_into().unwrap()
 }
 
-/// Bytes of one direction.
-#[derive(Default)]
-struct Bytes(Vec<u8>);
-
-fn feed(s: &mut Session, b: &mut Bytes, now: Instant) -> Result<bool, SessionError> {
-    while !b.0.is_empty() {
-        let buf = s.receive_buffer()?;
-        if buf.is_empty() {
-            return Ok(true);
-        }
-        let n = buf.len().min(b.0.len());
-        buf[..n].copy_from_slice(&b.0[..n]);
-        s.handle_received_in_place(n, now)?;
-        b.0.drain(..n);
-    }
-    Ok(false)
-}
-
-fn drain(s: &mut Session, out: &mut Bytes, now: Instant) {
-    s.flush();
-    while let Some(b) = s.poll_transmit(now) {
-        out.0.extend_from_slice(b);
-        let n = b.len();
-        s.transmitted(n, now);
-    }
-}
+// One direction's bytes, and feeding and draining a session: the review
+// tests' own.
+use super::review_h24::{Bytes, drain, feed};
 
 /// A gateway's connection to the edge.
 struct Link {

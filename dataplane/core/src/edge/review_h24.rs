@@ -101,9 +101,9 @@ fn review_h24_receiver_ids_never_overflow_and_stay_on_their_worker() {
 
 /// Bytes of one direction.
 #[derive(Default)]
-struct Bytes(Vec<u8>);
+pub(super) struct Bytes(pub(super) Vec<u8>);
 
-fn feed(s: &mut Session, b: &mut Bytes, now: Instant) -> Result<bool, SessionError> {
+pub(super) fn feed(s: &mut Session, b: &mut Bytes, now: Instant) -> Result<bool, SessionError> {
     while !b.0.is_empty() {
         let buf = s.receive_buffer()?;
         if buf.is_empty() {
@@ -117,7 +117,7 @@ fn feed(s: &mut Session, b: &mut Bytes, now: Instant) -> Result<bool, SessionErr
     Ok(false)
 }
 
-fn drain(s: &mut Session, out: &mut Bytes, now: Instant) {
+pub(super) fn drain(s: &mut Session, out: &mut Bytes, now: Instant) {
     s.flush();
     while let Some(b) = s.poll_transmit(now) {
         out.0.extend_from_slice(b);
