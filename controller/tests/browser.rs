@@ -109,6 +109,24 @@ async fn fill(b: &Client, css: &str, text: &str) {
     e.send_keys(text).await.unwrap();
 }
 
+async fn click(b: &Client, css: &str) {
+    b.find(Locator::Css(css))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+}
+
+async fn enabled(b: &Client, css: &str) -> bool {
+    b.find(Locator::Css(css))
+        .await
+        .unwrap()
+        .is_enabled()
+        .await
+        .unwrap()
+}
+
 async fn text(b: &Client) -> String {
     b.source().await.unwrap()
 }
@@ -149,12 +167,7 @@ async fn sign_in(b: &Client, base: &str, name: &str, password: &str, code: &str)
     fill(b, "#name", name).await;
     fill(b, "#password", password).await;
     fill(b, "#code", code).await;
-    b.find(Locator::Css("#signin"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&b, "#signin").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -278,12 +291,7 @@ async fn the_portal_in_chromium() {
         .unwrap();
     for name in ["engineering", "guests"] {
         fill(&b, "#new-name", name).await;
-        b.find(Locator::Css("#create-profile"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        click(&b, "#create-profile").await;
         wait_text(&b, "profile-form").await;
         assert!(
             b.current_url()
@@ -296,12 +304,7 @@ async fn the_portal_in_chromium() {
             fill(&b, "#groups", "engineering").await;
             fill(&b, "#exclude", "203.0.113.20/32").await;
             fill(&b, "#description", "The engineering group's profile").await;
-            b.find(Locator::Css("#save-profile"))
-                .await
-                .unwrap()
-                .click()
-                .await
-                .unwrap();
+            click(&b, "#save-profile").await;
             wait_text(&b, "version 2").await;
         }
         b.goto(&format!("{base}/portal/app-profiles"))
@@ -357,12 +360,7 @@ async fn the_portal_in_chromium() {
         .await
         .unwrap();
     fill(&b, "#reason", "upgrading the store").await;
-    b.find(Locator::Css("#maintenance-on"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&b, "#maintenance-on").await;
     wait_text(&b, "maintenance-banner").await;
     for path in ["/portal/", "/portal/app-profiles", "/portal/administration"] {
         b.goto(&format!("{base}{path}")).await.unwrap();
@@ -378,66 +376,21 @@ async fn the_portal_in_chromium() {
     b.goto(&format!("{base}/portal/app-profiles"))
         .await
         .unwrap();
-    assert!(
-        !b.find(Locator::Css("#create-profile"))
-            .await
-            .unwrap()
-            .is_enabled()
-            .await
-            .unwrap()
-    );
-    assert!(
-        !b.find(Locator::Css(".move-up"))
-            .await
-            .unwrap()
-            .is_enabled()
-            .await
-            .unwrap()
-    );
-    b.find(Locator::Css(".profile-link"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    assert!(!enabled(&b, "#create-profile").await);
+    assert!(!enabled(&b, ".move-up").await);
+    click(&b, ".profile-link").await;
     wait_text(&b, "profile-form").await;
-    assert!(
-        !b.find(Locator::Css("#save-profile"))
-            .await
-            .unwrap()
-            .is_enabled()
-            .await
-            .unwrap()
-    );
-    assert!(
-        !b.find(Locator::Css("#groups"))
-            .await
-            .unwrap()
-            .is_enabled()
-            .await
-            .unwrap()
-    );
+    assert!(!enabled(&b, "#save-profile").await);
+    assert!(!enabled(&b, "#groups").await);
     b.goto(&format!("{base}/portal/administration"))
         .await
         .unwrap();
-    b.find(Locator::Css("#maintenance-off"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&b, "#maintenance-off").await;
     wait_text(&b, "Off: the portal").await;
     b.goto(&format!("{base}/portal/app-profiles"))
         .await
         .unwrap();
-    assert!(
-        b.find(Locator::Css("#create-profile"))
-            .await
-            .unwrap()
-            .is_enabled()
-            .await
-            .unwrap()
-    );
+    assert!(enabled(&b, "#create-profile").await);
 
     // The session expires (an hour after sign-in): back to sign-in.
     sqlx::query("UPDATE admin_sessions SET expires_at = $1")
