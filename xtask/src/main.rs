@@ -141,6 +141,9 @@ struct Report {
     failed: u64,
     /// Tests that failed (`test NAME ... FAILED`).
     failed_tests: Vec<String>,
+    /// Why each failed test failed: the first lines of its panic message
+    /// (CI keeps only the tail of a run's output, where the summary is).
+    why: Why,
     /// Test targets that failed as a whole (cargo's `-p X --test Y` lines:
     /// a failed test, a crash or a build failure).
     failed_targets: Vec<String>,
@@ -169,6 +172,9 @@ impl Report {
         println!("tests: {} passed, {} failed", self.passed, self.failed);
         for t in &self.failed_tests {
             println!("FAILED test: {t}");
+            for line in self.why.of(t) {
+                println!("    | {line}");
+            }
         }
         for t in &self.failed_targets {
             println!("FAILED target: {t}");
@@ -240,6 +246,7 @@ fn cargo_tests(extra: &[String], report: &mut Report) -> Result<()> {
         for line in std::io::BufReader::new(out).lines() {
             let line = line.context("reading cargo test output")?;
             println!("{line}");
+            report.why.feed(&line);
             if let Some((p, f)) = tally(&line) {
                 report.passed += p;
                 report.failed += f;
@@ -307,6 +314,67 @@ fn edge_on_stable_alone() -> Option<String> {
         Ok(())
     };
     run().err().map(|e| format!("{e:#}"))
+}
+
+/// The panic messages of failed tests, read from libtest's `failures:`
+/// section (`---- NAME stdout ----`, captured output, then `thread 'NAME'
+/// panicked at FILE:LINE:` and the message).
+#[derive(Default)]
+struct Why {
+    /// The test whose captured output is being read, and the lines kept
+    /// so far (`None` before its panic line).
+    current: Option<(String, Option<Vec<String>>)>,
+    done: Vec<(String, Vec<String>)>,
+}
+
+impl Why {
+    /// Lines kept per failed test, and characters per line.
+    const LINES: usize = 8;
+    const WIDTH: usize = 240;
+
+    fn feed(&mut self, line: &str) {
+        if let Some(name) = line
+            .strip_prefix("---- ")
+            .and_then(|l| l.strip_suffix(" stdout ----"))
+        {
+            self.finish();
+            self.current = Some((name.to_string(), None));
+            return;
+        }
+        if line == "failures:" || line.starts_with("test result: ") {
+            self.finish();
+            return;
+        }
+        let Some((_, kept)) = &mut self.current else {
+            return;
+        };
+        match kept {
+            None if line.starts_with("thread '") && line.contains("panicked at") => {
+                *kept = Some(vec![line.to_string()]);
+            }
+            Some(lines)
+                if lines.len() < Self::LINES
+                    && !line.is_empty()
+                    && !line.starts_with("note: run with") =>
+            {
+                lines.push(line.chars().take(Self::WIDTH).collect());
+            }
+            _ => {}
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Some((name, Some(lines))) = self.current.take() {
+            self.done.push((name, lines));
+        }
+    }
+
+    fn of(&self, test: &str) -> impl Iterator<Item = &String> {
+        self.done
+            .iter()
+            .filter(move |(n, _)| n == test)
+            .flat_map(|(_, l)| l)
+    }
 }
 
 /// The target of one of cargo's failure lines: `error: test failed, to
@@ -625,5 +693,37 @@ mod tests {
         );
         assert_eq!(super::failed_target("`not a target`"), None);
         assert_eq!(super::failed_target("   Compiling sluice"), None);
+    }
+
+    #[test]
+    fn keeps_the_panic_message_of_each_failed_test() {
+        let out = "\
+failures:
+
+---- edge::floods stdout ----
+some captured line
+thread 'edge::floods' panicked at tests/e2e/edge.rs:10:5:
+throughput during the flood 100 Mbit/s < half
+second line
+note: run with `RUST_BACKTRACE=1` environment variable to display a backtrace
+
+---- edge::other stdout ----
+nothing panicked here
+
+failures:
+    edge::floods
+    edge::other
+
+test result: FAILED. 3 passed; 2 failed; 0 ignored";
+        let mut why = super::Why::default();
+        for line in out.lines() {
+            why.feed(line);
+        }
+        let floods: Vec<_> = why.of("edge::floods").collect();
+        assert_eq!(floods.len(), 3, "{floods:?}");
+        assert!(floods[0].contains("panicked at tests/e2e/edge.rs:10:5"));
+        assert_eq!(floods[1], "throughput during the flood 100 Mbit/s < half");
+        assert_eq!(floods[2], "second line");
+        assert_eq!(why.of("edge::other").count(), 0);
     }
 }
