@@ -1,0 +1,100 @@
+//! `sluice-update health`: is this boot good? Run before
+//! `boot-complete.target` by `sluice-health.service`; on a boot that is on
+//! trial, success lets `systemd-bless-boot` mark the slot good, failure
+//! reboots (the unit's `FailureAction=reboot`), and once the slot has no
+//! boots left systemd-boot starts the other one.
+//!
+//! Good means the gateway forwards: its metrics endpoint answers and at
+//! least one tunnel to an edge is up (`sluice_gateway_tunnel_up 1`),
+//! within the timeout. A gateway whose unit has failed for good fails the
+//! check at once.
+
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpStream},
+    path::Path,
+    time::{Duration, Instant},
+};
+
+/// systemd-boot's vendor GUID for its EFI variables.
+const LOADER_GUID: &str = "4a67b082-0a4c-41cf-b6c7-440b29bb8c4f";
+
+/// The boot is on trial: systemd-boot booted an entry with a counter (it
+/// then sets `LoaderBootCountPath`).
+pub fn on_trial(efivars: &Path) -> bool {
+    efivars
+        .join(format!("LoaderBootCountPath-{LOADER_GUID}"))
+        .exists()
+}
+
+/// One look at the gateway's metrics: `Ok(true)` if a tunnel is up.
+///
+/// # Errors
+/// If the endpoint does not answer.
+pub fn tunnel_up(metrics: SocketAddr) -> Result<bool, String> {
+    let t = Duration::from_secs(2);
+    let mut s = TcpStream::connect_timeout(&metrics, t).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(t)).map_err(|e| e.to_string())?;
+    s.set_write_timeout(Some(t)).map_err(|e| e.to_string())?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .map_err(|e| e.to_string())?;
+    let mut body = String::new();
+    s.take(4 << 20)
+        .read_to_string(&mut body)
+        .map_err(|e| e.to_string())?;
+    Ok(tunnels_up(&body))
+}
+
+/// A Prometheus text has `sluice_gateway_tunnel_up{...} 1`.
+pub fn tunnels_up(text: &str) -> bool {
+    text.lines().any(|l| {
+        l.strip_prefix("sluice_gateway_tunnel_up")
+            .is_some_and(|r| r.starts_with(['{', ' ']))
+            && l.split_ascii_whitespace().last() == Some("1")
+    })
+}
+
+/// Waits until a tunnel is up, `gateway_failed` says the gateway gave up,
+/// or `timeout` passes; returns how long it took.
+///
+/// # Errors
+/// Why the boot is not good.
+pub fn wait_forwarding(
+    metrics: SocketAddr,
+    timeout: Duration,
+    gateway_failed: impl Fn() -> bool,
+) -> Result<Duration, String> {
+    let t = Instant::now();
+    let mut last;
+    loop {
+        match tunnel_up(metrics) {
+            Ok(true) => return Ok(t.elapsed()),
+            Ok(false) => last = "the gateway runs but no tunnel is up".into(),
+            Err(e) => last = format!("the gateway's metrics ({metrics}) do not answer: {e}"),
+        }
+        if gateway_failed() {
+            return Err(format!("the gateway's service has failed ({last})"));
+        }
+        if t.elapsed() >= timeout {
+            return Err(format!("not forwarding after {timeout:?}: {last}"));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn reads_tunnel_up() {
+        assert!(super::tunnels_up(
+            "# x\nsluice_gateway_tunnel_up{tenant=\"internet\",worker=\"0\"} 1\n"
+        ));
+        assert!(!super::tunnels_up(
+            "sluice_gateway_tunnel_up{tenant=\"internet\"} 0\nsluice_gateway_tunnel_up_other 1\n"
+        ));
+        assert!(!super::tunnels_up(
+            "sluice_gateway_tunnel_up{tenant=\"internet\"} 0\n"
+        ));
+        assert!(!super::tunnels_up(""));
+    }
+}
