@@ -22,6 +22,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
+mod image;
 mod setup;
 
 const USAGE: &str = "\
@@ -37,6 +38,9 @@ commands (run as root):
                         licences, bans, sources
   edge-stable           build and test the edge with the stable toolchain
                         alone (no nightly, no bpf-linker, fresh target)
+  image [ARGS]          build the appliance's disk image and update bundles
+                        (--version V, --bundle V[:broken]..., --seed DIR,
+                        --out DIR; default target/firmware)
   demo                  setup, build sluice, run the lab demo
                         (SLUICE_DEMO_HOLD=1 keeps the lab up until Ctrl-C)";
 
@@ -58,6 +62,7 @@ fn main() -> ExitCode {
                 bail!("cargo deny: {}", failed.join("; "))
             }
         }),
+        "image" => as_root(cmd).and_then(|()| image::run(&args[1..])),
         "labbench" => as_root(cmd).and_then(|()| labbench(&args[1..])),
         "edge-stable" => {
             edge_on_stable_alone().map_or(Ok(()), |e| bail!("edge on stable alone: {e}"))

@@ -59,6 +59,17 @@ const PACKAGES: &[&str] = &[
     // The portal's browser tests: headless Chromium through chromedriver.
     "chromium",
     "chromium-driver",
+    // The appliance image (`cargo xtask image`): a Debian root from the
+    // package registry, its filesystems, the GPT disk, and qemu with UEFI
+    // firmware for its boot tests.
+    "mmdebstrap",
+    "squashfs-tools",
+    "dosfstools",
+    "mtools",
+    "fdisk",
+    "e2fsprogs",
+    "qemu-system-x86",
+    "ovmf",
 ];
 
 /// Where the Python tools the controller's tests run are installed.

@@ -147,6 +147,39 @@ pub fn cmdline(slot: Slot) -> String {
     )
 }
 
+/// The `mkfs.ext4` that makes the data partition from the files in
+/// `seed` (their owners and modes kept): into `target` as a whole, or at
+/// `offset` bytes into it (a disk image), `DATA.mib` large. With
+/// `SOURCE_DATE_EPOCH` the result is the same each time.
+pub fn mkfs_data(
+    seed: &std::path::Path,
+    target: &std::path::Path,
+    offset: Option<u64>,
+    epoch: u64,
+) -> std::process::Command {
+    let mut ext = format!("root_owner=0:0,hash_seed={DATA_FS_UUID}");
+    if let Some(o) = offset {
+        ext = format!("{ext},offset={o}");
+    }
+    let mut c = std::process::Command::new("mkfs.ext4");
+    c.args([
+        "-q",
+        "-F",
+        "-L",
+        DATA.label,
+        "-U",
+        DATA_FS_UUID,
+        "-E",
+        &ext,
+        "-d",
+    ])
+    .arg(seed)
+    .arg(target)
+    .arg(format!("{}M", DATA.mib))
+    .env("E2FSPROGS_FAKE_TIME", epoch.to_string());
+    c
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

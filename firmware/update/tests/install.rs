@@ -273,7 +273,10 @@ fn anything_after_the_payloads_is_refused() {
     // Re-pack with one more entry before the end-of-archive blocks.
     let mut inner = tar::Archive::new(&b[..]);
     let mut out = tar::Builder::new(Vec::new());
-    #[expect(clippy::unnecessary_to_owned, reason = "the path borrows the entry, which is read next")]
+    #[expect(
+        clippy::unnecessary_to_owned,
+        reason = "the path borrows the entry, which is read next"
+    )]
     for e in inner.entries().unwrap() {
         let mut e = e.unwrap();
         let mut h = e.header().clone();
