@@ -7,6 +7,7 @@
 use std::{net::SocketAddr, os::unix::fs::MetadataExt as _, path::Path, time::Duration};
 
 mod admin;
+mod appliance;
 mod controller;
 mod datagram;
 mod edge;

@@ -45,6 +45,7 @@
 #![deny(unsafe_code)]
 
 pub mod addr;
+pub mod appliance;
 pub mod demo;
 pub mod deploy;
 pub mod edge_lab;

@@ -288,6 +288,10 @@ fn update_key(out: &Path) -> Result<Key> {
                 )?;
                 println!("image: made a development update key in {}", dir.display());
             }
+            println!(
+                "image: WARNING: signing with the development key in {} (SLUICE_UPDATE_KEY names a real one): fine for a lab, not for boxes in the field",
+                dir.display()
+            );
             (sk, pk)
         }
     };
@@ -379,11 +383,12 @@ fn customize(rootfs: &Path, bin: &Path, public_key: &str) -> Result<()> {
     let overlay = crate::root().join("firmware/rootfs").display().to_string();
     sh(&format!("cp -a '{overlay}'/. '{r}'/"))?;
     for b in ["sluice", "sluice-update"] {
-        fs::copy(bin.join(b), rootfs.join("usr/bin").join(b))?;
-        fs::set_permissions(
-            rootfs.join("usr/bin").join(b),
-            fs::Permissions::from_mode(0o755),
-        )?;
+        let to = rootfs.join("usr/bin").join(b);
+        fs::copy(bin.join(b), &to)?;
+        fs::set_permissions(&to, fs::Permissions::from_mode(0o755))?;
+        // The release profile keeps debug information (for profiling):
+        // not on the box. Symbols stay, for backtraces.
+        sh(&format!("strip --strip-debug '{}'", to.display()))?;
     }
     fs::create_dir_all(rootfs.join("usr/share/sluice"))?;
     fs::write(rootfs.join("usr/share/sluice/update.pub"), public_key)?;
@@ -402,7 +407,7 @@ fn customize(rootfs: &Path, bin: &Path, public_key: &str) -> Result<()> {
          rm -rf '{r}'/etc/systemd/network && ln -s /var/lib/sluice/network '{r}'/etc/systemd/network
          mkdir -p '{r}'/efi '{r}'/var/lib/sluice
          : > '{r}'/etc/machine-id
-         chroot '{r}' systemctl enable sluice-firstboot.service sluice-nft.service sluice-gateway.service sluice-health.service systemd-networkd.service
+         chroot '{r}' systemctl enable sluice-firstboot.service sluice-nft.service sluice-gateway.service sluice-forward.service sluice-failclosed.service sluice-health.service systemd-networkd.service
          chroot '{r}' systemctl mask apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer e2scrub_reap.service systemd-boot-update.service
          cp '{readme}' '{r}'/usr/share/doc/sluice/README.md",
         readme = crate::root().join("firmware/README.md").display()
@@ -614,4 +619,69 @@ fn assemble(
 fn allocated_mib(p: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt as _;
     fs::metadata(p).map(|m| m.blocks() * 512 >> 20).unwrap_or(0)
+}
+
+/// `cargo xtask boot [IMAGE]`: the image on this terminal under qemu
+/// (TCG), booted from a copy (`IMAGE.boot`, with its own UEFI variables),
+/// its two NICs on qemu's user network with `restrict=on`: they reach
+/// nothing, not even this host.
+pub(crate) fn boot(args: &[String]) -> Result<()> {
+    let image = match args.first() {
+        Some(p) => PathBuf::from(p),
+        None => crate::target_dir()?.join("firmware/sluice-0.1.0.img"),
+    };
+    ensure!(
+        image.exists(),
+        "{} does not exist: build it with `cargo xtask image`",
+        image.display()
+    );
+    let copy = image.with_extension("boot.img");
+    let vars = image.with_extension("boot.vars");
+    sh(&format!(
+        "cp --sparse=always '{}' '{}' && cp /usr/share/OVMF/OVMF_VARS_4M.fd '{}'",
+        image.display(),
+        copy.display(),
+        vars.display()
+    ))?;
+    println!(
+        "boot: {} (a copy of {}); Ctrl-A X quits",
+        copy.display(),
+        image.display()
+    );
+    let status = Command::new("qemu-system-x86_64")
+        .args([
+            "-machine",
+            "q35",
+            "-accel",
+            "tcg,thread=multi",
+            "-cpu",
+            "max",
+            "-smp",
+            "2",
+            "-m",
+            "1024",
+        ])
+        .args(["-nographic", "-serial", "mon:stdio"])
+        .arg("-drive")
+        .arg("if=pflash,format=raw,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd")
+        .arg("-drive")
+        .arg(format!("if=pflash,format=raw,file={}", vars.display()))
+        .arg("-drive")
+        .arg(format!("file={},format=raw,if=virtio", copy.display()))
+        .args([
+            "-netdev",
+            "user,id=lan,restrict=on",
+            "-device",
+            "virtio-net-pci,netdev=lan",
+        ])
+        .args([
+            "-netdev",
+            "user,id=wan,restrict=on",
+            "-device",
+            "virtio-net-pci,netdev=wan",
+        ])
+        .status()
+        .context("cannot run qemu-system-x86_64")?;
+    ensure!(status.success(), "qemu: {status}");
+    Ok(())
 }

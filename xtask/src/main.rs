@@ -41,6 +41,9 @@ commands (run as root):
   image [ARGS]          build the appliance's disk image and update bundles
                         (--version V, --bundle V[:broken]..., --seed DIR,
                         --out DIR; default target/firmware)
+  boot [IMAGE]          boot the image (default target/firmware/sluice-0.1.0.img,
+                        on a copy) under qemu (TCG) on this terminal; its two
+                        NICs reach nothing (Ctrl-A X quits)
   demo                  setup, build sluice, run the lab demo
                         (SLUICE_DEMO_HOLD=1 keeps the lab up until Ctrl-C)";
 
@@ -63,6 +66,7 @@ fn main() -> ExitCode {
             }
         }),
         "image" => as_root(cmd).and_then(|()| image::run(&args[1..])),
+        "boot" => as_root(cmd).and_then(|()| image::boot(&args[1..])),
         "labbench" => as_root(cmd).and_then(|()| labbench(&args[1..])),
         "edge-stable" => {
             edge_on_stable_alone().map_or(Ok(()), |e| bail!("edge on stable alone: {e}"))
@@ -128,7 +132,22 @@ fn test(args: &[String]) -> Result<()> {
     // Every group runs, whatever the one before it did; the failures are
     // listed together at the end.
     let mut report = Report::default();
-    cargo_tests(extra, &mut report)?;
+    // The appliance's images, for its qemu test (tests/e2e/appliance.rs).
+    let firmware = target_dir()?.join("firmware");
+    report.image = image::run(&[
+        "--version".into(),
+        "0.1.0".into(),
+        "--bundle".into(),
+        "0.2.0".into(),
+        "--bundle".into(),
+        "0.3.0:broken".into(),
+        "--out".into(),
+        firmware.display().to_string(),
+    ])
+    .err()
+    .map(|e| format!("{e:#}"));
+    let firmware = report.image.is_none().then_some(firmware);
+    cargo_tests(extra, firmware.as_deref(), &mut report)?;
     report.deny = deny();
     report.edge_stable = edge_on_stable_alone();
     report.fuzz = fuzz_all(FUZZ_SMOKE_SECONDS);
@@ -160,6 +179,8 @@ struct Report {
     edge_stable: Option<String>,
     /// `cargo test` did not succeed.
     cargo_failed: Option<String>,
+    /// The appliance image did not build: why.
+    image: Option<String>,
 }
 
 impl Report {
@@ -170,6 +191,7 @@ impl Report {
             || !self.fuzz.is_empty()
             || !self.deny.is_empty()
             || self.edge_stable.is_some()
+            || self.image.is_some()
     }
 
     fn print(&self) {
@@ -196,6 +218,9 @@ impl Report {
         if let Some(e) = &self.edge_stable {
             println!("FAILED edge on stable alone: {e}");
         }
+        if let Some(e) = &self.image {
+            println!("FAILED appliance image: {e}");
+        }
         if !self.failed() {
             println!("all groups passed");
         }
@@ -205,9 +230,12 @@ impl Report {
 /// `cargo test` over the workspace with `--no-fail-fast` (every test
 /// binary runs even after one fails), streaming its output while noting
 /// the results and failures in `report`.
-fn cargo_tests(extra: &[String], report: &mut Report) -> Result<()> {
+fn cargo_tests(extra: &[String], firmware: Option<&Path>, report: &mut Report) -> Result<()> {
     use std::io::BufRead as _;
     let mut cmd = cargo();
+    if let Some(f) = firmware {
+        cmd.env("SLUICE_FIRMWARE", f);
+    }
     cmd.args([
         "test",
         "--release",
@@ -412,7 +440,7 @@ fn tally(line: &str) -> Option<(u64, u64)> {
 }
 
 /// The fuzz targets in `dataplane/fuzz` (cargo-fuzz).
-const FUZZ_TARGETS: [&str; 16] = [
+const FUZZ_TARGETS: [&str; 17] = [
     "tunnel_frames",
     "tunnel_records",
     "datagram",
@@ -431,6 +459,8 @@ const FUZZ_TARGETS: [&str; 16] = [
     "trusted_facts",
     "pmtu",
     "selection",
+    // The appliance's update bundles (firmware/update).
+    "update_bundle",
 ];
 /// The one fuzz target that needs more than core and config: it runs the
 /// real classifier, so it needs the gateway's loader, behind the fuzz

@@ -116,10 +116,9 @@ pub fn check<R: Read>(
     expect: &Expect<'_>,
     mut sink: impl FnMut(&FileRef, &mut dyn Read) -> io::Result<()>,
 ) -> Result<Verified, BundleError> {
-    let mut archive = tar::Archive::new(r);
-    let mut entries = archive.entries().map_err(tar_error)?;
-    let manifest_bytes = small_entry(&mut entries, MANIFEST, MANIFEST_MAX)?;
-    let signature = small_entry(&mut entries, SIGNATURE, SIGNATURE_MAX)?;
+    let mut r = r;
+    let manifest_bytes = small_entry(&mut r, MANIFEST, MANIFEST_MAX)?;
+    let signature = small_entry(&mut r, SIGNATURE, SIGNATURE_MAX)?;
     let signature = std::str::from_utf8(&signature)
         .ok()
         .and_then(|s| minisign_verify::Signature::decode(s).ok())
@@ -133,28 +132,27 @@ pub fn check<R: Read>(
         .map_err(|e| BundleError::Manifest(e.to_string()))?;
     let version = validate(&manifest, expect)?;
     for want in &manifest.files {
-        let mut entry = match entries.next() {
-            Some(e) => e.map_err(tar_error)?,
-            None => {
-                return Err(BundleError::Truncated(format!(
-                    "it ends before {}",
-                    want.name
-                )));
-            }
+        let Some(size) = header(&mut r, &want.name)? else {
+            return Err(BundleError::Truncated(format!(
+                "it ends before {}",
+                want.name
+            )));
         };
-        expect_entry(&entry, &want.name, want.size)?;
+        if size != want.size {
+            return Err(BundleError::Payload {
+                name: want.name.clone(),
+                why: format!(
+                    "{size} bytes in the archive, the manifest says {}",
+                    want.size
+                ),
+            });
+        }
         let mut hashing = Hashing {
-            inner: (&mut entry).take(want.size),
+            inner: (&mut r).take(want.size),
             hash: Sha256::new(),
             n: 0,
         };
-        sink(want, &mut hashing).map_err(|e| {
-            if e.kind() == io::ErrorKind::UnexpectedEof {
-                BundleError::Truncated(format!("in {}", want.name))
-            } else {
-                BundleError::Io(e)
-            }
-        })?;
+        sink(want, &mut hashing).map_err(|e| truncated(e, &want.name))?;
         io::copy(&mut hashing, &mut io::sink()).map_err(|e| truncated(e, &want.name))?;
         if hashing.n != want.size {
             return Err(BundleError::Truncated(format!(
@@ -169,16 +167,19 @@ pub fn check<R: Read>(
                 why: format!("SHA-256 {got}, the manifest says {}", want.sha256),
             });
         }
+        skip_padding(&mut r, want.size, &want.name)?;
     }
-    if let Some(extra) = entries.next() {
-        let extra = extra.map_err(tar_error)?;
-        let name = extra
-            .path()
-            .map(|p| p.display().to_string())
-            .unwrap_or_default();
-        return Err(BundleError::Format(format!(
-            "unexpected entry {name:?} after the payloads"
-        )));
+    // The end of the archive: a zero block (or nothing).
+    let mut block = [0u8; BLOCK];
+    match read_block(&mut r, &mut block) {
+        Ok(false) => {}
+        Ok(true) if block.iter().all(|&b| b == 0) => {}
+        Ok(true) => {
+            return Err(BundleError::Format(
+                "unexpected entry after the payloads".into(),
+            ));
+        }
+        Err(e) => return Err(BundleError::Io(e)),
     }
     Ok(Verified { manifest, version })
 }
@@ -239,67 +240,104 @@ fn validate(m: &Manifest, expect: &Expect<'_>) -> Result<Version, BundleError> {
     Ok(version)
 }
 
+/// A tar block.
+const BLOCK: usize = 512;
+
+/// Reads one block: `Ok(false)` at a clean end of input (nothing read).
+fn read_block(r: &mut impl Read, block: &mut [u8; BLOCK]) -> io::Result<bool> {
+    let mut got = 0;
+    while got < BLOCK {
+        match r.read(&mut block[got..]) {
+            Ok(0) if got == 0 => return Ok(false),
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(true)
+}
+
+/// The next entry's header, which must be a plain ustar regular file
+/// named `name` (no long names, no pax or GNU extensions: nothing is
+/// read before the signature that is not bounded by a block); its size.
+/// `None` at the end of the input or the archive.
+fn header(r: &mut impl Read, name: &str) -> Result<Option<u64>, BundleError> {
+    let mut h = [0u8; BLOCK];
+    if !read_block(r, &mut h).map_err(|e| truncated(e, name))? || h.iter().all(|&b| b == 0) {
+        return Ok(None);
+    }
+    let field = |range: std::ops::Range<usize>| {
+        let f = &h[range];
+        &f[..f.iter().position(|&b| b == 0).unwrap_or(f.len())]
+    };
+    let octal = |range: std::ops::Range<usize>| -> Option<u64> {
+        let f = std::str::from_utf8(field(range)).ok()?.trim_matches(' ');
+        if f.is_empty() || f.len() > 11 {
+            return None;
+        }
+        u64::from_str_radix(f, 8).ok()
+    };
+    let sum: u64 = h
+        .iter()
+        .enumerate()
+        .map(|(i, &b)| {
+            if (148..156).contains(&i) {
+                32
+            } else {
+                u64::from(b)
+            }
+        })
+        .sum();
+    if octal(148..156) != Some(sum) {
+        return Err(BundleError::Format(format!(
+            "the header where {name} was expected has a bad checksum"
+        )));
+    }
+    if &h[257..263] != b"ustar\0" {
+        return Err(BundleError::Format(format!(
+            "the header where {name} was expected is not ustar"
+        )));
+    }
+    if !matches!(h[156], b'0' | 0) || !field(345..500).is_empty() {
+        return Err(BundleError::Format(format!(
+            "{name}: only plain regular files with short names are allowed"
+        )));
+    }
+    let got = field(0..100);
+    if got != name.as_bytes() {
+        return Err(BundleError::Format(format!(
+            "entry {:?} where {name} was expected",
+            String::from_utf8_lossy(got)
+        )));
+    }
+    octal(124..136)
+        .map(Some)
+        .ok_or_else(|| BundleError::Format(format!("{name}: bad size field")))
+}
+
+/// Reads the zero padding after an entry of `size` bytes.
+fn skip_padding(r: &mut impl Read, size: u64, name: &str) -> Result<(), BundleError> {
+    let pad = (BLOCK as u64 - size % BLOCK as u64) % BLOCK as u64;
+    let mut buf = [0u8; BLOCK];
+    let buf = &mut buf[..usize::try_from(pad).unwrap_or(0)];
+    r.read_exact(buf).map_err(|e| truncated(e, name))?;
+    Ok(())
+}
+
 /// The next entry, which must be the regular file `name` of at most
 /// `max` bytes; its content.
-fn small_entry<R: Read>(
-    entries: &mut tar::Entries<'_, R>,
-    name: &str,
-    max: u64,
-) -> Result<Vec<u8>, BundleError> {
-    let mut entry = match entries.next() {
-        Some(e) => e.map_err(tar_error)?,
-        None => return Err(BundleError::Format(format!("no {name}"))),
-    };
-    let size = entry.header().size().map_err(tar_error)?;
+fn small_entry(r: &mut impl Read, name: &str, max: u64) -> Result<Vec<u8>, BundleError> {
+    let size = header(r, name)?.ok_or_else(|| BundleError::Format(format!("no {name}")))?;
     if size > max {
         return Err(BundleError::Format(format!(
             "{name} is {size} bytes (at most {max})"
         )));
     }
-    expect_entry(&entry, name, size)?;
-    let mut buf = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
-    (&mut entry)
-        .take(size)
-        .read_to_end(&mut buf)
-        .map_err(|e| truncated(e, name))?;
-    if buf.len() as u64 != size {
-        return Err(BundleError::Truncated(format!("in {name}")));
-    }
+    let mut buf = vec![0u8; usize::try_from(size).unwrap_or(0)];
+    r.read_exact(&mut buf).map_err(|e| truncated(e, name))?;
+    skip_padding(r, size, name)?;
     Ok(buf)
-}
-
-fn expect_entry<R: Read>(
-    entry: &tar::Entry<'_, R>,
-    name: &str,
-    size: u64,
-) -> Result<(), BundleError> {
-    let path = entry.path().map_err(tar_error)?;
-    if path.to_str() != Some(name) {
-        return Err(BundleError::Format(format!(
-            "entry {:?} where {name} was expected",
-            path.display().to_string()
-        )));
-    }
-    if !entry.header().entry_type().is_file() {
-        return Err(BundleError::Format(format!("{name} is not a regular file")));
-    }
-    let got = entry.header().size().map_err(tar_error)?;
-    if got != size {
-        return Err(BundleError::Payload {
-            name: name.to_string(),
-            why: format!("{got} bytes in the archive, the manifest says {size}"),
-        });
-    }
-    Ok(())
-}
-
-#[expect(clippy::needless_pass_by_value, reason = "used as a map_err function")]
-fn tar_error(e: io::Error) -> BundleError {
-    if e.kind() == io::ErrorKind::UnexpectedEof {
-        BundleError::Truncated(e.to_string())
-    } else {
-        BundleError::Format(e.to_string())
-    }
 }
 
 fn truncated(e: io::Error, name: &str) -> BundleError {

@@ -101,14 +101,67 @@ impl Esp {
         sync_dir(&self.entries_dir())
     }
 
-    /// Writes `r` as `/sluice/<slot>/<name>` (through a temporary file).
+    /// Removes `slot`'s kernel, initrd and leftovers (its entry must be
+    /// gone first).
+    ///
+    /// # Errors
+    /// Of the filesystem.
+    pub fn clear_files(&self, slot: Slot) -> io::Result<()> {
+        let dir = self.slot_dir(slot);
+        if dir.exists() {
+            for e in fs::read_dir(&dir)? {
+                let p = e?.path();
+                if p.is_file() {
+                    fs::remove_file(p)?;
+                }
+            }
+            sync_dir(&dir)?;
+        }
+        Ok(())
+    }
+
+    /// Where [`Esp::write_new`] writes `name`.
+    pub fn new_path(&self, slot: Slot, name: &str) -> PathBuf {
+        self.slot_dir(slot).join(format!("{name}.new"))
+    }
+
+    /// Writes `r` as `/sluice/<slot>/<name>.new`; [`Esp::commit_files`]
+    /// puts it in place once checked.
     ///
     /// # Errors
     /// Of the filesystem or of `r`.
-    pub fn write_file(&self, slot: Slot, name: &str, r: &mut dyn Read) -> io::Result<()> {
+    pub fn write_new(&self, slot: Slot, name: &str, r: &mut dyn Read) -> io::Result<()> {
         let dir = self.slot_dir(slot);
         fs::create_dir_all(&dir)?;
-        write_atomic(&dir, name, |f| io::copy(r, f).map(|_| ()))
+        let path = self.new_path(slot, name);
+        let result = (|| {
+            let mut f = fs::File::create(&path)?;
+            io::copy(r, &mut f)?;
+            f.sync_all()
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&path);
+        }
+        result
+    }
+
+    /// Renames `slot`'s `*.new` files to their names.
+    ///
+    /// # Errors
+    /// Of the filesystem.
+    pub fn commit_files(&self, slot: Slot) -> io::Result<()> {
+        let dir = self.slot_dir(slot);
+        for e in fs::read_dir(&dir)? {
+            let p = e?.path();
+            if let Some(name) = p
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_suffix(".new"))
+            {
+                fs::rename(&p, dir.join(name))?;
+            }
+        }
+        sync_dir(&dir)
     }
 
     /// Adds `slot`'s entry for `version`, on trial with `tries` boots

@@ -20,11 +20,28 @@ use std::{
 const LOADER_GUID: &str = "4a67b082-0a4c-41cf-b6c7-440b29bb8c4f";
 
 /// The boot is on trial: systemd-boot booted an entry with a counter (it
-/// then sets `LoaderBootCountPath`).
-pub fn on_trial(efivars: &Path) -> bool {
-    efivars
-        .join(format!("LoaderBootCountPath-{LOADER_GUID}"))
-        .exists()
+/// then sets `LoaderBootCountPath`, the entry's path on the ESP) and
+/// `systemd-bless-boot` has not yet renamed that entry (the variable
+/// stays until the next boot).
+pub fn on_trial(efivars: &Path, esp: &Path) -> bool {
+    let Ok(raw) = std::fs::read(efivars.join(format!("LoaderBootCountPath-{LOADER_GUID}"))) else {
+        return false;
+    };
+    // 4 bytes of attributes, then UTF-16LE up to a NUL.
+    let units: Vec<u16> = raw
+        .get(4..)
+        .unwrap_or_default()
+        .chunks_exact(2)
+        .map(|c| u16::from_le_bytes([c[0], c[1]]))
+        .take_while(|&u| u != 0)
+        .collect();
+    let path = String::from_utf16_lossy(&units).replace('\\', "/");
+    let rel = path.trim_start_matches('/');
+    // An entry path we cannot follow: assume on trial (the safe side).
+    if rel.is_empty() || rel.split('/').any(|c| c == "..") {
+        return true;
+    }
+    esp.join(rel).exists()
 }
 
 /// One look at the gateway's metrics: `Ok(true)` if a tunnel is up.

@@ -1,5 +1,6 @@
 //! `sluice-update`: install a signed bundle into the inactive slot, show
-//! the slots, and decide whether this boot is good. See the crate docs.
+//! the slots, decide whether this boot is good, and turn routing on once
+//! the gateway's classifier is attached. See the crate docs.
 
 use std::{
     net::SocketAddr,
@@ -14,8 +15,8 @@ use sluice_update::{
     bundle::{self, Expect},
     esp::Esp,
     health,
-    install::{self, Machine},
-    layout::{self, Slot},
+    install::{self, History, Machine},
+    layout::Slot,
     version::Version,
 };
 
@@ -23,6 +24,9 @@ const ESP: &str = "/efi";
 const KEY: &str = "/usr/share/sluice/update.pub";
 const VERSION: &str = "/usr/lib/sluice/version";
 const EFIVARS: &str = "/sys/firmware/efi/efivars";
+const HISTORY: &str = "/var/lib/sluice/update/history";
+const LOCK: &str = "/run/sluice-update.lock";
+const GATEWAY: &str = "/var/lib/sluice/gateway.toml";
 
 #[derive(Parser)]
 #[command(version, about)]
@@ -43,20 +47,36 @@ enum Cmd {
         /// Reboot into it once written.
         #[arg(long)]
         reboot: bool,
+        /// Install a version that failed its trial here before, or one
+        /// older than the newest good one.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Install from removable media (a vfat stick labelled SLUICE-UPD, by
+    /// sluice-update-stick@.service): mount DEVICE read-only, try its
+    /// `*.bundle` files in name order, install the first that checks out
+    /// and reboot into it.
+    InstallFrom {
+        device: PathBuf,
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=9))]
+        tries: u32,
+        /// Do not reboot after an install.
+        #[arg(long)]
+        no_reboot: bool,
     },
     /// Check a bundle (signature, manifest, payloads) and write nothing.
     Verify { bundle: PathBuf },
-    /// The slots: which runs, their versions and states.
+    /// The slots: which runs, their versions and states, and the history.
     Status,
-    /// Decide whether this boot is good (run by sluice-health.service).
+    /// Decide whether this boot is good (sluice-health.service).
     Health {
-        /// The gateway's metrics endpoint.
-        #[arg(long, default_value = "127.0.0.1:9477")]
-        metrics: SocketAddr,
         /// How long the gateway has to forward.
         #[arg(long, default_value_t = 300)]
         timeout_secs: u64,
     },
+    /// Turn routing on once the classifier is attached to the LAN
+    /// (sluice-forward.service); until then it is off.
+    Forward,
 }
 
 fn main() -> ExitCode {
@@ -71,8 +91,9 @@ fn main() -> ExitCode {
 
 fn machine() -> Result<Machine> {
     let cmdline = std::fs::read_to_string("/proc/cmdline").context("/proc/cmdline")?;
-    let booted = Slot::from_cmdline(&cmdline)
-        .context("this boot names no slot (no sluice.slot= on the kernel command line): not an appliance boot")?;
+    let booted = Slot::from_cmdline(&cmdline).context(
+        "this boot names no slot (no sluice.slot= on the kernel command line): not an appliance boot",
+    )?;
     let running = std::fs::read_to_string(VERSION).with_context(|| format!("reading {VERSION}"))?;
     let running = Version::parse(running.trim()).map_err(anyhow::Error::msg)?;
     Ok(Machine {
@@ -82,26 +103,226 @@ fn machine() -> Result<Machine> {
         }),
         booted,
         running,
-        on_trial: health::on_trial(Path::new(EFIVARS)),
-        key: key()?,
+        on_trial: health::on_trial(Path::new(EFIVARS), Path::new(ESP)),
+        key: key()?.0,
         arch: std::env::consts::ARCH.into(),
+        history: History {
+            path: HISTORY.into(),
+        },
+        lock: LOCK.into(),
     })
 }
 
-fn key() -> Result<minisign_verify::PublicKey> {
+/// The update key, and a short fingerprint of it (the SHA-256 of its
+/// key line).
+fn key() -> Result<(minisign_verify::PublicKey, String)> {
     let text = std::fs::read_to_string(KEY).with_context(|| format!("reading {KEY}"))?;
-    minisign_verify::PublicKey::decode(&text).map_err(|e| anyhow::anyhow!("{KEY}: {e}"))
+    let k = minisign_verify::PublicKey::decode(&text).map_err(|e| anyhow::anyhow!("{KEY}: {e}"))?;
+    let line = text.lines().nth(1).unwrap_or_default().trim();
+    let (sha, _) = bundle::sha256(line.as_bytes())?;
+    Ok((k, sha[..16].to_string()))
+}
+
+/// The parts of the gateway's configuration this tool needs.
+struct GatewaySection {
+    lan: String,
+    wan: String,
+    metrics: String,
+}
+
+impl Default for GatewaySection {
+    fn default() -> Self {
+        GatewaySection {
+            lan: lan(),
+            wan: wan(),
+            metrics: metrics(),
+        }
+    }
+}
+
+fn lan() -> String {
+    "eth0".into()
+}
+fn wan() -> String {
+    "eth1".into()
+}
+fn metrics() -> String {
+    "127.0.0.1:9477".into()
+}
+
+fn gateway_config() -> Result<GatewaySection> {
+    let text = std::fs::read_to_string(GATEWAY).with_context(|| format!("reading {GATEWAY}"))?;
+    // Only these fields: the rest is the gateway's to check.
+    let v: toml::Value = toml::from_str(&text).with_context(|| format!("parsing {GATEWAY}"))?;
+    let g = v
+        .get("gateway")
+        .cloned()
+        .unwrap_or(toml::Value::Table(toml::map::Map::default()));
+    let s = GatewaySection {
+        lan: g
+            .get("lan")
+            .and_then(|x| x.as_str())
+            .map_or_else(lan, str::to_string),
+        wan: g
+            .get("wan")
+            .and_then(|x| x.as_str())
+            .map_or_else(wan, str::to_string),
+        metrics: g
+            .get("metrics")
+            .and_then(|x| x.as_str())
+            .map_or_else(metrics, str::to_string),
+    };
+    for n in [&s.lan, &s.wan] {
+        if n.is_empty()
+            || n.len() > 15
+            || !n
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        {
+            bail!("{GATEWAY}: interface name {n:?} is not one");
+        }
+    }
+    Ok(s)
+}
+
+fn reboot_now() -> Result<()> {
+    let st = Command::new("systemctl").arg("reboot").status()?;
+    if !st.success() {
+        bail!("systemctl reboot: {st}");
+    }
+    Ok(())
+}
+
+fn install_from(device: &Path, tries: u32, then_reboot: bool) -> Result<()> {
+    let m = machine()?;
+    let name = device
+        .file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .into_owned();
+    let dir = PathBuf::from(format!("/run/sluice-update/media-{name}"));
+    std::fs::create_dir_all(&dir)?;
+    let st = Command::new("mount")
+        .args(["-t", "vfat", "-o", "ro,nosuid,nodev,noexec"])
+        .arg(device)
+        .arg(&dir)
+        .status()
+        .context("cannot run mount")?;
+    if !st.success() {
+        bail!("mount {}: {st}", device.display());
+    }
+    let result = (|| -> Result<bool> {
+        let mut bundles: Vec<PathBuf> = std::fs::read_dir(&dir)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.extension()
+                    .is_some_and(|x| x.eq_ignore_ascii_case("bundle"))
+            })
+            .collect();
+        bundles.sort();
+        if bundles.is_empty() {
+            println!("sluice-update: no *.bundle on {}", device.display());
+        }
+        for b in bundles {
+            let name = b
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned();
+            match install::install(&m, &b, tries, false) {
+                Ok(done) => {
+                    println!(
+                        "sluice-update: {name}: installed {} into slot {}: it boots next, with {} tries (slot {} is the way back)",
+                        done.version,
+                        done.slot.name(),
+                        done.tries,
+                        m.booted.name()
+                    );
+                    return Ok(true);
+                }
+                Err(e) => println!("sluice-update: {name}: {e}"),
+            }
+        }
+        Ok(false)
+    })();
+    let _ = Command::new("umount").arg(&dir).status();
+    if result? && then_reboot {
+        println!("sluice-update: rebooting into the new slot");
+        reboot_now()?;
+    }
+    Ok(())
+}
+
+/// Waits (without end) for the classifier on the LAN, then lets LAN to
+/// WAN traffic (and what answers it) through the `inet sluice_filter`
+/// table, whose forward chain drops everything from boot on, and turns
+/// routing on.
+fn forward() -> Result<()> {
+    let g = gateway_config()?;
+    let mut waited = 0u64;
+    let mode = loop {
+        let out = Command::new("ip")
+            .args(["-j", "link", "show", "dev", &g.lan])
+            .output()
+            .context("cannot run ip")?;
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        if let Some(mode) = v
+            .get(0)
+            .and_then(|l| l.get("xdp"))
+            .and_then(|x| x.get("mode"))
+        {
+            break mode.to_string();
+        }
+        if waited.is_multiple_of(60) {
+            println!(
+                "sluice-forward: no classifier on {} yet: routing stays off",
+                g.lan
+            );
+        }
+        std::thread::sleep(Duration::from_secs(1));
+        waited += 1;
+    };
+    let rules = format!(
+        "table inet sluice_filter\ndelete table inet sluice_filter\ntable inet sluice_filter {{\n\tchain forward {{\n\t\ttype filter hook forward priority filter; policy drop;\n\t\tct state established,related accept\n\t\tiifname \"{}\" oifname \"{}\" accept\n\t}}\n}}\n",
+        g.lan, g.wan
+    );
+    let mut child = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .context("cannot run nft")?;
+    std::io::Write::write_all(
+        &mut child.stdin.take().context("nft's stdin")?,
+        rules.as_bytes(),
+    )?;
+    let st = child.wait()?;
+    if !st.success() {
+        bail!("nft: {st}");
+    }
+    std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")?;
+    std::fs::write("/proc/sys/net/ipv6/conf/all/forwarding", "1")?;
+    println!(
+        "sluice-forward: classifier attached to {} (XDP mode {mode}): routing on, {} to {} only",
+        g.lan, g.lan, g.wan
+    );
+    Ok(())
 }
 
 fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
+        Cmd::InstallFrom {
+            device,
+            tries,
+            no_reboot,
+        } => install_from(&device, tries, !no_reboot),
         Cmd::Install {
             bundle,
             tries,
             reboot,
+            force,
         } => {
             let m = machine()?;
-            let done = install::install(&m, &bundle, tries)?;
+            let done = install::install(&m, &bundle, tries, force)?;
             println!(
                 "installed {} into slot {}: it boots next, with {} tries to reach a good state (slot {} is the way back)",
                 done.version,
@@ -110,10 +331,7 @@ fn run(cli: Cli) -> Result<()> {
                 m.booted.name()
             );
             if reboot {
-                let st = Command::new("systemctl").arg("reboot").status()?;
-                if !st.success() {
-                    bail!("systemctl reboot: {st}");
-                }
+                reboot_now()?;
             }
             Ok(())
         }
@@ -132,54 +350,83 @@ fn run(cli: Cli) -> Result<()> {
             println!("{}: good, version {}", bundle.display(), v.version);
             Ok(())
         }
-        Cmd::Status => {
-            let m = machine()?;
+        Cmd::Status => status(),
+        Cmd::Health { timeout_secs } => health_check(timeout_secs),
+        Cmd::Forward => forward(),
+    }
+}
+
+fn status() -> Result<()> {
+    let m = machine()?;
+    let (_, fp) = key()?;
+    println!(
+        "running: slot {} version {}{}; update key {fp}",
+        m.booted.name(),
+        m.running,
+        if m.on_trial { " (on trial)" } else { "" }
+    );
+    for s in [Slot::A, Slot::B] {
+        let entries: Vec<_> = m
+            .esp
+            .entries()?
+            .into_iter()
+            .filter(|e| e.slot == s)
+            .collect();
+        if entries.is_empty() {
             println!(
-                "running: slot {} version {}{}",
-                m.booted.name(),
-                m.running,
-                if m.on_trial { " (on trial)" } else { "" }
+                "slot {}: no boot entry (empty, or an install did not finish): does not boot",
+                s.name()
             );
-            for e in m.esp.entries()? {
-                println!(
-                    "slot {}: version {} {} ({})",
-                    e.slot.name(),
-                    e.version.as_deref().unwrap_or("?"),
-                    e.state(),
-                    e.file
-                );
-            }
+        }
+        for e in entries {
             println!(
-                "root partitions: a={} b={}",
-                layout::ROOT_A.uuid,
-                layout::ROOT_B.uuid
+                "slot {}: version {} {} ({})",
+                e.slot.name(),
+                e.version.as_deref().unwrap_or("?"),
+                e.state(),
+                e.file
+            );
+        }
+    }
+    let text = std::fs::read_to_string(HISTORY).unwrap_or_default();
+    println!("history ({HISTORY}: unix time, version, slot, event):");
+    for l in text.lines().rev().take(20) {
+        println!("  {l}");
+    }
+    Ok(())
+}
+
+fn health_check(timeout_secs: u64) -> Result<()> {
+    let m = machine()?;
+    // Whatever this boot is: remember the slots that used up
+    // their boots (the entries are replaced by the next install).
+    if let Err(e) = m.history.record_failures(&m.esp) {
+        eprintln!("sluice-health: cannot write {HISTORY}: {e}");
+    }
+    if !m.on_trial {
+        println!("sluice-health: this boot is not on trial: nothing to decide");
+        return Ok(());
+    }
+    let g = gateway_config().unwrap_or_default();
+    let metrics: SocketAddr = g
+        .metrics
+        .parse()
+        .with_context(|| format!("the gateway's metrics address {:?}", g.metrics))?;
+    let failed = || {
+        Command::new("systemctl")
+            .args(["is-failed", "--quiet", "sluice-gateway.service"])
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    match health::wait_forwarding(metrics, Duration::from_secs(timeout_secs), failed) {
+        Ok(t) => {
+            let _ = m.history.record(&m.running, m.booted, "good");
+            println!(
+                "sluice-health: forwarding after {:.1} s: this boot is good",
+                t.as_secs_f64()
             );
             Ok(())
         }
-        Cmd::Health {
-            metrics,
-            timeout_secs,
-        } => {
-            if !health::on_trial(Path::new(EFIVARS)) {
-                println!("sluice-health: this boot is not on trial: nothing to decide");
-                return Ok(());
-            }
-            let failed = || {
-                Command::new("systemctl")
-                    .args(["is-failed", "--quiet", "sluice-gateway.service"])
-                    .status()
-                    .is_ok_and(|s| s.success())
-            };
-            match health::wait_forwarding(metrics, Duration::from_secs(timeout_secs), failed) {
-                Ok(t) => {
-                    println!(
-                        "sluice-health: forwarding after {:.1} s: this boot is good",
-                        t.as_secs_f64()
-                    );
-                    Ok(())
-                }
-                Err(e) => bail!("this boot is not good: {e}"),
-            }
-        }
+        Err(e) => bail!("this boot is not good: {e}"),
     }
 }

@@ -11,7 +11,7 @@ use std::{
 use sluice_update::{
     bundle::{self, BundleError},
     esp::Esp,
-    install::{self, InstallError, Machine},
+    install::{self, History, InstallError, Machine},
     layout::Slot,
     version::Version,
 };
@@ -97,6 +97,10 @@ impl Box_ {
             on_trial,
             key,
             arch: "x86_64".into(),
+            history: History {
+                path: self.dir.path().join("data/update/history"),
+            },
+            lock: self.dir.path().with_extension("lock"),
         }
     }
 
@@ -131,7 +135,7 @@ fn a_good_bundle_goes_to_the_inactive_slot_on_trial() {
     let (b, payloads) = make_bundle(&k, "x86_64", "0.2.0");
     let bx = Box_::new();
     let m = bx.machine(verify_key(&k), false);
-    let done = install::install(&m, &bx.bundle_file(&b), 2).unwrap();
+    let done = install::install(&m, &bx.bundle_file(&b), 2, false).unwrap();
     assert_eq!(done.slot, Slot::B);
     assert_eq!(done.version.as_str(), "0.2.0");
     let root_b = fs::read(bx.dir.path().join("root-b")).unwrap();
@@ -172,7 +176,7 @@ fn refused(bytes: &[u8], key_of: &Keys, on_trial: bool) -> InstallError {
     let bx = Box_::new();
     let before = bx.snapshot();
     let m = bx.machine(verify_key(key_of), on_trial);
-    let e = install::install(&m, &bx.bundle_file(bytes), 3).unwrap_err();
+    let e = install::install(&m, &bx.bundle_file(bytes), 3, false).unwrap_err();
     assert!(e.to_string().contains("nothing written"), "{e}");
     assert_eq!(before, bx.snapshot(), "something was written: {e}");
     e
@@ -300,4 +304,106 @@ fn nothing_is_installed_while_this_boot_is_on_trial() {
     let (b, _) = make_bundle(&k, "x86_64", "0.2.0");
     let e = refused(&b, &k, true);
     assert!(matches!(e, InstallError::OnTrial("a")), "{e}");
+}
+
+#[test]
+fn a_version_that_failed_its_trial_is_not_installed_again_unless_forced() {
+    let k = keys();
+    let (b, _) = make_bundle(&k, "x86_64", "0.2.0");
+    let bx = Box_::new();
+    let machine = bx.machine(verify_key(&k), false);
+    let path = bx.bundle_file(&b);
+    install::install(&machine, &path, 1, false).unwrap();
+    // systemd-boot tried it once and it failed: no boots left.
+    let entries = bx.dir.path().join("esp/loader/entries");
+    fs::rename(
+        entries.join("sluice-b+1.conf"),
+        entries.join("sluice-b+0-1.conf"),
+    )
+    .unwrap();
+    let before = bx.snapshot();
+    let e = install::install(&machine, &path, 1, false).unwrap_err();
+    assert!(
+        matches!(e, InstallError::FailedBefore(ref v) if v == "0.2.0"),
+        "{e}"
+    );
+    assert_eq!(before, bx.snapshot());
+    let done = install::install(&machine, &path, 1, true).unwrap();
+    assert_eq!(done.slot, Slot::B);
+    let names: Vec<_> = machine
+        .esp
+        .entries()
+        .unwrap()
+        .into_iter()
+        .map(|e| e.file)
+        .collect();
+    assert_eq!(names, ["sluice-a.conf", "sluice-b+1.conf"]);
+}
+
+#[test]
+fn the_history_refuses_failed_versions_and_old_ones_and_a_waiting_one_is_not_rewritten() {
+    let k = keys();
+    let bx = Box_::new();
+    let machine = bx.machine(verify_key(&k), false);
+    let (b2, _) = make_bundle(&k, "x86_64", "0.2.0");
+    let p2 = bx.bundle_file(&b2);
+    install::install(&machine, &p2, 3, false).unwrap();
+    // Installed and untried: installing it again does nothing.
+    let e = install::install(&machine, &p2, 3, false).unwrap_err();
+    assert!(
+        matches!(e, InstallError::Waiting(ref v, "b") if v == "0.2.0"),
+        "{e}"
+    );
+    // A version recorded as failed is refused even after its entry is gone.
+    let v3 = Version::parse("0.3.0").unwrap();
+    machine.history.record(&v3, Slot::B, "failed").unwrap();
+    let (b3, _) = make_bundle(&k, "x86_64", "0.3.0");
+    let e = install::install(&machine, &bx.bundle_file(&b3), 3, false).unwrap_err();
+    assert!(
+        matches!(e, InstallError::FailedBefore(ref v) if v == "0.3.0"),
+        "{e}"
+    );
+    // Below the newest good version: refused (a replay of an old bundle).
+    machine
+        .history
+        .record(&Version::parse("0.5.0").unwrap(), Slot::A, "good")
+        .unwrap();
+    let (b4, _) = make_bundle(&k, "x86_64", "0.4.0");
+    let e = install::install(&machine, &bx.bundle_file(&b4), 3, false).unwrap_err();
+    assert!(matches!(e, InstallError::BelowFloor { .. }), "{e}");
+    let events: Vec<_> = machine
+        .history
+        .events()
+        .into_iter()
+        .map(|(v, s, e)| format!("{v} {s} {e}"))
+        .collect();
+    assert_eq!(
+        events,
+        ["0.2.0 b installed", "0.3.0 b failed", "0.5.0 a good"]
+    );
+}
+
+#[test]
+fn a_fifo_or_a_link_is_not_read_as_a_bundle() {
+    let k = keys();
+    let bx = Box_::new();
+    let machine = bx.machine(verify_key(&k), false);
+    let (b, _) = make_bundle(&k, "x86_64", "0.2.0");
+    let real = bx.bundle_file(&b);
+    let link = bx.dir.path().with_extension("link.bundle");
+    let _ = fs::remove_file(&link);
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    let e = install::install(&machine, &link, 3, false).unwrap_err();
+    assert!(e.to_string().contains("nothing written"), "{e}");
+    let fifo = bx.dir.path().with_extension("fifo.bundle");
+    let _ = fs::remove_file(&fifo);
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let e = install::install(&machine, &fifo, 3, false).unwrap_err();
+    assert!(e.to_string().contains("not a regular file"), "{e}");
 }

@@ -1,0 +1,214 @@
+//! The appliance image under qemu (TCG) in the lab: it boots, takes its
+//! configuration from the data partition and forwards (tunnelled and
+//! bypassed traffic checked as in the namespace lab); an update stick
+//! with a truncated bundle and a good one updates it to the other slot,
+//! which proves itself and is kept; a stick with a deliberately broken
+//! version updates it again, the broken slot fails its health check, and
+//! the box comes back on the good slot by itself and does not install the
+//! broken version again. All along, the client pings the tunnelled servers
+//! and `inet` counts what leaves the box directly: nothing may.
+//!
+//! The images come from `cargo xtask image --version 0.1.0 --bundle 0.2.0
+//! --bundle 0.3.0:broken`, in the directory `SLUICE_FIRMWARE` names
+//! (`cargo xtask test` builds them and sets it).
+
+use std::{
+    net::IpAddr,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use sluice_lab::{
+    Host, Lab, addr,
+    appliance::{Appliance, lab_seed, stick},
+    deploy::Sluice,
+    require, require_root,
+};
+
+use super::{HTTP, UDP, bin, url};
+
+const BOOT: Duration = Duration::from_secs(300);
+
+/// The directory with the images, if the environment names one.
+fn firmware(test: &str) -> Option<PathBuf> {
+    let dir = std::env::var_os("SLUICE_FIRMWARE").map(PathBuf::from);
+    let ok = dir
+        .as_ref()
+        .is_some_and(|d| d.join("sluice-0.1.0.img").exists());
+    require(
+        test,
+        ok,
+        "SLUICE_FIRMWARE naming the output of `cargo xtask image --version 0.1.0 --bundle 0.2.0 --bundle 0.3.0:broken` (cargo xtask test does it)",
+    )
+    .then(|| dir.unwrap_or_default())
+}
+
+/// Who the peer saw: `curl /whoami` from the client, if it answered.
+fn whoami(lab: &Lab, dst: IpAddr) -> Option<String> {
+    let out = lab.run(
+        Host::Client,
+        &[
+            "curl",
+            "-sS",
+            "--fail",
+            "--max-time",
+            "5",
+            &url(dst, "/whoami"),
+        ],
+    );
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// Waits until tunnelled traffic arrives from the edge and bypassed
+/// traffic from the box's WAN address (v4 and v6).
+fn wait_forwarding(lab: &Lab, vm: &Appliance<'_>, timeout: Duration) -> Duration {
+    let t = Instant::now();
+    let want: [(IpAddr, String); 4] = [
+        (addr::TUNNELLED_V4.into(), addr::EDGE_WAN_V4.to_string()),
+        (addr::BYPASSED_V4.into(), addr::GW_WAN_V4.to_string()),
+        (addr::TUNNELLED_V6.into(), addr::EDGE_WAN_V6.to_string()),
+        (addr::BYPASSED_V6.into(), addr::GW_WAN_V6.to_string()),
+    ];
+    loop {
+        let got: Vec<(IpAddr, Option<String>, &String)> = want
+            .iter()
+            .map(|(dst, from)| (*dst, whoami(lab, *dst), from))
+            .collect();
+        if got.iter().all(|(_, g, w)| g.as_deref() == Some(w.as_str())) {
+            return t.elapsed();
+        }
+        assert!(
+            t.elapsed() < timeout,
+            "the appliance does not forward after {timeout:?} (destination, seen source, wanted source): {got:?}\n{}",
+            vm.serial()
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+#[test]
+fn appliance_boots_forwards_updates_and_rolls_back() {
+    let name = "appliance_boots_forwards_updates_and_rolls_back";
+    if !require_root(name) {
+        return;
+    }
+    let Some(fw) = firmware(name) else {
+        return;
+    };
+    let lab = Lab::new_exclusive();
+    lab.spawn_peer(Host::Inet, "peer", HTTP, UDP);
+    let mut s = Sluice::prepare(&lab, bin(), str::to_string);
+    s.start_edge();
+    let seed = lab.dir().join("seed");
+    lab_seed(s.conf_dir(), &seed).unwrap();
+    let mut vm = Appliance::new(&lab, &fw.join("sluice-0.1.0.img"), &seed).unwrap();
+    // The leak watch: pings to the tunnelled servers through every boot,
+    // reboot and rollback (bounded: 5 per second for at most 30 minutes).
+    for dst in [
+        addr::TUNNELLED_V4.to_string(),
+        addr::TUNNELLED_V6.to_string(),
+    ] {
+        lab.spawn(
+            Host::Client,
+            &format!("ping-{}", if dst.contains(':') { 6 } else { 4 }),
+            &["ping", "-q", "-i", "0.2", "-w", "1800", &dst],
+        );
+    }
+    let step = |what: &str, r: Result<usize, String>| -> usize {
+        r.unwrap_or_else(|e| panic!("{what}: {e}"))
+    };
+
+    // 1. First boot: 0.1.0 from slot A, configured from the data partition.
+    let t = Instant::now();
+    vm.power_on(None);
+    step(
+        "first boot",
+        vm.wait_console("version 0.1.0, slot a", 0, BOOT),
+    );
+    let at = step(
+        "classifier",
+        vm.wait_console("sluice-forward: classifier attached", 0, BOOT),
+    );
+    let mode = vm.serial()[at..]
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    wait_forwarding(&lab, &vm, BOOT);
+    let boot_to_forwarding = t.elapsed();
+    eprintln!(
+        "appliance: power-on to forwarding (tunnelled and bypassed, v4 and v6) under TCG: {:.1} s; classifier{mode}",
+        boot_to_forwarding.as_secs_f64()
+    );
+    vm.power_off();
+
+    // 2. A stick with a truncated bundle and 0.2.0.
+    let good = fw.join(format!("sluice-0.2.0-{}.bundle", std::env::consts::ARCH));
+    let truncated = lab.dir().join("0-truncated.bundle");
+    let bytes = std::fs::read(&good).unwrap();
+    std::fs::write(&truncated, &bytes[..bytes.len() / 3]).unwrap();
+    drop(bytes);
+    let stick1 = lab.dir().join("stick1.img");
+    stick(&stick1, &[&truncated, &good]).unwrap();
+    let t = Instant::now();
+    vm.power_on(Some(&stick1));
+    let mut at = 0;
+    for (what, needle) in [
+        ("boot from A", "version 0.1.0, slot a"),
+        (
+            "truncated bundle refused",
+            "0-truncated.bundle: refused, nothing written: the bundle is truncated",
+        ),
+        ("0.2.0 installed", "installed 0.2.0 into slot b"),
+        ("boot from B", "version 0.2.0, slot b"),
+        ("B proves itself", "this boot is good"),
+    ] {
+        at = step(what, vm.wait_console(needle, at, BOOT));
+    }
+    wait_forwarding(&lab, &vm, BOOT);
+    let update = t.elapsed();
+    eprintln!(
+        "appliance: update 0.1.0 -> 0.2.0 (power-on with the stick to forwarding on 0.2.0): {:.1} s",
+        update.as_secs_f64()
+    );
+    vm.power_off();
+
+    // 3. A stick with a broken 0.3.0: installed, fails, rolled back.
+    let broken = fw.join(format!(
+        "sluice-0.3.0-broken-{}.bundle",
+        std::env::consts::ARCH
+    ));
+    let stick2 = lab.dir().join("stick2.img");
+    stick(&stick2, &[&broken]).unwrap();
+    let t = Instant::now();
+    vm.power_on(Some(&stick2));
+    let mut at = 0;
+    for (what, needle) in [
+        ("boot from B", "version 0.2.0, slot b"),
+        ("0.3.0 installed", "installed 0.3.0 into slot a"),
+        ("boot from A", "version 0.3.0, slot a"),
+        ("A fails its health check", "this boot is not good"),
+        ("back on B", "version 0.2.0, slot b"),
+        (
+            "0.3.0 not installed again",
+            "0.3.0 already failed its trial",
+        ),
+    ] {
+        at = step(what, vm.wait_console(needle, at, BOOT));
+    }
+    wait_forwarding(&lab, &vm, BOOT);
+    let rollback = t.elapsed();
+    eprintln!(
+        "appliance: broken 0.3.0 installed, failed and rolled back to 0.2.0, forwarding again: {:.1} s",
+        rollback.as_secs_f64()
+    );
+    vm.power_off();
+    let leaks = lab.leaks();
+    eprintln!("appliance: leak watch over all boots: {leaks:?}");
+    assert!(
+        leaks.is_empty(),
+        "traffic for the tunnelled servers left the appliance directly: {leaks:?}"
+    );
+}

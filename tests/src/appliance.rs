@@ -1,0 +1,337 @@
+//! The appliance under qemu, in the lab: the `gw` namespace stops being a
+//! gateway and becomes the VM's host side. Its `lan0` and `wan0` (the
+//! veths to `client` and `inet`) are bridged to two tap devices, one per
+//! virtio-net NIC of the VM (`eth0` LAN, `eth1` WAN in the guest), and
+//! lose their addresses and NAT: the guest takes the gateway's addresses
+//! ([`crate::addr`]) and the rest of the lab is unchanged.
+//!
+//! qemu runs under software emulation (TCG: this machine's KVM may not
+//! boot a stock kernel) with OVMF's UEFI firmware; its serial console is
+//! a file the test reads. An update stick is a FAT image labelled
+//! `SLUICE-UPD` holding bundles, attached as a second virtio disk.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use crate::{Host, Lab, ProcId, addr, addr::ifname};
+
+/// The UEFI firmware (Debian's `ovmf`).
+const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+
+/// The VM and its files.
+#[derive(Debug)]
+pub struct Appliance<'a> {
+    lab: &'a Lab,
+    dir: PathBuf,
+    disk: PathBuf,
+    vars: PathBuf,
+    qemu: Option<ProcId>,
+    /// Power-ons so far (each has its own serial log).
+    runs: usize,
+}
+
+fn sh(argv: &[&str]) -> Result<(), String> {
+    let out = Command::new(argv[0])
+        .args(&argv[1..])
+        .output()
+        .map_err(|e| format!("{argv:?}: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{argv:?}: {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+impl<'a> Appliance<'a> {
+    /// Wires the lab for the VM and makes its disk: a sparse copy of
+    /// `image` whose data partition holds `seed`'s files.
+    ///
+    /// # Errors
+    /// If a command fails.
+    pub fn new(lab: &'a Lab, image: &Path, seed: &Path) -> Result<Self, String> {
+        let dir = lab.dir().join("appliance");
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let disk = dir.join("disk.img");
+        sh(&[
+            "cp",
+            "--sparse=always",
+            &image.to_string_lossy(),
+            &disk.to_string_lossy(),
+        ])?;
+        let out = sluice_update::layout::mkfs_data(
+            seed,
+            &disk,
+            Some(sluice_update::layout::offset(sluice_update::layout::DATA)),
+            0,
+        )
+        .output()
+        .map_err(|e| format!("mkfs.ext4: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "mkfs.ext4 of the data partition: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        let vars = dir.join("vars.fd");
+        std::fs::copy(OVMF_VARS, &vars).map_err(|e| format!("{OVMF_VARS}: {e}"))?;
+        // The gw namespace becomes the VM's host side.
+        for (veth, tap, br) in [
+            (ifname::GW_LAN, "tap-lan", "br-lan"),
+            (ifname::GW_WAN, "tap-wan", "br-wan"),
+        ] {
+            lab.run_ok(Host::Gw, &["ip", "addr", "flush", "dev", veth]);
+            lab.run_ok(Host::Gw, &["ip", "tuntap", "add", tap, "mode", "tap"]);
+            lab.run_ok(Host::Gw, &["ip", "link", "add", br, "type", "bridge"]);
+            lab.run_ok(Host::Gw, &["ip", "link", "set", veth, "master", br]);
+            lab.run_ok(Host::Gw, &["ip", "link", "set", tap, "master", br]);
+            for dev in [tap, br] {
+                lab.run_ok(Host::Gw, &["ip", "link", "set", dev, "up"]);
+            }
+        }
+        let _ = lab.run(
+            Host::Gw,
+            &["nft", "delete", "table", "inet", "sluice_lab_nat"],
+        );
+        Ok(Appliance {
+            lab,
+            dir,
+            disk,
+            vars,
+            qemu: None,
+            runs: 0,
+        })
+    }
+
+    /// The serial log of the current (or last) power-on.
+    pub fn serial_path(&self) -> PathBuf {
+        self.dir.join(format!("serial-{}.log", self.runs))
+    }
+
+    /// What the console printed in the current power-on.
+    pub fn serial(&self) -> String {
+        std::fs::read(self.serial_path())
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// Powers the VM on, with `stick` (an image made by [`stick`]) as a
+    /// second disk if given.
+    ///
+    /// # Panics
+    /// If it is already on.
+    pub fn power_on(&mut self, stick: Option<&Path>) {
+        assert!(self.qemu.is_none(), "the appliance is already on");
+        self.runs += 1;
+        let code = format!("if=pflash,format=raw,readonly=on,file={OVMF_CODE}");
+        let vars = format!("if=pflash,format=raw,file={}", self.vars.display());
+        let disk = format!("file={},format=raw,if=virtio", self.disk.display());
+        let serial = format!("file:{}", self.serial_path().display());
+        // Native XDP on virtio-net needs the host's receive offloads off.
+        let nic = "guest_tso4=off,guest_tso6=off,guest_ecn=off,guest_ufo=off";
+        let lan = format!("virtio-net-pci,netdev=lan,mac=52:54:00:5c:00:01,{nic}");
+        let wan = format!("virtio-net-pci,netdev=wan,mac=52:54:00:5c:00:02,{nic}");
+        let mut argv = vec![
+            "qemu-system-x86_64",
+            "-machine",
+            "q35",
+            "-accel",
+            "tcg,thread=multi",
+            "-cpu",
+            "max",
+            "-smp",
+            "2",
+            "-m",
+            "1024",
+            "-display",
+            "none",
+            "-monitor",
+            "none",
+            "-serial",
+            &serial,
+            "-drive",
+            &code,
+            "-drive",
+            &vars,
+            "-drive",
+            &disk,
+            "-netdev",
+            "tap,id=lan,ifname=tap-lan,script=no,downscript=no",
+            "-device",
+            &lan,
+            "-netdev",
+            "tap,id=wan,ifname=tap-wan,script=no,downscript=no",
+            "-device",
+            &wan,
+            // A watchdog, as an appliance has: a hung boot is a failed boot.
+            "-device",
+            "i6300esb",
+        ];
+        let stick_arg;
+        if let Some(s) = stick {
+            stick_arg = format!("file={},format=raw,if=virtio,readonly=on", s.display());
+            argv.extend(["-drive", &stick_arg]);
+        }
+        let name = format!("qemu-{}", self.runs);
+        self.qemu = Some(self.lab.spawn(Host::Gw, &name, &argv));
+    }
+
+    /// Powers the VM off (qemu ends; the disk and firmware variables stay).
+    pub fn power_off(&mut self) {
+        if let Some(id) = self.qemu.take() {
+            self.lab.stop(id);
+        }
+    }
+
+    /// Whether qemu still runs.
+    pub fn is_on(&self) -> bool {
+        self.qemu.is_some_and(|id| self.lab.is_running(id))
+    }
+
+    /// Waits until the console (from byte `from` on) shows `needle`;
+    /// returns where it ends.
+    ///
+    /// # Errors
+    /// After `timeout`, or if qemu ended, with the console's tail.
+    pub fn wait_console(
+        &self,
+        needle: &str,
+        from: usize,
+        timeout: Duration,
+    ) -> Result<usize, String> {
+        let t = Instant::now();
+        loop {
+            let text = self.serial();
+            if let Some(i) = text.get(from..).and_then(|s| s.find(needle)) {
+                return Ok(from + i + needle.len());
+            }
+            if !self.is_on() || t.elapsed() > timeout {
+                let tail: String = text
+                    .chars()
+                    .rev()
+                    .take(4000)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect();
+                return Err(format!(
+                    "{needle:?} not on the console after {:?} (qemu {}):\n{tail}\n--- qemu ---\n{}",
+                    t.elapsed(),
+                    if self.is_on() { "running" } else { "ended" },
+                    self.lab.log(&format!("qemu-{}", self.runs))
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+}
+
+impl Drop for Appliance<'_> {
+    fn drop(&mut self) {
+        self.power_off();
+    }
+}
+
+/// An update stick: a FAT image labelled `SLUICE-UPD` with `files`.
+///
+/// # Errors
+/// If `mkfs.vfat` or `mcopy` fails.
+pub fn stick(out: &Path, files: &[&Path]) -> Result<(), String> {
+    let bytes: u64 = files
+        .iter()
+        .map(|f| std::fs::metadata(f).map_or(0, |m| m.len()))
+        .sum();
+    let kib = (bytes / 1024) * 11 / 10 + 16 * 1024;
+    let _ = std::fs::remove_file(out);
+    let o = out.to_string_lossy();
+    sh(&[
+        "mkfs.vfat",
+        "-C",
+        "-F",
+        "32",
+        "-n",
+        "SLUICE-UPD",
+        &o,
+        &kib.to_string(),
+    ])?;
+    for f in files {
+        let out = Command::new("mcopy")
+            .env("MTOOLS_SKIP_CHECK", "1")
+            .args(["-i", &o])
+            .arg(f)
+            .arg("::/")
+            .output()
+            .map_err(|e| format!("mcopy: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "mcopy {}: {}",
+                f.display(),
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The data partition's files for the lab: the gateway's configuration for
+/// the guest's NICs (`eth0` LAN, `eth1` WAN) with `branch-1`'s certificate
+/// from `conf` (a [`crate::deploy::Sluice`] configuration directory), and
+/// the networks with the lab's gateway addresses.
+///
+/// # Errors
+/// If a file cannot be written.
+pub fn lab_seed(conf: &Path, out: &Path) -> Result<(), String> {
+    let w = |p: &str, text: &str| {
+        let path = out.join(p);
+        if let Some(d) = path.parent() {
+            std::fs::create_dir_all(d).map_err(|e| e.to_string())?;
+        }
+        std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))
+    };
+    let cp = |from: &str, to: &str| {
+        std::fs::copy(conf.join(from), out.join(to))
+            .map(|_| ())
+            .map_err(|e| format!("{from}: {e}"))
+    };
+    std::fs::create_dir_all(out).map_err(|e| e.to_string())?;
+    cp("ca.pem", "ca.pem")?;
+    cp("branch-1.pem", "gateway.pem")?;
+    cp("branch-1.key", "gateway.key")?;
+    w(
+        "gateway.toml",
+        &format!(
+            "[gateway]\nname = \"branch-1\"\nlan = \"eth0\"\nwan = \"eth1\"\nxdp_mode = \"auto\"\nmetrics = \"127.0.0.1:9477\"\nadmin_socket = \"/run/sluice/admin.sock\"\n\n\
+             [tunnel]\nedge = \"{}:4443\"\nserver_name = \"edge.sluice.test\"\nca = \"/var/lib/sluice/ca.pem\"\ncert = \"/var/lib/sluice/gateway.pem\"\nkey = \"/var/lib/sluice/gateway.key\"\nkeepalive_secs = 2\nidle_timeout_secs = 6\n\n\
+             [bypass]\nprefixes = [\"{}/32\", \"{}/128\"]\n",
+            addr::EDGE_WAN_V4,
+            addr::BYPASSED_V4,
+            addr::BYPASSED_V6
+        ),
+    )?;
+    w(
+        "network/10-lan.network",
+        &format!(
+            "[Match]\nName=eth0\n\n[Network]\nAddress={}/24\nAddress={}/64\nConfigureWithoutCarrier=yes\nIPv6AcceptRA=no\n",
+            addr::GW_LAN_V4,
+            addr::GW_LAN_V6
+        ),
+    )?;
+    w(
+        "network/20-wan.network",
+        &format!(
+            "[Match]\nName=eth1\n\n[Network]\nAddress={}/30\nGateway={}\nAddress={}/64\nGateway={}\nIPv6AcceptRA=no\n",
+            addr::GW_WAN_V4,
+            addr::INET_GW_SIDE_V4,
+            addr::GW_WAN_V6,
+            addr::INET_GW_SIDE_V6
+        ),
+    )?;
+    Ok(())
+}
