@@ -116,9 +116,9 @@ fn appliance_boots_forwards_updates_and_rolls_back() {
             &["ping", "-q", "-i", "0.2", "-w", "1800", &dst],
         );
     }
-    let step = |what: &str, r: Result<usize, String>| -> usize {
+    fn step(what: &str, r: Result<usize, String>) -> usize {
         r.unwrap_or_else(|e| panic!("{what}: {e}"))
-    };
+    }
 
     // 1. First boot: 0.1.0 from slot A, configured from the data partition.
     let t = Instant::now();

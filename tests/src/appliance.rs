@@ -32,6 +32,12 @@ pub struct Appliance<'a> {
     qemu: Option<ProcId>,
     /// Power-ons so far (each has its own serial log).
     runs: usize,
+    /// The stick of the current power-on.
+    stick: Option<PathBuf>,
+    /// Reboots of the current power-on (qemu runs with `-no-reboot`: a
+    /// guest reboot ends qemu, and [`Appliance::wait_console`] starts it
+    /// again, as a power cycle).
+    reboots: usize,
 }
 
 fn sh(argv: &[&str]) -> Result<(), String> {
@@ -107,6 +113,8 @@ impl<'a> Appliance<'a> {
             vars,
             qemu: None,
             runs: 0,
+            stick: None,
+            reboots: 0,
         })
     }
 
@@ -130,10 +138,23 @@ impl<'a> Appliance<'a> {
     pub fn power_on(&mut self, stick: Option<&Path>) {
         assert!(self.qemu.is_none(), "the appliance is already on");
         self.runs += 1;
+        self.reboots = 0;
+        self.stick = stick.map(Path::to_path_buf);
+        self.start_qemu();
+    }
+
+    /// Starts qemu for the current power-on (its console appended to the
+    /// power-on's log).
+    fn start_qemu(&mut self) {
+        let stick = self.stick.clone();
+        let stick = stick.as_deref();
         let code = format!("if=pflash,format=raw,readonly=on,file={OVMF_CODE}");
         let vars = format!("if=pflash,format=raw,file={}", self.vars.display());
         let disk = format!("file={},format=raw,if=virtio", self.disk.display());
-        let serial = format!("file:{}", self.serial_path().display());
+        let serial = format!(
+            "file,id=console,path={},append=on",
+            self.serial_path().display()
+        );
         // Native XDP on virtio-net needs the host's receive offloads off.
         let nic = "guest_tso4=off,guest_tso6=off,guest_ecn=off,guest_ufo=off";
         let lan = format!("virtio-net-pci,netdev=lan,mac=52:54:00:5c:00:01,{nic}");
@@ -154,8 +175,13 @@ impl<'a> Appliance<'a> {
             "none",
             "-monitor",
             "none",
-            "-serial",
+            "-chardev",
             &serial,
+            "-serial",
+            "chardev:console",
+            // A guest reboot ends qemu; wait_console starts it again (a
+            // power cycle: OVMF's warm reset under TCG hung once here).
+            "-no-reboot",
             "-drive",
             &code,
             "-drive",
@@ -179,7 +205,7 @@ impl<'a> Appliance<'a> {
             stick_arg = format!("file={},format=raw,if=virtio,readonly=on", s.display());
             argv.extend(["-drive", &stick_arg]);
         }
-        let name = format!("qemu-{}", self.runs);
+        let name = format!("qemu-{}-{}", self.runs, self.reboots);
         self.qemu = Some(self.lab.spawn(Host::Gw, &name, &argv));
     }
 
@@ -225,7 +251,7 @@ impl<'a> Appliance<'a> {
                     "{needle:?} not on the console after {:?} (qemu {}):\n{tail}\n--- qemu ---\n{}",
                     t.elapsed(),
                     if self.is_on() { "running" } else { "ended" },
-                    self.lab.log(&format!("qemu-{}", self.runs))
+                    self.lab.log(&format!("qemu-{}-{}", self.runs, self.reboots))
                 ));
             }
             std::thread::sleep(Duration::from_millis(250));

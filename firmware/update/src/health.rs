@@ -17,7 +17,7 @@ use std::{
 };
 
 /// systemd-boot's vendor GUID for its EFI variables.
-const LOADER_GUID: &str = "4a67b082-0a4c-41cf-b6c7-440b29bb8c4f";
+pub const LOADER_GUID: &str = "4a67b082-0a4c-41cf-b6c7-440b29bb8c4f";
 
 /// The boot is on trial: systemd-boot booted an entry with a counter (it
 /// then sets `LoaderBootCountPath`, the entry's path on the ESP) and

@@ -98,9 +98,7 @@ fn machine() -> Result<Machine> {
     let running = Version::parse(running.trim()).map_err(anyhow::Error::msg)?;
     Ok(Machine {
         esp: Esp { root: ESP.into() },
-        device: Box::new(|s: Slot| {
-            PathBuf::from(format!("/dev/disk/by-partuuid/{}", s.part().uuid))
-        }),
+        device: Box::new(slot_device),
         booted,
         running,
         on_trial: health::on_trial(Path::new(EFIVARS), Path::new(ESP)),
@@ -111,6 +109,53 @@ fn machine() -> Result<Machine> {
         },
         lock: LOCK.into(),
     })
+}
+
+/// A slot's partition on the disk systemd-boot started from (named by
+/// `LoaderDevicePartUUID`, the ESP's partition UUID), by its GPT name:
+/// another disk with the same identifiers (a stick made from an image)
+/// is never written. Without that variable (not booted by systemd-boot),
+/// the partition UUID.
+fn slot_device(s: Slot) -> PathBuf {
+    let fallback = || PathBuf::from(format!("/dev/disk/by-partuuid/{}", s.part().uuid));
+    let Some(esp) = efivar_string(&format!("LoaderDevicePartUUID-{}", health::LOADER_GUID)) else {
+        return fallback();
+    };
+    let find = || -> Option<PathBuf> {
+        let dev =
+            std::fs::canonicalize(format!("/dev/disk/by-partuuid/{}", esp.to_lowercase())).ok()?;
+        let part = dev.file_name()?.to_str()?.to_string();
+        let disk = std::fs::canonicalize(format!("/sys/class/block/{part}/..")).ok()?;
+        for e in std::fs::read_dir(&disk).ok()? {
+            let e = e.ok()?;
+            let uevent = std::fs::read_to_string(e.path().join("uevent")).unwrap_or_default();
+            if uevent
+                .lines()
+                .any(|l| l == format!("PARTNAME={}", s.part().label))
+            {
+                return Some(PathBuf::from("/dev").join(e.file_name()));
+            }
+        }
+        None
+    };
+    find().unwrap_or_else(|| {
+        PathBuf::from(format!(
+            "/nonexistent/{}-not-on-the-boot-disk",
+            s.part().label
+        ))
+    })
+}
+
+/// An EFI variable holding a UTF-16 string.
+fn efivar_string(name: &str) -> Option<String> {
+    let raw = std::fs::read(Path::new(EFIVARS).join(name)).ok()?;
+    let units: Vec<u16> = raw
+        .get(4..)?
+        .chunks_exact(2)
+        .map(|c| u16::from_le_bytes([c[0], c[1]]))
+        .take_while(|&u| u != 0)
+        .collect();
+    Some(String::from_utf16_lossy(&units))
 }
 
 /// The update key, and a short fingerprint of it (the SHA-256 of its
@@ -271,7 +316,14 @@ fn forward() -> Result<()> {
             .and_then(|l| l.get("xdp"))
             .and_then(|x| x.get("mode"))
         {
-            break mode.to_string();
+            // iproute2's numbers: the kernel's XDP_ATTACHED_*.
+            break match mode.as_u64() {
+                Some(1) => "native".to_string(),
+                Some(2) => "generic (skb)".to_string(),
+                Some(3) => "offloaded".to_string(),
+                Some(4) => "several".to_string(),
+                _ => mode.to_string(),
+            };
         }
         if waited.is_multiple_of(60) {
             println!(
