@@ -251,7 +251,8 @@ impl<'a> Appliance<'a> {
                     "{needle:?} not on the console after {:?} (qemu {}):\n{tail}\n--- qemu ---\n{}",
                     t.elapsed(),
                     if self.is_on() { "running" } else { "ended" },
-                    self.lab.log(&format!("qemu-{}-{}", self.runs, self.reboots))
+                    self.lab
+                        .log(&format!("qemu-{}-{}", self.runs, self.reboots))
                 ));
             }
             std::thread::sleep(Duration::from_millis(250));
