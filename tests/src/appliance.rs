@@ -227,7 +227,7 @@ impl<'a> Appliance<'a> {
     /// # Errors
     /// After `timeout`, or if qemu ended, with the console's tail.
     pub fn wait_console(
-        &self,
+        &mut self,
         needle: &str,
         from: usize,
         timeout: Duration,
@@ -237,6 +237,15 @@ impl<'a> Appliance<'a> {
             let text = self.serial();
             if let Some(i) = text.get(from..).and_then(|s| s.find(needle)) {
                 return Ok(from + i + needle.len());
+            }
+            if !self.is_on() && self.qemu.is_some() && self.reboots < 10 {
+                // The guest rebooted (qemu runs with -no-reboot).
+                if let Some(id) = self.qemu.take() {
+                    self.lab.stop(id);
+                }
+                self.reboots += 1;
+                self.start_qemu();
+                continue;
             }
             if !self.is_on() || t.elapsed() > timeout {
                 let tail: String = text

@@ -26,6 +26,7 @@
 //! development key is made once in `target/firmware/keys/` (0600).
 
 use std::{
+    fmt::Write as _,
     fs,
     io::Write as _,
     os::unix::fs::PermissionsExt as _,
@@ -252,6 +253,7 @@ struct Key {
 }
 
 fn update_key(out: &Path) -> Result<Key> {
+    #[expect(clippy::single_match_else, reason = "two ways to a key, side by side")]
     let (sk_path, pk_path) = match std::env::var_os("SLUICE_UPDATE_KEY") {
         Some(p) => {
             let p = PathBuf::from(p);
@@ -396,7 +398,7 @@ fn customize(rootfs: &Path, bin: &Path, public_key: &str) -> Result<()> {
     let kver = kernel_version(rootfs)?;
     let mut strip = String::new();
     for m in STRIP_MODULES {
-        strip.push_str(&format!(" '{r}/lib/modules/{kver}/kernel/{m}'"));
+        let _ = write!(strip, " '{r}/lib/modules/{kver}/kernel/{m}'");
     }
     sh(&format!(
         "rm -rf{strip}
@@ -474,6 +476,7 @@ fn squashfs(rootfs: &Path, out: &Path, epoch: u64) -> Result<()> {
     Ok(())
 }
 
+#[expect(clippy::many_single_char_names, reason = "the three payloads")]
 fn write_bundle(out: &Path, v: &Version, files: [&Path; 3], key: &Key) -> Result<()> {
     let mut payloads = Vec::new();
     for f in files {
@@ -501,7 +504,9 @@ fn write_bundle(out: &Path, v: &Version, files: [&Path; 3], key: &Key) -> Result
                 .map_err(std::io::Error::other)
         },
     )?;
-    f.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+    f.into_inner()
+        .map_err(std::io::IntoInnerError::into_error)?
+        .sync_all()?;
     fs::rename(&tmp, out)?;
     Ok(())
 }
@@ -577,14 +582,15 @@ fn assemble(
         layout::DISK_GUID
     );
     for p in layout::PARTS {
-        script.push_str(&format!(
-            "start={}, size={}, type={}, uuid={}, name=\"{}\"\n",
+        let _ = writeln!(
+            script,
+            "start={}, size={}, type={}, uuid={}, name=\"{}\"",
             layout::offset(p) / 512,
             (p.mib << 20) / 512,
             p.type_guid,
             p.uuid,
             p.label
-        ));
+        );
     }
     let mut child = Command::new("sfdisk")
         .args(["--quiet", "--no-reread", "--no-tell-kernel"])
@@ -618,7 +624,7 @@ fn assemble(
 
 fn allocated_mib(p: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt as _;
-    fs::metadata(p).map(|m| m.blocks() * 512 >> 20).unwrap_or(0)
+    fs::metadata(p).map_or(0, |m| (m.blocks() * 512) >> 20)
 }
 
 /// `cargo xtask boot [IMAGE]`: the image on this terminal under qemu
