@@ -1,5 +1,6 @@
-//! The appliance image under qemu (TCG) in the lab: it boots, takes its
-//! configuration from the data partition and forwards (tunnelled and
+//! The appliance image under qemu (TCG) in the lab: it boots, enrols with
+//! the controller (in inet) from a token on its data partition and
+//! forwards on the policy it gets (tunnelled and
 //! bypassed traffic checked as in the namespace lab); an update stick
 //! with a truncated bundle and a good one updates it to the other slot,
 //! which proves itself and is kept; a stick with a deliberately broken
@@ -20,12 +21,17 @@ use std::{
 
 use sluice_lab::{
     Host, Lab, addr,
-    appliance::{Appliance, lab_seed, stick},
+    addr::ifname,
+    appliance::{Appliance, lab_seed_edge, lab_seed_enrol, stick},
     deploy::Sluice,
     require, require_root,
 };
 
-use super::{HTTP, UDP, bin, url};
+use super::{
+    HTTP, UDP, bin,
+    controller::{A, CTL_HOST, Fleet},
+    url,
+};
 
 const BOOT: Duration = Duration::from_secs(300);
 
@@ -99,10 +105,30 @@ fn appliance_boots_forwards_updates_and_rolls_back() {
     };
     let lab = Lab::new_exclusive();
     lab.spawn_peer(Host::Inet, "peer", HTTP, UDP);
-    let mut s = Sluice::prepare(&lab, bin(), str::to_string);
-    s.start_edge();
+    // The controller in inet, with the organisation, a bypass for the
+    // bypassed servers and an enrolled edge; the box gets a token on its
+    // data partition and nothing else (the gateway's file is the
+    // image's default).
+    let mut f = Fleet::new(&lab, None);
+    f.edge_timers = "";
+    f.start_controller(0, A);
+    f.sign_in(0);
+    f.organise();
+    f.set_bypass(
+        0,
+        &[
+            &format!("{}/32", addr::BYPASSED_V4),
+            &format!("{}/128", addr::BYPASSED_V6),
+        ],
+    );
+    f.start_edge();
     let seed = lab.dir().join("seed");
-    lab_seed(s.conf_dir(), &seed).unwrap();
+    lab_seed_enrol(
+        &seed,
+        &format!("https://{CTL_HOST}:{}", A.api),
+        &f.token("gateways", "branch-1"),
+    )
+    .unwrap();
     let mut vm = Appliance::new(&lab, &fw.join("sluice-0.1.0.img"), &seed).unwrap();
     // The leak watch: pings to the tunnelled servers through every boot,
     // reboot and rollback (bounded: 5 per second for at most 30 minutes).
@@ -126,6 +152,15 @@ fn appliance_boots_forwards_updates_and_rolls_back() {
     step(
         "first boot",
         vm.wait_console("version 0.1.0, slot a", 0, BOOT),
+    );
+    step(
+        "enrolment",
+        vm.wait_console(
+            "sluice-enrol: gateway.toml is now managed by the controller",
+            0,
+            BOOT,
+        )
+        .map_err(|e| format!("{e}\n{}", f.logs())),
     );
     let at = step(
         "classifier",
@@ -216,5 +251,91 @@ fn appliance_boots_forwards_updates_and_rolls_back() {
     assert!(
         leaks.is_empty(),
         "traffic for the tunnelled servers left the appliance directly: {leaks:?}"
+    );
+}
+
+/// The image in the edge's place, with the edge and controller roles (its
+/// data partition has `edge.toml`, the edge's certificate and
+/// `controller.toml`, no `gateway.toml`): the lab's gateway tunnels
+/// through it, and its controller answers on the edge's address.
+#[test]
+fn appliance_serves_as_an_edge_and_a_controller() {
+    let name = "appliance_serves_as_an_edge_and_a_controller";
+    if !require_root(name) {
+        return;
+    }
+    let Some(fw) = firmware(name) else {
+        return;
+    };
+    let lab = Lab::new_exclusive();
+    lab.spawn_peer(Host::Inet, "peer", HTTP, UDP);
+    let mut s = Sluice::prepare(&lab, bin(), str::to_string);
+    let seed = lab.dir().join("seed");
+    lab_seed_edge(s.conf_dir(), &seed).unwrap();
+    let mut vm = Appliance::new_at(
+        &lab,
+        Host::Edge,
+        &fw.join("sluice-0.1.0.img"),
+        &seed,
+        None,
+        ifname::EDGE_WAN,
+    )
+    .unwrap();
+    let t = Instant::now();
+    vm.power_on(None);
+    let mut at = 0;
+    for (what, needle) in [
+        ("roles", "sluice-firstboot: roles: edge controller"),
+        ("first boot", "version 0.1.0, slot a"),
+        ("the edge listens", "listening on"),
+    ] {
+        at = vm
+            .wait_console(needle, at, BOOT)
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+    }
+    // The lab's gateway (in gw, its own file) tunnels through the box.
+    s.start_gateway();
+    let want: [(IpAddr, String); 3] = [
+        (addr::TUNNELLED_V4.into(), addr::EDGE_WAN_V4.to_string()),
+        (addr::TUNNELLED_V6.into(), addr::EDGE_WAN_V6.to_string()),
+        (addr::BYPASSED_V4.into(), addr::GW_WAN_V4.to_string()),
+    ];
+    lab.wait_for("traffic through the box", Duration::from_secs(60), || {
+        want.iter()
+            .all(|(dst, from)| whoami(&lab, *dst).as_deref() == Some(from.as_str()))
+    });
+    let edge = t.elapsed();
+    // Its controller answers on the edge's address (its CA is the box's
+    // own: only that it serves is checked here).
+    let api = format!("https://{}:8443/openapi.json", addr::EDGE_WAN_V4);
+    lab.wait_for("the box's controller", BOOT, || {
+        lab.run(
+            Host::Inet,
+            &[
+                "curl",
+                "-sSk",
+                "--fail",
+                "--max-time",
+                "5",
+                "-o",
+                "/dev/null",
+                &api,
+            ],
+        )
+        .status
+        .success()
+    });
+    eprintln!(
+        "appliance: edge and controller roles: power-on to tunnelled traffic through the box {:.1} s, controller answering {:.1} s",
+        edge.as_secs_f64(),
+        t.elapsed().as_secs_f64()
+    );
+    let serial = vm.serial();
+    vm.power_off();
+    // No gateway on an edge box (its unit's condition: no gateway.toml).
+    assert!(
+        !serial.contains("Started sluice-gateway.service")
+            && !serial.contains("sluice-forward: classifier attached"),
+        "a gateway ran on the edge box:\n{serial}"
     );
 }

@@ -36,17 +36,17 @@ use super::{HTTP, UDP, bin};
 mod pg;
 
 /// inet's address on the gateways' side: every lab host routes to it.
-const CTL_HOST: &str = "198.51.100.2";
+pub(super) const CTL_HOST: &str = "198.51.100.2";
 const SIGKILL: i32 = 9;
 
 /// A controller's ports.
 #[derive(Clone, Copy)]
-struct Ports {
-    api: u16,
+pub(super) struct Ports {
+    pub(super) api: u16,
     agent: u16,
 }
 
-const A: Ports = Ports {
+pub(super) const A: Ports = Ports {
     api: 8443,
     agent: 8444,
 };
@@ -56,7 +56,7 @@ const B: Ports = Ports {
 };
 
 /// The controllers, the boxes and what they need.
-struct Fleet<'a> {
+pub(super) struct Fleet<'a> {
     lab: &'a Lab,
     dir: PathBuf,
     database: String,
@@ -67,10 +67,13 @@ struct Fleet<'a> {
     gateways: Vec<(Host, &'static str, ProcId)>,
     edge: Option<ProcId>,
     ids: std::collections::BTreeMap<String, String>,
+    /// The edge's `keepalive_secs` and `idle_timeout_secs` lines (short
+    /// by default: the lab's gateways set theirs to match).
+    pub(super) edge_timers: &'static str,
 }
 
 impl<'a> Fleet<'a> {
-    fn new(lab: &'a Lab, database: Option<String>) -> Self {
+    pub(super) fn new(lab: &'a Lab, database: Option<String>) -> Self {
         let dir = lab.dir().join("fleet");
         std::fs::create_dir_all(&dir).unwrap();
         let database = database.unwrap_or_else(|| "sqlite://controller.db".into());
@@ -84,6 +87,7 @@ impl<'a> Fleet<'a> {
             gateways: Vec::new(),
             edge: None,
             ids: std::collections::BTreeMap::new(),
+            edge_timers: "keepalive_secs = 2\nidle_timeout_secs = 6\n",
         }
     }
 
@@ -122,7 +126,7 @@ impl<'a> Fleet<'a> {
     }
 
     /// Starts controller `n` in `inet` and waits for its API.
-    fn start_controller(&mut self, n: usize, p: Ports) {
+    pub(super) fn start_controller(&mut self, n: usize, p: Ports) {
         let file = self.controller_file(n, p);
         let bin = bin().to_string_lossy().into_owned();
         let id = self.lab.spawn_env(
@@ -177,7 +181,7 @@ impl<'a> Fleet<'a> {
 
     /// An admin client made from the command line, its token from the
     /// token endpoint of controller `n`.
-    fn sign_in(&mut self, n: usize) {
+    pub(super) fn sign_in(&mut self, n: usize) {
         let file = self.dir.join(format!("controller{n}.toml"));
         let bin = bin().to_string_lossy().into_owned();
         let name = format!("lab-admin-{n}");
@@ -262,7 +266,7 @@ impl<'a> Fleet<'a> {
 
     /// The organisation: one edge, the internet tenant on it, an app
     /// profile with no bypass, two gateways with their LANs.
-    fn organise(&mut self) {
+    pub(super) fn organise(&mut self) {
         self.create(
             0,
             "edges",
@@ -287,7 +291,7 @@ impl<'a> Fleet<'a> {
     }
 
     /// A one-time enrolment token for `name` of `collection`.
-    fn token(&self, collection: &str, name: &str) -> String {
+    pub(super) fn token(&self, collection: &str, name: &str) -> String {
         let v = self.api(
             0,
             "POST",
@@ -326,13 +330,14 @@ impl<'a> Fleet<'a> {
         assert!(out.contains("enrolled as"), "{out}");
     }
 
-    fn start_edge(&mut self) {
+    pub(super) fn start_edge(&mut self) {
         self.enrol(Host::Edge, "edge", "edges", "edge-1", "edge-state");
         let file = self.dir.join("edge.toml");
         std::fs::write(
             &file,
             format!(
-                "[edge]\nlisten = \"[::]:4443\"\ntun = \"sluice0\"\nmetrics = \"127.0.0.1:9478\"\nkeepalive_secs = 2\nidle_timeout_secs = 6\n\n[controller]\nstate_dir = \"edge-state\"\nagent_urls = [{}]\n",
+                "[edge]\nlisten = \"[::]:4443\"\ntun = \"sluice0\"\nmetrics = \"127.0.0.1:9478\"\n{}\n[controller]\nstate_dir = \"edge-state\"\nagent_urls = [{}]\n",
+                self.edge_timers,
                 self.agent_urls()
             ),
         )
@@ -390,7 +395,7 @@ impl<'a> Fleet<'a> {
             });
     }
 
-    fn logs(&self) -> String {
+    pub(super) fn logs(&self) -> String {
         let mut out = String::new();
         for name in ["controller0", "controller1", "edge", "gateway1", "gateway2"] {
             if let Ok(t) = std::fs::read_to_string(self.lab.log_path(name)) {
@@ -456,7 +461,7 @@ impl<'a> Fleet<'a> {
         }
     }
 
-    fn set_bypass(&self, n: usize, prefixes: &[&str]) {
+    pub(super) fn set_bypass(&self, n: usize, prefixes: &[&str]) {
         let list: Vec<String> = prefixes.iter().map(|p| format!("\"{p}\"")).collect();
         self.api(
             n,

@@ -8,6 +8,7 @@ use std::{net::SocketAddr, os::unix::fs::MetadataExt as _, path::Path, time::Dur
 
 mod admin;
 mod appliance;
+mod capabilities;
 mod controller;
 mod datagram;
 mod edge;

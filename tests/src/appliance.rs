@@ -26,6 +26,8 @@ const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
 #[derive(Debug)]
 pub struct Appliance<'a> {
     lab: &'a Lab,
+    /// The namespace in whose place the VM is.
+    host: Host,
     dir: PathBuf,
     disk: PathBuf,
     vars: PathBuf,
@@ -63,6 +65,34 @@ impl<'a> Appliance<'a> {
     /// # Errors
     /// If a command fails.
     pub fn new(lab: &'a Lab, image: &Path, seed: &Path) -> Result<Self, String> {
+        let vm = Self::new_at(
+            lab,
+            Host::Gw,
+            image,
+            seed,
+            Some(ifname::GW_LAN),
+            ifname::GW_WAN,
+        )?;
+        let _ = lab.run(
+            Host::Gw,
+            &["nft", "delete", "table", "inet", "sluice_lab_nat"],
+        );
+        Ok(vm)
+    }
+
+    /// As [`Appliance::new`], with the VM in `host`'s place: its veth
+    /// `lan` (if any) bridged to the VM's `eth0`, `wan` to its `eth1`.
+    ///
+    /// # Errors
+    /// If a command fails.
+    pub fn new_at(
+        lab: &'a Lab,
+        host: Host,
+        image: &Path,
+        seed: &Path,
+        lan: Option<&str>,
+        wan: &str,
+    ) -> Result<Self, String> {
         let dir = lab.dir().join("appliance");
         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
         let disk = dir.join("disk.img");
@@ -88,26 +118,22 @@ impl<'a> Appliance<'a> {
         }
         let vars = dir.join("vars.fd");
         std::fs::copy(OVMF_VARS, &vars).map_err(|e| format!("{OVMF_VARS}: {e}"))?;
-        // The gw namespace becomes the VM's host side.
-        for (veth, tap, br) in [
-            (ifname::GW_LAN, "tap-lan", "br-lan"),
-            (ifname::GW_WAN, "tap-wan", "br-wan"),
-        ] {
-            lab.run_ok(Host::Gw, &["ip", "addr", "flush", "dev", veth]);
-            lab.run_ok(Host::Gw, &["ip", "tuntap", "add", tap, "mode", "tap"]);
-            lab.run_ok(Host::Gw, &["ip", "link", "add", br, "type", "bridge"]);
-            lab.run_ok(Host::Gw, &["ip", "link", "set", veth, "master", br]);
-            lab.run_ok(Host::Gw, &["ip", "link", "set", tap, "master", br]);
+        // The namespace becomes the VM's host side.
+        for (veth, tap, br) in [(lan, "tap-lan", "br-lan"), (Some(wan), "tap-wan", "br-wan")] {
+            lab.run_ok(host, &["ip", "tuntap", "add", tap, "mode", "tap"]);
+            lab.run_ok(host, &["ip", "link", "add", br, "type", "bridge"]);
+            if let Some(veth) = veth {
+                lab.run_ok(host, &["ip", "addr", "flush", "dev", veth]);
+                lab.run_ok(host, &["ip", "link", "set", veth, "master", br]);
+            }
+            lab.run_ok(host, &["ip", "link", "set", tap, "master", br]);
             for dev in [tap, br] {
-                lab.run_ok(Host::Gw, &["ip", "link", "set", dev, "up"]);
+                lab.run_ok(host, &["ip", "link", "set", dev, "up"]);
             }
         }
-        let _ = lab.run(
-            Host::Gw,
-            &["nft", "delete", "table", "inet", "sluice_lab_nat"],
-        );
         Ok(Appliance {
             lab,
+            host,
             dir,
             disk,
             vars,
@@ -206,7 +232,7 @@ impl<'a> Appliance<'a> {
             argv.extend(["-drive", &stick_arg]);
         }
         let name = format!("qemu-{}-{}", self.runs, self.reboots);
-        self.qemu = Some(self.lab.spawn(Host::Gw, &name, &argv));
+        self.qemu = Some(self.lab.spawn(self.host, &name, &argv));
     }
 
     /// Powers the VM off (qemu ends; the disk and firmware variables stay).
@@ -351,6 +377,36 @@ pub fn lab_seed(conf: &Path, out: &Path) -> Result<(), String> {
             addr::BYPASSED_V6
         ),
     )?;
+    lab_networks(out)
+}
+
+/// A data partition's seed for a box that enrols at first boot: the lab's
+/// networks and `enrol.toml` with `controller` (its API URL) and
+/// `token`; the gateway's file is the image's default.
+///
+/// # Errors
+/// If a file cannot be written.
+pub fn lab_seed_enrol(out: &Path, controller: &str, token: &str) -> Result<(), String> {
+    std::fs::create_dir_all(out).map_err(|e| e.to_string())?;
+    let f = out.join("enrol.toml");
+    std::fs::write(
+        &f,
+        format!("controller = \"{controller}\"\ntoken = \"{token}\"\n"),
+    )
+    .map_err(|e| format!("{}: {e}", f.display()))?;
+    lab_networks(out)
+}
+
+/// The box's networks with the lab's gateway addresses (LAN `eth0`, WAN
+/// `eth1`).
+fn lab_networks(out: &Path) -> Result<(), String> {
+    let w = |p: &str, text: &str| {
+        let path = out.join(p);
+        if let Some(d) = path.parent() {
+            std::fs::create_dir_all(d).map_err(|e| e.to_string())?;
+        }
+        std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))
+    };
     w(
         "network/10-lan.network",
         &format!(
@@ -359,15 +415,57 @@ pub fn lab_seed(conf: &Path, out: &Path) -> Result<(), String> {
             addr::GW_LAN_V6
         ),
     )?;
-    w(
-        "network/20-wan.network",
-        &format!(
+    wan_network(
+        out,
+        (addr::GW_WAN_V4, addr::INET_GW_SIDE_V4),
+        (addr::GW_WAN_V6, addr::INET_GW_SIDE_V6),
+    )
+}
+
+/// `eth1`'s network file: static addresses (a /30 and a /64) and their
+/// routers.
+fn wan_network(
+    out: &Path,
+    v4: (std::net::Ipv4Addr, std::net::Ipv4Addr),
+    v6: (std::net::Ipv6Addr, std::net::Ipv6Addr),
+) -> Result<(), String> {
+    let path = out.join("network/20-wan.network");
+    std::fs::create_dir_all(out.join("network")).map_err(|e| e.to_string())?;
+    std::fs::write(
+        &path,
+        format!(
             "[Match]\nName=eth1\n\n[Network]\nAddress={}/30\nGateway={}\nAddress={}/64\nGateway={}\nIPv6AcceptRA=no\n",
-            addr::GW_WAN_V4,
-            addr::INET_GW_SIDE_V4,
-            addr::GW_WAN_V6,
-            addr::INET_GW_SIDE_V6
+            v4.0, v4.1, v6.0, v6.1
         ),
-    )?;
-    Ok(())
+    )
+    .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// A data partition's seed for a box in the edge's place with the edge
+/// and controller roles: the lab's edge file with its certificate from
+/// `conf` (a [`crate::deploy::Sluice`] configuration directory), a
+/// controller listening on the edge's address (ports 8443 and 8444), and
+/// the edge's WAN network on `eth1`.
+///
+/// # Errors
+/// If a file cannot be read or written.
+pub fn lab_seed_edge(conf: &Path, out: &Path) -> Result<(), String> {
+    std::fs::create_dir_all(out).map_err(|e| e.to_string())?;
+    for f in ["edge.toml", "ca.pem", "edge.pem", "edge.key"] {
+        std::fs::copy(conf.join(f), out.join(f)).map_err(|e| format!("{f}: {e}"))?;
+    }
+    let f = out.join("controller.toml");
+    std::fs::write(
+        &f,
+        format!(
+            "[controller]\nlisten = \"{e}:8443\"\nagent_listen = \"{e}:8444\"\nserver_names = [\"{e}\"]\nstate_dir = \"/var/lib/sluice/controller\"\n",
+            e = addr::EDGE_WAN_V4
+        ),
+    )
+    .map_err(|e| format!("{}: {e}", f.display()))?;
+    wan_network(
+        out,
+        (addr::EDGE_WAN_V4, addr::INET_EDGE_SIDE_V4),
+        (addr::EDGE_WAN_V6, addr::INET_EDGE_SIDE_V6),
+    )
 }

@@ -236,6 +236,9 @@ pub struct Sluice<'a> {
     pub gateway: Option<ProcId>,
     /// CPUs the gateway and the edge are confined to (`taskset`), if any.
     pin: Option<(usize, usize)>,
+    /// A command the gateway runs under (e.g. `setpriv` with a bounding
+    /// set), if any.
+    pub gateway_wrapper: Vec<String>,
 }
 
 impl<'a> Sluice<'a> {
@@ -285,6 +288,7 @@ impl<'a> Sluice<'a> {
             others: [None, None],
             gateway: None,
             pin: None,
+            gateway_wrapper: Vec::new(),
         }
     }
 
@@ -436,6 +440,42 @@ impl<'a> Sluice<'a> {
         self.wait_tunnel(true, Duration::from_secs(15));
     }
 
+    /// Starts the gateway (log `log`) and waits up to `timeout` for its
+    /// tunnel to be up; an error (its log's tail) if it exits or does not
+    /// come up. The process stays [`Sluice::gateway`] either way.
+    ///
+    /// # Errors
+    /// It exited, or its tunnel is not up within `timeout`.
+    pub fn try_start_gateway(&mut self, log: &str, timeout: Duration) -> Result<(), String> {
+        let id = self.spawn_gateway(Host::Gw, log, "gateway.toml");
+        self.gateway = Some(id);
+        let t = std::time::Instant::now();
+        let tail = |lab: &Lab| {
+            let text = lab.log(log);
+            let lines: Vec<&str> = text.lines().rev().take(8).collect();
+            lines.into_iter().rev().collect::<Vec<_>>().join("\n")
+        };
+        loop {
+            if !self.lab.is_running(id) {
+                return Err(format!("it exited:\n{}", tail(self.lab)));
+            }
+            let ups = samples(
+                &metrics_text(self.lab, Host::Gw, GATEWAY_METRICS),
+                "sluice_gateway_tunnel_up",
+            );
+            if !ups.is_empty() && ups.iter().all(|&(_, v)| v == 1) {
+                return Ok(());
+            }
+            if t.elapsed() >= timeout {
+                return Err(format!(
+                    "its tunnel is not up after {timeout:?}:\n{}",
+                    tail(self.lab)
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     /// Starts the gateway and waits until it reports its tunnel down (its
     /// edge is not running).
     ///
@@ -484,7 +524,11 @@ impl<'a> Sluice<'a> {
     fn spawn_gateway_env(&self, h: Host, name: &str, file: &str, env: &[(&str, &str)]) -> ProcId {
         let cfg = self.conf.join(file).to_string_lossy().into_owned();
         let bin = self.bin.to_string_lossy().into_owned();
-        let argv = Self::pinned(self.pin.map(|p| p.0), &[&bin, "gateway", "--config", &cfg]);
+        let mut argv = self.gateway_wrapper.clone();
+        argv.extend(Self::pinned(
+            self.pin.map(|p| p.0),
+            &[&bin, "gateway", "--config", &cfg],
+        ));
         let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
         let mut all = vec![("RUST_LOG", "info")];
         all.extend_from_slice(env);

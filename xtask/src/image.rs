@@ -164,6 +164,15 @@ fn build(out: &Path, variants: &[Variant], seed: Option<&Path>) -> Result<()> {
     let bin = crate::target_dir()?.join("release");
     let work = out.join("work");
     fs::create_dir_all(&work)?;
+    // One build at a time in an output directory: a second one would
+    // remove the first's root under it.
+    let lock = fs::File::create(out.join(".lock"))?;
+    lock.try_lock().map_err(|_| {
+        anyhow::anyhow!(
+            "another image build is using {} (its .lock is held)",
+            out.display()
+        )
+    })?;
     let key = update_key(out)?;
     let rootfs = work.join("rootfs");
     bootstrap(out, &rootfs, epoch)?;
@@ -341,6 +350,20 @@ fn bootstrap(out: &Path, rootfs: &Path, epoch: u64) -> Result<()> {
     let cache = out.join("cache");
     fs::create_dir_all(&cache)?;
     if rootfs.exists() {
+        // Never through a mount (a build killed in the middle may leave
+        // one): removing would reach into it.
+        let root = fs::canonicalize(rootfs)?;
+        let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        if let Some(m) = mounts
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .find(|m| Path::new(m).starts_with(&root))
+        {
+            bail!(
+                "{m} is mounted inside the last root {}: unmount it first",
+                root.display()
+            );
+        }
         fs::remove_dir_all(rootfs).context("removing the last root")?;
     }
     let modules = INITRAMFS_MODULES.join("\n");
@@ -409,7 +432,7 @@ fn customize(rootfs: &Path, bin: &Path, public_key: &str) -> Result<()> {
          rm -rf '{r}'/etc/systemd/network && ln -s /var/lib/sluice/network '{r}'/etc/systemd/network
          mkdir -p '{r}'/efi '{r}'/var/lib/sluice
          : > '{r}'/etc/machine-id
-         chroot '{r}' systemctl enable sluice-firstboot.service sluice-nft.service sluice-gateway.service sluice-forward.service sluice-failclosed.service sluice-health.service systemd-networkd.service
+         chroot '{r}' systemctl enable sluice-firstboot.service sluice-enrol.service sluice-nft.service sluice-gateway.service sluice-edge.service sluice-controller.service sluice-forward.service sluice-failclosed.service sluice-health.service systemd-networkd.service
          chroot '{r}' systemctl mask apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer e2scrub_reap.service systemd-boot-update.service
          cp '{readme}' '{r}'/usr/share/doc/sluice/README.md",
         readme = crate::root().join("firmware/README.md").display()

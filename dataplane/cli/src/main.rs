@@ -118,8 +118,14 @@ struct EnrolArgs {
     #[arg(long, value_name = "URL", requires = "token")]
     enrol: Option<String>,
     /// The one-time enrolment token the controller's admin was given (it
-    /// pins the controller's CA).
-    #[arg(long, requires = "enrol")]
+    /// pins the controller's CA). From the environment, it stays out of
+    /// the process list.
+    #[arg(
+        long,
+        requires = "enrol",
+        env = "SLUICE_ENROL_TOKEN",
+        hide_env_values = true
+    )]
     token: Option<String>,
     /// Where the key (0600), the certificate, the CA and enrolment.json go.
     #[arg(long, default_value = "/var/lib/sluice/enrolment")]

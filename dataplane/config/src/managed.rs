@@ -305,6 +305,54 @@ fn enrolled_name(c: &ControllerSection) -> Option<String> {
     Some(rest[..end].to_string())
 }
 
+/// An operator's file `src` (a gateway's, or an edge's if `edge`), one
+/// that ran on its own (its own edges or gateways, CA and key), made into
+/// one a controller manages, as an appliance's enrolment on first boot
+/// does: what the controller owns is removed, and the name (the enrolled
+/// one, on the certificate, is used), and `[controller]` names
+/// `state_dir` (the agent URL is the one enrolment gave). What is left
+/// (interfaces, listeners, metrics, timers, bypass) stays the operator's.
+/// Comments are not kept.
+///
+/// # Errors
+/// `src` is not a TOML table, or has a malformed `[controller]`.
+pub fn for_controller(
+    path: &Path,
+    src: &str,
+    state_dir: &Path,
+    edge: bool,
+) -> Result<String, ConfigError> {
+    let mut doc = table(path, src)?;
+    section_of(path, &doc)?;
+    let (owned, within, fields): (&[&str], _, &[&str]) = if edge {
+        (&[], "edge", &EDGE_OWNED)
+    } else {
+        (&GATEWAY_OWNED, "tunnel", &TUNNEL_OWNED)
+    };
+    for k in owned {
+        doc.remove(*k);
+    }
+    if let Some(Value::Table(t)) = doc.get_mut(within) {
+        for k in fields {
+            t.remove(*k);
+        }
+        if t.is_empty() {
+            doc.remove(within);
+        }
+    }
+    let named = if edge { "edge" } else { "gateway" };
+    if let Some(Value::Table(g)) = doc.get_mut(named) {
+        g.remove("name");
+    }
+    let mut c = Table::new();
+    c.insert(
+        "state_dir".into(),
+        Value::String(state_dir.to_string_lossy().into_owned()),
+    );
+    doc.insert("controller".into(), Value::Table(c));
+    Ok(toml::to_string(&doc).unwrap_or_default())
+}
+
 /// A gateway's operator file `src` with `policy` (the controller's
 /// sections) merged in, as TOML. `None` policy: the file as it is, with
 /// no tunnel (the caller fetches one first).
@@ -556,6 +604,60 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn an_appliances_own_file_becomes_a_managed_one_at_enrolment() {
+        let d = dir("enrol");
+        let path = d.join("gateway.toml");
+        // The appliance's default file: its own edge, CA and key, a name.
+        let own = include_str!("../../../firmware/rootfs/usr/share/sluice/defaults/gateway.toml");
+        let own = format!("{own}keepalive_secs = 2\n\n[policy]\ndefault_profile = \"x\"\n");
+        let managed = for_controller(&path, &own, &d.join("state"), false).unwrap();
+        let section = section(&path, &managed).unwrap().unwrap();
+        assert_eq!(section.state_dir, d.join("state"));
+        let stored = Stored {
+            revision: 1,
+            text: POLICY.into(),
+        };
+        // Nothing the controller owns is left: the merge accepts it.
+        let merged = merge_gateway(&path, &managed, &section, &stored).unwrap();
+        let cfg = GatewayConfig::parse(&path, &merged).unwrap();
+        assert_eq!(cfg.name, "branch-9", "the enrolled name, not the file's");
+        assert_eq!(
+            cfg.lan.as_deref(),
+            Some("eth0"),
+            "the operator's interfaces stay"
+        );
+        assert_eq!(
+            cfg.tunnel.keepalive,
+            std::time::Duration::from_secs(2),
+            "and the operator's timers"
+        );
+        assert_eq!(cfg.tunnel.ca, d.join("state/ca.pem"));
+        assert_eq!(cfg.tunnel.server_name, "edge.sluice.test");
+        // Not a table, or a malformed [controller]: an error.
+        assert!(for_controller(&path, "[gateway", &d, false).is_err());
+        assert!(for_controller(&path, "controller = 1\n", &d, false).is_err());
+        // An edge's own file (the lab's: its gateways, CA and key).
+        let path = d.join("edge.toml");
+        let own = include_str!("../../../tests/configs/edge.toml");
+        let managed = for_controller(&path, own, &d.join("state"), true).unwrap();
+        let edge_section = super::section(&path, &managed).unwrap().unwrap();
+        let list = Stored {
+            revision: 1,
+            text: "[[gateway]]\nname = \"branch-1\"\nprefixes = [\"192.0.2.0/24\"]\n".into(),
+        };
+        let cfg = EdgeConfig::parse(
+            &path,
+            &merge_edge(&path, &managed, &edge_section, &list).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(cfg.name, "branch-9", "the enrolled name");
+        assert_eq!(cfg.gateways.len(), 1, "the controller's gateways only");
+        assert_eq!(cfg.cert, d.join("state/cert.pem"));
+        assert_eq!(cfg.keepalive, std::time::Duration::from_secs(2));
         let _ = std::fs::remove_dir_all(&d);
     }
 

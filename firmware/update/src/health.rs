@@ -99,6 +99,67 @@ pub fn wait_forwarding(
     }
 }
 
+/// A service's state as `systemctl show -p ActiveState -p NRestarts`
+/// prints it: (`ActiveState`, `NRestarts`).
+#[must_use]
+pub fn parse_show(text: &str) -> (String, u64) {
+    let mut state = String::new();
+    let mut restarts = 0;
+    for l in text.lines() {
+        if let Some(v) = l.strip_prefix("ActiveState=") {
+            state = v.trim().to_string();
+        } else if let Some(v) = l.strip_prefix("NRestarts=") {
+            restarts = v.trim().parse().unwrap_or(0);
+        }
+    }
+    (state, restarts)
+}
+
+/// Waits until a role's service (the edge's, the controller's) has run
+/// for `settle` without a restart: it read its file, bound its ports and
+/// stayed up. `show` gives its state ([`parse_show`]). Fails at once if
+/// it failed, or after `timeout`.
+///
+/// # Errors
+/// The service failed, or did not settle in time (why, in words).
+pub fn wait_settled(
+    unit: &str,
+    timeout: Duration,
+    settle: Duration,
+    show: impl Fn() -> Result<(String, u64), String>,
+) -> Result<Duration, String> {
+    let t = Instant::now();
+    let mut since: Option<(Instant, u64)> = None;
+    loop {
+        let last = match show() {
+            Ok((state, restarts)) if state == "active" => match since {
+                Some((at, n)) if n == restarts => {
+                    if at.elapsed() >= settle {
+                        return Ok(t.elapsed());
+                    }
+                    format!("{unit} is active")
+                }
+                _ => {
+                    since = Some((Instant::now(), restarts));
+                    format!("{unit} is active")
+                }
+            },
+            Ok((state, _)) if state == "failed" => {
+                return Err(format!("{unit} has failed"));
+            }
+            Ok((state, _)) => {
+                since = None;
+                format!("{unit} is {state}")
+            }
+            Err(e) => format!("{unit}: {e}"),
+        };
+        if t.elapsed() >= timeout {
+            return Err(format!("{unit} not settled after {timeout:?}: {last}"));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -113,5 +174,37 @@ mod tests {
             "sluice_gateway_tunnel_up{tenant=\"internet\"} 0\n"
         ));
         assert!(!super::tunnels_up(""));
+    }
+
+    #[test]
+    fn a_role_settles_once_it_stays_up_without_restarts() {
+        use super::{parse_show, wait_settled};
+        use std::{cell::Cell, time::Duration};
+        assert_eq!(
+            parse_show("ActiveState=active\nNRestarts=2\n"),
+            ("active".to_string(), 2)
+        );
+        let quick = Duration::from_millis(600);
+        // Restarting all along: never settles.
+        let n = Cell::new(0);
+        let e = wait_settled("sluice-edge.service", Duration::from_secs(3), quick, || {
+            n.set(n.get() + 1);
+            Ok(("active".into(), n.get()))
+        })
+        .unwrap_err();
+        assert!(e.contains("not settled"), "{e}");
+        // Failed: at once.
+        let e = wait_settled("x", Duration::from_secs(30), quick, || {
+            Ok(("failed".into(), 0))
+        })
+        .unwrap_err();
+        assert!(e.contains("has failed"), "{e}");
+        // Starting, then up for good.
+        let n = Cell::new(0);
+        wait_settled("x", Duration::from_secs(10), quick, || {
+            n.set(n.get() + 1);
+            Ok((if n.get() < 3 { "activating" } else { "active" }.into(), 1))
+        })
+        .unwrap();
     }
 }

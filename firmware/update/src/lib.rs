@@ -6,6 +6,7 @@
 //! See `firmware/README.md` for the whole cycle.
 
 pub mod bundle;
+pub mod enrol;
 pub mod esp;
 pub mod health;
 pub mod install;

@@ -13,6 +13,7 @@ use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 use sluice_update::{
     bundle::{self, Expect},
+    enrol,
     esp::Esp,
     health,
     install::{self, History, Machine},
@@ -77,6 +78,24 @@ enum Cmd {
     /// Turn routing on once the classifier is attached to the LAN
     /// (sluice-forward.service); until then it is off.
     Forward,
+    /// Enrol with a controller (sluice-enrol.service, first boot): with
+    /// the token in enrol.toml on the data partition or on the kernel
+    /// command line (sluice.enrol=URL sluice.token=TOKEN); retried until
+    /// it succeeds. Nothing to do without a token or once enrolled.
+    Enrol {
+        /// The data partition.
+        #[arg(long, default_value = "/var/lib/sluice")]
+        data: PathBuf,
+        /// The sluice binary.
+        #[arg(long, default_value = "/usr/bin/sluice")]
+        sluice: PathBuf,
+        /// The kernel command line.
+        #[arg(long, default_value = "/proc/cmdline")]
+        cmdline: PathBuf,
+        /// The first wait before trying again (doubled up to a minute).
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=60))]
+        retry_secs: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -362,6 +381,29 @@ fn forward() -> Result<()> {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
+        Cmd::Enrol {
+            data,
+            sluice,
+            cmdline,
+            retry_secs,
+        } => {
+            let paths = enrol::Paths {
+                data,
+                sluice,
+                cmdline,
+            };
+            let say = |l: &str| println!("sluice-enrol: {l}");
+            match enrol::run(&paths, Duration::from_secs(retry_secs), say)? {
+                enrol::Outcome::Nothing => {
+                    say(
+                        "no token (enrol.toml or sluice.enrol= and sluice.token=): the gateway runs on its own gateway.toml",
+                    );
+                }
+                enrol::Outcome::Already => say("enrolled already"),
+                enrol::Outcome::Enrolled => {}
+            }
+            Ok(())
+        }
         Cmd::InstallFrom {
             device,
             tries,
@@ -459,26 +501,48 @@ fn health_check(timeout_secs: u64) -> Result<()> {
         println!("sluice-health: this boot is not on trial: nothing to decide");
         return Ok(());
     }
-    let g = gateway_config().unwrap_or_default();
-    let metrics: SocketAddr = g
-        .metrics
-        .parse()
-        .with_context(|| format!("the gateway's metrics address {:?}", g.metrics))?;
-    let failed = || {
-        Command::new("systemctl")
-            .args(["is-failed", "--quiet", "sluice-gateway.service"])
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    match health::wait_forwarding(metrics, Duration::from_secs(timeout_secs), failed) {
-        Ok(t) => {
-            let _ = m.history.record(&m.running, m.booted, "good");
-            println!(
-                "sluice-health: forwarding after {:.1} s: this boot is good",
-                t.as_secs_f64()
-            );
-            Ok(())
-        }
-        Err(e) => bail!("this boot is not good: {e}"),
+    // Each role the box has (its files on the data partition) must work.
+    let timeout = Duration::from_secs(timeout_secs);
+    let data = Path::new(GATEWAY).parent().unwrap_or(Path::new("/"));
+    let mut checked = Vec::new();
+    if Path::new(GATEWAY).exists() {
+        let g = gateway_config().unwrap_or_default();
+        let metrics: SocketAddr = g
+            .metrics
+            .parse()
+            .with_context(|| format!("the gateway's metrics address {:?}", g.metrics))?;
+        let failed = || {
+            Command::new("systemctl")
+                .args(["is-failed", "--quiet", "sluice-gateway.service"])
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        let t = health::wait_forwarding(metrics, timeout, failed)
+            .map_err(|e| anyhow::anyhow!("this boot is not good: {e}"))?;
+        checked.push(format!("forwarding after {:.1} s", t.as_secs_f64()));
     }
+    for role in ["edge", "controller"] {
+        if !data.join(format!("{role}.toml")).exists() {
+            continue;
+        }
+        let unit = format!("sluice-{role}.service");
+        let show = || {
+            let out = Command::new("systemctl")
+                .args(["show", "-p", "ActiveState", "-p", "NRestarts", &unit])
+                .output()
+                .map_err(|e| format!("systemctl: {e}"))?;
+            Ok(health::parse_show(&String::from_utf8_lossy(&out.stdout)))
+        };
+        let t = health::wait_settled(&unit, timeout, Duration::from_secs(10), show)
+            .map_err(|e| anyhow::anyhow!("this boot is not good: {e}"))?;
+        checked.push(format!("the {role} up after {:.1} s", t.as_secs_f64()));
+    }
+    if checked.is_empty() {
+        bail!(
+            "this boot is not good: the box has no role (no gateway.toml, edge.toml or controller.toml)"
+        );
+    }
+    let _ = m.history.record(&m.running, m.booted, "good");
+    println!("sluice-health: {}: this boot is good", checked.join(", "));
+    Ok(())
 }
