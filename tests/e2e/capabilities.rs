@@ -1,7 +1,7 @@
 //! The appliance's gateway unit grants the gateway a bounding set of
 //! capabilities (`CapabilityBoundingSet=` in
 //! `firmware/rootfs/etc/systemd/system/sluice-gateway.service`; the
-//! memlock limit is the default, as there). Here the lab's gateway runs
+//! memlock limit is systemd's default, 8 MiB, as there). Here the lab's gateway runs
 //! as root under exactly that set (`setpriv --bounding-set`, which is what
 //! systemd does to a root service) and its tunnel comes up; and with any
 //! one of them taken away it does not: each one is needed.
@@ -31,6 +31,10 @@ fn unit_caps() -> Vec<String> {
 fn wrapper(caps: &[String]) -> Vec<String> {
     let set: Vec<String> = caps.iter().map(|c| format!("+{c}")).collect();
     vec![
+        // systemd's default memlock limit (8 MiB), whatever the runner's
+        // is: with a larger one CAP_IPC_LOCK would look unneeded.
+        "prlimit".into(),
+        "--memlock=8388608:8388608".into(),
         "setpriv".into(),
         "--bounding-set".into(),
         format!("-all,{}", set.join(",")),

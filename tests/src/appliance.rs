@@ -19,8 +19,37 @@ use std::{
 use crate::{Host, Lab, ProcId, addr, addr::ifname};
 
 /// The UEFI firmware (Debian's `ovmf`).
-const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
-const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+/// The firmware's variables as shipped (each VM boots a copy).
+pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+
+/// qemu's arguments for the appliance's machine, shared by the tests and
+/// `cargo xtask boot`: q35 under TCG (2 vCPUs, 1 GiB), OVMF with the
+/// variables in `vars` (a copy of [`OVMF_VARS`]), `disk` as a virtio
+/// disk. The caller adds the console and the NICs.
+#[must_use]
+pub fn machine_args(vars: &Path, disk: &Path) -> Vec<String> {
+    [
+        "-machine",
+        "q35",
+        "-accel",
+        "tcg,thread=multi",
+        "-cpu",
+        "max",
+        "-smp",
+        "2",
+        "-m",
+        "1024",
+        "-drive",
+        &format!("if=pflash,format=raw,readonly=on,file={OVMF_CODE}"),
+        "-drive",
+        &format!("if=pflash,format=raw,file={}", vars.display()),
+        "-drive",
+        &format!("file={},format=raw,if=virtio", disk.display()),
+    ]
+    .map(str::to_string)
+    .to_vec()
+}
 
 /// The VM and its files.
 #[derive(Debug)]
@@ -174,9 +203,6 @@ impl<'a> Appliance<'a> {
     fn start_qemu(&mut self) {
         let stick = self.stick.clone();
         let stick = stick.as_deref();
-        let code = format!("if=pflash,format=raw,readonly=on,file={OVMF_CODE}");
-        let vars = format!("if=pflash,format=raw,file={}", self.vars.display());
-        let disk = format!("file={},format=raw,if=virtio", self.disk.display());
         let serial = format!(
             "file,id=console,path={},append=on",
             self.serial_path().display()
@@ -185,18 +211,10 @@ impl<'a> Appliance<'a> {
         let nic = "guest_tso4=off,guest_tso6=off,guest_ecn=off,guest_ufo=off";
         let lan = format!("virtio-net-pci,netdev=lan,mac=52:54:00:5c:00:01,{nic}");
         let wan = format!("virtio-net-pci,netdev=wan,mac=52:54:00:5c:00:02,{nic}");
-        let mut argv = vec![
-            "qemu-system-x86_64",
-            "-machine",
-            "q35",
-            "-accel",
-            "tcg,thread=multi",
-            "-cpu",
-            "max",
-            "-smp",
-            "2",
-            "-m",
-            "1024",
+        let machine = machine_args(&self.vars, &self.disk);
+        let mut argv = vec!["qemu-system-x86_64"];
+        argv.extend(machine.iter().map(String::as_str));
+        argv.extend([
             "-display",
             "none",
             "-monitor",
@@ -208,12 +226,6 @@ impl<'a> Appliance<'a> {
             // A guest reboot ends qemu; wait_console starts it again (a
             // power cycle: OVMF's warm reset under TCG hung once here).
             "-no-reboot",
-            "-drive",
-            &code,
-            "-drive",
-            &vars,
-            "-drive",
-            &disk,
             "-netdev",
             "tap,id=lan,ifname=tap-lan,script=no,downscript=no",
             "-device",
@@ -225,7 +237,7 @@ impl<'a> Appliance<'a> {
             // A watchdog, as an appliance has: a hung boot is a failed boot.
             "-device",
             "i6300esb",
-        ];
+        ]);
         let stick_arg;
         if let Some(s) = stick {
             stick_arg = format!("file={},format=raw,if=virtio,readonly=on", s.display());

@@ -176,7 +176,7 @@ fn build(out: &Path, variants: &[Variant], seed: Option<&Path>) -> Result<()> {
     let key = update_key(out)?;
     let rootfs = work.join("rootfs");
     bootstrap(out, &rootfs, epoch)?;
-    customize(&rootfs, &bin, &key.public)?;
+    customize(&rootfs, &bin, &key.public, epoch)?;
     println!(
         "image: root ready after {:.0} s",
         t0.elapsed().as_secs_f64()
@@ -353,10 +353,12 @@ fn bootstrap(out: &Path, rootfs: &Path, epoch: u64) -> Result<()> {
         // Never through a mount (a build killed in the middle may leave
         // one): removing would reach into it.
         let root = fs::canonicalize(rootfs)?;
-        let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let mounts =
+            fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
         if let Some(m) = mounts
             .lines()
             .filter_map(|l| l.split(' ').nth(4))
+            .map(unescape_mountinfo)
             .find(|m| Path::new(m).starts_with(&root))
         {
             bail!(
@@ -394,6 +396,30 @@ fn bootstrap(out: &Path, rootfs: &Path, epoch: u64) -> Result<()> {
     Ok(())
 }
 
+/// A mount point as the kernel escapes it in mountinfo (`\040` for a
+/// space, and so on: three octal digits after a backslash).
+fn unescape_mountinfo(m: &str) -> String {
+    let b = m.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let octal = b.get(i + 1..i + 4).filter(|d| {
+            (b'0'..=b'3').contains(&d[0]) && d[1..].iter().all(|c| (b'0'..=b'7').contains(c))
+        });
+        match (b[i], octal) {
+            (b'\\', Some(d)) => {
+                out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
+                i += 4;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 fn sh(script: &str) -> Result<()> {
     let status = Command::new("sh")
         .args(["-euc", script])
@@ -403,7 +429,7 @@ fn sh(script: &str) -> Result<()> {
     Ok(())
 }
 
-fn customize(rootfs: &Path, bin: &Path, public_key: &str) -> Result<()> {
+fn customize(rootfs: &Path, bin: &Path, public_key: &str, epoch: u64) -> Result<()> {
     let r = rootfs.display().to_string();
     let overlay = crate::root().join("firmware/rootfs").display().to_string();
     sh(&format!("cp -a '{overlay}'/. '{r}'/"))?;
@@ -432,6 +458,7 @@ fn customize(rootfs: &Path, bin: &Path, public_key: &str) -> Result<()> {
          rm -rf '{r}'/etc/systemd/network && ln -s /var/lib/sluice/network '{r}'/etc/systemd/network
          mkdir -p '{r}'/efi '{r}'/var/lib/sluice
          : > '{r}'/etc/machine-id
+         SOURCE_DATE_EPOCH={epoch} chroot '{r}' useradd --system --uid 900 --user-group --no-create-home --home-dir /var/lib/sluice/controller --shell /usr/sbin/nologin sluice-controller
          chroot '{r}' systemctl enable sluice-firstboot.service sluice-enrol.service sluice-nft.service sluice-gateway.service sluice-edge.service sluice-controller.service sluice-forward.service sluice-failclosed.service sluice-health.service systemd-networkd.service
          chroot '{r}' systemctl mask apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer e2scrub_reap.service systemd-boot-update.service
          cp '{readme}' '{r}'/usr/share/doc/sluice/README.md",
@@ -667,9 +694,10 @@ pub(crate) fn boot(args: &[String]) -> Result<()> {
     let copy = image.with_extension("boot.img");
     let vars = image.with_extension("boot.vars");
     sh(&format!(
-        "cp --sparse=always '{}' '{}' && cp /usr/share/OVMF/OVMF_VARS_4M.fd '{}'",
+        "cp --sparse=always '{}' '{}' && cp {} '{}'",
         image.display(),
         copy.display(),
+        sluice_lab::appliance::OVMF_VARS,
         vars.display()
     ))?;
     println!(
@@ -678,25 +706,8 @@ pub(crate) fn boot(args: &[String]) -> Result<()> {
         image.display()
     );
     let status = Command::new("qemu-system-x86_64")
-        .args([
-            "-machine",
-            "q35",
-            "-accel",
-            "tcg,thread=multi",
-            "-cpu",
-            "max",
-            "-smp",
-            "2",
-            "-m",
-            "1024",
-        ])
+        .args(sluice_lab::appliance::machine_args(&vars, &copy))
         .args(["-nographic", "-serial", "mon:stdio"])
-        .arg("-drive")
-        .arg("if=pflash,format=raw,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd")
-        .arg("-drive")
-        .arg(format!("if=pflash,format=raw,file={}", vars.display()))
-        .arg("-drive")
-        .arg(format!("file={},format=raw,if=virtio", copy.display()))
         .args([
             "-netdev",
             "user,id=lan,restrict=on",
@@ -713,4 +724,16 @@ pub(crate) fn boot(args: &[String]) -> Result<()> {
         .context("cannot run qemu-system-x86_64")?;
     ensure!(status.success(), "qemu: {status}");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn mount_points_are_unescaped() {
+        use super::unescape_mountinfo as u;
+        assert_eq!(u("/tmp/a\\040b/rootfs"), "/tmp/a b/rootfs");
+        assert_eq!(u("/x\\134y"), "/x\\y");
+        assert_eq!(u("/plain"), "/plain");
+        assert_eq!(u("/odd\\9\\777\\"), "/odd\\9\\777\\");
+    }
 }

@@ -333,6 +333,11 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("sluice: error: {e:#}");
+            if e.downcast_ref::<sluice_runtime::enrol::EnrolError>()
+                .is_some_and(sluice_runtime::enrol::EnrolError::is_permanent)
+            {
+                return ExitCode::from(sluice_runtime::enrol::EXIT_REFUSED);
+            }
             match e.downcast_ref::<sluice_gateway::gateway::GatewayError>() {
                 Some(sluice_gateway::gateway::GatewayError::Fault(_)) => {
                     ExitCode::from(sluice_gateway::gateway::EXIT_FAULT)

@@ -350,7 +350,7 @@ pub fn for_controller(
         Value::String(state_dir.to_string_lossy().into_owned()),
     );
     doc.insert("controller".into(), Value::Table(c));
-    Ok(toml::to_string(&doc).unwrap_or_default())
+    toml::to_string(&doc).map_err(|e| invalid(path, "", format!("cannot write it back: {e}")))
 }
 
 /// A gateway's operator file `src` with `policy` (the controller's

@@ -69,6 +69,28 @@ pub enum EnrolError {
     },
 }
 
+/// The exit status of `sluice gateway --enrol` (and `sluice edge
+/// --enrol`) when trying again cannot help ([`EnrolError::is_permanent`]):
+/// a new token, or the right URL, is needed.
+pub const EXIT_REFUSED: u8 = 3;
+
+impl EnrolError {
+    /// Whether trying again with the same URL and token cannot succeed:
+    /// a malformed token or URL, a controller that does not show the
+    /// pinned CA, or a refusal other than for load (4xx but 408 and 429).
+    /// A controller that cannot be reached, or fails (5xx), may be back.
+    #[must_use]
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            EnrolError::Token | EnrolError::Url(_) | EnrolError::Pin(_) => true,
+            EnrolError::Refused { status, .. } => {
+                (400..500).contains(status) && *status != 408 && *status != 429
+            }
+            EnrolError::Connect { .. } | EnrolError::File { .. } => false,
+        }
+    }
+}
+
 /// What enrolment gave.
 #[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
 pub struct Enrolled {
@@ -324,6 +346,36 @@ fn write_state(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_what_trying_again_cannot_change_is_permanent() {
+        let refused = |status| EnrolError::Refused {
+            status,
+            detail: String::new(),
+        };
+        for e in [
+            EnrolError::Token,
+            EnrolError::Url("x".into()),
+            EnrolError::Pin("x".into()),
+            refused(401),
+            refused(403),
+            refused(400),
+        ] {
+            assert!(e.is_permanent(), "{e}");
+        }
+        for e in [
+            EnrolError::Connect {
+                url: "x".into(),
+                why: "refused".into(),
+            },
+            refused(429),
+            refused(408),
+            refused(500),
+            refused(503),
+        ] {
+            assert!(!e.is_permanent(), "{e}");
+        }
+    }
 
     #[test]
     fn urls_and_tokens_are_checked_before_anything_is_sent() {

@@ -14,9 +14,14 @@
 //! Enrolment is retried (the WAN may come up late, the controller may be
 //! down) with a backoff capped at a minute, for as long as it takes: the
 //! gateway starts after it, and until then the image's fail-closed table
-//! forwards nothing. A box already enrolled does nothing, whatever token
-//! it is given. A power cut anywhere leaves either the token (enrolment
-//! is tried again) or the enrolment (the file is made managed again).
+//! forwards nothing. A refusal that trying again cannot change (a used or
+//! unknown token, a URL that does not reach the controller the token
+//! pins) ends it with an error on the console: a new token is needed. A
+//! box already enrolled does nothing, whatever token it is given. A power
+//! cut after the controller answered leaves the enrolment (the file is
+//! made managed again at the next boot); one while the request is in
+//! flight may leave a token the controller counts as used, and the box
+//! refused: a new token is needed then too.
 use std::{
     fmt,
     io::Write as _,
@@ -41,13 +46,16 @@ pub enum Kind {
 }
 
 impl Kind {
-    /// The box's kind from its data partition.
+    /// The box's kind from its data partition: `None` on a box with
+    /// neither file (a controller alone has nothing to enrol).
     #[must_use]
-    pub fn of(data: &Path) -> Self {
-        if data.join("edge.toml").exists() && !data.join("gateway.toml").exists() {
-            Kind::Edge
+    pub fn of(data: &Path) -> Option<Self> {
+        if data.join("gateway.toml").exists() {
+            Some(Kind::Gateway)
+        } else if data.join("edge.toml").exists() {
+            Some(Kind::Edge)
         } else {
-            Kind::Gateway
+            None
         }
     }
 
@@ -85,6 +93,17 @@ pub enum Error {
     /// The gateway's file could not be made a managed one.
     #[error("{0}")]
     Config(#[from] sluice_config::ConfigError),
+    /// The controller refused for good (a used or unknown token, a URL
+    /// that does not reach the controller the token pins...): trying
+    /// again with the same token cannot help.
+    #[error(
+        "enrolment refused: {0}. Put a new token in /var/lib/sluice/enrol.toml (or correct the URL) and reboot"
+    )]
+    Refused(String),
+    /// The box is enrolled already, as another kind, or has nothing to
+    /// enrol.
+    #[error("{0}")]
+    Box(String),
 }
 
 fn file_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
@@ -270,33 +289,103 @@ fn remove_token(p: &Paths) -> Result<(), Error> {
     }
 }
 
+/// The largest token file read.
+const MAX_FILE: u64 = 4096;
+
+/// The token file's text, if there is one: a regular file (not a link,
+/// not a FIFO) of at most 4 KiB, made 0600 through its descriptor.
+fn read_token_file(f: &Path) -> Result<Option<String>, Error> {
+    use std::io::Read as _;
+    let file = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(f)
+    {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(file_err(f)(e)),
+    };
+    let meta = file.metadata().map_err(file_err(f))?;
+    if !meta.is_file() || meta.len() > MAX_FILE {
+        return Err(Error::Request(format!(
+            "{ENROL_FILE}: not a regular file of at most {MAX_FILE} bytes"
+        )));
+    }
+    // A secret: private from now on, whatever it was written with.
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .map_err(file_err(f))?;
+    let mut text = String::new();
+    file.take(MAX_FILE)
+        .read_to_string(&mut text)
+        .map_err(file_err(f))?;
+    Ok(Some(text))
+}
+
 /// The request, from the token file first, then the command line.
 fn request(p: &Paths) -> Result<Option<Request>, Error> {
     let f = p.data.join(ENROL_FILE);
-    match std::fs::read_to_string(&f) {
-        Ok(text) => {
-            // A secret: private from now on, whatever it was written with.
-            std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600))
-                .map_err(file_err(&f))?;
-            return from_file(&text).map(Some);
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(file_err(&f)(e)),
+    if let Some(text) = read_token_file(&f)? {
+        return from_file(&text).map(Some);
     }
     let cmdline = std::fs::read_to_string(&p.cmdline).map_err(file_err(&p.cmdline))?;
     from_cmdline(&cmdline)
 }
 
+/// `sluice ... --enrol`'s exit status when trying again cannot help
+/// (`sluice_runtime::enrol::EXIT_REFUSED`).
+const EXIT_REFUSED: i32 = 3;
+/// How long one attempt may take (a controller, or something in its
+/// place, that answers slowly must not hold the box).
+const ATTEMPT: Duration = Duration::from_secs(120);
+
+/// Why one attempt failed.
+enum Failed {
+    /// Trying again may help (the message).
+    Again(String),
+    /// It cannot.
+    ForGood(String),
+}
+
 /// One attempt: `sluice gateway --enrol URL --state-dir DIR` with the
-/// token in its environment (not in the process list). The error is the
-/// last line it printed.
-fn attempt(p: &Paths, kind: Kind, r: &Request) -> Result<String, String> {
-    let out = Command::new(&p.sluice)
+/// token in its environment (not in the process list), ended after
+/// [`ATTEMPT`]. The message is the last line it printed.
+fn attempt(p: &Paths, kind: Kind, r: &Request) -> Result<String, Failed> {
+    use std::io::Read as _;
+    let mut child = Command::new(&p.sluice)
         .args([kind.name(), "--enrol", &r.url, "--state-dir"])
         .arg(p.state())
         .env("SLUICE_ENROL_TOKEN", &r.token)
-        .output()
-        .map_err(|e| format!("{}: {e}", p.sluice.display()))?;
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| Failed::Again(format!("{}: {e}", p.sluice.display())))?;
+    // Its output is a few lines: read on threads, bounded.
+    let reader = |r: Option<Box<dyn std::io::Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(r) = r {
+                let _ = r.take(64 * 1024).read_to_end(&mut buf);
+            }
+            buf
+        })
+    };
+    let out = reader(child.stdout.take().map(|x| Box::new(x) as _));
+    let err = reader(child.stderr.take().map(|x| Box::new(x) as _));
+    let start = std::time::Instant::now();
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(s)) => break Some(s),
+            Ok(None) if start.elapsed() < ATTEMPT => {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+        }
+    };
     let last = |b: &[u8]| {
         String::from_utf8_lossy(b)
             .lines()
@@ -305,10 +394,18 @@ fn attempt(p: &Paths, kind: Kind, r: &Request) -> Result<String, String> {
             .trim()
             .to_string()
     };
-    if out.status.success() {
-        Ok(last(&out.stdout))
-    } else {
-        Err(format!("{} ({})", last(&out.stderr), out.status))
+    let (out, err) = (
+        out.join().unwrap_or_default(),
+        err.join().unwrap_or_default(),
+    );
+    match status {
+        None => Err(Failed::Again(format!(
+            "no answer within {} s",
+            ATTEMPT.as_secs()
+        ))),
+        Some(s) if s.success() => Ok(last(&out)),
+        Some(s) if s.code() == Some(EXIT_REFUSED) => Err(Failed::ForGood(last(&err))),
+        Some(s) => Err(Failed::Again(format!("{} ({s})", last(&err)))),
     }
 }
 
@@ -321,11 +418,35 @@ fn attempt(p: &Paths, kind: Kind, r: &Request) -> Result<String, String> {
 /// file that cannot be written, a gateway file that is not TOML.
 pub fn run(p: &Paths, retry: Duration, mut say: impl FnMut(&str)) -> Result<Outcome, Error> {
     let kind = Kind::of(&p.data);
-    let file = kind.file();
-    if p.state().join("enrolment.json").exists() {
+    let enrolled = p.state().join("enrolment.json");
+    if enrolled.exists() {
+        let Some(kind) = kind else {
+            return Err(Error::Box(
+                "enrolled, but the box has neither gateway.toml nor edge.toml".into(),
+            ));
+        };
+        let text = std::fs::read_to_string(&enrolled).map_err(file_err(&enrolled))?;
+        let was = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| v.get("kind")?.as_str().map(str::to_string));
+        if was.as_deref().is_some_and(|w| w != kind.name()) {
+            return Err(Error::Box(format!(
+                "enrolled as {} but the box now has {}: remove {} to enrol again",
+                was.unwrap_or_default(),
+                kind.file(),
+                p.state().display()
+            )));
+        }
         if make_managed(p, kind)? {
             say(&format!(
-                "{file} made managed again (enrolled before a power cut)"
+                "{} made managed again (enrolled before a power cut)",
+                kind.file()
+            ));
+        }
+        if p.data.join(ENROL_FILE).exists() {
+            say(&format!(
+                "{ENROL_FILE} ignored and removed: enrolled already (to enrol again, remove {})",
+                p.state().display()
             ));
         }
         remove_token(p)?;
@@ -334,6 +455,13 @@ pub fn run(p: &Paths, retry: Duration, mut say: impl FnMut(&str)) -> Result<Outc
     let Some(r) = request(p)? else {
         return Ok(Outcome::Nothing);
     };
+    let Some(kind) = kind else {
+        return Err(Error::Box(format!(
+            "a token from {}, but the box has neither gateway.toml nor edge.toml: nothing to enrol (a controller does not enrol)",
+            r.from
+        )));
+    };
+    let file = kind.file();
     say(&format!(
         "enrolling as {} with the controller at {} (token from {})",
         kind.name(),
@@ -347,7 +475,8 @@ pub fn run(p: &Paths, retry: Duration, mut say: impl FnMut(&str)) -> Result<Outc
                 say(&line);
                 break;
             }
-            Err(e) => {
+            Err(Failed::ForGood(e)) => return Err(Error::Refused(e)),
+            Err(Failed::Again(e)) => {
                 say(&format!(
                     "enrolment failed: {e}; trying again in {} s",
                     wait.as_secs()

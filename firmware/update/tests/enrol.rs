@@ -38,13 +38,15 @@ echo "$@" >> "{calls}"
 case "$*" in *sle_*) echo "the token is in the arguments" >&2; exit 9;; esac
 case "$1 $2 $4" in "gateway --enrol --state-dir"|"edge --enrol --state-dir") ;; *) exit 8;; esac
 [ "$SLUICE_ENROL_TOKEN" = "{TOKEN}" ] || {{ echo "wrong token" >&2; exit 7; }}
+if [ -e "{refuse}" ]; then echo "sluice: error: the controller refused the enrolment (401): token unknown, used or expired" >&2; exit 3; fi
 n=$(wc -l < "{calls}")
 if [ "$n" -le {failures} ]; then echo "Error: the controller at $3: connection refused" >&2; exit 1; fi
 mkdir -p "$5"
 echo '{{"kind":"'$1'","id":"x_1","name":"branch-1","agent_url":"https://198.51.100.2:8444"}}' > "$5/enrolment.json"
 echo "enrolled as $1 \`branch-1\` (id x_1)"
 "#,
-                calls = dir.path().join("calls").display()
+                calls = dir.path().join("calls").display(),
+                refuse = dir.path().join("refuse").display()
             ),
         )
         .unwrap();
@@ -214,4 +216,53 @@ fn a_box_with_the_edges_file_enrols_as_an_edge() {
         own
     );
     assert!(!b.data("gateway.toml").exists());
+}
+
+#[test]
+fn a_refused_token_ends_enrolment_with_a_clear_error() {
+    let b = Box::new(0, "console=ttyS0");
+    b.token_file();
+    std::fs::write(b.dir.path().join("refuse"), "").unwrap();
+    let (r, said) = b.run();
+    let e = r.unwrap_err().to_string();
+    assert!(
+        e.contains("refused the enrolment (401)") && e.contains("new token"),
+        "{e}"
+    );
+    assert_eq!(b.calls(), 1, "not tried again: {said}");
+    assert!(!e.contains("sle_") && !said.contains("sle_"));
+    assert!(!b.managed());
+    assert!(
+        b.data("enrol.toml").exists(),
+        "kept for the operator to replace"
+    );
+}
+
+#[test]
+fn odd_boxes_and_files_are_refused_before_anything_is_sent() {
+    // A controller alone has nothing to enrol.
+    let b = Box::new(0, "console=ttyS0");
+    std::fs::remove_file(b.data("gateway.toml")).unwrap();
+    std::fs::write(b.data("controller.toml"), "[controller]\n").unwrap();
+    b.token_file();
+    let e = b.run().0.unwrap_err().to_string();
+    assert!(e.contains("nothing to enrol"), "{e}");
+    assert_eq!(b.calls(), 0);
+    // A token file that is a link, or too big: refused.
+    let b = Box::new(0, "console=ttyS0");
+    std::os::unix::fs::symlink("/etc/hostname", b.data("enrol.toml")).unwrap();
+    assert!(b.run().0.is_err());
+    std::fs::remove_file(b.data("enrol.toml")).unwrap();
+    std::fs::write(b.data("enrol.toml"), "x".repeat(5000)).unwrap();
+    let e = b.run().0.unwrap_err().to_string();
+    assert!(e.contains("at most 4096 bytes"), "{e}");
+    assert_eq!(b.calls(), 0);
+    // Enrolled as a gateway, now with an edge's file only: refused.
+    let b = Box::new(0, "console=ttyS0");
+    b.token_file();
+    assert_eq!(b.run().0.unwrap(), Outcome::Enrolled);
+    std::fs::remove_file(b.data("gateway.toml")).unwrap();
+    std::fs::write(b.data("edge.toml"), "[edge]\n").unwrap();
+    let e = b.run().0.unwrap_err().to_string();
+    assert!(e.contains("enrolled as gateway"), "{e}");
 }
