@@ -49,6 +49,12 @@ fn firmware(test: &str) -> Option<PathBuf> {
     .then(|| dir.unwrap_or_default())
 }
 
+/// The last `n` lines of `text`.
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
 /// Who the peer saw: `curl /whoami` from the client, if it answered.
 fn whoami(lab: &Lab, dst: IpAddr) -> Option<String> {
     let out = lab.run(
@@ -300,15 +306,23 @@ fn appliance_serves_as_an_edge_and_a_controller() {
         (addr::TUNNELLED_V6.into(), addr::EDGE_WAN_V6.to_string()),
         (addr::BYPASSED_V4.into(), addr::GW_WAN_V4.to_string()),
     ];
-    lab.wait_for("traffic through the box", Duration::from_secs(60), || {
-        want.iter()
-            .all(|(dst, from)| whoami(&lab, *dst).as_deref() == Some(from.as_str()))
-    });
+    let through = Instant::now();
+    while !want
+        .iter()
+        .all(|(dst, from)| whoami(&lab, *dst).as_deref() == Some(from.as_str()))
+    {
+        assert!(
+            through.elapsed() < Duration::from_secs(60),
+            "no traffic through the box; the console's tail:\n{}",
+            tail(&vm.serial(), 80)
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
     let edge = t.elapsed();
     // Its controller answers on the edge's address (its CA is the box's
     // own: only that it serves is checked here).
     let api = format!("https://{}:8443/openapi.json", addr::EDGE_WAN_V4);
-    lab.wait_for("the box's controller", BOOT, || {
+    let answers = || {
         lab.run(
             Host::Inet,
             &[
@@ -324,7 +338,15 @@ fn appliance_serves_as_an_edge_and_a_controller() {
         )
         .status
         .success()
-    });
+    };
+    while !answers() {
+        assert!(
+            t.elapsed() < BOOT,
+            "the box's controller does not answer on {api}; the console's tail:\n{}",
+            tail(&vm.serial(), 80)
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
     eprintln!(
         "appliance: edge and controller roles: power-on to tunnelled traffic through the box {:.1} s, controller answering {:.1} s",
         edge.as_secs_f64(),
