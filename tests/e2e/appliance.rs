@@ -135,6 +135,17 @@ fn appliance_boots_forwards_updates_and_rolls_back() {
         &f.token("gateways", "branch-1"),
     )
     .unwrap();
+    // Seed files as an operator's own user copies them (owner kept): the
+    // box makes them root's before its services, which have no
+    // capability to override file modes, read them.
+    for p in [
+        "enrol.toml",
+        "network",
+        "network/10-lan.network",
+        "network/20-wan.network",
+    ] {
+        std::os::unix::fs::chown(seed.join(p), Some(1000), Some(1000)).unwrap();
+    }
     let mut vm = Appliance::new(&lab, &fw.join("sluice-0.1.0.img"), &seed).unwrap();
     // The leak watch: pings to the tunnelled servers through every boot,
     // reboot and rollback (bounded: 5 per second for at most 30 minutes).

@@ -455,7 +455,7 @@ fn customize(rootfs: &Path, bin: &Path, public_key: &str, epoch: u64) -> Result<
          rm -rf '{r}'/usr/share/man/* '{r}'/usr/share/info/* '{r}'/usr/share/locale/*
          find '{r}'/usr/share/doc -mindepth 1 -maxdepth 1 ! -name sluice -exec rm -rf {{}} +
          rm -rf '{r}'/var/cache/apt/* '{r}'/var/lib/apt/lists/* '{r}'/var/log/* '{r}'/var/cache/ldconfig/aux-cache
-         rm -rf '{r}'/etc/systemd/network && ln -s /var/lib/sluice/network '{r}'/etc/systemd/network
+         rm -rf '{r}'/etc/systemd/network && mkdir '{r}'/etc/systemd/network
          mkdir -p '{r}'/efi '{r}'/var/lib/sluice
          : > '{r}'/etc/machine-id
          SOURCE_DATE_EPOCH={epoch} chroot '{r}' useradd --system --uid 900 --user-group --no-create-home --home-dir /var/lib/sluice/controller --shell /usr/sbin/nologin sluice-controller

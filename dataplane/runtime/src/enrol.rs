@@ -76,13 +76,17 @@ pub const EXIT_REFUSED: u8 = 3;
 
 impl EnrolError {
     /// Whether trying again with the same URL and token cannot succeed:
-    /// a malformed token or URL, a controller that does not show the
-    /// pinned CA, or a refusal other than for load (4xx but 408 and 429).
-    /// A controller that cannot be reached, or fails (5xx), may be back.
+    /// a malformed token or URL, or a refusal by the controller the token
+    /// pins other than for load (4xx but 408 and 429: the CA was checked
+    /// first, so it is the controller's). A controller that cannot be
+    /// reached, fails (5xx), or is not the one the token pins (yet: a
+    /// captive portal, a middlebox, a DNS name not yet moved; nothing was
+    /// sent to it) may be there later.
     #[must_use]
     pub fn is_permanent(&self) -> bool {
         match self {
-            EnrolError::Token | EnrolError::Url(_) | EnrolError::Pin(_) => true,
+            EnrolError::Token | EnrolError::Url(_) => true,
+            EnrolError::Pin(_) => false,
             EnrolError::Refused { status, .. } => {
                 (400..500).contains(status) && *status != 408 && *status != 429
             }
@@ -356,7 +360,6 @@ mod tests {
         for e in [
             EnrolError::Token,
             EnrolError::Url("x".into()),
-            EnrolError::Pin("x".into()),
             refused(401),
             refused(403),
             refused(400),
@@ -368,6 +371,7 @@ mod tests {
                 url: "x".into(),
                 why: "refused".into(),
             },
+            EnrolError::Pin("x".into()),
             refused(429),
             refused(408),
             refused(500),

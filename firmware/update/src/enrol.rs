@@ -4,8 +4,7 @@
 //! The token comes from `enrol.toml` on the data partition
 //! (`controller = "https://HOST:PORT"`, `token = "sle_..."`; 0600, removed
 //! once used) or from the kernel command line (`sluice.enrol=URL
-//! sluice.token=TOKEN`, typed at the boot menu or set in the ESP's loader
-//! entry). `sluice gateway --enrol` (`sluice edge --enrol` on a box with
+//! sluice.token=TOKEN`, set in the ESP's loader entries). `sluice gateway --enrol` (`sluice edge --enrol` on a box with
 //! the edge's file) makes the key and gets the certificate (the token pins
 //! the controller's CA); the box's file is then made a managed one: what
 //! the controller owns removed, `[controller]` added (the file before is
@@ -15,8 +14,9 @@
 //! down) with a backoff capped at a minute, for as long as it takes: the
 //! gateway starts after it, and until then the image's fail-closed table
 //! forwards nothing. A refusal that trying again cannot change (a used or
-//! unknown token, a URL that does not reach the controller the token
-//! pins) ends it with an error on the console: a new token is needed. A
+//! unknown token, a malformed token or URL) ends it with an error on the
+//! console: a new token is needed. A controller that does not show the
+//! CA the token pins is tried again (nothing is sent to it). A
 //! box already enrolled does nothing, whatever token it is given. A power
 //! cut after the controller answered leaves the enrolment (the file is
 //! made managed again at the next boot); one while the request is in
@@ -93,9 +93,8 @@ pub enum Error {
     /// The gateway's file could not be made a managed one.
     #[error("{0}")]
     Config(#[from] sluice_config::ConfigError),
-    /// The controller refused for good (a used or unknown token, a URL
-    /// that does not reach the controller the token pins...): trying
-    /// again with the same token cannot help.
+    /// The controller refused for good (a used or unknown token...):
+    /// trying again with the same token cannot help.
     #[error(
         "enrolment refused: {0}. Put a new token in /var/lib/sluice/enrol.toml (or correct the URL) and reboot"
     )]
