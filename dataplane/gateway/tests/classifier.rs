@@ -703,6 +703,25 @@ fn fixtures() -> Vec<Fixture> {
             &[DropTruncated],
         ),
         dropped(
+            "ipv4_options_cut_with_the_largest_total_length",
+            // As above, with a total length of 65,535: still truncated,
+            // not a bad header (the verifier's bound on the total length
+            // comes after the truncation check; found by classifier_diff).
+            cut(
+                patched(patched(v4_tcp.clone(), L3, &[0x46]), L3 + 2, &[0xff, 0xff]),
+                L3 + 20,
+            ),
+            &[DropTruncated],
+        ),
+        dropped(
+            "ipv4_total_length_over_the_bound",
+            // A whole header claiming 65,522 bytes (over 65,535 less the
+            // Ethernet header): a bad header, as any length beyond the
+            // frame is.
+            patched(v4_tcp.clone(), L3 + 2, &[0xff, 0xf2]),
+            &[DropBadIpv4],
+        ),
+        dropped(
             "ipv6_header_cut",
             cut(v6_tcp.clone(), L3 + 39),
             &[DropTruncated],

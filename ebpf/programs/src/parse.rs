@@ -366,19 +366,22 @@ fn parse_ipv4(
         return Err(Counter::DropBadIpv4);
     }
     let header_len = usize::from(version_ihl & 0x0f) * 4;
-    // No IPv4 packet in a frame is longer than 65,521 bytes (a 64 KiB
-    // buffer less the Ethernet header; GRO stays below it), so this
-    // changes no verdict: it is for the verifier of Linux 6.1, as in
-    // `parse_ipv6`.
-    if total_len > usize::from(u16::MAX) - ETH_HDR_LEN {
-        return Err(Counter::DropBadIpv4);
-    }
     if header_len < IPV4_MIN_HDR_LEN || total_len < header_len {
         return Err(Counter::DropBadIpv4);
     }
     // Options announced by the IHL but cut off.
     if !fits(ctx, offset, header_len) {
         return Err(Counter::DropTruncated);
+    }
+    // No IPv4 packet in a frame is longer than 65,521 bytes (a 64 KiB
+    // buffer less the Ethernet header; GRO stays below it), and such a
+    // length fails the next check with the same counter, so this changes
+    // no verdict: it is for the verifier of Linux 6.1, as in `parse_ipv6`.
+    // Here, after the truncation check, not before it: before, a frame
+    // cut off in its options with such a length was counted as a bad
+    // header instead of truncated (the differential fuzz target found it).
+    if total_len > usize::from(u16::MAX) - ETH_HDR_LEN {
+        return Err(Counter::DropBadIpv4);
     }
     // The header is whole but claims more payload than the frame holds.
     if !fits(ctx, offset, total_len) {
