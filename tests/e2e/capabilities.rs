@@ -97,4 +97,13 @@ fn the_gateway_needs_exactly_the_appliance_units_capabilities() {
         unneeded.is_empty(),
         "the gateway's unit grants capabilities it comes up without: {unneeded:?}"
     );
+    // And the failures above were the missing capability's: with the
+    // whole set again, in the same lab, it comes up.
+    s.gateway_wrapper = wrapper(&caps);
+    let r = s.try_start_gateway("gateway-unit-set-last", Duration::from_secs(20));
+    assert!(
+        r.is_ok(),
+        "the gateway does not come up again with the unit's capabilities after the runs without one: {}",
+        r.unwrap_err()
+    );
 }

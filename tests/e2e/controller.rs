@@ -20,7 +20,7 @@ use std::{
 
 use sluice_lab::{
     Host, Lab, ProcId, addr,
-    deploy::{GATEWAY_METRICS, metrics_text, samples, sum},
+    deploy::{metrics_text, sum, tunnels_are},
     edge_lab::{watch, watched},
     require_root,
 };
@@ -387,11 +387,7 @@ impl<'a> Fleet<'a> {
         self.lab
             .wait_for(&format!("{log}'s tunnel"), Duration::from_secs(30), || {
                 assert!(self.lab.is_running(id), "{log} exited:\n{}", self.logs());
-                let ups = samples(
-                    &metrics_text(self.lab, h, GATEWAY_METRICS),
-                    "sluice_gateway_tunnel_up",
-                );
-                !ups.is_empty() && ups.iter().all(|&(_, v)| v == 1)
+                tunnels_are(self.lab, h, true)
             });
     }
 
@@ -563,13 +559,7 @@ fn gateways_and_an_edge_enrol_and_follow_the_controller() {
     lab.wait_for(
         "branch-2's tunnel to be refused",
         Duration::from_secs(10),
-        || {
-            let ups = samples(
-                &metrics_text(&lab, Host::Gw2, GATEWAY_METRICS),
-                "sluice_gateway_tunnel_up",
-            );
-            !ups.is_empty() && ups.iter().all(|&(_, v)| v == 0)
-        },
+        || tunnels_are(&lab, Host::Gw2, false),
     );
     let took = revoke.elapsed();
     for _ in 0..3 {

@@ -174,3 +174,49 @@ pub mod ifname {
     /// The unused peer of [`INET_SERVERS`] when that is a veth.
     pub const INET_SERVERS_PEER: &str = "srv0p";
 }
+
+#[cfg(test)]
+mod tests {
+    /// The numbers in the first `n` arguments of every `<call>(...)` in
+    /// `src` (decimal or `0x` hex).
+    fn calls(src: &str, call: &str, n: usize) -> Vec<Vec<u32>> {
+        src.match_indices(call)
+            .map(|(at, _)| {
+                let args = &src[at + call.len()..];
+                let args = &args[..args.find(')').expect("a closing parenthesis")];
+                args.split(',')
+                    .take(n)
+                    .map(|a| {
+                        let a = a.trim();
+                        a.strip_prefix("0x").map_or_else(
+                            || a.parse().expect("a decimal number"),
+                            |h| u32::from_str_radix(h, 16).expect("a hex number"),
+                        )
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// Every address of the plan is in a documentation range (RFC 5737,
+    /// RFC 3849) or, for the second branch's LAN, 198.18.0.0/15: never a
+    /// private, shared or public one.
+    #[test]
+    fn the_plan_uses_documentation_ranges_only() {
+        let src = include_str!("addr.rs");
+        let src = &src[..src.find("#[cfg(test)]").expect("this module")];
+        let v4 = calls(src, "Ipv4Addr::new(", 4);
+        let v6 = calls(src, "Ipv6Addr::new(", 2);
+        assert!(v4.len() >= 20 && v6.len() >= 15, "{v4:?} {v6:?}");
+        for a in &v4 {
+            let ok = matches!(
+                a[..3],
+                [192, 0, 2] | [198, 51, 100] | [203, 0, 113] | [198, 18 | 19, _]
+            );
+            assert!(ok, "{a:?} is outside the lab's ranges");
+        }
+        for a in &v6 {
+            assert_eq!(a[..2], [0x2001, 0xdb8], "{a:x?} is outside 2001:db8::/32");
+        }
+    }
+}

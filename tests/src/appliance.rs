@@ -354,42 +354,13 @@ pub fn stick(out: &Path, files: &[&Path]) -> Result<(), String> {
     Ok(())
 }
 
-/// The data partition's files for the lab: the gateway's configuration for
-/// the guest's NICs (`eth0` LAN, `eth1` WAN) with `branch-1`'s certificate
-/// from `conf` (a [`crate::deploy::Sluice`] configuration directory), and
-/// the networks with the lab's gateway addresses.
-///
-/// # Errors
-/// If a file cannot be written.
-pub fn lab_seed(conf: &Path, out: &Path) -> Result<(), String> {
-    let w = |p: &str, text: &str| {
-        let path = out.join(p);
-        if let Some(d) = path.parent() {
-            std::fs::create_dir_all(d).map_err(|e| e.to_string())?;
-        }
-        std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))
-    };
-    let cp = |from: &str, to: &str| {
-        std::fs::copy(conf.join(from), out.join(to))
-            .map(|_| ())
-            .map_err(|e| format!("{from}: {e}"))
-    };
-    std::fs::create_dir_all(out).map_err(|e| e.to_string())?;
-    cp("ca.pem", "ca.pem")?;
-    cp("branch-1.pem", "gateway.pem")?;
-    cp("branch-1.key", "gateway.key")?;
-    w(
-        "gateway.toml",
-        &format!(
-            "[gateway]\nname = \"branch-1\"\nlan = \"eth0\"\nwan = \"eth1\"\nxdp_mode = \"auto\"\nmetrics = \"127.0.0.1:9477\"\nadmin_socket = \"/run/sluice/admin.sock\"\n\n\
-             [tunnel]\nedge = \"{}:4443\"\nserver_name = \"edge.sluice.test\"\nca = \"/var/lib/sluice/ca.pem\"\ncert = \"/var/lib/sluice/gateway.pem\"\nkey = \"/var/lib/sluice/gateway.key\"\nkeepalive_secs = 2\nidle_timeout_secs = 6\n\n\
-             [bypass]\nprefixes = [\"{}/32\", \"{}/128\"]\n",
-            addr::EDGE_WAN_V4,
-            addr::BYPASSED_V4,
-            addr::BYPASSED_V6
-        ),
-    )?;
-    lab_networks(out)
+/// Writes `text` to `rel` under `out`, making its directory.
+fn write(out: &Path, rel: &str, text: &str) -> Result<(), String> {
+    let path = out.join(rel);
+    if let Some(d) = path.parent() {
+        std::fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
+    }
+    std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// A data partition's seed for a box that enrols at first boot: the lab's
@@ -399,27 +370,19 @@ pub fn lab_seed(conf: &Path, out: &Path) -> Result<(), String> {
 /// # Errors
 /// If a file cannot be written.
 pub fn lab_seed_enrol(out: &Path, controller: &str, token: &str) -> Result<(), String> {
-    std::fs::create_dir_all(out).map_err(|e| e.to_string())?;
-    let f = out.join("enrol.toml");
-    std::fs::write(
-        &f,
-        format!("controller = \"{controller}\"\ntoken = \"{token}\"\n"),
-    )
-    .map_err(|e| format!("{}: {e}", f.display()))?;
+    write(
+        out,
+        "enrol.toml",
+        &format!("controller = \"{controller}\"\ntoken = \"{token}\"\n"),
+    )?;
     lab_networks(out)
 }
 
 /// The box's networks with the lab's gateway addresses (LAN `eth0`, WAN
 /// `eth1`).
 fn lab_networks(out: &Path) -> Result<(), String> {
-    let w = |p: &str, text: &str| {
-        let path = out.join(p);
-        if let Some(d) = path.parent() {
-            std::fs::create_dir_all(d).map_err(|e| e.to_string())?;
-        }
-        std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))
-    };
-    w(
+    write(
+        out,
         "network/10-lan.network",
         &format!(
             "[Match]\nName=eth0\n\n[Network]\nAddress={}/24\nAddress={}/64\nConfigureWithoutCarrier=yes\nIPv6AcceptRA=no\n",
@@ -441,16 +404,14 @@ fn wan_network(
     v4: (std::net::Ipv4Addr, std::net::Ipv4Addr),
     v6: (std::net::Ipv6Addr, std::net::Ipv6Addr),
 ) -> Result<(), String> {
-    let path = out.join("network/20-wan.network");
-    std::fs::create_dir_all(out.join("network")).map_err(|e| e.to_string())?;
-    std::fs::write(
-        &path,
-        format!(
+    write(
+        out,
+        "network/20-wan.network",
+        &format!(
             "[Match]\nName=eth1\n\n[Network]\nAddress={}/30\nGateway={}\nAddress={}/64\nGateway={}\nIPv6AcceptRA=no\n",
             v4.0, v4.1, v6.0, v6.1
         ),
     )
-    .map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// A data partition's seed for a box in the edge's place with the edge
@@ -466,15 +427,14 @@ pub fn lab_seed_edge(conf: &Path, out: &Path) -> Result<(), String> {
     for f in ["edge.toml", "ca.pem", "edge.pem", "edge.key"] {
         std::fs::copy(conf.join(f), out.join(f)).map_err(|e| format!("{f}: {e}"))?;
     }
-    let f = out.join("controller.toml");
-    std::fs::write(
-        &f,
-        format!(
+    write(
+        out,
+        "controller.toml",
+        &format!(
             "[controller]\nlisten = \"{e}:8443\"\nagent_listen = \"{e}:8444\"\nserver_names = [\"{e}\"]\nstate_dir = \"/var/lib/sluice/controller\"\n",
             e = addr::EDGE_WAN_V4
         ),
-    )
-    .map_err(|e| format!("{}: {e}", f.display()))?;
+    )?;
     wan_network(
         out,
         (addr::EDGE_WAN_V4, addr::INET_EDGE_SIDE_V4),

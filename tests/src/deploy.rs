@@ -459,11 +459,7 @@ impl<'a> Sluice<'a> {
             if !self.lab.is_running(id) {
                 return Err(format!("it exited:\n{}", tail(self.lab)));
             }
-            let ups = samples(
-                &metrics_text(self.lab, Host::Gw, GATEWAY_METRICS),
-                "sluice_gateway_tunnel_up",
-            );
-            if !ups.is_empty() && ups.iter().all(|&(_, v)| v == 1) {
+            if tunnels_are(self.lab, Host::Gw, true) {
                 return Ok(());
             }
             if t.elapsed() >= timeout {
@@ -632,11 +628,7 @@ impl<'a> Sluice<'a> {
                     self.edge_logs()
                 );
             }
-            let ups = samples(
-                &metrics_text(self.lab, h, GATEWAY_METRICS),
-                "sluice_gateway_tunnel_up",
-            );
-            !ups.is_empty() && ups.iter().all(|&(_, v)| v == u64::from(up))
+            tunnels_are(self.lab, h, up)
         });
     }
 
@@ -676,6 +668,16 @@ impl<'a> Sluice<'a> {
     pub fn edge_metric(&self, name: &str, label: &str) -> u64 {
         sum(&self.edge_metrics(), name, label)
     }
+}
+
+/// Whether every worker of the gateway in `h` reports its tunnel up (or,
+/// with `up` false, down); false while its metrics do not answer.
+pub fn tunnels_are(lab: &Lab, h: Host, up: bool) -> bool {
+    let ups = samples(
+        &metrics_text(lab, h, GATEWAY_METRICS),
+        "sluice_gateway_tunnel_up",
+    );
+    !ups.is_empty() && ups.iter().all(|&(_, v)| v == u64::from(up))
 }
 
 /// The metrics text served at `url` inside `h` (empty if nothing answers).

@@ -357,8 +357,7 @@ fn bootstrap(out: &Path, rootfs: &Path, epoch: u64) -> Result<()> {
             fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
         if let Some(m) = mounts
             .lines()
-            .filter_map(|l| l.split(' ').nth(4))
-            .map(unescape_mountinfo)
+            .filter_map(sluice_core::mountinfo::mount_point)
             .find(|m| Path::new(m).starts_with(&root))
         {
             bail!(
@@ -394,30 +393,6 @@ fn bootstrap(out: &Path, rootfs: &Path, epoch: u64) -> Result<()> {
         .context("cannot run mmdebstrap")?;
     ensure!(status.success(), "mmdebstrap: {status}");
     Ok(())
-}
-
-/// A mount point as the kernel escapes it in mountinfo (`\040` for a
-/// space, and so on: three octal digits after a backslash).
-fn unescape_mountinfo(m: &str) -> String {
-    let b = m.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let octal = b.get(i + 1..i + 4).filter(|d| {
-            (b'0'..=b'3').contains(&d[0]) && d[1..].iter().all(|c| (b'0'..=b'7').contains(c))
-        });
-        match (b[i], octal) {
-            (b'\\', Some(d)) => {
-                out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
-                i += 4;
-            }
-            (c, _) => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn sh(script: &str) -> Result<()> {
@@ -724,16 +699,4 @@ pub(crate) fn boot(args: &[String]) -> Result<()> {
         .context("cannot run qemu-system-x86_64")?;
     ensure!(status.success(), "qemu: {status}");
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn mount_points_are_unescaped() {
-        use super::unescape_mountinfo as u;
-        assert_eq!(u("/tmp/a\\040b/rootfs"), "/tmp/a b/rootfs");
-        assert_eq!(u("/x\\134y"), "/x\\y");
-        assert_eq!(u("/plain"), "/plain");
-        assert_eq!(u("/odd\\9\\777\\"), "/odd\\9\\777\\");
-    }
 }

@@ -18,7 +18,7 @@
 //! - [`gro`]: merges a flow's packets into GSO packets for the edge's TUN
 //!   device.
 //! - [`lpm`]: longest-prefix-match tables (DIR-24-8, Poptrie) and their
-//!   lock-free swap.
+//!   lock-free swap; [`mountinfo`]: mount points from mountinfo's text.
 //! - [`edge`]: the edge's protocol core: admission, sessions, gateway
 //!   identity, the per-packet routing decisions.
 //! - [`dns`]: domain bypass's DNS observation (answers parsed, answered
@@ -46,6 +46,7 @@ pub mod edge;
 pub mod gro;
 pub mod http;
 pub mod lpm;
+pub mod mountinfo;
 pub mod net;
 pub mod pac;
 pub mod pmtu;

@@ -4,11 +4,12 @@
 //! The token comes from `enrol.toml` on the data partition
 //! (`controller = "https://HOST:PORT"`, `token = "sle_..."`; 0600, removed
 //! once used) or from the kernel command line (`sluice.enrol=URL
-//! sluice.token=TOKEN`, set in the ESP's loader entries). `sluice gateway --enrol` (`sluice edge --enrol` on a box with
-//! the edge's file) makes the key and gets the certificate (the token pins
-//! the controller's CA); the box's file is then made a managed one: what
-//! the controller owns removed, `[controller]` added (the file before is
-//! kept as `gateway.toml.pre-enrol`).
+//! sluice.token=TOKEN`, set in the ESP's loader entries). `sluice gateway
+//! --enrol` (`sluice edge --enrol` on a box with the edge's file) makes
+//! the key and gets the certificate (the token pins the controller's CA);
+//! the box's file is then made a managed one: what the controller owns
+//! removed, `[controller]` added (the file before is kept as
+//! `gateway.toml.pre-enrol`).
 //!
 //! Enrolment is retried (the WAN may come up late, the controller may be
 //! down) with a backoff capped at a minute, for as long as it takes: the
@@ -24,7 +25,6 @@
 //! refused: a new token is needed then too.
 use std::{
     fmt,
-    io::Write as _,
     os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _},
     path::{Path, PathBuf},
     process::Command,
@@ -230,20 +230,11 @@ impl Paths {
     }
 }
 
-/// Writes `bytes` to `path` durably: a temporary file, synced, renamed,
-/// the directory synced.
-fn write_durably(path: &Path, bytes: &[u8], mode: u32) -> Result<(), Error> {
-    let tmp = path.with_extension("new");
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(file_err(&tmp))?;
-    f.write_all(bytes).map_err(file_err(&tmp))?;
-    f.sync_all().map_err(file_err(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(file_err(path))?;
+/// Writes `bytes` to `path` durably: 0600, atomically and synced (as the
+/// gateway writes the controller's files), then the directory synced (a
+/// power cut must not bring the old file back).
+fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+    sluice_config::managed::write_private(path, bytes).map_err(file_err(path))?;
     sync_dir(path)
 }
 
@@ -265,17 +256,13 @@ fn make_managed(p: &Paths, kind: Kind) -> Result<bool, Error> {
     let managed =
         sluice_config::managed::for_controller(&path, &src, &p.state(), kind == Kind::Edge)?;
     let file = kind.file();
-    write_durably(
-        &p.data.join(format!("{file}.pre-enrol")),
-        src.as_bytes(),
-        0o600,
-    )?;
+    write_durably(&p.data.join(format!("{file}.pre-enrol")), src.as_bytes())?;
     let text = format!(
         "# sluice appliance: managed by the controller since enrolment (the file\n\
          # before is {file}.pre-enrol). The controller owns the policy, the\n\
          # edges or gateways, and the certificates; what is here stays the box's.\n{managed}"
     );
-    write_durably(&path, text.as_bytes(), 0o600)?;
+    write_durably(&path, text.as_bytes())?;
     Ok(true)
 }
 
@@ -334,8 +321,10 @@ fn request(p: &Paths) -> Result<Option<Request>, Error> {
 /// (`sluice_runtime::enrol::EXIT_REFUSED`).
 const EXIT_REFUSED: i32 = 3;
 /// How long one attempt may take (a controller, or something in its
-/// place, that answers slowly must not hold the box).
-const ATTEMPT: Duration = Duration::from_secs(120);
+/// place, that answers slowly must not hold the box), in seconds.
+const ATTEMPT_SECS: u32 = 120;
+/// `timeout`'s exit status when it ended the command.
+const TIMED_OUT: i32 = 124;
 
 /// Why one attempt failed.
 enum Failed {
@@ -346,45 +335,19 @@ enum Failed {
 }
 
 /// One attempt: `sluice gateway --enrol URL --state-dir DIR` with the
-/// token in its environment (not in the process list), ended after
-/// [`ATTEMPT`]. The message is the last line it printed.
+/// token in its environment (not in the process list), ended by
+/// `timeout` after [`ATTEMPT_SECS`]. The message is the last line it
+/// printed.
 fn attempt(p: &Paths, kind: Kind, r: &Request) -> Result<String, Failed> {
-    use std::io::Read as _;
-    let mut child = Command::new(&p.sluice)
+    let out = Command::new("timeout")
+        .args(["--kill-after=5", &ATTEMPT_SECS.to_string()])
+        .arg(&p.sluice)
         .args([kind.name(), "--enrol", &r.url, "--state-dir"])
         .arg(p.state())
         .env("SLUICE_ENROL_TOKEN", &r.token)
         .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .map_err(|e| Failed::Again(format!("{}: {e}", p.sluice.display())))?;
-    // Its output is a few lines: read on threads, bounded.
-    let reader = |r: Option<Box<dyn std::io::Read + Send>>| {
-        std::thread::spawn(move || {
-            let mut buf = Vec::new();
-            if let Some(r) = r {
-                let _ = r.take(64 * 1024).read_to_end(&mut buf);
-            }
-            buf
-        })
-    };
-    let out = reader(child.stdout.take().map(|x| Box::new(x) as _));
-    let err = reader(child.stderr.take().map(|x| Box::new(x) as _));
-    let start = std::time::Instant::now();
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(s)) => break Some(s),
-            Ok(None) if start.elapsed() < ATTEMPT => {
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            _ => {
-                let _ = child.kill();
-                let _ = child.wait();
-                break None;
-            }
-        }
-    };
+        .output()
+        .map_err(|e| Failed::Again(format!("timeout {}: {e}", p.sluice.display())))?;
     let last = |b: &[u8]| {
         String::from_utf8_lossy(b)
             .lines()
@@ -393,18 +356,15 @@ fn attempt(p: &Paths, kind: Kind, r: &Request) -> Result<String, Failed> {
             .trim()
             .to_string()
     };
-    let (out, err) = (
-        out.join().unwrap_or_default(),
-        err.join().unwrap_or_default(),
-    );
-    match status {
-        None => Err(Failed::Again(format!(
-            "no answer within {} s",
-            ATTEMPT.as_secs()
+    match out.status.code() {
+        Some(0) => Ok(last(&out.stdout)),
+        Some(EXIT_REFUSED) => Err(Failed::ForGood(last(&out.stderr))),
+        Some(TIMED_OUT) => Err(Failed::Again(format!("no answer within {ATTEMPT_SECS} s"))),
+        _ => Err(Failed::Again(format!(
+            "{} ({})",
+            last(&out.stderr),
+            out.status
         ))),
-        Some(s) if s.success() => Ok(last(&out)),
-        Some(s) if s.code() == Some(EXIT_REFUSED) => Err(Failed::ForGood(last(&err))),
-        Some(s) => Err(Failed::Again(format!("{} ({s})", last(&err)))),
     }
 }
 
@@ -417,7 +377,7 @@ fn attempt(p: &Paths, kind: Kind, r: &Request) -> Result<String, Failed> {
 /// file that cannot be written, a gateway file that is not TOML.
 pub fn run(p: &Paths, retry: Duration, mut say: impl FnMut(&str)) -> Result<Outcome, Error> {
     let kind = Kind::of(&p.data);
-    let enrolled = p.state().join("enrolment.json");
+    let enrolled = p.state().join(sluice_config::managed::ENROLMENT_FILE);
     if enrolled.exists() {
         let Some(kind) = kind else {
             return Err(Error::Box(

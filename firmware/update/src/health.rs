@@ -132,18 +132,17 @@ pub fn wait_settled(
     let mut since: Option<(Instant, u64)> = None;
     loop {
         let last = match show() {
-            Ok((state, restarts)) if state == "active" => match since {
-                Some((at, n)) if n == restarts => {
-                    if at.elapsed() >= settle {
+            Ok((state, restarts)) if state == "active" => {
+                // Up since the first sight of it with this restart count.
+                match since {
+                    Some((at, n)) if n == restarts && at.elapsed() >= settle => {
                         return Ok(t.elapsed());
                     }
-                    format!("{unit} is active")
+                    Some((_, n)) if n == restarts => {}
+                    _ => since = Some((Instant::now(), restarts)),
                 }
-                _ => {
-                    since = Some((Instant::now(), restarts));
-                    format!("{unit} is active")
-                }
-            },
+                format!("{unit} is active")
+            }
             Ok((state, _)) if state == "failed" => {
                 return Err(format!("{unit} has failed"));
             }

@@ -64,8 +64,9 @@ pub const MAX_PRIVATE_TENANTS: usize = sluice_common::POLICY_MAX_TENANTS as usiz
 /// The destination ranges excluded by default, as operators expect:
 /// private (RFC 1918, unique local), link-local, multicast and broadcast.
 /// A product default for real deployments: no test sends to these ranges
-/// (the lab uses documentation ranges only, and `sluice-lab`'s self-test
-/// refuses private addresses in its plan).
+/// (the lab uses documentation ranges only; `sluice-lab`'s
+/// `addr::tests::the_plan_uses_documentation_ranges_only` checks its
+/// address plan).
 pub const DEFAULT_EXCLUSIONS: [&str; 9] = [
     "10.0.0.0/8",
     "172.16.0.0/12",

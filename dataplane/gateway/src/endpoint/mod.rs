@@ -863,7 +863,7 @@ fn mounts() -> Vec<(PathBuf, String, String)> {
             let (left, right) = l.split_once(" - ")?;
             let f: Vec<&str> = left.split(' ').collect();
             let fstype = right.split(' ').next()?;
-            let point = unescape(f.get(4)?);
+            let point = sluice_core::mountinfo::unescape(f.get(4)?);
             Some((
                 PathBuf::from(point),
                 fstype.to_string(),
@@ -871,26 +871,6 @@ fn mounts() -> Vec<(PathBuf, String, String)> {
             ))
         })
         .collect()
-}
-
-/// mountinfo escapes space, tab, newline and backslash as octal.
-fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8)
-        {
-            out.push(v);
-            i += 4;
-            continue;
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// One mount point per filesystem executables may come from.
@@ -919,13 +899,6 @@ fn cgroup2_root() -> Result<PathBuf, EndpointError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn mountinfo_escapes_are_undone() {
-        assert_eq!(unescape("/mnt/a\\040b"), "/mnt/a b");
-        assert_eq!(unescape("/plain"), "/plain");
-        assert_eq!(unescape("/trail\\04"), "/trail\\04");
-    }
 
     #[test]
     fn this_host_has_somewhere_to_run_programs_from() {
